@@ -1,0 +1,243 @@
+"""The payloads on the wire, version 1.
+
+Each payload is a msgpack map validated by the pydantic model below: strict types (no
+string-to-number coercion, no booleans as numbers), finite numbers within range, bounded
+strings and arrays, unknown fields rejected, and a version field ``v``. The JSON Schema of
+each model is what ``docs/asyncapi.yaml`` documents; a test keeps the two in step.
+
+Times are UNIX seconds (UTC) as floats. Distances and accuracies are metres.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, ClassVar, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from actimesh.broker.topics import IDENTIFIER_PATTERN
+
+__all__ = [
+    "CAMERA_KINDS",
+    "EVENT_TYPE_PATTERN",
+    "MESSAGE_TYPES",
+    "Ack",
+    "AckStatus",
+    "Activation",
+    "ActivationReason",
+    "CameraActivation",
+    "Command",
+    "DeadLetter",
+    "DeviceKind",
+    "DeviceState",
+    "EngineStatus",
+    "Event",
+    "Message",
+    "Presence",
+    "Telemetry",
+]
+
+EVENT_TYPE_PATTERN = r"^[a-z][a-z0-9_]{0,31}$"
+
+#: Latest plausible UNIX time (year 2100): anything later is a corrupt clock.
+_MAX_TS = 4_102_444_800.0
+
+Identifier = Annotated[str, Field(pattern=IDENTIFIER_PATTERN, max_length=64)]
+EventTypeName = Annotated[str, Field(pattern=EVENT_TYPE_PATTERN, max_length=32)]
+Timestamp = Annotated[float, Field(gt=0.0, le=_MAX_TS)]
+Latitude = Annotated[float, Field(ge=-90.0, le=90.0)]
+Longitude = Annotated[float, Field(ge=-180.0, le=180.0)]
+Accuracy = Annotated[float, Field(ge=0.0, le=100_000.0)]
+Metres = Annotated[float, Field(ge=0.0, le=100_000.0)]
+PreRoll = Annotated[float, Field(ge=0.0, le=120.0)]
+ShortText = Annotated[str, Field(max_length=256)]
+
+
+class DeviceKind(StrEnum):
+    """What a device is. Cameras record; gateways and CEWs raise trigger events."""
+
+    BODY_CAM = "body_cam"
+    DASH_CAM = "dash_cam"
+    REAR_CAM = "rear_cam"
+    GATEWAY = "gateway"
+    CEW = "cew"
+
+
+CAMERA_KINDS = frozenset({DeviceKind.BODY_CAM, DeviceKind.DASH_CAM, DeviceKind.REAR_CAM})
+
+
+class DeviceState(StrEnum):
+    """Recording state a camera reports; non-cameras report ``buffering`` when on."""
+
+    OFF = "off"
+    BUFFERING = "buffering"
+    RECORDING = "recording"
+
+
+class ActivationReason(StrEnum):
+    """Why a camera was commanded."""
+
+    PAIRED = "paired"
+    PROXIMITY = "proximity"
+
+
+class AckStatus(StrEnum):
+    """What a camera did with a command."""
+
+    RECORDING = "recording"  # a recording now includes this activation
+    REFUSED = "refused"  # the camera could not record (off, storage full …)
+
+
+class Message(BaseModel):
+    """Base of every payload: strict, immutable, closed."""
+
+    model_config = ConfigDict(
+        frozen=True, strict=True, extra="forbid", allow_inf_nan=False, use_enum_values=False
+    )
+    #: Short stable name used in docs, counters and the dead-letter reason.
+    kind: ClassVar[str]
+    v: Literal[1] = 1
+
+
+class _Positioned(Message):
+    lat: Latitude | None = None
+    lon: Longitude | None = None
+    acc: Accuracy | None = None
+
+    @model_validator(mode="after")
+    def _lat_lon_together(self) -> Self:
+        if (self.lat is None) != (self.lon is None):
+            raise ValueError("lat and lon must be given together")
+        return self
+
+    @property
+    def has_fix(self) -> bool:
+        return self.lat is not None
+
+
+class Telemetry(_Positioned):
+    """A device's position fix and state, about once a second."""
+
+    kind: ClassVar[str] = "telemetry"
+    ts: Timestamp
+    state: DeviceState
+    batt: Annotated[float, Field(ge=0.0, le=100.0)] | None = None
+
+
+class Presence(Message):
+    """Retained birth/death message; the broker publishes ``online: false`` as last will."""
+
+    kind: ClassVar[str] = "presence"
+    online: bool
+    ts: Timestamp | None = None
+    device_kind: DeviceKind | None = None
+    unit: Identifier | None = None
+    paired: Annotated[tuple[Identifier, ...], Field(max_length=16)] = ()
+    pre_roll: PreRoll | None = None
+
+
+class Event(_Positioned):
+    """A trigger raised by a device (or by dispatch on behalf of a dispatcher)."""
+
+    kind: ClassVar[str] = "event"
+    eid: Identifier
+    type: EventTypeName
+    ts: Timestamp
+    radius: Annotated[float, Field(gt=0.0, le=1_000.0)] | None = None
+    by: ShortText | None = None
+
+
+class Command(Message):
+    """An activation command to one camera. The mesh only ever starts recordings."""
+
+    kind: ClassVar[str] = "command"
+    aid: Identifier
+    eid: Identifier
+    src: Identifier
+    type: EventTypeName
+    ets: Timestamp
+    pre: PreRoll
+    reason: ActivationReason
+    dist: Metres | None = None
+    ts: Timestamp
+    exp: Timestamp
+
+
+class Ack(Message):
+    """A camera's answer to a command."""
+
+    kind: ClassVar[str] = "ack"
+    aid: Identifier
+    status: AckStatus
+    pre_cov: PreRoll
+    rec: Identifier | None = None
+    ts: Timestamp
+    detail: ShortText | None = None
+
+
+class CameraActivation(Message):
+    """One camera of an activation and why it was commanded."""
+
+    kind: ClassVar[str] = "camera_activation"
+    id: Identifier
+    device_kind: DeviceKind
+    reason: ActivationReason
+    dist: Metres | None = None
+
+
+class Activation(Message):
+    """What the engine did about one trigger, for dispatch and integrators."""
+
+    kind: ClassVar[str] = "activation"
+    aid: Identifier
+    eid: Identifier
+    src: Identifier
+    type: EventTypeName
+    ets: Timestamp
+    ts: Timestamp
+    lat: Latitude | None = None
+    lon: Longitude | None = None
+    radius: Metres
+    pre: PreRoll
+    cameras: Annotated[tuple[CameraActivation, ...], Field(max_length=10_000)]
+    excluded: Annotated[int, Field(ge=0)]
+    by: ShortText | None = None
+
+
+class DeadLetter(Message):
+    """A rejected input, republished with the reason so operators can see it."""
+
+    kind: ClassVar[str] = "deadletter"
+    ts: Timestamp
+    topic: Annotated[str, Field(max_length=512)]
+    reason: Annotated[str, Field(pattern=r"^[a-z_]{1,40}$")]
+    detail: Annotated[str, Field(max_length=1024)]
+    size: Annotated[int, Field(ge=0)]
+    head: Annotated[str, Field(max_length=128)]
+
+
+class EngineStatus(Message):
+    """Retained engine liveness; the broker publishes ``online: false`` as last will."""
+
+    kind: ClassVar[str] = "engine_status"
+    online: bool
+    engine: Identifier
+    ts: Timestamp | None = None
+    version: ShortText | None = None
+
+
+#: Every payload model, by its ``kind`` name (the AsyncAPI message names).
+MESSAGE_TYPES: dict[str, type[Message]] = {
+    m.kind: m
+    for m in (
+        Telemetry,
+        Presence,
+        Event,
+        Command,
+        Ack,
+        Activation,
+        DeadLetter,
+        EngineStatus,
+    )
+}
+

@@ -1,0 +1,55 @@
+"""The errors actimesh raises.
+
+Every error a user can see derives from :class:`ActimeshError` and reads as one line
+that says what is wrong and how to fix it. The tree::
+
+    ActimeshError
+    ├── ConfigError            bad settings, flags or files given by the operator
+    ├── BrokerError            the MQTT broker could not be started or reached
+    │   └── BrokerNotInstalled the mosquitto binary is missing
+    ├── PayloadError           a message on the wire was rejected (carries a reason code)
+    └── LedgerError            the activation ledger could not be opened or written
+
+A :class:`PayloadError` never stops the engine: the message is counted, dead-lettered
+and the engine goes on with the next one.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ActimeshError",
+    "BrokerError",
+    "BrokerNotInstalledError",
+    "ConfigError",
+    "LedgerError",
+    "PayloadError",
+]
+
+
+class ActimeshError(Exception):
+    """Root of every error actimesh raises on purpose."""
+
+
+class ConfigError(ActimeshError):
+    """A setting, flag or file given by the operator is wrong."""
+
+
+class BrokerError(ActimeshError):
+    """The MQTT broker could not be started or reached."""
+
+
+class BrokerNotInstalledError(BrokerError):
+    """The ``mosquitto`` binary is not installed on this machine."""
+
+
+class LedgerError(ActimeshError):
+    """The activation ledger could not be opened or written."""
+
+
+class PayloadError(ActimeshError):
+    """A message was rejected. ``reason`` is a short stable code for counters."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
