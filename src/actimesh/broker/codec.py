@@ -19,6 +19,7 @@ from actimesh.broker.messages import Message
 from actimesh.errors import PayloadError
 
 __all__ = [
+    "MAX_ACTIVATION_BYTES",
     "MAX_PAYLOAD_BYTES",
     "check_clock",
     "decode",
@@ -34,7 +35,7 @@ MAX_ACTIVATION_BYTES = 1024 * 1024
 M = TypeVar("M", bound=Message)
 
 
-def _refuse_ext(code: int, data: bytes) -> Any:
+def _refuse_ext(code: int, _data: bytes) -> Any:
     raise PayloadError("malformed", f"msgpack extension type {code} is not allowed")
 
 
@@ -68,7 +69,7 @@ def decode(model: type[M], payload: bytes, *, max_bytes: int = MAX_PAYLOAD_BYTES
     if not isinstance(obj, dict):
         raise PayloadError("malformed", f"expected a msgpack map, got {type(obj).__name__}")
     version = obj.get("v")
-    if version != 1:
+    if type(version) is not int or version != 1:  # True == 1 and 1.0 == 1 in Python
         raise PayloadError("bad_version", f"version {version!r} is not supported (expected 1)")
     try:
         return model.model_validate(obj)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, ClassVar, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, model_validator
 
 from actimesh.broker.topics import IDENTIFIER_PATTERN
 
@@ -88,6 +88,14 @@ class AckStatus(StrEnum):
     REFUSED = "refused"  # the camera could not record (off, storage full …)
 
 
+# Enum fields arrive from msgpack as plain strings: validate them by value (lax) while
+# every other field stays strict (no "1" for 1, no true for 1.0).
+Kind = Annotated[DeviceKind, Strict(False)]
+State = Annotated[DeviceState, Strict(False)]
+Reason = Annotated[ActivationReason, Strict(False)]
+Status = Annotated[AckStatus, Strict(False)]
+
+
 class Message(BaseModel):
     """Base of every payload: strict, immutable, closed."""
 
@@ -120,7 +128,7 @@ class Telemetry(_Positioned):
 
     kind: ClassVar[str] = "telemetry"
     ts: Timestamp
-    state: DeviceState
+    state: State
     batt: Annotated[float, Field(ge=0.0, le=100.0)] | None = None
 
 
@@ -130,7 +138,7 @@ class Presence(Message):
     kind: ClassVar[str] = "presence"
     online: bool
     ts: Timestamp | None = None
-    device_kind: DeviceKind | None = None
+    device_kind: Kind | None = None
     unit: Identifier | None = None
     paired: Annotated[tuple[Identifier, ...], Field(max_length=16)] = ()
     pre_roll: PreRoll | None = None
@@ -157,7 +165,7 @@ class Command(Message):
     type: EventTypeName
     ets: Timestamp
     pre: PreRoll
-    reason: ActivationReason
+    reason: Reason
     dist: Metres | None = None
     ts: Timestamp
     exp: Timestamp
@@ -168,7 +176,7 @@ class Ack(Message):
 
     kind: ClassVar[str] = "ack"
     aid: Identifier
-    status: AckStatus
+    status: Status
     pre_cov: PreRoll
     rec: Identifier | None = None
     ts: Timestamp
@@ -180,8 +188,8 @@ class CameraActivation(Message):
 
     kind: ClassVar[str] = "camera_activation"
     id: Identifier
-    device_kind: DeviceKind
-    reason: ActivationReason
+    device_kind: Kind
+    reason: Reason
     dist: Metres | None = None
 
 
@@ -240,4 +248,3 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         EngineStatus,
     )
 }
-

@@ -39,6 +39,9 @@ ROOT = "am"
 #: Agency, device and engine identifiers: safe as one topic level and as a file name.
 IDENTIFIER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 _IDENTIFIER = re.compile(IDENTIFIER_PATTERN)
+# Kept in step with messages.EVENT_TYPE_PATTERN and DeadLetter.reason (tested).
+_EVENT_TYPE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+_REASON = re.compile(r"^[a-z_]{1,40}$")
 
 
 def is_identifier(value: str) -> bool:
@@ -119,6 +122,8 @@ class Topics:
 
     # ----------------------------------------------------------------- fleet-wide
     def activations(self, event_type: str) -> str:
+        if not _EVENT_TYPE.fullmatch(event_type):
+            raise ValueError(f"event type {event_type!r} must match {_EVENT_TYPE.pattern}")
         return f"{self.prefix}/activations/{event_type}"
 
     @property
@@ -126,6 +131,8 @@ class Topics:
         return f"{self.prefix}/activations/#"
 
     def deadletter(self, reason: str) -> str:
+        if not _REASON.fullmatch(reason):
+            raise ValueError(f"dead-letter reason {reason!r} must match {_REASON.pattern}")
         return f"{self.prefix}/deadletter/{reason}"
 
     @property

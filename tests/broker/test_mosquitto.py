@@ -1,0 +1,392 @@
+"""The managed Mosquitto: config, start/stop, failures that read as one line, persistence."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+import aiomqtt
+import pytest
+
+from actimesh.broker.codec import MAX_PAYLOAD_BYTES, decode, encode
+from actimesh.broker.messages import DeviceState, Telemetry
+from actimesh.broker.mosquitto import (
+    INSTALL_HINT,
+    ManagedMosquitto,
+    MosquittoConfig,
+    find_mosquitto,
+    free_port,
+    parse_broker_url,
+    render_config,
+)
+from actimesh.broker.topics import Topics
+from actimesh.errors import BrokerError, BrokerNotInstalledError, ConfigError
+
+TIMEOUT_S = 5.0
+
+
+def _config(data_dir: Path, **overrides: int) -> MosquittoConfig:
+    return MosquittoConfig(data_dir=data_dir, port=free_port(), **overrides)  # type: ignore[arg-type]
+
+
+def _assert_reaped(pid: int) -> None:
+    # A zombie would still be our child; a reaped one is not.
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def _stopped(broker: ManagedMosquitto) -> bool:
+    # A call, not the property: mypy would keep an earlier `assert broker.running`.
+    return not broker.running and broker.pid is None
+
+
+def _fake_binary(tmp_path: Path, body: str) -> Path:
+    script = tmp_path / "fake-mosquitto"
+    script.write_text(f"#!{sys.executable}\n{body}")
+    script.chmod(0o755)
+    return script
+
+
+async def _retained(broker: ManagedMosquitto, topic: str) -> bytes | None:
+    """The retained payload on ``topic``, or None if the broker has none."""
+    async with aiomqtt.Client(broker.host, broker.port) as client:
+        await client.subscribe(topic, qos=1)
+        try:
+            async with asyncio.timeout(1.0):
+                async for message in client.messages:
+                    assert message.retain
+                    assert isinstance(message.payload, bytes)
+                    return message.payload
+        except TimeoutError:
+            return None
+    return None
+
+
+# ---------------------------------------------------------------------- config
+
+
+def test_rendered_config_disables_nagle_and_sets_limits(tmp_path: Path) -> None:
+    cfg = MosquittoConfig(data_dir=tmp_path, port=18830)
+    text = render_config(cfg)
+    lines = text.splitlines()
+    for expected in (
+        "per_listener_settings false",
+        "listener 18830 127.0.0.1",
+        "allow_anonymous true",
+        "persistence true",
+        f"persistence_location {tmp_path}/",
+        "autosave_interval 30",
+        "set_tcp_nodelay true",
+        f"max_packet_size {cfg.max_packet_size}",
+        "max_queued_messages 10000",
+        f"log_dest file {tmp_path}/mosquitto.log",
+        "connection_messages true",
+        "queue_qos0_messages false",
+    ):
+        assert expected in lines
+    # mosquitto 2.0 reads one type per log_type line.
+    assert [line for line in lines if line.startswith("log_type")] == [
+        "log_type error",
+        "log_type warning",
+        "log_type notice",
+        "log_type information",
+    ]
+    assert cfg.max_packet_size > MAX_PAYLOAD_BYTES
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root is switched to another user")
+def test_rendered_config_keeps_root_as_root(tmp_path: Path) -> None:
+    assert "user root" in render_config(MosquittoConfig(data_dir=tmp_path)).splitlines()
+
+
+def test_relative_data_dir_is_rendered_absolute() -> None:
+    text = render_config(MosquittoConfig(data_dir=Path("rel")))
+    assert f"persistence_location {Path('rel').absolute()}/" in text.splitlines()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        ({"port": 0}, "out of range"),
+        ({"port": 70000}, "out of range"),
+        ({"host": "bad host"}, "not valid"),
+        ({"max_packet_size": MAX_PAYLOAD_BYTES}, "dead-lettered"),
+        ({"autosave_interval_s": -1}, "autosave"),
+        ({"max_queued_messages": -1}, "max_queued_messages"),
+        ({"data_dir": Path("a\nb")}, "line break"),
+    ],
+)
+def test_bad_settings_are_one_line_config_errors(
+    tmp_path: Path, overrides: dict[str, object], fragment: str
+) -> None:
+    settings: dict[str, object] = {"data_dir": tmp_path, **overrides}
+    with pytest.raises(ConfigError, match=fragment) as info:
+        MosquittoConfig(**settings)  # type: ignore[arg-type]
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("mqtt://127.0.0.1:1883", ("127.0.0.1", 1883)),
+        ("mqtt://broker.example", ("broker.example", 1883)),
+        ("mqtt://broker.example:2883/", ("broker.example", 2883)),
+        ("mqtt://[::1]:1884", ("::1", 1884)),
+    ],
+)
+def test_broker_url_gives_host_and_port(url: str, expected: tuple[str, int]) -> None:
+    assert parse_broker_url(url) == expected
+
+
+@pytest.mark.parametrize(
+    ("url", "fragment"),
+    [
+        ("127.0.0.1:1883", "no scheme"),
+        ("mqtts://broker:8883", "TLS is not supported yet"),
+        ("http://broker:1883", "scheme 'http'"),
+        ("mqtt://user:pw@broker:1883", "credentials"),
+        ("mqtt://broker:1883/topic", "path"),
+        ("mqtt://broker:1883?x=1", "query"),
+        ("mqtt://:1883", "no host"),
+        ("mqtt://broker:port", "not valid"),
+        ("mqtt://broker:99999", "not valid"),
+        ("mqtt://broker:0", "port 0"),
+    ],
+)
+def test_bad_broker_urls_say_how_to_fix_them(url: str, fragment: str) -> None:
+    with pytest.raises(ConfigError, match=fragment) as info:
+        parse_broker_url(url)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "mqtt://HOST:PORT" in message
+
+
+# ---------------------------------------------------------------------- binary
+
+
+def test_missing_binary_raises_install_hint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr("actimesh.broker.mosquitto.FALLBACK_PATHS", (tmp_path / "nope",))
+    with pytest.raises(BrokerNotInstalledError) as info:
+        find_mosquitto()
+    assert str(info.value) == INSTALL_HINT
+    assert "apt-get install mosquitto" in INSTALL_HINT
+    broker = ManagedMosquitto(_config(tmp_path / "data"))
+    with pytest.raises(BrokerNotInstalledError):
+        broker.start()
+    assert not broker.running
+
+
+def test_binary_is_found_in_sbin_when_not_on_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = find_mosquitto()
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert find_mosquitto(fallbacks=(tmp_path / "nope", real)) == real
+
+
+# ---------------------------------------------------------------------- lifecycle
+
+
+def test_start_waits_until_connectable_and_stop_reaps(tmp_path: Path) -> None:
+    broker = ManagedMosquitto(_config(tmp_path))
+    broker.start()
+    pid = broker.pid
+    assert pid is not None
+    try:
+        assert broker.running
+        assert broker.url == f"mqtt://127.0.0.1:{broker.port}"
+        with socket.create_connection((broker.host, broker.port), timeout=1):
+            pass
+        assert "running" in broker.log_tail(5)
+        broker.start()  # already running: nothing happens
+        assert broker.pid == pid
+    finally:
+        broker.stop()
+    assert _stopped(broker)
+    _assert_reaped(pid)
+    assert "terminating" in broker.log_tail(3)
+    broker.stop()  # stopping twice is harmless
+
+
+async def test_round_trip_through_session_broker(mosquitto: ManagedMosquitto, agency: str) -> None:
+    topic = Topics(agency).telemetry("bc-1")
+    sent = Telemetry(ts=time.time(), state=DeviceState.RECORDING, lat=51.5, lon=-0.12, acc=4.0)
+    async with (
+        aiomqtt.Client(mosquitto.host, mosquitto.port) as receiver,
+        aiomqtt.Client(mosquitto.host, mosquitto.port) as sender,
+    ):
+        await receiver.subscribe(topic, qos=1)
+        await sender.publish(topic, encode(sent), qos=1)
+        async with asyncio.timeout(TIMEOUT_S):
+            message = await anext(aiter(receiver.messages))
+    assert message.topic.value == topic
+    assert isinstance(message.payload, bytes)
+    assert decode(Telemetry, message.payload) == sent
+
+
+async def test_async_context_manager_starts_and_stops(tmp_path: Path, agency: str) -> None:
+    async with ManagedMosquitto(_config(tmp_path)) as broker:
+        assert broker.running
+        pid = broker.pid
+        assert pid is not None
+        async with aiomqtt.Client(broker.host, broker.port) as client:
+            await client.publish(f"am/v1/{agency}/probe", b"x", qos=1)
+    assert _stopped(broker)
+    _assert_reaped(pid)
+
+
+def test_sync_context_manager_starts_and_stops(tmp_path: Path) -> None:
+    with ManagedMosquitto(_config(tmp_path)) as broker:
+        assert broker.running
+    assert _stopped(broker)
+
+
+def test_port_in_use_is_one_line_error(tmp_path: Path) -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        broker = ManagedMosquitto(MosquittoConfig(data_dir=tmp_path, port=port))
+        with pytest.raises(BrokerError) as info:
+            broker.start()
+    assert str(info.value) == (
+        f"port {port} on 127.0.0.1 is already in use: pass --broker-port N, "
+        f"or --broker mqtt://127.0.0.1:{port} to use the broker already running there"
+    )
+    assert not broker.running
+    # The old failure in the shared log does not spoil a later start on a free port.
+    with ManagedMosquitto(_config(tmp_path)) as again:
+        assert again.running
+
+
+def test_port_of_running_broker_is_in_use(mosquitto: ManagedMosquitto, tmp_path: Path) -> None:
+    clash = ManagedMosquitto(MosquittoConfig(data_dir=tmp_path, port=mosquitto.port))
+    with pytest.raises(BrokerError, match="already in use"):
+        clash.start()
+    assert mosquitto.running
+
+
+def test_broker_that_exits_early_is_reported_with_log_reason(tmp_path: Path) -> None:
+    binary = _fake_binary(
+        tmp_path,
+        "import sys\nprint('1: Error: Unknown configuration variable \"x\".')\nsys.exit(3)\n",
+    )
+    broker = ManagedMosquitto(_config(tmp_path / "data"), binary=binary)
+    with pytest.raises(BrokerError) as info:
+        broker.start()
+    message = str(info.value)
+    assert "\n" not in message
+    assert "exited with code 3" in message
+    assert 'Unknown configuration variable "x".' in message
+    assert not broker.running
+
+
+def test_broker_that_never_listens_times_out_and_is_killed(tmp_path: Path) -> None:
+    binary = _fake_binary(tmp_path, "import time\ntime.sleep(60)\n")
+    broker = ManagedMosquitto(_config(tmp_path / "data"), binary=binary, start_timeout_s=0.3)
+    started = time.monotonic()
+    with pytest.raises(BrokerError, match=r"did not accept connections .* within 0.3 s"):
+        broker.start()
+    assert time.monotonic() - started < 5
+    assert not broker.running
+
+
+_STUBBORN = """\
+import signal, socket, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+conf = open(sys.argv[2]).read().splitlines()
+port = int(next(line.split()[1] for line in conf if line.startswith("listener ")))
+server = socket.socket()
+server.bind(("127.0.0.1", port))
+server.listen()
+print("stubborn broker running", flush=True)
+time.sleep(60)
+"""
+
+
+def test_stop_kills_a_broker_that_ignores_sigterm(tmp_path: Path) -> None:
+    broker = ManagedMosquitto(_config(tmp_path / "data"), binary=_fake_binary(tmp_path, _STUBBORN))
+    broker.start()
+    pid = broker.pid
+    assert pid is not None
+    started = time.monotonic()
+    broker.stop(timeout=0.2)
+    assert time.monotonic() - started < 3
+    _assert_reaped(pid)
+
+
+async def test_astop_kills_a_broker_that_ignores_sigterm(tmp_path: Path) -> None:
+    broker = ManagedMosquitto(_config(tmp_path / "data"), binary=_fake_binary(tmp_path, _STUBBORN))
+    await broker.astart()
+    pid = broker.pid
+    assert pid is not None
+    await broker.astop(timeout=0.2)
+    assert not broker.running
+    _assert_reaped(pid)
+
+
+async def test_cancelled_start_leaves_no_broker(tmp_path: Path) -> None:
+    binary = _fake_binary(tmp_path, "import time\ntime.sleep(60)\n")
+    broker = ManagedMosquitto(_config(tmp_path / "data"), binary=binary)
+    task = asyncio.create_task(broker.astart())
+    await asyncio.sleep(0.2)
+    pid = broker.pid
+    assert pid is not None
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not broker.running
+    _assert_reaped(pid)
+
+
+# ---------------------------------------------------------------------- persistence
+
+
+async def test_retained_message_survives_graceful_restart(
+    fresh_mosquitto: ManagedMosquitto, agency: str
+) -> None:
+    topic = Topics(agency).presence("bc-1")
+    async with aiomqtt.Client(fresh_mosquitto.host, fresh_mosquitto.port) as client:
+        await client.publish(topic, b"online", qos=1, retain=True)
+    await fresh_mosquitto.arestart()
+    assert (fresh_mosquitto.config.data_dir / "mosquitto.db").is_file()
+    assert await _retained(fresh_mosquitto, topic) == b"online"
+
+
+async def test_kill_is_abrupt_and_loses_unsaved_state(
+    fresh_mosquitto: ManagedMosquitto, agency: str
+) -> None:
+    topic = Topics(agency).presence("bc-1")
+    pid = fresh_mosquitto.pid
+    assert pid is not None
+    async with aiomqtt.Client(fresh_mosquitto.host, fresh_mosquitto.port) as client:
+        await client.publish(topic, b"online", qos=1, retain=True)
+    fresh_mosquitto.kill()
+    assert _stopped(fresh_mosquitto)
+    _assert_reaped(pid)
+    # The autosave interval (30 s) has not passed, and SIGKILL saves nothing.
+    await fresh_mosquitto.astart()
+    assert await _retained(fresh_mosquitto, topic) is None
+
+
+def test_sync_restart_keeps_retained_messages(
+    fresh_mosquitto: ManagedMosquitto, agency: str
+) -> None:
+    topic = Topics(agency).presence("bc-2")
+    fresh_mosquitto.restart()
+    assert fresh_mosquitto.running
+    asyncio.run(_publish_retained(fresh_mosquitto, topic))
+    fresh_mosquitto.restart()
+    assert asyncio.run(_retained(fresh_mosquitto, topic)) == b"on"
+
+
+async def _publish_retained(broker: ManagedMosquitto, topic: str) -> None:
+    async with aiomqtt.Client(broker.host, broker.port) as client:
+        await client.publish(topic, b"on", qos=1, retain=True)
