@@ -1,0 +1,218 @@
+"""Fan-out planning: which cameras one trigger event activates, and why.
+
+This is the pure heart of the engine (no I/O, time passed in), so every rule of "who
+records" is unit-tested without a broker:
+
+1. The event's position is its own fix when it has one; otherwise the trigger device's
+   last fresh fix; otherwise the freshest fix among its paired devices (a CEW has no GPS
+   and borrows its officer's body camera's). With none, only paired cameras activate and
+   the ledger says so.
+2. Paired cameras (the rule permitting) are commanded whatever GPS says.
+3. Every camera of a kind the rule names whose fix the inclusion policy judges within the
+   radius is commanded; the others found near the event are recorded with the reason they
+   were left out (too far, stale fix, offline).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+
+from actimesh.broker.messages import CAMERA_KINDS, ActivationReason, DeviceKind, Event
+from actimesh.geofence import InclusionPolicy, SpatialIndex, Verdict, distance_m
+from actimesh.triggers.fleet import Fleet
+from actimesh.triggers.ledger import DecisionRow
+from actimesh.triggers.rules import Rule
+
+__all__ = ["Exclusion", "Plan", "PositionSource", "Target", "activation_id", "plan_activation"]
+
+
+class PositionSource(StrEnum):
+    """Where the event's position came from."""
+
+    EVENT = "event"
+    SOURCE_DEVICE = "source_device"
+    PAIRED_DEVICE = "paired_device"
+    NONE = "none"
+
+
+class Exclusion(StrEnum):
+    """Why a camera near the event was not commanded."""
+
+    TOO_FAR = "too_far"
+    STALE = "stale"
+    OFFLINE = "offline"
+    KIND_NOT_IN_RULE = "kind_not_in_rule"
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A camera to command."""
+
+    device_id: str
+    kind: DeviceKind | None
+    reason: ActivationReason
+    distance_m: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Everything the engine will do about one event."""
+
+    aid: str
+    lat: float | None
+    lon: float | None
+    acc: float | None
+    position_source: PositionSource
+    radius_m: float
+    pre_roll_s: float
+    targets: tuple[Target, ...]
+    decisions: tuple[DecisionRow, ...] = field(default=())
+
+    @property
+    def excluded(self) -> int:
+        return sum(1 for d in self.decisions if not d.commanded)
+
+
+def activation_id(source: str, eid: str) -> str:
+    """Deterministic activation id: a redelivered event maps to the same activation, so
+    cameras (which dedupe by activation id) never record it twice."""
+    digest = hashlib.sha256(f"{source}\x00{eid}".encode()).hexdigest()
+    return f"act-{digest[:24]}"
+
+
+def _event_position(
+    event: Event, source: str, fleet: Fleet, index: SpatialIndex, policy: InclusionPolicy
+) -> tuple[float | None, float | None, float | None, PositionSource]:
+    if event.lat is not None and event.lon is not None:
+        return event.lat, event.lon, event.acc, PositionSource.EVENT
+    own = index.get(source)
+    if own is not None and abs(own.ts - event.ts) <= policy.max_fix_age_s:
+        return own.lat, own.lon, own.acc, PositionSource.SOURCE_DEVICE
+    info = fleet.get(source)
+    best = None
+    for peer in info.paired if info is not None else ():
+        fix = index.get(peer)
+        if fix is None or abs(fix.ts - event.ts) > policy.max_fix_age_s:
+            continue
+        if best is None or fix.ts > best.ts:
+            best = fix
+    if best is not None:
+        return best.lat, best.lon, best.acc, PositionSource.PAIRED_DEVICE
+    return None, None, None, PositionSource.NONE
+
+
+def _paired(
+    source: str, fleet: Fleet, targets: dict[str, Target], decisions: dict[str, DecisionRow]
+) -> None:
+    src_info = fleet.get(source)
+    paired = src_info.paired if src_info is not None else ()
+    if src_info is not None and src_info.is_camera:
+        paired = (source, *paired)
+    for info in fleet.cameras_of(paired):
+        # A pairing names cameras; a device of a known non-camera kind cannot record.
+        if info.kind is not None and info.kind not in CAMERA_KINDS:
+            continue
+        targets[info.device_id] = Target(info.device_id, info.kind, ActivationReason.PAIRED)
+        kind = info.kind.value if info.kind else None
+        reason = "paired" if info.online else "paired_offline_queued"
+        decisions[info.device_id] = DecisionRow(info.device_id, kind, True, reason)
+
+
+def _nearby(
+    *,
+    event: Event,
+    at: tuple[float, float, float | None],
+    radius: float,
+    rule: Rule,
+    fleet: Fleet,
+    index: SpatialIndex,
+    policy: InclusionPolicy,
+    targets: dict[str, Target],
+    decisions: dict[str, DecisionRow],
+) -> None:
+    lat, lon, acc = at
+    search = policy.search_radius_m(radius)
+    for fix, dist in index.within(lat, lon, search):
+        info = fleet.get(fix.device_id)
+        if info is None or info.kind is None or not info.is_camera:
+            continue
+        age = event.ts - fix.ts
+        row = DecisionRow(fix.device_id, info.kind.value, False, "", dist, None, age, fix.acc)
+        if fix.device_id in targets:
+            # Paired and also near: keep "paired" as the reason, note the distance.
+            decisions[fix.device_id] = replace(row, commanded=True, reason="paired")
+            continue
+        if info.kind not in rule.camera_kinds:
+            decisions[fix.device_id] = replace(row, reason=Exclusion.KIND_NOT_IN_RULE)
+            continue
+        verdict, margin = policy.judge(
+            distance_m=dist,
+            radius_m=radius,
+            fix_ts=fix.ts,
+            event_ts=event.ts,
+            acc_device=fix.acc,
+            acc_event=acc,
+        )
+        if verdict is Verdict.WITHIN:
+            targets[fix.device_id] = Target(
+                fix.device_id, info.kind, ActivationReason.PROXIMITY, dist
+            )
+            decisions[fix.device_id] = replace(
+                row, commanded=True, reason="proximity", margin_m=margin
+            )
+        else:
+            decisions[fix.device_id] = replace(row, reason=verdict.value, margin_m=margin)
+    for info in fleet.recently_offline(event.ts - policy.max_fix_age_s):
+        last = info.last_fix
+        if last is None or info.device_id in decisions or not info.is_camera:
+            continue
+        dist = distance_m(lat, lon, last.lat, last.lon)
+        if dist <= search:
+            kind = info.kind.value if info.kind else None
+            decisions[info.device_id] = DecisionRow(
+                info.device_id, kind, False, Exclusion.OFFLINE, dist, None,
+                event.ts - last.ts, last.acc,
+            )  # fmt: skip
+
+
+def plan_activation(
+    *,
+    event: Event,
+    source: str,
+    rule: Rule,
+    fleet: Fleet,
+    index: SpatialIndex,
+    policy: InclusionPolicy,
+) -> Plan:
+    """Decide which cameras ``event`` from device ``source`` activates under ``rule``."""
+    lat, lon, acc, position_source = _event_position(event, source, fleet, index, policy)
+    radius = rule.radius_for(event.radius)
+    targets: dict[str, Target] = {}
+    decisions: dict[str, DecisionRow] = {}
+    if rule.include_paired:
+        _paired(source, fleet, targets, decisions)
+    if lat is not None and lon is not None:
+        _nearby(
+            event=event,
+            at=(lat, lon, acc),
+            radius=radius,
+            rule=rule,
+            fleet=fleet,
+            index=index,
+            policy=policy,
+            targets=targets,
+            decisions=decisions,
+        )
+    return Plan(
+        aid=activation_id(source, event.eid),
+        lat=lat,
+        lon=lon,
+        acc=acc,
+        position_source=position_source,
+        radius_m=radius,
+        pre_roll_s=rule.pre_roll_s,
+        targets=tuple(targets.values()),
+        decisions=tuple(decisions.values()),
+    )

@@ -1,0 +1,37 @@
+"""How the trigger engine behaves (the ``[engine]`` table of the config file)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+from actimesh.broker.topics import IDENTIFIER_PATTERN, is_identifier
+from actimesh.errors import ConfigError
+
+__all__ = ["EngineSettings"]
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSettings:
+    """How the trigger engine behaves."""
+
+    engine_id: str = "engine-1"
+    #: Commands not delivered within this time expire in the broker (MQTT v5).
+    command_expiry_s: float = 300.0
+    #: Events older than this are rejected. Sensors that cache offline (Motorola APX
+    #: caches 30 min) replay within it.
+    max_event_age_s: float = 1800.0
+    #: Timestamps further in the future than this are a broken or forged clock.
+    max_clock_skew_s: float = 10.0
+    #: Telemetry waiting to be indexed; overflow is dropped and counted (never events).
+    telemetry_queue: int = 50_000
+    #: At most this many dead-letter reports per second are published (all are counted).
+    deadletters_per_s: float = 50.0
+
+    def __post_init__(self) -> None:
+        if not is_identifier(self.engine_id):
+            raise ConfigError(f"engine_id {self.engine_id!r} must match {IDENTIFIER_PATTERN}")
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float | int) and not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"engine.{f.name} must be a positive number, got {value!r}")

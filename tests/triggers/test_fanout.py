@@ -1,0 +1,228 @@
+"""Fan-out planning: who records for one trigger, and what the ledger says about the rest."""
+
+from __future__ import annotations
+
+import pytest
+
+from actimesh.broker.messages import ActivationReason, DeviceKind, Event, Presence
+from actimesh.geofence import GridIndex, InclusionMode, InclusionPolicy, destination
+from actimesh.triggers.fanout import (
+    Exclusion,
+    PositionSource,
+    activation_id,
+    plan_activation,
+)
+from actimesh.triggers.fleet import Fleet, LastFix
+from actimesh.triggers.rules import DEFAULT_RULES, Rule
+
+T0 = 1_800_000_000.0
+CENTER = (51.0447, -114.0719)
+
+
+class Scene:
+    """A fleet and an index built up device by device."""
+
+    def __init__(self) -> None:
+        self.fleet = Fleet()
+        self.index = GridIndex()
+
+    def device(
+        self,
+        device_id: str,
+        kind: DeviceKind,
+        *,
+        at: float | None = None,
+        bearing: float = 0.0,
+        acc: float | None = 0.0,
+        age: float = 0.0,
+        paired: tuple[str, ...] = (),
+    ) -> None:
+        self.fleet.presence(device_id, Presence(online=True, device_kind=kind, paired=paired), T0)
+        if at is not None:
+            lat, lon = destination(*CENTER, bearing, at)
+            self.index.upsert(device_id, lat, lon, acc, T0 - age)
+
+    def go_offline(self, device_id: str) -> None:
+        fix = self.index.get(device_id)
+        assert fix is not None
+        self.index.remove(device_id)
+        self.fleet.presence(
+            device_id,
+            Presence(online=False),
+            T0 - 1,
+            LastFix(fix.lat, fix.lon, fix.acc, fix.ts),
+        )
+
+
+def taser(eid: str = "e1", *, fix: bool = False) -> Event:
+    if fix:
+        return Event(eid=eid, type="taser_draw", ts=T0, lat=CENTER[0], lon=CENTER[1], acc=0.0)
+    return Event(eid=eid, type="taser_draw", ts=T0)
+
+
+def rule(name: str) -> Rule:
+    found = DEFAULT_RULES.get(name)
+    assert found is not None
+    return found
+
+
+def test_taser_draw_activates_body_cams_within_radius_and_not_beyond() -> None:
+    scene = Scene()
+    scene.device("cew1", DeviceKind.CEW, paired=("bwc-own",))
+    scene.device("bwc-own", DeviceKind.BODY_CAM, at=0.0)
+    scene.device("bwc-9.0", DeviceKind.BODY_CAM, at=9.0, bearing=45)
+    scene.device("bwc-9.3", DeviceKind.BODY_CAM, at=9.3, bearing=200)
+    scene.device("dash-5", DeviceKind.DASH_CAM, at=5.0, bearing=300)
+    plan = plan_activation(
+        event=taser(),
+        source="cew1",
+        rule=rule("taser_draw"),
+        fleet=scene.fleet,
+        index=scene.index,
+        policy=InclusionPolicy(),
+    )
+    commanded = {t.device_id: t.reason for t in plan.targets}
+    assert commanded == {
+        "bwc-own": ActivationReason.PAIRED,
+        "bwc-9.0": ActivationReason.PROXIMITY,
+        "dash-5": ActivationReason.PROXIMITY,
+    }
+    # The CEW has no GPS: the event borrowed its paired body camera's fix.
+    assert plan.position_source is PositionSource.PAIRED_DEVICE
+    left_out = {d.device_id: d.reason for d in plan.decisions if not d.commanded}
+    assert left_out == {"bwc-9.3": Exclusion.TOO_FAR}
+    distances = {t.device_id: t.distance_m for t in plan.targets}
+    assert distances["bwc-9.0"] == pytest.approx(9.0, abs=0.01)
+
+
+def test_paired_cameras_activate_with_no_gps_fix_anywhere() -> None:
+    scene = Scene()
+    scene.device("gw", DeviceKind.GATEWAY, paired=("dash", "rear"))
+    scene.device("dash", DeviceKind.DASH_CAM)
+    scene.device("rear", DeviceKind.REAR_CAM)
+    event = Event(eid="crash", type="collision", ts=T0)
+    plan = plan_activation(
+        event=event,
+        source="gw",
+        rule=rule("collision"),
+        fleet=scene.fleet,
+        index=scene.index,
+        policy=InclusionPolicy(),
+    )
+    assert {t.device_id for t in plan.targets} == {"dash", "rear"}
+    assert all(t.reason is ActivationReason.PAIRED for t in plan.targets)
+    assert plan.position_source is PositionSource.NONE
+    assert plan.lat is None
+
+
+def test_paired_camera_never_heard_of_is_still_commanded() -> None:
+    scene = Scene()
+    scene.device("gw", DeviceKind.GATEWAY, paired=("dash-unknown",))
+    plan = plan_activation(
+        event=Event(eid="x", type="emergency_lights", ts=T0),
+        source="gw",
+        rule=rule("emergency_lights"),
+        fleet=scene.fleet,
+        index=scene.index,
+        policy=InclusionPolicy(),
+    )
+    assert [t.device_id for t in plan.targets] == ["dash-unknown"]
+    assert plan.decisions[0].reason == "paired_offline_queued"
+
+
+def test_stale_fix_is_not_trusted_as_within_thirty_feet() -> None:
+    scene = Scene()
+    scene.device("cew1", DeviceKind.CEW)
+    scene.device("bwc-stale", DeviceKind.BODY_CAM, at=3.0, age=25.0)
+    plan = plan_activation(
+        event=taser(fix=True),
+        source="cew1",
+        rule=rule("taser_draw"),
+        fleet=scene.fleet,
+        index=scene.index,
+        policy=InclusionPolicy(max_fix_age_s=10.0),
+    )
+    assert plan.targets == ()
+    (decision,) = plan.decisions
+    assert decision.reason == Exclusion.STALE
+    assert decision.fix_age_s == pytest.approx(25.0)
+
+
+def test_offline_camera_is_reported_not_commanded() -> None:
+    scene = Scene()
+    scene.device("cew1", DeviceKind.CEW)
+    scene.device("bwc-off", DeviceKind.BODY_CAM, at=4.0)
+    scene.go_offline("bwc-off")
+    plan = plan_activation(
+        event=taser(fix=True),
+        source="cew1",
+        rule=rule("taser_draw"),
+        fleet=scene.fleet,
+        index=scene.index,
+        policy=InclusionPolicy(),
+    )
+    assert plan.targets == ()
+    assert [(d.device_id, d.reason) for d in plan.decisions] == [("bwc-off", Exclusion.OFFLINE)]
+
+
+def test_accuracy_margin_widens_radius_in_inclusive_mode_only() -> None:
+    scene = Scene()
+    scene.device("cew1", DeviceKind.CEW)
+    scene.device("bwc", DeviceKind.BODY_CAM, at=10.0, acc=1.5)
+
+    def commanded(mode: InclusionMode) -> bool:
+        plan = plan_activation(
+            event=taser(fix=True),
+            source="cew1",
+            rule=rule("taser_draw"),
+            fleet=scene.fleet,
+            index=scene.index,
+            policy=InclusionPolicy(mode=mode),
+        )
+        return any(t.device_id == "bwc" for t in plan.targets)
+
+    assert commanded(InclusionMode.INCLUSIVE)
+    assert not commanded(InclusionMode.CENTRE)
+
+
+def test_rule_limited_to_body_cams_records_why_dash_cam_was_left_out() -> None:
+    scene = Scene()
+    scene.device("cew1", DeviceKind.CEW)
+    scene.device("dash", DeviceKind.DASH_CAM, at=2.0)
+    body_only = Rule("holster_draw", camera_kinds=frozenset({DeviceKind.BODY_CAM}))
+    plan = plan_activation(
+        event=Event(eid="h", type="holster_draw", ts=T0, lat=CENTER[0], lon=CENTER[1]),
+        source="cew1",
+        rule=body_only,
+        fleet=scene.fleet,
+        index=scene.index,
+        policy=InclusionPolicy(),
+    )
+    assert plan.targets == ()
+    assert plan.decisions[0].reason == Exclusion.KIND_NOT_IN_RULE
+
+
+def test_dispatch_zone_uses_event_radius_and_no_pairing() -> None:
+    scene = Scene()
+    scene.device("dispatch", DeviceKind.GATEWAY, paired=("dash-far",))
+    scene.device("dash-far", DeviceKind.DASH_CAM, at=500.0)
+    scene.device("bwc-40", DeviceKind.BODY_CAM, at=40.0)
+    event = Event(eid="z1", type="dispatch_zone", ts=T0, lat=CENTER[0], lon=CENTER[1], radius=50.0)
+    plan = plan_activation(
+        event=event,
+        source="dispatch",
+        rule=rule("dispatch_zone"),
+        fleet=scene.fleet,
+        index=scene.index,
+        policy=InclusionPolicy(),
+    )
+    assert plan.radius_m == 50.0
+    assert {t.device_id for t in plan.targets} == {"bwc-40"}
+
+
+def test_activation_id_is_deterministic_per_source_and_event() -> None:
+    assert activation_id("cew1", "e1") == activation_id("cew1", "e1")
+    assert activation_id("cew1", "e1") != activation_id("cew2", "e1")
+    assert activation_id("cew1", "e1") != activation_id("cew1", "e2")
+    assert activation_id("a" * 64, "b" * 64).startswith("act-")
+    assert len(activation_id("a" * 64, "b" * 64)) <= 64
