@@ -1,0 +1,72 @@
+"""The fleet simulator builds crews the way agencies equip them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from actimesh.broker.messages import DeviceKind
+from actimesh.broker.topics import Topics
+from actimesh.devices.simulator import FleetSimulator, SimSettings
+from actimesh.geofence import distance_m
+
+
+def build(tmp_path: Path, units: int = 5) -> FleetSimulator:
+    return FleetSimulator(
+        topics=Topics("sim"),
+        broker_host="127.0.0.1",
+        broker_port=1,
+        data_dir=tmp_path,
+        settings=SimSettings(units=units, seed=1),
+    )
+
+
+def test_each_unit_is_a_cruiser_with_paired_cameras_and_armed_officers(tmp_path: Path) -> None:
+    sim = build(tmp_path)
+    for unit in sim.units:
+        assert unit.gateway is not None
+        assert set(unit.gateway.paired) == {f"{unit.name}-dash", f"{unit.name}-rear"}
+        assert 1 <= len(unit.body_cams) == len(unit.cews) <= 2
+        for body, cew in zip(unit.body_cams, unit.cews, strict=True):
+            assert body.kind is DeviceKind.BODY_CAM
+            assert cew.paired == (body.device_id,)
+            assert cew.local_peers == (body,)
+            # A CEW has no GPS of its own: it borrows the body camera's fix.
+            assert cew.position() is None
+            assert cew.telemetry().lat is None
+    assert len(sim.agents) == sum(3 + 2 * len(u.body_cams) for u in sim.units)
+
+
+def test_units_start_inside_the_patrol_area(tmp_path: Path) -> None:
+    sim = build(tmp_path, units=50)
+    lat0, lon0 = sim.settings.center
+    for unit in sim.units:
+        assert distance_m(lat0, lon0, unit.car.lat, unit.car.lon) <= sim.settings.area_radius_m + 1
+
+
+def test_reported_fixes_scatter_like_their_accuracy(tmp_path: Path) -> None:
+    sim = build(tmp_path, units=1)
+    car = sim.units[0].car
+    errors = [
+        distance_m(car.lat, car.lon, f.lat, f.lon) for f in (car.fix(0.0) for _ in range(400))
+    ]
+    mean = sum(errors) / len(errors)
+    assert 0.5 * car.acc < mean < 1.5 * car.acc
+
+
+def test_move_reaches_the_target_without_overshooting(tmp_path: Path) -> None:
+    sim = build(tmp_path, units=1)
+    car = sim.units[0].car
+    target = (car.lat + 0.001, car.lon)
+    steps = 0
+    while not FleetSimulator._move(car, target, 14.0):
+        steps += 1
+        assert steps < 100
+    assert (car.lat, car.lon) == target
+    assert steps == pytest.approx(111.3 / 14.0, abs=1)
+
+
+def test_fleet_size_is_bounded() -> None:
+    with pytest.raises(ValueError, match="between 1 and 2000"):
+        SimSettings(units=0)

@@ -1,0 +1,227 @@
+"""The activation path end to end on a real Mosquitto: devices → engine → cameras."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from actimesh.broker.codec import decode, encode
+from actimesh.broker.messages import (
+    AckStatus,
+    Activation,
+    ActivationReason,
+    DeviceKind,
+    DeviceState,
+    Event,
+)
+from actimesh.triggers.fanout import activation_id
+from actimesh.triggers.ledger import AckRow
+from tests.integration.harness import CENTER, mesh
+
+pytestmark = pytest.mark.integration
+
+
+def first_segment_start(root: Path, device_id: str, recording_id: str) -> float:
+    manifest = json.loads(
+        (root / "recordings" / device_id / recording_id / "manifest.json").read_text()
+    )
+    return float(manifest["segments"][0]["start"])
+
+
+async def test_taser_draw_activates_body_cam_at_9_0_m_but_not_at_9_3_m(
+    agency: str, broker_port: int, tmp_path: Path
+) -> None:
+    async with mesh(agency, broker_port, tmp_path) as m:
+        m.add("bwc-own", DeviceKind.BODY_CAM, at=0.0)
+        m.add("cew", DeviceKind.CEW, paired=("bwc-own",), local=("bwc-own",))
+        m.add("bwc-9.0", DeviceKind.BODY_CAM, at=9.0, bearing=10)
+        m.add("bwc-9.3", DeviceKind.BODY_CAM, at=9.3, bearing=100)
+        m.add("dash-7", DeviceKind.DASH_CAM, at=7.0, bearing=220)
+        await m.ready()
+        event = await m.agents["cew"].raise_event("taser_draw")
+        aid = activation_id("cew", event.eid)
+        got = await m.commanded(aid, {"bwc-own", "bwc-9.0", "dash-7"})
+        assert got == {"bwc-own", "bwc-9.0", "dash-7"}
+        for device_id in got:
+            (rc,) = [r for r in m.agents[device_id].received if r.command.aid == aid]
+            assert rc.result.status is AckStatus.RECORDING
+            assert rc.result.pre_roll_covered_s == pytest.approx(30.0)
+            assert rc.command.ets == event.ts
+        near = next(r for r in m.agents["bwc-9.0"].received if r.command.aid == aid)
+        assert near.command.reason is ActivationReason.PROXIMITY
+        assert near.command.dist == pytest.approx(9.0, abs=0.01)
+        assert m.agents["bwc-9.3"].camera is not None
+        assert m.agents["bwc-9.3"].camera.state is DeviceState.BUFFERING
+
+
+async def test_collision_activates_own_cruiser_cameras_with_no_gps_fix(
+    agency: str, broker_port: int, tmp_path: Path
+) -> None:
+    async with mesh(agency, broker_port, tmp_path) as m:
+        m.add("dash", DeviceKind.DASH_CAM)
+        m.add("rear", DeviceKind.REAR_CAM)
+        # No local link here: the engine alone must reach the paired cameras.
+        m.add("gw", DeviceKind.GATEWAY, paired=("dash", "rear"))
+        m.add("bwc-bystander", DeviceKind.BODY_CAM, at=2.0)
+        await m.ready()
+        event = await m.agents["gw"].raise_event("collision")
+        aid = activation_id("gw", event.eid)
+        assert await m.commanded(aid, {"dash", "rear"}) == {"dash", "rear"}
+        assert m.engine is not None
+        found = None
+        while found is None:
+            found = await m.engine.ledger.activation(aid)
+            await asyncio.sleep(0.01)
+        row, decisions = found
+        assert row.position_source == "none"
+        assert {d.device_id: d.reason for d in decisions} == {"dash": "paired", "rear": "paired"}
+
+
+async def test_duplicate_event_activates_cameras_once(
+    agency: str, broker_port: int, tmp_path: Path
+) -> None:
+    async with mesh(agency, broker_port, tmp_path) as m:
+        m.add("bwc", DeviceKind.BODY_CAM, at=0.0)
+        m.add("cew", DeviceKind.CEW, paired=("bwc",))
+        await m.ready()
+        event = await m.agents["cew"].raise_event("taser_draw")
+        aid = activation_id("cew", event.eid)
+        assert await m.commanded(aid, {"bwc"}) == {"bwc"}
+        await m.agents["cew"].resend_last_event()
+        await asyncio.sleep(0.5)
+        assert m.engine is not None
+        assert m.engine.stats.duplicates == 1
+        assert m.engine.stats.activations == 1
+        assert len(m.agents["bwc"].received) == 1
+
+
+async def test_command_arriving_5_s_late_still_commits_pre_roll_from_event_time(
+    agency: str, broker_port: int, tmp_path: Path
+) -> None:
+    async with mesh(agency, broker_port, tmp_path) as m:
+        m.add("bwc", DeviceKind.BODY_CAM, at=3.0)
+        m.add("cew", DeviceKind.CEW)
+        await m.ready()
+        event_ts = time.time() - 5.0
+        event = await m.agents["cew"].raise_event(
+            "taser_draw", at=event_ts, position=m.agents["bwc"].position()
+        )
+        aid = activation_id("cew", event.eid)
+        assert await m.commanded(aid, {"bwc"}) == {"bwc"}
+        rc = m.agents["bwc"].received[0]
+        assert rc.received_at - event_ts >= 5.0
+        assert rc.result.pre_roll_covered_s == pytest.approx(30.0)
+        assert rc.result.recording_id is not None
+        start = first_segment_start(tmp_path, "bwc", rc.result.recording_id)
+        # Counted from the event, not from the command: 30 s before event time, not before
+        # the moment the command arrived (which would start 5 s later).
+        assert event_ts - 31.0 < start <= event_ts - 30.0
+
+
+async def test_local_first_sensor_starts_paired_camera_without_the_engine(
+    agency: str, broker_port: int, tmp_path: Path
+) -> None:
+    async with mesh(agency, broker_port, tmp_path, engine=False) as m:
+        m.add("bwc", DeviceKind.BODY_CAM, at=0.0)
+        m.add("cew", DeviceKind.CEW, paired=("bwc",), local=("bwc",))
+        await m.ready()
+        await m.agents["cew"].raise_event("taser_draw")
+        camera = m.agents["bwc"].camera
+        assert camera is not None
+        assert camera.state is DeviceState.RECORDING
+        assert camera.recording is not None
+        assert camera.recording.activations[0].source == "cew"
+
+
+async def test_engine_command_attaches_to_recording_started_locally(
+    agency: str, broker_port: int, tmp_path: Path
+) -> None:
+    async with mesh(agency, broker_port, tmp_path) as m:
+        m.add("bwc", DeviceKind.BODY_CAM, at=0.0)
+        m.add("cew", DeviceKind.CEW, paired=("bwc",), local=("bwc",))
+        await m.ready()
+        event = await m.agents["cew"].raise_event("taser_draw")
+        aid = activation_id("cew", event.eid)
+        assert await m.commanded(aid, {"bwc"}) == {"bwc"}
+        camera = m.agents["bwc"].camera
+        assert camera is not None
+        assert camera.recording is not None
+        assert [a.aid for a in camera.recording.activations] == [f"local-{event.eid}", aid]
+
+
+async def test_activation_record_reaches_an_integrator(
+    agency: str, broker_port: int, tmp_path: Path
+) -> None:
+    async with mesh(agency, broker_port, tmp_path) as m:
+        m.add("bwc", DeviceKind.BODY_CAM, at=4.0)
+        m.add("gw", DeviceKind.GATEWAY, at=0.0)
+        await m.ready()
+        async with m.client() as integrator:
+            await integrator.subscribe(m.topics.all_activations, qos=1)
+            event = await m.agents["gw"].raise_event("emergency_lights")
+            async with asyncio.timeout(5):
+                message = await anext(aiter(integrator.messages))
+        assert isinstance(message.payload, bytes)
+        record = decode(Activation, message.payload, max_bytes=1 << 20)
+        assert message.topic.value == m.topics.activations("emergency_lights")
+        assert record.aid == activation_id("gw", event.eid)
+        assert [(c.id, c.reason) for c in record.cameras] == [("bwc", ActivationReason.PROXIMITY)]
+        assert record.lat == pytest.approx(CENTER[0])
+
+
+async def test_camera_acknowledgement_lands_in_the_ledger(
+    agency: str, broker_port: int, tmp_path: Path
+) -> None:
+    async with mesh(agency, broker_port, tmp_path) as m:
+        m.add("bwc", DeviceKind.BODY_CAM, at=1.0)
+        m.add("cew", DeviceKind.CEW, paired=("bwc",))
+        await m.ready()
+        event = await m.agents["cew"].raise_event("taser_draw")
+        aid = activation_id("cew", event.eid)
+        assert m.engine is not None
+        acks: list[AckRow] = []
+        async with asyncio.timeout(5):
+            while not acks:
+                acks = await m.engine.ledger.acks(aid)
+                await asyncio.sleep(0.02)
+        assert acks[0].device_id == "bwc"
+        assert acks[0].status == "recording"
+        assert acks[0].pre_cov_s == pytest.approx(30.0)
+
+
+async def test_offline_camera_gets_its_command_on_reconnect(
+    agency: str, broker_port: int, tmp_path: Path
+) -> None:
+    """A paired camera that was briefly away gets the command from its broker session."""
+    async with mesh(agency, broker_port, tmp_path) as m:
+        bwc = m.add("bwc", DeviceKind.BODY_CAM, at=0.0)
+        m.add("cew", DeviceKind.CEW, paired=("bwc",))
+        await m.ready()
+        await bwc.power_off()
+        await m.tasks["bwc"]
+        event = await m.agents["cew"].raise_event("taser_draw")
+        aid = activation_id("cew", event.eid)
+        await asyncio.sleep(0.3)
+        assert bwc.received == []
+        # The camera comes back with the same client id: the queued command arrives.
+        m.start("bwc")
+        assert await m.commanded(aid, {"bwc"}) == {"bwc"}
+
+
+async def test_event_topic_names_the_sender_not_the_payload(
+    agency: str, broker_port: int, tmp_path: Path
+) -> None:
+    """A payload cannot claim another device: the source is the topic's device id."""
+    async with mesh(agency, broker_port, tmp_path) as m:
+        m.add("bwc", DeviceKind.BODY_CAM, at=0.0)
+        await m.ready()
+        event = Event(eid="x1", type="taser_draw", ts=time.time(), lat=CENTER[0], lon=CENTER[1])
+        async with m.client() as outsider:
+            await outsider.publish(m.topics.event("intruder"), encode(event), qos=1)
+        aid = activation_id("intruder", "x1")
+        assert await m.commanded(aid, {"bwc"}) == {"bwc"}
+        assert m.agents["bwc"].received[0].command.src == "intruder"

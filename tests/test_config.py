@@ -1,0 +1,77 @@
+"""Settings: embedded defaults, the TOML file, and one-line errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from actimesh.config import load_settings
+from actimesh.errors import ConfigError
+from actimesh.geofence import InclusionMode
+from actimesh.triggers.settings import EngineSettings
+
+
+def test_defaults_need_no_file() -> None:
+    settings = load_settings()
+    assert settings.agency == "demo"
+    assert settings.broker_url is None
+    assert settings.policy.mode is InclusionMode.INCLUSIVE
+    assert {r.event_type for r in settings.rules} >= {"taser_draw", "emergency_lights", "collision"}
+    assert settings.ledger_path == Path("actimesh-data") / "ledger.sqlite3"
+
+
+def test_file_then_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "actimesh.toml"
+    path.write_text(
+        'agency = "calgary"\n'
+        "[engine]\ncommand_expiry_s = 60\n"
+        '[policy]\nmode = "centre"\nmax_fix_age_s = 5\n'
+        '[rules.holster_draw]\ncamera_kinds = ["body_cam"]\n'
+        '[broker]\nurl = "mqtt://10.0.0.5:1883"\n'
+    )
+    settings = load_settings(path, data_dir=tmp_path / "data", agency=None)
+    assert settings.agency == "calgary"
+    assert settings.engine.command_expiry_s == 60
+    assert settings.policy.mode is InclusionMode.CENTRE
+    assert settings.policy.max_fix_age_s == 5
+    assert settings.rules.get("holster_draw") is not None
+    assert settings.broker_url == "mqtt://10.0.0.5:1883"
+    assert settings.data_dir == tmp_path / "data"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("agency = 'has space'", "agency 'has space' must be"),
+        ("colour = 'blue'", "unknown setting 'colour'"),
+        ("[engine]\nspeed = 3", r"\[engine\] has unknown key 'speed'"),
+        ("[engine]\ncommand_expiry_s = -1", "must be a positive number"),
+        ("[engine]\ncommand_expiry_s = true", "must be a number, not true/false"),
+        ("[policy]\nmode = 'nearby'", "policy.mode must be 'inclusive' or 'centre'"),
+        ("[policy]\nmax_fix_age_s = -3", r"\[policy\]"),
+        ("[policy]\nmode = 3", "policy.mode must be a str"),
+        ("engine = 3", r"\[engine\] must be a table"),
+        ("rules = 3", r"\[rules\] must be a table"),
+        ("[rules]\ntaser_draw = 3", r"\[rules.taser_draw\] must be a table"),
+        ("this is not toml", "is not valid TOML"),
+    ],
+)
+def test_mistakes_are_one_line_errors(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message) as info:
+        load_settings(path)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_file_says_so(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(tmp_path / "nope.toml")
+
+
+def test_bad_port_and_engine_id() -> None:
+    with pytest.raises(ConfigError, match="between 1 and 65535"):
+        load_settings(broker_port=70000)
+    with pytest.raises(ConfigError, match="engine_id"):
+        EngineSettings(engine_id="no spaces please")
