@@ -100,7 +100,8 @@ async def test_up_runs_broker_engine_and_fleet_then_stops_cleanly(tmp_path: Path
     sim = SimSettings(units=3, incident_every_s=1.0, seed=7, stop_after_s=2.0)
     console, out = recording_console()
     with pytest.raises(TimeoutError):
-        await asyncio.wait_for(run_up(settings, sim, console), timeout=9.0)
+        async with asyncio.timeout(9.0):
+            await run_up(settings, sim, console)
     text = out.getvalue()
     assert f"mqtt://127.0.0.1:{port} (managed Mosquitto)" in text
     assert "3 units" in text

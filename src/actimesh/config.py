@@ -109,7 +109,10 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
         raise ConfigError(
             f"unknown setting {sorted(unknown)[0]!r}; allowed: {', '.join(sorted(top_allowed))}"
         )
-    engine_types = {f.name: _NUMBER for f in fields(EngineSettings)} | {"engine_id": str}
+    engine_types = {f.name: _NUMBER for f in fields(EngineSettings)} | {
+        "engine_id": str,
+        "publish_json": bool,
+    }
     engine = EngineSettings(**_section(raw, "engine", engine_types))
     policy_raw = _section(
         raw, "policy", {"max_fix_age_s": _NUMBER, "mode": str, "max_margin_m": _NUMBER}

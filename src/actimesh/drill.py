@@ -441,7 +441,8 @@ async def run_drill(
             results = [ScenarioResult(s.name, s.event_type) for s in scenarios]
             async with asyncio.TaskGroup() as tg:
                 engine_task = tg.create_task(engine.run(), name="drill-engine")
-                await asyncio.wait_for(engine.ready.wait(), 30)
+                async with asyncio.timeout(30):
+                    await engine.ready.wait()
                 agents = [a for s in scenes for a in (s.trigger, *s.cameras.values())]
                 tasks = {a.device_id: tg.create_task(a.run(), name=a.device_id) for a in agents}
                 for agent in agents:

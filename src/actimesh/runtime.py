@@ -108,7 +108,8 @@ async def run_up(settings: Settings, sim: SimSettings | None, console: Console) 
         )
         async with asyncio.TaskGroup() as tg:
             tg.create_task(engine.run(), name="engine")
-            await asyncio.wait_for(engine.ready.wait(), 30)
+            async with asyncio.timeout(30):
+                await engine.ready.wait()
             kind = "managed Mosquitto" if managed else "external broker"
             console.print(f"[bold]actimesh[/bold] agency [cyan]{settings.agency}[/cyan]")
             console.print(f"  broker   {broker.url} ({kind})")

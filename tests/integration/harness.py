@@ -160,7 +160,8 @@ async def mesh(
                 m = Mesh(topics, port, root, eng, tg)
                 if eng is not None:
                     m.tasks["engine"] = tg.create_task(eng.run(), name="engine")
-                    await asyncio.wait_for(eng.ready.wait(), 10)
+                    async with asyncio.timeout(10):
+                        await eng.ready.wait()
                 yield m
                 for task in m.tasks.values():
                     task.cancel()

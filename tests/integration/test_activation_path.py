@@ -225,3 +225,21 @@ async def test_event_topic_names_the_sender_not_the_payload(
         aid = activation_id("intruder", "x1")
         assert await m.commanded(aid, {"bwc"}) == {"bwc"}
         assert m.agents["bwc"].received[0].command.src == "intruder"
+
+
+async def test_activation_is_mirrored_as_json_for_integrators_without_msgpack(
+    agency: str, broker_port: int, tmp_path: Path
+) -> None:
+    async with mesh(agency, broker_port, tmp_path) as m:
+        m.add("bwc", DeviceKind.BODY_CAM, at=4.0)
+        m.add("gw", DeviceKind.GATEWAY, at=0.0)
+        await m.ready()
+        async with m.client() as integrator:
+            await integrator.subscribe(f"{m.topics.prefix}/json/activations/#", qos=1)
+            event = await m.agents["gw"].raise_event("collision")
+            async with asyncio.timeout(5):
+                message = await anext(aiter(integrator.messages))
+        assert isinstance(message.payload, bytes)
+        record = json.loads(message.payload)
+        assert record["aid"] == activation_id("gw", event.eid)
+        assert record["cameras"][0]["id"] == "bwc"

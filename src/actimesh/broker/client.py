@@ -34,7 +34,14 @@ from paho.mqtt.properties import Properties
 
 from actimesh.errors import BrokerError
 
-__all__ = ["LinkSettings", "LinkStats", "MqttLink", "Subscription", "Will"]
+__all__ = [
+    "LinkSettings",
+    "LinkStats",
+    "MqttLink",
+    "Subscription",
+    "Will",
+    "resume_cancellation",
+]
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +111,19 @@ def _properties(packet_type: int) -> Properties:
     return Properties(packet_type)  # type: ignore[no-untyped-call]
 
 
+def resume_cancellation() -> None:
+    """Re-raise a cancellation that an awaited library call swallowed.
+
+    On Python 3.11, ``asyncio.wait_for`` (used inside aiomqtt) drops a cancellation that
+    arrives just as the awaited future completes (fixed in 3.12, CPython gh-86296). The
+    task then carries on as if nothing happened and a TaskGroup waiting for it never
+    exits. A pending request shows as ``Task.cancelling() > 0``; honour it.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 def _counting_queue(stats: LinkStats) -> type[asyncio.Queue[aiomqtt.Message]]:
     class CountingQueue(asyncio.Queue[aiomqtt.Message]):
         def put_nowait(self, item: aiomqtt.Message) -> None:
@@ -143,7 +163,8 @@ class MqttLink:
         """Wait until the link is connected and subscribed."""
         wait = self.settings.timeout_s if timeout is None else timeout
         try:
-            await asyncio.wait_for(self._connected.wait(), wait)
+            async with asyncio.timeout(wait):
+                await self._connected.wait()
         except TimeoutError as exc:
             raise BrokerError(
                 f"no connection to the broker at {self.settings.host}:{self.settings.port} "
@@ -190,8 +211,10 @@ class MqttLink:
                     self.stats.connects += 1
                     for sub in self.settings.subscriptions:
                         await client.subscribe(sub.topic, sub.qos, timeout=self.settings.timeout_s)
+                        resume_cancellation()
                     if self._on_connect is not None:
                         await self._on_connect(self)
+                        resume_cancellation()
                     self._connected.set()
                     attempt = 0
                     log.debug("%s connected", self.settings.client_id)
@@ -253,6 +276,8 @@ class MqttLink:
             )
         except aiomqtt.MqttError as exc:
             raise BrokerError(f"publish to {topic} failed: {exc}") from exc
+        finally:
+            resume_cancellation()
         self.stats.published += 1
 
 

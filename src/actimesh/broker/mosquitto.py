@@ -372,9 +372,8 @@ class ManagedMosquitto:
 
     async def _aprobe(self) -> bool:
         try:
-            _, writer = await asyncio.wait_for(
-                asyncio.open_connection(self.config.host, self.config.port), _PROBE_TIMEOUT_S
-            )
+            async with asyncio.timeout(_PROBE_TIMEOUT_S):
+                _, writer = await asyncio.open_connection(self.config.host, self.config.port)
         except (OSError, TimeoutError):
             return False
         writer.close()

@@ -10,6 +10,7 @@ can pin each device to its topics with ``pattern write am/v1/+/dev/%u/telemetry`
     am/v1/{agency}/dev/{device}/cmd         engine -> device   activation commands
     am/v1/{agency}/dev/{device}/ack         device -> engine   command acknowledgements
     am/v1/{agency}/activations/{event_type} engine -> integrators, dispatch
+    am/v1/{agency}/json/activations/{event_type}  the same records as JSON
     am/v1/{agency}/deadletter/{reason}      engine -> operators: rejected input, with why
     am/v1/{agency}/engine/{engine}/status   engine -> all      retained; last will = offline
 
@@ -129,6 +130,10 @@ class Topics:
     @property
     def all_activations(self) -> str:
         return f"{self.prefix}/activations/#"
+
+    def activations_json(self, event_type: str) -> str:
+        """The JSON mirror of :meth:`activations`, for integrators without msgpack."""
+        return f"{self.prefix}/json/{self.activations(event_type)[len(self.prefix) + 1 :]}"
 
     def deadletter(self, reason: str) -> str:
         if not _REASON.fullmatch(reason):

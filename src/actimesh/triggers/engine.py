@@ -393,6 +393,12 @@ class Engine:
                 continue
             try:
                 await self.ctl.publish(self.topics.activations(event.type), payload, qos=1)
+                if self.settings.publish_json:
+                    await self.ctl.publish(
+                        self.topics.activations_json(event.type),
+                        record.model_dump_json(exclude_none=True).encode(),
+                        qos=1,
+                    )
             except BrokerError:
                 log.exception("activation record %s not published", plan.aid)
 

@@ -27,11 +27,17 @@ class EngineSettings:
     telemetry_queue: int = 50_000
     #: At most this many dead-letter reports per second are published (all are counted).
     deadletters_per_s: float = 50.0
+    #: Also publish each activation record as JSON (for integrators without msgpack).
+    publish_json: bool = True
 
     def __post_init__(self) -> None:
         if not is_identifier(self.engine_id):
             raise ConfigError(f"engine_id {self.engine_id!r} must match {IDENTIFIER_PATTERN}")
         for f in fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, float | int) and not (math.isfinite(value) and value > 0):
+            if (
+                isinstance(value, float | int)
+                and not isinstance(value, bool)
+                and not (math.isfinite(value) and value > 0)
+            ):
                 raise ConfigError(f"engine.{f.name} must be a positive number, got {value!r}")
