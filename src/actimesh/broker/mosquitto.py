@@ -206,8 +206,8 @@ def render_config(cfg: MosquittoConfig) -> str:
         ]
     lines += [
         f"listener {cfg.port} {cfg.host}",
-        # TODO(security): replace with password_file + acl_file (`pattern` lines pinning
-        # each device to am/v1/+/dev/%u/#) once the auth issue lands.
+        # Loopback only, anonymous: a development broker. Device credentials and an ACL
+        # pinning each device to am/v1/+/dev/%u/# are the security work's to add.
         "allow_anonymous true",
         f"persistence {'true' if cfg.persistence else 'false'}",
         # mosquitto appends the file name to this, so it must end with a slash.
