@@ -390,3 +390,14 @@ def test_sync_restart_keeps_retained_messages(
 async def _publish_retained(broker: ManagedMosquitto, topic: str) -> None:
     async with aiomqtt.Client(broker.host, broker.port) as client:
         await client.publish(topic, b"on", qos=1, retain=True)
+
+
+def test_relative_data_dir_works(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`actimesh up --data-dir actimesh-data` passes a relative path; the broker runs in it."""
+    monkeypatch.chdir(tmp_path)
+    broker = ManagedMosquitto(MosquittoConfig(data_dir=Path("rel-data"), port=free_port()))
+    broker.start()
+    try:
+        assert broker.running
+    finally:
+        broker.stop()

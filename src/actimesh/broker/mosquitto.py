@@ -330,7 +330,9 @@ class ManagedMosquitto:
         self._log_offset = log_file.tell()
         try:
             self._proc = subprocess.Popen(  # noqa: S603 (fixed argv, no shell)
-                [str(binary), "-c", str(cfg.config_path)],
+                # Absolute: the broker runs in the data directory, where a relative
+                # --data-dir given on the command line no longer resolves.
+                [str(binary), "-c", str(cfg.config_path.absolute())],
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
