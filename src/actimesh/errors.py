@@ -9,6 +9,7 @@ that says what is wrong and how to fix it. The tree::
     │   └── BrokerNotInstalled the mosquitto binary is missing
     ├── PayloadError           a message on the wire was rejected (carries a reason code)
     └── LedgerError            the activation ledger could not be opened or written
+        └── AuditError         an audit command could not run (no ledger, unknown case)
 
 A :class:`PayloadError` never stops the engine: the message is counted, dead-lettered
 and the engine goes on with the next one.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 __all__ = [
     "ActimeshError",
+    "AuditError",
     "BrokerError",
     "BrokerNotInstalledError",
     "ConfigError",
@@ -44,6 +46,13 @@ class BrokerNotInstalledError(BrokerError):
 
 class LedgerError(ActimeshError):
     """The activation ledger could not be opened or written."""
+
+
+class AuditError(LedgerError):
+    """An audit command could not run: no ledger there, an unknown case, an unwritable folder.
+
+    A ledger that fails verification is not an error: ``verify`` reports what it found.
+    """
 
 
 class PayloadError(ActimeshError):

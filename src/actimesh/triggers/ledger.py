@@ -6,28 +6,77 @@ considered and left out and why (too far, stale fix, offline), and each camera's
 acknowledgement as it arrives. Rows are only ever inserted: a decision, once written, is
 not updated, so the table reads as the history of what happened.
 
+Every write also appends to ``records``, the hash chain of truth (encoding in
+:mod:`.chain`), **in the same transaction** as the rows it describes: an activation with
+all of its decisions is one record, an acknowledgement another, and alerts, case links and
+retention deletions are records too. The tables ``activations``, ``decisions``, ``acks``
+and ``case_links`` are indexes of the chain for queries; ``actimesh audit verify`` checks
+that they agree with it. ``records.aid`` repeats the body's ``aid`` so that everything
+about one activation (including alerts whose subject is a camera) is found by one index;
+verify checks it against the body too.
+
+Several engine processes may share one ledger file: appends take the write lock with
+``BEGIN IMMEDIATE`` (waiting up to ``busy_timeout_s``) and read the chain's head inside
+it, so the chain stays contiguous. A redelivered acknowledgement is ignored, and so is
+its record.
+
 The connection lives on one worker thread (SQLite connections are not shared across
 threads); the async methods hand work to it so the event loop never blocks on disk.
 The database runs in WAL mode with ``synchronous=FULL``: an activation that was reported
-written survives a power cut.
+written survives a power cut. ``secure_delete`` is on, so retention's deletions overwrite
+the freed space instead of leaving it readable in the file.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import json
 import sqlite3
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
+from actimesh.broker.topics import is_identifier
 from actimesh.errors import LedgerError
+from actimesh.triggers.chain import (
+    GENESIS_HASH,
+    EventType,
+    canonical_json,
+    format_time,
+    record_hash,
+    sha256_hex,
+)
 
-__all__ = ["AckRow", "ActivationRow", "DecisionRow", "Ledger"]
+__all__ = [
+    "AckRow",
+    "ActivationRow",
+    "DecisionRow",
+    "Head",
+    "Ledger",
+    "Redaction",
+    "ack_body",
+    "ack_from_body",
+    "activation_body",
+    "activation_from_body",
+    "read_activation",
+]
 
 T = TypeVar("T")
+
+#: ``PRAGMA user_version`` of a ledger with the chain. 0 is a ledger from before it.
+SCHEMA_VERSION = 1
+#: Components of the records the ledger writes on its own behalf.
+RETENTION_COMPONENT = "audit/retention"
+_IMPORT_COMPONENT = "ledger/import"
+#: Record types with rows in the query tables: appended only by their own methods.
+_TABLE_TYPES = frozenset({EventType.ACTIVATION, EventType.ACK, EventType.CASE_LINK})
+#: Record types retention never redacts: the proof of links and of deletions.
+KEEP_TYPES = (EventType.CASE_LINK, EventType.RETENTION_DELETE, EventType.LEDGER_IMPORT)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS activations (
@@ -74,7 +123,42 @@ CREATE TABLE IF NOT EXISTS acks (
     detail      TEXT
 );
 CREATE INDEX IF NOT EXISTS acks_by_activation ON acks (aid, device_id);
+CREATE INDEX IF NOT EXISTS acks_by_recording ON acks (device_id, recording)
+    WHERE recording IS NOT NULL;
+CREATE TABLE IF NOT EXISTS case_links (
+    case_id   TEXT NOT NULL,
+    aid       TEXT NOT NULL,
+    linked_by TEXT NOT NULL,
+    linked_ts REAL NOT NULL,
+    PRIMARY KEY (case_id, aid)
+);
+CREATE INDEX IF NOT EXISTS case_links_by_aid ON case_links (aid);
+CREATE TABLE IF NOT EXISTS records (
+    seq         INTEGER PRIMARY KEY,
+    time        TEXT NOT NULL,
+    component   TEXT NOT NULL,
+    event_type  TEXT NOT NULL,
+    subject     TEXT NOT NULL,
+    outcome     TEXT NOT NULL,
+    body        TEXT,
+    body_sha256 TEXT NOT NULL,
+    prev_hash   TEXT NOT NULL,
+    hash        TEXT NOT NULL,
+    aid         TEXT
+);
+CREATE INDEX IF NOT EXISTS records_by_aid ON records (aid, event_type) WHERE aid IS NOT NULL;
+CREATE INDEX IF NOT EXISTS records_to_retain ON records (time)
+    WHERE body IS NOT NULL
+    AND event_type NOT IN ('case_link', 'retention_delete', 'ledger_import')
 """
+# Built after old duplicates are removed (a ledger from before the chain may have some).
+_ACKS_UNIQUE = (
+    "CREATE UNIQUE INDEX IF NOT EXISTS acks_once ON acks (aid, device_id, status, device_ts)"
+)
+_SELECT_HEAD = "SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1"
+_SELECT_ACKS = (
+    "SELECT aid, device_id, status, pre_cov_s, recording, device_ts, received_ts, detail FROM acks"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,29 +211,150 @@ class AckRow:
     detail: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Head:
+    """The last record of the chain (``seq`` 0 and the genesis hash when empty)."""
+
+    seq: int
+    hash: str
+
+    def __str__(self) -> str:
+        return f"{self.seq}:{self.hash}"
+
+
+@dataclass(frozen=True, slots=True)
+class Redaction:
+    """Records about one activation (or one other subject) redacted by retention."""
+
+    subject: str
+    aid: str | None
+    seqs: tuple[int, ...]
+    rows_deleted: dict[str, int] = field(default_factory=dict)
+    #: ``device/recording`` named by the deleted acknowledgements.
+    recordings: tuple[str, ...] = ()
+    #: The ``retention_delete`` record written (None on a dry run).
+    record_seq: int | None = None
+
+
+# ---------------------------------------------------------------------- record bodies
+_ACTIVATION_FIELDS = tuple(f.name for f in fields(ActivationRow))
+_DECISION_FIELDS = tuple(f.name for f in fields(DecisionRow))
+_ACK_FIELDS = tuple(f.name for f in fields(AckRow))
+
+
+def _shallow(obj: object, names: tuple[str, ...]) -> dict[str, Any]:
+    # Not dataclasses.asdict: its deep copy costs more than the rest of a write.
+    return {name: getattr(obj, name) for name in names}
+
+
+def activation_body(row: ActivationRow, decisions: Sequence[DecisionRow]) -> dict[str, Any]:
+    """The body of an activation record: the row, and every decision by device id."""
+    body = _shallow(row, _ACTIVATION_FIELDS)
+    body["decisions"] = [
+        _shallow(d, _DECISION_FIELDS) for d in sorted(decisions, key=lambda d: d.device_id)
+    ]
+    return body
+
+
+def activation_from_body(body: Mapping[str, Any]) -> tuple[ActivationRow, list[DecisionRow]]:
+    """Inverse of :func:`activation_body`. Raises KeyError/TypeError if it is not one."""
+    row = ActivationRow(**{name: body[name] for name in _ACTIVATION_FIELDS})
+    decisions = [
+        DecisionRow(**{name: d[name] for name in _DECISION_FIELDS}) for d in body["decisions"]
+    ]
+    return row, decisions
+
+
+def ack_body(ack: AckRow) -> dict[str, Any]:
+    """The body of an acknowledgement record."""
+    return _shallow(ack, _ACK_FIELDS)
+
+
+def ack_from_body(body: Mapping[str, Any]) -> AckRow:
+    """Inverse of :func:`ack_body`. Raises KeyError/TypeError if it is not one."""
+    return AckRow(**{name: body[name] for name in _ACK_FIELDS})
+
+
+def read_activation(
+    db: sqlite3.Connection, aid: str
+) -> tuple[ActivationRow, list[DecisionRow]] | None:
+    """One activation and its decisions from the query tables of an open connection."""
+    found = db.execute(
+        "SELECT aid, src, eid, type, event_ts, received_ts, decided_ts, lat, lon, acc, "
+        "position_source, radius_m, pre_roll_s, rule, initiated_by, engine "
+        "FROM activations WHERE aid = ?",
+        (aid,),
+    ).fetchone()
+    if found is None:
+        return None
+    values = list(found)
+    values[13] = json.loads(values[13])
+    row = ActivationRow(*values)
+    decisions = [
+        DecisionRow(r[0], r[1], bool(r[2]), r[3], r[4], r[5], r[6], r[7])
+        for r in db.execute(
+            "SELECT device_id, device_kind, commanded, reason, distance_m, margin_m, "
+            "fix_age_s, acc_m FROM decisions WHERE aid = ? ORDER BY commanded DESC, device_id",
+            (aid,),
+        )
+    ]
+    return row, decisions
+
+
+def _activation_outcome(decisions: Sequence[DecisionRow]) -> str:
+    return "commanded" if any(d.commanded for d in decisions) else "none_commanded"
+
+
+def _text(name: str, value: str, limit: int = 256) -> str:
+    if not isinstance(value, str) or not value or len(value) > limit:
+        raise LedgerError(f"{name} must be a non-empty string of at most {limit} characters")
+    return value
+
+
 class Ledger:
     """The SQLite activation ledger. Use as ``async with Ledger(path) as ledger``."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, busy_timeout_s: float = 10.0, create: bool = True) -> None:
         self.path = path
+        self.busy_timeout_s = busy_timeout_s
+        #: False for tools that work on an existing ledger (audit): never make an empty one.
+        self.create = create
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
 
     # ------------------------------------------------------------------ lifecycle
     def _open(self) -> None:
+        if not self.create and not self.path.is_file():
+            raise LedgerError(
+                f"no ledger at {self.path}; give the --data-dir of an actimesh data directory "
+                "or the --ledger file itself"
+            )
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(self.path, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA foreign_keys=ON")
-            conn.executescript(_SCHEMA)
         except (sqlite3.Error, OSError) as exc:
             raise LedgerError(
                 f"cannot open the ledger at {self.path}: {exc}; check the --data-dir "
                 "is writable and not used by another actimesh"
             ) from exc
-        self._conn = conn
+        try:
+            # First, so that the pragmas below wait for another process too.
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA secure_delete=ON")
+            self._conn = conn
+            self._migrate()
+        except BaseException as exc:
+            self._conn = None
+            conn.close()
+            if isinstance(exc, sqlite3.Error):
+                raise LedgerError(
+                    f"cannot open the ledger at {self.path}: {exc}; check it is an actimesh "
+                    "ledger and the disk is writable"
+                ) from exc
+            raise
 
     def _close(self) -> None:
         if self._conn is not None:
@@ -158,7 +363,12 @@ class Ledger:
 
     async def __aenter__(self) -> Ledger:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger")
-        await self._run(self._open)
+        try:
+            await self._run(self._open)
+        except BaseException:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -180,11 +390,116 @@ class Ledger:
             raise LedgerError("the ledger is not open")
         return self._conn
 
-    # ------------------------------------------------------------------ writes
-    def _write_activation(self, row: ActivationRow, decisions: Sequence[DecisionRow]) -> bool:
+    @contextlib.contextmanager
+    def _immediate(self, what: str, *, commit: bool = True) -> Iterator[sqlite3.Connection]:
+        """One write transaction; sqlite errors become ``LedgerError("cannot <what>")``.
+
+        ``commit=False`` rolls it back at the end (a dry run).
+        """
         db = self._db
         try:
             db.execute("BEGIN IMMEDIATE")
+            yield db
+            db.execute("COMMIT" if commit else "ROLLBACK")
+        except BaseException as exc:
+            if db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                raise LedgerError(f"cannot {what}: {exc}") from exc
+            raise
+
+    def _migrate(self) -> None:
+        if self._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
+            return  # the usual case: no write lock needed to open
+        with self._immediate(f"prepare the ledger at {self.path}") as db:
+            version = int(db.execute("PRAGMA user_version").fetchone()[0])
+            if version == SCHEMA_VERSION:
+                return
+            if version > SCHEMA_VERSION:
+                raise LedgerError(
+                    f"the ledger at {self.path} has schema {version}, newer than this "
+                    f"actimesh understands ({SCHEMA_VERSION}); upgrade actimesh"
+                )
+            for statement in _SCHEMA.split(";"):
+                db.execute(statement)
+            self._import_unchained(db)
+            db.execute(_ACKS_UNIQUE)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _import_unchained(self, db: sqlite3.Connection) -> None:
+        """Chain the rows of a ledger written before the chain existed (schema 0)."""
+        if db.execute("SELECT count(*) FROM records").fetchone()[0]:
+            return
+        activations = db.execute("SELECT count(*) FROM activations").fetchone()[0]
+        acks = db.execute("SELECT count(*) FROM acks").fetchone()[0]
+        if not activations and not acks:
+            return
+        duplicates = db.execute(
+            "DELETE FROM acks WHERE rowid NOT IN (SELECT min(rowid) FROM acks "
+            "GROUP BY aid, device_id, status, device_ts)"
+        ).rowcount
+        body = {"activations": activations, "acks": acks - duplicates,
+                "duplicate_acks_removed": duplicates, "from_schema": 0}  # fmt: skip
+        self._append(db, at=time.time(), component=_IMPORT_COMPONENT,
+                     event_type=EventType.LEDGER_IMPORT, subject=self.path.name,
+                     outcome="imported", body=body)  # fmt: skip
+        aids = [r[0] for r in db.execute("SELECT aid FROM activations ORDER BY decided_ts, aid")]
+        for aid in aids:
+            found = self._activation(aid)
+            assert found is not None  # read in this same transaction
+            self._append_activation(db, *found)
+        for ack in self._acks(None):
+            self._append_ack(db, ack)
+
+    # ------------------------------------------------------------------ the chain
+    def _append(
+        self,
+        db: sqlite3.Connection,
+        *,
+        at: float,
+        component: str,
+        event_type: str,
+        subject: str,
+        outcome: str,
+        body: Mapping[str, Any],
+    ) -> int:
+        """Append one record; the caller holds the write lock (``BEGIN IMMEDIATE``)."""
+        try:
+            text = canonical_json(body)
+            when = format_time(at)
+            body_sha = sha256_hex(text)
+            last = db.execute(_SELECT_HEAD).fetchone()
+            seq, prev = (1, GENESIS_HASH) if last is None else (int(last[0]) + 1, str(last[1]))
+            digest = record_hash(prev_hash=prev, seq=seq, time=when, component=component,
+                                 event_type=event_type, subject=subject, outcome=outcome,
+                                 body_sha256=body_sha)  # fmt: skip
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise LedgerError(f"cannot append a {event_type} record for {subject}: {exc}") from exc
+        aid = body.get("aid")
+        db.execute(
+            "INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (seq, when, component, event_type, subject, outcome, text, body_sha, prev, digest,
+             aid if isinstance(aid, str) else None),
+        )  # fmt: skip
+        return seq
+
+    def _append_activation(
+        self, db: sqlite3.Connection, row: ActivationRow, decisions: Sequence[DecisionRow]
+    ) -> int:
+        return self._append(db, at=row.decided_ts, component=f"engine/{row.engine}",
+                            event_type=EventType.ACTIVATION, subject=row.aid,
+                            outcome=_activation_outcome(decisions),
+                            body=activation_body(row, decisions))  # fmt: skip
+
+    def _append_ack(self, db: sqlite3.Connection, ack: AckRow) -> int:
+        return self._append(db, at=ack.received_ts, component=f"device/{ack.device_id}",
+                            event_type=EventType.ACK, subject=ack.aid, outcome=ack.status,
+                            body=ack_body(ack))  # fmt: skip
+
+    # ------------------------------------------------------------------ writes
+    def _write_activation(self, row: ActivationRow, decisions: Sequence[DecisionRow]) -> bool:
+        with self._immediate(f"write activation {row.aid}") as db:
             cur = db.execute(
                 "INSERT OR IGNORE INTO activations VALUES "
                 "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -207,32 +522,243 @@ class Ledger:
                         for d in decisions
                     ],
                 )  # fmt: skip
-            db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise LedgerError(f"cannot write activation {row.aid}: {exc}") from exc
+                self._append_activation(db, row, decisions)
         return inserted
 
     async def record_activation(self, row: ActivationRow, decisions: Sequence[DecisionRow]) -> bool:
-        """Write an activation and its decisions atomically. False if it was already there."""
+        """Write an activation, its decisions and its record atomically.
+
+        False if it was already there (a redelivered trigger): nothing is written then.
+        """
         return await self._run(lambda: self._write_activation(row, decisions))
 
-    def _write_ack(self, ack: AckRow) -> None:
-        try:
-            self._db.execute(
-                "INSERT INTO acks VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    def _write_ack(self, ack: AckRow) -> bool:
+        with self._immediate(f"write ack {ack.aid}/{ack.device_id}") as db:
+            cur = db.execute(
+                "INSERT OR IGNORE INTO acks VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     ack.aid, ack.device_id, ack.status, ack.pre_cov_s, ack.recording,
                     ack.device_ts, ack.received_ts, ack.detail,
                 ),
             )  # fmt: skip
-        except sqlite3.Error as exc:
-            raise LedgerError(f"cannot write ack {ack.aid}/{ack.device_id}: {exc}") from exc
+            inserted = cur.rowcount == 1
+            if inserted:
+                self._append_ack(db, ack)
+        return inserted
 
     async def record_ack(self, ack: AckRow) -> None:
-        """Append a camera's acknowledgement."""
+        """Append a camera's acknowledgement (once: a redelivered one is ignored)."""
         await self._run(lambda: self._write_ack(ack))
+
+    def _write_event(
+        self,
+        component: str,
+        event_type: str,
+        subject: str,
+        outcome: str,
+        body: Mapping[str, Any],
+        *,
+        at: float | None,
+    ) -> int:
+        for name, value in (("component", component), ("event_type", event_type),
+                            ("subject", subject), ("outcome", outcome)):  # fmt: skip
+            _text(name, value)
+        if event_type in _TABLE_TYPES or event_type in KEEP_TYPES:
+            raise LedgerError(
+                f"event type {event_type!r} is written by the ledger itself; "
+                "use record_activation, record_ack, link_case or the retention job"
+            )
+        with self._immediate(f"write {event_type} for {subject}") as db:
+            return self._append(db, at=time.time() if at is None else at, component=component,
+                                event_type=event_type, subject=subject, outcome=outcome,
+                                body=body)  # fmt: skip
+
+    async def record_event(
+        self,
+        component: str,
+        event_type: str,
+        subject: str,
+        outcome: str,
+        body: Mapping[str, Any],
+        *,
+        at: float | None = None,
+    ) -> int:
+        """Append an audit event (an alert, say) to the chain; its ``seq``.
+
+        ``component`` is the system component (``engine/engine-1``), ``subject`` the
+        device, activation or person it is about, ``outcome`` a short code. A body with an
+        ``aid`` ties the record to that activation: it is exported and kept with it.
+        """
+        return await self._run(
+            lambda: self._write_event(component, event_type, subject, outcome, body, at=at)
+        )
+
+    def _link_case(self, case_id: str, aid: str, by: str, at: float | None) -> tuple[int, bool]:
+        if not is_identifier(case_id):
+            raise LedgerError(
+                f"case id {case_id!r} must be letters, digits, '.', '_' or '-' (at most 64, "
+                "starting with a letter or digit)"
+            )
+        _text("the name of who links it", by, 128)
+        with self._immediate(f"link activation {aid} to case {case_id}") as db:
+            found = db.execute(
+                "SELECT seq, body IS NULL FROM records WHERE aid = ? AND event_type = ? "
+                "ORDER BY seq LIMIT 1",
+                (aid, EventType.ACTIVATION.value),
+            ).fetchone()
+            if found is None:
+                raise LedgerError(
+                    f"no activation {aid!r} in the ledger at {self.path}; check the id"
+                )
+            if found[1]:
+                raise LedgerError(
+                    f"activation {aid!r} was deleted by retention (record {found[0]} redacted); "
+                    "it can no longer be linked to a case"
+                )
+            existing = db.execute(
+                "SELECT seq FROM records WHERE aid = ? AND event_type = ? AND subject = ?",
+                (aid, EventType.CASE_LINK.value, case_id),
+            ).fetchone()
+            if existing is not None:
+                return int(existing[0]), False
+            now = time.time() if at is None else at
+            db.execute("INSERT INTO case_links VALUES (?, ?, ?, ?)", (case_id, aid, by, now))
+            body = {"case_id": case_id, "aid": aid, "linked_by": by, "linked_ts": now}
+            seq = self._append(db, at=now, component="audit/cli", event_type=EventType.CASE_LINK,
+                               subject=case_id, outcome="linked", body=body)  # fmt: skip
+            return seq, True
+
+    async def link_case(
+        self, case_id: str, aid: str, by: str, *, at: float | None = None
+    ) -> tuple[int, bool]:
+        """Link an activation to a case, so retention keeps it; (record seq, newly linked).
+
+        Linking twice is harmless: the first link's seq and False. Raises
+        :class:`LedgerError` if the activation is unknown or already deleted by retention.
+        """
+        return await self._run(lambda: self._link_case(case_id, aid, by, at))
+
+    def _write_retention(self, subject: str, outcome: str, body: Mapping[str, Any]) -> int:
+        with self._immediate(f"record the deletion of {subject}") as db:
+            return self._append(db, at=time.time(), component=RETENTION_COMPONENT,
+                                event_type=EventType.RETENTION_DELETE, subject=subject,
+                                outcome=outcome, body=body)  # fmt: skip
+
+    async def record_retention(self, subject: str, outcome: str, body: Mapping[str, Any]) -> int:
+        """Record a deletion done outside the ledger (a recording folder); its ``seq``."""
+        return await self._run(lambda: self._write_retention(subject, outcome, body))
+
+    # ------------------------------------------------------------------ retention
+    def _redact_batch(
+        self, cutoff: str, after: tuple[str, int], *, limit: int, now: float, dry_run: bool
+    ) -> tuple[list[Redaction], tuple[str, int] | None]:
+        """Redact up to ``limit`` expired records after ``after`` (time, seq), one transaction.
+
+        A record is expired when its time is before ``cutoff``, its type is not kept, and
+        neither its activation nor its subject is linked to a case.
+        """
+        with self._immediate("apply retention", commit=not dry_run) as db:
+            # The WHERE repeats the partial index's condition so that the index is used.
+            found = db.execute(
+                "SELECT time, seq, subject, event_type, body, aid FROM records "
+                "WHERE body IS NOT NULL "
+                "AND event_type NOT IN ('case_link', 'retention_delete', 'ledger_import') "
+                "AND time < ? AND (time, seq) > (?, ?) "
+                "AND (aid IS NULL OR aid NOT IN (SELECT aid FROM case_links)) "
+                "AND subject NOT IN (SELECT aid FROM case_links UNION SELECT case_id FROM "
+                "case_links) ORDER BY time, seq LIMIT ?",
+                (cutoff, *after, limit),
+            ).fetchall()
+            if not found:
+                return [], None
+            groups: dict[tuple[str, str | None], list[tuple[int, str, str]]] = {}
+            for _time, seq, subject, event_type, body, aid in found:
+                key = (aid if aid is not None else subject, aid)
+                groups.setdefault(key, []).append((seq, event_type, body))
+            done = [self._redact_group(db, subject, aid, items, cutoff=cutoff, now=now,
+                                       dry_run=dry_run)
+                    for (subject, aid), items in groups.items()]  # fmt: skip
+            last = found[-1]
+            return done, (str(last[0]), int(last[1]))
+
+    def _redact_group(
+        self,
+        db: sqlite3.Connection,
+        subject: str,
+        aid: str | None,
+        items: list[tuple[int, str, str]],
+        *,
+        cutoff: str,
+        now: float,
+        dry_run: bool,
+    ) -> Redaction:
+        rows = {"activations": 0, "decisions": 0, "acks": 0}
+        recordings: set[str] = set()
+        for _seq, event_type, body in items:
+            if event_type == EventType.ACTIVATION:
+                rows["decisions"] += db.execute("DELETE FROM decisions WHERE aid = ?",
+                                                (subject,)).rowcount  # fmt: skip
+                rows["activations"] += db.execute("DELETE FROM activations WHERE aid = ?",
+                                                  (subject,)).rowcount  # fmt: skip
+            elif event_type == EventType.ACK:
+                try:
+                    ack = ack_from_body(json.loads(body))
+                except (ValueError, KeyError, TypeError):
+                    continue  # verify reports the bad body; nothing to delete by key
+                if ack.recording is not None:
+                    recordings.add(f"{ack.device_id}/{ack.recording}")
+                rows["acks"] += db.execute(
+                    "DELETE FROM acks WHERE aid = ? AND device_id = ? AND status = ? "
+                    "AND device_ts = ?",
+                    (ack.aid, ack.device_id, ack.status, ack.device_ts),
+                ).rowcount
+        seqs = tuple(seq for seq, _t, _b in items)
+        db.executemany("UPDATE records SET body = NULL WHERE seq = ?", [(s,) for s in seqs])
+        record = {
+            "aid": aid,
+            "cutoff": cutoff,
+            "reason": "older than the retention period and not linked to a case",
+            "recordings": sorted(recordings),
+            "redacted_seqs": list(seqs),
+            "rows_deleted": rows,
+        }
+        seq = None
+        if not dry_run:
+            seq = self._append(db, at=now, component=RETENTION_COMPONENT,
+                               event_type=EventType.RETENTION_DELETE, subject=subject,
+                               outcome="redacted", body=record)  # fmt: skip
+        return Redaction(subject, aid, seqs, rows, tuple(sorted(recordings)), seq)
+
+    async def redact_expired(
+        self, cutoff: float, *, now: float | None = None, dry_run: bool = False, batch: int = 500
+    ) -> list[Redaction]:
+        """Redact every record before ``cutoff`` not linked to a case; what was redacted.
+
+        Bodies become NULL (their ``body_sha256`` stays, so the chain still verifies), the
+        query-table rows they describe are deleted, and one ``retention_delete`` record
+        per activation (or other subject) lists the redacted seqs. Each batch is its own
+        transaction, so engines sharing the file are held up for one batch at most.
+        ``dry_run`` reports without changing anything.
+        """
+        cutoff_text = format_time(cutoff)
+        at = time.time() if now is None else now
+        after: tuple[str, int] | None = ("", 0)
+        out: list[Redaction] = []
+        while after is not None:
+            done, after = await self._run(
+                functools.partial(self._redact_batch, cutoff_text, after, limit=batch, now=at,
+                                  dry_run=dry_run)
+            )  # fmt: skip
+            out.extend(done)
+        if not dry_run and out:
+            await self._run(self._checkpoint)
+        return out
+
+    def _checkpoint(self) -> None:
+        # Old page images of what was deleted stay in the WAL until a checkpoint. Best
+        # effort: a reader holding an old snapshot only delays it to the next run.
+        with contextlib.suppress(sqlite3.Error):
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     # ------------------------------------------------------------------ reads
     def _find(self, src: str, eid: str) -> str | None:
@@ -253,32 +779,19 @@ class Ledger:
         return await self._run(lambda: self._recent_events(since))
 
     def _activation(self, aid: str) -> tuple[ActivationRow, list[DecisionRow]] | None:
-        db = self._db
-        found = db.execute("SELECT * FROM activations WHERE aid = ?", (aid,)).fetchone()
-        if found is None:
-            return None
-        values = list(found)
-        values[13] = json.loads(values[13])
-        row = ActivationRow(*values)
-        decisions = [
-            DecisionRow(r[1], r[2], bool(r[3]), r[4], r[5], r[6], r[7], r[8])
-            for r in db.execute(
-                "SELECT * FROM decisions WHERE aid = ? ORDER BY commanded DESC, device_id", (aid,)
-            )
-        ]
-        return row, decisions
+        return read_activation(self._db, aid)
 
     async def activation(self, aid: str) -> tuple[ActivationRow, list[DecisionRow]] | None:
         """One activation with its decisions."""
         return await self._run(lambda: self._activation(aid))
 
-    def _acks(self, aid: str) -> list[AckRow]:
-        return [
-            AckRow(*r)
-            for r in self._db.execute(
-                "SELECT * FROM acks WHERE aid = ? ORDER BY received_ts", (aid,)
-            )
-        ]
+    def _acks(self, aid: str | None) -> list[AckRow]:
+        """The acks of ``aid`` by time received, or (None) every ack in the order written."""
+        if aid is None:
+            cur = self._db.execute(f"{_SELECT_ACKS} ORDER BY received_ts, rowid")
+        else:
+            cur = self._db.execute(f"{_SELECT_ACKS} WHERE aid = ? ORDER BY received_ts", (aid,))
+        return [AckRow(*r) for r in cur]
 
     async def acks(self, aid: str) -> list[AckRow]:
         """Every acknowledgement received for an activation, oldest first."""
@@ -296,3 +809,55 @@ class Ledger:
     async def activation_ids(self, since: float = 0.0, limit: int = 1000) -> list[str]:
         """Activation ids with event time at or after ``since``, oldest first."""
         return await self._run(lambda: self._activation_ids(since, limit))
+
+    def _head(self) -> Head:
+        last = self._db.execute(_SELECT_HEAD).fetchone()
+        return Head(0, GENESIS_HASH) if last is None else Head(int(last[0]), str(last[1]))
+
+    async def head(self) -> Head:
+        """The chain's last record: write it down elsewhere to detect a truncated tail."""
+        return await self._run(self._head)
+
+    def _activation_states(self, aids: Sequence[str]) -> dict[str, str]:
+        db = self._db
+        out: dict[str, str] = {}
+        for aid in aids:
+            if db.execute("SELECT 1 FROM case_links WHERE aid = ?", (aid,)).fetchone():
+                out[aid] = "linked"
+                continue
+            found = db.execute(
+                "SELECT body IS NULL FROM records WHERE aid = ? AND event_type = ? LIMIT 1",
+                (aid, EventType.ACTIVATION.value),
+            ).fetchone()
+            out[aid] = "unknown" if found is None else "redacted" if found[0] else "kept"
+        return out
+
+    async def activation_states(self, aids: Sequence[str]) -> dict[str, str]:
+        """For each aid: ``linked`` (to a case), ``kept``, ``redacted`` or ``unknown``."""
+        return await self._run(lambda: self._activation_states(aids))
+
+    def _recording_aids(self, device_id: str, recording_id: str) -> set[str]:
+        return {
+            str(r[0])
+            for r in self._db.execute(
+                "SELECT DISTINCT aid FROM acks WHERE device_id = ? AND recording = ?",
+                (device_id, recording_id),
+            )
+        }
+
+    async def recording_aids(self, device_id: str, recording_id: str) -> set[str]:
+        """Activations whose acknowledgements name this recording (while their rows exist)."""
+        return await self._run(lambda: self._recording_aids(device_id, recording_id))
+
+    def _retention_recorded(self, subject: str) -> bool:
+        return (
+            self._db.execute(
+                "SELECT 1 FROM records WHERE event_type = ? AND subject = ? LIMIT 1",
+                (EventType.RETENTION_DELETE.value, subject),
+            ).fetchone()
+            is not None
+        )
+
+    async def retention_recorded(self, subject: str) -> bool:
+        """True if a ``retention_delete`` record names ``subject`` already."""
+        return await self._run(lambda: self._retention_recorded(subject))
