@@ -26,8 +26,12 @@ from actimesh.broker.messages import (
     AckStatus,
     Activation,
     ActivationReason,
+    Alert,
+    AlertKind,
     CameraActivation,
     Command,
+    Confirmation,
+    ConfirmStatus,
     DeadLetter,
     DeviceKind,
     DeviceState,
@@ -43,6 +47,10 @@ from actimesh.errors import PayloadError
 NOW = 1_750_000_000.0
 
 SAMPLES: dict[str, Message] = {
+    "confirmation": Confirmation(
+        eid="e-1", status=ConfirmStatus.ACTIVATED, aid="act-1", cameras=3, ts=NOW
+    ),
+    "alert": Alert(alert=AlertKind.NO_ACK, ts=NOW, aid="act-1", device="bc-1", detail="5 s"),
     "telemetry": Telemetry(
         ts=NOW, state=DeviceState.RECORDING, lat=51.5007, lon=-0.1246, acc=4.5, batt=87.0
     ),

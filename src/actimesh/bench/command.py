@@ -1,0 +1,48 @@
+"""``actimesh bench``: run, print the table, write the JSON report and the plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from actimesh.bench.report import growth, machine, plot, table, write_json
+from actimesh.bench.run import make_progress, run_bench
+from actimesh.bench.settings import SWEEP_DEVICES, BenchSettings
+
+__all__ = ["bench"]
+
+
+async def bench(
+    settings: BenchSettings,
+    console: Console,
+    *,
+    sweep: bool = False,
+    json_path: Path,
+    plot_path: Path | None,
+) -> dict[str, Any]:
+    """One run (or the sweep); returns the report written to ``json_path``."""
+    sizes = SWEEP_DEVICES if sweep else (settings.devices,)
+    with make_progress(console) as progress:
+        runs = [await run_bench(settings.for_devices(n), progress) for n in sizes]
+    console.print(table(runs))
+    info = machine()
+    report: dict[str, Any]
+    if sweep:
+        report = {"machine": info, "runs": runs, "growth": growth(runs)}
+        g = report["growth"]
+        console.print(
+            f"index query p99 growth {g['from_devices']:,} → {g['to_devices']:,} devices: "
+            f"{g['index_query_p99_growth']:.2f}x (target ≤ 1.2x)"
+        )
+    else:
+        report = {**runs[0], "machine": info}
+    write_json(report, json_path)
+    console.print(f"JSON report: {json_path}")
+    if plot_path is not None:
+        if plot(runs, plot_path):
+            console.print(f"latency plot: {plot_path}")
+        else:
+            console.print("no plot: matplotlib is missing (pip install 'actimesh\\[bench]')")
+    return report

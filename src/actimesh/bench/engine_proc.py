@@ -1,0 +1,139 @@
+"""The engine under test, in a process of its own, built the way ``actimesh up`` builds it.
+
+Default rules and inclusion policy, a real SQLite ledger on disk, the production
+:class:`~actimesh.geofence.GridIndex`, two MQTT links. The only additions are for
+measuring: a :class:`TimedGridIndex` that records how long each spatial query takes,
+and a watcher that notes when the engine's telemetry counter starts and stops moving
+during a flood. Neither touches the engine's code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from actimesh.broker.topics import Topics
+from actimesh.geofence import Fix, GridIndex, InclusionPolicy
+from actimesh.triggers.engine import Engine
+from actimesh.triggers.ledger import Ledger
+from actimesh.triggers.rules import DEFAULT_RULES
+from actimesh.triggers.settings import EngineSettings
+
+__all__ = ["EngineUnderTest", "TimedGridIndex"]
+
+_POLL_S = 0.002
+_MAX_SAMPLES = 100_000
+
+
+class TimedGridIndex(GridIndex):
+    """The production index, recording the duration of every ``within`` query (µs)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.query_us: list[float] = []
+
+    def within(self, lat: float, lon: float, radius_m: float) -> list[tuple[Fix, float]]:
+        start = time.perf_counter()
+        try:
+            return super().within(lat, lon, radius_m)
+        finally:
+            if len(self.query_us) < _MAX_SAMPLES:
+                self.query_us.append((time.perf_counter() - start) * 1e6)
+
+
+class EngineUnderTest:
+    """An :class:`Engine` plus the counters the orchestrator asks for."""
+
+    def __init__(self, engine: Engine, index: TimedGridIndex) -> None:
+        self.engine = engine
+        self.index = index
+        self._watch: asyncio.Task[dict[str, Any]] | None = None
+
+    @classmethod
+    def build(cls, *, agency: str, host: str, port: int, ledger: Ledger) -> EngineUnderTest:
+        index = TimedGridIndex()
+        engine = Engine(
+            topics=Topics(agency),
+            broker_host=host,
+            broker_port=port,
+            ledger=ledger,
+            rules=DEFAULT_RULES,
+            policy=InclusionPolicy(),
+            settings=EngineSettings(engine_id="bench-engine"),
+            index=index,
+        )
+        return cls(engine, index)
+
+    def counted(self) -> int:
+        """Telemetry messages handled: indexed or rejected."""
+        s = self.engine.stats
+        return s.telemetry + s.rejected_total
+
+    def stats(self) -> dict[str, Any]:
+        e = self.engine
+        s = e.stats
+        link = e.telemetry_link.stats
+        return {
+            "telemetry": s.telemetry,
+            "rejected": dict(s.rejected),
+            "telemetry_dropped": link.dropped_incoming,
+            "telemetry_received": link.received,
+            "presence": s.presence,
+            "events": s.events,
+            "activations": s.activations,
+            "commands": s.commands,
+            "acks": s.acks,
+            "fleet": len(e.fleet),
+            "indexed": len(e.index),
+            "cameras": sum(1 for d in e.fleet if d.is_camera),
+        }
+
+    def arm(self, expected: int, idle_s: float, timeout_s: float) -> None:
+        """Start watching the telemetry counter for ``expected`` more messages."""
+        if self._watch is not None:
+            self._watch.cancel()
+        self._watch = asyncio.create_task(
+            self._watch_counter(expected, idle_s, timeout_s), name="bench-watch"
+        )
+
+    async def collect(self) -> dict[str, Any]:
+        if self._watch is None:
+            raise RuntimeError("arm() first")
+        watch, self._watch = self._watch, None
+        return await watch
+
+    async def _watch_counter(
+        self, expected: int, idle_s: float, timeout_s: float
+    ) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        base = self.counted()
+        base_dropped = self.engine.telemetry_link.stats.dropped_incoming
+        first = last = 0.0
+        seen = base
+        changed = loop.time()
+        deadline = loop.time() + timeout_s
+        while loop.time() < deadline:
+            await asyncio.sleep(_POLL_S)
+            now = self.counted()
+            if now != seen:
+                stamp = time.perf_counter()
+                if seen == base:
+                    first = stamp
+                last = stamp
+                seen = now
+                changed = loop.time()
+                if now - base >= expected:
+                    break
+            elif seen != base and loop.time() - changed > idle_s:
+                break
+        return {
+            "count": seen - base,
+            "first": first,
+            "last": last,
+            "dropped": self.engine.telemetry_link.stats.dropped_incoming - base_dropped,
+        }
+
+    def take_queries(self) -> list[float]:
+        samples, self.index.query_us = self.index.query_us, []
+        return samples

@@ -1,0 +1,78 @@
+"""What one ``actimesh bench`` run does (flags of the command, in one frozen value)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+from actimesh.errors import ConfigError
+
+__all__ = ["SWEEP_DEVICES", "BenchSettings"]
+
+#: Fleet sizes of ``actimesh bench --sweep``.
+SWEEP_DEVICES = (1_000, 10_000, 100_000)
+
+
+@dataclass(frozen=True, slots=True)
+class BenchSettings:
+    """One benchmark run. The defaults are the issue's: 10,000 devices at 1 Hz, 20
+    triggers/s."""
+
+    devices: int = 10_000
+    #: Telemetry reports per device per second.
+    rate_hz: float = 1.0
+    #: Trigger events per second (and as many echo requests, interleaved).
+    triggers_per_s: float = 20.0
+    #: Length of the measured steady phase, after the warm-up.
+    duration_s: float = 20.0
+    warmup_s: float = 3.0
+    #: Messages per flood (broker-alone delivery, then engine ingest).
+    flood_messages: int = 500_000
+    flood_rounds: int = 1
+    #: Also search the highest paced rate each receiver takes with nothing dropped.
+    search: bool = False
+    #: Seconds of paced telemetry per search step.
+    search_step_s: float = 3.0
+    #: ``raw`` (pre-built frames) or ``paho`` (one paho publish per message).
+    publisher: str = "raw"
+    #: The probe's cameras acknowledge commands (``received``, ``recording``).
+    acks: bool = True
+    naive_queries: int = 5
+    grid_queries: int = 5_000
+    seed: int = 6
+
+    def __post_init__(self) -> None:
+        if self.devices < 8:
+            raise ConfigError("--devices must be at least 8 (two scenes of four cameras)")
+        for name in ("rate_hz", "triggers_per_s", "duration_s", "search_step_s"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"bench {name} must be a positive number, got {value!r}")
+        if self.warmup_s < 0 or self.flood_messages < 1000 or self.flood_rounds < 1:
+            raise ConfigError("bench needs warmup_s >= 0, flood_messages >= 1000, rounds >= 1")
+        if self.publisher not in ("raw", "paho"):
+            raise ConfigError(f"--publisher must be raw or paho, got {self.publisher!r}")
+
+    @property
+    def telemetry_rate(self) -> float:
+        """Offered telemetry, messages per second."""
+        return self.devices * self.rate_hz
+
+    @classmethod
+    def smoke(cls) -> BenchSettings:
+        """A few seconds: checks the benchmark works, not how fast anything is."""
+        return cls(
+            devices=200,
+            triggers_per_s=10.0,
+            duration_s=2.0,
+            warmup_s=1.0,
+            flood_messages=5_000,
+            naive_queries=2,
+            grid_queries=200,
+        )
+
+    def for_devices(self, devices: int) -> BenchSettings:
+        """The same run for another fleet size (the naive scan asks fewer questions of a
+        100,000-device fleet: each takes seconds)."""
+        naive = max(2, min(self.naive_queries, 500_000 // devices))
+        return replace(self, devices=devices, naive_queries=naive)

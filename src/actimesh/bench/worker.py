@@ -1,0 +1,208 @@
+"""Entry point of every benchmark process: ``python -m actimesh.bench.worker ROLE CONFIG``.
+
+``CONFIG`` is a JSON object: ``host``, ``port``, ``devices``, ``seed``, the agencies
+(``agency`` for the engine, ``echo_agency``, ``plain_agency``), ``lifetime_s``, and per
+role ``run_dir`` (engine), ``publisher`` (load generator), ``acks`` (probe). Each role
+sets itself up, then answers the orchestrator's commands (:class:`~.procs.Rpc`) until
+told to exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from actimesh.bench.echo import EchoClient
+from actimesh.bench.engine_proc import EngineUnderTest
+from actimesh.bench.loadgen import LoadGenerator, PahoPublisher, RawPublisher
+from actimesh.bench.naive import time_queries
+from actimesh.bench.plain import PlainSubscriber
+from actimesh.bench.probe import Probe
+from actimesh.bench.procs import Rpc, die_with_parent
+from actimesh.bench.workload import build_fleet
+from actimesh.broker.topics import DeviceChannel, Topics
+from actimesh.triggers.ledger import Ledger
+
+__all__ = ["ROLES", "main"]
+
+Config = dict[str, Any]
+
+
+def _lifetime(cfg: Config) -> float:
+    return float(cfg.get("lifetime_s", 3600.0))
+
+
+async def _engine(cfg: Config) -> None:
+    async with Ledger(Path(cfg["run_dir"]) / "ledger.sqlite3") as ledger:  # it makes the folder
+        eut = EngineUnderTest.build(
+            agency=cfg["agency"], host=cfg["host"], port=cfg["port"], ledger=ledger
+        )
+
+        async def stats(_: Config) -> Config:
+            return eut.stats()
+
+        async def arm(args: Config) -> Config:
+            eut.arm(int(args["expected"]), float(args["idle_s"]), float(args["timeout_s"]))
+            return {}
+
+        async def collect(_: Config) -> Config:
+            return await eut.collect()
+
+        async def queries(_: Config) -> Config:
+            return {"query_us": eut.take_queries()}
+
+        rpc = Rpc({"stats": stats, "arm": arm, "collect": collect, "queries": queries})
+        async with asyncio.TaskGroup() as tg:
+            engine_task = tg.create_task(eut.engine.run(), name="bench-engine")
+            async with asyncio.timeout(30):
+                await eut.engine.ready.wait()
+            await rpc.serve(lifetime_s=_lifetime(cfg))
+            engine_task.cancel()
+
+
+async def _loadgen(cfg: Config) -> None:
+    fleet = build_fleet(int(cfg["devices"]), int(cfg["seed"]))
+    kind = RawPublisher if cfg.get("publisher", "raw") == "raw" else PahoPublisher
+    publisher = kind(cfg["host"], int(cfg["port"]), "bench-loadgen")
+    await publisher.connect()
+    gen = LoadGenerator(fleet, int(cfg["seed"]), publisher, [cfg["agency"], cfg["plain_agency"]])
+    rpc: Rpc
+    prepared: dict[str, list[bytes]] = {}
+
+    async def presence(args: Config) -> Config:
+        sent = await gen.presence(args["agency"], int(args["start"]), int(args["count"]))
+        return {"sent": sent}
+
+    async def stream(args: Config) -> Config:
+        rpc.spawn(
+            gen.stream(args["agency"], float(args["rate"]), float(args["duration_s"])),
+            name="bench-stream",
+        )
+        return {}
+
+    async def status(_: Config) -> Config:
+        return {"sent": gen.stream_sent, "streaming": gen.streaming, "lag_s": gen.stream_lag_s}
+
+    async def prepare(args: Config) -> Config:
+        prepared[args["agency"]] = gen.prepare_flood(args["agency"], int(args["count"]))
+        return {}
+
+    async def flood(args: Config) -> Config:
+        agency, count = args["agency"], int(args["count"])
+        rate = args.get("rate")
+        chunks = prepared.pop(agency, [])
+        return await gen.flood(chunks, count, agency, None if rate is None else float(rate))
+
+    rpc = Rpc({"presence": presence, "stream": stream, "status": status, "prepare": prepare,
+               "flood": flood})  # fmt: skip
+    try:
+        await rpc.serve(lifetime_s=_lifetime(cfg))
+    finally:
+        await publisher.close()
+
+
+async def _probe(cfg: Config) -> None:
+    fleet = build_fleet(int(cfg["devices"]), int(cfg["seed"]))
+    probe = Probe(fleet, Topics(cfg["agency"]), Topics(cfg["echo_agency"]), cfg["host"],
+                  int(cfg["port"]), acks=bool(cfg.get("acks", True)))  # fmt: skip
+    await probe.connect()
+
+    async def run(args: Config) -> Config:
+        result = await probe.run(float(args["rate"]), float(args["duration_s"]))
+        return result.as_dict()
+
+    try:
+        async with asyncio.TaskGroup() as tg:
+            pings = [
+                tg.create_task(probe.tx.keepalive(), name="probe-tx-keepalive"),
+                tg.create_task(probe.rx.keepalive(), name="probe-rx-keepalive"),
+            ]
+            await Rpc({"run": run}).serve(lifetime_s=_lifetime(cfg))
+            for ping in pings:
+                ping.cancel()
+    finally:
+        probe.close()
+
+
+async def _echo(cfg: Config) -> None:
+    fleet = build_fleet(int(cfg["devices"]), int(cfg["seed"]))
+    echo = EchoClient(fleet, Topics(cfg["echo_agency"]), cfg["host"], int(cfg["port"]))
+    await echo.connect()
+
+    async def stats(_: Config) -> Config:
+        return {"requests": echo.requests, "acks": echo.acks}
+
+    try:
+        async with asyncio.TaskGroup() as tg:
+            ping = tg.create_task(echo.client.keepalive(), name="echo-keepalive")
+            await Rpc({"stats": stats}).serve(lifetime_s=_lifetime(cfg))
+            ping.cancel()
+    finally:
+        echo.close()
+
+
+async def _plain(cfg: Config) -> None:
+    topic = Topics(cfg["plain_agency"]).all_devices(DeviceChannel.TELEMETRY)
+    sub = await PlainSubscriber.connect(cfg["host"], int(cfg["port"]), topic)
+
+    async def arm(args: Config) -> Config:
+        sub.arm(int(args["expected"]))
+        return {}
+
+    async def collect(args: Config) -> Config:
+        return await sub.collect(float(args["idle_s"]), float(args["timeout_s"]))
+
+    try:
+        await Rpc({"arm": arm, "collect": collect}).serve(lifetime_s=_lifetime(cfg))
+    finally:
+        if sub.transport is not None:
+            sub.transport.close()
+
+
+async def _naive(cfg: Config) -> None:
+    fleet = build_fleet(int(cfg["devices"]), int(cfg["seed"]))
+
+    async def run(args: Config) -> Config:
+        return time_queries(fleet, int(cfg["seed"]), naive_queries=int(args["naive_queries"]),
+                            grid_queries=int(args["grid_queries"]))  # fmt: skip
+
+    await Rpc({"run": run}).serve(lifetime_s=_lifetime(cfg))
+
+
+ROLES: dict[str, Callable[[Config], Coroutine[Any, Any, None]]] = {
+    "echo": _echo,
+    "engine": _engine,
+    "loadgen": _loadgen,
+    "naive": _naive,
+    "plain": _plain,
+    "probe": _probe,
+}
+
+
+def main(argv: list[str]) -> int:
+    """Run one role until the orchestrator says exit (or goes away)."""
+    import json  # noqa: PLC0415 - only the worker needs it here
+
+    if len(argv) != 2 or argv[0] not in ROLES:
+        sys.stderr.write(f"usage: python -m actimesh.bench.worker {{{','.join(ROLES)}}} CONFIG\n")
+        return 2
+    die_with_parent()
+    logging.basicConfig(
+        level=logging.WARNING, format=f"%(asctime)s {argv[0]} %(levelname)s %(name)s: %(message)s"
+    )
+    started = time.monotonic()
+    try:
+        asyncio.run(ROLES[argv[0]](json.loads(argv[1])))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        return 0
+    logging.getLogger(__name__).info("%s ran %.1f s", argv[0], time.monotonic() - started)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,221 @@
+"""Just enough of MQTT 5 on the wire for the high-rate QoS 0 paths.
+
+paho-mqtt reads each packet with at least three ``recv`` calls and runs one callback per
+packet; on this project's 2-core machine a paho subscriber tops out near 45,000 msg/s
+while Mosquitto delivers about 120,000 (docs/PERFORMANCE.md). The telemetry ingest
+(:mod:`actimesh.broker.ingest`) and the benchmark's load generator therefore speak the
+small subset of MQTT 5 they need themselves:
+
+* out: CONNECT, SUBSCRIBE, PUBLISH at QoS 0, PINGREQ, DISCONNECT;
+* in: CONNACK, SUBACK, PUBLISH at QoS 0, PINGRESP, DISCONNECT.
+
+Everything with acknowledgements (QoS 1 commands, events, presence wills) stays on
+paho/aiomqtt (:mod:`actimesh.broker.client`). Parsing works on a buffer in place and
+never trusts a length it reads: a malformed or oversized packet is a
+:class:`ProtocolError`, after which the connection must be dropped.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from actimesh.errors import BrokerError
+
+__all__ = [
+    "CONNACK",
+    "CONNECT",
+    "DISCONNECT",
+    "DISCONNECT_PACKET",
+    "PINGREQ",
+    "PINGREQ_PACKET",
+    "PINGRESP",
+    "PUBLISH",
+    "SUBACK",
+    "SUBSCRIBE",
+    "ProtocolError",
+    "connack_reason",
+    "connect_packet",
+    "encode_varint",
+    "next_packet",
+    "publish_packet",
+    "split_publish",
+    "suback_reasons",
+    "subscribe_packet",
+]
+
+# Control packet types (the high nibble of the first byte).
+CONNECT = 1
+CONNACK = 2
+PUBLISH = 3
+SUBSCRIBE = 8
+SUBACK = 9
+PINGREQ = 12
+PINGRESP = 13
+DISCONNECT = 14
+
+PINGREQ_PACKET = b"\xc0\x00"
+#: DISCONNECT with reason 0 (normal) and no properties.
+DISCONNECT_PACKET = b"\xe0\x00"
+
+_MAX_VARINT = 268_435_455
+_U16 = struct.Struct("!H")
+_U32 = struct.Struct("!I")
+
+
+class ProtocolError(BrokerError):
+    """The peer sent something this subset of MQTT 5 does not accept."""
+
+
+def encode_varint(value: int) -> bytes:
+    """MQTT's variable byte integer (1 to 4 bytes)."""
+    if not 0 <= value <= _MAX_VARINT:
+        raise ValueError(f"{value} does not fit an MQTT variable byte integer")
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _string(text: str | bytes) -> bytes:
+    raw = text.encode() if isinstance(text, str) else text
+    if len(raw) > 0xFFFF:
+        raise ValueError("MQTT strings are at most 65,535 bytes")
+    return _U16.pack(len(raw)) + raw
+
+
+def _packet(first: int, body: bytes) -> bytes:
+    return bytes((first,)) + encode_varint(len(body)) + body
+
+
+def connect_packet(
+    client_id: str,
+    *,
+    keepalive_s: int,
+    username: str | None = None,
+    password: str | None = None,
+    max_packet_size: int | None = None,
+) -> bytes:
+    """CONNECT, MQTT 5, clean start, no will, no session kept after disconnect."""
+    if not 0 <= keepalive_s <= 0xFFFF:
+        raise ValueError("keepalive must be 0 to 65,535 seconds")
+    flags = 0x02  # clean start
+    if username is not None:
+        flags |= 0x80
+    if password is not None:
+        flags |= 0x40
+    props = b""
+    if max_packet_size is not None:
+        props += b"\x27" + _U32.pack(max_packet_size)  # Maximum Packet Size
+    header = _string("MQTT") + bytes((5, flags)) + _U16.pack(keepalive_s)
+    body = header + encode_varint(len(props)) + props + _string(client_id)
+    if username is not None:
+        body += _string(username)
+    if password is not None:
+        body += _string(password)
+    return _packet(CONNECT << 4, body)
+
+
+def subscribe_packet(packet_id: int, topic_filters: tuple[str, ...], qos: int = 0) -> bytes:
+    """SUBSCRIBE to each filter with the given maximum QoS (no options, no properties)."""
+    if not 1 <= packet_id <= 0xFFFF:
+        raise ValueError("packet id must be 1 to 65,535")
+    if not topic_filters:
+        raise ValueError("subscribe to at least one topic filter")
+    body = _U16.pack(packet_id) + b"\x00"
+    for topic_filter in topic_filters:
+        body += _string(topic_filter) + bytes((qos & 0x03,))
+    return _packet((SUBSCRIBE << 4) | 0x02, body)
+
+
+def publish_packet(topic: str | bytes, payload: bytes, *, retain: bool = False) -> bytes:
+    """PUBLISH at QoS 0 with no properties."""
+    raw = topic.encode() if isinstance(topic, str) else topic
+    body_len = 2 + len(raw) + 1 + len(payload)
+    first = (PUBLISH << 4) | (0x01 if retain else 0)
+    return b"".join(
+        (bytes((first,)), encode_varint(body_len), _U16.pack(len(raw)), raw, b"\x00", payload)
+    )
+
+
+def next_packet(
+    buf: bytes | bytearray | memoryview, pos: int, end: int, max_size: int
+) -> tuple[int, int, int] | None:
+    """Find the packet starting at ``buf[pos]``.
+
+    Returns ``(first_byte, body_start, body_end)``, or None when the packet is not
+    complete within ``buf[pos:end]`` yet. Raises :class:`ProtocolError` for a length
+    over ``max_size`` or a malformed length.
+    """
+    if end - pos < 2:
+        return None
+    length = 0
+    shift = 0
+    i = pos + 1
+    while True:
+        if i >= end:
+            return None
+        byte = buf[i]
+        length |= (byte & 0x7F) << shift
+        i += 1
+        if not byte & 0x80:
+            break
+        shift += 7
+        if shift > 21:
+            raise ProtocolError("malformed packet length")
+    if length > max_size:
+        raise ProtocolError(f"a {length}-byte packet is over the {max_size}-byte limit")
+    if i + length > end:
+        return None
+    return buf[pos], i, i + length
+
+
+def _varint_at(buf: bytes | bytearray | memoryview, i: int, end: int) -> tuple[int, int]:
+    value = 0
+    shift = 0
+    while True:
+        if i >= end or shift > 21:
+            raise ProtocolError("malformed variable byte integer")
+        byte = buf[i]
+        value |= (byte & 0x7F) << shift
+        i += 1
+        if not byte & 0x80:
+            return value, i
+        shift += 7
+
+
+def split_publish(
+    buf: bytes | bytearray | memoryview, first: int, start: int, end: int
+) -> tuple[bytes, bytes]:
+    """Topic and payload of a QoS 0 MQTT 5 PUBLISH whose body is ``buf[start:end]``."""
+    if first & 0x06:
+        raise ProtocolError("a PUBLISH above QoS 0 on a QoS 0 subscription")
+    if end - start < 3:
+        raise ProtocolError("PUBLISH too short")
+    topic_end = start + 2 + ((buf[start] << 8) | buf[start + 1])
+    if topic_end == start + 2 or topic_end >= end:
+        raise ProtocolError("PUBLISH with an empty or truncated topic")
+    props, at = _varint_at(buf, topic_end, end)
+    if at + props > end:
+        raise ProtocolError("PUBLISH properties run past the packet")
+    return bytes(buf[start + 2 : topic_end]), bytes(buf[at + props : end])
+
+
+def connack_reason(body: bytes | bytearray | memoryview) -> int:
+    """The reason code of a CONNACK body (0 is success)."""
+    if len(body) < 2:
+        raise ProtocolError("CONNACK too short")
+    return int(body[1])
+
+
+def suback_reasons(body: bytes | bytearray | memoryview) -> tuple[int, tuple[int, ...]]:
+    """Packet id and per-filter reason codes of a SUBACK body (>= 0x80 is a refusal)."""
+    if len(body) < 3:
+        raise ProtocolError("SUBACK too short")
+    packet_id = (body[0] << 8) | body[1]
+    props, at = _varint_at(body, 2, len(body))
+    return packet_id, tuple(body[at + props :])

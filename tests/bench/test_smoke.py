@@ -1,0 +1,40 @@
+"""`actimesh bench --smoke`: the whole benchmark runs end to end in seconds.
+
+CI checks that it works and that the report has every figure with a sane type; the
+figures themselves belong to the benchmark (docs/PERFORMANCE.md), not to timed tests.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from actimesh.bench import REQUIRED_KEYS
+from actimesh.cli import main
+
+pytestmark = pytest.mark.integration
+
+
+def test_smoke_run_writes_every_figure_and_the_plot(tmp_path: Path) -> None:
+    report_path, plot_path = tmp_path / "bench.json", tmp_path / "bench.png"
+    code = main(["bench", "--smoke", "--json", str(report_path), "--plot", str(plot_path)])
+    assert code == 0
+    report = json.loads(report_path.read_text())
+    for key in REQUIRED_KEYS:
+        assert key in report, key
+        value = report[key]
+        assert isinstance(value, int | float)
+        assert not isinstance(value, bool), key
+        assert math.isfinite(value)
+        assert value >= 0, (key, value)
+    assert report["devices"] == 200
+    assert report["commands_received"] > 0
+    assert report["commands_received"] + report["commands_missing"] == report["commands_expected"]
+    assert report["telemetry_dropped"] == 0
+    assert report["naive_mismatches"] == 0
+    assert set(report["targets"]) >= {"p99_ratio_vs_broker", "naive_scan_ratio"}
+    assert report["machine"]["cores"] >= 1
+    assert plot_path.read_bytes().startswith(b"\x89PNG")
