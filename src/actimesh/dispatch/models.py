@@ -1,0 +1,260 @@
+"""The HTTP API's request and response bodies: pydantic models at the edge.
+
+Requests are closed (unknown fields rejected) and bounded like the wire payloads; the
+OpenAPI document at ``/openapi.json`` is generated from these models.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from actimesh.broker.messages import EVENT_TYPE_PATTERN
+from actimesh.broker.topics import IDENTIFIER_PATTERN
+
+__all__ = [
+    "AckOut",
+    "ActivationDetail",
+    "ActivationPage",
+    "ActivationSummary",
+    "ApiError",
+    "CameraOutcome",
+    "DeliveryOut",
+    "DeliveryStatus",
+    "DeviceOut",
+    "Health",
+    "Outcome",
+    "WebhookCreate",
+    "WebhookCreated",
+    "WebhookOut",
+    "ZoneAccepted",
+    "ZoneRequest",
+]
+
+EventType = Annotated[str, Field(pattern=EVENT_TYPE_PATTERN, max_length=32)]
+Identifier = Annotated[str, Field(pattern=IDENTIFIER_PATTERN, max_length=64)]
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, str_strip_whitespace=True)
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class ApiError(_Out):
+    """Every 4xx and 5xx body: one line saying what is wrong and how to fix it."""
+
+    error: str
+
+
+class DeviceOut(_Out):
+    """A device as the dispatch sees it now."""
+
+    id: str
+    kind: str | None
+    unit: str | None
+    paired: list[str]
+    online: bool
+    state: str | None = Field(description="What the device last reported")
+    status: str = Field(description="Map colour: recording, buffering or offline")
+    lat: float | None
+    lon: float | None
+    acc: float | None
+    fix_ts: float | None
+    stale: bool = Field(description="The fix is older than the engine's freshness limit")
+    batt: float | None
+    pre_roll: float | None
+    last_seen: float
+
+
+class Outcome(StrEnum):
+    """What became of one camera considered for an activation."""
+
+    RECORDING = "recording"
+    REFUSED = "refused"
+    #: The camera got the command but has not said it records (yet).
+    ACKNOWLEDGED = "acknowledged"
+    NO_ACK = "no_ack"
+    PENDING = "pending"
+    NOT_COMMANDED = "not_commanded"
+
+
+class ActivationSummary(_Out):
+    """One activation from the ledger, with its camera counts."""
+
+    aid: str
+    src: str
+    eid: str
+    type: str
+    event_ts: float
+    received_ts: float
+    decided_ts: float
+    lat: float | None
+    lon: float | None
+    acc: float | None
+    position_source: str
+    radius_m: float
+    pre_roll_s: float
+    initiated_by: str | None
+    engine: str
+    commanded: int
+    recording: int
+    refused: int
+
+
+class ActivationPage(_Out):
+    items: list[ActivationSummary]
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next (older) page; null on the last page"
+    )
+
+
+class AckOut(_Out):
+    device_id: str
+    status: str
+    pre_cov_s: float
+    recording: str | None
+    device_ts: float
+    received_ts: float
+    detail: str | None
+
+
+class CameraOutcome(_Out):
+    """One camera considered for an activation: the engine's decision and its result."""
+
+    device_id: str
+    device_kind: str | None
+    commanded: bool
+    reason: str = Field(description="paired, proximity, or why it was left out")
+    distance_m: float | None
+    margin_m: float | None
+    fix_age_s: float | None
+    acc_m: float | None
+    outcome: Outcome
+    pre_roll_covered_s: float | None
+    recording_id: str | None
+    ack_latency_s: float | None = Field(description="From the engine's decision to the ack")
+    detail: str | None
+
+
+class ActivationDetail(ActivationSummary):
+    """One activation with every camera's outcome and every acknowledgement."""
+
+    rule: dict[str, Any]
+    cameras: list[CameraOutcome]
+    acks: list[AckOut]
+
+
+class ZoneRequest(_In):
+    """A dispatcher-initiated activation: every camera within ``radius_m`` of a point."""
+
+    lat: float = Field(ge=-90.0, le=90.0)
+    lon: float = Field(ge=-180.0, le=180.0)
+    radius_m: float = Field(gt=0.0, le=1000.0, description="Capped by the engine's rule")
+    dispatcher: str = Field(min_length=1, max_length=64, description="Who asked (audit)")
+    call_id: Identifier | None = Field(
+        default=None,
+        description="The CAD call id. Repeating a request with the same call id is "
+        "harmless: it maps to the same activation.",
+    )
+
+    @field_validator("dispatcher")
+    @classmethod
+    def _printable(cls, value: str) -> str:
+        if not value.isprintable():
+            raise ValueError("must be printable text (no control characters)")
+        return value
+
+
+class ZoneAccepted(_Out):
+    aid: str = Field(description="The activation id the engine will use")
+    eid: str
+    source: str
+    status_url: str
+    activation: dict[str, Any] | None = Field(
+        default=None, description="The live activation, when `wait` was given and it arrived"
+    )
+
+
+class WebhookCreate(_In):
+    """Register a receiver for activations."""
+
+    url: str = Field(min_length=8, max_length=2048, description="http:// or https:// URL")
+    description: str = Field(default="", max_length=256)
+    event_types: list[EventType] = Field(
+        default_factory=list, max_length=32, description="Only these trigger types; [] = all"
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        from urllib.parse import urlsplit  # noqa: PLC0415 - validator-local helper
+
+        try:
+            parts = urlsplit(value)
+            port = parts.port
+        except ValueError as exc:
+            raise ValueError(f"is not a valid URL ({exc})") from exc
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("must not carry credentials; the HMAC signature authenticates")
+        if port == 0:
+            raise ValueError("has port 0")
+        if parts.fragment:
+            raise ValueError("must not have a #fragment")
+        return value
+
+
+class WebhookOut(_Out):
+    id: str
+    url: str
+    description: str
+    event_types: list[str]
+    created_ts: float
+    pending: int
+    delivered: int
+    failed: int
+
+
+class WebhookCreated(WebhookOut):
+    secret: str = Field(
+        description="HMAC-SHA256 key for the X-Actimesh-Signature-256 header. Shown once."
+    )
+
+
+class DeliveryStatus(StrEnum):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+class DeliveryOut(_Out):
+    delivery_id: str = Field(description="Stable across retries: dedupe on it")
+    endpoint_id: str
+    aid: str
+    event_type: str
+    status: DeliveryStatus
+    attempts: int
+    created_ts: float
+    next_attempt_ts: float | None
+    last_attempt_ts: float | None
+    delivered_ts: float | None
+    last_status: int | None = Field(description="HTTP status of the last attempt")
+    last_error: str | None
+
+
+class Health(_Out):
+    status: str = Field(description="ok, or degraded with the reasons")
+    reasons: list[str]
+    version: str
+    agency: str
+    mqtt_connected: bool
+    engines: list[dict[str, Any]]
+    devices: dict[str, int]
+    clients: int
+    webhooks: dict[str, int]

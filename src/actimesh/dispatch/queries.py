@@ -1,0 +1,450 @@
+"""Read-only queries on the activation ledger, for the API and the webhook outbox.
+
+The engine owns the ledger and writes it; the dispatch opens it **read-only** with a
+connection of its own (SQLite in WAL mode lets readers run beside the writer) on its own
+thread. Columns are always named, never ``*``: the engine may add columns and tables.
+
+Area filters take a bounding box (``min_lon,min_lat,max_lon,max_lat``, GeoJSON order; a
+box with ``min_lon > max_lon`` crosses the 180th meridian) or a point and a radius, which
+is prefiltered by a box in SQL and then measured exactly (WGS-84).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from actimesh.broker.messages import (
+    CAMERA_KINDS,
+    Ack,
+    AckStatus,
+    Activation,
+    ActivationReason,
+    CameraActivation,
+    DeviceKind,
+)
+from actimesh.dispatch._sqlite import SqliteThread
+from actimesh.dispatch.models import (
+    AckOut,
+    ActivationDetail,
+    ActivationSummary,
+    CameraOutcome,
+    Outcome,
+)
+from actimesh.errors import LedgerError
+from actimesh.geofence import distance_m
+
+__all__ = ["ActivationQuery", "BBox", "LedgerReader", "Near"]
+
+_ACK_OUTCOME = {"recording": Outcome.RECORDING, "refused": Outcome.REFUSED}
+_M_PER_DEG_LAT = 110_574.0  # the shortest degree of latitude (at the equator)
+
+_SUMMARY = """
+SELECT a.aid, a.src, a.eid, a.type, a.event_ts, a.received_ts, a.decided_ts, a.lat, a.lon,
+       a.acc, a.position_source, a.radius_m, a.pre_roll_s, a.initiated_by, a.engine,
+       (SELECT COUNT(*) FROM decisions d WHERE d.aid = a.aid AND d.commanded = 1),
+       (SELECT COUNT(DISTINCT k.device_id) FROM acks k
+         WHERE k.aid = a.aid AND k.status = 'recording'),
+       (SELECT COUNT(DISTINCT k.device_id) FROM acks k
+         WHERE k.aid = a.aid AND k.status = 'refused'
+           AND NOT EXISTS (SELECT 1 FROM acks r WHERE r.aid = k.aid
+                           AND r.device_id = k.device_id AND r.status = 'recording'))
+FROM activations a
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class BBox:
+    min_lon: float
+    min_lat: float
+    max_lon: float
+    max_lat: float
+
+    @classmethod
+    def parse(cls, text: str) -> BBox:
+        """``min_lon,min_lat,max_lon,max_lat``; raise ValueError saying what is wrong."""
+        parts = text.split(",")
+        if len(parts) != 4:
+            raise ValueError("bbox must be four numbers: min_lon,min_lat,max_lon,max_lat")
+        try:
+            values = [float(p) for p in parts]
+        except ValueError:
+            raise ValueError("bbox must be four numbers: min_lon,min_lat,max_lon,max_lat") from None
+        if not all(math.isfinite(v) for v in values):
+            raise ValueError("bbox values must be finite numbers")
+        box = cls(*values)
+        if not (-180 <= box.min_lon <= 180 and -180 <= box.max_lon <= 180):
+            raise ValueError("bbox longitudes must be between -180 and 180")
+        if not (-90 <= box.min_lat <= box.max_lat <= 90):
+            raise ValueError("bbox latitudes must be between -90 and 90, min before max")
+        return box
+
+
+@dataclass(frozen=True, slots=True)
+class Near:
+    lat: float
+    lon: float
+    radius_m: float
+
+    def contains(self, lat: float | None, lon: float | None) -> bool:
+        if lat is None or lon is None:
+            return False
+        return distance_m(self.lat, self.lon, lat, lon) <= self.radius_m
+
+    def bbox(self) -> BBox:
+        dlat = self.radius_m / _M_PER_DEG_LAT
+        cos_lat = math.cos(math.radians(min(89.9, abs(self.lat) + dlat)))
+        dlon = min(180.0, self.radius_m / (_M_PER_DEG_LAT * max(cos_lat, 1e-6)))
+        min_lat, max_lat = max(-90.0, self.lat - dlat), min(90.0, self.lat + dlat)
+        if dlon >= 180.0 or max_lat >= 90.0 or min_lat <= -90.0:
+            return BBox(-180.0, min_lat, 180.0, max_lat)
+        lo, hi = self.lon - dlon, self.lon + dlon
+        # Wrap across the 180th meridian: the box then has min_lon > max_lon.
+        lo = lo + 360.0 if lo < -180.0 else lo
+        hi = hi - 360.0 if hi > 180.0 else hi
+        return BBox(lo, min_lat, hi, max_lat)
+
+
+@dataclass(frozen=True, slots=True)
+class ActivationQuery:
+    """Filters of ``GET /api/v1/activations``; every one optional."""
+
+    since: float | None = None
+    until: float | None = None
+    types: tuple[str, ...] = ()
+    device: str | None = None
+    initiated_by: str | None = None
+    bbox: BBox | None = None
+    near: Near | None = None
+    limit: int = 100
+    #: Keyset cursor: (event_ts, aid) of the last item of the previous page.
+    after: tuple[float, str] | None = None
+
+
+def _summary(row: Sequence[Any]) -> ActivationSummary:
+    return ActivationSummary(
+        aid=row[0],
+        src=row[1],
+        eid=row[2],
+        type=row[3],
+        event_ts=row[4],
+        received_ts=row[5],
+        decided_ts=row[6],
+        lat=row[7],
+        lon=row[8],
+        acc=row[9],
+        position_source=row[10],
+        radius_m=row[11],
+        pre_roll_s=row[12],
+        initiated_by=row[13],
+        engine=row[14],
+        commanded=row[15],
+        recording=row[16],
+        refused=row[17],
+    )
+
+
+def _bbox_sql(box: BBox, where: list[str], args: list[Any]) -> None:
+    where.append("a.lat BETWEEN ? AND ?")
+    args += [box.min_lat, box.max_lat]
+    if box.min_lon <= box.max_lon:
+        where.append("a.lon BETWEEN ? AND ?")
+        args += [box.min_lon, box.max_lon]
+    else:  # crosses the 180th meridian
+        where.append("(a.lon >= ? OR a.lon <= ?)")
+        args += [box.min_lon, box.max_lon]
+
+
+def _where(q: ActivationQuery) -> tuple[list[str], list[Any]]:
+    where: list[str] = []
+    args: list[Any] = []
+    if q.since is not None:
+        where.append("a.event_ts >= ?")
+        args.append(q.since)
+    if q.until is not None:
+        where.append("a.event_ts < ?")
+        args.append(q.until)
+    if q.types:
+        where.append(f"a.type IN ({','.join('?' * len(q.types))})")
+        args += list(q.types)
+    if q.device is not None:
+        where.append(
+            "(a.src = ? OR a.aid IN (SELECT d.aid FROM decisions d "
+            "WHERE d.device_id = ? AND d.commanded = 1))"
+        )
+        args += [q.device, q.device]
+    if q.initiated_by is not None:
+        where.append("a.initiated_by = ?")
+        args.append(q.initiated_by)
+    for box in (q.bbox, q.near.bbox() if q.near is not None else None):
+        if box is not None:
+            _bbox_sql(box, where, args)
+    if q.after is not None:
+        where.append("(a.event_ts < ? OR (a.event_ts = ? AND a.aid > ?))")
+        args += [q.after[0], q.after[0], q.after[1]]
+    return where, args
+
+
+class LedgerReader:
+    """Read-only access to the engine's ledger. ``async with LedgerReader(path) as r``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._thread = SqliteThread("ledger-read", self._connect)
+
+    def _connect(self) -> sqlite3.Connection:
+        if not self.path.exists():
+            raise LedgerError(
+                f"no activation ledger at {self.path}: start the engine first "
+                "(actimesh up) or pass the --data-dir it uses"
+            )
+        try:
+            conn = sqlite3.connect(
+                f"{self.path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None
+            )
+            conn.execute("PRAGMA query_only = ON")
+            conn.execute("PRAGMA busy_timeout = 2000")
+            conn.execute("SELECT 1 FROM activations LIMIT 1").fetchall()
+        except sqlite3.Error as exc:
+            raise LedgerError(f"cannot read the ledger at {self.path}: {exc}") from exc
+        return conn
+
+    async def __aenter__(self) -> LedgerReader:
+        await self._thread.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._thread.close()
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        return self._thread.db
+
+    async def ping(self) -> bool:
+        """True when the ledger answers a query."""
+
+        def ping() -> bool:
+            try:
+                self._db.execute("SELECT 1 FROM activations LIMIT 1").fetchall()
+            except sqlite3.Error:
+                return False
+            return True
+
+        return await self._thread.run(ping)
+
+    # ------------------------------------------------------------------ search
+    def _search(self, q: ActivationQuery) -> list[ActivationSummary]:
+        where, args = _where(q)
+        sql = _SUMMARY + (" WHERE " + " AND ".join(where) if where else "")
+        sql += " ORDER BY a.event_ts DESC, a.aid ASC LIMIT ?"
+        out: list[ActivationSummary] = []
+        page = max(q.limit, 200)
+        offset = 0
+        while len(out) < q.limit:
+            rows = self._db.execute(sql + " OFFSET ?", [*args, page, offset]).fetchall()
+            for row in rows:
+                item = _summary(row)
+                if q.near is not None and not q.near.contains(item.lat, item.lon):
+                    continue
+                out.append(item)
+                if len(out) == q.limit:
+                    break
+            if len(rows) < page:
+                break
+            offset += page
+        return out
+
+    async def search(self, query: ActivationQuery) -> list[ActivationSummary]:
+        """Activations matching ``query``, newest first."""
+        try:
+            return await self._thread.run(lambda: self._search(query))
+        except sqlite3.Error as exc:
+            raise LedgerError(f"ledger query failed: {exc}") from exc
+
+    # ------------------------------------------------------------------ one
+    def _detail(self, aid: str, now: float, ack_timeout_s: float) -> ActivationDetail | None:
+        db = self._db
+        row = db.execute(_SUMMARY + " WHERE a.aid = ?", (aid,)).fetchone()
+        if row is None:
+            return None
+        summary = _summary(row)
+        (rule_text,) = db.execute("SELECT rule FROM activations WHERE aid = ?", (aid,)).fetchone()
+        acks = [
+            AckOut(
+                device_id=r[0],
+                status=r[1],
+                pre_cov_s=r[2],
+                recording=r[3],
+                device_ts=r[4],
+                received_ts=r[5],
+                detail=r[6],
+            )
+            for r in db.execute(
+                "SELECT device_id, status, pre_cov_s, recording, device_ts, received_ts, detail "
+                "FROM acks WHERE aid = ? ORDER BY received_ts",
+                (aid,),
+            )
+        ]
+        by_device: dict[str, list[AckOut]] = {}
+        for ack in acks:
+            by_device.setdefault(ack.device_id, []).append(ack)
+        cameras = []
+        for r in db.execute(
+            "SELECT device_id, device_kind, commanded, reason, distance_m, margin_m, fix_age_s,"
+            " acc_m FROM decisions WHERE aid = ? ORDER BY commanded DESC, device_id",
+            (aid,),
+        ):
+            commanded = bool(r[2])
+            mine = by_device.get(r[0], [])
+            chosen = next((a for a in mine if a.status == "recording"), None)
+            chosen = chosen or next((a for a in mine if a.status == "refused"), None)
+            chosen = chosen or (mine[0] if mine else None)
+            if not commanded:
+                outcome = Outcome.NOT_COMMANDED
+            elif chosen is not None:
+                outcome = _ACK_OUTCOME.get(chosen.status, Outcome.ACKNOWLEDGED)
+            elif now - summary.decided_ts > ack_timeout_s:
+                outcome = Outcome.NO_ACK
+            else:
+                outcome = Outcome.PENDING
+            cameras.append(
+                CameraOutcome(
+                    device_id=r[0],
+                    device_kind=r[1],
+                    commanded=commanded,
+                    reason=r[3],
+                    distance_m=r[4],
+                    margin_m=r[5],
+                    fix_age_s=r[6],
+                    acc_m=r[7],
+                    outcome=outcome,
+                    pre_roll_covered_s=chosen.pre_cov_s if chosen else None,
+                    recording_id=chosen.recording if chosen else None,
+                    ack_latency_s=(
+                        max(0.0, mine[0].received_ts - summary.decided_ts) if mine else None
+                    ),
+                    detail=chosen.detail if chosen else None,
+                )
+            )
+        return ActivationDetail(
+            **summary.model_dump(), rule=json.loads(rule_text), cameras=cameras, acks=acks
+        )
+
+    async def detail(
+        self, aid: str, *, now: float, ack_timeout_s: float
+    ) -> ActivationDetail | None:
+        """One activation with per-camera outcomes, or None if the ledger has no such id."""
+        try:
+            return await self._thread.run(lambda: self._detail(aid, now, ack_timeout_s))
+        except sqlite3.Error as exc:
+            raise LedgerError(f"ledger query failed: {exc}") from exc
+
+    # ------------------------------------------------------------------ records
+    def _record(self, aid: str) -> Activation | None:
+        db = self._db
+        row = db.execute(
+            "SELECT aid, eid, src, type, event_ts, decided_ts, lat, lon, radius_m, pre_roll_s,"
+            " initiated_by FROM activations WHERE aid = ?",
+            (aid,),
+        ).fetchone()
+        if row is None:
+            return None
+        cameras: list[CameraActivation] = []
+        excluded = 0
+        for device_id, kind, commanded, reason, dist in db.execute(
+            "SELECT device_id, device_kind, commanded, reason, distance_m FROM decisions "
+            "WHERE aid = ? ORDER BY device_id",
+            (aid,),
+        ):
+            if not commanded:
+                excluded += 1
+                continue
+            if kind is None or DeviceKind(kind) not in CAMERA_KINDS:
+                continue  # the engine's record lists cameras of a known kind only
+            paired = str(reason).startswith("paired")
+            cameras.append(
+                CameraActivation(
+                    id=device_id,
+                    device_kind=DeviceKind(kind),
+                    reason=ActivationReason.PAIRED if paired else ActivationReason.PROXIMITY,
+                    dist=None if paired else dist,
+                )
+            )
+        return Activation(
+            aid=row[0],
+            eid=row[1],
+            src=row[2],
+            type=row[3],
+            ets=row[4],
+            ts=row[5],
+            lat=row[6],
+            lon=row[7],
+            radius=row[8],
+            pre=row[9],
+            by=row[10],
+            cameras=tuple(cameras),
+            excluded=excluded,
+        )
+
+    async def record(self, aid: str) -> Activation | None:
+        """The activation record the engine published for ``aid``, rebuilt from the ledger."""
+        return await self._thread.run(lambda: self._record(aid))
+
+    def _recent(self, since: float, limit: int) -> list[tuple[Activation, list[tuple[str, Ack]]]]:
+        aids = [
+            r[0]
+            for r in self._db.execute(
+                "SELECT aid FROM activations WHERE event_ts >= ? ORDER BY event_ts DESC LIMIT ?",
+                (since, limit),
+            )
+        ]
+        out = []
+        for aid in reversed(aids):
+            record = self._record(aid)
+            if record is None:  # pragma: no cover - rows are never deleted
+                continue
+            acks = [
+                (
+                    r[0],
+                    Ack(
+                        aid=aid,
+                        status=AckStatus(r[1]),
+                        pre_cov=r[2],
+                        rec=r[3],
+                        ts=r[4],
+                        detail=r[5],
+                    ),
+                )
+                for r in self._db.execute(
+                    "SELECT device_id, status, pre_cov_s, recording, device_ts, detail "
+                    "FROM acks WHERE aid = ? ORDER BY received_ts",
+                    (aid,),
+                )
+            ]
+            out.append((record, acks))
+        return out
+
+    async def recent(
+        self, since: float, limit: int
+    ) -> list[tuple[Activation, list[tuple[str, Ack]]]]:
+        """Activations since ``since`` (oldest first, at most ``limit`` newest) with their
+        acknowledgements: what a restarted dispatch puts back on the map."""
+        return await self._thread.run(lambda: self._recent(since, limit))
+
+    async def aids_since(self, since: float) -> list[str]:
+        """Ids of activations with event time at or after ``since``, oldest first."""
+
+        def fetch() -> list[str]:
+            return [
+                str(r[0])
+                for r in self._db.execute(
+                    "SELECT aid FROM activations WHERE event_ts >= ? ORDER BY event_ts", (since,)
+                )
+            ]
+
+        return await self._thread.run(fetch)

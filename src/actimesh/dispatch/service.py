@@ -1,0 +1,334 @@
+"""The dispatch service: MQTT feed, live frames, webhook delivery and the web server,
+as named tasks of one TaskGroup.
+
+``actimesh up`` runs it beside the engine in the same event loop, so it is built not to
+slow the engine down: telemetry arrives on its own shed-able link; WebSocket frames are
+throttled (at most one per ``frame_interval_s``, except for activations,
+acknowledgements and alerts, which go at once) and encoded once for all clients; slow
+clients are cut off instead of buffered; every database call runs on a worker thread.
+For a large fleet run it as its own process against the same broker (it is a client
+like any other).
+
+uvicorn runs inside this TaskGroup on a socket bound here (so a busy port is a one-line
+:class:`~actimesh.errors.ConfigError`, not uvicorn's ``sys.exit``) and without its
+signal handlers (actimesh owns SIGINT/SIGTERM). Cancelling the service closes the live
+clients, shuts the server down gracefully (bounded), and closes the databases.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from actimesh.broker.messages import Activation
+from actimesh.broker.topics import Topics
+from actimesh.dispatch.app import AppContext, EventFrame, create_app
+from actimesh.dispatch.feed import Feed
+from actimesh.dispatch.hub import Hub
+from actimesh.dispatch.metrics import DispatchMetrics, MetricSources
+from actimesh.dispatch.outbox import Outbox
+from actimesh.dispatch.queries import LedgerReader
+from actimesh.dispatch.settings import DispatchSettings
+from actimesh.dispatch.state import LiveState
+from actimesh.dispatch.webhooks import Webhooks
+from actimesh.errors import ActimeshError, ConfigError, LedgerError
+
+__all__ = ["DispatchService"]
+
+log = logging.getLogger(__name__)
+
+#: With nothing to send, a tick this often tells clients the feed is alive.
+_TICK_S = 2.0
+_URGENT_GAP_S = 0.02
+_START_TIMEOUT_S = 30.0
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its signal handlers: actimesh's TaskGroup decides when to stop."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _sse(event: dict[str, Any]) -> EventFrame:
+    data = event["data"]
+    kind = event["event"]
+    ident = data["aid"] if kind == "activation" else f"{data['aid']}/{data['id']}"
+    text = f"event: {kind}\nid: {ident}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+    return data["type"], text
+
+
+class DispatchService:
+    """The dispatch web app for one agency. Create inside the running loop; ``await run()``."""
+
+    def __init__(
+        self,
+        *,
+        topics: Topics,
+        broker_host: str,
+        broker_port: int,
+        settings: DispatchSettings,
+        data_dir: Path,
+        ledger_path: Path,
+        max_fix_age_s: float,
+        event_types: tuple[str, ...] = (),
+        clock: Callable[[], float] = time.time,
+        username: str | None = None,
+        password: str | None = None,
+    ) -> None:
+        self.topics = topics
+        self.settings = settings
+        self.clock = clock
+        self.ready = asyncio.Event()
+        self.address: tuple[str, int] | None = None
+        self.state = LiveState(
+            max_fix_age_s=max_fix_age_s,
+            ack_timeout_s=settings.ack_timeout_s,
+            max_devices=settings.max_devices,
+            max_activations=settings.max_activations,
+            activation_retention_s=settings.activation_retention_s,
+            offline_retention_s=settings.offline_retention_s,
+        )
+        self.live: Hub[str] = Hub(
+            queue_size=settings.client_queue, max_clients=settings.max_clients
+        )
+        self.events: Hub[EventFrame] = Hub(
+            queue_size=settings.client_queue, max_clients=settings.max_clients
+        )
+        self.ledger = LedgerReader(ledger_path)
+        self.outbox = Outbox(data_dir / "webhooks.sqlite3")
+        self.webhooks = Webhooks(
+            outbox=self.outbox, ledger=self.ledger, settings=settings, agency=topics.agency,
+            clock=clock,
+        )  # fmt: skip
+        self._changed = asyncio.Event()
+        self._urgent = asyncio.Event()
+        self._waiters: dict[str, asyncio.Event] = {}
+        self.feed = Feed(
+            topics=topics,
+            broker_host=broker_host,
+            broker_port=broker_port,
+            settings=settings,
+            state=self.state,
+            changed=self._changed,
+            urgent=self._urgent,
+            on_activation=self._on_activation,
+            clock=clock,
+            username=username,
+            password=password,
+        )
+        self.metrics = DispatchMetrics(
+            MetricSources(
+                state=self.state,
+                links=lambda: {
+                    "ctl": self.feed.ctl.stats,
+                    "telemetry": self.feed.telemetry_link.stats,
+                },
+                hubs={
+                    "live": (self.live.stats, lambda: len(self.live)),
+                    "stream": (self.events.stats, lambda: len(self.events)),
+                },
+                webhooks=self.webhooks.stats,
+            )
+        )
+        self.state.on_decision = self.metrics.decision_seconds.observe
+        self.state.on_ack_latency = self.metrics.ack_seconds.observe
+        self.app = create_app(
+            AppContext(
+                settings=settings,
+                agency=topics.agency,
+                max_fix_age_s=max_fix_age_s,
+                event_types=event_types,
+                state=self.state,
+                live=self.live,
+                events=self.events,
+                feed=self.feed,
+                ledger=self.ledger,
+                outbox=self.outbox,
+                webhooks=self.webhooks,
+                metrics=self.metrics,
+                wait_for_activation=self.wait_for_activation,
+                clock=clock,
+            )
+        )
+
+    @property
+    def url(self) -> str:
+        """``http://host:port`` once bound."""
+        if self.address is None:
+            raise ActimeshError("the dispatch service is not listening yet")
+        host, port = self.address
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+    # ------------------------------------------------------------------ lifecycle
+    def _bind(self) -> socket.socket:
+        s = self.settings
+        family = socket.AF_INET6 if ":" in s.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((s.host, s.port))
+            sock.listen(128)
+            sock.setblocking(False)
+        except OSError as exc:
+            sock.close()
+            raise ConfigError(
+                f"dispatch cannot listen on {s.host}:{s.port} ({exc.strerror}): "
+                "pass --http-port N, or --no-http to run without the dispatch map"
+            ) from exc
+        host, port = sock.getsockname()[:2]
+        self.address = (str(host), int(port))
+        return sock
+
+    async def run(self) -> None:
+        """Run until cancelled; ``ready`` is set once the page and the feed are up."""
+        sock = self._bind()
+        try:
+            async with self.ledger, self.outbox:
+                await self._backfill()
+                server = _Server(
+                    uvicorn.Config(
+                        self.app,
+                        log_config=None,
+                        access_log=False,
+                        lifespan="off",
+                        ws="websockets-sansio",
+                        ws_max_size=64 * 1024,
+                        ws_ping_interval=20.0,
+                        ws_ping_timeout=20.0,
+                        timeout_graceful_shutdown=2,
+                        limit_concurrency=self.settings.max_clients * 2,
+                        server_header=False,
+                        proxy_headers=False,
+                    )
+                )
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(self.feed.run(), name="dispatch-feed")
+                    tg.create_task(self._frames(), name="dispatch-frames")
+                    tg.create_task(self.webhooks.run(), name="dispatch-webhooks")
+                    tg.create_task(self.webhooks.reconcile_loop(), name="dispatch-reconcile")
+                    tg.create_task(self._serve(server, sock), name="dispatch-http")
+                    async with asyncio.timeout(_START_TIMEOUT_S):
+                        while not server.started:  # noqa: ASYNC110 - uvicorn has only a flag
+                            await asyncio.sleep(0.01)
+                    await self.feed.wait_connected(_START_TIMEOUT_S)
+                    self.ready.set()
+        finally:
+            self.ready.clear()
+            sock.close()
+
+    async def _serve(self, server: _Server, sock: socket.socket) -> None:
+        try:
+            await server.serve(sockets=[sock])
+        except asyncio.CancelledError:
+            # Tell live clients to go (they reconnect to whoever serves next), then let
+            # uvicorn close the connections within its graceful timeout.
+            self.live.close()
+            self.events.close()
+            if server.started:
+                server.should_exit = True
+                await server.shutdown(sockets=[sock])
+            raise
+        raise ActimeshError("the dispatch web server stopped on its own; see the log")
+
+    async def _backfill(self) -> None:
+        """Put the recent activations back on the map after a restart."""
+        now = self.clock()
+        since = now - self.settings.activation_retention_s
+        try:
+            recent = await self.ledger.recent(since, self.settings.max_activations)
+        except LedgerError:
+            log.exception("dispatch: recent activations not restored from the ledger")
+            return
+        for record, acks in recent:
+            self.state.activation(record, now, replay=True)
+            for device_id, ack in acks:
+                self.state.ack(device_id, ack, now)
+        self.state.expire(now)
+        # A fresh page gets all of this in its snapshot; nothing to stream.
+        self.state.take_delta(now)
+        self.state.take_events()
+
+    # ------------------------------------------------------------------ activations
+    async def _on_activation(self, record: Activation, new: bool) -> None:
+        if not new:
+            return
+        waiter = self._waiters.get(record.aid)
+        if waiter is not None:
+            waiter.set()
+        try:
+            await self.webhooks.submit(record)
+        except LedgerError:
+            # The reconciler finds it in the ledger within webhook_reconcile_s.
+            log.exception("dispatch: activation %s not put in the webhook outbox", record.aid)
+
+    async def wait_for_activation(self, aid: str, timeout: float) -> dict[str, Any] | None:
+        """The live activation ``aid`` once it arrives, or None after ``timeout``."""
+        view = self.state.activations.get(aid)
+        if view is None:
+            waiter = self._waiters.setdefault(aid, asyncio.Event())
+            try:
+                async with asyncio.timeout(timeout):
+                    await waiter.wait()
+            except TimeoutError:
+                return None
+            finally:
+                self._waiters.pop(aid, None)
+            view = self.state.activations.get(aid)
+        return None if view is None else view.to_json()
+
+    # ------------------------------------------------------------------ frames
+    async def _frames(self) -> None:
+        """Send what changed: at once if the map was quiet or the change is urgent (an
+        activation, an acknowledgement, an alert), else at most once per interval."""
+        interval = self.settings.frame_interval_s
+        last_sent = -math.inf
+        while True:
+            wait = _TICK_S
+            deadline = self.state.next_deadline()
+            if deadline is not None:
+                wait = min(wait, max(0.0, deadline - self.clock()) + 0.001)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await self._changed.wait()
+            gap = last_sent + interval - time.monotonic()
+            if gap > 0 and not self._urgent.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(gap):
+                        await self._urgent.wait()
+            if self._urgent.is_set():
+                # Even urgent frames are spaced a little, so a burst of acknowledgements
+                # from a large activation is batched rather than re-sent per camera.
+                await asyncio.sleep(max(0.0, last_sent + _URGENT_GAP_S - time.monotonic()))
+            self._urgent.clear()
+            self._changed.clear()
+            now = self.clock()
+            self.state.expire(now)
+            events = self.state.take_events()
+            if len(self.events):
+                for event in events:
+                    self.events.publish(_sse(event))
+            if not len(self.live):
+                # Nobody watching: forget what changed instead of encoding it for no one.
+                self.state.clear_changes()
+                continue
+            delta = self.state.take_delta(now)
+            if delta is not None:
+                delta["connected"] = self.feed.connected
+                self.live.publish(json.dumps(delta, separators=(",", ":")))
+                last_sent = time.monotonic()
+            elif time.monotonic() - last_sent >= _TICK_S:
+                tick = {"type": "tick", "now": now, "connected": self.feed.connected}
+                self.live.publish(json.dumps(tick))
+                last_sent = time.monotonic()

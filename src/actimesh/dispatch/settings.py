@@ -1,0 +1,130 @@
+"""How the dispatch service behaves (the ``[dispatch]`` table of the config file)::
+
+    [dispatch]
+    host = "127.0.0.1"          # loopback by default: the API can command cameras
+    port = 8080
+    console_id = "console-1"    # dispatcher zones come from device "dispatch-console-1"
+    ack_timeout_s = 5           # no acknowledgement after this raises an alert
+    tile_url = "https://tiles.example.org/{z}/{x}/{y}.png"   # default: no basemap
+
+Every mistake is reported as one line naming the key and what it accepts.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from actimesh.broker.topics import IDENTIFIER_PATTERN, is_identifier
+from actimesh.errors import ConfigError
+
+__all__ = ["DispatchSettings"]
+
+#: 0 means something for these: any free port; a clean MQTT session.
+_MAY_BE_ZERO = frozenset({"port", "session_expiry_s"})
+#: node_modules of a source checkout (src/actimesh/dispatch/settings.py → repo root).
+_CHECKOUT_NODE_MODULES = Path(__file__).resolve().parents[3] / "node_modules"
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchSettings:
+    """The dispatch web app, its live map and the integrator API."""
+
+    #: Start the web app with ``actimesh up``.
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    #: 0 picks a free port (tests); the address actually bound is printed.
+    port: int = 8080
+    #: Names the dispatch device (``dispatch-<console_id>``) and the MQTT client ids.
+    console_id: str = "console-1"
+    #: A commanded camera that has not acknowledged after this is shown as an alert.
+    ack_timeout_s: float = 5.0
+    #: Position updates reach the map at most this often (batched); activations,
+    #: acknowledgements and alerts are sent at once.
+    frame_interval_s: float = 0.25
+    #: Activations kept on the live map (Axon Respond shows alerts for 4 h).
+    activation_retention_s: float = 4 * 3600.0
+    max_activations: int = 1000
+    max_devices: int = 50_000
+    #: Offline devices leave the live map after this long.
+    offline_retention_s: float = 12 * 3600.0
+    #: Frames a WebSocket or SSE client may fall behind before it is disconnected (it
+    #: reconnects and gets a fresh snapshot, which is cheaper than a backlog).
+    client_queue: int = 64
+    max_clients: int = 256
+    #: Basemap tiles (``{z}/{x}/{y}``); None draws a plain background with a scale bar.
+    tile_url: str | None = None
+    tile_attribution: str = ""
+    #: Largest radius a dispatcher may choose (the engine's rule caps it too).
+    zone_max_radius_m: float = 1000.0
+    zone_default_radius_m: float = 50.0
+    #: The broker keeps the dispatch's subscriptions (and queued activations) this long
+    #: while it is down; 0 is a clean session (the ledger reconciler still catches up).
+    session_expiry_s: int = 24 * 3600
+    #: Telemetry waiting to be applied; overflow is dropped and counted.
+    telemetry_queue: int = 20_000
+    webhook_timeout_s: float = 10.0
+    webhook_max_attempts: int = 25
+    webhook_backoff_initial_s: float = 1.0
+    webhook_backoff_max_s: float = 600.0
+    webhook_concurrency: int = 8
+    #: How often the outbox is compared with the ledger, and how far back.
+    webhook_reconcile_s: float = 30.0
+    webhook_reconcile_window_s: float = 2 * 3600.0
+    #: Delivered and failed deliveries are deleted after this long.
+    webhook_retention_s: float = 7 * 86_400.0
+    #: Where ``npm ci`` put Leaflet; None: the checkout's ``node_modules``.
+    vendor_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        if not self.host or any(ch.isspace() for ch in self.host):
+            raise ConfigError(f"dispatch.host {self.host!r} is not valid: use e.g. 127.0.0.1")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"dispatch.port {self.port} must be between 0 and 65535")
+        if not is_identifier(f"dispatch-{self.console_id}") or len(self.console_id) > 48:
+            raise ConfigError(
+                f"dispatch.console_id {self.console_id!r} must match {IDENTIFIER_PATTERN} "
+                "(max 48 characters)"
+            )
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in _MAY_BE_ZERO or isinstance(value, bool):
+                continue
+            if not isinstance(value, int | float):
+                continue
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"dispatch.{f.name} must be a positive number, got {value!r}")
+        if self.zone_default_radius_m > self.zone_max_radius_m:
+            raise ConfigError("dispatch.zone_default_radius_m must not exceed zone_max_radius_m")
+        if self.tile_url is not None:
+            parts = urlsplit(self.tile_url)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise ConfigError(
+                    f"dispatch.tile_url {self.tile_url!r} must be an http(s) URL with "
+                    "{z}/{x}/{y}, e.g. https://tiles.example.org/{z}/{x}/{y}.png"
+                )
+            if not all(p in self.tile_url for p in ("{z}", "{x}", "{y}")):
+                raise ConfigError("dispatch.tile_url must contain {z}, {x} and {y}")
+
+    @property
+    def source_device(self) -> str:
+        """The device id dispatcher-initiated events are published under."""
+        return f"dispatch-{self.console_id}"
+
+    @property
+    def leaflet_dir(self) -> Path:
+        """Leaflet's ``dist`` folder (may not exist: ``make web-deps`` installs it)."""
+        base = self.vendor_dir if self.vendor_dir is not None else _CHECKOUT_NODE_MODULES
+        return base / "leaflet" / "dist"
+
+    @property
+    def tile_origin(self) -> str | None:
+        """``scheme://host`` of the tile server, for the page's Content-Security-Policy."""
+        if self.tile_url is None:
+            return None
+        parts = urlsplit(self.tile_url)
+        # Tile templates often use {s} subdomains: allow them as a wildcard.
+        host = parts.netloc.replace("{s}", "*")
+        return f"{parts.scheme}://{host}"

@@ -1,0 +1,79 @@
+"""A small real HTTP/1.1 server that plays an integrator's webhook receiver.
+
+Its ``mode`` decides how it answers: ``ok`` (204), ``fail`` (500), or ``hang`` (reads the
+request, then never answers until it is closed). It records every request it read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    answered: int | None  # HTTP status sent back, None if it hung
+
+
+@dataclass
+class Receiver:
+    mode: str = "ok"
+    requests: list[Received] = field(default_factory=list)
+    port: int = 0
+    _release: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hooks/actimesh"
+
+    @property
+    def delivered(self) -> list[Received]:
+        return [r for r in self.requests if r.answered is not None and r.answered < 300]
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            async with asyncio.timeout(30):
+                while True:
+                    line = await reader.readline()
+                    if not line:
+                        return
+                    _, path, _ = line.decode().split(" ", 2)
+                    headers: dict[str, str] = {}
+                    while (h := await reader.readline()) not in (b"\r\n", b"\n", b""):
+                        name, _, value = h.decode().partition(":")
+                        headers[name.strip().lower()] = value.strip()
+                    body = await reader.readexactly(int(headers.get("content-length", "0")))
+                    mode = self.mode
+                    if mode == "hang":
+                        self.requests.append(Received(path, headers, body, None))
+                        await self._release.wait()
+                        return
+                    status = 204 if mode == "ok" else 500
+                    self.requests.append(Received(path, headers, body, status))
+                    reason = b"No Content" if status == 204 else b"Internal Server Error"
+                    writer.write(b"HTTP/1.1 %d %s\r\ncontent-length: 0\r\n\r\n" % (status, reason))
+                    await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
+            return
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+
+@contextlib.asynccontextmanager
+async def receiver(mode: str = "ok") -> AsyncIterator[Receiver]:
+    rx = Receiver(mode=mode)
+    server = await asyncio.start_server(rx._handle, "127.0.0.1", 0)
+    rx.port = server.sockets[0].getsockname()[1]
+    try:
+        async with server:
+            yield rx
+            rx._release.set()
+    finally:
+        rx._release.set()
