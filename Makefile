@@ -1,20 +1,24 @@
 # The two set-up commands of the README: `make demo` and `make test`.
 # Both work on a fresh Debian machine with Python 3.11 as root: they create the virtual
-# environment from the hash-locked requirements and install Mosquitto when it is missing.
+# environment from the hash-locked requirements, install Mosquitto, Chromium and Node.js
+# when they are missing, and Leaflet (the map library the dispatch page serves itself)
+# from the npm lock file.
 
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# npm ci writes this file last: its age says whether node_modules matches the lock.
+WEB_STAMP := node_modules/.package-lock.json
 DEMO_ARGS ?= --sim 24
 APT_GET := DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: demo test lint typecheck pytest drill bench system-deps lock clean
+.PHONY: demo test lint typecheck pytest drill bench system-deps browser-deps web-deps lock clean
 
-demo: $(STAMP) system-deps
+demo: $(STAMP) system-deps web-deps
 	$(BIN)/actimesh up $(DEMO_ARGS)
 
-test: $(STAMP) system-deps lint typecheck pytest drill
+test: $(STAMP) system-deps browser-deps web-deps lint typecheck pytest drill
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests
@@ -23,11 +27,12 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP) system-deps
+pytest: $(STAMP) system-deps browser-deps web-deps
 	$(BIN)/pytest --cov --cov-report=term
 
 drill: $(STAMP) system-deps
 	$(BIN)/actimesh drill
+	$(BIN)/actimesh drill --faults --short
 
 bench: $(STAMP) system-deps
 	$(BIN)/actimesh bench
@@ -44,16 +49,31 @@ system-deps:
 	PATH="$$PATH:/usr/sbin:/sbin"; \
 	command -v mosquitto >/dev/null 2>&1 || missing="$$missing mosquitto"; \
 	command -v mosquitto_sub >/dev/null 2>&1 || missing="$$missing mosquitto-clients"; \
+	command -v npm >/dev/null 2>&1 || missing="$$missing nodejs npm"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing$$missing"; \
 		$(APT_GET) update -qq && $(APT_GET) install -y -qq --no-install-recommends $$missing; \
 	fi
 
+# Chromium for the dispatch map's browser test only (`make demo` does not need it).
+browser-deps:
+	@command -v chromium >/dev/null 2>&1 || { \
+		echo "installing chromium"; \
+		$(APT_GET) update -qq && $(APT_GET) install -y -qq --no-install-recommends chromium; \
+	}
+
+# Leaflet for the dispatch map, exactly as package-lock.json pins it (no install scripts).
+web-deps: $(WEB_STAMP)
+
+$(WEB_STAMP): package.json package-lock.json | system-deps
+	npm ci --no-audit --no-fund --ignore-scripts
+	touch $@
+
 # Regenerate the lock after changing dependencies in pyproject.toml.
 lock:
 	$(PYTHON) -m pip install --quiet uv
-	$(PYTHON) -m uv pip compile pyproject.toml --extra dev --generate-hashes \
+	$(PYTHON) -m uv pip compile pyproject.toml --extra dev --extra bench --generate-hashes \
 		--python-version 3.11 --no-header --output-file requirements.lock
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .coverage
+	rm -rf $(VENV) node_modules .mypy_cache .pytest_cache .ruff_cache .coverage

@@ -7,6 +7,7 @@ import io
 import socket
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -97,6 +98,7 @@ async def test_drill_fails_when_the_engine_misses_a_camera(tmp_path: Path) -> No
 async def test_up_runs_broker_engine_and_fleet_then_stops_cleanly(tmp_path: Path) -> None:
     port = free_port()
     settings = load_settings(data_dir=tmp_path, broker_port=port, agency="citytest")
+    settings = replace(settings, dispatch=replace(settings.dispatch, port=0))
     sim = SimSettings(units=3, incident_every_s=1.0, seed=7, stop_after_s=2.0)
     console, out = recording_console()
     with pytest.raises(TimeoutError):

@@ -1,8 +1,11 @@
 """The ``actimesh`` command.
 
-    actimesh up [--sim N]         broker (managed Mosquitto), engine, optional fleet
+    actimesh up [--sim N]         broker (managed Mosquitto), engine, dispatch map, fleet
     actimesh sim --broker URL     a simulated fleet against any broker
     actimesh drill                self-check on a real broker; non-zero exit on any miss
+    actimesh bench [--sweep]      latency and ingest against the broker's own limit
+    actimesh audit verify|head|link|export|retain
+                                  the tamper-evident ledger: check it, cases, retention
 
 Errors an operator can cause (bad flags, config, a missing broker) print one line saying
 what is wrong and how to fix it, with no traceback.
@@ -12,12 +15,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Coroutine, Sequence
+import tempfile
+from collections.abc import Coroutine, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from rich.console import Console
 
@@ -26,6 +32,9 @@ from actimesh.config import load_settings
 from actimesh.devices.simulator import SimSettings
 from actimesh.errors import ActimeshError, ConfigError
 from actimesh.geofence import InclusionMode, InclusionPolicy
+
+if TYPE_CHECKING:
+    from actimesh.triggers.ledger import Head
 
 __all__ = ["main"]
 
@@ -59,6 +68,10 @@ def _port(text: str) -> int:
     return value
 
 
+def _http_port(text: str) -> int:
+    return 0 if text.strip() == "0" else _port(text)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="actimesh", description="Camera activation mesh for police fleets.")
     parser.add_argument("--version", action="version", version=f"actimesh {__version__}")
@@ -77,6 +90,18 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--sim", type=_positive_int, metavar="UNITS",
                     help="also run a simulated fleet of this many cruiser crews")  # fmt: skip
     up.add_argument("--seed", type=int, help="random seed of the simulated fleet")
+    up.add_argument("--http-host", metavar="HOST", help="address of the dispatch map and API "
+                    "(default 127.0.0.1: the API can activate cameras)")  # fmt: skip
+    up.add_argument("--http-port", type=_http_port, metavar="PORT",
+                    help="port of the dispatch map and API (default 8080; 0: any)")  # fmt: skip
+    up.add_argument("--no-http", action="store_true", help="run without the dispatch map and API")
+
+    engine = sub.add_parser("engine", help="run one trigger engine against a broker")
+    engine.add_argument("--broker", metavar="URL", required=True, help="mqtt://HOST:PORT")
+    engine.add_argument("--config", type=Path, help="TOML settings file")
+    engine.add_argument("--agency", help="agency id (default: demo)")
+    engine.add_argument("--engine-id", help="this replica's id (default: engine-1)")
+    engine.add_argument("--data-dir", type=Path, help="ledger location (shared by replicas)")
 
     sim = sub.add_parser("sim", help="run a simulated fleet against a broker")
     sim.add_argument("--broker", metavar="URL", required=True, help="mqtt://HOST:PORT")
@@ -90,10 +115,105 @@ def _parser() -> argparse.ArgumentParser:
     drill.add_argument("--rounds", type=_positive_int, default=5, help="rounds (default 5)")
     drill.add_argument("--data-dir", type=Path, help="keep recordings and ledger here "
                        "(default: a temporary folder)")  # fmt: skip
+    drill.add_argument("--faults", action="store_true", help="run the fault drill instead: "
+                       "broker restarts and kills, engine kills, replicas, outages")  # fmt: skip
+    drill.add_argument("--short", action="store_true", help="with --faults: fewer triggers (CI)")
+    drill.add_argument("--only", metavar="SCENARIO", help="with --faults: one scenario by name")
     drill.add_argument("--policy", choices=[m.value for m in InclusionMode],
                        default=InclusionMode.INCLUSIVE.value,
                        help="accuracy inclusion policy (default inclusive)")  # fmt: skip
+    _audit_parser(sub)
+    _bench_parser(sub)
     return parser
+
+
+def _bench_parser(sub: Any) -> None:
+    from actimesh.bench import BenchSettings  # noqa: PLC0415 - keep `--help` fast
+
+    d = BenchSettings()
+    bench = sub.add_parser("bench", help="benchmark the engine against the broker's own limit")
+    bench.add_argument("--devices", type=_positive_int, default=d.devices,
+                       help=f"fleet size (default {d.devices:,})")  # fmt: skip
+    bench.add_argument("--rate", type=float, default=d.rate_hz, metavar="HZ",
+                       help=f"telemetry per device and second (default {d.rate_hz:g})")  # fmt: skip
+    bench.add_argument("--triggers", type=float, default=d.triggers_per_s, metavar="PER_S",
+                       help=f"triggers per second (default {d.triggers_per_s:g})")  # fmt: skip
+    bench.add_argument("--duration", type=float, default=d.duration_s, metavar="S",
+                       help=f"measured seconds under load (default {d.duration_s:g})")  # fmt: skip
+    bench.add_argument("--flood", type=_positive_int, default=d.flood_messages, metavar="N",
+                       help=f"messages per flood (default {d.flood_messages:,})")  # fmt: skip
+    bench.add_argument("--sweep", action="store_true", help="fleets of 1,000, 10,000, 100,000")
+    bench.add_argument("--search", action="store_true",
+                       help="also search the highest lossless ingest rates")  # fmt: skip
+    bench.add_argument("--smoke", action="store_true", help="a few seconds, 200 devices (CI)")
+    bench.add_argument("--publisher", choices=["raw", "paho"], default=d.publisher,
+                       help="load generator's client (default raw)")  # fmt: skip
+    bench.add_argument("--no-acks", action="store_true",
+                       help="the probe's cameras do not acknowledge commands")  # fmt: skip
+    bench.add_argument("--seed", type=int, default=d.seed, help="fleet seed")
+    bench.add_argument("--json", type=Path, default=Path("bench-report.json"),
+                       help="JSON report (default bench-report.json)")  # fmt: skip
+    bench.add_argument("--plot", type=Path, default=Path("bench-latency.png"),
+                       help="latency plot, PNG (default bench-latency.png)")  # fmt: skip
+
+
+def _bench(args: argparse.Namespace, console: Console) -> int:
+    from actimesh.bench import BenchSettings, bench  # noqa: PLC0415 - keep `--help` fast
+
+    base = BenchSettings.smoke() if args.smoke else BenchSettings()
+    overrides: dict[str, Any] = {"publisher": args.publisher, "acks": not args.no_acks,
+                                 "search": args.search, "seed": args.seed}  # fmt: skip
+    if not args.smoke:
+        overrides |= {"devices": args.devices, "rate_hz": args.rate,
+                      "triggers_per_s": args.triggers, "duration_s": args.duration,
+                      "flood_messages": args.flood}  # fmt: skip
+    settings = replace(base, **overrides)
+    _run(bench(settings, console, sweep=args.sweep, json_path=args.json, plot_path=args.plot))
+    return EXIT_OK
+
+
+def _head(text: str) -> Head:
+    from actimesh.audit import parse_head  # noqa: PLC0415 - keep `--help` fast
+
+    try:
+        return parse_head(text)
+    except ActimeshError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _audit_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
+    audit = sub.add_parser("audit", help="verify, export and prune the tamper-evident ledger")
+    verbs = audit.add_subparsers(dest="audit", required=True, parser_class=_Parser)
+    helps = {
+        "verify": "check every record and the tables; exit 1 naming any tampering",
+        "head": "print the chain's head (SEQ:HASH): record it elsewhere, verify against it",
+        "link": "link an activation to a case, so retention keeps it",
+        "export": "write one case's records with their hashes (JSON Lines and CSV)",
+        "retain": "apply retention: redact and delete what is old and not linked to a case",
+    }
+    parsers = {verb: verbs.add_parser(verb, help=text) for verb, text in helps.items()}
+    for each in parsers.values():
+        each.add_argument("--config", type=Path, help="TOML settings file (data_dir, [retention])")
+        where = each.add_mutually_exclusive_group()
+        where.add_argument("--data-dir", type=Path, help="data directory holding ledger.sqlite3 "
+                           "(default ./actimesh-data)")  # fmt: skip
+        where.add_argument("--ledger", type=Path, help="the ledger file itself")
+    parsers["verify"].add_argument("--head", type=_head, metavar="SEQ:HASH",
+                                   help="a head printed earlier by `actimesh audit head`: also "
+                                   "detects records cut off the end")  # fmt: skip
+    for name in ("link", "export"):
+        parsers[name].add_argument("--case", required=True, help="case number")
+    parsers["link"].add_argument("--activation", required=True, metavar="AID",
+                                 help="activation id")  # fmt: skip
+    parsers["link"].add_argument("--by", required=True, metavar="NAME",
+                                 help="who links it (recorded in the chain)")  # fmt: skip
+    parsers["export"].add_argument("--out", type=Path, required=True, metavar="DIR",
+                                   help="folder to write the files into")  # fmt: skip
+    parsers["retain"].add_argument("--dry-run", action="store_true",
+                                   help="report what would go, change nothing")  # fmt: skip
+    parsers["retain"].add_argument("--recordings", type=Path, metavar="DIR",
+                                   help="also prune this recording store "
+                                   "(<device>/<recording>/ folders)")  # fmt: skip
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
@@ -111,7 +231,7 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
 
 def _command(args: argparse.Namespace, console: Console) -> int:
     from actimesh.drill import run_drill  # noqa: PLC0415 - keep `--help` fast
-    from actimesh.runtime import run_sim, run_up  # noqa: PLC0415
+    from actimesh.runtime import run_engine, run_sim, run_up  # noqa: PLC0415
 
     if args.command == "up":
         settings = load_settings(
@@ -121,20 +241,89 @@ def _command(args: argparse.Namespace, console: Console) -> int:
             broker_url=args.broker,
             broker_port=args.broker_port,
         )
+        http = {"host": args.http_host, "port": args.http_port}
+        http = {k: v for k, v in http.items() if v is not None}
+        if args.no_http:
+            http["enabled"] = False
+        if http:
+            settings = replace(settings, dispatch=replace(settings.dispatch, **http))
         sim = SimSettings(units=args.sim, seed=args.seed) if args.sim else None
         _run(run_up(settings, sim, console))
+        return EXIT_OK
+    if args.command == "engine":
+        settings = load_settings(
+            args.config, agency=args.agency, data_dir=args.data_dir, broker_url=args.broker
+        )
+        if args.engine_id:
+            settings = replace(settings, engine=replace(settings.engine, engine_id=args.engine_id))
+        _run(run_engine(settings, console))
         return EXIT_OK
     if args.command == "sim":
         sim = SimSettings(units=args.units, seed=args.seed)
         _run(run_sim(agency=args.agency, broker_url=args.broker, data_dir=args.data_dir,
                      sim=sim, console=console))  # fmt: skip
         return EXIT_OK
+    if args.command == "drill" and args.faults:
+        from actimesh.faultdrill import SCENARIOS, run_fault_drill  # noqa: PLC0415
+
+        names = [name for name, _, _ in SCENARIOS]
+        if args.only is not None and args.only not in names:
+            raise ConfigError(f"--only {args.only!r}: choose one of {', '.join(names)}")
+        with _scratch(args.data_dir) as root:
+            faults = _run(run_fault_drill(console, root=root, short=args.short, only=args.only))
+        return EXIT_OK if faults.ok else EXIT_FAILED
     if args.command == "drill":
         policy = InclusionPolicy(mode=InclusionMode(args.policy))
         report = _run(run_drill(console, rounds=args.rounds, data_dir=args.data_dir,
                                 policy=policy))  # fmt: skip
         return EXIT_OK if report.ok else EXIT_FAILED
+    if args.command == "bench":
+        return _bench(args, console)
     raise AssertionError(args.command)  # pragma: no cover - argparse enforces the choices
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from actimesh import audit  # noqa: PLC0415 - keep `--help` fast
+
+    settings = load_settings(args.config, data_dir=args.data_dir)
+    ledger = args.ledger or settings.ledger_path
+    if args.audit == "head":
+        print(audit.read_head(ledger))
+        return EXIT_OK
+    if args.audit == "verify":
+        report = audit.verify_ledger(ledger, head=args.head)
+        for finding in report.findings:
+            print(finding)
+        if report.ok:
+            print(report.summary())
+            return EXIT_OK
+        print(f"actimesh: {report.summary()}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.audit == "link":
+        seq, new = _run(audit.link_case(ledger, args.case, args.activation, args.by))
+        done = "linked" if new else "already linked"
+        print(f"{done}: activation {args.activation} to case {args.case} (record {seq})")
+        return EXIT_OK
+    if args.audit == "export":
+        out = audit.export_case(ledger, args.case, args.out)
+        print(f"exported {out.records} records ({len(out.activations)} activations) of case "
+              f"{args.case} to {out.jsonl}, {out.csv.name} and {out.manifest.name}")  # fmt: skip
+        return EXIT_OK
+    retained = _run(audit.retain(ledger, settings.retention.days, recordings=args.recordings,
+                                 dry_run=args.dry_run))  # fmt: skip
+    print(retained.summary())
+    return EXIT_FAILED if retained.problems else EXIT_OK
+
+
+@contextlib.contextmanager
+def _scratch(path: Path | None) -> Iterator[Path]:
+    """``path`` if given (kept), else a temporary folder removed afterwards."""
+    if path is not None:
+        path.mkdir(parents=True, exist_ok=True)
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="actimesh-") as tmp:
+        yield Path(tmp)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -145,7 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Logs and CI are not terminals: give tables room instead of rich's 80-column default.
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 132)
     try:
-        return _command(args, console)
+        return _audit(args) if args.command == "audit" else _command(args, console)
     except KeyboardInterrupt:
         print("actimesh: stopped", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -18,6 +18,9 @@ TOML file (``--config actimesh.toml``)::
     camera_kinds = ["body_cam"]
     radius_m = 9.144
 
+    [retention]
+    days = 396              # records and recordings not linked to a case go after this
+
 Every mistake is reported as one line naming the key and what it accepts.
 """
 
@@ -30,12 +33,31 @@ from pathlib import Path
 from typing import Any
 
 from actimesh.broker.topics import is_identifier
+from actimesh.dispatch.settings import DispatchSettings
 from actimesh.errors import ConfigError
 from actimesh.geofence import InclusionMode, InclusionPolicy
 from actimesh.triggers.rules import DEFAULT_RULES, RuleTable, rules_from_toml
 from actimesh.triggers.settings import EngineSettings
 
-__all__ = ["EngineSettings", "Settings", "load_settings"]
+__all__ = ["DispatchSettings", "EngineSettings", "RetentionSettings", "Settings", "load_settings"]
+
+#: CJIS 5.4 keeps audit records (transaction logs) for at least a year.
+_MIN_RETENTION_DAYS = 365
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionSettings:
+    """How long ledger records and recordings not linked to a case are kept."""
+
+    #: 13 months by default.
+    days: float = 396.0
+
+    def __post_init__(self) -> None:
+        if not self.days >= _MIN_RETENTION_DAYS:  # also catches NaN
+            raise ConfigError(
+                f"retention.days must be at least {_MIN_RETENTION_DAYS} (CJIS 5.4 keeps audit "
+                f"records a year), got {self.days!r}"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +73,8 @@ class Settings:
     engine: EngineSettings = field(default_factory=EngineSettings)
     policy: InclusionPolicy = field(default_factory=InclusionPolicy)
     rules: RuleTable = DEFAULT_RULES
+    dispatch: DispatchSettings = field(default_factory=DispatchSettings)
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
 
     def __post_init__(self) -> None:
         if not is_identifier(self.agency):
@@ -89,6 +113,29 @@ def _section(raw: Mapping[str, Any], name: str, allowed: Mapping[str, Any]) -> d
 
 
 _NUMBER = (int, float)
+_DISPATCH_TYPES: Mapping[str, type | tuple[type, ...]] = {
+    f.name: _NUMBER for f in fields(DispatchSettings)
+} | {
+    "enabled": bool,
+    "host": str,
+    "console_id": str,
+    "tile_url": str,
+    "tile_attribution": str,
+    "vendor_dir": str,
+}
+_DISPATCH_INTS = {
+    "port", "max_activations", "max_devices", "client_queue", "max_clients",
+    "session_expiry_s", "telemetry_queue", "webhook_max_attempts", "webhook_concurrency",
+}  # fmt: skip
+
+
+def _dispatch(raw: dict[str, Any]) -> DispatchSettings:
+    for key in _DISPATCH_INTS & raw.keys():
+        if not isinstance(raw[key], int):
+            raise ConfigError(f"dispatch.{key} must be a whole number, got {raw[key]!r}")
+    if "vendor_dir" in raw:
+        raw["vendor_dir"] = Path(raw["vendor_dir"])
+    return DispatchSettings(**raw)
 
 
 def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
@@ -103,7 +150,9 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
         except OSError as exc:
             raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
-    top_allowed = {"agency", "data_dir", "broker", "engine", "policy", "rules"}
+    top_allowed = {
+        "agency", "data_dir", "broker", "engine", "policy", "rules", "dispatch", "retention",
+    }  # fmt: skip
     unknown = set(raw) - top_allowed
     if unknown:
         raise ConfigError(
@@ -112,6 +161,8 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
     engine_types = {f.name: _NUMBER for f in fields(EngineSettings)} | {
         "engine_id": str,
         "publish_json": bool,
+        "share_group": str,
+        "session_expiry_s": int,
     }
     engine = EngineSettings(**_section(raw, "engine", engine_types))
     policy_raw = _section(
@@ -129,6 +180,8 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
     rules_raw = raw.get("rules", {})
     if not isinstance(rules_raw, Mapping):
         raise ConfigError("[rules] must be a table of [rules.<event_type>] tables")
+    dispatch = _dispatch(_section(raw, "dispatch", _DISPATCH_TYPES))
+    retention = RetentionSettings(**_section(raw, "retention", {"days": _NUMBER}))
     settings = Settings(
         agency=_typed("", "agency", raw.get("agency", "demo"), str),
         data_dir=Path(_typed("", "data_dir", raw.get("data_dir", "actimesh-data"), str)),
@@ -136,6 +189,8 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
         engine=engine,
         policy=policy,
         rules=rules_from_toml(rules_raw),
+        dispatch=dispatch,
+        retention=retention,
     )
     clean = {k: v for k, v in overrides.items() if v is not None}
     return replace(settings, **clean) if clean else settings

@@ -456,6 +456,8 @@ async def run_drill(
                             await tasks[device_id]
                 await _wait_offline(engine, scenes)
                 await _wait_indexed(engine, scenes, timeout=30)
+                async with asyncio.timeout(30):
+                    await engine.warmed.wait()
                 console.print(
                     f"drill: {len(agents)} devices on {len(scenes)} scenes, {rounds} round(s), "
                     f"policy {policy.mode.value}, broker mqtt://127.0.0.1:{port}"

@@ -17,7 +17,7 @@ from rich.console import Console
 
 from actimesh.broker.client import LinkSettings, MqttLink, Subscription, as_bytes
 from actimesh.broker.codec import MAX_ACTIVATION_BYTES, decode
-from actimesh.broker.messages import Ack, AckStatus, Activation, DeadLetter
+from actimesh.broker.messages import Ack, AckStatus, Activation, Alert, DeadLetter
 from actimesh.broker.topics import DeviceChannel, Topics
 from actimesh.errors import PayloadError
 
@@ -55,6 +55,7 @@ class Monitor:
                     Subscription(topics.all_activations, 1),
                     Subscription(topics.all_devices(DeviceChannel.ACK), 1),
                     Subscription(topics.all_deadletters, 0),
+                    Subscription(topics.all_alerts, 1),
                 ),
             ),
             self._on_message,
@@ -79,6 +80,8 @@ class Monitor:
                 self._activation(decode(Activation, payload, max_bytes=MAX_ACTIVATION_BYTES))
             elif topic.startswith(f"{self.topics.prefix}/deadletter/"):
                 self._deadletter(decode(DeadLetter, payload))
+            elif topic.startswith(f"{self.topics.prefix}/alerts/"):
+                self._alert(decode(Alert, payload))
             else:
                 parsed = self.topics.parse_device(topic)
                 if parsed is not None:
@@ -103,6 +106,8 @@ class Monitor:
 
     def _ack(self, device_id: str, ack: Ack) -> None:
         self.counts["acks"] += 1
+        if ack.status is AckStatus.RECEIVED:
+            return  # the first of two answers; the second says what the camera kept
         if ack.status is AckStatus.RECORDING:
             self.console.print(
                 f"           [green]● {device_id}[/green] recording, "
@@ -110,6 +115,13 @@ class Monitor:
             )
         else:
             self.console.print(f"           [red]✗ {device_id}[/red] {ack.status}: {ack.detail}")
+
+    def _alert(self, alert: Alert) -> None:
+        self.counts["alerts"] += 1
+        self.console.print(
+            f"[bold red]ALERT {alert.alert.value}[/bold red] camera {alert.device or '-'} "
+            f"activation {alert.aid or '-'}: {alert.detail or ''}"
+        )
 
     def _deadletter(self, letter: DeadLetter) -> None:
         self.counts["deadletters"] += 1

@@ -1,4 +1,4 @@
-"""Composition of a running mesh: broker, ledger, engine, simulated fleet, monitor.
+"""Composition of a running mesh: broker, ledger, engine, dispatch, simulated fleet, monitor.
 
 ``actimesh up`` and ``actimesh sim`` are thin wrappers around :func:`run_up` and
 :func:`run_sim`. Everything runs under one TaskGroup; leaving it (Ctrl-C, SIGTERM, or a
@@ -16,15 +16,18 @@ from pathlib import Path
 
 from rich.console import Console
 
+from actimesh.audit import retention_loop
 from actimesh.broker.mosquitto import ManagedMosquitto, MosquittoConfig, parse_broker_url
 from actimesh.broker.topics import Topics
 from actimesh.config import Settings
 from actimesh.devices.simulator import FleetSimulator, SimSettings
+from actimesh.dispatch.service import DispatchService
+from actimesh.errors import ConfigError
 from actimesh.monitor import Monitor
 from actimesh.triggers.engine import Engine
 from actimesh.triggers.ledger import Ledger
 
-__all__ = ["BrokerAddress", "broker_for", "run_sim", "run_up"]
+__all__ = ["BrokerAddress", "broker_for", "run_engine", "run_sim", "run_up"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +79,12 @@ def _engine_status(engine: Engine, sim: FleetSimulator | None) -> str:
     return " · ".join(parts)
 
 
+async def _retention(settings: Settings, recordings: Path | None) -> None:
+    """Retention beside the engine: it opens its own ledger connection, so it never
+    queues in front of the engine's writes."""
+    await retention_loop(settings.ledger_path, settings.retention.days, recordings=recordings)
+
+
 async def run_up(settings: Settings, sim: SimSettings | None, console: Console) -> None:
     """Broker (managed unless a URL is given), engine, optional simulated fleet, monitor."""
     topics = Topics(settings.agency)
@@ -108,6 +117,7 @@ async def run_up(settings: Settings, sim: SimSettings | None, console: Console) 
         )
         async with asyncio.TaskGroup() as tg:
             tg.create_task(engine.run(), name="engine")
+            tg.create_task(_retention(settings, settings.data_dir / "recordings"), name="retention")
             async with asyncio.timeout(30):
                 await engine.ready.wait()
             kind = "managed Mosquitto" if managed else "external broker"
@@ -116,6 +126,23 @@ async def run_up(settings: Settings, sim: SimSettings | None, console: Console) 
             console.print(f"  engine   {settings.engine.engine_id}, ledger {settings.ledger_path}")
             rules = ", ".join(f"{r.event_type} {r.radius_m:g} m" for r in settings.rules)
             console.print(f"  rules    {rules}")
+            if settings.dispatch.enabled:
+                dispatch = DispatchService(
+                    topics=topics,
+                    broker_host=broker.host,
+                    broker_port=broker.port,
+                    settings=settings.dispatch,
+                    data_dir=settings.data_dir,
+                    ledger_path=settings.ledger_path,
+                    max_fix_age_s=settings.policy.max_fix_age_s,
+                    event_types=tuple(r.event_type for r in settings.rules),
+                )
+                tg.create_task(dispatch.run(), name="dispatch")
+                async with asyncio.timeout(30):
+                    await dispatch.ready.wait()
+                console.print(f"  dispatch {dispatch.url}  (live map; API /api/v1, /openapi.json)")
+                if not settings.dispatch.leaflet_dir.is_dir():
+                    console.print("  [yellow]map library missing: run `make web-deps`[/yellow]")
             tg.create_task(monitor.run(), name="monitor")
             if fleet is not None:
                 console.print(
@@ -124,6 +151,38 @@ async def run_up(settings: Settings, sim: SimSettings | None, console: Console) 
                 )
                 tg.create_task(fleet.run(), name="fleet")
             console.print("  Ctrl-C stops everything.\n")
+
+
+async def run_engine(settings: Settings, console: Console) -> None:
+    """One engine process against the broker at ``settings.broker_url``.
+
+    Run several with distinct ``engine_id`` values against one broker and one ledger
+    file: trigger events are shared among them (MQTT v5 shared subscription), each
+    handled exactly once, and any replica may die without losing one.
+    """
+    if settings.broker_url is None:
+        raise ConfigError("actimesh engine needs --broker mqtt://HOST:PORT (use `up` for both)")
+    host, port = parse_broker_url(settings.broker_url)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    async with Ledger(settings.ledger_path) as ledger:
+        engine = Engine(
+            topics=Topics(settings.agency),
+            broker_host=host,
+            broker_port=port,
+            ledger=ledger,
+            rules=settings.rules,
+            policy=settings.policy,
+            settings=settings.engine,
+        )
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(engine.run(), name="engine")
+            tg.create_task(_retention(settings, None), name="retention")
+            async with asyncio.timeout(30):
+                await engine.ready.wait()
+            console.print(
+                f"engine {settings.engine.engine_id} on {settings.broker_url}, agency "
+                f"{settings.agency}, ledger {settings.ledger_path}"
+            )
 
 
 async def run_sim(

@@ -22,6 +22,7 @@ from actimesh.geofence import InclusionPolicy, destination
 from actimesh.triggers.engine import Engine
 from actimesh.triggers.ledger import Ledger
 from actimesh.triggers.rules import DEFAULT_RULES
+from actimesh.triggers.settings import EngineSettings
 
 HOST = "127.0.0.1"
 CENTER = (51.0447, -114.0719)
@@ -61,6 +62,7 @@ class Mesh:
         paired: tuple[str, ...] = (),
         local: tuple[str, ...] = (),
         warm_s: float = 60.0,
+        recall_s: float = 10.0,
     ) -> DeviceAgent:
         """Add a device ``at`` metres from the centre (None: no GPS fix) and start it."""
         position: Callable[[], Position | None] = no_fix
@@ -75,6 +77,7 @@ class Mesh:
                 source=SyntheticSource(device_id),
                 store=self.store,
                 started_at=time.time() - warm_s,
+                late_allowance_s=recall_s,
             )
         agent = DeviceAgent(
             topics=self.topics,
@@ -87,10 +90,25 @@ class Mesh:
             camera=camera,
             local_peers=tuple(self.agents[d] for d in local),
             telemetry_interval_s=0.2,
+            resend_initial_s=0.3,
         )
         self.agents[device_id] = agent
         self.start(device_id)
         return agent
+
+    def start_engine(self, ledger: Ledger, engine_id: str = "engine-1") -> Engine:
+        """Start (another) engine on this mesh's broker."""
+        engine = Engine(
+            topics=self.topics,
+            broker_host=HOST,
+            broker_port=self.port,
+            ledger=ledger,
+            rules=DEFAULT_RULES,
+            policy=InclusionPolicy(),
+            settings=EngineSettings(engine_id=engine_id, ack_timeout_s=0.5, warmup_s=0.3),
+        )
+        self.tasks[engine_id] = self.tg.create_task(engine.run(), name=engine_id)
+        return engine
 
     def start(self, device_id: str) -> None:
         """(Re)start a device's agent, as when it is switched on."""
@@ -154,6 +172,7 @@ async def mesh(
                 ledger=ledger,
                 rules=DEFAULT_RULES,
                 policy=policy or InclusionPolicy(),
+                settings=EngineSettings(ack_timeout_s=0.5, warmup_s=0.3),
             )
         try:
             async with asyncio.TaskGroup() as tg:

@@ -90,6 +90,9 @@ class LinkSettings:
     max_queued_incoming: int = 10_000
     subscriptions: tuple[Subscription, ...] = ()
     will: Will | None = None
+    #: Acknowledge QoS 1 messages only when the handler says so (:meth:`MqttLink.ack`),
+    #: e.g. after a durable write, so that a crash before it makes the broker redeliver.
+    manual_ack: bool = False
 
 
 @dataclass(slots=True)
@@ -122,6 +125,18 @@ def resume_cancellation() -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
+
+
+def _enable_manual_ack(client: aiomqtt.Client) -> None:
+    # aiomqtt 2.x builds its paho client without manual_ack and acknowledges QoS 1
+    # messages before the application sees them. paho's own switch is public; reaching
+    # aiomqtt's paho client is not. This adapter and `_send_ack` are the only two places
+    # that do it (tests/broker/test_client.py proves redelivery without an ack).
+    client._client.manual_ack_set(True)
+
+
+def _send_ack(client: aiomqtt.Client, message: aiomqtt.Message) -> None:
+    client._client.ack(message.mid, message.qos)
 
 
 def _counting_queue(stats: LinkStats) -> type[asyncio.Queue[aiomqtt.Message]]:
@@ -199,6 +214,8 @@ class MqttLink:
         )
         # Commands fan out concurrently; aiomqtt warns above 10 pending calls by default.
         client.pending_calls_threshold = 10_000
+        if s.manual_ack:
+            _enable_manual_ack(client)
         return client
 
     async def run(self) -> None:
@@ -232,6 +249,21 @@ class MqttLink:
             attempt = min(attempt + 1, 16)
             # Full jitter keeps a fleet that lost the broker at once from reconnecting at once.
             await asyncio.sleep(random.uniform(delay / 2, delay))
+
+    def ack(self, message: aiomqtt.Message, origin: aiomqtt.Client | None) -> bool:
+        """Acknowledge ``message`` (manual-ack links). ``origin`` is :attr:`current_client`
+        as it was when the message arrived: an ack belongs to the connection that carried
+        the message, and after a reconnect the broker redelivers instead. False if the
+        connection is gone (the message will come again; handlers dedupe)."""
+        if message.qos == 0 or origin is None or origin is not self._client:
+            return False
+        _send_ack(origin, message)
+        return True
+
+    @property
+    def current_client(self) -> aiomqtt.Client | None:
+        """The live aiomqtt client, or None between connections."""
+        return self._client
 
     async def _dispatch(self, message: aiomqtt.Message) -> None:
         self.stats.received += 1

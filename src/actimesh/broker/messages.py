@@ -25,14 +25,19 @@ __all__ = [
     "AckStatus",
     "Activation",
     "ActivationReason",
+    "Alert",
+    "AlertKind",
     "CameraActivation",
     "Command",
+    "ConfirmStatus",
+    "Confirmation",
     "DeadLetter",
     "DeviceKind",
     "DeviceState",
     "EngineStatus",
     "Event",
     "Message",
+    "OfflineReason",
     "Presence",
     "Telemetry",
 ]
@@ -82,10 +87,36 @@ class ActivationReason(StrEnum):
 
 
 class AckStatus(StrEnum):
-    """What a camera did with a command."""
+    """What a camera did with a command. A camera answers twice: ``received`` at once,
+    then ``recording`` (with the pre-roll it kept) or ``refused``."""
 
+    RECEIVED = "received"  # the command arrived; committing the buffer
     RECORDING = "recording"  # a recording now includes this activation
     REFUSED = "refused"  # the camera could not record (off, storage full …)
+
+
+class ConfirmStatus(StrEnum):
+    """What the engine did with a trigger event, told to the device that raised it."""
+
+    ACTIVATED = "activated"  # the activation is durable in the ledger
+    REJECTED = "rejected"  # the event was refused (see detail); do not send it again
+
+
+class OfflineReason(StrEnum):
+    """Why a device went offline. A camera that lost its link still buffers and can be
+    commanded (the broker holds the command); one that was switched off cannot."""
+
+    CONNECTION_LOST = "connection_lost"  # the last will: the broker lost the device
+    POWER_OFF = "power_off"  # the device said goodbye before switching off
+
+
+class AlertKind(StrEnum):
+    """Conditions that need a person's attention."""
+
+    NO_ACK = "no_ack"  # a commanded camera has not acknowledged in time
+    REFUSED = "refused"  # a camera refused an activation
+    EXPIRED = "expired"  # a command expired without reaching its camera
+    LEDGER = "ledger"  # an activation could not be written to the ledger
 
 
 # Enum fields arrive from msgpack as plain strings: validate them by value (lax) while
@@ -94,6 +125,9 @@ Kind = Annotated[DeviceKind, Strict(False)]
 State = Annotated[DeviceState, Strict(False)]
 Reason = Annotated[ActivationReason, Strict(False)]
 Status = Annotated[AckStatus, Strict(False)]
+Confirmed = Annotated[ConfirmStatus, Strict(False)]
+Offline = Annotated[OfflineReason, Strict(False)]
+AlertName = Annotated[AlertKind, Strict(False)]
 
 
 class Message(BaseModel):
@@ -142,6 +176,8 @@ class Presence(Message):
     unit: Identifier | None = None
     paired: Annotated[tuple[Identifier, ...], Field(max_length=16)] = ()
     pre_roll: PreRoll | None = None
+    #: With ``online: false``: why. Absent means connection lost.
+    reason: Offline | None = None
 
 
 class Event(_Positioned):
@@ -180,6 +216,31 @@ class Ack(Message):
     pre_cov: PreRoll
     rec: Identifier | None = None
     ts: Timestamp
+    detail: ShortText | None = None
+
+
+class Confirmation(Message):
+    """The engine's end-to-end answer to a trigger event, sent to the device that raised
+    it once the activation is durable. The device re-sends the event until it gets one:
+    broker acknowledgements alone do not survive a broker killed with ``kill -9``."""
+
+    kind: ClassVar[str] = "confirmation"
+    eid: Identifier
+    status: Confirmed
+    aid: Identifier | None = None
+    cameras: Annotated[int, Field(ge=0)] = 0
+    ts: Timestamp
+    detail: ShortText | None = None
+
+
+class Alert(Message):
+    """Something dispatch and integrators must see, e.g. a camera that did not answer."""
+
+    kind: ClassVar[str] = "alert"
+    alert: AlertName
+    ts: Timestamp
+    aid: Identifier | None = None
+    device: Identifier | None = None
     detail: ShortText | None = None
 
 
@@ -243,7 +304,9 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         Event,
         Command,
         Ack,
+        Confirmation,
         Activation,
+        Alert,
         DeadLetter,
         EngineStatus,
     )

@@ -9,8 +9,10 @@ can pin each device to its topics with ``pattern write am/v1/+/dev/%u/telemetry`
     am/v1/{agency}/dev/{device}/presence    device -> all      retained; last will = offline
     am/v1/{agency}/dev/{device}/cmd         engine -> device   activation commands
     am/v1/{agency}/dev/{device}/ack         device -> engine   command acknowledgements
+    am/v1/{agency}/dev/{device}/confirm     engine -> device   trigger event made durable
     am/v1/{agency}/activations/{event_type} engine -> integrators, dispatch
     am/v1/{agency}/json/activations/{event_type}  the same records as JSON
+    am/v1/{agency}/alerts/{kind}            engine -> dispatch: e.g. a camera did not answer
     am/v1/{agency}/deadletter/{reason}      engine -> operators: rejected input, with why
     am/v1/{agency}/engine/{engine}/status   engine -> all      retained; last will = offline
 
@@ -58,6 +60,7 @@ class DeviceChannel(StrEnum):
     PRESENCE = "presence"
     COMMAND = "cmd"
     ACK = "ack"
+    CONFIRM = "confirm"
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +106,9 @@ class Topics:
     def ack(self, device_id: str) -> str:
         return self.device(device_id, DeviceChannel.ACK)
 
+    def confirm(self, device_id: str) -> str:
+        return self.device(device_id, DeviceChannel.CONFIRM)
+
     def all_devices(self, channel: DeviceChannel) -> str:
         """Wildcard filter for one channel of every device."""
         return f"{self.prefix}/dev/+/{channel.value}"
@@ -134,6 +140,21 @@ class Topics:
     def activations_json(self, event_type: str) -> str:
         """The JSON mirror of :meth:`activations`, for integrators without msgpack."""
         return f"{self.prefix}/json/{self.activations(event_type)[len(self.prefix) + 1 :]}"
+
+    def alerts(self, kind: str) -> str:
+        if not _REASON.fullmatch(kind):
+            raise ValueError(f"alert kind {kind!r} must match {_REASON.pattern}")
+        return f"{self.prefix}/alerts/{kind}"
+
+    @property
+    def all_alerts(self) -> str:
+        return f"{self.prefix}/alerts/#"
+
+    def shared(self, group: str, topic_filter: str) -> str:
+        """An MQTT v5 shared subscription: each message goes to one member of ``group``."""
+        if not is_identifier(group):
+            raise ValueError(f"share group {group!r} must match {IDENTIFIER_PATTERN}")
+        return f"$share/{group}/{topic_filter}"
 
     def deadletter(self, reason: str) -> str:
         if not _REASON.fullmatch(reason):

@@ -33,9 +33,12 @@ from actimesh.broker.messages import (
     Ack,
     AckStatus,
     Command,
+    Confirmation,
+    ConfirmStatus,
     DeviceKind,
     DeviceState,
     Event,
+    OfflineReason,
     Presence,
     Telemetry,
 )
@@ -71,9 +74,23 @@ class ReceivedCommand:
 
 
 @dataclass(slots=True)
+class _Unconfirmed:
+    """A trigger event the engine has not confirmed yet."""
+
+    payload: bytes
+    first_sent: float
+    next_send: float
+    attempts: int = 1
+
+
+@dataclass(slots=True)
 class AgentStats:
     telemetry_sent: int = 0
     events_sent: int = 0
+    events_resent: int = 0
+    events_confirmed: int = 0
+    events_rejected: int = 0
+    events_abandoned: int = 0
     commands: int = 0
     rejected_commands: int = 0
 
@@ -99,6 +116,12 @@ class DeviceAgent:
         username: str | None = None,
         password: str | None = None,
         session_expiry_s: int = 3600,
+        resend_initial_s: float = 1.0,
+        # Re-sending a few hundred bytes every 2 s is cheap; a long backoff is not: an
+        # event handled more than the freshness limit late finds every fix stale.
+        resend_max_s: float = 2.0,
+        give_up_after_s: float = 1800.0,
+        commit_delay_s: float = 0.0,
     ) -> None:
         if (camera is not None) != (kind in CAMERA_KINDS):
             raise ValueError(f"{device_id}: cameras need a Camera and only cameras have one")
@@ -119,8 +142,24 @@ class DeviceAgent:
         self._boot = uuid.uuid4().hex[:8]
         self._last_event: bytes | None = None
         self._stopped = asyncio.Event()
-        offline = encode(Presence(online=False, device_kind=kind, unit=unit))
-        subscriptions = (Subscription(topics.command(device_id), 1),) if camera else ()
+        offline = encode(
+            Presence(
+                online=False,
+                device_kind=kind,
+                unit=unit,
+                reason=OfflineReason.CONNECTION_LOST,
+            )
+        )
+        # Every device hears its confirmations; cameras also their commands.
+        subscriptions: tuple[Subscription, ...] = (Subscription(topics.confirm(device_id), 1),)
+        if camera is not None:
+            subscriptions += (Subscription(topics.command(device_id), 1),)
+        self._unconfirmed: dict[str, _Unconfirmed] = {}
+        self._resend = (resend_initial_s, resend_max_s, give_up_after_s)
+        #: Models slow storage: a camera that takes this long before it commits.
+        self.commit_delay_s = commit_delay_s
+        self._outage = asyncio.Event()
+        self._outage_s = 0.0
         self.link = MqttLink(
             LinkSettings(
                 host=broker_host,
@@ -148,8 +187,9 @@ class DeviceAgent:
             self.camera.power_on(self.clock())
         async with asyncio.TaskGroup() as tg:
             tasks = [
-                tg.create_task(self.link.run(), name=f"{self.device_id}-link"),
+                tg.create_task(self._connection(), name=f"{self.device_id}-link"),
                 tg.create_task(self._telemetry_loop(), name=f"{self.device_id}-telemetry"),
+                tg.create_task(self._resend_loop(), name=f"{self.device_id}-resend"),
             ]
             if self.camera is not None:
                 media = self._media_loop(self.camera)
@@ -157,6 +197,27 @@ class DeviceAgent:
             await self._stopped.wait()
             for task in tasks:
                 task.cancel()
+
+    async def _connection(self) -> None:
+        """The MQTT link, cut for a while when :meth:`disconnect_for` says so."""
+        while True:
+            async with asyncio.TaskGroup() as tg:
+                link = tg.create_task(self.link.run(), name=f"{self.device_id}-mqtt")
+                await self._outage.wait()
+                link.cancel()
+            await asyncio.sleep(self._outage_s)
+            self._outage.clear()
+
+    def disconnect_for(self, seconds: float) -> None:
+        """Lose the network for ``seconds`` (a radio dead spot); the device keeps running,
+        a camera keeps buffering, and the broker session keeps its commands."""
+        self._outage_s = seconds
+        self._outage.set()
+
+    @property
+    def unconfirmed(self) -> int:
+        """Trigger events sent but not yet confirmed by the engine."""
+        return len(self._unconfirmed)
 
     async def power_off(self) -> None:
         """Switch the device off: it says so (retained presence) and ``run()`` returns.
@@ -166,7 +227,13 @@ class DeviceAgent:
         if self.camera is not None:
             async with self._lock:
                 await asyncio.to_thread(self.camera.power_off, self.clock())
-        offline = Presence(online=False, ts=self.clock(), device_kind=self.kind, unit=self.unit)
+        offline = Presence(
+            online=False,
+            ts=self.clock(),
+            device_kind=self.kind,
+            unit=self.unit,
+            reason=OfflineReason.POWER_OFF,
+        )
         await self.link.publish(self.topics.presence(self.device_id), encode(offline), retain=True)
         self._stopped.set()
 
@@ -242,14 +309,44 @@ class DeviceAgent:
             radius=radius,
             by=by,
         )
-        self._last_event = encode(event)
+        self._last_event = payload = encode(event)
+        now = self.clock()
+        # Kept until the engine confirms it: re-sent if the confirmation does not come.
+        self._unconfirmed[event.eid] = _Unconfirmed(payload, now, now + self._resend[0])
         # Local activation and the fan-out start together: neither waits for the other.
         async with asyncio.TaskGroup() as tg:
             for peer in self.local_peers:
                 tg.create_task(peer.activate_locally(event, self.device_id), name="local-link")
-            await self.link.publish(self.topics.event(self.device_id), self._last_event, qos=1)
+            try:
+                await self.link.publish(self.topics.event(self.device_id), payload, qos=1)
+            except BrokerError as exc:
+                log.warning("%s: event %s not sent yet (%s); will retry", self.device_id,
+                            event.eid, exc)  # fmt: skip
         self.stats.events_sent += 1
         return event
+
+    async def _resend_loop(self) -> None:
+        initial, most, give_up = self._resend
+        while True:
+            await asyncio.sleep(min(0.25, initial))
+            if not self.link.connected:
+                continue
+            now = self.clock()
+            for eid, pending in list(self._unconfirmed.items()):
+                if now - pending.first_sent > give_up:
+                    del self._unconfirmed[eid]
+                    self.stats.events_abandoned += 1
+                    log.error("%s: event %s never confirmed; giving up", self.device_id, eid)
+                elif now >= pending.next_send:
+                    pending.attempts += 1
+                    pending.next_send = now + min(most, initial * 2 ** (pending.attempts - 1))
+                    self.stats.events_resent += 1
+                    try:
+                        await self.link.publish(
+                            self.topics.event(self.device_id), pending.payload, qos=1
+                        )
+                    except BrokerError:
+                        log.debug("%s: re-send of %s failed", self.device_id, eid)
 
     async def resend_last_event(self) -> None:
         """Publish the last event again, byte for byte (as a sensor retrying would)."""
@@ -307,21 +404,54 @@ class DeviceAgent:
 
     # ------------------------------------------------------------------ commands
     async def _on_message(self, message: aiomqtt.Message) -> None:
-        if self.camera is None or message.topic.value != self.topics.command(self.device_id):
+        topic = message.topic.value
+        if topic == self.topics.confirm(self.device_id):
+            self._on_confirmation(as_bytes(message.payload))
+        elif self.camera is not None and topic == self.topics.command(self.device_id):
+            await self._on_command(as_bytes(message.payload))
+
+    def _on_confirmation(self, payload: bytes) -> None:
+        try:
+            confirmation = decode(Confirmation, payload)
+        except PayloadError as exc:
+            log.warning("%s: confirmation rejected: %s", self.device_id, exc)
             return
+        if self._unconfirmed.pop(confirmation.eid, None) is None:
+            return  # a repeat
+        if confirmation.status is ConfirmStatus.REJECTED:
+            self.stats.events_rejected += 1
+            log.error("%s: engine refused event %s: %s", self.device_id, confirmation.eid,
+                      confirmation.detail)  # fmt: skip
+        else:
+            self.stats.events_confirmed += 1
+
+    async def _ack(self, aid: str, status: AckStatus, pre_cov: float = 0.0, *,
+                   rec: str | None = None, detail: str | None = None) -> None:  # fmt: skip
+        ack = Ack(aid=aid, status=status, pre_cov=pre_cov, rec=rec, ts=self.clock(),
+                  detail=detail)  # fmt: skip
+        try:
+            await self.link.publish(self.topics.ack(self.device_id), encode(ack), qos=1)
+        except BrokerError as exc:
+            # The engine re-sends the command until it hears from us; we answer again then.
+            log.warning("%s: ack for %s not sent: %s", self.device_id, aid, exc)
+
+    async def _on_command(self, payload: bytes) -> None:
         received = self.clock()
         try:
-            command = decode(Command, as_bytes(message.payload))
+            command = decode(Command, payload)
         except PayloadError as exc:
             self.stats.rejected_commands += 1
             log.warning("%s: command rejected: %s", self.device_id, exc)
             return
         self.stats.commands += 1
         if command.exp < received:
-            ack = Ack(aid=command.aid, status=AckStatus.REFUSED, pre_cov=0.0, ts=received,
-                      detail="command expired before it arrived")  # fmt: skip
-            await self.link.publish(self.topics.ack(self.device_id), encode(ack), qos=1)
+            await self._ack(command.aid, AckStatus.REFUSED,
+                            detail="command expired before it arrived")  # fmt: skip
             return
+        # First answer at once, before the (slower) commit to storage.
+        await self._ack(command.aid, AckStatus.RECEIVED)
+        if self.commit_delay_s:
+            await asyncio.sleep(self.commit_delay_s)
         result = await self._activate(
             aid=command.aid,
             eid=command.eid,
@@ -332,15 +462,8 @@ class DeviceAgent:
             now=received,
         )
         self.received.append(ReceivedCommand(command, received, result))
-        ack = Ack(
-            aid=command.aid,
-            status=result.status,
-            pre_cov=result.pre_roll_covered_s,
-            rec=result.recording_id,
-            ts=self.clock(),
-            detail=result.detail,
-        )
-        await self.link.publish(self.topics.ack(self.device_id), encode(ack), qos=1)
+        await self._ack(command.aid, result.status, result.pre_roll_covered_s,
+                        rec=result.recording_id, detail=result.detail)  # fmt: skip
 
     async def stop_recording(self) -> None:
         """The officer stops the recording on the device. The mesh itself never does."""

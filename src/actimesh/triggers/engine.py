@@ -24,7 +24,7 @@ import asyncio
 import logging
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import aiomqtt
@@ -35,25 +35,34 @@ from actimesh.broker.codec import (
     MAX_ACTIVATION_BYTES,
     check_clock,
     decode,
+    decode_telemetry,
     encode,
     hex_head,
 )
+from actimesh.broker.ingest import Publish, StreamSubscriber
 from actimesh.broker.messages import (
     Ack,
+    AckStatus,
     Activation,
+    ActivationReason,
+    Alert,
+    AlertKind,
     CameraActivation,
     Command,
+    Confirmation,
+    ConfirmStatus,
     DeadLetter,
     EngineStatus,
     Event,
+    OfflineReason,
     Presence,
-    Telemetry,
 )
-from actimesh.broker.topics import DeviceChannel, Topics
+from actimesh.broker.topics import DeviceChannel, Topics, is_identifier
 from actimesh.errors import BrokerError, LedgerError, PayloadError
 from actimesh.geofence import GridIndex, InclusionPolicy, SpatialIndex
-from actimesh.triggers.fanout import Plan, plan_activation
-from actimesh.triggers.fleet import Fleet, LastFix
+from actimesh.triggers.delivery import Action, ActionKind, DeliveryTracker
+from actimesh.triggers.fanout import Plan, activation_id, plan_activation
+from actimesh.triggers.fleet import DeviceInfo, Fleet, LastFix
 from actimesh.triggers.ledger import AckRow, ActivationRow, Ledger
 from actimesh.triggers.rules import RuleTable
 from actimesh.triggers.settings import EngineSettings
@@ -80,6 +89,9 @@ class EngineStats:
     rejected: Counter[str] = field(default_factory=Counter)
     deadletters_suppressed: int = 0
     ledger_failures: int = 0
+    confirmations: int = 0
+    retries: int = 0
+    alerts: Counter[str] = field(default_factory=Counter)
 
     @property
     def rejected_total(self) -> int:
@@ -94,6 +106,10 @@ class _Persist:
     received: float
     decided: float
     rule: dict[str, object]
+    #: The trigger's MQTT message and the connection it came on: acknowledged to the
+    #: broker only once the activation is durable, so a crash before that redelivers it.
+    message: aiomqtt.Message
+    origin: aiomqtt.Client | None
 
 
 class Engine:
@@ -124,8 +140,21 @@ class Engine:
         self.stats = EngineStats()
         self.clock = clock
         self.ready = asyncio.Event()
-        self._seen: OrderedDict[tuple[str, str], float] = OrderedDict()
+        # (source, event id) -> activation id, for dedupe and for re-confirming repeats.
+        self._seen: OrderedDict[tuple[str, str], str] = OrderedDict()
+        # Activations written to the ledger: only those may be confirmed to a device.
+        self._durable: set[str] = set()
+        self._warm = False
+        #: Set once the engine plans events (after ``warmup_s``).
+        self.warmed = asyncio.Event()
+        self._held: list[tuple[aiomqtt.Message, aiomqtt.Client | None]] = []
+        self.deliveries = DeliveryTracker(
+            ack_timeout_s=self.settings.ack_timeout_s, retry_max_s=self.settings.retry_max_s
+        )
         self._persist: asyncio.Queue[_Persist] = asyncio.Queue(maxsize=10_000)
+        # Acknowledgements are written by their own task: a synced SQLite write per ack
+        # on the control link would hold up the trigger events queued behind it.
+        self._ack_rows: asyncio.Queue[AckRow] = asyncio.Queue(maxsize=100_000)
         self._deadletter_tokens = self.settings.deadletters_per_s
         self._deadletter_refill = clock()
         eid = self.settings.engine_id
@@ -140,15 +169,21 @@ class Engine:
                 password=password,
                 subscriptions=(
                     Subscription(topics.all_devices(DeviceChannel.PRESENCE), 1),
-                    Subscription(topics.all_devices(DeviceChannel.EVENT), 1),
+                    Subscription(self._event_filter(), 1),
                     Subscription(topics.all_devices(DeviceChannel.ACK), 1),
                 ),
                 will=Will(status, offline),
+                session_expiry_s=self.settings.session_expiry_s,
+                manual_ack=True,
             ),
             self._on_control,
             on_connect=self._announce,
         )
-        self.telemetry_link = MqttLink(
+        # Telemetry skips aiomqtt: a lean QoS 0 subscriber hands it over in batches
+        # (broker/ingest.py; ~9,000 msg/s through aiomqtt, >100,000 this way).
+        self._tm_head = f"{topics.prefix}/dev/".encode()
+        self._tm_tail = f"/{DeviceChannel.TELEMETRY.value}".encode()
+        self.telemetry_link = StreamSubscriber(
             LinkSettings(
                 host=broker_host,
                 port=broker_port,
@@ -161,19 +196,36 @@ class Engine:
             self._on_telemetry,
         )
 
+    def _event_filter(self) -> str:
+        events = self.topics.all_devices(DeviceChannel.EVENT)
+        group = self.settings.share_group
+        return self.topics.shared(group, events) if group else events
+
     # ------------------------------------------------------------------ lifecycle
     async def run(self) -> None:
-        """Run until cancelled. One TaskGroup owns the links and the persister."""
-        since = self.clock() - self.settings.max_event_age_s
-        for key in await self.ledger.recent_events(since):
-            self._remember(key)
+        """Run until cancelled. One TaskGroup owns the links, persister and tracker."""
+        await self._recover()
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.ctl.run(), name=f"{self.ctl.settings.client_id}")
+            tg.create_task(self._track_deliveries(), name=f"{self.settings.engine_id}-delivery")
             tg.create_task(self.telemetry_link.run(), name=self.telemetry_link.settings.client_id)
             tg.create_task(self._persister(), name=f"{self.settings.engine_id}-persister")
+            tg.create_task(self._ack_writer(), name=f"{self.settings.engine_id}-acks")
             await self.ctl.wait_connected(timeout=30)
             await self.telemetry_link.wait_connected(timeout=30)
+            tg.create_task(self._warm_up(), name=f"{self.settings.engine_id}-warmup")
             self.ready.set()
+
+    async def _warm_up(self) -> None:
+        """Plan the events held since start once the fleet is known (see ``warmup_s``)."""
+        await asyncio.sleep(self.settings.warmup_s)
+        self._warm = True
+        self.warmed.set()
+        held, self._held = self._held, []
+        if held:
+            log.info("warm: planning %d event(s) held since start", len(held))
+        for message, origin in held:
+            await self._on_control(message, origin)
 
     async def _announce(self, link: MqttLink) -> None:
         status = EngineStatus(
@@ -184,49 +236,77 @@ class Engine:
         )
 
     # ------------------------------------------------------------------ intake
-    async def _on_telemetry(self, message: aiomqtt.Message) -> None:
-        topic = message.topic.value
-        parsed = self.topics.parse_device(topic)
-        payload = as_bytes(message.payload)
-        if parsed is None:
-            await self._reject(topic, payload, PayloadError("bad_topic", "not a device topic"))
-            return
+    async def _on_telemetry(self, batch: Sequence[Publish]) -> None:
+        # The hot path (docs/PERFORMANCE.md): one clock read per batch, known devices
+        # found by their topic without a regex, the fast decoder, and one id string per
+        # device shared by the fleet and the index.
         now = self.clock()
-        try:
-            msg = decode(Telemetry, payload)
-            check_clock(
-                msg.ts,
-                now,
-                max_age_s=self.settings.max_event_age_s,
-                max_skew_s=self.settings.max_clock_skew_s,
-            )
-        except PayloadError as exc:
-            await self._reject(topic, payload, exc)
-            return
-        self.stats.telemetry += 1
-        info = self.fleet.touch(parsed.device_id, now)
-        info.state = msg.state
-        if msg.lat is not None and msg.lon is not None:
-            current = self.index.get(parsed.device_id)
-            if current is None or current.ts <= msg.ts:  # ignore fixes that arrive late
-                self.index.upsert(parsed.device_id, msg.lat, msg.lon, msg.acc, msg.ts)
+        max_age, max_skew = self.settings.max_event_age_s, self.settings.max_clock_skew_s
+        oldest, newest = now - max_age, now + max_skew
+        fleet, index, stats = self.fleet, self.index, self.stats
+        source = self._telemetry_source
+        for topic, payload in batch:
+            try:
+                device_id, info = source(topic)
+                ts, state, lat, lon, acc = decode_telemetry(payload)
+                if not oldest <= ts <= newest:
+                    check_clock(ts, now, max_age_s=max_age, max_skew_s=max_skew)
+            except PayloadError as exc:
+                await self._reject(topic.decode(errors="replace"), payload, exc)
+                continue
+            stats.telemetry += 1
+            if info is None:
+                info = fleet.touch(device_id, now)
+            else:
+                info.last_seen = now
+            info.state = state
+            if lat is not None and lon is not None:
+                # A fix older than the one indexed arrived late: ignored. The fleet's id
+                # string is stored, so each device's id exists once in memory.
+                index.upsert_latest(info.device_id, lat, lon, acc, ts)
 
-    async def _on_control(self, message: aiomqtt.Message) -> None:
+    def _telemetry_source(self, topic: bytes) -> tuple[str, DeviceInfo | None]:
+        """The device a telemetry topic names, and what the fleet knows of it."""
+        head, tail = self._tm_head, self._tm_tail
+        if topic.startswith(head) and topic.endswith(tail):
+            try:
+                device_id = topic[len(head) : len(topic) - len(tail)].decode()
+            except UnicodeDecodeError:
+                device_id = ""
+            info = self.fleet.get(device_id)
+            if info is not None or is_identifier(device_id):  # known ids were checked once
+                return device_id, info
+        raise PayloadError("bad_topic", "not a device topic")
+
+    async def _on_control(
+        self, message: aiomqtt.Message, held_origin: aiomqtt.Client | None = None
+    ) -> None:
+        # This link acknowledges by hand: events once durable (in the persister),
+        # everything else as soon as it has been handled or rejected.
+        origin = held_origin or self.ctl.current_client
         topic = message.topic.value
         payload = as_bytes(message.payload)
         parsed = self.topics.parse_device(topic)
         if parsed is None:
             await self._reject(topic, payload, PayloadError("bad_topic", "not a device topic"))
+            self.ctl.ack(message, origin)
+            return
+        if parsed.channel is DeviceChannel.EVENT and not self._warm:
+            self._held.append((message, origin))  # planned (and acknowledged) once warm
             return
         try:
             if parsed.channel is DeviceChannel.EVENT:
-                await self._on_event(parsed.device_id, payload)
+                if await self._on_event(parsed.device_id, payload, message, origin):
+                    return  # the persister acknowledges it
             elif parsed.channel is DeviceChannel.PRESENCE:
                 self._on_presence(parsed.device_id, payload)
             elif parsed.channel is DeviceChannel.ACK:
                 await self._on_ack(parsed.device_id, payload)
         except PayloadError as exc:
             await self._reject(topic, payload, exc)
+            if parsed.channel is DeviceChannel.EVENT:
+                await self._refuse_event(parsed.device_id, payload, exc)
+        self.ctl.ack(message, origin)
 
     def _on_presence(self, device_id: str, payload: bytes) -> None:
         if not payload:  # a cleared retained message
@@ -235,26 +315,47 @@ class Engine:
         self.stats.presence += 1
         now = self.clock()
         fix = None
-        if not msg.online:
+        if msg.online:
+            # Back: whatever it missed while away is re-sent now, not at the next backoff.
+            self.deliveries.expedite(device_id, now)
+        elif msg.reason is OfflineReason.POWER_OFF:
             current = self.index.get(device_id)
             if current is not None:
                 fix = LastFix(current.lat, current.lon, current.acc, current.ts)
-            # An offline camera cannot record: it leaves the index so no one counts on it.
+            # A camera switched off cannot record: it leaves the index.
             self.index.remove(device_id)
+        # A lost link is not a camera switched off: it keeps buffering, so it stays in the
+        # index with its last fix (which goes stale by itself) and a command to it waits
+        # in its broker session.
         self.fleet.presence(device_id, msg, now, fix)
 
     async def _on_ack(self, device_id: str, payload: bytes) -> None:
         msg = decode(Ack, payload)
         self.stats.acks += 1
+        finished = self.deliveries.on_ack(msg.aid, device_id, msg.status)
+        if finished is not None and msg.status is AckStatus.REFUSED:
+            await self._alert(AlertKind.REFUSED, msg.aid, device_id, msg.detail or "refused")
         row = AckRow(msg.aid, device_id, msg.status.value, msg.pre_cov, msg.rec, msg.ts,
                      self.clock(), msg.detail)  # fmt: skip
-        try:
-            await self.ledger.record_ack(row)
-        except LedgerError:
-            self.stats.ledger_failures += 1
-            log.exception("ack from %s for %s not recorded", device_id, msg.aid)
+        await self._ack_rows.put(row)  # waits (never drops) if the writer falls behind
 
-    async def _on_event(self, source: str, payload: bytes) -> None:
+    async def _ack_writer(self) -> None:
+        while True:
+            row = await self._ack_rows.get()
+            try:
+                await self.ledger.record_ack(row)
+            except LedgerError:
+                self.stats.ledger_failures += 1
+                log.exception("ack from %s for %s not recorded", row.device_id, row.aid)
+
+    async def _on_event(
+        self,
+        source: str,
+        payload: bytes,
+        message: aiomqtt.Message,
+        origin: aiomqtt.Client | None,
+    ) -> bool:
+        """Handle a trigger. True when the persister now owns the acknowledgement."""
         received = self.clock()
         event = decode(Event, payload)
         check_clock(
@@ -269,11 +370,17 @@ class Engine:
             raise PayloadError("unknown_event_type", f"{event.type!r} (known: {known})")
         self.stats.events += 1
         key = (source, event.eid)
-        if key in self._seen:
+        seen = self._seen.get(key)
+        if seen is not None:
+            # A repeat: the device did not get our confirmation (or the broker redelivered).
+            # Confirm it only if the original is durable: confirming one still waiting for
+            # its ledger write would let the device stop re-sending, and a crash now
+            # would lose the activation.
             self.stats.duplicates += 1
-            log.info("duplicate event %s from %s ignored", event.eid, source)
-            return
-        self._remember(key)
+            if seen in self._durable:
+                log.info("duplicate event %s from %s: confirmed again", event.eid, source)
+                await self._confirm(source, event.eid, ConfirmStatus.ACTIVATED, seen)
+            return False
         plan = plan_activation(
             event=event,
             source=source,
@@ -282,6 +389,7 @@ class Engine:
             index=self.index,
             policy=self.policy,
         )
+        self._remember(key, plan.aid)
         decided = self.clock()
         await self._send_commands(plan, event, source, decided)
         self.stats.activations += 1
@@ -298,27 +406,28 @@ class Engine:
             },
         }
         # Waits (never drops) when the persister is behind: back-pressure, not loss.
-        await self._persist.put(_Persist(plan, event, source, received, decided, rule_doc))
+        item = _Persist(plan, event, source, received, decided, rule_doc, message, origin)
+        await self._persist.put(item)
+        return True
 
-    def _remember(self, key: tuple[str, str]) -> None:
-        self._seen[key] = self.clock()
+    async def _refuse_event(self, source: str, payload: bytes, exc: PayloadError) -> None:
+        """Tell a device its event was refused, so it stops re-sending it."""
+        try:
+            eid = decode(Event, payload).eid
+        except PayloadError:
+            return  # unreadable: no event id to answer to
+        await self._confirm(source, eid, ConfirmStatus.REJECTED, None, detail=str(exc)[:256])
+
+    def _remember(self, key: tuple[str, str], aid: str, *, durable: bool = False) -> None:
+        self._seen[key] = aid
+        if durable:
+            self._durable.add(aid)
         if len(self._seen) > _DEDUPE_CAPACITY:
-            self._seen.popitem(last=False)
+            _, oldest = self._seen.popitem(last=False)
+            self._durable.discard(oldest)
 
     async def _send_commands(self, plan: Plan, event: Event, source: str, now: float) -> None:
         expiry = self.settings.command_expiry_s
-
-        async def send(target_id: str, command: Command) -> None:
-            try:
-                await self.ctl.publish(self.topics.command(target_id), encode(command), qos=1,
-                                       expiry_s=expiry)  # fmt: skip
-                self.stats.commands += 1
-            except BrokerError:
-                # The broker session keeps QoS 1 state; count it and let the ledger show
-                # the camera as commanded-not-acknowledged.
-                self.stats.command_failures += 1
-                log.exception("command %s to %s not confirmed by the broker", plan.aid, target_id)
-
         async with asyncio.TaskGroup() as tg:
             for target in plan.targets:
                 command = Command(
@@ -333,7 +442,131 @@ class Engine:
                     ts=now,
                     exp=now + expiry,
                 )
-                tg.create_task(send(target.device_id, command), name=f"cmd-{target.device_id}")
+                payload = encode(command)
+                self.deliveries.track(
+                    plan.aid, target.device_id, payload, now=now, expires_at=command.exp
+                )
+                tg.create_task(
+                    self._send_command(plan.aid, target.device_id, payload, command.exp),
+                    name=f"cmd-{target.device_id}",
+                )
+
+    async def _send_command(self, aid: str, device_id: str, payload: bytes, exp: float) -> None:
+        try:
+            expiry = max(1.0, exp - self.clock())
+            await self.ctl.publish(self.topics.command(device_id), payload, qos=1, expiry_s=expiry)
+            self.stats.commands += 1
+        except BrokerError:
+            # The delivery tracker re-sends it; the ledger shows commanded-not-acknowledged.
+            self.stats.command_failures += 1
+            log.warning("command %s to %s not confirmed by the broker", aid, device_id)
+
+    async def _confirm(
+        self,
+        device_id: str,
+        eid: str,
+        status: ConfirmStatus,
+        aid: str | None,
+        *,
+        cameras: int = 0,
+        detail: str | None = None,
+    ) -> None:
+        confirmation = Confirmation(
+            eid=eid, status=status, aid=aid, cameras=cameras, ts=self.clock(), detail=detail
+        )
+        try:
+            await self.ctl.publish(self.topics.confirm(device_id), encode(confirmation), qos=1)
+            self.stats.confirmations += 1
+        except BrokerError:
+            log.warning(
+                "confirmation of %s to %s not sent; the device will re-send", eid, device_id
+            )
+
+    async def _alert(
+        self, kind: AlertKind, aid: str | None, device: str | None, detail: str
+    ) -> None:
+        """Raise an alert for dispatch and integrators, and write it to the ledger."""
+        self.stats.alerts[kind.value] += 1
+        log.warning("alert %s: activation %s camera %s: %s", kind.value, aid, device, detail)
+        alert = Alert(alert=kind, ts=self.clock(), aid=aid, device=device, detail=detail[:256])
+        try:
+            await self.ctl.publish(self.topics.alerts(kind.value), encode(alert), qos=1)
+        except BrokerError:
+            log.warning("alert %s for %s not published", kind.value, aid)
+        try:
+            await self.ledger.record_event(
+                f"engine/{self.settings.engine_id}",
+                "alert",
+                device or aid or "engine",
+                kind.value,
+                {"aid": aid, "device": device, "detail": detail},
+            )
+        except LedgerError:
+            self.stats.ledger_failures += 1
+            log.exception("alert %s not written to the ledger", kind.value)
+
+    async def _track_deliveries(self) -> None:
+        """Re-send unanswered commands, alert on silence, give up on expiry."""
+
+        def online(device_id: str) -> bool:
+            info = self.fleet.get(device_id)
+            return info is None or info.online
+
+        while True:
+            await asyncio.sleep(min(0.25, self.settings.ack_timeout_s / 4))
+            for action in self.deliveries.due(self.clock(), online):
+                try:
+                    await self._act(action)
+                except Exception:  # one failing action must not stop delivery tracking
+                    log.exception("delivery action %s for %s failed", action.kind.value,
+                                  action.delivery.aid)  # fmt: skip
+
+    async def _act(self, action: Action) -> None:
+        d = action.delivery
+        if action.kind is ActionKind.RETRY:
+            self.stats.retries += 1
+            await self._send_command(d.aid, d.device_id, d.payload, d.expires_at)
+        elif action.kind is ActionKind.ALERT_NO_ACK:
+            waited = self.clock() - d.commanded_at
+            state = "received, not yet recording" if d.received else "no answer"
+            await self._alert(AlertKind.NO_ACK, d.aid, d.device_id,
+                              f"{state} after {waited:.1f} s")  # fmt: skip
+        else:
+            await self._alert(AlertKind.EXPIRED, d.aid, d.device_id,
+                              f"command expired after {d.attempts} attempt(s)")  # fmt: skip
+
+    async def _recover(self) -> None:
+        """After a restart: dedupe state and unfinished deliveries from the ledger."""
+        now = self.clock()
+        for source, eid in await self.ledger.recent_events(now - self.settings.max_event_age_s):
+            self._remember((source, eid), activation_id(source, eid), durable=True)
+        expiry = self.settings.command_expiry_s
+        for aid in await self.ledger.activation_ids(since=now - expiry, limit=100_000):
+            found = await self.ledger.activation(aid)
+            if found is None:
+                continue
+            row, decisions = found
+            done = {a.device_id for a in await self.ledger.acks(aid)
+                    if a.status != AckStatus.RECEIVED.value}  # fmt: skip
+            for d in decisions:
+                if not d.commanded or d.device_id in done or row.decided_ts + expiry <= now:
+                    continue
+                proximity = d.reason == "proximity"
+                command = Command(
+                    aid=aid,
+                    eid=row.eid,
+                    src=row.src,
+                    type=row.type,
+                    ets=row.event_ts,
+                    pre=row.pre_roll_s,
+                    reason=ActivationReason.PROXIMITY if proximity else ActivationReason.PAIRED,
+                    dist=d.distance_m,
+                    ts=now,
+                    exp=row.decided_ts + expiry,
+                )
+                self.deliveries.track(
+                    aid, d.device_id, encode(command), now=now, expires_at=command.exp
+                )
 
     # ------------------------------------------------------------------ persistence
     async def _persister(self) -> None:
@@ -360,9 +593,20 @@ class Engine:
             )
             try:
                 await self.ledger.record_activation(row, plan.decisions)
-            except LedgerError:
+            except LedgerError as exc:
+                # Not durable: neither acknowledged nor confirmed, and forgotten, so the
+                # device's re-send (or the broker's redelivery) is handled afresh. The
+                # cameras were commanded already and dedupe the repeat.
                 self.stats.ledger_failures += 1
+                self._seen.pop((item.source, event.eid), None)
+                self._durable.discard(plan.aid)
                 log.exception("activation %s not written to the ledger", plan.aid)
+                await self._alert(AlertKind.LEDGER, plan.aid, None, str(exc))
+                continue
+            self._durable.add(plan.aid)
+            self.ctl.ack(item.message, item.origin)
+            await self._confirm(item.source, event.eid, ConfirmStatus.ACTIVATED, plan.aid,
+                                cameras=len(plan.targets))  # fmt: skip
             record = Activation(
                 aid=plan.aid,
                 eid=event.eid,

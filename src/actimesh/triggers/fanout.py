@@ -159,9 +159,9 @@ def _nearby(
             targets[fix.device_id] = Target(
                 fix.device_id, info.kind, ActivationReason.PROXIMITY, dist
             )
-            decisions[fix.device_id] = replace(
-                row, commanded=True, reason="proximity", margin_m=margin
-            )
+            # Link lost but still buffering: the command waits in its broker session.
+            reason = "proximity" if info.online else "proximity_queued"
+            decisions[fix.device_id] = replace(row, commanded=True, reason=reason, margin_m=margin)
         else:
             decisions[fix.device_id] = replace(row, reason=verdict.value, margin_m=margin)
     for info in fleet.recently_offline(event.ts - policy.max_fix_age_s):

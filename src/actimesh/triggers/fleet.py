@@ -12,7 +12,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from actimesh.broker.messages import CAMERA_KINDS, DeviceKind, DeviceState, Presence
+from actimesh.broker.messages import (
+    CAMERA_KINDS,
+    DeviceKind,
+    DeviceState,
+    OfflineReason,
+    Presence,
+)
 
 __all__ = ["DeviceInfo", "Fleet", "LastFix"]
 
@@ -90,7 +96,8 @@ class Fleet:
         else:
             info.online = False
             info.offline_since = now
-            info.state = DeviceState.OFF
+            if msg.reason is OfflineReason.POWER_OFF:
+                info.state = DeviceState.OFF
             info.last_fix = fix
             if fix is not None:
                 self._recently_offline[device_id] = info

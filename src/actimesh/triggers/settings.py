@@ -29,8 +29,30 @@ class EngineSettings:
     deadletters_per_s: float = 50.0
     #: Also publish each activation record as JSON (for integrators without msgpack).
     publish_json: bool = True
+    #: A camera that has not answered a command within this time raises a no_ack alert;
+    #: commands nobody acknowledged are re-sent with backoff up to ``retry_max_s``.
+    ack_timeout_s: float = 3.0
+    retry_max_s: float = 30.0
+    #: The broker keeps the engine's subscriptions and unacknowledged trigger events
+    #: this long while the engine is down (persistent session): long enough for a
+    #: supervisor to restart it, short because a dead replica's session keeps taking
+    #: its share of events until it expires. Devices re-send until confirmed, so
+    #: nothing depends on the session alone.
+    session_expiry_s: int = 30
+    #: Engines in the same group share trigger events (MQTT v5 shared subscription):
+    #: each event goes to one replica. Empty: a plain subscription.
+    share_group: str = "engines"
+    #: After (re)starting, trigger events are held this long before they are planned, so
+    #: the engine first hears every device's retained presence and at least one round of
+    #: telemetry. A broker redelivers queued events the instant the engine reconnects,
+    #: before any of that; planned then they would find no camera at all. Keep it above
+    #: the fleet's telemetry interval. Held events keep their event time, so pre-roll is
+    #: unaffected.
+    warmup_s: float = 2.5
 
     def __post_init__(self) -> None:
+        if self.share_group and not is_identifier(self.share_group):
+            raise ConfigError(f"share_group {self.share_group!r} must match {IDENTIFIER_PATTERN}")
         if not is_identifier(self.engine_id):
             raise ConfigError(f"engine_id {self.engine_id!r} must match {IDENTIFIER_PATTERN}")
         for f in fields(self):

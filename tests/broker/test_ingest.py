@@ -1,0 +1,164 @@
+"""The lean telemetry subscriber against a real Mosquitto: batches, bounds, reconnects."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator, Sequence
+
+import pytest
+
+from actimesh.broker import wire
+from actimesh.broker.client import LinkSettings, Subscription
+from actimesh.broker.ingest import Publish, StreamSubscriber
+from actimesh.broker.mosquitto import ManagedMosquitto, free_port
+from actimesh.errors import BrokerError
+
+pytestmark = pytest.mark.integration
+
+
+def settings(host: str, port: int, topic: str, **kw: object) -> LinkSettings:
+    return LinkSettings(host=host, port=port, client_id=f"ingest-{topic.split('/')[2]}",
+                        subscriptions=(Subscription(topic, 0),), backoff_initial_s=0.05,
+                        backoff_max_s=0.2, **kw)  # type: ignore[arg-type]  # fmt: skip
+
+
+def publish_raw(host: str, port: int, frames: Sequence[bytes]) -> None:
+    with socket.create_connection((host, port), timeout=5) as sock:
+        sock.sendall(wire.connect_packet("ingest-pub", keepalive_s=0))
+        assert sock.recv(64)[0] >> 4 == wire.CONNACK
+        sock.sendall(b"".join(frames) + wire.DISCONNECT_PACKET)
+
+
+@contextlib.asynccontextmanager
+async def running(sub: StreamSubscriber) -> AsyncIterator[asyncio.Task[None]]:
+    task = asyncio.create_task(sub.run(), name="ingest-under-test")
+    try:
+        await sub.wait_connected(5)
+        yield task
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def wait_for(check: object, timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not check():  # type: ignore[operator]
+            await asyncio.sleep(0.01)
+
+
+async def test_every_message_arrives_in_order_in_bounded_batches(
+    broker_host: str, broker_port: int, agency: str
+) -> None:
+    got: list[Publish] = []
+    sizes: list[int] = []
+
+    async def handler(batch: Sequence[Publish]) -> None:
+        sizes.append(len(batch))
+        got.extend(batch)
+
+    topic = f"am/v1/{agency}/dev/+/telemetry"
+    sub = StreamSubscriber(settings(broker_host, broker_port, topic), handler, batch_size=50)
+    frames = [wire.publish_packet(f"am/v1/{agency}/dev/d{i % 7}/telemetry", b"%d" % i)
+              for i in range(2_000)]  # fmt: skip
+    async with running(sub):
+        await asyncio.to_thread(publish_raw, broker_host, broker_port, frames)
+        await wait_for(lambda: len(got) == 2_000)
+    assert [int(p) for _, p in got] == list(range(2_000))
+    assert got[3][0] == f"am/v1/{agency}/dev/d3/telemetry".encode()
+    assert max(sizes) <= 50
+    assert sub.stats.received == 2_000
+    assert sub.stats.dropped_incoming == 0
+    assert not sub.connected
+
+
+async def test_a_full_backlog_drops_the_oldest_and_counts(
+    broker_host: str, broker_port: int, agency: str
+) -> None:
+    release = asyncio.Event()
+    got: list[Publish] = []
+
+    async def handler(batch: Sequence[Publish]) -> None:
+        await release.wait()
+        got.extend(batch)
+
+    topic = f"am/v1/{agency}/dev/+/telemetry"
+    sub = StreamSubscriber(settings(broker_host, broker_port, topic, max_queued_incoming=100),
+                           handler, batch_size=10)  # fmt: skip
+    frames = [wire.publish_packet(f"am/v1/{agency}/dev/x/telemetry", b"%d" % i)
+              for i in range(500)]  # fmt: skip
+    async with running(sub):
+        await asyncio.to_thread(publish_raw, broker_host, broker_port, frames)
+        await wait_for(lambda: sub.stats.received == 500)
+        release.set()
+        await wait_for(lambda: sub.backlog == 0 and len(got) == 500 - sub.stats.dropped_incoming)
+    assert sub.stats.dropped_incoming == 500 - 100 - 10
+    assert got[-1][1] == b"499"  # the newest survive
+
+
+async def test_a_failing_batch_is_counted_and_the_stream_goes_on(
+    broker_host: str, broker_port: int, agency: str
+) -> None:
+    got: list[Publish] = []
+
+    async def handler(batch: Sequence[Publish]) -> None:
+        if batch[0][1] == b"bad":
+            raise RuntimeError("boom")
+        got.extend(batch)
+
+    topic = f"am/v1/{agency}/dev/+/telemetry"
+    sub = StreamSubscriber(settings(broker_host, broker_port, topic), handler, batch_size=1)
+    t = f"am/v1/{agency}/dev/a/telemetry"
+    async with running(sub):
+        frames = [wire.publish_packet(t, b"bad"), wire.publish_packet(t, b"ok")]
+        await asyncio.to_thread(publish_raw, broker_host, broker_port, frames)
+        await wait_for(lambda: len(got) == 1)
+    assert sub.stats.handler_errors == 1
+
+
+async def test_reconnects_and_subscribes_again_after_a_broker_restart(
+    fresh_mosquitto: ManagedMosquitto, agency: str
+) -> None:
+    got: list[Publish] = []
+
+    async def handler(batch: Sequence[Publish]) -> None:
+        got.extend(batch)
+
+    host, port = fresh_mosquitto.host, fresh_mosquitto.port
+    topic = f"am/v1/{agency}/dev/+/telemetry"
+    sub = StreamSubscriber(settings(host, port, topic, keepalive_s=2), handler)
+    frame = wire.publish_packet(f"am/v1/{agency}/dev/a/telemetry", b"1")
+    async with running(sub):
+        await fresh_mosquitto.arestart()
+        await wait_for(lambda: sub.stats.connects == 2 and sub.connected)
+        await asyncio.to_thread(publish_raw, host, port, [frame])
+        await wait_for(lambda: len(got) == 1)
+        await asyncio.sleep(1.5)  # a keepalive ping and its answer
+        assert sub.connected
+    assert sub.stats.disconnects >= 1
+
+
+async def test_no_broker_is_a_one_line_error() -> None:
+    async def handler(batch: Sequence[Publish]) -> None:
+        raise AssertionError("no messages without a broker")
+
+    port = free_port()
+    sub = StreamSubscriber(settings("127.0.0.1", port, "am/v1/x/dev/+/telemetry"), handler)
+    task = asyncio.create_task(sub.run())
+    try:
+        with pytest.raises(BrokerError, match=f"127.0.0.1:{port}"):
+            await sub.wait_connected(0.3)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def test_settings_are_checked() -> None:
+    async def handler(batch: Sequence[Publish]) -> None:
+        return None
+
+    with pytest.raises(ValueError, match="subscription"):
+        StreamSubscriber(LinkSettings(host="h", port=1, client_id="c"), handler)

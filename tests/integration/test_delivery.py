@@ -1,0 +1,179 @@
+"""No lost activation: confirmations, re-sends, retries, alerts, outages and replicas."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from actimesh.broker.codec import decode, encode
+from actimesh.broker.messages import (
+    Alert,
+    AlertKind,
+    DeviceKind,
+    DeviceState,
+    Presence,
+    Telemetry,
+)
+from actimesh.errors import LedgerError
+from actimesh.triggers.fanout import activation_id
+from actimesh.triggers.ledger import Ledger
+from tests.integration.harness import CENTER, mesh
+
+pytestmark = pytest.mark.integration
+
+
+async def wait_until(condition: object, timeout: float = 5.0) -> None:
+    assert callable(condition)
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.02)
+
+
+async def test_trigger_is_confirmed_to_its_device_once_durable(
+    agency: str, broker_port: int, tmp_path: Path
+) -> None:
+    async with mesh(agency, broker_port, tmp_path) as m:
+        m.add("bwc", DeviceKind.BODY_CAM, at=0.0)
+        cew = m.add("cew", DeviceKind.CEW, paired=("bwc",))
+        await m.ready()
+        event = await cew.raise_event("taser_draw")
+        await wait_until(lambda: cew.unconfirmed == 0)
+        assert cew.stats.events_confirmed == 1
+        assert m.engine is not None
+        assert await m.engine.ledger.find("cew", event.eid) == activation_id("cew", event.eid)
+
+
+async def test_device_resends_until_an_engine_confirms(
+    agency: str, broker_port: int, tmp_path: Path
+) -> None:
+    """The event is raised while no engine runs (nobody holds it); re-sends deliver it."""
+    async with mesh(agency, broker_port, tmp_path, engine=False) as m:
+        m.add("bwc", DeviceKind.BODY_CAM, at=0.0)
+        cew = m.add("cew", DeviceKind.CEW, paired=("bwc",))
+        await m.ready()
+        event = await cew.raise_event("taser_draw")
+        await asyncio.sleep(0.5)
+        assert cew.unconfirmed == 1
+        async with Ledger(tmp_path / "late.sqlite3") as ledger:
+            engine = m.start_engine(ledger)
+            aid = activation_id("cew", event.eid)
+            assert await m.commanded(aid, {"bwc"}) == {"bwc"}
+            await wait_until(lambda: cew.unconfirmed == 0)
+            assert cew.stats.events_resent >= 1
+            assert engine.stats.activations == 1
+            m.tasks["engine-1"].cancel()
+
+
+async def test_event_not_written_to_the_ledger_is_not_acknowledged_or_confirmed(
+    agency: str, broker_port: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failed ledger write leaves the event unconfirmed; the re-send is handled afresh
+    and the activation lands exactly once, with the cameras recording it once."""
+    async with mesh(agency, broker_port, tmp_path) as m:
+        bwc = m.add("bwc", DeviceKind.BODY_CAM, at=0.0)
+        cew = m.add("cew", DeviceKind.CEW, paired=("bwc",))
+        await m.ready()
+        assert m.engine is not None
+        ledger = m.engine.ledger
+        real = ledger.record_activation
+        failures = 0
+
+        async def flaky(*args: object, **kwargs: object) -> bool:
+            nonlocal failures
+            if failures == 0:
+                failures += 1
+                raise LedgerError("disk full (simulated)")
+            return await real(*args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(ledger, "record_activation", flaky)
+        monkeypatch.setattr(ledger, "record_event", _ignore_event, raising=False)
+        event = await cew.raise_event("taser_draw")
+        aid = activation_id("cew", event.eid)
+        await wait_until(lambda: cew.unconfirmed == 0)
+        assert failures == 1
+        assert cew.stats.events_resent >= 1
+        assert m.engine.stats.alerts["ledger"] == 1
+        assert await ledger.activation_ids() == [aid]
+        assert bwc.camera is not None
+        assert bwc.camera.recording is not None
+        assert [a.aid for a in bwc.camera.recording.activations] == [aid]
+
+
+async def _ignore_event(*args: object, **kwargs: object) -> int:
+    return 0
+
+
+async def test_silent_camera_gets_retries_and_raises_a_no_ack_alert(
+    agency: str, broker_port: int, tmp_path: Path
+) -> None:
+    async with mesh(agency, broker_port, tmp_path) as m:
+        cew = m.add("cew", DeviceKind.CEW, at=0.0)
+        await m.ready()
+        assert m.engine is not None
+        async with m.client() as mute, m.client() as dispatch:
+            # A camera that is online and near, but never answers its commands.
+            presence = Presence(online=True, device_kind=DeviceKind.BODY_CAM)
+            await mute.publish(m.topics.presence("mute"), encode(presence), qos=1, retain=True)
+            lat, lon = CENTER
+            fix = Telemetry(ts=time.time(), lat=lat, lon=lon, acc=0.0, state=DeviceState.BUFFERING)
+            await mute.publish(m.topics.telemetry("mute"), encode(fix))
+            await wait_until(lambda: "mute" in m.engine.index)
+            await dispatch.subscribe(m.topics.all_alerts, qos=1)
+            event = await cew.raise_event("taser_draw")
+            async with asyncio.timeout(5):
+                message = await anext(aiter(dispatch.messages))
+        assert isinstance(message.payload, bytes)
+        alert = decode(Alert, message.payload)
+        assert alert.alert is AlertKind.NO_ACK
+        assert alert.device == "mute"
+        assert alert.aid == activation_id("cew", event.eid)
+        await wait_until(lambda: m.engine.stats.retries >= 1)
+        assert m.engine.deliveries.get(alert.aid, "mute") is not None
+
+
+async def test_camera_out_of_coverage_gets_full_pre_roll_on_reconnect_with_recall(
+    agency: str, broker_port: int, tmp_path: Path
+) -> None:
+    async with mesh(agency, broker_port, tmp_path) as m:
+        bwc = m.add("bwc", DeviceKind.BODY_CAM, at=3.0, recall_s=60.0)
+        cew = m.add("cew", DeviceKind.CEW, at=0.0)
+        await m.ready()
+        bwc.disconnect_for(2.0)
+        await wait_until(lambda: not bwc.link.connected)
+        event = await cew.raise_event("taser_draw")
+        aid = activation_id("cew", event.eid)
+        assert await m.commanded(aid, {"bwc"}) == {"bwc"}
+        rc = bwc.received[0]
+        assert rc.received_at - event.ts >= 1.5  # it really was late
+        assert rc.result.pre_roll_covered_s == pytest.approx(30.0)
+
+
+async def test_engine_replicas_handle_each_trigger_exactly_once(
+    agency: str, broker_port: int, tmp_path: Path
+) -> None:
+    async with mesh(agency, broker_port, tmp_path, engine=False) as m:
+        for n in range(6):
+            m.add(f"bwc{n}", DeviceKind.BODY_CAM, at=float(n))
+            m.add(f"cew{n}", DeviceKind.CEW, paired=(f"bwc{n}",))
+        await m.ready()
+        path = tmp_path / "shared-ledger.sqlite3"
+        async with Ledger(path) as one, Ledger(path) as two:
+            engines = [m.start_engine(one, "engine-a"), m.start_engine(two, "engine-b")]
+            for engine in engines:
+                await asyncio.wait_for(engine.ready.wait(), 10)
+            await asyncio.sleep(0.5)  # both learn the fleet from retained presence
+            events = [
+                await m.agents[f"cew{n}"].raise_event("taser_draw")
+                for _ in range(4)
+                for n in range(6)
+            ]
+            await wait_until(lambda: all(m.agents[f"cew{n}"].unconfirmed == 0 for n in range(6)))
+            handled = [e.stats.activations for e in engines]
+            assert sum(handled) == len(events) == 24
+            assert all(h > 0 for h in handled), handled  # the group really shares the work
+            assert len(await one.activation_ids()) == 24
+            for task in ("engine-a", "engine-b"):
+                m.tasks[task].cancel()
