@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from actimesh.broker import wire
-from actimesh.broker.client import LinkSettings
+from actimesh.broker.client import LinkSettings, LinkStats
 from actimesh.errors import BrokerError
 
 __all__ = ["Publish", "StreamStats", "StreamSubscriber"]
@@ -57,16 +57,10 @@ _MAX_PACKET = 2 * 1024 * 1024
 
 
 @dataclass(slots=True)
-class StreamStats:
-    """Counters of a :class:`StreamSubscriber` (same names as ``LinkStats``)."""
+class StreamStats(LinkStats):
+    """Counters of a :class:`StreamSubscriber`: a link's, plus how many batches."""
 
-    connects: int = 0
-    disconnects: int = 0
-    received: int = 0
-    dropped_incoming: int = 0
-    handler_errors: int = 0
     batches: int = 0
-    last_error: str = ""
 
 
 class _Connection(asyncio.BufferedProtocol):
