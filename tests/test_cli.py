@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import socket
 import subprocess
 import sys
@@ -95,7 +96,9 @@ async def test_drill_fails_when_the_engine_misses_a_camera(tmp_path: Path) -> No
     assert "drill FAILED" in out.getvalue()
 
 
-async def test_up_runs_broker_engine_and_fleet_then_stops_cleanly(tmp_path: Path) -> None:
+async def test_up_runs_broker_engine_and_fleet_then_stops_cleanly(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     port = free_port()
     settings = load_settings(data_dir=tmp_path, broker_port=port, agency="citytest")
     settings = replace(settings, dispatch=replace(settings.dispatch, port=0))
@@ -105,6 +108,8 @@ async def test_up_runs_broker_engine_and_fleet_then_stops_cleanly(tmp_path: Path
         async with asyncio.timeout(9.0):
             await run_up(settings, sim, console)
     text = out.getvalue()
+    # Nothing went wrong along the way (e.g. retention starting before the recordings).
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
     assert f"mqtt://127.0.0.1:{port} (managed Mosquitto)" in text
     assert "3 units" in text
     assert "emergency_lights" in text

@@ -82,6 +82,9 @@ def _engine_status(engine: Engine, sim: FleetSimulator | None) -> str:
 async def _retention(settings: Settings, recordings: Path | None) -> None:
     """Retention beside the engine: it opens its own ledger connection, so it never
     queues in front of the engine's writes."""
+    if recordings is not None:
+        # The simulated cameras create it on their first commit; retention starts first.
+        recordings.mkdir(parents=True, exist_ok=True)
     await retention_loop(settings.ledger_path, settings.retention.days, recordings=recordings)
 
 
