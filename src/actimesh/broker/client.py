@@ -41,6 +41,7 @@ __all__ = [
     "Subscription",
     "Will",
     "resume_cancellation",
+    "wait_for_connection",
 ]
 
 log = logging.getLogger(__name__)
@@ -114,6 +115,21 @@ def _properties(packet_type: int) -> Properties:
     return Properties(packet_type)  # type: ignore[no-untyped-call]
 
 
+async def wait_for_connection(
+    connected: asyncio.Event, settings: LinkSettings, stats: LinkStats, timeout: float | None
+) -> None:
+    """Wait for ``connected``; on timeout, a BrokerError that says why (last error)."""
+    wait = settings.timeout_s if timeout is None else timeout
+    try:
+        async with asyncio.timeout(wait):
+            await connected.wait()
+    except TimeoutError as exc:
+        raise BrokerError(
+            f"no connection to the broker at {settings.host}:{settings.port} "
+            f"after {wait:.0f} s ({stats.last_error or 'not reachable'})"
+        ) from exc
+
+
 def resume_cancellation() -> None:
     """Re-raise a cancellation that an awaited library call swallowed.
 
@@ -176,15 +192,7 @@ class MqttLink:
 
     async def wait_connected(self, timeout: float | None = None) -> None:
         """Wait until the link is connected and subscribed."""
-        wait = self.settings.timeout_s if timeout is None else timeout
-        try:
-            async with asyncio.timeout(wait):
-                await self._connected.wait()
-        except TimeoutError as exc:
-            raise BrokerError(
-                f"no connection to the broker at {self.settings.host}:{self.settings.port} "
-                f"after {wait:.0f} s ({self.stats.last_error or 'not reachable'})"
-            ) from exc
+        await wait_for_connection(self._connected, self.settings, self.stats, timeout)
 
     def _make_client(self) -> aiomqtt.Client:
         s = self.settings

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from actimesh.broker import wire
-from actimesh.broker.client import LinkSettings, LinkStats
+from actimesh.broker.client import LinkSettings, LinkStats, wait_for_connection
 from actimesh.errors import BrokerError
 
 __all__ = ["Publish", "StreamStats", "StreamSubscriber"]
@@ -213,15 +213,7 @@ class StreamSubscriber:
 
     async def wait_connected(self, timeout: float | None = None) -> None:
         """Wait until the subscriber is connected and subscribed."""
-        wait = self.settings.timeout_s if timeout is None else timeout
-        try:
-            async with asyncio.timeout(wait):
-                await self._connected.wait()
-        except TimeoutError as exc:
-            raise BrokerError(
-                f"no connection to the broker at {self.settings.host}:{self.settings.port} "
-                f"after {wait:.0f} s ({self.stats.last_error or 'not reachable'})"
-            ) from exc
+        await wait_for_connection(self._connected, self.settings, self.stats, timeout)
 
     def _wake(self) -> None:
         waiter = self._waiter
