@@ -84,7 +84,7 @@ async def _retention(settings: Settings, recordings: Path | None) -> None:
     queues in front of the engine's writes."""
     if recordings is not None:
         # The simulated cameras create it on their first commit; retention starts first.
-        recordings.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(recordings.mkdir, parents=True, exist_ok=True)
     await retention_loop(settings.ledger_path, settings.retention.days, recordings=recordings)
 
 
