@@ -79,6 +79,19 @@ def _engine_status(engine: Engine, sim: FleetSimulator | None) -> str:
     return " · ".join(parts)
 
 
+def _engine(settings: Settings, broker: BrokerAddress, ledger: Ledger) -> Engine:
+    """The engine ``settings`` describe, on ``broker``, writing to ``ledger``."""
+    return Engine(
+        topics=Topics(settings.agency),
+        broker_host=broker.host,
+        broker_port=broker.port,
+        ledger=ledger,
+        rules=settings.rules,
+        policy=settings.policy,
+        settings=settings.engine,
+    )
+
+
 async def _retention(settings: Settings, recordings: Path | None) -> None:
     """Retention beside the engine: it opens its own ledger connection, so it never
     queues in front of the engine's writes."""
@@ -93,15 +106,7 @@ async def run_up(settings: Settings, sim: SimSettings | None, console: Console) 
     topics = Topics(settings.agency)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     async with broker_for(settings) as (broker, managed), Ledger(settings.ledger_path) as ledger:
-        engine = Engine(
-            topics=topics,
-            broker_host=broker.host,
-            broker_port=broker.port,
-            ledger=ledger,
-            rules=settings.rules,
-            policy=settings.policy,
-            settings=settings.engine,
-        )
+        engine = _engine(settings, broker, ledger)
         fleet = None
         if sim is not None:
             fleet = FleetSimulator(
@@ -168,15 +173,7 @@ async def run_engine(settings: Settings, console: Console) -> None:
     host, port = parse_broker_url(settings.broker_url)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     async with Ledger(settings.ledger_path) as ledger:
-        engine = Engine(
-            topics=Topics(settings.agency),
-            broker_host=host,
-            broker_port=port,
-            ledger=ledger,
-            rules=settings.rules,
-            policy=settings.policy,
-            settings=settings.engine,
-        )
+        engine = _engine(settings, BrokerAddress(host, port), ledger)
         async with asyncio.TaskGroup() as tg:
             tg.create_task(engine.run(), name="engine")
             tg.create_task(_retention(settings, None), name="retention")
