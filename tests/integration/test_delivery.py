@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
 from actimesh.broker.codec import decode, encode
 from actimesh.broker.messages import (
+    Activation,
     Alert,
     AlertKind,
     DeviceKind,
@@ -19,8 +21,8 @@ from actimesh.broker.messages import (
 )
 from actimesh.errors import LedgerError
 from actimesh.triggers.fanout import activation_id
-from actimesh.triggers.ledger import Ledger
-from tests.integration.harness import CENTER, mesh
+from actimesh.triggers.ledger import ActivationRow, DecisionRow, Ledger
+from tests.integration.harness import CENTER, Mesh, mesh
 
 pytestmark = pytest.mark.integration
 
@@ -30,6 +32,14 @@ async def wait_until(condition: object, timeout: float = 5.0) -> None:
     async with asyncio.timeout(timeout):
         while not condition():
             await asyncio.sleep(0.02)
+
+
+async def stop(m: Mesh, *names: str) -> None:
+    """Stop engines and wait until they have, before their ledgers close under them."""
+    tasks = [m.tasks[name] for name in names]
+    for task in tasks:
+        task.cancel()
+    await asyncio.wait(tasks, timeout=5)
 
 
 async def test_trigger_is_confirmed_to_its_device_once_durable(
@@ -64,7 +74,7 @@ async def test_device_resends_until_an_engine_confirms(
             await wait_until(lambda: cew.unconfirmed == 0)
             assert cew.stats.events_resent >= 1
             assert engine.stats.activations == 1
-            m.tasks["engine-1"].cancel()
+            await stop(m, "engine-1")
 
 
 async def test_event_not_written_to_the_ledger_is_not_acknowledged_or_confirmed(
@@ -175,5 +185,59 @@ async def test_engine_replicas_handle_each_trigger_exactly_once(
             assert sum(handled) == len(events) == 24
             assert all(h > 0 for h in handled), handled  # the group really shares the work
             assert len(await one.activation_ids()) == 24
-            for task in ("engine-a", "engine-b"):
-                m.tasks[task].cancel()
+            await stop(m, "engine-a", "engine-b")
+
+
+class _HeldLedger(Ledger):
+    """A ledger whose activation writes wait until ``release`` is set: a slow disk."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.release = asyncio.Event()
+
+    async def record_activation(self, row: ActivationRow, decisions: Sequence[DecisionRow]) -> bool:
+        await self.release.wait()
+        return await super().record_activation(row, decisions)
+
+
+async def test_replica_that_loses_the_ledger_race_confirms_without_republishing(
+    agency: str, broker_port: int, tmp_path: Path
+) -> None:
+    """Engine A is slow to write; the device re-sends, engine B takes the re-send and
+    records it first. The activation is counted and published once, by B."""
+    async with mesh(agency, broker_port, tmp_path, engine=False) as m:
+        m.add("bwc", DeviceKind.BODY_CAM, at=0.0)
+        cew = m.add("cew", DeviceKind.CEW, paired=("bwc",))
+        await m.ready()
+        path = tmp_path / "shared-ledger.sqlite3"
+        published: list[str] = []
+        async with (
+            _HeldLedger(path) as held,
+            Ledger(path) as other,
+            m.client() as watcher,
+            asyncio.TaskGroup() as tg,
+        ):
+            await watcher.subscribe(m.topics.all_activations, qos=1)
+
+            async def watch() -> None:
+                async for message in watcher.messages:
+                    assert isinstance(message.payload, bytes)
+                    published.append(decode(Activation, message.payload).aid)
+
+            watching = tg.create_task(watch())
+            slow = m.start_engine(held, "engine-a")
+            await asyncio.wait_for(slow.ready.wait(), 10)
+            event = await cew.raise_event("taser_draw")
+            aid = activation_id("cew", event.eid)
+            await wait_until(lambda: slow.stats.events >= 1)
+            fast = m.start_engine(other, "engine-b")
+            await wait_until(lambda: cew.unconfirmed == 0, timeout=15)  # B confirmed it
+            assert fast.stats.activations == 1
+            held.release.set()
+            await wait_until(lambda: slow.stats.duplicates >= 1)
+            await asyncio.sleep(0.5)  # room for a second record to show up, if it were sent
+            assert slow.stats.activations == 0
+            assert published == [aid]
+            assert await other.activation_ids() == [aid]
+            watching.cancel()
+            await stop(m, "engine-a", "engine-b")

@@ -80,8 +80,8 @@ class EngineStats:
 
     telemetry: int = 0
     events: int = 0
-    activations: int = 0
-    duplicates: int = 0
+    activations: int = 0  # activations this engine wrote to the ledger first
+    duplicates: int = 0  # repeats of an event already handled here or by a replica
     commands: int = 0
     command_failures: int = 0
     acks: int = 0
@@ -392,7 +392,6 @@ class Engine:
         self._remember(key, plan.aid)
         decided = self.clock()
         await self._send_commands(plan, event, source, decided)
-        self.stats.activations += 1
         rule_doc: dict[str, object] = {
             "event_type": rule.event_type,
             "camera_kinds": sorted(k.value for k in rule.camera_kinds),
@@ -592,7 +591,7 @@ class Engine:
                 engine=self.settings.engine_id,
             )
             try:
-                await self.ledger.record_activation(row, plan.decisions)
+                inserted = await self.ledger.record_activation(row, plan.decisions)
             except LedgerError as exc:
                 # Not durable: neither acknowledged nor confirmed, and forgotten, so the
                 # device's re-send (or the broker's redelivery) is handled afresh. The
@@ -607,6 +606,16 @@ class Engine:
             self.ctl.ack(item.message, item.origin)
             await self._confirm(item.source, event.eid, ConfirmStatus.ACTIVATED, plan.aid,
                                 cameras=len(plan.targets))  # fmt: skip
+            if not inserted:
+                # Another replica of the share group recorded this trigger first (the
+                # device re-sent it while that replica was still writing). It is durable,
+                # so it is confirmed, but its record belongs to the replica that wrote it:
+                # publishing it again would show integrators the activation twice.
+                self.stats.duplicates += 1
+                log.info("event %s from %s already recorded by another engine", event.eid,
+                         item.source)  # fmt: skip
+                continue
+            self.stats.activations += 1
             record = Activation(
                 aid=plan.aid,
                 eid=event.eid,

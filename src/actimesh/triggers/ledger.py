@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 from actimesh.broker.topics import is_identifier
 from actimesh.errors import LedgerError
@@ -361,7 +361,7 @@ class Ledger:
             self._conn.close()
             self._conn = None
 
-    async def __aenter__(self) -> Ledger:
+    async def __aenter__(self) -> Self:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger")
         try:
             await self._run(self._open)
