@@ -8,6 +8,10 @@ that says what is wrong and how to fix it. The tree::
     ├── BrokerError            the MQTT broker could not be started or reached
     │   └── BrokerNotInstalled the mosquitto binary is missing
     ├── PayloadError           a message on the wire was rejected (carries a reason code)
+    ├── MediaError             a camera's video source could not be opened or encoded
+    ├── EvidenceError          an evidence upload, offload or lookup was refused (reason code)
+    ├── SecurityError          a device, account or certificate operation was refused
+    │   └── AccountError       a dispatch user or API token change was refused
     └── LedgerError            the activation ledger could not be opened or written
         └── AuditError         an audit command could not run (no ledger, unknown case)
 
@@ -18,13 +22,17 @@ and the engine goes on with the next one.
 from __future__ import annotations
 
 __all__ = [
+    "AccountError",
     "ActimeshError",
     "AuditError",
     "BrokerError",
     "BrokerNotInstalledError",
     "ConfigError",
+    "EvidenceError",
     "LedgerError",
+    "MediaError",
     "PayloadError",
+    "SecurityError",
 ]
 
 
@@ -53,6 +61,35 @@ class AuditError(LedgerError):
 
     A ledger that fails verification is not an error: ``verify`` reports what it found.
     """
+
+
+class SecurityError(ActimeshError):
+    """A device, account or certificate operation was refused: an unknown or duplicate
+    device, a reserved id, a missing CA. Nothing was changed."""
+
+
+class AccountError(SecurityError):
+    """A dispatch user or API token change was refused (unknown name, duplicate, the last
+    admin). ``reason`` is a short stable code the API maps to a status."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+class MediaError(ActimeshError):
+    """A camera's video source could not be opened or encoded: no such capture device,
+    a device that is not a camera, an encoder that failed."""
+
+
+class EvidenceError(ActimeshError):
+    """An evidence upload, offload or lookup was refused: a manifest that does not verify,
+    a file whose SHA-256 differs, an unknown upload. ``reason`` is a short stable code the
+    upload API maps to a status; nothing partial is ever listed as evidence."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
 
 
 class PayloadError(ActimeshError):

@@ -1,0 +1,139 @@
+"""Who may talk to the broker, as what: device identity, accounts, ACLs and TLS.
+
+* :mod:`.passwords` — Mosquitto 2 ``$7$`` password hashes, generated in Python;
+* :mod:`.registry` — the SQLite device registry and the broker files rendered from it;
+* :mod:`.acl` — the Mosquitto ``acl_file`` (and how Mosquitto 2.0 reads it);
+* :mod:`.certs` — a small CA for the broker's TLS listener and client certificates;
+* :mod:`.provision` — credentials for what actimesh itself starts (engine, dispatch,
+  monitor, simulated devices);
+* :mod:`.signing` — the engine's Ed25519 key, signed activation commands and their
+  verification on the cameras.
+
+The managed broker (:mod:`actimesh.broker.mosquitto`) is secured by default with these.
+"""
+
+from __future__ import annotations
+
+from actimesh.security.acl import (
+    LOADGEN_ACCOUNT,
+    SERVICE_ACCOUNTS,
+    SERVICE_DISPATCH,
+    SERVICE_ENGINE,
+    SERVICE_MONITOR,
+    AccountRole,
+    AclAccount,
+    AclPolicy,
+    render_acl,
+)
+from actimesh.security.certs import (
+    CERTS_DIR,
+    CertFiles,
+    CertInfo,
+    ServerTls,
+    describe,
+    init_ca,
+    issue_client,
+    issue_server,
+    server_names,
+    server_tls,
+)
+from actimesh.security.passwords import (
+    PBKDF2_ITERATIONS,
+    generate_password,
+    hash_password,
+    password_line,
+    verify_password,
+)
+from actimesh.security.provision import (
+    BROKER_DIR,
+    Provisioned,
+    prepare_broker,
+    provision_fleet,
+    specs_of,
+)
+from actimesh.security.registry import (
+    REGISTRY_NAME,
+    RESERVED_PREFIXES,
+    SECRETS_DIR,
+    Account,
+    BrokerFiles,
+    Credentials,
+    Device,
+    DeviceCredentials,
+    DeviceSpec,
+    Registry,
+    read_secret,
+)
+from actimesh.security.signing import (
+    COMMAND_SIGNATURE_DOMAIN,
+    ENGINE_PRIVATE_KEY,
+    ENGINE_PUBLIC_KEY,
+    KEYS_DIR,
+    UNVERIFIED_REFUSALS,
+    CommandSigner,
+    CommandVerifier,
+    command_signing_bytes,
+    engine_key_paths,
+    load_engine_public_key,
+    load_engine_public_keys,
+    load_or_create_engine_key,
+    public_key_hex,
+    refusal_code,
+)
+
+__all__ = [
+    "BROKER_DIR",
+    "CERTS_DIR",
+    "COMMAND_SIGNATURE_DOMAIN",
+    "ENGINE_PRIVATE_KEY",
+    "ENGINE_PUBLIC_KEY",
+    "KEYS_DIR",
+    "LOADGEN_ACCOUNT",
+    "PBKDF2_ITERATIONS",
+    "REGISTRY_NAME",
+    "RESERVED_PREFIXES",
+    "SECRETS_DIR",
+    "SERVICE_ACCOUNTS",
+    "SERVICE_DISPATCH",
+    "SERVICE_ENGINE",
+    "SERVICE_MONITOR",
+    "UNVERIFIED_REFUSALS",
+    "Account",
+    "AccountRole",
+    "AclAccount",
+    "AclPolicy",
+    "BrokerFiles",
+    "CertFiles",
+    "CertInfo",
+    "CommandSigner",
+    "CommandVerifier",
+    "Credentials",
+    "Device",
+    "DeviceCredentials",
+    "DeviceSpec",
+    "Provisioned",
+    "Registry",
+    "ServerTls",
+    "command_signing_bytes",
+    "describe",
+    "engine_key_paths",
+    "generate_password",
+    "hash_password",
+    "init_ca",
+    "issue_client",
+    "issue_server",
+    "load_engine_public_key",
+    "load_engine_public_keys",
+    "load_or_create_engine_key",
+    "password_line",
+    "prepare_broker",
+    "provision_fleet",
+    "public_key_hex",
+    "read_secret",
+    "refusal_code",
+    "render_acl",
+    "server_names",
+    "server_tls",
+    "specs_of",
+    "verify_password",
+]

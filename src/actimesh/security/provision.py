@@ -1,0 +1,205 @@
+"""Credentials for everything actimesh starts itself, before it starts the broker.
+
+``actimesh up``, ``actimesh drill`` (and ``--faults``) and ``actimesh bench`` run a
+managed broker and connect their own processes to it: the engine, dispatch, the
+terminal monitor, simulated devices, and the benchmark's load generator. Each gets its
+own account, with exactly the ACL of its role, so that these runs exercise the same
+secured broker an operator runs. :func:`prepare_broker` does it in one step:
+
+1. new passwords for the service accounts (also written to ``{data_dir}/secrets/``);
+2. the simulated fleet registered with fresh credentials (and any simulated device of
+   an earlier run that is not simulated any more removed);
+3. optionally the load generator's account;
+4. the broker's ``passwd`` and ``acl`` rendered into the broker folder.
+
+It is synchronous (SQLite, PBKDF2, key generation: about 0.1 ms per device); call it
+with :func:`asyncio.to_thread` from async code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from actimesh.broker.client import TlsSettings
+from actimesh.broker.messages import DeviceKind
+from actimesh.broker.mosquitto import signal_reload
+from actimesh.errors import SecurityError
+from actimesh.security.acl import AclPolicy
+from actimesh.security.registry import (
+    SECRETS_DIR,
+    BrokerFiles,
+    Credentials,
+    DeviceCredentials,
+    DeviceSpec,
+    Registry,
+)
+
+__all__ = [
+    "BROKER_DIR",
+    "AgentLike",
+    "BrokerEndpoints",
+    "DeviceLike",
+    "Provisioned",
+    "apply_to_broker",
+    "credential_lines",
+    "prepare_broker",
+    "provision_agents",
+    "provision_fleet",
+    "specs_of",
+]
+
+#: The managed broker's folder inside a data directory: its config, log, database,
+#: ``passwd``, ``acl`` and pid file.
+BROKER_DIR = "broker"
+
+
+class DeviceLike(Protocol):
+    """What :func:`specs_of` reads from a device agent."""
+
+    @property
+    def device_id(self) -> str: ...
+    @property
+    def kind(self) -> DeviceKind: ...
+    @property
+    def unit(self) -> str | None: ...
+    @property
+    def paired(self) -> tuple[str, ...]: ...
+
+
+class _Reconfigurable(Protocol):
+    def reconfigure(
+        self, *, username: str | None = None, password: str | None = None,
+        tls: TlsSettings | None = None,
+    ) -> None: ...  # fmt: skip
+
+
+class AgentLike(DeviceLike, Protocol):
+    """A device agent: its identity and the MQTT link it logs in with."""
+
+    @property
+    def link(self) -> _Reconfigurable: ...
+
+
+def specs_of(agents: Iterable[DeviceLike]) -> list[DeviceSpec]:
+    """Registry specs of device agents (id, kind, unit, paired devices)."""
+    return [DeviceSpec(a.device_id, a.kind, a.unit, tuple(a.paired)) for a in agents]
+
+
+@dataclass(frozen=True, slots=True)
+class Provisioned:
+    """The result of :func:`prepare_broker`: where the files are and who logs in how."""
+
+    broker_dir: Path
+    files: BrokerFiles
+    services: Mapping[str, Credentials] = field(repr=False)
+    devices: Mapping[str, DeviceCredentials] = field(repr=False)
+    loadgen: Credentials | None = field(default=None, repr=False)
+
+    def service(self, account: str) -> Credentials:
+        """The credentials of service ``account`` (``svc-engine`` …)."""
+        try:
+            return self.services[account]
+        except KeyError:
+            raise SecurityError(f"{account} is not a service account") from None
+
+    def loadgen_login(self) -> Credentials:
+        """The load generator's credentials (provisioned with ``loadgen=True``)."""
+        if self.loadgen is None:
+            raise SecurityError("the load generator was not provisioned (loadgen=True)")
+        return self.loadgen
+
+    def device(self, device_id: str) -> DeviceCredentials:
+        """The credentials provisioned for simulated device ``device_id``."""
+        try:
+            return self.devices[device_id]
+        except KeyError:
+            raise SecurityError(f"{device_id} was not provisioned") from None
+
+
+def prepare_broker(
+    data_dir: Path,
+    policy: AclPolicy,
+    *,
+    devices: Sequence[DeviceSpec] = (),
+    loadgen: bool = False,
+) -> Provisioned:
+    """Provision everything a run of actimesh starts, and render the broker's files.
+
+    ``devices`` is the simulated fleet of this run (empty: none, and any left from an
+    earlier run is removed). Operator-registered devices and integrators are kept.
+    """
+    broker_dir = data_dir / BROKER_DIR
+    with Registry.open(data_dir) as registry:
+        services = registry.ensure_service_accounts(data_dir / SECRETS_DIR)
+        creds = registry.provision_simulated(devices)
+        gen = registry.ensure_loadgen() if loadgen else None
+        files = registry.write_broker_files(broker_dir, policy)
+    return Provisioned(broker_dir, files, services, creds, gen)
+
+
+def provision_fleet(data_dir: Path, devices: Sequence[DeviceSpec]) -> dict[str, DeviceCredentials]:
+    """Register a simulated fleet in the registry of ``data_dir`` (fresh credentials for
+    each device) and re-render the broker files with the policy ``actimesh up`` last
+    used. The caller reloads the running broker."""
+    with Registry.open(data_dir) as registry:
+        creds = registry.provision_simulated(devices)
+        registry.write_broker_files(data_dir / BROKER_DIR)
+    return creds
+
+
+async def provision_agents(data_dir: Path, agents: Sequence[AgentLike]) -> None:
+    """Register ``agents`` as the simulated fleet of ``data_dir`` and log each one in as
+    itself from its next connection. The caller then reloads the broker (the agents
+    must not have started yet, or they retry until it has)."""
+    creds = await asyncio.to_thread(provision_fleet, data_dir, specs_of(agents))
+    for agent in agents:
+        agent.link.reconfigure(username=agent.device_id, password=creds[agent.device_id].password)
+
+
+def apply_to_broker(data_dir: Path, policy: AclPolicy) -> int | None:
+    """Re-render the broker files of ``data_dir`` from its registry and reload the managed
+    broker running there, if one is. Returns its pid, or None when none runs (the files
+    apply at its next start).
+
+    ``policy`` is used only if ``actimesh up`` has never rendered the files: otherwise
+    the agency and dispatch device it used are kept.
+    """
+    with Registry.open(data_dir) as registry:
+        registry.write_broker_files(data_dir / BROKER_DIR, registry.policy() or policy)
+    return signal_reload(data_dir / BROKER_DIR)
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerEndpoints:
+    """Where a device reaches the managed broker."""
+
+    plain: str
+    tls: str | None = None
+    ca: Path | None = None
+
+
+def credential_lines(
+    creds: Credentials | DeviceCredentials,
+    endpoints: BrokerEndpoints,
+    *,
+    engine_key: str | None = None,
+) -> list[str]:
+    """What ``actimesh devices add|rotate`` and ``integrators add`` print, once."""
+    lines = [f"  username     {creds.username}", f"  password     {creds.password}"]
+    if isinstance(creds, DeviceCredentials):
+        lines += [
+            f"  private key  {creds.private_key}  (Ed25519, raw hex: signs recording manifests)",
+            f"  public key   {creds.public_key}",
+        ]
+    lines.append(f"  broker       {endpoints.plain}  (loopback: this machine only)")
+    if endpoints.tls is not None:
+        lines.append(f"  broker       {endpoints.tls}  (TLS; CA certificate {endpoints.ca})")
+    if engine_key is not None:
+        lines.append(f"  engine key   {engine_key}  (Ed25519: commands must verify with it)")
+    lines.append("Shown once and stored nowhere in clear: put them on the device (or give "
+                 "them to the integrator) now.")  # fmt: skip
+    return lines
