@@ -5,22 +5,35 @@ loopback port. One broker serves the whole session; each test gets its own agenc
 its topics (``am/v1/<agency>/...``) never meet another test's messages (aiomqtt's test
 suite isolates tests on one broker with a topic prefix the same way). Tests that restart
 or kill the broker take ``fresh_mosquitto`` instead.
+
+Those two brokers admit anonymous clients, explicitly: the tests that use them exercise
+the activation path, delivery, dispatch and so on, with clients built without accounts.
+Security is tested against ``secure_mosquitto``: the broker as ``actimesh up`` runs it,
+with a device registry of the test's own, passwords and the ACL.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from actimesh.broker.mosquitto import ManagedMosquitto, MosquittoConfig, free_port
+from actimesh.broker.messages import DeviceKind
+from actimesh.broker.mosquitto import ManagedMosquitto, MosquittoConfig, TlsListener, free_port
 from actimesh.errors import BrokerNotInstalledError
+from actimesh.security import (
+    AclPolicy,
+    Credentials,
+    DeviceCredentials,
+    Registry,
+    prepare_broker,
+)
 
 
-def _start_broker(data_dir: Path) -> ManagedMosquitto:
-    broker = ManagedMosquitto(MosquittoConfig(data_dir=data_dir, port=free_port()))
+def _start(broker: ManagedMosquitto) -> ManagedMosquitto:
     try:
         broker.start()
     except BrokerNotInstalledError as exc:
@@ -29,9 +42,16 @@ def _start_broker(data_dir: Path) -> ManagedMosquitto:
     return broker
 
 
+def _start_broker(data_dir: Path) -> ManagedMosquitto:
+    # insecure_anonymous: these brokers serve the tests of everything but security, whose
+    # clients connect without accounts. The secured broker has fixtures of its own below.
+    config = MosquittoConfig(data_dir=data_dir, port=free_port(), insecure_anonymous=True)
+    return _start(ManagedMosquitto(config))
+
+
 @pytest.fixture(scope="session")
 def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedMosquitto]:
-    """One real broker for the whole session, on a free loopback port."""
+    """One real broker for the whole session, on a free loopback port (anonymous)."""
     broker = _start_broker(tmp_path_factory.mktemp("mosquitto"))
     try:
         yield broker
@@ -41,7 +61,7 @@ def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedMosqu
 
 @pytest.fixture
 def fresh_mosquitto(tmp_path: Path) -> Iterator[ManagedMosquitto]:
-    """A broker of this test's own, for tests that restart, kill or fill it."""
+    """A broker of this test's own, for tests that restart, kill or fill it (anonymous)."""
     broker = _start_broker(tmp_path / "mosquitto")
     try:
         yield broker
@@ -69,3 +89,71 @@ def broker_port(mosquitto: ManagedMosquitto) -> int:
 def agency() -> str:
     """An agency id of this test's own: its topics are not shared with any other test."""
     return f"t{uuid.uuid4().hex[:10]}"
+
+
+# ---------------------------------------------------------------------- secured broker
+
+DISPATCH_DEVICE = "dispatch-console-1"
+
+
+@dataclass
+class SecureBroker:
+    """A secured managed broker with a device registry of its own (in ``data_dir``)."""
+
+    broker: ManagedMosquitto
+    data_dir: Path
+    policy: AclPolicy
+    services: Mapping[str, Credentials]
+
+    @property
+    def host(self) -> str:
+        return self.broker.host
+
+    @property
+    def port(self) -> int:
+        return self.broker.port
+
+    def registry(self) -> Registry:
+        return Registry.open(self.data_dir)
+
+    def apply(self) -> None:
+        """Render the broker files from the registry and reload the running broker."""
+        with self.registry() as reg:
+            reg.write_broker_files(self.broker.config.data_dir, self.policy)
+        self.broker.reload()
+
+    def add_device(
+        self, device_id: str, kind: DeviceKind = DeviceKind.BODY_CAM
+    ) -> DeviceCredentials:
+        with self.registry() as reg:
+            creds = reg.add(device_id, kind)
+        self.apply()
+        return creds
+
+    def add_integrator(self, name: str, *, telemetry: bool = False) -> Credentials:
+        with self.registry() as reg:
+            creds = reg.add_integrator(name, telemetry=telemetry)
+        self.apply()
+        return creds
+
+
+def start_secure_broker(
+    data_dir: Path, agency: str, *, tls: TlsListener | None = None
+) -> SecureBroker:
+    """Provision a registry in ``data_dir`` and start the secured broker on it."""
+    policy = AclPolicy(agency, DISPATCH_DEVICE)
+    provisioned = prepare_broker(data_dir, policy)
+    config = MosquittoConfig(data_dir=provisioned.broker_dir, port=free_port(), tls=tls)
+    broker = _start(ManagedMosquitto(config))
+    return SecureBroker(broker, data_dir, policy, provisioned.services)
+
+
+@pytest.fixture
+def secure_mosquitto(tmp_path: Path, agency: str) -> Iterator[SecureBroker]:
+    """The broker as ``actimesh up`` runs it: no anonymous access, the registry's
+    passwords and ACL for ``agency``, reloadable. Service accounts are provisioned."""
+    secure = start_secure_broker(tmp_path / "data", agency)
+    try:
+        yield secure
+    finally:
+        secure.broker.stop()

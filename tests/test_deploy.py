@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
 import configparser
 import getpass
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
-from actimesh.broker.mosquitto import MosquittoConfig, find_mosquitto, free_port, render_config
+import aiomqtt
+import pytest
+
+from actimesh.broker.client import TlsSettings
+from actimesh.broker.messages import DeviceKind
+from actimesh.broker.mosquitto import (
+    MosquittoConfig,
+    TlsListener,
+    find_mosquitto,
+    free_port,
+    render_config,
+)
+from actimesh.security import AclPolicy, Registry, init_ca, issue_server
 
 DEPLOY = Path(__file__).parents[1] / "deploy"
 
@@ -26,16 +40,34 @@ def _options(text: str) -> dict[str, list[str]]:
 
 def test_external_broker_config_matches_the_managed_one(tmp_path: Path) -> None:
     shipped = _options((DEPLOY / "mosquitto" / "actimesh.conf").read_text())
-    managed = _options(render_config(MosquittoConfig(data_dir=tmp_path)))
+    tls = TlsListener(certfile=tmp_path / "s.pem", keyfile=tmp_path / "s.key",
+                      cafile=tmp_path / "ca.pem")  # fmt: skip
+    managed = _options(render_config(MosquittoConfig(data_dir=tmp_path, tls=tls)))
     for key in ("set_tcp_nodelay", "persistence", "max_packet_size", "queue_qos0_messages",
-                "max_queued_messages", "autosave_interval"):  # fmt: skip
+                "max_queued_messages", "autosave_interval", "per_listener_settings",
+                "allow_anonymous", "tls_version", "require_certificate",
+                "use_identity_as_username"):  # fmt: skip
         assert shipped[key] == managed[key], key
+    assert shipped["allow_anonymous"] == ["false"]
+    assert shipped["listener"][0] == "1883 127.0.0.1"  # plain: loopback only
 
 
-def test_external_broker_config_starts_a_real_mosquitto(tmp_path: Path) -> None:
+@pytest.fixture
+def external_broker(tmp_path: Path) -> Iterator[tuple[int, int, Path, str]]:
+    """The shipped config on a real mosquitto, with a registry's files and a CA's
+    certificates in place of /etc/mosquitto/actimesh. Yields plain port, TLS port, CA
+    and a device's password."""
+    etc = tmp_path / "etc"
+    init_ca(etc)
+    issue_server(etc)
+    with Registry.open(tmp_path / "data") as registry:
+        creds = registry.add("bwc-1", DeviceKind.BODY_CAM)
+        registry.write_broker_files(etc, AclPolicy("deploy", "dispatch-console-1"))
     text = (DEPLOY / "mosquitto" / "actimesh.conf").read_text()
-    port = free_port()
+    port, tls_port = free_port(), free_port()
     text = text.replace("listener 1883 127.0.0.1", f"listener {port} 127.0.0.1")
+    text = text.replace("listener 8883", f"listener {tls_port} 127.0.0.1")
+    text = text.replace("/etc/mosquitto/actimesh/", f"{etc}/")
     text = text.replace("/var/lib/mosquitto/", f"{tmp_path}/")
     text = text.replace("/var/log/mosquitto/mosquitto.log", f"{tmp_path}/m.log")
     conf = tmp_path / "external.conf"
@@ -52,12 +84,29 @@ def test_external_broker_config_starts_a_real_mosquitto(tmp_path: Path) -> None:
             except OSError:
                 assert time.monotonic() < deadline, "mosquitto did not open its port"
                 time.sleep(0.05)
+        yield port, tls_port, etc / "ca.pem", creds.password
     finally:
         proc.terminate()
         proc.wait(timeout=10)
         if proc.stderr:
             proc.stderr.close()
     assert "Opening ipv4 listen socket on port" in (tmp_path / "m.log").read_text()
+
+
+def test_external_broker_config_is_secure_on_a_real_mosquitto(
+    external_broker: tuple[int, int, Path, str],
+) -> None:
+    port, tls_port, ca, password = external_broker
+
+    async def check() -> None:
+        with pytest.raises(aiomqtt.MqttCodeError, match="Not authorized"):
+            async with aiomqtt.Client("127.0.0.1", port, timeout=5):
+                pass
+        async with aiomqtt.Client("127.0.0.1", tls_port, username="bwc-1", password=password,
+                                  tls_context=TlsSettings(ca).context(), timeout=5):  # fmt: skip
+            pass
+
+    asyncio.run(check())
 
 
 def test_systemd_unit_runs_actimesh_against_the_system_broker() -> None:

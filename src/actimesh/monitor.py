@@ -2,7 +2,8 @@
 
 It is an integrator like any other: it subscribes to the activation, acknowledgement and
 dead-letter topics over MQTT and prints what it sees, so what the terminal shows is what
-reached the wire, not what the engine believes it did.
+reached the wire, not what the engine believes it did. On the secured broker it logs in
+as ``svc-monitor``, whose ACL lets it read exactly those topics.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Callable
 import aiomqtt
 from rich.console import Console
 
-from actimesh.broker.client import LinkSettings, MqttLink, Subscription, as_bytes
+from actimesh.broker.client import LinkSettings, MqttLink, Subscription, TlsSettings, as_bytes
 from actimesh.broker.codec import MAX_ACTIVATION_BYTES, decode
 from actimesh.broker.messages import Ack, AckStatus, Activation, Alert, DeadLetter
 from actimesh.broker.topics import DeviceChannel, Topics
@@ -40,6 +41,9 @@ class Monitor:
         console: Console,
         status: Callable[[], str] | None = None,
         status_every_s: float = 10.0,
+        username: str | None = None,
+        password: str | None = None,
+        tls: TlsSettings | None = None,
     ) -> None:
         self.topics = topics
         self.console = console
@@ -51,6 +55,9 @@ class Monitor:
                 host=broker_host,
                 port=broker_port,
                 client_id=f"{topics.agency}-monitor-{int(time.time())}",
+                username=username,
+                password=password,
+                tls=tls,
                 subscriptions=(
                     Subscription(topics.all_activations, 1),
                     Subscription(topics.all_devices(DeviceChannel.ACK), 1),

@@ -1,4 +1,9 @@
-"""The managed Mosquitto: config, start/stop, failures that read as one line, persistence."""
+"""The managed Mosquitto: config, start/stop, failures that read as one line, persistence.
+
+The lifecycle tests here run the broker with ``insecure_anonymous=True`` (through
+``_config``): they test starting, stopping and persistence, with anonymous clients. The
+secure default itself is tested below and in tests/security/.
+"""
 
 from __future__ import annotations
 
@@ -29,8 +34,9 @@ from actimesh.errors import BrokerError, BrokerNotInstalledError, ConfigError
 TIMEOUT_S = 5.0
 
 
-def _config(data_dir: Path, **overrides: int) -> MosquittoConfig:
-    return MosquittoConfig(data_dir=data_dir, port=free_port(), **overrides)  # type: ignore[arg-type]
+def _config(data_dir: Path, **overrides: object) -> MosquittoConfig:
+    settings: dict[str, object] = {"insecure_anonymous": True, "port": free_port(), **overrides}
+    return MosquittoConfig(data_dir=data_dir, **settings)  # type: ignore[arg-type]
 
 
 def _assert_reaped(pid: int) -> None:
@@ -76,7 +82,6 @@ def test_rendered_config_disables_nagle_and_sets_limits(tmp_path: Path) -> None:
     for expected in (
         "per_listener_settings false",
         "listener 18830 127.0.0.1",
-        "allow_anonymous true",
         "persistence true",
         f"persistence_location {tmp_path}/",
         "autosave_interval 30",
@@ -118,6 +123,8 @@ def test_relative_data_dir_is_rendered_absolute() -> None:
         ({"autosave_interval_s": -1}, "autosave"),
         ({"max_queued_messages": -1}, "max_queued_messages"),
         ({"data_dir": Path("a\nb")}, "line break"),
+        ({"host": "0.0.0.0"}, "stays on loopback"),
+        ({"host": "192.0.2.1"}, "stays on loopback"),
     ],
 )
 def test_bad_settings_are_one_line_config_errors(
@@ -146,7 +153,7 @@ def test_broker_url_gives_host_and_port(url: str, expected: tuple[str, int]) -> 
     ("url", "fragment"),
     [
         ("127.0.0.1:1883", "no scheme"),
-        ("mqtts://broker:8883", "TLS is not supported yet"),
+        ("mqtts://broker:8883", "without TLS"),
         ("http://broker:1883", "scheme 'http'"),
         ("mqtt://user:pw@broker:1883", "credentials"),
         ("mqtt://broker:1883/topic", "path"),
@@ -253,7 +260,7 @@ def test_port_in_use_is_one_line_error(tmp_path: Path) -> None:
         squatter.bind(("127.0.0.1", 0))
         squatter.listen()
         port = squatter.getsockname()[1]
-        broker = ManagedMosquitto(MosquittoConfig(data_dir=tmp_path, port=port))
+        broker = ManagedMosquitto(_config(tmp_path, port=port))
         with pytest.raises(BrokerError) as info:
             broker.start()
     assert str(info.value) == (
@@ -267,7 +274,7 @@ def test_port_in_use_is_one_line_error(tmp_path: Path) -> None:
 
 
 def test_port_of_running_broker_is_in_use(mosquitto: ManagedMosquitto, tmp_path: Path) -> None:
-    clash = ManagedMosquitto(MosquittoConfig(data_dir=tmp_path, port=mosquitto.port))
+    clash = ManagedMosquitto(_config(tmp_path, port=mosquitto.port))
     with pytest.raises(BrokerError, match="already in use"):
         clash.start()
     assert mosquitto.running
@@ -395,7 +402,7 @@ async def _publish_retained(broker: ManagedMosquitto, topic: str) -> None:
 def test_relative_data_dir_works(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`actimesh up --data-dir actimesh-data` passes a relative path; the broker runs in it."""
     monkeypatch.chdir(tmp_path)
-    broker = ManagedMosquitto(MosquittoConfig(data_dir=Path("rel-data"), port=free_port()))
+    broker = ManagedMosquitto(_config(Path("rel-data")))
     broker.start()
     try:
         assert broker.running

@@ -14,6 +14,7 @@ from actimesh.bench.pahoio import PahoClient, expiry_properties
 from actimesh.bench.probe import ECHO_HEADER
 from actimesh.bench.workload import Fleet
 from actimesh.broker.topics import DeviceChannel, Topics
+from actimesh.security.registry import Credentials
 
 __all__ = ["EchoClient"]
 
@@ -23,9 +24,12 @@ _EXPIRY_S = 300
 class EchoClient:
     """Answers every echo request with one command-sized reply per scene camera."""
 
-    def __init__(self, fleet: Fleet, topics: Topics, host: str, port: int) -> None:
+    def __init__(
+        self, fleet: Fleet, topics: Topics, host: str, port: int,
+        login: Credentials | None = None,
+    ) -> None:  # fmt: skip
         self.topics = topics
-        self.client = PahoClient("bench-echo", host, port, self._on_message)
+        self.client = PahoClient("bench-echo", host, port, self._on_message, login=login)
         self._replies: dict[str, list[str]] = {}
         for scene in fleet.scenes:
             replies = [topics.command(c) for c in scene.cameras]

@@ -15,6 +15,8 @@ from typing import Any
 
 from actimesh.broker.topics import Topics
 from actimesh.geofence import Fix, GridIndex, InclusionPolicy
+from actimesh.security.registry import Credentials
+from actimesh.security.signing import CommandSigner
 from actimesh.triggers.engine import Engine
 from actimesh.triggers.ledger import Ledger
 from actimesh.triggers.rules import DEFAULT_RULES
@@ -51,7 +53,10 @@ class EngineUnderTest:
         self._watch: asyncio.Task[dict[str, Any]] | None = None
 
     @classmethod
-    def build(cls, *, agency: str, host: str, port: int, ledger: Ledger) -> EngineUnderTest:
+    def build(
+        cls, *, agency: str, host: str, port: int, ledger: Ledger,
+        login: Credentials | None = None,
+    ) -> EngineUnderTest:  # fmt: skip
         index = TimedGridIndex()
         engine = Engine(
             topics=Topics(agency),
@@ -60,8 +65,12 @@ class EngineUnderTest:
             ledger=ledger,
             rules=DEFAULT_RULES,
             policy=InclusionPolicy(),
+            # Commands are signed as in production (the probe times them, unverified).
+            signer=CommandSigner.generate(),
             settings=EngineSettings(engine_id="bench-engine"),
             index=index,
+            username=None if login is None else login.username,
+            password=None if login is None else login.password,
         )
         return cls(engine, index)
 

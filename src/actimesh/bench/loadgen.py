@@ -1,8 +1,11 @@
 """The load generator: presence and telemetry of the whole fleet, in its own process.
 
 It plays every device of :mod:`.workload` at once over one MQTT connection, which the
-broker treats the same as many (topics name the device; the benchmark broker has no
-ACL). Telemetry is QoS 0, as devices send it.
+broker treats the same as many (topics name the device). On the secured benchmark
+broker it logs in as the load generator's account (``svc-loadgen``), whose ACL lets it
+write every device's topics: a documented exception that only the benchmark's and the
+fault drill's throw-away registries hold (security/acl.py). Telemetry is QoS 0, as
+devices send it.
 
 Two publishers, chosen with ``--publisher``:
 
@@ -32,6 +35,7 @@ from actimesh.broker.codec import encode
 from actimesh.broker.messages import DeviceKind, Presence
 from actimesh.broker.topics import Topics
 from actimesh.errors import BrokerError
+from actimesh.security.registry import Credentials
 
 __all__ = ["LoadGenerator", "PahoPublisher", "RawPublisher"]
 
@@ -53,8 +57,11 @@ class Publisher(Protocol):
 class RawPublisher:
     """QoS 0 publishes as pre-built MQTT frames over one asyncio stream."""
 
-    def __init__(self, host: str, port: int, client_id: str) -> None:
+    def __init__(
+        self, host: str, port: int, client_id: str, login: Credentials | None = None
+    ) -> None:
         self.host, self.port, self.client_id = host, port, client_id
+        self.login = login
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
 
@@ -64,7 +71,14 @@ class RawPublisher:
             sock = writer.get_extra_info("socket")
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             # Keepalive 0: the bench connection lives for minutes and never idles long.
-            writer.write(wire.connect_packet(self.client_id, keepalive_s=0))
+            writer.write(
+                wire.connect_packet(
+                    self.client_id,
+                    keepalive_s=0,
+                    username=None if self.login is None else self.login.username,
+                    password=None if self.login is None else self.login.password,
+                )
+            )
             head = await reader.readexactly(2)
             body = await reader.readexactly(head[1])
         if head[0] >> 4 != wire.CONNACK or wire.connack_reason(body) != 0:
@@ -102,8 +116,10 @@ class RawPublisher:
 class PahoPublisher:
     """QoS 0 publishes through paho, one ``publish()`` per message."""
 
-    def __init__(self, host: str, port: int, client_id: str) -> None:
-        self._client = PahoClient(client_id, host, port)
+    def __init__(
+        self, host: str, port: int, client_id: str, login: Credentials | None = None
+    ) -> None:
+        self._client = PahoClient(client_id, host, port, login=login)
 
     async def connect(self, timeout: float = 5.0) -> None:
         await self._client.connect(timeout)

@@ -22,6 +22,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from actimesh.errors import BrokerError
+from actimesh.security.registry import Credentials
 
 __all__ = ["OnMessage", "PahoClient", "expiry_properties"]
 
@@ -39,13 +40,21 @@ class PahoClient:
     """One paho MQTT 5 client on the running loop. ``await connect()``, then use."""
 
     def __init__(
-        self, client_id: str, host: str, port: int, on_message: OnMessage | None = None
+        self,
+        client_id: str,
+        host: str,
+        port: int,
+        on_message: OnMessage | None = None,
+        *,
+        login: Credentials | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
         )
+        if login is not None:
+            self.client.username_pw_set(login.username, login.password)
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = self._on_subscribe
         if on_message is not None:

@@ -19,6 +19,7 @@ from typing import Any
 
 from actimesh.broker import wire
 from actimesh.errors import BrokerError
+from actimesh.security.registry import Credentials
 
 __all__ = ["PlainSubscriber"]
 
@@ -46,13 +47,25 @@ class PlainSubscriber(asyncio.BufferedProtocol):
 
     @classmethod
     async def connect(
-        cls, host: str, port: int, topic_filter: str, timeout: float = 5.0
+        cls,
+        host: str,
+        port: int,
+        topic_filter: str,
+        timeout: float = 5.0,
+        login: Credentials | None = None,
     ) -> PlainSubscriber:
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(timeout):
             transport, proto = await loop.create_connection(cls, host, port)
             transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            transport.write(wire.connect_packet("bench-plain", keepalive_s=0))
+            transport.write(
+                wire.connect_packet(
+                    "bench-plain",
+                    keepalive_s=0,
+                    username=None if login is None else login.username,
+                    password=None if login is None else login.password,
+                )
+            )
             if await proto.connack != 0:
                 raise BrokerError("the broker refused the plain subscriber")
             transport.write(wire.subscribe_packet(1, (topic_filter,), 0))

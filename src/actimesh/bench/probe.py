@@ -32,6 +32,7 @@ from actimesh.bench.workload import Fleet, Scene
 from actimesh.broker.codec import encode
 from actimesh.broker.messages import Ack, AckStatus, ActivationReason, Command, Event
 from actimesh.broker.topics import Topics
+from actimesh.security.registry import Credentials
 
 __all__ = ["ECHO_HEADER", "Probe", "ProbeResult", "command_size"]
 
@@ -42,11 +43,12 @@ _PRE_ROLL_S = 30.0
 
 
 def command_size(scene: Scene, eid: str, event_type: str) -> int:
-    """Bytes of a proximity command the engine would send for this trigger."""
+    """Bytes of a proximity command the engine would send for this trigger (with a
+    signature's 64 bytes in place of the signature)."""
     now = time.time()
     cmd = Command(aid="act-" + "0" * 24, eid=eid, src=scene.gateway, type=event_type, ets=now,
                   pre=_PRE_ROLL_S, reason=ActivationReason.PROXIMITY, dist=2.0, ts=now,
-                  exp=now + 300.0)  # fmt: skip
+                  exp=now + 300.0, sig=bytes(64))  # fmt: skip
     return len(encode(cmd))
 
 
@@ -84,14 +86,22 @@ class Probe:
     """Triggers and echo requests out, commands and echo replies in."""
 
     def __init__(
-        self, fleet: Fleet, engine: Topics, echo: Topics, host: str, port: int, *, acks: bool
+        self,
+        fleet: Fleet,
+        engine: Topics,
+        echo: Topics,
+        host: str,
+        port: int,
+        *,
+        acks: bool,
+        login: Credentials | None = None,
     ) -> None:
         self.fleet = fleet
         self.engine = engine
         self.echo = echo
         self.acks = acks
-        self.tx = PahoClient("bench-probe-tx", host, port)
-        self.rx = PahoClient("bench-probe-rx", host, port, self._on_message)
+        self.tx = PahoClient("bench-probe-tx", host, port, login=login)
+        self.rx = PahoClient("bench-probe-rx", host, port, self._on_message, login=login)
         self._trigger_sent: dict[str, float] = {}
         self._echo_sent: dict[int, float] = {}
         self._seen: set[tuple[str, str]] = set()

@@ -2,7 +2,10 @@
 
 A run, all on loopback, every part in its own process:
 
-1. a managed Mosquitto (the production configuration, persistence off);
+1. a managed Mosquitto (the production configuration, persistence off): secured, with
+   the engine logged in as ``svc-engine`` under its ACL, and the load generator, probe,
+   echo client and plain subscriber as ``svc-loadgen``, the one account whose ACL may
+   write every device's topics (it plays the whole fleet over a few connections);
 2. the engine (:mod:`.engine_proc`), the echo client (:mod:`.echo`), the plain subscriber
    (:mod:`.plain`), the probe (:mod:`.probe`) and the load generator (:mod:`.loadgen`);
 3. *presence*: every device announces itself, in chunks the engine's control link keeps
@@ -36,7 +39,11 @@ from actimesh.bench.procs import BenchError, Worker, WorkerPool, proc_sample
 from actimesh.bench.report import evaluate_targets, latency_figures, ratio
 from actimesh.bench.settings import BenchSettings
 from actimesh.broker.mosquitto import ManagedMosquitto, MosquittoConfig, free_port
+from actimesh.dispatch.settings import DispatchSettings
 from actimesh.drill import percentile
+from actimesh.security.acl import LOADGEN_ACCOUNT, SERVICE_ENGINE, AclPolicy
+from actimesh.security.provision import prepare_broker
+from actimesh.security.registry import SECRETS_DIR, write_private
 
 __all__ = ["make_progress", "run_bench"]
 
@@ -348,19 +355,33 @@ class _Run:
         self.out["search_radius_m"] = r["search_radius_m"]
 
 
+def _provision(root: Path) -> dict[str, list[str]]:
+    """Accounts on the benchmark's broker; ``[username, password file]`` per worker kind."""
+    provisioned = prepare_broker(root, AclPolicy(AGENCY, DispatchSettings().source_device),
+                                 loadgen=True)  # fmt: skip
+    secrets = root / SECRETS_DIR
+    loadgen = secrets / f"{LOADGEN_ACCOUNT}.password"
+    write_private(loadgen, provisioned.loadgen_login().password + "\n")
+    return {
+        "engine": [SERVICE_ENGINE, str(secrets / f"{SERVICE_ENGINE}.password")],
+        "helpers": [LOADGEN_ACCOUNT, str(loadgen)],
+    }
+
+
 async def run_bench(s: BenchSettings, progress: Progress) -> dict[str, Any]:
     """One run; the figures as a JSON-ready dict (see :mod:`.report`)."""
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="actimesh-bench-") as tmp:
         root = Path(tmp)
+        logins = await asyncio.to_thread(_provision, root)
         broker = ManagedMosquitto(
-            MosquittoConfig(data_dir=root / "mosquitto", port=free_port(), persistence=False)
+            MosquittoConfig(data_dir=root / "broker", port=free_port(), persistence=False)
         )
         lifetime = 3 * (s.duration_s + s.warmup_s) + s.devices / 500 + 1800
         base = {
             "host": broker.host, "port": broker.port, "devices": s.devices, "seed": s.seed,
             "agency": AGENCY, "echo_agency": ECHO_AGENCY, "plain_agency": PLAIN_AGENCY,
-            "lifetime_s": lifetime,
+            "lifetime_s": lifetime, "logins": logins,
         }  # fmt: skip
         async with broker, WorkerPool(root / "logs") as pool:
             spawned = await asyncio.gather(

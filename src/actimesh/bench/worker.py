@@ -1,10 +1,12 @@
 """Entry point of every benchmark process: ``python -m actimesh.bench.worker ROLE CONFIG``.
 
 ``CONFIG`` is a JSON object: ``host``, ``port``, ``devices``, ``seed``, the agencies
-(``agency`` for the engine, ``echo_agency``, ``plain_agency``), ``lifetime_s``, and per
-role ``run_dir`` (engine), ``publisher`` (load generator), ``acks`` (probe). Each role
-sets itself up, then answers the orchestrator's commands (:class:`~.procs.Rpc`) until
-told to exit.
+(``agency`` for the engine, ``echo_agency``, ``plain_agency``), ``lifetime_s``,
+``logins`` (``engine`` and ``helpers``: ``[username, password file]`` each; the
+passwords stay in their files, out of every process's command line), and per role
+``run_dir`` (engine), ``publisher`` (load generator), ``acks`` (probe). Each role sets
+itself up, then answers the orchestrator's commands (:class:`~.procs.Rpc`) until told
+to exit.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from actimesh.bench.probe import Probe
 from actimesh.bench.procs import Rpc, die_with_parent
 from actimesh.bench.workload import build_fleet
 from actimesh.broker.topics import DeviceChannel, Topics
+from actimesh.security.registry import Credentials
 from actimesh.triggers.ledger import Ledger
 
 __all__ = ["ROLES", "main"]
@@ -37,11 +40,21 @@ def _lifetime(cfg: Config) -> float:
     return float(cfg.get("lifetime_s", 3600.0))
 
 
+def _login(cfg: Config, who: str) -> Credentials | None:
+    """The account ``who`` (``engine`` or ``helpers``) logs in with, if any."""
+    entry = cfg.get("logins", {}).get(who)
+    if entry is None:
+        return None
+    username, password_file = entry
+    return Credentials(username, Path(password_file).read_text(encoding="utf-8").strip())
+
+
 async def _engine(cfg: Config) -> None:
     async with Ledger(Path(cfg["run_dir"]) / "ledger.sqlite3") as ledger:  # it makes the folder
         eut = EngineUnderTest.build(
-            agency=cfg["agency"], host=cfg["host"], port=cfg["port"], ledger=ledger
-        )
+            agency=cfg["agency"], host=cfg["host"], port=cfg["port"], ledger=ledger,
+            login=_login(cfg, "engine"),
+        )  # fmt: skip
 
         async def stats(_: Config) -> Config:
             return eut.stats()
@@ -68,7 +81,7 @@ async def _engine(cfg: Config) -> None:
 async def _loadgen(cfg: Config) -> None:
     fleet = build_fleet(int(cfg["devices"]), int(cfg["seed"]))
     kind = RawPublisher if cfg.get("publisher", "raw") == "raw" else PahoPublisher
-    publisher = kind(cfg["host"], int(cfg["port"]), "bench-loadgen")
+    publisher = kind(cfg["host"], int(cfg["port"]), "bench-loadgen", _login(cfg, "helpers"))
     await publisher.connect()
     gen = LoadGenerator(fleet, int(cfg["seed"]), publisher, [cfg["agency"], cfg["plain_agency"]])
     rpc: Rpc
@@ -109,7 +122,8 @@ async def _loadgen(cfg: Config) -> None:
 async def _probe(cfg: Config) -> None:
     fleet = build_fleet(int(cfg["devices"]), int(cfg["seed"]))
     probe = Probe(fleet, Topics(cfg["agency"]), Topics(cfg["echo_agency"]), cfg["host"],
-                  int(cfg["port"]), acks=bool(cfg.get("acks", True)))  # fmt: skip
+                  int(cfg["port"]), acks=bool(cfg.get("acks", True)),
+                  login=_login(cfg, "helpers"))  # fmt: skip
     await probe.connect()
 
     async def run(args: Config) -> Config:
@@ -131,7 +145,8 @@ async def _probe(cfg: Config) -> None:
 
 async def _echo(cfg: Config) -> None:
     fleet = build_fleet(int(cfg["devices"]), int(cfg["seed"]))
-    echo = EchoClient(fleet, Topics(cfg["echo_agency"]), cfg["host"], int(cfg["port"]))
+    echo = EchoClient(fleet, Topics(cfg["echo_agency"]), cfg["host"], int(cfg["port"]),
+                      _login(cfg, "helpers"))  # fmt: skip
     await echo.connect()
 
     async def stats(_: Config) -> Config:
@@ -148,7 +163,8 @@ async def _echo(cfg: Config) -> None:
 
 async def _plain(cfg: Config) -> None:
     topic = Topics(cfg["plain_agency"]).all_devices(DeviceChannel.TELEMETRY)
-    sub = await PlainSubscriber.connect(cfg["host"], int(cfg["port"]), topic)
+    sub = await PlainSubscriber.connect(cfg["host"], int(cfg["port"]), topic,
+                                        login=_login(cfg, "helpers"))  # fmt: skip
 
     async def arm(args: Config) -> Config:
         sub.arm(int(args["expected"]))

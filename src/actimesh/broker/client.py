@@ -16,32 +16,40 @@ Choices that matter on this path:
   logs). Components that must never drop (trigger events) use a separate link from the
   ones that may shed load (telemetry), so a telemetry flood cannot delay a trigger.
 * Every network await has a timeout.
+* Optional TLS (:class:`TlsSettings`): the server's certificate is checked against a CA
+  file and the host name connected to; a client certificate and key make it mutual TLS.
+  Credentials travel in the CONNECT packet, so off loopback they must only go over TLS.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import socket
+import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from actimesh.errors import BrokerError
+from actimesh.errors import BrokerError, ConfigError
 
 __all__ = [
     "LinkSettings",
     "LinkStats",
     "MqttLink",
     "Subscription",
+    "TlsSettings",
     "Will",
     "resume_cancellation",
     "wait_for_connection",
+    "with_access",
 ]
 
 log = logging.getLogger(__name__)
@@ -71,6 +79,37 @@ class Will:
 
 
 @dataclass(frozen=True, slots=True)
+class TlsSettings:
+    """TLS towards the broker: the CA that signed its certificate (None: the system's
+    trusted CAs), and optionally this client's own certificate and key (mutual TLS). The
+    host name connected to must be one the server certificate names; there is no switch
+    to skip that check."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    def __post_init__(self) -> None:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ConfigError("a TLS client certificate needs its key and the key its certificate")
+
+    def context(self) -> ssl.SSLContext:
+        """A client context: TLS 1.2 or later, certificate and host name verified."""
+        try:
+            cafile = None if self.ca_file is None else str(self.ca_file)
+            ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cafile)
+            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+            if self.cert_file is not None and self.key_file is not None:
+                ctx.load_cert_chain(str(self.cert_file), str(self.key_file))
+        except FileNotFoundError as exc:
+            raise ConfigError(f"TLS file {exc.filename} does not exist: check the path") from exc
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(f"TLS files cannot be used ({exc}): check ca_file, cert_file "
+                              "and key_file") from exc  # fmt: skip
+        return ctx
+
+
+@dataclass(frozen=True, slots=True)
 class LinkSettings:
     """How one link connects. Stable ``client_id`` so persistent sessions find themselves."""
 
@@ -78,7 +117,8 @@ class LinkSettings:
     port: int
     client_id: str
     username: str | None = None
-    password: str | None = None
+    #: Kept out of repr(), so out of logs and tracebacks.
+    password: str | None = field(default=None, repr=False)
     keepalive_s: int = 15
     #: Timeout for connect, subscribe and publish round trips.
     timeout_s: float = 5.0
@@ -94,6 +134,8 @@ class LinkSettings:
     #: Acknowledge QoS 1 messages only when the handler says so (:meth:`MqttLink.ack`),
     #: e.g. after a durable write, so that a crash before it makes the broker redeliver.
     manual_ack: bool = False
+    #: Speak TLS to the broker (an ``mqtts://`` address).
+    tls: TlsSettings | None = None
 
 
 @dataclass(slots=True)
@@ -128,6 +170,21 @@ async def wait_for_connection(
             f"no connection to the broker at {settings.host}:{settings.port} "
             f"after {wait:.0f} s ({stats.last_error or 'not reachable'})"
         ) from exc
+
+
+def with_access(
+    settings: LinkSettings, *, username: str | None = None, password: str | None = None,
+    tls: TlsSettings | None = None,
+) -> LinkSettings:  # fmt: skip
+    """``settings`` with the given credentials and TLS (None leaves a field as it is)."""
+    changes: dict[str, Any] = {}
+    if username is not None:
+        changes["username"] = username
+    if password is not None:
+        changes["password"] = password
+    if tls is not None:
+        changes["tls"] = tls
+    return dataclasses.replace(settings, **changes) if changes else settings
 
 
 def resume_cancellation() -> None:
@@ -194,6 +251,17 @@ class MqttLink:
         """Wait until the link is connected and subscribed."""
         await wait_for_connection(self._connected, self.settings, self.stats, timeout)
 
+    def reconfigure(
+        self, *, username: str | None = None, password: str | None = None,
+        tls: TlsSettings | None = None,
+    ) -> None:  # fmt: skip
+        """Credentials or TLS for the next connection (given values only).
+
+        For components that build their links themselves from host and port: whoever
+        provisions their account hands it over this way before ``run()``.
+        """
+        self.settings = with_access(self.settings, username=username, password=password, tls=tls)
+
     def _make_client(self) -> aiomqtt.Client:
         s = self.settings
         connect_props: Properties | None = None
@@ -216,6 +284,7 @@ class MqttLink:
             timeout=s.timeout_s,
             will=will,
             socket_options=[_NODELAY],
+            tls_context=None if s.tls is None else s.tls.context(),
             queue_type=_counting_queue(self.stats),
             max_queued_incoming_messages=s.max_queued_incoming,
             logger=self._mqtt_log,

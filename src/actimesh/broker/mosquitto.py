@@ -8,6 +8,17 @@ log says it is running and the port accepts a connection). The sync methods suit
 fixtures and the CLI; ``async with ManagedMosquitto(cfg) as broker:`` does the same
 waits without blocking the event loop.
 
+**Secure by default.** The broker admits no anonymous client: it reads
+``<data_dir>/passwd`` and ``<data_dir>/acl``, which the device registry renders
+(:mod:`actimesh.security`), and refuses to start without them. The plain listener is on
+loopback only; an optional TLS listener (``MosquittoConfig.tls``, with optional client
+certificates) serves the network. After the registry changes, :meth:`ManagedMosquitto.reload`
+(or :func:`signal_reload` from another process) sends ``SIGHUP``: Mosquitto reloads both
+files and re-checks every connected client against them, so a removed device is
+disconnected at once and cannot come back, without a restart. The one way to run
+without any of this is the explicit ``insecure_anonymous=True``, for tests that exercise
+other things.
+
 Everything mosquitto writes (its own log and anything it prints before it has read the
 config) goes to ``<data_dir>/mosquitto.log``; a start-up failure is raised as a one-line
 :class:`~actimesh.errors.BrokerError` that quotes the reason found there.
@@ -17,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import os
 import pwd
 import shutil
@@ -36,18 +48,25 @@ from actimesh.errors import BrokerError, BrokerNotInstalledError, ConfigError
 
 __all__ = [
     "DEFAULT_MAX_PACKET_SIZE",
+    "DEFAULT_MQTTS_PORT",
     "DEFAULT_MQTT_PORT",
     "FALLBACK_PATHS",
     "INSTALL_HINT",
+    "BrokerEndpoint",
     "ManagedMosquitto",
     "MosquittoConfig",
+    "TlsListener",
     "find_mosquitto",
     "free_port",
+    "is_loopback",
+    "parse_broker_endpoint",
     "parse_broker_url",
     "render_config",
+    "signal_reload",
 ]
 
 DEFAULT_MQTT_PORT = 1883
+DEFAULT_MQTTS_PORT = 8883
 
 #: Where Debian and source builds put the broker; ``/usr/sbin`` is often not on a
 #: non-root user's PATH.
@@ -72,6 +91,11 @@ DEFAULT_MAX_PACKET_SIZE = MAX_ACTIVATION_BYTES + 64 * 1024
 _RUNNING_MARKER = " running"
 _LOG_NAME = "mosquitto.log"
 _CONF_NAME = "mosquitto.conf"
+_PID_NAME = "mosquitto.pid"
+_PASSWD_NAME = "passwd"  # noqa: S105 - a file name
+_ACL_NAME = "acl"
+#: mosquitto logs this when a SIGHUP has made it reload its config, passwords and ACL.
+_RELOAD_MARKER = "Reloading config."
 _POLL_S = 0.02
 _PROBE_TIMEOUT_S = 0.25
 
@@ -96,9 +120,33 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
-def parse_broker_url(url: str) -> tuple[str, int]:
-    """Split ``mqtt://HOST[:PORT]`` into host and port (default 1883)."""
-    example = "use mqtt://HOST:PORT, e.g. mqtt://127.0.0.1:1883"
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerEndpoint:
+    """Where a broker is, and whether to speak TLS to it (``mqtts://``)."""
+
+    host: str
+    port: int
+    tls: bool = False
+
+    @property
+    def url(self) -> str:
+        return _url(self.host, self.port, tls=self.tls)
+
+
+def parse_broker_endpoint(url: str) -> BrokerEndpoint:
+    """Parse ``mqtt://HOST[:PORT]`` (default 1883) or ``mqtts://HOST[:PORT]`` (TLS,
+    default 8883)."""
+    example = "use mqtt://HOST:PORT or mqtts://HOST:PORT, e.g. mqtt://127.0.0.1:1883"
     if "://" not in url:
         raise ConfigError(f"broker URL {url!r} has no scheme: {example}")
     try:
@@ -106,9 +154,7 @@ def parse_broker_url(url: str) -> tuple[str, int]:
         port = parts.port
     except ValueError as exc:
         raise ConfigError(f"broker URL {url!r} is not valid ({exc}): {example}") from exc
-    if parts.scheme in ("mqtts", "ssl", "tls"):
-        raise ConfigError(f"broker URL {url!r}: TLS is not supported yet: {example}")
-    if parts.scheme != "mqtt":
+    if parts.scheme not in ("mqtt", "mqtts"):
         raise ConfigError(f"broker URL {url!r} has scheme {parts.scheme!r}: {example}")
     if parts.username is not None or parts.password is not None:
         raise ConfigError(
@@ -120,11 +166,56 @@ def parse_broker_url(url: str) -> tuple[str, int]:
         raise ConfigError(f"broker URL {url!r} has no host: {example}")
     if port == 0:
         raise ConfigError(f"broker URL {url!r} has port 0: {example}")
-    return parts.hostname, DEFAULT_MQTT_PORT if port is None else port
+    tls = parts.scheme == "mqtts"
+    default = DEFAULT_MQTTS_PORT if tls else DEFAULT_MQTT_PORT
+    return BrokerEndpoint(parts.hostname, default if port is None else port, tls)
 
 
-def _url(host: str, port: int) -> str:
-    return f"mqtt://[{host}]:{port}" if ":" in host else f"mqtt://{host}:{port}"
+def parse_broker_url(url: str) -> tuple[str, int]:
+    """Split ``mqtt://HOST[:PORT]`` into host and port (default 1883), for the clients
+    that do not speak TLS."""
+    endpoint = parse_broker_endpoint(url)
+    if endpoint.tls:
+        raise ConfigError(
+            f"broker URL {url!r}: this command connects without TLS: use mqtt://HOST:PORT "
+            "(a loopback or private listener)"
+        )
+    return endpoint.host, endpoint.port
+
+
+def _url(host: str, port: int, *, tls: bool = False) -> str:
+    scheme = "mqtts" if tls else "mqtt"
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class TlsListener:
+    """The broker's TLS listener: server certificate and key, and the CA that client
+    certificates must chain to (when ``require_certificate``) and that clients use to
+    check the server."""
+
+    port: int = DEFAULT_MQTTS_PORT
+    #: All interfaces by default: this is the listener meant for the network.
+    host: str = "0.0.0.0"  # noqa: S104 - TLS, passwords and the ACL guard it
+    certfile: Path
+    keyfile: Path
+    cafile: Path
+    #: Mutual TLS: refuse clients without a certificate from ``cafile``. Their username
+    #: and password are checked as well (``use_identity_as_username false``).
+    require_certificate: bool = False
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.port <= 65535:
+            raise ConfigError(f"TLS port {self.port} is out of range: use 1 to 65535")
+        if not self.host or any(ch.isspace() for ch in self.host):
+            raise ConfigError(f"TLS listener host {self.host!r} is not valid: use e.g. 0.0.0.0")
+        for path in (self.certfile, self.keyfile, self.cafile):
+            if any(ch in str(path) for ch in "\r\n\0"):
+                raise ConfigError(f"TLS file {str(path)!r} contains a line break")
+
+    @property
+    def url(self) -> str:
+        return _url(self.host, self.port, tls=True)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -144,12 +235,27 @@ class MosquittoConfig:
     #: QoS 1 messages queued per disconnected persistent client before the broker drops
     #: (a camera off the network for a while must still find its commands).
     max_queued_messages: int = 10_000
+    #: The TLS listener, if any (the plain one stays on loopback).
+    tls: TlsListener | None = None
+    #: Let anyone connect and do anything, with no password file or ACL. Only for tests
+    #: that exercise something other than security; never for a deployment.
+    insecure_anonymous: bool = False
 
     def __post_init__(self) -> None:
         if not 1 <= self.port <= 65535:
             raise ConfigError(f"broker port {self.port} is out of range: use 1 to 65535")
         if not self.host or any(ch.isspace() for ch in self.host):
             raise ConfigError(f"broker host {self.host!r} is not valid: use e.g. 127.0.0.1")
+        if not is_loopback(self.host):
+            raise ConfigError(
+                f"broker host {self.host!r}: the plain MQTT listener carries passwords in "
+                "clear and stays on loopback (127.0.0.1); serve the network with the TLS "
+                "listener ([broker] tls_port, `actimesh certs init`)"
+            )
+        if self.tls is not None and self.insecure_anonymous:
+            raise ConfigError("a TLS listener without passwords makes no sense: drop one")
+        if self.tls is not None and self.tls.port == self.port:
+            raise ConfigError(f"the TLS and plain listeners cannot share port {self.port}")
         if any(ch in str(self.data_dir) for ch in "\r\n\0"):
             raise ConfigError(
                 f"broker data directory {str(self.data_dir)!r} contains a line break: "
@@ -178,6 +284,25 @@ class MosquittoConfig:
     def log_path(self) -> Path:
         return self.data_dir / _LOG_NAME
 
+    @property
+    def pid_path(self) -> Path:
+        return self.data_dir / _PID_NAME
+
+    @property
+    def password_path(self) -> Path:
+        """The ``password_file`` (rendered by the device registry)."""
+        return self.data_dir / _PASSWD_NAME
+
+    @property
+    def acl_path(self) -> Path:
+        """The ``acl_file`` (rendered by the device registry)."""
+        return self.data_dir / _ACL_NAME
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """``mqtt://`` of the plain listener, then ``mqtts://`` of the TLS one if any."""
+        return (self.url,) if self.tls is None else (self.url, self.tls.url)
+
 
 def _current_user() -> str | None:
     try:
@@ -204,11 +329,38 @@ def render_config(cfg: MosquittoConfig) -> str:
             # other user this line has no effect.
             f"user {user}",
         ]
+    if cfg.insecure_anonymous:
+        # Explicitly asked for (tests of other things): anyone may do anything.
+        lines.append("allow_anonymous true")
+    else:
+        lines += [
+            # Every client logs in with its own account; each account is pinned to its
+            # topics by the ACL (security/acl.py). Both files come from the registry and
+            # are reloaded on SIGHUP, which also re-checks connected clients.
+            "allow_anonymous false",
+            f"password_file {cfg.password_path.absolute()}",
+            f"acl_file {cfg.acl_path.absolute()}",
+        ]
     lines += [
+        # Where `actimesh devices` finds the broker to reload (signal_reload).
+        f"pid_file {data_dir / _PID_NAME}",
+        # Loopback only: this listener carries passwords in clear.
         f"listener {cfg.port} {cfg.host}",
-        # Loopback only, anonymous: a development broker. Device credentials and an ACL
-        # pinning each device to am/v1/+/dev/%u/# are the security work's to add.
-        "allow_anonymous true",
+    ]
+    if cfg.tls is not None:
+        t = cfg.tls
+        lines += [
+            f"listener {t.port} {t.host}",
+            f"certfile {t.certfile.absolute()}",
+            f"keyfile {t.keyfile.absolute()}",
+            f"cafile {t.cafile.absolute()}",
+            "tls_version tlsv1.2",
+            f"require_certificate {'true' if t.require_certificate else 'false'}",
+            # With a client certificate, the username and password are still checked:
+            # the certificate proves the device, the account pins its topics.
+            "use_identity_as_username false",
+        ]
+    lines += [
         f"persistence {'true' if cfg.persistence else 'false'}",
         # mosquitto appends the file name to this, so it must end with a slash.
         f"persistence_location {data_dir}/",
@@ -242,6 +394,13 @@ def _explain(cfg: MosquittoConfig, log: str, exit_code: int) -> str:
         )
     if "Cannot assign requested address" in log or "Name or service not known" in log:
         return f"cannot listen on {where}: use a local address such as 127.0.0.1"
+    if "certificate" in log.lower() or "private key" in log.lower():
+        errors = [line for line in log.splitlines() if "Error" in line]
+        detail = errors[0].split(": ", 1)[-1].strip() if errors else "TLS files rejected"
+        return (
+            f"mosquitto refused its TLS files ({detail}): check [broker] certificate paths, "
+            f"or run `actimesh certs init` (see {cfg.log_path})"
+        )
     if "Unable to open" in log or "Permission denied" in log:
         return (
             f"mosquitto cannot write to {cfg.data_dir}: make the directory writable "
@@ -250,6 +409,32 @@ def _explain(cfg: MosquittoConfig, log: str, exit_code: int) -> str:
     errors = [line for line in log.splitlines() if "Error" in line]
     detail = errors[-1].split(": ", 1)[-1].strip() if errors else "no error logged"
     return f"mosquitto exited with code {exit_code} on {where} ({detail}): see {cfg.log_path}"
+
+
+def signal_reload(data_dir: Path) -> int | None:
+    """SIGHUP the managed broker running on ``data_dir``, from any process.
+
+    Returns its pid, or None when no broker of that data directory runs (no pid file,
+    or the pid now belongs to another process: the id is checked against the
+    process's command line, so a stale pid file never signals a stranger).
+    """
+    pid_path = data_dir / _PID_NAME
+    try:
+        pid = int(pid_path.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    conf = str((data_dir / _CONF_NAME).absolute()).encode()
+    if not argv or Path(argv[0].decode(errors="replace")).name != "mosquitto" or conf not in argv:
+        return None
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except ProcessLookupError:
+        return None
+    return pid
 
 
 class ManagedMosquitto:
@@ -281,8 +466,13 @@ class ManagedMosquitto:
     # ------------------------------------------------------------------ state
     @property
     def url(self) -> str:
-        """``mqtt://host:port`` of this broker."""
+        """``mqtt://host:port`` of this broker's plain (loopback) listener."""
         return self.config.url
+
+    @property
+    def tls_url(self) -> str | None:
+        """``mqtts://host:port`` of the TLS listener, if there is one."""
+        return None if self.config.tls is None else self.config.tls.url
 
     @property
     def host(self) -> str:
@@ -323,6 +513,21 @@ class ManagedMosquitto:
         binary = self._binary if self._binary is not None else find_mosquitto()
         cfg = self.config
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        if not cfg.insecure_anonymous:
+            for path, what in ((cfg.password_path, "password file"), (cfg.acl_path, "ACL")):
+                if not path.is_file():
+                    # Fail closed, and say so, instead of a broker nobody can log in to.
+                    raise BrokerError(
+                        f"no {what} at {path}: the device registry renders it "
+                        "(actimesh up does; in code: security.prepare_broker)"
+                    )
+        if cfg.tls is not None:
+            for path in (cfg.tls.certfile, cfg.tls.keyfile, cfg.tls.cafile):
+                if not path.is_file():
+                    raise BrokerError(
+                        f"TLS file {path} does not exist: run `actimesh certs init` or fix "
+                        "the [broker] certificate paths"
+                    )
         cfg.config_path.write_text(render_config(cfg))
         # Both mosquitto (log_dest file) and this handle append to the same file; the
         # handle catches what mosquitto prints before it has read its config.
@@ -416,6 +621,57 @@ class ManagedMosquitto:
         except BaseException:  # cancelled included: never leave a half-started broker
             self.kill()
             raise
+
+    # ------------------------------------------------------------------ reload
+    def _send_reload(self) -> int:
+        if not self.running:
+            raise BrokerError(f"cannot reload the broker at {self.url}: it is not running")
+        assert self._proc is not None
+        offset = self._log_size()
+        self._proc.send_signal(signal.SIGHUP)
+        return offset
+
+    def _log_size(self) -> int:
+        try:
+            return self.config.log_path.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def _reloaded_since(self, offset: int) -> bool:
+        try:
+            with self.config.log_path.open("rb") as fh:
+                fh.seek(offset)
+                return _RELOAD_MARKER.encode() in fh.read()
+        except FileNotFoundError:
+            return False
+
+    def _reload_failed(self, what: str) -> BrokerError:
+        return BrokerError(f"mosquitto did not {what} within {self.start_timeout_s:g} s: "
+                           f"see {self.config.log_path}")  # fmt: skip
+
+    def reload(self) -> None:
+        """Apply the current password file and ACL without a restart (SIGHUP).
+
+        Mosquitto re-reads both and re-checks every connected client: one whose account
+        is gone (or whose password changed) is disconnected and refused on reconnect,
+        and every later message is checked against the new ACL. Returns once the broker
+        has logged the reload.
+        """
+        offset = self._send_reload()
+        deadline = time.monotonic() + self.start_timeout_s
+        while not self._reloaded_since(offset):
+            if not self.running or time.monotonic() > deadline:
+                raise self._reload_failed("reload")
+            time.sleep(_POLL_S)
+
+    async def areload(self) -> None:
+        """:meth:`reload` without blocking the event loop."""
+        offset = self._send_reload()
+        deadline = time.monotonic() + self.start_timeout_s
+        while not self._reloaded_since(offset):
+            if not self.running or time.monotonic() > deadline:
+                raise self._reload_failed("reload")
+            await asyncio.sleep(_POLL_S)
 
     # ------------------------------------------------------------------ stop
     def _terminate(self) -> bool:
