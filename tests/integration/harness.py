@@ -1,5 +1,9 @@
 """A small mesh for integration tests: the real engine and real device agents on a real
-Mosquitto, in one TaskGroup that the test leaves by cancelling."""
+Mosquitto, in one TaskGroup that the test leaves by cancelling.
+
+Each mesh has its own engine signing key (in memory): its engines sign with it and its
+cameras verify with its public half, as a deployment's do with ``keys/engine-signing``.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import aiomqtt
@@ -18,14 +22,23 @@ from actimesh.devices.agent import DeviceAgent, Position
 from actimesh.devices.camera import Camera
 from actimesh.devices.media import SyntheticSource
 from actimesh.devices.recorder import RecordingStore
+from actimesh.dispatch.settings import DispatchSettings
 from actimesh.geofence import InclusionPolicy, destination
+from actimesh.security.signing import CommandSigner
 from actimesh.triggers.engine import Engine
+from actimesh.triggers.fleet import DeviceDirectory
 from actimesh.triggers.ledger import Ledger
 from actimesh.triggers.rules import DEFAULT_RULES
 from actimesh.triggers.settings import EngineSettings
 
 HOST = "127.0.0.1"
 CENTER = (51.0447, -114.0719)
+#: The dispatch console's device id, the only sender of ``dispatch_zone`` events.
+DISPATCH_SOURCE = DispatchSettings().source_device
+#: Fast timings for tests. Incident merging is off: many tests raise one trigger again
+#: and again at one spot to measure or count it, which is just what merging folds into
+#: one activation; the storm-control tests turn it on.
+TEST_SETTINGS = EngineSettings(ack_timeout_s=0.5, warmup_s=0.3, merge_window_s=0.0)
 
 
 def fixed(lat: float, lon: float, acc: float = 0.0, age: float = 0.0) -> Callable[[], Position]:
@@ -43,6 +56,9 @@ class Mesh:
     root: Path
     engine: Engine | None
     tg: asyncio.TaskGroup
+    signer: CommandSigner
+    settings: EngineSettings = TEST_SETTINGS
+    directory: DeviceDirectory | None = None
     agents: dict[str, DeviceAgent] = field(default_factory=dict)
     tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
 
@@ -88,6 +104,7 @@ class Mesh:
             position=position,
             paired=paired,
             camera=camera,
+            verifier=self.signer.verifier(),
             local_peers=tuple(self.agents[d] for d in local),
             telemetry_interval_s=0.2,
             resend_initial_s=0.3,
@@ -97,15 +114,14 @@ class Mesh:
         return agent
 
     def start_engine(self, ledger: Ledger, engine_id: str = "engine-1") -> Engine:
-        """Start (another) engine on this mesh's broker."""
-        engine = Engine(
-            topics=self.topics,
-            broker_host=HOST,
-            broker_port=self.port,
-            ledger=ledger,
-            rules=DEFAULT_RULES,
-            policy=InclusionPolicy(),
-            settings=EngineSettings(engine_id=engine_id, ack_timeout_s=0.5, warmup_s=0.3),
+        """Start (another) engine on this mesh's broker, with the mesh's key."""
+        engine = build_engine(
+            self.topics,
+            self.port,
+            ledger,
+            signer=self.signer,
+            settings=replace(self.settings, engine_id=engine_id),
+            directory=self.directory,
         )
         self.tasks[engine_id] = self.tg.create_task(engine.run(), name=engine_id)
         return engine
@@ -152,6 +168,31 @@ class Mesh:
         return aiomqtt.Client(HOST, self.port, protocol=aiomqtt.ProtocolVersion.V5)
 
 
+def build_engine(
+    topics: Topics,
+    port: int,
+    ledger: Ledger,
+    *,
+    signer: CommandSigner,
+    settings: EngineSettings = TEST_SETTINGS,
+    policy: InclusionPolicy | None = None,
+    directory: DeviceDirectory | None = None,
+) -> Engine:
+    """An engine as the mesh builds it (not started)."""
+    return Engine(
+        topics=topics,
+        broker_host=HOST,
+        broker_port=port,
+        ledger=ledger,
+        rules=DEFAULT_RULES,
+        policy=policy or InclusionPolicy(),
+        signer=signer,
+        settings=settings,
+        directory=directory,
+        dispatch_source=DISPATCH_SOURCE,
+    )
+
+
 @contextlib.asynccontextmanager
 async def mesh(
     agency: str,
@@ -160,23 +201,21 @@ async def mesh(
     *,
     engine: bool = True,
     policy: InclusionPolicy | None = None,
+    settings: EngineSettings = TEST_SETTINGS,
+    directory: DeviceDirectory | None = None,
 ) -> AsyncIterator[Mesh]:
+    """A mesh on the broker at ``port``; its engine (unless ``engine=False``) runs with
+    ``settings`` and, if given, the device ``directory``."""
     topics = Topics(agency)
+    signer = CommandSigner.generate()
     async with Ledger(root / "ledger.sqlite3") as ledger:
         eng = None
         if engine:
-            eng = Engine(
-                topics=topics,
-                broker_host=HOST,
-                broker_port=port,
-                ledger=ledger,
-                rules=DEFAULT_RULES,
-                policy=policy or InclusionPolicy(),
-                settings=EngineSettings(ack_timeout_s=0.5, warmup_s=0.3),
-            )
+            eng = build_engine(topics, port, ledger, signer=signer, settings=settings,
+                               policy=policy, directory=directory)  # fmt: skip
         try:
             async with asyncio.TaskGroup() as tg:
-                m = Mesh(topics, port, root, eng, tg)
+                m = Mesh(topics, port, root, eng, tg, signer, settings, directory)
                 if eng is not None:
                     m.tasks["engine"] = tg.create_task(eng.run(), name="engine")
                     async with asyncio.timeout(10):

@@ -17,6 +17,7 @@ from actimesh.broker.messages import (
     DeviceKind,
     DeviceState,
     Event,
+    Presence,
 )
 from actimesh.triggers.fanout import activation_id
 from actimesh.triggers.ledger import AckRow
@@ -226,6 +227,13 @@ async def test_event_topic_names_the_sender_not_the_payload(
         await m.ready()
         event = Event(eid="x1", type="taser_draw", ts=time.time(), lat=CENTER[0], lon=CENTER[1])
         async with m.client() as outsider:
+            # Without a device registry, what a device is comes from its own presence.
+            presence = Presence(online=True, device_kind=DeviceKind.CEW)
+            await outsider.publish(m.topics.presence("intruder"), encode(presence), qos=1)
+            assert m.engine is not None
+            async with asyncio.timeout(5):
+                while m.engine.fleet.kind_of("intruder") is not DeviceKind.CEW:
+                    await asyncio.sleep(0.01)
             await outsider.publish(m.topics.event("intruder"), encode(event), qos=1)
         aid = activation_id("intruder", "x1")
         assert await m.commanded(aid, {"bwc"}) == {"bwc"}

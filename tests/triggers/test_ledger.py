@@ -69,10 +69,29 @@ async def test_ledger_survives_reopen(tmp_path: Path) -> None:
         await ledger.record_activation(activation(ts=500.0), DECISIONS)
         await ledger.record_ack(AckRow("act-1", "bwc1", "recording", 30.0, "rec-1", 501.0, 501.1))
     async with Ledger(path) as ledger:
-        assert await ledger.recent_events(since=400.0) == [("cew1", "e1")]
+        assert await ledger.recent_events(since=400.0) == [("cew1", "e1", "act-1")]
         assert await ledger.recent_events(since=600.0) == []
         acks = await ledger.acks("act-1")
     assert [(a.device_id, a.pre_cov_s, a.recording) for a in acks] == [("bwc1", 30.0, "rec-1")]
+
+
+async def test_a_merged_trigger_is_found_with_the_activation_it_joined(tmp_path: Path) -> None:
+    """Storm control writes a merge record, not an activation row: after a restart the
+    repeat must still be known (so a replay is not activated again)."""
+    path = tmp_path / "l.sqlite3"
+    async with Ledger(path) as ledger:
+        await ledger.record_activation(activation(ts=500.0), DECISIONS)
+        body = {"aid": "act-1", "merged_aid": "act-2", "src": "cew1", "eid": "e2",
+                "type": "taser_draw", "event_ts": 503.0}  # fmt: skip
+        await ledger.record_event("engine/e1", "merge", "act-1", "merged", body)
+    async with Ledger(path) as ledger:
+        assert await ledger.find("cew1", "e2") == "act-1"
+        assert await ledger.find("cew1", "e3") is None
+        assert sorted(await ledger.recent_events(since=400.0)) == [
+            ("cew1", "e1", "act-1"),
+            ("cew1", "e2", "act-1"),
+        ]
+        assert await ledger.recent_events(since=501.0) == [("cew1", "e2", "act-1")]
 
 
 async def test_unwritable_ledger_says_how_to_fix_it(tmp_path: Path) -> None:
@@ -312,7 +331,7 @@ def test_retention_index_leaves_out_exactly_the_kept_record_types() -> None:
     # The partial index and the retention query spell these out in SQL.
     from actimesh.triggers import ledger  # noqa: PLC0415
 
-    condition = ledger._SCHEMA.split("records_to_retain")[1]
+    condition = ledger._SCHEMA.split("records_to_retain")[1].split(";")[0]
     assert sorted(t.value for t in ledger.KEEP_TYPES) == sorted(
         re.findall(r"'([a-z_]+)'", condition)
     )

@@ -56,6 +56,16 @@ Accuracy = Annotated[float, Field(ge=0.0, le=100_000.0)]
 Metres = Annotated[float, Field(ge=0.0, le=100_000.0)]
 PreRoll = Annotated[float, Field(ge=0.0, le=120.0)]
 ShortText = Annotated[str, Field(max_length=256)]
+#: An Ed25519 signature.
+Signature = Annotated[
+    bytes,
+    Field(
+        min_length=64,
+        max_length=64,
+        description="Ed25519 signature (msgpack bin, 64 bytes) by the engine's key over "
+        "[b'actimesh-cmd-v1', agency, camera id, every other field in order]",
+    ),
+]
 
 
 class DeviceKind(StrEnum):
@@ -66,6 +76,7 @@ class DeviceKind(StrEnum):
     REAR_CAM = "rear_cam"
     GATEWAY = "gateway"
     CEW = "cew"
+    HOLSTER = "holster"  # a holster sensor: raises holster_draw
 
 
 CAMERA_KINDS = frozenset({DeviceKind.BODY_CAM, DeviceKind.DASH_CAM, DeviceKind.REAR_CAM})
@@ -88,11 +99,15 @@ class ActivationReason(StrEnum):
 
 class AckStatus(StrEnum):
     """What a camera did with a command. A camera answers twice: ``received`` at once,
-    then ``recording`` (with the pre-roll it kept) or ``refused``."""
+    then ``recording`` (with the pre-roll it kept) or ``refused``. A third answer,
+    ``cancelled``, may follow within the camera's cancel window (10 s by default): the
+    officer cancelled the recording this activation started from the buffer as a false
+    activation. The recording is kept, marked cancelled; ``by`` names who cancelled it."""
 
     RECEIVED = "received"  # the command arrived; committing the buffer
     RECORDING = "recording"  # a recording now includes this activation
     REFUSED = "refused"  # the camera could not record (off, storage full …)
+    CANCELLED = "cancelled"  # the officer cancelled it as a false activation (final)
 
 
 class ConfirmStatus(StrEnum):
@@ -117,6 +132,7 @@ class AlertKind(StrEnum):
     REFUSED = "refused"  # a camera refused an activation
     EXPIRED = "expired"  # a command expired without reaching its camera
     LEDGER = "ledger"  # an activation could not be written to the ledger
+    STORM = "storm"  # a device's trigger events were refused as over its rate or a storm
 
 
 # Enum fields arrive from msgpack as plain strings: validate them by value (lax) while
@@ -192,7 +208,13 @@ class Event(_Positioned):
 
 
 class Command(Message):
-    """An activation command to one camera. The mesh only ever starts recordings."""
+    """An activation command to one camera. The mesh only ever starts recordings: there
+    is no field, value or other payload that stops one.
+
+    ``sig`` is the engine's Ed25519 signature over the command bound to its agency and
+    target camera (:mod:`actimesh.security.signing`); cameras refuse any command whose
+    signature does not verify with the engine's public key.
+    """
 
     kind: ClassVar[str] = "command"
     aid: Identifier
@@ -205,10 +227,15 @@ class Command(Message):
     dist: Metres | None = None
     ts: Timestamp
     exp: Timestamp
+    sig: Signature
 
 
 class Ack(Message):
-    """A camera's answer to a command."""
+    """A camera's answer to a command.
+
+    ``by`` (who cancelled) comes with ``status: cancelled`` and only with it; ``ts`` is
+    then when the officer cancelled, and ``rec`` the recording that is kept, marked.
+    """
 
     kind: ClassVar[str] = "ack"
     aid: Identifier
@@ -217,6 +244,13 @@ class Ack(Message):
     rec: Identifier | None = None
     ts: Timestamp
     detail: ShortText | None = None
+    by: Annotated[str, Field(min_length=1, max_length=256)] | None = None
+
+    @model_validator(mode="after")
+    def _by_with_cancelled(self) -> Self:
+        if (self.by is not None) != (self.status is AckStatus.CANCELLED):
+            raise ValueError("by is given with status cancelled, and only with it")
+        return self
 
 
 class Confirmation(Message):

@@ -12,6 +12,23 @@ attaches the engine's later command to the recording already running.
 
 Every agent keeps a persistent MQTT session with a stable client id, so a command sent
 while it was briefly disconnected waits in the broker and arrives on reconnect.
+
+**Signed commands.** A camera records only for a command that verifies with the engine's
+public key (:class:`~actimesh.security.signing.CommandVerifier`), for this camera, of
+this agency, and not expired. Anything else (unsigned, forged, signed by another key,
+meant for another camera, expired, malformed) is refused: an ``Ack`` with status
+``refused`` and the reason code at the start of ``detail`` (when the command names an
+activation id to answer), counted in :class:`AgentStats` and logged. A camera without
+the engine's key refuses every command. A valid command seen again is a duplicate:
+answered as before, never a second recording. Nothing on the wire stops a recording;
+only the officer does, on the device (:meth:`DeviceAgent.stop_recording`).
+
+**False activations.** Within the camera's cancel window the officer may cancel the
+recording an activation started from the buffer (:meth:`DeviceAgent.cancel_activation`).
+The camera keeps the recording, marked cancelled, and the agent answers every engine
+activation on it with an ``Ack`` of status ``cancelled`` naming who cancelled, so the
+engine records the false activation. A command for the cancelled event that arrives
+later gets the same answer. A cancel the camera refuses sends nothing.
 """
 
 from __future__ import annotations
@@ -21,13 +38,15 @@ import itertools
 import logging
 import time
 import uuid
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiomqtt
+import msgpack
 
 from actimesh.broker.client import LinkSettings, MqttLink, Subscription, Will, as_bytes
-from actimesh.broker.codec import decode, encode
+from actimesh.broker.codec import MAX_PAYLOAD_BYTES, decode, encode
 from actimesh.broker.messages import (
     CAMERA_KINDS,
     Ack,
@@ -42,13 +61,33 @@ from actimesh.broker.messages import (
     Presence,
     Telemetry,
 )
-from actimesh.broker.topics import Topics
-from actimesh.devices.camera import ActivationResult, Camera
+from actimesh.broker.topics import Topics, is_identifier
+from actimesh.devices.camera import ActivationResult, Camera, CancelResult
+from actimesh.devices.recorder import ActivationRecord
 from actimesh.errors import BrokerError, PayloadError
+from actimesh.security.signing import CommandVerifier
 
 __all__ = ["AgentStats", "DeviceAgent", "Position", "PositionSource", "ReceivedCommand"]
 
 log = logging.getLogger(__name__)
+
+#: Events cancelled on this camera that the agent remembers, to answer late commands.
+_REMEMBER_CANCELLED = 1024
+_CANCELLED_DETAIL = "cancelled on the camera as a false activation; the recording is kept, marked"
+
+
+def _local_aid(eid: str) -> str:
+    """The activation id of a paired sensor's event over the local link."""
+    return f"local-{eid}"[:64]
+
+
+@dataclass(frozen=True, slots=True)
+class _Cancelled:
+    """A false activation the officer cancelled on this camera."""
+
+    recording_id: str | None
+    by: str
+    at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,12 +130,21 @@ class AgentStats:
     events_confirmed: int = 0
     events_rejected: int = 0
     events_abandoned: int = 0
-    commands: int = 0
-    rejected_commands: int = 0
+    commands: int = 0  # commands that verified (duplicates included)
+    duplicate_commands: int = 0  # verified commands for an activation already handled
+    rejected_commands: int = 0  # commands refused, all reasons
+    cancels: int = 0  # false activations the officer cancelled (accepted by the camera)
+    cancels_refused: int = 0  # cancels the camera refused (window closed, not its recording)
+    #: Refused commands by reason: unsigned, bad_signature, expired, invalid, …
+    refused_commands: Counter[str] = field(default_factory=Counter)
 
 
 class DeviceAgent:
-    """One device: a camera (with a :class:`Camera`) or a sensor (gateway, CEW)."""
+    """One device: a camera (with a :class:`Camera`) or a sensor (gateway, CEW).
+
+    ``verifier`` holds the engine's public key; a camera without one refuses every
+    command (fail closed).
+    """
 
     def __init__(
         self,
@@ -110,6 +158,7 @@ class DeviceAgent:
         unit: str | None = None,
         paired: Sequence[str] = (),
         camera: Camera | None = None,
+        verifier: CommandVerifier | None = None,
         local_peers: Sequence[DeviceAgent] = (),
         telemetry_interval_s: float = 1.0,
         clock: Callable[[], float] = time.time,
@@ -131,6 +180,7 @@ class DeviceAgent:
         self.unit = unit
         self.paired = tuple(paired)
         self.camera = camera
+        self.verifier = verifier
         self.local_peers = tuple(local_peers)
         self.position = position
         self.clock = clock
@@ -139,6 +189,14 @@ class DeviceAgent:
         self.received: list[ReceivedCommand] = []
         self._events = itertools.count(1)
         self._lock = asyncio.Lock()
+        # Held from a command's commit to its final answer, and by a cancel until its
+        # answers are out: a camera's ``recording`` for an activation always reaches the
+        # broker before its ``cancelled`` for the same one.
+        self._answering = asyncio.Lock()
+        self._cancelled: OrderedDict[str, _Cancelled] = OrderedDict()  # by event id
+        # ``cancelled`` answers the broker has not taken yet: the engine sends nothing
+        # that would ask for them again, so they are re-sent until they get through.
+        self._unsent_cancels: OrderedDict[str, bytes] = OrderedDict()  # by activation id
         self._boot = uuid.uuid4().hex[:8]
         self._last_event: bytes | None = None
         self._stopped = asyncio.Event()
@@ -331,6 +389,7 @@ class DeviceAgent:
             await asyncio.sleep(min(0.25, initial))
             if not self.link.connected:
                 continue
+            await self._send_cancels()
             now = self.clock()
             for eid, pending in list(self._unconfirmed.items()):
                 if now - pending.first_sent > give_up:
@@ -369,7 +428,7 @@ class DeviceAgent:
         if self.camera is None:
             return None
         return await self._activate(
-            aid=f"local-{event.eid}"[:64],
+            aid=_local_aid(event.eid),
             eid=event.eid,
             event_type=event.type,
             source=source,
@@ -426,9 +485,10 @@ class DeviceAgent:
             self.stats.events_confirmed += 1
 
     async def _ack(self, aid: str, status: AckStatus, pre_cov: float = 0.0, *,
-                   rec: str | None = None, detail: str | None = None) -> None:  # fmt: skip
-        ack = Ack(aid=aid, status=status, pre_cov=pre_cov, rec=rec, ts=self.clock(),
-                  detail=detail)  # fmt: skip
+                   rec: str | None = None, detail: str | None = None, by: str | None = None,
+                   ts: float | None = None) -> None:  # fmt: skip
+        ack = Ack(aid=aid, status=status, pre_cov=pre_cov, rec=rec,
+                  ts=self.clock() if ts is None else ts, detail=detail, by=by)  # fmt: skip
         try:
             await self.link.publish(self.topics.ack(self.device_id), encode(ack), qos=1)
         except BrokerError as exc:
@@ -440,33 +500,158 @@ class DeviceAgent:
         try:
             command = decode(Command, payload)
         except PayloadError as exc:
-            self.stats.rejected_commands += 1
-            log.warning("%s: command rejected: %s", self.device_id, exc)
+            aid, why = _unreadable(payload, exc)
+            await self._refuse(aid, why)
+            return
+        refusal = self._verify(command, received)
+        if refusal is not None:
+            await self._refuse(command.aid, refusal)
             return
         self.stats.commands += 1
-        if command.exp < received:
-            await self._ack(command.aid, AckStatus.REFUSED,
-                            detail="command expired before it arrived")  # fmt: skip
-            return
         # First answer at once, before the (slower) commit to storage.
         await self._ack(command.aid, AckStatus.RECEIVED)
         if self.commit_delay_s:
             await asyncio.sleep(self.commit_delay_s)
-        result = await self._activate(
-            aid=command.aid,
-            eid=command.eid,
-            event_type=command.type,
-            source=command.src,
-            event_ts=command.ets,
-            pre_roll_s=command.pre,
-            now=received,
-        )
-        self.received.append(ReceivedCommand(command, received, result))
-        await self._ack(command.aid, result.status, result.pre_roll_covered_s,
-                        rec=result.recording_id, detail=result.detail)  # fmt: skip
+        async with self._answering:
+            result = await self._activate(
+                aid=command.aid,
+                eid=command.eid,
+                event_type=command.type,
+                source=command.src,
+                event_ts=command.ets,
+                pre_roll_s=command.pre,
+                now=received,
+            )
+            if result.duplicate:
+                self.stats.duplicate_commands += 1
+            self.received.append(ReceivedCommand(command, received, result))
+            cancelled = self._cancelled.get(command.eid)
+            if result.status is AckStatus.REFUSED and cancelled is not None:
+                # The camera refused because the officer had cancelled this event here
+                # (the local link started it first): that is the camera's final answer to
+                # this activation too, not a failure to record.
+                await self._ack(command.aid, AckStatus.CANCELLED, rec=cancelled.recording_id,
+                                detail=_CANCELLED_DETAIL, by=cancelled.by,
+                                ts=cancelled.at)  # fmt: skip
+                return
+            await self._ack(command.aid, result.status, result.pre_roll_covered_s,
+                            rec=result.recording_id, detail=result.detail)  # fmt: skip
+
+    def _verify(self, command: Command, now: float) -> PayloadError | None:
+        """Why ``command`` must be refused, or None if it is the engine's, for this camera."""
+        if self.verifier is None:
+            return PayloadError("no_engine_key", "this camera has no engine public key")
+        try:
+            self.verifier.verify(command, agency=self.topics.agency, device_id=self.device_id,
+                                 now=now)  # fmt: skip
+        except PayloadError as exc:
+            return exc
+        return None
+
+    async def _refuse(self, aid: str | None, why: PayloadError) -> None:
+        """Refuse a command: counted, logged, and answered when it names an activation."""
+        self.stats.rejected_commands += 1
+        self.stats.refused_commands[why.reason] += 1
+        log.warning("%s: command %s refused: %s", self.device_id, aid or "(no id)", why)
+        if aid is not None:
+            await self._ack(aid, AckStatus.REFUSED, detail=str(why)[:256])
 
     async def stop_recording(self) -> None:
         """The officer stops the recording on the device. The mesh itself never does."""
         if self.camera is not None:
             async with self._lock:
                 await asyncio.to_thread(self.camera.stop, self.clock())
+
+    async def cancel_activation(
+        self, aid: str | None = None, *, by: str = "officer"
+    ) -> CancelResult | None:
+        """The officer ``by`` cancels a false activation on the device (within the window).
+
+        ``aid`` is the activation that started the recording (by default, whichever did).
+        When the camera accepts, each engine activation on the cancelled recording is
+        answered ``cancelled``; when it refuses (window closed, a recording it was already
+        making, nothing recording), nothing is sent. None for a device without a camera.
+        """
+        camera = self.camera
+        if camera is None:
+            return None
+
+        def cancel(now: float) -> tuple[CancelResult, tuple[ActivationRecord, ...]]:
+            recording = camera.recording
+            attached = recording.activations if recording is not None else ()
+            return camera.cancel(now, aid=aid, by=by), attached
+
+        async with self._answering:
+            async with self._lock:
+                now = self.clock()
+                result, attached = await asyncio.to_thread(cancel, now)
+            if not result.accepted:
+                self.stats.cancels_refused += 1
+                log.info("%s: cancel refused: %s", self.device_id, result.detail)
+                return result
+            self.stats.cancels += 1
+            mark = _Cancelled(result.recording_id, by, now)
+            for activation in attached:
+                # The camera accepts a cancel only while one event's activations are on
+                # the recording, so each of them is remembered under that event.
+                self._cancelled[activation.eid] = mark
+                self._cancelled.move_to_end(activation.eid)
+            while len(self._cancelled) > _REMEMBER_CANCELLED:
+                self._cancelled.popitem(last=False)
+            log.info("%s: %s cancelled recording %s as a false activation", self.device_id, by,
+                     result.recording_id)  # fmt: skip
+            for activation in attached:
+                if activation.aid == _local_aid(activation.eid):
+                    continue  # the local link's own: the engine never heard of it
+                ack = Ack(aid=activation.aid, status=AckStatus.CANCELLED,
+                          pre_cov=activation.pre_roll_covered_s, rec=result.recording_id,
+                          ts=now, detail=_CANCELLED_DETAIL, by=by)  # fmt: skip
+                self._unsent_cancels[activation.aid] = encode(ack)
+                while len(self._unsent_cancels) > _REMEMBER_CANCELLED:
+                    _, lost = self._unsent_cancels.popitem(last=False)
+                    log.error("%s: a cancelled answer was never sent: %r", self.device_id, lost)
+            await self._send_cancels()
+            return result
+
+    @property
+    def unsent_cancels(self) -> int:
+        """``cancelled`` answers not yet taken by the broker (re-sent until they are)."""
+        return len(self._unsent_cancels)
+
+    async def _send_cancels(self) -> None:
+        topic = self.topics.ack(self.device_id)
+        for aid, payload in list(self._unsent_cancels.items()):
+            try:
+                await self.link.publish(topic, payload, qos=1)
+            except BrokerError as exc:
+                log.warning("%s: cancelled answer for %s not sent yet (%s); will retry",
+                            self.device_id, aid, exc)  # fmt: skip
+                return
+            self._unsent_cancels.pop(aid, None)
+
+    async def set_stealth(self, on: bool) -> bool:
+        """The officer turns the recording light off (``on=True``) or back on."""
+        if self.camera is None:
+            return False
+        async with self._lock:
+            return await asyncio.to_thread(self.camera.set_stealth, on, self.clock())
+
+
+def _unreadable(payload: bytes, exc: PayloadError) -> tuple[str | None, PayloadError]:
+    """For a command that did not decode: its activation id, if one can be read to
+    answer, and why it was refused (a command without ``sig`` is ``unsigned``)."""
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        return None, exc
+    try:
+        obj = msgpack.unpackb(
+            payload, raw=False, use_list=False, strict_map_key=True, max_str_len=len(payload),
+            max_bin_len=len(payload), max_array_len=256, max_map_len=256, max_ext_len=0,
+        )  # fmt: skip
+    except (ValueError, TypeError, msgpack.UnpackException, RecursionError):
+        return None, exc
+    if not isinstance(obj, dict):
+        return None, exc
+    aid = obj.get("aid")
+    if exc.reason == "invalid" and "sig" not in obj:
+        exc = PayloadError("unsigned", "the command carries no signature")
+    return (aid if isinstance(aid, str) and is_identifier(aid) else None), exc

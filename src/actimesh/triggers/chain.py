@@ -63,6 +63,8 @@ class EventType(StrEnum):
     CASE_LINK = "case_link"  # an activation linked to a case: kept past retention
     RETENTION_DELETE = "retention_delete"  # records redacted or a recording deleted
     LEDGER_IMPORT = "ledger_import"  # rows written before the chain existed were chained
+    FALSE_ACTIVATION = "false_activation"  # an officer cancelled a camera's activation
+    MERGE = "merge"  # a repeated trigger that joined the activation it repeats
 
 
 def canonical_json(body: Mapping[str, Any]) -> str:

@@ -8,6 +8,10 @@ there helps no one. A camera that has not finished within the acknowledgement ti
 raises one ``no_ack`` alert for dispatch; a command that outlives its expiry raises
 ``expired``. Re-sending is safe because cameras dedupe by activation id.
 
+Any answer but ``received`` finishes a delivery, ``cancelled`` included: the officer
+cancelled the activation on the camera as a false one, which is that camera's final
+word on it. It is neither re-sent nor alerted on.
+
 Pure and clock-driven: the engine feeds it events and performs the actions it returns.
 """
 
@@ -41,6 +45,8 @@ class Delivery:
     attempts: int = 1
     received: bool = False
     alerted: bool = False
+    #: The camera said it could not verify a command with this id (alerted once).
+    unverified: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +80,8 @@ class DeliveryTracker:
             )
 
     def on_ack(self, aid: str, device_id: str, status: AckStatus) -> Delivery | None:
-        """Apply a camera's answer; returns the delivery when this answer finishes it."""
+        """Apply a camera's answer; returns the delivery when this answer finishes it
+        (``recording``, ``refused`` or ``cancelled``)."""
         key = (aid, device_id)
         delivery = self._pending.get(key)
         if delivery is None:

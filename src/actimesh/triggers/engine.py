@@ -7,12 +7,22 @@ Two MQTT links, so that load on one cannot delay the other:
 * ``<engine>-tm`` carries telemetry (QoS 0, bounded queue, overflow counted), which only
   moves devices in the spatial index.
 
-The trigger path is: validate → dedupe → plan (pure, :mod:`.fanout`) → publish every
-command concurrently (QoS 1, MQTT v5 message expiry) → hand the ledger write and the
-activation record to the persister task. Commands go first because a camera's pre-roll
+The trigger path is: validate → check the sender may raise this trigger type → dedupe
+→ the device's rate limit → plan (pure, :mod:`.fanout`) → merge into the incident it
+repeats, or pass the global storm bound (:mod:`.storm`) → sign and publish every command
+concurrently (QoS 1, MQTT v5 message expiry) → hand the ledger write and the activation
+record to the persister task. Commands go first because a camera's pre-roll
 does not depend on when they arrive but an officer's safety may; the activation id is
 deterministic, so if the engine dies before the ledger write, the redelivered event makes
 the same commands again and cameras ignore the repeat.
+
+Every command is signed (:mod:`actimesh.security.signing`), bound to its camera and
+agency; cameras refuse anything that does not verify with the engine's public key.
+
+Who may raise a trigger comes from the rule (``senders``) and what the sender is from
+the fleet: the device registry when one is given (:class:`~.fleet.DeviceDirectory`),
+the device's own presence otherwise. Replays are refused by the dedupe memory, backed by
+the ledger once that memory has had to forget, and by the event age limit.
 
 Every rejected input is counted by reason, logged with its topic, and republished on the
 dead-letter topic (rate-capped; the counters are never capped).
@@ -48,10 +58,10 @@ from actimesh.broker.messages import (
     Alert,
     AlertKind,
     CameraActivation,
-    Command,
     Confirmation,
     ConfirmStatus,
     DeadLetter,
+    DeviceState,
     EngineStatus,
     Event,
     OfflineReason,
@@ -60,18 +70,18 @@ from actimesh.broker.messages import (
 from actimesh.broker.topics import DeviceChannel, Topics, is_identifier
 from actimesh.errors import BrokerError, LedgerError, PayloadError
 from actimesh.geofence import GridIndex, InclusionPolicy, SpatialIndex
+from actimesh.security.signing import UNVERIFIED_REFUSALS, CommandSigner, refusal_code
 from actimesh.triggers.delivery import Action, ActionKind, DeliveryTracker
-from actimesh.triggers.fanout import Plan, activation_id, plan_activation
-from actimesh.triggers.fleet import DeviceInfo, Fleet, LastFix
+from actimesh.triggers.fanout import Plan, plan_activation
+from actimesh.triggers.fleet import DeviceDirectory, DeviceInfo, Fleet, LastFix
 from actimesh.triggers.ledger import AckRow, ActivationRow, Ledger
-from actimesh.triggers.rules import RuleTable
+from actimesh.triggers.rules import Rule, RuleTable
 from actimesh.triggers.settings import EngineSettings
+from actimesh.triggers.storm import Incident, StormControl
 
 __all__ = ["Engine", "EngineStats"]
 
 log = logging.getLogger(__name__)
-
-_DEDUPE_CAPACITY = 200_000
 
 
 @dataclass(slots=True)
@@ -92,6 +102,13 @@ class EngineStats:
     confirmations: int = 0
     retries: int = 0
     alerts: Counter[str] = field(default_factory=Counter)
+    merged: int = 0  # triggers that joined the activation they repeat (storm control)
+    #: Refusals by cameras that could not verify a command (forged ones provoke them).
+    unverified_refusals: int = 0
+    #: Dedupe questions the ledger answered because the memory had forgotten.
+    ledger_lookups: int = 0
+    #: Cameras whose officer cancelled the activation as false (``cancelled`` acks).
+    false_activations: int = 0
 
     @property
     def rejected_total(self) -> int:
@@ -110,10 +127,18 @@ class _Persist:
     #: broker only once the activation is durable, so a crash before that redelivers it.
     message: aiomqtt.Message
     origin: aiomqtt.Client | None
+    #: The activation this trigger joined (storm control), or None for a new one.
+    merged_into: str | None = None
 
 
 class Engine:
-    """The trigger engine for one agency. Create inside the running loop; ``await run()``."""
+    """The trigger engine for one agency. Create inside the running loop; ``await run()``.
+
+    ``signer`` signs every command. ``directory`` is the authoritative source of what
+    each device is (the device registry); without one, devices' own presence is taken
+    at its word. ``dispatch_source`` is the device id dispatch publishes zones under:
+    the only sender allowed to raise rules that name ``"dispatch"``.
+    """
 
     def __init__(
         self,
@@ -124,8 +149,11 @@ class Engine:
         ledger: Ledger,
         rules: RuleTable,
         policy: InclusionPolicy,
+        signer: CommandSigner,
         settings: EngineSettings | None = None,
         index: SpatialIndex | None = None,
+        directory: DeviceDirectory | None = None,
+        dispatch_source: str | None = None,
         clock: Callable[[], float] = time.time,
         username: str | None = None,
         password: str | None = None,
@@ -135,15 +163,23 @@ class Engine:
         self.ledger = ledger
         self.rules = rules
         self.policy = policy
+        self.signer = signer
+        self.dispatch_source = dispatch_source
         self.index: SpatialIndex = index if index is not None else GridIndex()
-        self.fleet = Fleet()
+        self.fleet = Fleet(directory)
+        self.storm = StormControl(self.settings.storm_limits())
         self.stats = EngineStats()
         self.clock = clock
         self.ready = asyncio.Event()
         # (source, event id) -> activation id, for dedupe and for re-confirming repeats.
         self._seen: OrderedDict[tuple[str, str], str] = OrderedDict()
+        # Set once the dedupe memory has forgotten an event: from then on an event it
+        # does not know is looked up in the ledger before it is planned.
+        self._forgot = False
         # Activations written to the ledger: only those may be confirmed to a device.
         self._durable: set[str] = set()
+        # A merged trigger's own activation id -> the activation it joined.
+        self._aliases: dict[str, str] = {}
         self._warm = False
         #: Set once the engine plans events (after ``warmup_s``).
         self.warmed = asyncio.Event()
@@ -154,7 +190,8 @@ class Engine:
         self._persist: asyncio.Queue[_Persist] = asyncio.Queue(maxsize=10_000)
         # Acknowledgements are written by their own task: a synced SQLite write per ack
         # on the control link would hold up the trigger events queued behind it.
-        self._ack_rows: asyncio.Queue[AckRow] = asyncio.Queue(maxsize=100_000)
+        # Each with who cancelled, for a ``cancelled`` ack (a false activation).
+        self._ack_rows: asyncio.Queue[tuple[AckRow, str | None]] = asyncio.Queue(maxsize=100_000)
         self._deadletter_tokens = self.settings.deadletters_per_s
         self._deadletter_refill = clock()
         eid = self.settings.engine_id
@@ -274,9 +311,20 @@ class Engine:
             except UnicodeDecodeError:
                 device_id = ""
             info = self.fleet.get(device_id)
-            if info is not None or is_identifier(device_id):  # known ids were checked once
+            if info is not None:  # known ids were checked once
                 return device_id, info
+            if is_identifier(device_id):
+                self._check_registered(device_id)
+                return device_id, None
         raise PayloadError("bad_topic", "not a device topic")
+
+    def _check_registered(self, device_id: str) -> None:
+        """With a directory, a device it does not know is refused before the fleet and
+        the index make room for it: otherwise anyone past the broker's ACL could grow
+        them without bound with made-up ids."""
+        directory = self.fleet.directory
+        if directory is not None and directory.get(device_id) is None:
+            raise PayloadError("unregistered", f"device {device_id!r} is not in the registry")
 
     async def _on_control(
         self, message: aiomqtt.Message, held_origin: aiomqtt.Client | None = None
@@ -312,6 +360,8 @@ class Engine:
         if not payload:  # a cleared retained message
             return
         msg = decode(Presence, payload)
+        if self.fleet.get(device_id) is None:
+            self._check_registered(device_id)
         self.stats.presence += 1
         now = self.clock()
         fix = None
@@ -332,18 +382,51 @@ class Engine:
     async def _on_ack(self, device_id: str, payload: bytes) -> None:
         msg = decode(Ack, payload)
         self.stats.acks += 1
+        if msg.status is AckStatus.REFUSED and refusal_code(msg.detail) in UNVERIFIED_REFUSALS:
+            await self._on_unverified(device_id, msg)
+            return
+        # ``cancelled`` is final too (the officer cancelled a false activation): the
+        # camera is not commanded again for it, and it is not a failure to alert on.
         finished = self.deliveries.on_ack(msg.aid, device_id, msg.status)
         if finished is not None and msg.status is AckStatus.REFUSED:
             await self._alert(AlertKind.REFUSED, msg.aid, device_id, msg.detail or "refused")
+        if msg.status is AckStatus.CANCELLED:
+            self.stats.false_activations += 1
+            log.info("%s cancelled activation %s on %s as a false activation", msg.by,
+                     msg.aid, device_id)  # fmt: skip
         row = AckRow(msg.aid, device_id, msg.status.value, msg.pre_cov, msg.rec, msg.ts,
                      self.clock(), msg.detail)  # fmt: skip
-        await self._ack_rows.put(row)  # waits (never drops) if the writer falls behind
+        await self._ack_rows.put((row, msg.by))  # waits (never drops) if the writer is behind
+
+    async def _on_unverified(self, device_id: str, msg: Ack) -> None:
+        """A camera could not verify a command. Anyone able to publish on its command
+        topic can provoke that, so it is not the camera's answer to the command we sent:
+        that one stays pending and is re-sent. If we did command this camera, the
+        camera may hold the wrong engine key: alert once, and keep the answer."""
+        self.stats.unverified_refusals += 1
+        delivery = self.deliveries.get(msg.aid, device_id)
+        if delivery is None:
+            log.warning("%s refused a command %s it could not verify (not ours): %s",
+                        device_id, msg.aid, msg.detail)  # fmt: skip
+            return
+        if not delivery.unverified:
+            delivery.unverified = True
+            await self._alert(AlertKind.REFUSED, msg.aid, device_id,
+                              f"camera could not verify the command ({msg.detail}); check "
+                              "that it has this engine's public key")  # fmt: skip
+        row = AckRow(msg.aid, device_id, msg.status.value, msg.pre_cov, msg.rec, msg.ts,
+                     self.clock(), msg.detail)  # fmt: skip
+        await self._ack_rows.put((row, None))
 
     async def _ack_writer(self) -> None:
         while True:
-            row = await self._ack_rows.get()
+            row, cancelled_by = await self._ack_rows.get()
             try:
-                await self.ledger.record_ack(row)
+                if cancelled_by is not None:
+                    # The ack and its false_activation record, in one transaction.
+                    await self.ledger.record_cancel(row, cancelled_by)
+                else:
+                    await self.ledger.record_ack(row)
             except LedgerError:
                 self.stats.ledger_failures += 1
                 log.exception("ack from %s for %s not recorded", row.device_id, row.aid)
@@ -368,9 +451,10 @@ class Engine:
         if rule is None:
             known = ", ".join(r.event_type for r in self.rules)
             raise PayloadError("unknown_event_type", f"{event.type!r} (known: {known})")
+        self._check_sender(source, rule)
         self.stats.events += 1
         key = (source, event.eid)
-        seen = self._seen.get(key)
+        seen = await self._already_seen(key)
         if seen is not None:
             # A repeat: the device did not get our confirmation (or the broker redelivered).
             # Confirm it only if the original is durable: confirming one still waiting for
@@ -379,8 +463,16 @@ class Engine:
             self.stats.duplicates += 1
             if seen in self._durable:
                 log.info("duplicate event %s from %s: confirmed again", event.eid, source)
-                await self._confirm(source, event.eid, ConfirmStatus.ACTIVATED, seen)
+                await self._confirm(source, event.eid, ConfirmStatus.ACTIVATED,
+                                    self._aliases.get(seen, seen))  # fmt: skip
             return False
+        ticket = self.storm.admit_event(source, received)
+        if ticket is None:
+            limits = self.storm.limits
+            detail = (f"{source} raised more than {limits.device_burst:g} events at once or "
+                      f"{limits.device_rate_per_s:g} a second")  # fmt: skip
+            await self._storm_alert(source, received, f"rate_limited: {detail}")
+            raise PayloadError("rate_limited", detail)
         plan = plan_activation(
             event=event,
             source=source,
@@ -389,8 +481,26 @@ class Engine:
             index=self.index,
             policy=self.policy,
         )
+        cameras = frozenset(t.device_id for t in plan.targets)
+        joined = self.storm.merge_into(
+            src=source, event_type=event.type, ets=event.ts, lat=plan.lat, lon=plan.lon,
+            cameras=cameras, usable=lambda incident: self._mergeable(incident, cameras),
+        )  # fmt: skip
+        if joined is not None:
+            self._remember(key, plan.aid)
+            item = _Persist(plan, event, source, received, self.clock(), {}, message, origin,
+                            merged_into=joined.aid)  # fmt: skip
+            await self._persist.put(item)
+            return True
+        if not self.storm.admit_activation(ticket, received):
+            detail = (f"over {self.storm.limits.activations_per_s:g} activations a second "
+                      "across the fleet")  # fmt: skip
+            await self._storm_alert(source, received, f"storm: {detail}")
+            raise PayloadError("storm", detail)
         self._remember(key, plan.aid)
         decided = self.clock()
+        self.storm.remember(Incident(plan.aid, source, event.type, event.ts, plan.lat, plan.lon,
+                                     cameras, decided))  # fmt: skip
         await self._send_commands(plan, event, source, decided)
         rule_doc: dict[str, object] = {
             "event_type": rule.event_type,
@@ -409,6 +519,54 @@ class Engine:
         await self._persist.put(item)
         return True
 
+    def _check_sender(self, source: str, rule: Rule) -> None:
+        """Refuse a trigger type the sending device may not raise (``sender_not_allowed``)."""
+        dispatch = self.dispatch_source is not None and source == self.dispatch_source
+        kind = None if dispatch else self.fleet.kind_of(source)
+        if rule.allows(kind, dispatch=dispatch):
+            return
+        what = "the dispatch source" if dispatch else (kind.value if kind else "of unknown kind")
+        allowed = ", ".join(sorted(rule.senders)) or "nobody"
+        raise PayloadError(
+            "sender_not_allowed",
+            f"{source} is {what}; {rule.event_type} may be raised by {allowed}",
+        )
+
+    async def _already_seen(self, key: tuple[str, str]) -> str | None:
+        """The activation id of an event handled before, from memory or the ledger."""
+        seen = self._seen.get(key)
+        if seen is not None or not self._forgot:
+            return seen
+        # The memory had to forget: the ledger still knows every event recorded, and
+        # the age limit refuses anything older, so a replay cannot slip between them.
+        self.stats.ledger_lookups += 1
+        try:
+            found = await self.ledger.find(*key)
+        except LedgerError:
+            # Unanswered: plan it. The ledger's unique (device, event) key keeps the
+            # record single and cameras dedupe the activation id.
+            log.exception("dedupe lookup of %s from %s failed", key[1], key[0])
+            return None
+        if found is not None:
+            self._remember(key, found, durable=True)
+        return found
+
+    def _mergeable(self, incident: Incident, cameras: frozenset[str]) -> bool:
+        """May a repeat that would command ``cameras`` join ``incident``? Only once the
+        incident is durable, and while every one of those cameras still reports that it
+        is recording: one an officer has since stopped must be commanded again."""
+        if incident.aid not in self._durable:
+            return False
+        for device_id in cameras:
+            info = self.fleet.get(device_id)
+            if info is None or info.state is not DeviceState.RECORDING:
+                return False
+        return True
+
+    async def _storm_alert(self, source: str, now: float, detail: str) -> None:
+        if self.storm.should_alert(source, now):
+            await self._alert(AlertKind.STORM, None, source, detail)
+
     async def _refuse_event(self, source: str, payload: bytes, exc: PayloadError) -> None:
         """Tell a device its event was refused, so it stops re-sending it."""
         try:
@@ -421,15 +579,20 @@ class Engine:
         self._seen[key] = aid
         if durable:
             self._durable.add(aid)
-        if len(self._seen) > _DEDUPE_CAPACITY:
+        if len(self._seen) > self.settings.dedupe_memory:
             _, oldest = self._seen.popitem(last=False)
             self._durable.discard(oldest)
+            self._aliases.pop(oldest, None)
+            self._forgot = True
 
     async def _send_commands(self, plan: Plan, event: Event, source: str, now: float) -> None:
         expiry = self.settings.command_expiry_s
+        agency = self.topics.agency
         async with asyncio.TaskGroup() as tg:
             for target in plan.targets:
-                command = Command(
+                command = self.signer.command(
+                    agency=agency,
+                    device_id=target.device_id,
                     aid=plan.aid,
                     eid=event.eid,
                     src=source,
@@ -537,8 +700,9 @@ class Engine:
     async def _recover(self) -> None:
         """After a restart: dedupe state and unfinished deliveries from the ledger."""
         now = self.clock()
-        for source, eid in await self.ledger.recent_events(now - self.settings.max_event_age_s):
-            self._remember((source, eid), activation_id(source, eid), durable=True)
+        since = now - self.settings.max_event_age_s
+        for source, eid, aid in await self.ledger.recent_events(since):
+            self._remember((source, eid), aid, durable=True)
         expiry = self.settings.command_expiry_s
         for aid in await self.ledger.activation_ids(since=now - expiry, limit=100_000):
             found = await self.ledger.activation(aid)
@@ -551,7 +715,9 @@ class Engine:
                 if not d.commanded or d.device_id in done or row.decided_ts + expiry <= now:
                     continue
                 proximity = d.reason == "proximity"
-                command = Command(
+                command = self.signer.command(
+                    agency=self.topics.agency,
+                    device_id=d.device_id,
                     aid=aid,
                     eid=row.eid,
                     src=row.src,
@@ -571,6 +737,9 @@ class Engine:
     async def _persister(self) -> None:
         while True:
             item = await self._persist.get()
+            if item.merged_into is not None:
+                await self._persist_merge(item, item.merged_into)
+                continue
             plan, event = item.plan, item.event
             row = ActivationRow(
                 aid=plan.aid,
@@ -655,10 +824,45 @@ class Engine:
             except BrokerError:
                 log.exception("activation record %s not published", plan.aid)
 
+    async def _persist_merge(self, item: _Persist, original: str) -> None:
+        """Record a trigger that joined ``original``, then acknowledge and confirm it."""
+        plan, event = item.plan, item.event
+        body = {
+            "aid": original,  # ties the record to the activation it joined (exports, retention)
+            "merged_aid": plan.aid,
+            "src": item.source,
+            "eid": event.eid,
+            "type": event.type,
+            "event_ts": event.ts,
+            "received_ts": item.received,
+            "lat": plan.lat,
+            "lon": plan.lon,
+            "cameras": sorted(t.device_id for t in plan.targets),
+            "initiated_by": event.by,
+            "engine": self.settings.engine_id,
+        }
+        try:
+            await self.ledger.record_event(
+                f"engine/{self.settings.engine_id}", "merge", original, "merged", body
+            )
+        except LedgerError as exc:
+            self.stats.ledger_failures += 1
+            self._seen.pop((item.source, event.eid), None)
+            log.exception("merge of %s into %s not written to the ledger", event.eid, original)
+            await self._alert(AlertKind.LEDGER, original, None, str(exc))
+            return
+        self._durable.add(plan.aid)
+        self._aliases[plan.aid] = original
+        self.stats.merged += 1
+        log.info("event %s from %s joined activation %s", event.eid, item.source, original)
+        self.ctl.ack(item.message, item.origin)
+        await self._confirm(item.source, event.eid, ConfirmStatus.ACTIVATED, original,
+                            cameras=len(plan.targets))  # fmt: skip
+
     # ------------------------------------------------------------------ rejects
     async def _reject(self, topic: str, payload: bytes, exc: PayloadError) -> None:
         self.stats.rejected[exc.reason] += 1
-        log.warning("rejected %s: %s", topic, exc)
+        log.warning("rejected %r: %s", topic, exc)
         now = self.clock()
         rate = self.settings.deadletters_per_s
         self._deadletter_tokens = min(

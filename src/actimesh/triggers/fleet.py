@@ -5,12 +5,22 @@ Positions live in the spatial index, not here: this module keeps only what the i
 does not, so each tracked device costs one small slotted object. Devices describe
 themselves in their retained presence message (kind, unit, paired devices); the broker
 publishes their last will (``online: false``) when they vanish.
+
+What a device *says* it is decides which trigger types it may raise and whether it is
+commanded as a camera, so a self-description is only trusted where nothing better
+exists. Given a :class:`DeviceDirectory` (the device registry), the fleet takes kind,
+unit and pairing from there: a presence message that claims another kind or pairing is
+ignored for those and counted, and a device the directory does not know has no kind at
+all (it can neither raise triggers nor be commanded).
 """
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 from actimesh.broker.messages import (
     CAMERA_KINDS,
@@ -20,7 +30,49 @@ from actimesh.broker.messages import (
     Presence,
 )
 
-__all__ = ["DeviceInfo", "Fleet", "LastFix"]
+__all__ = [
+    "DeviceDirectory",
+    "DeviceInfo",
+    "DirectoryEntry",
+    "Fleet",
+    "LastFix",
+    "StaticDirectory",
+]
+
+log = logging.getLogger(__name__)
+
+#: What a directory knows of one device: ``(kind, unit, paired device ids)``.
+DirectoryEntry = tuple[DeviceKind, str | None, tuple[str, ...]]
+
+
+class DeviceDirectory(Protocol):
+    """An authoritative source of what each device is (the device registry)."""
+
+    def get(self, device_id: str) -> DirectoryEntry | None:
+        """``(kind, unit, paired)`` of a registered device; None if it is not registered."""
+        ...
+
+
+class StaticDirectory:
+    """A :class:`DeviceDirectory` held in memory (tests, drills, fixed fleets)."""
+
+    def __init__(self, entries: dict[str, DirectoryEntry] | None = None) -> None:
+        self.entries: dict[str, DirectoryEntry] = dict(entries or {})
+
+    def add(
+        self,
+        device_id: str,
+        kind: DeviceKind,
+        unit: str | None = None,
+        paired: tuple[str, ...] = (),
+    ) -> None:
+        self.entries[device_id] = (kind, unit, tuple(paired))
+
+    def remove(self, device_id: str) -> None:
+        self.entries.pop(device_id, None)
+
+    def get(self, device_id: str) -> DirectoryEntry | None:
+        return self.entries.get(device_id)
 
 
 @dataclass(slots=True)
@@ -53,9 +105,16 @@ class DeviceInfo:
 
 
 class Fleet:
-    """Every device the engine has heard of, by id."""
+    """Every device the engine has heard of, by id.
 
-    def __init__(self) -> None:
+    With a ``directory``, kind, unit and pairing come from it, never from presence;
+    ``contradictions`` counts presence claims that disagreed with it, by what they
+    claimed (``kind``, ``paired``, ``unregistered``).
+    """
+
+    def __init__(self, directory: DeviceDirectory | None = None) -> None:
+        self.directory = directory
+        self.contradictions: Counter[str] = Counter()
         self._devices: dict[str, DeviceInfo] = {}
         # Devices that went offline recently, for "offline" verdicts near an event.
         self._recently_offline: dict[str, DeviceInfo] = {}
@@ -70,24 +129,69 @@ class Fleet:
         return self._devices.get(device_id)
 
     def touch(self, device_id: str, now: float) -> DeviceInfo:
-        """The device's record, created on first sight."""
+        """The device's record, created on first sight (from the directory, if any)."""
         info = self._devices.get(device_id)
         if info is None:
             info = self._devices[device_id] = DeviceInfo(device_id)
+            self._from_directory(info)
         info.last_seen = now
         return info
+
+    def kind_of(self, device_id: str) -> DeviceKind | None:
+        """What ``device_id`` is, asking the directory afresh when there is one: a device
+        removed from the registry stops raising triggers at once, and one registered
+        after it announced itself gets its kind and pairing now."""
+        info = self._devices.get(device_id)
+        if self.directory is None:
+            return None if info is None else info.kind
+        if info is not None:
+            self._from_directory(info)
+            return info.kind
+        entry = self.directory.get(device_id)
+        return None if entry is None else entry[0]
+
+    def _from_directory(self, info: DeviceInfo) -> bool:
+        """Fill in what the directory says; False when it does not know the device."""
+        if self.directory is None:
+            return False
+        entry = self.directory.get(info.device_id)
+        if entry is None:
+            info.kind, info.unit, info.paired = None, None, ()
+            return False
+        info.kind, info.unit, info.paired = entry[0], entry[1], tuple(entry[2])
+        return True
+
+    def _claims(self, info: DeviceInfo, msg: Presence) -> None:
+        """Apply what a presence message says the device is."""
+        if self.directory is None:
+            if msg.device_kind is not None:
+                info.kind = msg.device_kind
+            if msg.unit is not None:
+                info.unit = msg.unit
+            if msg.paired:
+                info.paired = msg.paired
+            return
+        if not self._from_directory(info):
+            if msg.device_kind is not None:
+                self._contradiction(info, "unregistered", "a device the registry does not know")
+            return
+        if msg.device_kind is not None and msg.device_kind is not info.kind:
+            kind = info.kind.value if info.kind else None
+            self._contradiction(info, "kind", f"kind {msg.device_kind.value}, registered {kind}")
+        if msg.paired and set(msg.paired) != set(info.paired):
+            self._contradiction(info, "paired", f"paired {list(msg.paired)}, registered "
+                                f"{list(info.paired)}")  # fmt: skip
+
+    def _contradiction(self, info: DeviceInfo, what: str, detail: str) -> None:
+        self.contradictions[what] += 1
+        log.warning("presence of %s ignored for %s: claims %s", info.device_id, what, detail)
 
     def presence(
         self, device_id: str, msg: Presence, now: float, fix: LastFix | None = None
     ) -> DeviceInfo:
         """Apply a presence message. ``fix`` is the device's last position when it leaves."""
         info = self.touch(device_id, now)
-        if msg.device_kind is not None:
-            info.kind = msg.device_kind
-        if msg.unit is not None:
-            info.unit = msg.unit
-        if msg.paired:
-            info.paired = msg.paired
+        self._claims(info, msg)
         if msg.online:
             info.online = True
             info.offline_since = None
@@ -122,6 +226,11 @@ class Fleet:
         return out
 
     def cameras_of(self, device_ids: tuple[str, ...]) -> Iterator[DeviceInfo]:
-        """Known devices among ``device_ids`` (unknown ones get a bare record)."""
+        """Known devices among ``device_ids`` (unknown ones get a record made from the
+        directory, or a bare one)."""
         for device_id in device_ids:
-            yield self._devices.get(device_id) or DeviceInfo(device_id)
+            info = self._devices.get(device_id)
+            if info is None:
+                info = DeviceInfo(device_id)
+                self._from_directory(info)
+            yield info

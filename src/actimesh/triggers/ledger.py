@@ -9,11 +9,15 @@ not updated, so the table reads as the history of what happened.
 Every write also appends to ``records``, the hash chain of truth (encoding in
 :mod:`.chain`), **in the same transaction** as the rows it describes: an activation with
 all of its decisions is one record, an acknowledgement another, and alerts, case links and
-retention deletions are records too. The tables ``activations``, ``decisions``, ``acks``
-and ``case_links`` are indexes of the chain for queries; ``actimesh audit verify`` checks
-that they agree with it. ``records.aid`` repeats the body's ``aid`` so that everything
-about one activation (including alerts whose subject is a camera) is found by one index;
-verify checks it against the body too.
+retention deletions are records too. A camera's ``cancelled`` acknowledgement (the
+officer cancelled a false activation on the camera) is an acknowledgement record and, in
+the same transaction, a ``false_activation`` record naming the camera, the activation,
+who cancelled, when, and how long after the event. The tables ``activations``,
+``decisions``, ``acks`` and ``case_links`` are indexes of the chain for queries;
+``actimesh audit verify`` checks that they agree with it. ``records.aid`` repeats the
+body's ``aid`` so that everything about one activation (including alerts and false
+activations, whose subject is a camera) is found by one index; verify checks it against
+the body too.
 
 Several engine processes may share one ledger file: appends take the write lock with
 ``BEGIN IMMEDIATE`` (waiting up to ``busy_timeout_s``) and read the chain's head inside
@@ -53,9 +57,11 @@ from actimesh.triggers.chain import (
 )
 
 __all__ = [
+    "FALSE_ACTIVATION",
     "AckRow",
     "ActivationRow",
     "DecisionRow",
+    "FalseActivation",
     "Head",
     "Ledger",
     "Redaction",
@@ -75,6 +81,10 @@ RETENTION_COMPONENT = "audit/retention"
 _IMPORT_COMPONENT = "ledger/import"
 #: Record types with rows in the query tables: appended only by their own methods.
 _TABLE_TYPES = frozenset({EventType.ACTIVATION, EventType.ACK, EventType.CASE_LINK})
+#: A camera whose officer cancelled its activation as false, within the cancel window.
+FALSE_ACTIVATION = EventType.FALSE_ACTIVATION
+#: Record types only the ledger's own methods append.
+_OWN_TYPES = _TABLE_TYPES | {FALSE_ACTIVATION}
 #: Record types retention never redacts: the proof of links and of deletions.
 KEEP_TYPES = (EventType.CASE_LINK, EventType.RETENTION_DELETE, EventType.LEDGER_IMPORT)
 
@@ -149,7 +159,9 @@ CREATE TABLE IF NOT EXISTS records (
 CREATE INDEX IF NOT EXISTS records_by_aid ON records (aid, event_type) WHERE aid IS NOT NULL;
 CREATE INDEX IF NOT EXISTS records_to_retain ON records (time)
     WHERE body IS NOT NULL
-    AND event_type NOT IN ('case_link', 'retention_delete', 'ledger_import')
+    AND event_type NOT IN ('case_link', 'retention_delete', 'ledger_import');
+-- Merged triggers have no row of their own: dedupe after a restart finds them here.
+CREATE INDEX IF NOT EXISTS records_merged ON records (seq) WHERE event_type = 'merge'
 """
 # Built after old duplicates are removed (a ledger from before the chain may have some).
 _ACKS_UNIQUE = (
@@ -208,6 +220,27 @@ class AckRow:
     recording: str | None
     device_ts: float
     received_ts: float
+    detail: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FalseActivation:
+    """One camera of an activation cancelled on the camera as a false activation.
+
+    ``cancelled_ts`` is the camera's clock when the officer cancelled; ``after_event_s``
+    is that minus the event time (None if the activation is not in the ledger).
+    """
+
+    seq: int
+    aid: str
+    device_id: str
+    by: str
+    cancelled_ts: float
+    received_ts: float
+    after_event_s: float | None
+    recording: str | None
+    eid: str | None = None
+    event_type: str | None = None
     detail: str | None = None
 
 
@@ -550,6 +583,53 @@ class Ledger:
         """Append a camera's acknowledgement (once: a redelivered one is ignored)."""
         await self._run(lambda: self._write_ack(ack))
 
+    def _write_cancel(self, ack: AckRow, by: str) -> int | None:
+        _text("the name of who cancelled", by)
+        if ack.status != "cancelled":
+            raise LedgerError(f"a false activation needs a cancelled ack, not {ack.status!r}")
+        with self._immediate(f"write the false activation {ack.aid}/{ack.device_id}") as db:
+            cur = db.execute(
+                "INSERT OR IGNORE INTO acks VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    ack.aid, ack.device_id, ack.status, ack.pre_cov_s, ack.recording,
+                    ack.device_ts, ack.received_ts, ack.detail,
+                ),
+            )  # fmt: skip
+            if cur.rowcount != 1:
+                return None  # redelivered: recorded the first time
+            self._append_ack(db, ack)
+            found = db.execute(
+                "SELECT src, eid, type, event_ts FROM activations WHERE aid = ?", (ack.aid,)
+            ).fetchone()
+            src, eid, event_type, event_ts = found if found is not None else (None,) * 4
+            body = {
+                "aid": ack.aid,
+                "device_id": ack.device_id,
+                "by": by,
+                "cancelled_ts": ack.device_ts,
+                "received_ts": ack.received_ts,
+                "after_event_s": None if event_ts is None else ack.device_ts - event_ts,
+                "recording": ack.recording,
+                "src": src,
+                "eid": eid,
+                "event_type": event_type,
+                "event_ts": event_ts,
+                "detail": ack.detail,
+            }
+            return self._append(db, at=ack.received_ts, component=f"device/{ack.device_id}",
+                                event_type=FALSE_ACTIVATION, subject=ack.device_id,
+                                outcome="cancelled", body=body)  # fmt: skip
+
+    async def record_cancel(self, ack: AckRow, by: str) -> int | None:
+        """Record a camera's ``cancelled`` acknowledgement as a false activation.
+
+        The acknowledgement and a ``false_activation`` record (camera, activation, who
+        cancelled, when, seconds after the event, the recording kept) are written in one
+        transaction; the record's ``seq``, or None for a redelivered acknowledgement,
+        which changes nothing.
+        """
+        return await self._run(lambda: self._write_cancel(ack, by))
+
     def _write_event(
         self,
         component: str,
@@ -563,10 +643,10 @@ class Ledger:
         for name, value in (("component", component), ("event_type", event_type),
                             ("subject", subject), ("outcome", outcome)):  # fmt: skip
             _text(name, value)
-        if event_type in _TABLE_TYPES or event_type in KEEP_TYPES:
+        if event_type in _OWN_TYPES or event_type in KEEP_TYPES:
             raise LedgerError(
-                f"event type {event_type!r} is written by the ledger itself; "
-                "use record_activation, record_ack, link_case or the retention job"
+                f"event type {event_type!r} is written by the ledger itself; use "
+                "record_activation, record_ack, record_cancel, link_case or the retention job"
             )
         with self._immediate(f"write {event_type} for {subject}") as db:
             return self._append(db, at=time.time() if at is None else at, component=component,
@@ -762,20 +842,39 @@ class Ledger:
 
     # ------------------------------------------------------------------ reads
     def _find(self, src: str, eid: str) -> str | None:
-        cur = self._db.execute("SELECT aid FROM activations WHERE src = ? AND eid = ?", (src, eid))
-        found = cur.fetchone()
+        db = self._db
+        found = db.execute(
+            "SELECT aid FROM activations WHERE src = ? AND eid = ?", (src, eid)
+        ).fetchone()
+        if found is None:
+            found = db.execute(
+                "SELECT subject FROM records WHERE event_type = 'merge' "
+                "AND json_extract(body, '$.src') = ? AND json_extract(body, '$.eid') = ?",
+                (src, eid),
+            ).fetchone()
         return None if found is None else str(found[0])
 
     async def find(self, src: str, eid: str) -> str | None:
-        """The activation id already recorded for this device's event, if any."""
+        """The activation id already recorded for this device's event, if any: its own,
+        or the one it joined when storm control merged it."""
         return await self._run(lambda: self._find(src, eid))
 
-    def _recent_events(self, since: float) -> list[tuple[str, str]]:
-        cur = self._db.execute("SELECT src, eid FROM activations WHERE event_ts >= ?", (since,))
-        return [(str(src), str(eid)) for src, eid in cur]
+    def _recent_events(self, since: float) -> list[tuple[str, str, str]]:
+        db = self._db
+        own = db.execute("SELECT src, eid, aid FROM activations WHERE event_ts >= ?", (since,))
+        out = [(str(src), str(eid), str(aid)) for src, eid, aid in own]
+        merged = db.execute(
+            "SELECT json_extract(body, '$.src'), json_extract(body, '$.eid'), subject "
+            "FROM records WHERE event_type = 'merge' "
+            "AND json_extract(body, '$.event_ts') >= ?",
+            (since,),
+        )
+        out += [(str(src), str(eid), str(aid)) for src, eid, aid in merged]
+        return out
 
-    async def recent_events(self, since: float) -> list[tuple[str, str]]:
-        """(source, event id) of activations with event time at or after ``since``."""
+    async def recent_events(self, since: float) -> list[tuple[str, str, str]]:
+        """(source, event id, activation id) of the events with event time at or after
+        ``since``, merged ones included (with the activation they joined)."""
         return await self._run(lambda: self._recent_events(since))
 
     def _activation(self, aid: str) -> tuple[ActivationRow, list[DecisionRow]] | None:
@@ -796,6 +895,24 @@ class Ledger:
     async def acks(self, aid: str) -> list[AckRow]:
         """Every acknowledgement received for an activation, oldest first."""
         return await self._run(lambda: self._acks(aid))
+
+    def _false_activations(self, aid: str | None) -> list[FalseActivation]:
+        sql = "SELECT seq, body FROM records WHERE event_type = ? AND body IS NOT NULL"
+        args: tuple[str, ...] = (FALSE_ACTIVATION,)
+        if aid is not None:
+            sql, args = sql + " AND aid = ?", (*args, aid)
+        out = []
+        for seq, text in self._db.execute(sql + " ORDER BY seq", args):
+            b = json.loads(text)
+            out.append(FalseActivation(seq, b["aid"], b["device_id"], b["by"], b["cancelled_ts"],
+                                       b["received_ts"], b["after_event_s"], b["recording"],
+                                       b["eid"], b["event_type"], b["detail"]))  # fmt: skip
+        return out
+
+    async def false_activations(self, aid: str | None = None) -> list[FalseActivation]:
+        """Cameras cancelled as false activations (of ``aid``, or all), oldest first.
+        Records redacted by retention are left out."""
+        return await self._run(lambda: self._false_activations(aid))
 
     def _activation_ids(self, since: float, limit: int) -> list[str]:
         return [

@@ -7,8 +7,11 @@ from dataclasses import dataclass, fields
 
 from actimesh.broker.topics import IDENTIFIER_PATTERN, is_identifier
 from actimesh.errors import ConfigError
+from actimesh.triggers.storm import StormLimits
 
 __all__ = ["EngineSettings"]
+
+_ZERO_ALLOWED = frozenset({"merge_window_s", "quiet_reserve"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,17 +52,57 @@ class EngineSettings:
     #: the fleet's telemetry interval. Held events keep their event time, so pre-roll is
     #: unaffected.
     warmup_s: float = 2.5
+    #: Events remembered in memory for dedupe; beyond that the ledger is asked, so a
+    #: replay is refused however long ago its first copy was forgotten here.
+    dedupe_memory: int = 200_000
+    #: Storm control (triggers/storm.py): a device may raise ``device_burst`` events at
+    #: once, then ``device_rate_per_s``; beyond that its events are ``rate_limited``.
+    device_burst: float = 10.0
+    device_rate_per_s: float = 0.5
+    #: The engine makes at most ``activations_burst`` activations at once, then
+    #: ``activations_per_s``; beyond that they are refused as ``storm``, except that
+    #: quiet devices may go ``quiet_reserve`` further.
+    activations_burst: float = 200.0
+    activations_per_s: float = 100.0
+    quiet_reserve: float = 100.0
+    #: A repeat of a trigger (same device and type) within ``merge_window_s`` and
+    #: ``merge_radius_m`` of an activation joins it when that activation already
+    #: commands every camera the repeat would (0 turns merging off).
+    merge_window_s: float = 10.0
+    merge_radius_m: float = 30.0
+    #: At most one storm alert per device per this many seconds.
+    storm_alert_s: float = 60.0
+
+    def storm_limits(self) -> StormLimits:
+        """The storm-control part of these settings."""
+        return StormLimits(
+            device_burst=self.device_burst,
+            device_rate_per_s=self.device_rate_per_s,
+            activations_burst=self.activations_burst,
+            activations_per_s=self.activations_per_s,
+            quiet_reserve=self.quiet_reserve,
+            merge_window_s=self.merge_window_s,
+            merge_radius_m=self.merge_radius_m,
+            alert_every_s=self.storm_alert_s,
+        )
 
     def __post_init__(self) -> None:
         if self.share_group and not is_identifier(self.share_group):
             raise ConfigError(f"share_group {self.share_group!r} must match {IDENTIFIER_PATTERN}")
         if not is_identifier(self.engine_id):
             raise ConfigError(f"engine_id {self.engine_id!r} must match {IDENTIFIER_PATTERN}")
+        if isinstance(self.dedupe_memory, bool) or not isinstance(self.dedupe_memory, int):
+            raise ConfigError(
+                f"engine.dedupe_memory must be a whole number, got {self.dedupe_memory!r}"
+            )
         for f in fields(self):
             value = getattr(self, f.name)
+            if f.name in _ZERO_ALLOWED:
+                continue
             if (
                 isinstance(value, float | int)
                 and not isinstance(value, bool)
                 and not (math.isfinite(value) and value > 0)
             ):
                 raise ConfigError(f"engine.{f.name} must be a positive number, got {value!r}")
+        self.storm_limits()  # checks the rest, where zero may mean "off"
