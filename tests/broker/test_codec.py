@@ -76,6 +76,7 @@ SAMPLES: dict[str, Message] = {
         dist=6.2,
         ts=NOW + 0.01,
         exp=NOW + 300,
+        sig=bytes(range(64)),  # the codec carries it; security/signing.py checks it
     ),
     "ack": Ack(aid="a-1", status=AckStatus.RECORDING, pre_cov=30.0, rec="r-9", ts=NOW + 0.2),
     "activation": Activation(

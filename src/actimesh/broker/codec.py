@@ -2,9 +2,11 @@
 
 Decoding never trusts its input: the size is checked before anything is parsed, the
 msgpack parser runs with small container limits (so a hostile payload cannot make it
-allocate much or recurse deeply), extension types are refused, and the result must
-validate against the payload model. Every failure is a :class:`PayloadError` with a
-stable ``reason`` code that the engine counts and dead-letters.
+allocate much or recurse deeply), extension types and repeated keys are refused, and
+the result must validate against the payload model. Every failure is a
+:class:`PayloadError` whose ``reason`` is one of :data:`REASONS` (the engine counts and
+dead-letters by it) and whose detail is one printable line of bounded length, whatever
+the payload held. ``actimesh fuzz`` (:mod:`actimesh.fuzz`) holds the codec to that.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from actimesh.errors import PayloadError
 __all__ = [
     "MAX_ACTIVATION_BYTES",
     "MAX_PAYLOAD_BYTES",
+    "REASONS",
     "check_clock",
     "decode",
     "decode_telemetry",
@@ -33,15 +36,53 @@ MAX_PAYLOAD_BYTES = 16 * 1024
 #: Activation records name every commanded camera, so they may be larger.
 MAX_ACTIVATION_BYTES = 1024 * 1024
 
+#: Every ``reason`` :func:`decode` and :func:`decode_telemetry` raise.
+REASONS = frozenset({"oversized", "malformed", "bad_version", "invalid"})
+
 M = TypeVar("M", bound=Message)
+
+#: Longest field path quoted in a PayloadError: unknown keys can be 16 KiB long.
+_MAX_WHERE = 64
 
 
 def _refuse_ext(code: int, _data: bytes) -> Any:
     raise PayloadError("malformed", f"msgpack extension type {code} is not allowed")
 
 
+def _declared_size(payload: bytes) -> int:
+    """How many entries the top-level map header of ``payload`` declares (-1: no map)."""
+    first = payload[0]
+    if 0x80 <= first <= 0x8F:
+        return first & 0x0F
+    if first == 0xDE:
+        return int.from_bytes(payload[1:3], "big")
+    if first == 0xDF:
+        return int.from_bytes(payload[1:5], "big")
+    return -1
+
+
+def _printable(text: str, limit: int = _MAX_WHERE) -> str:
+    """``text`` cut to ``limit`` characters, control and format characters escaped, so a
+    hostile field name can neither forge log lines nor bloat the dead-letter detail."""
+    if len(text) > limit:
+        text = text[:limit] + "…"
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else f"\\u{ord(c):04x}" for c in text)
+
+
+def _shown(value: Any) -> str:
+    """A hostile value as a short safe string. Never ``repr`` of a container: msgpack
+    nests 1,000 levels deep, and ``repr`` of that raises RecursionError."""
+    if value is None or type(value) in (bool, int, float):
+        return repr(value)
+    if type(value) is str:
+        return _printable(repr(value[:_MAX_WHERE]))
+    return f"of type {type(value).__name__}"
+
+
 def _unpack(payload: bytes, max_bytes: int) -> Any:
-    return msgpack.unpackb(
+    obj = msgpack.unpackb(
         payload,
         raw=False,
         strict_map_key=True,
@@ -53,6 +94,14 @@ def _unpack(payload: bytes, max_bytes: int) -> Any:
         max_map_len=256,
         max_ext_len=0,
     )
+    # Parsers disagree on a repeated key (first wins here, last wins elsewhere): a payload
+    # that means one thing to the engine and another to an integrator is refused. Only
+    # the top level is checked, where it costs a header read: no inbound payload has a
+    # map inside it (the models refuse one), and a hook on every map costs a third of
+    # the telemetry hot path.
+    if type(obj) is dict and len(obj) != _declared_size(payload):
+        raise PayloadError("malformed", "the msgpack map repeats a key")
+    return obj
 
 
 def encode(message: Message) -> bytes:
@@ -75,12 +124,18 @@ def decode(model: type[M], payload: bytes, *, max_bytes: int = MAX_PAYLOAD_BYTES
         raise PayloadError("malformed", f"expected a msgpack map, got {type(obj).__name__}")
     version = obj.get("v")
     if type(version) is not int or version != 1:  # True == 1 and 1.0 == 1 in Python
-        raise PayloadError("bad_version", f"version {version!r} is not supported (expected 1)")
+        raise PayloadError(
+            "bad_version", f"version {_shown(version)} is not supported (expected 1)"
+        )
     try:
         return model.model_validate(obj)
+    except RecursionError as exc:
+        # Validating an enum field calls the Enum class, whose error message is the
+        # value's repr: for a container nested ~1,000 deep that recursion overflows.
+        raise PayloadError("invalid", f"{model.kind}: a value is nested too deeply") from exc
     except ValidationError as exc:
         first = exc.errors(include_url=False, include_input=False)[0]
-        where = ".".join(str(part) for part in first["loc"]) or "payload"
+        where = _printable(".".join(str(part) for part in first["loc"])) or "payload"
         raise PayloadError(
             "invalid", f"{model.kind}: {where}: {first['msg']} ({exc.error_count()} errors)"
         ) from exc
