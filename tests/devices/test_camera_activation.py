@@ -11,12 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from actimesh.broker.messages import AckStatus, DeviceKind, DeviceState
 from actimesh.broker.topics import IDENTIFIER_PATTERN
 from actimesh.devices.camera import ActivationResult, Camera
+from actimesh.devices.manifest import verify_manifest
 from actimesh.devices.media import SyntheticSource, parse_synthetic
 from actimesh.devices.recorder import Recording, RecordingStore
+from actimesh.errors import MediaError
 
 #: Event time, deliberately not on a segment boundary.
 T = 1_700_000_000.4
@@ -397,3 +400,37 @@ def test_bad_camera_settings_are_rejected(tmp_path: Path, device_id: str, rememb
             started_at=SHIFT_START,
             remember_activations=remember,
         )
+
+
+class _FailsOnce(SyntheticSource):
+    """A source whose encoder fails on one segment."""
+
+    def __init__(self, bad_seq: int) -> None:
+        super().__init__("bwc-1", segment_bytes=64)
+        self.bad_seq = bad_seq
+
+    def render(self, seq: int, start: float, end: float) -> bytes:
+        if seq == self.bad_seq:
+            raise MediaError("H.264 encoding failed: test")
+        return super().render(seq, start, end)
+
+
+def test_segment_the_source_cannot_encode_is_skipped_not_fatal(tmp_path: Path) -> None:
+    key = Ed25519PrivateKey.generate()
+    probe = _camera(tmp_path / "probe")
+    probe.advance(T + 5.0)
+    bad = list(probe.buffer)[-3].seq  # a segment filmed after the activation below
+    cam = Camera("bwc-1", DeviceKind.BODY_CAM, _FailsOnce(bad), RecordingStore(tmp_path),
+                 started_at=SHIFT_START, signing_key=key)  # fmt: skip
+    _activate(cam, now=T + 1.0)
+    cam.advance(T + 8.0)
+    assert cam.media_errors == 1
+    assert cam.state is DeviceState.RECORDING
+    rec = cam.stop(T + 8.0)
+    assert rec is not None
+    seqs = [s.seq for s in rec.segments]
+    assert bad not in seqs
+    assert seqs[-1] > bad
+    check = verify_manifest(rec.path, key.public_key())
+    assert check.ok
+    assert check.notes == (f"1.000 s missing before segment {bad + 1}",)

@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from actimesh.broker.messages import DeviceKind
-from actimesh.devices.media import Segment, SyntheticSource
+from actimesh.devices.media import MediaFormat, Segment, SyntheticSource
 from actimesh.devices.recorder import (
     MANIFEST_FORMAT_VERSION,
     ActivationRecord,
+    CancelRecord,
     Recording,
+    RecordingOptions,
     RecordingStore,
+    SegmentInfo,
+    StealthChange,
     StopCause,
+    media_file_name,
     segment_file_name,
 )
 
@@ -62,11 +69,23 @@ def test_open_creates_folder_per_device_and_recording_with_live_manifest(tmp_pat
         "device_id": "bwc-1",
         "device_kind": "body_cam",
         "started_at": T0,
+        "first_frame_at": None,
         "stopped_at": None,
         "stopped_by": None,
+        "cancel": None,
+        "stealth": [],
+        "audio": {"track": False, "pre_event": False, "buffer_audio": False},
+        "media": {
+            "container": "synthetic",
+            "file": None,
+            "bytes": 0,
+            "sha256": None,
+            "video": None,
+        },
         "activations": [],
         "segments": [],
     }
+    assert "signature" not in manifest  # no device key given
     assert rec.live
 
 
@@ -213,3 +232,102 @@ def test_non_durable_store_still_writes_whole_files(tmp_path: Path) -> None:
     rec = _open(tmp_path, durable=False)
     rec.attach(_activation(), [_seg(0)])
     assert _manifest(rec)["segments"][0]["sha256"] == _seg(0).sha256
+
+
+# ---------------------------------------------------------------------- one-file layout
+ONE_FILE = MediaFormat(container="test", extension="bin", concatenable=True)
+
+
+def _blob(seq: int) -> Segment:
+    return Segment.of(seq, T0 + seq, T0 + seq + 1, bytes([seq]) * (100 + seq))
+
+
+def _open_one_file(tmp_path: Path, **kwargs: Any) -> Recording:
+    store = RecordingStore(tmp_path, **kwargs)
+    return store.open("rec-1", "bwc-1", T0, options=RecordingOptions(media=ONE_FILE))
+
+
+def test_concatenable_segments_go_into_one_file_with_byte_ranges(tmp_path: Path) -> None:
+    rec = _open_one_file(tmp_path, manifest_every=1)
+    assert rec.media_path == rec.path / media_file_name(ONE_FILE) == rec.path / "recording.bin"
+    assert rec.media_path.read_bytes() == b""  # there from the start, empty
+    rec.attach(_activation(), [_blob(0), _blob(1)])
+    rec.append(_blob(2))
+    data = rec.media_path.read_bytes()
+    assert data == b"".join(_blob(i).data for i in range(3))
+    manifest = _manifest(rec)
+    assert [(s["offset"], s["bytes"]) for s in manifest["segments"]] == [(0, 100), (100, 101),
+                                                                         (201, 102)]  # fmt: skip
+    assert manifest["media"]["sha256"] == hashlib.sha256(data).hexdigest()
+    assert manifest["media"]["bytes"] == len(data)
+    assert list(rec.path.glob("*.seg")) == []
+
+
+def test_extending_a_one_file_recording_backwards_rewrites_it_in_order(tmp_path: Path) -> None:
+    rec = _open_one_file(tmp_path)
+    rec.attach(_activation("a"), [_blob(5), _blob(6)])
+    rec.append(_blob(7))
+    rec.attach(_activation("b"), [_blob(3), _blob(4), _blob(5)])  # 5 already held
+    assert rec.media_path is not None
+    data = rec.media_path.read_bytes()
+    assert data == b"".join(_blob(i).data for i in range(3, 8))
+    manifest = _manifest(rec)
+    assert [s["seq"] for s in manifest["segments"]] == [3, 4, 5, 6, 7]
+    assert manifest["media"]["sha256"] == hashlib.sha256(data).hexdigest()
+    # Appending after the rewrite keeps the running hash right.
+    rec.append(_blob(8))
+    rec.stop(T0 + 9.0)
+    final = rec.media_path.read_bytes()
+    assert _manifest(rec)["media"]["sha256"] == hashlib.sha256(final).hexdigest()
+
+
+def test_failed_append_leaves_the_file_as_the_manifest_knows_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rec = _open_one_file(tmp_path)
+    rec.attach(_activation(), [_blob(0)])
+    real_write = os.write
+
+    def disk_fills_up(fd: int, data: Any) -> int:
+        real_write(fd, bytes(data)[:10])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("actimesh.devices.recorder.os.write", disk_fills_up)
+    with pytest.raises(OSError, match="No space left"):
+        rec.append(_blob(1))
+    monkeypatch.undo()
+    assert rec.media_path is not None
+    assert rec.media_path.read_bytes() == _blob(0).data
+    rec.append(_blob(2))
+    rec.stop(T0 + 3.0)
+    data = rec.media_path.read_bytes()
+    assert data == _blob(0).data + _blob(2).data
+    assert _manifest(rec)["media"]["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+def test_recording_keeps_no_media_in_memory(tmp_path: Path) -> None:
+    rec = _open_one_file(tmp_path)
+    rec.attach(_activation(), [_blob(0)])
+    assert rec.segments == (SegmentInfo(0, T0, T0 + 1, _blob(0).sha256, 100),)
+
+
+def test_cancel_is_recorded_with_the_stop_and_only_with_it(tmp_path: Path) -> None:
+    rec = _open(tmp_path)
+    with pytest.raises(ValueError, match="CancelRecord"):
+        rec.stop(T0 + 1.0, StopCause.CANCELLED)
+    mark = CancelRecord(T0 + 1.0, "act-1", "officer", T0 + 0.5, 10.0)
+    with pytest.raises(ValueError, match="CancelRecord"):
+        rec.stop(T0 + 1.0, StopCause.OFFICER, cancel=mark)
+    rec.stop(T0 + 1.0, StopCause.CANCELLED, cancel=mark)
+    manifest = _manifest(rec)
+    assert manifest["stopped_by"] == "cancelled"
+    assert manifest["cancel"]["aid"] == "act-1"
+
+
+def test_stealth_change_after_stop_is_refused(tmp_path: Path) -> None:
+    rec = _open(tmp_path)
+    rec.note_stealth(StealthChange(T0 + 1.0, True, "officer"))
+    assert _manifest(rec)["stealth"] == [{"at": T0 + 1.0, "on": True, "by": "officer"}]
+    rec.stop(T0 + 2.0)
+    with pytest.raises(ValueError, match="was stopped"):
+        rec.note_stealth(StealthChange(T0 + 3.0, False, "officer"))

@@ -8,6 +8,8 @@ import pytest
 
 from actimesh.broker.messages import DeviceKind
 from actimesh.broker.topics import Topics
+from actimesh.devices import MediaKind, MediaSettings, SyntheticSource
+from actimesh.devices.h264 import LiveH264Source
 from actimesh.devices.simulator import FleetSimulator, SimSettings
 from actimesh.geofence import distance_m
 
@@ -70,3 +72,31 @@ def test_move_reaches_the_target_without_overshooting(tmp_path: Path) -> None:
 def test_fleet_size_is_bounded() -> None:
     with pytest.raises(ValueError, match="between 1 and 2000"):
         SimSettings(units=0)
+
+
+def test_one_setting_switches_the_fleet_to_real_h264(tmp_path: Path) -> None:
+    media = MediaSettings(source=MediaKind.H264, width=160, height=90, fps=5)
+    sim = FleetSimulator(
+        topics=Topics("sim"),
+        broker_host="127.0.0.1",
+        broker_port=1,
+        data_dir=tmp_path,
+        settings=SimSettings(units=1, seed=1, media=media),
+    )
+    cameras = [a.camera for a in sim.agents if a.camera is not None]
+    try:
+        sources = [c.source for c in cameras]
+        assert sources
+        assert all(isinstance(s, LiveH264Source) and s.running for s in sources)
+        # Real video is filmed from now on, not backfilled.
+        assert all(c.started_at == sim._started for c in cameras)
+    finally:
+        sim.close()
+    assert not any(isinstance(s, LiveH264Source) and s.running for s in sources)
+
+
+def test_default_fleet_keeps_synthetic_segments_and_starts_warm(tmp_path: Path) -> None:
+    sim = build(tmp_path, units=1)
+    cameras = [a.camera for a in sim.agents if a.camera is not None]
+    assert all(isinstance(c.source, SyntheticSource) for c in cameras)
+    assert all(c.started_at < sim._started - sim.settings.pre_roll_s for c in cameras)

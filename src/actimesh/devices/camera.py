@@ -10,6 +10,11 @@ them: there is deliberately no remote stop here.
 Time is always passed in (``now``, UNIX seconds) and nothing happens between calls: the
 device agent that wraps a camera calls :meth:`Camera.advance` on a tick, and the camera
 renders every segment that completed since the previous call.
+
+Two things only the officer does, on the camera itself: turn the recording light off
+(stealth, unless the agency's policy fixes it) and cancel a false activation within a
+short window (Axon's "false Signal" cancel: 10 s, and only for a recording that the
+activation started from the buffer). A cancelled recording is kept and marked.
 """
 
 from __future__ import annotations
@@ -18,18 +23,49 @@ import hashlib
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, replace
+from enum import StrEnum
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from actimesh.broker.messages import CAMERA_KINDS, AckStatus, DeviceKind, DeviceState
 from actimesh.broker.topics import IDENTIFIER_PATTERN, is_identifier
 from actimesh.devices.buffer import MAX_PRE_ROLL_S, PreEventBuffer
-from actimesh.devices.media import MediaSource, Segment
-from actimesh.devices.recorder import ActivationRecord, Recording, RecordingStore, StopCause
+from actimesh.devices.media import MediaSource, Segment, Switchable
+from actimesh.devices.recorder import (
+    ActivationRecord,
+    CancelRecord,
+    Recording,
+    RecordingOptions,
+    RecordingStore,
+    StealthChange,
+    StopCause,
+)
+from actimesh.errors import MediaError
 
-__all__ = ["ActivationResult", "Camera"]
+__all__ = ["DEFAULT_CANCEL_WINDOW_S", "ActivationResult", "Camera", "CancelResult", "StealthPolicy"]
 
 #: Ack details are short text on the wire (256 characters at most).
 _MAX_DETAIL = 256
 _OFF_DETAIL = "camera is off: an off camera keeps no pre-event buffer and cannot be activated"
+#: Axon's false-activation cancel window.
+DEFAULT_CANCEL_WINDOW_S = 10.0
+
+
+class StealthPolicy(StrEnum):
+    """Who decides whether the recording light shows while recording."""
+
+    OFFICER = "officer"  # light on unless the officer turns it off (the default)
+    ALWAYS = "always"  # light always off (covert units); the officer cannot turn it on
+    NEVER = "never"  # light always on; the officer cannot turn it off
+
+
+@dataclass(frozen=True, slots=True)
+class CancelResult:
+    """What the camera did with the officer's cancel of a false activation."""
+
+    accepted: bool
+    recording_id: str | None
+    detail: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +126,15 @@ class Camera:
 
     ``remember_activations`` bounds the memory of activation ids used to answer
     repeated commands (QoS 1 redelivery) without opening a second recording.
+
+    ``signing_key`` is the device's Ed25519 key: every manifest is signed with it.
+    ``stealth`` is the agency's recording-light policy; ``buffer_audio`` its setting
+    for audio in the pre-event buffer (off by default, as vendors ship it), recorded in
+    each manifest. ``cancel_window_s`` is how long after an activation that started a
+    recording the officer may cancel it as false (0 disables cancelling).
+
+    A source that holds a thread or a device (:class:`~actimesh.devices.media.Switchable`)
+    is handed over switched on; the camera switches it off and on with its power.
     """
 
     def __init__(
@@ -103,6 +148,10 @@ class Camera:
         pre_roll_s: float = 30.0,
         late_allowance_s: float = 10.0,
         remember_activations: int = 1024,
+        signing_key: Ed25519PrivateKey | None = None,
+        stealth: StealthPolicy = StealthPolicy.OFFICER,
+        buffer_audio: bool = False,
+        cancel_window_s: float = DEFAULT_CANCEL_WINDOW_S,
     ) -> None:
         if not is_identifier(device_id):
             raise ValueError(f"device id {device_id!r} must match {IDENTIFIER_PATTERN}")
@@ -111,6 +160,8 @@ class Camera:
         _require_finite("started_at", started_at)
         if remember_activations < 1:
             raise ValueError(f"remember_activations must be >= 1, got {remember_activations}")
+        if not (math.isfinite(cancel_window_s) and 0 <= cancel_window_s <= 60):
+            raise ValueError(f"cancel_window_s must be 0 to 60 s, got {cancel_window_s!r}")
         seconds = source.segment_seconds
         # The buffer validates pre_roll_s, segment_seconds and late_allowance_s.
         self._buffer = PreEventBuffer(pre_roll_s, seconds, late_allowance_s=late_allowance_s)
@@ -128,6 +179,18 @@ class Camera:
         self._results: OrderedDict[str, ActivationResult] = OrderedDict()
         self._remember = remember_activations
         self._opened = 0
+        #: Segments the source failed to encode (skipped; see :meth:`advance`).
+        self.media_errors = 0
+        self._options = RecordingOptions(
+            media=source.format, signing_key=signing_key, buffer_audio=buffer_audio
+        )
+        self.stealth_policy = StealthPolicy(stealth)
+        self._stealth = self.stealth_policy is StealthPolicy.ALWAYS
+        self._stealth_by = "policy"
+        self.cancel_window_s = float(cancel_window_s)
+        # The activation that opened the live recording from the buffer, and when.
+        self._opener: tuple[str, str, float] | None = None  # (aid, eid, received_at)
+        self._cancelled: OrderedDict[str, str] = OrderedDict()  # eid -> recording id
 
     # ------------------------------------------------------------------ reading
     @property
@@ -150,6 +213,16 @@ class Camera:
         """Length of a segment; segments start at multiples of it."""
         return self._seconds
 
+    @property
+    def stealth(self) -> bool:
+        """True when the recording light stays off while recording."""
+        return self._stealth
+
+    @property
+    def recording_light(self) -> bool:
+        """Whether the recording light is lit now."""
+        return self._state is DeviceState.RECORDING and not self._stealth
+
     # ------------------------------------------------------------------ time
     def advance(self, now: float) -> int:
         """Render every segment that completed by ``now``; return how many were rendered.
@@ -157,6 +230,9 @@ class Camera:
         Each goes into the buffer and, while recording, into the live recording. Does
         nothing while off. An :class:`OSError` from writing the recording propagates
         after the segment is buffered; that segment is then missing from the recording.
+        A segment the source fails to encode (:class:`MediaError`) is skipped and
+        counted in :attr:`media_errors`: the camera keeps filming the next one, and the
+        recording's manifest shows the gap.
         """
         if self._state is DeviceState.OFF:
             return 0
@@ -170,7 +246,12 @@ class Camera:
             first = max(first, _floor_slot(horizon, self._seconds) - 1)
         rendered = 0
         for slot in range(first, end_slot):
-            seg = self._render(slot, slot * self._seconds, (slot + 1) * self._seconds)
+            try:
+                seg = self._render(slot, slot * self._seconds, (slot + 1) * self._seconds)
+            except MediaError:
+                self.media_errors += 1
+                self._next_slot = slot + 1
+                continue
             self._buffer.append(seg)
             self._next_slot = slot + 1
             rendered += 1
@@ -197,7 +278,9 @@ class Camera:
         attached to the running recording, which is first extended backwards from the
         buffer if this activation asks for earlier media. Repeating an activation id
         returns its first result with ``duplicate=True`` and changes nothing. An off
-        camera refuses; so does one whose disk cannot be written (with the reason).
+        camera refuses; so does one whose disk cannot be written (with the reason), and
+        one whose officer cancelled this event as a false activation (naming the kept,
+        cancelled recording).
         """
         _require_finite("event_ts", event_ts)
         _require_finite("now", now)
@@ -210,8 +293,15 @@ class Camera:
             # Not remembered: if the camera is switched on and the command is sent
             # again, it deserves a fresh answer.
             return ActivationResult(AckStatus.REFUSED, 0.0, None, detail=_OFF_DETAIL)
+        cancelled = self._cancelled.get(eid)
+        if cancelled is not None:
+            # The engine's command for an event the officer already cancelled here (the
+            # local link got there first): starting again would undo the cancel.
+            detail = f"event {eid} was cancelled on this camera as a false activation"
+            return ActivationResult(AckStatus.REFUSED, 0.0, cancelled, detail=detail[:_MAX_DETAIL])
 
         recording = self._recording
+        opener = self._opener
         try:
             # Inside the try: while recording, advancing writes to disk too.
             self.advance(now)
@@ -221,9 +311,15 @@ class Camera:
                 # An empty buffer (switched on moments ago) records from the next segment.
                 start = wanted[0].start if wanted else self._next_slot * self._seconds
                 recording = self.store.open(
-                    self._recording_id(aid, now), self.device_id, start, device_kind=self.kind
+                    self._recording_id(aid, now),
+                    self.device_id,
+                    start,
+                    device_kind=self.kind,
+                    options=self._options,
+                    stealth=[StealthChange(now, self._stealth, self._stealth_by)],
                 )
                 self._opened += 1
+                opener = (aid, eid, now)
             else:
                 # Only what the running recording does not hold yet: media before its start.
                 earlier = [s for s in wanted if s.start < recording.started_at]
@@ -249,6 +345,7 @@ class Camera:
             return ActivationResult(AckStatus.REFUSED, 0.0, None, detail=detail)
 
         self._recording = recording
+        self._opener = opener
         self._state = DeviceState.RECORDING
         result = ActivationResult(AckStatus.RECORDING, covered, recording.recording_id)
         self._results[aid] = result
@@ -265,6 +362,61 @@ class Camera:
         """
         return self._close(now, StopCause.OFFICER)
 
+    def cancel(self, now: float, *, aid: str | None = None, by: str = "officer") -> CancelResult:
+        """The officer cancels a false activation: stop and mark the recording it started.
+
+        Accepted only within :attr:`cancel_window_s` of the activation that opened the
+        running recording from the buffer (``aid``, or by default that one), and only
+        while every activation on the recording is for that same event: a recording
+        the camera was already making, or that another event joined, is not cancelled.
+        The recording is kept, marked ``cancelled`` in its manifest; the camera goes
+        back to buffering, and later commands for the cancelled event are refused.
+        """
+        _require_finite("now", now)
+        recording, opener = self._recording, self._opener
+        if recording is None or opener is None:
+            return CancelResult(False, None, "nothing to cancel: the camera is not recording")
+        rid = recording.recording_id
+        opener_aid, eid, opened_at = opener
+        if aid is not None and aid != opener_aid:
+            if any(a.aid == aid for a in recording.activations):
+                why = f"activation {aid} joined a recording that was already running"
+            else:
+                why = f"activation {aid} is not on the running recording"
+            return CancelResult(False, rid, why)
+        if any(a.eid != eid for a in recording.activations):
+            return CancelResult(False, rid, "another event joined this recording since it started")
+        late = now - opened_at - self.cancel_window_s
+        if late > 1e-6:  # UNIX times carry ~0.2 µs of rounding: the window's end is in
+            return CancelResult(
+                False, rid, f"the {self.cancel_window_s:g} s cancel window closed {late:.1f} s ago"
+            )
+        mark = CancelRecord(now, opener_aid, by, opened_at, self.cancel_window_s)
+        self._close(now, StopCause.CANCELLED, mark)
+        self._cancelled[eid] = rid
+        while len(self._cancelled) > self._remember:
+            self._cancelled.popitem(last=False)
+        return CancelResult(True, rid)
+
+    def set_stealth(self, on: bool, now: float) -> bool:
+        """The officer turns the recording light off (``on=True``) or back on.
+
+        Returns True when the camera is now in the requested state, False when the
+        stealth policy fixes it. A change while recording is listed in the manifest
+        (an :class:`OSError` writing it propagates; the change is kept and written with
+        the next manifest).
+        """
+        _require_finite("now", now)
+        fixed = {StealthPolicy.ALWAYS: True, StealthPolicy.NEVER: False}.get(self.stealth_policy)
+        if fixed is not None:
+            return on == fixed
+        if on == self._stealth:
+            return True
+        self._stealth, self._stealth_by = on, "officer"
+        if self._recording is not None:
+            self._recording.note_stealth(StealthChange(now, on, "officer"))
+        return True
+
     def power_off(self, now: float | None = None) -> Recording | None:
         """Switch the camera off: close any recording and drop the buffer.
 
@@ -280,18 +432,24 @@ class Camera:
         finally:
             self._buffer.clear()
             self._state = DeviceState.OFF
+            if isinstance(self.source, Switchable):
+                self.source.switch_off()
 
     def power_on(self, now: float) -> None:
         """Switch the camera on; it buffers from the next whole segment after ``now``."""
         _require_finite("now", now)
         if self._state is not DeviceState.OFF:
             return
+        if isinstance(self.source, Switchable):
+            self.source.switch_on()
         self._state = DeviceState.BUFFERING
         # max(): never reuse a segment number, even if the clock stepped backwards.
         self._next_slot = max(self._next_slot, _ceil_slot(now, self._seconds))
 
     # ------------------------------------------------------------------ inside
-    def _close(self, now: float, cause: StopCause) -> Recording | None:
+    def _close(
+        self, now: float, cause: StopCause, cancel: CancelRecord | None = None
+    ) -> Recording | None:
         _require_finite("now", now)
         recording = self._recording
         if recording is None:
@@ -301,11 +459,15 @@ class Camera:
             start = self._next_slot * self._seconds
             if now > start:
                 # Stopped part-way through a segment: keep what was filmed up to now.
-                recording.append(self._render(self._next_slot, start, now))
+                try:
+                    recording.append(self._render(self._next_slot, start, now))
+                except MediaError:
+                    self.media_errors += 1
         finally:
             self._recording = None
+            self._opener = None
             self._state = DeviceState.BUFFERING
-            recording.stop(now, cause)
+            recording.stop(now, cause, cancel=cancel)
         return recording
 
     def _render(self, slot: int, start: float, end: float) -> Segment:

@@ -2,9 +2,11 @@
 
 A camera's video is a sequence of :class:`Segment` values, each covering
 ``[start, end)`` in UNIX seconds. A :class:`MediaSource` renders them; the camera decides
-*which* segments exist and when. Two implementations are meant to satisfy the protocol:
+*which* segments exist and when. Two families satisfy the protocol:
 :class:`SyntheticSource` (here: cheap, deterministic bytes for simulated fleets of
-thousands of cameras) and, later, a real H.264 encoder built on PyAV.
+thousands of cameras) and the H.264 sources of :mod:`actimesh.devices.h264` (real video
+encoded with PyAV, one MPEG-TS per segment). A source's :class:`MediaFormat` tells the
+recorder how to store what it renders.
 """
 
 from __future__ import annotations
@@ -12,15 +14,19 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from actimesh.broker.topics import IDENTIFIER_PATTERN, is_identifier
 
 __all__ = [
+    "SYNTHETIC_FORMAT",
+    "MediaFormat",
     "MediaSource",
     "Segment",
+    "Switchable",
     "SyntheticHeader",
     "SyntheticSource",
+    "VideoFormat",
     "parse_synthetic",
 ]
 
@@ -57,6 +63,49 @@ class Segment:
         return self.end - self.start
 
 
+@dataclass(frozen=True, slots=True)
+class VideoFormat:
+    """The picture a video source encodes (for the manifest and for players)."""
+
+    codec: str
+    width: int
+    height: int
+    fps: int
+    #: Clock of the presentation timestamps in the stream (90 kHz in MPEG-TS).
+    pts_hz: int
+
+    def to_json(self) -> dict[str, Any]:
+        """The manifest entry for this format."""
+        return {
+            "codec": self.codec,
+            "width": self.width,
+            "height": self.height,
+            "fps": self.fps,
+            "pts_hz": self.pts_hz,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class MediaFormat:
+    """What a source's segments are, so the recorder knows how to store them.
+
+    ``concatenable`` segments join byte for byte into one playable file (MPEG-TS
+    segments that each start with their own headers and a key frame): a recording is
+    then one file, ``recording.<extension>``. Otherwise each segment is its own file.
+    """
+
+    container: str
+    extension: str
+    concatenable: bool
+    video: VideoFormat | None = None
+    #: True when segments carry an audio track.
+    audio: bool = False
+
+
+#: The format of :class:`SyntheticSource` segments: one file per segment.
+SYNTHETIC_FORMAT = MediaFormat(container="synthetic", extension="seg", concatenable=False)
+
+
 class MediaSource(Protocol):
     """Renders the media of one camera, one segment at a time."""
 
@@ -65,12 +114,30 @@ class MediaSource(Protocol):
         """Nominal length of a segment; the camera aligns segments to multiples of it."""
         ...
 
+    @property
+    def format(self) -> MediaFormat:
+        """What the rendered bytes are."""
+        ...
+
     def render(self, seq: int, start: float, end: float) -> bytes:
         """The encoded media for ``[start, end)``.
 
         ``end - start`` equals :attr:`segment_seconds` except for the last segment of a
         recording that an officer stopped part-way through a segment.
         """
+        ...
+
+
+@runtime_checkable
+class Switchable(Protocol):
+    """A source that holds hardware or a thread: the camera switches it with its power."""
+
+    def switch_on(self) -> None:
+        """Start capturing (idempotent)."""
+        ...
+
+    def switch_off(self) -> None:
+        """Stop capturing and release what was held (idempotent)."""
         ...
 
 
@@ -115,6 +182,11 @@ class SyntheticSource:
     def segment_seconds(self) -> float:
         """Nominal length of a segment in seconds."""
         return self._segment_seconds
+
+    @property
+    def format(self) -> MediaFormat:
+        """Synthetic segments: one file each."""
+        return SYNTHETIC_FORMAT
 
     def render(self, seq: int, start: float, end: float) -> bytes:
         """The header line for this segment, padded with zeros to ``segment_bytes``."""

@@ -1,0 +1,54 @@
+"""The ``[evidence]`` settings: where uploaded recordings go, how long they stay, how big."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from actimesh.errors import ConfigError
+
+__all__ = ["EvidenceSettings"]
+
+#: CJIS 5.4 keeps audit records a year; evidence not linked to a case may not go sooner.
+_MIN_RETENTION_DAYS = 365
+
+
+@dataclass(frozen=True, slots=True)
+class EvidenceSettings:
+    """How the evidence store keeps offloaded recordings.
+
+    ``dir`` None means ``{data_dir}/evidence``. ``max_upload_bytes`` bounds one recording
+    (all its files), ``max_chunk_bytes`` one PUT; ``upload_expiry_s`` is how long an
+    unfinished upload is kept for the camera to resume.
+    """
+
+    dir: Path | None = None
+    #: 13 months: recordings not linked to a case are deleted after this.
+    retention_days: float = 396.0
+    #: Axon files are at most 4 h; 8 GiB holds that at a body camera's bit rates.
+    max_upload_bytes: int = 8 << 30
+    max_chunk_bytes: int = 16 << 20
+    max_manifest_bytes: int = 4 << 20
+    upload_expiry_s: float = 7 * 86_400.0
+    #: The device upload listener (separate from the dispatch map; see docs/OPERATIONS.md).
+    host: str = "127.0.0.1"
+    port: int = 8471
+
+    def __post_init__(self) -> None:
+        if not self.retention_days >= _MIN_RETENTION_DAYS:  # also catches NaN
+            raise ConfigError(
+                f"evidence.retention_days must be at least {_MIN_RETENTION_DAYS} (CJIS 5.4), "
+                f"got {self.retention_days!r}"
+            )
+        for name in ("max_upload_bytes", "max_chunk_bytes", "max_manifest_bytes"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"evidence.{name} must be a positive number of bytes")
+        if not (math.isfinite(self.upload_expiry_s) and self.upload_expiry_s > 0):
+            raise ConfigError("evidence.upload_expiry_s must be a positive number of seconds")
+        if not 0 <= self.port < 65536:
+            raise ConfigError(f"evidence.port {self.port} must be between 0 and 65535")
+
+    def root(self, data_dir: Path) -> Path:
+        """The store's folder: ``dir`` or ``{data_dir}/evidence``."""
+        return self.dir if self.dir is not None else data_dir / "evidence"

@@ -1,0 +1,126 @@
+"""The evidence store's checks on arrival, and retention of what it holds."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from actimesh import evidence
+from actimesh.audit import link_case, verify_ledger
+from actimesh.evidence import apply_evidence_retention
+from tests.audit.helpers import NOW
+from tests.evidence.helpers import evidence_store, key_of, record
+
+
+def _outcomes(path: Path, event_type: str) -> list[tuple[str, str]]:
+    db = sqlite3.connect(path)
+    try:
+        return db.execute(
+            "SELECT subject, outcome FROM records WHERE event_type = ? ORDER BY seq", (event_type,)
+        ).fetchall()
+    finally:
+        db.close()
+
+
+def test_every_export_exists_once() -> None:
+    assert len(set(evidence.__all__)) == len(evidence.__all__)
+    assert all(hasattr(evidence, name) for name in evidence.__all__)
+
+
+async def test_manifest_signed_with_another_devices_key_is_refused_and_recorded(
+    tmp_path: Path,
+) -> None:
+    async with evidence_store(tmp_path) as env:
+        forged = record(env.camera_root, "bwc1", key_of(env.creds["bwc2"]), "rec-1", "act-1")
+        async with env.client("bwc1") as client:
+            r = await client.post(
+                "/api/v1/evidence/uploads", content=(forged / "manifest.json").read_bytes()
+            )
+        assert r.status_code == 403
+        assert "does not verify with the key registered for bwc1" in r.json()["error"]
+        theirs = record(env.camera_root, "bwc2", key_of(env.creds["bwc2"]), "rec-2", "act-2")
+        async with env.client("bwc1") as client:
+            r = await client.post(
+                "/api/v1/evidence/uploads", content=(theirs / "manifest.json").read_bytes()
+            )
+        assert r.status_code == 403
+        assert "may only upload its own recordings" in r.json()["error"]
+        assert await env.service.list() == []
+    assert _outcomes(tmp_path / "ledger.sqlite3", "evidence_upload") == [
+        ("bwc1/rec-1", "refused"),
+        ("bwc1/rec-2", "refused"),
+    ]
+    assert verify_ledger(tmp_path / "ledger.sqlite3").ok
+
+
+async def test_wrong_password_and_no_credentials_get_401(tmp_path: Path) -> None:
+    async with evidence_store(tmp_path) as env:
+        folder = record(env.camera_root, "bwc1", key_of(env.creds["bwc1"]), "rec-1", "act-1")
+        body = (folder / "manifest.json").read_bytes()
+        async with env.client("bwc1", password=env.creds["bwc2"].password) as client:
+            r = await client.post("/api/v1/evidence/uploads", content=body)
+        assert r.status_code == 401
+        assert r.headers["WWW-Authenticate"].startswith("Basic")
+        async with env.client("nobody", password="x") as client:
+            assert (await client.post("/api/v1/evidence/uploads", content=body)).status_code == 401
+
+
+async def test_chunk_not_at_the_offset_gets_409_with_the_offset(tmp_path: Path) -> None:
+    async with evidence_store(tmp_path) as env:
+        folder = record(env.camera_root, "bwc1", key_of(env.creds["bwc1"]), "rec-1", "act-1")
+        size = (folder / "recording.ts").stat().st_size
+        async with env.client("bwc1") as client:
+            up = (
+                await client.post(
+                    "/api/v1/evidence/uploads", content=(folder / "manifest.json").read_bytes()
+                )
+            ).json()
+            url = f"/api/v1/evidence/uploads/{up['upload_id']}/files/recording.ts"
+            r = await client.put(
+                url, content=b"x" * 10, headers={"Content-Range": f"bytes 100-109/{size}"}
+            )
+            assert r.status_code == 409
+            assert r.headers["Upload-Offset"] == "0"
+            commit = await client.post(f"/api/v1/evidence/uploads/{up['upload_id']}/commit")
+            assert commit.status_code == 409
+            assert "send the rest" in commit.json()["error"]
+
+
+async def test_retention_deletes_old_unlinked_evidence_and_keeps_case_linked(
+    tmp_path: Path,
+) -> None:
+    async with evidence_store(tmp_path) as env:
+        key = key_of(env.creds["bwc1"])
+        record(env.camera_root, "bwc1", key, "rec-1", "act-1")
+        record(env.camera_root, "bwc1", key, "rec-2", "act-2")
+        record(env.camera_root, "bwc1", key, "rec-3", "act-3", start=NOW - 3600.0)
+        async with env.client("bwc1") as client:
+            report = await env.offloader(client, "bwc1").run()
+        assert sorted(report.stored) == ["rec-1", "rec-2", "rec-3"]
+        await link_case(env.ledger_path, "case-42", "act-2", by="det. kim")
+        dry = await apply_evidence_retention(env.service, now=NOW, dry_run=True)
+        assert dry.deleted == ["bwc1/rec-1"]
+        assert len(await env.service.list()) == 3
+        done = await apply_evidence_retention(env.service, now=NOW)
+        assert done.deleted == ["bwc1/rec-1"]
+        assert done.kept_for_case == ["bwc1/rec-2"]
+        assert [r.evidence_id for r in await env.service.list()] == ["bwc1/rec-2", "bwc1/rec-3"]
+        assert not (tmp_path / "evidence" / "bwc1" / "rec-1").exists()
+        assert (await apply_evidence_retention(env.service, now=NOW)).deleted == []
+    assert ("bwc1/rec-1", "deleted") in _outcomes(tmp_path / "ledger.sqlite3", "retention_delete")
+    assert verify_ledger(tmp_path / "ledger.sqlite3").ok
+
+
+async def test_a_deletion_interrupted_after_hiding_is_finished_and_recorded(
+    tmp_path: Path,
+) -> None:
+    async with evidence_store(tmp_path) as env:
+        record(env.camera_root, "bwc1", key_of(env.creds["bwc1"]), "rec-1", "act-1")
+        async with env.client("bwc1") as client:
+            await env.offloader(client, "bwc1").run()
+        assert env.service.store.hide("bwc1", "rec-1")  # then the process died
+        assert await env.service.list() == []
+        done = await apply_evidence_retention(env.service, now=NOW)
+        assert done.deleted == ["bwc1/rec-1"]
+        assert env.service.store.hidden() == []
+    assert _outcomes(tmp_path / "ledger.sqlite3", "retention_delete") == [("bwc1/rec-1", "deleted")]
