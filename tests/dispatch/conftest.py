@@ -1,5 +1,9 @@
 """Fixtures for the dispatch tests: a real dispatch service (uvicorn on a free loopback
-port) beside a real engine, devices and Mosquitto (tests/integration/harness.py)."""
+port) beside a real engine, devices and Mosquitto (tests/integration/harness.py).
+
+Every service starts with an API token of each role (``svc.tokens``); ``api(svc)`` is a
+client with the admin's, ``api(svc, "integrator")`` one with an integrator's.
+"""
 
 from __future__ import annotations
 
@@ -17,8 +21,11 @@ import httpx
 from actimesh.broker.codec import encode
 from actimesh.broker.messages import DeviceKind, DeviceState, Presence, Telemetry
 from actimesh.devices.agent import DeviceAgent
+from actimesh.dispatch.accounts import Role
+from actimesh.dispatch.auth import CSRF_HEADER
 from actimesh.dispatch.service import DispatchService
 from actimesh.dispatch.settings import DispatchSettings
+from actimesh.errors import AccountError
 from actimesh.geofence import destination
 from actimesh.triggers.rules import DEFAULT_RULES
 from tests.integration.harness import CENTER, HOST, Mesh
@@ -35,17 +42,39 @@ FAST = DispatchSettings(
 )
 
 
+#: The roles ``svc.tokens`` has a token for (``integrator+telemetry``: with the grant).
+TOKEN_ROLES = ("admin", "dispatcher", "integrator", "integrator+telemetry")
+
+
+class Dispatch(DispatchService):
+    """The service and, once it runs, an API token per role of :data:`TOKEN_ROLES`."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.tokens: dict[str, str] = {}
+
+    @property
+    def ws_url(self) -> str:
+        return self.url.replace("http", "ws", 1) + "/api/v1/live"
+
+
 @contextlib.asynccontextmanager
 async def running_dispatch(
-    m: Mesh, root: Path, settings: DispatchSettings = FAST, **changes: Any
-) -> AsyncIterator[DispatchService]:
-    """A dispatch service on ``m``'s broker and ledger, stopped (cancelled) on exit."""
-    service = DispatchService(
+    m: Mesh,
+    root: Path,
+    settings: DispatchSettings = FAST,
+    *,
+    data_dir: Path | None = None,
+    **changes: Any,
+) -> AsyncIterator[Dispatch]:
+    """A dispatch service on ``m``'s broker and ledger (in ``root``), stopped (cancelled)
+    on exit; its own files in ``data_dir`` (default ``root``)."""
+    service = Dispatch(
         topics=m.topics,
         broker_host=HOST,
         broker_port=m.port,
         settings=replace(settings, **changes),
-        data_dir=root,
+        data_dir=data_dir or root,
         ledger_path=root / "ledger.sqlite3",
         max_fix_age_s=10.0,
         event_types=tuple(r.event_type for r in DEFAULT_RULES),
@@ -55,6 +84,15 @@ async def running_dispatch(
     try:
         async with asyncio.timeout(15):
             await service.ready.wait()
+        for name in TOKEN_ROLES:
+            role, _, grant = name.partition("+")
+            token_name = f"test-{role}-{grant or 'plain'}"
+            with contextlib.suppress(AccountError):  # a restart on the same data dir
+                await service.accounts.revoke_token(token_name)
+            issued = await service.accounts.create_token(
+                token_name, Role(role), created_by="tests", telemetry=bool(grant)
+            )
+            service.tokens[name] = issued.secret
         yield service
     finally:
         task.cancel()
@@ -63,9 +101,32 @@ async def running_dispatch(
         m.tasks.pop("dispatch", None)
 
 
-def api(service: DispatchService) -> httpx.AsyncClient:
-    """An HTTP client for the service (loopback, no proxies from the environment)."""
-    return httpx.AsyncClient(base_url=service.url, timeout=10.0, trust_env=False)
+def bearer(service: Dispatch, role: str = "admin") -> dict[str, str]:
+    """The Authorization header of the service's token for ``role``."""
+    return {"Authorization": f"Bearer {service.tokens[role]}"}
+
+
+def api(service: DispatchService, role: str | None = "admin") -> httpx.AsyncClient:
+    """An HTTP client for the service (loopback, no proxies from the environment),
+    with the token of ``role`` (None: no credentials)."""
+    headers = bearer(service, role) if role is not None and isinstance(service, Dispatch) else {}
+    return httpx.AsyncClient(base_url=service.url, timeout=10.0, trust_env=False, headers=headers)
+
+
+async def add_user(service: DispatchService, name: str, role: Role = Role.DISPATCHER) -> str:
+    """Add a map user; their generated password."""
+    _, password = await service.accounts.add_user(name, role)
+    assert password is not None
+    return password
+
+
+async def login(client: httpx.AsyncClient, name: str, password: str) -> str:
+    """Log ``client`` in (it keeps the cookie) and set its CSRF header; the CSRF token."""
+    r = await client.post("/api/v1/session", json={"username": name, "password": password})
+    assert r.status_code == 200, r.text
+    csrf: str = r.json()["csrf_token"]
+    client.headers[CSRF_HEADER] = csrf
+    return csrf
 
 
 def add(

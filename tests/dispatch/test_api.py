@@ -16,7 +16,15 @@ import websockets
 from actimesh.broker.messages import DeviceKind
 from actimesh.dispatch.service import DispatchService
 from actimesh.triggers.fanout import activation_id
-from tests.dispatch.conftest import add, api, eventually, running_dispatch
+from tests.dispatch.conftest import (
+    add,
+    add_user,
+    api,
+    bearer,
+    eventually,
+    login,
+    running_dispatch,
+)
 from tests.integration.harness import CENTER, mesh
 
 pytestmark = pytest.mark.integration
@@ -137,8 +145,7 @@ async def test_devices_activations_and_per_camera_outcomes(
          422, "lat: Input should be less than or equal to 90"),
         ("post", "/api/v1/zones", {"lat": 1, "lon": 0, "radius_m": 5000, "dispatcher": "A"},
          422, "radius_m: Input should be less than or equal to 1000"),
-        ("post", "/api/v1/zones", {"lat": 1, "lon": 0, "radius_m": 50}, 422,
-         "dispatcher: Field required"),
+        ("post", "/api/v1/zones", {"lat": 1, "lon": 0}, 422, "radius_m: Field required"),
         ("post", "/api/v1/zones", {"lat": 1, "lon": 0, "radius_m": 5, "dispatcher": "A", "x": 1},
          422, "x: Extra inputs are not permitted"),
         ("post", "/api/v1/zones", {"lat": 1, "lon": 0, "radius_m": 5, "dispatcher": "A\x07"},
@@ -205,13 +212,15 @@ async def test_dispatcher_zone_goes_through_engine_rules_and_ledger(
         add(m, "bwc-out", DeviceKind.BODY_CAM, unit="u2", at=60.0, bearing=240)
         await m.ready()
         lat, lon = CENTER
-        async with api(svc) as client:
+        password = await add_user(svc, "kim")
+        async with api(svc, None) as client:
+            # A dispatcher logged in to the map: the ledger names her, whatever a body says.
+            await login(client, "kim", password)
             r = await client.post(
                 "/api/v1/zones",
                 params={"wait": 5},
-                json={"lat": lat, "lon": lon, "radius_m": 40, "dispatcher": "Dispatcher Kim",
-                      "call_id": "C2025-00042"},
-            )  # fmt: skip
+                json={"lat": lat, "lon": lon, "radius_m": 40, "call_id": "C2025-00042"},
+            )
             assert r.status_code == 201, r.text
             accepted = r.json()
             assert accepted["source"] == "dispatch-console-1"
@@ -219,30 +228,41 @@ async def test_dispatcher_zone_goes_through_engine_rules_and_ledger(
             assert accepted["aid"] == activation_id("dispatch-console-1", "C2025-00042")
             live = accepted["activation"]
             assert live["type"] == "dispatch_zone"
-            assert live["by"] == "Dispatcher Kim"
+            assert live["by"] == "kim"
             assert live["radius"] == 40
             assert {c["id"] for c in live["cameras"]} == {"bwc-in", "dash-in"}
             doc = await _detail(client, accepted["aid"])
-            assert doc["initiated_by"] == "Dispatcher Kim"
+            assert doc["initiated_by"] == "kim"
             assert doc["radius_m"] == 40
             assert doc["rule"]["event_type"] == "dispatch_zone"
-            by = await client.get("/api/v1/activations", params={"initiated_by": "Dispatcher Kim"})
+            by = await client.get("/api/v1/activations", params={"initiated_by": "kim"})
             assert [a["aid"] for a in by.json()["items"]] == [accepted["aid"]]
             # The same CAD call again is the same activation: the engine dedupes it.
             again = await client.post(
                 "/api/v1/zones",
-                json={"lat": lat, "lon": lon, "radius_m": 40, "dispatcher": "Dispatcher Kim",
-                      "call_id": "C2025-00042"},
-            )  # fmt: skip
+                json={"lat": lat, "lon": lon, "radius_m": 40, "call_id": "C2025-00042"},
+            )
             assert again.status_code == 202
             assert again.json()["aid"] == accepted["aid"]
             await asyncio.sleep(0.3)
             assert m.engine is not None
             assert m.engine.stats.duplicates == 1
-    # The engine's ledger says who asked (read with our own connection).
+    # The engine's ledger says who asked (read with our own connection), and the audit
+    # trail has her zone requests, tied to the activation by its id.
     with sqlite3.connect(tmp_path / "ledger.sqlite3") as db:
         rows = db.execute("SELECT type, initiated_by, src FROM activations").fetchall()
-    assert rows == [("dispatch_zone", "Dispatcher Kim", "dispatch-console-1")]
+        audit = db.execute(
+            "SELECT subject, outcome, aid, body FROM records WHERE event_type = 'api_change'"
+        ).fetchall()
+    assert rows == [("dispatch_zone", "kim", "dispatch-console-1")]
+    assert [(who, outcome, aid) for who, outcome, aid, _ in audit] == [
+        ("kim", "ok", accepted["aid"]),
+        ("kim", "ok", accepted["aid"]),
+    ]
+    body = json.loads(audit[0][3])
+    assert body["action"] == "zone.create"
+    assert body["via"].startswith("session:")
+    assert body["call_id"] == "C2025-00042"
 
 
 async def test_live_websocket_sends_snapshot_then_deltas_within_a_second(
@@ -253,8 +273,9 @@ async def test_live_websocket_sends_snapshot_then_deltas_within_a_second(
         add(m, "cew", DeviceKind.CEW, unit="u1", paired=("bwc",))
         await m.ready()
         await eventually(lambda: len(svc.state.devices) == 2)
-        url = svc.url.replace("http://", "ws://") + "/api/v1/live"
-        async with websockets.connect(url, open_timeout=5) as ws:
+        url = svc.ws_url
+        auth = bearer(svc, "dispatcher")
+        async with websockets.connect(url, open_timeout=5, additional_headers=auth) as ws:
             snapshot = json.loads(await asyncio.wait_for(ws.recv(), 5))
             assert snapshot["type"] == "snapshot"
             assert {d["id"] for d in snapshot["devices"]} == {"bwc", "cew"}
@@ -277,7 +298,7 @@ async def test_live_websocket_sends_snapshot_then_deltas_within_a_second(
             assert seen_at - sent < 1.0
             assert statuses == ["recording"]
         # A page opened later gets the activation at once, in its snapshot.
-        async with websockets.connect(url, open_timeout=5) as late:
+        async with websockets.connect(url, open_timeout=5, additional_headers=auth) as late:
             snapshot = json.loads(await asyncio.wait_for(late.recv(), 5))
         (act,) = snapshot["activations"]
         assert act["aid"] == aid
@@ -293,7 +314,7 @@ async def test_server_sent_events_stream_activations_and_outcomes(
         await m.ready()
         events: list[tuple[str, dict[str, Any]]] = []
         async with (
-            api(svc) as client,
+            api(svc, "integrator") as client,
             client.stream("GET", "/api/v1/stream", params={"types": "collision"}) as r,
         ):
             assert r.headers["content-type"].startswith("text/event-stream")
@@ -324,8 +345,9 @@ async def test_slow_live_client_is_cut_off_not_buffered(
         mesh(agency, broker_port, tmp_path) as m,
         running_dispatch(m, tmp_path, client_queue=2) as svc,
     ):
-        url = svc.url.replace("http://", "ws://") + "/api/v1/live"
-        async with websockets.connect(url, open_timeout=5, max_queue=1) as ws:
+        async with websockets.connect(
+            svc.ws_url, open_timeout=5, max_queue=1, additional_headers=bearer(svc)
+        ) as ws:
             await asyncio.wait_for(ws.recv(), 5)  # the snapshot; then read nothing
             sub = await eventually(lambda: next(iter(svc.live._subscribers), None))
             for n in range(50):  # frames pile up faster than this client reads them
@@ -366,8 +388,9 @@ async def test_stopping_with_live_clients_connected_closes_them_promptly(
 ) -> None:
     async with mesh(agency, broker_port, tmp_path) as m:
         async with running_dispatch(m, tmp_path) as svc:
-            url = svc.url.replace("http://", "ws://") + "/api/v1/live"
-            ws = await websockets.connect(url, open_timeout=5)
+            ws = await websockets.connect(
+                svc.ws_url, open_timeout=5, additional_headers=bearer(svc)
+            )
             await asyncio.wait_for(ws.recv(), 5)
             client = api(svc)
             stream = client.stream("GET", "/api/v1/stream")

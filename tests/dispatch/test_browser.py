@@ -1,9 +1,11 @@
 """The live map in headless Chromium (Debian's), driven by Playwright.
 
-Loads the page, fires TASER draws over MQTT, and watches the activation circle, the
-incident list and each camera's state appear; measures how long an activation takes
-from the trigger's publish to the page (p50 printed, p50 under 1 s asserted); checks a
-silent camera turns into a visible "no acknowledgement" alert; and takes a screenshot.
+Logs in through the page's form (a wrong password first), fires TASER draws over MQTT,
+and watches the activation circle, the incident list and each camera's state appear;
+measures how long an activation takes from the trigger's publish to the page (p50
+printed, p50 under 1 s asserted); checks a silent camera turns into a visible "no
+acknowledgement" alert; takes a screenshot; logs out; and finds the login, the map
+view, the zone and the logout in the audit ledger.
 Set ``ACTIMESH_SCREENSHOT=docs/dispatch-map.png`` to refresh the one in the docs.
 """
 
@@ -13,6 +15,7 @@ import asyncio
 import contextlib
 import os
 import shutil
+import sqlite3
 import statistics
 import time
 from collections.abc import AsyncIterator
@@ -23,6 +26,7 @@ import pytest
 from playwright.async_api import Browser, Page, async_playwright
 
 from actimesh.broker.messages import DeviceKind
+from actimesh.dispatch.accounts import Role
 from actimesh.triggers.fanout import activation_id
 from tests.dispatch.conftest import add, keep_fresh, running_dispatch, silent_camera
 from tests.integration.harness import mesh
@@ -41,6 +45,7 @@ FLAGS = [
     "--disable-sync",
 ]
 RUNS = 5
+PASSWORD = "correct horse battery staple"
 
 
 def _chromium() -> str:
@@ -107,7 +112,23 @@ async def test_live_map_shows_activation_cameras_and_alerts_within_a_second(
                 "console", lambda msg: problems.append(msg.text) if msg.type == "error" else None
             )
             page.on("pageerror", lambda exc: problems.append(str(exc)))
+            await svc.accounts.add_user("kim", Role.DISPATCHER, PASSWORD)
             await page.goto(svc.url + "/", wait_until="load")
+            # The login form, not the map: a wrong password first, then the right one.
+            await page.wait_for_selector("#login-form", state="visible")
+            assert await page.locator("#app").is_hidden()
+            await page.fill("#login-user", "kim")
+            await page.fill("#login-password", "not the password")
+            await page.click("#login-go")
+            await until(page, "document.querySelector('#login-msg').textContent")
+            assert await page.locator("#login-msg").inner_text() == "wrong user name or password"
+            # Chromium logs the 401 answer as a console error; that one was expected.
+            assert all("401" in p for p in problems), problems
+            problems.clear()
+            await page.fill("#login-password", PASSWORD)
+            await page.click("#login-go")
+            await page.wait_for_selector("#app", state="visible")
+            assert await page.locator("#who").inner_text() == "kim · dispatcher"
             await until(page, "window.actimesh && window.actimesh.frames > 0")
             await page.wait_for_selector(".dev.kind-gateway")
             await page.wait_for_selector(".dev.stale")  # u07-bwc2's fix is 25 s old
@@ -173,11 +194,11 @@ async def test_live_map_shows_activation_cameras_and_alerts_within_a_second(
             form = page.locator("form.zone-form")
             await form.wait_for()
             await form.locator("input[name=radius]").fill("12")
-            await form.locator("input[name=dispatcher]").fill("Dispatcher Kim")
+            assert "as kim" in await form.inner_text()
             await form.locator("button.go").click()
             zone = page.locator("li.inc", has_text="Dispatcher zone")
             await zone.wait_for()
-            assert "by Dispatcher Kim" in await zone.inner_text()
+            assert "by kim" in await zone.inner_text()
             assert await page.locator("path.act-circle.zone").count() == 1
             await form.wait_for(state="detached")  # the form closes itself once sent
             assert await page.locator("#zone-btn").inner_text() == "Activate zone…"
@@ -191,5 +212,25 @@ async def test_live_map_shows_activation_cameras_and_alerts_within_a_second(
             if target:
                 shutil.copyfile(shot, target)
             assert problems == []  # no CSP violation, no script error, nothing from outside
+
+            # Log out: back to the form, the map's picture gone with the session.
+            await page.click("#logout-btn")
+            await page.wait_for_selector("#login-form", state="visible")
+            assert await page.locator("#login-msg").inner_text() == "Logged out."
+            assert await page.locator("li.inc").count() == 0
+            assert await page.evaluate("window.actimesh.state.devices.size") == 0
             fresh.cancel()
         print(f"screenshot: {shot}")  # noqa: T201
+    # Who logged in, watched the live map, raised a zone and logged out: in the chain.
+    with sqlite3.connect(tmp_path / "ledger.sqlite3") as db:
+        trail = db.execute(
+            "SELECT event_type, subject, outcome FROM records WHERE event_type IN "
+            "('login', 'live_view', 'api_change', 'logout') ORDER BY seq"
+        ).fetchall()
+    assert trail[:3] == [
+        ("login", "kim", "denied"),
+        ("login", "kim", "success"),
+        ("live_view", "kim", "started"),
+    ]
+    assert ("api_change", "kim", "ok") in trail
+    assert trail[-1] == ("logout", "kim", "success")

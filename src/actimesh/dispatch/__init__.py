@@ -7,7 +7,10 @@ publishes only dispatcher zones, as trigger events the engine handles like any o
 :mod:`.state` is the live picture (pure), :mod:`.feed` its MQTT side, :mod:`.app` the
 web app, :mod:`.queries` the ledger reads, :mod:`.outbox` and :mod:`.webhooks` the
 durable webhook delivery, :mod:`.cloudevents` the wire format of a delivery, and
-:mod:`.service` runs them all under one TaskGroup.
+:mod:`.service` runs them all under one TaskGroup. Who may use it: :mod:`.accounts`
+(users, API tokens, sessions), :mod:`.auth` (credentials, roles, CSRF, the security
+headers), :mod:`.admin` (login and account routes), :mod:`.commands` (``actimesh users``
+and ``actimesh tokens``), and :mod:`.audit` (what they did, in the ledger).
 """
 
 from __future__ import annotations

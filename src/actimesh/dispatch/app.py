@@ -1,20 +1,27 @@
 """The dispatch web app: the live map page, its WebSocket, and the integrator API.
 
 ``create_app(ctx)`` builds a FastAPI app over the running service's parts (no globals:
-two services in one process do not share anything). Routes::
+two services in one process do not share anything). Routes, and what each needs
+(:mod:`.auth`; ``public`` routes take no credentials)::
 
-    GET  /                                   the live map (static page, Leaflet, no CDN)
-    WS   /api/v1/live                        snapshot on connect, then deltas (≤ 4/s)
-    GET  /api/v1/stream                      Server-Sent Events: activations and outcomes
-    GET  /api/v1/health                      ok / degraded (503) with the reasons
-    GET  /api/v1/devices[/{id}]              devices and their current state
-    GET  /api/v1/activations                 ledger query: time, area, device, type
-    GET  /api/v1/activations/{aid}           one activation with per-camera outcomes
-    POST /api/v1/zones                       dispatcher-initiated activation
-    POST|GET /api/v1/webhooks, GET|DELETE /api/v1/webhooks/{id}
-    GET  /api/v1/webhooks/{id}/deliveries, GET /api/v1/deliveries/{id}, POST …/retry
-    GET  /metrics                            Prometheus
-    GET  /openapi.json                       this API, for integrators
+    GET  /                                   public     the live map page (Leaflet, no CDN)
+    POST|GET|DELETE /api/v1/session          public (log in, who am I) / any (log out)
+    WS   /api/v1/live                        telemetry  snapshot, then deltas (≤ 4/s)
+    GET  /api/v1/stream                      read       Server-Sent Events: activations
+    GET  /api/v1/health                      public     ok / degraded (503) with reasons
+    GET  /api/v1/devices[/{id}]              telemetry  devices, state and position
+    GET  /api/v1/activations                 read       ledger query: time, area, type
+    GET  /api/v1/activations/{aid}           read       one activation, per-camera outcome
+    POST /api/v1/zones                       dispatch   dispatcher-initiated activation
+    POST|GET /api/v1/webhooks, GET|DELETE /api/v1/webhooks/{id}                admin
+    GET  /api/v1/webhooks/{id}/deliveries, GET /api/v1/deliveries/{id}, POST …/retry  admin
+    GET|POST /api/v1/users, PATCH|DELETE /api/v1/users/{name}                  admin
+    GET|POST /api/v1/tokens, DELETE /api/v1/tokens/{id}                        admin
+    GET  /api/v1/evidence[/{dev}/{rec}[/files/{name}]]  dispatch  stored recordings, audited
+    GET  /metrics                            read       Prometheus
+    GET  /openapi.json                       public     this API, for integrators
+
+Every change is audited in the ledger with who made it and the outcome (:mod:`.audit`).
 
 Every error body is ``{"error": "<one line: what is wrong and how to fix it>"}``.
 """
@@ -22,23 +29,44 @@ Every error body is ``{"error": "<one line: what is wrong and how to fix it>"}``
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
-from fastapi import FastAPI, HTTPException, Query, Request, Response, WebSocket
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response, WebSocket
+from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.routing import APIRoute, APIWebSocketRoute
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Mount
 from starlette.websockets import WebSocketDisconnect
 
 from actimesh import __version__
+from actimesh.dispatch.admin import add_account_routes
+from actimesh.dispatch.auth import (
+    PUBLIC_PREFIXES,
+    Authenticator,
+    AuthGate,
+    Caller,
+    Permission,
+    Principal,
+    Require,
+    SecurityHeaders,
+    is_public,
+    principal_of,
+)
+from actimesh.dispatch.evidence import add_evidence_routes
 from actimesh.dispatch.feed import Feed
 from actimesh.dispatch.hub import Hub, HubFullError, Subscriber
 from actimesh.dispatch.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -62,22 +90,24 @@ from actimesh.dispatch.queries import ActivationQuery, BBox, LedgerReader, Near
 from actimesh.dispatch.settings import DispatchSettings
 from actimesh.dispatch.state import LiveState
 from actimesh.dispatch.webhooks import Webhooks
-from actimesh.errors import ActimeshError, BrokerError
+from actimesh.errors import ActimeshError, BrokerError, LedgerError
+from actimesh.evidence.service import EvidenceService
 
 __all__ = ["AppContext", "create_app"]
+
+#: An SSE frame and the trigger type it is about (for per-client filters).
+EventFrame = tuple[str, str]
+
+log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).parent / "static"
 _SEND_TIMEOUT_S = 10.0
 _SSE_KEEPALIVE_S = 15.0
+#: What the stream's wait yields when nothing came (compared by identity).
+_IDLE: EventFrame = ("", "")
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": ApiError},
-    404: {"model": ApiError},
-    422: {"model": ApiError},
-    503: {"model": ApiError},
+    s: {"model": ApiError} for s in (400, 401, 403, 404, 422, 503)
 }
-
-#: An SSE frame and the trigger type it is about (for per-client filters).
-EventFrame = tuple[str, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +127,10 @@ class AppContext:
     webhooks: Webhooks
     metrics: DispatchMetrics
     wait_for_activation: Callable[[str, float], Awaitable[dict[str, Any] | None]]
+    auth: Authenticator
     clock: Callable[[], float] = time.time
+    #: The evidence store's service: the /api/v1/evidence routes exist only with one.
+    evidence: EvidenceService | None = None
 
     def config(self) -> dict[str, Any]:
         s = self.settings
@@ -176,6 +209,35 @@ def _cursor(value: str | None) -> tuple[float, str] | None:
     return parsed, aid
 
 
+def _walk(dependant: Dependant) -> Iterator[Dependant]:
+    yield dependant
+    for sub in dependant.dependencies:
+        yield from _walk(sub)
+
+
+def check_guarded(app: FastAPI) -> None:
+    """Raise if a route is neither public nor guarded by a :class:`Require`.
+
+    The gate already refuses callers without credentials everywhere but the public
+    routes; this makes sure each route also says which permission it needs, at start-up
+    rather than in a review.
+    """
+    for route in app.routes:
+        if isinstance(route, Mount):
+            if f"{route.path}/" not in PUBLIC_PREFIXES:
+                raise RuntimeError(f"mount {route.path} is not in auth.PUBLIC_PREFIXES")
+            continue
+        methods: set[str] = getattr(route, "methods", None) or {"GET"}
+        if isinstance(route, APIRoute | APIWebSocketRoute) and any(
+            isinstance(d.call, Require) for d in _walk(route.dependant)
+        ):
+            continue
+        path = getattr(route, "path", "?")
+        for method in methods:
+            if not is_public(method, path):
+                raise RuntimeError(f"route {method} {path} needs a Require(...) dependency")
+
+
 def _csp(settings: DispatchSettings) -> str:
     tiles = f" {settings.tile_origin}" if settings.tile_origin else ""
     # Everything from this server: a CDN reference would fail closed, not load.
@@ -184,6 +246,12 @@ def _csp(settings: DispatchSettings) -> str:
         f"img-src 'self' data:{tiles}; connect-src 'self'; frame-ancestors 'none'; "
         "base-uri 'none'; form-action 'none'"
     )
+
+
+def _receiver(url: str) -> str:
+    # A receiver URL may carry a secret in its query: the audit record keeps the rest.
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}{parts.path}"
 
 
 def create_app(ctx: AppContext) -> FastAPI:  # noqa: PLR0915 - one route table, read top down
@@ -203,6 +271,28 @@ def create_app(ctx: AppContext) -> FastAPI:  # noqa: PLR0915 - one route table, 
         redoc_url=None,
     )
     settings = ctx.settings
+    auth = ctx.auth
+    read = Require(auth, Permission.READ)
+    telemetry = Require(auth, Permission.TELEMETRY)
+    dispatch = Require(auth, Permission.DISPATCH)
+    admin = Require(auth, Permission.ADMIN)
+    # Added innermost first: the headers wrap everything, CORS answers preflights before
+    # the gate (a preflight carries no credentials), the gate guards the routes.
+    app.add_middleware(AuthGate, auth=auth)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "Content-Type"],
+            # Tokens only: a cross-site page never rides on a dispatcher's cookie.
+            allow_credentials=False,
+            max_age=600,
+        )
+    app.add_middleware(SecurityHeaders, https=settings.public_url_https)
+    add_account_routes(app, auth)
+    if ctx.evidence is not None:
+        add_evidence_routes(app, auth, ctx.evidence)
 
     # ------------------------------------------------------------------ errors
     @app.exception_handler(RequestValidationError)
@@ -231,9 +321,12 @@ def create_app(ctx: AppContext) -> FastAPI:  # noqa: PLR0915 - one route table, 
         app.mount("/vendor/leaflet", StaticFiles(directory=settings.leaflet_dir), name="leaflet")
 
     # ------------------------------------------------------------------ live
-    @app.websocket("/api/v1/live")
-    async def live(ws: WebSocket) -> None:
-        """Snapshot on connect, then a delta per frame (see docs/DISPATCH.md)."""
+    @app.websocket("/api/v1/live", dependencies=[Depends(telemetry)])
+    async def live(ws: WebSocket, principal: Caller) -> None:
+        """Snapshot on connect, then a delta per frame (see docs/DISPATCH.md).
+
+        Each connection is a view of the live map: audited before it is accepted."""
+        await auth.view(ws, principal, "live")
         await ws.accept()
         try:
             async with ctx.live.subscribe(first=ctx.snapshot()) as sub:
@@ -241,10 +334,29 @@ def create_app(ctx: AppContext) -> FastAPI:  # noqa: PLR0915 - one route table, 
                     async with asyncio.TaskGroup() as tg:
                         tg.create_task(_pump(ws, sub), name="ws-send")
                         tg.create_task(_drain(ws), name="ws-receive")
+                        tg.create_task(_recheck(ws, principal), name="ws-recheck")
                 except* _DisconnectedError:
                     pass
         except HubFullError:
             await ws.close(code=1013, reason="too many clients; try again later")
+
+    async def _still_valid(principal: Principal) -> bool:
+        try:
+            return await auth.still_valid(principal)
+        except LedgerError:
+            # The accounts database hiccuped: keep the view, check again next time.
+            log.warning("dispatch: could not re-check %s's credentials", principal.actor)
+            return True
+
+    async def _recheck(ws: WebSocket, principal: Principal) -> None:
+        """Close the view once its session or token is no longer valid."""
+        while True:
+            await asyncio.sleep(settings.live_recheck_s)
+            if not await _still_valid(principal):
+                with contextlib.suppress(WebSocketDisconnect, OSError, RuntimeError):
+                    async with asyncio.timeout(_SEND_TIMEOUT_S):
+                        await ws.close(code=1008, reason="session ended; log in again")
+                raise _DisconnectedError
 
     async def _pump(ws: WebSocket, sub: Subscriber[str]) -> None:
         while True:
@@ -268,29 +380,42 @@ def create_app(ctx: AppContext) -> FastAPI:  # noqa: PLR0915 - one route table, 
         "/api/v1/stream",
         summary="Live activations (Server-Sent Events)",
         response_class=StreamingResponse,
-        responses={200: {"content": {"text/event-stream": {}}}, 503: {"model": ApiError}},
+        responses={200: {"content": {"text/event-stream": {}}}, **_ERRORS},
+        dependencies=[Depends(read)],
     )
     async def stream(
+        request: Request,
+        principal: Caller,
         types: Annotated[
             str | None, Query(description="Comma-separated trigger types; default all")
         ] = None,
     ) -> StreamingResponse:
         """``event: activation`` for each new activation and ``event: camera`` for each
         camera outcome (recording, refused, no_ack). Best effort and live only: use the
-        webhooks for at-least-once delivery and the ledger query to catch up."""
+        webhooks for at-least-once delivery and the ledger query to catch up. The stream
+        ends when the caller's token is revoked or session ends."""
         wanted = {t for t in (types or "").split(",") if t}
         if len(ctx.events) >= ctx.events.max_clients:
             raise HTTPException(503, "too many stream clients; try again later")
+        await auth.view(request, principal, "stream")
+        tick = min(_SSE_KEEPALIVE_S, settings.live_recheck_s)
 
         async def frames() -> Any:
+            checked = time.monotonic()
             try:
                 async with ctx.events.subscribe() as sub:
                     yield "retry: 2000\n\n"
                     while True:
                         try:
-                            async with asyncio.timeout(_SSE_KEEPALIVE_S):
+                            async with asyncio.timeout(tick):
                                 item = await sub.get()
                         except TimeoutError:
+                            item = _IDLE
+                        if time.monotonic() - checked >= settings.live_recheck_s:
+                            checked = time.monotonic()
+                            if not await _still_valid(principal):
+                                return
+                        if item is _IDLE:
                             yield ": keepalive\n\n"
                             continue
                         if item is None:
@@ -302,15 +427,15 @@ def create_app(ctx: AppContext) -> FastAPI:  # noqa: PLR0915 - one route table, 
                 return
 
         return StreamingResponse(
-            frames(),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            frames(), media_type="text/event-stream", headers={"X-Accel-Buffering": "no"}
         )
 
     # ------------------------------------------------------------------ health
-    @app.get("/api/v1/health", response_model=Health, responses={503: {"model": Health}})
-    async def health(response: Response) -> Health:
-        """``ok``, or ``degraded`` (HTTP 503) with the reasons."""
+    @app.get("/api/v1/health", response_model=Health, responses={503: {"model": Health}},
+             response_model_exclude_none=True)  # fmt: skip
+    async def health(request: Request, response: Response) -> Health:
+        """``ok``, or ``degraded`` (HTTP 503) with the reasons. Open to anyone (load
+        balancers); agency, engines, counts and backlog only for authenticated callers."""
         reasons = []
         if not ctx.feed.connected:
             reasons.append("not connected to the MQTT broker")
@@ -320,9 +445,14 @@ def create_app(ctx: AppContext) -> FastAPI:  # noqa: PLR0915 - one route table, 
         ledger_ok = await ctx.ledger.ping()
         if not ledger_ok:
             reasons.append("activation ledger not readable")
+        if auth.audit.stats.failing:
+            reasons.append("audit ledger not writable (changes are not being audited)")
         w = ctx.webhooks.stats
         if reasons:
             response.status_code = 503
+        if principal_of(request) is None:
+            return Health(status="degraded" if reasons else "ok", reasons=reasons,
+                          version=__version__)  # fmt: skip
         return Health(
             status="degraded" if reasons else "ok",
             reasons=reasons,
@@ -335,12 +465,13 @@ def create_app(ctx: AppContext) -> FastAPI:  # noqa: PLR0915 - one route table, 
             webhooks={"pending": w.pending, "failed": w.failed, "delivered": w.delivered},
         )
 
-    @app.get("/metrics", include_in_schema=False)
+    @app.get("/metrics", include_in_schema=False, dependencies=[Depends(read)])
     async def metrics() -> Response:
         return Response(ctx.metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
     # ------------------------------------------------------------------ devices
-    @app.get("/api/v1/devices", response_model=list[DeviceOut])
+    @app.get("/api/v1/devices", response_model=list[DeviceOut], responses=_ERRORS,
+             dependencies=[Depends(telemetry)])  # fmt: skip
     async def devices(
         kind: str | None = None,
         unit: str | None = None,
@@ -356,7 +487,8 @@ def create_app(ctx: AppContext) -> FastAPI:  # noqa: PLR0915 - one route table, 
             and (status is None or d.status.value == status)
         ]
 
-    @app.get("/api/v1/devices/{device_id}", response_model=DeviceOut, responses=_ERRORS)
+    @app.get("/api/v1/devices/{device_id}", response_model=DeviceOut, responses=_ERRORS,
+             dependencies=[Depends(telemetry)])  # fmt: skip
     async def device(device_id: str) -> dict[str, Any]:
         found = ctx.state.devices.get(device_id)
         if found is None:
@@ -364,7 +496,8 @@ def create_app(ctx: AppContext) -> FastAPI:  # noqa: PLR0915 - one route table, 
         return found.to_json(ctx.clock(), ctx.max_fix_age_s)
 
     # ------------------------------------------------------------------ activations
-    @app.get("/api/v1/activations", response_model=ActivationPage, responses=_ERRORS)
+    @app.get("/api/v1/activations", response_model=ActivationPage, responses=_ERRORS,
+             dependencies=[Depends(read)])  # fmt: skip
     async def activations(
         *,
         since: Annotated[str | None, Query(description="UNIX seconds or ISO 8601")] = None,
@@ -416,7 +549,8 @@ def create_app(ctx: AppContext) -> FastAPI:  # noqa: PLR0915 - one route table, 
         next_cursor = f"{items[-1].event_ts!r}_{items[-1].aid}" if more and items else None
         return ActivationPage(items=items, next_cursor=next_cursor)
 
-    @app.get("/api/v1/activations/{aid}", response_model=ActivationDetail, responses=_ERRORS)
+    @app.get("/api/v1/activations/{aid}", response_model=ActivationDetail, responses=_ERRORS,
+             dependencies=[Depends(read)])  # fmt: skip
     async def activation(aid: str) -> ActivationDetail:
         """One activation: every camera considered, its outcome, and every ack."""
         found = await ctx.ledger.detail(aid, now=ctx.clock(), ack_timeout_s=settings.ack_timeout_s)
@@ -430,33 +564,45 @@ def create_app(ctx: AppContext) -> FastAPI:  # noqa: PLR0915 - one route table, 
         status_code=202,
         response_model=ZoneAccepted,
         responses={**_ERRORS, 201: {"model": ZoneAccepted}},
+        dependencies=[Depends(dispatch)],
     )
     async def zone(
+        request: Request,
         body: ZoneRequest,
         response: Response,
+        principal: Caller,
         wait: Annotated[
             float, Query(ge=0, le=10, description="Seconds to wait for the activation")
         ] = 0.0,
     ) -> ZoneAccepted:
-        """Activate every camera within ``radius_m`` of a point, as ``dispatcher``.
+        """Activate every camera within ``radius_m`` of a point, as the caller.
 
         Goes through the engine, its ``dispatch_zone`` rule and the ledger like any
-        trigger (``initiated_by`` = the dispatcher). 202 when published; with ``wait``,
-        201 and the live activation once the engine has decided."""
-        if body.radius_m > settings.zone_max_radius_m:
-            raise HTTPException(
-                422, f"radius_m: at most {settings.zone_max_radius_m:g} m on this console"
-            )
-        try:
-            order = await ctx.feed.publish_zone(
-                lat=body.lat,
-                lon=body.lon,
-                radius_m=body.radius_m,
-                dispatcher=body.dispatcher,
-                call_id=body.call_id,
-            )
-        except BrokerError as exc:
-            raise HTTPException(503, f"zone not sent: {exc}") from exc
+        trigger (``initiated_by`` = the authenticated caller, with ``dispatcher`` when a
+        token acts for someone). 202 when published; with ``wait``, 201 and the live
+        activation once the engine has decided."""
+        by = principal.actor
+        if body.dispatcher is not None and body.dispatcher != by:
+            by = f"{body.dispatcher} via {by}"
+        async with auth.change(request, principal, "zone.create", lat=body.lat, lon=body.lon,
+                               radius_m=body.radius_m, call_id=body.call_id,
+                               initiated_by=by) as record:  # fmt: skip
+            if body.radius_m > settings.zone_max_radius_m:
+                raise HTTPException(
+                    422, f"radius_m: at most {settings.zone_max_radius_m:g} m on this console"
+                )
+            try:
+                order = await ctx.feed.publish_zone(
+                    lat=body.lat,
+                    lon=body.lon,
+                    radius_m=body.radius_m,
+                    dispatcher=by,
+                    call_id=body.call_id,
+                )
+            except BrokerError as exc:
+                raise HTTPException(503, f"zone not sent: {exc}") from exc
+            # The activation's id ties this record to it: exported and kept with it.
+            record["aid"] = order.aid
         found = await ctx.wait_for_activation(order.aid, wait) if wait > 0 else None
         if found is not None:
             response.status_code = 201
@@ -470,15 +616,20 @@ def create_app(ctx: AppContext) -> FastAPI:  # noqa: PLR0915 - one route table, 
 
     # ------------------------------------------------------------------ webhooks
     @app.post("/api/v1/webhooks", status_code=201, response_model=WebhookCreated,
-              responses=_ERRORS)  # fmt: skip
-    async def add_webhook(body: WebhookCreate) -> WebhookCreated:
+              responses=_ERRORS, dependencies=[Depends(admin)])  # fmt: skip
+    async def add_webhook(
+        request: Request, body: WebhookCreate, principal: Caller
+    ) -> WebhookCreated:
         """Register a receiver. The response carries its signing secret, once."""
-        endpoint = await ctx.outbox.add_endpoint(
-            url=body.url,
-            description=body.description,
-            event_types=body.event_types,
-            now=ctx.clock(),
-        )
+        async with auth.change(request, principal, "webhook.add", url=_receiver(body.url),
+                               event_types=body.event_types) as record:  # fmt: skip
+            endpoint = await ctx.outbox.add_endpoint(
+                url=body.url,
+                description=body.description,
+                event_types=body.event_types,
+                now=ctx.clock(),
+            )
+            record["webhook"] = endpoint.id
         return WebhookCreated(
             id=endpoint.id,
             url=endpoint.url,
@@ -491,7 +642,8 @@ def create_app(ctx: AppContext) -> FastAPI:  # noqa: PLR0915 - one route table, 
             secret=endpoint.secret,
         )
 
-    @app.get("/api/v1/webhooks", response_model=list[WebhookOut])
+    @app.get("/api/v1/webhooks", response_model=list[WebhookOut], responses=_ERRORS,
+             dependencies=[Depends(admin)])  # fmt: skip
     async def webhooks() -> list[WebhookOut]:
         return await ctx.outbox.endpoints()
 
@@ -501,21 +653,27 @@ def create_app(ctx: AppContext) -> FastAPI:  # noqa: PLR0915 - one route table, 
             raise HTTPException(404, f"no webhook {webhook_id!r}; GET /api/v1/webhooks lists them")
         return found
 
-    @app.get("/api/v1/webhooks/{webhook_id}", response_model=WebhookOut, responses=_ERRORS)
+    @app.get("/api/v1/webhooks/{webhook_id}", response_model=WebhookOut, responses=_ERRORS,
+             dependencies=[Depends(admin)])  # fmt: skip
     async def webhook(webhook_id: str) -> WebhookOut:
         return await _endpoint(webhook_id)
 
-    @app.delete("/api/v1/webhooks/{webhook_id}", status_code=204, responses=_ERRORS)
-    async def delete_webhook(webhook_id: str) -> Response:
+    @app.delete("/api/v1/webhooks/{webhook_id}", status_code=204, responses=_ERRORS,
+                dependencies=[Depends(admin)])  # fmt: skip
+    async def delete_webhook(request: Request, webhook_id: str, principal: Caller) -> Response:
         """Stop deliveries to this receiver and forget them."""
-        if not await ctx.outbox.delete_endpoint(webhook_id):
-            raise HTTPException(404, f"no webhook {webhook_id!r}; GET /api/v1/webhooks lists them")
+        async with auth.change(request, principal, "webhook.delete", webhook=webhook_id):
+            if not await ctx.outbox.delete_endpoint(webhook_id):
+                raise HTTPException(
+                    404, f"no webhook {webhook_id!r}; GET /api/v1/webhooks lists them"
+                )
         return Response(status_code=204)
 
     @app.get(
         "/api/v1/webhooks/{webhook_id}/deliveries",
         response_model=list[DeliveryOut],
         responses=_ERRORS,
+        dependencies=[Depends(admin)],
     )
     async def deliveries(
         webhook_id: str,
@@ -526,7 +684,8 @@ def create_app(ctx: AppContext) -> FastAPI:  # noqa: PLR0915 - one route table, 
         await _endpoint(webhook_id)
         return await ctx.outbox.deliveries(webhook_id, status=status, limit=limit)
 
-    @app.get("/api/v1/deliveries/{delivery_id}", response_model=DeliveryOut, responses=_ERRORS)
+    @app.get("/api/v1/deliveries/{delivery_id}", response_model=DeliveryOut, responses=_ERRORS,
+             dependencies=[Depends(admin)])  # fmt: skip
     async def delivery(delivery_id: str) -> DeliveryOut:
         found = await ctx.outbox.delivery(delivery_id)
         if found is None:
@@ -538,15 +697,18 @@ def create_app(ctx: AppContext) -> FastAPI:  # noqa: PLR0915 - one route table, 
         status_code=202,
         response_model=DeliveryOut,
         responses=_ERRORS,
+        dependencies=[Depends(admin)],
     )
-    async def retry(delivery_id: str) -> DeliveryOut:
+    async def retry(request: Request, delivery_id: str, principal: Caller) -> DeliveryOut:
         """Send a pending or failed delivery again now (same delivery id)."""
-        if not await ctx.outbox.retry(delivery_id, now=ctx.clock()):
-            raise HTTPException(404, f"no undelivered delivery {delivery_id!r}")
+        async with auth.change(request, principal, "delivery.retry", delivery=delivery_id):
+            if not await ctx.outbox.retry(delivery_id, now=ctx.clock()):
+                raise HTTPException(404, f"no undelivered delivery {delivery_id!r}")
         ctx.webhooks.wake()
         found = await ctx.outbox.delivery(delivery_id)
         if found is None:  # pragma: no cover - deleted between the two calls
             raise HTTPException(404, f"no delivery {delivery_id!r}")
         return found
 
+    check_guarded(app)
     return app

@@ -15,6 +15,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from actimesh.broker.client import LinkStats
+from actimesh.dispatch.audit import AuditStats
+from actimesh.dispatch.auth import AuthStats
 from actimesh.dispatch.hub import HubStats
 from actimesh.dispatch.state import LiveState
 from actimesh.dispatch.webhooks import WebhookStats
@@ -34,6 +36,8 @@ class MetricSources:
     links: Callable[[], dict[str, LinkStats]]
     hubs: dict[str, tuple[HubStats, Callable[[], int]]]
     webhooks: WebhookStats
+    auth: AuthStats
+    audit: AuditStats
 
 
 class _Collector(Collector):
@@ -132,6 +136,32 @@ class _Collector(Collector):
             "actimesh_webhook_reconciled",
             "Deliveries enqueued from the ledger (missed on the broker)",
             value=w.reconciled,
+        )
+        yield from self._security()
+
+    def _security(self) -> Iterator[Metric]:
+        src = self.sources
+        refused = CounterMetricFamily(
+            "actimesh_dispatch_requests_refused",
+            "Requests refused by authentication or authorisation, by reason",
+            labels=["reason"],
+        )
+        for reason, n in sorted(src.auth.refused.items()):
+            refused.add_metric([reason], n)
+        yield refused
+        logins = CounterMetricFamily(
+            "actimesh_dispatch_logins", "Login attempts by outcome", labels=["outcome"]
+        )
+        for outcome, n in sorted(src.auth.logins.items()):
+            logins.add_metric([outcome], n)
+        yield logins
+        yield CounterMetricFamily(
+            "actimesh_dispatch_audit_records", "Audit records written", value=src.audit.written
+        )
+        yield CounterMetricFamily(
+            "actimesh_dispatch_audit_failures",
+            "Audit records that could not be written (alert on any)",
+            value=src.audit.failures,
         )
 
 

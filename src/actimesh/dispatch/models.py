@@ -25,7 +25,16 @@ __all__ = [
     "DeliveryStatus",
     "DeviceOut",
     "Health",
+    "LoginRequest",
     "Outcome",
+    "SessionOut",
+    "TokenCreate",
+    "TokenCreated",
+    "TokenOut",
+    "UserCreate",
+    "UserCreated",
+    "UserOut",
+    "UserUpdate",
     "WebhookCreate",
     "WebhookCreated",
     "WebhookOut",
@@ -81,6 +90,9 @@ class Outcome(StrEnum):
     NO_ACK = "no_ack"
     PENDING = "pending"
     NOT_COMMANDED = "not_commanded"
+    #: Recorded, then cancelled by the officer on the camera as a false activation
+    #: (the recording is kept, marked; the ledger has a ``false_activation`` record).
+    CANCELLED = "cancelled"
 
 
 class ActivationSummary(_Out):
@@ -155,7 +167,14 @@ class ZoneRequest(_In):
     lat: float = Field(ge=-90.0, le=90.0)
     lon: float = Field(ge=-180.0, le=180.0)
     radius_m: float = Field(gt=0.0, le=1000.0, description="Capped by the engine's rule")
-    dispatcher: str = Field(min_length=1, max_length=64, description="Who asked (audit)")
+    dispatcher: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        description="The person a token (a CAD bridge, say) acts for. The ledger's "
+        "initiated_by is always the authenticated caller: `kim`, or `Dispatcher Kim via "
+        "token:cad` when a token names the dispatcher",
+    )
     call_id: Identifier | None = Field(
         default=None,
         description="The CAD call id. Repeating a request with the same call id is "
@@ -164,8 +183,8 @@ class ZoneRequest(_In):
 
     @field_validator("dispatcher")
     @classmethod
-    def _printable(cls, value: str) -> str:
-        if not value.isprintable():
+    def _printable(cls, value: str | None) -> str | None:
+        if value is not None and not value.isprintable():
             raise ValueError("must be printable text (no control characters)")
         return value
 
@@ -249,12 +268,90 @@ class DeliveryOut(_Out):
 
 
 class Health(_Out):
+    """Status for load balancers; the details only for authenticated callers."""
+
     status: str = Field(description="ok, or degraded with the reasons")
     reasons: list[str]
     version: str
-    agency: str
-    mqtt_connected: bool
-    engines: list[dict[str, Any]]
-    devices: dict[str, int]
-    clients: int
-    webhooks: dict[str, int]
+    agency: str | None = None
+    mqtt_connected: bool | None = None
+    engines: list[dict[str, Any]] | None = None
+    devices: dict[str, int] | None = None
+    clients: int | None = None
+    webhooks: dict[str, int] | None = None
+
+
+# ---------------------------------------------------------------------- accounts
+UserName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9._@-]*$")]
+
+
+class LoginRequest(_In):
+    """``POST /api/v1/session``."""
+
+    username: str = Field(min_length=1, max_length=128)
+    password: str = Field(min_length=1, max_length=1024)
+
+
+class SessionOut(_Out):
+    """Who the caller is. ``csrf_token`` goes in ``X-CSRF-Token`` on every change a
+    logged-in page makes (not needed with a bearer token)."""
+
+    authenticated: bool
+    user: str | None = None
+    role: str | None = None
+    via: str | None = Field(default=None, description="session (browser login) or token")
+    telemetry: bool = False
+    csrf_token: str | None = None
+    idle_timeout_s: float | None = None
+
+
+class UserOut(_Out):
+    name: str
+    role: str
+    created_ts: float
+    password_ts: float
+    disabled: bool
+    disabled_ts: float | None
+
+
+class UserCreate(_In):
+    name: UserName
+    role: str = Field(pattern="^(dispatcher|admin)$")
+    password: str | None = Field(
+        default=None, min_length=12, max_length=1024, description="Default: generated"
+    )
+
+
+class UserCreated(UserOut):
+    password: str | None = Field(description="The generated password, shown once")
+
+
+class UserUpdate(_In):
+    disabled: bool | None = None
+    reset_password: bool = Field(
+        default=False, description="Generate a new password (shown once); ends their sessions"
+    )
+
+
+class TokenOut(_Out):
+    id: str = Field(description="The token's first characters: tells tokens apart")
+    name: str
+    role: str
+    telemetry: bool
+    created_ts: float
+    created_by: str
+    expires_ts: float | None
+    revoked_ts: float | None
+    last_used_ts: float | None
+    state: str = Field(description="active, expired or revoked")
+
+
+class TokenCreate(_In):
+    name: UserName
+    role: str = Field(pattern="^(integrator|dispatcher|admin)$")
+    telemetry: bool = Field(default=False, description="An integrator may read positions")
+    expires_days: float | None = Field(default=None, gt=0, le=3650)
+
+
+class TokenCreated(TokenOut):
+    token: str = Field(description="Send as `Authorization: Bearer <token>`. Shown once.")

@@ -41,7 +41,11 @@ from actimesh.geofence import distance_m
 
 __all__ = ["ActivationQuery", "BBox", "LedgerReader", "Near"]
 
-_ACK_OUTCOME = {"recording": Outcome.RECORDING, "refused": Outcome.REFUSED}
+_ACK_OUTCOME = {
+    "recording": Outcome.RECORDING,
+    "refused": Outcome.REFUSED,
+    "cancelled": Outcome.CANCELLED,
+}
 _M_PER_DEG_LAT = 110_574.0  # the shortest degree of latitude (at the equator)
 
 _SUMMARY = """
@@ -49,7 +53,9 @@ SELECT a.aid, a.src, a.eid, a.type, a.event_ts, a.received_ts, a.decided_ts, a.l
        a.acc, a.position_source, a.radius_m, a.pre_roll_s, a.initiated_by, a.engine,
        (SELECT COUNT(*) FROM decisions d WHERE d.aid = a.aid AND d.commanded = 1),
        (SELECT COUNT(DISTINCT k.device_id) FROM acks k
-         WHERE k.aid = a.aid AND k.status = 'recording'),
+         WHERE k.aid = a.aid AND k.status = 'recording'
+           AND NOT EXISTS (SELECT 1 FROM acks c WHERE c.aid = k.aid
+                           AND c.device_id = k.device_id AND c.status = 'cancelled')),
        (SELECT COUNT(DISTINCT k.device_id) FROM acks k
          WHERE k.aid = a.aid AND k.status = 'refused'
            AND NOT EXISTS (SELECT 1 FROM acks r WHERE r.aid = k.aid
@@ -301,7 +307,9 @@ class LedgerReader:
         ):
             commanded = bool(r[2])
             mine = by_device.get(r[0], [])
-            chosen = next((a for a in mine if a.status == "recording"), None)
+            # A cancel is the camera's last word on an activation: it outranks recording.
+            chosen = next((a for a in mine if a.status == "cancelled"), None)
+            chosen = chosen or next((a for a in mine if a.status == "recording"), None)
             chosen = chosen or next((a for a in mine if a.status == "refused"), None)
             chosen = chosen or (mine[0] if mine else None)
             if not commanded:

@@ -32,7 +32,10 @@ import uvicorn
 
 from actimesh.broker.messages import Activation
 from actimesh.broker.topics import Topics
+from actimesh.dispatch.accounts import ACCOUNTS_FILE, AccountStore
 from actimesh.dispatch.app import AppContext, EventFrame, create_app
+from actimesh.dispatch.audit import AuditTrail
+from actimesh.dispatch.auth import Authenticator
 from actimesh.dispatch.feed import Feed
 from actimesh.dispatch.hub import Hub
 from actimesh.dispatch.metrics import DispatchMetrics, MetricSources
@@ -42,6 +45,7 @@ from actimesh.dispatch.settings import DispatchSettings
 from actimesh.dispatch.state import LiveState
 from actimesh.dispatch.webhooks import Webhooks
 from actimesh.errors import ActimeshError, ConfigError, LedgerError
+from actimesh.evidence.service import EvidenceService
 
 __all__ = ["DispatchService"]
 
@@ -70,7 +74,11 @@ def _sse(event: dict[str, Any]) -> EventFrame:
 
 
 class DispatchService:
-    """The dispatch web app for one agency. Create inside the running loop; ``await run()``."""
+    """The dispatch web app for one agency. Create inside the running loop; ``await run()``.
+
+    With ``evidence`` (an open :class:`~actimesh.evidence.EvidenceService`) dispatchers
+    list and download offloaded recordings, each view written to the ledger.
+    """
 
     def __init__(
         self,
@@ -86,8 +94,11 @@ class DispatchService:
         clock: Callable[[], float] = time.time,
         username: str | None = None,
         password: str | None = None,
+        evidence: EvidenceService | None = None,
     ) -> None:
         self.topics = topics
+        #: The evidence store (opened by the caller): lists and downloads of recordings.
+        self.evidence = evidence
         self.settings = settings
         self.clock = clock
         self.ready = asyncio.Event()
@@ -107,6 +118,16 @@ class DispatchService:
             queue_size=settings.client_queue, max_clients=settings.max_clients
         )
         self.ledger = LedgerReader(ledger_path)
+        self.accounts = AccountStore(
+            data_dir / ACCOUNTS_FILE,
+            session_idle_s=settings.session_idle_s,
+            session_max_s=settings.session_max_s,
+            clock=clock,
+        )
+        self.audit = AuditTrail(ledger_path, f"dispatch/{settings.console_id}", clock=clock)
+        self.auth = Authenticator(
+            store=self.accounts, audit=self.audit, settings=settings, clock=clock
+        )
         self.outbox = Outbox(data_dir / "webhooks.sqlite3")
         self.webhooks = Webhooks(
             outbox=self.outbox, ledger=self.ledger, settings=settings, agency=topics.agency,
@@ -140,6 +161,8 @@ class DispatchService:
                     "stream": (self.events.stats, lambda: len(self.events)),
                 },
                 webhooks=self.webhooks.stats,
+                auth=self.auth.stats,
+                audit=self.audit.stats,
             )
         )
         self.state.on_decision = self.metrics.decision_seconds.observe
@@ -159,17 +182,20 @@ class DispatchService:
                 webhooks=self.webhooks,
                 metrics=self.metrics,
                 wait_for_activation=self.wait_for_activation,
+                auth=self.auth,
                 clock=clock,
+                evidence=evidence,
             )
         )
 
     @property
     def url(self) -> str:
-        """``http://host:port`` once bound."""
+        """``http(s)://host:port`` once bound."""
         if self.address is None:
             raise ActimeshError("the dispatch service is not listening yet")
         host, port = self.address
-        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        scheme = "https" if self.settings.tls else "http"
+        return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
     # ------------------------------------------------------------------ lifecycle
     def _bind(self) -> socket.socket:
@@ -193,9 +219,10 @@ class DispatchService:
 
     async def run(self) -> None:
         """Run until cancelled; ``ready`` is set once the page and the feed are up."""
+        tls = self._tls()
         sock = self._bind()
         try:
-            async with self.ledger, self.outbox:
+            async with self.ledger, self.outbox, self.accounts, self.audit:
                 await self._backfill()
                 server = _Server(
                     uvicorn.Config(
@@ -210,7 +237,9 @@ class DispatchService:
                         timeout_graceful_shutdown=2,
                         limit_concurrency=self.settings.max_clients * 2,
                         server_header=False,
+                        # Client addresses key the login limits: never taken from headers.
                         proxy_headers=False,
+                        **tls,
                     )
                 )
                 async with asyncio.TaskGroup() as tg:
@@ -227,6 +256,18 @@ class DispatchService:
         finally:
             self.ready.clear()
             sock.close()
+
+    def _tls(self) -> dict[str, Any]:
+        s = self.settings
+        if s.tls_certfile is None or s.tls_keyfile is None:
+            return {}
+        for name, path in (("tls_certfile", s.tls_certfile), ("tls_keyfile", s.tls_keyfile)):
+            if not path.is_file():
+                raise ConfigError(
+                    f"dispatch.{name} {path} does not exist; give PEM files (`actimesh certs` "
+                    "makes them) or leave both out to serve plain http"
+                )
+        return {"ssl_certfile": str(s.tls_certfile), "ssl_keyfile": str(s.tls_keyfile)}
 
     async def _serve(self, server: _Server, sock: socket.socket) -> None:
         try:

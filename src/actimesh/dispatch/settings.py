@@ -6,6 +6,11 @@
     console_id = "console-1"    # dispatcher zones come from device "dispatch-console-1"
     ack_timeout_s = 5           # no acknowledgement after this raises an alert
     tile_url = "https://tiles.example.org/{z}/{x}/{y}.png"   # default: no basemap
+    session_idle_s = 1800       # a browser session idle this long must log in again
+    cors_origins = []           # other sites whose pages may call the API with a token
+    public_url = "https://dispatch.agency.example"   # behind a TLS proxy: Secure cookies
+    tls_certfile = "/etc/actimesh/certs/server.pem"  # serve https itself
+    tls_keyfile = "/etc/actimesh/certs/server.key"
 
 Every mistake is reported as one line naming the key and what it accepts.
 """
@@ -24,6 +29,7 @@ __all__ = ["DispatchSettings"]
 
 #: 0 means something for these: any free port; a clean MQTT session.
 _MAY_BE_ZERO = frozenset({"port", "session_expiry_s"})
+_ORIGIN_EXAMPLE = "https://cad.agency.example"
 #: node_modules of a source checkout (src/actimesh/dispatch/settings.py → repo root).
 _CHECKOUT_NODE_MODULES = Path(__file__).resolve().parents[3] / "node_modules"
 
@@ -77,6 +83,27 @@ class DispatchSettings:
     webhook_retention_s: float = 7 * 86_400.0
     #: Where ``npm ci`` put Leaflet; None: the checkout's ``node_modules``.
     vendor_dir: Path | None = None
+    #: A browser session ends after this long without a request (an open live map
+    #: counts as use), and after ``session_max_s`` whatever happens (a shift).
+    session_idle_s: float = 30 * 60.0
+    session_max_s: float = 12 * 3600.0
+    #: Failed logins allowed per user name, and per client address, within the window;
+    #: then 429 until the oldest failure leaves it.
+    login_max_failures: int = 5
+    login_max_failures_per_client: int = 20
+    login_window_s: float = 15 * 60.0
+    #: How often an open live map or stream re-checks its session or token (a logout, a
+    #: disabled user or a revoked token closes it within this).
+    live_recheck_s: float = 15.0
+    #: Origins (``https://host[:port]``) of other sites whose pages may call the API with
+    #: a token (CORS). Empty: none. Cookies are never sent cross-site either way.
+    cors_origins: tuple[str, ...] = ()
+    #: The address people use when it is not this server's own (a TLS reverse proxy):
+    #: ``https://`` here makes cookies Secure and turns on HSTS.
+    public_url: str | None = None
+    #: Serve https directly (PEM files, e.g. from ``actimesh certs``). Both or neither.
+    tls_certfile: Path | None = None
+    tls_keyfile: Path | None = None
 
     def __post_init__(self) -> None:
         if not self.host or any(ch.isspace() for ch in self.host):
@@ -107,6 +134,34 @@ class DispatchSettings:
                 )
             if not all(p in self.tile_url for p in ("{z}", "{x}", "{y}")):
                 raise ConfigError("dispatch.tile_url must contain {z}, {x} and {y}")
+        self._check_web()
+
+    def _check_web(self) -> None:
+        for origin in self.cors_origins:
+            parts = urlsplit(origin) if isinstance(origin, str) else None
+            if (
+                parts is None
+                or parts.scheme not in ("http", "https")
+                or not parts.netloc
+                or parts.path
+                or parts.query
+                or "*" in origin
+            ):
+                raise ConfigError(
+                    f"dispatch.cors_origins: {origin!r} is not an origin; write scheme://host"
+                    f"[:port] with no path and no wildcard, e.g. {_ORIGIN_EXAMPLE}"
+                )
+        if self.public_url is not None:
+            parts = urlsplit(self.public_url)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise ConfigError(
+                    f"dispatch.public_url {self.public_url!r} must be an http(s) URL, e.g. "
+                    "https://dispatch.agency.example"
+                )
+        if (self.tls_certfile is None) != (self.tls_keyfile is None):
+            raise ConfigError("dispatch.tls_certfile and dispatch.tls_keyfile go together")
+        if self.session_idle_s > self.session_max_s:
+            raise ConfigError("dispatch.session_idle_s must not exceed session_max_s")
 
     @property
     def source_device(self) -> str:
@@ -118,6 +173,24 @@ class DispatchSettings:
         """Leaflet's ``dist`` folder (may not exist: ``make web-deps`` installs it)."""
         base = self.vendor_dir if self.vendor_dir is not None else _CHECKOUT_NODE_MODULES
         return base / "leaflet" / "dist"
+
+    @property
+    def tls(self) -> bool:
+        """The dispatch serves https itself."""
+        return self.tls_certfile is not None
+
+    @property
+    def public_origin(self) -> str | None:
+        """``scheme://host[:port]`` of ``public_url``, as browsers send it in ``Origin``."""
+        if self.public_url is None:
+            return None
+        parts = urlsplit(self.public_url)
+        return f"{parts.scheme}://{parts.netloc}"
+
+    @property
+    def public_url_https(self) -> bool:
+        """People reach the dispatch over https (through a proxy if not directly)."""
+        return self.tls or (self.public_url or "").startswith("https://")
 
     @property
     def tile_origin(self) -> str | None:

@@ -11,7 +11,10 @@ does no I/O, so every rule below is unit-tested without a broker.
 * **Activations** come from the engine's activation records. Each commanded camera is
   ``commanded`` until it acknowledges: ``acknowledged`` (it got the command), then
   ``recording`` (with the pre-roll seconds it kept) or ``refused``; a camera still
-  silent ``ack_timeout_s`` after the command is ``no_ack`` and raises an alert. The
+  silent ``ack_timeout_s`` after the command is ``no_ack`` and raises an alert. A
+  camera whose officer cancelled the activation on it within the cancel window is
+  ``cancelled``: a false activation (who cancelled it is shown), final, and not an alert
+  (the recording is kept on the camera, marked). The
   engine's own alerts (``am/v1/<agency>/alerts/#``) are merged in, one per camera and
   kind, so the map still raises them if the dispatch's clock and the engine's disagree.
   A late acknowledgement still updates the camera (and
@@ -77,10 +80,16 @@ class CameraStatus(StrEnum):
     RECORDING = "recording"
     REFUSED = "refused"
     NO_ACK = "no_ack"
+    #: The officer cancelled it on the camera as a false activation (final).
+    CANCELLED = "cancelled"
 
 
-_ACK_STATUS = {"recording": CameraStatus.RECORDING, "refused": CameraStatus.REFUSED}
-_FINAL = frozenset({CameraStatus.RECORDING, CameraStatus.REFUSED})
+_ACK_STATUS = {
+    "recording": CameraStatus.RECORDING,
+    "refused": CameraStatus.REFUSED,
+    "cancelled": CameraStatus.CANCELLED,
+}
+_FINAL = frozenset({CameraStatus.RECORDING, CameraStatus.REFUSED, CameraStatus.CANCELLED})
 
 
 @dataclass(slots=True)
@@ -148,6 +157,9 @@ class CameraView:
     ack_latency_s: float | None = None
     late: bool = False
     detail: str | None = None
+    #: Who cancelled it as a false activation, and when (camera clock).
+    cancelled_by: str | None = None
+    cancelled_ts: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -162,6 +174,8 @@ class CameraView:
             "ack_latency_s": self.ack_latency_s,
             "late": self.late,
             "detail": self.detail,
+            "cancelled_by": self.cancelled_by,
+            "cancelled_ts": self.cancelled_ts,
         }
 
 
@@ -437,7 +451,10 @@ class LiveState:
             cam = CameraView(device_id, dev.kind if dev is not None else None, "unlisted")
             view.cameras[device_id] = cam
         status = _ACK_STATUS.get(ack.status.value, CameraStatus.ACKNOWLEDGED)
-        if cam.status in _FINAL or (status is cam.status):
+        # A cancel follows the camera's final answer (it cancels a recording), so it is
+        # the one final answer that may replace another; nothing replaces it.
+        replaces = status is CameraStatus.CANCELLED and cam.status is not status
+        if (cam.status in _FINAL and not replaces) or status is cam.status:
             return  # a repeated (or overtaken) acknowledgement changes nothing
         if cam.ack_ts is None:
             # The first answer of any kind is the acknowledgement latency.
@@ -454,6 +471,8 @@ class LiveState:
             cam.pre_cov = ack.pre_cov
             cam.recording = ack.rec
             cam.detail = ack.detail
+        if status is CameraStatus.CANCELLED:
+            cam.cancelled_by, cam.cancelled_ts = ack.by, ack.ts
         if cam.status is CameraStatus.REFUSED:
             reason = ack.detail or "could not record"
             self._alert(view, cam, "refused", now, f"{device_id} refused: {reason}")

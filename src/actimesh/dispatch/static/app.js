@@ -1,7 +1,11 @@
 /* actimesh dispatch map.
  *
- * One WebSocket (/api/v1/live): a snapshot on connect, then deltas. The page keeps the
- * same maps the server does (devices, activations, alerts) and redraws what changed.
+ * A login form first (POST /api/v1/session sets an HttpOnly session cookie the page
+ * never sees, and returns a CSRF token the page keeps in memory and sends with every
+ * change). Then one WebSocket (/api/v1/live): a snapshot on connect, then deltas. The
+ * page keeps the same maps the server does (devices, activations, alerts) and redraws
+ * what changed. When the session ends (logout, timeout, a disabled user) the server
+ * answers 401 or closes the socket with 1008, and the page goes back to the login form.
  * No framework and no build step; Leaflet is served by the app itself (no CDN).
  * Nothing here sets inline styles: the page's Content-Security-Policy forbids them.
  */
@@ -21,7 +25,7 @@
   };
   const CAMERA_LABELS = {
     commanded: 'commanded', acknowledged: 'acknowledged', recording: 'recording', refused: 'refused', no_ack: 'no acknowledgement',
-    pending: 'waiting', not_commanded: 'not commanded',
+    pending: 'waiting', not_commanded: 'not commanded', cancelled: 'cancelled: false activation',
   };
   // Glyphs: 24x24, drawn in currentColor (white on the status colour).
   const GLYPHS = {
@@ -384,6 +388,7 @@
     if (waiting) chips.appendChild(el('span', 'chip cmd', waiting + ' not recording yet'));
     if (s.no_ack) chips.appendChild(el('span', 'chip bad', '⚠ ' + s.no_ack + ' no ack'));
     if (s.refused) chips.appendChild(el('span', 'chip bad', '✕ ' + s.refused + ' refused'));
+    if (s.cancelled) chips.appendChild(el('span', 'chip', s.cancelled + ' false activation'));
     if (!a.cameras.length) chips.appendChild(el('span', 'chip', 'no camera in range'));
     if (a.by) chips.appendChild(el('span', 'chip by', 'by ' + a.by));
     li.appendChild(chips);
@@ -447,6 +452,7 @@
       tr.appendChild(el('td', null, c.reason + (c.dist != null ? ' ' + c.dist.toFixed(1) + ' m' : '')));
       const st = el('td');
       st.appendChild(el('span', 'st st-' + c.status, CAMERA_LABELS[c.status] + (c.late ? ' (late)' : '')));
+      if (c.cancelled_by) st.appendChild(el('span', 'dim', ' by ' + c.cancelled_by));
       if (c.ack_latency_s != null) st.appendChild(el('span', 'dim', ' ' + Math.round(c.ack_latency_s * 1000) + ' ms'));
       tr.appendChild(st);
       tr.appendChild(el('td', null, c.pre_cov != null ? c.pre_cov.toFixed(1) + ' / ' + a.pre + ' s' : '—'));
@@ -467,7 +473,7 @@
     if (ledgerCache.has(aid)) return;
     let detail;
     try {
-      const res = await fetch('/api/v1/activations/' + encodeURIComponent(aid));
+      const res = await api('/api/v1/activations/' + encodeURIComponent(aid));
       if (!res.ok) return;
       detail = await res.json();
     } catch (e) {
@@ -551,11 +557,8 @@
     num.addEventListener('input', () => sync(num.value));
     form.appendChild(range);
     form.appendChild(num);
-    form.appendChild(el('label', null, 'Dispatcher'));
-    const who = el('input');
-    Object.assign(who, { type: 'text', name: 'dispatcher', required: true, maxLength: 64,
-      value: localStorage.getItem('actimesh.dispatcher') || '' });
-    form.appendChild(who);
+    // Who asks is whoever is logged in: the server records the session's user.
+    form.appendChild(el('div', 'dim', 'as ' + (session.user || '?')));
     form.appendChild(el('label', null, 'CAD call id (optional)'));
     const call = el('input');
     Object.assign(call, { type: 'text', name: 'call', maxLength: 64, placeholder: 'e.g. C2025-00123' });
@@ -573,15 +576,14 @@
     form.appendChild(msg);
     form.addEventListener('submit', async (ev) => {
       ev.preventDefault();
-      const body = { lat: e.latlng.lat, lon: e.latlng.lng, radius_m: Number(num.value), dispatcher: who.value.trim() };
+      const body = { lat: e.latlng.lat, lon: e.latlng.lng, radius_m: Number(num.value) };
       if (call.value.trim()) body.call_id = call.value.trim();
-      localStorage.setItem('actimesh.dispatcher', body.dispatcher);
       localStorage.setItem('actimesh.radius', String(body.radius_m));
       go.disabled = true;
       msg.className = 'msg';
       msg.textContent = 'sending…';
       try {
-        const res = await fetch('/api/v1/zones', {
+        const res = await api('/api/v1/zones', {
           method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body),
         });
         const doc = await res.json();
@@ -658,21 +660,240 @@
     $('conn-text').textContent = !S.connected ? 'reconnecting…' : S.brokerUp ? 'live' : 'broker unreachable';
   }
 
+  // ------------------------------------------------------------------ session
+  const session = { user: null, role: null, csrf: null };
+  let live = null;         // the WebSocket, while logged in
+  let retryTimer = null;
   let retry = 0;
+  class AuthError extends Error {}
+
+  // fetch with the session cookie and, on changes, the CSRF token; a 401 means the
+  // session is over: back to the login form.
+  async function api(path, options) {
+    const opts = Object.assign({ method: 'GET' }, options || {});
+    opts.credentials = 'same-origin';
+    opts.headers = Object.assign({}, opts.headers || {});
+    if (opts.method !== 'GET' && session.csrf) opts.headers['X-CSRF-Token'] = session.csrf;
+    const res = await fetch(path, opts);
+    if (res.status === 401) {
+      showLogin('Your session has ended; log in again.');
+      throw new AuthError('not logged in');
+    }
+    return res;
+  }
+
   function connect() {
     const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
     const ws = new WebSocket(proto + '//' + location.host + '/api/v1/live');
+    live = ws;
     ws.onopen = () => { S.connected = true; retry = 0; renderConn(); };
     ws.onmessage = (ev) => {
       try { onFrame(JSON.parse(ev.data)); } catch (err) { console.error('bad frame', err); }
     };
-    ws.onclose = () => {
+    ws.onclose = (ev) => {
+      if (live !== ws) return;
+      live = null;
       S.connected = false;
       renderConn();
+      if (ev.code === 1008) { showLogin('Your session has ended; log in again.'); return; }
       const delay = Math.min(5000, 500 * 2 ** retry) * (0.5 + Math.random() / 2);
       retry = Math.min(retry + 1, 6);
-      setTimeout(connect, delay);
+      retryTimer = setTimeout(reconnect, delay);
     };
+  }
+
+  async function reconnect() {
+    retryTimer = null;
+    // A refused handshake looks like any other close: ask whether the session still is.
+    try {
+      const res = await fetch('/api/v1/session', { credentials: 'same-origin' });
+      const doc = res.ok ? await res.json() : null;
+      if (doc && !doc.authenticated) { showLogin('Your session has ended; log in again.'); return; }
+    } catch (err) {
+      // The server is unreachable: keep trying.
+    }
+    if (session.user && !live) connect();
+  }
+
+  function stopLive() {
+    if (retryTimer) { clearTimeout(retryTimer); retryTimer = null; }
+    const ws = live;
+    live = null;
+    if (ws) ws.close();
+    S.connected = false;
+    renderConn();
+  }
+
+  // Nothing of the last user's view stays on the screen for the next one.
+  function clearMap() {
+    zoneMode(false);
+    markers.forEach((m) => deviceLayer.removeLayer(m.marker));
+    markers.clear();
+    [...drawn.keys()].forEach(undraw);
+    S.devices.clear();
+    S.activations.clear();
+    S.alerts.clear();
+    S.selected = null;
+    S.fitted = false;
+    ledgerCache.clear();
+    $('detail').hidden = true;
+    listDirty = true;
+    renderList();
+    renderAlerts();
+    renderCounts();
+  }
+
+  function showApp(doc) {
+    session.user = doc.user;
+    session.role = doc.role;
+    session.csrf = doc.csrf_token;
+    $('who').textContent = doc.user + ' · ' + doc.role;
+    $('login').hidden = true;
+    $('app').hidden = false;
+    map.invalidateSize();
+    if (!live) connect();
+  }
+
+  function showLogin(message) {
+    const wasIn = session.user != null;
+    session.user = session.role = session.csrf = null;
+    stopLive();
+    if (wasIn) clearMap();
+    $('app').hidden = true;
+    $('recordings').hidden = true;
+    $('rec-rows').replaceChildren();
+    $('login').hidden = false;
+    $('login-msg').textContent = message || '';
+    $('login-go').disabled = false;
+    $('login-password').value = '';
+    $('login-user').focus();
+  }
+
+  $('login-form').addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    const username = $('login-user').value.trim();
+    const password = $('login-password').value;
+    if (!username || !password) { $('login-msg').textContent = 'Enter your user name and password.'; return; }
+    $('login-go').disabled = true;
+    $('login-msg').textContent = '';
+    try {
+      const res = await fetch('/api/v1/session', {
+        method: 'POST', credentials: 'same-origin', headers: { 'Content-Type': 'application/json' },
+        body: JSON.stringify({ username: username, password: password }),
+      });
+      const doc = await res.json();
+      if (!res.ok) throw new Error(doc.error || res.statusText);
+      $('login-password').value = '';
+      showApp(doc);
+    } catch (err) {
+      $('login-msg').textContent = String(err.message || err);
+      $('login-go').disabled = false;
+    }
+  });
+
+  $('logout-btn').addEventListener('click', async () => {
+    try {
+      await api('/api/v1/session', { method: 'DELETE' });
+    } catch (err) {
+      // Logged out already, or the server is unreachable: the page forgets it anyway.
+    }
+    showLogin('Logged out.');
+  });
+
+  // ------------------------------------------------------------------ recordings
+  // Offloaded recordings in the evidence store. The listing, each fresh check and each
+  // download are audited by the server before it answers. Downloads are plain links:
+  // same-origin, so the session cookie goes with them, and the file streams to disk.
+  const fmtBytes = (n) => (n >= 1048576 ? (n / 1048576).toFixed(1) + ' MiB' : Math.round(n / 1024) + ' KiB');
+  const fmtTime = (ts) => (ts ? new Date(ts * 1000).toLocaleString() : '—');
+  const seg = (s) => encodeURIComponent(s);
+
+  function recordingRow(r) {
+    const tr = el('tr');
+    tr.dataset.evidence = r.evidence_id;
+    const cam = el('td', null, r.device_id);
+    cam.title = (r.device_kind || '') + ' · ' + r.recording_id;
+    tr.appendChild(cam);
+    const act = el('td', null, r.aids.length ? r.aids[r.aids.length - 1] : 'by hand');
+    act.title = r.aids.join(', ');
+    tr.appendChild(act);
+    tr.appendChild(el('td', null, fmtTime(r.first_frame_at || r.started_at)));
+    const start = r.first_frame_at || r.started_at;
+    const dur = r.stopped_at && start ? (r.stopped_at - start).toFixed(1) + ' s' : '—';
+    tr.appendChild(el('td', 'num', dur));
+    tr.appendChild(el('td', 'num', fmtBytes(r.bytes)));
+    const ver = el('td');
+    const status = el('span', 'rec-ok', 'on arrival');
+    status.title = 'Signature and every SHA-256 checked when the camera offloaded it (ledger record ' + r.ledger_seq + ')';
+    const check = el('button', null, 'Check');
+    check.type = 'button';
+    check.title = 'Check the signature and every SHA-256 again now';
+    check.addEventListener('click', async () => {
+      check.disabled = true;
+      try {
+        const res = await api('/api/v1/evidence/' + seg(r.device_id) + '/' + seg(r.recording_id));
+        const doc = await res.json();
+        if (!res.ok) throw new Error(doc.error || res.statusText);
+        const v = doc.verification;
+        status.className = v.ok ? 'rec-ok' : 'rec-bad';
+        status.textContent = v.ok ? 'verified now' : 'FAILED';
+        status.title = v.ok ? 'Signature and every SHA-256 match' : v.problems.join('; ');
+      } catch (err) {
+        if (!(err instanceof AuthError)) { status.className = 'rec-bad'; status.textContent = String(err.message || err); }
+      } finally {
+        check.disabled = false;
+      }
+    });
+    ver.append(status, ' ', check);
+    tr.appendChild(ver);
+    const dl = el('td');
+    r.files.forEach((name) => {
+      const a = el('a', 'rec-dl', 'Download');
+      a.href = '/api/v1/evidence/' + seg(r.device_id) + '/' + seg(r.recording_id) + '/files/' + seg(name);
+      a.setAttribute('download', r.device_id + '_' + r.recording_id + '_' + name);
+      a.title = name + ' (' + fmtBytes(r.bytes) + ')';
+      dl.appendChild(a);
+    });
+    tr.appendChild(dl);
+    return tr;
+  }
+
+  async function loadRecordings() {
+    const msg = $('rec-msg');
+    msg.textContent = 'Loading…';
+    try {
+      const res = await api('/api/v1/evidence?limit=500');
+      if (res.status === 404) { msg.textContent = 'This server has no evidence store.'; $('rec-table').hidden = true; return; }
+      const doc = await res.json();
+      if (!res.ok) throw new Error(doc.error || res.statusText);
+      const rows = $('rec-rows');
+      rows.replaceChildren(...doc.recordings.slice().reverse().map(recordingRow));
+      $('rec-count').textContent = doc.recordings.length + (doc.truncated ? '+' : '');
+      $('rec-table').hidden = doc.recordings.length === 0;
+      msg.textContent = doc.recordings.length ? '' : 'No recordings have been offloaded yet.';
+    } catch (err) {
+      if (!(err instanceof AuthError)) msg.textContent = 'Recordings unavailable: ' + String(err.message || err);
+    }
+  }
+
+  function showRecordings(on) {
+    $('recordings').hidden = !on;
+    $('rec-btn').setAttribute('aria-expanded', String(on));
+    if (on) loadRecordings();
+  }
+  $('rec-btn').addEventListener('click', () => showRecordings($('recordings').hidden));
+  $('rec-close').addEventListener('click', () => showRecordings(false));
+  $('rec-refresh').addEventListener('click', loadRecordings);
+
+  async function start() {
+    try {
+      const res = await fetch('/api/v1/session', { credentials: 'same-origin' });
+      const doc = await res.json();
+      if (res.ok && doc.authenticated) { showApp(doc); return; }
+    } catch (err) {
+      // Unreachable: the login form says so when it is used.
+    }
+    showLogin('');
   }
 
   ['f-type', 'f-time', 'f-unit'].forEach((id) => $(id).addEventListener('change', () => {
@@ -691,5 +912,5 @@
   }, 1000);
 
   renderConn();
-  connect();
+  start();
 })();

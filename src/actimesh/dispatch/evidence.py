@@ -1,0 +1,184 @@
+"""Stored recordings in the dispatch: list, look at one, download its files::
+
+    GET /api/v1/evidence                                    dispatch   list (device, aid, time)
+    GET /api/v1/evidence/{device}/{recording}               dispatch   manifest, receipt, check
+    GET /api/v1/evidence/{device}/{recording}/files/{name}  dispatch   the file (attachment)
+
+Dispatchers and admins only; integrators are refused. Every call is written to the
+ledger *before* anything is shown (``evidence_view``: ``listed`` or ``viewed``;
+``evidence_download``: ``started``) with who, how they authenticated, from where and
+what; a call that cannot be recorded gets 503 and nothing else. A record about one
+recording names its first activation, so it is exported with the case.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.responses import StreamingResponse
+
+from actimesh.dispatch.auth import (
+    Authenticator,
+    Caller,
+    Permission,
+    Principal,
+    Require,
+    client_address,
+)
+from actimesh.errors import EvidenceError, LedgerError
+from actimesh.evidence.service import EvidenceEvent, EvidenceFilter, EvidenceService, aid_of
+from actimesh.evidence.store import StoredRecording
+
+__all__ = ["add_evidence_routes"]
+
+_STATUS = {"not_found": 404}
+_PIECE = 256 * 1024
+
+
+def _summary(rec: StoredRecording) -> dict[str, Any]:
+    m = rec.manifest
+    return {
+        "evidence_id": rec.evidence_id,
+        "device_id": rec.device_id,
+        "recording_id": rec.recording_id,
+        "device_kind": m.get("device_kind"),
+        "aids": list(rec.aids),
+        "started_at": rec.started_at,
+        "stopped_at": m.get("stopped_at"),
+        "first_frame_at": m.get("first_frame_at"),
+        "stopped_by": m.get("stopped_by"),
+        "cancelled": m.get("cancel") is not None,
+        "stealth": bool(m.get("stealth")),
+        "bytes": rec.size,
+        "files": sorted(rec.files),
+        "stored_at": rec.receipt.get("stored_at"),
+        "ledger_seq": rec.receipt.get("ledger_seq"),
+    }
+
+
+def add_evidence_routes(app: FastAPI, auth: Authenticator, evidence: EvidenceService) -> None:
+    """Add the evidence routes to the dispatch app (guarded by the dispatch permission)."""
+    dispatch = Require(auth, Permission.DISPATCH)
+    component = f"dispatch/{auth.settings.console_id}"
+
+    async def audit(
+        request: Request, who: Principal, event: EvidenceEvent, outcome: str, detail: dict[str, Any]
+    ) -> None:
+        body = {
+            "action": f"{event.value}.{outcome}",
+            "path": request.url.path,
+            "client": client_address(request),
+            "role": who.role.value,
+            "via": who.credential,
+            **detail,
+        }
+        try:
+            await evidence.record(event, who.actor, outcome, body, component=component)
+        except LedgerError as exc:
+            raise HTTPException(
+                503,
+                "evidence is not available: the audit ledger cannot be "
+                "written; tell an administrator",
+            ) from exc
+
+    async def one(device_id: str, recording_id: str) -> StoredRecording:
+        try:
+            return await evidence.get(device_id, recording_id)
+        except EvidenceError as exc:
+            raise HTTPException(_STATUS.get(exc.reason, 422), str(exc)) from exc
+
+    @app.get("/api/v1/evidence", dependencies=[Depends(dispatch)], tags=["evidence"])
+    async def list_evidence(
+        request: Request,
+        principal: Caller,
+        *,
+        device: str | None = Query(None, max_length=64),
+        aid: str | None = Query(None, max_length=64),
+        since: float | None = Query(None, ge=0),
+        until: float | None = Query(None, ge=0),
+        limit: int = Query(200, ge=1, le=1000),
+    ) -> dict[str, Any]:
+        """Stored recordings, oldest first (``since``/``until``: UNIX seconds)."""
+        where = EvidenceFilter(device_id=device, aid=aid, since=since, until=until)
+        await audit(request, principal, EvidenceEvent.VIEW, "listed", {"filter": where.to_json()})
+        found = await evidence.list(where)
+        return {"recordings": [_summary(r) for r in found[:limit]], "truncated": len(found) > limit}
+
+    @app.get(
+        "/api/v1/evidence/{device_id}/{recording_id}",
+        dependencies=[Depends(dispatch)],
+        tags=["evidence"],
+    )
+    async def get_evidence(
+        request: Request, principal: Caller, device_id: str, recording_id: str
+    ) -> dict[str, Any]:
+        """One recording: its signed manifest, the store's receipt, and a fresh check of the
+        signature and every SHA-256."""
+        rec = await one(device_id, recording_id)
+        await audit(
+            request,
+            principal,
+            EvidenceEvent.VIEW,
+            "viewed",
+            {"evidence_id": rec.evidence_id, **aid_of(rec.aids)},
+        )
+        check = await evidence.verify(rec)
+        return {
+            **_summary(rec),
+            "manifest": rec.manifest,
+            "receipt": rec.receipt,
+            "verification": {
+                "ok": check.ok,
+                "problems": list(check.problems),
+                "notes": list(check.notes),
+            },
+        }
+
+    @app.get(
+        "/api/v1/evidence/{device_id}/{recording_id}/files/{name}",
+        dependencies=[Depends(dispatch)],
+        tags=["evidence"],
+    )
+    async def download_evidence(
+        request: Request, principal: Caller, *, device_id: str, recording_id: str, name: str
+    ) -> StreamingResponse:
+        """A file of the recording, as stored (``Content-Disposition: attachment``)."""
+        rec = await one(device_id, recording_id)
+        if name not in rec.files:
+            raise HTTPException(404, f"recording {rec.evidence_id} has no file {name!r}")
+        size, sha = rec.files[name]
+        await audit(
+            request,
+            principal,
+            EvidenceEvent.DOWNLOAD,
+            "started",
+            {
+                "evidence_id": rec.evidence_id,
+                "file": name,
+                "bytes": size,
+                "sha256": sha,
+                **aid_of(rec.aids),
+            },
+        )
+        f = await asyncio.to_thread(evidence.store.open_file, device_id, recording_id, name)
+
+        async def stream() -> AsyncIterator[bytes]:
+            try:
+                while piece := await asyncio.to_thread(f.read, _PIECE):
+                    yield piece
+            finally:
+                f.close()
+
+        filename = f"{device_id}_{recording_id}_{name}"
+        return StreamingResponse(
+            stream(),
+            media_type="application/octet-stream",
+            headers={
+                "Content-Disposition": f'attachment; filename="{filename}"',
+                "Content-Length": str(size),
+                "X-Content-SHA256": sha,
+            },
+        )
