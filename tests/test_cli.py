@@ -101,7 +101,11 @@ async def test_up_runs_broker_engine_and_fleet_then_stops_cleanly(
 ) -> None:
     port = free_port()
     settings = load_settings(data_dir=tmp_path, broker_port=port, agency="citytest")
-    settings = replace(settings, dispatch=replace(settings.dispatch, port=0))
+    settings = replace(
+        settings,
+        dispatch=replace(settings.dispatch, port=0),
+        evidence=replace(settings.evidence, port=0),
+    )
     sim = SimSettings(units=3, incident_every_s=1.0, seed=7, stop_after_s=2.0)
     console, out = recording_console()
     with pytest.raises(TimeoutError):

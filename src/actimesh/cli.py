@@ -4,8 +4,16 @@
     actimesh sim --broker URL     a simulated fleet against any broker
     actimesh drill                self-check on a real broker; non-zero exit on any miss
     actimesh bench [--sweep]      latency and ingest against the broker's own limit
+    actimesh fuzz [--count N]     hostile payloads against the codec and the engine's intake
     actimesh audit verify|head|link|export|retain
                                   the tamper-evident ledger: check it, cases, retention
+    actimesh devices add|list|remove|rotate
+    actimesh integrators add|list|remove
+    actimesh certs init|server|client|show
+                                  broker accounts (shown once) and the TLS listener's CA
+    actimesh users add|list|disable|enable|remove|passwd
+    actimesh tokens create|list|revoke
+                                  dispatch map logins and integrator API tokens
 
 Errors an operator can cause (bad flags, config, a missing broker) print one line saying
 what is wrong and how to fix it, with no traceback.
@@ -16,10 +24,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import signal
 import sys
 import tempfile
+import time
 from collections.abc import Coroutine, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -28,12 +38,13 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 from rich.console import Console
 
 from actimesh import __version__
-from actimesh.config import load_settings
+from actimesh.config import Settings, load_settings
 from actimesh.devices.simulator import SimSettings
 from actimesh.errors import ActimeshError, ConfigError
 from actimesh.geofence import InclusionMode, InclusionPolicy
 
 if TYPE_CHECKING:
+    from actimesh.security.provision import BrokerEndpoints
     from actimesh.triggers.ledger import Head
 
 __all__ = ["main"]
@@ -110,6 +121,9 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--data-dir", type=Path, default=Path("actimesh-data"),
                      help="where simulated cameras store recordings")  # fmt: skip
     sim.add_argument("--seed", type=int, help="random seed")
+    sim.add_argument("--engine-key", type=Path, metavar="FILE",
+                     help="the engine's public key, engine-signing.pub (default: "
+                          "DATA_DIR/keys/engine-signing.pub)")  # fmt: skip
 
     drill = sub.add_parser("drill", help="self-check: fire triggers at known geometry, verify")
     drill.add_argument("--rounds", type=_positive_int, default=5, help="rounds (default 5)")
@@ -122,8 +136,16 @@ def _parser() -> argparse.ArgumentParser:
     drill.add_argument("--policy", choices=[m.value for m in InclusionMode],
                        default=InclusionMode.INCLUSIVE.value,
                        help="accuracy inclusion policy (default inclusive)")  # fmt: skip
+    drill.add_argument("--media", choices=("synthetic", "real"), default="synthetic",
+                       help="real: live H.264 cameras through offload, verification "
+                            "and retention (about 40 s; evidence kept in --data-dir)")  # fmt: skip
     _audit_parser(sub)
     _bench_parser(sub)
+    _fuzz_parser(sub)
+    _security_parsers(sub)
+    from actimesh.dispatch.commands import add_parsers  # noqa: PLC0415 - keep `--help` fast
+
+    add_parsers(sub, _Parser)
     return parser
 
 
@@ -170,6 +192,47 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
     settings = replace(base, **overrides)
     _run(bench(settings, console, sweep=args.sweep, json_path=args.json, plot_path=args.plot))
     return EXIT_OK
+
+
+def _fuzz_parser(sub: Any) -> None:
+    fuzz = sub.add_parser("fuzz", help="hostile payloads against the codec and the engine's "
+                          "intake; exit 1 on any finding")  # fmt: skip
+    fuzz.add_argument("--count", type=_positive_int, default=1_000_000,
+                      help="payloads (default 1,000,000)")  # fmt: skip
+    fuzz.add_argument("--seed", type=int, default=0,
+                      help="the same seed makes the same payloads (default 0)")  # fmt: skip
+    fuzz.add_argument("--target", choices=["codec", "intake", "all"], default="all",
+                      help="the codec, a real engine's intake, or both (default)")  # fmt: skip
+    fuzz.add_argument("--json", type=Path, metavar="PATH", help="also write the report as JSON")
+    fuzz.add_argument("--replay", type=int, metavar="INDEX",
+                      help="run only case INDEX of --seed, to reproduce a finding")  # fmt: skip
+
+
+def _fuzz(args: argparse.Namespace) -> int:
+    from actimesh.fuzz import FuzzSettings, run_fuzz  # noqa: PLC0415 - keep `--help` fast
+
+    if args.replay is not None and args.replay < 0:
+        raise ConfigError(f"--replay {args.replay}: give a case number, 0 or more")
+    settings = FuzzSettings(count=args.count, seed=args.seed, target=args.target,
+                            replay=args.replay)  # fmt: skip
+    tenth = max(1, args.count // 10)
+    shown = [0]
+
+    def progress(done: int, seconds: float) -> None:
+        if done // tenth > shown[0]:
+            shown[0] = done // tenth
+            print(f"  {done:,} of {args.count:,} cases, {seconds:.0f} s", flush=True)
+
+    report = _run(run_fuzz(settings, progress))
+    for line in report.lines():
+        print(line)
+    if args.json is not None:
+        try:
+            args.json.write_text(json.dumps(report.to_json(), indent=2) + "\n")
+        except OSError as exc:
+            raise ConfigError(f"cannot write the report to {args.json}: {exc.strerror}; "
+                              "give a --json path in a writable folder") from exc  # fmt: skip
+    return EXIT_OK if report.ok else EXIT_FAILED
 
 
 def _head(text: str) -> Head:
@@ -230,8 +293,7 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
 
 
 def _command(args: argparse.Namespace, console: Console) -> int:
-    from actimesh.drill import run_drill  # noqa: PLC0415 - keep `--help` fast
-    from actimesh.runtime import run_engine, run_sim, run_up  # noqa: PLC0415
+    from actimesh.runtime import run_engine, run_sim, run_up  # noqa: PLC0415 - keep `--help` fast
 
     if args.command == "up":
         settings = load_settings(
@@ -247,7 +309,16 @@ def _command(args: argparse.Namespace, console: Console) -> int:
             http["enabled"] = False
         if http:
             settings = replace(settings, dispatch=replace(settings.dispatch, **http))
-        sim = SimSettings(units=args.sim, seed=args.seed) if args.sim else None
+        sim = (
+            SimSettings(
+                units=args.sim,
+                seed=args.seed,
+                pre_roll_s=settings.media.pre_roll_s,
+                media=settings.media,
+            )
+            if args.sim
+            else None
+        )
         _run(run_up(settings, sim, console))
         return EXIT_OK
     if args.command == "engine":
@@ -261,9 +332,21 @@ def _command(args: argparse.Namespace, console: Console) -> int:
     if args.command == "sim":
         sim = SimSettings(units=args.units, seed=args.seed)
         _run(run_sim(agency=args.agency, broker_url=args.broker, data_dir=args.data_dir,
-                     sim=sim, console=console))  # fmt: skip
+                     sim=sim, console=console, engine_key=args.engine_key))  # fmt: skip
         return EXIT_OK
-    if args.command == "drill" and args.faults:
+    if args.command == "drill":
+        return _drill(args, console)
+    if args.command in ("bench", "fuzz"):
+        return _bench(args, console) if args.command == "bench" else _fuzz(args)
+    raise AssertionError(args.command)  # pragma: no cover - argparse enforces the choices
+
+
+def _drill(args: argparse.Namespace, console: Console) -> int:
+    from actimesh.drill import run_drill  # noqa: PLC0415 - keep `--help` fast
+
+    if args.faults and args.media == "real":
+        raise ConfigError("--faults and --media real are separate drills: run one at a time")
+    if args.faults:
         from actimesh.faultdrill import SCENARIOS, run_fault_drill  # noqa: PLC0415
 
         names = [name for name, _, _ in SCENARIOS]
@@ -272,14 +355,14 @@ def _command(args: argparse.Namespace, console: Console) -> int:
         with _scratch(args.data_dir) as root:
             faults = _run(run_fault_drill(console, root=root, short=args.short, only=args.only))
         return EXIT_OK if faults.ok else EXIT_FAILED
-    if args.command == "drill":
-        policy = InclusionPolicy(mode=InclusionMode(args.policy))
-        report = _run(run_drill(console, rounds=args.rounds, data_dir=args.data_dir,
-                                policy=policy))  # fmt: skip
-        return EXIT_OK if report.ok else EXIT_FAILED
-    if args.command == "bench":
-        return _bench(args, console)
-    raise AssertionError(args.command)  # pragma: no cover - argparse enforces the choices
+    if args.media == "real":
+        from actimesh.mediadrill import run_media_drill  # noqa: PLC0415 - loads PyAV
+
+        media = _run(run_media_drill(console, data_dir=args.data_dir))
+        return EXIT_OK if media.ok else EXIT_FAILED
+    policy = InclusionPolicy(mode=InclusionMode(args.policy))
+    report = _run(run_drill(console, rounds=args.rounds, data_dir=args.data_dir, policy=policy))
+    return EXIT_OK if report.ok else EXIT_FAILED
 
 
 def _audit(args: argparse.Namespace) -> int:
@@ -315,6 +398,171 @@ def _audit(args: argparse.Namespace) -> int:
     return EXIT_FAILED if retained.problems else EXIT_OK
 
 
+def _paired(text: str) -> tuple[str, ...]:
+    return tuple(p.strip() for p in text.split(",") if p.strip())
+
+
+def _security_parsers(sub: argparse._SubParsersAction[_Parser]) -> None:
+    from actimesh.broker.messages import DeviceKind  # noqa: PLC0415 - keep `--help` fast
+
+    def where(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--config", type=Path, help="TOML settings file (data_dir, "
+                            "[broker] ports)")  # fmt: skip
+        parser.add_argument("--data-dir", type=Path, help="data directory holding "
+                            "registry.sqlite3 (default ./actimesh-data)")  # fmt: skip
+
+    devices = sub.add_parser("devices", help="broker accounts of devices: add, list, remove, "
+                             "rotate (applied live)")  # fmt: skip
+    verbs = devices.add_subparsers(dest="verb", required=True, parser_class=_Parser)
+    add = verbs.add_parser("add", help="register a device; prints its credentials once")
+    add.add_argument("device_id", metavar="ID", help="device id, also its MQTT username")
+    add.add_argument("--kind", required=True, choices=[k.value for k in DeviceKind])
+    add.add_argument("--unit", help="the unit (cruiser crew) it belongs to")
+    add.add_argument("--paired", type=_paired, default=(), metavar="A,B",
+                     help="registered devices it starts locally (its own cameras)")  # fmt: skip
+    for verb, text in (("remove", "remove it: the broker drops it at once"),
+                       ("rotate", "new password and key; the old ones stop working")):  # fmt: skip
+        verbs.add_parser(verb, help=text).add_argument("device_id", metavar="ID")
+    verbs.add_parser("list", help="every registered device (no secrets)")
+
+    integrators = sub.add_parser("integrators", help="read-only broker accounts int-NAME: "
+                                 "activations, telemetry only if granted")  # fmt: skip
+    iverbs = integrators.add_subparsers(dest="verb", required=True, parser_class=_Parser)
+    iadd = iverbs.add_parser("add", help="create int-NAME; prints its password once")
+    iadd.add_argument("name")
+    iadd.add_argument("--telemetry", action="store_true", help="may also read positions")
+    iverbs.add_parser("remove", help="delete it: the broker drops it at once").add_argument("name")
+    iverbs.add_parser("list", help="every integrator account")
+
+    certs = sub.add_parser("certs", help="a CA and certificates for the broker's TLS listener")
+    cverbs = certs.add_subparsers(dest="verb", required=True, parser_class=_Parser)
+    init = cverbs.add_parser("init", help="create the CA and the broker's certificate")
+    init.add_argument("--force", action="store_true", help="replace an existing CA")
+    server = cverbs.add_parser("server", help="issue the broker's certificate again")
+    client = cverbs.add_parser("client", help="a client certificate for mutual TLS")
+    client.add_argument("name", help="device or account id it is for")
+    for parser in (init, server):
+        parser.add_argument("--host", action="append", default=[], metavar="NAME",
+                            help="a name or address devices use to reach the broker "
+                                 "(repeat; localhost and 127.0.0.1 are always in)")  # fmt: skip
+    for parser in (init, server, client):
+        parser.add_argument("--days", type=_positive_int, help="validity in days")
+    show = cverbs.add_parser("show", help="subject, names and validity of a certificate")
+    show.add_argument("what", nargs="?", default="server", metavar="ca|server|NAME|PATH")
+    for parser in (*verbs.choices.values(), *iverbs.choices.values(), *cverbs.choices.values()):
+        where(parser)
+
+
+def _endpoints(settings: Settings) -> BrokerEndpoints:
+    from actimesh.security import certs  # noqa: PLC0415 - keep `--help` fast
+    from actimesh.security.provision import BrokerEndpoints  # noqa: PLC0415
+
+    plain = f"mqtt://{settings.broker_host}:{settings.broker_port}"
+    b = settings.broker
+    cert = b.server_cert or settings.data_dir / certs.CERTS_DIR / "server.pem"
+    if b.tls is False or not cert.is_file():
+        return BrokerEndpoints(plain)
+    names = [n for n in certs.server_names(cert) if n not in ("localhost", "127.0.0.1", "::1")]
+    host = names[0] if names else b.tls_host
+    ca = b.ca_file or settings.data_dir / certs.CERTS_DIR / "ca.pem"
+    return BrokerEndpoints(plain, f"mqtts://{host}:{b.tls_port}", ca)
+
+
+def _security(args: argparse.Namespace) -> int:
+    from actimesh.broker.messages import DeviceKind  # noqa: PLC0415 - keep `--help` fast
+    from actimesh.security import AclPolicy, Registry, certs  # noqa: PLC0415
+    from actimesh.security.provision import apply_to_broker, credential_lines  # noqa: PLC0415
+
+    settings = load_settings(args.config, data_dir=args.data_dir)
+    data_dir = settings.data_dir
+    if args.command == "certs":
+        return _certs(args, data_dir / certs.CERTS_DIR)
+    with Registry.open(data_dir) as registry:
+        if args.verb == "list":
+            rows = registry.devices() if args.command == "devices" else registry.integrators()
+            for row in rows:
+                print(_describe(row))
+            print(f"{len(rows)} {args.command} in {registry.path}")
+            return EXIT_OK
+        creds: Any = None
+        if args.command == "devices" and args.verb == "add":
+            creds = registry.add(args.device_id, DeviceKind(args.kind), unit=args.unit,
+                                 paired=args.paired)  # fmt: skip
+            print(f"device {args.device_id} registered")
+        elif args.command == "devices" and args.verb == "rotate":
+            creds = registry.rotate(args.device_id)
+            print(f"device {args.device_id}: new credentials")
+        elif args.command == "devices":
+            unpaired = ", ".join(registry.remove(args.device_id))
+            print(f"device {args.device_id} removed"
+                  + (f" (no longer paired with {unpaired})" if unpaired else ""))  # fmt: skip
+        elif args.verb == "add":
+            creds = registry.add_integrator(args.name, telemetry=args.telemetry)
+            grant = "activations and telemetry" if args.telemetry else "activations only"
+            print(f"integrator {creds.username} created ({grant})")
+        else:
+            registry.remove_integrator(args.name)
+            print(f"integrator {args.name} removed")
+    if creds is not None:
+        key_file = data_dir / "keys" / "engine-signing.pub"
+        engine_key = key_file.read_text().strip() if key_file.is_file() else None
+        for line in credential_lines(creds, _endpoints(settings), engine_key=engine_key):
+            print(line)
+    pid = apply_to_broker(data_dir, AclPolicy(settings.agency, settings.dispatch.source_device))
+    print(f"broker: applied live (pid {pid})" if pid is not None else
+          f"broker: not running on {data_dir}; applies at its next start")  # fmt: skip
+    return EXIT_OK
+
+
+def _describe(row: Any) -> str:
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(row.rotated))
+    if hasattr(row, "device_id"):
+        paired = ",".join(row.paired) or "-"
+        sim = " (simulated)" if row.simulated else ""
+        return (f"{row.device_id:<24} {row.kind.value:<9} unit {row.unit or '-':<12} "
+                f"paired {paired:<20} key {row.public_key[:16]}… rotated {when}{sim}")  # fmt: skip
+    grant = "activations+telemetry" if row.telemetry else "activations"
+    return f"{row.name:<24} {grant:<22} created/rotated {when}"
+
+
+def _certs(args: argparse.Namespace, directory: Path) -> int:
+    from actimesh.security import certs  # noqa: PLC0415 - keep `--help` fast
+
+    days = {} if getattr(args, "days", None) is None else {"days": args.days}
+    if args.verb == "show":
+        path = {"ca": directory / "ca.pem", "server": directory / "server.pem"}.get(args.what)
+        if path is None:
+            given = Path(args.what)
+            path = given if given.suffix == ".pem" else directory / "clients" / f"{args.what}.pem"
+        info = certs.describe(path)
+        print(f"{info.path}\n  subject  {info.subject}\n  issuer   {info.issuer}\n"
+              f"  valid    {info.not_before:%Y-%m-%d} to {info.not_after:%Y-%m-%d}"
+              f"{' (EXPIRED)' if info.expired else ''}\n"
+              f"  names    {', '.join(info.names) or '-'}\n  sha256   {info.sha256}")  # fmt: skip
+        return EXIT_FAILED if info.expired else EXIT_OK
+    if args.verb == "init":
+        ca = certs.init_ca(directory, force=args.force)
+        print(f"CA: {ca.cert} (key {ca.key})")
+    if args.verb in ("init", "server"):
+        files = certs.issue_server(directory, hosts=tuple(args.host), **days)
+        names = ", ".join(certs.server_names(files.cert))
+        print(f"broker certificate: {files.cert} for {names}")
+        print("`actimesh up` opens its TLS listener with it ([broker] tls_port, default 8883)")
+        return EXIT_OK
+    files = certs.issue_client(directory, args.name, **days)
+    print(f"client certificate: {files.cert} (key {files.key}); with [broker] "
+          "require_client_cert = true the broker asks every client for one")  # fmt: skip
+    return EXIT_OK
+
+
+def _accounts(args: argparse.Namespace) -> int:
+    from actimesh.dispatch import commands  # noqa: PLC0415 - keep `--help` fast
+
+    settings = load_settings(args.config, data_dir=args.data_dir)
+    return commands.run(args, data_dir=settings.data_dir, ledger_path=settings.ledger_path,
+                        out=sys.stdout, stdin=sys.stdin, runner=_run)  # fmt: skip
+
+
 @contextlib.contextmanager
 def _scratch(path: Path | None) -> Iterator[Path]:
     """``path`` if given (kept), else a temporary folder removed afterwards."""
@@ -334,6 +582,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Logs and CI are not terminals: give tables room instead of rich's 80-column default.
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 132)
     try:
+        if args.command in ("users", "tokens"):
+            return _accounts(args)
+        if args.command in ("devices", "integrators", "certs"):
+            return _security(args)
         return _audit(args) if args.command == "audit" else _command(args, console)
     except KeyboardInterrupt:
         print("actimesh: stopped", file=sys.stderr)

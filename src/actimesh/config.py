@@ -21,6 +21,17 @@ TOML file (``--config actimesh.toml``)::
     [retention]
     days = 396              # records and recordings not linked to a case go after this
 
+    [media]                 # how cameras film (see actimesh.devices.settings)
+    source = "synthetic"    # or "h264": real video, one encoder thread per camera
+    pre_roll_s = 30
+    buffer_audio = false
+    stealth = "officer"     # or "always" / "never"
+
+    [broker]                # an external broker's login, the managed broker's TLS
+    username = "svc-engine"
+    password_file = "/etc/actimesh/svc-engine.password"
+    tls_port = 8883
+
 Every mistake is reported as one line naming the key and what it accepts.
 """
 
@@ -33,13 +44,23 @@ from pathlib import Path
 from typing import Any
 
 from actimesh.broker.topics import is_identifier
+from actimesh.devices.settings import MediaKind, MediaSettings, StealthPolicy
 from actimesh.dispatch.settings import DispatchSettings
 from actimesh.errors import ConfigError
+from actimesh.evidence.settings import EvidenceSettings
 from actimesh.geofence import InclusionMode, InclusionPolicy
 from actimesh.triggers.rules import DEFAULT_RULES, RuleTable, rules_from_toml
 from actimesh.triggers.settings import EngineSettings
 
-__all__ = ["DispatchSettings", "EngineSettings", "RetentionSettings", "Settings", "load_settings"]
+__all__ = [
+    "BrokerSettings",
+    "DispatchSettings",
+    "EngineSettings",
+    "MediaSettings",
+    "RetentionSettings",
+    "Settings",
+    "load_settings",
+]
 
 #: CJIS 5.4 keeps audit records (transaction logs) for at least a year.
 _MIN_RETENTION_DAYS = 365
@@ -61,6 +82,69 @@ class RetentionSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class BrokerSettings:
+    """``[broker]``: how actimesh logs in to a broker, and the managed broker's TLS.
+
+    Against an external broker (``--broker URL``) the engine, dispatch and the monitor log
+    in as ``username`` with the password read from ``password_file`` (never the config
+    itself, which is often world-readable); ``mqtts://`` URLs check the broker's
+    certificate against ``ca_file`` and present ``cert_file``/``key_file`` if given. The
+    managed broker provisions its own accounts and ignores those three; it opens a TLS
+    listener on ``tls_port`` when ``tls`` is true, or (``tls`` unset) when
+    ``{data_dir}/certs`` holds a CA and server certificate (``actimesh certs init``);
+    ``server_cert``/``server_key``/``ca_file`` point at an operator's own instead.
+    """
+
+    username: str | None = None
+    password_file: Path | None = None
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    tls: bool | None = None
+    tls_port: int = 8883
+    tls_host: str = "0.0.0.0"  # noqa: S104 - the TLS listener is the one for the network
+    server_cert: Path | None = None
+    server_key: Path | None = None
+    require_client_cert: bool = False
+
+    def __post_init__(self) -> None:
+        if (self.username is None) != (self.password_file is None):
+            raise ConfigError(
+                "[broker] username and password_file go together: give both (the password "
+                "itself stays in its own file, mode 0600) or neither"
+            )
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ConfigError("[broker] cert_file and key_file go together: give both or neither")
+        if (self.server_cert is None) != (self.server_key is None):
+            raise ConfigError(
+                "[broker] server_cert and server_key go together: give both or neither"
+            )
+        if not 0 < self.tls_port < 65536:
+            raise ConfigError(f"broker.tls_port {self.tls_port} must be between 1 and 65535")
+
+    def password(self) -> str | None:
+        """The password from ``password_file`` (None without one): one-line errors when
+        it is missing, empty, or readable by other users."""
+        path = self.password_file
+        if path is None:
+            return None
+        try:
+            mode = path.stat().st_mode
+            text = path.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            raise ConfigError(f"broker.password_file {path} does not exist") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read broker.password_file {path}: {exc.strerror}") from exc
+        if mode & 0o077:
+            raise ConfigError(
+                f"broker.password_file {path} is readable by other users: chmod 600 {path}"
+            )
+        if not text or "\n" in text:
+            raise ConfigError(f"broker.password_file {path} must hold the password on one line")
+        return text
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """Everything ``actimesh up`` needs."""
 
@@ -75,6 +159,9 @@ class Settings:
     rules: RuleTable = DEFAULT_RULES
     dispatch: DispatchSettings = field(default_factory=DispatchSettings)
     retention: RetentionSettings = field(default_factory=RetentionSettings)
+    media: MediaSettings = field(default_factory=MediaSettings)
+    broker: BrokerSettings = field(default_factory=BrokerSettings)
+    evidence: EvidenceSettings = field(default_factory=EvidenceSettings)
 
     def __post_init__(self) -> None:
         if not is_identifier(self.agency):
@@ -122,10 +209,15 @@ _DISPATCH_TYPES: Mapping[str, type | tuple[type, ...]] = {
     "tile_url": str,
     "tile_attribution": str,
     "vendor_dir": str,
+    "cors_origins": list,
+    "public_url": str,
+    "tls_certfile": str,
+    "tls_keyfile": str,
 }
 _DISPATCH_INTS = {
     "port", "max_activations", "max_devices", "client_queue", "max_clients",
     "session_expiry_s", "telemetry_queue", "webhook_max_attempts", "webhook_concurrency",
+    "login_max_failures", "login_max_failures_per_client",
 }  # fmt: skip
 
 
@@ -133,9 +225,55 @@ def _dispatch(raw: dict[str, Any]) -> DispatchSettings:
     for key in _DISPATCH_INTS & raw.keys():
         if not isinstance(raw[key], int):
             raise ConfigError(f"dispatch.{key} must be a whole number, got {raw[key]!r}")
-    if "vendor_dir" in raw:
-        raw["vendor_dir"] = Path(raw["vendor_dir"])
+    for key in ("vendor_dir", "tls_certfile", "tls_keyfile"):
+        if key in raw:
+            raw[key] = Path(raw[key])
+    if "cors_origins" in raw:
+        raw["cors_origins"] = tuple(raw["cors_origins"])
     return DispatchSettings(**raw)
+
+
+_BROKER_PATHS = ("password_file", "ca_file", "cert_file", "key_file", "server_cert", "server_key")
+_BROKER_TYPES: Mapping[str, type | tuple[type, ...]] = dict.fromkeys(_BROKER_PATHS, str) | {
+    "url": str,
+    "username": str,
+    "tls": bool,
+    "tls_port": int,
+    "tls_host": str,
+    "require_client_cert": bool,
+}
+
+
+def _broker(raw: dict[str, Any]) -> tuple[str | None, BrokerSettings]:
+    url = raw.pop("url", None)
+    for key in _BROKER_PATHS:
+        if key in raw:
+            raw[key] = Path(raw[key])
+    return url, BrokerSettings(**raw)
+
+
+_MEDIA_TYPES: Mapping[str, type | tuple[type, ...]] = {
+    "source": str, "device": str, "width": int, "height": int, "fps": int,
+    "segment_s": _NUMBER, "crf": int, "max_kbps": int, "pre_roll_s": _NUMBER,
+    "buffer_audio": bool, "stealth": str, "cancel_window_s": _NUMBER,
+}  # fmt: skip
+
+
+_EVIDENCE_TYPES: Mapping[str, type | tuple[type, ...]] = {
+    "dir": str, "retention_days": _NUMBER, "max_upload_bytes": int, "max_chunk_bytes": int,
+    "max_manifest_bytes": int, "upload_expiry_s": _NUMBER, "host": str, "port": int,
+}  # fmt: skip
+
+
+def _media(raw: dict[str, Any]) -> MediaSettings:
+    for key, kind in (("source", MediaKind), ("stealth", StealthPolicy)):
+        if key in raw:
+            try:
+                raw[key] = kind(raw[key])
+            except ValueError:
+                allowed = " or ".join(repr(v.value) for v in kind)
+                raise ConfigError(f"media.{key} must be {allowed}, got {raw[key]!r}") from None
+    return MediaSettings(**raw)
 
 
 def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
@@ -152,6 +290,7 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
             raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
     top_allowed = {
         "agency", "data_dir", "broker", "engine", "policy", "rules", "dispatch", "retention",
+        "media", "evidence",
     }  # fmt: skip
     unknown = set(raw) - top_allowed
     if unknown:
@@ -182,15 +321,24 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
         raise ConfigError("[rules] must be a table of [rules.<event_type>] tables")
     dispatch = _dispatch(_section(raw, "dispatch", _DISPATCH_TYPES))
     retention = RetentionSettings(**_section(raw, "retention", {"days": _NUMBER}))
+    media = _media(_section(raw, "media", _MEDIA_TYPES))
+    evidence_raw = _section(raw, "evidence", _EVIDENCE_TYPES)
+    if "dir" in evidence_raw:
+        evidence_raw["dir"] = Path(evidence_raw["dir"])
+    evidence = EvidenceSettings(**evidence_raw)
+    broker_url, broker = _broker(_section(raw, "broker", _BROKER_TYPES))
     settings = Settings(
         agency=_typed("", "agency", raw.get("agency", "demo"), str),
         data_dir=Path(_typed("", "data_dir", raw.get("data_dir", "actimesh-data"), str)),
-        broker_url=_section(raw, "broker", {"url": str}).get("url"),
+        broker_url=broker_url,
+        broker=broker,
         engine=engine,
         policy=policy,
         rules=rules_from_toml(rules_raw),
         dispatch=dispatch,
         retention=retention,
+        media=media,
+        evidence=evidence,
     )
     clean = {k: v for k, v in overrides.items() if v is not None}
     return replace(settings, **clean) if clean else settings

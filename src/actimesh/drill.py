@@ -25,10 +25,11 @@ import json
 import statistics
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from rich.console import Console
 from rich.table import Table
 
@@ -39,11 +40,17 @@ from actimesh.devices.agent import DeviceAgent, Position
 from actimesh.devices.camera import Camera
 from actimesh.devices.media import SyntheticSource
 from actimesh.devices.recorder import RecordingStore
+from actimesh.dispatch.settings import DispatchSettings
 from actimesh.geofence import InclusionMode, InclusionPolicy, destination
+from actimesh.security.acl import SERVICE_ENGINE, AclPolicy
+from actimesh.security.provision import prepare_broker, provision_fleet, specs_of
+from actimesh.security.registry import Credentials, DeviceCredentials
+from actimesh.security.signing import CommandSigner, CommandVerifier
 from actimesh.triggers.engine import Engine
 from actimesh.triggers.fanout import activation_id
 from actimesh.triggers.ledger import Ledger
 from actimesh.triggers.rules import DEFAULT_RULES, THIRTY_FEET_M
+from actimesh.triggers.settings import EngineSettings
 
 __all__ = ["DrillReport", "Placement", "Scenario", "default_scenarios", "run_drill"]
 
@@ -208,8 +215,46 @@ def _fixed(lat: float, lon: float, acc: float, age: float) -> Position:
     return Position(lat, lon, acc, time.time() - age)
 
 
+def _camera(
+    device_id: str,
+    kind: DeviceKind,
+    store: RecordingStore,
+    started_at: float,
+    key: Ed25519PrivateKey | None = None,
+) -> Camera:
+    return Camera(
+        device_id=device_id,
+        kind=kind,
+        source=SyntheticSource(device_id),
+        store=store,
+        pre_roll_s=PRE_ROLL_S,
+        started_at=started_at,
+        signing_key=key,
+    )
+
+
+def _sign_in(agents: list[DeviceAgent], creds: Mapping[str, DeviceCredentials]) -> None:
+    """Each device logs in as itself; each camera signs its manifests with its own key
+    (given now: the registry issues keys for devices already built)."""
+    for agent in agents:
+        mine = creds[agent.device_id]
+        agent.link.reconfigure(username=agent.device_id, password=mine.password)
+        if agent.camera is not None:
+            key = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(mine.private_key))
+            agent.camera = _camera(
+                agent.device_id, agent.kind, agent.camera.store, agent.camera.started_at, key
+            )
+
+
 def _build(
-    index: int, scenario: Scenario, *, topics: Topics, host: str, port: int, store: RecordingStore
+    index: int,
+    scenario: Scenario,
+    *,
+    topics: Topics,
+    host: str,
+    port: int,
+    store: RecordingStore,
+    verifier: CommandVerifier,
 ) -> _Scene:
     prefix = f"s{index}"
     lat0, lon0 = scenario.center
@@ -223,15 +268,8 @@ def _build(
         else:
             lat, lon = destination(lat0, lon0, p.bearing_deg, p.distance_m)
             position = (lat, lon, p.acc_m, p.fix_age_s)
-        camera = Camera(
-            device_id=device_id,
-            kind=p.kind,
-            source=SyntheticSource(device_id),
-            store=store,
-            pre_roll_s=PRE_ROLL_S,
-            # Warm: buffering since well before the drill (as since the shift began).
-            started_at=now - PRE_ROLL_S - 60.0,
-        )
+        # Warm: buffering since well before the drill (as since the shift began).
+        camera = _camera(device_id, p.kind, store, now - PRE_ROLL_S - 60.0)
 
         def where(pos: tuple[float, float, float, float] | None = position) -> Position | None:
             return None if pos is None else _fixed(*pos)
@@ -242,6 +280,7 @@ def _build(
             kind=p.kind,
             unit=prefix,
             camera=camera,
+            verifier=verifier,
             broker_host=host,
             broker_port=port,
             position=where,
@@ -405,6 +444,15 @@ def _data_dir(path: Path | None) -> Iterator[Path]:
         yield Path(tmp)
 
 
+def _secured_broker(root: Path, topics: Topics, port: int) -> tuple[MosquittoConfig, Credentials]:
+    """The broker as `actimesh up` runs it (accounts, ACL, no anonymous access), and the
+    engine's login to it."""
+    access = AclPolicy(topics.agency, DispatchSettings().source_device)
+    provisioned = prepare_broker(root, access)
+    config = MosquittoConfig(port=port, data_dir=provisioned.broker_dir)
+    return config, provisioned.service(SERVICE_ENGINE)
+
+
 async def run_drill(
     console: Console,
     *,
@@ -424,21 +472,46 @@ async def run_drill(
         topics = Topics("drill")
         port = free_port()
         store = RecordingStore(root / "recordings")
-        broker_cfg = MosquittoConfig(port=port, data_dir=root / "mosquitto")
-        async with ManagedMosquitto(broker_cfg), Ledger(root / "ledger.sqlite3") as ledger:
+        broker_cfg, engine_login = await asyncio.to_thread(_secured_broker, root, topics, port)
+        # A key for this run only: the drill's data directory is scratch.
+        signer = CommandSigner.generate()
+        async with (
+            ManagedMosquitto(broker_cfg) as broker,
+            Ledger(root / "ledger.sqlite3") as ledger,
+        ):
             engine = Engine(
+                username=engine_login.username,
+                password=engine_login.password,
                 topics=topics,
                 broker_host="127.0.0.1",
                 broker_port=port,
                 ledger=ledger,
                 rules=DEFAULT_RULES,
                 policy=policy,
+                signer=signer,
+                # Each round fires the same trigger at the same cameras again and checks
+                # each is commanded: incident merging would fold the rounds into one.
+                settings=EngineSettings(merge_window_s=0.0),
             )
+            verifier = signer.verifier()
             scenes = [
-                _build(i + 1, s, topics=topics, host="127.0.0.1", port=port, store=store)
+                _build(
+                    i + 1,
+                    s,
+                    topics=topics,
+                    host="127.0.0.1",
+                    port=port,
+                    store=store,
+                    verifier=verifier,
+                )
                 for i, s in enumerate(scenarios)
             ]
             results = [ScenarioResult(s.name, s.event_type) for s in scenarios]
+            # Every drill device logs in as itself, pinned to its own topics.
+            drill_agents = [a for s in scenes for a in (s.trigger, *s.cameras.values())]
+            creds = await asyncio.to_thread(provision_fleet, root, specs_of(drill_agents))
+            _sign_in(drill_agents, creds)
+            await broker.areload()
             async with asyncio.TaskGroup() as tg:
                 engine_task = tg.create_task(engine.run(), name="drill-engine")
                 async with asyncio.timeout(30):

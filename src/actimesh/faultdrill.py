@@ -46,8 +46,13 @@ from actimesh.devices.agent import DeviceAgent, Position
 from actimesh.devices.camera import Camera
 from actimesh.devices.media import SyntheticSource
 from actimesh.devices.recorder import RecordingStore
+from actimesh.dispatch.settings import DispatchSettings
 from actimesh.errors import BrokerError
 from actimesh.geofence import destination
+from actimesh.security.acl import SERVICE_ENGINE, AclPolicy
+from actimesh.security.provision import prepare_broker, provision_agents
+from actimesh.security.registry import SECRETS_DIR, Credentials
+from actimesh.security.signing import CommandSigner, CommandVerifier
 from actimesh.triggers.fanout import activation_id
 from actimesh.triggers.ledger import Ledger
 
@@ -56,6 +61,9 @@ __all__ = ["SCENARIOS", "FaultReport", "FaultResult", "run_fault_drill"]
 _HOST = "127.0.0.1"
 _PRE_ROLL_S = 30.0
 _SETTLE_TIMEOUT_S = 45.0
+#: The engines' settings. Every trigger must be its own activation, so incident merging
+#: (which folds a CEW's repeated draws at one spot into one) is off.
+_ENGINE_TOML = "[engine]\nmerge_window_s = 0\n"
 
 
 @dataclass(slots=True)
@@ -98,10 +106,15 @@ class _EngineProc:
     """One ``actimesh engine`` child process."""
 
     def __init__(self, *, port: int, agency: str, data_dir: Path, engine_id: str) -> None:
+        config = data_dir / "engine.toml"
+        # Each engine logs in as svc-engine, as an operator's config would have it.
+        password_file = json.dumps(str(data_dir / SECRETS_DIR / f"{SERVICE_ENGINE}.password"))
+        login = f'[broker]\nusername = "{SERVICE_ENGINE}"\npassword_file = {password_file}\n'
+        config.write_text(_ENGINE_TOML + login)
         self.argv = [
             sys.executable, "-m", "actimesh.cli", "engine",
             "--broker", f"mqtt://{_HOST}:{port}", "--agency", agency,
-            "--data-dir", str(data_dir), "--engine-id", engine_id,
+            "--data-dir", str(data_dir), "--engine-id", engine_id, "--config", str(config),
         ]  # fmt: skip
         self.log = data_dir / f"{engine_id}.log"
         self.proc: asyncio.subprocess.Process | None = None
@@ -142,10 +155,11 @@ class _World:
     cameras: dict[str, DeviceAgent]
     expected: dict[str, set[str]]  # CEW id -> cameras each of its triggers must start
     root: Path
+    loadgen: Credentials
 
 
 def _scene_devices(
-    n: int, topics: Topics, port: int, store: RecordingStore
+    n: int, topics: Topics, port: int, store: RecordingStore, verifier: CommandVerifier
 ) -> tuple[DeviceAgent, list[DeviceAgent]]:
     """A CEW with its officer's body camera and three other cameras within 30 ft."""
     lat0, lon0 = 51.04 + 0.01 * n, -114.07  # ~1 km apart: scenes never overlap
@@ -178,6 +192,7 @@ def _scene_devices(
                 device_id=device_id,
                 kind=kind,
                 camera=camera,
+                verifier=verifier,
                 broker_host=_HOST,
                 broker_port=port,
                 position=where,
@@ -193,9 +208,13 @@ def _scene_devices(
     return cew, cameras
 
 
-async def _background_load(topics: Topics, port: int, devices: int, hz: float) -> None:
-    """Telemetry from ``devices`` far-away virtual devices at ``hz`` each."""
-    link = MqttLink(LinkSettings(host=_HOST, port=port, client_id=f"{topics.agency}-load"))
+async def _background_load(
+    topics: Topics, port: int, devices: int, hz: float, login: Credentials
+) -> None:
+    """Telemetry from ``devices`` far-away virtual devices at ``hz`` each (one connection,
+    the load generator's account)."""
+    link = MqttLink(LinkSettings(host=_HOST, port=port, client_id=f"{topics.agency}-load",
+                                 username=login.username, password=login.password))  # fmt: skip
     async with asyncio.TaskGroup() as tg:
         tg.create_task(link.run(), name="load-link")
         while True:
@@ -216,7 +235,13 @@ async def _world(root: Path, agency: str, scenes: int, replicas: int) -> AsyncIt
     port = free_port()
     topics = Topics(agency)
     store = RecordingStore(root / "recordings", durable=False)
-    broker = ManagedMosquitto(MosquittoConfig(port=port, data_dir=root / "broker"))
+    # The secured broker, as `actimesh up` runs it; the background load has an account.
+    access = AclPolicy(agency, DispatchSettings().source_device)
+    provisioned = await asyncio.to_thread(prepare_broker, root, access, loadgen=True)
+    broker = ManagedMosquitto(MosquittoConfig(port=port, data_dir=provisioned.broker_dir))
+    # The engines load this key from the data directory they share; cameras get its
+    # public half, as devices are provisioned with keys/engine-signing.pub.
+    verifier = CommandSigner.from_data_dir(root).verifier()
     await broker.astart()
     engines = [
         _EngineProc(port=port, agency=agency, data_dir=root, engine_id=f"engine-{i + 1}")
@@ -227,11 +252,14 @@ async def _world(root: Path, agency: str, scenes: int, replicas: int) -> AsyncIt
             await engine.start()
         cews, cameras, expected = [], {}, {}
         for n in range(scenes):
-            cew, cams = _scene_devices(n, topics, port, store)
+            cew, cams = _scene_devices(n, topics, port, store, verifier)
             cews.append(cew)
             cameras.update({c.device_id: c for c in cams})
             expected[cew.device_id] = {c.device_id for c in cams}
-        yield _World(topics, broker, engines, cews, cameras, expected, root)
+        await provision_agents(root, [*cews, *cameras.values()])
+        await broker.areload()
+        loadgen = provisioned.loadgen_login()
+        yield _World(topics, broker, engines, cews, cameras, expected, root, loadgen)
     finally:
         for engine in engines:
             await engine.stop()
@@ -351,7 +379,7 @@ async def _scenario(
         aids: dict[str, str] = {}
         async with asyncio.TaskGroup() as tg:
             tasks = [tg.create_task(a.run(), name=a.device_id) for a in agents]
-            load = _background_load(world.topics, world.broker.port, 300, 2.0)
+            load = _background_load(world.topics, world.broker.port, 300, 2.0, world.loadgen)
             tasks.append(tg.create_task(load, name="load"))
             for agent in agents:
                 await agent.link.wait_connected(timeout=30)

@@ -10,53 +10,189 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+import logging
+import sqlite3
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypedDict
 
 from rich.console import Console
 
 from actimesh.audit import retention_loop
-from actimesh.broker.mosquitto import ManagedMosquitto, MosquittoConfig, parse_broker_url
+from actimesh.broker.client import MqttLink, TlsSettings
+from actimesh.broker.ingest import StreamSubscriber
+from actimesh.broker.messages import DeviceKind
+from actimesh.broker.mosquitto import (
+    ManagedMosquitto,
+    MosquittoConfig,
+    TlsListener,
+    parse_broker_endpoint,
+    parse_broker_url,
+    signal_reload,
+)
 from actimesh.broker.topics import Topics
 from actimesh.config import Settings
 from actimesh.devices.simulator import FleetSimulator, SimSettings
+from actimesh.dispatch.commands import bootstrap_admin
 from actimesh.dispatch.service import DispatchService
-from actimesh.errors import ConfigError
+from actimesh.errors import ConfigError, SecurityError
+from actimesh.evidence import (
+    UPLOADS_PATH,
+    DiskStore,
+    EvidenceService,
+    RegistryKeys,
+    Uploads,
+    UploadServer,
+    create_upload_app,
+    evidence_retention_loop,
+)
 from actimesh.monitor import Monitor
+from actimesh.security.acl import (
+    SERVICE_ACCOUNTS,
+    SERVICE_DISPATCH,
+    SERVICE_ENGINE,
+    SERVICE_MONITOR,
+    AclPolicy,
+)
+from actimesh.security.certs import CERTS_DIR, ServerTls, server_tls
+from actimesh.security.provision import BROKER_DIR, prepare_broker, provision_fleet, specs_of
+from actimesh.security.registry import REGISTRY_NAME, Credentials, Registry, read_secret
+from actimesh.security.signing import CommandSigner, CommandVerifier, engine_key_paths
 from actimesh.triggers.engine import Engine
+from actimesh.triggers.fleet import DeviceDirectory
 from actimesh.triggers.ledger import Ledger
 
-__all__ = ["BrokerAddress", "broker_for", "run_engine", "run_sim", "run_up"]
+__all__ = ["BrokerAddress", "Login", "broker_for", "run_engine", "run_sim", "run_up"]
+
+log = logging.getLogger(__name__)
+
+
+class Login(TypedDict):
+    """The keyword arguments components take to log in to the broker."""
+
+    username: str | None
+    password: str | None
 
 
 @dataclass(frozen=True, slots=True)
 class BrokerAddress:
     host: str
     port: int
+    #: Speak TLS to it (an external ``mqtts://`` broker).
+    tls: TlsSettings | None = None
+    #: ``mqtts://`` of the managed broker's TLS listener, for devices on the network.
+    tls_url: str | None = None
+    #: How actimesh's own components log in, by service account (``svc-engine`` …).
+    logins: Mapping[str, Credentials] = field(default_factory=dict, repr=False)
 
     @property
     def url(self) -> str:
-        return f"mqtt://{self.host}:{self.port}"
+        scheme = "mqtt" if self.tls is None else "mqtts"
+        return f"{scheme}://{self.host}:{self.port}"
+
+    def login(self, account: str) -> Login:
+        """``username``/``password`` keyword arguments for service ``account``."""
+        creds = self.logins.get(account)
+        if creds is None:
+            return Login(username=None, password=None)
+        return Login(username=creds.username, password=creds.password)
+
+
+def _external(settings: Settings, url: str) -> BrokerAddress:
+    """The broker at ``url``: every component logs in as ``[broker] username``."""
+    endpoint = parse_broker_endpoint(url)
+    b = settings.broker
+    password = b.password()
+    tls = TlsSettings(b.ca_file, b.cert_file, b.key_file) if endpoint.tls else None
+    logins = {}
+    if b.username is not None and password is not None:
+        logins = dict.fromkeys(SERVICE_ACCOUNTS, Credentials(b.username, password))
+    return BrokerAddress(endpoint.host, endpoint.port, tls=tls, logins=logins)
+
+
+def _tls_listener(settings: Settings) -> TlsListener | None:
+    """The managed broker's TLS listener: on when asked, or when certificates exist."""
+    b = settings.broker
+    certs = settings.data_dir / CERTS_DIR
+    if b.tls is False:
+        return None
+    if b.server_cert is not None and b.server_key is not None:
+        files: ServerTls | None = ServerTls(b.ca_file or certs / "ca.pem", b.server_cert,
+                                            b.server_key)  # fmt: skip
+    else:
+        files = server_tls(certs)
+    if files is None:
+        if b.tls:
+            raise ConfigError(
+                f"[broker] tls = true but {certs} has no CA and server certificate: run "
+                f"`actimesh certs init --data-dir {settings.data_dir}`, or set server_cert, "
+                "server_key and ca_file"
+            )
+        return None
+    return TlsListener(port=b.tls_port, host=b.tls_host, certfile=files.cert, keyfile=files.key,
+                       cafile=files.ca, require_certificate=b.require_client_cert)  # fmt: skip
+
+
+def _adopt_old_broker_db(data_dir: Path, broker_dir: Path) -> None:
+    # Before the broker had its own folder (with its passwd and acl) it kept its database
+    # in `mosquitto/`; bring the queued commands and sessions along once.
+    old, new = data_dir / "mosquitto" / "mosquitto.db", broker_dir / "mosquitto.db"
+    if old.is_file() and not new.exists():
+        old.replace(new)
 
 
 @contextlib.asynccontextmanager
-async def broker_for(settings: Settings) -> AsyncIterator[tuple[BrokerAddress, bool]]:
+async def broker_for(
+    settings: Settings,
+) -> AsyncIterator[tuple[BrokerAddress, ManagedMosquitto | None]]:
     """The broker to use: the one at ``settings.broker_url``, or a managed Mosquitto.
 
-    Yields the address and whether actimesh manages the broker.
+    Yields the address (with the logins of actimesh's own components) and the managed
+    broker, or None for an external one. The managed broker is secured: the registry of
+    the data directory gets new service-account passwords and renders the broker's
+    password file and ACL before it starts.
     """
     if settings.broker_url is not None:
-        host, port = parse_broker_url(settings.broker_url)
-        yield BrokerAddress(host, port), False
+        yield _external(settings, settings.broker_url), None
         return
+    policy = AclPolicy(settings.agency, settings.dispatch.source_device)
+    provisioned = await asyncio.to_thread(prepare_broker, settings.data_dir, policy)
+    await asyncio.to_thread(_adopt_old_broker_db, settings.data_dir, provisioned.broker_dir)
     config = MosquittoConfig(
         host=settings.broker_host,
         port=settings.broker_port,
-        data_dir=settings.data_dir / "mosquitto",
+        data_dir=provisioned.broker_dir,
+        tls=_tls_listener(settings),
     )
-    async with ManagedMosquitto(config):
-        yield BrokerAddress(settings.broker_host, settings.broker_port), True
+    async with ManagedMosquitto(config) as broker:
+        address = BrokerAddress(settings.broker_host, settings.broker_port,
+                                tls_url=broker.tls_url, logins=provisioned.services)  # fmt: skip
+        yield address, broker
+
+
+def _ca_of(broker: ManagedMosquitto | None) -> Path | None:
+    tls = None if broker is None else broker.config.tls
+    return None if tls is None else tls.cafile
+
+
+def _use_tls(tls: TlsSettings | None, *links: MqttLink | StreamSubscriber) -> None:
+    # Engine and dispatch build their links from host and port; TLS reaches them here.
+    if tls is not None:
+        for link in links:
+            link.reconfigure(tls=tls)
+
+
+async def _provision_fleet(
+    settings: Settings, fleet: FleetSimulator, broker: ManagedMosquitto | None
+) -> None:
+    """Give each simulated device an account of its own on the managed broker, and each
+    camera its signing key."""
+    if broker is None:
+        return  # an external broker's accounts are its operator's business
+    creds = await asyncio.to_thread(provision_fleet, settings.data_dir, specs_of(fleet.agents))
+    fleet.use_credentials(creds)
+    await broker.areload()
 
 
 def _engine_status(engine: Engine, sim: FleetSimulator | None) -> str:
@@ -79,17 +215,59 @@ def _engine_status(engine: Engine, sim: FleetSimulator | None) -> str:
     return " · ".join(parts)
 
 
-def _engine(settings: Settings, broker: BrokerAddress, ledger: Ledger) -> Engine:
-    """The engine ``settings`` describe, on ``broker``, writing to ``ledger``."""
-    return Engine(
+class _RegistryDirectory:
+    """The device registry as the engine's authoritative :class:`DeviceDirectory`."""
+
+    def __init__(self, registry: Registry) -> None:
+        self._registry = registry
+
+    def get(self, device_id: str) -> tuple[DeviceKind, str | None, tuple[str, ...]] | None:
+        try:
+            device = self._registry.get(device_id)
+        except SecurityError:
+            return None  # not registered
+        except sqlite3.Error:
+            # Fail closed: an unknown device neither raises triggers nor is commanded.
+            log.exception("device registry lookup of %s failed", device_id)
+            return None
+        return device.kind, device.unit, device.paired
+
+
+@contextlib.asynccontextmanager
+async def _directory(settings: Settings) -> AsyncIterator[DeviceDirectory | None]:
+    """The registry of the data directory as the engine's directory, if there is one;
+    without it devices are what their presence says they are."""
+    path = settings.data_dir / REGISTRY_NAME
+    if not path.exists():
+        yield None
+        return
+    with Registry(path) as registry:
+        yield _RegistryDirectory(registry)
+
+
+def _engine(
+    settings: Settings,
+    broker: BrokerAddress,
+    ledger: Ledger,
+    directory: DeviceDirectory | None = None,
+) -> Engine:
+    """The engine ``settings`` describe, on ``broker``, writing to ``ledger``, signing
+    with the key of the data directory (created on first start)."""
+    engine = Engine(
         topics=Topics(settings.agency),
         broker_host=broker.host,
         broker_port=broker.port,
         ledger=ledger,
         rules=settings.rules,
         policy=settings.policy,
+        signer=CommandSigner.from_data_dir(settings.data_dir),
         settings=settings.engine,
+        directory=directory,
+        dispatch_source=settings.dispatch.source_device,
+        **broker.login(SERVICE_ENGINE),
     )
+    _use_tls(broker.tls, engine.ctl, engine.telemetry_link)
+    return engine
 
 
 async def _retention(settings: Settings, recordings: Path | None) -> None:
@@ -101,12 +279,38 @@ async def _retention(settings: Settings, recordings: Path | None) -> None:
     await retention_loop(settings.ledger_path, settings.retention.days, recordings=recordings)
 
 
+@contextlib.asynccontextmanager
+async def _evidence(settings: Settings) -> AsyncIterator[EvidenceService]:
+    """The evidence store of the data directory (``[evidence]``), open on the ledger the
+    engine created."""
+    root = settings.evidence.root(settings.data_dir)
+    service = EvidenceService(
+        store=DiskStore(root),
+        staging=root / ".uploads",
+        keys=RegistryKeys(settings.data_dir),
+        ledger_path=settings.ledger_path,
+        settings=settings.evidence,
+    )
+    async with service:
+        yield service
+
+
 async def run_up(settings: Settings, sim: SimSettings | None, console: Console) -> None:
     """Broker (managed unless a URL is given), engine, optional simulated fleet, monitor."""
     topics = Topics(settings.agency)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    async with broker_for(settings) as (broker, managed), Ledger(settings.ledger_path) as ledger:
-        engine = _engine(settings, broker, ledger)
+    async with (
+        broker_for(settings) as (broker, managed),
+        Ledger(settings.ledger_path) as ledger,
+        _directory(settings) as directory,
+        _evidence(settings) as evidence,
+    ):
+        engine = _engine(settings, broker, ledger, directory)
+        uploads = UploadServer(
+            create_upload_app(Uploads(evidence)),
+            host=settings.evidence.host,
+            port=settings.evidence.port,
+        )
         fleet = None
         if sim is not None:
             fleet = FleetSimulator(
@@ -115,26 +319,41 @@ async def run_up(settings: Settings, sim: SimSettings | None, console: Console) 
                 broker_port=broker.port,
                 data_dir=settings.data_dir,
                 settings=sim,
+                verifier=engine.signer.verifier(),
             )
+            await _provision_fleet(settings, fleet, managed)
         monitor = Monitor(
             topics=topics,
             broker_host=broker.host,
             broker_port=broker.port,
             console=console,
             status=lambda: _engine_status(engine, fleet),
+            tls=broker.tls,
+            **broker.login(SERVICE_MONITOR),
         )
         async with asyncio.TaskGroup() as tg:
             tg.create_task(engine.run(), name="engine")
             tg.create_task(_retention(settings, settings.data_dir / "recordings"), name="retention")
+            tg.create_task(uploads.run(), name="evidence-uploads")
+            tg.create_task(evidence_retention_loop(evidence), name="evidence-retention")
             async with asyncio.timeout(30):
                 await engine.ready.wait()
+                await uploads.ready.wait()
             kind = "managed Mosquitto" if managed else "external broker"
             console.print(f"[bold]actimesh[/bold] agency [cyan]{settings.agency}[/cyan]")
             console.print(f"  broker   {broker.url} ({kind})")
+            if broker.tls_url is not None:
+                console.print(f"  broker   {broker.tls_url} (TLS, CA {_ca_of(managed)})")
+            if managed is not None:
+                console.print(f"  accounts devices: `actimesh devices add|list|remove|rotate "
+                              f"--data-dir {settings.data_dir}`")  # fmt: skip
             console.print(f"  engine   {settings.engine.engine_id}, ledger {settings.ledger_path}")
+            console.print(f"  evidence {uploads.url}{UPLOADS_PATH}  (camera offload; stored in "
+                          f"{settings.evidence.root(settings.data_dir)})")  # fmt: skip
             rules = ", ".join(f"{r.event_type} {r.radius_m:g} m" for r in settings.rules)
             console.print(f"  rules    {rules}")
             if settings.dispatch.enabled:
+                logins = await bootstrap_admin(settings.data_dir, ledger)
                 dispatch = DispatchService(
                     topics=topics,
                     broker_host=broker.host,
@@ -144,11 +363,16 @@ async def run_up(settings: Settings, sim: SimSettings | None, console: Console) 
                     ledger_path=settings.ledger_path,
                     max_fix_age_s=settings.policy.max_fix_age_s,
                     event_types=tuple(r.event_type for r in settings.rules),
+                    evidence=evidence,
+                    **broker.login(SERVICE_DISPATCH),
                 )
+                _use_tls(broker.tls, dispatch.feed.ctl, dispatch.feed.telemetry_link)
                 tg.create_task(dispatch.run(), name="dispatch")
                 async with asyncio.timeout(30):
                     await dispatch.ready.wait()
                 console.print(f"  dispatch {dispatch.url}  (live map; API /api/v1, /openapi.json)")
+                for line in logins.lines():
+                    console.print(f"  {line}", markup=False)
                 if not settings.dispatch.leaflet_dir.is_dir():
                     console.print("  [yellow]map library missing: run `make web-deps`[/yellow]")
             tg.create_task(monitor.run(), name="monitor")
@@ -170,10 +394,10 @@ async def run_engine(settings: Settings, console: Console) -> None:
     """
     if settings.broker_url is None:
         raise ConfigError("actimesh engine needs --broker mqtt://HOST:PORT (use `up` for both)")
-    host, port = parse_broker_url(settings.broker_url)
+    address = _external(settings, settings.broker_url)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    async with Ledger(settings.ledger_path) as ledger:
-        engine = _engine(settings, BrokerAddress(host, port), ledger)
+    async with Ledger(settings.ledger_path) as ledger, _directory(settings) as directory:
+        engine = _engine(settings, address, ledger, directory)
         async with asyncio.TaskGroup() as tg:
             tg.create_task(engine.run(), name="engine")
             tg.create_task(_retention(settings, None), name="retention")
@@ -186,15 +410,42 @@ async def run_engine(settings: Settings, console: Console) -> None:
 
 
 async def run_sim(
-    *, agency: str, broker_url: str, data_dir: Path, sim: SimSettings, console: Console
+    *,
+    agency: str,
+    broker_url: str,
+    data_dir: Path,
+    sim: SimSettings,
+    console: Console,
+    engine_key: Path | None = None,
 ) -> None:
-    """A simulated fleet against any broker (an engine must be running there)."""
+    """A simulated fleet against any broker (an engine must be running there).
+
+    Its cameras verify commands with the engine public key in ``engine_key`` (default:
+    ``{data_dir}/keys/engine-signing.pub``, there when the engine shares the data dir).
+    """
     host, port = parse_broker_url(broker_url)
     topics = Topics(agency)
+    verifier = CommandVerifier.from_file(engine_key or engine_key_paths(data_dir)[1])
     fleet = FleetSimulator(
-        topics=topics, broker_host=host, broker_port=port, data_dir=data_dir, settings=sim
+        topics=topics, broker_host=host, broker_port=port, data_dir=data_dir, settings=sim,
+        verifier=verifier,
+    )  # fmt: skip
+    monitor_login = Login(username=None, password=None)
+    if (data_dir / REGISTRY_NAME).exists():
+        # The managed broker of an `actimesh up` on this data directory: the fleet gets
+        # accounts there, live, and the monitor uses the one `up` provisioned for it.
+        creds = await asyncio.to_thread(provision_fleet, data_dir, specs_of(fleet.agents))
+        fleet.use_credentials(creds)
+        if signal_reload(data_dir / BROKER_DIR) is None:
+            console.print(f"[yellow]no managed broker of {data_dir} is running: the fleet's "
+                          "accounts apply when it starts[/yellow]")  # fmt: skip
+        with contextlib.suppress(SecurityError):
+            monitor_login = Login(
+                username=SERVICE_MONITOR, password=read_secret(data_dir, SERVICE_MONITOR)
+            )
+    monitor = Monitor(
+        topics=topics, broker_host=host, broker_port=port, console=console, **monitor_login
     )
-    monitor = Monitor(topics=topics, broker_host=host, broker_port=port, console=console)
     console.print(
         f"simulating {len(fleet.units)} units ({len(fleet.agents)} devices) against {broker_url}"
     )

@@ -21,18 +21,23 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from actimesh.broker.messages import CAMERA_KINDS, DeviceKind
 from actimesh.broker.topics import Topics
 from actimesh.devices.agent import DeviceAgent, Position
 from actimesh.devices.camera import Camera
-from actimesh.devices.media import SyntheticSource
+from actimesh.devices.media import MediaSource, Switchable
 from actimesh.devices.recorder import RecordingStore
+from actimesh.devices.settings import MediaKind, MediaSettings, open_media_source
 from actimesh.geofence import destination, distance_m
+from actimesh.security.registry import DeviceCredentials
+from actimesh.security.signing import CommandVerifier
 
 __all__ = ["FleetSimulator", "SimSettings", "Unit"]
 
@@ -58,6 +63,9 @@ class SimSettings:
     pre_roll_s: float = 30.0
     gps_accuracy_m: float = 3.0
     seed: int | None = None
+    #: ``media.source`` is the switch: synthetic segments (the default; thousands of
+    #: cameras fit on one machine) or real H.264 of the test pattern, a thread a camera.
+    media: MediaSettings = field(default_factory=MediaSettings)
 
     def __post_init__(self) -> None:
         if not 1 <= self.units <= 2000:
@@ -107,7 +115,11 @@ class Unit:
 
 
 class FleetSimulator:
-    """Builds the agents of a simulated fleet and drives them."""
+    """Builds the agents of a simulated fleet and drives them.
+
+    ``verifier`` holds the engine's public key; the simulated cameras refuse every
+    command without it, as real ones do.
+    """
 
     def __init__(
         self,
@@ -119,8 +131,10 @@ class FleetSimulator:
         settings: SimSettings | None = None,
         clock: Callable[[], float] = time.time,
         on_trigger: Callable[[str, str], None] | None = None,
+        verifier: CommandVerifier | None = None,
     ) -> None:
         self.settings = settings or SimSettings()
+        self.verifier = verifier
         self.topics = topics
         self.clock = clock
         self.rng = random.Random(self.settings.seed)
@@ -140,17 +154,51 @@ class FleetSimulator:
         dist = self.settings.area_radius_m * math.sqrt(self.rng.random())
         return destination(lat0, lon0, bearing, dist)
 
-    def _camera(self, device_id: str, kind: DeviceKind) -> Camera:
-        source = SyntheticSource(device_id)
-        # Warm start: the buffer already holds the pre-roll, as after a shift's start.
+    def _camera(
+        self,
+        device_id: str,
+        kind: DeviceKind,
+        *,
+        source: MediaSource | None = None,
+        key: Ed25519PrivateKey | None = None,
+    ) -> Camera:
+        media = self.settings.media
+        if source is None:
+            # The fleet films the pattern (device "none"): a thousand cameras cannot share
+            # one sensor. A fleet on a test clock encodes on demand instead of live.
+            source = open_media_source(
+                media, device_id, device="none", live=self.clock is time.time, clock=self.clock
+            )
+        # Synthetic cameras start warm: the buffer already holds the pre-roll, as after a
+        # shift's start. Real video has to be filmed (and encoding 90 s of it for every
+        # camera at start-up would stall the machine), so those start now.
+        warm = media.source is MediaKind.SYNTHETIC
         return Camera(
             device_id=device_id,
             kind=kind,
             source=source,
             store=self.store,
             pre_roll_s=self.settings.pre_roll_s,
-            started_at=self._started - self.settings.pre_roll_s - 60.0,
+            started_at=self._started - (self.settings.pre_roll_s + 60.0 if warm else 0.0),
+            stealth=media.stealth,
+            buffer_audio=media.buffer_audio,
+            cancel_window_s=media.cancel_window_s,
+            signing_key=key,
         )
+
+    def use_credentials(self, creds: Mapping[str, DeviceCredentials]) -> None:
+        """Log every device in as itself and give every camera its Ed25519 key, so each
+        manifest it writes is signed. Call before :meth:`run`, with what the registry
+        issued (the registry needs the built fleet to know whom to register)."""
+        for agent in self.agents:
+            mine = creds[agent.device_id]
+            agent.link.reconfigure(username=agent.device_id, password=mine.password)
+            if agent.camera is not None:
+                key = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(mine.private_key))
+                # Same source (its capture thread keeps running), now with the key.
+                agent.camera = self._camera(
+                    agent.device_id, agent.kind, source=agent.camera.source, key=key
+                )
 
     def _agent(
         self,
@@ -174,6 +222,7 @@ class FleetSimulator:
             unit=unit.name,
             paired=paired,
             camera=camera,
+            verifier=self.verifier,
             local_peers=peers,
             broker_host=self._host,
             broker_port=self._port,
@@ -223,10 +272,20 @@ class FleetSimulator:
     # ------------------------------------------------------------------ running
     async def run(self) -> None:
         """Run every agent and the world until cancelled."""
-        async with asyncio.TaskGroup() as tg:
-            for agent in self.agents:
-                tg.create_task(agent.run(), name=f"sim-{agent.device_id}")
-            tg.create_task(self._world(), name="sim-world")
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for agent in self.agents:
+                    tg.create_task(agent.run(), name=f"sim-{agent.device_id}")
+                tg.create_task(self._world(), name="sim-world")
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Stop the cameras' capture threads (real video only; idempotent)."""
+        for agent in self.agents:
+            camera = agent.camera
+            if camera is not None and isinstance(camera.source, Switchable):
+                camera.source.switch_off()
 
     async def wait_connected(self, timeout: float = 30.0) -> None:
         async with asyncio.timeout(timeout):
