@@ -24,12 +24,13 @@ import logging
 import math
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import uvicorn
 
+from actimesh import listener
 from actimesh.broker.messages import Activation
 from actimesh.broker.topics import Topics
 from actimesh.dispatch.accounts import ACCOUNTS_FILE, AccountStore
@@ -55,14 +56,6 @@ log = logging.getLogger(__name__)
 _TICK_S = 2.0
 _URGENT_GAP_S = 0.02
 _START_TIMEOUT_S = 30.0
-
-
-class _Server(uvicorn.Server):
-    """uvicorn without its signal handlers: actimesh's TaskGroup decides when to stop."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
 
 
 def _sse(event: dict[str, Any]) -> EventFrame:
@@ -193,28 +186,15 @@ class DispatchService:
         """``http(s)://host:port`` once bound."""
         if self.address is None:
             raise ActimeshError("the dispatch service is not listening yet")
-        host, port = self.address
-        scheme = "https" if self.settings.tls else "http"
-        return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+        return listener.url(self.address, tls=bool(self.settings.tls))
 
     # ------------------------------------------------------------------ lifecycle
     def _bind(self) -> socket.socket:
         s = self.settings
-        family = socket.AF_INET6 if ":" in s.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((s.host, s.port))
-            sock.listen(128)
-            sock.setblocking(False)
-        except OSError as exc:
-            sock.close()
-            raise ConfigError(
-                f"dispatch cannot listen on {s.host}:{s.port} ({exc.strerror}): "
-                "pass --http-port N, or --no-http to run without the dispatch map"
-            ) from exc
-        host, port = sock.getsockname()[:2]
-        self.address = (str(host), int(port))
+        sock = listener.bind(s.host, s.port, what="dispatch",
+                             fix="pass --http-port N, or --no-http to run without the "
+                                 "dispatch map")  # fmt: skip
+        self.address = listener.address(sock)
         return sock
 
     async def run(self) -> None:
@@ -224,7 +204,7 @@ class DispatchService:
         try:
             async with self.ledger, self.outbox, self.accounts, self.audit:
                 await self._backfill()
-                server = _Server(
+                server = listener.QuietServer(
                     uvicorn.Config(
                         self.app,
                         log_config=None,
@@ -247,10 +227,13 @@ class DispatchService:
                     tg.create_task(self._frames(), name="dispatch-frames")
                     tg.create_task(self.webhooks.run(), name="dispatch-webhooks")
                     tg.create_task(self.webhooks.reconcile_loop(), name="dispatch-reconcile")
-                    tg.create_task(self._serve(server, sock), name="dispatch-http")
-                    async with asyncio.timeout(_START_TIMEOUT_S):
-                        while not server.started:  # noqa: ASYNC110 - uvicorn has only a flag
-                            await asyncio.sleep(0.01)
+                    tg.create_task(
+                        listener.serve(
+                            server, sock, what="dispatch web server", on_stop=self._closing
+                        ),
+                        name="dispatch-http",
+                    )
+                    await listener.wait_started(server, _START_TIMEOUT_S)
                     await self.feed.wait_connected(_START_TIMEOUT_S)
                     self.ready.set()
         finally:
@@ -269,19 +252,10 @@ class DispatchService:
                 )
         return {"ssl_certfile": str(s.tls_certfile), "ssl_keyfile": str(s.tls_keyfile)}
 
-    async def _serve(self, server: _Server, sock: socket.socket) -> None:
-        try:
-            await server.serve(sockets=[sock])
-        except asyncio.CancelledError:
-            # Tell live clients to go (they reconnect to whoever serves next), then let
-            # uvicorn close the connections within its graceful timeout.
-            self.live.close()
-            self.events.close()
-            if server.started:
-                server.should_exit = True
-                await server.shutdown(sockets=[sock])
-            raise
-        raise ActimeshError("the dispatch web server stopped on its own; see the log")
+    def _closing(self) -> None:
+        """Tell live clients to go: they reconnect to whoever serves next."""
+        self.live.close()
+        self.events.close()
 
     async def _backfill(self) -> None:
         """Put the recent activations back on the map after a restart."""

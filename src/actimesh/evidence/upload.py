@@ -33,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 import hashlib
 import json
 import os
@@ -56,6 +55,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from actimesh import listener
 from actimesh.broker.topics import is_identifier
 from actimesh.devices.manifest import (
     MANIFEST_NAME,
@@ -64,7 +64,7 @@ from actimesh.devices.manifest import (
     canonical_json,
     verify_manifest,
 )
-from actimesh.errors import ActimeshError, ConfigError, EvidenceError
+from actimesh.errors import ActimeshError, EvidenceError
 from actimesh.evidence.credentials import UploaderIdentity
 from actimesh.evidence.service import EvidenceEvent, EvidenceService, aid_of
 from actimesh.evidence.store import RECEIPT_NAME, media_files, write_atomic
@@ -595,14 +595,6 @@ async def _bounded_body(request: Request, limit: int) -> bytes:
     return b"".join(parts)
 
 
-class _Server(uvicorn.Server):
-    """uvicorn without its signal handlers: the caller's TaskGroup decides when to stop."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
 class UploadServer:
     """The upload API on its own listener. Create in the running loop; ``await run()``."""
 
@@ -630,30 +622,18 @@ class UploadServer:
     def url(self) -> str:
         if self.address is None:
             raise ActimeshError("the evidence upload server is not listening yet")
-        scheme = "https" if self.tls else "http"
-        return f"{scheme}://{self.address[0]}:{self.address[1]}"
+        return listener.url(self.address, tls=bool(self.tls))
 
     def _bind(self) -> socket.socket:
-        sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((self.host, self.port))
-            sock.listen(128)
-            sock.setblocking(False)
-        except OSError as exc:
-            sock.close()
-            raise ConfigError(
-                f"the evidence upload API cannot listen on {self.host}:{self.port} "
-                f"({exc.strerror}); set [evidence] port"
-            ) from exc
-        host, port = sock.getsockname()[:2]
-        self.address = (str(host), int(port))
+        sock = listener.bind(self.host, self.port, what="the evidence upload API",
+                             fix="set [evidence] port")  # fmt: skip
+        self.address = listener.address(sock)
         return sock
 
     async def run(self) -> None:
         """Serve until cancelled; ``ready`` is set once it accepts connections."""
         sock = self._bind()
-        server = _Server(
+        server = listener.QuietServer(
             uvicorn.Config(
                 self.app,
                 log_config=None,
@@ -667,23 +647,12 @@ class UploadServer:
         )
         try:
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(self._serve(server, sock), name="evidence-http")
-                async with asyncio.timeout(30.0):
-                    while not server.started:  # noqa: ASYNC110 - uvicorn has only a flag
-                        await asyncio.sleep(0.01)
+                tg.create_task(
+                    listener.serve(server, sock, what="evidence upload server"),
+                    name="evidence-http",
+                )
+                await listener.wait_started(server, 30.0)
                 self.ready.set()
         finally:
             self.ready.clear()
             sock.close()
-
-    @staticmethod
-    async def _serve(server: _Server, sock: socket.socket) -> None:
-        try:
-            await server.serve(sockets=[sock])
-        except asyncio.CancelledError:
-            # Let uvicorn close the connections within its graceful timeout.
-            if server.started:
-                server.should_exit = True
-                await server.shutdown(sockets=[sock])
-            raise
-        raise ActimeshError("the evidence upload server stopped on its own; see the log")
