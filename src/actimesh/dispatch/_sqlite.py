@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Any, ClassVar, Self, TypeVar
 
 from actimesh.errors import LedgerError
 
-__all__ = ["SqliteThread"]
+__all__ = ["SqliteStore", "SqliteThread"]
 
 T = TypeVar("T")
 
@@ -67,3 +67,30 @@ class SqliteThread:
         if self._conn is None:
             raise LedgerError(f"the {self.name} database is not open")
         return self._conn
+
+
+class SqliteStore:
+    """A dispatch database whose connection lives on its own :class:`SqliteThread`:
+    ``async with`` opens and closes it. Subclasses set ``_thread`` and ``label``."""
+
+    #: Names the database in errors (``"webhook outbox"``).
+    label: ClassVar[str]
+    _thread: SqliteThread
+
+    async def __aenter__(self) -> Self:
+        await self._thread.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._thread.close()
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        return self._thread.db
+
+    def _tx(self, sql: str, args: Sequence[Any] = ()) -> sqlite3.Cursor:
+        """One statement, its SQLite error turned into a :class:`LedgerError`."""
+        try:
+            return self._db.execute(sql, args)
+        except sqlite3.Error as exc:
+            raise LedgerError(f"{self.label}: {exc}") from exc

@@ -40,7 +40,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from actimesh.dispatch._sqlite import SqliteThread
+from actimesh.dispatch._sqlite import SqliteStore, SqliteThread
 from actimesh.errors import AccountError, LedgerError
 
 __all__ = [
@@ -296,12 +296,14 @@ def _token(row: Sequence[Any]) -> Token:
                  row[8])  # fmt: skip
 
 
-class AccountStore:
+class AccountStore(SqliteStore):
     """Users, tokens and sessions. ``async with AccountStore(path) as store``.
 
     Every call runs on the store's own database thread, except password hashing, which
     runs on a worker thread so that a login never holds up other requests' lookups.
     """
+
+    label = "dispatch accounts"
 
     def __init__(
         self,
@@ -336,23 +338,6 @@ class AccountStore:
                 "--data-dir is writable"
             ) from exc
         return conn
-
-    async def __aenter__(self) -> AccountStore:
-        await self._thread.open()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self._thread.close()
-
-    @property
-    def _db(self) -> sqlite3.Connection:
-        return self._thread.db
-
-    def _tx(self, sql: str, args: Sequence[Any] = ()) -> sqlite3.Cursor:
-        try:
-            return self._db.execute(sql, args)
-        except sqlite3.Error as exc:
-            raise LedgerError(f"dispatch accounts: {exc}") from exc
 
     def _write(self, fn: Callable[[], Any]) -> Any:
         db = self._db

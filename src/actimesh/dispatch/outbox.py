@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from actimesh.dispatch._sqlite import SqliteThread
+from actimesh.dispatch._sqlite import SqliteStore, SqliteThread
 from actimesh.dispatch.models import DeliveryOut, DeliveryStatus, WebhookOut
 from actimesh.errors import LedgerError
 
@@ -123,8 +123,10 @@ def _delivery(row: Sequence[Any]) -> DeliveryOut:
     )
 
 
-class Outbox:
+class Outbox(SqliteStore):
     """The webhook outbox. ``async with Outbox(path) as outbox``."""
+
+    label = "webhook outbox"
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -146,23 +148,6 @@ class Outbox:
                 "is writable and not used by another actimesh"
             ) from exc
         return conn
-
-    async def __aenter__(self) -> Outbox:
-        await self._thread.open()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self._thread.close()
-
-    @property
-    def _db(self) -> sqlite3.Connection:
-        return self._thread.db
-
-    def _tx(self, sql: str, args: Sequence[Any] = ()) -> sqlite3.Cursor:
-        try:
-            return self._db.execute(sql, args)
-        except sqlite3.Error as exc:
-            raise LedgerError(f"webhook outbox: {exc}") from exc
 
     # ------------------------------------------------------------------ endpoints
     def _endpoints(self) -> list[Endpoint]:

@@ -28,7 +28,7 @@ from actimesh.broker.messages import (
     CameraActivation,
     DeviceKind,
 )
-from actimesh.dispatch._sqlite import SqliteThread
+from actimesh.dispatch._sqlite import SqliteStore, SqliteThread
 from actimesh.dispatch.models import (
     AckOut,
     ActivationDetail,
@@ -196,8 +196,10 @@ def _where(q: ActivationQuery) -> tuple[list[str], list[Any]]:
     return where, args
 
 
-class LedgerReader:
+class LedgerReader(SqliteStore):
     """Read-only access to the engine's ledger. ``async with LedgerReader(path) as r``."""
+
+    label = "ledger"
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -219,17 +221,6 @@ class LedgerReader:
         except sqlite3.Error as exc:
             raise LedgerError(f"cannot read the ledger at {self.path}: {exc}") from exc
         return conn
-
-    async def __aenter__(self) -> LedgerReader:
-        await self._thread.open()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self._thread.close()
-
-    @property
-    def _db(self) -> sqlite3.Connection:
-        return self._thread.db
 
     async def ping(self) -> bool:
         """True when the ledger answers a query."""
