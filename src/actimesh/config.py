@@ -300,6 +300,7 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
     engine_types = {f.name: _NUMBER for f in fields(EngineSettings)} | {
         "engine_id": str,
         "publish_json": bool,
+        "freeze_heap": bool,
         "share_group": str,
         "session_expiry_s": int,
     }

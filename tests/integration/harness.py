@@ -38,7 +38,10 @@ DISPATCH_SOURCE = DispatchSettings().source_device
 #: Fast timings for tests. Incident merging is off: many tests raise one trigger again
 #: and again at one spot to measure or count it, which is just what merging folds into
 #: one activation; the storm-control tests turn it on.
-TEST_SETTINGS = EngineSettings(ack_timeout_s=0.5, warmup_s=0.3, merge_window_s=0.0)
+#: Many engines share the test process: none freezes its heap (``freeze_heap``).
+TEST_SETTINGS = EngineSettings(
+    ack_timeout_s=0.5, warmup_s=0.3, merge_window_s=0.0, freeze_heap=False
+)
 
 
 def fixed(lat: float, lon: float, acc: float = 0.0, age: float = 0.0) -> Callable[[], Position]:

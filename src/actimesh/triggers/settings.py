@@ -52,6 +52,10 @@ class EngineSettings:
     #: the fleet's telemetry interval. Held events keep their event time, so pre-roll is
     #: unaffected.
     warmup_s: float = 2.5
+    #: At the end of the warm-up, move every object alive to the collector's permanent
+    #: generation (``gc.freeze``): full collections then scan only what came since.
+    #: One setting per process; off for engines embedded in a host that manages its heap.
+    freeze_heap: bool = True
     #: Events remembered in memory for dedupe; beyond that the ledger is asked, so a
     #: replay is refused however long ago its first copy was forgotten here.
     dedupe_memory: int = 200_000
