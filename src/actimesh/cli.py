@@ -434,6 +434,13 @@ def _security_parsers(sub: argparse._SubParsersAction[_Parser]) -> None:
     iverbs.add_parser("remove", help="delete it: the broker drops it at once").add_argument("name")
     iverbs.add_parser("list", help="every integrator account")
 
+    services = sub.add_parser("services", help="actimesh's own broker accounts (svc-engine, "
+                              "svc-dispatch, svc-monitor) for an external broker")  # fmt: skip
+    sverbs = services.add_subparsers(dest="verb", required=True, parser_class=_Parser)
+    sinit = sverbs.add_parser("init", help="create them (existing ones are kept) and render "
+                              "the broker's password and ACL files")  # fmt: skip
+    sinit.add_argument("--rotate", action="store_true", help="new passwords for all three")
+
     certs = sub.add_parser("certs", help="a CA and certificates for the broker's TLS listener")
     cverbs = certs.add_subparsers(dest="verb", required=True, parser_class=_Parser)
     init = cverbs.add_parser("init", help="create the CA and the broker's certificate")
@@ -449,7 +456,8 @@ def _security_parsers(sub: argparse._SubParsersAction[_Parser]) -> None:
         parser.add_argument("--days", type=_positive_int, help="validity in days")
     show = cverbs.add_parser("show", help="subject, names and validity of a certificate")
     show.add_argument("what", nargs="?", default="server", metavar="ca|server|NAME|PATH")
-    for parser in (*verbs.choices.values(), *iverbs.choices.values(), *cverbs.choices.values()):
+    for parser in (*verbs.choices.values(), *iverbs.choices.values(), *cverbs.choices.values(),
+                   sinit):  # fmt: skip
         where(parser)
 
 
@@ -477,6 +485,8 @@ def _security(args: argparse.Namespace) -> int:
     data_dir = settings.data_dir
     if args.command == "certs":
         return _certs(args, data_dir / certs.CERTS_DIR)
+    if args.command == "services":
+        return _services(args, settings)
     with Registry.open(data_dir) as registry:
         if args.verb == "list":
             rows = registry.devices() if args.command == "devices" else registry.integrators()
@@ -511,6 +521,27 @@ def _security(args: argparse.Namespace) -> int:
     pid = apply_to_broker(data_dir, AclPolicy(settings.agency, settings.dispatch.source_device))
     print(f"broker: applied live (pid {pid})" if pid is not None else
           f"broker: not running on {data_dir}; applies at its next start")  # fmt: skip
+    return EXIT_OK
+
+
+def _services(args: argparse.Namespace, settings: Settings) -> int:
+    """The service accounts for processes that log in to a broker actimesh does not run."""
+    from actimesh.security import SECRETS_DIR, AclPolicy, Registry  # noqa: PLC0415
+    from actimesh.security.provision import BROKER_DIR, apply_to_broker  # noqa: PLC0415
+
+    data_dir = settings.data_dir
+    with Registry.open(data_dir) as registry:
+        creds = registry.ensure_service_accounts(data_dir / SECRETS_DIR,
+                                                 keep_existing=not args.rotate)  # fmt: skip
+    for name in creds:
+        print(f"{name}: password in {data_dir / SECRETS_DIR / (name + '.password')}")
+    apply_to_broker(data_dir, AclPolicy(settings.agency, settings.dispatch.source_device))
+    broker = data_dir / BROKER_DIR
+    print(
+        f"broker files: password_file {broker / 'passwd'}, acl_file {broker / 'acl'} "
+        "(point the broker's configuration at them, deploy/mosquitto/actimesh.conf, and "
+        "reload it)"
+    )
     return EXIT_OK
 
 
@@ -584,7 +615,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command in ("users", "tokens"):
             return _accounts(args)
-        if args.command in ("devices", "integrators", "certs"):
+        if args.command in ("devices", "integrators", "services", "certs"):
             return _security(args)
         return _audit(args) if args.command == "audit" else _command(args, console)
     except KeyboardInterrupt:

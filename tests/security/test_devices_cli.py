@@ -14,7 +14,7 @@ import pytest
 from rich.console import Console
 
 from actimesh import cli
-from actimesh.broker.mosquitto import ManagedMosquitto, free_port
+from actimesh.broker.mosquitto import ManagedMosquitto, MosquittoConfig, free_port
 from actimesh.broker.topics import Topics
 from actimesh.config import Settings, load_settings
 from actimesh.errors import ConfigError
@@ -274,3 +274,31 @@ def test_missing_password_file_is_a_one_line_config_error(tmp_path: Path) -> Non
     conf.write_text(f'[broker]\nusername = "u"\npassword_file = "{tmp_path / "none"}"\n')
     with pytest.raises(ConfigError, match="does not exist"):
         load_settings(conf).broker.password()
+
+
+async def test_services_init_makes_accounts_an_external_broker_accepts(
+    settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """For a broker actimesh does not run: the service accounts are created once and
+    kept (their processes read the password files), rotated only when asked."""
+    data = str(settings.data_dir)
+    code, out, err = _run(capsys, "services", "init", "--data-dir", data)
+    assert (code, err) == (0, "")
+    assert "acl_file" in out
+    first = read_secret(settings.data_dir, "svc-engine")
+    secret = settings.data_dir / "secrets" / "svc-engine.password"
+    assert secret.stat().st_mode & 0o777 == 0o600
+    assert _run(capsys, "services", "init", "--data-dir", data)[0] == 0
+    assert read_secret(settings.data_dir, "svc-engine") == first
+    # A Mosquitto reading the rendered files, as an operator's broker configured with
+    # deploy/mosquitto/actimesh.conf would.
+    broker_dir = settings.data_dir / "broker"
+    config = MosquittoConfig(data_dir=broker_dir, port=free_port(), persistence=False)
+    async with ManagedMosquitto(config) as external:
+        assert await _connects(external, "svc-engine", first)
+        assert not await _connects(external, "svc-engine", "wrong")
+        assert _run(capsys, "services", "init", "--rotate", "--data-dir", data)[0] == 0
+        rotated = read_secret(settings.data_dir, "svc-engine")
+        assert rotated != first
+        passwd = (broker_dir / "passwd").read_text()
+        assert verify_password(rotated, passwd.split("svc-engine:", 1)[1].split()[0])

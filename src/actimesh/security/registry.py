@@ -533,14 +533,26 @@ class Registry:
                     f"integrator {account!r} does not exist: see `actimesh integrators list`"
                 )
 
-    def ensure_service_accounts(self, secrets_dir: Path) -> dict[str, Credentials]:
-        """New passwords for ``svc-engine``, ``svc-dispatch`` and ``svc-monitor``, each
-        written to ``secrets_dir/{account}.password`` (0600, folder 0700)."""
+    def ensure_service_accounts(
+        self, secrets_dir: Path, *, keep_existing: bool = False
+    ) -> dict[str, Credentials]:
+        """Passwords for ``svc-engine``, ``svc-dispatch`` and ``svc-monitor``, each in
+        ``secrets_dir/{account}.password`` (0600, folder 0700).
+
+        New ones each time by default (``actimesh up`` rotates them on every start). With
+        ``keep_existing``, an account whose password file is there is left as it is: an
+        external broker's processes read those files, and a rotation would lock them out.
+        """
         _private_dir(secrets_dir)
+        known = {a.name for a in self.accounts()}
         out = {}
         for name, role in _SERVICE_ROLES.items():
+            path = secrets_dir / f"{name}.password"
+            if keep_existing and name in known and path.is_file():
+                out[name] = Credentials(name, path.read_text(encoding="utf-8").strip())
+                continue
             creds = self._set_account(name, role)
-            write_private(secrets_dir / f"{name}.password", creds.password + "\n")
+            write_private(path, creds.password + "\n")
             out[name] = creds
         return out
 
