@@ -12,6 +12,8 @@ from actimesh.triggers.storm import StormLimits
 __all__ = ["EngineSettings"]
 
 _ZERO_ALLOWED = frozenset({"merge_window_s", "quiet_reserve"})
+#: Storm control's defaults live in one place, :class:`StormLimits`.
+_STORM = StormLimits()
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,23 +61,17 @@ class EngineSettings:
     #: Events remembered in memory for dedupe; beyond that the ledger is asked, so a
     #: replay is refused however long ago its first copy was forgotten here.
     dedupe_memory: int = 200_000
-    #: Storm control (triggers/storm.py): a device may raise ``device_burst`` events at
-    #: once, then ``device_rate_per_s``; beyond that its events are ``rate_limited``.
-    device_burst: float = 10.0
-    device_rate_per_s: float = 0.5
-    #: The engine makes at most ``activations_burst`` activations at once, then
-    #: ``activations_per_s``; beyond that they are refused as ``storm``, except that
-    #: quiet devices may go ``quiet_reserve`` further.
-    activations_burst: float = 200.0
-    activations_per_s: float = 100.0
-    quiet_reserve: float = 100.0
-    #: A repeat of a trigger (same device and type) within ``merge_window_s`` and
-    #: ``merge_radius_m`` of an activation joins it when that activation already
-    #: commands every camera the repeat would (0 turns merging off).
-    merge_window_s: float = 10.0
-    merge_radius_m: float = 30.0
-    #: At most one storm alert per device per this many seconds.
-    storm_alert_s: float = 60.0
+    #: Storm control, flat in ``[engine]``: the fields of :class:`StormLimits`
+    #: (triggers/storm.py says what each does), with its defaults.
+    device_burst: float = _STORM.device_burst
+    device_rate_per_s: float = _STORM.device_rate_per_s
+    activations_burst: float = _STORM.activations_burst
+    activations_per_s: float = _STORM.activations_per_s
+    quiet_reserve: float = _STORM.quiet_reserve
+    merge_window_s: float = _STORM.merge_window_s
+    merge_radius_m: float = _STORM.merge_radius_m
+    #: ``alert_every_s`` of :class:`StormLimits`.
+    storm_alert_s: float = _STORM.alert_every_s
 
     def storm_limits(self) -> StormLimits:
         """The storm-control part of these settings."""
