@@ -152,7 +152,7 @@ def test_a_codec_crash_is_a_finding_with_its_reproducer(
             raise IndexError("boom")
         return real(model, payload, **kw)
 
-    monkeypatch.setattr(fuzz, "decode", flaky)
+    monkeypatch.setattr("actimesh.fuzz._codec.decode", flaky)
     report = _run(tmp_path, count=3000, target="codec", seed=3)
     crashes = [f for f in report.findings if f.problem == "crash"]
     assert crashes, _text(report)
@@ -175,7 +175,7 @@ def test_a_bad_error_reason_or_text_is_a_finding(
         except PayloadError as exc:
             raise PayloadError("weird", "two\nlines") from exc
 
-    monkeypatch.setattr(fuzz, "decode", unruly)
+    monkeypatch.setattr("actimesh.fuzz._codec.decode", unruly)
     report = _run(tmp_path, count=50, target="codec")
     details = {f.detail for f in report.findings if f.problem == "bad_error"}
     assert any("reason 'weird'" in d for d in details)
@@ -285,7 +285,7 @@ def test_cli_fuzz_fails_on_a_finding(
     def crashing(payload: bytes) -> Any:
         raise ZeroDivisionError
 
-    monkeypatch.setattr(fuzz, "decode_telemetry", crashing)
+    monkeypatch.setattr("actimesh.fuzz._codec.decode_telemetry", crashing)
     assert cli.main(["fuzz", "--count", "20", "--target", "codec"]) == cli.EXIT_FAILED
     assert "codec: crash: decode_telemetry: ZeroDivisionError" in capsys.readouterr().out
 
