@@ -1,21 +1,28 @@
-"""Stored recordings in the dispatch: list, look at one, download its files::
+"""Stored recordings in the dispatch: list, look at one, play it, download its files::
 
     GET /api/v1/evidence                                    dispatch   list (device, aid, time)
     GET /api/v1/evidence/{device}/{recording}               dispatch   manifest, receipt, check
+    GET /api/v1/evidence/{device}/{recording}/play          dispatch   H.264 as MP4 (inline)
     GET /api/v1/evidence/{device}/{recording}/files/{name}  dispatch   the file (attachment)
 
 Dispatchers and admins only; integrators are refused. Every call is written to the
-ledger *before* anything is shown (``evidence_view``: ``listed`` or ``viewed``;
-``evidence_download``: ``started``) with who, how they authenticated, from where and
-what; a call that cannot be recorded gets 503 and nothing else. A record about one
-recording names its first activation, so it is exported with the case.
+ledger *before* anything is shown (``evidence_view``: ``listed``, ``viewed`` or
+``played``; ``evidence_download``: ``started``) with who, how they authenticated, from
+where and what; a call that cannot be recorded gets 503 and nothing else. A record about
+one recording names its first activation, so it is exported with the case.
+
+Playback remuxes the stored MPEG-TS to fragmented MP4 (:mod:`actimesh.evidence.remux`,
+a stream copy: the camera's own H.264 packets) in a thread, into an anonymous temporary
+file next to the store's staging area (on disk, not in memory), and streams that: its
+length is known, and a recording that cannot be read is refused before any video is sent.
 """
 
 from __future__ import annotations
 
 import asyncio
+import tempfile
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, BinaryIO
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
@@ -28,7 +35,8 @@ from actimesh.dispatch.auth import (
     Require,
     client_address,
 )
-from actimesh.errors import EvidenceError, LedgerError
+from actimesh.errors import EvidenceError, LedgerError, MediaError
+from actimesh.evidence.remux import playable_file, remux_to_mp4
 from actimesh.evidence.service import EvidenceEvent, EvidenceFilter, EvidenceService, aid_of
 from actimesh.evidence.store import StoredRecording
 
@@ -54,9 +62,37 @@ def _summary(rec: StoredRecording) -> dict[str, Any]:
         "stealth": bool(m.get("stealth")),
         "bytes": rec.size,
         "files": sorted(rec.files),
+        "playable": playable_file(m) is not None,
         "stored_at": rec.receipt.get("stored_at"),
         "ledger_seq": rec.receipt.get("ledger_seq"),
     }
+
+
+async def _pieces(f: BinaryIO) -> AsyncIterator[bytes]:
+    """``f`` read in a thread piece by piece, and closed."""
+    try:
+        while piece := await asyncio.to_thread(f.read, _PIECE):
+            yield piece
+    finally:
+        f.close()
+
+
+def _remux(evidence: EvidenceService, rec: StoredRecording, name: str) -> tuple[BinaryIO, int]:
+    """``name`` of ``rec`` as fragmented MP4 in an anonymous temporary file; its length.
+    Blocking."""
+    # The staging area is on the store's local disk; /tmp may be RAM, and a long dash
+    # camera recording is gigabytes. The file has no name and goes when it is closed.
+    evidence.staging.mkdir(mode=0o700, parents=True, exist_ok=True)
+    sink = tempfile.TemporaryFile(dir=evidence.staging)  # noqa: SIM115 - closed by the stream
+    try:
+        with evidence.store.open_file(rec.device_id, rec.recording_id, name) as source:
+            remux_to_mp4(source, sink)
+        size = sink.tell()
+        sink.seek(0)
+    except BaseException:
+        sink.close()
+        raise
+    return sink, size
 
 
 def add_evidence_routes(app: FastAPI, auth: Authenticator, evidence: EvidenceService) -> None:
@@ -164,21 +200,59 @@ def add_evidence_routes(app: FastAPI, auth: Authenticator, evidence: EvidenceSer
             },
         )
         f = await asyncio.to_thread(evidence.store.open_file, device_id, recording_id, name)
-
-        async def stream() -> AsyncIterator[bytes]:
-            try:
-                while piece := await asyncio.to_thread(f.read, _PIECE):
-                    yield piece
-            finally:
-                f.close()
-
         filename = f"{device_id}_{recording_id}_{name}"
         return StreamingResponse(
-            stream(),
+            _pieces(f),
             media_type="application/octet-stream",
             headers={
                 "Content-Disposition": f'attachment; filename="{filename}"',
                 "Content-Length": str(size),
                 "X-Content-SHA256": sha,
             },
+        )
+
+    @app.get(
+        "/api/v1/evidence/{device_id}/{recording_id}/play",
+        dependencies=[Depends(dispatch)],
+        tags=["evidence"],
+    )
+    async def play_evidence(
+        request: Request, principal: Caller, *, device_id: str, recording_id: str
+    ) -> StreamingResponse:
+        """The recording's H.264 video as fragmented MP4 for a ``<video>`` element (the
+        same pictures, timestamps from 0); 415 for a recording that is not H.264 video."""
+        rec = await one(device_id, recording_id)
+        name = playable_file(rec.manifest)
+        if name is None or name not in rec.files:
+            raise HTTPException(
+                415,
+                f"recording {rec.evidence_id} is not H.264 video and cannot be played "
+                "here; download its files instead",
+            )
+        size, sha = rec.files[name]
+        await audit(
+            request,
+            principal,
+            EvidenceEvent.VIEW,
+            "played",
+            {
+                "evidence_id": rec.evidence_id,
+                "file": name,
+                "bytes": size,
+                "sha256": sha,
+                **aid_of(rec.aids),
+            },
+        )
+        try:
+            mp4, length = await asyncio.to_thread(_remux, evidence, rec, name)
+        except (MediaError, EvidenceError) as exc:
+            raise HTTPException(
+                422,
+                f"recording {rec.evidence_id} cannot be played ({exc}); download "
+                f"{name} and open it in a video player",
+            ) from exc
+        return StreamingResponse(
+            _pieces(mp4),
+            media_type="video/mp4",
+            headers={"Content-Length": str(length), "X-Source-SHA256": sha},
         )

@@ -8,11 +8,13 @@
 * :mod:`.service`: the store, the device keys and a ledger connection, shared by the
   upload API, the dispatch's evidence routes and retention.
 * :mod:`.retention`: stored recordings not linked to a case go after 13 months.
+* :mod:`.remux`: a stored H.264 recording as fragmented MP4 for a browser's player.
 
 The camera side is :mod:`actimesh.devices.offload`.
 """
 
 from actimesh.evidence.credentials import DeviceKeys, RegistryKeys, UploaderIdentity
+from actimesh.evidence.remux import RemuxResult, playable_file, remux_to_mp4
 from actimesh.evidence.retention import (
     EvidenceRetention,
     apply_evidence_retention,
@@ -34,6 +36,7 @@ __all__ = [
     "EvidenceSettings",
     "EvidenceStore",
     "RegistryKeys",
+    "RemuxResult",
     "StoredRecording",
     "UploadServer",
     "UploaderIdentity",
@@ -41,4 +44,6 @@ __all__ = [
     "apply_evidence_retention",
     "create_upload_app",
     "evidence_retention_loop",
+    "playable_file",
+    "remux_to_mp4",
 ]

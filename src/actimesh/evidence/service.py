@@ -10,7 +10,8 @@ event_type           component           subject                 outcome
 ===================  ==================  ======================  ==========================
 ``evidence_upload``  ``evidence/store``  ``device/recording``    ``stored``, ``rejected``,
                                                                  ``refused``
-``evidence_view``    ``dispatch/<id>``   the user or token       ``listed``, ``viewed``
+``evidence_view``    ``dispatch/<id>``   the user or token       ``listed``, ``viewed``,
+                                                                 ``played``
 ``evidence_download`` ``dispatch/<id>``  the user or token       ``started``
 ``retention_delete`` ``audit/retention`` ``device/recording``    ``deleted``
 ===================  ==================  ======================  ==========================

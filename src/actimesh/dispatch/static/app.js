@@ -760,6 +760,7 @@
     stopLive();
     if (wasIn) clearMap();
     $('app').hidden = true;
+    closePlayer();
     $('recordings').hidden = true;
     $('rec-rows').replaceChildren();
     $('login').hidden = false;
@@ -801,12 +802,33 @@
   });
 
   // ------------------------------------------------------------------ recordings
-  // Offloaded recordings in the evidence store. The listing, each fresh check and each
-  // download are audited by the server before it answers. Downloads are plain links:
-  // same-origin, so the session cookie goes with them, and the file streams to disk.
+  // Offloaded recordings in the evidence store. The listing, each fresh check, each
+  // playback and each download are audited by the server before it answers. Downloads
+  // and the player's source are plain same-origin URLs, so the session cookie goes with
+  // them; the server remuxes H.264 to MP4 for the player (Chromium cannot play MPEG-TS).
   const fmtBytes = (n) => (n >= 1048576 ? (n / 1048576).toFixed(1) + ' MiB' : Math.round(n / 1024) + ' KiB');
   const fmtTime = (ts) => (ts ? new Date(ts * 1000).toLocaleString() : '—');
   const seg = (s) => encodeURIComponent(s);
+
+  function closePlayer() {
+    const video = $('rec-video');
+    video.pause();
+    // Dropping the source ends the download; load() resets the element.
+    video.removeAttribute('src');
+    video.load();
+    $('rec-player').hidden = true;
+  }
+
+  function play(r) {
+    const video = $('rec-video');
+    $('rec-play-msg').textContent = '';
+    $('rec-playing').textContent = r.device_id + ' · ' + fmtTime(r.first_frame_at || r.started_at);
+    $('rec-player').hidden = false;
+    video.src = '/api/v1/evidence/' + seg(r.device_id) + '/' + seg(r.recording_id) + '/play';
+    video.play().catch(() => {
+      // Autoplay refused or the source failed: the controls and the error handler remain.
+    });
+  }
 
   function recordingRow(r) {
     const tr = el('tr');
@@ -847,6 +869,13 @@
     ver.append(status, ' ', check);
     tr.appendChild(ver);
     const dl = el('td');
+    if (r.playable) {
+      const pb = el('button', 'rec-play', 'Play');
+      pb.type = 'button';
+      pb.title = 'Play the video here (recorded in the audit ledger)';
+      pb.addEventListener('click', () => play(r));
+      dl.append(pb, ' ');
+    }
     r.files.forEach((name) => {
       const a = el('a', 'rec-dl', 'Download');
       a.href = '/api/v1/evidence/' + seg(r.device_id) + '/' + seg(r.recording_id) + '/files/' + seg(name);
@@ -877,6 +906,7 @@
   }
 
   function showRecordings(on) {
+    if (!on) closePlayer();
     $('recordings').hidden = !on;
     $('rec-btn').setAttribute('aria-expanded', String(on));
     if (on) loadRecordings();
@@ -884,6 +914,12 @@
   $('rec-btn').addEventListener('click', () => showRecordings($('recordings').hidden));
   $('rec-close').addEventListener('click', () => showRecordings(false));
   $('rec-refresh').addEventListener('click', loadRecordings);
+  $('rec-stop').addEventListener('click', closePlayer);
+  $('rec-video').addEventListener('error', () => {
+    if ($('rec-video').getAttribute('src')) {
+      $('rec-play-msg').textContent = 'This recording could not be played here; download it and open it in a video player.';
+    }
+  });
 
   async function start() {
     try {
