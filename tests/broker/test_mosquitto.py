@@ -12,11 +12,13 @@ import os
 import socket
 import sys
 import time
+from collections import deque
 from pathlib import Path
 
 import aiomqtt
 import pytest
 
+from actimesh.broker import mosquitto
 from actimesh.broker.codec import MAX_PAYLOAD_BYTES, decode, encode
 from actimesh.broker.messages import DeviceState, Telemetry
 from actimesh.broker.mosquitto import (
@@ -408,3 +410,32 @@ def test_relative_data_dir_works(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         assert broker.running
     finally:
         broker.stop()
+
+
+def test_free_port_does_not_hand_out_the_same_port_twice(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The kernel may give back the port it just gave (its socket was closed): a plain and
+    a TLS listener picked one after the other must still differ."""
+    kernel = iter([40001, 40001, 40001, 40002])
+
+    class Socket:
+        def __init__(self, *_: object) -> None:
+            self.port = 0
+
+        def __enter__(self) -> Socket:
+            return self
+
+        def __exit__(self, *_: object) -> None:
+            return None
+
+        def bind(self, _: object) -> None:
+            self.port = next(kernel)
+
+        def getsockname(self) -> tuple[str, int]:
+            return ("127.0.0.1", self.port)
+
+    monkeypatch.setattr(socket, "socket", Socket)
+    monkeypatch.setattr(mosquitto, "_RECENT_PORTS", deque(maxlen=8))
+    assert mosquitto.free_port() == 40001
+    assert mosquitto.free_port() == 40002

@@ -36,6 +36,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,13 +112,24 @@ def find_mosquitto(*, fallbacks: Iterable[Path] | None = None) -> Path:
     raise BrokerNotInstalledError(INSTALL_HINT)
 
 
+#: Ports :func:`free_port` handed out lately. The kernel may give the port it just gave
+#: again once its socket is closed, so two calls in a row (a plain and a TLS listener)
+#: could get the same one.
+_RECENT_PORTS: deque[int] = deque(maxlen=256)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free on ``host`` a moment ago (another process may take it)."""
+    """A TCP port that was free on ``host`` a moment ago (another process may take it),
+    and not one this process was handed lately."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+    for _ in range(64):
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            port: int = sock.getsockname()[1]
+        if port not in _RECENT_PORTS:
+            break
+    _RECENT_PORTS.append(port)
+    return port
 
 
 def is_loopback(host: str) -> bool:
