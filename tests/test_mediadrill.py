@@ -29,7 +29,7 @@ async def test_media_drill_records_offloads_verifies_and_retains_real_h264(
     tmp_path: Path,
 ) -> None:
     out = io.StringIO()
-    report = await run_media_drill(Console(file=out, width=160), data_dir=tmp_path)
+    report = await run_media_drill(Console(file=out, width=160), root=tmp_path)
     text = out.getvalue()
     assert report.ok, text
     assert "media drill passed" in text

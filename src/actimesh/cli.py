@@ -358,7 +358,11 @@ def _drill(args: argparse.Namespace, console: Console) -> int:
     if args.media == "real":
         from actimesh.mediadrill import run_media_drill  # noqa: PLC0415 - loads PyAV
 
-        media = _run(run_media_drill(console, data_dir=args.data_dir))
+        with _scratch(args.data_dir) as root:
+            media = _run(run_media_drill(console, root=root))
+        if args.data_dir is not None and media.evidence_dir is not None:
+            ledger = args.data_dir / "ledger.sqlite3"
+            console.print(f"evidence kept under {media.evidence_dir} (ledger {ledger})")
         return EXIT_OK if media.ok else EXIT_FAILED
     policy = InclusionPolicy(mode=InclusionMode(args.policy))
     report = _run(run_drill(console, rounds=args.rounds, data_dir=args.data_dir, policy=policy))

@@ -34,7 +34,6 @@ import contextlib
 import functools
 import math
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -196,18 +195,6 @@ def _specs() -> list[DeviceSpec]:
         out += [DeviceSpec(_device_id(scene, p.name), p.kind, scene.prefix) for p in scene.places]
         out.append(DeviceSpec(_device_id(scene, "cew"), DeviceKind.CEW, scene.prefix, paired))
     return out
-
-
-@contextlib.contextmanager
-def _scratch(path: Path | None) -> Iterator[Path]:
-    if path is not None:
-        path.mkdir(parents=True, exist_ok=True)
-        yield path
-        return
-    import tempfile  # noqa: PLC0415 - only without --data-dir
-
-    with tempfile.TemporaryDirectory(prefix="actimesh-mediadrill-") as tmp:
-        yield Path(tmp)
 
 
 def _fixed(lat: float, lon: float) -> Position:
@@ -585,15 +572,14 @@ def _table(report: MediaDrillReport) -> Table:
     return table
 
 
-async def run_media_drill(console: Console, *, data_dir: Path | None = None) -> MediaDrillReport:
-    """Run the media drill (about 40 s of real time) and print its table. The caller
-    turns ``report.ok`` into the exit code."""
+async def run_media_drill(console: Console, *, root: Path) -> MediaDrillReport:
+    """Run the media drill (about 40 s of real time) in ``root`` and print its table.
+    The caller turns ``report.ok`` into the exit code."""
     started = time.monotonic()
-    with _scratch(data_dir) as root:
-        scenes, creds = await _film(root, console)
-        _check_recordings(root, scenes, creds)
-        report = MediaDrillReport([r for s in scenes for r in s.results.values()])
-        await _evidence(root, scenes, creds, report)
+    scenes, creds = await _film(root, console)
+    _check_recordings(root, scenes, creds)
+    report = MediaDrillReport([r for s in scenes for r in s.results.values()])
+    await _evidence(root, scenes, creds, report)
     report.wall_s = time.monotonic() - started
     console.print(_table(report))
     for c in report.cameras:
@@ -601,9 +587,6 @@ async def run_media_drill(console: Console, *, data_dir: Path | None = None) -> 
             console.print(f"[red]{c.device_id}: {problem}[/red]")
     for problem in report.problems:
         console.print(f"[red]{problem}[/red]")
-    if data_dir is not None and report.evidence_dir is not None:
-        ledger = data_dir / "ledger.sqlite3"
-        console.print(f"evidence kept under {report.evidence_dir} (ledger {ledger})")
     console.print(f"wall time {report.wall_s:.1f} s")
     verdict = "[bold green]media drill passed" if report.ok else "[bold red]media drill FAILED"
     console.print(verdict)
