@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
@@ -176,3 +178,15 @@ async def eventually(check: Callable[[], Any], timeout: float = 10.0, every: flo
             if result:
                 return result
             await asyncio.sleep(every)
+
+
+def trail(root: Path, *types: str) -> list[tuple[str, str, str, dict[str, Any]]]:
+    """(event type, subject, outcome, body) of the ledger's records of these types."""
+    marks = ",".join("?" * len(types))
+    with sqlite3.connect(root / "ledger.sqlite3") as db:
+        rows = db.execute(
+            f"SELECT event_type, subject, outcome, body FROM records WHERE event_type IN "
+            f"({marks}) ORDER BY seq",
+            types,
+        ).fetchall()
+    return [(t, s, o, json.loads(b)) for t, s, o, b in rows]

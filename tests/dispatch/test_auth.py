@@ -10,7 +10,6 @@ import json
 import sqlite3
 import ssl
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -32,24 +31,13 @@ from tests.dispatch.conftest import (
     eventually,
     login,
     running_dispatch,
+    trail,
 )
 from tests.integration.harness import CENTER, mesh
 
 pytestmark = pytest.mark.integration
 
 ZONE = {"lat": CENTER[0], "lon": CENTER[1], "radius_m": 20}
-
-
-def trail(root: Path, *types: str) -> list[tuple[str, str, str, dict[str, Any]]]:
-    """(event type, subject, outcome, body) of the ledger's records of these types."""
-    marks = ",".join("?" * len(types))
-    with sqlite3.connect(root / "ledger.sqlite3") as db:
-        rows = db.execute(
-            f"SELECT event_type, subject, outcome, body FROM records WHERE event_type IN "
-            f"({marks}) ORDER BY seq",
-            types,
-        ).fetchall()
-    return [(t, s, o, json.loads(b)) for t, s, o, b in rows]
 
 
 async def _read_until_closed(ws: websockets.ClientConnection) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from tests.dispatch.conftest import (
     eventually,
     login,
     running_dispatch,
+    trail,
 )
 from tests.integration.harness import CENTER, mesh
 
@@ -63,11 +63,7 @@ async def _ws_status(url: str, **kwargs: Any) -> int:
 
 
 def _records(root: Path, event_type: str) -> list[tuple[str, str]]:
-    with sqlite3.connect(root / "ledger.sqlite3") as db:
-        return db.execute(
-            "SELECT subject, outcome FROM records WHERE event_type = ? ORDER BY seq",
-            (event_type,),
-        ).fetchall()
+    return [(subject, outcome) for _, subject, outcome, _ in trail(root, event_type)]
 
 
 async def test_every_route_refuses_callers_without_credentials(
