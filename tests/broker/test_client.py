@@ -4,17 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
 
 import aiomqtt
 import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from actimesh.broker.client import (
+    InFlight,
     LinkSettings,
+    LinkStats,
     MqttLink,
     Subscription,
+    _publish_properties,
     as_bytes,
     resume_cancellation,
 )
+from actimesh.errors import BrokerError
 
 
 async def test_swallowed_cancellation_is_raised_again() -> None:
@@ -97,3 +105,103 @@ async def test_ack_on_a_dead_connection_is_refused(broker_port: int, agency: str
     link = MqttLink(LinkSettings(host="127.0.0.1", port=broker_port, client_id=agency))
     message = aiomqtt.Message(f"{agency}/x", b"", qos=1, retain=False, mid=1, properties=None)
     assert not link.ack(message, None)
+
+
+# ---------------------------------------------------------------- publish_nowait
+async def _connected_link(port: int, client_id: str) -> tuple[MqttLink, asyncio.Task[None]]:
+    link = MqttLink(LinkSettings(host="127.0.0.1", port=port, client_id=client_id))
+    task = asyncio.create_task(link.run(), name=client_id)
+    await link.wait_connected(timeout=5)
+    return link, task
+
+
+async def test_publish_nowait_is_on_the_wire_before_the_loop_turns(
+    broker_port: int, agency: str
+) -> None:
+    topic = f"{agency}/cmd"
+    async with aiomqtt.Client("127.0.0.1", broker_port, protocol=aiomqtt.ProtocolVersion.V5) as sub:
+        await sub.subscribe(topic, qos=1)
+        link, task = await _connected_link(broker_port, f"{agency}-pub")
+        try:
+            client = link.current_client
+            assert client is not None
+            inflight = link.publish_nowait(topic, b"command", qos=1, expiry_s=30)
+            assert client._client.want_write()  # queued in paho, not yet written
+            link.flush()
+            assert not client._client.want_write()  # written, with no turn of the loop
+            await inflight.confirmed()  # the broker's PUBACK
+            assert link.stats.published == 1
+            async with asyncio.timeout(5):
+                message = await anext(aiomqtt_messages(sub))
+            assert message.payload == b"command"
+            assert message.properties is not None
+            expiry = message.properties.MessageExpiryInterval  # type: ignore[attr-defined]
+            assert 1 <= expiry <= 30
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+async def aiomqtt_messages(client: aiomqtt.Client) -> AsyncIterator[aiomqtt.Message]:
+    async for message in client.messages:
+        yield message
+
+
+async def test_flush_leaves_no_write_callback_spinning(broker_port: int, agency: str) -> None:
+    """paho withdraws its write interest in flush() before aiomqtt has added it; the
+    writer added afterwards must go too, or the loop spins on a writable socket."""
+    link, task = await _connected_link(broker_port, f"{agency}-spin")
+    try:
+        client = link.current_client
+        assert client is not None
+        writes = 0
+        original = client._client.loop_write
+
+        def counting_loop_write() -> Any:
+            nonlocal writes
+            writes += 1
+            return original()
+
+        client._client.loop_write = counting_loop_write  # type: ignore[method-assign]
+        for k in range(3):
+            link.publish_nowait(f"{agency}/spin/{k}", b"x", qos=1)
+            link.flush()
+        await asyncio.sleep(0.2)
+        assert writes <= 6  # our three flushes, and at most one idle callback each
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_publish_nowait_without_a_connection_fails_at_once(agency: str) -> None:
+    link = MqttLink(LinkSettings(host="127.0.0.1", port=1, client_id=agency))
+    with pytest.raises(BrokerError, match="not connected"):
+        link.publish_nowait(f"{agency}/x", b"", qos=1)
+    link.flush()  # nothing to write, no connection: a no-op
+
+
+async def test_a_publish_never_acknowledged_fails_at_its_deadline() -> None:
+    loop = asyncio.get_running_loop()
+    released: list[bool] = []
+    stats = LinkStats()
+    inflight = InFlight("t/x", loop.create_future(), loop.time() + 0.05,
+                        lambda: released.append(True), stats)  # fmt: skip
+    with pytest.raises(BrokerError, match="not acknowledged"):
+        await inflight.confirmed()
+    assert released == [True]  # aiomqtt's pending entry is dropped with it
+    assert stats.published == 0
+
+
+def test_expiry_properties_are_packed_once_and_shared() -> None:
+    fresh = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    fresh.MessageExpiryInterval = 300
+    first = _publish_properties(300.7, ())
+    assert first is _publish_properties(300.2, ())
+    assert first is not None
+    assert first.pack() == first.pack() == fresh.pack()  # type: ignore[no-untyped-call]
+    assert _publish_properties(None, ()) is None
+    with_user = _publish_properties(5, [("trace", "1")])
+    assert with_user is not None
+    assert with_user is not _publish_properties(5, [("trace", "1")])  # not cached

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import random
 import socket
@@ -35,12 +36,15 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
+from paho.mqtt import client as mqtt
+from paho.mqtt.client import MQTT_ERR_SUCCESS, error_string
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from actimesh.errors import BrokerError, ConfigError
 
 __all__ = [
+    "InFlight",
     "LinkSettings",
     "LinkStats",
     "MqttLink",
@@ -203,13 +207,102 @@ def resume_cancellation() -> None:
 def _enable_manual_ack(client: aiomqtt.Client) -> None:
     # aiomqtt 2.x builds its paho client without manual_ack and acknowledges QoS 1
     # messages before the application sees them. paho's own switch is public; reaching
-    # aiomqtt's paho client is not. This adapter and `_send_ack` are the only two places
-    # that do it (tests/broker/test_client.py proves redelivery without an ack).
+    # aiomqtt's paho client is not. The functions from here to `_flush` are the only
+    # places that do it (tests/broker/test_client.py proves redelivery without an ack).
     client._client.manual_ack_set(True)
 
 
 def _send_ack(client: aiomqtt.Client, message: aiomqtt.Message) -> None:
     client._client.ack(message.mid, message.qos)
+
+
+class _Puback(asyncio.Event):
+    """aiomqtt marks a QoS 1 publish acknowledged by calling ``set()`` on the entry it
+    keeps under the message id. This entry also resolves a future, so whoever waits for
+    the PUBACK needs neither a coroutine nor a task per message."""
+
+    def __init__(self, future: asyncio.Future[None]) -> None:
+        super().__init__()
+        self.future = future
+
+    def set(self) -> None:
+        super().set()
+        if not self.future.done():
+            self.future.set_result(None)
+
+
+def _publish_nowait(
+    client: aiomqtt.Client, topic: str, payload: bytes, qos: int, props: Properties | None
+) -> tuple[asyncio.Future[None], Callable[[], None]]:
+    # aiomqtt's publish() is a coroutine: its packet is queued only once the task that
+    # runs it gets a turn of the loop, and the socket written one turn later still. For
+    # commands that is two turns behind whatever else is ready (a telemetry batch). Here
+    # the packet goes into paho's queue at once, with aiomqtt's own PUBACK bookkeeping
+    # (its pending-publish table) so its callbacks and message-id checks stay right.
+    # `tests/broker/test_client.py` holds this adapter to that.
+    info = client._client.publish(topic, payload, qos, False, props)
+    if info.rc != MQTT_ERR_SUCCESS:
+        raise BrokerError(f"publish to {topic} failed: {error_string(info.rc)}")
+    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    if qos == 0 or info.is_published():
+        future.set_result(None)
+        return future, _nothing
+    pending = client._pending_publishes
+    if info.mid in pending:  # 65,535 messages in flight on one connection
+        raise BrokerError(f"publish to {topic} failed: message id {info.mid} still in flight")
+    entry = pending[info.mid] = _Puback(future)
+
+    def release() -> None:
+        if pending.get(info.mid) is entry:
+            del pending[info.mid]
+
+    return future, release
+
+
+def _flush(client: aiomqtt.Client) -> None:
+    # paho's public loop_write(): send what is queued now. Errors are paho's to handle
+    # (a lost connection ends aiomqtt's message loop, and the link reconnects).
+    paho = client._client
+    paho.loop_write()
+    if not paho.want_write():
+        # paho asked aiomqtt for a write callback when the packet was queued, and aiomqtt
+        # adds it at the loop's next turn (call_soon_threadsafe), after paho has already
+        # withdrawn it here. Left alone, that callback would find nothing to write and
+        # never be removed: a busy loop on an always-writable socket. Queued behind it:
+        asyncio.get_running_loop().call_soon(_drop_idle_writer, paho)
+
+
+def _drop_idle_writer(paho: mqtt.Client) -> None:
+    sock = paho.socket()
+    if sock is not None and not paho.want_write():
+        asyncio.get_running_loop().remove_writer(sock.fileno())
+
+
+def _nothing() -> None:
+    return None
+
+
+@dataclass(slots=True, eq=False)
+class InFlight:
+    """A message :meth:`MqttLink.publish_nowait` handed to the connection."""
+
+    topic: str
+    future: asyncio.Future[None]
+    #: Event-loop time by which the broker must have acknowledged it.
+    deadline: float
+    _release: Callable[[], None]
+    _stats: LinkStats
+
+    async def confirmed(self) -> None:
+        """Wait for the broker's PUBACK, until the deadline; ``BrokerError`` if none."""
+        remaining = self.deadline - asyncio.get_running_loop().time()
+        try:
+            await asyncio.wait_for(self.future, timeout=max(0.0, remaining))
+        except TimeoutError as exc:
+            raise BrokerError(f"publish to {self.topic} not acknowledged by the broker") from exc
+        finally:
+            self._release()
+        self._stats.published += 1
 
 
 def _counting_queue(stats: LinkStats) -> type[asyncio.Queue[aiomqtt.Message]]:
@@ -372,13 +465,7 @@ class MqttLink:
             client = self._client
             if client is None:  # lost again in between
                 raise BrokerError(f"not connected to {self.settings.host}:{self.settings.port}")
-        props: Properties | None = None
-        if expiry_s is not None or user_properties:
-            props = _properties(PacketTypes.PUBLISH)
-            if expiry_s is not None:
-                props.MessageExpiryInterval = max(1, int(expiry_s))
-            if user_properties:
-                props.UserProperty = list(user_properties)
+        props = _publish_properties(expiry_s, user_properties)
         try:
             await client.publish(
                 topic, payload, qos=qos, retain=retain, properties=props, timeout=wait
@@ -388,6 +475,72 @@ class MqttLink:
         finally:
             resume_cancellation()
         self.stats.published += 1
+
+    def publish_nowait(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 1,
+        expiry_s: float | None = None,
+        timeout: float | None = None,
+    ) -> InFlight:
+        """Queue a message on the live connection without waiting for anything.
+
+        For the latency-critical path (commands): call :meth:`flush` after queuing a
+        batch and the packets leave in this turn of the event loop. The PUBACK is
+        awaited separately, with :meth:`InFlight.confirmed` (bounded by ``timeout``).
+        ``BrokerError`` at once if the link is down.
+        """
+        client = self._client
+        if client is None:
+            raise BrokerError(f"not connected to {self.settings.host}:{self.settings.port}")
+        wait = self.settings.timeout_s if timeout is None else timeout
+        props = _publish_properties(expiry_s, ())
+        future, release = _publish_nowait(client, topic, payload, qos, props)
+        deadline = asyncio.get_running_loop().time() + wait
+        return InFlight(topic, future, deadline, release, self.stats)
+
+    def flush(self) -> None:
+        """Write what :meth:`publish_nowait` queued now, not at the loop's next turn."""
+        client = self._client
+        if client is not None:
+            _flush(client)
+
+
+def _publish_properties(
+    expiry_s: float | None, user_properties: Sequence[tuple[str, str]]
+) -> Properties | None:
+    if expiry_s is None and not user_properties:
+        return None
+    if not user_properties:
+        return _expiry_properties(max(1, int(expiry_s or 0)))
+    props = _properties(PacketTypes.PUBLISH)
+    if expiry_s is not None:
+        props.MessageExpiryInterval = max(1, int(expiry_s))
+    props.UserProperty = list(user_properties)
+    return props
+
+
+class _PackedOnce(Properties):
+    """Properties that pack themselves once. paho packs a message's properties on every
+    publish, walking all 27 property names (~25 µs for one message expiry, measured:
+    docs/PERFORMANCE.md); commands all carry one of a few expiries. Never changed
+    after they are built, so the packed bytes stay right."""
+
+    def pack(self) -> bytes:
+        packed: bytes | None = self.__dict__.get("_packed")
+        if packed is None:
+            packed = bytes(super().pack())  # type: ignore[no-untyped-call]
+            object.__setattr__(self, "_packed", packed)
+        return packed
+
+
+@functools.lru_cache(maxsize=64)
+def _expiry_properties(seconds: int) -> Properties:
+    props = _PackedOnce(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    props.MessageExpiryInterval = seconds
+    return props
 
 
 def as_bytes(payload: Any) -> bytes:
