@@ -187,6 +187,34 @@ async def test_redelivered_ack_is_stored_and_chained_once(tmp_path: Path) -> Non
     assert [r[3] for r in _records(path)] == ["activation", "ack", "ack"]
 
 
+async def test_acks_written_together_are_one_transaction_in_order(tmp_path: Path) -> None:
+    path = tmp_path / "l.sqlite3"
+    first = AckRow("act-1", "bwc1", "received", 30.0, None, 100.5, 100.6)
+    acks = [first, replace(first, status="recording", recording="rec-1", device_ts=101.0),
+            replace(first, device_id="bwc2"), replace(first, received_ts=109.0)]  # fmt: skip
+    async with Ledger(path) as ledger:
+        await ledger.record_activation(activation(), DECISIONS)
+        assert await ledger.record_acks(acks) == 3  # the last one was delivered again
+        assert await ledger.record_acks([]) == 0
+        assert len(await ledger.acks("act-1")) == 3
+    records = _records(path)
+    assert [r[3] for r in records] == ["activation", "ack", "ack", "ack"]
+    assert [r[4] for r in records[1:]] == ["act-1"] * 3
+    assert verify_ledger(path).ok
+
+
+async def test_a_bad_ack_in_a_group_writes_none_of_it(tmp_path: Path) -> None:
+    path = tmp_path / "l.sqlite3"
+    good = AckRow("act-1", "bwc1", "received", 30.0, None, 100.5, 100.6)
+    async with Ledger(path) as ledger:
+        await ledger.record_activation(activation(), DECISIONS)
+        with pytest.raises(LedgerError, match="cannot append"):
+            await ledger.record_acks([good, replace(good, device_id="bwc2", received_ts=math.inf)])
+        assert await ledger.acks("act-1") == []
+        assert await ledger.record_acks([good]) == 1
+    assert verify_ledger(path).ok
+
+
 async def test_record_event_keeps_table_backed_types_to_the_ledger(tmp_path: Path) -> None:
     async with Ledger(tmp_path / "l.sqlite3") as ledger:
         for kind in ("activation", "ack", "case_link", "retention_delete"):

@@ -565,37 +565,45 @@ class Ledger:
         """
         return await self._run(lambda: self._write_activation(row, decisions))
 
-    def _write_ack(self, ack: AckRow) -> bool:
-        with self._immediate(f"write ack {ack.aid}/{ack.device_id}") as db:
-            cur = db.execute(
-                "INSERT OR IGNORE INTO acks VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    ack.aid, ack.device_id, ack.status, ack.pre_cov_s, ack.recording,
-                    ack.device_ts, ack.received_ts, ack.detail,
-                ),
-            )  # fmt: skip
-            inserted = cur.rowcount == 1
-            if inserted:
-                self._append_ack(db, ack)
+    def _insert_ack(self, db: sqlite3.Connection, ack: AckRow) -> bool:
+        cur = db.execute(
+            "INSERT OR IGNORE INTO acks VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                ack.aid, ack.device_id, ack.status, ack.pre_cov_s, ack.recording,
+                ack.device_ts, ack.received_ts, ack.detail,
+            ),
+        )  # fmt: skip
+        return cur.rowcount == 1
+
+    def _write_acks(self, acks: Sequence[AckRow]) -> int:
+        what = f"write {len(acks)} ack(s), first {acks[0].aid}/{acks[0].device_id}"
+        inserted = 0
+        with self._immediate(what) as db:
+            for ack in acks:
+                if self._insert_ack(db, ack):
+                    self._append_ack(db, ack)
+                    inserted += 1
         return inserted
 
     async def record_ack(self, ack: AckRow) -> None:
         """Append a camera's acknowledgement (once: a redelivered one is ignored)."""
-        await self._run(lambda: self._write_ack(ack))
+        await self.record_acks([ack])
+
+    async def record_acks(self, acks: Sequence[AckRow]) -> int:
+        """Append acknowledgements in one transaction: all of them, or none (a group
+        commit: one sync to disk for the lot). Redelivered ones are ignored; returns how
+        many were new."""
+        if not acks:
+            return 0
+        rows = list(acks)
+        return await self._run(lambda: self._write_acks(rows))
 
     def _write_cancel(self, ack: AckRow, by: str) -> int | None:
         _text("the name of who cancelled", by)
         if ack.status != "cancelled":
             raise LedgerError(f"a false activation needs a cancelled ack, not {ack.status!r}")
         with self._immediate(f"write the false activation {ack.aid}/{ack.device_id}") as db:
-            cur = db.execute(
-                "INSERT OR IGNORE INTO acks VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    ack.aid, ack.device_id, ack.status, ack.pre_cov_s, ack.recording,
-                    ack.device_ts, ack.received_ts, ack.detail,
-                ),
-            )  # fmt: skip
-            if cur.rowcount != 1:
+            if not self._insert_ack(db, ack):
                 return None  # redelivered: recorded the first time
             self._append_ack(db, ack)
             found = db.execute(

@@ -1,0 +1,57 @@
+"""The engine's acknowledgement writer: group commits that lose nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import sqlite3
+from dataclasses import replace
+from pathlib import Path
+
+from actimesh.broker.topics import Topics
+from actimesh.security.signing import CommandSigner
+from actimesh.triggers.ledger import AckRow, Ledger
+from tests.integration.harness import build_engine
+
+GOOD = AckRow("act-1", "bwc1", "received", 30.0, None, 100.5, 100.6)
+
+
+async def test_one_bad_ack_does_not_cost_the_others_their_record(tmp_path: Path) -> None:
+    async with Ledger(tmp_path / "l.sqlite3") as ledger:
+        engine = build_engine(Topics("am-acks"), 1, ledger, signer=CommandSigner.generate())
+        bad = replace(GOOD, device_id="bwc2", received_ts=math.inf)  # not JSON: refused
+        await engine._write_acks([GOOD, bad, replace(GOOD, device_id="bwc3")])
+        assert {a.device_id for a in await ledger.acks("act-1")} == {"bwc1", "bwc3"}
+        assert engine.stats.ledger_failures == 1
+
+
+async def test_queued_acks_and_a_cancel_are_written_in_order(tmp_path: Path) -> None:
+    path = tmp_path / "l.sqlite3"
+    async with Ledger(path) as ledger:
+        engine = build_engine(Topics("am-acks"), 1, ledger, signer=CommandSigner.generate())
+        cancel = replace(GOOD, status="cancelled", device_ts=102.0, received_ts=102.1)
+        rows = [(GOOD, None), (replace(GOOD, status="recording", device_ts=101.0), None),
+                (cancel, "officer 7"), (replace(GOOD, device_id="bwc2"), None)]  # fmt: skip
+        for row in rows:
+            engine._ack_rows.put_nowait(row)
+        writer = asyncio.create_task(engine._ack_writer())
+        try:
+            async with asyncio.timeout(5):
+                while len(await ledger.acks("act-1")) < len(rows):
+                    await asyncio.sleep(0.01)
+        finally:
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
+        assert [f.by for f in await ledger.false_activations("act-1")] == ["officer 7"]
+        assert engine.stats.ledger_failures == 0
+    # The chain's order is the order written.
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        written = db.execute(
+            "SELECT component, outcome FROM records WHERE event_type = 'ack' ORDER BY seq"
+        ).fetchall()
+    assert written == [
+        ("device/bwc1", "received"), ("device/bwc1", "recording"),
+        ("device/bwc1", "cancelled"), ("device/bwc2", "received"),
+    ]  # fmt: skip
