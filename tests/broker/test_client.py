@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import aiomqtt
 import pytest
@@ -18,6 +19,7 @@ from actimesh.broker.client import (
     LinkStats,
     MqttLink,
     Subscription,
+    _Inbox,
     _publish_properties,
     as_bytes,
     resume_cancellation,
@@ -205,3 +207,85 @@ def test_expiry_properties_are_packed_once_and_shared() -> None:
     with_user = _publish_properties(5, [("trace", "1")])
     assert with_user is not None
     assert with_user is not _publish_properties(5, [("trace", "1")])  # not cached
+
+
+# ---------------------------------------------------------------- the inbox
+def _message(n: int) -> aiomqtt.Message:
+    return aiomqtt.Message(f"t/{n}", b"%d" % n, qos=1, retain=False, mid=n, properties=None)
+
+
+def _fake_client() -> tuple[aiomqtt.Client, asyncio.Future[None]]:
+    gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    return cast(aiomqtt.Client, SimpleNamespace(_disconnected=gone)), gone
+
+
+async def test_inbox_hands_over_everything_queued_in_one_batch() -> None:
+    inbox = _Inbox(LinkStats())
+    queue = inbox.queue_type()(maxsize=100)
+    client, _ = _fake_client()
+    for n in range(5):
+        queue.put_nowait(_message(n))
+    batches = inbox.batches(client, most=3)
+    assert [m.mid for m in await anext(batches)] == [0, 1, 2]  # at most ``most``
+    assert [m.mid for m in await anext(batches)] == [3, 4]
+    waiting = asyncio.ensure_future(anext(batches))
+    await asyncio.sleep(0)
+    assert not waiting.done()  # nothing queued: it waits ...
+    queue.put_nowait(_message(5))
+    assert [m.mid for m in await waiting] == [5]  # ... and the next message wakes it
+    await batches.aclose()
+
+
+async def test_inbox_ends_with_the_connection_and_says_why() -> None:
+    inbox = _Inbox(LinkStats())
+    inbox.queue_type()(maxsize=10)
+    client, gone = _fake_client()
+    batches = inbox.batches(client, most=10)
+    waiting = asyncio.ensure_future(anext(batches))
+    await asyncio.sleep(0)
+    gone.set_exception(aiomqtt.MqttError("keepalive timeout"))
+    with pytest.raises(aiomqtt.MqttError, match="disconnected") as caught:
+        await waiting
+    assert "keepalive timeout" in str(caught.value.__cause__)
+
+
+async def test_inbox_counts_what_overflows() -> None:
+    stats = LinkStats()
+    inbox = _Inbox(stats)
+    queue = inbox.queue_type()(maxsize=2)
+    queue.put_nowait(_message(1))
+    queue.put_nowait(_message(2))
+    with pytest.raises(asyncio.QueueFull):
+        queue.put_nowait(_message(3))  # aiomqtt catches this and logs; the link counts it
+    assert stats.dropped_incoming == 1
+
+
+async def test_a_burst_reaches_the_handler_in_order(broker_port: int, agency: str) -> None:
+    topic = f"{agency}/burst"
+    got: list[bytes] = []
+    done = asyncio.Event()
+
+    async def handler(message: aiomqtt.Message) -> None:
+        got.append(as_bytes(message.payload))
+        if len(got) == 500:
+            done.set()
+
+    link = MqttLink(
+        LinkSettings(host="127.0.0.1", port=broker_port, client_id=f"{agency}-burst",
+                     subscriptions=(Subscription(topic, 1),)),
+        handler,
+    )  # fmt: skip
+    task = asyncio.create_task(link.run())
+    try:
+        await link.wait_connected(timeout=5)
+        async with aiomqtt.Client("127.0.0.1", broker_port) as publisher:
+            for n in range(500):
+                await publisher.publish(topic, b"%d" % n, qos=1)
+        async with asyncio.timeout(10):
+            await done.wait()
+        assert got == [b"%d" % n for n in range(500)]
+        assert link.stats.received == 500
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -30,7 +30,7 @@ import logging
 import random
 import socket
 import ssl
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,6 +62,8 @@ Handler = Callable[[aiomqtt.Message], Awaitable[None]]
 OnConnect = Callable[["MqttLink"], Awaitable[None]]
 
 _NODELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+#: Messages a link hands to its handler before it lets the event loop turn.
+_BATCH = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,16 +307,73 @@ class InFlight:
         self._stats.published += 1
 
 
-def _counting_queue(stats: LinkStats) -> type[asyncio.Queue[aiomqtt.Message]]:
-    class CountingQueue(asyncio.Queue[aiomqtt.Message]):
-        def put_nowait(self, item: aiomqtt.Message) -> None:
-            try:
-                super().put_nowait(item)
-            except asyncio.QueueFull:
-                stats.dropped_incoming += 1
-                raise
+class _Inbox:
+    """Where aiomqtt puts a link's incoming messages, read without a task per message.
 
-    return CountingQueue
+    aiomqtt's message iterator creates a task and an ``asyncio.wait`` for every message:
+    each one costs two turns of the event loop, and a turn of a busy engine includes a
+    telemetry batch. At 100,000 devices that made the control link slower than the acks
+    and events arriving on it, and triggers queued for seconds (docs/PERFORMANCE.md).
+    Here the link drains every message already queued in one turn, and when the queue
+    is empty it waits on one future that the next message, or the disconnection,
+    resolves. aiomqtt is given the queue class (its public ``queue_type``); the one
+    private thing read is its disconnection future, in :func:`_disconnected`.
+    """
+
+    def __init__(self, stats: LinkStats) -> None:
+        self.stats = stats
+        self.queue: asyncio.Queue[aiomqtt.Message] | None = None
+        self._waiter: asyncio.Future[None] | None = None
+
+    def queue_type(self) -> type[asyncio.Queue[aiomqtt.Message]]:
+        inbox = self
+
+        class InboxQueue(asyncio.Queue[aiomqtt.Message]):
+            def __init__(self, maxsize: int = 0) -> None:
+                super().__init__(maxsize)
+                inbox.queue = self  # one per connection: aiomqtt builds one per client
+
+            def put_nowait(self, item: aiomqtt.Message) -> None:
+                try:
+                    super().put_nowait(item)
+                except asyncio.QueueFull:
+                    inbox.stats.dropped_incoming += 1  # aiomqtt only logs it
+                    raise
+                inbox.wake()
+
+        return InboxQueue
+
+    def wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def batches(
+        self, client: aiomqtt.Client, most: int
+    ) -> AsyncGenerator[list[aiomqtt.Message], None]:
+        """Every message queued, at most ``most`` at a time; ``MqttError`` on disconnect."""
+        queue = self.queue
+        if queue is None:
+            raise RuntimeError("the inbox queue is made by the aiomqtt client")
+        gone = _disconnected(client)
+        gone.add_done_callback(lambda _: self.wake())
+        loop = asyncio.get_running_loop()
+        while True:
+            while queue.empty():
+                if gone.done():
+                    cause = None if gone.cancelled() else gone.exception()
+                    raise aiomqtt.MqttError("disconnected while waiting for messages") from cause
+                self._waiter = loop.create_future()
+                try:
+                    await self._waiter
+                finally:
+                    self._waiter = None
+            yield [queue.get_nowait() for _ in range(min(most, queue.qsize()))]
+
+
+def _disconnected(client: aiomqtt.Client) -> asyncio.Future[None]:
+    # What aiomqtt's own message iterator races each message against.
+    return client._disconnected
 
 
 class MqttLink:
@@ -332,6 +391,7 @@ class MqttLink:
         self._handler = handler
         self._on_connect = on_connect
         self._client: aiomqtt.Client | None = None
+        self._inbox = _Inbox(self.stats)
         self._connected = asyncio.Event()
         # aiomqtt's own drop warning is replaced by our counter; keep its log quiet.
         self._mqtt_log = logging.getLogger(f"actimesh.mqtt.{settings.client_id}")
@@ -378,7 +438,7 @@ class MqttLink:
             will=will,
             socket_options=[_NODELAY],
             tls_context=None if s.tls is None else s.tls.context(),
-            queue_type=_counting_queue(self.stats),
+            queue_type=self._inbox.queue_type(),
             max_queued_incoming_messages=s.max_queued_incoming,
             logger=self._mqtt_log,
         )
@@ -405,8 +465,11 @@ class MqttLink:
                     self._connected.set()
                     attempt = 0
                     log.debug("%s connected", self.settings.client_id)
-                    async for message in client.messages:
-                        await self._dispatch(message)
+                    async for batch in self._inbox.batches(client, _BATCH):
+                        for message in batch:
+                            await self._dispatch(message)
+                        if len(batch) == _BATCH:
+                            await asyncio.sleep(0)  # a flood must not starve the loop
             except aiomqtt.MqttError as exc:
                 self.stats.last_error = str(exc)
                 log.info("%s: connection lost: %s", self.settings.client_id, exc)
