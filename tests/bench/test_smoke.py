@@ -6,13 +6,17 @@ figures themselves belong to the benchmark (docs/PERFORMANCE.md), not to timed t
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
 from actimesh.bench import REQUIRED_KEYS
+from actimesh.bench.run import make_progress, side_by_side_growth
+from actimesh.bench.settings import BenchSettings
 from actimesh.cli import main
 
 pytestmark = pytest.mark.integration
@@ -38,3 +42,13 @@ def test_smoke_run_writes_every_figure_and_the_plot(tmp_path: Path) -> None:
     assert set(report["targets"]) >= {"p99_ratio_vs_broker", "naive_scan_ratio"}
     assert report["machine"]["cores"] >= 1
     assert plot_path.read_bytes().startswith(b"\x89PNG")
+
+
+async def test_sweep_growth_is_timed_side_by_side_in_a_worker() -> None:
+    console = Console(file=io.StringIO())
+    with make_progress(console) as progress:
+        side = await side_by_side_growth(BenchSettings.smoke(), (200, 1_000), progress)
+    assert (side["from_devices"], side["to_devices"]) == (200, 1_000)
+    assert side["queries_per_size"] == BenchSettings.smoke().growth_queries
+    assert math.isfinite(side["p99_growth"])
+    assert side["p99_growth"] > 0

@@ -42,14 +42,28 @@ def test_too_small_a_fleet_is_refused() -> None:
         build_fleet(7, 1)
 
 
-def test_movers_stay_inside_the_patrol_area() -> None:
-    fleet = build_fleet(200, 1)
+@pytest.mark.parametrize("half", [AREA_HALF_M, 4 * AREA_HALF_M])
+def test_movers_stay_inside_the_patrol_area(half: float) -> None:
+    fleet = build_fleet(200, 1, area_half_m=half)
     movers = Movers(fleet, 1, 0.0)
     for step in range(1, 200):
         for i in range(len(fleet)):
             movers.step(i, step * 5.0)
-    assert all(abs(e) <= AREA_HALF_M for e in movers.east)
-    assert all(abs(n) <= AREA_HALF_M for n in movers.north)
+    assert all(abs(e) <= half for e in movers.east)
+    assert all(abs(n) <= half for n in movers.north)
+    assert max(abs(e) for e in movers.east) > half / 2  # and they use all of it
+
+
+def test_a_wider_area_spreads_the_same_scenes_further_apart() -> None:
+    city, state = build_fleet(1_000, 6), build_fleet(1_000, 6, area_half_m=4 * AREA_HALF_M)
+    assert city.area_half_m == AREA_HALF_M
+    assert [s.cameras for s in city.scenes] == [s.cameras for s in state.scenes]
+    a, b = city.scenes[0], city.scenes[1]
+    c, d = state.scenes[0], state.scenes[1]
+    spacing = distance_m(c.lat, c.lon, d.lat, d.lon) / distance_m(a.lat, a.lon, b.lat, b.lon)
+    assert spacing == pytest.approx(4.0, rel=0.01)
+    with pytest.raises(ValueError, match="at least 2 km"):
+        build_fleet(1_000, 6, area_half_m=999.0)
 
 
 @given(

@@ -8,7 +8,7 @@ from typing import Any
 from rich.console import Console
 
 from actimesh.bench.report import growth, machine, plot, table, write_json
-from actimesh.bench.run import make_progress, run_bench
+from actimesh.bench.run import make_progress, run_bench, side_by_side_growth
 from actimesh.bench.settings import SWEEP_DEVICES, BenchSettings
 
 __all__ = ["bench"]
@@ -26,15 +26,20 @@ async def bench(
     sizes = SWEEP_DEVICES if sweep else (settings.devices,)
     with make_progress(console) as progress:
         runs = [await run_bench(settings.for_devices(n), progress) for n in sizes]
+        side = await side_by_side_growth(settings, sizes, progress) if sweep else None
     console.print(table(runs))
     info = machine()
     report: dict[str, Any]
     if sweep:
-        report = {"machine": info, "runs": runs, "growth": growth(runs)}
+        assert side is not None
+        report = {"machine": info, "runs": runs, "growth": growth(runs, side)}
         g = report["growth"]
         console.print(
-            f"index query p99 growth {g['from_devices']:,} → {g['to_devices']:,} devices: "
-            f"{g['index_query_p99_growth']:.2f}x (target ≤ 1.2x)"
+            f"index query p99 growth {g['from_devices']:,} → {g['to_devices']:,} devices, "
+            f"timed side by side at the same density: {g['index_query_p99_growth']:.2f}x "
+            f"(target ≤ 1.2x; p50 {g['index_query_p50_growth']:.2f}x). In the runs' 20 km "
+            f"city: {g['index_query_p99_growth_same_city']:.2f}x; across the runs above: "
+            f"{g['index_query_p99_growth_across_runs']:.2f}x"
         )
     else:
         report = {**runs[0], "machine": info}

@@ -27,7 +27,7 @@ import contextlib
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -417,3 +417,22 @@ async def run_bench(s: BenchSettings, progress: Progress) -> dict[str, Any]:
     }
     out["targets"] = evaluate_targets(out)
     return out
+
+
+async def side_by_side_growth(
+    s: BenchSettings, sizes: Sequence[int], progress: Progress
+) -> dict[str, Any]:
+    """Index query latency of every sweep size, timed side by side in one fresh process
+    (:mod:`.scaling`): the growth target's figure."""
+    phases = _Phases(progress, max(sizes))
+    with tempfile.TemporaryDirectory(prefix="actimesh-bench-") as tmp:
+        async with WorkerPool(Path(tmp) / "logs") as pool:
+            with phases.phase("index queries, every size side by side", 1) as update:
+                worker = await pool.spawn("scaling", {"seed": s.seed, "lifetime_s": 1800})
+                await worker.call("ping", timeout=120)
+                side: dict[str, Any] = await worker.call(
+                    "run", sizes=list(sizes), queries=s.growth_queries, timeout=900
+                )
+                update(1, f"p99 {side['p99_growth']:.2f}x")
+                await worker.stop()
+    return side

@@ -39,6 +39,8 @@ class BenchSettings:
     acks: bool = True
     naive_queries: int = 5
     grid_queries: int = 5_000
+    #: Index queries per fleet size in the sweep's side-by-side growth measurement.
+    growth_queries: int = 50_000
     seed: int = 6
 
     def __post_init__(self) -> None:
@@ -69,6 +71,7 @@ class BenchSettings:
             flood_messages=5_000,
             naive_queries=2,
             grid_queries=200,
+            growth_queries=200,
         )
 
     def for_devices(self, devices: int) -> BenchSettings:

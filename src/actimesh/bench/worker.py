@@ -26,6 +26,7 @@ from actimesh.bench.naive import time_queries
 from actimesh.bench.plain import PlainSubscriber
 from actimesh.bench.probe import Probe
 from actimesh.bench.procs import Rpc, die_with_parent
+from actimesh.bench.scaling import side_by_side
 from actimesh.bench.workload import build_fleet
 from actimesh.broker.topics import DeviceChannel, Topics
 from actimesh.security.registry import Credentials
@@ -190,6 +191,14 @@ async def _naive(cfg: Config) -> None:
     await Rpc({"run": run}).serve(lifetime_s=_lifetime(cfg))
 
 
+async def _scaling(cfg: Config) -> None:
+    async def run(args: Config) -> Config:
+        sizes = [int(n) for n in args["sizes"]]
+        return side_by_side(sizes, int(cfg["seed"]), queries=int(args["queries"]))
+
+    await Rpc({"run": run}).serve(lifetime_s=_lifetime(cfg))
+
+
 ROLES: dict[str, Callable[[Config], Coroutine[Any, Any, None]]] = {
     "echo": _echo,
     "engine": _engine,
@@ -197,6 +206,7 @@ ROLES: dict[str, Callable[[Config], Coroutine[Any, Any, None]]] = {
     "naive": _naive,
     "plain": _plain,
     "probe": _probe,
+    "scaling": _scaling,
 }
 
 

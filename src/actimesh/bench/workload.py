@@ -73,6 +73,8 @@ class Fleet:
     scenes: tuple[Scene, ...]
     #: Index into ``ids`` of each scene camera: where the load generator holds it still.
     scene_slots: dict[int, tuple[int, float, float]]
+    #: Half the side of the square patrol area, metres.
+    area_half_m: float = AREA_HALF_M
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -82,10 +84,13 @@ def _scene_count(devices: int) -> int:
     return max(2, min(50, devices // 20))
 
 
-def build_fleet(devices: int, seed: int) -> Fleet:
-    """The deterministic fleet of ``devices`` telemetry-reporting cameras."""
+def build_fleet(devices: int, seed: int, *, area_half_m: float = AREA_HALF_M) -> Fleet:
+    """The deterministic fleet of ``devices`` telemetry-reporting cameras, patrolling a
+    square of ``2 * area_half_m`` metres on a side (the runs use the 20 km city)."""
     if devices < 2 * SCENE_SIZE:
         raise ValueError(f"a benchmark fleet needs at least {2 * SCENE_SIZE} devices")
+    if not area_half_m >= 1_000.0:
+        raise ValueError(f"the patrol area must be at least 2 km across, not {area_half_m!r}")
     rng = random.Random(seed)
     ids: list[str] = []
     kinds: list[DeviceKind] = []
@@ -98,11 +103,11 @@ def build_fleet(devices: int, seed: int) -> Fleet:
     count = _scene_count(devices)
     # Scenes sit on a coarse grid (>= 500 m apart), so no trigger reaches another scene.
     side = math.ceil(math.sqrt(count))
-    step = 2 * AREA_HALF_M / (side + 1)
+    step = 2 * area_half_m / (side + 1)
     stride = devices // count
     for s in range(count):
-        east = -AREA_HALF_M + step * (1 + s % side)
-        north = -AREA_HALF_M + step * (1 + s // side)
+        east = -area_half_m + step * (1 + s % side)
+        north = -area_half_m + step * (1 + s // side)
         lat, lon = _to_latlon(east, north)
         members: list[str] = []
         base = s * stride
@@ -117,11 +122,12 @@ def build_fleet(devices: int, seed: int) -> Fleet:
             slots[slot] = (s, east + dist * math.cos(angle), north + dist * math.sin(angle))
             members.append(ids[slot])
         scenes.append(Scene(s, lat, lon, tuple(members), f"cew-{s:07d}", f"gtw-{s:07d}"))
-    return Fleet(tuple(ids), tuple(kinds), tuple(scenes), slots)
+    return Fleet(tuple(ids), tuple(kinds), tuple(scenes), slots, area_half_m)
 
 
 def _to_latlon(east_m: float, north_m: float) -> tuple[float, float]:
-    # Equirectangular is exact enough over 10 km for a load model (not for the engine).
+    # Equirectangular is exact enough for a load model (not for the engine): positions
+    # are only where devices are; distances are the index's to compute, exactly.
     return CENTER[0] + north_m / _M_PER_DEG_LAT, CENTER[1] + east_m / _M_PER_DEG_LON
 
 
@@ -132,8 +138,9 @@ class Movers:
         rng = random.Random(seed + 1)
         self._rng = rng
         n = len(fleet)
-        self.east = [rng.uniform(-AREA_HALF_M, AREA_HALF_M) for _ in range(n)]
-        self.north = [rng.uniform(-AREA_HALF_M, AREA_HALF_M) for _ in range(n)]
+        half = self._half = fleet.area_half_m
+        self.east = [rng.uniform(-half, half) for _ in range(n)]
+        self.north = [rng.uniform(-half, half) for _ in range(n)]
         self.heading = [rng.uniform(0, 2 * math.pi) for _ in range(n)]
         self.speed = [
             rng.uniform(1.0, 1.8) if k is DeviceKind.BODY_CAM else rng.uniform(8.0, 15.0)
@@ -167,12 +174,13 @@ class Movers:
             heading += rng.gauss(0.0, 0.3) * min(dt, 5.0)
         east = self.east[i] + moved * math.cos(heading)
         north = self.north[i] + moved * math.sin(heading)
-        if not -AREA_HALF_M <= east <= AREA_HALF_M:
+        half = self._half
+        if not -half <= east <= half:
             heading = math.pi - heading
-            east = max(-AREA_HALF_M, min(AREA_HALF_M, east))
-        if not -AREA_HALF_M <= north <= AREA_HALF_M:
+            east = max(-half, min(half, east))
+        if not -half <= north <= half:
             heading = -heading
-            north = max(-AREA_HALF_M, min(AREA_HALF_M, north))
+            north = max(-half, min(half, north))
         self.east[i], self.north[i], self.heading[i] = east, north, heading
         sigma = _GPS_ACC_M / math.sqrt(2)
         lat, lon = _to_latlon(east + rng.gauss(0, sigma), north + rng.gauss(0, sigma))
