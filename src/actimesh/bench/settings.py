@@ -40,7 +40,7 @@ class BenchSettings:
     naive_queries: int = 5
     grid_queries: int = 5_000
     #: Index queries per fleet size in the sweep's side-by-side growth measurement.
-    growth_queries: int = 50_000
+    growth_queries: int = 100_000
     seed: int = 6
 
     def __post_init__(self) -> None:
