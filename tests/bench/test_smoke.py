@@ -52,3 +52,4 @@ async def test_sweep_growth_is_timed_side_by_side_in_a_worker() -> None:
     assert side["queries_per_size"] == BenchSettings.smoke().growth_queries
     assert math.isfinite(side["p99_growth"])
     assert side["p99_growth"] > 0
+    assert "ok" not in side  # the reply's envelope stays out of the report

@@ -430,9 +430,10 @@ async def side_by_side_growth(
             with phases.phase("index queries, every size side by side", 1) as update:
                 worker = await pool.spawn("scaling", {"seed": s.seed, "lifetime_s": 1800})
                 await worker.call("ping", timeout=120)
-                side: dict[str, Any] = await worker.call(
+                reply = await worker.call(
                     "run", sizes=list(sizes), queries=s.growth_queries, timeout=900
                 )
+                side = {k: v for k, v in reply.items() if k not in ("id", "ok")}
                 update(1, f"p99 {side['p99_growth']:.2f}x")
                 await worker.stop()
     return side
