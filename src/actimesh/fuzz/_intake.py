@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -14,6 +15,7 @@ from typing import Any
 
 import aiomqtt
 
+from actimesh.broker.client import InFlight, LinkStats
 from actimesh.broker.codec import (
     MAX_ACTIVATION_BYTES,
     REASONS,
@@ -89,6 +91,10 @@ def _check_output(head: str, tail: str, payload: bytes) -> str | None:
     return None
 
 
+def _kept() -> None:
+    return None
+
+
 class _RecordingLink:
     """Stands in for the engine's control link: checks and counts what the engine
     publishes, and tracks which control messages it acknowledged."""
@@ -107,6 +113,7 @@ class _RecordingLink:
         self.watch: set[str] = set()
         self.commands: dict[str, set[str]] = {}
         self.confirmed: dict[str, str] = {}
+        self.stats = LinkStats()
 
     @property
     def current_client(self) -> aiomqtt.Client | None:
@@ -120,6 +127,19 @@ class _RecordingLink:
         return True
 
     async def publish(self, topic: str, payload: bytes, **_options: Any) -> None:
+        self._record(topic, payload)
+
+    def publish_nowait(self, topic: str, payload: bytes, **_options: Any) -> InFlight:
+        """Commands: recorded at once, acknowledged at once (no broker here)."""
+        self._record(topic, payload)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return InFlight(topic, done, math.inf, _kept, self.stats)
+
+    def flush(self) -> None:
+        return None
+
+    def _record(self, topic: str, payload: bytes) -> None:
         rest = topic.removeprefix(self.prefix)
         head, _, tail = rest.partition("/")
         self.published[head] += 1
@@ -200,15 +220,11 @@ class _EngineDriver:
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
-        """The engine's own background tasks (persister, acks, deliveries, warm-up)."""
+        """The engine's own background loops (as ``Engine.run`` starts them) and its
+        warm-up."""
         e = self.engine
         async with asyncio.TaskGroup() as tg:
-            tasks = [
-                tg.create_task(e._persister(), name="fuzz-persister"),
-                tg.create_task(e._ack_writer(), name="fuzz-acks"),
-                tg.create_task(e._track_deliveries(), name="fuzz-deliveries"),
-                tg.create_task(e._warm_up(), name="fuzz-warm-up"),
-            ]
+            tasks = [*e._start_loops(tg), tg.create_task(e._warm_up(), name="fuzz-warm-up")]
             try:
                 async with asyncio.timeout(10):
                     await e.warmed.wait()

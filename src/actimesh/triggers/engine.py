@@ -257,15 +257,22 @@ class Engine:
         await self._recover()
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.ctl.run(), name=f"{self.ctl.settings.client_id}")
-            tg.create_task(self._track_deliveries(), name=f"{self.settings.engine_id}-delivery")
             tg.create_task(self.telemetry_link.run(), name=self.telemetry_link.settings.client_id)
-            tg.create_task(self._persister(), name=f"{self.settings.engine_id}-persister")
-            tg.create_task(self._ack_writer(), name=f"{self.settings.engine_id}-acks")
-            tg.create_task(self._command_outcomes(), name=f"{self.settings.engine_id}-commands")
+            self._start_loops(tg)
             await self.ctl.wait_connected(timeout=30)
             await self.telemetry_link.wait_connected(timeout=30)
             tg.create_task(self._warm_up(), name=f"{self.settings.engine_id}-warmup")
             self.ready.set()
+
+    def _start_loops(self, tg: asyncio.TaskGroup) -> list[asyncio.Task[None]]:
+        """The engine's own loops beside its links, started in ``tg``."""
+        eid = self.settings.engine_id
+        return [
+            tg.create_task(self._track_deliveries(), name=f"{eid}-delivery"),
+            tg.create_task(self._persister(), name=f"{eid}-persister"),
+            tg.create_task(self._ack_writer(), name=f"{eid}-acks"),
+            tg.create_task(self._command_outcomes(), name=f"{eid}-commands"),
+        ]
 
     async def _warm_up(self) -> None:
         """Plan the events held since start once the fleet is known (see ``warmup_s``)."""
