@@ -172,6 +172,8 @@ def _bench_parser(sub: Any) -> None:
                        help="load generator's client (default raw)")  # fmt: skip
     bench.add_argument("--no-acks", action="store_true",
                        help="the probe's cameras do not acknowledge commands")  # fmt: skip
+    bench.add_argument("--trace", action="store_true",
+                       help="split each trigger's latency into its hops")  # fmt: skip
     bench.add_argument("--seed", type=int, default=d.seed, help="fleet seed")
     bench.add_argument("--json", type=Path, default=Path("bench-report.json"),
                        help="JSON report (default bench-report.json)")  # fmt: skip
@@ -184,7 +186,8 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
 
     base = BenchSettings.smoke() if args.smoke else BenchSettings()
     overrides: dict[str, Any] = {"publisher": args.publisher, "acks": not args.no_acks,
-                                 "search": args.search, "seed": args.seed}  # fmt: skip
+                                 "search": args.search, "seed": args.seed,
+                                 "trace": args.trace}  # fmt: skip
     if not args.smoke:
         overrides |= {"devices": args.devices, "rate_hz": args.rate,
                       "triggers_per_s": args.triggers, "duration_s": args.duration,

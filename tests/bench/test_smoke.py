@@ -53,3 +53,15 @@ async def test_sweep_growth_is_timed_side_by_side_in_a_worker() -> None:
     assert math.isfinite(side["p99_growth"])
     assert side["p99_growth"] > 0
     assert "ok" not in side  # the reply's envelope stays out of the report
+
+
+def test_a_traced_smoke_run_splits_triggers_and_echoes_into_hops(tmp_path: Path) -> None:
+    report_path = tmp_path / "bench.json"
+    code = main(["bench", "--smoke", "--trace", "--json", str(report_path),
+                 "--plot", str(tmp_path / "bench.png")])  # fmt: skip
+    assert code == 0
+    trace = json.loads(report_path.read_text())["trace"]
+    for path in ("engine", "echo"):
+        assert trace[path]["traced"] > 0, path
+        for stage in ("to_handler", "work", "to_cameras"):
+            assert 0 <= trace[path][stage]["p50_ms"] <= trace[path][stage]["p99_ms"], stage

@@ -10,6 +10,7 @@ from rich.console import Console
 from actimesh.bench.report import growth, machine, plot, table, write_json
 from actimesh.bench.run import make_progress, run_bench, side_by_side_growth
 from actimesh.bench.settings import SWEEP_DEVICES, BenchSettings
+from actimesh.bench.trace import describe
 
 __all__ = ["bench"]
 
@@ -28,6 +29,9 @@ async def bench(
         runs = [await run_bench(settings.for_devices(n), progress) for n in sizes]
         side = await side_by_side_growth(settings, sizes, progress) if sweep else None
     console.print(table(runs))
+    for run in runs:
+        if "trace" in run:
+            console.print(f"trace, {run['devices']:,} devices:\n{describe(run['trace'])}")
     info = machine()
     report: dict[str, Any]
     if sweep:

@@ -10,6 +10,8 @@ times request to reply exactly as it times trigger to command.
 
 from __future__ import annotations
 
+import time
+
 from actimesh.bench.pahoio import PahoClient, expiry_properties
 from actimesh.bench.probe import ECHO_HEADER
 from actimesh.bench.workload import Fleet
@@ -26,7 +28,7 @@ class EchoClient:
 
     def __init__(
         self, fleet: Fleet, topics: Topics, host: str, port: int,
-        login: Credentials | None = None,
+        login: Credentials | None = None, *, trace: bool = False,
     ) -> None:  # fmt: skip
         self.topics = topics
         self.client = PahoClient("bench-echo", host, port, self._on_message, login=login)
@@ -38,6 +40,9 @@ class EchoClient:
         self._props = expiry_properties(_EXPIRY_S)
         self.requests = 0
         self.acks = 0
+        self.trace = trace
+        #: ``--trace``: request number -> (callback start, replies written).
+        self.stamps: dict[int, tuple[float, float]] = {}
 
     async def connect(self) -> None:
         await self.client.connect()
@@ -54,6 +59,7 @@ class EchoClient:
         if replies is None:
             self.acks += 1  # the probe's acknowledgements: received and dropped, as load
             return
+        began = time.perf_counter()
         self.requests += 1
         seq, size = ECHO_HEADER.unpack_from(payload)
         body = ECHO_HEADER.pack(seq, size)
@@ -61,7 +67,10 @@ class EchoClient:
         publish = self.client.client.publish
         for topic_out in replies:
             publish(topic_out, reply, qos=1, properties=self._props)
-        # Inside paho's callback the publishes are queued; the reader flushes them.
+        # Inside paho's callback the publishes are queued; the reader flushes them, at
+        # once after this returns: the trace's "written" is taken here, a write early.
+        if self.trace:
+            self.stamps[seq] = (began, time.perf_counter())
 
     def close(self) -> None:
         self.client.close()

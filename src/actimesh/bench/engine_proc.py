@@ -13,6 +13,7 @@ import asyncio
 import time
 from typing import Any
 
+from actimesh.bench.trace import TracedEngine
 from actimesh.broker.topics import Topics
 from actimesh.geofence import Fix, GridIndex, InclusionPolicy
 from actimesh.security.registry import Credentials
@@ -55,10 +56,11 @@ class EngineUnderTest:
     @classmethod
     def build(
         cls, *, agency: str, host: str, port: int, ledger: Ledger,
-        login: Credentials | None = None,
+        login: Credentials | None = None, trace: bool = False,
     ) -> EngineUnderTest:  # fmt: skip
         index = TimedGridIndex()
-        engine = Engine(
+        kind = TracedEngine if trace else Engine
+        engine = kind(
             topics=Topics(agency),
             broker_host=host,
             broker_port=port,
@@ -143,6 +145,12 @@ class EngineUnderTest:
             "last": last,
             "dropped": self.engine.telemetry_link.stats.dropped_incoming - base_dropped,
         }
+
+    def trace(self) -> dict[str, list[float]]:
+        """Per event id: handler start and commands written (``--trace`` only)."""
+        if not isinstance(self.engine, TracedEngine):
+            return {}
+        return {eid: list(stamp) for eid, stamp in self.engine.stamps.items()}
 
     def take_queries(self) -> list[float]:
         samples, self.index.query_us = self.index.query_us, []

@@ -66,9 +66,14 @@ class ProbeResult:
     event_bytes: list[int] = field(default_factory=list)
     command_bytes: list[int] = field(default_factory=list)
     late_sends: int = 0
+    #: ``--trace``: request id -> publish time, and -> the cameras' receipt times.
+    sent: dict[str, float] = field(default_factory=dict)
+    received: dict[str, list[float]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            "sent": self.sent,
+            "received": self.received,
             "trigger_ms": self.trigger_ms,
             "echo_ms": self.echo_ms,
             "triggers": self.triggers,
@@ -95,6 +100,7 @@ class Probe:
         *,
         acks: bool,
         login: Credentials | None = None,
+        trace: bool = False,
     ) -> None:
         self.fleet = fleet
         self.engine = engine
@@ -109,6 +115,9 @@ class Probe:
         self._engine_cmd = {engine.command(c): c for s in fleet.scenes for c in s.cameras}
         self._echo_cmd = {echo.command(c): c for s in fleet.scenes for c in s.cameras}
         self._ack_pad = b""
+        self.trace = trace
+        #: ``--trace``: request id (event id, or ``#`` and the echo number) -> receipts.
+        self._received: dict[str, list[float]] = {}
 
     async def connect(self) -> None:
         await self.tx.connect()
@@ -132,6 +141,8 @@ class Probe:
                 return  # a retry or a command from before this run
             self._seen.add((eid, camera))
             r.trigger_ms.append((now - sent) * 1000.0)
+            if self.trace:
+                self._received.setdefault(eid, []).append(now)
             r.command_bytes.append(len(payload))
             if self.acks:
                 self._acknowledge(self.engine.ack(camera), cmd["aid"])
@@ -144,6 +155,8 @@ class Probe:
                 return
             self._seen.add((f"#{seq}", camera))
             r.echo_ms.append((now - sent) * 1000.0)
+            if self.trace:
+                self._received.setdefault(f"#{seq}", []).append(now)
             if self.acks:
                 self._acknowledge(self.echo.ack(camera), "act-" + "0" * 24)
 
@@ -210,4 +223,7 @@ class Probe:
             await asyncio.sleep(0.05)
         r.commands_missing = expected - len(r.trigger_ms)
         r.echo_missing = r.echoes * r.expected_per_trigger - len(r.echo_ms)
+        if self.trace:
+            r.sent = {**self._trigger_sent, **{f"#{k}": t for k, t in self._echo_sent.items()}}
+            r.received, self._received = self._received, {}
         return r

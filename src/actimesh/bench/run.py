@@ -38,6 +38,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 from actimesh.bench.procs import BenchError, Worker, WorkerPool, proc_sample
 from actimesh.bench.report import evaluate_targets, latency_figures, ratio
 from actimesh.bench.settings import BenchSettings
+from actimesh.bench.trace import split
 from actimesh.broker.mosquitto import ManagedMosquitto, MosquittoConfig, free_port
 from actimesh.dispatch.settings import DispatchSettings
 from actimesh.drill import percentile
@@ -202,7 +203,22 @@ class _Run:
         self.out["query_p99_us"] = percentile(queries, 99)
         self.out["queries_timed"] = len(queries)
         self._latencies(result)
+        if s.trace:
+            await self._trace(result)
         await self._stream_accounting(stream_s)
+
+    async def _trace(self, probe: dict[str, Any]) -> None:
+        """The trigger and echo paths split hop by hop (:mod:`.trace`)."""
+        sent, received = probe["sent"], probe["received"]
+        engine = (await self.w["engine"].call("trace"))["stamps"]
+        echo = (await self.w["echo"].call("trace"))["stamps"]
+        self.out["trace"] = {
+            "engine": split({k: t for k, t in sent.items() if not k.startswith("#")},
+                            received, engine),
+            "echo": split({k: t for k, t in sent.items() if k.startswith("#")},
+                          received, echo),
+            "clock": "time.perf_counter() (CLOCK_MONOTONIC, one clock for the machine)",
+        }  # fmt: skip
 
     async def _stream_accounting(self, stream_s: float) -> None:
         """Once the stream has ended: was every telemetry message sent also indexed?"""
@@ -381,7 +397,7 @@ async def run_bench(s: BenchSettings, progress: Progress) -> dict[str, Any]:
         base = {
             "host": broker.host, "port": broker.port, "devices": s.devices, "seed": s.seed,
             "agency": AGENCY, "echo_agency": ECHO_AGENCY, "plain_agency": PLAIN_AGENCY,
-            "lifetime_s": lifetime, "logins": logins,
+            "lifetime_s": lifetime, "logins": logins, "trace": s.trace,
         }  # fmt: skip
         async with broker, WorkerPool(root / "logs") as pool:
             spawned = await asyncio.gather(

@@ -37,6 +37,8 @@ class BenchSettings:
     publisher: str = "raw"
     #: The probe's cameras acknowledge commands (``received``, ``recording``).
     acks: bool = True
+    #: Split each trigger's latency into its hops (``bench/trace.py``).
+    trace: bool = False
     naive_queries: int = 5
     grid_queries: int = 5_000
     #: Index queries per fleet size in the sweep's side-by-side growth measurement.

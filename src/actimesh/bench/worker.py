@@ -54,7 +54,7 @@ async def _engine(cfg: Config) -> None:
     async with Ledger(Path(cfg["run_dir"]) / "ledger.sqlite3") as ledger:  # it makes the folder
         eut = EngineUnderTest.build(
             agency=cfg["agency"], host=cfg["host"], port=cfg["port"], ledger=ledger,
-            login=_login(cfg, "engine"),
+            login=_login(cfg, "engine"), trace=bool(cfg.get("trace", False)),
         )  # fmt: skip
 
         async def stats(_: Config) -> Config:
@@ -70,7 +70,11 @@ async def _engine(cfg: Config) -> None:
         async def queries(_: Config) -> Config:
             return {"query_us": eut.take_queries()}
 
-        rpc = Rpc({"stats": stats, "arm": arm, "collect": collect, "queries": queries})
+        async def trace(_: Config) -> Config:
+            return {"stamps": eut.trace()}
+
+        rpc = Rpc({"stats": stats, "arm": arm, "collect": collect, "queries": queries,
+                   "trace": trace})  # fmt: skip
         async with asyncio.TaskGroup() as tg:
             engine_task = tg.create_task(eut.engine.run(), name="bench-engine")
             async with asyncio.timeout(30):
@@ -124,7 +128,7 @@ async def _probe(cfg: Config) -> None:
     fleet = build_fleet(int(cfg["devices"]), int(cfg["seed"]))
     probe = Probe(fleet, Topics(cfg["agency"]), Topics(cfg["echo_agency"]), cfg["host"],
                   int(cfg["port"]), acks=bool(cfg.get("acks", True)),
-                  login=_login(cfg, "helpers"))  # fmt: skip
+                  login=_login(cfg, "helpers"), trace=bool(cfg.get("trace", False)))  # fmt: skip
     await probe.connect()
 
     async def run(args: Config) -> Config:
@@ -147,16 +151,19 @@ async def _probe(cfg: Config) -> None:
 async def _echo(cfg: Config) -> None:
     fleet = build_fleet(int(cfg["devices"]), int(cfg["seed"]))
     echo = EchoClient(fleet, Topics(cfg["echo_agency"]), cfg["host"], int(cfg["port"]),
-                      _login(cfg, "helpers"))  # fmt: skip
+                      _login(cfg, "helpers"), trace=bool(cfg.get("trace", False)))  # fmt: skip
     await echo.connect()
 
     async def stats(_: Config) -> Config:
         return {"requests": echo.requests, "acks": echo.acks}
 
+    async def trace(_: Config) -> Config:
+        return {"stamps": {f"#{seq}": list(stamp) for seq, stamp in echo.stamps.items()}}
+
     try:
         async with asyncio.TaskGroup() as tg:
             ping = tg.create_task(echo.client.keepalive(), name="echo-keepalive")
-            await Rpc({"stats": stats}).serve(lifetime_s=_lifetime(cfg))
+            await Rpc({"stats": stats, "trace": trace}).serve(lifetime_s=_lifetime(cfg))
             ping.cancel()
     finally:
         echo.close()
