@@ -91,7 +91,10 @@ async def test_flooding_cew_is_rate_limited_while_another_officers_taser_draw_ac
         refused = flood.stats.events_rejected
         assert flood.stats.events_confirmed + refused == 3 * burst
         assert refused >= 3 * burst - burst - 1  # at most one token refilled meanwhile
-        assert engine.stats.rejected["rate_limited"] == refused
+        # The device re-sends what is not confirmed within 0.3 s (the harness's setting);
+        # on a loaded machine a refusal can take longer, and each copy is refused again.
+        limited = engine.stats.rejected["rate_limited"]
+        assert refused <= limited <= refused + flood.stats.events_resent
         assert engine.stats.activations == 3 * burst - refused
         alerts = [
             decode(Alert, x.payload)
