@@ -46,7 +46,6 @@ __all__ = ["side_by_side"]
 
 @dataclass(slots=True)
 class _Loaded:
-    devices: int
     index: GridIndex
     scenes: tuple[Scene, ...]
     samples_us: list[float]
@@ -59,7 +58,7 @@ def _load(devices: int, seed: int, now: float, area_half_m: float) -> _Loaded:
     for i, device in enumerate(fleet.ids):
         lat, lon, acc = movers.step(i, now)
         index.upsert(device, lat, lon, acc, now)
-    return _Loaded(devices, index, fleet.scenes, [])
+    return _Loaded(index, fleet.scenes, [])
 
 
 def _pair(small: _Loaded, large: _Loaded, queries: int) -> None:

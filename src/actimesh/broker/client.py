@@ -27,6 +27,7 @@ import asyncio
 import dataclasses
 import functools
 import logging
+import math
 import random
 import socket
 import ssl
@@ -294,6 +295,13 @@ class InFlight:
     deadline: float
     _release: Callable[[], None]
     _stats: LinkStats
+
+    @classmethod
+    def acknowledged(cls, topic: str, stats: LinkStats) -> InFlight:
+        """One already acknowledged (a stand-in link with no broker behind it)."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return cls(topic, done, math.inf, _nothing, stats)
 
     async def confirmed(self) -> None:
         """Wait for the broker's PUBACK, until the deadline; ``BrokerError`` if none."""

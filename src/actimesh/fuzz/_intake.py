@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import math
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -91,10 +90,6 @@ def _check_output(head: str, tail: str, payload: bytes) -> str | None:
     return None
 
 
-def _kept() -> None:
-    return None
-
-
 class _RecordingLink:
     """Stands in for the engine's control link: checks and counts what the engine
     publishes, and tracks which control messages it acknowledged."""
@@ -132,9 +127,7 @@ class _RecordingLink:
     def publish_nowait(self, topic: str, payload: bytes, **_options: Any) -> InFlight:
         """Commands: recorded at once, acknowledged at once (no broker here)."""
         self._record(topic, payload)
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        done.set_result(None)
-        return InFlight(topic, done, math.inf, _kept, self.stats)
+        return InFlight.acknowledged(topic, self.stats)
 
     def flush(self) -> None:
         return None
