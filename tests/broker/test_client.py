@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import math
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -20,35 +22,66 @@ from actimesh.broker.client import (
     MqttLink,
     Subscription,
     _Inbox,
+    _no_lost_cancel,
     _publish_properties,
     as_bytes,
-    resume_cancellation,
 )
 from actimesh.errors import BrokerError
 
 
-async def test_swallowed_cancellation_is_raised_again() -> None:
-    """Python 3.11's wait_for can eat a cancel; the link must not carry on regardless."""
-    resumed = asyncio.Event()
-
-    async def library_call_that_swallows() -> None:
-        # What asyncio.wait_for does on 3.11 when the inner future wins the race:
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.sleep(10)
-        resumed.set()
-        resume_cancellation()
-        await asyncio.sleep(10)  # not reached
-
-    task = asyncio.create_task(library_call_that_swallows())
-    await asyncio.sleep(0)
+async def _cancel_as_it_completes(wait: Callable[[asyncio.Future[None]], Awaitable[None]]) -> bool:
+    """Cancel a task in the same turn as the future it waits on completes (the race
+    that Python 3.11's ``asyncio.wait_for`` loses). True if the cancellation arrived."""
+    fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(wait(fut))
+    await asyncio.sleep(0)  # the task now waits on fut
+    fut.set_result(None)
     task.cancel()
-    with pytest.raises(asyncio.CancelledError):
+    try:
         await task
-    assert resumed.is_set()
+    except asyncio.CancelledError:
+        return True
+    return False
 
 
-async def test_no_cancellation_means_no_raise() -> None:
-    resume_cancellation()
+@pytest.mark.skipif(sys.version_info >= (3, 12), reason="3.12 rewrote wait_for on timeout()")
+async def test_stock_wait_for_loses_the_cancellation_on_311() -> None:
+    """The bug the adapter guards against, shown: the check below can fail."""
+
+    async def stock(fut: asyncio.Future[None]) -> None:
+        await asyncio.wait_for(fut, timeout=10)
+
+    assert not await _cancel_as_it_completes(stock)
+
+
+async def test_aiomqtt_waits_never_lose_a_cancellation() -> None:
+    """CONNACK, SUBACK, PUBACK and disconnect waits inside aiomqtt go through
+    ``_wait_for``; the link's clients have it on ``asyncio.timeout``."""
+    client = aiomqtt.Client("127.0.0.1", 1)
+    _no_lost_cancel(client)
+
+    async def through_aiomqtt(fut: asyncio.Future[None]) -> None:
+        await client._wait_for(fut, timeout=10)
+
+    for _ in range(100):
+        assert await _cancel_as_it_completes(through_aiomqtt)
+
+
+async def test_aiomqtt_wait_still_times_out_as_aiomqtt_does() -> None:
+    client = aiomqtt.Client("127.0.0.1", 1, timeout=0.01)
+    _no_lost_cancel(client)
+    never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    with pytest.raises(aiomqtt.MqttError, match="timed out"):
+        await client._wait_for(never, timeout=None)  # None: the client's own timeout
+    assert never.cancelled()
+
+
+async def test_waiting_for_a_puback_never_loses_a_cancellation() -> None:
+    async def confirmed(fut: asyncio.Future[None]) -> None:
+        await InFlight("t", fut, math.inf, lambda: None, LinkStats()).confirmed()
+
+    for _ in range(100):
+        assert await _cancel_as_it_completes(confirmed)
 
 
 async def _receive_once(

@@ -30,6 +30,7 @@ from actimesh.triggers.fleet import DeviceDirectory
 from actimesh.triggers.ledger import Ledger
 from actimesh.triggers.rules import DEFAULT_RULES
 from actimesh.triggers.settings import EngineSettings
+from tests.waiting import eventually, quiet_for
 
 HOST = "127.0.0.1"
 CENTER = (51.0447, -114.0719)
@@ -116,8 +117,15 @@ class Mesh:
         self.start(device_id)
         return agent
 
-    def start_engine(self, ledger: Ledger, engine_id: str = "engine-1") -> Engine:
-        """Start (another) engine on this mesh's broker, with the mesh's key."""
+    @contextlib.asynccontextmanager
+    async def running_engine(
+        self, ledger: Ledger, engine_id: str = "engine-1"
+    ) -> AsyncIterator[Engine]:
+        """(Another) engine on this mesh's broker, with the mesh's key, for the block.
+
+        It is stopped when the block ends, however it ends: open its ledger outside the
+        block, so that no engine ever writes to a ledger that has closed.
+        """
         engine = build_engine(
             self.topics,
             self.port,
@@ -127,7 +135,18 @@ class Mesh:
             directory=self.directory,
         )
         self.tasks[engine_id] = self.tg.create_task(engine.run(), name=engine_id)
-        return engine
+        try:
+            yield engine
+        finally:
+            await self.stop(engine_id)
+
+    async def stop(self, *names: str, timeout: float = 5.0) -> None:
+        """Cancel these tasks (engines, agents) and wait until they have stopped."""
+        tasks = [self.tasks[name] for name in names]
+        for task in tasks:
+            task.cancel()
+        _done, pending = await asyncio.wait(tasks, timeout=timeout)
+        assert not pending, f"still running {timeout:g} s after cancel: {pending}"
 
     def start(self, device_id: str) -> None:
         """(Re)start a device's agent, as when it is switched on."""
@@ -160,10 +179,8 @@ class Mesh:
             }
 
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(5.0):
-                while not expected <= got():
-                    await asyncio.sleep(0.01)
-        await asyncio.sleep(quiet_s)
+            await eventually(lambda: expected <= got(), timeout=5.0, every=0.01)
+        await quiet_for(quiet_s)
         return got()
 
     def client(self) -> aiomqtt.Client:

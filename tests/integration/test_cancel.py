@@ -14,7 +14,7 @@ import contextlib
 import json
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiomqtt
@@ -31,14 +31,9 @@ from actimesh.triggers.engine import Engine
 from actimesh.triggers.fanout import activation_id
 from actimesh.triggers.ledger import FALSE_ACTIVATION, Ledger
 from tests.integration.harness import Mesh, mesh
+from tests.waiting import eventually, quiet_for
 
 pytestmark = pytest.mark.integration
-
-
-async def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.02)
 
 
 @contextlib.asynccontextmanager
@@ -107,15 +102,15 @@ async def test_officer_cancel_within_window_is_recorded_as_false_activation(
             event = await cew.raise_event("taser_draw")
             aid = activation_id("cew", event.eid)
             assert await m.commanded(aid, {"bwc"}, quiet_s=0.0) == {"bwc"}
-            await wait_until(lambda: any(a.aid == aid and a.status is AckStatus.RECORDING
+            await eventually(lambda: any(a.aid == aid and a.status is AckStatus.RECORDING
                                          for a in acks))  # fmt: skip
-            await wait_until(lambda: aid in state.activations)
+            await eventually(lambda: aid in state.activations)
 
             result = await bwc.cancel_activation(by="Cst. Rivera")
             assert result is not None
             assert result.accepted, result.detail
             assert bwc.state() is DeviceState.BUFFERING
-            await wait_until(lambda: engine.stats.false_activations == 1)
+            await eventually(lambda: engine.stats.false_activations == 1)
 
             # The ledger: one false_activation record naming camera, activation, who, when.
             records: list[Row] = []
@@ -147,7 +142,7 @@ async def test_officer_cancel_within_window_is_recorded_as_false_activation(
             assert "recording" in statuses
 
             # The dispatch view shows the camera cancelled, by whom, without an alert.
-            await wait_until(
+            await eventually(
                 lambda: state.activations[aid].cameras["bwc"].status is CameraStatus.CANCELLED
             )
             cam = state.activations[aid].cameras["bwc"].to_json()
@@ -193,10 +188,10 @@ async def test_cancel_after_the_window_is_refused_and_not_recorded(
         async with dispatch_view(m) as (_state, acks):
             event = await cew.raise_event("taser_draw")
             aid = activation_id("cew", event.eid)
-            await wait_until(lambda: any(a.aid == aid and a.status is AckStatus.RECORDING
+            await eventually(lambda: any(a.aid == aid and a.status is AckStatus.RECORDING
                                          for a in acks))  # fmt: skip
             opened = bwc.received[-1].received_at
-            await wait_until(lambda: time.time() > opened + 0.6)
+            await eventually(lambda: time.time() > opened + 0.6)
 
             result = await bwc.cancel_activation(by="Cst. Rivera")
             assert result is not None
@@ -225,10 +220,10 @@ async def test_cancel_of_a_recording_already_running_is_refused_and_sends_nothin
         assert engine is not None
         async with dispatch_view(m) as (_state, acks):
             first = activation_id("cew", (await cew.raise_event("taser_draw")).eid)
-            await wait_until(lambda: any(a.aid == first and a.status is AckStatus.RECORDING
+            await eventually(lambda: any(a.aid == first and a.status is AckStatus.RECORDING
                                          for a in acks))  # fmt: skip
             second = activation_id("cew", (await cew.raise_event("taser_draw")).eid)
-            await wait_until(lambda: any(a.aid == second and a.status is AckStatus.RECORDING
+            await eventually(lambda: any(a.aid == second and a.status is AckStatus.RECORDING
                                          for a in acks))  # fmt: skip
 
             result = await bwc.cancel_activation(second, by="Cst. Rivera")
@@ -260,21 +255,20 @@ async def test_engine_command_after_a_local_cancel_is_answered_cancelled(
         assert result.accepted
         assert bwc.unsent_cancels == 0  # only the local activation: nothing to tell
 
-        async with Ledger(tmp_path / "late.sqlite3") as ledger:
-            engine = m.start_engine(ledger)
+        async with (
+            Ledger(tmp_path / "late.sqlite3") as ledger,
+            m.running_engine(ledger) as engine,
+        ):
             aid = activation_id("cew", event.eid)
-            await wait_until(lambda: engine.stats.false_activations == 1, timeout=10)
-            async with asyncio.timeout(5):
-                while not await ledger.false_activations(aid):
-                    await asyncio.sleep(0.02)
-            (false,) = await ledger.false_activations(aid)
+            await eventually(lambda: engine.stats.false_activations == 1, timeout=10)
+            (false,) = await eventually(lambda: ledger.false_activations(aid), timeout=5)
             assert false.recording == result.recording_id
             assert false.by == "Cst. Rivera"
             assert [a.status for a in await ledger.acks(aid)] == ["received", "cancelled"]
-            await asyncio.sleep(engine.settings.ack_timeout_s * 3)
+            # Long enough for the delivery tracker to have re-sent or alerted, were the
+            # cancelled camera still pending.
+            await quiet_for(engine.settings.ack_timeout_s * 3)
             assert not engine.stats.alerts
             assert engine.deliveries.get(aid, "bwc") is None
-            m.tasks["engine-1"].cancel()
-            await asyncio.wait([m.tasks["engine-1"]], timeout=5)
     report = verify_ledger(tmp_path / "late.sqlite3")
     assert report.ok, report.summary()

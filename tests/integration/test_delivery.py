@@ -22,24 +22,10 @@ from actimesh.broker.messages import (
 from actimesh.errors import LedgerError
 from actimesh.triggers.fanout import activation_id
 from actimesh.triggers.ledger import ActivationRow, DecisionRow, Ledger
-from tests.integration.harness import CENTER, Mesh, mesh
+from tests.integration.harness import CENTER, mesh
+from tests.waiting import eventually, quiet_for
 
 pytestmark = pytest.mark.integration
-
-
-async def wait_until(condition: object, timeout: float = 5.0) -> None:
-    assert callable(condition)
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.02)
-
-
-async def stop(m: Mesh, *names: str) -> None:
-    """Stop engines and wait until they have, before their ledgers close under them."""
-    tasks = [m.tasks[name] for name in names]
-    for task in tasks:
-        task.cancel()
-    await asyncio.wait(tasks, timeout=5)
 
 
 async def test_trigger_is_confirmed_to_its_device_once_durable(
@@ -50,7 +36,7 @@ async def test_trigger_is_confirmed_to_its_device_once_durable(
         cew = m.add("cew", DeviceKind.CEW, paired=("bwc",))
         await m.ready()
         event = await cew.raise_event("taser_draw")
-        await wait_until(lambda: cew.unconfirmed == 0)
+        await eventually(lambda: cew.unconfirmed == 0)
         assert cew.stats.events_confirmed == 1
         assert m.engine is not None
         assert await m.engine.ledger.find("cew", event.eid) == activation_id("cew", event.eid)
@@ -65,16 +51,16 @@ async def test_device_resends_until_an_engine_confirms(
         cew = m.add("cew", DeviceKind.CEW, paired=("bwc",))
         await m.ready()
         event = await cew.raise_event("taser_draw")
-        await asyncio.sleep(0.5)
+        await eventually(lambda: cew.stats.events_resent >= 1)  # nobody confirmed it
         assert cew.unconfirmed == 1
-        async with Ledger(tmp_path / "late.sqlite3") as ledger:
-            engine = m.start_engine(ledger)
+        async with (
+            Ledger(tmp_path / "late.sqlite3") as ledger,
+            m.running_engine(ledger) as engine,
+        ):
             aid = activation_id("cew", event.eid)
             assert await m.commanded(aid, {"bwc"}) == {"bwc"}
-            await wait_until(lambda: cew.unconfirmed == 0)
-            assert cew.stats.events_resent >= 1
+            await eventually(lambda: cew.unconfirmed == 0)
             assert engine.stats.activations == 1
-            await stop(m, "engine-1")
 
 
 async def test_event_not_written_to_the_ledger_is_not_acknowledged_or_confirmed(
@@ -102,7 +88,7 @@ async def test_event_not_written_to_the_ledger_is_not_acknowledged_or_confirmed(
         monkeypatch.setattr(ledger, "record_event", _ignore_event, raising=False)
         event = await cew.raise_event("taser_draw")
         aid = activation_id("cew", event.eid)
-        await wait_until(lambda: cew.unconfirmed == 0)
+        await eventually(lambda: cew.unconfirmed == 0)
         assert failures == 1
         assert cew.stats.events_resent >= 1
         assert m.engine.stats.alerts["ledger"] == 1
@@ -130,7 +116,7 @@ async def test_silent_camera_gets_retries_and_raises_a_no_ack_alert(
             lat, lon = CENTER
             fix = Telemetry(ts=time.time(), lat=lat, lon=lon, acc=0.0, state=DeviceState.BUFFERING)
             await mute.publish(m.topics.telemetry("mute"), encode(fix))
-            await wait_until(lambda: "mute" in m.engine.index)
+            await eventually(lambda: "mute" in m.engine.index)
             await dispatch.subscribe(m.topics.all_alerts, qos=1)
             event = await cew.raise_event("taser_draw")
             async with asyncio.timeout(5):
@@ -140,7 +126,7 @@ async def test_silent_camera_gets_retries_and_raises_a_no_ack_alert(
         assert alert.alert is AlertKind.NO_ACK
         assert alert.device == "mute"
         assert alert.aid == activation_id("cew", event.eid)
-        await wait_until(lambda: m.engine.stats.retries >= 1)
+        await eventually(lambda: m.engine.stats.retries >= 1)
         assert m.engine.deliveries.get(alert.aid, "mute") is not None
 
 
@@ -152,7 +138,7 @@ async def test_camera_out_of_coverage_gets_full_pre_roll_on_reconnect_with_recal
         cew = m.add("cew", DeviceKind.CEW, at=0.0)
         await m.ready()
         bwc.disconnect_for(2.0)
-        await wait_until(lambda: not bwc.link.connected)
+        await eventually(lambda: not bwc.link.connected)
         event = await cew.raise_event("taser_draw")
         aid = activation_id("cew", event.eid)
         assert await m.commanded(aid, {"bwc"}) == {"bwc"}
@@ -170,22 +156,29 @@ async def test_engine_replicas_handle_each_trigger_exactly_once(
             m.add(f"cew{n}", DeviceKind.CEW, paired=(f"bwc{n}",))
         await m.ready()
         path = tmp_path / "shared-ledger.sqlite3"
-        async with Ledger(path) as one, Ledger(path) as two:
-            engines = [m.start_engine(one, "engine-a"), m.start_engine(two, "engine-b")]
+        async with (
+            Ledger(path) as one,
+            Ledger(path) as two,
+            m.running_engine(one, "engine-a") as a,
+            m.running_engine(two, "engine-b") as b,
+        ):
+            engines = [a, b]
             for engine in engines:
-                await asyncio.wait_for(engine.ready.wait(), 10)
-            await asyncio.sleep(0.5)  # both learn the fleet from retained presence
+                async with asyncio.timeout(10):
+                    await engine.ready.wait()
+            # Both know every device (retained presence) before the first trigger.
+            await eventually(lambda: all(len(e.fleet) == 12 and e.warmed.is_set() for e in engines))
             events = [
                 await m.agents[f"cew{n}"].raise_event("taser_draw")
                 for _ in range(4)
                 for n in range(6)
             ]
-            await wait_until(lambda: all(m.agents[f"cew{n}"].unconfirmed == 0 for n in range(6)))
+            await eventually(lambda: all(m.agents[f"cew{n}"].unconfirmed == 0 for n in range(6)))
             handled = [e.stats.activations for e in engines]
             assert sum(handled) == len(events) == 24
             assert all(h > 0 for h in handled), handled  # the group really shares the work
             assert len(await one.activation_ids()) == 24
-            await stop(m, "engine-a", "engine-b")
+            assert sum(e.stats.ledger_failures for e in engines) == 0
 
 
 class _HeldLedger(Ledger):
@@ -225,19 +218,21 @@ async def test_replica_that_loses_the_ledger_race_confirms_without_republishing(
                     published.append(decode(Activation, message.payload).aid)
 
             watching = tg.create_task(watch())
-            slow = m.start_engine(held, "engine-a")
-            await asyncio.wait_for(slow.ready.wait(), 10)
-            event = await cew.raise_event("taser_draw")
-            aid = activation_id("cew", event.eid)
-            await wait_until(lambda: slow.stats.events >= 1)
-            fast = m.start_engine(other, "engine-b")
-            await wait_until(lambda: cew.unconfirmed == 0, timeout=15)  # B confirmed it
-            assert fast.stats.activations == 1
-            held.release.set()
-            await wait_until(lambda: slow.stats.duplicates >= 1)
-            await asyncio.sleep(0.5)  # room for a second record to show up, if it were sent
-            assert slow.stats.activations == 0
-            assert published == [aid]
-            assert await other.activation_ids() == [aid]
+            async with m.running_engine(held, "engine-a") as slow:
+                async with asyncio.timeout(10):
+                    await slow.ready.wait()
+                event = await cew.raise_event("taser_draw")
+                aid = activation_id("cew", event.eid)
+                await eventually(lambda: slow.stats.events >= 1)
+                async with m.running_engine(other, "engine-b") as fast:
+                    await eventually(lambda: cew.unconfirmed == 0, timeout=15)  # B confirmed
+                    assert fast.stats.activations == 1
+                    held.release.set()
+                    await eventually(lambda: slow.stats.duplicates >= 1)
+                    await eventually(lambda: slow.stats.confirmations >= 1)
+                    # A record would follow the confirmation at once, were one sent.
+                    await quiet_for(0.5)
+                    assert slow.stats.activations == 0
+                    assert published == [aid]
+                    assert await other.activation_ids() == [aid]
             watching.cancel()
-            await stop(m, "engine-a", "engine-b")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -32,14 +31,9 @@ from actimesh.triggers.fanout import activation_id
 from actimesh.triggers.fleet import StaticDirectory
 from actimesh.triggers.ledger import Ledger
 from tests.integration.harness import CENTER, DISPATCH_SOURCE, TEST_SETTINGS, Mesh, mesh
+from tests.waiting import eventually, quiet_for
 
 pytestmark = pytest.mark.integration
-
-
-async def wait_until(condition: Callable[[], object], timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.02)
 
 
 async def drain(client: aiomqtt.Client, quiet_s: float = 0.3) -> list[aiomqtt.Message]:
@@ -86,7 +80,7 @@ async def test_flooding_cew_is_rate_limited_while_another_officers_taser_draw_ac
             for _ in range(3 * burst):
                 await flood.raise_event("taser_draw")
             # Refused events are confirmed as rejected: the device stops re-sending them.
-            await wait_until(lambda: flood.unconfirmed == 0)
+            await eventually(lambda: flood.unconfirmed == 0)
             messages = await drain(operator)
         refused = flood.stats.events_rejected
         assert flood.stats.events_confirmed + refused == 3 * burst
@@ -109,7 +103,7 @@ async def test_flooding_cew_is_rate_limited_while_another_officers_taser_draw_ac
         event = await cew_b.raise_event("taser_draw")
         aid = activation_id("cew-b", event.eid)
         assert await m.commanded(aid, {"bwc-b"}) == {"bwc-b"}
-        await wait_until(lambda: cew_b.stats.events_confirmed == 1)
+        await eventually(lambda: cew_b.stats.events_confirmed == 1)
 
 
 async def test_global_storm_bound_refuses_activations_beyond_it(
@@ -124,7 +118,7 @@ async def test_global_storm_bound_refuses_activations_beyond_it(
         engine = engine_of(m)
         for cew in cews:
             await cew.raise_event("taser_draw")
-            await wait_until(lambda cew=cew: cew.unconfirmed == 0)  # type: ignore[misc]
+            await eventually(lambda cew=cew: cew.unconfirmed == 0)  # type: ignore[misc]
         assert [c.stats.events_confirmed for c in cews] == [1, 1, 0]
         assert cews[2].stats.events_rejected == 1
         assert engine.stats.rejected["storm"] == 1
@@ -145,7 +139,7 @@ async def test_body_cam_raising_emergency_lights_is_refused(
         async with m.client() as operator:
             await operator.subscribe(m.topics.all_deadletters, qos=1)
             await bwc.raise_event("emergency_lights")
-            await wait_until(lambda: bwc.unconfirmed == 0)
+            await eventually(lambda: bwc.unconfirmed == 0)
             (letter,) = letters(await drain(operator))
         assert bwc.stats.events_rejected == 1
         assert letter.reason == "sender_not_allowed"
@@ -166,7 +160,7 @@ async def test_only_the_dispatch_source_may_raise_a_zone(
         await m.ready()
         engine = engine_of(m)
         await gw.raise_event("dispatch_zone", radius=1000.0)
-        await wait_until(lambda: gw.unconfirmed == 0)
+        await eventually(lambda: gw.unconfirmed == 0)
         assert gw.stats.events_rejected == 1
         assert engine.stats.rejected == {"sender_not_allowed": 1}
         # The same request from the dispatch console's device id goes through, with the
@@ -197,13 +191,13 @@ async def test_registry_has_the_last_word_on_what_a_device_is(
         engine = engine_of(m)
         assert engine.fleet.contradictions["kind"] >= 1
         await liar.raise_event("emergency_lights")
-        await wait_until(lambda: liar.unconfirmed == 0)
+        await eventually(lambda: liar.unconfirmed == 0)
         assert liar.stats.events_rejected == 1
         rogue = Event(eid="r1", type="emergency_lights", ts=time.time(), lat=CENTER[0],
                       lon=CENTER[1])  # fmt: skip
         async with m.client() as outsider:
             await outsider.publish(m.topics.event("rogue"), encode(rogue), qos=1)
-        await wait_until(lambda: engine.stats.rejected["sender_not_allowed"] == 2)
+        await eventually(lambda: engine.stats.rejected["sender_not_allowed"] == 2)
         event = await gw.raise_event("emergency_lights")
         aid = activation_id("gw", event.eid)
         # The liar is registered as a body camera: commanded as one, whatever it says.
@@ -235,7 +229,7 @@ async def test_unregistered_ids_do_not_grow_the_fleet(
                 await outsider.publish(m.topics.telemetry(f"ghost-{n}"), encode(fix))
             hello = Presence(online=True, ts=now, device_kind=DeviceKind.BODY_CAM)
             await outsider.publish(m.topics.presence("ghost-x"), encode(hello), qos=1)
-        await wait_until(lambda: engine.stats.rejected["unregistered"] == 21)
+        await eventually(lambda: engine.stats.rejected["unregistered"] == 21)
         assert {d.device_id for d in engine.fleet} == {"bwc"}
         assert "ghost-0" not in engine.index
         assert "bwc" in engine.index
@@ -252,26 +246,21 @@ async def test_replayed_event_is_refused_after_an_engine_restart(
         cew = m.add("cew", DeviceKind.CEW, paired=("bwc",))
         await m.ready()
         async with Ledger(tmp_path / "engine.sqlite3") as ledger:
-            first = m.start_engine(ledger)
-            await wait_until(first.warmed.is_set)
-            event = await cew.raise_event("taser_draw")
-            aid = activation_id("cew", event.eid)
-            assert await m.commanded(aid, {"bwc"}) == {"bwc"}
-            await wait_until(lambda: cew.unconfirmed == 0)
-            task = m.tasks["engine-1"]
-            task.cancel()
-            await asyncio.wait([task], timeout=5)
+            async with m.running_engine(ledger) as first:
+                await eventually(first.warmed.is_set)
+                event = await cew.raise_event("taser_draw")
+                aid = activation_id("cew", event.eid)
+                assert await m.commanded(aid, {"bwc"}) == {"bwc"}
+                await eventually(lambda: cew.unconfirmed == 0)
             # A fresh engine: nothing in memory; the same bytes again.
-            second = m.start_engine(ledger)
-            await wait_until(second.warmed.is_set)
-            await cew.resend_last_event()
-            await wait_until(lambda: second.stats.duplicates == 1)
-            await asyncio.sleep(0.3)  # room for a command, were one sent
-            assert second.stats.activations == 0
-            assert len(bwc.received) == 1
-            assert await ledger.activation_ids() == [aid]
-            m.tasks["engine-1"].cancel()
-            await asyncio.wait([m.tasks["engine-1"]], timeout=5)
+            async with m.running_engine(ledger) as second:
+                await eventually(second.warmed.is_set)
+                await cew.resend_last_event()
+                await eventually(lambda: second.stats.duplicates == 1)
+                await quiet_for(0.3)  # room for a command, were one sent
+                assert second.stats.activations == 0
+                assert len(bwc.received) == 1
+                assert await ledger.activation_ids() == [aid]
 
 
 async def test_replay_the_dedupe_memory_forgot_is_answered_by_the_ledger(
@@ -290,10 +279,10 @@ async def test_replay_the_dedupe_memory_forgot_is_answered_by_the_ledger(
                 payloads.append(encode(event))
                 await cew.publish(m.topics.event("cew"), payloads[-1], qos=1)
                 await m.commanded(activation_id("cew", f"e{n}"), {"bwc"}, quiet_s=0)
-            await wait_until(lambda: engine.stats.activations == 3)
+            await eventually(lambda: engine.stats.activations == 3)
             assert len(engine._seen) == 2  # e0 is forgotten here ...
             await cew.publish(m.topics.event("cew"), payloads[0], qos=1)
-            await wait_until(lambda: engine.stats.duplicates == 1)
+            await eventually(lambda: engine.stats.duplicates == 1)
         assert engine.stats.ledger_lookups == 1  # ... but not by the ledger
         await asyncio.sleep(0.3)
         assert engine.stats.activations == 3
@@ -308,7 +297,7 @@ async def _recording(engine: Engine, *device_ids: str) -> None:
         infos = [engine.fleet.get(d) for d in device_ids]
         return all(i is not None and i.state is DeviceState.RECORDING for i in infos)
 
-    await wait_until(all_recording)
+    await eventually(all_recording)
 
 
 MERGING = replace(TEST_SETTINGS, merge_window_s=10.0)
@@ -327,7 +316,7 @@ async def test_repeated_trigger_joins_the_activation_its_cameras_are_recording(
         aid = activation_id("cew", first.eid)
         assert await m.commanded(aid, {"bwc", "bwc-near"}) == {"bwc", "bwc-near"}
         await _recording(engine, "bwc", "bwc-near")
-        await wait_until(lambda: cew.unconfirmed == 0)
+        await eventually(lambda: cew.unconfirmed == 0)
         async with m.client() as watcher:
             await watcher.subscribe(m.topics.confirm("cew"), qos=1)
             second = await cew.raise_event("taser_draw")
@@ -346,7 +335,7 @@ async def test_repeated_trigger_joins_the_activation_its_cameras_are_recording(
         assert report.ok, report.summary()
         # Re-sent, the merged trigger is confirmed with the same activation again.
         await cew.resend_last_event()
-        await wait_until(lambda: engine.stats.duplicates == 1)
+        await eventually(lambda: engine.stats.duplicates == 1)
 
 
 async def test_second_incident_reaching_another_camera_is_not_merged(
@@ -386,7 +375,7 @@ async def test_camera_stopped_by_its_officer_is_commanded_again_not_merged(
             info = engine.fleet.get("bwc")
             return info is not None and info.state is DeviceState.BUFFERING
 
-        await wait_until(stopped)
+        await eventually(stopped)
         second = await cew.raise_event("taser_draw")
         aid = activation_id("cew", second.eid)
         assert await m.commanded(aid, {"bwc"}) == {"bwc"}

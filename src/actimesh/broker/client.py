@@ -52,7 +52,6 @@ __all__ = [
     "Subscription",
     "TlsSettings",
     "Will",
-    "resume_cancellation",
     "wait_for_connection",
     "with_access",
 ]
@@ -194,24 +193,32 @@ def with_access(
     return dataclasses.replace(settings, **changes) if changes else settings
 
 
-def resume_cancellation() -> None:
-    """Re-raise a cancellation that an awaited library call swallowed.
+def _no_lost_cancel(client: aiomqtt.Client) -> None:
+    # aiomqtt 2.x waits for CONNACK, SUBACK, PUBACK and the disconnection with
+    # ``asyncio.wait_for``. On Python 3.11 that drops a cancellation which arrives as the
+    # awaited future completes (CPython gh-86296, rewritten on ``asyncio.timeout`` in
+    # 3.12): the task carries on as if never cancelled and the TaskGroup that cancelled
+    # it waits forever (an engine that ignored Ctrl-C; FIELD-NOTES §8). The same wait on
+    # ``asyncio.timeout`` cannot lose it. aiomqtt looks ``_wait_for`` up on the instance,
+    # so replacing it there changes nothing else; tests/broker/test_client.py holds
+    # this adapter to it.
+    async def wait_for(fut: Awaitable[Any], timeout: float | None) -> Any:
+        limit = client.timeout if timeout is None else timeout
+        try:
+            async with asyncio.timeout(None if limit == math.inf else limit):
+                return await fut
+        except TimeoutError:
+            raise aiomqtt.MqttError("Operation timed out") from None
 
-    On Python 3.11, ``asyncio.wait_for`` (used inside aiomqtt) drops a cancellation that
-    arrives just as the awaited future completes (fixed in 3.12, CPython gh-86296). The
-    task then carries on as if nothing happened and a TaskGroup waiting for it never
-    exits. A pending request shows as ``Task.cancelling() > 0``; honour it.
-    """
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
+    client._wait_for = wait_for  # type: ignore[method-assign]
 
 
 def _enable_manual_ack(client: aiomqtt.Client) -> None:
     # aiomqtt 2.x builds its paho client without manual_ack and acknowledges QoS 1
     # messages before the application sees them. paho's own switch is public; reaching
-    # aiomqtt's paho client is not. The functions from here to `_flush` are the only
-    # places that do it (tests/broker/test_client.py proves redelivery without an ack).
+    # aiomqtt's paho client is not. The functions from `_no_lost_cancel` to `_flush`
+    # are the only places that reach into aiomqtt (tests/broker/test_client.py proves
+    # redelivery without an ack).
     client._client.manual_ack_set(True)
 
 
@@ -307,7 +314,8 @@ class InFlight:
         """Wait for the broker's PUBACK, until the deadline; ``BrokerError`` if none."""
         remaining = self.deadline - asyncio.get_running_loop().time()
         try:
-            await asyncio.wait_for(self.future, timeout=max(0.0, remaining))
+            async with asyncio.timeout(max(0.0, remaining)):
+                await self.future
         except TimeoutError as exc:
             raise BrokerError(f"publish to {self.topic} not acknowledged by the broker") from exc
         finally:
@@ -452,6 +460,7 @@ class MqttLink:
         )
         # Commands fan out concurrently; aiomqtt warns above 10 pending calls by default.
         client.pending_calls_threshold = 10_000
+        _no_lost_cancel(client)
         if s.manual_ack:
             _enable_manual_ack(client)
         return client
@@ -466,10 +475,8 @@ class MqttLink:
                     self.stats.connects += 1
                     for sub in self.settings.subscriptions:
                         await client.subscribe(sub.topic, sub.qos, timeout=self.settings.timeout_s)
-                        resume_cancellation()
                     if self._on_connect is not None:
                         await self._on_connect(self)
-                        resume_cancellation()
                     self._connected.set()
                     attempt = 0
                     log.debug("%s connected", self.settings.client_id)
@@ -543,8 +550,6 @@ class MqttLink:
             )
         except aiomqtt.MqttError as exc:
             raise BrokerError(f"publish to {topic} failed: {exc}") from exc
-        finally:
-            resume_cancellation()
         self.stats.published += 1
 
     def publish_nowait(

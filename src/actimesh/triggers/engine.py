@@ -855,10 +855,12 @@ class Engine:
                 await self._alert(AlertKind.LEDGER, plan.aid, None, str(exc))
                 continue
             self._durable.add(plan.aid)
-            self.ctl.ack(item.message, item.origin)
-            await self._confirm(item.source, event.eid, ConfirmStatus.ACTIVATED, plan.aid,
-                                cameras=len(plan.targets))  # fmt: skip
-            if not inserted:
+            # Counted once durable and before the confirmation leaves: a device holding
+            # its confirmation must find the activation counted (replicas' counters add
+            # up to what the ledger holds at every moment a device can observe).
+            if inserted:
+                self.stats.activations += 1
+            else:
                 # Another replica of the share group recorded this trigger first (the
                 # device re-sent it while that replica was still writing). It is durable,
                 # so it is confirmed, but its record belongs to the replica that wrote it:
@@ -866,8 +868,11 @@ class Engine:
                 self.stats.duplicates += 1
                 log.info("event %s from %s already recorded by another engine", event.eid,
                          item.source)  # fmt: skip
+            self.ctl.ack(item.message, item.origin)
+            await self._confirm(item.source, event.eid, ConfirmStatus.ACTIVATED, plan.aid,
+                                cameras=len(plan.targets))  # fmt: skip
+            if not inserted:
                 continue
-            self.stats.activations += 1
             record = Activation(
                 aid=plan.aid,
                 eid=event.eid,
