@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import math
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -29,7 +29,9 @@ from actimesh.broker.client import (
 from actimesh.errors import BrokerError
 
 
-async def _cancel_as_it_completes(wait: Callable[[asyncio.Future[None]], Awaitable[None]]) -> bool:
+async def _cancel_as_it_completes(
+    wait: Callable[[asyncio.Future[None]], Coroutine[Any, Any, None]],
+) -> bool:
     """Cancel a task in the same turn as the future it waits on completes (the race
     that Python 3.11's ``asyncio.wait_for`` loses). True if the cancellation arrived."""
     fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()

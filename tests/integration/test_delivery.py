@@ -108,7 +108,8 @@ async def test_silent_camera_gets_retries_and_raises_a_no_ack_alert(
     async with mesh(agency, broker_port, tmp_path) as m:
         cew = m.add("cew", DeviceKind.CEW, at=0.0)
         await m.ready()
-        assert m.engine is not None
+        engine = m.engine
+        assert engine is not None
         async with m.client() as mute, m.client() as dispatch:
             # A camera that is online and near, but never answers its commands.
             presence = Presence(online=True, device_kind=DeviceKind.BODY_CAM)
@@ -116,7 +117,7 @@ async def test_silent_camera_gets_retries_and_raises_a_no_ack_alert(
             lat, lon = CENTER
             fix = Telemetry(ts=time.time(), lat=lat, lon=lon, acc=0.0, state=DeviceState.BUFFERING)
             await mute.publish(m.topics.telemetry("mute"), encode(fix))
-            await eventually(lambda: "mute" in m.engine.index)
+            await eventually(lambda: "mute" in engine.index)
             await dispatch.subscribe(m.topics.all_alerts, qos=1)
             event = await cew.raise_event("taser_draw")
             async with asyncio.timeout(5):
@@ -126,8 +127,8 @@ async def test_silent_camera_gets_retries_and_raises_a_no_ack_alert(
         assert alert.alert is AlertKind.NO_ACK
         assert alert.device == "mute"
         assert alert.aid == activation_id("cew", event.eid)
-        await eventually(lambda: m.engine.stats.retries >= 1)
-        assert m.engine.deliveries.get(alert.aid, "mute") is not None
+        await eventually(lambda: engine.stats.retries >= 1)
+        assert engine.deliveries.get(alert.aid, "mute") is not None
 
 
 async def test_camera_out_of_coverage_gets_full_pre_roll_on_reconnect_with_recall(
