@@ -8,11 +8,12 @@ from actimesh.broker.messages import ActivationReason, DeviceKind, Event, Presen
 from actimesh.geofence import GridIndex, InclusionMode, InclusionPolicy, destination
 from actimesh.triggers.fanout import (
     Exclusion,
+    Plan,
     PositionSource,
     activation_id,
     plan_activation,
 )
-from actimesh.triggers.fleet import Fleet, LastFix
+from actimesh.triggers.fleet import OFFLINE_MEMORY_S, Fleet, LastFix
 from actimesh.triggers.rules import DEFAULT_RULES, Rule
 
 T0 = 1_800_000_000.0
@@ -42,15 +43,22 @@ class Scene:
             lat, lon = destination(*CENTER, bearing, at)
             self.index.upsert(device_id, lat, lon, acc, T0 - age)
 
-    def go_offline(self, device_id: str) -> None:
+    def go_offline(self, device_id: str, *, ago: float = 1.0) -> None:
+        """Switch ``device_id`` off ``ago`` seconds before T0, where it last was."""
         fix = self.index.get(device_id)
         assert fix is not None
         self.index.remove(device_id)
-        self.fleet.presence(
-            device_id,
-            Presence(online=False),
-            T0 - 1,
-            LastFix(fix.lat, fix.lon, fix.acc, fix.ts),
+        last = LastFix(fix.lat, fix.lon, fix.acc, fix.ts)
+        self.fleet.presence(device_id, Presence(online=False), T0 - ago, last)
+
+    def plan(self, policy: InclusionPolicy | None = None) -> Plan:
+        return plan_activation(
+            event=taser(fix=True),
+            source="cew1",
+            rule=rule("taser_draw"),
+            fleet=self.fleet,
+            index=self.index,
+            policy=policy or InclusionPolicy(),
         )
 
 
@@ -163,6 +171,70 @@ def test_offline_camera_is_reported_not_commanded() -> None:
     )
     assert plan.targets == ()
     assert [(d.device_id, d.reason) for d in plan.decisions] == [("bwc-off", Exclusion.OFFLINE)]
+
+
+@pytest.mark.parametrize("ago", [11.0, 3600.0, OFFLINE_MEMORY_S - 1])
+def test_camera_switched_off_long_before_the_event_is_still_reported_offline(
+    ago: float,
+) -> None:
+    """The offline row does not depend on the fix-age window: a camera switched off
+    11 s or an hour before a trigger beside it is what an investigator asks about."""
+    scene = Scene()
+    scene.device("cew1", DeviceKind.CEW)
+    scene.device("bwc-off", DeviceKind.BODY_CAM, at=4.0, age=ago)
+    scene.go_offline("bwc-off", ago=ago)
+    (decision,) = scene.plan().decisions
+    assert (decision.device_id, decision.reason) == ("bwc-off", Exclusion.OFFLINE)
+    assert decision.fix_age_s == pytest.approx(ago)
+    assert decision.distance_m == pytest.approx(4.0, abs=1e-6)
+
+
+def test_camera_switched_off_longer_ago_than_a_shift_is_forgotten() -> None:
+    scene = Scene()
+    scene.device("cew1", DeviceKind.CEW)
+    scene.device("bwc-old", DeviceKind.BODY_CAM, at=4.0)
+    scene.go_offline("bwc-old", ago=OFFLINE_MEMORY_S + 1)
+    assert scene.plan().decisions == ()
+
+
+def test_offline_memory_holds_each_device_once_and_prunes_as_devices_leave() -> None:
+    fleet = Fleet(offline_memory_s=100.0)
+    fix = LastFix(CENTER[0], CENTER[1], 0.0, T0)
+    for i in range(3):  # off, on, off again: one entry
+        fleet.presence("bwc", Presence(online=i % 2 == 1), T0 + i, fix)
+    assert [i.device_id for i, _ in fleet.offline_near(*CENTER, 10.0, T0)] == ["bwc"]
+    fleet.presence("other", Presence(online=False), T0 + 150, fix)  # prunes "bwc"
+    assert [i.device_id for i, _ in fleet.offline_near(*CENTER, 10.0, 0.0)] == ["other"]
+
+
+def test_camera_back_online_is_no_longer_reported_offline() -> None:
+    scene = Scene()
+    scene.device("cew1", DeviceKind.CEW)
+    scene.device("bwc", DeviceKind.BODY_CAM, at=4.0)
+    scene.go_offline("bwc", ago=5.0)
+    scene.fleet.presence("bwc", Presence(online=True), T0 - 2)
+    assert scene.plan().decisions == ()
+
+
+@pytest.mark.parametrize("mode", list(InclusionMode))
+def test_every_camera_just_outside_the_radius_gets_a_row_in_either_mode(
+    mode: InclusionMode,
+) -> None:
+    """Centre mode commands only within 9.144 m, but still says why the camera at
+    9.3 m (and the stale one at 5 m) was left out."""
+    scene = Scene()
+    scene.device("cew1", DeviceKind.CEW)
+    scene.device("bwc-9.3", DeviceKind.BODY_CAM, at=9.3, acc=0.0)
+    scene.device("bwc-14", DeviceKind.BODY_CAM, at=14.0, bearing=90, acc=0.0)
+    scene.device("bwc-stale", DeviceKind.BODY_CAM, at=5.0, bearing=180, age=25.0)
+    plan = scene.plan(InclusionPolicy(mode=mode))
+    assert plan.targets == ()
+    reasons = {d.device_id: d.reason for d in plan.decisions}
+    assert reasons == {
+        "bwc-9.3": Exclusion.TOO_FAR,
+        "bwc-14": Exclusion.TOO_FAR,
+        "bwc-stale": Exclusion.STALE,
+    }
 
 
 def test_accuracy_margin_widens_radius_in_inclusive_mode_only() -> None:

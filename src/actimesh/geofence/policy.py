@@ -103,13 +103,13 @@ class InclusionPolicy:
         return min(math.hypot(_accuracy(acc_device), _accuracy(acc_event)), self.max_margin_m)
 
     def search_radius_m(self, radius_m: float) -> float:
-        """Return the radius to ask the spatial index for, so no candidate is missed.
+        """Return the radius to ask the spatial index for: ``radius_m + max_margin_m``.
 
-        INCLUSIVE: ``radius_m + max_margin_m`` (the largest margin any pair can get).
-        CENTRE: ``radius_m``.
+        INCLUSIVE: the largest margin any pair can get, so no candidate is missed.
+        CENTRE: the same band, although no camera in it beyond ``radius_m`` is commanded,
+        so that every camera just outside the rule still gets a decision row saying why
+        it was left out (``too_far``, ``stale``, ``offline``), whichever mode is in force.
         """
-        if self.mode is InclusionMode.CENTRE:
-            return radius_m
         return radius_m + self.max_margin_m
 
     def judge(

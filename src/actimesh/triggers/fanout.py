@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from actimesh.broker.messages import CAMERA_KINDS, ActivationReason, DeviceKind, Event
-from actimesh.geofence import InclusionPolicy, SpatialIndex, Verdict, distance_m
+from actimesh.geofence import InclusionPolicy, SpatialIndex, Verdict
 from actimesh.triggers.fleet import Fleet
 from actimesh.triggers.ledger import DecisionRow
 from actimesh.triggers.rules import Rule
@@ -164,17 +164,16 @@ def _nearby(
             decisions[fix.device_id] = replace(row, commanded=True, reason=reason, margin_m=margin)
         else:
             decisions[fix.device_id] = replace(row, reason=verdict.value, margin_m=margin)
-    for info in fleet.recently_offline(event.ts - policy.max_fix_age_s):
+    since = event.ts - fleet.offline_memory_s
+    for info, dist in fleet.offline_near(lat, lon, search, since):
         last = info.last_fix
         if last is None or info.device_id in decisions or not info.is_camera:
             continue
-        dist = distance_m(lat, lon, last.lat, last.lon)
-        if dist <= search:
-            kind = info.kind.value if info.kind else None
-            decisions[info.device_id] = DecisionRow(
-                info.device_id, kind, False, Exclusion.OFFLINE, dist, None,
-                event.ts - last.ts, last.acc,
-            )  # fmt: skip
+        kind = info.kind.value if info.kind else None
+        age = event.ts - last.ts
+        decisions[info.device_id] = DecisionRow(
+            info.device_id, kind, False, Exclusion.OFFLINE, dist, None, age, last.acc
+        )
 
 
 def plan_activation(

@@ -29,8 +29,10 @@ from actimesh.broker.messages import (
     OfflineReason,
     Presence,
 )
+from actimesh.geofence.index import GridIndex
 
 __all__ = [
+    "OFFLINE_MEMORY_S",
     "DeviceDirectory",
     "DeviceInfo",
     "DirectoryEntry",
@@ -43,6 +45,11 @@ log = logging.getLogger(__name__)
 
 #: What a directory knows of one device: ``(kind, unit, paired device ids)``.
 DirectoryEntry = tuple[DeviceKind, str | None, tuple[str, ...]]
+
+#: How long a camera switched off is remembered where it was, so an event near it gets
+#: an ``offline`` decision row: one shift. A camera switched off near an incident is
+#: what an investigator asks about, however long before the event it went dark.
+OFFLINE_MEMORY_S = 12 * 3600.0
 
 
 class DeviceDirectory(Protocol):
@@ -112,12 +119,22 @@ class Fleet:
     claimed (``kind``, ``paired``, ``unregistered``).
     """
 
-    def __init__(self, directory: DeviceDirectory | None = None) -> None:
+    def __init__(
+        self,
+        directory: DeviceDirectory | None = None,
+        *,
+        offline_memory_s: float = OFFLINE_MEMORY_S,
+    ) -> None:
         self.directory = directory
+        self.offline_memory_s = offline_memory_s
         self.contradictions: Counter[str] = Counter()
         self._devices: dict[str, DeviceInfo] = {}
-        # Devices that went offline recently, for "offline" verdicts near an event.
-        self._recently_offline: dict[str, DeviceInfo] = {}
+        # Where devices switched off were last, for "offline" verdicts near an event: a
+        # spatial index, so a trigger looks at the few near it, never at every device
+        # that went dark this shift. ``_offline_order`` holds the same ids oldest first,
+        # for pruning; each device is in both at most once.
+        self._offline = GridIndex()
+        self._offline_order: dict[str, float] = {}
 
     def __len__(self) -> int:
         return len(self._devices)
@@ -192,11 +209,11 @@ class Fleet:
         """Apply a presence message. ``fix`` is the device's last position when it leaves."""
         info = self.touch(device_id, now)
         self._claims(info, msg)
+        self._forget_offline(device_id)
         if msg.online:
             info.online = True
             info.offline_since = None
             info.last_fix = None
-            self._recently_offline.pop(device_id, None)
         else:
             info.online = False
             info.offline_since = now
@@ -204,18 +221,33 @@ class Fleet:
                 info.state = DeviceState.OFF
             info.last_fix = fix
             if fix is not None:
-                self._recently_offline[device_id] = info
+                self._offline.upsert(device_id, fix.lat, fix.lon, fix.acc, fix.ts)
+                self._offline_order[device_id] = now
+        self._prune_offline(now - self.offline_memory_s)
         return info
 
-    def recently_offline(self, since: float) -> Iterator[DeviceInfo]:
-        """Devices that went offline at or after ``since`` and left a position behind.
+    def _forget_offline(self, device_id: str) -> None:
+        if self._offline_order.pop(device_id, None) is not None:
+            self._offline.remove(device_id)
 
-        Older entries are pruned as a side effect, so this stays small.
-        """
-        stale = [k for k, v in self._recently_offline.items() if (v.offline_since or 0) < since]
-        for key in stale:
-            del self._recently_offline[key]
-        return iter(list(self._recently_offline.values()))
+    def _prune_offline(self, before: float) -> None:
+        while self._offline_order:
+            device_id, since = next(iter(self._offline_order.items()))
+            if since >= before:
+                return
+            self._forget_offline(device_id)
+
+    def offline_near(
+        self, lat: float, lon: float, radius_m: float, since: float
+    ) -> list[tuple[DeviceInfo, float]]:
+        """Devices switched off within ``radius_m`` of a point, at their last position,
+        with the distance to it, that went offline at or after ``since``."""
+        out = []
+        for fix, dist in self._offline.within(lat, lon, radius_m):
+            info = self._devices.get(fix.device_id)
+            if info is not None and (info.offline_since or 0.0) >= since:
+                out.append((info, dist))
+        return out
 
     def units(self) -> dict[str, list[str]]:
         """Device ids by unit, for display."""
