@@ -49,6 +49,7 @@ from actimesh.devices.recorder import RecordingStore
 from actimesh.dispatch.settings import DispatchSettings
 from actimesh.errors import BrokerError
 from actimesh.geofence import destination
+from actimesh.lifeline import die_with_parent
 from actimesh.security.acl import SERVICE_ENGINE, AclPolicy
 from actimesh.security.provision import prepare_broker, provision_agents
 from actimesh.security.registry import SECRETS_DIR, Credentials
@@ -122,7 +123,11 @@ class _EngineProc:
     async def start(self) -> None:
         with self.log.open("ab") as log:
             self.proc = await asyncio.create_subprocess_exec(
-                *self.argv, stdout=log, stderr=log, stdin=asyncio.subprocess.DEVNULL
+                *self.argv,
+                stdout=log,
+                stderr=log,
+                stdin=asyncio.subprocess.DEVNULL,
+                preexec_fn=die_with_parent(),
             )
         # Ready when it says so on its log (it prints once connected and subscribed).
         async with asyncio.timeout(30):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import subprocess
 import sys
 import time
 from collections import deque
@@ -32,6 +33,7 @@ from actimesh.broker.mosquitto import (
 )
 from actimesh.broker.topics import Topics
 from actimesh.errors import BrokerError, BrokerNotInstalledError, ConfigError
+from tests.waiting import eventually_sync
 
 TIMEOUT_S = 5.0
 
@@ -439,3 +441,52 @@ def test_free_port_does_not_hand_out_the_same_port_twice(
     monkeypatch.setattr(mosquitto, "_RECENT_PORTS", deque(maxlen=8))
     assert mosquitto.free_port() == 40001
     assert mosquitto.free_port() == 40002
+
+
+# ---------------------------------------------------------------------- orphans
+
+_PARENT = """
+import sys
+from pathlib import Path
+from actimesh.broker.mosquitto import ManagedMosquitto, MosquittoConfig
+
+broker = ManagedMosquitto(
+    MosquittoConfig(data_dir=Path(sys.argv[1]), port=int(sys.argv[2]), insecure_anonymous=True)
+)
+broker.start()
+print(broker.pid, flush=True)
+sys.stdin.read()  # until the test kills this process
+"""
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    # Not our child, so once it exits init reaps it; until then it may be a zombie.
+    status = Path(f"/proc/{pid}/stat").read_text().split(") ")[-1]
+    return status.startswith("Z")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl is Linux only")
+def test_broker_dies_with_a_parent_killed_outright(tmp_path: Path) -> None:
+    """SIGKILL runs no clean-up in the parent; the kernel still stops its broker."""
+    with subprocess.Popen(
+        [sys.executable, "-c", _PARENT, str(tmp_path), str(free_port())],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    ) as parent:
+        try:
+            assert parent.stdout is not None
+            broker_pid = int(parent.stdout.readline())
+            assert not _gone(broker_pid)
+            parent.kill()
+            parent.wait(timeout=TIMEOUT_S)
+            eventually_sync(lambda: _gone(broker_pid), timeout=TIMEOUT_S)
+        finally:
+            parent.kill()
+    # SIGTERM, not SIGKILL: the broker shut down cleanly and saved its database.
+    log = (tmp_path / "mosquitto.log").read_text()
+    assert "terminating" in log, log[-300:]
+    assert "Saving in-memory database" in log, log[-300:]

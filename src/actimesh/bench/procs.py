@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import json
 import logging
 import os
@@ -32,6 +31,7 @@ from types import TracebackType
 from typing import Any, NoReturn, Self
 
 from actimesh.errors import ActimeshError
+from actimesh.lifeline import die_with_parent
 
 __all__ = ["BenchError", "Handler", "Rpc", "Worker", "WorkerPool", "proc_sample"]
 
@@ -178,6 +178,7 @@ class WorkerPool:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=log_file,
                 start_new_session=True,
+                preexec_fn=die_with_parent(),
                 limit=_LINE_LIMIT,
             )
         worker = Worker(label, proc, log_path)
@@ -207,15 +208,6 @@ class WorkerPool:
 
 
 # ---------------------------------------------------------------------- worker side
-def die_with_parent() -> None:
-    """Ask Linux to SIGTERM this process when its parent dies (no-op elsewhere)."""
-    if not sys.platform.startswith("linux"):
-        return
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
 class _Exit(Exception):  # noqa: N818 - a control-flow signal, not an error
     pass
 

@@ -25,7 +25,7 @@ from actimesh.bench.loadgen import LoadGenerator, PahoPublisher, RawPublisher
 from actimesh.bench.naive import time_queries
 from actimesh.bench.plain import PlainSubscriber
 from actimesh.bench.probe import Probe
-from actimesh.bench.procs import Rpc, die_with_parent
+from actimesh.bench.procs import Rpc
 from actimesh.bench.scaling import side_by_side
 from actimesh.bench.workload import build_fleet
 from actimesh.broker.topics import DeviceChannel, Topics
@@ -224,7 +224,6 @@ def main(argv: list[str]) -> int:
     if len(argv) != 2 or argv[0] not in ROLES:
         sys.stderr.write(f"usage: python -m actimesh.bench.worker {{{','.join(ROLES)}}} CONFIG\n")
         return 2
-    die_with_parent()
     logging.basicConfig(
         level=logging.WARNING, format=f"%(asctime)s {argv[0]} %(levelname)s %(name)s: %(message)s"
     )

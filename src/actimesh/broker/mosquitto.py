@@ -46,6 +46,7 @@ from urllib.parse import urlsplit
 
 from actimesh.broker.codec import MAX_ACTIVATION_BYTES, MAX_PAYLOAD_BYTES
 from actimesh.errors import BrokerError, BrokerNotInstalledError, ConfigError
+from actimesh.lifeline import die_with_parent
 
 __all__ = [
     "DEFAULT_MAX_PACKET_SIZE",
@@ -557,6 +558,9 @@ class ManagedMosquitto:
                 # Its own process group: a Ctrl-C in the terminal reaches actimesh, which
                 # then stops the broker gracefully so the database is saved.
                 start_new_session=True,
+                # And if actimesh is killed outright, the broker gets SIGTERM rather than
+                # running on as an orphan.
+                preexec_fn=die_with_parent(),  # noqa: PLW1509 - prctl only, see lifeline
             )
         except OSError as exc:
             log_file.close()
