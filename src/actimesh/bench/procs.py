@@ -152,8 +152,8 @@ class Worker:
                     proc.kill()
             if self._reader is not None:
                 self._reader.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._reader
+                # Not `suppress(CancelledError)`: that would swallow our own cancel too.
+                await asyncio.wait([self._reader])
 
 
 class WorkerPool:

@@ -189,8 +189,9 @@ class _Run:
         finally:
             if not probe.done():  # cancelled (Ctrl-C) or failed: take the call down with us
                 probe.cancel()
-                with contextlib.suppress(asyncio.CancelledError, BenchError):
-                    await probe
+                # Waited, not awaited: its CancelledError or BenchError is not ours, and
+                # suppressing CancelledError here would swallow our own cancel too.
+                await asyncio.wait([probe])
         result = probe.result()
         after = {k: proc_sample(p) for k, p in pids.items()}
         wall = time.monotonic() - t0

@@ -24,6 +24,7 @@ Choices that matter on this path:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -31,7 +32,8 @@ import math
 import random
 import socket
 import ssl
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+import threading
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -211,6 +213,121 @@ def _no_lost_cancel(client: aiomqtt.Client) -> None:
             raise aiomqtt.MqttError("Operation timed out") from None
 
     client._wait_for = wait_for  # type: ignore[method-assign]
+
+
+class _Connect:
+    """aiomqtt's blocking connect, run in an executor thread, that can be given up.
+
+    aiomqtt runs ``__aexit__`` only after ``__aenter__`` succeeded, so a connect that
+    is cancelled half-way (in the thread, or waiting for CONNACK) leaves its socket
+    open, its reader registered, its housekeeping task running and, when the broker
+    later drops the connection, a future whose exception nobody retrieves. The thread
+    cannot be stopped; this wrapper makes it close what it opened once it finishes,
+    if the connection was given up meanwhile.
+    """
+
+    def __init__(self, client: aiomqtt.Client) -> None:
+        self._client = client
+        self._connect = client._client_connect
+        self._loop = asyncio.get_running_loop()
+        self._lock = threading.Lock()
+        self._running = False
+        self._abandoned = False
+
+    def __call__(self) -> None:  # in the executor thread
+        with self._lock:
+            if self._given_up():
+                return
+            self._running = True
+        try:
+            self._connect()
+        finally:
+            with self._lock:
+                self._running = False
+                if self._given_up():  # meanwhile, by the event loop
+                    # After the callbacks the connect scheduled (reader, task): FIFO.
+                    self._loop.call_soon_threadsafe(_close, self._client)
+
+    def _given_up(self) -> bool:
+        return self._abandoned
+
+    def abandon(self) -> bool:
+        """Give the connection up; True if the thread is still connecting (it closes
+        the socket itself when it is done)."""
+        with self._lock:
+            self._abandoned = True
+            return self._running
+
+
+def _close(client: aiomqtt.Client) -> None:
+    """Close a connection that nobody will use again, at once and without waiting for
+    the broker: the socket (which also unregisters its reader and writer and cancels
+    aiomqtt's housekeeping task), and any outcome nobody will read."""
+    client._client._sock_close()
+    for fut in (client._connected, client._disconnected):
+        if fut.done() and not fut.cancelled():
+            fut.exception()  # retrieved: no "Future exception was never retrieved"
+
+
+async def _reap(client: aiomqtt.Client) -> None:
+    """Wait until aiomqtt's housekeeping task of ``client`` is gone."""
+    task = client._misc_task
+    if task is not None and not task.done():
+        task.cancel()
+        await asyncio.wait([task])
+
+
+@contextlib.asynccontextmanager
+async def _connection(client: aiomqtt.Client) -> AsyncIterator[aiomqtt.Client]:
+    """``async with client``, leaving nothing behind however it ends, a cancelled or
+    failed connect included: no socket, no task, no unretrieved future."""
+    connect = _Connect(client)
+    client._client_connect = connect  # type: ignore[method-assign]
+    try:
+        await client.__aenter__()
+    except BaseException:
+        if not connect.abandon():
+            await _close_soon(client)
+        raise
+    try:
+        yield client
+    except BaseException as exc:
+        await client.__aexit__(type(exc), exc, exc.__traceback__)
+        raise
+    else:
+        await client.__aexit__(None, None, None)
+    finally:
+        await _close_soon(client)
+
+
+async def _close_soon(client: aiomqtt.Client) -> None:
+    # aiomqtt registers the socket's writer through call_soon_threadsafe whenever paho
+    # has bytes to send (a PUBACK after a read, a PINGREQ from the housekeeping task),
+    # so one may be scheduled and not yet run. Closing the socket under it would make
+    # it register a file descriptor that is closed. So: stop reading and the
+    # housekeeping first (nothing new to send), let what is scheduled run, then close.
+    sock = client._client.socket()
+    if sock is not None:
+        client._loop.remove_reader(sock.fileno())
+    await _reap(client)
+    await asyncio.sleep(0)
+    _close(client)
+
+
+class _LateAckFilter(logging.Filter):
+    """aiomqtt logs a SUBACK or UNSUBACK whose wait was given up (cancelled, or timed
+    out before a reconnect) as an exception with a traceback: "Unexpected message ID".
+    Nobody waits for that answer any more, so it is no error; kept at DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and record.msg.startswith("Unexpected message ID"):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            record.exc_info = record.exc_text = None
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
+_LATE_ACKS = _LateAckFilter()
 
 
 def _enable_manual_ack(client: aiomqtt.Client) -> None:
@@ -411,6 +528,7 @@ class MqttLink:
         self._connected = asyncio.Event()
         # aiomqtt's own drop warning is replaced by our counter; keep its log quiet.
         self._mqtt_log = logging.getLogger(f"actimesh.mqtt.{settings.client_id}")
+        self._mqtt_log.addFilter(_LATE_ACKS)
 
     @property
     def connected(self) -> bool:
@@ -470,7 +588,7 @@ class MqttLink:
         attempt = 0
         while True:
             try:
-                async with self._make_client() as client:
+                async with _connection(self._make_client()) as client:
                     self._client = client
                     self.stats.connects += 1
                     for sub in self.settings.subscriptions:
