@@ -31,6 +31,13 @@ from actimesh.security import (
     Registry,
     prepare_broker,
 )
+from tests.guards import (  # noqa: F401 - hooks and an autouse fixture, found by name
+    logged_exceptions_fail_the_test,
+    pytest_configure,
+    pytest_runtest_call,
+    pytest_runtest_setup,
+    pytest_runtest_teardown,
+)
 
 
 def _start(broker: ManagedMosquitto) -> ManagedMosquitto:

@@ -26,6 +26,7 @@ class Receiver:
     requests: list[Received] = field(default_factory=list)
     port: int = 0
     _release: asyncio.Event = field(default_factory=asyncio.Event)
+    _open: dict[asyncio.Task[None], asyncio.StreamWriter] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -36,6 +37,9 @@ class Receiver:
         return [r for r in self.requests if r.answered is not None and r.answered < 300]
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._open[task] = writer
         try:
             async with asyncio.timeout(30):
                 while True:
@@ -64,6 +68,17 @@ class Receiver:
             writer.close()
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
+            del self._open[task]
+
+    async def close(self) -> None:
+        """Answer no more: end every connection and wait for its handler. A handler
+        left to the end of the test would be cancelled with the loop, which Python
+        3.11's ``start_server`` reports as an exception in a callback."""
+        self._release.set()
+        for writer in self._open.values():
+            writer.close()
+        if self._open:
+            await asyncio.wait(list(self._open))
 
 
 @contextlib.asynccontextmanager
@@ -71,9 +86,8 @@ async def receiver(mode: str = "ok") -> AsyncIterator[Receiver]:
     rx = Receiver(mode=mode)
     server = await asyncio.start_server(rx._handle, "127.0.0.1", 0)
     rx.port = server.sockets[0].getsockname()[1]
-    try:
-        async with server:
+    async with server:  # closes the listening socket
+        try:
             yield rx
-            rx._release.set()
-    finally:
-        rx._release.set()
+        finally:
+            await rx.close()  # before: 3.12's wait_closed() waits for every connection
