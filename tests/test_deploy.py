@@ -7,7 +7,6 @@ import configparser
 import getpass
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from actimesh.broker.mosquitto import (
     render_config,
 )
 from actimesh.security import AclPolicy, Registry, init_ca, issue_server
+from tests.waiting import eventually_sync
 
 DEPLOY = Path(__file__).parents[1] / "deploy"
 
@@ -74,16 +74,17 @@ def external_broker(tmp_path: Path) -> Iterator[tuple[int, int, Path, str]]:
     # Run as whoever runs the test (root in CI) rather than the `mosquitto` account.
     conf.write_text(f"user {getpass.getuser()}\n{text}")
     proc = subprocess.Popen([str(find_mosquitto()), "-c", str(conf)], stderr=subprocess.PIPE)
+
+    def listening() -> bool:
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else b""
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        except OSError:
+            return False
+        return True
+
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else b""
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "mosquitto did not open its port"
-                time.sleep(0.05)
+        eventually_sync(listening, timeout=10, every=0.05)
         yield port, tls_port, etc / "ca.pem", creds.password
     finally:
         proc.terminate()

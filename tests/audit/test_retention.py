@@ -25,6 +25,7 @@ from tests.audit.helpers import (
     record_recording,
     write_activations,
 )
+from tests.waiting import eventually
 
 
 def _query(path: Path, sql: str) -> list[tuple[object, ...]]:
@@ -158,9 +159,9 @@ async def test_retention_runs_in_the_background_until_cancelled(tmp_path: Path) 
     await write_activations(path, range(1, 3))  # 2020: older than 13 months now
     task = asyncio.create_task(retention_loop(path, 396, interval_s=3600), name="retention")
     try:
-        async with asyncio.timeout(10):
-            while not _query(path, "SELECT 1 FROM records WHERE event_type = 'retention_delete'"):
-                await asyncio.sleep(0.02)
+        await eventually(
+            lambda: _query(path, "SELECT 1 FROM records WHERE event_type = 'retention_delete'")
+        )
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -27,6 +28,7 @@ from actimesh.broker.client import (
     as_bytes,
 )
 from actimesh.errors import BrokerError
+from tests.waiting import eventually, quiet_for
 
 
 async def _cancel_as_it_completes(
@@ -67,6 +69,22 @@ async def test_aiomqtt_waits_never_lose_a_cancellation() -> None:
 
     for _ in range(100):
         assert await _cancel_as_it_completes(through_aiomqtt)
+
+
+async def test_a_late_suback_after_a_cancelled_subscribe_is_no_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """aiomqtt logs the SUBACK of a subscribe whose wait was cancelled as an exception;
+    nobody waits for it any more, so the link's logger keeps it at DEBUG."""
+    link = MqttLink(LinkSettings(host="127.0.0.1", port=1, client_id="late-suback"))
+    client = link._make_client()
+    with caplog.at_level(logging.DEBUG, logger="actimesh.mqtt.late-suback"):
+        client._on_subscribe(client._client, None, 7, [], None)
+        client._on_unsubscribe(client._client, None, 8, [], None)
+    assert [(r.levelno, r.exc_info) for r in caplog.records] == [(logging.DEBUG, None)] * 2
+    caplog.clear()
+    client._on_subscribe(client._client, None, 9, [], None)  # DEBUG is off: not emitted
+    assert caplog.records == []
 
 
 async def test_aiomqtt_wait_still_times_out_as_aiomqtt_does() -> None:
@@ -117,7 +135,14 @@ async def _receive_once(
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
                 await done.wait()
-        await asyncio.sleep(0.1)
+
+        def nothing_left_to_send() -> bool:
+            # The PUBACK of a manual ack is queued in paho and written at a turn of the
+            # loop: gone from paho's queue, it is on the wire before the disconnect.
+            client = link.current_client
+            return client is None or not client._client.want_write()
+
+        await eventually(nothing_left_to_send, timeout=5)
         task.cancel()
     return got
 
@@ -201,10 +226,15 @@ async def test_flush_leaves_no_write_callback_spinning(broker_port: int, agency:
             return original()
 
         client._client.loop_write = counting_loop_write  # type: ignore[method-assign]
+        sent = []
         for k in range(3):
-            link.publish_nowait(f"{agency}/spin/{k}", b"x", qos=1)
+            sent.append(link.publish_nowait(f"{agency}/spin/{k}", b"x", qos=1))
             link.flush()
-        await asyncio.sleep(0.2)
+        for inflight in sent:
+            await inflight.confirmed()
+        # The publishes went out and came back acknowledged: a write callback left
+        # behind would now spin on the idle socket; give it the time to show.
+        await quiet_for(0.2)
         assert writes <= 6  # our three flushes, and at most one idle callback each
     finally:
         task.cancel()

@@ -33,7 +33,7 @@ from actimesh.broker.mosquitto import (
 )
 from actimesh.broker.topics import Topics
 from actimesh.errors import BrokerError, BrokerNotInstalledError, ConfigError
-from tests.waiting import eventually_sync
+from tests.waiting import eventually, eventually_sync
 
 TIMEOUT_S = 5.0
 
@@ -347,9 +347,8 @@ async def test_cancelled_start_leaves_no_broker(tmp_path: Path) -> None:
     binary = _fake_binary(tmp_path, "import time\ntime.sleep(60)\n")
     broker = ManagedMosquitto(_config(tmp_path / "data"), binary=binary)
     task = asyncio.create_task(broker.astart())
-    await asyncio.sleep(0.2)
-    pid = broker.pid
-    assert pid is not None
+    # Launched: the start now waits for a broker that never listens.
+    pid: int = await eventually(lambda: broker.pid, timeout=5)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -24,6 +23,7 @@ from actimesh.broker.mosquitto import (
 )
 from actimesh.errors import BrokerError, ConfigError
 from tests.conftest import SecureBroker
+from tests.waiting import eventually_sync
 
 
 def test_default_config_admits_no_anonymous_client(tmp_path: Path) -> None:
@@ -138,10 +138,9 @@ def test_signal_reload_finds_the_broker_of_a_data_directory(
     broker = secure_mosquitto.broker
     offset = broker.config.log_path.stat().st_size
     assert signal_reload(broker.config.data_dir) == broker.pid
-    end = time.monotonic() + 5
-    while b"Reloading config." not in broker.config.log_path.read_bytes()[offset:]:
-        assert time.monotonic() < end, "no reload logged"
-        time.sleep(0.02)
+    eventually_sync(
+        lambda: b"Reloading config." in broker.config.log_path.read_bytes()[offset:], timeout=5
+    )
 
 
 def test_signal_reload_never_signals_a_stranger(tmp_path: Path) -> None:

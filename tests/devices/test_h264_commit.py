@@ -165,7 +165,9 @@ def test_live_camera_films_and_commits_in_real_time(tmp_path: Path) -> None:
                  signing_key=KEY)  # fmt: skip
 
     def drive(until: float) -> None:
-        # What the device agent's media loop does: advance on a tick.
+        # What the device agent's media loop does: advance on a tick. Time itself: the
+        # capture thread films in real time, and the camera is driven as a deployed
+        # one is, on its loop's 0.1 s period, for a stretch of wall-clock time.
         while time.time() < until:
             cam.advance(time.time())
             time.sleep(0.1)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -23,16 +22,10 @@ from actimesh.devices.h264 import (
 from actimesh.devices.pattern import TestPattern
 from actimesh.errors import MediaError
 from tests.devices.helpers import burned_in_time, decode, wall_pts
+from tests.waiting import eventually_sync
 
 T0 = 1_700_000_000.0
 SMALL = H264Settings(width=160, height=90, fps=5)
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
 
 
 class Scripted:
@@ -68,7 +61,7 @@ def scripted() -> Iterator[Callable[[list[float]], LiveH264Source]]:
         source = LiveH264Source("bwc-1", SMALL, capture=capture, stall_s=0.05, **kwargs)  # type: ignore[arg-type]
         sources.append(source)
         source.switch_on()
-        wait_for(lambda: source.stats.frames == len(times))
+        eventually_sync(lambda: source.stats.frames == len(times))
         return source
 
     yield make
@@ -88,7 +81,7 @@ def test_thread_encodes_each_segment_once_its_last_frame_is_in(
     tmp_path: Path, scripted: Callable[[list[float]], LiveH264Source]
 ) -> None:
     source = scripted(_ticks(0, 3))  # slots 0, 1 complete; slot 2 still being filmed
-    wait_for(lambda: source.stats.segments_encoded == 2)
+    eventually_sync(lambda: source.stats.segments_encoded == 2)
     data = source.render(0, T0, T0 + 1)
     # The thread's bytes are those of the same frames encoded on demand.
     assert data == H264Source("bwc-1", SMALL).render(0, T0, T0 + 1)
@@ -133,7 +126,7 @@ def test_gaps_inside_a_segment_hold_the_last_frame(
 ) -> None:
     # A sensor that stutters: frames at 0.0 and 0.6 only; then slot 1 begins.
     source = scripted([T0, T0 + 0.6, T0 + 1.0])
-    wait_for(lambda: source.stats.segments_encoded == 1)
+    eventually_sync(lambda: source.stats.segments_encoded == 1)
     path = tmp_path / "g.ts"
     path.write_bytes(source.render(0, T0, T0 + 1))
     decoded = decode(path, source.pattern)
@@ -145,7 +138,7 @@ def test_encoded_segments_waiting_for_the_camera_are_bounded(
     scripted: Callable[..., LiveH264Source],
 ) -> None:
     source = scripted(_ticks(0, 9), keep_segments=3)
-    wait_for(lambda: source.stats.segments_encoded == 8)
+    eventually_sync(lambda: source.stats.segments_encoded == 8)
     # Three encoded segments and the raw frames of the one being filmed.
     raw = 5 * sum(p.buffer_size for p in source.pattern.frame(T0).planes)
     assert source.held_bytes <= raw + 3 * 64_000
@@ -163,7 +156,7 @@ def test_sensor_failure_is_counted_and_retried_until_switched_off(tmp_path: Path
     source = LiveH264Source("bwc-1", SMALL, capture=failing)
     source.switch_on()
     try:
-        wait_for(lambda: len(opened) >= 2)
+        eventually_sync(lambda: len(opened) >= 2)
         assert source.stats.capture_errors >= 2
         path = tmp_path / "n.ts"
         path.write_bytes(source.render(0, T0, T0 + 1))
@@ -211,7 +204,7 @@ def test_live_source_films_a_libav_input_and_reopens_it_at_its_end(tmp_path: Pat
     source = LiveH264Source("bwc-1", SMALL, capture=capture)
     source.switch_on()
     try:
-        wait_for(lambda: source.stats.frames >= 5 and source.stats.capture_errors >= 1)
+        eventually_sync(lambda: source.stats.frames >= 5 and source.stats.capture_errors >= 1)
     finally:
         source.switch_off()
 
@@ -273,7 +266,7 @@ def test_open_h264_source_picks_on_demand_or_live(tmp_path: Path) -> None:
     assert isinstance(live, LiveH264Source)
     try:
         assert live.running
-        wait_for(lambda: live.stats.frames > 0)
+        eventually_sync(lambda: live.stats.frames > 0)
     finally:
         live.switch_off()
 
@@ -285,7 +278,7 @@ def test_open_h264_source_films_the_selected_device(tmp_path: Path) -> None:
     source = open_h264_source("bwc-1", SMALL, dev_dir=dev, probe=lambda p: True)
     assert isinstance(source, LiveH264Source)
     try:
-        wait_for(lambda: source.stats.capture_errors >= 1)
+        eventually_sync(lambda: source.stats.capture_errors >= 1)
         path = tmp_path / "x.ts"
         path.write_bytes(source.render(0, T0, T0 + 1))
         assert _is_no_signal(path)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import sqlite3
@@ -14,6 +13,7 @@ import httpx
 from actimesh.audit import verify_ledger
 from actimesh.devices.offload import OffloadReport
 from tests.evidence.helpers import evidence_store, key_of, record
+from tests.waiting import eventually
 
 
 async def _records(path: Path, event_type: str) -> list[tuple[str, str, dict[str, object]]]:
@@ -86,15 +86,10 @@ async def test_upload_cut_mid_file_resumes_from_the_stores_offset(tmp_path: Path
                 )
 
             async def offset() -> int:
-                while True:
-                    head = await client.head(url)
-                    held = int(head.headers["Upload-Offset"])
-                    if held > 0:
-                        return held
-                    await asyncio.sleep(0.02)
+                head = await client.head(url)
+                return int(head.headers["Upload-Offset"])
 
-            async with asyncio.timeout(10):
-                held = await offset()
+            held: int = await eventually(offset)
             assert 0 < held < size
             assert not await env.service.list()  # nothing partial is listed
             assert media.exists()

@@ -12,7 +12,7 @@ import contextlib
 import json
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -165,19 +165,8 @@ async def keep_fresh(m: Mesh, device_id: str, *, at: float, bearing: float) -> N
         while True:
             fix = Telemetry(ts=time.time(), state=DeviceState.BUFFERING, lat=lat, lon=lon, acc=2.0)
             await client.publish(m.topics.telemetry(device_id), encode(fix), qos=0)
+            # Time itself: a device's telemetry period, which keeps the fix from aging.
             await asyncio.sleep(0.5)
-
-
-async def eventually(check: Callable[[], Any], timeout: float = 10.0, every: float = 0.02) -> Any:
-    """Poll ``check`` (sync or async) until it returns something truthy."""
-    async with asyncio.timeout(timeout):
-        while True:
-            result = check()
-            if asyncio.iscoroutine(result):
-                result = await result
-            if result:
-                return result
-            await asyncio.sleep(every)
 
 
 def trail(root: Path, *types: str) -> list[tuple[str, str, str, dict[str, Any]]]:

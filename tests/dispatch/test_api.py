@@ -21,11 +21,11 @@ from tests.dispatch.conftest import (
     add_user,
     api,
     bearer,
-    eventually,
     login,
     running_dispatch,
 )
 from tests.integration.harness import CENTER, mesh
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -244,9 +244,9 @@ async def test_dispatcher_zone_goes_through_engine_rules_and_ledger(
             )
             assert again.status_code == 202
             assert again.json()["aid"] == accepted["aid"]
-            await asyncio.sleep(0.3)
-            assert m.engine is not None
-            assert m.engine.stats.duplicates == 1
+            engine = m.engine
+            assert engine is not None
+            await eventually(lambda: engine.stats.duplicates == 1)
     # The engine's ledger says who asked (read with our own connection), and the audit
     # trail has her zone requests, tied to the activation by its id.
     with sqlite3.connect(tmp_path / "ledger.sqlite3") as db:
@@ -276,7 +276,8 @@ async def test_live_websocket_sends_snapshot_then_deltas_within_a_second(
         url = svc.ws_url
         auth = bearer(svc, "dispatcher")
         async with websockets.connect(url, open_timeout=5, additional_headers=auth) as ws:
-            snapshot = json.loads(await asyncio.wait_for(ws.recv(), 5))
+            async with asyncio.timeout(5):
+                snapshot = json.loads(await ws.recv())
             assert snapshot["type"] == "snapshot"
             assert {d["id"] for d in snapshot["devices"]} == {"bwc", "cew"}
             assert snapshot["config"]["max_fix_age_s"] == 10.0
@@ -299,7 +300,8 @@ async def test_live_websocket_sends_snapshot_then_deltas_within_a_second(
             assert statuses == ["recording"]
         # A page opened later gets the activation at once, in its snapshot.
         async with websockets.connect(url, open_timeout=5, additional_headers=auth) as late:
-            snapshot = json.loads(await asyncio.wait_for(late.recv(), 5))
+            async with asyncio.timeout(5):
+                snapshot = json.loads(await late.recv())
         (act,) = snapshot["activations"]
         assert act["aid"] == aid
         assert act["cameras"][0]["pre_cov"] == pytest.approx(30.0)
@@ -348,7 +350,8 @@ async def test_slow_live_client_is_cut_off_not_buffered(
         async with websockets.connect(
             svc.ws_url, open_timeout=5, max_queue=1, additional_headers=bearer(svc)
         ) as ws:
-            await asyncio.wait_for(ws.recv(), 5)  # the snapshot; then read nothing
+            async with asyncio.timeout(5):
+                await ws.recv()  # the snapshot; then read nothing
             sub = await eventually(lambda: next(iter(svc.live._subscribers), None))
             for n in range(50):  # frames pile up faster than this client reads them
                 svc.live.publish(json.dumps({"type": "tick", "now": n}))
@@ -380,7 +383,8 @@ async def test_port_in_use_is_a_one_line_config_error(
 
 async def _read_until_closed(ws: websockets.ClientConnection) -> None:
     while True:
-        await asyncio.wait_for(ws.recv(), 5)
+        async with asyncio.timeout(5):
+            await ws.recv()
 
 
 async def test_stopping_with_live_clients_connected_closes_them_promptly(
@@ -391,7 +395,8 @@ async def test_stopping_with_live_clients_connected_closes_them_promptly(
             ws = await websockets.connect(
                 svc.ws_url, open_timeout=5, additional_headers=bearer(svc)
             )
-            await asyncio.wait_for(ws.recv(), 5)
+            async with asyncio.timeout(5):
+                await ws.recv()
             client = api(svc)
             stream = client.stream("GET", "/api/v1/stream")
             response = await stream.__aenter__()

@@ -28,12 +28,12 @@ from tests.dispatch.conftest import (
     add_user,
     api,
     bearer,
-    eventually,
     login,
     running_dispatch,
     trail,
 )
 from tests.integration.harness import CENTER, mesh
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -201,7 +201,8 @@ async def test_live_views_are_audited_and_end_when_the_credential_does(
         )
         headers = {"Authorization": f"Bearer {issued.secret}"}
         async with websockets.connect(svc.ws_url, additional_headers=headers) as ws:
-            first = json.loads(await asyncio.wait_for(ws.recv(), 5))
+            async with asyncio.timeout(5):
+                first = json.loads(await ws.recv())
             assert first["type"] == "snapshot"
             await svc.accounts.revoke_token("wall")
             with pytest.raises(websockets.ConnectionClosed) as closed:
@@ -282,6 +283,7 @@ async def test_admins_manage_users_and_tokens_over_the_api_and_it_is_audited(
     assert token not in json.dumps(trail(tmp_path, "account_change"))
 
 
+@pytest.mark.logs_exception(LedgerError, reason="the audit ledger is made unwritable on purpose")
 async def test_a_login_that_cannot_be_audited_is_refused(
     agency: str, broker_port: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -306,6 +308,7 @@ async def test_a_login_that_cannot_be_audited_is_refused(
         assert db.execute("SELECT count(*) FROM sessions").fetchone() == (0,)
 
 
+@pytest.mark.logs_exception(LedgerError, reason="the audit ledger is made unwritable on purpose")
 async def test_a_live_view_that_cannot_be_audited_is_refused_and_health_says_why(
     agency: str, broker_port: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -425,6 +428,7 @@ async def test_missing_tls_files_are_a_one_line_config_error(tmp_path: Path) -> 
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.logs_exception(LedgerError, reason="the accounts database is corrupted on purpose")
 async def test_unreadable_accounts_fail_closed_with_a_one_line_503(
     agency: str, broker_port: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

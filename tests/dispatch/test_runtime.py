@@ -20,7 +20,7 @@ from actimesh.config import load_settings
 from actimesh.dispatch.settings import DispatchSettings
 from actimesh.errors import ConfigError
 from actimesh.runtime import run_up
-from tests.dispatch.conftest import eventually
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
 

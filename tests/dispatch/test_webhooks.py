@@ -14,9 +14,10 @@ from actimesh.broker.messages import DeviceKind
 from actimesh.dispatch.cloudevents import ACTIVATION_EVENT_TYPE, verify
 from actimesh.dispatch.webhooks import backoff_s
 from actimesh.triggers.fanout import activation_id
-from tests.dispatch.conftest import add, api, eventually, running_dispatch
+from tests.dispatch.conftest import add, api, running_dispatch
 from tests.dispatch.receiver import Received, receiver
 from tests.integration.harness import mesh
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
 

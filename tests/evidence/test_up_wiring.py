@@ -20,8 +20,8 @@ from actimesh.config import load_settings
 from actimesh.devices.offload import Offloader
 from actimesh.runtime import run_up
 from actimesh.security.registry import Registry
-from tests.dispatch.conftest import eventually
 from tests.evidence.helpers import key_of, record
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
 

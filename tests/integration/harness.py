@@ -155,19 +155,24 @@ class Mesh:
 
     async def ready(self, timeout: float = 10.0) -> None:
         """Every agent connected and, when an engine runs, known to it with its fix."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         async with asyncio.timeout(timeout):
             for agent in self.agents.values():
                 await agent.link.wait_connected(timeout=timeout)
-            engine = self.engine
-            if engine is None:
-                return
-            while not all(
+        engine = self.engine
+        if engine is None:
+            return
+
+        def engine_knows_every_agent() -> bool:
+            return all(
                 (info := engine.fleet.get(d)) is not None
                 and info.kind is not None
                 and (a.position() is None or d in engine.index)
                 for d, a in self.agents.items()
-            ):
-                await asyncio.sleep(0.02)
+            )
+
+        await eventually(engine_knows_every_agent, timeout=max(deadline - loop.time(), 0.0))
 
     async def commanded(self, aid: str, expected: set[str], quiet_s: float = 0.3) -> set[str]:
         """Cameras that received a command for ``aid``: wait for ``expected``, then a

@@ -24,6 +24,7 @@ from actimesh.broker.messages import (
 from actimesh.triggers.fanout import activation_id
 from actimesh.triggers.ledger import AckRow
 from tests.integration.harness import CENTER, TEST_SETTINGS, mesh
+from tests.waiting import eventually, quiet_for
 
 pytestmark = pytest.mark.integration
 
@@ -74,12 +75,9 @@ async def test_collision_activates_own_cruiser_cameras_with_no_gps_fix(
         event = await m.agents["gw"].raise_event("collision")
         aid = activation_id("gw", event.eid)
         assert await m.commanded(aid, {"dash", "rear"}) == {"dash", "rear"}
-        assert m.engine is not None
-        found = None
-        while found is None:
-            found = await m.engine.ledger.activation(aid)
-            await asyncio.sleep(0.01)
-        row, decisions = found
+        engine = m.engine
+        assert engine is not None
+        row, decisions = await eventually(lambda: engine.ledger.activation(aid), timeout=5)
         assert row.position_source == "none"
         assert {d.device_id: d.reason for d in decisions} == {"dash": "paired", "rear": "paired"}
 
@@ -94,11 +92,15 @@ async def test_duplicate_event_activates_cameras_once(
         event = await m.agents["cew"].raise_event("taser_draw")
         aid = activation_id("cew", event.eid)
         assert await m.commanded(aid, {"bwc"}) == {"bwc"}
+        engine = m.engine
+        assert engine is not None
         await m.agents["cew"].resend_last_event()
-        await asyncio.sleep(0.5)
-        assert m.engine is not None
-        assert m.engine.stats.duplicates == 1
-        assert m.engine.stats.activations == 1
+        await eventually(lambda: engine.stats.duplicates == 1, timeout=5)
+        # The repeat was seen and dropped (counted above): a second command, were one
+        # sent for it, would reach the camera in this window.
+        await quiet_for(0.3)
+        assert engine.stats.duplicates == 1
+        assert engine.stats.activations == 1
         assert len(m.agents["bwc"].received) == 1
 
 
@@ -185,12 +187,14 @@ async def test_camera_acknowledgement_lands_in_the_ledger(
         await m.ready()
         event = await m.agents["cew"].raise_event("taser_draw")
         aid = activation_id("cew", event.eid)
-        assert m.engine is not None
-        acks: list[AckRow] = []
-        async with asyncio.timeout(5):
-            while len(acks) < 2:
-                acks = await m.engine.ledger.acks(aid)
-                await asyncio.sleep(0.02)
+        engine = m.engine
+        assert engine is not None
+
+        async def both_answers() -> list[AckRow]:
+            rows = await engine.ledger.acks(aid)
+            return rows if len(rows) >= 2 else []
+
+        acks: list[AckRow] = await eventually(both_answers, timeout=5)
         # Two answers: "received" at once, then "recording" with the pre-roll it kept.
         assert [(a.device_id, a.status) for a in acks] == [
             ("bwc", "received"),
@@ -198,7 +202,7 @@ async def test_camera_acknowledgement_lands_in_the_ledger(
         ]
         assert acks[1].pre_cov_s == pytest.approx(30.0)
         assert acks[1].recording is not None
-        assert len(m.engine.deliveries) == 0  # nothing left to re-send
+        assert len(engine.deliveries) == 0  # nothing left to re-send
 
 
 async def test_offline_camera_gets_its_command_on_reconnect(
@@ -213,7 +217,10 @@ async def test_offline_camera_gets_its_command_on_reconnect(
         await m.tasks["bwc"]
         event = await m.agents["cew"].raise_event("taser_draw")
         aid = activation_id("cew", event.eid)
-        await asyncio.sleep(0.3)
+        engine = m.engine
+        assert engine is not None
+        # The broker acknowledged the command: it waits in the camera's session.
+        await eventually(lambda: engine.stats.commands >= 1, timeout=5)
         assert bwc.received == []
         # The camera comes back with the same client id: the queued command arrives.
         m.start("bwc")
@@ -232,10 +239,9 @@ async def test_event_topic_names_the_sender_not_the_payload(
             # Without a device registry, what a device is comes from its own presence.
             presence = Presence(online=True, device_kind=DeviceKind.CEW)
             await outsider.publish(m.topics.presence("intruder"), encode(presence), qos=1)
-            assert m.engine is not None
-            async with asyncio.timeout(5):
-                while m.engine.fleet.kind_of("intruder") is not DeviceKind.CEW:
-                    await asyncio.sleep(0.01)
+            engine = m.engine
+            assert engine is not None
+            await eventually(lambda: engine.fleet.kind_of("intruder") is DeviceKind.CEW, timeout=5)
             await outsider.publish(m.topics.event("intruder"), encode(event), qos=1)
         aid = activation_id("intruder", "x1")
         assert await m.commanded(aid, {"bwc"}) == {"bwc"}
@@ -272,7 +278,8 @@ async def test_engine_moves_its_start_up_heap_out_of_the_collectors_sight(
             m.add("bwc", DeviceKind.BODY_CAM, at=0.0)
             cew = m.add("cew", DeviceKind.CEW, paired=("bwc",))
             assert m.engine is not None
-            await asyncio.wait_for(m.engine.warmed.wait(), 10)
+            async with asyncio.timeout(10):
+                await m.engine.warmed.wait()
             assert gc.get_freeze_count() > 0
             await m.ready()
             event = await cew.raise_event("taser_draw")

@@ -14,6 +14,7 @@ from actimesh.broker.codec import decode, encode
 from actimesh.broker.messages import DeadLetter, DeviceKind, Event
 from actimesh.triggers.fanout import activation_id
 from tests.integration.harness import CENTER, mesh
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -81,9 +82,7 @@ async def test_command_of_wrong_shape_is_refused_by_the_camera(
         async with m.client() as attacker:
             await attacker.publish(m.topics.command("bwc"), b"\x93\x01\x02", qos=1)
             await attacker.publish(m.topics.command("bwc"), packed(aid="x", stop=True), qos=1)
-        async with asyncio.timeout(5):
-            while bwc.stats.rejected_commands < 2:
-                await asyncio.sleep(0.02)
+        await eventually(lambda: bwc.stats.rejected_commands >= 2, timeout=5)
         assert bwc.received == []
         assert bwc.camera is not None
         assert bwc.camera.recording is None

@@ -63,6 +63,7 @@ async def test_device_resends_until_an_engine_confirms(
             assert engine.stats.activations == 1
 
 
+@pytest.mark.logs_exception(LedgerError, reason="the ledger write fails on purpose (disk full)")
 async def test_event_not_written_to_the_ledger_is_not_acknowledged_or_confirmed(
     agency: str, broker_port: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -36,6 +36,7 @@ from actimesh.security import (
     render_acl,
 )
 from tests.conftest import DISPATCH_DEVICE, SecureBroker
+from tests.waiting import eventually
 
 TIMEOUT_S = 5.0
 MARKER = b"marker"
@@ -402,13 +403,6 @@ async def _link(secure: SecureBroker, creds: Credentials, agency: str) -> MqttLi
     )
 
 
-async def _until(predicate: object, what: str) -> None:
-    assert callable(predicate)
-    async with asyncio.timeout(TIMEOUT_S):
-        while not predicate():
-            await asyncio.sleep(0.02)
-
-
 async def test_removed_device_is_disconnected_live_and_cannot_return(
     secure_mosquitto: SecureBroker, agency: str
 ) -> None:
@@ -421,10 +415,11 @@ async def test_removed_device_is_disconnected_live_and_cannot_return(
         with secure_mosquitto.registry() as reg:
             reg.remove("bwc-1")
         secure_mosquitto.apply()
-        await _until(lambda: not link.connected, "the device to be dropped")
+        await eventually(lambda: not link.connected, TIMEOUT_S)  # the device is dropped
         # It keeps trying (backoff) and is refused every time.
         refusals = link.stats.connects
-        await _until(lambda: "Not authorized" in link.stats.last_error, "a refused reconnect")
+        # A reconnect is refused.
+        await eventually(lambda: "Not authorized" in link.stats.last_error, TIMEOUT_S)
         assert not link.connected
         assert link.stats.connects == refusals
         task.cancel()
@@ -445,7 +440,7 @@ async def test_rotated_password_old_refused_new_accepted(
             new = reg.rotate("bwc-1")
         secure_mosquitto.apply()
         # The session that logged in with the old password is dropped, too.
-        await _until(lambda: not link.connected, "the old session to be dropped")
+        await eventually(lambda: not link.connected, TIMEOUT_S)
         task.cancel()
     await _refused(secure_mosquitto, old.mqtt)
     async with _client(secure_mosquitto, new.mqtt):

@@ -24,12 +24,12 @@ from tests.dispatch.conftest import (
     add_user,
     api,
     bearer,
-    eventually,
     login,
     running_dispatch,
     trail,
 )
 from tests.integration.harness import CENTER, mesh
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
 

@@ -31,6 +31,7 @@ from actimesh.devices.agent import DeviceAgent
 from actimesh.security.signing import CommandSigner
 from actimesh.triggers.fanout import activation_id
 from tests.integration.harness import CENTER, Mesh, mesh
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -226,9 +227,7 @@ async def test_unsigned_command_is_refused_with_its_reason(
         # Garbage names no activation to answer: counted and logged only.
         async with m.client() as attacker:
             await attacker.publish(m.topics.command("bwc1"), b"\xc1 not msgpack", qos=1)
-        async with asyncio.timeout(5):
-            while bwc.stats.rejected_commands < 3:
-                await asyncio.sleep(0.01)
+        await eventually(lambda: bwc.stats.rejected_commands >= 3, timeout=5)
         assert bwc.stats.refused_commands == {"unsigned": 1, "invalid": 1, "malformed": 1}
         not_recording(bwc)
 
@@ -280,9 +279,10 @@ async def test_camera_without_the_engine_key_refuses_and_the_engine_says_so(
         assert (alert.aid, alert.device) == (aid, "bwc1")
         assert alert.detail is not None
         assert "public key" in alert.detail
-        async with asyncio.timeout(5):
-            while engine.stats.retries < 1 or bwc.stats.refused_commands["bad_signature"] < 2:
-                await asyncio.sleep(0.02)
+        await eventually(
+            lambda: engine.stats.retries >= 1 and bwc.stats.refused_commands["bad_signature"] >= 2,
+            timeout=5,
+        )
         assert engine.deliveries.get(aid, "bwc1") is not None  # still owed a command
         assert engine.stats.alerts[AlertKind.REFUSED.value] == 1
         not_recording(bwc)
@@ -306,22 +306,16 @@ async def test_refusal_of_an_unverifiable_command_does_not_end_a_real_delivery(
             fix = Telemetry(ts=time.time(), lat=CENTER[0], lon=CENTER[1], acc=0.0,
                             state=DeviceState.BUFFERING)  # fmt: skip
             await mute.publish(m.topics.telemetry("mute"), encode(fix))
-            async with asyncio.timeout(5):
-                while "mute" not in engine.index:
-                    await asyncio.sleep(0.01)
+            await eventually(lambda: "mute" in engine.index, timeout=5)
             event = await cew.raise_event("taser_draw")
             aid = activation_id("cew", event.eid)
-            async with asyncio.timeout(5):
-                while engine.deliveries.get(aid, "mute") is None:
-                    await asyncio.sleep(0.01)
+            await eventually(lambda: engine.deliveries.get(aid, "mute") is not None, timeout=5)
 
             async def answer(status: AckStatus, detail: str | None) -> None:
                 before = engine.stats.acks
                 ack = Ack(aid=aid, status=status, pre_cov=0.0, ts=time.time(), detail=detail)
                 await mute.publish(m.topics.ack("mute"), encode(ack), qos=1)
-                async with asyncio.timeout(5):
-                    while engine.stats.acks == before:
-                        await asyncio.sleep(0.01)
+                await eventually(lambda: engine.stats.acks != before, timeout=5)
 
             for _ in range(2):
                 await answer(AckStatus.REFUSED, "bad_signature: not signed by this engine")

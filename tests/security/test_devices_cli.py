@@ -20,6 +20,7 @@ from actimesh.config import Settings, load_settings
 from actimesh.errors import ConfigError
 from actimesh.runtime import _external, broker_for, run_up
 from actimesh.security import Registry, read_secret, verify_password
+from tests.waiting import eventually
 
 TIMEOUT_S = 5.0
 
@@ -147,9 +148,7 @@ async def _drain(client: aiomqtt.Client) -> None:
 
 async def _until_connects(broker: ManagedMosquitto, username: str, password: str) -> None:
     # The reload is a signal: the broker applies it a moment later.
-    async with asyncio.timeout(TIMEOUT_S):
-        while not await _connects(broker, username, password):
-            await asyncio.sleep(0.05)
+    await eventually(lambda: _connects(broker, username, password), TIMEOUT_S, every=0.05)
 
 
 async def test_integrator_account_reads_activations_only(
@@ -205,9 +204,7 @@ async def test_up_prints_both_broker_addresses_and_runs_on_service_accounts(
     out = io.StringIO()
     task = asyncio.create_task(run_up(settings, None, Console(file=out, width=200)), name="up")
     try:
-        async with asyncio.timeout(30):
-            while "Ctrl-C" not in out.getvalue():
-                await asyncio.sleep(0.05)
+        await eventually(lambda: "Ctrl-C" in out.getvalue(), timeout=30, every=0.05)
     finally:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):

@@ -9,14 +9,19 @@ import sqlite3
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
+
 from actimesh.broker.topics import Topics
+from actimesh.errors import LedgerError
 from actimesh.security.signing import CommandSigner
 from actimesh.triggers.ledger import AckRow, Ledger
 from tests.integration.harness import build_engine
+from tests.waiting import eventually
 
 GOOD = AckRow("act-1", "bwc1", "received", 30.0, None, 100.5, 100.6)
 
 
+@pytest.mark.logs_exception(LedgerError, reason="one ack is made unwritable on purpose")
 async def test_one_bad_ack_does_not_cost_the_others_their_record(tmp_path: Path) -> None:
     async with Ledger(tmp_path / "l.sqlite3") as ledger:
         engine = build_engine(Topics("am-acks"), 1, ledger, signer=CommandSigner.generate())
@@ -37,9 +42,11 @@ async def test_queued_acks_and_a_cancel_are_written_in_order(tmp_path: Path) -> 
             engine._ack_rows.put_nowait(row)
         writer = asyncio.create_task(engine._ack_writer())
         try:
-            async with asyncio.timeout(5):
-                while len(await ledger.acks("act-1")) < len(rows):
-                    await asyncio.sleep(0.01)
+
+            async def all_written() -> bool:
+                return len(await ledger.acks("act-1")) >= len(rows)
+
+            await eventually(all_written, timeout=5)
         finally:
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
