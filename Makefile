@@ -13,7 +13,7 @@ WEB_STAMP := node_modules/.package-lock.json
 DEMO_ARGS ?= --sim 24
 APT_GET := DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: demo test lint typecheck pytest drill bench system-deps browser-deps web-deps lock clean
+.PHONY: demo test lint typecheck pytest drill soak bench system-deps browser-deps web-deps lock clean
 
 demo: $(STAMP) system-deps web-deps
 	$(BIN)/actimesh up $(DEMO_ARGS)
@@ -33,6 +33,26 @@ pytest: $(STAMP) system-deps browser-deps web-deps
 drill: $(STAMP) system-deps
 	$(BIN)/actimesh drill
 	$(BIN)/actimesh drill --faults --short
+
+# The suite's determinism check: the tests that start brokers, engines, devices and web
+# servers, and both drills, SOAK_ROUNDS times in a row. Every failure counts; the last
+# line says how many there were, and the target fails unless there were none.
+SOAK_ROUNDS ?= 10
+SOAK_TESTS  := tests/integration tests/security tests/triggers tests/dispatch
+
+soak: $(STAMP) system-deps browser-deps web-deps
+	@failed=0; \
+	for round in $$(seq $(SOAK_ROUNDS)); do \
+		echo "soak round $$round of $(SOAK_ROUNDS)"; \
+		$(BIN)/pytest -q -p no:cacheprovider $(SOAK_TESTS) || failed=$$((failed + 1)); \
+		for policy in inclusive centre; do \
+			out=$$($(BIN)/actimesh drill --policy $$policy 2>&1) \
+				|| { echo "$$out" | tail -20; failed=$$((failed + 1)); }; \
+			echo "$$out" | tail -1; \
+		done; \
+	done; \
+	echo "soak: $$failed failed run(s) in $(SOAK_ROUNDS) rounds"; \
+	test $$failed -eq 0
 
 bench: $(STAMP) system-deps
 	$(BIN)/actimesh bench
