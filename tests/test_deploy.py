@@ -40,13 +40,23 @@ def _options(text: str) -> dict[str, list[str]]:
 
 def test_external_broker_config_matches_the_managed_one(tmp_path: Path) -> None:
     shipped = _options((DEPLOY / "mosquitto" / "actimesh.conf").read_text())
-    tls = TlsListener(certfile=tmp_path / "s.pem", keyfile=tmp_path / "s.key",
-                      cafile=tmp_path / "ca.pem")  # fmt: skip
+    tls = TlsListener(
+        certfile=tmp_path / "s.pem", keyfile=tmp_path / "s.key", cafile=tmp_path / "ca.pem"
+    )
     managed = _options(render_config(MosquittoConfig(data_dir=tmp_path, tls=tls)))
-    for key in ("set_tcp_nodelay", "persistence", "max_packet_size", "queue_qos0_messages",
-                "max_queued_messages", "autosave_interval", "per_listener_settings",
-                "allow_anonymous", "tls_version", "require_certificate",
-                "use_identity_as_username"):  # fmt: skip
+    for key in (
+        "set_tcp_nodelay",
+        "persistence",
+        "max_packet_size",
+        "queue_qos0_messages",
+        "max_queued_messages",
+        "autosave_interval",
+        "per_listener_settings",
+        "allow_anonymous",
+        "tls_version",
+        "require_certificate",
+        "use_identity_as_username",
+    ):
         assert shipped[key] == managed[key], key
     assert shipped["allow_anonymous"] == ["false"]
     assert shipped["listener"][0] == "1883 127.0.0.1"  # plain: loopback only
@@ -103,8 +113,14 @@ def test_external_broker_config_is_secure_on_a_real_mosquitto(
         with pytest.raises(aiomqtt.MqttCodeError, match="Not authorized"):
             async with aiomqtt.Client("127.0.0.1", port, timeout=5):
                 pass
-        async with aiomqtt.Client("127.0.0.1", tls_port, username="bwc-1", password=password,
-                                  tls_context=TlsSettings(ca).context(), timeout=5):  # fmt: skip
+        async with aiomqtt.Client(
+            "127.0.0.1",
+            tls_port,
+            username="bwc-1",
+            password=password,
+            tls_context=TlsSettings(ca).context(),
+            timeout=5,
+        ):
             pass
 
     asyncio.run(check())

@@ -68,8 +68,16 @@ def test_short_run_counts_every_rejection(short_run: FuzzReport) -> None:
     assert short_run.deadletters == dict(intake.rejected)
     accepted = sum(intake.accepted.values())
     assert accepted + intake.ignored + intake.rejected.total() == SHORT
-    for reason in ("bad_topic", "malformed", "invalid", "oversized", "bad_version", "future",
-                   "too_old", "unknown_event_type"):  # fmt: skip
+    for reason in (
+        "bad_topic",
+        "malformed",
+        "invalid",
+        "oversized",
+        "bad_version",
+        "future",
+        "too_old",
+        "unknown_event_type",
+    ):
         assert intake.rejected[reason] > 0, reason
     assert set(intake.accepted) == {"telemetry", "event", "presence", "ack"}
 
@@ -222,8 +230,14 @@ def test_memory_growth_is_a_finding(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         await real(self, topic, payload, **options)
 
     monkeypatch.setattr(fuzz._RecordingLink, "publish", hoarding)
-    report = _run(tmp_path, count=4000, target="intake", tracemalloc=True, warmup=1000,
-                  growth_limit_bytes=256 * 1024)  # fmt: skip
+    report = _run(
+        tmp_path,
+        count=4000,
+        target="intake",
+        tracemalloc=True,
+        warmup=1000,
+        growth_limit_bytes=256 * 1024,
+    )
     assert report.memory_method == "tracemalloc"
     assert [f.problem for f in report.findings] == ["growth"], _text(report)
 
@@ -244,10 +258,11 @@ msgpack_values = st.recursive(
     | st.floats()
     | st.text(max_size=40)
     | st.binary(max_size=40),
-    lambda inner: st.lists(inner, max_size=6) | st.dictionaries(st.text(max_size=8), inner,
-                                                                  max_size=6),
+    lambda inner: (
+        st.lists(inner, max_size=6) | st.dictionaries(st.text(max_size=8), inner, max_size=6)
+    ),
     max_leaves=30,
-)  # fmt: skip
+)
 field_names = st.sampled_from(sorted({f for m in INBOUND for f in m.model_fields} | {"x", ""}))
 
 
@@ -269,8 +284,9 @@ def test_cli_fuzz_writes_the_json_report(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "fuzz.json"
-    code = cli.main(["fuzz", "--count", "500", "--seed", "4", "--target", "codec",
-                     "--json", str(out)])  # fmt: skip
+    code = cli.main(
+        ["fuzz", "--count", "500", "--seed", "4", "--target", "codec", "--json", str(out)]
+    )
     assert code == cli.EXIT_OK
     assert "findings: none" in capsys.readouterr().out
     data = json.loads(out.read_text())

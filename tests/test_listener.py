@@ -15,8 +15,9 @@ def test_a_taken_port_is_a_one_line_error_that_says_what_to_change() -> None:
     port = taken.getsockname()[1]
     try:
         with pytest.raises(ConfigError) as caught:
-            listener.bind("127.0.0.1", port, what="the evidence upload API",
-                          fix="set [evidence] port")  # fmt: skip
+            listener.bind(
+                "127.0.0.1", port, what="the evidence upload API", fix="set [evidence] port"
+            )
     finally:
         taken.close()
     message = str(caught.value)

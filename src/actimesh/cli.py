@@ -92,19 +92,36 @@ def _parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="run the broker, the trigger engine and optionally a fleet")
     up.add_argument("--config", type=Path, help="TOML settings file (defaults are embedded)")
     up.add_argument("--agency", help="agency id, the topic namespace (default: demo)")
-    up.add_argument("--data-dir", type=Path, help="ledger, broker and recordings (default: "
-                    "./actimesh-data)")  # fmt: skip
-    up.add_argument("--broker", metavar="URL", help="use the broker at mqtt://HOST:PORT "
-                    "instead of a managed Mosquitto")  # fmt: skip
-    up.add_argument("--broker-port", type=_port, help="port of the managed Mosquitto "
-                    "(default 1883)")  # fmt: skip
-    up.add_argument("--sim", type=_positive_int, metavar="UNITS",
-                    help="also run a simulated fleet of this many cruiser crews")  # fmt: skip
+    up.add_argument(
+        "--data-dir", type=Path, help="ledger, broker and recordings (default: ./actimesh-data)"
+    )
+    up.add_argument(
+        "--broker",
+        metavar="URL",
+        help="use the broker at mqtt://HOST:PORT instead of a managed Mosquitto",
+    )
+    up.add_argument(
+        "--broker-port", type=_port, help="port of the managed Mosquitto (default 1883)"
+    )
+    up.add_argument(
+        "--sim",
+        type=_positive_int,
+        metavar="UNITS",
+        help="also run a simulated fleet of this many cruiser crews",
+    )
     up.add_argument("--seed", type=int, help="random seed of the simulated fleet")
-    up.add_argument("--http-host", metavar="HOST", help="address of the dispatch map and API "
-                    "(default 127.0.0.1: the API can activate cameras)")  # fmt: skip
-    up.add_argument("--http-port", type=_http_port, metavar="PORT",
-                    help="port of the dispatch map and API (default 8080; 0: any)")  # fmt: skip
+    up.add_argument(
+        "--http-host",
+        metavar="HOST",
+        help="address of the dispatch map and API "
+        "(default 127.0.0.1: the API can activate cameras)",
+    )
+    up.add_argument(
+        "--http-port",
+        type=_http_port,
+        metavar="PORT",
+        help="port of the dispatch map and API (default 8080; 0: any)",
+    )
     up.add_argument("--no-http", action="store_true", help="run without the dispatch map and API")
 
     engine = sub.add_parser("engine", help="run one trigger engine against a broker")
@@ -118,27 +135,49 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--broker", metavar="URL", required=True, help="mqtt://HOST:PORT")
     sim.add_argument("--agency", default="demo", help="agency id (default: demo)")
     sim.add_argument("--units", type=_positive_int, default=8, help="cruiser crews (default 8)")
-    sim.add_argument("--data-dir", type=Path, default=Path("actimesh-data"),
-                     help="where simulated cameras store recordings")  # fmt: skip
+    sim.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path("actimesh-data"),
+        help="where simulated cameras store recordings",
+    )
     sim.add_argument("--seed", type=int, help="random seed")
-    sim.add_argument("--engine-key", type=Path, metavar="FILE",
-                     help="the engine's public key, engine-signing.pub (default: "
-                          "DATA_DIR/keys/engine-signing.pub)")  # fmt: skip
+    sim.add_argument(
+        "--engine-key",
+        type=Path,
+        metavar="FILE",
+        help="the engine's public key, engine-signing.pub (default: "
+        "DATA_DIR/keys/engine-signing.pub)",
+    )
 
     drill = sub.add_parser("drill", help="self-check: fire triggers at known geometry, verify")
     drill.add_argument("--rounds", type=_positive_int, default=5, help="rounds (default 5)")
-    drill.add_argument("--data-dir", type=Path, help="keep recordings and ledger here "
-                       "(default: a temporary folder)")  # fmt: skip
-    drill.add_argument("--faults", action="store_true", help="run the fault drill instead: "
-                       "broker restarts and kills, engine kills, replicas, outages")  # fmt: skip
+    drill.add_argument(
+        "--data-dir",
+        type=Path,
+        help="keep recordings and ledger here (default: a temporary folder)",
+    )
+    drill.add_argument(
+        "--faults",
+        action="store_true",
+        help="run the fault drill instead: "
+        "broker restarts and kills, engine kills, replicas, outages",
+    )
     drill.add_argument("--short", action="store_true", help="with --faults: fewer triggers (CI)")
     drill.add_argument("--only", metavar="SCENARIO", help="with --faults: one scenario by name")
-    drill.add_argument("--policy", choices=[m.value for m in InclusionMode],
-                       default=InclusionMode.INCLUSIVE.value,
-                       help="accuracy inclusion policy (default inclusive)")  # fmt: skip
-    drill.add_argument("--media", choices=("synthetic", "real"), default="synthetic",
-                       help="real: live H.264 cameras through offload, verification "
-                            "and retention (about 40 s; evidence kept in --data-dir)")  # fmt: skip
+    drill.add_argument(
+        "--policy",
+        choices=[m.value for m in InclusionMode],
+        default=InclusionMode.INCLUSIVE.value,
+        help="accuracy inclusion policy (default inclusive)",
+    )
+    drill.add_argument(
+        "--media",
+        choices=("synthetic", "real"),
+        default="synthetic",
+        help="real: live H.264 cameras through offload, verification "
+        "and retention (about 40 s; evidence kept in --data-dir)",
+    )
     _audit_parser(sub)
     _bench_parser(sub)
     _fuzz_parser(sub)
@@ -154,61 +193,120 @@ def _bench_parser(sub: Any) -> None:
 
     d = BenchSettings()
     bench = sub.add_parser("bench", help="benchmark the engine against the broker's own limit")
-    bench.add_argument("--devices", type=_positive_int, default=d.devices,
-                       help=f"fleet size (default {d.devices:,})")  # fmt: skip
-    bench.add_argument("--rate", type=float, default=d.rate_hz, metavar="HZ",
-                       help=f"telemetry per device and second (default {d.rate_hz:g})")  # fmt: skip
-    bench.add_argument("--triggers", type=float, default=d.triggers_per_s, metavar="PER_S",
-                       help=f"triggers per second (default {d.triggers_per_s:g})")  # fmt: skip
-    bench.add_argument("--duration", type=float, default=d.duration_s, metavar="S",
-                       help=f"measured seconds under load (default {d.duration_s:g})")  # fmt: skip
-    bench.add_argument("--flood", type=_positive_int, default=d.flood_messages, metavar="N",
-                       help=f"messages per flood (default {d.flood_messages:,})")  # fmt: skip
+    bench.add_argument(
+        "--devices",
+        type=_positive_int,
+        default=d.devices,
+        help=f"fleet size (default {d.devices:,})",
+    )
+    bench.add_argument(
+        "--rate",
+        type=float,
+        default=d.rate_hz,
+        metavar="HZ",
+        help=f"telemetry per device and second (default {d.rate_hz:g})",
+    )
+    bench.add_argument(
+        "--triggers",
+        type=float,
+        default=d.triggers_per_s,
+        metavar="PER_S",
+        help=f"triggers per second (default {d.triggers_per_s:g})",
+    )
+    bench.add_argument(
+        "--duration",
+        type=float,
+        default=d.duration_s,
+        metavar="S",
+        help=f"measured seconds under load (default {d.duration_s:g})",
+    )
+    bench.add_argument(
+        "--flood",
+        type=_positive_int,
+        default=d.flood_messages,
+        metavar="N",
+        help=f"messages per flood (default {d.flood_messages:,})",
+    )
     bench.add_argument("--sweep", action="store_true", help="fleets of 1,000, 10,000, 100,000")
-    bench.add_argument("--search", action="store_true",
-                       help="also search the highest lossless ingest rates")  # fmt: skip
+    bench.add_argument(
+        "--search", action="store_true", help="also search the highest lossless ingest rates"
+    )
     bench.add_argument("--smoke", action="store_true", help="a few seconds, 200 devices (CI)")
-    bench.add_argument("--publisher", choices=["raw", "paho"], default=d.publisher,
-                       help="load generator's client (default raw)")  # fmt: skip
-    bench.add_argument("--no-acks", action="store_true",
-                       help="the probe's cameras do not acknowledge commands")  # fmt: skip
-    bench.add_argument("--trace", action="store_true",
-                       help="split each trigger's latency into its hops")  # fmt: skip
+    bench.add_argument(
+        "--publisher",
+        choices=["raw", "paho"],
+        default=d.publisher,
+        help="load generator's client (default raw)",
+    )
+    bench.add_argument(
+        "--no-acks", action="store_true", help="the probe's cameras do not acknowledge commands"
+    )
+    bench.add_argument(
+        "--trace", action="store_true", help="split each trigger's latency into its hops"
+    )
     bench.add_argument("--seed", type=int, default=d.seed, help="fleet seed")
-    bench.add_argument("--json", type=Path, default=Path("bench-report.json"),
-                       help="JSON report (default bench-report.json)")  # fmt: skip
-    bench.add_argument("--plot", type=Path, default=Path("bench-latency.png"),
-                       help="latency plot, PNG (default bench-latency.png)")  # fmt: skip
+    bench.add_argument(
+        "--json",
+        type=Path,
+        default=Path("bench-report.json"),
+        help="JSON report (default bench-report.json)",
+    )
+    bench.add_argument(
+        "--plot",
+        type=Path,
+        default=Path("bench-latency.png"),
+        help="latency plot, PNG (default bench-latency.png)",
+    )
 
 
 def _bench(args: argparse.Namespace, console: Console) -> int:
     from actimesh.bench import BenchSettings, bench  # noqa: PLC0415 - keep `--help` fast
 
     base = BenchSettings.smoke() if args.smoke else BenchSettings()
-    overrides: dict[str, Any] = {"publisher": args.publisher, "acks": not args.no_acks,
-                                 "search": args.search, "seed": args.seed,
-                                 "trace": args.trace}  # fmt: skip
+    overrides: dict[str, Any] = {
+        "publisher": args.publisher,
+        "acks": not args.no_acks,
+        "search": args.search,
+        "seed": args.seed,
+        "trace": args.trace,
+    }
     if not args.smoke:
-        overrides |= {"devices": args.devices, "rate_hz": args.rate,
-                      "triggers_per_s": args.triggers, "duration_s": args.duration,
-                      "flood_messages": args.flood}  # fmt: skip
+        overrides |= {
+            "devices": args.devices,
+            "rate_hz": args.rate,
+            "triggers_per_s": args.triggers,
+            "duration_s": args.duration,
+            "flood_messages": args.flood,
+        }
     settings = replace(base, **overrides)
     _run(bench(settings, console, sweep=args.sweep, json_path=args.json, plot_path=args.plot))
     return EXIT_OK
 
 
 def _fuzz_parser(sub: Any) -> None:
-    fuzz = sub.add_parser("fuzz", help="hostile payloads against the codec and the engine's "
-                          "intake; exit 1 on any finding")  # fmt: skip
-    fuzz.add_argument("--count", type=_positive_int, default=1_000_000,
-                      help="payloads (default 1,000,000)")  # fmt: skip
-    fuzz.add_argument("--seed", type=int, default=0,
-                      help="the same seed makes the same payloads (default 0)")  # fmt: skip
-    fuzz.add_argument("--target", choices=["codec", "intake", "all"], default="all",
-                      help="the codec, a real engine's intake, or both (default)")  # fmt: skip
+    fuzz = sub.add_parser(
+        "fuzz",
+        help="hostile payloads against the codec and the engine's intake; exit 1 on any finding",
+    )
+    fuzz.add_argument(
+        "--count", type=_positive_int, default=1_000_000, help="payloads (default 1,000,000)"
+    )
+    fuzz.add_argument(
+        "--seed", type=int, default=0, help="the same seed makes the same payloads (default 0)"
+    )
+    fuzz.add_argument(
+        "--target",
+        choices=["codec", "intake", "all"],
+        default="all",
+        help="the codec, a real engine's intake, or both (default)",
+    )
     fuzz.add_argument("--json", type=Path, metavar="PATH", help="also write the report as JSON")
-    fuzz.add_argument("--replay", type=int, metavar="INDEX",
-                      help="run only case INDEX of --seed, to reproduce a finding")  # fmt: skip
+    fuzz.add_argument(
+        "--replay",
+        type=int,
+        metavar="INDEX",
+        help="run only case INDEX of --seed, to reproduce a finding",
+    )
 
 
 def _fuzz(args: argparse.Namespace) -> int:
@@ -216,8 +314,9 @@ def _fuzz(args: argparse.Namespace) -> int:
 
     if args.replay is not None and args.replay < 0:
         raise ConfigError(f"--replay {args.replay}: give a case number, 0 or more")
-    settings = FuzzSettings(count=args.count, seed=args.seed, target=args.target,
-                            replay=args.replay)  # fmt: skip
+    settings = FuzzSettings(
+        count=args.count, seed=args.seed, target=args.target, replay=args.replay
+    )
     tenth = max(1, args.count // 10)
     shown = [0]
 
@@ -233,8 +332,10 @@ def _fuzz(args: argparse.Namespace) -> int:
         try:
             args.json.write_text(json.dumps(report.to_json(), indent=2) + "\n")
         except OSError as exc:
-            raise ConfigError(f"cannot write the report to {args.json}: {exc.strerror}; "
-                              "give a --json path in a writable folder") from exc  # fmt: skip
+            raise ConfigError(
+                f"cannot write the report to {args.json}: {exc.strerror}; "
+                "give a --json path in a writable folder"
+            ) from exc
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
@@ -261,25 +362,37 @@ def _audit_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
     for each in parsers.values():
         each.add_argument("--config", type=Path, help="TOML settings file (data_dir, [retention])")
         where = each.add_mutually_exclusive_group()
-        where.add_argument("--data-dir", type=Path, help="data directory holding ledger.sqlite3 "
-                           "(default ./actimesh-data)")  # fmt: skip
+        where.add_argument(
+            "--data-dir",
+            type=Path,
+            help="data directory holding ledger.sqlite3 (default ./actimesh-data)",
+        )
         where.add_argument("--ledger", type=Path, help="the ledger file itself")
-    parsers["verify"].add_argument("--head", type=_head, metavar="SEQ:HASH",
-                                   help="a head printed earlier by `actimesh audit head`: also "
-                                   "detects records cut off the end")  # fmt: skip
+    parsers["verify"].add_argument(
+        "--head",
+        type=_head,
+        metavar="SEQ:HASH",
+        help="a head printed earlier by `actimesh audit head`: also "
+        "detects records cut off the end",
+    )
     for name in ("link", "export"):
         parsers[name].add_argument("--case", required=True, help="case number")
-    parsers["link"].add_argument("--activation", required=True, metavar="AID",
-                                 help="activation id")  # fmt: skip
-    parsers["link"].add_argument("--by", required=True, metavar="NAME",
-                                 help="who links it (recorded in the chain)")  # fmt: skip
-    parsers["export"].add_argument("--out", type=Path, required=True, metavar="DIR",
-                                   help="folder to write the files into")  # fmt: skip
-    parsers["retain"].add_argument("--dry-run", action="store_true",
-                                   help="report what would go, change nothing")  # fmt: skip
-    parsers["retain"].add_argument("--recordings", type=Path, metavar="DIR",
-                                   help="also prune this recording store "
-                                   "(<device>/<recording>/ folders)")  # fmt: skip
+    parsers["link"].add_argument("--activation", required=True, metavar="AID", help="activation id")
+    parsers["link"].add_argument(
+        "--by", required=True, metavar="NAME", help="who links it (recorded in the chain)"
+    )
+    parsers["export"].add_argument(
+        "--out", type=Path, required=True, metavar="DIR", help="folder to write the files into"
+    )
+    parsers["retain"].add_argument(
+        "--dry-run", action="store_true", help="report what would go, change nothing"
+    )
+    parsers["retain"].add_argument(
+        "--recordings",
+        type=Path,
+        metavar="DIR",
+        help="also prune this recording store (<device>/<recording>/ folders)",
+    )
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
@@ -334,8 +447,16 @@ def _command(args: argparse.Namespace, console: Console) -> int:
         return EXIT_OK
     if args.command == "sim":
         sim = SimSettings(units=args.units, seed=args.seed)
-        _run(run_sim(agency=args.agency, broker_url=args.broker, data_dir=args.data_dir,
-                     sim=sim, console=console, engine_key=args.engine_key))  # fmt: skip
+        _run(
+            run_sim(
+                agency=args.agency,
+                broker_url=args.broker,
+                data_dir=args.data_dir,
+                sim=sim,
+                console=console,
+                engine_key=args.engine_key,
+            )
+        )
         return EXIT_OK
     if args.command == "drill":
         return _drill(args, console)
@@ -396,11 +517,16 @@ def _audit(args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.audit == "export":
         out = audit.export_case(ledger, args.case, args.out)
-        print(f"exported {out.records} records ({len(out.activations)} activations) of case "
-              f"{args.case} to {out.jsonl}, {out.csv.name} and {out.manifest.name}")  # fmt: skip
+        print(
+            f"exported {out.records} records ({len(out.activations)} activations) of case "
+            f"{args.case} to {out.jsonl}, {out.csv.name} and {out.manifest.name}"
+        )
         return EXIT_OK
-    retained = _run(audit.retain(ledger, settings.retention.days, recordings=args.recordings,
-                                 dry_run=args.dry_run))  # fmt: skip
+    retained = _run(
+        audit.retain(
+            ledger, settings.retention.days, recordings=args.recordings, dry_run=args.dry_run
+        )
+    )
     print(retained.summary())
     return EXIT_FAILED if retained.problems else EXIT_OK
 
@@ -413,27 +539,41 @@ def _security_parsers(sub: argparse._SubParsersAction[_Parser]) -> None:
     from actimesh.broker.messages import DeviceKind  # noqa: PLC0415 - keep `--help` fast
 
     def where(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--config", type=Path, help="TOML settings file (data_dir, "
-                            "[broker] ports)")  # fmt: skip
-        parser.add_argument("--data-dir", type=Path, help="data directory holding "
-                            "registry.sqlite3 (default ./actimesh-data)")  # fmt: skip
+        parser.add_argument(
+            "--config", type=Path, help="TOML settings file (data_dir, [broker] ports)"
+        )
+        parser.add_argument(
+            "--data-dir",
+            type=Path,
+            help="data directory holding registry.sqlite3 (default ./actimesh-data)",
+        )
 
-    devices = sub.add_parser("devices", help="broker accounts of devices: add, list, remove, "
-                             "rotate (applied live)")  # fmt: skip
+    devices = sub.add_parser(
+        "devices", help="broker accounts of devices: add, list, remove, rotate (applied live)"
+    )
     verbs = devices.add_subparsers(dest="verb", required=True, parser_class=_Parser)
     add = verbs.add_parser("add", help="register a device; prints its credentials once")
     add.add_argument("device_id", metavar="ID", help="device id, also its MQTT username")
     add.add_argument("--kind", required=True, choices=[k.value for k in DeviceKind])
     add.add_argument("--unit", help="the unit (cruiser crew) it belongs to")
-    add.add_argument("--paired", type=_paired, default=(), metavar="A,B",
-                     help="registered devices it starts locally (its own cameras)")  # fmt: skip
-    for verb, text in (("remove", "remove it: the broker drops it at once"),
-                       ("rotate", "new password and key; the old ones stop working")):  # fmt: skip
+    add.add_argument(
+        "--paired",
+        type=_paired,
+        default=(),
+        metavar="A,B",
+        help="registered devices it starts locally (its own cameras)",
+    )
+    for verb, text in (
+        ("remove", "remove it: the broker drops it at once"),
+        ("rotate", "new password and key; the old ones stop working"),
+    ):
         verbs.add_parser(verb, help=text).add_argument("device_id", metavar="ID")
     verbs.add_parser("list", help="every registered device (no secrets)")
 
-    integrators = sub.add_parser("integrators", help="read-only broker accounts int-NAME: "
-                                 "activations, telemetry only if granted")  # fmt: skip
+    integrators = sub.add_parser(
+        "integrators",
+        help="read-only broker accounts int-NAME: activations, telemetry only if granted",
+    )
     iverbs = integrators.add_subparsers(dest="verb", required=True, parser_class=_Parser)
     iadd = iverbs.add_parser("add", help="create int-NAME; prints its password once")
     iadd.add_argument("name")
@@ -441,11 +581,16 @@ def _security_parsers(sub: argparse._SubParsersAction[_Parser]) -> None:
     iverbs.add_parser("remove", help="delete it: the broker drops it at once").add_argument("name")
     iverbs.add_parser("list", help="every integrator account")
 
-    services = sub.add_parser("services", help="actimesh's own broker accounts (svc-engine, "
-                              "svc-dispatch, svc-monitor) for an external broker")  # fmt: skip
+    services = sub.add_parser(
+        "services",
+        help="actimesh's own broker accounts (svc-engine, "
+        "svc-dispatch, svc-monitor) for an external broker",
+    )
     sverbs = services.add_subparsers(dest="verb", required=True, parser_class=_Parser)
-    sinit = sverbs.add_parser("init", help="create them (existing ones are kept) and render "
-                              "the broker's password and ACL files")  # fmt: skip
+    sinit = sverbs.add_parser(
+        "init",
+        help="create them (existing ones are kept) and render the broker's password and ACL files",
+    )
     sinit.add_argument("--rotate", action="store_true", help="new passwords for all three")
 
     certs = sub.add_parser("certs", help="a CA and certificates for the broker's TLS listener")
@@ -456,15 +601,24 @@ def _security_parsers(sub: argparse._SubParsersAction[_Parser]) -> None:
     client = cverbs.add_parser("client", help="a client certificate for mutual TLS")
     client.add_argument("name", help="device or account id it is for")
     for parser in (init, server):
-        parser.add_argument("--host", action="append", default=[], metavar="NAME",
-                            help="a name or address devices use to reach the broker "
-                                 "(repeat; localhost and 127.0.0.1 are always in)")  # fmt: skip
+        parser.add_argument(
+            "--host",
+            action="append",
+            default=[],
+            metavar="NAME",
+            help="a name or address devices use to reach the broker "
+            "(repeat; localhost and 127.0.0.1 are always in)",
+        )
     for parser in (init, server, client):
         parser.add_argument("--days", type=_positive_int, help="validity in days")
     show = cverbs.add_parser("show", help="subject, names and validity of a certificate")
     show.add_argument("what", nargs="?", default="server", metavar="ca|server|NAME|PATH")
-    for parser in (*verbs.choices.values(), *iverbs.choices.values(), *cverbs.choices.values(),
-                   sinit):  # fmt: skip
+    for parser in (
+        *verbs.choices.values(),
+        *iverbs.choices.values(),
+        *cverbs.choices.values(),
+        sinit,
+    ):
         where(parser)
 
 
@@ -503,16 +657,19 @@ def _security(args: argparse.Namespace) -> int:
             return EXIT_OK
         creds: Any = None
         if args.command == "devices" and args.verb == "add":
-            creds = registry.add(args.device_id, DeviceKind(args.kind), unit=args.unit,
-                                 paired=args.paired)  # fmt: skip
+            creds = registry.add(
+                args.device_id, DeviceKind(args.kind), unit=args.unit, paired=args.paired
+            )
             print(f"device {args.device_id} registered")
         elif args.command == "devices" and args.verb == "rotate":
             creds = registry.rotate(args.device_id)
             print(f"device {args.device_id}: new credentials")
         elif args.command == "devices":
             unpaired = ", ".join(registry.remove(args.device_id))
-            print(f"device {args.device_id} removed"
-                  + (f" (no longer paired with {unpaired})" if unpaired else ""))  # fmt: skip
+            print(
+                f"device {args.device_id} removed"
+                + (f" (no longer paired with {unpaired})" if unpaired else "")
+            )
         elif args.verb == "add":
             creds = registry.add_integrator(args.name, telemetry=args.telemetry)
             grant = "activations and telemetry" if args.telemetry else "activations only"
@@ -526,8 +683,11 @@ def _security(args: argparse.Namespace) -> int:
         for line in credential_lines(creds, _endpoints(settings), engine_key=engine_key):
             print(line)
     pid = apply_to_broker(data_dir, AclPolicy(settings.agency, settings.dispatch.source_device))
-    print(f"broker: applied live (pid {pid})" if pid is not None else
-          f"broker: not running on {data_dir}; applies at its next start")  # fmt: skip
+    print(
+        f"broker: applied live (pid {pid})"
+        if pid is not None
+        else f"broker: not running on {data_dir}; applies at its next start"
+    )
     return EXIT_OK
 
 
@@ -538,8 +698,9 @@ def _services(args: argparse.Namespace, settings: Settings) -> int:
 
     data_dir = settings.data_dir
     with Registry.open(data_dir) as registry:
-        creds = registry.ensure_service_accounts(data_dir / SECRETS_DIR,
-                                                 keep_existing=not args.rotate)  # fmt: skip
+        creds = registry.ensure_service_accounts(
+            data_dir / SECRETS_DIR, keep_existing=not args.rotate
+        )
     for name in creds:
         print(f"{name}: password in {data_dir / SECRETS_DIR / (name + '.password')}")
     apply_to_broker(data_dir, AclPolicy(settings.agency, settings.dispatch.source_device))
@@ -557,8 +718,10 @@ def _describe(row: Any) -> str:
     if hasattr(row, "device_id"):
         paired = ",".join(row.paired) or "-"
         sim = " (simulated)" if row.simulated else ""
-        return (f"{row.device_id:<24} {row.kind.value:<9} unit {row.unit or '-':<12} "
-                f"paired {paired:<20} key {row.public_key[:16]}… rotated {when}{sim}")  # fmt: skip
+        return (
+            f"{row.device_id:<24} {row.kind.value:<9} unit {row.unit or '-':<12} "
+            f"paired {paired:<20} key {row.public_key[:16]}… rotated {when}{sim}"
+        )
     grant = "activations+telemetry" if row.telemetry else "activations"
     return f"{row.name:<24} {grant:<22} created/rotated {when}"
 
@@ -573,10 +736,12 @@ def _certs(args: argparse.Namespace, directory: Path) -> int:
             given = Path(args.what)
             path = given if given.suffix == ".pem" else directory / "clients" / f"{args.what}.pem"
         info = certs.describe(path)
-        print(f"{info.path}\n  subject  {info.subject}\n  issuer   {info.issuer}\n"
-              f"  valid    {info.not_before:%Y-%m-%d} to {info.not_after:%Y-%m-%d}"
-              f"{' (EXPIRED)' if info.expired else ''}\n"
-              f"  names    {', '.join(info.names) or '-'}\n  sha256   {info.sha256}")  # fmt: skip
+        print(
+            f"{info.path}\n  subject  {info.subject}\n  issuer   {info.issuer}\n"
+            f"  valid    {info.not_before:%Y-%m-%d} to {info.not_after:%Y-%m-%d}"
+            f"{' (EXPIRED)' if info.expired else ''}\n"
+            f"  names    {', '.join(info.names) or '-'}\n  sha256   {info.sha256}"
+        )
         return EXIT_FAILED if info.expired else EXIT_OK
     if args.verb == "init":
         ca = certs.init_ca(directory, force=args.force)
@@ -588,8 +753,10 @@ def _certs(args: argparse.Namespace, directory: Path) -> int:
         print("`actimesh up` opens its TLS listener with it ([broker] tls_port, default 8883)")
         return EXIT_OK
     files = certs.issue_client(directory, args.name, **days)
-    print(f"client certificate: {files.cert} (key {files.key}); with [broker] "
-          "require_client_cert = true the broker asks every client for one")  # fmt: skip
+    print(
+        f"client certificate: {files.cert} (key {files.key}); with [broker] "
+        "require_client_cert = true the broker asks every client for one"
+    )
     return EXIT_OK
 
 
@@ -597,8 +764,14 @@ def _accounts(args: argparse.Namespace) -> int:
     from actimesh.dispatch import commands  # noqa: PLC0415 - keep `--help` fast
 
     settings = load_settings(args.config, data_dir=args.data_dir)
-    return commands.run(args, data_dir=settings.data_dir, ledger_path=settings.ledger_path,
-                        out=sys.stdout, stdin=sys.stdin, runner=_run)  # fmt: skip
+    return commands.run(
+        args,
+        data_dir=settings.data_dir,
+        ledger_path=settings.ledger_path,
+        out=sys.stdout,
+        stdin=sys.stdin,
+        runner=_run,
+    )
 
 
 @contextlib.contextmanager

@@ -215,10 +215,18 @@ _DISPATCH_TYPES: Mapping[str, type | tuple[type, ...]] = {
     "tls_keyfile": str,
 }
 _DISPATCH_INTS = {
-    "port", "max_activations", "max_devices", "client_queue", "max_clients",
-    "session_expiry_s", "telemetry_queue", "webhook_max_attempts", "webhook_concurrency",
-    "login_max_failures", "login_max_failures_per_client",
-}  # fmt: skip
+    "port",
+    "max_activations",
+    "max_devices",
+    "client_queue",
+    "max_clients",
+    "session_expiry_s",
+    "telemetry_queue",
+    "webhook_max_attempts",
+    "webhook_concurrency",
+    "login_max_failures",
+    "login_max_failures_per_client",
+}
 
 
 def _dispatch(raw: dict[str, Any]) -> DispatchSettings:
@@ -253,16 +261,31 @@ def _broker(raw: dict[str, Any]) -> tuple[str | None, BrokerSettings]:
 
 
 _MEDIA_TYPES: Mapping[str, type | tuple[type, ...]] = {
-    "source": str, "device": str, "width": int, "height": int, "fps": int,
-    "segment_s": _NUMBER, "crf": int, "max_kbps": int, "pre_roll_s": _NUMBER,
-    "buffer_audio": bool, "stealth": str, "cancel_window_s": _NUMBER,
-}  # fmt: skip
+    "source": str,
+    "device": str,
+    "width": int,
+    "height": int,
+    "fps": int,
+    "segment_s": _NUMBER,
+    "crf": int,
+    "max_kbps": int,
+    "pre_roll_s": _NUMBER,
+    "buffer_audio": bool,
+    "stealth": str,
+    "cancel_window_s": _NUMBER,
+}
 
 
 _EVIDENCE_TYPES: Mapping[str, type | tuple[type, ...]] = {
-    "dir": str, "retention_days": _NUMBER, "max_upload_bytes": int, "max_chunk_bytes": int,
-    "max_manifest_bytes": int, "upload_expiry_s": _NUMBER, "host": str, "port": int,
-}  # fmt: skip
+    "dir": str,
+    "retention_days": _NUMBER,
+    "max_upload_bytes": int,
+    "max_chunk_bytes": int,
+    "max_manifest_bytes": int,
+    "upload_expiry_s": _NUMBER,
+    "host": str,
+    "port": int,
+}
 
 
 def _media(raw: dict[str, Any]) -> MediaSettings:
@@ -289,9 +312,17 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
         except OSError as exc:
             raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
     top_allowed = {
-        "agency", "data_dir", "broker", "engine", "policy", "rules", "dispatch", "retention",
-        "media", "evidence",
-    }  # fmt: skip
+        "agency",
+        "data_dir",
+        "broker",
+        "engine",
+        "policy",
+        "rules",
+        "dispatch",
+        "retention",
+        "media",
+        "evidence",
+    }
     unknown = set(raw) - top_allowed
     if unknown:
         raise ConfigError(

@@ -415,8 +415,18 @@ async def _check_ledger(scene: _Scene, engine: Engine, aid: str, result: Scenari
 
 def _table(report: DrillReport) -> Table:
     table = Table(title="actimesh drill", show_lines=False)
-    for col in ("scenario", "trigger", "expected", "commanded", "missed", "false",
-                "pre-roll min", "p50 ms", "p99 ms", "result"):  # fmt: skip
+    for col in (
+        "scenario",
+        "trigger",
+        "expected",
+        "commanded",
+        "missed",
+        "false",
+        "pre-roll min",
+        "p50 ms",
+        "p99 ms",
+        "result",
+    ):
         table.add_column(col, justify="right" if col not in ("scenario", "trigger") else "left")
     for r in report.results:
         table.add_row(

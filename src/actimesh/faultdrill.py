@@ -113,10 +113,21 @@ class _EngineProc:
         login = f'[broker]\nusername = "{SERVICE_ENGINE}"\npassword_file = {password_file}\n'
         config.write_text(_ENGINE_TOML + login)
         self.argv = [
-            sys.executable, "-m", "actimesh.cli", "engine",
-            "--broker", f"mqtt://{_HOST}:{port}", "--agency", agency,
-            "--data-dir", str(data_dir), "--engine-id", engine_id, "--config", str(config),
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "actimesh.cli",
+            "engine",
+            "--broker",
+            f"mqtt://{_HOST}:{port}",
+            "--agency",
+            agency,
+            "--data-dir",
+            str(data_dir),
+            "--engine-id",
+            engine_id,
+            "--config",
+            str(config),
+        ]
         self.log = data_dir / f"{engine_id}.log"
         self.proc: asyncio.subprocess.Process | None = None
 
@@ -206,10 +217,17 @@ def _scene_devices(
             )
         )
     cew = DeviceAgent(
-        topics=topics, device_id=f"f{n}-cew", kind=DeviceKind.CEW, paired=(f"f{n}-bwc",),
-        local_peers=(cameras[0],), broker_host=_HOST, broker_port=port,
-        position=lambda: None, telemetry_interval_s=0.5, resend_initial_s=0.5,
-    )  # fmt: skip
+        topics=topics,
+        device_id=f"f{n}-cew",
+        kind=DeviceKind.CEW,
+        paired=(f"f{n}-bwc",),
+        local_peers=(cameras[0],),
+        broker_host=_HOST,
+        broker_port=port,
+        position=lambda: None,
+        telemetry_interval_s=0.5,
+        resend_initial_s=0.5,
+    )
     return cew, cameras
 
 
@@ -218,8 +236,15 @@ async def _background_load(
 ) -> None:
     """Telemetry from ``devices`` far-away virtual devices at ``hz`` each (one connection,
     the load generator's account)."""
-    link = MqttLink(LinkSettings(host=_HOST, port=port, client_id=f"{topics.agency}-load",
-                                 username=login.username, password=login.password))  # fmt: skip
+    link = MqttLink(
+        LinkSettings(
+            host=_HOST,
+            port=port,
+            client_id=f"{topics.agency}-load",
+            username=login.username,
+            password=login.password,
+        )
+    )
     async with asyncio.TaskGroup() as tg:
         tg.create_task(link.run(), name="load-link")
         while True:
@@ -230,8 +255,9 @@ async def _background_load(
                     ts=now, lat=40.0 + i * 1e-4, lon=-100.0, acc=5.0, state=DeviceState.BUFFERING
                 )
                 with contextlib.suppress(BrokerError):
-                    await link.publish(topics.telemetry(f"load{i}"), encode(fix), qos=0,
-                                       timeout=1.0)  # fmt: skip
+                    await link.publish(
+                        topics.telemetry(f"load{i}"), encode(fix), qos=0, timeout=1.0
+                    )
             await asyncio.sleep(max(0.0, 1.0 / hz - (time.monotonic() - started)))
 
 
@@ -280,8 +306,10 @@ async def _settle(world: _World, aids: dict[str, str]) -> None:
         for aid, cew_id in aids.items():
             for cam in world.expected[cew_id]:
                 agent = world.cameras[cam]
-                if not any(r.command.aid == aid and r.result.status is AckStatus.RECORDING
-                           for r in agent.received):  # fmt: skip
+                if not any(
+                    r.command.aid == aid and r.result.status is AckStatus.RECORDING
+                    for r in agent.received
+                ):
                     return False
         return True
 
@@ -305,14 +333,20 @@ async def _measure(world: _World, name: str, aids: dict[str, str]) -> FaultResul
     for aid, cew_id in aids.items():
         for cam in world.expected[cew_id]:
             result.expected += 1
-            got = [r for r in world.cameras[cam].received
-                   if r.command.aid == aid and r.result.status is AckStatus.RECORDING]  # fmt: skip
+            got = [
+                r
+                for r in world.cameras[cam].received
+                if r.command.aid == aid and r.result.status is AckStatus.RECORDING
+            ]
             if got:
                 result.recorded += 1
                 result.pre_roll_min = min(result.pre_roll_min, got[0].result.pre_roll_covered_s)
             elif len(result.problems) < 10:
-                seen = [r.result.status.value for r in world.cameras[cam].received
-                        if r.command.aid == aid]  # fmt: skip
+                seen = [
+                    r.result.status.value
+                    for r in world.cameras[cam].received
+                    if r.command.aid == aid
+                ]
                 result.problems.append(f"{cam} did not record {aid} (answers: {seen or 'none'})")
     for agent in world.cameras.values():
         assert agent.camera is not None
@@ -405,16 +439,32 @@ async def _scenario(
 
 def _table(report: FaultReport) -> Table:
     table = Table(title="actimesh drill --faults")
-    for col in ("scenario", "triggers", "activations", "cameras expected", "cameras recorded",
-                "pre-roll min", "lost", "duplicated", "ledger", "result"):  # fmt: skip
+    for col in (
+        "scenario",
+        "triggers",
+        "activations",
+        "cameras expected",
+        "cameras recorded",
+        "pre-roll min",
+        "lost",
+        "duplicated",
+        "ledger",
+        "result",
+    ):
         table.add_column(col, justify="left" if col == "scenario" else "right")
     for r in report.results:
         table.add_row(
-            r.name, str(r.triggers), str(r.activations), str(r.expected), str(r.recorded),
-            f"{r.pre_roll_min:.1f} s", str(r.lost), str(r.duplicates),
+            r.name,
+            str(r.triggers),
+            str(r.activations),
+            str(r.expected),
+            str(r.recorded),
+            f"{r.pre_roll_min:.1f} s",
+            str(r.lost),
+            str(r.duplicates),
             "verified" if r.ledger_ok else "[red]FAILED[/red]",
             "[green]PASS[/green]" if r.ok else "[red]FAIL[/red]",
-        )  # fmt: skip
+        )
     return table
 
 

@@ -492,9 +492,11 @@ async def _evidence(
     )
     report.evidence_dir = settings.root(root)
     recorded = [
-        (scene, scene.results[d]) for scene in scenes for d in scene.cameras
+        (scene, scene.results[d])
+        for scene in scenes
+        for d in scene.cameras
         if scene.results[d].recording_id is not None
-    ]  # fmt: skip
+    ]
     async with service:
         server = UploadServer(create_upload_app(Uploads(service)), host="127.0.0.1", port=0)
         async with asyncio.TaskGroup() as tg:
@@ -547,11 +549,26 @@ async def _evidence(
 
 
 def _table(report: MediaDrillReport) -> Table:
-    table = Table(title="actimesh drill --media real", caption=(
-        "1st frame: the video's first frame minus the event time; verified: signature and "
-        "every SHA-256, on the camera and again in the store"))  # fmt: skip
-    cols = ("camera", "dist", "recorded", "size", "duration", "frames", "1st frame",
-            "verified", "offloaded", "retention", "")  # fmt: skip
+    table = Table(
+        title="actimesh drill --media real",
+        caption=(
+            "1st frame: the video's first frame minus the event time; verified: signature and "
+            "every SHA-256, on the camera and again in the store"
+        ),
+    )
+    cols = (
+        "camera",
+        "dist",
+        "recorded",
+        "size",
+        "duration",
+        "frames",
+        "1st frame",
+        "verified",
+        "offloaded",
+        "retention",
+        "",
+    )
     for col in cols:
         table.add_column(col, justify="left" if col in ("camera", "retention") else "right")
     for c in report.cameras:

@@ -99,8 +99,11 @@ class Monitor:
     def _activation(self, act: Activation) -> None:
         self.counts["activations"] += 1
         paired = [c.id for c in act.cameras if c.reason == "paired"]
-        near = [f"{c.id}@{c.dist:.1f}m" for c in act.cameras if c.dist is not None
-                and c.reason == "proximity"]  # fmt: skip
+        near = [
+            f"{c.id}@{c.dist:.1f}m"
+            for c in act.cameras
+            if c.dist is not None and c.reason == "proximity"
+        ]
         where = f"{act.lat:.5f},{act.lon:.5f}" if act.lat is not None else "no fix"
         latency_ms = (act.ts - act.ets) * 1000
         self.console.print(

@@ -118,8 +118,9 @@ def _tls_listener(settings: Settings) -> TlsListener | None:
     if b.tls is False:
         return None
     if b.server_cert is not None and b.server_key is not None:
-        files: ServerTls | None = ServerTls(b.ca_file or certs / "ca.pem", b.server_cert,
-                                            b.server_key)  # fmt: skip
+        files: ServerTls | None = ServerTls(
+            b.ca_file or certs / "ca.pem", b.server_cert, b.server_key
+        )
     else:
         files = server_tls(certs)
     if files is None:
@@ -130,8 +131,14 @@ def _tls_listener(settings: Settings) -> TlsListener | None:
                 "server_key and ca_file"
             )
         return None
-    return TlsListener(port=b.tls_port, host=b.tls_host, certfile=files.cert, keyfile=files.key,
-                       cafile=files.ca, require_certificate=b.require_client_cert)  # fmt: skip
+    return TlsListener(
+        port=b.tls_port,
+        host=b.tls_host,
+        certfile=files.cert,
+        keyfile=files.key,
+        cafile=files.ca,
+        require_certificate=b.require_client_cert,
+    )
 
 
 def _adopt_old_broker_db(data_dir: Path, broker_dir: Path) -> None:
@@ -166,8 +173,12 @@ async def broker_for(
         tls=_tls_listener(settings),
     )
     async with ManagedMosquitto(config) as broker:
-        address = BrokerAddress(settings.broker_host, settings.broker_port,
-                                tls_url=broker.tls_url, logins=provisioned.services)  # fmt: skip
+        address = BrokerAddress(
+            settings.broker_host,
+            settings.broker_port,
+            tls_url=broker.tls_url,
+            logins=provisioned.services,
+        )
         yield address, broker
 
 
@@ -345,11 +356,15 @@ async def run_up(settings: Settings, sim: SimSettings | None, console: Console) 
             if broker.tls_url is not None:
                 console.print(f"  broker   {broker.tls_url} (TLS, CA {_ca_of(managed)})")
             if managed is not None:
-                console.print(f"  accounts devices: `actimesh devices add|list|remove|rotate "
-                              f"--data-dir {settings.data_dir}`")  # fmt: skip
+                console.print(
+                    f"  accounts devices: `actimesh devices add|list|remove|rotate "
+                    f"--data-dir {settings.data_dir}`"
+                )
             console.print(f"  engine   {settings.engine.engine_id}, ledger {settings.ledger_path}")
-            console.print(f"  evidence {uploads.url}{UPLOADS_PATH}  (camera offload; stored in "
-                          f"{settings.evidence.root(settings.data_dir)})")  # fmt: skip
+            console.print(
+                f"  evidence {uploads.url}{UPLOADS_PATH}  (camera offload; stored in "
+                f"{settings.evidence.root(settings.data_dir)})"
+            )
             rules = ", ".join(f"{r.event_type} {r.radius_m:g} m" for r in settings.rules)
             console.print(f"  rules    {rules}")
             if settings.dispatch.enabled:
@@ -427,9 +442,13 @@ async def run_sim(
     topics = Topics(agency)
     verifier = CommandVerifier.from_file(engine_key or engine_key_paths(data_dir)[1])
     fleet = FleetSimulator(
-        topics=topics, broker_host=host, broker_port=port, data_dir=data_dir, settings=sim,
+        topics=topics,
+        broker_host=host,
+        broker_port=port,
+        data_dir=data_dir,
+        settings=sim,
         verifier=verifier,
-    )  # fmt: skip
+    )
     monitor_login = Login(username=None, password=None)
     if (data_dir / REGISTRY_NAME).exists():
         # The managed broker of an `actimesh up` on this data directory: the fleet gets
@@ -437,8 +456,10 @@ async def run_sim(
         creds = await asyncio.to_thread(provision_fleet, data_dir, specs_of(fleet.agents))
         fleet.use_credentials(creds)
         if signal_reload(data_dir / BROKER_DIR) is None:
-            console.print(f"[yellow]no managed broker of {data_dir} is running: the fleet's "
-                          "accounts apply when it starts[/yellow]")  # fmt: skip
+            console.print(
+                f"[yellow]no managed broker of {data_dir} is running: the fleet's "
+                "accounts apply when it starts[/yellow]"
+            )
         with contextlib.suppress(SecurityError):
             monitor_login = Login(
                 username=SERVICE_MONITOR, password=read_secret(data_dir, SERVICE_MONITOR)

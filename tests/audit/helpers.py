@@ -30,12 +30,23 @@ DECISIONS = [
 
 def activation(n: int, ts: float = T0) -> ActivationRow:
     return ActivationRow(
-        aid=f"act-{n}", src="cew1", eid=f"e{n}", type="taser_draw", event_ts=ts + n,
-        received_ts=ts + n + 0.01, decided_ts=ts + n + 0.02, lat=51.0, lon=-114.0, acc=3.0,
-        position_source="event", radius_m=9.144, pre_roll_s=30.0,
-        rule={"event_type": "taser_draw", "radius_m": 9.144}, initiated_by=None,
+        aid=f"act-{n}",
+        src="cew1",
+        eid=f"e{n}",
+        type="taser_draw",
+        event_ts=ts + n,
+        received_ts=ts + n + 0.01,
+        decided_ts=ts + n + 0.02,
+        lat=51.0,
+        lon=-114.0,
+        acc=3.0,
+        position_source="event",
+        radius_m=9.144,
+        pre_roll_s=30.0,
+        rule={"event_type": "taser_draw", "radius_m": 9.144},
+        initiated_by=None,
         engine="engine-1",
-    )  # fmt: skip
+    )
 
 
 def ack(n: int, ts: float = T0, device: str = "bwc1") -> AckRow:
@@ -51,12 +62,27 @@ async def write_activations(path: Path, numbers: range, ts: float = T0) -> None:
 
 
 def chain_hash(
-    prev: str, seq: int, time: str, component: str, kind: str, subject: str, outcome: str,
+    prev: str,
+    seq: int,
+    time: str,
+    component: str,
+    kind: str,
+    subject: str,
+    outcome: str,
     body_sha: str,
-) -> str:  # fmt: skip
+) -> str:
     """The record hash as docs/OPERATIONS.md describes it (netstrings, then SHA-256)."""
-    fields = ["actimesh.ledger.v1", prev, str(seq), time, component, kind, subject, outcome,
-              body_sha]  # fmt: skip
+    fields = [
+        "actimesh.ledger.v1",
+        prev,
+        str(seq),
+        time,
+        component,
+        kind,
+        subject,
+        outcome,
+        body_sha,
+    ]
     data = b"".join(b"%d:%s," % (len(f.encode()), f.encode()) for f in fields)
     return hashlib.sha256(data).hexdigest()
 

@@ -66,8 +66,9 @@ def test_link_export_and_retain(
     data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     where = ["--data-dir", str(data_dir)]
-    code, out, _ = run(capsys, "link", *where, "--case", "CR-1", "--activation", "act-2",
-                       "--by", "Sgt Smith")  # fmt: skip
+    code, out, _ = run(
+        capsys, "link", *where, "--case", "CR-1", "--activation", "act-2", "--by", "Sgt Smith"
+    )
     assert (code, out) == (0, "linked: activation act-2 to case CR-1 (record 7)\n")
     code, out, _ = run(capsys, "export", *where, "--case", "CR-1", "--out", str(tmp_path / "x"))
     assert code == 0
@@ -91,22 +92,51 @@ def test_link_export_and_retain(
 @pytest.mark.parametrize(
     ("argv", "code", "message"),
     [
-        (["verify", "--data-dir", "{tmp}/nowhere"], 1, "no ledger at {tmp}/nowhere/ledger.sqlite3; "
-         "give the --data-dir of an actimesh data directory or the --ledger file itself"),
-        (["link", "--data-dir", "{tmp}", "--case", "CR-1", "--activation", "act-7", "--by", "Sgt"],
-         1, "no activation 'act-7' in the ledger at {tmp}/ledger.sqlite3; check the id"),
-        (["export", "--data-dir", "{tmp}", "--case", "CR-9", "--out", "{tmp}/out"], 1,
-         "case CR-9 has no linked activation in {tmp}/ledger.sqlite3; link one with "
-         "`actimesh audit link --case CR-9 --activation AID --by NAME`"),
-        (["retain", "--data-dir", "{tmp}", "--recordings", "{tmp}/none"], 1,
-         "no recordings folder at {tmp}/none; check --recordings"),
-        (["retain", "--data-dir", "{tmp}", "--config", "{tmp}/short.toml"], 2,
-         "retention.days must be at least 365 (CJIS 5.4 keeps audit records a year), got 30"),
-        (["verify", "--data-dir", "{tmp}", "--head", "12"], 2,
-         "argument --head: '12' is not SEQ:HASH as printed by `actimesh audit head` "
-         "(see `actimesh audit verify --help`)"),
+        (
+            ["verify", "--data-dir", "{tmp}/nowhere"],
+            1,
+            "no ledger at {tmp}/nowhere/ledger.sqlite3; "
+            "give the --data-dir of an actimesh data directory or the --ledger file itself",
+        ),
+        (
+            [
+                "link",
+                "--data-dir",
+                "{tmp}",
+                "--case",
+                "CR-1",
+                "--activation",
+                "act-7",
+                "--by",
+                "Sgt",
+            ],
+            1,
+            "no activation 'act-7' in the ledger at {tmp}/ledger.sqlite3; check the id",
+        ),
+        (
+            ["export", "--data-dir", "{tmp}", "--case", "CR-9", "--out", "{tmp}/out"],
+            1,
+            "case CR-9 has no linked activation in {tmp}/ledger.sqlite3; link one with "
+            "`actimesh audit link --case CR-9 --activation AID --by NAME`",
+        ),
+        (
+            ["retain", "--data-dir", "{tmp}", "--recordings", "{tmp}/none"],
+            1,
+            "no recordings folder at {tmp}/none; check --recordings",
+        ),
+        (
+            ["retain", "--data-dir", "{tmp}", "--config", "{tmp}/short.toml"],
+            2,
+            "retention.days must be at least 365 (CJIS 5.4 keeps audit records a year), got 30",
+        ),
+        (
+            ["verify", "--data-dir", "{tmp}", "--head", "12"],
+            2,
+            "argument --head: '12' is not SEQ:HASH as printed by `actimesh audit head` "
+            "(see `actimesh audit verify --help`)",
+        ),
     ],
-)  # fmt: skip
+)
 def test_mistakes_are_one_line_without_traceback(
     data_dir: Path, capsys: pytest.CaptureFixture[str], argv: list[str], code: int, message: str
 ) -> None:

@@ -18,10 +18,22 @@ from tests.audit.helpers import T0, chain_hash, tamper, write_activations
 async def _case(path: Path) -> None:
     await write_activations(path, range(1, 5))
     async with Ledger(path) as ledger:
-        await ledger.record_event("engine/engine-1", "alert", "bwc2", "no_ack",
-                                  {"aid": "act-2", "device": "bwc2"}, at=T0 + 30)  # fmt: skip
-        await ledger.record_event("engine/engine-1", "alert", "bwc2", "no_ack",
-                                  {"aid": "act-3", "device": "bwc2"}, at=T0 + 31)  # fmt: skip
+        await ledger.record_event(
+            "engine/engine-1",
+            "alert",
+            "bwc2",
+            "no_ack",
+            {"aid": "act-2", "device": "bwc2"},
+            at=T0 + 30,
+        )
+        await ledger.record_event(
+            "engine/engine-1",
+            "alert",
+            "bwc2",
+            "no_ack",
+            {"aid": "act-3", "device": "bwc2"},
+            at=T0 + 31,
+        )
     assert await link_case(path, "CR-1", "act-2", "Sgt Smith") == (11, True)
     assert await link_case(path, "CR-1", "act-4", "Sgt Smith") == (12, True)
     assert await link_case(path, "CR-2", "act-2", "Cpl Jones") == (13, True)
@@ -34,9 +46,15 @@ def _check(row: dict[str, str | None]) -> None:
     assert hashlib.sha256(body.encode()).hexdigest() == row["body_sha256"]
     text = {k: str(v) for k, v in row.items()}
     assert row["hash"] == chain_hash(
-        text["prev_hash"], int(text["seq"]), text["time"], text["component"],
-        text["event_type"], text["subject"], text["outcome"], text["body_sha256"],
-    )  # fmt: skip
+        text["prev_hash"],
+        int(text["seq"]),
+        text["time"],
+        text["component"],
+        text["event_type"],
+        text["subject"],
+        text["outcome"],
+        text["body_sha256"],
+    )
 
 
 async def test_a_case_exports_its_records_with_hashes_that_recompute(tmp_path: Path) -> None:
@@ -57,8 +75,14 @@ async def test_a_case_exports_its_records_with_hashes_that_recompute(tmp_path: P
     for r in table:
         _check(dict(r))
     assert [r["event_type"] for r in table] == [
-        "activation", "ack", "activation", "ack", "alert", "case_link", "case_link",
-    ]  # fmt: skip
+        "activation",
+        "ack",
+        "activation",
+        "ack",
+        "alert",
+        "case_link",
+        "case_link",
+    ]
     assert json.loads(table[-1]["body"])["linked_by"] == "Sgt Smith"
     manifest = json.loads(result.manifest.read_text())
     assert manifest["ledger_head"].startswith("13:")

@@ -37,10 +37,22 @@ async def _ledger(path: Path) -> None:
     """act-1..3 are old; act-2 is linked to a case; act-4 is recent."""
     await write_activations(path, range(1, 4))
     async with Ledger(path) as ledger:
-        await ledger.record_event("engine/engine-1", "alert", "bwc2", "no_ack",
-                                  {"aid": "act-2", "device": "bwc2"}, at=T0 + 40)  # fmt: skip
-        await ledger.record_event("engine/engine-1", "alert", "bwc3", "no_ack",
-                                  {"aid": "act-3", "device": "bwc3"}, at=T0 + 41)  # fmt: skip
+        await ledger.record_event(
+            "engine/engine-1",
+            "alert",
+            "bwc2",
+            "no_ack",
+            {"aid": "act-2", "device": "bwc2"},
+            at=T0 + 40,
+        )
+        await ledger.record_event(
+            "engine/engine-1",
+            "alert",
+            "bwc3",
+            "no_ack",
+            {"aid": "act-3", "device": "bwc3"},
+            at=T0 + 41,
+        )
         await ledger.link_case("CR-1", "act-2", "Sgt Smith", at=T0 + 50)
         await ledger.record_activation(activation(4, RECENT), DECISIONS)
         await ledger.record_ack(ack(4, RECENT))
@@ -66,8 +78,9 @@ async def test_old_unlinked_records_are_redacted_and_the_chain_still_verifies(
     assert all(after[seq] == digest for seq, digest in before.items())  # hashes kept
     assert _query(path, "SELECT aid FROM activations ORDER BY aid") == [("act-2",), ("act-4",)]
     assert _query(path, "SELECT DISTINCT aid FROM acks ORDER BY aid") == [("act-2",), ("act-4",)]
-    retention = _query(path, "SELECT component, event_type, subject, outcome, body FROM records "
-                       "WHERE seq = 12")[0]  # fmt: skip
+    retention = _query(
+        path, "SELECT component, event_type, subject, outcome, body FROM records WHERE seq = 12"
+    )[0]
     assert retention[:4] == ("audit/retention", "retention_delete", "act-1", "redacted")
     assert json.loads(str(retention[4]))["redacted_seqs"] == [1, 2]
     verified = verify_ledger(path)
@@ -87,8 +100,10 @@ async def test_a_case_linked_activation_and_everything_about_it_survive(tmp_path
         assert found is not None
         assert found[0] == activation(2)
         assert len(await ledger.acks("act-2")) == 1
-    kept = _query(path, "SELECT seq, event_type FROM records WHERE aid = 'act-2' AND body "
-                  "IS NOT NULL ORDER BY seq")  # fmt: skip
+    kept = _query(
+        path,
+        "SELECT seq, event_type FROM records WHERE aid = 'act-2' AND body IS NOT NULL ORDER BY seq",
+    )
     assert kept == [(3, "activation"), (4, "ack"), (7, "alert"), (9, "case_link")]
     assert verify_ledger(path).ok
 
@@ -143,8 +158,11 @@ async def test_recordings_go_with_their_activations_and_each_deletion_is_recorde
         "bwc3/rec-broken": "unreadable manifest",
         "bwc3/rec-x": "activation act-elsewhere is not in this ledger",
     }
-    deletions = _query(path, "SELECT subject, outcome, body FROM records WHERE event_type = "
-                       "'retention_delete' AND subject LIKE '%/%' ORDER BY seq")  # fmt: skip
+    deletions = _query(
+        path,
+        "SELECT subject, outcome, body FROM records WHERE event_type = "
+        "'retention_delete' AND subject LIKE '%/%' ORDER BY seq",
+    )
     assert [d[:2] for d in deletions] == [("bwc2/rec-7", "deleted"), ("bwc1/rec-1", "deleted")]
     body = json.loads(str(deletions[1][2]))
     assert body["aids"] == ["act-1"]

@@ -49,8 +49,13 @@ def test_ratio_of_nothing_is_not_a_number() -> None:
 
 
 def test_targets_need_the_figure_and_nothing_lost() -> None:
-    good = run(10_000, p99_ratio_vs_broker=1.4, ingest_ratio_vs_broker=0.9,
-               rss_bytes_per_device=500.0, naive_scan_ratio=5000.0)  # fmt: skip
+    good = run(
+        10_000,
+        p99_ratio_vs_broker=1.4,
+        ingest_ratio_vs_broker=0.9,
+        rss_bytes_per_device=500.0,
+        naive_scan_ratio=5000.0,
+    )
     assert all(t["met"] for t in good["targets"].values())
     lossy = run(10_000, ingest_ratio_vs_broker=0.9, ingest_dropped=1)
     assert not lossy["targets"]["ingest_ratio_vs_broker"]["met"]

@@ -57,8 +57,17 @@ async def test_sweep_growth_is_timed_side_by_side_in_a_worker() -> None:
 
 def test_a_traced_smoke_run_splits_triggers_and_echoes_into_hops(tmp_path: Path) -> None:
     report_path = tmp_path / "bench.json"
-    code = main(["bench", "--smoke", "--trace", "--json", str(report_path),
-                 "--plot", str(tmp_path / "bench.png")])  # fmt: skip
+    code = main(
+        [
+            "bench",
+            "--smoke",
+            "--trace",
+            "--json",
+            str(report_path),
+            "--plot",
+            str(tmp_path / "bench.png"),
+        ]
+    )
     assert code == 0
     trace = json.loads(report_path.read_text())["trace"]
     for path in ("engine", "echo"):

@@ -253,8 +253,9 @@ async def test_a_publish_never_acknowledged_fails_at_its_deadline() -> None:
     loop = asyncio.get_running_loop()
     released: list[bool] = []
     stats = LinkStats()
-    inflight = InFlight("t/x", loop.create_future(), loop.time() + 0.05,
-                        lambda: released.append(True), stats)  # fmt: skip
+    inflight = InFlight(
+        "t/x", loop.create_future(), loop.time() + 0.05, lambda: released.append(True), stats
+    )
     with pytest.raises(BrokerError, match="not acknowledged"):
         await inflight.confirmed()
     assert released == [True]  # aiomqtt's pending entry is dropped with it
@@ -336,10 +337,14 @@ async def test_a_burst_reaches_the_handler_in_order(broker_port: int, agency: st
             done.set()
 
     link = MqttLink(
-        LinkSettings(host="127.0.0.1", port=broker_port, client_id=f"{agency}-burst",
-                     subscriptions=(Subscription(topic, 1),)),
+        LinkSettings(
+            host="127.0.0.1",
+            port=broker_port,
+            client_id=f"{agency}-burst",
+            subscriptions=(Subscription(topic, 1),),
+        ),
         handler,
-    )  # fmt: skip
+    )
     task = asyncio.create_task(link.run())
     try:
         await link.wait_connected(timeout=5)

@@ -21,18 +21,58 @@ from actimesh.errors import PayloadError
 NOW = 1_750_000_000.0
 
 VALID: dict[type[Message], dict[str, Any]] = {
-    Telemetry: {"v": 1, "ts": NOW, "state": "buffering", "lat": 51.04, "lon": -114.07,
-                "acc": 4.0, "batt": 80.0},
-    Presence: {"v": 1, "online": True, "ts": NOW, "device_kind": "body_cam", "unit": "car-1",
-               "paired": ("car-1-dash",), "pre_roll": 30.0},
-    Event: {"v": 1, "eid": "e-1", "type": "taser_draw", "ts": NOW, "lat": 51.04,
-            "lon": -114.07, "acc": 3.0, "radius": 9.144, "by": "cew"},
-    Ack: {"v": 1, "aid": "act-1", "status": "recording", "pre_cov": 30.0, "rec": "r-1",
-          "ts": NOW, "detail": "ok"},
-    Command: {"v": 1, "aid": "act-1", "eid": "e-1", "src": "cew-1", "type": "taser_draw",
-              "ets": NOW, "pre": 30.0, "reason": "proximity", "dist": 5.0, "ts": NOW,
-              "exp": NOW + 300},
-}  # fmt: skip
+    Telemetry: {
+        "v": 1,
+        "ts": NOW,
+        "state": "buffering",
+        "lat": 51.04,
+        "lon": -114.07,
+        "acc": 4.0,
+        "batt": 80.0,
+    },
+    Presence: {
+        "v": 1,
+        "online": True,
+        "ts": NOW,
+        "device_kind": "body_cam",
+        "unit": "car-1",
+        "paired": ("car-1-dash",),
+        "pre_roll": 30.0,
+    },
+    Event: {
+        "v": 1,
+        "eid": "e-1",
+        "type": "taser_draw",
+        "ts": NOW,
+        "lat": 51.04,
+        "lon": -114.07,
+        "acc": 3.0,
+        "radius": 9.144,
+        "by": "cew",
+    },
+    Ack: {
+        "v": 1,
+        "aid": "act-1",
+        "status": "recording",
+        "pre_cov": 30.0,
+        "rec": "r-1",
+        "ts": NOW,
+        "detail": "ok",
+    },
+    Command: {
+        "v": 1,
+        "aid": "act-1",
+        "eid": "e-1",
+        "src": "cew-1",
+        "type": "taser_draw",
+        "ets": NOW,
+        "pre": 30.0,
+        "reason": "proximity",
+        "dist": 5.0,
+        "ts": NOW,
+        "exp": NOW + 300,
+    },
+}
 if "sig" in Command.model_fields:
     VALID[Command]["sig"] = bytes(64)
 MODELS = list(VALID)
@@ -92,9 +132,16 @@ def test_valid_samples_decode(model: type[Message]) -> None:
         b"\xd9\x05abc",  # a str shorter than its header
         b"\x81\xa1v\xcb\x3f\xf0",  # a float cut short
     ],
-    ids=["empty", "never-used-byte", "truncated", "map-length-lie", "str-length-lie",
-         "short-str", "short-float"],
-)  # fmt: skip
+    ids=[
+        "empty",
+        "never-used-byte",
+        "truncated",
+        "map-length-lie",
+        "str-length-lie",
+        "short-str",
+        "short-float",
+    ],
+)
 def test_malformed_msgpack_is_malformed(model: type[Message], payload: bytes) -> None:
     assert reject(model, payload).reason == "malformed"
 
@@ -161,9 +208,17 @@ def test_key_that_is_not_a_string_is_rejected(
         b"\xc7\x10\x01" + b"\xff" * 16,  # a 128-bit "bignum"
         b"\xc9\xff\xff\xff\xff\x01",  # ext 32 claiming 4 GiB
     ],
-    ids=["fixext", "empty-ext", "timestamp32", "timestamp64", "timestamp96", "bad-timestamp",
-         "bignum", "ext-length-lie"],
-)  # fmt: skip
+    ids=[
+        "fixext",
+        "empty-ext",
+        "timestamp32",
+        "timestamp64",
+        "timestamp96",
+        "bad-timestamp",
+        "bignum",
+        "ext-length-lie",
+    ],
+)
 def test_extension_types_are_malformed(model: type[Message], value: bytes) -> None:
     pairs = [(k, value if k == msgpack.packb("ts") else v) for k, v in pairs_of(model)]
     if msgpack.packb("ts") not in dict(pairs):
@@ -280,9 +335,17 @@ def test_nan_and_infinity_are_invalid_in_every_number(model: type[Message], raw:
         ({"acc": 100_000.1}, "acc"),
         ({"lat": 1e300}, "lat"),
     ],
-    ids=["lat-91", "lat-below-90", "lon-181", "lon-below-180", "negative-acc", "acc-minus-tiny",
-         "acc-too-big", "lat-huge"],
-)  # fmt: skip
+    ids=[
+        "lat-91",
+        "lat-below-90",
+        "lon-181",
+        "lon-below-180",
+        "negative-acc",
+        "acc-minus-tiny",
+        "acc-too-big",
+        "lat-huge",
+    ],
+)
 def test_out_of_range_position_is_invalid(
     model: type[Message], changes: dict[str, float], field: str
 ) -> None:
@@ -319,9 +382,15 @@ def test_other_ranges_are_invalid() -> None:
 
 @pytest.mark.parametrize(
     ("model", "field", "limit"),
-    [(Event, "eid", 64), (Event, "type", 32), (Event, "by", 256), (Ack, "detail", 256),
-     (Presence, "unit", 64), (Command, "aid", 64)],
-)  # fmt: skip
+    [
+        (Event, "eid", 64),
+        (Event, "type", 32),
+        (Event, "by", 256),
+        (Ack, "detail", 256),
+        (Presence, "unit", 64),
+        (Command, "aid", 64),
+    ],
+)
 def test_string_over_its_limit_is_invalid(model: type[Message], field: str, limit: int) -> None:
     assert isinstance(decode(model, packed(model, **{field: "a" * limit})), model)
     error = reject(model, packed(model, **{field: "a" * (limit + 1)}))

@@ -20,9 +20,15 @@ pytestmark = pytest.mark.integration
 
 
 def settings(host: str, port: int, topic: str, **kw: object) -> LinkSettings:
-    return LinkSettings(host=host, port=port, client_id=f"ingest-{topic.split('/')[2]}",
-                        subscriptions=(Subscription(topic, 0),), backoff_initial_s=0.05,
-                        backoff_max_s=0.2, **kw)  # type: ignore[arg-type]  # fmt: skip
+    return LinkSettings(
+        host=host,
+        port=port,
+        client_id=f"ingest-{topic.split('/')[2]}",
+        subscriptions=(Subscription(topic, 0),),
+        backoff_initial_s=0.05,
+        backoff_max_s=0.2,
+        **kw,  # type: ignore[arg-type]
+    )
 
 
 def publish_raw(host: str, port: int, frames: Sequence[bytes]) -> None:
@@ -56,8 +62,10 @@ async def test_every_message_arrives_in_order_in_bounded_batches(
 
     topic = f"am/v1/{agency}/dev/+/telemetry"
     sub = StreamSubscriber(settings(broker_host, broker_port, topic), handler, batch_size=50)
-    frames = [wire.publish_packet(f"am/v1/{agency}/dev/d{i % 7}/telemetry", b"%d" % i)
-              for i in range(2_000)]  # fmt: skip
+    frames = [
+        wire.publish_packet(f"am/v1/{agency}/dev/d{i % 7}/telemetry", b"%d" % i)
+        for i in range(2_000)
+    ]
     async with running(sub):
         await asyncio.to_thread(publish_raw, broker_host, broker_port, frames)
         await eventually(lambda: len(got) == 2_000)
@@ -80,10 +88,10 @@ async def test_a_full_backlog_drops_the_oldest_and_counts(
         got.extend(batch)
 
     topic = f"am/v1/{agency}/dev/+/telemetry"
-    sub = StreamSubscriber(settings(broker_host, broker_port, topic, max_queued_incoming=100),
-                           handler, batch_size=10)  # fmt: skip
-    frames = [wire.publish_packet(f"am/v1/{agency}/dev/x/telemetry", b"%d" % i)
-              for i in range(500)]  # fmt: skip
+    sub = StreamSubscriber(
+        settings(broker_host, broker_port, topic, max_queued_incoming=100), handler, batch_size=10
+    )
+    frames = [wire.publish_packet(f"am/v1/{agency}/dev/x/telemetry", b"%d" % i) for i in range(500)]
     async with running(sub):
         await asyncio.to_thread(publish_raw, broker_host, broker_port, frames)
         await eventually(lambda: sub.stats.received == 500)

@@ -53,8 +53,12 @@ def test_plain_listener_may_be_on_any_loopback_address(tmp_path: Path, host: str
 
 
 def _listener(tmp_path: Path, port: int = 8883) -> TlsListener:
-    return TlsListener(port=port, certfile=tmp_path / "s.pem", keyfile=tmp_path / "s.key",
-                       cafile=tmp_path / "ca.pem")  # fmt: skip
+    return TlsListener(
+        port=port,
+        certfile=tmp_path / "s.pem",
+        keyfile=tmp_path / "s.key",
+        cafile=tmp_path / "ca.pem",
+    )
 
 
 def test_tls_listener_settings_are_checked(tmp_path: Path) -> None:
@@ -82,8 +86,12 @@ def test_broker_without_registry_files_refuses_to_start(tmp_path: Path) -> None:
 def test_missing_tls_files_are_a_one_line_error(tmp_path: Path) -> None:
     (tmp_path / "passwd").write_text("")
     (tmp_path / "acl").write_text("")
-    listener = TlsListener(port=free_port(), certfile=tmp_path / "s.pem",
-                           keyfile=tmp_path / "s.key", cafile=tmp_path / "ca.pem")  # fmt: skip
+    listener = TlsListener(
+        port=free_port(),
+        certfile=tmp_path / "s.pem",
+        keyfile=tmp_path / "s.key",
+        cafile=tmp_path / "ca.pem",
+    )
     broker = ManagedMosquitto(MosquittoConfig(data_dir=tmp_path, port=free_port(), tls=listener))
     with pytest.raises(BrokerError, match="certs init"):
         broker.start()
@@ -94,8 +102,13 @@ def test_broken_tls_files_are_reported_from_the_broker_log(tmp_path: Path) -> No
         (tmp_path / name).write_text("")
     for name in ("s.pem", "s.key", "ca.pem"):
         (tmp_path / name).write_text("not a certificate\n")
-    listener = TlsListener(port=free_port(), host="127.0.0.1", certfile=tmp_path / "s.pem",
-                           keyfile=tmp_path / "s.key", cafile=tmp_path / "ca.pem")  # fmt: skip
+    listener = TlsListener(
+        port=free_port(),
+        host="127.0.0.1",
+        certfile=tmp_path / "s.pem",
+        keyfile=tmp_path / "s.key",
+        cafile=tmp_path / "ca.pem",
+    )
     broker = ManagedMosquitto(MosquittoConfig(data_dir=tmp_path, port=free_port(), tls=listener))
     with pytest.raises(BrokerError, match="TLS files") as info:
         broker.start()

@@ -70,8 +70,9 @@ def test_publish_above_qos0_or_without_topic_is_refused() -> None:
 
 
 def test_control_packets() -> None:
-    connect = wire.connect_packet("id", keepalive_s=30, username="u", password="p",
-                                  max_packet_size=1024)  # fmt: skip
+    connect = wire.connect_packet(
+        "id", keepalive_s=30, username="u", password="p", max_packet_size=1024
+    )
     assert connect[0] == 0x10
     assert b"MQTT" in connect
     assert connect.endswith(b"\x00\x01p")

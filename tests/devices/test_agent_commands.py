@@ -34,15 +34,36 @@ SIGNER = CommandSigner.generate()
 def signed(device_id: str, aid: str = "act-1", agency: str = "metro") -> Command:
     now = time.time()
     return SIGNER.command(
-        agency=agency, device_id=device_id, aid=aid, eid="e-1", src="cew", type="taser_draw",
-        ets=now, pre=30.0, reason=ActivationReason.PAIRED, dist=None, ts=now, exp=now + 300,
-    )  # fmt: skip
+        agency=agency,
+        device_id=device_id,
+        aid=aid,
+        eid="e-1",
+        src="cew",
+        type="taser_draw",
+        ets=now,
+        pre=30.0,
+        reason=ActivationReason.PAIRED,
+        dist=None,
+        ts=now,
+        exp=now + 300,
+    )
 
 
 def test_command_fields_can_only_describe_a_start() -> None:
     assert set(Command.model_fields) == {
-        "v", "aid", "eid", "src", "type", "ets", "pre", "reason", "dist", "ts", "exp", "sig",
-    }  # fmt: skip
+        "v",
+        "aid",
+        "eid",
+        "src",
+        "type",
+        "ets",
+        "pre",
+        "reason",
+        "dist",
+        "ts",
+        "exp",
+        "sig",
+    }
     assert {r.value for r in ActivationReason} == {"paired", "proximity"}
     # Acks go device to engine and stop nothing: `cancelled` is the officer's own cancel
     # on the camera, reported. A command can still only start a recording.
@@ -65,9 +86,15 @@ def test_agent_listens_only_for_confirmations_and_start_commands(tmp_path: Path)
         camera = None
         if kind is DeviceKind.BODY_CAM:
             camera = Camera("dev", kind, SyntheticSource("dev"), store, started_at=0.0)
-        agent = DeviceAgent(topics=Topics("metro"), device_id="dev", kind=kind,
-                            broker_host="127.0.0.1", broker_port=1, position=lambda: None,
-                            camera=camera)  # fmt: skip
+        agent = DeviceAgent(
+            topics=Topics("metro"),
+            device_id="dev",
+            kind=kind,
+            broker_host="127.0.0.1",
+            broker_port=1,
+            position=lambda: None,
+            camera=camera,
+        )
         subscribed = {s.topic.rsplit("/", 1)[1] for s in agent.link.settings.subscriptions}
         assert subscribed == channels
     # The one way to stop is the officer's, on the device; it takes no message.
@@ -86,10 +113,19 @@ async def test_no_message_stops_a_recording_camera(
         camera = bwc.camera
         assert camera is not None
         start = m.signer.command(
-            agency=m.topics.agency, device_id="bwc", aid="act-1", eid="e-1", src="cew",
-            type="taser_draw", ets=time.time(), pre=30.0, reason=ActivationReason.PAIRED,
-            dist=None, ts=time.time(), exp=time.time() + 300,
-        )  # fmt: skip
+            agency=m.topics.agency,
+            device_id="bwc",
+            aid="act-1",
+            eid="e-1",
+            src="cew",
+            type="taser_draw",
+            ets=time.time(),
+            pre=30.0,
+            reason=ActivationReason.PAIRED,
+            dist=None,
+            ts=time.time(),
+            exp=time.time() + 300,
+        )
         async with m.client() as outsider:
             await outsider.publish(m.topics.command("bwc"), encode(start), qos=1)
             await eventually(lambda: camera.state is DeviceState.RECORDING, timeout=5)

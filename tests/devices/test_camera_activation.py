@@ -420,8 +420,14 @@ def test_segment_the_source_cannot_encode_is_skipped_not_fatal(tmp_path: Path) -
     probe = _camera(tmp_path / "probe")
     probe.advance(T + 5.0)
     bad = list(probe.buffer)[-3].seq  # a segment filmed after the activation below
-    cam = Camera("bwc-1", DeviceKind.BODY_CAM, _FailsOnce(bad), RecordingStore(tmp_path),
-                 started_at=SHIFT_START, signing_key=key)  # fmt: skip
+    cam = Camera(
+        "bwc-1",
+        DeviceKind.BODY_CAM,
+        _FailsOnce(bad),
+        RecordingStore(tmp_path),
+        started_at=SHIFT_START,
+        signing_key=key,
+    )
     _activate(cam, now=T + 1.0)
     cam.advance(T + 8.0)
     assert cam.media_errors == 1

@@ -18,15 +18,29 @@ KEY = Ed25519PrivateKey.generate()
 
 
 def _camera(tmp_path: Path, **kwargs: Any) -> Camera:
-    return Camera("bwc-1", DeviceKind.BODY_CAM, SyntheticSource("bwc-1", segment_bytes=64),
-                  RecordingStore(tmp_path, manifest_every=1), started_at=T - 3600.0,
-                  signing_key=KEY, **kwargs)  # fmt: skip
+    return Camera(
+        "bwc-1",
+        DeviceKind.BODY_CAM,
+        SyntheticSource("bwc-1", segment_bytes=64),
+        RecordingStore(tmp_path, manifest_every=1),
+        started_at=T - 3600.0,
+        signing_key=KEY,
+        **kwargs,
+    )
 
 
-def _activate(cam: Camera, aid: str = "act-1", *, eid: str = "evt-1",
-              now: float = T + 0.5) -> ActivationResult:  # fmt: skip
-    return cam.activate(aid=aid, eid=eid, event_type="taser_draw", source="cew-9",
-                        event_ts=T, pre_roll_s=30.0, now=now)  # fmt: skip
+def _activate(
+    cam: Camera, aid: str = "act-1", *, eid: str = "evt-1", now: float = T + 0.5
+) -> ActivationResult:
+    return cam.activate(
+        aid=aid,
+        eid=eid,
+        event_type="taser_draw",
+        source="cew-9",
+        event_ts=T,
+        pre_roll_s=30.0,
+        now=now,
+    )
 
 
 def test_default_window_is_ten_seconds() -> None:
@@ -46,8 +60,13 @@ def test_cancel_within_window_stops_and_marks_the_recording_but_keeps_it(tmp_pat
     manifest = manifest_of(rec_path)
     assert manifest["stopped_by"] == "cancelled"
     assert manifest["stopped_at"] == T + 6.2
-    assert manifest["cancel"] == {"at": T + 6.2, "aid": "act-1", "by": "officer",
-                                  "activated_at": T + 0.5, "window_s": 10.0}  # fmt: skip
+    assert manifest["cancel"] == {
+        "at": T + 6.2,
+        "aid": "act-1",
+        "by": "officer",
+        "activated_at": T + 0.5,
+        "window_s": 10.0,
+    }
     # Kept whole: the pre-roll and what was filmed until the cancel, and still signed.
     assert manifest["segments"][0]["start"] <= T - 30.0
     assert manifest["segments"][-1]["end"] == T + 6.2

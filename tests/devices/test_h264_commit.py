@@ -47,8 +47,15 @@ def camera(tmp_path: Path) -> Iterator[Camera]:
 def _activate(
     cam: Camera, *, aid: str = "act-1", event_ts: float = T, now: float, pre_roll_s: float = 30.0
 ) -> ActivationResult:
-    return cam.activate(aid=aid, eid=f"evt-{aid}", event_type="taser_draw", source="cew-9",
-                        event_ts=event_ts, pre_roll_s=pre_roll_s, now=now)  # fmt: skip
+    return cam.activate(
+        aid=aid,
+        eid=f"evt-{aid}",
+        event_type="taser_draw",
+        source="cew-9",
+        event_ts=event_ts,
+        pre_roll_s=pre_roll_s,
+        now=now,
+    )
 
 
 def _media(rec: Recording) -> Path:
@@ -98,8 +105,13 @@ def test_manifest_lists_byte_ranges_and_file_hash(camera: Camera) -> None:
     media = manifest["media"]
     assert media["file"] == "recording.ts"
     assert media["bytes"] == _media(rec).stat().st_size
-    assert media["video"] == {"codec": "h264", "width": 160, "height": 90, "fps": FPS,
-                              "pts_hz": PTS_HZ}  # fmt: skip
+    assert media["video"] == {
+        "codec": "h264",
+        "width": 160,
+        "height": 90,
+        "fps": FPS,
+        "pts_hz": PTS_HZ,
+    }
     offset = 0
     for seg in manifest["segments"]:
         assert seg["file"] == "recording.ts"
@@ -143,9 +155,14 @@ def test_live_recording_file_plays_while_it_grows(camera: Camera) -> None:
 
 
 def test_partial_buffer_after_power_on_commits_what_it_has(tmp_path: Path) -> None:
-    cam = Camera("bwc-1", DeviceKind.BODY_CAM, H264Source("bwc-1", SMALL),
-                 RecordingStore(tmp_path, durable=False), started_at=T - 8.0,
-                 signing_key=KEY)  # fmt: skip
+    cam = Camera(
+        "bwc-1",
+        DeviceKind.BODY_CAM,
+        H264Source("bwc-1", SMALL),
+        RecordingStore(tmp_path, durable=False),
+        started_at=T - 8.0,
+        signing_key=KEY,
+    )
     result = _activate(cam, now=T + 1.0)
     assert result.pre_roll_covered_s == pytest.approx(T - math.ceil(T - 8.0))
     rec = cam.stop(T + 2.0)
@@ -160,9 +177,16 @@ def test_live_camera_films_and_commits_in_real_time(tmp_path: Path) -> None:
     settings = H264Settings(width=160, height=90, fps=10, segment_seconds=0.5)
     source = LiveH264Source("bwc-live", settings, wait_s=5.0, stall_s=5.0)
     source.switch_on()
-    cam = Camera("bwc-live", DeviceKind.BODY_CAM, source, RecordingStore(tmp_path),
-                 started_at=time.time(), pre_roll_s=1.0, late_allowance_s=0.5,
-                 signing_key=KEY)  # fmt: skip
+    cam = Camera(
+        "bwc-live",
+        DeviceKind.BODY_CAM,
+        source,
+        RecordingStore(tmp_path),
+        started_at=time.time(),
+        pre_roll_s=1.0,
+        late_allowance_s=0.5,
+        signing_key=KEY,
+    )
 
     def drive(until: float) -> None:
         # What the device agent's media loop does: advance on a tick. Time itself: the

@@ -93,8 +93,12 @@ def test_h264_source_is_a_media_source_whose_segments_concatenate() -> None:
     assert source.format.container == "mpegts"
     assert source.format.video is not None
     assert source.format.video.to_json() == {
-        "codec": "h264", "width": 160, "height": 90, "fps": 5, "pts_hz": 90_000,
-    }  # fmt: skip
+        "codec": "h264",
+        "width": 160,
+        "height": 90,
+        "fps": 5,
+        "pts_hz": 90_000,
+    }
 
 
 def test_bitrate_cap_bounds_segment_size_of_a_busy_scene() -> None:
@@ -104,8 +108,12 @@ def test_bitrate_cap_bounds_segment_size_of_a_busy_scene() -> None:
     for i in range(10):
         frame = av.VideoFrame(320, 180, "yuv420p")
         for n, plane in enumerate(frame.planes):
-            plane.update(bytes((i * 7919 + n * 104729 + k * 2654435761) >> 7 & 255
-                               for k in range(plane.buffer_size)))  # fmt: skip
+            plane.update(
+                bytes(
+                    (i * 7919 + n * 104729 + k * 2654435761) >> 7 & 255
+                    for k in range(plane.buffer_size)
+                )
+            )
         frames.append(frame)
     capped = H264Encoder(settings).encode(T0, frames)
     uncapped = H264Encoder(H264Settings(width=320, height=180, fps=10, max_kbps=0)).encode(

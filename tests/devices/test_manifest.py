@@ -34,10 +34,23 @@ def _record(tmp_path: Path, *, h264: bool = True, stop: bool = True) -> Recordin
         if h264
         else SyntheticSource("bwc-1", segment_bytes=64)
     )
-    cam = Camera("bwc-1", DeviceKind.BODY_CAM, source, RecordingStore(tmp_path, durable=False),
-                 started_at=T - 100.0, signing_key=KEY)  # fmt: skip
-    cam.activate(aid="act-1", eid="evt-1", event_type="taser_draw", source="cew-9",
-                 event_ts=T, pre_roll_s=30.0, now=T + 1.0)  # fmt: skip
+    cam = Camera(
+        "bwc-1",
+        DeviceKind.BODY_CAM,
+        source,
+        RecordingStore(tmp_path, durable=False),
+        started_at=T - 100.0,
+        signing_key=KEY,
+    )
+    cam.activate(
+        aid="act-1",
+        eid="evt-1",
+        event_type="taser_draw",
+        source="cew-9",
+        event_ts=T,
+        pre_roll_s=30.0,
+        now=T + 1.0,
+    )
     cam.advance(T + 4.0)
     if stop:
         rec = cam.stop(T + 4.5)
@@ -189,10 +202,23 @@ def test_live_recording_verifies_with_a_note(tmp_path: Path) -> None:
 def test_buffer_audio_setting_is_recorded(tmp_path: Path) -> None:
     source = SyntheticSource("bwc-1")
     settings = MediaSettings(buffer_audio=True)
-    cam = Camera("bwc-1", DeviceKind.BODY_CAM, source, RecordingStore(tmp_path),
-                 started_at=T - 100.0, buffer_audio=settings.buffer_audio)  # fmt: skip
-    result = cam.activate(aid="a", eid="e", event_type="taser_draw", source="cew-9",
-                          event_ts=T, pre_roll_s=30.0, now=T + 1.0)  # fmt: skip
+    cam = Camera(
+        "bwc-1",
+        DeviceKind.BODY_CAM,
+        source,
+        RecordingStore(tmp_path),
+        started_at=T - 100.0,
+        buffer_audio=settings.buffer_audio,
+    )
+    result = cam.activate(
+        aid="a",
+        eid="e",
+        event_type="taser_draw",
+        source="cew-9",
+        event_ts=T,
+        pre_roll_s=30.0,
+        now=T + 1.0,
+    )
     assert cam.recording is not None
     audio = _load(cam.recording)["audio"]
     # No source records audio yet: the setting is kept, the pre-event part has none.

@@ -83,9 +83,15 @@ def test_clear_forgets_everything() -> None:
 
 @pytest.mark.parametrize(
     ("pre_roll", "seconds", "late"),
-    [(-1.0, 1.0, 0.0), (120.5, 1.0, 0.0), (float("nan"), 1.0, 0.0), (30.0, 0.0, 0.0),
-     (30.0, 1.0, -1.0), (30.0, 1.0, float("inf"))],
-)  # fmt: skip
+    [
+        (-1.0, 1.0, 0.0),
+        (120.5, 1.0, 0.0),
+        (float("nan"), 1.0, 0.0),
+        (30.0, 0.0, 0.0),
+        (30.0, 1.0, -1.0),
+        (30.0, 1.0, float("inf")),
+    ],
+)
 def test_buffer_rejects_bad_settings(pre_roll: float, seconds: float, late: float) -> None:
     with pytest.raises(ValueError, match="must"):
         PreEventBuffer(pre_roll, seconds, late_allowance_s=late)

@@ -256,8 +256,11 @@ def test_concatenable_segments_go_into_one_file_with_byte_ranges(tmp_path: Path)
     data = rec.media_path.read_bytes()
     assert data == b"".join(_blob(i).data for i in range(3))
     manifest = _manifest(rec)
-    assert [(s["offset"], s["bytes"]) for s in manifest["segments"]] == [(0, 100), (100, 101),
-                                                                         (201, 102)]  # fmt: skip
+    assert [(s["offset"], s["bytes"]) for s in manifest["segments"]] == [
+        (0, 100),
+        (100, 101),
+        (201, 102),
+    ]
     assert manifest["media"]["sha256"] == hashlib.sha256(data).hexdigest()
     assert manifest["media"]["bytes"] == len(data)
     assert list(rec.path.glob("*.seg")) == []

@@ -13,13 +13,26 @@ T = 1_700_000_000.4
 
 
 def _camera(tmp_path: Path, **kwargs: Any) -> Camera:
-    return Camera("bwc-1", DeviceKind.BODY_CAM, SyntheticSource("bwc-1", segment_bytes=64),
-                  RecordingStore(tmp_path), started_at=T - 100.0, **kwargs)  # fmt: skip
+    return Camera(
+        "bwc-1",
+        DeviceKind.BODY_CAM,
+        SyntheticSource("bwc-1", segment_bytes=64),
+        RecordingStore(tmp_path),
+        started_at=T - 100.0,
+        **kwargs,
+    )
 
 
 def _activate(cam: Camera, now: float = T + 1.0) -> None:
-    cam.activate(aid="act-1", eid="evt-1", event_type="taser_draw", source="cew-9",
-                 event_ts=T, pre_roll_s=30.0, now=now)  # fmt: skip
+    cam.activate(
+        aid="act-1",
+        eid="evt-1",
+        event_type="taser_draw",
+        source="cew-9",
+        event_ts=T,
+        pre_roll_s=30.0,
+        now=now,
+    )
 
 
 def test_light_is_dark_while_only_buffering(tmp_path: Path) -> None:
@@ -33,8 +46,9 @@ def test_light_shows_while_recording_by_default(tmp_path: Path) -> None:
     _activate(cam)
     assert cam.recording_light
     assert cam.recording is not None
-    assert manifest_of(cam.recording.path)["stealth"] == [{"at": T + 1.0, "on": False,
-                                                           "by": "policy"}]  # fmt: skip
+    assert manifest_of(cam.recording.path)["stealth"] == [
+        {"at": T + 1.0, "on": False, "by": "policy"}
+    ]
 
 
 def test_officer_turns_the_light_off_and_on_during_a_recording(tmp_path: Path) -> None:
@@ -60,8 +74,9 @@ def test_stealth_chosen_before_a_recording_is_its_starting_state(tmp_path: Path)
     _activate(cam)
     assert not cam.recording_light
     assert cam.recording is not None
-    assert manifest_of(cam.recording.path)["stealth"] == [{"at": T + 1.0, "on": True,
-                                                           "by": "officer"}]  # fmt: skip
+    assert manifest_of(cam.recording.path)["stealth"] == [
+        {"at": T + 1.0, "on": True, "by": "officer"}
+    ]
 
 
 def test_policy_always_keeps_the_light_off(tmp_path: Path) -> None:
@@ -72,8 +87,9 @@ def test_policy_always_keeps_the_light_off(tmp_path: Path) -> None:
     _activate(cam)
     assert not cam.recording_light
     assert cam.recording is not None
-    assert manifest_of(cam.recording.path)["stealth"] == [{"at": T + 1.0, "on": True,
-                                                           "by": "policy"}]  # fmt: skip
+    assert manifest_of(cam.recording.path)["stealth"] == [
+        {"at": T + 1.0, "on": True, "by": "policy"}
+    ]
 
 
 def test_policy_never_refuses_stealth(tmp_path: Path) -> None:

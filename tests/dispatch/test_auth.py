@@ -56,9 +56,14 @@ async def test_login_sets_a_strict_httponly_cookie_and_changes_need_the_csrf_tok
     ):
         password = await add_user(svc, "kim")
         assert (await client.get("/api/v1/session")).json() == {
-            "authenticated": False, "user": None, "role": None, "via": None,
-            "telemetry": False, "csrf_token": None, "idle_timeout_s": None,
-        }  # fmt: skip
+            "authenticated": False,
+            "user": None,
+            "role": None,
+            "via": None,
+            "telemetry": False,
+            "csrf_token": None,
+            "idle_timeout_s": None,
+        }
         r = await client.post("/api/v1/session", json={"username": "KIM ", "password": password})
         assert r.status_code == 200, r.text
         cookie = r.headers["set-cookie"]
@@ -70,8 +75,11 @@ async def test_login_sets_a_strict_httponly_cookie_and_changes_need_the_csrf_tok
         assert r.headers["cache-control"] == "no-store"
         doc = r.json()
         assert (doc["user"], doc["role"], doc["via"], doc["telemetry"]) == (
-            "kim", "dispatcher", "session", True,
-        )  # fmt: skip
+            "kim",
+            "dispatcher",
+            "session",
+            True,
+        )
         csrf = doc["csrf_token"]
         assert (await client.get("/api/v1/session")).json()["csrf_token"] == csrf
         # Reads need only the cookie; a change without the header is refused and audited.
@@ -123,9 +131,10 @@ async def test_wrong_password_unknown_and_disabled_users_get_the_same_answer(
             answers.append((r.status_code, r.json()["error"], "set-cookie" in r.headers))
         assert set(answers) == {(401, "wrong user name or password", False)}
         text = await client.post(
-            "/api/v1/session", content=b'{"username":"kim","password":"x"}',
+            "/api/v1/session",
+            content=b'{"username":"kim","password":"x"}',
             headers={"content-type": "text/plain"},
-        )  # fmt: skip
+        )
         assert text.status_code == 415
     logins = [(s, o, b["reason"]) for _, s, o, b in trail(tmp_path, "login")]
     # What was typed as an unknown name is not kept: people type passwords there.
@@ -179,8 +188,9 @@ async def test_a_token_acting_for_a_dispatcher_is_named_beside_them(
         running_dispatch(m, tmp_path) as svc,
         api(svc, "dispatcher") as client,
     ):
-        r = await client.post("/api/v1/zones", params={"wait": 5},
-                              json=ZONE | {"dispatcher": "Dispatcher Kim"})  # fmt: skip
+        r = await client.post(
+            "/api/v1/zones", params={"wait": 5}, json=ZONE | {"dispatcher": "Dispatcher Kim"}
+        )
         assert r.status_code == 201, r.text
         assert r.json()["activation"]["by"] == "Dispatcher Kim via token:test-dispatcher-plain"
     (zone,) = trail(tmp_path, "api_change")
@@ -236,22 +246,26 @@ async def test_admins_manage_users_and_tokens_over_the_api_and_it_is_audited(
         r = await admin.post("/api/v1/users", json={"name": "kim", "role": "dispatcher"})
         assert r.status_code == 201, r.text
         password = r.json()["password"]
-        assert (await admin.post("/api/v1/users", json={"name": "kim", "role": "admin"})
-                ).status_code == 409  # fmt: skip
-        assert (await admin.post("/api/v1/users", json={"name": "x", "role": "integrator"})
-                ).status_code == 422  # fmt: skip
+        assert (
+            await admin.post("/api/v1/users", json={"name": "kim", "role": "admin"})
+        ).status_code == 409
+        assert (
+            await admin.post("/api/v1/users", json={"name": "x", "role": "integrator"})
+        ).status_code == 422
         async with api(svc, None) as browser:
             await login(browser, "kim", password)
             disabled = await admin.patch("/api/v1/users/kim", json={"disabled": True})
             assert disabled.json()["disabled"] is True
             assert (await browser.get("/api/v1/activations")).status_code == 401
-        reset = await admin.patch("/api/v1/users/kim", json={"disabled": False,
-                                                              "reset_password": True})  # fmt: skip
+        reset = await admin.patch(
+            "/api/v1/users/kim", json={"disabled": False, "reset_password": True}
+        )
         new_password = reset.json()["password"]
         assert new_password
         assert new_password != password
-        r = await admin.post("/api/v1/tokens", json={"name": "cad", "role": "integrator",
-                                                     "expires_days": 30})  # fmt: skip
+        r = await admin.post(
+            "/api/v1/tokens", json={"name": "cad", "role": "integrator", "expires_days": 30}
+        )
         assert r.status_code == 201, r.text
         token = r.json()["token"]
         assert r.json()["id"] == token[:12]
@@ -377,8 +391,7 @@ async def test_over_https_the_cookie_is_secure_host_only_and_hsts_is_sent(
         password = await add_user(svc, "kim")
         context = ssl.create_default_context(cafile=str(cert))
         async with httpx.AsyncClient(base_url=svc.url, verify=context, trust_env=False) as client:
-            r = await client.post("/api/v1/session", json={"username": "kim",
-                                                           "password": password})  # fmt: skip
+            r = await client.post("/api/v1/session", json={"username": "kim", "password": password})
             assert r.status_code == 200, r.text
             cookie = r.headers["set-cookie"]
             assert cookie.startswith("__Host-actimesh_session=")
@@ -416,11 +429,16 @@ async def test_missing_tls_files_are_a_one_line_config_error(tmp_path: Path) -> 
     from actimesh.errors import ConfigError  # noqa: PLC0415
 
     svc = DispatchService(
-        topics=Topics("tls"), broker_host="127.0.0.1", broker_port=1, data_dir=tmp_path,
-        settings=FAST.__class__(port=0, tls_certfile=tmp_path / "no.pem",
-                                tls_keyfile=tmp_path / "no.key"),
-        ledger_path=tmp_path / "ledger.sqlite3", max_fix_age_s=10.0,
-    )  # fmt: skip
+        topics=Topics("tls"),
+        broker_host="127.0.0.1",
+        broker_port=1,
+        data_dir=tmp_path,
+        settings=FAST.__class__(
+            port=0, tls_certfile=tmp_path / "no.pem", tls_keyfile=tmp_path / "no.key"
+        ),
+        ledger_path=tmp_path / "ledger.sqlite3",
+        max_fix_age_s=10.0,
+    )
     with pytest.raises(ConfigError) as info:
         await svc.run()
     assert "dispatch.tls_certfile" in str(info.value)

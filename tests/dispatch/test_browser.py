@@ -156,8 +156,9 @@ async def test_live_map_shows_activation_cameras_and_alerts_within_a_second(
                 latencies.append(float(seen) - sent_ms)
                 # One activation at a time: the next trigger waits until the page shows
                 # this one's three answering cameras recording (u05-bwc1 never answers).
-                await until(page, f"window.actimesh.state.activations.get({aid!r})"
-                                  ".summary.recording >= 3")  # fmt: skip
+                await until(
+                    page, f"window.actimesh.state.activations.get({aid!r}).summary.recording >= 3"
+                )
             p50 = statistics.median(latencies)
             print(  # noqa: T201 - the number the issue asks for, in the test log
                 f"\ntrigger→page latency over {RUNS} runs: p50 {p50:.0f} ms, "
@@ -182,8 +183,9 @@ async def test_live_map_shows_activation_cameras_and_alerts_within_a_second(
             await detail.wait_for(state="visible")
             await until(page, "document.querySelectorAll('#detail .st-recording').length >= 3")
             # u05-bwc1 turns from commanded to "no acknowledgement" after the timeout.
-            await until(page, "document.querySelector('#detail').innerText"
-                              ".includes('no acknowledgement')")  # fmt: skip
+            await until(
+                page, "document.querySelector('#detail').innerText.includes('no acknowledgement')"
+            )
             text = await detail.inner_text()
             assert "u12-bwc2" in text
             assert "30.0 / 30 s" in text

@@ -55,8 +55,17 @@ def test_users_are_managed_from_the_command_line_and_audited(
     assert verify_password(found.group(1), stored)
 
     monkeypatch.setattr("sys.stdin", io.StringIO("a long enough passphrase\n"))
-    code, out, _ = run(capsys, "users", "add", "kim", "--role", "dispatcher", "--password-stdin",
-                       "--data-dir", data)  # fmt: skip
+    code, out, _ = run(
+        capsys,
+        "users",
+        "add",
+        "kim",
+        "--role",
+        "dispatcher",
+        "--password-stdin",
+        "--data-dir",
+        data,
+    )
     assert code == 0
     assert "password:" not in out
     assert verify_password("a long enough passphrase", asyncio.run(_password_of(tmp_path, "kim")))
@@ -87,8 +96,17 @@ def test_users_are_managed_from_the_command_line_and_audited(
     assert code == 2
     assert "invalid choice: 'integrator'" in err
     monkeypatch.setattr("sys.stdin", io.StringIO("short\n"))
-    code, _, err = run(capsys, "users", "add", "lee", "--role", "dispatcher", "--password-stdin",
-                       "--data-dir", data)  # fmt: skip
+    code, _, err = run(
+        capsys,
+        "users",
+        "add",
+        "lee",
+        "--role",
+        "dispatcher",
+        "--password-stdin",
+        "--data-dir",
+        data,
+    )
     assert code == 1
     assert "at least 12 characters" in err
 
@@ -108,8 +126,20 @@ def test_tokens_are_created_once_listed_without_secrets_and_revoked(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     data = str(tmp_path)
-    code, out, _ = run(capsys, "tokens", "create", "--name", "cad-bridge", "--role", "integrator",
-                       "--expires-days", "30", "--telemetry", "--data-dir", data)  # fmt: skip
+    code, out, _ = run(
+        capsys,
+        "tokens",
+        "create",
+        "--name",
+        "cad-bridge",
+        "--role",
+        "integrator",
+        "--expires-days",
+        "30",
+        "--telemetry",
+        "--data-dir",
+        data,
+    )
     assert code == 0
     found = re.search(r"^token: (amt_\S{43,})$", out, re.MULTILINE)
     assert found is not None, out
@@ -126,12 +156,24 @@ def test_tokens_are_created_once_listed_without_secrets_and_revoked(
     assert token not in out
     row = out.splitlines()[1].split()
     assert row[:5] == [token[:12], "cad-bridge", "integrator", "yes", "active"]
-    code, _, err = run(capsys, "tokens", "create", "--name", "cad-bridge", "--role", "admin",
-                       "--data-dir", data)  # fmt: skip
+    code, _, err = run(
+        capsys, "tokens", "create", "--name", "cad-bridge", "--role", "admin", "--data-dir", data
+    )
     assert (code, err.count("\n")) == (1, 1)
     assert "already named 'cad-bridge'" in err
-    code, _, err = run(capsys, "tokens", "create", "--name", "x", "--role", "admin",
-                       "--expires-days", "0", "--data-dir", data)  # fmt: skip
+    code, _, err = run(
+        capsys,
+        "tokens",
+        "create",
+        "--name",
+        "x",
+        "--role",
+        "admin",
+        "--expires-days",
+        "0",
+        "--data-dir",
+        data,
+    )
     assert code == 2
     assert "must be more than 0" in err
 

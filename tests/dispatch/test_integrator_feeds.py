@@ -22,16 +22,35 @@ async def test_mosquitto_sub_receives_an_activation_as_json(
 ) -> None:
     sub = shutil.which("mosquitto_sub")
     if sub is None:
-        pytest.fail("mosquitto_sub is missing: run `make system-deps` "
-                    "(apt-get install mosquitto-clients)", pytrace=False)  # fmt: skip
+        pytest.fail(
+            "mosquitto_sub is missing: run `make system-deps` (apt-get install mosquitto-clients)",
+            pytrace=False,
+        )
     async with mesh(agency, broker_port, tmp_path) as m:
         add(m, "bwc", DeviceKind.BODY_CAM, unit="u1", at=2.0)
         add(m, "gw", DeviceKind.GATEWAY, unit="u1", at=0.0)
         await m.ready()
         # Line-buffered, so its debug lines arrive as they happen, not at exit.
-        argv = ["stdbuf", "-oL", sub, "-h", "127.0.0.1", "-p", str(broker_port),
-                "-V", "mqttv5", "-q", "1", "-t", f"am/v1/{agency}/json/activations/#",
-                "-C", "1", "-W", "10", "-d"]  # fmt: skip
+        argv = [
+            "stdbuf",
+            "-oL",
+            sub,
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(broker_port),
+            "-V",
+            "mqttv5",
+            "-q",
+            "1",
+            "-t",
+            f"am/v1/{agency}/json/activations/#",
+            "-C",
+            "1",
+            "-W",
+            "10",
+            "-d",
+        ]
         proc = await asyncio.create_subprocess_exec(
             *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
         )

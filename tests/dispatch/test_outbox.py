@@ -26,16 +26,19 @@ async def test_enqueue_is_once_per_endpoint_and_activation(outbox: Outbox) -> No
         url="http://b/", description="", event_types=("emergency_lights",), now=T0
     )
     assert every.secret != lights.secret
-    n = await outbox.enqueue(aid="act-1", event_type="taser_draw", decided_ts=T0 + 1, body=b"{}",
-                             now=T0 + 1)  # fmt: skip
+    n = await outbox.enqueue(
+        aid="act-1", event_type="taser_draw", decided_ts=T0 + 1, body=b"{}", now=T0 + 1
+    )
     assert n == 1  # the lights-only endpoint does not want a taser draw
-    again = await outbox.enqueue(aid="act-1", event_type="taser_draw", decided_ts=T0 + 1,
-                                 body=b"{}", now=T0 + 2)  # fmt: skip
+    again = await outbox.enqueue(
+        aid="act-1", event_type="taser_draw", decided_ts=T0 + 1, body=b"{}", now=T0 + 2
+    )
     assert again == 0
     # Decided before the endpoint existed: not for it.
     late = await outbox.add_endpoint(url="http://c/", description="", event_types=(), now=T0 + 5)
-    await outbox.enqueue(aid="act-0", event_type="taser_draw", decided_ts=T0 + 4, body=b"{}",
-                         now=T0 + 6)  # fmt: skip
+    await outbox.enqueue(
+        aid="act-0", event_type="taser_draw", decided_ts=T0 + 4, body=b"{}", now=T0 + 6
+    )
     assert await outbox.deliveries(late.id) == []
     assert await outbox.unseen(["act-0", "act-1", "act-2"]) == ["act-2"]
     (d,) = await outbox.deliveries(every.id, status=DeliveryStatus.PENDING, limit=1)
@@ -46,8 +49,9 @@ async def test_lease_counts_the_attempt_and_hides_the_delivery_while_in_flight(
     outbox: Outbox,
 ) -> None:
     e = await outbox.add_endpoint(url="http://a/", description="", event_types=(), now=T0)
-    await outbox.enqueue(aid="act-1", event_type="collision", decided_ts=T0, body=b"{\"a\":1}",
-                         now=T0)  # fmt: skip
+    await outbox.enqueue(
+        aid="act-1", event_type="collision", decided_ts=T0, body=b'{"a":1}', now=T0
+    )
     (due,) = await outbox.lease(now=T0, limit=10, lease_s=15.0)
     assert due.attempt == 1
     assert due.body == b'{"a":1}'

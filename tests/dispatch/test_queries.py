@@ -17,14 +17,33 @@ from actimesh.triggers.ledger import AckRow, ActivationRow, DecisionRow, Ledger
 T0 = 1_800_000_000.0
 
 
-def row(aid: str, ts: float, lat: float | None, lon: float | None, type_: str = "taser_draw",
-        src: str = "cew", by: str | None = None) -> ActivationRow:  # fmt: skip
+def row(
+    aid: str,
+    ts: float,
+    lat: float | None,
+    lon: float | None,
+    type_: str = "taser_draw",
+    src: str = "cew",
+    by: str | None = None,
+) -> ActivationRow:
     return ActivationRow(
-        aid=aid, src=src, eid=f"e-{aid}", type=type_, event_ts=ts, received_ts=ts + 0.001,
-        decided_ts=ts + 0.002, lat=lat, lon=lon, acc=3.0,
-        position_source="event" if lat is not None else "none", radius_m=9.144, pre_roll_s=30.0,
-        rule={"event_type": type_}, initiated_by=by, engine="engine-1",
-    )  # fmt: skip
+        aid=aid,
+        src=src,
+        eid=f"e-{aid}",
+        type=type_,
+        event_ts=ts,
+        received_ts=ts + 0.001,
+        decided_ts=ts + 0.002,
+        lat=lat,
+        lon=lon,
+        acc=3.0,
+        position_source="event" if lat is not None else "none",
+        radius_m=9.144,
+        pre_roll_s=30.0,
+        rule={"event_type": type_},
+        initiated_by=by,
+        engine="engine-1",
+    )
 
 
 @pytest.fixture
@@ -42,17 +61,21 @@ async def ledger(tmp_path: Path) -> Path:
                 DecisionRow("gw-x", None, True, "paired"),
             ],
         )
-        for device, status, ts in (("bwc-own", "recording", T0 + 0.05),
-                                   ("bwc-near", "received", T0 + 0.01),
-                                   ("bwc-near", "recording", T0 + 0.2),
-                                   ("bwc-slow", "received", T0 + 0.03)):  # fmt: skip
+        for device, status, ts in (
+            ("bwc-own", "recording", T0 + 0.05),
+            ("bwc-near", "received", T0 + 0.01),
+            ("bwc-near", "recording", T0 + 0.2),
+            ("bwc-slow", "received", T0 + 0.03),
+        ):
             rec = "rec-1" if status == "recording" else None
             await w.record_ack(AckRow("act-a", device, status, 30.0, rec, ts, ts + 0.001))
         # Either side of the 180th meridian (Taveuni, Fiji), 2 m apart.
         lat, lon = -16.8, 179.99999
         lat2, lon2 = destination(lat, lon, 90.0, 2.0)
-        await w.record_activation(row("act-b", T0 + 10, lat, lon, "collision", "gw-f"),
-                                  [DecisionRow("dash-f", "dash_cam", True, "paired")])  # fmt: skip
+        await w.record_activation(
+            row("act-b", T0 + 10, lat, lon, "collision", "gw-f"),
+            [DecisionRow("dash-f", "dash_cam", True, "paired")],
+        )
         await w.record_activation(
             row("act-c", T0 + 20, lat2, lon2, "dispatch_zone", "dispatch-c", by="Kim"), []
         )
@@ -145,9 +168,14 @@ async def test_missing_ledger_is_a_one_line_error(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("text", "says"),
-    [("1,2,3", "four numbers"), ("a,b,c,d", "four numbers"), ("1,2,3,nan", "finite"),
-     ("1,50,2,40", "min before max"), ("200,1,2,3", "between -180 and 180")],
-)  # fmt: skip
+    [
+        ("1,2,3", "four numbers"),
+        ("a,b,c,d", "four numbers"),
+        ("1,2,3,nan", "finite"),
+        ("1,50,2,40", "min before max"),
+        ("200,1,2,3", "between -180 and 180"),
+    ],
+)
 def test_bad_bbox_says_what_is_wrong(text: str, says: str) -> None:
     with pytest.raises(ValueError, match=says):
         BBox.parse(text)

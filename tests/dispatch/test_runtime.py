@@ -101,8 +101,17 @@ def test_busy_http_port_is_a_one_line_error(
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        code = cli.main(["up", "--data-dir", str(tmp_path), "--broker-port", str(free_port()),
-                         "--http-port", str(port)])  # fmt: skip
+        code = cli.main(
+            [
+                "up",
+                "--data-dir",
+                str(tmp_path),
+                "--broker-port",
+                str(free_port()),
+                "--http-port",
+                str(port),
+            ]
+        )
     err = capsys.readouterr().err
     assert code == 2
     assert err.count("\n") == 1
@@ -172,5 +181,8 @@ def test_web_security_settings_from_toml(tmp_path: Path) -> None:
     assert d.public_origin == "https://dispatch.agency.example"
     assert d.tls_certfile == Path("/etc/actimesh/server.pem")
     assert (d.tls, d.public_url_https, d.login_max_failures, d.session_idle_s) == (
-        True, True, 3, 600,
-    )  # fmt: skip
+        True,
+        True,
+        3,
+        600,
+    )

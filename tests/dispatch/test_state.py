@@ -61,8 +61,9 @@ def test_device_colour_follows_state_and_presence() -> None:
     assert st(s.devices["bwc"]) is DeviceStatus.OFFLINE  # no state reported yet
     s.telemetry("bwc", Telemetry(ts=T0, state=DeviceState.BUFFERING, lat=51.0, lon=-114.0), T0)
     assert st(s.devices["bwc"]) is DeviceStatus.BUFFERING
-    s.telemetry("bwc", Telemetry(ts=T0 + 1, state=DeviceState.RECORDING, lat=51.0, lon=-114.0),
-                T0 + 1)  # fmt: skip
+    s.telemetry(
+        "bwc", Telemetry(ts=T0 + 1, state=DeviceState.RECORDING, lat=51.0, lon=-114.0), T0 + 1
+    )
     assert st(s.devices["bwc"]) is DeviceStatus.RECORDING
     s.presence("bwc", Presence(online=False), T0 + 2)
     assert st(s.devices["bwc"]) is DeviceStatus.OFFLINE
@@ -84,8 +85,9 @@ def test_position_older_than_the_freshness_limit_is_stale() -> None:
 
 def test_late_arriving_fix_does_not_move_a_device_back() -> None:
     s = state()
-    s.telemetry("bwc", Telemetry(ts=T0 + 5, state=DeviceState.BUFFERING, lat=51.0, lon=-114.0),
-                T0 + 5)  # fmt: skip
+    s.telemetry(
+        "bwc", Telemetry(ts=T0 + 5, state=DeviceState.BUFFERING, lat=51.0, lon=-114.0), T0 + 5
+    )
     s.telemetry("bwc", Telemetry(ts=T0, state=DeviceState.BUFFERING, lat=52.0, lon=-114.0), T0 + 6)
     assert s.devices["bwc"].lat == 51.0
     assert s.stats.telemetry_out_of_order == 1
@@ -142,8 +144,9 @@ def test_silent_camera_becomes_no_ack_after_the_timeout_and_raises_one_alert() -
 def test_engine_alert_marks_a_commanded_camera_before_the_dispatch_timeout() -> None:
     s = state()
     s.activation(record("act-1", "bwc"), T0)
-    s.engine_alert(Alert(alert=AlertKind.EXPIRED, ts=T0 + 1, aid="act-1", device="bwc",
-                         detail="expired"))  # fmt: skip
+    s.engine_alert(
+        Alert(alert=AlertKind.EXPIRED, ts=T0 + 1, aid="act-1", device="bwc", detail="expired")
+    )
     assert st(s.activations["act-1"].cameras["bwc"]) is CameraStatus.NO_ACK
     (alert,) = s.alerts.values()
     assert alert.message == "command to bwc expired (engine: expired)"
@@ -154,8 +157,11 @@ def test_engine_alert_marks_a_commanded_camera_before_the_dispatch_timeout() -> 
 def test_refused_ack_raises_an_alert() -> None:
     s = state()
     s.activation(record("act-1", "bwc"), T0)
-    s.ack("bwc", Ack(aid="act-1", status=AckStatus.REFUSED, pre_cov=0.0, ts=T0 + 0.1,
-                     detail="storage full"), T0 + 0.1)  # fmt: skip
+    s.ack(
+        "bwc",
+        Ack(aid="act-1", status=AckStatus.REFUSED, pre_cov=0.0, ts=T0 + 0.1, detail="storage full"),
+        T0 + 0.1,
+    )
     (alert,) = s.alerts.values()
     assert alert.kind == "refused"
     assert "storage full" in alert.message

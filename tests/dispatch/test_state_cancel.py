@@ -11,8 +11,15 @@ from tests.dispatch.test_state import T0, ack, record, state
 
 
 def cancelled(aid: str, ts: float, by: str = "Cst. Rivera") -> Ack:
-    return Ack(aid=aid, status=AckStatus.CANCELLED, pre_cov=30.0, rec="rec-1", ts=ts, by=by,
-               detail="cancelled on the camera as a false activation")  # fmt: skip
+    return Ack(
+        aid=aid,
+        status=AckStatus.CANCELLED,
+        pre_cov=30.0,
+        rec="rec-1",
+        ts=ts,
+        by=by,
+        detail="cancelled on the camera as a false activation",
+    )
 
 
 def st(view: CameraView) -> CameraStatus:

@@ -40,8 +40,10 @@ def test_many_devices_in_one_cell_come_and_go() -> None:
     grid.remove("bwc-2")
     grid.upsert("bwc-3", *destination(*HARTFORD, 0.0, 100.0), 1.0, 2.0)
     assert sorted(f.device_id for f, _ in grid.within(*HARTFORD, 1.0)) == [
-        "bwc-0", "bwc-1", "bwc-4",
-    ]  # fmt: skip
+        "bwc-0",
+        "bwc-1",
+        "bwc-4",
+    ]
     assert grid.cell_count == 2
 
 

@@ -236,8 +236,15 @@ async def mesh(
     async with Ledger(root / "ledger.sqlite3") as ledger:
         eng = None
         if engine:
-            eng = build_engine(topics, port, ledger, signer=signer, settings=settings,
-                               policy=policy, directory=directory)  # fmt: skip
+            eng = build_engine(
+                topics,
+                port,
+                ledger,
+                signer=signer,
+                settings=settings,
+                policy=policy,
+                directory=directory,
+            )
         try:
             async with asyncio.TaskGroup() as tg:
                 m = Mesh(topics, port, root, eng, tg, signer, settings, directory)

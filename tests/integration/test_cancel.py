@@ -102,8 +102,9 @@ async def test_officer_cancel_within_window_is_recorded_as_false_activation(
             event = await cew.raise_event("taser_draw")
             aid = activation_id("cew", event.eid)
             assert await m.commanded(aid, {"bwc"}, quiet_s=0.0) == {"bwc"}
-            await eventually(lambda: any(a.aid == aid and a.status is AckStatus.RECORDING
-                                         for a in acks))  # fmt: skip
+            await eventually(
+                lambda: any(a.aid == aid and a.status is AckStatus.RECORDING for a in acks)
+            )
             await eventually(lambda: aid in state.activations)
 
             result = await bwc.cancel_activation(by="Cst. Rivera")
@@ -184,8 +185,9 @@ async def test_cancel_after_the_window_is_refused_and_not_recorded(
         async with dispatch_view(m) as (_state, acks):
             event = await cew.raise_event("taser_draw")
             aid = activation_id("cew", event.eid)
-            await eventually(lambda: any(a.aid == aid and a.status is AckStatus.RECORDING
-                                         for a in acks))  # fmt: skip
+            await eventually(
+                lambda: any(a.aid == aid and a.status is AckStatus.RECORDING for a in acks)
+            )
             opened = bwc.received[-1].received_at
             await eventually(lambda: time.time() > opened + 0.6)
 
@@ -218,11 +220,13 @@ async def test_cancel_of_a_recording_already_running_is_refused_and_sends_nothin
         assert engine is not None
         async with dispatch_view(m) as (_state, acks):
             first = activation_id("cew", (await cew.raise_event("taser_draw")).eid)
-            await eventually(lambda: any(a.aid == first and a.status is AckStatus.RECORDING
-                                         for a in acks))  # fmt: skip
+            await eventually(
+                lambda: any(a.aid == first and a.status is AckStatus.RECORDING for a in acks)
+            )
             second = activation_id("cew", (await cew.raise_event("taser_draw")).eid)
-            await eventually(lambda: any(a.aid == second and a.status is AckStatus.RECORDING
-                                         for a in acks))  # fmt: skip
+            await eventually(
+                lambda: any(a.aid == second and a.status is AckStatus.RECORDING for a in acks)
+            )
 
             result = await bwc.cancel_activation(second, by="Cst. Rivera")
             assert result is not None

@@ -132,10 +132,11 @@ async def test_device_uses_its_own_topics(secure_mosquitto: SecureBroker, agency
     engine = _svc(secure_mosquitto, SERVICE_ENGINE)
     channels = ("telemetry", "event", "presence", "ack")
     async with (
-        _client(secure_mosquitto, engine, *(t.all_devices(DeviceChannel(c)) for c in channels))
-        as eng,
+        _client(
+            secure_mosquitto, engine, *(t.all_devices(DeviceChannel(c)) for c in channels)
+        ) as eng,
         _client(secure_mosquitto, cam.mqtt, t.command("bwc-1"), t.confirm("bwc-1")) as dev,
-    ):  # fmt: skip
+    ):
         for channel in channels:
             topic = t.device("bwc-1", DeviceChannel(channel))
             await dev.client.publish(topic, MARKER, qos=1)
@@ -161,16 +162,22 @@ async def test_device_cannot_publish_as_another_device(
             for qos in (0, 1):
                 await dev.client.publish(t.device("bwc-b", DeviceChannel(channel)), b"x", qos=qos)
         # Nor anything the engine alone may send.
-        for topic in (t.command("bwc-b"), t.activations("taser_draw"), t.alerts("no_ack"),
-                      t.engine_status("engine-1"), t.deadletter("bad")):  # fmt: skip
+        for topic in (
+            t.command("bwc-b"),
+            t.activations("taser_draw"),
+            t.alerts("no_ack"),
+            t.engine_status("engine-1"),
+            t.deadletter("bad"),
+        ):
             await dev.client.publish(topic, b"x", qos=1)
         await dev.client.publish(t.event("bwc-a"), MARKER, qos=1)
         await eng.wait_for(t.event("bwc-a"))
     assert eng.topics() == []
 
 
-def test_denied_qos1_publish_is_answered_not_authorised(secure_mosquitto: SecureBroker,
-                                                         agency: str) -> None:  # fmt: skip
+def test_denied_qos1_publish_is_answered_not_authorised(
+    secure_mosquitto: SecureBroker, agency: str
+) -> None:
     """Mosquitto 2.0.11 over MQTT 5: a refused QoS 1 PUBLISH gets PUBACK 0x87, a refused
     QoS 0 one is dropped silently, and the connection stays up either way. (aiomqtt does
     not surface PUBACK reason codes, so this uses paho directly.)"""
@@ -308,8 +315,10 @@ async def test_without_the_deny_line_a_pattern_would_give_an_integrator_a_device
     `pattern` lines to every account, `user` blocks or not."""
     t = Topics(agency)
     policy = AclPolicy(agency, DISPATCH_DEVICE)
-    acl = render_acl(policy, [AclAccount("int-x", AccountRole.INTEGRATOR),
-                              AclAccount("svc-engine", AccountRole.ENGINE)])  # fmt: skip
+    acl = render_acl(
+        policy,
+        [AclAccount("int-x", AccountRole.INTEGRATOR), AclAccount("svc-engine", AccountRole.ENGINE)],
+    )
     unsafe = "\n".join(line for line in acl.splitlines() if "deny" not in line) + "\n"
     passwords = {"int-x": generate_password(), "svc-engine": generate_password()}
     (tmp_path / "passwd").write_text(

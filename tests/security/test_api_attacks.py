@@ -117,8 +117,9 @@ async def test_wrong_passwords_are_refused_audited_then_rate_limited(
         password = await add_user(svc, "kim")
         limit = svc.settings.login_max_failures
         for n in range(limit):
-            r = await attacker.post("/api/v1/session", json={"username": "kim",
-                                                             "password": f"guess-{n}"})  # fmt: skip
+            r = await attacker.post(
+                "/api/v1/session", json={"username": "kim", "password": f"guess-{n}"}
+            )
             assert r.status_code == 401
         # Locked: even the right password is not checked now, and the answer says when.
         for pw in ("guess-x", password):
@@ -158,8 +159,9 @@ async def test_a_burst_of_parallel_guesses_gets_no_more_checks_than_the_limit(
         await add_user(svc, "kim")
 
         async def guess(n: int) -> int:
-            r = await attacker.post("/api/v1/session", json={"username": "kim",
-                                                             "password": f"guess-{n}"})  # fmt: skip
+            r = await attacker.post(
+                "/api/v1/session", json={"username": "kim", "password": f"guess-{n}"}
+            )
             return r.status_code
 
         statuses = await asyncio.gather(*(guess(n) for n in range(12)))
@@ -210,12 +212,14 @@ async def test_a_cookie_session_cannot_change_anything_without_the_csrf_token(
             r = await browser.request(method, path, json=body)
             assert r.status_code == 403, (method, path, r.text)
         # The session is unharmed, and the same change with the token goes through.
-        ok = await browser.post("/api/v1/tokens", json={"name": "ok", "role": "integrator"},
-                                headers={CSRF_HEADER: csrf})  # fmt: skip
+        ok = await browser.post(
+            "/api/v1/tokens", json={"name": "ok", "role": "integrator"}, headers={CSRF_HEADER: csrf}
+        )
         assert ok.status_code == 201
         # A real page on another site also sends its Origin: refused even with the token.
-        evil = await browser.post("/api/v1/zones", json=ZONE,
-                                  headers={CSRF_HEADER: csrf, "Origin": EVIL})  # fmt: skip
+        evil = await browser.post(
+            "/api/v1/zones", json=ZONE, headers={CSRF_HEADER: csrf, "Origin": EVIL}
+        )
         assert evil.status_code == 403
         assert "not allowed" in evil.json()["error"]
     outcomes = [o for _, o in _records(tmp_path, "api_change")]
@@ -256,8 +260,9 @@ async def test_revoked_and_expired_tokens_and_forged_sessions_are_refused(
     agency: str, broker_port: int, tmp_path: Path
 ) -> None:
     async with mesh(agency, broker_port, tmp_path) as m, running_dispatch(m, tmp_path) as svc:
-        short = await svc.accounts.create_token("short", Role.ADMIN, created_by="tests",
-                                                expires_s=1.0)  # fmt: skip
+        short = await svc.accounts.create_token(
+            "short", Role.ADMIN, created_by="tests", expires_s=1.0
+        )
         long = await svc.accounts.create_token("long", Role.ADMIN, created_by="tests")
         async with api(svc, None) as client:
             for issued in (short, long):
@@ -267,8 +272,9 @@ async def test_revoked_and_expired_tokens_and_forged_sessions_are_refused(
             await svc.accounts.revoke_token("long")
 
             async def refused(secret: str) -> bool:
-                r = await client.get("/api/v1/activations",
-                                     headers={"Authorization": f"Bearer {secret}"})  # fmt: skip
+                r = await client.get(
+                    "/api/v1/activations", headers={"Authorization": f"Bearer {secret}"}
+                )
                 return r.status_code == 401
 
             assert await refused(long.secret)
@@ -292,8 +298,9 @@ async def test_a_session_id_planted_before_login_is_not_adopted(
     ):
         password = await add_user(svc, "kim")
         planted = {"Cookie": "actimesh_session=planted-by-the-attacker"}
-        r = await client.post("/api/v1/session", json={"username": "kim", "password": password},
-                              headers=planted)  # fmt: skip
+        r = await client.post(
+            "/api/v1/session", json={"username": "kim", "password": password}, headers=planted
+        )
         assert r.status_code == 200
         issued = r.headers["set-cookie"].split(";")[0].split("=", 1)[1]
         assert issued != "planted-by-the-attacker"
@@ -340,8 +347,10 @@ async def test_security_headers_are_on_every_kind_of_response(
 async def test_cors_is_off_by_default_and_an_allow_list_when_configured(
     agency: str, broker_port: int, tmp_path: Path
 ) -> None:
-    preflight = {"Access-Control-Request-Method": "POST",
-                 "Access-Control-Request-Headers": "authorization,content-type"}  # fmt: skip
+    preflight = {
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization,content-type",
+    }
     async with mesh(agency, broker_port, tmp_path) as m:
         async with running_dispatch(m, tmp_path) as svc, api(svc) as client:
             r = await client.options("/api/v1/zones", headers=preflight | {"Origin": EVIL})
@@ -376,10 +385,12 @@ async def test_a_login_from_another_site_is_refused(
         api(svc, None) as browser,
     ):
         password = await add_user(svc, "kim")
-        r = await browser.post("/api/v1/session", json={"username": "kim", "password": password},
-                               headers={"Origin": EVIL})  # fmt: skip
+        r = await browser.post(
+            "/api/v1/session",
+            json={"username": "kim", "password": password},
+            headers={"Origin": EVIL},
+        )
         assert r.status_code == 403
         assert "set-cookie" not in r.headers
-        form = await browser.post("/api/v1/session",
-                                  data={"username": "kim", "password": password})  # fmt: skip
+        form = await browser.post("/api/v1/session", data={"username": "kim", "password": password})
         assert form.status_code == 415

@@ -133,10 +133,19 @@ async def test_genuine_command_re_signed_by_another_key_is_refused(
         genuine = decode(Command, message.payload)
         rogue = CommandSigner.generate()
         variant = rogue.command(
-            agency=m.topics.agency, device_id="bwc2", aid="act-rogue", eid=genuine.eid,
-            src=genuine.src, type=genuine.type, ets=genuine.ets, pre=120.0,
-            reason=genuine.reason, dist=genuine.dist, ts=genuine.ts, exp=genuine.exp,
-        )  # fmt: skip
+            agency=m.topics.agency,
+            device_id="bwc2",
+            aid="act-rogue",
+            eid=genuine.eid,
+            src=genuine.src,
+            type=genuine.type,
+            ets=genuine.ets,
+            pre=120.0,
+            reason=genuine.reason,
+            dist=genuine.dist,
+            ts=genuine.ts,
+            exp=genuine.exp,
+        )
         ack = await refused(m, "bwc2", encode(variant))
         assert ack.detail is not None
         assert ack.detail.startswith("bad_signature:")
@@ -303,8 +312,9 @@ async def test_refusal_of_an_unverifiable_command_does_not_end_a_real_delivery(
             # A camera near the CEW that never answers by itself: we answer for it.
             presence = Presence(online=True, device_kind=DeviceKind.BODY_CAM)
             await mute.publish(m.topics.presence("mute"), encode(presence), qos=1, retain=True)
-            fix = Telemetry(ts=time.time(), lat=CENTER[0], lon=CENTER[1], acc=0.0,
-                            state=DeviceState.BUFFERING)  # fmt: skip
+            fix = Telemetry(
+                ts=time.time(), lat=CENTER[0], lon=CENTER[1], acc=0.0, state=DeviceState.BUFFERING
+            )
             await mute.publish(m.topics.telemetry("mute"), encode(fix))
             await eventually(lambda: "mute" in engine.index, timeout=5)
             event = await cew.raise_event("taser_draw")

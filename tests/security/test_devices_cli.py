@@ -52,8 +52,9 @@ async def up(settings: Settings) -> AsyncIterator[ManagedMosquitto]:
 
 async def _connects(broker: ManagedMosquitto, username: str, password: str) -> bool:
     try:
-        async with aiomqtt.Client(broker.host, broker.port, username=username,
-                                  password=password, timeout=TIMEOUT_S):  # fmt: skip
+        async with aiomqtt.Client(
+            broker.host, broker.port, username=username, password=password, timeout=TIMEOUT_S
+        ):
             return True
     except aiomqtt.MqttCodeError:
         return False
@@ -63,8 +64,9 @@ def test_add_prints_credentials_once_and_stores_only_hashes(
     settings: Settings, capsys: pytest.CaptureFixture[str]
 ) -> None:
     data = str(settings.data_dir)
-    code, out, err = _run(capsys, "devices", "add", "bwc-1", "--kind", "body_cam",
-                          "--unit", "u7", "--data-dir", data)  # fmt: skip
+    code, out, err = _run(
+        capsys, "devices", "add", "bwc-1", "--kind", "body_cam", "--unit", "u7", "--data-dir", data
+    )
     assert (code, err) == (0, "")
     password = _field(out, "password")
     assert len(_field(out, "private key")) == 64
@@ -121,17 +123,20 @@ async def test_add_remove_and_rotate_apply_to_the_running_broker(
     first = _field(out, "password")
     await _until_connects(up, "bwc-1", first)
 
-    code, out, _ = await asyncio.to_thread(_run, capsys, "devices", "rotate", "bwc-1",
-                                           "--data-dir", data)  # fmt: skip
+    code, out, _ = await asyncio.to_thread(
+        _run, capsys, "devices", "rotate", "bwc-1", "--data-dir", data
+    )
     second = _field(out, "password")
     await _until_connects(up, "bwc-1", second)
     assert not await _connects(up, "bwc-1", first)
 
-    async with aiomqtt.Client(up.host, up.port, username="bwc-1", password=second,
-                              identifier="bwc-1-live") as client:  # fmt: skip
+    async with aiomqtt.Client(
+        up.host, up.port, username="bwc-1", password=second, identifier="bwc-1-live"
+    ) as client:
         await client.subscribe(Topics("cli").command("bwc-1"))
-        code, out, _ = await asyncio.to_thread(_run, capsys, "devices", "remove", "bwc-1",
-                                               "--data-dir", data)  # fmt: skip
+        code, out, _ = await asyncio.to_thread(
+            _run, capsys, "devices", "remove", "bwc-1", "--data-dir", data
+        )
         assert f"applied live (pid {pid})" in out
         with pytest.raises(aiomqtt.MqttError):
             await _drain(client)
@@ -155,8 +160,9 @@ async def test_integrator_account_reads_activations_only(
     settings: Settings, up: ManagedMosquitto, capsys: pytest.CaptureFixture[str]
 ) -> None:
     data = str(settings.data_dir)
-    code, out, _ = await asyncio.to_thread(_run, capsys, "integrators", "add", "acme",
-                                           "--data-dir", data)  # fmt: skip
+    code, out, _ = await asyncio.to_thread(
+        _run, capsys, "integrators", "add", "acme", "--data-dir", data
+    )
     assert code == 0
     assert _field(out, "username") == "int-acme"
     password = _field(out, "password")
@@ -185,8 +191,7 @@ def test_certs_init_then_up_opens_a_tls_listener(
     code, out, _ = _run(capsys, "certs", "show", "ca", "--data-dir", data)
     assert code == 0
     assert "CN=actimesh broker CA" in out
-    code, out, _ = _run(capsys, "devices", "add", "bwc-1", "--kind", "body_cam",
-                        "--data-dir", data)  # fmt: skip
+    code, out, _ = _run(capsys, "devices", "add", "bwc-1", "--kind", "body_cam", "--data-dir", data)
     assert "mqtts://cams.example:8883" in out
     assert str(settings.data_dir / "certs" / "ca.pem") in out
 
@@ -197,10 +202,12 @@ async def test_up_prints_both_broker_addresses_and_runs_on_service_accounts(
     code, _, _ = _run(capsys, "certs", "init", "--data-dir", str(settings.data_dir))
     assert code == 0
     tls_port = free_port()
-    settings = replace(settings, dispatch=replace(settings.dispatch, enabled=False),
-                       evidence=replace(settings.evidence, port=0),
-                       broker=replace(settings.broker, tls_port=tls_port,
-                                      tls_host="127.0.0.1"))  # fmt: skip
+    settings = replace(
+        settings,
+        dispatch=replace(settings.dispatch, enabled=False),
+        evidence=replace(settings.evidence, port=0),
+        broker=replace(settings.broker, tls_port=tls_port, tls_host="127.0.0.1"),
+    )
     out = io.StringIO()
     task = asyncio.create_task(run_up(settings, None, Console(file=out, width=200)), name="up")
     try:
@@ -228,8 +235,10 @@ def test_broker_login_comes_from_a_private_password_file(tmp_path: Path) -> None
     secret.write_text("s3cret\n")
     secret.chmod(0o600)
     conf = tmp_path / "a.toml"
-    conf.write_text(f'[broker]\nusername = "svc-engine"\npassword_file = "{secret}"\n'
-                    f'ca_file = "{tmp_path / "ca.pem"}"\n')  # fmt: skip
+    conf.write_text(
+        f'[broker]\nusername = "svc-engine"\npassword_file = "{secret}"\n'
+        f'ca_file = "{tmp_path / "ca.pem"}"\n'
+    )
     settings = load_settings(conf)
     address = _external(settings, "mqtts://broker.example")
     assert (address.host, address.port) == ("broker.example", 8883)

@@ -28,8 +28,15 @@ LAT, LON = CENTER
 
 
 def event(now: float, **changes: object) -> dict[str, object]:
-    return {"v": 1, "eid": "hostile", "type": "taser_draw", "ts": now, "lat": LAT,
-            "lon": LON, **changes}  # fmt: skip
+    return {
+        "v": 1,
+        "eid": "hostile",
+        "type": "taser_draw",
+        "ts": now,
+        "lat": LAT,
+        "lon": LON,
+        **changes,
+    }
 
 
 def packed(body: dict[str, object]) -> bytes:
@@ -76,7 +83,7 @@ CLASSES: dict[str, tuple[Build, str]] = {
     "beyond-2100": (lambda now: packed(event(5e9)), "invalid"),
     "oversized": (lambda now: packed(event(now, by="x" * 20_000)), "oversized"),
     "bad-version": (lambda now: packed(event(now, v=2)), "bad_version"),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("name", sorted(CLASSES))

@@ -165,8 +165,15 @@ async def test_only_the_dispatch_source_may_raise_a_zone(
         assert engine.stats.rejected == {"sender_not_allowed": 1}
         # The same request from the dispatch console's device id goes through, with the
         # radius it asked for (bounded by the rule).
-        zone = Event(eid="cad-1", type="dispatch_zone", ts=time.time(), lat=CENTER[0],
-                     lon=CENTER[1], radius=50.0, by="Dispatcher Kim")  # fmt: skip
+        zone = Event(
+            eid="cad-1",
+            type="dispatch_zone",
+            ts=time.time(),
+            lat=CENTER[0],
+            lon=CENTER[1],
+            radius=50.0,
+            by="Dispatcher Kim",
+        )
         async with m.client() as dispatch:
             await dispatch.publish(m.topics.event(DISPATCH_SOURCE), encode(zone), qos=1)
         aid = activation_id(DISPATCH_SOURCE, "cad-1")
@@ -193,8 +200,9 @@ async def test_registry_has_the_last_word_on_what_a_device_is(
         await liar.raise_event("emergency_lights")
         await eventually(lambda: liar.unconfirmed == 0)
         assert liar.stats.events_rejected == 1
-        rogue = Event(eid="r1", type="emergency_lights", ts=time.time(), lat=CENTER[0],
-                      lon=CENTER[1])  # fmt: skip
+        rogue = Event(
+            eid="r1", type="emergency_lights", ts=time.time(), lat=CENTER[0], lon=CENTER[1]
+        )
         async with m.client() as outsider:
             await outsider.publish(m.topics.event("rogue"), encode(rogue), qos=1)
         await eventually(lambda: engine.stats.rejected["sender_not_allowed"] == 2)
@@ -224,8 +232,9 @@ async def test_unregistered_ids_do_not_grow_the_fleet(
         now = time.time()
         async with m.client() as outsider:
             for n in range(20):
-                fix = Telemetry(ts=now, state=DeviceState.BUFFERING, lat=CENTER[0],
-                                lon=CENTER[1], acc=3.0)  # fmt: skip
+                fix = Telemetry(
+                    ts=now, state=DeviceState.BUFFERING, lat=CENTER[0], lon=CENTER[1], acc=3.0
+                )
                 await outsider.publish(m.topics.telemetry(f"ghost-{n}"), encode(fix))
             hello = Presence(online=True, ts=now, device_kind=DeviceKind.BODY_CAM)
             await outsider.publish(m.topics.presence("ghost-x"), encode(hello), qos=1)

@@ -36,10 +36,19 @@ AGENCY = "metro"
 
 def make(signer: CommandSigner, device_id: str = "bwc-1", **changes: object) -> Command:
     fields: dict[str, object] = {
-        "agency": AGENCY, "device_id": device_id, "aid": "act-1", "eid": "e-1", "src": "cew-7",
-        "type": "taser_draw", "ets": NOW, "pre": 30.0, "reason": ActivationReason.PROXIMITY,
-        "dist": 6.2, "ts": NOW + 0.01, "exp": NOW + 300.0,
-    }  # fmt: skip
+        "agency": AGENCY,
+        "device_id": device_id,
+        "aid": "act-1",
+        "eid": "e-1",
+        "src": "cew-7",
+        "type": "taser_draw",
+        "ets": NOW,
+        "pre": 30.0,
+        "reason": ActivationReason.PROXIMITY,
+        "dist": 6.2,
+        "ts": NOW + 0.01,
+        "exp": NOW + 300.0,
+    }
     fields.update(changes)
     return signer.command(**fields)  # type: ignore[arg-type]
 
@@ -141,9 +150,18 @@ def test_signed_bytes_are_domain_agency_camera_then_every_field_in_order() -> No
     assert fields[0] == "v"
     assert decoded[:3] == [COMMAND_SIGNATURE_DOMAIN, AGENCY, "bwc-1"]  # the tag as msgpack bin
     assert decoded[3:] == [
-        1, "act-1", "e-1", "cew-7", "taser_draw", NOW, 30.0, "proximity", 6.2, NOW + 0.01,
+        1,
+        "act-1",
+        "e-1",
+        "cew-7",
+        "taser_draw",
+        NOW,
+        30.0,
+        "proximity",
+        6.2,
+        NOW + 0.01,
         NOW + 300.0,
-    ]  # fmt: skip
+    ]
     assert len(decoded) == 3 + len(fields)
 
 
@@ -159,17 +177,28 @@ def test_command_verifies_after_the_wire_and_binds_camera_agency_and_every_field
     with pytest.raises(PayloadError, match="bad_signature"):
         verifier.verify(received, agency="other", device_id="bwc-1", now=NOW + 1)
     for change in (
-        {"aid": "act-2"}, {"eid": "e-2"}, {"src": "cew-8"}, {"type": "collision"},
-        {"ets": NOW - 1}, {"pre": 120.0}, {"reason": ActivationReason.PAIRED}, {"dist": None},
-        {"ts": NOW}, {"exp": NOW + 3600},
-    ):  # fmt: skip
+        {"aid": "act-2"},
+        {"eid": "e-2"},
+        {"src": "cew-8"},
+        {"type": "collision"},
+        {"ets": NOW - 1},
+        {"pre": 120.0},
+        {"reason": ActivationReason.PAIRED},
+        {"dist": None},
+        {"ts": NOW},
+        {"exp": NOW + 3600},
+    ):
         tampered = received.model_copy(update=change)
         with pytest.raises(PayloadError, match="bad_signature"):
             verifier.verify(tampered, agency=AGENCY, device_id="bwc-1", now=NOW + 1)
     flipped = bytes([received.sig[0] ^ 1]) + received.sig[1:]
     with pytest.raises(PayloadError, match="bad_signature"):
-        verifier.verify(received.model_copy(update={"sig": flipped}), agency=AGENCY,
-                        device_id="bwc-1", now=NOW + 1)  # fmt: skip
+        verifier.verify(
+            received.model_copy(update={"sig": flipped}),
+            agency=AGENCY,
+            device_id="bwc-1",
+            now=NOW + 1,
+        )
     other = CommandSigner.generate().verifier()
     with pytest.raises(PayloadError, match="bad_signature"):
         other.verify(received, agency=AGENCY, device_id="bwc-1", now=NOW + 1)

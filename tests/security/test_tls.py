@@ -76,12 +76,18 @@ def _port(secure: SecureBroker) -> int:
     return secure.broker.config.tls.port
 
 
-async def _connect(secure: SecureBroker, creds: Credentials, tls: TlsSettings,
-                   host: str = "127.0.0.1") -> None:  # fmt: skip
+async def _connect(
+    secure: SecureBroker, creds: Credentials, tls: TlsSettings, host: str = "127.0.0.1"
+) -> None:
     async with aiomqtt.Client(
-        host, _port(secure), username=creds.username, password=creds.password,
-        tls_context=tls.context(), protocol=aiomqtt.ProtocolVersion.V5, timeout=TIMEOUT_S,
-    ) as client:  # fmt: skip
+        host,
+        _port(secure),
+        username=creds.username,
+        password=creds.password,
+        tls_context=tls.context(),
+        protocol=aiomqtt.ProtocolVersion.V5,
+        timeout=TIMEOUT_S,
+    ) as client:
         await client.publish(Topics(secure.policy.agency).telemetry(creds.username), b"x")
 
 
@@ -182,8 +188,9 @@ async def test_mutual_tls_needs_a_valid_client_certificate_and_the_password(
     creds = mtls_broker.add_device("bwc-1").mqtt
     ca = certs / "ca.pem"
     good = issue_client(certs, "bwc-1")
-    expired = issue_client(certs, "old", days=1,
-                           now=dt.datetime.now(dt.UTC) - dt.timedelta(days=10))  # fmt: skip
+    expired = issue_client(
+        certs, "old", days=1, now=dt.datetime.now(dt.UTC) - dt.timedelta(days=10)
+    )
     other_dir = tmp_path / "other"
     init_ca(other_dir)
     foreign = issue_client(other_dir, "bwc-1")
@@ -241,11 +248,15 @@ async def test_links_and_the_stream_subscriber_speak_tls(
 
     base = {"host": "127.0.0.1", "port": _port(tls_broker), "tls": tls}
     sub = StreamSubscriber(
-        LinkSettings(client_id="tm", username=engine.username, password=engine.password,
-                     subscriptions=(Subscription(t.all_devices(DeviceChannel.TELEMETRY), 0),),
-                     **base),  # type: ignore[arg-type]
+        LinkSettings(
+            client_id="tm",
+            username=engine.username,
+            password=engine.password,
+            subscriptions=(Subscription(t.all_devices(DeviceChannel.TELEMETRY), 0),),
+            **base,  # type: ignore[arg-type]
+        ),
         batch,
-    )  # fmt: skip
+    )
     device = MqttLink(LinkSettings(client_id="cam", **base))  # type: ignore[arg-type]
     device.reconfigure(username=cam.username, password=cam.password)
     async with asyncio.TaskGroup() as tg:

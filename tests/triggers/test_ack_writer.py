@@ -36,8 +36,12 @@ async def test_queued_acks_and_a_cancel_are_written_in_order(tmp_path: Path) -> 
     async with Ledger(path) as ledger:
         engine = build_engine(Topics("am-acks"), 1, ledger, signer=CommandSigner.generate())
         cancel = replace(GOOD, status="cancelled", device_ts=102.0, received_ts=102.1)
-        rows = [(GOOD, None), (replace(GOOD, status="recording", device_ts=101.0), None),
-                (cancel, "officer 7"), (replace(GOOD, device_id="bwc2"), None)]  # fmt: skip
+        rows = [
+            (GOOD, None),
+            (replace(GOOD, status="recording", device_ts=101.0), None),
+            (cancel, "officer 7"),
+            (replace(GOOD, device_id="bwc2"), None),
+        ]
         for row in rows:
             engine._ack_rows.put_nowait(row)
         writer = asyncio.create_task(engine._ack_writer())
@@ -59,6 +63,8 @@ async def test_queued_acks_and_a_cancel_are_written_in_order(tmp_path: Path) -> 
             "SELECT component, outcome FROM records WHERE event_type = 'ack' ORDER BY seq"
         ).fetchall()
     assert written == [
-        ("device/bwc1", "received"), ("device/bwc1", "recording"),
-        ("device/bwc1", "cancelled"), ("device/bwc2", "received"),
-    ]  # fmt: skip
+        ("device/bwc1", "received"),
+        ("device/bwc1", "recording"),
+        ("device/bwc1", "cancelled"),
+        ("device/bwc2", "received"),
+    ]

@@ -17,8 +17,11 @@ def registry() -> StaticDirectory:
 
 def test_without_a_directory_presence_says_what_a_device_is() -> None:
     fleet = Fleet()
-    fleet.presence("gw-1", Presence(online=True, device_kind=DeviceKind.GATEWAY, unit="u9",
-                                    paired=("dash-1",)), T0)  # fmt: skip
+    fleet.presence(
+        "gw-1",
+        Presence(online=True, device_kind=DeviceKind.GATEWAY, unit="u9", paired=("dash-1",)),
+        T0,
+    )
     info = fleet.get("gw-1")
     assert info is not None
     assert (info.kind, info.unit, info.paired) == (DeviceKind.GATEWAY, "u9", ("dash-1",))

@@ -26,11 +26,23 @@ from tests.audit.helpers import chain_hash
 
 def activation(aid: str = "act-1", eid: str = "e1", ts: float = 100.0) -> ActivationRow:
     return ActivationRow(
-        aid=aid, src="cew1", eid=eid, type="taser_draw", event_ts=ts, received_ts=ts + 0.01,
-        decided_ts=ts + 0.02, lat=51.0, lon=-114.0, acc=3.0, position_source="event",
-        radius_m=9.144, pre_roll_s=30.0, rule={"event_type": "taser_draw"},
-        initiated_by=None, engine="engine-1",
-    )  # fmt: skip
+        aid=aid,
+        src="cew1",
+        eid=eid,
+        type="taser_draw",
+        event_ts=ts,
+        received_ts=ts + 0.01,
+        decided_ts=ts + 0.02,
+        lat=51.0,
+        lon=-114.0,
+        acc=3.0,
+        position_source="event",
+        radius_m=9.144,
+        pre_roll_s=30.0,
+        rule={"event_type": "taser_draw"},
+        initiated_by=None,
+        engine="engine-1",
+    )
 
 
 DECISIONS = [
@@ -81,8 +93,14 @@ async def test_a_merged_trigger_is_found_with_the_activation_it_joined(tmp_path:
     path = tmp_path / "l.sqlite3"
     async with Ledger(path) as ledger:
         await ledger.record_activation(activation(ts=500.0), DECISIONS)
-        body = {"aid": "act-1", "merged_aid": "act-2", "src": "cew1", "eid": "e2",
-                "type": "taser_draw", "event_ts": 503.0}  # fmt: skip
+        body = {
+            "aid": "act-1",
+            "merged_aid": "act-2",
+            "src": "cew1",
+            "eid": "e2",
+            "type": "taser_draw",
+            "event_ts": 503.0,
+        }
         await ledger.record_event("engine/e1", "merge", "act-1", "merged", body)
     async with Ledger(path) as ledger:
         assert await ledger.find("cew1", "e2") == "act-1"
@@ -190,8 +208,12 @@ async def test_redelivered_ack_is_stored_and_chained_once(tmp_path: Path) -> Non
 async def test_acks_written_together_are_one_transaction_in_order(tmp_path: Path) -> None:
     path = tmp_path / "l.sqlite3"
     first = AckRow("act-1", "bwc1", "received", 30.0, None, 100.5, 100.6)
-    acks = [first, replace(first, status="recording", recording="rec-1", device_ts=101.0),
-            replace(first, device_id="bwc2"), replace(first, received_ts=109.0)]  # fmt: skip
+    acks = [
+        first,
+        replace(first, status="recording", recording="rec-1", device_ts=101.0),
+        replace(first, device_id="bwc2"),
+        replace(first, received_ts=109.0),
+    ]
     async with Ledger(path) as ledger:
         await ledger.record_activation(activation(), DECISIONS)
         assert await ledger.record_acks(acks) == 3  # the last one was delivered again

@@ -65,7 +65,8 @@ async def test_false_activation_is_written_only_by_the_ledger(tmp_path: Path) ->
         with pytest.raises(LedgerError, match="written by the ledger itself"):
             await ledger.record_event("engine/e", FALSE_ACTIVATION, "bwc1", "cancelled", {})
         with pytest.raises(LedgerError, match="needs a cancelled ack"):
-            await ledger.record_cancel(AckRow("act-1", "bwc1", "recording", 1.0, None, 1.0, 1.0),
-                                       "Cst. Rivera")  # fmt: skip
+            await ledger.record_cancel(
+                AckRow("act-1", "bwc1", "recording", 1.0, None, 1.0, 1.0), "Cst. Rivera"
+            )
         with pytest.raises(LedgerError, match="who cancelled"):
             await ledger.record_cancel(CANCELLED, "")

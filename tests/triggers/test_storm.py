@@ -46,9 +46,12 @@ def test_flooding_device_exhausts_only_its_own_bucket() -> None:
 
 def test_global_bound_stops_busy_devices_but_keeps_a_reserve_for_quiet_ones() -> None:
     limits = StormLimits(
-        device_burst=4, device_rate_per_s=0.001, activations_burst=10, activations_per_s=0.001,
+        device_burst=4,
+        device_rate_per_s=0.001,
+        activations_burst=10,
+        activations_per_s=0.001,
         quiet_reserve=3,
-    )  # fmt: skip
+    )
     storm = StormControl(limits)
     # Ten devices each within their own limit, together over the global bound.
     made = sum(admitted(storm, f"bad-{n}", T0, 4) for n in range(10))
@@ -66,9 +69,12 @@ def test_global_bound_stops_busy_devices_but_keeps_a_reserve_for_quiet_ones() ->
 
 def test_quiet_device_passes_a_storm_made_of_busy_devices() -> None:
     limits = StormLimits(
-        device_burst=10, device_rate_per_s=0.001, activations_burst=20, activations_per_s=0.001,
+        device_burst=10,
+        device_rate_per_s=0.001,
+        activations_burst=20,
+        activations_per_s=0.001,
         quiet_reserve=5,
-    )  # fmt: skip
+    )
     storm = StormControl(limits)
     made = admitted(storm, "flood-a", T0, 10) + admitted(storm, "flood-b", T0, 10)
     assert made == 20
@@ -104,8 +110,9 @@ def _incident(
     lat = lon = None
     if at is not None:
         lat, lon = destination(*CENTER, 90.0, at)
-    return Incident(aid, src, event_type, ets, lat, lon,
-                    frozenset(cameras or {"bwc-1", "bwc-2"}), T0)  # fmt: skip
+    return Incident(
+        aid, src, event_type, ets, lat, lon, frozenset(cameras or {"bwc-1", "bwc-2"}), T0
+    )
 
 
 def _merge(
@@ -122,10 +129,14 @@ def _merge(
     if at is not None:
         lat, lon = destination(*CENTER, 90.0, at)
     found = storm.merge_into(
-        src=src, event_type=event_type, ets=ets, lat=lat, lon=lon,
+        src=src,
+        event_type=event_type,
+        ets=ets,
+        lat=lat,
+        lon=lon,
         cameras=frozenset(cameras if cameras is not None else {"bwc-1"}),
         usable=lambda _incident: usable,
-    )  # fmt: skip
+    )
     return None if found is None else found.aid
 
 

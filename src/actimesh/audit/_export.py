@@ -46,10 +46,13 @@ class ExportResult:
 
 def _case_records(db_path: Path, case_id: str) -> tuple[list[ChainRecord], list[str], str]:
     with snapshot(db_path) as db:
-        links = [record(row)[0] for row in db.execute(
-            f"{SELECT_RECORDS} WHERE event_type = ? AND subject = ? ORDER BY seq",
-            (EventType.CASE_LINK.value, case_id),
-        )]  # fmt: skip
+        links = [
+            record(row)[0]
+            for row in db.execute(
+                f"{SELECT_RECORDS} WHERE event_type = ? AND subject = ? ORDER BY seq",
+                (EventType.CASE_LINK.value, case_id),
+            )
+        ]
         if not links:
             raise AuditError(
                 f"case {case_id} has no linked activation in {db_path}; link one with "
@@ -125,5 +128,11 @@ def export_case(path: Path, case_id: str, out_dir: Path) -> ExportResult:
         raise AuditError(
             f"cannot write the export to {out_dir}: {exc.strerror}; give a writable --out folder"
         ) from exc
-    return ExportResult(case_id, len(records), tuple(aids), out_dir / f"{stem}.jsonl",
-                        out_dir / f"{stem}.csv", out_dir / f"{stem}.manifest.json")  # fmt: skip
+    return ExportResult(
+        case_id,
+        len(records),
+        tuple(aids),
+        out_dir / f"{stem}.jsonl",
+        out_dir / f"{stem}.csv",
+        out_dir / f"{stem}.manifest.json",
+    )

@@ -144,8 +144,10 @@ async def _verdict(ledger: Ledger, rec: _OnDisk, cutoff: float, expiring: set[st
     unknown = sorted(aid for aid, state in states.items() if state == "unknown")
     if unknown:
         return f"activation {unknown[0]} is not in this ledger"
-    gone = all(state == "redacted" or (state == "kept" and aid in expiring)
-               for aid, state in states.items())  # fmt: skip
+    gone = all(
+        state == "redacted" or (state == "kept" and aid in expiring)
+        for aid, state in states.items()
+    )
     return None if gone and rec.latest < cutoff else "kept"
 
 
@@ -157,11 +159,16 @@ async def _delete(ledger: Ledger, rec: _OnDisk, report: RetentionReport) -> None
         report.problems.append(f"cannot delete {rec.path}: {exc.strerror}")
         return
     body = {
-        "kind": "recording", "device_id": rec.device_id, "recording_id": rec.recording_id,
-        "aids": sorted(rec.aids), "manifest_sha256": rec.manifest_sha256,
-        "segments": rec.segments, "bytes": rec.size, "latest": format_time(rec.latest or 0.0),
+        "kind": "recording",
+        "device_id": rec.device_id,
+        "recording_id": rec.recording_id,
+        "aids": sorted(rec.aids),
+        "manifest_sha256": rec.manifest_sha256,
+        "segments": rec.segments,
+        "bytes": rec.size,
+        "latest": format_time(rec.latest or 0.0),
         "cutoff": format_time(report.cutoff),
-    }  # fmt: skip
+    }
     try:
         await ledger.record_retention(rec.subject, "deleted", body)
     except LedgerError:
@@ -188,9 +195,13 @@ async def _prune(ledger: Ledger, root: Path, report: RetentionReport, expiring: 
             report.recordings_deleted.append(subject)
             continue
         if not await ledger.retention_recorded(subject):
-            body = {"kind": "recording", "device_id": device_id, "recording_id": match[1],
-                    "note": "finished an interrupted deletion",
-                    "cutoff": format_time(report.cutoff)}  # fmt: skip
+            body = {
+                "kind": "recording",
+                "device_id": device_id,
+                "recording_id": match[1],
+                "note": "finished an interrupted deletion",
+                "cutoff": format_time(report.cutoff),
+            }
             await ledger.record_retention(subject, "deleted", body)
         report.recordings_deleted.append(subject)
         await _remove(tomb, subject, report)
@@ -238,8 +249,7 @@ async def retain(
 ) -> RetentionReport:
     """:func:`apply_retention` on the ledger file at ``path``, which must exist."""
     async with Ledger(path, create=False) as ledger:
-        return await apply_retention(ledger, days, recordings=recordings, now=now,
-                                     dry_run=dry_run)  # fmt: skip
+        return await apply_retention(ledger, days, recordings=recordings, now=now, dry_run=dry_run)
 
 
 async def retention_loop(
@@ -263,6 +273,11 @@ async def retention_loop(
             except (LedgerError, OSError) as exc:
                 log.exception("retention failed; trying again in %.0f s", interval_s)
                 with contextlib.suppress(LedgerError):
-                    await ledger.record_event("audit/retention", EventType.ALERT, "retention",
-                                              "failed", {"error": str(exc)[:500]})  # fmt: skip
+                    await ledger.record_event(
+                        "audit/retention",
+                        EventType.ALERT,
+                        "retention",
+                        "failed",
+                        {"error": str(exc)[:500]},
+                    )
             await asyncio.sleep(interval_s)

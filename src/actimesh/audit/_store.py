@@ -35,8 +35,7 @@ def snapshot(path: Path) -> Iterator[sqlite3.Connection]:
             "or the --ledger file itself"
         )
     try:
-        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True,
-                               isolation_level=None)  # fmt: skip
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
     except sqlite3.Error as exc:
         raise AuditError(f"cannot open the ledger at {path}: {exc}") from exc
     try:
@@ -71,11 +70,17 @@ def record(row: tuple[Any, ...]) -> tuple[ChainRecord, str | None]:
     if isinstance(body, bytes):
         body = body.decode("utf-8", "replace")
     chain_record = ChainRecord(
-        seq=int(seq), time=as_text(when), component=as_text(component),
-        event_type=as_text(event_type), subject=as_text(subject), outcome=as_text(outcome),
-        body=None if body is None else as_text(body), body_sha256=as_text(body_sha),
-        prev_hash=as_text(prev), hash=as_text(digest),
-    )  # fmt: skip
+        seq=int(seq),
+        time=as_text(when),
+        component=as_text(component),
+        event_type=as_text(event_type),
+        subject=as_text(subject),
+        outcome=as_text(outcome),
+        body=None if body is None else as_text(body),
+        body_sha256=as_text(body_sha),
+        prev_hash=as_text(prev),
+        hash=as_text(digest),
+    )
     return chain_record, None if aid is None else as_text(aid)
 
 

@@ -195,9 +195,12 @@ class _Walker:
         else:
             self._check_body(r, aid_column)
         if step.written is None:
-            self._add(Tamper.CHANGED, "its fields do not match its hash (time, component, "
-                      "event type, subject, outcome or body_sha256 edited, or forged)",
-                      r.seq)  # fmt: skip
+            self._add(
+                Tamper.CHANGED,
+                "its fields do not match its hash (time, component, "
+                "event type, subject, outcome or body_sha256 edited, or forged)",
+                r.seq,
+            )
             step.flagged = True
         elif step.moved:
             self.moved[r.seq] = step.written
@@ -216,8 +219,9 @@ class _Walker:
             return
         aid = body.get("aid")
         if (aid if isinstance(aid, str) else None) != aid_column:
-            self._add(Tamper.CHANGED, f"its aid column is {aid_column!r} but its body says "
-                      f"{aid!r}", r.seq)  # fmt: skip
+            self._add(
+                Tamper.CHANGED, f"its aid column is {aid_column!r} but its body says {aid!r}", r.seq
+            )
         if r.event_type == EventType.RETENTION_DELETE:
             for seq in body.get("redacted_seqs", ()):
                 if isinstance(seq, int) and seq < r.seq:
@@ -227,28 +231,37 @@ class _Walker:
         r, a, b = step.record, self.a, self.b
         if b is not None and r.prev_hash == b.record.hash and not a.moved:
             # r was written right after b, so a does not belong between them.
-            self._add(Tamper.INSERTED, f"not part of the chain: seq {r.seq} was written "
-                      f"right after seq {b.record.seq}", a.record.seq)  # fmt: skip
+            self._add(
+                Tamper.INSERTED,
+                f"not part of the chain: seq {r.seq} was written right after seq {b.record.seq}",
+                a.record.seq,
+            )
             if self.unresolved is not None and self.unresolved[1] is a:
                 self.unresolved = None
             return
         if step.written is None:
             return  # r itself was changed (reported): its prev_hash proves nothing
         if a.record.seq == 0:
-            self._add(Tamper.CHANGED, "the first record does not start from the genesis hash",
-                      r.seq)  # fmt: skip
+            self._add(
+                Tamper.CHANGED, "the first record does not start from the genesis hash", r.seq
+            )
             return
         p = self.hashes.seq_of(r.prev_hash)
         if step.moved or a.moved:
             if p is None and step.written is not None and step.moved:
-                self._add(Tamper.REMOVED, f"the record written as seq {step.written - 1} is "
-                          "gone and the records after it were renumbered", r.seq)  # fmt: skip
+                self._add(
+                    Tamper.REMOVED,
+                    f"the record written as seq {step.written - 1} is "
+                    "gone and the records after it were renumbered",
+                    r.seq,
+                )
             return  # otherwise the reordering explains it
         if p is None:
             self.unresolved = (a, step)
         else:
-            self._add(Tamper.REORDERED, f"links to seq {p}, not to seq {a.record.seq} before it",
-                      r.seq)  # fmt: skip
+            self._add(
+                Tamper.REORDERED, f"links to seq {p}, not to seq {a.record.seq} before it", r.seq
+            )
 
     def _resolve(self, *, successor: ChainRecord | None) -> None:
         assert self.unresolved is not None
@@ -256,20 +269,26 @@ class _Walker:
         self.unresolved = None
         if successor is not None and successor.prev_hash == r.record.hash:
             if not a.flagged:
-                self._add(Tamper.CHANGED, f"changed and its hash recomputed: seq "
-                          f"{r.record.seq} was written after a different seq {a.record.seq}",
-                          a.record.seq)  # fmt: skip
+                self._add(
+                    Tamper.CHANGED,
+                    f"changed and its hash recomputed: seq "
+                    f"{r.record.seq} was written after a different seq {a.record.seq}",
+                    a.record.seq,
+                )
             return
-        self._add(Tamper.INSERTED, f"does not link to seq {a.record.seq}: forged, or seq "
-                  f"{a.record.seq} was changed and its hash recomputed", r.record.seq)  # fmt: skip
+        self._add(
+            Tamper.INSERTED,
+            f"does not link to seq {a.record.seq}: forged, or seq "
+            f"{a.record.seq} was changed and its hash recomputed",
+            r.record.seq,
+        )
 
     def finish(self) -> None:
         if self.unresolved is not None:
             self._resolve(successor=None)
         self._report_moves()
         for first, last in _ranges(sorted(self.redacted)):
-            self._add(Tamper.CHANGED, "body removed without a retention_delete record", first,
-                      last)  # fmt: skip
+            self._add(Tamper.CHANGED, "body removed without a retention_delete record", first, last)
 
     def _report_moves(self) -> None:
         done: set[int] = set()
@@ -290,8 +309,10 @@ class _Walker:
             else:
                 shift = now - written
                 direction = "up" if shift > 0 else "down"
-                detail = (f"hold the records written as seq {written}..{self.moved[end]} "
-                          f"(renumbered {direction} by {abs(shift)})")  # fmt: skip
+                detail = (
+                    f"hold the records written as seq {written}..{self.moved[end]} "
+                    f"(renumbered {direction} by {abs(shift)})"
+                )
             self._add(Tamper.REORDERED, detail, now, end)
 
 
@@ -336,14 +357,25 @@ def _check_head(db: sqlite3.Connection, report: VerifyReport, head: Head) -> Non
         return
     found = db.execute("SELECT hash FROM records WHERE seq = ?", (head.seq,)).fetchone()
     if found is None and report.head.seq < head.seq:
-        report.add(Finding(Tamper.TRUNCATED, f"the chain ends at seq {report.head.seq} but "
-                           f"its head was recorded at seq {head.seq}: the tail was cut off",
-                           report.head.seq + 1, head.seq))  # fmt: skip
+        report.add(
+            Finding(
+                Tamper.TRUNCATED,
+                f"the chain ends at seq {report.head.seq} but "
+                f"its head was recorded at seq {head.seq}: the tail was cut off",
+                report.head.seq + 1,
+                head.seq,
+            )
+        )
     elif found is None:
         report.add(Finding(Tamper.REMOVED, "the recorded head is missing", head.seq))
     elif as_text(found[0]) != head.hash:
-        report.add(Finding(Tamper.CHANGED, "its hash differs from the recorded head: the chain "
-                           "up to here was rewritten", head.seq))  # fmt: skip
+        report.add(
+            Finding(
+                Tamper.CHANGED,
+                "its hash differs from the recorded head: the chain up to here was rewritten",
+                head.seq,
+            )
+        )
 
 
 # ---------------------------------------------------------------------- the tables
@@ -377,8 +409,11 @@ def _check_activation(db: sqlite3.Connection, report: VerifyReport, r: ChainReco
     found = read_activation(db, r.subject)
     if r.redacted:
         if found is not None:
-            add(Tamper.INSERTED, f"{where}: rows remain although retention redacted the record",
-                "activations")  # fmt: skip
+            add(
+                Tamper.INSERTED,
+                f"{where}: rows remain although retention redacted the record",
+                "activations",
+            )
         return
     try:
         row, decisions = activation_from_body(r.parsed_body() or {})
@@ -415,8 +450,9 @@ def _check_activations(db: sqlite3.Connection, report: VerifyReport) -> None:
         "WHERE r.aid = a.aid AND r.event_type = ?) ORDER BY event_ts",
         (EventType.ACTIVATION.value,),
     ):
-        add(Tamper.INSERTED, f"activation {aid} is in the table but not in the chain",
-            "activations")  # fmt: skip
+        add(
+            Tamper.INSERTED, f"activation {aid} is in the table but not in the chain", "activations"
+        )
     for aid, device_id in db.execute(
         "SELECT aid, device_id FROM decisions WHERE aid NOT IN (SELECT aid FROM activations)"
     ):
@@ -473,9 +509,14 @@ def _check_acks(db: sqlite3.Connection, report: VerifyReport) -> None:
             with contextlib.suppress(ValueError, KeyError, TypeError):
                 keys.add(_ack_key(ack_from_body(json.loads(body))))
         if _ack_key(row) not in keys:
-            report.add(Finding(Tamper.INSERTED, f"ack of {row.aid} by {row.device_id} "
-                               f"({row.status}) is in the table but not in the chain",
-                               where="acks"))  # fmt: skip
+            report.add(
+                Finding(
+                    Tamper.INSERTED,
+                    f"ack of {row.aid} by {row.device_id} "
+                    f"({row.status}) is in the table but not in the chain",
+                    where="acks",
+                )
+            )
 
 
 def _check_case_links(db: sqlite3.Connection, report: VerifyReport) -> None:
@@ -492,14 +533,27 @@ def _check_case_links(db: sqlite3.Connection, report: VerifyReport) -> None:
     for key in sorted(chain.keys() | table.keys()):
         what = f"case {key[0]} activation {key[1]}"
         if key not in table:
-            report.add(Finding(Tamper.REMOVED, f"{what} (record seq {chain[key][0]}): link row "
-                               "missing", where="case_links"))  # fmt: skip
+            report.add(
+                Finding(
+                    Tamper.REMOVED,
+                    f"{what} (record seq {chain[key][0]}): link row missing",
+                    where="case_links",
+                )
+            )
         elif key not in chain:
-            report.add(Finding(Tamper.INSERTED, f"{what}: link row not in the chain",
-                               where="case_links"))  # fmt: skip
+            report.add(
+                Finding(Tamper.INSERTED, f"{what}: link row not in the chain", where="case_links")
+            )
         elif table[key] != chain[key][1]:
-            diff = "; ".join(f"{n} is {t!r} in the table, {c!r} in the chain"
-                             for n, t, c in zip(names, table[key], chain[key][1], strict=True)
-                             if t != c)  # fmt: skip
-            report.add(Finding(Tamper.CHANGED, f"{what} (record seq {chain[key][0]}): {diff}",
-                               where="case_links"))  # fmt: skip
+            diff = "; ".join(
+                f"{n} is {t!r} in the table, {c!r} in the chain"
+                for n, t, c in zip(names, table[key], chain[key][1], strict=True)
+                if t != c
+            )
+            report.add(
+                Finding(
+                    Tamper.CHANGED,
+                    f"{what} (record seq {chain[key][0]}): {diff}",
+                    where="case_links",
+                )
+            )

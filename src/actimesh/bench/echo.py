@@ -27,9 +27,15 @@ class EchoClient:
     """Answers every echo request with one command-sized reply per scene camera."""
 
     def __init__(
-        self, fleet: Fleet, topics: Topics, host: str, port: int,
-        login: Credentials | None = None, *, trace: bool = False,
-    ) -> None:  # fmt: skip
+        self,
+        fleet: Fleet,
+        topics: Topics,
+        host: str,
+        port: int,
+        login: Credentials | None = None,
+        *,
+        trace: bool = False,
+    ) -> None:
         self.topics = topics
         self.client = PahoClient("bench-echo", host, port, self._on_message, login=login)
         self._replies: dict[str, list[str]] = {}

@@ -55,9 +55,15 @@ class EngineUnderTest:
 
     @classmethod
     def build(
-        cls, *, agency: str, host: str, port: int, ledger: Ledger,
-        login: Credentials | None = None, trace: bool = False,
-    ) -> EngineUnderTest:  # fmt: skip
+        cls,
+        *,
+        agency: str,
+        host: str,
+        port: int,
+        ledger: Ledger,
+        login: Credentials | None = None,
+        trace: bool = False,
+    ) -> EngineUnderTest:
         index = TimedGridIndex()
         kind = TracedEngine if trace else Engine
         engine = kind(

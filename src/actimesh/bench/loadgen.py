@@ -207,14 +207,27 @@ class LoadGenerator:
 
         end = min(len(self.fleet), start + count)
         for i in range(start, end):
-            add(self.fleet.ids[i], Presence(online=True, ts=now, device_kind=self.fleet.kinds[i],
-                                            pre_roll=30.0))  # fmt: skip
+            add(
+                self.fleet.ids[i],
+                Presence(online=True, ts=now, device_kind=self.fleet.kinds[i], pre_roll=30.0),
+            )
         if start == 0:
             for scene in self.fleet.scenes:
-                add(scene.cew, Presence(online=True, ts=now, device_kind=DeviceKind.CEW,
-                                        paired=(scene.cameras[0],)))  # fmt: skip
-                add(scene.gateway, Presence(online=True, ts=now, device_kind=DeviceKind.GATEWAY,
-                                            paired=(scene.cameras[-1],)))  # fmt: skip
+                add(
+                    scene.cew,
+                    Presence(
+                        online=True, ts=now, device_kind=DeviceKind.CEW, paired=(scene.cameras[0],)
+                    ),
+                )
+                add(
+                    scene.gateway,
+                    Presence(
+                        online=True,
+                        ts=now,
+                        device_kind=DeviceKind.GATEWAY,
+                        paired=(scene.cameras[-1],),
+                    ),
+                )
         await self.publisher.send(frames, topics, payloads)
         return len(frames)
 

@@ -46,9 +46,19 @@ def command_size(scene: Scene, eid: str, event_type: str) -> int:
     """Bytes of a proximity command the engine would send for this trigger (with a
     signature's 64 bytes in place of the signature)."""
     now = time.time()
-    cmd = Command(aid="act-" + "0" * 24, eid=eid, src=scene.gateway, type=event_type, ets=now,
-                  pre=_PRE_ROLL_S, reason=ActivationReason.PROXIMITY, dist=2.0, ts=now,
-                  exp=now + 300.0, sig=bytes(64))  # fmt: skip
+    cmd = Command(
+        aid="act-" + "0" * 24,
+        eid=eid,
+        src=scene.gateway,
+        type=event_type,
+        ets=now,
+        pre=_PRE_ROLL_S,
+        reason=ActivationReason.PROXIMITY,
+        dist=2.0,
+        ts=now,
+        exp=now + 300.0,
+        sig=bytes(64),
+    )
     return len(encode(cmd))
 
 
@@ -179,8 +189,14 @@ class Probe:
             event = Event(eid=eid, type="taser_draw", ts=time.time())
             source = scene.cew
         else:  # the cruiser's gateway knows where it is
-            event = Event(eid=eid, type="emergency_lights", ts=time.time(), lat=scene.lat,
-                          lon=scene.lon, acc=3.0)  # fmt: skip
+            event = Event(
+                eid=eid,
+                type="emergency_lights",
+                ts=time.time(),
+                lat=scene.lat,
+                lon=scene.lon,
+                acc=3.0,
+            )
             source = scene.gateway
         payload = encode(event)
         self._trigger_sent[eid] = time.perf_counter()

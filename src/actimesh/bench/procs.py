@@ -121,8 +121,10 @@ class Worker:
                 await self.proc.stdin.drain()
                 reply = await fut
         except TimeoutError as exc:
-            raise BenchError(f"the {self.role} process did not answer {cmd!r} within "
-                             f"{timeout:g} s: {self.log_tail()}") from exc  # fmt: skip
+            raise BenchError(
+                f"the {self.role} process did not answer {cmd!r} within "
+                f"{timeout:g} s: {self.log_tail()}"
+            ) from exc
         finally:
             self._waiting.pop(ident, None)
         if not reply.get("ok"):

@@ -258,14 +258,23 @@ def plot(runs: Sequence[Mapping[str, Any]], path: Path) -> bool:
             body.set_alpha(0.55)
         for i, key in enumerate(("broker_two_hop", "trigger_to_command"), start=1):
             p99 = run[f"{key}_p99_ms"]
-            ax.annotate(f"p99 {p99:.2f}", (i, p99), xytext=(8, 0), textcoords="offset points",
-                        fontsize=8, va="center")  # fmt: skip
+            ax.annotate(
+                f"p99 {p99:.2f}",
+                (i, p99),
+                xytext=(8, 0),
+                textcoords="offset points",
+                fontsize=8,
+                va="center",
+            )
         ax.set_xticks([1, 2], labels)
         ax.set_yscale("log")
         ax.set_ylabel("latency at the receiving camera (ms)")
-        ax.set_title(f"{run['devices']:,} devices at {run['rate_hz']:g} Hz, "
-                     f"{run['triggers_per_s']:g} triggers/s\n"
-                     f"p99 ratio {run['p99_ratio_vs_broker']:.2f}", fontsize=10)  # fmt: skip
+        ax.set_title(
+            f"{run['devices']:,} devices at {run['rate_hz']:g} Hz, "
+            f"{run['triggers_per_s']:g} triggers/s\n"
+            f"p99 ratio {run['p99_ratio_vs_broker']:.2f}",
+            fontsize=10,
+        )
         ax.grid(axis="y", which="both", alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -125,8 +125,9 @@ class _Run:
         sent = 0
         with self.phases.phase("presence", s.devices) as update:
             for start in range(0, s.devices, _PRESENCE_CHUNK):
-                reply = await loadgen.call("presence", agency=AGENCY, start=start,
-                                           count=_PRESENCE_CHUNK)  # fmt: skip
+                reply = await loadgen.call(
+                    "presence", agency=AGENCY, start=start, count=_PRESENCE_CHUNK
+                )
                 sent += int(reply["sent"])
                 # Pace to the engine's control link (bounded queue): wait for it to catch up.
                 target = sent - _PRESENCE_CHUNK // 2
@@ -214,12 +215,12 @@ class _Run:
         engine = (await self.w["engine"].call("trace"))["stamps"]
         echo = (await self.w["echo"].call("trace"))["stamps"]
         self.out["trace"] = {
-            "engine": split({k: t for k, t in sent.items() if not k.startswith("#")},
-                            received, engine),
-            "echo": split({k: t for k, t in sent.items() if k.startswith("#")},
-                          received, echo),
+            "engine": split(
+                {k: t for k, t in sent.items() if not k.startswith("#")}, received, engine
+            ),
+            "echo": split({k: t for k, t in sent.items() if k.startswith("#")}, received, echo),
             "clock": "time.perf_counter() (CLOCK_MONOTONIC, one clock for the machine)",
-        }  # fmt: skip
+        }
 
     async def _stream_accounting(self, stream_s: float) -> None:
         """Once the stream has ended: was every telemetry message sent also indexed?"""
@@ -312,8 +313,10 @@ class _Run:
                 offered = broker_rate * (1.0 - 0.1 * step)
                 paced = await self._flood("engine", s.flood_messages, offered)
                 engine_runs.append({"offered": offered, **paced})
-                update(3 * s.flood_rounds, f"engine {paced['msgs_per_s']:,.0f}/s, "
-                                           f"lost {paced['lost']:,}")  # fmt: skip
+                update(
+                    3 * s.flood_rounds,
+                    f"engine {paced['msgs_per_s']:,.0f}/s, lost {paced['lost']:,}",
+                )
                 if paced["lost"] == 0:
                     break
         best = engine_runs[-1]
@@ -326,8 +329,11 @@ class _Run:
         self.out["ingest_ratio_vs_broker"] = ratio(best["msgs_per_s"], broker_rate)
         self.out["ingest_flat_out_msgs_per_s"] = flat["msgs_per_s"]
         self.out["ingest_flat_out_lost"] = flat["lost"]
-        self.out["floods"] = {"plain": plain_runs, "engine_flat_out": flat,
-                              "engine_paced": engine_runs}  # fmt: skip
+        self.out["floods"] = {
+            "plain": plain_runs,
+            "engine_flat_out": flat,
+            "engine_paced": engine_runs,
+        }
 
     async def search(self) -> None:
         """Binary search of the highest paced rate taken with nothing lost, per receiver."""
@@ -360,8 +366,9 @@ class _Run:
         with self.phases.phase("naive geopy scan vs grid", 1) as update:
             worker = await pool.spawn("naive", base)
             await worker.call("ping", timeout=120)
-            r = await worker.call("run", naive_queries=s.naive_queries,
-                                  grid_queries=s.grid_queries, timeout=900)  # fmt: skip
+            r = await worker.call(
+                "run", naive_queries=s.naive_queries, grid_queries=s.grid_queries, timeout=900
+            )
             update(1, f"{r['naive_scan_ratio']:,.0f}x")
             await worker.stop()
         self.out["index_query_p50_us"] = percentile(r["grid_us"], 50)
@@ -374,8 +381,9 @@ class _Run:
 
 def _provision(root: Path) -> dict[str, list[str]]:
     """Accounts on the benchmark's broker; ``[username, password file]`` per worker kind."""
-    provisioned = prepare_broker(root, AclPolicy(AGENCY, DispatchSettings().source_device),
-                                 loadgen=True)  # fmt: skip
+    provisioned = prepare_broker(
+        root, AclPolicy(AGENCY, DispatchSettings().source_device), loadgen=True
+    )
     secrets = root / SECRETS_DIR
     loadgen = secrets / f"{LOADGEN_ACCOUNT}.password"
     write_private(loadgen, provisioned.loadgen_login().password + "\n")
@@ -396,10 +404,17 @@ async def run_bench(s: BenchSettings, progress: Progress) -> dict[str, Any]:
         )
         lifetime = 3 * (s.duration_s + s.warmup_s) + s.devices / 500 + 1800
         base = {
-            "host": broker.host, "port": broker.port, "devices": s.devices, "seed": s.seed,
-            "agency": AGENCY, "echo_agency": ECHO_AGENCY, "plain_agency": PLAIN_AGENCY,
-            "lifetime_s": lifetime, "logins": logins, "trace": s.trace,
-        }  # fmt: skip
+            "host": broker.host,
+            "port": broker.port,
+            "devices": s.devices,
+            "seed": s.seed,
+            "agency": AGENCY,
+            "echo_agency": ECHO_AGENCY,
+            "plain_agency": PLAIN_AGENCY,
+            "lifetime_s": lifetime,
+            "logins": logins,
+            "trace": s.trace,
+        }
         async with broker, WorkerPool(root / "logs") as pool:
             spawned = await asyncio.gather(
                 pool.spawn("engine", {**base, "run_dir": str(root / "engine")}),

@@ -53,9 +53,13 @@ def _login(cfg: Config, who: str) -> Credentials | None:
 async def _engine(cfg: Config) -> None:
     async with Ledger(Path(cfg["run_dir"]) / "ledger.sqlite3") as ledger:  # it makes the folder
         eut = EngineUnderTest.build(
-            agency=cfg["agency"], host=cfg["host"], port=cfg["port"], ledger=ledger,
-            login=_login(cfg, "engine"), trace=bool(cfg.get("trace", False)),
-        )  # fmt: skip
+            agency=cfg["agency"],
+            host=cfg["host"],
+            port=cfg["port"],
+            ledger=ledger,
+            login=_login(cfg, "engine"),
+            trace=bool(cfg.get("trace", False)),
+        )
 
         async def stats(_: Config) -> Config:
             return eut.stats()
@@ -73,8 +77,9 @@ async def _engine(cfg: Config) -> None:
         async def trace(_: Config) -> Config:
             return {"stamps": eut.trace()}
 
-        rpc = Rpc({"stats": stats, "arm": arm, "collect": collect, "queries": queries,
-                   "trace": trace})  # fmt: skip
+        rpc = Rpc(
+            {"stats": stats, "arm": arm, "collect": collect, "queries": queries, "trace": trace}
+        )
         async with asyncio.TaskGroup() as tg:
             engine_task = tg.create_task(eut.engine.run(), name="bench-engine")
             async with asyncio.timeout(30):
@@ -116,8 +121,15 @@ async def _loadgen(cfg: Config) -> None:
         chunks = prepared.pop(agency, [])
         return await gen.flood(chunks, count, agency, None if rate is None else float(rate))
 
-    rpc = Rpc({"presence": presence, "stream": stream, "status": status, "prepare": prepare,
-               "flood": flood})  # fmt: skip
+    rpc = Rpc(
+        {
+            "presence": presence,
+            "stream": stream,
+            "status": status,
+            "prepare": prepare,
+            "flood": flood,
+        }
+    )
     try:
         await rpc.serve(lifetime_s=_lifetime(cfg))
     finally:
@@ -126,9 +138,16 @@ async def _loadgen(cfg: Config) -> None:
 
 async def _probe(cfg: Config) -> None:
     fleet = build_fleet(int(cfg["devices"]), int(cfg["seed"]))
-    probe = Probe(fleet, Topics(cfg["agency"]), Topics(cfg["echo_agency"]), cfg["host"],
-                  int(cfg["port"]), acks=bool(cfg.get("acks", True)),
-                  login=_login(cfg, "helpers"), trace=bool(cfg.get("trace", False)))  # fmt: skip
+    probe = Probe(
+        fleet,
+        Topics(cfg["agency"]),
+        Topics(cfg["echo_agency"]),
+        cfg["host"],
+        int(cfg["port"]),
+        acks=bool(cfg.get("acks", True)),
+        login=_login(cfg, "helpers"),
+        trace=bool(cfg.get("trace", False)),
+    )
     await probe.connect()
 
     async def run(args: Config) -> Config:
@@ -150,8 +169,14 @@ async def _probe(cfg: Config) -> None:
 
 async def _echo(cfg: Config) -> None:
     fleet = build_fleet(int(cfg["devices"]), int(cfg["seed"]))
-    echo = EchoClient(fleet, Topics(cfg["echo_agency"]), cfg["host"], int(cfg["port"]),
-                      _login(cfg, "helpers"), trace=bool(cfg.get("trace", False)))  # fmt: skip
+    echo = EchoClient(
+        fleet,
+        Topics(cfg["echo_agency"]),
+        cfg["host"],
+        int(cfg["port"]),
+        _login(cfg, "helpers"),
+        trace=bool(cfg.get("trace", False)),
+    )
     await echo.connect()
 
     async def stats(_: Config) -> Config:
@@ -171,8 +196,9 @@ async def _echo(cfg: Config) -> None:
 
 async def _plain(cfg: Config) -> None:
     topic = Topics(cfg["plain_agency"]).all_devices(DeviceChannel.TELEMETRY)
-    sub = await PlainSubscriber.connect(cfg["host"], int(cfg["port"]), topic,
-                                        login=_login(cfg, "helpers"))  # fmt: skip
+    sub = await PlainSubscriber.connect(
+        cfg["host"], int(cfg["port"]), topic, login=_login(cfg, "helpers")
+    )
 
     async def arm(args: Config) -> Config:
         sub.arm(int(args["expected"]))
@@ -192,8 +218,12 @@ async def _naive(cfg: Config) -> None:
     fleet = build_fleet(int(cfg["devices"]), int(cfg["seed"]))
 
     async def run(args: Config) -> Config:
-        return time_queries(fleet, int(cfg["seed"]), naive_queries=int(args["naive_queries"]),
-                            grid_queries=int(args["grid_queries"]))  # fmt: skip
+        return time_queries(
+            fleet,
+            int(cfg["seed"]),
+            naive_queries=int(args["naive_queries"]),
+            grid_queries=int(args["grid_queries"]),
+        )
 
     await Rpc({"run": run}).serve(lifetime_s=_lifetime(cfg))
 

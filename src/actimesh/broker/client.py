@@ -112,8 +112,9 @@ class TlsSettings:
         except FileNotFoundError as exc:
             raise ConfigError(f"TLS file {exc.filename} does not exist: check the path") from exc
         except (ssl.SSLError, OSError) as exc:
-            raise ConfigError(f"TLS files cannot be used ({exc}): check ca_file, cert_file "
-                              "and key_file") from exc  # fmt: skip
+            raise ConfigError(
+                f"TLS files cannot be used ({exc}): check ca_file, cert_file and key_file"
+            ) from exc
         return ctx
 
 
@@ -181,9 +182,12 @@ async def wait_for_connection(
 
 
 def with_access(
-    settings: LinkSettings, *, username: str | None = None, password: str | None = None,
+    settings: LinkSettings,
+    *,
+    username: str | None = None,
+    password: str | None = None,
     tls: TlsSettings | None = None,
-) -> LinkSettings:  # fmt: skip
+) -> LinkSettings:
     """``settings`` with the given credentials and TLS (None leaves a field as it is)."""
     changes: dict[str, Any] = {}
     if username is not None:
@@ -539,9 +543,12 @@ class MqttLink:
         await wait_for_connection(self._connected, self.settings, self.stats, timeout)
 
     def reconfigure(
-        self, *, username: str | None = None, password: str | None = None,
+        self,
+        *,
+        username: str | None = None,
+        password: str | None = None,
         tls: TlsSettings | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         """Credentials or TLS for the next connection (given values only).
 
         For components that build their links themselves from host and port: whoever

@@ -225,9 +225,12 @@ class StreamSubscriber:
         await wait_for_connection(self._connected, self.settings, self.stats, timeout)
 
     def reconfigure(
-        self, *, username: str | None = None, password: str | None = None,
+        self,
+        *,
+        username: str | None = None,
+        password: str | None = None,
         tls: TlsSettings | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         """Credentials or TLS for the next connection (see :meth:`MqttLink.reconfigure
         <actimesh.broker.client.MqttLink.reconfigure>`)."""
         self.settings = with_access(self.settings, username=username, password=password, tls=tls)
@@ -262,9 +265,12 @@ class StreamSubscriber:
         tls: ssl.SSLContext | None = None if s.tls is None else s.tls.context()
         async with asyncio.timeout(s.timeout_s):
             transport, conn = await loop.create_connection(
-                lambda: _Connection(self), s.host, s.port, ssl=tls,
+                lambda: _Connection(self),
+                s.host,
+                s.port,
+                ssl=tls,
                 server_hostname=s.host if tls is not None else None,
-            )  # fmt: skip
+            )
         try:
             transport.write(
                 wire.connect_packet(
@@ -278,8 +284,9 @@ class StreamSubscriber:
             async with asyncio.timeout(s.timeout_s):
                 reason = await conn.connack
             if reason != 0:
-                raise BrokerError(f"{s.client_id}: the broker refused the connection "
-                                  f"(reason 0x{reason:02x})")  # fmt: skip
+                raise BrokerError(
+                    f"{s.client_id}: the broker refused the connection (reason 0x{reason:02x})"
+                )
             filters = tuple(sub.topic for sub in s.subscriptions)
             transport.write(wire.subscribe_packet(1, filters, 0))
             async with asyncio.timeout(s.timeout_s):
@@ -335,7 +342,11 @@ class StreamSubscriber:
                 await self._handler(batch)
             except Exception:  # one bad batch must not stop the intake (not CancelledError)
                 self.stats.handler_errors += 1
-                log.exception("%s: handler failed on a batch of %d (first topic %r)",
-                              self.settings.client_id, count, batch[0][0][:128])  # fmt: skip
+                log.exception(
+                    "%s: handler failed on a batch of %d (first topic %r)",
+                    self.settings.client_id,
+                    count,
+                    batch[0][0][:128],
+                )
             # Let the control link and timers in between batches.
             await asyncio.sleep(0)

@@ -662,8 +662,10 @@ class ManagedMosquitto:
             return False
 
     def _reload_failed(self, what: str) -> BrokerError:
-        return BrokerError(f"mosquitto did not {what} within {self.start_timeout_s:g} s: "
-                           f"see {self.config.log_path}")  # fmt: skip
+        return BrokerError(
+            f"mosquitto did not {what} within {self.start_timeout_s:g} s: "
+            f"see {self.config.log_path}"
+        )
 
     def reload(self) -> None:
         """Apply the current password file and ACL without a restart (SIGHUP).

@@ -378,8 +378,9 @@ class DeviceAgent:
             try:
                 await self.link.publish(self.topics.event(self.device_id), payload, qos=1)
             except BrokerError as exc:
-                log.warning("%s: event %s not sent yet (%s); will retry", self.device_id,
-                            event.eid, exc)  # fmt: skip
+                log.warning(
+                    "%s: event %s not sent yet (%s); will retry", self.device_id, event.eid, exc
+                )
         self.stats.events_sent += 1
         return event
 
@@ -455,8 +456,15 @@ class DeviceAgent:
 
         def commit() -> ActivationResult:
             camera.advance(now)
-            return camera.activate(aid=aid, eid=eid, event_type=event_type, source=source,
-                                   event_ts=event_ts, pre_roll_s=pre_roll_s, now=now)  # fmt: skip
+            return camera.activate(
+                aid=aid,
+                eid=eid,
+                event_type=event_type,
+                source=source,
+                event_ts=event_ts,
+                pre_roll_s=pre_roll_s,
+                now=now,
+            )
 
         async with self._lock:
             return await asyncio.to_thread(commit)
@@ -479,16 +487,35 @@ class DeviceAgent:
             return  # a repeat
         if confirmation.status is ConfirmStatus.REJECTED:
             self.stats.events_rejected += 1
-            log.error("%s: engine refused event %s: %s", self.device_id, confirmation.eid,
-                      confirmation.detail)  # fmt: skip
+            log.error(
+                "%s: engine refused event %s: %s",
+                self.device_id,
+                confirmation.eid,
+                confirmation.detail,
+            )
         else:
             self.stats.events_confirmed += 1
 
-    async def _ack(self, aid: str, status: AckStatus, pre_cov: float = 0.0, *,
-                   rec: str | None = None, detail: str | None = None, by: str | None = None,
-                   ts: float | None = None) -> None:  # fmt: skip
-        ack = Ack(aid=aid, status=status, pre_cov=pre_cov, rec=rec,
-                  ts=self.clock() if ts is None else ts, detail=detail, by=by)  # fmt: skip
+    async def _ack(
+        self,
+        aid: str,
+        status: AckStatus,
+        pre_cov: float = 0.0,
+        *,
+        rec: str | None = None,
+        detail: str | None = None,
+        by: str | None = None,
+        ts: float | None = None,
+    ) -> None:
+        ack = Ack(
+            aid=aid,
+            status=status,
+            pre_cov=pre_cov,
+            rec=rec,
+            ts=self.clock() if ts is None else ts,
+            detail=detail,
+            by=by,
+        )
         try:
             await self.link.publish(self.topics.ack(self.device_id), encode(ack), qos=1)
         except BrokerError as exc:
@@ -530,20 +557,31 @@ class DeviceAgent:
                 # The camera refused because the officer had cancelled this event here
                 # (the local link started it first): that is the camera's final answer to
                 # this activation too, not a failure to record.
-                await self._ack(command.aid, AckStatus.CANCELLED, rec=cancelled.recording_id,
-                                detail=_CANCELLED_DETAIL, by=cancelled.by,
-                                ts=cancelled.at)  # fmt: skip
+                await self._ack(
+                    command.aid,
+                    AckStatus.CANCELLED,
+                    rec=cancelled.recording_id,
+                    detail=_CANCELLED_DETAIL,
+                    by=cancelled.by,
+                    ts=cancelled.at,
+                )
                 return
-            await self._ack(command.aid, result.status, result.pre_roll_covered_s,
-                            rec=result.recording_id, detail=result.detail)  # fmt: skip
+            await self._ack(
+                command.aid,
+                result.status,
+                result.pre_roll_covered_s,
+                rec=result.recording_id,
+                detail=result.detail,
+            )
 
     def _verify(self, command: Command, now: float) -> PayloadError | None:
         """Why ``command`` must be refused, or None if it is the engine's, for this camera."""
         if self.verifier is None:
             return PayloadError("no_engine_key", "this camera has no engine public key")
         try:
-            self.verifier.verify(command, agency=self.topics.agency, device_id=self.device_id,
-                                 now=now)  # fmt: skip
+            self.verifier.verify(
+                command, agency=self.topics.agency, device_id=self.device_id, now=now
+            )
         except PayloadError as exc:
             return exc
         return None
@@ -598,14 +636,24 @@ class DeviceAgent:
                 self._cancelled.move_to_end(activation.eid)
             while len(self._cancelled) > _REMEMBER_CANCELLED:
                 self._cancelled.popitem(last=False)
-            log.info("%s: %s cancelled recording %s as a false activation", self.device_id, by,
-                     result.recording_id)  # fmt: skip
+            log.info(
+                "%s: %s cancelled recording %s as a false activation",
+                self.device_id,
+                by,
+                result.recording_id,
+            )
             for activation in attached:
                 if activation.aid == _local_aid(activation.eid):
                     continue  # the local link's own: the engine never heard of it
-                ack = Ack(aid=activation.aid, status=AckStatus.CANCELLED,
-                          pre_cov=activation.pre_roll_covered_s, rec=result.recording_id,
-                          ts=now, detail=_CANCELLED_DETAIL, by=by)  # fmt: skip
+                ack = Ack(
+                    aid=activation.aid,
+                    status=AckStatus.CANCELLED,
+                    pre_cov=activation.pre_roll_covered_s,
+                    rec=result.recording_id,
+                    ts=now,
+                    detail=_CANCELLED_DETAIL,
+                    by=by,
+                )
                 self._unsent_cancels[activation.aid] = encode(ack)
                 while len(self._unsent_cancels) > _REMEMBER_CANCELLED:
                     _, lost = self._unsent_cancels.popitem(last=False)
@@ -624,8 +672,12 @@ class DeviceAgent:
             try:
                 await self.link.publish(topic, payload, qos=1)
             except BrokerError as exc:
-                log.warning("%s: cancelled answer for %s not sent yet (%s); will retry",
-                            self.device_id, aid, exc)  # fmt: skip
+                log.warning(
+                    "%s: cancelled answer for %s not sent yet (%s); will retry",
+                    self.device_id,
+                    aid,
+                    exc,
+                )
                 return
             self._unsent_cancels.pop(aid, None)
 
@@ -644,9 +696,16 @@ def _unreadable(payload: bytes, exc: PayloadError) -> tuple[str | None, PayloadE
         return None, exc
     try:
         obj = msgpack.unpackb(
-            payload, raw=False, use_list=False, strict_map_key=True, max_str_len=len(payload),
-            max_bin_len=len(payload), max_array_len=256, max_map_len=256, max_ext_len=0,
-        )  # fmt: skip
+            payload,
+            raw=False,
+            use_list=False,
+            strict_map_key=True,
+            max_str_len=len(payload),
+            max_bin_len=len(payload),
+            max_array_len=256,
+            max_map_len=256,
+            max_ext_len=0,
+        )
     except (ValueError, TypeError, msgpack.UnpackException, RecursionError):
         return None, exc
     if not isinstance(obj, dict):

@@ -97,9 +97,15 @@ _INK, _PAPER = 235, 16  # video-range white and black
 # 75% colour bars as BT.601 video-range (Y, U, V): white, yellow, cyan, green, magenta,
 # red, blue, black.
 _BARS = (
-    (180, 128, 128), (168, 44, 136), (145, 147, 44), (133, 63, 52),
-    (63, 193, 204), (51, 109, 212), (28, 212, 120), (16, 128, 128),
-)  # fmt: skip
+    (180, 128, 128),
+    (168, 44, 136),
+    (145, 147, 44),
+    (133, 63, 52),
+    (63, 193, 204),
+    (51, 109, 212),
+    (28, 212, 120),
+    (16, 128, 128),
+)
 
 
 def caption_time(t: float) -> str:

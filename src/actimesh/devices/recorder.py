@@ -349,19 +349,32 @@ class Recording:
     def _segment_entries(self) -> list[dict[str, Any]]:
         if self.media_path is None:
             return [
-                {"seq": s.seq, "start": s.start, "end": s.end, "file": segment_file_name(s.seq),
-                 "sha256": s.sha256, "bytes": s.size}
+                {
+                    "seq": s.seq,
+                    "start": s.start,
+                    "end": s.end,
+                    "file": segment_file_name(s.seq),
+                    "sha256": s.sha256,
+                    "bytes": s.size,
+                }
                 for s in self._segments
-            ]  # fmt: skip
+            ]
         name, offsets = (
             self.media_path.name,
             itertools.accumulate((s.size for s in self._segments), initial=0),
         )
         return [
-            {"seq": s.seq, "start": s.start, "end": s.end, "file": name, "offset": offset,
-             "sha256": s.sha256, "bytes": s.size}
+            {
+                "seq": s.seq,
+                "start": s.start,
+                "end": s.end,
+                "file": name,
+                "offset": offset,
+                "sha256": s.sha256,
+                "bytes": s.size,
+            }
             for s, offset in zip(self._segments, offsets, strict=False)
-        ]  # fmt: skip
+        ]
 
     # ------------------------------------------------------------------ writing
     def append(self, seg: Segment) -> None:

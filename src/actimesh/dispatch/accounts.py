@@ -122,8 +122,15 @@ def _password_bytes(password: str) -> bytes:
 def hash_password(password: str) -> str:
     """``scrypt$N$r$p$salt$key`` (base64). Slow on purpose: call it off the event loop."""
     salt = secrets.token_bytes(_SALT_BYTES)
-    key = hashlib.scrypt(_password_bytes(password), salt=salt, n=_SCRYPT_N, r=_SCRYPT_R,
-                         p=_SCRYPT_P, maxmem=_SCRYPT_MAXMEM, dklen=_KEY_BYTES)  # fmt: skip
+    key = hashlib.scrypt(
+        _password_bytes(password),
+        salt=salt,
+        n=_SCRYPT_N,
+        r=_SCRYPT_R,
+        p=_SCRYPT_P,
+        maxmem=_SCRYPT_MAXMEM,
+        dklen=_KEY_BYTES,
+    )
     return f"scrypt${_SCRYPT_N}${_SCRYPT_R}${_SCRYPT_P}${_b64(salt)}${_b64(key)}"
 
 
@@ -139,9 +146,15 @@ def verify_password(password: str, encoded: str) -> bool:
     if scheme != "scrypt" or not (1 < n <= _SCRYPT_MAX_N and 0 < r <= 32 and 0 < p <= 16):
         return False
     try:
-        key = hashlib.scrypt(_password_bytes(password), salt=salt, n=n, r=r, p=p,
-                             maxmem=max(_SCRYPT_MAXMEM, 256 * n * r),
-                             dklen=len(expected))  # fmt: skip
+        key = hashlib.scrypt(
+            _password_bytes(password),
+            salt=salt,
+            n=n,
+            r=r,
+            p=p,
+            maxmem=max(_SCRYPT_MAXMEM, 256 * n * r),
+            dklen=len(expected),
+        )
     except ValueError:
         return False
     return hmac.compare_digest(key, expected)
@@ -156,9 +169,10 @@ def check_password_rules(password: str) -> None:
     """Raise :class:`AccountError` if ``password`` is too short, too long or not text."""
     if len(password) < MIN_PASSWORD:
         raise AccountError(
-            "invalid", f"the password must have at least {MIN_PASSWORD} characters; "
-            "leave it out to get a generated one"
-        )  # fmt: skip
+            "invalid",
+            f"the password must have at least {MIN_PASSWORD} characters; "
+            "leave it out to get a generated one",
+        )
     if len(password) > MAX_PASSWORD:
         raise AccountError("invalid", f"the password must have at most {MAX_PASSWORD} characters")
     if not password.isprintable():
@@ -169,9 +183,10 @@ def check_name(what: str, name: str) -> str:
     """``name`` if it is a valid user or token name, else :class:`AccountError`."""
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise AccountError(
-            "invalid", f"{what} {name!r} must be 1 to 64 lowercase letters, digits, '.', '_', "
-            "'-' or '@', starting with a letter or digit"
-        )  # fmt: skip
+            "invalid",
+            f"{what} {name!r} must be 1 to 64 lowercase letters, digits, '.', '_', "
+            "'-' or '@', starting with a letter or digit",
+        )
     return name
 
 
@@ -196,9 +211,14 @@ class User:
         return self.disabled_ts is not None
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "role": self.role.value, "created_ts": self.created_ts,
-                "password_ts": self.password_ts, "disabled": self.disabled,
-                "disabled_ts": self.disabled_ts}  # fmt: skip
+        return {
+            "name": self.name,
+            "role": self.role.value,
+            "created_ts": self.created_ts,
+            "password_ts": self.password_ts,
+            "disabled": self.disabled,
+            "disabled_ts": self.disabled_ts,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,11 +244,18 @@ class Token:
         return "active"
 
     def to_json(self, now: float) -> dict[str, Any]:
-        return {"id": self.id, "name": self.name, "role": self.role.value,
-                "telemetry": self.telemetry, "created_ts": self.created_ts,
-                "created_by": self.created_by, "expires_ts": self.expires_ts,
-                "revoked_ts": self.revoked_ts, "last_used_ts": self.last_used_ts,
-                "state": self.state(now)}  # fmt: skip
+        return {
+            "id": self.id,
+            "name": self.name,
+            "role": self.role.value,
+            "telemetry": self.telemetry,
+            "created_ts": self.created_ts,
+            "created_by": self.created_by,
+            "expires_ts": self.expires_ts,
+            "revoked_ts": self.revoked_ts,
+            "last_used_ts": self.last_used_ts,
+            "state": self.state(now),
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,8 +319,7 @@ def _user(row: Sequence[Any]) -> User:
 
 
 def _token(row: Sequence[Any]) -> Token:
-    return Token(row[0], row[1], Role(row[2]), bool(row[3]), row[4], row[5], row[6], row[7],
-                 row[8])  # fmt: skip
+    return Token(row[0], row[1], Role(row[2]), bool(row[3]), row[4], row[5], row[6], row[7], row[8])
 
 
 class AccountStore(SqliteStore):
@@ -373,9 +399,10 @@ class AccountStore(SqliteStore):
     def _keep_an_admin(self, user: User, what: str) -> None:
         if user.role is Role.ADMIN and not user.disabled and self._enabled_admins() <= 1:
             raise AccountError(
-                "last_admin", f"cannot {what} {user.name!r}: it is the only enabled admin; "
-                "add another admin first"
-            )  # fmt: skip
+                "last_admin",
+                f"cannot {what} {user.name!r}: it is the only enabled admin; "
+                "add another admin first",
+            )
 
     async def add_user(
         self, name: str, role: Role, password: str | None = None
@@ -384,9 +411,10 @@ class AccountStore(SqliteStore):
         check_name("user name", name)
         if role not in USER_ROLES:
             raise AccountError(
-                "invalid", f"a user's role is dispatcher or admin, not {role}; integrators "
-                "use API tokens (`actimesh tokens create --role integrator`)"
-            )  # fmt: skip
+                "invalid",
+                f"a user's role is dispatcher or admin, not {role}; integrators "
+                "use API tokens (`actimesh tokens create --role integrator`)",
+            )
         generated = None
         if password is None:
             password = generated = generate_password()
@@ -397,8 +425,10 @@ class AccountStore(SqliteStore):
         def add() -> User:
             if self._get_user(name) is not None:
                 raise AccountError("exists", f"user {name!r} already exists")
-            self._tx("INSERT INTO users VALUES (?, ?, ?, ?, ?, NULL)",
-                     (name, role.value, encoded, now, now))  # fmt: skip
+            self._tx(
+                "INSERT INTO users VALUES (?, ?, ?, ?, ?, NULL)",
+                (name, role.value, encoded, now, now),
+            )
             return User(name, role, now, now)
 
         user: User = await self._thread.run(lambda: self._write(add))
@@ -428,8 +458,10 @@ class AccountStore(SqliteStore):
             user = self._known_user(name)
             if disabled:
                 self._keep_an_admin(user, "disable")
-                self._tx("UPDATE users SET disabled_ts = coalesce(disabled_ts, ?) WHERE name = ?",
-                         (now, name))  # fmt: skip
+                self._tx(
+                    "UPDATE users SET disabled_ts = coalesce(disabled_ts, ?) WHERE name = ?",
+                    (now, name),
+                )
                 self._tx("DELETE FROM sessions WHERE user = ?", (name,))
             else:
                 self._tx("UPDATE users SET disabled_ts = NULL WHERE name = ?", (name,))
@@ -462,8 +494,10 @@ class AccountStore(SqliteStore):
 
         def change() -> None:
             self._known_user(name)
-            self._tx("UPDATE users SET password = ?, password_ts = ? WHERE name = ?",
-                     (encoded, now, name))  # fmt: skip
+            self._tx(
+                "UPDATE users SET password = ?, password_ts = ? WHERE name = ?",
+                (encoded, now, name),
+            )
             self._tx("DELETE FROM sessions WHERE user = ?", (name,))
 
         await self._thread.run(lambda: self._write(change))
@@ -502,9 +536,9 @@ class AccountStore(SqliteStore):
             ).fetchone()
             if taken is not None:
                 raise AccountError(
-                    "exists", f"an active token is already named {name!r}; revoke it or "
-                    "choose another name"
-                )  # fmt: skip
+                    "exists",
+                    f"an active token is already named {name!r}; revoke it or choose another name",
+                )
             while True:
                 secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
                 token_id = secret[: len(TOKEN_PREFIX) + _TOKEN_ID_CHARS]
@@ -513,9 +547,17 @@ class AccountStore(SqliteStore):
             expires = None if expires_s is None else now + expires_s
             self._tx(
                 "INSERT INTO tokens VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL)",
-                (token_id, sha256_hex(secret), name, role.value, int(telemetry), now,
-                 created_by, expires),
-            )  # fmt: skip
+                (
+                    token_id,
+                    sha256_hex(secret),
+                    name,
+                    role.value,
+                    int(telemetry),
+                    now,
+                    created_by,
+                    expires,
+                ),
+            )
             token = Token(token_id, name, role, telemetry, now, created_by, expires)
             return IssuedToken(token, secret)
 
@@ -544,10 +586,11 @@ class AccountStore(SqliteStore):
             if len(rows) > 1:
                 raise AccountError("invalid", f"{key!r} names several tokens; give the token id")
             token = _token(rows[0])
-            self._tx("UPDATE tokens SET revoked_ts = coalesce(revoked_ts, ?) WHERE id = ?",
-                     (now, token.id))  # fmt: skip
-            found = self._tx(f"{_SELECT_TOKENS} WHERE id = ?",
-                             (token.id,)).fetchone()  # fmt: skip
+            self._tx(
+                "UPDATE tokens SET revoked_ts = coalesce(revoked_ts, ?) WHERE id = ?",
+                (now, token.id),
+            )
+            found = self._tx(f"{_SELECT_TOKENS} WHERE id = ?", (token.id,)).fetchone()
             return _token(found)
 
         token: Token = await self._thread.run(lambda: self._write(revoke))
@@ -588,8 +631,9 @@ class AccountStore(SqliteStore):
                 "DELETE FROM sessions WHERE last_seen_ts < ? OR created_ts < ?",
                 (now - self.session_idle_s, now - self.session_max_s),
             )
-            self._tx("INSERT INTO sessions VALUES (?, ?, ?, ?, ?)",
-                     (key, user.name, now, now, client))  # fmt: skip
+            self._tx(
+                "INSERT INTO sessions VALUES (?, ?, ?, ?, ?)", (key, user.name, now, now, client)
+            )
             return Session(key, user, now, now, client)
 
         session: Session = await self._thread.run(lambda: self._write(create))

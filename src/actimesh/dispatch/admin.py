@@ -119,45 +119,79 @@ def add_account_routes(app: FastAPI, auth: Authenticator) -> None:  # noqa: PLR0
         principal = principal_of(request)
         return SessionOut(authenticated=False) if principal is None else session_out(principal)
 
-    @app.delete("/api/v1/session", status_code=204, responses=_ERRORS, tags=["session"],
-                dependencies=[Depends(anyone)])  # fmt: skip
+    @app.delete(
+        "/api/v1/session",
+        status_code=204,
+        responses=_ERRORS,
+        tags=["session"],
+        dependencies=[Depends(anyone)],
+    )
     async def logout(request: Request, principal: Caller) -> Response:
         """Log out: the session ends on the server and the cookie is cleared."""
         if principal.via != "session":
             raise HTTPException(
-                400, "an API token is not a session: an admin revokes it (DELETE "
-                "/api/v1/tokens/{id} or `actimesh tokens revoke`)"
-            )  # fmt: skip
+                400,
+                "an API token is not a session: an admin revokes it (DELETE "
+                "/api/v1/tokens/{id} or `actimesh tokens revoke`)",
+            )
         await auth.logout(request, principal)
         return Response(status_code=204, headers={"Set-Cookie": auth.clear_cookie(request)})
 
     # ------------------------------------------------------------------ users
-    @app.get("/api/v1/users", response_model=list[UserOut], responses=_ERRORS,
-             tags=["accounts"], dependencies=[Depends(admin)])  # fmt: skip
+    @app.get(
+        "/api/v1/users",
+        response_model=list[UserOut],
+        responses=_ERRORS,
+        tags=["accounts"],
+        dependencies=[Depends(admin)],
+    )
     async def users() -> list[dict[str, Any]]:
         return [u.to_json() for u in await store.users()]
 
-    @app.post("/api/v1/users", status_code=201, response_model=UserCreated,
-              responses=_ERRORS, tags=["accounts"], dependencies=[Depends(admin)])  # fmt: skip
+    @app.post(
+        "/api/v1/users",
+        status_code=201,
+        response_model=UserCreated,
+        responses=_ERRORS,
+        tags=["accounts"],
+        dependencies=[Depends(admin)],
+    )
     async def add_user(request: Request, body: UserCreate, principal: Caller) -> dict[str, Any]:
         """Add a user who logs in to the map. Without a password, one is generated and
         returned once."""
-        async with auth.change(request, principal, "user.add", AuditEvent.ACCOUNT_CHANGE,
-                               target=body.name, target_role=body.role):  # fmt: skip
+        async with auth.change(
+            request,
+            principal,
+            "user.add",
+            AuditEvent.ACCOUNT_CHANGE,
+            target=body.name,
+            target_role=body.role,
+        ):
             with _as_http():
                 user, generated = await store.add_user(body.name, Role(body.role), body.password)
         return user.to_json() | {"password": generated}
 
-    @app.patch("/api/v1/users/{name}", response_model=UserCreated, responses=_ERRORS,
-               tags=["accounts"], dependencies=[Depends(admin)])  # fmt: skip
+    @app.patch(
+        "/api/v1/users/{name}",
+        response_model=UserCreated,
+        responses=_ERRORS,
+        tags=["accounts"],
+        dependencies=[Depends(admin)],
+    )
     async def update_user(
         request: Request, name: str, body: UserUpdate, principal: Caller
     ) -> dict[str, Any]:
         """Disable or enable a user (disabling ends their sessions), or reset their
         password (the new one is returned once)."""
         changes = body.model_dump(exclude_defaults=True)
-        async with auth.change(request, principal, "user.update", AuditEvent.ACCOUNT_CHANGE,
-                               target=name, changes=changes):  # fmt: skip
+        async with auth.change(
+            request,
+            principal,
+            "user.update",
+            AuditEvent.ACCOUNT_CHANGE,
+            target=name,
+            changes=changes,
+        ):
             with _as_http():
                 generated = None
                 if body.reset_password:
@@ -169,48 +203,80 @@ def add_account_routes(app: FastAPI, auth: Authenticator) -> None:  # noqa: PLR0
                     raise AccountError("unknown", f"no user {name!r}")
         return found.to_json() | {"password": generated}
 
-    @app.delete("/api/v1/users/{name}", status_code=204, responses=_ERRORS,
-                tags=["accounts"], dependencies=[Depends(admin)])  # fmt: skip
+    @app.delete(
+        "/api/v1/users/{name}",
+        status_code=204,
+        responses=_ERRORS,
+        tags=["accounts"],
+        dependencies=[Depends(admin)],
+    )
     async def remove_user(request: Request, name: str, principal: Caller) -> Response:
         """Remove a user; their sessions end."""
-        async with auth.change(request, principal, "user.remove", AuditEvent.ACCOUNT_CHANGE,
-                               target=name):  # fmt: skip
+        async with auth.change(
+            request, principal, "user.remove", AuditEvent.ACCOUNT_CHANGE, target=name
+        ):
             with _as_http():
                 await store.remove_user(name)
         return Response(status_code=204)
 
     # ------------------------------------------------------------------ tokens
-    @app.get("/api/v1/tokens", response_model=list[TokenOut], responses=_ERRORS,
-             tags=["accounts"], dependencies=[Depends(admin)])  # fmt: skip
+    @app.get(
+        "/api/v1/tokens",
+        response_model=list[TokenOut],
+        responses=_ERRORS,
+        tags=["accounts"],
+        dependencies=[Depends(admin)],
+    )
     async def tokens() -> list[dict[str, Any]]:
         now = auth.clock()
         return [t.to_json(now) for t in await store.tokens()]
 
-    @app.post("/api/v1/tokens", status_code=201, response_model=TokenCreated,
-              responses=_ERRORS, tags=["accounts"], dependencies=[Depends(admin)])  # fmt: skip
+    @app.post(
+        "/api/v1/tokens",
+        status_code=201,
+        response_model=TokenCreated,
+        responses=_ERRORS,
+        tags=["accounts"],
+        dependencies=[Depends(admin)],
+    )
     async def create_token(
         request: Request, body: TokenCreate, principal: Caller
     ) -> dict[str, Any]:
         """Issue an API token; the response carries it, once."""
         expires_s = None if body.expires_days is None else body.expires_days * 86_400.0
-        async with auth.change(request, principal, "token.create", AuditEvent.ACCOUNT_CHANGE,
-                               target=body.name, target_role=body.role,
-                               telemetry=body.telemetry,
-                               expires_days=body.expires_days) as record:  # fmt: skip
+        async with auth.change(
+            request,
+            principal,
+            "token.create",
+            AuditEvent.ACCOUNT_CHANGE,
+            target=body.name,
+            target_role=body.role,
+            telemetry=body.telemetry,
+            expires_days=body.expires_days,
+        ) as record:
             with _as_http():
                 issued = await store.create_token(
-                    body.name, Role(body.role), created_by=principal.actor,
-                    telemetry=body.telemetry, expires_s=expires_s,
-                )  # fmt: skip
+                    body.name,
+                    Role(body.role),
+                    created_by=principal.actor,
+                    telemetry=body.telemetry,
+                    expires_s=expires_s,
+                )
             record["token"] = issued.token.id
         return issued.token.to_json(auth.clock()) | {"token": issued.secret}
 
-    @app.delete("/api/v1/tokens/{token_id}", response_model=TokenOut, responses=_ERRORS,
-                tags=["accounts"], dependencies=[Depends(admin)])  # fmt: skip
+    @app.delete(
+        "/api/v1/tokens/{token_id}",
+        response_model=TokenOut,
+        responses=_ERRORS,
+        tags=["accounts"],
+        dependencies=[Depends(admin)],
+    )
     async def revoke_token(request: Request, token_id: str, principal: Caller) -> dict[str, Any]:
         """Revoke a token (by id or active name): refused from the next request on."""
-        async with auth.change(request, principal, "token.revoke", AuditEvent.ACCOUNT_CHANGE,
-                               target=token_id) as record:  # fmt: skip
+        async with auth.change(
+            request, principal, "token.revoke", AuditEvent.ACCOUNT_CHANGE, target=token_id
+        ) as record:
             with _as_http():
                 token = await store.revoke_token(token_id)
             record["token"] = token.id

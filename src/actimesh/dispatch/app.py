@@ -301,8 +301,9 @@ def create_app(ctx: AppContext) -> FastAPI:  # noqa: PLR0915 - one route table, 
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code,
-                            headers=exc.headers)  # fmt: skip
+        return JSONResponse(
+            {"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers
+        )
 
     @app.exception_handler(ActimeshError)
     async def _unavailable(_: Request, exc: ActimeshError) -> JSONResponse:
@@ -431,8 +432,12 @@ def create_app(ctx: AppContext) -> FastAPI:  # noqa: PLR0915 - one route table, 
         )
 
     # ------------------------------------------------------------------ health
-    @app.get("/api/v1/health", response_model=Health, responses={503: {"model": Health}},
-             response_model_exclude_none=True)  # fmt: skip
+    @app.get(
+        "/api/v1/health",
+        response_model=Health,
+        responses={503: {"model": Health}},
+        response_model_exclude_none=True,
+    )
     async def health(request: Request, response: Response) -> Health:
         """``ok``, or ``degraded`` (HTTP 503) with the reasons. Open to anyone (load
         balancers); agency, engines, counts and backlog only for authenticated callers."""
@@ -451,8 +456,9 @@ def create_app(ctx: AppContext) -> FastAPI:  # noqa: PLR0915 - one route table, 
         if reasons:
             response.status_code = 503
         if principal_of(request) is None:
-            return Health(status="degraded" if reasons else "ok", reasons=reasons,
-                          version=__version__)  # fmt: skip
+            return Health(
+                status="degraded" if reasons else "ok", reasons=reasons, version=__version__
+            )
         return Health(
             status="degraded" if reasons else "ok",
             reasons=reasons,
@@ -470,8 +476,12 @@ def create_app(ctx: AppContext) -> FastAPI:  # noqa: PLR0915 - one route table, 
         return Response(ctx.metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
     # ------------------------------------------------------------------ devices
-    @app.get("/api/v1/devices", response_model=list[DeviceOut], responses=_ERRORS,
-             dependencies=[Depends(telemetry)])  # fmt: skip
+    @app.get(
+        "/api/v1/devices",
+        response_model=list[DeviceOut],
+        responses=_ERRORS,
+        dependencies=[Depends(telemetry)],
+    )
     async def devices(
         kind: str | None = None,
         unit: str | None = None,
@@ -487,8 +497,12 @@ def create_app(ctx: AppContext) -> FastAPI:  # noqa: PLR0915 - one route table, 
             and (status is None or d.status.value == status)
         ]
 
-    @app.get("/api/v1/devices/{device_id}", response_model=DeviceOut, responses=_ERRORS,
-             dependencies=[Depends(telemetry)])  # fmt: skip
+    @app.get(
+        "/api/v1/devices/{device_id}",
+        response_model=DeviceOut,
+        responses=_ERRORS,
+        dependencies=[Depends(telemetry)],
+    )
     async def device(device_id: str) -> dict[str, Any]:
         found = ctx.state.devices.get(device_id)
         if found is None:
@@ -496,8 +510,12 @@ def create_app(ctx: AppContext) -> FastAPI:  # noqa: PLR0915 - one route table, 
         return found.to_json(ctx.clock(), ctx.max_fix_age_s)
 
     # ------------------------------------------------------------------ activations
-    @app.get("/api/v1/activations", response_model=ActivationPage, responses=_ERRORS,
-             dependencies=[Depends(read)])  # fmt: skip
+    @app.get(
+        "/api/v1/activations",
+        response_model=ActivationPage,
+        responses=_ERRORS,
+        dependencies=[Depends(read)],
+    )
     async def activations(
         *,
         since: Annotated[str | None, Query(description="UNIX seconds or ISO 8601")] = None,
@@ -549,8 +567,12 @@ def create_app(ctx: AppContext) -> FastAPI:  # noqa: PLR0915 - one route table, 
         next_cursor = f"{items[-1].event_ts!r}_{items[-1].aid}" if more and items else None
         return ActivationPage(items=items, next_cursor=next_cursor)
 
-    @app.get("/api/v1/activations/{aid}", response_model=ActivationDetail, responses=_ERRORS,
-             dependencies=[Depends(read)])  # fmt: skip
+    @app.get(
+        "/api/v1/activations/{aid}",
+        response_model=ActivationDetail,
+        responses=_ERRORS,
+        dependencies=[Depends(read)],
+    )
     async def activation(aid: str) -> ActivationDetail:
         """One activation: every camera considered, its outcome, and every ack."""
         found = await ctx.ledger.detail(aid, now=ctx.clock(), ack_timeout_s=settings.ack_timeout_s)
@@ -584,9 +606,16 @@ def create_app(ctx: AppContext) -> FastAPI:  # noqa: PLR0915 - one route table, 
         by = principal.actor
         if body.dispatcher is not None and body.dispatcher != by:
             by = f"{body.dispatcher} via {by}"
-        async with auth.change(request, principal, "zone.create", lat=body.lat, lon=body.lon,
-                               radius_m=body.radius_m, call_id=body.call_id,
-                               initiated_by=by) as record:  # fmt: skip
+        async with auth.change(
+            request,
+            principal,
+            "zone.create",
+            lat=body.lat,
+            lon=body.lon,
+            radius_m=body.radius_m,
+            call_id=body.call_id,
+            initiated_by=by,
+        ) as record:
             if body.radius_m > settings.zone_max_radius_m:
                 raise HTTPException(
                     422, f"radius_m: at most {settings.zone_max_radius_m:g} m on this console"
@@ -615,14 +644,20 @@ def create_app(ctx: AppContext) -> FastAPI:  # noqa: PLR0915 - one route table, 
         )
 
     # ------------------------------------------------------------------ webhooks
-    @app.post("/api/v1/webhooks", status_code=201, response_model=WebhookCreated,
-              responses=_ERRORS, dependencies=[Depends(admin)])  # fmt: skip
+    @app.post(
+        "/api/v1/webhooks",
+        status_code=201,
+        response_model=WebhookCreated,
+        responses=_ERRORS,
+        dependencies=[Depends(admin)],
+    )
     async def add_webhook(
         request: Request, body: WebhookCreate, principal: Caller
     ) -> WebhookCreated:
         """Register a receiver. The response carries its signing secret, once."""
-        async with auth.change(request, principal, "webhook.add", url=_receiver(body.url),
-                               event_types=body.event_types) as record:  # fmt: skip
+        async with auth.change(
+            request, principal, "webhook.add", url=_receiver(body.url), event_types=body.event_types
+        ) as record:
             endpoint = await ctx.outbox.add_endpoint(
                 url=body.url,
                 description=body.description,
@@ -642,8 +677,12 @@ def create_app(ctx: AppContext) -> FastAPI:  # noqa: PLR0915 - one route table, 
             secret=endpoint.secret,
         )
 
-    @app.get("/api/v1/webhooks", response_model=list[WebhookOut], responses=_ERRORS,
-             dependencies=[Depends(admin)])  # fmt: skip
+    @app.get(
+        "/api/v1/webhooks",
+        response_model=list[WebhookOut],
+        responses=_ERRORS,
+        dependencies=[Depends(admin)],
+    )
     async def webhooks() -> list[WebhookOut]:
         return await ctx.outbox.endpoints()
 
@@ -653,13 +692,21 @@ def create_app(ctx: AppContext) -> FastAPI:  # noqa: PLR0915 - one route table, 
             raise HTTPException(404, f"no webhook {webhook_id!r}; GET /api/v1/webhooks lists them")
         return found
 
-    @app.get("/api/v1/webhooks/{webhook_id}", response_model=WebhookOut, responses=_ERRORS,
-             dependencies=[Depends(admin)])  # fmt: skip
+    @app.get(
+        "/api/v1/webhooks/{webhook_id}",
+        response_model=WebhookOut,
+        responses=_ERRORS,
+        dependencies=[Depends(admin)],
+    )
     async def webhook(webhook_id: str) -> WebhookOut:
         return await _endpoint(webhook_id)
 
-    @app.delete("/api/v1/webhooks/{webhook_id}", status_code=204, responses=_ERRORS,
-                dependencies=[Depends(admin)])  # fmt: skip
+    @app.delete(
+        "/api/v1/webhooks/{webhook_id}",
+        status_code=204,
+        responses=_ERRORS,
+        dependencies=[Depends(admin)],
+    )
     async def delete_webhook(request: Request, webhook_id: str, principal: Caller) -> Response:
         """Stop deliveries to this receiver and forget them."""
         async with auth.change(request, principal, "webhook.delete", webhook=webhook_id):
@@ -684,8 +731,12 @@ def create_app(ctx: AppContext) -> FastAPI:  # noqa: PLR0915 - one route table, 
         await _endpoint(webhook_id)
         return await ctx.outbox.deliveries(webhook_id, status=status, limit=limit)
 
-    @app.get("/api/v1/deliveries/{delivery_id}", response_model=DeliveryOut, responses=_ERRORS,
-             dependencies=[Depends(admin)])  # fmt: skip
+    @app.get(
+        "/api/v1/deliveries/{delivery_id}",
+        response_model=DeliveryOut,
+        responses=_ERRORS,
+        dependencies=[Depends(admin)],
+    )
     async def delivery(delivery_id: str) -> DeliveryOut:
         found = await ctx.outbox.delivery(delivery_id)
         if found is None:

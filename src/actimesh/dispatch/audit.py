@@ -91,9 +91,13 @@ class AuditTrail:
         """Append one record; its seq. Raises :class:`LedgerError` if it was not written."""
         try:
             seq = await self._ledger.record_event(
-                self.component, event.value, subject[:256] or "-", outcome, body,
+                self.component,
+                event.value,
+                subject[:256] or "-",
+                outcome,
+                body,
                 at=self.clock(),
-            )  # fmt: skip
+            )
         except LedgerError:
             self.stats.failures += 1
             self.stats.failing = True

@@ -108,9 +108,14 @@ _SECURE_COOKIE = "__Host-actimesh_session"
 #: Reached without credentials: the page and what it loads, the login (and "am I logged
 #: in?", which the page asks first), health, the spec.
 PUBLIC_ROUTES = frozenset(
-    {("GET", "/"), ("GET", "/api/v1/health"), ("GET", "/openapi.json"),
-     ("POST", "/api/v1/session"), ("GET", "/api/v1/session")}
-)  # fmt: skip
+    {
+        ("GET", "/"),
+        ("GET", "/api/v1/health"),
+        ("GET", "/openapi.json"),
+        ("POST", "/api/v1/session"),
+        ("GET", "/api/v1/session"),
+    }
+)
 PUBLIC_PREFIXES = ("/static/", "/vendor/leaflet/")
 #: Query parameters that look like someone put a credential in a URL.
 _URL_SECRETS = frozenset({"access_token", "token", "api_key", "apikey", "session", "password"})
@@ -257,8 +262,10 @@ class LoginLimiter:
         """Seconds until this user name may be tried again from this client (0: now)."""
         now = self.clock()
         waits = [0.0]
-        for table, key, limit in ((self._users, user, self.per_user),
-                                  (self._clients, client, self.per_client)):  # fmt: skip
+        for table, key, limit in (
+            (self._users, user, self.per_user),
+            (self._clients, client, self.per_client),
+        ):
             times = self._recent(table, key, now)
             if len(times) >= limit:
                 waits.append(times[-limit] + self.window_s - now)
@@ -334,8 +341,10 @@ class Authenticator:
         """The ``Set-Cookie`` value that logs the browser in."""
         secure = "; Secure" if self.https(conn) else ""
         max_age = int(self.settings.session_max_s)
-        return (f"{self.cookie_name(conn)}={session_id}; Path=/; HttpOnly; SameSite=Strict; "
-                f"Max-Age={max_age}{secure}")  # fmt: skip
+        return (
+            f"{self.cookie_name(conn)}={session_id}; Path=/; HttpOnly; SameSite=Strict; "
+            f"Max-Age={max_age}{secure}"
+        )
 
     def clear_cookie(self, conn: HTTPConnection) -> str:
         """The ``Set-Cookie`` value that makes the browser forget its session."""
@@ -361,14 +370,16 @@ class Authenticator:
             scheme, _, value = header.partition(" ")
             value = value.strip()
             if scheme.lower() != "bearer" or not value:
-                raise _Refused(401, "malformed", "send the token as `Authorization: Bearer "
-                               "amt_…`")  # fmt: skip
+                raise _Refused(401, "malformed", "send the token as `Authorization: Bearer amt_…`")
             token = None
             if value.startswith(TOKEN_PREFIX) and len(value) <= _MAX_TOKEN_LENGTH:
                 token = await self.store.resolve_token(value)
             if token is None:
-                raise _Refused(401, "bad_token", "the API token is unknown, revoked or expired; "
-                               "ask an admin for a new one")  # fmt: skip
+                raise _Refused(
+                    401,
+                    "bad_token",
+                    "the API token is unknown, revoked or expired; ask an admin for a new one",
+                )
             return _token_principal(token, value)
         session_id = conn.cookies.get(self.cookie_name(conn))
         if session_id is None:
@@ -377,9 +388,13 @@ class Authenticator:
         if 0 < len(session_id) <= _MAX_TOKEN_LENGTH:
             session = await self.store.resolve_session(session_id)
         if session is None:
-            raise _Refused(401, "bad_session", "your session has ended (logged out, timed out "
-                           "or the user was disabled); log in again",
-                           clear_cookie=True)  # fmt: skip
+            raise _Refused(
+                401,
+                "bad_session",
+                "your session has ended (logged out, timed out "
+                "or the user was disabled); log in again",
+                clear_cookie=True,
+            )
         return _session_principal(session, session_id)
 
     async def still_valid(self, principal: Principal) -> bool:
@@ -431,10 +446,15 @@ class Authenticator:
             if self.limiter.first_refusal(name, client, wait):
                 known = await self.store.user(name) if name else None
                 await self.audit.record_or_log(
-                    AuditEvent.LOGIN, name if known else "unknown-user", "locked_out",
-                    {"client": client, "reason": "too many failed logins",
-                     "retry_after_s": math.ceil(wait)},
-                )  # fmt: skip
+                    AuditEvent.LOGIN,
+                    name if known else "unknown-user",
+                    "locked_out",
+                    {
+                        "client": client,
+                        "reason": "too many failed logins",
+                        "retry_after_s": math.ceil(wait),
+                    },
+                )
             raise LoginRefusedError(
                 429, f"too many failed logins; try again in {math.ceil(wait)} s", wait
             )
@@ -455,9 +475,11 @@ class Authenticator:
             reason = "unknown user" if user is None else "disabled" if matches else "wrong password"
             self.stats.logins["denied"] += 1
             await self.audit.record_or_log(
-                AuditEvent.LOGIN, user.name if user else "unknown-user", "denied",
+                AuditEvent.LOGIN,
+                user.name if user else "unknown-user",
+                "denied",
                 {"client": client, "reason": reason},
-            )  # fmt: skip
+            )
             # The same answer whatever the reason: no user-name oracle.
             raise LoginRefusedError(401, "wrong user name or password")
         self.limiter.succeeded(name, client, started)
@@ -468,14 +490,17 @@ class Authenticator:
         principal = _session_principal(session, session_id)
         try:
             await self.audit.record(
-                AuditEvent.LOGIN, user.name, "success",
+                AuditEvent.LOGIN,
+                user.name,
+                "success",
                 {"client": client, "role": user.role.value, "session": principal.credential},
-            )  # fmt: skip
+            )
         except LedgerError:
             await self.store.end_session(session_id)
             self.stats.logins["unaudited"] += 1
-            log.exception("dispatch: login of %s refused: the audit ledger is not writable",
-                          user.name)  # fmt: skip
+            log.exception(
+                "dispatch: login of %s refused: the audit ledger is not writable", user.name
+            )
             raise LoginRefusedError(
                 503, "login refused: the audit ledger cannot be written; tell an administrator"
             ) from None
@@ -486,9 +511,11 @@ class Authenticator:
         """End a cookie session (audited)."""
         await self.store.end_session(principal.secret)
         await self.audit.record_or_log(
-            AuditEvent.LOGOUT, principal.actor, "success",
+            AuditEvent.LOGOUT,
+            principal.actor,
+            "success",
             {"client": client_address(conn), "session": principal.credential},
-        )  # fmt: skip
+        )
 
     # ------------------------------------------------------------------ audit
     def _body(self, conn: HTTPConnection, principal: Principal, action: str) -> dict[str, Any]:
@@ -508,9 +535,10 @@ class Authenticator:
             await self.audit.record(AuditEvent.LIVE_VIEW, principal.actor, "started", body)
         except LedgerError as exc:
             raise HTTPException(
-                503, "the live view is not available: the audit ledger cannot be written; "
-                "tell an administrator"
-            ) from exc  # fmt: skip
+                503,
+                "the live view is not available: the audit ledger cannot be written; "
+                "tell an administrator",
+            ) from exc
 
     @contextlib.asynccontextmanager
     async def change(
@@ -550,14 +578,25 @@ class Authenticator:
 
 
 def _token_principal(token: Token, secret: str) -> Principal:
-    return Principal(name=token.name, role=token.role, via="token", telemetry=token.telemetry,
-                     credential=token.id, secret=secret)  # fmt: skip
+    return Principal(
+        name=token.name,
+        role=token.role,
+        via="token",
+        telemetry=token.telemetry,
+        credential=token.id,
+        secret=secret,
+    )
 
 
 def _session_principal(session: Session, session_id: str) -> Principal:
-    return Principal(name=session.user.name, role=session.user.role, via="session",
-                     telemetry=True, credential=f"session:{session.key[:12]}",
-                     secret=session_id)  # fmt: skip
+    return Principal(
+        name=session.user.name,
+        role=session.user.role,
+        via="session",
+        telemetry=True,
+        credential=f"session:{session.key[:12]}",
+        secret=session_id,
+    )
 
 
 # ---------------------------------------------------------------------- route guard
@@ -599,8 +638,10 @@ class Require:
         if principal.allows(self.permission):
             return principal
         self.auth.stats.refused["forbidden"] += 1
-        error = (f"{principal.actor} ({principal.role.value}) may not do this: it needs "
-                 f"{_NEEDS[self.permission]}")  # fmt: skip
+        error = (
+            f"{principal.actor} ({principal.role.value}) may not do this: it needs "
+            f"{_NEEDS[self.permission]}"
+        )
         if conn.scope["type"] == "http" and conn.scope["method"] not in SAFE_METHODS:
             await self.auth.refused_change(conn, principal, "forbidden", error)
         raise HTTPException(403, error)
@@ -638,8 +679,11 @@ class AuthGate:
             except LedgerError as exc:
                 # Fail closed, in one line: nobody is let in while accounts are unreadable.
                 log.exception("dispatch: credentials not checked")
-                raise _Refused(503, "accounts_unavailable", "cannot check credentials now: "
-                               f"{exc}; try again, or tell an administrator") from exc  # fmt: skip
+                raise _Refused(
+                    503,
+                    "accounts_unavailable",
+                    f"cannot check credentials now: {exc}; try again, or tell an administrator",
+                ) from exc
         except _Refused as refused:
             self.auth.stats.refused[refused.reason] += 1
             headers = {}
@@ -658,8 +702,12 @@ class AuthGate:
         changes = conn.scope["type"] == "websocket" or method not in SAFE_METHODS
         if changes and not auth.origin_allowed(conn):
             origin = conn.headers.get("origin")
-            raise _Refused(403, "origin", f"requests from {origin} are not allowed here; add "
-                           "it to [dispatch] cors_origins if it should be")  # fmt: skip
+            raise _Refused(
+                403,
+                "origin",
+                f"requests from {origin} are not allowed here; add "
+                "it to [dispatch] cors_origins if it should be",
+            )
         try:
             principal = await auth.authenticate(conn)
         except _Refused:
@@ -670,18 +718,27 @@ class AuthGate:
             if public:
                 return None
             if _url_secret(conn):
-                raise _Refused(401, "url_secret", "credentials in URLs are refused (URLs end up "
-                               "in logs and browser history): send `Authorization: Bearer "
-                               "<token>`, and revoke a token that was in a URL")  # fmt: skip
-            raise _Refused(401, "no_credentials", "log in (POST /api/v1/session), or send "
-                           "`Authorization: Bearer <token>`")  # fmt: skip
+                raise _Refused(
+                    401,
+                    "url_secret",
+                    "credentials in URLs are refused (URLs end up "
+                    "in logs and browser history): send `Authorization: Bearer "
+                    "<token>`, and revoke a token that was in a URL",
+                )
+            raise _Refused(
+                401,
+                "no_credentials",
+                "log in (POST /api/v1/session), or send `Authorization: Bearer <token>`",
+            )
         if (
             conn.scope["type"] == "http"
             and method not in SAFE_METHODS
             and not auth.csrf_ok(conn, principal)
         ):
-            error = (f"missing or wrong {CSRF_HEADER} header: a logged-in page sends the token "
-                     "it got at login with every change")  # fmt: skip
+            error = (
+                f"missing or wrong {CSRF_HEADER} header: a logged-in page sends the token "
+                "it got at login with every change"
+            )
             await auth.refused_change(conn, principal, "csrf_rejected", error)
             raise _Refused(403, "csrf", error)
         return principal

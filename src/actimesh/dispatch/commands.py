@@ -51,35 +51,49 @@ def add_parsers(sub: Any, parser_class: type[argparse.ArgumentParser]) -> None:
     add = verbs.add_parser("add", help="add a user; prints a generated password once")
     add.add_argument("name", help="login name: lowercase letters, digits, . _ - @")
     add.add_argument("--role", required=True, choices=[r.value for r in USER_ROLES])
-    add.add_argument("--password-stdin", action="store_true",
-                     help="read the password from standard input instead")  # fmt: skip
+    add.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from standard input instead",
+    )
     verbs.add_parser("list", help="every user, their role and whether enabled")
-    for verb, text in (("disable", "refuse their logins and end their sessions"),
-                       ("enable", "allow their logins again"),
-                       ("remove", "delete the user and end their sessions")):  # fmt: skip
+    for verb, text in (
+        ("disable", "refuse their logins and end their sessions"),
+        ("enable", "allow their logins again"),
+        ("remove", "delete the user and end their sessions"),
+    ):
         verbs.add_parser(verb, help=text).add_argument("name")
     passwd = verbs.add_parser("passwd", help="set a new password (ends their sessions)")
     passwd.add_argument("name")
-    passwd.add_argument("--password-stdin", action="store_true",
-                        help="read it from standard input (default: generate one)")  # fmt: skip
+    passwd.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read it from standard input (default: generate one)",
+    )
 
     tokens = sub.add_parser("tokens", help="API tokens for integrators: create, list, revoke")
     tverbs = tokens.add_subparsers(dest="verb", required=True, parser_class=parser_class)
     create = tverbs.add_parser("create", help="issue a token; prints it once")
     create.add_argument("--name", required=True, help="what it is for, e.g. cad-bridge")
     create.add_argument("--role", required=True, choices=[r.value for r in Role])
-    create.add_argument("--expires-days", type=_expiry_days, metavar="D",
-                        help="expire after D days (default: never)")  # fmt: skip
-    create.add_argument("--telemetry", action="store_true",
-                        help="an integrator token may also read live positions")  # fmt: skip
+    create.add_argument(
+        "--expires-days",
+        type=_expiry_days,
+        metavar="D",
+        help="expire after D days (default: never)",
+    )
+    create.add_argument(
+        "--telemetry", action="store_true", help="an integrator token may also read live positions"
+    )
     tverbs.add_parser("list", help="every token: id, name, role, state, last use")
     revoke = tverbs.add_parser("revoke", help="refuse a token from now on")
     revoke.add_argument("token", metavar="ID_OR_NAME", help="the token's id (amt_…) or name")
 
     for parser in (*verbs.choices.values(), *tverbs.choices.values()):
         parser.add_argument("--config", type=Path, help="TOML settings file (data_dir)")
-        parser.add_argument("--data-dir", type=Path, help="data directory (default "
-                            "./actimesh-data)")  # fmt: skip
+        parser.add_argument(
+            "--data-dir", type=Path, help="data directory (default ./actimesh-data)"
+        )
 
 
 def _actor() -> str:
@@ -118,8 +132,13 @@ class _Context:
     actor: str
 
     async def audit(self, action: str, **body: Any) -> None:
-        await self.ledger.record_event(self.component, AuditEvent.ACCOUNT_CHANGE.value,
-                                       self.actor, "ok", {"action": action, **body})  # fmt: skip
+        await self.ledger.record_event(
+            self.component,
+            AuditEvent.ACCOUNT_CHANGE.value,
+            self.actor,
+            "ok",
+            {"action": action, **body},
+        )
 
 
 async def _users(args: argparse.Namespace, c: _Context, out: TextIO, stdin: TextIO) -> None:
@@ -129,19 +148,28 @@ async def _users(args: argparse.Namespace, c: _Context, out: TextIO, stdin: Text
             out.write("no users; `actimesh users add NAME --role dispatcher` adds one\n")
             return
         rows = [("NAME", "ROLE", "STATE", "CREATED", "PASSWORD SET")]
-        rows += [(u.name, u.role.value, "disabled" if u.disabled else "enabled",
-                  _when(u.created_ts), _when(u.password_ts)) for u in users]  # fmt: skip
+        rows += [
+            (
+                u.name,
+                u.role.value,
+                "disabled" if u.disabled else "enabled",
+                _when(u.created_ts),
+                _when(u.password_ts),
+            )
+            for u in users
+        ]
         _table(out, rows)
         return
     if args.verb == "add":
-        user, generated = await c.store.add_user(args.name, Role(args.role),
-                                                 _password(args, stdin))  # fmt: skip
+        user, generated = await c.store.add_user(args.name, Role(args.role), _password(args, stdin))
         await c.audit("user.add", target=user.name, target_role=user.role.value)
         out.write(f"added user {user.name} ({user.role.value})\n")
         if generated is not None:
             out.write(f"password: {generated}\n")
-            out.write("(shown once: give it to them; `actimesh users passwd "
-                      f"{user.name}` sets a new one)\n")  # fmt: skip
+            out.write(
+                "(shown once: give it to them; `actimesh users passwd "
+                f"{user.name}` sets a new one)\n"
+            )
         return
     if args.verb in ("disable", "enable"):
         user = await c.store.set_disabled(args.name, args.verb == "disable")
@@ -169,22 +197,43 @@ async def _tokens(args: argparse.Namespace, c: _Context, out: TextIO) -> None:
             out.write("no tokens; `actimesh tokens create --name N --role integrator` makes one\n")
             return
         rows = [("ID", "NAME", "ROLE", "TELEMETRY", "STATE", "EXPIRES", "LAST USED")]
-        rows += [(t.id, t.name, t.role.value, "yes" if t.telemetry else "no", t.state(now),
-                  _when(t.expires_ts), _when(t.last_used_ts)) for t in tokens]  # fmt: skip
+        rows += [
+            (
+                t.id,
+                t.name,
+                t.role.value,
+                "yes" if t.telemetry else "no",
+                t.state(now),
+                _when(t.expires_ts),
+                _when(t.last_used_ts),
+            )
+            for t in tokens
+        ]
         _table(out, rows)
         return
     if args.verb == "create":
         expires_s = None if args.expires_days is None else args.expires_days * 86_400.0
         issued = await c.store.create_token(
-            args.name, Role(args.role), created_by=c.actor, telemetry=args.telemetry,
+            args.name,
+            Role(args.role),
+            created_by=c.actor,
+            telemetry=args.telemetry,
             expires_s=expires_s,
-        )  # fmt: skip
+        )
         t = issued.token
-        await c.audit("token.create", target=t.name, token=t.id, target_role=t.role.value,
-                      telemetry=t.telemetry, expires_ts=t.expires_ts)  # fmt: skip
+        await c.audit(
+            "token.create",
+            target=t.name,
+            token=t.id,
+            target_role=t.role.value,
+            telemetry=t.telemetry,
+            expires_ts=t.expires_ts,
+        )
         out.write(f"token: {issued.secret}\n")
-        out.write(f"(shown once) id {t.id}, name {t.name}, role {t.role.value}, telemetry "
-                  f"{'yes' if t.telemetry else 'no'}, expires {_when(t.expires_ts)}\n")  # fmt: skip
+        out.write(
+            f"(shown once) id {t.id}, name {t.name}, role {t.role.value}, telemetry "
+            f"{'yes' if t.telemetry else 'no'}, expires {_when(t.expires_ts)}\n"
+        )
         out.write("send it as `Authorization: Bearer <token>`; never put it in a URL\n")
         return
     token = await c.store.revoke_token(args.token)
@@ -256,7 +305,16 @@ async def bootstrap_admin(data_dir: Path, ledger: Ledger) -> Bootstrap:
             if exc.reason != "exists":  # another `up` on this data directory was first
                 raise
             return Bootstrap(1, True)
-    await ledger.record_event("cli/up", AuditEvent.ACCOUNT_CHANGE.value, _actor(), "ok",
-                              {"action": "user.add", "target": user.name,
-                               "target_role": user.role.value, "first_start": True})  # fmt: skip
+    await ledger.record_event(
+        "cli/up",
+        AuditEvent.ACCOUNT_CHANGE.value,
+        _actor(),
+        "ok",
+        {
+            "action": "user.add",
+            "target": user.name,
+            "target_role": user.role.value,
+            "first_start": True,
+        },
+    )
     return Bootstrap(1, True, password)

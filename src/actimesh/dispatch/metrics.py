@@ -61,8 +61,12 @@ class _Collector(Collector):
         messages = CounterMetricFamily(
             "actimesh_dispatch_messages", "MQTT messages applied to the live state", labels=["kind"]
         )
-        for kind, n in (("presence", st.presence), ("telemetry", st.telemetry),
-                        ("activation", st.activations), ("ack", st.acks)):  # fmt: skip
+        for kind, n in (
+            ("presence", st.presence),
+            ("telemetry", st.telemetry),
+            ("activation", st.activations),
+            ("ack", st.acks),
+        ):
             messages.add_metric([kind], n)
         yield messages
         outcomes = CounterMetricFamily(

@@ -175,9 +175,15 @@ class Outbox(SqliteStore):
         def add() -> None:
             self._tx(
                 "INSERT INTO endpoints VALUES (?, ?, ?, ?, ?, ?)",
-                (endpoint.id, endpoint.url, endpoint.secret, endpoint.description,
-                 json.dumps(list(endpoint.event_types)), endpoint.created_ts),
-            )  # fmt: skip
+                (
+                    endpoint.id,
+                    endpoint.url,
+                    endpoint.secret,
+                    endpoint.description,
+                    json.dumps(list(endpoint.event_types)),
+                    endpoint.created_ts,
+                ),
+            )
 
         await self._thread.run(add)
         return endpoint
@@ -215,8 +221,9 @@ class Outbox(SqliteStore):
     async def endpoint(self, endpoint_id: str) -> WebhookOut | None:
         def fetch() -> WebhookOut | None:
             counts = self._counts()
-            return next((self._out(e, counts) for e in self._endpoints() if e.id == endpoint_id),
-                        None)  # fmt: skip
+            return next(
+                (self._out(e, counts) for e in self._endpoints() if e.id == endpoint_id), None
+            )
 
         return await self._thread.run(fetch)
 

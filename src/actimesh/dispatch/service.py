@@ -123,9 +123,12 @@ class DispatchService:
         )
         self.outbox = Outbox(data_dir / "webhooks.sqlite3")
         self.webhooks = Webhooks(
-            outbox=self.outbox, ledger=self.ledger, settings=settings, agency=topics.agency,
+            outbox=self.outbox,
+            ledger=self.ledger,
+            settings=settings,
+            agency=topics.agency,
             clock=clock,
-        )  # fmt: skip
+        )
         self._changed = asyncio.Event()
         self._urgent = asyncio.Event()
         self._waiters: dict[str, asyncio.Event] = {}
@@ -191,9 +194,12 @@ class DispatchService:
     # ------------------------------------------------------------------ lifecycle
     def _bind(self) -> socket.socket:
         s = self.settings
-        sock = listener.bind(s.host, s.port, what="dispatch",
-                             fix="pass --http-port N, or --no-http to run without the "
-                                 "dispatch map")  # fmt: skip
+        sock = listener.bind(
+            s.host,
+            s.port,
+            what="dispatch",
+            fix="pass --http-port N, or --no-http to run without the dispatch map",
+        )
         self.address = listener.address(sock)
         return sock
 

@@ -115,9 +115,12 @@ class Webhooks:
         """Enqueue one activation for every endpoint that wants it."""
         body = activation_event(record, agency=self.agency)
         added = await self.outbox.enqueue(
-            aid=record.aid, event_type=record.type, decided_ts=record.ts, body=body,
+            aid=record.aid,
+            event_type=record.type,
+            decided_ts=record.ts,
+            body=body,
             now=self.clock(),
-        )  # fmt: skip
+        )
         if added:
             self.stats.enqueued += added
             self.wake()
@@ -239,10 +242,12 @@ class Webhooks:
             with contextlib.suppress(LedgerError):
                 await asyncio.shield(
                     self.outbox.attempt_failed(
-                        due.delivery_id, status=None, error="interrupted by a shutdown",
+                        due.delivery_id,
+                        status=None,
+                        error="interrupted by a shutdown",
                         retry_at=self.clock(),
                     )
-                )  # fmt: skip
+                )
             raise
         except Exception as exc:  # a bug must not stop the other deliveries (not Cancelled)
             self.stats.errors += 1
@@ -260,8 +265,13 @@ class Webhooks:
         s = self.settings
         if due.attempt >= s.webhook_max_attempts:
             self.stats.gave_up += 1
-            log.warning("webhook %s to %s failed for good after %d attempts: %s",
-                        due.delivery_id, due.url, due.attempt, error)  # fmt: skip
+            log.warning(
+                "webhook %s to %s failed for good after %d attempts: %s",
+                due.delivery_id,
+                due.url,
+                due.attempt,
+                error,
+            )
             await self.outbox.attempt_failed(
                 due.delivery_id, status=status, error=error, retry_at=None
             )
@@ -275,8 +285,14 @@ class Webhooks:
         if retry_after is not None:
             delay = min(max(delay, retry_after), s.webhook_backoff_max_s)
         self.stats.retries += 1
-        log.info("webhook %s attempt %d to %s failed (%s); retry in %.1f s",
-                 due.delivery_id, due.attempt, due.url, error, delay)  # fmt: skip
+        log.info(
+            "webhook %s attempt %d to %s failed (%s); retry in %.1f s",
+            due.delivery_id,
+            due.attempt,
+            due.url,
+            error,
+            delay,
+        )
         await self.outbox.attempt_failed(
             due.delivery_id, status=status, error=error, retry_at=self.clock() + delay
         )

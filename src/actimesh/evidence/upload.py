@@ -625,8 +625,9 @@ class UploadServer:
         return listener.url(self.address, tls=bool(self.tls))
 
     def _bind(self) -> socket.socket:
-        sock = listener.bind(self.host, self.port, what="the evidence upload API",
-                             fix="set [evidence] port")  # fmt: skip
+        sock = listener.bind(
+            self.host, self.port, what="the evidence upload API", fix="set [evidence] port"
+        )
         self.address = listener.address(sock)
         return sock
 

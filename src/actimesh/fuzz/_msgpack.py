@@ -54,7 +54,6 @@ def _join(pairs: Pairs) -> bytes:
     return _map_header(len(pairs)) + b"".join(k + v for k, v in pairs)
 
 
-# fmt: off
 _NAN_RAW = (
     b"\xcb\x7f\xf8\x00\x00\x00\x00\x00\x00",  # quiet NaN
     b"\xcb\xff\xf8\x00\x00\x00\x00\x00\x00",  # negative NaN
@@ -62,7 +61,9 @@ _NAN_RAW = (
     b"\xca\x7f\xc0\x00\x00",  # float32 NaN
     b"\xca\x7f\x80\x00\x00",  # float32 +inf
     b"\xca\xff\x80\x00\x00",  # float32 -inf
-    _pack(math.inf), _pack(-math.inf), _pack(math.nan),
+    _pack(math.inf),
+    _pack(-math.inf),
+    _pack(math.nan),
 )
 _BIG_INTS = (
     b"\xcf\xff\xff\xff\xff\xff\xff\xff\xff",  # 2**64 - 1
@@ -75,29 +76,103 @@ _BIG_INTS = (
     b"\xd0\x80",  # -128 in 8 bits
 )
 _CONFUSED: tuple[Any, ...] = (
-    "1750000000.0", "", "NaN", "true", "1", "0x1", b"", b"\x01", 0, 1, -1, 2**31, 0.0, -0.0,
-    1e308, -1e308, 5e-324, True, False, None, (), (1.0,), {}, {"v": 1}, "x" * 70, "\u0000",
+    "1750000000.0",
+    "",
+    "NaN",
+    "true",
+    "1",
+    "0x1",
+    b"",
+    b"\x01",
+    0,
+    1,
+    -1,
+    2**31,
+    0.0,
+    -0.0,
+    1e308,
+    -1e308,
+    5e-324,
+    True,
+    False,
+    None,
+    (),
+    (1.0,),
+    {},
+    {"v": 1},
+    "x" * 70,
+    "\u0000",
     [[[]]],
 )
 _INVALID_UTF8 = (
-    b"\xff", b"\xfe\xff", b"\xc0\xaf", b"\xe0\x80\xaf", b"\xed\xa0\x80", b"\xf4\x90\x80\x80",
-    b"\xe2\x82", b"ok\x80", b"\xf8\x88\x80\x80\x80", b"taser_draw\xc3",
+    b"\xff",
+    b"\xfe\xff",
+    b"\xc0\xaf",
+    b"\xe0\x80\xaf",
+    b"\xed\xa0\x80",
+    b"\xf4\x90\x80\x80",
+    b"\xe2\x82",
+    b"ok\x80",
+    b"\xf8\x88\x80\x80\x80",
+    b"taser_draw\xc3",
 )
 _ODD_KEYS = (
-    "sender", "kind", "__class__", "model_config", "__proto__", "V", "v ", "", "\u0000",
-    "a\nb", "\u202egnp.exe", "ts\x00", "x" * 300, "\U0001f600", "lat.lon",
+    "sender",
+    "kind",
+    "__class__",
+    "model_config",
+    "__proto__",
+    "V",
+    "v ",
+    "",
+    "\u0000",
+    "a\nb",
+    "\u202egnp.exe",
+    "ts\x00",
+    "x" * 300,
+    "\U0001f600",
+    "lat.lon",
 )
 #: Not identifiers; the first 13 are short enough for any topic.
 _BAD_IDS = (
-    "", "-a", "_a", "a b", "a/b", "+", "#", "x" * 65, "é", "a\u0000b", "..", "a\nb", "$SYS",
-    "a" * 10_000, "\u202e", "fz-bwc-1 ",
+    "",
+    "-a",
+    "_a",
+    "a b",
+    "a/b",
+    "+",
+    "#",
+    "x" * 65,
+    "é",
+    "a\u0000b",
+    "..",
+    "a\nb",
+    "$SYS",
+    "a" * 10_000,
+    "\u202e",
+    "fz-bwc-1 ",
 )
 _BAD_TYPES = (
-    "", "Taser_draw", "taser-draw", "a" * 33, "taser_draw ", "0abc", "alien_landing",
-    "TASER_DRAW", "taser_draw\x00",
+    "",
+    "Taser_draw",
+    "taser-draw",
+    "a" * 33,
+    "taser_draw ",
+    "0abc",
+    "alien_landing",
+    "TASER_DRAW",
+    "taser_draw\x00",
 )
 _ENUM_JUNK = (
-    "OFF", "", "recording ", "off\x00", "x" * 300, "Recording", "activated", "stop", "delete",
+    "OFF",
+    "",
+    "recording ",
+    "off\x00",
+    "x" * 300,
+    "Recording",
+    "activated",
+    "stop",
+    "delete",
 )
 _RANGES: dict[str, tuple[float, ...]] = {
     "lat": (90.0, -90.0, 90.0000001, -90.0000001, 91.0, -91.0, 1e9, -0.0),
@@ -111,23 +186,54 @@ _RANGES: dict[str, tuple[float, ...]] = {
     "dist": (100_000.0, 100_000.1, -1.0),
 }
 _TS_OFFSETS = (
-    -1e9, -86_400.0, -1801.0, -1800.5, -1799.5, -60.0, 0.0, 9.5, 10.5, 11.0, 3600.0, 1e6, 1e9,
+    -1e9,
+    -86_400.0,
+    -1801.0,
+    -1800.5,
+    -1799.5,
+    -60.0,
+    0.0,
+    9.5,
+    10.5,
+    11.0,
+    3600.0,
+    1e6,
+    1e9,
 )
 _TS_ABSOLUTE = (0.0, -1.0, -0.0, 5e-324, 4_102_444_800.0, 4_102_444_800.001, 1e300)
 _LIES = (
-    b"\xdf\xff\xff\xff\xff", b"\xdd\xff\xff\xff\xff", b"\xdb\xff\xff\xff\xff",
-    b"\xc6\xff\xff\xff\xff", b"\xc9\xff\xff\xff\xff\x01", b"\xde\xff\xff", b"\xdc\x00\x10",
+    b"\xdf\xff\xff\xff\xff",
+    b"\xdd\xff\xff\xff\xff",
+    b"\xdb\xff\xff\xff\xff",
+    b"\xc6\xff\xff\xff\xff",
+    b"\xc9\xff\xff\xff\xff\x01",
+    b"\xde\xff\xff",
+    b"\xdc\x00\x10",
 )
 _BAD_KEYS = (
-    b"\x01", b"\xc0", b"\xc4\x01v", b"\xcb\x3f\xf0\x00\x00\x00\x00\x00\x00", b"\x91\x01",
-    b"\x80", b"\xc3",
+    b"\x01",
+    b"\xc0",
+    b"\xc4\x01v",
+    b"\xcb\x3f\xf0\x00\x00\x00\x00\x00\x00",
+    b"\x91\x01",
+    b"\x80",
+    b"\xc3",
 )
 _STRINGS = (
-    "off", "buffering", "recording", "received", "refused", "taser_draw", "body_cam",
-    "power_off", "fz-bwc-1", "e-1", "paired", "1",
+    "off",
+    "buffering",
+    "recording",
+    "received",
+    "refused",
+    "taser_draw",
+    "body_cam",
+    "power_off",
+    "fz-bwc-1",
+    "e-1",
+    "paired",
+    "1",
 )
 _FLOAT32 = tuple(struct.pack(">Bf", 0xCA, v) for v in (1.5, -0.0, 3.4e38))
-# fmt: on
 _CONFUSERS = tuple(_pack(v) for v in _CONFUSED) + _FLOAT32
 _FIELDS = {m: tuple(m.model_fields) for m in INBOUND}
 _ALL_FIELDS = tuple(sorted({f for names in _FIELDS.values() for f in names}))

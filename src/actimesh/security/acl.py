@@ -61,8 +61,12 @@ LOADGEN_ACCOUNT = "svc-loadgen"
 INTEGRATOR_PREFIX = "int-"
 
 #: What a device may publish on its own topics, and what it may receive there.
-DEVICE_WRITE = (DeviceChannel.TELEMETRY, DeviceChannel.EVENT, DeviceChannel.ACK,
-                DeviceChannel.PRESENCE)  # fmt: skip
+DEVICE_WRITE = (
+    DeviceChannel.TELEMETRY,
+    DeviceChannel.EVENT,
+    DeviceChannel.ACK,
+    DeviceChannel.PRESENCE,
+)
 DEVICE_READ = (DeviceChannel.COMMAND, DeviceChannel.CONFIRM)
 
 

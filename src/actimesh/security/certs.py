@@ -143,16 +143,25 @@ def _check_days(days: int) -> None:
 def _key_usage(*, ca: bool) -> x509.KeyUsage:
     # A CA signs certificates and nothing else; a leaf signs TLS handshakes (ECDSA).
     return x509.KeyUsage(
-        digital_signature=not ca, content_commitment=False, key_encipherment=False,
-        data_encipherment=False, key_agreement=False, key_cert_sign=ca, crl_sign=ca,
-        encipher_only=False, decipher_only=False,
-    )  # fmt: skip
+        digital_signature=not ca,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=ca,
+        crl_sign=ca,
+        encipher_only=False,
+        decipher_only=False,
+    )
 
 
 def _builder(
-    subject: x509.Name, issuer: x509.Name, public: ec.EllipticCurvePublicKey,
-    now: dt.datetime, days: int,
-) -> x509.CertificateBuilder:  # fmt: skip
+    subject: x509.Name,
+    issuer: x509.Name,
+    public: ec.EllipticCurvePublicKey,
+    now: dt.datetime,
+    days: int,
+) -> x509.CertificateBuilder:
     return (
         x509.CertificateBuilder()
         .subject_name(subject)
@@ -166,9 +175,12 @@ def _builder(
 
 
 def init_ca(
-    directory: Path, *, days: int = DEFAULT_CA_DAYS, force: bool = False,
+    directory: Path,
+    *,
+    days: int = DEFAULT_CA_DAYS,
+    force: bool = False,
     now: dt.datetime | None = None,
-) -> CertFiles:  # fmt: skip
+) -> CertFiles:
     """Create the CA in ``directory``. An existing CA is kept unless ``force``: replacing
     it invalidates every certificate it issued."""
     _check_days(days)
@@ -180,10 +192,12 @@ def init_ca(
         )
     _private_dir(directory)
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([
-        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "actimesh"),
-        x509.NameAttribute(NameOID.COMMON_NAME, "actimesh broker CA"),
-    ])  # fmt: skip
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "actimesh"),
+            x509.NameAttribute(NameOID.COMMON_NAME, "actimesh broker CA"),
+        ]
+    )
     cert = (
         _builder(name, name, key.public_key(), _now(now), days)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
@@ -198,16 +212,24 @@ def init_ca(
 
 
 def _leaf(
-    directory: Path, files: CertFiles, common_name: str, *, server: bool,
-    names: tuple[str, ...], days: int, now: dt.datetime | None,
-) -> CertFiles:  # fmt: skip
+    directory: Path,
+    files: CertFiles,
+    common_name: str,
+    *,
+    server: bool,
+    names: tuple[str, ...],
+    days: int,
+    now: dt.datetime | None,
+) -> CertFiles:
     _check_days(days)
     ca_cert, ca_key = _load_ca(directory)
     key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([
-        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "actimesh"),
-        x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-    ])  # fmt: skip
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "actimesh"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
     usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
     builder = (
         _builder(subject, ca_cert.subject, key.public_key(), _now(now), days)
@@ -256,9 +278,12 @@ def _check_host(host: str) -> str:
 
 
 def issue_server(
-    directory: Path, *, hosts: tuple[str, ...] = (), days: int = DEFAULT_SERVER_DAYS,
+    directory: Path,
+    *,
+    hosts: tuple[str, ...] = (),
+    days: int = DEFAULT_SERVER_DAYS,
     now: dt.datetime | None = None,
-) -> CertFiles:  # fmt: skip
+) -> CertFiles:
     """The broker's certificate, for localhost, 127.0.0.1, ::1 and ``hosts``."""
     names = tuple(dict.fromkeys((*_LOCAL_NAMES, *(_check_host(h) for h in hosts))))
     files = CertFiles(directory / "server.pem", directory / "server.key")
@@ -267,9 +292,12 @@ def issue_server(
 
 
 def issue_client(
-    directory: Path, name: str, *, days: int = DEFAULT_CLIENT_DAYS,
+    directory: Path,
+    name: str,
+    *,
+    days: int = DEFAULT_CLIENT_DAYS,
     now: dt.datetime | None = None,
-) -> CertFiles:  # fmt: skip
+) -> CertFiles:
     """A client certificate for mutual TLS, ``clients/{name}.pem`` (``name``: a device
     or account id; the broker still checks its username and password)."""
     if not is_identifier(name):

@@ -72,9 +72,12 @@ class DeviceLike(Protocol):
 
 class _Reconfigurable(Protocol):
     def reconfigure(
-        self, *, username: str | None = None, password: str | None = None,
+        self,
+        *,
+        username: str | None = None,
+        password: str | None = None,
         tls: TlsSettings | None = None,
-    ) -> None: ...  # fmt: skip
+    ) -> None: ...
 
 
 class AgentLike(DeviceLike, Protocol):
@@ -200,6 +203,8 @@ def credential_lines(
         lines.append(f"  broker       {endpoints.tls}  (TLS; CA certificate {endpoints.ca})")
     if engine_key is not None:
         lines.append(f"  engine key   {engine_key}  (Ed25519: commands must verify with it)")
-    lines.append("Shown once and stored nowhere in clear: put them on the device (or give "
-                 "them to the integrator) now.")  # fmt: skip
+    lines.append(
+        "Shown once and stored nowhere in clear: put them on the device (or give "
+        "them to the integrator) now."
+    )
     return lines

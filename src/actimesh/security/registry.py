@@ -389,9 +389,17 @@ class Registry:
             db.execute(
                 "INSERT INTO devices (id, kind, unit, paired, public_key, password_hash, "
                 "simulated, created, rotated) VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?)",
-                (device_id, spec.kind.value, unit, json.dumps(list(spec.paired)), public,
-                 hash_password(password), now, now),
-            )  # fmt: skip
+                (
+                    device_id,
+                    spec.kind.value,
+                    unit,
+                    json.dumps(list(spec.paired)),
+                    public,
+                    hash_password(password),
+                    now,
+                    now,
+                ),
+            )
         return DeviceCredentials(device_id, password, private, public)
 
     def rotate(self, device_id: str) -> DeviceCredentials:
@@ -455,8 +463,18 @@ class Registry:
             password = generate_password()
             private, public = _new_keypair()
             creds[spec.device_id] = DeviceCredentials(spec.device_id, password, private, public)
-            rows.append((spec.device_id, spec.kind.value, spec.unit, json.dumps(list(spec.paired)),
-                         public, hash_password(password), now, now))  # fmt: skip
+            rows.append(
+                (
+                    spec.device_id,
+                    spec.kind.value,
+                    spec.unit,
+                    json.dumps(list(spec.paired)),
+                    public,
+                    hash_password(password),
+                    now,
+                    now,
+                )
+            )
         with self._write() as db:
             operator = {
                 row[0]

@@ -96,10 +96,15 @@ ENGINE_PUBLIC_KEY: Final = "engine-signing.pub"
 #: and the genuine command (re-sent until answered) still verifies.
 UNVERIFIED_REFUSALS: Final = frozenset(
     {
-        "unsigned", "bad_signature", "malformed", "invalid", "bad_version", "oversized",
+        "unsigned",
+        "bad_signature",
+        "malformed",
+        "invalid",
+        "bad_version",
+        "oversized",
         "no_engine_key",
     }
-)  # fmt: skip
+)
 
 #: Every field but ``sig``, in declared order: what the signature covers.
 _SIGNED_FIELDS: Final = tuple(name for name in Command.model_fields if name != "sig")
@@ -173,9 +178,18 @@ class CommandSigner:
     ) -> Command:
         """A command to camera ``device_id``, validated and signed."""
         unsigned = Command(
-            aid=aid, eid=eid, src=src, type=type, ets=ets, pre=pre, reason=reason, dist=dist,
-            ts=ts, exp=exp, sig=_PLACEHOLDER,
-        )  # fmt: skip
+            aid=aid,
+            eid=eid,
+            src=src,
+            type=type,
+            ets=ets,
+            pre=pre,
+            reason=reason,
+            dist=dist,
+            ts=ts,
+            exp=exp,
+            sig=_PLACEHOLDER,
+        )
         signature = self._key.sign(command_signing_bytes(agency, device_id, unsigned))
         return unsigned.model_copy(update={"sig": signature})
 

@@ -100,8 +100,17 @@ def record_hash(
 ) -> str:
     """The hash of one record (see the module docstring for the encoding)."""
     digest = hashlib.sha256()
-    for field in (CHAIN_VERSION, prev_hash, str(seq), time, component, event_type, subject,
-                  outcome, body_sha256):  # fmt: skip
+    for field in (
+        CHAIN_VERSION,
+        prev_hash,
+        str(seq),
+        time,
+        component,
+        event_type,
+        subject,
+        outcome,
+        body_sha256,
+    ):
         data = field.encode("utf-8")
         digest.update(b"%d:%b," % (len(data), data))
     return digest.hexdigest()
@@ -124,9 +133,17 @@ class ChainRecord:
 
     #: The columns in table order, for SELECTs and exports.
     COLUMNS = (
-        "seq", "time", "component", "event_type", "subject", "outcome", "body",
-        "body_sha256", "prev_hash", "hash",
-    )  # fmt: skip
+        "seq",
+        "time",
+        "component",
+        "event_type",
+        "subject",
+        "outcome",
+        "body",
+        "body_sha256",
+        "prev_hash",
+        "hash",
+    )
 
     @property
     def redacted(self) -> bool:

@@ -421,10 +421,19 @@ class Engine:
             await self._alert(AlertKind.REFUSED, msg.aid, device_id, msg.detail or "refused")
         if msg.status is AckStatus.CANCELLED:
             self.stats.false_activations += 1
-            log.info("%s cancelled activation %s on %s as a false activation", msg.by,
-                     msg.aid, device_id)  # fmt: skip
-        row = AckRow(msg.aid, device_id, msg.status.value, msg.pre_cov, msg.rec, msg.ts,
-                     self.clock(), msg.detail)  # fmt: skip
+            log.info(
+                "%s cancelled activation %s on %s as a false activation", msg.by, msg.aid, device_id
+            )
+        row = AckRow(
+            msg.aid,
+            device_id,
+            msg.status.value,
+            msg.pre_cov,
+            msg.rec,
+            msg.ts,
+            self.clock(),
+            msg.detail,
+        )
         await self._ack_rows.put((row, msg.by))  # waits (never drops) if the writer is behind
 
     async def _on_unverified(self, device_id: str, msg: Ack) -> None:
@@ -435,16 +444,32 @@ class Engine:
         self.stats.unverified_refusals += 1
         delivery = self.deliveries.get(msg.aid, device_id)
         if delivery is None:
-            log.warning("%s refused a command %s it could not verify (not ours): %s",
-                        device_id, msg.aid, msg.detail)  # fmt: skip
+            log.warning(
+                "%s refused a command %s it could not verify (not ours): %s",
+                device_id,
+                msg.aid,
+                msg.detail,
+            )
             return
         if not delivery.unverified:
             delivery.unverified = True
-            await self._alert(AlertKind.REFUSED, msg.aid, device_id,
-                              f"camera could not verify the command ({msg.detail}); check "
-                              "that it has this engine's public key")  # fmt: skip
-        row = AckRow(msg.aid, device_id, msg.status.value, msg.pre_cov, msg.rec, msg.ts,
-                     self.clock(), msg.detail)  # fmt: skip
+            await self._alert(
+                AlertKind.REFUSED,
+                msg.aid,
+                device_id,
+                f"camera could not verify the command ({msg.detail}); check "
+                "that it has this engine's public key",
+            )
+        row = AckRow(
+            msg.aid,
+            device_id,
+            msg.status.value,
+            msg.pre_cov,
+            msg.rec,
+            msg.ts,
+            self.clock(),
+            msg.detail,
+        )
         await self._ack_rows.put((row, None))
 
     async def _ack_writer(self) -> None:
@@ -517,14 +542,17 @@ class Engine:
             self.stats.duplicates += 1
             if seen in self._durable:
                 log.info("duplicate event %s from %s: confirmed again", event.eid, source)
-                await self._confirm(source, event.eid, ConfirmStatus.ACTIVATED,
-                                    self._aliases.get(seen, seen))  # fmt: skip
+                await self._confirm(
+                    source, event.eid, ConfirmStatus.ACTIVATED, self._aliases.get(seen, seen)
+                )
             return False
         ticket = self.storm.admit_event(source, received)
         if ticket is None:
             limits = self.storm.limits
-            detail = (f"{source} raised more than {limits.device_burst:g} events at once or "
-                      f"{limits.device_rate_per_s:g} a second")  # fmt: skip
+            detail = (
+                f"{source} raised more than {limits.device_burst:g} events at once or "
+                f"{limits.device_rate_per_s:g} a second"
+            )
             await self._storm_alert(source, received, f"rate_limited: {detail}")
             raise PayloadError("rate_limited", detail)
         plan = plan_activation(
@@ -537,24 +565,41 @@ class Engine:
         )
         cameras = frozenset(t.device_id for t in plan.targets)
         joined = self.storm.merge_into(
-            src=source, event_type=event.type, ets=event.ts, lat=plan.lat, lon=plan.lon,
-            cameras=cameras, usable=lambda incident: self._mergeable(incident, cameras),
-        )  # fmt: skip
+            src=source,
+            event_type=event.type,
+            ets=event.ts,
+            lat=plan.lat,
+            lon=plan.lon,
+            cameras=cameras,
+            usable=lambda incident: self._mergeable(incident, cameras),
+        )
         if joined is not None:
             self._remember(key, plan.aid)
-            item = _Persist(plan, event, source, received, self.clock(), {}, message, origin,
-                            merged_into=joined.aid)  # fmt: skip
+            item = _Persist(
+                plan,
+                event,
+                source,
+                received,
+                self.clock(),
+                {},
+                message,
+                origin,
+                merged_into=joined.aid,
+            )
             await self._persist.put(item)
             return True
         if not self.storm.admit_activation(ticket, received):
-            detail = (f"over {self.storm.limits.activations_per_s:g} activations a second "
-                      "across the fleet")  # fmt: skip
+            detail = (
+                f"over {self.storm.limits.activations_per_s:g} activations a second "
+                "across the fleet"
+            )
             await self._storm_alert(source, received, f"storm: {detail}")
             raise PayloadError("storm", detail)
         self._remember(key, plan.aid)
         decided = self.clock()
-        self.storm.remember(Incident(plan.aid, source, event.type, event.ts, plan.lat, plan.lon,
-                                     cameras, decided))  # fmt: skip
+        self.storm.remember(
+            Incident(plan.aid, source, event.type, event.ts, plan.lat, plan.lon, cameras, decided)
+        )
         await self._send_commands(plan, event, source, decided)
         rule_doc: dict[str, object] = {
             "event_type": rule.event_type,
@@ -669,13 +714,18 @@ class Engine:
         await self._await_pubacks(sent)
 
     def _queue_command(
-        self, aid: str, device_id: str, payload: bytes, exp: float,
+        self,
+        aid: str,
+        device_id: str,
+        payload: bytes,
+        exp: float,
         sent: list[tuple[str, str, InFlight]],
-    ) -> None:  # fmt: skip
+    ) -> None:
         try:
             expiry = max(1.0, exp - self.clock())
-            inflight = self.ctl.publish_nowait(self.topics.command(device_id), payload, qos=1,
-                                               expiry_s=expiry)  # fmt: skip
+            inflight = self.ctl.publish_nowait(
+                self.topics.command(device_id), payload, qos=1, expiry_s=expiry
+            )
         except BrokerError:
             # The delivery tracker re-sends it; the ledger shows commanded-not-acknowledged.
             self.stats.command_failures += 1
@@ -760,8 +810,9 @@ class Engine:
                 try:
                     await self._act(action)
                 except Exception:  # one failing action must not stop delivery tracking
-                    log.exception("delivery action %s for %s failed", action.kind.value,
-                                  action.delivery.aid)  # fmt: skip
+                    log.exception(
+                        "delivery action %s for %s failed", action.kind.value, action.delivery.aid
+                    )
 
     async def _act(self, action: Action) -> None:
         d = action.delivery
@@ -774,11 +825,14 @@ class Engine:
         elif action.kind is ActionKind.ALERT_NO_ACK:
             waited = self.clock() - d.commanded_at
             state = "received, not yet recording" if d.received else "no answer"
-            await self._alert(AlertKind.NO_ACK, d.aid, d.device_id,
-                              f"{state} after {waited:.1f} s")  # fmt: skip
+            await self._alert(AlertKind.NO_ACK, d.aid, d.device_id, f"{state} after {waited:.1f} s")
         else:
-            await self._alert(AlertKind.EXPIRED, d.aid, d.device_id,
-                              f"command expired after {d.attempts} attempt(s)")  # fmt: skip
+            await self._alert(
+                AlertKind.EXPIRED,
+                d.aid,
+                d.device_id,
+                f"command expired after {d.attempts} attempt(s)",
+            )
 
     async def _recover(self) -> None:
         """After a restart: dedupe state and unfinished deliveries from the ledger."""
@@ -792,8 +846,11 @@ class Engine:
             if found is None:
                 continue
             row, decisions = found
-            done = {a.device_id for a in await self.ledger.acks(aid)
-                    if a.status != AckStatus.RECEIVED.value}  # fmt: skip
+            done = {
+                a.device_id
+                for a in await self.ledger.acks(aid)
+                if a.status != AckStatus.RECEIVED.value
+            }
             for d in decisions:
                 if not d.commanded or d.device_id in done or row.decided_ts + expiry <= now:
                     continue
@@ -866,11 +923,13 @@ class Engine:
                 # so it is confirmed, but its record belongs to the replica that wrote it:
                 # publishing it again would show integrators the activation twice.
                 self.stats.duplicates += 1
-                log.info("event %s from %s already recorded by another engine", event.eid,
-                         item.source)  # fmt: skip
+                log.info(
+                    "event %s from %s already recorded by another engine", event.eid, item.source
+                )
             self.ctl.ack(item.message, item.origin)
-            await self._confirm(item.source, event.eid, ConfirmStatus.ACTIVATED, plan.aid,
-                                cameras=len(plan.targets))  # fmt: skip
+            await self._confirm(
+                item.source, event.eid, ConfirmStatus.ACTIVATED, plan.aid, cameras=len(plan.targets)
+            )
             if not inserted:
                 continue
             record = Activation(
@@ -944,8 +1003,9 @@ class Engine:
         self.stats.merged += 1
         log.info("event %s from %s joined activation %s", event.eid, item.source, original)
         self.ctl.ack(item.message, item.origin)
-        await self._confirm(item.source, event.eid, ConfirmStatus.ACTIVATED, original,
-                            cameras=len(plan.targets))  # fmt: skip
+        await self._confirm(
+            item.source, event.eid, ConfirmStatus.ACTIVATED, original, cameras=len(plan.targets)
+        )
 
     # ------------------------------------------------------------------ rejects
     async def _reject(self, topic: str, payload: bytes, exc: PayloadError) -> None:

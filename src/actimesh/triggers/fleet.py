@@ -196,8 +196,9 @@ class Fleet:
             kind = info.kind.value if info.kind else None
             self._contradiction(info, "kind", f"kind {msg.device_kind.value}, registered {kind}")
         if msg.paired and set(msg.paired) != set(info.paired):
-            self._contradiction(info, "paired", f"paired {list(msg.paired)}, registered "
-                                f"{list(info.paired)}")  # fmt: skip
+            self._contradiction(
+                info, "paired", f"paired {list(msg.paired)}, registered {list(info.paired)}"
+            )
 
     def _contradiction(self, info: DeviceInfo, what: str, detail: str) -> None:
         self.contradictions[what] += 1

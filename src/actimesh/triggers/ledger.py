@@ -472,11 +472,21 @@ class Ledger:
             "DELETE FROM acks WHERE rowid NOT IN (SELECT min(rowid) FROM acks "
             "GROUP BY aid, device_id, status, device_ts)"
         ).rowcount
-        body = {"activations": activations, "acks": acks - duplicates,
-                "duplicate_acks_removed": duplicates, "from_schema": 0}  # fmt: skip
-        self._append(db, at=time.time(), component=_IMPORT_COMPONENT,
-                     event_type=EventType.LEDGER_IMPORT, subject=self.path.name,
-                     outcome="imported", body=body)  # fmt: skip
+        body = {
+            "activations": activations,
+            "acks": acks - duplicates,
+            "duplicate_acks_removed": duplicates,
+            "from_schema": 0,
+        }
+        self._append(
+            db,
+            at=time.time(),
+            component=_IMPORT_COMPONENT,
+            event_type=EventType.LEDGER_IMPORT,
+            subject=self.path.name,
+            outcome="imported",
+            body=body,
+        )
         aids = [r[0] for r in db.execute("SELECT aid FROM activations ORDER BY decided_ts, aid")]
         for aid in aids:
             found = self._activation(aid)
@@ -504,31 +514,60 @@ class Ledger:
             body_sha = sha256_hex(text)
             last = db.execute(_SELECT_HEAD).fetchone()
             seq, prev = (1, GENESIS_HASH) if last is None else (int(last[0]) + 1, str(last[1]))
-            digest = record_hash(prev_hash=prev, seq=seq, time=when, component=component,
-                                 event_type=event_type, subject=subject, outcome=outcome,
-                                 body_sha256=body_sha)  # fmt: skip
+            digest = record_hash(
+                prev_hash=prev,
+                seq=seq,
+                time=when,
+                component=component,
+                event_type=event_type,
+                subject=subject,
+                outcome=outcome,
+                body_sha256=body_sha,
+            )
         except (ValueError, TypeError, OverflowError) as exc:
             raise LedgerError(f"cannot append a {event_type} record for {subject}: {exc}") from exc
         aid = body.get("aid")
         db.execute(
             "INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (seq, when, component, event_type, subject, outcome, text, body_sha, prev, digest,
-             aid if isinstance(aid, str) else None),
-        )  # fmt: skip
+            (
+                seq,
+                when,
+                component,
+                event_type,
+                subject,
+                outcome,
+                text,
+                body_sha,
+                prev,
+                digest,
+                aid if isinstance(aid, str) else None,
+            ),
+        )
         return seq
 
     def _append_activation(
         self, db: sqlite3.Connection, row: ActivationRow, decisions: Sequence[DecisionRow]
     ) -> int:
-        return self._append(db, at=row.decided_ts, component=f"engine/{row.engine}",
-                            event_type=EventType.ACTIVATION, subject=row.aid,
-                            outcome=_activation_outcome(decisions),
-                            body=activation_body(row, decisions))  # fmt: skip
+        return self._append(
+            db,
+            at=row.decided_ts,
+            component=f"engine/{row.engine}",
+            event_type=EventType.ACTIVATION,
+            subject=row.aid,
+            outcome=_activation_outcome(decisions),
+            body=activation_body(row, decisions),
+        )
 
     def _append_ack(self, db: sqlite3.Connection, ack: AckRow) -> int:
-        return self._append(db, at=ack.received_ts, component=f"device/{ack.device_id}",
-                            event_type=EventType.ACK, subject=ack.aid, outcome=ack.status,
-                            body=ack_body(ack))  # fmt: skip
+        return self._append(
+            db,
+            at=ack.received_ts,
+            component=f"device/{ack.device_id}",
+            event_type=EventType.ACK,
+            subject=ack.aid,
+            outcome=ack.status,
+            body=ack_body(ack),
+        )
 
     # ------------------------------------------------------------------ writes
     def _write_activation(self, row: ActivationRow, decisions: Sequence[DecisionRow]) -> bool:
@@ -537,24 +576,43 @@ class Ledger:
                 "INSERT OR IGNORE INTO activations VALUES "
                 "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
-                    row.aid, row.src, row.eid, row.type, row.event_ts, row.received_ts,
-                    row.decided_ts, row.lat, row.lon, row.acc, row.position_source,
-                    row.radius_m, row.pre_roll_s, json.dumps(row.rule, sort_keys=True),
-                    row.initiated_by, row.engine,
+                    row.aid,
+                    row.src,
+                    row.eid,
+                    row.type,
+                    row.event_ts,
+                    row.received_ts,
+                    row.decided_ts,
+                    row.lat,
+                    row.lon,
+                    row.acc,
+                    row.position_source,
+                    row.radius_m,
+                    row.pre_roll_s,
+                    json.dumps(row.rule, sort_keys=True),
+                    row.initiated_by,
+                    row.engine,
                 ),
-            )  # fmt: skip
+            )
             inserted = cur.rowcount == 1
             if inserted:
                 db.executemany(
                     "INSERT INTO decisions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [
                         (
-                            row.aid, d.device_id, d.device_kind, int(d.commanded), d.reason,
-                            d.distance_m, d.margin_m, d.fix_age_s, d.acc_m,
+                            row.aid,
+                            d.device_id,
+                            d.device_kind,
+                            int(d.commanded),
+                            d.reason,
+                            d.distance_m,
+                            d.margin_m,
+                            d.fix_age_s,
+                            d.acc_m,
                         )
                         for d in decisions
                     ],
-                )  # fmt: skip
+                )
                 self._append_activation(db, row, decisions)
         return inserted
 
@@ -569,10 +627,16 @@ class Ledger:
         cur = db.execute(
             "INSERT OR IGNORE INTO acks VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
-                ack.aid, ack.device_id, ack.status, ack.pre_cov_s, ack.recording,
-                ack.device_ts, ack.received_ts, ack.detail,
+                ack.aid,
+                ack.device_id,
+                ack.status,
+                ack.pre_cov_s,
+                ack.recording,
+                ack.device_ts,
+                ack.received_ts,
+                ack.detail,
             ),
-        )  # fmt: skip
+        )
         return cur.rowcount == 1
 
     def _write_acks(self, acks: Sequence[AckRow]) -> int:
@@ -624,9 +688,15 @@ class Ledger:
                 "event_ts": event_ts,
                 "detail": ack.detail,
             }
-            return self._append(db, at=ack.received_ts, component=f"device/{ack.device_id}",
-                                event_type=FALSE_ACTIVATION, subject=ack.device_id,
-                                outcome="cancelled", body=body)  # fmt: skip
+            return self._append(
+                db,
+                at=ack.received_ts,
+                component=f"device/{ack.device_id}",
+                event_type=FALSE_ACTIVATION,
+                subject=ack.device_id,
+                outcome="cancelled",
+                body=body,
+            )
 
     async def record_cancel(self, ack: AckRow, by: str) -> int | None:
         """Record a camera's ``cancelled`` acknowledgement as a false activation.
@@ -648,8 +718,12 @@ class Ledger:
         *,
         at: float | None,
     ) -> int:
-        for name, value in (("component", component), ("event_type", event_type),
-                            ("subject", subject), ("outcome", outcome)):  # fmt: skip
+        for name, value in (
+            ("component", component),
+            ("event_type", event_type),
+            ("subject", subject),
+            ("outcome", outcome),
+        ):
             _text(name, value)
         if event_type in _OWN_TYPES or event_type in KEEP_TYPES:
             raise LedgerError(
@@ -657,9 +731,15 @@ class Ledger:
                 "record_activation, record_ack, record_cancel, link_case or the retention job"
             )
         with self._immediate(f"write {event_type} for {subject}") as db:
-            return self._append(db, at=time.time() if at is None else at, component=component,
-                                event_type=event_type, subject=subject, outcome=outcome,
-                                body=body)  # fmt: skip
+            return self._append(
+                db,
+                at=time.time() if at is None else at,
+                component=component,
+                event_type=event_type,
+                subject=subject,
+                outcome=outcome,
+                body=body,
+            )
 
     async def record_event(
         self,
@@ -712,8 +792,15 @@ class Ledger:
             now = time.time() if at is None else at
             db.execute("INSERT INTO case_links VALUES (?, ?, ?, ?)", (case_id, aid, by, now))
             body = {"case_id": case_id, "aid": aid, "linked_by": by, "linked_ts": now}
-            seq = self._append(db, at=now, component="audit/cli", event_type=EventType.CASE_LINK,
-                               subject=case_id, outcome="linked", body=body)  # fmt: skip
+            seq = self._append(
+                db,
+                at=now,
+                component="audit/cli",
+                event_type=EventType.CASE_LINK,
+                subject=case_id,
+                outcome="linked",
+                body=body,
+            )
             return seq, True
 
     async def link_case(
@@ -728,9 +815,15 @@ class Ledger:
 
     def _write_retention(self, subject: str, outcome: str, body: Mapping[str, Any]) -> int:
         with self._immediate(f"record the deletion of {subject}") as db:
-            return self._append(db, at=time.time(), component=RETENTION_COMPONENT,
-                                event_type=EventType.RETENTION_DELETE, subject=subject,
-                                outcome=outcome, body=body)  # fmt: skip
+            return self._append(
+                db,
+                at=time.time(),
+                component=RETENTION_COMPONENT,
+                event_type=EventType.RETENTION_DELETE,
+                subject=subject,
+                outcome=outcome,
+                body=body,
+            )
 
     async def record_retention(self, subject: str, outcome: str, body: Mapping[str, Any]) -> int:
         """Record a deletion done outside the ledger (a recording folder); its ``seq``."""
@@ -763,9 +856,10 @@ class Ledger:
             for _time, seq, subject, event_type, body, aid in found:
                 key = (aid if aid is not None else subject, aid)
                 groups.setdefault(key, []).append((seq, event_type, body))
-            done = [self._redact_group(db, subject, aid, items, cutoff=cutoff, now=now,
-                                       dry_run=dry_run)
-                    for (subject, aid), items in groups.items()]  # fmt: skip
+            done = [
+                self._redact_group(db, subject, aid, items, cutoff=cutoff, now=now, dry_run=dry_run)
+                for (subject, aid), items in groups.items()
+            ]
             last = found[-1]
             return done, (str(last[0]), int(last[1]))
 
@@ -784,10 +878,12 @@ class Ledger:
         recordings: set[str] = set()
         for _seq, event_type, body in items:
             if event_type == EventType.ACTIVATION:
-                rows["decisions"] += db.execute("DELETE FROM decisions WHERE aid = ?",
-                                                (subject,)).rowcount  # fmt: skip
-                rows["activations"] += db.execute("DELETE FROM activations WHERE aid = ?",
-                                                  (subject,)).rowcount  # fmt: skip
+                rows["decisions"] += db.execute(
+                    "DELETE FROM decisions WHERE aid = ?", (subject,)
+                ).rowcount
+                rows["activations"] += db.execute(
+                    "DELETE FROM activations WHERE aid = ?", (subject,)
+                ).rowcount
             elif event_type == EventType.ACK:
                 try:
                     ack = ack_from_body(json.loads(body))
@@ -812,9 +908,15 @@ class Ledger:
         }
         seq = None
         if not dry_run:
-            seq = self._append(db, at=now, component=RETENTION_COMPONENT,
-                               event_type=EventType.RETENTION_DELETE, subject=subject,
-                               outcome="redacted", body=record)  # fmt: skip
+            seq = self._append(
+                db,
+                at=now,
+                component=RETENTION_COMPONENT,
+                event_type=EventType.RETENTION_DELETE,
+                subject=subject,
+                outcome="redacted",
+                body=record,
+            )
         return Redaction(subject, aid, seqs, rows, tuple(sorted(recordings)), seq)
 
     async def redact_expired(
@@ -834,9 +936,10 @@ class Ledger:
         out: list[Redaction] = []
         while after is not None:
             done, after = await self._run(
-                functools.partial(self._redact_batch, cutoff_text, after, limit=batch, now=at,
-                                  dry_run=dry_run)
-            )  # fmt: skip
+                functools.partial(
+                    self._redact_batch, cutoff_text, after, limit=batch, now=at, dry_run=dry_run
+                )
+            )
             out.extend(done)
         if not dry_run and out:
             await self._run(self._checkpoint)
@@ -912,9 +1015,21 @@ class Ledger:
         out = []
         for seq, text in self._db.execute(sql + " ORDER BY seq", args):
             b = json.loads(text)
-            out.append(FalseActivation(seq, b["aid"], b["device_id"], b["by"], b["cancelled_ts"],
-                                       b["received_ts"], b["after_event_s"], b["recording"],
-                                       b["eid"], b["event_type"], b["detail"]))  # fmt: skip
+            out.append(
+                FalseActivation(
+                    seq,
+                    b["aid"],
+                    b["device_id"],
+                    b["by"],
+                    b["cancelled_ts"],
+                    b["received_ts"],
+                    b["after_event_s"],
+                    b["recording"],
+                    b["eid"],
+                    b["event_type"],
+                    b["detail"],
+                )
+            )
         return out
 
     async def false_activations(self, aid: str | None = None) -> list[FalseActivation]:

@@ -169,8 +169,13 @@ DEFAULT_RULES = RuleTable.of(
 
 def _rule_from_mapping(event_type: str, raw: Mapping[str, Any]) -> Rule:
     known = {
-        "camera_kinds", "radius_m", "pre_roll_s", "include_paired", "radius_from_event", "senders",
-    }  # fmt: skip
+        "camera_kinds",
+        "radius_m",
+        "pre_roll_s",
+        "include_paired",
+        "radius_from_event",
+        "senders",
+    }
     unknown = set(raw) - known - {"description"}
     if unknown:
         raise ConfigError(

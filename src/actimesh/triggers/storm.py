@@ -172,8 +172,7 @@ class StormControl:
         token back, since the device did nothing wrong."""
         limits = self.limits
         if self._global is None:
-            self._global = TokenBucket.full(limits.activations_burst, limits.activations_per_s,
-                                            now)  # fmt: skip
+            self._global = TokenBucket.full(limits.activations_burst, limits.activations_per_s, now)
         floor = -limits.quiet_reserve if ticket.quiet else 0.0
         if self._global.take(now, floor=floor):
             return True
