@@ -97,6 +97,10 @@ async def test_up_again_says_the_admin_exists_and_prints_no_password(tmp_path: P
 def test_busy_http_port_is_a_one_line_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    # The evidence API on a free port too: its default (8471) may be taken by a demo
+    # running beside the tests, and that would be the error reported instead.
+    config = tmp_path / "actimesh.toml"
+    config.write_text(f"[evidence]\nport = {free_port()}\n")
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
@@ -104,6 +108,8 @@ def test_busy_http_port_is_a_one_line_error(
         code = cli.main(
             [
                 "up",
+                "--config",
+                str(config),
                 "--data-dir",
                 str(tmp_path),
                 "--broker-port",
