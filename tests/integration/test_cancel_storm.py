@@ -79,8 +79,11 @@ async def _storm(
         before = asyncio.all_tasks()
         body, is_ready = make(i)
         task = asyncio.create_task(body, name=f"storm-{storm.name}-{i}")
-        moment = _moment(rng)
-        if moment is not None:
+        if i % 20 == 19:
+            # Every 20th round is cancelled in steady work, however slow the machine.
+            await eventually(is_ready, timeout=15)
+            await asyncio.sleep(rng.uniform(0.0, 0.05))
+        elif (moment := _moment(rng)) is not None:
             await asyncio.sleep(moment)
         storm.reached_ready += is_ready()
         asked = time.monotonic()
@@ -197,4 +200,4 @@ async def test_a_thousand_cancellations_each_stop_at_once_and_leave_nothing(
         assert not storm.failures, f"{storm.name}: {storm.failures[:5]} ({report})"
         assert storm.slowest_stop_s <= STOP_LIMIT_S, report
         # The storm reached every stage: some rounds before readiness, some after.
-        assert 0.05 * storm.rounds <= storm.reached_ready <= 0.95 * storm.rounds, report
+        assert storm.rounds // 20 <= storm.reached_ready < storm.rounds, report

@@ -219,6 +219,11 @@ def _no_lost_cancel(client: aiomqtt.Client) -> None:
     client._wait_for = wait_for  # type: ignore[method-assign]
 
 
+#: How long a given-up connect's thread is waited for before it is left to close its
+#: socket alone (it blocks up to the connect timeout on an unreachable host).
+_ABANDON_WAIT_S = 0.5
+
+
 class _Connect:
     """aiomqtt's blocking connect, run in an executor thread, that can be given up.
 
@@ -237,6 +242,8 @@ class _Connect:
         self._lock = threading.Lock()
         self._running = False
         self._abandoned = False
+        #: Set once a connect that finished after it was given up has closed its socket.
+        self.closed = asyncio.Event()
 
     def __call__(self) -> None:  # in the executor thread
         with self._lock:
@@ -250,7 +257,11 @@ class _Connect:
                 self._running = False
                 if self._given_up():  # meanwhile, by the event loop
                     # After the callbacks the connect scheduled (reader, task): FIFO.
-                    self._loop.call_soon_threadsafe(_close, self._client)
+                    self._loop.call_soon_threadsafe(self._close)
+
+    def _close(self) -> None:
+        _close(self._client)
+        self.closed.set()
 
     def _given_up(self) -> bool:
         return self._abandoned
@@ -290,7 +301,14 @@ async def _connection(client: aiomqtt.Client) -> AsyncIterator[aiomqtt.Client]:
     try:
         await client.__aenter__()
     except BaseException:
-        if not connect.abandon():
+        if connect.abandon():
+            # The thread is still connecting and closes what it opened when it is done
+            # (on loopback, at once): wait for that, briefly, so no task outlives us.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_ABANDON_WAIT_S):
+                    await connect.closed.wait()
+            await _reap(client)
+        else:
             await _close_soon(client)
         raise
     try:
