@@ -424,17 +424,8 @@ class Engine:
             log.info(
                 "%s cancelled activation %s on %s as a false activation", msg.by, msg.aid, device_id
             )
-        row = AckRow(
-            msg.aid,
-            device_id,
-            msg.status.value,
-            msg.pre_cov,
-            msg.rec,
-            msg.ts,
-            self.clock(),
-            msg.detail,
-        )
-        await self._ack_rows.put((row, msg.by))  # waits (never drops) if the writer is behind
+        # Waits (never drops) if the writer is behind.
+        await self._ack_rows.put((self._ack_row(device_id, msg), msg.by))
 
     async def _on_unverified(self, device_id: str, msg: Ack) -> None:
         """A camera could not verify a command. Anyone able to publish on its command
@@ -460,7 +451,11 @@ class Engine:
                 f"camera could not verify the command ({msg.detail}); check "
                 "that it has this engine's public key",
             )
-        row = AckRow(
+        await self._ack_rows.put((self._ack_row(device_id, msg), None))
+
+    def _ack_row(self, device_id: str, msg: Ack) -> AckRow:
+        """The ledger row of ``msg`` from ``device_id``, received now."""
+        return AckRow(
             msg.aid,
             device_id,
             msg.status.value,
@@ -470,7 +465,6 @@ class Engine:
             self.clock(),
             msg.detail,
         )
-        await self._ack_rows.put((row, None))
 
     async def _ack_writer(self) -> None:
         # Group commit: whatever arrived while the last transaction was syncing goes
