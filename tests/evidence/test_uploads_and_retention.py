@@ -124,3 +124,30 @@ async def test_a_deletion_interrupted_after_hiding_is_finished_and_recorded(
         assert done.deleted == ["bwc1/rec-1"]
         assert env.service.store.hidden() == []
     assert _outcomes(tmp_path / "ledger.sqlite3", "retention_delete") == [("bwc1/rec-1", "deleted")]
+
+
+async def test_manifests_that_could_mean_two_things_are_refused_with_a_reason(
+    tmp_path: Path,
+) -> None:
+    """Deep nesting, NaN, infinity and duplicate keys get a 400 that says why, never a
+    500; a duplicate ``device_id`` is not stored as sent."""
+    async with evidence_store(tmp_path) as env:
+        folder = record(env.camera_root, "bwc1", key_of(env.creds["bwc1"]), "rec-1", "act-1")
+        body = (folder / "manifest.json").read_bytes()
+        assert body.startswith(b"{")
+        hostile = {
+            b"[" * 100_000 + b"]" * 100_000: "nests too deeply",
+            b'{"x": NaN, ' + body[1:]: "NaN is not a JSON number",
+            b'{"x": -Infinity, ' + body[1:]: "-Infinity is not a JSON number",
+            b'{"x": 1e999, ' + body[1:]: "1e999 is not a finite number",
+            b'{"device_id": "bwc2", ' + body[1:]: "duplicate key 'device_id'",
+        }
+        async with env.client("bwc1") as client:
+            for sent, reason in hostile.items():
+                r = await client.post("/api/v1/evidence/uploads", content=sent)
+                assert r.status_code == 400, (reason, r.text)
+                assert reason in r.json()["error"]
+            # The honest manifest is still taken.
+            r = await client.post("/api/v1/evidence/uploads", content=body)
+            assert r.status_code in (200, 201), r.text
+        assert await env.service.list() == []  # nothing stored before its bytes arrive

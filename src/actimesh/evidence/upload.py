@@ -35,6 +35,7 @@ import base64
 import binascii
 import hashlib
 import json
+import math
 import os
 import re
 import secrets
@@ -154,6 +155,41 @@ def _load(folder: Path) -> _Upload | None:
         return None
 
 
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            # Two readers may keep different copies: whose recording is it?
+            raise ValueError(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+def _constant(name: str) -> float:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _number(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is not a finite number")
+    return value
+
+
+def parse_manifest(data: bytes) -> Any:
+    """The manifest's JSON, read strictly: a file meant for court must mean one thing to
+    every reader, so duplicate keys, NaN and infinities are refused, and so is nesting
+    deeper than the parser can follow (``bad_request``, with the reason)."""
+    try:
+        return json.loads(
+            data, object_pairs_hook=_object, parse_constant=_constant, parse_float=_number
+        )
+    except RecursionError:
+        raise EvidenceError("bad_request", "the manifest nests too deeply") from None
+    except ValueError as exc:
+        raise EvidenceError("bad_request", f"the body is not a manifest (JSON): {exc}") from exc
+
+
 def _signature_problem(
     manifest: Mapping[str, Any], key: Ed25519PublicKey, device: str
 ) -> str | None:
@@ -207,10 +243,7 @@ class Uploads:
             raise EvidenceError(
                 "too_large", f"the manifest is over {settings.max_manifest_bytes} bytes"
             )
-        try:
-            manifest = json.loads(data)
-        except ValueError as exc:
-            raise EvidenceError("bad_request", f"the body is not a manifest (JSON): {exc}") from exc
+        manifest = parse_manifest(data)
         if not isinstance(manifest, dict):
             raise EvidenceError(
                 "bad_request", "the body must be the recording's manifest.json object"
