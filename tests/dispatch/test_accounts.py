@@ -209,32 +209,56 @@ async def test_two_stores_on_one_file_see_each_others_changes(tmp_path: Path) ->
         assert await service.resolve_token(issued.secret) is None
 
 
-def test_login_limiter_counts_failures_per_user_and_per_client_in_a_window() -> None:
+def test_login_limiter_locks_a_name_from_one_address_only() -> None:
+    """A stranger failing on purpose locks a dispatcher's name out of the stranger's own
+    address, never out of the dispatcher's."""
     clock = Clock(0.0)
     limiter = LoginLimiter(per_user=3, per_client=5, window_s=60.0, clock=clock)
     for _ in range(3):
-        assert limiter.blocked_for("kim", "10.0.0.1") == 0
-        limiter.begin("kim", "10.0.0.1")
+        assert limiter.blocked_for("kim", "10.0.0.66") == 0
+        limiter.begin("kim", "10.0.0.66")
         clock.now += 1
-    # Kim's name is locked from anywhere; another name from that address is not (yet).
-    assert limiter.blocked_for("kim", "10.0.0.2") == pytest.approx(57.0)
-    assert limiter.blocked_for("lee", "10.0.0.1") == 0
-    assert limiter.first_refusal("kim", "10.0.0.2", 57.0)
-    assert not limiter.first_refusal("kim", "10.0.0.2", 57.0)  # one audit record per lock
+    assert limiter.blocked_for("kim", "10.0.0.66") == pytest.approx(59.0)  # from the 3rd
+    assert limiter.blocked_for("kim", "10.0.0.1") == 0  # kim's own desk
+    assert limiter.blocked_for("lee", "10.0.0.66") == 0  # another name (not yet)
+    assert limiter.first_refusal("kim", "10.0.0.66", 59.0)
+    assert not limiter.first_refusal("kim", "10.0.0.66", 59.0)  # one audit record per lock
     for name in ("lee", "ann"):
-        limiter.begin(name, "10.0.0.1")
-    assert limiter.blocked_for("bob", "10.0.0.1") > 0  # the address is spent
-    clock.now += 60
-    assert limiter.blocked_for("kim", "10.0.0.1") == 0  # the window slid past them
-    started = limiter.begin("kim", "10.0.0.1")
-    limiter.begin("kim", "10.0.0.1")
-    limiter.succeeded("kim", "10.0.0.1", started)
-    assert limiter.blocked_for("kim", "10.0.0.9") == 0  # success forgives the user
+        limiter.begin(name, "10.0.0.66")
+    assert limiter.blocked_for("bob", "10.0.0.66") > 0  # the address is spent
+    assert limiter.blocked_for("bob", "10.0.0.1") == 0
+
+
+def test_login_lockouts_in_a_row_grow_and_a_success_ends_the_streak() -> None:
+    clock = Clock(0.0)
+    limiter = LoginLimiter(per_user=2, per_client=1000, window_s=60.0, clock=clock)
+    holds = []
+    for _ in range(4):
+        limiter.begin("kim", "10.0.0.66")
+        limiter.begin("kim", "10.0.0.66")
+        holds.append(limiter.blocked_for("kim", "10.0.0.66"))
+        clock.now += holds[-1]
+        assert limiter.blocked_for("kim", "10.0.0.66") == 0
+    assert holds == [60.0, 120.0, 240.0, 480.0]
+    started = limiter.begin("kim", "10.0.0.66")
+    limiter.succeeded("kim", "10.0.0.66", started)
+    limiter.begin("kim", "10.0.0.66")
+    limiter.begin("kim", "10.0.0.66")
+    assert limiter.blocked_for("kim", "10.0.0.66") == 60.0  # back to the first step
+
+
+def test_a_parallel_burst_of_guesses_is_limited_too() -> None:
+    limiter = LoginLimiter(per_user=3, per_client=100, window_s=60.0, clock=Clock(0.0))
+    for _ in range(3):  # three attempts still in flight count as failures
+        assert limiter.blocked_for("kim", "10.0.0.66") == 0
+        limiter.begin("kim", "10.0.0.66")
+    assert limiter.blocked_for("kim", "10.0.0.66") > 0
 
 
 def test_login_limiter_memory_is_bounded() -> None:
     limiter = LoginLimiter(per_user=1, per_client=1, window_s=60.0, clock=Clock(0.0), max_keys=10)
     for n in range(1000):
         limiter.begin(f"user{n}", f"10.0.{n // 256}.{n % 256}")
-    assert len(limiter._users) == 10
+    assert len(limiter._pairs) == 10
+    assert len(limiter._locks) == 10
     assert len(limiter._clients) == 10

@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import websockets
 from fastapi.routing import APIWebSocketRoute
@@ -130,6 +131,32 @@ async def test_wrong_passwords_are_refused_audited_then_rate_limited(
     logins = _records(tmp_path, "login")
     # Every guess recorded; the lock-out once, not once per refused attempt.
     assert logins == [("kim", "denied")] * limit + [("kim", "locked_out")]
+
+
+async def test_a_stranger_failing_on_purpose_cannot_lock_a_dispatcher_out(
+    agency: str, broker_port: int, tmp_path: Path
+) -> None:
+    """The lock-out holds the name at the stranger's address (127.0.0.2), not at the
+    dispatcher's (127.0.0.1)."""
+    stranger = httpx.AsyncClient(
+        transport=httpx.AsyncHTTPTransport(local_address="127.0.0.2"), trust_env=False
+    )
+    async with (
+        mesh(agency, broker_port, tmp_path) as m,
+        running_dispatch(m, tmp_path) as svc,
+        stranger,
+        api(svc, None) as desk,
+    ):
+        password = await add_user(svc, "kim")
+        login = f"{svc.url}/api/v1/session"
+        statuses = []
+        for n in range(svc.settings.login_max_failures + 1):
+            r = await stranger.post(login, json={"username": "kim", "password": f"guess-{n}"})
+            statuses.append(r.status_code)
+        assert statuses[-2:] == [401, 429]
+        r = await desk.post("/api/v1/session", json={"username": "kim", "password": password})
+        assert r.status_code == 200, r.text
+    assert ("kim", "locked_out") in _records(tmp_path, "login")
 
 
 async def test_guessing_many_names_from_one_address_is_limited_too(
