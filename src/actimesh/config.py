@@ -210,6 +210,7 @@ _DISPATCH_TYPES: Mapping[str, type | tuple[type, ...]] = {
     "tile_attribution": str,
     "vendor_dir": str,
     "cors_origins": list,
+    "allowed_hosts": list,
     "public_url": str,
     "tls_certfile": str,
     "tls_keyfile": str,
@@ -236,8 +237,9 @@ def _dispatch(raw: dict[str, Any]) -> DispatchSettings:
     for key in ("vendor_dir", "tls_certfile", "tls_keyfile"):
         if key in raw:
             raw[key] = Path(raw[key])
-    if "cors_origins" in raw:
-        raw["cors_origins"] = tuple(raw["cors_origins"])
+    for key in ("cors_origins", "allowed_hosts"):
+        if key in raw:
+            raw[key] = tuple(raw[key])
     return DispatchSettings(**raw)
 
 

@@ -133,6 +133,8 @@ def test_dispatch_settings_from_toml(tmp_path: Path) -> None:
     )
     d = load_settings(conf).dispatch
     assert (d.port, d.ack_timeout_s, d.source_device) == (9090, 8, "dispatch-north")
+    conf.write_text('[dispatch]\nallowed_hosts = ["dispatch.agency.example"]\n')
+    assert load_settings(conf).dispatch.allowed_hosts == ("dispatch.agency.example",)
     assert d.tile_origin == "https://tiles.example.org"
 
 
@@ -151,6 +153,11 @@ def test_dispatch_settings_from_toml(tmp_path: Path) -> None:
         ("[dispatch]\ncors_origins = 'https://cad.example'\n", "cors_origins must be a list"),
         ("[dispatch]\ncors_origins = [3]\n", "dispatch.cors_origins: 3 is not an origin"),
         ("[dispatch]\npublic_url = 'dispatch.example'\n", "must be an http(s) URL"),
+        (
+            "[dispatch]\nallowed_hosts = ['https://d.example']\n",
+            "dispatch.allowed_hosts: 'https://d.example' is not a host name",
+        ),
+        ("[dispatch]\nallowed_hosts = 'd.example'\n", "allowed_hosts must be a list"),
         ("[dispatch]\ntls_certfile = 'a.pem'\n", "tls_certfile and dispatch.tls_keyfile go"),
         ("[dispatch]\nlogin_max_failures = 0\n", "login_max_failures must be a positive"),
         ("[dispatch]\nlogin_max_failures = 2.5\n", "login_max_failures must be a whole"),

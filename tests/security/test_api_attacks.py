@@ -421,3 +421,35 @@ async def test_a_login_from_another_site_is_refused(
         assert "set-cookie" not in r.headers
         form = await browser.post("/api/v1/session", data={"username": "kim", "password": password})
         assert form.status_code == 415
+
+
+async def test_a_foreign_host_name_is_refused_even_with_a_matching_origin(
+    agency: str, broker_port: int, tmp_path: Path
+) -> None:
+    """DNS rebinding: a page on evil.example whose name now resolves to the dispatch
+    sends Host and Origin both evil.example, which would pass for the server's own."""
+    async with (
+        mesh(agency, broker_port, tmp_path) as m,
+        running_dispatch(m, tmp_path, allowed_hosts=("dispatch.agency.example",)) as svc,
+        api(svc, None) as browser,
+    ):
+        password = await add_user(svc, "kim")
+        port = svc.url.rsplit(":", 1)[1]
+        rebound = {"Host": f"evil.example:{port}", "Origin": f"http://evil.example:{port}"}
+        r = await browser.post(
+            "/api/v1/session", json={"username": "kim", "password": password}, headers=rebound
+        )
+        assert r.status_code == 400
+        assert "does not answer to the name 'evil.example:" in r.json()["error"]
+        assert "allowed_hosts" in r.json()["error"]
+        assert (await browser.get("/", headers={"Host": "evil.example"})).status_code == 400
+        # The live map too: the URL's name goes in Host, the socket goes to the server.
+        evil_ws = svc.ws_url.replace("127.0.0.1", "evil.example")
+        origin = f"http://evil.example:{port}"
+        status = await _ws_status(evil_ws, origin=origin, host="127.0.0.1", port=int(port))
+        assert status == 400
+        # This server's own names: its address, localhost, an allowed name, any IP.
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", "dispatch.agency.example", "[::1]"):
+            r = await browser.get("/api/v1/health", headers={"Host": host})
+            assert r.status_code == 200, host
+        assert svc.auth.stats.refused["host"] == 3

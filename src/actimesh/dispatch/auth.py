@@ -48,6 +48,7 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import ipaddress
 import logging
 import math
 import secrets
@@ -57,7 +58,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Annotated, Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlsplit
 
 from fastapi import Depends, HTTPException
 from starlette.datastructures import MutableHeaders
@@ -355,6 +356,10 @@ class Authenticator:
         self._dummy: str | None = None
         public = settings.public_origin
         self._origins = frozenset(settings.cors_origins) | ({public} if public else set())
+        names = {"localhost", settings.host, *settings.allowed_hosts}
+        if settings.public_url is not None:
+            names.add(urlsplit(settings.public_url).hostname or "")
+        self._hosts = frozenset(n.lower() for n in names if n)
 
     # ------------------------------------------------------------------ transport
     def https(self, conn: HTTPConnection) -> bool:
@@ -381,6 +386,28 @@ class Authenticator:
     def own_origin(self, conn: HTTPConnection) -> str:
         scheme = "https" if conn.url.scheme in ("https", "wss") else "http"
         return f"{scheme}://{conn.headers.get('host', '')}"
+
+    def host_allowed(self, conn: HTTPConnection) -> bool:
+        """The ``Host`` the client asked for is one of this server's names: ``localhost``,
+        ``host``, ``public_url``'s, ``allowed_hosts`` or an IP address. Anything else is a
+        name that only resolves here (DNS rebinding), whose pages would otherwise pass
+        the Origin check as this server's own."""
+        host = conn.headers.get("host")
+        if host is None:
+            return True  # HTTP/1.0 without Host: not a browser
+        try:
+            name = urlsplit(f"//{host}").hostname
+        except ValueError:
+            return False
+        if not name:
+            return False
+        if name in self._hosts:
+            return True
+        try:
+            ipaddress.ip_address(name)
+        except ValueError:
+            return False
+        return True
 
     def origin_allowed(self, conn: HTTPConnection) -> bool:
         """No Origin (not a browser), this server's own, ``public_url`` or a CORS origin."""
@@ -695,6 +722,15 @@ class AuthGate:
             await self.app(scope, receive, send)
             return
         conn = HTTPConnection(scope)
+        if not self.auth.host_allowed(conn):
+            self.auth.stats.refused["host"] += 1
+            host = conn.headers.get("host", "")[:100]
+            message = (
+                f"this server does not answer to the name {host!r}; add it to "
+                "[dispatch] allowed_hosts if people reach it by that name"
+            )
+            await JSONResponse({"error": message}, 400)(scope, receive, send)
+            return
         method = scope.get("method", "GET")
         public = is_public(method, scope["path"])
         if public and scope["path"].startswith(PUBLIC_PREFIXES):

@@ -18,6 +18,7 @@ Every mistake is reported as one line naming the key and what it accepts.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -30,6 +31,7 @@ __all__ = ["DispatchSettings"]
 #: 0 means something for these: any free port; a clean MQTT session.
 _MAY_BE_ZERO = frozenset({"port", "session_expiry_s"})
 _ORIGIN_EXAMPLE = "https://cad.agency.example"
+_HOST_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
 #: node_modules of a source checkout (src/actimesh/dispatch/settings.py → repo root).
 _CHECKOUT_NODE_MODULES = Path(__file__).resolve().parents[3] / "node_modules"
 
@@ -98,6 +100,11 @@ class DispatchSettings:
     #: Origins (``https://host[:port]``) of other sites whose pages may call the API with
     #: a token (CORS). Empty: none. Cookies are never sent cross-site either way.
     cors_origins: tuple[str, ...] = ()
+    #: Host names (besides ``localhost``, ``public_url``'s and IP addresses) that
+    #: browsers may reach this server by. A request naming any other host is refused:
+    #: a page on another site whose name resolves here (DNS rebinding) would otherwise
+    #: pass for this server's own.
+    allowed_hosts: tuple[str, ...] = ()
     #: The address people use when it is not this server's own (a TLS reverse proxy):
     #: ``https://`` here makes cookies Secure and turns on HSTS.
     public_url: str | None = None
@@ -150,6 +157,12 @@ class DispatchSettings:
                 raise ConfigError(
                     f"dispatch.cors_origins: {origin!r} is not an origin; write scheme://host"
                     f"[:port] with no path and no wildcard, e.g. {_ORIGIN_EXAMPLE}"
+                )
+        for name in self.allowed_hosts:
+            if not (isinstance(name, str) and _HOST_NAME.fullmatch(name)):
+                raise ConfigError(
+                    f"dispatch.allowed_hosts: {name!r} is not a host name; write the name "
+                    "alone, without scheme or port, e.g. dispatch.agency.example"
                 )
         if self.public_url is not None:
             parts = urlsplit(self.public_url)
