@@ -285,6 +285,11 @@ _EVIDENCE_TYPES: Mapping[str, type | tuple[type, ...]] = {
     "max_chunk_bytes": int,
     "max_manifest_bytes": int,
     "upload_expiry_s": _NUMBER,
+    "max_open_uploads": int,
+    "min_free_bytes": int,
+    "auth_max_failures": int,
+    "auth_max_failures_per_client": int,
+    "auth_window_s": _NUMBER,
     "host": str,
     "port": int,
 }

@@ -16,8 +16,8 @@ from actimesh.dispatch.accounts import (
     hash_password,
     verify_password,
 )
-from actimesh.dispatch.auth import LoginLimiter
 from actimesh.errors import AccountError
+from actimesh.security.limiter import LoginLimiter
 
 PASSWORD = "correct horse battery staple"
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import httpx
+
 from actimesh import evidence
 from actimesh.audit import link_case, verify_ledger
 from actimesh.evidence import apply_evidence_retention
+from actimesh.evidence.settings import EvidenceSettings
 from tests.audit.helpers import NOW
 from tests.evidence.helpers import evidence_store, key_of, record
 
@@ -151,3 +154,74 @@ async def test_manifests_that_could_mean_two_things_are_refused_with_a_reason(
             r = await client.post("/api/v1/evidence/uploads", content=body)
             assert r.status_code in (200, 201), r.text
         assert await env.service.list() == []  # nothing stored before its bytes arrive
+
+
+async def test_password_guessing_is_limited_without_locking_the_device_out(
+    tmp_path: Path,
+) -> None:
+    """Guesses for bwc1 from one address get 429 before any password is hashed; bwc1
+    itself, at its dock's address, still offloads."""
+    async with evidence_store(tmp_path) as env:
+        folder = record(env.camera_root, "bwc1", key_of(env.creds["bwc1"]), "rec-1", "act-1")
+        body = (folder / "manifest.json").read_bytes()
+        limit = env.service.settings.auth_max_failures
+        statuses = []
+        async with env.client("bwc1", password="guess") as guesser:
+            for _ in range(limit + 2):
+                r = await guesser.post("/api/v1/evidence/uploads", content=body)
+                statuses.append(r.status_code)
+            # Locked: even the right password is not checked from there now.
+            guesser.auth = httpx.BasicAuth("bwc1", env.creds["bwc1"].password)
+            locked = await guesser.post("/api/v1/evidence/uploads", content=body)
+        assert statuses == [401] * limit + [429, 429]
+        assert locked.status_code == 429
+        assert 0 < int(locked.headers["retry-after"]) <= env.service.settings.auth_window_s
+        dock = httpx.AsyncClient(
+            base_url=env.server.url,
+            auth=("bwc1", env.creds["bwc1"].password),
+            transport=httpx.AsyncHTTPTransport(local_address="127.0.0.2"),
+            trust_env=False,
+        )
+        async with dock:
+            r = await dock.post("/api/v1/evidence/uploads", content=body)
+        assert r.status_code == 201, r.text
+
+
+async def test_open_uploads_are_capped_per_device(tmp_path: Path) -> None:
+    settings = EvidenceSettings(max_chunk_bytes=256 * 1024, max_open_uploads=2)
+    async with evidence_store(tmp_path, settings) as env:
+        key = key_of(env.creds["bwc1"])
+        async with env.client("bwc1") as client, env.client("bwc2") as other:
+            manifests = [
+                (record(env.camera_root, "bwc1", key, f"rec-{n}", None) / "manifest.json")
+                for n in range(3)
+            ]
+            statuses = []
+            for manifest in manifests:
+                r = await client.post("/api/v1/evidence/uploads", content=manifest.read_bytes())
+                statuses.append(r.status_code)
+            assert statuses == [201, 201, 429]
+            assert "already has 2 unfinished uploads" in r.json()["error"]
+            # Resuming one of the two is still fine, and so is another device.
+            r = await client.post("/api/v1/evidence/uploads", content=manifests[0].read_bytes())
+            assert r.status_code == 201
+            theirs = record(env.camera_root, "bwc2", key_of(env.creds["bwc2"]), "rec-9", None)
+            r = await other.post(
+                "/api/v1/evidence/uploads", content=(theirs / "manifest.json").read_bytes()
+            )
+            assert r.status_code == 201
+
+
+async def test_an_upload_the_disk_cannot_hold_is_refused_before_a_byte_is_sent(
+    tmp_path: Path,
+) -> None:
+    spare = 1 << 62  # more than any disk: every upload would leave too little free
+    settings = EvidenceSettings(max_chunk_bytes=256 * 1024, min_free_bytes=spare)
+    async with evidence_store(tmp_path, settings) as env:
+        folder = record(env.camera_root, "bwc1", key_of(env.creds["bwc1"]), "rec-1", "act-1")
+        async with env.client("bwc1") as client:
+            r = await client.post(
+                "/api/v1/evidence/uploads", content=(folder / "manifest.json").read_bytes()
+            )
+        assert r.status_code == 507
+        assert "evidence.min_free_bytes" in r.json()["error"]

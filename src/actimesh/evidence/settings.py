@@ -31,6 +31,17 @@ class EvidenceSettings:
     max_chunk_bytes: int = 16 << 20
     max_manifest_bytes: int = 4 << 20
     upload_expiry_s: float = 7 * 86_400.0
+    #: Unfinished uploads one device may hold at once (a docked camera offloads its
+    #: recordings one after the other; more is a camera gone wrong, or an attacker).
+    max_open_uploads: int = 8
+    #: A new upload must leave this much disk free after all open uploads are complete.
+    min_free_bytes: int = 1 << 30
+    #: Failed HTTP Basic checks allowed per device id from one address, and per address,
+    #: within ``auth_window_s``; then 429. Each check is a password hash: guessing must
+    #: stop before it.
+    auth_max_failures: int = 5
+    auth_max_failures_per_client: int = 20
+    auth_window_s: float = 15 * 60.0
     #: The device upload listener (separate from the dispatch map; see docs/OPERATIONS.md).
     host: str = "127.0.0.1"
     port: int = 8471
@@ -44,8 +55,14 @@ class EvidenceSettings:
         for name in ("max_upload_bytes", "max_chunk_bytes", "max_manifest_bytes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"evidence.{name} must be a positive number of bytes")
-        if not (math.isfinite(self.upload_expiry_s) and self.upload_expiry_s > 0):
-            raise ConfigError("evidence.upload_expiry_s must be a positive number of seconds")
+        for name in ("max_open_uploads", "auth_max_failures", "auth_max_failures_per_client"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"evidence.{name} must be a whole number of at least 1")
+        if self.min_free_bytes < 0:
+            raise ConfigError("evidence.min_free_bytes must be 0 or more bytes")
+        for name in ("upload_expiry_s", "auth_window_s"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
+                raise ConfigError(f"evidence.{name} must be a positive number of seconds")
         if not 0 <= self.port < 65536:
             raise ConfigError(f"evidence.port {self.port} must be between 0 and 65535")
 

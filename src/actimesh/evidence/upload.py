@@ -69,6 +69,7 @@ from actimesh.errors import ActimeshError, EvidenceError
 from actimesh.evidence.credentials import UploaderIdentity
 from actimesh.evidence.service import EvidenceEvent, EvidenceService, aid_of
 from actimesh.evidence.store import RECEIPT_NAME, media_files, write_atomic
+from actimesh.security.limiter import LoginLimiter
 
 __all__ = ["UPLOADS_PATH", "UploadServer", "Uploads", "create_upload_app"]
 
@@ -86,7 +87,9 @@ _STATUS = {
     "conflict": 409,
     "too_large": 413,
     "invalid": 422,
+    "too_many": 429,
     "unavailable": 503,
+    "insufficient_storage": 507,
 }
 
 
@@ -123,6 +126,10 @@ class _Upload:
             "created": self.created,
             "files": {name: [size, sha] for name, (size, sha) in self.files.items()},
         }
+
+    def unsent(self) -> int:
+        """Bytes the device has yet to send for this upload."""
+        return sum(max(0, size - _size(self.folder / n)) for n, (size, _) in self.files.items())
 
     def offsets(self) -> list[dict[str, Any]]:
         return [
@@ -215,6 +222,12 @@ class Uploads:
     def __init__(self, service: EvidenceService) -> None:
         self.service = service
         self.staging = service.staging
+        s = service.settings
+        self.limiter = LoginLimiter(
+            per_user=s.auth_max_failures,
+            per_client=s.auth_max_failures_per_client,
+            window_s=s.auth_window_s,
+        )
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
     def _lock(self, key: str) -> asyncio.Lock:
@@ -306,13 +319,33 @@ class Uploads:
                 f"recording {device}/{recording} is already stored "
                 "with a different manifest; it is not replaced",
             )
+        settings = self.service.settings
+        mine = 0
+        pending = 0  # bytes every open upload still has to send
         for up in self._uploads():
+            pending += up.unsent()
             if (up.device_id, up.recording_id) != (device, recording):
+                mine += up.device_id == device
                 continue
             if up.manifest_sha256 == sha:
                 return self._uploading(up)
             shutil.rmtree(up.folder, ignore_errors=True)  # superseded by a newer manifest
+        if mine >= settings.max_open_uploads:
+            raise EvidenceError(
+                "too_many",
+                f"{device} already has {mine} unfinished uploads "
+                f"(evidence.max_open_uploads); finish or let one expire first",
+            )
         self.staging.mkdir(mode=0o700, parents=True, exist_ok=True)
+        total = sum(size for size, _ in files.values())
+        free = shutil.disk_usage(self.staging).free
+        if total + pending + settings.min_free_bytes > free:
+            raise EvidenceError(
+                "insufficient_storage",
+                f"recording {recording} needs {total} bytes and open uploads {pending} "
+                f"more, but the store has {free} free and keeps {settings.min_free_bytes} "
+                "spare (evidence.min_free_bytes); try again later",
+            )
         upload_id = secrets.token_hex(16)
         folder = self.staging / upload_id
         folder.mkdir(mode=0o700)
@@ -540,7 +573,19 @@ async def _device(request: Request) -> UploaderIdentity:
     given = _basic(request)
     who = None
     if given is not None:
-        who = await asyncio.to_thread(uploads.service.keys.authenticate, *given)
+        device, password = given
+        client = request.client.host if request.client is not None else "unknown"
+        wait = uploads.limiter.blocked_for(device, client)
+        if wait > 0:
+            raise StarletteHTTPException(
+                429,
+                f"too many failed checks for {device[:64]!r}; try again in {math.ceil(wait)} s",
+                headers={"Retry-After": str(math.ceil(wait))},
+            )
+        started = uploads.limiter.begin(device, client)
+        who = await asyncio.to_thread(uploads.service.keys.authenticate, device, password)
+        if who is not None:
+            uploads.limiter.succeeded(device, client, started)
     if who is None:
         raise StarletteHTTPException(
             401,
