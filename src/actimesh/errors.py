@@ -31,6 +31,7 @@ __all__ = [
     "EvidenceError",
     "LedgerError",
     "MediaError",
+    "NotCommandedError",
     "PayloadError",
     "SecurityError",
 ]
@@ -54,6 +55,10 @@ class BrokerNotInstalledError(BrokerError):
 
 class LedgerError(ActimeshError):
     """The activation ledger could not be opened or written."""
+
+
+class NotCommandedError(LedgerError):
+    """An answer from a camera that its activation did not command: not written."""
 
 
 class AuditError(LedgerError):

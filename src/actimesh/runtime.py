@@ -221,6 +221,8 @@ def _engine_status(engine: Engine, sim: FleetSimulator | None) -> str:
         f"rejected {s.rejected_total}",
         f"telemetry dropped {engine.telemetry_link.stats.dropped_incoming}",
     ]
+    if s.acks_not_commanded:
+        parts.append(f"acks from cameras not commanded {s.acks_not_commanded}")
     if sim is not None:
         parts.append("triggers " + ", ".join(f"{k} {v}" for k, v in sorted(sim.triggers.items())))
     return " · ".join(parts)

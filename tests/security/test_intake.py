@@ -15,6 +15,8 @@ import pytest
 from actimesh.audit import verify_ledger
 from actimesh.broker.codec import decode, encode
 from actimesh.broker.messages import (
+    Ack,
+    AckStatus,
     Alert,
     AlertKind,
     Confirmation,
@@ -395,3 +397,44 @@ async def test_camera_stopped_by_its_officer_is_commanded_again_not_merged(
         assert engine.stats.merged == 0
         assert bwc.camera is not None
         assert bwc.camera.state is DeviceState.RECORDING
+
+
+async def test_acks_for_activations_that_did_not_command_the_camera_are_counted_not_written(
+    agency: str, broker_port: int, tmp_path: Path
+) -> None:
+    """A stolen camera floods acknowledgements (for another officer's activation, for
+    made-up ones, and a cancel of an activation it was never part of): all counted,
+    none written, and the ledger holds only the real cameras' answers."""
+    async with mesh(agency, broker_port, tmp_path) as m:
+        cew = m.add("cew", DeviceKind.CEW, paired=("bwc-own",))
+        m.add("bwc-own", DeviceKind.BODY_CAM, at=0.0)
+        m.add("bwc-stolen", DeviceKind.BODY_CAM, at=500.0)
+        await m.ready()
+        engine = engine_of(m)
+        event = await cew.raise_event("taser_draw")
+        aid = activation_id("cew", event.eid)
+        assert await m.commanded(aid, {"bwc-own"}) == {"bwc-own"}
+        await eventually(lambda: len(m.agents["bwc-own"].received) == 1)
+        ledger_path = tmp_path / "ledger.sqlite3"
+        async with Ledger(ledger_path) as reader:
+            await eventually(lambda: reader.acks(aid))
+            before = len(await reader.acks(aid))
+        now = time.time()
+        forged = [Ack(aid=aid, status=AckStatus.RECORDING, pre_cov=30.0, ts=now)]
+        forged += [
+            Ack(aid=f"act-{n:024x}", status=AckStatus.RECORDING, pre_cov=30.0, ts=now)
+            for n in range(200)
+        ]
+        forged.append(
+            Ack(aid=aid, status=AckStatus.CANCELLED, pre_cov=30.0, ts=now, by="officer 9")
+        )
+        async with m.client() as stolen:
+            for ack in forged:
+                await stolen.publish(m.topics.ack("bwc-stolen"), encode(ack), qos=1)
+        await eventually(lambda: engine.stats.acks_not_commanded == len(forged), timeout=10)
+        async with Ledger(ledger_path) as reader:
+            acks = await reader.acks(aid)
+        assert len(acks) == before
+        assert {a.device_id for a in acks} == {"bwc-own"}
+        assert engine.stats.ledger_failures == 0
+    assert verify_ledger(ledger_path).ok

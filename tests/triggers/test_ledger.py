@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from actimesh.audit import verify_ledger
-from actimesh.errors import LedgerError
+from actimesh.errors import LedgerError, NotCommandedError
 from actimesh.triggers.ledger import AckRow, ActivationRow, DecisionRow, Head, Ledger
 from tests.audit.helpers import chain_hash
 
@@ -216,8 +216,9 @@ async def test_acks_written_together_are_one_transaction_in_order(tmp_path: Path
     ]
     async with Ledger(path) as ledger:
         await ledger.record_activation(activation(), DECISIONS)
-        assert await ledger.record_acks(acks) == 3  # the last one was delivered again
-        assert await ledger.record_acks([]) == 0
+        written = await ledger.record_acks(acks)
+        assert written.inserted == 3  # the last one was delivered again
+        assert (await ledger.record_acks([])).inserted == 0
         assert len(await ledger.acks("act-1")) == 3
     records = _records(path)
     assert [r[3] for r in records] == ["activation", "ack", "ack", "ack"]
@@ -233,7 +234,7 @@ async def test_a_bad_ack_in_a_group_writes_none_of_it(tmp_path: Path) -> None:
         with pytest.raises(LedgerError, match="cannot append"):
             await ledger.record_acks([good, replace(good, device_id="bwc2", received_ts=math.inf)])
         assert await ledger.acks("act-1") == []
-        assert await ledger.record_acks([good]) == 1
+        assert (await ledger.record_acks([good])).inserted == 1
     assert verify_ledger(path).ok
 
 
@@ -385,3 +386,23 @@ def test_retention_index_leaves_out_exactly_the_kept_record_types() -> None:
     assert sorted(t.value for t in ledger.KEEP_TYPES) == sorted(
         re.findall(r"'([a-z_]+)'", condition)
     )
+
+
+async def test_answers_from_cameras_the_activation_did_not_command_are_counted_not_written(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "l.sqlite3"
+    ok = AckRow("act-1", "bwc2", "recording", 30.0, "rec-1", 100.5, 100.6)
+    left_out = replace(ok, device_id="bwc3")  # too far: never commanded
+    stranger = replace(ok, device_id="bwc9")  # not in the activation at all
+    unknown = replace(ok, aid="act-404")
+    async with Ledger(path) as ledger:
+        await ledger.record_activation(activation(), DECISIONS)
+        written = await ledger.record_acks([ok, left_out, stranger, unknown], only_commanded=True)
+        assert (written.inserted, written.not_commanded) == (1, 3)
+        assert [a.device_id for a in await ledger.acks("act-1")] == ["bwc2"]
+        cancel = replace(left_out, status="cancelled")
+        with pytest.raises(NotCommandedError, match="bwc3 was not commanded in act-1"):
+            await ledger.record_cancel(cancel, "officer 7", only_commanded=True)
+    assert [r[3] for r in _records(path)] == ["activation", "ack"]
+    assert verify_ledger(path).ok

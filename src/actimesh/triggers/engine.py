@@ -76,7 +76,7 @@ from actimesh.broker.messages import (
     Presence,
 )
 from actimesh.broker.topics import DeviceChannel, Topics, is_identifier
-from actimesh.errors import BrokerError, LedgerError, PayloadError
+from actimesh.errors import BrokerError, LedgerError, NotCommandedError, PayloadError
 from actimesh.geofence import GridIndex, InclusionPolicy, SpatialIndex
 from actimesh.security.signing import UNVERIFIED_REFUSALS, CommandSigner, refusal_code
 from actimesh.triggers.delivery import Action, ActionKind, DeliveryTracker
@@ -120,6 +120,9 @@ class EngineStats:
     ledger_lookups: int = 0
     #: Cameras whose officer cancelled the activation as false (``cancelled`` acks).
     false_activations: int = 0
+    #: Answers from cameras their activation did not command: counted, never written
+    #: (not dead-lettered either: one per ack of a flood would be a flood of its own).
+    acks_not_commanded: int = 0
 
     @property
     def rejected_total(self) -> int:
@@ -419,11 +422,6 @@ class Engine:
         finished = self.deliveries.on_ack(msg.aid, device_id, msg.status)
         if finished is not None and msg.status is AckStatus.REFUSED:
             await self._alert(AlertKind.REFUSED, msg.aid, device_id, msg.detail or "refused")
-        if msg.status is AckStatus.CANCELLED:
-            self.stats.false_activations += 1
-            log.info(
-                "%s cancelled activation %s on %s as a false activation", msg.by, msg.aid, device_id
-            )
         # Waits (never drops) if the writer is behind.
         await self._ack_rows.put((self._ack_row(device_id, msg), msg.by))
 
@@ -484,17 +482,31 @@ class Engine:
                 plain = []
                 try:
                     # The ack and its false_activation record, in one transaction.
-                    await self.ledger.record_cancel(row, cancelled_by)
+                    seq = await self.ledger.record_cancel(row, cancelled_by, only_commanded=True)
+                except NotCommandedError as exc:
+                    self.stats.acks_not_commanded += 1
+                    log.debug("%s", exc)  # counted: a flood must not flood the log
                 except LedgerError:
                     self.stats.ledger_failures += 1
                     log.exception("cancel from %s for %s not recorded", row.device_id, row.aid)
+                else:
+                    if seq is not None:  # not a redelivery
+                        self.stats.false_activations += 1
+                    log.info(
+                        "%s cancelled activation %s on %s as a false activation",
+                        cancelled_by,
+                        row.aid,
+                        row.device_id,
+                    )
             await self._write_acks(plain)
 
     async def _write_acks(self, rows: list[AckRow]) -> None:
         if not rows:
             return
         try:
-            await self.ledger.record_acks(rows)
+            # An answer from a camera the activation did not command (a device flooding
+            # acks for activations it was never part of) is counted, never written.
+            written = await self.ledger.record_acks(rows, only_commanded=True)
         except LedgerError:
             if len(rows) == 1:
                 self.stats.ledger_failures += 1
@@ -503,6 +515,9 @@ class Engine:
             # One bad row must not cost the others their record: one transaction each.
             for row in rows:
                 await self._write_acks([row])
+            return
+        if written.not_commanded:
+            self.stats.acks_not_commanded += written.not_commanded
 
     async def _on_event(
         self,

@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any, Self, TypeVar
 
 from actimesh.broker.topics import is_identifier
-from actimesh.errors import LedgerError
+from actimesh.errors import LedgerError, NotCommandedError
 from actimesh.triggers.chain import (
     GENESIS_HASH,
     EventType,
@@ -59,6 +59,7 @@ from actimesh.triggers.chain import (
 __all__ = [
     "FALSE_ACTIVATION",
     "AckRow",
+    "AckWrite",
     "ActivationRow",
     "DecisionRow",
     "FalseActivation",
@@ -207,6 +208,15 @@ class ActivationRow:
     rule: dict[str, Any]
     initiated_by: str | None
     engine: str
+
+
+@dataclass(frozen=True, slots=True)
+class AckWrite:
+    """What :meth:`Ledger.record_acks` did: rows written, and answers refused because
+    the activation had not commanded that camera."""
+
+    inserted: int
+    not_commanded: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -639,34 +649,56 @@ class Ledger:
         )
         return cur.rowcount == 1
 
-    def _write_acks(self, acks: Sequence[AckRow]) -> int:
+    @staticmethod
+    def _commanded(db: sqlite3.Connection, ack: AckRow) -> bool:
+        """``ack``'s camera was commanded in its activation (one primary-key lookup)."""
+        return (
+            db.execute(
+                "SELECT 1 FROM decisions WHERE aid = ? AND device_id = ? AND commanded",
+                (ack.aid, ack.device_id),
+            ).fetchone()
+            is not None
+        )
+
+    def _write_acks(self, acks: Sequence[AckRow], only_commanded: bool) -> AckWrite:
         what = f"write {len(acks)} ack(s), first {acks[0].aid}/{acks[0].device_id}"
-        inserted = 0
+        inserted = not_commanded = 0
         with self._immediate(what) as db:
             for ack in acks:
+                if only_commanded and not self._commanded(db, ack):
+                    not_commanded += 1
+                    continue
                 if self._insert_ack(db, ack):
                     self._append_ack(db, ack)
                     inserted += 1
-        return inserted
+        return AckWrite(inserted, not_commanded)
 
     async def record_ack(self, ack: AckRow) -> None:
         """Append a camera's acknowledgement (once: a redelivered one is ignored)."""
         await self.record_acks([ack])
 
-    async def record_acks(self, acks: Sequence[AckRow]) -> int:
+    async def record_acks(
+        self, acks: Sequence[AckRow], *, only_commanded: bool = False
+    ) -> AckWrite:
         """Append acknowledgements in one transaction: all of them, or none (a group
-        commit: one sync to disk for the lot). Redelivered ones are ignored; returns how
-        many were new."""
+        commit: one sync to disk for the lot). Redelivered ones are ignored. With
+        ``only_commanded``, so is an answer from a camera its activation did not command
+        (a device flooding acknowledgements for activations it was never part of):
+        counted in the result, never written."""
         if not acks:
-            return 0
+            return AckWrite(0, 0)
         rows = list(acks)
-        return await self._run(lambda: self._write_acks(rows))
+        return await self._run(lambda: self._write_acks(rows, only_commanded))
 
-    def _write_cancel(self, ack: AckRow, by: str) -> int | None:
+    def _write_cancel(self, ack: AckRow, by: str, only_commanded: bool) -> int | None:
         _text("the name of who cancelled", by)
         if ack.status != "cancelled":
             raise LedgerError(f"a false activation needs a cancelled ack, not {ack.status!r}")
         with self._immediate(f"write the false activation {ack.aid}/{ack.device_id}") as db:
+            if only_commanded and not self._commanded(db, ack):
+                raise NotCommandedError(
+                    f"{ack.device_id} was not commanded in {ack.aid}: its cancel is not recorded"
+                )
             if not self._insert_ack(db, ack):
                 return None  # redelivered: recorded the first time
             self._append_ack(db, ack)
@@ -698,15 +730,18 @@ class Ledger:
                 body=body,
             )
 
-    async def record_cancel(self, ack: AckRow, by: str) -> int | None:
+    async def record_cancel(
+        self, ack: AckRow, by: str, *, only_commanded: bool = False
+    ) -> int | None:
         """Record a camera's ``cancelled`` acknowledgement as a false activation.
 
         The acknowledgement and a ``false_activation`` record (camera, activation, who
         cancelled, when, seconds after the event, the recording kept) are written in one
         transaction; the record's ``seq``, or None for a redelivered acknowledgement,
-        which changes nothing.
+        which changes nothing. With ``only_commanded``, a cancel from a camera the
+        activation did not command raises :class:`NotCommandedError` and writes nothing.
         """
-        return await self._run(lambda: self._write_cancel(ack, by))
+        return await self._run(lambda: self._write_cancel(ack, by, only_commanded))
 
     def _write_event(
         self,
