@@ -227,6 +227,7 @@ _DISPATCH_INTS = {
     "webhook_concurrency",
     "login_max_failures",
     "login_max_failures_per_client",
+    "max_body_bytes",
 }
 
 

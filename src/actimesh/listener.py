@@ -14,10 +14,52 @@ import socket
 from collections.abc import Callable, Iterator
 
 import uvicorn
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from actimesh.errors import ActimeshError, ConfigError
 
-__all__ = ["QuietServer", "address", "bind", "serve", "url", "wait_started"]
+__all__ = ["BodyLimit", "QuietServer", "address", "bind", "serve", "url", "wait_started"]
+
+
+class BodyLimit:
+    """ASGI middleware: no request body over ``max_bytes`` is ever held in memory.
+
+    A declared ``Content-Length`` over the limit is answered 413 before a byte of the
+    body is read; a body sent without one (chunked) is cut off with 413 as soon as it
+    passes the limit. Unauthenticated routes (the login) read their bodies too, so this
+    is what keeps a stranger's 300 MB POST from costing the process 300 MB.
+    """
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    def _too_large(self) -> HTTPException:
+        return HTTPException(413, f"the request body is over {self.max_bytes} bytes")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and not (declared.isdigit() and int(declared) <= self.max_bytes):
+            refused = self._too_large()
+            await JSONResponse({"error": refused.detail}, refused.status_code)(scope, receive, send)
+            return
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise self._too_large()  # answered by the app's HTTPException handler
+            return message
+
+        await self.app(scope, limited, send)
 
 
 class QuietServer(uvicorn.Server):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -453,3 +454,34 @@ async def test_a_foreign_host_name_is_refused_even_with_a_matching_origin(
             r = await browser.get("/api/v1/health", headers={"Host": host})
             assert r.status_code == 200, host
         assert svc.auth.stats.refused["host"] == 3
+
+
+async def test_oversized_bodies_are_refused_before_they_are_read(
+    agency: str, broker_port: int, tmp_path: Path
+) -> None:
+    """The login reads its body without credentials: a body over max_body_bytes gets
+    413 whether it declares its length or streams it in chunks."""
+    async with (
+        mesh(agency, broker_port, tmp_path) as m,
+        running_dispatch(m, tmp_path, max_body_bytes=64 * 1024) as svc,
+        api(svc, None) as stranger,
+    ):
+        password = await add_user(svc, "kim")
+        big = b'{"username": "kim", "password": "' + b"x" * (128 * 1024) + b'"}'
+        r = await stranger.post(
+            "/api/v1/session", content=big, headers={"Content-Type": "application/json"}
+        )
+        assert r.status_code == 413
+        assert "over 65536 bytes" in r.json()["error"]
+
+        async def chunks() -> AsyncIterator[bytes]:
+            yield big[: len(big) // 2]
+            yield big[len(big) // 2 :]
+
+        r = await stranger.post(
+            "/api/v1/session", content=chunks(), headers={"Content-Type": "application/json"}
+        )
+        assert r.status_code == 413
+        assert "content-length" not in r.request.headers  # streamed: no length declared
+        r = await stranger.post("/api/v1/session", json={"username": "kim", "password": password})
+        assert r.status_code == 200

@@ -52,7 +52,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Mount
 from starlette.websockets import WebSocketDisconnect
 
-from actimesh import __version__
+from actimesh import __version__, listener
 from actimesh.dispatch.admin import add_account_routes
 from actimesh.dispatch.auth import (
     PUBLIC_PREFIXES,
@@ -289,6 +289,7 @@ def create_app(ctx: AppContext) -> FastAPI:  # noqa: PLR0915 - one route table, 
             allow_credentials=False,
             max_age=600,
         )
+    app.add_middleware(listener.BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(SecurityHeaders, https=settings.public_url_https)
     add_account_routes(app, auth)
     if ctx.evidence is not None:

@@ -105,6 +105,9 @@ class DispatchSettings:
     #: a page on another site whose name resolves here (DNS rebinding) would otherwise
     #: pass for this server's own.
     allowed_hosts: tuple[str, ...] = ()
+    #: Request bodies over this are refused (413) before they are read: every API body
+    #: (a login, a zone, a webhook) is a few hundred bytes.
+    max_body_bytes: int = 1 << 20
     #: The address people use when it is not this server's own (a TLS reverse proxy):
     #: ``https://`` here makes cookies Secure and turns on HSTS.
     public_url: str | None = None
