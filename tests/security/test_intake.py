@@ -438,3 +438,39 @@ async def test_acks_for_activations_that_did_not_command_the_camera_are_counted_
         assert {a.device_id for a in acks} == {"bwc-own"}
         assert engine.stats.ledger_failures == 0
     assert verify_ledger(ledger_path).ok
+
+
+async def test_a_flood_of_refused_events_is_answered_without_holding_up_other_triggers(
+    agency: str, broker_port: int, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stolen body camera floods TASER draws it may not raise. Every one is refused
+    and counted; its refusals go out at QoS 0, never waiting for the broker (waiting
+    for each PUBACK held the control link: seconds of delay for other officers); the
+    log and the dead letters grow at their rate limit, not the flood's; and another
+    officer's draw is commanded. Latency under floods is measured by
+    ``python -m tests.integration.flood_probe`` (docs/PERFORMANCE.md)."""
+    flood = 3000
+    async with mesh(agency, broker_port, tmp_path) as m:
+        cew = m.add("cew", DeviceKind.CEW, paired=("bwc-own",))
+        m.add("bwc-own", DeviceKind.BODY_CAM, at=0.0)
+        m.add("bwc-stolen", DeviceKind.BODY_CAM, at=900.0)
+        await m.ready()
+        engine = engine_of(m)
+        async with m.client() as stolen:
+            await stolen.subscribe(m.topics.confirm("bwc-stolen"), qos=1)
+            now = time.time()
+            for i in range(flood):
+                event = Event(eid=f"flood-{i}", type="taser_draw", ts=now)
+                await stolen.publish(m.topics.event("bwc-stolen"), encode(event), qos=0)
+            draw = await cew.raise_event("taser_draw")
+            aid = activation_id("cew", draw.eid)
+            assert await m.commanded(aid, {"bwc-own"}) == {"bwc-own"}
+            await eventually(lambda: engine.stats.rejected["sender_not_allowed"] == flood)
+            first = await anext(aiter(stolen.messages))
+        assert first.qos == 0
+        assert isinstance(first.payload, bytes)
+        assert decode(Confirmation, first.payload).status is ConfirmStatus.REJECTED
+        suppressed = engine.stats.deadletters_suppressed
+        assert suppressed > 0
+        logged = [r for r in caplog.records if r.getMessage().startswith("rejected ")]
+        assert len(logged) == flood - suppressed  # one line per dead letter, no more

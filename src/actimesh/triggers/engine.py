@@ -681,7 +681,11 @@ class Engine:
             eid = decode(Event, payload).eid
         except PayloadError:
             return  # unreadable: no event id to answer to
-        await self._confirm(source, eid, ConfirmStatus.REJECTED, None, detail=str(exc)[:256])
+        # QoS 0, not waited for: a refusal the device misses only makes it re-send, and
+        # is refused again; waiting here for the broker's PUBACK of every refusal held
+        # the control link, so a device flooding refused events delayed other officers'
+        # triggers by seconds.
+        await self._confirm(source, eid, ConfirmStatus.REJECTED, None, detail=str(exc)[:256], qos=0)
 
     def _remember(self, key: tuple[str, str], aid: str, *, durable: bool = False) -> None:
         self._seen[key] = aid
@@ -771,12 +775,13 @@ class Engine:
         *,
         cameras: int = 0,
         detail: str | None = None,
+        qos: int = 1,
     ) -> None:
         confirmation = Confirmation(
             eid=eid, status=status, aid=aid, cameras=cameras, ts=self.clock(), detail=detail
         )
         try:
-            await self.ctl.publish(self.topics.confirm(device_id), encode(confirmation), qos=1)
+            await self.ctl.publish(self.topics.confirm(device_id), encode(confirmation), qos=qos)
             self.stats.confirmations += 1
         except BrokerError:
             log.warning(
@@ -1019,7 +1024,6 @@ class Engine:
     # ------------------------------------------------------------------ rejects
     async def _reject(self, topic: str, payload: bytes, exc: PayloadError) -> None:
         self.stats.rejected[exc.reason] += 1
-        log.warning("rejected %r: %s", topic, exc)
         now = self.clock()
         rate = self.settings.deadletters_per_s
         self._deadletter_tokens = min(
@@ -1027,9 +1031,11 @@ class Engine:
         )
         self._deadletter_refill = now
         if self._deadletter_tokens < 1:
+            # Counted, not logged either: a flood must cost as little as it can.
             self.stats.deadletters_suppressed += 1
             return
         self._deadletter_tokens -= 1
+        log.warning("rejected %r: %s", topic, exc)  # as often as dead letters, no more
         letter = DeadLetter(
             ts=now,
             topic=topic[:512],
