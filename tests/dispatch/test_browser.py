@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 from playwright.async_api import Browser, Page, async_playwright
+from playwright.async_api import TimeoutError as PlaywrightTimeoutError
 
 from actimesh.broker.messages import DeviceKind
 from actimesh.dispatch.accounts import Role
@@ -210,9 +211,25 @@ async def test_live_map_shows_activation_cameras_and_alerts_within_a_second(
             await form.wait_for()
             await form.locator("input[name=radius]").fill("12")
             assert "as kim" in await form.inner_text()
-            await form.locator("button.go").click()
+            async with page.expect_response(lambda r: r.url.endswith("/api/v1/zones")) as sent:
+                await form.locator("button.go").click()
+            answer = await sent.value
+            assert answer.status == 202, await answer.text()
+            zone_aid = (await answer.json())["aid"]
             zone = page.locator("li.inc", has_text="Dispatcher zone")
-            await zone.wait_for()
+            try:
+                await zone.wait_for()
+            except PlaywrightTimeoutError:
+                # Say which link of the chain broke: the engine, or the page's feed.
+                with sqlite3.connect(tmp_path / "ledger.sqlite3") as db:
+                    recorded = db.execute(
+                        "SELECT 1 FROM activations WHERE aid = ?", (zone_aid,)
+                    ).fetchone()
+                connection = await page.locator("#conn-text").inner_text()
+                raise AssertionError(
+                    f"zone {zone_aid} not listed: in the ledger {recorded is not None}, "
+                    f"page connection {connection!r}"
+                ) from None
             assert "by kim" in await zone.inner_text()
             assert await page.locator("path.act-circle.zone").count() == 1
             await form.wait_for(state="detached")  # the form closes itself once sent
