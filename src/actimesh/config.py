@@ -291,6 +291,7 @@ _EVIDENCE_TYPES: Mapping[str, type | tuple[type, ...]] = {
     "auth_max_failures": int,
     "auth_max_failures_per_client": int,
     "auth_window_s": _NUMBER,
+    "client_timeout_s": _NUMBER,
     "host": str,
     "port": int,
 }

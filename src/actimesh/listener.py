@@ -17,24 +17,85 @@ import uvicorn
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from actimesh.errors import ActimeshError, ConfigError
 
-__all__ = ["BodyLimit", "QuietServer", "address", "bind", "serve", "url", "wait_started"]
+__all__ = [
+    "BodyLimit",
+    "QuietServer",
+    "address",
+    "bind",
+    "serve",
+    "slow_client_protocol",
+    "url",
+    "wait_started",
+]
+
+
+def slow_client_protocol(head_timeout_s: float) -> type[H11Protocol]:
+    """uvicorn's HTTP/1.1 protocol, closing a connection whose request head has not
+    arrived within ``head_timeout_s`` of the connection (or of the last response).
+
+    uvicorn times out only idle keep-alive connections; one that sends half a request
+    head and then nothing (slowloris) holds its slot for ever, and a few hundred of them
+    answer everyone else 503. Bodies are timed by :class:`BodyLimit`.
+    """
+
+    class _SlowClientH11(H11Protocol):
+        _head_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)  # type: ignore[arg-type]
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            before = self.headers
+            super().data_received(data)
+            if self.headers is not before:  # a request head arrived (an upgrade too)
+                self._disarm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._arm()  # the next request's head is timed as well
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._head_timer = self.loop.call_later(head_timeout_s, self._head_late)
+
+        def _disarm(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _head_late(self) -> None:
+            self._head_timer = None
+            if self.cycle is None or self.cycle.response_complete:
+                self.transport.close()
+
+    return _SlowClientH11
 
 
 class BodyLimit:
-    """ASGI middleware: no request body over ``max_bytes`` is ever held in memory.
+    """ASGI middleware: no request body over ``max_bytes`` is ever held in memory, and
+    none trickles in for ever.
 
     A declared ``Content-Length`` over the limit is answered 413 before a byte of the
     body is read; a body sent without one (chunked) is cut off with 413 as soon as it
     passes the limit. Unauthenticated routes (the login) read their bodies too, so this
-    is what keeps a stranger's 300 MB POST from costing the process 300 MB.
+    is what keeps a stranger's 300 MB POST from costing the process 300 MB. A body whose
+    next part takes longer than ``gap_timeout_s`` gets 408.
     """
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, *, max_bytes: int, gap_timeout_s: float = 30.0) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        #: A body whose next part does not arrive within this gets 408.
+        self.gap_timeout_s = gap_timeout_s
 
     def _too_large(self) -> HTTPException:
         return HTTPException(413, f"the request body is over {self.max_bytes} bytes")
@@ -49,14 +110,26 @@ class BodyLimit:
             await JSONResponse({"error": refused.detail}, refused.status_code)(scope, receive, send)
             return
         received = 0
+        complete = False
 
         async def limited() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, complete
+            if complete:  # after the body: the app waits for a disconnect, untimed
+                return await receive()
+            try:
+                async with asyncio.timeout(self.gap_timeout_s):
+                    message = await receive()
+            except TimeoutError:
+                raise HTTPException(
+                    408, f"no part of the request body arrived within {self.gap_timeout_s:g} s"
+                ) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
                     raise self._too_large()  # answered by the app's HTTPException handler
+                complete = not message.get("more_body", False)
+            else:
+                complete = True
             return message
 
         await self.app(scope, limited, send)

@@ -323,6 +323,7 @@ async def run_up(settings: Settings, sim: SimSettings | None, console: Console) 
             create_upload_app(Uploads(evidence)),
             host=settings.evidence.host,
             port=settings.evidence.port,
+            client_timeout_s=settings.evidence.client_timeout_s,
         )
         fleet = None
         if sim is not None:

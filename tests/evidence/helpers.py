@@ -112,7 +112,12 @@ async def evidence_store(
         settings=settings or EvidenceSettings(max_chunk_bytes=256 * 1024),
     )
     async with service:
-        server = UploadServer(create_upload_app(Uploads(service)), host="127.0.0.1", port=0)
+        server = UploadServer(
+            create_upload_app(Uploads(service)),
+            host="127.0.0.1",
+            port=0,
+            client_timeout_s=service.settings.client_timeout_s,
+        )
         async with asyncio.TaskGroup() as tg:
             task = tg.create_task(server.run(), name="evidence-server")
             async with asyncio.timeout(15):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import sqlite3
 from pathlib import Path
 
@@ -225,3 +227,33 @@ async def test_an_upload_the_disk_cannot_hold_is_refused_before_a_byte_is_sent(
             )
         assert r.status_code == 507
         assert "evidence.min_free_bytes" in r.json()["error"]
+
+
+async def test_half_open_requests_and_stalled_bodies_are_cut_off(tmp_path: Path) -> None:
+    settings = EvidenceSettings(max_chunk_bytes=256 * 1024, client_timeout_s=1.0)
+    async with evidence_store(tmp_path, settings) as env:
+        host, port = env.server.url.removeprefix("http://").split("/")[0].rsplit(":", 1)
+        streams = [await asyncio.open_connection(host, int(port)) for _ in range(10)]
+        for _, writer in streams:
+            writer.write(b"POST /api/v1/evidence/uploads HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            await writer.drain()
+        async with asyncio.timeout(10):
+            for reader, _ in streams:
+                assert await reader.read() == b""  # closed by the server
+        for _, writer in streams:
+            writer.close()
+        folder = record(env.camera_root, "bwc1", key_of(env.creds["bwc1"]), "rec-1", "act-1")
+        body = (folder / "manifest.json").read_bytes()
+        auth = base64.b64encode(f"bwc1:{env.creds['bwc1'].password}".encode())
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(
+            b"POST /api/v1/evidence/uploads HTTP/1.1\r\nHost: x\r\nAuthorization: Basic "
+            + auth
+            + b"\r\nContent-Length: %d\r\n\r\n" % len(body)
+            + body[:10]
+        )
+        await writer.drain()
+        async with asyncio.timeout(10):
+            head = await reader.readline()
+        writer.close()
+        assert head.startswith(b"HTTP/1.1 408"), head

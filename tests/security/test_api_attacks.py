@@ -485,3 +485,39 @@ async def test_oversized_bodies_are_refused_before_they_are_read(
         assert "content-length" not in r.request.headers  # streamed: no length declared
         r = await stranger.post("/api/v1/session", json={"username": "kim", "password": password})
         assert r.status_code == 200
+
+
+async def test_half_open_requests_are_cut_off_and_do_not_lock_others_out(
+    agency: str, broker_port: int, tmp_path: Path
+) -> None:
+    """Slowloris: more half-sent request heads than the server has slots. Each is
+    closed after client_timeout_s, everyone else is served again, and a body that
+    stalls gets 408."""
+    async with (
+        mesh(agency, broker_port, tmp_path) as m,
+        running_dispatch(m, tmp_path, client_timeout_s=1.0, max_clients=5) as svc,
+        api(svc, None) as client,
+    ):
+        host, port = svc.url.removeprefix("http://").rsplit(":", 1)
+        streams = [await asyncio.open_connection(host, int(port)) for _ in range(30)]
+        for _, writer in streams:
+            writer.write(b"GET /api/v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+            await writer.drain()
+        # Every half-open connection is closed by the server: read() sees the end.
+        async with asyncio.timeout(10):
+            for reader, _ in streams:
+                assert await reader.read() == b""
+        for _, writer in streams:
+            writer.close()
+        assert (await client.get("/api/v1/health")).status_code == 200
+
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(
+            b"POST /api/v1/session HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b'Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"user'
+        )
+        await writer.drain()
+        async with asyncio.timeout(10):
+            head = await reader.readline()
+        writer.close()
+        assert head.startswith(b"HTTP/1.1 408"), head

@@ -289,7 +289,11 @@ def create_app(ctx: AppContext) -> FastAPI:  # noqa: PLR0915 - one route table, 
             allow_credentials=False,
             max_age=600,
         )
-    app.add_middleware(listener.BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        listener.BodyLimit,
+        max_bytes=settings.max_body_bytes,
+        gap_timeout_s=settings.client_timeout_s,
+    )
     app.add_middleware(SecurityHeaders, https=settings.public_url_https)
     add_account_routes(app, auth)
     if ctx.evidence is not None:

@@ -216,6 +216,7 @@ class DispatchService:
                         log_config=None,
                         access_log=False,
                         lifespan="off",
+                        http=listener.slow_client_protocol(self.settings.client_timeout_s),
                         ws="websockets-sansio",
                         ws_max_size=64 * 1024,
                         ws_ping_interval=20.0,

@@ -108,6 +108,10 @@ class DispatchSettings:
     #: Request bodies over this are refused (413) before they are read: every API body
     #: (a login, a zone, a webhook) is a few hundred bytes.
     max_body_bytes: int = 1 << 20
+    #: A client that has not sent its request head within this (after connecting, or
+    #: after the last answer) is disconnected, and one whose body stalls this long gets
+    #: 408: half-open requests (slowloris) must not hold the server's slots.
+    client_timeout_s: float = 15.0
     #: The address people use when it is not this server's own (a TLS reverse proxy):
     #: ``https://`` here makes cookies Secure and turns on HSTS.
     public_url: str | None = None

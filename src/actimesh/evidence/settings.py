@@ -42,6 +42,9 @@ class EvidenceSettings:
     auth_max_failures: int = 5
     auth_max_failures_per_client: int = 20
     auth_window_s: float = 15 * 60.0
+    #: A request head not sent within this closes the connection; a body whose next
+    #: part takes longer gets 408 (a cellular dock link may pause, never for this long).
+    client_timeout_s: float = 30.0
     #: The device upload listener (separate from the dispatch map; see docs/OPERATIONS.md).
     host: str = "127.0.0.1"
     port: int = 8471
@@ -60,7 +63,7 @@ class EvidenceSettings:
                 raise ConfigError(f"evidence.{name} must be a whole number of at least 1")
         if self.min_free_bytes < 0:
             raise ConfigError("evidence.min_free_bytes must be 0 or more bytes")
-        for name in ("upload_expiry_s", "auth_window_s"):
+        for name in ("upload_expiry_s", "auth_window_s", "client_timeout_s"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
                 raise ConfigError(f"evidence.{name} must be a positive number of seconds")
         if not 0 <= self.port < 65536:

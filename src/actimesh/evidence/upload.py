@@ -603,6 +603,12 @@ def create_upload_app(uploads: Uploads) -> FastAPI:
     app = FastAPI(title="actimesh evidence uploads", docs_url=None, redoc_url=None)
     service = uploads.service
     app.state.uploads = uploads
+    settings = service.settings
+    app.add_middleware(
+        listener.BodyLimit,
+        max_bytes=max(settings.max_chunk_bytes, settings.max_manifest_bytes),
+        gap_timeout_s=settings.client_timeout_s,
+    )
 
     @app.exception_handler(EvidenceError)
     async def _refused(_: Request, exc: EvidenceError) -> JSONResponse:
@@ -684,10 +690,12 @@ class UploadServer:
         port: int,
         ssl_certfile: Path | None = None,
         ssl_keyfile: Path | None = None,
+        client_timeout_s: float = 30.0,
     ) -> None:
         self.app = app
         self.host = host
         self.port = port
+        self.client_timeout_s = client_timeout_s
         self.tls: dict[str, Any] = (
             {}
             if ssl_certfile is None or ssl_keyfile is None
@@ -718,6 +726,7 @@ class UploadServer:
                 log_config=None,
                 access_log=False,
                 lifespan="off",
+                http=listener.slow_client_protocol(self.client_timeout_s),
                 server_header=False,
                 timeout_graceful_shutdown=2,
                 proxy_headers=False,
