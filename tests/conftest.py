@@ -23,6 +23,7 @@ import pytest
 
 from actimesh.broker.messages import DeviceKind
 from actimesh.broker.mosquitto import ManagedMosquitto, MosquittoConfig, TlsListener, free_port
+from actimesh.broker.topics import device_client_id
 from actimesh.errors import BrokerNotInstalledError
 from actimesh.security import (
     AclPolicy,
@@ -122,6 +123,15 @@ class SecureBroker:
 
     def registry(self) -> Registry:
         return Registry.open(self.data_dir)
+
+    def client_id(self, username: str) -> str | None:
+        """The client id the broker lets ``username`` connect with: a device's own,
+        an integrator's account name, or any (None: a random one) for a service."""
+        if username.startswith("svc-"):
+            return None
+        if username.startswith("int-"):
+            return username
+        return device_client_id(self.policy.agency, username)
 
     def apply(self) -> None:
         """Render the broker files from the registry and reload the running broker."""

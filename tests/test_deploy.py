@@ -59,6 +59,8 @@ def test_external_broker_config_matches_the_managed_one(tmp_path: Path) -> None:
     ):
         assert shipped[key] == managed[key], key
     assert shipped["allow_anonymous"] == ["false"]
+    assert [Path(p).name for p in shipped["plugin"]] == [Path(p).name for p in managed["plugin"]]
+    assert "acl_file" not in shipped
     assert shipped["listener"][0] == "1883 127.0.0.1"  # plain: loopback only
 
 
@@ -113,15 +115,32 @@ def test_external_broker_config_is_secure_on_a_real_mosquitto(
         with pytest.raises(aiomqtt.MqttCodeError, match="Not authorized"):
             async with aiomqtt.Client("127.0.0.1", port, timeout=5):
                 pass
+        tls = TlsSettings(ca).context()
+        # The Dynamic Security plugin binds the device to its own client id ...
+        with pytest.raises(aiomqtt.MqttCodeError, match="Not authorized"):
+            async with aiomqtt.Client(
+                "127.0.0.1",
+                tls_port,
+                identifier="deploy-engine-1-ctl",
+                username="bwc-1",
+                password=password,
+                tls_context=tls,
+            ):
+                pass
         async with aiomqtt.Client(
             "127.0.0.1",
             tls_port,
+            identifier="deploy-bwc-1",
             username="bwc-1",
             password=password,
-            tls_context=TlsSettings(ca).context(),
+            tls_context=tls,
             timeout=5,
-        ):
-            pass
+        ) as device:
+            # ... and refuses subscriptions beyond its own topics when they are made.
+            refused = await device.subscribe("#")
+            assert [r.value for r in refused] == [0x80]  # type: ignore[union-attr]
+            granted = await device.subscribe("am/v1/deploy/dev/bwc-1/cmd", qos=1)
+            assert [r.value for r in granted] == [1]  # type: ignore[union-attr]
 
     asyncio.run(check())
 

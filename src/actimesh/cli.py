@@ -45,6 +45,7 @@ from actimesh.geofence import InclusionMode, InclusionPolicy
 
 if TYPE_CHECKING:
     from actimesh.security.provision import BrokerEndpoints
+    from actimesh.security.registry import DeviceCredentials, Registry
     from actimesh.triggers.ledger import Head
 
 __all__ = ["main"]
@@ -549,7 +550,9 @@ def _security_parsers(sub: argparse._SubParsersAction[_Parser]) -> None:
         )
 
     devices = sub.add_parser(
-        "devices", help="broker accounts of devices: add, list, remove, rotate (applied live)"
+        "devices",
+        help="broker accounts of devices: add, list, remove, rotate, disable, enable "
+        "(applied live)",
     )
     verbs = devices.add_subparsers(dest="verb", required=True, parser_class=_Parser)
     add = verbs.add_parser("add", help="register a device; prints its credentials once")
@@ -566,8 +569,12 @@ def _security_parsers(sub: argparse._SubParsersAction[_Parser]) -> None:
     for verb, text in (
         ("remove", "remove it: the broker drops it at once"),
         ("rotate", "new password and key; the old ones stop working"),
+        ("enable", "let a disabled or quarantined device log in again"),
     ):
         verbs.add_parser(verb, help=text).add_argument("device_id", metavar="ID")
+    disable = verbs.add_parser("disable", help="refuse it at the broker (dropped at once)")
+    disable.add_argument("device_id", metavar="ID")
+    disable.add_argument("--reason", default="disabled by an operator", help="shown in list")
     verbs.add_parser("list", help="every registered device (no secrets)")
 
     integrators = sub.add_parser(
@@ -638,7 +645,6 @@ def _endpoints(settings: Settings) -> BrokerEndpoints:
 
 
 def _security(args: argparse.Namespace) -> int:
-    from actimesh.broker.messages import DeviceKind  # noqa: PLC0415 - keep `--help` fast
     from actimesh.security import AclPolicy, Registry, certs  # noqa: PLC0415
     from actimesh.security.provision import apply_to_broker, credential_lines  # noqa: PLC0415
 
@@ -656,20 +662,8 @@ def _security(args: argparse.Namespace) -> int:
             print(f"{len(rows)} {args.command} in {registry.path}")
             return EXIT_OK
         creds: Any = None
-        if args.command == "devices" and args.verb == "add":
-            creds = registry.add(
-                args.device_id, DeviceKind(args.kind), unit=args.unit, paired=args.paired
-            )
-            print(f"device {args.device_id} registered")
-        elif args.command == "devices" and args.verb == "rotate":
-            creds = registry.rotate(args.device_id)
-            print(f"device {args.device_id}: new credentials")
-        elif args.command == "devices":
-            unpaired = ", ".join(registry.remove(args.device_id))
-            print(
-                f"device {args.device_id} removed"
-                + (f" (no longer paired with {unpaired})" if unpaired else "")
-            )
+        if args.command == "devices":
+            creds = _device_verb(registry, args)
         elif args.verb == "add":
             creds = registry.add_integrator(args.name, telemetry=args.telemetry)
             grant = "activations and telemetry" if args.telemetry else "activations only"
@@ -691,6 +685,33 @@ def _security(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _device_verb(registry: Registry, args: argparse.Namespace) -> DeviceCredentials | None:
+    """``actimesh devices add|rotate|remove|disable|enable``; new credentials, if any."""
+    from actimesh.broker.messages import DeviceKind  # noqa: PLC0415 - keep `--help` fast
+
+    device_id = args.device_id
+    if args.verb == "add":
+        creds = registry.add(device_id, DeviceKind(args.kind), unit=args.unit, paired=args.paired)
+        print(f"device {device_id} registered")
+        return creds
+    if args.verb == "rotate":
+        print(f"device {device_id}: new credentials")
+        return registry.rotate(device_id)
+    if args.verb == "disable":
+        done = registry.disable(device_id, args.reason)
+        print(f"device {device_id} " + ("disabled" if done else "was disabled already"))
+    elif args.verb == "enable":
+        done = registry.enable(device_id)
+        print(f"device {device_id} " + ("enabled" if done else "was not disabled"))
+    else:
+        unpaired = ", ".join(registry.remove(device_id))
+        print(
+            f"device {device_id} removed"
+            + (f" (no longer paired with {unpaired})" if unpaired else "")
+        )
+    return None
+
+
 def _services(args: argparse.Namespace, settings: Settings) -> int:
     """The service accounts for processes that log in to a broker actimesh does not run."""
     from actimesh.security import SECRETS_DIR, AclPolicy, Registry  # noqa: PLC0415
@@ -706,9 +727,9 @@ def _services(args: argparse.Namespace, settings: Settings) -> int:
     apply_to_broker(data_dir, AclPolicy(settings.agency, settings.dispatch.source_device))
     broker = data_dir / BROKER_DIR
     print(
-        f"broker files: password_file {broker / 'passwd'}, acl_file {broker / 'acl'} "
-        "(point the broker's configuration at them, deploy/mosquitto/actimesh.conf, and "
-        "reload it)"
+        f"broker files: password_file {broker / 'passwd'}, Dynamic Security config "
+        f"{broker / 'dynsec.json'} (point the broker's configuration at them, "
+        "deploy/mosquitto/actimesh.conf, and restart it)"
     )
     return EXIT_OK
 
@@ -718,9 +739,10 @@ def _describe(row: Any) -> str:
     if hasattr(row, "device_id"):
         paired = ",".join(row.paired) or "-"
         sim = " (simulated)" if row.simulated else ""
+        off = f" DISABLED ({row.disabled})" if row.disabled else ""
         return (
             f"{row.device_id:<24} {row.kind.value:<9} unit {row.unit or '-':<12} "
-            f"paired {paired:<20} key {row.public_key[:16]}… rotated {when}{sim}"
+            f"paired {paired:<20} key {row.public_key[:16]}… rotated {when}{sim}{off}"
         )
     grant = "activations+telemetry" if row.telemetry else "activations"
     return f"{row.name:<24} {grant:<22} created/rotated {when}"

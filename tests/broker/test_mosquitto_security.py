@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from actimesh.broker.dynsec import Access
 from actimesh.broker.mosquitto import (
     BrokerEndpoint,
     ManagedMosquitto,
@@ -31,7 +32,12 @@ def test_default_config_admits_no_anonymous_client(tmp_path: Path) -> None:
     assert "allow_anonymous false" in lines
     assert "allow_anonymous true" not in lines
     assert f"password_file {tmp_path}/passwd" in lines
-    assert f"acl_file {tmp_path}/acl" in lines
+    assert f"plugin_opt_config_file {tmp_path}/dynsec.json" in lines
+    plugin = next(line for line in lines if line.startswith("plugin "))
+    assert plugin.endswith("mosquitto_dynamic_security.so")
+    # The plugin is asked first: it is loaded before the password file is named.
+    assert lines.index(plugin) < lines.index(f"password_file {tmp_path}/passwd")
+    assert not any(line.startswith("acl_file") for line in lines)
     assert f"pid_file {tmp_path}/mosquitto.pid" in lines
     assert "per_listener_settings false" in lines
     # Security lines come before the first listener: with per_listener_settings false
@@ -43,7 +49,7 @@ def test_insecure_anonymous_must_be_asked_for_by_name(tmp_path: Path) -> None:
     cfg = MosquittoConfig(data_dir=tmp_path, insecure_anonymous=True)
     lines = render_config(cfg).splitlines()
     assert "allow_anonymous true" in lines
-    assert not any(line.startswith(("password_file", "acl_file")) for line in lines)
+    assert not any(line.startswith(("password_file", "acl_file", "plugin")) for line in lines)
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "localhost"])
@@ -79,13 +85,22 @@ def test_broker_without_registry_files_refuses_to_start(tmp_path: Path) -> None:
     assert "\n" not in str(info.value)
     assert not broker.running
     (tmp_path / "passwd").write_text("")
-    with pytest.raises(BrokerError, match="no ACL"):
+    with pytest.raises(BrokerError, match="no access file"):
+        broker.start()
+    (tmp_path / "access.json").write_text(Access((), ()).to_json())
+    with pytest.raises(BrokerError, match="no admin login"):
         broker.start()
 
 
+def _security_files(directory: Path) -> None:
+    """Empty registry files: a broker nobody can log in to, but one that starts."""
+    (directory / "passwd").write_text("")
+    (directory / "access.json").write_text(Access((), ()).to_json())
+    (directory / "admin").write_text("svc-admin\nx\n")
+
+
 def test_missing_tls_files_are_a_one_line_error(tmp_path: Path) -> None:
-    (tmp_path / "passwd").write_text("")
-    (tmp_path / "acl").write_text("")
+    _security_files(tmp_path)
     listener = TlsListener(
         port=free_port(),
         certfile=tmp_path / "s.pem",
@@ -98,8 +113,7 @@ def test_missing_tls_files_are_a_one_line_error(tmp_path: Path) -> None:
 
 
 def test_broken_tls_files_are_reported_from_the_broker_log(tmp_path: Path) -> None:
-    for name in ("passwd", "acl"):
-        (tmp_path / name).write_text("")
+    _security_files(tmp_path)
     for name in ("s.pem", "s.key", "ca.pem"):
         (tmp_path / name).write_text("not a certificate\n")
     listener = TlsListener(

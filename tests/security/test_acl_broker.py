@@ -12,29 +12,25 @@ import contextlib
 import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import aiomqtt
 import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from actimesh.broker.client import LinkSettings, MqttLink, Subscription
-from actimesh.broker.mosquitto import ManagedMosquitto, MosquittoConfig, free_port
+from actimesh.broker.messages import DeviceKind
 from actimesh.broker.topics import DeviceChannel, Topics
 from actimesh.security import (
     SERVICE_DISPATCH,
     SERVICE_ENGINE,
     SERVICE_MONITOR,
-    AccountRole,
-    AclAccount,
-    AclPolicy,
     Credentials,
     generate_password,
-    hash_password,
-    password_line,
-    render_acl,
 )
+from actimesh.security.provision import RegistryQuarantine
 from tests.conftest import DISPATCH_DEVICE, SecureBroker
 from tests.waiting import eventually
 
@@ -51,6 +47,17 @@ class Inbox:
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
     #: Set when the broker dropped the connection.
     lost: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Each subscription made, and whether the broker granted it (SUBACK below 0x80).
+    granted: dict[str, bool] = field(default_factory=dict)
+
+    async def subscribe(self, topic_filter: str) -> bool:
+        reasons = await self.client.subscribe(topic_filter, qos=1)
+        codes = [r if isinstance(r, int) else r.value for r in reasons]
+        self.granted[topic_filter] = all(code < 0x80 for code in codes)
+        return self.granted[topic_filter]
+
+    def refused(self) -> list[str]:
+        return [t for t, ok in self.granted.items() if not ok]
 
     async def wait_for(self, topic: str, payload: bytes = MARKER) -> None:
         async with asyncio.timeout(TIMEOUT_S):
@@ -64,11 +71,17 @@ class Inbox:
 
 @contextlib.asynccontextmanager
 async def _client(
-    secure: SecureBroker, creds: Credentials | None, *subscriptions: str
+    secure: SecureBroker,
+    creds: Credentials | None,
+    *subscriptions: str,
+    client_id: str | None = None,
 ) -> AsyncIterator[Inbox]:
+    if client_id is None and creds is not None:
+        client_id = secure.client_id(creds.username)
     async with aiomqtt.Client(
         secure.host,
         secure.port,
+        identifier=client_id,
         username=None if creds is None else creds.username,
         password=None if creds is None else creds.password,
         protocol=aiomqtt.ProtocolVersion.V5,
@@ -76,7 +89,7 @@ async def _client(
     ) as client:
         inbox = Inbox(client)
         for sub in subscriptions:
-            await client.subscribe(sub, qos=1)
+            await inbox.subscribe(sub)
 
         async def collect() -> None:
             try:
@@ -185,7 +198,11 @@ def test_denied_qos1_publish_is_answered_not_authorised(
     cam = secure_mosquitto.add_device("bwc-a")
     acks: dict[int, int] = {}
     done = threading.Event()
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id="pub-test", protocol=paho.MQTTv5)
+    client = paho.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=secure_mosquitto.client_id("bwc-a"),
+        protocol=paho.MQTTv5,
+    )
     client.username_pw_set(cam.username, cam.password)
 
     def on_publish(_c: object, _u: object, mid: int, reason: object, _p: object) -> None:
@@ -209,20 +226,32 @@ def test_denied_qos1_publish_is_answered_not_authorised(
         client.loop_stop()
 
 
-async def test_device_cannot_read_another_devices_commands(
+async def test_device_may_subscribe_to_its_own_topics_only(
     secure_mosquitto: SecureBroker, agency: str
 ) -> None:
+    """Checked when the SUBSCRIBE is made (Dynamic Security): wildcards, other devices'
+    topics, ``$SYS`` and every share group are refused, the engines' above all."""
     t = Topics(agency)
     snoop = secure_mosquitto.add_device("bwc-a")
     secure_mosquitto.add_device("bwc-b")
     engine = _svc(secure_mosquitto, SERVICE_ENGINE)
-    # Subscribing is allowed (Mosquitto checks on delivery): the wildcards are accepted
-    # and still deliver nothing that is not the device's own.
-    subs = (t.all_devices(DeviceChannel.COMMAND), t.command("bwc-b"), t.confirm("bwc-b"), "#")
+    forbidden = (
+        t.all_devices(DeviceChannel.COMMAND),
+        t.command("bwc-b"),
+        t.confirm("bwc-b"),
+        "#",
+        "$SYS/#",
+        f"{t.prefix}/#",
+        t.all_activations,
+        t.all_devices(DeviceChannel.EVENT),
+        t.shared("engines", t.all_devices(DeviceChannel.EVENT)),
+        t.shared("x", t.command("bwc-a")),
+    )
     async with (
-        _client(secure_mosquitto, snoop.mqtt, *subs) as dev,
+        _client(secure_mosquitto, snoop.mqtt, t.command("bwc-a"), *forbidden) as dev,
         _client(secure_mosquitto, engine) as eng,
     ):
+        assert dev.refused() == list(forbidden)
         await eng.client.publish(t.command("bwc-b"), b"secret", qos=1)
         await eng.client.publish(t.confirm("bwc-b"), b"secret", qos=1)
         await eng.client.publish(t.activations("taser_draw"), b"secret", qos=1)
@@ -242,12 +271,19 @@ async def test_integrator_reads_activations_and_telemetry_only_when_granted(
     plain = secure_mosquitto.add_integrator("plain")
     granted = secure_mosquitto.add_integrator("tracker", telemetry=True)
     engine = _svc(secure_mosquitto, SERVICE_ENGINE)
+    json_feed = f"{t.prefix}/json/activations/#"
+    wanted = ("#", t.all_devices(DeviceChannel.TELEMETRY), t.all_activations, json_feed)
     async with (
-        _client(secure_mosquitto, plain, "#") as reader,
-        _client(secure_mosquitto, granted, "#") as tracker,
+        _client(secure_mosquitto, plain, *wanted) as reader,
+        _client(secure_mosquitto, granted, *wanted) as tracker,
         _client(secure_mosquitto, cam.mqtt) as dev,
         _client(secure_mosquitto, engine) as eng,
     ):
+        assert reader.refused() == ["#", t.all_devices(DeviceChannel.TELEMETRY)]
+        assert tracker.refused() == ["#"]
+        # Narrower filters within a grant are fine; the share groups are not.
+        assert await reader.subscribe(t.activations("collision"))
+        assert not await reader.subscribe(t.shared("engines", t.all_activations))
         await dev.client.publish(t.telemetry("bwc-1"), b"fix", qos=1)
         await dev.client.publish(t.presence("bwc-1"), b"on", qos=1)
         await eng.client.publish(t.command("bwc-1"), b"cmd", qos=1)
@@ -260,6 +296,16 @@ async def test_integrator_reads_activations_and_telemetry_only_when_granted(
     assert tracker.topics() == [t.telemetry("bwc-1"), t.activations_json("taser_draw")]
 
 
+async def test_integrator_is_bound_to_its_own_client_id(secure_mosquitto: SecureBroker) -> None:
+    acme = secure_mosquitto.add_integrator("acme")
+    for stolen in ("int-other", "bwc-1", f"{secure_mosquitto.policy.agency}-engine-1-ctl"):
+        with pytest.raises(aiomqtt.MqttCodeError):
+            async with _client(secure_mosquitto, acme, client_id=stolen):
+                pass
+    async with _client(secure_mosquitto, acme, client_id="int-acme"):
+        pass
+
+
 async def test_integrator_cannot_publish_events_or_commands(
     secure_mosquitto: SecureBroker, agency: str
 ) -> None:
@@ -268,11 +314,11 @@ async def test_integrator_cannot_publish_events_or_commands(
     rogue = secure_mosquitto.add_integrator("rogue", telemetry=True)
     engine = _svc(secure_mosquitto, SERVICE_ENGINE)
     async with (
-        _client(secure_mosquitto, engine, f"{t.prefix}/dev/#") as eng,
+        _client(secure_mosquitto, engine, *_device_filters(t)) as eng,
         _client(secure_mosquitto, cam.mqtt, t.command("bwc-1")) as dev,
         _client(secure_mosquitto, rogue) as bad,
     ):
-        # Its own "device" slot too: the device patterns apply to every account.
+        # Its own "device" slot too: no account gets a device's rights by its name.
         for device in ("bwc-1", "int-rogue", DISPATCH_DEVICE):
             for channel in ("event", "telemetry", "presence", "ack"):
                 await bad.client.publish(t.device(device, DeviceChannel(channel)), b"x", qos=1)
@@ -289,14 +335,19 @@ async def test_integrator_cannot_publish_events_or_commands(
 # ---------------------------------------------------------------------- service accounts
 
 
-async def test_service_accounts_gain_nothing_from_the_device_patterns(
+def _device_filters(t: Topics) -> tuple[str, ...]:
+    """Every device topic the engine may read, one filter per channel."""
+    return tuple(t.all_devices(DeviceChannel(c)) for c in ("telemetry", "event", "presence", "ack"))
+
+
+async def test_service_accounts_have_no_device_slot(
     secure_mosquitto: SecureBroker, agency: str
 ) -> None:
     t = Topics(agency)
     engine = _svc(secure_mosquitto, SERVICE_ENGINE)
     cam = secure_mosquitto.add_device("bwc-1")
     async with (
-        _client(secure_mosquitto, engine, f"{t.prefix}/dev/#") as eng,
+        _client(secure_mosquitto, engine, *_device_filters(t)) as eng,
         _client(secure_mosquitto, cam.mqtt) as dev,
     ):
         for name in (SERVICE_MONITOR, SERVICE_DISPATCH, SERVICE_ENGINE):
@@ -306,35 +357,6 @@ async def test_service_accounts_gain_nothing_from_the_device_patterns(
         await dev.client.publish(t.event("bwc-1"), MARKER, qos=1)
         await eng.wait_for(t.event("bwc-1"))
     assert eng.topics() == []
-
-
-async def test_without_the_deny_line_a_pattern_would_give_an_integrator_a_device_slot(
-    tmp_path: Path, agency: str
-) -> None:
-    """Why every non-device account denies itself its slot: Mosquitto 2.0 applies
-    `pattern` lines to every account, `user` blocks or not."""
-    t = Topics(agency)
-    policy = AclPolicy(agency, DISPATCH_DEVICE)
-    acl = render_acl(
-        policy,
-        [AclAccount("int-x", AccountRole.INTEGRATOR), AclAccount("svc-engine", AccountRole.ENGINE)],
-    )
-    unsafe = "\n".join(line for line in acl.splitlines() if "deny" not in line) + "\n"
-    passwords = {"int-x": generate_password(), "svc-engine": generate_password()}
-    (tmp_path / "passwd").write_text(
-        "".join(password_line(u, hash_password(p)) + "\n" for u, p in passwords.items())
-    )
-    (tmp_path / "acl").write_text(unsafe)
-    config = MosquittoConfig(data_dir=tmp_path, port=free_port())
-    async with ManagedMosquitto(config) as broker:
-        secure = SecureBroker(broker, tmp_path, policy, {})
-        engine = Credentials("svc-engine", passwords["svc-engine"])
-        async with (
-            _client(secure, engine, t.all_devices(DeviceChannel.EVENT)) as eng,
-            _client(secure, Credentials("int-x", passwords["int-x"])) as integrator,
-        ):
-            await integrator.client.publish(t.event("int-x"), MARKER, qos=1)
-            await eng.wait_for(t.event("int-x"))
 
 
 async def test_dispatch_raises_zones_only_as_its_console_device(
@@ -379,11 +401,20 @@ async def test_monitor_reads_what_it_reports_and_nothing_else(
     monitor = _svc(secure_mosquitto, SERVICE_MONITOR)
     engine = _svc(secure_mosquitto, SERVICE_ENGINE)
     cam = secure_mosquitto.add_device("bwc-1")
+    reads = (
+        t.all_activations,
+        t.all_devices(DeviceChannel.ACK),
+        t.all_alerts,
+        f"{t.prefix}/deadletter/#",
+    )
     async with (
-        _client(secure_mosquitto, monitor, "#") as mon,
+        _client(
+            secure_mosquitto, monitor, *reads, "#", t.all_devices(DeviceChannel.COMMAND)
+        ) as mon,
         _client(secure_mosquitto, engine) as eng,
         _client(secure_mosquitto, cam.mqtt) as dev,
     ):
+        assert mon.refused() == ["#", t.all_devices(DeviceChannel.COMMAND)]
         await dev.client.publish(t.telemetry("bwc-1"), b"fix", qos=1)
         await dev.client.publish(t.ack("bwc-1"), b"ack", qos=1)
         await eng.client.publish(t.command("bwc-1"), b"cmd", qos=1)
@@ -474,3 +505,134 @@ async def test_removed_integrator_is_disconnected_live(
         async with asyncio.timeout(TIMEOUT_S):
             await tracker.lost.wait()
     await _refused(secure_mosquitto, creds)
+
+
+# ---------------------------------------------------------------------- one stolen account
+
+
+async def test_a_stolen_camera_cannot_join_the_engines_share_group(
+    secure_mosquitto: SecureBroker, agency: str
+) -> None:
+    """With ``acl_file`` the broker granted this SUBSCRIBE, picked the thief as a group
+    member and dropped the events it was picked for: 6 of 12 TASER draws were lost with
+    one thief, 10 of 12 with five. Now the SUBSCRIBE itself is refused, so every event
+    reaches an engine."""
+    t = Topics(agency)
+    engine = _svc(secure_mosquitto, SERVICE_ENGINE)
+    cew = secure_mosquitto.add_device("cew-1", DeviceKind.CEW)
+    thieves = [secure_mosquitto.add_device(f"bwc-{n}") for n in range(5)]
+    reader = secure_mosquitto.add_integrator("reader")
+    group = t.shared("engines", t.all_devices(DeviceChannel.EVENT))
+    async with contextlib.AsyncExitStack() as stack:
+        replica = await stack.enter_async_context(_client(secure_mosquitto, engine, group))
+        joined = [
+            await stack.enter_async_context(_client(secure_mosquitto, creds, group))
+            for creds in (*(c.mqtt for c in thieves), reader)
+        ]
+        assert all(j.refused() == [group] for j in joined)
+        dev = await stack.enter_async_context(_client(secure_mosquitto, cew.mqtt))
+        for n in range(12):
+            await dev.client.publish(t.event("cew-1"), f"draw-{n}".encode(), qos=1)
+        await dev.client.publish(t.event("cew-1"), MARKER, qos=1)
+        await replica.wait_for(t.event("cew-1"))
+    assert len(replica.topics()) == 12
+
+
+async def test_a_stolen_camera_cannot_take_over_the_engine_or_another_camera(
+    secure_mosquitto: SecureBroker, agency: str
+) -> None:
+    """Client ids are bound to accounts: connecting as the engine's link, or as another
+    camera, is refused, and neither loses its connection or its queued commands."""
+    t = Topics(agency)
+    thief = secure_mosquitto.add_device("bwc-thief")
+    victim = secure_mosquitto.add_device("bwc-victim")
+    engine = _svc(secure_mosquitto, SERVICE_ENGINE)
+    engine_id = f"{agency}-engine-1-ctl"
+    async with _client(secure_mosquitto, engine, client_id=engine_id) as eng:
+        for stolen in (engine_id, secure_mosquitto.client_id("bwc-victim"), "anything"):
+            for _ in range(3):
+                with pytest.raises(aiomqtt.MqttCodeError):
+                    async with _client(secure_mosquitto, thief.mqtt, client_id=stolen):
+                        pass
+        assert not eng.lost.is_set()
+        # The victim's persistent session holds a command while it is away ...
+        victim_id = secure_mosquitto.client_id("bwc-victim")
+        async with aiomqtt.Client(
+            secure_mosquitto.host,
+            secure_mosquitto.port,
+            identifier=victim_id,
+            username=victim.username,
+            password=victim.password,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            clean_start=False,
+            properties=_session_properties(),
+        ) as first:
+            await first.subscribe(t.command("bwc-victim"), qos=1)
+        await eng.client.publish(t.command("bwc-victim"), b"start", qos=1)
+        # ... which the thief cannot resume ...
+        with pytest.raises(aiomqtt.MqttCodeError):
+            async with _client(secure_mosquitto, thief.mqtt, client_id=victim_id):
+                pass
+        # ... so the victim still finds it there.
+        async with aiomqtt.Client(
+            secure_mosquitto.host,
+            secure_mosquitto.port,
+            identifier=victim_id,
+            username=victim.username,
+            password=victim.password,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            clean_start=False,
+            properties=_session_properties(),
+        ) as back:
+            async with asyncio.timeout(TIMEOUT_S):
+                async for message in back.messages:
+                    assert message.payload == b"start"
+                    break
+        assert not eng.lost.is_set()
+
+
+def _session_properties() -> Properties:
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    props.SessionExpiryInterval = 300
+    return props
+
+
+async def test_a_disabled_device_is_disconnected_live_and_enabled_again(
+    secure_mosquitto: SecureBroker, agency: str
+) -> None:
+    cam = secure_mosquitto.add_device("bwc-1")
+    link = await _link(secure_mosquitto, cam.mqtt, agency)
+    async with asyncio.TaskGroup() as tg:
+        task = tg.create_task(link.run(), name="bwc-1")
+        await link.wait_connected(TIMEOUT_S)
+        with secure_mosquitto.registry() as reg:
+            assert reg.disable("bwc-1", "quarantined: flooding")
+        secure_mosquitto.apply()
+        await eventually(lambda: not link.connected, TIMEOUT_S)
+        await eventually(lambda: "Not authorized" in link.stats.last_error, TIMEOUT_S)
+        with secure_mosquitto.registry() as reg:
+            assert reg.get("bwc-1").disabled == "quarantined: flooding"
+            assert reg.enable("bwc-1")
+        secure_mosquitto.apply()
+        await link.wait_connected(TIMEOUT_S)
+        task.cancel()
+
+
+async def test_quarantine_disables_the_account_live(
+    secure_mosquitto: SecureBroker, agency: str
+) -> None:
+    """What ``actimesh up`` hands the engine: the registry marks the device, the broker
+    drops it at once and refuses it until ``actimesh devices enable``."""
+    cam = secure_mosquitto.add_device("bwc-1")
+    quarantine = RegistryQuarantine(secure_mosquitto.data_dir, secure_mosquitto.broker)
+    link = await _link(secure_mosquitto, cam.mqtt, agency)
+    async with asyncio.TaskGroup() as tg:
+        task = tg.create_task(link.run(), name="bwc-1")
+        await link.wait_connected(TIMEOUT_S)
+        assert await quarantine.quarantine("bwc-1", "quarantined: test")
+        await eventually(lambda: not link.connected, TIMEOUT_S)
+        assert not await quarantine.quarantine("bwc-1", "again")  # once is enough
+        task.cancel()
+    with secure_mosquitto.registry() as reg:
+        assert reg.get("bwc-1").disabled == "quarantined: test"
+    await _refused(secure_mosquitto, cam.mqtt)

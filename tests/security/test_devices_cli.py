@@ -15,7 +15,7 @@ from rich.console import Console
 
 from actimesh import cli
 from actimesh.broker.mosquitto import ManagedMosquitto, MosquittoConfig, free_port
-from actimesh.broker.topics import Topics
+from actimesh.broker.topics import Topics, device_client_id
 from actimesh.config import Settings, load_settings
 from actimesh.errors import ConfigError
 from actimesh.runtime import _external, broker_for, run_up
@@ -50,10 +50,22 @@ async def up(settings: Settings) -> AsyncIterator[ManagedMosquitto]:
         yield broker
 
 
+def _client_id(username: str) -> str | None:
+    """The client id the broker binds ``username`` to (agency "cli"); None for services."""
+    if username.startswith("svc-"):
+        return None
+    return username if username.startswith("int-") else device_client_id("cli", username)
+
+
 async def _connects(broker: ManagedMosquitto, username: str, password: str) -> bool:
     try:
         async with aiomqtt.Client(
-            broker.host, broker.port, username=username, password=password, timeout=TIMEOUT_S
+            broker.host,
+            broker.port,
+            identifier=_client_id(username),
+            username=username,
+            password=password,
+            timeout=TIMEOUT_S,
         ):
             return True
     except aiomqtt.MqttCodeError:
@@ -131,7 +143,7 @@ async def test_add_remove_and_rotate_apply_to_the_running_broker(
     assert not await _connects(up, "bwc-1", first)
 
     async with aiomqtt.Client(
-        up.host, up.port, username="bwc-1", password=second, identifier="bwc-1-live"
+        up.host, up.port, username="bwc-1", password=second, identifier=_client_id("bwc-1")
     ) as client:
         await client.subscribe(Topics("cli").command("bwc-1"))
         code, out, _ = await asyncio.to_thread(
@@ -170,10 +182,15 @@ async def test_integrator_account_reads_activations_only(
     engine = read_secret(settings.data_dir, "svc-engine")
     t = Topics("cli")
     async with (
-        aiomqtt.Client(up.host, up.port, username="int-acme", password=password) as reader,
+        aiomqtt.Client(
+            up.host, up.port, identifier="int-acme", username="int-acme", password=password
+        ) as reader,
         aiomqtt.Client(up.host, up.port, username="svc-engine", password=engine) as eng,
     ):
-        await reader.subscribe("#")
+        refused = await reader.subscribe("#")
+        assert [r.value for r in refused] == [0x80]  # type: ignore[union-attr]
+        await reader.subscribe(f"{t.prefix}/#")
+        await reader.subscribe(t.all_activations)
         await eng.publish(t.alerts("no_ack"), b"alert", qos=1)
         await eng.publish(t.activations("taser_draw"), b"act", qos=1)
         async with asyncio.timeout(TIMEOUT_S):
@@ -290,7 +307,7 @@ async def test_services_init_makes_accounts_an_external_broker_accepts(
     data = str(settings.data_dir)
     code, out, err = _run(capsys, "services", "init", "--data-dir", data)
     assert (code, err) == (0, "")
-    assert "acl_file" in out
+    assert "dynsec.json" in out
     first = read_secret(settings.data_dir, "svc-engine")
     secret = settings.data_dir / "secrets" / "svc-engine.password"
     assert secret.stat().st_mode & 0o777 == 0o600
@@ -303,7 +320,8 @@ async def test_services_init_makes_accounts_an_external_broker_accepts(
     async with ManagedMosquitto(config) as external:
         assert await _connects(external, "svc-engine", first)
         assert not await _connects(external, "svc-engine", "wrong")
-        assert _run(capsys, "services", "init", "--rotate", "--data-dir", data)[0] == 0
+        code, _, err = _run(capsys, "services", "init", "--rotate", "--data-dir", data)
+        assert code == 0, err
         rotated = read_secret(settings.data_dir, "svc-engine")
         assert rotated != first
         passwd = (broker_dir / "passwd").read_text()

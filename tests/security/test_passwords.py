@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from actimesh.broker.dynsec import Access, AccessClient
 from actimesh.broker.mosquitto import ManagedMosquitto, MosquittoConfig, free_port
 from actimesh.security import (
     PBKDF2_ITERATIONS,
@@ -65,7 +66,10 @@ def test_password_line_refuses_names_that_break_the_file(name: str) -> None:
 
 def _broker_with(tmp_path: Path, lines: list[str]) -> ManagedMosquitto:
     (tmp_path / "passwd").write_text("".join(line + "\n" for line in lines))
-    (tmp_path / "acl").write_text("topic readwrite #\n")
+    names = [line.split(":", 1)[0] for line in lines]
+    access = Access(tuple(AccessClient(n, None, ()) for n in names), ())
+    (tmp_path / "access.json").write_text(access.to_json())
+    (tmp_path / "admin").write_text("svc-admin\nx\n")
     return ManagedMosquitto(MosquittoConfig(data_dir=tmp_path, port=free_port()))
 
 

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 
 from actimesh import security
 from actimesh.broker.client import LinkSettings
+from actimesh.broker.dynsec import Access
 from actimesh.broker.messages import DeviceKind
 from actimesh.errors import SecurityError
 from actimesh.security import (
@@ -230,14 +231,20 @@ def test_broker_files_are_private_and_keep_the_policy(registry: Registry, tmp_pa
         registry.write_broker_files(broker)
     files = registry.write_broker_files(broker, POLICY)
     assert _mode(broker) == 0o700
-    assert _mode(files.passwd) == _mode(files.acl) == 0o600
+    assert _mode(files.passwd) == _mode(files.access) == 0o600
     names = [line.split(":", 1)[0] for line in files.passwd.read_text().splitlines()]
     assert names == ["bwc-1", "int-acme"]
-    assert "am/v1/calgary/dev/%u/event" in files.acl.read_text()
+    access = Access.from_json(files.access.read_text())
+    assert {c.username: c.clientid for c in access.clients} == {
+        "bwc-1": "calgary-bwc-1",
+        "int-acme": "int-acme",
+    }
+    assert "am/v1/calgary/dev/bwc-1/event" in files.access.read_text()
     # Later renders without a policy (the CLI) reuse the one `up` gave.
     registry.remove("bwc-1")
     again = registry.write_broker_files(broker)
-    assert "am/v1/calgary/" in again.acl.read_text()
+    assert "am/v1/calgary/" in again.access.read_text()
+    assert "bwc-1" not in again.access.read_text()
     assert "bwc-1" not in again.passwd.read_text()
     assert not list(broker.glob(".*.tmp"))
 

@@ -82,6 +82,7 @@ async def _connect(
     async with aiomqtt.Client(
         host,
         _port(secure),
+        identifier=secure.client_id(creds.username),
         username=creds.username,
         password=creds.password,
         tls_context=tls.context(),
@@ -257,7 +258,7 @@ async def test_links_and_the_stream_subscriber_speak_tls(
         ),
         batch,
     )
-    device = MqttLink(LinkSettings(client_id="cam", **base))  # type: ignore[arg-type]
+    device = MqttLink(LinkSettings(client_id=tls_broker.client_id("bwc-1") or "", **base))  # type: ignore[arg-type]
     device.reconfigure(username=cam.username, password=cam.password)
     async with asyncio.TaskGroup() as tg:
         tasks = [tg.create_task(sub.run(), name="sub"), tg.create_task(device.run(), name="dev")]

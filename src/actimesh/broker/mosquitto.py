@@ -9,13 +9,15 @@ fixtures and the CLI; ``async with ManagedMosquitto(cfg) as broker:`` does the s
 waits without blocking the event loop.
 
 **Secure by default.** The broker admits no anonymous client: it reads
-``<data_dir>/passwd`` and ``<data_dir>/acl``, which the device registry renders
+``<data_dir>/passwd`` (password hashes), ``<data_dir>/access.json`` (client ids, roles,
+disabled accounts: :mod:`actimesh.broker.dynsec`) and ``<data_dir>/admin`` (the login
+that applies changes live), which the device registry renders
 (:mod:`actimesh.security`), and refuses to start without them. The plain listener is on
 loopback only; an optional TLS listener (``MosquittoConfig.tls``, with optional client
 certificates) serves the network. After the registry changes, :meth:`ManagedMosquitto.reload`
-(or :func:`signal_reload` from another process) sends ``SIGHUP``: Mosquitto reloads both
-files and re-checks every connected client against them, so a removed device is
-disconnected at once and cannot come back, without a restart. The one way to run
+(or :func:`signal_reload` from another process) syncs the Dynamic Security plugin over
+its control topic and sends ``SIGHUP`` for the passwords: a removed or disabled device
+is disconnected at once and cannot come back, without a restart. The one way to run
 without any of this is the explicit ``insecure_anonymous=True``, for tests that exercise
 other things.
 
@@ -37,7 +39,7 @@ import socket
 import subprocess
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -45,8 +47,17 @@ from typing import IO, Self
 from urllib.parse import urlsplit
 
 from actimesh.broker.codec import MAX_ACTIVATION_BYTES, MAX_PAYLOAD_BYTES
+from actimesh.broker.dynsec import (
+    Access,
+    AdminLogin,
+    AdminRefusedError,
+    find_plugin,
+    plugin_config,
+    sync_access,
+)
 from actimesh.errors import BrokerError, BrokerNotInstalledError, ConfigError
 from actimesh.lifeline import die_with_parent
+from actimesh.private import write_private
 
 __all__ = [
     "DEFAULT_MAX_PACKET_SIZE",
@@ -95,10 +106,17 @@ _LOG_NAME = "mosquitto.log"
 _CONF_NAME = "mosquitto.conf"
 _PID_NAME = "mosquitto.pid"
 _PASSWD_NAME = "passwd"  # noqa: S105 - a file name
-_ACL_NAME = "acl"
+#: Who may connect as whom and use which topics (broker/dynsec.py), rendered by the
+#: registry; the plugin's own config file, written from it on every start; and the
+#: login of the admin account that applies changes live.
+_ACCESS_NAME = "access.json"
+_DYNSEC_NAME = "dynsec.json"
+_ADMIN_NAME = "admin"
 #: mosquitto logs this when a SIGHUP has made it reload its config, passwords and ACL.
 _RELOAD_MARKER = "Reloading config."
 _POLL_S = 0.02
+#: How long a rotated admin login may wait for the broker to reload the password file.
+_ADMIN_RETRY_S = 5.0
 _PROBE_TIMEOUT_S = 0.25
 
 
@@ -307,9 +325,20 @@ class MosquittoConfig:
         return self.data_dir / _PASSWD_NAME
 
     @property
-    def acl_path(self) -> Path:
-        """The ``acl_file`` (rendered by the device registry)."""
-        return self.data_dir / _ACL_NAME
+    def access_path(self) -> Path:
+        """Accounts, client ids and roles (rendered by the device registry)."""
+        return self.data_dir / _ACCESS_NAME
+
+    @property
+    def dynsec_path(self) -> Path:
+        """The Dynamic Security plugin's config, written from :attr:`access_path` on
+        every start and kept up to date by the plugin itself."""
+        return self.data_dir / _DYNSEC_NAME
+
+    @property
+    def admin_path(self) -> Path:
+        """The admin account's login (rendered by the device registry, 0600)."""
+        return self.data_dir / _ADMIN_NAME
 
     @property
     def urls(self) -> tuple[str, ...]:
@@ -347,12 +376,15 @@ def render_config(cfg: MosquittoConfig) -> str:
         lines.append("allow_anonymous true")
     else:
         lines += [
-            # Every client logs in with its own account; each account is pinned to its
-            # topics by the ACL (security/acl.py). Both files come from the registry and
-            # are reloaded on SIGHUP, which also re-checks connected clients.
+            # Every client logs in with its own account. The Dynamic Security plugin
+            # (broker/dynsec.py) pins each to its client id and its topics, checks
+            # subscriptions when they are made, and disables accounts live; it is asked
+            # first. Its accounts carry no password, so it then defers to the password
+            # file, which SIGHUP reloads (re-checking every connected client).
             "allow_anonymous false",
+            f"plugin {find_plugin()}",
+            f"plugin_opt_config_file {cfg.dynsec_path.absolute()}",
             f"password_file {cfg.password_path.absolute()}",
-            f"acl_file {cfg.acl_path.absolute()}",
         ]
     lines += [
         # Where `actimesh devices` finds the broker to reload (signal_reload).
@@ -424,8 +456,62 @@ def _explain(cfg: MosquittoConfig, log: str, exit_code: int) -> str:
     return f"mosquitto exited with code {exit_code} on {where} ({detail}): see {cfg.log_path}"
 
 
+def sync_access_of(
+    data_dir: Path, host: str, port: int, reload_passwords: Callable[[], None]
+) -> int:
+    """Apply the access and password files of the broker on ``data_dir``, listening on
+    ``host:port``: the Dynamic Security plugin is brought into line first, then
+    ``reload_passwords`` (a SIGHUP) reloads the password file. Returns the number of
+    plugin commands.
+
+    In that order a new account can log in only once it has its client id and roles.
+    When the admin login itself was just rotated, the broker refuses it until the
+    password file is reloaded: then the reload comes first, and the sync follows.
+    """
+    access = Access.from_json((data_dir / _ACCESS_NAME).read_text(encoding="utf-8"))
+    login = AdminLogin.read(data_dir / _ADMIN_NAME)
+    try:
+        commands = sync_access(host, port, login, access)
+    except AdminRefusedError:
+        reload_passwords()
+        deadline = time.monotonic() + _ADMIN_RETRY_S
+        while True:
+            try:
+                commands = sync_access(host, port, login, access)
+                break
+            except AdminRefusedError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(_POLL_S)
+    reload_passwords()
+    return commands
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _listener_of(conf: Path) -> tuple[str, int] | None:
+    """The plain listener a managed broker's config names (the first ``listener``)."""
+    try:
+        lines = conf.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        words = line.split()
+        if len(words) == 3 and words[0] == "listener" and words[1].isdigit():
+            return words[2], int(words[1])
+    return None
+
+
 def signal_reload(data_dir: Path) -> int | None:
-    """SIGHUP the managed broker running on ``data_dir``, from any process.
+    """Apply the access and password files to the managed broker running on
+    ``data_dir``, from any process: the plugin is synced over its control topic, then
+    the broker gets SIGHUP.
 
     Returns its pid, or None when no broker of that data directory runs (no pid file,
     or the pid now belongs to another process: the id is checked against the
@@ -440,14 +526,24 @@ def signal_reload(data_dir: Path) -> int | None:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return None
-    conf = str((data_dir / _CONF_NAME).absolute()).encode()
-    if not argv or Path(argv[0].decode(errors="replace")).name != "mosquitto" or conf not in argv:
+    conf = (data_dir / _CONF_NAME).absolute()
+    if (
+        not argv
+        or Path(argv[0].decode(errors="replace")).name != "mosquitto"
+        or str(conf).encode() not in argv
+    ):
         return None
-    try:
-        os.kill(pid, signal.SIGHUP)
-    except ProcessLookupError:
-        return None
-    return pid
+
+    def hup() -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGHUP)
+
+    listener = _listener_of(conf)
+    if listener is not None and (data_dir / _ACCESS_NAME).is_file():
+        sync_access_of(data_dir, *listener, hup)
+    else:
+        hup()
+    return pid if _alive(pid) else None
 
 
 class ManagedMosquitto:
@@ -527,7 +623,12 @@ class ManagedMosquitto:
         cfg = self.config
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         if not cfg.insecure_anonymous:
-            for path, what in ((cfg.password_path, "password file"), (cfg.acl_path, "ACL")):
+            files = (
+                (cfg.password_path, "password file"),
+                (cfg.access_path, "access file"),
+                (cfg.admin_path, "admin login"),
+            )
+            for path, what in files:
                 if not path.is_file():
                     # Fail closed, and say so, instead of a broker nobody can log in to.
                     raise BrokerError(
@@ -542,6 +643,11 @@ class ManagedMosquitto:
                         "the [broker] certificate paths"
                     )
         cfg.config_path.write_text(render_config(cfg))
+        if not cfg.insecure_anonymous:
+            # The plugin rewrites this file on every live change; the registry is the
+            # truth, so each start begins from what it rendered.
+            access = Access.from_json(cfg.access_path.read_text(encoding="utf-8"))
+            write_private(cfg.dynsec_path, plugin_config(access))
         # Both mosquitto (log_dest file) and this handle append to the same file; the
         # handle catches what mosquitto prints before it has read its config.
         log_file = cfg.log_path.open("ab")
@@ -667,15 +773,32 @@ class ManagedMosquitto:
             f"see {self.config.log_path}"
         )
 
-    def reload(self) -> None:
-        """Apply the current password file and ACL without a restart (SIGHUP).
+    def _apply(self) -> int:
+        """Sync the plugin and SIGHUP (see :func:`sync_access_of`); the log offset
+        from before the last SIGHUP."""
+        offsets: list[int] = []
 
-        Mosquitto re-reads both and re-checks every connected client: one whose account
-        is gone (or whose password changed) is disconnected and refused on reconnect,
-        and every later message is checked against the new ACL. Returns once the broker
-        has logged the reload.
+        def hup() -> None:
+            offsets.append(self._send_reload())
+
+        if self.config.insecure_anonymous:
+            hup()
+        else:
+            sync_access_of(self.config.data_dir, self.host, self.port, hup)
+        return offsets[-1]
+
+    def reload(self) -> None:
+        """Apply the current access file and password file without a restart.
+
+        The Dynamic Security plugin is brought into line first (live: an account that
+        is disabled or gone is disconnected at once), then SIGHUP reloads the password
+        file and re-checks every connected client: one whose account is gone or whose
+        password changed is disconnected and refused on reconnect. A new account can
+        log in only once both have happened. Returns once the broker logged the reload.
         """
-        offset = self._send_reload()
+        if not self.running:
+            raise BrokerError(f"cannot reload the broker at {self.url}: it is not running")
+        offset = self._apply()
         deadline = time.monotonic() + self.start_timeout_s
         while not self._reloaded_since(offset):
             if not self.running or time.monotonic() > deadline:
@@ -684,7 +807,9 @@ class ManagedMosquitto:
 
     async def areload(self) -> None:
         """:meth:`reload` without blocking the event loop."""
-        offset = self._send_reload()
+        if not self.running:
+            raise BrokerError(f"cannot reload the broker at {self.url}: it is not running")
+        offset = await asyncio.to_thread(self._apply)
         deadline = time.monotonic() + self.start_timeout_s
         while not self._reloaded_since(offset):
             if not self.running or time.monotonic() > deadline:

@@ -33,6 +33,7 @@ __all__ = [
     "DeviceChannel",
     "DeviceTopic",
     "Topics",
+    "device_client_id",
     "is_identifier",
 ]
 
@@ -69,6 +70,12 @@ class DeviceTopic:
 
     device_id: str
     channel: DeviceChannel
+
+
+def device_client_id(agency: str, device_id: str) -> str:
+    """The one MQTT client id device ``device_id`` of ``agency`` may connect with (the
+    broker binds it to the account: security/acl.py)."""
+    return f"{agency}-{device_id}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -61,7 +61,7 @@ from actimesh.broker.messages import (
     Presence,
     Telemetry,
 )
-from actimesh.broker.topics import Topics, is_identifier
+from actimesh.broker.topics import Topics, device_client_id, is_identifier
 from actimesh.devices.camera import ActivationResult, Camera, CancelResult
 from actimesh.devices.recorder import ActivationRecord
 from actimesh.errors import BrokerError, PayloadError
@@ -222,7 +222,7 @@ class DeviceAgent:
             LinkSettings(
                 host=broker_host,
                 port=broker_port,
-                client_id=f"{topics.agency}-{device_id}",
+                client_id=device_client_id(topics.agency, device_id),
                 username=username,
                 password=password,
                 session_expiry_s=session_expiry_s,

@@ -2,7 +2,8 @@
 
 * :mod:`.passwords` — Mosquitto 2 ``$7$`` password hashes, generated in Python;
 * :mod:`.registry` — the SQLite device registry and the broker files rendered from it;
-* :mod:`.acl` — the Mosquitto ``acl_file`` (and how Mosquitto 2.0 reads it);
+* :mod:`.acl` — who may connect as which client id and use which topics (rendered
+  for Mosquitto's Dynamic Security plugin);
 * :mod:`.certs` — a small CA for the broker's TLS listener and client certificates;
 * :mod:`.provision` — credentials for what actimesh itself starts (engine, dispatch,
   monitor, simulated devices);
@@ -17,13 +18,15 @@ from __future__ import annotations
 from actimesh.security.acl import (
     LOADGEN_ACCOUNT,
     SERVICE_ACCOUNTS,
+    SERVICE_ADMIN,
     SERVICE_DISPATCH,
     SERVICE_ENGINE,
     SERVICE_MONITOR,
     AccountRole,
     AclAccount,
+    AclDevice,
     AclPolicy,
-    render_acl,
+    render_access,
 )
 from actimesh.security.certs import (
     CERTS_DIR,
@@ -94,6 +97,7 @@ __all__ = [
     "RESERVED_PREFIXES",
     "SECRETS_DIR",
     "SERVICE_ACCOUNTS",
+    "SERVICE_ADMIN",
     "SERVICE_DISPATCH",
     "SERVICE_ENGINE",
     "SERVICE_MONITOR",
@@ -101,6 +105,7 @@ __all__ = [
     "Account",
     "AccountRole",
     "AclAccount",
+    "AclDevice",
     "AclPolicy",
     "BrokerFiles",
     "CertFiles",
@@ -131,7 +136,7 @@ __all__ = [
     "public_key_hex",
     "read_secret",
     "refusal_code",
-    "render_acl",
+    "render_access",
     "server_names",
     "server_tls",
     "specs_of",

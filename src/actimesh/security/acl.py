@@ -1,30 +1,30 @@
-"""The Mosquitto ``acl_file``: who may publish and receive on which topics.
+"""Who may do what on the broker: the accounts, client ids and roles the registry renders.
 
-How Mosquitto 2.0 decides (its default ACL check, read from the 2.0 sources and proved
-against the real broker in tests/security/test_acl_broker.py):
+The managed broker enforces this with Mosquitto's Dynamic Security plugin
+(:mod:`actimesh.broker.dynsec`), which checks subscriptions when they are made:
 
-* A client's own ``user`` block is tried first, line by line in file order; the first
-  line whose topic matches decides: ``deny`` refuses, a matching grant allows.
-* Only when no line of its block matches are the ``pattern`` lines tried, and **they
-  apply to every account**, not only to accounts without a ``user`` block: ``%u`` is
-  replaced by whoever is asking. A pattern meant for devices therefore also hands
-  ``svc-monitor`` or ``int-acme`` write access to ``dev/svc-monitor/event`` or
-  ``dev/int-acme/event`` — a read-only integrator could raise trigger events under a
-  made-up device id and start cameras. Every non-device account therefore starts with
-  ``topic deny am/v1/{agency}/dev/{account}/#``, which matches exactly the slot the
-  patterns would give it and is checked before them.
-* Subscribing is always allowed; the check runs on every message *delivered* (a
-  ``read``), against the message's real topic. A device may subscribe to
-  ``dev/+/cmd`` and still receives only its own commands, and an engine's
-  ``$share/engines/…/dev/+/event`` subscription is governed by the plain topic's ``read``
-  line: shared subscriptions need no ACL line of their own.
-* Publishing without the right is refused silently at QoS 0; at QoS 1 over MQTT 5 the
-  PUBACK carries reason code 0x87 (not authorised). Either way nobody receives it.
+* **Devices** (username = device id) get a role of their own, ``dev-{id}``: publish on
+  their telemetry, event, acknowledgement and presence topics, subscribe to and receive
+  their own commands and confirmations. Nothing else, not even ``#`` or ``$SYS/#``.
+  Each may connect only with its own client id, ``{agency}-{id}``
+  (:func:`~actimesh.broker.topics.device_client_id`), so no account can take over
+  a camera's session, and a camera cannot pose as the engine or dispatch.
+* **Integrators** (``int-…``) may subscribe within ``activations/#`` and
+  ``json/activations/#`` (and ``dev/+/telemetry`` if granted), and connect only with
+  their account name as client id.
+* **The engines' share group** (``$share/{group}/…/dev/+/event``) may be joined only
+  by ``svc-engine``: a member that cannot read would be handed trigger events and drop
+  them (FIELD-NOTES §8).
+* **Service accounts** (engine, dispatch, monitor, load generator, admin) are not bound
+  to one client id: the engine runs several replicas and links, each with its own. Their
+  passwords live only in the data directory of the host that runs them
+  (``secrets/``, 0600), so using one means holding that host already; and since every
+  device and integrator is pinned to its own client id, none of those can take a
+  service's.
+* **The admin account** (``svc-admin``) alone may use the plugin's control topic.
 
-Device ids are MQTT usernames, so the patterns pin each device to
-``am/v1/{agency}/dev/{its id}/…``. Ids with ``+``, ``#`` or ``/`` would make a pattern
-match other devices' topics; Mosquitto refuses such usernames everything, and the
-registry never issues them (they are not identifiers).
+Ids with ``+``, ``#`` or ``/`` are not identifiers; the registry never issues them, and
+Mosquitto refuses such usernames and client ids every topic.
 """
 
 from __future__ import annotations
@@ -33,7 +33,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
-from actimesh.broker.topics import ROOT, SCHEME_VERSION, DeviceChannel, is_identifier
+from actimesh.broker.dynsec import Access, AccessClient, Acl, AclType, Role
+from actimesh.broker.topics import (
+    ROOT,
+    SCHEME_VERSION,
+    DeviceChannel,
+    device_client_id,
+    is_identifier,
+)
 
 __all__ = [
     "DEVICE_READ",
@@ -41,19 +48,23 @@ __all__ = [
     "INTEGRATOR_PREFIX",
     "LOADGEN_ACCOUNT",
     "SERVICE_ACCOUNTS",
+    "SERVICE_ADMIN",
     "SERVICE_DISPATCH",
     "SERVICE_ENGINE",
     "SERVICE_MONITOR",
     "AccountRole",
     "AclAccount",
+    "AclDevice",
     "AclPolicy",
-    "render_acl",
+    "render_access",
 ]
 
 SERVICE_ENGINE = "svc-engine"
 SERVICE_DISPATCH = "svc-dispatch"
 SERVICE_MONITOR = "svc-monitor"
-SERVICE_ACCOUNTS = (SERVICE_ENGINE, SERVICE_DISPATCH, SERVICE_MONITOR)
+#: Applies registry changes to the running broker (the plugin's control topic).
+SERVICE_ADMIN = "svc-admin"
+SERVICE_ACCOUNTS = (SERVICE_ENGINE, SERVICE_DISPATCH, SERVICE_MONITOR, SERVICE_ADMIN)
 #: The benchmark's and the fault drill's load generator: one connection that plays a
 #: whole fleet. Only the throw-away registries of ``actimesh bench`` and ``actimesh drill
 #: --faults`` ever hold it.
@@ -78,6 +89,7 @@ class AccountRole(StrEnum):
     MONITOR = "monitor"
     INTEGRATOR = "integrator"
     LOADGEN = "loadgen"
+    ADMIN = "admin"
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +100,15 @@ class AclAccount:
     role: AccountRole
     #: Integrators only: may also read every device's telemetry.
     telemetry: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AclDevice:
+    """A device account as the broker sees it."""
+
+    device_id: str
+    #: Disabled accounts are refused at login, and disconnected when disabled live.
+    disabled: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,79 +129,101 @@ class AclPolicy:
         return f"{ROOT}/{SCHEME_VERSION}/{self.agency}"
 
 
-def _device_patterns(prefix: str) -> list[str]:
-    lines = [f"pattern write {prefix}/dev/%u/{c.value}" for c in DEVICE_WRITE]
-    lines += [f"pattern read {prefix}/dev/%u/{c.value}" for c in DEVICE_READ]
-    return lines
+def _read(topic_filter: str) -> tuple[Acl, ...]:
+    """Subscribe within ``topic_filter`` and receive what it matches."""
+    return (Acl(AclType.SUBSCRIBE_WITHIN, topic_filter), Acl(AclType.RECEIVE, topic_filter))
 
 
-def _grants(account: AclAccount, policy: AclPolicy) -> list[str]:
+def _write(topic_filter: str) -> tuple[Acl, ...]:
+    return (Acl(AclType.SEND, topic_filter),)
+
+
+def _device_acls(prefix: str, device_id: str) -> tuple[Acl, ...]:
+    own = f"{prefix}/dev/{device_id}"
+    acls = [a for c in DEVICE_WRITE for a in _write(f"{own}/{c.value}")]
+    acls += [a for c in DEVICE_READ for a in _read(f"{own}/{c.value}")]
+    return tuple(acls)
+
+
+def _grants(role: AccountRole, policy: AclPolicy, *, telemetry: bool = False) -> tuple[Acl, ...]:
     p = policy.prefix
     dev = f"{p}/dev/+"
-    role = account.role
     if role is AccountRole.ENGINE:
-        return [
-            *(f"topic read {dev}/{c}" for c in ("telemetry", "event", "presence", "ack")),
-            *(f"topic write {dev}/{c}" for c in ("cmd", "confirm")),
-            f"topic write {p}/activations/#",
-            f"topic write {p}/json/activations/#",
-            f"topic write {p}/alerts/#",
-            f"topic write {p}/deadletter/#",
-            f"topic write {p}/engine/#",
-        ]
+        return (
+            *(a for c in ("telemetry", "event", "presence", "ack") for a in _read(f"{dev}/{c}")),
+            # The engines' share group: this role alone may join it.
+            Acl(AclType.SUBSCRIBE_WITHIN, f"$share/+/{dev}/event"),
+            *(a for c in ("cmd", "confirm") for a in _write(f"{dev}/{c}")),
+            *_write(f"{p}/activations/#"),
+            *_write(f"{p}/json/activations/#"),
+            *_write(f"{p}/alerts/#"),
+            *_write(f"{p}/deadletter/#"),
+            *_write(f"{p}/engine/#"),
+        )
     if role is AccountRole.DISPATCH:
         zone = f"{p}/dev/{policy.dispatch_device}"
-        return [
-            *(f"topic read {dev}/{c}" for c in ("telemetry", "presence", "ack")),
-            f"topic read {p}/activations/#",
-            f"topic read {p}/alerts/#",
-            f"topic read {p}/engine/+/status",
+        return (
+            *(a for c in ("telemetry", "presence", "ack") for a in _read(f"{dev}/{c}")),
+            *_read(f"{p}/activations/#"),
+            *_read(f"{p}/alerts/#"),
+            *_read(f"{p}/engine/+/status"),
             # Dispatcher zones: the one device topic this account may publish on.
-            f"topic write {zone}/event",
-            f"topic read {zone}/confirm",
-        ]
+            *_write(f"{zone}/event"),
+            *_read(f"{zone}/confirm"),
+        )
     if role is AccountRole.MONITOR:
-        return [
-            f"topic read {p}/activations/#",
-            f"topic read {dev}/ack",
-            f"topic read {p}/alerts/#",
-            f"topic read {p}/deadletter/#",
-        ]
+        return (
+            *_read(f"{p}/activations/#"),
+            *_read(f"{dev}/ack"),
+            *_read(f"{p}/alerts/#"),
+            *_read(f"{p}/deadletter/#"),
+        )
     if role is AccountRole.INTEGRATOR:
-        lines = [f"topic read {p}/activations/#", f"topic read {p}/json/activations/#"]
-        if account.telemetry:
-            lines.append(f"topic read {dev}/telemetry")
-        return lines
+        acls = (*_read(f"{p}/activations/#"), *_read(f"{p}/json/activations/#"))
+        return (*acls, *_read(f"{dev}/telemetry")) if telemetry else acls
+    if role is AccountRole.ADMIN:
+        control = "$CONTROL/dynamic-security/#"
+        return (*_write(control), *_read(control))
     # LOADGEN: the benchmark's helpers play every device and, for the broker-only
     # baseline, an engine of their own agency over one connection each: read and write
     # on every device topic of every agency. Wide on purpose and never in an operator's
     # registry (see LOADGEN_ACCOUNT).
-    return [f"topic readwrite {ROOT}/{SCHEME_VERSION}/+/dev/#"]
+    every = f"{ROOT}/{SCHEME_VERSION}/+/dev/#"
+    return (*_read(every), *_write(every), Acl(AclType.SUBSCRIBE_WITHIN, f"$share/+/{every}"))
 
 
-def render_acl(policy: AclPolicy, accounts: Iterable[AclAccount]) -> str:
-    """The ``acl_file`` text for ``policy`` and the non-device ``accounts``.
+def _role_name(account: AclAccount) -> str:
+    if account.role is AccountRole.INTEGRATOR and account.telemetry:
+        return "integrator-telemetry"
+    return account.role.value
 
-    Devices need no line of their own: the patterns cover every device account, and an
-    account the password file no longer lists cannot connect at all.
-    """
-    p = policy.prefix
-    lines = [
-        "# Written by actimesh from its device registry; rewritten on every change.",
-        "# Mosquitto tries a client's own `user` block first (first matching line",
-        "# decides), then the `pattern` lines, which apply to EVERY account. Each",
-        "# non-device account therefore denies itself the slot the patterns would give it.",
-        "",
-        "# Devices (username = device id): their own topics only.",
-        *_device_patterns(p),
-    ]
+
+def render_access(
+    policy: AclPolicy, devices: Iterable[AclDevice], accounts: Iterable[AclAccount]
+) -> Access:
+    """Every account of ``devices`` and ``accounts`` with its client id and roles."""
+    clients: list[AccessClient] = []
+    roles: dict[str, Role] = {}
+    for device in sorted(devices, key=lambda d: d.device_id):
+        if not is_identifier(device.device_id):
+            raise ValueError(f"device id {device.device_id!r} is not an identifier")
+        role = f"dev-{device.device_id}"
+        roles[role] = Role(role, _device_acls(policy.prefix, device.device_id))
+        clients.append(
+            AccessClient(
+                device.device_id,
+                device_client_id(policy.agency, device.device_id),
+                (role,),
+                disabled=device.disabled,
+            )
+        )
     for account in sorted(accounts, key=lambda a: a.name):
         if not is_identifier(account.name):
             raise ValueError(f"account {account.name!r} is not an identifier")
-        lines += [
-            "",
-            f"user {account.name}",
-            f"topic deny {p}/dev/{account.name}/#",
-            *_grants(account, policy),
-        ]
-    return "\n".join(lines) + "\n"
+        role = _role_name(account)
+        telemetry = role == "integrator-telemetry"
+        roles.setdefault(role, Role(role, _grants(account.role, policy, telemetry=telemetry)))
+        # Integrators connect with their account name; services with ids of their own.
+        clientid = account.name if account.role is AccountRole.INTEGRATOR else None
+        clients.append(AccessClient(account.name, clientid, (role,)))
+    return Access(tuple(clients), tuple(roles.values()))

@@ -32,7 +32,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from actimesh.broker.topics import is_identifier
 from actimesh.errors import SecurityError
-from actimesh.security.registry import write_private
+from actimesh.private import write_private
 
 __all__ = [
     "CERTS_DIR",

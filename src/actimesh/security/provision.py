@@ -10,7 +10,7 @@ secured broker an operator runs. :func:`prepare_broker` does it in one step:
 2. the simulated fleet registered with fresh credentials (and any simulated device of
    an earlier run that is not simulated any more removed);
 3. optionally the load generator's account;
-4. the broker's ``passwd`` and ``acl`` rendered into the broker folder.
+4. the broker's ``passwd``, ``access.json`` and ``admin`` rendered into the broker folder.
 
 It is synchronous (SQLite, PBKDF2, key generation: about 0.1 ms per device); call it
 with :func:`asyncio.to_thread` from async code.
@@ -26,7 +26,7 @@ from typing import Protocol
 
 from actimesh.broker.client import TlsSettings
 from actimesh.broker.messages import DeviceKind
-from actimesh.broker.mosquitto import signal_reload
+from actimesh.broker.mosquitto import ManagedMosquitto, signal_reload
 from actimesh.errors import SecurityError
 from actimesh.security.acl import AclPolicy
 from actimesh.security.registry import (
@@ -44,6 +44,7 @@ __all__ = [
     "BrokerEndpoints",
     "DeviceLike",
     "Provisioned",
+    "RegistryQuarantine",
     "apply_to_broker",
     "credential_lines",
     "prepare_broker",
@@ -53,7 +54,7 @@ __all__ = [
 ]
 
 #: The managed broker's folder inside a data directory: its config, log, database,
-#: ``passwd``, ``acl`` and pid file.
+#: ``passwd``, ``access.json``, ``dynsec.json``, ``admin`` and pid file.
 BROKER_DIR = "broker"
 
 
@@ -174,6 +175,28 @@ def apply_to_broker(data_dir: Path, policy: AclPolicy) -> int | None:
     with Registry.open(data_dir) as registry:
         registry.write_broker_files(data_dir / BROKER_DIR, registry.policy() or policy)
     return signal_reload(data_dir / BROKER_DIR)
+
+
+class RegistryQuarantine:
+    """Disables a flooding device in the registry of ``data_dir`` and applies it to the
+    managed broker live (the engine's :class:`~actimesh.triggers.quarantine.Quarantine`)."""
+
+    def __init__(self, data_dir: Path, broker: ManagedMosquitto) -> None:
+        self.data_dir = data_dir
+        self.broker = broker
+
+    def _disable(self, device_id: str, reason: str) -> bool:
+        with Registry.open(self.data_dir) as registry:
+            changed = registry.disable(device_id, reason)
+            if changed:
+                registry.write_broker_files(self.data_dir / BROKER_DIR)
+        return changed
+
+    async def quarantine(self, device_id: str, reason: str) -> bool:
+        changed = await asyncio.to_thread(self._disable, device_id, reason)
+        if changed:
+            await self.broker.areload()
+        return changed
 
 
 @dataclass(frozen=True, slots=True)

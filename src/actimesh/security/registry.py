@@ -36,19 +36,23 @@ from typing import Self
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from actimesh.broker.dynsec import Access, plugin_config
 from actimesh.broker.messages import DeviceKind
 from actimesh.broker.topics import is_identifier
 from actimesh.errors import SecurityError
+from actimesh.private import write_private
 from actimesh.security.acl import (
     INTEGRATOR_PREFIX,
     LOADGEN_ACCOUNT,
+    SERVICE_ADMIN,
     SERVICE_DISPATCH,
     SERVICE_ENGINE,
     SERVICE_MONITOR,
     AccountRole,
     AclAccount,
+    AclDevice,
     AclPolicy,
-    render_acl,
+    render_access,
 )
 from actimesh.security.passwords import (
     generate_password,
@@ -58,7 +62,9 @@ from actimesh.security.passwords import (
 )
 
 __all__ = [
-    "ACL_NAME",
+    "ACCESS_NAME",
+    "ADMIN_NAME",
+    "DYNSEC_NAME",
     "MAX_PAIRED",
     "PASSWD_NAME",
     "REGISTRY_NAME",
@@ -72,13 +78,14 @@ __all__ = [
     "DeviceSpec",
     "Registry",
     "read_secret",
-    "write_private",
 ]
 
 REGISTRY_NAME = "registry.sqlite3"
 SECRETS_DIR = "secrets"
 PASSWD_NAME = "passwd"  # noqa: S105 - a file name
-ACL_NAME = "acl"
+ACCESS_NAME = "access.json"
+ADMIN_NAME = "admin"
+DYNSEC_NAME = "dynsec.json"
 #: Device ids may not start with these: they name service accounts, integrators and the
 #: dispatch console's zone device, whose topics the ACL gives to those accounts.
 RESERVED_PREFIXES = ("svc-", "int-", "dispatch-")
@@ -89,6 +96,7 @@ _SERVICE_ROLES = {
     SERVICE_ENGINE: AccountRole.ENGINE,
     SERVICE_DISPATCH: AccountRole.DISPATCH,
     SERVICE_MONITOR: AccountRole.MONITOR,
+    SERVICE_ADMIN: AccountRole.ADMIN,
 }
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -101,7 +109,8 @@ CREATE TABLE IF NOT EXISTS devices (
     password_hash TEXT NOT NULL,
     simulated INTEGER NOT NULL DEFAULT 0,
     created REAL NOT NULL,
-    rotated REAL NOT NULL
+    rotated REAL NOT NULL,
+    disabled TEXT
 );
 CREATE TABLE IF NOT EXISTS accounts (
     name TEXT PRIMARY KEY,
@@ -167,6 +176,9 @@ class Device:
     simulated: bool
     created: float
     rotated: float
+    #: Why the account is disabled (``actimesh devices disable``, or quarantined for
+    #: flooding); None while it may connect.
+    disabled: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,32 +197,9 @@ class BrokerFiles:
     """The broker's files rendered from the registry."""
 
     passwd: Path
-    acl: Path
-
-
-def write_private(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` atomically, mode 0600.
-
-    A reader (the broker on reload) sees the old file or the new one, never half of one:
-    a half-written password file would lock out every device after the cut.
-    """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    access: Path
+    #: The admin login, when the service accounts exist (``actimesh up`` makes them).
+    admin: Path
 
 
 def _private_dir(path: Path) -> None:
@@ -286,6 +275,9 @@ class Registry:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(devices)")}
+            if "disabled" not in columns:  # a registry from before accounts could be disabled
+                self._db.execute("ALTER TABLE devices ADD COLUMN disabled TEXT")
             self._db.execute(
                 "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)",
                 (str(_SCHEMA_VERSION),),
@@ -327,7 +319,7 @@ class Registry:
     def get(self, device_id: str) -> Device:
         """The device ``device_id``; :class:`SecurityError` if it is not registered."""
         row = self._db.execute(
-            "SELECT id, kind, unit, paired, public_key, simulated, created, rotated "
+            "SELECT id, kind, unit, paired, public_key, simulated, created, rotated, disabled "
             "FROM devices WHERE id = ?",
             (device_id,),
         ).fetchone()
@@ -340,7 +332,7 @@ class Registry:
     def devices(self) -> list[Device]:
         """Every registered device, by id."""
         rows = self._db.execute(
-            "SELECT id, kind, unit, paired, public_key, simulated, created, rotated "
+            "SELECT id, kind, unit, paired, public_key, simulated, created, rotated, disabled "
             "FROM devices ORDER BY id"
         ).fetchall()
         return [_device(row) for row in rows]
@@ -416,6 +408,31 @@ class Registry:
                     f"device {device_id!r} is not registered: see `actimesh devices list`"
                 )
         return DeviceCredentials(device_id, password, private, public)
+
+    def disable(self, device_id: str, reason: str) -> bool:
+        """Refuse ``device_id`` at the broker from the next reload (which also disconnects
+        it) until :meth:`enable`. Returns False if it was disabled already."""
+        with self._write() as db:
+            row = db.execute("SELECT disabled FROM devices WHERE id = ?", (device_id,)).fetchone()
+            if row is None:
+                raise SecurityError(
+                    f"device {device_id!r} is not registered: see `actimesh devices list`"
+                )
+            if row[0] is not None:
+                return False
+            db.execute("UPDATE devices SET disabled = ? WHERE id = ?", (reason, device_id))
+            return True
+
+    def enable(self, device_id: str) -> bool:
+        """Let a disabled ``device_id`` log in again. Returns False if it was not disabled."""
+        with self._write() as db:
+            row = db.execute("SELECT disabled FROM devices WHERE id = ?", (device_id,)).fetchone()
+            if row is None:
+                raise SecurityError(
+                    f"device {device_id!r} is not registered: see `actimesh devices list`"
+                )
+            db.execute("UPDATE devices SET disabled = NULL WHERE id = ?", (device_id,))
+            return row[0] is not None
 
     def remove(self, device_id: str) -> tuple[str, ...]:
         """Remove ``device_id``; returns the devices that were paired with it (no longer)."""
@@ -587,10 +604,12 @@ class Registry:
         ).fetchall()
         return "".join(password_line(name, hashed) + "\n" for name, hashed in rows)
 
-    def acl_text(self, policy: AclPolicy) -> str:
-        """The Mosquitto ``acl_file`` for ``policy`` and the accounts registered."""
+    def access(self, policy: AclPolicy) -> Access:
+        """Every account's client id, roles and whether it is disabled, for ``policy``."""
+        rows = self._db.execute("SELECT id, disabled FROM devices ORDER BY id").fetchall()
+        devices = [AclDevice(str(i), disabled=d is not None) for i, d in rows]
         accounts = [AclAccount(a.name, a.role, a.telemetry) for a in self.accounts()]
-        return render_acl(policy, accounts)
+        return render_access(policy, devices, accounts)
 
     def policy(self) -> AclPolicy | None:
         """The ACL policy the broker files were last rendered with, if any."""
@@ -604,7 +623,8 @@ class Registry:
         return AclPolicy(rows["agency"], rows["dispatch_device"])
 
     def write_broker_files(self, broker_dir: Path, policy: AclPolicy | None = None) -> BrokerFiles:
-        """Render ``passwd`` and ``acl`` into ``broker_dir`` (atomically, 0600).
+        """Render ``passwd``, ``access.json`` and ``admin`` into ``broker_dir`` (atomically,
+        0600); the running broker applies them on reload (broker/mosquitto.py).
 
         ``policy`` (agency and dispatch device) is remembered; later calls without one,
         e.g. from ``actimesh devices add``, reuse it, so a command run without the
@@ -625,11 +645,20 @@ class Registry:
                     [("agency", policy.agency), ("dispatch_device", policy.dispatch_device)],
                 )
         _private_dir(broker_dir)
-        files = BrokerFiles(broker_dir / PASSWD_NAME, broker_dir / ACL_NAME)
-        # The ACL first: should a reload fall between the two writes, a new integrator
-        # must not be able to log in before its `deny` line exists (the patterns would
-        # give it a device's rights until then).
-        write_private(files.acl, self.acl_text(policy))
+        files = BrokerFiles(
+            broker_dir / PASSWD_NAME, broker_dir / ACCESS_NAME, broker_dir / ADMIN_NAME
+        )
+        try:
+            admin = read_secret(self.path.parent, SERVICE_ADMIN)
+        except SecurityError:
+            pass  # no `actimesh up` yet: it writes the admin login before it starts
+        else:
+            write_private(files.admin, f"{SERVICE_ADMIN}\n{admin}\n")
+        access = self.access(policy)
+        write_private(files.access, access.to_json())
+        # The plugin's own config, for a broker actimesh does not run (the managed one
+        # writes it from access.json on every start, and is synced live while it runs).
+        write_private(broker_dir / DYNSEC_NAME, plugin_config(access))
         write_private(files.passwd, self.password_file_text())
         return files
 
@@ -645,7 +674,7 @@ def _integrator_account(name: str) -> str:
 
 
 def _device(row: tuple[object, ...]) -> Device:
-    device_id, kind, unit, paired, public_key, simulated, created, rotated = row
+    device_id, kind, unit, paired, public_key, simulated, created, rotated, disabled = row
     return Device(
         device_id=str(device_id),
         kind=DeviceKind(str(kind)),
@@ -655,4 +684,5 @@ def _device(row: tuple[object, ...]) -> Device:
         simulated=bool(simulated),
         created=float(str(created)),
         rotated=float(str(rotated)),
+        disabled=None if disabled is None else str(disabled),
     )
