@@ -56,12 +56,19 @@ from actimesh.security.acl import (
     AclPolicy,
 )
 from actimesh.security.certs import CERTS_DIR, ServerTls, server_tls
-from actimesh.security.provision import BROKER_DIR, prepare_broker, provision_fleet, specs_of
+from actimesh.security.provision import (
+    BROKER_DIR,
+    RegistryQuarantine,
+    prepare_broker,
+    provision_fleet,
+    specs_of,
+)
 from actimesh.security.registry import REGISTRY_NAME, Credentials, Registry, read_secret
 from actimesh.security.signing import CommandSigner, CommandVerifier, engine_key_paths
 from actimesh.triggers.engine import Engine
 from actimesh.triggers.fleet import DeviceDirectory
 from actimesh.triggers.ledger import Ledger
+from actimesh.triggers.quarantine import Quarantine
 
 __all__ = ["BrokerAddress", "Login", "broker_for", "run_engine", "run_sim", "run_up"]
 
@@ -223,6 +230,8 @@ def _engine_status(engine: Engine, sim: FleetSimulator | None) -> str:
     ]
     if s.acks_not_commanded:
         parts.append(f"acks from cameras not commanded {s.acks_not_commanded}")
+    if s.quarantined:
+        parts.append(f"quarantined {s.quarantined}")
     if sim is not None:
         parts.append("triggers " + ", ".join(f"{k} {v}" for k, v in sorted(sim.triggers.items())))
     return " · ".join(parts)
@@ -263,9 +272,11 @@ def _engine(
     broker: BrokerAddress,
     ledger: Ledger,
     directory: DeviceDirectory | None = None,
+    quarantine: Quarantine | None = None,
 ) -> Engine:
     """The engine ``settings`` describe, on ``broker``, writing to ``ledger``, signing
-    with the key of the data directory (created on first start)."""
+    with the key of the data directory (created on first start). With ``quarantine``,
+    devices that flood refused messages are disabled live; without, only reported."""
     engine = Engine(
         topics=Topics(settings.agency),
         broker_host=broker.host,
@@ -277,6 +288,7 @@ def _engine(
         settings=settings.engine,
         directory=directory,
         dispatch_source=settings.dispatch.source_device,
+        quarantine=quarantine,
         **broker.login(SERVICE_ENGINE),
     )
     _use_tls(broker.tls, engine.ctl, engine.telemetry_link)
@@ -318,7 +330,8 @@ async def run_up(settings: Settings, sim: SimSettings | None, console: Console) 
         _directory(settings) as directory,
         _evidence(settings) as evidence,
     ):
-        engine = _engine(settings, broker, ledger, directory)
+        quarantine = None if managed is None else RegistryQuarantine(settings.data_dir, managed)
+        engine = _engine(settings, broker, ledger, directory, quarantine)
         uploads = UploadServer(
             create_upload_app(Uploads(evidence)),
             host=settings.evidence.host,

@@ -133,6 +133,7 @@ class AlertKind(StrEnum):
     EXPIRED = "expired"  # a command expired without reaching its camera
     LEDGER = "ledger"  # an activation could not be written to the ledger
     STORM = "storm"  # a device's trigger events were refused as over its rate or a storm
+    QUARANTINE = "quarantine"  # a device kept sending refused messages and was disabled
 
 
 # Enum fields arrive from msgpack as plain strings: validate them by value (lax) while

@@ -76,18 +76,28 @@ from actimesh.broker.messages import (
     Presence,
 )
 from actimesh.broker.topics import DeviceChannel, Topics, is_identifier
-from actimesh.errors import BrokerError, LedgerError, NotCommandedError, PayloadError
+from actimesh.errors import (
+    BrokerError,
+    LedgerError,
+    NotCommandedError,
+    PayloadError,
+    SecurityError,
+)
 from actimesh.geofence import GridIndex, InclusionPolicy, SpatialIndex
 from actimesh.security.signing import UNVERIFIED_REFUSALS, CommandSigner, refusal_code
 from actimesh.triggers.delivery import Action, ActionKind, DeliveryTracker
 from actimesh.triggers.fanout import Plan, plan_activation
 from actimesh.triggers.fleet import DeviceDirectory, DeviceInfo, Fleet, LastFix
 from actimesh.triggers.ledger import AckRow, ActivationRow, Ledger
+from actimesh.triggers.quarantine import FloodWatch, Quarantine
 from actimesh.triggers.rules import Rule, RuleTable
 from actimesh.triggers.settings import EngineSettings
 from actimesh.triggers.storm import Incident, StormControl
 
 __all__ = ["Engine", "EngineStats"]
+
+#: What the flood watch says a device sent when it answered activations it was not in.
+_NOT_COMMANDED = "acknowledgements for activations that did not command it"
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +133,10 @@ class EngineStats:
     #: Answers from cameras their activation did not command: counted, never written
     #: (not dead-lettered either: one per ack of a flood would be a flood of its own).
     acks_not_commanded: int = 0
+    #: Devices disabled for flooding refused messages, and quarantines not queued
+    #: (the queue was full) or not carried out.
+    quarantined: int = 0
+    quarantines_failed: int = 0
 
     @property
     def rejected_total(self) -> int:
@@ -171,6 +185,7 @@ class Engine:
         clock: Callable[[], float] = time.time,
         username: str | None = None,
         password: str | None = None,
+        quarantine: Quarantine | None = None,
     ) -> None:
         self.topics = topics
         self.settings = settings or EngineSettings()
@@ -182,6 +197,11 @@ class Engine:
         self.index: SpatialIndex = index if index is not None else GridIndex()
         self.fleet = Fleet(directory)
         self.storm = StormControl(self.settings.storm_limits())
+        self.floods = FloodWatch(self.settings.quarantine_after, self.settings.quarantine_window_s)
+        self.quarantine = quarantine
+        # Devices to quarantine, handled by their own task: disabling an account takes a
+        # registry write and a broker round trip, which must not hold the control link.
+        self._to_quarantine: asyncio.Queue[tuple[str, str]] = asyncio.Queue(maxsize=1_000)
         self.stats = EngineStats()
         self.clock = clock
         self.ready = asyncio.Event()
@@ -275,6 +295,7 @@ class Engine:
             tg.create_task(self._persister(), name=f"{eid}-persister"),
             tg.create_task(self._ack_writer(), name=f"{eid}-acks"),
             tg.create_task(self._command_outcomes(), name=f"{eid}-commands"),
+            tg.create_task(self._quarantines(), name=f"{eid}-quarantine"),
         ]
 
     async def _warm_up(self) -> None:
@@ -485,6 +506,9 @@ class Engine:
                     seq = await self.ledger.record_cancel(row, cancelled_by, only_commanded=True)
                 except NotCommandedError as exc:
                     self.stats.acks_not_commanded += 1
+                    self._refused_from(
+                        row.device_id, "acknowledgements for activations that did not command it"
+                    )
                     log.debug("%s", exc)  # counted: a flood must not flood the log
                 except LedgerError:
                     self.stats.ledger_failures += 1
@@ -516,8 +540,10 @@ class Engine:
             for row in rows:
                 await self._write_acks([row])
             return
-        if written.not_commanded:
+        if written.refused:
             self.stats.acks_not_commanded += written.not_commanded
+            for device_id in written.refused:
+                self._refused_from(device_id, _NOT_COMMANDED)
 
     async def _on_event(
         self,
@@ -1022,8 +1048,43 @@ class Engine:
         )
 
     # ------------------------------------------------------------------ rejects
+    def _refused_from(self, device_id: str, what: str) -> None:
+        """Count a refused message against ``device_id``; quarantine it past the limit."""
+        if device_id == self.dispatch_source or not self.floods.note(device_id, self.clock()):
+            return
+        reason = (
+            f"quarantined: {self.floods.limit} refused messages within "
+            f"{self.floods.window_s:g} s (last: {what})"
+        )
+        try:
+            self._to_quarantine.put_nowait((device_id, reason))
+        except asyncio.QueueFull:
+            self.stats.quarantines_failed += 1
+
+    async def _quarantines(self) -> None:
+        """Disable the devices the flood watch names, alert dispatch, write the ledger."""
+        while True:
+            device_id, reason = await self._to_quarantine.get()
+            if self.quarantine is None:
+                detail = f"{reason}; NOT disabled: this engine cannot change accounts"
+                await self._alert(AlertKind.QUARANTINE, None, device_id, detail)
+                continue
+            try:
+                disabled = await self.quarantine.quarantine(device_id, reason)
+            except (SecurityError, BrokerError, OSError) as exc:
+                self.stats.quarantines_failed += 1
+                detail = f"{reason}; NOT disabled: {exc}"
+                await self._alert(AlertKind.QUARANTINE, None, device_id, detail)
+                continue
+            if disabled:  # else disabled already (by another replica, or an operator)
+                self.stats.quarantined += 1
+                await self._alert(AlertKind.QUARANTINE, None, device_id, reason)
+
     async def _reject(self, topic: str, payload: bytes, exc: PayloadError) -> None:
         self.stats.rejected[exc.reason] += 1
+        parsed = self.topics.parse_device(topic)
+        if parsed is not None:
+            self._refused_from(parsed.device_id, exc.reason)
         now = self.clock()
         rate = self.settings.deadletters_per_s
         self._deadletter_tokens = min(

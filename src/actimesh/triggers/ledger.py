@@ -216,7 +216,12 @@ class AckWrite:
     the activation had not commanded that camera."""
 
     inserted: int
-    not_commanded: int
+    #: The devices whose answers were refused, one entry per answer.
+    refused: tuple[str, ...] = ()
+
+    @property
+    def not_commanded(self) -> int:
+        return len(self.refused)
 
 
 @dataclass(frozen=True, slots=True)
@@ -662,16 +667,17 @@ class Ledger:
 
     def _write_acks(self, acks: Sequence[AckRow], only_commanded: bool) -> AckWrite:
         what = f"write {len(acks)} ack(s), first {acks[0].aid}/{acks[0].device_id}"
-        inserted = not_commanded = 0
+        inserted = 0
+        refused: list[str] = []
         with self._immediate(what) as db:
             for ack in acks:
                 if only_commanded and not self._commanded(db, ack):
-                    not_commanded += 1
+                    refused.append(ack.device_id)
                     continue
                 if self._insert_ack(db, ack):
                     self._append_ack(db, ack)
                     inserted += 1
-        return AckWrite(inserted, not_commanded)
+        return AckWrite(inserted, tuple(refused))
 
     async def record_ack(self, ack: AckRow) -> None:
         """Append a camera's acknowledgement (once: a redelivered one is ignored)."""
@@ -686,7 +692,7 @@ class Ledger:
         (a device flooding acknowledgements for activations it was never part of):
         counted in the result, never written."""
         if not acks:
-            return AckWrite(0, 0)
+            return AckWrite(0)
         rows = list(acks)
         return await self._run(lambda: self._write_acks(rows, only_commanded))
 

@@ -11,7 +11,7 @@ from actimesh.triggers.storm import StormLimits
 
 __all__ = ["EngineSettings"]
 
-_ZERO_ALLOWED = frozenset({"merge_window_s", "quiet_reserve"})
+_ZERO_ALLOWED = frozenset({"merge_window_s", "quiet_reserve", "quarantine_after"})
 #: Storm control's defaults live in one place, :class:`StormLimits`.
 _STORM = StormLimits()
 
@@ -72,6 +72,11 @@ class EngineSettings:
     merge_radius_m: float = _STORM.merge_radius_m
     #: ``alert_every_s`` of :class:`StormLimits`.
     storm_alert_s: float = _STORM.alert_every_s
+    #: A device whose messages the engine refuses this many times within
+    #: ``quarantine_window_s`` is disabled live, with an alert (triggers/quarantine.py).
+    #: Only refusals count, never valid traffic. 0 turns quarantine off.
+    quarantine_after: int = 200
+    quarantine_window_s: float = 10.0
 
     def storm_limits(self) -> StormLimits:
         """The storm-control part of these settings."""
@@ -91,6 +96,13 @@ class EngineSettings:
             raise ConfigError(f"share_group {self.share_group!r} must match {IDENTIFIER_PATTERN}")
         if not is_identifier(self.engine_id):
             raise ConfigError(f"engine_id {self.engine_id!r} must match {IDENTIFIER_PATTERN}")
+        if isinstance(self.quarantine_after, bool) or not isinstance(self.quarantine_after, int):
+            raise ConfigError(
+                f"engine.quarantine_after must be a whole number (0: off), got "
+                f"{self.quarantine_after!r}"
+            )
+        if self.quarantine_after < 0:
+            raise ConfigError("engine.quarantine_after must be 0 (off) or more refusals")
         if isinstance(self.dedupe_memory, bool) or not isinstance(self.dedupe_memory, int):
             raise ConfigError(
                 f"engine.dedupe_memory must be a whole number, got {self.dedupe_memory!r}"

@@ -1,0 +1,100 @@
+"""A device that keeps sending refused messages is quarantined; honest traffic never is."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from actimesh.broker.codec import decode, encode
+from actimesh.broker.messages import Alert, AlertKind, DeviceKind, DeviceState, Event, Telemetry
+from actimesh.broker.mosquitto import ManagedMosquitto
+from actimesh.triggers.fanout import activation_id
+from tests.integration.harness import TEST_SETTINGS, mesh
+from tests.waiting import eventually, quiet_for
+
+pytestmark = pytest.mark.time_limit(60)
+
+
+class FakeQuarantine:
+    """Records who the engine asked to disable."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+
+    async def quarantine(self, device_id: str, reason: str) -> bool:
+        self.calls.append((device_id, reason))
+        return True
+
+
+async def test_a_flooding_device_is_quarantined_once_and_others_still_trigger(
+    mosquitto: ManagedMosquitto, tmp_path: Path
+) -> None:
+    settings = replace(TEST_SETTINGS, quarantine_after=100)
+    async with mesh("quar", mosquitto.port, tmp_path, settings=settings) as m:
+        cew = m.add("cew", DeviceKind.CEW, paired=("bwc-own",))
+        m.add("bwc-own", DeviceKind.BODY_CAM, at=0.0)
+        m.add("bwc-stolen", DeviceKind.BODY_CAM, at=900.0)
+        await m.ready()
+        assert m.engine is not None
+        fake = FakeQuarantine()
+        m.engine.quarantine = fake
+        await m.engine.warmed.wait()
+        alerts: list[Alert] = []
+        async with m.client() as watcher, m.client() as stolen:
+            await watcher.subscribe(m.topics.alerts(AlertKind.QUARANTINE.value), qos=1)
+
+            async def collect() -> None:
+                async for message in watcher.messages:
+                    assert isinstance(message.payload, bytes)
+                    alerts.append(decode(Alert, message.payload))
+
+            async with asyncio.TaskGroup() as tg:
+                task = tg.create_task(collect(), name="alerts")
+                # A body camera may not raise TASER draws: every one is refused.
+                for i in range(300):
+                    draw = Event(eid=f"flood-{i}", type="taser_draw", ts=time.time())
+                    await stolen.publish(m.topics.event("bwc-stolen"), encode(draw), qos=0)
+                await eventually(lambda: len(alerts) == 1, 10)
+                task.cancel()
+        assert [d for d, _ in fake.calls] == ["bwc-stolen"]
+        assert "100 refused messages" in fake.calls[0][1]
+        assert alerts[0].device == "bwc-stolen"
+        assert m.engine.stats.quarantined == 1
+        # The other officer's trigger is untouched.
+        event = await cew.raise_event("taser_draw")
+        aid = activation_id("cew", event.eid)
+        own = m.agents["bwc-own"]
+        await eventually(lambda: any(r.command.aid == aid for r in own.received), 10)
+
+
+async def test_honest_traffic_is_never_quarantined(
+    mosquitto: ManagedMosquitto, tmp_path: Path
+) -> None:
+    settings = replace(TEST_SETTINGS, quarantine_after=50)
+    async with mesh("honest", mosquitto.port, tmp_path, settings=settings) as m:
+        m.add("bwc-busy", DeviceKind.BODY_CAM, at=0.0)
+        await m.ready()
+        assert m.engine is not None
+        fake = FakeQuarantine()
+        m.engine.quarantine = fake
+        await m.engine.warmed.wait()
+        before = m.engine.stats.telemetry
+        async with m.client() as busy:
+            for i in range(2_000):
+                fix = Telemetry(
+                    ts=time.time(),
+                    lat=51.05,
+                    lon=-114.07 + i * 1e-7,
+                    acc=3.0,
+                    state=DeviceState.BUFFERING,
+                )
+                await busy.publish(m.topics.telemetry("bwc-busy"), encode(fix), qos=0)
+        engine = m.engine
+        await eventually(lambda: engine.stats.telemetry >= before + 2_000, 20)
+        await quiet_for(0.2)  # the quarantine task had its turn
+        assert engine.stats.rejected_total == 0
+    assert fake.calls == []
