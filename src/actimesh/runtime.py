@@ -35,22 +35,13 @@ from actimesh.broker.topics import Topics
 from actimesh.config import Settings
 from actimesh.devices.simulator import FleetSimulator, SimSettings
 from actimesh.dispatch.commands import bootstrap_admin
-from actimesh.dispatch.service import DispatchService
 from actimesh.errors import ConfigError, SecurityError
 from actimesh.evidence import (
     UPLOADS_PATH,
-    DiskStore,
-    EvidenceService,
-    RegistryKeys,
-    Uploads,
-    UploadServer,
-    create_upload_app,
-    evidence_retention_loop,
 )
 from actimesh.monitor import Monitor
 from actimesh.security.acl import (
     SERVICE_ACCOUNTS,
-    SERVICE_DISPATCH,
     SERVICE_ENGINE,
     SERVICE_MONITOR,
     AclPolicy,
@@ -65,14 +56,20 @@ from actimesh.security.provision import (
 )
 from actimesh.security.registry import REGISTRY_NAME, Credentials, Registry, read_secret
 from actimesh.security.signing import CommandSigner, CommandVerifier, engine_key_paths
+from actimesh.supervisor import Supervisor
 from actimesh.triggers.engine import Engine
 from actimesh.triggers.fleet import DeviceDirectory
 from actimesh.triggers.ledger import Ledger
 from actimesh.triggers.quarantine import Quarantine
+from actimesh.web import DispatchJob
 
 __all__ = ["BrokerAddress", "Login", "broker_for", "run_engine", "run_sim", "run_up"]
 
 log = logging.getLogger(__name__)
+
+#: How much lower the web listeners' CPU priority is than the engine's (``nice``): a
+#: flood of web requests must not take the CPU an officer's trigger needs.
+WEB_NICENESS = 10
 
 
 class Login(TypedDict):
@@ -304,22 +301,6 @@ async def _retention(settings: Settings, recordings: Path | None) -> None:
     await retention_loop(settings.ledger_path, settings.retention.days, recordings=recordings)
 
 
-@contextlib.asynccontextmanager
-async def _evidence(settings: Settings) -> AsyncIterator[EvidenceService]:
-    """The evidence store of the data directory (``[evidence]``), open on the ledger the
-    engine created."""
-    root = settings.evidence.root(settings.data_dir)
-    service = EvidenceService(
-        store=DiskStore(root),
-        staging=root / ".uploads",
-        keys=RegistryKeys(settings.data_dir),
-        ledger_path=settings.ledger_path,
-        settings=settings.evidence,
-    )
-    async with service:
-        yield service
-
-
 async def run_up(settings: Settings, sim: SimSettings | None, console: Console) -> None:
     """Broker (managed unless a URL is given), engine, optional simulated fleet, monitor."""
     topics = Topics(settings.agency)
@@ -328,16 +309,12 @@ async def run_up(settings: Settings, sim: SimSettings | None, console: Console) 
         broker_for(settings) as (broker, managed),
         Ledger(settings.ledger_path) as ledger,
         _directory(settings) as directory,
-        _evidence(settings) as evidence,
     ):
         quarantine = None if managed is None else RegistryQuarantine(settings.data_dir, managed)
         engine = _engine(settings, broker, ledger, directory, quarantine)
-        uploads = UploadServer(
-            create_upload_app(Uploads(evidence)),
-            host=settings.evidence.host,
-            port=settings.evidence.port,
-            client_timeout_s=settings.evidence.client_timeout_s,
-        )
+        # The web listeners run as processes of their own (actimesh/web.py): a web
+        # client, however hostile, shares no event loop or heap with the engine.
+        uploads = Supervisor("evidence", "actimesh.web:serve_evidence", settings, nice=WEB_NICENESS)
         fleet = None
         if sim is not None:
             fleet = FleetSimulator(
@@ -361,9 +338,8 @@ async def run_up(settings: Settings, sim: SimSettings | None, console: Console) 
         async with asyncio.TaskGroup() as tg:
             tg.create_task(engine.run(), name="engine")
             tg.create_task(_retention(settings, settings.data_dir / "recordings"), name="retention")
-            tg.create_task(uploads.run(), name="evidence-uploads")
-            tg.create_task(evidence_retention_loop(evidence), name="evidence-retention")
-            async with asyncio.timeout(30):
+            tg.create_task(uploads.run(), name="evidence")
+            async with asyncio.timeout(60):
                 await engine.ready.wait()
                 await uploads.ready.wait()
             kind = "managed Mosquitto" if managed else "external broker"
@@ -373,7 +349,7 @@ async def run_up(settings: Settings, sim: SimSettings | None, console: Console) 
                 console.print(f"  broker   {broker.tls_url} (TLS, CA {_ca_of(managed)})")
             if managed is not None:
                 console.print(
-                    f"  accounts devices: `actimesh devices add|list|remove|rotate "
+                    f"  accounts devices: `actimesh devices add|list|remove|rotate|disable|enable "
                     f"--data-dir {settings.data_dir}`"
                 )
             console.print(f"  engine   {settings.engine.engine_id}, ledger {settings.ledger_path}")
@@ -385,21 +361,14 @@ async def run_up(settings: Settings, sim: SimSettings | None, console: Console) 
             console.print(f"  rules    {rules}")
             if settings.dispatch.enabled:
                 logins = await bootstrap_admin(settings.data_dir, ledger)
-                dispatch = DispatchService(
-                    topics=topics,
-                    broker_host=broker.host,
-                    broker_port=broker.port,
-                    settings=settings.dispatch,
-                    data_dir=settings.data_dir,
-                    ledger_path=settings.ledger_path,
-                    max_fix_age_s=settings.policy.max_fix_age_s,
-                    event_types=tuple(r.event_type for r in settings.rules),
-                    evidence=evidence,
-                    **broker.login(SERVICE_DISPATCH),
+                dispatch = Supervisor(
+                    "dispatch",
+                    "actimesh.web:serve_dispatch",
+                    DispatchJob(settings, broker),
+                    nice=WEB_NICENESS,
                 )
-                _use_tls(broker.tls, dispatch.feed.ctl, dispatch.feed.telemetry_link)
                 tg.create_task(dispatch.run(), name="dispatch")
-                async with asyncio.timeout(30):
+                async with asyncio.timeout(60):
                     await dispatch.ready.wait()
                 console.print(f"  dispatch {dispatch.url}  (live map; API /api/v1, /openapi.json)")
                 for line in logins.lines():

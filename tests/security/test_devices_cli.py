@@ -226,9 +226,16 @@ async def test_up_prints_both_broker_addresses_and_runs_on_service_accounts(
         broker=replace(settings.broker, tls_port=tls_port, tls_host="127.0.0.1"),
     )
     out = io.StringIO()
+    log_path = settings.data_dir / "broker" / "mosquitto.log"
+
+    def logged_in(account: str) -> bool:
+        return log_path.exists() and f"u'{account}'" in log_path.read_text()
+
     task = asyncio.create_task(run_up(settings, None, Console(file=out, width=200)), name="up")
     try:
         await eventually(lambda: "Ctrl-C" in out.getvalue(), timeout=30, every=0.05)
+        # The monitor starts last, just before that line: wait for its login itself.
+        await eventually(lambda: logged_in("svc-monitor"), timeout=30, every=0.05)
     finally:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
