@@ -23,6 +23,7 @@ from actimesh.errors import ActimeshError, ConfigError
 
 __all__ = [
     "BodyLimit",
+    "ConnectionGauge",
     "QuietServer",
     "address",
     "bind",
@@ -33,21 +34,53 @@ __all__ = [
 ]
 
 
-def slow_client_protocol(head_timeout_s: float) -> type[H11Protocol]:
+class ConnectionGauge:
+    """The open connections of one listener, and whether it is crowded: within
+    ``reserve`` of its ``limit`` (uvicorn's ``limit_concurrency``, beyond which it answers
+    503 to everyone). While crowded, the dispatch refuses requests without credentials
+    (:class:`~actimesh.dispatch.auth.AuthGate`), so the last slots stay for people who
+    are logged in, and a new connection gets only ``crowded_head_timeout_s`` to send its
+    request head."""
+
+    def __init__(self, limit: int, reserve: int, *, crowded_head_timeout_s: float = 1.0) -> None:
+        if not 0 < reserve < limit:
+            raise ValueError(f"a reserve of {reserve} needs a limit above it, not {limit}")
+        self.limit = limit
+        self.reserve = reserve
+        self.crowded_head_timeout_s = crowded_head_timeout_s
+        self.open = 0
+
+    @property
+    def crowded(self) -> bool:
+        return self.open >= self.limit - self.reserve
+
+
+def slow_client_protocol(
+    head_timeout_s: float, gauge: ConnectionGauge | None = None
+) -> type[H11Protocol]:
     """uvicorn's HTTP/1.1 protocol, closing a connection whose request head has not
     arrived within ``head_timeout_s`` of the connection (or of the last response).
 
     uvicorn times out only idle keep-alive connections; one that sends half a request
     head and then nothing (slowloris) holds its slot for ever, and a few hundred of them
-    answer everyone else 503. Bodies are timed by :class:`BodyLimit`.
+    answer everyone else 503. Bodies are timed by :class:`BodyLimit`. With a ``gauge``,
+    connections are counted, and one made while the listener is crowded gets the
+    gauge's shorter head timeout.
     """
 
     class _SlowClientH11(H11Protocol):
         _head_timer: asyncio.TimerHandle | None = None
+        _counted = False
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             super().connection_made(transport)  # type: ignore[arg-type]
-            self._arm()
+            timeout = head_timeout_s
+            if gauge is not None:
+                if gauge.crowded:
+                    timeout = min(timeout, gauge.crowded_head_timeout_s)
+                gauge.open += 1
+                self._counted = True
+            self._arm(timeout)
 
         def data_received(self, data: bytes) -> None:
             before = self.headers
@@ -57,15 +90,18 @@ def slow_client_protocol(head_timeout_s: float) -> type[H11Protocol]:
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
-            self._arm()  # the next request's head is timed as well
+            self._arm(head_timeout_s)  # the next request's head is timed as well
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
+            if gauge is not None and self._counted:
+                gauge.open -= 1
+                self._counted = False
             super().connection_lost(exc)
 
-        def _arm(self) -> None:
+        def _arm(self, timeout: float) -> None:
             self._disarm()
-            self._head_timer = self.loop.call_later(head_timeout_s, self._head_late)
+            self._head_timer = self.loop.call_later(timeout, self._head_late)
 
         def _disarm(self) -> None:
             if self._head_timer is not None:

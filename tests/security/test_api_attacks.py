@@ -521,3 +521,39 @@ async def test_half_open_requests_are_cut_off_and_do_not_lock_others_out(
             head = await reader.readline()
         writer.close()
         assert head.startswith(b"HTTP/1.1 408"), head
+
+
+async def test_the_last_connections_are_kept_for_people_who_are_logged_in(
+    agency: str, broker_port: int, tmp_path: Path
+) -> None:
+    """Half-open requests up to the reserve: callers without credentials are turned
+    away (503, Retry-After), a logged-in dispatcher is still served, and a newcomer
+    that sends no request head is cut off at once, not after client_timeout_s."""
+    async with (
+        mesh(agency, broker_port, tmp_path) as m,
+        running_dispatch(m, tmp_path, client_timeout_s=30.0, max_clients=8) as svc,
+        api(svc, None) as anonymous,
+        api(svc, "admin") as dispatcher,
+    ):
+        assert (svc.gauge.limit, svc.gauge.reserve) == (16, 4)
+        host, port = svc.url.removeprefix("http://").rsplit(":", 1)
+        held = []
+        for _ in range(12):
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(b"GET /api/v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+            await writer.drain()
+            held.append((reader, writer))
+        await eventually(lambda: svc.gauge.crowded, 5)
+        busy = await anonymous.get("/api/v1/health")
+        assert busy.status_code == 503
+        assert busy.headers["retry-after"] == "1"
+        assert (await dispatcher.get("/api/v1/devices")).status_code == 200
+        late_reader, late_writer = await asyncio.open_connection(host, int(port))
+        late_writer.write(b"GET / HTTP/1.1\r\n")
+        async with asyncio.timeout(5):  # the crowded head timeout, 1 s, not 30 s
+            assert await late_reader.read() == b""
+        late_writer.close()
+        for _, writer in held:
+            writer.close()
+        await eventually(lambda: not svc.gauge.crowded, 5)
+        assert (await anonymous.get("/api/v1/health")).status_code == 200

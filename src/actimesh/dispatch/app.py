@@ -92,6 +92,7 @@ from actimesh.dispatch.state import LiveState
 from actimesh.dispatch.webhooks import Webhooks
 from actimesh.errors import ActimeshError, BrokerError, LedgerError
 from actimesh.evidence.service import EvidenceService
+from actimesh.listener import ConnectionGauge
 
 __all__ = ["AppContext", "create_app"]
 
@@ -131,6 +132,8 @@ class AppContext:
     clock: Callable[[], float] = time.time
     #: The evidence store's service: the /api/v1/evidence routes exist only with one.
     evidence: EvidenceService | None = None
+    #: The listener's open connections: while crowded, only the logged-in get in.
+    gauge: ConnectionGauge | None = None
 
     def config(self) -> dict[str, Any]:
         s = self.settings
@@ -278,7 +281,7 @@ def create_app(ctx: AppContext) -> FastAPI:  # noqa: PLR0915 - one route table, 
     admin = Require(auth, Permission.ADMIN)
     # Added innermost first: the headers wrap everything, CORS answers preflights before
     # the gate (a preflight carries no credentials), the gate guards the routes.
-    app.add_middleware(AuthGate, auth=auth)
+    app.add_middleware(AuthGate, auth=auth, gauge=ctx.gauge)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -78,6 +78,7 @@ from actimesh.dispatch.accounts import (
 from actimesh.dispatch.audit import AuditEvent, AuditTrail
 from actimesh.dispatch.settings import DispatchSettings
 from actimesh.errors import LedgerError
+from actimesh.listener import ConnectionGauge
 from actimesh.security.limiter import LoginLimiter
 
 __all__ = [
@@ -610,9 +611,14 @@ class AuthGate:
     Puts the :class:`Principal` (or None on public routes) in ``scope["state"]``.
     """
 
-    def __init__(self, app: ASGIApp, *, auth: Authenticator) -> None:
+    def __init__(
+        self, app: ASGIApp, *, auth: Authenticator, gauge: ConnectionGauge | None = None
+    ) -> None:
         self.app = app
         self.auth = auth
+        #: While the listener is crowded, requests without credentials are refused:
+        #: the last slots are kept for people who are logged in.
+        self.gauge = gauge
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -653,6 +659,14 @@ class AuthGate:
                 headers["Set-Cookie"] = self.auth.clear_cookie(conn)
             response = JSONResponse({"error": refused.message}, refused.status, headers)
             await response(scope, receive, send)
+            return
+        if principal is None and self.gauge is not None and self.gauge.crowded:
+            self.auth.stats.refused["crowded"] += 1
+            message = (
+                "the dispatch is busy and keeps its last connections for people who are "
+                "logged in; try again in a moment"
+            )
+            await JSONResponse({"error": message}, 503, {"Retry-After": "1"})(scope, receive, send)
             return
         scope.setdefault("state", {})["principal"] = principal
         await self.app(scope, receive, send)

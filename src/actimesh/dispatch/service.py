@@ -163,6 +163,10 @@ class DispatchService:
         )
         self.state.on_decision = self.metrics.decision_seconds.observe
         self.state.on_ack_latency = self.metrics.ack_seconds.observe
+        # uvicorn answers 503 to everyone beyond ``limit_concurrency``; the last quarter
+        # of it (at least 4) is kept for callers with credentials (AuthGate).
+        limit = settings.max_clients * 2
+        self.gauge = listener.ConnectionGauge(limit, max(4, limit // 4))
         self.app = create_app(
             AppContext(
                 settings=settings,
@@ -181,6 +185,7 @@ class DispatchService:
                 auth=self.auth,
                 clock=clock,
                 evidence=evidence,
+                gauge=self.gauge,
             )
         )
 
@@ -216,13 +221,15 @@ class DispatchService:
                         log_config=None,
                         access_log=False,
                         lifespan="off",
-                        http=listener.slow_client_protocol(self.settings.client_timeout_s),
+                        http=listener.slow_client_protocol(
+                            self.settings.client_timeout_s, self.gauge
+                        ),
                         ws="websockets-sansio",
                         ws_max_size=64 * 1024,
                         ws_ping_interval=20.0,
                         ws_ping_timeout=20.0,
                         timeout_graceful_shutdown=2,
-                        limit_concurrency=self.settings.max_clients * 2,
+                        limit_concurrency=self.gauge.limit,
                         server_header=False,
                         # Client addresses key the login limits: never taken from headers.
                         proxy_headers=False,
