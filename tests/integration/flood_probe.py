@@ -1,36 +1,78 @@
 """Measure what one device's flood costs another officer's trigger (not a test).
 
     .venv/bin/python -m tests.integration.flood_probe --kind events --count 20000
+    .venv/bin/python -m tests.integration.flood_probe --kind telemetry --during 40
 
 starts its own Mosquitto and a mesh (engine, a CEW and its body camera, and a stolen
 body camera), has the stolen camera publish ``--count`` messages as fast as its link
-allows: TASER draws it may not raise (``events``) or acknowledgements for activations
-that never commanded it (``acks``); then the CEW draws, and prints how long after the
+allows: TASER draws it may not raise (``events``), acknowledgements for activations
+that never commanded it (``acks``), position fixes (``telemetry``) or presence
+announcements (``presence``); with ``rate`` a stolen CEW floods TASER draws of its own,
+far over its rate. Then the CEW draws, and prints how long after the
 flood was sent its camera was commanded, beside the same figure with no flood (the
-baseline, measured first in the same run).
+baseline, measured first in the same run). With ``--during N`` the stolen device floods
+without pause from a process of its own while the CEW draws N times, and the probe
+prints the p99 of those draws beside the p99 of N draws with no flood.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import math
+import statistics
+import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
+import aiomqtt
+
 from actimesh.broker.codec import encode
-from actimesh.broker.messages import Ack, AckStatus, DeviceKind, Event
+from actimesh.broker.messages import (
+    Ack,
+    AckStatus,
+    DeviceKind,
+    DeviceState,
+    Event,
+    Presence,
+    Telemetry,
+)
 from actimesh.broker.mosquitto import ManagedMosquitto, MosquittoConfig, free_port
+from actimesh.broker.topics import DeviceChannel
+from actimesh.devices.agent import DeviceAgent
 from actimesh.triggers.fanout import activation_id
-from tests.integration.harness import mesh
+from tests.integration.harness import CENTER, TEST_SETTINGS, Mesh, mesh
 from tests.waiting import eventually
+
+KINDS = ("events", "acks", "telemetry", "presence", "rate")
 
 
 def _flood_message(kind: str, i: int) -> bytes:
     now = time.time()
-    if kind == "events":
+    if kind in ("events", "rate"):
         return encode(Event(eid=f"flood-{i}", type="taser_draw", ts=now))
+    if kind == "telemetry":
+        lat, lon = CENTER
+        return encode(
+            Telemetry(ts=now, lat=lat, lon=lon + i * 1e-9, acc=3.0, state=DeviceState.BUFFERING)
+        )
+    if kind == "presence":
+        return encode(Presence(online=True, device_kind=DeviceKind.BODY_CAM, ts=now))
     return encode(Ack(aid=f"act-{i:024x}", status=AckStatus.RECORDING, pre_cov=30.0, ts=now))
+
+
+def _flood_topic(m: Mesh, kind: str) -> str:
+    thief = "cew-stolen" if kind == "rate" else "bwc-stolen"
+    channel = {
+        "events": DeviceChannel.EVENT,
+        "rate": DeviceChannel.EVENT,
+        "acks": DeviceChannel.ACK,
+        "telemetry": DeviceChannel.TELEMETRY,
+        "presence": DeviceChannel.PRESENCE,
+    }[kind]
+    return m.topics.device(thief, channel)
 
 
 async def _draw_latency(port: int, root: Path, kind: str, count: int) -> tuple[float, float]:
@@ -39,14 +81,15 @@ async def _draw_latency(port: int, root: Path, kind: str, count: int) -> tuple[f
         cew = m.add("cew", DeviceKind.CEW, paired=("bwc-own",))
         m.add("bwc-own", DeviceKind.BODY_CAM, at=0.0)
         m.add("bwc-stolen", DeviceKind.BODY_CAM, at=900.0)
+        m.add("cew-stolen", DeviceKind.CEW, at=900.0)
         await m.ready()
         assert m.engine is not None
         await m.engine.warmed.wait()
-        topic = m.topics.event if kind == "events" else m.topics.ack
+        topic = _flood_topic(m, kind)
         async with m.client() as stolen:
             started = time.monotonic()
             for i in range(count):
-                await stolen.publish(topic("bwc-stolen"), _flood_message(kind, i), qos=0)
+                await stolen.publish(topic, _flood_message(kind, i), qos=0)
             sent = time.monotonic() - started
         event = await cew.raise_event("taser_draw")
         raised = time.monotonic()
@@ -54,6 +97,84 @@ async def _draw_latency(port: int, root: Path, kind: str, count: int) -> tuple[f
         own = m.agents["bwc-own"]
         await eventually(lambda: any(r.command.aid == aid for r in own.received), 120, 0.002)
         return sent, time.monotonic() - raised
+
+
+async def _one_draw(m: Mesh, cew: DeviceAgent) -> float:
+    event = await cew.raise_event("taser_draw")
+    raised = time.monotonic()
+    aid = activation_id("cew", event.eid)
+    own = m.agents["bwc-own"]
+    await eventually(lambda: any(r.command.aid == aid for r in own.received), 120, 0.002)
+    return time.monotonic() - raised
+
+
+async def _draws_during(port: int, root: Path, kind: str, draws: int) -> tuple[list[float], ...]:
+    """Draw latencies with no flood, then while another process floods without pause."""
+    # Every draw commands the camera anew (no merging), and the CEW stays within its rate.
+    settings = replace(
+        TEST_SETTINGS, merge_window_s=0.0, device_burst=1000.0, device_rate_per_s=100.0
+    )
+    async with mesh("probe", port, root, settings=settings) as m:
+        cew = m.add("cew", DeviceKind.CEW, paired=("bwc-own",))
+        m.add("bwc-own", DeviceKind.BODY_CAM, at=0.0)
+        m.add("bwc-stolen", DeviceKind.BODY_CAM, at=900.0)
+        m.add("cew-stolen", DeviceKind.CEW, at=900.0)
+        await m.ready()
+        assert m.engine is not None
+        await m.engine.warmed.wait()
+        base = [await _one_draw(m, cew) for _ in range(draws)]
+        flooder = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "tests.integration.flood_probe",
+            "--flood-to",
+            str(port),
+            _flood_topic(m, kind),
+            "--kind",
+            kind,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        try:
+            assert flooder.stdout is not None
+            await flooder.stdout.readline()  # "flooding"
+            await asyncio.sleep(0.5)
+            during = [await _one_draw(m, cew) for _ in range(draws)]
+        finally:
+            flooder.kill()
+            await flooder.wait()
+        return base, during
+
+
+async def _flood_forever(port: int, topic: str, kind: str) -> None:
+    """The stolen device, in a process of its own: publish as fast as the link allows."""
+    async with aiomqtt.Client("127.0.0.1", port, protocol=aiomqtt.ProtocolVersion.V5) as c:
+        print("flooding", flush=True)  # noqa: T201 - tells the probe it has begun
+        i = 0
+        while True:
+            await c.publish(topic, _flood_message(kind, i), qos=0)
+            i += 1
+
+
+def _p99(xs: list[float]) -> float:
+    return sorted(xs)[max(0, math.ceil(len(xs) * 0.99) - 1)]
+
+
+async def _main_during(kind: str, draws: int) -> None:
+    root = Path(tempfile.mkdtemp(prefix="actimesh-flood-"))
+    broker = ManagedMosquitto(
+        MosquittoConfig(data_dir=root / "broker", port=free_port(), insecure_anonymous=True)
+    )
+    await broker.astart()
+    try:
+        base, during = await _draws_during(broker.port, root / "during", kind, draws)
+    finally:
+        await broker.astop()
+    print(  # noqa: T201 - the probe's one line of output
+        f"{kind} flood without pause, {draws} draws each: p99 {_p99(during) * 1000:.1f} ms "
+        f"(no flood: {_p99(base) * 1000:.1f} ms; ratio {_p99(during) / _p99(base):.2f}); "
+        f"median {statistics.median(during) * 1000:.1f} ms "
+        f"(no flood: {statistics.median(base) * 1000:.1f} ms)"
+    )
 
 
 async def _main(kind: str, count: int) -> None:
@@ -75,7 +196,16 @@ async def _main(kind: str, count: int) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--kind", choices=("events", "acks"), default="events")
+    parser.add_argument("--kind", choices=KINDS, default="events")
     parser.add_argument("--count", type=int, default=20_000)
+    parser.add_argument(
+        "--during", type=int, metavar="DRAWS", help="draw DRAWS times during a flood instead"
+    )
+    parser.add_argument("--flood-to", nargs=2, metavar=("PORT", "TOPIC"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    asyncio.run(_main(args.kind, args.count))
+    if args.flood_to:
+        asyncio.run(_flood_forever(int(args.flood_to[0]), args.flood_to[1], args.kind))
+    elif args.during:
+        asyncio.run(_main_during(args.kind, args.during))
+    else:
+        asyncio.run(_main(args.kind, args.count))

@@ -71,30 +71,63 @@ async def test_a_flooding_device_is_quarantined_once_and_others_still_trigger(
         await eventually(lambda: any(r.command.aid == aid for r in own.received), 10)
 
 
+async def test_a_telemetry_flood_is_dropped_before_decoding_and_quarantines(
+    mosquitto: ManagedMosquitto, tmp_path: Path
+) -> None:
+    settings = replace(TEST_SETTINGS, quarantine_after=100)
+    async with mesh("tmflood", mosquitto.port, tmp_path, settings=settings) as m:
+        m.add("bwc-stolen", DeviceKind.BODY_CAM, at=900.0)
+        await m.ready()
+        engine = m.engine
+        assert engine is not None
+        fake = FakeQuarantine()
+        engine.quarantine = fake
+        await engine.warmed.wait()
+        async with m.client() as stolen:
+            for i in range(1_000):
+                await stolen.publish(m.topics.telemetry("bwc-stolen"), _fix(i), qos=0)
+        await eventually(lambda: fake.calls, 10)
+        assert engine.stats.telemetry_over_rate >= 100
+        assert [d for d, _ in fake.calls] == ["bwc-stolen"]
+        assert "telemetry over its rate" in fake.calls[0][1]
+
+
+def _fix(i: int) -> bytes:
+    return encode(
+        Telemetry(
+            ts=time.time(),
+            lat=51.05,
+            lon=-114.07 + i * 1e-7,
+            acc=3.0,
+            state=DeviceState.BUFFERING,
+        )
+    )
+
+
 async def test_honest_traffic_is_never_quarantined(
     mosquitto: ManagedMosquitto, tmp_path: Path
 ) -> None:
+    """A device re-sending its TASER draw until confirmed (hundreds of times) and fixes
+    at its rate: nothing is refused, nothing quarantined."""
     settings = replace(TEST_SETTINGS, quarantine_after=50)
     async with mesh("honest", mosquitto.port, tmp_path, settings=settings) as m:
+        m.add("cew", DeviceKind.CEW, at=0.0)
         m.add("bwc-busy", DeviceKind.BODY_CAM, at=0.0)
         await m.ready()
-        assert m.engine is not None
-        fake = FakeQuarantine()
-        m.engine.quarantine = fake
-        await m.engine.warmed.wait()
-        before = m.engine.stats.telemetry
-        async with m.client() as busy:
-            for i in range(2_000):
-                fix = Telemetry(
-                    ts=time.time(),
-                    lat=51.05,
-                    lon=-114.07 + i * 1e-7,
-                    acc=3.0,
-                    state=DeviceState.BUFFERING,
-                )
-                await busy.publish(m.topics.telemetry("bwc-busy"), encode(fix), qos=0)
         engine = m.engine
-        await eventually(lambda: engine.stats.telemetry >= before + 2_000, 20)
+        assert engine is not None
+        fake = FakeQuarantine()
+        engine.quarantine = fake
+        await engine.warmed.wait()
+        draw = encode(Event(eid="draw-1", type="taser_draw", ts=time.time()))
+        async with m.client() as device:
+            for _ in range(500):
+                await device.publish(m.topics.event("cew"), draw, qos=0)
+            for i in range(30):
+                await device.publish(m.topics.telemetry("bwc-busy"), _fix(i), qos=0)
+                await asyncio.sleep(0.1)
+        await eventually(lambda: engine.stats.duplicates >= 499, 20)
         await quiet_for(0.2)  # the quarantine task had its turn
         assert engine.stats.rejected_total == 0
+        assert engine.stats.telemetry_over_rate == 0
     assert fake.calls == []

@@ -137,6 +137,8 @@ class EngineStats:
     #: (the queue was full) or not carried out.
     quarantined: int = 0
     quarantines_failed: int = 0
+    #: Position fixes dropped because their device sent them over its rate.
+    telemetry_over_rate: int = 0
 
     @property
     def rejected_total(self) -> int:
@@ -335,9 +337,20 @@ class Engine:
         oldest, newest = now - max_age, now + max_skew
         fleet, index, stats = self.fleet, self.index, self.stats
         source = self._telemetry_source
+        rate, burst = self.settings.telemetry_rate_per_s, self.settings.telemetry_burst
         for topic, payload in batch:
             try:
                 device_id, info = source(topic)
+                if info is not None:
+                    # The device's token bucket, inline: this loop runs per message.
+                    tokens = min(burst, info.tm_tokens + (now - info.tm_counted) * rate)
+                    info.tm_counted = now
+                    if tokens < 1.0:
+                        info.tm_tokens = tokens
+                        stats.telemetry_over_rate += 1
+                        self._refused_from(device_id, "telemetry over its rate")
+                        continue
+                    info.tm_tokens = tokens - 1.0
                 ts, state, lat, lon, acc = decode_telemetry(payload)
                 if not oldest <= ts <= newest:
                     check_clock(ts, now, max_age_s=max_age, max_skew_s=max_skew)

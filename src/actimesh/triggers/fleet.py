@@ -105,6 +105,10 @@ class DeviceInfo:
     last_seen: float = 0.0
     offline_since: float | None = None
     last_fix: LastFix | None = None
+    #: The device's telemetry token bucket (see ``EngineSettings.telemetry_rate_per_s``):
+    #: tokens left, and when they were last counted (from 0: the first fix finds it full).
+    tm_tokens: float = 0.0
+    tm_counted: float = 0.0
 
     @property
     def is_camera(self) -> bool:

@@ -30,6 +30,12 @@ class EngineSettings:
     max_clock_skew_s: float = 10.0
     #: Telemetry waiting to be indexed; overflow is dropped and counted (never events).
     telemetry_queue: int = 50_000
+    #: Position fixes one device may send: ``telemetry_burst`` at once, refilled at
+    #: ``telemetry_rate_per_s``. Devices send about one a second; a fix over the rate is
+    #: dropped before it is decoded (the next one is as good), counted, and counts
+    #: towards quarantine, so one device's flood costs other officers nothing.
+    telemetry_rate_per_s: float = 10.0
+    telemetry_burst: float = 20.0
     #: At most this many dead-letter reports per second are published (all are counted).
     deadletters_per_s: float = 50.0
     #: Also publish each activation record as JSON (for integrators without msgpack).
