@@ -298,6 +298,7 @@ async def _connection(client: aiomqtt.Client) -> AsyncIterator[aiomqtt.Client]:
     failed connect included: no socket, no task, no unretrieved future."""
     connect = _Connect(client)
     client._client_connect = connect  # type: ignore[method-assign]
+    _guard_writer(client)
     try:
         await client.__aenter__()
     except BaseException:
@@ -320,6 +321,37 @@ async def _connection(client: aiomqtt.Client) -> AsyncIterator[aiomqtt.Client]:
         await client.__aexit__(None, None, None)
     finally:
         await _close_soon(client)
+
+
+def _guard_writer(client: aiomqtt.Client) -> None:
+    """aiomqtt's "register the socket's writer", made safe against a closed socket.
+
+    aiomqtt schedules ``add_writer`` through ``call_soon_threadsafe`` whenever paho has
+    bytes to send, capturing the file descriptor then. A publish by another task in the
+    same loop turn as a close leaves one scheduled after the socket is closed, and it
+    fails with EBADF in the event loop's exception handler (seen under load in the
+    cancellation storm). This one looks at the socket when it runs, and does nothing
+    once it is closed. The write itself is aiomqtt's: on an error the connection is
+    over."""
+    loop = client._loop
+    paho = client._client
+
+    def register(_paho: Any, _userdata: Any, sock: Any) -> None:
+        def write() -> None:
+            try:
+                paho.loop_write()
+            except Exception as exc:  # noqa: BLE001 - as aiomqtt: the link is broken
+                if not client._disconnected.done():
+                    client._disconnected.set_exception(exc)
+
+        def add() -> None:
+            fileno = sock.fileno()
+            if fileno != -1:  # closed since it was scheduled: nothing to write to
+                loop.add_writer(fileno, write)
+
+        loop.call_soon_threadsafe(add)
+
+    paho.on_socket_register_write = register
 
 
 async def _close_soon(client: aiomqtt.Client) -> None:
