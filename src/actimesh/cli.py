@@ -645,7 +645,7 @@ def _endpoints(settings: Settings) -> BrokerEndpoints:
 
 
 def _security(args: argparse.Namespace) -> int:
-    from actimesh.security import AclPolicy, Registry, certs  # noqa: PLC0415
+    from actimesh.security import Registry, certs  # noqa: PLC0415
     from actimesh.security.provision import apply_to_broker, credential_lines  # noqa: PLC0415
 
     settings = load_settings(args.config, data_dir=args.data_dir)
@@ -676,7 +676,7 @@ def _security(args: argparse.Namespace) -> int:
         engine_key = key_file.read_text().strip() if key_file.is_file() else None
         for line in credential_lines(creds, _endpoints(settings), engine_key=engine_key):
             print(line)
-    pid = apply_to_broker(data_dir, AclPolicy(settings.agency, settings.dispatch.source_device))
+    pid = apply_to_broker(data_dir, settings.acl_policy())
     print(
         f"broker: applied live (pid {pid})"
         if pid is not None
@@ -714,7 +714,7 @@ def _device_verb(registry: Registry, args: argparse.Namespace) -> DeviceCredenti
 
 def _services(args: argparse.Namespace, settings: Settings) -> int:
     """The service accounts for processes that log in to a broker actimesh does not run."""
-    from actimesh.security import SECRETS_DIR, AclPolicy, Registry  # noqa: PLC0415
+    from actimesh.security import SECRETS_DIR, Registry  # noqa: PLC0415
     from actimesh.security.provision import BROKER_DIR, apply_to_broker  # noqa: PLC0415
 
     data_dir = settings.data_dir
@@ -724,7 +724,7 @@ def _services(args: argparse.Namespace, settings: Settings) -> int:
         )
     for name in creds:
         print(f"{name}: password in {data_dir / SECRETS_DIR / (name + '.password')}")
-    apply_to_broker(data_dir, AclPolicy(settings.agency, settings.dispatch.source_device))
+    apply_to_broker(data_dir, settings.acl_policy())
     broker = data_dir / BROKER_DIR
     print(
         f"broker files: password_file {broker / 'passwd'}, Dynamic Security config "

@@ -49,7 +49,8 @@ from actimesh.dispatch.settings import DispatchSettings
 from actimesh.errors import ConfigError
 from actimesh.evidence.settings import EvidenceSettings
 from actimesh.geofence import InclusionMode, InclusionPolicy
-from actimesh.triggers.rules import DEFAULT_RULES, RuleTable, rules_from_toml
+from actimesh.security.acl import AclPolicy
+from actimesh.triggers.rules import DEFAULT_RULES, DISPATCH_SENDER, RuleTable, rules_from_toml
 from actimesh.triggers.settings import EngineSettings
 
 __all__ = [
@@ -174,6 +175,12 @@ class Settings:
     @property
     def ledger_path(self) -> Path:
         return self.data_dir / "ledger.sqlite3"
+
+    def acl_policy(self) -> AclPolicy:
+        """Who the broker lets do what for these settings: the agency, the dispatch's
+        zone device, and the device kinds the rules let raise triggers."""
+        kinds = frozenset(k for r in self.rules for k in r.senders if k != DISPATCH_SENDER)
+        return AclPolicy(self.agency, self.dispatch.source_device, kinds)
 
 
 def _typed(section: str, key: str, value: Any, expected: type | tuple[type, ...]) -> Any:

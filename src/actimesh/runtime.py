@@ -44,7 +44,6 @@ from actimesh.security.acl import (
     SERVICE_ACCOUNTS,
     SERVICE_ENGINE,
     SERVICE_MONITOR,
-    AclPolicy,
 )
 from actimesh.security.certs import CERTS_DIR, ServerTls, server_tls
 from actimesh.security.provision import (
@@ -167,7 +166,7 @@ async def broker_for(
     if settings.broker_url is not None:
         yield _external(settings, settings.broker_url), None
         return
-    policy = AclPolicy(settings.agency, settings.dispatch.source_device)
+    policy = settings.acl_policy()
     provisioned = await asyncio.to_thread(prepare_broker, settings.data_dir, policy)
     await asyncio.to_thread(_adopt_old_broker_db, settings.data_dir, provisioned.broker_dir)
     config = MosquittoConfig(

@@ -2,6 +2,7 @@
 
     .venv/bin/python -m tests.integration.flood_probe --kind events --count 20000
     .venv/bin/python -m tests.integration.flood_probe --kind telemetry --during 40
+    .venv/bin/python -m tests.integration.flood_probe --kind rate --during 40 --up
 
 starts its own Mosquitto and a mesh (engine, a CEW and its body camera, and a stolen
 body camera), has the stolen camera publish ``--count`` messages as fast as its link
@@ -12,13 +13,16 @@ far over its rate. Then the CEW draws, and prints how long after the
 flood was sent its camera was commanded, beside the same figure with no flood (the
 baseline, measured first in the same run). With ``--during N`` the stolen device floods
 without pause from a process of its own while the CEW draws N times, and the probe
-prints the p99 of those draws beside the p99 of N draws with no flood.
+prints the p99 of those draws beside the p99 of N draws with no flood; add ``--up`` to
+run it against `actimesh up` itself (secured broker, the flooder logged in as a
+registered device, quarantine on).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import math
 import statistics
 import sys
@@ -40,10 +44,12 @@ from actimesh.broker.messages import (
     Telemetry,
 )
 from actimesh.broker.mosquitto import ManagedMosquitto, MosquittoConfig, free_port
-from actimesh.broker.topics import DeviceChannel
+from actimesh.broker.topics import DeviceChannel, device_client_id
 from actimesh.devices.agent import DeviceAgent
+from actimesh.security.registry import Registry
 from actimesh.triggers.fanout import activation_id
 from tests.integration.harness import CENTER, TEST_SETTINGS, Mesh, mesh
+from tests.integration.up_world import AGENCY, running_up
 from tests.waiting import eventually
 
 KINDS = ("events", "acks", "telemetry", "presence", "rate")
@@ -63,16 +69,18 @@ def _flood_message(kind: str, i: int) -> bytes:
     return encode(Ack(aid=f"act-{i:024x}", status=AckStatus.RECORDING, pre_cov=30.0, ts=now))
 
 
+_CHANNELS = {
+    "events": DeviceChannel.EVENT,
+    "rate": DeviceChannel.EVENT,
+    "acks": DeviceChannel.ACK,
+    "telemetry": DeviceChannel.TELEMETRY,
+    "presence": DeviceChannel.PRESENCE,
+}
+
+
 def _flood_topic(m: Mesh, kind: str) -> str:
     thief = "cew-stolen" if kind == "rate" else "bwc-stolen"
-    channel = {
-        "events": DeviceChannel.EVENT,
-        "rate": DeviceChannel.EVENT,
-        "acks": DeviceChannel.ACK,
-        "telemetry": DeviceChannel.TELEMETRY,
-        "presence": DeviceChannel.PRESENCE,
-    }[kind]
-    return m.topics.device(thief, channel)
+    return m.topics.device(thief, _CHANNELS[kind])
 
 
 async def _draw_latency(port: int, root: Path, kind: str, count: int) -> tuple[float, float]:
@@ -145,14 +153,69 @@ async def _draws_during(port: int, root: Path, kind: str, draws: int) -> tuple[l
         return base, during
 
 
-async def _flood_forever(port: int, topic: str, kind: str) -> None:
-    """The stolen device, in a process of its own: publish as fast as the link allows."""
-    async with aiomqtt.Client("127.0.0.1", port, protocol=aiomqtt.ProtocolVersion.V5) as c:
+async def _flood_forever(port: int, topic: str, kind: str, login: list[str] | None) -> None:
+    """The stolen device, in a process of its own: publish as fast as the link allows
+    (until the broker drops it: quarantined)."""
+    username, password, client_id = login or (None, None, None)
+    async with aiomqtt.Client(
+        "127.0.0.1",
+        port,
+        identifier=client_id,
+        username=username,
+        password=password,
+        protocol=aiomqtt.ProtocolVersion.V5,
+    ) as c:
         print("flooding", flush=True)  # noqa: T201 - tells the probe it has begun
         i = 0
-        while True:
-            await c.publish(topic, _flood_message(kind, i), qos=0)
-            i += 1
+        with contextlib.suppress(aiomqtt.MqttError):
+            while True:
+                await c.publish(topic, _flood_message(kind, i), qos=0)
+                i += 1
+
+
+async def _main_up(kind: str, draws: int) -> None:
+    """The same, against `actimesh up` itself: secured broker, the flooder logged in as
+    a registered device, quarantine on."""
+    root = Path(tempfile.mkdtemp(prefix="actimesh-flood-up-"))
+    async with running_up(root) as world:
+        thief = "cew-stolen" if kind == "rate" else "bwc-stolen"
+        creds = world.stolen[thief]
+        channel = _CHANNELS[kind]
+        base = [await world.draw() for _ in range(draws)]
+        flooder = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "tests.integration.flood_probe",
+            "--flood-to",
+            str(world.broker_port),
+            f"am/v1/{AGENCY}/dev/{thief}/{channel.value}",
+            "--kind",
+            kind,
+            "--login",
+            thief,
+            creds.password,
+            device_client_id(AGENCY, thief),
+            stdout=asyncio.subprocess.PIPE,
+        )
+        started = time.monotonic()
+        try:
+            assert flooder.stdout is not None
+            await flooder.stdout.readline()  # "flooding"
+            during = [await world.draw() for _ in range(draws)]
+            with Registry.open(root) as registry:
+                disabled = registry.get(thief).disabled
+        finally:
+            with contextlib.suppress(ProcessLookupError):  # gone once quarantined
+                flooder.kill()
+            await flooder.wait()
+        elapsed = time.monotonic() - started
+    print(  # noqa: T201 - the probe's one line of output
+        f"{kind} flood against up, {draws} draws each: p99 {_p99(during) * 1000:.1f} ms "
+        f"(no flood: {_p99(base) * 1000:.1f} ms; ratio {_p99(during) / _p99(base):.2f}); "
+        f"median {statistics.median(during) * 1000:.1f} ms "
+        f"(no flood: {statistics.median(base) * 1000:.1f} ms); {thief} "
+        f"{'quarantined' if disabled else 'NOT quarantined'} within {elapsed:.1f} s"
+    )
 
 
 def _p99(xs: list[float]) -> float:
@@ -201,10 +264,17 @@ if __name__ == "__main__":
     parser.add_argument(
         "--during", type=int, metavar="DRAWS", help="draw DRAWS times during a flood instead"
     )
+    parser.add_argument(
+        "--up", action="store_true", help="with --during: against `actimesh up` (quarantine on)"
+    )
     parser.add_argument("--flood-to", nargs=2, metavar=("PORT", "TOPIC"), help=argparse.SUPPRESS)
+    parser.add_argument("--login", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.flood_to:
-        asyncio.run(_flood_forever(int(args.flood_to[0]), args.flood_to[1], args.kind))
+        port, topic = int(args.flood_to[0]), args.flood_to[1]
+        asyncio.run(_flood_forever(port, topic, args.kind, args.login))
+    elif args.during and args.up:
+        asyncio.run(_main_up(args.kind, args.during))
     elif args.during:
         asyncio.run(_main_during(args.kind, args.during))
     else:

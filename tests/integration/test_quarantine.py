@@ -107,8 +107,8 @@ def _fix(i: int) -> bytes:
 async def test_honest_traffic_is_never_quarantined(
     mosquitto: ManagedMosquitto, tmp_path: Path
 ) -> None:
-    """A device re-sending its TASER draw until confirmed (hundreds of times) and fixes
-    at its rate: nothing is refused, nothing quarantined."""
+    """A device re-sending its TASER draw (far faster than a device does: each re-send
+    waits 0.3 s or more) and fixes at its rate: nothing refused, nothing quarantined."""
     settings = replace(TEST_SETTINGS, quarantine_after=50)
     async with mesh("honest", mosquitto.port, tmp_path, settings=settings) as m:
         m.add("cew", DeviceKind.CEW, at=0.0)
@@ -121,12 +121,12 @@ async def test_honest_traffic_is_never_quarantined(
         await engine.warmed.wait()
         draw = encode(Event(eid="draw-1", type="taser_draw", ts=time.time()))
         async with m.client() as device:
-            for _ in range(500):
+            for _ in range(80):
                 await device.publish(m.topics.event("cew"), draw, qos=0)
             for i in range(30):
                 await device.publish(m.topics.telemetry("bwc-busy"), _fix(i), qos=0)
                 await asyncio.sleep(0.1)
-        await eventually(lambda: engine.stats.duplicates >= 499, 20)
+        await eventually(lambda: engine.stats.duplicates >= 79, 20)
         await quiet_for(0.2)  # the quarantine task had its turn
         assert engine.stats.rejected_total == 0
         assert engine.stats.telemetry_over_rate == 0

@@ -23,7 +23,7 @@ from actimesh.devices.camera import Camera
 from actimesh.devices.media import SyntheticSource
 from actimesh.devices.recorder import RecordingStore
 from actimesh.runtime import run_up
-from actimesh.security.registry import Registry
+from actimesh.security.registry import DeviceCredentials, Registry
 from actimesh.security.signing import CommandVerifier, engine_key_paths
 from actimesh.triggers.fanout import activation_id
 from tests.integration.harness import CENTER, fixed
@@ -43,6 +43,9 @@ class UpWorld:
     admin_password: str
     cew: DeviceAgent
     camera: DeviceAgent
+    #: Registered devices nobody runs: an attacker's stolen camera and CEW.
+    stolen: dict[str, DeviceCredentials]
+    broker_port: int
 
     async def draw(self, timeout: float = 30.0) -> float:
         """Raise a TASER draw; seconds until the paired camera holds its command."""
@@ -88,6 +91,10 @@ async def running_up(root: Path) -> AsyncIterator[UpWorld]:
     with Registry.open(root) as registry:
         cam = registry.add("bwc-1", DeviceKind.BODY_CAM)
         cew = registry.add("cew-1", DeviceKind.CEW, paired=("bwc-1",))
+        stolen = {
+            "bwc-stolen": registry.add("bwc-stolen", DeviceKind.BODY_CAM),
+            "cew-stolen": registry.add("cew-stolen", DeviceKind.CEW),
+        }
     port = free_port()
     settings = load_settings(data_dir=root, broker_port=port, agency=AGENCY)
     settings = replace(
@@ -119,7 +126,16 @@ async def running_up(root: Path) -> AsyncIterator[UpWorld]:
         tasks = [tg.create_task(a.run(), name=a.device_id) for a in agents]
         for agent in agents:
             await agent.link.wait_connected(timeout=30)
-        world = UpWorld(root, out, dispatch.group(1), evidence.group(1), admin.group(1), *agents)
+        world = UpWorld(
+            root,
+            out,
+            dispatch.group(1),
+            evidence.group(1),
+            admin.group(1),
+            *agents,
+            stolen=stolen,
+            broker_port=port,
+        )
         # The engine has heard the camera's fix once a draw commands it.
         await world.draw()
         try:

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import aiomqtt
 import paho.mqtt.client as paho
@@ -636,3 +636,29 @@ async def test_quarantine_disables_the_account_live(
     with secure_mosquitto.registry() as reg:
         assert reg.get("bwc-1").disabled == "quarantined: test"
     await _refused(secure_mosquitto, cam.mqtt)
+
+
+async def test_a_camera_may_not_publish_events_when_no_rule_lets_cameras_raise_them(
+    secure_mosquitto: SecureBroker, agency: str
+) -> None:
+    """A stolen camera's flood of TASER draws is dropped by the broker: the engine never
+    has to read, let alone refuse, one of them."""
+    t = Topics(agency)
+    cam = secure_mosquitto.add_device("bwc-1")
+    cew = secure_mosquitto.add_device("cew-1", DeviceKind.CEW)
+    engine = _svc(secure_mosquitto, SERVICE_ENGINE)
+    with secure_mosquitto.registry() as reg:
+        policy = replace(secure_mosquitto.policy, event_kinds=frozenset({"cew", "gateway"}))
+        reg.write_broker_files(secure_mosquitto.broker.config.data_dir, policy)
+    secure_mosquitto.broker.reload()
+    async with (
+        _client(secure_mosquitto, engine, t.all_devices(DeviceChannel.EVENT)) as eng,
+        _client(secure_mosquitto, cam.mqtt) as dev,
+        _client(secure_mosquitto, cew.mqtt) as taser,
+    ):
+        for n in range(50):
+            await dev.client.publish(t.event("bwc-1"), f"flood-{n}".encode(), qos=1)
+        await dev.client.publish(t.telemetry("bwc-1"), b"fix", qos=1)  # still allowed
+        await taser.client.publish(t.event("cew-1"), MARKER, qos=1)
+        await eng.wait_for(t.event("cew-1"))
+    assert eng.topics() == []

@@ -28,6 +28,7 @@ from actimesh.broker.messages import (
     Presence,
     Telemetry,
 )
+from actimesh.devices.agent import DeviceAgent
 from actimesh.triggers.engine import Engine
 from actimesh.triggers.fanout import activation_id
 from actimesh.triggers.fleet import StaticDirectory
@@ -314,6 +315,8 @@ async def _recording(engine: Engine, *device_ids: str) -> None:
 
 
 MERGING = replace(TEST_SETTINGS, merge_window_s=10.0)
+#: No control budget: floods reach the refusal paths they test.
+UNBUDGETED = replace(TEST_SETTINGS, control_burst=1e9, control_rate_per_s=1e9)
 
 
 async def test_repeated_trigger_joins_the_activation_its_cameras_are_recording(
@@ -404,8 +407,9 @@ async def test_acks_for_activations_that_did_not_command_the_camera_are_counted_
 ) -> None:
     """A stolen camera floods acknowledgements (for another officer's activation, for
     made-up ones, and a cancel of an activation it was never part of): all counted,
-    none written, and the ledger holds only the real cameras' answers."""
-    async with mesh(agency, broker_port, tmp_path) as m:
+    none written, and the ledger holds only the real cameras' answers. (The control
+    budget is lifted, so every one reaches the acknowledgement path.)"""
+    async with mesh(agency, broker_port, tmp_path, settings=UNBUDGETED) as m:
         cew = m.add("cew", DeviceKind.CEW, paired=("bwc-own",))
         m.add("bwc-own", DeviceKind.BODY_CAM, at=0.0)
         m.add("bwc-stolen", DeviceKind.BODY_CAM, at=500.0)
@@ -448,20 +452,14 @@ async def test_a_flood_of_refused_events_is_answered_without_holding_up_other_tr
     for each PUBACK held the control link: seconds of delay for other officers); the
     log and the dead letters grow at their rate limit, not the flood's; and another
     officer's draw is commanded. Latency under floods is measured by
-    ``python -m tests.integration.flood_probe`` (docs/PERFORMANCE.md)."""
+    ``python -m tests.integration.flood_probe`` (docs/PERFORMANCE.md). The control
+    budget is lifted, so every one reaches the refusal path."""
     flood = 3000
-    async with mesh(agency, broker_port, tmp_path) as m:
-        cew = m.add("cew", DeviceKind.CEW, paired=("bwc-own",))
-        m.add("bwc-own", DeviceKind.BODY_CAM, at=0.0)
-        m.add("bwc-stolen", DeviceKind.BODY_CAM, at=900.0)
-        await m.ready()
-        engine = engine_of(m)
+    async with mesh(agency, broker_port, tmp_path, settings=UNBUDGETED) as m:
+        cew, engine = await _with_thief(m)
         async with m.client() as stolen:
             await stolen.subscribe(m.topics.confirm("bwc-stolen"), qos=1)
-            now = time.time()
-            for i in range(flood):
-                event = Event(eid=f"flood-{i}", type="taser_draw", ts=now)
-                await stolen.publish(m.topics.event("bwc-stolen"), encode(event), qos=0)
+            await _flood_draws(m, stolen, flood)
             draw = await cew.raise_event("taser_draw")
             aid = activation_id("cew", draw.eid)
             assert await m.commanded(aid, {"bwc-own"}) == {"bwc-own"}
@@ -474,3 +472,44 @@ async def test_a_flood_of_refused_events_is_answered_without_holding_up_other_tr
         assert suppressed > 0
         logged = [r for r in caplog.records if r.getMessage().startswith("rejected ")]
         assert len(logged) == flood - suppressed  # one line per dead letter, no more
+
+
+async def test_a_device_over_its_control_budget_is_refused_unread(
+    agency: str, broker_port: int, tmp_path: Path
+) -> None:
+    """Past ``control_burst`` (100) messages at once, a device's events, acks and
+    presence are refused before they are decoded, and another officer's draw is still
+    commanded."""
+    flood = 500
+    async with mesh(agency, broker_port, tmp_path) as m:
+        cew, engine = await _with_thief(m)
+        async with m.client() as stolen:
+            await _flood_draws(m, stolen, flood)
+        draw = await cew.raise_event("taser_draw")
+        aid = activation_id("cew", draw.eid)
+        assert await m.commanded(aid, {"bwc-own"}) == {"bwc-own"}
+        await eventually(
+            lambda: (
+                engine.stats.rejected["over_budget"] + engine.stats.rejected["sender_not_allowed"]
+                == flood
+            )
+        )
+        # About the burst got through to be refused on its merits; the rest, unread.
+        assert 100 <= engine.stats.rejected["sender_not_allowed"] < 200, engine.stats.rejected
+
+
+async def _flood_draws(m: Mesh, stolen: aiomqtt.Client, count: int) -> None:
+    """``count`` TASER draws from the stolen body camera, at QoS 0, as fast as it can."""
+    now = time.time()
+    for i in range(count):
+        event = Event(eid=f"flood-{i}", type="taser_draw", ts=now)
+        await stolen.publish(m.topics.event("bwc-stolen"), encode(event), qos=0)
+
+
+async def _with_thief(m: Mesh) -> tuple[DeviceAgent, Engine]:
+    """A CEW with its camera beside it and a stolen camera far away; the engine."""
+    cew = m.add("cew", DeviceKind.CEW, paired=("bwc-own",))
+    m.add("bwc-own", DeviceKind.BODY_CAM, at=0.0)
+    m.add("bwc-stolen", DeviceKind.BODY_CAM, at=900.0)
+    await m.ready()
+    return cew, engine_of(m)

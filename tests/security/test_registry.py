@@ -6,6 +6,7 @@ import sqlite3
 import stat
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -273,3 +274,18 @@ def test_package_exports_what_it_lists() -> None:
 def test_credentials_stay_out_of_reprs() -> None:
     settings = LinkSettings(host="h", port=1, client_id="c", username="u", password="hunter2")
     assert "hunter2" not in repr(settings)
+
+
+def test_event_rights_follow_the_rules_and_are_remembered(
+    registry: Registry, tmp_path: Path
+) -> None:
+    registry.add("bwc-1", DeviceKind.BODY_CAM)
+    registry.add("cew-1", DeviceKind.CEW)
+    policy = replace(POLICY, event_kinds=frozenset({"cew"}))
+    registry.write_broker_files(tmp_path, policy)
+    assert registry.policy() == policy
+    again = registry.write_broker_files(tmp_path)  # as `actimesh devices add` does
+    text = again.access.read_text()
+    assert "am/v1/calgary/dev/cew-1/event" in text
+    assert "am/v1/calgary/dev/bwc-1/event" not in text
+    assert "am/v1/calgary/dev/bwc-1/telemetry" in text

@@ -58,6 +58,7 @@ __all__ = [
     "AdminLogin",
     "AdminRefusedError",
     "Role",
+    "disable_client",
     "find_plugin",
     "plugin_config",
     "sync_access",
@@ -429,5 +430,17 @@ def sync_access(
         if commands:
             control.run(commands)
         return len(commands)
+    finally:
+        control.close()
+
+
+def disable_client(
+    host: str, port: int, login: AdminLogin, username: str, *, timeout_s: float = 5.0
+) -> None:
+    """Disable ``username`` on the running broker at once (it is disconnected), without
+    waiting for a full sync: what a quarantine does first, so a flood stops now."""
+    control = _Control(host, port, login, timeout_s)
+    try:
+        control.run([{"command": "disableClient", "username": username}])
     finally:
         control.close()

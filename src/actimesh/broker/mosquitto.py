@@ -51,6 +51,7 @@ from actimesh.broker.dynsec import (
     Access,
     AdminLogin,
     AdminRefusedError,
+    disable_client,
     find_plugin,
     plugin_config,
     sync_access,
@@ -772,6 +773,12 @@ class ManagedMosquitto:
             f"mosquitto did not {what} within {self.start_timeout_s:g} s: "
             f"see {self.config.log_path}"
         )
+
+    async def adisable(self, username: str) -> None:
+        """Disable ``username`` on this running broker now (the Dynamic Security plugin
+        disconnects it); the registry's next sync keeps it so."""
+        login = AdminLogin.read(self.config.admin_path)
+        await asyncio.to_thread(disable_client, self.host, self.port, login, username)
 
     def _apply(self) -> int:
         """Sync the plugin and SIGHUP (see :func:`sync_access_of`); the log offset

@@ -4,9 +4,10 @@ The managed broker enforces this with Mosquitto's Dynamic Security plugin
 (:mod:`actimesh.broker.dynsec`), which checks subscriptions when they are made:
 
 * **Devices** (username = device id) get a role of their own, ``dev-{id}``: publish on
-  their telemetry, event, acknowledgement and presence topics, subscribe to and receive
-  their own commands and confirmations. Nothing else, not even ``#`` or ``$SYS/#``.
-  Each may connect only with its own client id, ``{agency}-{id}``
+  their telemetry, acknowledgement and presence topics, and on their event topic only
+  if some rule lets their kind raise a trigger (:attr:`AclPolicy.event_kinds`);
+  subscribe to and receive their own commands and confirmations. Nothing else, not
+  even ``#`` or ``$SYS/#``. Each may connect only with its own client id, ``{agency}-{id}``
   (:func:`~actimesh.broker.topics.device_client_id`), so no account can take over
   a camera's session, and a camera cannot pose as the engine or dispatch.
 * **Integrators** (``int-…``) may subscribe within ``activations/#`` and
@@ -109,6 +110,8 @@ class AclDevice:
     device_id: str
     #: Disabled accounts are refused at login, and disconnected when disabled live.
     disabled: bool = False
+    #: Its :class:`~actimesh.broker.messages.DeviceKind` value (None: unknown).
+    kind: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,11 +121,20 @@ class AclPolicy:
     agency: str
     #: The device id dispatcher zones are raised under (``DispatchSettings.source_device``).
     dispatch_device: str
+    #: The device kinds some rule lets raise a trigger (``Rule.senders``). A device of
+    #: any other kind may not publish on its event topic at all: the broker drops a
+    #: stolen camera's flood of events before the engine sees one. None: every kind may
+    #: (tools that bring rules of their own).
+    event_kinds: frozenset[str] | None = None
 
     def __post_init__(self) -> None:
         for what, value in (("agency", self.agency), ("dispatch device", self.dispatch_device)):
             if not is_identifier(value):
                 raise ValueError(f"{what} {value!r} is not an identifier")
+
+    def may_raise_events(self, kind: str | None) -> bool:
+        """Whether a device of ``kind`` gets to publish on its event topic."""
+        return self.event_kinds is None or (kind is not None and kind in self.event_kinds)
 
     @property
     def prefix(self) -> str:
@@ -138,9 +150,10 @@ def _write(topic_filter: str) -> tuple[Acl, ...]:
     return (Acl(AclType.SEND, topic_filter),)
 
 
-def _device_acls(prefix: str, device_id: str) -> tuple[Acl, ...]:
+def _device_acls(prefix: str, device_id: str, *, events: bool) -> tuple[Acl, ...]:
     own = f"{prefix}/dev/{device_id}"
-    acls = [a for c in DEVICE_WRITE for a in _write(f"{own}/{c.value}")]
+    writes = [c for c in DEVICE_WRITE if events or c is not DeviceChannel.EVENT]
+    acls = [a for c in writes for a in _write(f"{own}/{c.value}")]
     acls += [a for c in DEVICE_READ for a in _read(f"{own}/{c.value}")]
     return tuple(acls)
 
@@ -208,7 +221,8 @@ def render_access(
         if not is_identifier(device.device_id):
             raise ValueError(f"device id {device.device_id!r} is not an identifier")
         role = f"dev-{device.device_id}"
-        roles[role] = Role(role, _device_acls(policy.prefix, device.device_id))
+        events = policy.may_raise_events(device.kind)
+        roles[role] = Role(role, _device_acls(policy.prefix, device.device_id, events=events))
         clients.append(
             AccessClient(
                 device.device_id,

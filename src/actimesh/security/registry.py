@@ -606,8 +606,8 @@ class Registry:
 
     def access(self, policy: AclPolicy) -> Access:
         """Every account's client id, roles and whether it is disabled, for ``policy``."""
-        rows = self._db.execute("SELECT id, disabled FROM devices ORDER BY id").fetchall()
-        devices = [AclDevice(str(i), disabled=d is not None) for i, d in rows]
+        rows = self._db.execute("SELECT id, disabled, kind FROM devices ORDER BY id").fetchall()
+        devices = [AclDevice(str(i), disabled=d is not None, kind=str(k)) for i, d, k in rows]
         accounts = [AclAccount(a.name, a.role, a.telemetry) for a in self.accounts()]
         return render_access(policy, devices, accounts)
 
@@ -615,12 +615,15 @@ class Registry:
         """The ACL policy the broker files were last rendered with, if any."""
         rows = dict(
             self._db.execute(
-                "SELECT key, value FROM meta WHERE key IN ('agency', 'dispatch_device')"
+                "SELECT key, value FROM meta "
+                "WHERE key IN ('agency', 'dispatch_device', 'event_kinds')"
             ).fetchall()
         )
         if "agency" not in rows or "dispatch_device" not in rows:
             return None
-        return AclPolicy(rows["agency"], rows["dispatch_device"])
+        kinds = rows.get("event_kinds")
+        event_kinds = None if kinds is None else frozenset(json.loads(kinds))
+        return AclPolicy(rows["agency"], rows["dispatch_device"], event_kinds)
 
     def write_broker_files(self, broker_dir: Path, policy: AclPolicy | None = None) -> BrokerFiles:
         """Render ``passwd``, ``access.json`` and ``admin`` into ``broker_dir`` (atomically,
@@ -644,6 +647,14 @@ class Registry:
                     "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                     [("agency", policy.agency), ("dispatch_device", policy.dispatch_device)],
                 )
+                if policy.event_kinds is None:
+                    db.execute("DELETE FROM meta WHERE key = 'event_kinds'")
+                else:
+                    db.execute(
+                        "INSERT INTO meta (key, value) VALUES ('event_kinds', ?) "
+                        "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                        (json.dumps(sorted(policy.event_kinds)),),
+                    )
         _private_dir(broker_dir)
         files = BrokerFiles(
             broker_dir / PASSWD_NAME, broker_dir / ACCESS_NAME, broker_dir / ADMIN_NAME

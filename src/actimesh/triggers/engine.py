@@ -92,9 +92,12 @@ from actimesh.triggers.ledger import AckRow, ActivationRow, Ledger
 from actimesh.triggers.quarantine import FloodWatch, Quarantine
 from actimesh.triggers.rules import Rule, RuleTable
 from actimesh.triggers.settings import EngineSettings
-from actimesh.triggers.storm import Incident, StormControl
+from actimesh.triggers.storm import Incident, StormControl, TokenBucket
 
 __all__ = ["Engine", "EngineStats"]
+
+#: Control-message budgets kept at most (one per device heard from).
+_MAX_BUDGETS = 200_000
 
 #: What the flood watch says a device sent when it answered activations it was not in.
 _NOT_COMMANDED = "acknowledgements for activations that did not command it"
@@ -201,6 +204,8 @@ class Engine:
         self.storm = StormControl(self.settings.storm_limits())
         self.floods = FloodWatch(self.settings.quarantine_after, self.settings.quarantine_window_s)
         self.quarantine = quarantine
+        # Each device's control-message budget (events, acks, presence).
+        self._budgets: dict[str, TokenBucket] = {}
         # Devices to quarantine, handled by their own task: disabling an account takes a
         # registry write and a broker round trip, which must not hold the control link.
         self._to_quarantine: asyncio.Queue[tuple[str, str]] = asyncio.Queue(maxsize=1_000)
@@ -317,7 +322,7 @@ class Engine:
         if held:
             log.info("warm: planning %d event(s) held since start", len(held))
         for message, origin in held:
-            await self._on_control(message, origin)
+            await self._on_control(message, origin, replayed=True)
 
     async def _announce(self, link: MqttLink) -> None:
         status = EngineStatus(
@@ -393,7 +398,11 @@ class Engine:
             raise PayloadError("unregistered", f"device {device_id!r} is not in the registry")
 
     async def _on_control(
-        self, message: aiomqtt.Message, held_origin: aiomqtt.Client | None = None
+        self,
+        message: aiomqtt.Message,
+        held_origin: aiomqtt.Client | None = None,
+        *,
+        replayed: bool = False,
     ) -> None:
         # This link acknowledges by hand: events once durable (in the persister),
         # everything else as soon as it has been handled or rejected.
@@ -404,6 +413,24 @@ class Engine:
         if parsed is None:
             await self._reject(topic, payload, PayloadError("bad_topic", "not a device topic"))
             self.ctl.ack(message, origin)
+            return
+        if (  # a message held through the warm-up was counted when it came
+            not replayed
+            and parsed.device_id != self.dispatch_source
+            and self._over_budget(parsed.device_id)
+        ):
+            # Refused unread: a device flooding the control link costs one bucket check
+            # a message, and its flood soon has it quarantined.
+            detail = (
+                f"{parsed.device_id} sent more than {self.settings.control_burst:g} control "
+                f"messages at once or {self.settings.control_rate_per_s:g} a second"
+            )
+            await self._reject(topic, payload, PayloadError("over_budget", detail))
+            self.ctl.ack(message, origin)
+            # A flood arrives faster than it is read, and aiomqtt hands over queued
+            # messages without yielding: give the other loops (the quarantine that
+            # stops the flood, the persister) their turn.
+            await asyncio.sleep(0)
             return
         if parsed.channel is DeviceChannel.EVENT and not self._warm:
             self._held.append((message, origin))  # planned (and acknowledged) once warm
@@ -421,6 +448,21 @@ class Engine:
             if parsed.channel is DeviceChannel.EVENT:
                 await self._refuse_event(parsed.device_id, payload, exc)
         self.ctl.ack(message, origin)
+
+    def _over_budget(self, device_id: str) -> bool:
+        """Take one of ``device_id``'s control-message tokens; True if it has none."""
+        now = self.clock()
+        bucket = self._budgets.get(device_id)
+        if bucket is None:
+            if len(self._budgets) >= _MAX_BUDGETS:
+                # Bounded memory: made-up ids cannot grow this for ever. A device
+                # forgotten here starts again with a full bucket.
+                self._budgets.clear()
+            s = self.settings
+            bucket = self._budgets[device_id] = TokenBucket.full(
+                s.control_burst, s.control_rate_per_s, now
+            )
+        return not bucket.take(now)
 
     def _on_presence(self, device_id: str, payload: bytes) -> None:
         if not payload:  # a cleared retained message

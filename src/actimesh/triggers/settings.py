@@ -36,6 +36,12 @@ class EngineSettings:
     #: towards quarantine, so one device's flood costs other officers nothing.
     telemetry_rate_per_s: float = 10.0
     telemetry_burst: float = 20.0
+    #: Control messages (events, acknowledgements, presence) one device may send:
+    #: ``control_burst`` at once, refilled at ``control_rate_per_s``. An honest device
+    #: sends a few a minute, a camera in an incident a few a second; beyond this they
+    #: are refused unread (no decode, no ledger), counted, and count towards quarantine.
+    control_rate_per_s: float = 20.0
+    control_burst: float = 100.0
     #: At most this many dead-letter reports per second are published (all are counted).
     deadletters_per_s: float = 50.0
     #: Also publish each activation record as JSON (for integrators without msgpack).
