@@ -287,7 +287,7 @@ def _engine(
         quarantine=quarantine,
         **broker.login(SERVICE_ENGINE),
     )
-    _use_tls(broker.tls, engine.ctl, engine.telemetry_link)
+    _use_tls(broker.tls, engine.ctl, engine.ack_link, engine.telemetry_link)
     return engine
 
 

@@ -250,7 +250,6 @@ class Engine:
                 subscriptions=(
                     Subscription(topics.all_devices(DeviceChannel.PRESENCE), 1),
                     Subscription(self._event_filter(), 1),
-                    Subscription(topics.all_devices(DeviceChannel.ACK), 1),
                 ),
                 will=Will(status, offline),
                 session_expiry_s=self.settings.session_expiry_s,
@@ -258,6 +257,22 @@ class Engine:
             ),
             self._on_control,
             on_connect=self._announce,
+        )
+        # Cameras' acknowledgements on a connection of their own: a broker delivers one
+        # connection's messages in order, so a flood of acknowledgements from a stolen
+        # camera would otherwise queue in front of every trigger event.
+        self.ack_link = MqttLink(
+            LinkSettings(
+                host=broker_host,
+                port=broker_port,
+                client_id=f"{topics.agency}-{eid}-ack",
+                username=username,
+                password=password,
+                subscriptions=(Subscription(topics.all_devices(DeviceChannel.ACK), 1),),
+                session_expiry_s=self.settings.session_expiry_s,
+                manual_ack=True,
+            ),
+            self._on_ack_message,
         )
         # Telemetry skips aiomqtt: a lean QoS 0 subscriber hands it over in batches
         # (broker/ingest.py; ~9,000 msg/s through aiomqtt, >100,000 this way).
@@ -287,9 +302,11 @@ class Engine:
         await self._recover()
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.ctl.run(), name=f"{self.ctl.settings.client_id}")
+            tg.create_task(self.ack_link.run(), name=f"{self.ack_link.settings.client_id}")
             tg.create_task(self.telemetry_link.run(), name=self.telemetry_link.settings.client_id)
             self._start_loops(tg)
             await self.ctl.wait_connected(timeout=30)
+            await self.ack_link.wait_connected(timeout=30)
             await self.telemetry_link.wait_connected(timeout=30)
             tg.create_task(self._warm_up(), name=f"{self.settings.engine_id}-warmup")
             self.ready.set()
@@ -403,16 +420,18 @@ class Engine:
         held_origin: aiomqtt.Client | None = None,
         *,
         replayed: bool = False,
+        link: MqttLink | None = None,
     ) -> None:
-        # This link acknowledges by hand: events once durable (in the persister),
-        # everything else as soon as it has been handled or rejected.
-        origin = held_origin or self.ctl.current_client
+        # Both control links acknowledge by hand: events once durable (in the
+        # persister), everything else as soon as it has been handled or rejected.
+        link = link or self.ctl
+        origin = held_origin or link.current_client
         topic = message.topic.value
         payload = as_bytes(message.payload)
         parsed = self.topics.parse_device(topic)
         if parsed is None:
             await self._reject(topic, payload, PayloadError("bad_topic", "not a device topic"))
-            self.ctl.ack(message, origin)
+            link.ack(message, origin)
             return
         if (  # a message held through the warm-up was counted when it came
             not replayed
@@ -426,7 +445,7 @@ class Engine:
                 f"messages at once or {self.settings.control_rate_per_s:g} a second"
             )
             await self._reject(topic, payload, PayloadError("over_budget", detail))
-            self.ctl.ack(message, origin)
+            link.ack(message, origin)
             # A flood arrives faster than it is read, and aiomqtt hands over queued
             # messages without yielding: give the other loops (the quarantine that
             # stops the flood, the persister) their turn.
@@ -447,7 +466,11 @@ class Engine:
             await self._reject(topic, payload, exc)
             if parsed.channel is DeviceChannel.EVENT:
                 await self._refuse_event(parsed.device_id, payload, exc)
-        self.ctl.ack(message, origin)
+        link.ack(message, origin)
+
+    async def _on_ack_message(self, message: aiomqtt.Message) -> None:
+        """A camera's acknowledgement, from the acknowledgements' own link."""
+        await self._on_control(message, link=self.ack_link)
 
     def _over_budget(self, device_id: str) -> bool:
         """Take one of ``device_id``'s control-message tokens; True if it has none."""
