@@ -596,9 +596,10 @@ def _security_parsers(sub: argparse._SubParsersAction[_Parser]) -> None:
     sverbs = services.add_subparsers(dest="verb", required=True, parser_class=_Parser)
     sinit = sverbs.add_parser(
         "init",
-        help="create them (existing ones are kept) and render the broker's password and ACL files",
+        help="create them (existing ones are kept) and render the broker's password and "
+        "Dynamic Security files",
     )
-    sinit.add_argument("--rotate", action="store_true", help="new passwords for all three")
+    sinit.add_argument("--rotate", action="store_true", help="new passwords for all of them")
 
     certs = sub.add_parser("certs", help="a CA and certificates for the broker's TLS listener")
     cverbs = certs.add_subparsers(dest="verb", required=True, parser_class=_Parser)

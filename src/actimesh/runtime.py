@@ -161,7 +161,7 @@ async def broker_for(
     Yields the address (with the logins of actimesh's own components) and the managed
     broker, or None for an external one. The managed broker is secured: the registry of
     the data directory gets new service-account passwords and renders the broker's
-    password file and ACL before it starts.
+    password file and access file (accounts, client ids, roles) before it starts.
     """
     if settings.broker_url is not None:
         yield _external(settings, settings.broker_url), None

@@ -113,7 +113,7 @@ _PASSWD_NAME = "passwd"  # noqa: S105 - a file name
 _ACCESS_NAME = "access.json"
 _DYNSEC_NAME = "dynsec.json"
 _ADMIN_NAME = "admin"
-#: mosquitto logs this when a SIGHUP has made it reload its config, passwords and ACL.
+#: mosquitto logs this when a SIGHUP has made it reload its config and password file.
 _RELOAD_MARKER = "Reloading config."
 _POLL_S = 0.02
 #: How long a rotated admin login may wait for the broker to reload the password file.
