@@ -557,16 +557,7 @@ async def test_a_stolen_camera_cannot_take_over_the_engine_or_another_camera(
         assert not eng.lost.is_set()
         # The victim's persistent session holds a command while it is away ...
         victim_id = secure_mosquitto.client_id("bwc-victim")
-        async with aiomqtt.Client(
-            secure_mosquitto.host,
-            secure_mosquitto.port,
-            identifier=victim_id,
-            username=victim.username,
-            password=victim.password,
-            protocol=aiomqtt.ProtocolVersion.V5,
-            clean_start=False,
-            properties=_session_properties(),
-        ) as first:
+        async with _resumed(secure_mosquitto, victim.mqtt) as first:
             await first.subscribe(t.command("bwc-victim"), qos=1)
         await eng.client.publish(t.command("bwc-victim"), b"start", qos=1)
         # ... which the thief cannot resume ...
@@ -574,16 +565,7 @@ async def test_a_stolen_camera_cannot_take_over_the_engine_or_another_camera(
             async with _client(secure_mosquitto, thief.mqtt, client_id=victim_id):
                 pass
         # ... so the victim still finds it there.
-        async with aiomqtt.Client(
-            secure_mosquitto.host,
-            secure_mosquitto.port,
-            identifier=victim_id,
-            username=victim.username,
-            password=victim.password,
-            protocol=aiomqtt.ProtocolVersion.V5,
-            clean_start=False,
-            properties=_session_properties(),
-        ) as back:
+        async with _resumed(secure_mosquitto, victim.mqtt) as back:
             async with asyncio.timeout(TIMEOUT_S):
                 async for message in back.messages:
                     assert message.payload == b"start"
@@ -591,10 +573,20 @@ async def test_a_stolen_camera_cannot_take_over_the_engine_or_another_camera(
         assert not eng.lost.is_set()
 
 
-def _session_properties() -> Properties:
+def _resumed(secure: SecureBroker, creds: Credentials) -> aiomqtt.Client:
+    """A device's connection with its persistent session (kept 300 s), resumed."""
     props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     props.SessionExpiryInterval = 300
-    return props
+    return aiomqtt.Client(
+        secure.host,
+        secure.port,
+        identifier=secure.client_id(creds.username),
+        username=creds.username,
+        password=creds.password,
+        protocol=aiomqtt.ProtocolVersion.V5,
+        clean_start=False,
+        properties=props,
+    )
 
 
 async def test_a_disabled_device_is_disconnected_live_and_enabled_again(
