@@ -40,7 +40,7 @@ from rich.console import Console
 from actimesh import __version__
 from actimesh.config import Settings, load_settings
 from actimesh.devices.simulator import SimSettings
-from actimesh.errors import ActimeshError, ConfigError
+from actimesh.errors import ActimeshError, ConfigError, first_error
 from actimesh.geofence import InclusionMode, InclusionPolicy
 
 if TYPE_CHECKING:
@@ -828,23 +828,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("actimesh: stopped", file=sys.stderr)
         return EXIT_OK
     except Exception as exc:
-        error = _user_error(exc)
+        error = first_error(exc)
         if error is None:
             raise
         print(f"actimesh: {error}", file=sys.stderr)
         return EXIT_USAGE if isinstance(error, ConfigError) else EXIT_FAILED
-
-
-def _user_error(exc: BaseException) -> ActimeshError | None:
-    """The error to show the operator, looking inside TaskGroup exception groups."""
-    if isinstance(exc, ActimeshError):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            found = _user_error(inner)
-            if found is not None:
-                return found
-    return None
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -34,6 +34,7 @@ __all__ = [
     "NotCommandedError",
     "PayloadError",
     "SecurityError",
+    "first_error",
 ]
 
 
@@ -104,3 +105,16 @@ class PayloadError(ActimeshError):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+
+
+def first_error(exc: BaseException) -> ActimeshError | None:
+    """The first :class:`ActimeshError` in ``exc``, looking inside the exception groups
+    a TaskGroup raises: the one-line error to show, or None if there is none."""
+    if isinstance(exc, ActimeshError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = first_error(inner)
+            if found is not None:
+                return found
+    return None

@@ -37,7 +37,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from actimesh.errors import ActimeshError, ConfigError
+from actimesh.errors import ActimeshError, ConfigError, first_error
 from actimesh.lifeline import die_with_parent
 
 __all__ = ["ChildError", "Report", "Supervisor"]
@@ -217,25 +217,13 @@ def _child(name: str, entry: str, fd: int, nice: int) -> int:
     except (KeyboardInterrupt, asyncio.CancelledError):
         return 0
     except (ActimeshError, BaseExceptionGroup) as exc:
-        error = _actimesh_error(exc)
+        error = first_error(exc)
         if error is None:
             raise
         one_line = " ".join(str(error).split())
         pipe.write(f"error {type(error).__name__} {one_line}\n")
         return 2 if isinstance(error, ConfigError) else 1
     return 0
-
-
-def _actimesh_error(exc: BaseException) -> ActimeshError | None:
-    """The first :class:`ActimeshError` in ``exc`` or the groups inside it."""
-    if isinstance(exc, ActimeshError):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            found = _actimesh_error(inner)
-            if found is not None:
-                return found
-    return None
 
 
 if __name__ == "__main__":
