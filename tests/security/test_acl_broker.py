@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
+from types import SimpleNamespace
 
 import aiomqtt
 import paho.mqtt.client as paho
@@ -21,6 +23,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from actimesh.broker.client import LinkSettings, MqttLink, Subscription
+from actimesh.broker.dynsec import Access, AdminLogin, _Control, sync_access
 from actimesh.broker.messages import DeviceKind
 from actimesh.broker.topics import DeviceChannel, Topics
 from actimesh.security import (
@@ -654,3 +657,36 @@ async def test_a_camera_may_not_publish_events_when_no_rule_lets_cameras_raise_t
         await taser.client.publish(t.event("cew-1"), MARKER, qos=1)
         await eng.wait_for(t.event("cew-1"))
     assert eng.topics() == []
+
+
+async def test_two_admins_applying_changes_at_once_read_only_their_own_answers(
+    secure_mosquitto: SecureBroker,
+) -> None:
+    """The plugin answers every admin on one topic: a quarantine and an `actimesh
+    devices` command syncing at the same moment must each read their own answers."""
+    for n in range(20):
+        secure_mosquitto.add_device(f"bwc-{n}")
+    config = secure_mosquitto.broker.config
+    login = AdminLogin.read(config.admin_path)
+    desired = Access.from_json(config.access_path.read_text())
+    host, port = secure_mosquitto.host, secure_mosquitto.port
+    counts = await asyncio.gather(
+        *(asyncio.to_thread(sync_access, host, port, login, desired) for _ in range(4))
+    )
+    assert counts == [0, 0, 0, 0]  # each saw the broker already in line, and said so
+
+
+def test_an_admin_session_ignores_answers_meant_for_another(
+    secure_mosquitto: SecureBroker,
+) -> None:
+    config = secure_mosquitto.broker.config
+    login = AdminLogin.read(config.admin_path)
+    control = _Control(secure_mosquitto.host, secure_mosquitto.port, login, 5.0)
+    try:
+        other = {"command": "listClients", "correlationData": "0000-0", "data": {}}
+        mine = {"command": "listClients", "correlationData": f"{control._tag}-0", "data": {}}
+        message = SimpleNamespace(payload=json.dumps({"responses": [other, mine]}).encode())
+        control._on_message(None, None, message)
+        assert control._responses == [mine]
+    finally:
+        control.close()

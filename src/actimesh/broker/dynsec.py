@@ -324,7 +324,10 @@ class _Control:
         self._responses: list[dict[str, Any]] = []
         self._subscribed = False
         self._connack: int | None = None
-        client_id = f"{login.username}-{secrets.token_hex(4)}"
+        # The plugin publishes every admin's answers on one topic: this session's carry
+        # its tag in their correlation data, and only those are read.
+        self._tag = secrets.token_hex(4)
+        client_id = f"{login.username}-{self._tag}"
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
         )
@@ -363,7 +366,12 @@ class _Control:
             doc = json.loads(msg.payload)
         except ValueError:
             return
-        self._responses.extend(doc.get("responses", ()))
+        mine = f"{self._tag}-"
+        self._responses.extend(
+            r
+            for r in doc.get("responses", ())
+            if str(r.get("correlationData", "")).startswith(mine)
+        )
 
     def _wait(self, done: Callable[[], bool], what: str) -> None:
         deadline = time.monotonic() + self.timeout_s
@@ -383,7 +391,7 @@ class _Control:
         out: list[dict[str, Any]] = []
         for start in range(0, len(commands), _BATCH):
             batch = [
-                {**c, "correlationData": str(start + i)}
+                {**c, "correlationData": f"{self._tag}-{start + i}"}
                 for i, c in enumerate(commands[start : start + _BATCH])
             ]
             self._responses.clear()
