@@ -83,3 +83,51 @@ def test_control_packets() -> None:
         wire.subscribe_packet(1, ())
     with pytest.raises(wire.ProtocolError):
         wire.connack_reason(b"")
+
+
+def _qos1_publish(topic: bytes, packet_id: int, payload: bytes) -> tuple[bytes, int, int, int]:
+    """A QoS 1 PUBLISH with no properties: (buffer, first byte, body start, body end)."""
+    body = len(topic).to_bytes(2, "big") + topic + packet_id.to_bytes(2, "big") + b"\x00"
+    body += payload
+    packet = bytes((0x32,)) + wire.encode_varint(len(body)) + body
+    found = wire.next_packet(packet, 0, len(packet), 1 << 20)
+    assert found is not None
+    return packet, *found
+
+
+def test_a_qos1_publish_reads_with_its_packet_id() -> None:
+    packet, first, start, end = _qos1_publish(b"am/v1/x/dev/d1/event", 0xBEEF, b"\x81\xa1k\x01")
+    assert wire.read_publish(packet, first, start, end) == (
+        b"am/v1/x/dev/d1/event",
+        b"\x81\xa1k\x01",
+        0xBEEF,
+    )
+    qos0 = wire.publish_packet("a/b", b"p")
+    found = wire.next_packet(qos0, 0, len(qos0), 1 << 20)
+    assert found is not None
+    assert wire.read_publish(qos0, *found) == (b"a/b", b"p", 0)
+
+
+def test_a_qos1_publish_with_id_0_qos2_or_a_cut_id_is_refused() -> None:
+    packet, first, start, end = _qos1_publish(b"t", 0, b"p")
+    with pytest.raises(wire.ProtocolError, match="packet id 0"):
+        wire.read_publish(packet, first, start, end)
+    with pytest.raises(wire.ProtocolError, match="above QoS 1"):
+        wire.read_publish(packet, 0x34, start, end)
+    with pytest.raises(wire.ProtocolError, match="truncated packet id"):
+        wire.read_publish(b"\x00\x01t\x00", 0x32, 0, 4)
+
+
+def test_puback_and_a_persistent_session_connect() -> None:
+    assert wire.puback_packet(0x0102) == b"\x40\x02\x01\x02"
+    clean = wire.connect_packet("id", keepalive_s=5)
+    kept = wire.connect_packet("id", keepalive_s=5, session_expiry_s=300, receive_maximum=50)
+    assert clean[9] & 0x02  # clean start
+    assert not kept[9] & 0x02  # the session is resumed
+    assert b"\x11\x00\x00\x01\x2c" in kept  # Session Expiry Interval 300
+    assert b"\x21\x00\x32" in kept  # Receive Maximum 50
+    with pytest.raises(ValueError, match="receive maximum"):
+        wire.connect_packet("id", keepalive_s=5, receive_maximum=0)
+    assert wire.subscribe_packet(1, ("a", "b"), (0, 1)).endswith(b"\x00\x01a\x00\x00\x01b\x01")
+    with pytest.raises(ValueError, match="one per topic filter"):
+        wire.subscribe_packet(1, ("a", "b"), (0,))

@@ -1,4 +1,4 @@
-"""Just enough of MQTT 5 on the wire for the high-rate QoS 0 paths.
+"""Just enough of MQTT 5 on the wire for the high-rate receiving paths.
 
 paho-mqtt reads each packet with at least three ``recv`` calls and runs one callback per
 packet; on this project's 2-core machine a paho subscriber tops out near 45,000 msg/s
@@ -6,11 +6,15 @@ while Mosquitto delivers about 120,000 (docs/PERFORMANCE.md). The telemetry inge
 (:mod:`actimesh.broker.ingest`) and the benchmark's load generator therefore speak the
 small subset of MQTT 5 they need themselves:
 
-* out: CONNECT, SUBSCRIBE, PUBLISH at QoS 0, PINGREQ, DISCONNECT;
-* in: CONNACK, SUBACK, PUBLISH at QoS 0, PINGRESP, DISCONNECT.
+* out: CONNECT (with a persistent session if asked), SUBSCRIBE, PUBLISH at QoS 0,
+  PUBACK, PINGREQ, DISCONNECT;
+* in: CONNACK, SUBACK, PUBLISH at QoS 0 or 1, PINGRESP, DISCONNECT.
 
-Everything with acknowledgements (QoS 1 commands, events, presence wills) stays on
-paho/aiomqtt (:mod:`actimesh.broker.client`). Parsing works on a buffer in place and
+The engine's intake of trigger events, presence and acknowledgements reads QoS 1 this
+way too (:class:`~actimesh.broker.ingest.ControlSubscriber`): a device's flood must be
+refused at the speed the broker delivers it. Everything that publishes with
+acknowledgements (commands, confirmations, wills) stays on paho/aiomqtt
+(:mod:`actimesh.broker.client`). Parsing works on a buffer in place and
 never trusts a length it reads: a malformed or oversized packet is a
 :class:`ProtocolError`, after which the connection must be dropped.
 """
@@ -29,6 +33,7 @@ __all__ = [
     "PINGREQ",
     "PINGREQ_PACKET",
     "PINGRESP",
+    "PUBACK",
     "PUBLISH",
     "SUBACK",
     "SUBSCRIBE",
@@ -37,7 +42,9 @@ __all__ = [
     "connect_packet",
     "encode_varint",
     "next_packet",
+    "puback_packet",
     "publish_packet",
+    "read_publish",
     "split_publish",
     "suback_reasons",
     "subscribe_packet",
@@ -47,6 +54,7 @@ __all__ = [
 CONNECT = 1
 CONNACK = 2
 PUBLISH = 3
+PUBACK = 4
 SUBSCRIBE = 8
 SUBACK = 9
 PINGREQ = 12
@@ -99,16 +107,33 @@ def connect_packet(
     username: str | None = None,
     password: str | None = None,
     max_packet_size: int | None = None,
+    session_expiry_s: int = 0,
+    receive_maximum: int | None = None,
 ) -> bytes:
-    """CONNECT, MQTT 5, clean start, no will, no session kept after disconnect."""
+    """CONNECT, MQTT 5, no will.
+
+    With ``session_expiry_s`` 0 the session starts clean and ends with the connection;
+    otherwise the broker resumes the session kept under ``client_id`` (its
+    subscriptions and unacknowledged QoS 1 messages) and keeps it that long after a
+    disconnect. ``receive_maximum`` caps the QoS 1 messages the broker sends before
+    they are acknowledged.
+    """
     if not 0 <= keepalive_s <= 0xFFFF:
         raise ValueError("keepalive must be 0 to 65,535 seconds")
-    flags = 0x02  # clean start
+    if not 0 <= session_expiry_s <= 0xFFFFFFFF:
+        raise ValueError("session expiry must be 0 to 4,294,967,295 seconds")
+    if receive_maximum is not None and not 1 <= receive_maximum <= 0xFFFF:
+        raise ValueError("receive maximum must be 1 to 65,535")
+    flags = 0x02 if session_expiry_s == 0 else 0x00  # clean start only without a session
     if username is not None:
         flags |= 0x80
     if password is not None:
         flags |= 0x40
     props = b""
+    if session_expiry_s:
+        props += b"\x11" + _U32.pack(session_expiry_s)  # Session Expiry Interval
+    if receive_maximum is not None:
+        props += b"\x21" + _U16.pack(receive_maximum)  # Receive Maximum
     if max_packet_size is not None:
         props += b"\x27" + _U32.pack(max_packet_size)  # Maximum Packet Size
     header = _string("MQTT") + bytes((5, flags)) + _U16.pack(keepalive_s)
@@ -120,15 +145,21 @@ def connect_packet(
     return _packet(CONNECT << 4, body)
 
 
-def subscribe_packet(packet_id: int, topic_filters: tuple[str, ...], qos: int = 0) -> bytes:
-    """SUBSCRIBE to each filter with the given maximum QoS (no options, no properties)."""
+def subscribe_packet(
+    packet_id: int, topic_filters: tuple[str, ...], qos: int | tuple[int, ...] = 0
+) -> bytes:
+    """SUBSCRIBE to each filter with the given maximum QoS, one for all filters or one
+    per filter (no options, no properties)."""
     if not 1 <= packet_id <= 0xFFFF:
         raise ValueError("packet id must be 1 to 65,535")
     if not topic_filters:
         raise ValueError("subscribe to at least one topic filter")
+    qoses = (qos,) * len(topic_filters) if isinstance(qos, int) else qos
+    if len(qoses) != len(topic_filters):
+        raise ValueError("give one QoS, or one per topic filter")
     body = _U16.pack(packet_id) + b"\x00"
-    for topic_filter in topic_filters:
-        body += _string(topic_filter) + bytes((qos & 0x03,))
+    for topic_filter, level in zip(topic_filters, qoses, strict=True):
+        body += _string(topic_filter) + bytes((level & 0x03,))
     return _packet((SUBSCRIBE << 4) | 0x02, body)
 
 
@@ -140,6 +171,11 @@ def publish_packet(topic: str | bytes, payload: bytes, *, retain: bool = False) 
     return b"".join(
         (bytes((first,)), encode_varint(body_len), _U16.pack(len(raw)), raw, b"\x00", payload)
     )
+
+
+def puback_packet(packet_id: int) -> bytes:
+    """PUBACK for ``packet_id``, reason 0 (success) and no properties: 4 bytes."""
+    return b"\x40\x02" + _U16.pack(packet_id)
 
 
 def next_packet(
@@ -203,6 +239,34 @@ def split_publish(
     if at + props > end:
         raise ProtocolError("PUBLISH properties run past the packet")
     return bytes(buf[start + 2 : topic_end]), bytes(buf[at + props : end])
+
+
+def read_publish(
+    buf: bytes | bytearray | memoryview, first: int, start: int, end: int
+) -> tuple[bytes, bytes, int]:
+    """Topic, payload and packet id of a QoS 0 or 1 MQTT 5 PUBLISH whose body is
+    ``buf[start:end]``; the packet id is 0 at QoS 0 (nothing to acknowledge)."""
+    qos = (first >> 1) & 0x03
+    if qos > 1:
+        raise ProtocolError("a PUBLISH above QoS 1 on a QoS 1 subscription")
+    if end - start < 3:
+        raise ProtocolError("PUBLISH too short")
+    topic_end = start + 2 + ((buf[start] << 8) | buf[start + 1])
+    if topic_end == start + 2 or topic_end >= end:
+        raise ProtocolError("PUBLISH with an empty or truncated topic")
+    packet_id = 0
+    at = topic_end
+    if qos:
+        if at + 2 >= end:
+            raise ProtocolError("PUBLISH with a truncated packet id")
+        packet_id = (buf[at] << 8) | buf[at + 1]
+        if packet_id == 0:
+            raise ProtocolError("a QoS 1 PUBLISH with packet id 0")
+        at += 2
+    props, at = _varint_at(buf, at, end)
+    if at + props > end:
+        raise ProtocolError("PUBLISH properties run past the packet")
+    return bytes(buf[start + 2 : topic_end]), bytes(buf[at + props : end]), packet_id
 
 
 def connack_reason(body: bytes | bytearray | memoryview) -> int:
