@@ -32,6 +32,7 @@ transport feeds the same buffered protocol; ``TCP_NODELAY`` is set on the socket
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import collections
 import logging
@@ -40,7 +41,7 @@ import socket
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from actimesh.broker import wire
 from actimesh.broker.client import (
@@ -52,13 +53,14 @@ from actimesh.broker.client import (
 )
 from actimesh.errors import BrokerError
 
-__all__ = ["Publish", "StreamStats", "StreamSubscriber"]
+__all__ = ["LeanSubscriber", "Publish", "StreamStats", "StreamSubscriber"]
 
 log = logging.getLogger(__name__)
 
 #: One received message: ``(topic, payload)`` as bytes.
 Publish = tuple[bytes, bytes]
 BatchHandler = Callable[[Sequence[Publish]], Awaitable[None]]
+_Item = TypeVar("_Item")
 
 #: Largest packet accepted: the broker's own limit (an oversized device payload must
 #: still reach the engine, which dead-letters it).
@@ -73,19 +75,22 @@ class StreamStats(LinkStats):
 
 
 class _Connection(asyncio.BufferedProtocol):
-    """One TCP connection: fills a buffer, splits packets, queues PUBLISHes."""
+    """One TCP connection: fills a buffer, splits packets, hands PUBLISHes to its owner,
+    and writes the PUBACKs the owner asks for once per turn of the event loop."""
 
-    def __init__(self, owner: StreamSubscriber) -> None:
+    def __init__(self, owner: LeanSubscriber[Any]) -> None:
         self._owner = owner
         self._buf = bytearray(max(owner.read_size * 4, 64 * 1024))
         self._start = 0  # first unparsed byte
         self._end = 0  # end of received data
         self.transport: asyncio.Transport | None = None
         loop = asyncio.get_running_loop()
+        self._loop = loop
         self.connack: asyncio.Future[int] = loop.create_future()
         self.suback: asyncio.Future[tuple[int, ...]] = loop.create_future()
         self.closed: asyncio.Future[None] = loop.create_future()
         self.pongs = 0
+        self._acks = bytearray()
 
     # -------------------------------------------------------------- asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -123,33 +128,44 @@ class _Connection(asyncio.BufferedProtocol):
             _settle(fut, err)
         self._owner._wake()
 
+    # -------------------------------------------------------------- acknowledgements
+    def puback(self, packet_id: int) -> bool:
+        """Acknowledge a QoS 1 PUBLISH this connection carried; False once it is gone
+        (the broker then sends the message again on the next connection)."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return False
+        if not self._acks:
+            self._loop.call_soon(self._write_acks)
+        self._acks += wire.puback_packet(packet_id)
+        return True
+
+    def _write_acks(self) -> None:
+        acks, self._acks = self._acks, bytearray()
+        transport = self.transport
+        if acks and transport is not None and not transport.is_closing():
+            transport.write(acks)
+
     # -------------------------------------------------------------- parsing
     def _parse(self) -> None:
         buf, pos, end = self._buf, self._start, self._end
-        owner = self._owner
-        queue = owner._pending
-        limit = queue.maxlen
-        split = wire.split_publish
+        take = self._owner._take
         nxt = wire.next_packet
         received = 0
-        dropped = 0
         while True:
             found = nxt(buf, pos, end, _MAX_PACKET)
             if found is None:
                 break
             first, body, pos = found
             if first >> 4 == wire.PUBLISH:
-                if len(queue) == limit:
-                    dropped += 1  # the deque drops its oldest entry on append
-                queue.append(split(buf, first, body, pos))
+                take(self, buf, first, body, pos)
                 received += 1
             else:
                 self._control(first, bytes(buf[body:pos]))
         self._start = pos
         if received:
-            owner.stats.received += received
-            owner.stats.dropped_incoming += dropped
-            owner._wake()
+            self._owner.stats.received += received
+            self._owner._wake()
 
     def _control(self, first: int, body: bytes) -> None:
         kind = first >> 4
@@ -179,21 +195,24 @@ def _settle(fut: asyncio.Future[Any], exc: BaseException) -> None:
         fut.exception()
 
 
-class StreamSubscriber:
-    """A reconnecting QoS 0 subscriber that hands messages to ``handler`` in batches.
+class LeanSubscriber(abc.ABC, Generic[_Item]):
+    """A reconnecting subscriber that hands messages to ``handler`` in batches.
 
-    Create it inside the running event loop; ``await run()`` as one named task. The
-    handler is awaited once per batch and must not keep the batch list.
+    The connection, keepalive, reconnection and batching are here; what a received
+    PUBLISH becomes, and in which order they are handed over, is the subclass's
+    (:meth:`_take`, :meth:`_next_batch`). Create it inside the running event loop;
+    ``await run()`` as one named task. The handler is awaited once per batch and must
+    not keep the batch list.
     """
 
     def __init__(
         self,
         settings: LinkSettings,
-        handler: BatchHandler,
+        handler: Callable[[Sequence[_Item]], Awaitable[None]],
         *,
-        batch_size: int = 256,
-        read_size: int = 32 * 1024,
-        coalesce_s: float = 0.002,
+        batch_size: int,
+        read_size: int,
+        coalesce_s: float,
     ) -> None:
         if not settings.subscriptions:
             raise ValueError("a stream subscriber needs at least one subscription")
@@ -205,9 +224,8 @@ class StreamSubscriber:
         self.read_size = read_size
         self.coalesce_s = coalesce_s
         self._handler = handler
-        self._pending: collections.deque[Publish] = collections.deque(
-            maxlen=settings.max_queued_incoming
-        )
+        #: Sent in CONNECT: how many unacknowledged QoS 1 messages the broker may send.
+        self.receive_maximum: int | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._connected = asyncio.Event()
 
@@ -216,9 +234,34 @@ class StreamSubscriber:
         return self._connected.is_set()
 
     @property
+    @abc.abstractmethod
     def backlog(self) -> int:
         """Messages received and not yet handed to the handler."""
-        return len(self._pending)
+
+    @abc.abstractmethod
+    def _take(self, conn: _Connection, buf: bytearray, first: int, start: int, end: int) -> None:
+        """Keep the PUBLISH whose body is ``buf[start:end]`` (or refuse it)."""
+
+    @abc.abstractmethod
+    def _next_batch(self) -> list[_Item]:
+        """Up to ``batch_size`` kept messages, in the order the handler gets them."""
+
+    @staticmethod
+    @abc.abstractmethod
+    def _topic(item: _Item) -> bytes | str:
+        """The topic of a kept message (for logs)."""
+
+    def _connect_packet(self) -> bytes:
+        s = self.settings
+        return wire.connect_packet(
+            s.client_id,
+            keepalive_s=s.keepalive_s,
+            username=s.username,
+            password=s.password,
+            max_packet_size=_MAX_PACKET,
+            session_expiry_s=s.session_expiry_s,
+            receive_maximum=self.receive_maximum,
+        )
 
     async def wait_connected(self, timeout: float | None = None) -> None:
         """Wait until the subscriber is connected and subscribed."""
@@ -272,15 +315,7 @@ class StreamSubscriber:
                 server_hostname=s.host if tls is not None else None,
             )
         try:
-            transport.write(
-                wire.connect_packet(
-                    s.client_id,
-                    keepalive_s=s.keepalive_s,
-                    username=s.username,
-                    password=s.password,
-                    max_packet_size=_MAX_PACKET,
-                )
-            )
+            transport.write(self._connect_packet())
             async with asyncio.timeout(s.timeout_s):
                 reason = await conn.connack
             if reason != 0:
@@ -288,7 +323,8 @@ class StreamSubscriber:
                     f"{s.client_id}: the broker refused the connection (reason 0x{reason:02x})"
                 )
             filters = tuple(sub.topic for sub in s.subscriptions)
-            transport.write(wire.subscribe_packet(1, filters, 0))
+            qos = tuple(sub.qos for sub in s.subscriptions)
+            transport.write(wire.subscribe_packet(1, filters, qos))
             async with asyncio.timeout(s.timeout_s):
                 codes = await conn.suback
             refused = [f for f, code in zip(filters, codes, strict=False) if code >= 0x80]
@@ -305,7 +341,6 @@ class StreamSubscriber:
 
     async def _deliver(self, conn: _Connection, transport: asyncio.Transport) -> None:
         loop = asyncio.get_running_loop()
-        pending = self._pending
         interval = max(0.5, self.settings.keepalive_s / 2)
         next_ping = loop.time() + interval
         pongs_expected = 0
@@ -319,7 +354,7 @@ class StreamSubscriber:
                 transport.write(wire.PINGREQ_PACKET)
                 pongs_expected += 1
                 next_ping = now + interval
-            if not pending:
+            if not self.backlog:
                 if self.coalesce_s > 0:
                     transport.pause_reading()
                     try:
@@ -335,8 +370,8 @@ class StreamSubscriber:
                 finally:
                     self._waiter = None
                 continue
-            count = min(len(pending), self.batch_size)
-            batch = [pending.popleft() for _ in range(count)]
+            batch = self._next_batch()
+            count = len(batch)
             self.stats.batches += 1
             try:
                 await self._handler(batch)
@@ -346,7 +381,46 @@ class StreamSubscriber:
                     "%s: handler failed on a batch of %d (first topic %r)",
                     self.settings.client_id,
                     count,
-                    batch[0][0][:128],
+                    self._topic(batch[0])[:128],
                 )
             # Let the control link and timers in between batches.
             await asyncio.sleep(0)
+
+
+class StreamSubscriber(LeanSubscriber[Publish]):
+    """A reconnecting QoS 0 subscriber that hands messages to ``handler`` in batches,
+    oldest first; a full backlog drops its oldest message and counts it."""
+
+    def __init__(
+        self,
+        settings: LinkSettings,
+        handler: BatchHandler,
+        *,
+        batch_size: int = 256,
+        read_size: int = 32 * 1024,
+        coalesce_s: float = 0.002,
+    ) -> None:
+        super().__init__(
+            settings, handler, batch_size=batch_size, read_size=read_size, coalesce_s=coalesce_s
+        )
+        self._pending: collections.deque[Publish] = collections.deque(
+            maxlen=settings.max_queued_incoming
+        )
+
+    @property
+    def backlog(self) -> int:
+        return len(self._pending)
+
+    def _take(self, _conn: _Connection, buf: bytearray, first: int, start: int, end: int) -> None:
+        pending = self._pending
+        if len(pending) == pending.maxlen:
+            self.stats.dropped_incoming += 1  # the deque drops its oldest entry on append
+        pending.append(wire.split_publish(buf, first, start, end))
+
+    def _next_batch(self) -> list[Publish]:
+        pending = self._pending
+        return [pending.popleft() for _ in range(min(len(pending), self.batch_size))]
+
+    @staticmethod
+    def _topic(item: Publish) -> bytes:
+        return item[0]
