@@ -18,6 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from actimesh import cli, fuzz
+from actimesh.broker.client import InFlight
 from actimesh.broker.codec import MAX_PAYLOAD_BYTES, REASONS, decode
 from actimesh.broker.messages import Message
 from actimesh.errors import PayloadError
@@ -210,9 +211,9 @@ def test_an_uncounted_rejection_is_a_finding(
 ) -> None:
     real = Engine._reject
 
-    async def forgetful(self: Engine, topic: str, payload: bytes, exc: PayloadError) -> None:
+    def forgetful(self: Engine, topic: str, payload: bytes, exc: PayloadError) -> None:
         if exc.reason != "too_old":
-            await real(self, topic, payload, exc)
+            real(self, topic, payload, exc)
 
     monkeypatch.setattr(Engine, "_reject", forgetful)
     report = _run(tmp_path, count=2000, target="intake")
@@ -223,13 +224,13 @@ def test_an_uncounted_rejection_is_a_finding(
 
 def test_memory_growth_is_a_finding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     kept: list[bytes] = []
-    real = fuzz._RecordingLink.publish
+    real = fuzz._RecordingLink.publish_nowait
 
-    async def hoarding(self: Any, topic: str, payload: bytes, **options: Any) -> None:
+    def hoarding(self: Any, topic: str, payload: bytes, **options: Any) -> InFlight:
         kept.append(payload + bytes(512))  # every dead letter, and then some, forever
-        await real(self, topic, payload, **options)
+        return real(self, topic, payload, **options)
 
-    monkeypatch.setattr(fuzz._RecordingLink, "publish", hoarding)
+    monkeypatch.setattr(fuzz._RecordingLink, "publish_nowait", hoarding)
     report = _run(
         tmp_path,
         count=4000,

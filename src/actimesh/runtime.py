@@ -15,13 +15,13 @@ import sqlite3
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypedDict
+from typing import Any, TypedDict
 
 from rich.console import Console
 
 from actimesh.audit import retention_loop
 from actimesh.broker.client import MqttLink, TlsSettings
-from actimesh.broker.ingest import StreamSubscriber
+from actimesh.broker.ingest import LeanSubscriber
 from actimesh.broker.messages import DeviceKind
 from actimesh.broker.mosquitto import (
     ManagedMosquitto,
@@ -190,7 +190,7 @@ def _ca_of(broker: ManagedMosquitto | None) -> Path | None:
     return None if tls is None else tls.cafile
 
 
-def _use_tls(tls: TlsSettings | None, *links: MqttLink | StreamSubscriber) -> None:
+def _use_tls(tls: TlsSettings | None, *links: MqttLink | LeanSubscriber[Any]) -> None:
     # Engine and dispatch build their links from host and port; TLS reaches them here.
     if tls is not None:
         for link in links:
@@ -287,7 +287,7 @@ def _engine(
         quarantine=quarantine,
         **broker.login(SERVICE_ENGINE),
     )
-    _use_tls(broker.tls, engine.ctl, engine.ack_link, engine.telemetry_link)
+    _use_tls(broker.tls, engine.ctl, engine.intake, engine.ack_link, engine.telemetry_link)
     return engine
 
 

@@ -5,6 +5,7 @@ device; no refusal ever costs another officer's trigger."""
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -496,6 +497,53 @@ async def test_a_device_over_its_control_budget_is_refused_unread(
         )
         # About the burst got through to be refused on its merits; the rest, unread.
         assert 100 <= engine.stats.rejected["sender_not_allowed"] < 200, engine.stats.rejected
+
+
+async def test_a_stolen_cew_flooding_without_pause_does_not_silence_another_officer(
+    agency: str, broker_port: int, tmp_path: Path
+) -> None:
+    """A stolen CEW raises TASER draws of its own as fast as its link allows, from a
+    process of its own, and never stops; the draws within its budget command the
+    camera beside it. Read through aiomqtt, the engine fell behind and another
+    officer's draw was not commanded within 120 s. Now the flood is refused as fast as
+    it arrives and devices take turns: the draw is commanded while the flood goes on. (The storm limits are the probe's,
+    lifted for the officer's draws: the thief's burst is planned in full.)"""
+    settings = replace(
+        TEST_SETTINGS, merge_window_s=0.0, device_burst=1000.0, device_rate_per_s=100.0
+    )
+    async with mesh(agency, broker_port, tmp_path, settings=settings) as m:
+        cew = m.add("cew", DeviceKind.CEW, paired=("bwc-own",))
+        m.add("bwc-own", DeviceKind.BODY_CAM, at=0.0)
+        m.add("cew-stolen", DeviceKind.CEW, at=900.0)
+        m.add("bwc-stolen", DeviceKind.BODY_CAM, at=900.0)  # what the thief's draws command
+        await m.ready()
+        engine = engine_of(m)
+        flooder = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "tests.integration.flood_probe",
+            "--flood-to",
+            str(broker_port),
+            m.topics.event("cew-stolen"),
+            "--kind",
+            "rate",
+            stdout=asyncio.subprocess.PIPE,
+        )
+        try:
+            assert flooder.stdout is not None
+            await flooder.stdout.readline()  # "flooding"
+            await eventually(lambda: engine.stats.rejected["over_budget"] > 5_000, timeout=30)
+            draw = await cew.raise_event("taser_draw")
+            aid = activation_id("cew", draw.eid)
+            assert await m.commanded(aid, {"bwc-own"}, quiet_s=0) == {"bwc-own"}
+            refused = engine.stats.rejected["over_budget"]
+            await eventually(lambda: engine.stats.rejected["over_budget"] > refused + 1_000)
+            assert flooder.returncode is None  # the flood went on all along
+        finally:
+            flooder.kill()
+            await flooder.wait()
+        assert engine.intake.refused >= refused
+        assert engine.stats.handler_errors == 0
 
 
 async def _flood_draws(m: Mesh, stolen: aiomqtt.Client, count: int) -> None:

@@ -21,8 +21,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import aiomqtt
-
+from actimesh.broker.intake import Delivery
 from actimesh.broker.messages import Event
 from actimesh.drill import percentile
 from actimesh.triggers.engine import Engine
@@ -47,13 +46,12 @@ class TracedEngine(Engine):
         self,
         source: str,
         payload: bytes,
-        message: aiomqtt.Message,
-        origin: aiomqtt.Client | None,
+        delivery: Delivery,
     ) -> bool:
-        # The control link hands over one message at a time, and a handler does not
+        # The intake hands over one message at a time, and a handler does not
         # give up the loop before its commands are written: the stamp is this event's.
         self._started = time.perf_counter()
-        return await super()._on_event(source, payload, message, origin)
+        return await super()._on_event(source, payload, delivery)
 
     async def _send_commands(self, plan: Plan, event: Event, source: str, now: float) -> None:
         await super()._send_commands(plan, event, source, now)

@@ -12,8 +12,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiomqtt
-
 from actimesh.broker.client import InFlight, LinkStats
 from actimesh.broker.codec import (
     MAX_ACTIVATION_BYTES,
@@ -23,6 +21,7 @@ from actimesh.broker.codec import (
     decode_telemetry,
     encode,
 )
+from actimesh.broker.intake import Delivery
 from actimesh.broker.messages import (
     Ack,
     Activation,
@@ -110,13 +109,10 @@ class _RecordingLink:
         self.confirmed: dict[str, str] = {}
         self.stats = LinkStats()
 
-    @property
-    def current_client(self) -> aiomqtt.Client | None:
-        return None
-
-    def ack(self, message: aiomqtt.Message, _origin: aiomqtt.Client | None) -> bool:
+    def puback(self, packet_id: int) -> bool:
+        """Acknowledge a control message (the intake's :class:`~actimesh.broker.intake.Acker`)."""
         try:
-            self.outstanding.remove(message.mid)
+            self.outstanding.remove(packet_id)
         except KeyError:  # acknowledged twice
             self.stray_acks += 1
         return True
@@ -178,10 +174,11 @@ class _EngineDriver:
             await self.engine._on_telemetry([(topic, payload)])
             return
         self.control_messages += 1
-        mid = self.control_messages
+        mid = self.control_messages % 0xFFFF + 1
+        if self.engine._admit(topic, payload) is None:
+            return  # refused at read time, as the intake would (acknowledged at once)
         self.link.outstanding.add(mid)
-        message = aiomqtt.Message(topic.decode(), payload, 1, False, mid, None)
-        await self.engine._on_control(message)
+        await self.engine._on_control(Delivery(topic.decode(), payload, mid, self.link))
 
     def backlog(self) -> int:
         """Triggers and acknowledgements waiting for their ledger write."""

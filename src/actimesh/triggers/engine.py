@@ -38,8 +38,6 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-import aiomqtt
-
 from actimesh import __version__
 from actimesh.broker.client import (
     InFlight,
@@ -47,7 +45,6 @@ from actimesh.broker.client import (
     MqttLink,
     Subscription,
     Will,
-    as_bytes,
 )
 from actimesh.broker.codec import (
     MAX_ACTIVATION_BYTES,
@@ -58,6 +55,7 @@ from actimesh.broker.codec import (
     hex_head,
 )
 from actimesh.broker.ingest import Publish, StreamSubscriber
+from actimesh.broker.intake import ControlSubscriber, Delivery
 from actimesh.broker.messages import (
     Ack,
     AckStatus,
@@ -142,6 +140,8 @@ class EngineStats:
     quarantines_failed: int = 0
     #: Position fixes dropped because their device sent them over its rate.
     telemetry_over_rate: int = 0
+    #: Device messages whose handling raised something unexpected (logged).
+    handler_errors: int = 0
 
     @property
     def rejected_total(self) -> int:
@@ -156,10 +156,9 @@ class _Persist:
     received: float
     decided: float
     rule: dict[str, object]
-    #: The trigger's MQTT message and the connection it came on: acknowledged to the
-    #: broker only once the activation is durable, so a crash before that redelivers it.
-    message: aiomqtt.Message
-    origin: aiomqtt.Client | None
+    #: The trigger's message: acknowledged to the broker only once the activation is
+    #: durable, so a crash before that redelivers it.
+    delivery: Delivery
     #: The activation this trigger joined (storm control), or None for a new one.
     merged_into: str | None = None
 
@@ -204,8 +203,10 @@ class Engine:
         self.storm = StormControl(self.settings.storm_limits())
         self.floods = FloodWatch(self.settings.quarantine_after, self.settings.quarantine_window_s)
         self.quarantine = quarantine
-        # Each device's control-message budget (events, acks, presence).
+        # Each device's control-message budget (events, acks, presence), and the devices
+        # over it now: one dead letter says a flood began, not one per message of it.
         self._budgets: dict[str, TokenBucket] = {}
+        self._refusing: set[str] = set()
         # Devices to quarantine, handled by their own task: disabling an account takes a
         # registry write and a broker round trip, which must not hold the control link.
         self._to_quarantine: asyncio.Queue[tuple[str, str]] = asyncio.Queue(maxsize=1_000)
@@ -224,7 +225,7 @@ class Engine:
         self._warm = False
         #: Set once the engine plans events (after ``warmup_s``).
         self.warmed = asyncio.Event()
-        self._held: list[tuple[aiomqtt.Message, aiomqtt.Client | None]] = []
+        self._held: list[Delivery] = []
         self.deliveries = DeliveryTracker(
             ack_timeout_s=self.settings.ack_timeout_s, retry_max_s=self.settings.retry_max_s
         )
@@ -240,7 +241,28 @@ class Engine:
         eid = self.settings.engine_id
         status = topics.engine_status(eid)
         offline = encode(EngineStatus(online=False, engine=eid))
+        # Commands, confirmations, alerts and dead letters go out on their own link;
+        # nothing arrives on it. Its session starts clean: what it sent and the broker
+        # did not acknowledge is sent again by the delivery tracker, not by the session.
         self.ctl = MqttLink(
+            LinkSettings(
+                host=broker_host,
+                port=broker_port,
+                client_id=f"{topics.agency}-{eid}-cmd",
+                username=username,
+                password=password,
+                will=Will(status, offline),
+            ),
+            on_connect=self._announce,
+        )
+        # Devices' messages come in on lean readers (broker/intake.py) that refuse a
+        # device over its budget while reading the socket and serve devices in turn: a
+        # flood from one stolen device is drained at the broker's speed and never sits
+        # in front of another officer's trigger. Trigger events and presence on one
+        # link, kept in a persistent session (what arrives while the engine restarts
+        # waits in the broker); acknowledgements on their own, so that the ack writer's
+        # pace never holds up a trigger.
+        self.intake = ControlSubscriber(
             LinkSettings(
                 host=broker_host,
                 port=broker_port,
@@ -251,17 +273,12 @@ class Engine:
                     Subscription(topics.all_devices(DeviceChannel.PRESENCE), 1),
                     Subscription(self._event_filter(), 1),
                 ),
-                will=Will(status, offline),
                 session_expiry_s=self.settings.session_expiry_s,
-                manual_ack=True,
             ),
-            self._on_control,
-            on_connect=self._announce,
+            self._on_control_batch,
+            admit=self._admit,
         )
-        # Cameras' acknowledgements on a connection of their own: a broker delivers one
-        # connection's messages in order, so a flood of acknowledgements from a stolen
-        # camera would otherwise queue in front of every trigger event.
-        self.ack_link = MqttLink(
+        self.ack_link = ControlSubscriber(
             LinkSettings(
                 host=broker_host,
                 port=broker_port,
@@ -270,13 +287,13 @@ class Engine:
                 password=password,
                 subscriptions=(Subscription(topics.all_devices(DeviceChannel.ACK), 1),),
                 session_expiry_s=self.settings.session_expiry_s,
-                manual_ack=True,
             ),
-            self._on_ack_message,
+            self._on_control_batch,
+            admit=self._admit,
         )
         # Telemetry skips aiomqtt: a lean QoS 0 subscriber hands it over in batches
         # (broker/ingest.py; ~9,000 msg/s through aiomqtt, >100,000 this way).
-        self._tm_head = f"{topics.prefix}/dev/".encode()
+        self._dev_head = self._tm_head = f"{topics.prefix}/dev/".encode()
         self._tm_tail = f"/{DeviceChannel.TELEMETRY.value}".encode()
         self.telemetry_link = StreamSubscriber(
             LinkSettings(
@@ -302,10 +319,12 @@ class Engine:
         await self._recover()
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.ctl.run(), name=f"{self.ctl.settings.client_id}")
+            tg.create_task(self.intake.run(), name=f"{self.intake.settings.client_id}")
             tg.create_task(self.ack_link.run(), name=f"{self.ack_link.settings.client_id}")
             tg.create_task(self.telemetry_link.run(), name=self.telemetry_link.settings.client_id)
             self._start_loops(tg)
             await self.ctl.wait_connected(timeout=30)
+            await self.intake.wait_connected(timeout=30)
             await self.ack_link.wait_connected(timeout=30)
             await self.telemetry_link.wait_connected(timeout=30)
             tg.create_task(self._warm_up(), name=f"{self.settings.engine_id}-warmup")
@@ -338,8 +357,8 @@ class Engine:
         held, self._held = self._held, []
         if held:
             log.info("warm: planning %d event(s) held since start", len(held))
-        for message, origin in held:
-            await self._on_control(message, origin, replayed=True)
+        for delivery in held:
+            await self._on_control(delivery)
 
     async def _announce(self, link: MqttLink) -> None:
         status = EngineStatus(
@@ -377,7 +396,7 @@ class Engine:
                 if not oldest <= ts <= newest:
                     check_clock(ts, now, max_age_s=max_age, max_skew_s=max_skew)
             except PayloadError as exc:
-                await self._reject(topic.decode(errors="replace"), payload, exc)
+                self._reject(topic.decode(errors="replace"), payload, exc)
                 continue
             stats.telemetry += 1
             if info is None:
@@ -414,63 +433,71 @@ class Engine:
         if directory is not None and directory.get(device_id) is None:
             raise PayloadError("unregistered", f"device {device_id!r} is not in the registry")
 
-    async def _on_control(
-        self,
-        message: aiomqtt.Message,
-        held_origin: aiomqtt.Client | None = None,
-        *,
-        replayed: bool = False,
-        link: MqttLink | None = None,
-    ) -> None:
-        # Both control links acknowledge by hand: events once durable (in the
-        # persister), everything else as soon as it has been handled or rejected.
-        link = link or self.ctl
-        origin = held_origin or link.current_client
-        topic = message.topic.value
-        payload = as_bytes(message.payload)
-        parsed = self.topics.parse_device(topic)
-        if parsed is None:
-            await self._reject(topic, payload, PayloadError("bad_topic", "not a device topic"))
-            link.ack(message, origin)
-            return
-        if (  # a message held through the warm-up was counted when it came
-            not replayed
-            and parsed.device_id != self.dispatch_source
-            and self._over_budget(parsed.device_id)
-        ):
-            # Refused unread: a device flooding the control link costs one bucket check
-            # a message, and its flood soon has it quarantined.
+    def _admit(self, topic: bytes, payload: bytes) -> str | None:
+        """Read-time admission for the intake links (broker/intake.py): the device a
+        message is from (its turn in the queue), or None for a device over its control
+        budget (events, acks and presence together).
+
+        Runs for every message of a flood, inside the socket's read callback, so the
+        refusal is a bucket check and two counters; a flood's first refusal alone is
+        dead-lettered (it says the flood began and why). The broker lets a device publish on
+        its own topics only, so the id in the topic is the sender's."""
+        head = self._dev_head
+        end = topic.find(b"/", len(head))
+        if not topic.startswith(head) or end < 0:
+            return ""  # not a device topic: the handler refuses it with its reason
+        device_id = topic[len(head) : end].decode(errors="replace")
+        if device_id == self.dispatch_source or not self._over_budget(device_id):
+            self._refusing.discard(device_id)
+            return device_id
+        self.stats.rejected["over_budget"] += 1
+        self._refused_from(device_id, "over_budget")
+        if device_id in self._refusing:
+            self.stats.deadletters_suppressed += 1
+        elif self._deadletter_token():
+            self._refusing.add(device_id)
             detail = (
-                f"{parsed.device_id} sent more than {self.settings.control_burst:g} control "
+                f"{device_id} sent more than {self.settings.control_burst:g} control "
                 f"messages at once or {self.settings.control_rate_per_s:g} a second"
             )
-            await self._reject(topic, payload, PayloadError("over_budget", detail))
-            link.ack(message, origin)
-            # A flood arrives faster than it is read, and aiomqtt hands over queued
-            # messages without yielding: give the other loops (the quarantine that
-            # stops the flood, the persister) their turn.
-            await asyncio.sleep(0)
+            self._deadletter(
+                topic.decode(errors="replace"), payload, PayloadError("over_budget", detail)
+            )
+        return None
+
+    async def _on_control_batch(self, batch: Sequence[Delivery]) -> None:
+        for delivery in batch:
+            try:
+                await self._on_control(delivery)
+            except Exception:  # one message's failure is not the next device's (not Cancelled)
+                self.stats.handler_errors += 1
+                log.exception("handler failed on %s", delivery.topic)
+
+    async def _on_control(self, delivery: Delivery) -> None:
+        # Events are acknowledged once durable (in the persister), everything else as
+        # soon as it has been handled or rejected.
+        topic, payload = delivery.topic, delivery.payload
+        parsed = self.topics.parse_device(topic)
+        if parsed is None:
+            self._reject(topic, payload, PayloadError("bad_topic", "not a device topic"))
+            delivery.ack()
             return
         if parsed.channel is DeviceChannel.EVENT and not self._warm:
-            self._held.append((message, origin))  # planned (and acknowledged) once warm
+            self._held.append(delivery)  # planned (and acknowledged) once warm
             return
         try:
             if parsed.channel is DeviceChannel.EVENT:
-                if await self._on_event(parsed.device_id, payload, message, origin):
+                if await self._on_event(parsed.device_id, payload, delivery):
                     return  # the persister acknowledges it
             elif parsed.channel is DeviceChannel.PRESENCE:
                 self._on_presence(parsed.device_id, payload)
             elif parsed.channel is DeviceChannel.ACK:
                 await self._on_ack(parsed.device_id, payload)
         except PayloadError as exc:
-            await self._reject(topic, payload, exc)
+            self._reject(topic, payload, exc)
             if parsed.channel is DeviceChannel.EVENT:
                 await self._refuse_event(parsed.device_id, payload, exc)
-        link.ack(message, origin)
-
-    async def _on_ack_message(self, message: aiomqtt.Message) -> None:
-        """A camera's acknowledgement, from the acknowledgements' own link."""
-        await self._on_control(message, link=self.ack_link)
+        delivery.ack()
 
     def _over_budget(self, device_id: str) -> bool:
         """Take one of ``device_id``'s control-message tokens; True if it has none."""
@@ -481,6 +508,7 @@ class Engine:
                 # Bounded memory: made-up ids cannot grow this for ever. A device
                 # forgotten here starts again with a full bucket.
                 self._budgets.clear()
+                self._refusing.clear()
             s = self.settings
             bucket = self._budgets[device_id] = TokenBucket.full(
                 s.control_burst, s.control_rate_per_s, now
@@ -627,8 +655,7 @@ class Engine:
         self,
         source: str,
         payload: bytes,
-        message: aiomqtt.Message,
-        origin: aiomqtt.Client | None,
+        delivery: Delivery,
     ) -> bool:
         """Handle a trigger. True when the persister now owns the acknowledgement."""
         received = self.clock()
@@ -695,8 +722,7 @@ class Engine:
                 received,
                 self.clock(),
                 {},
-                message,
-                origin,
+                delivery,
                 merged_into=joined.aid,
             )
             await self._persist.put(item)
@@ -727,7 +753,7 @@ class Engine:
             },
         }
         # Waits (never drops) when the persister is behind: back-pressure, not loss.
-        item = _Persist(plan, event, source, received, decided, rule_doc, message, origin)
+        item = _Persist(plan, event, source, received, decided, rule_doc, delivery)
         await self._persist.put(item)
         return True
 
@@ -1044,7 +1070,7 @@ class Engine:
                 log.info(
                     "event %s from %s already recorded by another engine", event.eid, item.source
                 )
-            self.ctl.ack(item.message, item.origin)
+            item.delivery.ack()
             await self._confirm(
                 item.source, event.eid, ConfirmStatus.ACTIVATED, plan.aid, cameras=len(plan.targets)
             )
@@ -1120,7 +1146,7 @@ class Engine:
         self._aliases[plan.aid] = original
         self.stats.merged += 1
         log.info("event %s from %s joined activation %s", event.eid, item.source, original)
-        self.ctl.ack(item.message, item.origin)
+        item.delivery.ack()
         await self._confirm(
             item.source, event.eid, ConfirmStatus.ACTIVATED, original, cameras=len(plan.targets)
         )
@@ -1158,11 +1184,18 @@ class Engine:
                 self.stats.quarantined += 1
                 await self._alert(AlertKind.QUARANTINE, None, device_id, reason)
 
-    async def _reject(self, topic: str, payload: bytes, exc: PayloadError) -> None:
+    def _reject(self, topic: str, payload: bytes, exc: PayloadError) -> None:
+        """Count a refused message, charge it to its device, and dead-letter it (within
+        the dead-letter rate). Never waits."""
         self.stats.rejected[exc.reason] += 1
         parsed = self.topics.parse_device(topic)
         if parsed is not None:
             self._refused_from(parsed.device_id, exc.reason)
+        if self._deadletter_token():
+            self._deadletter(topic, payload, exc)
+
+    def _deadletter_token(self) -> bool:
+        """Take one of the dead-letter rate's tokens; False (and counted) if none."""
         now = self.clock()
         rate = self.settings.deadletters_per_s
         self._deadletter_tokens = min(
@@ -1172,11 +1205,14 @@ class Engine:
         if self._deadletter_tokens < 1:
             # Counted, not logged either: a flood must cost as little as it can.
             self.stats.deadletters_suppressed += 1
-            return
+            return False
         self._deadletter_tokens -= 1
+        return True
+
+    def _deadletter(self, topic: str, payload: bytes, exc: PayloadError) -> None:
         log.warning("rejected %r: %s", topic, exc)  # as often as dead letters, no more
         letter = DeadLetter(
-            ts=now,
+            ts=self.clock(),
             topic=topic[:512],
             reason=exc.reason,
             detail=exc.detail[:1024],
@@ -1184,6 +1220,6 @@ class Engine:
             head=hex_head(payload),
         )
         try:
-            await self.ctl.publish(self.topics.deadletter(exc.reason), encode(letter), qos=0)
+            self.ctl.publish_nowait(self.topics.deadletter(exc.reason), encode(letter), qos=0)
         except BrokerError:
             log.warning("dead letter for %s not published", topic)
