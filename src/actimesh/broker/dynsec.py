@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import socket
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -339,6 +340,12 @@ class _Control:
             self.client.connect(host, port, keepalive=30)
         except OSError as exc:
             raise BrokerError(f"cannot reach the broker at {host}:{port}: {exc}") from exc
+        sock = self.client.socket()
+        if isinstance(sock, socket.socket):
+            # A command and its answer are small packets each way: without this, Nagle
+            # and delayed ACKs hold each for up to 40 ms (FIELD-NOTES §5), and a
+            # quarantine is that much later to stop a flood.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         reason = self._await_connack()
         if reason != 0:
             self.close()

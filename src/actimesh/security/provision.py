@@ -203,13 +203,19 @@ class RegistryQuarantine:
         await asyncio.to_thread(self._known, device_id)
         # The broker first, with one command: every millisecond the flood goes on is a
         # backlog other officers' triggers wait behind. Then the registry, which keeps
-        # it disabled across restarts, and a sync that finds nothing left to do.
+        # it disabled across restarts. The broker is reloaded only if that command
+        # failed: a SIGHUP re-reads the password file and re-checks every connected
+        # client, a pause the whole broker takes, in the middle of an attack, for a
+        # change the plugin has already made.
         try:
             await self.broker.adisable(device_id)
         except BrokerError as exc:
             log.warning("quarantine of %s: direct disable failed (%s); syncing", device_id, exc)
+            direct = False
+        else:
+            direct = True
         changed = await asyncio.to_thread(self._disable, device_id, reason)
-        if changed:
+        if changed and not direct:
             await self.broker.areload()
         return changed
 
