@@ -48,14 +48,19 @@ class UpWorld:
     broker_port: int
 
     async def draw(self, timeout: float = 30.0) -> float:
-        """Raise a TASER draw; seconds until the paired camera holds its command."""
-        started = time.monotonic()
+        """Raise a TASER draw; seconds from the draw until the paired camera received
+        the engine's command (by the camera's clock, which is this host's: not counting
+        the camera's own commit to storage, a cost of the camera, not of the mesh)."""
         event = await self.cew.raise_event("taser_draw")
-        aid = activation_id(self.cew.device_id, event.eid)
-        await eventually(
-            lambda: any(r.command.aid == aid for r in self.camera.received), timeout, 0.002
+        return await commanded_after(
+            self.camera, activation_id(self.cew.device_id, event.eid), event.ts, timeout
         )
-        return time.monotonic() - started
+
+
+async def commanded_after(camera: DeviceAgent, aid: str, since: float, timeout: float) -> float:
+    """Seconds from ``since`` (wall clock) until ``camera`` received the command of ``aid``."""
+    await eventually(lambda: any(r.command.aid == aid for r in camera.received), timeout, 0.002)
+    return next(r.received_at for r in camera.received if r.command.aid == aid) - since
 
 
 def _agent(root: Path, device_id: str, kind: DeviceKind, password: str, port: int) -> DeviceAgent:
