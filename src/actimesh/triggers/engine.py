@@ -142,6 +142,8 @@ class EngineStats:
     telemetry_over_rate: int = 0
     #: Device messages whose handling raised something unexpected (logged).
     handler_errors: int = 0
+    #: Alerts not raised because their queue was full (a thousand waiting).
+    alerts_dropped: int = 0
 
     @property
     def rejected_total(self) -> int:
@@ -210,6 +212,10 @@ class Engine:
         # Devices to quarantine, handled by their own task: disabling an account takes a
         # registry write and a broker round trip, which must not hold the control link.
         self._to_quarantine: asyncio.Queue[tuple[str, str]] = asyncio.Queue(maxsize=1_000)
+        # Alerts raised on the intake, published and written by their own task.
+        self._deferred_alerts: asyncio.Queue[tuple[AlertKind, str, str]] = asyncio.Queue(
+            maxsize=1_000
+        )
         self.stats = EngineStats()
         self.clock = clock
         self.ready = asyncio.Event()
@@ -339,6 +345,7 @@ class Engine:
             tg.create_task(self._ack_writer(), name=f"{eid}-acks"),
             tg.create_task(self._command_outcomes(), name=f"{eid}-commands"),
             tg.create_task(self._quarantines(), name=f"{eid}-quarantine"),
+            tg.create_task(self._raise_deferred_alerts(), name=f"{eid}-alerts"),
         ]
 
     async def _warm_up(self) -> None:
@@ -496,7 +503,7 @@ class Engine:
         except PayloadError as exc:
             self._reject(topic, payload, exc)
             if parsed.channel is DeviceChannel.EVENT:
-                await self._refuse_event(parsed.device_id, payload, exc)
+                self._refuse_event(parsed.device_id, payload, exc)
         delivery.ack()
 
     def _over_budget(self, device_id: str) -> bool:
@@ -682,7 +689,7 @@ class Engine:
             self.stats.duplicates += 1
             if seen in self._durable:
                 log.info("duplicate event %s from %s: confirmed again", event.eid, source)
-                await self._confirm(
+                self._confirm(
                     source, event.eid, ConfirmStatus.ACTIVATED, self._aliases.get(seen, seen)
                 )
             return False
@@ -693,7 +700,7 @@ class Engine:
                 f"{source} raised more than {limits.device_burst:g} events at once or "
                 f"{limits.device_rate_per_s:g} a second"
             )
-            await self._storm_alert(source, received, f"rate_limited: {detail}")
+            self._storm_alert(source, received, f"rate_limited: {detail}")
             raise PayloadError("rate_limited", detail)
         plan = plan_activation(
             event=event,
@@ -732,7 +739,7 @@ class Engine:
                 f"over {self.storm.limits.activations_per_s:g} activations a second "
                 "across the fleet"
             )
-            await self._storm_alert(source, received, f"storm: {detail}")
+            self._storm_alert(source, received, f"storm: {detail}")
             raise PayloadError("storm", detail)
         self._remember(key, plan.aid)
         decided = self.clock()
@@ -801,11 +808,21 @@ class Engine:
                 return False
         return True
 
-    async def _storm_alert(self, source: str, now: float, detail: str) -> None:
+    def _storm_alert(self, source: str, now: float, detail: str) -> None:
+        """A ``storm`` alert, at most one per device per ``alert_every_s``, raised by its
+        own task: publishing it and writing it to the ledger must not hold the intake."""
         if self.storm.should_alert(source, now):
-            await self._alert(AlertKind.STORM, None, source, detail)
+            try:
+                self._deferred_alerts.put_nowait((AlertKind.STORM, source, detail))
+            except asyncio.QueueFull:
+                self.stats.alerts_dropped += 1
 
-    async def _refuse_event(self, source: str, payload: bytes, exc: PayloadError) -> None:
+    async def _raise_deferred_alerts(self) -> None:
+        while True:
+            kind, device, detail = await self._deferred_alerts.get()
+            await self._alert(kind, None, device, detail)
+
+    def _refuse_event(self, source: str, payload: bytes, exc: PayloadError) -> None:
         """Tell a device its event was refused, so it stops re-sending it."""
         try:
             eid = decode(Event, payload).eid
@@ -814,8 +831,20 @@ class Engine:
         # QoS 0, not waited for: a refusal the device misses only makes it re-send, and
         # is refused again; waiting here for the broker's PUBACK of every refusal held
         # the control link, so a device flooding refused events delayed other officers'
-        # triggers by seconds.
-        await self._confirm(source, eid, ConfirmStatus.REJECTED, None, detail=str(exc)[:256], qos=0)
+        # triggers by seconds. Not even for the write (aiomqtt's publish() waits a turn
+        # of the loop for it, even at QoS 0): the intake serves devices in turn, and a
+        # wait per refusal is a wait for the next device's trigger.
+        confirmation = Confirmation(
+            eid=eid,
+            status=ConfirmStatus.REJECTED,
+            ts=self.clock(),
+            detail=str(exc)[:256],
+        )
+        try:
+            self.ctl.publish_nowait(self.topics.confirm(source), encode(confirmation), qos=0)
+            self.stats.confirmations += 1
+        except BrokerError:
+            log.warning("refusal of %s to %s not sent; the device will re-send", eid, source)
 
     def _remember(self, key: tuple[str, str], aid: str, *, durable: bool = False) -> None:
         self._seen[key] = aid
@@ -896,7 +925,7 @@ class Engine:
             else:
                 self.stats.commands += 1
 
-    async def _confirm(
+    def _confirm(
         self,
         device_id: str,
         eid: str,
@@ -905,13 +934,16 @@ class Engine:
         *,
         cameras: int = 0,
         detail: str | None = None,
-        qos: int = 1,
     ) -> None:
+        """Tell a device what became of its event. Handed to the connection, never
+        waited for: a device that misses it re-sends the event and is confirmed again,
+        and a wait here (one broker round trip, more while it is busy) would be a wait
+        for every other device's trigger behind it on the intake."""
         confirmation = Confirmation(
             eid=eid, status=status, aid=aid, cameras=cameras, ts=self.clock(), detail=detail
         )
         try:
-            await self.ctl.publish(self.topics.confirm(device_id), encode(confirmation), qos=qos)
+            self.ctl.publish_nowait(self.topics.confirm(device_id), encode(confirmation), qos=1)
             self.stats.confirmations += 1
         except BrokerError:
             log.warning(
@@ -1071,7 +1103,7 @@ class Engine:
                     "event %s from %s already recorded by another engine", event.eid, item.source
                 )
             item.delivery.ack()
-            await self._confirm(
+            self._confirm(
                 item.source, event.eid, ConfirmStatus.ACTIVATED, plan.aid, cameras=len(plan.targets)
             )
             if not inserted:
@@ -1147,7 +1179,7 @@ class Engine:
         self.stats.merged += 1
         log.info("event %s from %s joined activation %s", event.eid, item.source, original)
         item.delivery.ack()
-        await self._confirm(
+        self._confirm(
             item.source, event.eid, ConfirmStatus.ACTIVATED, original, cameras=len(plan.targets)
         )
 
