@@ -299,6 +299,7 @@ _EVIDENCE_TYPES: Mapping[str, type | tuple[type, ...]] = {
     "auth_max_failures_per_client": int,
     "auth_window_s": _NUMBER,
     "client_timeout_s": _NUMBER,
+    "max_clients": int,
     "host": str,
     "port": int,
 }

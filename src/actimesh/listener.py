@@ -55,6 +55,32 @@ class ConnectionGauge:
         return self.open >= self.limit - self.reserve
 
 
+class CredentialsFirst:
+    """ASGI middleware: while ``gauge`` is crowded, a request without an
+    ``Authorization`` header gets 503 with ``Retry-After: 1``, so the last connections
+    stay for callers with credentials (the evidence listener's devices). Credentials
+    are checked later, by the app: this only keeps strangers out of the reserve."""
+
+    def __init__(self, app: ASGIApp, gauge: ConnectionGauge) -> None:
+        self.app = app
+        self.gauge = gauge
+        #: Requests turned away while crowded.
+        self.refused = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] == "http"
+            and self.gauge.crowded
+            and not any(name == b"authorization" for name, _ in scope.get("headers", ()))
+        ):
+            self.refused += 1
+            message = "busy: requests with credentials only; try again in a second"
+            response = JSONResponse({"error": message}, 503, {"Retry-After": "1"})
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
 def slow_client_protocol(
     head_timeout_s: float, gauge: ConnectionGauge | None = None
 ) -> type[H11Protocol]:

@@ -69,6 +69,7 @@ async def serve_evidence(settings: Settings, report: Report) -> None:
             host=settings.evidence.host,
             port=settings.evidence.port,
             client_timeout_s=settings.evidence.client_timeout_s,
+            max_clients=settings.evidence.max_clients,
         )
         async with asyncio.TaskGroup() as tg:
             tg.create_task(uploads.run(), name="evidence-uploads")

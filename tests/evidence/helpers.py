@@ -117,6 +117,7 @@ async def evidence_store(
             host="127.0.0.1",
             port=0,
             client_timeout_s=service.settings.client_timeout_s,
+            max_clients=service.settings.max_clients,
         )
         async with asyncio.TaskGroup() as tg:
             task = tg.create_task(server.run(), name="evidence-server")

@@ -15,6 +15,7 @@ from actimesh.evidence import apply_evidence_retention
 from actimesh.evidence.settings import EvidenceSettings
 from tests.audit.helpers import NOW
 from tests.evidence.helpers import evidence_store, key_of, record
+from tests.waiting import eventually
 
 
 def _outcomes(path: Path, event_type: str) -> list[tuple[str, str]]:
@@ -257,3 +258,35 @@ async def test_half_open_requests_and_stalled_bodies_are_cut_off(tmp_path: Path)
             head = await reader.readline()
         writer.close()
         assert head.startswith(b"HTTP/1.1 408"), head
+
+
+async def test_the_last_connections_are_kept_for_devices_with_credentials(
+    tmp_path: Path,
+) -> None:
+    """Half-open requests up to the reserve: a request without credentials gets 503
+    with Retry-After, a camera offloading with its password is still served."""
+    settings = EvidenceSettings(max_chunk_bytes=256 * 1024, client_timeout_s=30.0, max_clients=16)
+    async with evidence_store(tmp_path, settings) as env:
+        gauge = env.server.gauge
+        assert (gauge.limit, gauge.reserve) == (16, 4)
+        host, port = env.server.url.removeprefix("http://").split("/")[0].rsplit(":", 1)
+        held = []
+        for _ in range(12):
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(b"POST /api/v1/evidence/uploads HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            await writer.drain()
+            held.append((reader, writer))
+        await eventually(lambda: gauge.crowded, 5)
+        folder = record(env.camera_root, "bwc1", key_of(env.creds["bwc1"]), "rec-1", "act-1")
+        body = (folder / "manifest.json").read_bytes()
+        async with httpx.AsyncClient(base_url=env.server.url, trust_env=False) as stranger:
+            busy = await stranger.post("/api/v1/evidence/uploads", content=body)
+        assert busy.status_code == 503
+        assert busy.headers["retry-after"] == "1"
+        async with env.client("bwc1") as camera:
+            r = await camera.post("/api/v1/evidence/uploads", content=body)
+        assert r.status_code == 201, r.text
+        assert env.server.gate.refused == 1
+        for _, writer in held:
+            writer.close()
+        await eventually(lambda: not gauge.crowded, 5)

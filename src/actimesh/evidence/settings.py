@@ -45,6 +45,9 @@ class EvidenceSettings:
     #: A request head not sent within this closes the connection; a body whose next
     #: part takes longer gets 408 (a cellular dock link may pause, never for this long).
     client_timeout_s: float = 30.0
+    #: Connections the listener holds at once (beyond them uvicorn answers 503); the
+    #: last quarter (at least 4) is kept for requests with credentials.
+    max_clients: int = 256
     #: The device upload listener (separate from the dispatch map; see docs/OPERATIONS.md).
     host: str = "127.0.0.1"
     port: int = 8471
@@ -61,6 +64,11 @@ class EvidenceSettings:
         for name in ("max_open_uploads", "auth_max_failures", "auth_max_failures_per_client"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"evidence.{name} must be a whole number of at least 1")
+        if self.max_clients < 8:
+            raise ConfigError(
+                f"evidence.max_clients must be at least 8 (a quarter is kept for devices "
+                f"with credentials), got {self.max_clients}"
+            )
         if self.min_free_bytes < 0:
             raise ConfigError("evidence.min_free_bytes must be 0 or more bytes")
         for name in ("upload_expiry_s", "auth_window_s", "client_timeout_s"):

@@ -691,7 +691,12 @@ class UploadServer:
         ssl_certfile: Path | None = None,
         ssl_keyfile: Path | None = None,
         client_timeout_s: float = 30.0,
+        max_clients: int = 256,
     ) -> None:
+        # uvicorn answers 503 to everyone beyond ``limit_concurrency``; the last quarter
+        # of it (at least 4) is kept for devices that send credentials.
+        self.gauge = listener.ConnectionGauge(max_clients, max(4, max_clients // 4))
+        self.gate = listener.CredentialsFirst(app, self.gauge)
         self.app = app
         self.host = host
         self.port = port
@@ -722,11 +727,12 @@ class UploadServer:
         sock = self._bind()
         server = listener.QuietServer(
             uvicorn.Config(
-                self.app,
+                self.gate,
                 log_config=None,
                 access_log=False,
                 lifespan="off",
-                http=listener.slow_client_protocol(self.client_timeout_s),
+                http=listener.slow_client_protocol(self.client_timeout_s, self.gauge),
+                limit_concurrency=self.gauge.limit,
                 server_header=False,
                 timeout_graceful_shutdown=2,
                 proxy_headers=False,
