@@ -15,11 +15,14 @@ baseline, measured first in the same run). With ``--during N`` the stolen device
 without pause from a process of its own while the CEW draws N times, and the probe
 prints the p99 of those draws beside the p99 of N draws with no flood; add ``--up`` to
 run it against `actimesh up` itself (secured broker, the flooder logged in as a
-registered device, quarantine on).
+registered device, quarantine on), or ``--broker-only`` to time, in the same way, the
+broker's own two hops (publisher → broker → subscriber) with no engine at all: the
+floor under any trigger's latency during that flood.
 
 Draws start ``--gap`` seconds apart (0.05 by default) in both phases: the CEW and its
 camera stay within their own control budgets (each command is answered twice), as an
-officer's devices do. The flooder runs at ``nice 19``: it stands in for a device on
+officer's devices do. Against `up`, ten officers draw in turn, so the default storm
+limits (10 draws at once per device) hold for every device, the thief's included. The flooder runs at ``nice 19``: it stands in for a device on
 another machine, whose CPU is not the engine host's; the broker's work for it is.
 """
 
@@ -29,17 +32,20 @@ import argparse
 import asyncio
 import contextlib
 import math
+import socket
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
 import aiomqtt
 
+from actimesh.broker.client import LinkSettings, Subscription
 from actimesh.broker.codec import encode
+from actimesh.broker.ingest import Publish, StreamSubscriber
 from actimesh.broker.messages import (
     Ack,
     AckStatus,
@@ -192,7 +198,9 @@ async def _main_up(kind: str, draws: int, gap: float) -> None:
     """The same, against `actimesh up` itself: secured broker, the flooder logged in as
     a registered device, quarantine on."""
     root = Path(tempfile.mkdtemp(prefix="actimesh-flood-up-"))
-    async with running_up(root) as world:
+    # Ten officers take turns, so each CEW stays within the default storm limits (10
+    # draws at once), which then hold for the thief too.
+    async with running_up(root, officers=10, storm_limits=True) as world:
         thief = "cew-stolen" if kind == "rate" else "bwc-stolen"
         creds = world.stolen[thief]
         channel = _CHANNELS[kind]
@@ -256,6 +264,87 @@ async def _main_during(kind: str, draws: int, gap: float) -> None:
     )
 
 
+async def _round_trips_during(
+    port: int, kind: str, count: int, gap: float
+) -> tuple[list[float], ...]:
+    """The broker alone: a message's two hops (publisher → broker → subscriber, QoS 1,
+    as a trigger's event and command each make one) with no flood, then during one;
+    the flood is read by a lean subscriber, as the engine reads it."""
+    topic = f"am/v1/floor/dev/{'cew' if kind == 'rate' else 'bwc'}-stolen/{_CHANNELS[kind].value}"
+
+    async def sink(_batch: Sequence[Publish]) -> None:
+        return None
+
+    reader = StreamSubscriber(
+        LinkSettings(
+            host="127.0.0.1",
+            port=port,
+            client_id="floor-sink",
+            subscriptions=(Subscription("am/v1/floor/dev/#", 0),),
+        ),
+        sink,
+    )
+    nodelay = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
+    v5 = aiomqtt.ProtocolVersion.V5
+    async with (
+        asyncio.TaskGroup() as tg,
+        aiomqtt.Client("127.0.0.1", port, protocol=v5, socket_options=nodelay) as sender,
+        aiomqtt.Client("127.0.0.1", port, protocol=v5, socket_options=nodelay) as receiver,
+    ):
+        reading = tg.create_task(reader.run(), name="floor-sink")
+        await reader.wait_connected(5)
+        await receiver.subscribe("floor/echo", qos=1)
+        arrivals = aiter(receiver.messages)
+
+        async def round_trip() -> float:
+            started = time.monotonic()
+            await sender.publish("floor/echo", b"x", qos=1)
+            async with asyncio.timeout(30):
+                await anext(arrivals)
+            return time.monotonic() - started
+
+        base = await _paced(round_trip, count, gap)
+        flooder = await asyncio.create_subprocess_exec(
+            *_NICE,
+            sys.executable,
+            "-m",
+            "tests.integration.flood_probe",
+            "--flood-to",
+            str(port),
+            topic,
+            "--kind",
+            kind,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        try:
+            assert flooder.stdout is not None
+            await flooder.stdout.readline()  # "flooding"
+            during = await _paced(round_trip, count, gap)
+        finally:
+            flooder.kill()
+            await flooder.wait()
+        reading.cancel()
+    return base, during
+
+
+async def _main_floor(kind: str, count: int, gap: float) -> None:
+    root = Path(tempfile.mkdtemp(prefix="actimesh-flood-"))
+    broker = ManagedMosquitto(
+        MosquittoConfig(data_dir=root / "broker", port=free_port(), insecure_anonymous=True)
+    )
+    await broker.astart()
+    try:
+        base, during = await _round_trips_during(broker.port, kind, count, gap)
+    finally:
+        await broker.astop()
+    print(  # noqa: T201 - the probe's one line of output
+        f"{kind} flood, the broker alone, {count} round trips each: p99 "
+        f"{_p99(during) * 1000:.1f} ms (no flood: {_p99(base) * 1000:.1f} ms; ratio "
+        f"{_p99(during) / _p99(base):.2f}); median {statistics.median(during) * 1000:.1f} ms "
+        f"(no flood: {statistics.median(base) * 1000:.1f} ms)"
+    )
+
+
 async def _main(kind: str, count: int) -> None:
     root = Path(tempfile.mkdtemp(prefix="actimesh-flood-"))
     broker = ManagedMosquitto(
@@ -284,6 +373,11 @@ if __name__ == "__main__":
         "--up", action="store_true", help="with --during: against `actimesh up` (quarantine on)"
     )
     parser.add_argument(
+        "--broker-only",
+        action="store_true",
+        help="with --during: time the broker's own two hops instead of draws",
+    )
+    parser.add_argument(
         "--gap", type=float, default=0.05, metavar="S", help="with --during: seconds between draws"
     )
     parser.add_argument("--flood-to", nargs=2, metavar=("PORT", "TOPIC"), help=argparse.SUPPRESS)
@@ -292,6 +386,8 @@ if __name__ == "__main__":
     if args.flood_to:
         port, topic = int(args.flood_to[0]), args.flood_to[1]
         asyncio.run(_flood_forever(port, topic, args.kind, args.login))
+    elif args.during and args.broker_only:
+        asyncio.run(_main_floor(args.kind, args.during, args.gap))
     elif args.during and args.up:
         asyncio.run(_main_up(args.kind, args.during, args.gap))
     elif args.during:

@@ -34,26 +34,38 @@ AGENCY = "upw"
 
 @dataclass
 class UpWorld:
-    """A running `up`: its output, web addresses and two devices of its registry."""
+    """A running `up`: its output, web addresses and its officers' devices."""
 
     root: Path
     out: io.StringIO
     dispatch_url: str
     evidence_url: str
     admin_password: str
-    cew: DeviceAgent
-    camera: DeviceAgent
+    #: Each officer's CEW and the body camera paired with it, 150 m from the next.
+    officers: list[tuple[DeviceAgent, DeviceAgent]]
     #: Registered devices nobody runs: an attacker's stolen camera and CEW.
     stolen: dict[str, DeviceCredentials]
     broker_port: int
+    _draws: int = 0
+
+    @property
+    def cew(self) -> DeviceAgent:
+        return self.officers[0][0]
+
+    @property
+    def camera(self) -> DeviceAgent:
+        return self.officers[0][1]
 
     async def draw(self, timeout: float = 30.0) -> float:
-        """Raise a TASER draw; seconds from the draw until the paired camera received
-        the engine's command (by the camera's clock, which is this host's: not counting
-        the camera's own commit to storage, a cost of the camera, not of the mesh)."""
-        event = await self.cew.raise_event("taser_draw")
+        """Raise a TASER draw, each officer in turn; seconds from the draw until that
+        officer's camera received the engine's command (by the camera's clock, which is
+        this host's: not counting the camera's own commit to storage, a cost of the
+        camera, not of the mesh)."""
+        cew, camera = self.officers[self._draws % len(self.officers)]
+        self._draws += 1
+        event = await cew.raise_event("taser_draw")
         return await commanded_after(
-            self.camera, activation_id(self.cew.device_id, event.eid), event.ts, timeout
+            camera, activation_id(cew.device_id, event.eid), event.ts, timeout
         )
 
 
@@ -63,7 +75,16 @@ async def commanded_after(camera: DeviceAgent, aid: str, since: float, timeout: 
     return next(r.received_at for r in camera.received if r.command.aid == aid) - since
 
 
-def _agent(root: Path, device_id: str, kind: DeviceKind, password: str, port: int) -> DeviceAgent:
+def _agent(
+    root: Path,
+    device_id: str,
+    kind: DeviceKind,
+    password: str,
+    port: int,
+    *,
+    at: tuple[float, float] = CENTER,
+    paired: tuple[str, ...] = (),
+) -> DeviceAgent:
     camera = None
     if kind is DeviceKind.BODY_CAM:
         camera = Camera(
@@ -79,8 +100,8 @@ def _agent(root: Path, device_id: str, kind: DeviceKind, password: str, port: in
         kind=kind,
         broker_host="127.0.0.1",
         broker_port=port,
-        position=fixed(*CENTER),
-        paired=("bwc-1",) if kind is DeviceKind.CEW else (),
+        position=fixed(*at),
+        paired=paired,
         camera=camera,
         verifier=CommandVerifier.from_file(engine_key_paths(root)[1]),
         telemetry_interval_s=0.2,
@@ -91,24 +112,34 @@ def _agent(root: Path, device_id: str, kind: DeviceKind, password: str, port: in
 
 
 @contextlib.asynccontextmanager
-async def running_up(root: Path) -> AsyncIterator[UpWorld]:
-    """`up` on ``root`` (fixed ports, so a restarted web child keeps its address)."""
+async def running_up(
+    root: Path, *, officers: int = 1, storm_limits: bool = False
+) -> AsyncIterator[UpWorld]:
+    """`up` on ``root`` (fixed ports, so a restarted web child keeps its address), with
+    ``officers`` CEWs, each with its body camera (``cew-1``/``bwc-1``, ...).
+
+    Each draw commands its camera anew, rather than joining the incident before it.
+    The storm limits on one device's events are lifted, so that one officer may draw
+    many times in quick succession, unless ``storm_limits``: then the defaults hold
+    (10 at once), and a probe draws from enough officers to stay within them.
+    """
     with Registry.open(root) as registry:
-        cam = registry.add("bwc-1", DeviceKind.BODY_CAM)
-        cew = registry.add("cew-1", DeviceKind.CEW, paired=("bwc-1",))
+        pairs = []
+        for i in range(1, officers + 1):
+            cam = registry.add(f"bwc-{i}", DeviceKind.BODY_CAM)  # before the CEW pairs it
+            pairs.append((registry.add(f"cew-{i}", DeviceKind.CEW, paired=(f"bwc-{i}",)), cam))
         stolen = {
             "bwc-stolen": registry.add("bwc-stolen", DeviceKind.BODY_CAM),
             "cew-stolen": registry.add("cew-stolen", DeviceKind.CEW),
         }
     port = free_port()
     settings = load_settings(data_dir=root, broker_port=port, agency=AGENCY)
+    engine = replace(settings.engine, merge_window_s=0.0)
+    if not storm_limits:
+        engine = replace(engine, device_burst=1000.0, device_rate_per_s=100.0)
     settings = replace(
         settings,
-        # Each draw commands the camera again, rather than joining the incident before
-        # it, and a probe's draws in quick succession stay within the CEW's rate.
-        engine=replace(
-            settings.engine, merge_window_s=0.0, device_burst=1000.0, device_rate_per_s=100.0
-        ),
+        engine=engine,
         dispatch=replace(settings.dispatch, port=free_port()),
         evidence=replace(settings.evidence, port=free_port()),
     )
@@ -124,10 +155,24 @@ async def running_up(root: Path) -> AsyncIterator[UpWorld]:
         assert dispatch is not None, text
         assert evidence is not None, text
         assert admin is not None, text
-        agents = (
-            _agent(root, "cew-1", DeviceKind.CEW, cew.password, port),
-            _agent(root, "bwc-1", DeviceKind.BODY_CAM, cam.password, port),
-        )
+        lat, lon = CENTER
+        officer_agents = [
+            (
+                _agent(
+                    root,
+                    cew.device_id,
+                    DeviceKind.CEW,
+                    cew.password,
+                    port,
+                    at=at,
+                    paired=(cam.device_id,),
+                ),
+                _agent(root, cam.device_id, DeviceKind.BODY_CAM, cam.password, port, at=at),
+            )
+            for n, (cew, cam) in enumerate(pairs)
+            for at in [(lat + n * 0.00135, lon)]  # 150 m apart: nobody else's camera
+        ]
+        agents = [a for pair in officer_agents for a in pair]
         tasks = [tg.create_task(a.run(), name=a.device_id) for a in agents]
         for agent in agents:
             await agent.link.wait_connected(timeout=30)
@@ -137,12 +182,13 @@ async def running_up(root: Path) -> AsyncIterator[UpWorld]:
             dispatch.group(1),
             evidence.group(1),
             admin.group(1),
-            *agents,
+            officer_agents,
             stolen=stolen,
             broker_port=port,
         )
-        # The engine has heard the camera's fix once a draw commands it.
-        await world.draw()
+        # The engine has heard each camera's fix once a draw commands it.
+        for _ in officer_agents:
+            await world.draw()
         try:
             yield world
         finally:
