@@ -22,8 +22,9 @@ floor under any trigger's latency during that flood.
 Draws start ``--gap`` seconds apart (0.05 by default) in both phases: the CEW and its
 camera stay within their own control budgets (each command is answered twice), as an
 officer's devices do. Against `up`, ten officers draw in turn, so the default storm
-limits (10 draws at once per device) hold for every device, the thief's included. The flooder runs at ``nice 19``: it stands in for a device on
-another machine, whose CPU is not the engine host's; the broker's work for it is.
+limits (10 draws at once per device) hold for every device, the thief's included.
+The flooder runs at ``nice 19``: it stands in for a device on another machine, whose
+CPU is not the engine host's; the broker's work for it is.
 """
 
 from __future__ import annotations

@@ -506,8 +506,9 @@ async def test_a_stolen_cew_flooding_without_pause_does_not_silence_another_offi
     process of its own, and never stops; the draws within its budget command the
     camera beside it. Read through aiomqtt, the engine fell behind and another
     officer's draw was not commanded within 120 s. Now the flood is refused as fast as
-    it arrives and devices take turns: the draw is commanded while the flood goes on. (The storm limits are the probe's,
-    lifted for the officer's draws: the thief's burst is planned in full.)"""
+    it arrives and devices take turns: the draw is commanded while the flood goes on.
+    (The storm limits are lifted, as the probe's were: the thief's burst is planned in
+    full.)"""
     settings = replace(
         TEST_SETTINGS, merge_window_s=0.0, device_burst=1000.0, device_rate_per_s=100.0
     )
