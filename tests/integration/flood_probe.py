@@ -22,7 +22,8 @@ floor under any trigger's latency during that flood.
 Draws start ``--gap`` seconds apart (0.05 by default) in both phases: the CEW and its
 camera stay within their own control budgets (each command is answered twice), as an
 officer's devices do. Against `up`, ten officers draw in turn, so the default storm
-limits (10 draws at once per device) hold for every device, the thief's included.
+limits (10 draws at once per device) hold for every device, the thief's included, and
+their devices run in a process of their own, as they are not on the engine's host.
 The flooder runs at ``nice 19``: it stands in for a device on another machine, whose
 CPU is not the engine host's; the broker's work for it is.
 """
@@ -62,7 +63,8 @@ from actimesh.devices.agent import DeviceAgent
 from actimesh.security.registry import Registry
 from actimesh.triggers.fanout import activation_id
 from tests.integration.harness import CENTER, TEST_SETTINGS, Mesh, mesh
-from tests.integration.up_world import AGENCY, commanded_after, running_up
+from tests.integration.officers import AGENCY, commanded_after
+from tests.integration.up_world import running_up
 
 KINDS = ("events", "acks", "telemetry", "presence", "rate")
 #: The flooder's priority: a device elsewhere, whose CPU this host does not share.
@@ -201,7 +203,7 @@ async def _main_up(kind: str, draws: int, gap: float) -> None:
     root = Path(tempfile.mkdtemp(prefix="actimesh-flood-up-"))
     # Ten officers take turns, so each CEW stays within the default storm limits (10
     # draws at once), which then hold for the thief too.
-    async with running_up(root, officers=10, storm_limits=True) as world:
+    async with running_up(root, officers=10, storm_limits=True, devices_elsewhere=True) as world:
         thief = "cew-stolen" if kind == "rate" else "bwc-stolen"
         creds = world.stolen[thief]
         channel = _CHANNELS[kind]

@@ -1,4 +1,4 @@
-"""`actimesh up` as an operator runs it, with a CEW and its body camera logged in as
+"""`actimesh up` as an operator runs it, with officers' CEWs and body cameras logged in as
 themselves: for tests and probes of the whole set of processes (not a test)."""
 
 from __future__ import annotations
@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import io
 import re
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -16,20 +15,18 @@ from rich.console import Console
 
 from actimesh.broker.messages import DeviceKind
 from actimesh.broker.mosquitto import free_port
-from actimesh.broker.topics import Topics
 from actimesh.config import load_settings
 from actimesh.devices.agent import DeviceAgent
-from actimesh.devices.camera import Camera
-from actimesh.devices.media import SyntheticSource
-from actimesh.devices.recorder import RecordingStore
 from actimesh.runtime import run_up
 from actimesh.security.registry import DeviceCredentials, Registry
-from actimesh.security.signing import CommandVerifier, engine_key_paths
-from actimesh.triggers.fanout import activation_id
-from tests.integration.harness import CENTER, fixed
+from tests.integration.officers import (
+    AGENCY,
+    OfficerSpec,
+    OfficersProcess,
+    draw,
+    officer_devices,
+)
 from tests.waiting import eventually
-
-AGENCY = "upw"
 
 
 @dataclass
@@ -46,6 +43,9 @@ class UpWorld:
     #: Registered devices nobody runs: an attacker's stolen camera and CEW.
     stolen: dict[str, DeviceCredentials]
     broker_port: int
+    #: The officers' devices when they run in a process of their own (``officers``
+    #: is empty then).
+    remote: OfficersProcess | None = None
     _draws: int = 0
 
     @property
@@ -61,59 +61,16 @@ class UpWorld:
         officer's camera received the engine's command (by the camera's clock, which is
         this host's: not counting the camera's own commit to storage, a cost of the
         camera, not of the mesh)."""
-        cew, camera = self.officers[self._draws % len(self.officers)]
+        if self.remote is not None:
+            return await self.remote.draw(timeout)
+        officer = self.officers[self._draws % len(self.officers)]
         self._draws += 1
-        event = await cew.raise_event("taser_draw")
-        return await commanded_after(
-            camera, activation_id(cew.device_id, event.eid), event.ts, timeout
-        )
-
-
-async def commanded_after(camera: DeviceAgent, aid: str, since: float, timeout: float) -> float:
-    """Seconds from ``since`` (wall clock) until ``camera`` received the command of ``aid``."""
-    await eventually(lambda: any(r.command.aid == aid for r in camera.received), timeout, 0.002)
-    return next(r.received_at for r in camera.received if r.command.aid == aid) - since
-
-
-def _agent(
-    root: Path,
-    device_id: str,
-    kind: DeviceKind,
-    password: str,
-    port: int,
-    *,
-    at: tuple[float, float] = CENTER,
-    paired: tuple[str, ...] = (),
-) -> DeviceAgent:
-    camera = None
-    if kind is DeviceKind.BODY_CAM:
-        camera = Camera(
-            device_id=device_id,
-            kind=kind,
-            source=SyntheticSource(device_id),
-            store=RecordingStore(root / "camera"),
-            started_at=time.time() - 60,
-        )
-    return DeviceAgent(
-        topics=Topics(AGENCY),
-        device_id=device_id,
-        kind=kind,
-        broker_host="127.0.0.1",
-        broker_port=port,
-        position=fixed(*at),
-        paired=paired,
-        camera=camera,
-        verifier=CommandVerifier.from_file(engine_key_paths(root)[1]),
-        telemetry_interval_s=0.2,
-        username=device_id,
-        password=password,
-        resend_initial_s=0.3,
-    )
+        return await draw(officer, timeout)
 
 
 @contextlib.asynccontextmanager
 async def running_up(
-    root: Path, *, officers: int = 1, storm_limits: bool = False
+    root: Path, *, officers: int = 1, storm_limits: bool = False, devices_elsewhere: bool = False
 ) -> AsyncIterator[UpWorld]:
     """`up` on ``root`` (fixed ports, so a restarted web child keeps its address), with
     ``officers`` CEWs, each with its body camera (``cew-1``/``bwc-1``, ...).
@@ -121,7 +78,9 @@ async def running_up(
     Each draw commands its camera anew, rather than joining the incident before it.
     The storm limits on one device's events are lifted, so that one officer may draw
     many times in quick succession, unless ``storm_limits``: then the defaults hold
-    (10 at once), and a probe draws from enough officers to stay within them.
+    (10 at once), and a probe draws from enough officers to stay within them. With
+    ``devices_elsewhere`` the officers' devices run in a process of their own, as in the
+    field, so that what a draw is timed with does not share the engine's process.
     """
     with Registry.open(root) as registry:
         pairs = []
@@ -155,27 +114,21 @@ async def running_up(
         assert dispatch is not None, text
         assert evidence is not None, text
         assert admin is not None, text
-        lat, lon = CENTER
-        officer_agents = [
-            (
-                _agent(
-                    root,
-                    cew.device_id,
-                    DeviceKind.CEW,
-                    cew.password,
-                    port,
-                    at=at,
-                    paired=(cam.device_id,),
-                ),
-                _agent(root, cam.device_id, DeviceKind.BODY_CAM, cam.password, port, at=at),
-            )
+        specs = [
+            OfficerSpec(cew.device_id, cew.password, cam.device_id, cam.password, n)
             for n, (cew, cam) in enumerate(pairs)
-            for at in [(lat + n * 0.00135, lon)]  # 150 m apart: nobody else's camera
         ]
-        agents = [a for pair in officer_agents for a in pair]
-        tasks = [tg.create_task(a.run(), name=a.device_id) for a in agents]
-        for agent in agents:
-            await agent.link.wait_connected(timeout=30)
+        remote = None
+        officer_agents: list[tuple[DeviceAgent, DeviceAgent]] = []
+        tasks = []
+        if devices_elsewhere:
+            remote = await OfficersProcess.start(root, port, specs)
+        else:
+            officer_agents = [officer_devices(root, port, spec) for spec in specs]
+            agents = [a for pair in officer_agents for a in pair]
+            tasks = [tg.create_task(a.run(), name=a.device_id) for a in agents]
+            for agent in agents:
+                await agent.link.wait_connected(timeout=30)
         world = UpWorld(
             root,
             out,
@@ -185,13 +138,16 @@ async def running_up(
             officer_agents,
             stolen=stolen,
             broker_port=port,
+            remote=remote,
         )
         # The engine has heard each camera's fix once a draw commands it.
-        for _ in officer_agents:
+        for _ in specs:
             await world.draw()
         try:
             yield world
         finally:
+            if remote is not None:
+                await remote.close()
             for task in (*tasks, up):
                 task.cancel()
 
