@@ -39,7 +39,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -132,6 +132,36 @@ async def _one_draw(m: Mesh, cew: DeviceAgent) -> float:
     )
 
 
+@contextlib.asynccontextmanager
+async def flooding(
+    port: int, topic: str, kind: str, login: Sequence[str] = (), *, nice: bool = True
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """A stolen device flooding ``topic`` without pause from a process of its own (at
+    ``nice 19`` unless told otherwise), logged in with ``login`` (username, password,
+    client id) if given; from when it has begun until the block ends."""
+    flooder = await asyncio.create_subprocess_exec(
+        *(_NICE if nice else ()),
+        sys.executable,
+        "-m",
+        "tests.integration.flood_probe",
+        "--flood-to",
+        str(port),
+        topic,
+        "--kind",
+        kind,
+        *(("--login", *login) if login else ()),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert flooder.stdout is not None
+        await flooder.stdout.readline()  # "flooding"
+        yield flooder
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # gone once quarantined
+            flooder.kill()
+        await flooder.wait()
+
+
 async def _paced(draw: Callable[[], Awaitable[float]], count: int, gap: float) -> list[float]:
     """``count`` draws, each started ``gap`` seconds after the one before (or at once
     when that one took longer)."""
@@ -154,26 +184,9 @@ async def _draws_during(
     async with mesh("probe", port, root, settings=settings) as m:
         cew = await _scene(m)
         base = await _paced(lambda: _one_draw(m, cew), draws, gap)
-        flooder = await asyncio.create_subprocess_exec(
-            *_NICE,
-            sys.executable,
-            "-m",
-            "tests.integration.flood_probe",
-            "--flood-to",
-            str(port),
-            _flood_topic(m, kind),
-            "--kind",
-            kind,
-            stdout=asyncio.subprocess.PIPE,
-        )
-        try:
-            assert flooder.stdout is not None
-            await flooder.stdout.readline()  # "flooding"
+        async with flooding(port, _flood_topic(m, kind), kind):
             await asyncio.sleep(0.5)
             during = await _paced(lambda: _one_draw(m, cew), draws, gap)
-        finally:
-            flooder.kill()
-            await flooder.wait()
         return base, during
 
 
@@ -208,33 +221,13 @@ async def _main_up(kind: str, draws: int, gap: float) -> None:
         creds = world.stolen[thief]
         channel = _CHANNELS[kind]
         base = await _paced(world.draw, draws, gap)
-        flooder = await asyncio.create_subprocess_exec(
-            *_NICE,
-            sys.executable,
-            "-m",
-            "tests.integration.flood_probe",
-            "--flood-to",
-            str(world.broker_port),
-            f"am/v1/{AGENCY}/dev/{thief}/{channel.value}",
-            "--kind",
-            kind,
-            "--login",
-            thief,
-            creds.password,
-            device_client_id(AGENCY, thief),
-            stdout=asyncio.subprocess.PIPE,
-        )
+        topic = f"am/v1/{AGENCY}/dev/{thief}/{channel.value}"
+        login = (thief, creds.password, device_client_id(AGENCY, thief))
         started = time.monotonic()
-        try:
-            assert flooder.stdout is not None
-            await flooder.stdout.readline()  # "flooding"
+        async with flooding(world.broker_port, topic, kind, login):
             during = await _paced(world.draw, draws, gap)
             with Registry.open(root) as registry:
                 disabled = registry.get(thief).disabled
-        finally:
-            with contextlib.suppress(ProcessLookupError):  # gone once quarantined
-                flooder.kill()
-            await flooder.wait()
         elapsed = time.monotonic() - started
     print(  # noqa: T201 - the probe's one line of output
         f"{kind} flood against up, {draws} draws each: p99 {_p99(during) * 1000:.1f} ms "
@@ -307,25 +300,8 @@ async def _round_trips_during(
             return time.monotonic() - started
 
         base = await _paced(round_trip, count, gap)
-        flooder = await asyncio.create_subprocess_exec(
-            *_NICE,
-            sys.executable,
-            "-m",
-            "tests.integration.flood_probe",
-            "--flood-to",
-            str(port),
-            topic,
-            "--kind",
-            kind,
-            stdout=asyncio.subprocess.PIPE,
-        )
-        try:
-            assert flooder.stdout is not None
-            await flooder.stdout.readline()  # "flooding"
+        async with flooding(port, topic, kind):
             during = await _paced(round_trip, count, gap)
-        finally:
-            flooder.kill()
-            await flooder.wait()
         reading.cancel()
     return base, during
 

@@ -5,7 +5,6 @@ device; no refusal ever costs another officer's trigger."""
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -34,6 +33,7 @@ from actimesh.triggers.engine import Engine
 from actimesh.triggers.fanout import activation_id
 from actimesh.triggers.fleet import StaticDirectory
 from actimesh.triggers.ledger import Ledger
+from tests.integration.flood_probe import flooding
 from tests.integration.harness import CENTER, DISPATCH_SOURCE, TEST_SETTINGS, Mesh, mesh
 from tests.waiting import eventually, quiet_for
 
@@ -519,30 +519,14 @@ async def test_a_stolen_cew_flooding_without_pause_does_not_silence_another_offi
         m.add("bwc-stolen", DeviceKind.BODY_CAM, at=900.0)  # what the thief's draws command
         await m.ready()
         engine = engine_of(m)
-        flooder = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "tests.integration.flood_probe",
-            "--flood-to",
-            str(broker_port),
-            m.topics.event("cew-stolen"),
-            "--kind",
-            "rate",
-            stdout=asyncio.subprocess.PIPE,
-        )
-        try:
-            assert flooder.stdout is not None
-            await flooder.stdout.readline()  # "flooding"
+        async with flooding(broker_port, m.topics.event("cew-stolen"), "rate", nice=False) as f:
             await eventually(lambda: engine.stats.rejected["over_budget"] > 5_000, timeout=30)
             draw = await cew.raise_event("taser_draw")
             aid = activation_id("cew", draw.eid)
             assert await m.commanded(aid, {"bwc-own"}, quiet_s=0) == {"bwc-own"}
             refused = engine.stats.rejected["over_budget"]
             await eventually(lambda: engine.stats.rejected["over_budget"] > refused + 1_000)
-            assert flooder.returncode is None  # the flood went on all along
-        finally:
-            flooder.kill()
-            await flooder.wait()
+            assert f.returncode is None  # the flood went on all along
         assert engine.intake.refused >= refused
         assert engine.stats.handler_errors == 0
 

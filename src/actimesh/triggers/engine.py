@@ -37,6 +37,7 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from actimesh import __version__
 from actimesh.broker.client import (
@@ -247,20 +248,26 @@ class Engine:
         eid = self.settings.engine_id
         status = topics.engine_status(eid)
         offline = encode(EngineStatus(online=False, engine=eid))
+
+        def link(suffix: str, *subscriptions: Subscription, **options: Any) -> LinkSettings:
+            """One of this engine's connections: ``<agency>-<engine>-<suffix>``."""
+            return LinkSettings(
+                host=broker_host,
+                port=broker_port,
+                client_id=f"{topics.agency}-{eid}-{suffix}",
+                username=username,
+                password=password,
+                subscriptions=subscriptions,
+                **options,
+            )
+
+        def device_messages(channel: DeviceChannel, qos: int = 1) -> Subscription:
+            return Subscription(topics.all_devices(channel), qos)
+
         # Commands, confirmations, alerts and dead letters go out on their own link;
         # nothing arrives on it. Its session starts clean: what it sent and the broker
         # did not acknowledge is sent again by the delivery tracker, not by the session.
-        self.ctl = MqttLink(
-            LinkSettings(
-                host=broker_host,
-                port=broker_port,
-                client_id=f"{topics.agency}-{eid}-cmd",
-                username=username,
-                password=password,
-                will=Will(status, offline),
-            ),
-            on_connect=self._announce,
-        )
+        self.ctl = MqttLink(link("cmd", will=Will(status, offline)), on_connect=self._announce)
         # Devices' messages come in on lean readers (broker/intake.py) that refuse a
         # device over its budget while reading the socket and serve devices in turn: a
         # flood from one stolen device is drained at the broker's speed and never sits
@@ -268,32 +275,19 @@ class Engine:
         # link, kept in a persistent session (what arrives while the engine restarts
         # waits in the broker); acknowledgements on their own, so that the ack writer's
         # pace never holds up a trigger.
+        kept = self.settings.session_expiry_s
         self.intake = ControlSubscriber(
-            LinkSettings(
-                host=broker_host,
-                port=broker_port,
-                client_id=f"{topics.agency}-{eid}-ctl",
-                username=username,
-                password=password,
-                subscriptions=(
-                    Subscription(topics.all_devices(DeviceChannel.PRESENCE), 1),
-                    Subscription(self._event_filter(), 1),
-                ),
-                session_expiry_s=self.settings.session_expiry_s,
+            link(
+                "ctl",
+                device_messages(DeviceChannel.PRESENCE),
+                Subscription(self._event_filter(), 1),
+                session_expiry_s=kept,
             ),
             self._on_control_batch,
             admit=self._admit,
         )
         self.ack_link = ControlSubscriber(
-            LinkSettings(
-                host=broker_host,
-                port=broker_port,
-                client_id=f"{topics.agency}-{eid}-ack",
-                username=username,
-                password=password,
-                subscriptions=(Subscription(topics.all_devices(DeviceChannel.ACK), 1),),
-                session_expiry_s=self.settings.session_expiry_s,
-            ),
+            link("ack", device_messages(DeviceChannel.ACK), session_expiry_s=kept),
             self._on_control_batch,
             admit=self._admit,
         )
@@ -302,13 +296,9 @@ class Engine:
         self._dev_head = self._tm_head = f"{topics.prefix}/dev/".encode()
         self._tm_tail = f"/{DeviceChannel.TELEMETRY.value}".encode()
         self.telemetry_link = StreamSubscriber(
-            LinkSettings(
-                host=broker_host,
-                port=broker_port,
-                client_id=f"{topics.agency}-{eid}-tm",
-                username=username,
-                password=password,
-                subscriptions=(Subscription(topics.all_devices(DeviceChannel.TELEMETRY), 0),),
+            link(
+                "tm",
+                device_messages(DeviceChannel.TELEMETRY, qos=0),
                 max_queued_incoming=self.settings.telemetry_queue,
             ),
             self._on_telemetry,
