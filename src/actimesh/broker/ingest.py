@@ -4,7 +4,9 @@
 link that only receives QoS 0 messages (``run()``, ``wait_connected()``, ``settings``,
 ``stats.dropped_incoming``). It exists because the general link cannot keep up with a
 fleet: aiomqtt handles about 9,000 msg/s here and a bare paho subscriber about 45,000,
-while Mosquitto delivers about 120,000 (FIELD-NOTES §5, docs/PERFORMANCE.md). The
+while Mosquitto delivers about 120,000 (FIELD-NOTES §5, docs/PERFORMANCE.md). Its
+connection, keepalive, reconnection and batching are :class:`LeanSubscriber`'s, which the
+engine's QoS 1 intake of device messages shares (:mod:`actimesh.broker.intake`). The
 differences that matter:
 
 * The socket is read by an :class:`asyncio.BufferedProtocol` into one reusable buffer,
