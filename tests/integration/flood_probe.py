@@ -230,10 +230,7 @@ async def _main_up(kind: str, draws: int, gap: float) -> None:
                 disabled = registry.get(thief).disabled
         elapsed = time.monotonic() - started
     print(  # noqa: T201 - the probe's one line of output
-        f"{kind} flood against up, {draws} draws each: p99 {_p99(during) * 1000:.1f} ms "
-        f"(no flood: {_p99(base) * 1000:.1f} ms; ratio {_p99(during) / _p99(base):.2f}); "
-        f"median {statistics.median(during) * 1000:.1f} ms "
-        f"(no flood: {statistics.median(base) * 1000:.1f} ms); {thief} "
+        f"{kind} flood against up, {draws} draws each: {_compared(base, during)}; {thief} "
         f"{'quarantined' if disabled else 'NOT quarantined'} within {elapsed:.1f} s"
     )
 
@@ -242,21 +239,34 @@ def _p99(xs: list[float]) -> float:
     return sorted(xs)[max(0, math.ceil(len(xs) * 0.99) - 1)]
 
 
-async def _main_during(kind: str, draws: int, gap: float) -> None:
+def _compared(base: list[float], during: list[float]) -> str:
+    """The p99 and median during the flood beside those with none, and the p99 ratio."""
+    return (
+        f"p99 {_p99(during) * 1000:.1f} ms (no flood: {_p99(base) * 1000:.1f} ms; "
+        f"ratio {_p99(during) / _p99(base):.2f}); median {statistics.median(during) * 1000:.1f} "
+        f"ms (no flood: {statistics.median(base) * 1000:.1f} ms)"
+    )
+
+
+@contextlib.asynccontextmanager
+async def _anonymous_broker() -> AsyncIterator[tuple[Path, int]]:
+    """A scratch folder and a Mosquitto of the probe's own (no accounts) on a free port."""
     root = Path(tempfile.mkdtemp(prefix="actimesh-flood-"))
     broker = ManagedMosquitto(
         MosquittoConfig(data_dir=root / "broker", port=free_port(), insecure_anonymous=True)
     )
     await broker.astart()
     try:
-        base, during = await _draws_during(broker.port, root / "during", kind, draws, gap)
+        yield root, broker.port
     finally:
         await broker.astop()
+
+
+async def _main_during(kind: str, draws: int, gap: float) -> None:
+    async with _anonymous_broker() as (root, port):
+        base, during = await _draws_during(port, root / "during", kind, draws, gap)
     print(  # noqa: T201 - the probe's one line of output
-        f"{kind} flood without pause, {draws} draws each: p99 {_p99(during) * 1000:.1f} ms "
-        f"(no flood: {_p99(base) * 1000:.1f} ms; ratio {_p99(during) / _p99(base):.2f}); "
-        f"median {statistics.median(during) * 1000:.1f} ms "
-        f"(no flood: {statistics.median(base) * 1000:.1f} ms)"
+        f"{kind} flood without pause, {draws} draws each: {_compared(base, during)}"
     )
 
 
@@ -307,34 +317,17 @@ async def _round_trips_during(
 
 
 async def _main_floor(kind: str, count: int, gap: float) -> None:
-    root = Path(tempfile.mkdtemp(prefix="actimesh-flood-"))
-    broker = ManagedMosquitto(
-        MosquittoConfig(data_dir=root / "broker", port=free_port(), insecure_anonymous=True)
-    )
-    await broker.astart()
-    try:
-        base, during = await _round_trips_during(broker.port, kind, count, gap)
-    finally:
-        await broker.astop()
+    async with _anonymous_broker() as (_, port):
+        base, during = await _round_trips_during(port, kind, count, gap)
     print(  # noqa: T201 - the probe's one line of output
-        f"{kind} flood, the broker alone, {count} round trips each: p99 "
-        f"{_p99(during) * 1000:.1f} ms (no flood: {_p99(base) * 1000:.1f} ms; ratio "
-        f"{_p99(during) / _p99(base):.2f}); median {statistics.median(during) * 1000:.1f} ms "
-        f"(no flood: {statistics.median(base) * 1000:.1f} ms)"
+        f"{kind} flood, the broker alone, {count} round trips each: {_compared(base, during)}"
     )
 
 
 async def _main(kind: str, count: int) -> None:
-    root = Path(tempfile.mkdtemp(prefix="actimesh-flood-"))
-    broker = ManagedMosquitto(
-        MosquittoConfig(data_dir=root / "broker", port=free_port(), insecure_anonymous=True)
-    )
-    await broker.astart()
-    try:
-        _, base = await _draw_latency(broker.port, root / "base", "events", 0)
-        sent, flooded = await _draw_latency(broker.port, root / "flood", kind, count)
-    finally:
-        await broker.astop()
+    async with _anonymous_broker() as (root, port):
+        _, base = await _draw_latency(port, root / "base", "events", 0)
+        sent, flooded = await _draw_latency(port, root / "flood", kind, count)
     print(  # noqa: T201 - the probe's one line of output
         f"{kind} flood of {count:,} sent in {sent:.2f} s; draw commanded after "
         f"{flooded * 1000:.0f} ms (no flood: {base * 1000:.0f} ms; ratio {flooded / base:.1f})"

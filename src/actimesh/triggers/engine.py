@@ -293,7 +293,7 @@ class Engine:
         )
         # Telemetry skips aiomqtt: a lean QoS 0 subscriber hands it over in batches
         # (broker/ingest.py; ~9,000 msg/s through aiomqtt, >100,000 this way).
-        self._dev_head = self._tm_head = f"{topics.prefix}/dev/".encode()
+        self._dev_head = f"{topics.prefix}/dev/".encode()
         self._tm_tail = f"/{DeviceChannel.TELEMETRY.value}".encode()
         self.telemetry_link = StreamSubscriber(
             link(
@@ -408,7 +408,7 @@ class Engine:
 
     def _telemetry_source(self, topic: bytes) -> tuple[str, DeviceInfo | None]:
         """The device a telemetry topic names, and what the fleet knows of it."""
-        head, tail = self._tm_head, self._tm_tail
+        head, tail = self._dev_head, self._tm_tail
         if topic.startswith(head) and topic.endswith(tail):
             try:
                 device_id = topic[len(head) : len(topic) - len(tail)].decode()
