@@ -2,7 +2,7 @@
 
 For each stopped recording in the camera's :class:`~actimesh.devices.recorder.RecordingStore`
 (``root/<device>/<recording>/``), oldest first, the uploader (protocol in
-:mod:`actimesh.evidence.upload`):
+:mod:`actimesh.evidence.upload_api`):
 
 1. hashes every file the manifest lists (SHA-256), and leaves a recording whose own
    files do not match its manifest where it is, reported;

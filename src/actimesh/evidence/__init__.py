@@ -2,9 +2,12 @@
 
 * :mod:`.store`: :class:`EvidenceStore` (the Protocol) and :class:`DiskStore`, one folder
   per verified recording; nothing partial is ever listed.
-* :mod:`.upload`: the resumable upload API a camera talks to (HTTP Basic with its own
-  broker login; manifest first, chunks with ``Content-Range``, ``HEAD`` for the offset,
-  commit verifies every SHA-256 and the signature and returns a receipt).
+* :mod:`.upload`: the resumable upload of one recording, its state and checks (manifest
+  first, then chunks at the offset the store holds; commit verifies every SHA-256 and the
+  signature and returns a receipt).
+* :mod:`.upload_api`: that protocol over HTTP, as a camera talks to it (HTTP Basic with
+  its own broker login, chunks with ``Content-Range``, ``HEAD`` for the offset).
+* :mod:`.upload_server`: the upload API on its own listener.
 * :mod:`.service`: the store, the device keys and a ledger connection, shared by the
   upload API, the dispatch's evidence routes and retention.
 * :mod:`.retention`: stored recordings not linked to a case go after 13 months.
@@ -23,7 +26,9 @@ from actimesh.evidence.retention import (
 from actimesh.evidence.service import EvidenceEvent, EvidenceFilter, EvidenceService
 from actimesh.evidence.settings import EvidenceSettings
 from actimesh.evidence.store import DiskStore, EvidenceStore, StoredRecording
-from actimesh.evidence.upload import UPLOADS_PATH, Uploads, UploadServer, create_upload_app
+from actimesh.evidence.upload import UPLOADS_PATH, Uploads
+from actimesh.evidence.upload_api import create_upload_app
+from actimesh.evidence.upload_server import UploadServer
 
 __all__ = [
     "UPLOADS_PATH",

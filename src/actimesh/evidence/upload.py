@@ -1,38 +1,23 @@
-"""The resumable upload API a docked camera offloads its recordings to.
+"""The resumable upload of a recording: its state on disk, and the checks at each step.
 
-A device authenticates every request with HTTP Basic (its device id and broker password,
-:mod:`.credentials`); it may only upload its own recordings. One recording at a time::
-
-    POST /api/v1/evidence/uploads                         the signed manifest.json (body)
-         → 201 {"state": "uploading", "upload_id", "files": [{"name", "bytes", "offset"}],
-                "max_chunk_bytes"}
-         → 200 {"state": "stored", "receipt"}            already stored: nothing to send
-    HEAD /api/v1/evidence/uploads/{upload_id}/files/{name}
-         → 200, Upload-Offset: bytes the store holds, Upload-Length: the file's size
-    PUT  /api/v1/evidence/uploads/{upload_id}/files/{name}
-         Content-Range: bytes START-END/TOTAL               START must be the offset
-         → 200 {"offset"}; 409 with Upload-Offset if START is not the offset
-    POST /api/v1/evidence/uploads/{upload_id}/commit
-         → 200 the receipt; 422 if a file's SHA-256 does not match the signed manifest
-
+A camera sends the signed manifest first, then each file in chunks, then commits.
 Creating checks the manifest's Ed25519 signature with the key the registry holds for
 the authenticated device, that the manifest is that device's, that the recording has
 stopped, and the sizes against the bounds of ``[evidence]``. Creating again with the
 same manifest returns the same upload with its offsets (so a camera that lost the answer
-resumes) or, once stored, the receipt. A chunk cut off mid-way keeps what arrived:
-``HEAD`` says where to go on. Commit runs :func:`~actimesh.devices.manifest.verify_manifest`
+resumes) or, once stored, the receipt. A chunk cut off mid-way keeps what arrived: the
+offset says where to go on. Commit runs :func:`~actimesh.devices.manifest.verify_manifest`
 on the staged folder, writes an ``evidence_upload`` record, and moves the folder into the
 store in one rename; only then does the camera get the receipt and delete its copy.
 
-Staging is ``<staging>/<upload_id>/`` on local disk; unfinished uploads are removed after
-``upload_expiry_s``. Every error body is ``{"error": "<one line>"}``.
+Staging is ``<staging>/<upload_id>/`` on local disk, and the state of an upload is its
+folder, so a restart loses nothing; unfinished uploads are removed after
+``upload_expiry_s``. The HTTP side is :mod:`.upload_api`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import hashlib
 import json
 import math
@@ -40,23 +25,15 @@ import os
 import re
 import secrets
 import shutil
-import socket
 import weakref
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-import uvicorn
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from fastapi import Depends, FastAPI, Request, Response
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import ClientDisconnect
 
-from actimesh import listener
 from actimesh.broker.topics import is_identifier
 from actimesh.devices.manifest import (
     MANIFEST_NAME,
@@ -65,13 +42,13 @@ from actimesh.devices.manifest import (
     canonical_json,
     verify_manifest,
 )
-from actimesh.errors import ActimeshError, EvidenceError
+from actimesh.errors import EvidenceError
 from actimesh.evidence.credentials import UploaderIdentity
 from actimesh.evidence.service import EvidenceEvent, EvidenceService, aid_of
 from actimesh.evidence.store import RECEIPT_NAME, media_files, write_atomic
 from actimesh.security.limiter import LoginLimiter
 
-__all__ = ["UPLOADS_PATH", "UploadServer", "Uploads", "create_upload_app"]
+__all__ = ["UPLOADS_PATH", "OffsetConflictError", "Uploads", "parse_manifest"]
 
 UPLOADS_PATH = "/api/v1/evidence/uploads"
 _STATE = "upload.json"
@@ -79,18 +56,6 @@ _RESERVED = frozenset({MANIFEST_NAME, RECEIPT_NAME, _STATE})
 _RANGE = re.compile(r"^bytes (\d{1,15})-(\d{1,15})/(\d{1,15})$")
 #: A second PUT on the same file waits this long for the first to finish, then 409.
 _LOCK_WAIT_S = 10.0
-_STATUS = {
-    "bad_request": 400,
-    "unauthorized": 401,
-    "forbidden": 403,
-    "not_found": 404,
-    "conflict": 409,
-    "too_large": 413,
-    "invalid": 422,
-    "too_many": 429,
-    "unavailable": 503,
-    "insufficient_storage": 507,
-}
 
 
 class OffsetConflictError(EvidenceError):
@@ -552,201 +517,3 @@ def _close(fd: int) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-# ---------------------------------------------------------------------- HTTP
-def _basic(request: Request) -> tuple[str, str] | None:
-    scheme, _, value = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "basic":
-        return None
-    try:
-        text = base64.b64decode(value.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
-        return None
-    user, sep, password = text.partition(":")
-    return (user, password) if sep and user and password else None
-
-
-async def _device(request: Request) -> UploaderIdentity:
-    """The authenticated device (HTTP Basic), or 401."""
-    uploads: Uploads = request.app.state.uploads
-    given = _basic(request)
-    who = None
-    if given is not None:
-        device, password = given
-        client = request.client.host if request.client is not None else "unknown"
-        wait = uploads.limiter.blocked_for(device, client)
-        if wait > 0:
-            raise StarletteHTTPException(
-                429,
-                f"too many failed checks for {device[:64]!r}; try again in {math.ceil(wait)} s",
-                headers={"Retry-After": str(math.ceil(wait))},
-            )
-        started = uploads.limiter.begin(device, client)
-        who = await asyncio.to_thread(uploads.service.keys.authenticate, device, password)
-        if who is not None:
-            uploads.limiter.succeeded(device, client, started)
-    if who is None:
-        raise StarletteHTTPException(
-            401,
-            "send Authorization: Basic with the device id and its broker password",
-            headers={"WWW-Authenticate": 'Basic realm="actimesh-evidence"'},
-        )
-    return who
-
-
-_Device = Annotated[UploaderIdentity, Depends(_device)]
-
-
-def create_upload_app(uploads: Uploads) -> FastAPI:
-    """The device-facing upload API (see the module docstring)."""
-    app = FastAPI(title="actimesh evidence uploads", docs_url=None, redoc_url=None)
-    service = uploads.service
-    app.state.uploads = uploads
-    settings = service.settings
-    app.add_middleware(
-        listener.BodyLimit,
-        max_bytes=max(settings.max_chunk_bytes, settings.max_manifest_bytes),
-        gap_timeout_s=settings.client_timeout_s,
-    )
-
-    @app.exception_handler(EvidenceError)
-    async def _refused(_: Request, exc: EvidenceError) -> JSONResponse:
-        headers = (
-            {"Upload-Offset": str(exc.offset)} if isinstance(exc, OffsetConflictError) else None
-        )
-        return JSONResponse({"error": str(exc)}, _STATUS.get(exc.reason, 400), headers)
-
-    @app.exception_handler(ActimeshError)
-    async def _unavailable(_: Request, exc: ActimeshError) -> JSONResponse:
-        return JSONResponse({"error": str(exc)}, 503)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse({"error": str(exc.detail)}, exc.status_code, exc.headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"error": f"invalid request: {exc.errors()[0].get('msg', '')}"}, 422)
-
-    @app.post(UPLOADS_PATH)
-    async def create(request: Request, who: _Device) -> JSONResponse:
-        data = await _bounded_body(request, service.settings.max_manifest_bytes)
-        answer = await uploads.create(who, data)
-        return JSONResponse(answer, 200 if answer["state"] == "stored" else 201)
-
-    @app.head(UPLOADS_PATH + "/{upload_id}/files/{name}")
-    async def offset(upload_id: str, name: str, who: _Device) -> Response:
-        held, size = await uploads.offset(who, upload_id, name)
-        return Response(headers={"Upload-Offset": str(held), "Upload-Length": str(size)})
-
-    @app.put(UPLOADS_PATH + "/{upload_id}/files/{name}")
-    async def put(upload_id: str, name: str, request: Request, who: _Device) -> JSONResponse:
-        declared = request.headers.get("content-length")
-        if (
-            declared is not None
-            and declared.isdigit()
-            and int(declared) > service.settings.max_chunk_bytes
-        ):
-            raise EvidenceError(
-                "too_large",
-                "a chunk may be at most "
-                f"{service.settings.max_chunk_bytes} bytes; send smaller ones",
-            )
-        try:
-            held = await uploads.write(
-                who, upload_id, name, request.headers.get("content-range", ""), request.stream()
-            )
-        except ClientDisconnect:
-            return JSONResponse({"error": "the connection was cut; HEAD and resume"}, 400)
-        return JSONResponse({"offset": held})
-
-    @app.post(UPLOADS_PATH + "/{upload_id}/commit")
-    async def commit(upload_id: str, who: _Device) -> JSONResponse:
-        return JSONResponse(await uploads.commit(who, upload_id))
-
-    return app
-
-
-async def _bounded_body(request: Request, limit: int) -> bytes:
-    parts: list[bytes] = []
-    size = 0
-    async for piece in request.stream():
-        size += len(piece)
-        if size > limit:
-            raise EvidenceError("too_large", f"the manifest is over {limit} bytes")
-        parts.append(piece)
-    return b"".join(parts)
-
-
-class UploadServer:
-    """The upload API on its own listener. Create in the running loop; ``await run()``."""
-
-    def __init__(
-        self,
-        app: FastAPI,
-        *,
-        host: str,
-        port: int,
-        ssl_certfile: Path | None = None,
-        ssl_keyfile: Path | None = None,
-        client_timeout_s: float = 30.0,
-        max_clients: int = 256,
-    ) -> None:
-        # uvicorn answers 503 to everyone beyond ``limit_concurrency``; the last quarter
-        # of it (at least 4) is kept for devices that send credentials.
-        self.gauge = listener.ConnectionGauge(max_clients, max(4, max_clients // 4))
-        self.gate = listener.CredentialsFirst(app, self.gauge)
-        self.app = app
-        self.host = host
-        self.port = port
-        self.client_timeout_s = client_timeout_s
-        self.tls: dict[str, Any] = (
-            {}
-            if ssl_certfile is None or ssl_keyfile is None
-            else {"ssl_certfile": str(ssl_certfile), "ssl_keyfile": str(ssl_keyfile)}
-        )
-        self.ready = asyncio.Event()
-        self.address: tuple[str, int] | None = None
-
-    @property
-    def url(self) -> str:
-        if self.address is None:
-            raise ActimeshError("the evidence upload server is not listening yet")
-        return listener.url(self.address, tls=bool(self.tls))
-
-    def _bind(self) -> socket.socket:
-        sock = listener.bind(
-            self.host, self.port, what="the evidence upload API", fix="set [evidence] port"
-        )
-        self.address = listener.address(sock)
-        return sock
-
-    async def run(self) -> None:
-        """Serve until cancelled; ``ready`` is set once it accepts connections."""
-        sock = self._bind()
-        server = listener.QuietServer(
-            uvicorn.Config(
-                self.gate,
-                log_config=None,
-                access_log=False,
-                lifespan="off",
-                http=listener.slow_client_protocol(self.client_timeout_s, self.gauge),
-                limit_concurrency=self.gauge.limit,
-                server_header=False,
-                timeout_graceful_shutdown=2,
-                proxy_headers=False,
-                **self.tls,
-            )
-        )
-        try:
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(
-                    listener.serve(server, sock, what="evidence upload server"),
-                    name="evidence-http",
-                )
-                await listener.wait_started(server, 30.0)
-                self.ready.set()
-        finally:
-            self.ready.clear()
-            sock.close()
