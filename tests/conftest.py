@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 
 from actimesh.broker.messages import DeviceKind
-from actimesh.broker.mosquitto import ManagedMosquitto, MosquittoConfig, TlsListener, free_port
+from actimesh.broker.mosquitto import ManagedMosquitto, free_port
+from actimesh.broker.mosquitto_conf import MosquittoConfig, TlsListener
 from actimesh.broker.topics import device_client_id
 from actimesh.errors import BrokerNotInstalledError
 from actimesh.security import (

@@ -15,13 +15,8 @@ import pytest
 
 from actimesh.broker.client import TlsSettings
 from actimesh.broker.messages import DeviceKind
-from actimesh.broker.mosquitto import (
-    MosquittoConfig,
-    TlsListener,
-    find_mosquitto,
-    free_port,
-    render_config,
-)
+from actimesh.broker.mosquitto import find_mosquitto, free_port
+from actimesh.broker.mosquitto_conf import MosquittoConfig, TlsListener, render_config
 from actimesh.security import AclPolicy, Registry, init_ca, issue_server
 from tests.waiting import eventually_sync
 

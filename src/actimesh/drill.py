@@ -34,7 +34,8 @@ from rich.console import Console
 from rich.table import Table
 
 from actimesh.broker.messages import AckStatus, DeviceKind
-from actimesh.broker.mosquitto import ManagedMosquitto, MosquittoConfig, free_port
+from actimesh.broker.mosquitto import ManagedMosquitto, free_port
+from actimesh.broker.mosquitto_conf import MosquittoConfig
 from actimesh.broker.topics import Topics
 from actimesh.devices.agent import DeviceAgent, Position
 from actimesh.devices.camera import Camera

@@ -40,7 +40,8 @@ from actimesh.audit import verify_ledger
 from actimesh.broker.client import LinkSettings, MqttLink
 from actimesh.broker.codec import encode
 from actimesh.broker.messages import AckStatus, DeviceKind, DeviceState, Telemetry
-from actimesh.broker.mosquitto import ManagedMosquitto, MosquittoConfig, free_port
+from actimesh.broker.mosquitto import ManagedMosquitto, free_port
+from actimesh.broker.mosquitto_conf import MosquittoConfig
 from actimesh.broker.topics import Topics
 from actimesh.devices.agent import DeviceAgent, Position
 from actimesh.devices.camera import Camera

@@ -21,16 +21,12 @@ from rich.console import Console
 
 from actimesh.audit import retention_loop
 from actimesh.broker.client import MqttLink, TlsSettings
+from actimesh.broker.endpoint import parse_broker_endpoint, parse_broker_url
 from actimesh.broker.ingest import LeanSubscriber
 from actimesh.broker.messages import DeviceKind
-from actimesh.broker.mosquitto import (
-    ManagedMosquitto,
-    MosquittoConfig,
-    TlsListener,
-    parse_broker_endpoint,
-    parse_broker_url,
-    signal_reload,
-)
+from actimesh.broker.mosquitto import ManagedMosquitto
+from actimesh.broker.mosquitto_conf import MosquittoConfig, TlsListener
+from actimesh.broker.reload import signal_reload
 from actimesh.broker.topics import Topics
 from actimesh.config import Settings
 from actimesh.devices.simulator import FleetSimulator, SimSettings

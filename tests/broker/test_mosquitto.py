@@ -21,16 +21,10 @@ import pytest
 
 from actimesh.broker import mosquitto
 from actimesh.broker.codec import MAX_PAYLOAD_BYTES, decode, encode
+from actimesh.broker.endpoint import parse_broker_url
 from actimesh.broker.messages import DeviceState, Telemetry
-from actimesh.broker.mosquitto import (
-    INSTALL_HINT,
-    ManagedMosquitto,
-    MosquittoConfig,
-    find_mosquitto,
-    free_port,
-    parse_broker_url,
-    render_config,
-)
+from actimesh.broker.mosquitto import INSTALL_HINT, ManagedMosquitto, find_mosquitto, free_port
+from actimesh.broker.mosquitto_conf import MosquittoConfig, render_config
 from actimesh.broker.topics import Topics
 from actimesh.errors import BrokerError, BrokerNotInstalledError, ConfigError
 from tests.waiting import eventually, eventually_sync
@@ -447,7 +441,8 @@ def test_free_port_does_not_hand_out_the_same_port_twice(
 _PARENT = """
 import sys
 from pathlib import Path
-from actimesh.broker.mosquitto import ManagedMosquitto, MosquittoConfig
+from actimesh.broker.mosquitto import ManagedMosquitto
+from actimesh.broker.mosquitto_conf import MosquittoConfig
 
 broker = ManagedMosquitto(
     MosquittoConfig(data_dir=Path(sys.argv[1]), port=int(sys.argv[2]), insecure_anonymous=True)

@@ -11,17 +11,10 @@ from pathlib import Path
 import pytest
 
 from actimesh.broker.dynsec import Access
-from actimesh.broker.mosquitto import (
-    BrokerEndpoint,
-    ManagedMosquitto,
-    MosquittoConfig,
-    TlsListener,
-    free_port,
-    is_loopback,
-    parse_broker_endpoint,
-    render_config,
-    signal_reload,
-)
+from actimesh.broker.endpoint import BrokerEndpoint, is_loopback, parse_broker_endpoint
+from actimesh.broker.mosquitto import ManagedMosquitto, free_port
+from actimesh.broker.mosquitto_conf import MosquittoConfig, TlsListener, render_config
+from actimesh.broker.reload import signal_reload
 from actimesh.errors import BrokerError, ConfigError
 from tests.conftest import SecureBroker
 from tests.waiting import eventually_sync

@@ -57,7 +57,8 @@ from actimesh.broker.messages import (
     Presence,
     Telemetry,
 )
-from actimesh.broker.mosquitto import ManagedMosquitto, MosquittoConfig, free_port
+from actimesh.broker.mosquitto import ManagedMosquitto, free_port
+from actimesh.broker.mosquitto_conf import MosquittoConfig
 from actimesh.broker.topics import DeviceChannel, device_client_id
 from actimesh.devices.agent import DeviceAgent
 from actimesh.security.registry import Registry

@@ -14,7 +14,8 @@ import pytest
 from rich.console import Console
 
 from actimesh import cli
-from actimesh.broker.mosquitto import ManagedMosquitto, MosquittoConfig, free_port
+from actimesh.broker.mosquitto import ManagedMosquitto, free_port
+from actimesh.broker.mosquitto_conf import MosquittoConfig
 from actimesh.broker.topics import Topics, device_client_id
 from actimesh.config import Settings, load_settings
 from actimesh.errors import ConfigError

@@ -12,7 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from actimesh.broker.dynsec import Access, AccessClient
-from actimesh.broker.mosquitto import ManagedMosquitto, MosquittoConfig, free_port
+from actimesh.broker.mosquitto import ManagedMosquitto, free_port
+from actimesh.broker.mosquitto_conf import MosquittoConfig
 from actimesh.security import (
     PBKDF2_ITERATIONS,
     generate_password,

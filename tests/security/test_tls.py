@@ -17,7 +17,8 @@ from cryptography import x509
 
 from actimesh.broker.client import LinkSettings, MqttLink, Subscription, TlsSettings
 from actimesh.broker.ingest import StreamSubscriber
-from actimesh.broker.mosquitto import MosquittoConfig, TlsListener, free_port, render_config
+from actimesh.broker.mosquitto import free_port
+from actimesh.broker.mosquitto_conf import MosquittoConfig, TlsListener, render_config
 from actimesh.broker.topics import DeviceChannel, Topics
 from actimesh.errors import ConfigError, SecurityError
 from actimesh.security import (

@@ -39,7 +39,8 @@ from actimesh.bench.procs import BenchError, Worker, WorkerPool, proc_sample
 from actimesh.bench.report import evaluate_targets, latency_figures, ratio
 from actimesh.bench.settings import BenchSettings
 from actimesh.bench.trace import split
-from actimesh.broker.mosquitto import ManagedMosquitto, MosquittoConfig, free_port
+from actimesh.broker.mosquitto import ManagedMosquitto, free_port
+from actimesh.broker.mosquitto_conf import MosquittoConfig
 from actimesh.dispatch.settings import DispatchSettings
 from actimesh.drill import percentile
 from actimesh.private import write_private

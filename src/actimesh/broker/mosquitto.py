@@ -2,24 +2,18 @@
 
 ``actimesh up`` and the test suite run their own Mosquitto on loopback instead of asking
 the operator to configure one; ``--broker mqtt://HOST:PORT`` points at an existing
-broker instead. :class:`ManagedMosquitto` writes a ``mosquitto.conf`` into a data
-directory, starts ``mosquitto -c`` on it, and waits until the broker is really up (its
-log says it is running and the port accepts a connection). The sync methods suit
-fixtures and the CLI; ``async with ManagedMosquitto(cfg) as broker:`` does the same
-waits without blocking the event loop.
+broker instead. :class:`ManagedMosquitto` writes the ``mosquitto.conf`` of a
+:class:`~actimesh.broker.mosquitto_conf.MosquittoConfig` into a data directory, starts
+``mosquitto -c`` on it, and waits until the broker is really up (its log says it is
+running and the port accepts a connection).
 
-**Secure by default.** The broker admits no anonymous client: it reads
-``<data_dir>/passwd`` (password hashes), ``<data_dir>/access.json`` (client ids, roles,
-disabled accounts: :mod:`actimesh.broker.dynsec`) and ``<data_dir>/admin`` (the login
-that applies changes live), which the device registry renders
-(:mod:`actimesh.security`), and refuses to start without them. The plain listener is on
-loopback only; an optional TLS listener (``MosquittoConfig.tls``, with optional client
-certificates) serves the network. After the registry changes, :meth:`ManagedMosquitto.reload`
-(or :func:`signal_reload` from another process) syncs the Dynamic Security plugin over
-its control topic and sends ``SIGHUP`` for the passwords: a removed or disabled device
-is disconnected at once and cannot come back, without a restart. The one way to run
-without any of this is the explicit ``insecure_anonymous=True``, for tests that exercise
-other things.
+The broker refuses to start without the files the device registry renders
+(:mod:`actimesh.security`): a broker nobody can log in to, or everyone can, is never
+started by accident. After the registry changes, :meth:`ManagedMosquitto.reload` applies
+them live (:mod:`actimesh.broker.reload`).
+
+The sync methods suit fixtures and the CLI; ``async with ManagedMosquitto(cfg) as
+broker:`` does the same waits without blocking the event loop.
 
 Everything mosquitto writes (its own log and anything it prints before it has read the
 config) goes to ``<data_dir>/mosquitto.log``; a start-up failure is raised as a one-line
@@ -30,57 +24,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import os
-import pwd
 import shutil
 import signal
 import socket
 import subprocess
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
-from urllib.parse import urlsplit
 
-from actimesh.broker.codec import MAX_ACTIVATION_BYTES, MAX_PAYLOAD_BYTES
-from actimesh.broker.dynsec import (
-    Access,
-    AdminLogin,
-    AdminRefusedError,
-    disable_client,
-    find_plugin,
-    plugin_config,
-    sync_access,
-)
-from actimesh.errors import BrokerError, BrokerNotInstalledError, ConfigError
+from actimesh.broker.dynsec import Access, AdminLogin, disable_client, plugin_config
+from actimesh.broker.mosquitto_conf import MosquittoConfig, render_config
+from actimesh.broker.reload import sync_access_of
+from actimesh.errors import BrokerError, BrokerNotInstalledError
 from actimesh.lifeline import die_with_parent
 from actimesh.private import write_private
 
 __all__ = [
-    "DEFAULT_MAX_PACKET_SIZE",
-    "DEFAULT_MQTTS_PORT",
-    "DEFAULT_MQTT_PORT",
     "FALLBACK_PATHS",
     "INSTALL_HINT",
-    "BrokerEndpoint",
     "ManagedMosquitto",
-    "MosquittoConfig",
-    "TlsListener",
     "find_mosquitto",
     "free_port",
-    "is_loopback",
-    "parse_broker_endpoint",
-    "parse_broker_url",
-    "render_config",
-    "signal_reload",
 ]
-
-DEFAULT_MQTT_PORT = 1883
-DEFAULT_MQTTS_PORT = 8883
 
 #: Where Debian and source builds put the broker; ``/usr/sbin`` is often not on a
 #: non-root user's PATH.
@@ -94,30 +63,11 @@ INSTALL_HINT = (
     "or pass --broker mqtt://HOST:PORT to use an existing broker"
 )
 
-#: Largest packet the broker accepts: the largest payload actimesh itself publishes (an
-#: activation record) plus room for the topic and MQTT v5 properties. It is far above
-#: the 16 KiB device payload limit on purpose: an oversized device payload must reach
-#: the engine, which rejects, counts and dead-letters it, instead of vanishing in the
-#: broker (which would also disconnect the device).
-DEFAULT_MAX_PACKET_SIZE = MAX_ACTIVATION_BYTES + 64 * 1024
-
 #: mosquitto logs this (at notice level) once every listener is open.
 _RUNNING_MARKER = " running"
-_LOG_NAME = "mosquitto.log"
-_CONF_NAME = "mosquitto.conf"
-_PID_NAME = "mosquitto.pid"
-_PASSWD_NAME = "passwd"  # noqa: S105 - a file name
-#: Who may connect as whom and use which topics (broker/dynsec.py), rendered by the
-#: registry; the plugin's own config file, written from it on every start; and the
-#: login of the admin account that applies changes live.
-_ACCESS_NAME = "access.json"
-_DYNSEC_NAME = "dynsec.json"
-_ADMIN_NAME = "admin"
 #: mosquitto logs this when a SIGHUP has made it reload its config and password file.
 _RELOAD_MARKER = "Reloading config."
 _POLL_S = 0.02
-#: How long a rotated admin login may wait for the broker to reload the password file.
-_ADMIN_RETRY_S = 5.0
 _PROBE_TIMEOUT_S = 0.25
 
 
@@ -152,284 +102,6 @@ def free_port(host: str = "127.0.0.1") -> int:
     return port
 
 
-def is_loopback(host: str) -> bool:
-    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-@dataclass(frozen=True, slots=True)
-class BrokerEndpoint:
-    """Where a broker is, and whether to speak TLS to it (``mqtts://``)."""
-
-    host: str
-    port: int
-    tls: bool = False
-
-    @property
-    def url(self) -> str:
-        return _url(self.host, self.port, tls=self.tls)
-
-
-def parse_broker_endpoint(url: str) -> BrokerEndpoint:
-    """Parse ``mqtt://HOST[:PORT]`` (default 1883) or ``mqtts://HOST[:PORT]`` (TLS,
-    default 8883)."""
-    example = "use mqtt://HOST:PORT or mqtts://HOST:PORT, e.g. mqtt://127.0.0.1:1883"
-    if "://" not in url:
-        raise ConfigError(f"broker URL {url!r} has no scheme: {example}")
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        raise ConfigError(f"broker URL {url!r} is not valid ({exc}): {example}") from exc
-    if parts.scheme not in ("mqtt", "mqtts"):
-        raise ConfigError(f"broker URL {url!r} has scheme {parts.scheme!r}: {example}")
-    if parts.username is not None or parts.password is not None:
-        raise ConfigError(
-            f"broker URL {url!r}: credentials in the URL are not supported: {example}"
-        )
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ConfigError(f"broker URL {url!r} has a path, query or fragment: {example}")
-    if not parts.hostname:
-        raise ConfigError(f"broker URL {url!r} has no host: {example}")
-    if port == 0:
-        raise ConfigError(f"broker URL {url!r} has port 0: {example}")
-    tls = parts.scheme == "mqtts"
-    default = DEFAULT_MQTTS_PORT if tls else DEFAULT_MQTT_PORT
-    return BrokerEndpoint(parts.hostname, default if port is None else port, tls)
-
-
-def parse_broker_url(url: str) -> tuple[str, int]:
-    """Split ``mqtt://HOST[:PORT]`` into host and port (default 1883), for the clients
-    that do not speak TLS."""
-    endpoint = parse_broker_endpoint(url)
-    if endpoint.tls:
-        raise ConfigError(
-            f"broker URL {url!r}: this command connects without TLS: use mqtt://HOST:PORT "
-            "(a loopback or private listener)"
-        )
-    return endpoint.host, endpoint.port
-
-
-def _url(host: str, port: int, *, tls: bool = False) -> str:
-    scheme = "mqtts" if tls else "mqtt"
-    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
-
-
-@dataclass(frozen=True, kw_only=True)
-class TlsListener:
-    """The broker's TLS listener: server certificate and key, and the CA that client
-    certificates must chain to (when ``require_certificate``) and that clients use to
-    check the server."""
-
-    port: int = DEFAULT_MQTTS_PORT
-    #: All interfaces by default: this is the listener meant for the network.
-    host: str = "0.0.0.0"  # noqa: S104 - TLS, passwords and the ACL guard it
-    certfile: Path
-    keyfile: Path
-    cafile: Path
-    #: Mutual TLS: refuse clients without a certificate from ``cafile``. Their username
-    #: and password are checked as well (``use_identity_as_username false``).
-    require_certificate: bool = False
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.port <= 65535:
-            raise ConfigError(f"TLS port {self.port} is out of range: use 1 to 65535")
-        if not self.host or any(ch.isspace() for ch in self.host):
-            raise ConfigError(f"TLS listener host {self.host!r} is not valid: use e.g. 0.0.0.0")
-        for path in (self.certfile, self.keyfile, self.cafile):
-            if any(ch in str(path) for ch in "\r\n\0"):
-                raise ConfigError(f"TLS file {str(path)!r} contains a line break")
-
-    @property
-    def url(self) -> str:
-        return _url(self.host, self.port, tls=True)
-
-
-@dataclass(frozen=True, kw_only=True)
-class MosquittoConfig:
-    """Settings of a managed broker. Only ``data_dir`` has no default."""
-
-    data_dir: Path
-    host: str = "127.0.0.1"
-    port: int = DEFAULT_MQTT_PORT
-    #: Keep retained messages, persistent sessions and their queued QoS 1 messages in
-    #: ``<data_dir>/mosquitto.db`` across restarts.
-    persistence: bool = True
-    #: Seconds between saves of the database; it is also saved on a graceful stop.
-    #: mosquitto's default is 1800 s, so a crash would lose half an hour of retained state.
-    autosave_interval_s: int = 30
-    max_packet_size: int = DEFAULT_MAX_PACKET_SIZE
-    #: QoS 1 messages queued per disconnected persistent client before the broker drops
-    #: (a camera off the network for a while must still find its commands).
-    max_queued_messages: int = 10_000
-    #: The TLS listener, if any (the plain one stays on loopback).
-    tls: TlsListener | None = None
-    #: Let anyone connect and do anything, with no password file or ACL. Only for tests
-    #: that exercise something other than security; never for a deployment.
-    insecure_anonymous: bool = False
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.port <= 65535:
-            raise ConfigError(f"broker port {self.port} is out of range: use 1 to 65535")
-        if not self.host or any(ch.isspace() for ch in self.host):
-            raise ConfigError(f"broker host {self.host!r} is not valid: use e.g. 127.0.0.1")
-        if not is_loopback(self.host):
-            raise ConfigError(
-                f"broker host {self.host!r}: the plain MQTT listener carries passwords in "
-                "clear and stays on loopback (127.0.0.1); serve the network with the TLS "
-                "listener ([broker] tls_port, `actimesh certs init`)"
-            )
-        if self.tls is not None and self.insecure_anonymous:
-            raise ConfigError("a TLS listener without passwords makes no sense: drop one")
-        if self.tls is not None and self.tls.port == self.port:
-            raise ConfigError(f"the TLS and plain listeners cannot share port {self.port}")
-        if any(ch in str(self.data_dir) for ch in "\r\n\0"):
-            raise ConfigError(
-                f"broker data directory {str(self.data_dir)!r} contains a line break: "
-                "choose another directory"
-            )
-        if self.autosave_interval_s < 0:
-            raise ConfigError("autosave_interval_s must be 0 (only on stop) or more seconds")
-        if self.max_packet_size <= MAX_PAYLOAD_BYTES:
-            raise ConfigError(
-                f"max_packet_size {self.max_packet_size} must be above the "
-                f"{MAX_PAYLOAD_BYTES}-byte payload limit, so oversized payloads reach the "
-                "engine to be dead-lettered"
-            )
-        if self.max_queued_messages < 0:
-            raise ConfigError("max_queued_messages must be 0 (unlimited) or more")
-
-    @property
-    def url(self) -> str:
-        return _url(self.host, self.port)
-
-    @property
-    def config_path(self) -> Path:
-        return self.data_dir / _CONF_NAME
-
-    @property
-    def log_path(self) -> Path:
-        return self.data_dir / _LOG_NAME
-
-    @property
-    def pid_path(self) -> Path:
-        return self.data_dir / _PID_NAME
-
-    @property
-    def password_path(self) -> Path:
-        """The ``password_file`` (rendered by the device registry)."""
-        return self.data_dir / _PASSWD_NAME
-
-    @property
-    def access_path(self) -> Path:
-        """Accounts, client ids and roles (rendered by the device registry)."""
-        return self.data_dir / _ACCESS_NAME
-
-    @property
-    def dynsec_path(self) -> Path:
-        """The Dynamic Security plugin's config, written from :attr:`access_path` on
-        every start and kept up to date by the plugin itself."""
-        return self.data_dir / _DYNSEC_NAME
-
-    @property
-    def admin_path(self) -> Path:
-        """The admin account's login (rendered by the device registry, 0600)."""
-        return self.data_dir / _ADMIN_NAME
-
-    @property
-    def urls(self) -> tuple[str, ...]:
-        """``mqtt://`` of the plain listener, then ``mqtts://`` of the TLS one if any."""
-        return (self.url,) if self.tls is None else (self.url, self.tls.url)
-
-
-def _current_user() -> str | None:
-    try:
-        return pwd.getpwuid(os.geteuid()).pw_name
-    except KeyError:  # a uid without a passwd entry (some containers)
-        return None
-
-
-def render_config(cfg: MosquittoConfig) -> str:
-    """The ``mosquitto.conf`` for ``cfg`` (Mosquitto 2.0 syntax)."""
-    data_dir = cfg.data_dir.absolute()
-    lines = [
-        "# Written by actimesh for its managed broker; rewritten on every start.",
-        "per_listener_settings false",
-    ]
-    user = _current_user()
-    if user is not None:
-        lines += [
-            # Started as root, mosquitto 2 switches to the `mosquitto` user, which then
-            # cannot write the log and database in a data directory that root created
-            # (it exits with "Unable to open log file"). Naming the user who starts it
-            # keeps it as that user: the broker gets no more rights than its parent,
-            # and the files stay owned by whoever owns the data directory. For any
-            # other user this line has no effect.
-            f"user {user}",
-        ]
-    if cfg.insecure_anonymous:
-        # Explicitly asked for (tests of other things): anyone may do anything.
-        lines.append("allow_anonymous true")
-    else:
-        lines += [
-            # Every client logs in with its own account. The Dynamic Security plugin
-            # (broker/dynsec.py) pins each to its client id and its topics, checks
-            # subscriptions when they are made, and disables accounts live; it is asked
-            # first. Its accounts carry no password, so it then defers to the password
-            # file, which SIGHUP reloads (re-checking every connected client).
-            "allow_anonymous false",
-            f"plugin {find_plugin()}",
-            f"plugin_opt_config_file {cfg.dynsec_path.absolute()}",
-            f"password_file {cfg.password_path.absolute()}",
-        ]
-    lines += [
-        # Where `actimesh devices` finds the broker to reload (signal_reload).
-        f"pid_file {data_dir / _PID_NAME}",
-        # Loopback only: this listener carries passwords in clear.
-        f"listener {cfg.port} {cfg.host}",
-    ]
-    if cfg.tls is not None:
-        t = cfg.tls
-        lines += [
-            f"listener {t.port} {t.host}",
-            f"certfile {t.certfile.absolute()}",
-            f"keyfile {t.keyfile.absolute()}",
-            f"cafile {t.cafile.absolute()}",
-            "tls_version tlsv1.2",
-            f"require_certificate {'true' if t.require_certificate else 'false'}",
-            # With a client certificate, the username and password are still checked:
-            # the certificate proves the device, the account pins its topics.
-            "use_identity_as_username false",
-        ]
-    lines += [
-        f"persistence {'true' if cfg.persistence else 'false'}",
-        # mosquitto appends the file name to this, so it must end with a slash.
-        f"persistence_location {data_dir}/",
-        f"autosave_interval {cfg.autosave_interval_s}",
-        # Nagle's algorithm held a QoS 1 round trip at ~88 ms p50 on loopback, ~1 ms
-        # without (FIELD-NOTES §5). The broker flag alone did not fix it: clients set
-        # TCP_NODELAY too (broker/client.py).
-        "set_tcp_nodelay true",
-        f"max_packet_size {cfg.max_packet_size}",
-        f"max_queued_messages {cfg.max_queued_messages}",
-        # QoS 0 is telemetry: stale the moment it is late, so never queue it.
-        "queue_qos0_messages false",
-        f"log_dest file {data_dir / _LOG_NAME}",
-        # One type per line: mosquitto 2.0 reads only the first word of a log_type line.
-        "log_type error",
-        "log_type warning",
-        "log_type notice",
-        "log_type information",
-        "connection_messages true",
-    ]
-    return "\n".join(lines) + "\n"
-
-
 def _explain(cfg: MosquittoConfig, log: str, exit_code: int) -> str:
     """A one-line reason why mosquitto exited during start-up, from what it logged."""
     where = f"{cfg.host}:{cfg.port}"
@@ -455,96 +127,6 @@ def _explain(cfg: MosquittoConfig, log: str, exit_code: int) -> str:
     errors = [line for line in log.splitlines() if "Error" in line]
     detail = errors[-1].split(": ", 1)[-1].strip() if errors else "no error logged"
     return f"mosquitto exited with code {exit_code} on {where} ({detail}): see {cfg.log_path}"
-
-
-def sync_access_of(
-    data_dir: Path, host: str, port: int, reload_passwords: Callable[[], None]
-) -> int:
-    """Apply the access and password files of the broker on ``data_dir``, listening on
-    ``host:port``: the Dynamic Security plugin is brought into line first, then
-    ``reload_passwords`` (a SIGHUP) reloads the password file. Returns the number of
-    plugin commands.
-
-    In that order a new account can log in only once it has its client id and roles.
-    When the admin login itself was just rotated, the broker refuses it until the
-    password file is reloaded: then the reload comes first, and the sync follows.
-    """
-    access = Access.from_json((data_dir / _ACCESS_NAME).read_text(encoding="utf-8"))
-    login = AdminLogin.read(data_dir / _ADMIN_NAME)
-    try:
-        commands = sync_access(host, port, login, access)
-    except AdminRefusedError:
-        reload_passwords()
-        deadline = time.monotonic() + _ADMIN_RETRY_S
-        while True:
-            try:
-                commands = sync_access(host, port, login, access)
-                break
-            except AdminRefusedError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(_POLL_S)
-    reload_passwords()
-    return commands
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def _listener_of(conf: Path) -> tuple[str, int] | None:
-    """The plain listener a managed broker's config names (the first ``listener``)."""
-    try:
-        lines = conf.read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        words = line.split()
-        if len(words) == 3 and words[0] == "listener" and words[1].isdigit():
-            return words[2], int(words[1])
-    return None
-
-
-def signal_reload(data_dir: Path) -> int | None:
-    """Apply the access and password files to the managed broker running on
-    ``data_dir``, from any process: the plugin is synced over its control topic, then
-    the broker gets SIGHUP.
-
-    Returns its pid, or None when no broker of that data directory runs (no pid file,
-    or the pid now belongs to another process: the id is checked against the
-    process's command line, so a stale pid file never signals a stranger).
-    """
-    pid_path = data_dir / _PID_NAME
-    try:
-        pid = int(pid_path.read_text().strip())
-    except (FileNotFoundError, ValueError):
-        return None
-    try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return None
-    conf = (data_dir / _CONF_NAME).absolute()
-    if (
-        not argv
-        or Path(argv[0].decode(errors="replace")).name != "mosquitto"
-        or str(conf).encode() not in argv
-    ):
-        return None
-
-    def hup() -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGHUP)
-
-    listener = _listener_of(conf)
-    if listener is not None and (data_dir / _ACCESS_NAME).is_file():
-        sync_access_of(data_dir, *listener, hup)
-    else:
-        hup()
-    return pid if _alive(pid) else None
 
 
 class ManagedMosquitto:

@@ -27,7 +27,8 @@ from typing import Protocol
 
 from actimesh.broker.client import TlsSettings
 from actimesh.broker.messages import DeviceKind
-from actimesh.broker.mosquitto import ManagedMosquitto, signal_reload
+from actimesh.broker.mosquitto import ManagedMosquitto
+from actimesh.broker.reload import signal_reload
 from actimesh.errors import BrokerError, SecurityError
 from actimesh.security.acl import AclPolicy
 from actimesh.security.registry import (
