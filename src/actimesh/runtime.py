@@ -26,7 +26,7 @@ from actimesh.broker.ingest import LeanSubscriber
 from actimesh.broker.messages import DeviceKind
 from actimesh.broker.mosquitto import ManagedMosquitto
 from actimesh.broker.mosquitto_conf import MosquittoConfig, TlsListener
-from actimesh.broker.reload import signal_reload
+from actimesh.broker.reload import reload_managed_broker
 from actimesh.broker.topics import Topics
 from actimesh.config import Settings
 from actimesh.devices.simulator import FleetSimulator, SimSettings
@@ -435,7 +435,7 @@ async def run_sim(
         # accounts there, live, and the monitor uses the one `up` provisioned for it.
         creds = await asyncio.to_thread(provision_fleet, data_dir, specs_of(fleet.agents))
         fleet.use_credentials(creds)
-        if signal_reload(data_dir / BROKER_DIR) is None:
+        if reload_managed_broker(data_dir / BROKER_DIR) is None:
             console.print(
                 f"[yellow]no managed broker of {data_dir} is running: the fleet's "
                 "accounts apply when it starts[/yellow]"

@@ -14,7 +14,7 @@ from actimesh.broker.dynsec import Access
 from actimesh.broker.endpoint import BrokerEndpoint, is_loopback, parse_broker_endpoint
 from actimesh.broker.mosquitto import ManagedMosquitto, free_port
 from actimesh.broker.mosquitto_conf import MosquittoConfig, TlsListener, render_config
-from actimesh.broker.reload import signal_reload
+from actimesh.broker.reload import reload_managed_broker
 from actimesh.errors import BrokerError, ConfigError
 from tests.conftest import SecureBroker
 from tests.waiting import eventually_sync
@@ -152,32 +152,32 @@ def test_reload_of_a_stopped_broker_is_an_error(tmp_path: Path) -> None:
         broker.reload()
 
 
-def test_signal_reload_finds_the_broker_of_a_data_directory(
+def test_reload_managed_broker_finds_the_broker_of_a_data_directory(
     secure_mosquitto: SecureBroker,
 ) -> None:
     broker = secure_mosquitto.broker
     offset = broker.config.log_path.stat().st_size
-    assert signal_reload(broker.config.data_dir) == broker.pid
+    assert reload_managed_broker(broker.config.data_dir) == broker.pid
     eventually_sync(
         lambda: b"Reloading config." in broker.config.log_path.read_bytes()[offset:], timeout=5
     )
 
 
-def test_signal_reload_never_signals_a_stranger(tmp_path: Path) -> None:
-    assert signal_reload(tmp_path) is None  # no pid file
+def test_reload_managed_broker_never_signals_a_stranger(tmp_path: Path) -> None:
+    assert reload_managed_broker(tmp_path) is None  # no pid file
     (tmp_path / "mosquitto.pid").write_text("not a pid\n")
-    assert signal_reload(tmp_path) is None
+    assert reload_managed_broker(tmp_path) is None
     # A live process that is not this data directory's broker (a recycled pid).
     stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
         (tmp_path / "mosquitto.pid").write_text(f"{stranger.pid}\n")
-        assert signal_reload(tmp_path) is None
+        assert reload_managed_broker(tmp_path) is None
         assert stranger.poll() is None
     finally:
         stranger.send_signal(signal.SIGTERM)
         stranger.wait()
     (tmp_path / "mosquitto.pid").write_text(f"{stranger.pid}\n")  # gone now
-    assert signal_reload(tmp_path) is None
+    assert reload_managed_broker(tmp_path) is None
 
 
 def test_pid_file_goes_with_the_broker(secure_mosquitto: SecureBroker) -> None:
@@ -186,5 +186,5 @@ def test_pid_file_goes_with_the_broker(secure_mosquitto: SecureBroker) -> None:
     assert int(pid_path.read_text()) == broker.pid
     broker.stop()
     assert not pid_path.exists()
-    assert signal_reload(broker.config.data_dir) is None
+    assert reload_managed_broker(broker.config.data_dir) is None
     assert os.path.exists(broker.config.password_path)

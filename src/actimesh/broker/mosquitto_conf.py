@@ -280,7 +280,7 @@ def render_config(cfg: MosquittoConfig) -> str:
             f"password_file {cfg.password_path.absolute()}",
         ]
     lines += [
-        # Where `actimesh devices` finds the broker to reload (signal_reload).
+        # Where `actimesh devices` finds the broker to reload (reload_managed_broker).
         f"pid_file {data_dir / _PID_NAME}",
         # Loopback only: this listener carries passwords in clear.
         f"listener {cfg.port} {cfg.host}",

@@ -7,7 +7,7 @@ its control topic (:mod:`actimesh.broker.dynsec`), then ``SIGHUP`` makes mosquit
 reload the password file and re-check every connected client.
 
 :class:`~actimesh.broker.mosquitto.ManagedMosquitto` does this for the broker it runs;
-:func:`signal_reload` does it from another process (``actimesh devices``) that
+:func:`reload_managed_broker` does it from another process (``actimesh devices``) that
 knows only the broker's data directory.
 """
 
@@ -23,7 +23,7 @@ from pathlib import Path
 from actimesh.broker.dynsec import Access, AdminLogin, AdminRefusedError, sync_access
 from actimesh.broker.mosquitto_conf import MosquittoFiles
 
-__all__ = ["signal_reload", "sync_access_of"]
+__all__ = ["reload_managed_broker", "sync_access_of"]
 
 _POLL_S = 0.02
 #: How long a rotated admin login may wait for the broker to reload the password file.
@@ -70,10 +70,10 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def signal_reload(data_dir: Path) -> int | None:
-    """Apply the access and password files to the managed broker running on
-    ``data_dir``, from any process: the plugin is synced over its control topic, then
-    the broker gets SIGHUP.
+def reload_managed_broker(data_dir: Path) -> int | None:
+    """Ask the managed broker running on ``data_dir`` to apply its access and password
+    files, from any process: the plugin is synced over its control topic, then the
+    broker gets SIGHUP. Returns without waiting for the broker to log the reload.
 
     Returns its pid, or None when no broker of that data directory runs (no pid file,
     or the pid now belongs to another process: the id is checked against the

@@ -28,7 +28,7 @@ from typing import Protocol
 from actimesh.broker.client import TlsSettings
 from actimesh.broker.messages import DeviceKind
 from actimesh.broker.mosquitto import ManagedMosquitto
-from actimesh.broker.reload import signal_reload
+from actimesh.broker.reload import reload_managed_broker
 from actimesh.errors import BrokerError, SecurityError
 from actimesh.security.acl import AclPolicy
 from actimesh.security.registry import (
@@ -178,7 +178,7 @@ def apply_to_broker(data_dir: Path, policy: AclPolicy) -> int | None:
     """
     with Registry.open(data_dir) as registry:
         registry.write_broker_files(data_dir / BROKER_DIR, registry.policy() or policy)
-    return signal_reload(data_dir / BROKER_DIR)
+    return reload_managed_broker(data_dir / BROKER_DIR)
 
 
 class RegistryQuarantine:
