@@ -12,8 +12,10 @@ The broker refuses to start without the files the device registry renders
 started by accident. After the registry changes, :meth:`ManagedMosquitto.reload` applies
 them live (:mod:`actimesh.broker.reload`).
 
-The sync methods suit fixtures and the CLI; ``async with ManagedMosquitto(cfg) as
-broker:`` does the same waits without blocking the event loop.
+Each operation (start, stop, restart, reload) is written once, as a sequence of steps
+that says when it waits and for what; the sync methods (fixtures, the CLI) run the
+steps blocking, the async ones (``async with ManagedMosquitto(cfg) as broker:``) without
+blocking the event loop, and both leave no half-started broker behind when interrupted.
 
 Everything mosquitto writes (its own log and anything it prints before it has read the
 config) goes to ``<data_dir>/mosquitto.log``; a start-up failure is raised as a one-line
@@ -31,10 +33,10 @@ import socket
 import subprocess
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Generator, Iterable
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Self
+from typing import IO, Any, Self
 
 from actimesh.broker.dynsec import Access, AdminLogin, disable_client, plugin_config
 from actimesh.broker.mosquitto_conf import MosquittoConfig, render_config
@@ -69,6 +71,45 @@ _RUNNING_MARKER = " running"
 _RELOAD_MARKER = "Reloading config."
 _POLL_S = 0.02
 _PROBE_TIMEOUT_S = 0.25
+
+#: One step of a broker operation: a pause of that many seconds, or blocking work whose
+#: result the operation goes on with (the async methods run it in a thread).
+_Step = float | Callable[[], Any]
+_Steps = Generator[_Step, Any, None]
+
+
+def _run(steps: _Steps) -> None:
+    """Run an operation's steps, blocking."""
+    with contextlib.closing(steps):
+        result: Any = None
+        while True:
+            try:
+                step = steps.send(result)
+            except StopIteration:
+                return
+            if callable(step):
+                result = step()
+            else:
+                time.sleep(step)
+                result = None
+
+
+async def _arun(steps: _Steps) -> None:
+    """Run an operation's steps without blocking the event loop. Cancelled (or failing)
+    between steps, the operation is closed at the step it waits at: its own cleanup
+    runs, so a start that is abandoned leaves no broker."""
+    with contextlib.closing(steps):
+        result: Any = None
+        while True:
+            try:
+                step = steps.send(result)
+            except StopIteration:
+                return
+            if callable(step):
+                result = await asyncio.to_thread(step)
+            else:
+                await asyncio.sleep(step)
+                result = None
 
 
 def find_mosquitto(*, fallbacks: Iterable[Path] | None = None) -> Path:
@@ -132,9 +173,10 @@ def _explain(cfg: MosquittoConfig, log: str, exit_code: int) -> str:
 class ManagedMosquitto:
     """One mosquitto child process for one :class:`MosquittoConfig`.
 
-    Sync: ``start()``, ``stop()``, ``kill()``, ``restart()``; async: ``astart()``,
-    ``astop()``, ``arestart()`` and ``async with``. A stopped broker can be started again
-    on the same data directory, which is how tests check persistence.
+    Sync: ``start()``, ``stop()``, ``kill()``, ``restart()``, ``reload()``; async:
+    ``astart()``, ``astop()``, ``arestart()``, ``areload()``, ``adisable()`` and
+    ``async with``. A stopped broker can be started again on the same data directory,
+    which is how tests check persistence.
     """
 
     def __init__(
@@ -282,16 +324,19 @@ class ManagedMosquitto:
         except OSError:
             return False
 
-    async def _aprobe(self) -> bool:
+    def _starting(self) -> _Steps:
+        if self.running:
+            return
+        self._reap()  # a broker that crashed since the last start
+        self._launch()
+        deadline = time.monotonic() + self.start_timeout_s
         try:
-            async with asyncio.timeout(_PROBE_TIMEOUT_S):
-                _, writer = await asyncio.open_connection(self.config.host, self.config.port)
-        except (OSError, TimeoutError):
-            return False
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-        return True
+            while not (self._check_ready() and (yield self._probe)):
+                self._check_deadline(deadline)
+                yield _POLL_S
+        except BaseException:  # cancelled included: never leave a half-started broker
+            self.kill()
+            raise
 
     def start(self) -> None:
         """Start the broker and wait until it accepts connections; no-op if running.
@@ -299,33 +344,11 @@ class ManagedMosquitto:
         Raises :class:`BrokerNotInstalledError` without the binary and
         :class:`BrokerError` (one line, with the reason) if it does not come up.
         """
-        if self.running:
-            return
-        self._reap()  # a broker that crashed since the last start
-        self._launch()
-        deadline = time.monotonic() + self.start_timeout_s
-        try:
-            while not (self._check_ready() and self._probe()):
-                self._check_deadline(deadline)
-                time.sleep(_POLL_S)
-        except BaseException:
-            self.kill()
-            raise
+        _run(self._starting())
 
     async def astart(self) -> None:
         """:meth:`start` without blocking the event loop."""
-        if self.running:
-            return
-        self._reap()  # a broker that crashed since the last start
-        self._launch()
-        deadline = time.monotonic() + self.start_timeout_s
-        try:
-            while not (self._check_ready() and await self._aprobe()):
-                self._check_deadline(deadline)
-                await asyncio.sleep(_POLL_S)
-        except BaseException:  # cancelled included: never leave a half-started broker
-            self.kill()
-            raise
+        await _arun(self._starting())
 
     # ------------------------------------------------------------------ reload
     def _send_reload(self) -> int:
@@ -376,6 +399,16 @@ class ManagedMosquitto:
             sync_access_of(self.config.data_dir, self.host, self.port, hup)
         return offsets[-1]
 
+    def _reloading(self) -> _Steps:
+        if not self.running:
+            raise BrokerError(f"cannot reload the broker at {self.url}: it is not running")
+        offset: int = yield self._apply
+        deadline = time.monotonic() + self.start_timeout_s
+        while not self._reloaded_since(offset):
+            if not self.running or time.monotonic() > deadline:
+                raise self._reload_failed("reload")
+            yield _POLL_S
+
     def reload(self) -> None:
         """Apply the current access file and password file without a restart.
 
@@ -385,25 +418,11 @@ class ManagedMosquitto:
         password changed is disconnected and refused on reconnect. A new account can
         log in only once both have happened. Returns once the broker logged the reload.
         """
-        if not self.running:
-            raise BrokerError(f"cannot reload the broker at {self.url}: it is not running")
-        offset = self._apply()
-        deadline = time.monotonic() + self.start_timeout_s
-        while not self._reloaded_since(offset):
-            if not self.running or time.monotonic() > deadline:
-                raise self._reload_failed("reload")
-            time.sleep(_POLL_S)
+        _run(self._reloading())
 
     async def areload(self) -> None:
         """:meth:`reload` without blocking the event loop."""
-        if not self.running:
-            raise BrokerError(f"cannot reload the broker at {self.url}: it is not running")
-        offset = await asyncio.to_thread(self._apply)
-        deadline = time.monotonic() + self.start_timeout_s
-        while not self._reloaded_since(offset):
-            if not self.running or time.monotonic() > deadline:
-                raise self._reload_failed("reload")
-            await asyncio.sleep(_POLL_S)
+        await _arun(self._reloading())
 
     # ------------------------------------------------------------------ stop
     def _terminate(self) -> bool:
@@ -423,32 +442,25 @@ class ManagedMosquitto:
             self._log_file.close()
             self._log_file = None
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop gracefully (mosquitto saves its database on SIGTERM); SIGKILL after
-        ``timeout`` seconds. No-op if not running."""
-        if not self._terminate():
-            return
-        assert self._proc is not None
-        try:
-            self._proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-        finally:
-            self._reap()
-
-    async def astop(self, timeout: float = 5.0) -> None:
-        """:meth:`stop` without blocking the event loop."""
+    def _stopping(self, timeout: float) -> _Steps:
         if not self._terminate():
             return
         assert self._proc is not None
         deadline = time.monotonic() + timeout
         try:
-            while self._proc.poll() is None:
-                if time.monotonic() >= deadline:
-                    break  # SIGKILL below
-                await asyncio.sleep(_POLL_S)
-        finally:  # also when cancelled: never leave the child behind
+            while self._proc.poll() is None and time.monotonic() < deadline:
+                yield _POLL_S
+        finally:  # SIGKILL after the timeout, and when cancelled: never leave the child
             self.kill()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop gracefully (mosquitto saves its database on SIGTERM); SIGKILL after
+        ``timeout`` seconds. No-op if not running."""
+        _run(self._stopping(timeout))
+
+    async def astop(self, timeout: float = 5.0) -> None:
+        """:meth:`stop` without blocking the event loop."""
+        await _arun(self._stopping(timeout))
 
     def kill(self) -> None:
         """SIGKILL: an abrupt crash for fault tests (nothing is saved). No-op if stopped."""
@@ -456,15 +468,17 @@ class ManagedMosquitto:
             self._proc.kill()
         self._reap()
 
+    def _restarting(self, timeout: float) -> _Steps:
+        yield from self._stopping(timeout)
+        yield from self._starting()
+
     def restart(self, timeout: float = 5.0) -> None:
         """Graceful stop, then start on the same config and data directory."""
-        self.stop(timeout)
-        self.start()
+        _run(self._restarting(timeout))
 
     async def arestart(self, timeout: float = 5.0) -> None:
         """:meth:`restart` without blocking the event loop."""
-        await self.astop(timeout)
-        await self.astart()
+        await _arun(self._restarting(timeout))
 
     # ------------------------------------------------------------------ context
     def __enter__(self) -> Self:
