@@ -1,4 +1,4 @@
-"""The managed Mosquitto: config, start/stop, failures that read as one line, persistence.
+"""The managed Mosquitto: start/stop, failures that read as one line, persistence.
 
 The lifecycle tests here run the broker with ``insecure_anonymous=True`` (through
 ``_config``): they test starting, stopping and persistence, with anonymous clients. The
@@ -20,13 +20,12 @@ import aiomqtt
 import pytest
 
 from actimesh.broker import mosquitto
-from actimesh.broker.codec import MAX_PAYLOAD_BYTES, decode, encode
-from actimesh.broker.endpoint import parse_broker_url
+from actimesh.broker.codec import decode, encode
 from actimesh.broker.messages import DeviceState, Telemetry
 from actimesh.broker.mosquitto import INSTALL_HINT, ManagedMosquitto, find_mosquitto, free_port
-from actimesh.broker.mosquitto_conf import MosquittoConfig, render_config
+from actimesh.broker.mosquitto_conf import MosquittoConfig
 from actimesh.broker.topics import Topics
-from actimesh.errors import BrokerError, BrokerNotInstalledError, ConfigError
+from actimesh.errors import BrokerError, BrokerNotInstalledError
 from tests.waiting import eventually, eventually_sync
 
 TIMEOUT_S = 5.0
@@ -68,106 +67,6 @@ async def _retained(broker: ManagedMosquitto, topic: str) -> bytes | None:
         except TimeoutError:
             return None
     return None
-
-
-# ---------------------------------------------------------------------- config
-
-
-def test_rendered_config_disables_nagle_and_sets_limits(tmp_path: Path) -> None:
-    cfg = MosquittoConfig(data_dir=tmp_path, port=18830)
-    text = render_config(cfg)
-    lines = text.splitlines()
-    for expected in (
-        "per_listener_settings false",
-        "listener 18830 127.0.0.1",
-        "persistence true",
-        f"persistence_location {tmp_path}/",
-        "autosave_interval 30",
-        "set_tcp_nodelay true",
-        f"max_packet_size {cfg.max_packet_size}",
-        "max_queued_messages 10000",
-        f"log_dest file {tmp_path}/mosquitto.log",
-        "connection_messages true",
-        "queue_qos0_messages false",
-    ):
-        assert expected in lines
-    # mosquitto 2.0 reads one type per log_type line.
-    assert [line for line in lines if line.startswith("log_type")] == [
-        "log_type error",
-        "log_type warning",
-        "log_type notice",
-        "log_type information",
-    ]
-    assert cfg.max_packet_size > MAX_PAYLOAD_BYTES
-
-
-@pytest.mark.skipif(os.geteuid() != 0, reason="only root is switched to another user")
-def test_rendered_config_keeps_root_as_root(tmp_path: Path) -> None:
-    assert "user root" in render_config(MosquittoConfig(data_dir=tmp_path)).splitlines()
-
-
-def test_relative_data_dir_is_rendered_absolute() -> None:
-    text = render_config(MosquittoConfig(data_dir=Path("rel")))
-    assert f"persistence_location {Path('rel').absolute()}/" in text.splitlines()
-
-
-@pytest.mark.parametrize(
-    ("overrides", "fragment"),
-    [
-        ({"port": 0}, "out of range"),
-        ({"port": 70000}, "out of range"),
-        ({"host": "bad host"}, "not valid"),
-        ({"max_packet_size": MAX_PAYLOAD_BYTES}, "dead-lettered"),
-        ({"autosave_interval_s": -1}, "autosave"),
-        ({"max_queued_messages": -1}, "max_queued_messages"),
-        ({"data_dir": Path("a\nb")}, "line break"),
-        ({"host": "0.0.0.0"}, "stays on loopback"),
-        ({"host": "192.0.2.1"}, "stays on loopback"),
-    ],
-)
-def test_bad_settings_are_one_line_config_errors(
-    tmp_path: Path, overrides: dict[str, object], fragment: str
-) -> None:
-    settings: dict[str, object] = {"data_dir": tmp_path, **overrides}
-    with pytest.raises(ConfigError, match=fragment) as info:
-        MosquittoConfig(**settings)  # type: ignore[arg-type]
-    assert "\n" not in str(info.value)
-
-
-@pytest.mark.parametrize(
-    ("url", "expected"),
-    [
-        ("mqtt://127.0.0.1:1883", ("127.0.0.1", 1883)),
-        ("mqtt://broker.example", ("broker.example", 1883)),
-        ("mqtt://broker.example:2883/", ("broker.example", 2883)),
-        ("mqtt://[::1]:1884", ("::1", 1884)),
-    ],
-)
-def test_broker_url_gives_host_and_port(url: str, expected: tuple[str, int]) -> None:
-    assert parse_broker_url(url) == expected
-
-
-@pytest.mark.parametrize(
-    ("url", "fragment"),
-    [
-        ("127.0.0.1:1883", "no scheme"),
-        ("mqtts://broker:8883", "without TLS"),
-        ("http://broker:1883", "scheme 'http'"),
-        ("mqtt://user:pw@broker:1883", "credentials"),
-        ("mqtt://broker:1883/topic", "path"),
-        ("mqtt://broker:1883?x=1", "query"),
-        ("mqtt://:1883", "no host"),
-        ("mqtt://broker:port", "not valid"),
-        ("mqtt://broker:99999", "not valid"),
-        ("mqtt://broker:0", "port 0"),
-    ],
-)
-def test_bad_broker_urls_say_how_to_fix_them(url: str, fragment: str) -> None:
-    with pytest.raises(ConfigError, match=fragment) as info:
-        parse_broker_url(url)
-    message = str(info.value)
-    assert "\n" not in message
-    assert "mqtt://HOST:PORT" in message
 
 
 # ---------------------------------------------------------------------- binary

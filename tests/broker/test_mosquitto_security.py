@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from actimesh.broker.dynsec import Access
-from actimesh.broker.endpoint import BrokerEndpoint, is_loopback, parse_broker_endpoint
+from actimesh.broker.endpoint import is_loopback
 from actimesh.broker.mosquitto import ManagedMosquitto, free_port
 from actimesh.broker.mosquitto_conf import MosquittoConfig, TlsListener, render_config
 from actimesh.broker.reload import reload_managed_broker
@@ -120,18 +120,6 @@ def test_broken_tls_files_are_reported_from_the_broker_log(tmp_path: Path) -> No
     with pytest.raises(BrokerError, match="TLS files") as info:
         broker.start()
     assert "\n" not in str(info.value)
-
-
-@pytest.mark.parametrize(
-    ("url", "expected"),
-    [
-        ("mqtt://h", BrokerEndpoint("h", 1883, tls=False)),
-        ("mqtts://h", BrokerEndpoint("h", 8883, tls=True)),
-        ("mqtts://[::1]:9883", BrokerEndpoint("::1", 9883, tls=True)),
-    ],
-)
-def test_broker_endpoint_knows_tls_and_its_default_port(url: str, expected: BrokerEndpoint) -> None:
-    assert parse_broker_endpoint(url) == expected
 
 
 # ---------------------------------------------------------------------- reload
