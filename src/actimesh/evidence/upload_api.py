@@ -15,9 +15,10 @@ A device authenticates every request with HTTP Basic (its device id and broker p
     POST /api/v1/evidence/uploads/{upload_id}/commit
          → 200 the receipt; 422 if a file's SHA-256 does not match the signed manifest
 
-What each step checks and keeps is :class:`~actimesh.evidence.upload.Uploads`'; this
-module only maps it to HTTP, so the protocol can be tested without a socket and served
-by :class:`~actimesh.evidence.upload_server.UploadServer`. Every error body is
+What each step checks and keeps is decided by :class:`~actimesh.evidence.upload.Uploads`;
+this module authenticates the device and maps answers and refusals to status codes and
+headers, so the protocol's rules stay free of HTTP.
+:class:`~actimesh.evidence.upload_server.UploadServer` serves it. Every error body is
 ``{"error": "<one line>"}``.
 """
 
