@@ -7,6 +7,20 @@ states the permission it needs with ``Require``. :mod:`.errors` makes every erro
 line of JSON; :mod:`.page` serves the map page and its files.
 """
 
+from actimesh.dispatch.routes import (
+    accounts,
+    activations,
+    devices,
+    errors,
+    evidence,
+    health,
+    live,
+    page,
+    session,
+    webhooks,
+    zones,
+)
+
 __all__ = [
     "accounts",
     "activations",
