@@ -28,6 +28,7 @@ from actimesh.dispatch.auth import CSRF_HEADER
 from actimesh.dispatch.service import DispatchService
 from actimesh.dispatch.settings import DispatchSettings
 from actimesh.errors import AccountError
+from actimesh.evidence.service import EvidenceService
 from actimesh.geofence import destination
 from actimesh.triggers.rules import DEFAULT_RULES
 from tests.integration.harness import CENTER, HOST, Mesh
@@ -67,10 +68,12 @@ async def running_dispatch(
     settings: DispatchSettings = FAST,
     *,
     data_dir: Path | None = None,
+    evidence: EvidenceService | None = None,
     **changes: Any,
 ) -> AsyncIterator[Dispatch]:
     """A dispatch service on ``m``'s broker and ledger (in ``root``), stopped (cancelled)
-    on exit; its own files in ``data_dir`` (default ``root``)."""
+    on exit; its own files in ``data_dir`` (default ``root``); with ``evidence``, the
+    evidence routes."""
     service = Dispatch(
         topics=m.topics,
         broker_host=HOST,
@@ -80,6 +83,7 @@ async def running_dispatch(
         ledger_path=root / "ledger.sqlite3",
         max_fix_age_s=10.0,
         event_types=tuple(r.event_type for r in DEFAULT_RULES),
+        evidence=evidence,
     )
     task = m.tg.create_task(service.run(), name="dispatch")
     m.tasks["dispatch"] = task

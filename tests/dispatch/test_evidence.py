@@ -9,7 +9,6 @@ from pathlib import Path
 
 from actimesh.audit import verify_ledger
 from actimesh.dispatch.accounts import Role
-from actimesh.dispatch.evidence import add_evidence_routes
 from tests.dispatch.conftest import add_user, api, login, running_dispatch
 from tests.evidence.helpers import evidence_store, key_of, record
 from tests.integration.harness import mesh
@@ -32,9 +31,8 @@ async def test_dispatcher_lists_inspects_and_downloads_evidence_all_audited(
     async with (
         evidence_store(tmp_path) as env,
         mesh(agency, broker_port, tmp_path) as m,
-        running_dispatch(m, tmp_path) as svc,
+        running_dispatch(m, tmp_path, evidence=env.service) as svc,
     ):
-        add_evidence_routes(svc.app, svc.auth, env.service)
         folder = record(env.camera_root, "bwc1", key_of(env.creds["bwc1"]), "rec-1", "act-1")
         expected = hashlib.sha256((folder / "recording.ts").read_bytes()).hexdigest()
         async with env.client("bwc1") as device:

@@ -24,7 +24,6 @@ from actimesh.devices.h264 import H264Settings, H264Source
 from actimesh.devices.media import Segment
 from actimesh.devices.recorder import ActivationRecord, RecordingOptions, RecordingStore
 from actimesh.dispatch.accounts import Role
-from actimesh.dispatch.evidence import add_evidence_routes
 from actimesh.evidence.remux import remux_to_mp4
 from tests.audit.helpers import T0
 from tests.dispatch.conftest import Dispatch, add_user, api, login, running_dispatch
@@ -92,9 +91,8 @@ async def stored(
     async with (
         evidence_store(tmp_path) as env,
         mesh(agency, broker_port, tmp_path) as m,
-        running_dispatch(m, tmp_path) as svc,
+        running_dispatch(m, tmp_path, evidence=env.service) as svc,
     ):
-        add_evidence_routes(svc.app, svc.auth, env.service)
         key = key_of(env.creds["bwc1"])
         folder = h264_recording(env.camera_root, "bwc1", key, "rec-1", "act-1", seconds)
         ts = (folder / "recording.ts").read_bytes()

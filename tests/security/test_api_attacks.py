@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 import websockets
-from fastapi.routing import APIWebSocketRoute
+from fastapi.routing import APIWebSocketRoute, iter_route_contexts
 from starlette.routing import Mount
 
 from actimesh.dispatch.accounts import Role
@@ -79,7 +79,8 @@ async def test_every_route_refuses_callers_without_credentials(
         api(svc, None) as anonymous,
     ):
         probed = 0
-        for route in svc.app.routes:
+        for context in iter_route_contexts(svc.app.routes):
+            route = context.original_route
             if isinstance(route, Mount):
                 assert f"{route.path}/" in PUBLIC_PREFIXES
                 continue

@@ -34,9 +34,10 @@ from actimesh import listener
 from actimesh.broker.messages import Activation
 from actimesh.broker.topics import Topics
 from actimesh.dispatch.accounts import ACCOUNTS_FILE, AccountStore
-from actimesh.dispatch.app import AppContext, EventFrame, create_app
+from actimesh.dispatch.app import create_app
 from actimesh.dispatch.audit import AuditTrail
 from actimesh.dispatch.auth import Authenticator
+from actimesh.dispatch.context import AppContext, EventFrame
 from actimesh.dispatch.feed import Feed
 from actimesh.dispatch.hub import Hub
 from actimesh.dispatch.metrics import DispatchMetrics, MetricSources

@@ -46,6 +46,7 @@ from actimesh.broker.messages import (
     Telemetry,
 )
 from actimesh.broker.messages import Alert as AlertMessage
+from actimesh.triggers.fleet import DeviceInfo
 
 __all__ = [
     "ActivationView",
@@ -93,23 +94,18 @@ _FINAL = frozenset({CameraStatus.RECORDING, CameraStatus.REFUSED, CameraStatus.C
 
 
 @dataclass(slots=True)
-class DeviceView:
-    """What the dispatch knows about one device."""
+class DeviceView(DeviceInfo):
+    """What the dispatch knows about one device: what the engine knows of it (kind,
+    unit, pairing, presence and state, from the same retained messages), and what the
+    map adds: its position, battery and pre-event buffer. The engine's own bookkeeping
+    (``last_fix``, the telemetry token bucket) is not used here."""
 
-    device_id: str
-    kind: DeviceKind | None = None
-    unit: str | None = None
-    paired: tuple[str, ...] = ()
-    online: bool = False
-    state: DeviceState | None = None
     lat: float | None = None
     lon: float | None = None
     acc: float | None = None
     fix_ts: float | None = None
     batt: float | None = None
     pre_roll: float | None = None
-    last_seen: float = 0.0
-    offline_since: float | None = None
 
     @property
     def status(self) -> DeviceStatus:

@@ -1,0 +1,64 @@
+/* The Leaflet map: an offline grid under everything (tiles only if the server names a
+ * tile server), a layer for activations below one for devices, the legend, and the
+ * street-level labels. Leaflet is served by the app itself (no CDN).
+ */
+import { $, el } from './dom.js';
+import { typeLabel } from './labels.js';
+import { S } from './state.js';
+
+export let map = null;
+export let activationLayer = null;
+export let deviceLayer = null;
+
+export function initMap() {
+  map = L.map('map', { zoomControl: true, maxZoom: 21, minZoom: 2, worldCopyJump: true })
+    .setView([20, 0], 2);
+  L.control.scale({ metric: true, imperial: true, maxWidth: 160 }).addTo(map);
+  const Grid = L.GridLayer.extend({
+    createTile: function () {
+      const tile = document.createElement('canvas');
+      const size = this.getTileSize();
+      tile.width = size.x;
+      tile.height = size.y;
+      const g = tile.getContext('2d');
+      g.strokeStyle = 'rgba(71, 85, 105, 0.13)';
+      g.lineWidth = 1;
+      g.strokeRect(0.5, 0.5, size.x, size.y);
+      return tile;
+    },
+  });
+  new Grid({ maxZoom: 21, attribution: '' }).addTo(map);
+  activationLayer = L.layerGroup().addTo(map);
+  const labelZoom = () => $('map').classList.toggle('labels-off', map.getZoom() < 18);
+  map.on('zoomend', labelZoom);
+  labelZoom();
+  deviceLayer = L.layerGroup().addTo(map);
+  const legend = L.control({ position: 'bottomleft' });
+  legend.onAdd = function () {
+    const box = el('div', 'legend');
+    [['l-rec', 'recording'], ['l-buf', 'buffering'], ['l-off', 'offline'], ['l-stale', 'stale position'],
+      ['l-cmd', 'commanded, no ack yet'], ['l-noack', 'no acknowledgement']].forEach(([cls, text]) => {
+      const row = el('div');
+      row.appendChild(el('i', cls));
+      row.appendChild(document.createTextNode(text));
+      box.appendChild(row);
+    });
+    return box;
+  };
+  legend.addTo(map);
+}
+
+// The server's settings, from the snapshot: agency, tiles, trigger types.
+export function configure(config) {
+  const first = S.config == null;
+  S.config = config;
+  $('agency').textContent = config.agency;
+  if (first && config.tile_url) {
+    L.tileLayer(config.tile_url, { maxZoom: 21, maxNativeZoom: 19, attribution: config.tile_attribution || '' })
+      .addTo(map);
+  }
+  const typeSel = $('f-type');
+  config.event_types.forEach((t) => {
+    if (![...typeSel.options].some((o) => o.value === t)) typeSel.appendChild(new Option(typeLabel(t), t));
+  });
+}
