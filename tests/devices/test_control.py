@@ -12,7 +12,8 @@ from actimesh.broker.messages import Ack, AckStatus, ActivationReason, DeviceKin
 from actimesh.broker.topics import Topics
 from actimesh.devices.agent import AgentStats, DeviceAgent
 from actimesh.devices.camera import Camera
-from actimesh.devices.control import CameraControl, NoCamera, camera_part
+from actimesh.devices.camera_part import NoCamera
+from actimesh.devices.control import CameraControl, make_camera_part
 from actimesh.devices.media import SyntheticSource
 from actimesh.devices.recorder import RecordingStore
 from actimesh.security.signing import CommandSigner
@@ -48,7 +49,7 @@ def _command(aid: str = "act-1") -> bytes:
 
 
 def test_a_sensor_has_no_camera_side() -> None:
-    part = camera_part(
+    part = make_camera_part(
         None,
         None,
         topics=TOPICS,

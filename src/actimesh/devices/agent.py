@@ -6,9 +6,10 @@ and, for cameras, answers activation commands. Sensors (cruiser gateway, CEW) ra
 trigger events.
 
 What a camera adds (signed commands, the pre-event commit, acknowledgements, the
-officer's stop, cancel and stealth) is its :class:`~actimesh.devices.control.CameraPart`,
-composed in here: :class:`~actimesh.devices.control.CameraControl` for a camera,
-:class:`~actimesh.devices.control.NoCamera` for a sensor.
+officer's stop, cancel and stealth) is its
+:class:`~actimesh.devices.camera_part.CameraPart`, composed in here:
+:class:`~actimesh.devices.control.CameraControl` for a camera,
+:class:`~actimesh.devices.camera_part.NoCamera` for a sensor.
 
 **Local first.** A sensor's own paired cameras are activated at once over the local link
 (in a real kit: the vehicle bus or Bluetooth), without waiting for the engine; the event
@@ -46,13 +47,8 @@ from actimesh.broker.messages import (
 )
 from actimesh.broker.topics import Topics, device_client_id
 from actimesh.devices.camera import ActivationResult, Camera, CancelResult
-from actimesh.devices.control import (
-    CameraPart,
-    CommandStats,
-    MessageHandler,
-    ReceivedCommand,
-    camera_part,
-)
+from actimesh.devices.camera_part import CameraPart, CommandStats, MessageHandler, ReceivedCommand
+from actimesh.devices.control import make_camera_part
 from actimesh.errors import BrokerError, PayloadError
 from actimesh.security.signing import CommandVerifier
 
@@ -142,7 +138,7 @@ class DeviceAgent:
         self.telemetry_interval_s = telemetry_interval_s
         self.stats = AgentStats()
         #: The camera side: commands, commits and answers, or nothing for a sensor.
-        self.control: CameraPart = camera_part(
+        self.control: CameraPart = make_camera_part(
             camera,
             verifier,
             topics=topics,

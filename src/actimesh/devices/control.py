@@ -1,19 +1,18 @@
-"""Camera control: what a device with a camera adds to its agent.
+"""Camera control: a camera's commands, its commit, its answers, the officer's controls.
 
-Every device agent (:mod:`actimesh.devices.agent`) reports presence and telemetry and
-raises trigger events; only a camera takes commands and records. That part lives here,
-as a :class:`CameraPart` the agent is given: :class:`CameraControl` for a camera,
-:class:`NoCamera` for a sensor (cruiser gateway, CEW). The agent itself never asks
-which one it has. A camera control knows nothing of the MQTT link: it answers through
-a callable that publishes an ``Ack`` on the device's ack topic.
+This is the :class:`~actimesh.devices.camera_part.CameraPart` of a device with a camera
+(a sensor's is :class:`~actimesh.devices.camera_part.NoCamera`). It knows nothing of
+the MQTT link: it answers through a callable that publishes an ``Ack`` on the device's
+ack topic.
 
 **Signed commands.** A camera records only for a command that verifies with the engine's
 public key (:class:`~actimesh.security.signing.CommandVerifier`), for this camera, of
 this agency, and not expired. Anything else (unsigned, forged, signed by another key,
 meant for another camera, expired, malformed) is refused: an ``Ack`` with status
 ``refused`` and the reason code at the start of ``detail`` (when the command names an
-activation id to answer), counted in :class:`CommandStats` and logged. A camera without
-the engine's key refuses every command. A valid command seen again is a duplicate:
+activation id to answer), counted in
+:class:`~actimesh.devices.camera_part.CommandStats` and logged. A camera without the
+engine's key refuses every command. A valid command seen again is a duplicate:
 answered as before, never a second recording. Nothing on the wire stops a recording;
 only the officer does, on the device (:meth:`CameraControl.stop_recording`).
 
@@ -29,10 +28,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import Counter, OrderedDict
-from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections import OrderedDict
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
 
 import msgpack
 
@@ -40,27 +39,21 @@ from actimesh.broker.codec import MAX_PAYLOAD_BYTES, decode, encode
 from actimesh.broker.messages import Ack, AckStatus, Command, DeviceState, Event
 from actimesh.broker.topics import Topics, is_identifier
 from actimesh.devices.camera import ActivationResult, Camera, CancelResult
+from actimesh.devices.camera_part import (
+    Answer,
+    CameraPart,
+    CommandStats,
+    MessageHandler,
+    NoCamera,
+    ReceivedCommand,
+)
 from actimesh.devices.recorder import ActivationRecord
 from actimesh.errors import BrokerError, PayloadError
 from actimesh.security.signing import CommandVerifier
 
-__all__ = [
-    "Answer",
-    "CameraControl",
-    "CameraPart",
-    "CommandStats",
-    "MessageHandler",
-    "NoCamera",
-    "ReceivedCommand",
-    "camera_part",
-]
+__all__ = ["CameraControl", "make_camera_part"]
 
 log = logging.getLogger(__name__)
-
-#: Publishes an encoded ``Ack`` on this device's ack topic (QoS 1); raises BrokerError.
-Answer = Callable[[bytes], Awaitable[None]]
-#: Handles the payload of a message that arrived on one topic.
-MessageHandler = Callable[[bytes], Awaitable[None]]
 
 #: Events cancelled on this camera that the agent remembers, to answer late commands.
 _REMEMBER_CANCELLED = 1024
@@ -81,100 +74,7 @@ class _Cancelled:
     at: float
 
 
-@dataclass(frozen=True, slots=True)
-class ReceivedCommand:
-    """A command as a camera received it (the drill reads these to measure latency)."""
-
-    command: Command
-    received_at: float
-    result: ActivationResult
-
-
-@dataclass(slots=True)
-class CommandStats:
-    """What a camera did with the commands and cancels it was given."""
-
-    commands: int = 0  # commands that verified (duplicates included)
-    duplicate_commands: int = 0  # verified commands for an activation already handled
-    rejected_commands: int = 0  # commands refused, all reasons
-    cancels: int = 0  # false activations the officer cancelled (accepted by the camera)
-    cancels_refused: int = 0  # cancels the camera refused (window closed, not its recording)
-    #: Refused commands by reason: unsigned, bad_signature, expired, invalid, …
-    refused_commands: Counter[str] = field(default_factory=Counter)
-
-
-class CameraPart(Protocol):
-    """What a device agent asks of its camera side, whether or not it has a camera."""
-
-    #: The engine's public key; a camera without one refuses every command.
-    verifier: CommandVerifier | None
-    #: Models slow storage: a camera that takes this long before it commits.
-    commit_delay_s: float
-    #: Commands that verified, as received (the drills read these).
-    received: list[ReceivedCommand]
-
-    @property
-    def camera(self) -> Camera | None:
-        """The camera core, or None for a sensor."""
-        ...
-
-    def replace_camera(self, camera: Camera) -> None:
-        """Film with ``camera`` from now on (e.g. the same source, now with its key)."""
-        ...
-
-    @property
-    def pre_roll_s(self) -> float | None:
-        """The pre-roll the presence message offers, or None for a sensor."""
-        ...
-
-    @property
-    def state(self) -> DeviceState:
-        """The state telemetry reports."""
-        ...
-
-    @property
-    def unsent_cancels(self) -> int:
-        """``cancelled`` answers not yet taken by the broker."""
-        ...
-
-    def handlers(self) -> dict[str, MessageHandler]:
-        """The topics this part listens on, and what handles each."""
-        ...
-
-    def loops(self) -> dict[str, Coroutine[Any, Any, None]]:
-        """Background loops to run beside the agent's, by name suffix."""
-        ...
-
-    def power_on(self) -> None:
-        """Switch a camera that is off back on (cold)."""
-        ...
-
-    async def power_off(self) -> None:
-        """Switch the camera off: no buffer, no activation."""
-        ...
-
-    async def retry(self) -> None:
-        """Send again what the broker has not taken yet (called while connected)."""
-        ...
-
-    async def activate_locally(self, event: Event, source: str) -> ActivationResult | None:
-        """A paired sensor's event over the local link (no broker involved)."""
-        ...
-
-    async def stop_recording(self) -> None:
-        """The officer stops the recording on the device."""
-        ...
-
-    async def cancel_activation(self, aid: str | None, *, by: str) -> CancelResult | None:
-        """The officer ``by`` cancels a false activation on the device."""
-        ...
-
-    async def set_stealth(self, on: bool) -> bool:
-        """The officer turns the recording light off (``on=True``) or back on."""
-        ...
-
-
-def camera_part(
+def make_camera_part(
     camera: Camera | None,
     verifier: CommandVerifier | None,
     *,
@@ -198,69 +98,6 @@ def camera_part(
         answer=answer,
         commit_delay_s=commit_delay_s,
     )
-
-
-class NoCamera:
-    """A sensor's camera side: it takes no command and records nothing."""
-
-    def __init__(
-        self, verifier: CommandVerifier | None = None, commit_delay_s: float = 0.0
-    ) -> None:
-        self.verifier = verifier
-        self.commit_delay_s = commit_delay_s
-        self.received: list[ReceivedCommand] = []
-
-    @property
-    def camera(self) -> None:
-        """A sensor has none."""
-
-    def replace_camera(self, camera: Camera) -> None:
-        """Refused: only cameras have a camera."""
-        raise ValueError(f"{camera.device_id}: cameras need a Camera and only cameras have one")
-
-    @property
-    def pre_roll_s(self) -> None:
-        """A sensor offers no pre-roll."""
-
-    @property
-    def state(self) -> DeviceState:
-        """A sensor is always ready to raise a trigger."""
-        return DeviceState.BUFFERING
-
-    @property
-    def unsent_cancels(self) -> int:
-        """Never any."""
-        return 0
-
-    def handlers(self) -> dict[str, MessageHandler]:
-        """A sensor listens for no command."""
-        return {}
-
-    def loops(self) -> dict[str, Coroutine[Any, Any, None]]:
-        """No media clock to run."""
-        return {}
-
-    def power_on(self) -> None:
-        """Nothing to switch on."""
-
-    async def power_off(self) -> None:
-        """Nothing to switch off."""
-
-    async def retry(self) -> None:
-        """Nothing to send."""
-
-    async def activate_locally(self, event: Event, source: str) -> None:
-        """Nothing to activate."""
-
-    async def stop_recording(self) -> None:
-        """Nothing to stop."""
-
-    async def cancel_activation(self, aid: str | None, *, by: str) -> None:
-        """Nothing to cancel."""
-
-    async def set_stealth(self, on: bool) -> bool:  # noqa: ARG002
-        """No recording light to turn off."""
-        return False
 
 
 class CameraControl:
