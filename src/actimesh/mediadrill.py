@@ -50,7 +50,8 @@ from actimesh.broker.mosquitto_conf import MosquittoConfig
 from actimesh.broker.topics import Topics
 from actimesh.devices.agent import DeviceAgent, Position
 from actimesh.devices.camera import Camera
-from actimesh.devices.h264 import PTS_HZ, LiveH264Source
+from actimesh.devices.h264 import PTS_HZ
+from actimesh.devices.h264_live import LiveH264Source
 from actimesh.devices.manifest import verify_manifest
 from actimesh.devices.offload import Offloader
 from actimesh.devices.recorder import RecordingStore

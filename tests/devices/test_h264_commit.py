@@ -18,7 +18,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from actimesh.broker.messages import AckStatus, DeviceKind, DeviceState
 from actimesh.devices import Camera, RecordingStore, verify_manifest
 from actimesh.devices.camera import ActivationResult
-from actimesh.devices.h264 import PTS_HZ, H264Settings, H264Source, LiveH264Source
+from actimesh.devices.h264 import PTS_HZ, H264Settings, H264Source
+from actimesh.devices.h264_live import LiveH264Source
 from actimesh.devices.pattern import TestPattern
 from actimesh.devices.recorder import Recording
 from tests.devices.helpers import burned_in_time, decode, manifest_of, wall_pts

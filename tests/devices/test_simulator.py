@@ -9,7 +9,7 @@ import pytest
 from actimesh.broker.messages import DeviceKind
 from actimesh.broker.topics import Topics
 from actimesh.devices import MediaKind, MediaSettings, SyntheticSource
-from actimesh.devices.h264 import LiveH264Source
+from actimesh.devices.h264_live import LiveH264Source
 from actimesh.devices.simulator import FleetSimulator, SimSettings
 from actimesh.geofence import distance_m
 

@@ -2,8 +2,10 @@
 
 Everything here is free of networking and asyncio, and takes time as an argument; the
 MQTT device agent wraps a :class:`Camera`. Real H.264 video lives in
-:mod:`actimesh.devices.h264`, imported on its own so that processes that never encode
-(the engine, dispatch) do not load PyAV.
+:mod:`actimesh.devices.h264` (the encoder), :mod:`actimesh.devices.capture` (where live
+frames come from) and :mod:`actimesh.devices.h264_live` (the capture thread), imported
+on their own so that processes that never encode (the engine, dispatch) do not load
+PyAV.
 """
 
 from __future__ import annotations

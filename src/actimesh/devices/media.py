@@ -4,8 +4,9 @@ A camera's video is a sequence of :class:`Segment` values, each covering
 ``[start, end)`` in UNIX seconds. A :class:`MediaSource` renders them; the camera decides
 *which* segments exist and when. Two families satisfy the protocol:
 :class:`SyntheticSource` (here: cheap, deterministic bytes for simulated fleets of
-thousands of cameras) and the H.264 sources of :mod:`actimesh.devices.h264` (real video
-encoded with PyAV, one MPEG-TS per segment). A source's :class:`MediaFormat` tells the
+thousands of cameras) and the H.264 sources of :mod:`actimesh.devices.h264` and
+:mod:`actimesh.devices.h264_live` (real video encoded with PyAV, one MPEG-TS per
+segment). A source's :class:`MediaFormat` tells the
 recorder how to store what it renders.
 """
 

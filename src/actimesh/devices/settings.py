@@ -116,7 +116,7 @@ def open_media_source(
     """
     if settings.source is MediaKind.SYNTHETIC:
         return SyntheticSource(device_id, segment_seconds=settings.segment_s)
-    from actimesh.devices.h264 import open_h264_source  # noqa: PLC0415  (as above)
+    from actimesh.devices.h264_live import open_h264_source  # noqa: PLC0415  (as above)
 
     return open_h264_source(
         device_id,

@@ -44,6 +44,8 @@ __all__ = ["FleetSimulator", "SimSettings", "Unit"]
 log = logging.getLogger(__name__)
 
 _EARTH_M_PER_DEG = 111_320.0
+#: The cameras a cruiser carries, by device id suffix; its gateway is paired with each.
+_CRUISER_CAMERAS = (("dash", DeviceKind.DASH_CAM), ("rear", DeviceKind.REAR_CAM))
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,16 +243,18 @@ class FleetSimulator:
         crew = 1 if self.rng.random() < 0.5 else 2
         officers = [_Walker(lat, lon, self.rng, acc) for _ in range(crew)]
         unit = Unit(name, car, officers)
-        dash = self._agent(f"{name}-dash", kind=DeviceKind.DASH_CAM, unit=unit, walker=car)
-        rear = self._agent(f"{name}-rear", kind=DeviceKind.REAR_CAM, unit=unit, walker=car)
-        unit.cameras += [dash, rear]
+        cruiser = tuple(
+            self._agent(f"{name}-{suffix}", kind=kind, unit=unit, walker=car)
+            for suffix, kind in _CRUISER_CAMERAS
+        )
+        unit.cameras += cruiser
         unit.gateway = self._agent(
             f"{name}-gw",
             kind=DeviceKind.GATEWAY,
             unit=unit,
             walker=car,
-            paired=(dash.device_id, rear.device_id),
-            peers=(dash, rear),
+            paired=tuple(camera.device_id for camera in cruiser),
+            peers=cruiser,
         )
         for i, walker in enumerate(officers):
             body = self._agent(
