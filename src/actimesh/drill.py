@@ -42,13 +42,13 @@ from actimesh.devices.media import SyntheticSource
 from actimesh.devices.recorder import RecordingStore
 from actimesh.dispatch.settings import DispatchSettings
 from actimesh.geofence import InclusionMode, InclusionPolicy, destination
+from actimesh.ledger import SqliteLedger
 from actimesh.security.acl import SERVICE_ENGINE, AclPolicy
 from actimesh.security.provision import prepare_broker, provision_fleet, specs_of
 from actimesh.security.registry import Credentials, DeviceCredentials
 from actimesh.security.signing import CommandSigner, CommandVerifier
 from actimesh.triggers.engine import Engine
 from actimesh.triggers.fanout import activation_id
-from actimesh.triggers.ledger import Ledger
 from actimesh.triggers.rules import DEFAULT_RULES, THIRTY_FEET_M
 from actimesh.triggers.settings import EngineSettings
 
@@ -487,7 +487,7 @@ async def run_drill(
         signer = CommandSigner.generate()
         async with (
             ManagedMosquitto(broker_cfg) as broker,
-            Ledger(root / "ledger.sqlite3") as ledger,
+            SqliteLedger(root / "ledger.sqlite3") as ledger,
         ):
             engine = Engine(
                 username=engine_login.username,

@@ -66,13 +66,13 @@ from actimesh.evidence import (
     create_upload_app,
 )
 from actimesh.geofence import InclusionPolicy, destination
+from actimesh.ledger import SqliteLedger
 from actimesh.security.acl import SERVICE_ENGINE, AclPolicy
 from actimesh.security.provision import prepare_broker
 from actimesh.security.registry import DeviceCredentials, DeviceSpec
 from actimesh.security.signing import CommandSigner, CommandVerifier
 from actimesh.triggers.engine import Engine
 from actimesh.triggers.fanout import activation_id
-from actimesh.triggers.ledger import Ledger
 from actimesh.triggers.rules import DEFAULT_RULES
 
 __all__ = ["MEDIA", "PRE_ROLL_S", "CameraResult", "MediaDrillReport", "run_media_drill"]
@@ -404,7 +404,7 @@ async def _film(root: Path, console: Console) -> tuple[list[_Scene], dict[str, D
     try:
         async with (
             ManagedMosquitto(MosquittoConfig(port=port, data_dir=provisioned.broker_dir)),
-            Ledger(root / "ledger.sqlite3") as ledger,
+            SqliteLedger(root / "ledger.sqlite3") as ledger,
         ):
             engine = Engine(
                 topics=topics,

@@ -39,6 +39,7 @@ from actimesh.errors import ConfigError, SecurityError
 from actimesh.evidence import (
     UPLOADS_PATH,
 )
+from actimesh.ledger import Ledger, SqliteLedger
 from actimesh.monitor import Monitor
 from actimesh.security.acl import (
     SERVICE_ACCOUNTS,
@@ -58,7 +59,6 @@ from actimesh.security.signing import CommandSigner, CommandVerifier, engine_key
 from actimesh.supervisor import Supervisor
 from actimesh.triggers.engine import Engine
 from actimesh.triggers.fleet import DeviceDirectory
-from actimesh.triggers.ledger import Ledger
 from actimesh.triggers.quarantine import Quarantine
 from actimesh.web import DispatchJob
 
@@ -306,7 +306,7 @@ async def run_up(settings: Settings, sim: SimSettings | None, console: Console) 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     async with (
         broker_for(settings) as (broker, managed),
-        Ledger(settings.ledger_path) as ledger,
+        SqliteLedger(settings.ledger_path) as ledger,
         _directory(settings) as directory,
     ):
         quarantine = None if managed is None else RegistryQuarantine(settings.data_dir, managed)
@@ -395,7 +395,7 @@ async def run_engine(settings: Settings, console: Console) -> None:
         raise ConfigError("actimesh engine needs --broker mqtt://HOST:PORT (use `up` for both)")
     address = _external(settings, settings.broker_url)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    async with Ledger(settings.ledger_path) as ledger, _directory(settings) as directory:
+    async with SqliteLedger(settings.ledger_path) as ledger, _directory(settings) as directory:
         engine = _engine(settings, address, ledger, directory)
         async with asyncio.TaskGroup() as tg:
             tg.create_task(engine.run(), name="engine")

@@ -24,10 +24,10 @@ from actimesh.devices.media import SyntheticSource
 from actimesh.devices.recorder import RecordingStore
 from actimesh.dispatch.settings import DispatchSettings
 from actimesh.geofence import InclusionPolicy, destination
+from actimesh.ledger import Ledger, SqliteLedger
 from actimesh.security.signing import CommandSigner
 from actimesh.triggers.engine import Engine
 from actimesh.triggers.fleet import DeviceDirectory
-from actimesh.triggers.ledger import Ledger
 from actimesh.triggers.rules import DEFAULT_RULES
 from actimesh.triggers.settings import EngineSettings
 from tests.waiting import eventually, quiet_for
@@ -233,7 +233,7 @@ async def mesh(
     ``settings`` and, if given, the device ``directory``."""
     topics = Topics(agency)
     signer = CommandSigner.generate()
-    async with Ledger(root / "ledger.sqlite3") as ledger:
+    async with SqliteLedger(root / "ledger.sqlite3") as ledger:
         eng = None
         if engine:
             eng = build_engine(

@@ -21,8 +21,8 @@ from actimesh.broker.messages import (
     Event,
     Presence,
 )
+from actimesh.ledger import AckRow
 from actimesh.triggers.fanout import activation_id
-from actimesh.triggers.ledger import AckRow
 from tests.integration.harness import CENTER, TEST_SETTINGS, mesh
 from tests.waiting import eventually, quiet_for
 

@@ -29,10 +29,10 @@ from actimesh.broker.messages import (
     Telemetry,
 )
 from actimesh.devices.agent import DeviceAgent
+from actimesh.ledger import SqliteLedger
 from actimesh.triggers.engine import Engine
 from actimesh.triggers.fanout import activation_id
 from actimesh.triggers.fleet import StaticDirectory
-from actimesh.triggers.ledger import Ledger
 from tests.integration.flood_probe import flooding
 from tests.integration.harness import CENTER, DISPATCH_SOURCE, TEST_SETTINGS, Mesh, mesh
 from tests.waiting import eventually, quiet_for
@@ -258,7 +258,7 @@ async def test_replayed_event_is_refused_after_an_engine_restart(
         bwc = m.add("bwc", DeviceKind.BODY_CAM, at=0.0)
         cew = m.add("cew", DeviceKind.CEW, paired=("bwc",))
         await m.ready()
-        async with Ledger(tmp_path / "engine.sqlite3") as ledger:
+        async with SqliteLedger(tmp_path / "engine.sqlite3") as ledger:
             async with m.running_engine(ledger) as first:
                 await eventually(first.warmed.is_set)
                 event = await cew.raise_event("taser_draw")
@@ -421,7 +421,7 @@ async def test_acks_for_activations_that_did_not_command_the_camera_are_counted_
         assert await m.commanded(aid, {"bwc-own"}) == {"bwc-own"}
         await eventually(lambda: len(m.agents["bwc-own"].received) == 1)
         ledger_path = tmp_path / "ledger.sqlite3"
-        async with Ledger(ledger_path) as reader:
+        async with SqliteLedger(ledger_path) as reader:
             await eventually(lambda: reader.acks(aid))
             before = len(await reader.acks(aid))
         now = time.time()
@@ -437,7 +437,7 @@ async def test_acks_for_activations_that_did_not_command_the_camera_are_counted_
             for ack in forged:
                 await stolen.publish(m.topics.ack("bwc-stolen"), encode(ack), qos=1)
         await eventually(lambda: engine.stats.acks_not_commanded == len(forged), timeout=10)
-        async with Ledger(ledger_path) as reader:
+        async with SqliteLedger(ledger_path) as reader:
             acks = await reader.acks(aid)
         assert len(acks) == before
         assert {a.device_id for a in acks} == {"bwc-own"}

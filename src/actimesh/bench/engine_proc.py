@@ -16,10 +16,10 @@ from typing import Any
 from actimesh.bench.trace import TracedEngine
 from actimesh.broker.topics import Topics
 from actimesh.geofence import Fix, GridIndex, InclusionPolicy
+from actimesh.ledger import Ledger
 from actimesh.security.registry import Credentials
 from actimesh.security.signing import CommandSigner
 from actimesh.triggers.engine import Engine
-from actimesh.triggers.ledger import Ledger
 from actimesh.triggers.rules import DEFAULT_RULES
 from actimesh.triggers.settings import EngineSettings
 

@@ -23,9 +23,9 @@ from actimesh.fuzz._generators import CaseGenerator
 from actimesh.fuzz._intake import _Clock, _EngineDriver, _Intake, _IntakeCounts, _RecordingLink
 from actimesh.fuzz._scenario import AGENCY, EPOCH, INBOUND
 from actimesh.geofence import InclusionPolicy
+from actimesh.ledger import SqliteLedger
 from actimesh.security.signing import CommandSigner
 from actimesh.triggers.engine import Engine
-from actimesh.triggers.ledger import Ledger
 from actimesh.triggers.rules import DEFAULT_RULES
 from actimesh.triggers.settings import EngineSettings
 
@@ -286,7 +286,7 @@ async def _run(
         return tracemalloc.get_traced_memory()[0] if settings.tracemalloc else _rss()
 
     clock = _Clock(EPOCH)
-    async with Ledger(workdir / "ledger.sqlite3") as ledger:
+    async with SqliteLedger(workdir / "ledger.sqlite3") as ledger:
         link = _RecordingLink(topics)
         # Every rejection dead-lettered (none suppressed) so each one is seen; commands
         # expire within the run, so delivery tracking has to let go of them.

@@ -83,11 +83,11 @@ from actimesh.errors import (
     SecurityError,
 )
 from actimesh.geofence import GridIndex, InclusionPolicy, SpatialIndex
+from actimesh.ledger import AckRow, ActivationRow, Ledger
 from actimesh.security.signing import UNVERIFIED_REFUSALS, CommandSigner, refusal_code
 from actimesh.triggers.delivery import Action, ActionKind, DeliveryTracker
 from actimesh.triggers.fanout import Plan, plan_activation
 from actimesh.triggers.fleet import DeviceDirectory, DeviceInfo, Fleet, LastFix
-from actimesh.triggers.ledger import AckRow, ActivationRow, Ledger
 from actimesh.triggers.quarantine import FloodWatch, Quarantine
 from actimesh.triggers.rules import Rule, RuleTable
 from actimesh.triggers.settings import EngineSettings

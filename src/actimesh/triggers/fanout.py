@@ -21,8 +21,8 @@ from enum import StrEnum
 
 from actimesh.broker.messages import CAMERA_KINDS, ActivationReason, DeviceKind, Event
 from actimesh.geofence import InclusionPolicy, SpatialIndex, Verdict
+from actimesh.ledger import DecisionRow
 from actimesh.triggers.fleet import Fleet
-from actimesh.triggers.ledger import DecisionRow
 from actimesh.triggers.rules import Rule
 
 __all__ = ["Exclusion", "Plan", "PositionSource", "Target", "activation_id", "plan_activation"]
