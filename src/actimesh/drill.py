@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from rich.console import Console
 from rich.table import Table
 
-from actimesh.broker.messages import AckStatus, DeviceKind
+from actimesh.broker.messages import AckStatus, DeviceKind, activation_id
 from actimesh.broker.mosquitto import ManagedMosquitto, MosquittoConfig, free_port
 from actimesh.broker.topics import Topics
 from actimesh.devices.agent import DeviceAgent, Position
@@ -48,7 +48,6 @@ from actimesh.security.provision import prepare_broker, provision_fleet, specs_o
 from actimesh.security.registry import Credentials, DeviceCredentials
 from actimesh.security.signing import CommandSigner, CommandVerifier
 from actimesh.triggers.engine import Engine
-from actimesh.triggers.fanout import activation_id
 from actimesh.triggers.rules import DEFAULT_RULES, THIRTY_FEET_M
 from actimesh.triggers.settings import EngineSettings
 

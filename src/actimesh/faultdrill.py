@@ -39,7 +39,7 @@ from rich.table import Table
 from actimesh.audit import verify_ledger
 from actimesh.broker.client import LinkSettings, MqttLink
 from actimesh.broker.codec import encode
-from actimesh.broker.messages import AckStatus, DeviceKind, DeviceState, Telemetry
+from actimesh.broker.messages import AckStatus, DeviceKind, DeviceState, Telemetry, activation_id
 from actimesh.broker.mosquitto import ManagedMosquitto, MosquittoConfig, free_port
 from actimesh.broker.topics import Topics
 from actimesh.devices.agent import DeviceAgent, Position
@@ -55,7 +55,6 @@ from actimesh.security.acl import SERVICE_ENGINE, AclPolicy
 from actimesh.security.provision import prepare_broker, provision_agents
 from actimesh.security.registry import SECRETS_DIR, Credentials
 from actimesh.security.signing import CommandSigner, CommandVerifier
-from actimesh.triggers.fanout import activation_id
 
 __all__ = ["SCENARIOS", "FaultReport", "FaultResult", "run_fault_drill"]
 

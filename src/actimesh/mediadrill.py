@@ -44,7 +44,7 @@ from rich.console import Console
 from rich.table import Table
 
 from actimesh.audit import link_case, verify_ledger
-from actimesh.broker.messages import AckStatus, DeviceKind
+from actimesh.broker.messages import AckStatus, DeviceKind, activation_id
 from actimesh.broker.mosquitto import ManagedMosquitto, MosquittoConfig, free_port
 from actimesh.broker.topics import Topics
 from actimesh.devices.agent import DeviceAgent, Position
@@ -72,7 +72,6 @@ from actimesh.security.provision import prepare_broker
 from actimesh.security.registry import DeviceCredentials, DeviceSpec
 from actimesh.security.signing import CommandSigner, CommandVerifier
 from actimesh.triggers.engine import Engine
-from actimesh.triggers.fanout import activation_id
 from actimesh.triggers.rules import DEFAULT_RULES
 
 __all__ = ["MEDIA", "PRE_ROLL_S", "CameraResult", "MediaDrillReport", "run_media_drill"]

@@ -23,12 +23,18 @@ import pytest
 from actimesh.audit import verify_ledger
 from actimesh.broker.client import as_bytes
 from actimesh.broker.codec import decode
-from actimesh.broker.messages import Ack, AckStatus, Activation, DeviceKind, DeviceState
+from actimesh.broker.messages import (
+    Ack,
+    AckStatus,
+    Activation,
+    DeviceKind,
+    DeviceState,
+    activation_id,
+)
 from actimesh.broker.topics import DeviceChannel
 from actimesh.devices.manifest import MANIFEST_NAME
 from actimesh.dispatch.state import CameraStatus, LiveState
 from actimesh.ledger import FALSE_ACTIVATION, SqliteLedger
-from actimesh.triggers.fanout import activation_id
 from tests.integration.harness import Mesh, mesh
 from tests.waiting import eventually, quiet_for
 

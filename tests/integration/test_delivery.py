@@ -18,10 +18,10 @@ from actimesh.broker.messages import (
     DeviceState,
     Presence,
     Telemetry,
+    activation_id,
 )
 from actimesh.errors import LedgerError
 from actimesh.ledger import ActivationRow, DecisionRow, SqliteLedger
-from actimesh.triggers.fanout import activation_id
 from tests.integration.harness import CENTER, mesh
 from tests.waiting import eventually, quiet_for
 

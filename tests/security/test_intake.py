@@ -27,11 +27,11 @@ from actimesh.broker.messages import (
     Event,
     Presence,
     Telemetry,
+    activation_id,
 )
 from actimesh.devices.agent import DeviceAgent
 from actimesh.ledger import SqliteLedger
 from actimesh.triggers.engine import Engine
-from actimesh.triggers.fanout import activation_id
 from actimesh.triggers.fleet import StaticDirectory
 from tests.integration.flood_probe import flooding
 from tests.integration.harness import CENTER, DISPATCH_SOURCE, TEST_SETTINGS, Mesh, mesh

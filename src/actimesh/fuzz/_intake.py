@@ -35,6 +35,7 @@ from actimesh.broker.messages import (
     Event,
     Presence,
     Telemetry,
+    activation_id,
 )
 from actimesh.broker.topics import DeviceChannel, Topics
 from actimesh.errors import PayloadError
@@ -42,7 +43,6 @@ from actimesh.fuzz._cases import Case
 from actimesh.fuzz._findings import Finding, _describe
 from actimesh.fuzz._scenario import _CAMERAS, _EIDS, _ENGINE_CHANNELS, CENTER, POOL
 from actimesh.triggers.engine import Engine
-from actimesh.triggers.fanout import activation_id
 from actimesh.triggers.rules import RuleTable
 from actimesh.triggers.settings import EngineSettings
 
