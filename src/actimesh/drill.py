@@ -36,6 +36,7 @@ from rich.table import Table
 from actimesh.broker.messages import AckStatus, DeviceKind, activation_id
 from actimesh.broker.mosquitto import ManagedMosquitto, MosquittoConfig, free_port
 from actimesh.broker.topics import Topics
+from actimesh.broker.transport import MqttTransport
 from actimesh.devices.agent import DeviceAgent, Position
 from actimesh.devices.camera import Camera
 from actimesh.devices.media import SyntheticSource
@@ -489,11 +490,13 @@ async def run_drill(
             SqliteLedger(root / "ledger.sqlite3") as ledger,
         ):
             engine = Engine(
-                username=engine_login.username,
-                password=engine_login.password,
                 topics=topics,
-                broker_host="127.0.0.1",
-                broker_port=port,
+                transport=MqttTransport(
+                    "127.0.0.1",
+                    port,
+                    username=engine_login.username,
+                    password=engine_login.password,
+                ),
                 ledger=ledger,
                 rules=DEFAULT_RULES,
                 policy=policy,

@@ -47,6 +47,7 @@ from actimesh.audit import link_case, verify_ledger
 from actimesh.broker.messages import AckStatus, DeviceKind, activation_id
 from actimesh.broker.mosquitto import ManagedMosquitto, MosquittoConfig, free_port
 from actimesh.broker.topics import Topics
+from actimesh.broker.transport import MqttTransport
 from actimesh.devices.agent import DeviceAgent, Position
 from actimesh.devices.camera import Camera
 from actimesh.devices.h264 import PTS_HZ, LiveH264Source
@@ -407,14 +408,16 @@ async def _film(root: Path, console: Console) -> tuple[list[_Scene], dict[str, D
         ):
             engine = Engine(
                 topics=topics,
-                broker_host="127.0.0.1",
-                broker_port=port,
+                transport=MqttTransport(
+                    "127.0.0.1",
+                    port,
+                    username=engine_login.username,
+                    password=engine_login.password,
+                ),
                 ledger=ledger,
                 rules=DEFAULT_RULES,
                 policy=InclusionPolicy(),
                 signer=signer,
-                username=engine_login.username,
-                password=engine_login.password,
             )
             scenes = _build(
                 topics,

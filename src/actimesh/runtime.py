@@ -15,13 +15,12 @@ import sqlite3
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import TypedDict
 
 from rich.console import Console
 
 from actimesh.audit import retention_loop
-from actimesh.broker.client import MqttLink, TlsSettings
-from actimesh.broker.ingest import LeanSubscriber
+from actimesh.broker.client import TlsSettings
 from actimesh.broker.messages import DeviceKind
 from actimesh.broker.mosquitto import (
     ManagedMosquitto,
@@ -32,6 +31,7 @@ from actimesh.broker.mosquitto import (
     signal_reload,
 )
 from actimesh.broker.topics import Topics
+from actimesh.broker.transport import MqttTransport
 from actimesh.config import Settings
 from actimesh.devices.simulator import FleetSimulator, SimSettings
 from actimesh.dispatch.commands import bootstrap_admin
@@ -100,6 +100,10 @@ class BrokerAddress:
         if creds is None:
             return Login(username=None, password=None)
         return Login(username=creds.username, password=creds.password)
+
+    def transport(self, account: str) -> MqttTransport:
+        """How service ``account`` connects to the broker."""
+        return MqttTransport(self.host, self.port, tls=self.tls, **self.login(account))
 
 
 def _external(settings: Settings, url: str) -> BrokerAddress:
@@ -190,13 +194,6 @@ def _ca_of(broker: ManagedMosquitto | None) -> Path | None:
     return None if tls is None else tls.cafile
 
 
-def _use_tls(tls: TlsSettings | None, *links: MqttLink | LeanSubscriber[Any]) -> None:
-    # Engine and dispatch build their links from host and port; TLS reaches them here.
-    if tls is not None:
-        for link in links:
-            link.reconfigure(tls=tls)
-
-
 async def _provision_fleet(
     settings: Settings, fleet: FleetSimulator, broker: ManagedMosquitto | None
 ) -> None:
@@ -273,10 +270,9 @@ def _engine(
     """The engine ``settings`` describe, on ``broker``, writing to ``ledger``, signing
     with the key of the data directory (created on first start). With ``quarantine``,
     devices that flood refused messages are disabled live; without, only reported."""
-    engine = Engine(
+    return Engine(
         topics=Topics(settings.agency),
-        broker_host=broker.host,
-        broker_port=broker.port,
+        transport=broker.transport(SERVICE_ENGINE),
         ledger=ledger,
         rules=settings.rules,
         policy=settings.policy,
@@ -285,10 +281,7 @@ def _engine(
         directory=directory,
         dispatch_source=settings.dispatch.source_device,
         quarantine=quarantine,
-        **broker.login(SERVICE_ENGINE),
     )
-    _use_tls(broker.tls, engine.ctl, engine.intake, engine.ack_link, engine.telemetry_link)
-    return engine
 
 
 async def _retention(settings: Settings, recordings: Path | None) -> None:

@@ -18,6 +18,7 @@ import aiomqtt
 
 from actimesh.broker.messages import DeviceKind
 from actimesh.broker.topics import Topics
+from actimesh.broker.transport import MqttTransport
 from actimesh.devices.agent import DeviceAgent, Position
 from actimesh.devices.camera import Camera
 from actimesh.devices.media import SyntheticSource
@@ -206,8 +207,7 @@ def build_engine(
     """An engine as the mesh builds it (not started)."""
     return Engine(
         topics=topics,
-        broker_host=HOST,
-        broker_port=port,
+        transport=MqttTransport(HOST, port),
         ledger=ledger,
         rules=DEFAULT_RULES,
         policy=policy or InclusionPolicy(),

@@ -30,7 +30,7 @@ async def test_one_bad_ack_does_not_cost_the_others_their_record(tmp_path: Path)
         await ledger.record_activation(activation(), COMMANDED)
         engine = build_engine(Topics("am-acks"), 1, ledger, signer=CommandSigner.generate())
         bad = replace(GOOD, device_id="bwc2", received_ts=math.inf)  # not JSON: refused
-        await engine._write_acks([GOOD, bad, replace(GOOD, device_id="bwc3")])
+        await engine.acks.write([GOOD, bad, replace(GOOD, device_id="bwc3")])
         assert {a.device_id for a in await ledger.acks("act-1")} == {"bwc1", "bwc3"}
         assert engine.stats.ledger_failures == 1
 
@@ -47,9 +47,9 @@ async def test_queued_acks_and_a_cancel_are_written_in_order(tmp_path: Path) -> 
             (cancel, "officer 7"),
             (replace(GOOD, device_id="bwc2"), None),
         ]
-        for row in rows:
-            engine._ack_rows.put_nowait(row)
-        writer = asyncio.create_task(engine._ack_writer())
+        for row, by in rows:
+            await engine.acks.put(row, by)
+        writer = asyncio.create_task(engine.acks.run())
         try:
 
             async def all_written() -> bool:

@@ -232,6 +232,10 @@ class LeanSubscriber(abc.ABC, Generic[_Item]):
         self._connected = asyncio.Event()
 
     @property
+    def name(self) -> str:
+        return self.settings.client_id
+
+    @property
     def connected(self) -> bool:
         return self._connected.is_set()
 
