@@ -18,12 +18,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from actimesh import cli, fuzz
-from actimesh.broker.client import InFlight
 from actimesh.broker.codec import MAX_PAYLOAD_BYTES, REASONS, decode
 from actimesh.broker.messages import Message
 from actimesh.errors import PayloadError
 from actimesh.fuzz import GENERATORS, INBOUND, CaseGenerator, FuzzReport, FuzzSettings, run_fuzz
-from actimesh.triggers.engine import Engine
+from actimesh.triggers.intake import Intake
+from actimesh.triggers.refusals import Refusals
 
 SHORT = 20_000
 
@@ -193,10 +193,10 @@ def test_a_bad_error_reason_or_text_is_a_finding(
 def test_an_engine_crash_and_the_unacknowledged_message_are_findings(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async def broken(self: Engine, device_id: str, payload: bytes) -> None:
+    async def broken(self: Intake, device_id: str, payload: bytes) -> None:
         raise KeyError(device_id)
 
-    monkeypatch.setattr(Engine, "_on_ack", broken)
+    monkeypatch.setattr(Intake, "_on_ack", broken)
     report = _run(tmp_path, count=300, target="intake", settle_s=1.0)
     problems = {f.problem for f in report.findings}
     assert {"crash", "unacknowledged", "hang"} <= problems, _text(report)
@@ -209,13 +209,13 @@ def test_an_engine_crash_and_the_unacknowledged_message_are_findings(
 def test_an_uncounted_rejection_is_a_finding(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = Engine._reject
+    real = Refusals.reject
 
-    def forgetful(self: Engine, topic: str, payload: bytes, exc: PayloadError) -> None:
+    def forgetful(self: Refusals, topic: str, payload: bytes, exc: PayloadError) -> None:
         if exc.reason != "too_old":
             real(self, topic, payload, exc)
 
-    monkeypatch.setattr(Engine, "_reject", forgetful)
+    monkeypatch.setattr(Refusals, "reject", forgetful)
     report = _run(tmp_path, count=2000, target="intake")
     mismatches = [f for f in report.findings if f.problem == "mismatch"]
     assert mismatches, _text(report)
@@ -224,13 +224,13 @@ def test_an_uncounted_rejection_is_a_finding(
 
 def test_memory_growth_is_a_finding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     kept: list[bytes] = []
-    real = fuzz._RecordingLink.publish_nowait
+    real = fuzz._Outputs.__call__
 
-    def hoarding(self: Any, topic: str, payload: bytes, **options: Any) -> InFlight:
-        kept.append(payload + bytes(512))  # every dead letter, and then some, forever
-        return real(self, topic, payload, **options)
+    def hoarding(self: Any, topic: str, payload: bytes) -> None:
+        kept.append(payload + bytes(512))  # everything published, and then some, forever
+        real(self, topic, payload)
 
-    monkeypatch.setattr(fuzz._RecordingLink, "publish_nowait", hoarding)
+    monkeypatch.setattr(fuzz._Outputs, "__call__", hoarding)
     report = _run(
         tmp_path,
         count=4000,

@@ -44,9 +44,9 @@ from actimesh.errors import ActimeshError, ConfigError, first_error
 from actimesh.geofence import InclusionMode, InclusionPolicy
 
 if TYPE_CHECKING:
+    from actimesh.ledger import Head
     from actimesh.security.provision import BrokerEndpoints
     from actimesh.security.registry import DeviceCredentials, Registry
-    from actimesh.triggers.ledger import Head
 
 __all__ = ["main"]
 

@@ -33,23 +33,23 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from rich.console import Console
 from rich.table import Table
 
-from actimesh.broker.messages import AckStatus, DeviceKind
+from actimesh.broker.messages import AckStatus, DeviceKind, activation_id
 from actimesh.broker.mosquitto import ManagedMosquitto, free_port
 from actimesh.broker.mosquitto_conf import MosquittoConfig
 from actimesh.broker.topics import Topics
+from actimesh.broker.transport import MqttTransport
 from actimesh.devices.agent import DeviceAgent, Position
 from actimesh.devices.camera import Camera
 from actimesh.devices.media import SyntheticSource
 from actimesh.devices.recorder import RecordingStore
 from actimesh.dispatch.settings import DispatchSettings
 from actimesh.geofence import InclusionMode, InclusionPolicy, destination
+from actimesh.ledger import SqliteLedger
 from actimesh.security.acl import SERVICE_ENGINE, AclPolicy
 from actimesh.security.provision import prepare_broker, provision_fleet, specs_of
 from actimesh.security.registry import Credentials, DeviceCredentials
 from actimesh.security.signing import CommandSigner, CommandVerifier
 from actimesh.triggers.engine import Engine
-from actimesh.triggers.fanout import activation_id
-from actimesh.triggers.ledger import Ledger
 from actimesh.triggers.rules import DEFAULT_RULES, THIRTY_FEET_M
 from actimesh.triggers.settings import EngineSettings
 
@@ -488,14 +488,16 @@ async def run_drill(
         signer = CommandSigner.generate()
         async with (
             ManagedMosquitto(broker_cfg) as broker,
-            Ledger(root / "ledger.sqlite3") as ledger,
+            SqliteLedger(root / "ledger.sqlite3") as ledger,
         ):
             engine = Engine(
-                username=engine_login.username,
-                password=engine_login.password,
                 topics=topics,
-                broker_host="127.0.0.1",
-                broker_port=port,
+                transport=MqttTransport(
+                    "127.0.0.1",
+                    port,
+                    username=engine_login.username,
+                    password=engine_login.password,
+                ),
                 ledger=ledger,
                 rules=DEFAULT_RULES,
                 policy=policy,

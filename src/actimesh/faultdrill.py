@@ -39,7 +39,7 @@ from rich.table import Table
 from actimesh.audit import verify_ledger
 from actimesh.broker.client import LinkSettings, MqttLink
 from actimesh.broker.codec import encode
-from actimesh.broker.messages import AckStatus, DeviceKind, DeviceState, Telemetry
+from actimesh.broker.messages import AckStatus, DeviceKind, DeviceState, Telemetry, activation_id
 from actimesh.broker.mosquitto import ManagedMosquitto, free_port
 from actimesh.broker.mosquitto_conf import MosquittoConfig
 from actimesh.broker.topics import Topics
@@ -50,13 +50,12 @@ from actimesh.devices.recorder import RecordingStore
 from actimesh.dispatch.settings import DispatchSettings
 from actimesh.errors import BrokerError
 from actimesh.geofence import destination
+from actimesh.ledger import SqliteLedger
 from actimesh.lifeline import die_with_parent
 from actimesh.security.acl import SERVICE_ENGINE, AclPolicy
 from actimesh.security.provision import prepare_broker, provision_agents
 from actimesh.security.registry import SECRETS_DIR, Credentials
 from actimesh.security.signing import CommandSigner, CommandVerifier
-from actimesh.triggers.fanout import activation_id
-from actimesh.triggers.ledger import Ledger
 
 __all__ = ["SCENARIOS", "FaultReport", "FaultResult", "run_fault_drill"]
 
@@ -322,7 +321,7 @@ async def _settle(world: _World, aids: dict[str, str]) -> None:
 
 async def _measure(world: _World, name: str, aids: dict[str, str]) -> FaultResult:
     result = FaultResult(name, triggers=len(aids))
-    async with Ledger(world.root / "ledger.sqlite3") as ledger:
+    async with SqliteLedger(world.root / "ledger.sqlite3") as ledger:
         in_ledger = set(await ledger.activation_ids(limit=1_000_000))
         result.activations = len(in_ledger & set(aids))
         # Every row must be one of our triggers: anything else is a duplicate activation.

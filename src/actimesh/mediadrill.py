@@ -44,10 +44,11 @@ from rich.console import Console
 from rich.table import Table
 
 from actimesh.audit import link_case, verify_ledger
-from actimesh.broker.messages import AckStatus, DeviceKind
+from actimesh.broker.messages import AckStatus, DeviceKind, activation_id
 from actimesh.broker.mosquitto import ManagedMosquitto, free_port
 from actimesh.broker.mosquitto_conf import MosquittoConfig
 from actimesh.broker.topics import Topics
+from actimesh.broker.transport import MqttTransport
 from actimesh.devices.agent import DeviceAgent, Position
 from actimesh.devices.camera import Camera
 from actimesh.devices.h264 import PTS_HZ
@@ -68,13 +69,12 @@ from actimesh.evidence import (
     create_upload_app,
 )
 from actimesh.geofence import InclusionPolicy, destination
+from actimesh.ledger import SqliteLedger
 from actimesh.security.acl import SERVICE_ENGINE, AclPolicy
 from actimesh.security.provision import prepare_broker
 from actimesh.security.registry import DeviceCredentials, DeviceSpec
 from actimesh.security.signing import CommandSigner, CommandVerifier
 from actimesh.triggers.engine import Engine
-from actimesh.triggers.fanout import activation_id
-from actimesh.triggers.ledger import Ledger
 from actimesh.triggers.rules import DEFAULT_RULES
 
 __all__ = ["MEDIA", "PRE_ROLL_S", "CameraResult", "MediaDrillReport", "run_media_drill"]
@@ -406,18 +406,20 @@ async def _film(root: Path, console: Console) -> tuple[list[_Scene], dict[str, D
     try:
         async with (
             ManagedMosquitto(MosquittoConfig(port=port, data_dir=provisioned.broker_dir)),
-            Ledger(root / "ledger.sqlite3") as ledger,
+            SqliteLedger(root / "ledger.sqlite3") as ledger,
         ):
             engine = Engine(
                 topics=topics,
-                broker_host="127.0.0.1",
-                broker_port=port,
+                transport=MqttTransport(
+                    "127.0.0.1",
+                    port,
+                    username=engine_login.username,
+                    password=engine_login.password,
+                ),
                 ledger=ledger,
                 rules=DEFAULT_RULES,
                 policy=InclusionPolicy(),
                 signer=signer,
-                username=engine_login.username,
-                password=engine_login.password,
             )
             scenes = _build(
                 topics,

@@ -15,19 +15,19 @@ import sqlite3
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import TypedDict
 
 from rich.console import Console
 
 from actimesh.audit import retention_loop
-from actimesh.broker.client import MqttLink, TlsSettings
+from actimesh.broker.client import TlsSettings
 from actimesh.broker.endpoint import parse_broker_endpoint, parse_broker_url
-from actimesh.broker.ingest import LeanSubscriber
 from actimesh.broker.messages import DeviceKind
 from actimesh.broker.mosquitto import ManagedMosquitto
 from actimesh.broker.mosquitto_conf import MosquittoConfig, TlsListener
 from actimesh.broker.reload import reload_managed_broker
 from actimesh.broker.topics import Topics
+from actimesh.broker.transport import MqttTransport
 from actimesh.config import Settings
 from actimesh.devices.simulator import FleetSimulator, SimSettings
 from actimesh.dispatch.commands import bootstrap_admin
@@ -35,6 +35,7 @@ from actimesh.errors import ConfigError, SecurityError
 from actimesh.evidence import (
     UPLOADS_PATH,
 )
+from actimesh.ledger import Ledger, SqliteLedger
 from actimesh.monitor import Monitor
 from actimesh.security.acl import (
     SERVICE_ACCOUNTS,
@@ -54,7 +55,6 @@ from actimesh.security.signing import CommandSigner, CommandVerifier, engine_key
 from actimesh.supervisor import Supervisor
 from actimesh.triggers.engine import Engine
 from actimesh.triggers.fleet import DeviceDirectory
-from actimesh.triggers.ledger import Ledger
 from actimesh.triggers.quarantine import Quarantine
 from actimesh.web import DispatchJob
 
@@ -96,6 +96,10 @@ class BrokerAddress:
         if creds is None:
             return Login(username=None, password=None)
         return Login(username=creds.username, password=creds.password)
+
+    def transport(self, account: str) -> MqttTransport:
+        """How service ``account`` connects to the broker."""
+        return MqttTransport(self.host, self.port, tls=self.tls, **self.login(account))
 
 
 def _external(settings: Settings, url: str) -> BrokerAddress:
@@ -186,13 +190,6 @@ def _ca_of(broker: ManagedMosquitto | None) -> Path | None:
     return None if tls is None else tls.cafile
 
 
-def _use_tls(tls: TlsSettings | None, *links: MqttLink | LeanSubscriber[Any]) -> None:
-    # Engine and dispatch build their links from host and port; TLS reaches them here.
-    if tls is not None:
-        for link in links:
-            link.reconfigure(tls=tls)
-
-
 async def _provision_fleet(
     settings: Settings, fleet: FleetSimulator, broker: ManagedMosquitto | None
 ) -> None:
@@ -269,10 +266,9 @@ def _engine(
     """The engine ``settings`` describe, on ``broker``, writing to ``ledger``, signing
     with the key of the data directory (created on first start). With ``quarantine``,
     devices that flood refused messages are disabled live; without, only reported."""
-    engine = Engine(
+    return Engine(
         topics=Topics(settings.agency),
-        broker_host=broker.host,
-        broker_port=broker.port,
+        transport=broker.transport(SERVICE_ENGINE),
         ledger=ledger,
         rules=settings.rules,
         policy=settings.policy,
@@ -281,10 +277,7 @@ def _engine(
         directory=directory,
         dispatch_source=settings.dispatch.source_device,
         quarantine=quarantine,
-        **broker.login(SERVICE_ENGINE),
     )
-    _use_tls(broker.tls, engine.ctl, engine.intake, engine.ack_link, engine.telemetry_link)
-    return engine
 
 
 async def _retention(settings: Settings, recordings: Path | None) -> None:
@@ -302,7 +295,7 @@ async def run_up(settings: Settings, sim: SimSettings | None, console: Console) 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     async with (
         broker_for(settings) as (broker, managed),
-        Ledger(settings.ledger_path) as ledger,
+        SqliteLedger(settings.ledger_path) as ledger,
         _directory(settings) as directory,
     ):
         quarantine = None if managed is None else RegistryQuarantine(settings.data_dir, managed)
@@ -391,7 +384,7 @@ async def run_engine(settings: Settings, console: Console) -> None:
         raise ConfigError("actimesh engine needs --broker mqtt://HOST:PORT (use `up` for both)")
     address = _external(settings, settings.broker_url)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    async with Ledger(settings.ledger_path) as ledger, _directory(settings) as directory:
+    async with SqliteLedger(settings.ledger_path) as ledger, _directory(settings) as directory:
         engine = _engine(settings, address, ledger, directory)
         async with asyncio.TaskGroup() as tg:
             tg.create_task(engine.run(), name="engine")

@@ -1,7 +1,7 @@
 """Ledgers to audit, written through the real Ledger; tampering done directly in SQLite.
 
 ``chain_hash`` re-implements the documented encoding independently of
-:mod:`actimesh.triggers.chain`, so the tests check the documentation as well as the code.
+:mod:`actimesh.ledger.chain`, so the tests check the documentation as well as the code.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from actimesh.devices.media import Segment
 from actimesh.devices.recorder import ActivationRecord, RecordingStore
-from actimesh.triggers.ledger import AckRow, ActivationRow, DecisionRow, Ledger
+from actimesh.ledger import AckRow, ActivationRow, DecisionRow, SqliteLedger
 
 T0 = 1_600_000_000.0  # September 2020: long past any retention period
 DAY = 86_400.0
@@ -55,7 +55,7 @@ def ack(n: int, ts: float = T0, device: str = "bwc1") -> AckRow:
 
 async def write_activations(path: Path, numbers: range, ts: float = T0) -> None:
     """Activation n is seq 2n-1 and its ack seq 2n when numbering starts at 1."""
-    async with Ledger(path) as ledger:
+    async with SqliteLedger(path) as ledger:
         for n in numbers:
             assert await ledger.record_activation(activation(n, ts), DECISIONS)
             await ledger.record_ack(ack(n, ts))

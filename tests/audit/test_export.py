@@ -11,13 +11,13 @@ import pytest
 
 from actimesh.audit import export_case, link_case
 from actimesh.errors import AuditError
-from actimesh.triggers.ledger import Ledger
+from actimesh.ledger import SqliteLedger
 from tests.audit.helpers import T0, chain_hash, tamper, write_activations
 
 
 async def _case(path: Path) -> None:
     await write_activations(path, range(1, 5))
-    async with Ledger(path) as ledger:
+    async with SqliteLedger(path) as ledger:
         await ledger.record_event(
             "engine/engine-1",
             "alert",

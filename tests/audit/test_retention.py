@@ -14,7 +14,7 @@ import pytest
 from actimesh.audit import apply_retention, retain, retention_loop, verify_ledger
 from actimesh.config import RetentionSettings
 from actimesh.errors import ConfigError, LedgerError
-from actimesh.triggers.ledger import Ledger
+from actimesh.ledger import SqliteLedger
 from tests.audit.helpers import (
     DECISIONS,
     NOW,
@@ -36,7 +36,7 @@ def _query(path: Path, sql: str) -> list[tuple[object, ...]]:
 async def _ledger(path: Path) -> None:
     """act-1..3 are old; act-2 is linked to a case; act-4 is recent."""
     await write_activations(path, range(1, 4))
-    async with Ledger(path) as ledger:
+    async with SqliteLedger(path) as ledger:
         await ledger.record_event(
             "engine/engine-1",
             "alert",
@@ -64,7 +64,7 @@ async def test_old_unlinked_records_are_redacted_and_the_chain_still_verifies(
     path = tmp_path / "ledger.sqlite3"
     await _ledger(path)
     before = {r[0]: r[1] for r in _query(path, "SELECT seq, body_sha256 FROM records")}
-    async with Ledger(path) as ledger:
+    async with SqliteLedger(path) as ledger:
         report = await apply_retention(ledger, 396, now=NOW)
     assert [(r.subject, r.seqs, r.record_seq) for r in report.redactions] == [
         ("act-1", (1, 2), 12),
@@ -87,14 +87,14 @@ async def test_old_unlinked_records_are_redacted_and_the_chain_still_verifies(
     assert verified.ok, verified.findings
     assert verified.redacted == 5
     assert "5 redacted by retention" in verified.summary()
-    async with Ledger(path) as ledger:  # nothing more to do the second time
+    async with SqliteLedger(path) as ledger:  # nothing more to do the second time
         assert (await apply_retention(ledger, 396, now=NOW)).redactions == []
 
 
 async def test_a_case_linked_activation_and_everything_about_it_survive(tmp_path: Path) -> None:
     path = tmp_path / "ledger.sqlite3"
     await _ledger(path)
-    async with Ledger(path) as ledger:
+    async with SqliteLedger(path) as ledger:
         await apply_retention(ledger, 396, now=NOW + 3650 * 86_400.0)  # ten years on
         found = await ledger.activation("act-2")
         assert found is not None
@@ -124,7 +124,7 @@ async def test_a_dry_run_changes_nothing(tmp_path: Path) -> None:
 async def test_linking_after_retention_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "ledger.sqlite3"
     await _ledger(path)
-    async with Ledger(path) as ledger:
+    async with SqliteLedger(path) as ledger:
         await apply_retention(ledger, 396, now=NOW)
         with pytest.raises(LedgerError, match="was deleted by retention"):
             await ledger.link_case("CR-1", "act-1", "Sgt Smith")
@@ -140,13 +140,13 @@ async def test_recordings_go_with_their_activations_and_each_deletion_is_recorde
     record_recording(store, "bwc1", "rec-4", ["act-4"], RECENT)  # recent
     # In the manifest only act-1, but its acknowledgement also names the recent act-4.
     shared = record_recording(store, "bwc2", "rec-9", ["act-1"], T0)
-    async with Ledger(path) as ledger:
+    async with SqliteLedger(path) as ledger:
         await ledger.record_ack(replace(ack(4, RECENT, device="bwc2"), recording="rec-9"))
     unknown = record_recording(store, "bwc3", "rec-x", ["act-elsewhere"], T0)
     (store / "bwc3" / "rec-broken").mkdir()
     tomb = store / "bwc2" / ".rec-7.deleting"  # left by a run that crashed mid-way
     tomb.mkdir()
-    async with Ledger(path) as ledger:
+    async with SqliteLedger(path) as ledger:
         report = await apply_retention(ledger, 396, recordings=store, now=NOW)
     assert report.recordings_deleted == ["bwc2/rec-7", "bwc1/rec-1"]
     assert not old.exists()

@@ -13,7 +13,7 @@ import pytest
 
 from actimesh.audit import Finding, Tamper, verify_ledger
 from actimesh.errors import AuditError
-from actimesh.triggers.ledger import Head
+from actimesh.ledger import Head
 from tests.audit.helpers import chain_hash, rehash, tamper, write_activations
 
 # Five activations, each with one ack: activation n is seq 2n-1, its ack seq 2n.

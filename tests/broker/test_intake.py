@@ -116,7 +116,7 @@ async def test_refused_messages_are_acknowledged_while_read_and_never_handled(
     async with running(sub):
         await publish(broker_port, [*flood, (f"{agency}/dev/good/event", b"y")])
         await eventually(lambda: handled == [f"{agency}/dev/good/event"])
-        await eventually(lambda: sub.refused == 300)
+        await eventually(lambda: sub.stats.refused == 300)
 
     resumed: list[str] = []
 

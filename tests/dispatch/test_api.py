@@ -13,9 +13,8 @@ import httpx
 import pytest
 import websockets
 
-from actimesh.broker.messages import DeviceKind
+from actimesh.broker.messages import DeviceKind, activation_id
 from actimesh.dispatch.service import DispatchService
-from actimesh.triggers.fanout import activation_id
 from tests.dispatch.conftest import (
     add,
     add_user,

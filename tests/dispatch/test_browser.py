@@ -26,9 +26,8 @@ import pytest
 from playwright.async_api import Browser, Page, async_playwright
 from playwright.async_api import TimeoutError as PlaywrightTimeoutError
 
-from actimesh.broker.messages import DeviceKind
+from actimesh.broker.messages import DeviceKind, activation_id
 from actimesh.dispatch.accounts import Role
-from actimesh.triggers.fanout import activation_id
 from tests.dispatch.conftest import add, keep_fresh, running_dispatch, silent_camera
 from tests.integration.harness import mesh
 from tests.waiting import eventually

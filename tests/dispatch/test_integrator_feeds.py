@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from actimesh.broker.messages import DeviceKind
-from actimesh.triggers.fanout import activation_id
+from actimesh.broker.messages import DeviceKind, activation_id
 from tests.dispatch.conftest import add
 from tests.integration.harness import mesh
 

@@ -12,7 +12,7 @@ from actimesh.dispatch.models import Outcome
 from actimesh.dispatch.queries import ActivationQuery, BBox, LedgerReader, Near
 from actimesh.errors import LedgerError
 from actimesh.geofence import destination, distance_m
-from actimesh.triggers.ledger import AckRow, ActivationRow, DecisionRow, Ledger
+from actimesh.ledger import AckRow, ActivationRow, DecisionRow, SqliteLedger
 
 T0 = 1_800_000_000.0
 
@@ -49,7 +49,7 @@ def row(
 @pytest.fixture
 async def ledger(tmp_path: Path) -> Path:
     path = tmp_path / "ledger.sqlite3"
-    async with Ledger(path) as w:
+    async with SqliteLedger(path) as w:
         await w.record_activation(
             row("act-a", T0, 51.0447, -114.0719),
             [

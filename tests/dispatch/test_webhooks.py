@@ -10,10 +10,9 @@ from typing import Any
 
 import pytest
 
-from actimesh.broker.messages import DeviceKind
+from actimesh.broker.messages import DeviceKind, activation_id
 from actimesh.dispatch.cloudevents import ACTIVATION_EVENT_TYPE, verify
 from actimesh.dispatch.webhooks import backoff_s
-from actimesh.triggers.fanout import activation_id
 from tests.dispatch.conftest import add, api, running_dispatch
 from tests.dispatch.receiver import Received, receiver
 from tests.integration.harness import mesh

@@ -25,8 +25,8 @@ from actimesh.evidence import (
     UploadServer,
     create_upload_app,
 )
+from actimesh.ledger import SqliteLedger
 from actimesh.security.registry import DeviceCredentials, Registry
-from actimesh.triggers.ledger import Ledger
 from tests.audit.helpers import DECISIONS, T0, activation
 
 TS = MediaFormat(container="mpegts", extension="ts", concatenable=True)
@@ -101,7 +101,7 @@ async def evidence_store(
     2020), and the upload API served by uvicorn; stopped on exit."""
     with Registry.open(root) as registry:
         creds = {d: registry.add(d, DeviceKind.BODY_CAM) for d in ("bwc1", "bwc2")}
-    async with Ledger(root / "ledger.sqlite3") as ledger:
+    async with SqliteLedger(root / "ledger.sqlite3") as ledger:
         for n in (1, 2, 3):
             assert await ledger.record_activation(activation(n), DECISIONS)
     service = EvidenceService(

@@ -56,13 +56,13 @@ from actimesh.broker.messages import (
     Event,
     Presence,
     Telemetry,
+    activation_id,
 )
 from actimesh.broker.mosquitto import ManagedMosquitto, free_port
 from actimesh.broker.mosquitto_conf import MosquittoConfig
 from actimesh.broker.topics import DeviceChannel, device_client_id
 from actimesh.devices.agent import DeviceAgent
 from actimesh.security.registry import Registry
-from actimesh.triggers.fanout import activation_id
 from tests.integration.harness import CENTER, TEST_SETTINGS, Mesh, mesh
 from tests.integration.officers import AGENCY, commanded_after
 from tests.integration.up_world import running_up

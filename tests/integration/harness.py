@@ -18,16 +18,17 @@ import aiomqtt
 
 from actimesh.broker.messages import DeviceKind
 from actimesh.broker.topics import Topics
+from actimesh.broker.transport import MqttTransport
 from actimesh.devices.agent import DeviceAgent, Position
 from actimesh.devices.camera import Camera
 from actimesh.devices.media import SyntheticSource
 from actimesh.devices.recorder import RecordingStore
 from actimesh.dispatch.settings import DispatchSettings
 from actimesh.geofence import InclusionPolicy, destination
+from actimesh.ledger import Ledger, SqliteLedger
 from actimesh.security.signing import CommandSigner
 from actimesh.triggers.engine import Engine
 from actimesh.triggers.fleet import DeviceDirectory
-from actimesh.triggers.ledger import Ledger
 from actimesh.triggers.rules import DEFAULT_RULES
 from actimesh.triggers.settings import EngineSettings
 from tests.waiting import eventually, quiet_for
@@ -206,8 +207,7 @@ def build_engine(
     """An engine as the mesh builds it (not started)."""
     return Engine(
         topics=topics,
-        broker_host=HOST,
-        broker_port=port,
+        transport=MqttTransport(HOST, port),
         ledger=ledger,
         rules=DEFAULT_RULES,
         policy=policy or InclusionPolicy(),
@@ -233,7 +233,7 @@ async def mesh(
     ``settings`` and, if given, the device ``directory``."""
     topics = Topics(agency)
     signer = CommandSigner.generate()
-    async with Ledger(root / "ledger.sqlite3") as ledger:
+    async with SqliteLedger(root / "ledger.sqlite3") as ledger:
         eng = None
         if engine:
             eng = build_engine(

@@ -16,14 +16,13 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from actimesh.broker.messages import DeviceKind
+from actimesh.broker.messages import DeviceKind, activation_id
 from actimesh.broker.topics import Topics
 from actimesh.devices.agent import DeviceAgent
 from actimesh.devices.camera import Camera
 from actimesh.devices.media import SyntheticSource
 from actimesh.devices.recorder import RecordingStore
 from actimesh.security.signing import CommandVerifier, engine_key_paths
-from actimesh.triggers.fanout import activation_id
 from tests.integration.harness import CENTER, fixed
 from tests.waiting import eventually
 

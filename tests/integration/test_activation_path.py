@@ -20,9 +20,9 @@ from actimesh.broker.messages import (
     DeviceState,
     Event,
     Presence,
+    activation_id,
 )
-from actimesh.triggers.fanout import activation_id
-from actimesh.triggers.ledger import AckRow
+from actimesh.ledger import AckRow
 from tests.integration.harness import CENTER, TEST_SETTINGS, mesh
 from tests.waiting import eventually, quiet_for
 

@@ -23,13 +23,18 @@ import pytest
 from actimesh.audit import verify_ledger
 from actimesh.broker.client import as_bytes
 from actimesh.broker.codec import decode
-from actimesh.broker.messages import Ack, AckStatus, Activation, DeviceKind, DeviceState
+from actimesh.broker.messages import (
+    Ack,
+    AckStatus,
+    Activation,
+    DeviceKind,
+    DeviceState,
+    activation_id,
+)
 from actimesh.broker.topics import DeviceChannel
 from actimesh.devices.manifest import MANIFEST_NAME
 from actimesh.dispatch.state import CameraStatus, LiveState
-from actimesh.triggers.engine import Engine
-from actimesh.triggers.fanout import activation_id
-from actimesh.triggers.ledger import FALSE_ACTIVATION, Ledger
+from actimesh.ledger import FALSE_ACTIVATION, SqliteLedger
 from tests.integration.harness import Mesh, mesh
 from tests.waiting import eventually, quiet_for
 
@@ -74,9 +79,9 @@ async def dispatch_view(m: Mesh) -> AsyncIterator[tuple[LiveState, list[Ack]]]:
 Row = tuple[str, str, str, dict[str, object]]
 
 
-async def _records(engine: Engine, event_type: str) -> list[Row]:
+async def _records(ledger_path: Path, event_type: str) -> list[Row]:
     def read() -> list[Row]:
-        with contextlib.closing(sqlite3.connect(engine.ledger.path)) as db:
+        with contextlib.closing(sqlite3.connect(ledger_path)) as db:
             return [
                 (c, s, o, json.loads(b))
                 for c, s, o, b in db.execute(
@@ -115,7 +120,7 @@ async def test_officer_cancel_within_window_is_recorded_as_false_activation(
 
             # The ledger: one false_activation record naming camera, activation, who, when.
             records: list[Row] = await eventually(
-                lambda: _records(engine, FALSE_ACTIVATION), timeout=5
+                lambda: _records(tmp_path / "ledger.sqlite3", FALSE_ACTIVATION), timeout=5
             )
             assert len(records) == 1
             component, subject, outcome, body = records[0]
@@ -156,7 +161,7 @@ async def test_officer_cancel_within_window_is_recorded_as_false_activation(
             assert sum(r.command.aid == aid for r in bwc.received) == 1
             assert engine.stats.retries == 0
             assert not engine.stats.alerts
-            assert await _records(engine, "alert") == []
+            assert await _records(tmp_path / "ledger.sqlite3", "alert") == []
             assert bwc.unsent_cancels == 0
 
         # The recording is kept on the camera, marked cancelled, not deleted.
@@ -260,7 +265,7 @@ async def test_engine_command_after_a_local_cancel_is_answered_cancelled(
         assert bwc.unsent_cancels == 0  # only the local activation: nothing to tell
 
         async with (
-            Ledger(tmp_path / "late.sqlite3") as ledger,
+            SqliteLedger(tmp_path / "late.sqlite3") as ledger,
             m.running_engine(ledger) as engine,
         ):
             aid = activation_id("cew", event.eid)

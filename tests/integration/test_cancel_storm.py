@@ -33,7 +33,7 @@ from actimesh.devices.agent import DeviceAgent
 from actimesh.devices.camera import Camera
 from actimesh.devices.media import SyntheticSource
 from actimesh.dispatch.service import DispatchService
-from actimesh.triggers.ledger import Ledger
+from actimesh.ledger import SqliteLedger
 from actimesh.triggers.rules import DEFAULT_RULES
 from tests.dispatch.conftest import FAST
 from tests.integration.harness import CENTER, HOST, Mesh, build_engine, fixed, mesh
@@ -142,7 +142,7 @@ async def test_a_thousand_cancellations_each_stop_at_once_and_leave_nothing(
     async with (
         mesh(agency, broker_port, tmp_path) as m,
         traffic(m),
-        Ledger(tmp_path / "storm-ledger.sqlite3") as storm_ledger,
+        SqliteLedger(tmp_path / "storm-ledger.sqlite3") as storm_ledger,
     ):
         engine = m.engine
         assert engine is not None

@@ -18,10 +18,10 @@ from actimesh.broker.messages import (
     DeviceState,
     Presence,
     Telemetry,
+    activation_id,
 )
 from actimesh.errors import LedgerError
-from actimesh.triggers.fanout import activation_id
-from actimesh.triggers.ledger import ActivationRow, DecisionRow, Ledger
+from actimesh.ledger import ActivationRow, DecisionRow, SqliteLedger
 from tests.integration.harness import CENTER, mesh
 from tests.waiting import eventually, quiet_for
 
@@ -54,7 +54,7 @@ async def test_device_resends_until_an_engine_confirms(
         await eventually(lambda: cew.stats.events_resent >= 1)  # nobody confirmed it
         assert cew.unconfirmed == 1
         async with (
-            Ledger(tmp_path / "late.sqlite3") as ledger,
+            SqliteLedger(tmp_path / "late.sqlite3") as ledger,
             m.running_engine(ledger) as engine,
         ):
             aid = activation_id("cew", event.eid)
@@ -159,8 +159,8 @@ async def test_engine_replicas_handle_each_trigger_exactly_once(
         await m.ready()
         path = tmp_path / "shared-ledger.sqlite3"
         async with (
-            Ledger(path) as one,
-            Ledger(path) as two,
+            SqliteLedger(path) as one,
+            SqliteLedger(path) as two,
             m.running_engine(one, "engine-a") as a,
             m.running_engine(two, "engine-b") as b,
         ):
@@ -183,7 +183,7 @@ async def test_engine_replicas_handle_each_trigger_exactly_once(
             assert sum(e.stats.ledger_failures for e in engines) == 0
 
 
-class _HeldLedger(Ledger):
+class _HeldLedger(SqliteLedger):
     """A ledger whose activation writes wait until ``release`` is set: a slow disk."""
 
     def __init__(self, path: Path) -> None:
@@ -208,7 +208,7 @@ async def test_replica_that_loses_the_ledger_race_confirms_without_republishing(
         published: list[str] = []
         async with (
             _HeldLedger(path) as held,
-            Ledger(path) as other,
+            SqliteLedger(path) as other,
             m.client() as watcher,
             asyncio.TaskGroup() as tg,
         ):

@@ -10,9 +10,16 @@ from pathlib import Path
 import pytest
 
 from actimesh.broker.codec import decode, encode
-from actimesh.broker.messages import Alert, AlertKind, DeviceKind, DeviceState, Event, Telemetry
+from actimesh.broker.messages import (
+    Alert,
+    AlertKind,
+    DeviceKind,
+    DeviceState,
+    Event,
+    Telemetry,
+    activation_id,
+)
 from actimesh.broker.mosquitto import ManagedMosquitto
-from actimesh.triggers.fanout import activation_id
 from tests.integration.harness import TEST_SETTINGS, mesh
 from tests.waiting import eventually, quiet_for
 

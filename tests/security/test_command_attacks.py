@@ -26,10 +26,10 @@ from actimesh.broker.messages import (
     DeviceState,
     Presence,
     Telemetry,
+    activation_id,
 )
 from actimesh.devices.agent import DeviceAgent
 from actimesh.security.signing import CommandSigner
-from actimesh.triggers.fanout import activation_id
 from tests.integration.harness import CENTER, Mesh, mesh
 from tests.waiting import eventually
 

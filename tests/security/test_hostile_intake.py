@@ -18,8 +18,7 @@ import msgpack
 import pytest
 
 from actimesh.broker.codec import decode, encode
-from actimesh.broker.messages import DeadLetter, DeviceKind, Event
-from actimesh.triggers.fanout import activation_id
+from actimesh.broker.messages import DeadLetter, DeviceKind, Event, activation_id
 from tests.integration.harness import CENTER, mesh
 
 pytestmark = pytest.mark.integration

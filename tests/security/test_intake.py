@@ -27,12 +27,12 @@ from actimesh.broker.messages import (
     Event,
     Presence,
     Telemetry,
+    activation_id,
 )
 from actimesh.devices.agent import DeviceAgent
+from actimesh.ledger import SqliteLedger
 from actimesh.triggers.engine import Engine
-from actimesh.triggers.fanout import activation_id
 from actimesh.triggers.fleet import StaticDirectory
-from actimesh.triggers.ledger import Ledger
 from tests.integration.flood_probe import flooding
 from tests.integration.harness import CENTER, DISPATCH_SOURCE, TEST_SETTINGS, Mesh, mesh
 from tests.waiting import eventually, quiet_for
@@ -258,7 +258,7 @@ async def test_replayed_event_is_refused_after_an_engine_restart(
         bwc = m.add("bwc", DeviceKind.BODY_CAM, at=0.0)
         cew = m.add("cew", DeviceKind.CEW, paired=("bwc",))
         await m.ready()
-        async with Ledger(tmp_path / "engine.sqlite3") as ledger:
+        async with SqliteLedger(tmp_path / "engine.sqlite3") as ledger:
             async with m.running_engine(ledger) as first:
                 await eventually(first.warmed.is_set)
                 event = await cew.raise_event("taser_draw")
@@ -293,7 +293,7 @@ async def test_replay_the_dedupe_memory_forgot_is_answered_by_the_ledger(
                 await cew.publish(m.topics.event("cew"), payloads[-1], qos=1)
                 await m.commanded(activation_id("cew", f"e{n}"), {"bwc"}, quiet_s=0)
             await eventually(lambda: engine.stats.activations == 3)
-            assert len(engine._seen) == 2  # e0 is forgotten here ...
+            assert len(engine.dedupe) == 2  # e0 is forgotten here ...
             await cew.publish(m.topics.event("cew"), payloads[0], qos=1)
             await eventually(lambda: engine.stats.duplicates == 1)
         assert engine.stats.ledger_lookups == 1  # ... but not by the ledger
@@ -421,7 +421,7 @@ async def test_acks_for_activations_that_did_not_command_the_camera_are_counted_
         assert await m.commanded(aid, {"bwc-own"}) == {"bwc-own"}
         await eventually(lambda: len(m.agents["bwc-own"].received) == 1)
         ledger_path = tmp_path / "ledger.sqlite3"
-        async with Ledger(ledger_path) as reader:
+        async with SqliteLedger(ledger_path) as reader:
             await eventually(lambda: reader.acks(aid))
             before = len(await reader.acks(aid))
         now = time.time()
@@ -437,7 +437,7 @@ async def test_acks_for_activations_that_did_not_command_the_camera_are_counted_
             for ack in forged:
                 await stolen.publish(m.topics.ack("bwc-stolen"), encode(ack), qos=1)
         await eventually(lambda: engine.stats.acks_not_commanded == len(forged), timeout=10)
-        async with Ledger(ledger_path) as reader:
+        async with SqliteLedger(ledger_path) as reader:
             acks = await reader.acks(aid)
         assert len(acks) == before
         assert {a.device_id for a in acks} == {"bwc-own"}
@@ -527,7 +527,7 @@ async def test_a_stolen_cew_flooding_without_pause_does_not_silence_another_offi
             refused = engine.stats.rejected["over_budget"]
             await eventually(lambda: engine.stats.rejected["over_budget"] > refused + 1_000)
             assert f.returncode is None  # the flood went on all along
-        assert engine.intake.refused >= refused
+        assert engine.control_link.stats.refused >= refused
         assert engine.stats.handler_errors == 0
 
 

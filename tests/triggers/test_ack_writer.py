@@ -13,10 +13,10 @@ import pytest
 
 from actimesh.broker.topics import Topics
 from actimesh.errors import LedgerError
+from actimesh.ledger import AckRow, DecisionRow, SqliteLedger
 from actimesh.security.signing import CommandSigner
-from actimesh.triggers.ledger import AckRow, DecisionRow, Ledger
 from tests.integration.harness import build_engine
-from tests.triggers.test_ledger import activation
+from tests.ledger.test_sqlite_store import activation
 from tests.waiting import eventually
 
 GOOD = AckRow("act-1", "bwc1", "received", 30.0, None, 100.5, 100.6)
@@ -26,18 +26,18 @@ COMMANDED = [DecisionRow(d, "body_cam", True, "proximity") for d in ("bwc1", "bw
 
 @pytest.mark.logs_exception(LedgerError, reason="one ack is made unwritable on purpose")
 async def test_one_bad_ack_does_not_cost_the_others_their_record(tmp_path: Path) -> None:
-    async with Ledger(tmp_path / "l.sqlite3") as ledger:
+    async with SqliteLedger(tmp_path / "l.sqlite3") as ledger:
         await ledger.record_activation(activation(), COMMANDED)
         engine = build_engine(Topics("am-acks"), 1, ledger, signer=CommandSigner.generate())
         bad = replace(GOOD, device_id="bwc2", received_ts=math.inf)  # not JSON: refused
-        await engine._write_acks([GOOD, bad, replace(GOOD, device_id="bwc3")])
+        await engine.acks.write([GOOD, bad, replace(GOOD, device_id="bwc3")])
         assert {a.device_id for a in await ledger.acks("act-1")} == {"bwc1", "bwc3"}
         assert engine.stats.ledger_failures == 1
 
 
 async def test_queued_acks_and_a_cancel_are_written_in_order(tmp_path: Path) -> None:
     path = tmp_path / "l.sqlite3"
-    async with Ledger(path) as ledger:
+    async with SqliteLedger(path) as ledger:
         await ledger.record_activation(activation(), COMMANDED)
         engine = build_engine(Topics("am-acks"), 1, ledger, signer=CommandSigner.generate())
         cancel = replace(GOOD, status="cancelled", device_ts=102.0, received_ts=102.1)
@@ -47,9 +47,9 @@ async def test_queued_acks_and_a_cancel_are_written_in_order(tmp_path: Path) -> 
             (cancel, "officer 7"),
             (replace(GOOD, device_id="bwc2"), None),
         ]
-        for row in rows:
-            engine._ack_rows.put_nowait(row)
-        writer = asyncio.create_task(engine._ack_writer())
+        for row, by in rows:
+            await engine.acks.put(row, by)
+        writer = asyncio.create_task(engine.acks.run())
         try:
 
             async def all_written() -> bool:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from actimesh.broker.messages import ActivationReason, DeviceKind, Event, Presence
+from actimesh.broker.messages import ActivationReason, DeviceKind, Event, Presence, activation_id
 from actimesh.geofence import GridIndex, InclusionMode, InclusionPolicy, destination
 from actimesh.triggers.fanout import (
     Exclusion,
     Plan,
     PositionSource,
-    activation_id,
     plan_activation,
 )
 from actimesh.triggers.fleet import OFFLINE_MEMORY_S, Fleet, LastFix

@@ -1,6 +1,6 @@
 """Audit of the ledger: verify the chain, export a case, apply retention.
 
-* :func:`verify_ledger` walks the hash chain (:mod:`actimesh.triggers.chain`) and names
+* :func:`verify_ledger` walks the hash chain (:mod:`actimesh.ledger.chain`) and names
   every record that was changed, removed, inserted or reordered, then checks that the
   query tables (activations, decisions, acks, case links) agree with the chain. A chain
   cannot show that its tail was cut off: compare with a head recorded elsewhere

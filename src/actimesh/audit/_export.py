@@ -13,8 +13,7 @@ from pathlib import Path
 from actimesh.audit._store import SELECT_RECORDS, record, snapshot
 from actimesh.broker.topics import is_identifier
 from actimesh.errors import AuditError, LedgerError
-from actimesh.triggers.chain import CHAIN_VERSION, ChainRecord, EventType, format_time
-from actimesh.triggers.ledger import Ledger
+from actimesh.ledger import CHAIN_VERSION, ChainRecord, EventType, SqliteLedger, format_time
 
 __all__ = ["ExportResult", "export_case", "link_case"]
 
@@ -26,7 +25,7 @@ async def link_case(path: Path, case_id: str, aid: str, by: str) -> tuple[int, b
     and everything recorded about it are kept past retention.
     """
     try:
-        async with Ledger(path, create=False) as ledger:
+        async with SqliteLedger(path, create=False) as ledger:
             return await ledger.link_case(case_id, aid, by)
     except LedgerError as exc:
         raise AuditError(str(exc)) from exc
@@ -78,7 +77,7 @@ def export_case(path: Path, case_id: str, out_dir: Path) -> ExportResult:
     ``case-<id>.jsonl`` and ``case-<id>.csv`` hold one record per line with every column
     of the chain; the body is its exact stored text (null in JSON Lines, empty in CSV,
     once redacted), so ``sha256(body) == body_sha256`` and ``hash`` can be recomputed
-    from the record's own columns (see :mod:`actimesh.triggers.chain`).
+    from the record's own columns (see :mod:`actimesh.ledger.chain`).
     ``case-<id>.manifest.json`` gives the ledger's head at export time and each file's
     SHA-256. Every record is checked against its hash before anything is written.
     """

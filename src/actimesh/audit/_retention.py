@@ -30,8 +30,7 @@ from actimesh.broker.topics import is_identifier
 from actimesh.config import RetentionSettings
 from actimesh.devices.recorder import MANIFEST_NAME
 from actimesh.errors import AuditError, LedgerError
-from actimesh.triggers.chain import EventType, format_time
-from actimesh.triggers.ledger import Ledger, Redaction
+from actimesh.ledger import EventType, Ledger, Redaction, SqliteLedger, format_time
 
 __all__ = [
     "DEFAULT_RETENTION_DAYS",
@@ -248,7 +247,7 @@ async def retain(
     dry_run: bool = False,
 ) -> RetentionReport:
     """:func:`apply_retention` on the ledger file at ``path``, which must exist."""
-    async with Ledger(path, create=False) as ledger:
+    async with SqliteLedger(path, create=False) as ledger:
         return await apply_retention(ledger, days, recordings=recordings, now=now, dry_run=dry_run)
 
 
@@ -265,7 +264,7 @@ async def retention_loop(
     engine's writes. A failed run is logged and written to the ledger as an alert (CJIS
     5.4: alert when audit processing fails), and tried again next time.
     """
-    async with Ledger(path) as ledger:
+    async with SqliteLedger(path) as ledger:
         while True:
             try:
                 report = await apply_retention(ledger, days, recordings=recordings)

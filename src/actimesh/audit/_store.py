@@ -10,8 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from actimesh.errors import AuditError
-from actimesh.triggers.chain import GENESIS_HASH, ChainRecord
-from actimesh.triggers.ledger import SCHEMA_VERSION, Head
+from actimesh.ledger import GENESIS_HASH, SCHEMA_VERSION, ChainRecord, Head
 
 __all__ = ["SELECT_RECORDS", "as_text", "parse_head", "read_head", "record", "snapshot"]
 

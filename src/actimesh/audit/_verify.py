@@ -35,11 +35,13 @@ from pathlib import Path
 from typing import Any
 
 from actimesh.audit._store import SELECT_RECORDS, as_text, record, snapshot
-from actimesh.triggers.chain import GENESIS_HASH, ChainRecord, EventType
-from actimesh.triggers.ledger import (
+from actimesh.ledger import (
+    GENESIS_HASH,
     AckRow,
     ActivationRow,
+    ChainRecord,
     DecisionRow,
+    EventType,
     Head,
     ack_from_body,
     activation_from_body,

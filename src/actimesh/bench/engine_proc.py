@@ -4,7 +4,7 @@ Default rules and inclusion policy, a real SQLite ledger on disk, the production
 :class:`~actimesh.geofence.GridIndex`, two MQTT links. The only additions are for
 measuring: a :class:`TimedGridIndex` that records how long each spatial query takes,
 and a watcher that notes when the engine's telemetry counter starts and stops moving
-during a flood. Neither touches the engine's code.
+during a flood, and with ``--trace`` the engine's tracer. None touches the engine's code.
 """
 
 from __future__ import annotations
@@ -13,13 +13,14 @@ import asyncio
 import time
 from typing import Any
 
-from actimesh.bench.trace import TracedEngine
+from actimesh.bench.trace import TriggerStamps
 from actimesh.broker.topics import Topics
+from actimesh.broker.transport import MqttTransport
 from actimesh.geofence import Fix, GridIndex, InclusionPolicy
+from actimesh.ledger import Ledger
 from actimesh.security.registry import Credentials
 from actimesh.security.signing import CommandSigner
 from actimesh.triggers.engine import Engine
-from actimesh.triggers.ledger import Ledger
 from actimesh.triggers.rules import DEFAULT_RULES
 from actimesh.triggers.settings import EngineSettings
 
@@ -48,9 +49,12 @@ class TimedGridIndex(GridIndex):
 class EngineUnderTest:
     """An :class:`Engine` plus the counters the orchestrator asks for."""
 
-    def __init__(self, engine: Engine, index: TimedGridIndex) -> None:
+    def __init__(
+        self, engine: Engine, index: TimedGridIndex, stamps: TriggerStamps | None = None
+    ) -> None:
         self.engine = engine
         self.index = index
+        self.stamps = stamps
         self._watch: asyncio.Task[dict[str, Any]] | None = None
 
     @classmethod
@@ -65,11 +69,15 @@ class EngineUnderTest:
         trace: bool = False,
     ) -> EngineUnderTest:
         index = TimedGridIndex()
-        kind = TracedEngine if trace else Engine
-        engine = kind(
+        stamps = TriggerStamps() if trace else None
+        engine = Engine(
             topics=Topics(agency),
-            broker_host=host,
-            broker_port=port,
+            transport=MqttTransport(
+                host,
+                port,
+                username=None if login is None else login.username,
+                password=None if login is None else login.password,
+            ),
             ledger=ledger,
             rules=DEFAULT_RULES,
             policy=InclusionPolicy(),
@@ -77,10 +85,9 @@ class EngineUnderTest:
             signer=CommandSigner.generate(),
             settings=EngineSettings(engine_id="bench-engine"),
             index=index,
-            username=None if login is None else login.username,
-            password=None if login is None else login.password,
+            tracer=stamps,
         )
-        return cls(engine, index)
+        return cls(engine, index, stamps)
 
     def counted(self) -> int:
         """Telemetry messages handled: indexed or rejected."""
@@ -154,9 +161,9 @@ class EngineUnderTest:
 
     def trace(self) -> dict[str, list[float]]:
         """Per event id: handler start and commands written (``--trace`` only)."""
-        if not isinstance(self.engine, TracedEngine):
+        if self.stamps is None:
             return {}
-        return {eid: list(stamp) for eid, stamp in self.engine.stamps.items()}
+        return {eid: list(stamp) for eid, stamp in self.stamps.stamps.items()}
 
     def take_queries(self) -> list[float]:
         samples, self.index.query_us = self.index.query_us, []

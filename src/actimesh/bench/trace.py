@@ -6,13 +6,14 @@ subtracted from one another (the benchmark always runs on one machine). Each tri
 is split into three stages, and each echo request the same way, so the two paths can
 be compared stage by stage:
 
-* ``to_handler``: the probe's publish to the start of the handler (the engine's
-  ``_on_event``, the echo client's callback): one broker hop, the read, any queue;
+* ``to_handler``: the probe's publish to the start of the handler (the engine's trigger
+  path, the echo client's callback): one broker hop, the read, any queue;
 * ``work``: the handler's own time until the last command (reply) is written;
 * ``to_cameras``: from then to the last camera's receipt: the second broker hop.
 
-The engine is traced by a subclass that stamps its event handler; nothing in the
-engine's own code knows about it.
+The engine is traced through its tracer seam
+(:class:`~actimesh.triggers.planning.TriggerTracer`): :class:`TriggerStamps` stamps the
+start of each trigger's handling and the moment its commands have left.
 """
 
 from __future__ import annotations
@@ -21,41 +22,29 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from actimesh.broker.intake import Delivery
-from actimesh.broker.messages import Event
 from actimesh.drill import percentile
-from actimesh.triggers.engine import Engine
-from actimesh.triggers.fanout import Plan
 
-__all__ = ["STAGES", "TracedEngine", "describe", "split"]
+__all__ = ["STAGES", "TriggerStamps", "describe", "split"]
 
 STAGES = ("to_handler", "work", "to_cameras")
 
 
-class TracedEngine(Engine):
-    """An :class:`Engine` that notes, per event id, when its handler started and when
-    the last of its commands had been written."""
+class TriggerStamps:
+    """A :class:`~actimesh.triggers.planning.TriggerTracer` that notes, per event id,
+    when its handling started and when the last of its commands had been written."""
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(self) -> None:
         #: Event id -> (handler started, commands written), ``perf_counter()`` seconds.
         self.stamps: dict[str, tuple[float, float]] = {}
         self._started = 0.0
 
-    async def _on_event(
-        self,
-        source: str,
-        payload: bytes,
-        delivery: Delivery,
-    ) -> bool:
-        # The intake hands over one message at a time, and a handler does not
+    def handling(self) -> None:
+        # The intake hands over one message at a time, and the trigger path does not
         # give up the loop before its commands are written: the stamp is this event's.
         self._started = time.perf_counter()
-        return await super()._on_event(source, payload, delivery)
 
-    async def _send_commands(self, plan: Plan, event: Event, source: str, now: float) -> None:
-        await super()._send_commands(plan, event, source, now)
-        self.stamps[event.eid] = (self._started, time.perf_counter())
+    def commanded(self, eid: str) -> None:
+        self.stamps[eid] = (self._started, time.perf_counter())
 
 
 def _stage_figures(values: list[float]) -> dict[str, float]:

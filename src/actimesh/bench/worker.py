@@ -29,8 +29,8 @@ from actimesh.bench.procs import Rpc
 from actimesh.bench.scaling import side_by_side
 from actimesh.bench.workload import build_fleet
 from actimesh.broker.topics import DeviceChannel, Topics
+from actimesh.ledger import SqliteLedger
 from actimesh.security.registry import Credentials
-from actimesh.triggers.ledger import Ledger
 
 __all__ = ["ROLES", "main"]
 
@@ -51,7 +51,9 @@ def _login(cfg: Config, who: str) -> Credentials | None:
 
 
 async def _engine(cfg: Config) -> None:
-    async with Ledger(Path(cfg["run_dir"]) / "ledger.sqlite3") as ledger:  # it makes the folder
+    async with SqliteLedger(
+        Path(cfg["run_dir"]) / "ledger.sqlite3"
+    ) as ledger:  # it makes the folder
         eut = EngineUnderTest.build(
             agency=cfg["agency"],
             host=cfg["host"],

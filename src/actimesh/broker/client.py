@@ -155,6 +155,8 @@ class LinkStats:
     disconnects: int = 0
     received: int = 0
     dropped_incoming: int = 0
+    #: Refused as they were read (a device over its budget): acknowledged and dropped.
+    refused: int = 0
     handler_errors: int = 0
     published: int = 0
     last_error: str = ""
@@ -583,6 +585,10 @@ class MqttLink:
         # aiomqtt's own drop warning is replaced by our counter; keep its log quiet.
         self._mqtt_log = logging.getLogger(f"actimesh.mqtt.{settings.client_id}")
         self._mqtt_log.addFilter(_LATE_ACKS)
+
+    @property
+    def name(self) -> str:
+        return self.settings.client_id
 
     @property
     def connected(self) -> bool:

@@ -138,11 +138,14 @@ class _Connection(asyncio.BufferedProtocol):
         if transport is None or transport.is_closing():
             return False
         if not self._acks:
-            self._loop.call_soon(self._write_acks)
+            self._loop.call_soon(self.write_acks)
         self._acks += wire.puback_packet(packet_id)
         return True
 
-    def _write_acks(self) -> None:
+    def write_acks(self) -> None:
+        """Write the PUBACKs asked for since the last write (once per loop turn, and
+        before the connection closes: what the handler acknowledged must not come
+        again)."""
         acks, self._acks = self._acks, bytearray()
         transport = self.transport
         if acks and transport is not None and not transport.is_closing():
@@ -230,6 +233,10 @@ class LeanSubscriber(abc.ABC, Generic[_Item]):
         self.receive_maximum: int | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._connected = asyncio.Event()
+
+    @property
+    def name(self) -> str:
+        return self.settings.client_id
 
     @property
     def connected(self) -> bool:
@@ -338,6 +345,7 @@ class LeanSubscriber(abc.ABC, Generic[_Item]):
             await self._deliver(conn, transport)
         finally:
             if not transport.is_closing():
+                conn.write_acks()
                 transport.write(wire.DISCONNECT_PACKET)
             transport.close()
 

@@ -120,8 +120,6 @@ class ControlSubscriber(LeanSubscriber[Delivery]):
         self._turns: collections.deque[Hashable] = collections.deque()
         self._backlog = 0
         self._qos0 = 0
-        #: Messages refused by ``admit`` (acknowledged and dropped at read time).
-        self.refused = 0
         #: ``admit`` raised: the message was kept under its topic and counted here.
         self.admit_errors = 0
 
@@ -140,7 +138,7 @@ class ControlSubscriber(LeanSubscriber[Delivery]):
                 log.exception("%s: admit failed on %r", self.settings.client_id, topic[:128])
                 source = topic
         if source is None:
-            self.refused += 1
+            self.stats.refused += 1
             if packet_id:
                 conn.puback(packet_id)
             return

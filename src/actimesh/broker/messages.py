@@ -10,6 +10,7 @@ Times are UNIX seconds (UTC) as floats. Distances and accuracies are metres.
 
 from __future__ import annotations
 
+import hashlib
 from enum import StrEnum
 from typing import Annotated, ClassVar, Literal, Self
 
@@ -40,6 +41,7 @@ __all__ = [
     "OfflineReason",
     "Presence",
     "Telemetry",
+    "activation_id",
 ]
 
 EVENT_TYPE_PATTERN = r"^[a-z][a-z0-9_]{0,31}$"
@@ -346,3 +348,14 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         EngineStatus,
     )
 }
+
+
+def activation_id(source: str, eid: str) -> str:
+    """The activation id of a device's event: ``act-`` and the first 24 hex digits of the
+    SHA-256 of ``source``, a NUL byte and ``eid``.
+
+    Deterministic, so a redelivered event maps to the same activation and cameras (which
+    dedupe by activation id) never record it twice; integrators can compute it too.
+    """
+    digest = hashlib.sha256(f"{source}\x00{eid}".encode()).hexdigest()
+    return f"act-{digest[:24]}"

@@ -2,7 +2,7 @@
 
 SQLite connections are not shared across threads, and the event loop must never wait on
 disk; so each database gets a single-thread executor that owns its connection, and the
-async side hands it plain functions. The same shape as the ledger's (triggers/ledger.py).
+async side hands it plain functions. The same shape as the ledger's (ledger/sqlite/store.py).
 """
 
 from __future__ import annotations

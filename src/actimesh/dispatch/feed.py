@@ -35,12 +35,12 @@ from actimesh.broker.messages import (
     Event,
     Presence,
     Telemetry,
+    activation_id,
 )
 from actimesh.broker.topics import DeviceChannel, Topics, is_identifier
 from actimesh.dispatch.settings import DispatchSettings
 from actimesh.dispatch.state import LiveState
 from actimesh.errors import PayloadError
-from actimesh.triggers.fanout import activation_id
 
 __all__ = ["ZONE_EVENT_TYPE", "Feed", "ZoneOrder"]
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from actimesh.errors import LedgerError
 from actimesh.evidence.service import EvidenceService
 from actimesh.evidence.store import StoredRecording
-from actimesh.triggers.chain import EventType, format_time
+from actimesh.ledger import EventType, format_time
 
 __all__ = ["EvidenceRetention", "apply_evidence_retention", "evidence_retention_loop"]
 

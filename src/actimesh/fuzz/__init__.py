@@ -33,7 +33,7 @@ from actimesh.fuzz._codec import check_codec
 from actimesh.fuzz._findings import Finding
 from actimesh.fuzz._generators import GENERATORS, CaseGenerator
 from actimesh.fuzz._intake import ENGINE_REASONS
-from actimesh.fuzz._intake import _RecordingLink as _RecordingLink  # the tests wrap its publish
+from actimesh.fuzz._intake import _Outputs as _Outputs  # the tests wrap what it records
 from actimesh.fuzz._run import FuzzReport, FuzzSettings, run_fuzz
 from actimesh.fuzz._scenario import INBOUND
 from actimesh.fuzz._scenario import POOL as POOL  # the tests size the fleet by it

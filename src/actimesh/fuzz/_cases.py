@@ -17,11 +17,11 @@ from actimesh.broker.messages import (
     Message,
     Presence,
     Telemetry,
+    activation_id,
 )
 from actimesh.broker.topics import DeviceChannel
 from actimesh.fuzz._msgpack import _ALL_FIELDS, _FIELDS, _ODD_KEYS, _STRINGS, Pairs, _join, _pack
 from actimesh.fuzz._scenario import _EIDS, _KINDS, CENTER, EPOCH, POOL
-from actimesh.triggers.fanout import activation_id
 
 
 @dataclass(frozen=True, slots=True)

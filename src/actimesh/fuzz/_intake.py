@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from actimesh.broker.client import InFlight, LinkStats
 from actimesh.broker.codec import (
     MAX_ACTIVATION_BYTES,
     REASONS,
@@ -21,7 +20,7 @@ from actimesh.broker.codec import (
     decode_telemetry,
     encode,
 )
-from actimesh.broker.intake import Delivery
+from actimesh.broker.memory import MemoryBus
 from actimesh.broker.messages import (
     Ack,
     Activation,
@@ -32,18 +31,22 @@ from actimesh.broker.messages import (
     DeadLetter,
     DeviceKind,
     DeviceState,
+    EngineStatus,
     Event,
     Presence,
     Telemetry,
+    activation_id,
 )
 from actimesh.broker.topics import DeviceChannel, Topics
 from actimesh.errors import PayloadError
 from actimesh.fuzz._cases import Case
 from actimesh.fuzz._findings import Finding, _describe
 from actimesh.fuzz._scenario import _CAMERAS, _EIDS, _ENGINE_CHANNELS, CENTER, POOL
+from actimesh.geofence import InclusionPolicy
+from actimesh.ledger import Ledger
+from actimesh.security.signing import CommandSigner
 from actimesh.triggers.engine import Engine
-from actimesh.triggers.fanout import activation_id
-from actimesh.triggers.rules import RuleTable
+from actimesh.triggers.rules import DEFAULT_RULES, RuleTable
 from actimesh.triggers.settings import EngineSettings
 
 #: Reasons the engine adds to the codec's own: a foreign topic, a clock, an unknown rule.
@@ -84,14 +87,16 @@ def _check_output(head: str, tail: str, payload: bytes) -> str | None:
         decode(Activation, payload, max_bytes=MAX_ACTIVATION_BYTES)
     elif head == "json":
         json.loads(payload)
+    elif head == "engine" and tail.endswith("/status"):
+        decode(EngineStatus, payload)
     else:
         raise PayloadError("bad_topic", "not a topic the engine publishes on")
     return None
 
 
-class _RecordingLink:
-    """Stands in for the engine's control link: checks and counts what the engine
-    publishes, and tracks which control messages it acknowledged."""
+class _Outputs:
+    """Listens to what the engine publishes on its bus: checks and counts it, and keeps
+    the commands and confirmations of the activations and events it watches."""
 
     def __init__(self, topics: Topics) -> None:
         self.prefix = topics.prefix + "/"
@@ -99,34 +104,13 @@ class _RecordingLink:
         self.deadletters: Counter[str] = Counter()
         self.last_deadletter = ""
         self.bad_output: list[str] = []
-        #: Control messages fed and not yet acknowledged. Bounded by the persister's
-        #: backlog, where a set of every id ever fed would grow with the run.
-        self.outstanding: set[int] = set()
-        self.stray_acks = 0
         #: Commands and confirmations are kept for these activation and event ids only.
         self.watch: set[str] = set()
         self.commands: dict[str, set[str]] = {}
         self.confirmed: dict[str, str] = {}
-        self.stats = LinkStats()
 
-    def puback(self, packet_id: int) -> bool:
-        """Acknowledge a control message (the intake's :class:`~actimesh.broker.intake.Acker`)."""
-        try:
-            self.outstanding.remove(packet_id)
-        except KeyError:  # acknowledged twice
-            self.stray_acks += 1
-        return True
-
-    async def publish(self, topic: str, payload: bytes, **_options: Any) -> None:
+    def __call__(self, topic: str, payload: bytes) -> None:
         self._record(topic, payload)
-
-    def publish_nowait(self, topic: str, payload: bytes, **_options: Any) -> InFlight:
-        """Commands: recorded at once, acknowledged at once (no broker here)."""
-        self._record(topic, payload)
-        return InFlight.acknowledged(topic, self.stats)
-
-    def flush(self) -> None:
-        return None
 
     def _record(self, topic: str, payload: bytes) -> None:
         rest = topic.removeprefix(self.prefix)
@@ -157,36 +141,53 @@ class _RecordingLink:
 
 
 class _EngineDriver:
-    """A real engine, fed in-process as its MQTT links would feed it.
+    """A real engine on an in-process bus (:class:`~actimesh.broker.memory.MemoryBus`),
+    fed as its links would feed it: every control message passes the link's read-time
+    admission and must be acknowledged, every telemetry message reaches the stream."""
 
-    The one place that reaches into the engine's private handlers and queues: the intake
-    has no public seam yet (docs/FUZZING.md describes the one that would replace this).
-    """
-
-    def __init__(self, engine: Engine, link: _RecordingLink, clock: _Clock) -> None:
+    def __init__(self, engine: Engine, bus: MemoryBus, outputs: _Outputs, clock: _Clock) -> None:
         self.engine = engine
-        self.link = link
+        self.bus = bus
+        self.outputs = outputs
         self.clock = clock
         self.control_messages = 0
 
+    @classmethod
+    def build(cls, topics: Topics, ledger: Ledger, clock: _Clock) -> _EngineDriver:
+        """The engine with the default rules and policy, on a bus of its own."""
+        bus = MemoryBus()
+        outputs = _Outputs(topics)
+        bus.listen(outputs)
+        engine = Engine(
+            topics=topics,
+            transport=bus,
+            ledger=ledger,
+            rules=DEFAULT_RULES,
+            policy=InclusionPolicy(),
+            signer=CommandSigner.generate(),
+            # Every rejection dead-lettered (none suppressed) so each one is seen;
+            # commands expire within the run, so delivery tracking has to let go of them.
+            settings=EngineSettings(deadletters_per_s=1e12, warmup_s=0.01, command_expiry_s=30.0),
+            clock=clock,
+        )
+        return cls(engine, bus, outputs, clock)
+
     async def feed(self, channel: DeviceChannel, topic: bytes, payload: bytes) -> None:
+        e = self.engine
         if channel is DeviceChannel.TELEMETRY:
-            await self.engine._on_telemetry([(topic, payload)])
+            await self.bus.hand(e.telemetry_link.name, topic, payload)
             return
         self.control_messages += 1
-        mid = self.control_messages % 0xFFFF + 1
-        if self.engine._admit(topic, payload) is None:
-            return  # refused at read time, as the intake would (acknowledged at once)
-        self.link.outstanding.add(mid)
-        await self.engine._on_control(Delivery(topic.decode(), payload, mid, self.link))
+        link = e.ack_link if channel is DeviceChannel.ACK else e.control_link
+        await self.bus.hand(link.name, topic, payload)
 
     def backlog(self) -> int:
         """Triggers and acknowledgements waiting for their ledger write."""
-        return self.engine._persist.qsize() + self.engine._ack_rows.qsize()
+        return self.engine.backlog
 
     def idle(self) -> bool:
         """Every trigger and acknowledgement written, every control message acked."""
-        return not self.backlog() and not self.link.outstanding
+        return not self.backlog() and not self.bus.unacknowledged
 
     async def catch_up(self, high: int = 256, low: int = 32) -> None:
         """Let the ledger writers catch up. A broker hands messages over no faster than
@@ -198,30 +199,19 @@ class _EngineDriver:
                 await asyncio.sleep(0.001)
 
     def sizes(self) -> dict[str, int]:
-        e = self.engine
-        return {
-            "fleet": len(e.fleet),
-            "index": len(e.index),
-            "dedupe": len(e._seen),
-            "durable": len(e._durable),
-            "deliveries": len(e.deliveries),
-            "held": len(e._held),
-        }
+        return self.engine.sizes()
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
-        """The engine's own background loops (as ``Engine.run`` starts them) and its
-        warm-up."""
-        e = self.engine
+        """The engine, running on the bus and warm."""
         async with asyncio.TaskGroup() as tg:
-            tasks = [*e._start_loops(tg), tg.create_task(e._warm_up(), name="fuzz-warm-up")]
+            task = tg.create_task(self.engine.run(), name="fuzz-engine")
             try:
                 async with asyncio.timeout(10):
-                    await e.warmed.wait()
+                    await self.engine.warmed.wait()
                 yield
             finally:
-                for task in tasks:
-                    task.cancel()
+                task.cancel()
 
 
 def _expect(case: Case, topics: Topics, rules: RuleTable, settings: EngineSettings) -> _Outcome:
@@ -282,19 +272,27 @@ class _Intake:
     def _find(self, problem: str, detail: str, case: Case | None = None) -> None:
         self.findings.append(Finding.of("intake", problem, detail, case))
 
+    def _last_logged(self) -> str:
+        """What the engine logged when it caught its handler's failure."""
+        for finding in reversed(self.findings):
+            if finding.problem == "logged_error":
+                return finding.detail
+        return "a handler failed (nothing logged)"
+
     def _snapshot(self) -> tuple[int, int, int, int, int]:
         s = self.engine.stats
         return s.rejected.total(), s.telemetry, s.events, s.presence, s.acks
 
     async def feed(self, case: Case) -> None:
         """Feed one case and check what the engine did with it."""
-        counts, link, e = self.counts, self.driver.link, self.engine
+        counts, link, e = self.counts, self.driver.outputs, self.engine
         try:
             expected = _expect(case, e.topics, e.rules, e.settings)
         except Exception as exc:  # noqa: BLE001 - the codec target reports this crash
             expected = ("crash", _describe(exc))
         self.driver.clock.now = case.now
         before, letters = self._snapshot(), link.deadletters.total()
+        failures = e.stats.handler_errors
         started = time.perf_counter()
         try:
             async with asyncio.timeout(10):
@@ -312,6 +310,11 @@ class _Intake:
             counts.control += case.channel is not DeviceChannel.TELEMETRY
             if spent > counts.slowest_us:
                 counts.slowest_us, counts.slowest_index = spent, case.index
+        if e.stats.handler_errors > failures:
+            # The engine caught and logged it (one message's failure is not the next
+            # device's): still a crash of its handler, tied to this case.
+            self._find("crash", self._last_logged(), case)
+            return
         observed = self._observed(before, self._snapshot())
         counts.expected[expected[1] if expected[0] == "rejected" else expected[0]] += 1
         if observed[0] == "rejected":
@@ -337,7 +340,7 @@ class _Intake:
         if rejections > 1:
             return ("rejected", f"{rejections} rejections")
         if rejections == 1:
-            return ("rejected", self.driver.link.last_deadletter or "?")
+            return ("rejected", self.driver.outputs.last_deadletter or "?")
         channels = ("telemetry", "event", "presence", "ack")
         for channel, b, a in zip(channels, before[1:], after[1:], strict=True):
             if a != b:
@@ -355,7 +358,7 @@ class _Intake:
 
     def check_totals(self) -> None:
         """Every rejection counted by the engine and dead-lettered; every message acked."""
-        stats, link = self.engine.stats, self.driver.link
+        stats, link, bus = self.engine.stats, self.driver.outputs, self.driver.bus
         counted = +Counter(stats.rejected)
         if counted != +self.counts.rejected:
             self._find(
@@ -365,12 +368,12 @@ class _Intake:
         letters = link.deadletters + Counter({"(suppressed)": stats.deadletters_suppressed})
         if +letters != counted:
             self._find("uncounted", f"dead letters {dict(letters)}, rejections {dict(counted)}")
-        if link.stray_acks or link.outstanding:
+        if bus.stray_acks or bus.unacknowledged:
             self._find(
                 "unacknowledged",
-                f"{len(link.outstanding)} of "
+                f"{len(bus.unacknowledged)} of "
                 f"{self.driver.control_messages} control messages never acknowledged, "
-                f"{link.stray_acks} acknowledged twice",
+                f"{bus.stray_acks} acknowledged twice",
             )
         for problem in link.bad_output:
             self._find("bad_output", problem)
@@ -415,13 +418,13 @@ class _Intake:
             )
         eid = f"final-{self.seed}"
         aid = activation_id("fz-cew-1", eid)
-        driver.link.watch |= {aid, eid}
+        driver.outputs.watch |= {aid, eid}
         event = Event(eid=eid, type="taser_draw", ts=now, lat=CENTER[0], lon=CENTER[1], acc=1.0)
         await driver.feed(DeviceChannel.EVENT, topics.event("fz-cew-1").encode(), encode(event))
         await self.settle(timeout)
         recorded = await self.engine.ledger.activation(aid) is not None
-        commanded = driver.link.commands.get(aid, set())
-        confirmed = driver.link.confirmed.get(eid)
+        commanded = driver.outputs.commands.get(aid, set())
+        confirmed = driver.outputs.confirmed.get(eid)
         ok = recorded and commanded == _CAMERAS and confirmed == ConfirmStatus.ACTIVATED.value
         if not ok:
             self._find(

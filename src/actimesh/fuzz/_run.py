@@ -12,22 +12,16 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
-from actimesh.broker.client import MqttLink
 from actimesh.broker.topics import Topics
 from actimesh.fuzz._cases import Case
 from actimesh.fuzz._codec import check_codec
-from actimesh.fuzz._findings import Finding
+from actimesh.fuzz._findings import Finding, _describe
 from actimesh.fuzz._generators import CaseGenerator
-from actimesh.fuzz._intake import _Clock, _EngineDriver, _Intake, _IntakeCounts, _RecordingLink
+from actimesh.fuzz._intake import _Clock, _EngineDriver, _Intake, _IntakeCounts
 from actimesh.fuzz._scenario import AGENCY, EPOCH, INBOUND
-from actimesh.geofence import InclusionPolicy
-from actimesh.security.signing import CommandSigner
-from actimesh.triggers.engine import Engine
-from actimesh.triggers.ledger import Ledger
-from actimesh.triggers.rules import DEFAULT_RULES
-from actimesh.triggers.settings import EngineSettings
+from actimesh.ledger import SqliteLedger
 
 Target = Literal["codec", "intake", "all"]
 
@@ -227,7 +221,10 @@ def _quiet_engine(findings: list[Finding]) -> Iterator[None]:
     class Catch(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
             if len(findings) < 1000:
-                findings.append(Finding("intake", "logged_error", record.getMessage()[:300]))
+                detail = record.getMessage()
+                if record.exc_info is not None and record.exc_info[1] is not None:
+                    detail += f": {_describe(record.exc_info[1])}"
+                findings.append(Finding("intake", "logged_error", detail[:300]))
 
     logger = logging.getLogger("actimesh")
     saved = logger.level, logger.propagate
@@ -286,26 +283,9 @@ async def _run(
         return tracemalloc.get_traced_memory()[0] if settings.tracemalloc else _rss()
 
     clock = _Clock(EPOCH)
-    async with Ledger(workdir / "ledger.sqlite3") as ledger:
-        link = _RecordingLink(topics)
-        # Every rejection dead-lettered (none suppressed) so each one is seen; commands
-        # expire within the run, so delivery tracking has to let go of them.
-        engine_settings = EngineSettings(
-            deadletters_per_s=1e12, warmup_s=0.01, command_expiry_s=30.0
-        )
-        engine = Engine(
-            topics=topics,
-            broker_host="127.0.0.1",
-            broker_port=1,  # never connected: its links do not run
-            ledger=ledger,
-            rules=DEFAULT_RULES,
-            policy=InclusionPolicy(),
-            signer=CommandSigner.generate(),
-            settings=engine_settings,
-            clock=clock,
-        )
-        engine.ctl = cast("MqttLink", link)
-        driver = _EngineDriver(engine, link, clock)
+    async with SqliteLedger(workdir / "ledger.sqlite3") as ledger:
+        driver = _EngineDriver.build(topics, ledger, clock)
+        engine = driver.engine
         intake = None
         if settings.target in ("intake", "all"):
             intake = _Intake(driver, settings.seed, report.findings)
@@ -337,7 +317,7 @@ async def _run(
                 report.final = await intake.final_activation(settings.settle_s)
                 report.intake = intake.counts
                 report.engine_rejected = dict(engine.stats.rejected)
-                report.deadletters = dict(link.deadletters)
+                report.deadletters = dict(driver.outputs.deadletters)
         report.elapsed_s = time.perf_counter() - started
     report.memory_growth = _growth(report.memory_samples, warmup)
     if settings.replay is None and report.memory_growth > settings.growth_limit_bytes:

@@ -15,17 +15,22 @@ records" is unit-tested without a broker:
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
-from actimesh.broker.messages import CAMERA_KINDS, ActivationReason, DeviceKind, Event
+from actimesh.broker.messages import (
+    CAMERA_KINDS,
+    ActivationReason,
+    DeviceKind,
+    Event,
+    activation_id,
+)
 from actimesh.geofence import InclusionPolicy, SpatialIndex, Verdict
+from actimesh.ledger import DecisionRow
 from actimesh.triggers.fleet import Fleet
-from actimesh.triggers.ledger import DecisionRow
 from actimesh.triggers.rules import Rule
 
-__all__ = ["Exclusion", "Plan", "PositionSource", "Target", "activation_id", "plan_activation"]
+__all__ = ["Exclusion", "Plan", "PositionSource", "Target", "plan_activation"]
 
 
 class PositionSource(StrEnum):
@@ -73,13 +78,6 @@ class Plan:
     @property
     def excluded(self) -> int:
         return sum(1 for d in self.decisions if not d.commanded)
-
-
-def activation_id(source: str, eid: str) -> str:
-    """Deterministic activation id: a redelivered event maps to the same activation, so
-    cameras (which dedupe by activation id) never record it twice."""
-    digest = hashlib.sha256(f"{source}\x00{eid}".encode()).hexdigest()
-    return f"act-{digest[:24]}"
 
 
 def _event_position(

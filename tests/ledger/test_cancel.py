@@ -9,15 +9,15 @@ import pytest
 
 from actimesh.audit import verify_ledger
 from actimesh.errors import LedgerError
-from actimesh.triggers.ledger import FALSE_ACTIVATION, AckRow, Ledger
-from tests.triggers.test_ledger import DECISIONS, activation
+from actimesh.ledger import FALSE_ACTIVATION, AckRow, SqliteLedger
+from tests.ledger.test_sqlite_store import DECISIONS, activation
 
 CANCELLED = AckRow("act-1", "bwc1", "cancelled", 30.0, "rec-1", 104.5, 104.6, "false")
 
 
 async def test_cancelled_ack_is_an_ack_and_a_false_activation_record(tmp_path: Path) -> None:
     path = tmp_path / "l.sqlite3"
-    async with Ledger(path) as ledger:
+    async with SqliteLedger(path) as ledger:
         await ledger.record_activation(activation(ts=100.0), DECISIONS)
         await ledger.record_ack(AckRow("act-1", "bwc1", "recording", 30.0, "rec-1", 100.2, 100.3))
         seq = await ledger.record_cancel(CANCELLED, "Cst. Rivera")
@@ -41,7 +41,7 @@ async def test_cancelled_ack_is_an_ack_and_a_false_activation_record(tmp_path: P
 
 
 async def test_redelivered_cancel_is_recorded_once(tmp_path: Path) -> None:
-    async with Ledger(tmp_path / "l.sqlite3") as ledger:
+    async with SqliteLedger(tmp_path / "l.sqlite3") as ledger:
         await ledger.record_activation(activation(), DECISIONS)
         assert await ledger.record_cancel(CANCELLED, "Cst. Rivera") is not None
         assert await ledger.record_cancel(CANCELLED, "Cst. Rivera") is None
@@ -52,7 +52,7 @@ async def test_cancel_before_its_activation_is_recorded_without_event_time(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "l.sqlite3"
-    async with Ledger(path) as ledger:
+    async with SqliteLedger(path) as ledger:
         await ledger.record_cancel(CANCELLED, "Cst. Rivera")
         (false,) = await ledger.false_activations()
     assert false.after_event_s is None
@@ -61,7 +61,7 @@ async def test_cancel_before_its_activation_is_recorded_without_event_time(
 
 
 async def test_false_activation_is_written_only_by_the_ledger(tmp_path: Path) -> None:
-    async with Ledger(tmp_path / "l.sqlite3") as ledger:
+    async with SqliteLedger(tmp_path / "l.sqlite3") as ledger:
         with pytest.raises(LedgerError, match="written by the ledger itself"):
             await ledger.record_event("engine/e", FALSE_ACTIVATION, "bwc1", "cancelled", {})
         with pytest.raises(LedgerError, match="needs a cancelled ack"):

@@ -1,23 +1,12 @@
-"""The activation ledger: what the engine did about each trigger, and why, in SQLite.
-
-For each activation it keeps the event (who raised it, when, where, which rule), every
-camera commanded and why (paired, or its distance and the margin allowed), every camera
-considered and left out and why (too far, stale fix, offline), and each camera's
-acknowledgement as it arrives. Rows are only ever inserted: a decision, once written, is
-not updated, so the table reads as the history of what happened.
+"""The ledger in one SQLite file: the store for one machine.
 
 Every write also appends to ``records``, the hash chain of truth (encoding in
-:mod:`.chain`), **in the same transaction** as the rows it describes: an activation with
-all of its decisions is one record, an acknowledgement another, and alerts, case links and
-retention deletions are records too. A camera's ``cancelled`` acknowledgement (the
-officer cancelled a false activation on the camera) is an acknowledgement record and, in
-the same transaction, a ``false_activation`` record naming the camera, the activation,
-who cancelled, when, and how long after the event. The tables ``activations``,
-``decisions``, ``acks`` and ``case_links`` are indexes of the chain for queries;
-``actimesh audit verify`` checks that they agree with it. ``records.aid`` repeats the
-body's ``aid`` so that everything about one activation (including alerts and false
-activations, whose subject is a camera) is found by one index; verify checks it against
-the body too.
+:mod:`actimesh.ledger.chain`), **in the same transaction** as the rows it describes. The
+tables ``activations``, ``decisions``, ``acks`` and ``case_links`` are indexes of the
+chain for queries; ``actimesh audit verify`` checks that they agree with it.
+``records.aid`` repeats the body's ``aid`` so that everything about one activation
+(including alerts and false activations, whose subject is a camera) is found by one
+index; verify checks it against the body too.
 
 Several engine processes may share one ledger file: appends take the write lock with
 ``BEGIN IMMEDIATE`` (waiting up to ``busy_timeout_s``) and read the chain's head inside
@@ -41,316 +30,47 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
 from actimesh.broker.topics import is_identifier
 from actimesh.errors import LedgerError, NotCommandedError
-from actimesh.triggers.chain import (
-    GENESIS_HASH,
-    EventType,
-    canonical_json,
-    format_time,
-    record_hash,
-    sha256_hex,
+from actimesh.ledger.chain import GENESIS_HASH, EventType, format_time
+from actimesh.ledger.rows import (
+    FALSE_ACTIVATION,
+    KEEP_TYPES,
+    RETENTION_COMPONENT,
+    AckRow,
+    AckWrite,
+    ActivationRow,
+    DecisionRow,
+    FalseActivation,
+    Head,
+    Redaction,
+    ack_body,
+    activation_body,
+    activation_outcome,
+)
+from actimesh.ledger.sqlite.retention import redact_batch
+from actimesh.ledger.sqlite.schema import (
+    ACKS_UNIQUE,
+    SCHEMA,
+    SCHEMA_VERSION,
+    SELECT_HEAD,
+    append_record,
+    read_acks,
+    read_activation,
 )
 
-__all__ = [
-    "FALSE_ACTIVATION",
-    "AckRow",
-    "AckWrite",
-    "ActivationRow",
-    "DecisionRow",
-    "FalseActivation",
-    "Head",
-    "Ledger",
-    "Redaction",
-    "ack_body",
-    "ack_from_body",
-    "activation_body",
-    "activation_from_body",
-    "read_activation",
-]
+__all__ = ["SqliteLedger"]
 
 T = TypeVar("T")
 
-#: ``PRAGMA user_version`` of a ledger with the chain. 0 is a ledger from before it.
-SCHEMA_VERSION = 1
-#: Components of the records the ledger writes on its own behalf.
-RETENTION_COMPONENT = "audit/retention"
 _IMPORT_COMPONENT = "ledger/import"
 #: Record types with rows in the query tables: appended only by their own methods.
 _TABLE_TYPES = frozenset({EventType.ACTIVATION, EventType.ACK, EventType.CASE_LINK})
-#: A camera whose officer cancelled its activation as false, within the cancel window.
-FALSE_ACTIVATION = EventType.FALSE_ACTIVATION
 #: Record types only the ledger's own methods append.
 _OWN_TYPES = _TABLE_TYPES | {FALSE_ACTIVATION}
-#: Record types retention never redacts: the proof of links and of deletions.
-KEEP_TYPES = (EventType.CASE_LINK, EventType.RETENTION_DELETE, EventType.LEDGER_IMPORT)
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS activations (
-    aid             TEXT PRIMARY KEY,
-    src             TEXT NOT NULL,
-    eid             TEXT NOT NULL,
-    type            TEXT NOT NULL,
-    event_ts        REAL NOT NULL,
-    received_ts     REAL NOT NULL,
-    decided_ts      REAL NOT NULL,
-    lat             REAL,
-    lon             REAL,
-    acc             REAL,
-    position_source TEXT NOT NULL,
-    radius_m        REAL NOT NULL,
-    pre_roll_s      REAL NOT NULL,
-    rule            TEXT NOT NULL,
-    initiated_by    TEXT,
-    engine          TEXT NOT NULL,
-    UNIQUE (src, eid)
-);
-CREATE INDEX IF NOT EXISTS activations_by_time ON activations (event_ts);
-CREATE TABLE IF NOT EXISTS decisions (
-    aid         TEXT NOT NULL REFERENCES activations (aid),
-    device_id   TEXT NOT NULL,
-    device_kind TEXT,
-    commanded   INTEGER NOT NULL,
-    reason      TEXT NOT NULL,
-    distance_m  REAL,
-    margin_m    REAL,
-    fix_age_s   REAL,
-    acc_m       REAL,
-    PRIMARY KEY (aid, device_id)
-);
-CREATE INDEX IF NOT EXISTS decisions_by_device ON decisions (device_id);
-CREATE TABLE IF NOT EXISTS acks (
-    aid         TEXT NOT NULL,
-    device_id   TEXT NOT NULL,
-    status      TEXT NOT NULL,
-    pre_cov_s   REAL NOT NULL,
-    recording   TEXT,
-    device_ts   REAL NOT NULL,
-    received_ts REAL NOT NULL,
-    detail      TEXT
-);
-CREATE INDEX IF NOT EXISTS acks_by_activation ON acks (aid, device_id);
-CREATE INDEX IF NOT EXISTS acks_by_recording ON acks (device_id, recording)
-    WHERE recording IS NOT NULL;
-CREATE TABLE IF NOT EXISTS case_links (
-    case_id   TEXT NOT NULL,
-    aid       TEXT NOT NULL,
-    linked_by TEXT NOT NULL,
-    linked_ts REAL NOT NULL,
-    PRIMARY KEY (case_id, aid)
-);
-CREATE INDEX IF NOT EXISTS case_links_by_aid ON case_links (aid);
-CREATE TABLE IF NOT EXISTS records (
-    seq         INTEGER PRIMARY KEY,
-    time        TEXT NOT NULL,
-    component   TEXT NOT NULL,
-    event_type  TEXT NOT NULL,
-    subject     TEXT NOT NULL,
-    outcome     TEXT NOT NULL,
-    body        TEXT,
-    body_sha256 TEXT NOT NULL,
-    prev_hash   TEXT NOT NULL,
-    hash        TEXT NOT NULL,
-    aid         TEXT
-);
-CREATE INDEX IF NOT EXISTS records_by_aid ON records (aid, event_type) WHERE aid IS NOT NULL;
-CREATE INDEX IF NOT EXISTS records_to_retain ON records (time)
-    WHERE body IS NOT NULL
-    AND event_type NOT IN ('case_link', 'retention_delete', 'ledger_import');
--- Merged triggers have no row of their own: dedupe after a restart finds them here.
-CREATE INDEX IF NOT EXISTS records_merged ON records (seq) WHERE event_type = 'merge'
-"""
-# Built after old duplicates are removed (a ledger from before the chain may have some).
-_ACKS_UNIQUE = (
-    "CREATE UNIQUE INDEX IF NOT EXISTS acks_once ON acks (aid, device_id, status, device_ts)"
-)
-_SELECT_HEAD = "SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1"
-_SELECT_ACKS = (
-    "SELECT aid, device_id, status, pre_cov_s, recording, device_ts, received_ts, detail FROM acks"
-)
-
-
-@dataclass(frozen=True, slots=True)
-class DecisionRow:
-    """One camera considered for an activation."""
-
-    device_id: str
-    device_kind: str | None
-    commanded: bool
-    reason: str
-    distance_m: float | None = None
-    margin_m: float | None = None
-    fix_age_s: float | None = None
-    acc_m: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ActivationRow:
-    """One activation: the event and the rule applied."""
-
-    aid: str
-    src: str
-    eid: str
-    type: str
-    event_ts: float
-    received_ts: float
-    decided_ts: float
-    lat: float | None
-    lon: float | None
-    acc: float | None
-    position_source: str
-    radius_m: float
-    pre_roll_s: float
-    rule: dict[str, Any]
-    initiated_by: str | None
-    engine: str
-
-
-@dataclass(frozen=True, slots=True)
-class AckWrite:
-    """What :meth:`Ledger.record_acks` did: rows written, and answers refused because
-    the activation had not commanded that camera."""
-
-    inserted: int
-    #: The devices whose answers were refused, one entry per answer.
-    refused: tuple[str, ...] = ()
-
-    @property
-    def not_commanded(self) -> int:
-        return len(self.refused)
-
-
-@dataclass(frozen=True, slots=True)
-class AckRow:
-    """A camera's acknowledgement of an activation command."""
-
-    aid: str
-    device_id: str
-    status: str
-    pre_cov_s: float
-    recording: str | None
-    device_ts: float
-    received_ts: float
-    detail: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class FalseActivation:
-    """One camera of an activation cancelled on the camera as a false activation.
-
-    ``cancelled_ts`` is the camera's clock when the officer cancelled; ``after_event_s``
-    is that minus the event time (None if the activation is not in the ledger).
-    """
-
-    seq: int
-    aid: str
-    device_id: str
-    by: str
-    cancelled_ts: float
-    received_ts: float
-    after_event_s: float | None
-    recording: str | None
-    eid: str | None = None
-    event_type: str | None = None
-    detail: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Head:
-    """The last record of the chain (``seq`` 0 and the genesis hash when empty)."""
-
-    seq: int
-    hash: str
-
-    def __str__(self) -> str:
-        return f"{self.seq}:{self.hash}"
-
-
-@dataclass(frozen=True, slots=True)
-class Redaction:
-    """Records about one activation (or one other subject) redacted by retention."""
-
-    subject: str
-    aid: str | None
-    seqs: tuple[int, ...]
-    rows_deleted: dict[str, int] = field(default_factory=dict)
-    #: ``device/recording`` named by the deleted acknowledgements.
-    recordings: tuple[str, ...] = ()
-    #: The ``retention_delete`` record written (None on a dry run).
-    record_seq: int | None = None
-
-
-# ---------------------------------------------------------------------- record bodies
-_ACTIVATION_FIELDS = tuple(f.name for f in fields(ActivationRow))
-_DECISION_FIELDS = tuple(f.name for f in fields(DecisionRow))
-_ACK_FIELDS = tuple(f.name for f in fields(AckRow))
-
-
-def _shallow(obj: object, names: tuple[str, ...]) -> dict[str, Any]:
-    # Not dataclasses.asdict: its deep copy costs more than the rest of a write.
-    return {name: getattr(obj, name) for name in names}
-
-
-def activation_body(row: ActivationRow, decisions: Sequence[DecisionRow]) -> dict[str, Any]:
-    """The body of an activation record: the row, and every decision by device id."""
-    body = _shallow(row, _ACTIVATION_FIELDS)
-    body["decisions"] = [
-        _shallow(d, _DECISION_FIELDS) for d in sorted(decisions, key=lambda d: d.device_id)
-    ]
-    return body
-
-
-def activation_from_body(body: Mapping[str, Any]) -> tuple[ActivationRow, list[DecisionRow]]:
-    """Inverse of :func:`activation_body`. Raises KeyError/TypeError if it is not one."""
-    row = ActivationRow(**{name: body[name] for name in _ACTIVATION_FIELDS})
-    decisions = [
-        DecisionRow(**{name: d[name] for name in _DECISION_FIELDS}) for d in body["decisions"]
-    ]
-    return row, decisions
-
-
-def ack_body(ack: AckRow) -> dict[str, Any]:
-    """The body of an acknowledgement record."""
-    return _shallow(ack, _ACK_FIELDS)
-
-
-def ack_from_body(body: Mapping[str, Any]) -> AckRow:
-    """Inverse of :func:`ack_body`. Raises KeyError/TypeError if it is not one."""
-    return AckRow(**{name: body[name] for name in _ACK_FIELDS})
-
-
-def read_activation(
-    db: sqlite3.Connection, aid: str
-) -> tuple[ActivationRow, list[DecisionRow]] | None:
-    """One activation and its decisions from the query tables of an open connection."""
-    found = db.execute(
-        "SELECT aid, src, eid, type, event_ts, received_ts, decided_ts, lat, lon, acc, "
-        "position_source, radius_m, pre_roll_s, rule, initiated_by, engine "
-        "FROM activations WHERE aid = ?",
-        (aid,),
-    ).fetchone()
-    if found is None:
-        return None
-    values = list(found)
-    values[13] = json.loads(values[13])
-    row = ActivationRow(*values)
-    decisions = [
-        DecisionRow(r[0], r[1], bool(r[2]), r[3], r[4], r[5], r[6], r[7])
-        for r in db.execute(
-            "SELECT device_id, device_kind, commanded, reason, distance_m, margin_m, "
-            "fix_age_s, acc_m FROM decisions WHERE aid = ? ORDER BY commanded DESC, device_id",
-            (aid,),
-        )
-    ]
-    return row, decisions
-
-
-def _activation_outcome(decisions: Sequence[DecisionRow]) -> str:
-    return "commanded" if any(d.commanded for d in decisions) else "none_commanded"
 
 
 def _text(name: str, value: str, limit: int = 256) -> str:
@@ -359,8 +79,8 @@ def _text(name: str, value: str, limit: int = 256) -> str:
     return value
 
 
-class Ledger:
-    """The SQLite activation ledger. Use as ``async with Ledger(path) as ledger``."""
+class SqliteLedger:
+    """The SQLite activation ledger. Use as ``async with SqliteLedger(path) as ledger``."""
 
     def __init__(self, path: Path, *, busy_timeout_s: float = 10.0, create: bool = True) -> None:
         self.path = path
@@ -469,10 +189,10 @@ class Ledger:
                     f"the ledger at {self.path} has schema {version}, newer than this "
                     f"actimesh understands ({SCHEMA_VERSION}); upgrade actimesh"
                 )
-            for statement in _SCHEMA.split(";"):
+            for statement in SCHEMA.split(";"):
                 db.execute(statement)
             self._import_unchained(db)
-            db.execute(_ACKS_UNIQUE)
+            db.execute(ACKS_UNIQUE)
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def _import_unchained(self, db: sqlite3.Connection) -> None:
@@ -493,7 +213,7 @@ class Ledger:
             "duplicate_acks_removed": duplicates,
             "from_schema": 0,
         }
-        self._append(
+        append_record(
             db,
             at=time.time(),
             component=_IMPORT_COMPONENT,
@@ -511,70 +231,21 @@ class Ledger:
             self._append_ack(db, ack)
 
     # ------------------------------------------------------------------ the chain
-    def _append(
-        self,
-        db: sqlite3.Connection,
-        *,
-        at: float,
-        component: str,
-        event_type: str,
-        subject: str,
-        outcome: str,
-        body: Mapping[str, Any],
-    ) -> int:
-        """Append one record; the caller holds the write lock (``BEGIN IMMEDIATE``)."""
-        try:
-            text = canonical_json(body)
-            when = format_time(at)
-            body_sha = sha256_hex(text)
-            last = db.execute(_SELECT_HEAD).fetchone()
-            seq, prev = (1, GENESIS_HASH) if last is None else (int(last[0]) + 1, str(last[1]))
-            digest = record_hash(
-                prev_hash=prev,
-                seq=seq,
-                time=when,
-                component=component,
-                event_type=event_type,
-                subject=subject,
-                outcome=outcome,
-                body_sha256=body_sha,
-            )
-        except (ValueError, TypeError, OverflowError) as exc:
-            raise LedgerError(f"cannot append a {event_type} record for {subject}: {exc}") from exc
-        aid = body.get("aid")
-        db.execute(
-            "INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                seq,
-                when,
-                component,
-                event_type,
-                subject,
-                outcome,
-                text,
-                body_sha,
-                prev,
-                digest,
-                aid if isinstance(aid, str) else None,
-            ),
-        )
-        return seq
-
     def _append_activation(
         self, db: sqlite3.Connection, row: ActivationRow, decisions: Sequence[DecisionRow]
     ) -> int:
-        return self._append(
+        return append_record(
             db,
             at=row.decided_ts,
             component=f"engine/{row.engine}",
             event_type=EventType.ACTIVATION,
             subject=row.aid,
-            outcome=_activation_outcome(decisions),
+            outcome=activation_outcome(decisions),
             body=activation_body(row, decisions),
         )
 
     def _append_ack(self, db: sqlite3.Connection, ack: AckRow) -> int:
-        return self._append(
+        return append_record(
             db,
             at=ack.received_ts,
             component=f"device/{ack.device_id}",
@@ -726,7 +397,7 @@ class Ledger:
                 "event_ts": event_ts,
                 "detail": ack.detail,
             }
-            return self._append(
+            return append_record(
                 db,
                 at=ack.received_ts,
                 component=f"device/{ack.device_id}",
@@ -772,7 +443,7 @@ class Ledger:
                 "record_activation, record_ack, record_cancel, link_case or the retention job"
             )
         with self._immediate(f"write {event_type} for {subject}") as db:
-            return self._append(
+            return append_record(
                 db,
                 at=time.time() if at is None else at,
                 component=component,
@@ -833,7 +504,7 @@ class Ledger:
             now = time.time() if at is None else at
             db.execute("INSERT INTO case_links VALUES (?, ?, ?, ?)", (case_id, aid, by, now))
             body = {"case_id": case_id, "aid": aid, "linked_by": by, "linked_ts": now}
-            seq = self._append(
+            seq = append_record(
                 db,
                 at=now,
                 component="audit/cli",
@@ -856,7 +527,7 @@ class Ledger:
 
     def _write_retention(self, subject: str, outcome: str, body: Mapping[str, Any]) -> int:
         with self._immediate(f"record the deletion of {subject}") as db:
-            return self._append(
+            return append_record(
                 db,
                 at=time.time(),
                 component=RETENTION_COMPONENT,
@@ -874,91 +545,8 @@ class Ledger:
     def _redact_batch(
         self, cutoff: str, after: tuple[str, int], *, limit: int, now: float, dry_run: bool
     ) -> tuple[list[Redaction], tuple[str, int] | None]:
-        """Redact up to ``limit`` expired records after ``after`` (time, seq), one transaction.
-
-        A record is expired when its time is before ``cutoff``, its type is not kept, and
-        neither its activation nor its subject is linked to a case.
-        """
         with self._immediate("apply retention", commit=not dry_run) as db:
-            # The WHERE repeats the partial index's condition so that the index is used.
-            found = db.execute(
-                "SELECT time, seq, subject, event_type, body, aid FROM records "
-                "WHERE body IS NOT NULL "
-                "AND event_type NOT IN ('case_link', 'retention_delete', 'ledger_import') "
-                "AND time < ? AND (time, seq) > (?, ?) "
-                "AND (aid IS NULL OR aid NOT IN (SELECT aid FROM case_links)) "
-                "AND subject NOT IN (SELECT aid FROM case_links UNION SELECT case_id FROM "
-                "case_links) ORDER BY time, seq LIMIT ?",
-                (cutoff, *after, limit),
-            ).fetchall()
-            if not found:
-                return [], None
-            groups: dict[tuple[str, str | None], list[tuple[int, str, str]]] = {}
-            for _time, seq, subject, event_type, body, aid in found:
-                key = (aid if aid is not None else subject, aid)
-                groups.setdefault(key, []).append((seq, event_type, body))
-            done = [
-                self._redact_group(db, subject, aid, items, cutoff=cutoff, now=now, dry_run=dry_run)
-                for (subject, aid), items in groups.items()
-            ]
-            last = found[-1]
-            return done, (str(last[0]), int(last[1]))
-
-    def _redact_group(
-        self,
-        db: sqlite3.Connection,
-        subject: str,
-        aid: str | None,
-        items: list[tuple[int, str, str]],
-        *,
-        cutoff: str,
-        now: float,
-        dry_run: bool,
-    ) -> Redaction:
-        rows = {"activations": 0, "decisions": 0, "acks": 0}
-        recordings: set[str] = set()
-        for _seq, event_type, body in items:
-            if event_type == EventType.ACTIVATION:
-                rows["decisions"] += db.execute(
-                    "DELETE FROM decisions WHERE aid = ?", (subject,)
-                ).rowcount
-                rows["activations"] += db.execute(
-                    "DELETE FROM activations WHERE aid = ?", (subject,)
-                ).rowcount
-            elif event_type == EventType.ACK:
-                try:
-                    ack = ack_from_body(json.loads(body))
-                except (ValueError, KeyError, TypeError):
-                    continue  # verify reports the bad body; nothing to delete by key
-                if ack.recording is not None:
-                    recordings.add(f"{ack.device_id}/{ack.recording}")
-                rows["acks"] += db.execute(
-                    "DELETE FROM acks WHERE aid = ? AND device_id = ? AND status = ? "
-                    "AND device_ts = ?",
-                    (ack.aid, ack.device_id, ack.status, ack.device_ts),
-                ).rowcount
-        seqs = tuple(seq for seq, _t, _b in items)
-        db.executemany("UPDATE records SET body = NULL WHERE seq = ?", [(s,) for s in seqs])
-        record = {
-            "aid": aid,
-            "cutoff": cutoff,
-            "reason": "older than the retention period and not linked to a case",
-            "recordings": sorted(recordings),
-            "redacted_seqs": list(seqs),
-            "rows_deleted": rows,
-        }
-        seq = None
-        if not dry_run:
-            seq = self._append(
-                db,
-                at=now,
-                component=RETENTION_COMPONENT,
-                event_type=EventType.RETENTION_DELETE,
-                subject=subject,
-                outcome="redacted",
-                body=record,
-            )
-        return Redaction(subject, aid, seqs, rows, tuple(sorted(recordings)), seq)
+            return redact_batch(db, cutoff, after, limit=limit, now=now, dry_run=dry_run)
 
     async def redact_expired(
         self, cutoff: float, *, now: float | None = None, dry_run: bool = False, batch: int = 500
@@ -1037,12 +625,7 @@ class Ledger:
         return await self._run(lambda: self._activation(aid))
 
     def _acks(self, aid: str | None) -> list[AckRow]:
-        """The acks of ``aid`` by time received, or (None) every ack in the order written."""
-        if aid is None:
-            cur = self._db.execute(f"{_SELECT_ACKS} ORDER BY received_ts, rowid")
-        else:
-            cur = self._db.execute(f"{_SELECT_ACKS} WHERE aid = ? ORDER BY received_ts", (aid,))
-        return [AckRow(*r) for r in cur]
+        return read_acks(self._db, aid)
 
     async def acks(self, aid: str) -> list[AckRow]:
         """Every acknowledgement received for an activation, oldest first."""
@@ -1092,7 +675,7 @@ class Ledger:
         return await self._run(lambda: self._activation_ids(since, limit))
 
     def _head(self) -> Head:
-        last = self._db.execute(_SELECT_HEAD).fetchone()
+        last = self._db.execute(SELECT_HEAD).fetchone()
         return Head(0, GENESIS_HASH) if last is None else Head(int(last[0]), str(last[1]))
 
     async def head(self) -> Head:

@@ -20,7 +20,16 @@ import pytest
 
 from actimesh.audit import verify_ledger
 from actimesh.errors import LedgerError, NotCommandedError
-from actimesh.triggers.ledger import AckRow, ActivationRow, DecisionRow, Head, Ledger
+from actimesh.ledger import (
+    KEEP_TYPES,
+    AckRow,
+    ActivationRow,
+    DecisionRow,
+    Head,
+    Ledger,
+    SqliteLedger,
+)
+from actimesh.ledger.sqlite.schema import SCHEMA
 from tests.audit.helpers import chain_hash
 
 
@@ -53,7 +62,7 @@ DECISIONS = [
 
 
 async def test_activation_and_decisions_round_trip(tmp_path: Path) -> None:
-    async with Ledger(tmp_path / "ledger.sqlite3") as ledger:
+    async with SqliteLedger(tmp_path / "ledger.sqlite3") as ledger:
         assert await ledger.record_activation(activation(), DECISIONS)
         found = await ledger.activation("act-1")
     assert found is not None
@@ -67,7 +76,7 @@ async def test_activation_and_decisions_round_trip(tmp_path: Path) -> None:
 
 
 async def test_same_activation_twice_is_written_once(tmp_path: Path) -> None:
-    async with Ledger(tmp_path / "l.sqlite3") as ledger:
+    async with SqliteLedger(tmp_path / "l.sqlite3") as ledger:
         assert await ledger.record_activation(activation(), DECISIONS)
         assert not await ledger.record_activation(activation(), DECISIONS)
         assert await ledger.find("cew1", "e1") == "act-1"
@@ -77,10 +86,10 @@ async def test_same_activation_twice_is_written_once(tmp_path: Path) -> None:
 
 async def test_ledger_survives_reopen(tmp_path: Path) -> None:
     path = tmp_path / "l.sqlite3"
-    async with Ledger(path) as ledger:
+    async with SqliteLedger(path) as ledger:
         await ledger.record_activation(activation(ts=500.0), DECISIONS)
         await ledger.record_ack(AckRow("act-1", "bwc1", "recording", 30.0, "rec-1", 501.0, 501.1))
-    async with Ledger(path) as ledger:
+    async with SqliteLedger(path) as ledger:
         assert await ledger.recent_events(since=400.0) == [("cew1", "e1", "act-1")]
         assert await ledger.recent_events(since=600.0) == []
         acks = await ledger.acks("act-1")
@@ -91,7 +100,7 @@ async def test_a_merged_trigger_is_found_with_the_activation_it_joined(tmp_path:
     """Storm control writes a merge record, not an activation row: after a restart the
     repeat must still be known (so a replay is not activated again)."""
     path = tmp_path / "l.sqlite3"
-    async with Ledger(path) as ledger:
+    async with SqliteLedger(path) as ledger:
         await ledger.record_activation(activation(ts=500.0), DECISIONS)
         body = {
             "aid": "act-1",
@@ -102,7 +111,7 @@ async def test_a_merged_trigger_is_found_with_the_activation_it_joined(tmp_path:
             "event_ts": 503.0,
         }
         await ledger.record_event("engine/e1", "merge", "act-1", "merged", body)
-    async with Ledger(path) as ledger:
+    async with SqliteLedger(path) as ledger:
         assert await ledger.find("cew1", "e2") == "act-1"
         assert await ledger.find("cew1", "e3") is None
         assert sorted(await ledger.recent_events(since=400.0)) == [
@@ -116,12 +125,12 @@ async def test_unwritable_ledger_says_how_to_fix_it(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     with pytest.raises(LedgerError, match="check the --data-dir"):
-        async with Ledger(blocker / "ledger.sqlite3"):
+        async with SqliteLedger(blocker / "ledger.sqlite3"):
             pass
 
 
 async def test_closed_ledger_refuses_work(tmp_path: Path) -> None:
-    ledger = Ledger(tmp_path / "l.sqlite3")
+    ledger = SqliteLedger(tmp_path / "l.sqlite3")
     with pytest.raises(LedgerError, match="not open"):
         await ledger.find("a", "b")
 
@@ -137,7 +146,7 @@ def _records(path: Path) -> list[tuple[Any, ...]]:
 
 async def test_every_write_appends_a_chained_record_with_the_cjis_fields(tmp_path: Path) -> None:
     path = tmp_path / "l.sqlite3"
-    async with Ledger(path) as ledger:
+    async with SqliteLedger(path) as ledger:
         await ledger.record_activation(activation(), DECISIONS)
         await ledger.record_ack(AckRow("act-1", "bwc1", "recording", 30.0, "rec-1", 101.0, 101.5))
         seq = await ledger.record_event(
@@ -182,7 +191,7 @@ async def test_activation_rows_and_record_are_written_together_or_not_at_all(
     path = tmp_path / "l.sqlite3"
     twice = [DECISIONS[0], DECISIONS[0]]  # the decisions' primary key refuses the second
     not_json = replace(activation(), rule={"radius": math.nan})
-    async with Ledger(path) as ledger:
+    async with SqliteLedger(path) as ledger:
         with pytest.raises(LedgerError, match="cannot write activation act-1"):
             await ledger.record_activation(activation(), twice)
         with pytest.raises(LedgerError, match="cannot append"):
@@ -196,7 +205,7 @@ async def test_activation_rows_and_record_are_written_together_or_not_at_all(
 async def test_redelivered_ack_is_stored_and_chained_once(tmp_path: Path) -> None:
     path = tmp_path / "l.sqlite3"
     ack = AckRow("act-1", "bwc1", "recording", 30.0, "rec-1", 101.0, 101.5)
-    async with Ledger(path) as ledger:
+    async with SqliteLedger(path) as ledger:
         await ledger.record_activation(activation(), DECISIONS)
         await ledger.record_ack(ack)
         await ledger.record_ack(replace(ack, received_ts=109.0))  # same ack, delivered again
@@ -214,7 +223,7 @@ async def test_acks_written_together_are_one_transaction_in_order(tmp_path: Path
         replace(first, device_id="bwc2"),
         replace(first, received_ts=109.0),
     ]
-    async with Ledger(path) as ledger:
+    async with SqliteLedger(path) as ledger:
         await ledger.record_activation(activation(), DECISIONS)
         written = await ledger.record_acks(acks)
         assert written.inserted == 3  # the last one was delivered again
@@ -229,7 +238,7 @@ async def test_acks_written_together_are_one_transaction_in_order(tmp_path: Path
 async def test_a_bad_ack_in_a_group_writes_none_of_it(tmp_path: Path) -> None:
     path = tmp_path / "l.sqlite3"
     good = AckRow("act-1", "bwc1", "received", 30.0, None, 100.5, 100.6)
-    async with Ledger(path) as ledger:
+    async with SqliteLedger(path) as ledger:
         await ledger.record_activation(activation(), DECISIONS)
         with pytest.raises(LedgerError, match="cannot append"):
             await ledger.record_acks([good, replace(good, device_id="bwc2", received_ts=math.inf)])
@@ -239,7 +248,7 @@ async def test_a_bad_ack_in_a_group_writes_none_of_it(tmp_path: Path) -> None:
 
 
 async def test_record_event_keeps_table_backed_types_to_the_ledger(tmp_path: Path) -> None:
-    async with Ledger(tmp_path / "l.sqlite3") as ledger:
+    async with SqliteLedger(tmp_path / "l.sqlite3") as ledger:
         for kind in ("activation", "ack", "case_link", "retention_delete"):
             with pytest.raises(LedgerError, match="written by the ledger itself"):
                 await ledger.record_event("engine/e", kind, "x", "ok", {})
@@ -250,7 +259,7 @@ async def test_record_event_keeps_table_backed_types_to_the_ledger(tmp_path: Pat
 
 async def test_two_ledgers_on_one_file_keep_one_contiguous_chain(tmp_path: Path) -> None:
     path = tmp_path / "l.sqlite3"
-    async with Ledger(path) as one, Ledger(path) as two:
+    async with SqliteLedger(path) as one, SqliteLedger(path) as two:
 
         async def engine(ledger: Ledger, name: str, first: int) -> None:
             for n in range(first, first + 60):
@@ -271,9 +280,9 @@ def test_engine_processes_sharing_a_ledger_file_keep_one_chain(tmp_path: Path) -
     script = (
         "import asyncio, sys\n"
         "from pathlib import Path\n"
-        "from actimesh.triggers.ledger import Ledger\n"
+        "from actimesh.ledger import SqliteLedger\n"
         "async def main():\n"
-        "    async with Ledger(Path(sys.argv[1])) as ledger:\n"
+        "    async with SqliteLedger(Path(sys.argv[1])) as ledger:\n"
         "        for n in range(100):\n"
         "            await ledger.record_event('engine/' + sys.argv[2], 'alert', 'x', 'ok', {})\n"
         "asyncio.run(main())\n"
@@ -289,12 +298,12 @@ def test_engine_processes_sharing_a_ledger_file_keep_one_chain(tmp_path: Path) -
 
 async def test_a_busy_ledger_waits_for_the_lock_then_says_what_held_it(tmp_path: Path) -> None:
     path = tmp_path / "l.sqlite3"
-    async with Ledger(path):
+    async with SqliteLedger(path):
         pass
     holder = sqlite3.connect(path, isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")
     try:
-        async with Ledger(path, busy_timeout_s=0.2) as ledger:
+        async with SqliteLedger(path, busy_timeout_s=0.2) as ledger:
             with pytest.raises(LedgerError, match="database is locked"):
                 await ledger.record_activation(activation(), DECISIONS)
             holder.execute("COMMIT")
@@ -328,10 +337,10 @@ async def test_a_ledger_from_before_the_chain_is_chained_when_opened(tmp_path: P
     path = tmp_path / "l.sqlite3"
     with contextlib.closing(sqlite3.connect(path)) as db:
         db.executescript(_OLD_SCHEMA)
-    async with Ledger(path) as ledger:
+    async with SqliteLedger(path) as ledger:
         assert len(await ledger.acks("act-1")) == 1  # the redelivered duplicate went
         await ledger.record_ack(AckRow("act-1", "bwc1", "recording", 30.0, "rec-1", 101.0, 1.0))
-    async with Ledger(path):  # opening again imports nothing twice
+    async with SqliteLedger(path):  # opening again imports nothing twice
         pass
     assert [(r[3], r[5]) for r in _records(path)] == [
         ("ledger_import", "imported"),
@@ -347,13 +356,13 @@ async def test_a_ledger_from_a_newer_actimesh_is_refused(tmp_path: Path) -> None
     with contextlib.closing(sqlite3.connect(path)) as db:
         db.execute("PRAGMA user_version = 99")
     with pytest.raises(LedgerError, match="schema 99, newer than this actimesh"):
-        async with Ledger(path):
+        async with SqliteLedger(path):
             pass
 
 
 async def test_audit_tools_never_create_an_empty_ledger(tmp_path: Path) -> None:
     with pytest.raises(LedgerError, match="no ledger at"):
-        async with Ledger(tmp_path / "missing.sqlite3", create=False):
+        async with SqliteLedger(tmp_path / "missing.sqlite3", create=False):
             pass
     assert not (tmp_path / "missing.sqlite3").exists()
 
@@ -361,7 +370,7 @@ async def test_audit_tools_never_create_an_empty_ledger(tmp_path: Path) -> None:
 async def test_linking_a_case_is_recorded_once_and_needs_a_live_activation(
     tmp_path: Path,
 ) -> None:
-    async with Ledger(tmp_path / "l.sqlite3") as ledger:
+    async with SqliteLedger(tmp_path / "l.sqlite3") as ledger:
         await ledger.record_activation(activation(), DECISIONS)
         assert await ledger.link_case("CR-1", "act-1", "Sgt Smith", at=200.0) == (2, True)
         assert await ledger.link_case("CR-1", "act-1", "Cpl Jones") == (2, False)
@@ -380,12 +389,8 @@ async def test_linking_a_case_is_recorded_once_and_needs_a_live_activation(
 
 def test_retention_index_leaves_out_exactly_the_kept_record_types() -> None:
     # The partial index and the retention query spell these out in SQL.
-    from actimesh.triggers import ledger  # noqa: PLC0415
-
-    condition = ledger._SCHEMA.split("records_to_retain")[1].split(";")[0]
-    assert sorted(t.value for t in ledger.KEEP_TYPES) == sorted(
-        re.findall(r"'([a-z_]+)'", condition)
-    )
+    condition = SCHEMA.split("records_to_retain")[1].split(";")[0]
+    assert sorted(t.value for t in KEEP_TYPES) == sorted(re.findall(r"'([a-z_]+)'", condition))
 
 
 async def test_answers_from_cameras_the_activation_did_not_command_are_counted_not_written(
@@ -396,7 +401,7 @@ async def test_answers_from_cameras_the_activation_did_not_command_are_counted_n
     left_out = replace(ok, device_id="bwc3")  # too far: never commanded
     stranger = replace(ok, device_id="bwc9")  # not in the activation at all
     unknown = replace(ok, aid="act-404")
-    async with Ledger(path) as ledger:
+    async with SqliteLedger(path) as ledger:
         await ledger.record_activation(activation(), DECISIONS)
         written = await ledger.record_acks([ok, left_out, stranger, unknown], only_commanded=True)
         assert (written.inserted, written.not_commanded) == (1, 3)

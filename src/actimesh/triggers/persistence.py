@@ -1,0 +1,330 @@
+"""Persistence: what the engine decided, written to the ledger after the commands left.
+
+Commands go first because a camera's pre-roll does not depend on when they arrive but
+an officer's safety may. The activation (with every decision) is then written by the
+:class:`Persister`, and only once it is durable is the trigger acknowledged to the bus
+and confirmed to its device, and the activation record published for dispatch and
+integrators. The activation id is deterministic, so if the engine dies before the
+write, the redelivered event makes the same commands again and cameras ignore the repeat.
+
+Acknowledgements from cameras are written by the :class:`AckWriter`, in group commits:
+whatever arrived while the last transaction was syncing goes into the next one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from actimesh.broker.codec import MAX_ACTIVATION_BYTES, encode
+from actimesh.broker.intake import Delivery
+from actimesh.broker.messages import (
+    Activation,
+    AlertKind,
+    CameraActivation,
+    ConfirmStatus,
+    Event,
+)
+from actimesh.broker.topics import Topics
+from actimesh.broker.transport import Outbound
+from actimesh.errors import BrokerError, LedgerError, NotCommandedError
+from actimesh.ledger import AckRow, ActivationRow, Ledger
+from actimesh.triggers.alerts import Alerts
+from actimesh.triggers.commands import Commander
+from actimesh.triggers.dedupe import Dedupe
+from actimesh.triggers.fanout import Plan
+from actimesh.triggers.refusals import Refusals
+from actimesh.triggers.settings import EngineSettings
+from actimesh.triggers.stats import EngineStats
+
+__all__ = ["AckWriter", "Decided", "Persister"]
+
+log = logging.getLogger(__name__)
+
+#: Activations waiting for their ledger write, at most (the planner waits beyond it).
+_MAX_PENDING = 10_000
+#: Acknowledgements waiting for their ledger write, at most (the intake waits beyond it).
+_MAX_PENDING_ACKS = 100_000
+#: Acknowledgements written to the ledger in one transaction, at most.
+_ACK_BATCH = 512
+#: What the flood watch says a device sent when it answered activations it was not in.
+_NOT_COMMANDED = "acknowledgements for activations that did not command it"
+
+
+@dataclass(frozen=True, slots=True)
+class Decided:
+    """A trigger the engine has acted on, waiting for its ledger write."""
+
+    plan: Plan
+    event: Event
+    source: str
+    received: float
+    decided: float
+    rule: dict[str, object]
+    #: The trigger's message: acknowledged to the bus only once the activation is
+    #: durable, so a crash before that redelivers it.
+    delivery: Delivery
+    #: The activation this trigger joined (storm control), or None for a new one.
+    merged_into: str | None = None
+
+
+class Persister:
+    """Writes activations and merges in order. ``await run()`` in the engine's task group."""
+
+    def __init__(
+        self,
+        *,
+        ledger: Ledger,
+        out: Outbound,
+        topics: Topics,
+        settings: EngineSettings,
+        dedupe: Dedupe,
+        commander: Commander,
+        alerts: Alerts,
+        stats: EngineStats,
+    ) -> None:
+        self._ledger = ledger
+        self._out = out
+        self._topics = topics
+        self._settings = settings
+        self._engine_id = settings.engine_id
+        self._dedupe = dedupe
+        self._commander = commander
+        self._alerts = alerts
+        self._stats = stats
+        self._queue: asyncio.Queue[Decided] = asyncio.Queue(maxsize=_MAX_PENDING)
+
+    @property
+    def backlog(self) -> int:
+        """Triggers waiting for their ledger write."""
+        return self._queue.qsize()
+
+    async def put(self, item: Decided) -> None:
+        """Queue a write; waits (never drops) when the writer is behind: back-pressure."""
+        await self._queue.put(item)
+
+    async def run(self) -> None:
+        while True:
+            item = await self._queue.get()
+            if item.merged_into is not None:
+                await self._merge(item, item.merged_into)
+            else:
+                await self._activation(item)
+
+    async def _activation(self, item: Decided) -> None:
+        plan, event = item.plan, item.event
+        row = ActivationRow(
+            aid=plan.aid,
+            src=item.source,
+            eid=event.eid,
+            type=event.type,
+            event_ts=event.ts,
+            received_ts=item.received,
+            decided_ts=item.decided,
+            lat=plan.lat,
+            lon=plan.lon,
+            acc=plan.acc,
+            position_source=plan.position_source.value,
+            radius_m=plan.radius_m,
+            pre_roll_s=plan.pre_roll_s,
+            rule=item.rule,
+            initiated_by=event.by,
+            engine=self._engine_id,
+        )
+        try:
+            inserted = await self._ledger.record_activation(row, plan.decisions)
+        except LedgerError as exc:
+            # Not durable: neither acknowledged nor confirmed, and forgotten, so the
+            # device's re-send (or the broker's redelivery) is handled afresh. The
+            # cameras were commanded already and dedupe the repeat.
+            self._stats.ledger_failures += 1
+            self._dedupe.forget((item.source, event.eid))
+            self._dedupe.not_durable(plan.aid)
+            log.exception("activation %s not written to the ledger", plan.aid)
+            await self._alerts.alert(AlertKind.LEDGER, plan.aid, None, str(exc))
+            return
+        self._dedupe.durable(plan.aid)
+        # Counted once durable and before the confirmation leaves: a device holding
+        # its confirmation must find the activation counted (replicas' counters add
+        # up to what the ledger holds at every moment a device can observe).
+        if inserted:
+            self._stats.activations += 1
+        else:
+            # Another replica of the share group recorded this trigger first (the
+            # device re-sent it while that replica was still writing). It is durable,
+            # so it is confirmed, but its record belongs to the replica that wrote it:
+            # publishing it again would show integrators the activation twice.
+            self._stats.duplicates += 1
+            log.info("event %s from %s already recorded by another engine", event.eid, item.source)
+        item.delivery.ack()
+        self._commander.confirm(
+            item.source, event.eid, ConfirmStatus.ACTIVATED, plan.aid, cameras=len(plan.targets)
+        )
+        if inserted:
+            await self._publish_record(item)
+
+    async def _publish_record(self, item: Decided) -> None:
+        """The activation record, for dispatch and integrators."""
+        plan, event = item.plan, item.event
+        record = Activation(
+            aid=plan.aid,
+            eid=event.eid,
+            src=item.source,
+            type=event.type,
+            ets=event.ts,
+            ts=item.decided,
+            lat=plan.lat,
+            lon=plan.lon,
+            radius=plan.radius_m,
+            pre=plan.pre_roll_s,
+            cameras=tuple(
+                CameraActivation(
+                    id=t.device_id,
+                    device_kind=t.kind,
+                    reason=t.reason,
+                    dist=t.distance_m,
+                )
+                for t in plan.targets
+                if t.kind is not None
+            ),
+            excluded=plan.excluded,
+            by=event.by,
+        )
+        payload = encode(record)
+        if len(payload) > MAX_ACTIVATION_BYTES:  # pragma: no cover - 10k cameras at once
+            log.error("activation %s record too large to publish", plan.aid)
+            return
+        try:
+            await self._out.publish(self._topics.activations(event.type), payload, qos=1)
+            if self._settings.publish_json:
+                await self._out.publish(
+                    self._topics.activations_json(event.type),
+                    record.model_dump_json(exclude_none=True).encode(),
+                    qos=1,
+                )
+        except BrokerError:
+            log.exception("activation record %s not published", plan.aid)
+
+    async def _merge(self, item: Decided, original: str) -> None:
+        """Record a trigger that joined ``original``, then acknowledge and confirm it."""
+        plan, event = item.plan, item.event
+        body = {
+            "aid": original,  # ties the record to the activation it joined (exports, retention)
+            "merged_aid": plan.aid,
+            "src": item.source,
+            "eid": event.eid,
+            "type": event.type,
+            "event_ts": event.ts,
+            "received_ts": item.received,
+            "lat": plan.lat,
+            "lon": plan.lon,
+            "cameras": sorted(t.device_id for t in plan.targets),
+            "initiated_by": event.by,
+            "engine": self._engine_id,
+        }
+        try:
+            await self._ledger.record_event(
+                f"engine/{self._engine_id}", "merge", original, "merged", body
+            )
+        except LedgerError as exc:
+            self._stats.ledger_failures += 1
+            self._dedupe.forget((item.source, event.eid))
+            log.exception("merge of %s into %s not written to the ledger", event.eid, original)
+            await self._alerts.alert(AlertKind.LEDGER, original, None, str(exc))
+            return
+        self._dedupe.merged(plan.aid, original)
+        self._stats.merged += 1
+        log.info("event %s from %s joined activation %s", event.eid, item.source, original)
+        item.delivery.ack()
+        self._commander.confirm(
+            item.source, event.eid, ConfirmStatus.ACTIVATED, original, cameras=len(plan.targets)
+        )
+
+
+class AckWriter:
+    """Writes cameras' acknowledgements. ``await run()`` in the engine's task group.
+
+    A synced write per acknowledgement on the intake would hold up the trigger events
+    queued behind it; each trigger brings two acknowledgements per camera, and one
+    synced write each made the ledger thread the busiest part of the engine at 100,000
+    devices. Hence a queue and group commits.
+    """
+
+    def __init__(self, *, ledger: Ledger, refusals: Refusals, stats: EngineStats) -> None:
+        self._ledger = ledger
+        self._refusals = refusals
+        self._stats = stats
+        # Each with who cancelled, for a ``cancelled`` ack (a false activation).
+        self._queue: asyncio.Queue[tuple[AckRow, str | None]] = asyncio.Queue(
+            maxsize=_MAX_PENDING_ACKS
+        )
+
+    @property
+    def backlog(self) -> int:
+        """Acknowledgements waiting for their ledger write."""
+        return self._queue.qsize()
+
+    async def put(self, row: AckRow, cancelled_by: str | None = None) -> None:
+        """Queue ``row``; ``cancelled_by`` names who cancelled, for a ``cancelled`` ack.
+        Waits (never drops) if the writer is behind."""
+        await self._queue.put((row, cancelled_by))
+
+    async def run(self) -> None:
+        queue = self._queue
+        while True:
+            batch = [await queue.get()]
+            while len(batch) < _ACK_BATCH and not queue.empty():
+                batch.append(queue.get_nowait())
+            plain: list[AckRow] = []
+            for row, cancelled_by in batch:
+                if cancelled_by is None:
+                    plain.append(row)
+                    continue
+                await self.write(plain)  # in the order they came
+                plain = []
+                await self._cancel(row, cancelled_by)
+            await self.write(plain)
+
+    async def _cancel(self, row: AckRow, cancelled_by: str) -> None:
+        try:
+            # The ack and its false_activation record, in one transaction.
+            seq = await self._ledger.record_cancel(row, cancelled_by, only_commanded=True)
+        except NotCommandedError as exc:
+            self._stats.acks_not_commanded += 1
+            self._refusals.charge(row.device_id, _NOT_COMMANDED)
+            log.debug("%s", exc)  # counted: a flood must not flood the log
+        except LedgerError:
+            self._stats.ledger_failures += 1
+            log.exception("cancel from %s for %s not recorded", row.device_id, row.aid)
+        else:
+            if seq is not None:  # not a redelivery
+                self._stats.false_activations += 1
+            log.info(
+                "%s cancelled activation %s on %s as a false activation",
+                cancelled_by,
+                row.aid,
+                row.device_id,
+            )
+
+    async def write(self, rows: list[AckRow]) -> None:
+        """Write ``rows`` in one transaction; if that fails, one by one, so that one bad
+        row does not cost the others their record."""
+        if not rows:
+            return
+        try:
+            # An answer from a camera the activation did not command (a device flooding
+            # acks for activations it was never part of) is counted, never written.
+            written = await self._ledger.record_acks(rows, only_commanded=True)
+        except LedgerError:
+            if len(rows) == 1:
+                self._stats.ledger_failures += 1
+                log.exception("ack from %s for %s not recorded", rows[0].device_id, rows[0].aid)
+                return
+            for row in rows:
+                await self.write([row])
+            return
+        if written.refused:
+            self._stats.acks_not_commanded += written.not_commanded
+            for device_id in written.refused:
+                self._refusals.charge(device_id, _NOT_COMMANDED)

@@ -1,0 +1,224 @@
+"""The trigger path: from a device's event to commands sent and a ledger write queued.
+
+validate → check the sender may raise this trigger type → dedupe → the device's rate
+limit → plan (pure, :mod:`.fanout`) → merge into the incident it repeats, or pass the
+global storm bound (:mod:`.storm`) → sign and send every command (:mod:`.commands`) →
+hand the ledger write and the activation record to the persister
+(:mod:`.persistence`).
+
+Who may raise a trigger comes from the rule (``senders``) and what the sender is from
+the fleet: the device registry when one is given, the device's own presence otherwise.
+Replays are refused by the dedupe memory, backed by the ledger once that memory has had
+to forget, and by the event age limit.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Protocol
+
+from actimesh.broker.codec import check_clock, decode
+from actimesh.broker.intake import Delivery
+from actimesh.broker.messages import ConfirmStatus, DeviceState, Event
+from actimesh.errors import PayloadError
+from actimesh.geofence import InclusionPolicy, SpatialIndex
+from actimesh.triggers.alerts import Alerts
+from actimesh.triggers.commands import Commander
+from actimesh.triggers.dedupe import Dedupe
+from actimesh.triggers.fanout import plan_activation
+from actimesh.triggers.fleet import Fleet
+from actimesh.triggers.persistence import Decided, Persister
+from actimesh.triggers.rules import Rule, RuleTable
+from actimesh.triggers.settings import EngineSettings
+from actimesh.triggers.stats import EngineStats
+from actimesh.triggers.storm import Incident, StormControl
+
+__all__ = ["Planner", "TriggerTracer"]
+
+log = logging.getLogger(__name__)
+
+
+class TriggerTracer(Protocol):
+    """Told when a trigger's handling starts and when all of its commands have left:
+    how the bench splits a trigger's latency into its hops (``actimesh bench --trace``).
+    Called on the trigger path itself, so it must be quick and must not raise."""
+
+    def handling(self) -> None:
+        """A trigger event's handling starts (before it is decoded)."""
+        ...
+
+    def commanded(self, eid: str) -> None:
+        """Every command of event ``eid`` has been handed to the connection."""
+        ...
+
+
+class Planner:
+    """Handles trigger events. One per engine."""
+
+    def __init__(
+        self,
+        *,
+        rules: RuleTable,
+        policy: InclusionPolicy,
+        fleet: Fleet,
+        index: SpatialIndex,
+        storm: StormControl,
+        dedupe: Dedupe,
+        commander: Commander,
+        persister: Persister,
+        alerts: Alerts,
+        settings: EngineSettings,
+        stats: EngineStats,
+        clock: Callable[[], float],
+        dispatch_source: str | None,
+        tracer: TriggerTracer | None = None,
+    ) -> None:
+        self._rules = rules
+        self._policy = policy
+        self._fleet = fleet
+        self._index = index
+        self._storm = storm
+        self._dedupe = dedupe
+        self._commander = commander
+        self._persister = persister
+        self._alerts = alerts
+        self._settings = settings
+        self._stats = stats
+        self._clock = clock
+        self._dispatch_source = dispatch_source
+        self._tracer = tracer
+
+    async def handle(self, source: str, payload: bytes, delivery: Delivery) -> bool:
+        """Handle a trigger. True when the persister now owns the acknowledgement.
+        Raises :class:`PayloadError` for an event refused (the caller answers it)."""
+        if self._tracer is not None:
+            self._tracer.handling()
+        received = self._clock()
+        event = decode(Event, payload)
+        check_clock(
+            event.ts,
+            received,
+            max_age_s=self._settings.max_event_age_s,
+            max_skew_s=self._settings.max_clock_skew_s,
+        )
+        rule = self._rules.get(event.type)
+        if rule is None:
+            known = ", ".join(r.event_type for r in self._rules)
+            raise PayloadError("unknown_event_type", f"{event.type!r} (known: {known})")
+        self.check_sender(source, rule)
+        self._stats.events += 1
+        key = (source, event.eid)
+        seen = await self._dedupe.lookup(key)
+        if seen is not None:
+            # A repeat: the device did not get our confirmation (or the broker redelivered).
+            # Confirm it only if the original is durable: confirming one still waiting for
+            # its ledger write would let the device stop re-sending, and a crash now
+            # would lose the activation.
+            self._stats.duplicates += 1
+            if self._dedupe.is_durable(seen):
+                log.info("duplicate event %s from %s: confirmed again", event.eid, source)
+                self._commander.confirm(
+                    source, event.eid, ConfirmStatus.ACTIVATED, self._dedupe.activation_of(seen)
+                )
+            return False
+        ticket = self._storm.admit_event(source, received)
+        if ticket is None:
+            limits = self._storm.limits
+            detail = (
+                f"{source} raised more than {limits.device_burst:g} events at once or "
+                f"{limits.device_rate_per_s:g} a second"
+            )
+            self._alerts.storm(source, received, f"rate_limited: {detail}")
+            raise PayloadError("rate_limited", detail)
+        plan = plan_activation(
+            event=event,
+            source=source,
+            rule=rule,
+            fleet=self._fleet,
+            index=self._index,
+            policy=self._policy,
+        )
+        cameras = frozenset(t.device_id for t in plan.targets)
+        joined = self._storm.merge_into(
+            src=source,
+            event_type=event.type,
+            ets=event.ts,
+            lat=plan.lat,
+            lon=plan.lon,
+            cameras=cameras,
+            usable=lambda incident: self._mergeable(incident, cameras),
+        )
+        if joined is not None:
+            self._dedupe.remember(key, plan.aid)
+            item = Decided(
+                plan,
+                event,
+                source,
+                received,
+                self._clock(),
+                {},
+                delivery,
+                merged_into=joined.aid,
+            )
+            await self._persister.put(item)
+            return True
+        if not self._storm.admit_activation(ticket, received):
+            detail = (
+                f"over {self._storm.limits.activations_per_s:g} activations a second "
+                "across the fleet"
+            )
+            self._alerts.storm(source, received, f"storm: {detail}")
+            raise PayloadError("storm", detail)
+        self._dedupe.remember(key, plan.aid)
+        decided = self._clock()
+        self._storm.remember(
+            Incident(plan.aid, source, event.type, event.ts, plan.lat, plan.lon, cameras, decided)
+        )
+        await self._commander.send(plan, event, source, decided)
+        if self._tracer is not None:
+            self._tracer.commanded(event.eid)
+        # Waits (never drops) when the persister is behind: back-pressure, not loss.
+        item = Decided(plan, event, source, received, decided, self._rule_doc(rule), delivery)
+        await self._persister.put(item)
+        return True
+
+    def _rule_doc(self, rule: Rule) -> dict[str, object]:
+        """The rule and policy applied, as the ledger keeps them with the activation."""
+        return {
+            "event_type": rule.event_type,
+            "camera_kinds": sorted(k.value for k in rule.camera_kinds),
+            "radius_m": rule.radius_m,
+            "pre_roll_s": rule.pre_roll_s,
+            "include_paired": rule.include_paired,
+            "policy": {
+                "mode": self._policy.mode.value,
+                "max_fix_age_s": self._policy.max_fix_age_s,
+                "max_margin_m": self._policy.max_margin_m,
+            },
+        }
+
+    def check_sender(self, source: str, rule: Rule) -> None:
+        """Refuse a trigger type the sending device may not raise (``sender_not_allowed``)."""
+        dispatch = self._dispatch_source is not None and source == self._dispatch_source
+        kind = None if dispatch else self._fleet.kind_of(source)
+        if rule.allows(kind, dispatch=dispatch):
+            return
+        what = "the dispatch source" if dispatch else (kind.value if kind else "of unknown kind")
+        allowed = ", ".join(sorted(rule.senders)) or "nobody"
+        raise PayloadError(
+            "sender_not_allowed",
+            f"{source} is {what}; {rule.event_type} may be raised by {allowed}",
+        )
+
+    def _mergeable(self, incident: Incident, cameras: frozenset[str]) -> bool:
+        """May a repeat that would command ``cameras`` join ``incident``? Only once the
+        incident is durable, and while every one of those cameras still reports that it
+        is recording: one an officer has since stopped must be commanded again."""
+        if not self._dedupe.is_durable(incident.aid):
+            return False
+        for device_id in cameras:
+            info = self._fleet.get(device_id)
+            if info is None or info.state is not DeviceState.RECORDING:
+                return False
+        return True

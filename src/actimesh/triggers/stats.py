@@ -1,0 +1,52 @@
+"""The engine's counters: what metrics, the terminal view, the drills and tests read."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+__all__ = ["EngineStats"]
+
+
+@dataclass(slots=True)
+class EngineStats:
+    """Counters for metrics, the terminal view and tests."""
+
+    telemetry: int = 0
+    events: int = 0
+    activations: int = 0  # activations this engine wrote to the ledger first
+    duplicates: int = 0  # repeats of an event already handled here or by a replica
+    commands: int = 0
+    command_failures: int = 0
+    acks: int = 0
+    presence: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+    deadletters_suppressed: int = 0
+    ledger_failures: int = 0
+    confirmations: int = 0
+    retries: int = 0
+    alerts: Counter[str] = field(default_factory=Counter)
+    merged: int = 0  # triggers that joined the activation they repeat (storm control)
+    #: Refusals by cameras that could not verify a command (forged ones provoke them).
+    unverified_refusals: int = 0
+    #: Dedupe questions the ledger answered because the memory had forgotten.
+    ledger_lookups: int = 0
+    #: Cameras whose officer cancelled the activation as false (``cancelled`` acks).
+    false_activations: int = 0
+    #: Answers from cameras their activation did not command: counted, never written
+    #: (not dead-lettered either: one per ack of a flood would be a flood of its own).
+    acks_not_commanded: int = 0
+    #: Devices disabled for flooding refused messages, and quarantines not queued
+    #: (the queue was full) or not carried out.
+    quarantined: int = 0
+    quarantines_failed: int = 0
+    #: Position fixes dropped because their device sent them over its rate.
+    telemetry_over_rate: int = 0
+    #: Device messages whose handling raised something unexpected (logged).
+    handler_errors: int = 0
+    #: Alerts not raised because their queue was full (a thousand waiting).
+    alerts_dropped: int = 0
+
+    @property
+    def rejected_total(self) -> int:
+        return sum(self.rejected.values())
