@@ -46,6 +46,7 @@ from actimesh.security.acl import SERVICE_ENGINE, AclPolicy
 from actimesh.security.provision import prepare_broker, provision_fleet, specs_of
 from actimesh.security.registry import Credentials, DeviceCredentials
 from actimesh.security.signing import CommandSigner, CommandVerifier
+from actimesh.stats import percentile
 from actimesh.triggers.engine import Engine
 from actimesh.triggers.fanout import activation_id
 from actimesh.triggers.ledger import Ledger
@@ -192,15 +193,6 @@ class DrillReport:
     @property
     def ok(self) -> bool:
         return self.duplicate_ignored and all(r.ok for r in self.results)
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (no interpolation: a reported p99 is a real sample)."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
-    return ordered[rank - 1]
 
 
 @dataclass(slots=True)

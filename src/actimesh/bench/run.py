@@ -41,11 +41,11 @@ from actimesh.bench.settings import BenchSettings
 from actimesh.bench.trace import split
 from actimesh.broker.mosquitto import ManagedMosquitto, MosquittoConfig, free_port
 from actimesh.dispatch.settings import DispatchSettings
-from actimesh.drill import percentile
 from actimesh.private import write_private
 from actimesh.security.acl import LOADGEN_ACCOUNT, SERVICE_ENGINE, AclPolicy
 from actimesh.security.provision import prepare_broker
 from actimesh.security.registry import SECRETS_DIR
+from actimesh.stats import percentile
 
 __all__ = ["make_progress", "run_bench"]
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from actimesh.broker.intake import Delivery
 from actimesh.broker.messages import Event
-from actimesh.drill import percentile
+from actimesh.stats import percentile
 from actimesh.triggers.engine import Engine
 from actimesh.triggers.fanout import Plan
 
