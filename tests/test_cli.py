@@ -19,7 +19,7 @@ from actimesh.broker import mosquitto
 from actimesh.broker.mosquitto import free_port
 from actimesh.config import load_settings
 from actimesh.devices.simulator import SimSettings
-from actimesh.drill import default_scenarios, run_drill
+from actimesh.drills import default_scenarios, run_drill
 from actimesh.geofence import InclusionMode, InclusionPolicy
 from actimesh.runtime import run_up
 

@@ -23,14 +23,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
 import signal
 import sys
-import tempfile
 import time
-from collections.abc import Coroutine, Iterator, Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
@@ -467,23 +465,23 @@ def _command(args: argparse.Namespace, console: Console) -> int:
 
 
 def _drill(args: argparse.Namespace, console: Console) -> int:
-    from actimesh.drill import run_drill  # noqa: PLC0415 - keep `--help` fast
+    from actimesh.drills import run_drill, scratch_dir  # noqa: PLC0415 - keep `--help` fast
 
     if args.faults and args.media == "real":
         raise ConfigError("--faults and --media real are separate drills: run one at a time")
     if args.faults:
-        from actimesh.faultdrill import SCENARIOS, run_fault_drill  # noqa: PLC0415
+        from actimesh.drills import SCENARIOS, run_fault_drill  # noqa: PLC0415
 
         names = [name for name, _, _ in SCENARIOS]
         if args.only is not None and args.only not in names:
             raise ConfigError(f"--only {args.only!r}: choose one of {', '.join(names)}")
-        with _scratch(args.data_dir) as root:
+        with scratch_dir(args.data_dir) as root:
             faults = _run(run_fault_drill(console, root=root, short=args.short, only=args.only))
         return EXIT_OK if faults.ok else EXIT_FAILED
     if args.media == "real":
-        from actimesh.mediadrill import run_media_drill  # noqa: PLC0415 - loads PyAV
+        from actimesh.drills.media import run_media_drill  # noqa: PLC0415 - loads PyAV
 
-        with _scratch(args.data_dir) as root:
+        with scratch_dir(args.data_dir) as root:
             media = _run(run_media_drill(console, root=root))
         if args.data_dir is not None and media.evidence_dir is not None:
             ledger = args.data_dir / "ledger.sqlite3"
@@ -795,17 +793,6 @@ def _accounts(args: argparse.Namespace) -> int:
         stdin=sys.stdin,
         runner=_run,
     )
-
-
-@contextlib.contextmanager
-def _scratch(path: Path | None) -> Iterator[Path]:
-    """``path`` if given (kept), else a temporary folder removed afterwards."""
-    if path is not None:
-        path.mkdir(parents=True, exist_ok=True)
-        yield path
-        return
-    with tempfile.TemporaryDirectory(prefix="actimesh-") as tmp:
-        yield Path(tmp)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
