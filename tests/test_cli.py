@@ -17,11 +17,11 @@ from rich.console import Console
 from actimesh import cli
 from actimesh.broker import mosquitto
 from actimesh.broker.mosquitto import free_port
-from actimesh.config import load_settings
 from actimesh.devices.simulator import SimSettings
 from actimesh.drills import default_scenarios, run_drill
 from actimesh.geofence import InclusionMode, InclusionPolicy
 from actimesh.runtime import run_up
+from actimesh.runtime.config import load_settings
 
 
 def recording_console() -> tuple[Console, io.StringIO]:

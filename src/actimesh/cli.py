@@ -36,10 +36,10 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 from rich.console import Console
 
 from actimesh import __version__
-from actimesh.config import Settings, load_settings
 from actimesh.devices.simulator import SimSettings
 from actimesh.errors import ActimeshError, ConfigError, first_error
 from actimesh.geofence import InclusionMode, InclusionPolicy
+from actimesh.runtime.config import Settings, load_settings
 
 if TYPE_CHECKING:
     from actimesh.security.provision import BrokerEndpoints

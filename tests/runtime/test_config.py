@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from actimesh.config import RetentionSettings, load_settings
 from actimesh.errors import ConfigError
 from actimesh.geofence import InclusionMode
+from actimesh.runtime.config import RetentionSettings, load_settings
 from actimesh.triggers.settings import EngineSettings
 
 
