@@ -31,7 +31,7 @@ def recording_console() -> tuple[Console, io.StringIO]:
 
 def test_bad_flag_is_one_line_without_traceback() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "actimesh.cli", "up", "--sim", "zero"],
+        [sys.executable, "-m", "actimesh", "up", "--sim", "zero"],
         capture_output=True,
         text=True,
         check=False,
