@@ -154,7 +154,7 @@ def test_mistakes_are_one_line_without_traceback(
 
 def test_a_missing_ledger_prints_no_traceback(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "actimesh.cli", "audit", "head", "--ledger", str(tmp_path / "x")],
+        [sys.executable, "-m", "actimesh", "audit", "head", "--ledger", str(tmp_path / "x")],
         capture_output=True,
         text=True,
         check=False,

@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 
 from actimesh.audit import apply_retention, retain, retention_loop, verify_ledger
-from actimesh.config import RetentionSettings
-from actimesh.errors import ConfigError, LedgerError
+from actimesh.errors import LedgerError
 from actimesh.ledger import SqliteLedger
 from tests.audit.helpers import (
     DECISIONS,
@@ -185,9 +184,3 @@ async def test_retention_runs_in_the_background_until_cancelled(tmp_path: Path) 
         with contextlib.suppress(asyncio.CancelledError):
             await task
     assert verify_ledger(path).ok
-
-
-def test_retention_shorter_than_a_year_is_refused() -> None:
-    with pytest.raises(ConfigError, match=r"retention\.days must be at least 365"):
-        RetentionSettings(days=90)
-    assert RetentionSettings().days == 396

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from actimesh.config import load_settings
 from actimesh.devices import MediaKind, MediaSettings, StealthPolicy, SyntheticSource
 from actimesh.devices.h264 import H264Source
 from actimesh.devices.h264_live import LiveH264Source
 from actimesh.devices.settings import open_media_source
 from actimesh.errors import ConfigError
+from actimesh.runtime.config import load_settings
 
 
 def _toml(tmp_path: Path, body: str) -> Path:

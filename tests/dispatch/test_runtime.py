@@ -16,10 +16,10 @@ from rich.console import Console
 
 from actimesh import cli
 from actimesh.broker.mosquitto import free_port
-from actimesh.config import load_settings
 from actimesh.dispatch.settings import DispatchSettings
 from actimesh.errors import ConfigError
 from actimesh.runtime import run_up
+from actimesh.runtime.config import load_settings
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration

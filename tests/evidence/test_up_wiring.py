@@ -16,9 +16,9 @@ from rich.console import Console
 
 from actimesh.broker.messages import DeviceKind
 from actimesh.broker.mosquitto import free_port
-from actimesh.config import load_settings
 from actimesh.devices.offload import Offloader
 from actimesh.runtime import run_up
+from actimesh.runtime.config import load_settings
 from actimesh.security.registry import Registry
 from tests.evidence.helpers import key_of, record
 from tests.waiting import eventually

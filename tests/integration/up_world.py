@@ -15,9 +15,9 @@ from rich.console import Console
 
 from actimesh.broker.messages import DeviceKind
 from actimesh.broker.mosquitto import free_port
-from actimesh.config import load_settings
 from actimesh.devices.agent import DeviceAgent
 from actimesh.runtime import run_up
+from actimesh.runtime.config import load_settings
 from actimesh.security.registry import DeviceCredentials, Registry
 from tests.integration.officers import (
     AGENCY,
@@ -161,6 +161,6 @@ def web_children() -> dict[str, int]:
                 argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if b"actimesh.supervisor" in argv:
-                found[argv[argv.index(b"actimesh.supervisor") + 1].decode()] = int(pid)
+            if b"actimesh.runtime.child" in argv:
+                found[argv[argv.index(b"actimesh.runtime.child") + 1].decode()] = int(pid)
     return found

@@ -17,9 +17,9 @@ from actimesh import cli
 from actimesh.broker.mosquitto import ManagedMosquitto, free_port
 from actimesh.broker.mosquitto_conf import MosquittoConfig
 from actimesh.broker.topics import Topics, device_client_id
-from actimesh.config import Settings, load_settings
 from actimesh.errors import ConfigError
-from actimesh.runtime import _external, broker_for, run_up
+from actimesh.runtime.compose import _external, broker_for, run_up
+from actimesh.runtime.config import Settings, load_settings
 from actimesh.security import Registry, read_secret, verify_password
 from tests.waiting import eventually
 

@@ -17,7 +17,6 @@ retention reaches both the ledger (``triggers``) and the recordings (``devices``
 
 from actimesh.audit._export import ExportResult, export_case, link_case
 from actimesh.audit._retention import (
-    DEFAULT_RETENTION_DAYS,
     RetentionReport,
     apply_retention,
     retain,
@@ -27,7 +26,6 @@ from actimesh.audit._store import parse_head, read_head
 from actimesh.audit._verify import Finding, Tamper, VerifyReport, verify_ledger
 
 __all__ = [
-    "DEFAULT_RETENTION_DAYS",
     "ExportResult",
     "Finding",
     "RetentionReport",

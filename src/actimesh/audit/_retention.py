@@ -27,13 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from actimesh.broker.topics import is_identifier
-from actimesh.config import RetentionSettings
 from actimesh.devices.recorder import MANIFEST_NAME
 from actimesh.errors import AuditError, LedgerError
 from actimesh.ledger import EventType, Ledger, Redaction, SqliteLedger, format_time
 
 __all__ = [
-    "DEFAULT_RETENTION_DAYS",
     "RetentionReport",
     "apply_retention",
     "retain",
@@ -42,8 +40,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: 13 months (``[retention] days`` in the settings).
-DEFAULT_RETENTION_DAYS = RetentionSettings().days
 _DAY_S = 86_400.0
 _TOMBSTONE = re.compile(r"^\.(.+)\.deleting$")
 
@@ -216,7 +212,7 @@ async def _prune(ledger: Ledger, root: Path, report: RetentionReport, expiring: 
 
 async def apply_retention(
     ledger: Ledger,
-    days: float = DEFAULT_RETENTION_DAYS,
+    days: float,
     *,
     recordings: Path | None = None,
     now: float | None = None,
@@ -228,6 +224,8 @@ async def apply_retention(
     rows deleted; recording folders under ``recordings`` whose activations are all gone
     and whose newest footage is older than ``days`` are deleted. Each deletion is a
     ``retention_delete`` record. Safe while engines write to the same ledger file.
+    ``days`` is the operator's ``[retention] days``: the caller reads it from its
+    settings, so the audit package never reads configuration itself.
     """
     at = time.time() if now is None else now
     report = RetentionReport(cutoff=at - days * _DAY_S, dry_run=dry_run)
@@ -240,7 +238,7 @@ async def apply_retention(
 
 async def retain(
     path: Path,
-    days: float = DEFAULT_RETENTION_DAYS,
+    days: float,
     *,
     recordings: Path | None = None,
     now: float | None = None,
@@ -253,7 +251,7 @@ async def retain(
 
 async def retention_loop(
     path: Path,
-    days: float = DEFAULT_RETENTION_DAYS,
+    days: float,
     *,
     recordings: Path | None = None,
     interval_s: float = 6 * 3600.0,

@@ -17,7 +17,7 @@ from typing import Any
 
 from rich.table import Table
 
-from actimesh.drill import percentile
+from actimesh.stats import percentile
 
 __all__ = [
     "REQUIRED_KEYS",

@@ -42,11 +42,11 @@ from actimesh.bench.trace import split
 from actimesh.broker.mosquitto import ManagedMosquitto, free_port
 from actimesh.broker.mosquitto_conf import MosquittoConfig
 from actimesh.dispatch.settings import DispatchSettings
-from actimesh.drill import percentile
 from actimesh.private import write_private
 from actimesh.security.acl import LOADGEN_ACCOUNT, SERVICE_ENGINE, AclPolicy
 from actimesh.security.provision import prepare_broker
 from actimesh.security.registry import SECRETS_DIR
+from actimesh.stats import percentile
 
 __all__ = ["make_progress", "run_bench"]
 

@@ -38,8 +38,8 @@ from typing import Any
 from actimesh.bench.naive import SEARCH_RADIUS_M
 from actimesh.bench.report import ratio
 from actimesh.bench.workload import AREA_HALF_M, Movers, Scene, build_fleet
-from actimesh.drill import percentile
 from actimesh.geofence import GridIndex
+from actimesh.stats import percentile
 
 __all__ = ["side_by_side"]
 

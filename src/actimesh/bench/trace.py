@@ -22,7 +22,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from actimesh.drill import percentile
+from actimesh.stats import percentile
 
 __all__ = ["STAGES", "TriggerStamps", "describe", "split"]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from actimesh.faultdrill import SCENARIOS, run_fault_drill
+from actimesh.drills import SCENARIOS, run_fault_drill
 
 
 async def test_broker_kill_loses_and_duplicates_nothing(tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from actimesh.errors import ConfigError
-from actimesh.supervisor import Report
+from actimesh.runtime.supervisor import Report
 
 
 async def serve_echo(greeting: str, report: Report) -> None:

@@ -115,7 +115,7 @@ class _EngineProc:
         self.argv = [
             sys.executable,
             "-m",
-            "actimesh.cli",
+            "actimesh",
             "engine",
             "--broker",
             f"mqtt://{_HOST}:{port}",

@@ -1,7 +1,7 @@
 """The web listeners as processes of their own: the dispatch map and API, and the
 evidence upload API.
 
-``actimesh up`` starts each under a :class:`~actimesh.supervisor.Supervisor`, so a web
+``actimesh up`` starts each under a :class:`~actimesh.runtime.supervisor.Supervisor`, so a web
 client, however hostile, shares neither a process nor an event loop with the trigger
 engine. Each entry here runs in the child: it opens what it needs itself (the evidence
 store, its own ledger connection), serves until cancelled, and reports its address
@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from actimesh.broker.topics import Topics
-from actimesh.config import Settings
 from actimesh.dispatch.service import DispatchService
 from actimesh.evidence import (
     DiskStore,
@@ -28,11 +27,12 @@ from actimesh.evidence import (
     create_upload_app,
     evidence_retention_loop,
 )
+from actimesh.runtime.config import Settings
+from actimesh.runtime.supervisor import Report
 from actimesh.security.acl import SERVICE_DISPATCH
-from actimesh.supervisor import Report
 
 if TYPE_CHECKING:
-    from actimesh.runtime import BrokerAddress
+    from actimesh.runtime.compose import BrokerAddress
 
 __all__ = ["DispatchJob", "open_evidence", "serve_dispatch", "serve_evidence"]
 

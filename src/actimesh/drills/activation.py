@@ -23,9 +23,8 @@ import contextlib
 import hashlib
 import json
 import statistics
-import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,12 +42,14 @@ from actimesh.devices.camera import Camera
 from actimesh.devices.media import SyntheticSource
 from actimesh.devices.recorder import RecordingStore
 from actimesh.dispatch.settings import DispatchSettings
+from actimesh.drills._scratch import scratch_dir
 from actimesh.geofence import InclusionMode, InclusionPolicy, destination
 from actimesh.ledger import SqliteLedger
 from actimesh.security.acl import SERVICE_ENGINE, AclPolicy
 from actimesh.security.provision import prepare_broker, provision_fleet, specs_of
 from actimesh.security.registry import Credentials, DeviceCredentials
 from actimesh.security.signing import CommandSigner, CommandVerifier
+from actimesh.stats import percentile
 from actimesh.triggers.engine import Engine
 from actimesh.triggers.rules import DEFAULT_RULES, THIRTY_FEET_M
 from actimesh.triggers.settings import EngineSettings
@@ -193,15 +194,6 @@ class DrillReport:
     @property
     def ok(self) -> bool:
         return self.duplicate_ignored and all(r.ok for r in self.results)
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (no interpolation: a reported p99 is a real sample)."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
-    return ordered[rank - 1]
 
 
 @dataclass(slots=True)
@@ -445,16 +437,6 @@ def _table(report: DrillReport) -> Table:
     return table
 
 
-@contextlib.contextmanager
-def _data_dir(path: Path | None) -> Iterator[Path]:
-    if path is not None:
-        path.mkdir(parents=True, exist_ok=True)
-        yield path
-        return
-    with tempfile.TemporaryDirectory(prefix="actimesh-drill-") as tmp:
-        yield Path(tmp)
-
-
 def _secured_broker(root: Path, topics: Topics, port: int) -> tuple[MosquittoConfig, Credentials]:
     """The broker as `actimesh up` runs it (accounts, ACL, no anonymous access), and the
     engine's login to it."""
@@ -479,7 +461,7 @@ async def run_drill(
     """
     policy = policy or InclusionPolicy()
     scenarios = scenarios or default_scenarios(policy)
-    with _data_dir(data_dir) as root:
+    with scratch_dir(data_dir) as root:
         topics = Topics("drill")
         port = free_port()
         store = RecordingStore(root / "recordings")

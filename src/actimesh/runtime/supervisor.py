@@ -6,10 +6,11 @@ server: eight 300 MB uploads to a login route once raised the engine's process t
 listener (the dispatch map and API, the evidence upload API) as a child process of its
 own, and a :class:`Supervisor` per child:
 
-* **starts it** with ``python -m actimesh.supervisor ENTRY FD``: the child reads its
-  payload (pickled settings) from stdin, runs the ``async`` function ``ENTRY`` names
-  (``module:function``) and reports on the pipe ``FD`` once it listens
-  (``ready <url>``) or why it could not start (``error <kind> <one line>``);
+* **starts it** with ``python -m actimesh.runtime.child NAME ENTRY FD NICE``: the child
+  (:mod:`actimesh.runtime.child`) reads its payload (pickled settings) from stdin, runs
+  the ``async`` function ``ENTRY`` names (``module:function``) and reports on the pipe
+  ``FD`` once it listens (``ready <url>``) or why it could not start
+  (``error <kind> <one line>``);
 * **dies with the parent**: the kernel sends the child SIGTERM when ``up`` goes, even if
   it was SIGKILLed (:mod:`actimesh.lifeline`);
 * **fails fast on the first start**: a child that cannot start the first time (its port
@@ -27,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
 import os
 import pickle
@@ -37,10 +37,10 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from actimesh.errors import ActimeshError, ConfigError, first_error
+from actimesh.errors import ActimeshError, ConfigError
 from actimesh.lifeline import die_with_parent
 
-__all__ = ["ChildError", "Report", "Supervisor"]
+__all__ = ["ChildError", "Entry", "Report", "Supervisor"]
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ class Supervisor:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "actimesh.supervisor",
+                "actimesh.runtime.child",
                 self.name,
                 self.entry,
                 str(write_fd),
@@ -183,48 +183,3 @@ class Supervisor:
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
                 await proc.wait()
-
-
-# ---------------------------------------------------------------------- the child side
-
-
-def _child(name: str, entry: str, fd: int, nice: int) -> int:
-    if nice:
-        # Under CPU contention the kernel runs the engine first: a web listener busy
-        # with a flood of requests waits, an officer's trigger does not.
-        os.nice(nice)
-    logging.basicConfig(
-        level=logging.WARNING,
-        format=f"%(asctime)s %(levelname)s [{name}] %(name)s: %(message)s",
-    )
-    module, _, function = entry.partition(":")
-    target: Entry = getattr(importlib.import_module(module), function)
-    payload = pickle.loads(sys.stdin.buffer.read())  # noqa: S301 - from the parent only
-    pipe = os.fdopen(fd, "w", buffering=1)
-
-    def report(url: str) -> None:
-        pipe.write(f"ready {url}\n")
-
-    async def main() -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, task.cancel)
-        await target(payload, report)
-
-    try:
-        asyncio.run(main())
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        return 0
-    except (ActimeshError, BaseExceptionGroup) as exc:
-        error = first_error(exc)
-        if error is None:
-            raise
-        one_line = " ".join(str(error).split())
-        pipe.write(f"error {type(error).__name__} {one_line}\n")
-        return 2 if isinstance(error, ConfigError) else 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_child(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])))

@@ -19,7 +19,7 @@ from rich.console import Console
 from actimesh import cli
 from actimesh.audit import verify_ledger
 from actimesh.devices.manifest import verify_manifest
-from actimesh.mediadrill import CASE_ID, PRE_ROLL_S, run_media_drill
+from actimesh.drills.media import CASE_ID, PRE_ROLL_S, run_media_drill
 from actimesh.security.registry import Registry
 
 pytestmark = pytest.mark.integration

@@ -28,7 +28,6 @@ from actimesh.broker.mosquitto_conf import MosquittoConfig, TlsListener
 from actimesh.broker.reload import reload_managed_broker
 from actimesh.broker.topics import Topics
 from actimesh.broker.transport import MqttTransport
-from actimesh.config import Settings
 from actimesh.devices.simulator import FleetSimulator, SimSettings
 from actimesh.dispatch.commands import bootstrap_admin
 from actimesh.errors import ConfigError, SecurityError
@@ -36,7 +35,10 @@ from actimesh.evidence import (
     UPLOADS_PATH,
 )
 from actimesh.ledger import Ledger, SqliteLedger
-from actimesh.monitor import Monitor
+from actimesh.runtime.config import Settings
+from actimesh.runtime.monitor import Monitor
+from actimesh.runtime.supervisor import Supervisor
+from actimesh.runtime.web import DispatchJob
 from actimesh.security.acl import (
     SERVICE_ACCOUNTS,
     SERVICE_ENGINE,
@@ -52,11 +54,9 @@ from actimesh.security.provision import (
 )
 from actimesh.security.registry import REGISTRY_NAME, Credentials, Registry, read_secret
 from actimesh.security.signing import CommandSigner, CommandVerifier, engine_key_paths
-from actimesh.supervisor import Supervisor
 from actimesh.triggers.engine import Engine
 from actimesh.triggers.fleet import DeviceDirectory
 from actimesh.triggers.quarantine import Quarantine
-from actimesh.web import DispatchJob
 
 __all__ = ["BrokerAddress", "Login", "broker_for", "run_engine", "run_sim", "run_up"]
 
@@ -300,9 +300,11 @@ async def run_up(settings: Settings, sim: SimSettings | None, console: Console) 
     ):
         quarantine = None if managed is None else RegistryQuarantine(settings.data_dir, managed)
         engine = _engine(settings, broker, ledger, directory, quarantine)
-        # The web listeners run as processes of their own (actimesh/web.py): a web
+        # The web listeners run as processes of their own (runtime/web.py): a web
         # client, however hostile, shares no event loop or heap with the engine.
-        uploads = Supervisor("evidence", "actimesh.web:serve_evidence", settings, nice=WEB_NICENESS)
+        uploads = Supervisor(
+            "evidence", "actimesh.runtime.web:serve_evidence", settings, nice=WEB_NICENESS
+        )
         fleet = None
         if sim is not None:
             fleet = FleetSimulator(
@@ -351,7 +353,7 @@ async def run_up(settings: Settings, sim: SimSettings | None, console: Console) 
                 logins = await bootstrap_admin(settings.data_dir, ledger)
                 dispatch = Supervisor(
                     "dispatch",
-                    "actimesh.web:serve_dispatch",
+                    "actimesh.runtime.web:serve_dispatch",
                     DispatchJob(settings, broker),
                     nice=WEB_NICENESS,
                 )

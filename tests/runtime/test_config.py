@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from actimesh.config import load_settings
 from actimesh.errors import ConfigError
 from actimesh.geofence import InclusionMode
+from actimesh.runtime.config import RetentionSettings, load_settings
 from actimesh.triggers.settings import EngineSettings
 
 
@@ -75,3 +75,9 @@ def test_bad_port_and_engine_id() -> None:
         load_settings(broker_port=70000)
     with pytest.raises(ConfigError, match="engine_id"):
         EngineSettings(engine_id="no spaces please")
+
+
+def test_retention_shorter_than_a_year_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"retention\.days must be at least 365"):
+        RetentionSettings(days=90)
+    assert RetentionSettings().days == 396

@@ -9,7 +9,7 @@ import signal
 import pytest
 
 from actimesh.errors import ConfigError
-from actimesh.supervisor import ChildError, Supervisor
+from actimesh.runtime.supervisor import ChildError, Supervisor
 from tests.waiting import eventually
 
 
@@ -31,7 +31,7 @@ def _alive(pid: int) -> bool:
 
 
 async def test_a_killed_child_is_restarted_and_a_cancel_stops_it() -> None:
-    sup = Supervisor("echo", "tests.supervised:serve_echo", "hello", backoff_initial_s=0.05)
+    sup = Supervisor("echo", "tests.runtime.supervised:serve_echo", "hello", backoff_initial_s=0.05)
     async with asyncio.TaskGroup() as tg:
         task = tg.create_task(sup.run(), name="echo")
         async with asyncio.timeout(30):
@@ -51,12 +51,14 @@ async def test_a_killed_child_is_restarted_and_a_cancel_stops_it() -> None:
 
 
 async def test_a_child_that_cannot_start_fails_the_first_start_with_its_error() -> None:
-    sup = Supervisor("x", "tests.supervised:refuse_to_start", "port 1 is taken: pass --port N")
+    sup = Supervisor(
+        "x", "tests.runtime.supervised:refuse_to_start", "port 1 is taken: pass --port N"
+    )
     with pytest.raises(ConfigError, match="port 1 is taken: pass --port N"):
         await sup.run()
 
 
 async def test_a_child_that_exits_before_it_is_ready_is_an_error() -> None:
-    sup = Supervisor("x", "tests.supervised:crash_at_once", None)
+    sup = Supervisor("x", "tests.runtime.supervised:crash_at_once", None)
     with pytest.raises(ChildError, match="exited before it was ready"):
         await sup.run()

@@ -1,0 +1,200 @@
+"""``actimesh devices``, ``integrators`` and ``services``: broker accounts in the registry,
+applied to a running broker at once. Credentials are printed once, when made."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+
+from actimesh.cli._common import EXIT_OK, Parser, registry_location
+from actimesh.runtime.config import Settings, load_settings
+
+if TYPE_CHECKING:
+    from actimesh.security.provision import BrokerEndpoints
+    from actimesh.security.registry import DeviceCredentials, Registry
+
+__all__ = ["add_parsers", "run"]
+
+
+def _paired(text: str) -> tuple[str, ...]:
+    return tuple(p.strip() for p in text.split(",") if p.strip())
+
+
+def add_parsers(sub: argparse._SubParsersAction[Parser]) -> None:
+    """``devices``, ``integrators`` and ``services``."""
+    from actimesh.broker.messages import DeviceKind  # noqa: PLC0415 - keep `--help` fast
+
+    devices = sub.add_parser(
+        "devices",
+        help="broker accounts of devices: add, list, remove, rotate, disable, enable "
+        "(applied live)",
+    )
+    verbs = devices.add_subparsers(dest="verb", required=True, parser_class=Parser)
+    add = verbs.add_parser("add", help="register a device; prints its credentials once")
+    add.add_argument("device_id", metavar="ID", help="device id, also its MQTT username")
+    add.add_argument("--kind", required=True, choices=[k.value for k in DeviceKind])
+    add.add_argument("--unit", help="the unit (cruiser crew) it belongs to")
+    add.add_argument(
+        "--paired",
+        type=_paired,
+        default=(),
+        metavar="A,B",
+        help="registered devices it starts locally (its own cameras)",
+    )
+    for verb, text in (
+        ("remove", "remove it: the broker drops it at once"),
+        ("rotate", "new password and key; the old ones stop working"),
+        ("enable", "let a disabled or quarantined device log in again"),
+    ):
+        verbs.add_parser(verb, help=text).add_argument("device_id", metavar="ID")
+    disable = verbs.add_parser("disable", help="refuse it at the broker (dropped at once)")
+    disable.add_argument("device_id", metavar="ID")
+    disable.add_argument("--reason", default="disabled by an operator", help="shown in list")
+    verbs.add_parser("list", help="every registered device (no secrets)")
+
+    integrators = sub.add_parser(
+        "integrators",
+        help="read-only broker accounts int-NAME: activations, telemetry only if granted",
+    )
+    iverbs = integrators.add_subparsers(dest="verb", required=True, parser_class=Parser)
+    iadd = iverbs.add_parser("add", help="create int-NAME; prints its password once")
+    iadd.add_argument("name")
+    iadd.add_argument("--telemetry", action="store_true", help="may also read positions")
+    iverbs.add_parser("remove", help="delete it: the broker drops it at once").add_argument("name")
+    iverbs.add_parser("list", help="every integrator account")
+
+    services = sub.add_parser(
+        "services",
+        help="actimesh's own broker accounts (svc-engine, "
+        "svc-dispatch, svc-monitor) for an external broker",
+    )
+    sverbs = services.add_subparsers(dest="verb", required=True, parser_class=Parser)
+    sinit = sverbs.add_parser(
+        "init",
+        help="create them (existing ones are kept) and render the broker's password and "
+        "Dynamic Security files",
+    )
+    sinit.add_argument("--rotate", action="store_true", help="new passwords for all of them")
+    for parser in (*verbs.choices.values(), *iverbs.choices.values(), sinit):
+        registry_location(parser)
+
+
+def _endpoints(settings: Settings) -> BrokerEndpoints:
+    from actimesh.security import certs  # noqa: PLC0415 - keep `--help` fast
+    from actimesh.security.provision import BrokerEndpoints  # noqa: PLC0415
+
+    plain = f"mqtt://{settings.broker_host}:{settings.broker_port}"
+    b = settings.broker
+    cert = b.server_cert or settings.data_dir / certs.CERTS_DIR / "server.pem"
+    if b.tls is False or not cert.is_file():
+        return BrokerEndpoints(plain)
+    names = [n for n in certs.server_names(cert) if n not in ("localhost", "127.0.0.1", "::1")]
+    host = names[0] if names else b.tls_host
+    ca = b.ca_file or settings.data_dir / certs.CERTS_DIR / "ca.pem"
+    return BrokerEndpoints(plain, f"mqtts://{host}:{b.tls_port}", ca)
+
+
+def run(args: argparse.Namespace, console: Console) -> int:  # noqa: ARG001 - prints plain lines
+    """``actimesh devices|integrators|services VERB``."""
+    from actimesh.security import Registry  # noqa: PLC0415
+    from actimesh.security.provision import apply_to_broker, credential_lines  # noqa: PLC0415
+
+    settings = load_settings(args.config, data_dir=args.data_dir)
+    data_dir = settings.data_dir
+    if args.command == "services":
+        return _services(args, settings)
+    with Registry.open(data_dir) as registry:
+        if args.verb == "list":
+            rows = registry.devices() if args.command == "devices" else registry.integrators()
+            for row in rows:
+                print(_describe(row))
+            print(f"{len(rows)} {args.command} in {registry.path}")
+            return EXIT_OK
+        creds: Any = None
+        if args.command == "devices":
+            creds = _device_verb(registry, args)
+        elif args.verb == "add":
+            creds = registry.add_integrator(args.name, telemetry=args.telemetry)
+            grant = "activations and telemetry" if args.telemetry else "activations only"
+            print(f"integrator {creds.username} created ({grant})")
+        else:
+            registry.remove_integrator(args.name)
+            print(f"integrator {args.name} removed")
+    if creds is not None:
+        key_file = data_dir / "keys" / "engine-signing.pub"
+        engine_key = key_file.read_text().strip() if key_file.is_file() else None
+        for line in credential_lines(creds, _endpoints(settings), engine_key=engine_key):
+            print(line)
+    pid = apply_to_broker(data_dir, settings.acl_policy())
+    print(
+        f"broker: applied live (pid {pid})"
+        if pid is not None
+        else f"broker: not running on {data_dir}; applies at its next start"
+    )
+    return EXIT_OK
+
+
+def _device_verb(registry: Registry, args: argparse.Namespace) -> DeviceCredentials | None:
+    """``actimesh devices add|rotate|remove|disable|enable``; new credentials, if any."""
+    from actimesh.broker.messages import DeviceKind  # noqa: PLC0415 - keep `--help` fast
+
+    device_id = args.device_id
+    if args.verb == "add":
+        creds = registry.add(device_id, DeviceKind(args.kind), unit=args.unit, paired=args.paired)
+        print(f"device {device_id} registered")
+        return creds
+    if args.verb == "rotate":
+        print(f"device {device_id}: new credentials")
+        return registry.rotate(device_id)
+    if args.verb == "disable":
+        done = registry.disable(device_id, args.reason)
+        print(f"device {device_id} " + ("disabled" if done else "was disabled already"))
+    elif args.verb == "enable":
+        done = registry.enable(device_id)
+        print(f"device {device_id} " + ("enabled" if done else "was not disabled"))
+    else:
+        unpaired = ", ".join(registry.remove(device_id))
+        print(
+            f"device {device_id} removed"
+            + (f" (no longer paired with {unpaired})" if unpaired else "")
+        )
+    return None
+
+
+def _services(args: argparse.Namespace, settings: Settings) -> int:
+    """The service accounts for processes that log in to a broker actimesh does not run."""
+    from actimesh.security import SECRETS_DIR, Registry  # noqa: PLC0415
+    from actimesh.security.provision import BROKER_DIR, apply_to_broker  # noqa: PLC0415
+
+    data_dir = settings.data_dir
+    with Registry.open(data_dir) as registry:
+        creds = registry.ensure_service_accounts(
+            data_dir / SECRETS_DIR, keep_existing=not args.rotate
+        )
+    for name in creds:
+        print(f"{name}: password in {data_dir / SECRETS_DIR / (name + '.password')}")
+    apply_to_broker(data_dir, settings.acl_policy())
+    broker = data_dir / BROKER_DIR
+    print(
+        f"broker files: password_file {broker / 'passwd'}, Dynamic Security config "
+        f"{broker / 'dynsec.json'} (point the broker's configuration at them, "
+        "deploy/mosquitto/actimesh.conf, and restart it)"
+    )
+    return EXIT_OK
+
+
+def _describe(row: Any) -> str:
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(row.rotated))
+    if hasattr(row, "device_id"):
+        paired = ",".join(row.paired) or "-"
+        sim = " (simulated)" if row.simulated else ""
+        off = f" DISABLED ({row.disabled})" if row.disabled else ""
+        return (
+            f"{row.device_id:<24} {row.kind.value:<9} unit {row.unit or '-':<12} "
+            f"paired {paired:<20} key {row.public_key[:16]}… rotated {when}{sim}{off}"
+        )
+    grant = "activations+telemetry" if row.telemetry else "activations"
+    return f"{row.name:<24} {grant:<22} created/rotated {when}"

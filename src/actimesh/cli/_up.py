@@ -1,0 +1,132 @@
+"""``actimesh up``, ``engine`` and ``sim``: the commands that run a mesh, or part of one,
+until stopped. Their flags only override the settings file; the runtime does the rest."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+from pathlib import Path
+
+from rich.console import Console
+
+from actimesh.cli._common import EXIT_OK, Parser, http_port, port, positive_int, run_async
+from actimesh.devices.simulator import SimSettings
+from actimesh.runtime.config import load_settings
+
+__all__ = ["add_parsers", "run"]
+
+
+def add_parsers(sub: argparse._SubParsersAction[Parser]) -> None:
+    """``up``, ``engine`` and ``sim``."""
+    up = sub.add_parser("up", help="run the broker, the trigger engine and optionally a fleet")
+    up.add_argument("--config", type=Path, help="TOML settings file (defaults are embedded)")
+    up.add_argument("--agency", help="agency id, the topic namespace (default: demo)")
+    up.add_argument(
+        "--data-dir", type=Path, help="ledger, broker and recordings (default: ./actimesh-data)"
+    )
+    up.add_argument(
+        "--broker",
+        metavar="URL",
+        help="use the broker at mqtt://HOST:PORT instead of a managed Mosquitto",
+    )
+    up.add_argument("--broker-port", type=port, help="port of the managed Mosquitto (default 1883)")
+    up.add_argument(
+        "--sim",
+        type=positive_int,
+        metavar="UNITS",
+        help="also run a simulated fleet of this many cruiser crews",
+    )
+    up.add_argument("--seed", type=int, help="random seed of the simulated fleet")
+    up.add_argument(
+        "--http-host",
+        metavar="HOST",
+        help="address of the dispatch map and API "
+        "(default 127.0.0.1: the API can activate cameras)",
+    )
+    up.add_argument(
+        "--http-port",
+        type=http_port,
+        metavar="PORT",
+        help="port of the dispatch map and API (default 8080; 0: any)",
+    )
+    up.add_argument("--no-http", action="store_true", help="run without the dispatch map and API")
+
+    engine = sub.add_parser("engine", help="run one trigger engine against a broker")
+    engine.add_argument("--broker", metavar="URL", required=True, help="mqtt://HOST:PORT")
+    engine.add_argument("--config", type=Path, help="TOML settings file")
+    engine.add_argument("--agency", help="agency id (default: demo)")
+    engine.add_argument("--engine-id", help="this replica's id (default: engine-1)")
+    engine.add_argument("--data-dir", type=Path, help="ledger location (shared by replicas)")
+
+    sim = sub.add_parser("sim", help="run a simulated fleet against a broker")
+    sim.add_argument("--broker", metavar="URL", required=True, help="mqtt://HOST:PORT")
+    sim.add_argument("--agency", default="demo", help="agency id (default: demo)")
+    sim.add_argument("--units", type=positive_int, default=8, help="cruiser crews (default 8)")
+    sim.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path("actimesh-data"),
+        help="where simulated cameras store recordings",
+    )
+    sim.add_argument("--seed", type=int, help="random seed")
+    sim.add_argument(
+        "--engine-key",
+        type=Path,
+        metavar="FILE",
+        help="the engine's public key, engine-signing.pub (default: "
+        "DATA_DIR/keys/engine-signing.pub)",
+    )
+
+
+def run(args: argparse.Namespace, console: Console) -> int:
+    """``actimesh up``, ``engine`` or ``sim``."""
+    from actimesh.runtime import run_engine, run_sim, run_up  # noqa: PLC0415 - keep `--help` fast
+
+    if args.command == "up":
+        settings = load_settings(
+            args.config,
+            agency=args.agency,
+            data_dir=args.data_dir,
+            broker_url=args.broker,
+            broker_port=args.broker_port,
+        )
+        http = {"host": args.http_host, "port": args.http_port}
+        http = {k: v for k, v in http.items() if v is not None}
+        if args.no_http:
+            http["enabled"] = False
+        if http:
+            settings = replace(settings, dispatch=replace(settings.dispatch, **http))
+        sim = (
+            SimSettings(
+                units=args.sim,
+                seed=args.seed,
+                pre_roll_s=settings.media.pre_roll_s,
+                media=settings.media,
+            )
+            if args.sim
+            else None
+        )
+        run_async(run_up(settings, sim, console))
+        return EXIT_OK
+    if args.command == "engine":
+        settings = load_settings(
+            args.config, agency=args.agency, data_dir=args.data_dir, broker_url=args.broker
+        )
+        if args.engine_id:
+            settings = replace(settings, engine=replace(settings.engine, engine_id=args.engine_id))
+        run_async(run_engine(settings, console))
+        return EXIT_OK
+    if args.command == "sim":
+        sim = SimSettings(units=args.units, seed=args.seed)
+        run_async(
+            run_sim(
+                agency=args.agency,
+                broker_url=args.broker,
+                data_dir=args.data_dir,
+                sim=sim,
+                console=console,
+                engine_key=args.engine_key,
+            )
+        )
+        return EXIT_OK
+    raise AssertionError(args.command)  # pragma: no cover - argparse enforces the choices

@@ -1,0 +1,52 @@
+"""`actimesh up` with a simulated fleet: everything starts, and everything stops."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import socket
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from actimesh.broker.mosquitto import free_port
+from actimesh.devices.simulator import SimSettings
+from actimesh.runtime import run_up
+from actimesh.runtime.config import load_settings
+
+
+def recording_console() -> tuple[Console, io.StringIO]:
+    out = io.StringIO()
+    return Console(file=out, width=200, highlight=False), out
+
+
+async def test_up_runs_broker_engine_and_fleet_then_stops_cleanly(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    port = free_port()
+    settings = load_settings(data_dir=tmp_path, broker_port=port, agency="citytest")
+    settings = replace(
+        settings,
+        dispatch=replace(settings.dispatch, port=0),
+        evidence=replace(settings.evidence, port=0),
+    )
+    sim = SimSettings(units=3, incident_every_s=1.0, seed=7, stop_after_s=2.0)
+    console, out = recording_console()
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(9.0):
+            await run_up(settings, sim, console)
+    text = out.getvalue()
+    # Nothing went wrong along the way (e.g. retention starting before the recordings).
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert f"mqtt://127.0.0.1:{port} (managed Mosquitto)" in text
+    assert "3 units" in text
+    assert "emergency_lights" in text
+    assert "recording, pre-roll 30.0 s" in text
+    assert (tmp_path / "ledger.sqlite3").exists()
+    assert any((tmp_path / "recordings").iterdir())
+    # The managed broker is gone with the command.
+    with socket.socket() as probe, pytest.raises(ConnectionRefusedError):
+        probe.connect(("127.0.0.1", port))
