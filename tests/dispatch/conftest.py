@@ -22,6 +22,7 @@ import httpx
 
 from actimesh.broker.codec import encode
 from actimesh.broker.messages import DeviceKind, DeviceState, Presence, Telemetry
+from actimesh.broker.transport import MqttTransport
 from actimesh.devices.agent import DeviceAgent
 from actimesh.dispatch.accounts import Role
 from actimesh.dispatch.auth import CSRF_HEADER
@@ -76,8 +77,7 @@ async def running_dispatch(
     evidence routes."""
     service = Dispatch(
         topics=m.topics,
-        broker_host=HOST,
-        broker_port=m.port,
+        transport=MqttTransport(HOST, m.port),
         settings=replace(settings, **changes),
         data_dir=data_dir or root,
         ledger_path=root / "ledger.sqlite3",

@@ -14,6 +14,7 @@ import pytest
 import websockets
 
 from actimesh.broker.messages import DeviceKind, activation_id
+from actimesh.broker.transport import MqttTransport
 from actimesh.dispatch.service import DispatchService
 from tests.dispatch.conftest import (
     add,
@@ -399,8 +400,7 @@ async def test_port_in_use_is_a_one_line_config_error(
         port = first.address[1]
         second = DispatchService(
             topics=m.topics,
-            broker_host="127.0.0.1",
-            broker_port=m.port,
+            transport=MqttTransport("127.0.0.1", m.port),
             settings=first.settings.__class__(port=port),
             data_dir=tmp_path / "second",
             ledger_path=tmp_path / "ledger.sqlite3",

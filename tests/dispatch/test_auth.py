@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from actimesh.audit import verify_ledger
+from actimesh.broker.transport import MqttTransport
 from actimesh.dispatch.accounts import Role
 from actimesh.dispatch.auth import CSRF_HEADER
 from actimesh.errors import LedgerError
@@ -430,8 +431,7 @@ async def test_missing_tls_files_are_a_one_line_config_error(tmp_path: Path) -> 
 
     svc = DispatchService(
         topics=Topics("tls"),
-        broker_host="127.0.0.1",
-        broker_port=1,
+        transport=MqttTransport("127.0.0.1", 1),
         data_dir=tmp_path,
         settings=FAST.__class__(
             port=0, tls_certfile=tmp_path / "no.pem", tls_keyfile=tmp_path / "no.key"

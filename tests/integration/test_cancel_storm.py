@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 
 from actimesh.broker.messages import DeviceKind
+from actimesh.broker.transport import MqttTransport
 from actimesh.devices.agent import DeviceAgent
 from actimesh.devices.camera import Camera
 from actimesh.devices.media import SyntheticSource
@@ -181,8 +182,7 @@ async def test_a_thousand_cancellations_each_stop_at_once_and_leave_nothing(
         def a_dispatch(i: int) -> tuple[Coroutine[Any, Any, None], Callable[[], bool]]:
             service = DispatchService(
                 topics=m.topics,
-                broker_host=HOST,
-                broker_port=m.port,
+                transport=MqttTransport(HOST, m.port),
                 settings=FAST,
                 data_dir=tmp_path / "dispatch",
                 ledger_path=tmp_path / "ledger.sqlite3",

@@ -13,7 +13,7 @@ from pathlib import Path
 from actimesh.audit._store import SELECT_RECORDS, record, snapshot
 from actimesh.broker.topics import is_identifier
 from actimesh.errors import AuditError, LedgerError
-from actimesh.ledger import CHAIN_VERSION, ChainRecord, EventType, SqliteLedger, format_time
+from actimesh.ledger import CHAIN_VERSION, ChainRecord, EventType, format_time, open_ledger
 
 __all__ = ["ExportResult", "export_case", "link_case"]
 
@@ -25,7 +25,7 @@ async def link_case(path: Path, case_id: str, aid: str, by: str) -> tuple[int, b
     and everything recorded about it are kept past retention.
     """
     try:
-        async with SqliteLedger(path, create=False) as ledger:
+        async with open_ledger(path, create=False) as ledger:
             return await ledger.link_case(case_id, aid, by)
     except LedgerError as exc:
         raise AuditError(str(exc)) from exc

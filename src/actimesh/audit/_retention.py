@@ -29,7 +29,7 @@ from pathlib import Path
 from actimesh.broker.topics import is_identifier
 from actimesh.devices.recorder import MANIFEST_NAME
 from actimesh.errors import AuditError, LedgerError
-from actimesh.ledger import EventType, Ledger, Redaction, SqliteLedger, format_time
+from actimesh.ledger import EventType, Ledger, Redaction, format_time, open_ledger
 
 __all__ = [
     "RetentionReport",
@@ -245,7 +245,7 @@ async def retain(
     dry_run: bool = False,
 ) -> RetentionReport:
     """:func:`apply_retention` on the ledger file at ``path``, which must exist."""
-    async with SqliteLedger(path, create=False) as ledger:
+    async with open_ledger(path, create=False) as ledger:
         return await apply_retention(ledger, days, recordings=recordings, now=now, dry_run=dry_run)
 
 
@@ -262,7 +262,7 @@ async def retention_loop(
     engine's writes. A failed run is logged and written to the ledger as an alert (CJIS
     5.4: alert when audit processing fails), and tried again next time.
     """
-    async with SqliteLedger(path) as ledger:
+    async with open_ledger(path) as ledger:
         while True:
             try:
                 report = await apply_retention(ledger, days, recordings=recordings)

@@ -29,7 +29,7 @@ from actimesh.bench.procs import Rpc
 from actimesh.bench.scaling import side_by_side
 from actimesh.bench.workload import build_fleet
 from actimesh.broker.topics import DeviceChannel, Topics
-from actimesh.ledger import SqliteLedger
+from actimesh.ledger import open_ledger
 from actimesh.security.registry import Credentials
 
 __all__ = ["ROLES", "main"]
@@ -51,7 +51,7 @@ def _login(cfg: Config, who: str) -> Credentials | None:
 
 
 async def _engine(cfg: Config) -> None:
-    async with SqliteLedger(
+    async with open_ledger(
         Path(cfg["run_dir"]) / "ledger.sqlite3"
     ) as ledger:  # it makes the folder
         eut = EngineUnderTest.build(

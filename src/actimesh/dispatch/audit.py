@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from actimesh.errors import LedgerError
-from actimesh.ledger import SqliteLedger
+from actimesh.ledger import open_ledger
 
 __all__ = ["AuditEvent", "AuditStats", "AuditTrail"]
 
@@ -76,7 +76,7 @@ class AuditTrail:
         self.stats = AuditStats()
         # create=False: the engine makes the ledger; a dispatch pointed at the wrong
         # data directory must say so rather than start an empty chain of its own.
-        self._ledger = SqliteLedger(ledger_path, create=False)
+        self._ledger = open_ledger(ledger_path, create=False)
 
     async def __aenter__(self) -> AuditTrail:
         await self._ledger.__aenter__()

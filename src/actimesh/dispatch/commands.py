@@ -27,7 +27,7 @@ from typing import Any, TextIO
 from actimesh.dispatch.accounts import ACCOUNTS_FILE, USER_ROLES, AccountStore, Role
 from actimesh.dispatch.audit import AuditEvent
 from actimesh.errors import AccountError, ConfigError
-from actimesh.ledger import Ledger, SqliteLedger
+from actimesh.ledger import Ledger, open_ledger
 
 __all__ = ["Bootstrap", "add_parsers", "bootstrap_admin", "run"]
 
@@ -258,7 +258,7 @@ def run(
     async def main() -> None:
         # The ledger first: a change that could not be audited is not made.
         async with (
-            SqliteLedger(ledger_path) as ledger,
+            open_ledger(ledger_path) as ledger,
             AccountStore(data_dir / ACCOUNTS_FILE) as store,
         ):
             c = _Context(store, ledger, f"cli/{args.command}", _actor())

@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable
 
 import aiomqtt
 
-from actimesh.broker.client import LinkSettings, MqttLink, Subscription, as_bytes
+from actimesh.broker.client import MqttLink, Subscription, as_bytes
 from actimesh.broker.codec import MAX_ACTIVATION_BYTES, decode, encode
 from actimesh.broker.messages import (
     Ack,
@@ -38,6 +38,7 @@ from actimesh.broker.messages import (
     activation_id,
 )
 from actimesh.broker.topics import DeviceChannel, Topics, is_identifier
+from actimesh.broker.transport import MqttTransport
 from actimesh.dispatch.settings import DispatchSettings
 from actimesh.dispatch.state import LiveState
 from actimesh.errors import PayloadError
@@ -71,16 +72,13 @@ class Feed:
         self,
         *,
         topics: Topics,
-        broker_host: str,
-        broker_port: int,
+        transport: MqttTransport,
         settings: DispatchSettings,
         state: LiveState,
         changed: asyncio.Event,
         urgent: asyncio.Event,
         on_activation: OnActivation,
         clock: Callable[[], float] = time.time,
-        username: str | None = None,
-        password: str | None = None,
     ) -> None:
         self.topics = topics
         self.settings = settings
@@ -97,31 +95,21 @@ class Feed:
         self._alert_prefix = f"{topics.prefix}/alerts/"
         base = f"{topics.agency}-dispatch-{settings.console_id}"
         self.ctl = MqttLink(
-            LinkSettings(
-                host=broker_host,
-                port=broker_port,
-                client_id=f"{base}-ctl",
-                username=username,
-                password=password,
+            transport.settings(
+                f"{base}-ctl",
+                Subscription(topics.all_activations, 1),
+                Subscription(topics.all_devices(DeviceChannel.PRESENCE), 1),
+                Subscription(topics.all_devices(DeviceChannel.ACK), 1),
+                Subscription(f"{self._engine_prefix}+/status", 1),
+                Subscription(topics.all_alerts, 1),
                 session_expiry_s=settings.session_expiry_s,
-                subscriptions=(
-                    Subscription(topics.all_activations, 1),
-                    Subscription(topics.all_devices(DeviceChannel.PRESENCE), 1),
-                    Subscription(topics.all_devices(DeviceChannel.ACK), 1),
-                    Subscription(f"{self._engine_prefix}+/status", 1),
-                    Subscription(topics.all_alerts, 1),
-                ),
             ),
             self._on_control,
         )
         self.telemetry_link = MqttLink(
-            LinkSettings(
-                host=broker_host,
-                port=broker_port,
-                client_id=f"{base}-tm",
-                username=username,
-                password=password,
-                subscriptions=(Subscription(topics.all_devices(DeviceChannel.TELEMETRY), 0),),
+            transport.settings(
+                f"{base}-tm",
+                Subscription(topics.all_devices(DeviceChannel.TELEMETRY), 0),
                 max_queued_incoming=settings.telemetry_queue,
             ),
             self._on_telemetry,

@@ -33,6 +33,7 @@ import uvicorn
 from actimesh import listener
 from actimesh.broker.messages import Activation
 from actimesh.broker.topics import Topics
+from actimesh.broker.transport import MqttTransport
 from actimesh.dispatch.accounts import ACCOUNTS_FILE, AccountStore
 from actimesh.dispatch.app import create_app
 from actimesh.dispatch.audit import AuditTrail
@@ -78,16 +79,13 @@ class DispatchService:
         self,
         *,
         topics: Topics,
-        broker_host: str,
-        broker_port: int,
+        transport: MqttTransport,
         settings: DispatchSettings,
         data_dir: Path,
         ledger_path: Path,
         max_fix_age_s: float,
         event_types: tuple[str, ...] = (),
         clock: Callable[[], float] = time.time,
-        username: str | None = None,
-        password: str | None = None,
         evidence: EvidenceService | None = None,
     ) -> None:
         self.topics = topics
@@ -135,16 +133,13 @@ class DispatchService:
         self._waiters: dict[str, asyncio.Event] = {}
         self.feed = Feed(
             topics=topics,
-            broker_host=broker_host,
-            broker_port=broker_port,
+            transport=transport,
             settings=settings,
             state=self.state,
             changed=self._changed,
             urgent=self._urgent,
             on_activation=self._on_activation,
             clock=clock,
-            username=username,
-            password=password,
         )
         self.metrics = DispatchMetrics(
             MetricSources(

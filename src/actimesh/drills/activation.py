@@ -44,7 +44,7 @@ from actimesh.devices.recorder import RecordingStore
 from actimesh.dispatch.settings import DispatchSettings
 from actimesh.drills._scratch import scratch_dir
 from actimesh.geofence import InclusionMode, InclusionPolicy, destination
-from actimesh.ledger import SqliteLedger
+from actimesh.ledger import open_ledger
 from actimesh.security.acl import SERVICE_ENGINE, AclPolicy
 from actimesh.security.provision import prepare_broker, provision_fleet, specs_of
 from actimesh.security.registry import Credentials, DeviceCredentials
@@ -470,7 +470,7 @@ async def run_drill(
         signer = CommandSigner.generate()
         async with (
             ManagedMosquitto(broker_cfg) as broker,
-            SqliteLedger(root / "ledger.sqlite3") as ledger,
+            open_ledger(root / "ledger.sqlite3") as ledger,
         ):
             engine = Engine(
                 topics=topics,

@@ -50,7 +50,7 @@ from actimesh.devices.recorder import RecordingStore
 from actimesh.dispatch.settings import DispatchSettings
 from actimesh.errors import BrokerError
 from actimesh.geofence import destination
-from actimesh.ledger import SqliteLedger
+from actimesh.ledger import open_ledger
 from actimesh.lifeline import die_with_parent
 from actimesh.security.acl import SERVICE_ENGINE, AclPolicy
 from actimesh.security.provision import prepare_broker, provision_agents
@@ -321,7 +321,7 @@ async def _settle(world: _World, aids: dict[str, str]) -> None:
 
 async def _measure(world: _World, name: str, aids: dict[str, str]) -> FaultResult:
     result = FaultResult(name, triggers=len(aids))
-    async with SqliteLedger(world.root / "ledger.sqlite3") as ledger:
+    async with open_ledger(world.root / "ledger.sqlite3") as ledger:
         in_ledger = set(await ledger.activation_ids(limit=1_000_000))
         result.activations = len(in_ledger & set(aids))
         # Every row must be one of our triggers: anything else is a duplicate activation.

@@ -69,7 +69,7 @@ from actimesh.evidence import (
     create_upload_app,
 )
 from actimesh.geofence import InclusionPolicy, destination
-from actimesh.ledger import SqliteLedger
+from actimesh.ledger import open_ledger
 from actimesh.security.acl import SERVICE_ENGINE, AclPolicy
 from actimesh.security.provision import prepare_broker
 from actimesh.security.registry import DeviceCredentials, DeviceSpec
@@ -406,7 +406,7 @@ async def _film(root: Path, console: Console) -> tuple[list[_Scene], dict[str, D
     try:
         async with (
             ManagedMosquitto(MosquittoConfig(port=port, data_dir=provisioned.broker_dir)),
-            SqliteLedger(root / "ledger.sqlite3") as ledger,
+            open_ledger(root / "ledger.sqlite3") as ledger,
         ):
             engine = Engine(
                 topics=topics,

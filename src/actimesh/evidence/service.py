@@ -34,7 +34,7 @@ from actimesh.errors import EvidenceError
 from actimesh.evidence.credentials import DeviceKeys
 from actimesh.evidence.settings import EvidenceSettings
 from actimesh.evidence.store import EvidenceStore, StoredRecording
-from actimesh.ledger import SqliteLedger
+from actimesh.ledger import open_ledger
 
 __all__ = ["STORE_COMPONENT", "EvidenceEvent", "EvidenceFilter", "EvidenceService"]
 
@@ -102,7 +102,7 @@ class EvidenceService:
         self.clock = clock
         # create=False: the engine makes the ledger; an evidence store pointed at the wrong
         # data directory must say so rather than start an empty chain of its own.
-        self.ledger = SqliteLedger(ledger_path, create=False)
+        self.ledger = open_ledger(ledger_path, create=False)
 
     async def __aenter__(self) -> Self:
         await self.ledger.__aenter__()

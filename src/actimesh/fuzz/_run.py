@@ -21,7 +21,7 @@ from actimesh.fuzz._findings import Finding, _describe
 from actimesh.fuzz._generators import CaseGenerator
 from actimesh.fuzz._intake import _Clock, _EngineDriver, _Intake, _IntakeCounts
 from actimesh.fuzz._scenario import AGENCY, EPOCH, INBOUND
-from actimesh.ledger import SqliteLedger
+from actimesh.ledger import open_ledger
 
 Target = Literal["codec", "intake", "all"]
 
@@ -283,7 +283,7 @@ async def _run(
         return tracemalloc.get_traced_memory()[0] if settings.tracemalloc else _rss()
 
     clock = _Clock(EPOCH)
-    async with SqliteLedger(workdir / "ledger.sqlite3") as ledger:
+    async with open_ledger(workdir / "ledger.sqlite3") as ledger:
         driver = _EngineDriver.build(topics, ledger, clock)
         engine = driver.engine
         intake = None

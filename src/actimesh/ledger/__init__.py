@@ -40,7 +40,7 @@ from actimesh.ledger.rows import (
     activation_outcome,
 )
 from actimesh.ledger.sqlite import SCHEMA_VERSION, SqliteLedger, read_activation
-from actimesh.ledger.store import Ledger
+from actimesh.ledger.store import Ledger, open_ledger
 
 __all__ = [
     "CHAIN_VERSION",
@@ -67,6 +67,7 @@ __all__ = [
     "activation_outcome",
     "canonical_json",
     "format_time",
+    "open_ledger",
     "parse_time",
     "read_activation",
     "record_hash",

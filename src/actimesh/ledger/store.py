@@ -22,6 +22,7 @@ A store is an async context manager: open on entry, closed on exit.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, Protocol, Self
 
 from actimesh.ledger.rows import (
@@ -33,8 +34,9 @@ from actimesh.ledger.rows import (
     Head,
     Redaction,
 )
+from actimesh.ledger.sqlite import SqliteLedger
 
-__all__ = ["Ledger"]
+__all__ = ["Ledger", "open_ledger"]
 
 
 class Ledger(Protocol):
@@ -161,3 +163,14 @@ class Ledger(Protocol):
     async def retention_recorded(self, subject: str) -> bool:
         """True if a ``retention_delete`` record names ``subject`` already."""
         ...
+
+
+def open_ledger(location: Path, *, create: bool = True) -> Ledger:
+    """The store at ``location``, not open yet (``async with`` it).
+
+    ``create=False`` for tools that work on an existing ledger (audit, dispatch,
+    evidence): a wrong data directory is an error, never an empty chain of its own.
+    Today every location is a SQLite file; a cluster's database address will choose its
+    own store here, so that the callers never name one.
+    """
+    return SqliteLedger(location, create=create)

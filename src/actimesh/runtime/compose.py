@@ -34,7 +34,7 @@ from actimesh.errors import ConfigError, SecurityError
 from actimesh.evidence import (
     UPLOADS_PATH,
 )
-from actimesh.ledger import Ledger, SqliteLedger
+from actimesh.ledger import Ledger, open_ledger
 from actimesh.runtime.config import Settings
 from actimesh.runtime.monitor import Monitor
 from actimesh.runtime.supervisor import Supervisor
@@ -295,7 +295,7 @@ async def run_up(settings: Settings, sim: SimSettings | None, console: Console) 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     async with (
         broker_for(settings) as (broker, managed),
-        SqliteLedger(settings.ledger_path) as ledger,
+        open_ledger(settings.ledger_path) as ledger,
         _directory(settings) as directory,
     ):
         quarantine = None if managed is None else RegistryQuarantine(settings.data_dir, managed)
@@ -386,7 +386,7 @@ async def run_engine(settings: Settings, console: Console) -> None:
         raise ConfigError("actimesh engine needs --broker mqtt://HOST:PORT (use `up` for both)")
     address = _external(settings, settings.broker_url)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    async with SqliteLedger(settings.ledger_path) as ledger, _directory(settings) as directory:
+    async with open_ledger(settings.ledger_path) as ledger, _directory(settings) as directory:
         engine = _engine(settings, address, ledger, directory)
         async with asyncio.TaskGroup() as tg:
             tg.create_task(engine.run(), name="engine")

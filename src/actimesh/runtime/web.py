@@ -84,19 +84,14 @@ async def serve_dispatch(job: DispatchJob, report: Report) -> None:
     async with open_evidence(settings) as evidence:
         dispatch = DispatchService(
             topics=Topics(settings.agency),
-            broker_host=broker.host,
-            broker_port=broker.port,
+            transport=broker.transport(SERVICE_DISPATCH),
             settings=settings.dispatch,
             data_dir=settings.data_dir,
             ledger_path=settings.ledger_path,
             max_fix_age_s=settings.policy.max_fix_age_s,
             event_types=tuple(r.event_type for r in settings.rules),
             evidence=evidence,
-            **broker.login(SERVICE_DISPATCH),
         )
-        if broker.tls is not None:
-            for link in (dispatch.feed.ctl, dispatch.feed.telemetry_link):
-                link.reconfigure(tls=broker.tls)
         async with asyncio.TaskGroup() as tg:
             tg.create_task(dispatch.run(), name="dispatch")
             await dispatch.ready.wait()
