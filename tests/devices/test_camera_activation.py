@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from actimesh.broker.messages import AckStatus, DeviceKind, DeviceState
 from actimesh.broker.topics import IDENTIFIER_PATTERN
-from actimesh.devices.camera import ActivationResult, Camera
+from actimesh.devices.camera import ActivationOrder, ActivationResult, Camera
 from actimesh.devices.manifest import verify_manifest
 from actimesh.devices.media import SyntheticSource, parse_synthetic
 from actimesh.devices.recorder import Recording, RecordingStore
@@ -53,13 +53,8 @@ def _activate(
     pre_roll_s: float = 30.0,
 ) -> ActivationResult:
     return cam.activate(
-        aid=aid,
-        eid=f"evt-{aid}",
-        event_type="taser_draw",
-        source="cew-9",
-        event_ts=event_ts,
-        pre_roll_s=pre_roll_s,
-        now=now,
+        ActivationOrder(aid, f"evt-{aid}", "taser_draw", "cew-9", event_ts, pre_roll_s),
+        now,
     )
 
 

@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from actimesh.broker.messages import AckStatus, DeviceKind, DeviceState
 from actimesh.devices import Camera, RecordingStore, SyntheticSource, verify_manifest
-from actimesh.devices.camera import DEFAULT_CANCEL_WINDOW_S, ActivationResult
+from actimesh.devices.camera import DEFAULT_CANCEL_WINDOW_S, ActivationOrder, ActivationResult
 from tests.devices.helpers import manifest_of
 
 T = 1_700_000_000.4
@@ -33,13 +33,8 @@ def _activate(
     cam: Camera, aid: str = "act-1", *, eid: str = "evt-1", now: float = T + 0.5
 ) -> ActivationResult:
     return cam.activate(
-        aid=aid,
-        eid=eid,
-        event_type="taser_draw",
-        source="cew-9",
-        event_ts=T,
-        pre_roll_s=30.0,
-        now=now,
+        ActivationOrder(aid, eid, "taser_draw", "cew-9", T, 30.0),
+        now,
     )
 
 

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from actimesh.broker.messages import AckStatus, DeviceKind, DeviceState
 from actimesh.devices import Camera, RecordingStore, verify_manifest
-from actimesh.devices.camera import ActivationResult
+from actimesh.devices.camera import ActivationOrder, ActivationResult
 from actimesh.devices.h264 import PTS_HZ, H264Settings, H264Source
 from actimesh.devices.h264_live import LiveH264Source
 from actimesh.devices.pattern import TestPattern
@@ -49,13 +49,8 @@ def _activate(
     cam: Camera, *, aid: str = "act-1", event_ts: float = T, now: float, pre_roll_s: float = 30.0
 ) -> ActivationResult:
     return cam.activate(
-        aid=aid,
-        eid=f"evt-{aid}",
-        event_type="taser_draw",
-        source="cew-9",
-        event_ts=event_ts,
-        pre_roll_s=pre_roll_s,
-        now=now,
+        ActivationOrder(aid, f"evt-{aid}", "taser_draw", "cew-9", event_ts, pre_roll_s),
+        now,
     )
 
 

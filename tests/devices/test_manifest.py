@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from actimesh.broker.messages import DeviceKind
 from actimesh.devices import Camera, RecordingStore, SyntheticSource, verify_manifest
+from actimesh.devices.camera import ActivationOrder
 from actimesh.devices.h264 import H264Settings, H264Source
 from actimesh.devices.manifest import (
     SIGNATURE_DOMAIN,
@@ -43,13 +44,8 @@ def _record(tmp_path: Path, *, h264: bool = True, stop: bool = True) -> Recordin
         signing_key=KEY,
     )
     cam.activate(
-        aid="act-1",
-        eid="evt-1",
-        event_type="taser_draw",
-        source="cew-9",
-        event_ts=T,
-        pre_roll_s=30.0,
-        now=T + 1.0,
+        ActivationOrder("act-1", "evt-1", "taser_draw", "cew-9", T, 30.0),
+        T + 1.0,
     )
     cam.advance(T + 4.0)
     if stop:
@@ -211,13 +207,8 @@ def test_buffer_audio_setting_is_recorded(tmp_path: Path) -> None:
         buffer_audio=settings.buffer_audio,
     )
     result = cam.activate(
-        aid="a",
-        eid="e",
-        event_type="taser_draw",
-        source="cew-9",
-        event_ts=T,
-        pre_roll_s=30.0,
-        now=T + 1.0,
+        ActivationOrder("a", "e", "taser_draw", "cew-9", T, 30.0),
+        T + 1.0,
     )
     assert cam.recording is not None
     audio = _load(cam.recording)["audio"]

@@ -7,6 +7,7 @@ from typing import Any
 
 from actimesh.broker.messages import DeviceKind
 from actimesh.devices import Camera, RecordingStore, StealthPolicy, SyntheticSource
+from actimesh.devices.camera import ActivationOrder
 from tests.devices.helpers import manifest_of
 
 T = 1_700_000_000.4
@@ -25,13 +26,8 @@ def _camera(tmp_path: Path, **kwargs: Any) -> Camera:
 
 def _activate(cam: Camera, now: float = T + 1.0) -> None:
     cam.activate(
-        aid="act-1",
-        eid="evt-1",
-        event_type="taser_draw",
-        source="cew-9",
-        event_ts=T,
-        pre_roll_s=30.0,
-        now=now,
+        ActivationOrder("act-1", "evt-1", "taser_draw", "cew-9", T, 30.0),
+        now,
     )
 
 

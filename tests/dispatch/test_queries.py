@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from actimesh.dispatch.models import Outcome
-from actimesh.dispatch.queries import ActivationQuery, BBox, LedgerReader, Near
+from actimesh.dispatch.models import ActivationSummary, Outcome
+from actimesh.dispatch.queries import SUMMARY_FIELDS, ActivationQuery, BBox, LedgerReader, Near
 from actimesh.errors import LedgerError
 from actimesh.geofence import destination, distance_m
 from actimesh.ledger import AckRow, ActivationRow, DecisionRow, SqliteLedger
@@ -202,3 +202,9 @@ def test_near_box_contains_every_point_of_its_circle(
         assert box.min_lon <= plon <= box.max_lon
     else:
         assert plon >= box.min_lon or plon <= box.max_lon
+
+
+def test_the_api_summary_carries_the_ledger_row_but_its_rule() -> None:
+    """``ActivationSummary`` (the REST model) declares the fields the query selects, in
+    order: a column added to the ledger's activation row must be added to it too."""
+    assert tuple(ActivationSummary.model_fields) == SUMMARY_FIELDS

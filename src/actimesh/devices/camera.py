@@ -42,7 +42,14 @@ from actimesh.devices.recorder import (
 )
 from actimesh.errors import MediaError
 
-__all__ = ["DEFAULT_CANCEL_WINDOW_S", "ActivationResult", "Camera", "CancelResult", "StealthPolicy"]
+__all__ = [
+    "DEFAULT_CANCEL_WINDOW_S",
+    "ActivationOrder",
+    "ActivationResult",
+    "Camera",
+    "CancelResult",
+    "StealthPolicy",
+]
 
 #: Ack details are short text on the wire (256 characters at most).
 _MAX_DETAIL = 256
@@ -66,6 +73,19 @@ class CancelResult:
     accepted: bool
     recording_id: str | None
     detail: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ActivationOrder:
+    """What a camera is asked to record: the activation, the event it answers, and how
+    far before the event's time its recording must reach."""
+
+    aid: str
+    eid: str
+    event_type: str
+    source: str
+    event_ts: float
+    pre_roll_s: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,17 +280,7 @@ class Camera:
         return rendered
 
     # ------------------------------------------------------------------ commands
-    def activate(
-        self,
-        *,
-        aid: str,
-        eid: str,
-        event_type: str,
-        source: str,
-        event_ts: float,
-        pre_roll_s: float,
-        now: float,
-    ) -> ActivationResult:
+    def activate(self, order: ActivationOrder, now: float) -> ActivationResult:
         """Start (or join) a recording that reaches ``pre_roll_s`` back from ``event_ts``.
 
         The first activation opens a recording holding every buffered segment that ends
@@ -282,6 +292,8 @@ class Camera:
         one whose officer cancelled this event as a false activation (naming the kept,
         cancelled recording).
         """
+        aid, eid, event_ts, pre_roll_s = order.aid, order.eid, order.event_ts, order.pre_roll_s
+        event_type, source = order.event_type, order.source
         _require_finite("event_ts", event_ts)
         _require_finite("now", now)
         if not (math.isfinite(pre_roll_s) and 0.0 <= pre_roll_s <= MAX_PRE_ROLL_S):

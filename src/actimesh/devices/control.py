@@ -38,7 +38,7 @@ import msgpack
 from actimesh.broker.codec import MAX_PAYLOAD_BYTES, decode, encode
 from actimesh.broker.messages import Ack, AckStatus, Command, DeviceState, Event
 from actimesh.broker.topics import Topics, is_identifier
-from actimesh.devices.camera import ActivationResult, Camera, CancelResult
+from actimesh.devices.camera import ActivationOrder, ActivationResult, Camera, CancelResult
 from actimesh.devices.camera_part import (
     Answer,
     CameraPart,
@@ -184,42 +184,19 @@ class CameraControl:
     # ------------------------------------------------------------------ activation
     async def activate_locally(self, event: Event, source: str) -> ActivationResult:
         """A paired sensor's event over the local link (no broker involved)."""
-        return await self._activate(
-            aid=_local_aid(event.eid),
-            eid=event.eid,
-            event_type=event.type,
-            source=source,
-            event_ts=event.ts,
-            pre_roll_s=self.camera.pre_roll_s,
-            now=self.clock(),
+        order = ActivationOrder(
+            _local_aid(event.eid), event.eid, event.type, source, event.ts, self.camera.pre_roll_s
         )
+        return await self._activate(order, self.clock())
 
-    async def _activate(
-        self,
-        *,
-        aid: str,
-        eid: str,
-        event_type: str,
-        source: str,
-        event_ts: float,
-        pre_roll_s: float,
-        now: float,
-    ) -> ActivationResult:
+    async def _activate(self, order: ActivationOrder, now: float) -> ActivationResult:
         """Commit on a worker thread: a camera's disk writes (fsync of every buffered
         segment) must not stall the agent's event loop, which also serves MQTT."""
         camera = self.camera
 
         def commit() -> ActivationResult:
             camera.advance(now)
-            return camera.activate(
-                aid=aid,
-                eid=eid,
-                event_type=event_type,
-                source=source,
-                event_ts=event_ts,
-                pre_roll_s=pre_roll_s,
-                now=now,
-            )
+            return camera.activate(order, now)
 
         async with self._lock:
             return await asyncio.to_thread(commit)
@@ -269,15 +246,10 @@ class CameraControl:
         if self.commit_delay_s:
             await asyncio.sleep(self.commit_delay_s)
         async with self._answering:
-            result = await self._activate(
-                aid=command.aid,
-                eid=command.eid,
-                event_type=command.type,
-                source=command.src,
-                event_ts=command.ets,
-                pre_roll_s=command.pre,
-                now=received,
+            order = ActivationOrder(
+                command.aid, command.eid, command.type, command.src, command.ets, command.pre
             )
+            result = await self._activate(order, received)
             if result.duplicate:
                 self.stats.duplicate_commands += 1
             self.received.append(ReceivedCommand(command, received, result))

@@ -15,7 +15,7 @@ import json
 import math
 import sqlite3
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ from actimesh.dispatch.models import (
 )
 from actimesh.errors import LedgerError
 from actimesh.geofence import distance_m
+from actimesh.ledger import ActivationRow
 
 __all__ = ["ActivationQuery", "BBox", "LedgerReader", "Near"]
 
@@ -48,9 +49,16 @@ _ACK_OUTCOME = {
 }
 _M_PER_DEG_LAT = 110_574.0  # the shortest degree of latitude (at the equator)
 
-_SUMMARY = """
-SELECT a.aid, a.src, a.eid, a.type, a.event_ts, a.received_ts, a.decided_ts, a.lat, a.lon,
-       a.acc, a.position_source, a.radius_m, a.pre_roll_s, a.initiated_by, a.engine,
+#: The ledger's activation columns a summary carries (all but the rule), then its counts:
+#: the API model declares the same fields in this order (a test keeps them in step).
+SUMMARY_FIELDS = (
+    *(f.name for f in fields(ActivationRow) if f.name != "rule"),
+    "commanded",
+    "recording",
+    "refused",
+)
+_SUMMARY = f"""
+SELECT {", ".join(f"a.{name}" for name in SUMMARY_FIELDS[:-3])},
        (SELECT COUNT(*) FROM decisions d WHERE d.aid = a.aid AND d.commanded = 1),
        (SELECT COUNT(DISTINCT k.device_id) FROM acks k
          WHERE k.aid = a.aid AND k.status = 'recording'
@@ -61,7 +69,7 @@ SELECT a.aid, a.src, a.eid, a.type, a.event_ts, a.received_ts, a.decided_ts, a.l
            AND NOT EXISTS (SELECT 1 FROM acks r WHERE r.aid = k.aid
                            AND r.device_id = k.device_id AND r.status = 'recording'))
 FROM activations a
-"""
+"""  # noqa: S608 - the column names come from the row type, never from input
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,26 +141,7 @@ class ActivationQuery:
 
 
 def _summary(row: Sequence[Any]) -> ActivationSummary:
-    return ActivationSummary(
-        aid=row[0],
-        src=row[1],
-        eid=row[2],
-        type=row[3],
-        event_ts=row[4],
-        received_ts=row[5],
-        decided_ts=row[6],
-        lat=row[7],
-        lon=row[8],
-        acc=row[9],
-        position_source=row[10],
-        radius_m=row[11],
-        pre_roll_s=row[12],
-        initiated_by=row[13],
-        engine=row[14],
-        commanded=row[15],
-        recording=row[16],
-        refused=row[17],
-    )
+    return ActivationSummary(**dict(zip(SUMMARY_FIELDS, row, strict=True)))
 
 
 def _bbox_sql(box: BBox, where: list[str], args: list[Any]) -> None:
