@@ -72,7 +72,9 @@ class Ledger(Protocol):
     ) -> int | None:
         """Record a camera's ``cancelled`` acknowledgement as a false activation.
 
-        The record's ``seq``, or None for a redelivered acknowledgement. With
+        The acknowledgement and a ``false_activation`` record (camera, activation, who
+        cancelled, when, seconds after the event, the recording kept) are written in one
+        transaction. The record's ``seq``, or None for a redelivered acknowledgement. With
         ``only_commanded``, a cancel from a camera the activation did not command raises
         :class:`~actimesh.errors.NotCommandedError` and writes nothing.
         """
@@ -90,8 +92,9 @@ class Ledger(Protocol):
     ) -> int:
         """Append an audit event (an alert, say) to the chain; its ``seq``.
 
-        A body with an ``aid`` ties the record to that activation: it is exported and
-        kept with it.
+        ``component`` is the system component (``engine/engine-1``), ``subject`` the
+        device, activation or person it is about, ``outcome`` a short code. A body with
+        an ``aid`` ties the record to that activation: it is exported and kept with it.
         """
         ...
 
@@ -100,8 +103,9 @@ class Ledger(Protocol):
     ) -> tuple[int, bool]:
         """Link an activation to a case, so retention keeps it; (record seq, newly linked).
 
-        Raises :class:`~actimesh.errors.LedgerError` if the activation is unknown or
-        already deleted by retention.
+        Linking twice is harmless: the first link's seq and False. Raises
+        :class:`~actimesh.errors.LedgerError` if the activation is unknown or already
+        deleted by retention.
         """
         ...
 

@@ -80,7 +80,13 @@ def _text(name: str, value: str, limit: int = 256) -> str:
 
 
 class SqliteLedger:
-    """The SQLite activation ledger. Use as ``async with SqliteLedger(path) as ledger``."""
+    """The SQLite activation ledger. Use as ``async with SqliteLedger(path) as ledger``.
+
+    Its methods do what :class:`~actimesh.ledger.Ledger` documents. Here, a group of
+    acknowledgements is one synced transaction, and retention redacts in batches of
+    ``batch`` records, each its own transaction, so engines sharing the file are held
+    up for one batch at most.
+    """
 
     def __init__(self, path: Path, *, busy_timeout_s: float = 10.0, create: bool = True) -> None:
         self.path = path
@@ -303,10 +309,6 @@ class SqliteLedger:
         return inserted
 
     async def record_activation(self, row: ActivationRow, decisions: Sequence[DecisionRow]) -> bool:
-        """Write an activation, its decisions and its record atomically.
-
-        False if it was already there (a redelivered trigger): nothing is written then.
-        """
         return await self._run(lambda: self._write_activation(row, decisions))
 
     def _insert_ack(self, db: sqlite3.Connection, ack: AckRow) -> bool:
@@ -351,17 +353,11 @@ class SqliteLedger:
         return AckWrite(inserted, tuple(refused))
 
     async def record_ack(self, ack: AckRow) -> None:
-        """Append a camera's acknowledgement (once: a redelivered one is ignored)."""
         await self.record_acks([ack])
 
     async def record_acks(
         self, acks: Sequence[AckRow], *, only_commanded: bool = False
     ) -> AckWrite:
-        """Append acknowledgements in one transaction: all of them, or none (a group
-        commit: one sync to disk for the lot). Redelivered ones are ignored. With
-        ``only_commanded``, so is an answer from a camera its activation did not command
-        (a device flooding acknowledgements for activations it was never part of):
-        counted in the result, never written."""
         if not acks:
             return AckWrite(0)
         rows = list(acks)
@@ -410,14 +406,6 @@ class SqliteLedger:
     async def record_cancel(
         self, ack: AckRow, by: str, *, only_commanded: bool = False
     ) -> int | None:
-        """Record a camera's ``cancelled`` acknowledgement as a false activation.
-
-        The acknowledgement and a ``false_activation`` record (camera, activation, who
-        cancelled, when, seconds after the event, the recording kept) are written in one
-        transaction; the record's ``seq``, or None for a redelivered acknowledgement,
-        which changes nothing. With ``only_commanded``, a cancel from a camera the
-        activation did not command raises :class:`NotCommandedError` and writes nothing.
-        """
         return await self._run(lambda: self._write_cancel(ack, by, only_commanded))
 
     def _write_event(
@@ -463,12 +451,6 @@ class SqliteLedger:
         *,
         at: float | None = None,
     ) -> int:
-        """Append an audit event (an alert, say) to the chain; its ``seq``.
-
-        ``component`` is the system component (``engine/engine-1``), ``subject`` the
-        device, activation or person it is about, ``outcome`` a short code. A body with an
-        ``aid`` ties the record to that activation: it is exported and kept with it.
-        """
         return await self._run(
             lambda: self._write_event(component, event_type, subject, outcome, body, at=at)
         )
@@ -518,11 +500,6 @@ class SqliteLedger:
     async def link_case(
         self, case_id: str, aid: str, by: str, *, at: float | None = None
     ) -> tuple[int, bool]:
-        """Link an activation to a case, so retention keeps it; (record seq, newly linked).
-
-        Linking twice is harmless: the first link's seq and False. Raises
-        :class:`LedgerError` if the activation is unknown or already deleted by retention.
-        """
         return await self._run(lambda: self._link_case(case_id, aid, by, at))
 
     def _write_retention(self, subject: str, outcome: str, body: Mapping[str, Any]) -> int:
@@ -538,7 +515,6 @@ class SqliteLedger:
             )
 
     async def record_retention(self, subject: str, outcome: str, body: Mapping[str, Any]) -> int:
-        """Record a deletion done outside the ledger (a recording folder); its ``seq``."""
         return await self._run(lambda: self._write_retention(subject, outcome, body))
 
     # ------------------------------------------------------------------ retention
@@ -551,14 +527,6 @@ class SqliteLedger:
     async def redact_expired(
         self, cutoff: float, *, now: float | None = None, dry_run: bool = False, batch: int = 500
     ) -> list[Redaction]:
-        """Redact every record before ``cutoff`` not linked to a case; what was redacted.
-
-        Bodies become NULL (their ``body_sha256`` stays, so the chain still verifies), the
-        query-table rows they describe are deleted, and one ``retention_delete`` record
-        per activation (or other subject) lists the redacted seqs. Each batch is its own
-        transaction, so engines sharing the file are held up for one batch at most.
-        ``dry_run`` reports without changing anything.
-        """
         cutoff_text = format_time(cutoff)
         at = time.time() if now is None else now
         after: tuple[str, int] | None = ("", 0)
@@ -595,8 +563,6 @@ class SqliteLedger:
         return None if found is None else str(found[0])
 
     async def find(self, src: str, eid: str) -> str | None:
-        """The activation id already recorded for this device's event, if any: its own,
-        or the one it joined when storm control merged it."""
         return await self._run(lambda: self._find(src, eid))
 
     def _recent_events(self, since: float) -> list[tuple[str, str, str]]:
@@ -613,22 +579,18 @@ class SqliteLedger:
         return out
 
     async def recent_events(self, since: float) -> list[tuple[str, str, str]]:
-        """(source, event id, activation id) of the events with event time at or after
-        ``since``, merged ones included (with the activation they joined)."""
         return await self._run(lambda: self._recent_events(since))
 
     def _activation(self, aid: str) -> tuple[ActivationRow, list[DecisionRow]] | None:
         return read_activation(self._db, aid)
 
     async def activation(self, aid: str) -> tuple[ActivationRow, list[DecisionRow]] | None:
-        """One activation with its decisions."""
         return await self._run(lambda: self._activation(aid))
 
     def _acks(self, aid: str | None) -> list[AckRow]:
         return read_acks(self._db, aid)
 
     async def acks(self, aid: str) -> list[AckRow]:
-        """Every acknowledgement received for an activation, oldest first."""
         return await self._run(lambda: self._acks(aid))
 
     def _false_activations(self, aid: str | None) -> list[FalseActivation]:
@@ -657,8 +619,6 @@ class SqliteLedger:
         return out
 
     async def false_activations(self, aid: str | None = None) -> list[FalseActivation]:
-        """Cameras cancelled as false activations (of ``aid``, or all), oldest first.
-        Records redacted by retention are left out."""
         return await self._run(lambda: self._false_activations(aid))
 
     def _activation_ids(self, since: float, limit: int) -> list[str]:
@@ -671,7 +631,6 @@ class SqliteLedger:
         ]
 
     async def activation_ids(self, since: float = 0.0, limit: int = 1000) -> list[str]:
-        """Activation ids with event time at or after ``since``, oldest first."""
         return await self._run(lambda: self._activation_ids(since, limit))
 
     def _head(self) -> Head:
@@ -679,7 +638,6 @@ class SqliteLedger:
         return Head(0, GENESIS_HASH) if last is None else Head(int(last[0]), str(last[1]))
 
     async def head(self) -> Head:
-        """The chain's last record: write it down elsewhere to detect a truncated tail."""
         return await self._run(self._head)
 
     def _activation_states(self, aids: Sequence[str]) -> dict[str, str]:
@@ -697,7 +655,6 @@ class SqliteLedger:
         return out
 
     async def activation_states(self, aids: Sequence[str]) -> dict[str, str]:
-        """For each aid: ``linked`` (to a case), ``kept``, ``redacted`` or ``unknown``."""
         return await self._run(lambda: self._activation_states(aids))
 
     def _recording_aids(self, device_id: str, recording_id: str) -> set[str]:
@@ -710,7 +667,6 @@ class SqliteLedger:
         }
 
     async def recording_aids(self, device_id: str, recording_id: str) -> set[str]:
-        """Activations whose acknowledgements name this recording (while their rows exist)."""
         return await self._run(lambda: self._recording_aids(device_id, recording_id))
 
     def _retention_recorded(self, subject: str) -> bool:
@@ -723,5 +679,4 @@ class SqliteLedger:
         )
 
     async def retention_recorded(self, subject: str) -> bool:
-        """True if a ``retention_delete`` record names ``subject`` already."""
         return await self._run(lambda: self._retention_recorded(subject))
