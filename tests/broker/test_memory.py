@@ -1,0 +1,71 @@
+"""The in-process bus keeps the contract of the real links."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+
+import pytest
+
+from actimesh.broker.client import Subscription
+from actimesh.broker.intake import Delivery
+from actimesh.broker.memory import MemoryBus, topic_matches
+from actimesh.broker.transport import Inbound
+from actimesh.errors import BrokerError
+
+
+@pytest.mark.parametrize(
+    ("topic_filter", "topic", "matches"),
+    [
+        ("am/v1/a/dev/+/event", "am/v1/a/dev/cew1/event", True),
+        ("am/v1/a/dev/+/event", "am/v1/a/dev/cew1/ack", False),
+        ("am/v1/a/dev/+/event", "am/v1/a/dev/cew1/event/x", False),
+        ("am/v1/a/#", "am/v1/a/dev/cew1/event", True),
+        ("$share/engines/am/v1/a/dev/+/event", "am/v1/a/dev/cew1/event", True),
+        ("am/v1/a/dev/cew1/event", "am/v1/a/dev/cew2/event", False),
+    ],
+)
+def test_topic_filters_match_as_mqtt_matches_them(
+    topic_filter: str, topic: str, matches: bool
+) -> None:
+    assert topic_matches(topic_filter, topic) is matches
+
+
+async def test_control_messages_pass_admission_and_are_counted_until_acknowledged() -> None:
+    bus = MemoryBus()
+    kept: list[Delivery] = []
+
+    async def handler(batch: Sequence[Delivery]) -> None:
+        kept.extend(batch)
+
+    def admit(topic: bytes, _payload: bytes) -> str | None:
+        return None if b"/flooder/" in topic else "ok"
+
+    link = bus.control("ctl", (Subscription("dev/+/event", 1),), handler, admit=admit)
+    with pytest.raises(BrokerError):
+        await bus.hand("nobody", b"dev/x/event", b"")
+    assert await bus.deliver("dev/one/event", b"1") == 0  # not connected yet: nobody takes it
+    async with _running(link):
+        assert await bus.deliver("dev/one/event", b"1") == 1
+        assert await bus.deliver("dev/flooder/event", b"2") == 1
+        assert await bus.deliver("dev/one/ack", b"3") == 0
+    assert [d.payload for d in kept] == [b"1"]
+    assert link.stats.refused == 1
+    assert len(bus.unacknowledged) == 1
+    assert kept[0].ack()
+    assert kept[0].ack()  # twice: counted as a handler's bug
+    assert (bus.unacknowledged, bus.stray_acks) == (set(), 1)
+
+
+@contextlib.asynccontextmanager
+async def _running(link: Inbound) -> AsyncIterator[None]:
+    """Run a link of the bus for the length of a block."""
+    task = asyncio.create_task(link.run(), name="memory-link")
+    try:
+        await link.wait_connected(5)
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
