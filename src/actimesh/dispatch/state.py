@@ -46,7 +46,7 @@ from actimesh.broker.messages import (
     Telemetry,
 )
 from actimesh.broker.messages import Alert as AlertMessage
-from actimesh.triggers.fleet import DeviceInfo
+from actimesh.triggers.fleet import DeviceRecord
 
 __all__ = [
     "ActivationView",
@@ -94,11 +94,10 @@ _FINAL = frozenset({CameraStatus.RECORDING, CameraStatus.REFUSED, CameraStatus.C
 
 
 @dataclass(slots=True)
-class DeviceView(DeviceInfo):
-    """What the dispatch knows about one device: what the engine knows of it (kind,
+class DeviceView(DeviceRecord):
+    """What the dispatch knows about one device: the record the engine keeps too (kind,
     unit, pairing, presence and state, from the same retained messages), and what the
-    map adds: its position, battery and pre-event buffer. The engine's own bookkeeping
-    (``last_fix``, the telemetry token bucket) is not used here."""
+    map adds: its position, battery and pre-event buffer."""
 
     lat: float | None = None
     lon: float | None = None

@@ -35,6 +35,7 @@ __all__ = [
     "OFFLINE_MEMORY_S",
     "DeviceDirectory",
     "DeviceInfo",
+    "DeviceRecord",
     "DirectoryEntry",
     "Fleet",
     "LastFix",
@@ -93,8 +94,9 @@ class LastFix:
 
 
 @dataclass(slots=True)
-class DeviceInfo:
-    """What the engine knows about one device."""
+class DeviceRecord:
+    """What anyone watching the wire knows about one device: what it is (kind, unit,
+    pairing) and its presence and state. The engine's and dispatch's views extend it."""
 
     device_id: str
     kind: DeviceKind | None = None
@@ -104,15 +106,21 @@ class DeviceInfo:
     state: DeviceState | None = None
     last_seen: float = 0.0
     offline_since: float | None = None
+
+    @property
+    def is_camera(self) -> bool:
+        return self.kind in CAMERA_KINDS
+
+
+@dataclass(slots=True)
+class DeviceInfo(DeviceRecord):
+    """What the engine knows about one device: the record, and its own bookkeeping."""
+
     last_fix: LastFix | None = None
     #: The device's telemetry token bucket (see ``EngineSettings.telemetry_rate_per_s``):
     #: tokens left, and when they were last counted (from 0: the first fix finds it full).
     tm_tokens: float = 0.0
     tm_counted: float = 0.0
-
-    @property
-    def is_camera(self) -> bool:
-        return self.kind in CAMERA_KINDS
 
 
 class Fleet:
