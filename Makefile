@@ -13,12 +13,12 @@ WEB_STAMP := node_modules/.package-lock.json
 DEMO_ARGS ?= --sim 24
 APT_GET := DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: demo test lint typecheck pytest drill soak bench system-deps browser-deps web-deps lock clean
+.PHONY: demo test lint typecheck pytest drill soak bench system-deps browser-deps postgres-deps web-deps lock clean
 
 demo: $(STAMP) system-deps web-deps
 	$(BIN)/actimesh up $(DEMO_ARGS)
 
-test: $(STAMP) system-deps browser-deps web-deps lint typecheck pytest drill
+test: $(STAMP) system-deps browser-deps postgres-deps web-deps lint typecheck pytest drill
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests
@@ -27,7 +27,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP) system-deps browser-deps web-deps
+pytest: $(STAMP) system-deps browser-deps postgres-deps web-deps
 	$(BIN)/pytest --cov --cov-report=term
 
 drill: $(STAMP) system-deps
@@ -82,6 +82,14 @@ browser-deps:
 		$(APT_GET) update -qq && $(APT_GET) install -y -qq --no-install-recommends chromium; \
 	}
 
+# PostgreSQL for the ledger-store tests, which start their own server with initdb in a
+# temporary folder (`make demo` does not need it: SQLite is the default ledger).
+postgres-deps:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+		echo "installing postgresql-15"; \
+		$(APT_GET) update -qq && $(APT_GET) install -y -qq --no-install-recommends postgresql-15; \
+	}
+
 # Leaflet for the dispatch map, exactly as package-lock.json pins it (no install scripts).
 web-deps: $(WEB_STAMP)
 
@@ -92,7 +100,7 @@ $(WEB_STAMP): package.json package-lock.json | system-deps
 # Regenerate the lock after changing dependencies in pyproject.toml.
 lock:
 	$(PYTHON) -m pip install --quiet uv
-	$(PYTHON) -m uv pip compile pyproject.toml --extra dev --extra bench --generate-hashes \
+	$(PYTHON) -m uv pip compile pyproject.toml --extra dev --extra bench --extra postgres --generate-hashes \
 		--python-version 3.11 --no-header --output-file requirements.lock
 
 clean:
