@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import psycopg
@@ -120,3 +121,18 @@ def test_agency_ids_that_cannot_name_a_schema_are_refused() -> None:
         PostgresLedger("postgresql://db.example/x", agency="a" * 64)
     with pytest.raises(LedgerError, match="agency id"):
         PostgresLedger("postgresql://db.example/x", agency='a"; DROP SCHEMA public; --')
+
+
+async def test_a_writer_stuck_behind_the_agency_lock_gives_up_in_time(
+    postgres_url: str, agency: str
+) -> None:
+    async with PostgresLedger(postgres_url, agency=agency, statement_timeout_s=0.3) as ledger:
+        with psycopg.connect(postgres_url, autocommit=True) as other:
+            # Another engine that froze while holding the chain.
+            other.execute("SELECT pg_advisory_lock(%s)", (lock_key(schema_name(agency)),))
+            started = time.monotonic()
+            with pytest.raises(LedgerError, match=r"cannot write alert for bwc1: .*lock timeout"):
+                await ledger.record_event("engine/e", "alert", "bwc1", "no_ack", {})
+            assert time.monotonic() - started < 5.0
+        seq = await ledger.record_event("engine/e", "alert", "bwc1", "no_ack", {})
+    assert seq == 1

@@ -19,7 +19,8 @@ rollback, and by the server when a client's connection dies.
 
 **Timeouts.** Every await on the network is bounded: ``connect_timeout`` (libpq) for the
 connection; ``statement_timeout`` and ``lock_timeout`` (server settings, so the server
-itself gives up on a slow statement or a lock it waits for, the advisory lock included);
+itself gives up on a slow statement, and sooner on a lock it waits for, the agency's
+advisory lock included);
 ``idle_in_transaction_session_timeout``, so a writer that froze mid-transaction does not
 hold the agency's lock for ever; TCP keepalives and ``tcp_user_timeout`` for a peer that
 vanished; and around each whole operation an ``asyncio.timeout``, after which the
@@ -41,6 +42,7 @@ from typing import Any, Self
 
 import psycopg
 from psycopg import sql
+from psycopg.pq import TransactionStatus
 
 from actimesh.errors import LedgerError, NotCommandedError
 from actimesh.ledger.chain import GENESIS_HASH, EventType, format_time
@@ -174,8 +176,10 @@ class PostgresLedger:
 
     async def _connect(self) -> Conn:
         statement_ms = int(self.statement_timeout_s * 1000)
+        # lock_timeout below statement_timeout, or the statement timeout always fires
+        # first: "lock timeout" then says another writer held the chain too long.
         options = (
-            f"-c statement_timeout={statement_ms} -c lock_timeout={statement_ms} "
+            f"-c statement_timeout={statement_ms} -c lock_timeout={statement_ms // 2} "
             f"-c idle_in_transaction_session_timeout={statement_ms * 6}"
         )
         try:
@@ -275,10 +279,14 @@ class PostgresLedger:
             try:
                 async with asyncio.timeout(self.operation_timeout_s):
                     yield conn.cursor()
-            except (psycopg.Error, TimeoutError) as exc:
-                if conn.broken or isinstance(exc, TimeoutError):
+            except BaseException as exc:
+                # Lost, timed out, or cancelled in the middle of a statement: a connection
+                # not back at rest is not reused.
+                if conn.broken or conn.info.transaction_status != TransactionStatus.IDLE:
                     await self._drop()
-                raise LedgerError(f"cannot {what}: {_reason(exc)}") from exc
+                if isinstance(exc, psycopg.Error | TimeoutError):
+                    raise LedgerError(f"cannot {what}: {_reason(exc)}") from exc
+                raise
 
     @contextlib.asynccontextmanager
     async def _write(self, what: str, *, commit: bool = True) -> AsyncIterator[Chain]:
