@@ -8,7 +8,9 @@ acknowledgement as it arrives, all chained into one tamper-evident record stream
 the drills read it.
 
 :class:`Ledger` is the store's interface (:mod:`.store`); :mod:`.sqlite` holds the SQLite
-implementation; :mod:`.rows` the row types every store takes and returns.
+implementation and :mod:`.postgres` the PostgreSQL one (imported only when
+:func:`open_ledger` is given a database URL); :mod:`.rows` the row types every store takes
+and returns, and the records every store appends.
 """
 
 from actimesh.ledger.chain import (

@@ -37,6 +37,8 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from actimesh.errors import LedgerError
+
 __all__ = [
     "CHAIN_VERSION",
     "GENESIS_HASH",
@@ -44,6 +46,7 @@ __all__ = [
     "EventType",
     "canonical_json",
     "format_time",
+    "next_record",
     "parse_time",
     "record_hash",
     "sha256_hex",
@@ -176,3 +179,39 @@ class ChainRecord:
         except ValueError:
             return None
         return value if isinstance(value, dict) else None
+
+
+def next_record(
+    prev_seq: int,
+    prev_hash: str,
+    *,
+    at: float,
+    component: str,
+    event_type: str,
+    subject: str,
+    outcome: str,
+    body: Mapping[str, Any],
+) -> ChainRecord:
+    """The record that follows the head ``(prev_seq, prev_hash)`` (0 and the genesis hash
+    on an empty chain): what every store inserts, so that every store's records verify
+    alike. Raises :class:`~actimesh.errors.LedgerError` if the body is not JSON."""
+    try:
+        text = canonical_json(body)
+        when = format_time(at)
+        body_sha = sha256_hex(text)
+        seq = prev_seq + 1
+        digest = record_hash(
+            prev_hash=prev_hash,
+            seq=seq,
+            time=when,
+            component=component,
+            event_type=event_type,
+            subject=subject,
+            outcome=outcome,
+            body_sha256=body_sha,
+        )
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise LedgerError(f"cannot append a {event_type} record for {subject}: {exc}") from exc
+    return ChainRecord(
+        seq, when, component, event_type, subject, outcome, text, body_sha, prev_hash, digest
+    )

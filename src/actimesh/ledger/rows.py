@@ -12,7 +12,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from actimesh.ledger.chain import EventType
+from actimesh.broker.topics import is_identifier
+from actimesh.errors import LedgerError
+from actimesh.ledger.chain import ChainRecord, EventType, next_record
 
 __all__ = [
     "FALSE_ACTIVATION",
@@ -22,14 +24,24 @@ __all__ = [
     "AckWrite",
     "ActivationRow",
     "DecisionRow",
+    "Entry",
     "FalseActivation",
     "Head",
     "Redaction",
     "ack_body",
+    "ack_entry",
     "ack_from_body",
     "activation_body",
+    "activation_entry",
     "activation_from_body",
     "activation_outcome",
+    "case_link_entry",
+    "check_cancel",
+    "check_case_id",
+    "check_event",
+    "false_activation_entry",
+    "record_aid",
+    "redaction_entry",
 ]
 
 #: Components of the records the ledger writes on its own behalf.
@@ -38,6 +50,11 @@ RETENTION_COMPONENT = "audit/retention"
 FALSE_ACTIVATION = EventType.FALSE_ACTIVATION
 #: Record types retention never redacts: the proof of links and of deletions.
 KEEP_TYPES = (EventType.CASE_LINK, EventType.RETENTION_DELETE, EventType.LEDGER_IMPORT)
+#: Record types only the ledger's own methods append (with rows in the query tables, or
+#: kept by retention).
+_OWN_TYPES = frozenset(
+    {EventType.ACTIVATION, EventType.ACK, EventType.CASE_LINK, FALSE_ACTIVATION, *KEEP_TYPES}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,3 +209,166 @@ def ack_from_body(body: Mapping[str, Any]) -> AckRow:
 def activation_outcome(decisions: Sequence[DecisionRow]) -> str:
     """The outcome column of an activation record: did it command any camera?"""
     return "commanded" if any(d.commanded for d in decisions) else "none_commanded"
+
+
+# ---------------------------------------------------------------------- records to append
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A record to append, before the chain's head gives it its ``seq`` and hash.
+
+    Built here, once, for every store: the same write makes the same record whatever
+    holds the chain.
+    """
+
+    at: float
+    component: str
+    event_type: str
+    subject: str
+    outcome: str
+    body: Mapping[str, Any]
+
+    def after(self, prev_seq: int, prev_hash: str) -> ChainRecord:
+        """The record this entry is once appended after ``(prev_seq, prev_hash)``."""
+        return next_record(
+            prev_seq,
+            prev_hash,
+            at=self.at,
+            component=self.component,
+            event_type=self.event_type,
+            subject=self.subject,
+            outcome=self.outcome,
+            body=self.body,
+        )
+
+    @property
+    def aid(self) -> str | None:
+        """The activation the record belongs to (see :func:`record_aid`)."""
+        return record_aid(self.body)
+
+
+def record_aid(body: Mapping[str, Any]) -> str | None:
+    """The activation a record body names: it is exported and retained with it."""
+    aid = body.get("aid")
+    return aid if isinstance(aid, str) else None
+
+
+def activation_entry(row: ActivationRow, decisions: Sequence[DecisionRow]) -> Entry:
+    """The record of an activation with all of its decisions."""
+    return Entry(
+        row.decided_ts,
+        f"engine/{row.engine}",
+        EventType.ACTIVATION,
+        row.aid,
+        activation_outcome(decisions),
+        activation_body(row, decisions),
+    )
+
+
+def ack_entry(ack: AckRow) -> Entry:
+    """The record of a camera's acknowledgement."""
+    return Entry(
+        ack.received_ts,
+        f"device/{ack.device_id}",
+        EventType.ACK,
+        ack.aid,
+        ack.status,
+        ack_body(ack),
+    )
+
+
+def false_activation_entry(
+    ack: AckRow, by: str, event: tuple[str, str, str, float] | None
+) -> Entry:
+    """The ``false_activation`` record of a cancelled ack; ``event`` is the activation's
+    (src, eid, type, event_ts), None if it is not in the ledger."""
+    src, eid, event_type, event_ts = (None, None, None, None) if event is None else event
+    body = {
+        "aid": ack.aid,
+        "device_id": ack.device_id,
+        "by": by,
+        "cancelled_ts": ack.device_ts,
+        "received_ts": ack.received_ts,
+        "after_event_s": None if event_ts is None else ack.device_ts - event_ts,
+        "recording": ack.recording,
+        "src": src,
+        "eid": eid,
+        "event_type": event_type,
+        "event_ts": event_ts,
+        "detail": ack.detail,
+    }
+    return Entry(
+        ack.received_ts,
+        f"device/{ack.device_id}",
+        FALSE_ACTIVATION,
+        ack.device_id,
+        "cancelled",
+        body,
+    )
+
+
+def case_link_entry(case_id: str, aid: str, by: str, at: float) -> Entry:
+    """The record of an activation linked to a case."""
+    body = {"case_id": case_id, "aid": aid, "linked_by": by, "linked_ts": at}
+    return Entry(at, "audit/cli", EventType.CASE_LINK, case_id, "linked", body)
+
+
+def redaction_entry(
+    subject: str,
+    aid: str | None,
+    seqs: Sequence[int],
+    rows_deleted: Mapping[str, int],
+    recordings: Sequence[str],
+    *,
+    cutoff: str,
+    at: float,
+) -> Entry:
+    """The ``retention_delete`` record listing the records of one subject redacted."""
+    body = {
+        "aid": aid,
+        "cutoff": cutoff,
+        "reason": "older than the retention period and not linked to a case",
+        "recordings": sorted(recordings),
+        "redacted_seqs": list(seqs),
+        "rows_deleted": dict(rows_deleted),
+    }
+    return Entry(at, RETENTION_COMPONENT, EventType.RETENTION_DELETE, subject, "redacted", body)
+
+
+# ---------------------------------------------------------------------- checks before a write
+def _text(name: str, value: str, limit: int = 256) -> str:
+    if not isinstance(value, str) or not value or len(value) > limit:
+        raise LedgerError(f"{name} must be a non-empty string of at most {limit} characters")
+    return value
+
+
+def check_event(component: str, event_type: str, subject: str, outcome: str) -> None:
+    """Raise :class:`~actimesh.errors.LedgerError` unless ``record_event`` may write it."""
+    for name, value in (
+        ("component", component),
+        ("event_type", event_type),
+        ("subject", subject),
+        ("outcome", outcome),
+    ):
+        _text(name, value)
+    if event_type in _OWN_TYPES:
+        raise LedgerError(
+            f"event type {event_type!r} is written by the ledger itself; use "
+            "record_activation, record_ack, record_cancel, link_case or the retention job"
+        )
+
+
+def check_cancel(ack: AckRow, by: str) -> None:
+    """Raise :class:`~actimesh.errors.LedgerError` unless ``ack`` is a cancel by someone."""
+    _text("the name of who cancelled", by)
+    if ack.status != "cancelled":
+        raise LedgerError(f"a false activation needs a cancelled ack, not {ack.status!r}")
+
+
+def check_case_id(case_id: str, by: str) -> None:
+    """Raise :class:`~actimesh.errors.LedgerError` unless a case link may name these."""
+    if not is_identifier(case_id):
+        raise LedgerError(
+            f"case id {case_id!r} must be letters, digits, '.', '_' or '-' (at most 64, "
+            "starting with a letter or digit)"
+        )
+    _text("the name of who links it", by, 128)

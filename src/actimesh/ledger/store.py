@@ -1,7 +1,8 @@
 """The ledger store's interface: what the engine, audit, evidence and dispatch rely on.
 
 One machine keeps the ledger in a SQLite file (:class:`~actimesh.ledger.sqlite.SqliteLedger`);
-a cluster keeps it in a database server that several engines on several hosts append to.
+a cluster keeps it in PostgreSQL (:class:`~actimesh.ledger.postgres.PostgresLedger`), which
+several engines on several hosts append to.
 Whatever the store, these hold:
 
 - **Rows are only inserted.** A decision, once written, is never updated, so the ledger
@@ -25,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, Self
 
+from actimesh.errors import LedgerError
 from actimesh.ledger.rows import (
     AckRow,
     AckWrite,
@@ -37,6 +39,8 @@ from actimesh.ledger.rows import (
 from actimesh.ledger.sqlite import SqliteLedger
 
 __all__ = ["Ledger", "open_ledger"]
+
+_POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 
 class Ledger(Protocol):
@@ -169,12 +173,25 @@ class Ledger(Protocol):
         ...
 
 
-def open_ledger(location: Path, *, create: bool = True) -> Ledger:
+def open_ledger(location: Path | str, *, create: bool = True, agency: str | None = None) -> Ledger:
     """The store at ``location``, not open yet (``async with`` it).
 
+    A ``postgresql://`` (or ``postgres://``) URL is the agency's ledger in that
+    PostgreSQL database (:class:`~actimesh.ledger.postgres.PostgresLedger`), which needs
+    ``agency``: each agency has its own chain there. Any other location is a SQLite file.
+
     ``create=False`` for tools that work on an existing ledger (audit, dispatch,
-    evidence): a wrong data directory is an error, never an empty chain of its own.
-    Today every location is a SQLite file; a cluster's database address will choose its
-    own store here, so that the callers never name one.
+    evidence): a wrong data directory or database is an error, never an empty chain of
+    its own.
     """
-    return SqliteLedger(location, create=create)
+    if isinstance(location, str) and location.startswith(_POSTGRES_SCHEMES):
+        if agency is None:
+            raise LedgerError(
+                "a PostgreSQL ledger holds one chain per agency: give the agency id "
+                "([mesh] agency) with the [ledger] url"
+            )
+        # Imported here: psycopg loads libpq, which a one-machine deployment never needs.
+        from actimesh.ledger.postgres import PostgresLedger  # noqa: PLC0415
+
+        return PostgresLedger(location, agency=agency, create=create)
+    return SqliteLedger(Path(location), create=create)

@@ -12,7 +12,7 @@ import json
 import sqlite3
 
 from actimesh.ledger.chain import EventType
-from actimesh.ledger.rows import RETENTION_COMPONENT, Redaction, ack_from_body
+from actimesh.ledger.rows import Redaction, ack_from_body, redaction_entry
 from actimesh.ledger.sqlite.schema import append_record
 
 __all__ = ["redact_batch"]
@@ -91,23 +91,8 @@ def _redact_group(
             ).rowcount
     seqs = tuple(seq for seq, _t, _b in items)
     db.executemany("UPDATE records SET body = NULL WHERE seq = ?", [(s,) for s in seqs])
-    record = {
-        "aid": aid,
-        "cutoff": cutoff,
-        "reason": "older than the retention period and not linked to a case",
-        "recordings": sorted(recordings),
-        "redacted_seqs": list(seqs),
-        "rows_deleted": rows,
-    }
     seq = None
     if not dry_run:
-        seq = append_record(
-            db,
-            at=now,
-            component=RETENTION_COMPONENT,
-            event_type=EventType.RETENTION_DELETE,
-            subject=subject,
-            outcome="redacted",
-            body=record,
-        )
+        entry = redaction_entry(subject, aid, seqs, rows, sorted(recordings), cutoff=cutoff, at=now)
+        seq = append_record(db, entry)
     return Redaction(subject, aid, seqs, rows, tuple(sorted(recordings)), seq)

@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Mapping
-from typing import Any
 
-from actimesh.errors import LedgerError
-from actimesh.ledger.chain import GENESIS_HASH, canonical_json, format_time, record_hash, sha256_hex
-from actimesh.ledger.rows import AckRow, ActivationRow, DecisionRow
+from actimesh.ledger.chain import GENESIS_HASH
+from actimesh.ledger.rows import AckRow, ActivationRow, DecisionRow, Entry
 
 __all__ = [
     "ACKS_UNIQUE",
@@ -151,50 +148,25 @@ def read_acks(db: sqlite3.Connection, aid: str | None) -> list[AckRow]:
     return [AckRow(*r) for r in cur]
 
 
-def append_record(
-    db: sqlite3.Connection,
-    *,
-    at: float,
-    component: str,
-    event_type: str,
-    subject: str,
-    outcome: str,
-    body: Mapping[str, Any],
-) -> int:
+def append_record(db: sqlite3.Connection, entry: Entry) -> int:
     """Append one record; the caller holds the write lock (``BEGIN IMMEDIATE``)."""
-    try:
-        text = canonical_json(body)
-        when = format_time(at)
-        body_sha = sha256_hex(text)
-        last = db.execute(SELECT_HEAD).fetchone()
-        seq, prev = (1, GENESIS_HASH) if last is None else (int(last[0]) + 1, str(last[1]))
-        digest = record_hash(
-            prev_hash=prev,
-            seq=seq,
-            time=when,
-            component=component,
-            event_type=event_type,
-            subject=subject,
-            outcome=outcome,
-            body_sha256=body_sha,
-        )
-    except (ValueError, TypeError, OverflowError) as exc:
-        raise LedgerError(f"cannot append a {event_type} record for {subject}: {exc}") from exc
-    aid = body.get("aid")
+    last = db.execute(SELECT_HEAD).fetchone()
+    prev_seq, prev_hash = (0, GENESIS_HASH) if last is None else (int(last[0]), str(last[1]))
+    record = entry.after(prev_seq, prev_hash)
     db.execute(
         "INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
-            seq,
-            when,
-            component,
-            event_type,
-            subject,
-            outcome,
-            text,
-            body_sha,
-            prev,
-            digest,
-            aid if isinstance(aid, str) else None,
+            record.seq,
+            record.time,
+            record.component,
+            record.event_type,
+            record.subject,
+            record.outcome,
+            record.body,
+            record.body_sha256,
+            record.prev_hash,
+            record.hash,
+            entry.aid,
         ),
     )
-    return seq
+    return record.seq

@@ -33,23 +33,26 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
-from actimesh.broker.topics import is_identifier
 from actimesh.errors import LedgerError, NotCommandedError
 from actimesh.ledger.chain import GENESIS_HASH, EventType, format_time
 from actimesh.ledger.rows import (
     FALSE_ACTIVATION,
-    KEEP_TYPES,
     RETENTION_COMPONENT,
     AckRow,
     AckWrite,
     ActivationRow,
     DecisionRow,
+    Entry,
     FalseActivation,
     Head,
     Redaction,
-    ack_body,
-    activation_body,
-    activation_outcome,
+    ack_entry,
+    activation_entry,
+    case_link_entry,
+    check_cancel,
+    check_case_id,
+    check_event,
+    false_activation_entry,
 )
 from actimesh.ledger.sqlite.retention import redact_batch
 from actimesh.ledger.sqlite.schema import (
@@ -67,16 +70,6 @@ __all__ = ["SqliteLedger"]
 T = TypeVar("T")
 
 _IMPORT_COMPONENT = "ledger/import"
-#: Record types with rows in the query tables: appended only by their own methods.
-_TABLE_TYPES = frozenset({EventType.ACTIVATION, EventType.ACK, EventType.CASE_LINK})
-#: Record types only the ledger's own methods append.
-_OWN_TYPES = _TABLE_TYPES | {FALSE_ACTIVATION}
-
-
-def _text(name: str, value: str, limit: int = 256) -> str:
-    if not isinstance(value, str) or not value or len(value) > limit:
-        raise LedgerError(f"{name} must be a non-empty string of at most {limit} characters")
-    return value
 
 
 class SqliteLedger:
@@ -221,12 +214,14 @@ class SqliteLedger:
         }
         append_record(
             db,
-            at=time.time(),
-            component=_IMPORT_COMPONENT,
-            event_type=EventType.LEDGER_IMPORT,
-            subject=self.path.name,
-            outcome="imported",
-            body=body,
+            Entry(
+                time.time(),
+                _IMPORT_COMPONENT,
+                EventType.LEDGER_IMPORT,
+                self.path.name,
+                "imported",
+                body,
+            ),
         )
         aids = [r[0] for r in db.execute("SELECT aid FROM activations ORDER BY decided_ts, aid")]
         for aid in aids:
@@ -240,26 +235,10 @@ class SqliteLedger:
     def _append_activation(
         self, db: sqlite3.Connection, row: ActivationRow, decisions: Sequence[DecisionRow]
     ) -> int:
-        return append_record(
-            db,
-            at=row.decided_ts,
-            component=f"engine/{row.engine}",
-            event_type=EventType.ACTIVATION,
-            subject=row.aid,
-            outcome=activation_outcome(decisions),
-            body=activation_body(row, decisions),
-        )
+        return append_record(db, activation_entry(row, decisions))
 
     def _append_ack(self, db: sqlite3.Connection, ack: AckRow) -> int:
-        return append_record(
-            db,
-            at=ack.received_ts,
-            component=f"device/{ack.device_id}",
-            event_type=EventType.ACK,
-            subject=ack.aid,
-            outcome=ack.status,
-            body=ack_body(ack),
-        )
+        return append_record(db, ack_entry(ack))
 
     # ------------------------------------------------------------------ writes
     def _write_activation(self, row: ActivationRow, decisions: Sequence[DecisionRow]) -> bool:
@@ -364,9 +343,7 @@ class SqliteLedger:
         return await self._run(lambda: self._write_acks(rows, only_commanded))
 
     def _write_cancel(self, ack: AckRow, by: str, only_commanded: bool) -> int | None:
-        _text("the name of who cancelled", by)
-        if ack.status != "cancelled":
-            raise LedgerError(f"a false activation needs a cancelled ack, not {ack.status!r}")
+        check_cancel(ack, by)
         with self._immediate(f"write the false activation {ack.aid}/{ack.device_id}") as db:
             if only_commanded and not self._commanded(db, ack):
                 raise NotCommandedError(
@@ -378,30 +355,7 @@ class SqliteLedger:
             found = db.execute(
                 "SELECT src, eid, type, event_ts FROM activations WHERE aid = ?", (ack.aid,)
             ).fetchone()
-            src, eid, event_type, event_ts = found if found is not None else (None,) * 4
-            body = {
-                "aid": ack.aid,
-                "device_id": ack.device_id,
-                "by": by,
-                "cancelled_ts": ack.device_ts,
-                "received_ts": ack.received_ts,
-                "after_event_s": None if event_ts is None else ack.device_ts - event_ts,
-                "recording": ack.recording,
-                "src": src,
-                "eid": eid,
-                "event_type": event_type,
-                "event_ts": event_ts,
-                "detail": ack.detail,
-            }
-            return append_record(
-                db,
-                at=ack.received_ts,
-                component=f"device/{ack.device_id}",
-                event_type=FALSE_ACTIVATION,
-                subject=ack.device_id,
-                outcome="cancelled",
-                body=body,
-            )
+            return append_record(db, false_activation_entry(ack, by, found))
 
     async def record_cancel(
         self, ack: AckRow, by: str, *, only_commanded: bool = False
@@ -418,28 +372,12 @@ class SqliteLedger:
         *,
         at: float | None,
     ) -> int:
-        for name, value in (
-            ("component", component),
-            ("event_type", event_type),
-            ("subject", subject),
-            ("outcome", outcome),
-        ):
-            _text(name, value)
-        if event_type in _OWN_TYPES or event_type in KEEP_TYPES:
-            raise LedgerError(
-                f"event type {event_type!r} is written by the ledger itself; use "
-                "record_activation, record_ack, record_cancel, link_case or the retention job"
-            )
+        check_event(component, event_type, subject, outcome)
         with self._immediate(f"write {event_type} for {subject}") as db:
-            return append_record(
-                db,
-                at=time.time() if at is None else at,
-                component=component,
-                event_type=event_type,
-                subject=subject,
-                outcome=outcome,
-                body=body,
+            entry = Entry(
+                time.time() if at is None else at, component, event_type, subject, outcome, body
             )
+            return append_record(db, entry)
 
     async def record_event(
         self,
@@ -456,12 +394,7 @@ class SqliteLedger:
         )
 
     def _link_case(self, case_id: str, aid: str, by: str, at: float | None) -> tuple[int, bool]:
-        if not is_identifier(case_id):
-            raise LedgerError(
-                f"case id {case_id!r} must be letters, digits, '.', '_' or '-' (at most 64, "
-                "starting with a letter or digit)"
-            )
-        _text("the name of who links it", by, 128)
+        check_case_id(case_id, by)
         with self._immediate(f"link activation {aid} to case {case_id}") as db:
             found = db.execute(
                 "SELECT seq, body IS NULL FROM records WHERE aid = ? AND event_type = ? "
@@ -485,17 +418,7 @@ class SqliteLedger:
                 return int(existing[0]), False
             now = time.time() if at is None else at
             db.execute("INSERT INTO case_links VALUES (?, ?, ?, ?)", (case_id, aid, by, now))
-            body = {"case_id": case_id, "aid": aid, "linked_by": by, "linked_ts": now}
-            seq = append_record(
-                db,
-                at=now,
-                component="audit/cli",
-                event_type=EventType.CASE_LINK,
-                subject=case_id,
-                outcome="linked",
-                body=body,
-            )
-            return seq, True
+            return append_record(db, case_link_entry(case_id, aid, by, now)), True
 
     async def link_case(
         self, case_id: str, aid: str, by: str, *, at: float | None = None
@@ -504,15 +427,10 @@ class SqliteLedger:
 
     def _write_retention(self, subject: str, outcome: str, body: Mapping[str, Any]) -> int:
         with self._immediate(f"record the deletion of {subject}") as db:
-            return append_record(
-                db,
-                at=time.time(),
-                component=RETENTION_COMPONENT,
-                event_type=EventType.RETENTION_DELETE,
-                subject=subject,
-                outcome=outcome,
-                body=body,
+            entry = Entry(
+                time.time(), RETENTION_COMPONENT, EventType.RETENTION_DELETE, subject, outcome, body
             )
+            return append_record(db, entry)
 
     async def record_retention(self, subject: str, outcome: str, body: Mapping[str, Any]) -> int:
         return await self._run(lambda: self._write_retention(subject, outcome, body))
