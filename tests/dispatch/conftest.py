@@ -80,7 +80,7 @@ async def running_dispatch(
         transport=MqttTransport(HOST, m.port),
         settings=replace(settings, **changes),
         data_dir=data_dir or root,
-        ledger_path=root / "ledger.sqlite3",
+        ledger_location=root / "ledger.sqlite3",
         max_fix_age_s=10.0,
         event_types=tuple(r.event_type for r in DEFAULT_RULES),
         evidence=evidence,

@@ -403,7 +403,7 @@ async def test_port_in_use_is_a_one_line_config_error(
             transport=MqttTransport("127.0.0.1", m.port),
             settings=first.settings.__class__(port=port),
             data_dir=tmp_path / "second",
-            ledger_path=tmp_path / "ledger.sqlite3",
+            ledger_location=tmp_path / "ledger.sqlite3",
             max_fix_age_s=10.0,
         )
         with pytest.raises(ConfigError, match=f"cannot listen on 127.0.0.1:{port}"):

@@ -18,7 +18,7 @@ def test_defaults_need_no_file() -> None:
     assert settings.broker_url is None
     assert settings.policy.mode is InclusionMode.INCLUSIVE
     assert {r.event_type for r in settings.rules} >= {"taser_draw", "emergency_lights", "collision"}
-    assert settings.ledger_path == Path("actimesh-data") / "ledger.sqlite3"
+    assert settings.ledger_location == Path("actimesh-data") / "ledger.sqlite3"
 
 
 def test_file_then_overrides(tmp_path: Path) -> None:
