@@ -86,7 +86,7 @@ def _check_ledger_url(url: str) -> None:
     if parts.scheme not in _LEDGER_SCHEMES:
         raise ConfigError(
             f"ledger.url {shown!r} must start with postgresql:// (or postgres://); remove "
-            "[ledger] url to keep the SQLite ledger in data_dir"
+            "[ledger] url (or --ledger-url) to keep the SQLite ledger in data_dir"
         )
     has_host = bool(parts.hostname) or any(k == "host" for k, _v in parse_qsl(parts.query))
     if not has_host or not parts.path.strip("/"):
