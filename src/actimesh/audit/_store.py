@@ -145,8 +145,8 @@ def snapshot(location: Path | str, *, agency: str | None = None) -> Iterator[Sna
     if is_database_url(location):
         if agency is None:
             raise AuditError(
-                "a PostgreSQL ledger holds one chain per agency: give the agency ([mesh] "
-                "agency in --config) with the [ledger] url"
+                "a PostgreSQL ledger holds one chain per agency: give the agency (agency = "
+                "... in the --config file) with the [ledger] url"
             )
         # Imported here: psycopg loads libpq, which a one-machine deployment never needs.
         from actimesh.audit._postgres import postgres_snapshot  # noqa: PLC0415

@@ -59,7 +59,7 @@ class PostgresLedgerReader(ReadQueries):
         return f"PostgresLedgerReader(agency={self.agency!r})"  # never the URL's password
 
     @property
-    def _where(self) -> str:
+    def _shown(self) -> str:
         return f"{shown_location(self.url)} (agency {self.agency})"
 
     # ------------------------------------------------------------------ lifecycle
@@ -114,7 +114,7 @@ class PostgresLedgerReader(ReadQueries):
             )
         except psycopg.Error as exc:
             raise LedgerError(
-                f"cannot connect to the ledger at {self._where}: {_line(exc)}"
+                f"cannot connect to the ledger at {self._shown}: {_line(exc)}"
             ) from exc
         try:
             conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self.schema)))
@@ -122,12 +122,12 @@ class PostgresLedgerReader(ReadQueries):
         except psycopg.errors.UndefinedTable:
             conn.close()
             raise LedgerError(
-                f"no activation ledger at {self._where}: start the engine first "
+                f"no activation ledger at {self._shown}: start the engine first "
                 "(actimesh up) or check the [ledger] url and the agency"
             ) from None
         except psycopg.Error as exc:
             conn.close()
-            raise LedgerError(f"cannot read the ledger at {self._where}: {_line(exc)}") from exc
+            raise LedgerError(f"cannot read the ledger at {self._shown}: {_line(exc)}") from exc
         self._conn = conn
         return conn
 
