@@ -9,7 +9,8 @@ or kill the broker take ``fresh_mosquitto`` instead.
 Those two brokers admit anonymous clients, explicitly: the tests that use them exercise
 the activation path, delivery, dispatch and so on, with clients built without accounts.
 Security is tested against ``secure_mosquitto``: the broker as ``actimesh up`` runs it,
-with a device registry of the test's own, passwords and the ACL.
+with a device registry of the test's own, passwords and the ACL. A PostgreSQL server
+(``postgres_url``, :mod:`tests.postgres`) starts the first time a test asks for it.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from tests.guards import (  # noqa: F401 - hooks and an autouse fixture, found b
     pytest_runtest_setup,
     pytest_runtest_teardown,
 )
+from tests.postgres import postgres_url  # noqa: F401 - a session fixture, found by name
 
 # Property tests judge the code, not the machine: how fast Hypothesis generates inputs
 # (its too_slow check) and how long one example takes (its deadline) depend on the load

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from actimesh.devices.media import Segment
 from actimesh.devices.recorder import ActivationRecord, RecordingStore
-from actimesh.ledger import AckRow, ActivationRow, DecisionRow, SqliteLedger
+from actimesh.ledger import AckRow, ActivationRow, DecisionRow, open_ledger
 
 T0 = 1_600_000_000.0  # September 2020: long past any retention period
 DAY = 86_400.0
@@ -53,9 +53,12 @@ def ack(n: int, ts: float = T0, device: str = "bwc1") -> AckRow:
     return AckRow(f"act-{n}", device, "recording", 30.0, f"rec-{n}", ts + n + 1.0, ts + n + 1.1)
 
 
-async def write_activations(path: Path, numbers: range, ts: float = T0) -> None:
-    """Activation n is seq 2n-1 and its ack seq 2n when numbering starts at 1."""
-    async with SqliteLedger(path) as ledger:
+async def write_activations(
+    location: Path | str, numbers: range, ts: float = T0, *, agency: str | None = None
+) -> None:
+    """Activation n is seq 2n-1 and its ack seq 2n when numbering starts at 1 (in the
+    SQLite file at ``location``, or ``agency``'s chain at a PostgreSQL URL)."""
+    async with open_ledger(location, agency=agency) as ledger:
         for n in numbers:
             assert await ledger.record_activation(activation(n, ts), DECISIONS)
             await ledger.record_ack(ack(n, ts))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from pathlib import Path
@@ -162,3 +163,22 @@ def test_a_missing_ledger_prints_no_traceback(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert proc.stderr.count("\n") == 1
     assert "Traceback" not in proc.stderr
+
+
+async def test_the_commands_work_on_the_configured_postgres_ledger(
+    tmp_path: Path, postgres_url: str, agency: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await write_activations(postgres_url, range(1, 4), agency=agency)
+    config = tmp_path / "actimesh.toml"
+    config.write_text(f'agency = "{agency}"\n[ledger]\nurl = "{postgres_url}"\n')
+    where = ("--config", str(config))
+
+    def audit(*argv: str) -> tuple[int, str, str]:
+        return run(capsys, *argv, *where)
+
+    code, head, _ = await asyncio.to_thread(audit, "head")
+    assert (code, head.split(":")[0]) == (0, "6")
+    code, out, err = await asyncio.to_thread(audit, "verify", "--head", head.strip())
+    assert (code, err) == (0, "")
+    assert out.startswith("ledger intact: 6 records (0 redacted by retention), head 6:")
+    assert not (Path("actimesh-data") / "ledger.sqlite3").exists()

@@ -72,7 +72,8 @@ async def running_dispatch(
     evidence: EvidenceService | None = None,
     **changes: Any,
 ) -> AsyncIterator[Dispatch]:
-    """A dispatch service on ``m``'s broker and ledger (in ``root``), stopped (cancelled)
+    """A dispatch service on ``m``'s broker and ledger (in ``root``, or its PostgreSQL
+    one), stopped (cancelled)
     on exit; its own files in ``data_dir`` (default ``root``); with ``evidence``, the
     evidence routes."""
     service = Dispatch(
@@ -80,7 +81,7 @@ async def running_dispatch(
         transport=MqttTransport(HOST, m.port),
         settings=replace(settings, **changes),
         data_dir=data_dir or root,
-        ledger_path=root / "ledger.sqlite3",
+        ledger_location=root / "ledger.sqlite3" if m.ledger_url is None else m.ledger_url,
         max_fix_age_s=10.0,
         event_types=tuple(r.event_type for r in DEFAULT_RULES),
         evidence=evidence,

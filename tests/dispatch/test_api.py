@@ -10,12 +10,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 import websockets
+from psycopg import sql
 
 from actimesh.broker.messages import DeviceKind, activation_id
 from actimesh.broker.transport import MqttTransport
 from actimesh.dispatch.service import DispatchService
+from actimesh.ledger.postgres import schema_name
 from tests.dispatch.conftest import (
     add,
     add_user,
@@ -41,6 +44,38 @@ async def _detail(client: httpx.AsyncClient, aid: str, want: str = "recording") 
 
     found: dict[str, Any] = await eventually(ready)
     return found
+
+
+async def test_an_activation_in_a_postgres_ledger_is_served_by_the_api(
+    agency: str, broker_port: int, tmp_path: Path, postgres_url: str
+) -> None:
+    """End to end on PostgreSQL: a real engine writes the agency's ledger there, and the
+    dispatch's REST API (a real uvicorn server) answers from it."""
+    async with (
+        mesh(agency, broker_port, tmp_path, ledger_url=postgres_url) as m,
+        running_dispatch(m, tmp_path) as svc,
+    ):
+        add(m, "bwc-1", DeviceKind.BODY_CAM, unit="u1", at=0.0)
+        add(m, "cew-1", DeviceKind.CEW, unit="u1", paired=("bwc-1",))
+        add(m, "bwc-far", DeviceKind.BODY_CAM, unit="u3", at=15.0, bearing=180)
+        await m.ready()
+        event = await m.agents["cew-1"].raise_event("taser_draw")
+        aid = activation_id("cew-1", event.eid)
+        assert await m.commanded(aid, {"bwc-1"}) == {"bwc-1"}
+        async with api(svc) as client:
+            doc = await _detail(client, aid)
+            r = await client.get("/api/v1/activations", params={"device": "bwc-1"})
+    assert not (tmp_path / "ledger.sqlite3").exists()
+    cameras = {c["device_id"]: c["outcome"] for c in doc["cameras"]}
+    assert cameras == {"bwc-1": "recording", "bwc-far": "not_commanded"}
+    assert r.status_code == 200
+    assert [a["aid"] for a in r.json()["items"]] == [aid]
+    with psycopg.connect(postgres_url) as conn:
+        schema = sql.Identifier(schema_name(agency))
+        conn.execute(sql.SQL("SET search_path TO {}").format(schema))
+        kinds = [k for (k,) in conn.execute("SELECT event_type FROM records ORDER BY seq")]
+    assert kinds[0] == "activation"
+    assert "ack" in kinds
 
 
 async def test_devices_activations_and_per_camera_outcomes(
@@ -403,7 +438,7 @@ async def test_port_in_use_is_a_one_line_config_error(
             transport=MqttTransport("127.0.0.1", m.port),
             settings=first.settings.__class__(port=port),
             data_dir=tmp_path / "second",
-            ledger_path=tmp_path / "ledger.sqlite3",
+            ledger_location=tmp_path / "ledger.sqlite3",
             max_fix_age_s=10.0,
         )
         with pytest.raises(ConfigError, match=f"cannot listen on 127.0.0.1:{port}"):

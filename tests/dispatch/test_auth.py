@@ -436,7 +436,7 @@ async def test_missing_tls_files_are_a_one_line_config_error(tmp_path: Path) -> 
         settings=FAST.__class__(
             port=0, tls_certfile=tmp_path / "no.pem", tls_keyfile=tmp_path / "no.key"
         ),
-        ledger_path=tmp_path / "ledger.sqlite3",
+        ledger_location=tmp_path / "ledger.sqlite3",
         max_fix_age_s=10.0,
     )
     with pytest.raises(ConfigError) as info:

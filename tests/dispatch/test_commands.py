@@ -10,11 +10,14 @@ import re
 import sqlite3
 from pathlib import Path
 
+import psycopg
 import pytest
+from psycopg import sql
 
 from actimesh import cli
 from actimesh.audit import verify_ledger
 from actimesh.dispatch.accounts import ACCOUNTS_FILE, AccountStore, Role, verify_password
+from actimesh.ledger.postgres import schema_name
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -187,3 +190,22 @@ def test_tokens_are_created_once_listed_without_secrets_and_revoked(
     actions = [(b["action"], b["token"]) for _, _, _, b in changes(tmp_path)]
     assert actions == [("token.create", token[:12]), ("token.revoke", token[:12])]
     assert token not in json.dumps(changes(tmp_path))
+
+
+def test_account_changes_are_audited_in_the_configured_postgres_ledger(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], postgres_url: str, agency: str
+) -> None:
+    config = tmp_path / "actimesh.toml"
+    config.write_text(f'agency = "{agency}"\n[ledger]\nurl = "{postgres_url}"\n')
+    where = ("--config", str(config), "--data-dir", str(tmp_path))
+    code, out, _ = run(capsys, "users", "add", "boss", "--role", "admin", *where)
+    assert code == 0, out
+    assert not (tmp_path / "ledger.sqlite3").exists()
+    with psycopg.connect(postgres_url) as conn:
+        schema = sql.Identifier(schema_name(agency))
+        conn.execute(sql.SQL("SET search_path TO {}").format(schema))
+        rows = conn.execute(
+            "SELECT component, body FROM records WHERE event_type = 'account_change'"
+        ).fetchall()
+    assert [(c, json.loads(b)["target"]) for c, b in rows] == [("cli/users", "boss")]
+    assert verify_ledger(postgres_url, agency=agency).ok

@@ -1,4 +1,7 @@
-"""Ledger queries, read-only beside the engine's writer: filters, areas, outcomes."""
+"""Ledger queries, read-only beside the engine's writer: filters, areas, outcomes.
+
+Each test that reads a ledger runs on both stores (a SQLite file, an agency's schema in
+PostgreSQL): the REST answers must be the same."""
 
 from __future__ import annotations
 
@@ -9,10 +12,18 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from actimesh.dispatch.models import ActivationSummary, Outcome
-from actimesh.dispatch.queries import SUMMARY_FIELDS, ActivationQuery, BBox, LedgerReader, Near
+from actimesh.dispatch.queries import (
+    SUMMARY_FIELDS,
+    ActivationQuery,
+    BBox,
+    LedgerQueries,
+    LedgerReader,
+    Near,
+    open_reader,
+)
 from actimesh.errors import LedgerError
 from actimesh.geofence import destination, distance_m
-from actimesh.ledger import AckRow, ActivationRow, DecisionRow, SqliteLedger
+from actimesh.ledger import AckRow, ActivationRow, DecisionRow, open_ledger
 
 T0 = 1_800_000_000.0
 
@@ -46,10 +57,13 @@ def row(
     )
 
 
-@pytest.fixture
-async def ledger(tmp_path: Path) -> Path:
-    path = tmp_path / "ledger.sqlite3"
-    async with SqliteLedger(path) as w:
+@pytest.fixture(params=["sqlite", "postgres"])
+async def ledger(request: pytest.FixtureRequest, tmp_path: Path, agency: str) -> Path | str:
+    """The same activations in each store: its location (for ``agency``)."""
+    location: Path | str = tmp_path / "ledger.sqlite3"
+    if request.param == "postgres":
+        location = str(request.getfixturevalue("postgres_url"))
+    async with open_ledger(location, agency=agency) as w:
         await w.record_activation(
             row("act-a", T0, 51.0447, -114.0719),
             [
@@ -80,11 +94,17 @@ async def ledger(tmp_path: Path) -> Path:
             row("act-c", T0 + 20, lat2, lon2, "dispatch_zone", "dispatch-c", by="Kim"), []
         )
         await w.record_activation(row("act-d", T0 + 30, None, None, "collision", "gw-2"), [])
-    return path
+    return location
 
 
-async def test_filters_and_paging(ledger: Path) -> None:
-    async with LedgerReader(ledger) as r:
+@pytest.fixture
+def reader(ledger: Path | str, agency: str) -> LedgerQueries:
+    """The dispatch's reader of ``ledger``, not open yet."""
+    return open_reader(ledger, agency=agency)
+
+
+async def test_filters_and_paging(reader: LedgerQueries) -> None:
+    async with reader as r:
 
         async def aids(**kw: object) -> list[str]:
             return [a.aid for a in await r.search(ActivationQuery(**kw))]  # type: ignore[arg-type]
@@ -101,8 +121,8 @@ async def test_filters_and_paging(ledger: Path) -> None:
         assert (a.commanded, a.recording, a.refused) == (5, 2, 0)
 
 
-async def test_area_queries_cross_the_180th_meridian(ledger: Path) -> None:
-    async with LedgerReader(ledger) as r:
+async def test_area_queries_cross_the_180th_meridian(reader: LedgerQueries) -> None:
+    async with reader as r:
         across = BBox.parse("179.9,-17,-179.9,-16.5")
         assert across.min_lon > across.max_lon
         got = await r.search(ActivationQuery(bbox=across))
@@ -114,8 +134,8 @@ async def test_area_queries_cross_the_180th_meridian(ledger: Path) -> None:
         assert [a.aid for a in calgary] == ["act-a"]
 
 
-async def test_detail_gives_each_camera_its_outcome(ledger: Path) -> None:
-    async with LedgerReader(ledger) as r:
+async def test_detail_gives_each_camera_its_outcome(reader: LedgerQueries) -> None:
+    async with reader as r:
         early = await r.detail("act-a", now=T0 + 1.0, ack_timeout_s=5.0)
         late = await r.detail("act-a", now=T0 + 60.0, ack_timeout_s=5.0)
         assert await r.detail("act-nope", now=T0, ack_timeout_s=5.0) is None
@@ -139,8 +159,10 @@ async def test_detail_gives_each_camera_its_outcome(ledger: Path) -> None:
     assert late.rule == {"event_type": "taser_draw"}
 
 
-async def test_record_rebuilt_from_the_ledger_matches_the_engine_record(ledger: Path) -> None:
-    async with LedgerReader(ledger) as r:
+async def test_record_rebuilt_from_the_ledger_matches_the_engine_record(
+    reader: LedgerQueries,
+) -> None:
+    async with reader as r:
         record = await r.record("act-a")
         assert await r.record("nope") is None
         recent = await r.recent(T0 - 1, limit=10)
@@ -164,6 +186,17 @@ async def test_missing_ledger_is_a_one_line_error(tmp_path: Path) -> None:
     with pytest.raises(LedgerError, match=r"no activation ledger at .*start the engine first"):
         async with LedgerReader(tmp_path / "nope.sqlite3"):
             pass  # pragma: no cover
+
+
+async def test_an_agency_without_a_postgres_ledger_is_a_one_line_error(
+    postgres_url: str, agency: str
+) -> None:
+    url = postgres_url.replace("postgres@", "postgres:hunter2@")
+    with pytest.raises(LedgerError, match=r"no activation ledger at .*start the engine first") as e:
+        async with open_reader(url, agency=agency):
+            pass  # pragma: no cover
+    assert "\n" not in str(e.value)
+    assert "hunter2" not in str(e.value)  # the URL is shown without its password
 
 
 @pytest.mark.parametrize(

@@ -108,7 +108,7 @@ async def evidence_store(
         store=DiskStore(root / "evidence"),
         staging=root / "evidence" / ".uploads",
         keys=RegistryKeys(root),
-        ledger_path=root / "ledger.sqlite3",
+        ledger_location=root / "ledger.sqlite3",
         settings=settings or EvidenceSettings(max_chunk_bytes=256 * 1024),
     )
     async with service:

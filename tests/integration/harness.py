@@ -25,7 +25,7 @@ from actimesh.devices.media import SyntheticSource
 from actimesh.devices.recorder import RecordingStore
 from actimesh.dispatch.settings import DispatchSettings
 from actimesh.geofence import InclusionPolicy, destination
-from actimesh.ledger import Ledger, SqliteLedger
+from actimesh.ledger import Ledger, open_ledger
 from actimesh.security.signing import CommandSigner
 from actimesh.triggers.engine import Engine
 from actimesh.triggers.fleet import DeviceDirectory
@@ -64,6 +64,8 @@ class Mesh:
     signer: CommandSigner
     settings: EngineSettings = TEST_SETTINGS
     directory: DeviceDirectory | None = None
+    #: Where the engine's ledger is (a PostgreSQL URL, or None: ``root/ledger.sqlite3``).
+    ledger_url: str | None = None
     agents: dict[str, DeviceAgent] = field(default_factory=dict)
     tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
 
@@ -228,12 +230,15 @@ async def mesh(
     policy: InclusionPolicy | None = None,
     settings: EngineSettings = TEST_SETTINGS,
     directory: DeviceDirectory | None = None,
+    ledger_url: str | None = None,
 ) -> AsyncIterator[Mesh]:
     """A mesh on the broker at ``port``; its engine (unless ``engine=False``) runs with
-    ``settings`` and, if given, the device ``directory``."""
+    ``settings`` and, if given, the device ``directory``, and writes ``agency``'s ledger
+    at ``ledger_url`` (PostgreSQL), or else in ``root/ledger.sqlite3``."""
     topics = Topics(agency)
     signer = CommandSigner.generate()
-    async with SqliteLedger(root / "ledger.sqlite3") as ledger:
+    location = root / "ledger.sqlite3" if ledger_url is None else ledger_url
+    async with open_ledger(location, agency=agency) as ledger:
         eng = None
         if engine:
             eng = build_engine(
@@ -247,7 +252,7 @@ async def mesh(
             )
         try:
             async with asyncio.TaskGroup() as tg:
-                m = Mesh(topics, port, root, eng, tg, signer, settings, directory)
+                m = Mesh(topics, port, root, eng, tg, signer, settings, directory, ledger_url)
                 if eng is not None:
                     m.tasks["engine"] = tg.create_task(eng.run(), name="engine")
                     async with asyncio.timeout(10):

@@ -185,7 +185,7 @@ async def test_a_thousand_cancellations_each_stop_at_once_and_leave_nothing(
                 transport=MqttTransport(HOST, m.port),
                 settings=FAST,
                 data_dir=tmp_path / "dispatch",
-                ledger_path=tmp_path / "ledger.sqlite3",
+                ledger_location=tmp_path / "ledger.sqlite3",
                 max_fix_age_s=10.0,
                 event_types=tuple(r.event_type for r in DEFAULT_RULES),
             )

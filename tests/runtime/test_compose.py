@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from actimesh.audit import verify_ledger
 from actimesh.broker.mosquitto import free_port
 from actimesh.devices.simulator import SimSettings
 from actimesh.runtime import run_up
@@ -50,3 +51,32 @@ async def test_up_runs_broker_engine_and_fleet_then_stops_cleanly(
     # The managed broker is gone with the command.
     with socket.socket() as probe, pytest.raises(ConnectionRefusedError):
         probe.connect(("127.0.0.1", port))
+
+
+async def test_up_keeps_the_ledger_in_postgresql_given_a_ledger_url(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, postgres_url: str, agency: str
+) -> None:
+    # Trust authentication ignores the password: here it only has to stay unseen.
+    url = postgres_url.replace("postgres@", "postgres:hunter2@")
+    port = free_port()
+    settings = load_settings(data_dir=tmp_path, broker_port=port, agency=agency, ledger_url=url)
+    settings = replace(
+        settings,
+        dispatch=replace(settings.dispatch, port=0),
+        evidence=replace(settings.evidence, port=0),
+    )
+    sim = SimSettings(units=3, incident_every_s=1.0, seed=7, stop_after_s=2.0)
+    console, out = recording_console()
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(9.0):
+            await run_up(settings, sim, console)
+    text = out.getvalue()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert f"ledger {postgres_url}" in text  # the banner names it, without the password
+    assert "hunter2" not in text + caplog.text
+    assert "recording, pre-roll 30.0 s" in text
+    assert not (tmp_path / "ledger.sqlite3").exists()
+    report = verify_ledger(url, agency=agency)
+    assert report.ok, report.findings
+    assert report.records > 0
+    assert "hunter2" not in str(report.path)

@@ -18,7 +18,7 @@ def test_defaults_need_no_file() -> None:
     assert settings.broker_url is None
     assert settings.policy.mode is InclusionMode.INCLUSIVE
     assert {r.event_type for r in settings.rules} >= {"taser_draw", "emergency_lights", "collision"}
-    assert settings.ledger_path == Path("actimesh-data") / "ledger.sqlite3"
+    assert settings.ledger_location == Path("actimesh-data") / "ledger.sqlite3"
 
 
 def test_file_then_overrides(tmp_path: Path) -> None:
@@ -81,3 +81,55 @@ def test_retention_shorter_than_a_year_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"retention\.days must be at least 365"):
         RetentionSettings(days=90)
     assert RetentionSettings().days == 396
+
+
+def test_a_ledger_url_puts_the_ledger_in_postgresql(tmp_path: Path) -> None:
+    path = tmp_path / "actimesh.toml"
+    path.write_text(
+        'agency = "calgary-ps"\n[ledger]\nurl = "postgresql://am:s3cret@db.example:5432/am"\n'
+    )
+    settings = load_settings(path)
+    assert settings.ledger_location == "postgresql://am:s3cret@db.example:5432/am"
+    assert settings.ledger_shown == "postgresql://am@db.example:5432/am"
+    assert "s3cret" not in repr(settings)
+    flag = load_settings(ledger_url="postgres://am@db2/am?password=x&sslmode=verify-full")
+    assert flag.ledger_shown == "postgres://am@db2/am?sslmode=verify-full"
+    assert load_settings(data_dir=tmp_path).ledger_shown == str(tmp_path / "ledger.sqlite3")
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("mysql://am:pw@db/am", r"must start with postgresql:// \(or postgres://\); remove"),
+        ("/var/lib/actimesh/ledger.sqlite3", "must start with postgresql://"),
+        ("postgresql://am:pw@db", "must name a host and a database"),
+        ("postgresql://am:pw@db:99999/am", "is not a valid URL"),
+    ],
+)
+def test_a_bad_ledger_url_is_one_line_without_its_password(
+    tmp_path: Path, url: str, message: str
+) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(f'[ledger]\nurl = "{url}"\n')
+    with pytest.raises(ConfigError, match=message) as info:
+        load_settings(path)
+    assert "\n" not in str(info.value)
+    assert "pw" not in str(info.value)
+    with pytest.raises(ConfigError, match=message):
+        load_settings(ledger_url=url)
+
+
+def test_ledger_table_keys_are_checked(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text('[ledger]\npath = "x"\n')
+    with pytest.raises(ConfigError, match=r"\[ledger\] has unknown key 'path'; allowed: url"):
+        load_settings(path)
+    path.write_text("[ledger]\nurl = 5\n")
+    with pytest.raises(ConfigError, match=r"ledger\.url must be a str"):
+        load_settings(path)
+
+
+def test_an_agency_too_long_for_a_postgres_schema_is_refused() -> None:
+    with pytest.raises(ConfigError, match="too long for a PostgreSQL ledger"):
+        load_settings(agency="a" * 61, ledger_url="postgresql://am@db/am")
+    assert load_settings(agency="a" * 61).ledger_url is None

@@ -11,6 +11,10 @@
   to a case, deletes recordings whose activations are all gone, and records each deletion
   in the chain. :func:`retention_loop` runs it periodically beside the engine.
 
+Each works on a SQLite file or on an agency's chain in PostgreSQL: the checks are
+written once, and read the ledger through a snapshot of either store (:mod:`._store`,
+:mod:`._postgres`).
+
 The package sits beside the drill and the runtime, not inside ``triggers``, because
 retention reaches both the ledger (``triggers``) and the recordings (``devices``).
 """

@@ -18,14 +18,17 @@ from actimesh.ledger import CHAIN_VERSION, ChainRecord, EventType, format_time, 
 __all__ = ["ExportResult", "export_case", "link_case"]
 
 
-async def link_case(path: Path, case_id: str, aid: str, by: str) -> tuple[int, bool]:
-    """Link an activation to a case in the ledger at ``path``; (record seq, newly linked).
+async def link_case(
+    location: Path | str, case_id: str, aid: str, by: str, *, agency: str | None = None
+) -> tuple[int, bool]:
+    """Link an activation to a case in the ledger at ``location`` (with ``agency`` for a
+    PostgreSQL URL); (record seq, newly linked).
 
     The link is itself a chained record naming who made it (``by``); a linked activation
     and everything recorded about it are kept past retention.
     """
     try:
-        async with open_ledger(path, create=False) as ledger:
+        async with open_ledger(location, create=False, agency=agency) as ledger:
             return await ledger.link_case(case_id, aid, by)
     except LedgerError as exc:
         raise AuditError(str(exc)) from exc
@@ -43,35 +46,40 @@ class ExportResult:
     manifest: Path
 
 
-def _case_records(db_path: Path, case_id: str) -> tuple[list[ChainRecord], list[str], str]:
-    with snapshot(db_path) as db:
+def _case_records(
+    location: Path | str, case_id: str, agency: str | None
+) -> tuple[list[ChainRecord], list[str], str, str]:
+    with snapshot(location, agency=agency) as db:
         links = [
             record(row)[0]
-            for row in db.execute(
+            for row in db.rows(
                 f"{SELECT_RECORDS} WHERE event_type = ? AND subject = ? ORDER BY seq",
                 (EventType.CASE_LINK.value, case_id),
             )
         ]
         if not links:
             raise AuditError(
-                f"case {case_id} has no linked activation in {db_path}; link one with "
+                f"case {case_id} has no linked activation in {db.shown}; link one with "
                 f"`actimesh audit link --case {case_id} --activation AID --by NAME`"
             )
         aids = sorted({str((r.parsed_body() or {}).get("aid")) for r in links})
         found = {r.seq: r for r in links}
         for aid in aids:
             # Everything about the activation except links to other cases.
-            for row in db.execute(
+            for row in db.rows(
                 f"{SELECT_RECORDS} WHERE aid = ? AND event_type != ? ORDER BY seq",
                 (aid, EventType.CASE_LINK.value),
             ):
                 r, _aid = record(row)
                 found[r.seq] = r
-        head = db.execute("SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1").fetchone()
-    return [found[seq] for seq in sorted(found)], aids, f"{head[0]}:{head[1]}"
+        head = db.one("SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1")
+        assert head is not None  # the case's link records are in the chain
+        return [found[seq] for seq in sorted(found)], aids, f"{head[0]}:{head[1]}", db.shown
 
 
-def export_case(path: Path, case_id: str, out_dir: Path) -> ExportResult:
+def export_case(
+    location: Path | str, case_id: str, out_dir: Path, *, agency: str | None = None
+) -> ExportResult:
     """Write the records of one case (links, activations, acks, alerts) with their hashes.
 
     ``case-<id>.jsonl`` and ``case-<id>.csv`` hold one record per line with every column
@@ -83,7 +91,7 @@ def export_case(path: Path, case_id: str, out_dir: Path) -> ExportResult:
     """
     if not is_identifier(case_id):
         raise AuditError(f"case id {case_id!r} must be letters, digits, '.', '_' or '-'")
-    records, aids, head = _case_records(path, case_id)
+    records, aids, head, shown = _case_records(location, case_id, agency)
     for r in records:
         if not r.body_matches() or r.computed_hash() != r.hash:
             raise AuditError(
@@ -104,7 +112,7 @@ def export_case(path: Path, case_id: str, out_dir: Path) -> ExportResult:
         "activations": aids,
         "records": len(records),
         "exported_at": format_time(time.time()),
-        "ledger": str(path),
+        "ledger": shown,
         "ledger_head": head,
         "encoding": CHAIN_VERSION,
         "files": {name: hashlib.sha256(data).hexdigest() for name, data in files.items()},

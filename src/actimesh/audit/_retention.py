@@ -237,24 +237,27 @@ async def apply_retention(
 
 
 async def retain(
-    path: Path,
+    location: Path | str,
     days: float,
     *,
     recordings: Path | None = None,
     now: float | None = None,
     dry_run: bool = False,
+    agency: str | None = None,
 ) -> RetentionReport:
-    """:func:`apply_retention` on the ledger file at ``path``, which must exist."""
-    async with open_ledger(path, create=False) as ledger:
+    """:func:`apply_retention` on the ledger at ``location`` (a SQLite file, or the
+    agency's chain at a PostgreSQL URL), which must exist."""
+    async with open_ledger(location, create=False, agency=agency) as ledger:
         return await apply_retention(ledger, days, recordings=recordings, now=now, dry_run=dry_run)
 
 
 async def retention_loop(
-    path: Path,
+    location: Path | str,
     days: float,
     *,
     recordings: Path | None = None,
     interval_s: float = 6 * 3600.0,
+    agency: str | None = None,
 ) -> None:
     """Apply retention every ``interval_s`` until cancelled; run it in the TaskGroup.
 
@@ -262,7 +265,7 @@ async def retention_loop(
     engine's writes. A failed run is logged and written to the ledger as an alert (CJIS
     5.4: alert when audit processing fails), and tried again next time.
     """
-    async with open_ledger(path) as ledger:
+    async with open_ledger(location, agency=agency) as ledger:
         while True:
             try:
                 report = await apply_retention(ledger, days, recordings=recordings)

@@ -27,14 +27,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from actimesh.audit._store import SELECT_RECORDS, as_text, record, snapshot
+from actimesh.audit._store import SELECT_RECORDS, Snapshot, as_text, record, snapshot
 from actimesh.ledger import (
     GENESIS_HASH,
     AckRow,
@@ -45,7 +44,6 @@ from actimesh.ledger import (
     Head,
     ack_from_body,
     activation_from_body,
-    read_activation,
 )
 
 __all__ = ["Finding", "Tamper", "VerifyReport", "verify_ledger"]
@@ -87,7 +85,8 @@ class Finding:
 class VerifyReport:
     """What :func:`verify_ledger` found."""
 
-    path: Path
+    #: The ledger as shown to the operator (a SQLite file, or a URL without its password).
+    path: Path | str
     records: int = 0
     redacted: int = 0
     head: Head = field(default_factory=lambda: Head(0, GENESIS_HASH))
@@ -111,9 +110,10 @@ class VerifyReport:
                 f"retention), head {self.head}{anchored}"
             )
         more = f" ({self.not_shown} more not shown)" if self.not_shown else ""
+        kept = "file" if isinstance(self.path, Path) else "database"
         return (
             f"the ledger at {self.path} FAILED verification: {len(self.findings)} "
-            f"problem(s){more}; keep this file as evidence, restore the ledger from a "
+            f"problem(s){more}; keep this {kept} as evidence, restore the ledger from a "
             "backup and investigate"
         )
 
@@ -123,27 +123,6 @@ class VerifyReport:
             self.findings.append(finding)
         else:
             self.not_shown += 1
-
-
-class _HashIndex:
-    """hash -> seq over the whole table, built only once a link is found broken."""
-
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self._db = db
-        self._built = False
-
-    def seq_of(self, digest: str) -> int | None:
-        if digest == GENESIS_HASH:
-            return 0
-        if not self._built:
-            # A temporary table lives outside the read-only ledger file.
-            self._db.execute("CREATE TEMP TABLE chain_hashes AS SELECT hash, seq FROM records")
-            self._db.execute("CREATE INDEX temp.chain_hashes_by_hash ON chain_hashes (hash)")
-            self._built = True
-        found = self._db.execute(
-            "SELECT seq FROM chain_hashes WHERE hash = ? ORDER BY seq LIMIT 1", (digest,)
-        ).fetchone()
-        return None if found is None else int(found[0])
 
 
 _BEFORE_FIRST = ChainRecord(0, "", "", "", "", "", None, "", "", GENESIS_HASH)
@@ -165,7 +144,7 @@ class _Step:
 @dataclass(slots=True)
 class _Walker:
     report: VerifyReport
-    hashes: _HashIndex
+    db: Snapshot
     a: _Step = field(default_factory=lambda: _Step(_BEFORE_FIRST, 0))  # the previous record
     b: _Step | None = None  # the one before it
     #: r does not link to a, and nothing points elsewhere: r's successor decides.
@@ -180,7 +159,7 @@ class _Walker:
         if r.computed_hash() == r.hash:
             return r.seq
         candidates = [r.seq - 1, r.seq + 1]
-        p = self.hashes.seq_of(r.prev_hash)
+        p = self.db.seq_of_hash(r.prev_hash)
         if p is not None:
             candidates.insert(0, p + 1)
         return next((s for s in candidates if s > 0 and r.computed_hash(s) == r.hash), None)
@@ -248,7 +227,7 @@ class _Walker:
                 Tamper.CHANGED, "the first record does not start from the genesis hash", r.seq
             )
             return
-        p = self.hashes.seq_of(r.prev_hash)
+        p = self.db.seq_of_hash(r.prev_hash)
         if step.moved or a.moved:
             if p is None and step.written is not None and step.moved:
                 self._add(
@@ -330,17 +309,22 @@ def _ranges(seqs: list[int]) -> Iterator[tuple[int, int]]:
         yield run[0], run[-1]
 
 
-def verify_ledger(path: Path, *, head: Head | None = None) -> VerifyReport:
-    """Check the chain and the tables of the ledger at ``path`` (read-only).
+def verify_ledger(
+    location: Path | str, *, head: Head | None = None, agency: str | None = None
+) -> VerifyReport:
+    """Check the chain and the tables of the ledger at ``location`` (read-only): a
+    SQLite file, or the chain of ``agency`` in the PostgreSQL database at a URL.
 
     ``head`` is a head recorded earlier: the chain must still contain it, unchanged.
-    Raises :class:`~actimesh.errors.AuditError` only if the file cannot be read as a
-    ledger at all; tampering is reported in :attr:`VerifyReport.findings`.
+    Raises :class:`~actimesh.errors.AuditError` only if the ledger cannot be read at
+    all; tampering is reported in :attr:`VerifyReport.findings`.
     """
-    report = VerifyReport(path=path, expected_head=head)
-    with snapshot(path) as db:
-        walker = _Walker(report, _HashIndex(db))
-        for row in db.execute(f"{SELECT_RECORDS} ORDER BY seq"):
+    with snapshot(location, agency=agency) as db:
+        report = VerifyReport(
+            path=location if isinstance(location, Path) else db.shown, expected_head=head
+        )
+        walker = _Walker(report, db)
+        for row in db.rows(f"{SELECT_RECORDS} ORDER BY seq"):
             walker.feed(*record(row))
         walker.finish()
         if walker.a.record.seq:
@@ -354,10 +338,10 @@ def verify_ledger(path: Path, *, head: Head | None = None) -> VerifyReport:
     return report
 
 
-def _check_head(db: sqlite3.Connection, report: VerifyReport, head: Head) -> None:
+def _check_head(db: Snapshot, report: VerifyReport, head: Head) -> None:
     if head.seq == 0:
         return
-    found = db.execute("SELECT hash FROM records WHERE seq = ?", (head.seq,)).fetchone()
+    found = db.one("SELECT hash FROM records WHERE seq = ?", (head.seq,))
     if found is None and report.head.seq < head.seq:
         report.add(
             Finding(
@@ -381,13 +365,13 @@ def _check_head(db: sqlite3.Connection, report: VerifyReport, head: Head) -> Non
 
 
 # ---------------------------------------------------------------------- the tables
-def _intact(db: sqlite3.Connection, event_type: str) -> Iterator[ChainRecord]:
+def _intact(db: Snapshot, event_type: str) -> Iterator[ChainRecord]:
     """Records of one type that match their hash (bodies may be redacted).
 
     The others were reported by the chain walk; what they say cannot be trusted, so the
     tables are not compared with them.
     """
-    for row in db.execute(f"{SELECT_RECORDS} WHERE event_type = ? ORDER BY seq", (event_type,)):
+    for row in db.rows(f"{SELECT_RECORDS} WHERE event_type = ? ORDER BY seq", (event_type,)):
         r, _aid = record(row)
         if r.body_matches() and r.computed_hash() == r.hash:
             yield r
@@ -401,14 +385,14 @@ def _diff(table: ActivationRow | DecisionRow | AckRow, chain: object) -> str:
     )
 
 
-def _check_activation(db: sqlite3.Connection, report: VerifyReport, r: ChainRecord) -> None:
+def _check_activation(db: Snapshot, report: VerifyReport, r: ChainRecord) -> None:
     """One activation record against its activations row and decision rows."""
 
     def add(kind: Tamper, detail: str, table: str) -> None:
         report.add(Finding(kind, detail, where=table))
 
     where = f"activation {r.subject} (record seq {r.seq})"
-    found = read_activation(db, r.subject)
+    found = db.activation(r.subject)
     if r.redacted:
         if found is not None:
             add(
@@ -441,13 +425,13 @@ def _check_activation(db: sqlite3.Connection, report: VerifyReport, r: ChainReco
             add(Tamper.CHANGED, f"{camera}: {_diff(t, c)}", "decisions")
 
 
-def _check_activations(db: sqlite3.Connection, report: VerifyReport) -> None:
+def _check_activations(db: Snapshot, report: VerifyReport) -> None:
     def add(kind: Tamper, detail: str, table: str) -> None:
         report.add(Finding(kind, detail, where=table))
 
     for r in _intact(db, EventType.ACTIVATION):
         _check_activation(db, report, r)
-    for (aid,) in db.execute(
+    for (aid,) in db.rows(
         "SELECT aid FROM activations a WHERE NOT EXISTS (SELECT 1 FROM records r "
         "WHERE r.aid = a.aid AND r.event_type = ?) ORDER BY event_ts",
         (EventType.ACTIVATION.value,),
@@ -455,11 +439,11 @@ def _check_activations(db: sqlite3.Connection, report: VerifyReport) -> None:
         add(
             Tamper.INSERTED, f"activation {aid} is in the table but not in the chain", "activations"
         )
-    for aid, device_id in db.execute(
+    for aid, device_id in db.rows(
         "SELECT aid, device_id FROM decisions WHERE aid NOT IN (SELECT aid FROM activations)"
     ):
         add(Tamper.INSERTED, f"decision {aid}/{device_id} has no activation row", "decisions")
-    for aid, count in db.execute(
+    for aid, count in db.rows(
         "SELECT subject, count(*) FROM records WHERE event_type = ? GROUP BY subject "
         "HAVING count(*) > 1",
         (EventType.ACTIVATION.value,),
@@ -476,7 +460,7 @@ def _ack_key(ack: AckRow) -> tuple[str, str, str, float]:
     return ack.aid, ack.device_id, ack.status, ack.device_ts
 
 
-def _check_acks(db: sqlite3.Connection, report: VerifyReport) -> None:
+def _check_acks(db: Snapshot, report: VerifyReport) -> None:
     matched = 0
     for r in _intact(db, EventType.ACK):
         if r.redacted:
@@ -486,10 +470,10 @@ def _check_acks(db: sqlite3.Connection, report: VerifyReport) -> None:
         except (KeyError, TypeError):
             report.add(Finding(Tamper.CHANGED, "its body is not an acknowledgement", r.seq))
             continue
-        found = db.execute(
+        found = db.one(
             f"{_SELECT_ACKS} WHERE aid = ? AND device_id = ? AND status = ? AND device_ts = ?",
             _ack_key(ack),
-        ).fetchone()
+        )
         what = f"ack of {ack.aid} by {ack.device_id} ({ack.status}, record seq {r.seq})"
         if found is None:
             report.add(Finding(Tamper.REMOVED, f"{what}: row missing", where="acks"))
@@ -498,13 +482,14 @@ def _check_acks(db: sqlite3.Connection, report: VerifyReport) -> None:
         row = AckRow(*found)
         if row != ack:
             report.add(Finding(Tamper.CHANGED, f"{what}: {_diff(row, ack)}", where="acks"))
-    if db.execute("SELECT count(*) FROM acks").fetchone()[0] <= matched:
+    counted = db.one("SELECT count(*) FROM acks")
+    if counted is None or counted[0] <= matched:
         return
     # Some row has no record. Only now look up each row's records to name it.
-    for found in db.execute(f"{_SELECT_ACKS} ORDER BY received_ts"):
+    for found in db.rows(f"{_SELECT_ACKS} ORDER BY received_ts"):
         row = AckRow(*found)
         keys = set()
-        for (body,) in db.execute(
+        for (body,) in db.rows(
             "SELECT body FROM records WHERE aid = ? AND event_type = ? AND body IS NOT NULL",
             (row.aid, EventType.ACK.value),
         ):
@@ -521,7 +506,7 @@ def _check_acks(db: sqlite3.Connection, report: VerifyReport) -> None:
             )
 
 
-def _check_case_links(db: sqlite3.Connection, report: VerifyReport) -> None:
+def _check_case_links(db: Snapshot, report: VerifyReport) -> None:
     names = ("case_id", "aid", "linked_by", "linked_ts")
     chain: dict[tuple[str, str], tuple[int, tuple[Any, ...]]] = {}
     for r in _intact(db, EventType.CASE_LINK):
@@ -530,7 +515,7 @@ def _check_case_links(db: sqlite3.Connection, report: VerifyReport) -> None:
         chain[(as_text(values[0]), as_text(values[1]))] = (r.seq, values)
     table = {
         (as_text(row[0]), as_text(row[1])): tuple(row)
-        for row in db.execute("SELECT case_id, aid, linked_by, linked_ts FROM case_links")
+        for row in db.rows("SELECT case_id, aid, linked_by, linked_ts FROM case_links")
     }
     for key in sorted(chain.keys() | table.keys()):
         what = f"case {key[0]} activation {key[1]}"

@@ -32,7 +32,8 @@ def run(args: argparse.Namespace, console: Console) -> int:  # noqa: ARG001 - pr
     return commands.run(
         args,
         data_dir=settings.data_dir,
-        ledger_path=settings.ledger_path,
+        ledger_location=settings.ledger_location,
+        agency=settings.agency,
         out=sys.stdout,
         stdin=sys.stdin,
         runner=run_async,

@@ -42,7 +42,9 @@ def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
     }
     parsers = {verb: verbs.add_parser(verb, help=text) for verb, text in helps.items()}
     for each in parsers.values():
-        each.add_argument("--config", type=Path, help="TOML settings file (data_dir, [retention])")
+        each.add_argument(
+            "--config", type=Path, help="TOML settings file (data_dir, [ledger], [retention])"
+        )
         where = each.add_mutually_exclusive_group()
         where.add_argument(
             "--data-dir",
@@ -82,12 +84,15 @@ def run(args: argparse.Namespace, console: Console) -> int:  # noqa: ARG001 - pr
     from actimesh import audit  # noqa: PLC0415 - keep `--help` fast
 
     settings = load_settings(args.config, data_dir=args.data_dir)
-    ledger = args.ledger or settings.ledger_path
+    # --ledger names a SQLite file; otherwise the settings' ledger (a [ledger] url, or
+    # the data directory's file).
+    ledger = args.ledger or settings.ledger_location
+    agency = settings.agency
     if args.audit == "head":
-        print(audit.read_head(ledger))
+        print(audit.read_head(ledger, agency=agency))
         return EXIT_OK
     if args.audit == "verify":
-        report = audit.verify_ledger(ledger, head=args.head)
+        report = audit.verify_ledger(ledger, head=args.head, agency=agency)
         for finding in report.findings:
             print(finding)
         if report.ok:
@@ -96,12 +101,14 @@ def run(args: argparse.Namespace, console: Console) -> int:  # noqa: ARG001 - pr
         print(f"actimesh: {report.summary()}", file=sys.stderr)
         return EXIT_FAILED
     if args.audit == "link":
-        seq, new = run_async(audit.link_case(ledger, args.case, args.activation, args.by))
+        seq, new = run_async(
+            audit.link_case(ledger, args.case, args.activation, args.by, agency=agency)
+        )
         done = "linked" if new else "already linked"
         print(f"{done}: activation {args.activation} to case {args.case} (record {seq})")
         return EXIT_OK
     if args.audit == "export":
-        out = audit.export_case(ledger, args.case, args.out)
+        out = audit.export_case(ledger, args.case, args.out, agency=agency)
         print(
             f"exported {out.records} records ({len(out.activations)} activations) of case "
             f"{args.case} to {out.jsonl}, {out.csv.name} and {out.manifest.name}"
@@ -109,7 +116,11 @@ def run(args: argparse.Namespace, console: Console) -> int:  # noqa: ARG001 - pr
         return EXIT_OK
     retained = run_async(
         audit.retain(
-            ledger, settings.retention.days, recordings=args.recordings, dry_run=args.dry_run
+            ledger,
+            settings.retention.days,
+            recordings=args.recordings,
+            dry_run=args.dry_run,
+            agency=agency,
         )
     )
     print(retained.summary())

@@ -16,6 +16,12 @@ from actimesh.runtime.config import load_settings
 __all__ = ["add_parsers", "run"]
 
 
+_LEDGER_URL_HELP = (
+    "keep the ledger in PostgreSQL at postgresql://USER@HOST:PORT/DATABASE instead of "
+    "DATA_DIR/ledger.sqlite3 (the [ledger] url; the password belongs in ~/.pgpass, not here)"
+)
+
+
 def add_parsers(sub: argparse._SubParsersAction[Parser]) -> None:
     """``up``, ``engine`` and ``sim``."""
     up = sub.add_parser("up", help="run the broker, the trigger engine and optionally a fleet")
@@ -30,6 +36,7 @@ def add_parsers(sub: argparse._SubParsersAction[Parser]) -> None:
         help="use the broker at mqtt://HOST:PORT instead of a managed Mosquitto",
     )
     up.add_argument("--broker-port", type=port, help="port of the managed Mosquitto (default 1883)")
+    up.add_argument("--ledger-url", metavar="URL", help=_LEDGER_URL_HELP)
     up.add_argument(
         "--sim",
         type=positive_int,
@@ -57,6 +64,7 @@ def add_parsers(sub: argparse._SubParsersAction[Parser]) -> None:
     engine.add_argument("--agency", help="agency id (default: demo)")
     engine.add_argument("--engine-id", help="this replica's id (default: engine-1)")
     engine.add_argument("--data-dir", type=Path, help="ledger location (shared by replicas)")
+    engine.add_argument("--ledger-url", metavar="URL", help=_LEDGER_URL_HELP)
 
     sim = sub.add_parser("sim", help="run a simulated fleet against a broker")
     sim.add_argument("--broker", metavar="URL", required=True, help="mqtt://HOST:PORT")
@@ -89,6 +97,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
             data_dir=args.data_dir,
             broker_url=args.broker,
             broker_port=args.broker_port,
+            ledger_url=args.ledger_url,
         )
         http = {"host": args.http_host, "port": args.http_port}
         http = {k: v for k, v in http.items() if v is not None}
@@ -110,7 +119,11 @@ def run(args: argparse.Namespace, console: Console) -> int:
         return EXIT_OK
     if args.command == "engine":
         settings = load_settings(
-            args.config, agency=args.agency, data_dir=args.data_dir, broker_url=args.broker
+            args.config,
+            agency=args.agency,
+            data_dir=args.data_dir,
+            broker_url=args.broker,
+            ledger_url=args.ledger_url,
         )
         if args.engine_id:
             settings = replace(settings, engine=replace(settings.engine, engine_id=args.engine_id))

@@ -66,17 +66,25 @@ class AuditStats:
 
 
 class AuditTrail:
-    """Appends audit records to the ledger. ``async with AuditTrail(path, component)``."""
+    """Appends audit records to the ledger. ``async with AuditTrail(location, component)``.
+
+    ``location`` is what :func:`~actimesh.ledger.open_ledger` takes; ``agency`` names the
+    chain of a PostgreSQL ledger."""
 
     def __init__(
-        self, ledger_path: Path, component: str, *, clock: Callable[[], float] = time.time
+        self,
+        ledger_location: Path | str,
+        component: str,
+        *,
+        agency: str | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.component = component
         self.clock = clock
         self.stats = AuditStats()
         # create=False: the engine makes the ledger; a dispatch pointed at the wrong
         # data directory must say so rather than start an empty chain of its own.
-        self._ledger = open_ledger(ledger_path, create=False)
+        self._ledger = open_ledger(ledger_location, create=False, agency=agency)
 
     async def __aenter__(self) -> AuditTrail:
         await self._ledger.__aenter__()

@@ -245,7 +245,8 @@ def run(
     args: argparse.Namespace,
     *,
     data_dir: Path,
-    ledger_path: Path,
+    ledger_location: Path | str,
+    agency: str,
     out: TextIO,
     stdin: TextIO,
     runner: Callable[[Coroutine[Any, Any, None]], None],
@@ -258,7 +259,7 @@ def run(
     async def main() -> None:
         # The ledger first: a change that could not be audited is not made.
         async with (
-            open_ledger(ledger_path) as ledger,
+            open_ledger(ledger_location, agency=agency) as ledger,
             AccountStore(data_dir / ACCOUNTS_FILE) as store,
         ):
             c = _Context(store, ledger, f"cli/{args.command}", _actor())

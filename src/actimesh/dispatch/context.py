@@ -22,7 +22,7 @@ from actimesh.dispatch.feed import Feed
 from actimesh.dispatch.hub import Hub
 from actimesh.dispatch.metrics import DispatchMetrics
 from actimesh.dispatch.outbox import Outbox
-from actimesh.dispatch.queries import LedgerReader
+from actimesh.dispatch.queries import LedgerQueries
 from actimesh.dispatch.settings import DispatchSettings
 from actimesh.dispatch.state import LiveState
 from actimesh.dispatch.webhooks import Webhooks
@@ -47,7 +47,7 @@ class AppContext:
     live: Hub[str]
     events: Hub[EventFrame]
     feed: Feed
-    ledger: LedgerReader
+    ledger: LedgerQueries
     outbox: Outbox
     webhooks: Webhooks
     metrics: DispatchMetrics

@@ -1,8 +1,12 @@
 """Read-only queries on the activation ledger, for the API and the webhook outbox.
 
 The engine owns the ledger and writes it; the dispatch opens it **read-only** with a
-connection of its own (SQLite in WAL mode lets readers run beside the writer) on its own
-thread. Columns are always named, never ``*``: the engine may add columns and tables.
+connection of its own on its own thread: a SQLite file (WAL mode lets readers run beside
+the writer) with :class:`LedgerReader`, or the agency's schema of a PostgreSQL database
+with :class:`~actimesh.dispatch.pg_queries.PostgresLedgerReader`. :func:`open_reader`
+picks one from the ledger's location. The queries are written once (:class:`ReadQueries`), in
+SQL both speak; only the parameter marks and the order of text differ. Columns are
+always named, never ``*``: the engine may add columns and tables.
 
 Area filters take a bounding box (``min_lon,min_lat,max_lon,max_lat``, GeoJSON order; a
 box with ``min_lon > max_lon`` crosses the 180th meridian) or a point and a radius, which
@@ -14,10 +18,10 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Protocol, Self, TypeVar
 
 from actimesh.broker.messages import (
     CAMERA_KINDS,
@@ -38,9 +42,11 @@ from actimesh.dispatch.models import (
 )
 from actimesh.errors import LedgerError
 from actimesh.geofence import distance_m
-from actimesh.ledger import ActivationRow
+from actimesh.ledger import ActivationRow, is_database_url
 
-__all__ = ["ActivationQuery", "BBox", "LedgerReader", "Near"]
+__all__ = ["ActivationQuery", "BBox", "LedgerQueries", "LedgerReader", "Near", "open_reader"]
+
+T = TypeVar("T")
 
 _ACK_OUTCOME = {
     "recording": Outcome.RECORDING,
@@ -59,7 +65,7 @@ SUMMARY_FIELDS = (
 )
 _SUMMARY = f"""
 SELECT {", ".join(f"a.{name}" for name in SUMMARY_FIELDS[:-3])},
-       (SELECT COUNT(*) FROM decisions d WHERE d.aid = a.aid AND d.commanded = 1),
+       (SELECT COUNT(*) FROM decisions d WHERE d.aid = a.aid AND d.commanded = TRUE),
        (SELECT COUNT(DISTINCT k.device_id) FROM acks k
          WHERE k.aid = a.aid AND k.status = 'recording'
            AND NOT EXISTS (SELECT 1 FROM acks c WHERE c.aid = k.aid
@@ -155,7 +161,7 @@ def _bbox_sql(box: BBox, where: list[str], args: list[Any]) -> None:
         args += [box.min_lon, box.max_lon]
 
 
-def _where(q: ActivationQuery) -> tuple[list[str], list[Any]]:
+def _where(q: ActivationQuery, aid_key: str) -> tuple[list[str], list[Any]]:
     where: list[str] = []
     args: list[Any] = []
     if q.since is not None:
@@ -170,7 +176,7 @@ def _where(q: ActivationQuery) -> tuple[list[str], list[Any]]:
     if q.device is not None:
         where.append(
             "(a.src = ? OR a.aid IN (SELECT d.aid FROM decisions d "
-            "WHERE d.device_id = ? AND d.commanded = 1))"
+            "WHERE d.device_id = ? AND d.commanded = TRUE))"
         )
         args += [q.device, q.device]
     if q.initiated_by is not None:
@@ -180,59 +186,89 @@ def _where(q: ActivationQuery) -> tuple[list[str], list[Any]]:
         if box is not None:
             _bbox_sql(box, where, args)
     if q.after is not None:
-        where.append("(a.event_ts < ? OR (a.event_ts = ? AND a.aid > ?))")
+        where.append(f"(a.event_ts < ? OR (a.event_ts = ? AND {aid_key} > ?))")
         args += [q.after[0], q.after[0], q.after[1]]
     return where, args
 
 
-class LedgerReader(SqliteStore):
-    """Read-only access to the engine's ledger. ``async with LedgerReader(path) as r``."""
+class LedgerQueries(Protocol):
+    """What the API and the webhook outbox ask of the ledger, whatever the store.
+    ``async with`` opens and closes the reader."""
 
-    label = "ledger"
+    async def __aenter__(self) -> Self: ...
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._thread = SqliteThread("ledger-read", self._connect)
-
-    def _connect(self) -> sqlite3.Connection:
-        if not self.path.exists():
-            raise LedgerError(
-                f"no activation ledger at {self.path}: start the engine first "
-                "(actimesh up) or pass the --data-dir it uses"
-            )
-        try:
-            conn = sqlite3.connect(
-                f"{self.path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None
-            )
-            conn.execute("PRAGMA query_only = ON")
-            conn.execute("PRAGMA busy_timeout = 2000")
-            conn.execute("SELECT 1 FROM activations LIMIT 1").fetchall()
-        except sqlite3.Error as exc:
-            raise LedgerError(f"cannot read the ledger at {self.path}: {exc}") from exc
-        return conn
+    async def __aexit__(self, *exc: object) -> None: ...
 
     async def ping(self) -> bool:
         """True when the ledger answers a query."""
+        ...
 
-        def ping() -> bool:
-            try:
-                self._db.execute("SELECT 1 FROM activations LIMIT 1").fetchall()
-            except sqlite3.Error:
-                return False
-            return True
+    async def search(self, query: ActivationQuery) -> list[ActivationSummary]:
+        """Activations matching ``query``, newest first."""
+        ...
 
-        return await self._thread.run(ping)
+    async def detail(
+        self, aid: str, *, now: float, ack_timeout_s: float
+    ) -> ActivationDetail | None:
+        """One activation with per-camera outcomes, or None if the ledger has no such id."""
+        ...
+
+    async def record(self, aid: str) -> Activation | None:
+        """The activation record the engine published for ``aid``, rebuilt from the ledger."""
+        ...
+
+    async def recent(
+        self, since: float, limit: int
+    ) -> list[tuple[Activation, list[tuple[str, Ack]]]]:
+        """Activations since ``since`` (oldest first, at most ``limit`` newest) with their
+        acknowledgements: what a restarted dispatch puts back on the map."""
+        ...
+
+    async def aids_since(self, since: float) -> list[str]:
+        """Ids of activations with event time at or after ``since``, oldest first."""
+        ...
+
+
+def open_reader(location: Path | str, *, agency: str) -> LedgerQueries:
+    """The reader of the ledger at ``location``, not open yet: a ``postgresql://`` URL is
+    ``agency``'s schema in that database; anything else a SQLite file."""
+    if is_database_url(location):
+        # Imported here: psycopg loads libpq, which a one-machine deployment never needs.
+        from actimesh.dispatch.pg_queries import PostgresLedgerReader  # noqa: PLC0415
+
+        return PostgresLedgerReader(location, agency=agency)
+    return LedgerReader(Path(location))
+
+
+class ReadQueries:
+    """The queries, once for every store. A store gives :meth:`_all` (a query with ``?``
+    marks, on its connection's thread), :meth:`_run` (a function on that thread),
+    ``_errors`` (its driver's errors) and ``_aid_key`` (``a.aid`` in the byte order
+    SQLite sorts text in, which the keyset cursor relies on)."""
+
+    _errors: ClassVar[tuple[type[Exception], ...]]
+    _aid_key: ClassVar[str] = "a.aid"
+
+    def _all(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        raise NotImplementedError
+
+    def _run(self, fn: Callable[[], T]) -> Awaitable[T]:
+        raise NotImplementedError
+
+    def _first(self, sql: str, args: Sequence[Any] = ()) -> tuple[Any, ...] | None:
+        rows = self._all(sql, args)
+        return rows[0] if rows else None
 
     # ------------------------------------------------------------------ search
     def _search(self, q: ActivationQuery) -> list[ActivationSummary]:
-        where, args = _where(q)
+        where, args = _where(q, self._aid_key)
         sql = _SUMMARY + (" WHERE " + " AND ".join(where) if where else "")
-        sql += " ORDER BY a.event_ts DESC, a.aid ASC LIMIT ?"
+        sql += f" ORDER BY a.event_ts DESC, {self._aid_key} ASC LIMIT ?"
         out: list[ActivationSummary] = []
         page = max(q.limit, 200)
         offset = 0
         while len(out) < q.limit:
-            rows = self._db.execute(sql + " OFFSET ?", [*args, page, offset]).fetchall()
+            rows = self._all(sql + " OFFSET ?", [*args, page, offset])
             for row in rows:
                 item = _summary(row)
                 if q.near is not None and not q.near.contains(item.lat, item.lon):
@@ -248,18 +284,17 @@ class LedgerReader(SqliteStore):
     async def search(self, query: ActivationQuery) -> list[ActivationSummary]:
         """Activations matching ``query``, newest first."""
         try:
-            return await self._thread.run(lambda: self._search(query))
-        except sqlite3.Error as exc:
+            return await self._run(lambda: self._search(query))
+        except self._errors as exc:
             raise LedgerError(f"ledger query failed: {exc}") from exc
 
     # ------------------------------------------------------------------ one
     def _detail(self, aid: str, now: float, ack_timeout_s: float) -> ActivationDetail | None:
-        db = self._db
-        row = db.execute(_SUMMARY + " WHERE a.aid = ?", (aid,)).fetchone()
+        row = self._first(_SUMMARY + " WHERE a.aid = ?", (aid,))
         if row is None:
             return None
         summary = _summary(row)
-        (rule_text,) = db.execute("SELECT rule FROM activations WHERE aid = ?", (aid,)).fetchone()
+        (rule_text,) = self._all("SELECT rule FROM activations WHERE aid = ?", (aid,))[0]
         acks = [
             AckOut(
                 device_id=r[0],
@@ -270,7 +305,7 @@ class LedgerReader(SqliteStore):
                 received_ts=r[5],
                 detail=r[6],
             )
-            for r in db.execute(
+            for r in self._all(
                 "SELECT device_id, status, pre_cov_s, recording, device_ts, received_ts, detail "
                 "FROM acks WHERE aid = ? ORDER BY received_ts",
                 (aid,),
@@ -280,7 +315,7 @@ class LedgerReader(SqliteStore):
         for ack in acks:
             by_device.setdefault(ack.device_id, []).append(ack)
         cameras = []
-        for r in db.execute(
+        for r in self._all(
             "SELECT device_id, device_kind, commanded, reason, distance_m, margin_m, fix_age_s,"
             " acc_m FROM decisions WHERE aid = ? ORDER BY commanded DESC, device_id",
             (aid,),
@@ -328,23 +363,22 @@ class LedgerReader(SqliteStore):
     ) -> ActivationDetail | None:
         """One activation with per-camera outcomes, or None if the ledger has no such id."""
         try:
-            return await self._thread.run(lambda: self._detail(aid, now, ack_timeout_s))
-        except sqlite3.Error as exc:
+            return await self._run(lambda: self._detail(aid, now, ack_timeout_s))
+        except self._errors as exc:
             raise LedgerError(f"ledger query failed: {exc}") from exc
 
     # ------------------------------------------------------------------ records
     def _record(self, aid: str) -> Activation | None:
-        db = self._db
-        row = db.execute(
+        row = self._first(
             "SELECT aid, eid, src, type, event_ts, decided_ts, lat, lon, radius_m, pre_roll_s,"
             " initiated_by FROM activations WHERE aid = ?",
             (aid,),
-        ).fetchone()
+        )
         if row is None:
             return None
         cameras: list[CameraActivation] = []
         excluded = 0
-        for device_id, kind, commanded, reason, dist in db.execute(
+        for device_id, kind, commanded, reason, dist in self._all(
             "SELECT device_id, device_kind, commanded, reason, distance_m FROM decisions "
             "WHERE aid = ? ORDER BY device_id",
             (aid,),
@@ -381,12 +415,12 @@ class LedgerReader(SqliteStore):
 
     async def record(self, aid: str) -> Activation | None:
         """The activation record the engine published for ``aid``, rebuilt from the ledger."""
-        return await self._thread.run(lambda: self._record(aid))
+        return await self._run(lambda: self._record(aid))
 
     def _recent(self, since: float, limit: int) -> list[tuple[Activation, list[tuple[str, Ack]]]]:
         aids = [
             r[0]
-            for r in self._db.execute(
+            for r in self._all(
                 "SELECT aid FROM activations WHERE event_ts >= ? ORDER BY event_ts DESC LIMIT ?",
                 (since, limit),
             )
@@ -408,7 +442,7 @@ class LedgerReader(SqliteStore):
                         detail=r[5],
                     ),
                 )
-                for r in self._db.execute(
+                for r in self._all(
                     "SELECT device_id, status, pre_cov_s, recording, device_ts, detail "
                     "FROM acks WHERE aid = ? ORDER BY received_ts",
                     (aid,),
@@ -422,7 +456,7 @@ class LedgerReader(SqliteStore):
     ) -> list[tuple[Activation, list[tuple[str, Ack]]]]:
         """Activations since ``since`` (oldest first, at most ``limit`` newest) with their
         acknowledgements: what a restarted dispatch puts back on the map."""
-        return await self._thread.run(lambda: self._recent(since, limit))
+        return await self._run(lambda: self._recent(since, limit))
 
     async def aids_since(self, since: float) -> list[str]:
         """Ids of activations with event time at or after ``since``, oldest first."""
@@ -430,9 +464,55 @@ class LedgerReader(SqliteStore):
         def fetch() -> list[str]:
             return [
                 str(r[0])
-                for r in self._db.execute(
+                for r in self._all(
                     "SELECT aid FROM activations WHERE event_ts >= ? ORDER BY event_ts", (since,)
                 )
             ]
 
-        return await self._thread.run(fetch)
+        return await self._run(fetch)
+
+
+class LedgerReader(SqliteStore, ReadQueries):
+    """Read-only access to the engine's ledger. ``async with LedgerReader(path) as r``."""
+
+    label = "ledger"
+    _errors = (sqlite3.Error,)
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._thread = SqliteThread("ledger-read", self._connect)
+
+    def _connect(self) -> sqlite3.Connection:
+        if not self.path.exists():
+            raise LedgerError(
+                f"no activation ledger at {self.path}: start the engine first "
+                "(actimesh up) or pass the --data-dir it uses"
+            )
+        try:
+            conn = sqlite3.connect(
+                f"{self.path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None
+            )
+            conn.execute("PRAGMA query_only = ON")
+            conn.execute("PRAGMA busy_timeout = 2000")
+            conn.execute("SELECT 1 FROM activations LIMIT 1").fetchall()
+        except sqlite3.Error as exc:
+            raise LedgerError(f"cannot read the ledger at {self.path}: {exc}") from exc
+        return conn
+
+    async def ping(self) -> bool:
+        """True when the ledger answers a query."""
+
+        def ping() -> bool:
+            try:
+                self._db.execute("SELECT 1 FROM activations LIMIT 1").fetchall()
+            except sqlite3.Error:
+                return False
+            return True
+
+        return await self._thread.run(ping)
+
+    def _all(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return self._db.execute(sql, args).fetchall()
+
+    def _run(self, fn: Callable[[], T]) -> Awaitable[T]:
+        return self._thread.run(fn)

@@ -43,7 +43,7 @@ from actimesh.dispatch.feed import Feed
 from actimesh.dispatch.hub import Hub
 from actimesh.dispatch.metrics import DispatchMetrics, MetricSources
 from actimesh.dispatch.outbox import Outbox
-from actimesh.dispatch.queries import LedgerReader
+from actimesh.dispatch.queries import open_reader
 from actimesh.dispatch.settings import DispatchSettings
 from actimesh.dispatch.state import LiveState
 from actimesh.dispatch.webhooks import Webhooks
@@ -82,7 +82,7 @@ class DispatchService:
         transport: MqttTransport,
         settings: DispatchSettings,
         data_dir: Path,
-        ledger_path: Path,
+        ledger_location: Path | str,
         max_fix_age_s: float,
         event_types: tuple[str, ...] = (),
         clock: Callable[[], float] = time.time,
@@ -109,14 +109,19 @@ class DispatchService:
         self.events: Hub[EventFrame] = Hub(
             queue_size=settings.client_queue, max_clients=settings.max_clients
         )
-        self.ledger = LedgerReader(ledger_path)
+        self.ledger = open_reader(ledger_location, agency=topics.agency)
         self.accounts = AccountStore(
             data_dir / ACCOUNTS_FILE,
             session_idle_s=settings.session_idle_s,
             session_max_s=settings.session_max_s,
             clock=clock,
         )
-        self.audit = AuditTrail(ledger_path, f"dispatch/{settings.console_id}", clock=clock)
+        self.audit = AuditTrail(
+            ledger_location,
+            f"dispatch/{settings.console_id}",
+            agency=topics.agency,
+            clock=clock,
+        )
         self.auth = Authenticator(
             store=self.accounts, audit=self.audit, settings=settings, clock=clock
         )

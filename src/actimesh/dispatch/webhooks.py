@@ -40,7 +40,7 @@ from actimesh import __version__
 from actimesh.broker.messages import Activation
 from actimesh.dispatch.cloudevents import CONTENT_TYPE, activation_event, sign
 from actimesh.dispatch.outbox import Due, Outbox
-from actimesh.dispatch.queries import LedgerReader
+from actimesh.dispatch.queries import LedgerQueries
 from actimesh.dispatch.settings import DispatchSettings
 from actimesh.errors import LedgerError
 
@@ -89,7 +89,7 @@ class Webhooks:
         self,
         *,
         outbox: Outbox,
-        ledger: LedgerReader,
+        ledger: LedgerQueries,
         settings: DispatchSettings,
         agency: str,
         clock: Callable[[], float] = time.time,

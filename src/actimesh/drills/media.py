@@ -491,7 +491,7 @@ async def _evidence(
         store=DiskStore(settings.root(root)),
         staging=settings.root(root) / ".uploads",
         keys=RegistryKeys(root),
-        ledger_path=root / "ledger.sqlite3",
+        ledger_location=root / "ledger.sqlite3",
         settings=settings,
     )
     report.evidence_dir = settings.root(root)

@@ -91,7 +91,8 @@ class EvidenceService:
         store: EvidenceStore,
         staging: Path,
         keys: DeviceKeys,
-        ledger_path: Path,
+        ledger_location: Path | str,
+        agency: str | None = None,
         settings: EvidenceSettings | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -102,7 +103,7 @@ class EvidenceService:
         self.clock = clock
         # create=False: the engine makes the ledger; an evidence store pointed at the wrong
         # data directory must say so rather than start an empty chain of its own.
-        self.ledger = open_ledger(ledger_path, create=False)
+        self.ledger = open_ledger(ledger_location, create=False, agency=agency)
 
     async def __aenter__(self) -> Self:
         await self.ledger.__aenter__()

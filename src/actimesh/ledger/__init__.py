@@ -42,7 +42,7 @@ from actimesh.ledger.rows import (
     activation_outcome,
 )
 from actimesh.ledger.sqlite import SCHEMA_VERSION, SqliteLedger, read_activation
-from actimesh.ledger.store import Ledger, open_ledger
+from actimesh.ledger.store import Ledger, is_database_url, open_ledger, shown_location
 
 __all__ = [
     "CHAIN_VERSION",
@@ -69,9 +69,11 @@ __all__ = [
     "activation_outcome",
     "canonical_json",
     "format_time",
+    "is_database_url",
     "open_ledger",
     "parse_time",
     "read_activation",
     "record_hash",
     "sha256_hex",
+    "shown_location",
 ]

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol, Self
+from typing import Any, Protocol, Self, TypeGuard
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from actimesh.errors import LedgerError
 from actimesh.ledger.rows import (
@@ -38,9 +39,11 @@ from actimesh.ledger.rows import (
 )
 from actimesh.ledger.sqlite import SqliteLedger
 
-__all__ = ["Ledger", "open_ledger"]
+__all__ = ["Ledger", "is_database_url", "open_ledger", "shown_location"]
 
 _POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+#: Connection parameters that hold a secret, left out wherever a URL is shown.
+_SECRET_PARAMS = frozenset({"password", "sslpassword"})
 
 
 class Ledger(Protocol):
@@ -173,6 +176,27 @@ class Ledger(Protocol):
         ...
 
 
+def is_database_url(location: Path | str) -> TypeGuard[str]:
+    """True when ``location`` names a PostgreSQL database rather than a SQLite file."""
+    return isinstance(location, str) and location.startswith(_POSTGRES_SCHEMES)
+
+
+def shown_location(location: Path | str) -> str:
+    """``location`` as logs, banners and reports show it: a URL loses its password (in the
+    user part or the query); a file path is shown as it is."""
+    if not isinstance(location, str) or "://" not in location:
+        return str(location)
+    try:
+        parts = urlsplit(location)
+        host = parts.netloc.rpartition("@")[2]
+        user = parts.username
+    except ValueError:
+        return "<unparsable URL>"
+    netloc = host if user is None else f"{user}@{host}"
+    query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k not in _SECRET_PARAMS])
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
 def open_ledger(location: Path | str, *, create: bool = True, agency: str | None = None) -> Ledger:
     """The store at ``location``, not open yet (``async with`` it).
 
@@ -184,7 +208,7 @@ def open_ledger(location: Path | str, *, create: bool = True, agency: str | None
     evidence): a wrong data directory or database is an error, never an empty chain of
     its own.
     """
-    if isinstance(location, str) and location.startswith(_POSTGRES_SCHEMES):
+    if is_database_url(location):
         if agency is None:
             raise LedgerError(
                 "a PostgreSQL ledger holds one chain per agency: give the agency id "

@@ -286,7 +286,12 @@ async def _retention(settings: Settings, recordings: Path | None) -> None:
     if recordings is not None:
         # The simulated cameras create it on their first commit; retention starts first.
         await asyncio.to_thread(recordings.mkdir, parents=True, exist_ok=True)
-    await retention_loop(settings.ledger_path, settings.retention.days, recordings=recordings)
+    await retention_loop(
+        settings.ledger_location,
+        settings.retention.days,
+        recordings=recordings,
+        agency=settings.agency,
+    )
 
 
 async def run_up(settings: Settings, sim: SimSettings | None, console: Console) -> None:
@@ -295,7 +300,7 @@ async def run_up(settings: Settings, sim: SimSettings | None, console: Console) 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     async with (
         broker_for(settings) as (broker, managed),
-        open_ledger(settings.ledger_path) as ledger,
+        open_ledger(settings.ledger_location, agency=settings.agency) as ledger,
         _directory(settings) as directory,
     ):
         quarantine = None if managed is None else RegistryQuarantine(settings.data_dir, managed)
@@ -342,7 +347,7 @@ async def run_up(settings: Settings, sim: SimSettings | None, console: Console) 
                     f"  accounts devices: `actimesh devices add|list|remove|rotate|disable|enable "
                     f"--data-dir {settings.data_dir}`"
                 )
-            console.print(f"  engine   {settings.engine.engine_id}, ledger {settings.ledger_path}")
+            console.print(f"  engine   {settings.engine.engine_id}, ledger {settings.ledger_shown}")
             console.print(
                 f"  evidence {uploads.url}{UPLOADS_PATH}  (camera offload; stored in "
                 f"{settings.evidence.root(settings.data_dir)})"
@@ -386,7 +391,10 @@ async def run_engine(settings: Settings, console: Console) -> None:
         raise ConfigError("actimesh engine needs --broker mqtt://HOST:PORT (use `up` for both)")
     address = _external(settings, settings.broker_url)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    async with open_ledger(settings.ledger_path) as ledger, _directory(settings) as directory:
+    async with (
+        open_ledger(settings.ledger_location, agency=settings.agency) as ledger,
+        _directory(settings) as directory,
+    ):
         engine = _engine(settings, address, ledger, directory)
         async with asyncio.TaskGroup() as tg:
             tg.create_task(engine.run(), name="engine")
@@ -395,7 +403,7 @@ async def run_engine(settings: Settings, console: Console) -> None:
                 await engine.ready.wait()
             console.print(
                 f"engine {settings.engine.engine_id} on {settings.broker_url}, agency "
-                f"{settings.agency}, ledger {settings.ledger_path}"
+                f"{settings.agency}, ledger {settings.ledger_shown}"
             )
 
 

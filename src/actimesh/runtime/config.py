@@ -32,6 +32,9 @@ TOML file (``--config actimesh.toml``)::
     password_file = "/etc/actimesh/svc-engine.password"
     tls_port = 8883
 
+    [ledger]                # without it: {data_dir}/ledger.sqlite3
+    url = "postgresql://actimesh@db.example.org:5432/actimesh"
+
 Every mistake is reported as one line naming the key and what it accepts.
 """
 
@@ -42,6 +45,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 from actimesh.broker.topics import is_identifier
 from actimesh.devices.settings import MediaKind, MediaSettings, StealthPolicy
@@ -49,6 +53,7 @@ from actimesh.dispatch.settings import DispatchSettings
 from actimesh.errors import ConfigError
 from actimesh.evidence.settings import EvidenceSettings
 from actimesh.geofence import InclusionMode, InclusionPolicy
+from actimesh.ledger import shown_location
 from actimesh.security.acl import AclPolicy
 from actimesh.triggers.rules import DEFAULT_RULES, DISPATCH_SENDER, RuleTable, rules_from_toml
 from actimesh.triggers.settings import EngineSettings
@@ -62,6 +67,36 @@ __all__ = [
     "Settings",
     "load_settings",
 ]
+
+_LEDGER_SCHEMES = ("postgresql", "postgres")
+#: PostgreSQL names are at most 63 bytes, and the agency's schema is ``am_<agency>``.
+_MAX_PG_AGENCY = 60
+
+
+def _check_ledger_url(url: str) -> None:
+    shown = shown_location(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigError(
+            f"ledger.url {shown!r} is not a valid URL ({exc}); write "
+            "postgresql://USER@HOST:PORT/DATABASE"
+        ) from None
+    if parts.scheme not in _LEDGER_SCHEMES:
+        raise ConfigError(
+            f"ledger.url {shown!r} must start with postgresql:// (or postgres://); remove "
+            "[ledger] url (or --ledger-url) to keep the SQLite ledger in data_dir"
+        )
+    has_host = bool(parts.hostname) or any(k == "host" for k, _v in parse_qsl(parts.query))
+    if not has_host or not parts.path.strip("/"):
+        raise ConfigError(
+            f"ledger.url {shown!r} must name a host and a database: "
+            "postgresql://USER@HOST:PORT/DATABASE"
+        )
+    if port is not None and not 0 < port < 65536:
+        raise ConfigError(f"ledger.url {shown!r} has port {port}; use one between 1 and 65535")
+
 
 #: CJIS 5.4 keeps audit records (transaction logs) for at least a year.
 _MIN_RETENTION_DAYS = 365
@@ -163,6 +198,9 @@ class Settings:
     media: MediaSettings = field(default_factory=MediaSettings)
     broker: BrokerSettings = field(default_factory=BrokerSettings)
     evidence: EvidenceSettings = field(default_factory=EvidenceSettings)
+    #: ``[ledger] url``: a PostgreSQL database holding the agency's ledger (its password,
+    #: if any, is never shown); None keeps the SQLite file in ``data_dir``.
+    ledger_url: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not is_identifier(self.agency):
@@ -171,10 +209,24 @@ class Settings:
             )
         if not 0 < self.broker_port < 65536:
             raise ConfigError(f"broker port {self.broker_port} must be between 1 and 65535")
+        if self.ledger_url is not None:
+            _check_ledger_url(self.ledger_url)
+            if len(self.agency) > _MAX_PG_AGENCY:
+                raise ConfigError(
+                    f"agency {self.agency!r} is too long for a PostgreSQL ledger (its schema "
+                    f"am_<agency> holds at most {_MAX_PG_AGENCY} characters); use a shorter agency"
+                )
 
     @property
-    def ledger_path(self) -> Path:
-        return self.data_dir / "ledger.sqlite3"
+    def ledger_location(self) -> Path | str:
+        """Where the agency's ledger is, for :func:`actimesh.ledger.open_ledger` (with
+        ``agency=self.agency``): the ``[ledger] url``, else the SQLite file in ``data_dir``."""
+        return self.data_dir / "ledger.sqlite3" if self.ledger_url is None else self.ledger_url
+
+    @property
+    def ledger_shown(self) -> str:
+        """The ledger's location as logs and banners show it: never with a password."""
+        return shown_location(self.ledger_location)
 
     def acl_policy(self) -> AclPolicy:
         """Who the broker lets do what for these settings: the agency, the dispatch's
@@ -339,6 +391,7 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
         "retention",
         "media",
         "evidence",
+        "ledger",
     }
     unknown = set(raw) - top_allowed
     if unknown:
@@ -376,6 +429,7 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
         evidence_raw["dir"] = Path(evidence_raw["dir"])
     evidence = EvidenceSettings(**evidence_raw)
     broker_url, broker = _broker(_section(raw, "broker", _BROKER_TYPES))
+    ledger_url = _section(raw, "ledger", {"url": str}).get("url")
     settings = Settings(
         agency=_typed("", "agency", raw.get("agency", "demo"), str),
         data_dir=Path(_typed("", "data_dir", raw.get("data_dir", "actimesh-data"), str)),
@@ -388,6 +442,7 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
         retention=retention,
         media=media,
         evidence=evidence,
+        ledger_url=ledger_url,
     )
     clean = {k: v for k, v in overrides.items() if v is not None}
     return replace(settings, **clean) if clean else settings

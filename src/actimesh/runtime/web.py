@@ -54,7 +54,8 @@ async def open_evidence(settings: Settings) -> AsyncIterator[EvidenceService]:
         store=DiskStore(root),
         staging=root / ".uploads",
         keys=RegistryKeys(settings.data_dir),
-        ledger_path=settings.ledger_path,
+        ledger_location=settings.ledger_location,
+        agency=settings.agency,
         settings=settings.evidence,
     )
     async with service:
@@ -87,7 +88,7 @@ async def serve_dispatch(job: DispatchJob, report: Report) -> None:
             transport=broker.transport(SERVICE_DISPATCH),
             settings=settings.dispatch,
             data_dir=settings.data_dir,
-            ledger_path=settings.ledger_path,
+            ledger_location=settings.ledger_location,
             max_fix_age_s=settings.policy.max_fix_age_s,
             event_types=tuple(r.event_type for r in settings.rules),
             evidence=evidence,
