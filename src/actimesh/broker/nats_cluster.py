@@ -27,6 +27,7 @@ import asyncio
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -191,6 +192,10 @@ class NatsNode:
 
     def __init__(self, name: str, ports: NodePorts, data_dir: Path, binary: Path) -> None:
         self.name = name
+        #: Unique, so that readiness is asked of this very server and not of another one
+        #: answering on the same port; stable across restarts (JetStream knows its peers
+        #: by name).
+        self.server_name = f"{name}-{secrets.token_hex(3)}"
         self.ports = ports
         self.data_dir = data_dir
         self.binary = binary
@@ -219,7 +224,7 @@ class NatsNode:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         store = self.data_dir / "jetstream"
         self.config_path.write_text(
-            render_node_config(self.name, self.ports, store, peers, replicas=replicas)
+            render_node_config(self.server_name, self.ports, store, peers, replicas=replicas)
         )
 
     def launch(self) -> None:
@@ -270,7 +275,11 @@ class NatsNode:
     def healthy(self) -> bool:
         """The server says it is healthy: listeners up and JetStream in contact with a
         meta leader (``/healthz``), and MQTT accepts a connection."""
-        health = _get_json(f"http://{self.ports.host}:{self.ports.monitor}/healthz")
+        monitor = f"http://{self.ports.host}:{self.ports.monitor}"
+        varz = _get_json(f"{monitor}/varz")
+        if varz is None or varz.get("server_name") != self.server_name:
+            return False
+        health = _get_json(f"{monitor}/healthz")
         if health is None or health.get("status") != "ok":
             return False
         try:
@@ -280,6 +289,22 @@ class NatsNode:
                 return True
         except OSError:
             return False
+
+    def open_mqtt(self) -> None:
+        """One MQTT 3.1.1 connection and its CONNACK: the listener makes its JetStream
+        streams on the first, and the engines' consumers live on one of them."""
+        client_id = b"actimesh-cluster-up"
+        variable = b"\x00\x04MQTT\x04\x02\x00\x3c"  # 3.1.1, clean session, 60 s
+        body = variable + len(client_id).to_bytes(2, "big") + client_id
+        try:
+            with socket.create_connection((self.ports.host, self.ports.mqtt), timeout=10) as s:
+                s.sendall(bytes((0x10, len(body))) + body)
+                connack = s.recv(4)
+                s.sendall(b"\xe0\x00")  # DISCONNECT
+        except OSError as exc:
+            raise BrokerError(f"MQTT on {self.name} did not answer: {exc}") from exc
+        if connack[:1] != b"\x20" or connack[3:4] != b"\x00":
+            raise BrokerError(f"MQTT on {self.name} refused a connection: {connack!r}")
 
     def routes(self) -> int:
         """How many routes to other nodes this node has now."""
@@ -375,6 +400,7 @@ class NatsCluster:
             for node in self.nodes:
                 node.launch()
             self._wait(self.nodes)
+            self.nodes[0].open_mqtt()
         except BaseException:
             self.kill_all()
             raise

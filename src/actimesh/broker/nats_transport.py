@@ -20,19 +20,29 @@ Why each link is built the way it is:
   hold it: accepted, as a broker accepts a message nobody subscribes to.
   ``publish_nowait`` writes into the connection's buffer and ``flush`` writes it to the
   socket in this turn (one adapter reaches nats-py's buffer: :func:`_hand_over`).
-* **Trigger events are durable in JetStream** (:class:`NatsControl`): each subscription
-  of a control link is one stream capturing its subject (file storage, R3, limits
-  retention with a maximum age) and one durable pull consumer with explicit acks. A
-  shared subscription (``$share/<group>/<filter>``, as the engine asks for events)
-  becomes a consumer named after the group and the filter, so every replica pulls from
-  the same one: each event goes to one replica, and one that dies before acknowledging
-  leaves it to be redelivered to another after ``ack_wait``. An unshared one (presence,
-  acks) is the link's own consumer, starting with the last message of each subject
-  (what a retained MQTT message gives a new subscriber), kept ``session_expiry_s``
-  after the link goes. ``admit`` runs as each message arrives; a refused one is
-  acknowledged at once. Admitted messages wait in one queue per source and batches take
-  one from each in turn, as :class:`~actimesh.broker.intake.ControlSubscriber` does; the
-  consumer's ``max_ack_pending`` bounds the backlog.
+* **Trigger events are durable in JetStream** (:class:`NatsControl`) from the moment
+  the device has its PUBACK: a device's QoS 1 message is acknowledged once the MQTT
+  listener stored it in ``$MQTT_msgs`` (R3), and each subscription of a control link is
+  a durable pull consumer on that very stream (filter ``$MQTT.msgs.<subject>``,
+  explicit acks). The stream keeps a message while a consumer has not acknowledged it
+  (interest retention), so nothing the device was told is stored can be lost between
+  the listener and the engine. (A stream of our own capturing the plain subject was
+  tried first: the capture is not acknowledged to anyone, and a trigger raised while
+  that stream elected a new leader after a node's loss was lost.) A shared
+  subscription (``$share/<group>/<filter>``, as the engine asks for events) becomes a
+  consumer named after the group and the filter, so every replica pulls from the same
+  one: each event goes to one replica, and one that dies before acknowledging leaves it
+  to be redelivered to another after ``ack_wait``. An unshared one (presence, acks) is
+  the link's own consumer, starting with the last stored message of each subject, kept
+  ``session_expiry_s`` after the link goes. ``admit`` runs as each message arrives; a
+  refused one is acknowledged at once. Admitted messages wait in one queue per source
+  and batches take one from each in turn, as
+  :class:`~actimesh.broker.intake.ControlSubscriber` does; the consumer's
+  ``max_ack_pending`` bounds the backlog. The stream exists once an MQTT client has
+  connected (:meth:`NatsCluster.start <actimesh.broker.nats_cluster.NatsCluster.start>`
+  connects one); until then a control link retries and says why in ``last_error``.
+  Messages stored before a consumer existed are not kept for it: a device's presence
+  from before the engine's first start is seen when the device announces itself again.
 * **Telemetry** (:class:`NatsStream`) is core NATS, QoS 0: a bounded queue, the newest
   dropped and counted when full.
 * **No last will.** NATS has none, and the engine-status will of the ``cmd`` link cannot
@@ -85,8 +95,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Where the MQTT listener keeps QoS 1 messages (its ``$MQTT_msgs`` stream).
+#: Where the MQTT listener keeps QoS 1 messages: its stream, and the subject prefix.
+MQTT_QOS1_STREAM = "$MQTT_msgs"
 MQTT_QOS1_PREFIX = "$MQTT.msgs."
+_STREAM_NOT_FOUND = 10059
 #: The header by which the server knows a message's MQTT QoS.
 MQTT_QOS_HEADER = "Nmqtt-Pub"
 _JS_API = "$JS.API."
@@ -402,7 +414,8 @@ class NatsOutbound(_Link):
 
 
 class _Pull:
-    """One subscription of a control link: its stream and its durable consumer."""
+    """One subscription of a control link: its durable consumer on the MQTT listener's
+    QoS 1 store."""
 
     def __init__(
         self, link: NatsControl, subscription: Subscription, session_expiry_s: int
@@ -410,9 +423,9 @@ class _Pull:
         topic_filter, group = subscription.topic, ""
         if topic_filter.startswith("$share/"):
             _, group, topic_filter = topic_filter.split("/", 2)
-        self.subject = topic_to_subject(topic_filter)
-        self.stream = _jetstream_name("am", self.subject)
-        self.durable = _jetstream_name(group or link.name, self.subject)
+        self.subject = MQTT_QOS1_PREFIX + topic_to_subject(topic_filter)
+        self.stream = MQTT_QOS1_STREAM
+        self.durable = _jetstream_name(group or link.name, topic_filter)
         t = link.transport
         config: dict[str, Any] = {
             "durable_name": self.durable,
@@ -423,7 +436,7 @@ class _Pull:
             "max_deliver": -1,
         }
         if group:
-            # Shared by every replica of the group, for as long as the stream exists.
+            # Shared by every replica of the group, for as long as it exists.
             config["deliver_policy"] = "all"
         else:
             # The last message of each subject first: what retained messages give.
@@ -476,23 +489,15 @@ class NatsControl(_Link):
     async def _setup(self, nc: NatsClient) -> None:
         t = self.transport
         for pull in self._pulls:
-            stream = {
-                "name": pull.stream,
-                "subjects": [pull.subject],
-                "retention": "limits",
-                "storage": "file",
-                "num_replicas": t.replicas,
-                "max_age": int(t.retention_s * _NS),
-                "discard": "old",
-            }
-            answer = await _js_api(nc, f"STREAM.CREATE.{pull.stream}", stream, t.timeout_s)
-            error = answer.get("error")
-            if error and error.get("err_code") != 10058:  # exists (another config): use it
-                raise BrokerError(f"stream {pull.stream} not created: {error.get('description')}")
             body = {"stream_name": pull.stream, "config": pull.config}
             api = f"CONSUMER.CREATE.{pull.stream}.{pull.durable}"
             answer = await _js_api(nc, api, body, t.timeout_s)
             error = answer.get("error")
+            if error and error.get("err_code") == _STREAM_NOT_FOUND:
+                raise BrokerError(
+                    f"no {pull.stream} stream yet: it is made when the first MQTT client "
+                    "connects to the cluster (NatsCluster.start does)"
+                )
             if error:
                 raise BrokerError(
                     f"consumer {pull.durable} not created: {error.get('description')}"
@@ -552,7 +557,7 @@ class NatsControl(_Link):
 
     def _take(self, msg: Msg) -> None:
         self._stats.received += 1
-        topic = subject_to_topic(msg.subject)
+        topic = subject_to_topic(msg.subject.removeprefix(MQTT_QOS1_PREFIX))
         topic_bytes = topic.encode()
         try:
             source: Hashable | None = self._admit(topic_bytes, msg.data)
@@ -668,19 +673,17 @@ class NatsStream(_Link):
 class NatsTransport:
     """One service's connections to a NATS cluster (``servers``: any of its nodes).
 
-    ``replicas``: of the streams the control links create; ``ack_wait_s``: how long a
-    control message may stay unacknowledged before JetStream gives it to another
-    consumer (or again); ``retention_s``: how long a stream keeps a message.
+    ``ack_wait_s``: how long a control message may stay unacknowledged before JetStream
+    gives it to another consumer (or again); ``max_ack_pending``: how many it hands
+    a consumer unacknowledged (the backlog bound).
     """
 
     def __init__(
         self,
         servers: Sequence[str],
         *,
-        replicas: int = 3,
         ack_wait_s: float = 30.0,
         max_ack_pending: int = 1000,
-        retention_s: float = 86_400.0,
         timeout_s: float = 5.0,
         pull_batch: int = 64,
         pull_expires_s: float = 5.0,
@@ -688,10 +691,8 @@ class NatsTransport:
         if not servers:
             raise ValueError("NatsTransport needs at least one server")
         self.servers = list(servers)
-        self.replicas = replicas
         self.ack_wait_s = ack_wait_s
         self.max_ack_pending = max_ack_pending
-        self.retention_s = retention_s
         self.timeout_s = timeout_s
         self.pull_batch = pull_batch
         self.pull_expires_s = pull_expires_s
