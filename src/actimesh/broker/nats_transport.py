@@ -182,16 +182,21 @@ def _status(msg: Msg) -> str | None:
 
 async def _request(nc: NatsClient, subject: str, body: dict[str, Any], timeout: float) -> Msg:
     """One request and its reply, bounded by ``asyncio.timeout``."""
+    return await _request_to(nc, subject, nc.new_inbox(), json.dumps(body).encode(), timeout)
+
+
+async def _request_to(
+    nc: NatsClient, subject: str, inbox: str, payload: bytes, timeout: float
+) -> Msg:
     reply: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
 
     async def take(msg: Msg) -> None:
         if not reply.done():
             reply.set_result(msg)
 
-    inbox = nc.new_inbox()
     sub = await nc.subscribe(inbox, cb=take)
     try:
-        await nc.publish(subject, json.dumps(body).encode(), reply=inbox)
+        await nc.publish(subject, payload, reply=inbox)
         async with asyncio.timeout(timeout):
             return await reply
     except TimeoutError as exc:
@@ -199,6 +204,13 @@ async def _request(nc: NatsClient, subject: str, body: dict[str, Any], timeout: 
     finally:
         with contextlib.suppress(nats.errors.Error):  # gone with its connection
             await sub.unsubscribe()
+
+
+async def _round_trip(nc: NatsClient, timeout: float) -> None:
+    """Return once the server has processed what this connection sent before (its
+    subscriptions among them): a message to ourselves has come back."""
+    inbox = nc.new_inbox()
+    await _request_to(nc, inbox, inbox, b"", timeout)
 
 
 async def _js_api(nc: NatsClient, api: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
@@ -656,6 +668,7 @@ class NatsStream(_Link):
     async def _serve(self, nc: NatsClient) -> None:
         for subject in self.subjects:
             await nc.subscribe(subject, cb=self._take)
+        await _round_trip(nc, self._transport.timeout_s)  # subscribed at the server
         self._ready.set()
         queue = self._queue
         while True:
