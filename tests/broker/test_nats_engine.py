@@ -107,7 +107,9 @@ async def announce(
     await client.publish(TOPICS.telemetry(device_id), encode(fix), qos=0)
 
 
-async def publish_as(port: int, device_id: str, topic: str, payload: bytes) -> None:
+async def publish_as(
+    port: int, device_id: str, topic: str, payload: bytes, *, retain: bool = False
+) -> None:
     """Publish at QoS 1 until the broker acknowledges it, reconnecting as a device does:
     while a lost node's streams elect new leaders, the listener closes a connection
     whose QoS 1 message it could not store in time."""
@@ -116,7 +118,7 @@ async def publish_as(port: int, device_id: str, topic: str, payload: bytes) -> N
         client = mqtt311(port, device_id)
         try:
             async with client:
-                await client.publish(topic, payload, qos=1, timeout=5)
+                await client.publish(topic, payload, qos=1, retain=retain, timeout=5)
         except aiomqtt.MqttError:
             settle(client)
             return False
@@ -132,8 +134,12 @@ async def raise_event(port: int, device_id: str, eid: str) -> str:
 
 
 async def announce_cew(port: int) -> None:
+    now = time.time()
+    presence = Presence(online=True, ts=now, device_kind=DeviceKind.CEW)
+    await publish_as(port, "cew1", TOPICS.presence("cew1"), encode(presence), retain=True)
+    fix = Telemetry(ts=now, state=DeviceState.BUFFERING, lat=LAT, lon=LON, acc=3.0)
     async with mqtt311(port, "cew1") as client:
-        await announce(client, "cew1", DeviceKind.CEW, LAT, LON)
+        await client.publish(TOPICS.telemetry("cew1"), encode(fix), qos=0)
 
 
 def settle(client: aiomqtt.Client) -> None:
