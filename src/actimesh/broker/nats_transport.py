@@ -235,6 +235,8 @@ class _Link:
         self._nc: NatsClient | None = None
         #: Set on every reconnection, for links that redo something then.
         self._reconnected = asyncio.Event()
+        #: Set while the connection is up (nats-py reconnects in between).
+        self._up = asyncio.Event()
 
     @property
     def name(self) -> str:
@@ -289,15 +291,18 @@ class _Link:
 
     async def _on_disconnected(self) -> None:
         self._stats.disconnects += 1
+        self._up.clear()
 
     async def _on_reconnected(self) -> None:
         self._stats.connects += 1
+        self._up.set()
         self._reconnected.set()
 
     async def run(self) -> None:
         """Connect, set up, serve until cancelled; nats-py reconnects in between."""
         nc = self._nc = await self._connect()
         self._stats.connects += 1
+        self._up.set()
         try:
             await self._serve(nc)
         finally:
@@ -459,6 +464,15 @@ class _Pull:
         self.done = asyncio.Event()
         self.asked = 0
         self.received = 0
+        #: How the last pull request ended (a status code), None if by its batch.
+        self.status: str | None = None
+        #: Create (or find) the consumer again before the next pull.
+        self.stale = True
+
+    def asking(self, batch: int) -> None:
+        """A new pull request for ``batch`` messages is about to go out."""
+        self.done.clear()
+        self.asked, self.received, self.status = batch, 0, None
 
 
 class NatsControl(_Link):
@@ -498,24 +512,34 @@ class NatsControl(_Link):
         """``(stream, durable consumer)`` of each subscription."""
         return [(p.stream, p.durable) for p in self._pulls]
 
+    async def _create(self, nc: NatsClient, pull: _Pull) -> None:
+        """Create the consumer, or find it as it is (the same config): at start, and
+        again when the server says it is gone (its inactivity limit passed while this
+        link was away) or after a reconnection."""
+        body = {"stream_name": pull.stream, "config": pull.config}
+        api = f"CONSUMER.CREATE.{pull.stream}.{pull.durable}"
+        answer = await _js_api(nc, api, body, self.transport.timeout_s)
+        error = answer.get("error")
+        if error and error.get("err_code") == _STREAM_NOT_FOUND:
+            raise BrokerError(
+                f"no {pull.stream} stream yet: it is made when the first MQTT client "
+                "connects to the cluster (NatsCluster.start does)"
+            )
+        if error:
+            raise BrokerError(f"consumer {pull.durable} not created: {error.get('description')}")
+        pull.stale = False
+
     async def _setup(self, nc: NatsClient) -> None:
-        t = self.transport
         for pull in self._pulls:
-            body = {"stream_name": pull.stream, "config": pull.config}
-            api = f"CONSUMER.CREATE.{pull.stream}.{pull.durable}"
-            answer = await _js_api(nc, api, body, t.timeout_s)
-            error = answer.get("error")
-            if error and error.get("err_code") == _STREAM_NOT_FOUND:
-                raise BrokerError(
-                    f"no {pull.stream} stream yet: it is made when the first MQTT client "
-                    "connects to the cluster (NatsCluster.start does)"
-                )
-            if error:
-                raise BrokerError(
-                    f"consumer {pull.durable} not created: {error.get('description')}"
-                )
-            pull.inbox = nc.new_inbox()
-            await nc.subscribe(pull.inbox, cb=self._taker(pull))
+            await self._create(nc, pull)
+            if not pull.inbox:
+                pull.inbox = nc.new_inbox()
+                await nc.subscribe(pull.inbox, cb=self._taker(pull))
+
+    async def _on_reconnected(self) -> None:
+        await super()._on_reconnected()
+        for pull in self._pulls:
+            pull.stale = True
 
     async def _serve(self, nc: NatsClient) -> None:
         backoff = 0.1
@@ -539,12 +563,19 @@ class NatsControl(_Link):
         t = self.transport
         body = {"batch": t.pull_batch, "expires": int(t.pull_expires_s * _NS)}
         api = f"{_JS_API}CONSUMER.MSG.NEXT.{pull.stream}.{pull.durable}"
+        backoff = 0.1
         while True:
-            if not nc.is_connected:
-                await self._reconnected.wait()
-                continue
-            pull.done.clear()
-            pull.asked, pull.received = t.pull_batch, 0
+            await self._up.wait()
+            if pull.stale:
+                try:
+                    await self._create(nc, pull)
+                except (BrokerError, nats.errors.Error) as exc:
+                    self._error(str(exc))
+                    await asyncio.sleep(backoff * (1 + random.random()))
+                    backoff = min(backoff * 2, 2.0)
+                    continue
+                backoff = 0.1
+            pull.asking(t.pull_batch)
             _hand_over(nc, _pub(api, json.dumps(body).encode(), reply=pull.inbox))
             _write_pending(nc)
             try:
@@ -552,12 +583,18 @@ class NatsControl(_Link):
                     await pull.done.wait()
             except TimeoutError:
                 pass  # the request or its end was lost: ask again
+            if pull.status not in (None, "408"):  # 408: expired, the usual end
+                # Gone, leader changed, or no JetStream for a moment: make sure the
+                # consumer exists before asking again.
+                self._error(f"{pull.durable}: pull ended with status {pull.status}")
+                pull.stale = True
 
     def _taker(self, pull: _Pull) -> Any:
         async def take(msg: Msg) -> None:
             status = _status(msg)
             if status is not None:
                 if status != "100":
+                    pull.status = status
                     pull.done.set()  # expired, or the server ended the request
                 return
             pull.received += 1
