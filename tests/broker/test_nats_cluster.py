@@ -10,7 +10,7 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from actimesh.broker.nats_cluster import NatsCluster, find_nats_server
+from actimesh.broker.nats import NatsCluster, find_nats_server
 from actimesh.errors import BrokerError, BrokerNotInstalledError
 
 pytestmark = pytest.mark.integration

@@ -31,8 +31,7 @@ from actimesh.broker.messages import (
     Telemetry,
     activation_id,
 )
-from actimesh.broker.nats_cluster import NatsCluster
-from actimesh.broker.nats_transport import NatsControl, NatsTransport
+from actimesh.broker.nats import NatsCluster, NatsControl, NatsTransport
 from actimesh.broker.topics import Topics, device_client_id
 from actimesh.errors import BrokerError
 from actimesh.geofence import InclusionPolicy, destination

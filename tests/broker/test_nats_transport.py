@@ -13,13 +13,9 @@ from hypothesis import strategies as st
 
 from actimesh.broker.client import Subscription
 from actimesh.broker.intake import Delivery
-from actimesh.broker.nats_cluster import NatsCluster, render_node_config
-from actimesh.broker.nats_transport import (
-    NatsTransport,
-    _jetstream_name,
-    subject_to_topic,
-    topic_to_subject,
-)
+from actimesh.broker.nats import NatsCluster, NatsTransport, subject_to_topic, topic_to_subject
+from actimesh.broker.nats.cluster import render_node_config
+from actimesh.broker.nats.subjects import jetstream_name
 from actimesh.broker.topics import IDENTIFIER_PATTERN, DeviceChannel, Topics
 from tests.waiting import eventually
 
@@ -62,8 +58,8 @@ def test_every_device_topic_maps_there_and_back(ids: list[str], channel: DeviceC
 
 
 def test_jetstream_names_are_valid_and_distinct() -> None:
-    a = _jetstream_name("am", "am.v1.ag.dev.*.event")
-    b = _jetstream_name("am", "am.v1.ag_dev.*.event")
+    a = jetstream_name("am", "am.v1.ag.dev.*.event")
+    b = jetstream_name("am", "am.v1.ag_dev.*.event")
     assert a != b
     for name in (a, b):
         assert not set(name) & set(".*>/\\ ")

@@ -12,9 +12,9 @@ The managed Mosquitto of a one-machine deployment is :mod:`.mosquitto` (the proc
 :mod:`.mosquitto_conf` (its configuration), :mod:`.dynsec` (its accounts and ACLs) and
 :mod:`.reload`; :mod:`.endpoint` parses broker addresses.
 
-A NATS cluster for engines on several hosts is :mod:`.nats_cluster` (the managed
-nodes) and :mod:`.nats_transport` (the engine's side, nats-py). They are imported by
-their module paths and not named here, so that the package does not need nats-py.
+A NATS cluster for engines on several hosts is the subpackage :mod:`.nats` (the
+managed nodes and the engine's side, with nats-py). It is imported by its own path and
+not named here, so that this package does not need nats-py.
 """
 
 from actimesh.broker.client import InFlight, LinkSettings, LinkStats, MqttLink, Subscription, Will

@@ -7,7 +7,7 @@ edition, and its MQTT listener keeps MQTT sessions and QoS 1 messages in JetStre
 with three replicas a camera's session and the commands waiting in it survive the loss
 of a node: the camera reconnects to another node with the same client id and finds
 them there. Each node here has its own JetStream store, an MQTT listener (for devices),
-a client listener (for the engines, :mod:`actimesh.broker.nats_transport`), a
+a client listener (for the engines, :mod:`actimesh.broker.nats.transport`), a
 monitoring listener (readiness is asked of the server, never guessed) and routes to
 every other node.
 
