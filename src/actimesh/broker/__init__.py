@@ -11,6 +11,10 @@ and :mod:`.intake` for reading) and :class:`MemoryBus` in process (:mod:`.memory
 The managed Mosquitto of a one-machine deployment is :mod:`.mosquitto` (the process),
 :mod:`.mosquitto_conf` (its configuration), :mod:`.dynsec` (its accounts and ACLs) and
 :mod:`.reload`; :mod:`.endpoint` parses broker addresses.
+
+A NATS cluster for engines on several hosts is the subpackage :mod:`.nats` (the
+managed nodes and the engine's side, with nats-py). It is imported by its own path and
+not named here, so that this package does not need nats-py.
 """
 
 from actimesh.broker.client import InFlight, LinkSettings, LinkStats, MqttLink, Subscription, Will

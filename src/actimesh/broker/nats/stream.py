@@ -1,0 +1,74 @@
+"""Best-effort messages (telemetry) on core NATS subjects: QoS 0, a bounded queue, the
+newest dropped and counted when it is full."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+
+from actimesh.broker.client import Subscription
+from actimesh.broker.ingest import Publish
+from actimesh.broker.nats._link import Link
+from actimesh.broker.nats._protocol import round_trip
+from actimesh.broker.nats.subjects import subject_to_topic, topic_to_subject
+from actimesh.broker.transport import StreamHandler
+
+if TYPE_CHECKING:
+    from actimesh.broker.nats.transport import NatsTransport
+
+__all__ = ["NatsStream"]
+
+log = logging.getLogger(__name__)
+
+
+class NatsStream(Link):
+    """Best-effort messages on core NATS, in batches, with a bounded queue."""
+
+    def __init__(
+        self,
+        transport: NatsTransport,
+        name: str,
+        subscriptions: Sequence[Subscription],
+        handler: StreamHandler,
+        *,
+        max_queued: int,
+        batch_size: int = 256,
+    ) -> None:
+        super().__init__(transport, name)
+        self.subjects = [topic_to_subject(s.topic) for s in subscriptions]
+        self.max_queued = max_queued
+        self.batch_size = batch_size
+        self._handler = handler
+        self._queue: collections.deque[Publish] = collections.deque()
+        self._waiting = asyncio.Event()
+
+    async def _take(self, msg: Msg) -> None:
+        self._stats.received += 1
+        if len(self._queue) >= self.max_queued:
+            self._stats.dropped_incoming += 1
+            return
+        self._queue.append((subject_to_topic(msg.subject).encode(), msg.data))
+        self._waiting.set()
+
+    async def _serve(self, nc: NatsClient) -> None:
+        for subject in self.subjects:
+            await nc.subscribe(subject, cb=self._take)
+        await round_trip(nc, self._transport.timeout_s)  # subscribed at the server
+        self._ready.set()
+        queue = self._queue
+        while True:
+            await self._waiting.wait()
+            batch = [queue.popleft() for _ in range(min(self.batch_size, len(queue)))]
+            if not queue:
+                self._waiting.clear()
+            try:
+                await self._handler(batch)
+            except Exception:  # one batch's failure is not the next one's (not Cancelled)
+                self._stats.handler_errors += 1
+                log.exception("%s: handler failed", self._name)

