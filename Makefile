@@ -100,7 +100,7 @@ $(WEB_STAMP): package.json package-lock.json | system-deps
 # Regenerate the lock after changing dependencies in pyproject.toml.
 lock:
 	$(PYTHON) -m pip install --quiet uv
-	$(PYTHON) -m uv pip compile pyproject.toml --extra dev --extra bench --extra postgres --generate-hashes \
+	$(PYTHON) -m uv pip compile pyproject.toml --extra dev --extra bench --extra postgres --extra cluster --generate-hashes \
 		--python-version 3.11 --no-header --output-file requirements.lock
 
 clean:
