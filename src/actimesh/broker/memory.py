@@ -15,6 +15,7 @@ every acknowledgement is accounted for (:attr:`MemoryBus.unacknowledged`,
 
 from __future__ import annotations
 
+import abc
 import asyncio
 from collections.abc import Callable, Sequence
 
@@ -120,7 +121,7 @@ class _Outbound(_Link):
         self._bus.published(topic, payload)
 
 
-class _Inbound(_Link):
+class _Inbound(_Link, abc.ABC):
     def __init__(self, bus: MemoryBus, name: str, subscriptions: Sequence[Subscription]) -> None:
         super().__init__(name)
         self._bus = bus
@@ -129,8 +130,9 @@ class _Inbound(_Link):
     def wants(self, topic: str) -> bool:
         return self.connected and any(topic_matches(f, topic) for f in self.filters)
 
+    @abc.abstractmethod
     async def take(self, topic: bytes, payload: bytes) -> None:
-        raise NotImplementedError
+        """Hand one message to the link's handler."""
 
 
 class _Control(_Inbound):

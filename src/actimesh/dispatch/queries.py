@@ -15,6 +15,7 @@ is prefiltered by a box in SQL and then measured exactly (WGS-84).
 
 from __future__ import annotations
 
+import abc
 import json
 import math
 import sqlite3
@@ -240,7 +241,7 @@ def open_reader(location: Path | str, *, agency: str) -> LedgerQueries:
     return LedgerReader(Path(location))
 
 
-class ReadQueries:
+class ReadQueries(abc.ABC):
     """The queries, once for every store. A store gives :meth:`_all` (a query with ``?``
     marks, on its connection's thread), :meth:`_run` (a function on that thread),
     ``_errors`` (its driver's errors) and ``_aid_key`` (``a.aid`` in the byte order
@@ -249,11 +250,13 @@ class ReadQueries:
     _errors: ClassVar[tuple[type[Exception], ...]]
     _aid_key: ClassVar[str] = "a.aid"
 
+    @abc.abstractmethod
     def _all(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        raise NotImplementedError
+        """Every row of ``sql``, on the connection's thread."""
 
+    @abc.abstractmethod
     def _run(self, fn: Callable[[], T]) -> Awaitable[T]:
-        raise NotImplementedError
+        """Run ``fn`` on the connection's thread."""
 
     def _first(self, sql: str, args: Sequence[Any] = ()) -> tuple[Any, ...] | None:
         rows = self._all(sql, args)

@@ -3,6 +3,7 @@ counters, and "connected" as the transport seam means it (set up and usable)."""
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import logging
 import random
@@ -23,7 +24,7 @@ __all__ = ["Link"]
 log = logging.getLogger(__name__)
 
 
-class Link:
+class Link(abc.ABC):
     """One nats-py connection for the life of a link: connected (and reconnected by
     nats-py) in :meth:`run`, with what the link sets up on it, until cancelled."""
 
@@ -112,8 +113,9 @@ class Link:
             finally:
                 await nc.close()
 
+    @abc.abstractmethod
     async def _serve(self, nc: NatsClient) -> None:
-        raise NotImplementedError
+        """Set the link up on ``nc`` and serve it until cancelled."""
 
     async def _closing(self, nc: NatsClient) -> None:
         del nc  # nothing to say before closing, unless a link has something
