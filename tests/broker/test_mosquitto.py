@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -306,33 +307,58 @@ def test_relative_data_dir_works(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         broker.stop()
 
 
+class _Sockets:
+    """Stands in for ``socket.socket``: every bind succeeds except on ``taken`` ports."""
+
+    def __init__(self, taken: set[int]) -> None:
+        self.taken = taken
+        self.tried: list[int] = []
+
+    def __call__(self, *_: object) -> _Sockets:
+        return self
+
+    def __enter__(self) -> _Sockets:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        return None
+
+    def bind(self, address: tuple[str, int]) -> None:
+        self.tried.append(address[1])
+        if address[1] in self.taken:
+            raise OSError(98, "Address already in use")
+
+
 def test_free_port_does_not_hand_out_the_same_port_twice(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The kernel may give back the port it just gave (its socket was closed): a plain and
-    a TLS listener picked one after the other must still differ."""
-    kernel = iter([40001, 40001, 40001, 40002])
-
-    class Socket:
-        def __init__(self, *_: object) -> None:
-            self.port = 0
-
-        def __enter__(self) -> Socket:
-            return self
-
-        def __exit__(self, *_: object) -> None:
-            return None
-
-        def bind(self, _: object) -> None:
-            self.port = next(kernel)
-
-        def getsockname(self) -> tuple[str, int]:
-            return ("127.0.0.1", self.port)
-
-    monkeypatch.setattr(socket, "socket", Socket)
+    """A plain and a TLS listener picked one after the other must differ, even when the
+    same port comes up twice."""
+    picks = iter([30001, 30001, 30002])
+    monkeypatch.setattr(random, "choice", lambda _ports: next(picks))
+    monkeypatch.setattr(socket, "socket", _Sockets(taken=set()))
     monkeypatch.setattr(mosquitto, "_RECENT_PORTS", deque(maxlen=8))
-    assert mosquitto.free_port() == 40001
-    assert mosquitto.free_port() == 40002
+    assert mosquitto.free_port() == 30001
+    assert mosquitto.free_port() == 30002
+
+
+def test_free_port_stays_below_the_ephemeral_range_and_skips_taken_ports(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Outgoing connections take their source ports from the ephemeral range: a port
+    picked there could be taken by one before the listener binds it (seen: an evidence
+    listener refused "Address already in use" in the suite)."""
+    ephemeral = tmp_path / "ip_local_port_range"
+    ephemeral.write_text("40000\t60999\n")
+    monkeypatch.setattr(mosquitto, "_EPHEMERAL_RANGE", ephemeral)
+    monkeypatch.setattr(mosquitto, "_RECENT_PORTS", deque(maxlen=8))
+    picks = iter([31000, 32000])
+    monkeypatch.setattr(random, "choice", lambda ports: (ports, next(picks))[1])
+    sockets = _Sockets(taken={31000})
+    monkeypatch.setattr(socket, "socket", sockets)
+    assert mosquitto.free_port() == 32000
+    assert sockets.tried == [31000, 32000]
+    assert mosquitto._listening_ports() == range(28000, 40000)
 
 
 # ---------------------------------------------------------------------- orphans

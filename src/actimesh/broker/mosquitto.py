@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -123,22 +124,44 @@ def find_mosquitto(*, fallbacks: Iterable[Path] | None = None) -> Path:
     raise BrokerNotInstalledError(INSTALL_HINT)
 
 
-#: Ports :func:`free_port` handed out lately. The kernel may give the port it just gave
-#: again once its socket is closed, so two calls in a row (a plain and a TLS listener)
-#: could get the same one.
+#: The kernel's range of source ports for outgoing connections (Linux).
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+#: Ports :func:`free_port` handed out lately, so that two calls in a row (a plain and a
+#: TLS listener) never get the same one.
 _RECENT_PORTS: deque[int] = deque(maxlen=256)
+
+
+def _listening_ports() -> range:
+    """Ports below the kernel's ephemeral range. An outgoing connection is never given
+    one as its source port, so a port found free here stays free until a listener takes
+    it: from the ephemeral range, any connection made in between (a test makes many) can
+    take it first."""
+    try:
+        low = int(_EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768  # Linux's default
+    return range(max(1024, low - 12_000), low)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that was free on ``host`` a moment ago (another process may take it),
-    and not one this process was handed lately."""
+    outside the ephemeral range, and not one this process was handed lately."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    for _ in range(64):
+    ports = _listening_ports()
+    for _ in range(256):
+        port = random.choice(ports)  # spreads the listeners of parallel runs apart
+        if port in _RECENT_PORTS:
+            continue
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue  # taken
+        break
+    else:  # the whole range busy: let the kernel pick one
         with socket.socket(family, socket.SOCK_STREAM) as sock:
             sock.bind((host, 0))
-            port: int = sock.getsockname()[1]
-        if port not in _RECENT_PORTS:
-            break
+            port = sock.getsockname()[1]
     _RECENT_PORTS.append(port)
     return port
 
