@@ -17,7 +17,15 @@ managed nodes and the engine's side, with nats-py). It is imported by its own pa
 not named here, so that this package does not need nats-py.
 """
 
-from actimesh.broker.client import InFlight, LinkSettings, LinkStats, MqttLink, Subscription, Will
+from actimesh.broker.client import (
+    InFlight,
+    LinkSettings,
+    LinkStats,
+    MqttLink,
+    MqttProtocol,
+    Subscription,
+    Will,
+)
 from actimesh.broker.codec import decode, encode
 from actimesh.broker.endpoint import BrokerEndpoint, parse_broker_endpoint, parse_broker_url
 from actimesh.broker.ingest import Publish, StreamSubscriber
@@ -42,6 +50,7 @@ __all__ = [
     "MemoryBus",
     "MosquittoConfig",
     "MqttLink",
+    "MqttProtocol",
     "MqttTransport",
     "Outbound",
     "Publish",

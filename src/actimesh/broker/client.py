@@ -11,7 +11,11 @@ Choices that matter on this path:
 * ``TCP_NODELAY`` on the client socket. Without it, Nagle's algorithm held a QoS 1
   request/reply across two broker hops at ~88 ms p50 on loopback; with it, ~1 ms
   (FIELD-NOTES §5). The managed broker sets ``set_tcp_nodelay`` on its side too.
-* MQTT v5, so commands can carry a message expiry and sessions a session expiry.
+* MQTT v5 by default, so commands can carry a message expiry and sessions a session
+  expiry. A link can speak 3.1.1 instead (:attr:`LinkSettings.protocol`), for brokers
+  that know no other (the NATS cluster's MQTT listener): its persistent session is then
+  a ``clean_session=False`` one that the broker expires by its own rule, and a publish
+  carries no properties (commands hold their own signed ``exp``).
 * A bounded incoming queue whose overflows are counted (aiomqtt's own bounded queue only
   logs). Components that must never drop (trigger events) use a separate link from the
   ones that may shed load (telemetry), so a telemetry flood cannot delay a trigger.
@@ -36,7 +40,7 @@ import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import aiomqtt
 from paho.mqtt import client as mqtt
@@ -51,6 +55,7 @@ __all__ = [
     "LinkSettings",
     "LinkStats",
     "MqttLink",
+    "MqttProtocol",
     "Subscription",
     "TlsSettings",
     "Will",
@@ -61,6 +66,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 Handler = Callable[[aiomqtt.Message], Awaitable[None]]
+#: The MQTT protocol version a link speaks.
+MqttProtocol = Literal["5", "3.1.1"]
 OnConnect = Callable[["MqttLink"], Awaitable[None]]
 
 _NODELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -132,7 +139,9 @@ class LinkSettings:
     #: Timeout for connect, subscribe and publish round trips.
     timeout_s: float = 5.0
     #: 0 = clean session. Otherwise the broker keeps subscriptions and queued QoS 1
-    #: messages this long after a disconnect.
+    #: messages this long after a disconnect. Under 3.1.1 any value above 0 asks for a
+    #: persistent session (``clean_session=False``); 3.1.1 cannot say how long, so the
+    #: broker's own expiry for such sessions applies instead.
     session_expiry_s: int = 0
     backoff_initial_s: float = 0.1
     backoff_max_s: float = 5.0
@@ -145,6 +154,14 @@ class LinkSettings:
     manual_ack: bool = False
     #: Speak TLS to the broker (an ``mqtts://`` address).
     tls: TlsSettings | None = None
+    #: ``"5"``, or ``"3.1.1"`` for a broker that speaks nothing newer: no properties
+    #: then, neither on CONNECT (session expiry) nor on PUBLISH (message expiry, user
+    #: properties).
+    protocol: MqttProtocol = "5"
+
+    def __post_init__(self) -> None:
+        if self.protocol not in ("5", "3.1.1"):
+            raise ConfigError(f"MQTT protocol {self.protocol!r}: use '5' or '3.1.1'")
 
 
 @dataclass(slots=True)
@@ -614,10 +631,24 @@ class MqttLink:
 
     def _make_client(self) -> aiomqtt.Client:
         s = self.settings
-        connect_props: Properties | None = None
-        if s.session_expiry_s > 0:
-            connect_props = _properties(PacketTypes.CONNECT)
-            connect_props.SessionExpiryInterval = s.session_expiry_s
+        session: dict[str, Any]
+        if s.protocol == "3.1.1":
+            # No session expiry in 3.1.1: a persistent session lives as long as the
+            # broker keeps such sessions.
+            session = {
+                "protocol": aiomqtt.ProtocolVersion.V311,
+                "clean_session": s.session_expiry_s == 0,
+            }
+        else:
+            connect_props: Properties | None = None
+            if s.session_expiry_s > 0:
+                connect_props = _properties(PacketTypes.CONNECT)
+                connect_props.SessionExpiryInterval = s.session_expiry_s
+            session = {
+                "protocol": aiomqtt.ProtocolVersion.V5,
+                "clean_start": s.session_expiry_s == 0,
+                "properties": connect_props,
+            }
         will = None
         if s.will is not None:
             will = aiomqtt.Will(s.will.topic, s.will.payload, s.will.qos, s.will.retain)
@@ -627,9 +658,7 @@ class MqttLink:
             identifier=s.client_id,
             username=s.username,
             password=s.password,
-            protocol=aiomqtt.ProtocolVersion.V5,
-            clean_start=s.session_expiry_s == 0,
-            properties=connect_props,
+            **session,
             keepalive=s.keepalive_s,
             timeout=s.timeout_s,
             will=will,
@@ -718,13 +747,13 @@ class MqttLink:
     ) -> None:
         """Publish, waiting (bounded) for a connection and, for QoS 1, the PUBACK."""
         wait = self.settings.timeout_s if timeout is None else timeout
+        props = self._publish_properties(expiry_s, user_properties)  # refused before waiting
         client = self._client  # set once connected, before subscriptions and on_connect
         if client is None:
             await self.wait_connected(wait)
             client = self._client
             if client is None:  # lost again in between
                 raise BrokerError(f"not connected to {self.settings.host}:{self.settings.port}")
-        props = _publish_properties(expiry_s, user_properties)
         try:
             await client.publish(
                 topic, payload, qos=qos, retain=retain, properties=props, timeout=wait
@@ -753,7 +782,7 @@ class MqttLink:
         if client is None:
             raise BrokerError(f"not connected to {self.settings.host}:{self.settings.port}")
         wait = self.settings.timeout_s if timeout is None else timeout
-        props = _publish_properties(expiry_s, ())
+        props = self._publish_properties(expiry_s, ())
         future, release = _publish_nowait(client, topic, payload, qos, props)
         deadline = asyncio.get_running_loop().time() + wait
         return InFlight(topic, future, deadline, release, self.stats)
@@ -763,6 +792,20 @@ class MqttLink:
         client = self._client
         if client is not None:
             _flush(client)
+
+    def _publish_properties(
+        self, expiry_s: float | None, user_properties: Sequence[tuple[str, str]]
+    ) -> Properties | None:
+        if self.settings.protocol == "5":
+            return _publish_properties(expiry_s, user_properties)
+        # 3.1.1 has no properties. A message expiry is only a broker-side shortcut
+        # (commands carry their own signed ``exp``); user properties are content.
+        if user_properties:
+            raise BrokerError(
+                f"{self.settings.client_id} speaks MQTT 3.1.1, which cannot carry user "
+                "properties: send them in the payload, or connect with MQTT 5"
+            )
+        return None
 
 
 def _publish_properties(

@@ -17,7 +17,10 @@ still goes to the engine for the fan-out to everyone else within range. The came
 attaches the engine's later command to the recording already running.
 
 Every agent keeps a persistent MQTT session with a stable client id, so a command sent
-while it was briefly disconnected waits in the broker and arrives on reconnect.
+while it was briefly disconnected waits in the broker and arrives on reconnect. It speaks
+MQTT 5 unless told ``mqtt_protocol="3.1.1"`` (a broker that speaks nothing newer, such
+as the NATS cluster's MQTT listener): the session then lasts as long as the broker keeps
+such sessions, and nothing else changes, since commands carry their own signed expiry.
 """
 
 from __future__ import annotations
@@ -32,7 +35,14 @@ from dataclasses import dataclass
 
 import aiomqtt
 
-from actimesh.broker.client import LinkSettings, MqttLink, Subscription, Will, as_bytes
+from actimesh.broker.client import (
+    LinkSettings,
+    MqttLink,
+    MqttProtocol,
+    Subscription,
+    Will,
+    as_bytes,
+)
 from actimesh.broker.codec import decode, encode
 from actimesh.broker.messages import (
     CAMERA_KINDS,
@@ -124,6 +134,7 @@ class DeviceAgent:
         resend_max_s: float = 2.0,
         give_up_after_s: float = 1800.0,
         commit_delay_s: float = 0.0,
+        mqtt_protocol: MqttProtocol = "5",
     ) -> None:
         if (camera is not None) != (kind in CAMERA_KINDS):
             raise ValueError(f"{device_id}: cameras need a Camera and only cameras have one")
@@ -179,6 +190,7 @@ class DeviceAgent:
                 session_expiry_s=session_expiry_s,
                 subscriptions=tuple(Subscription(topic, 1) for topic in self._handlers),
                 will=Will(topics.presence(device_id), offline),
+                protocol=mqtt_protocol,
             ),
             self._on_message,
             on_connect=self._announce,

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from actimesh.broker.client import MqttProtocol
 from actimesh.broker.messages import CAMERA_KINDS, DeviceKind
 from actimesh.broker.topics import Topics
 from actimesh.devices.agent import DeviceAgent, Position
@@ -68,6 +69,9 @@ class SimSettings:
     #: ``media.source`` is the switch: synthetic segments (the default; thousands of
     #: cameras fit on one machine) or real H.264 of the test pattern, a thread a camera.
     media: MediaSettings = field(default_factory=MediaSettings)
+    #: The MQTT version every simulated device speaks: ``"3.1.1"`` towards a broker
+    #: that speaks nothing newer (the NATS cluster).
+    mqtt_protocol: MqttProtocol = "5"
 
     def __post_init__(self) -> None:
         if not 1 <= self.units <= 2000:
@@ -231,6 +235,7 @@ class FleetSimulator:
             position=position,
             telemetry_interval_s=self.settings.telemetry_interval_s,
             clock=self.clock,
+            mqtt_protocol=self.settings.mqtt_protocol,
         )
         self.agents.append(agent)
         return agent
