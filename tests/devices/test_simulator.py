@@ -100,3 +100,15 @@ def test_default_fleet_keeps_synthetic_segments_and_starts_warm(tmp_path: Path) 
     cameras = [a.camera for a in sim.agents if a.camera is not None]
     assert all(isinstance(c.source, SyntheticSource) for c in cameras)
     assert all(c.started_at < sim._started - sim.settings.pre_roll_s for c in cameras)
+
+
+def test_a_simulated_fleet_speaks_the_mqtt_version_it_is_told(tmp_path: Path) -> None:
+    assert {a.link.settings.protocol for a in build(tmp_path).agents} == {"5"}
+    sim = FleetSimulator(
+        topics=Topics("sim"),
+        broker_host="127.0.0.1",
+        broker_port=1,
+        data_dir=tmp_path,
+        settings=SimSettings(units=2, seed=1, mqtt_protocol="3.1.1"),
+    )
+    assert {a.link.settings.protocol for a in sim.agents} == {"3.1.1"}
