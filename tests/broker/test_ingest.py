@@ -169,3 +169,7 @@ def test_settings_are_checked() -> None:
 
     with pytest.raises(ValueError, match="subscription"):
         StreamSubscriber(LinkSettings(host="h", port=1, client_id="c"), handler)
+    subscribed = (Subscription("t"),)
+    v311 = LinkSettings(host="h", port=1, client_id="c", subscriptions=subscribed, protocol="3.1.1")
+    with pytest.raises(ValueError, match="MQTT 5 only"):
+        StreamSubscriber(v311, handler)

@@ -221,6 +221,8 @@ class LeanSubscriber(abc.ABC, Generic[_Item]):
     ) -> None:
         if not settings.subscriptions:
             raise ValueError("a stream subscriber needs at least one subscription")
+        if settings.protocol != "5":
+            raise ValueError("a stream subscriber speaks MQTT 5 only (its own wire codec)")
         if batch_size < 1 or read_size < 1024:
             raise ValueError("batch_size must be >= 1 and read_size >= 1024")
         self.settings = settings
