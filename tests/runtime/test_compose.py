@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
 import socket
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,12 +18,30 @@ from actimesh.audit import verify_ledger
 from actimesh.broker.mosquitto import free_port
 from actimesh.devices.simulator import SimSettings
 from actimesh.runtime import run_up
-from actimesh.runtime.config import load_settings
+from actimesh.runtime.config import Settings, load_settings
+from tests.waiting import eventually
+
+#: What ``up`` prints once a camera has committed its pre-event buffer.
+RECORDED = "recording, pre-roll 30.0 s"
 
 
 def recording_console() -> tuple[Console, io.StringIO]:
     out = io.StringIO()
     return Console(file=out, width=200, highlight=False), out
+
+
+async def run_up_until(
+    settings: Settings, sim: SimSettings, console: Console, done: Callable[[], bool]
+) -> None:
+    """Run ``up`` until ``done()`` (a camera has recorded), then stop it as Ctrl-C would:
+    a fixed window failed on a busy machine before the first camera recorded."""
+    up = asyncio.create_task(run_up(settings, sim, console), name="up-under-test")
+    try:
+        await eventually(lambda: done() or up.done(), timeout=45)
+    finally:
+        up.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await up
 
 
 async def test_up_runs_broker_engine_and_fleet_then_stops_cleanly(
@@ -36,16 +56,16 @@ async def test_up_runs_broker_engine_and_fleet_then_stops_cleanly(
     )
     sim = SimSettings(units=3, incident_every_s=1.0, seed=7, stop_after_s=2.0)
     console, out = recording_console()
-    with pytest.raises(TimeoutError):
-        async with asyncio.timeout(9.0):
-            await run_up(settings, sim, console)
+    await run_up_until(
+        settings, sim, console, lambda: "recording, pre-roll 30.0 s" in out.getvalue()
+    )
     text = out.getvalue()
     # Nothing went wrong along the way (e.g. retention starting before the recordings).
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
     assert f"mqtt://127.0.0.1:{port} (managed Mosquitto)" in text
     assert "3 units" in text
     assert "emergency_lights" in text
-    assert "recording, pre-roll 30.0 s" in text
+    assert RECORDED in text
     assert (tmp_path / "ledger.sqlite3").exists()
     assert any((tmp_path / "recordings").iterdir())
     # The managed broker is gone with the command.
@@ -67,14 +87,14 @@ async def test_up_keeps_the_ledger_in_postgresql_given_a_ledger_url(
     )
     sim = SimSettings(units=3, incident_every_s=1.0, seed=7, stop_after_s=2.0)
     console, out = recording_console()
-    with pytest.raises(TimeoutError):
-        async with asyncio.timeout(9.0):
-            await run_up(settings, sim, console)
+    await run_up_until(
+        settings, sim, console, lambda: "recording, pre-roll 30.0 s" in out.getvalue()
+    )
     text = out.getvalue()
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
     assert f"ledger {postgres_url}" in text  # the banner names it, without the password
     assert "hunter2" not in text + caplog.text
-    assert "recording, pre-roll 30.0 s" in text
+    assert RECORDED in text
     assert not (tmp_path / "ledger.sqlite3").exists()
     report = verify_ledger(url, agency=agency)
     assert report.ok, report.findings
