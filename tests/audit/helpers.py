@@ -28,10 +28,10 @@ DECISIONS = [
 ]
 
 
-def activation(n: int, ts: float = T0) -> ActivationRow:
+def activation(n: int, ts: float = T0, src: str = "cew1") -> ActivationRow:
     return ActivationRow(
         aid=f"act-{n}",
-        src="cew1",
+        src=src,
         eid=f"e{n}",
         type="taser_draw",
         event_ts=ts + n,

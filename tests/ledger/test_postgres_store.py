@@ -18,8 +18,9 @@ from actimesh.broker.mosquitto import free_port
 from actimesh.errors import LedgerError
 from actimesh.ledger import Ledger
 from actimesh.ledger.postgres import PostgresLedger, lock_key, schema_name
+from tests.audit.helpers import activation
 from tests.ledger.stores import assert_chain_verifies, postgres_records
-from tests.ledger.test_store_contract import DECISIONS, ack, activation
+from tests.ledger.test_store_contract import DECISIONS, ack
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 

@@ -15,7 +15,6 @@ from actimesh.ledger import (
     KEEP_TYPES,
     AckRow,
     AckWrite,
-    ActivationRow,
     DecisionRow,
     EventType,
     Head,
@@ -24,6 +23,7 @@ from actimesh.ledger import (
     open_ledger,
 )
 from actimesh.ledger.postgres import PostgresLedger
+from tests.audit.helpers import activation
 from tests.ledger.stores import StoreUnderTest, postgres_store, sqlite_store
 
 T0 = 1_600_000_000.0
@@ -34,27 +34,6 @@ DECISIONS = [
     DecisionRow("bwc2", "body_cam", True, "proximity", 9.0, 0.0, 0.5, 0.0),
     DecisionRow("bwc3", "body_cam", False, "too_far", 9.3, 0.0, 0.5, 0.0),
 ]
-
-
-def activation(n: int, ts: float = T0, src: str = "cew1") -> ActivationRow:
-    return ActivationRow(
-        aid=f"act-{n}",
-        src=src,
-        eid=f"e{n}",
-        type="taser_draw",
-        event_ts=ts + n,
-        received_ts=ts + n + 0.01,
-        decided_ts=ts + n + 0.02,
-        lat=51.0,
-        lon=-114.0,
-        acc=3.0,
-        position_source="event",
-        radius_m=9.144,
-        pre_roll_s=30.0,
-        rule={"event_type": "taser_draw", "radius_m": 9.144},
-        initiated_by=None,
-        engine="engine-1",
-    )
 
 
 def ack(n: int, device: str = "bwc1", status: str = "recording", ts: float = T0) -> AckRow:
