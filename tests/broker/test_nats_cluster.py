@@ -10,8 +10,10 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
+from actimesh.broker.messages import DeviceKind
 from actimesh.broker.nats import NatsCluster, find_nats_server
 from actimesh.errors import BrokerError, BrokerNotInstalledError
+from tests.broker.nats_secured import access_for, password_of
 
 pytestmark = pytest.mark.integration
 
@@ -20,16 +22,21 @@ HOST = "127.0.0.1"
 
 @pytest.fixture
 async def cluster(tmp_path: Path) -> AsyncIterator[NatsCluster]:
-    async with NatsCluster(tmp_path / "nats", size=3) as running:
+    access = access_for(
+        "ag", [("cam.7", DeviceKind.BODY_CAM)], integrators=["int-map"], telemetry=True
+    )
+    async with NatsCluster(tmp_path / "nats", size=3, access=access) as running:
         yield running
     assert not any(node.running for node in running.nodes)
 
 
-def mqtt311(port: int, client_id: str, *, clean: bool = True) -> aiomqtt.Client:
+def mqtt311(port: int, client_id: str, user: str, *, clean: bool = True) -> aiomqtt.Client:
     return aiomqtt.Client(
         HOST,
         port,
         identifier=client_id,
+        username=user,
+        password=password_of(user),
         protocol=aiomqtt.ProtocolVersion.V311,
         clean_session=clean,
         timeout=10,
@@ -40,15 +47,16 @@ async def test_a_qos1_message_published_on_one_node_reaches_a_subscriber_on_anot
     cluster: NatsCluster,
 ) -> None:
     a, b = cluster.nodes[0], cluster.nodes[1]
-    # A '.' in a topic level (device ids may have one) is carried, not refused.
-    topic = "am/v1/ag/dev/cam.7/cmd"
-    async with mqtt311(a.mqtt_port, "ag-sub", clean=False) as sub:
-        await sub.subscribe(topic, qos=1)
-        async with mqtt311(b.mqtt_port, "ag-pub") as pub:
-            await pub.publish(topic, b"start", qos=1)
+    # A '.' in a topic level (device ids may have one) is carried, not refused (the
+    # server refuses one in a client id, so this camera connects under another).
+    topic = "am/v1/ag/dev/cam.7/telemetry"
+    async with mqtt311(a.mqtt_port, "int-map", "int-map", clean=False) as sub:
+        await sub.subscribe("am/v1/ag/dev/+/telemetry", qos=1)
+        async with mqtt311(b.mqtt_port, "ag-cam_7", "cam.7") as pub:
+            await pub.publish(topic, b"fix", qos=1)
         async with asyncio.timeout(10):
             message = await anext(aiter(sub.messages))
-    assert (str(message.topic), message.payload, message.qos) == (topic, b"start", 1)
+    assert (str(message.topic), message.payload, message.qos) == (topic, b"fix", 1)
 
 
 async def test_a_killed_node_comes_back_into_the_cluster(cluster: NatsCluster) -> None:
@@ -64,7 +72,7 @@ async def test_a_node_that_cannot_start_says_why_in_one_line(tmp_path: Path) -> 
     second = NatsCluster(tmp_path / "b", size=1)
     # The second one's client port is taken by the first: it must fail, and say why.
     second.nodes[0].ports = first.nodes[0].ports
-    second.nodes[0].write_config([], 1)
+    second.nodes[0].write_config([], 1, authorization="")
     async with first:
         with pytest.raises(BrokerError, match=r"exited with code \d+ \(.*in use") as caught:
             await second.astart()

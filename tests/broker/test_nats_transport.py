@@ -13,10 +13,12 @@ from hypothesis import strategies as st
 
 from actimesh.broker.client import Subscription
 from actimesh.broker.intake import Delivery
-from actimesh.broker.nats import NatsCluster, NatsTransport, subject_to_topic, topic_to_subject
+from actimesh.broker.messages import DeviceKind
+from actimesh.broker.nats import NatsCluster, subject_to_topic, topic_to_subject
 from actimesh.broker.nats.cluster import render_node_config
 from actimesh.broker.nats.subjects import jetstream_name
 from actimesh.broker.topics import IDENTIFIER_PATTERN, DeviceChannel, Topics
+from tests.broker.nats_secured import TESTER, access_for, engine_transport
 from tests.waiting import eventually
 
 
@@ -80,10 +82,12 @@ def test_the_node_config_names_the_other_nodes_and_the_replicas(tmp_path: Path) 
 async def test_publish_nowait_writes_in_this_turn_and_is_confirmed(tmp_path: Path) -> None:
     # The adapter into nats-py's buffer: after flush() the bytes are on the socket
     # before the loop turns, and the server's answer comes back as the confirmation.
-    async with NatsCluster(tmp_path, size=1) as cluster:
-        transport = NatsTransport([cluster.nodes[0].nats_url])
+    async with NatsCluster(tmp_path, size=1, access=access_for("ag", [], tester=True)) as cluster:
+        transport = engine_transport(cluster)
         seen: list[str] = []
-        listener = transport.stream("t-listen", [], lambda b: _collect(seen, b), max_queued=10)
+        listener = engine_transport(cluster, user=TESTER).stream(
+            "t-listen", [], lambda b: _collect(seen, b), max_queued=10
+        )
         listener.subjects.append(topic_to_subject("am/v1/ag/dev/cam.1/cmd"))
         out = transport.outbound("t-out")
         async with asyncio.TaskGroup() as tg:
@@ -111,8 +115,9 @@ async def _collect(seen: list[str], batch: object) -> None:
 async def test_an_event_one_replica_took_and_never_acknowledged_goes_to_another(
     tmp_path: Path,
 ) -> None:
-    async with NatsCluster(tmp_path, size=1) as cluster:
-        transport = NatsTransport([cluster.nodes[0].nats_url], ack_wait_s=1.0)
+    access = access_for("ag", [("cew.1", DeviceKind.CEW)], tester=True)
+    async with NatsCluster(tmp_path, size=1, access=access) as cluster:
+        transport = engine_transport(cluster, ack_wait_s=1.0)
         events = [Subscription("$share/engines/am/v1/ag/dev/+/event")]
         held: list[Delivery] = []
         taken: list[bytes] = []
@@ -130,7 +135,7 @@ async def test_an_event_one_replica_took_and_never_acknowledged_goes_to_another(
 
         first = transport.control("ag-e1-ctl", events, hold, admit=refuse_floods)
         second = transport.control("ag-e2-ctl", events, take, admit=refuse_floods)
-        out = transport.outbound("ag-device")
+        out = engine_transport(cluster, user=TESTER).outbound("ag-device")
         async with asyncio.TaskGroup() as tg:
             sending = tg.create_task(out.run())
             dying = tg.create_task(first.run())

@@ -4,6 +4,7 @@
 * :mod:`.registry` — the SQLite device registry and the broker files rendered from it;
 * :mod:`.acl` — who may connect as which client id and use which topics (rendered
   for Mosquitto's Dynamic Security plugin);
+* :mod:`.nats_access` — the same rules as users of a NATS cluster, applied live;
 * :mod:`.certs` — a small CA for the broker's TLS listener and client certificates;
 * :mod:`.provision` — credentials for what actimesh itself starts (engine, dispatch,
   monitor, simulated devices);
@@ -36,9 +37,16 @@ from actimesh.security.certs import (
     describe,
     init_ca,
     issue_client,
+    issue_node,
     issue_server,
     server_names,
     server_tls,
+)
+from actimesh.security.nats_access import (
+    NATS_CLUSTER_DIR,
+    apply_to_cluster,
+    nats_access,
+    registry_nats_access,
 )
 from actimesh.security.passwords import (
     PBKDF2_ITERATIONS,
@@ -92,6 +100,7 @@ __all__ = [
     "ENGINE_PUBLIC_KEY",
     "KEYS_DIR",
     "LOADGEN_ACCOUNT",
+    "NATS_CLUSTER_DIR",
     "PBKDF2_ITERATIONS",
     "REGISTRY_NAME",
     "RESERVED_PREFIXES",
@@ -119,6 +128,7 @@ __all__ = [
     "Provisioned",
     "Registry",
     "ServerTls",
+    "apply_to_cluster",
     "command_signing_bytes",
     "describe",
     "engine_key_paths",
@@ -126,16 +136,19 @@ __all__ = [
     "hash_password",
     "init_ca",
     "issue_client",
+    "issue_node",
     "issue_server",
     "load_engine_public_key",
     "load_engine_public_keys",
     "load_or_create_engine_key",
+    "nats_access",
     "password_line",
     "prepare_broker",
     "provision_fleet",
     "public_key_hex",
     "read_secret",
     "refusal_code",
+    "registry_nats_access",
     "render_access",
     "server_names",
     "server_tls",

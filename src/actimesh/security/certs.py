@@ -45,6 +45,7 @@ __all__ = [
     "describe",
     "init_ca",
     "issue_client",
+    "issue_node",
     "issue_server",
     "server_names",
     "server_tls",
@@ -220,6 +221,7 @@ def _leaf(
     names: tuple[str, ...],
     days: int,
     now: dt.datetime | None,
+    client_too: bool = False,
 ) -> CertFiles:
     _check_days(days)
     ca_cert, ca_key = _load_ca(directory)
@@ -231,6 +233,7 @@ def _leaf(
         ]
     )
     usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
+    usages = [usage, ExtendedKeyUsageOID.CLIENT_AUTH] if server and client_too else [usage]
     builder = (
         _builder(subject, ca_cert.subject, key.public_key(), _now(now), days)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
@@ -238,7 +241,7 @@ def _leaf(
             _key_usage(ca=False),
             critical=True,
         )
-        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
             critical=False,
@@ -289,6 +292,29 @@ def issue_server(
     files = CertFiles(directory / "server.pem", directory / "server.key")
     common = next((n for n in names if n not in _LOCAL_NAMES), "localhost")
     return _leaf(directory, files, common, server=True, names=names, days=days, now=now)
+
+
+def issue_node(
+    directory: Path,
+    name: str,
+    *,
+    hosts: tuple[str, ...] = (),
+    days: int = DEFAULT_SERVER_DAYS,
+    now: dt.datetime | None = None,
+) -> CertFiles:
+    """A NATS cluster node's certificate, ``nodes/{name}.pem``: a server certificate for
+    localhost, 127.0.0.1, ::1 and ``hosts`` that is also good for client authentication,
+    since a node dials its routes to the other nodes as a client (mutual TLS)."""
+    if not is_identifier(name):
+        raise SecurityError(
+            f"node name {name!r} is not valid: use letters, digits, '.', '_' or '-'"
+        )
+    names = tuple(dict.fromkeys((*_LOCAL_NAMES, *(_check_host(h) for h in hosts))))
+    files = CertFiles(directory / "nodes" / f"{name}.pem", directory / "nodes" / f"{name}.key")
+    common = next((n for n in names if n not in _LOCAL_NAMES), "localhost")
+    return _leaf(
+        directory, files, common, server=True, names=names, days=days, now=now, client_too=True
+    )
 
 
 def issue_client(

@@ -31,6 +31,7 @@ from actimesh.broker.mosquitto import ManagedMosquitto
 from actimesh.broker.reload import reload_managed_broker
 from actimesh.errors import BrokerError, SecurityError
 from actimesh.security.acl import AclPolicy
+from actimesh.security.nats_access import apply_to_cluster
 from actimesh.security.registry import (
     SECRETS_DIR,
     BrokerFiles,
@@ -178,7 +179,9 @@ def apply_to_broker(data_dir: Path, policy: AclPolicy) -> int | None:
     """
     with Registry.open(data_dir) as registry:
         registry.write_broker_files(data_dir / BROKER_DIR, registry.policy() or policy)
-    return reload_managed_broker(data_dir / BROKER_DIR)
+    pid = reload_managed_broker(data_dir / BROKER_DIR)
+    apply_to_cluster(data_dir, policy)  # and to its NATS cluster, if one was started there
+    return pid
 
 
 class RegistryQuarantine:

@@ -9,11 +9,13 @@ One SQLite file, ``{data_dir}/registry.sqlite3`` (mode 0600), holds:
   (``int-{name}``, activations only unless granted telemetry) and the benchmark's load
   generator.
 
-Only password *hashes* are stored (:mod:`.passwords`). A password, and a device's
-private key, exist in clear only in the value returned by :meth:`Registry.add` or
-:meth:`Registry.rotate`, which the CLI prints once. Service-account passwords are new on
-every start of ``actimesh up`` and written to ``{data_dir}/secrets/{account}.password``
-(0600, folder 0700) for the processes that need them.
+Only password *hashes* are stored (:mod:`.passwords`): the ``$7$`` hash Mosquitto
+checks and the bcrypt hash a NATS cluster checks (:meth:`Registry.nats_hashes`). A
+password, and a device's private key, exist in clear only in the value returned by
+:meth:`Registry.add` or :meth:`Registry.rotate`, which the CLI prints once.
+Service-account passwords are new on every start of ``actimesh up`` and written to
+``{data_dir}/secrets/{account}.password`` (0600, folder 0700) for the processes that
+need them.
 
 The broker never reads this file: :meth:`Registry.write_broker_files` renders the
 Mosquitto ``passwd`` and ``acl`` files from it (atomically, 0600), and a reload of the
@@ -38,6 +40,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from actimesh.broker.dynsec import Access, plugin_config
 from actimesh.broker.messages import DeviceKind
+from actimesh.broker.nats.auth import bcrypt_hash
 from actimesh.broker.topics import is_identifier
 from actimesh.errors import SecurityError
 from actimesh.private import write_private
@@ -110,7 +113,8 @@ CREATE TABLE IF NOT EXISTS devices (
     simulated INTEGER NOT NULL DEFAULT 0,
     created REAL NOT NULL,
     rotated REAL NOT NULL,
-    disabled TEXT
+    disabled TEXT,
+    nats_hash TEXT
 );
 CREATE TABLE IF NOT EXISTS accounts (
     name TEXT PRIMARY KEY,
@@ -118,7 +122,8 @@ CREATE TABLE IF NOT EXISTS accounts (
     telemetry INTEGER NOT NULL DEFAULT 0,
     password_hash TEXT NOT NULL,
     created REAL NOT NULL,
-    rotated REAL NOT NULL
+    rotated REAL NOT NULL,
+    nats_hash TEXT
 );
 """
 _SCHEMA_VERSION = 1
@@ -278,6 +283,10 @@ class Registry:
             columns = {row[1] for row in self._db.execute("PRAGMA table_info(devices)")}
             if "disabled" not in columns:  # a registry from before accounts could be disabled
                 self._db.execute("ALTER TABLE devices ADD COLUMN disabled TEXT")
+            for table in ("devices", "accounts"):  # from before NATS clusters
+                have = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+                if "nats_hash" not in have:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN nats_hash TEXT")
             self._db.execute(
                 "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)",
                 (str(_SCHEMA_VERSION),),
@@ -380,7 +389,7 @@ class Registry:
                     )
             db.execute(
                 "INSERT INTO devices (id, kind, unit, paired, public_key, password_hash, "
-                "simulated, created, rotated) VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?)",
+                "nats_hash, simulated, created, rotated) VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?)",
                 (
                     device_id,
                     spec.kind.value,
@@ -388,6 +397,7 @@ class Registry:
                     json.dumps(list(spec.paired)),
                     public,
                     hash_password(password),
+                    bcrypt_hash(password),
                     now,
                     now,
                 ),
@@ -400,8 +410,9 @@ class Registry:
         private, public = _new_keypair()
         with self._write() as db:
             cur = db.execute(
-                "UPDATE devices SET password_hash = ?, public_key = ?, rotated = ? WHERE id = ?",
-                (hash_password(password), public, time.time(), device_id),
+                "UPDATE devices SET password_hash = ?, nats_hash = ?, public_key = ?, rotated = ? "
+                "WHERE id = ?",
+                (hash_password(password), bcrypt_hash(password), public, time.time(), device_id),
             )
             if cur.rowcount == 0:
                 raise SecurityError(
@@ -488,6 +499,7 @@ class Registry:
                     json.dumps(list(spec.paired)),
                     public,
                     hash_password(password),
+                    bcrypt_hash(password),
                     now,
                     now,
                 )
@@ -512,10 +524,11 @@ class Registry:
                 self._unpair(db, stale)
             db.executemany(
                 "INSERT INTO devices (id, kind, unit, paired, public_key, password_hash, "
-                "simulated, created, rotated) VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?) "
+                "nats_hash, simulated, created, rotated) VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?, ?) "
                 "ON CONFLICT (id) DO UPDATE SET kind = excluded.kind, unit = excluded.unit, "
                 "paired = excluded.paired, public_key = excluded.public_key, "
-                "password_hash = excluded.password_hash, rotated = excluded.rotated",
+                "password_hash = excluded.password_hash, nats_hash = excluded.nats_hash, "
+                "rotated = excluded.rotated",
                 rows,
             )
         return creds
@@ -541,11 +554,20 @@ class Registry:
             if new and db.execute("SELECT 1 FROM accounts WHERE name = ?", (name,)).fetchone():
                 raise SecurityError(f"account {name!r} already exists: remove it first")
             db.execute(
-                "INSERT INTO accounts (name, role, telemetry, password_hash, created, rotated) "
-                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET role = excluded.role, "
-                "telemetry = excluded.telemetry, password_hash = excluded.password_hash, "
+                "INSERT INTO accounts (name, role, telemetry, password_hash, nats_hash, created, "
+                "rotated) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+                "role = excluded.role, telemetry = excluded.telemetry, "
+                "password_hash = excluded.password_hash, nats_hash = excluded.nats_hash, "
                 "rotated = excluded.rotated",
-                (name, role.value, int(telemetry), hash_password(password), now, now),
+                (
+                    name,
+                    role.value,
+                    int(telemetry),
+                    hash_password(password),
+                    bcrypt_hash(password),
+                    now,
+                    now,
+                ),
             )
         return Credentials(name, password)
 
@@ -584,7 +606,13 @@ class Registry:
         for name, role in _SERVICE_ROLES.items():
             path = secrets_dir / f"{name}.password"
             if keep_existing and name in known and path.is_file():
-                out[name] = Credentials(name, path.read_text(encoding="utf-8").strip())
+                kept = Credentials(name, path.read_text(encoding="utf-8").strip())
+                with self._write() as db:  # a registry from before NATS clusters
+                    db.execute(
+                        "UPDATE accounts SET nats_hash = ? WHERE name = ? AND nats_hash IS NULL",
+                        (bcrypt_hash(kept.password), name),
+                    )
+                out[name] = kept
                 continue
             creds = self._set_account(name, role)
             write_private(path, creds.password + "\n")
@@ -603,6 +631,16 @@ class Registry:
             "SELECT name, password_hash FROM accounts ORDER BY 1"
         ).fetchall()
         return "".join(password_line(name, hashed) + "\n" for name, hashed in rows)
+
+    def nats_hashes(self) -> dict[str, str]:
+        """The bcrypt hash a NATS cluster checks, of every device and account that has
+        one. One registered before the registry kept them has none until rotated (its
+        password exists nowhere in clear to hash again)."""
+        rows = self._db.execute(
+            "SELECT id, nats_hash FROM devices WHERE nats_hash IS NOT NULL UNION ALL "
+            "SELECT name, nats_hash FROM accounts WHERE nats_hash IS NOT NULL ORDER BY 1"
+        ).fetchall()
+        return {str(name): str(hashed) for name, hashed in rows}
 
     def access(self, policy: AclPolicy) -> Access:
         """Every account's client id, roles and whether it is disabled, for ``policy``."""

@@ -57,10 +57,22 @@ Requests to the JetStream API are made here with ``asyncio.timeout`` rather than
 through nats-py's JetStream layer, whose waits use ``asyncio.wait_for`` (which can lose a
 cancellation on Python 3.11: FIELD-NOTES §8).
 
-Not yet production-ready: anonymous connections (see :mod:`.cluster`).
+* **Secured.** Nobody connects without a login: :mod:`.auth` renders the users and
+  their permissions (from the device registry: :mod:`actimesh.security.nats_access`),
+  :mod:`.cluster` includes them on every node, with TLS on every listener and mutual
+  TLS on routes if asked, and applies changes live. What nats-server cannot do: bind
+  an MQTT client id to a user (docs/SECURITY.md).
 """
 
-from actimesh.broker.nats.cluster import NatsCluster, NatsNode, NodePorts, find_nats_server
+from actimesh.broker.nats.auth import ConnectionType, NatsAccess, NatsUser, bcrypt_hash
+from actimesh.broker.nats.cluster import (
+    NatsCluster,
+    NatsNode,
+    NatsTls,
+    NodePorts,
+    apply_access,
+    find_nats_server,
+)
 from actimesh.broker.nats.control import NatsControl
 from actimesh.broker.nats.outbound import NatsOutbound
 from actimesh.broker.nats.stream import NatsStream
@@ -68,13 +80,19 @@ from actimesh.broker.nats.subjects import subject_to_topic, topic_to_subject
 from actimesh.broker.nats.transport import NatsTransport
 
 __all__ = [
+    "ConnectionType",
+    "NatsAccess",
     "NatsCluster",
     "NatsControl",
     "NatsNode",
     "NatsOutbound",
     "NatsStream",
+    "NatsTls",
     "NatsTransport",
+    "NatsUser",
     "NodePorts",
+    "apply_access",
+    "bcrypt_hash",
     "find_nats_server",
     "subject_to_topic",
     "topic_to_subject",

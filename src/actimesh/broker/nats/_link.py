@@ -80,6 +80,9 @@ class Link(abc.ABC):
                     error_cb=self._on_error,
                     disconnected_cb=self._on_disconnected,
                     reconnected_cb=self._on_reconnected,
+                    user=self._transport.user,
+                    password=self._transport.password,
+                    tls=None if self._transport.tls is None else self._transport.tls.context(),
                 )
             except (nats.errors.Error, OSError) as exc:
                 self._error(f"connect failed: {exc!r}")

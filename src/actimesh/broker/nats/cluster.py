@@ -1,4 +1,4 @@
-"""A managed NATS cluster: N ``nats-server`` children on loopback, for tests and
+r"""A managed NATS cluster: N ``nats-server`` children on loopback, for tests and
 ``actimesh cluster up``.
 
 One Mosquitto is one machine's broker; engines on several hosts, and devices that keep
@@ -20,14 +20,38 @@ name), and a device's client id is ``<agency>-<device>``
 (:func:`~actimesh.broker.topics.device_client_id`), so a device whose id has a dot can
 publish on its topics but cannot connect under its own client id.
 
-**Not yet production-ready**: every listener admits anonymous clients and there are no
-ACLs (parity with the Mosquitto accounts and ACLs of :mod:`actimesh.security` is a
-later step). Bind it to loopback only.
+**Secured like the managed Mosquitto.** Nobody connects anonymously: each node
+``include``\ s ``authorization.conf`` (:func:`~.auth.render_authorization` of the
+``access`` given, :class:`~.auth.NatsAccess`, plus the cluster's own MQTT login that
+:meth:`NatsCluster.start` uses once), and routes between nodes need the cluster's
+random route password (in every node's ``nats.conf``, 0600). With ``tls``
+(:class:`NatsTls`) every listener speaks only TLS: the client port, the MQTT listener,
+and routes, which also require the peer's certificate from the same CA (mutual TLS).
+The monitoring port stays plain HTTP: bind it to loopback.
+
+**Live changes.** :func:`apply_access` (or :meth:`NatsCluster.apply_access`) rewrites
+every node's ``authorization.conf`` and reloads each running node (``SIGHUP``; each
+writes ``nats.pid``), waiting until the node says it loaded it (``/varz``
+``config_load_time``). Connections stay up, except those of users removed or whose
+password changed, which the server closes. The cluster's layout is in
+``{data_dir}/cluster.json`` (:data:`STATE_NAME`), so another process (``actimesh
+devices``) can apply a change to a cluster it did not start.
+
+The API, for whoever runs a cluster::
+
+    cluster = NatsCluster(data_dir, size=3, access=access, tls=NatsTls(ca, cert, key))
+    await cluster.astart()
+    cluster.apply_access(new_access)          # or apply_access(data_dir, new_access)
+
+``NatsTransport(urls, user=..., password=..., tls=TlsSettings(ca_file=...))`` connects
+a service; devices log in on ``cluster.nodes[i].mqtt_port`` with their registry
+credentials and client id.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -35,6 +59,7 @@ import secrets
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -47,17 +72,39 @@ from types import TracebackType
 from typing import IO, Self
 
 from actimesh.broker.mosquitto import free_port
+from actimesh.broker.nats.auth import (
+    ConnectionType,
+    NatsAccess,
+    NatsUser,
+    bcrypt_hash,
+    render_authorization,
+)
 from actimesh.errors import BrokerError, BrokerNotInstalledError
 from actimesh.lifeline import die_with_parent
+from actimesh.private import write_private
 
 __all__ = [
+    "AUTHORIZATION_NAME",
+    "CLUSTER_LOGIN",
     "MIN_VERSION",
+    "STATE_NAME",
     "NatsCluster",
     "NatsNode",
+    "NatsTls",
     "NodePorts",
+    "apply_access",
     "find_nats_server",
     "render_node_config",
 ]
+
+#: Each node's included ``authorization`` block, beside its ``nats.conf``.
+AUTHORIZATION_NAME = "authorization.conf"
+#: The cluster's layout, in its data directory, for :func:`apply_access`.
+STATE_NAME = "cluster.json"
+#: The MQTT login :meth:`NatsCluster.start` uses once (its listener makes its streams
+#: on the first connection). It may publish and subscribe to nothing.
+CLUSTER_LOGIN = "svc-cluster"
+_ROUTE_USER = "route"
 
 #: The first release whose MQTT listener maps a ``.`` in a topic instead of refusing it.
 MIN_VERSION = (2, 10, 0)
@@ -137,6 +184,34 @@ class NodePorts:
         return f"nats-route://{self.host}:{self.cluster}"
 
 
+@dataclass(frozen=True, slots=True)
+class NatsTls:
+    """TLS on every listener of every node: the CA, and a certificate good for both
+    server and client authentication (routes are mutual TLS), naming the nodes' host
+    (:func:`actimesh.security.certs.issue_node`)."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+    def block(self, indent: str, *, verify: bool = False) -> str:
+        lines = [
+            "tls {",
+            f"  cert_file: {_quoted(str(self.cert.absolute()))}",
+            f"  key_file: {_quoted(str(self.key.absolute()))}",
+            f"  ca_file: {_quoted(str(self.ca.absolute()))}",
+            "  timeout: 5",
+            *(["  verify: true"] if verify else []),
+            "}",
+        ]
+        return "\n".join(indent + line for line in lines)
+
+    def client_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(self.ca))
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        return context
+
+
 def _quoted(value: str) -> str:
     return json.dumps(value)  # a JSON string is a valid quoted string in the NATS config
 
@@ -149,14 +224,31 @@ def render_node_config(
     *,
     cluster_name: str = "actimesh",
     replicas: int = 3,
+    route_password: str = "",
+    tls: NatsTls | None = None,
 ) -> str:
-    """The configuration file of one node. ``routes``: the other nodes."""
-    route_lines = "\n".join(f"    {_quoted(r.route_url)}" for r in routes)
+    """The configuration file of one node. ``routes``: the other nodes. It includes
+    :data:`AUTHORIZATION_NAME` from its own folder."""
+    login = f"{_ROUTE_USER}:{route_password}@" if route_password else ""
+    route_lines = "\n".join(
+        f"    {_quoted(f'nats-route://{login}{r.host}:{r.cluster}')}" for r in routes
+    )
+    route_auth = (
+        f"""
+  authorization {{
+    user: {_quoted(_ROUTE_USER)}
+    password: {_quoted(route_password)}
+    timeout: 5
+  }}"""
+        if route_password
+        else ""
+    )
     cluster = (
         f"""
 cluster {{
   name: {_quoted(cluster_name)}
-  listen: {_quoted(f"{ports.host}:{ports.cluster}")}
+  listen: {_quoted(f"{ports.host}:{ports.cluster}")}{route_auth}
+{tls.block("  ", verify=True) if tls else ""}
   routes: [
 {route_lines}
   ]
@@ -165,10 +257,13 @@ cluster {{
         if routes
         else ""
     )  # a lone node: JetStream refuses a cluster with no routes
-    return f"""# Written by actimesh; anonymous on loopback, not yet for production.
+    return f"""# Written by actimesh.
 server_name: {_quoted(name)}
 listen: {_quoted(f"{ports.host}:{ports.client}")}
 http: {_quoted(f"{ports.host}:{ports.monitor}")}
+pid_file: "nats.pid"
+{tls.block("") if tls else ""}
+include {AUTHORIZATION_NAME}
 
 jetstream {{
   store_dir: {_quoted(str(store_dir))}
@@ -178,6 +273,7 @@ mqtt {{
   listen: {_quoted(f"{ports.host}:{ports.mqtt}")}
   # Sessions and QoS 1 messages on every node's disk: a node may die.
   stream_replicas: {replicas}
+{tls.block("  ") if tls else ""}
 }}
 """
 
@@ -204,7 +300,10 @@ class NatsNode:
         self.data_dir = data_dir
         self.binary = binary
         self.config_path = data_dir / "nats.conf"
+        self.authorization_path = data_dir / AUTHORIZATION_NAME
+        self.pid_path = data_dir / "nats.pid"
         self.log_path = data_dir / "nats.log"
+        self.tls: NatsTls | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_file: IO[bytes] | None = None
         self._log_offset = 0
@@ -221,15 +320,36 @@ class NatsNode:
         return self.ports.mqtt
 
     @property
+    def monitor_url(self) -> str:
+        return f"http://{self.ports.host}:{self.ports.monitor}"
+
+    @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
-    def write_config(self, peers: Sequence[NodePorts], replicas: int) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+    def write_config(
+        self,
+        peers: Sequence[NodePorts],
+        replicas: int,
+        *,
+        authorization: str,
+        route_password: str = "",
+        tls: NatsTls | None = None,
+    ) -> None:
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         store = self.data_dir / "jetstream"
-        self.config_path.write_text(
-            render_node_config(self.server_name, self.ports, store, peers, replicas=replicas)
+        self.tls = tls
+        config = render_node_config(
+            self.server_name,
+            self.ports,
+            store,
+            peers,
+            replicas=replicas,
+            route_password=route_password,
+            tls=tls,
         )
+        write_private(self.config_path, config)
+        write_private(self.authorization_path, authorization)
 
     def launch(self) -> None:
         """Spawn the server on its written config; returns at once."""
@@ -294,17 +414,25 @@ class NatsNode:
         except OSError:
             return False
 
-    def open_mqtt(self) -> None:
+    def open_mqtt(self, username: str, password: str) -> None:
         """One MQTT 3.1.1 connection and its CONNACK: the listener makes its JetStream
         streams on the first, and the engines' consumers live on one of them."""
-        client_id = b"actimesh-cluster-up"
-        variable = b"\x00\x04MQTT\x04\x02\x00\x3c"  # 3.1.1, clean session, 60 s
-        body = variable + len(client_id).to_bytes(2, "big") + client_id
+        fields = (b"actimesh-cluster-up", username.encode(), password.encode())
+        variable = b"\x00\x04MQTT\x04\xc2\x00\x3c"  # 3.1.1, login, clean session, 60 s
+        body = variable + b"".join(len(f).to_bytes(2, "big") + f for f in fields)
+        if len(body) > 127:
+            raise BrokerError("the cluster's MQTT login is too long")
         try:
-            with socket.create_connection((self.ports.host, self.ports.mqtt), timeout=10) as s:
-                s.sendall(bytes((0x10, len(body))) + body)
-                connack = s.recv(4)
-                s.sendall(b"\xe0\x00")  # DISCONNECT
+            with socket.create_connection((self.ports.host, self.ports.mqtt), timeout=10) as raw:
+                wrap = self.tls.client_context().wrap_socket if self.tls else None
+                with (
+                    wrap(raw, server_hostname=self.ports.host)
+                    if wrap
+                    else contextlib.nullcontext(raw)
+                ) as s:
+                    s.sendall(bytes((0x10, len(body))) + body)
+                    connack = s.recv(4)
+                    s.sendall(b"\xe0\x00")  # DISCONNECT
         except OSError as exc:
             raise BrokerError(f"MQTT on {self.name} did not answer: {exc}") from exc
         if connack[:1] != b"\x20" or connack[3:4] != b"\x00":
@@ -360,6 +488,8 @@ class NatsCluster:
         host: str = "127.0.0.1",
         binary: Path | None = None,
         start_timeout_s: float = 30.0,
+        access: NatsAccess | None = None,
+        tls: NatsTls | None = None,
     ) -> None:
         if size < 1:
             raise ValueError("a cluster has at least one node")
@@ -367,13 +497,36 @@ class NatsCluster:
         self.start_timeout_s = start_timeout_s
         self.binary = binary if binary is not None else find_nats_server()
         self.replicas = min(3, size)
+        self.tls = tls
+        # The cluster's own MQTT login, for the one connection start() makes.
+        self._login = secrets.token_urlsafe(18)
+        self._login_user = NatsUser(
+            CLUSTER_LOGIN, bcrypt_hash(self._login), (), (), (ConnectionType.MQTT,)
+        )
+        self.access = access if access is not None else NatsAccess()
         ports = [NodePorts.free(host) for _ in range(size)]
         self.nodes = [
             NatsNode(f"n{i + 1}", p, data_dir / f"n{i + 1}", self.binary)
             for i, p in enumerate(ports)
         ]
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        authorization = render_authorization(self.access.with_users([self._login_user]))
+        route_password = secrets.token_urlsafe(18)
         for node in self.nodes:
-            node.write_config([p for p in ports if p is not node.ports], self.replicas)
+            node.write_config(
+                [p for p in ports if p is not node.ports],
+                self.replicas,
+                authorization=authorization,
+                route_password=route_password,
+                tls=tls,
+            )
+        state = {
+            "nodes": [
+                {"dir": str(n.data_dir.absolute()), "monitor": n.monitor_url} for n in self.nodes
+            ],
+            "login": {"user": CLUSTER_LOGIN, "hash": self._login_user.password_hash},
+        }
+        write_private(data_dir / STATE_NAME, json.dumps(state, indent=1))
 
     def __repr__(self) -> str:
         return f"<NatsCluster {len(self.nodes)} nodes {self.data_dir}>"
@@ -404,7 +557,7 @@ class NatsCluster:
             for node in self.nodes:
                 node.launch()
             self._wait(self.nodes)
-            self.nodes[0].open_mqtt()
+            self.nodes[0].open_mqtt(CLUSTER_LOGIN, self._login)
         except BaseException:
             self.kill_all()
             raise
@@ -414,6 +567,11 @@ class NatsCluster:
         node = self.nodes[index]
         node.launch()
         self._wait([node])
+
+    def apply_access(self, access: NatsAccess, *, timeout_s: float = 10.0) -> list[str]:
+        """Admit exactly ``access`` from now on, on every node (see the module)."""
+        self.access = access
+        return apply_access(self.data_dir, access, timeout_s=timeout_s)
 
     def kill(self, index: int) -> None:
         """SIGKILL one node."""
@@ -469,3 +627,52 @@ class NatsCluster:
         tb: TracebackType | None,
     ) -> None:
         await self.astop()
+
+
+def _running_pid(node_dir: Path) -> int | None:
+    """The pid in ``nats.pid`` if that process is nats-server on this node's config."""
+    try:
+        pid = int((node_dir / "nats.pid").read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None
+    return pid if str(node_dir / "nats.conf").encode() in cmdline else None
+
+
+def _load_time(monitor: str) -> object:
+    varz = _get_json(f"{monitor}/varz")
+    return None if varz is None else varz.get("config_load_time")
+
+
+def apply_access(cluster_dir: Path, access: NatsAccess, *, timeout_s: float = 10.0) -> list[str]:
+    """Write ``access`` for every node of the cluster in ``cluster_dir`` and reload the
+    running ones; returns the monitoring URLs of the nodes reloaded. A node that is not
+    running reads it when it starts. BrokerError if a node does not take it in time
+    (it keeps the previous one: see its log)."""
+    try:
+        state = json.loads((cluster_dir / STATE_NAME).read_text())
+        nodes = [(Path(n["dir"]), str(n["monitor"])) for n in state["nodes"]]
+        login = NatsUser(
+            str(state["login"]["user"]), str(state["login"]["hash"]), (), (), (ConnectionType.MQTT,)
+        )
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise BrokerError(f"no NATS cluster at {cluster_dir} ({exc})") from exc
+    text = render_authorization(access.with_users([login]))
+    reloaded = []
+    for node_dir, monitor in nodes:
+        write_private(node_dir / AUTHORIZATION_NAME, text)
+        pid = _running_pid(node_dir)
+        if pid is None:
+            continue
+        before = _load_time(monitor)
+        os.kill(pid, signal.SIGHUP)
+        deadline = time.monotonic() + timeout_s
+        while _load_time(monitor) in (before, None):
+            if time.monotonic() > deadline:
+                raise BrokerError(
+                    f"NATS node {node_dir.name} did not reload its authorization within "
+                    f"{timeout_s:g} s: see {node_dir / 'nats.log'}"
+                )
+            time.sleep(_POLL_S)
+        reloaded.append(monitor)
+    return reloaded

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from actimesh.broker.client import Subscription, Will
+from actimesh.broker.client import Subscription, TlsSettings, Will
 from actimesh.broker.intake import Admit
 from actimesh.broker.nats.control import NatsControl
 from actimesh.broker.nats.outbound import NatsOutbound
@@ -33,6 +33,9 @@ class NatsTransport:
         timeout_s: float = 5.0,
         pull_batch: int = 64,
         pull_expires_s: float = 5.0,
+        user: str | None = None,
+        password: str | None = None,
+        tls: TlsSettings | None = None,
     ) -> None:
         if not servers:
             raise ValueError("NatsTransport needs at least one server")
@@ -42,6 +45,9 @@ class NatsTransport:
         self.timeout_s = timeout_s
         self.pull_batch = pull_batch
         self.pull_expires_s = pull_expires_s
+        self.user = user
+        self.password = password
+        self.tls = tls
 
     def __repr__(self) -> str:
         return f"NatsTransport({', '.join(self.servers)})"

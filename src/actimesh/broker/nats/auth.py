@@ -1,0 +1,163 @@
+"""Who may connect to a NATS cluster, as what: the users and permissions of its
+``authorization`` block, rendered into a file every node ``include``\\ s.
+
+nats-server checks a user's publish permission on every message and its subscribe
+permission when a subscription is made, on MQTT connections too (against the NATS
+subject of the MQTT topic, :func:`~.subjects.topic_to_subject`). What it adds or
+refuses by itself for MQTT (read in its ``server/mqtt.go`` and ``client.go``, 2.10 to
+2.15), and so what is *not* granted here:
+
+* the listener's own work (storing QoS 1 messages in ``$MQTT_msgs``, sessions in
+  ``$MQTT_sess``, retained messages) runs on an internal client of the account, which
+  no permission restricts: a device's QoS 1 PUBLISH is checked on its plain subject
+  only, and needs no grant on ``$MQTT.``;
+* an MQTT connection may always subscribe within ``$MQTT.sub.`` and
+  ``$MQTT.deliver.pubrel.`` (the delivery subjects of its own QoS 1 and QoS 2
+  subscriptions, unguessable ``nuid`` names), and may never subscribe to anything else
+  that starts with ``$MQTT.`` (the SUBACK says failure): a device cannot read
+  ``$MQTT.msgs.>`` or the session stream's subjects, whatever it is granted;
+* ``allowed_connection_types`` keeps a user to MQTT (or to NATS): a device's password
+  is refused on the NATS port, where ``$JS.API`` would let it read streams directly.
+
+A NATS service (:class:`~.transport.NatsTransport`) needs, besides its topics,
+:func:`native_grants`: the JetStream API calls of its control links on ``$MQTT_msgs``,
+their acknowledgements, its reply inboxes, and the stored copy of what it publishes.
+
+Passwords: nats-server takes them in clear or as bcrypt (``$2a$``/``$2b$``), never as
+Mosquitto's ``$7$``. :func:`bcrypt_hash` makes bcrypt at its lowest cost (4), for the
+reason :mod:`actimesh.security.passwords` gives for its low PBKDF2 count (144-bit
+random passwords; the server checks the hash on every CONNECT and, on a reload, for
+every connected client). It uses the C library's ``crypt`` (libxcrypt has bcrypt)
+through Python 3.11's :mod:`crypt`: no new dependency.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from actimesh.broker.nats.subjects import MQTT_QOS1_PREFIX, MQTT_QOS1_STREAM
+
+with warnings.catch_warnings():
+    # Deprecated by PEP 594 but present on 3.11: see the module docstring.
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import crypt
+
+__all__ = [
+    "BCRYPT_COST",
+    "ConnectionType",
+    "NatsAccess",
+    "NatsUser",
+    "bcrypt_hash",
+    "native_grants",
+    "render_authorization",
+]
+
+#: bcrypt's lowest cost (2**4 rounds): see the module docstring.
+BCRYPT_COST = 4
+
+#: Allow lists nothing but the server's implicit grants get past (nats-server reads an
+#: empty list as no list at all): two subjects, so no user may both publish and
+#: subscribe on one.
+_NO_PUBLISH = "_ACTIMESH.nothing.publish"
+_NO_SUBSCRIBE = "_ACTIMESH.nothing.subscribe"
+
+
+def bcrypt_hash(password: str, *, cost: int = BCRYPT_COST) -> str:
+    """The ``$2b$`` bcrypt hash of ``password``, which nats-server verifies."""
+    if not 4 <= cost <= 31:
+        raise ValueError("bcrypt's cost is 4 to 31")
+    # S324 means MD5/SHA1-style methods; this one is bcrypt.
+    salt = crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=1 << cost)  # noqa: S324
+    hashed = crypt.crypt(password, salt)
+    if not hashed or not hashed.startswith("$2"):
+        raise RuntimeError("this C library's crypt() has no bcrypt (libxcrypt has it)")
+    return hashed
+
+
+class ConnectionType(StrEnum):
+    """The kinds of connection a user may make (``allowed_connection_types``)."""
+
+    STANDARD = "STANDARD"
+    MQTT = "MQTT"
+
+
+@dataclass(frozen=True, slots=True)
+class NatsUser:
+    """One login: name, bcrypt hash, and the subjects it may publish and subscribe to."""
+
+    name: str
+    password_hash: str = field(repr=False)
+    publish: tuple[str, ...]
+    subscribe: tuple[str, ...]
+    connection_types: tuple[ConnectionType, ...]
+
+    def __post_init__(self) -> None:
+        if not self.password_hash.startswith("$2"):
+            raise ValueError(f"user {self.name}: only bcrypt hashes go in a NATS config")
+        if not self.connection_types:
+            raise ValueError(f"user {self.name} may make no kind of connection")
+        for subject in (*self.publish, *self.subscribe):
+            if not subject or any(c.isspace() for c in subject):
+                raise ValueError(f"user {self.name}: {subject!r} is not a NATS subject")
+
+
+@dataclass(frozen=True, slots=True)
+class NatsAccess:
+    """Every user a cluster admits. Nobody else is: no anonymous connection."""
+
+    users: tuple[NatsUser, ...] = ()
+
+    def __post_init__(self) -> None:
+        names = [u.name for u in self.users]
+        if len(set(names)) != len(names):
+            raise ValueError("a NATS user is listed twice")
+
+    def with_users(self, users: Iterable[NatsUser]) -> NatsAccess:
+        return NatsAccess((*self.users, *users))
+
+
+def native_grants(publishes: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """What a :class:`~.transport.NatsTransport` publishing on ``publishes`` (subjects)
+    needs besides them: (publish, subscribe) subjects."""
+    stream = MQTT_QOS1_STREAM
+    publish = (
+        *(MQTT_QOS1_PREFIX + s for s in publishes),  # stored for QoS 1 subscriptions
+        f"$JS.API.CONSUMER.CREATE.{stream}.>",
+        f"$JS.API.CONSUMER.MSG.NEXT.{stream}.>",
+        f"$JS.ACK.{stream}.>",
+        "_INBOX.>",  # a round trip is a message to its own inbox
+    )
+    return publish, ("_INBOX.>",)
+
+
+def _q(value: str) -> str:
+    return json.dumps(value)  # a JSON string is a quoted string in the NATS config
+
+
+def _list(subjects: Sequence[str], nothing: str) -> str:
+    return "[" + ", ".join(_q(s) for s in (subjects or (nothing,))) + "]"
+
+
+def render_authorization(access: NatsAccess) -> str:
+    """The ``authorization`` block of every node (the file it includes)."""
+    lines = ["# Written by actimesh from the device registry; reloaded live.", "authorization {"]
+    lines.append("  users = [")
+    for user in access.users:
+        kinds = ", ".join(_q(k.value) for k in user.connection_types)
+        lines += [
+            "    {",
+            f"      user: {_q(user.name)}",
+            f"      password: {_q(user.password_hash)}",
+            f"      allowed_connection_types: [{kinds}]",
+            "      permissions: {",
+            f"        publish: {{ allow: {_list(user.publish, _NO_PUBLISH)} }}",
+            f"        subscribe: {{ allow: {_list(user.subscribe, _NO_SUBSCRIBE)} }}",
+            "      }",
+            "    }",
+        ]
+    lines += ["  ]", "}", ""]
+    return "\n".join(lines)
