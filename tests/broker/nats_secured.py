@@ -22,6 +22,7 @@ from actimesh.broker.nats.auth import (
 from actimesh.broker.nats.cluster import NatsTls
 from actimesh.broker.topics import device_client_id
 from actimesh.security.acl import (
+    SERVICE_DISPATCH,
     SERVICE_ENGINE,
     AccountRole,
     AclAccount,
@@ -32,6 +33,7 @@ from actimesh.security.acl import (
 from actimesh.security.nats_access import nats_access
 
 __all__ = [
+    "DISPATCH",
     "ENGINE",
     "TESTER",
     "access_for",
@@ -42,6 +44,7 @@ __all__ = [
 ]
 
 ENGINE = SERVICE_ENGINE
+DISPATCH = SERVICE_DISPATCH
 #: A native client that may publish and subscribe on every topic of every agency: for
 #: tests of the transport's mechanics (what plays a device or a reader on NATS). No
 #: role of the registry has it.
@@ -71,12 +74,13 @@ def access_for(
     dispatch_device: str = "dispatch-1",
     event_kinds: frozenset[str] | None = None,
 ) -> NatsAccess:
-    """The engine, ``devices`` (id, kind) and ``integrators`` of ``agency`` (granted
+    """The engine, dispatch, ``devices`` (id, kind) and ``integrators`` of ``agency`` (granted
     every device's telemetry if ``telemetry``), and :data:`TESTER` if ``tester``."""
     policy = AclPolicy(agency, dispatch_device, event_kinds)
     fleet = [AclDevice(d, kind=k.value) for d, k in devices]
     accounts = [
         AclAccount(ENGINE, AccountRole.ENGINE),
+        AclAccount(DISPATCH, AccountRole.DISPATCH),
         *(AclAccount(i, AccountRole.INTEGRATOR, telemetry) for i in integrators),
     ]
     access = render_access(policy, fleet, accounts)

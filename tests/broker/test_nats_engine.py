@@ -31,13 +31,14 @@ from actimesh.broker.messages import (
     Telemetry,
     activation_id,
 )
-from actimesh.broker.nats import NatsCluster, NatsControl, NatsTransport
+from actimesh.broker.nats import NatsCluster, NatsControl
 from actimesh.broker.topics import Topics, device_client_id
 from actimesh.errors import BrokerError
 from actimesh.geofence import InclusionPolicy, destination
 from actimesh.ledger import SqliteLedger
 from actimesh.security.signing import CommandSigner
 from actimesh.triggers import DEFAULT_RULES, Engine, EngineSettings
+from tests.broker.nats_secured import DISPATCH, access_for, engine_transport, password_of
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -50,7 +51,8 @@ CAM_LAT, CAM_LON = destination(LAT, LON, 90.0, 5.0)
 
 @pytest.fixture
 async def cluster(tmp_path: Path) -> AsyncIterator[NatsCluster]:
-    async with NatsCluster(tmp_path / "nats", size=3) as running:
+    access = access_for(TOPICS.agency, [("bwc1", DeviceKind.BODY_CAM), ("cew1", DeviceKind.CEW)])
+    async with NatsCluster(tmp_path / "nats", size=3, access=access) as running:
         yield running
 
 
@@ -61,7 +63,7 @@ async def engine_on(
     async with SqliteLedger(ledger_path) as ledger:
         engine = Engine(
             topics=TOPICS,
-            transport=NatsTransport([cluster.nodes[node].nats_url]),
+            transport=engine_transport(cluster, node),
             ledger=ledger,
             rules=DEFAULT_RULES,
             policy=InclusionPolicy(),
@@ -80,11 +82,15 @@ async def engine_on(
                 task.cancel()
 
 
-def mqtt311(port: int, device_id: str, *, clean: bool = True) -> aiomqtt.Client:
+def mqtt311(
+    port: int, device_id: str, *, clean: bool = True, user: str | None = None
+) -> aiomqtt.Client:
     client = aiomqtt.Client(
         HOST,
         port,
         identifier=device_client_id(TOPICS.agency, device_id),
+        username=user or device_id,
+        password=password_of(user or device_id),
         protocol=aiomqtt.ProtocolVersion.V311,
         clean_session=clean,
         timeout=10,
@@ -252,7 +258,7 @@ async def test_an_engine_stopped_cleanly_says_it_is_offline(
 ) -> None:
     # NATS has no last will: the engine's command link publishes it as it stops.
     status = TOPICS.engine_status("engine-1")
-    async with mqtt311(cluster.nodes[2].mqtt_port, "watcher") as watcher:
+    async with mqtt311(cluster.nodes[2].mqtt_port, "watcher", user=DISPATCH) as watcher:
         await watcher.subscribe(status, qos=1)
         seen: list[EngineStatus] = []
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from actimesh.broker.messages import AckStatus, DeviceKind, activation_id
-from actimesh.broker.nats import NatsCluster, NatsTransport
+from actimesh.broker.nats import NatsCluster
 from actimesh.broker.topics import Topics
 from actimesh.devices.agent import DeviceAgent, Position
 from actimesh.devices.camera import Camera
@@ -26,6 +26,7 @@ from actimesh.geofence import InclusionPolicy, destination
 from actimesh.ledger import SqliteLedger
 from actimesh.security.signing import CommandSigner
 from actimesh.triggers import DEFAULT_RULES, Engine, EngineSettings
+from tests.broker.nats_secured import access_for, engine_transport, password_of
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -38,7 +39,8 @@ CAM_LAT, CAM_LON = destination(LAT, LON, 90.0, 5.0)
 
 @pytest.fixture
 async def cluster(tmp_path: Path) -> AsyncIterator[NatsCluster]:
-    async with NatsCluster(tmp_path / "nats", size=3) as running:
+    access = access_for(TOPICS.agency, [("bwc1", DeviceKind.BODY_CAM), ("cew1", DeviceKind.CEW)])
+    async with NatsCluster(tmp_path / "nats", size=3, access=access) as running:
         yield running
 
 
@@ -62,6 +64,8 @@ def device(
         kind=kind,
         broker_host=HOST,
         broker_port=cluster.nodes[node].mqtt_port,
+        username=device_id,
+        password=password_of(device_id),
         position=lambda: at(lat, lon),
         camera=camera,
         verifier=signer.verifier(),
@@ -106,7 +110,7 @@ async def test_a_taser_draw_on_one_node_starts_a_body_camera_on_another(
     async with SqliteLedger(tmp_path / "ledger.sqlite3") as ledger:
         engine = Engine(
             topics=TOPICS,
-            transport=NatsTransport([cluster.nodes[0].nats_url]),
+            transport=engine_transport(cluster, 0),
             ledger=ledger,
             rules=DEFAULT_RULES,
             policy=InclusionPolicy(),
