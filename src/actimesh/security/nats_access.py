@@ -5,7 +5,8 @@
   <actimesh.security.registry.Registry.nats_hashes>`) is one user, its name the
   account's; a disabled device is left out (refused at login, and disconnected by the
   reload that applies it). An account registered before the registry kept bcrypt
-  hashes is left out too until its password is rotated.
+  hashes is left out too until its password is rotated, and so is one no ACL lets do
+  anything here (the admin account, whose one topic is the plugin's).
 * Each role's ACLs become permissions on the NATS subjects of their topics
   (:func:`~actimesh.broker.nats.subjects.topic_to_subject`): ``publishClientSend`` a
   publish grant, ``subscribePattern``/``subscribeLiteral`` a subscribe grant (a filter
@@ -68,6 +69,8 @@ def nats_access(access: Access, hashes: Mapping[str, str]) -> NatsAccess:
                 publish += _subjects(acl.topic, parent=False)
             elif acl.type in (AclType.SUBSCRIBE, AclType.SUBSCRIBE_WITHIN):
                 subscribe += _subjects(acl.topic, parent=True)
+        if not publish and not subscribe:
+            continue  # nothing to do on a cluster (the admin account): no login either
         if client.username in _NATIVE:
             kinds = (ConnectionType.STANDARD,)
             more_publish, more_subscribe = native_grants(publish)

@@ -135,16 +135,19 @@ def prepare_broker(
     *,
     devices: Sequence[DeviceSpec] = (),
     loadgen: bool = False,
+    cluster_logins: bool = False,
 ) -> Provisioned:
     """Provision everything a run of actimesh starts, and render the broker's files.
 
     ``devices`` is the simulated fleet of this run (empty: none, and any left from an
     earlier run is removed). Operator-registered devices and integrators are kept.
+    ``cluster_logins``: the simulated fleet may also log in to a NATS cluster
+    (:meth:`~actimesh.security.registry.Registry.provision_simulated`).
     """
     broker_dir = data_dir / BROKER_DIR
     with Registry.open(data_dir) as registry:
         services = registry.ensure_service_accounts(data_dir / SECRETS_DIR)
-        creds = registry.provision_simulated(devices)
+        creds = registry.provision_simulated(devices, cluster_logins=cluster_logins)
         gen = registry.ensure_loadgen() if loadgen else None
         files = registry.write_broker_files(broker_dir, policy)
     return Provisioned(broker_dir, files, services, creds, gen)

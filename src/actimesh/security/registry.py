@@ -465,13 +465,19 @@ class Registry:
                 db.execute("UPDATE devices SET paired = ? WHERE id = ?", (json.dumps(kept), other))
         return tuple(sorted(changed))
 
-    def provision_simulated(self, specs: Sequence[DeviceSpec]) -> dict[str, DeviceCredentials]:
+    def provision_simulated(
+        self, specs: Sequence[DeviceSpec], *, cluster_logins: bool = False
+    ) -> dict[str, DeviceCredentials]:
         """Register the simulated fleet ``specs``, with new credentials for every device.
 
         Called on every start of a simulation: simulated devices that are not in
         ``specs`` any more are removed, and every one in it gets a new password and key
         (returned, never shown). An id that an operator registered is refused: the
         simulator would otherwise take over a real camera's credentials.
+
+        ``cluster_logins``: also the bcrypt hash a NATS cluster needs to admit them
+        (0.9 ms a device, against 0.1 ms for the rest: 9 s more for 10,000 devices on
+        every start, so only for a fleet that runs on a cluster).
         """
         ids = {s.device_id for s in specs}
         if len(ids) != len(specs):
@@ -499,7 +505,7 @@ class Registry:
                     json.dumps(list(spec.paired)),
                     public,
                     hash_password(password),
-                    bcrypt_hash(password),
+                    bcrypt_hash(password) if cluster_logins else None,
                     now,
                     now,
                 )
