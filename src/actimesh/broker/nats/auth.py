@@ -27,24 +27,20 @@ Passwords: nats-server takes them in clear or as bcrypt (``$2a$``/``$2b$``), nev
 Mosquitto's ``$7$``. :func:`bcrypt_hash` makes bcrypt at its lowest cost (4), for the
 reason :mod:`actimesh.security.passwords` gives for its low PBKDF2 count (144-bit
 random passwords; the server checks the hash on every CONNECT and, on a reload, for
-every connected client). It uses the C library's ``crypt`` (libxcrypt has bcrypt)
-through Python 3.11's :mod:`crypt`: no new dependency.
+every connected client). It uses the ``bcrypt`` package (the standard library's
+``crypt`` is deprecated and removed in Python 3.13).
 """
 
 from __future__ import annotations
 
 import json
-import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from actimesh.broker.nats.subjects import MQTT_QOS1_PREFIX, MQTT_QOS1_STREAM
+import bcrypt
 
-with warnings.catch_warnings():
-    # Deprecated by PEP 594 but present on 3.11: see the module docstring.
-    warnings.simplefilter("ignore", DeprecationWarning)
-    import crypt
+from actimesh.broker.nats.subjects import MQTT_QOS1_PREFIX, MQTT_QOS1_STREAM
 
 __all__ = [
     "BCRYPT_COST",
@@ -70,12 +66,7 @@ def bcrypt_hash(password: str, *, cost: int = BCRYPT_COST) -> str:
     """The ``$2b$`` bcrypt hash of ``password``, which nats-server verifies."""
     if not 4 <= cost <= 31:
         raise ValueError("bcrypt's cost is 4 to 31")
-    # S324 means MD5/SHA1-style methods; this one is bcrypt.
-    salt = crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=1 << cost)  # noqa: S324
-    hashed = crypt.crypt(password, salt)
-    if not hashed or not hashed.startswith("$2"):
-        raise RuntimeError("this C library's crypt() has no bcrypt (libxcrypt has it)")
-    return hashed
+    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=cost)).decode()
 
 
 class ConnectionType(StrEnum):
