@@ -55,7 +55,8 @@ def _client_id(username: str) -> str | None:
     """The client id the broker binds ``username`` to (agency "cli"); None for services."""
     if username.startswith("svc-"):
         return None
-    return username if username.startswith("int-") else device_client_id("cli", username)
+    named = username.startswith(("int-", "op-"))
+    return username if named else device_client_id("cli", username)
 
 
 async def _connects(broker: ManagedMosquitto, username: str, password: str) -> bool:
@@ -197,6 +198,44 @@ async def test_integrator_account_reads_activations_only(
         async with asyncio.timeout(TIMEOUT_S):
             message = await anext(aiter(reader.messages))
     assert message.topic.value == t.activations("taser_draw")
+
+
+async def test_operator_account_is_made_by_the_cli_and_reads_dead_letters(
+    settings: Settings, up: ManagedMosquitto, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = str(settings.data_dir)
+    code, out, _ = await asyncio.to_thread(
+        _run, capsys, "operators", "add", "night", "--data-dir", data
+    )
+    assert code == 0
+    assert f"applied live (pid {up.pid})" in out
+    assert _field(out, "username") == "op-night"
+    password = _field(out, "password")
+    await _until_connects(up, "op-night", password)
+    engine = read_secret(settings.data_dir, "svc-engine")
+    t = Topics("cli")
+    async with (
+        aiomqtt.Client(
+            up.host, up.port, identifier="op-night", username="op-night", password=password
+        ) as reader,
+        aiomqtt.Client(up.host, up.port, username="svc-engine", password=engine) as eng,
+    ):
+        await reader.subscribe(t.all_deadletters)
+        await eng.publish(t.deadletter("bad_payload"), b"dead", qos=1)
+        async with asyncio.timeout(TIMEOUT_S):
+            message = await anext(aiter(reader.messages))
+    assert (message.topic.value, message.payload) == (t.deadletter("bad_payload"), b"dead")
+    code, out, _ = _run(capsys, "operators", "list", "--data-dir", data)
+    assert (code, "op-night" in out, password in out) == (0, True, False)
+    code, out, _ = await asyncio.to_thread(
+        _run, capsys, "operators", "remove", "night", "--data-dir", data
+    )
+    assert code == 0
+    await eventually(lambda: _refused_login(up, "op-night", password), TIMEOUT_S, every=0.05)
+
+
+async def _refused_login(broker: ManagedMosquitto, username: str, password: str) -> bool:
+    return not await _connects(broker, username, password)
 
 
 def test_certs_init_then_up_opens_a_tls_listener(

@@ -1,5 +1,6 @@
-"""``actimesh devices``, ``integrators`` and ``services``: broker accounts in the registry,
-applied to a running broker at once. Credentials are printed once, when made."""
+"""``actimesh devices``, ``integrators``, ``operators`` and ``services``: broker accounts in
+the registry, applied to a running broker at once. Credentials are printed once, when
+made (``devices import`` writes them to a 0600 file instead: :mod:`._fleet`)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from actimesh.runtime.config import Settings, load_settings
 
 if TYPE_CHECKING:
     from actimesh.security.provision import BrokerEndpoints
-    from actimesh.security.registry import DeviceCredentials, Registry
+    from actimesh.security.registry import Credentials, DeviceCredentials, Registry
 
 __all__ = ["add_parsers", "run"]
 
@@ -66,6 +67,16 @@ def add_parsers(sub: argparse._SubParsersAction[Parser]) -> None:
     iverbs.add_parser("remove", help="delete it: the broker drops it at once").add_argument("name")
     iverbs.add_parser("list", help="every integrator account")
 
+    operators = sub.add_parser(
+        "operators",
+        help="read-only broker accounts op-NAME for people running the mesh: activations, "
+        "alerts and dead letters",
+    )
+    overbs = operators.add_subparsers(dest="verb", required=True, parser_class=Parser)
+    overbs.add_parser("add", help="create op-NAME; prints its password once").add_argument("name")
+    overbs.add_parser("remove", help="delete it: the broker drops it at once").add_argument("name")
+    overbs.add_parser("list", help="every operator account")
+
     services = sub.add_parser(
         "services",
         help="actimesh's own broker accounts (svc-engine, "
@@ -78,7 +89,12 @@ def add_parsers(sub: argparse._SubParsersAction[Parser]) -> None:
         "Dynamic Security files",
     )
     sinit.add_argument("--rotate", action="store_true", help="new passwords for all of them")
-    for parser in (*verbs.choices.values(), *iverbs.choices.values(), sinit):
+    for parser in (
+        *verbs.choices.values(),
+        *iverbs.choices.values(),
+        *overbs.choices.values(),
+        sinit,
+    ):
         registry_location(parser)
 
 
@@ -108,7 +124,13 @@ def run(args: argparse.Namespace, console: Console) -> int:  # noqa: ARG001 - pr
         return _services(args, settings)
     with Registry.open(data_dir) as registry:
         if args.verb == "list":
-            rows = registry.devices() if args.command == "devices" else registry.integrators()
+            rows: list[Any] = (
+                registry.devices()
+                if args.command == "devices"
+                else registry.integrators()
+                if args.command == "integrators"
+                else registry.operators()
+            )
             for row in rows:
                 print(_describe(row))
             print(f"{len(rows)} {args.command} in {registry.path}")
@@ -116,6 +138,8 @@ def run(args: argparse.Namespace, console: Console) -> int:  # noqa: ARG001 - pr
         creds: Any = None
         if args.command == "devices":
             creds = _device_verb(registry, args)
+        elif args.command == "operators":
+            creds = _operator_verb(registry, args)
         elif args.verb == "add":
             creds = registry.add_integrator(args.name, telemetry=args.telemetry)
             grant = "activations and telemetry" if args.telemetry else "activations only"
@@ -164,6 +188,17 @@ def _device_verb(registry: Registry, args: argparse.Namespace) -> DeviceCredenti
     return None
 
 
+def _operator_verb(registry: Registry, args: argparse.Namespace) -> Credentials | None:
+    """``actimesh operators add|remove``; the new account's credentials, if any."""
+    if args.verb == "add":
+        creds = registry.add_operator(args.name)
+        print(f"operator {creds.username} created (activations, alerts and dead letters)")
+        return creds
+    registry.remove_operator(args.name)
+    print(f"operator {args.name} removed")
+    return None
+
+
 def _services(args: argparse.Namespace, settings: Settings) -> int:
     """The service accounts for processes that log in to a broker actimesh does not run."""
     from actimesh.security import SECRETS_DIR, Registry  # noqa: PLC0415
@@ -196,5 +231,8 @@ def _describe(row: Any) -> str:
             f"{row.device_id:<24} {row.kind.value:<9} unit {row.unit or '-':<12} "
             f"paired {paired:<20} key {row.public_key[:16]}… rotated {when}{sim}{off}"
         )
-    grant = "activations+telemetry" if row.telemetry else "activations"
+    if row.role.value == "operator":
+        grant = "activations+alerts+deadletters"
+    else:
+        grant = "activations+alerts+telemetry" if row.telemetry else "activations+alerts"
     return f"{row.name:<24} {grant:<22} created/rotated {when}"

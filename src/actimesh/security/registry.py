@@ -6,7 +6,8 @@ One SQLite file, ``{data_dir}/registry.sqlite3`` (mode 0600), holds:
   key the device signs its recording manifests with, and whether the simulator owns it;
 * **accounts** that are not devices: the service accounts of the processes actimesh
   starts (``svc-engine``, ``svc-dispatch``, ``svc-monitor``), integrators
-  (``int-{name}``, activations only unless granted telemetry) and the benchmark's load
+  (``int-{name}``, activations and alerts, telemetry only if granted), operators
+  (``op-{name}``, activations, alerts and dead letters) and the benchmark's load
   generator.
 
 Only password *hashes* are stored (:mod:`.passwords`). A password, and a device's
@@ -44,6 +45,7 @@ from actimesh.private import write_private
 from actimesh.security.acl import (
     INTEGRATOR_PREFIX,
     LOADGEN_ACCOUNT,
+    OPERATOR_PREFIX,
     SERVICE_ADMIN,
     SERVICE_DISPATCH,
     SERVICE_ENGINE,
@@ -86,9 +88,10 @@ PASSWD_NAME = "passwd"  # noqa: S105 - a file name
 ACCESS_NAME = "access.json"
 ADMIN_NAME = "admin"
 DYNSEC_NAME = "dynsec.json"
-#: Device ids may not start with these: they name service accounts, integrators and the
-#: dispatch console's zone device, whose topics the ACL gives to those accounts.
-RESERVED_PREFIXES = ("svc-", "int-", "dispatch-")
+#: Device ids may not start with these: they name service accounts, integrators,
+#: operators and the dispatch console's zone device, whose topics the ACL gives to those
+#: accounts.
+RESERVED_PREFIXES = ("svc-", "int-", "op-", "dispatch-")
 #: A presence message carries at most this many paired ids.
 MAX_PAIRED = 16
 
@@ -568,6 +571,29 @@ class Registry:
                     f"integrator {account!r} does not exist: see `actimesh integrators list`"
                 )
 
+    def operators(self) -> list[Account]:
+        """The operator accounts, by name."""
+        return [a for a in self.accounts() if a.role is AccountRole.OPERATOR]
+
+    def add_operator(self, name: str) -> Credentials:
+        """An operator account ``op-{name}``: activations, alerts and dead letters, read
+        only. Its password is in the result and nowhere else."""
+        account = _prefixed(name, OPERATOR_PREFIX, "operator")
+        return self._set_account(account, AccountRole.OPERATOR, new=True)
+
+    def remove_operator(self, name: str) -> None:
+        """Remove operator ``op-{name}`` (``name`` may include the prefix)."""
+        account = _prefixed(name, OPERATOR_PREFIX, "operator")
+        with self._write() as db:
+            cur = db.execute(
+                "DELETE FROM accounts WHERE name = ? AND role = ?",
+                (account, AccountRole.OPERATOR.value),
+            )
+            if cur.rowcount == 0:
+                raise SecurityError(
+                    f"operator {account!r} does not exist: see `actimesh operators list`"
+                )
+
     def ensure_service_accounts(
         self, secrets_dir: Path, *, keep_existing: bool = False
     ) -> dict[str, Credentials]:
@@ -675,11 +701,15 @@ class Registry:
 
 
 def _integrator_account(name: str) -> str:
-    account = name if name.startswith(INTEGRATOR_PREFIX) else f"{INTEGRATOR_PREFIX}{name}"
+    return _prefixed(name, INTEGRATOR_PREFIX, "integrator")
+
+
+def _prefixed(name: str, prefix: str, what: str) -> str:
+    account = name if name.startswith(prefix) else f"{prefix}{name}"
     if not is_identifier(account):
         raise SecurityError(
-            f"integrator name {name!r} is not valid: use letters, digits, '.', '_' or '-' "
-            "(at most 60)"
+            f"{what} name {name!r} is not valid: use letters, digits, '.', '_' or '-' "
+            f"(at most {64 - len(prefix)})"
         )
     return account
 
