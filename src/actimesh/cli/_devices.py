@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
@@ -30,14 +31,16 @@ def add_parsers(sub: argparse._SubParsersAction[Parser]) -> None:
 
     devices = sub.add_parser(
         "devices",
-        help="broker accounts of devices: add, list, remove, rotate, disable, enable "
-        "(applied live)",
+        help="broker accounts of devices: add, import, export, list, remove, rotate, "
+        "disable, enable (applied live)",
     )
     verbs = devices.add_subparsers(dest="verb", required=True, parser_class=Parser)
     add = verbs.add_parser("add", help="register a device; prints its credentials once")
     add.add_argument("device_id", metavar="ID", help="device id, also its MQTT username")
     add.add_argument("--kind", required=True, choices=[k.value for k in DeviceKind])
     add.add_argument("--unit", help="the unit (cruiser crew) it belongs to")
+    add.add_argument("--call-sign", help="the radio call sign it rides with (e.g. 12A3)")
+    add.add_argument("--officer", help="who carries or drives it (badge number or name)")
     add.add_argument(
         "--paired",
         type=_paired,
@@ -55,6 +58,9 @@ def add_parsers(sub: argparse._SubParsersAction[Parser]) -> None:
     disable.add_argument("device_id", metavar="ID")
     disable.add_argument("--reason", default="disabled by an operator", help="shown in list")
     verbs.add_parser("list", help="every registered device (no secrets)")
+    from actimesh.cli._fleet import add_verbs  # noqa: PLC0415
+
+    add_verbs(verbs)
 
     integrators = sub.add_parser(
         "integrators",
@@ -113,6 +119,24 @@ def _endpoints(settings: Settings) -> BrokerEndpoints:
     return BrokerEndpoints(plain, f"mqtts://{host}:{b.tls_port}", ca)
 
 
+def endpoint_lines(settings: Settings) -> list[str]:
+    """Where devices reach the broker, as ``devices add`` prints it (for ``import``)."""
+    endpoints = _endpoints(settings)
+    lines = [f"  broker       {endpoints.plain}"]
+    if endpoints.tls is not None:
+        lines.append(f"  broker       {endpoints.tls}  (TLS; CA certificate {endpoints.ca})")
+    return lines
+
+
+def engine_key_line(data_dir: Path) -> list[str]:
+    """The engine's public key line, when ``up`` has made the key."""
+    key_file = data_dir / "keys" / "engine-signing.pub"
+    if not key_file.is_file():
+        return []
+    key = key_file.read_text().strip()
+    return [f"  engine key   {key}  (Ed25519: commands must verify with it)"]
+
+
 def run(args: argparse.Namespace, console: Console) -> int:  # noqa: ARG001 - prints plain lines
     """``actimesh devices|integrators|services VERB``."""
     from actimesh.security import Registry  # noqa: PLC0415
@@ -122,6 +146,11 @@ def run(args: argparse.Namespace, console: Console) -> int:  # noqa: ARG001 - pr
     data_dir = settings.data_dir
     if args.command == "services":
         return _services(args, settings)
+    if args.command == "devices" and args.verb in ("import", "export"):
+        from actimesh.cli import _fleet  # noqa: PLC0415
+
+        verb = _fleet.import_fleet if args.verb == "import" else _fleet.export_fleet
+        return verb(args, settings)
     with Registry.open(data_dir) as registry:
         if args.verb == "list":
             rows: list[Any] = (
@@ -167,7 +196,14 @@ def _device_verb(registry: Registry, args: argparse.Namespace) -> DeviceCredenti
 
     device_id = args.device_id
     if args.verb == "add":
-        creds = registry.add(device_id, DeviceKind(args.kind), unit=args.unit, paired=args.paired)
+        creds = registry.add(
+            device_id,
+            DeviceKind(args.kind),
+            unit=args.unit,
+            paired=args.paired,
+            call_sign=args.call_sign,
+            officer=args.officer,
+        )
         print(f"device {device_id} registered")
         return creds
     if args.verb == "rotate":
@@ -227,8 +263,10 @@ def _describe(row: Any) -> str:
         paired = ",".join(row.paired) or "-"
         sim = " (simulated)" if row.simulated else ""
         off = f" DISABLED ({row.disabled})" if row.disabled else ""
+        who = f" call sign {row.call_sign}" if row.call_sign else ""
+        who += f" officer {row.officer}" if row.officer else ""
         return (
-            f"{row.device_id:<24} {row.kind.value:<9} unit {row.unit or '-':<12} "
+            f"{row.device_id:<24} {row.kind.value:<9} unit {row.unit or '-':<12}{who} "
             f"paired {paired:<20} key {row.public_key[:16]}… rotated {when}{sim}{off}"
         )
     if row.role.value == "operator":
