@@ -326,6 +326,17 @@ def test_import_with_bad_rows_imports_nothing_and_reports_each(
     assert code == 2
     assert err.count("\n") == 1
     assert "no file" in err
+    # An earlier import's credentials file is never replaced, and nothing is registered.
+    taken = tmp_path / "taken.csv"
+    taken.write_text("earlier secrets\n")
+    good = _fleet_file(tmp_path / "good.csv", 1)
+    argv = ("devices", "import", str(good), "--credentials", str(taken), "--data-dir", data)
+    code, _, err = _run(capsys, *argv)
+    assert (code, err.count("\n")) == (2, 1)
+    assert "exists already" in err
+    assert taken.read_text() == "earlier secrets\n"
+    with Registry.open(settings.data_dir) as reg:
+        assert reg.devices() == []
 
 
 def test_certs_init_then_up_opens_a_tls_listener(

@@ -11,7 +11,6 @@ The credentials go to a new file only the owner may read, never to the terminal.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 import time
@@ -45,10 +44,10 @@ def add_verbs(verbs: argparse._SubParsersAction[Parser]) -> None:
     exp.add_argument("file", type=Path, metavar="FILE.csv", help="'-' for standard output")
 
 
-def _create_private(path: Path, text: str) -> None:
-    """Write ``text`` to a new file ``path``, mode 0600; refuse to replace one."""
+def _create_private(path: Path) -> int:
+    """A new, empty file ``path``, mode 0600, open for writing; refuse to replace one."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         raise ConfigError(
             f"{path} exists already: it may hold credentials of an earlier import; move it "
@@ -56,9 +55,12 @@ def _create_private(path: Path, text: str) -> None:
         ) from None
     except OSError as exc:
         raise ConfigError(
-            f"cannot create {path}: {exc.strerror}; give --credentials a path "
-            "in a folder you may write"
+            f"cannot create {path}: {exc.strerror}; give --credentials a path in a folder "
+            "you may write"
         ) from None
+
+
+def _write_all(fd: int, text: str) -> None:
     with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
         fh.write(text)
         fh.flush()
@@ -103,16 +105,16 @@ def import_fleet(args: argparse.Namespace, settings: Settings) -> int:
         target: Path = args.credentials or data_dir / SECRETS_DIR / f"devices-{stamp}.csv"
         if args.credentials is None:
             target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        creds = registry.add_many(fleet.specs)
+        # The file first, so that a path we may not write costs nothing; removed again if
+        # the registry refuses the devices (another import got there in between).
+        fd = _create_private(target)
         try:
-            _create_private(target, credentials_csv(creds.values()))
+            creds = registry.add_many(fleet.specs)
         except BaseException:
-            # Nobody could log in as them: registered without their credentials is worse
-            # than not registered.
-            with contextlib.suppress(Exception):
-                for device_id in creds:
-                    registry.remove(device_id)
+            os.close(fd)
+            target.unlink()
             raise
+        _write_all(fd, credentials_csv(creds.values()))
     pid = apply_to_broker(data_dir, settings.acl_policy())
     took = time.perf_counter() - started
     print(f"imported {len(creds)} devices from {source} in {took:.1f} s")
