@@ -321,9 +321,19 @@ INSIDE_M, OUTSIDE_M = 29.9 * FT, 30.1 * FT
         pytest.param((-16.8, 179.99995), id="antimeridian"),
     ],
 )
-@pytest.mark.parametrize("mode", list(InclusionMode))
+@pytest.mark.parametrize(
+    "policy",
+    [
+        pytest.param(InclusionPolicy(), id="inclusive"),
+        pytest.param(InclusionPolicy(mode=InclusionMode.CENTRE), id="centre"),
+        pytest.param(
+            InclusionPolicy(mode=InclusionMode.CENTRE, max_margin_m=0.0), id="centre-no-margin"
+        ),
+        pytest.param(InclusionPolicy(max_margin_m=2.0), id="inclusive-2m"),
+    ],
+)
 def test_every_camera_in_the_decision_band_gets_a_row_with_its_reason_in_every_policy(
-    origin: tuple[float, float], mode: InclusionMode
+    origin: tuple[float, float], policy: InclusionPolicy
 ) -> None:
     """29.9 ft is commanded and 30.1 ft is not, exactly, in either mode, at the pole and
     across the 180th meridian; every camera out to radius + max_margin_m (42 ft, 49 ft)
@@ -334,8 +344,7 @@ def test_every_camera_in_the_decision_band_gets_a_row_with_its_reason_in_every_p
     for n, (device_id, dist) in enumerate(placed.items()):
         fleet.presence(device_id, Presence(online=True, device_kind=DeviceKind.BODY_CAM), T0)
         index.upsert(device_id, *destination(*origin, 90.0 * n + 15, dist), 0.0, T0)
-    policy = InclusionPolicy(mode=mode)
-    beyond = destination(*origin, 300.0, rule("taser_draw").radius_m + policy.max_margin_m + 0.5)
+    beyond = destination(*origin, 300.0, policy.search_radius_m(rule("taser_draw").radius_m) + 0.5)
     fleet.presence("bwc-far", Presence(online=True, device_kind=DeviceKind.BODY_CAM), T0)
     index.upsert("bwc-far", *beyond, 0.0, T0)
     event = Event(eid="e1", type="taser_draw", ts=T0, lat=origin[0], lon=origin[1], acc=0.0)
