@@ -140,7 +140,7 @@ class SecureBroker:
         an integrator's account name, or any (None: a random one) for a service."""
         if username.startswith("svc-"):
             return None
-        if username.startswith("int-"):
+        if username.startswith(("int-", "op-")):
             return username
         return device_client_id(self.policy.agency, username)
 
@@ -161,6 +161,12 @@ class SecureBroker:
     def add_integrator(self, name: str, *, telemetry: bool = False) -> Credentials:
         with self.registry() as reg:
             creds = reg.add_integrator(name, telemetry=telemetry)
+        self.apply()
+        return creds
+
+    def add_operator(self, name: str) -> Credentials:
+        with self.registry() as reg:
+            creds = reg.add_operator(name)
         self.apply()
         return creds
 

@@ -9,7 +9,14 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from actimesh.broker.messages import Activation, ActivationReason, CameraActivation, DeviceKind
+from actimesh.broker.messages import (
+    Activation,
+    ActivationReason,
+    CameraActivation,
+    DeviceKind,
+    LeftOut,
+    LeftOutReason,
+)
 from actimesh.dispatch.cloudevents import activation_event, rfc3339, sign, verify
 
 
@@ -33,6 +40,17 @@ def record(order: tuple[str, ...]) -> Activation:
         ),
         excluded=2,
         by="Dispatcher Kim",
+        left_out=(
+            LeftOut(
+                id="bwc-9",
+                device_kind=DeviceKind.BODY_CAM,
+                reason=LeftOutReason.TOO_FAR,
+                dist=9.17,
+                margin=0.0,
+                age=0.4,
+            ),
+            LeftOut(id="dash-3", reason=LeftOutReason.OFFLINE, dist=6.0),
+        ),
     )
 
 
@@ -47,6 +65,20 @@ def test_structured_cloudevent_carries_the_activation() -> None:
     assert doc["datacontenttype"] == "application/json"
     assert doc["data"]["by"] == "Dispatcher Kim"
     assert [c["id"] for c in doc["data"]["cameras"]] == ["a", "b"]
+    # Every camera left out, with why, as on the MQTT topics (unknown fields omitted).
+    assert doc["data"]["excluded"] == 2
+    assert doc["data"]["left_out"] == [
+        {
+            "v": 1,
+            "id": "bwc-9",
+            "device_kind": "body_cam",
+            "reason": "too_far",
+            "dist": 9.17,
+            "margin": 0.0,
+            "age": 0.4,
+        },
+        {"v": 1, "id": "dash-3", "reason": "offline", "dist": 6.0},
+    ]
 
 
 def test_body_does_not_depend_on_camera_order() -> None:

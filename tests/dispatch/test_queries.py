@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from actimesh.broker.messages import DeviceKind
 from actimesh.dispatch.models import ActivationSummary, Outcome
 from actimesh.dispatch.queries import (
     SUMMARY_FIELDS,
@@ -175,6 +176,10 @@ async def test_record_rebuilt_from_the_ledger_matches_the_engine_record(
         ("bwc-slow", "proximity", 6.0),
     ]
     assert record.excluded == 1
+    # The left-out camera with its reason, as the engine's own record carries it.
+    assert [
+        (c.id, c.device_kind, c.reason.value, c.dist, c.margin, c.age) for c in record.left_out
+    ] == [("bwc-far", DeviceKind.BODY_CAM, "too_far", 14.0, 3.0, 0.4)]
     assert [rec.aid for rec, _ in recent] == ["act-a", "act-b", "act-c", "act-d"]
     assert [(d, a.status.value) for d, a in recent[0][1]][:2] == [
         ("bwc-near", "received"),

@@ -100,6 +100,13 @@ def test_search_radius_covers_the_largest_possible_margin_in_either_mode() -> No
     assert InclusionPolicy().search_radius_m(RADIUS_M) == pytest.approx(RADIUS_M + 6.0)
     centre = InclusionPolicy(mode=InclusionMode.CENTRE)
     assert centre.search_radius_m(RADIUS_M) == pytest.approx(RADIUS_M + 6.0)
+    # A margin set lower (it has no other use in centre mode) does not narrow the band
+    # every camera gets a decision row in; a wider one widens it.
+    for mode in InclusionMode:
+        narrow = InclusionPolicy(mode=mode, max_margin_m=0.0)
+        assert narrow.search_radius_m(RADIUS_M) == pytest.approx(RADIUS_M + 6.0)
+        wide = InclusionPolicy(mode=mode, max_margin_m=10.0)
+        assert wide.search_radius_m(RADIUS_M) == pytest.approx(RADIUS_M + 10.0)
 
 
 @pytest.mark.parametrize("mode", list(InclusionMode))

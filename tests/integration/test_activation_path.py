@@ -22,6 +22,7 @@ from actimesh.broker.messages import (
     Presence,
     activation_id,
 )
+from actimesh.geofence import InclusionMode, InclusionPolicy
 from actimesh.ledger import AckRow
 from tests.integration.harness import CENTER, TEST_SETTINGS, mesh
 from tests.waiting import eventually, quiet_for
@@ -264,6 +265,47 @@ async def test_activation_is_mirrored_as_json_for_integrators_without_msgpack(
         record = json.loads(message.payload)
         assert record["aid"] == activation_id("gw", event.eid)
         assert record["cameras"][0]["id"] == "bwc"
+
+
+async def test_camera_30_1_ft_away_is_left_out_with_its_reason_in_ledger_and_json_record(
+    agency: str, broker_port: int, tmp_path: Path
+) -> None:
+    """Centre mode: 29.9 ft is commanded, 30.1 ft is not, and the ledger and the JSON
+    activation record both say why (too_far) and how far."""
+    inside, outside = 29.9 * 0.3048, 30.1 * 0.3048
+    centre = InclusionPolicy(mode=InclusionMode.CENTRE)
+    async with mesh(agency, broker_port, tmp_path, policy=centre) as m:
+        m.add("bwc-in", DeviceKind.BODY_CAM, at=inside, bearing=30)
+        m.add("bwc-out", DeviceKind.BODY_CAM, at=outside, bearing=200)
+        m.add("gw", DeviceKind.GATEWAY, at=0.0)
+        await m.ready()
+        engine = m.engine
+        assert engine is not None
+        async with m.client() as integrator:
+            await integrator.subscribe(f"{m.topics.prefix}/json/activations/#", qos=1)
+            event = await m.agents["gw"].raise_event("emergency_lights")
+            async with asyncio.timeout(5):
+                message = await anext(aiter(integrator.messages))
+        aid = activation_id("gw", event.eid)
+        assert isinstance(message.payload, bytes)
+        record = json.loads(message.payload)
+        assert record["aid"] == aid
+        assert [c["id"] for c in record["cameras"]] == ["bwc-in"]
+        assert record["excluded"] == 1
+        (left,) = record["left_out"]
+        assert (left["id"], left["reason"], left["device_kind"]) == (
+            "bwc-out",
+            "too_far",
+            "body_cam",
+        )
+        assert left["dist"] == pytest.approx(outside, abs=0.01)
+        stored = await engine.ledger.activation(aid)
+        assert stored is not None
+        rows = {d.device_id: d for d in stored[1]}
+        assert rows["bwc-out"].commanded is False
+        assert rows["bwc-out"].reason == "too_far"
+        assert rows["bwc-out"].distance_m == pytest.approx(outside, abs=0.01)
+        assert rows["bwc-in"].commanded is True
 
 
 async def test_engine_moves_its_start_up_heap_out_of_the_collectors_sight(

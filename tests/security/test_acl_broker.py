@@ -299,6 +299,51 @@ async def test_integrator_reads_activations_and_telemetry_only_when_granted(
     assert tracker.topics() == [t.telemetry("bwc-1"), t.activations_json("taser_draw")]
 
 
+async def test_integrator_reads_alerts_and_operator_reads_dead_letters_too(
+    secure_mosquitto: SecureBroker, agency: str
+) -> None:
+    """The roles as DISPATCH.md and SECURITY.md give them, enforced at subscribe time:
+    an integrator gets alerts but is refused the dead letters; an operator gets both;
+    a device is refused either."""
+    t = Topics(agency)
+    cam = secure_mosquitto.add_device("bwc-1")
+    acme = secure_mosquitto.add_integrator("acme")
+    ops = secure_mosquitto.add_operator("nightshift")
+    engine = _svc(secure_mosquitto, SERVICE_ENGINE)
+    wanted = (t.all_alerts, t.all_deadletters, t.all_activations)
+    async with (
+        _client(secure_mosquitto, acme, *wanted) as integrator,
+        _client(secure_mosquitto, ops, *wanted, t.all_devices(DeviceChannel.TELEMETRY)) as op,
+        _client(secure_mosquitto, cam.mqtt, *wanted) as dev,
+        _client(secure_mosquitto, engine) as eng,
+    ):
+        assert integrator.refused() == [t.all_deadletters]
+        assert op.refused() == [t.all_devices(DeviceChannel.TELEMETRY)]
+        assert dev.refused() == list(wanted)
+        assert await op.subscribe(t.deadletter("bad_signature"))  # narrower: fine
+        await eng.client.publish(t.alerts("no_ack"), b"alert", qos=1)
+        await eng.client.publish(t.deadletter("bad_payload"), b"dead", qos=1)
+        await eng.client.publish(t.activations("taser_draw"), MARKER, qos=1)
+        await integrator.wait_for(t.activations("taser_draw"))
+        await op.wait_for(t.activations("taser_draw"))
+        assert await dev.subscribe(t.command("bwc-1"))
+        await eng.client.publish(t.command("bwc-1"), MARKER, qos=1)
+        await dev.wait_for(t.command("bwc-1"))
+    assert integrator.got == [(t.alerts("no_ack"), b"alert"), (t.activations("taser_draw"), MARKER)]
+    assert op.got[:2] == [(t.alerts("no_ack"), b"alert"), (t.deadletter("bad_payload"), b"dead")]
+    assert dev.topics() == []
+
+
+async def test_operator_is_bound_to_its_own_client_id(secure_mosquitto: SecureBroker) -> None:
+    ops = secure_mosquitto.add_operator("ops")
+    for stolen in ("int-ops", "bwc-1", "op-other"):
+        with pytest.raises(aiomqtt.MqttCodeError):
+            async with _client(secure_mosquitto, ops, client_id=stolen):
+                pass
+    async with _client(secure_mosquitto, ops, client_id="op-ops"):
+        pass
+
+
 async def test_integrator_is_bound_to_its_own_client_id(secure_mosquitto: SecureBroker) -> None:
     acme = secure_mosquitto.add_integrator("acme")
     for stolen in ("int-other", "bwc-1", f"{secure_mosquitto.policy.agency}-engine-1-ctl"):

@@ -55,7 +55,8 @@ def _client_id(username: str) -> str | None:
     """The client id the broker binds ``username`` to (agency "cli"); None for services."""
     if username.startswith("svc-"):
         return None
-    return username if username.startswith("int-") else device_client_id("cli", username)
+    named = username.startswith(("int-", "op-"))
+    return username if named else device_client_id("cli", username)
 
 
 async def _connects(broker: ManagedMosquitto, username: str, password: str) -> bool:
@@ -197,6 +198,145 @@ async def test_integrator_account_reads_activations_only(
         async with asyncio.timeout(TIMEOUT_S):
             message = await anext(aiter(reader.messages))
     assert message.topic.value == t.activations("taser_draw")
+
+
+async def test_operator_account_is_made_by_the_cli_and_reads_dead_letters(
+    settings: Settings, up: ManagedMosquitto, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = str(settings.data_dir)
+    code, out, _ = await asyncio.to_thread(
+        _run, capsys, "operators", "add", "night", "--data-dir", data
+    )
+    assert code == 0
+    assert f"applied live (pid {up.pid})" in out
+    assert _field(out, "username") == "op-night"
+    password = _field(out, "password")
+    await _until_connects(up, "op-night", password)
+    engine = read_secret(settings.data_dir, "svc-engine")
+    t = Topics("cli")
+    async with (
+        aiomqtt.Client(
+            up.host, up.port, identifier="op-night", username="op-night", password=password
+        ) as reader,
+        aiomqtt.Client(up.host, up.port, username="svc-engine", password=engine) as eng,
+    ):
+        await reader.subscribe(t.all_deadletters)
+        await eng.publish(t.deadletter("bad_payload"), b"dead", qos=1)
+        async with asyncio.timeout(TIMEOUT_S):
+            message = await anext(aiter(reader.messages))
+    assert (message.topic.value, message.payload) == (t.deadletter("bad_payload"), b"dead")
+    code, out, _ = _run(capsys, "operators", "list", "--data-dir", data)
+    assert (code, "op-night" in out, password in out) == (0, True, False)
+    code, out, _ = await asyncio.to_thread(
+        _run, capsys, "operators", "remove", "night", "--data-dir", data
+    )
+    assert code == 0
+    await eventually(lambda: _refused_login(up, "op-night", password), TIMEOUT_S, every=0.05)
+
+
+async def _refused_login(broker: ManagedMosquitto, username: str, password: str) -> bool:
+    return not await _connects(broker, username, password)
+
+
+def _fleet_file(path: Path, units: int) -> Path:
+    """A fleet of ``units`` crews (body camera, dash camera, CEW paired with both)."""
+    rows = ["id,kind,unit,call_sign,officer,paired"]
+    for u in range(units):
+        rows += [
+            f"bwc-{u:04d},body_cam,unit-{u:04d},12A{u},Cst. {u},",
+            f"dash-{u:04d},dash_cam,unit-{u:04d},12A{u},,",
+            f"cew-{u:04d},cew,unit-{u:04d},12A{u},Cst. {u},bwc-{u:04d};dash-{u:04d}",
+        ]
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+async def test_import_registers_a_fleet_in_one_reload_of_the_running_broker(
+    settings: Settings,
+    up: ManagedMosquitto,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    from actimesh.broker.reload import reload_managed_broker  # noqa: PLC0415
+
+    reloads: list[Path] = []
+
+    def counted(broker_dir: Path) -> int | None:
+        reloads.append(broker_dir)
+        return reload_managed_broker(broker_dir)
+
+    monkeypatch.setattr("actimesh.security.provision.reload_managed_broker", counted)
+    data = str(settings.data_dir)
+    # 300 devices: the plugin's commands cost more the more accounts it holds (docs/
+    # OPERATIONS.md), and 1,350 would hold the test for half a minute.
+    source = _fleet_file(tmp_path / "fleet.csv", 100)
+    code, out, err = await asyncio.to_thread(
+        _run, capsys, "devices", "import", str(source), "--data-dir", data
+    )
+    assert (code, err) == (0, ""), err
+    assert "imported 300 devices" in out
+    assert f"applied live in one reload (pid {up.pid})" in out
+    assert len(reloads) == 1
+    found = re.search(r"^credentials: (\S+) \(mode 0600", out, re.MULTILINE)
+    assert found is not None, out
+    mode, lines = await asyncio.to_thread(_private_lines, Path(found.group(1)))
+    assert mode == 0o600
+    assert len(lines) == 301
+    for password in (line.split(",")[1] for line in lines[1:]):
+        assert password not in out
+    # A device from the file logs in with its credentials from the file, first and last.
+    for line in (lines[1], lines[-1]):
+        device_id, password = line.split(",")[:2]
+        await _until_connects(up, device_id, password)
+    access = (settings.data_dir / "broker" / "access.json").read_text()
+    assert access.count('"username": "') == 300 + 4  # and the four service accounts
+    # Export writes the file's format back (sorted by id, no secrets).
+    export = tmp_path / "export.csv"
+    code, out, _ = _run(capsys, "devices", "export", str(export), "--data-dir", data)
+    assert code == 0
+    assert sorted(export.read_text().splitlines()) == sorted(source.read_text().splitlines())
+
+
+def _private_lines(path: Path) -> tuple[int, list[str]]:
+    return path.stat().st_mode & 0o777, path.read_text().splitlines()
+
+
+def test_import_with_bad_rows_imports_nothing_and_reports_each(
+    settings: Settings, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    data = str(settings.data_dir)
+    source = _fleet_file(tmp_path / "fleet.csv", 3)
+    with source.open("a") as fh:
+        fh.write("bwc-0001,body_cam,,,,\n")  # row 11: twice
+        fh.write("cam-x,toaster,,,,\n")  # row 12: no such kind
+    code, out, err = _run(capsys, "devices", "import", str(source), "--data-dir", data)
+    assert code == 1
+    assert out == ""
+    lines = err.splitlines()
+    assert lines[0].startswith(f"{source}: row 11: device 'bwc-0001' is on row 5 already")
+    assert lines[1].startswith(f"{source}: row 12: kind 'toaster' is not a device kind")
+    assert "2 problem(s)" in lines[2]
+    assert "nothing imported" in lines[2]
+    assert "Traceback" not in err
+    with Registry.open(settings.data_dir) as reg:
+        assert reg.devices() == []
+    assert not (settings.data_dir / "secrets").exists()
+    code, _, err = _run(capsys, "devices", "import", str(tmp_path / "none.csv"), "--data-dir", data)
+    assert code == 2
+    assert err.count("\n") == 1
+    assert "no file" in err
+    # An earlier import's credentials file is never replaced, and nothing is registered.
+    taken = tmp_path / "taken.csv"
+    taken.write_text("earlier secrets\n")
+    good = _fleet_file(tmp_path / "good.csv", 1)
+    argv = ("devices", "import", str(good), "--credentials", str(taken), "--data-dir", data)
+    code, _, err = _run(capsys, *argv)
+    assert (code, err.count("\n")) == (2, 1)
+    assert "exists already" in err
+    assert taken.read_text() == "earlier secrets\n"
+    with Registry.open(settings.data_dir) as reg:
+        assert reg.devices() == []
 
 
 def test_certs_init_then_up_opens_a_tls_listener(

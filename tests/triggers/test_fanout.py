@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from actimesh.broker.messages import ActivationReason, DeviceKind, Event, Presence, activation_id
+from actimesh.broker.messages import (
+    ActivationReason,
+    DeviceKind,
+    Event,
+    LeftOutReason,
+    Presence,
+    activation_id,
+)
 from actimesh.geofence import GridIndex, InclusionMode, InclusionPolicy, destination
+from actimesh.triggers import left_out_of
 from actimesh.triggers.fanout import (
     Exclusion,
     Plan,
@@ -297,3 +305,97 @@ def test_activation_id_is_deterministic_per_source_and_event() -> None:
     assert activation_id("cew1", "e1") != activation_id("cew1", "e2")
     assert activation_id("a" * 64, "b" * 64).startswith("act-")
     assert len(activation_id("a" * 64, "b" * 64)) <= 64
+
+
+FT = 0.3048
+#: The rule's radius (30 ft) and just either side of it.
+INSIDE_M, OUTSIDE_M = 29.9 * FT, 30.1 * FT
+
+
+@pytest.mark.parametrize(
+    "origin",
+    [
+        pytest.param(CENTER, id="calgary"),
+        pytest.param((89.99995, 10.0), id="north-pole"),
+        pytest.param((-89.99995, -170.0), id="south-pole"),
+        pytest.param((-16.8, 179.99995), id="antimeridian"),
+    ],
+)
+@pytest.mark.parametrize(
+    "policy",
+    [
+        pytest.param(InclusionPolicy(), id="inclusive"),
+        pytest.param(InclusionPolicy(mode=InclusionMode.CENTRE), id="centre"),
+        pytest.param(
+            InclusionPolicy(mode=InclusionMode.CENTRE, max_margin_m=0.0), id="centre-no-margin"
+        ),
+        pytest.param(InclusionPolicy(max_margin_m=2.0), id="inclusive-2m"),
+    ],
+)
+def test_every_camera_in_the_decision_band_gets_a_row_with_its_reason_in_every_policy(
+    origin: tuple[float, float], policy: InclusionPolicy
+) -> None:
+    """29.9 ft is commanded and 30.1 ft is not, exactly, in either mode, at the pole and
+    across the 180th meridian; every camera out to radius + max_margin_m (42 ft, 49 ft)
+    has a decision row with its distance, and the record lists every one left out."""
+    fleet, index = Fleet(), GridIndex()
+    placed = {"bwc-in": INSIDE_M, "bwc-out": OUTSIDE_M, "bwc-42": 42 * FT, "bwc-49": 49 * FT}
+    fleet.presence("cew1", Presence(online=True, device_kind=DeviceKind.CEW), T0)
+    for n, (device_id, dist) in enumerate(placed.items()):
+        fleet.presence(device_id, Presence(online=True, device_kind=DeviceKind.BODY_CAM), T0)
+        index.upsert(device_id, *destination(*origin, 90.0 * n + 15, dist), 0.0, T0)
+    beyond = destination(*origin, 300.0, policy.search_radius_m(rule("taser_draw").radius_m) + 0.5)
+    fleet.presence("bwc-far", Presence(online=True, device_kind=DeviceKind.BODY_CAM), T0)
+    index.upsert("bwc-far", *beyond, 0.0, T0)
+    event = Event(eid="e1", type="taser_draw", ts=T0, lat=origin[0], lon=origin[1], acc=0.0)
+    plan = plan_activation(
+        event=event,
+        source="cew1",
+        rule=rule("taser_draw"),
+        fleet=fleet,
+        index=index,
+        policy=policy,
+    )
+    assert [t.device_id for t in plan.targets] == ["bwc-in"]
+    rows = {d.device_id: d for d in plan.decisions}
+    assert set(rows) == set(placed)  # bwc-far is beyond the band: no row in any mode
+    for device_id, dist in placed.items():
+        assert rows[device_id].distance_m == pytest.approx(dist, abs=1e-6)
+    assert rows["bwc-in"].reason == "proximity"
+    assert plan.excluded == 3
+    record = left_out_of(plan.decisions)
+    assert [(c.id, c.reason.value) for c in record] == [
+        ("bwc-42", "too_far"),
+        ("bwc-49", "too_far"),
+        ("bwc-out", "too_far"),
+    ]
+    assert {c.id: c.dist for c in record}["bwc-out"] == pytest.approx(OUTSIDE_M, abs=1e-6)
+    assert all(c.device_kind is DeviceKind.BODY_CAM and c.margin == 0.0 for c in record)
+
+
+def test_the_record_names_each_reason_the_ledger_gives() -> None:
+    """Stale, offline and a kind the rule does not start reach the record by name."""
+    assert {e.value for e in Exclusion} == {r.value for r in LeftOutReason}
+    scene = Scene()
+    scene.device("cew1", DeviceKind.CEW)
+    scene.device("bwc-stale", DeviceKind.BODY_CAM, at=3.0, age=25.0)
+    scene.device("dash", DeviceKind.DASH_CAM, at=2.0, bearing=90)
+    scene.device("bwc-off", DeviceKind.BODY_CAM, at=4.0, bearing=180)
+    scene.go_offline("bwc-off", ago=60.0)
+    plan = plan_activation(
+        event=taser(fix=True),
+        source="cew1",
+        rule=Rule("taser_draw", frozenset({DeviceKind.BODY_CAM}), include_paired=False),
+        fleet=scene.fleet,
+        index=scene.index,
+        policy=InclusionPolicy(mode=InclusionMode.CENTRE),
+    )
+    record = {c.id: c for c in left_out_of(plan.decisions)}
+    assert {k: c.reason.value for k, c in record.items()} == {
+        "bwc-off": "offline",
+        "bwc-stale": "stale",
+        "dash": "kind_not_in_rule",
+    }
+    assert record["bwc-stale"].age == pytest.approx(25.0)
+    assert record["bwc-off"].dist == pytest.approx(4.0, abs=1e-6)
+    assert record["dash"].dist == pytest.approx(2.0, abs=1e-6)

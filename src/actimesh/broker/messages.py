@@ -37,6 +37,8 @@ __all__ = [
     "DeviceState",
     "EngineStatus",
     "Event",
+    "LeftOut",
+    "LeftOutReason",
     "Message",
     "OfflineReason",
     "Presence",
@@ -99,6 +101,19 @@ class ActivationReason(StrEnum):
     PROXIMITY = "proximity"
 
 
+class LeftOutReason(StrEnum):
+    """Why a camera near an event was not commanded (the ledger's decision reason)."""
+
+    #: Fresh fix, but farther than the radius (plus the margin, in ``inclusive`` mode).
+    TOO_FAR = "too_far"
+    #: Its fix is too old (or too far in the future) to say where it is.
+    STALE = "stale"
+    #: Switched off or gone within the last shift; its last fix was near.
+    OFFLINE = "offline"
+    #: A camera of a kind the event's rule does not start.
+    KIND_NOT_IN_RULE = "kind_not_in_rule"
+
+
 class AckStatus(StrEnum):
     """What a camera did with a command. A camera answers twice: ``received`` at once,
     then ``recording`` (with the pre-roll it kept) or ``refused``. A third answer,
@@ -143,6 +158,7 @@ class AlertKind(StrEnum):
 Kind = Annotated[DeviceKind, Strict(False)]
 State = Annotated[DeviceState, Strict(False)]
 Reason = Annotated[ActivationReason, Strict(False)]
+LeftOutWhy = Annotated[LeftOutReason, Strict(False)]
 Status = Annotated[AckStatus, Strict(False)]
 Confirmed = Annotated[ConfirmStatus, Strict(False)]
 Offline = Annotated[OfflineReason, Strict(False)]
@@ -291,6 +307,26 @@ class CameraActivation(Message):
     dist: Metres | None = None
 
 
+class LeftOut(Message):
+    """One camera near an activation that was not commanded, and why.
+
+    Every camera the engine found within the radius plus ``max_margin_m`` gets one, in
+    either inclusion mode, so an integrator can tell a camera 5 cm outside the radius
+    (``too_far``) from one whose fix was stale or that was switched off.
+    """
+
+    kind: ClassVar[str] = "left_out"
+    id: Identifier
+    device_kind: Kind | None = None
+    reason: LeftOutWhy
+    #: Metres from the event's position to the camera's (last) fix.
+    dist: Metres | None = None
+    #: Metres the inclusion policy added to the radius for this pair of fixes.
+    margin: Metres | None = None
+    #: Event time minus fix time, in seconds (negative: the fix is newer than the event).
+    age: Annotated[float, Field(ge=-1_000_000.0, le=1_000_000.0)] | None = None
+
+
 class Activation(Message):
     """What the engine did about one trigger, for dispatch and integrators."""
 
@@ -306,8 +342,11 @@ class Activation(Message):
     radius: Metres
     pre: PreRoll
     cameras: Annotated[tuple[CameraActivation, ...], Field(max_length=10_000)]
+    #: How many cameras near the event were left out (``len(left_out)``).
     excluded: Annotated[int, Field(ge=0)]
     by: ShortText | None = None
+    #: Every camera near the event that was not commanded, with why, sorted by id.
+    left_out: Annotated[tuple[LeftOut, ...], Field(max_length=10_000)] = ()
 
 
 class DeadLetter(Message):

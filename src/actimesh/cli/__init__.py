@@ -7,8 +7,9 @@
     actimesh fuzz [--count N]     hostile payloads against the codec and the engine's intake
     actimesh audit verify|head|link|export|retain
                                   the tamper-evident ledger: check it, cases, retention
-    actimesh devices add|list|remove|rotate|disable|enable
+    actimesh devices add|import|export|list|remove|rotate|disable|enable
     actimesh integrators add|list|remove
+    actimesh operators add|list|remove
     actimesh certs init|server|client|show
                                   broker accounts (shown once) and the TLS listener's CA
     actimesh users add|list|disable|enable|remove|passwd

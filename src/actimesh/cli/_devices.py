@@ -1,10 +1,12 @@
-"""``actimesh devices``, ``integrators`` and ``services``: broker accounts in the registry,
-applied to a running broker at once. Credentials are printed once, when made."""
+"""``actimesh devices``, ``integrators``, ``operators`` and ``services``: broker accounts in
+the registry, applied to a running broker at once. Credentials are printed once, when
+made (``devices import`` writes them to a 0600 file instead: :mod:`._fleet`)."""
 
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
@@ -14,7 +16,7 @@ from actimesh.runtime.config import Settings, load_settings
 
 if TYPE_CHECKING:
     from actimesh.security.provision import BrokerEndpoints
-    from actimesh.security.registry import DeviceCredentials, Registry
+    from actimesh.security.registry import Credentials, DeviceCredentials, Registry
 
 __all__ = ["add_parsers", "run"]
 
@@ -29,14 +31,16 @@ def add_parsers(sub: argparse._SubParsersAction[Parser]) -> None:
 
     devices = sub.add_parser(
         "devices",
-        help="broker accounts of devices: add, list, remove, rotate, disable, enable "
-        "(applied live)",
+        help="broker accounts of devices: add, import, export, list, remove, rotate, "
+        "disable, enable (applied live)",
     )
     verbs = devices.add_subparsers(dest="verb", required=True, parser_class=Parser)
     add = verbs.add_parser("add", help="register a device; prints its credentials once")
     add.add_argument("device_id", metavar="ID", help="device id, also its MQTT username")
     add.add_argument("--kind", required=True, choices=[k.value for k in DeviceKind])
     add.add_argument("--unit", help="the unit (cruiser crew) it belongs to")
+    add.add_argument("--call-sign", help="the radio call sign it rides with (e.g. 12A3)")
+    add.add_argument("--officer", help="who carries or drives it (badge number or name)")
     add.add_argument(
         "--paired",
         type=_paired,
@@ -54,6 +58,9 @@ def add_parsers(sub: argparse._SubParsersAction[Parser]) -> None:
     disable.add_argument("device_id", metavar="ID")
     disable.add_argument("--reason", default="disabled by an operator", help="shown in list")
     verbs.add_parser("list", help="every registered device (no secrets)")
+    from actimesh.cli._fleet import add_verbs  # noqa: PLC0415
+
+    add_verbs(verbs)
 
     integrators = sub.add_parser(
         "integrators",
@@ -65,6 +72,16 @@ def add_parsers(sub: argparse._SubParsersAction[Parser]) -> None:
     iadd.add_argument("--telemetry", action="store_true", help="may also read positions")
     iverbs.add_parser("remove", help="delete it: the broker drops it at once").add_argument("name")
     iverbs.add_parser("list", help="every integrator account")
+
+    operators = sub.add_parser(
+        "operators",
+        help="read-only broker accounts op-NAME for people running the mesh: activations, "
+        "alerts and dead letters",
+    )
+    overbs = operators.add_subparsers(dest="verb", required=True, parser_class=Parser)
+    overbs.add_parser("add", help="create op-NAME; prints its password once").add_argument("name")
+    overbs.add_parser("remove", help="delete it: the broker drops it at once").add_argument("name")
+    overbs.add_parser("list", help="every operator account")
 
     services = sub.add_parser(
         "services",
@@ -78,7 +95,12 @@ def add_parsers(sub: argparse._SubParsersAction[Parser]) -> None:
         "Dynamic Security files",
     )
     sinit.add_argument("--rotate", action="store_true", help="new passwords for all of them")
-    for parser in (*verbs.choices.values(), *iverbs.choices.values(), sinit):
+    for parser in (
+        *verbs.choices.values(),
+        *iverbs.choices.values(),
+        *overbs.choices.values(),
+        sinit,
+    ):
         registry_location(parser)
 
 
@@ -97,6 +119,24 @@ def _endpoints(settings: Settings) -> BrokerEndpoints:
     return BrokerEndpoints(plain, f"mqtts://{host}:{b.tls_port}", ca)
 
 
+def endpoint_lines(settings: Settings) -> list[str]:
+    """Where devices reach the broker, as ``devices add`` prints it (for ``import``)."""
+    endpoints = _endpoints(settings)
+    lines = [f"  broker       {endpoints.plain}"]
+    if endpoints.tls is not None:
+        lines.append(f"  broker       {endpoints.tls}  (TLS; CA certificate {endpoints.ca})")
+    return lines
+
+
+def engine_key_line(data_dir: Path) -> list[str]:
+    """The engine's public key line, when ``up`` has made the key."""
+    key_file = data_dir / "keys" / "engine-signing.pub"
+    if not key_file.is_file():
+        return []
+    key = key_file.read_text().strip()
+    return [f"  engine key   {key}  (Ed25519: commands must verify with it)"]
+
+
 def run(args: argparse.Namespace, console: Console) -> int:  # noqa: ARG001 - prints plain lines
     """``actimesh devices|integrators|services VERB``."""
     from actimesh.security import Registry  # noqa: PLC0415
@@ -106,9 +146,20 @@ def run(args: argparse.Namespace, console: Console) -> int:  # noqa: ARG001 - pr
     data_dir = settings.data_dir
     if args.command == "services":
         return _services(args, settings)
+    if args.command == "devices" and args.verb in ("import", "export"):
+        from actimesh.cli import _fleet  # noqa: PLC0415
+
+        verb = _fleet.import_fleet if args.verb == "import" else _fleet.export_fleet
+        return verb(args, settings)
     with Registry.open(data_dir) as registry:
         if args.verb == "list":
-            rows = registry.devices() if args.command == "devices" else registry.integrators()
+            rows: list[Any] = (
+                registry.devices()
+                if args.command == "devices"
+                else registry.integrators()
+                if args.command == "integrators"
+                else registry.operators()
+            )
             for row in rows:
                 print(_describe(row))
             print(f"{len(rows)} {args.command} in {registry.path}")
@@ -116,6 +167,8 @@ def run(args: argparse.Namespace, console: Console) -> int:  # noqa: ARG001 - pr
         creds: Any = None
         if args.command == "devices":
             creds = _device_verb(registry, args)
+        elif args.command == "operators":
+            creds = _operator_verb(registry, args)
         elif args.verb == "add":
             creds = registry.add_integrator(args.name, telemetry=args.telemetry)
             grant = "activations and telemetry" if args.telemetry else "activations only"
@@ -143,7 +196,14 @@ def _device_verb(registry: Registry, args: argparse.Namespace) -> DeviceCredenti
 
     device_id = args.device_id
     if args.verb == "add":
-        creds = registry.add(device_id, DeviceKind(args.kind), unit=args.unit, paired=args.paired)
+        creds = registry.add(
+            device_id,
+            DeviceKind(args.kind),
+            unit=args.unit,
+            paired=args.paired,
+            call_sign=args.call_sign,
+            officer=args.officer,
+        )
         print(f"device {device_id} registered")
         return creds
     if args.verb == "rotate":
@@ -161,6 +221,17 @@ def _device_verb(registry: Registry, args: argparse.Namespace) -> DeviceCredenti
             f"device {device_id} removed"
             + (f" (no longer paired with {unpaired})" if unpaired else "")
         )
+    return None
+
+
+def _operator_verb(registry: Registry, args: argparse.Namespace) -> Credentials | None:
+    """``actimesh operators add|remove``; the new account's credentials, if any."""
+    if args.verb == "add":
+        creds = registry.add_operator(args.name)
+        print(f"operator {creds.username} created (activations, alerts and dead letters)")
+        return creds
+    registry.remove_operator(args.name)
+    print(f"operator {args.name} removed")
     return None
 
 
@@ -192,9 +263,14 @@ def _describe(row: Any) -> str:
         paired = ",".join(row.paired) or "-"
         sim = " (simulated)" if row.simulated else ""
         off = f" DISABLED ({row.disabled})" if row.disabled else ""
+        who = f" call sign {row.call_sign}" if row.call_sign else ""
+        who += f" officer {row.officer}" if row.officer else ""
         return (
-            f"{row.device_id:<24} {row.kind.value:<9} unit {row.unit or '-':<12} "
+            f"{row.device_id:<24} {row.kind.value:<9} unit {row.unit or '-':<12}{who} "
             f"paired {paired:<20} key {row.public_key[:16]}… rotated {when}{sim}{off}"
         )
-    grant = "activations+telemetry" if row.telemetry else "activations"
+    if row.role.value == "operator":
+        grant = "activations+alerts+deadletters"
+    else:
+        grant = "activations+alerts+telemetry" if row.telemetry else "activations+alerts"
     return f"{row.name:<24} {grant:<22} created/rotated {when}"

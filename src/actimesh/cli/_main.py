@@ -34,6 +34,7 @@ _HANDLERS: Mapping[str, Handler] = {
     "fuzz": _fuzz.run,
     "devices": _devices.run,
     "integrators": _devices.run,
+    "operators": _devices.run,
     "services": _devices.run,
     "certs": _certs.run,
     "users": _accounts.run,

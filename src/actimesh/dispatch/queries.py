@@ -43,7 +43,8 @@ from actimesh.dispatch.models import (
 )
 from actimesh.errors import LedgerError
 from actimesh.geofence import distance_m
-from actimesh.ledger import ActivationRow, is_database_url
+from actimesh.ledger import ActivationRow, DecisionRow, is_database_url
+from actimesh.triggers import left_out_of
 
 __all__ = ["ActivationQuery", "BBox", "LedgerQueries", "LedgerReader", "Near", "open_reader"]
 
@@ -380,14 +381,16 @@ class ReadQueries(abc.ABC):
         if row is None:
             return None
         cameras: list[CameraActivation] = []
-        excluded = 0
-        for device_id, kind, commanded, reason, dist in self._all(
-            "SELECT device_id, device_kind, commanded, reason, distance_m FROM decisions "
-            "WHERE aid = ? ORDER BY device_id",
+        excluded: list[DecisionRow] = []
+        for device_id, kind, commanded, reason, dist, margin, age, acc in self._all(
+            "SELECT device_id, device_kind, commanded, reason, distance_m, margin_m, "
+            "fix_age_s, acc_m FROM decisions WHERE aid = ? ORDER BY device_id",
             (aid,),
         ):
             if not commanded:
-                excluded += 1
+                excluded.append(
+                    DecisionRow(device_id, kind, False, str(reason), dist, margin, age, acc)
+                )
                 continue
             if kind is None or DeviceKind(kind) not in CAMERA_KINDS:
                 continue  # the engine's record lists cameras of a known kind only
@@ -413,7 +416,8 @@ class ReadQueries(abc.ABC):
             pre=row[9],
             by=row[10],
             cameras=tuple(cameras),
-            excluded=excluded,
+            excluded=len(excluded),
+            left_out=left_out_of(excluded),
         )
 
     async def record(self, aid: str) -> Activation | None:

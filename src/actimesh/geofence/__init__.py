@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from actimesh.geofence.geodesy import destination, distance_m, to_ecef
 from actimesh.geofence.index import Fix, GridIndex, LinearIndex, SpatialIndex
-from actimesh.geofence.policy import InclusionMode, InclusionPolicy, Verdict
+from actimesh.geofence.policy import DECISION_BAND_M, InclusionMode, InclusionPolicy, Verdict
 
 __all__ = [
+    "DECISION_BAND_M",
     "Fix",
     "GridIndex",
     "InclusionMode",

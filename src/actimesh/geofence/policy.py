@@ -29,7 +29,12 @@ import math
 from dataclasses import dataclass
 from enum import StrEnum
 
-__all__ = ["InclusionMode", "InclusionPolicy", "Verdict"]
+__all__ = ["DECISION_BAND_M", "InclusionMode", "InclusionPolicy", "Verdict"]
+
+#: Metres beyond the radius out to which every camera gets a decision row, at least,
+#: whatever the policy: the default ``max_margin_m``, the widest band the default
+#: policy searches.
+DECISION_BAND_M = 6.0
 
 
 class InclusionMode(StrEnum):
@@ -103,14 +108,18 @@ class InclusionPolicy:
         return min(math.hypot(_accuracy(acc_device), _accuracy(acc_event)), self.max_margin_m)
 
     def search_radius_m(self, radius_m: float) -> float:
-        """Return the radius to ask the spatial index for: ``radius_m + max_margin_m``.
+        """Return the radius to ask the spatial index for: ``radius_m`` plus
+        ``max_margin_m`` or :data:`DECISION_BAND_M`, whichever is larger.
 
-        INCLUSIVE: the largest margin any pair can get, so no candidate is missed.
-        CENTRE: the same band, although no camera in it beyond ``radius_m`` is commanded,
-        so that every camera just outside the rule still gets a decision row saying why
-        it was left out (``too_far``, ``stale``, ``offline``), whichever mode is in force.
+        INCLUSIVE: at least the largest margin any pair can get, so no candidate is
+        missed. CENTRE: the same band, although no camera in it beyond ``radius_m`` is
+        commanded, so that every camera just outside the rule still gets a decision row
+        saying why it was left out (``too_far``, ``stale``, ``offline``), whichever mode
+        is in force. The floor keeps that band the same when ``max_margin_m`` is set
+        lower (in centre mode it has no other use): a camera 30.1 ft away gets its row
+        under every policy.
         """
-        return radius_m + self.max_margin_m
+        return radius_m + max(self.max_margin_m, DECISION_BAND_M)
 
     def judge(
         self,

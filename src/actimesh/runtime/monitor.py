@@ -24,6 +24,9 @@ from actimesh.errors import PayloadError
 
 __all__ = ["Monitor"]
 
+#: Left-out cameras named on an activation's line, at most (the rest are counted).
+_LEFT_OUT_SHOWN = 5
+
 
 def _clock_str(ts: float) -> str:
     return time.strftime("%H:%M:%S", time.localtime(ts))
@@ -105,13 +108,19 @@ class Monitor:
             if c.dist is not None and c.reason == "proximity"
         ]
         where = f"{act.lat:.5f},{act.lon:.5f}" if act.lat is not None else "no fix"
+        why = ", ".join(
+            f"{c.id} {c.reason.value}" + (f"@{c.dist:.2f}m" if c.dist is not None else "")
+            for c in act.left_out[:_LEFT_OUT_SHOWN]
+        )
+        if len(act.left_out) > _LEFT_OUT_SHOWN:
+            why += f", +{len(act.left_out) - _LEFT_OUT_SHOWN} more"
         latency_ms = (act.ts - act.ets) * 1000
         self.console.print(
             f"[bold yellow]{_clock_str(act.ets)}  {act.type:<16}[/bold yellow] from {act.src} "
             f"at {where}: {len(act.cameras)} camera(s) commanded in {latency_ms:.0f} ms "
             f"[cyan]paired[/cyan] {', '.join(paired) or '-'}  "
             f"[green]within {act.radius:.2f} m[/green] {', '.join(near) or '-'}  "
-            f"[dim]left out {act.excluded}[/dim]"
+            f"[dim]left out {act.excluded}{f' ({why})' if why else ''}[/dim]"
         )
 
     def _ack(self, device_id: str, ack: Ack) -> None:

@@ -10,9 +10,13 @@ The managed broker enforces this with Mosquitto's Dynamic Security plugin
   even ``#`` or ``$SYS/#``. Each may connect only with its own client id, ``{agency}-{id}``
   (:func:`~actimesh.broker.topics.device_client_id`), so no account can take over
   a camera's session, and a camera cannot pose as the engine or dispatch.
-* **Integrators** (``int-…``) may subscribe within ``activations/#`` and
-  ``json/activations/#`` (and ``dev/+/telemetry`` if granted), and connect only with
-  their account name as client id.
+* **Integrators** (``int-…``) may subscribe within ``activations/#``,
+  ``json/activations/#`` and ``alerts/#`` (and ``dev/+/telemetry`` if granted), and
+  connect only with their account name as client id.
+* **Operators** (``op-…``) read what integrators read but telemetry, and the dead
+  letters (``deadletter/#``): rejected input with the reason, whose payload heads may be
+  an attacker's bytes or a misconfigured device's, which is the agency's own business and
+  no integrator's. Bound to their account name as client id, like integrators.
 * **The engines' share group** (``$share/{group}/…/dev/+/event``) may be joined only
   by ``svc-engine``: a member that cannot read would be handed trigger events and drop
   them (FIELD-NOTES §8).
@@ -48,6 +52,7 @@ __all__ = [
     "DEVICE_WRITE",
     "INTEGRATOR_PREFIX",
     "LOADGEN_ACCOUNT",
+    "OPERATOR_PREFIX",
     "SERVICE_ACCOUNTS",
     "SERVICE_ADMIN",
     "SERVICE_DISPATCH",
@@ -71,6 +76,7 @@ SERVICE_ACCOUNTS = (SERVICE_ENGINE, SERVICE_DISPATCH, SERVICE_MONITOR, SERVICE_A
 #: --faults`` ever hold it.
 LOADGEN_ACCOUNT = "svc-loadgen"
 INTEGRATOR_PREFIX = "int-"
+OPERATOR_PREFIX = "op-"
 
 #: What a device may publish on its own topics, and what it may receive there.
 DEVICE_WRITE = (
@@ -89,6 +95,8 @@ class AccountRole(StrEnum):
     DISPATCH = "dispatch"
     MONITOR = "monitor"
     INTEGRATOR = "integrator"
+    #: A person running the mesh: alerts, activations and the dead letters.
+    OPERATOR = "operator"
     LOADGEN = "loadgen"
     ADMIN = "admin"
 
@@ -158,6 +166,19 @@ def _device_acls(prefix: str, device_id: str, *, events: bool) -> tuple[Acl, ...
     return tuple(acls)
 
 
+def _reader_grants(role: AccountRole, p: str, *, telemetry: bool) -> tuple[Acl, ...]:
+    """An integrator's or operator's: read only, the feed and alerts; positions for an
+    integrator granted them; the dead letters for an operator alone."""
+    feed = (
+        *_read(f"{p}/activations/#"),
+        *_read(f"{p}/json/activations/#"),
+        *_read(f"{p}/alerts/#"),
+    )
+    if role is AccountRole.OPERATOR:
+        return (*feed, *_read(f"{p}/deadletter/#"))
+    return (*feed, *_read(f"{p}/dev/+/telemetry")) if telemetry else feed
+
+
 def _grants(role: AccountRole, policy: AclPolicy, *, telemetry: bool = False) -> tuple[Acl, ...]:
     p = policy.prefix
     dev = f"{p}/dev/+"
@@ -191,9 +212,8 @@ def _grants(role: AccountRole, policy: AclPolicy, *, telemetry: bool = False) ->
             *_read(f"{p}/alerts/#"),
             *_read(f"{p}/deadletter/#"),
         )
-    if role is AccountRole.INTEGRATOR:
-        acls = (*_read(f"{p}/activations/#"), *_read(f"{p}/json/activations/#"))
-        return (*acls, *_read(f"{dev}/telemetry")) if telemetry else acls
+    if role in (AccountRole.INTEGRATOR, AccountRole.OPERATOR):
+        return _reader_grants(role, p, telemetry=telemetry)
     if role is AccountRole.ADMIN:
         control = "$CONTROL/dynamic-security/#"
         return (*_write(control), *_read(control))
@@ -237,7 +257,9 @@ def render_access(
         role = _role_name(account)
         telemetry = role == "integrator-telemetry"
         roles.setdefault(role, Role(role, _grants(account.role, policy, telemetry=telemetry)))
-        # Integrators connect with their account name; services with ids of their own.
-        clientid = account.name if account.role is AccountRole.INTEGRATOR else None
+        # Integrators and operators connect with their account name; services with ids
+        # of their own.
+        named = account.role in (AccountRole.INTEGRATOR, AccountRole.OPERATOR)
+        clientid = account.name if named else None
         clients.append(AccessClient(account.name, clientid, (role,)))
     return Access(tuple(clients), tuple(roles.values()))

@@ -6,7 +6,8 @@ One SQLite file, ``{data_dir}/registry.sqlite3`` (mode 0600), holds:
   key the device signs its recording manifests with, and whether the simulator owns it;
 * **accounts** that are not devices: the service accounts of the processes actimesh
   starts (``svc-engine``, ``svc-dispatch``, ``svc-monitor``), integrators
-  (``int-{name}``, activations only unless granted telemetry) and the benchmark's load
+  (``int-{name}``, activations and alerts, telemetry only if granted), operators
+  (``op-{name}``, activations, alerts and dead letters) and the benchmark's load
   generator.
 
 Only password *hashes* are stored (:mod:`.passwords`): the ``$7$`` hash Mosquitto
@@ -47,6 +48,7 @@ from actimesh.private import write_private
 from actimesh.security.acl import (
     INTEGRATOR_PREFIX,
     LOADGEN_ACCOUNT,
+    OPERATOR_PREFIX,
     SERVICE_ADMIN,
     SERVICE_DISPATCH,
     SERVICE_ENGINE,
@@ -68,6 +70,7 @@ __all__ = [
     "ACCESS_NAME",
     "ADMIN_NAME",
     "DYNSEC_NAME",
+    "MAX_LABEL",
     "MAX_PAIRED",
     "PASSWD_NAME",
     "REGISTRY_NAME",
@@ -80,6 +83,7 @@ __all__ = [
     "DeviceCredentials",
     "DeviceSpec",
     "Registry",
+    "check_spec",
     "read_secret",
 ]
 
@@ -89,9 +93,10 @@ PASSWD_NAME = "passwd"  # noqa: S105 - a file name
 ACCESS_NAME = "access.json"
 ADMIN_NAME = "admin"
 DYNSEC_NAME = "dynsec.json"
-#: Device ids may not start with these: they name service accounts, integrators and the
-#: dispatch console's zone device, whose topics the ACL gives to those accounts.
-RESERVED_PREFIXES = ("svc-", "int-", "dispatch-")
+#: Device ids may not start with these: they name service accounts, integrators,
+#: operators and the dispatch console's zone device, whose topics the ACL gives to those
+#: accounts.
+RESERVED_PREFIXES = ("svc-", "int-", "op-", "dispatch-")
 #: A presence message carries at most this many paired ids.
 MAX_PAIRED = 16
 
@@ -114,7 +119,9 @@ CREATE TABLE IF NOT EXISTS devices (
     created REAL NOT NULL,
     rotated REAL NOT NULL,
     disabled TEXT,
-    nats_hash TEXT
+    nats_hash TEXT,
+    call_sign TEXT,
+    officer TEXT
 );
 CREATE TABLE IF NOT EXISTS accounts (
     name TEXT PRIMARY KEY,
@@ -127,6 +134,12 @@ CREATE TABLE IF NOT EXISTS accounts (
 );
 """
 _SCHEMA_VERSION = 1
+_SELECT_DEVICES = (
+    "SELECT id, kind, unit, paired, public_key, simulated, created, rotated, disabled, "
+    "call_sign, officer FROM devices"
+)
+#: A call sign or an officer: printable text, at most this long.
+MAX_LABEL = 64
 #: Checked against when a device id is unknown (no password matches it).
 _UNKNOWN_HASH = hash_password(generate_password())
 
@@ -167,6 +180,10 @@ class DeviceSpec:
     kind: DeviceKind
     unit: str | None = None
     paired: tuple[str, ...] = ()
+    #: The radio call sign of the unit or officer it rides with (``12A3``), if any.
+    call_sign: str | None = None
+    #: Who carries or drives it (a badge number or name), if any.
+    officer: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +201,8 @@ class Device:
     #: Why the account is disabled (``actimesh devices disable``, or quarantined for
     #: flooding); None while it may connect.
     disabled: str | None = None
+    call_sign: str | None = None
+    officer: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +263,12 @@ def _check_id(device_id: str) -> None:
             )
 
 
+def check_spec(spec: DeviceSpec) -> None:
+    """Refuse a device spec that is wrong on its own (:class:`SecurityError` says what and
+    how to fix it): its id, kind, unit, call sign, officer and pairing list."""
+    _check_spec(spec)
+
+
 def _check_spec(spec: DeviceSpec) -> None:
     _check_id(spec.device_id)
     if not isinstance(spec.kind, DeviceKind):
@@ -253,6 +278,14 @@ def _check_spec(spec: DeviceSpec) -> None:
             f"unit {spec.unit!r} of {spec.device_id} is not valid: use letters, digits, "
             "'.', '_' or '-'"
         )
+    for what, label in (("call sign", spec.call_sign), ("officer", spec.officer)):
+        if label is not None and (
+            not label or len(label) > MAX_LABEL or not label.isprintable() or label != label.strip()
+        ):
+            raise SecurityError(
+                f"{what} {label!r} of {spec.device_id} is not valid: use 1-{MAX_LABEL} printable "
+                "characters with no leading or trailing space"
+            )
     if len(spec.paired) > MAX_PAIRED:
         raise SecurityError(f"device {spec.device_id} pairs with more than {MAX_PAIRED} devices")
     if spec.device_id in spec.paired:
@@ -287,6 +320,9 @@ class Registry:
                 have = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
                 if "nats_hash" not in have:
                     self._db.execute(f"ALTER TABLE {table} ADD COLUMN nats_hash TEXT")
+            for added in ("call_sign", "officer"):  # from before bulk import
+                if added not in columns:
+                    self._db.execute(f"ALTER TABLE devices ADD COLUMN {added} TEXT")
             self._db.execute(
                 "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)",
                 (str(_SCHEMA_VERSION),),
@@ -328,8 +364,7 @@ class Registry:
     def get(self, device_id: str) -> Device:
         """The device ``device_id``; :class:`SecurityError` if it is not registered."""
         row = self._db.execute(
-            "SELECT id, kind, unit, paired, public_key, simulated, created, rotated, disabled "
-            "FROM devices WHERE id = ?",
+            _SELECT_DEVICES + " WHERE id = ?",
             (device_id,),
         ).fetchone()
         if row is None:
@@ -340,10 +375,7 @@ class Registry:
 
     def devices(self) -> list[Device]:
         """Every registered device, by id."""
-        rows = self._db.execute(
-            "SELECT id, kind, unit, paired, public_key, simulated, created, rotated, disabled "
-            "FROM devices ORDER BY id"
-        ).fetchall()
+        rows = self._db.execute(_SELECT_DEVICES + " ORDER BY id").fetchall()
         return [_device(row) for row in rows]
 
     def check_password(self, device_id: str, password: str) -> bool:
@@ -369,9 +401,11 @@ class Registry:
         *,
         unit: str | None = None,
         paired: Sequence[str] = (),
+        call_sign: str | None = None,
+        officer: str | None = None,
     ) -> DeviceCredentials:
         """Register a device; its credentials are in the result and nowhere else."""
-        spec = DeviceSpec(device_id, kind, unit, tuple(paired))
+        spec = DeviceSpec(device_id, kind, unit, tuple(paired), call_sign, officer)
         _check_spec(spec)
         password = generate_password()
         private, public = _new_keypair()
@@ -388,21 +422,58 @@ class Registry:
                         f"cannot pair {device_id} with {other!r}: no such device (add it first)"
                     )
             db.execute(
-                "INSERT INTO devices (id, kind, unit, paired, public_key, password_hash, "
-                "nats_hash, simulated, created, rotated) VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?)",
-                (
-                    device_id,
-                    spec.kind.value,
-                    unit,
-                    json.dumps(list(spec.paired)),
-                    public,
-                    hash_password(password),
-                    bcrypt_hash(password),
-                    now,
-                    now,
-                ),
+                _INSERT_DEVICE,
+                _device_values(spec, public, hash_password(password), bcrypt_hash(password), now),
             )
         return DeviceCredentials(device_id, password, private, public)
+
+    def problems(self, specs: Sequence[DeviceSpec]) -> dict[str, str]:
+        """What stops ``specs`` being registered together, by device id: an id that is
+        registered already, or a paired device neither registered nor among ``specs``.
+        Each message says how to fix it. The checks of each spec on its own
+        (:func:`check_spec`) are the caller's."""
+        registered = {row[0] for row in self._db.execute("SELECT id FROM devices")}
+        new = {s.device_id for s in specs}
+        out: dict[str, str] = {}
+        for spec in specs:
+            if spec.device_id in registered:
+                out[spec.device_id] = (
+                    f"device {spec.device_id!r} is already registered: take the row out of "
+                    f"the file, or `actimesh devices remove {spec.device_id}` first"
+                )
+                continue
+            missing = [p for p in spec.paired if p not in registered and p not in new]
+            if missing:
+                out[spec.device_id] = (
+                    f"paired device {missing[0]!r} is neither registered nor in the file: "
+                    "add a row for it, or take it out of this row's paired column"
+                )
+        return out
+
+    def add_many(self, specs: Sequence[DeviceSpec]) -> dict[str, DeviceCredentials]:
+        """Register every device of ``specs`` in one transaction, or none of them: their
+        credentials are in the result and nowhere else. :class:`SecurityError` names the
+        first problem (see :meth:`problems` for all of them)."""
+        if len({s.device_id for s in specs}) != len(specs):
+            raise SecurityError("the devices to register list an id twice")
+        for spec in specs:
+            _check_spec(spec)
+        creds: dict[str, DeviceCredentials] = {}
+        rows = []
+        now = time.time()
+        for spec in specs:
+            password = generate_password()
+            private, public = _new_keypair()
+            creds[spec.device_id] = DeviceCredentials(spec.device_id, password, private, public)
+            rows.append(
+                _device_values(spec, public, hash_password(password), bcrypt_hash(password), now)
+            )
+        with self._write():
+            problems = self.problems(specs)
+            if problems:
+                raise SecurityError(next(iter(problems.values())))
+            self._db.executemany(_INSERT_DEVICE, rows)
+        return creds
 
     def rotate(self, device_id: str) -> DeviceCredentials:
         """New password and key pair for ``device_id``; the old ones stop working on reload."""
@@ -596,6 +667,29 @@ class Registry:
                     f"integrator {account!r} does not exist: see `actimesh integrators list`"
                 )
 
+    def operators(self) -> list[Account]:
+        """The operator accounts, by name."""
+        return [a for a in self.accounts() if a.role is AccountRole.OPERATOR]
+
+    def add_operator(self, name: str) -> Credentials:
+        """An operator account ``op-{name}``: activations, alerts and dead letters, read
+        only. Its password is in the result and nowhere else."""
+        account = _prefixed(name, OPERATOR_PREFIX, "operator")
+        return self._set_account(account, AccountRole.OPERATOR, new=True)
+
+    def remove_operator(self, name: str) -> None:
+        """Remove operator ``op-{name}`` (``name`` may include the prefix)."""
+        account = _prefixed(name, OPERATOR_PREFIX, "operator")
+        with self._write() as db:
+            cur = db.execute(
+                "DELETE FROM accounts WHERE name = ? AND role = ?",
+                (account, AccountRole.OPERATOR.value),
+            )
+            if cur.rowcount == 0:
+                raise SecurityError(
+                    f"operator {account!r} does not exist: see `actimesh operators list`"
+                )
+
     def ensure_service_accounts(
         self, secrets_dir: Path, *, keep_existing: bool = False
     ) -> dict[str, Credentials]:
@@ -718,18 +812,58 @@ class Registry:
         return files
 
 
+_INSERT_DEVICE = (
+    "INSERT INTO devices (id, kind, unit, paired, public_key, password_hash, nats_hash, "
+    "simulated, created, rotated, call_sign, officer) VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?)"
+)
+
+
+def _device_values(
+    spec: DeviceSpec, public: str, password_hash: str, nats_hash: str, now: float
+) -> tuple[object, ...]:
+    return (
+        spec.device_id,
+        spec.kind.value,
+        spec.unit,
+        json.dumps(list(spec.paired)),
+        public,
+        password_hash,
+        nats_hash,
+        now,
+        now,
+        spec.call_sign,
+        spec.officer,
+    )
+
+
 def _integrator_account(name: str) -> str:
-    account = name if name.startswith(INTEGRATOR_PREFIX) else f"{INTEGRATOR_PREFIX}{name}"
+    return _prefixed(name, INTEGRATOR_PREFIX, "integrator")
+
+
+def _prefixed(name: str, prefix: str, what: str) -> str:
+    account = name if name.startswith(prefix) else f"{prefix}{name}"
     if not is_identifier(account):
         raise SecurityError(
-            f"integrator name {name!r} is not valid: use letters, digits, '.', '_' or '-' "
-            "(at most 60)"
+            f"{what} name {name!r} is not valid: use letters, digits, '.', '_' or '-' "
+            f"(at most {64 - len(prefix)})"
         )
     return account
 
 
 def _device(row: tuple[object, ...]) -> Device:
-    device_id, kind, unit, paired, public_key, simulated, created, rotated, disabled = row
+    (
+        device_id,
+        kind,
+        unit,
+        paired,
+        public_key,
+        simulated,
+        created,
+        rotated,
+        disabled,
+        call_sign,
+        officer,
+    ) = row
     return Device(
         device_id=str(device_id),
         kind=DeviceKind(str(kind)),
@@ -740,4 +874,6 @@ def _device(row: tuple[object, ...]) -> Device:
         created=float(str(created)),
         rotated=float(str(rotated)),
         disabled=None if disabled is None else str(disabled),
+        call_sign=None if call_sign is None else str(call_sign),
+        officer=None if officer is None else str(officer),
     )

@@ -11,6 +11,7 @@ rules are data (:mod:`.rules`, one table for every trigger type).
 from actimesh.triggers.engine import Engine
 from actimesh.triggers.fanout import Plan, plan_activation
 from actimesh.triggers.fleet import DeviceDirectory, DirectoryEntry, StaticDirectory
+from actimesh.triggers.persistence import left_out_of
 from actimesh.triggers.planning import TriggerTracer
 from actimesh.triggers.quarantine import Quarantine
 from actimesh.triggers.rules import (
@@ -41,6 +42,7 @@ __all__ = [
     "StaticDirectory",
     "StormLimits",
     "TriggerTracer",
+    "left_out_of",
     "plan_activation",
     "rules_from_toml",
 ]

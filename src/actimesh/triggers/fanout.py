@@ -15,7 +15,7 @@ records" is unit-tested without a broker:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from actimesh.broker.messages import (
@@ -136,14 +136,20 @@ def _nearby(
         info = fleet.get(fix.device_id)
         if info is None or info.kind is None or not info.is_camera:
             continue
+        device_id, kind = fix.device_id, info.kind.value
         age = event.ts - fix.ts
-        row = DecisionRow(fix.device_id, info.kind.value, False, "", dist, None, age, fix.acc)
-        if fix.device_id in targets:
+        # Each row is built once, whole: this loop runs for every camera in the band,
+        # on the trigger path, before any command leaves.
+        if device_id in targets:
             # Paired and also near: keep "paired" as the reason, note the distance.
-            decisions[fix.device_id] = replace(row, commanded=True, reason="paired")
+            decisions[device_id] = DecisionRow(
+                device_id, kind, True, "paired", dist, None, age, fix.acc
+            )
             continue
         if info.kind not in rule.camera_kinds:
-            decisions[fix.device_id] = replace(row, reason=Exclusion.KIND_NOT_IN_RULE)
+            decisions[device_id] = DecisionRow(
+                device_id, kind, False, Exclusion.KIND_NOT_IN_RULE, dist, None, age, fix.acc
+            )
             continue
         verdict, margin = policy.judge(
             distance_m=dist,
@@ -154,23 +160,25 @@ def _nearby(
             acc_event=acc,
         )
         if verdict is Verdict.WITHIN:
-            targets[fix.device_id] = Target(
-                fix.device_id, info.kind, ActivationReason.PROXIMITY, dist
-            )
+            targets[device_id] = Target(device_id, info.kind, ActivationReason.PROXIMITY, dist)
             # Link lost but still buffering: the command waits in its broker session.
             reason = "proximity" if info.online else "proximity_queued"
-            decisions[fix.device_id] = replace(row, commanded=True, reason=reason, margin_m=margin)
+            decisions[device_id] = DecisionRow(
+                device_id, kind, True, reason, dist, margin, age, fix.acc
+            )
         else:
-            decisions[fix.device_id] = replace(row, reason=verdict.value, margin_m=margin)
+            decisions[device_id] = DecisionRow(
+                device_id, kind, False, verdict.value, dist, margin, age, fix.acc
+            )
     since = event.ts - fleet.offline_memory_s
     for info, dist in fleet.offline_near(lat, lon, search, since):
         last = info.last_fix
         if last is None or info.device_id in decisions or not info.is_camera:
             continue
-        kind = info.kind.value if info.kind else None
+        last_kind = info.kind.value if info.kind else None
         age = event.ts - last.ts
         decisions[info.device_id] = DecisionRow(
-            info.device_id, kind, False, Exclusion.OFFLINE, dist, None, age, last.acc
+            info.device_id, last_kind, False, Exclusion.OFFLINE, dist, None, age, last.acc
         )
 
 

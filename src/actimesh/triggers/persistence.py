@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from actimesh.broker.codec import MAX_ACTIVATION_BYTES, encode
@@ -24,12 +26,15 @@ from actimesh.broker.messages import (
     AlertKind,
     CameraActivation,
     ConfirmStatus,
+    DeviceKind,
     Event,
+    LeftOut,
+    LeftOutReason,
 )
 from actimesh.broker.topics import Topics
 from actimesh.broker.transport import Outbound
 from actimesh.errors import BrokerError, LedgerError, NotCommandedError
-from actimesh.ledger import AckRow, ActivationRow, Ledger
+from actimesh.ledger import AckRow, ActivationRow, DecisionRow, Ledger
 from actimesh.triggers.alerts import Alerts
 from actimesh.triggers.commands import Commander
 from actimesh.triggers.dedupe import Dedupe
@@ -38,7 +43,7 @@ from actimesh.triggers.refusals import Refusals
 from actimesh.triggers.settings import EngineSettings
 from actimesh.triggers.stats import EngineStats
 
-__all__ = ["AckWriter", "Decided", "Persister"]
+__all__ = ["AckWriter", "Decided", "Persister", "left_out_of"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +55,41 @@ _MAX_PENDING_ACKS = 100_000
 _ACK_BATCH = 512
 #: What the flood watch says a device sent when it answered activations it was not in.
 _NOT_COMMANDED = "acknowledgements for activations that did not command it"
+_LEFT_OUT_REASONS = frozenset(r.value for r in LeftOutReason)
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def left_out_of(decisions: Iterable[DecisionRow]) -> tuple[LeftOut, ...]:
+    """The cameras of ``decisions`` that were not commanded, with why, sorted by id: what
+    the activation record carries for integrators (the ledger keeps the same rows).
+
+    Built by the persister once the commands have left, so the trigger path pays nothing
+    for it. A row with a reason the record has no name for is left out of the list (it
+    is still counted in ``excluded`` and kept in the ledger).
+    """
+    rows = []
+    for d in decisions:
+        if d.commanded or d.reason not in _LEFT_OUT_REASONS:
+            continue
+        kind = DeviceKind(d.device_kind) if d.device_kind in _KINDS else None
+        rows.append(
+            LeftOut(
+                id=d.device_id,
+                device_kind=kind,
+                reason=LeftOutReason(d.reason),
+                dist=_finite(d.distance_m),
+                margin=_finite(d.margin_m),
+                age=_finite(d.fix_age_s),
+            )
+        )
+    rows.sort(key=lambda r: r.id)
+    return tuple(rows)
+
+
+_KINDS = frozenset(k.value for k in DeviceKind)
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +230,7 @@ class Persister:
             ),
             excluded=plan.excluded,
             by=event.by,
+            left_out=left_out_of(plan.decisions),
         )
         payload = encode(record)
         if len(payload) > MAX_ACTIVATION_BYTES:  # pragma: no cover - 10k cameras at once
