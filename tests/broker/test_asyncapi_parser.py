@@ -26,7 +26,7 @@ def _parse(path: Path) -> tuple[int, list[dict[str, Any]]]:
     node = shutil.which("node")
     assert node is not None, "node is not installed: run `make system-deps`"
     assert PARSER.is_file(), f"{PARSER.parent} is missing: run `make web-deps` (npm ci)"
-    done = subprocess.run(  # noqa: S603 - fixed arguments
+    done = subprocess.run(
         [node, str(SCRIPT), str(path)],
         capture_output=True,
         text=True,
