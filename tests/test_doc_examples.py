@@ -108,6 +108,7 @@ class Demo:
             input=stdin,
             capture_output=True,
             text=True,
+            errors="replace",
             timeout=EXAMPLE_LIMIT_S,
             check=False,
         )
@@ -188,6 +189,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            errors="replace",
             start_new_session=True,
         )
         demo = Demo(netns, workdir, env, process)
@@ -265,6 +267,7 @@ def _stream(demo: Demo, example: Example, state: Path) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        errors="replace",
         start_new_session=True,
     )
     assert process.stdout is not None
