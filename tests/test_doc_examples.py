@@ -30,6 +30,8 @@ from typing import IO
 
 import pytest
 
+from actimesh.errors import ConfigError
+from actimesh.runtime.config import load_settings
 from tests.doc_examples import DOCUMENTS, Example, How, examples, parse
 from tests.waiting import eventually_sync
 
@@ -84,6 +86,23 @@ def test_markers_are_read() -> None:
         (7, How.STREAM, "event: \\w+", "curl -N x\n"),
         (11, How.ILLUSTRATIVE, "runs for minutes", "run()\n"),
     ]
+
+
+def test_every_settings_example_is_a_valid_settings_file(tmp_path: Path) -> None:
+    # The TOML examples are not commands, but they are copied as they are: each one
+    # must load, with every key known and every value accepted.
+    fence = re.compile(r"^```toml\n(.*?)^```", re.MULTILINE | re.DOTALL)
+    loaded = 0
+    for path in DOCUMENTS:
+        for n, block in enumerate(fence.findall(path.read_text(encoding="utf-8"))):
+            config = tmp_path / f"{path.stem}-{n}.toml"
+            config.write_text(block, encoding="utf-8")
+            try:
+                load_settings(config)
+            except ConfigError as exc:
+                pytest.fail(f"{path.name}, TOML example {n + 1}: {exc}")
+            loaded += 1
+    assert loaded >= 5
 
 
 # ---------------------------------------------------------------------- the live demo
