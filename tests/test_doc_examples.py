@@ -178,7 +178,13 @@ def _reader(stream: IO[str], sink: list[str]) -> None:
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
     ip = _ip()
     netns = f"amdoc-{uuid.uuid4().hex[:8]}"
-    subprocess.run([ip, "netns", "add", netns], check=True, timeout=10)
+    made = subprocess.run(
+        [ip, "netns", "add", netns], capture_output=True, text=True, timeout=10, check=False
+    )
+    assert made.returncode == 0, (
+        f"`ip netns add` failed ({made.stderr.strip()}): the doc examples need a network "
+        "namespace (root, and CAP_SYS_ADMIN in a container)"
+    )
     workdir = tmp_path_factory.mktemp("demo")
     bindir = workdir / ".bin"
     bindir.mkdir()
