@@ -79,7 +79,11 @@ def test_document_is_asyncapi_3(doc: dict[str, Any]) -> None:
         "protocol": "mqtt",
         "protocolVersion": "5.0",
         "description": doc["servers"]["local"]["description"],
+        "security": [{"$ref": "#/components/securitySchemes/brokerAccount"}],
     }
+    # Nothing reaches the managed broker without an account (no anonymous access).
+    assert "anonymous access on" not in doc["servers"]["local"]["description"]
+    assert doc["components"]["securitySchemes"]["brokerAccount"]["type"] == "userPassword"
 
 
 def test_schemas_are_generated_from_the_models(doc: dict[str, Any]) -> None:

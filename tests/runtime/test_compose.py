@@ -17,7 +17,8 @@ from rich.console import Console
 from actimesh.audit import verify_ledger
 from actimesh.broker.mosquitto import free_port
 from actimesh.devices.simulator import SimSettings
-from actimesh.runtime import run_up
+from actimesh.geofence import InclusionMode
+from actimesh.runtime import policy_line, run_up
 from actimesh.runtime.config import Settings, load_settings
 from tests.waiting import eventually
 
@@ -65,6 +66,7 @@ async def test_up_runs_broker_engine_and_fleet_then_stops_cleanly(
     assert f"mqtt://127.0.0.1:{port} (managed Mosquitto)" in text
     assert "3 units" in text
     assert "emergency_lights" in text
+    assert f"policy   {policy_line(settings.policy)}" in text
     assert RECORDED in text
     assert (tmp_path / "ledger.sqlite3").exists()
     assert any((tmp_path / "recordings").iterdir())
@@ -100,3 +102,19 @@ async def test_up_keeps_the_ledger_in_postgresql_given_a_ledger_url(
     assert report.ok, report.findings
     assert report.records > 0
     assert "hunter2" not in str(report.path)
+
+
+def test_the_banner_states_the_inclusion_policy_in_force() -> None:
+    inclusive = load_settings()
+    assert policy_line(inclusive.policy) == (
+        "inclusive (each rule's radius plus the fixes' reported accuracy, margin at most "
+        "6 m; fixes older than 10 s not trusted)"
+    )
+    centre = replace(
+        inclusive.policy, mode=InclusionMode.CENTRE, max_fix_age_s=5.0, max_margin_m=2.5
+    )
+    assert policy_line(centre) == (
+        "centre (each rule's radius exactly, no accuracy margin; fixes older than 5 s not trusted)"
+    )
+    wider = replace(inclusive.policy, max_margin_m=2.5)
+    assert "margin at most 2.5 m" in policy_line(wider)

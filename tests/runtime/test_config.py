@@ -55,6 +55,9 @@ def test_file_then_overrides(tmp_path: Path) -> None:
         ("rules = 3", r"\[rules\] must be a table"),
         ("[rules]\ntaser_draw = 3", r"\[rules.taser_draw\] must be a table"),
         ("this is not toml", "is not valid TOML"),
+        ("[broker]\nport = 0", r"broker port 0 must be between 1 and 65535 \(\[broker\] port"),
+        ("[broker]\nport = '1883'", "broker.port must be a int"),
+        ("[broker]\nhost = ''", "broker.host must name an address"),
     ],
 )
 def test_mistakes_are_one_line_errors(tmp_path: Path, text: str, message: str) -> None:
@@ -75,6 +78,22 @@ def test_bad_port_and_engine_id() -> None:
         load_settings(broker_port=70000)
     with pytest.raises(ConfigError, match="engine_id"):
         EngineSettings(engine_id="no spaces please")
+
+
+def test_every_listener_port_is_a_key_of_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "actimesh.toml"
+    path.write_text(
+        '[broker]\nhost = "127.0.0.2"\nport = 11883\ntls_port = 18883\n'
+        "[dispatch]\nport = 18080\n[evidence]\nport = 18471\n"
+    )
+    settings = load_settings(path)
+    assert (settings.broker_host, settings.broker_port) == ("127.0.0.2", 11883)
+    assert settings.broker.tls_port == 18883
+    assert settings.dispatch.port == 18080
+    assert settings.evidence.port == 18471
+    assert settings.broker_url is None  # a port alone still means the managed broker
+    # --broker-port overrides the file, as every flag does.
+    assert load_settings(path, broker_port=12883).broker_port == 12883
 
 
 def test_retention_shorter_than_a_year_is_refused() -> None:

@@ -21,6 +21,7 @@ from actimesh.errors import ConfigError
 from actimesh.runtime.compose import _external, broker_for, run_up
 from actimesh.runtime.config import Settings, load_settings
 from actimesh.security import Registry, read_secret, verify_password
+from actimesh.security.signing import load_or_create_engine_key, public_key_hex
 from tests.waiting import eventually
 
 TIMEOUT_S = 5.0
@@ -156,6 +157,44 @@ async def test_add_remove_and_rotate_apply_to_the_running_broker(
             await _drain(client)
     assert not await _connects(up, "bwc-1", second)
     assert up.pid == pid
+
+
+async def test_new_accounts_are_told_the_port_the_broker_really_runs_on(
+    settings: Settings, up: ManagedMosquitto, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The broker runs on a free port given as a flag would give it, not on the 1883 of
+    # the (absent) settings file: the printed address is the running broker's.
+    assert up.port != 1883
+    data = str(settings.data_dir)
+    for argv in (("devices", "add", "bwc-9", "--kind", "body_cam"), ("integrators", "add", "x")):
+        code, out, _ = await asyncio.to_thread(_run, capsys, *argv, "--data-dir", data)
+        assert code == 0
+        assert _field(out, "broker") == f"mqtt://127.0.0.1:{up.port}", out
+
+
+def test_without_a_running_broker_the_configured_port_is_printed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "actimesh.toml"
+    config.write_text(f'data_dir = "{tmp_path / "data"}"\n[broker]\nport = 18883\n')
+    code, out, _ = _run(capsys, "integrators", "add", "acme", "--config", str(config))
+    assert code == 0
+    assert _field(out, "broker") == "mqtt://127.0.0.1:18883"
+    assert "not running" in out
+
+
+def test_a_device_added_before_the_first_up_gets_the_engine_key_up_will_use(
+    settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = str(settings.data_dir)
+    assert not (settings.data_dir / "keys").exists()
+    code, out, _ = _run(capsys, "devices", "add", "bwc-1", "--kind", "body_cam", "--data-dir", data)
+    assert code == 0
+    printed = _field(out, "engine key")
+    # `up` loads the key of the data directory, creating one only when there is none.
+    assert printed == public_key_hex(load_or_create_engine_key(settings.data_dir).public_key())
+    code, out, _ = _run(capsys, "devices", "add", "bwc-2", "--kind", "body_cam", "--data-dir", data)
+    assert _field(out, "engine key") == printed
 
 
 async def _drain(client: aiomqtt.Client) -> None:

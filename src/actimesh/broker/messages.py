@@ -67,7 +67,10 @@ Signature = Annotated[
         min_length=64,
         max_length=64,
         description="Ed25519 signature (msgpack bin, 64 bytes) by the engine's key over "
-        "[b'actimesh-cmd-v1', agency, camera id, every other field in order]",
+        "the msgpack array [bin 'actimesh-cmd-v1', agency, camera id, v, aid, eid, src, "
+        "type, ets, pre, reason, dist or nil, ts, exp], every number but v a float 64: "
+        "the exact bytes and a test vector are in docs/DISPATCH.md, 'Command signatures, "
+        "byte for byte'",
     ),
 ]
 

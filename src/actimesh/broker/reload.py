@@ -23,7 +23,7 @@ from pathlib import Path
 from actimesh.broker.dynsec import Access, AdminLogin, AdminRefusedError, sync_access
 from actimesh.broker.mosquitto_conf import MosquittoFiles
 
-__all__ = ["reload_managed_broker", "sync_access_of"]
+__all__ = ["reload_managed_broker", "running_listener", "sync_access_of"]
 
 _POLL_S = 0.02
 #: How long a rotated admin login may wait for the broker to reload the password file.
@@ -70,16 +70,10 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def reload_managed_broker(data_dir: Path) -> int | None:
-    """Ask the managed broker running on ``data_dir`` to apply its access and password
-    files, from any process: the plugin is synced over its control topic, then the
-    broker gets SIGHUP. Returns without waiting for the broker to log the reload.
-
-    Returns its pid, or None when no broker of that data directory runs (no pid file,
-    or the pid now belongs to another process: the id is checked against the
-    process's command line, so a stale pid file never signals a stranger).
-    """
-    files = MosquittoFiles(data_dir)
+def _running_pid(files: MosquittoFiles) -> int | None:
+    """The pid of the managed broker running on ``files``, or None: no pid file, or the
+    pid now belongs to another process (checked against its command line, so a stale
+    pid file never names a stranger)."""
     try:
         pid = int(files.pid_path.read_text().strip())
     except (FileNotFoundError, ValueError):
@@ -94,6 +88,33 @@ def reload_managed_broker(data_dir: Path) -> int | None:
         or Path(argv[0].decode(errors="replace")).name != "mosquitto"
         or str(conf).encode() not in argv
     ):
+        return None
+    return pid
+
+
+def running_listener(data_dir: Path) -> tuple[str, int] | None:
+    """Host and port of the plain listener of the managed broker running on
+    ``data_dir`` (what ``actimesh devices add`` tells a device), or None when none runs
+    there: the broker may have been started with ``--broker-port``, so the settings
+    file alone cannot say."""
+    files = MosquittoFiles(data_dir)
+    if _running_pid(files) is None:
+        return None
+    return files.plain_listener()
+
+
+def reload_managed_broker(data_dir: Path) -> int | None:
+    """Ask the managed broker running on ``data_dir`` to apply its access and password
+    files, from any process: the plugin is synced over its control topic, then the
+    broker gets SIGHUP. Returns without waiting for the broker to log the reload.
+
+    Returns its pid, or None when no broker of that data directory runs (no pid file,
+    or the pid now belongs to another process: the id is checked against the
+    process's command line, so a stale pid file never signals a stranger).
+    """
+    files = MosquittoFiles(data_dir)
+    pid = _running_pid(files)
+    if pid is None:
         return None
 
     def hup() -> None:

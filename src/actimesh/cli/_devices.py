@@ -104,14 +104,30 @@ def add_parsers(sub: argparse._SubParsersAction[Parser]) -> None:
         registry_location(parser)
 
 
+def _plain_address(settings: Settings) -> str:
+    """The broker a new account is told to use: the managed broker running on this data
+    directory (its real listener, whatever flag or file started it), else the one the
+    settings name (``[broker] url``, or the managed broker's ``host`` and ``port``)."""
+    from actimesh.broker.reload import running_listener  # noqa: PLC0415 - keep `--help` fast
+    from actimesh.security.provision import BROKER_DIR  # noqa: PLC0415
+
+    running = running_listener(settings.data_dir / BROKER_DIR)
+    if running is not None:
+        host, port = running
+        return f"mqtt://{host}:{port}"
+    if settings.broker_url is not None:
+        return settings.broker_url
+    return f"mqtt://{settings.broker_host}:{settings.broker_port}"
+
+
 def _endpoints(settings: Settings) -> BrokerEndpoints:
     from actimesh.security import certs  # noqa: PLC0415 - keep `--help` fast
     from actimesh.security.provision import BrokerEndpoints  # noqa: PLC0415
 
-    plain = f"mqtt://{settings.broker_host}:{settings.broker_port}"
+    plain = _plain_address(settings)
     b = settings.broker
     cert = b.server_cert or settings.data_dir / certs.CERTS_DIR / "server.pem"
-    if b.tls is False or not cert.is_file():
+    if settings.broker_url is not None or b.tls is False or not cert.is_file():
         return BrokerEndpoints(plain)
     names = [n for n in certs.server_names(cert) if n not in ("localhost", "127.0.0.1", "::1")]
     host = names[0] if names else b.tls_host
@@ -177,8 +193,7 @@ def run(args: argparse.Namespace, console: Console) -> int:  # noqa: ARG001 - pr
             registry.remove_integrator(args.name)
             print(f"integrator {args.name} removed")
     if creds is not None:
-        key_file = data_dir / "keys" / "engine-signing.pub"
-        engine_key = key_file.read_text().strip() if key_file.is_file() else None
+        engine_key = _engine_key(settings) if args.command == "devices" else None
         for line in credential_lines(creds, _endpoints(settings), engine_key=engine_key):
             print(line)
     pid = apply_to_broker(data_dir, settings.acl_policy())
@@ -188,6 +203,23 @@ def run(args: argparse.Namespace, console: Console) -> int:  # noqa: ARG001 - pr
         else f"broker: not running on {data_dir}; applies at its next start"
     )
     return EXIT_OK
+
+
+def _engine_key(settings: Settings) -> str | None:
+    """The engine's public key a device must verify commands with. A device added before
+    the first ``up`` needs it too: the key is created here then, where ``up`` (and every
+    engine on this data directory) will find and use it. None when the engine runs
+    elsewhere (``[broker] url``) and its key was never copied here."""
+    from actimesh.security.signing import (  # noqa: PLC0415 - keep `--help` fast
+        engine_key_paths,
+        load_or_create_engine_key,
+        public_key_hex,
+    )
+
+    private, public = engine_key_paths(settings.data_dir)
+    if settings.broker_url is None or private.is_file():
+        return public_key_hex(load_or_create_engine_key(settings.data_dir).public_key())
+    return public.read_text(encoding="ascii").strip() if public.is_file() else None
 
 
 def _device_verb(registry: Registry, args: argparse.Namespace) -> DeviceCredentials | None:

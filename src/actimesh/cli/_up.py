@@ -35,7 +35,11 @@ def add_parsers(sub: argparse._SubParsersAction[Parser]) -> None:
         metavar="URL",
         help="use the broker at mqtt://HOST:PORT instead of a managed Mosquitto",
     )
-    up.add_argument("--broker-port", type=port, help="port of the managed Mosquitto (default 1883)")
+    up.add_argument(
+        "--broker-port",
+        type=port,
+        help="port of the managed Mosquitto (default: [broker] port, 1883)",
+    )
     up.add_argument("--ledger-url", metavar="URL", help=_LEDGER_URL_HELP)
     up.add_argument(
         "--sim",

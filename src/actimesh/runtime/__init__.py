@@ -12,7 +12,15 @@ this is the program. Nothing below it may import it; only the command line, the 
 the benchmark and the fuzzer, which start a mesh as an operator would, sit above it.
 """
 
-from actimesh.runtime.compose import BrokerAddress, Login, broker_for, run_engine, run_sim, run_up
+from actimesh.runtime.compose import (
+    BrokerAddress,
+    Login,
+    broker_for,
+    policy_line,
+    run_engine,
+    run_sim,
+    run_up,
+)
 from actimesh.runtime.config import BrokerSettings, RetentionSettings, Settings, load_settings
 from actimesh.runtime.monitor import Monitor
 from actimesh.runtime.supervisor import ChildError, Report, Supervisor
@@ -31,6 +39,7 @@ __all__ = [
     "Supervisor",
     "broker_for",
     "load_settings",
+    "policy_line",
     "run_engine",
     "run_sim",
     "run_up",

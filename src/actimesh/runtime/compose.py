@@ -34,6 +34,7 @@ from actimesh.errors import ConfigError, SecurityError
 from actimesh.evidence import (
     UPLOADS_PATH,
 )
+from actimesh.geofence import InclusionMode, InclusionPolicy
 from actimesh.ledger import Ledger, open_ledger
 from actimesh.runtime.config import Settings
 from actimesh.runtime.monitor import Monitor
@@ -58,7 +59,15 @@ from actimesh.triggers.engine import Engine
 from actimesh.triggers.fleet import DeviceDirectory
 from actimesh.triggers.quarantine import Quarantine
 
-__all__ = ["BrokerAddress", "Login", "broker_for", "run_engine", "run_sim", "run_up"]
+__all__ = [
+    "BrokerAddress",
+    "Login",
+    "broker_for",
+    "policy_line",
+    "run_engine",
+    "run_sim",
+    "run_up",
+]
 
 log = logging.getLogger(__name__)
 
@@ -294,6 +303,18 @@ async def _retention(settings: Settings, recordings: Path | None) -> None:
     )
 
 
+def policy_line(policy: InclusionPolicy) -> str:
+    """The inclusion policy in force, as the ``up`` banner states it: the mode, how far
+    beyond each rule's radius (the ``rules`` line) a camera may be, and the fix age."""
+    fresh = f"fixes older than {policy.max_fix_age_s:g} s not trusted"
+    if policy.mode is InclusionMode.CENTRE:
+        return f"centre (each rule's radius exactly, no accuracy margin; {fresh})"
+    return (
+        f"inclusive (each rule's radius plus the fixes' reported accuracy, margin at most "
+        f"{policy.max_margin_m:g} m; {fresh})"
+    )
+
+
 async def run_up(settings: Settings, sim: SimSettings | None, console: Console) -> None:
     """Broker (managed unless a URL is given), engine, optional simulated fleet, monitor."""
     topics = Topics(settings.agency)
@@ -354,6 +375,7 @@ async def run_up(settings: Settings, sim: SimSettings | None, console: Console) 
             )
             rules = ", ".join(f"{r.event_type} {r.radius_m:g} m" for r in settings.rules)
             console.print(f"  rules    {rules}")
+            console.print(f"  policy   {policy_line(settings.policy)}", markup=False)
             if settings.dispatch.enabled:
                 logins = await bootstrap_admin(settings.data_dir, ledger)
                 dispatch = Supervisor(

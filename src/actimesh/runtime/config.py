@@ -27,10 +27,17 @@ TOML file (``--config actimesh.toml``)::
     buffer_audio = false
     stealth = "officer"     # or "always" / "never"
 
-    [broker]                # an external broker's login, the managed broker's TLS
+    [broker]                # the managed broker's listeners, an external broker's login
+    port = 1883             # the managed Mosquitto's plain listener (with host)
+    tls_port = 8883
     username = "svc-engine"
     password_file = "/etc/actimesh/svc-engine.password"
-    tls_port = 8883
+
+    [evidence]              # the camera upload listener
+    port = 8471
+
+    [dispatch]              # the map and API
+    port = 8080
 
     [ledger]                # without it: {data_dir}/ledger.sqlite3
     url = "postgresql://actimesh@db.example.org:5432/actimesh"
@@ -186,8 +193,10 @@ class Settings:
 
     agency: str = "demo"
     data_dir: Path = Path("actimesh-data")
-    #: ``None`` runs a managed Mosquitto; otherwise ``mqtt://host:port``.
+    #: ``None`` runs a managed Mosquitto; otherwise ``mqtt://host:port`` (``[broker] url``).
     broker_url: str | None = None
+    #: The managed Mosquitto's plain listener: ``[broker] host`` and ``port``
+    #: (``--broker-port`` overrides the port).
     broker_host: str = "127.0.0.1"
     broker_port: int = 1883
     engine: EngineSettings = field(default_factory=EngineSettings)
@@ -208,7 +217,12 @@ class Settings:
                 f"agency {self.agency!r} must be letters, digits, '.', '_' or '-' (max 64)"
             )
         if not 0 < self.broker_port < 65536:
-            raise ConfigError(f"broker port {self.broker_port} must be between 1 and 65535")
+            raise ConfigError(
+                f"broker port {self.broker_port} must be between 1 and 65535 "
+                "([broker] port or --broker-port)"
+            )
+        if not self.broker_host:
+            raise ConfigError('broker.host must name an address, e.g. "127.0.0.1"')
         if self.ledger_url is not None:
             _check_ledger_url(self.ledger_url)
             if len(self.agency) > _MAX_PG_AGENCY:
@@ -306,6 +320,8 @@ def _dispatch(raw: dict[str, Any]) -> DispatchSettings:
 _BROKER_PATHS = ("password_file", "ca_file", "cert_file", "key_file", "server_cert", "server_key")
 _BROKER_TYPES: Mapping[str, type | tuple[type, ...]] = dict.fromkeys(_BROKER_PATHS, str) | {
     "url": str,
+    "host": str,
+    "port": int,
     "username": str,
     "tls": bool,
     "tls_port": int,
@@ -314,12 +330,18 @@ _BROKER_TYPES: Mapping[str, type | tuple[type, ...]] = dict.fromkeys(_BROKER_PAT
 }
 
 
-def _broker(raw: dict[str, Any]) -> tuple[str | None, BrokerSettings]:
-    url = raw.pop("url", None)
+def _broker(raw: dict[str, Any]) -> tuple[dict[str, Any], BrokerSettings]:
+    """``[broker]``: the keys of :class:`Settings` (``url``, and ``host``/``port`` of the
+    managed broker's plain listener), and the rest as :class:`BrokerSettings`."""
+    top = {
+        name: raw.pop(key)
+        for key, name in (("url", "broker_url"), ("host", "broker_host"), ("port", "broker_port"))
+        if key in raw
+    }
     for key in _BROKER_PATHS:
         if key in raw:
             raw[key] = Path(raw[key])
-    return url, BrokerSettings(**raw)
+    return top, BrokerSettings(**raw)
 
 
 _MEDIA_TYPES: Mapping[str, type | tuple[type, ...]] = {
@@ -428,12 +450,11 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
     if "dir" in evidence_raw:
         evidence_raw["dir"] = Path(evidence_raw["dir"])
     evidence = EvidenceSettings(**evidence_raw)
-    broker_url, broker = _broker(_section(raw, "broker", _BROKER_TYPES))
+    broker_keys, broker = _broker(_section(raw, "broker", _BROKER_TYPES))
     ledger_url = _section(raw, "ledger", {"url": str}).get("url")
     settings = Settings(
         agency=_typed("", "agency", raw.get("agency", "demo"), str),
         data_dir=Path(_typed("", "data_dir", raw.get("data_dir", "actimesh-data"), str)),
-        broker_url=broker_url,
         broker=broker,
         engine=engine,
         policy=policy,
@@ -443,6 +464,7 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
         media=media,
         evidence=evidence,
         ledger_url=ledger_url,
+        **broker_keys,
     )
     clean = {k: v for k, v in overrides.items() if v is not None}
     return replace(settings, **clean) if clean else settings

@@ -24,6 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
+from urllib.parse import urlsplit
 
 from actimesh.broker.client import TlsSettings
 from actimesh.broker.messages import DeviceKind
@@ -249,7 +250,11 @@ def credential_lines(
             f"  private key  {creds.private_key}  (Ed25519, raw hex: signs recording manifests)",
             f"  public key   {creds.public_key}",
         ]
-    lines.append(f"  broker       {endpoints.plain}  (loopback: this machine only)")
+    loopback = urlsplit(endpoints.plain).hostname in ("127.0.0.1", "localhost", "::1")
+    lines.append(
+        f"  broker       {endpoints.plain}"
+        + ("  (loopback: this machine only)" if loopback else "")
+    )
     if endpoints.tls is not None:
         lines.append(f"  broker       {endpoints.tls}  (TLS; CA certificate {endpoints.ca})")
     if engine_key is not None:

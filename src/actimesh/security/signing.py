@@ -16,8 +16,11 @@ payload: both are in the topic), then every other :class:`Command` field in decl
 order. The tag keeps these signatures from ever being valid for anything else the key
 might sign; binding the agency and the camera means a command captured for one camera is
 worthless on another camera's topic or in another agency. Both sides build the array
-from the validated model's values (``dist`` absent is nil), so the bytes do not depend
-on how the map on the wire happened to be encoded.
+from the validated model's values (``dist`` absent is nil, every number but ``v`` a
+float 64), so the bytes do not depend on how the map on the wire happened to be encoded.
+docs/DISPATCH.md ("Command signatures, byte for byte") specifies every byte for device
+makers, with a test vector that tests/security/test_signing_spec.py checks against this
+module.
 
 **What a camera refuses** (an ``Ack`` with status ``refused`` and ``detail`` starting
 with the reason code): ``unsigned`` (no ``sig``), ``malformed``/``invalid``/
