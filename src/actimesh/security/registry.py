@@ -44,6 +44,7 @@ from actimesh.private import write_private
 from actimesh.security.acl import (
     INTEGRATOR_PREFIX,
     LOADGEN_ACCOUNT,
+    SERVICE_ADAPTER,
     SERVICE_ADMIN,
     SERVICE_DISPATCH,
     SERVICE_ENGINE,
@@ -97,6 +98,7 @@ _SERVICE_ROLES = {
     SERVICE_DISPATCH: AccountRole.DISPATCH,
     SERVICE_MONITOR: AccountRole.MONITOR,
     SERVICE_ADMIN: AccountRole.ADMIN,
+    SERVICE_ADAPTER: AccountRole.ADAPTER,
 }
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
