@@ -263,3 +263,16 @@ def test_basic_credentials() -> None:
     assert basic_credentials("Bearer abc") is None
     assert basic_credentials("Basic !!!") is None
     assert basic_credentials(None) is None
+
+
+# ---------------------------------------------------------------------------- found by fuzzing
+
+
+def test_fuzzer_findings_are_refused_with_a_reason() -> None:
+    huge = b'{"_type":"location","lat":1' + b"0" * 400 + b',"lon":2,"tst":1}'
+    with pytest.raises(PayloadError, match="invalid"):
+        parse_owntracks(huge)  # was OverflowError
+    with pytest.raises(PayloadError, match="invalid"):
+        parse_sentence(_signed(b"GPRMC,59.083559.00,A,4807.038,N,01131.000,E,0,0,230394,,"))
+    with pytest.raises(PayloadError, match="invalid"):  # HDOP 1e308 x 5 m was infinite
+        parse_osmand({"lat": "1", "lon": "2", "timestamp": "1", "hdop": "1e308"})

@@ -93,7 +93,10 @@ def _time_of_day(text: str) -> float:
     if len(text) < 6 or not text[:6].isdigit():
         raise PayloadError("invalid", f"time {text!r:.20} is not hhmmss")
     hours, minutes = int(text[0:2]), int(text[2:4])
-    seconds = float(text[4:]) if text[4:] else 0.0
+    try:
+        seconds = float(text[4:])
+    except ValueError:
+        raise PayloadError("invalid", f"time {text!r:.20} is not hhmmss.ss") from None
     if hours > 23 or minutes > 59 or not 0 <= seconds < 61:
         raise PayloadError("invalid", f"time {text!r:.20} is out of range")
     return hours * 3600 + minutes * 60 + seconds

@@ -125,8 +125,8 @@ def parse_osmand(
     if acc is None:
         hdop = _number(params, "hdop")
         acc = None if hdop is None else hdop * hdop_factor_m
-    if acc is not None and acc < 0:
-        raise PayloadError("invalid", f"accuracy {acc!r} is negative")
+    if acc is not None and not 0 <= acc < math.inf:
+        raise PayloadError("invalid", f"accuracy {acc!r} is not a distance in metres")
     batt = _number(params, "batt")
     if batt is not None and not 0 <= batt <= 100:
         batt = None

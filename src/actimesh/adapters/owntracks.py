@@ -68,7 +68,10 @@ def _number(obj: dict[str, object], key: str, *, required: bool) -> float | None
     # bool is an int in Python: "lat": true is not a latitude.
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise PayloadError("invalid", f"location: {key} must be a number, got {value!r}"[:200])
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # a JSON integer of hundreds of digits
+        number = math.inf
     if not math.isfinite(number):
         raise PayloadError("invalid", f"location: {key} must be finite")
     return number
