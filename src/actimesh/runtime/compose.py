@@ -218,6 +218,8 @@ def _engine_status(engine: Engine, sim: FleetSimulator | None) -> str:
         f"rejected {s.rejected_total}",
         f"telemetry dropped {engine.telemetry_link.stats.dropped_incoming}",
     ]
+    if s.owntracks or s.owntracks_ignored:
+        parts.append(f"owntracks {s.owntracks}")
     if s.acks_not_commanded:
         parts.append(f"acks from cameras not commanded {s.acks_not_commanded}")
     if s.quarantined:
