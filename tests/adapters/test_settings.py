@@ -8,7 +8,7 @@ import pytest
 
 from actimesh.adapters import NmeaSettings
 from actimesh.errors import ConfigError
-from actimesh.runtime.config import load_settings
+from actimesh.runtime.config import Settings, load_settings
 
 
 def test_adapters_are_off_by_default() -> None:
@@ -79,3 +79,30 @@ def test_adapter_mistakes_are_one_line(tmp_path: Path, text: str, message: str) 
 def test_two_devices_may_not_share_a_port() -> None:
     with pytest.raises(ConfigError, match="both have port 10110"):
         NmeaSettings(ports={"car-1": 10110, "car-2": 10110})
+
+
+def test_up_osmand_port_flag_sets_the_port_and_turns_the_listener_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import actimesh.runtime  # noqa: PLC0415 - patched where `up` imports it from
+    from actimesh import cli  # noqa: PLC0415
+
+    started: list[Settings] = []
+
+    async def fake_up(settings: Settings, sim: object, console: object) -> None:
+        started.append(settings)
+
+    monkeypatch.setattr(actimesh.runtime, "run_up", fake_up)
+    assert cli.main(["up", "--data-dir", str(tmp_path), "--osmand-port", "5056"]) == 0
+    osmand = started[0].adapters.osmand
+    assert (osmand.enabled, osmand.port) == (True, 5056)
+    assert not started[0].adapters.nmea.enabled
+
+
+def test_up_osmand_port_out_of_range_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    from actimesh import cli  # noqa: PLC0415
+
+    with pytest.raises(SystemExit) as caught:
+        cli.main(["up", "--osmand-port", "70000"])
+    assert caught.value.code == 2
+    assert "70000 is not a TCP port" in capsys.readouterr().err
