@@ -31,7 +31,7 @@ from actimesh.broker.codec import decode, encode
 from actimesh.broker.messages import DeadLetter, DeviceKind, Event, activation_id
 from actimesh.broker.transport import MqttTransport
 from actimesh.geofence import destination
-from actimesh.runtime.adapters import OsmAndServer, RegistryAuth, run_adapters
+from actimesh.runtime.adapters import OsmAndServer, run_adapters
 from actimesh.runtime.config import Settings
 from actimesh.security.registry import Registry
 from tests.adapters import samples
@@ -134,7 +134,7 @@ async def _adapters(
 ) -> AsyncIterator[tuple[FixSink, OsmAndServer | None, NmeaServer | None]]:
     settings = Settings(agency=agency, data_dir=data_dir, adapters=adapters)
     transport = MqttTransport(HOST, port)
-    async with run_adapters(settings, transport, RegistryAuth(data_dir)) as running:
+    async with run_adapters(settings, transport) as running:
         yield running
 
 
@@ -183,10 +183,15 @@ async def test_an_osmand_report_places_the_camera_and_a_draw_starts_it(
             assert ok.status_code == 200, ok.text
             far = {**report, "id": "far", "lat": str(FAR_AT[0]), "lon": str(FAR_AT[1])}
             assert (await http.get("/", params=far, auth=("far", far_password))).status_code == 200
+            # A disabled account (quarantined, or `devices disable`) is refused at once.
+            with Registry.open(data_dir) as registry:
+                assert registry.disable("far", "lost")
+            refused = await http.get("/", params=far, auth=("far", far_password))
+            assert refused.status_code == 401
         await _placed(m, "far", FAR_AT)
         assert await _placed(m, "bwc") == 4.5
         assert await _draw(m, "osm-1") == {"bwc"}
-        assert sink.stats.rejected == {"unauthorized": 3, "invalid": 1}
+        assert sink.stats.rejected == {"unauthorized": 4, "invalid": 1}
 
 
 def _nmea(body: str) -> bytes:

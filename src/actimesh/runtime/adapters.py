@@ -13,6 +13,7 @@ needs no process: the engine reads it (adapters/owntracks.py).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import time
 from collections.abc import AsyncIterator
@@ -27,7 +28,7 @@ from actimesh import listener
 from actimesh.adapters import AdapterSettings, FixSink, NmeaServer, create_osmand_app
 from actimesh.broker.topics import Topics
 from actimesh.broker.transport import Transport
-from actimesh.errors import ActimeshError
+from actimesh.errors import ActimeshError, SecurityError
 from actimesh.runtime.config import Settings
 from actimesh.runtime.supervisor import Report
 from actimesh.security.acl import SERVICE_ADAPTER
@@ -48,18 +49,39 @@ class AdaptersJob:
 
 
 class RegistryAuth:
-    """Device passwords checked against the registry of the data directory (PBKDF2 in a
-    worker thread, so a burst of logins never holds the event loop)."""
+    """Device passwords checked against the registry of the data directory: one
+    connection, in one worker thread of its own (PBKDF2 and SQLite never hold the event
+    loop, and a burst of logins queues there). A disabled account (``actimesh devices
+    disable``, or quarantined for flooding) is refused like a wrong password."""
 
     def __init__(self, data_dir: Path) -> None:
         self._path = data_dir / REGISTRY_NAME
+        self._worker = concurrent.futures.ThreadPoolExecutor(1, "registry-auth")
+        self._registry: Registry | None = None
+
+    def _check(self, device_id: str, password: str) -> bool:
+        if self._registry is None:
+            self._registry = Registry(self._path)
+        if not self._registry.check_password(device_id, password):
+            return False
+        try:
+            return self._registry.get(device_id).disabled is None
+        except SecurityError:  # removed in between
+            return False
 
     async def check(self, device_id: str, password: str) -> bool:
-        def check() -> bool:
-            with Registry(self._path) as registry:
-                return registry.check_password(device_id, password)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._worker, self._check, device_id, password)
 
-        return await asyncio.to_thread(check)
+    def close(self) -> None:
+        """Close the registry connection (in its thread) and the worker."""
+
+        def close() -> None:
+            if self._registry is not None:
+                self._registry.close()
+
+        self._worker.submit(close)
+        self._worker.shutdown(wait=True)
 
 
 class OsmAndServer:
@@ -131,9 +153,12 @@ async def run_adapters(
         deadletters_per_s=a.deadletters_per_s,
     )
     osmand = nmea = None
+    own_auth = None
     if a.osmand.enabled:
+        if auth is None:
+            auth = own_auth = RegistryAuth(settings.data_dir)
         app = create_osmand_app(
-            auth=auth or RegistryAuth(settings.data_dir),
+            auth=auth,
             sink=sink,
             hdop_factor_m=a.nmea.hdop_factor_m,
         )
@@ -147,24 +172,28 @@ async def run_adapters(
             hdop_factor_m=a.nmea.hdop_factor_m,
             idle_timeout_s=a.nmea.idle_timeout_s,
         )
-    async with asyncio.TaskGroup() as tg:
-        tasks = [tg.create_task(out.run(), name="adapters-link")]
-        tasks.append(tg.create_task(sink.run(), name="adapters-sink"))
-        if osmand is not None:
-            tasks.append(tg.create_task(osmand.run(), name="osmand"))
-        if nmea is not None:
-            tasks.append(tg.create_task(nmea.run(), name="nmea"))
-        async with asyncio.timeout(30):
-            await out.wait_connected()
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tasks = [tg.create_task(out.run(), name="adapters-link")]
+            tasks.append(tg.create_task(sink.run(), name="adapters-sink"))
             if osmand is not None:
-                await osmand.ready.wait()
+                tasks.append(tg.create_task(osmand.run(), name="osmand"))
             if nmea is not None:
-                await nmea.ready.wait()
-        try:
-            yield sink, osmand, nmea
-        finally:
-            for task in tasks:
-                task.cancel()
+                tasks.append(tg.create_task(nmea.run(), name="nmea"))
+            async with asyncio.timeout(30):
+                await out.wait_connected()
+                if osmand is not None:
+                    await osmand.ready.wait()
+                if nmea is not None:
+                    await nmea.ready.wait()
+            try:
+                yield sink, osmand, nmea
+            finally:
+                for task in tasks:
+                    task.cancel()
+    finally:
+        if own_auth is not None:
+            own_auth.close()
 
 
 def _describe(osmand: OsmAndServer | None, nmea: NmeaServer | None) -> str:
