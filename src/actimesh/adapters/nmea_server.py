@@ -103,6 +103,10 @@ class NmeaServer:
         #: The port each device's listeners are bound to (known once ``ready``).
         self.bound: dict[str, int] = {}
 
+    def connections(self, device_id: str) -> int:
+        """TCP connections open now on ``device_id``'s port."""
+        return self._devices[device_id].connections
+
     @property
     def ignored(self) -> int:
         """Checked sentences of types not used, on every port."""
