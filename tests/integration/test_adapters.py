@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
+import ssl
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -33,6 +34,7 @@ from actimesh.broker.transport import MqttTransport
 from actimesh.geofence import destination
 from actimesh.runtime.adapters import OsmAndServer, run_adapters
 from actimesh.runtime.config import Settings
+from actimesh.security.certs import init_ca, issue_server
 from actimesh.security.registry import Registry
 from tests.adapters import samples
 from tests.integration.harness import CENTER, HOST, Mesh, mesh
@@ -268,3 +270,32 @@ async def test_nmea_over_tcp_and_udp_places_the_camera_and_a_draw_starts_it(
             await eventually(moved_there, timeout=5.0)
         finally:
             udp.close()
+
+
+async def test_the_osmand_listener_speaks_https_with_a_certificate(
+    agency: str, broker_port: int, tmp_path: Path
+) -> None:
+    certs = tmp_path / "certs"
+    init_ca(certs)
+    issue_server(certs)
+    data_dir = tmp_path / "data"
+    password = _registered(data_dir, "bwc")
+    osmand = OsmAndSettings(
+        enabled=True,
+        host=HOST,
+        port=0,
+        tls_certfile=certs / "server.pem",
+        tls_keyfile=certs / "server.key",
+    )
+    report = {"lat": "51.0447", "lon": "-114.0719", "timestamp": str(int(time.time()))}
+    async with _adapters(agency, broker_port, data_dir, AdapterSettings(osmand=osmand)) as running:
+        _, server, _ = running
+        assert server is not None
+        assert server.url.startswith("https://")
+        trust = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+        async with httpx.AsyncClient(verify=trust, timeout=5.0) as https:
+            ok = await https.get(server.url + "/", params=report, auth=("bwc", password))
+            assert ok.status_code == 200
+        async with httpx.AsyncClient(timeout=5.0) as plain:
+            with pytest.raises(httpx.HTTPError):
+                await plain.get(server.url.replace("https", "http") + "/", params=report)
