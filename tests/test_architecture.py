@@ -27,6 +27,8 @@ LAYERS: tuple[frozenset[str], ...] = (
     # The wire contract (topics, payloads) and the transports that carry it.
     frozenset({"broker"}),
     frozenset({"security"}),
+    # Device protocols besides actimesh's own (OwnTracks, OsmAnd, NMEA 0183).
+    frozenset({"adapters"}),
     frozenset({"geofence"}),
     # Shared storage: the activation ledger and its hash chain.
     frozenset({"ledger"}),

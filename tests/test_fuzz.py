@@ -102,6 +102,23 @@ def test_report_reads_as_lines_and_json(short_run: FuzzReport) -> None:
     assert data["intake"]["inputs_per_s"] > 0
     assert data["intake"]["engine_stats_rejected"] == data["intake"]["rejected"]
     assert data["memory"]["peak_bytes"] > 0
+    assert data["protocols"]["inputs"] == SHORT
+
+
+def test_short_run_feeds_every_protocol_parser_good_and_hostile_input(
+    short_run: FuzzReport,
+) -> None:
+    assert short_run.protocol_cases == SHORT
+    assert set(short_run.protocol_outcomes) == set(fuzz.PARSERS)
+    for parser, outcomes in short_run.protocol_outcomes.items():
+        assert outcomes["ok"] > 100, parser  # the valid paths were reached
+        assert set(outcomes) <= fuzz.PROTOCOL_REASONS | {"ok", "none"}, parser
+        assert sum(outcomes.values()) - outcomes["ok"] - outcomes["none"] > 100, parser
+    nmea = short_run.protocol_outcomes["nmea"]
+    assert nmea["bad_checksum"] > 0
+    assert nmea["invalid"] > 0  # re-signed sentences reach the field checks
+    assert short_run.protocol_outcomes["owntracks"]["unsupported"] > 0
+    assert "protocols:" in _text(short_run)
 
 
 # ---------------------------------------------------------------------- generation
@@ -188,6 +205,35 @@ def test_a_bad_error_reason_or_text_is_a_finding(
     report = _run(tmp_path, count=50, target="codec")
     details = {f.detail for f in report.findings if f.problem == "bad_error"}
     assert any("reason 'weird'" in d for d in details)
+
+
+def test_a_protocol_parser_crash_is_a_finding_with_its_reproducer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def fragile(payload: bytes) -> Any:
+        raise OverflowError("int too large to convert to float")
+
+    monkeypatch.setattr("actimesh.fuzz._protocols.parse_owntracks", fragile)
+    report = _run(tmp_path, count=200, target="protocols", seed=4)
+    crashes = [f for f in report.findings if f.problem == "crash"]
+    assert crashes, _text(report)
+    first = crashes[0]
+    assert first.model == "owntracks"
+    assert "OverflowError" in first.detail
+    assert first.index is not None
+    assert bytes.fromhex(first.payload_hex) == fuzz.protocol_case(4, first.index)[2]
+    assert f"--seed 4 --replay {first.index}" in first.line(4)
+
+
+def test_a_fix_out_of_range_is_a_finding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from actimesh.adapters import Fix  # noqa: PLC0415 - only here
+
+    monkeypatch.setattr(
+        "actimesh.fuzz._protocols.parse_osmand",
+        lambda params: (None, Fix(ts=1.0, lat=91.0, lon=0.0)),
+    )
+    report = _run(tmp_path, count=200, target="protocols")
+    assert {f.problem for f in report.findings} == {"bad_fix"}
 
 
 def test_an_engine_crash_and_the_unacknowledged_message_are_findings(

@@ -205,8 +205,10 @@ def build_engine(
     settings: EngineSettings = TEST_SETTINGS,
     policy: InclusionPolicy | None = None,
     directory: DeviceDirectory | None = None,
+    owntracks: bool = False,
 ) -> Engine:
-    """An engine as the mesh builds it (not started)."""
+    """An engine as the mesh builds it (not started); ``owntracks``: it reads the
+    OwnTracks app's locations too."""
     return Engine(
         topics=topics,
         transport=MqttTransport(HOST, port),
@@ -217,6 +219,7 @@ def build_engine(
         settings=settings,
         directory=directory,
         dispatch_source=DISPATCH_SOURCE,
+        owntracks=owntracks,
     )
 
 
@@ -231,6 +234,7 @@ async def mesh(
     settings: EngineSettings = TEST_SETTINGS,
     directory: DeviceDirectory | None = None,
     ledger_url: str | None = None,
+    owntracks: bool = False,
 ) -> AsyncIterator[Mesh]:
     """A mesh on the broker at ``port``; its engine (unless ``engine=False``) runs with
     ``settings`` and, if given, the device ``directory``, and writes ``agency``'s ledger
@@ -249,6 +253,7 @@ async def mesh(
                 settings=settings,
                 policy=policy,
                 directory=directory,
+                owntracks=owntracks,
             )
         try:
             async with asyncio.TaskGroup() as tg:

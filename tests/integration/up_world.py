@@ -13,6 +13,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from actimesh.adapters import AdapterSettings
 from actimesh.broker.messages import DeviceKind
 from actimesh.broker.mosquitto import free_port
 from actimesh.devices.agent import DeviceAgent
@@ -70,7 +71,12 @@ class UpWorld:
 
 @contextlib.asynccontextmanager
 async def running_up(
-    root: Path, *, officers: int = 1, storm_limits: bool = False, devices_elsewhere: bool = False
+    root: Path,
+    *,
+    officers: int = 1,
+    storm_limits: bool = False,
+    devices_elsewhere: bool = False,
+    adapters: AdapterSettings | None = None,
 ) -> AsyncIterator[UpWorld]:
     """`up` on ``root`` (fixed ports, so a restarted web child keeps its address), with
     ``officers`` CEWs, each with its body camera (``cew-1``/``bwc-1``, ...).
@@ -81,6 +87,7 @@ async def running_up(
     (10 at once), and a probe draws from enough officers to stay within them. With
     ``devices_elsewhere`` the officers' devices run in a process of their own, as in the
     field, so that what a draw is timed with does not share the engine's process.
+    ``adapters``: the device-protocol adapters it runs (none by default).
     """
     with Registry.open(root) as registry:
         pairs = []
@@ -102,6 +109,8 @@ async def running_up(
         dispatch=replace(settings.dispatch, port=free_port()),
         evidence=replace(settings.evidence, port=free_port()),
     )
+    if adapters is not None:
+        settings = replace(settings, adapters=adapters)
     out = io.StringIO()
     console = Console(file=out, width=200, highlight=False)
     async with asyncio.TaskGroup() as tg:

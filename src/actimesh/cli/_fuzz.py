@@ -30,9 +30,10 @@ def add_parser(sub: Any) -> None:
     )
     fuzz.add_argument(
         "--target",
-        choices=["codec", "intake", "all"],
+        choices=["codec", "intake", "protocols", "all"],
         default="all",
-        help="the codec, a real engine's intake, or both (default)",
+        help="the codec, a real engine's intake, the device-protocol parsers (OwnTracks, "
+        "NMEA, OsmAnd), or all (default)",
     )
     fuzz.add_argument("--json", type=Path, metavar="PATH", help="also write the report as JSON")
     fuzz.add_argument(

@@ -61,6 +61,12 @@ def add_parsers(sub: argparse._SubParsersAction[Parser]) -> None:
         help="port of the dispatch map and API (default 8080; 0: any)",
     )
     up.add_argument("--no-http", action="store_true", help="run without the dispatch map and API")
+    up.add_argument(
+        "--osmand-port",
+        type=port,
+        help="take OsmAnd / Traccar Client reports on this port ([adapters.osmand] port; "
+        "turns the listener on; docs/DEVICES.md)",
+    )
 
     engine = sub.add_parser("engine", help="run one trigger engine against a broker")
     engine.add_argument("--broker", metavar="URL", required=True, help="mqtt://HOST:PORT")
@@ -109,6 +115,10 @@ def run(args: argparse.Namespace, console: Console) -> int:
             http["enabled"] = False
         if http:
             settings = replace(settings, dispatch=replace(settings.dispatch, **http))
+        if args.osmand_port is not None:
+            adapters = settings.adapters
+            osmand = replace(adapters.osmand, enabled=True, port=args.osmand_port)
+            settings = replace(settings, adapters=replace(adapters, osmand=osmand))
         sim = (
             SimSettings(
                 units=args.sim,

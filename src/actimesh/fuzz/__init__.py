@@ -1,6 +1,6 @@
 """Hostile-input fuzzing of the codec and the trigger engine's intake (``actimesh fuzz``).
 
-Seeded, reproducible payloads are held to the contract of docs/FUZZING.md by two targets:
+Seeded, reproducible payloads are held to the contract of docs/FUZZING.md by three targets:
 
 * **codec**: every payload is decoded as each inbound model (Telemetry, Presence, Event,
   Ack, and Command for the devices) and by ``decode_telemetry``. Each decode returns a
@@ -17,6 +17,10 @@ Seeded, reproducible payloads are held to the contract of docs/FUZZING.md by two
   message is acknowledged once; what the engine publishes decodes; its state stays
   bounded; memory stops growing after warm-up; and afterwards a taser draw still
   activates every camera around it.
+* **protocols**: the device-protocol parsers (adapters/: OwnTracks JSON, NMEA sentences,
+  OsmAnd queries and Traccar Client JSON) on published samples broken every which way
+  (:mod:`._protocols`): each returns or raises a PayloadError with a known reason and
+  one bounded line, and every fix it accepts is finite, in range and a valid telemetry.
 
 Case ``i`` of seed ``s`` has a ``Random`` of its own, so a finding is replayed with
 ``actimesh fuzz --seed s --replay i`` whatever the count of the run that found it.
@@ -34,6 +38,7 @@ from actimesh.fuzz._findings import Finding
 from actimesh.fuzz._generators import GENERATORS, CaseGenerator
 from actimesh.fuzz._intake import ENGINE_REASONS
 from actimesh.fuzz._intake import _Outputs as _Outputs  # the tests wrap what it records
+from actimesh.fuzz._protocols import PARSERS, PROTOCOL_REASONS, ProtocolChecker, protocol_case
 from actimesh.fuzz._run import FuzzReport, FuzzSettings, run_fuzz
 from actimesh.fuzz._scenario import INBOUND
 from actimesh.fuzz._scenario import POOL as POOL  # the tests size the fleet by it
@@ -42,11 +47,15 @@ __all__ = [
     "ENGINE_REASONS",
     "GENERATORS",
     "INBOUND",
+    "PARSERS",
+    "PROTOCOL_REASONS",
     "Case",
     "CaseGenerator",
     "Finding",
     "FuzzReport",
     "FuzzSettings",
+    "ProtocolChecker",
     "check_codec",
+    "protocol_case",
     "run_fuzz",
 ]

@@ -20,10 +20,11 @@ from actimesh.fuzz._codec import check_codec
 from actimesh.fuzz._findings import Finding, _describe
 from actimesh.fuzz._generators import CaseGenerator
 from actimesh.fuzz._intake import _Clock, _EngineDriver, _Intake, _IntakeCounts
+from actimesh.fuzz._protocols import PARSERS, ProtocolChecker, protocol_case
 from actimesh.fuzz._scenario import AGENCY, EPOCH, INBOUND
 from actimesh.ledger import open_ledger
 
-Target = Literal["codec", "intake", "all"]
+Target = Literal["codec", "intake", "protocols", "all"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +63,10 @@ class FuzzReport:
     codec_slowest_us: float = 0.0
     codec_slowest_index: int | None = None
     intake: _IntakeCounts | None = None
+    #: The device-protocol parsers (adapters/): inputs, time, and outcomes by parser.
+    protocol_cases: int = 0
+    protocol_s: float = 0.0
+    protocol_outcomes: dict[str, Counter[str]] = field(default_factory=dict)
     engine_rejected: dict[str, int] = field(default_factory=dict)
     deadletters: dict[str, int] = field(default_factory=dict)
     structures: dict[str, int] = field(default_factory=dict)
@@ -115,6 +120,13 @@ class FuzzReport:
                 "slowest_case": self.codec_slowest_index,
                 "outcomes": {k: dict(sorted(v.items())) for k, v in self.codec_outcomes.items()},
             }
+        if self.protocol_cases:
+            out["protocols"] = {
+                "inputs": self.protocol_cases,
+                "seconds": round(self.protocol_s, 3),
+                "inputs_per_s": round(_rate(self.protocol_cases, self.protocol_s), 1),
+                "outcomes": {k: dict(sorted(v.items())) for k, v in self.protocol_outcomes.items()},
+            }
         if self.intake is not None:
             i = self.intake
             out["intake"] = {
@@ -156,6 +168,13 @@ class FuzzReport:
             )
             for model, outcomes in self.codec_outcomes.items():
                 yield f"  {model:<9} " + _counts(outcomes)
+        if self.protocol_cases:
+            yield (
+                f"protocols: {self.protocol_cases:,} inputs to {len(PARSERS)} parsers, "
+                f"{_rate(self.protocol_cases, self.protocol_s):,.0f}/s"
+            )
+            for parser, outcomes in self.protocol_outcomes.items():
+                yield f"  {parser:<12} " + _counts(outcomes)
         if self.intake is not None:
             i = self.intake
             yield (
@@ -278,6 +297,7 @@ async def _run(
     warmup = settings.warmup if settings.warmup is not None else max(2000, len(indexes) // 10)
     sample_every = max(100, len(indexes) // 500)
     report.codec_outcomes = {m.kind: Counter() for m in INBOUND} if codec else {}
+    protocols = _protocols(settings, report)
 
     def memory() -> int:
         return tracemalloc.get_traced_memory()[0] if settings.tracemalloc else _rss()
@@ -298,6 +318,8 @@ async def _run(
                 report.generators[case.generator] += 1
                 if codec:
                     _codec_case(case, report)
+                if protocols is not None:
+                    _protocol_case(protocols, settings.seed, index, report)
                 if intake is not None:
                     await intake.feed(case)
                     if n % 64 == 0:  # let the persister, ack writer and tracker run
@@ -344,3 +366,33 @@ def _codec_case(case: Case, report: FuzzReport) -> None:
         report.codec_outcomes[kind][outcome] += 1
     for problem, detail in problems:
         report.findings.append(Finding.of("codec", problem, detail, case))
+
+
+def _protocols(settings: FuzzSettings, report: FuzzReport) -> ProtocolChecker | None:
+    """The protocols target's checker, if the run has that target."""
+    if settings.target not in ("protocols", "all"):
+        return None
+    report.protocol_outcomes = {p: Counter() for p in PARSERS}
+    return ProtocolChecker()
+
+
+def _protocol_case(checker: ProtocolChecker, seed: int, index: int, report: FuzzReport) -> None:
+    parser, mutation, payload = protocol_case(seed, index)
+    started = time.perf_counter()
+    outcome, problems = checker.check(parser, payload)
+    report.protocol_s += time.perf_counter() - started
+    report.protocol_cases += 1
+    report.protocol_outcomes[parser][outcome] += 1
+    for problem, detail in problems:
+        report.findings.append(
+            Finding(
+                "protocols",
+                problem,
+                detail,
+                index,
+                mutation,
+                parser,
+                f"a {parser} input",
+                payload[:65_536].hex(),
+            )
+        )

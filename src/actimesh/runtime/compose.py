@@ -36,6 +36,7 @@ from actimesh.evidence import (
 )
 from actimesh.geofence import InclusionMode, InclusionPolicy
 from actimesh.ledger import Ledger, open_ledger
+from actimesh.runtime.adapters import AdaptersJob
 from actimesh.runtime.config import Settings
 from actimesh.runtime.monitor import Monitor
 from actimesh.runtime.supervisor import Supervisor
@@ -226,6 +227,8 @@ def _engine_status(engine: Engine, sim: FleetSimulator | None) -> str:
         f"rejected {s.rejected_total}",
         f"telemetry dropped {engine.telemetry_link.stats.dropped_incoming}",
     ]
+    if s.owntracks or s.owntracks_ignored:
+        parts.append(f"owntracks {s.owntracks}")
     if s.acks_not_commanded:
         parts.append(f"acks from cameras not commanded {s.acks_not_commanded}")
     if s.quarantined:
@@ -286,6 +289,7 @@ def _engine(
         directory=directory,
         dispatch_source=settings.dispatch.source_device,
         quarantine=quarantine,
+        owntracks=settings.adapters.owntracks.enabled,
     )
 
 
@@ -313,6 +317,26 @@ def policy_line(policy: InclusionPolicy) -> str:
         f"inclusive (each rule's radius plus the fixes' reported accuracy, margin at most "
         f"{policy.max_margin_m:g} m; {fresh})"
     )
+
+
+async def _start_adapters(
+    tg: asyncio.TaskGroup, settings: Settings, broker: BrokerAddress, console: Console
+) -> None:
+    """The device-protocol adapters that are enabled (docs/DEVICES.md): the listening
+    ones in a process of their own, like the web listeners."""
+    if settings.adapters.listening:
+        adapters = Supervisor(
+            "adapters",
+            "actimesh.runtime.adapters:serve_adapters",
+            AdaptersJob(settings, broker),
+            nice=WEB_NICENESS,
+        )
+        tg.create_task(adapters.run(), name="adapters")
+        async with asyncio.timeout(60):
+            await adapters.ready.wait()
+        console.print(f"  adapters {adapters.url}  (device protocols: docs/DEVICES.md)")
+    if settings.adapters.owntracks.enabled:
+        console.print("  adapters owntracks/<device id>/<phone> on the broker (OwnTracks)")
 
 
 async def run_up(settings: Settings, sim: SimSettings | None, console: Console) -> None:
@@ -392,6 +416,7 @@ async def run_up(settings: Settings, sim: SimSettings | None, console: Console) 
                     console.print(f"  {line}", markup=False)
                 if not settings.dispatch.leaflet_dir.is_dir():
                     console.print("  [yellow]map library missing: run `make web-deps`[/yellow]")
+            await _start_adapters(tg, settings, broker, console)
             tg.create_task(monitor.run(), name="monitor")
             if fleet is not None:
                 console.print(

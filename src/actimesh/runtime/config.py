@@ -42,6 +42,10 @@ TOML file (``--config actimesh.toml``)::
     [ledger]                # without it: {data_dir}/ledger.sqlite3
     url = "postgresql://actimesh@db.example.org:5432/actimesh"
 
+    [adapters.osmand]       # device protocols besides actimesh's own (docs/DEVICES.md)
+    enabled = true
+    port = 5055
+
 Every mistake is reported as one line naming the key and what it accepts.
 """
 
@@ -54,6 +58,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from actimesh.adapters import AdapterSettings, NmeaSettings, OsmAndSettings, OwnTracksSettings
 from actimesh.broker.topics import is_identifier
 from actimesh.devices.settings import MediaKind, MediaSettings, StealthPolicy
 from actimesh.dispatch.settings import DispatchSettings
@@ -210,6 +215,8 @@ class Settings:
     #: ``[ledger] url``: a PostgreSQL database holding the agency's ledger (its password,
     #: if any, is never shown); None keeps the SQLite file in ``data_dir``.
     ledger_url: str | None = field(default=None, repr=False)
+    #: ``[adapters]``: OwnTracks, OsmAnd and NMEA 0183 (all off by default).
+    adapters: AdapterSettings = field(default_factory=AdapterSettings)
 
     def __post_init__(self) -> None:
         if not is_identifier(self.agency):
@@ -379,6 +386,62 @@ _EVIDENCE_TYPES: Mapping[str, type | tuple[type, ...]] = {
 }
 
 
+_ADAPTER_TYPES: Mapping[str, type | tuple[type, ...]] = {
+    "rate_per_s": _NUMBER,
+    "burst": _NUMBER,
+    "queue": int,
+    "deadletters_per_s": _NUMBER,
+    "owntracks": dict,
+    "osmand": dict,
+    "nmea": dict,
+}
+_OSMAND_TYPES: Mapping[str, type | tuple[type, ...]] = {
+    "enabled": bool,
+    "host": str,
+    "port": int,
+    "tls_certfile": str,
+    "tls_keyfile": str,
+    "max_clients": int,
+    "client_timeout_s": _NUMBER,
+}
+_NMEA_TYPES: Mapping[str, type | tuple[type, ...]] = {
+    "enabled": bool,
+    "host": str,
+    "ports": dict,
+    "hdop_factor_m": _NUMBER,
+    "idle_timeout_s": _NUMBER,
+}
+
+
+def _adapters(raw: Mapping[str, Any]) -> AdapterSettings:
+    top = _section(raw, "adapters", _ADAPTER_TYPES)
+    tables = {
+        name: _section({f"adapters.{name}": top.get(name, {})}, f"adapters.{name}", allowed)
+        for name, allowed in (
+            ("owntracks", {"enabled": bool}),
+            ("osmand", _OSMAND_TYPES),
+            ("nmea", _NMEA_TYPES),
+        )
+    }
+    for key in ("tls_certfile", "tls_keyfile"):
+        if key in tables["osmand"]:
+            tables["osmand"][key] = Path(tables["osmand"][key])
+    ports = tables["nmea"].get("ports", {})
+    for device_id, port in ports.items():
+        if isinstance(port, bool) or not isinstance(port, int):
+            raise ConfigError(
+                f"adapters.nmea.ports.{device_id} must be a port number, got {port!r}"
+            )
+    for name in ("owntracks", "osmand", "nmea"):
+        top.pop(name, None)
+    return AdapterSettings(
+        owntracks=OwnTracksSettings(**tables["owntracks"]),
+        osmand=OsmAndSettings(**tables["osmand"]),
+        nmea=NmeaSettings(**tables["nmea"]),
+        **top,
+    )
+
+
 def _media(raw: dict[str, Any]) -> MediaSettings:
     for key, kind in (("source", MediaKind), ("stealth", StealthPolicy)):
         if key in raw:
@@ -414,6 +477,7 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
         "media",
         "evidence",
         "ledger",
+        "adapters",
     }
     unknown = set(raw) - top_allowed
     if unknown:
@@ -465,6 +529,7 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
         evidence=evidence,
         ledger_url=ledger_url,
         **broker_keys,
+        adapters=_adapters(raw),
     )
     clean = {k: v for k, v in overrides.items() if v is not None}
     return replace(settings, **clean) if clean else settings

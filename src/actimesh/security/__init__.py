@@ -19,6 +19,7 @@ from __future__ import annotations
 from actimesh.security.acl import (
     LOADGEN_ACCOUNT,
     SERVICE_ACCOUNTS,
+    SERVICE_ADAPTER,
     SERVICE_ADMIN,
     SERVICE_DISPATCH,
     SERVICE_ENGINE,
@@ -106,6 +107,7 @@ __all__ = [
     "RESERVED_PREFIXES",
     "SECRETS_DIR",
     "SERVICE_ACCOUNTS",
+    "SERVICE_ADAPTER",
     "SERVICE_ADMIN",
     "SERVICE_DISPATCH",
     "SERVICE_ENGINE",

@@ -20,6 +20,13 @@ The managed broker enforces this with Mosquitto's Dynamic Security plugin
 * **The engines' share group** (``$share/{group}/…/dev/+/event``) may be joined only
   by ``svc-engine``: a member that cannot read would be handed trigger events and drop
   them (FIELD-NOTES §8).
+* **OwnTracks**: a device may also publish on ``owntracks/{id}/+`` (the phone app's
+  location topic, ``owntracks/%u/%d`` with its username), and the engine may read
+  ``owntracks/+/+``: an officer's phone, logged in as the device it tracks, moves that
+  device only (adapters/owntracks.py).
+* **The adapters** (``svc-adapter``: OsmAnd and NMEA listeners) may publish on every
+  device's telemetry topic, and dead letters, nothing else: they authenticate the
+  devices themselves (adapters/).
 * **Service accounts** (engine, dispatch, monitor, load generator, admin) are not bound
   to one client id: the engine runs several replicas and links, each with its own. Their
   passwords live only in the data directory of the host that runs them
@@ -54,6 +61,7 @@ __all__ = [
     "LOADGEN_ACCOUNT",
     "OPERATOR_PREFIX",
     "SERVICE_ACCOUNTS",
+    "SERVICE_ADAPTER",
     "SERVICE_ADMIN",
     "SERVICE_DISPATCH",
     "SERVICE_ENGINE",
@@ -70,7 +78,17 @@ SERVICE_DISPATCH = "svc-dispatch"
 SERVICE_MONITOR = "svc-monitor"
 #: Applies registry changes to the running broker (the plugin's control topic).
 SERVICE_ADMIN = "svc-admin"
-SERVICE_ACCOUNTS = (SERVICE_ENGINE, SERVICE_DISPATCH, SERVICE_MONITOR, SERVICE_ADMIN)
+#: Publishes the fixes of the OsmAnd and NMEA listeners as their devices' telemetry.
+SERVICE_ADAPTER = "svc-adapter"
+SERVICE_ACCOUNTS = (
+    SERVICE_ENGINE,
+    SERVICE_DISPATCH,
+    SERVICE_MONITOR,
+    SERVICE_ADMIN,
+    SERVICE_ADAPTER,
+)
+#: The OwnTracks app's topic root (``owntracks/<user>/<device>``; adapters/owntracks.py).
+_OWNTRACKS_ROOT = "owntracks"
 #: The benchmark's and the fault drill's load generator: one connection that plays a
 #: whole fleet. Only the throw-away registries of ``actimesh bench`` and ``actimesh drill
 #: --faults`` ever hold it.
@@ -99,6 +117,7 @@ class AccountRole(StrEnum):
     OPERATOR = "operator"
     LOADGEN = "loadgen"
     ADMIN = "admin"
+    ADAPTER = "adapter"
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +182,8 @@ def _device_acls(prefix: str, device_id: str, *, events: bool) -> tuple[Acl, ...
     writes = [c for c in DEVICE_WRITE if events or c is not DeviceChannel.EVENT]
     acls = [a for c in writes for a in _write(f"{own}/{c.value}")]
     acls += [a for c in DEVICE_READ for a in _read(f"{own}/{c.value}")]
+    # The OwnTracks app logged in as this device: its location topic, any phone name.
+    acls += _write(f"{_OWNTRACKS_ROOT}/{device_id}/+")
     return tuple(acls)
 
 
@@ -179,7 +200,9 @@ def _reader_grants(role: AccountRole, p: str, *, telemetry: bool) -> tuple[Acl, 
     return (*feed, *_read(f"{p}/dev/+/telemetry")) if telemetry else feed
 
 
-def _grants(role: AccountRole, policy: AclPolicy, *, telemetry: bool = False) -> tuple[Acl, ...]:
+def _grants(  # noqa: PLR0911 - one return per role
+    role: AccountRole, policy: AclPolicy, *, telemetry: bool = False
+) -> tuple[Acl, ...]:
     p = policy.prefix
     dev = f"{p}/dev/+"
     if role is AccountRole.ENGINE:
@@ -193,6 +216,7 @@ def _grants(role: AccountRole, policy: AclPolicy, *, telemetry: bool = False) ->
             *_write(f"{p}/alerts/#"),
             *_write(f"{p}/deadletter/#"),
             *_write(f"{p}/engine/#"),
+            *_read(f"{_OWNTRACKS_ROOT}/+/+"),
         )
     if role is AccountRole.DISPATCH:
         zone = f"{p}/dev/{policy.dispatch_device}"
@@ -214,6 +238,8 @@ def _grants(role: AccountRole, policy: AclPolicy, *, telemetry: bool = False) ->
         )
     if role in (AccountRole.INTEGRATOR, AccountRole.OPERATOR):
         return _reader_grants(role, p, telemetry=telemetry)
+    if role is AccountRole.ADAPTER:
+        return (*_write(f"{dev}/telemetry"), *_write(f"{p}/deadletter/#"))
     if role is AccountRole.ADMIN:
         control = "$CONTROL/dynamic-security/#"
         return (*_write(control), *_read(control))

@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable
 
 from actimesh import __version__
+from actimesh.adapters.owntracks import OWNTRACKS_FILTER
 from actimesh.broker.client import Subscription, Will
 from actimesh.broker.codec import encode
 from actimesh.broker.messages import EngineStatus
@@ -87,6 +88,7 @@ class Engine:
         clock: Callable[[], float] = time.time,
         quarantine: Quarantine | None = None,
         tracer: TriggerTracer | None = None,
+        owntracks: bool = False,
     ) -> None:
         self.topics = topics
         self.settings = s = settings or EngineSettings()
@@ -187,6 +189,7 @@ class Engine:
             stats=self.stats,
             clock=clock,
             dispatch_source=dispatch_source,
+            owntracks=owntracks,
         )
 
         # Devices' messages come in on lean readers (broker/intake.py) that refuse a
@@ -218,9 +221,14 @@ class Engine:
         )
         # Telemetry on a lean QoS 0 reader, in batches (broker/ingest.py; ~9,000 msg/s
         # through aiomqtt, >100,000 this way).
+        # With OwnTracks on, the phone app's locations come in on the same reader: they
+        # are telemetry in another format (adapters/owntracks.py).
+        positions: tuple[Subscription, ...] = (device_messages(DeviceChannel.TELEMETRY, qos=0),)
+        if owntracks:
+            positions += (Subscription(OWNTRACKS_FILTER, 0),)
         self.telemetry_link = transport.stream(
             f"{name}-tm",
-            (device_messages(DeviceChannel.TELEMETRY, qos=0),),
+            positions,
             self.intake.on_telemetry,
             max_queued=s.telemetry_queue,
         )

@@ -6,6 +6,11 @@ presence, acknowledgements) pass a per-device budget while they are read
 (:meth:`Intake.admit`, run by the transport's reader), then are handled one at a time:
 one message's failure is logged and counted, and never the next device's problem.
 
+OwnTracks locations (``owntracks/<device id>/<phone>``, JSON; adapters/owntracks.py)
+arrive with the telemetry when the engine takes them, and pass the same checks: the
+device must be registered, within its telemetry rate, and its fix within the clock
+window; the app reports no camera state, so a device's known state is kept.
+
 Every refused input is counted by reason, logged with its topic, and dead-lettered
 (:mod:`.refusals`). Trigger events that arrive before the engine has warmed up (heard
 every device's position) are held and planned once it has.
@@ -16,10 +21,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 
+from actimesh.adapters.owntracks import OWNTRACKS_ROOT, owntracks_device, parse_owntracks
 from actimesh.broker.codec import check_clock, decode, decode_telemetry
 from actimesh.broker.ingest import Publish
 from actimesh.broker.intake import Delivery
-from actimesh.broker.messages import Ack, AckStatus, AlertKind, OfflineReason, Presence
+from actimesh.broker.messages import (
+    Ack,
+    AckStatus,
+    AlertKind,
+    DeviceState,
+    OfflineReason,
+    Presence,
+)
 from actimesh.broker.topics import DeviceChannel, Topics, is_identifier
 from actimesh.errors import PayloadError
 from actimesh.geofence import SpatialIndex
@@ -64,6 +77,7 @@ class Intake:
         stats: EngineStats,
         clock: Callable[[], float],
         dispatch_source: str | None,
+        owntracks: bool = False,
     ) -> None:
         self._topics = topics
         self._settings = settings
@@ -84,6 +98,7 @@ class Intake:
         self._refusing: set[str] = set()
         self._dev_head = f"{topics.prefix}/dev/".encode()
         self._tm_tail = f"/{DeviceChannel.TELEMETRY.value}".encode()
+        self._owntracks = f"{OWNTRACKS_ROOT}/".encode() if owntracks else None
         self._warm = False
         self._held: list[Delivery] = []
 
@@ -112,7 +127,11 @@ class Intake:
         fleet, index, stats = self._fleet, self._index, self._stats
         source = self._telemetry_source
         rate, burst = self._settings.telemetry_rate_per_s, self._settings.telemetry_burst
+        owntracks = self._owntracks
         for topic, payload in batch:
+            if owntracks is not None and topic.startswith(owntracks):
+                self._on_owntracks(topic, payload, now)
+                continue
             try:
                 device_id, info = source(topic)
                 if info is not None:
@@ -141,6 +160,52 @@ class Intake:
                 # A fix older than the one indexed arrived late: ignored. The fleet's id
                 # string is stored, so each device's id exists once in memory.
                 index.upsert_latest(info.device_id, lat, lon, acc, ts)
+
+    def _on_owntracks(self, topic: bytes, payload: bytes, now: float) -> None:
+        """An OwnTracks message: a location is the device's fix, as its telemetry would
+        be; the rest is refused (``unsupported``) or, for the app's last will, ignored."""
+        device_id = ""
+        try:
+            device_id = owntracks_device(topic)
+            info = self._fleet.get(device_id)
+            if info is None:
+                self._check_registered(device_id)
+            if not self._within_rate(device_id, info, now):
+                return
+            fix = parse_owntracks(payload)
+            if fix is None:
+                self._stats.owntracks_ignored += 1
+                return
+            max_age, max_skew = self._settings.max_event_age_s, self._settings.max_clock_skew_s
+            check_clock(fix.ts, now, max_age_s=max_age, max_skew_s=max_skew)
+        except PayloadError as exc:
+            if device_id:
+                self._refusals.charge(device_id, exc.reason)
+            self._refusals.reject(topic.decode(errors="replace"), payload, exc)
+            return
+        self._stats.telemetry += 1
+        self._stats.owntracks += 1
+        if info is None:
+            info = self._fleet.touch(device_id, now)
+            info.state = DeviceState.BUFFERING  # a tracker says nothing of recording
+        else:
+            info.last_seen = now
+        self._index.upsert_latest(info.device_id, fix.lat, fix.lon, fix.acc, fix.ts)
+
+    def _within_rate(self, device_id: str, info: DeviceInfo | None, now: float) -> bool:
+        """Take one of a known device's telemetry tokens; False (counted) if none."""
+        if info is None:
+            return True
+        rate, burst = self._settings.telemetry_rate_per_s, self._settings.telemetry_burst
+        tokens = min(burst, info.tm_tokens + (now - info.tm_counted) * rate)
+        info.tm_counted = now
+        if tokens < 1.0:
+            info.tm_tokens = tokens
+            self._stats.telemetry_over_rate += 1
+            self._refusals.charge(device_id, "telemetry over its rate")
+            return False
+        info.tm_tokens = tokens - 1.0
+        return True
 
     def _telemetry_source(self, topic: bytes) -> tuple[str, DeviceInfo | None]:
         """The device a telemetry topic names, and what the fleet knows of it."""

@@ -46,6 +46,10 @@ class EngineStats:
     handler_errors: int = 0
     #: Alerts not raised because their queue was full (a thousand waiting).
     alerts_dropped: int = 0
+    #: OwnTracks locations taken (also counted in ``telemetry``), and OwnTracks
+    #: messages with nothing to do (the app's last will).
+    owntracks: int = 0
+    owntracks_ignored: int = 0
 
     @property
     def rejected_total(self) -> int:
