@@ -20,7 +20,7 @@ from actimesh.broker.topics import Topics, device_client_id
 from actimesh.errors import ConfigError
 from actimesh.runtime.compose import _external, broker_for, run_up
 from actimesh.runtime.config import Settings, load_settings
-from actimesh.security import Registry, read_secret, verify_password
+from actimesh.security import SERVICE_ACCOUNTS, Registry, read_secret, verify_password
 from actimesh.security.signing import load_or_create_engine_key, public_key_hex
 from tests.waiting import eventually
 
@@ -329,7 +329,8 @@ async def test_import_registers_a_fleet_in_one_reload_of_the_running_broker(
         device_id, password = line.split(",")[:2]
         await _until_connects(up, device_id, password)
     access = (settings.data_dir / "broker" / "access.json").read_text()
-    assert access.count('"username": "') == 300 + 4  # and the four service accounts
+    # and the service accounts
+    assert access.count('"username": "') == 300 + len(SERVICE_ACCOUNTS)
     # Export writes the file's format back (sorted by id, no secrets).
     export = tmp_path / "export.csv"
     code, out, _ = _run(capsys, "devices", "export", str(export), "--data-dir", data)

@@ -36,7 +36,9 @@ def test_a_device_gets_exactly_its_own_subjects_over_mqtt_only() -> None:
     cam = users["cam.7"]
     own = "am.v1.ag.dev.cam//7"
     assert cam.connection_types == (ConnectionType.MQTT,)
-    assert set(cam.publish) == {f"{own}.telemetry", f"{own}.ack", f"{own}.presence"}
+    # ... and its own OwnTracks topic, for a phone tracking it (docs/DEVICES.md)
+    owntracks = "owntracks.cam//7.*"
+    assert set(cam.publish) == {f"{own}.telemetry", f"{own}.ack", f"{own}.presence", owntracks}
     assert set(cam.subscribe) == {f"{own}.cmd", f"{own}.confirm"}
     assert "am.v1.ag.dev.cew-1.event" in users["cew-1"].publish  # its kind raises triggers
 
