@@ -6,12 +6,13 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
 from actimesh.cli._common import EXIT_OK, Parser, http_port, port, positive_int, run_async
 from actimesh.devices.simulator import SimSettings
-from actimesh.runtime.config import load_settings
+from actimesh.runtime.config import MQTT_PROTOCOLS, load_settings
 
 __all__ = ["add_parsers", "run"]
 
@@ -20,6 +21,14 @@ _LEDGER_URL_HELP = (
     "keep the ledger in PostgreSQL at postgresql://USER@HOST:PORT/DATABASE instead of "
     "DATA_DIR/ledger.sqlite3 (the [ledger] url; the password belongs in ~/.pgpass, not here)"
 )
+
+
+_MQTT_PROTOCOL_FLAG = ("--mqtt-protocol",)
+_MQTT_PROTOCOL_OPTIONS: dict[str, Any] = {
+    "choices": MQTT_PROTOCOLS,
+    "help": "MQTT version of the simulated devices, dispatch and monitor "
+    "(the [broker] mqtt_protocol; default 5)",
+}
 
 
 def add_parsers(sub: argparse._SubParsersAction[Parser]) -> None:
@@ -57,6 +66,7 @@ def add_parsers(sub: argparse._SubParsersAction[Parser]) -> None:
         help="port of the dispatch map and API (default 8080; 0: any)",
     )
     up.add_argument("--no-http", action="store_true", help="run without the dispatch map and API")
+    up.add_argument(*_MQTT_PROTOCOL_FLAG, **_MQTT_PROTOCOL_OPTIONS)
 
     engine = sub.add_parser("engine", help="run one trigger engine against a broker")
     engine.add_argument("--broker", metavar="URL", required=True, help="mqtt://HOST:PORT")
@@ -77,6 +87,7 @@ def add_parsers(sub: argparse._SubParsersAction[Parser]) -> None:
         help="where simulated cameras store recordings",
     )
     sim.add_argument("--seed", type=int, help="random seed")
+    sim.add_argument(*_MQTT_PROTOCOL_FLAG, **_MQTT_PROTOCOL_OPTIONS)
     sim.add_argument(
         "--engine-key",
         type=Path,
@@ -105,12 +116,16 @@ def run(args: argparse.Namespace, console: Console) -> int:
             http["enabled"] = False
         if http:
             settings = replace(settings, dispatch=replace(settings.dispatch, **http))
+        if args.mqtt_protocol is not None:
+            broker = replace(settings.broker, mqtt_protocol=args.mqtt_protocol)
+            settings = replace(settings, broker=broker)
         sim = (
             SimSettings(
                 units=args.sim,
                 seed=args.seed,
                 pre_roll_s=settings.media.pre_roll_s,
                 media=settings.media,
+                mqtt_protocol=settings.broker.mqtt_protocol,
             )
             if args.sim
             else None
@@ -130,7 +145,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         run_async(run_engine(settings, console))
         return EXIT_OK
     if args.command == "sim":
-        sim = SimSettings(units=args.units, seed=args.seed)
+        sim = SimSettings(units=args.units, seed=args.seed, mqtt_protocol=args.mqtt_protocol or "5")
         run_async(
             run_sim(
                 agency=args.agency,
