@@ -55,7 +55,14 @@ from actimesh.runtime.web import DispatchJob
 from actimesh.security.signing import CommandSigner
 from actimesh.triggers.settings import EngineSettings
 
-__all__ = ["ClusterLinks", "ClusterPlan", "EngineJob", "run_cluster_up", "serve_engine"]
+__all__ = [
+    "CLUSTER_MQTT",
+    "ClusterLinks",
+    "ClusterPlan",
+    "EngineJob",
+    "run_cluster_up",
+    "serve_engine",
+]
 
 #: The MQTT version of the cluster's listeners.
 CLUSTER_MQTT: MqttProtocol = "3.1.1"

@@ -49,8 +49,10 @@ _PASSWORD_FILE = "postgres.password"  # noqa: S105 - a file name, not a password
 _POLL_S = 0.05
 
 
-def find_pg_bin(root: Path = _PG_ROOT) -> Path:
-    """The ``bin`` folder of the newest PostgreSQL server installed (Debian's layout)."""
+def find_pg_bin(root: Path | None = None) -> Path:
+    """The ``bin`` folder of the newest PostgreSQL server installed (Debian's layout,
+    under ``root``, default ``/usr/lib/postgresql``)."""
+    root = root or _PG_ROOT
     found = sorted(
         (p.parent for p in root.glob("*/bin/initdb") if p.parent.parent.name.isdigit()),
         key=lambda b: int(b.parent.name),
