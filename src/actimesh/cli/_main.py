@@ -38,6 +38,8 @@ _HANDLERS: Mapping[str, Handler] = {
     "up": _up.run,
     "engine": _up.run,
     "sim": _up.run,
+    "dispatch": _up.run,
+    "evidence": _up.run,
     "cluster": _cluster.run,
     "drill": _drill.run,
     "audit": _audit.run,

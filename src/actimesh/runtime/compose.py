@@ -64,6 +64,7 @@ __all__ = [
     "Login",
     "broker_for",
     "build_engine",
+    "external_address",
     "open_directory",
     "run_engine",
     "run_retention",
@@ -119,7 +120,7 @@ class BrokerAddress:
         )
 
 
-def _external(settings: Settings, url: str) -> BrokerAddress:
+def external_address(settings: Settings, url: str) -> BrokerAddress:
     """The broker at ``url``: every component logs in as ``[broker] username``."""
     endpoint = parse_broker_endpoint(url)
     b = settings.broker
@@ -183,7 +184,7 @@ async def broker_for(
     password file and access file (accounts, client ids, roles) before it starts.
     """
     if settings.broker_url is not None:
-        yield _external(settings, settings.broker_url), None
+        yield external_address(settings, settings.broker_url), None
         return
     policy = settings.acl_policy()
     provisioned = await asyncio.to_thread(prepare_broker, settings.data_dir, policy)
@@ -414,7 +415,7 @@ async def run_engine(settings: Settings, console: Console) -> None:
     """
     if settings.broker_url is None:
         raise ConfigError("actimesh engine needs --broker mqtt://HOST:PORT (use `up` for both)")
-    address = _external(settings, settings.broker_url)
+    address = external_address(settings, settings.broker_url)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     async with (
         open_ledger(settings.ledger_location, agency=settings.agency) as ledger,
