@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from rich.console import Console
@@ -38,7 +39,7 @@ def _settings(tmp_path: Path) -> Settings:
     )
 
 
-async def _until_printed(run: Callable[[Console], Awaitable[None]], text: str) -> str:
+async def _until_printed(run: Callable[[Console], Coroutine[Any, Any, None]], text: str) -> str:
     out = io.StringIO()
     console = Console(file=out, width=200)
     async with asyncio.TaskGroup() as tg:
