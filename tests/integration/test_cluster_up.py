@@ -1,6 +1,7 @@
 """`actimesh cluster up` as an operator runs it: a simulated fleet's trigger commands its
 cameras through the NATS cluster, the engines record it in PostgreSQL, the dispatch
-sees it over MQTT 3.1.1, and Ctrl-C leaves no process behind."""
+sees it over MQTT 3.1.1, and Ctrl-C leaves no process behind; started again on the
+same data directory, it finds its ledger and its NATS stores."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from actimesh.broker.messages import AckStatus
 from actimesh.ledger import open_ledger
 from tests.waiting import eventually
 
-pytestmark = [pytest.mark.integration, pytest.mark.time_limit(90)]
+pytestmark = [pytest.mark.integration, pytest.mark.time_limit(120)]
 
 SRC = Path(__file__).parents[2] / "src"
 
@@ -80,7 +81,21 @@ def _banner(log: Path) -> dict[str, str] | None:
 
 
 async def test_cluster_up_commands_cameras_records_them_and_stops_clean(data_dir: Path) -> None:
-    log = data_dir.parent / "cluster-up.log"
+    first, password = await _run_until_recorded(data_dir, "first", before=set(), password=None)
+    # Again on the same data directory: the same ledger, and the NATS nodes find their
+    # stores again (under the same server names, on new ports).
+    both, _ = await _run_until_recorded(data_dir, "second", before=first, password=password)
+    assert first < both
+
+
+async def _run_until_recorded(
+    data_dir: Path, name: str, *, before: set[str], password: str | None
+) -> tuple[set[str], str]:
+    """Run `cluster up` until an activation not in ``before`` has a camera's recording
+    answer in the ledger and the dispatch shows a camera recording; then SIGINT it and
+    check that nothing it started is left. The activations recorded, and the dispatch's
+    admin password (printed on the first start only)."""
+    log = data_dir.parent / f"cluster-up-{name}.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(  # noqa: ASYNC220 - a long-lived child, waited on below
             [
@@ -105,6 +120,7 @@ async def test_cluster_up_commands_cameras_records_them_and_stops_clean(data_dir
             env={**os.environ, "PYTHONPATH": str(SRC)},
             start_new_session=True,
         )
+    running: dict[int, str] = {}
     try:
 
         def started() -> dict[str, str] | None:
@@ -113,29 +129,33 @@ async def test_cluster_up_commands_cameras_records_them_and_stops_clean(data_dir
 
         banner = await eventually(started, timeout=60, every=0.2)
         assert banner["ledger"].startswith("postgresql://actimesh@")  # no password shown
+        password = banner.get("password", password)
+        assert password is not None
         running = _descendants(proc.pid)
         names = {Path(_cmdline(pid)[0]).name for pid in running if _cmdline(pid)}
         assert {"nats-server", "postgres"} <= names
         assert sum("serve_engine" in " ".join(_cmdline(pid)) for pid in running) == 2
 
         # The ledger (PostgreSQL, password from the data directory) holds a camera's
-        # "recording" answer to an activation.
-        password = (data_dir / "secrets" / "postgres.password").read_text().strip()
-        url = banner["ledger"].replace("actimesh@", f"actimesh:{password}@", 1)
+        # "recording" answer to an activation of this run.
+        secret = (data_dir / "secrets" / "postgres.password").read_text().strip()
+        url = banner["ledger"].replace("actimesh@", f"actimesh:{secret}@", 1)
         async with open_ledger(url, create=False, agency="demo") as ledger:
 
-            async def recorded() -> bool:
+            async def recorded() -> set[str]:
+                aids = set()
                 for aid in await ledger.activation_ids():
                     acks = await ledger.acks(aid)
                     if any(a.status == AckStatus.RECORDING.value for a in acks):
-                        return True
-                return False
+                        aids.add(aid)
+                return aids if aids - before else set()
 
-            await eventually(recorded, timeout=30, every=0.2)
+            aids = await eventually(recorded, timeout=30, every=0.2)
+        assert before <= aids  # the first run's records are still there
 
         # The dispatch, reading MQTT 3.1.1 from the cluster, shows the camera recording.
         async with httpx.AsyncClient(base_url=banner["dispatch"], trust_env=False) as web:
-            login = {"username": "admin", "password": banner["password"]}
+            login = {"username": "admin", "password": password}
             assert (await web.post("/api/v1/session", json=login)).status_code == 200
 
             async def seen_recording() -> bool:
@@ -157,6 +177,7 @@ async def test_cluster_up_commands_cameras_records_them_and_stops_clean(data_dir
     left = {pid for pid, start in running.items() if (st := _stat(pid)) and st[1] == start}
     assert not left, f"still running after cluster up stopped: {left}"
     assert "Traceback" not in log.read_text(errors="replace"), tail
+    return aids, password
 
 
 def _cmdline(pid: int) -> list[str]:

@@ -29,6 +29,7 @@ where credentials and TLS go once the cluster has them.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from dataclasses import dataclass, replace
 
 from rich.console import Console
@@ -128,8 +129,20 @@ async def serve_engine(job: EngineJob, report: Report) -> None:
 
 
 def _cluster(settings: Settings, plan: ClusterPlan) -> NatsCluster:
-    """The NATS cluster of the data directory (where access and TLS settings go)."""
-    return NatsCluster(settings.data_dir / "nats", size=plan.nodes, host=settings.broker_host)
+    """The NATS cluster of the data directory (where access and TLS settings go).
+
+    Its nodes keep their server names from one start to the next (JetStream knows its
+    peers by name, and a restarted cluster under new names finds no quorum in its own
+    stores); the ports are new each start. The names carry a digest of the data
+    directory, so readiness is still asked of this very server.
+    """
+    root = settings.data_dir / "nats"
+    cluster = NatsCluster(root, size=plan.nodes, host=settings.broker_host)
+    tag = hashlib.blake2s(str(root.absolute()).encode(), digest_size=3).hexdigest()
+    for node in cluster.nodes:
+        node.server_name = f"{node.name}-{tag}"
+        node.write_config([n.ports for n in cluster.nodes if n is not node], cluster.replicas)
+    return cluster
 
 
 def _engines(settings: Settings, plan: ClusterPlan, links: ClusterLinks) -> list[Supervisor]:

@@ -404,10 +404,24 @@ class NatsCluster:
             for node in self.nodes:
                 node.launch()
             self._wait(self.nodes)
-            self.nodes[0].open_mqtt()
+            self._open_mqtt()
         except BaseException:
             self.kill_all()
             raise
+
+    def _open_mqtt(self) -> None:
+        # A node answers /healthz before the listener's own streams have leaders (a
+        # restart on existing stores elects them anew): until then it drops a CONNECT.
+        deadline = time.monotonic() + self.start_timeout_s
+        while True:
+            try:
+                self.nodes[0].open_mqtt()
+            except BrokerError:
+                if time.monotonic() > deadline:
+                    raise
+            else:
+                return
+            time.sleep(_POLL_S * 4)  # between attempts to connect, not in place of them
 
     def start_node(self, index: int) -> None:
         """(Re)start one node on its data and wait until it is back in the cluster."""
