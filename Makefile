@@ -11,12 +11,18 @@ STAMP  := $(VENV)/.installed
 # npm ci writes this file last: its age says whether node_modules matches the lock.
 WEB_STAMP := node_modules/.package-lock.json
 DEMO_ARGS ?= --sim 24
+CLUSTER_ARGS ?= --sim 8 --data-dir cluster-data
 APT_GET := DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: demo test lint typecheck pytest drill soak bench system-deps browser-deps postgres-deps web-deps lock clean
+.PHONY: demo cluster test lint typecheck pytest drill soak bench system-deps browser-deps postgres-deps web-deps lock clean
 
 demo: $(STAMP) system-deps web-deps
 	$(BIN)/actimesh up $(DEMO_ARGS)
+
+# The cluster shape on this machine: 3 NATS nodes (nats-server from the locked wheel),
+# PostgreSQL (postgresql-15), 2 engines, evidence and dispatch.
+cluster: $(STAMP) postgres-deps web-deps
+	$(BIN)/actimesh cluster up $(CLUSTER_ARGS)
 
 test: $(STAMP) system-deps browser-deps postgres-deps web-deps lint typecheck pytest drill
 
@@ -83,7 +89,8 @@ browser-deps:
 	}
 
 # PostgreSQL for the ledger-store tests, which start their own server with initdb in a
-# temporary folder (`make demo` does not need it: SQLite is the default ledger).
+# temporary folder, and for `actimesh cluster up` (`make demo` does not need it: SQLite
+# is the default ledger).
 postgres-deps:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
 		echo "installing postgresql-15"; \

@@ -2,21 +2,30 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import configparser
 import getpass
+import re
 import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import aiomqtt
 import pytest
+import yaml
 
 from actimesh.broker.client import TlsSettings
 from actimesh.broker.messages import DeviceKind
 from actimesh.broker.mosquitto import find_mosquitto, free_port
 from actimesh.broker.mosquitto_conf import MosquittoConfig, TlsListener, render_config
+from actimesh.broker.nats import NatsCluster, find_nats_server
+from actimesh.broker.nats.hosts import DEFAULT_HOSTS, STORE_DIR, host_config
+from actimesh.cli._main import _parser as cli_parser
+from actimesh.runtime.config import load_settings
+from actimesh.runtime.services import check_nats_urls
 from actimesh.security import AclPolicy, Registry, init_ca, issue_server
 from tests.waiting import eventually_sync
 
@@ -147,3 +156,157 @@ def test_systemd_unit_runs_actimesh_against_the_system_broker() -> None:
     assert "--broker mqtt://127.0.0.1:1883" in unit["Service"]["ExecStart"]
     assert unit["Service"]["KillSignal"] == "SIGTERM"
     assert "mosquitto.service" in unit["Unit"]["Requires"]
+
+
+# ---------------------------------------------------------------------- the cluster
+
+SYSTEMD = DEPLOY / "systemd"
+CLUSTER_UNITS = (
+    "nats-server.service",
+    "actimesh-engine@.service",
+    "actimesh-dispatch.service",
+    "actimesh-evidence.service",
+)
+
+
+def _unit(name: str) -> configparser.ConfigParser:
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.optionxform = str  # type: ignore[assignment,method-assign] # keys are case-sensitive
+    assert unit.read(SYSTEMD / name), name
+    return unit
+
+
+def _actimesh_args(argv: list[str]) -> argparse.Namespace:
+    """``argv`` (after the program) as the real command line parses it: an unknown
+    command or option fails here as it would on the host."""
+    return cli_parser().parse_args(argv)
+
+
+def test_the_cluster_configs_are_what_the_cluster_code_renders() -> None:
+    for i in range(len(DEFAULT_HOSTS)):
+        shipped = (DEPLOY / "nats" / f"nats-{i + 1}.conf").read_text()
+        assert shipped == host_config(i), (
+            f"regenerate: python -m actimesh.broker.nats.hosts {DEPLOY / 'nats'}"
+        )
+        routes = {f'"nats-route://{h}:6222"' for j, h in enumerate(DEFAULT_HOSTS) if j != i}
+        assert {line.strip() for line in shipped.splitlines()} >= routes
+        assert "stream_replicas: 3" in shipped
+
+
+@pytest.mark.parametrize("index", [0, 1, 2])
+def test_nats_server_accepts_each_host_config(index: int) -> None:
+    conf = DEPLOY / "nats" / f"nats-{index + 1}.conf"
+    done = subprocess.run(
+        [str(find_nats_server()), "-t", "-c", str(conf)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "is valid" in done.stderr + done.stdout
+
+
+def test_the_host_configs_form_a_cluster_on_loopback(tmp_path: Path) -> None:
+    """The rendered configuration, with loopback ports for host names, starts three
+    nodes that route to each other and elect a JetStream leader (as NatsCluster waits)."""
+    cluster = NatsCluster(tmp_path, size=3)
+    for i, node in enumerate(cluster.nodes):
+        text = host_config(i).replace("0.0.0.0:4222", f"127.0.0.1:{node.ports.client}")
+        text = text.replace("0.0.0.0:8222", f"127.0.0.1:{node.ports.monitor}")
+        text = text.replace("0.0.0.0:6222", f"127.0.0.1:{node.ports.cluster}")
+        text = text.replace("0.0.0.0:1883", f"127.0.0.1:{node.ports.mqtt}")
+        text = text.replace(f'"{STORE_DIR}"', f'"{node.data_dir / "jetstream"}"')
+        text = re.sub(r'server_name: "[^"]+"', f'server_name: "{node.server_name}"', text)
+        for j, peer in enumerate(cluster.nodes):
+            text = text.replace(f"{DEFAULT_HOSTS[j]}:6222", f"127.0.0.1:{peer.ports.cluster}")
+        assert "0.0.0.0" not in text  # every listener and route was placed
+        assert "nats-route://nats-" not in text
+        node.data_dir.mkdir(parents=True, exist_ok=True)
+        node.config_path.write_text(text)  # in place of the one NatsCluster wrote
+    with cluster:
+        assert all(node.routes() >= 2 for node in cluster.nodes)
+
+
+def test_cluster_units_run_real_commands_with_real_options() -> None:
+    nats = _unit("nats-server.service")["Service"]
+    assert nats["ExecStart"].split() == [
+        "/opt/actimesh/.venv/bin/nats-server",
+        "-c",
+        "/etc/nats/nats.conf",
+    ]
+    assert nats["KillSignal"] == "SIGTERM"
+    assert "/var/lib/nats" in nats["ReadWritePaths"]
+    assert str(STORE_DIR).startswith(nats["ReadWritePaths"])
+
+    engine = _unit("actimesh-engine@.service")["Service"]
+    argv = engine["ExecStart"].replace("%i", "engine-1").split()
+    assert argv[0] == "/opt/actimesh/.venv/bin/actimesh"
+    args = _actimesh_args(argv[1:])
+    assert args.command == "engine"
+    assert args.engine_id == "engine-1"
+    assert args.nats == [f"nats://{h}:4222" for h in DEFAULT_HOSTS]
+    assert check_nats_urls(args.nats) == args.nats
+
+    dispatch = _actimesh_args(
+        _unit("actimesh-dispatch.service")["Service"]["ExecStart"].split()[1:]
+    )
+    assert dispatch.command == "dispatch"
+    assert dispatch.mqtt_protocol == "3.1.1"
+    assert dispatch.broker == f"mqtt://{DEFAULT_HOSTS[0]}:1883"
+
+    evidence = _actimesh_args(
+        _unit("actimesh-evidence.service")["Service"]["ExecStart"].split()[1:]
+    )
+    assert evidence.command == "evidence"
+    for parsed in (args, dispatch, evidence):
+        assert parsed.config == Path("/etc/actimesh/actimesh.toml")
+    for name in CLUSTER_UNITS:
+        unit = _unit(name)
+        assert unit["Service"]["Restart"] == "always", name
+        assert unit["Install"]["WantedBy"] == "multi-user.target", name
+
+
+def test_the_cluster_settings_load_and_speak_3_1_1() -> None:
+    settings = load_settings(DEPLOY / "cluster" / "actimesh.toml")
+    assert settings.broker.mqtt_protocol == "3.1.1"
+    assert settings.ledger_url is not None
+    ledger = urlsplit(settings.ledger_url)
+    assert ledger.username == "actimesh"
+    assert ledger.password is None  # in ~/.pgpass, never in the settings
+
+
+def test_compose_runs_the_cluster_from_the_shipped_files() -> None:
+    compose = DEPLOY / "compose"
+    doc = yaml.safe_load((compose / "compose.yaml").read_text())
+    services = doc["services"]
+    assert {"nats-1", "nats-2", "nats-3", "postgres", "engine-1", "engine-2"} <= set(services)
+    assert {"dispatch", "evidence"} <= set(services)
+    for i, host in enumerate(DEFAULT_HOSTS, start=1):
+        node = services[f"nats-{i}"]
+        assert node["networks"]["mesh"]["aliases"] == [host]
+        conf, target, _ = node["volumes"][0].split(":")
+        assert (compose / conf).resolve() == (DEPLOY / "nats" / f"nats-{i}.conf").resolve()
+        assert target == "/etc/nats/nats.conf"
+        assert node["entrypoint"][-2:] == ["-c", "/etc/nats/nats.conf"]
+    ledger_host = urlsplit(load_settings(DEPLOY / "cluster" / "actimesh.toml").ledger_url or "")
+    assert services["postgres"]["networks"]["mesh"]["aliases"] == [ledger_host.hostname]
+    actimesh = [s for s in services.values() if "command" in s]
+    assert len(actimesh) == 4
+    for service in actimesh:
+        settings_file, _, _ = service["volumes"][0].partition(":")
+        assert (compose / settings_file).resolve() == (
+            DEPLOY / "cluster" / "actimesh.toml"
+        ).resolve()
+        args = _actimesh_args(service["command"].split())
+        assert args.config == Path("/etc/actimesh/actimesh.toml")
+        assert service["depends_on"]["postgres"] == {"condition": "service_healthy"}
+        if args.command == "engine":
+            assert set(args.nats) == {f"nats://{h}:4222" for h in DEFAULT_HOSTS}
+        if args.command == "dispatch":
+            assert args.mqtt_protocol == "3.1.1"
+    assert (
+        compose / actimesh[0]["build"]["context"] / actimesh[0]["build"]["dockerfile"]
+    ).is_file()
+    for secret in doc["secrets"].values():
+        assert Path(secret["file"]).parent == Path(".")  # the operator makes them beside it

@@ -13,7 +13,8 @@ import yaml
 
 from actimesh.broker.asyncapi import main, payload_schemas, replace_schemas
 from actimesh.broker.messages import MESSAGE_TYPES
-from actimesh.broker.topics import Topics
+from actimesh.broker.topics import Topics, device_client_id
+from actimesh.runtime.cluster import CLUSTER_MQTT
 
 DOC_PATH = Path(__file__).resolve().parents[2] / "docs" / "asyncapi.yaml"
 PARAMETERS = {"agency", "device", "eventType", "reason", "engine", "kind"}
@@ -84,6 +85,30 @@ def test_document_is_asyncapi_3(doc: dict[str, Any]) -> None:
     # Nothing reaches the managed broker without an account (no anonymous access).
     assert "anonymous access on" not in doc["servers"]["local"]["description"]
     assert doc["components"]["securitySchemes"]["brokerAccount"]["type"] == "userPassword"
+
+
+def test_the_cluster_server_is_the_mqtt_3_1_1_listener_and_says_what_differs(
+    doc: dict[str, Any],
+) -> None:
+    cluster = doc["servers"]["cluster"]
+    assert cluster["protocol"] == "mqtt"
+    assert cluster["protocolVersion"] == CLUSTER_MQTT == "3.1.1"
+    assert set(_PARAM.findall(cluster["host"])) == set(cluster["variables"])
+    assert cluster["bindings"]["mqtt"]["cleanSession"] is False
+    text = " ".join(cluster["description"].split())
+    for differs in (
+        "No user properties",
+        "No message expiry",
+        "`exp`",
+        "No `$share`",
+        "No will for the engine status",
+        "QoS",
+        f"connects as `{device_client_id('demo', 'cam.7')}`",
+    ):
+        assert differs in text, differs
+    # The MQTT 5-only binding that the description says does not apply there.
+    bindings = doc["operations"]["sendCommand"]["bindings"]["mqtt"]
+    assert "messageExpiryInterval" in bindings
 
 
 def test_schemas_are_generated_from_the_models(doc: dict[str, Any]) -> None:

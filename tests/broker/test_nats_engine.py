@@ -253,6 +253,28 @@ async def test_the_engine_on_one_node_commands_a_camera_on_another(
         assert engine.control_link.stats.handler_errors == 0
 
 
+async def test_presence_from_before_the_engine_first_started_is_known_to_it(
+    cluster: NatsCluster, tmp_path: Path
+) -> None:
+    # No consumer of the engine's existed when these were published: the QoS 1 store kept
+    # nothing for it, the listener's retained store did.
+    now = time.time()
+    for node, device_id, kind in ((1, "bwc.9", DeviceKind.BODY_CAM), (2, "cew9", DeviceKind.CEW)):
+        presence = Presence(online=True, ts=now, device_kind=kind)
+        port = cluster.nodes[node].mqtt_port
+        await publish_as(port, device_id, TOPICS.presence(device_id), encode(presence), retain=True)
+    signer = CommandSigner.generate()
+    async with engine_on(cluster, 0, tmp_path / "ledger.sqlite3", signer, "engine-1") as engine:
+
+        def known() -> dict[str, str | None]:
+            found = {d: engine.fleet.get(d) for d in ("bwc.9", "cew9")}
+            return {d: i.kind.value if i and i.kind else None for d, i in found.items()}
+
+        await eventually(lambda: all(known().values()), timeout=15)
+        assert known() == {"bwc.9": "body_cam", "cew9": "cew"}
+        assert engine.control_link.stats.handler_errors == 0
+
+
 async def test_an_engine_stopped_cleanly_says_it_is_offline(
     cluster: NatsCluster, tmp_path: Path
 ) -> None:

@@ -12,7 +12,9 @@ from actimesh.broker.topics import (
     DeviceChannel,
     DeviceTopic,
     Topics,
+    device_client_id,
     is_identifier,
+    mqtt_client_id,
 )
 
 BAD_IDS = [
@@ -145,3 +147,23 @@ def test_one_agency_never_sees_another() -> None:
     for channel in DeviceChannel:
         assert not _matches(ours.all_devices(channel), theirs.device("bc-1", channel))
     assert not _matches(ours.all_activations, theirs.activations("taser_draw"))
+
+
+def test_a_dot_in_a_client_id_is_written_as_a_tilde() -> None:
+    # NATS refuses a client id with a dot; Mosquitto takes either.
+    assert device_client_id("demo", "cam.7") == "demo-cam~7"
+    assert device_client_id("city.pd", "bwc1") == "city~pd-bwc1"
+    assert device_client_id("demo", "bwc1") == "demo-bwc1"  # ids without a dot keep theirs
+    assert mqtt_client_id("city.pd-dispatch-console-1-ctl") == "city~pd-dispatch-console-1-ctl"
+
+
+@given(
+    agency=st.from_regex(IDENTIFIER_PATTERN, fullmatch=True),
+    a=st.from_regex(IDENTIFIER_PATTERN, fullmatch=True),
+    b=st.from_regex(IDENTIFIER_PATTERN, fullmatch=True),
+)
+def test_device_client_ids_stay_unique_bounded_and_dotless(agency: str, a: str, b: str) -> None:
+    ca, cb = device_client_id(agency, a), device_client_id(agency, b)
+    assert (ca == cb) == (a == b)
+    assert "." not in ca
+    assert len(ca) == len(agency) + 1 + len(a)  # never longer than the name it stands for

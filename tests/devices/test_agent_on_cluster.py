@@ -33,6 +33,8 @@ pytestmark = pytest.mark.integration
 
 HOST = "127.0.0.1"
 TOPICS = Topics("am-nats-agents")
+#: A NATS server refuses a client id with a dot; device ids may hold one (``~`` stands in).
+DOTTED = Topics("am.nats")
 LAT, LON = 51.0447, -114.0719  # Calgary
 CAM_LAT, CAM_LON = destination(LAT, LON, 90.0, 5.0)
 
@@ -57,9 +59,10 @@ def device(
     lon: float,
     signer: CommandSigner,
     camera: Camera | None = None,
+    topics: Topics = TOPICS,
 ) -> DeviceAgent:
     return DeviceAgent(
-        topics=TOPICS,
+        topics=topics,
         device_id=device_id,
         kind=kind,
         broker_host=HOST,
@@ -93,23 +96,28 @@ def test_a_device_can_be_told_to_speak_3_1_1() -> None:
 
 
 @pytest.mark.time_limit(60)
+@pytest.mark.parametrize(
+    ("topics", "bwc_id", "cew_id"),
+    [(TOPICS, "bwc1", "cew1"), (DOTTED, "bwc.1", "cew.1")],
+    ids=["plain-ids", "dotted-ids"],
+)
 async def test_a_taser_draw_on_one_node_starts_a_body_camera_on_another(
-    cluster: NatsCluster, tmp_path: Path
+    cluster: NatsCluster, tmp_path: Path, topics: Topics, bwc_id: str, cew_id: str
 ) -> None:
     signer = CommandSigner.generate()
     store = RecordingStore(tmp_path / "recordings")
     camera = Camera(
-        device_id="bwc1",
+        device_id=bwc_id,
         kind=DeviceKind.BODY_CAM,
-        source=SyntheticSource("bwc1"),
+        source=SyntheticSource(bwc_id),
         store=store,
         started_at=time.time() - 60.0,
     )
-    bwc = device(cluster, 2, "bwc1", DeviceKind.BODY_CAM, CAM_LAT, CAM_LON, signer, camera)
-    cew = device(cluster, 1, "cew1", DeviceKind.CEW, LAT, LON, signer)
+    bwc = device(cluster, 2, bwc_id, DeviceKind.BODY_CAM, CAM_LAT, CAM_LON, signer, camera, topics)
+    cew = device(cluster, 1, cew_id, DeviceKind.CEW, LAT, LON, signer, topics=topics)
     async with SqliteLedger(tmp_path / "ledger.sqlite3") as ledger:
         engine = Engine(
-            topics=TOPICS,
+            topics=topics,
             transport=engine_transport(cluster, 0),
             ledger=ledger,
             rules=DEFAULT_RULES,
@@ -120,8 +128,8 @@ async def test_a_taser_draw_on_one_node_starts_a_body_camera_on_another(
         async with asyncio.TaskGroup() as tg:
             tasks = [
                 tg.create_task(engine.run(), name="engine-1"),
-                tg.create_task(bwc.run(), name="bwc1"),
-                tg.create_task(cew.run(), name="cew1"),
+                tg.create_task(bwc.run(), name=bwc_id),
+                tg.create_task(cew.run(), name=cew_id),
             ]
             try:
                 async with asyncio.timeout(30):
@@ -131,17 +139,18 @@ async def test_a_taser_draw_on_one_node_starts_a_body_camera_on_another(
                 await eventually(lambda: len(engine.index) == 2, timeout=20)
 
                 event = await cew.raise_event("taser_draw")
-                aid = activation_id("cew1", event.eid)
+                aid = activation_id(cew_id, event.eid)
                 await eventually(lambda: bwc.received, timeout=15)
                 (got,) = bwc.received
                 assert got.command.aid == aid
                 assert got.result.status is AckStatus.RECORDING
                 assert got.result.recording_id is not None
                 assert got.result.pre_roll_covered_s > 0  # the buffer before the draw
-                assert store.path_of("bwc1", got.result.recording_id).is_dir()
+                assert store.path_of(bwc_id, got.result.recording_id).is_dir()
 
                 async def recorded() -> list[str]:
-                    statuses = [a.status for a in await ledger.acks(aid) if a.device_id == "bwc1"]
+                    acks = await ledger.acks(aid)
+                    statuses = [a.status for a in acks if a.device_id == bwc_id]
                     return statuses if AckStatus.RECORDING.value in statuses else []
 
                 statuses = await eventually(recorded, timeout=15)

@@ -8,7 +8,9 @@ import pytest
 
 from actimesh.errors import ConfigError
 from actimesh.geofence import InclusionMode
+from actimesh.runtime.compose import BrokerAddress
 from actimesh.runtime.config import RetentionSettings, load_settings
+from actimesh.security.acl import SERVICE_DISPATCH, SERVICE_ENGINE
 from actimesh.triggers.settings import EngineSettings
 
 
@@ -58,6 +60,8 @@ def test_file_then_overrides(tmp_path: Path) -> None:
         ("[broker]\nport = 0", r"broker port 0 must be between 1 and 65535 \(\[broker\] port"),
         ("[broker]\nport = '1883'", "broker.port must be a int"),
         ("[broker]\nhost = ''", "broker.host must name an address"),
+        ("[broker]\nmqtt_protocol = '3'", r"broker.mqtt_protocol '3' must be '5' or '3.1.1'"),
+        ("[broker]\nmqtt_protocol = 5", r"broker.mqtt_protocol must be a str"),
     ],
 )
 def test_mistakes_are_one_line_errors(tmp_path: Path, text: str, message: str) -> None:
@@ -66,6 +70,19 @@ def test_mistakes_are_one_line_errors(tmp_path: Path, text: str, message: str) -
     with pytest.raises(ConfigError, match=message) as info:
         load_settings(path)
     assert "\n" not in str(info.value)
+
+
+def test_the_mqtt_protocol_reaches_every_service_but_the_engine(tmp_path: Path) -> None:
+    path = tmp_path / "settings.toml"
+    path.write_text("[broker]\nmqtt_protocol = '3.1.1'\n")
+    settings = load_settings(path)
+    assert settings.broker.mqtt_protocol == "3.1.1"
+    assert load_settings().broker.mqtt_protocol == "5"
+    address = BrokerAddress("127.0.0.1", 1883, protocol=settings.broker.mqtt_protocol)
+    assert address.transport(SERVICE_DISPATCH).settings("x.y").protocol == "3.1.1"
+    assert address.transport(SERVICE_DISPATCH).settings("x.y").client_id == "x~y"
+    # Its shared subscription and its will need MQTT 5.
+    assert address.transport(SERVICE_ENGINE).settings("e").protocol == "5"
 
 
 def test_missing_file_says_so(tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ from paho.mqtt.properties import Properties
 from actimesh.broker.client import LinkSettings, MqttLink, Subscription
 from actimesh.broker.dynsec import Access, AdminLogin, _Control, sync_access
 from actimesh.broker.messages import DeviceKind
-from actimesh.broker.topics import DeviceChannel, Topics
+from actimesh.broker.topics import DeviceChannel, Topics, device_client_id
 from actimesh.security import (
     SERVICE_DISPATCH,
     SERVICE_ENGINE,
@@ -160,6 +160,21 @@ async def test_device_uses_its_own_topics(secure_mosquitto: SecureBroker, agency
         for topic in (t.command("bwc-1"), t.confirm("bwc-1")):
             await eng.client.publish(topic, MARKER, qos=1)
             await dev.wait_for(topic)
+
+
+async def test_a_device_with_a_dot_in_its_id_connects_as_its_tilde_client_id(
+    secure_mosquitto: SecureBroker, agency: str
+) -> None:
+    t = Topics(agency)
+    cam = secure_mosquitto.add_device("cam.7")
+    client_id = device_client_id(agency, "cam.7")
+    assert client_id == f"{agency.replace('.', '~')}-cam~7"  # what a NATS server accepts
+    async with _client(secure_mosquitto, cam.mqtt, t.command("cam.7"), client_id=client_id) as dev:
+        assert dev.refused() == []
+    # The dynsec binding follows the same rule: the dotted form is someone else's.
+    with pytest.raises(aiomqtt.MqttCodeError):
+        async with _client(secure_mosquitto, cam.mqtt, client_id=f"{agency}-cam.7"):
+            pass
 
 
 async def test_device_cannot_publish_as_another_device(

@@ -18,7 +18,7 @@ from actimesh.broker.mosquitto import ManagedMosquitto, free_port
 from actimesh.broker.mosquitto_conf import MosquittoConfig
 from actimesh.broker.topics import Topics, device_client_id
 from actimesh.errors import ConfigError
-from actimesh.runtime.compose import _external, broker_for, run_up
+from actimesh.runtime.compose import broker_for, external_address, run_up
 from actimesh.runtime.config import Settings, load_settings
 from actimesh.security import SERVICE_ACCOUNTS, Registry, read_secret, verify_password
 from actimesh.security.signing import load_or_create_engine_key, public_key_hex
@@ -445,7 +445,7 @@ def test_broker_login_comes_from_a_private_password_file(tmp_path: Path) -> None
         f'ca_file = "{tmp_path / "ca.pem"}"\n'
     )
     settings = load_settings(conf)
-    address = _external(settings, "mqtts://broker.example")
+    address = external_address(settings, "mqtts://broker.example")
     assert (address.host, address.port) == ("broker.example", 8883)
     assert address.url == "mqtts://broker.example:8883"
     assert address.tls is not None
@@ -453,7 +453,7 @@ def test_broker_login_comes_from_a_private_password_file(tmp_path: Path) -> None
     assert address.login("svc-engine") == {"username": "svc-engine", "password": "s3cret"}
     secret.chmod(0o644)
     with pytest.raises(ConfigError, match="chmod 600"):
-        _external(settings, "mqtt://127.0.0.1:1883")
+        external_address(settings, "mqtt://127.0.0.1:1883")
 
 
 @pytest.mark.parametrize(

@@ -365,13 +365,19 @@ class DeadLetter(Message):
 
 
 class EngineStatus(Message):
-    """Retained engine liveness; the broker publishes ``online: false`` as last will."""
+    """Retained engine liveness; the broker publishes ``online: false`` as last will.
+
+    ``ttl``: an ``online: true`` status holds this many seconds after it is received
+    unless renewed (the engine renews it well within). Where the bus has no will (a NATS
+    cluster), an engine killed outright stops renewing it, and readers see it go stale.
+    """
 
     kind: ClassVar[str] = "engine_status"
     online: bool
     engine: Identifier
     ts: Timestamp | None = None
     version: ShortText | None = None
+    ttl: Annotated[float, Field(gt=0.0, le=86_400.0)] | None = None
 
 
 #: Every payload model, by its ``kind`` name (the AsyncAPI message names).

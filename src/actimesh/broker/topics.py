@@ -35,6 +35,7 @@ __all__ = [
     "Topics",
     "device_client_id",
     "is_identifier",
+    "mqtt_client_id",
 ]
 
 SCHEME_VERSION = "v1"
@@ -72,10 +73,26 @@ class DeviceTopic:
     channel: DeviceChannel
 
 
+#: What stands for a ``.`` in an MQTT client id. Never in an identifier (so the mapping
+#: is one-to-one), not a wildcard in MQTT or NATS, and accepted by both brokers.
+CLIENT_ID_DOT = "~"
+
+
+def mqtt_client_id(name: str) -> str:
+    """``name`` (made of identifiers) as an MQTT client id every broker accepts.
+
+    A NATS server refuses a client id with a ``.`` in it (it must be a valid NATS name),
+    and agency and device ids may hold one: each ``.`` becomes ``~``. Identifiers never
+    hold a ``~``, so two names never share a client id, and the length is unchanged.
+    """
+    return name.replace(".", CLIENT_ID_DOT)
+
+
 def device_client_id(agency: str, device_id: str) -> str:
     """The one MQTT client id device ``device_id`` of ``agency`` may connect with (the
-    broker binds it to the account: security/acl.py)."""
-    return f"{agency}-{device_id}"
+    broker binds it to the account: security/acl.py): ``<agency>-<device>``, each ``.``
+    written ``~`` (:func:`mqtt_client_id`), so ``cam.7`` of ``demo`` is ``demo-cam~7``."""
+    return mqtt_client_id(f"{agency}-{device_id}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,12 +31,14 @@ from actimesh.broker.client import (
     LinkSettings,
     LinkStats,
     MqttLink,
+    MqttProtocol,
     Subscription,
     TlsSettings,
     Will,
 )
 from actimesh.broker.ingest import Publish, StreamSubscriber
 from actimesh.broker.intake import Admit, ControlSubscriber, Delivery
+from actimesh.broker.topics import mqtt_client_id
 
 __all__ = [
     "ControlHandler",
@@ -157,8 +159,10 @@ class Transport(Protocol):
 class MqttTransport:
     """One service's connections to an MQTT broker; a link's name is its client id.
 
-    The broker address, credentials and TLS are given once here, so that every link of
-    the service connects the same way.
+    The broker address, credentials, TLS and MQTT protocol version are given once here,
+    so that every link of the service connects the same way. A link's name becomes its
+    client id with each ``.`` written ``~`` (:func:`~actimesh.broker.topics.mqtt_client_id`):
+    an agency id may hold a dot, and a NATS server refuses one in a client id.
     """
 
     def __init__(
@@ -169,26 +173,31 @@ class MqttTransport:
         username: str | None = None,
         password: str | None = None,
         tls: TlsSettings | None = None,
+        protocol: MqttProtocol = "5",
     ) -> None:
         self.host = host
+        self.protocol: MqttProtocol = protocol
         self.port = port
         self.username = username
         self._password = password
         self.tls = tls
 
     def __repr__(self) -> str:
-        return f"MqttTransport({self.host}:{self.port}, user {self.username!r})"
+        return (
+            f"MqttTransport({self.host}:{self.port}, user {self.username!r}, MQTT {self.protocol})"
+        )
 
     def settings(self, name: str, *subscriptions: Subscription, **options: Any) -> LinkSettings:
         """The settings of the link called ``name`` (``options``: other LinkSettings)."""
         return LinkSettings(
             host=self.host,
             port=self.port,
-            client_id=name,
+            client_id=mqtt_client_id(name),
             username=self.username,
             password=self._password,
             subscriptions=subscriptions,
             tls=self.tls,
+            protocol=self.protocol,
             **options,
         )
 

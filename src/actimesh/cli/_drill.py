@@ -14,6 +14,7 @@ from rich.console import Console
 from actimesh.cli._common import EXIT_FAILED, EXIT_OK, Parser, positive_int, run_async
 from actimesh.errors import ConfigError
 from actimesh.geofence import InclusionMode, InclusionPolicy
+from actimesh.runtime.config import MQTT_PROTOCOLS
 
 __all__ = ["add_parser", "run"]
 
@@ -48,12 +49,22 @@ def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
         help="real: live H.264 cameras through offload, verification "
         "and retention (about 40 s; evidence kept in --data-dir)",
     )
+    drill.add_argument(
+        "--mqtt-protocol",
+        choices=MQTT_PROTOCOLS,
+        default="5",
+        help="MQTT version the drill's devices speak (default 5)",
+    )
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
     """``actimesh drill``: the exit code says whether the mesh passed."""
     from actimesh.drills import run_drill, scratch_dir  # noqa: PLC0415 - keep `--help` fast
 
+    if args.mqtt_protocol != "5" and (args.faults or args.media == "real"):
+        raise ConfigError(
+            "--mqtt-protocol applies to the activation drill only: drop --faults / --media real"
+        )
     if args.faults and args.media == "real":
         raise ConfigError("--faults and --media real are separate drills: run one at a time")
     if args.faults:
@@ -78,6 +89,12 @@ def run(args: argparse.Namespace, console: Console) -> int:
         return EXIT_OK if media.ok else EXIT_FAILED
     policy = InclusionPolicy(mode=InclusionMode(args.policy))
     report = run_async(
-        run_drill(console, rounds=args.rounds, data_dir=args.data_dir, policy=policy)
+        run_drill(
+            console,
+            rounds=args.rounds,
+            data_dir=args.data_dir,
+            policy=policy,
+            mqtt_protocol=args.mqtt_protocol,
+        )
     )
     return EXIT_OK if report.ok else EXIT_FAILED

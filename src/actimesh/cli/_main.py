@@ -16,7 +16,17 @@ from collections.abc import Callable, Mapping, Sequence
 from rich.console import Console
 
 from actimesh import __version__
-from actimesh.cli import _accounts, _audit, _bench, _certs, _devices, _drill, _fuzz, _up
+from actimesh.cli import (
+    _accounts,
+    _audit,
+    _bench,
+    _certs,
+    _cluster,
+    _devices,
+    _drill,
+    _fuzz,
+    _up,
+)
 from actimesh.cli._common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Parser
 from actimesh.errors import ConfigError, first_error
 
@@ -28,6 +38,9 @@ _HANDLERS: Mapping[str, Handler] = {
     "up": _up.run,
     "engine": _up.run,
     "sim": _up.run,
+    "dispatch": _up.run,
+    "evidence": _up.run,
+    "cluster": _cluster.run,
     "drill": _drill.run,
     "audit": _audit.run,
     "bench": _bench.run,
@@ -48,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     _up.add_parsers(sub)
+    _cluster.add_parser(sub)
     _drill.add_parser(sub)
     _audit.add_parser(sub)
     _bench.add_parser(sub)

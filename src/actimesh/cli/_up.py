@@ -1,17 +1,19 @@
-"""``actimesh up``, ``engine`` and ``sim``: the commands that run a mesh, or part of one,
-until stopped. Their flags only override the settings file; the runtime does the rest."""
+"""``actimesh up``, ``engine``, ``dispatch``, ``evidence`` and ``sim``: the commands that
+run a mesh, or part of one, until stopped. Their flags only override the settings file;
+the runtime does the rest."""
 
 from __future__ import annotations
 
 import argparse
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
 from actimesh.cli._common import EXIT_OK, Parser, http_port, port, positive_int, run_async
 from actimesh.devices.simulator import SimSettings
-from actimesh.runtime.config import load_settings
+from actimesh.runtime.config import MQTT_PROTOCOLS, load_settings
 
 __all__ = ["add_parsers", "run"]
 
@@ -22,8 +24,16 @@ _LEDGER_URL_HELP = (
 )
 
 
+_MQTT_PROTOCOL_FLAG = ("--mqtt-protocol",)
+_MQTT_PROTOCOL_OPTIONS: dict[str, Any] = {
+    "choices": MQTT_PROTOCOLS,
+    "help": "MQTT version of the simulated devices, dispatch and monitor "
+    "(the [broker] mqtt_protocol; default 5)",
+}
+
+
 def add_parsers(sub: argparse._SubParsersAction[Parser]) -> None:
-    """``up``, ``engine`` and ``sim``."""
+    """``up``, ``engine``, ``dispatch``, ``evidence`` and ``sim``."""
     up = sub.add_parser("up", help="run the broker, the trigger engine and optionally a fleet")
     up.add_argument("--config", type=Path, help="TOML settings file (defaults are embedded)")
     up.add_argument("--agency", help="agency id, the topic namespace (default: demo)")
@@ -67,14 +77,43 @@ def add_parsers(sub: argparse._SubParsersAction[Parser]) -> None:
         help="take OsmAnd / Traccar Client reports on this port ([adapters.osmand] port; "
         "turns the listener on; docs/DEVICES.md)",
     )
+    up.add_argument(*_MQTT_PROTOCOL_FLAG, **_MQTT_PROTOCOL_OPTIONS)
 
-    engine = sub.add_parser("engine", help="run one trigger engine against a broker")
-    engine.add_argument("--broker", metavar="URL", required=True, help="mqtt://HOST:PORT")
+    engine = sub.add_parser("engine", help="run one trigger engine against a broker or cluster")
+    on = engine.add_mutually_exclusive_group(required=True)
+    on.add_argument("--broker", metavar="URL", help="an MQTT broker: mqtt://HOST:PORT")
+    on.add_argument(
+        "--nats",
+        metavar="URL",
+        action="append",
+        help="a NATS cluster node: nats://HOST:PORT (repeat for more nodes)",
+    )
     engine.add_argument("--config", type=Path, help="TOML settings file")
     engine.add_argument("--agency", help="agency id (default: demo)")
     engine.add_argument("--engine-id", help="this replica's id (default: engine-1)")
     engine.add_argument("--data-dir", type=Path, help="ledger location (shared by replicas)")
     engine.add_argument("--ledger-url", metavar="URL", help=_LEDGER_URL_HELP)
+
+    dispatch = sub.add_parser("dispatch", help="run the dispatch map and API against a broker")
+    dispatch.add_argument(
+        "--broker",
+        metavar="URL",
+        help="where activations are read: mqtt://HOST:PORT (a cluster node's MQTT "
+        "listener with --mqtt-protocol 3.1.1; default: [broker] url)",
+    )
+    dispatch.add_argument("--config", type=Path, help="TOML settings file")
+    dispatch.add_argument("--agency", help="agency id (default: demo)")
+    dispatch.add_argument("--data-dir", type=Path, help="accounts, webhooks and evidence store")
+    dispatch.add_argument("--ledger-url", metavar="URL", help=_LEDGER_URL_HELP)
+    dispatch.add_argument("--http-host", metavar="HOST", help="address (default 127.0.0.1)")
+    dispatch.add_argument("--http-port", type=http_port, metavar="PORT", help="port (default 8080)")
+    dispatch.add_argument(*_MQTT_PROTOCOL_FLAG, **_MQTT_PROTOCOL_OPTIONS)
+
+    evidence = sub.add_parser("evidence", help="run the evidence upload API")
+    evidence.add_argument("--config", type=Path, help="TOML settings file ([evidence])")
+    evidence.add_argument("--agency", help="agency id (default: demo)")
+    evidence.add_argument("--data-dir", type=Path, help="where recordings are stored")
+    evidence.add_argument("--ledger-url", metavar="URL", help=_LEDGER_URL_HELP)
 
     sim = sub.add_parser("sim", help="run a simulated fleet against a broker")
     sim.add_argument("--broker", metavar="URL", required=True, help="mqtt://HOST:PORT")
@@ -87,6 +126,7 @@ def add_parsers(sub: argparse._SubParsersAction[Parser]) -> None:
         help="where simulated cameras store recordings",
     )
     sim.add_argument("--seed", type=int, help="random seed")
+    sim.add_argument(*_MQTT_PROTOCOL_FLAG, **_MQTT_PROTOCOL_OPTIONS)
     sim.add_argument(
         "--engine-key",
         type=Path,
@@ -97,7 +137,7 @@ def add_parsers(sub: argparse._SubParsersAction[Parser]) -> None:
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
-    """``actimesh up``, ``engine`` or ``sim``."""
+    """``actimesh up``, ``engine``, ``dispatch``, ``evidence`` or ``sim``."""
     from actimesh.runtime import run_engine, run_sim, run_up  # noqa: PLC0415 - keep `--help` fast
 
     if args.command == "up":
@@ -119,12 +159,16 @@ def run(args: argparse.Namespace, console: Console) -> int:
             adapters = settings.adapters
             osmand = replace(adapters.osmand, enabled=True, port=args.osmand_port)
             settings = replace(settings, adapters=replace(adapters, osmand=osmand))
+        if args.mqtt_protocol is not None:
+            broker = replace(settings.broker, mqtt_protocol=args.mqtt_protocol)
+            settings = replace(settings, broker=broker)
         sim = (
             SimSettings(
                 units=args.sim,
                 seed=args.seed,
                 pre_roll_s=settings.media.pre_roll_s,
                 media=settings.media,
+                mqtt_protocol=settings.broker.mqtt_protocol,
             )
             if args.sim
             else None
@@ -141,10 +185,17 @@ def run(args: argparse.Namespace, console: Console) -> int:
         )
         if args.engine_id:
             settings = replace(settings, engine=replace(settings.engine, engine_id=args.engine_id))
-        run_async(run_engine(settings, console))
+        if args.nats:
+            from actimesh.runtime.services import run_nats_engine  # noqa: PLC0415
+
+            run_async(run_nats_engine(settings, args.nats, console))
+        else:
+            run_async(run_engine(settings, console))
         return EXIT_OK
+    if args.command in ("dispatch", "evidence"):
+        return _run_service(args, console)
     if args.command == "sim":
-        sim = SimSettings(units=args.units, seed=args.seed)
+        sim = SimSettings(units=args.units, seed=args.seed, mqtt_protocol=args.mqtt_protocol or "5")
         run_async(
             run_sim(
                 agency=args.agency,
@@ -157,3 +208,27 @@ def run(args: argparse.Namespace, console: Console) -> int:
         )
         return EXIT_OK
     raise AssertionError(args.command)  # pragma: no cover - argparse enforces the choices
+
+
+def _run_service(args: argparse.Namespace, console: Console) -> int:
+    """``actimesh dispatch`` or ``evidence``: one web service in this process."""
+    from actimesh.runtime.services import run_dispatch, run_evidence  # noqa: PLC0415
+
+    settings = load_settings(
+        args.config, agency=args.agency, data_dir=args.data_dir, ledger_url=args.ledger_url
+    )
+    if args.command == "evidence":
+        run_async(run_evidence(settings, console))
+        return EXIT_OK
+    if args.broker is not None:
+        settings = replace(settings, broker_url=args.broker)
+    if args.mqtt_protocol is not None:
+        settings = replace(
+            settings, broker=replace(settings.broker, mqtt_protocol=args.mqtt_protocol)
+        )
+    http = {"host": args.http_host, "port": args.http_port}
+    http = {k: v for k, v in http.items() if v is not None}
+    if http:
+        settings = replace(settings, dispatch=replace(settings.dispatch, **http))
+    run_async(run_dispatch(settings, console))
+    return EXIT_OK

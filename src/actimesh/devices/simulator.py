@@ -21,7 +21,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -124,7 +124,8 @@ class FleetSimulator:
     """Builds the agents of a simulated fleet and drives them.
 
     ``verifier`` holds the engine's public key; the simulated cameras refuse every
-    command without it, as real ones do.
+    command without it, as real ones do. With ``spread_ports`` the devices are dealt in
+    turn over ``broker_port`` and those (one MQTT listener per node of a cluster).
     """
 
     def __init__(
@@ -138,6 +139,7 @@ class FleetSimulator:
         clock: Callable[[], float] = time.time,
         on_trigger: Callable[[str, str], None] | None = None,
         verifier: CommandVerifier | None = None,
+        spread_ports: Sequence[int] = (),
     ) -> None:
         self.settings = settings or SimSettings()
         self.verifier = verifier
@@ -149,7 +151,9 @@ class FleetSimulator:
         self.units: list[Unit] = []
         self.agents: list[DeviceAgent] = []
         self.triggers: dict[str, int] = {}
-        self._host, self._port, self._started = broker_host, broker_port, clock()
+        self._host, self._started = broker_host, clock()
+        # Devices are dealt over these in turn: a cluster's MQTT listeners, one per node.
+        self._ports = (broker_port, *spread_ports)
         for n in range(self.settings.units):
             self.units.append(self._build_unit(n))
 
@@ -231,7 +235,7 @@ class FleetSimulator:
             verifier=self.verifier,
             local_peers=peers,
             broker_host=self._host,
-            broker_port=self._port,
+            broker_port=self._ports[len(self.agents) % len(self._ports)],
             position=position,
             telemetry_interval_s=self.settings.telemetry_interval_s,
             clock=self.clock,

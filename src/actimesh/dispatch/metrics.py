@@ -44,6 +44,25 @@ class _Collector(Collector):
     def __init__(self, sources: MetricSources) -> None:
         self.sources = sources
 
+    def _live(self) -> Iterator[Metric]:
+        """What the live map holds besides devices: activations and engines."""
+        yield GaugeMetricFamily(
+            "actimesh_dispatch_live_activations",
+            "Activations on the live map",
+            value=len(self.sources.state.activations),
+        )
+        engines = self.sources.state.engines.values()
+        yield GaugeMetricFamily(
+            "actimesh_dispatch_engines_online",
+            "Engines whose last status says online and is not stale",
+            value=sum(1 for e in engines if e["online"]),
+        )
+        yield CounterMetricFamily(
+            "actimesh_dispatch_engines_stale",
+            "Engine statuses not renewed within their ttl (engine killed or cut off)",
+            value=self.sources.state.stats.engines_stale,
+        )
+
     def collect(self) -> Iterator[Metric]:
         src = self.sources
         st = src.state.stats
@@ -53,11 +72,7 @@ class _Collector(Collector):
         for status, n in src.state.counts().items():
             devices.add_metric([status], n)
         yield devices
-        yield GaugeMetricFamily(
-            "actimesh_dispatch_live_activations",
-            "Activations on the live map",
-            value=len(src.state.activations),
-        )
+        yield from self._live()
         messages = CounterMetricFamily(
             "actimesh_dispatch_messages", "MQTT messages applied to the live state", labels=["kind"]
         )

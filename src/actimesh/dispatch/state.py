@@ -260,6 +260,8 @@ class StateStats:
     activations_pruned: int = 0
     outcomes: dict[str, int] = field(default_factory=lambda: {s.value: 0 for s in CameraStatus})
     late_acks: int = 0
+    #: Engines whose online status was not renewed within its ttl (killed, cut off).
+    engines_stale: int = 0
 
 
 class LiveState:
@@ -363,6 +365,8 @@ class LiveState:
             view.lat, view.lon, view.acc, view.fix_ts = msg.lat, msg.lon, msg.acc, msg.ts
 
     def engine_status(self, engine_id: str, msg: EngineStatus | None, now: float) -> None:
+        """An engine's status as published. An ``online`` one with a ``ttl`` goes stale
+        (offline, ``stale: true``) if not renewed within it: :meth:`expire`."""
         if msg is None:
             self.engines.pop(engine_id, None)
         else:
@@ -372,8 +376,20 @@ class LiveState:
                 "version": msg.version,
                 "since": msg.ts,
                 "seen": now,
+                "ttl": msg.ttl,
+                "stale": False,
             }
         self._engines_dirty = True
+
+    def _expire_engines(self, now: float) -> None:
+        for engine in self.engines.values():
+            ttl = engine["ttl"]
+            if engine["online"] and ttl is not None and now - engine["seen"] > ttl:
+                # Killed outright (no will on this bus) or cut off: no longer vouched for.
+                engine["online"] = False
+                engine["stale"] = True
+                self.stats.engines_stale += 1
+                self._engines_dirty = True
 
     # ------------------------------------------------------------------ activations
     def activation(self, record: Activation, now: float, *, replay: bool = False) -> bool:
@@ -575,6 +591,7 @@ class LiveState:
                         f"no acknowledgement from {cam.device_id} within {self.ack_timeout_s:g} s",
                     )
                     self._camera_changed(view, cam)
+        self._expire_engines(now)
         self._prune(now)
 
     def _prune(self, now: float) -> None:

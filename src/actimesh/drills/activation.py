@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from rich.console import Console
 from rich.table import Table
 
+from actimesh.broker.client import MqttProtocol
 from actimesh.broker.messages import AckStatus, DeviceKind, activation_id
 from actimesh.broker.mosquitto import ManagedMosquitto, free_port
 from actimesh.broker.mosquitto_conf import MosquittoConfig
@@ -248,6 +249,7 @@ def _build(
     port: int,
     store: RecordingStore,
     verifier: CommandVerifier,
+    mqtt_protocol: MqttProtocol = "5",
 ) -> _Scene:
     prefix = f"s{index}"
     lat0, lon0 = scenario.center
@@ -278,6 +280,7 @@ def _build(
             broker_port=port,
             position=where,
             telemetry_interval_s=0.5,
+            mqtt_protocol=mqtt_protocol,
         )
         placement_of[device_id] = p
     paired = [a for d, a in cameras.items() if placement_of[d].paired]
@@ -296,6 +299,7 @@ def _build(
         broker_port=port,
         position=trigger_where,
         telemetry_interval_s=0.5,
+        mqtt_protocol=mqtt_protocol,
     )
     return _Scene(scenario, trigger, cameras, placement_of)
 
@@ -453,8 +457,11 @@ async def run_drill(
     data_dir: Path | None = None,
     policy: InclusionPolicy | None = None,
     scenarios: tuple[Scenario, ...] | None = None,
+    mqtt_protocol: MqttProtocol = "5",
 ) -> DrillReport:
     """Run the drill and print its table. The caller turns ``report.ok`` into an exit code.
+
+    ``mqtt_protocol``: what the drill's devices speak (the engine speaks MQTT 5).
 
     ``scenarios`` defaults to :func:`default_scenarios` for ``policy``; passing scenarios
     written for another policy is how the tests prove the drill catches a wrong engine.
@@ -498,6 +505,7 @@ async def run_drill(
                     port=port,
                     store=store,
                     verifier=verifier,
+                    mqtt_protocol=mqtt_protocol,
                 )
                 for i, s in enumerate(scenarios)
             ]

@@ -2,8 +2,11 @@
 
 Every package below this one is a part that takes its settings as arguments; this is
 the one place that reads the configuration (:mod:`~actimesh.runtime.config`), builds
-the parts from it and wires them together (:mod:`~actimesh.runtime.compose`), watches
-the web listeners in processes of their own (:mod:`~actimesh.runtime.supervisor`,
+the parts from it and wires them together (:mod:`~actimesh.runtime.compose`; the
+cluster shape in :mod:`~actimesh.runtime.cluster` with a managed PostgreSQL,
+:mod:`~actimesh.runtime.postgres`; one service per process in
+:mod:`~actimesh.runtime.services`), watches the web listeners and cluster engines in
+processes of their own (:mod:`~actimesh.runtime.supervisor`,
 :mod:`~actimesh.runtime.web`) and prints what reaches the wire
 (:mod:`~actimesh.runtime.monitor`).
 

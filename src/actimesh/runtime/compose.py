@@ -20,14 +20,14 @@ from typing import TypedDict
 from rich.console import Console
 
 from actimesh.audit import retention_loop
-from actimesh.broker.client import TlsSettings
+from actimesh.broker.client import MqttProtocol, TlsSettings
 from actimesh.broker.endpoint import parse_broker_endpoint, parse_broker_url
 from actimesh.broker.messages import DeviceKind
 from actimesh.broker.mosquitto import ManagedMosquitto
 from actimesh.broker.mosquitto_conf import MosquittoConfig, TlsListener
 from actimesh.broker.reload import reload_managed_broker
 from actimesh.broker.topics import Topics
-from actimesh.broker.transport import MqttTransport
+from actimesh.broker.transport import MqttTransport, Transport
 from actimesh.devices.simulator import FleetSimulator, SimSettings
 from actimesh.dispatch.commands import bootstrap_admin
 from actimesh.errors import ConfigError, SecurityError
@@ -61,11 +61,16 @@ from actimesh.triggers.fleet import DeviceDirectory
 from actimesh.triggers.quarantine import Quarantine
 
 __all__ = [
+    "WEB_NICENESS",
     "BrokerAddress",
     "Login",
     "broker_for",
+    "build_engine",
+    "external_address",
+    "open_directory",
     "policy_line",
     "run_engine",
+    "run_retention",
     "run_sim",
     "run_up",
 ]
@@ -94,6 +99,8 @@ class BrokerAddress:
     tls_url: str | None = None
     #: How actimesh's own components log in, by service account (``svc-engine`` …).
     logins: Mapping[str, Credentials] = field(default_factory=dict, repr=False)
+    #: The MQTT version services other than the engine speak (``[broker] mqtt_protocol``).
+    protocol: MqttProtocol = "5"
 
     @property
     def url(self) -> str:
@@ -108,11 +115,15 @@ class BrokerAddress:
         return Login(username=creds.username, password=creds.password)
 
     def transport(self, account: str) -> MqttTransport:
-        """How service ``account`` connects to the broker."""
-        return MqttTransport(self.host, self.port, tls=self.tls, **self.login(account))
+        """How service ``account`` connects to the broker (the engine always with MQTT 5:
+        its shared subscription and its will need it)."""
+        protocol: MqttProtocol = "5" if account == SERVICE_ENGINE else self.protocol
+        return MqttTransport(
+            self.host, self.port, tls=self.tls, protocol=protocol, **self.login(account)
+        )
 
 
-def _external(settings: Settings, url: str) -> BrokerAddress:
+def external_address(settings: Settings, url: str) -> BrokerAddress:
     """The broker at ``url``: every component logs in as ``[broker] username``."""
     endpoint = parse_broker_endpoint(url)
     b = settings.broker
@@ -121,7 +132,9 @@ def _external(settings: Settings, url: str) -> BrokerAddress:
     logins = {}
     if b.username is not None and password is not None:
         logins = dict.fromkeys(SERVICE_ACCOUNTS, Credentials(b.username, password))
-    return BrokerAddress(endpoint.host, endpoint.port, tls=tls, logins=logins)
+    return BrokerAddress(
+        endpoint.host, endpoint.port, tls=tls, logins=logins, protocol=b.mqtt_protocol
+    )
 
 
 def _tls_listener(settings: Settings) -> TlsListener | None:
@@ -174,7 +187,7 @@ async def broker_for(
     password file and access file (accounts, client ids, roles) before it starts.
     """
     if settings.broker_url is not None:
-        yield _external(settings, settings.broker_url), None
+        yield external_address(settings, settings.broker_url), None
         return
     policy = settings.acl_policy()
     provisioned = await asyncio.to_thread(prepare_broker, settings.data_dir, policy)
@@ -191,6 +204,7 @@ async def broker_for(
             settings.broker_port,
             tls_url=broker.tls_url,
             logins=provisioned.services,
+            protocol=settings.broker.mqtt_protocol,
         )
         yield address, broker
 
@@ -257,7 +271,7 @@ class _RegistryDirectory:
 
 
 @contextlib.asynccontextmanager
-async def _directory(settings: Settings) -> AsyncIterator[DeviceDirectory | None]:
+async def open_directory(settings: Settings) -> AsyncIterator[DeviceDirectory | None]:
     """The registry of the data directory as the engine's directory, if there is one;
     without it devices are what their presence says they are."""
     path = settings.data_dir / REGISTRY_NAME
@@ -268,19 +282,20 @@ async def _directory(settings: Settings) -> AsyncIterator[DeviceDirectory | None
         yield _RegistryDirectory(registry)
 
 
-def _engine(
+def build_engine(
     settings: Settings,
-    broker: BrokerAddress,
+    transport: Transport,
     ledger: Ledger,
     directory: DeviceDirectory | None = None,
     quarantine: Quarantine | None = None,
 ) -> Engine:
-    """The engine ``settings`` describe, on ``broker``, writing to ``ledger``, signing
-    with the key of the data directory (created on first start). With ``quarantine``,
-    devices that flood refused messages are disabled live; without, only reported."""
+    """The engine ``settings`` describe, on ``transport`` (a broker's or a cluster's),
+    writing to ``ledger``, signing with the key of the data directory (created on first
+    start). With ``quarantine``, devices that flood refused messages are disabled live;
+    without, only reported."""
     return Engine(
         topics=Topics(settings.agency),
-        transport=broker.transport(SERVICE_ENGINE),
+        transport=transport,
         ledger=ledger,
         rules=settings.rules,
         policy=settings.policy,
@@ -293,7 +308,7 @@ def _engine(
     )
 
 
-async def _retention(settings: Settings, recordings: Path | None) -> None:
+async def run_retention(settings: Settings, recordings: Path | None) -> None:
     """Retention beside the engine: it opens its own ledger connection, so it never
     queues in front of the engine's writes."""
     if recordings is not None:
@@ -346,10 +361,12 @@ async def run_up(settings: Settings, sim: SimSettings | None, console: Console) 
     async with (
         broker_for(settings) as (broker, managed),
         open_ledger(settings.ledger_location, agency=settings.agency) as ledger,
-        _directory(settings) as directory,
+        open_directory(settings) as directory,
     ):
         quarantine = None if managed is None else RegistryQuarantine(settings.data_dir, managed)
-        engine = _engine(settings, broker, ledger, directory, quarantine)
+        engine = build_engine(
+            settings, broker.transport(SERVICE_ENGINE), ledger, directory, quarantine
+        )
         # The web listeners run as processes of their own (runtime/web.py): a web
         # client, however hostile, shares no event loop or heap with the engine.
         uploads = Supervisor(
@@ -373,11 +390,13 @@ async def run_up(settings: Settings, sim: SimSettings | None, console: Console) 
             console=console,
             status=lambda: _engine_status(engine, fleet),
             tls=broker.tls,
+            protocol=broker.protocol,
             **broker.login(SERVICE_MONITOR),
         )
         async with asyncio.TaskGroup() as tg:
             tg.create_task(engine.run(), name="engine")
-            tg.create_task(_retention(settings, settings.data_dir / "recordings"), name="retention")
+            recordings = settings.data_dir / "recordings"
+            tg.create_task(run_retention(settings, recordings), name="retention")
             tg.create_task(uploads.run(), name="evidence")
             async with asyncio.timeout(60):
                 await engine.ready.wait()
@@ -436,16 +455,16 @@ async def run_engine(settings: Settings, console: Console) -> None:
     """
     if settings.broker_url is None:
         raise ConfigError("actimesh engine needs --broker mqtt://HOST:PORT (use `up` for both)")
-    address = _external(settings, settings.broker_url)
+    address = external_address(settings, settings.broker_url)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     async with (
         open_ledger(settings.ledger_location, agency=settings.agency) as ledger,
-        _directory(settings) as directory,
+        open_directory(settings) as directory,
     ):
-        engine = _engine(settings, address, ledger, directory)
+        engine = build_engine(settings, address.transport(SERVICE_ENGINE), ledger, directory)
         async with asyncio.TaskGroup() as tg:
             tg.create_task(engine.run(), name="engine")
-            tg.create_task(_retention(settings, None), name="retention")
+            tg.create_task(run_retention(settings, None), name="retention")
             async with asyncio.timeout(30):
                 await engine.ready.wait()
             console.print(
@@ -463,7 +482,8 @@ async def run_sim(
     console: Console,
     engine_key: Path | None = None,
 ) -> None:
-    """A simulated fleet against any broker (an engine must be running there).
+    """A simulated fleet against any broker (an engine must be running there), speaking
+    ``sim.mqtt_protocol``.
 
     Its cameras verify commands with the engine public key in ``engine_key`` (default:
     ``{data_dir}/keys/engine-signing.pub``, there when the engine shares the data dir).
@@ -495,7 +515,12 @@ async def run_sim(
                 username=SERVICE_MONITOR, password=read_secret(data_dir, SERVICE_MONITOR)
             )
     monitor = Monitor(
-        topics=topics, broker_host=host, broker_port=port, console=console, **monitor_login
+        topics=topics,
+        broker_host=host,
+        broker_port=port,
+        console=console,
+        protocol=sim.mqtt_protocol,
+        **monitor_login,
     )
     console.print(
         f"simulating {len(fleet.units)} units ({len(fleet.agents)} devices) against {broker_url}"

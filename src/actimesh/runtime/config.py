@@ -30,6 +30,7 @@ TOML file (``--config actimesh.toml``)::
     [broker]                # the managed broker's listeners, an external broker's login
     port = 1883             # the managed Mosquitto's plain listener (with host)
     tls_port = 8883
+    mqtt_protocol = "5"     # or "3.1.1": what devices, dispatch and the monitor speak
     username = "svc-engine"
     password_file = "/etc/actimesh/svc-engine.password"
 
@@ -59,6 +60,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from actimesh.adapters import AdapterSettings, NmeaSettings, OsmAndSettings, OwnTracksSettings
+from actimesh.broker.client import MqttProtocol
 from actimesh.broker.topics import is_identifier
 from actimesh.devices.settings import MediaKind, MediaSettings, StealthPolicy
 from actimesh.dispatch.settings import DispatchSettings
@@ -71,6 +73,7 @@ from actimesh.triggers.rules import DEFAULT_RULES, DISPATCH_SENDER, RuleTable, r
 from actimesh.triggers.settings import EngineSettings
 
 __all__ = [
+    "MQTT_PROTOCOLS",
     "BrokerSettings",
     "DispatchSettings",
     "EngineSettings",
@@ -81,6 +84,8 @@ __all__ = [
 ]
 
 _LEDGER_SCHEMES = ("postgresql", "postgres")
+#: The MQTT versions ``[broker] mqtt_protocol`` (and ``--mqtt-protocol``) accept.
+MQTT_PROTOCOLS: tuple[MqttProtocol, ...] = ("5", "3.1.1")
 #: PostgreSQL names are at most 63 bytes, and the agency's schema is ``am_<agency>``.
 _MAX_PG_AGENCY = 60
 
@@ -141,8 +146,14 @@ class BrokerSettings:
     listener on ``tls_port`` when ``tls`` is true, or (``tls`` unset) when
     ``{data_dir}/certs`` holds a CA and server certificate (``actimesh certs init``);
     ``server_cert``/``server_key``/``ca_file`` point at an operator's own instead.
+
+    ``mqtt_protocol`` is the MQTT version the simulated devices, the dispatch and the
+    monitor speak (``"5"``, or ``"3.1.1"`` for a broker that speaks nothing newer, such
+    as a NATS server's MQTT listener); the engine on an MQTT broker always speaks 5 (its
+    shared subscription and its will need it).
     """
 
+    mqtt_protocol: MqttProtocol = "5"
     username: str | None = None
     password_file: Path | None = None
     ca_file: Path | None = None
@@ -156,6 +167,11 @@ class BrokerSettings:
     require_client_cert: bool = False
 
     def __post_init__(self) -> None:
+        if self.mqtt_protocol not in MQTT_PROTOCOLS:
+            raise ConfigError(
+                f"broker.mqtt_protocol {self.mqtt_protocol!r} must be "
+                f"{' or '.join(repr(p) for p in MQTT_PROTOCOLS)}"
+            )
         if (self.username is None) != (self.password_file is None):
             raise ConfigError(
                 "[broker] username and password_file go together: give both (the password "
@@ -329,6 +345,7 @@ _BROKER_TYPES: Mapping[str, type | tuple[type, ...]] = dict.fromkeys(_BROKER_PAT
     "url": str,
     "host": str,
     "port": int,
+    "mqtt_protocol": str,
     "username": str,
     "tls": bool,
     "tls_port": int,

@@ -16,10 +16,17 @@ from collections.abc import Callable
 import aiomqtt
 from rich.console import Console
 
-from actimesh.broker.client import LinkSettings, MqttLink, Subscription, TlsSettings, as_bytes
+from actimesh.broker.client import (
+    LinkSettings,
+    MqttLink,
+    MqttProtocol,
+    Subscription,
+    TlsSettings,
+    as_bytes,
+)
 from actimesh.broker.codec import MAX_ACTIVATION_BYTES, decode
 from actimesh.broker.messages import Ack, AckStatus, Activation, Alert, DeadLetter
-from actimesh.broker.topics import DeviceChannel, Topics
+from actimesh.broker.topics import DeviceChannel, Topics, mqtt_client_id
 from actimesh.errors import PayloadError
 
 __all__ = ["Monitor"]
@@ -47,6 +54,7 @@ class Monitor:
         username: str | None = None,
         password: str | None = None,
         tls: TlsSettings | None = None,
+        protocol: MqttProtocol = "5",
     ) -> None:
         self.topics = topics
         self.console = console
@@ -57,10 +65,11 @@ class Monitor:
             LinkSettings(
                 host=broker_host,
                 port=broker_port,
-                client_id=f"{topics.agency}-monitor-{int(time.time())}",
+                client_id=mqtt_client_id(f"{topics.agency}-monitor-{int(time.time())}"),
                 username=username,
                 password=password,
                 tls=tls,
+                protocol=protocol,
                 subscriptions=(
                     Subscription(topics.all_activations, 1),
                     Subscription(topics.all_devices(DeviceChannel.ACK), 1),

@@ -35,6 +35,7 @@ from actimesh.broker.codec import encode
 from actimesh.broker.messages import EngineStatus
 from actimesh.broker.topics import DeviceChannel, Topics
 from actimesh.broker.transport import Outbound, Transport
+from actimesh.errors import BrokerError
 from actimesh.geofence import GridIndex, InclusionPolicy, SpatialIndex
 from actimesh.ledger import Ledger
 from actimesh.security.signing import CommandSigner
@@ -273,6 +274,7 @@ class Engine:
             tg.create_task(self.commander.run_outcomes(), name=f"{eid}-commands")
             tg.create_task(self.refusals.run(), name=f"{eid}-quarantine")
             tg.create_task(self.alerts.run(), name=f"{eid}-alerts")
+            tg.create_task(self._renew_status(), name=f"{eid}-status")
             for link in links:
                 await link.wait_connected(timeout=_CONNECT_TIMEOUT_S)
             tg.create_task(self._warm_up(), name=f"{eid}-warmup")
@@ -299,9 +301,26 @@ class Engine:
         await self.intake.warm()
 
     async def _announce(self, link: Outbound) -> None:
+        every = self.settings.status_every_s
         status = EngineStatus(
-            online=True, engine=self.settings.engine_id, ts=self.clock(), version=__version__
+            online=True,
+            engine=self.settings.engine_id,
+            ts=self.clock(),
+            version=__version__,
+            ttl=3 * every,
         )
         await link.publish(
             self.topics.engine_status(self.settings.engine_id), encode(status), retain=True
         )
+
+    async def _renew_status(self) -> None:
+        """Say "online" again every ``status_every_s``: a status that stops being renewed
+        goes stale for its readers (a crash leaves no will on a NATS cluster)."""
+        while True:
+            await asyncio.sleep(self.settings.status_every_s)
+            if not self.ctl.connected:
+                continue  # the next connection announces itself
+            try:
+                await self._announce(self.ctl)
+            except BrokerError as exc:
+                log.info("engine status not renewed: %s", exc)

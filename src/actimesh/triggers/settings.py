@@ -89,6 +89,10 @@ class EngineSettings:
     #: Only refusals count, never valid traffic. 0 turns quarantine off.
     quarantine_after: int = 200
     quarantine_window_s: float = 10.0
+    #: The engine publishes its online status again this often, each saying it holds
+    #: for three times as long (``ttl``): a reader sees an engine killed outright go
+    #: stale within that, even on a bus without a last will (a NATS cluster).
+    status_every_s: float = 10.0
 
     def storm_limits(self) -> StormLimits:
         """The storm-control part of these settings."""

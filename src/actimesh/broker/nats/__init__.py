@@ -42,16 +42,20 @@ Why each link is built the way it is:
   ``max_ack_pending`` bounds the backlog. The stream exists once an MQTT client has
   connected (:meth:`NatsCluster.start <actimesh.broker.nats.cluster.NatsCluster.start>`
   connects one); until then a control link retries and says why in ``last_error``.
-  Messages stored before a consumer existed are not kept for it: a device's presence
-  from before the engine's first start is seen when the device announces itself again.
+  Messages stored before a consumer existed are not kept for it, so an unshared
+  subscription also reads the listener's retained store (``$MQTT_rmsgs``, the last
+  message of each topic) once its consumer exists, as an MQTT subscriber gets retained
+  messages: a device's presence from before the engine's first start is known at once
+  (:mod:`.retained`).
 * **Telemetry** (:class:`NatsStream`) is core NATS, QoS 0: a bounded queue, the newest
   dropped and counted when full.
 * **No last will.** NATS has none, and the engine-status will of the ``cmd`` link cannot
   be set on the MQTT side from here. What replaces it: the link publishes its will
-  itself when it is stopped (cancelled), so a clean stop still says offline; a crashed
-  engine's status stays online until its successor announces itself. And ``retain`` is
-  not honoured: MQTT's retained store is the listener's own, so the engine status is
-  seen by MQTT subscribers connected when it is published, not by later ones.
+  itself when it is stopped (cancelled), so a clean stop still says offline; and the
+  engine renews its online status every ``status_every_s`` with a ``ttl``, so a reader
+  sees a crashed engine's status go stale within the ttl. ``retain`` is not honoured:
+  MQTT's retained store is the listener's own, so an MQTT subscriber connecting later
+  sees the engine status at its next renewal.
 
 Requests to the JetStream API are made here with ``asyncio.timeout`` rather than
 through nats-py's JetStream layer, whose waits use ``asyncio.wait_for`` (which can lose a

@@ -490,7 +490,12 @@ class NatsCluster:
         start_timeout_s: float = 30.0,
         access: NatsAccess | None = None,
         tls: NatsTls | None = None,
+        name_tag: str | None = None,
     ) -> None:
+        """``name_tag`` keeps the nodes' server names from one start to the next
+        (``n1-<tag>`` …): JetStream knows its peers by name, and a cluster restarted on
+        its stores under new names finds no quorum. Without it, each start's names are
+        new (a throw-away cluster)."""
         if size < 1:
             raise ValueError("a cluster has at least one node")
         self.data_dir = data_dir
@@ -509,6 +514,9 @@ class NatsCluster:
             NatsNode(f"n{i + 1}", p, data_dir / f"n{i + 1}", self.binary)
             for i, p in enumerate(ports)
         ]
+        if name_tag is not None:
+            for node in self.nodes:
+                node.server_name = f"{node.name}-{name_tag}"
         data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         authorization = render_authorization(self.access.with_users([self._login_user]))
         route_password = secrets.token_urlsafe(18)
@@ -557,10 +565,24 @@ class NatsCluster:
             for node in self.nodes:
                 node.launch()
             self._wait(self.nodes)
-            self.nodes[0].open_mqtt(CLUSTER_LOGIN, self._login)
+            self._open_mqtt()
         except BaseException:
             self.kill_all()
             raise
+
+    def _open_mqtt(self) -> None:
+        # A node answers /healthz before the listener's own streams have leaders (a
+        # restart on existing stores elects them anew): until then it drops a CONNECT.
+        deadline = time.monotonic() + self.start_timeout_s
+        while True:
+            try:
+                self.nodes[0].open_mqtt(CLUSTER_LOGIN, self._login)
+            except BrokerError:
+                if time.monotonic() > deadline:
+                    raise
+            else:
+                return
+            time.sleep(_POLL_S * 4)  # between attempts to connect, not in place of them
 
     def start_node(self, index: int) -> None:
         """(Re)start one node on its data and wait until it is back in the cluster."""

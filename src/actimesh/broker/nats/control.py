@@ -29,6 +29,7 @@ from actimesh.broker.nats._protocol import (
     status_of,
     write_pending,
 )
+from actimesh.broker.nats.retained import read_retained
 from actimesh.broker.nats.subjects import (
     MQTT_QOS1_PREFIX,
     MQTT_QOS1_STREAM,
@@ -58,6 +59,8 @@ class _Pull:
         if topic_filter.startswith("$share/"):
             _, group, topic_filter = topic_filter.split("/", 2)
         self.subject = MQTT_QOS1_PREFIX + topic_to_subject(topic_filter)
+        #: Unshared: read the retained messages too when subscribing, as MQTT does.
+        self.retained = None if group else topic_filter
         self.stream = MQTT_QOS1_STREAM
         self.durable = jetstream_name(group or link.name, topic_filter)
         t = link.transport
@@ -152,6 +155,14 @@ class NatsControl(Link):
             if not pull.inbox:
                 pull.inbox = nc.new_inbox()
                 await nc.subscribe(pull.inbox, cb=self._taker(pull))
+        for pull in self._pulls:
+            if pull.retained is not None:
+                # Read once the consumer exists, so nothing falls between the two: what
+                # was retained before it (a device's presence from before this service
+                # first started) is not in the QoS 1 store for it.
+                found = await read_retained(nc, pull.retained, timeout=self.transport.timeout_s)
+                for topic, payload in found:
+                    self._queue(topic, payload, None)
 
     async def _on_reconnected(self) -> None:
         await super()._on_reconnected()
@@ -222,17 +233,23 @@ class NatsControl(Link):
         return take
 
     def _take(self, msg: Msg) -> None:
-        self._stats.received += 1
         topic = subject_to_topic(msg.subject.removeprefix(MQTT_QOS1_PREFIX))
+        self._queue(topic, msg.data, msg.reply)
+
+    def _queue(self, topic: str, payload: bytes, reply: str | None) -> None:
+        """Admit one message and queue it under its source; ``reply``: where its
+        acknowledgement goes (None: a retained message, nothing to acknowledge)."""
+        self._stats.received += 1
         topic_bytes = topic.encode()
         try:
-            source: Hashable | None = self._admit(topic_bytes, msg.data)
+            source: Hashable | None = self._admit(topic_bytes, payload)
         except Exception:  # never here; the handler checks it again
             log.exception("%s: admit failed on %r", self._name, topic[:128])
             source = topic
         self._next_id += 1
         packet_id = self._next_id
-        self._unacked[packet_id] = msg.reply
+        if reply is not None:
+            self._unacked[packet_id] = reply
         if source is None:
             self._stats.refused += 1
             self.puback(packet_id)
@@ -241,7 +258,7 @@ class NatsControl(Link):
         if queue is None:
             queue = self._queues[source] = collections.deque()
             self._turns.append(source)
-        queue.append(Delivery(topic, msg.data, packet_id, self))
+        queue.append(Delivery(topic, payload, packet_id, self))
         self._backlog += 1
         self._waiting.set()
 

@@ -14,6 +14,8 @@ __all__ = [
     "MQTT_QOS1_PREFIX",
     "MQTT_QOS1_STREAM",
     "MQTT_QOS_HEADER",
+    "MQTT_RETAINED_PREFIX",
+    "MQTT_RETAINED_STREAM",
     "jetstream_name",
     "subject_to_topic",
     "topic_to_subject",
@@ -22,6 +24,9 @@ __all__ = [
 #: Where the MQTT listener keeps QoS 1 messages: its stream, and the subject prefix.
 MQTT_QOS1_STREAM = "$MQTT_msgs"
 MQTT_QOS1_PREFIX = "$MQTT.msgs."
+#: Where it keeps retained messages (the last of each topic), in the same way.
+MQTT_RETAINED_STREAM = "$MQTT_rmsgs"
+MQTT_RETAINED_PREFIX = "$MQTT.rmsgs."
 #: The header by which the server knows a message's MQTT QoS.
 MQTT_QOS_HEADER = "Nmqtt-Pub"
 

@@ -1,0 +1,79 @@
+"""The NATS cluster of a deployment over three hosts: each host's ``nats-server``
+configuration, rendered by the code that configures :class:`~.cluster.NatsCluster`'s
+nodes (:func:`~.cluster.render_node_config`), so both shapes stay one configuration.
+
+Each host listens on every interface on the standard ports (client 4222, routes 6222,
+MQTT 1883, monitoring 8222), keeps its JetStream store in ``/var/lib/nats/jetstream``
+and routes to the other two by name. ``python -m actimesh.broker.nats.hosts DIR
+[HOST ...]`` writes ``nats-1.conf`` … for the given host names (by default those of
+``deploy/``); ``tests/test_deploy.py`` checks that ``deploy/nats/`` is what this renders
+and that ``nats-server -t`` accepts it.
+
+Not for a network yet: the cluster admits anonymous clients (users, permissions and TLS
+are a later step), so these hosts belong on a private network behind a firewall.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from actimesh.broker.nats.cluster import NodePorts, render_node_config
+
+__all__ = ["DEFAULT_HOSTS", "STORE_DIR", "host_config", "main", "node_ports"]
+
+#: The host names the shipped files use; replace them with your own.
+DEFAULT_HOSTS = (
+    "nats-1.actimesh.internal",
+    "nats-2.actimesh.internal",
+    "nats-3.actimesh.internal",
+)
+STORE_DIR = Path("/var/lib/nats/jetstream")
+CLIENT_PORT, ROUTE_PORT, MQTT_PORT, MONITOR_PORT = 4222, 6222, 1883, 8222
+
+HEADER = """\
+# nats-server configuration of {name}, one of the {count} hosts of an actimesh cluster.
+# Rendered by `python -m actimesh.broker.nats.hosts` (the code that configures
+# `actimesh cluster up`'s nodes); install as /etc/nats/nats.conf on {host}.
+# Anonymous: keep these hosts (and monitoring on 8222) on a private network, behind a
+# firewall, until users and TLS are configured.
+"""
+
+
+def node_ports(host: str) -> NodePorts:
+    """The standard listeners of a node on ``host``."""
+    return NodePorts(host, CLIENT_PORT, ROUTE_PORT, MQTT_PORT, MONITOR_PORT)
+
+
+def host_config(index: int, hosts: Sequence[str] = DEFAULT_HOSTS) -> str:
+    """The configuration of ``hosts[index]``: listening on all interfaces, routed to the
+    others."""
+    if len(set(hosts)) != len(hosts) or not 0 <= index < len(hosts):
+        raise ValueError(f"host {index} of {list(hosts)}: give distinct host names")
+    name = hosts[index].split(".", 1)[0]
+    listen = node_ports("0.0.0.0")  # noqa: S104 - a cluster host serves its network
+    routes = [node_ports(h) for i, h in enumerate(hosts) if i != index]
+    header = HEADER.format(name=name, count=len(hosts), host=hosts[index])
+    body = render_node_config(name, listen, STORE_DIR, routes, replicas=min(3, len(hosts)))
+    # Its own first line says "on loopback", which these hosts are not: the header says why.
+    _, _, body = body.partition("\n")
+    return header + body
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Write ``nats-<n>.conf`` for each host into the folder ``argv[0]``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args:
+        usage = "usage: python -m actimesh.broker.nats.hosts DIR [HOST ...]"
+        print(usage, file=sys.stderr)  # noqa: T201 (a command-line tool)
+        return 2
+    out, hosts = Path(args[0]), tuple(args[1:]) or DEFAULT_HOSTS
+    out.mkdir(parents=True, exist_ok=True)
+    for i in range(len(hosts)):
+        (out / f"nats-{i + 1}.conf").write_text(host_config(i, hosts), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""``actimesh cluster up``: the cluster shape of a mesh on one machine (three NATS nodes,
+PostgreSQL, two engines, evidence, dispatch, optionally a fleet) until stopped."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+from pathlib import Path
+
+from rich.console import Console
+
+from actimesh.cli._common import EXIT_OK, Parser, http_port, port, positive_int, run_async
+from actimesh.devices.simulator import SimSettings
+from actimesh.runtime.config import load_settings
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
+    """``cluster`` and its one command, ``up``."""
+    cluster = sub.add_parser("cluster", help="run the cluster shape of a mesh on this machine")
+    actions = cluster.add_subparsers(dest="action", required=True, parser_class=Parser)
+    up = actions.add_parser(
+        "up",
+        help="3 NATS nodes, PostgreSQL, 2 engines, evidence and dispatch on loopback",
+    )
+    up.add_argument("--config", type=Path, help="TOML settings file (defaults are embedded)")
+    up.add_argument("--agency", help="agency id, the topic namespace (default: demo)")
+    up.add_argument(
+        "--data-dir",
+        type=Path,
+        help="NATS stores, PostgreSQL, keys and recordings (default: ./actimesh-data)",
+    )
+    up.add_argument("--engines", type=positive_int, default=2, help="engine processes (default 2)")
+    up.add_argument(
+        "--postgres-port", type=port, help="port of the managed PostgreSQL (default: a free one)"
+    )
+    up.add_argument(
+        "--sim",
+        type=positive_int,
+        metavar="UNITS",
+        help="also run a simulated fleet of this many cruiser crews, spread over the nodes",
+    )
+    up.add_argument("--seed", type=int, help="random seed of the simulated fleet")
+    up.add_argument(
+        "--http-port",
+        type=http_port,
+        metavar="PORT",
+        help="port of the dispatch map and API (default 8080; 0: any)",
+    )
+    up.add_argument(
+        "--evidence-port",
+        type=http_port,
+        metavar="PORT",
+        help="port of the evidence upload API (default from [evidence] port; 0: any)",
+    )
+    up.add_argument("--no-http", action="store_true", help="run without the dispatch map and API")
+
+
+def run(args: argparse.Namespace, console: Console) -> int:
+    """``actimesh cluster up``."""
+    from actimesh.runtime.cluster import ClusterPlan, run_cluster_up  # noqa: PLC0415 - fast --help
+
+    settings = load_settings(args.config, agency=args.agency, data_dir=args.data_dir)
+    dispatch = settings.dispatch
+    if args.http_port is not None:
+        dispatch = replace(dispatch, port=args.http_port)
+    if args.no_http:
+        dispatch = replace(dispatch, enabled=False)
+    evidence = settings.evidence
+    if args.evidence_port is not None:
+        evidence = replace(evidence, port=args.evidence_port)
+    settings = replace(settings, dispatch=dispatch, evidence=evidence)
+    sim = (
+        SimSettings(
+            units=args.sim,
+            seed=args.seed,
+            pre_roll_s=settings.media.pre_roll_s,
+            media=settings.media,
+            mqtt_protocol="3.1.1",
+        )
+        if args.sim
+        else None
+    )
+    plan = ClusterPlan(engines=args.engines, postgres_port=args.postgres_port)
+    run_async(run_cluster_up(settings, plan, sim, console))
+    return EXIT_OK

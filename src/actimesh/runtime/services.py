@@ -1,0 +1,113 @@
+"""One service per process, for hosts of their own: ``actimesh engine --nats``,
+``actimesh dispatch`` and ``actimesh evidence``, as the systemd units of ``deploy/`` run
+them.
+
+``actimesh up`` and ``actimesh cluster up`` run every part on one machine; a deployment
+over several hosts runs each part where it belongs, each under its own unit, all
+reading one ``actimesh.toml`` (the agency, ``[ledger] url``, ``[broker]``). An engine
+joins a NATS cluster (``--nats``, any node's client URL; the others are learned from
+it), the dispatch reads a broker's MQTT listener (a NATS node's, with
+``[broker] mqtt_protocol = "3.1.1"``), the evidence upload API needs only the ledger and
+its store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from urllib.parse import urlsplit
+
+from rich.console import Console
+
+from actimesh.broker.nats import NatsTransport
+from actimesh.dispatch.commands import bootstrap_admin
+from actimesh.errors import ConfigError
+from actimesh.evidence import UPLOADS_PATH
+from actimesh.ledger import open_ledger
+from actimesh.runtime.compose import (
+    build_engine,
+    external_address,
+    open_directory,
+    run_retention,
+)
+from actimesh.runtime.config import Settings
+from actimesh.runtime.web import DispatchJob, serve_dispatch, serve_evidence
+
+__all__ = ["check_nats_urls", "run_dispatch", "run_evidence", "run_nats_engine"]
+
+
+def check_nats_urls(urls: Sequence[str]) -> list[str]:
+    """``nats://HOST:PORT`` URLs, or a one-line :class:`ConfigError` naming the bad one."""
+    out = []
+    for url in urls:
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError:
+            port, parts = None, None
+        if parts is None or parts.scheme != "nats" or not parts.hostname or port is None:
+            raise ConfigError(
+                f"NATS URL {url!r}: write nats://HOST:PORT (a cluster node's client port, "
+                "4222 by default)"
+            )
+        out.append(url)
+    if not out:
+        raise ConfigError("--nats needs at least one nats://HOST:PORT")
+    return out
+
+
+async def run_nats_engine(settings: Settings, nats_urls: Sequence[str], console: Console) -> None:
+    """One engine on a NATS cluster (``nats_urls``: any of its nodes), until cancelled.
+
+    Replicas with distinct ``engine_id`` values on any hosts share the trigger events
+    through one durable JetStream consumer, and write the one ledger (``[ledger] url``).
+    """
+    servers = check_nats_urls(nats_urls)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    async with (
+        open_ledger(settings.ledger_location, agency=settings.agency) as ledger,
+        open_directory(settings) as directory,
+    ):
+        engine = build_engine(settings, NatsTransport(servers), ledger, directory)
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(engine.run(), name="engine")
+            tg.create_task(run_retention(settings, None), name="retention")
+            async with asyncio.timeout(30):
+                await engine.ready.wait()
+            console.print(
+                f"engine {settings.engine.engine_id} on NATS {', '.join(servers)}, agency "
+                f"{settings.agency}, ledger {settings.ledger_shown}"
+            )
+
+
+async def run_dispatch(settings: Settings, console: Console) -> None:
+    """The dispatch map, API and webhooks on the broker at ``settings.broker_url``."""
+    if settings.broker_url is None:
+        raise ConfigError("actimesh dispatch needs --broker mqtt://HOST:PORT (or [broker] url)")
+    address = external_address(settings, settings.broker_url)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    async with open_ledger(settings.ledger_location, agency=settings.agency) as ledger:
+        logins = await bootstrap_admin(settings.data_dir, ledger)
+
+    def report(url: str) -> None:
+        console.print(
+            f"dispatch {url} (agency {settings.agency}, feed MQTT {address.protocol} on "
+            f"{address.url}, ledger {settings.ledger_shown})"
+        )
+        for line in logins.lines():
+            console.print(line, markup=False)
+
+    await serve_dispatch(DispatchJob(settings, address), report)
+
+
+async def run_evidence(settings: Settings, console: Console) -> None:
+    """The evidence upload API and its retention, on the ledger of ``settings``."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+
+    def report(url: str) -> None:
+        console.print(
+            f"evidence {url}{UPLOADS_PATH} (stored in {settings.evidence.root(settings.data_dir)},"
+            f" ledger {settings.ledger_shown})"
+        )
+
+    await serve_evidence(settings, report)
