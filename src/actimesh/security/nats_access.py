@@ -85,6 +85,7 @@ def nats_access(access: Access, hashes: Mapping[str, str]) -> NatsAccess:
                 tuple(dict.fromkeys(publish)),
                 tuple(dict.fromkeys(subscribe)),
                 kinds,
+                client.clientid if kinds == (ConnectionType.MQTT,) else None,
             )
         )
     return NatsAccess(tuple(users))
