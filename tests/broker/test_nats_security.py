@@ -345,52 +345,49 @@ async def _store_command(cluster: NatsCluster, device_id: str, payload: bytes) -
         await engine.close()
 
 
-async def test_another_devices_client_id_takes_its_session_but_not_its_commands(
-    cluster: NatsCluster,
-) -> None:
-    # Measured, not defended: nats-server cannot bind an MQTT client id to a user
-    # (docs/SECURITY.md). cam-1 logging in with cam-2's client id is accepted and
-    # replaces cam-2's connection; cam-2's subscription, restored for cam-1, is refused
-    # by cam-1's permissions, so the command stored for cam-2 is not delivered to cam-1.
+async def test_no_account_may_use_another_accounts_client_id(cluster: NatsCluster) -> None:
+    # The auth callout binds each device and integrator to its client id, before the
+    # MQTT listener looks up a session: a thief holding cam-1's password can neither
+    # resume cam-2's session (taking its stored commands' delivery) nor erase it with
+    # a clean session, nor pose as the engine or a dispatch console.
     owner = device(cluster, "cam-2", clean=False)
     assert owner.connect() == "Success"
     assert owner.subscribe(f"{DEV}/cam-2/cmd")
     owner.close()
     await _store_command(cluster, "cam-2", b"start-recording")
-    thief = Mqtt(cluster.nodes[0].mqtt_port, "ag-cam-2", "cam-1", password_of("cam-1"), clean=False)
-    try:
-        assert thief.connect() == "Success"
-        assert thief.session_present  # cam-2's session, under cam-1's login
-        eventually_sync(
-            lambda: log_has(
-                cluster, f'Subscription Violation - Subject "am.v1.{AGENCY}.dev.cam-2.cmd"'
-            )
-        )
-        assert not thief.subscribe("$MQTT/sub/#")
-        assert thief.received() == []
-    finally:
-        thief.close()
+    port = cluster.nodes[0].mqtt_port
+    attempts = [
+        ("ag-cam-2", "cam-1", False),  # resume cam-2's session
+        ("ag-cam-2", "cam-1", True),  # erase it
+        ("ag-cam-2", "int-news", True),
+        ("ag-cam-2", "dispatch", True),  # a service bound to no id takes none that is bound
+        ("int-news", "cam-1", True),
+        ("ag-engine-1-ctl", "cam-1", True),
+        ("ag-dispatch-1-ctl", "cam-1", True),
+        ("", "cam-1", True),  # the server names it at random: not cam-1's either
+    ]
+    for client_id, user, clean in attempts:
+        password = password_of("svc-dispatch" if user == "dispatch" else user)
+        login = "svc-dispatch" if user == "dispatch" else user
+        thief = Mqtt(port, client_id, login, password, clean=clean)
+        try:
+            assert thief.connect() == "Not authorized", (client_id, user)
+        finally:
+            thief.close()
+    assert log_has(cluster, "cam-1 may not use client id 'ag-cam-2'")
+    assert log_has(cluster, "client id 'ag-cam-2' is another account's")
     owner = device(cluster, "cam-2", clean=False)
     try:
         assert owner.connect() == "Success"
+        assert owner.session_present  # nothing erased it
         eventually_sync(lambda: owner.received() == [(f"{DEV}/cam-2/cmd", b"start-recording")])
     finally:
         owner.close()
-    # The gap that remains: a clean-session login with cam-2's client id erases cam-2's
-    # session, and a command stored for it with it.
-    await _store_command(cluster, "cam-2", b"lost")
-    eraser = Mqtt(cluster.nodes[0].mqtt_port, "ag-cam-2", "cam-1", password_of("cam-1"))
+    console = Mqtt(port, "ag-dispatch-1-ctl", "svc-dispatch", password_of("svc-dispatch"))
     try:
-        assert eraser.connect() == "Success"
+        assert console.connect() == "Success"  # the service's own ids stay its own
     finally:
-        eraser.close()
-    owner = device(cluster, "cam-2", clean=False)
-    try:
-        assert owner.connect() == "Success"
-        assert owner.session_present is False
-        assert owner.received() == []
-    finally:
-        owner.close()
+        console.close()
 
 
 # ---------------------------------------------------------------- live changes

@@ -193,11 +193,15 @@ def _list(subjects: Sequence[str], nothing: str) -> str:
 
 
 def render_authorization(access: NatsAccess, callout: CalloutConfig | None = None) -> str:
-    """The ``authorization`` block of every node (the file it includes). With
-    ``callout``, only its ``auth_users`` are listed here; the rest of ``access`` is the
-    callout's (:meth:`NatsAccess.to_json`), and a digest of it is part of the callout
-    users' grants, so that any change to it changes the server's options and a reload
-    re-authorizes every connected client (through the callout)."""
+    """The ``authorization`` block of every node (the file it includes).
+
+    With ``callout``, every login but its ``auth_users`` is decided by the callout
+    (:mod:`.callout`), whose table is ``access`` too (:meth:`NatsAccess.to_json`). The
+    users are still listed here: on a reload the server closes every connected client
+    whose user it does not find in its own list (``clientHasMovedToDifferentAccount``
+    in server/reload.go), and re-authorizes the others through the callout. A digest of
+    the table is part of the callout users' grants, so that any change to it is a
+    change to the server's options, which is what makes a reload re-authorize."""
     lines = ["# Written by actimesh from the device registry; reloaded live.", "authorization {"]
     lines.append("  users = [")
     users = access.users
@@ -205,8 +209,9 @@ def render_authorization(access: NatsAccess, callout: CalloutConfig | None = Non
         digest = hashlib.sha256(access.to_json().encode()).hexdigest()[:24]
         users = tuple(
             replace(u, subscribe=(*u.subscribe, f"_ACTIMESH.access.{digest}"))
-            for u in access.users
             if u.name in callout.auth_users
+            else u
+            for u in access.users
         )
     for user in users:
         kinds = ", ".join(_q(k.value) for k in user.connection_types)

@@ -17,7 +17,7 @@ and never reaches the session store: no takeover, nothing erased.
 
 **Redundant.** :class:`CalloutService` subscribes in the queue group
 :data:`QUEUE`; :class:`~.cluster.NatsCluster` runs one per node, each a process of its
-own (``python -m actimesh.broker.nats.callout DIR INDEX``), connected first to its own
+own (``python -m actimesh.broker.nats.run_callout DIR INDEX``), connected first to its own
 node. Any one of them answers any node's request (the request and its reply cross
 routes). What happens when none runs (measured in tests/broker/test_nats_takeover.py,
 docs/SECURITY.md): logins wait ``auth_timeout`` (2 s) and are refused; connections
@@ -34,10 +34,7 @@ writes it before it reloads the nodes, so the reload's re-authorization uses the
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import signal
-import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,7 +56,6 @@ __all__ = [
     "CalloutService",
     "Refused",
     "decide",
-    "main",
 ]
 
 log = logging.getLogger(__name__)
@@ -219,45 +215,3 @@ class CalloutService:
             await asyncio.Event().wait()
         finally:
             await nc.close()
-
-
-def _service(cluster_dir: Path, index: int) -> CalloutService:
-    conf = json.loads((cluster_dir / CALLOUT_NAME).read_text())
-    urls = [str(u) for u in conf["urls"]]
-    own = urls[index]
-    ca = conf.get("ca")
-    return CalloutService(
-        [own, *(u for u in urls if u != own)],
-        str(conf["user"]),
-        str(conf["password"]),
-        KeyPair.from_seed(str(conf["seed"])),
-        cluster_dir / ACCESS_NAME,
-        None if ca is None else TlsSettings(ca_file=Path(ca)),
-    )
-
-
-async def _serve(service: CalloutService) -> None:
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    async with asyncio.TaskGroup() as group:
-        serving = group.create_task(service.run())
-        await stop.wait()
-        serving.cancel()
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m actimesh.broker.nats.callout CLUSTER_DIR NODE_INDEX``."""
-    args = sys.argv[1:] if argv is None else argv
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
-    try:
-        cluster_dir, index = Path(args[0]), int(args[1])
-        service = _service(cluster_dir, index)
-    except (IndexError, ValueError, OSError, KeyError) as exc:
-        sys.stderr.write(f"usage: callout CLUSTER_DIR NODE_INDEX, with a cluster there ({exc})\n")
-        return 2
-    asyncio.run(_serve(service))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -614,7 +614,7 @@ class NatsCluster:
                 [
                     sys.executable,
                     "-m",
-                    "actimesh.broker.nats.callout",
+                    "actimesh.broker.nats.run_callout",
                     str(self.data_dir.absolute()),
                     str(index),
                 ],
@@ -725,8 +725,12 @@ def _callout_user(password_hash: str) -> NatsUser:
 
 
 def _callout_subscribed(node: NatsNode) -> bool:
+    return _callout_answers(node.monitor_url)
+
+
+def _callout_answers(monitor: str) -> bool:
     """The node has a connection of the callout login subscribed to the requests."""
-    connz = _get_json(f"{node.monitor_url}/connz?auth=true&subs=true")
+    connz = _get_json(f"{monitor}/connz?auth=true&subs=true")
     conns = [] if connz is None else connz.get("connections")
     return isinstance(conns, list) and any(
         isinstance(c, dict)
@@ -769,6 +773,15 @@ def apply_access(cluster_dir: Path, access: NatsAccess, *, timeout_s: float = 10
         raise BrokerError(f"no NATS cluster at {cluster_dir} ({exc})") from exc
     if callout_user is None or issuer is None:
         text = render_authorization(access.with_users([login]))
+    elif not any(_callout_answers(monitor) for _, monitor in nodes):
+        # A reload re-authorizes every connected client through a callout: with none
+        # answering, each would wait auth_timeout and be disconnected.
+        write_private(cluster_dir / ACCESS_NAME, access.to_json())
+        raise BrokerError(
+            f"no auth callout answers on the NATS cluster at {cluster_dir}: the change "
+            "applies to new logins once one runs, and to connected clients at the next "
+            "apply (start the cluster's callouts, then apply again)"
+        )
     else:
         # The callouts' table first: the reload re-authorizes every client through them.
         write_private(cluster_dir / ACCESS_NAME, access.to_json())
