@@ -32,7 +32,7 @@ from actimesh.errors import BrokerError
 from actimesh.security.acl import AclPolicy
 from actimesh.security.certs import init_ca, issue_node
 from actimesh.security.nats_access import NATS_CLUSTER_DIR, registry_nats_access
-from actimesh.security.provision import apply_to_broker
+from actimesh.security.provision import ClusterQuarantine, apply_to_broker
 from actimesh.security.registry import Registry
 from tests.broker.nats_secured import ENGINE, access_for, password_of
 from tests.waiting import eventually_sync
@@ -528,3 +528,41 @@ def test_a_node_without_a_certificate_gets_no_route(
     finally:
         rogue.terminate()
         rogue.wait(10)
+
+
+async def test_a_quarantined_device_is_cut_off_on_every_node_until_enabled(
+    registry_cluster: tuple[Path, dict[str, str], NatsCluster],
+) -> None:
+    """What the engine's quarantine does on a cluster (ClusterQuarantine): the registry
+    marks the device, the reload has the callouts refuse it, it is disconnected while
+    the others stay, and `actimesh devices enable` brings it back."""
+    data_dir, passwords, cluster = registry_cluster
+    policy = AclPolicy(AGENCY, "dispatch-1")
+    flooder = device(cluster, "cam-2", password=passwords["cam-2"])
+    stays = device(cluster, "cam-1", password=passwords["cam-1"])
+    try:
+        assert flooder.connect() == "Success"
+        assert stays.connect() == "Success"
+        quarantine = ClusterQuarantine(data_dir, policy)
+        assert await quarantine.quarantine("cam-2", "quarantined: flooding")
+        await asyncio.to_thread(eventually_sync, lambda: flooder.disconnects == 1)
+        assert not await quarantine.quarantine("cam-2", "again")  # once is enough
+        assert stays.disconnects == 0
+        assert stays.subscribe(f"{DEV}/cam-1/cmd")
+    finally:
+        flooder.close()
+        stays.close()
+    again = device(cluster, "cam-2", password=passwords["cam-2"])
+    try:
+        assert again.connect() == "Not authorized"
+    finally:
+        again.close()
+    with Registry.open(data_dir) as registry:
+        assert registry.get("cam-2").disabled == "quarantined: flooding"
+        assert registry.enable("cam-2")
+    apply_to_broker(data_dir, policy)  # what `actimesh devices enable` runs after it
+    back = device(cluster, "cam-2", password=passwords["cam-2"])
+    try:
+        assert back.connect() == "Success"
+    finally:
+        back.close()
