@@ -18,7 +18,7 @@ from actimesh.broker.nats.nkeys import KeyPair, Role, decode_jwt, encode_jwt, pu
 from actimesh.broker.nats.subjects import MQTT_QOS1_PREFIX, MQTT_QOS_HEADER
 from actimesh.errors import BrokerError
 from tests.broker.nats_secured import ENGINE, access_for, password_of
-from tests.broker.test_nats_security import AGENCY, DEV, Mqtt, device, native
+from tests.broker.test_nats_security import AGENCY, DEV, Mqtt, native
 from tests.waiting import eventually_sync
 
 
@@ -45,8 +45,10 @@ def test_a_seed_gives_back_its_key_and_a_token_verifies_only_untouched() -> None
 def test_the_rule_binds_client_ids_and_connection_types() -> None:
     cam = NatsUser("cam-1", bcrypt_hash("pw"), (), (), (ConnectionType.MQTT,), "ag-cam-1")
     svc = NatsUser("svc-dispatch", bcrypt_hash("pw2"), (), (), (ConnectionType.MQTT,))
-    access = NatsAccess((cam, svc))
-    bound = frozenset({"ag-cam-1"})
+    dotted = NatsUser("cam.7", bcrypt_hash("pw3"), (), (), (ConnectionType.MQTT,), "ag-cam.7")
+    shadow = NatsUser("cam.8", bcrypt_hash("pw4"), (), (), (ConnectionType.MQTT,), "ag-cam.8")
+    access = NatsAccess((cam, svc, dotted, shadow))
+    bound = frozenset({"ag-cam-1", "ag-cam.7", "ag-cam.8", "ag-cam_8"})
 
     def login(user: str, password: str, kind: str, client_id: str) -> str:
         outcome = decide(
@@ -62,6 +64,10 @@ def test_the_rule_binds_client_ids_and_connection_types() -> None:
     assert login("cam-1", "pw", "mqtt", "ag-cam-2") == "client_id"
     assert login("svc-dispatch", "pw2", "mqtt", "ag-dispatch-1-ctl") == "svc-dispatch"
     assert login("svc-dispatch", "pw2", "mqtt", "ag-cam-1") == "client_id"
+    # The server refuses a '.' in a client id: '_' stands for it, unless that is
+    # another account's own id.
+    assert login("cam.7", "pw3", "mqtt", "ag-cam_7") == "cam.7"
+    assert login("cam.8", "pw4", "mqtt", "ag-cam_8") == "client_id"
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +78,9 @@ def trio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
 
 
 def _login_seconds(cluster: NatsCluster, node: int, device_id: str) -> tuple[str, float]:
-    client = Mqtt(cluster.nodes[node].mqtt_port, f"{AGENCY}-{device_id}", device_id, password_of(device_id))
+    client = Mqtt(
+        cluster.nodes[node].mqtt_port, f"{AGENCY}-{device_id}", device_id, password_of(device_id)
+    )
     start = time.monotonic()
     try:
         return client.connect(), time.monotonic() - start

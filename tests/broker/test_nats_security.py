@@ -566,3 +566,37 @@ async def test_a_quarantined_device_is_cut_off_on_every_node_until_enabled(
         assert back.connect() == "Success"
     finally:
         back.close()
+
+
+def test_no_device_or_integrator_reaches_the_engines_event_consumer(cluster: NatsCluster) -> None:
+    """The cluster has no ``$share``: the engines pull trigger events from a durable
+    JetStream consumer. A device or an integrator cannot join it by any road an MQTT
+    login has: the share group and ``$MQTT.`` filters are refused at SUBSCRIBE, and
+    the JetStream API calls that create, read or acknowledge a consumer are publish
+    violations (and their replies would need ``_INBOX.>``, refused too)."""
+    stream = "$MQTT_msgs"
+    calls = (
+        f"$JS/API/CONSUMER/CREATE/{stream}/intruder",
+        f"$JS/API/CONSUMER/DURABLE/CREATE/{stream}/engines",
+        f"$JS/API/CONSUMER/MSG/NEXT/{stream}/engines",
+        f"$JS/API/CONSUMER/INFO/{stream}/engines",
+        f"$JS/ACK/{stream}/engines/1/1/1/0/0",
+    )
+    for client_id, user in (("ag-cam-1", "cam-1"), ("int-news", "int-news")):
+        thief = Mqtt(cluster.nodes[0].mqtt_port, client_id, user, password_of(user))
+        try:
+            assert thief.connect() == "Success"
+            for group in (f"$share/engines/{DEV}/+/event", f"$share/x/{DEV}/+/event"):
+                assert not thief.subscribe(group), group
+            assert not thief.subscribe(f"$MQTT/msgs/{DEV}/+/event")
+            assert not thief.subscribe("_INBOX/#")
+            for topic in calls:
+                thief.publish(topic, b'{"batch":1}')
+            for topic in calls:
+                subject = topic.replace("/", ".")
+                eventually_sync(
+                    lambda s=subject: log_has(cluster, f'Publish Violation - Subject "{s}"')
+                )
+            assert thief.received() == []
+        finally:
+            thief.close()
