@@ -26,13 +26,14 @@ def test_a_seed_gives_back_its_key_and_a_token_verifies_only_untouched() -> None
     account = KeyPair.create(Role.ACCOUNT)
     again = KeyPair.from_seed(account.seed)
     assert again.public == account.public
-    assert account.public.startswith("A") and account.seed.startswith("SA")
+    assert account.public.startswith("A")
+    assert account.seed.startswith("SA")
     assert len(public_key_bytes(account.public, Role.ACCOUNT)) == 32
     with pytest.raises(ValueError, match="not a user nkey"):
         public_key_bytes(account.public, Role.USER)
     token = encode_jwt({"sub": "x", "nats": {"type": "user"}}, account)
     assert decode_jwt(token, Role.ACCOUNT)["sub"] == "x"
-    head, body, sig = token.split(".")
+    head, _, sig = token.split(".")
     forged = encode_jwt({"sub": "y"}, KeyPair.create(Role.ACCOUNT)).split(".")[1]
     with pytest.raises(ValueError, match="signature"):
         decode_jwt(f"{head}.{forged}.{sig}", Role.ACCOUNT)

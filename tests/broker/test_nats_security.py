@@ -11,6 +11,7 @@ import threading
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -593,10 +594,8 @@ def test_no_device_or_integrator_reaches_the_engines_event_consumer(cluster: Nat
             for topic in calls:
                 thief.publish(topic, b'{"batch":1}')
             for topic in calls:
-                subject = topic.replace("/", ".")
-                eventually_sync(
-                    lambda s=subject: log_has(cluster, f'Publish Violation - Subject "{s}"')
-                )
+                violation = f'Publish Violation - Subject "{topic.replace("/", ".")}"'
+                eventually_sync(partial(log_has, cluster, violation))
             assert thief.received() == []
         finally:
             thief.close()

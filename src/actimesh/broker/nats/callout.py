@@ -99,18 +99,24 @@ def decide(
     if kind is None or kind not in user.connection_types:
         return Refused("type", f"{name} may not connect over {info.get('type') or 'this'}")
     if kind is ConnectionType.MQTT:
-        client_id = str(info.get("mqtt_id") or "")
-        own = user.client_id
-        # nats-server refuses a '.' in a client id: a device whose id has one uses its
-        # id with '_' for '.', unless that is another account's own id.
-        alias = None if own is None or "." not in own else own.replace(".", "_")
-        if alias is not None and client_id == alias and alias not in bound:
-            return user
-        if own is not None and client_id != own:
-            return Refused("client_id", f"{name} may not use client id {client_id!r}")
-        if user.client_id is None and client_id in bound:
-            return Refused("client_id", f"client id {client_id!r} is another account's")
+        refused = _client_id_refused(user, str(info.get("mqtt_id") or ""), bound)
+        if refused is not None:
+            return refused
     return user
+
+
+def _client_id_refused(user: NatsUser, client_id: str, bound: frozenset[str]) -> Refused | None:
+    own = user.client_id
+    if own is None:
+        if client_id in bound:
+            return Refused("client_id", f"client id {client_id!r} is another account's")
+        return None
+    # nats-server refuses a '.' in a client id: a device whose id has one uses its id
+    # with '_' for '.', unless that is another account's own id.
+    alias = own.replace(".", "_") if "." in own else None
+    if client_id == own or (client_id == alias and alias not in bound):
+        return None
+    return Refused("client_id", f"{user.name} may not use client id {client_id!r}")
 
 
 def _allow(subjects: tuple[str, ...], nothing: str) -> dict[str, list[str]]:
