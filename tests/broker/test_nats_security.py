@@ -11,6 +11,7 @@ import threading
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from actimesh.errors import BrokerError
 from actimesh.security.acl import AclPolicy
 from actimesh.security.certs import init_ca, issue_node
 from actimesh.security.nats_access import NATS_CLUSTER_DIR, registry_nats_access
-from actimesh.security.provision import apply_to_broker
+from actimesh.security.provision import ClusterQuarantine, apply_to_broker
 from actimesh.security.registry import Registry
 from tests.broker.nats_secured import ENGINE, access_for, password_of
 from tests.waiting import eventually_sync
@@ -345,52 +346,49 @@ async def _store_command(cluster: NatsCluster, device_id: str, payload: bytes) -
         await engine.close()
 
 
-async def test_another_devices_client_id_takes_its_session_but_not_its_commands(
-    cluster: NatsCluster,
-) -> None:
-    # Measured, not defended: nats-server cannot bind an MQTT client id to a user
-    # (docs/SECURITY.md). cam-1 logging in with cam-2's client id is accepted and
-    # replaces cam-2's connection; cam-2's subscription, restored for cam-1, is refused
-    # by cam-1's permissions, so the command stored for cam-2 is not delivered to cam-1.
+async def test_no_account_may_use_another_accounts_client_id(cluster: NatsCluster) -> None:
+    # The auth callout binds each device and integrator to its client id, before the
+    # MQTT listener looks up a session: a thief holding cam-1's password can neither
+    # resume cam-2's session (taking its stored commands' delivery) nor erase it with
+    # a clean session, nor pose as the engine or a dispatch console.
     owner = device(cluster, "cam-2", clean=False)
     assert owner.connect() == "Success"
     assert owner.subscribe(f"{DEV}/cam-2/cmd")
     owner.close()
     await _store_command(cluster, "cam-2", b"start-recording")
-    thief = Mqtt(cluster.nodes[0].mqtt_port, "ag-cam-2", "cam-1", password_of("cam-1"), clean=False)
-    try:
-        assert thief.connect() == "Success"
-        assert thief.session_present  # cam-2's session, under cam-1's login
-        eventually_sync(
-            lambda: log_has(
-                cluster, f'Subscription Violation - Subject "am.v1.{AGENCY}.dev.cam-2.cmd"'
-            )
-        )
-        assert not thief.subscribe("$MQTT/sub/#")
-        assert thief.received() == []
-    finally:
-        thief.close()
+    port = cluster.nodes[0].mqtt_port
+    attempts = [
+        ("ag-cam-2", "cam-1", False),  # resume cam-2's session
+        ("ag-cam-2", "cam-1", True),  # erase it
+        ("ag-cam-2", "int-news", True),
+        ("ag-cam-2", "dispatch", True),  # a service bound to no id takes none that is bound
+        ("int-news", "cam-1", True),
+        ("ag-engine-1-ctl", "cam-1", True),
+        ("ag-dispatch-1-ctl", "cam-1", True),
+        ("", "cam-1", True),  # the server names it at random: not cam-1's either
+    ]
+    for client_id, user, clean in attempts:
+        password = password_of("svc-dispatch" if user == "dispatch" else user)
+        login = "svc-dispatch" if user == "dispatch" else user
+        thief = Mqtt(port, client_id, login, password, clean=clean)
+        try:
+            assert thief.connect() == "Not authorized", (client_id, user)
+        finally:
+            thief.close()
+    assert log_has(cluster, "cam-1 may not use client id 'ag-cam-2'")
+    assert log_has(cluster, "client id 'ag-cam-2' is another account's")
     owner = device(cluster, "cam-2", clean=False)
     try:
         assert owner.connect() == "Success"
+        assert owner.session_present  # nothing erased it
         eventually_sync(lambda: owner.received() == [(f"{DEV}/cam-2/cmd", b"start-recording")])
     finally:
         owner.close()
-    # The gap that remains: a clean-session login with cam-2's client id erases cam-2's
-    # session, and a command stored for it with it.
-    await _store_command(cluster, "cam-2", b"lost")
-    eraser = Mqtt(cluster.nodes[0].mqtt_port, "ag-cam-2", "cam-1", password_of("cam-1"))
+    console = Mqtt(port, "ag-dispatch-1-ctl", "svc-dispatch", password_of("svc-dispatch"))
     try:
-        assert eraser.connect() == "Success"
+        assert console.connect() == "Success"  # the service's own ids stay its own
     finally:
-        eraser.close()
-    owner = device(cluster, "cam-2", clean=False)
-    try:
-        assert owner.connect() == "Success"
-        assert owner.session_present is False
-        assert owner.received() == []
-    finally:
-        owner.close()
+        console.close()
 
 
 # ---------------------------------------------------------------- live changes
@@ -531,3 +529,73 @@ def test_a_node_without_a_certificate_gets_no_route(
     finally:
         rogue.terminate()
         rogue.wait(10)
+
+
+async def test_a_quarantined_device_is_cut_off_on_every_node_until_enabled(
+    registry_cluster: tuple[Path, dict[str, str], NatsCluster],
+) -> None:
+    """What the engine's quarantine does on a cluster (ClusterQuarantine): the registry
+    marks the device, the reload has the callouts refuse it, it is disconnected while
+    the others stay, and `actimesh devices enable` brings it back."""
+    data_dir, passwords, cluster = registry_cluster
+    policy = AclPolicy(AGENCY, "dispatch-1")
+    flooder = device(cluster, "cam-2", password=passwords["cam-2"])
+    stays = device(cluster, "cam-1", password=passwords["cam-1"])
+    try:
+        assert flooder.connect() == "Success"
+        assert stays.connect() == "Success"
+        quarantine = ClusterQuarantine(data_dir, policy)
+        assert await quarantine.quarantine("cam-2", "quarantined: flooding")
+        await asyncio.to_thread(eventually_sync, lambda: flooder.disconnects == 1)
+        assert not await quarantine.quarantine("cam-2", "again")  # once is enough
+        assert stays.disconnects == 0
+        assert stays.subscribe(f"{DEV}/cam-1/cmd")
+    finally:
+        flooder.close()
+        stays.close()
+    again = device(cluster, "cam-2", password=passwords["cam-2"])
+    try:
+        assert again.connect() == "Not authorized"
+    finally:
+        again.close()
+    with Registry.open(data_dir) as registry:
+        assert registry.get("cam-2").disabled == "quarantined: flooding"
+        assert registry.enable("cam-2")
+    apply_to_broker(data_dir, policy)  # what `actimesh devices enable` runs after it
+    back = device(cluster, "cam-2", password=passwords["cam-2"])
+    try:
+        assert back.connect() == "Success"
+    finally:
+        back.close()
+
+
+def test_no_device_or_integrator_reaches_the_engines_event_consumer(cluster: NatsCluster) -> None:
+    """The cluster has no ``$share``: the engines pull trigger events from a durable
+    JetStream consumer. A device or an integrator cannot join it by any road an MQTT
+    login has: the share group and ``$MQTT.`` filters are refused at SUBSCRIBE, and
+    the JetStream API calls that create, read or acknowledge a consumer are publish
+    violations (and their replies would need ``_INBOX.>``, refused too)."""
+    stream = "$MQTT_msgs"
+    calls = (
+        f"$JS/API/CONSUMER/CREATE/{stream}/intruder",
+        f"$JS/API/CONSUMER/DURABLE/CREATE/{stream}/engines",
+        f"$JS/API/CONSUMER/MSG/NEXT/{stream}/engines",
+        f"$JS/API/CONSUMER/INFO/{stream}/engines",
+        f"$JS/ACK/{stream}/engines/1/1/1/0/0",
+    )
+    for client_id, user in (("ag-cam-1", "cam-1"), ("int-news", "int-news")):
+        thief = Mqtt(cluster.nodes[0].mqtt_port, client_id, user, password_of(user))
+        try:
+            assert thief.connect() == "Success"
+            for group in (f"$share/engines/{DEV}/+/event", f"$share/x/{DEV}/+/event"):
+                assert not thief.subscribe(group), group
+            assert not thief.subscribe(f"$MQTT/msgs/{DEV}/+/event")
+            assert not thief.subscribe("_INBOX/#")
+            for topic in calls:
+                thief.publish(topic, b'{"batch":1}')
+            for topic in calls:
+                violation = f'Publish Violation - Subject "{topic.replace("/", ".")}"'
+                eventually_sync(partial(log_has, cluster, violation))
+            assert thief.received() == []
+        finally:
+            thief.close()

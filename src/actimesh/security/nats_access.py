@@ -19,8 +19,9 @@
   the engine (:data:`~actimesh.security.acl.SERVICE_ENGINE`) only over NATS, with
   :func:`~actimesh.broker.nats.auth.native_grants` besides its topics.
 
-**Not enforced here: client ids.** nats-server cannot bind an MQTT client id to a user
-(docs/SECURITY.md, "NATS cluster").
+**Client ids** are carried as :attr:`~actimesh.broker.nats.auth.NatsUser.client_id` (each
+MQTT account's own, as in the plugin's table): nats-server cannot bind one to a user,
+the cluster's auth callout does (:mod:`actimesh.broker.nats.callout`).
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ def nats_access(access: Access, hashes: Mapping[str, str]) -> NatsAccess:
                 tuple(dict.fromkeys(publish)),
                 tuple(dict.fromkeys(subscribe)),
                 kinds,
+                client.clientid if kinds == (ConnectionType.MQTT,) else None,
             )
         )
     return NatsAccess(tuple(users))

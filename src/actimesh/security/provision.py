@@ -46,6 +46,7 @@ __all__ = [
     "BROKER_DIR",
     "AgentLike",
     "BrokerEndpoints",
+    "ClusterQuarantine",
     "DeviceLike",
     "Provisioned",
     "RegistryQuarantine",
@@ -226,6 +227,32 @@ class RegistryQuarantine:
         if changed and not direct:
             await self.broker.areload()
         return changed
+
+
+class ClusterQuarantine:
+    """Disables a flooding device in the registry of ``data_dir`` and applies it to the
+    NATS cluster in ``data_dir/nats`` live (the engine's
+    :class:`~actimesh.triggers.quarantine.Quarantine` on a cluster).
+
+    The reload that applies it has the auth callouts re-authorize every connected
+    client (broker/nats/callout.py), which refuses the disabled device and disconnects
+    it on every node; its next logins are refused until ``actimesh devices enable``.
+    With no callout answering, the registry keeps it disabled and the BrokerError says
+    so (the engine counts a failed quarantine)."""
+
+    def __init__(self, data_dir: Path, policy: AclPolicy) -> None:
+        self.data_dir = data_dir
+        self.policy = policy
+
+    def _disable(self, device_id: str, reason: str) -> bool:
+        with Registry.open(self.data_dir) as registry:
+            changed = registry.disable(device_id, reason)  # unknown device: SecurityError
+        if changed and apply_to_cluster(self.data_dir, self.policy) is None:
+            raise BrokerError(f"no NATS cluster in {self.data_dir} to disable {device_id} on")
+        return changed
+
+    async def quarantine(self, device_id: str, reason: str) -> bool:
+        return await asyncio.to_thread(self._disable, device_id, reason)
 
 
 @dataclass(frozen=True, slots=True)

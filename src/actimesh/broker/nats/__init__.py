@@ -64,8 +64,9 @@ cancellation on Python 3.11: FIELD-NOTES §8).
 * **Secured.** Nobody connects without a login: :mod:`.auth` renders the users and
   their permissions (from the device registry: :mod:`actimesh.security.nats_access`),
   :mod:`.cluster` includes them on every node, with TLS on every listener and mutual
-  TLS on routes if asked, and applies changes live. What nats-server cannot do: bind
-  an MQTT client id to a user (docs/SECURITY.md).
+  TLS on routes if asked, and applies changes live. What nats-server cannot do by
+  configuration, bind an MQTT client id to a user, an auth callout does
+  (:mod:`.callout`, one per node: docs/SCALING.md).
 """
 
 from actimesh.broker.nats.auth import ConnectionType, NatsAccess, NatsUser, bcrypt_hash

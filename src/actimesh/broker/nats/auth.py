@@ -33,9 +33,10 @@ every connected client). It uses the ``bcrypt`` package (the standard library's
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 import bcrypt
@@ -44,6 +45,7 @@ from actimesh.broker.nats.subjects import MQTT_QOS1_PREFIX, MQTT_QOS1_STREAM
 
 __all__ = [
     "BCRYPT_COST",
+    "CalloutConfig",
     "ConnectionType",
     "NatsAccess",
     "NatsUser",
@@ -85,6 +87,12 @@ class NatsUser:
     publish: tuple[str, ...]
     subscribe: tuple[str, ...]
     connection_types: tuple[ConnectionType, ...]
+    #: The one MQTT client id this user may connect with (None: any id no other user
+    #: is bound to). Enforced by the auth callout (:mod:`.callout`), not by the server.
+    client_id: str | None = None
+    #: May answer requests it received (the auth callout's replies), whatever
+    #: ``publish`` says.
+    allow_responses: bool = False
 
     def __post_init__(self) -> None:
         if not self.password_hash.startswith("$2"):
@@ -110,6 +118,57 @@ class NatsAccess:
     def with_users(self, users: Iterable[NatsUser]) -> NatsAccess:
         return NatsAccess((*self.users, *users))
 
+    def user(self, name: str) -> NatsUser | None:
+        return next((u for u in self.users if u.name == name), None)
+
+    def to_json(self) -> str:
+        """The whole table, hashes included, for the auth callout (a 0600 file)."""
+        return json.dumps(
+            [
+                {
+                    "name": u.name,
+                    "hash": u.password_hash,
+                    "publish": u.publish,
+                    "subscribe": u.subscribe,
+                    "types": [t.value for t in u.connection_types],
+                    "client_id": u.client_id,
+                    "responses": u.allow_responses,
+                }
+                for u in self.users
+            ],
+            indent=0,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> NatsAccess:
+        """:meth:`to_json` read back; ValueError if it is not one."""
+        try:
+            return cls(
+                tuple(
+                    NatsUser(
+                        str(u["name"]),
+                        str(u["hash"]),
+                        tuple(map(str, u["publish"])),
+                        tuple(map(str, u["subscribe"])),
+                        tuple(ConnectionType(t) for t in u["types"]),
+                        None if u["client_id"] is None else str(u["client_id"]),
+                        bool(u["responses"]),
+                    )
+                    for u in json.loads(text)
+                )
+            )
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"not a NATS access table ({exc})") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class CalloutConfig:
+    """Every login but ``auth_users`` is decided by the auth callout (:mod:`.callout`),
+    whose answers ``issuer`` (an account nkey) signs."""
+
+    issuer: str
+    auth_users: tuple[str, ...]
+
 
 def native_grants(publishes: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """What a :class:`~.transport.NatsTransport` publishing on ``publishes`` (subjects)
@@ -133,11 +192,28 @@ def _list(subjects: Sequence[str], nothing: str) -> str:
     return "[" + ", ".join(_q(s) for s in (subjects or (nothing,))) + "]"
 
 
-def render_authorization(access: NatsAccess) -> str:
-    """The ``authorization`` block of every node (the file it includes)."""
+def render_authorization(access: NatsAccess, callout: CalloutConfig | None = None) -> str:
+    """The ``authorization`` block of every node (the file it includes).
+
+    With ``callout``, every login but its ``auth_users`` is decided by the callout
+    (:mod:`.callout`), whose table is ``access`` too (:meth:`NatsAccess.to_json`). The
+    users are still listed here: on a reload the server closes every connected client
+    whose user it does not find in its own list (``clientHasMovedToDifferentAccount``
+    in server/reload.go), and re-authorizes the others through the callout. A digest of
+    the table is part of the callout users' grants, so that any change to it is a
+    change to the server's options, which is what makes a reload re-authorize."""
     lines = ["# Written by actimesh from the device registry; reloaded live.", "authorization {"]
     lines.append("  users = [")
-    for user in access.users:
+    users = access.users
+    if callout is not None:
+        digest = hashlib.sha256(access.to_json().encode()).hexdigest()[:24]
+        users = tuple(
+            replace(u, subscribe=(*u.subscribe, f"_ACTIMESH.access.{digest}"))
+            if u.name in callout.auth_users
+            else u
+            for u in access.users
+        )
+    for user in users:
         kinds = ", ".join(_q(k.value) for k in user.connection_types)
         lines += [
             "    {",
@@ -147,8 +223,17 @@ def render_authorization(access: NatsAccess) -> str:
             "      permissions: {",
             f"        publish: {{ allow: {_list(user.publish, _NO_PUBLISH)} }}",
             f"        subscribe: {{ allow: {_list(user.subscribe, _NO_SUBSCRIBE)} }}",
+            *(["        allow_responses: true"] if user.allow_responses else []),
             "      }",
             "    }",
         ]
-    lines += ["  ]", "}", ""]
+    lines.append("  ]")
+    if callout is not None:
+        lines += [
+            "  auth_callout {",
+            f"    issuer: {_q(callout.issuer)}",
+            f"    auth_users: [{', '.join(_q(u) for u in callout.auth_users)}]",
+            "  }",
+        ]
+    lines += ["}", ""]
     return "\n".join(lines)

