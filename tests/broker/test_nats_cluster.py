@@ -52,7 +52,7 @@ async def test_a_qos1_message_published_on_one_node_reaches_a_subscriber_on_anot
     topic = "am/v1/ag/dev/cam.7/telemetry"
     async with mqtt311(a.mqtt_port, "int-map", "int-map", clean=False) as sub:
         await sub.subscribe("am/v1/ag/dev/+/telemetry", qos=1)
-        async with mqtt311(b.mqtt_port, "ag-cam_7", "cam.7") as pub:
+        async with mqtt311(b.mqtt_port, "ag-cam~7", "cam.7") as pub:
             await pub.publish(topic, b"fix", qos=1)
         async with asyncio.timeout(10):
             message = await anext(aiter(sub.messages))
