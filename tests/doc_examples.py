@@ -1,4 +1,5 @@
-"""The shell and Python examples of README.md and docs/*.md, and how each one is checked.
+"""The shell and Python examples of README.md, CONTRIBUTING.md and docs/*.md, and how
+each one is checked.
 
 Every fenced block whose language is a shell (``sh``, ``shell``, ``bash``, ``console``)
 or Python (``python``, ``py``) carries a marker, an HTML comment on the line just above
@@ -16,6 +17,15 @@ its opening fence (invisible when the Markdown is rendered), that says what the 
     Not run, for the reason given (it runs for minutes, needs another machine, is the
     ``make`` target the test itself stands for...). The reason is required.
 
+A document whose examples start an ``actimesh up`` of their own (with settings the demo
+does not have) says so once, on a line of its own anywhere in it::
+
+    <!-- examples: own actimesh up -->
+
+Its examples then run in an empty folder of a network namespace where nothing else
+listens, instead of against the demo; whatever they leave running is stopped when the
+document ends.
+
 A block of one of those languages without a marker, a marker without a block, or an
 illustrative marker without a reason, is an error: :func:`examples` raises, and the
 suite fails, so a new example cannot go unchecked by being forgotten.
@@ -28,11 +38,27 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-__all__ = ["CHECKED_LANGUAGES", "DOCUMENTS", "Example", "How", "examples", "parse"]
+__all__ = [
+    "CHECKED_LANGUAGES",
+    "DOCUMENTS",
+    "OWN_UP",
+    "Example",
+    "How",
+    "examples",
+    "parse",
+    "starts_own_up",
+]
 
 ROOT = Path(__file__).resolve().parents[1]
-#: Where the examples are: the README and every document under docs/, in reading order.
-DOCUMENTS: tuple[Path, ...] = (ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")))
+#: Where the examples are: the README, CONTRIBUTING and every document under docs/, in
+#: reading order.
+DOCUMENTS: tuple[Path, ...] = (
+    ROOT / "README.md",
+    ROOT / "CONTRIBUTING.md",
+    *sorted((ROOT / "docs").glob("*.md")),
+)
+#: The line by which a document says its examples start their own ``actimesh up``.
+OWN_UP = "<!-- examples: own actimesh up -->"
 #: Languages whose blocks must carry a marker.
 CHECKED_LANGUAGES = frozenset({"sh", "shell", "bash", "console", "python", "py"})
 _SHELLS = frozenset({"sh", "shell", "bash", "console"})
@@ -138,3 +164,9 @@ def parse(path: Path, text: str) -> list[Example]:
 def examples(path: Path) -> list[Example]:
     """The marked blocks of the document at ``path``."""
     return parse(path, path.read_text(encoding="utf-8"))
+
+
+def starts_own_up(path: Path) -> bool:
+    """Whether the examples of the document at ``path`` start their own ``actimesh up``
+    (it has the line :data:`OWN_UP`), and so run without the demo."""
+    return OWN_UP in path.read_text(encoding="utf-8").splitlines()

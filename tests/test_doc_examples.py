@@ -1,4 +1,5 @@
-"""Every example in README.md and docs/*.md runs as written against a live demo.
+"""Every example in README.md, CONTRIBUTING.md and docs/*.md runs as written against a
+live demo.
 
 ``actimesh up --sim`` (what ``make demo`` runs) starts in a network namespace of its own
 (``ip netns``: the test runs as root, as ``make test`` does), so it listens on the
@@ -6,8 +7,11 @@ documented default addresses (broker 127.0.0.1:1883, dispatch 127.0.0.1:8080, ev
 127.0.0.1:8471) without meeting anything else on this machine, and each example runs
 byte for byte, in that namespace, from the demo's working directory (its data
 directory is the default ``actimesh-data``). ``actimesh`` on the examples' PATH is this
-checkout's command. How each block is marked, and what is checked, is in
-tests/doc_examples.py.
+checkout's command. A document whose examples start their own ``actimesh up`` (marked
+``<!-- examples: own actimesh up -->``) runs instead in an empty folder of a namespace
+of its own, without the demo. Whatever a document's examples leave running in their
+namespace is stopped when the document ends. How each block is marked, and what is
+checked, is in tests/doc_examples.py.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -32,7 +36,7 @@ import pytest
 
 from actimesh.errors import ConfigError
 from actimesh.runtime.config import load_settings
-from tests.doc_examples import DOCUMENTS, Example, How, examples, parse
+from tests.doc_examples import DOCUMENTS, Example, How, examples, parse, starts_own_up
 from tests.waiting import eventually_sync
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,6 +49,8 @@ STREAM_LIMIT_S = 30.0
 DEMO_ARGS = ("up", "--sim", "4", "--seed", "16")
 DISPATCH = "http://127.0.0.1:8080"
 _BANNER_READY = re.compile(r"^\s*dispatch http://127\.0\.0\.1:8080\b")
+#: How long what a document left running has to stop on SIGTERM (`up` stops its broker).
+LEFTOVER_LIMIT_S = 30.0
 
 
 # --------------------------------------------------------------- the markers, everywhere
@@ -107,19 +113,15 @@ def test_every_settings_example_is_a_valid_settings_file(tmp_path: Path) -> None
 
 # ---------------------------------------------------------------------- the live demo
 @dataclass
-class Demo:
-    """``actimesh up`` in namespace ``netns``, run from ``workdir``."""
+class Place:
+    """Network namespace ``netns``, where examples run from ``workdir``."""
 
     netns: str
     workdir: Path
     env: dict[str, str]
-    process: subprocess.Popen[str]
-    output: list[str] = field(default_factory=list)
-    token: str = ""
-    calls: Iterator[int] = field(default_factory=itertools.count)
 
     def run(self, argv: list[str], *, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-        """``argv`` in the namespace, from the demo's directory, within the time limit."""
+        """``argv`` in the namespace, from ``workdir``, within the time limit."""
         return subprocess.run(
             ["ip", "netns", "exec", self.netns, *argv],
             cwd=self.workdir,
@@ -131,6 +133,16 @@ class Demo:
             timeout=EXAMPLE_LIMIT_S,
             check=False,
         )
+
+
+@dataclass
+class Demo(Place):
+    """``actimesh up`` in the place's namespace, run from its ``workdir``."""
+
+    process: subprocess.Popen[str] | None = None
+    output: list[str] = field(default_factory=list)
+    token: str = ""
+    calls: Iterator[int] = field(default_factory=itertools.count)
 
     def activate(self) -> str:
         """A dispatcher zone over the API (what the test does to make activations
@@ -174,8 +186,38 @@ def _reader(stream: IO[str], sink: list[str]) -> None:
         sink.extend(stream)
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
+def _in_namespace(ip: str, netns: str) -> list[int]:
+    """The processes in namespace ``netns``."""
+    listed = subprocess.run(
+        [ip, "netns", "pids", netns], capture_output=True, text=True, timeout=10, check=False
+    )
+    return [int(pid) for pid in listed.stdout.split()]
+
+
+def _stop_leftovers(ip: str, netns: str) -> None:
+    """Stop what the examples left running in ``netns`` (it is theirs alone): SIGTERM, so
+    an ``actimesh up`` stops its broker as Ctrl-C would, then SIGKILL what is left."""
+
+    def signal_all(sig: signal.Signals) -> None:
+        for pid in _in_namespace(ip, netns):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+
+    def gone() -> bool:
+        return not _in_namespace(ip, netns)
+
+    signal_all(signal.SIGTERM)
+    try:
+        eventually_sync(gone, timeout=LEFTOVER_LIMIT_S, every=0.1)
+    except TimeoutError:
+        signal_all(signal.SIGKILL)
+        eventually_sync(gone, timeout=10, every=0.1)
+
+
+@contextlib.contextmanager
+def _place(workdir: Path) -> Iterator[Place]:
+    """A network namespace of its own with loopback up, an ``actimesh`` on the PATH and a
+    home in ``workdir``; on leaving, nothing runs in it any more and it is gone."""
     ip = _ip()
     netns = f"amdoc-{uuid.uuid4().hex[:8]}"
     made = subprocess.run(
@@ -185,14 +227,26 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
         f"`ip netns add` failed ({made.stderr.strip()}): the doc examples need a network "
         "namespace (root, and CAP_SYS_ADMIN in a container)"
     )
-    workdir = tmp_path_factory.mktemp("demo")
+    try:
+        subprocess.run(
+            [ip, "netns", "exec", netns, "ip", "link", "set", "lo", "up"], check=True, timeout=10
+        )
+        yield Place(netns, workdir, _environment(workdir))
+    finally:
+        try:
+            _stop_leftovers(ip, netns)
+        finally:
+            subprocess.run([ip, "netns", "delete", netns], check=False, timeout=10)
+
+
+def _environment(workdir: Path) -> dict[str, str]:
     bindir = workdir / ".bin"
     bindir.mkdir()
     wrapper = bindir / "actimesh"
     wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m actimesh "$@"\n')
     wrapper.chmod(0o755)
     (workdir / ".home").mkdir()
-    env = {
+    return {
         "PATH": f"{bindir}:{Path(sys.executable).parent}:/usr/local/sbin:/usr/local/bin:"
         "/usr/sbin:/usr/bin:/sbin:/bin",
         "HOME": str(workdir / ".home"),
@@ -201,23 +255,29 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
         "COLUMNS": "200",
         "TERM": "dumb",
     }
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
+    with _place(tmp_path_factory.mktemp("demo")) as place:
+        yield from _demo_in(place)
+
+
+def _demo_in(place: Place) -> Iterator[Demo]:
     process: subprocess.Popen[str] | None = None
     reader: threading.Thread | None = None
     try:
-        subprocess.run(
-            [ip, "netns", "exec", netns, "ip", "link", "set", "lo", "up"], check=True, timeout=10
-        )
         process = subprocess.Popen(
-            [ip, "netns", "exec", netns, "actimesh", *DEMO_ARGS],
-            cwd=workdir,
-            env=env,
+            ["ip", "netns", "exec", place.netns, "actimesh", *DEMO_ARGS],
+            cwd=place.workdir,
+            env=place.env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
             errors="replace",
             start_new_session=True,
         )
-        demo = Demo(netns, workdir, env, process)
+        demo = Demo(place.netns, place.workdir, place.env, process)
         reader = threading.Thread(target=_reader, args=(process.stdout, demo.output), daemon=True)
         reader.start()
 
@@ -245,7 +305,6 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
                 process.wait(timeout=10)
             if reader is not None:
                 reader.join(timeout=10)
-        subprocess.run([ip, "netns", "delete", netns], check=False, timeout=10)
 
 
 # ------------------------------------------------------------------- running examples
@@ -274,21 +333,23 @@ def _argv(example: Example, state: Path) -> list[str]:
     return [sys.executable, "-c", example.text]
 
 
-def _run(demo: Demo, example: Example, state: Path) -> None:
-    done = demo.run(_argv(example, state))
+def _run(place: Place, example: Example, state: Path) -> None:
+    done = place.run(_argv(example, state))
     assert done.returncode == 0, (
         f"{example.where} failed (exit {done.returncode}):\n{example.text}\n"
         f"--- stdout\n{done.stdout[-3000:]}\n--- stderr\n{done.stderr[-3000:]}"
     )
 
 
-def _stream(demo: Demo, example: Example, state: Path) -> None:
+def _stream(
+    place: Place, example: Example, state: Path, activate: Callable[[], object] | None
+) -> None:
     pattern = re.compile(example.detail)
     out: list[str] = []
     process = subprocess.Popen(
-        ["ip", "netns", "exec", demo.netns, *_argv(example, state)],
-        cwd=demo.workdir,
-        env=demo.env,
+        ["ip", "netns", "exec", place.netns, *_argv(example, state)],
+        cwd=place.workdir,
+        env=place.env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -309,7 +370,8 @@ def _stream(demo: Demo, example: Example, state: Path) -> None:
                 )
             if any(pattern.search(line) for line in out):
                 return True
-            demo.activate()  # until the stream, once subscribed, sees one
+            if activate is not None:
+                activate()  # until the stream, once subscribed, sees one
             return False
 
         eventually_sync(shown, timeout=STREAM_LIMIT_S, every=0.5)
@@ -324,21 +386,47 @@ def _stream(demo: Demo, example: Example, state: Path) -> None:
         reader.join(timeout=10)
 
 
-_LIVE = [p for p in DOCUMENTS if any(e.how is not How.ILLUSTRATIVE for e in examples(p))]
-
-
-@pytest.mark.time_limit(420)
-@pytest.mark.parametrize("path", _LIVE, ids=[p.name for p in _LIVE])
-def test_the_examples_run_as_written(demo: Demo, path: Path, tmp_path: Path) -> None:
-    state = tmp_path / "session.sh"
+def _run_all(place: Place, path: Path, state: Path, activate: Callable[[], object] | None) -> int:
+    """Run the document's examples in order in ``place``; how many ran."""
     ran = 0
     for example in examples(path):
         if example.how is How.RUN:
-            _run(demo, example, state)
+            _run(place, example, state)
         elif example.how is How.STREAM:
-            _stream(demo, example, state)
+            _stream(place, example, state, activate)
         else:
             continue
         ran += 1
-    assert ran > 0
+    return ran
+
+
+_LIVE = [p for p in DOCUMENTS if any(e.how is not How.ILLUSTRATIVE for e in examples(p))]
+_WITH_DEMO = [p for p in _LIVE if not starts_own_up(p)]
+_OWN_UP = [p for p in _LIVE if starts_own_up(p)]
+
+
+@pytest.mark.time_limit(420)
+@pytest.mark.parametrize("path", _WITH_DEMO, ids=[p.name for p in _WITH_DEMO])
+def test_the_examples_run_as_written(demo: Demo, path: Path, tmp_path: Path) -> None:
+    assert _run_all(demo, path, tmp_path / "session.sh", demo.activate) > 0
+    assert demo.process is not None
     assert demo.process.poll() is None, "the demo stopped:\n" + "".join(demo.output[-50:])
+
+
+@pytest.mark.time_limit(420)
+@pytest.mark.parametrize("path", _OWN_UP, ids=[p.name for p in _OWN_UP])
+def test_the_examples_that_start_their_own_up_run_as_written(
+    path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    # An empty folder, as such a document says, and a namespace where nothing listens.
+    workdir = tmp_path_factory.mktemp(path.stem)
+    state = tmp_path_factory.mktemp(f"{path.stem}-session") / "session.sh"
+    with _place(workdir) as place:
+        assert _run_all(place, path, state, None) > 0
+
+
+def test_a_document_that_starts_its_own_up_is_run_without_the_demo() -> None:
+    # The check above exists for at least one document, and the demo's documents do not
+    # include it (its `up` would meet the demo's on the default ports).
+    assert _OWN_UP, "no document starts its own `actimesh up`"
+    assert not set(_OWN_UP) & set(_WITH_DEMO)
