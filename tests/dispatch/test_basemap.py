@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import shutil
 import struct
 from pathlib import Path
 
@@ -202,7 +203,11 @@ async def test_the_pmtiles_file_is_served_in_ranges_behind_the_login(
 async def test_only_the_configured_file_is_served_whatever_the_name_holds(
     agency: str, broker_port: int, tmp_path: Path
 ) -> None:
-    path = demo_pmtiles()
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    path = maps / "helsinki.pmtiles"
+    shutil.copyfile(demo_pmtiles(), path)
+    (maps / "helsinki.osm.pbf").write_bytes(b"PMTiles\x03 the neighbour")
     secret = tmp_path / "secret.pmtiles"
     secret.write_bytes(b"PMTiles\x03 not for the browser")
     async with (
@@ -211,7 +216,7 @@ async def test_only_the_configured_file_is_served_whatever_the_name_holds(
         api(svc) as client,
     ):
         for name in (
-            "helsinki.osm.pbf",  # its neighbour in build/map
+            "helsinki.osm.pbf",  # its neighbour
             "..%2F..%2Fpyproject.toml",
             "%2e%2e%2fhelsinki.pmtiles",
             "..",
@@ -222,7 +227,7 @@ async def test_only_the_configured_file_is_served_whatever_the_name_holds(
             assert r.status_code == 404, (name, r.status_code)
             assert b"PMTiles" not in r.content
             # A name with a (decoded) slash or a dot segment does not even reach the route.
-            if name.endswith("S") or name.endswith("pbf"):
+            if name.endswith(("S", "pbf")):
                 assert "this server serves /api/v1/basemap/helsinki.pmtiles" in r.json()["error"]
         # Raw dot segments never leave the route either (whatever the client does).
         raw = await client.get(
@@ -232,6 +237,12 @@ async def test_only_the_configured_file_is_served_whatever_the_name_holds(
         )
         assert raw.status_code in (401, 404)
         assert b"[project]" not in raw.content
+        assert (await client.get("/api/v1/basemap/helsinki.pmtiles")).status_code == 200
+        # The file taken away under a running server: a clear 503, not a 500.
+        path.unlink()
+        gone = await client.get("/api/v1/basemap/helsinki.pmtiles")
+        assert gone.status_code == 503
+        assert "is gone; put it back" in gone.json()["error"]
 
 
 @pytest.mark.integration

@@ -195,7 +195,9 @@ def _pmtiles(path: Path, attribution: str) -> Basemap:
     layers = meta.get("vector_layers")
     return Basemap(
         BasemapKind.PMTILES,
-        path=path,
+        # Absolute: the dispatch may run as a child process, and the route must not
+        # depend on where it was started.
+        path=path.absolute(),
         attribution=credit,
         min_zoom=min_zoom,
         max_zoom=max_zoom,
