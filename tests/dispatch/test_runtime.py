@@ -64,6 +64,8 @@ async def test_up_serves_the_map_at_the_printed_address(tmp_path: Path) -> None:
             assert '<script src="/vendor/leaflet/leaflet.js">' in page.text
             leaflet = await client.get("/vendor/leaflet/leaflet.js")
             assert leaflet.status_code == 200, "run `make web-deps` (npm ci) to install Leaflet"
+            renderer = await client.get("/vendor/protomaps-leaflet/protomaps-leaflet.js")
+            assert renderer.status_code == 200, "run `make web-deps` (npm ci)"
             assert (await client.get("/static/app.js")).status_code == 200
             # Open health says only ok or not; the rest is for those logged in.
             health = (await client.get("/api/v1/health")).json()
