@@ -40,8 +40,7 @@ async def basemap_file(name: str, ctx: Ctx) -> FileResponse:
             503,
             f"the basemap file {str(path)!r} is gone; put it back (e.g. `make map-data`)",
         )
-    # Tiles change only when the operator replaces the file: the ETag (size and time)
-    # tells the renderer when that happened.
-    return FileResponse(
-        path, media_type=MEDIA_TYPE, headers={"Cache-Control": "private, max-age=300"}
-    )
+    # Like every API answer it is sent no-store; the renderer keeps the directories and
+    # tiles it read in memory for the page's life, and the ETag (size and time) tells it
+    # when the operator replaced the file.
+    return FileResponse(path, media_type=MEDIA_TYPE)
