@@ -125,6 +125,15 @@ async def test_the_basemap_draws_helsinki_streets_from_this_server_only(
             credit = await page.locator(".leaflet-control-attribution").inner_text()
             assert "© OpenStreetMap contributors" in credit
 
+            # Zooming out to the whole city and quickly back in (pending tile reads are
+            # cancelled on the way) draws again without an error.
+            for button in ["out"] * 5 + ["in"] * 5:
+                await page.click(f".leaflet-control-zoom-{button}")
+            await until(page, MAP_SETTLED)
+            await page.wait_for_selector("#map[data-basemap=loaded]")
+            again: dict[str, Any] = await page.evaluate(PIXELS)
+            assert again["painted"] > 0.25 * again["total"], again
+
             # A TASER draw at the scene: the circle and the incident over the streets.
             event = await m.agents["u12-cew1"].raise_event("taser_draw")
             aid = activation_id("u12-cew1", event.eid)

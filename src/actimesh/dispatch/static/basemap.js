@@ -104,6 +104,7 @@ export function addBasemap(map, source) {
     console.warn('basemap:', err.message);
     return null;
   }
+  layer.on('loading', () => { box.dataset.basemap = 'loading'; });
   layer.on('load', () => { box.dataset.basemap = 'loaded'; });
   layer.on('tileerror', () => { box.dataset.basemap = 'error'; });
   layer.addTo(map);
