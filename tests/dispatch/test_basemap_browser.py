@@ -15,16 +15,18 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from playwright.async_api import Route
+from playwright.async_api import Browser, Page, Route
 
 from actimesh.broker.messages import DeviceKind, activation_id
 from actimesh.dispatch.accounts import Role
 from tests.dispatch.conftest import add, running_dispatch
+from tests.dispatch.pmtiles_file import raster_pmtiles
 from tests.dispatch.test_basemap import demo_pmtiles
 from tests.dispatch.test_browser import MAP_SETTLED, PASSWORD, browser, until
 from tests.integration import harness
@@ -54,6 +56,52 @@ PIXELS = """(() => {
 })()"""
 
 
+@dataclass
+class Watched:
+    """A logged-in page, every request it made to another host (refused), the errors
+    it logged, and (status, Range) of each basemap read."""
+
+    page: Page
+    outside: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    tiles: list[tuple[int, str]] = field(default_factory=list)
+
+
+async def logged_in(b: Browser, url: str) -> Watched:
+    """The map page at 1600x900, logged in as kim, any request elsewhere refused."""
+    server = urlsplit(url).netloc
+    watched = Watched(await b.new_page(viewport={"width": 1600, "height": 900}))
+    page = watched.page
+    page.set_default_timeout(15_000)
+
+    async def only_this_server(route: Route) -> None:
+        if urlsplit(route.request.url).netloc != server:
+            watched.outside.append(route.request.url)
+            await route.abort("blockedbyclient")
+        else:
+            await route.continue_()
+
+    await page.route("**/*", only_this_server)
+    page.on(
+        "console", lambda msg: watched.problems.append(msg.text) if msg.type == "error" else None
+    )
+    page.on("pageerror", lambda exc: watched.problems.append(str(exc)))
+    page.on(
+        "response",
+        lambda r: (
+            watched.tiles.append((r.status, r.request.headers.get("range", "")))
+            if "/api/v1/basemap/" in r.url
+            else None
+        ),
+    )
+    await page.goto(url + "/", wait_until="load")
+    await page.fill("#login-user", "kim")
+    await page.fill("#login-password", PASSWORD)
+    await page.click("#login-go")
+    await page.wait_for_selector("#app", state="visible")
+    return watched
+
+
 async def test_the_basemap_draws_helsinki_streets_from_this_server_only(
     agency: str, broker_port: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -74,41 +122,15 @@ async def test_the_basemap_draws_helsinki_streets_from_this_server_only(
         add(m, "u03-dash", DeviceKind.DASH_CAM, unit="unit003", at=240.0, bearing=235)
         await m.ready()
         await svc.accounts.add_user("kim", Role.DISPATCHER, PASSWORD)
-        server = urlsplit(svc.url).netloc
 
         async with browser() as b:
-            page = await b.new_page(viewport={"width": 1600, "height": 900})
-            page.set_default_timeout(15_000)
-            outside: list[str] = []
-            problems: list[str] = []
-            tiles: list[tuple[int, str]] = []
-
-            async def only_this_server(route: Route) -> None:
-                if urlsplit(route.request.url).netloc != server:
-                    outside.append(route.request.url)
-                    await route.abort("blockedbyclient")
-                else:
-                    await route.continue_()
-
-            await page.route("**/*", only_this_server)
-            page.on(
-                "console", lambda msg: problems.append(msg.text) if msg.type == "error" else None
+            watched = await logged_in(b, svc.url)
+            page, outside, problems, tiles = (
+                watched.page,
+                watched.outside,
+                watched.problems,
+                watched.tiles,
             )
-            page.on("pageerror", lambda exc: problems.append(str(exc)))
-            page.on(
-                "response",
-                lambda r: (
-                    tiles.append((r.status, r.request.headers.get("range", "")))
-                    if "/api/v1/basemap/" in r.url
-                    else None
-                ),
-            )
-
-            await page.goto(svc.url + "/", wait_until="load")
-            await page.fill("#login-user", "kim")
-            await page.fill("#login-password", PASSWORD)
-            await page.click("#login-go")
-            await page.wait_for_selector("#app", state="visible")
             await page.wait_for_selector(".dev.kind-dash_cam")
             await page.wait_for_selector("#map[data-basemap=loaded]")
             await until(page, MAP_SETTLED)
@@ -152,3 +174,42 @@ async def test_the_basemap_draws_helsinki_streets_from_this_server_only(
 
             assert outside == []  # nothing from a CDN, a tile server, a font service
             assert problems == []  # no CSP violation, no script error
+
+
+async def test_a_raster_pmtiles_basemap_is_drawn_from_this_server_only(
+    agency: str, broker_port: int, tmp_path: Path
+) -> None:
+    # An orthophoto stand-in: one-colour PNG tiles around Helsinki, zoom 14 to 17.
+    blue = (42, 111, 219)
+    path = raster_pmtiles(tmp_path / "ortho.pmtiles", HELSINKI, blue, range(14, 18))
+    async with (
+        asyncio.timeout(60),
+        mesh(agency, broker_port, tmp_path, engine=False) as m,
+        running_dispatch(m, tmp_path, basemap=str(path)) as svc,
+    ):
+        await svc.accounts.add_user("kim", Role.DISPATCHER, PASSWORD)
+        async with browser() as b:
+            watched = await logged_in(b, svc.url)
+            page = watched.page
+            # No devices: the map opens at the file's centre and zoom.
+            await page.wait_for_selector("#map[data-basemap=loaded]")
+            await until(page, MAP_SETTLED)
+            share = await page.evaluate(f"""(() => {{
+              let total = 0, blue = 0;
+              for (const c of document.querySelectorAll('.basemap canvas')) {{
+                const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+                for (let i = 0; i < d.length; i += 16) {{
+                  total++;
+                  const [r, g, b] = [d[i], d[i + 1], d[i + 2]];
+                  if (r === {blue[0]} && g === {blue[1]} && b === {blue[2]}) blue++;
+                }}
+              }}
+              return total ? blue / total : 0;
+            }})()""")
+            assert share > 0.9, share
+            credit = await page.locator(".leaflet-control-attribution").inner_text()
+            assert "© Test orthophoto" in credit
+            assert watched.tiles
+            assert all(status == 206 for status, _ in watched.tiles), watched.tiles
+            assert watched.outside == []
+            assert watched.problems == []

@@ -10,12 +10,14 @@ XYZ and WMTS tiles are loaded by the browser from the operator's tile server (th
 Content-Security-Policy allows that origin for images, nothing else). A WMTS template
 is the RESTful one of a Web Mercator tile matrix set (``GoogleMapsCompatible``,
 ``EPSG:3857``) whose matrices are numbered by zoom level: the page fills it as an XYZ
-one. A PMTiles file of vector tiles is served by the dispatch itself, behind the same
-login as the rest (:mod:`.routes.basemap`, HTTP range requests), and drawn in the page
-by protomaps-leaflet: the map then needs nothing from any other host.
+one. A PMTiles file is served by the dispatch itself, behind the same login as the rest
+(:mod:`.routes.basemap`, HTTP range requests), and drawn in the page: vector tiles by
+protomaps-leaflet, raster tiles (PNG, JPEG, WebP, AVIF) on canvases of a Leaflet layer
+reading them with the ``pmtiles`` library. The map then needs nothing from any other
+host.
 
 A PMTiles file is checked when the settings are loaded: it must exist and be PMTiles
-version 3 with vector tiles (gzip-compressed or not, which is what browsers decompress).
+version 3, its tiles compressed with gzip or not at all (what browsers decompress).
 Its header gives the zoom levels, bounds and centre the page opens at, its metadata the
 attribution and vector layers. Every mistake is one line naming the key.
 """
@@ -77,6 +79,8 @@ class Basemap:
     center: tuple[float, float, int] | None = None
     #: The vector layers of a PMTiles file (the page picks its style by them).
     layers: tuple[str, ...] = ()
+    #: A PMTiles file's tiles: ``mvt`` (vector), ``png``, ``jpeg``, ``webp`` or ``avif``.
+    tile_type: str | None = None
 
     @property
     def origin(self) -> str | None:
@@ -109,6 +113,7 @@ class Basemap:
             "bounds": list(self.bounds) if self.bounds is not None else None,
             "center": list(self.center) if self.center is not None else None,
             "layers": list(self.layers),
+            "tile_type": self.tile_type,
         }
 
 
@@ -170,11 +175,11 @@ def _pmtiles(path: Path, attribution: str) -> Basemap:
             "`pmtiles convert IN.mbtiles OUT.pmtiles`"
         )
     internal, tiles, tile_type = fields[14], fields[15], fields[16]
-    kind = _TILE_TYPES.get(tile_type, str(tile_type))
-    if kind != "mvt":
+    kind = _TILE_TYPES.get(tile_type, "unknown")
+    if kind == "unknown":
         raise ConfigError(
-            f"{_KEY}: {str(path)!r} holds {kind} tiles; the map draws vector (MVT) PMTiles; "
-            "serve raster tiles as XYZ or WMTS and set the URL template instead"
+            f"{_KEY}: {str(path)!r} does not say what its tiles are (tile type "
+            f"{tile_type}); the map draws MVT, PNG, JPEG, WebP and AVIF tiles"
         )
     if tiles not in (1, 2):
         raise ConfigError(
@@ -208,6 +213,7 @@ def _pmtiles(path: Path, attribution: str) -> Basemap:
             for layer in (layers if isinstance(layers, list) else [])
             if isinstance(layer, dict) and "id" in layer
         ),
+        tile_type=kind,
     )
 
 

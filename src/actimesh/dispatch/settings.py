@@ -203,6 +203,13 @@ class DispatchSettings:
         return base / "protomaps-leaflet" / "dist"
 
     @property
+    def pmtiles_dir(self) -> Path:
+        """The ``pmtiles`` library's ``dist`` folder, which reads a raster PMTiles
+        basemap (may not exist: ``make web-deps`` installs it)."""
+        base = self.vendor_dir if self.vendor_dir is not None else _CHECKOUT_NODE_MODULES
+        return base / "pmtiles" / "dist"
+
+    @property
     def tls(self) -> bool:
         """The dispatch serves https itself."""
         return self.tls_certfile is not None

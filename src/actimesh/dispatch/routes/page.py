@@ -3,7 +3,7 @@
 The page carries its own Content-Security-Policy: scripts, styles and connections from
 this origin only (a CDN reference fails closed instead of loading), images also from
 the XYZ or WMTS tile server the settings name (a PMTiles basemap comes from this origin).
-The static files, Leaflet and protomaps-leaflet are mounted under the
+The static files and the map libraries are mounted under the
 public prefixes the gate lets through without credentials
 (:data:`~actimesh.dispatch.auth.PUBLIC_PREFIXES`).
 """
@@ -50,9 +50,10 @@ async def index(ctx: Ctx) -> FileResponse:
 
 
 def mount_static(app: FastAPI, settings: DispatchSettings) -> None:
-    """Serve the page's files under ``/static``, Leaflet under ``/vendor/leaflet`` and
-    protomaps-leaflet (the PMTiles basemap's renderer) under ``/vendor/protomaps-leaflet``
-    (when they are installed)."""
+    """Serve the page's files under ``/static``, Leaflet under ``/vendor/leaflet``,
+    protomaps-leaflet (a vector PMTiles basemap's renderer) under
+    ``/vendor/protomaps-leaflet`` and pmtiles (a raster one's reader) under
+    ``/vendor/pmtiles`` (when they are installed)."""
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     if settings.leaflet_dir.is_dir():
         app.mount("/vendor/leaflet", StaticFiles(directory=settings.leaflet_dir), name="leaflet")
@@ -62,3 +63,5 @@ def mount_static(app: FastAPI, settings: DispatchSettings) -> None:
             StaticFiles(directory=settings.protomaps_dir),
             name="protomaps-leaflet",
         )
+    if settings.pmtiles_dir.is_dir():
+        app.mount("/vendor/pmtiles", StaticFiles(directory=settings.pmtiles_dir), name="pmtiles")

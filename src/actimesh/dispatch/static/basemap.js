@@ -1,13 +1,14 @@
 /* The map's streets, from the operator's own tile source ([dispatch] basemap).
  *
  * The server describes the source in the snapshot's config (`basemap`, or null):
- * - `pmtiles`: vector tiles in one PMTiles file the dispatch serves itself behind the
- *   login (/api/v1/basemap/NAME, read with HTTP range requests), drawn on canvas by
- *   protomaps-leaflet (served from node_modules like Leaflet, no CDN). The file's vector
- *   layers pick the style: the demo's (`make map-data`: roads, rail, buildings, water,
- *   green, areas, each feature with `kind` and `name`), the Protomaps basemap schema
- *   (`earth`, `roads`, `places`…, drawn with its own light flavour), or any other
- *   schema as plain grey lines and shapes.
+ * - `pmtiles`: one PMTiles file the dispatch serves itself behind the login
+ *   (/api/v1/basemap/NAME, read with HTTP range requests). Vector tiles are drawn on
+ *   canvas by protomaps-leaflet (served from node_modules like Leaflet, no CDN); the
+ *   file's vector layers pick the style: the demo's (`make map-data`: roads, rail,
+ *   buildings, water, green, areas, each feature with `kind` and `name`), the Protomaps
+ *   basemap schema (`earth`, `roads`, `places`…, drawn with its own light flavour), or
+ *   any other schema as plain grey lines and shapes. Raster tiles (an orthophoto, a
+ *   scanned city plan) are read with the pmtiles library and drawn on canvases.
  * - `xyz` / `wmts`: raster tiles from the operator's tile server (the page's
  *   Content-Security-Policy allows that origin for images and nothing else).
  * The attribution (ODbL: "© OpenStreetMap contributors") goes in Leaflet's
@@ -82,6 +83,43 @@ function vectorLayer(source, attribution) {
   return P.leafletLayer(options);
 }
 
+const IMAGE_TYPES = { png: 'image/png', jpeg: 'image/jpeg', webp: 'image/webp', avif: 'image/avif' };
+
+// Raster tiles from a PMTiles file, decoded with createImageBitmap onto each tile's
+// canvas (no blob: URLs: the page's Content-Security-Policy allows none).
+function rasterPmtilesLayer(source, attribution) {
+  if (!window.pmtiles) throw new Error('pmtiles is not installed on this server: run `make web-deps`');
+  const archive = new window.pmtiles.PMTiles(source.url);
+  const type = IMAGE_TYPES[source.tile_type];
+  const Layer = L.GridLayer.extend({
+    createTile(coords, done) {
+      const tile = document.createElement('canvas');
+      const size = this.getTileSize();
+      tile.width = size.x;
+      tile.height = size.y;
+      archive.getZxy(coords.z, coords.x, coords.y)
+        .then(async (found) => {
+          if (found) {
+            const image = await createImageBitmap(new Blob([found.data], { type }));
+            tile.getContext('2d').drawImage(image, 0, 0, size.x, size.y);
+            image.close();
+          }
+          done(null, tile);
+        })
+        .catch((err) => done(err, tile));
+      return tile;
+    },
+  });
+  // No minNativeZoom: zoomed out far, Leaflet would walk every tile of the view at the
+  // file's lowest zoom (millions); below it there is nothing to draw.
+  const options = { attribution, maxZoom: MAX_ZOOM, maxNativeZoom: source.max_zoom, className: 'basemap' };
+  if (source.bounds) {
+    const [w, s, e, n] = source.bounds;
+    options.bounds = [[s, w], [n, e]];
+  }
+  return new Layer(options);
+}
+
 function rasterLayer(source, attribution) {
   return L.tileLayer(source.url, { maxZoom: MAX_ZOOM, maxNativeZoom: source.max_zoom, attribution, className: 'basemap' });
 }
@@ -98,7 +136,9 @@ export function addBasemap(map, source) {
   box.dataset.basemap = 'loading';
   let layer;
   try {
-    layer = source.kind === 'pmtiles' ? vectorLayer(source, attribution) : rasterLayer(source, attribution);
+    if (source.kind !== 'pmtiles') layer = rasterLayer(source, attribution);
+    else if (source.tile_type === 'mvt') layer = vectorLayer(source, attribution);
+    else layer = rasterPmtilesLayer(source, attribution);
   } catch (err) {
     box.dataset.basemap = 'error';
     console.warn('basemap:', err.message);
