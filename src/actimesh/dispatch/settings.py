@@ -5,7 +5,8 @@
     port = 8080
     console_id = "console-1"    # dispatcher zones come from device "dispatch-console-1"
     ack_timeout_s = 5           # no acknowledgement after this raises an alert
-    tile_url = "https://tiles.example.org/{z}/{x}/{y}.png"   # default: no basemap
+    basemap = "/srv/actimesh/city.pmtiles"  # or an XYZ / WMTS URL template; default: none
+    basemap_attribution = "© OpenStreetMap contributors"   # a PMTiles file's own if unset
     session_idle_s = 1800       # a browser session idle this long must log in again
     cors_origins = []           # other sites whose pages may call the API with a token
     public_url = "https://dispatch.agency.example"   # behind a TLS proxy: Secure cookies
@@ -19,11 +20,12 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from actimesh.broker.topics import IDENTIFIER_PATTERN, is_identifier
+from actimesh.dispatch.basemap import Basemap, parse_basemap
 from actimesh.errors import ConfigError
 
 __all__ = ["DispatchSettings"]
@@ -62,9 +64,11 @@ class DispatchSettings:
     #: reconnects and gets a fresh snapshot, which is cheaper than a backlog).
     client_queue: int = 64
     max_clients: int = 256
-    #: Basemap tiles (``{z}/{x}/{y}``); None draws a plain background with a scale bar.
-    tile_url: str | None = None
-    tile_attribution: str = ""
+    #: The map's streets (:mod:`.basemap`): an XYZ or WMTS URL template, or a PMTiles
+    #: file the dispatch serves itself; None draws a plain grid with a scale bar.
+    basemap: str | None = None
+    #: The credit the tiles' licence requires; a PMTiles file's own when unset.
+    basemap_attribution: str = ""
     #: Largest radius a dispatcher may choose (the engine's rule caps it too).
     zone_max_radius_m: float = 1000.0
     zone_default_radius_m: float = 50.0
@@ -83,7 +87,8 @@ class DispatchSettings:
     webhook_reconcile_window_s: float = 2 * 3600.0
     #: Delivered and failed deliveries are deleted after this long.
     webhook_retention_s: float = 7 * 86_400.0
-    #: Where ``npm ci`` put Leaflet; None: the checkout's ``node_modules``.
+    #: Where ``npm ci`` put Leaflet and protomaps-leaflet; None: the checkout's
+    #: ``node_modules``.
     vendor_dir: Path | None = None
     #: A browser session ends after this long without a request (an open live map
     #: counts as use), and after ``session_max_s`` whatever happens (a shift).
@@ -118,6 +123,8 @@ class DispatchSettings:
     #: Serve https directly (PEM files, e.g. from ``actimesh certs``). Both or neither.
     tls_certfile: Path | None = None
     tls_keyfile: Path | None = None
+    #: ``basemap`` checked (and a PMTiles file's header read) when the settings are made.
+    basemap_source: Basemap | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.host or any(ch.isspace() for ch in self.host):
@@ -139,15 +146,9 @@ class DispatchSettings:
                 raise ConfigError(f"dispatch.{f.name} must be a positive number, got {value!r}")
         if self.zone_default_radius_m > self.zone_max_radius_m:
             raise ConfigError("dispatch.zone_default_radius_m must not exceed zone_max_radius_m")
-        if self.tile_url is not None:
-            parts = urlsplit(self.tile_url)
-            if parts.scheme not in ("http", "https") or not parts.netloc:
-                raise ConfigError(
-                    f"dispatch.tile_url {self.tile_url!r} must be an http(s) URL with "
-                    "{z}/{x}/{y}, e.g. https://tiles.example.org/{z}/{x}/{y}.png"
-                )
-            if not all(p in self.tile_url for p in ("{z}", "{x}", "{y}")):
-                raise ConfigError("dispatch.tile_url must contain {z}, {x} and {y}")
+        if self.basemap is not None:
+            source = parse_basemap(self.basemap, self.basemap_attribution)
+            object.__setattr__(self, "basemap_source", source)
         self._check_web()
 
     def _check_web(self) -> None:
@@ -195,6 +196,20 @@ class DispatchSettings:
         return base / "leaflet" / "dist"
 
     @property
+    def protomaps_dir(self) -> Path:
+        """protomaps-leaflet's ``dist`` folder, which draws a PMTiles basemap (may not
+        exist: ``make web-deps`` installs it)."""
+        base = self.vendor_dir if self.vendor_dir is not None else _CHECKOUT_NODE_MODULES
+        return base / "protomaps-leaflet" / "dist"
+
+    @property
+    def pmtiles_dir(self) -> Path:
+        """The ``pmtiles`` library's ``dist`` folder, which reads a raster PMTiles
+        basemap (may not exist: ``make web-deps`` installs it)."""
+        base = self.vendor_dir if self.vendor_dir is not None else _CHECKOUT_NODE_MODULES
+        return base / "pmtiles" / "dist"
+
+    @property
     def tls(self) -> bool:
         """The dispatch serves https itself."""
         return self.tls_certfile is not None
@@ -214,10 +229,6 @@ class DispatchSettings:
 
     @property
     def tile_origin(self) -> str | None:
-        """``scheme://host`` of the tile server, for the page's Content-Security-Policy."""
-        if self.tile_url is None:
-            return None
-        parts = urlsplit(self.tile_url)
-        # Tile templates often use {s} subdomains: allow them as a wildcard.
-        host = parts.netloc.replace("{s}", "*")
-        return f"{parts.scheme}://{host}"
+        """``scheme://host`` of a tile server, for the page's Content-Security-Policy
+        (None for a PMTiles basemap: the dispatch serves it)."""
+        return self.basemap_source.origin if self.basemap_source is not None else None

@@ -297,13 +297,13 @@ def _section(raw: Mapping[str, Any], name: str, allowed: Mapping[str, Any]) -> d
 
 _NUMBER = (int, float)
 _DISPATCH_TYPES: Mapping[str, type | tuple[type, ...]] = {
-    f.name: _NUMBER for f in fields(DispatchSettings)
+    f.name: _NUMBER for f in fields(DispatchSettings) if f.init
 } | {
     "enabled": bool,
     "host": str,
     "console_id": str,
-    "tile_url": str,
-    "tile_attribution": str,
+    "basemap": str,
+    "basemap_attribution": str,
     "vendor_dir": str,
     "cors_origins": list,
     "allowed_hosts": list,
@@ -325,6 +325,10 @@ _DISPATCH_INTS = {
     "login_max_failures_per_client",
     "max_body_bytes",
 }
+
+
+#: Keys that were renamed, and what they are called now.
+_DISPATCH_RENAMED = {"tile_url": "basemap", "tile_attribution": "basemap_attribution"}
 
 
 def _dispatch(raw: dict[str, Any]) -> DispatchSettings:
@@ -524,6 +528,9 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
     rules_raw = raw.get("rules", {})
     if not isinstance(rules_raw, Mapping):
         raise ConfigError("[rules] must be a table of [rules.<event_type>] tables")
+    for old, new in _DISPATCH_RENAMED.items():
+        if isinstance(raw.get("dispatch"), Mapping) and old in raw["dispatch"]:
+            raise ConfigError(f"dispatch.{old} is now dispatch.{new} (same value): rename it")
     dispatch = _dispatch(_section(raw, "dispatch", _DISPATCH_TYPES))
     retention = RetentionSettings(**_section(raw, "retention", {"days": _NUMBER}))
     media = _media(_section(raw, "media", _MEDIA_TYPES))

@@ -10,6 +10,7 @@ line of JSON; :mod:`.page` serves the map page and its files.
 from actimesh.dispatch.routes import (
     accounts,
     activations,
+    basemap,
     devices,
     errors,
     evidence,
@@ -24,6 +25,7 @@ from actimesh.dispatch.routes import (
 __all__ = [
     "accounts",
     "activations",
+    "basemap",
     "devices",
     "errors",
     "evidence",

@@ -2,7 +2,8 @@
 
 The page carries its own Content-Security-Policy: scripts, styles and connections from
 this origin only (a CDN reference fails closed instead of loading), images also from
-the tile server the settings name. The static files and Leaflet are mounted under the
+the XYZ or WMTS tile server the settings name (a PMTiles basemap comes from this origin).
+The static files and the map libraries are mounted under the
 public prefixes the gate lets through without credentials
 (:data:`~actimesh.dispatch.auth.PUBLIC_PREFIXES`).
 """
@@ -18,7 +19,7 @@ from fastapi.staticfiles import StaticFiles
 from actimesh.dispatch.context import Ctx
 from actimesh.dispatch.settings import DispatchSettings
 
-__all__ = ["STATIC_DIR", "mount_static", "router"]
+__all__ = ["STATIC_DIR", "content_security_policy", "mount_static", "router"]
 
 #: The page's HTML, its JavaScript modules and its style sheet.
 STATIC_DIR = Path(__file__).parent.parent / "static"
@@ -26,7 +27,8 @@ STATIC_DIR = Path(__file__).parent.parent / "static"
 router = APIRouter()
 
 
-def _csp(settings: DispatchSettings) -> str:
+def content_security_policy(settings: DispatchSettings) -> str:
+    """The page's policy: everything from this server, images also from the tile server."""
     tiles = f" {settings.tile_origin}" if settings.tile_origin else ""
     # Everything from this server: a CDN reference would fail closed, not load.
     return (
@@ -40,13 +42,26 @@ def _csp(settings: DispatchSettings) -> str:
 async def index(ctx: Ctx) -> FileResponse:
     return FileResponse(
         STATIC_DIR / "index.html",
-        headers={"Content-Security-Policy": _csp(ctx.settings), "Cache-Control": "no-cache"},
+        headers={
+            "Content-Security-Policy": content_security_policy(ctx.settings),
+            "Cache-Control": "no-cache",
+        },
     )
 
 
 def mount_static(app: FastAPI, settings: DispatchSettings) -> None:
-    """Serve the page's files under ``/static`` and Leaflet under ``/vendor/leaflet``
-    (when it is installed)."""
+    """Serve the page's files under ``/static``, Leaflet under ``/vendor/leaflet``,
+    protomaps-leaflet (a vector PMTiles basemap's renderer) under
+    ``/vendor/protomaps-leaflet`` and pmtiles (a raster one's reader) under
+    ``/vendor/pmtiles`` (when they are installed)."""
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     if settings.leaflet_dir.is_dir():
         app.mount("/vendor/leaflet", StaticFiles(directory=settings.leaflet_dir), name="leaflet")
+    if settings.protomaps_dir.is_dir():
+        app.mount(
+            "/vendor/protomaps-leaflet",
+            StaticFiles(directory=settings.protomaps_dir),
+            name="protomaps-leaflet",
+        )
+    if settings.pmtiles_dir.is_dir():
+        app.mount("/vendor/pmtiles", StaticFiles(directory=settings.pmtiles_dir), name="pmtiles")

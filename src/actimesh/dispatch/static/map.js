@@ -1,7 +1,8 @@
-/* The Leaflet map: an offline grid under everything (tiles only if the server names a
- * tile server), a layer for activations below one for devices, the legend, and the
- * street-level labels. Leaflet is served by the app itself (no CDN).
+/* The Leaflet map: an offline grid under everything, the streets above it if the server
+ * names a basemap (basemap.js), a layer for activations below one for devices, the
+ * legend, and the street-level labels. Leaflet is served by the app itself (no CDN).
  */
+import { addBasemap } from './basemap.js';
 import { $, el } from './dom.js';
 import { typeLabel } from './labels.js';
 import { S } from './state.js';
@@ -48,15 +49,12 @@ export function initMap() {
   legend.addTo(map);
 }
 
-// The server's settings, from the snapshot: agency, tiles, trigger types.
+// The server's settings, from the snapshot: agency, basemap, trigger types.
 export function configure(config) {
   const first = S.config == null;
   S.config = config;
   $('agency').textContent = config.agency;
-  if (first && config.tile_url) {
-    L.tileLayer(config.tile_url, { maxZoom: 21, maxNativeZoom: 19, attribution: config.tile_attribution || '' })
-      .addTo(map);
-  }
+  if (first) addBasemap(map, config.basemap);
   const typeSel = $('f-type');
   config.event_types.forEach((t) => {
     if (![...typeSel.options].some((o) => o.value === t)) typeSel.appendChild(new Option(typeLabel(t), t));
