@@ -47,7 +47,8 @@ def test_the_180th_meridian_is_a_cell_boundary_and_plus_minus_180_are_one_place(
     partitions = PartitionMap(2, cell_m=2000.0)
     west = partitions.cell_of(-16.8, 179.99999)
     east = partitions.cell_of(-16.8, -179.99999)
-    assert west[1] == 0 and east[1] == -1  # the plane y = 0, on either side
+    assert west[1] == 0  # the plane y = 0, on either side
+    assert east[1] == -1
     assert partitions.cell_of(-16.8, 180.0) == partitions.cell_of(-16.8, -180.0)
     assert partitions.owner(-16.8, 180.0) == partitions.owner(-16.8, -180.0)
 
@@ -69,7 +70,8 @@ def test_cells_spread_evenly_and_a_new_partition_moves_only_its_share() -> None:
     moved = sum(four.partition_of(c) != five.partition_of(c) for c in cells)
     # Rendezvous hashing: only the cells the new partition wins move (1/5 of them).
     assert abs(moved / len(cells) - 0.2) < 0.03, moved
-    assert all(five.partition_of(c) == 4 for c in cells if four.partition_of(c) != five.partition_of(c))
+    movers = [c for c in cells if four.partition_of(c) != five.partition_of(c)]
+    assert all(five.partition_of(c) == 4 for c in movers)
 
 
 def test_one_partition_owns_everything() -> None:

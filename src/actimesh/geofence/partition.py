@@ -46,8 +46,10 @@ Cell = tuple[int, int, int]
 
 #: Cells whose owner is remembered; past this the cache starts again (bounded memory).
 _CACHE_MAX = 1 << 16
-#: The smallest cell allowed: below it a halo spans thousands of cells per fix.
+#: The smallest cell allowed.
 MIN_CELL_M = 1.0
+#: The widest halo, in cells: a fix's halo box visits up to ``(2 * 4 + 2) ** 3`` cells.
+MAX_HALO_CELLS = 4.0
 
 
 def _ecef(lat: float, lon: float) -> tuple[float, float, float]:
@@ -94,6 +96,11 @@ class PartitionMap:
             raise ValueError(f"cell_m must be a finite number >= {MIN_CELL_M} m, got {cell_m!r}")
         if not 0.0 <= halo_m < math.inf:
             raise ValueError(f"halo_m must be a finite number of metres >= 0, got {halo_m!r}")
+        if halo_m > MAX_HALO_CELLS * cell_m:
+            raise ValueError(
+                f"a halo of {halo_m:g} m is more than {MAX_HALO_CELLS:g} cells of {cell_m:g} m: "
+                f"make the cells at least {halo_m / MAX_HALO_CELLS:g} m"
+            )
         self.count = count
         self.cell_m = float(cell_m)
         self.halo_m = float(halo_m)

@@ -28,6 +28,7 @@ from actimesh.triggers.commands import Commander
 from actimesh.triggers.dedupe import Dedupe
 from actimesh.triggers.fanout import plan_activation
 from actimesh.triggers.fleet import Fleet
+from actimesh.triggers.partitions import Partitioning
 from actimesh.triggers.persistence import Decided, Persister
 from actimesh.triggers.rules import Rule, RuleTable
 from actimesh.triggers.settings import EngineSettings
@@ -73,7 +74,9 @@ class Planner:
         clock: Callable[[], float],
         dispatch_source: str | None,
         tracer: TriggerTracer | None = None,
+        partitioning: Partitioning | None = None,
     ) -> None:
+        self._partitioning = partitioning
         self._rules = rules
         self._policy = policy
         self._fleet = fleet
@@ -89,12 +92,25 @@ class Planner:
         self._dispatch_source = dispatch_source
         self._tracer = tracer
 
-    async def handle(self, source: str, payload: bytes, delivery: Delivery) -> bool:
+    async def handle(
+        self, source: str, payload: bytes, delivery: Delivery, partition: int | None = None
+    ) -> bool:
         """Handle a trigger. True when the persister now owns the acknowledgement.
-        Raises :class:`PayloadError` for an event refused (the caller answers it)."""
+        Raises :class:`PayloadError` for an event refused (the caller answers it).
+
+        ``partition``: the partition whose share of events this one came in (geographic
+        partitions, :mod:`.partitions`); an event another partition owns is left to
+        it: False, nothing done, nothing refused."""
         if self._tracer is not None:
             self._tracer.handling()
         received = self._clock()
+        if (
+            partition is not None
+            and self._partitioning is not None
+            and not self._owned(source, payload, partition)
+        ):
+            self._stats.events_elsewhere += 1
+            return False
         event = decode(Event, payload)
         check_clock(
             event.ts,
@@ -182,6 +198,16 @@ class Planner:
         item = Decided(plan, event, source, received, decided, self._rule_doc(rule), delivery)
         await self._persister.put(item)
         return True
+
+    def _owned(self, source: str, payload: bytes, partition: int) -> bool:
+        """Does ``partition`` own this event? An unreadable one belongs to its sender's
+        home partition, which refuses it (once, not once per partition)."""
+        assert self._partitioning is not None  # checked by the caller
+        try:
+            event = decode(Event, payload)
+        except PayloadError:
+            return self._partitioning.home(source) == partition
+        return self._partitioning.event_owner(event, source, self._index) == partition
 
     def _rule_doc(self, rule: Rule) -> dict[str, object]:
         """The rule and policy applied, as the ledger keeps them with the activation."""
