@@ -216,6 +216,9 @@ def _grants(  # noqa: PLR0911 - one return per role
             *_write(f"{p}/alerts/#"),
             *_write(f"{p}/deadletter/#"),
             *_write(f"{p}/engine/#"),
+            # Geographic partitions: telemetry relayed between engines
+            # (triggers/partitions.py), which only engines publish.
+            *_read(f"{p}/engine/part/#"),
             *_read(f"{_OWNTRACKS_ROOT}/+/+"),
         )
     if role is AccountRole.DISPATCH:
