@@ -53,12 +53,12 @@ MAX_HALO_CELLS = 4.0
 
 
 def _ecef(lat: float, lon: float) -> tuple[float, float, float]:
-    """ECEF metres rounded to the micrometre: one place has one cell whatever its
-    longitude says. ``sin(pi)`` is 1.2e-16, not 0, so without it longitude 180 and -180
-    (or two longitudes at a pole) would land a nanometre apart on either side of a
-    cell boundary."""
-    x, y, z = to_ecef(lat, lon)
-    return round(x, 6), round(y, 6), round(z, 6)
+    """ECEF metres, one place giving one cell whatever its longitude says: ``sin(pi)``
+    is 1.2e-16, not 0, so longitude 180 and -180 (or two longitudes at a pole) would
+    otherwise land a nanometre apart on either side of a cell boundary."""
+    if lon == -180.0 or lat in (90.0, -90.0):
+        lon = 180.0
+    return to_ecef(lat, lon)
 
 
 def _rendezvous(cell: Cell, count: int) -> int:
