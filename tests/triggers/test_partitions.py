@@ -30,6 +30,7 @@ from actimesh.broker.messages import (
     activation_id,
 )
 from actimesh.broker.topics import Topics
+from actimesh.errors import ConfigError
 from actimesh.geofence import Cell, InclusionPolicy, PartitionMap, destination
 from actimesh.ledger import SqliteLedger
 from actimesh.security.signing import CommandSigner
@@ -275,3 +276,23 @@ def test_an_engine_refuses_a_halo_narrower_than_its_rules(tmp_path: Path) -> Non
             settings=EngineSettings(partitions=2),
             partitions=PartitionMap(2, halo_m=HALO_M),
         )
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"partitions": 2, "partition": [2]}, r"from 0 to 1 \(engine.partitions = 2\), got \[2\]"),
+        ({"partitions": 2, "partition": [1, 1]}, "lists a partition twice"),
+        ({"partitions": 2.5}, "whole number"),
+    ],
+)
+def test_partition_settings_are_checked(settings: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        EngineSettings(**settings)  # type: ignore[arg-type]  # wrong values on purpose
+
+
+def test_a_list_from_the_config_file_is_kept_sorted_as_a_tuple() -> None:
+    settings = EngineSettings(partitions=4, partition=[3, 1])  # type: ignore[arg-type]  # as TOML gives it
+    assert settings.partition == (1, 3)
+    assert settings.served == (1, 3)
+    assert EngineSettings(partitions=3).served == (0, 1, 2)
