@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiomqtt
@@ -35,7 +35,7 @@ from actimesh.broker.nats import NatsCluster
 from actimesh.geofence import InclusionPolicy, PartitionMap, destination
 from actimesh.ledger import SqliteLedger
 from actimesh.security.signing import CommandSigner
-from actimesh.triggers import DEFAULT_RULES, Engine, EngineSettings, RuleTable
+from actimesh.triggers import DEFAULT_RULES, Engine, EngineSettings, RuleTable, StaticDirectory
 from actimesh.triggers.partitions import halo_for
 from tests.broker.nats_secured import access_for, engine_transport
 from tests.broker.test_nats_engine import TOPICS, mqtt311, publish_as, settle
@@ -50,6 +50,13 @@ RULES = RuleTable({t: r for t, r in DEFAULT_RULES.rules.items() if r.radius_m < 
 CALGARY = (51.0447, -114.0719)
 #: Devices spread over 20 km around the trigger, in both partitions.
 FAR = [(f"far-{i}", destination(*CALGARY, 45.0 * i, 2500.0 + 1500.0 * i)) for i in range(8)]
+
+
+DIRECTORY = StaticDirectory()
+DIRECTORY.add("cew1", DeviceKind.CEW)
+DIRECTORY.add("bwc-across", DeviceKind.BODY_CAM)
+for _name, _at in FAR:
+    DIRECTORY.add(_name, DeviceKind.BODY_CAM)
 
 
 def cells() -> PartitionMap:
@@ -75,40 +82,54 @@ async def cluster(tmp_path: Path) -> AsyncIterator[NatsCluster]:
 
 
 @asynccontextmanager
-async def partitioned(cluster: NatsCluster, tmp_path: Path) -> AsyncIterator[list[Engine]]:
-    signer = CommandSigner.generate()
-    async with AsyncExitStack() as stack:
-        engines = []
-        for k in (0, 1):
-            ledger = await stack.enter_async_context(SqliteLedger(tmp_path / f"l{k}.sqlite3"))
-            settings = EngineSettings(
-                engine_id=f"engine-{k}",
-                warmup_s=0.01,
+async def running(
+    cluster: NatsCluster,
+    tmp_path: Path,
+    signer: CommandSigner,
+    engine_id: str,
+    served: tuple[int, ...],
+    *,
+    node: int = 0,
+    warmup_s: float = 0.01,
+) -> AsyncIterator[Engine]:
+    """An engine serving the partitions ``served``, until the block ends (a clean stop)."""
+    async with SqliteLedger(tmp_path / f"{engine_id}.sqlite3") as ledger:
+        engine = Engine(
+            topics=TOPICS,
+            transport=engine_transport(cluster, node),
+            ledger=ledger,
+            rules=RULES,
+            policy=POLICY,
+            signer=signer,
+            # What each device is comes from the registry, as in a deployment: a
+            # restarted engine on NATS sees no retained presence (docs/SCALING.md).
+            directory=DIRECTORY,
+            settings=EngineSettings(
+                engine_id=engine_id,
+                warmup_s=warmup_s,
                 ack_timeout_s=30.0,
                 partitions=2,
-                partition=(k,),
-            )
-            engines.append(
-                Engine(
-                    topics=TOPICS,
-                    transport=engine_transport(cluster, k),
-                    ledger=ledger,
-                    rules=RULES,
-                    policy=POLICY,
-                    signer=signer,
-                    settings=settings,
-                )
-            )
+                partition=served,
+            ),
+        )
         async with asyncio.TaskGroup() as tg:
-            tasks = [tg.create_task(e.run(), name=e.settings.engine_id) for e in engines]
+            task = tg.create_task(engine.run(), name=engine_id)
             async with asyncio.timeout(30):
-                for engine in engines:
-                    await engine.warmed.wait()
+                await engine.warmed.wait()
             try:
-                yield engines
+                yield engine
             finally:
-                for task in tasks:
-                    task.cancel()
+                task.cancel()
+
+
+@asynccontextmanager
+async def partitioned(cluster: NatsCluster, tmp_path: Path) -> AsyncIterator[list[Engine]]:
+    signer = CommandSigner.generate()
+    async with (
+        running(cluster, tmp_path, signer, "engine-0", (0,), node=0) as e0,
+        running(cluster, tmp_path, signer, "engine-1", (1,), node=1) as e1,
+    ):
+        yield [e0, e1]
 
 
 async def report(port: int, device_id: str, kind: DeviceKind, at: tuple[float, float]) -> None:
@@ -121,17 +142,19 @@ async def report(port: int, device_id: str, kind: DeviceKind, at: tuple[float, f
         await client.publish(TOPICS.telemetry(device_id), encode(fix), qos=0)
 
 
-async def camera(port: int, device_id: str, at: tuple[float, float], got: list[Command]) -> None:
-    """A body camera at ``at`` that records every command it gets and says so."""
+async def camera(
+    port: int, device_id: str, at: tuple[float, float], got: list[Command], every: float = 0.0
+) -> None:
+    """A body camera at ``at`` that records every command it gets and says so; it
+    reports its fix once, or every ``every`` seconds as a real one does."""
     client = mqtt311(port, device_id)
     try:
-        async with client:
+        async with client, asyncio.TaskGroup() as tg:
             await client.subscribe(TOPICS.command(device_id), qos=1)
             now = time.time()
             presence = encode(Presence(online=True, ts=now, device_kind=DeviceKind.BODY_CAM))
             await client.publish(TOPICS.presence(device_id), presence, qos=1, retain=True)
-            fix = Telemetry(ts=now, state=DeviceState.BUFFERING, lat=at[0], lon=at[1], acc=2.0)
-            await client.publish(TOPICS.telemetry(device_id), encode(fix), qos=0)
+            tg.create_task(_fixes(client, device_id, at, every))
             async for message in client.messages:
                 command = decode(Command, message.payload)
                 got.append(command)
@@ -140,6 +163,17 @@ async def camera(port: int, device_id: str, at: tuple[float, float], got: list[C
     except aiomqtt.MqttError:
         settle(client)
         raise
+
+
+async def _fixes(
+    client: aiomqtt.Client, device_id: str, at: tuple[float, float], every: float
+) -> None:
+    while True:
+        fix = Telemetry(ts=time.time(), state=DeviceState.BUFFERING, lat=at[0], lon=at[1], acc=2.0)
+        await client.publish(TOPICS.telemetry(device_id), encode(fix), qos=0)
+        if not every:
+            return
+        await asyncio.sleep(every)  # a device's reporting interval, not a wait on a condition
 
 
 @pytest.mark.time_limit(90)
@@ -184,3 +218,41 @@ async def test_a_camera_across_the_boundary_is_commanded_and_each_engine_hears_i
             assert await engines[1 - owner].ledger.activation(aid) is None
             assert engines[1 - owner].stats.events == 0
             cam.cancel()
+
+
+@pytest.mark.time_limit(120)
+async def test_a_survivor_given_a_dead_engines_partition_plans_the_events_waiting_for_it(
+    cluster: NatsCluster, tmp_path: Path
+) -> None:
+    """Failover by configuration: the owner's engine is gone when the trigger is raised;
+    the event waits in its partition's durable consumer until the survivor, restarted
+    with that partition added, plans it and commands the camera across the boundary."""
+    trigger, owner = near_a_boundary()
+    other = 1 - owner
+    across = destination(*trigger, 90.0, 9.0)
+    assert cells().owner(*across) == other
+    signer = CommandSigner.generate()
+    port = cluster.nodes[1].mqtt_port
+    got: list[Command] = []
+    async with asyncio.TaskGroup() as tg:
+        cam = tg.create_task(
+            camera(cluster.nodes[2].mqtt_port, "bwc-across", across, got, every=0.5)
+        )
+        now = time.time()
+        presence = encode(Presence(online=True, ts=now, device_kind=DeviceKind.CEW))
+        await publish_as(port, "cew1", TOPICS.presence("cew1"), presence, retain=True)
+        async with running(cluster, tmp_path, signer, "engine-a", (other,)) as a:
+            async with running(cluster, tmp_path, signer, "engine-b", (owner,), node=1) as b:
+                await eventually(lambda: "bwc-across" in a.index and "bwc-across" in b.index)
+            # engine-b is gone: the trigger's partition has no engine.
+            draw = Event(eid="e1", type="taser_draw", ts=now, lat=trigger[0], lon=trigger[1])
+            await publish_as(port, "cew1", TOPICS.event("cew1"), encode(draw))
+            await eventually(lambda: a.stats.events_elsewhere == 1, timeout=15)
+            assert got == []
+        aid = activation_id("cew1", "e1")
+        served = (0, 1)
+        async with running(cluster, tmp_path, signer, "engine-a", served, warmup_s=2.0) as survivor:
+            await eventually(lambda: [c.aid for c in got] == [aid], timeout=20)
+            assert survivor.stats.events == 1
+            await eventually(lambda: survivor.ledger.activation(aid))
+        cam.cancel()
