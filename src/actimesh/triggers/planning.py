@@ -104,14 +104,10 @@ class Planner:
         if self._tracer is not None:
             self._tracer.handling()
         received = self._clock()
-        if (
-            partition is not None
-            and self._partitioning is not None
-            and not self._owned(source, payload, partition)
-        ):
+        event = self._decode(source, payload, partition)
+        if event is None:
             self._stats.events_elsewhere += 1
             return False
-        event = decode(Event, payload)
         check_clock(
             event.ts,
             received,
@@ -199,15 +195,20 @@ class Planner:
         await self._persister.put(item)
         return True
 
-    def _owned(self, source: str, payload: bytes, partition: int) -> bool:
-        """Does ``partition`` own this event? An unreadable one belongs to its sender's
-        home partition, which refuses it (once, not once per partition)."""
-        assert self._partitioning is not None  # checked by the caller
+    def _decode(self, source: str, payload: bytes, partition: int | None) -> Event | None:
+        """The event, or None when another partition owns it (geographic partitions). An
+        unreadable one belongs to its sender's home partition, which refuses it (once,
+        not once per partition)."""
+        part = self._partitioning
+        if partition is None or part is None:
+            return decode(Event, payload)
         try:
             event = decode(Event, payload)
         except PayloadError:
-            return self._partitioning.home(source) == partition
-        return self._partitioning.event_owner(event, source, self._index) == partition
+            if part.home(source) != partition:
+                return None
+            raise
+        return event if part.event_owner(event, source, self._index) == partition else None
 
     def _rule_doc(self, rule: Rule) -> dict[str, object]:
         """The rule and policy applied, as the ledger keeps them with the activation."""
