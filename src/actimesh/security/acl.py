@@ -208,8 +208,10 @@ def _grants(  # noqa: PLR0911 - one return per role
     if role is AccountRole.ENGINE:
         return (
             *(a for c in ("telemetry", "event", "presence", "ack") for a in _read(f"{dev}/{c}")),
-            # The engines' share group: this role alone may join it.
+            # The engines' share groups: this role alone may join them (trigger events,
+            # and with geographic partitions the relay's share of raw telemetry).
             Acl(AclType.SUBSCRIBE_WITHIN, f"$share/+/{dev}/event"),
+            Acl(AclType.SUBSCRIBE_WITHIN, f"$share/+/{dev}/telemetry"),
             *(a for c in ("cmd", "confirm") for a in _write(f"{dev}/{c}")),
             *_write(f"{p}/activations/#"),
             *_write(f"{p}/json/activations/#"),
