@@ -93,6 +93,14 @@ class Partitioning:
                 f"the partitions' halo ({self.cells.halo_m:g} m) is narrower than the widest "
                 f"search radius of the rules ({needed:g} m)"
             )
+        if self.cells.halo_m > self.cells.cell_m / 4:
+            # Not wrong, only costly: docs/SCALING.md measures it.
+            log.warning(
+                "partitions: a halo of %g m on %g m cells copies most fixes to several "
+                "partitions; cap the widest rule's radius or make the cells larger",
+                self.cells.halo_m,
+                self.cells.cell_m,
+            )
         self.served = settings.served
         self._topics = topics
         self._stats = stats
