@@ -55,6 +55,12 @@ def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
         help="port of the evidence upload API (default from [evidence] port; 0: any)",
     )
     up.add_argument("--no-http", action="store_true", help="run without the dispatch map and API")
+    up.add_argument(
+        "--tls",
+        action="store_true",
+        help="TLS on every listener and route, with a node certificate from the data "
+        "directory's CA (`actimesh certs init` first; as [broker] tls = true)",
+    )
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
@@ -83,5 +89,5 @@ def run(args: argparse.Namespace, console: Console) -> int:
         else None
     )
     plan = ClusterPlan(engines=args.engines, postgres_port=args.postgres_port)
-    run_async(run_cluster_up(settings, plan, sim, console))
+    run_async(run_cluster_up(settings, plan, sim, console, tls=args.tls))
     return EXIT_OK
