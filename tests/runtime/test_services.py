@@ -22,9 +22,7 @@ from actimesh.triggers.settings import EngineSettings
 from tests.broker.nats_secured import DISPATCH, ENGINE, access_for, password_of
 from tests.waiting import eventually
 
-# No "." in it: the server refuses one in an MQTT client id, and the dispatch's carry
-# the agency (broker/nats/cluster.py).
-AGENCY = "svc-test"
+AGENCY = "svc.test"
 
 pytestmark = [pytest.mark.integration, pytest.mark.time_limit(60)]
 
