@@ -372,6 +372,7 @@ async def run_up(settings: Settings, sim: SimSettings | None, console: Console) 
             broker_port=broker.port,
             console=console,
             status=lambda: _engine_status(engine, fleet),
+            gps_margin_m=settings.policy.widest_margin_m,
             tls=broker.tls,
             **broker.login(SERVICE_MONITOR),
         )
