@@ -72,7 +72,7 @@ async def test_every_route_refuses_callers_without_credentials(
     agency: str, broker_port: int, tmp_path: Path
 ) -> None:
     assert set(PUBLIC_ROUTES) == EXPECTED_PUBLIC
-    assert PUBLIC_PREFIXES == ("/static/", "/vendor/leaflet/")
+    assert PUBLIC_PREFIXES == ("/static/", "/vendor/leaflet/", "/vendor/markercluster/")
     async with (
         mesh(agency, broker_port, tmp_path) as m,
         running_dispatch(m, tmp_path) as svc,

@@ -195,6 +195,12 @@ class DispatchSettings:
         return base / "leaflet" / "dist"
 
     @property
+    def markercluster_dir(self) -> Path:
+        """Leaflet.markercluster's ``dist`` folder (installed beside Leaflet)."""
+        base = self.vendor_dir if self.vendor_dir is not None else _CHECKOUT_NODE_MODULES
+        return base / "leaflet.markercluster" / "dist"
+
+    @property
     def tls(self) -> bool:
         """The dispatch serves https itself."""
         return self.tls_certfile is not None

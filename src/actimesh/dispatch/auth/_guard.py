@@ -43,7 +43,7 @@ PUBLIC_ROUTES = frozenset(
         ("GET", "/api/v1/session"),
     }
 )
-PUBLIC_PREFIXES = ("/static/", "/vendor/leaflet/")
+PUBLIC_PREFIXES = ("/static/", "/vendor/leaflet/", "/vendor/markercluster/")
 
 
 def is_public(method: str, path: str) -> bool:

@@ -17,7 +17,9 @@ from actimesh.dispatch.routes import (
     live,
     page,
     session,
+    tracks,
     webhooks,
+    workflow,
     zones,
 )
 
@@ -31,6 +33,8 @@ __all__ = [
     "live",
     "page",
     "session",
+    "tracks",
     "webhooks",
+    "workflow",
     "zones",
 ]

@@ -45,8 +45,14 @@ async def index(ctx: Ctx) -> FileResponse:
 
 
 def mount_static(app: FastAPI, settings: DispatchSettings) -> None:
-    """Serve the page's files under ``/static`` and Leaflet under ``/vendor/leaflet``
-    (when it is installed)."""
+    """Serve the page's files under ``/static``, Leaflet under ``/vendor/leaflet`` and its
+    marker clustering under ``/vendor/markercluster`` (when they are installed)."""
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     if settings.leaflet_dir.is_dir():
         app.mount("/vendor/leaflet", StaticFiles(directory=settings.leaflet_dir), name="leaflet")
+    if settings.markercluster_dir.is_dir():
+        app.mount(
+            "/vendor/markercluster",
+            StaticFiles(directory=settings.markercluster_dir),
+            name="markercluster",
+        )
