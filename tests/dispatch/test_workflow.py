@@ -144,7 +144,8 @@ async def test_detail_replay_and_track_come_from_the_recent_positions(
             view = svc.state.devices["bwc-near"]
             assert near["at_event"] == pytest.approx([view.lat, view.lon])
             # The radius the engine included cameras in: the rule's plus the GPS margin.
-            assert doc["effective_radius_m"] == pytest.approx(doc["radius_m"] + doc["gps_margin_m"])
+            assert doc["gps_margin_m"] == pytest.approx(6.0)
+            assert doc["effective_radius_m"] == pytest.approx(doc["radius_m"] + 6.0)
 
             r = await client.get(f"/api/v1/activations/{aid}/replay")
             assert r.status_code == 200, r.text
