@@ -161,6 +161,12 @@ async def test_a_shift_on_the_map_lines_clusters_acknowledgements_and_replay(
             if target:  # the picture for the docs: the selected incident at 1600x900
                 await page.screenshot(path=target)
 
+            # Following unit 12 draws where it went in the last 2 minutes.
+            await page.select_option("#follow", "unit012")
+            await until(page, "window.actimesh.trackPoints() >= 4")
+            await until(page, "document.querySelectorAll('path.track').length >= 1")
+            await page.select_option("#follow", "")
+
             # The officers stop recording: the activation has ended. Selected, its lines
             # stay; once closed, they fade out and are gone.
             for device_id in ("u12-bwc1", "u12-bwc2", "u12-dash", "u14-bwc1"):

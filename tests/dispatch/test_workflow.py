@@ -42,70 +42,72 @@ async def test_acknowledgements_and_notes_are_ledger_records_served_by_rest(
     url: str | None = None
     if store == "postgres":
         url = str(request.getfixturevalue("postgres_url"))
-    async with (
-        mesh(agency, broker_port, tmp_path, ledger_url=url) as m,
-        running_dispatch(m, tmp_path) as svc,
-    ):
-        add(m, "bwc-1", DeviceKind.BODY_CAM, unit="u1", at=0.0)
-        add(m, "cew-1", DeviceKind.CEW, unit="u1", paired=("bwc-1",))
-        await m.ready()
-        # A camera near the event that never answers: a no_ack alert to acknowledge.
-        await silent_camera(m, "bwc-mute", unit="u2", at=4.0, bearing=90)
-        await eventually(lambda: "bwc-mute" in svc.state.devices)
-        event = await m.agents["cew-1"].raise_event("taser_draw")
-        aid = activation_id("cew-1", event.eid)
-        alert_id = f"{aid}:bwc-mute:no_ack"
-        await eventually(lambda: alert_id in svc.state.alerts)
-        password = await add_user(svc, "kim")
-        async with api(svc, None) as kim, api(svc, "integrator") as integrator:
-            await login(kim, "kim", password)
-            # Reading is for any caller; acknowledging and notes need the dispatch role.
-            assert (await integrator.post(f"/api/v1/activations/{aid}/ack")).status_code == 403
-            r = await integrator.get(f"/api/v1/activations/{aid}/workflow")
-            assert r.status_code == 200, r.text
-            assert r.json() == {"aid": aid, "acks": [], "notes": []}
+    async with mesh(agency, broker_port, tmp_path, ledger_url=url) as m:
+        async with running_dispatch(m, tmp_path) as svc:
+            add(m, "bwc-1", DeviceKind.BODY_CAM, unit="u1", at=0.0)
+            add(m, "cew-1", DeviceKind.CEW, unit="u1", paired=("bwc-1",))
+            await m.ready()
+            # A camera near the event that never answers: a no_ack alert to acknowledge.
+            await silent_camera(m, "bwc-mute", unit="u2", at=4.0, bearing=90)
+            await eventually(lambda: "bwc-mute" in svc.state.devices)
+            event = await m.agents["cew-1"].raise_event("taser_draw")
+            aid = activation_id("cew-1", event.eid)
+            alert_id = f"{aid}:bwc-mute:no_ack"
+            await eventually(lambda: alert_id in svc.state.alerts)
+            password = await add_user(svc, "kim")
+            async with api(svc, None) as kim, api(svc, "integrator") as integrator:
+                await login(kim, "kim", password)
+                # Reading is for any caller; acknowledging and notes need the dispatch role.
+                assert (await integrator.post(f"/api/v1/activations/{aid}/ack")).status_code == 403
+                r = await integrator.get(f"/api/v1/activations/{aid}/workflow")
+                assert r.status_code == 200, r.text
+                assert r.json() == {"aid": aid, "acks": [], "notes": []}
 
-            r = await kim.post(f"/api/v1/activations/{aid}/ack")
-            assert r.status_code == 201, r.text
-            first = r.json()
-            assert (first["aid"], first["alert_id"], first["by"]) == (aid, None, "kim")
-            again = await kim.post(f"/api/v1/activations/{aid}/ack")
-            assert again.status_code == 200
-            assert again.json() == first  # the first acknowledgement stands
-            r = await kim.post(f"/api/v1/alerts/{alert_id}/ack")
-            assert r.status_code == 201, r.text
-            assert r.json()["alert_id"] == alert_id
-            r = await kim.post(
-                f"/api/v1/activations/{aid}/notes", json={"text": "  Unit 12 on scene "}
-            )
-            assert r.status_code == 201, r.text
-            assert r.json()["text"] == "Unit 12 on scene"
+                r = await kim.post(f"/api/v1/activations/{aid}/ack")
+                assert r.status_code == 201, r.text
+                first = r.json()
+                assert (first["aid"], first["alert_id"], first["by"]) == (aid, None, "kim")
+                again = await kim.post(f"/api/v1/activations/{aid}/ack")
+                assert again.status_code == 200
+                assert again.json() == first  # the first acknowledgement stands
+                r = await kim.post(f"/api/v1/alerts/{alert_id}/ack")
+                assert r.status_code == 201, r.text
+                assert r.json()["alert_id"] == alert_id
+                r = await kim.post(
+                    f"/api/v1/activations/{aid}/notes", json={"text": "  Unit 12 on scene "}
+                )
+                assert r.status_code == 201, r.text
+                assert r.json()["text"] == "Unit 12 on scene"
 
-            # Bad requests, each refused with one line saying why.
-            for path, body, status, says in (
-                (f"/api/v1/activations/{aid}/notes", {"text": ""}, 422, "text"),
-                (f"/api/v1/activations/{aid}/notes", {"text": "a\x07b"}, 422, "control"),
-                (f"/api/v1/activations/{aid}/notes", {"text": "x" * 2001}, 422, "text"),
-                ("/api/v1/activations/act-nope/notes", {"text": "hi"}, 404, "act-nope"),
-                ("/api/v1/activations/act-nope/ack", None, 404, "act-nope"),
-                ("/api/v1/alerts/nope:bwc-1:no_ack/ack", None, 404, "no alert"),
-            ):
-                r = await kim.post(path, json=body)
-                assert r.status_code == status, (path, r.text)
-                assert says in r.json()["error"]
+                # Bad requests, each refused with one line saying why.
+                for path, body, status, says in (
+                    (f"/api/v1/activations/{aid}/notes", {"text": ""}, 422, "text"),
+                    (f"/api/v1/activations/{aid}/notes", {"text": "a\x07b"}, 422, "control"),
+                    (f"/api/v1/activations/{aid}/notes", {"text": "x" * 2001}, 422, "text"),
+                    ("/api/v1/activations/act-nope/notes", {"text": "hi"}, 404, "act-nope"),
+                    ("/api/v1/activations/act-nope/ack", None, 404, "act-nope"),
+                    ("/api/v1/alerts/nope:bwc-1:no_ack/ack", None, 404, "no alert"),
+                ):
+                    r = await kim.post(path, json=body)
+                    assert r.status_code == status, (path, r.text)
+                    assert says in r.json()["error"]
 
-            r = await integrator.get(f"/api/v1/activations/{aid}/workflow")
-            doc = r.json()
-            assert [(a["alert_id"], a["by"]) for a in doc["acks"]] == [
-                (None, "kim"),
-                (alert_id, "kim"),
-            ]
-            assert [(n["by"], n["text"]) for n in doc["notes"]] == [("kim", "Unit 12 on scene")]
-            assert doc["acks"][0]["seq"] == first["seq"]
+                r = await integrator.get(f"/api/v1/activations/{aid}/workflow")
+                doc = r.json()
+                assert [(a["alert_id"], a["by"]) for a in doc["acks"]] == [
+                    (None, "kim"),
+                    (alert_id, "kim"),
+                ]
+                assert [(n["by"], n["text"]) for n in doc["notes"]] == [("kim", "Unit 12 on scene")]
+                assert doc["acks"][0]["seq"] == first["seq"]
 
-            # The live map shows both acknowledgements.
-            assert svc.state.activations[aid].to_json()["acked_by"] == "kim"
-            assert svc.state.alerts[alert_id].to_json()["acked_by"] == "kim"
+                # The live map shows both acknowledgements.
+                assert svc.state.activations[aid].to_json()["acked_by"] == "kim"
+                assert svc.state.alerts[alert_id].to_json()["acked_by"] == "kim"
+        # Restarted, the dispatch shows them acknowledged: the alert does not sound again.
+        async with running_dispatch(m, tmp_path) as again:
+            assert again.state.alerts[alert_id].acked_by == "kim"
+            assert again.state.activations[aid].acked_by == "kim"
 
     rows = _records(tmp_path, url, agency)
     assert [(t, who, outcome, row_aid) for t, who, outcome, row_aid, _ in rows] == [

@@ -292,6 +292,16 @@ class DispatchService:
             for device_id, ack in acks:
                 self.state.ack(device_id, ack, now)
         self.state.expire(now)
+        # Dispatchers' acknowledgements too: an alert acknowledged before the restart
+        # must not sound again.
+        for record, _ in recent:
+            try:
+                done = await self.ledger.workflow(record.aid)
+            except LedgerError:
+                log.exception("dispatch: acknowledgements of %s not restored", record.aid)
+                break
+            for ack in done.acks:
+                self.state.acknowledge(ack.aid, ack.alert_id, ack.by, ack.ts)
         # A fresh page gets all of this in its snapshot; nothing to stream.
         self.state.take_delta(now)
         self.state.take_events()
