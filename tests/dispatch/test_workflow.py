@@ -105,9 +105,9 @@ async def test_acknowledgements_and_notes_are_ledger_records_served_by_rest(
                 assert svc.state.activations[aid].to_json()["acked_by"] == "kim"
                 assert svc.state.alerts[alert_id].to_json()["acked_by"] == "kim"
         # Restarted, the dispatch shows them acknowledged: the alert does not sound again.
-        async with running_dispatch(m, tmp_path) as again:
-            assert again.state.alerts[alert_id].acked_by == "kim"
-            assert again.state.activations[aid].acked_by == "kim"
+        async with running_dispatch(m, tmp_path) as restarted:
+            assert restarted.state.alerts[alert_id].acked_by == "kim"
+            assert restarted.state.activations[aid].acked_by == "kim"
 
     rows = _records(tmp_path, url, agency)
     assert [(t, who, outcome, row_aid) for t, who, outcome, row_aid, _ in rows] == [

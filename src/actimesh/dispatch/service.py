@@ -300,8 +300,8 @@ class DispatchService:
             except LedgerError:
                 log.exception("dispatch: acknowledgements of %s not restored", record.aid)
                 break
-            for ack in done.acks:
-                self.state.acknowledge(ack.aid, ack.alert_id, ack.by, ack.ts)
+            for done_ack in done.acks:
+                self.state.acknowledge(done_ack.aid, done_ack.alert_id, done_ack.by, done_ack.ts)
         # A fresh page gets all of this in its snapshot; nothing to stream.
         self.state.take_delta(now)
         self.state.take_events()
