@@ -43,6 +43,17 @@ def test_a_ring_keeps_its_horizon_and_its_count() -> None:
     assert [p.ts for p in tracks.between("bwc-1", 0.0, T0 + 1000)] == [T0 + 400]
 
 
+def test_all_rings_together_keep_to_their_budget() -> None:
+    # 100 devices for a budget of 2000 fixes: 20 each, however long they report.
+    tracks = Tracks(max_points=900, max_total=2000, min_points=10)
+    for n in range(50):
+        for d in range(100):
+            tracks.add(f"bwc-{d}", _fix(T0 + n))
+    assert len(tracks) == 2000
+    assert len(tracks.between("bwc-0", 0.0, T0 + 100)) == 20
+    assert tracks.between("bwc-99", 0.0, T0 + 100)[-1].ts == T0 + 49
+
+
 def test_where_a_device_was_at_a_time() -> None:
     tracks = Tracks()
     for n, lat in enumerate((60.0, 60.1, 60.2)):

@@ -166,3 +166,11 @@ async def test_detail_replay_and_track_come_from_the_recent_positions(
             # Positions need the telemetry grant, like the live map.
             assert (await integrator.get(f"/api/v1/activations/{aid}/replay")).status_code == 403
             assert (await client.get("/api/v1/devices/nobody/track")).status_code == 404
+            metrics = (await client.get("/metrics")).text
+            kept = next(
+                line
+                for line in metrics.splitlines()
+                if line.startswith("actimesh_dispatch_track_fixes ")
+            )
+            assert float(kept.split()[1]) >= 3
+            assert 'actimesh_dispatch_dropped_total{what="track_fix"} 0.0' in metrics

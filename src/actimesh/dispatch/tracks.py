@@ -6,9 +6,12 @@ map needs more: a line from the event to where each camera *was* when it fired, 
 track behind a followed unit, and the replay of an incident from 30 s before the event.
 So the dispatch keeps, per device, the fixes of the last ``horizon_s`` seconds (at most
 ``max_points`` of them, one fix a second is the devices' rate), with the device's
-recording state at each. Memory is bounded: points per device by count and age, devices
-by the live state's own limit. What falls out of the ring is gone: a replay of an
-incident older than the horizon shows the ledger's decisions without movement.
+recording state at each. Memory is bounded twice: each ring by count and age, and all
+of them together by ``max_total`` fixes (about 150 bytes each): with more devices than
+``max_total / max_points``, each ring keeps its fair share (``max_total`` divided by the
+devices tracked, never under ``min_points``), so a large fleet keeps a shorter history
+rather than more memory. What falls out of a ring is gone: a replay of an incident older
+than the horizon shows the ledger's decisions without movement.
 """
 
 from __future__ import annotations
@@ -37,12 +40,26 @@ class Fix:
 class Tracks:
     """Recent fixes per device, oldest first."""
 
-    def __init__(self, *, horizon_s: float = 900.0, max_points: int = 900) -> None:
+    def __init__(
+        self,
+        *,
+        horizon_s: float = 900.0,
+        max_points: int = 900,
+        max_total: int = 500_000,
+        min_points: int = 60,
+    ) -> None:
         self.horizon_s = horizon_s
         self.max_points = max_points
+        self.max_total = max_total
+        self.min_points = min_points
         self._rings: dict[str, deque[Fix]] = {}
         #: Fixes dropped because a ring was full (not because they aged out).
         self.dropped = 0
+
+    def share(self) -> int:
+        """How many fixes each ring may keep now."""
+        fair = self.max_total // max(1, len(self._rings))
+        return max(self.min_points, min(self.max_points, fair))
 
     def add(self, device_id: str, fix: Fix) -> None:
         """Append a fix; an out-of-order one (older than the last) is ignored."""
@@ -54,6 +71,9 @@ class Tracks:
         if len(ring) == self.max_points:
             self.dropped += 1
         ring.append(fix)
+        for _ in range(len(ring) - self.share()):
+            ring.popleft()
+            self.dropped += 1
         horizon = fix.ts - self.horizon_s
         while ring and ring[0].ts < horizon:
             ring.popleft()
