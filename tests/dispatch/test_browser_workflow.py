@@ -147,6 +147,12 @@ async def test_a_shift_on_the_map_lines_clusters_acknowledgements_and_replay(
             )
             assert rows_visible >= 5, rows_visible
             assert "effective" in await detail.inner_text()
+            # The view fits the incident: its effective radius all in sight.
+            fits = """(aid) => { const a = window.actimesh.state.activations.get(aid);
+              const r = a.radius + window.actimesh.state.config.gps_margin_m;
+              const scene = L.latLng(a.lat, a.lon).toBounds(2 * r);
+              return window.actimesh.map.getBounds().contains(scene); }"""
+            assert await page.evaluate(fits, aid)
 
             # Acknowledge it, and leave a note: both in the ledger, both on the page.
             await page.click("#ack-btn")

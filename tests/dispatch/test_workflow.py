@@ -15,6 +15,7 @@ from psycopg import sql
 
 from actimesh.broker.messages import DeviceKind, activation_id
 from actimesh.ledger.postgres import schema_name
+from actimesh.security import Registry
 from tests.dispatch.conftest import add, add_user, api, login, running_dispatch, silent_camera
 from tests.integration.harness import mesh
 from tests.waiting import eventually
@@ -123,6 +124,9 @@ async def test_acknowledgements_and_notes_are_ledger_records_served_by_rest(
 async def test_detail_replay_and_track_come_from_the_recent_positions(
     agency: str, broker_port: int, tmp_path: Path
 ) -> None:
+    # The registry of the dispatch's data directory names one unit's camera.
+    with Registry.open(tmp_path) as registry:
+        registry.add("bwc-near", DeviceKind.BODY_CAM, unit="u2", call_sign="12A3", officer="Kim")
     async with mesh(agency, broker_port, tmp_path) as m, running_dispatch(m, tmp_path) as svc:
         add(m, "bwc-1", DeviceKind.BODY_CAM, unit="u1", at=0.0)
         add(m, "cew-1", DeviceKind.CEW, unit="u1", paired=("bwc-1",))
@@ -143,6 +147,9 @@ async def test_detail_replay_and_track_come_from_the_recent_positions(
 
             doc = await eventually(recorded)
             near = next(c for c in doc["cameras"] if c["device_id"] == "bwc-near")
+            assert (near["call_sign"], near["officer"]) == ("12A3", "Kim")
+            device = (await client.get("/api/v1/devices/bwc-near")).json()
+            assert (device["call_sign"], device["officer"], device["duty"]) == ("12A3", "Kim", None)
             view = svc.state.devices["bwc-near"]
             assert near["at_event"] == pytest.approx([view.lat, view.lon])
             # The radius the engine included cameras in: the rule's plus the GPS margin.
