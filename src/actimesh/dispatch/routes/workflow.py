@@ -110,7 +110,9 @@ async def ack_alert(
     """Acknowledge one alert of the live map (its ``id``) as the caller."""
     alert = ctx.state.alerts.get(alert_id)
     if alert is None:
-        raise HTTPException(404, f"no alert {alert_id!r} on the live map; GET /api/v1/live")
+        raise HTTPException(
+            404, f"no alert {alert_id!r} on the live map; the live feed lists them with their id"
+        )
     if alert.aid is None:
         raise HTTPException(
             422, f"alert {alert_id!r} is about no activation; the engine's log has it"
