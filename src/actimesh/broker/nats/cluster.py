@@ -803,7 +803,8 @@ def apply_access(cluster_dir: Path, access: NatsAccess, *, timeout_s: float = 10
     """Write ``access`` for every node of the cluster in ``cluster_dir`` and reload the
     running ones; returns the monitoring URLs of the nodes reloaded. A node that is not
     running reads it when it starts. BrokerError if a node does not take it in time
-    (it keeps the previous one: see its log)."""
+    (it keeps the previous one: see its log), or if nodes run but none of the cluster's
+    auth callouts answers. A stopped cluster just gets the files."""
     try:
         state = json.loads((cluster_dir / STATE_NAME).read_text())
         nodes = [(Path(n["dir"]), str(n["monitor"])) for n in state["nodes"]]
@@ -815,9 +816,10 @@ def apply_access(cluster_dir: Path, access: NatsAccess, *, timeout_s: float = 10
         issuer = None if callout is None else str(callout["issuer"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise BrokerError(f"no NATS cluster at {cluster_dir} ({exc})") from exc
+    running = any(_running_pid(node_dir) is not None for node_dir, _ in nodes)
     if callout_user is None or issuer is None:
         text = render_authorization(access.with_users([login]))
-    elif not any(_callout_answers(monitor) for _, monitor in nodes):
+    elif running and not any(_callout_answers(monitor) for _, monitor in nodes):
         # A reload re-authorizes every connected client through a callout: with none
         # answering, each would wait auth_timeout and be disconnected.
         write_private(cluster_dir / ACCESS_NAME, access.to_json())
