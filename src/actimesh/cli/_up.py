@@ -10,7 +10,9 @@ from pathlib import Path
 from rich.console import Console
 
 from actimesh.cli._common import EXIT_OK, Parser, http_port, port, positive_int, run_async
-from actimesh.devices.simulator import SimSettings
+from actimesh.devices.simulator import DEFAULT_SEED, SimSettings
+from actimesh.devices.simulator_streets import DEFAULT_MAP, StreetMap
+from actimesh.errors import ConfigError
 from actimesh.runtime.config import load_settings
 
 __all__ = ["add_parsers", "run"]
@@ -47,7 +49,7 @@ def add_parsers(sub: argparse._SubParsersAction[Parser]) -> None:
         metavar="UNITS",
         help="also run a simulated fleet of this many cruiser crews",
     )
-    up.add_argument("--seed", type=int, help="random seed of the simulated fleet")
+    _fleet_flags(up)
     up.add_argument(
         "--http-host",
         metavar="HOST",
@@ -61,6 +63,19 @@ def add_parsers(sub: argparse._SubParsersAction[Parser]) -> None:
         help="port of the dispatch map and API (default 8080; 0: any)",
     )
     up.add_argument("--no-http", action="store_true", help="run without the dispatch map and API")
+    up.add_argument(
+        "--evidence-port",
+        type=http_port,
+        metavar="PORT",
+        help="port of the camera upload (offload) listener (default: [evidence] port, 8471; "
+        "0: any)",
+    )
+    up.add_argument(
+        "--broker-tls-port",
+        type=port,
+        metavar="PORT",
+        help="TLS port of the managed Mosquitto (default: [broker] tls_port, 8883)",
+    )
     up.add_argument(
         "--osmand-port",
         type=port,
@@ -86,7 +101,7 @@ def add_parsers(sub: argparse._SubParsersAction[Parser]) -> None:
         default=Path("actimesh-data"),
         help="where simulated cameras store recordings",
     )
-    sim.add_argument("--seed", type=int, help="random seed")
+    _fleet_flags(sim)
     sim.add_argument(
         "--engine-key",
         type=Path,
@@ -94,6 +109,51 @@ def add_parsers(sub: argparse._SubParsersAction[Parser]) -> None:
         help="the engine's public key, engine-signing.pub (default: "
         "DATA_DIR/keys/engine-signing.pub)",
     )
+
+
+def _fleet_flags(parser: Parser) -> None:
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=DEFAULT_SEED,
+        help=f"random seed of the simulated fleet: the same seed, the same fleet and shift "
+        f"(default {DEFAULT_SEED})",
+    )
+    parser.add_argument(
+        "--busy",
+        action="store_true",
+        help="a shift for a show: about ten incidents a minute for 24 crews, instead of a "
+        "few triggers an hour per crew",
+    )
+    parser.add_argument(
+        "--map",
+        type=Path,
+        metavar="FILE",
+        help=f"OpenStreetMap extract (.osm.pbf) the fleet drives in (default {DEFAULT_MAP}, "
+        "from `make map-data`; without it a synthetic area)",
+    )
+
+
+def _streets(args: argparse.Namespace, console: Console) -> StreetMap | None:
+    """The city of the simulated fleet: ``--map``, else the demo's extract if it is there."""
+    path = args.map if args.map is not None else DEFAULT_MAP
+    try:
+        return StreetMap.load(path)
+    except FileNotFoundError:
+        if args.map is not None:
+            raise ConfigError(f"--map {path} does not exist; run `make map-data`") from None
+        console.print(
+            f"[yellow]no street map at {path} (run `make map-data`): the fleet patrols a "
+            "synthetic area without streets[/yellow]"
+        )
+        return None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--map {path} is not a usable OpenStreetMap extract: {exc}") from exc
+
+
+def _sim_settings(args: argparse.Namespace, units: int, console: Console) -> SimSettings:
+    sim = SimSettings(units=units, seed=args.seed, streets=_streets(args, console))
+    return sim.busy() if args.busy else sim
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
@@ -109,6 +169,14 @@ def run(args: argparse.Namespace, console: Console) -> int:
             broker_port=args.broker_port,
             ledger_url=args.ledger_url,
         )
+        if args.evidence_port is not None:
+            settings = replace(
+                settings, evidence=replace(settings.evidence, port=args.evidence_port)
+            )
+        if args.broker_tls_port is not None:
+            settings = replace(
+                settings, broker=replace(settings.broker, tls_port=args.broker_tls_port)
+            )
         http = {"host": args.http_host, "port": args.http_port}
         http = {k: v for k, v in http.items() if v is not None}
         if args.no_http:
@@ -120,9 +188,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
             osmand = replace(adapters.osmand, enabled=True, port=args.osmand_port)
             settings = replace(settings, adapters=replace(adapters, osmand=osmand))
         sim = (
-            SimSettings(
-                units=args.sim,
-                seed=args.seed,
+            replace(
+                _sim_settings(args, args.sim, console),
                 pre_roll_s=settings.media.pre_roll_s,
                 media=settings.media,
             )
@@ -144,7 +211,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         run_async(run_engine(settings, console))
         return EXIT_OK
     if args.command == "sim":
-        sim = SimSettings(units=args.units, seed=args.seed)
+        sim = _sim_settings(args, args.units, console)
         run_async(
             run_sim(
                 agency=args.agency,

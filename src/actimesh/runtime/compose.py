@@ -235,6 +235,8 @@ def _engine_status(engine: Engine, sim: FleetSimulator | None) -> str:
         parts.append(f"quarantined {s.quarantined}")
     if sim is not None:
         parts.append("triggers " + ", ".join(f"{k} {v}" for k, v in sorted(sim.triggers.items())))
+        if sim.offloaded or sim.offload_kept:
+            parts.append(f"offloaded {sim.offloaded} (kept on cameras {sim.offload_kept})")
     return " · ".join(parts)
 
 
@@ -419,8 +421,15 @@ async def run_up(settings: Settings, sim: SimSettings | None, console: Console) 
             await _start_adapters(tg, settings, broker, console)
             tg.create_task(monitor.run(), name="monitor")
             if fleet is not None:
+                # Docked cameras offload to this listener, logged in as themselves.
+                fleet.evidence_url = uploads.url
+                streets = fleet.settings.streets
+                where = (
+                    "a synthetic area" if streets is None else f"the streets of {streets.source}"
+                )
                 console.print(
-                    f"  fleet    {len(fleet.units)} units, {len(fleet.agents)} devices "
+                    f"  fleet    {len(fleet.units)} units, {len(fleet.agents)} devices in "
+                    f"{where}, seed {fleet.settings.seed} "
                     f"(recordings under {settings.data_dir / 'recordings'})"
                 )
                 tg.create_task(fleet.run(), name="fleet")
