@@ -61,8 +61,9 @@ def test_move_reaches_the_target_without_overshooting(tmp_path: Path) -> None:
     sim = build(tmp_path, units=1)
     car = sim.units[0].car
     target = (car.lat + 0.001, car.lon)
+    car.path = [target]
     steps = 0
-    while not FleetSimulator._move(car, target, 14.0):
+    while not car.follow(14.0):
         steps += 1
         assert steps < 100
     assert (car.lat, car.lon) == target
