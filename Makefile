@@ -16,6 +16,8 @@ APT_GET := DEBIAN_FRONTEND=noninteractive apt-get
 .PHONY: demo test lint typecheck pytest drill soak bench system-deps browser-deps postgres-deps web-deps lock clean
 
 demo: $(STAMP) system-deps web-deps
+	@echo "actimesh up $(DEMO_ARGS)"
+	@echo "  other ports or a show: make demo DEMO_ARGS='--sim 24 --broker-port 1884 --http-port 8081 --evidence-port 8472 [--busy] [--seed N]' (README: The demo)"
 	$(BIN)/actimesh up $(DEMO_ARGS)
 
 test: $(STAMP) system-deps browser-deps postgres-deps web-deps lint typecheck pytest drill
