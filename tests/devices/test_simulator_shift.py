@@ -43,7 +43,7 @@ class Recorded:
     async def stop(self, agent: DeviceAgent) -> None:
         self.stopped.append(agent.device_id)
 
-    def outage(self, agent: DeviceAgent, seconds: float) -> None:
+    async def outage(self, agent: DeviceAgent, seconds: float) -> None:
         self.outages.append((agent.device_id, seconds))
 
     def dock(self, unit: Unit) -> None:

@@ -30,7 +30,8 @@ import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from actimesh.broker.client import MqttProtocol
-from actimesh.broker.messages import CAMERA_KINDS, DeviceKind
+from actimesh.broker.codec import encode
+from actimesh.broker.messages import CAMERA_KINDS, DeviceKind, OfflineReason, Presence
 from actimesh.broker.topics import Topics
 from actimesh.devices.agent import DeviceAgent, Position
 from actimesh.devices.camera import Camera
@@ -40,7 +41,7 @@ from actimesh.devices.recorder import RecordingStore
 from actimesh.devices.settings import MediaKind, MediaSettings, open_media_source
 from actimesh.devices.simulator_streets import StreetMap
 from actimesh.devices.simulator_world import Unit, Walker, World
-from actimesh.errors import EvidenceError
+from actimesh.errors import BrokerError, EvidenceError
 from actimesh.security.registry import DeviceCredentials
 from actimesh.security.signing import CommandVerifier
 
@@ -341,8 +342,26 @@ class FleetSimulator:
         """The officer stops a recording by hand."""
         await agent.stop_recording()
 
-    def outage(self, agent: DeviceAgent, seconds: float) -> None:
-        """A radio dead spot: the connection drops (the broker publishes the last will)."""
+    async def outage(self, agent: DeviceAgent, seconds: float) -> None:
+        """A radio dead spot: the device drops off the broker for ``seconds`` and is
+        offline meanwhile. In the field the broker notices the silence and publishes the
+        device's last will; here the link closes cleanly, which discards the will, so the
+        same presence (offline, ``connection_lost``) goes out first. On reconnecting the
+        device announces itself online again, as always."""
+        offline = Presence(
+            online=False,
+            ts=self.clock(),
+            device_kind=agent.kind,
+            unit=agent.unit,
+            reason=OfflineReason.CONNECTION_LOST,
+        )
+        try:
+            if agent.link.connected:  # (else it is offline already)
+                await agent.link.publish(
+                    self.topics.presence(agent.device_id), encode(offline), retain=True
+                )
+        except BrokerError as exc:
+            log.debug("%s: offline presence not sent: %s", agent.device_id, exc)
         agent.disconnect_for(seconds)
 
     def dock(self, unit: Unit) -> None:

@@ -54,7 +54,7 @@ class ShiftActions(Protocol):
 
     async def stop(self, agent: DeviceAgent) -> None: ...
 
-    def outage(self, agent: DeviceAgent, seconds: float) -> None: ...
+    async def outage(self, agent: DeviceAgent, seconds: float) -> None: ...
 
     def dock(self, unit: Unit) -> None: ...
 
@@ -131,6 +131,8 @@ class Unit:
     since: float = 0.0
     until: float = 0.0
     tased: bool = False
+    #: In a radio dead spot until then: nobody can send the crew anywhere.
+    radio_lost_until: float = 0.0
 
 
 class World:
@@ -209,7 +211,7 @@ class World:
 
     async def _start_incident(self, now: float, actions: ShiftActions) -> None:
         self.incidents += 1
-        free = [u for u in self.units if u.mode is Mode.PATROL]
+        free = [u for u in self.units if u.mode is Mode.PATROL and now >= u.radio_lost_until]
         if not free:
             return
         scene = self.random_point(drive=False)
@@ -245,7 +247,7 @@ class World:
             if not unit.car.path:
                 self._route(unit.car, self.random_point(drive=True), drive=True)
             self._ride(unit, s.cruiser_speed_mps * 0.6 * dt)
-            self._coverage(unit, now, dt, actions)
+            await self._coverage(unit, now, dt, actions)
         elif unit.mode in (Mode.RESPONDING, Mode.TO_DOCK):
             if self._ride(unit, s.cruiser_speed_mps * dt):
                 if unit.mode is Mode.TO_DOCK:
@@ -310,7 +312,7 @@ class World:
                 self._route(officer, unit.scene, drive=False)
                 officer.path.append(spot)
 
-    def _coverage(self, unit: Unit, now: float, dt: float, actions: ShiftActions) -> None:
+    async def _coverage(self, unit: Unit, now: float, dt: float, actions: ShiftActions) -> None:
         s = self.settings
         if self.rng.random() < s.gps_losses_per_crew_hour * dt / 3600.0:
             self.episodes["gps_lost"] += 1
@@ -320,6 +322,7 @@ class World:
         if self.rng.random() < s.dead_spots_per_crew_hour * dt / 3600.0:
             self.episodes["dead_spot"] += 1
             seconds = self.rng.uniform(*s.dead_spot_s)
+            unit.radio_lost_until = now + seconds
             for agent in (unit.gateway, *unit.cameras, *unit.cews):
                 if agent is not None:
-                    actions.outage(agent, seconds)
+                    await actions.outage(agent, seconds)
