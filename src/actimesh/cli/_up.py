@@ -126,6 +126,15 @@ def _fleet_flags(parser: Parser) -> None:
         "few triggers an hour per crew",
     )
     parser.add_argument(
+        "--video-cameras",
+        type=int,
+        default=4,
+        metavar="N",
+        help="the first body camera of the first N crews films real H.264 (small), so "
+        "their offloaded recordings play on the dispatch page; the rest synthetic "
+        "(default 4; 0: none)",
+    )
+    parser.add_argument(
         "--map",
         type=Path,
         metavar="FILE",
@@ -152,7 +161,14 @@ def _streets(args: argparse.Namespace, console: Console) -> StreetMap | None:
 
 
 def _sim_settings(args: argparse.Namespace, units: int, console: Console) -> SimSettings:
-    sim = SimSettings(units=units, seed=args.seed, streets=_streets(args, console))
+    if args.video_cameras < 0:
+        raise ConfigError("--video-cameras must be 0 or more")
+    sim = SimSettings(
+        units=units,
+        seed=args.seed,
+        streets=_streets(args, console),
+        video_cameras=args.video_cameras,
+    )
     return sim.busy() if args.busy else sim
 
 

@@ -87,6 +87,9 @@ class SimSettings:
     gps_loss_s: tuple[float, float] = (30.0, 120.0)
     dead_spots_per_crew_hour: float = 1.0
     dead_spot_s: tuple[float, float] = (60.0, 240.0)
+    #: How many crews' first body camera films real H.264 of the test pattern instead of
+    #: synthetic segments (``media.source = "h264"`` makes every camera do so).
+    video_cameras: int = 0
     telemetry_interval_s: float = 1.0
     pre_roll_s: float = 30.0
     gps_accuracy_m: float = 3.0
@@ -178,7 +181,7 @@ class FleetSimulator:
         source: MediaSource | None = None,
         key: Ed25519PrivateKey | None = None,
     ) -> Camera:
-        media = self.settings.media
+        media = self._media_of(device_id)
         if source is None:
             # The fleet films the pattern (device "none"): a thousand cameras cannot share
             # one sensor. A fleet on a test clock encodes on demand instead of live.
@@ -201,6 +204,20 @@ class FleetSimulator:
             cancel_window_s=media.cancel_window_s,
             signing_key=key,
         )
+
+    def _media_of(self, device_id: str) -> MediaSettings:
+        """What camera ``device_id`` films: the first officer's body camera of each of
+        the first ``video_cameras`` crews films real H.264 (small, so a handful of
+        encoder threads cost little), so offloaded recordings can be played."""
+        media = self.settings.media
+        unit = int(device_id[4:7]) if device_id.startswith("unit") else 0
+        if (
+            media.source is MediaKind.SYNTHETIC
+            and device_id.endswith("-bwc1")
+            and 1 <= unit <= self.settings.video_cameras
+        ):
+            return replace(media, source=MediaKind.H264, width=320, height=180, fps=10)
+        return media
 
     def use_credentials(self, creds: Mapping[str, DeviceCredentials]) -> None:
         """Log every device in as itself and give every camera its Ed25519 key, so each
