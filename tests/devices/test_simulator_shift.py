@@ -86,17 +86,23 @@ def city(tmp_path_factory: pytest.TempPathFactory) -> StreetMap:
     return StreetMap.load(path)
 
 
-async def test_the_same_seed_gives_the_same_fleet_and_the_same_shift(tmp_path: Path) -> None:
+@pytest.mark.parametrize("on_streets", [False, True])
+async def test_the_same_seed_gives_the_same_fleet_and_the_same_shift(
+    tmp_path: Path, city: StreetMap, *, on_streets: bool
+) -> None:
+    streets = city if on_streets else None
     runs = []
     for n in range(2):
         clock = Clock()
-        sim = fleet(tmp_path / str(n), clock, units=12)
+        sim = fleet(tmp_path / str(n), clock, units=12, streets=streets)
         assert sim.settings.seed == DEFAULT_SEED
         start = [(u.car.lat, u.car.lon) for u in sim.units]
-        runs.append(([a.device_id for a in sim.agents], start, (await shift(sim, clock, 1)).fired))
+        actions = await shift(sim, clock, 1)
+        end = [(o.lat, o.lon) for u in sim.units for o in (u.car, *u.officers)]
+        runs.append(([a.device_id for a in sim.agents], start, actions.fired, end))
     assert runs[0] == runs[1]
     assert runs[0][2], "an hour of twelve crews without a trigger"
-    other = fleet(tmp_path / "other", Clock(), units=12, seed=DEFAULT_SEED + 1)
+    other = fleet(tmp_path / "other", Clock(), units=12, seed=DEFAULT_SEED + 1, streets=streets)
     assert [(u.car.lat, u.car.lon) for u in other.units] != runs[0][1]
 
 
