@@ -35,6 +35,8 @@ WHEEL_PLATFORM := --only-binary=:all: --python-version 3.11 --implementation cp 
 	--platform manylinux2014_x86_64
 
 demo: $(STAMP) system-deps web-deps map-data
+	@echo "actimesh up --basemap $(MAP_PMTILES) $(DEMO_ARGS)"
+	@echo "  other ports or a show: make demo DEMO_ARGS='--sim 24 --broker-port 1884 --http-port 8081 --evidence-port 8472 [--busy] [--seed N]' (README: The demo)"
 	$(BIN)/actimesh up --basemap $(MAP_PMTILES) $(DEMO_ARGS)
 
 # The cluster shape on this machine: 3 NATS nodes (nats-server from the locked wheel),

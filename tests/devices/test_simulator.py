@@ -61,8 +61,9 @@ def test_move_reaches_the_target_without_overshooting(tmp_path: Path) -> None:
     sim = build(tmp_path, units=1)
     car = sim.units[0].car
     target = (car.lat + 0.001, car.lon)
+    car.path = [target]
     steps = 0
-    while not FleetSimulator._move(car, target, 14.0):
+    while not car.follow(14.0):
         steps += 1
         assert steps < 100
     assert (car.lat, car.lon) == target
@@ -112,3 +113,26 @@ def test_a_simulated_fleet_speaks_the_mqtt_version_it_is_told(tmp_path: Path) ->
         settings=SimSettings(units=2, seed=1, mqtt_protocol="3.1.1"),
     )
     assert {a.link.settings.protocol for a in sim.agents} == {"3.1.1"}
+
+
+def test_a_few_body_cameras_film_real_video_so_their_recordings_play(tmp_path: Path) -> None:
+    sim = FleetSimulator(
+        topics=Topics("sim"),
+        broker_host="127.0.0.1",
+        broker_port=1,
+        data_dir=tmp_path,
+        settings=SimSettings(units=3, seed=1, video_cameras=2),
+    )
+    try:
+        video = {
+            a.device_id
+            for a in sim.agents
+            if a.camera is not None and isinstance(a.camera.source, LiveH264Source)
+        }
+        assert video == {"unit001-bwc1", "unit002-bwc1"}
+        synthetic = [
+            a.camera for a in sim.agents if a.camera is not None and a.device_id not in video
+        ]
+        assert all(isinstance(c.source, SyntheticSource) for c in synthetic)
+    finally:
+        sim.close()

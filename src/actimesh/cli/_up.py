@@ -12,7 +12,9 @@ from typing import Any
 from rich.console import Console
 
 from actimesh.cli._common import EXIT_OK, Parser, http_port, port, positive_int, run_async
-from actimesh.devices.simulator import SimSettings
+from actimesh.devices.simulator import DEFAULT_SEED, SimSettings
+from actimesh.devices.simulator_streets import DEFAULT_MAP, StreetMap
+from actimesh.errors import ConfigError
 from actimesh.runtime.config import MQTT_PROTOCOLS, Settings, load_settings
 
 __all__ = ["add_parsers", "run"]
@@ -73,32 +75,8 @@ def add_parsers(sub: argparse._SubParsersAction[Parser]) -> None:
         metavar="UNITS",
         help="also run a simulated fleet of this many cruiser crews",
     )
-    up.add_argument("--seed", type=int, help="random seed of the simulated fleet")
-    up.add_argument(
-        "--http-host",
-        metavar="HOST",
-        help="address of the dispatch map and API "
-        "(default 127.0.0.1: the API can activate cameras)",
-    )
-    up.add_argument(
-        "--http-port",
-        type=http_port,
-        metavar="PORT",
-        help="port of the dispatch map and API (default 8080; 0: any)",
-    )
-    up.add_argument("--no-http", action="store_true", help="run without the dispatch map and API")
-    up.add_argument(
-        "--basemap",
-        metavar="SOURCE",
-        help="the map's streets: a PMTiles file, or an XYZ or WMTS tile URL template "
-        "([dispatch] basemap; `make map-data` builds build/map/helsinki.pmtiles)",
-    )
-    up.add_argument(
-        "--osmand-port",
-        type=port,
-        help="take OsmAnd / Traccar Client reports on this port ([adapters.osmand] port; "
-        "turns the listener on; docs/DEVICES.md)",
-    )
+    _fleet_flags(up)
+    _listener_flags(up)
     up.add_argument(*_MQTT_PROTOCOL_FLAG, **_MQTT_PROTOCOL_OPTIONS)
 
     engine = sub.add_parser("engine", help="run one trigger engine against a broker or cluster")
@@ -149,7 +127,7 @@ def add_parsers(sub: argparse._SubParsersAction[Parser]) -> None:
         default=Path("actimesh-data"),
         help="where simulated cameras store recordings",
     )
-    sim.add_argument("--seed", type=int, help="random seed")
+    _fleet_flags(sim)
     sim.add_argument(*_MQTT_PROTOCOL_FLAG, **_MQTT_PROTOCOL_OPTIONS)
     sim.add_argument(
         "--engine-key",
@@ -160,38 +138,150 @@ def add_parsers(sub: argparse._SubParsersAction[Parser]) -> None:
     )
 
 
+def _listener_flags(up: Parser) -> None:
+    """Where each of ``up``'s listeners runs, and the map's streets."""
+    up.add_argument(
+        "--http-host",
+        metavar="HOST",
+        help="address of the dispatch map and API "
+        "(default 127.0.0.1: the API can activate cameras)",
+    )
+    up.add_argument(
+        "--http-port",
+        type=http_port,
+        metavar="PORT",
+        help="port of the dispatch map and API (default 8080; 0: any)",
+    )
+    up.add_argument("--no-http", action="store_true", help="run without the dispatch map and API")
+    up.add_argument(
+        "--basemap",
+        metavar="SOURCE",
+        help="the map's streets: a PMTiles file, or an XYZ or WMTS tile URL template "
+        "([dispatch] basemap; `make map-data` builds build/map/helsinki.pmtiles)",
+    )
+    up.add_argument(
+        "--evidence-port",
+        type=http_port,
+        metavar="PORT",
+        help="port of the camera upload (offload) listener (default: [evidence] port, 8471; "
+        "0: any)",
+    )
+    up.add_argument(
+        "--broker-tls-port",
+        type=port,
+        metavar="PORT",
+        help="TLS port of the managed Mosquitto (default: [broker] tls_port, 8883)",
+    )
+    up.add_argument(
+        "--osmand-port",
+        type=port,
+        help="take OsmAnd / Traccar Client reports on this port ([adapters.osmand] port; "
+        "turns the listener on; docs/DEVICES.md)",
+    )
+
+
+def _fleet_flags(parser: Parser) -> None:
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=DEFAULT_SEED,
+        help=f"random seed of the simulated fleet: the same seed, the same fleet and shift "
+        f"(default {DEFAULT_SEED})",
+    )
+    parser.add_argument(
+        "--busy",
+        action="store_true",
+        help="a shift for a show: about ten incidents a minute for 24 crews, instead of a "
+        "few triggers an hour per crew",
+    )
+    parser.add_argument(
+        "--video-cameras",
+        type=int,
+        default=4,
+        metavar="N",
+        help="the first body camera of the first N crews films real H.264 (small), so "
+        "their offloaded recordings play on the dispatch page; the rest synthetic "
+        "(default 4; 0: none)",
+    )
+    parser.add_argument(
+        "--map",
+        type=Path,
+        metavar="FILE",
+        help=f"OpenStreetMap extract (.osm.pbf) the fleet drives in (default {DEFAULT_MAP}, "
+        "from `make map-data`; without it a synthetic area)",
+    )
+
+
+def _streets(args: argparse.Namespace, console: Console) -> StreetMap | None:
+    """The city of the simulated fleet: ``--map``, else the demo's extract if it is there."""
+    path = args.map if args.map is not None else DEFAULT_MAP
+    try:
+        return StreetMap.load(path)
+    except FileNotFoundError:
+        if args.map is not None:
+            raise ConfigError(f"--map {path} does not exist; run `make map-data`") from None
+        console.print(
+            f"[yellow]no street map at {path} (run `make map-data`): the fleet patrols a "
+            "synthetic area without streets[/yellow]"
+        )
+        return None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--map {path} is not a usable OpenStreetMap extract: {exc}") from exc
+
+
+def _sim_settings(args: argparse.Namespace, units: int, console: Console) -> SimSettings:
+    if args.video_cameras < 0:
+        raise ConfigError("--video-cameras must be 0 or more")
+    sim = SimSettings(
+        units=units,
+        seed=args.seed,
+        streets=_streets(args, console),
+        video_cameras=args.video_cameras,
+    )
+    return sim.busy() if args.busy else sim
+
+
+def _up_settings(args: argparse.Namespace) -> Settings:
+    """``up``'s settings: the file's, then each flag given."""
+    settings = load_settings(
+        args.config,
+        agency=args.agency,
+        data_dir=args.data_dir,
+        broker_url=args.broker,
+        broker_port=args.broker_port,
+        ledger_url=args.ledger_url,
+    )
+    if args.evidence_port is not None:
+        settings = replace(settings, evidence=replace(settings.evidence, port=args.evidence_port))
+    if args.broker_tls_port is not None:
+        settings = replace(settings, broker=replace(settings.broker, tls_port=args.broker_tls_port))
+    http = {"host": args.http_host, "port": args.http_port}
+    http = {k: v for k, v in http.items() if v is not None}
+    if args.no_http:
+        http["enabled"] = False
+    if args.basemap is not None:
+        http["basemap"] = args.basemap
+    if http:
+        settings = replace(settings, dispatch=replace(settings.dispatch, **http))
+    if args.osmand_port is not None:
+        adapters = settings.adapters
+        osmand = replace(adapters.osmand, enabled=True, port=args.osmand_port)
+        settings = replace(settings, adapters=replace(adapters, osmand=osmand))
+    if args.mqtt_protocol is not None:
+        broker = replace(settings.broker, mqtt_protocol=args.mqtt_protocol)
+        settings = replace(settings, broker=broker)
+    return settings
+
+
 def run(args: argparse.Namespace, console: Console) -> int:
     """``actimesh up``, ``engine``, ``dispatch``, ``evidence`` or ``sim``."""
     from actimesh.runtime import run_engine, run_sim, run_up  # noqa: PLC0415 - keep `--help` fast
 
     if args.command == "up":
-        settings = load_settings(
-            args.config,
-            agency=args.agency,
-            data_dir=args.data_dir,
-            broker_url=args.broker,
-            broker_port=args.broker_port,
-            ledger_url=args.ledger_url,
-        )
-        http = {"host": args.http_host, "port": args.http_port}
-        http = {k: v for k, v in http.items() if v is not None}
-        if args.no_http:
-            http["enabled"] = False
-        if args.basemap is not None:
-            http["basemap"] = args.basemap
-        if http:
-            settings = replace(settings, dispatch=replace(settings.dispatch, **http))
-        if args.osmand_port is not None:
-            adapters = settings.adapters
-            osmand = replace(adapters.osmand, enabled=True, port=args.osmand_port)
-            settings = replace(settings, adapters=replace(adapters, osmand=osmand))
-        if args.mqtt_protocol is not None:
-            broker = replace(settings.broker, mqtt_protocol=args.mqtt_protocol)
-            settings = replace(settings, broker=broker)
+        settings = _up_settings(args)
         sim = (
-            SimSettings(
-                units=args.sim,
-                seed=args.seed,
+            replace(
+                _sim_settings(args, args.sim, console),
                 pre_roll_s=settings.media.pre_roll_s,
                 media=settings.media,
                 mqtt_protocol=settings.broker.mqtt_protocol,
@@ -222,7 +312,10 @@ def run(args: argparse.Namespace, console: Console) -> int:
     if args.command in ("dispatch", "evidence"):
         return _run_service(args, console)
     if args.command == "sim":
-        sim = SimSettings(units=args.units, seed=args.seed, mqtt_protocol=args.mqtt_protocol or "5")
+        sim = replace(
+            _sim_settings(args, args.units, console),
+            mqtt_protocol=args.mqtt_protocol or "5",
+        )
         run_async(
             run_sim(
                 agency=args.agency,

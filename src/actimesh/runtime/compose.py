@@ -39,6 +39,7 @@ from actimesh.ledger import Ledger, open_ledger
 from actimesh.runtime.adapters import AdaptersJob
 from actimesh.runtime.config import Settings
 from actimesh.runtime.monitor import Monitor
+from actimesh.runtime.simfleet import register_simulated_fleet, simulated_devices
 from actimesh.runtime.supervisor import Supervisor
 from actimesh.runtime.web import DispatchJob
 from actimesh.security.acl import (
@@ -54,7 +55,13 @@ from actimesh.security.provision import (
     provision_fleet,
     specs_of,
 )
-from actimesh.security.registry import REGISTRY_NAME, Credentials, Registry, read_secret
+from actimesh.security.registry import (
+    REGISTRY_NAME,
+    Credentials,
+    DeviceSpec,
+    Registry,
+    read_secret,
+)
 from actimesh.security.signing import CommandSigner, CommandVerifier, engine_key_paths
 from actimesh.triggers.engine import Engine
 from actimesh.triggers.fleet import DeviceDirectory
@@ -215,15 +222,29 @@ def _ca_of(broker: ManagedMosquitto | None) -> Path | None:
 
 
 async def _provision_fleet(
-    settings: Settings, fleet: FleetSimulator, broker: ManagedMosquitto | None
+    settings: Settings,
+    fleet: FleetSimulator | None,
+    broker: ManagedMosquitto | None,
+    previous: list[DeviceSpec],
 ) -> None:
     """Give each simulated device an account of its own on the managed broker, and each
-    camera its signing key."""
+    camera its signing key; the ``previous`` fleet's devices that are gone leave no
+    retained presence behind (:mod:`actimesh.runtime.simfleet`)."""
     if broker is None:
         return  # an external broker's accounts are its operator's business
-    creds = await asyncio.to_thread(provision_fleet, settings.data_dir, specs_of(fleet.agents))
-    fleet.use_credentials(creds)
-    await broker.areload()
+    if fleet is None and not previous:
+        return
+    creds = await register_simulated_fleet(
+        settings.data_dir,
+        [] if fleet is None else specs_of(fleet.agents),
+        previous=previous,
+        topics=Topics(settings.agency),
+        host=settings.broker_host,
+        port=broker.config.port,
+        reload=broker.areload,
+    )
+    if fleet is not None:
+        fleet.use_credentials(creds)
 
 
 def _engine_status(engine: Engine, sim: FleetSimulator | None) -> str:
@@ -249,6 +270,8 @@ def _engine_status(engine: Engine, sim: FleetSimulator | None) -> str:
         parts.append(f"quarantined {s.quarantined}")
     if sim is not None:
         parts.append("triggers " + ", ".join(f"{k} {v}" for k, v in sorted(sim.triggers.items())))
+        if sim.offloaded or sim.offload_kept:
+            parts.append(f"offloaded {sim.offloaded} (kept on cameras {sim.offload_kept})")
     return " · ".join(parts)
 
 
@@ -358,6 +381,7 @@ async def run_up(settings: Settings, sim: SimSettings | None, console: Console) 
     """Broker (managed unless a URL is given), engine, optional simulated fleet, monitor."""
     topics = Topics(settings.agency)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    previous = await asyncio.to_thread(simulated_devices, settings.data_dir)
     async with (
         broker_for(settings) as (broker, managed),
         open_ledger(settings.ledger_location, agency=settings.agency) as ledger,
@@ -372,9 +396,10 @@ async def run_up(settings: Settings, sim: SimSettings | None, console: Console) 
         uploads = Supervisor(
             "evidence", "actimesh.runtime.web:serve_evidence", settings, nice=WEB_NICENESS
         )
-        fleet = None
-        if sim is not None:
-            fleet = FleetSimulator(
+        fleet = (
+            None
+            if sim is None
+            else FleetSimulator(
                 topics=topics,
                 broker_host=broker.host,
                 broker_port=broker.port,
@@ -382,7 +407,8 @@ async def run_up(settings: Settings, sim: SimSettings | None, console: Console) 
                 settings=sim,
                 verifier=engine.signer.verifier(),
             )
-            await _provision_fleet(settings, fleet, managed)
+        )
+        await _provision_fleet(settings, fleet, managed, previous)
         monitor = Monitor(
             topics=topics,
             broker_host=broker.host,
@@ -439,8 +465,15 @@ async def run_up(settings: Settings, sim: SimSettings | None, console: Console) 
             await _start_adapters(tg, settings, broker, console)
             tg.create_task(monitor.run(), name="monitor")
             if fleet is not None:
+                # Docked cameras offload to this listener, logged in as themselves.
+                fleet.evidence_url = uploads.url
+                streets = fleet.settings.streets
+                where = (
+                    "a synthetic area" if streets is None else f"the streets of {streets.source}"
+                )
                 console.print(
-                    f"  fleet    {len(fleet.units)} units, {len(fleet.agents)} devices "
+                    f"  fleet    {len(fleet.units)} units, {len(fleet.agents)} devices in "
+                    f"{where}, seed {fleet.settings.seed} "
                     f"(recordings under {settings.data_dir / 'recordings'})"
                 )
                 tg.create_task(fleet.run(), name="fleet")
