@@ -104,3 +104,20 @@ def test_the_evidence_port_is_also_a_config_key(
     ((settings, _),) = started
     assert settings.evidence.port == 18472
     assert settings.dispatch.port == 18081
+
+
+def test_incident_every_paces_the_fleet_and_refuses_zero(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    started: list[tuple[Settings, SimSettings | None]],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["up", "--sim", "2", "--incident-every", "5"]) == 0
+    ((_, sim),) = started
+    assert sim is not None
+    assert sim.incident_every_s == 5.0
+    assert cli.main(["up", "--sim", "2", "--incident-every", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "--incident-every must be a number of seconds above 0" in err

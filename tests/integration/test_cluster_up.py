@@ -160,6 +160,8 @@ async def _run_until_recorded(
                 "2",
                 "--seed",
                 "7",
+                "--incident-every",  # a trigger within seconds, not within a shift's hour
+                "5",
                 "--http-port",
                 "0",
                 "--evidence-port",

@@ -12,7 +12,7 @@ from pathlib import Path
 from rich.console import Console
 
 from actimesh.cli._common import EXIT_OK, Parser, http_port, port, positive_int, run_async
-from actimesh.devices.simulator import SimSettings
+from actimesh.cli._up import fleet_flags, sim_settings
 from actimesh.runtime.config import Settings, load_settings
 
 __all__ = ["add_parser", "run"]
@@ -43,7 +43,7 @@ def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
         metavar="UNITS",
         help="also run a simulated fleet of this many cruiser crews, spread over the nodes",
     )
-    up.add_argument("--seed", type=int, help="random seed of the simulated fleet")
+    fleet_flags(up)
     up.add_argument(
         "--http-port",
         type=http_port,
@@ -99,9 +99,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
         evidence = replace(evidence, port=args.evidence_port)
     settings = replace(settings, dispatch=dispatch, evidence=evidence)
     sim = (
-        SimSettings(
-            units=args.sim,
-            seed=args.seed,
+        replace(
+            sim_settings(args, args.sim, console),
             pre_roll_s=settings.media.pre_roll_s,
             media=settings.media,
             mqtt_protocol="3.1.1",

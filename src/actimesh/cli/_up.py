@@ -75,7 +75,7 @@ def add_parsers(sub: argparse._SubParsersAction[Parser]) -> None:
         metavar="UNITS",
         help="also run a simulated fleet of this many cruiser crews",
     )
-    _fleet_flags(up)
+    fleet_flags(up)
     _listener_flags(up)
     up.add_argument(*_MQTT_PROTOCOL_FLAG, **_MQTT_PROTOCOL_OPTIONS)
 
@@ -127,7 +127,7 @@ def add_parsers(sub: argparse._SubParsersAction[Parser]) -> None:
         default=Path("actimesh-data"),
         help="where simulated cameras store recordings",
     )
-    _fleet_flags(sim)
+    fleet_flags(sim)
     sim.add_argument(*_MQTT_PROTOCOL_FLAG, **_MQTT_PROTOCOL_OPTIONS)
     sim.add_argument(
         "--engine-key",
@@ -180,7 +180,8 @@ def _listener_flags(up: Parser) -> None:
     )
 
 
-def _fleet_flags(parser: Parser) -> None:
+def fleet_flags(parser: Parser) -> None:
+    """The simulated fleet's flags, shared by ``up``, ``sim`` and ``cluster up``."""
     parser.add_argument(
         "--seed",
         type=int,
@@ -193,6 +194,13 @@ def _fleet_flags(parser: Parser) -> None:
         action="store_true",
         help="a shift for a show: about ten incidents a minute for 24 crews, instead of a "
         "few triggers an hour per crew",
+    )
+    parser.add_argument(
+        "--incident-every",
+        type=float,
+        metavar="SECONDS",
+        help="an incident every this many seconds, the first after 3 s, instead of at a "
+        "shift's random pace (quick runs, scripted checks)",
     )
     parser.add_argument(
         "--video-cameras",
@@ -229,16 +237,20 @@ def _streets(args: argparse.Namespace, console: Console) -> StreetMap | None:
         raise ConfigError(f"--map {path} is not a usable OpenStreetMap extract: {exc}") from exc
 
 
-def _sim_settings(args: argparse.Namespace, units: int, console: Console) -> SimSettings:
+def sim_settings(args: argparse.Namespace, units: int, console: Console) -> SimSettings:
+    """The simulated fleet :func:`fleet_flags` describes."""
     if args.video_cameras < 0:
         raise ConfigError("--video-cameras must be 0 or more")
+    if args.incident_every is not None and not args.incident_every > 0:
+        raise ConfigError("--incident-every must be a number of seconds above 0")
     sim = SimSettings(
         units=units,
         seed=args.seed,
         streets=_streets(args, console),
         video_cameras=args.video_cameras,
     )
-    return sim.busy() if args.busy else sim
+    sim = sim.busy() if args.busy else sim
+    return replace(sim, incident_every_s=args.incident_every) if args.incident_every else sim
 
 
 def _up_settings(args: argparse.Namespace) -> Settings:
@@ -281,7 +293,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         settings = _up_settings(args)
         sim = (
             replace(
-                _sim_settings(args, args.sim, console),
+                sim_settings(args, args.sim, console),
                 pre_roll_s=settings.media.pre_roll_s,
                 media=settings.media,
                 mqtt_protocol=settings.broker.mqtt_protocol,
@@ -313,7 +325,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         return _run_service(args, console)
     if args.command == "sim":
         sim = replace(
-            _sim_settings(args, args.units, console),
+            sim_settings(args, args.units, console),
             mqtt_protocol=args.mqtt_protocol or "5",
         )
         run_async(
