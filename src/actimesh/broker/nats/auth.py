@@ -41,7 +41,7 @@ from enum import StrEnum
 
 import bcrypt
 
-from actimesh.broker.nats.subjects import MQTT_QOS1_PREFIX, MQTT_QOS1_STREAM
+from actimesh.broker.nats.subjects import MQTT_QOS1_PREFIX, MQTT_QOS1_STREAM, MQTT_RETAINED_STREAM
 
 __all__ = [
     "BCRYPT_COST",
@@ -179,6 +179,11 @@ def native_grants(publishes: Sequence[str]) -> tuple[tuple[str, ...], tuple[str,
         f"$JS.API.CONSUMER.CREATE.{stream}.>",
         f"$JS.API.CONSUMER.MSG.NEXT.{stream}.>",
         f"$JS.ACK.{stream}.>",
+        # An unshared subscription also reads the retained store once (.retained):
+        # an ephemeral consumer with no acks, deleted after.
+        f"$JS.API.CONSUMER.CREATE.{MQTT_RETAINED_STREAM}",
+        f"$JS.API.CONSUMER.MSG.NEXT.{MQTT_RETAINED_STREAM}.>",
+        f"$JS.API.CONSUMER.DELETE.{MQTT_RETAINED_STREAM}.>",
         "_INBOX.>",  # a round trip is a message to its own inbox
     )
     return publish, ("_INBOX.>",)
