@@ -7,6 +7,7 @@ import asyncio
 import configparser
 import getpass
 import re
+import shutil
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -14,19 +15,28 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import aiomqtt
+import nats
+import nats.errors
 import pytest
 import yaml
+from nats.aio.client import Client as NatsClient
 
 from actimesh.broker.client import TlsSettings
 from actimesh.broker.messages import DeviceKind
 from actimesh.broker.mosquitto import find_mosquitto, free_port
 from actimesh.broker.mosquitto_conf import MosquittoConfig, TlsListener, render_config
 from actimesh.broker.nats import NatsCluster, find_nats_server
-from actimesh.broker.nats.hosts import DEFAULT_HOSTS, STORE_DIR, host_config
+from actimesh.broker.nats.auth import render_authorization
+from actimesh.broker.nats.cluster import AUTHORIZATION_NAME
+from actimesh.broker.nats.hosts import DEFAULT_HOSTS, ROUTES_NAME, STORE_DIR, host_config
 from actimesh.cli._main import _parser as cli_parser
+from actimesh.cli._main import main as cli_main
 from actimesh.runtime.config import load_settings
 from actimesh.runtime.services import check_nats_urls
 from actimesh.security import AclPolicy, Registry, init_ca, issue_server
+from actimesh.security.acl import SERVICE_DISPATCH, SERVICE_ENGINE
+from actimesh.security.nats_access import registry_nats_access
+from actimesh.security.registry import read_secret
 from tests.waiting import eventually_sync
 
 DEPLOY = Path(__file__).parents[1] / "deploy"
@@ -188,16 +198,70 @@ def test_the_cluster_configs_are_what_the_cluster_code_renders() -> None:
         assert shipped == host_config(i), (
             f"regenerate: python -m actimesh.broker.nats.hosts {DEPLOY / 'nats'}"
         )
-        routes = {f'"nats-route://{h}:6222"' for j, h in enumerate(DEFAULT_HOSTS) if j != i}
-        assert {line.strip() for line in shipped.splitlines()} >= routes
+        lines = [line.strip() for line in shipped.splitlines()]
+        # Users and the route login come from files actimesh renders; none is in here.
+        assert f"include {AUTHORIZATION_NAME}" in lines
+        assert f"include {ROUTES_NAME}" in lines
+        assert "password" not in shipped
+        assert 'http: "127.0.0.1:8222"' in lines  # monitoring has no login: loopback
         assert "stream_replicas: 3" in shipped
 
 
+@pytest.fixture
+def cluster_auth(tmp_path: Path) -> tuple[Path, Path, str]:
+    """What `actimesh cluster auth` writes for a registry with one camera: the data
+    directory, the folder of the two files, and the camera's password."""
+    data = tmp_path / "data"
+    with Registry.open(data) as registry:
+        camera = registry.add("bwc-1", DeviceKind.BODY_CAM).password
+    out = tmp_path / "auth"
+    assert (
+        cli_main(
+            ["cluster", "auth", "--agency", "deploy", "--data-dir", str(data), "--out", str(out)]
+        )
+        == 0
+    )
+    return data, out, camera
+
+
+def test_cluster_auth_renders_the_registry_and_a_route_login(
+    cluster_auth: tuple[Path, Path, str],
+) -> None:
+    data, out, _ = cluster_auth
+    with Registry.open(data) as registry:
+        policy = registry.policy()  # what `cluster auth` rendered with, and remembered
+        assert policy is not None
+        assert policy.agency == "deploy"
+        access = registry_nats_access(registry, policy)
+    assert (out / AUTHORIZATION_NAME).read_text() == render_authorization(access)
+    assert {u.name for u in access.users} >= {"bwc-1", SERVICE_ENGINE, SERVICE_DISPATCH}
+    routes = (out / ROUTES_NAME).read_text()
+    route_password = read_secret(data, "nats-route")
+    assert {f'"nats-route://route:{route_password}@{h}:6222"' for h in DEFAULT_HOSTS} <= {
+        line.strip() for line in routes.splitlines()
+    }
+    for written in (out / AUTHORIZATION_NAME, out / ROUTES_NAME):
+        assert written.stat().st_mode & 0o077 == 0, written
+    # Run again (after a registry change): the service passwords and the route login
+    # stay what the hosts already have.
+    engine = read_secret(data, SERVICE_ENGINE)
+    assert cli_main(["cluster", "auth", "--data-dir", str(data), "--out", str(out)]) == 0
+    assert read_secret(data, SERVICE_ENGINE) == engine
+    assert (out / ROUTES_NAME).read_text() == routes
+
+
 @pytest.mark.parametrize("index", [0, 1, 2])
-def test_nats_server_accepts_each_host_config(index: int) -> None:
-    conf = DEPLOY / "nats" / f"nats-{index + 1}.conf"
+def test_nats_server_accepts_each_host_config(
+    index: int, cluster_auth: tuple[Path, Path, str], tmp_path: Path
+) -> None:
+    _, out, _ = cluster_auth
+    etc = tmp_path / "etc-nats"  # /etc/nats on the host: the config and what it includes
+    etc.mkdir()
+    shutil.copy(DEPLOY / "nats" / f"nats-{index + 1}.conf", etc / "nats.conf")
+    for name in (AUTHORIZATION_NAME, ROUTES_NAME):
+        shutil.copy(out / name, etc / name)
     done = subprocess.run(
-        [str(find_nats_server()), "-t", "-c", str(conf)],
+        [str(find_nats_server()), "-t", "-c", str(etc / "nats.conf")],
         capture_output=True,
         text=True,
         timeout=30,
@@ -207,25 +271,100 @@ def test_nats_server_accepts_each_host_config(index: int) -> None:
     assert "is valid" in done.stderr + done.stdout
 
 
-def test_the_host_configs_form_a_cluster_on_loopback(tmp_path: Path) -> None:
-    """The rendered configuration, with loopback ports for host names, starts three
-    nodes that route to each other and elect a JetStream leader (as NatsCluster waits)."""
-    cluster = NatsCluster(tmp_path, size=3)
+def _on_loopback(text: str, cluster: NatsCluster) -> str:
+    """A host's file with every host name and port replaced by a loopback node's."""
+    for j, peer in enumerate(cluster.nodes):
+        text = text.replace(f"{DEFAULT_HOSTS[j]}:6222", f"127.0.0.1:{peer.ports.cluster}")
+    return text
+
+
+def test_the_host_configs_form_a_cluster_that_admits_only_the_registry(
+    cluster_auth: tuple[Path, Path, str], tmp_path: Path
+) -> None:
+    """The rendered configuration, with loopback ports for host names and the files
+    `cluster auth` wrote, starts three nodes that route to each other with the route
+    login and elect a JetStream leader; nobody gets on anonymously, the registry's
+    accounts do."""
+    data, out, camera = cluster_auth
+    with Registry.open(data) as registry:
+        access = registry_nats_access(registry, AclPolicy("deploy", "dispatch-console-1"))
+    # Its authorization.conf: `cluster auth`'s users and the login NatsCluster starts with.
+    cluster = NatsCluster(tmp_path / "nats", size=3, access=access)
+    routes = (out / ROUTES_NAME).read_text()
     for i, node in enumerate(cluster.nodes):
         text = host_config(i).replace("0.0.0.0:4222", f"127.0.0.1:{node.ports.client}")
-        text = text.replace("0.0.0.0:8222", f"127.0.0.1:{node.ports.monitor}")
+        text = text.replace("127.0.0.1:8222", f"127.0.0.1:{node.ports.monitor}")
         text = text.replace("0.0.0.0:6222", f"127.0.0.1:{node.ports.cluster}")
         text = text.replace("0.0.0.0:1883", f"127.0.0.1:{node.ports.mqtt}")
         text = text.replace(f'"{STORE_DIR}"', f'"{node.data_dir / "jetstream"}"')
         text = re.sub(r'server_name: "[^"]+"', f'server_name: "{node.server_name}"', text)
-        for j, peer in enumerate(cluster.nodes):
-            text = text.replace(f"{DEFAULT_HOSTS[j]}:6222", f"127.0.0.1:{peer.ports.cluster}")
-        assert "0.0.0.0" not in text  # every listener and route was placed
-        assert "nats-route://nats-" not in text
-        node.data_dir.mkdir(parents=True, exist_ok=True)
+        assert "0.0.0.0" not in text  # every listener was placed
         node.config_path.write_text(text)  # in place of the one NatsCluster wrote
+        (node.data_dir / ROUTES_NAME).write_text(_on_loopback(routes, cluster))
+    assert "actimesh.internal" not in _on_loopback(routes, cluster)
     with cluster:
         assert all(node.routes() >= 2 for node in cluster.nodes)
+        port = cluster.nodes[1].mqtt_port
+        engine = read_secret(data, SERVICE_ENGINE)
+
+        async def check() -> None:
+            said: list[str] = []
+
+            async def refused(exc: Exception) -> None:
+                said.append(str(exc))  # asserted on below, not logged
+
+            anonymous = NatsClient()
+            try:
+                with pytest.raises(nats.errors.Error):
+                    await anonymous.connect(
+                        cluster.nodes[2].nats_url, allow_reconnect=False, error_cb=refused
+                    )
+            finally:
+                await anonymous.close()  # a refused connect leaves its socket open
+            assert any("authorization violation" in s.lower() for s in said), said
+            nc = await nats.connect(
+                cluster.nodes[2].nats_url,
+                user=SERVICE_ENGINE,
+                password=engine,
+                allow_reconnect=False,
+            )
+            await nc.close()
+            for user, password in ((None, None), ("bwc-1", "not-its-password")):
+                with pytest.raises(aiomqtt.MqttCodeError):
+                    async with aiomqtt.Client(
+                        "127.0.0.1",
+                        port,
+                        identifier="deploy-bwc-1",
+                        username=user,
+                        password=password,
+                        protocol=aiomqtt.ProtocolVersion.V311,
+                        timeout=5,
+                    ):
+                        pass
+            async with aiomqtt.Client(
+                "127.0.0.1",
+                port,
+                identifier="deploy-bwc-1",
+                username="bwc-1",
+                password=camera,
+                protocol=aiomqtt.ProtocolVersion.V311,
+                timeout=5,
+            ):
+                pass
+
+        asyncio.run(check())
+
+
+def _logs_in_from_a_credential(
+    service: configparser.SectionProxy, args: argparse.Namespace, account: str
+) -> None:
+    """The unit logs in as ``account`` with the password systemd hands it from the file
+    `actimesh cluster auth` filled (LoadCredential), never in the command line."""
+    name, _, source = service["LoadCredential"].partition(":")
+    assert name == f"{account}.password"
+    assert source == f"/etc/actimesh/secrets/{account}.password"
+    assert args.username == account
+    assert args.password_file == Path("/run/credentials/e") / name
 
 
 def test_cluster_units_run_real_commands_with_real_options() -> None:
@@ -236,21 +375,25 @@ def test_cluster_units_run_real_commands_with_real_options() -> None:
         "/etc/nats/nats.conf",
     ]
     assert nats["KillSignal"] == "SIGTERM"
+    assert nats["WorkingDirectory"] == "/var/lib/nats"  # where its pid file goes
     assert "/var/lib/nats" in nats["ReadWritePaths"]
     assert str(STORE_DIR).startswith(nats["ReadWritePaths"])
 
     engine = _unit("actimesh-engine@.service")["Service"]
-    argv = engine["ExecStart"].replace("%i", "engine-1").split()
+    argv = engine["ExecStart"].replace("%i", "engine-1").replace("%d", "/run/credentials/e").split()
     assert argv[0] == "/opt/actimesh/.venv/bin/actimesh"
     args = _actimesh_args(argv[1:])
     assert args.command == "engine"
     assert args.engine_id == "engine-1"
     assert args.nats == [f"nats://{h}:4222" for h in DEFAULT_HOSTS]
     assert check_nats_urls(args.nats) == args.nats
+    _logs_in_from_a_credential(engine, args, SERVICE_ENGINE)
 
+    dispatch_unit = _unit("actimesh-dispatch.service")["Service"]
     dispatch = _actimesh_args(
-        _unit("actimesh-dispatch.service")["Service"]["ExecStart"].split()[1:]
+        dispatch_unit["ExecStart"].replace("%d", "/run/credentials/e").split()[1:]
     )
+    _logs_in_from_a_credential(dispatch_unit, dispatch, SERVICE_DISPATCH)
     assert dispatch.command == "dispatch"
     assert dispatch.mqtt_protocol == "3.1.1"
     assert dispatch.broker == f"mqtt://{DEFAULT_HOSTS[0]}:1883"
@@ -289,6 +432,12 @@ def test_compose_runs_the_cluster_from_the_shipped_files() -> None:
         assert (compose / conf).resolve() == (DEPLOY / "nats" / f"nats-{i}.conf").resolve()
         assert target == "/etc/nats/nats.conf"
         assert node["entrypoint"][-2:] == ["-c", "/etc/nats/nats.conf"]
+        # What `actimesh cluster auth --out nats-auth` wrote, beside the config.
+        included = {v.split(":")[1]: v.split(":")[0] for v in node["volumes"][1:3]}
+        assert included == {
+            f"/etc/nats/{AUTHORIZATION_NAME}": f"./nats-auth/{AUTHORIZATION_NAME}",
+            f"/etc/nats/{ROUTES_NAME}": f"./nats-auth/{ROUTES_NAME}",
+        }
     ledger_host = urlsplit(load_settings(DEPLOY / "cluster" / "actimesh.toml").ledger_url or "")
     assert services["postgres"]["networks"]["mesh"]["aliases"] == [ledger_host.hostname]
     actimesh = [s for s in services.values() if "command" in s]
@@ -305,8 +454,17 @@ def test_compose_runs_the_cluster_from_the_shipped_files() -> None:
             assert set(args.nats) == {f"nats://{h}:4222" for h in DEFAULT_HOSTS}
         if args.command == "dispatch":
             assert args.mqtt_protocol == "3.1.1"
+        if args.command in ("engine", "dispatch"):
+            account = SERVICE_ENGINE if args.command == "engine" else SERVICE_DISPATCH
+            assert args.username == account
+            assert args.password_file == Path("/run/secrets") / account
+            assert account in {s["source"] for s in service["secrets"]}
+            assert doc["secrets"][account]["file"] == f"./state/secrets/{account}.password"
     assert (
         compose / actimesh[0]["build"]["context"] / actimesh[0]["build"]["dockerfile"]
     ).is_file()
     for secret in doc["secrets"].values():
-        assert Path(secret["file"]).parent == Path(".")  # the operator makes them beside it
+        # The operator makes them beside it (`cluster auth` in ./state), and git ignores them.
+        assert Path(secret["file"]).parts[0] in ("pg_password", "pgpass", "state")
+    ignored = (compose / ".gitignore").read_text().split()
+    assert {"pg_password", "pgpass", "state/", "nats-auth/"} <= set(ignored)

@@ -9,9 +9,10 @@ from collections.abc import AsyncIterator, Sequence
 import pytest
 
 from actimesh.broker.client import Subscription
+from actimesh.broker.ingest import Publish
 from actimesh.broker.intake import Delivery
 from actimesh.broker.memory import MemoryBus, topic_matches
-from actimesh.broker.transport import Inbound
+from actimesh.broker.transport import Inbound, StreamHandler
 from actimesh.errors import BrokerError
 
 
@@ -69,3 +70,26 @@ async def _running(link: Inbound) -> AsyncIterator[None]:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def test_a_share_group_hands_each_message_to_one_member_in_turn() -> None:
+    bus = MemoryBus()
+    got: dict[str, list[bytes]] = {"a": [], "b": [], "plain": []}
+
+    def taker(name: str) -> StreamHandler:
+        async def handler(batch: Sequence[Publish]) -> None:
+            got[name].extend(payload for _topic, payload in batch)
+
+        return handler
+
+    shared = Subscription("$share/g/dev/+/tm", 0)
+    links = [
+        bus.stream("a", (shared,), taker("a"), max_queued=10),
+        bus.stream("b", (shared,), taker("b"), max_queued=10),
+        bus.stream("plain", (Subscription("dev/+/tm", 0),), taker("plain"), max_queued=10),
+    ]
+    async with _running(links[0]), _running(links[1]), _running(links[2]):
+        for i in range(4):
+            assert await bus.deliver("dev/x/tm", bytes([i])) == 2  # one member, one plain
+    assert got["plain"] == [bytes([i]) for i in range(4)]
+    assert (got["a"], got["b"]) == ([b"\0", b"\2"], [b"\1", b"\3"])

@@ -51,7 +51,9 @@ CAM_LAT, CAM_LON = destination(LAT, LON, 90.0, 5.0)
 
 @pytest.fixture
 async def cluster(tmp_path: Path) -> AsyncIterator[NatsCluster]:
-    access = access_for(TOPICS.agency, [("bwc1", DeviceKind.BODY_CAM), ("cew1", DeviceKind.CEW)])
+    devices = [("bwc1", DeviceKind.BODY_CAM), ("cew1", DeviceKind.CEW)]
+    devices += [("bwc.9", DeviceKind.BODY_CAM), ("cew9", DeviceKind.CEW)]
+    access = access_for(TOPICS.agency, devices)
     async with NatsCluster(tmp_path / "nats", size=3, access=access) as running:
         yield running
 

@@ -40,8 +40,16 @@ CAM_LAT, CAM_LON = destination(LAT, LON, 90.0, 5.0)
 
 
 @pytest.fixture
-async def cluster(tmp_path: Path) -> AsyncIterator[NatsCluster]:
-    access = access_for(TOPICS.agency, [("bwc1", DeviceKind.BODY_CAM), ("cew1", DeviceKind.CEW)])
+async def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[NatsCluster]:
+    """Admitting the agency and devices of the test's parameters (or the plain ones)."""
+    callspec = getattr(request.node, "callspec", None)
+    params = callspec.params if callspec is not None else {}
+    topics: Topics = params.get("topics", TOPICS)
+    fleet = [
+        (params.get("bwc_id", "bwc1"), DeviceKind.BODY_CAM),
+        (params.get("cew_id", "cew1"), DeviceKind.CEW),
+    ]
+    access = access_for(topics.agency, fleet)
     async with NatsCluster(tmp_path / "nats", size=3, access=access) as running:
         yield running
 

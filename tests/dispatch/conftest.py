@@ -30,7 +30,7 @@ from actimesh.dispatch.service import DispatchService
 from actimesh.dispatch.settings import DispatchSettings
 from actimesh.errors import AccountError
 from actimesh.evidence.service import EvidenceService
-from actimesh.geofence import destination
+from actimesh.geofence import InclusionPolicy, destination
 from actimesh.triggers.rules import DEFAULT_RULES
 from tests.integration.harness import CENTER, HOST, Mesh
 
@@ -83,6 +83,8 @@ async def running_dispatch(
         data_dir=data_dir or root,
         ledger_location=root / "ledger.sqlite3" if m.ledger_url is None else m.ledger_url,
         max_fix_age_s=10.0,
+        # The engine's default policy, as `up` passes it: the effective radius drawn.
+        gps_margin_m=InclusionPolicy().widest_margin_m,
         event_types=tuple(r.event_type for r in DEFAULT_RULES),
         evidence=evidence,
     )

@@ -15,14 +15,16 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiomqtt
 import httpx
 import pytest
 
+from actimesh.broker.client import _no_lost_cancel
 from actimesh.broker.messages import AckStatus
 from actimesh.ledger import open_ledger
 from tests.waiting import eventually
 
-pytestmark = [pytest.mark.integration, pytest.mark.time_limit(120)]
+pytestmark = [pytest.mark.integration, pytest.mark.time_limit(240)]
 
 SRC = Path(__file__).parents[2] / "src"
 
@@ -76,8 +78,56 @@ def _banner(log: Path) -> dict[str, str] | None:
         "ledger": re.search(r"ledger (postgresql://\S+)", text),
         "dispatch": re.search(r"dispatch (http://\S+)", text),
         "password": re.search(r"user admin, password (\S+)", text),
+        "mqtt": re.search(r"node n2: mqtt://127\.0\.0\.1:(\d+)", text),
     }
     return {k: m.group(1) for k, m in found.items() if m is not None}
+
+
+async def _mqtt_answer(port: int, client_id: str, user: str | None, password: str | None) -> str:
+    """How a node's MQTT listener answers this login: "accepted" or its refusal."""
+    client = aiomqtt.Client(
+        "127.0.0.1",
+        port,
+        identifier=client_id,
+        username=user,
+        password=password,
+        protocol=aiomqtt.ProtocolVersion.V311,
+        timeout=10,
+    )
+    _no_lost_cancel(client)
+    try:
+        async with client:
+            return "accepted"
+    except aiomqtt.MqttError as exc:
+        return str(exc)
+
+
+def _actimesh(*argv: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "actimesh", *argv],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(SRC)},
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+async def _accounts_apply_live(data_dir: Path, port: int) -> None:
+    """Nobody gets on anonymously; a device added with `actimesh devices add` while the
+    cluster runs logs in at once, and is cut off once removed."""
+    assert await _mqtt_answer(port, "demo-anyone", None, None) != "accepted"
+    added = _actimesh(
+        "devices", "add", "cam-live", "--kind", "body_cam", "--data-dir", str(data_dir)
+    )
+    found = re.search(r"password\s+(\S+)", added)
+    assert found is not None, added
+    password = found.group(1)
+    assert await _mqtt_answer(port, "demo-cam-live", "cam-live", password) == "accepted"
+    _actimesh("devices", "remove", "cam-live", "--data-dir", str(data_dir))
+    assert await _mqtt_answer(port, "demo-cam-live", "cam-live", password) != "accepted"
 
 
 async def test_cluster_up_commands_cameras_records_them_and_stops_clean(data_dir: Path) -> None:
@@ -135,6 +185,8 @@ async def _run_until_recorded(
         names = {Path(_cmdline(pid)[0]).name for pid in running if _cmdline(pid)}
         assert {"nats-server", "postgres"} <= names
         assert sum("serve_engine" in " ".join(_cmdline(pid)) for pid in running) == 2
+        if not before:
+            await _accounts_apply_live(data_dir, int(banner["mqtt"]))
 
         # The ledger (PostgreSQL, password from the data directory) holds a camera's
         # "recording" answer to an activation of this run.

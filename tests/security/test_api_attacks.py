@@ -75,6 +75,7 @@ async def test_every_route_refuses_callers_without_credentials(
     assert PUBLIC_PREFIXES == (
         "/static/",
         "/vendor/leaflet/",
+        "/vendor/markercluster/",
         "/vendor/protomaps-leaflet/",
         "/vendor/pmtiles/",
     )

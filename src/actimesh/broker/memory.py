@@ -130,6 +130,13 @@ class _Inbound(_Link, abc.ABC):
     def wants(self, topic: str) -> bool:
         return self.connected and any(topic_matches(f, topic) for f in self.filters)
 
+    def group_for(self, topic: str) -> str | None:
+        """The share group through which this link takes ``topic``; None when one of its
+        plain subscriptions takes it (then it gets every such message)."""
+        groups = [f.split("/", 2)[1] for f in self.filters if topic_matches(f, topic)]
+        plain = [f for f in self.filters if not f.startswith("$share/") and topic_matches(f, topic)]
+        return None if plain or not groups else groups[0]
+
     @abc.abstractmethod
     async def take(self, topic: bytes, payload: bytes) -> None:
         """Hand one message to the link's handler."""
@@ -185,6 +192,7 @@ class MemoryBus:
         self._listeners: list[Listener] = []
         self._inbound: dict[str, _Inbound] = {}
         self._next_id = 0
+        self._turns: dict[str, int] = {}
         #: Packet ids handed to a control handler and not acknowledged yet.
         self.unacknowledged: set[int] = set()
         #: Acknowledgements of a message already acknowledged (a handler's bug).
@@ -234,8 +242,22 @@ class MemoryBus:
 
     async def deliver(self, topic: str, payload: bytes) -> int:
         """Hand a device's message to every connected link subscribed to ``topic`` and
-        wait for their handlers; how many links took it."""
-        links = [link for link in self._inbound.values() if link.wants(topic)]
+        wait for their handlers; how many links took it. Links that take it through the
+        same share group (``$share/<group>/...``) are one member each: the message goes
+        to one of them, in turn, as a broker shares it."""
+        links: list[_Inbound] = []
+        members: dict[str, list[_Inbound]] = {}
+        for link in self._inbound.values():
+            if link.wants(topic):
+                group = link.group_for(topic)
+                if group is None:
+                    links.append(link)
+                else:
+                    members.setdefault(group, []).append(link)
+        for group, shared in members.items():
+            turn = self._turns.get(group, 0)
+            self._turns[group] = turn + 1
+            links.append(shared[turn % len(shared)])
         for link in links:
             await link.take(topic.encode(), payload)
         return len(links)

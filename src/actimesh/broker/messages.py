@@ -43,6 +43,7 @@ __all__ = [
     "OfflineReason",
     "Presence",
     "Telemetry",
+    "UnitDuty",
     "activation_id",
 ]
 
@@ -95,6 +96,14 @@ class DeviceState(StrEnum):
     OFF = "off"
     BUFFERING = "buffering"
     RECORDING = "recording"
+
+
+class UnitDuty(StrEnum):
+    """A unit's dispatch status, as its vehicle gateway (or a CAD bridge) reports it."""
+
+    AVAILABLE = "available"
+    EN_ROUTE = "en_route"
+    ON_SCENE = "on_scene"
 
 
 class ActivationReason(StrEnum):
@@ -160,6 +169,7 @@ class AlertKind(StrEnum):
 # every other field stays strict (no "1" for 1, no true for 1.0).
 Kind = Annotated[DeviceKind, Strict(False)]
 State = Annotated[DeviceState, Strict(False)]
+Duty = Annotated[UnitDuty, Strict(False)]
 Reason = Annotated[ActivationReason, Strict(False)]
 LeftOutWhy = Annotated[LeftOutReason, Strict(False)]
 Status = Annotated[AckStatus, Strict(False)]
@@ -202,6 +212,9 @@ class Telemetry(_Positioned):
     ts: Timestamp
     state: State
     batt: Annotated[float, Field(ge=0.0, le=100.0)] | None = None
+    #: The unit's dispatch status, sent by a vehicle gateway that knows it (its MDT/CAD
+    #: link); cameras leave it out.
+    duty: Duty | None = None
 
 
 class Presence(Message):

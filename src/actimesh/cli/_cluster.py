@@ -1,5 +1,7 @@
 """``actimesh cluster up``: the cluster shape of a mesh on one machine (three NATS nodes,
-PostgreSQL, two engines, evidence, dispatch, optionally a fleet) until stopped."""
+PostgreSQL, two engines, evidence, dispatch, optionally a fleet) until stopped; and
+``actimesh cluster auth``: the users and route login files of a cluster deployed over
+hosts (deploy/nats/), rendered from the device registry."""
 
 from __future__ import annotations
 
@@ -11,13 +13,13 @@ from rich.console import Console
 
 from actimesh.cli._common import EXIT_OK, Parser, http_port, port, positive_int, run_async
 from actimesh.devices.simulator import SimSettings
-from actimesh.runtime.config import load_settings
+from actimesh.runtime.config import Settings, load_settings
 
 __all__ = ["add_parser", "run"]
 
 
 def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
-    """``cluster`` and its one command, ``up``."""
+    """``cluster`` and its commands, ``up`` and ``auth``."""
     cluster = sub.add_parser("cluster", help="run the cluster shape of a mesh on this machine")
     actions = cluster.add_subparsers(dest="action", required=True, parser_class=Parser)
     up = actions.add_parser(
@@ -55,13 +57,38 @@ def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
         help="port of the evidence upload API (default from [evidence] port; 0: any)",
     )
     up.add_argument("--no-http", action="store_true", help="run without the dispatch map and API")
+    up.add_argument(
+        "--tls",
+        action="store_true",
+        help="TLS on every listener and route, with a node certificate from the data "
+        "directory's CA (`actimesh certs init` first; as [broker] tls = true)",
+    )
+
+    auth = actions.add_parser(
+        "auth",
+        help="write the users (authorization.conf) and route login (routes.conf) every "
+        "host of a deployed cluster includes, from the device registry",
+    )
+    auth.add_argument("--config", type=Path, help="TOML settings file (the agency, its rules)")
+    auth.add_argument("--agency", help="agency id, if the registry has none yet (default: demo)")
+    auth.add_argument("--data-dir", type=Path, help="the registry's data directory")
+    auth.add_argument("--out", type=Path, required=True, help="folder to write the two files to")
+    auth.add_argument(
+        "--host",
+        action="append",
+        metavar="NAME",
+        help="a node's host name, in the order of deploy/nats/nats-<n>.conf (repeat; "
+        "default: those of deploy/)",
+    )
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
-    """``actimesh cluster up``."""
+    """``actimesh cluster up`` or ``auth``."""
+    settings = load_settings(args.config, agency=args.agency, data_dir=args.data_dir)
+    if args.action == "auth":
+        return _auth(args, settings)
     from actimesh.runtime.cluster import ClusterPlan, run_cluster_up  # noqa: PLC0415 - fast --help
 
-    settings = load_settings(args.config, agency=args.agency, data_dir=args.data_dir)
     dispatch = settings.dispatch
     if args.http_port is not None:
         dispatch = replace(dispatch, port=args.http_port)
@@ -83,5 +110,21 @@ def run(args: argparse.Namespace, console: Console) -> int:
         else None
     )
     plan = ClusterPlan(engines=args.engines, postgres_port=args.postgres_port)
-    run_async(run_cluster_up(settings, plan, sim, console))
+    run_async(run_cluster_up(settings, plan, sim, console, tls=args.tls))
+    return EXIT_OK
+
+
+def _auth(args: argparse.Namespace, settings: Settings) -> int:
+    """``actimesh cluster auth``: prints what it wrote and what to do with it."""
+    from actimesh.broker.nats.hosts import DEFAULT_HOSTS  # noqa: PLC0415 - fast --help
+    from actimesh.security.provision import prepare_cluster_auth  # noqa: PLC0415
+
+    hosts = tuple(args.host) if args.host else DEFAULT_HOSTS
+    done = prepare_cluster_auth(settings.data_dir, settings.acl_policy(), args.out, hosts)
+    print(f"wrote {done.authorization} ({len(done.users)} users) and {done.routes}")
+    print(
+        f"copy both to /etc/nats/ on every host ({', '.join(hosts)}), mode 0640 group nats, "
+        "then `systemctl reload nats-server` there; the services' passwords are in "
+        f"{done.secrets_dir}"
+    )
     return EXIT_OK

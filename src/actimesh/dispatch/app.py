@@ -12,8 +12,14 @@ needs (:mod:`.auth`; ``public`` routes take no credentials)::
     GET  /api/v1/stream                      read       Server-Sent Events: activations
     GET  /api/v1/health                      public     ok / degraded (503) with reasons
     GET  /api/v1/devices[/{id}]              telemetry  devices, state and position
+    GET  /api/v1/devices/{id}/track          telemetry  its fixes of the last minutes
     GET  /api/v1/activations                 read       ledger query: time, area, type
     GET  /api/v1/activations/{aid}           read       one activation, per-camera outcome
+    POST /api/v1/activations/{aid}/ack       dispatch   acknowledge an incident (ledger)
+    POST /api/v1/activations/{aid}/notes     dispatch   a note on an incident (ledger)
+    GET  /api/v1/activations/{aid}/replay    telemetry  positions and states, -30 s to end
+    GET  /api/v1/activations/{aid}/workflow  read       dispatchers' acks and notes (ledger)
+    POST /api/v1/alerts/{id}/ack             dispatch   acknowledge an alert (ledger)
     GET  /api/v1/basemap/{name}              read       the PMTiles basemap (range requests)
     POST /api/v1/zones                       dispatch   dispatcher-initiated activation
     POST|GET /api/v1/webhooks, GET|DELETE /api/v1/webhooks/{id}                admin
@@ -47,7 +53,9 @@ from actimesh.dispatch.routes import (
     live,
     page,
     session,
+    tracks,
     webhooks,
+    workflow,
     zones,
 )
 from actimesh.dispatch.routes.errors import add_error_handlers
@@ -100,7 +108,7 @@ def create_app(ctx: AppContext) -> FastAPI:
         app.include_router(evidence.router)
     app.include_router(page.router)
     page.mount_static(app, settings)
-    for area in (live, health, devices, activations, zones, webhooks, basemap):
+    for area in (live, health, devices, tracks, activations, workflow, zones, webhooks, basemap):
         app.include_router(area.router)
     check_guarded(app)
     return app

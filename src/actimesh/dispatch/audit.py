@@ -10,7 +10,9 @@ fields as the ledger's columns:
 ============  ==============================================================================
 time          when it happened
 component     ``dispatch/<console_id>``, or ``cli/users``, ``cli/tokens``, ``cli/up``
-event_type    ``login``, ``logout``, ``live_view``, ``api_change``, ``account_change``
+event_type    ``login``, ``logout``, ``live_view``, ``api_change``, ``account_change``;
+              the dispatchers' own work: ``dispatch_ack``, ``incident_note`` (body: the
+              activation, who, when, the alert or the note's text)
 subject       who: a user name, ``token:<name>``, ``os:<account>`` (a command run by an
               operator), or ``unknown-user`` (a failed login under a name that does not
               exist: what was typed is not kept, since people type passwords there)
@@ -40,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from actimesh.errors import LedgerError
-from actimesh.ledger import open_ledger
+from actimesh.ledger import EventType, open_ledger
 
 __all__ = ["AuditEvent", "AuditStats", "AuditTrail"]
 
@@ -94,9 +96,12 @@ class AuditTrail:
         await self._ledger.__aexit__(*exc)
 
     async def record(
-        self, event: AuditEvent, subject: str, outcome: str, body: Mapping[str, Any]
+        self, event: AuditEvent | EventType, subject: str, outcome: str, body: Mapping[str, Any]
     ) -> int:
-        """Append one record; its seq. Raises :class:`LedgerError` if it was not written."""
+        """Append one record; its seq. Raises :class:`LedgerError` if it was not written.
+
+        ``event`` is one of the dispatch's audit events, or a ledger entry type the dispatch
+        writes (``dispatch_ack``, ``incident_note``)."""
         try:
             seq = await self._ledger.record_event(
                 self.component,

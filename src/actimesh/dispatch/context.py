@@ -42,6 +42,8 @@ class AppContext:
     settings: DispatchSettings
     agency: str
     max_fix_age_s: float
+    #: The widest GPS margin the inclusion policy adds to a rule's radius (0: centre mode).
+    gps_margin_m: float
     event_types: tuple[str, ...]
     state: LiveState
     live: Hub[str]
@@ -65,6 +67,7 @@ class AppContext:
             "agency": self.agency,
             "version": __version__,
             "max_fix_age_s": self.max_fix_age_s,
+            "gps_margin_m": self.gps_margin_m,
             "ack_timeout_s": s.ack_timeout_s,
             "basemap": s.basemap_source.to_json() if s.basemap_source is not None else None,
             "zone_max_radius_m": s.zone_max_radius_m,

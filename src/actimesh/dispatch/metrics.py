@@ -99,8 +99,12 @@ class _Collector(Collector):
         dropped = CounterMetricFamily(
             "actimesh_dispatch_dropped", "Things dropped for lack of room", labels=["what"]
         )
-        dropped.add_metric(["early_ack"], st.early_acks_dropped)
-        dropped.add_metric(["device"], st.devices_refused)
+        for what, n in (
+            ("early_ack", st.early_acks_dropped),
+            ("device", st.devices_refused),
+            ("track_fix", src.state.tracks.dropped),
+        ):
+            dropped.add_metric([what], n)
         links = src.links()
         for name, ls in links.items():
             dropped.add_metric([f"mqtt_{name}"], ls.dropped_incoming)
@@ -155,6 +159,14 @@ class _Collector(Collector):
             "actimesh_webhook_reconciled",
             "Deliveries enqueued from the ledger (missed on the broker)",
             value=w.reconciled,
+        )
+        yield from self._tracks_and_security()
+
+    def _tracks_and_security(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "actimesh_dispatch_track_fixes",
+            "Recent fixes kept for lines, tracks and replays (all devices)",
+            value=len(self.sources.state.tracks),
         )
         yield from self._security()
 

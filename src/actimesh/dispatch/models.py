@@ -24,13 +24,19 @@ __all__ = [
     "DeliveryOut",
     "DeliveryStatus",
     "DeviceOut",
+    "DispatcherAck",
     "Health",
     "LoginRequest",
+    "NoteOut",
+    "NoteRequest",
     "Outcome",
+    "Replay",
+    "ReplayDevice",
     "SessionOut",
     "TokenCreate",
     "TokenCreated",
     "TokenOut",
+    "TrackOut",
     "UserCreate",
     "UserCreated",
     "UserOut",
@@ -38,6 +44,7 @@ __all__ = [
     "WebhookCreate",
     "WebhookCreated",
     "WebhookOut",
+    "Workflow",
     "ZoneAccepted",
     "ZoneRequest",
 ]
@@ -78,6 +85,14 @@ class DeviceOut(_Out):
     batt: float | None
     pre_roll: float | None
     last_seen: float
+    call_sign: str | None = Field(default=None, description="Radio call sign, from the registry")
+    officer: str | None = Field(
+        default=None, description="Who carries or drives it, from the registry"
+    )
+    duty: str | None = Field(
+        default=None,
+        description="available, en_route or on_scene, as the unit's gateway reports it",
+    )
 
 
 class Outcome(StrEnum):
@@ -151,6 +166,13 @@ class CameraOutcome(_Out):
     recording_id: str | None
     ack_latency_s: float | None = Field(description="From the engine's decision to the ack")
     detail: str | None
+    call_sign: str | None = Field(default=None, description="From the registry")
+    officer: str | None = Field(default=None, description="From the registry")
+    at_event: tuple[float, float] | None = Field(
+        default=None,
+        description="[lat, lon] of the camera's fix at the event (the fix the engine judged, "
+        "from the dispatch's recent tracks; null once older than their horizon)",
+    )
 
 
 class ActivationDetail(ActivationSummary):
@@ -159,6 +181,88 @@ class ActivationDetail(ActivationSummary):
     rule: dict[str, Any]
     cameras: list[CameraOutcome]
     acks: list[AckOut]
+    gps_margin_m: float | None = Field(
+        default=None, description="The widest GPS margin the inclusion policy in force adds"
+    )
+    effective_radius_m: float | None = Field(
+        default=None,
+        description="radius_m plus gps_margin_m: the farthest a camera may be included",
+    )
+
+
+class DispatcherAck(_Out):
+    """A dispatcher's acknowledgement of an incident or of one of its alerts (ledger
+    record ``dispatch_ack``)."""
+
+    aid: str
+    alert_id: str | None = Field(description="The alert acknowledged; null for the incident")
+    by: str
+    ts: float
+    seq: int = Field(description="The ledger record")
+
+
+class NoteOut(_Out):
+    """A dispatcher's note on an incident (ledger record ``incident_note``)."""
+
+    aid: str
+    by: str
+    ts: float
+    text: str
+    seq: int
+
+
+class Workflow(_Out):
+    """What dispatchers did about an incident, from the ledger, oldest first."""
+
+    aid: str
+    acks: list[DispatcherAck]
+    notes: list[NoteOut]
+
+
+class NoteRequest(_In):
+    text: str = Field(min_length=1, max_length=2000)
+
+    @field_validator("text")
+    @classmethod
+    def _printable(cls, value: str) -> str:
+        if any(ord(c) < 32 and c not in "\n\t" for c in value):
+            raise ValueError("text: control characters other than newline and tab")
+        return value
+
+
+class TrackOut(_Out):
+    """A device's recent fixes, oldest first: ``[ts, lat, lon, acc, state]`` each."""
+
+    device_id: str
+    points: list[tuple[float, float, float, float | None, str | None]]
+
+
+class ReplayDevice(TrackOut):
+    call_sign: str | None
+    officer: str | None
+    kind: str | None
+    commanded: bool
+    reason: str
+
+
+class Replay(_Out):
+    """An incident from ``start`` (30 s before the event) to ``end``: each camera's
+    fixes and recording state from the dispatch's recent tracks, and the ledger's
+    acknowledgements (with their ``received_ts``) to place on the same time line."""
+
+    aid: str
+    start: float
+    event_ts: float
+    end: float
+    lat: float | None
+    lon: float | None
+    radius_m: float
+    effective_radius_m: float
+    devices: list[ReplayDevice]
+    acks: list[AckOut]
+    tracked_since: float | None = Field(
+        description="The oldest fix the dispatch still holds; before it a replay has no movement"
+    )
 
 
 class ZoneRequest(_In):

@@ -39,11 +39,14 @@ from actimesh.dispatch.models import (
     ActivationDetail,
     ActivationSummary,
     CameraOutcome,
+    DispatcherAck,
+    NoteOut,
     Outcome,
+    Workflow,
 )
 from actimesh.errors import LedgerError
 from actimesh.geofence import distance_m
-from actimesh.ledger import ActivationRow, DecisionRow, is_database_url
+from actimesh.ledger import ActivationRow, DecisionRow, EventType, is_database_url
 from actimesh.triggers import left_out_of
 
 __all__ = ["ActivationQuery", "BBox", "LedgerQueries", "LedgerReader", "Near", "open_reader"]
@@ -228,6 +231,10 @@ class LedgerQueries(Protocol):
 
     async def aids_since(self, since: float) -> list[str]:
         """Ids of activations with event time at or after ``since``, oldest first."""
+        ...
+
+    async def workflow(self, aid: str) -> Workflow:
+        """Dispatchers' acknowledgements and notes on ``aid``, oldest first."""
         ...
 
 
@@ -477,6 +484,41 @@ class ReadQueries(abc.ABC):
             ]
 
         return await self._run(fetch)
+
+    # ------------------------------------------------------------------ dispatchers
+    def _workflow(self, aid: str) -> Workflow:
+        acks: list[DispatcherAck] = []
+        notes: list[NoteOut] = []
+        for seq, event_type, body_text in self._all(
+            "SELECT seq, event_type, body FROM records WHERE aid = ? AND event_type IN (?, ?)"
+            " ORDER BY seq",
+            (aid, EventType.DISPATCH_ACK.value, EventType.INCIDENT_NOTE.value),
+        ):
+            if body_text is None:  # redacted by retention
+                continue
+            body = json.loads(body_text)
+            if event_type == EventType.DISPATCH_ACK:
+                acks.append(
+                    DispatcherAck(
+                        aid=aid,
+                        alert_id=body.get("alert_id"),
+                        by=body["by"],
+                        ts=body["ts"],
+                        seq=seq,
+                    )
+                )
+            else:
+                notes.append(
+                    NoteOut(aid=aid, by=body["by"], ts=body["ts"], text=body["text"], seq=seq)
+                )
+        return Workflow(aid=aid, acks=acks, notes=notes)
+
+    async def workflow(self, aid: str) -> Workflow:
+        """Dispatchers' acknowledgements and notes on ``aid``, oldest first."""
+        try:
+            return await self._run(lambda: self._workflow(aid))
+        except self._errors as exc:
+            raise LedgerError(f"ledger query failed: {exc}") from exc
 
 
 class LedgerReader(SqliteStore, ReadQueries):

@@ -44,6 +44,7 @@ from actimesh.dispatch.hub import Hub
 from actimesh.dispatch.metrics import DispatchMetrics, MetricSources
 from actimesh.dispatch.outbox import Outbox
 from actimesh.dispatch.queries import open_reader
+from actimesh.dispatch.roster import Roster
 from actimesh.dispatch.settings import DispatchSettings
 from actimesh.dispatch.state import LiveState
 from actimesh.dispatch.webhooks import Webhooks
@@ -84,6 +85,7 @@ class DispatchService:
         data_dir: Path,
         ledger_location: Path | str,
         max_fix_age_s: float,
+        gps_margin_m: float = 0.0,
         event_types: tuple[str, ...] = (),
         clock: Callable[[], float] = time.time,
         evidence: EvidenceService | None = None,
@@ -103,6 +105,7 @@ class DispatchService:
             activation_retention_s=settings.activation_retention_s,
             offline_retention_s=settings.offline_retention_s,
         )
+        self.roster = Roster(data_dir, self.state)
         self.live: Hub[str] = Hub(
             queue_size=settings.client_queue, max_clients=settings.max_clients
         )
@@ -173,6 +176,7 @@ class DispatchService:
                 settings=settings,
                 agency=topics.agency,
                 max_fix_age_s=max_fix_age_s,
+                gps_margin_m=gps_margin_m,
                 event_types=event_types,
                 state=self.state,
                 live=self.live,
@@ -215,6 +219,7 @@ class DispatchService:
         sock = self._bind()
         try:
             async with self.ledger, self.outbox, self.accounts, self.audit:
+                await self.roster.load()
                 await self._backfill()
                 server = listener.QuietServer(
                     uvicorn.Config(
@@ -240,6 +245,7 @@ class DispatchService:
                 async with asyncio.TaskGroup() as tg:
                     tg.create_task(self.feed.run(), name="dispatch-feed")
                     tg.create_task(self._frames(), name="dispatch-frames")
+                    tg.create_task(self.roster.run(), name="dispatch-roster")
                     tg.create_task(self.webhooks.run(), name="dispatch-webhooks")
                     tg.create_task(self.webhooks.reconcile_loop(), name="dispatch-reconcile")
                     tg.create_task(
@@ -286,6 +292,16 @@ class DispatchService:
             for device_id, ack in acks:
                 self.state.ack(device_id, ack, now)
         self.state.expire(now)
+        # Dispatchers' acknowledgements too: an alert acknowledged before the restart
+        # must not sound again.
+        for record, _ in recent:
+            try:
+                done = await self.ledger.workflow(record.aid)
+            except LedgerError:
+                log.exception("dispatch: acknowledgements of %s not restored", record.aid)
+                break
+            for done_ack in done.acks:
+                self.state.acknowledge(done_ack.aid, done_ack.alert_id, done_ack.by, done_ack.ts)
         # A fresh page gets all of this in its snapshot; nothing to stream.
         self.state.take_delta(now)
         self.state.take_events()

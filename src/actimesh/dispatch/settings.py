@@ -196,6 +196,12 @@ class DispatchSettings:
         return base / "leaflet" / "dist"
 
     @property
+    def markercluster_dir(self) -> Path:
+        """Leaflet.markercluster's ``dist`` folder (installed beside Leaflet)."""
+        base = self.vendor_dir if self.vendor_dir is not None else _CHECKOUT_NODE_MODULES
+        return base / "leaflet.markercluster" / "dist"
+
+    @property
     def protomaps_dir(self) -> Path:
         """protomaps-leaflet's ``dist`` folder, which draws a PMTiles basemap (may not
         exist: ``make web-deps`` installs it)."""

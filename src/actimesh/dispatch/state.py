@@ -29,9 +29,10 @@ alerts. What is refused for lack of room is counted.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -46,6 +47,7 @@ from actimesh.broker.messages import (
     Telemetry,
 )
 from actimesh.broker.messages import Alert as AlertMessage
+from actimesh.dispatch.tracks import Fix, Tracks
 from actimesh.triggers.fleet import DeviceRecord
 
 __all__ = [
@@ -105,6 +107,11 @@ class DeviceView(DeviceRecord):
     fix_ts: float | None = None
     batt: float | None = None
     pre_roll: float | None = None
+    #: From the device registry: the radio call sign and who carries or drives it.
+    call_sign: str | None = None
+    officer: str | None = None
+    #: The unit's dispatch status as its gateway reports it (telemetry ``duty``).
+    duty: str | None = None
 
     @property
     def status(self) -> DeviceStatus:
@@ -122,6 +129,9 @@ class DeviceView(DeviceRecord):
             "id": self.device_id,
             "kind": self.kind.value if self.kind is not None else None,
             "unit": self.unit,
+            "call_sign": self.call_sign,
+            "officer": self.officer,
+            "duty": self.duty,
             "paired": list(self.paired),
             "online": self.online,
             "state": self.state.value if self.state is not None else None,
@@ -155,6 +165,8 @@ class CameraView:
     #: Who cancelled it as a false activation, and when (camera clock).
     cancelled_by: str | None = None
     cancelled_ts: float | None = None
+    #: Where the camera was at the event (its fix then, from the dispatch's tracks).
+    at: Fix | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -171,6 +183,7 @@ class CameraView:
             "detail": self.detail,
             "cancelled_by": self.cancelled_by,
             "cancelled_ts": self.cancelled_ts,
+            "at": None if self.at is None else [self.at.lat, self.at.lon],
         }
 
 
@@ -185,6 +198,9 @@ class ActivationView:
     cameras: dict[str, CameraView]
     unit: str | None
     units: tuple[str, ...]
+    #: The dispatcher who acknowledged the incident, and when.
+    acked_by: str | None = None
+    acked_ts: float | None = None
 
     def summary(self) -> dict[str, int]:
         counts = {s.value: 0 for s in CameraStatus}
@@ -215,6 +231,8 @@ class ActivationView:
             "cameras": [c.to_json() for c in self.cameras.values()],
             "summary": summary,
             "alert": summary[CameraStatus.NO_ACK] + summary[CameraStatus.REFUSED] > 0,
+            "acked_by": self.acked_by,
+            "acked_ts": self.acked_ts,
         }
 
 
@@ -230,6 +248,8 @@ class Alert:
     unit: str | None
     ts: float
     message: str
+    acked_by: str | None = None
+    acked_ts: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -241,6 +261,8 @@ class Alert:
             "unit": self.unit,
             "ts": self.ts,
             "message": self.message,
+            "acked_by": self.acked_by,
+            "acked_ts": self.acked_ts,
         }
 
 
@@ -294,6 +316,9 @@ class LiveState:
         self.activations: OrderedDict[str, ActivationView] = OrderedDict()
         self.engines: dict[str, dict[str, Any]] = {}
         self.alerts: OrderedDict[str, Alert] = OrderedDict()
+        self.tracks = Tracks()
+        #: Call sign and officer per device, from the registry (see :meth:`set_roster`).
+        self.roster: dict[str, tuple[str | None, str | None]] = {}
         self._deadlines: list[tuple[float, str]] = []
         self._early_acks: OrderedDict[str, list[tuple[str, Ack, float]]] = OrderedDict()
         self._early_count = 0
@@ -313,6 +338,7 @@ class LiveState:
                 self.stats.devices_refused += 1
                 return None
             view = self.devices[device_id] = DeviceView(device_id)
+            view.call_sign, view.officer = self.roster.get(device_id, (None, None))
             self._removed_devices.discard(device_id)
         view.last_seen = now
         self._dirty_devices.add(device_id)
@@ -322,6 +348,7 @@ class LiveState:
         """Apply a retained presence message; None (an empty payload) removes the device."""
         self.stats.presence += 1
         if msg is None:
+            self.tracks.forget(device_id)
             if self.devices.pop(device_id, None) is not None:
                 self._dirty_devices.discard(device_id)
                 self._removed_devices.add(device_id)
@@ -358,11 +385,42 @@ class LiveState:
         view.state = msg.state
         if msg.batt is not None:
             view.batt = msg.batt
+        if msg.duty is not None:
+            view.duty = msg.duty.value
         if msg.lat is not None and msg.lon is not None:
             if view.fix_ts is not None and msg.ts < view.fix_ts:
                 self.stats.telemetry_out_of_order += 1
                 return
             view.lat, view.lon, view.acc, view.fix_ts = msg.lat, msg.lon, msg.acc, msg.ts
+            self.tracks.add(device_id, Fix(msg.ts, msg.lat, msg.lon, msg.acc, msg.state.value))
+
+    def set_roster(self, roster: Mapping[str, tuple[str | None, str | None]]) -> None:
+        """Call sign and officer per device id (the registry's); changed devices are sent."""
+        self.roster = dict(roster)
+        for device_id, view in self.devices.items():
+            names = self.roster.get(device_id, (None, None))
+            if (view.call_sign, view.officer) != names:
+                view.call_sign, view.officer = names
+                self._dirty_devices.add(device_id)
+
+    # ------------------------------------------------------------------ dispatcher acks
+    def acknowledge(self, aid: str, alert_id: str | None, by: str, ts: float) -> bool:
+        """Show an incident (or one of its alerts) as acknowledged by ``by`` at ``ts``.
+        False when the live map does not hold it (the ledger record is what counts)."""
+        if alert_id is not None:
+            alert = self.alerts.get(alert_id)
+            if alert is None or alert.aid != aid:
+                return False
+            acked = dataclasses.replace(alert, acked_by=by, acked_ts=ts)
+            self.alerts[alert_id] = acked
+            self._new_alerts.append(acked)
+            return True
+        view = self.activations.get(aid)
+        if view is None:
+            return False
+        view.acked_by, view.acked_ts = by, ts
+        self._dirty_activations.add(aid)
+        return True
 
     def engine_status(self, engine_id: str, msg: EngineStatus | None, now: float) -> None:
         """An engine's status as published. An ``online`` one with a ``ttl`` goes stale
@@ -404,7 +462,13 @@ class LiveState:
         self.stats.activations += 1
         cameras: dict[str, CameraView] = {}
         for cam in record.cameras:
-            cameras[cam.id] = CameraView(cam.id, cam.device_kind, cam.reason.value, cam.dist)
+            cameras[cam.id] = CameraView(
+                cam.id,
+                cam.device_kind,
+                cam.reason.value,
+                cam.dist,
+                at=self.tracks.at(cam.id, record.ets, self.max_fix_age_s),
+            )
         src = self.devices.get(record.src)
         unit = src.unit if src is not None else None
         units = {unit} if unit is not None else set()
@@ -618,6 +682,7 @@ class LiveState:
         ]
         for device_id in gone:
             del self.devices[device_id]
+            self.tracks.forget(device_id)
             self._dirty_devices.discard(device_id)
             self._removed_devices.add(device_id)
 

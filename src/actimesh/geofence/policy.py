@@ -107,6 +107,12 @@ class InclusionPolicy:
             return 0.0
         return min(math.hypot(_accuracy(acc_device), _accuracy(acc_event)), self.max_margin_m)
 
+    @property
+    def widest_margin_m(self) -> float:
+        """The most any camera's margin can be: what a map draws beyond a rule's radius
+        as the effective radius (``max_margin_m``; 0 in CENTRE mode)."""
+        return 0.0 if self.mode is InclusionMode.CENTRE else self.max_margin_m
+
     def search_radius_m(self, radius_m: float) -> float:
         """Return the radius to ask the spatial index for: ``radius_m`` plus
         ``max_margin_m`` or :data:`DECISION_BAND_M`, whichever is larger.

@@ -68,6 +68,8 @@ class EventType(StrEnum):
     LEDGER_IMPORT = "ledger_import"  # rows written before the chain existed were chained
     FALSE_ACTIVATION = "false_activation"  # an officer cancelled a camera's activation
     MERGE = "merge"  # a repeated trigger that joined the activation it repeats
+    DISPATCH_ACK = "dispatch_ack"  # a dispatcher acknowledged an incident or an alert
+    INCIDENT_NOTE = "incident_note"  # a dispatcher's note on an incident
 
 
 def canonical_json(body: Mapping[str, Any]) -> str:

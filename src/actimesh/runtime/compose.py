@@ -389,6 +389,7 @@ async def run_up(settings: Settings, sim: SimSettings | None, console: Console) 
             broker_port=broker.port,
             console=console,
             status=lambda: _engine_status(engine, fleet),
+            gps_margin_m=settings.policy.widest_margin_m,
             tls=broker.tls,
             protocol=broker.protocol,
             **broker.login(SERVICE_MONITOR),

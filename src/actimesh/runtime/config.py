@@ -511,6 +511,8 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
         "freeze_heap": bool,
         "share_group": str,
         "session_expiry_s": int,
+        "partitions": int,
+        "partition": (list, int),
     }
     engine = EngineSettings(**_section(raw, "engine", engine_types))
     policy_raw = _section(

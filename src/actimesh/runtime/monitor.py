@@ -51,6 +51,7 @@ class Monitor:
         console: Console,
         status: Callable[[], str] | None = None,
         status_every_s: float = 10.0,
+        gps_margin_m: float = 0.0,
         username: str | None = None,
         password: str | None = None,
         tls: TlsSettings | None = None,
@@ -58,6 +59,8 @@ class Monitor:
     ) -> None:
         self.topics = topics
         self.console = console
+        #: The policy's widest GPS margin: a camera up to radius + this is "within".
+        self.gps_margin_m = gps_margin_m
         self.status = status
         self.status_every_s = status_every_s
         self.counts: Counter[str] = Counter()
@@ -128,9 +131,16 @@ class Monitor:
             f"[bold yellow]{_clock_str(act.ets)}  {act.type:<16}[/bold yellow] from {act.src} "
             f"at {where}: {len(act.cameras)} camera(s) commanded in {latency_ms:.0f} ms "
             f"[cyan]paired[/cyan] {', '.join(paired) or '-'}  "
-            f"[green]within {act.radius:.2f} m[/green] {', '.join(near) or '-'}  "
+            f"[green]within {self._radius(act.radius)}[/green] {', '.join(near) or '-'}  "
             f"[dim]left out {act.excluded}{f' ({why})' if why else ''}[/dim]"
         )
+
+    def _radius(self, radius: float) -> str:
+        """``9.14 m`` or, with a GPS margin, ``9.14 m +6 m GPS = 15.14 m``: the effective
+        radius the engine included cameras in, beside the rule's."""
+        if self.gps_margin_m <= 0:
+            return f"{radius:.2f} m"
+        return f"{radius:.2f} m +{self.gps_margin_m:g} m GPS = {radius + self.gps_margin_m:.2f} m"
 
     def _ack(self, device_id: str, ack: Ack) -> None:
         self.counts["acks"] += 1

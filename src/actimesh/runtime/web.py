@@ -90,6 +90,7 @@ async def serve_dispatch(job: DispatchJob, report: Report) -> None:
             data_dir=settings.data_dir,
             ledger_location=settings.ledger_location,
             max_fix_age_s=settings.policy.max_fix_age_s,
+            gps_margin_m=settings.policy.widest_margin_m,
             event_types=tuple(r.event_type for r in settings.rules),
             evidence=evidence,
         )

@@ -208,14 +208,19 @@ def _grants(  # noqa: PLR0911 - one return per role
     if role is AccountRole.ENGINE:
         return (
             *(a for c in ("telemetry", "event", "presence", "ack") for a in _read(f"{dev}/{c}")),
-            # The engines' share group: this role alone may join it.
+            # The engines' share groups: this role alone may join them (trigger events,
+            # and with geographic partitions the relay's share of raw telemetry).
             Acl(AclType.SUBSCRIBE_WITHIN, f"$share/+/{dev}/event"),
+            Acl(AclType.SUBSCRIBE_WITHIN, f"$share/+/{dev}/telemetry"),
             *(a for c in ("cmd", "confirm") for a in _write(f"{dev}/{c}")),
             *_write(f"{p}/activations/#"),
             *_write(f"{p}/json/activations/#"),
             *_write(f"{p}/alerts/#"),
             *_write(f"{p}/deadletter/#"),
             *_write(f"{p}/engine/#"),
+            # Geographic partitions: telemetry relayed between engines
+            # (triggers/partitions.py), which only engines publish.
+            *_read(f"{p}/engine/part/#"),
             *_read(f"{_OWNTRACKS_ROOT}/+/+"),
         )
     if role is AccountRole.DISPATCH:

@@ -29,10 +29,15 @@ from urllib.parse import urlsplit
 from actimesh.broker.client import TlsSettings
 from actimesh.broker.messages import DeviceKind
 from actimesh.broker.mosquitto import ManagedMosquitto
+from actimesh.broker.nats.auth import render_authorization
+from actimesh.broker.nats.cluster import AUTHORIZATION_NAME
+from actimesh.broker.nats.hosts import DEFAULT_HOSTS, ROUTES_NAME, routes_config
 from actimesh.broker.reload import reload_managed_broker
 from actimesh.errors import BrokerError, SecurityError
+from actimesh.private import write_private
 from actimesh.security.acl import AclPolicy
-from actimesh.security.nats_access import apply_to_cluster
+from actimesh.security.nats_access import apply_to_cluster, registry_nats_access
+from actimesh.security.passwords import generate_password
 from actimesh.security.registry import (
     SECRETS_DIR,
     BrokerFiles,
@@ -44,8 +49,10 @@ from actimesh.security.registry import (
 
 __all__ = [
     "BROKER_DIR",
+    "ROUTE_SECRET",
     "AgentLike",
     "BrokerEndpoints",
+    "ClusterAuth",
     "ClusterQuarantine",
     "DeviceLike",
     "Provisioned",
@@ -53,6 +60,7 @@ __all__ = [
     "apply_to_broker",
     "credential_lines",
     "prepare_broker",
+    "prepare_cluster_auth",
     "provision_agents",
     "provision_fleet",
     "specs_of",
@@ -153,6 +161,52 @@ def prepare_broker(
         gen = registry.ensure_loadgen() if loadgen else None
         files = registry.write_broker_files(broker_dir, policy)
     return Provisioned(broker_dir, files, services, creds, gen)
+
+
+#: The secret (``secrets/{ROUTE_SECRET}.password``) the hosts of a cluster give each other
+#: on their routes: made once, kept, so that every rendering of ``routes.conf`` agrees.
+ROUTE_SECRET = "nats-route"  # noqa: S105 - a file name, not a password
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterAuth:
+    """What :func:`prepare_cluster_auth` wrote, and who the nodes admit."""
+
+    authorization: Path
+    routes: Path
+    users: tuple[str, ...]
+    secrets_dir: Path
+
+
+def prepare_cluster_auth(
+    data_dir: Path, policy: AclPolicy, out_dir: Path, hosts: Sequence[str] = DEFAULT_HOSTS
+) -> ClusterAuth:
+    """The files every host of a deployed NATS cluster includes, from the registry of
+    ``data_dir`` (``actimesh cluster auth``): ``authorization.conf``, every account as
+    its user with its role's grants, and ``routes.conf``, the route login and the routes
+    to ``hosts``. The service accounts get passwords if they have none yet (kept
+    otherwise: the services on other hosts read them from their files, in
+    ``secrets/``). ``policy`` is used only if the registry has none yet."""
+    secrets_dir = data_dir / SECRETS_DIR
+    with Registry.open(data_dir) as registry:
+        registry.ensure_service_accounts(secrets_dir, keep_existing=True)
+        policy = registry.policy() or policy
+        registry.write_broker_files(data_dir / BROKER_DIR, policy)  # remembers the policy
+        access = registry_nats_access(registry, policy)
+    route_file = secrets_dir / f"{ROUTE_SECRET}.password"
+    if not route_file.is_file():
+        write_private(route_file, generate_password() + "\n")
+    route_password = route_file.read_text(encoding="utf-8").strip()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    auth = ClusterAuth(
+        out_dir / AUTHORIZATION_NAME,
+        out_dir / ROUTES_NAME,
+        tuple(u.name for u in access.users),
+        secrets_dir,
+    )
+    write_private(auth.authorization, render_authorization(access))
+    write_private(auth.routes, routes_config(route_password, hosts))
+    return auth
 
 
 def provision_fleet(data_dir: Path, devices: Sequence[DeviceSpec]) -> dict[str, DeviceCredentials]:

@@ -18,25 +18,33 @@ publishes (commands, confirmations, alerts, records, dead letters) and carries t
 engine-status will; ``ctl`` receives trigger
 events and presence in a persistent session; ``ack`` receives acknowledgements; ``tm``
 receives telemetry, best effort, which only moves devices in the spatial index.
+
+With geographic partitions (``[engine] partitions`` > 1, :mod:`.partitions`) trigger
+events come in on one link per partition served (``ctl-p<k>``), telemetry on ``tm`` is
+the relayed telemetry of those partitions only, and two more links relay this engine's
+share of the raw telemetry to the partitions that must hold it: ``relay`` reads it and
+``route`` publishes it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from actimesh import __version__
 from actimesh.adapters.owntracks import OWNTRACKS_FILTER
 from actimesh.broker.client import Subscription, Will
 from actimesh.broker.codec import encode
+from actimesh.broker.ingest import Publish
 from actimesh.broker.messages import EngineStatus
 from actimesh.broker.topics import DeviceChannel, Topics
-from actimesh.broker.transport import Outbound, Transport
+from actimesh.broker.transport import Inbound, Outbound, Transport
 from actimesh.errors import BrokerError
-from actimesh.geofence import GridIndex, InclusionPolicy, SpatialIndex
+from actimesh.geofence import GridIndex, InclusionPolicy, PartitionMap, SpatialIndex
 from actimesh.ledger import Ledger
 from actimesh.security.signing import CommandSigner
 from actimesh.triggers.alerts import Alerts
@@ -45,6 +53,7 @@ from actimesh.triggers.dedupe import Dedupe
 from actimesh.triggers.delivery import DeliveryTracker
 from actimesh.triggers.fleet import DeviceDirectory, Fleet
 from actimesh.triggers.intake import Intake
+from actimesh.triggers.partitions import Partitioning
 from actimesh.triggers.persistence import AckWriter, Persister
 from actimesh.triggers.planning import Planner, TriggerTracer
 from actimesh.triggers.quarantine import Quarantine
@@ -70,7 +79,9 @@ class Engine:
     device registry); without one, devices' own presence is taken at its word.
     ``dispatch_source`` is the device id dispatch publishes zones under: the only
     sender allowed to raise rules that name ``"dispatch"``. ``tracer`` is told when
-    each trigger's handling starts and ends (the bench's ``--trace``).
+    each trigger's handling starts and ends (the bench's ``--trace``). ``partitions``
+    replaces the partition cells the settings describe (``settings.partitions`` > 1):
+    a hand-drawn layout, or a test's boundary in a given place.
     """
 
     def __init__(
@@ -90,6 +101,7 @@ class Engine:
         quarantine: Quarantine | None = None,
         tracer: TriggerTracer | None = None,
         owntracks: bool = False,
+        partitions: PartitionMap | None = None,
     ) -> None:
         self.topics = topics
         self.settings = s = settings or EngineSettings()
@@ -106,6 +118,21 @@ class Engine:
         #: Set once the engine plans events (after ``warmup_s``).
         self.warmed = asyncio.Event()
         self.deliveries = DeliveryTracker(ack_timeout_s=s.ack_timeout_s, retry_max_s=s.retry_max_s)
+        #: Geographic partitions (:mod:`.partitions`); None: this engine holds every fix.
+        self.partitioning: Partitioning | None = (
+            Partitioning(
+                topics=topics,
+                settings=s,
+                rules=rules,
+                policy=policy,
+                stats=self.stats,
+                cells=partitions,
+            )
+            if s.partitions > 1 or partitions is not None
+            else None
+        )
+        #: The trigger-event links of the partitions served (none without partitions).
+        self.partition_links: tuple[Inbound, ...] = ()
 
         # Commands, confirmations, alerts and dead letters go out on their own link;
         # nothing arrives on it. Its session starts clean: what it sent and the broker
@@ -175,6 +202,7 @@ class Engine:
             clock=clock,
             dispatch_source=dispatch_source,
             tracer=tracer,
+            partitioning=self.partitioning,
         )
         self.intake = Intake(
             topics=topics,
@@ -203,12 +231,16 @@ class Engine:
         def device_messages(channel: DeviceChannel, qos: int = 1) -> Subscription:
             return Subscription(topics.all_devices(channel), qos)
 
+        part = self.partitioning
         events = topics.all_devices(DeviceChannel.EVENT)
         if s.share_group:
             events = topics.shared(s.share_group, events)
+        control: tuple[Subscription, ...] = (device_messages(DeviceChannel.PRESENCE),)
+        if part is None:
+            control += (Subscription(events, 1),)
         self.control_link = transport.control(
             f"{name}-ctl",
-            (device_messages(DeviceChannel.PRESENCE), Subscription(events, 1)),
+            control,
             self.intake.on_control,
             admit=self.intake.admit,
             session_expiry_s=s.session_expiry_s,
@@ -225,14 +257,53 @@ class Engine:
         # With OwnTracks on, the phone app's locations come in on the same reader: they
         # are telemetry in another format (adapters/owntracks.py).
         positions: tuple[Subscription, ...] = (device_messages(DeviceChannel.TELEMETRY, qos=0),)
+        on_telemetry = self.intake.on_telemetry
+        if part is not None:
+            positions = part.routed_subscriptions()
+            on_telemetry = self._on_routed
         if owntracks:
             positions += (Subscription(OWNTRACKS_FILTER, 0),)
         self.telemetry_link = transport.stream(
             f"{name}-tm",
             positions,
-            self.intake.on_telemetry,
+            on_telemetry,
             max_queued=s.telemetry_queue,
         )
+        self.links: tuple[Outbound | Inbound, ...] = (
+            self.ctl,
+            self.control_link,
+            self.ack_link,
+            self.telemetry_link,
+        )
+        if part is not None:
+            self.links += self._partition_links(transport, part, name)
+
+    def _partition_links(
+        self, transport: Transport, part: Partitioning, name: str
+    ) -> tuple[Outbound | Inbound, ...]:
+        """One event link per partition served (the handler must know which partition's
+        share an event came in, to plan only the ones it owns), and the relay's two."""
+        s = self.settings
+        self.partition_links = tuple(
+            transport.control(
+                f"{name}-ctl-p{k}",
+                (part.event_subscription(k),),
+                functools.partial(self.intake.on_control, partition=k),
+                admit=self.intake.admit,
+                session_expiry_s=s.session_expiry_s,
+            )
+            for k in part.served
+        )
+        route = transport.outbound(f"{name}-route")
+        part.attach(route)
+        relay = transport.stream(
+            f"{name}-relay", (part.relay_subscription(),), part.relay, max_queued=s.telemetry_queue
+        )
+        return (*self.partition_links, route, relay)
+
+    async def _on_routed(self, batch: Sequence[Publish]) -> None:
+        assert self.partitioning is not None  # the handler only when partitioned
+        await self.intake.on_telemetry(self.partitioning.unroute(batch))
 
     @property
     def quarantine(self) -> Quarantine | None:
@@ -263,7 +334,7 @@ class Engine:
     async def run(self) -> None:
         """Run until cancelled. One TaskGroup owns the links and the engine's loops."""
         await self._recover()
-        links = (self.ctl, self.control_link, self.ack_link, self.telemetry_link)
+        links = self.links
         eid = self.settings.engine_id
         async with asyncio.TaskGroup() as tg:
             for link in links:

@@ -100,7 +100,7 @@ class Intake:
         self._tm_tail = f"/{DeviceChannel.TELEMETRY.value}".encode()
         self._owntracks = f"{OWNTRACKS_ROOT}/".encode() if owntracks else None
         self._warm = False
-        self._held: list[Delivery] = []
+        self._held: list[tuple[Delivery, int | None]] = []
 
     @property
     def held(self) -> int:
@@ -113,8 +113,8 @@ class Intake:
         held, self._held = self._held, []
         if held:
             log.info("warm: planning %d event(s) held since start", len(held))
-        for delivery in held:
-            await self.handle(delivery)
+        for delivery, partition in held:
+            await self.handle(delivery, partition)
 
     # ------------------------------------------------------------------ telemetry
     async def on_telemetry(self, batch: Sequence[Publish]) -> None:
@@ -280,15 +280,17 @@ class Intake:
             )
         return not bucket.take(now)
 
-    async def on_control(self, batch: Sequence[Delivery]) -> None:
+    async def on_control(self, batch: Sequence[Delivery], partition: int | None = None) -> None:
+        """The control links' handler; ``partition``: the partition whose share of trigger
+        events the batch came in (geographic partitions, :mod:`.partitions`)."""
         for delivery in batch:
             try:
-                await self.handle(delivery)
+                await self.handle(delivery, partition)
             except Exception:  # one message's failure is not the next device's (not Cancelled)
                 self._stats.handler_errors += 1
                 log.exception("handler failed on %s", delivery.topic)
 
-    async def handle(self, delivery: Delivery) -> None:
+    async def handle(self, delivery: Delivery, partition: int | None = None) -> None:
         """Handle one control message and acknowledge it: events once they are durable
         (the persister does), everything else once handled or refused."""
         topic, payload = delivery.topic, delivery.payload
@@ -298,11 +300,11 @@ class Intake:
             delivery.ack()
             return
         if parsed.channel is DeviceChannel.EVENT and not self._warm:
-            self._held.append(delivery)  # planned (and acknowledged) once warm
+            self._held.append((delivery, partition))  # planned (and acknowledged) once warm
             return
         try:
             if parsed.channel is DeviceChannel.EVENT:
-                if await self._planner.handle(parsed.device_id, payload, delivery):
+                if await self._planner.handle(parsed.device_id, payload, delivery, partition):
                     return  # the persister acknowledges it
             elif parsed.channel is DeviceChannel.PRESENCE:
                 self._on_presence(parsed.device_id, payload)

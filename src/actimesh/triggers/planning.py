@@ -28,6 +28,7 @@ from actimesh.triggers.commands import Commander
 from actimesh.triggers.dedupe import Dedupe
 from actimesh.triggers.fanout import plan_activation
 from actimesh.triggers.fleet import Fleet
+from actimesh.triggers.partitions import Partitioning
 from actimesh.triggers.persistence import Decided, Persister
 from actimesh.triggers.rules import Rule, RuleTable
 from actimesh.triggers.settings import EngineSettings
@@ -73,7 +74,9 @@ class Planner:
         clock: Callable[[], float],
         dispatch_source: str | None,
         tracer: TriggerTracer | None = None,
+        partitioning: Partitioning | None = None,
     ) -> None:
+        self._partitioning = partitioning
         self._rules = rules
         self._policy = policy
         self._fleet = fleet
@@ -89,13 +92,22 @@ class Planner:
         self._dispatch_source = dispatch_source
         self._tracer = tracer
 
-    async def handle(self, source: str, payload: bytes, delivery: Delivery) -> bool:
+    async def handle(
+        self, source: str, payload: bytes, delivery: Delivery, partition: int | None = None
+    ) -> bool:
         """Handle a trigger. True when the persister now owns the acknowledgement.
-        Raises :class:`PayloadError` for an event refused (the caller answers it)."""
+        Raises :class:`PayloadError` for an event refused (the caller answers it).
+
+        ``partition``: the partition whose share of events this one came in (geographic
+        partitions, :mod:`.partitions`); an event another partition owns is left to
+        it: False, nothing done, nothing refused."""
         if self._tracer is not None:
             self._tracer.handling()
         received = self._clock()
-        event = decode(Event, payload)
+        event = self._decode(source, payload, partition)
+        if event is None:
+            self._stats.events_elsewhere += 1
+            return False
         check_clock(
             event.ts,
             received,
@@ -182,6 +194,21 @@ class Planner:
         item = Decided(plan, event, source, received, decided, self._rule_doc(rule), delivery)
         await self._persister.put(item)
         return True
+
+    def _decode(self, source: str, payload: bytes, partition: int | None) -> Event | None:
+        """The event, or None when another partition owns it (geographic partitions). An
+        unreadable one belongs to its sender's home partition, which refuses it (once,
+        not once per partition)."""
+        part = self._partitioning
+        if partition is None or part is None:
+            return decode(Event, payload)
+        try:
+            event = decode(Event, payload)
+        except PayloadError:
+            if part.home(source) != partition:
+                return None
+            raise
+        return event if part.event_owner(event, source, self._index) == partition else None
 
     def _rule_doc(self, rule: Rule) -> dict[str, object]:
         """The rule and policy applied, as the ledger keeps them with the activation."""

@@ -93,6 +93,16 @@ class EngineSettings:
     #: for three times as long (``ttl``): a reader sees an engine killed outright go
     #: stale within that, even on a bus without a last will (a NATS cluster).
     status_every_s: float = 10.0
+    #: Geographic partitions (triggers/partitions.py, docs/SCALING.md): the globe's
+    #: cells are split over ``partitions`` partitions, and this engine holds the fixes
+    #: of, and plans the triggers raised in, the partitions listed in ``partition``.
+    #: 1 (the default): no partitions, every engine holds the whole fleet.
+    partitions: int = 1
+    #: The partitions this engine serves (0-based, below ``partitions``); an engine
+    #: taking over a dead engine's partition lists it too. Empty means all of them.
+    partition: tuple[int, ...] = ()
+    #: Edge of a partition cell, metres (geofence/partition.py).
+    partition_cell_m: float = 2000.0
 
     def storm_limits(self) -> StormLimits:
         """The storm-control part of these settings."""
@@ -134,3 +144,30 @@ class EngineSettings:
             ):
                 raise ConfigError(f"engine.{f.name} must be a positive number, got {value!r}")
         self.storm_limits()  # checks the rest, where zero may mean "off"
+        self._check_partitions()
+
+    def _check_partitions(self) -> None:
+        count = self.partitions
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ConfigError(
+                f"engine.partitions must be a whole number >= 1 (1: no partitions), got {count!r}"
+            )
+        owned: object = self.partition
+        if isinstance(owned, int) and not isinstance(owned, bool):
+            owned = (owned,)
+        if not isinstance(owned, list | tuple) or not all(
+            isinstance(p, int) and not isinstance(p, bool) and 0 <= p < count for p in owned
+        ):
+            raise ConfigError(
+                f"engine.partition must list partitions from 0 to {count - 1} "
+                f"(engine.partitions = {count}), got {self.partition!r}"
+            )
+        if len(set(owned)) != len(owned):
+            raise ConfigError(f"engine.partition lists a partition twice: {self.partition!r}")
+        # A list from a config file is kept as a tuple: the settings stay hashable.
+        object.__setattr__(self, "partition", tuple(sorted(owned)))
+
+    @property
+    def served(self) -> tuple[int, ...]:
+        """The partitions this engine serves: ``partition``, or all when it is empty."""
+        return self.partition or tuple(range(self.partitions))

@@ -50,6 +50,16 @@ class EngineStats:
     #: messages with nothing to do (the app's last will).
     owntracks: int = 0
     owntracks_ignored: int = 0
+    #: Geographic partitions (triggers/partitions.py): trigger events left to the
+    #: partition that owns their position; raw fixes this engine relayed, the copies it
+    #: published (one per partition that must hold the fix: more than ``relayed`` by
+    #: the halo's share), those it could place by no fix (sent to the device's home
+    #: partition), and those dropped because the relay's own link was down.
+    events_elsewhere: int = 0
+    relayed: int = 0
+    relay_copies: int = 0
+    relay_unplaced: int = 0
+    relay_dropped: int = 0
 
     @property
     def rejected_total(self) -> int:

@@ -104,6 +104,7 @@ __all__ = [
     "apply_access",
     "find_nats_server",
     "render_node_config",
+    "render_routes",
 ]
 
 #: Each node's included ``authorization`` block, beside its ``nats.conf``.
@@ -237,32 +238,24 @@ def render_node_config(
     replicas: int = 3,
     route_password: str = "",
     tls: NatsTls | None = None,
+    routes_include: str | None = None,
+    monitor_host: str | None = None,
 ) -> str:
     """The configuration file of one node. ``routes``: the other nodes. It includes
-    :data:`AUTHORIZATION_NAME` from its own folder."""
-    login = f"{_ROUTE_USER}:{route_password}@" if route_password else ""
-    route_lines = "\n".join(
-        f"    {_quoted(f'nats-route://{login}{r.host}:{r.cluster}')}" for r in routes
-    )
-    route_auth = (
-        f"""
-  authorization {{
-    user: {_quoted(_ROUTE_USER)}
-    password: {_quoted(route_password)}
-    timeout: 5
-  }}"""
-        if route_password
-        else ""
-    )
+    :data:`AUTHORIZATION_NAME` from its own folder. ``routes_include``: a file of its
+    folder that holds the route login and the routes (:func:`render_routes`), in place
+    of ``route_password`` and ``routes`` (a host's configuration, which holds no secret).
+    ``monitor_host``: where monitoring listens, if not on ``ports.host`` (it has no login)."""
+    if routes_include is not None:
+        route_part = f"\n  # The route login and the routes with it.\n  include {routes_include}"
+    else:
+        route_part = _indent(render_routes(routes, route_password), "  ")
     cluster = (
         f"""
 cluster {{
   name: {_quoted(cluster_name)}
-  listen: {_quoted(f"{ports.host}:{ports.cluster}")}{route_auth}
+  listen: {_quoted(f"{ports.host}:{ports.cluster}")}{route_part}
 {tls.block("  ", verify=True) if tls else ""}
-  routes: [
-{route_lines}
-  ]
 }}
 """
         if routes
@@ -271,7 +264,7 @@ cluster {{
     return f"""# Written by actimesh.
 server_name: {_quoted(name)}
 listen: {_quoted(f"{ports.host}:{ports.client}")}
-http: {_quoted(f"{ports.host}:{ports.monitor}")}
+http: {_quoted(f"{monitor_host or ports.host}:{ports.monitor}")}
 pid_file: "nats.pid"
 {tls.block("") if tls else ""}
 include {AUTHORIZATION_NAME}
@@ -287,6 +280,30 @@ mqtt {{
 {tls.block("  ") if tls else ""}
 }}
 """
+
+
+def _indent(text: str, prefix: str) -> str:
+    return "".join(f"\n{prefix}{line}" if line else "\n" for line in text.splitlines())
+
+
+def render_routes(routes: Sequence[NodePorts], route_password: str = "") -> str:
+    """Inside a node's ``cluster`` block: the login other nodes' routes must give (when
+    ``route_password``), and the routes to ``routes``, giving it. A node listed among
+    its own routes notices and skips it, so one text may serve every node."""
+    login = f"{_ROUTE_USER}:{route_password}@" if route_password else ""
+    lines = []
+    if route_password:
+        lines += [
+            "authorization {",
+            f"  user: {_quoted(_ROUTE_USER)}",
+            f"  password: {_quoted(route_password)}",
+            "  timeout: 5",
+            "}",
+        ]
+    lines.append("routes: [")
+    lines += [f"  {_quoted(f'nats-route://{login}{r.host}:{r.cluster}')}" for r in routes]
+    lines.append("]")
+    return "\n".join(lines) + "\n"
 
 
 def _get_json(url: str) -> dict[str, object] | None:

@@ -1,4 +1,4 @@
-"""The NATS cluster of a deployment over three hosts: each host's ``nats-server``
+r"""The NATS cluster of a deployment over three hosts: each host's ``nats-server``
 configuration, rendered by the code that configures :class:`~.cluster.NatsCluster`'s
 nodes (:func:`~.cluster.render_node_config`), so both shapes stay one configuration.
 
@@ -9,8 +9,15 @@ and routes to the other two by name. ``python -m actimesh.broker.nats.hosts DIR
 ``deploy/``); ``tests/test_deploy.py`` checks that ``deploy/nats/`` is what this renders
 and that ``nats-server -t`` accepts it.
 
-Not for a network yet: the cluster admits anonymous clients (users, permissions and TLS
-are a later step), so these hosts belong on a private network behind a firewall.
+Nobody connects anonymously. Each node ``include``\ s two files beside its configuration,
+rendered by ``actimesh cluster auth`` from the device registry (the same on every
+host): ``authorization.conf``, the users and their permissions
+(:func:`~.auth.render_authorization`), and, inside its ``cluster`` block,
+``routes.conf``, the route login the nodes give each other and the routes with it
+(:func:`routes_config`). No secret is in the configuration itself. The listeners are
+plain TCP: passwords cross the network in clear unless the hosts add a ``tls`` block
+(docs/OPERATIONS.md), so keep the client, MQTT and route ports on a network you trust.
+Monitoring (8222) has no login and listens on loopback only.
 """
 
 from __future__ import annotations
@@ -19,9 +26,17 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from actimesh.broker.nats.cluster import NodePorts, render_node_config
+from actimesh.broker.nats.cluster import NodePorts, render_node_config, render_routes
 
-__all__ = ["DEFAULT_HOSTS", "STORE_DIR", "host_config", "main", "node_ports"]
+__all__ = [
+    "DEFAULT_HOSTS",
+    "ROUTES_NAME",
+    "STORE_DIR",
+    "host_config",
+    "main",
+    "node_ports",
+    "routes_config",
+]
 
 #: The host names the shipped files use; replace them with your own.
 DEFAULT_HOSTS = (
@@ -31,13 +46,16 @@ DEFAULT_HOSTS = (
 )
 STORE_DIR = Path("/var/lib/nats/jetstream")
 CLIENT_PORT, ROUTE_PORT, MQTT_PORT, MONITOR_PORT = 4222, 6222, 1883, 8222
+#: The route login and routes each host's ``cluster`` block includes.
+ROUTES_NAME = "routes.conf"
 
 HEADER = """\
 # nats-server configuration of {name}, one of the {count} hosts of an actimesh cluster.
 # Rendered by `python -m actimesh.broker.nats.hosts` (the code that configures
 # `actimesh cluster up`'s nodes); install as /etc/nats/nats.conf on {host}.
-# Anonymous: keep these hosts (and monitoring on 8222) on a private network, behind a
-# firewall, until users and TLS are configured.
+# It includes /etc/nats/authorization.conf (users) and /etc/nats/routes.conf (the route
+# login), written by `actimesh cluster auth` from the device registry: nobody connects
+# anonymously. Plain TCP: keep these ports on a trusted network. Monitoring: loopback only.
 """
 
 
@@ -55,10 +73,26 @@ def host_config(index: int, hosts: Sequence[str] = DEFAULT_HOSTS) -> str:
     listen = node_ports("0.0.0.0")  # noqa: S104 - a cluster host serves its network
     routes = [node_ports(h) for i, h in enumerate(hosts) if i != index]
     header = HEADER.format(name=name, count=len(hosts), host=hosts[index])
-    body = render_node_config(name, listen, STORE_DIR, routes, replicas=min(3, len(hosts)))
+    body = render_node_config(
+        name,
+        listen,
+        STORE_DIR,
+        routes,
+        replicas=min(3, len(hosts)),
+        routes_include=ROUTES_NAME,
+        monitor_host="127.0.0.1",  # no login on it: this host only
+    )
     # Its own first line says "on loopback", which these hosts are not: the header says why.
     _, _, body = body.partition("\n")
     return header + body
+
+
+def routes_config(route_password: str, hosts: Sequence[str] = DEFAULT_HOSTS) -> str:
+    """``routes.conf`` of every host: the route login, and the routes to all of them."""
+    if not route_password:
+        raise ValueError("the routes of a cluster on a network need a password")
+    head = "# Written by `actimesh cluster auth`: the same on every host. Secret: mode 0640.\n"
+    return head + render_routes([node_ports(h) for h in hosts], route_password)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,5 +1,10 @@
 """Best-effort messages (telemetry) on core NATS subjects: QoS 0, a bounded queue, the
-newest dropped and counted when it is full."""
+newest dropped and counted when it is full.
+
+A shared subscription (``$share/<group>/<filter>``) becomes a subscription in the queue
+group ``<group>``: the server hands each message to one member of the group, as an MQTT
+broker does with a shared subscription, and a member that goes away leaves its share to
+the others. (Geographic partitions use it for the relay's share of raw telemetry.)"""
 
 from __future__ import annotations
 
@@ -27,6 +32,14 @@ __all__ = ["NatsStream"]
 log = logging.getLogger(__name__)
 
 
+def _subject_and_group(topic_filter: str) -> tuple[str, str]:
+    """The NATS subject and queue group of an MQTT filter, shared or not."""
+    group = ""
+    if topic_filter.startswith("$share/"):
+        _, group, topic_filter = topic_filter.split("/", 2)
+    return topic_to_subject(topic_filter), group
+
+
 class NatsStream(Link):
     """Best-effort messages on core NATS, in batches, with a bounded queue."""
 
@@ -41,7 +54,10 @@ class NatsStream(Link):
         batch_size: int = 256,
     ) -> None:
         super().__init__(transport, name)
-        self.subjects = [topic_to_subject(s.topic) for s in subscriptions]
+        shared = [_subject_and_group(s.topic) for s in subscriptions]
+        self.subjects = [subject for subject, _group in shared]
+        #: The queue group of each shared subscription's subject.
+        self.queue_groups = {subject: group for subject, group in shared if group}
         self.max_queued = max_queued
         self.batch_size = batch_size
         self._handler = handler
@@ -58,7 +74,7 @@ class NatsStream(Link):
 
     async def _serve(self, nc: NatsClient) -> None:
         for subject in self.subjects:
-            await nc.subscribe(subject, cb=self._take)
+            await nc.subscribe(subject, queue=self.queue_groups.get(subject, ""), cb=self._take)
         await round_trip(nc, self._transport.timeout_s)  # subscribed at the server
         self._ready.set()
         queue = self._queue

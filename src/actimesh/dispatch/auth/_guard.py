@@ -43,7 +43,13 @@ PUBLIC_ROUTES = frozenset(
         ("GET", "/api/v1/session"),
     }
 )
-PUBLIC_PREFIXES = ("/static/", "/vendor/leaflet/", "/vendor/protomaps-leaflet/", "/vendor/pmtiles/")
+PUBLIC_PREFIXES = (
+    "/static/",
+    "/vendor/leaflet/",
+    "/vendor/markercluster/",
+    "/vendor/protomaps-leaflet/",
+    "/vendor/pmtiles/",
+)
 
 
 def is_public(method: str, path: str) -> bool:

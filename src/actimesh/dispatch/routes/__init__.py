@@ -18,7 +18,9 @@ from actimesh.dispatch.routes import (
     live,
     page,
     session,
+    tracks,
     webhooks,
+    workflow,
     zones,
 )
 
@@ -33,6 +35,8 @@ __all__ = [
     "live",
     "page",
     "session",
+    "tracks",
     "webhooks",
+    "workflow",
     "zones",
 ]

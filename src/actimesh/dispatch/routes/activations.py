@@ -117,8 +117,42 @@ async def activations(
 
 @router.get("/api/v1/activations/{aid}", response_model=ActivationDetail, responses=ERRORS)
 async def activation(aid: str, ctx: Ctx) -> ActivationDetail:
-    """One activation: every camera considered, its outcome, and every ack."""
+    """One activation: every camera considered, its outcome, and every ack; each camera
+    with its call sign and officer (registry) and where it was at the event; the radius
+    with the policy's GPS margin (``effective_radius_m``)."""
     found = await ctx.ledger.detail(aid, now=ctx.clock(), ack_timeout_s=ctx.settings.ack_timeout_s)
     if found is None:
         raise HTTPException(404, f"no activation {aid!r} in the ledger (yet)")
-    return found
+    return _with_live(found, ctx)
+
+
+def _with_live(found: ActivationDetail, ctx: Ctx) -> ActivationDetail:
+    """The ledger's answer with what the dispatch knows beside it."""
+    state = ctx.state
+    live = state.activations.get(found.aid)
+    cameras = []
+    for cam in found.cameras:
+        # The fix the engine judged is the one ``fix_age_s`` before the event.
+        age = cam.fix_age_s or 0.0
+        fix = state.tracks.at(cam.device_id, found.event_ts - age, 0.5)
+        if fix is None:
+            seen = live.cameras.get(cam.device_id) if live is not None else None
+            fix = seen.at if seen is not None else None
+        view = state.devices.get(cam.device_id)
+        names = (view.call_sign, view.officer) if view is not None else (None, None)
+        cameras.append(
+            cam.model_copy(
+                update={
+                    "call_sign": names[0],
+                    "officer": names[1],
+                    "at_event": None if fix is None else (fix.lat, fix.lon),
+                }
+            )
+        )
+    return found.model_copy(
+        update={
+            "cameras": cameras,
+            "gps_margin_m": ctx.gps_margin_m,
+            "effective_radius_m": found.radius_m + ctx.gps_margin_m,
+        }
+    )

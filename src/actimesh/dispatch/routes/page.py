@@ -50,13 +50,19 @@ async def index(ctx: Ctx) -> FileResponse:
 
 
 def mount_static(app: FastAPI, settings: DispatchSettings) -> None:
-    """Serve the page's files under ``/static``, Leaflet under ``/vendor/leaflet``,
-    protomaps-leaflet (a vector PMTiles basemap's renderer) under
-    ``/vendor/protomaps-leaflet`` and pmtiles (a raster one's reader) under
-    ``/vendor/pmtiles`` (when they are installed)."""
+    """Serve the page's files under ``/static``, Leaflet under ``/vendor/leaflet``, its
+    marker clustering under ``/vendor/markercluster``, protomaps-leaflet (a vector
+    PMTiles basemap's renderer) under ``/vendor/protomaps-leaflet`` and pmtiles (a raster
+    one's reader) under ``/vendor/pmtiles`` (when they are installed)."""
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     if settings.leaflet_dir.is_dir():
         app.mount("/vendor/leaflet", StaticFiles(directory=settings.leaflet_dir), name="leaflet")
+    if settings.markercluster_dir.is_dir():
+        app.mount(
+            "/vendor/markercluster",
+            StaticFiles(directory=settings.markercluster_dir),
+            name="markercluster",
+        )
     if settings.protomaps_dir.is_dir():
         app.mount(
             "/vendor/protomaps-leaflet",

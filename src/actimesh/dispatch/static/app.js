@@ -4,8 +4,10 @@
  * Then one WebSocket (/api/v1/live, feed.js): a snapshot on connect, then deltas. The
  * page keeps the same maps the server does (state.js) and redraws what changed: the
  * devices (devices.js) and activations (activations.js) on the map (map.js), the
- * incident list and detail (incidents.js), the alert bar (alerts.js); dispatcher zones
- * (zones.js) and offloaded recordings (recordings.js) beside them. When the session ends
+ * incident list and detail (incidents.js), the alert bar (alerts.js) and its sound
+ * (sound.js); dispatchers' acknowledgements and notes (workflow.js), an incident's
+ * replay (replay.js), dispatcher zones (zones.js) and offloaded recordings
+ * (recordings.js) beside them. When the session ends
  * (logout, timeout, a disabled user) the server answers 401 or closes the socket with
  * 1008, and the page goes back to the login form.
  * Native ES modules: no framework, no bundler and no build step; Leaflet is served by
@@ -22,6 +24,8 @@ import { initIncidents, markListDirty, renderList } from './incidents.js';
 import { initLogin, showLogin, start } from './login.js';
 import { initMap } from './map.js';
 import { initRecordings } from './recordings.js';
+import { initReplay } from './replay.js';
+import { initSound } from './sound.js';
 import { S } from './state.js';
 import { initZones } from './zones.js';
 
@@ -33,6 +37,8 @@ function main() {
   onSessionEnd(showLogin);
   initLogin();
   initRecordings();
+  initReplay();
+  initSound();
 
   ['f-type', 'f-time', 'f-unit'].forEach((id) => $(id).addEventListener('change', () => {
     markListDirty();

@@ -1,12 +1,15 @@
 /* The incident list beside the map, newest first, and the detail of the selected
- * incident: every camera commanded with its outcome, and (from the ledger) every camera
- * considered and left out, with why.
+ * incident: every camera commanded with its outcome (by call sign and officer, from the
+ * registry), and (from the ledger) every camera considered and left out, with why; who
+ * acknowledged it, the notes on it (workflow.js), and its replay (replay.js).
  */
 import { api } from './api.js';
-import { drawActivation, onPick, visible, zoomTo } from './activations.js';
+import { drawActivation, effectiveRadius, onPick, visible, zoomTo } from './activations.js';
 import { $, el } from './dom.js';
-import { CAMERA_LABELS, clock, typeClass, typeLabel } from './labels.js';
+import { CAMERA_LABELS, clock, deviceName, typeClass, typeLabel } from './labels.js';
+import { startReplay } from './replay.js';
 import { S, ago } from './state.js';
+import { ackButton, forgetWorkflow, loadWorkflow, workflowSlot } from './workflow.js';
 
 let listDirty = true;
 
@@ -37,7 +40,8 @@ function incidentItem(a) {
   r1.appendChild(type);
   r1.appendChild(el('span', 'age', ago(a.ets)));
   li.appendChild(r1);
-  const who = [a.unit || a.src];
+  const src = S.devices.get(a.src);
+  const who = [src && src.call_sign ? src.call_sign : a.unit || a.src];
   if (a.unit) who.push(a.src);
   if (a.lat == null) who.push('no position');
   li.appendChild(el('div', 'row2', who.join(' · ')));
@@ -51,6 +55,7 @@ function incidentItem(a) {
   if (s.cancelled) chips.appendChild(el('span', 'chip', s.cancelled + ' false activation'));
   if (!a.cameras.length) chips.appendChild(el('span', 'chip', 'no camera in range'));
   if (a.by) chips.appendChild(el('span', 'chip by', 'by ' + a.by));
+  if (a.acked_by) chips.appendChild(el('span', 'chip acked', '✓ ' + a.acked_by));
   li.appendChild(chips);
   li.addEventListener('click', () => select(a.aid, true));
   return li;
@@ -67,9 +72,12 @@ export function select(aid, zoom) {
   if (zoom) zoomTo(a);
   renderDetail(a);
   loadLedger(aid);
+  loadWorkflow(aid);
 }
 
 export function renderDetail(a) {
+  // A note being typed survives the redraw an update of the incident brings.
+  const focused = document.activeElement;
   const box = $('detail');
   box.hidden = false;
   box.textContent = '';
@@ -77,13 +85,14 @@ export function renderDetail(a) {
   h.appendChild(el('span', 'type-badge ' + typeClass(a.type)));
   h.appendChild(document.createTextNode(typeLabel(a.type) + ' · ' + clock(a.ets)));
   box.appendChild(h);
+  const src = S.devices.get(a.src);
   const meta = [
-    'from ' + a.src + (a.unit ? ' (' + a.unit + ')' : '') + (a.by ? ' · by ' + a.by : ''),
-    a.lat != null ? a.lat.toFixed(5) + ', ' + a.lon.toFixed(5) + ' · radius ' + a.radius.toFixed(1) + ' m'
-      : 'no position: paired cameras only',
+    'from ' + (src ? deviceName(src) : a.src) + (src && src.officer ? ' · ' + src.officer : '') +
+      (a.unit ? ' (' + a.unit + ')' : '') + (a.by ? ' · by ' + a.by : ''),
+    a.lat != null ? a.lat.toFixed(5) + ', ' + a.lon.toFixed(5) + ' · radius ' + a.radius.toFixed(1) + ' m, effective ' +
+      effectiveRadius(a).toFixed(1) + ' m with the GPS margin' : 'no position: paired cameras only',
     'pre-roll ' + a.pre + ' s · decided ' + Math.round((a.ts - a.ets) * 1000) + ' ms after the trigger · ' +
-      a.excluded + ' left out',
-    'activation ' + a.aid,
+      a.excluded + ' left out · ' + a.aid,
   ];
   const m = el('div', 'meta');
   meta.forEach((line) => m.appendChild(el('div', null, line)));
@@ -92,10 +101,16 @@ export function renderDetail(a) {
   const zoom = el('button', null, 'Zoom to incident');
   zoom.type = 'button';
   zoom.addEventListener('click', () => zoomTo(a));
+  const replay = el('button', null, 'Replay');
+  replay.type = 'button';
+  replay.id = 'replay-btn';
+  replay.addEventListener('click', () => startReplay(a.aid).catch((err) => { replay.title = String(err.message || err); }));
   const close = el('button', null, 'Close');
   close.type = 'button';
   close.addEventListener('click', () => { S.selected = null; box.hidden = true; listDirty = true; renderList(); drawActivation(a); });
+  actions.appendChild(ackButton(a));
   actions.appendChild(zoom);
+  actions.appendChild(replay);
   actions.appendChild(close);
   box.appendChild(actions);
   const table = el('table');
@@ -105,8 +120,9 @@ export function renderDetail(a) {
   a.cameras.forEach((c) => {
     const tr = el('tr');
     const d = S.devices.get(c.id);
-    const cam = el('td', 'cam', c.id);
-    if (d && d.unit) { cam.appendChild(document.createElement('br')); cam.appendChild(el('span', 'dim', d.unit)); }
+    const cam = el('td', 'cam', d ? deviceName(d) : c.id);
+    const sub = [d && d.officer, d && d.call_sign ? c.id : d && d.unit].filter(Boolean).join(' · ');
+    if (sub) cam.appendChild(el('div', 'dim sub', sub));
     tr.appendChild(cam);
     tr.appendChild(el('td', null, c.reason + (c.dist != null ? ' ' + c.dist.toFixed(1) + ' m' : '')));
     const st = el('td');
@@ -119,10 +135,12 @@ export function renderDetail(a) {
   });
   box.appendChild(table);
   if (!a.cameras.length) box.appendChild(el('p', 'dim', 'No camera was commanded.'));
+  box.appendChild(workflowSlot(a.aid));
   const ledger = el('div');
   ledger.id = 'ledger-' + a.aid;
   box.appendChild(ledger);
   if (ledgerCache.has(a.aid)) fillLedger(a.aid, ledgerCache.get(a.aid));
+  if (focused && focused !== document.activeElement && box.contains(focused)) focused.focus();
 }
 
 // What the ledger says about cameras left out does not change: fetched once per incident.
@@ -165,6 +183,7 @@ function fillLedger(aid, detail) {
 // A new user starts with nothing of the last one's.
 export function forgetLedger() {
   ledgerCache.clear();
+  forgetWorkflow();
 }
 
 export function initIncidents() {

@@ -16,6 +16,7 @@ export const CAMERA_LABELS = {
   commanded: 'commanded', acknowledged: 'acknowledged', recording: 'recording', refused: 'refused', no_ack: 'no acknowledgement',
   pending: 'waiting', not_commanded: 'not commanded', cancelled: 'cancelled: false activation',
 };
+export const DUTY_LABELS = { available: 'available', en_route: 'en route', on_scene: 'on scene' };
 // Glyphs: 24x24, drawn in currentColor (white on the status colour).
 export const GLYPHS = {
   body_cam: '<svg viewBox="0 0 24 24" fill="currentColor"><circle cx="12" cy="6.5" r="3.5"/><path d="M5 21c0-4.6 3-8 7-8s7 3.4 7 8z"/></svg>',
@@ -30,3 +31,5 @@ export const PIN_GLYPH = { taser_draw: '⚡', emergency_lights: '✱', collision
 export const clock = (ts) => new Date(ts * 1000).toLocaleTimeString([], { hour12: false });
 export const typeLabel = (t) => (t ? TYPE_LABELS[t] || t.replace(/_/g, ' ') : 'Alert');
 export const typeClass = (t) => (TYPE_LABELS[t] ? 't-' + t : 't-other');
+// What a dispatcher calls a device: its call sign from the registry, else its id.
+export const deviceName = (d) => (d && d.call_sign ? d.call_sign : d ? d.id : '?');

@@ -3,7 +3,7 @@
  * view stays on the screen for the next one.
  */
 import { undrawAll } from './activations.js';
-import { renderAlerts } from './alerts.js';
+import { renderAlerts, resetAlerts } from './alerts.js';
 import { api, session } from './api.js';
 import { clearDevices, renderCounts } from './devices.js';
 import { $ } from './dom.js';
@@ -11,6 +11,7 @@ import { startLive, stopLive } from './feed.js';
 import { forgetLedger, markListDirty, renderList } from './incidents.js';
 import { map } from './map.js';
 import { closePlayer } from './recordings.js';
+import { stopReplay } from './replay.js';
 import { S } from './state.js';
 import { zoneMode } from './zones.js';
 
@@ -25,10 +26,12 @@ function clearMap() {
   S.selected = null;
   S.fitted = false;
   forgetLedger();
+  stopReplay();
   $('detail').hidden = true;
   markListDirty();
   renderList();
   renderAlerts();
+  resetAlerts();
   renderCounts();
 }
 

@@ -71,6 +71,8 @@ export function initZones() {
         const doc = await res.json();
         if (!res.ok) throw new Error(doc.error || res.statusText);
         msg.textContent = 'Sent to the engine (' + doc.aid + ').';
+        // The whole zone in view, whatever its radius.
+        if (S.zone && S.zone.preview) map.fitBounds(S.zone.preview.getBounds(), { padding: [40, 40], maxZoom: 20 });
         setTimeout(() => zoneMode(false), 1200);
       } catch (err) {
         msg.className = 'msg err';
