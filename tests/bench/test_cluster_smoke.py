@@ -64,6 +64,6 @@ def test_cluster_smoke_run_measures_both_paths_and_both_engines(tmp_path: Path) 
 
 
 def test_cluster_refuses_options_it_does_not_run_with(tmp_path: Path) -> None:
-    for extra in (["--trace"], ["--search"], ["--publisher", "paho"], ["--sweep"]):
+    for extra in (["--search"], ["--publisher", "paho"], ["--sweep"]):
         code = main(["bench", "--cluster", *extra, "--json", str(tmp_path / "r.json")])
         assert code != 0, extra

@@ -51,6 +51,7 @@ from actimesh.bench.run import (
     probe_figures,
 )
 from actimesh.bench.settings import BenchSettings
+from actimesh.bench.trace import split
 from actimesh.broker.nats import NatsAccess, NatsCluster, NatsNode, NatsUser, topic_to_subject
 from actimesh.broker.nats.auth import ConnectionType, bcrypt_hash
 from actimesh.broker.topics import DeviceChannel, Topics
@@ -196,9 +197,27 @@ class _ClusterRun:
         self.out["broker_cpu_percent"] = sum(cpu[n.name] for n in self.cluster.nodes)
         self.out["engine_rss_mb"] = max(after[e.role][1] for e in self.engines) / 1e6
         self.out.update(probe_figures(result))
+        if s.trace:
+            await self._trace(result)
         stats = await self.stats()
         self.out["activations_per_engine"] = [int(st["activations"]) for st in stats]
         await self._stream_accounting(stream_s)
+
+    async def _trace(self, probe: dict[str, Any]) -> None:
+        """Both paths split hop by hop (:mod:`.trace`); each trigger was handled by one
+        engine, so their stamps merge without overlap."""
+        sent, received = probe["sent"], probe["received"]
+        engine: dict[str, list[float]] = {}
+        for worker in self.engines:
+            engine |= (await worker.call("trace"))["stamps"]
+        echo = (await self.w["echo"].call("trace"))["stamps"]
+        self.out["trace"] = {
+            "engine": split(
+                {k: t for k, t in sent.items() if not k.startswith("#")}, received, engine
+            ),
+            "echo": split({k: t for k, t in sent.items() if k.startswith("#")}, received, echo),
+            "clock": "time.perf_counter() (CLOCK_MONOTONIC, one clock for the machine)",
+        }
 
     async def _stream_accounting(self, stream_s: float) -> None:
         loadgen = self.w["loadgen"]
@@ -309,6 +328,7 @@ async def run_cluster_bench(s: BenchSettings, progress: Progress) -> dict[str, A
             "plain_agency": PLAIN_AGENCY,
             "lifetime_s": 3 * (s.duration_s + s.warmup_s) + s.devices / 500 + 1800,
             "logins": logins,
+            "trace": s.trace,
         }
         async with cluster, WorkerPool(root / "logs") as pool:
             spawned = await asyncio.gather(

@@ -58,10 +58,9 @@ class BenchSettings:
             raise ConfigError("bench needs warmup_s >= 0, flood_messages >= 1000, rounds >= 1")
         if self.publisher not in ("raw", "paho"):
             raise ConfigError(f"--publisher must be raw or paho, got {self.publisher!r}")
-        if self.cluster and (self.publisher != "raw" or self.trace or self.search):
+        if self.cluster and (self.publisher != "raw" or self.search):
             raise ConfigError(
-                "--cluster runs with the raw publisher and without --trace or --search: "
-                "drop those options"
+                "--cluster runs with the raw publisher and without --search: drop those options"
             )
 
     @property
