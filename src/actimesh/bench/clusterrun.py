@@ -61,6 +61,7 @@ from actimesh.security.acl import LOADGEN_ACCOUNT, SERVICE_ENGINE, AclPolicy
 from actimesh.security.nats_access import registry_nats_access
 from actimesh.security.provision import prepare_broker
 from actimesh.security.registry import SECRETS_DIR, Registry
+from actimesh.stats import percentile
 
 __all__ = ["PLAIN_ACCOUNT", "run_cluster_bench"]
 
@@ -161,6 +162,8 @@ class _ClusterRun:
         per_device = []
         for engine in self.engines:
             await engine.call("queries")  # discard warm-up samples
+            if s.trace:
+                await engine.call("trace")  # and the loop lag of presence and warm-up
             tracked = proc_sample(engine.pid)[1]
             base = self.out[f"{engine.role}_rss_base_bytes"]
             per_device.append((tracked - base) / s.devices)
@@ -208,8 +211,11 @@ class _ClusterRun:
         engine, so their stamps merge without overlap."""
         sent, received = probe["sent"], probe["received"]
         engine: dict[str, list[float]] = {}
+        lag: list[float] = []
         for worker in self.engines:
-            engine |= (await worker.call("trace"))["stamps"]
+            reply = await worker.call("trace")
+            engine |= reply["stamps"]
+            lag += reply["loop_lag_ms"]
         echo = (await self.w["echo"].call("trace"))["stamps"]
         self.out["trace"] = {
             "engine": split(
@@ -217,6 +223,11 @@ class _ClusterRun:
             ),
             "echo": split({k: t for k, t in sent.items() if k.startswith("#")}, received, echo),
             "clock": "time.perf_counter() (CLOCK_MONOTONIC, one clock for the machine)",
+            "engine_loop_lag_ms": {
+                "p50": percentile(lag, 50),
+                "p99": percentile(lag, 99),
+                "samples": len(lag),
+            },
         }
 
     async def _stream_accounting(self, stream_s: float) -> None:

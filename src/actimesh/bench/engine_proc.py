@@ -70,6 +70,7 @@ class EngineUnderTest:
         self.engine = engine
         self.index = index
         self.stamps = stamps
+        self.loop_lag_ms: list[float] = []
         self._watch: asyncio.Task[dict[str, Any]] | None = None
 
     @classmethod
@@ -185,6 +186,16 @@ class EngineUnderTest:
         if self.stamps is None:
             return {}
         return {eid: list(stamp) for eid, stamp in self.stamps.stamps.items()}
+
+    async def sample_loop_lag(self, every_s: float = 0.01) -> None:
+        """With ``--trace``: how late the engine's event loop runs a timer (ms), every
+        ``every_s``, until cancelled: a busy or starved loop delays every message."""
+        loop = asyncio.get_running_loop()
+        while True:
+            due = loop.time() + every_s
+            await asyncio.sleep(every_s)
+            if len(self.loop_lag_ms) < _MAX_SAMPLES:
+                self.loop_lag_ms.append((loop.time() - due) * 1000.0)
 
     def take_queries(self) -> list[float]:
         samples, self.index.query_us = self.index.query_us, []

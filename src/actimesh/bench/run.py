@@ -193,6 +193,8 @@ class _Run:
                 warm, timeout=s.warmup_s + 2 / s.rate_hz + 60, what="every device to be indexed"
             )
         await engine.call("queries")  # discard warm-up samples
+        if s.trace:
+            await engine.call("trace")  # and the loop lag of presence and warm-up
         # Memory per tracked device: every device known and indexed, no trigger yet (the
         # activations' own state, ledger cache and delivery tracking are not per device).
         tracked_rss = proc_sample(engine.pid)[1]
@@ -242,7 +244,8 @@ class _Run:
     async def _trace(self, probe: dict[str, Any]) -> None:
         """The trigger and echo paths split hop by hop (:mod:`.trace`)."""
         sent, received = probe["sent"], probe["received"]
-        engine = (await self.w["engine"].call("trace"))["stamps"]
+        reply = await self.w["engine"].call("trace")
+        engine, lag = reply["stamps"], reply["loop_lag_ms"]
         echo = (await self.w["echo"].call("trace"))["stamps"]
         self.out["trace"] = {
             "engine": split(
@@ -250,6 +253,11 @@ class _Run:
             ),
             "echo": split({k: t for k, t in sent.items() if k.startswith("#")}, received, echo),
             "clock": "time.perf_counter() (CLOCK_MONOTONIC, one clock for the machine)",
+            "engine_loop_lag_ms": {
+                "p50": percentile(lag, 50),
+                "p99": percentile(lag, 99),
+                "samples": len(lag),
+            },
         }
 
     async def _stream_accounting(self, stream_s: float) -> None:

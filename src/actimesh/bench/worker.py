@@ -91,7 +91,8 @@ async def _engine(cfg: Config) -> None:
             return {"query_us": eut.take_queries()}
 
         async def trace(_: Config) -> Config:
-            return {"stamps": eut.trace()}
+            lag, eut.loop_lag_ms = eut.loop_lag_ms, []
+            return {"stamps": eut.trace(), "loop_lag_ms": lag}
 
         rpc = Rpc(
             {"stats": stats, "arm": arm, "collect": collect, "queries": queries, "trace": trace}
@@ -100,8 +101,11 @@ async def _engine(cfg: Config) -> None:
             engine_task = tg.create_task(eut.engine.run(), name="bench-engine")
             async with asyncio.timeout(30):
                 await eut.engine.ready.wait()
+            lag = tg.create_task(eut.sample_loop_lag(), name="bench-lag") if eut.stamps else None
             await rpc.serve(lifetime_s=_lifetime(cfg))
             engine_task.cancel()
+            if lag is not None:
+                lag.cancel()
 
 
 async def _loadgen(cfg: Config) -> None:
