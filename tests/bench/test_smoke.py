@@ -74,3 +74,6 @@ def test_a_traced_smoke_run_splits_triggers_and_echoes_into_hops(tmp_path: Path)
         assert trace[path]["traced"] > 0, path
         for stage in ("to_handler", "work", "to_cameras"):
             assert 0 <= trace[path][stage]["p50_ms"] <= trace[path][stage]["p99_ms"], stage
+    lag = trace["engine_loop_lag_ms"]
+    assert lag["samples"] > 0
+    assert 0 <= lag["p50"] <= lag["p99"]

@@ -131,3 +131,28 @@ def test_puback_and_a_persistent_session_connect() -> None:
     assert wire.subscribe_packet(1, ("a", "b"), (0, 1)).endswith(b"\x00\x01a\x00\x00\x01b\x01")
     with pytest.raises(ValueError, match="one per topic filter"):
         wire.subscribe_packet(1, ("a", "b"), (0,))
+
+
+def test_mqtt_311_frames_have_no_properties() -> None:
+    connect = wire.connect_packet("id", keepalive_s=5, username="u", password="p", version=4)
+    # Fixed header, remaining length, "MQTT", level 4, flags, keepalive, then the client id.
+    assert connect[2:9] == b"\x00\x04MQTT\x04"
+    assert connect[9] == 0xC2  # username, password, clean session
+    assert connect[12:16] == b"\x00\x02id"
+    with pytest.raises(ValueError, match=r"3\.1\.1 has no"):
+        wire.connect_packet("id", keepalive_s=5, session_expiry_s=60, version=4)
+    with pytest.raises(ValueError, match=r"4 \(3\.1\.1\) or 5"):
+        wire.connect_packet("id", keepalive_s=5, version=3)
+    assert wire.publish_packet("a/b", b"p", version=4) == b"\x30\x06\x00\x03a/bp"
+    assert (
+        wire.publish_packet("a/b", b"p", packet_id=7, version=4) == b"\x32\x08\x00\x03a/b\x00\x07p"
+    )
+
+
+def test_a_qos1_publish_made_here_reads_back_with_its_packet_id() -> None:
+    packet = wire.publish_packet("am/v1/x/dev/d1/presence", b"\x81", packet_id=0x0102)
+    found = wire.next_packet(packet, 0, len(packet), 1 << 20)
+    assert found is not None
+    assert wire.read_publish(packet, *found) == (b"am/v1/x/dev/d1/presence", b"\x81", 0x0102)
+    with pytest.raises(ValueError, match="packet id"):
+        wire.publish_packet("t", b"p", packet_id=0)

@@ -140,6 +140,8 @@ def test_a_ledger_url_puts_the_ledger_in_postgresql(tmp_path: Path) -> None:
         ("/var/lib/actimesh/ledger.sqlite3", "must start with postgresql://"),
         ("postgresql://am:pw@db", "must name a host and a database"),
         ("postgresql://am:pw@db:99999/am", "is not a valid URL"),
+        ("postgresql://am:pw@db1:5432,db2:99999/am", "is not a valid URL"),
+        ("postgresql://am:pw@db1:5432,/am", "must name a host and a database"),
     ],
 )
 def test_a_bad_ledger_url_is_one_line_without_its_password(
@@ -153,6 +155,19 @@ def test_a_bad_ledger_url_is_one_line_without_its_password(
     assert "pw" not in str(info.value)
     with pytest.raises(ConfigError, match=message):
         load_settings(ledger_url=url)
+
+
+def test_a_ledger_url_may_name_a_primary_and_its_standby(tmp_path: Path) -> None:
+    # libpq's multi-host form: the one that accepts writes is used (Patroni failover).
+    url = (
+        "postgresql://am:s3cret@db1.example:5432,db2.example:5433/am"
+        "?target_session_attrs=read-write"
+    )
+    path = tmp_path / "actimesh.toml"
+    path.write_text(f'agency = "calgary-ps"\n[ledger]\nurl = "{url}"\n')
+    settings = load_settings(path)
+    assert settings.ledger_location == url
+    assert settings.ledger_shown == url.replace("am:s3cret@", "am@")
 
 
 def test_ledger_table_keys_are_checked(tmp_path: Path) -> None:

@@ -7,10 +7,12 @@ from typing import Any
 
 from rich.console import Console
 
+from actimesh.bench.clusterrun import run_cluster_bench
 from actimesh.bench.report import growth, machine, plot, table, write_json
 from actimesh.bench.run import make_progress, run_bench, side_by_side_growth
 from actimesh.bench.settings import SWEEP_DEVICES, BenchSettings
 from actimesh.bench.trace import describe
+from actimesh.errors import ConfigError
 
 __all__ = ["bench"]
 
@@ -24,9 +26,12 @@ async def bench(
     plot_path: Path | None,
 ) -> dict[str, Any]:
     """One run (or the sweep); returns the report written to ``json_path``."""
+    if sweep and settings.cluster:
+        raise ConfigError("--sweep runs on one machine only: drop --sweep or --cluster")
     sizes = SWEEP_DEVICES if sweep else (settings.devices,)
+    one = run_cluster_bench if settings.cluster else run_bench
     with make_progress(console) as progress:
-        runs = [await run_bench(settings.for_devices(n), progress) for n in sizes]
+        runs = [await one(settings.for_devices(n), progress) for n in sizes]
         side = await side_by_side_growth(settings, sizes, progress) if sweep else None
     console.print(table(runs))
     for run in runs:

@@ -3,7 +3,8 @@
 It stands where the engine stands, with the least possible work in between: a paho
 client on the event loop (:mod:`.pahoio`) subscribed to the echo agency's event topics.
 For each request from a scene's trigger device it publishes one reply per scene camera
-to that camera's command topic, QoS 1 with a message expiry like a command, each reply
+to that camera's command topic, QoS 1 with a message expiry like a command (none on
+MQTT 3.1.1, where the engine's commands carry none either), each reply
 the size the request names (the size of the command the engine would send). The probe
 times request to reply exactly as it times trigger to command.
 """
@@ -35,15 +36,19 @@ class EchoClient:
         login: Credentials | None = None,
         *,
         trace: bool = False,
+        version: int = 5,
     ) -> None:
         self.topics = topics
-        self.client = PahoClient("bench-echo", host, port, self._on_message, login=login)
+        self.client = PahoClient(
+            "bench-echo", host, port, self._on_message, login=login, version=version
+        )
         self._replies: dict[str, list[str]] = {}
         for scene in fleet.scenes:
             replies = [topics.command(c) for c in scene.cameras]
             self._replies[topics.event(scene.cew)] = replies
             self._replies[topics.event(scene.gateway)] = replies
-        self._props = expiry_properties(_EXPIRY_S)
+        # MQTT 3.1.1 has no message expiry (commands carry theirs in the signed payload).
+        self._props = expiry_properties(_EXPIRY_S) if version == 5 else None
         self.requests = 0
         self.acks = 0
         self.trace = trace

@@ -1,7 +1,8 @@
 """The engine under test, in a process of its own, built the way ``actimesh up`` builds it.
 
 Default rules and inclusion policy, a real SQLite ledger on disk, the production
-:class:`~actimesh.geofence.GridIndex`, its MQTT transport. The only additions are for
+:class:`~actimesh.geofence.GridIndex`, its MQTT transport (or, on a cluster, its NATS
+transport). The only additions are for
 measuring, each through a seam: a :class:`TimedIndex` around the index that records how
 long each spatial query takes, a watcher that notes when the engine's telemetry counter
 starts and stops moving during a flood, and with ``--trace`` the engine's tracer.
@@ -11,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from actimesh.bench.trace import TriggerStamps
+from actimesh.broker.nats import NatsTransport
 from actimesh.broker.topics import Topics
-from actimesh.broker.transport import MqttTransport
+from actimesh.broker.transport import MqttTransport, Transport
 from actimesh.geofence import Fix, GridIndex, InclusionPolicy, SpatialIndex
 from actimesh.ledger import Ledger
 from actimesh.security.registry import Credentials
@@ -67,6 +70,7 @@ class EngineUnderTest:
         self.engine = engine
         self.index = index
         self.stamps = stamps
+        self.loop_lag_ms: list[float] = []
         self._watch: asyncio.Task[dict[str, Any]] | None = None
 
     @classmethod
@@ -79,23 +83,29 @@ class EngineUnderTest:
         ledger: Ledger,
         login: Credentials | None = None,
         trace: bool = False,
+        nats_urls: Sequence[str] = (),
+        engine_id: str = "bench-engine",
     ) -> EngineUnderTest:
+        """On Mosquitto at ``host:port``, or with ``nats_urls`` on a NATS cluster (the
+        transport ``actimesh engine --nats`` builds)."""
         index = TimedIndex(GridIndex())
+        user = None if login is None else login.username
+        password = None if login is None else login.password
+        transport: Transport
+        if nats_urls:
+            transport = NatsTransport(nats_urls, user=user, password=password)
+        else:
+            transport = MqttTransport(host, port, username=user, password=password)
         stamps = TriggerStamps() if trace else None
         engine = Engine(
             topics=Topics(agency),
-            transport=MqttTransport(
-                host,
-                port,
-                username=None if login is None else login.username,
-                password=None if login is None else login.password,
-            ),
+            transport=transport,
             ledger=ledger,
             rules=DEFAULT_RULES,
             policy=InclusionPolicy(),
             # Commands are signed as in production (the probe times them, unverified).
             signer=CommandSigner.generate(),
-            settings=EngineSettings(engine_id="bench-engine"),
+            settings=EngineSettings(engine_id=engine_id),
             index=index,
             tracer=stamps,
         )
@@ -176,6 +186,16 @@ class EngineUnderTest:
         if self.stamps is None:
             return {}
         return {eid: list(stamp) for eid, stamp in self.stamps.stamps.items()}
+
+    async def sample_loop_lag(self, every_s: float = 0.01) -> None:
+        """With ``--trace``: how late the engine's event loop runs a timer (ms), every
+        ``every_s``, until cancelled: a busy or starved loop delays every message."""
+        loop = asyncio.get_running_loop()
+        while True:
+            due = loop.time() + every_s
+            await asyncio.sleep(every_s)
+            if len(self.loop_lag_ms) < _MAX_SAMPLES:
+                self.loop_lag_ms.append((loop.time() - due) * 1000.0)
 
     def take_queries(self) -> list[float]:
         samples, self.index.query_us = self.index.query_us, []

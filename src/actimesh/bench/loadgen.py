@@ -17,6 +17,11 @@ Two publishers, chosen with ``--publisher``:
 * ``paho``: one paho ``publish()`` per message, about 7 µs of CPU each. Kept to show
   what the client library itself costs (docs/PERFORMANCE.md).
 
+On a NATS cluster (``actimesh bench --cluster``) the raw publisher speaks MQTT 3.1.1 to a
+node's MQTT listener (``version=4``), and presence goes at QoS 1, as devices send it: the
+engine reads presence from the listener's QoS 1 store, where a QoS 0 message never is.
+The telemetry frames are then exactly what a device's MQTT client sends.
+
 Every loop is bounded: a stream stops after its duration, a flood after its count.
 """
 
@@ -55,13 +60,21 @@ class Publisher(Protocol):
 
 
 class RawPublisher:
-    """QoS 0 publishes as pre-built MQTT frames over one asyncio stream."""
+    """QoS 0 publishes as pre-built MQTT frames over one asyncio stream (MQTT 5, or 3.1.1
+    with ``version=4``); :meth:`send_confirmed` for QoS 1 frames."""
 
     def __init__(
-        self, host: str, port: int, client_id: str, login: Credentials | None = None
+        self,
+        host: str,
+        port: int,
+        client_id: str,
+        login: Credentials | None = None,
+        *,
+        version: int = 5,
     ) -> None:
         self.host, self.port, self.client_id = host, port, client_id
         self.login = login
+        self.version = version
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
 
@@ -77,6 +90,7 @@ class RawPublisher:
                     keepalive_s=0,
                     username=None if self.login is None else self.login.username,
                     password=None if self.login is None else self.login.password,
+                    version=self.version,
                 )
             )
             head = await reader.readexactly(2)
@@ -100,6 +114,17 @@ class RawPublisher:
         payloads: list[bytes],  # noqa: ARG002
     ) -> None:
         await self.write(b"".join(packets))
+
+    async def send_confirmed(self, packets: list[bytes], timeout_s: float = 60.0) -> None:
+        """Write QoS 1 frames and wait for a PUBACK for each (MQTT 3.1.1 only: there a
+        PUBACK is always 4 bytes; nothing else arrives on this connection)."""
+        if self._reader is None or self.version != 4:
+            raise BrokerError(f"{self.client_id}: confirmed sends need MQTT 3.1.1")
+        await self.write(b"".join(packets))
+        async with asyncio.timeout(timeout_s):
+            acks = await self._reader.readexactly(4 * len(packets))
+        if any(acks[i] >> 4 != wire.PUBACK for i in range(0, len(acks), 4)):
+            raise BrokerError(f"{self.client_id}: expected only PUBACKs")
 
     async def close(self) -> None:
         if self._writer is not None:
@@ -144,8 +169,17 @@ class PahoPublisher:
 class LoadGenerator:
     """Presence and telemetry for every device of a :class:`Fleet`."""
 
-    def __init__(self, fleet: Fleet, seed: int, publisher: Publisher, agencies: list[str]) -> None:
+    def __init__(
+        self,
+        fleet: Fleet,
+        seed: int,
+        publisher: Publisher,
+        agencies: list[str],
+        *,
+        version: int = 5,
+    ) -> None:
         self.fleet = fleet
+        self.version = version
         self.movers = Movers(fleet, seed, time.time())
         self.publisher = publisher
         self.topics = {a: Topics(a) for a in agencies}
@@ -164,7 +198,10 @@ class LoadGenerator:
             t = self.topics[agency]
             size = len(telemetry_payload(1.0, 0.0, 0.0, 0.0, 0.0))
             names = [t.telemetry(d) for d in self.fleet.ids]
-            heads = [wire.publish_packet(name, b"\0" * size)[:-size] for name in names]
+            heads = [
+                wire.publish_packet(name, b"\0" * size, version=self.version)[:-size]
+                for name in names
+            ]
             self._frames[agency], self._names[agency] = heads, names
         return self._frames[agency], self._names[agency]
 
@@ -198,10 +235,15 @@ class LoadGenerator:
         topics: list[str] = []
         payloads: list[bytes] = []
 
+        confirmed = isinstance(self.publisher, RawPublisher) and self.version == 4
+
         def add(device: str, msg: Presence) -> None:
             payload = encode(msg)
             topic = t.presence(device)
-            frames.append(wire.publish_packet(topic, payload))
+            packet_id = len(frames) % 0xFFFF + 1 if confirmed else None
+            frames.append(
+                wire.publish_packet(topic, payload, packet_id=packet_id, version=self.version)
+            )
             topics.append(topic)
             payloads.append(payload)
 
@@ -228,7 +270,11 @@ class LoadGenerator:
                         paired=(scene.cameras[-1],),
                     ),
                 )
-        await self.publisher.send(frames, topics, payloads)
+        if confirmed:
+            assert isinstance(self.publisher, RawPublisher)
+            await self.publisher.send_confirmed(frames)
+        else:
+            await self.publisher.send(frames, topics, payloads)
         return len(frames)
 
     # ------------------------------------------------------------------ telemetry

@@ -37,7 +37,8 @@ def expiry_properties(seconds: int) -> Properties:
 
 
 class PahoClient:
-    """One paho MQTT 5 client on the running loop. ``await connect()``, then use."""
+    """One paho MQTT 5 client (3.1.1 with ``version=4``: a NATS node's MQTT listener) on
+    the running loop. ``await connect()``, then use."""
 
     def __init__(
         self,
@@ -47,11 +48,15 @@ class PahoClient:
         on_message: OnMessage | None = None,
         *,
         login: Credentials | None = None,
+        version: int = 5,
     ) -> None:
         self.host = host
         self.port = port
+        self.version = version
         self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=mqtt.MQTTv5 if version == 5 else mqtt.MQTTv311,
         )
         if login is not None:
             self.client.username_pw_set(login.username, login.password)

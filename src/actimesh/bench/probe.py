@@ -31,7 +31,7 @@ from actimesh.bench.pahoio import PahoClient
 from actimesh.bench.workload import Fleet, Scene
 from actimesh.broker.codec import encode
 from actimesh.broker.messages import Ack, AckStatus, ActivationReason, Command, Event
-from actimesh.broker.topics import Topics
+from actimesh.broker.topics import DeviceChannel, Topics
 from actimesh.security.registry import Credentials
 
 __all__ = ["ECHO_HEADER", "Probe", "ProbeResult", "command_size"]
@@ -111,13 +111,24 @@ class Probe:
         acks: bool,
         login: Credentials | None = None,
         trace: bool = False,
+        rx_port: int | None = None,
+        version: int = 5,
     ) -> None:
+        """``rx_port``: the cameras on another port (another node of a cluster) than the
+        trigger device; ``version`` 4 for MQTT 3.1.1."""
         self.fleet = fleet
         self.engine = engine
         self.echo = echo
         self.acks = acks
-        self.tx = PahoClient("bench-probe-tx", host, port, login=login)
-        self.rx = PahoClient("bench-probe-rx", host, port, self._on_message, login=login)
+        self.tx = PahoClient("bench-probe-tx", host, port, login=login, version=version)
+        self.rx = PahoClient(
+            "bench-probe-rx",
+            host,
+            port if rx_port is None else rx_port,
+            self._on_message,
+            login=login,
+            version=version,
+        )
         self._trigger_sent: dict[str, float] = {}
         self._echo_sent: dict[int, float] = {}
         self._seen: set[tuple[str, str]] = set()
@@ -132,7 +143,22 @@ class Probe:
     async def connect(self) -> None:
         await self.tx.connect()
         await self.rx.connect()
-        await self.rx.subscribe([*self._engine_cmd, *self._echo_cmd], qos=1)
+        if self.rx.version == 5:
+            await self.rx.subscribe([*self._engine_cmd, *self._echo_cmd], qos=1)
+        else:
+            # On a NATS node's MQTT listener each QoS 1 subscription is a JetStream
+            # consumer whose max_ack_pending (1,024) counts against the session's 65,535
+            # packet ids: the 64th subscription of a session is refused. A camera has one;
+            # the probe, playing every scene camera, takes each agency's command topics
+            # with one filter (only scene cameras are ever commanded: others are ignored).
+            await self.rx.subscribe(
+                [
+                    self.engine.all_devices(DeviceChannel.COMMAND),
+                    self.echo.all_devices(DeviceChannel.COMMAND),
+                ],
+                qos=1,
+                timeout=30.0,
+            )
 
     def close(self) -> None:
         self.tx.close()

@@ -48,7 +48,7 @@ from actimesh.security.provision import prepare_broker
 from actimesh.security.registry import SECRETS_DIR
 from actimesh.stats import percentile
 
-__all__ = ["make_progress", "run_bench"]
+__all__ = ["Phases", "make_progress", "poll_until", "probe_figures", "run_bench"]
 
 AGENCY = "bench"
 ECHO_AGENCY = "echo1"  # same length as AGENCY: same topic sizes on both paths
@@ -70,7 +70,7 @@ def make_progress(console: Console) -> Progress:
     )
 
 
-class _Phases:
+class Phases:
     """Progress bars for the phases of one run."""
 
     def __init__(self, progress: Progress, devices: int) -> None:
@@ -92,7 +92,7 @@ class _Phases:
             self.progress.stop_task(task)
 
 
-async def _poll_until(
+async def poll_until(
     check: Callable[[], Any], *, timeout: float, what: str, interval: float = _POLL_S
 ) -> None:
     """Await ``check()`` (a coroutine returning truthy when done) until true or timeout."""
@@ -104,13 +104,41 @@ async def _poll_until(
         raise BenchError(f"timed out after {timeout:g} s waiting for {what}") from exc
 
 
+def probe_figures(r: dict[str, Any]) -> dict[str, Any]:
+    """The probe's result as report figures: both paths' latencies and their ratios,
+    and what was missing."""
+    out: dict[str, Any] = {}
+    trig, echo = r["trigger_ms"], r["echo_ms"]
+    out.update(latency_figures("trigger_to_command", trig))
+    out.update(latency_figures("broker_two_hop", echo))
+    out["p99_ratio_vs_broker"] = ratio(
+        out["trigger_to_command_p99_ms"], out["broker_two_hop_p99_ms"]
+    )
+    out["p50_ratio_vs_broker"] = ratio(
+        out["trigger_to_command_p50_ms"], out["broker_two_hop_p50_ms"]
+    )
+    out["triggers"] = r["triggers"]
+    out["commands_expected"] = r["triggers"] * r["expected_per_trigger"]
+    out["commands_received"] = len(trig)
+    out["commands_missing"] = r["commands_missing"]
+    out["echo_missing"] = r["echo_missing"]
+    out["late_trigger_sends"] = r["late_sends"]
+    out["event_payload_bytes"] = r["event_bytes"]
+    out["command_payload_bytes"] = r["command_bytes"]
+    out["samples"] = {
+        "trigger_to_command_ms": [round(x, 4) for x in trig],
+        "broker_two_hop_ms": [round(x, 4) for x in echo],
+    }
+    return out
+
+
 class _Run:
     def __init__(
         self,
         s: BenchSettings,
         broker: ManagedMosquitto,
         workers: dict[str, Worker],
-        phases: _Phases,
+        phases: Phases,
     ) -> None:
         self.s = s
         self.broker = broker
@@ -139,12 +167,12 @@ class _Run:
                     update(min(presence, s.devices), f"{presence:,} known")
                     return presence >= target
 
-                await _poll_until(caught_up, timeout=60, what="the engine to take presence")
+                await poll_until(caught_up, timeout=60, what="the engine to take presence")
 
             async def all_known() -> bool:
                 return int((await self.engine_stats())["presence"]) >= sent
 
-            await _poll_until(all_known, timeout=60, what="the engine to know every device")
+            await poll_until(all_known, timeout=60, what="the engine to know every device")
         self.out["presence_sent"] = sent
 
     async def steady(self) -> None:
@@ -161,10 +189,12 @@ class _Run:
                 update(elapsed, f"{indexed:,} indexed")
                 return elapsed >= s.warmup_s and indexed >= s.devices
 
-            await _poll_until(
+            await poll_until(
                 warm, timeout=s.warmup_s + 2 / s.rate_hz + 60, what="every device to be indexed"
             )
         await engine.call("queries")  # discard warm-up samples
+        if s.trace:
+            await engine.call("trace")  # and the loop lag of presence and warm-up
         # Memory per tracked device: every device known and indexed, no trigger yet (the
         # activations' own state, ledger cache and delivery tracking are not per device).
         tracked_rss = proc_sample(engine.pid)[1]
@@ -214,7 +244,8 @@ class _Run:
     async def _trace(self, probe: dict[str, Any]) -> None:
         """The trigger and echo paths split hop by hop (:mod:`.trace`)."""
         sent, received = probe["sent"], probe["received"]
-        engine = (await self.w["engine"].call("trace"))["stamps"]
+        reply = await self.w["engine"].call("trace")
+        engine, lag = reply["stamps"], reply["loop_lag_ms"]
         echo = (await self.w["echo"].call("trace"))["stamps"]
         self.out["trace"] = {
             "engine": split(
@@ -222,6 +253,11 @@ class _Run:
             ),
             "echo": split({k: t for k, t in sent.items() if k.startswith("#")}, received, echo),
             "clock": "time.perf_counter() (CLOCK_MONOTONIC, one clock for the machine)",
+            "engine_loop_lag_ms": {
+                "p50": percentile(lag, 50),
+                "p99": percentile(lag, 99),
+                "samples": len(lag),
+            },
         }
 
     async def _stream_accounting(self, stream_s: float) -> None:
@@ -231,7 +267,7 @@ class _Run:
         async def stream_done() -> bool:
             return not (await loadgen.call("status"))["streaming"]
 
-        await _poll_until(stream_done, timeout=stream_s + 30, what="the telemetry stream to end")
+        await poll_until(stream_done, timeout=stream_s + 30, what="the telemetry stream to end")
         sent = int((await loadgen.call("status"))["sent"])
         settled: list[int] = []
 
@@ -239,7 +275,7 @@ class _Run:
             settled.append(int((await self.engine_stats())["telemetry"]))
             return len(settled) > 3 and settled[-1] == settled[-4]
 
-        await _poll_until(engine_settled, timeout=30, what="the engine to finish the stream")
+        await poll_until(engine_settled, timeout=30, what="the engine to finish the stream")
         st = await self.engine_stats()
         self.out["telemetry_sent"] = sent
         self.out["telemetry_ingested"] = int(st["telemetry"])
@@ -248,27 +284,7 @@ class _Run:
         self.out["fleet_known"] = st["fleet"]
 
     def _latencies(self, r: dict[str, Any]) -> None:
-        trig, echo = r["trigger_ms"], r["echo_ms"]
-        self.out.update(latency_figures("trigger_to_command", trig))
-        self.out.update(latency_figures("broker_two_hop", echo))
-        self.out["p99_ratio_vs_broker"] = ratio(
-            self.out["trigger_to_command_p99_ms"], self.out["broker_two_hop_p99_ms"]
-        )
-        self.out["p50_ratio_vs_broker"] = ratio(
-            self.out["trigger_to_command_p50_ms"], self.out["broker_two_hop_p50_ms"]
-        )
-        self.out["triggers"] = r["triggers"]
-        self.out["commands_expected"] = r["triggers"] * r["expected_per_trigger"]
-        self.out["commands_received"] = len(trig)
-        self.out["commands_missing"] = r["commands_missing"]
-        self.out["echo_missing"] = r["echo_missing"]
-        self.out["late_trigger_sends"] = r["late_sends"]
-        self.out["event_payload_bytes"] = r["event_bytes"]
-        self.out["command_payload_bytes"] = r["command_bytes"]
-        self.out["samples"] = {
-            "trigger_to_command_ms": [round(x, 4) for x in trig],
-            "broker_two_hop_ms": [round(x, 4) for x in echo],
-        }
+        self.out.update(probe_figures(r))
 
     async def _flood(self, target: str, count: int, rate: float | None) -> dict[str, Any]:
         """One flood to ``plain`` or ``engine``; receiver rate and loss, CPU of each part."""
@@ -427,7 +443,7 @@ async def run_bench(s: BenchSettings, progress: Progress) -> dict[str, Any]:
             )
             workers = {w.role: w for w in spawned}
             await asyncio.gather(*(w.call("ping", timeout=120) for w in spawned))
-            run = _Run(s, broker, workers, _Phases(progress, s.devices))
+            run = _Run(s, broker, workers, Phases(progress, s.devices))
             await asyncio.sleep(0.5)  # let the idle engine settle before its baseline
             run.out["engine_rss_base_bytes"] = proc_sample(workers["engine"].pid)[1]
             await run.presence()
@@ -458,7 +474,7 @@ async def side_by_side_growth(
 ) -> dict[str, Any]:
     """Index query latency of every sweep size, timed side by side in one fresh process
     (:mod:`.scaling`): the growth target's figure."""
-    phases = _Phases(progress, max(sizes))
+    phases = Phases(progress, max(sizes))
     with tempfile.TemporaryDirectory(prefix="actimesh-bench-") as tmp:
         async with WorkerPool(Path(tmp) / "logs") as pool:
             with phases.phase("index queries, every size side by side", 1) as update:

@@ -44,6 +44,8 @@ class BenchSettings:
     #: Index queries per fleet size in the sweep's side-by-side growth measurement.
     growth_queries: int = 100_000
     seed: int = 6
+    #: On a 3-node NATS cluster (``--cluster``) instead of the managed Mosquitto.
+    cluster: bool = False
 
     def __post_init__(self) -> None:
         if self.devices < 8:
@@ -56,6 +58,10 @@ class BenchSettings:
             raise ConfigError("bench needs warmup_s >= 0, flood_messages >= 1000, rounds >= 1")
         if self.publisher not in ("raw", "paho"):
             raise ConfigError(f"--publisher must be raw or paho, got {self.publisher!r}")
+        if self.cluster and (self.publisher != "raw" or self.search):
+            raise ConfigError(
+                "--cluster runs with the raw publisher and without --search: drop those options"
+            )
 
     @property
     def telemetry_rate(self) -> float:

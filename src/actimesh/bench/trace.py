@@ -86,4 +86,10 @@ def describe(trace: Mapping[str, Any]) -> str:
             for name in STAGES
         )
         lines.append(f"{path} ({figures['traced']} traced), p50/p99 ms: {stages}")
+    lag = trace.get("engine_loop_lag_ms")
+    if lag is not None:
+        lines.append(
+            f"engine event loop, a 10 ms timer late by (p50/p99 ms): "
+            f"{lag['p50']:.2f}/{lag['p99']:.2f} ({lag['samples']:,} samples)"
+        )
     return "\n".join(lines)

@@ -7,6 +7,11 @@ passwords stay in their files, out of every process's command line), and per rol
 ``run_dir`` (engine), ``publisher`` (load generator), ``acks`` (probe). Each role sets
 itself up, then answers the orchestrator's commands (:class:`~.procs.Rpc`) until told
 to exit.
+
+On a NATS cluster (``actimesh bench --cluster``) the config also holds ``mqtt_version``
+(4: the MQTT clients speak 3.1.1 to a node's listener), ``nats_urls`` (the engine's
+transport), ``engine_id``, ``rx_port`` (the probe's cameras on another node than its
+trigger device) and ``nats_plain`` (the plain subscriber is a native NATS one).
 """
 
 from __future__ import annotations
@@ -23,11 +28,13 @@ from actimesh.bench.echo import EchoClient
 from actimesh.bench.engine_proc import EngineUnderTest
 from actimesh.bench.loadgen import LoadGenerator, PahoPublisher, RawPublisher
 from actimesh.bench.naive import time_queries
+from actimesh.bench.natsplain import NatsPlainSubscriber
 from actimesh.bench.plain import PlainSubscriber
 from actimesh.bench.probe import Probe
 from actimesh.bench.procs import Rpc
 from actimesh.bench.scaling import side_by_side
 from actimesh.bench.workload import build_fleet
+from actimesh.broker.nats import topic_to_subject
 from actimesh.broker.topics import DeviceChannel, Topics
 from actimesh.ledger import open_ledger
 from actimesh.security.registry import Credentials
@@ -39,6 +46,11 @@ Config = dict[str, Any]
 
 def _lifetime(cfg: Config) -> float:
     return float(cfg.get("lifetime_s", 3600.0))
+
+
+def _version(cfg: Config) -> int:
+    """The MQTT protocol level of the MQTT clients: 5, or 4 (3.1.1) on a cluster."""
+    return int(cfg.get("mqtt_version", 5))
 
 
 def _login(cfg: Config, who: str) -> Credentials | None:
@@ -61,6 +73,8 @@ async def _engine(cfg: Config) -> None:
             ledger=ledger,
             login=_login(cfg, "engine"),
             trace=bool(cfg.get("trace", False)),
+            nats_urls=list(cfg.get("nats_urls", ())),
+            engine_id=str(cfg.get("engine_id", "bench-engine")),
         )
 
         async def stats(_: Config) -> Config:
@@ -77,7 +91,8 @@ async def _engine(cfg: Config) -> None:
             return {"query_us": eut.take_queries()}
 
         async def trace(_: Config) -> Config:
-            return {"stamps": eut.trace()}
+            lag, eut.loop_lag_ms = eut.loop_lag_ms, []
+            return {"stamps": eut.trace(), "loop_lag_ms": lag}
 
         rpc = Rpc(
             {"stats": stats, "arm": arm, "collect": collect, "queries": queries, "trace": trace}
@@ -86,16 +101,33 @@ async def _engine(cfg: Config) -> None:
             engine_task = tg.create_task(eut.engine.run(), name="bench-engine")
             async with asyncio.timeout(30):
                 await eut.engine.ready.wait()
+            lag = tg.create_task(eut.sample_loop_lag(), name="bench-lag") if eut.stamps else None
             await rpc.serve(lifetime_s=_lifetime(cfg))
             engine_task.cancel()
+            if lag is not None:
+                lag.cancel()
 
 
 async def _loadgen(cfg: Config) -> None:
     fleet = build_fleet(int(cfg["devices"]), int(cfg["seed"]))
-    kind = RawPublisher if cfg.get("publisher", "raw") == "raw" else PahoPublisher
-    publisher = kind(cfg["host"], int(cfg["port"]), "bench-loadgen", _login(cfg, "helpers"))
+    version = _version(cfg)
+    publisher: RawPublisher | PahoPublisher
+    if cfg.get("publisher", "raw") == "raw":
+        publisher = RawPublisher(
+            cfg["host"], int(cfg["port"]), "bench-loadgen", _login(cfg, "helpers"), version=version
+        )
+    else:
+        publisher = PahoPublisher(
+            cfg["host"], int(cfg["port"]), "bench-loadgen", _login(cfg, "helpers")
+        )
     await publisher.connect()
-    gen = LoadGenerator(fleet, int(cfg["seed"]), publisher, [cfg["agency"], cfg["plain_agency"]])
+    gen = LoadGenerator(
+        fleet,
+        int(cfg["seed"]),
+        publisher,
+        [cfg["agency"], cfg["plain_agency"]],
+        version=version,
+    )
     rpc: Rpc
     prepared: dict[str, list[bytes]] = {}
 
@@ -149,6 +181,8 @@ async def _probe(cfg: Config) -> None:
         acks=bool(cfg.get("acks", True)),
         login=_login(cfg, "helpers"),
         trace=bool(cfg.get("trace", False)),
+        rx_port=None if cfg.get("rx_port") is None else int(cfg["rx_port"]),
+        version=_version(cfg),
     )
     await probe.connect()
 
@@ -178,6 +212,7 @@ async def _echo(cfg: Config) -> None:
         int(cfg["port"]),
         _login(cfg, "helpers"),
         trace=bool(cfg.get("trace", False)),
+        version=_version(cfg),
     )
     await echo.connect()
 
@@ -198,9 +233,15 @@ async def _echo(cfg: Config) -> None:
 
 async def _plain(cfg: Config) -> None:
     topic = Topics(cfg["plain_agency"]).all_devices(DeviceChannel.TELEMETRY)
-    sub = await PlainSubscriber.connect(
-        cfg["host"], int(cfg["port"]), topic, login=_login(cfg, "helpers")
-    )
+    sub: PlainSubscriber
+    if cfg.get("nats_plain"):
+        sub = await NatsPlainSubscriber.connect_nats(
+            cfg["host"], int(cfg["port"]), topic_to_subject(topic), login=_login(cfg, "plain")
+        )
+    else:
+        sub = await PlainSubscriber.connect(
+            cfg["host"], int(cfg["port"]), topic, login=_login(cfg, "helpers")
+        )
 
     async def arm(args: Config) -> Config:
         sub.arm(int(args["expected"]))

@@ -100,6 +100,25 @@ def _packet(first: int, body: bytes) -> bytes:
     return bytes((first,)) + encode_varint(len(body)) + body
 
 
+def _check_connect(
+    keepalive_s: int,
+    session_expiry_s: int,
+    receive_maximum: int | None,
+    max_packet_size: int | None,
+    version: int,
+) -> None:
+    if not 0 <= keepalive_s <= 0xFFFF:
+        raise ValueError("keepalive must be 0 to 65,535 seconds")
+    if not 0 <= session_expiry_s <= 0xFFFFFFFF:
+        raise ValueError("session expiry must be 0 to 4,294,967,295 seconds")
+    if receive_maximum is not None and not 1 <= receive_maximum <= 0xFFFF:
+        raise ValueError("receive maximum must be 1 to 65,535")
+    if version not in (4, 5):
+        raise ValueError("MQTT version must be 4 (3.1.1) or 5")
+    if version == 4 and (session_expiry_s or receive_maximum or max_packet_size):
+        raise ValueError("MQTT 3.1.1 has no session expiry, receive maximum or packet size")
+
+
 def connect_packet(
     client_id: str,
     *,
@@ -109,8 +128,10 @@ def connect_packet(
     max_packet_size: int | None = None,
     session_expiry_s: int = 0,
     receive_maximum: int | None = None,
+    version: int = 5,
 ) -> bytes:
-    """CONNECT, MQTT 5, no will.
+    """CONNECT, MQTT 5 (or 3.1.1 with ``version=4``: no properties, so none of the
+    options that are properties), no will.
 
     With ``session_expiry_s`` 0 the session starts clean and ends with the connection;
     otherwise the broker resumes the session kept under ``client_id`` (its
@@ -118,12 +139,7 @@ def connect_packet(
     disconnect. ``receive_maximum`` caps the QoS 1 messages the broker sends before
     they are acknowledged.
     """
-    if not 0 <= keepalive_s <= 0xFFFF:
-        raise ValueError("keepalive must be 0 to 65,535 seconds")
-    if not 0 <= session_expiry_s <= 0xFFFFFFFF:
-        raise ValueError("session expiry must be 0 to 4,294,967,295 seconds")
-    if receive_maximum is not None and not 1 <= receive_maximum <= 0xFFFF:
-        raise ValueError("receive maximum must be 1 to 65,535")
+    _check_connect(keepalive_s, session_expiry_s, receive_maximum, max_packet_size, version)
     flags = 0x02 if session_expiry_s == 0 else 0x00  # clean start only without a session
     if username is not None:
         flags |= 0x80
@@ -136,8 +152,10 @@ def connect_packet(
         props += b"\x21" + _U16.pack(receive_maximum)  # Receive Maximum
     if max_packet_size is not None:
         props += b"\x27" + _U32.pack(max_packet_size)  # Maximum Packet Size
-    header = _string("MQTT") + bytes((5, flags)) + _U16.pack(keepalive_s)
-    body = header + encode_varint(len(props)) + props + _string(client_id)
+    header = _string("MQTT") + bytes((version, flags)) + _U16.pack(keepalive_s)
+    if version == 5:
+        header += encode_varint(len(props)) + props
+    body = header + _string(client_id)
     if username is not None:
         body += _string(username)
     if password is not None:
@@ -163,13 +181,28 @@ def subscribe_packet(
     return _packet((SUBSCRIBE << 4) | 0x02, body)
 
 
-def publish_packet(topic: str | bytes, payload: bytes, *, retain: bool = False) -> bytes:
-    """PUBLISH at QoS 0 with no properties."""
+def publish_packet(
+    topic: str | bytes,
+    payload: bytes,
+    *,
+    retain: bool = False,
+    packet_id: int | None = None,
+    version: int = 5,
+) -> bytes:
+    """PUBLISH with no properties: QoS 0, or QoS 1 with ``packet_id``; MQTT 5 (an empty
+    property length) or 3.1.1 (``version=4``: none)."""
     raw = topic.encode() if isinstance(topic, str) else topic
-    body_len = 2 + len(raw) + 1 + len(payload)
+    props = b"\x00" if version == 5 else b""
+    pid = b""
     first = (PUBLISH << 4) | (0x01 if retain else 0)
+    if packet_id is not None:
+        if not 1 <= packet_id <= 0xFFFF:
+            raise ValueError("packet id must be 1 to 65,535")
+        pid = _U16.pack(packet_id)
+        first |= 0x02
+    body_len = 2 + len(raw) + len(pid) + len(props) + len(payload)
     return b"".join(
-        (bytes((first,)), encode_varint(body_len), _U16.pack(len(raw)), raw, b"\x00", payload)
+        (bytes((first,)), encode_varint(body_len), _U16.pack(len(raw)), raw, pid, props, payload)
     )
 
 

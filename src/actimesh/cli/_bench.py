@@ -61,6 +61,11 @@ def add_parser(sub: Any) -> None:
     )
     bench.add_argument("--smoke", action="store_true", help="a few seconds, 200 devices (CI)")
     bench.add_argument(
+        "--cluster",
+        action="store_true",
+        help="on a 3-node NATS cluster, two engines (docs/PERFORMANCE.md)",
+    )
+    bench.add_argument(
         "--publisher",
         choices=["raw", "paho"],
         default=d.publisher,
@@ -98,6 +103,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         "search": args.search,
         "seed": args.seed,
         "trace": args.trace,
+        "cluster": args.cluster,
     }
     if not args.smoke:
         overrides |= {

@@ -91,10 +91,14 @@ _MAX_PG_AGENCY = 60
 
 
 def _check_ledger_url(url: str) -> None:
+    """A libpq URL: one host, or several separated by commas (``HOST1:PORT1,HOST2:PORT2``,
+    a primary and its standby: with ``target_session_attrs=read-write`` libpq connects to
+    whichever accepts writes; docs/SCALING.md, "PostgreSQL high availability")."""
     shown = shown_location(url)
     try:
         parts = urlsplit(url)
-        port = parts.port
+        hosts = [urlsplit(f"//{h}") for h in parts.netloc.rpartition("@")[2].split(",")]
+        ports = [h.port for h in hosts]
     except ValueError as exc:
         raise ConfigError(
             f"ledger.url {shown!r} is not a valid URL ({exc}); write "
@@ -105,14 +109,16 @@ def _check_ledger_url(url: str) -> None:
             f"ledger.url {shown!r} must start with postgresql:// (or postgres://); remove "
             "[ledger] url (or --ledger-url) to keep the SQLite ledger in data_dir"
         )
-    has_host = bool(parts.hostname) or any(k == "host" for k, _v in parse_qsl(parts.query))
+    in_query = any(k == "host" for k, _v in parse_qsl(parts.query))
+    has_host = all(h.hostname for h in hosts) or (in_query and len(hosts) == 1)
     if not has_host or not parts.path.strip("/"):
         raise ConfigError(
             f"ledger.url {shown!r} must name a host and a database: "
             "postgresql://USER@HOST:PORT/DATABASE"
         )
-    if port is not None and not 0 < port < 65536:
-        raise ConfigError(f"ledger.url {shown!r} has port {port}; use one between 1 and 65535")
+    for port in ports:
+        if port is not None and not 0 < port < 65536:
+            raise ConfigError(f"ledger.url {shown!r} has port {port}; use one between 1 and 65535")
 
 
 #: CJIS 5.4 keeps audit records (transaction logs) for at least a year.
