@@ -41,7 +41,11 @@ from enum import StrEnum
 
 import bcrypt
 
-from actimesh.broker.nats.subjects import MQTT_QOS1_PREFIX, MQTT_QOS1_STREAM
+from actimesh.broker.nats.subjects import (
+    MQTT_QOS1_PREFIX,
+    MQTT_QOS1_STREAM,
+    MQTT_RETAINED_STREAM,
+)
 
 __all__ = [
     "BCRYPT_COST",
@@ -173,12 +177,17 @@ class CalloutConfig:
 def native_grants(publishes: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """What a :class:`~.transport.NatsTransport` publishing on ``publishes`` (subjects)
     needs besides them: (publish, subscribe) subjects."""
-    stream = MQTT_QOS1_STREAM
+    stream, retained = MQTT_QOS1_STREAM, MQTT_RETAINED_STREAM
     publish = (
         *(MQTT_QOS1_PREFIX + s for s in publishes),  # stored for QoS 1 subscriptions
         f"$JS.API.CONSUMER.CREATE.{stream}.>",
         f"$JS.API.CONSUMER.MSG.NEXT.{stream}.>",
         f"$JS.ACK.{stream}.>",
+        # The retained store, read once as a subscription starts (retained.py): an
+        # ephemeral consumer, created with no name in the subject, read, deleted.
+        f"$JS.API.CONSUMER.CREATE.{retained}",
+        f"$JS.API.CONSUMER.MSG.NEXT.{retained}.>",
+        f"$JS.API.CONSUMER.DELETE.{retained}.>",
         "_INBOX.>",  # a round trip is a message to its own inbox
     )
     return publish, ("_INBOX.>",)
