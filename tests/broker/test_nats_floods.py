@@ -171,7 +171,7 @@ async def test_floods_of_acks_and_of_refused_events_never_hold_up_another_office
             (
                 "rate",
                 "not met on the cluster yet: the thief's stored draws queue ahead of the "
-                "officer's on the one events consumer (p99 4.3x with quarantine, "
+                "officer's on the one events consumer (p99 4-15x with quarantine, "
                 "docs/SECURITY.md)",
             ),
         )
@@ -192,7 +192,8 @@ async def test_floods_the_engine_drains_delay_another_officers_draw_at_most_twic
         before = refused(world.engine)
         base, during = await compared(world, kind, DRAWS // 2, 1 if quarantine else BLOCKS)
         assert refused(world.engine) - before >= MIN_REFUSED
-        assert p99(during) <= 2 * p99(base), (p99(during), p99(base))
+    # Out of the world's task group, so a miss is an AssertionError, not a group of one.
+    assert p99(during) <= 2 * p99(base), (p99(during), p99(base))
 
 
 @pytest.mark.time_limit(60)
