@@ -17,7 +17,13 @@ prints the p99 of those draws beside the p99 of N draws with no flood; add ``--u
 run it against `actimesh up` itself (secured broker, the flooder logged in as a
 registered device, quarantine on), or ``--broker-only`` to time, in the same way, the
 broker's own two hops (publisher → broker → subscriber) with no engine at all: the
-floor under any trigger's latency during that flood.
+floor under any trigger's latency during that flood. ``--cluster`` runs it on a
+three-node NATS cluster with the engine ``cluster up`` builds, quarantine on unless
+``--no-quarantine`` (tests/integration/cluster_world.py): the thief speaks MQTT 3.1.1
+from a raw socket with 256 QoS 1 messages in flight (QoS 0 for fixes), as fast as the
+listener takes them (tests/integration/flood_311.py)::
+
+    .venv/bin/python -m tests.integration.flood_probe --kind acks --during 40 --cluster
 
 Draws start ``--gap`` seconds apart (0.05 by default) in both phases: the CEW and its
 camera stay within their own control budgets (each command is answered twice), as an
@@ -41,6 +47,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import aiomqtt
@@ -63,6 +70,7 @@ from actimesh.broker.mosquitto_conf import MosquittoConfig
 from actimesh.broker.topics import DeviceChannel, device_client_id
 from actimesh.devices.agent import DeviceAgent
 from actimesh.security.registry import Registry
+from tests.integration.flood_311 import flood_311
 from tests.integration.harness import CENTER, TEST_SETTINGS, Mesh, mesh
 from tests.integration.officers import AGENCY, commanded_after
 from tests.integration.up_world import running_up
@@ -135,11 +143,21 @@ async def _one_draw(m: Mesh, cew: DeviceAgent) -> float:
 
 @contextlib.asynccontextmanager
 async def flooding(
-    port: int, topic: str, kind: str, login: Sequence[str] = (), *, nice: bool = True
+    port: int,
+    topic: str,
+    kind: str,
+    login: Sequence[str] = (),
+    *,
+    nice: bool = True,
+    qos: int | None = None,
 ) -> AsyncIterator[asyncio.subprocess.Process]:
     """A stolen device flooding ``topic`` without pause from a process of its own (at
     ``nice 19`` unless told otherwise), logged in with ``login`` (username, password,
-    client id) if given; from when it has begun until the block ends."""
+    client id) if given; from when it has begun until the block ends.
+
+    With ``qos`` the device speaks MQTT 3.1.1 (what a NATS cluster's listener takes) on
+    a raw socket at that QoS, QoS 1 with up to :data:`FLOOD_WINDOW` messages waiting
+    for their PUBACK (:func:`flood_311`); without it, MQTT 5 at QoS 0 through aiomqtt."""
     flooder = await asyncio.create_subprocess_exec(
         *(_NICE if nice else ()),
         sys.executable,
@@ -151,6 +169,7 @@ async def flooding(
         "--kind",
         kind,
         *(("--login", *login) if login else ()),
+        *(("--qos", str(qos)) if qos is not None else ()),
         stdout=asyncio.subprocess.PIPE,
     )
     try:
@@ -233,6 +252,35 @@ async def _main_up(kind: str, draws: int, gap: float) -> None:
     print(  # noqa: T201 - the probe's one line of output
         f"{kind} flood against up, {draws} draws each: {_compared(base, during)}; {thief} "
         f"{'quarantined' if disabled else 'NOT quarantined'} within {elapsed:.1f} s"
+    )
+
+
+async def _main_cluster(kind: str, draws: int, gap: float, quarantine: bool) -> None:
+    """The same on a three-node NATS cluster with the engine `cluster up` builds
+    (tests/integration/cluster_world.py): the thief floods as fast as its MQTT 3.1.1
+    link allows, at QoS 1 (QoS 0 for telemetry), from node 1 beside the officer's CEW."""
+    from tests.integration.cluster_world import (  # noqa: PLC0415 - only this mode
+        cluster_world,
+        fair_settings,
+    )
+
+    root = Path(tempfile.mkdtemp(prefix="actimesh-flood-cluster-"))
+    settings = fair_settings(quarantine_after=200 if quarantine else 0)
+    async with cluster_world(root, settings) as world:
+        base = await _paced(world.draw, draws, gap)
+        port, topic, _, login, qos = world.flood(kind)
+        started = time.monotonic()
+        async with flooding(port, topic, kind, login, qos=qos):
+            during = await _paced(world.draw, draws, gap)
+        elapsed = time.monotonic() - started
+        stats = world.engine.stats
+        with Registry.open(root) as registry:
+            disabled = registry.get(login[0]).disabled
+    print(  # noqa: T201 - the probe's one line of output
+        f"{kind} flood on the cluster, {draws} draws each: {_compared(base, during)}; "
+        f"worst {max(during) * 1000:.1f} ms (no flood: {max(base) * 1000:.1f} ms); engine "
+        f"refused {stats.rejected_total + stats.acks_not_commanded + stats.telemetry_over_rate}"
+        f"; {login[0]} {'quarantined' if disabled else 'not quarantined'} within {elapsed:.1f} s"
     )
 
 
@@ -346,6 +394,16 @@ if __name__ == "__main__":
         "--up", action="store_true", help="with --during: against `actimesh up` (quarantine on)"
     )
     parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="with --during: on a three-node NATS cluster with the real engine",
+    )
+    parser.add_argument(
+        "--no-quarantine",
+        action="store_true",
+        help="with --cluster: quarantine off, so the flood lasts every draw",
+    )
+    parser.add_argument(
         "--broker-only",
         action="store_true",
         help="with --during: time the broker's own two hops instead of draws",
@@ -355,12 +413,28 @@ if __name__ == "__main__":
     )
     parser.add_argument("--flood-to", nargs=2, metavar=("PORT", "TOPIC"), help=argparse.SUPPRESS)
     parser.add_argument("--login", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--qos", type=int, choices=(0, 1), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.flood_to:
+    if args.flood_to and args.qos is not None:
+        port, topic = int(args.flood_to[0]), args.flood_to[1]
+        user, password, client_id = args.login or (None, None, "flooder")
+        asyncio.run(
+            flood_311(
+                port,
+                topic,
+                partial(_flood_message, args.kind),
+                (user, password, client_id),
+                args.qos,
+                on_start=lambda: print("flooding", flush=True),  # noqa: T201 - begun
+            )
+        )
+    elif args.flood_to:
         port, topic = int(args.flood_to[0]), args.flood_to[1]
         asyncio.run(_flood_forever(port, topic, args.kind, args.login))
     elif args.during and args.broker_only:
         asyncio.run(_main_floor(args.kind, args.during, args.gap))
+    elif args.during and args.cluster:
+        asyncio.run(_main_cluster(args.kind, args.during, args.gap, not args.no_quarantine))
     elif args.during and args.up:
         asyncio.run(_main_up(args.kind, args.during, args.gap))
     elif args.during:

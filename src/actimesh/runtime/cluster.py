@@ -63,6 +63,7 @@ from actimesh.runtime.compose import (
     WEB_NICENESS,
     BrokerAddress,
     build_engine,
+    cluster_quarantine,
     open_directory,
     run_retention,
 )
@@ -176,7 +177,9 @@ async def serve_engine(job: EngineJob, report: Report) -> None:
         open_ledger(settings.ledger_location, agency=settings.agency) as ledger,
         open_directory(settings) as directory,
     ):
-        engine = build_engine(settings, job.links.engine_transport(), ledger, directory)
+        # A device that keeps flooding is disabled on every node, live (docs/SECURITY.md).
+        quarantine = cluster_quarantine(settings)
+        engine = build_engine(settings, job.links.engine_transport(), ledger, directory, quarantine)
         async with asyncio.TaskGroup() as tg:
             tg.create_task(engine.run(), name="engine")
             await engine.ready.wait()

@@ -50,6 +50,7 @@ from actimesh.security.acl import (
 from actimesh.security.certs import CERTS_DIR, ServerTls, server_tls
 from actimesh.security.provision import (
     BROKER_DIR,
+    ClusterQuarantine,
     RegistryQuarantine,
     prepare_broker,
     provision_fleet,
@@ -73,6 +74,7 @@ __all__ = [
     "Login",
     "broker_for",
     "build_engine",
+    "cluster_quarantine",
     "external_address",
     "open_directory",
     "policy_line",
@@ -329,6 +331,16 @@ def build_engine(
         quarantine=quarantine,
         owntracks=settings.adapters.owntracks.enabled,
     )
+
+
+def cluster_quarantine(settings: Settings) -> Quarantine:
+    """The quarantine of an engine on the NATS cluster of ``settings.data_dir``
+    (``actimesh cluster up``): a device that keeps flooding is disabled in the registry,
+    and the cluster is reloaded with it, so every node's auth callout refuses it and
+    disconnects it live; the engine raises the alert and writes the ledger record, as
+    with :class:`~actimesh.security.provision.RegistryQuarantine` on Mosquitto.
+    ``actimesh devices enable`` brings it back."""
+    return ClusterQuarantine(settings.data_dir, settings.acl_policy())
 
 
 async def run_retention(settings: Settings, recordings: Path | None) -> None:
