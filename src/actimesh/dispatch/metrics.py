@@ -79,6 +79,7 @@ class _Collector(Collector):
         for kind, n in (
             ("presence", st.presence),
             ("telemetry", st.telemetry),
+            ("owntracks", st.tracker_fixes),
             ("activation", st.activations),
             ("ack", st.acks),
         ):
