@@ -15,6 +15,7 @@ import websockets
 from actimesh.adapters import owntracks_topic, parse_owntracks
 from actimesh.broker.messages import DeviceKind
 from actimesh.geofence import destination
+from actimesh.security.registry import Registry
 from tests.adapters import samples
 from tests.dispatch.conftest import add, api, bearer, running_dispatch
 from tests.integration.harness import CENTER, mesh
@@ -36,9 +37,12 @@ def _location(**changes: Any) -> bytes:
 async def test_a_phone_located_device_is_in_the_device_view_and_on_the_map(
     agency: str, broker_port: int, tmp_path: Path
 ) -> None:
+    # The dispatch's registry: "bwc" is this agency's device, "elsewhere" is not.
+    with Registry.open(tmp_path / "dispatch") as registry:
+        registry.add("bwc", DeviceKind.BODY_CAM, call_sign="1-ADAM-12")
     async with (
         mesh(agency, broker_port, tmp_path, owntracks=True) as m,
-        running_dispatch(m, tmp_path, owntracks=True) as svc,
+        running_dispatch(m, tmp_path, data_dir=tmp_path / "dispatch", owntracks=True) as svc,
     ):
         add(m, "bwc", DeviceKind.BODY_CAM, unit="u1", at=None)
         await m.ready()
@@ -54,7 +58,11 @@ async def test_a_phone_located_device_is_in_the_device_view_and_on_the_map(
             older = _location(lat=CENTER[0], lon=CENTER[1], tst=int(fix.ts) - 30)
             await phone.publish(owntracks_topic("bwc", "pixel"), older, qos=1)
             await phone.publish(owntracks_topic("bwc", "pixel"), b"{not json", qos=1)
+            # Another agency's phone on the same broker: not this dispatch's device.
+            await phone.publish(owntracks_topic("elsewhere", "pixel"), newest, qos=1)
         await eventually(lambda: svc.feed.rejected["malformed"] == 1)
+        await eventually(lambda: svc.state.stats.tracker_unregistered == 1)
+        assert "elsewhere" not in svc.state.devices
         await eventually(lambda: svc.state.stats.telemetry_out_of_order == 1)
         async with api(svc, "dispatcher") as client:
             r = await client.get("/api/v1/devices/bwc")
@@ -68,7 +76,7 @@ async def test_a_phone_located_device_is_in_the_device_view_and_on_the_map(
         assert doc["online"] is True
         # The app says nothing of recording: the state the camera reports is kept.
         assert (doc["state"], doc["status"]) == ("buffering", "buffering")
-        assert (doc["unit"], doc["kind"]) == ("u1", "body_cam")
+        assert (doc["unit"], doc["kind"], doc["call_sign"]) == ("u1", "body_cam", "1-ADAM-12")
         # The engine placed it too, at the same fix: the map and the decisions agree.
         assert m.engine is not None
         await eventually(lambda: m.engine is not None and "bwc" in m.engine.index)

@@ -95,6 +95,11 @@ class _Collector(Collector):
                 outcomes.add_metric([outcome], n)
         yield outcomes
         yield CounterMetricFamily(
+            "actimesh_dispatch_owntracks_unregistered",
+            "OwnTracks locations skipped: the device is not in this dispatch's registry",
+            value=st.tracker_unregistered,
+        )
+        yield CounterMetricFamily(
             "actimesh_dispatch_late_acks", "Acknowledgements after the timeout", value=st.late_acks
         )
         dropped = CounterMetricFamily(

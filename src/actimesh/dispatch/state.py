@@ -275,6 +275,8 @@ class StateStats:
     telemetry_out_of_order: int = 0
     #: Positions from a tracker app (OwnTracks) rather than the device's telemetry.
     tracker_fixes: int = 0
+    #: ... skipped because the device is not in the registry (another agency's phone).
+    tracker_unregistered: int = 0
     activations: int = 0
     duplicate_activations: int = 0
     acks: int = 0
@@ -321,6 +323,8 @@ class LiveState:
         self.tracks = Tracks()
         #: Call sign and officer per device, from the registry (see :meth:`set_roster`).
         self.roster: dict[str, tuple[str | None, str | None]] = {}
+        #: The registry's device ids (None: no registry here): whose tracker fixes count.
+        self.registered: frozenset[str] | None = None
         self._deadlines: list[tuple[float, str]] = []
         self._early_acks: OrderedDict[str, list[tuple[str, Ack, float]]] = OrderedDict()
         self._early_count = 0
@@ -400,7 +404,11 @@ class LiveState:
     ) -> None:
         """Apply a tracker's position (``ts, lat, lon, acc, batt``: the OwnTracks app's).
         A tracker says nothing of recording: a device's known state is kept, and one
-        heard of only this way is shown ``buffering`` (as the engine takes it)."""
+        heard of only this way is shown ``buffering`` (as the engine takes it). A device
+        not in :attr:`registered` (when known) is skipped and counted."""
+        if self.registered is not None and device_id not in self.registered:
+            self.stats.tracker_unregistered += 1
+            return
         self.stats.tracker_fixes += 1
         view = self._device(device_id, now)
         if view is None:
