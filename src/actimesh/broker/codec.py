@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import msgpack
 from pydantic import ValidationError
 
-from actimesh.broker.messages import DeviceState, Message, Telemetry
+from actimesh.broker.messages import DeviceState, Message, Telemetry, UnitDuty
 from actimesh.errors import PayloadError
 
 __all__ = [
@@ -146,6 +146,7 @@ TelemetryFix = tuple[float, DeviceState, float | None, float | None, float | Non
 
 _TELEMETRY_KEYS = frozenset(Telemetry.model_fields)
 _STATES = {state.value: state for state in DeviceState}
+_DUTIES = frozenset(duty.value for duty in UnitDuty)
 _MAX_TS = 4_102_444_800.0  # messages.Timestamp's bound; a test keeps the two in step
 
 
@@ -185,6 +186,7 @@ def decode_telemetry(payload: bytes) -> TelemetryFix:
                 )
                 and (acc is None or (type(acc) is float and 0.0 <= acc <= 100_000.0))
                 and (batt is None or (type(batt) is float and 0.0 <= batt <= 100.0))
+                and (get("duty") is None or (type(get("duty")) is str and get("duty") in _DUTIES))
             ):
                 return ts, _STATES[state], lat, lon, acc
     msg = decode(Telemetry, payload)
