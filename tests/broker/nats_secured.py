@@ -87,7 +87,7 @@ def access_for(
     users = nats_access(access, {c.username: _hash(c.username) for c in access.clients})
     if not tester:
         return users
-    publish, subscribe = native_grants(["am.>"])
+    publish, subscribe = native_grants(["am.>"], ["am.>"])
     wide = NatsUser(
         TESTER, _hash(TESTER), ("am.>", *publish), ("am.>", *subscribe), (ConnectionType.STANDARD,)
     )

@@ -317,6 +317,52 @@ async def test_the_engine_may_not_reach_beyond_its_grants(cluster: NatsCluster) 
     assert log_has(cluster, 'Publish Violation - Subject "$MQTT.sess.x"')
 
 
+async def test_the_engine_reads_retained_messages_only_of_what_it_may_subscribe_to(
+    cluster: NatsCluster,
+) -> None:
+    said: list[str] = []
+    engine = await native(cluster, ENGINE, password_of(ENGINE), said)
+    api = "$JS.API.CONSUMER"
+    stream = "$MQTT_rmsgs"
+    try:
+        # What it is granted: the presence it subscribes to, filtered in the subject ...
+        presence = f"$MQTT.rmsgs.am.v1.{AGENCY}.dev.*.presence"
+        body = {"stream_name": stream, "config": {"name": "r1", "filter_subject": presence}}
+        ok = await engine.request(
+            f"{api}.CREATE.{stream}.r1.{presence}", json.dumps(body).encode(), timeout=5
+        )
+        assert "error" not in json.loads(ok.data), ok.data
+        # ... and a body that asks for more under that subject is refused by the server.
+        wide = {"stream_name": stream, "config": {"name": "r2", "filter_subject": "$MQTT.rmsgs.>"}}
+        refused = await engine.request(
+            f"{api}.CREATE.{stream}.r2.{presence}", json.dumps(wide).encode(), timeout=5
+        )
+        assert json.loads(refused.data)["error"]["err_code"] == 10131  # filter mismatch
+        # Not granted: an unfiltered consumer, another filter, a delete, a listing.
+        for subject in (
+            f"{api}.CREATE.{stream}",
+            f"{api}.CREATE.{stream}.r3.$MQTT.rmsgs.>",
+            f"{api}.CREATE.{stream}.r4.$MQTT.rmsgs.am.v1.{AGENCY}.dev.cam-1.cmd",
+            f"{api}.DELETE.{stream}.r1",
+            f"{api}.LIST.{stream}",
+        ):
+            await engine.publish(subject, b"{}")
+        await engine.flush()
+        await asyncio.to_thread(eventually_sync, lambda: len(said) == 5)
+        assert said == [
+            f'nats: permissions violation for publish to "{s.lower()}"'
+            for s in (
+                f"{api}.CREATE.{stream}",
+                f"{api}.CREATE.{stream}.r3.$MQTT.rmsgs.>",
+                f"{api}.CREATE.{stream}.r4.$MQTT.rmsgs.am.v1.{AGENCY}.dev.cam-1.cmd",
+                f"{api}.DELETE.{stream}.r1",
+                f"{api}.LIST.{stream}",
+            )
+        ]
+    finally:
+        await engine.close()
+
+
 def test_an_integrator_reads_activations_and_publishes_nothing(cluster: NatsCluster) -> None:
     news = Mqtt(cluster.nodes[0].mqtt_port, "int-news", "int-news", password_of("int-news"))
     try:

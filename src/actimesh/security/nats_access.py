@@ -17,7 +17,9 @@
   here and are left out.
 * Devices, integrators and every service except the engine may connect only over MQTT;
   the engine (:data:`~actimesh.security.acl.SERVICE_ENGINE`) only over NATS, with
-  :func:`~actimesh.broker.nats.auth.native_grants` besides its topics.
+  :func:`~actimesh.broker.nats.auth.native_grants` besides its topics: among them, the
+  reads of the MQTT listener's retained store for exactly the filters it may subscribe
+  to (what an MQTT subscription to them would be given).
 
 **Client ids** are carried as :attr:`~actimesh.broker.nats.auth.NatsUser.client_id` (each
 MQTT account's own, as in the plugin's table): nats-server cannot bind one to a user,
@@ -74,7 +76,7 @@ def nats_access(access: Access, hashes: Mapping[str, str]) -> NatsAccess:
             continue  # nothing to do on a cluster (the admin account): no login either
         if client.username in _NATIVE:
             kinds = (ConnectionType.STANDARD,)
-            more_publish, more_subscribe = native_grants(publish)
+            more_publish, more_subscribe = native_grants(publish, subscribe)
             publish += more_publish
             subscribe += more_subscribe
         else:

@@ -21,7 +21,14 @@ refuses by itself for MQTT (read in its ``server/mqtt.go`` and ``client.go``, 2.
 
 A NATS service (:class:`~.transport.NatsTransport`) needs, besides its topics,
 :func:`native_grants`: the JetStream API calls of its control links on ``$MQTT_msgs``,
-their acknowledgements, its reply inboxes, and the stored copy of what it publishes.
+their acknowledgements, its reply inboxes, the stored copy of what it publishes, and
+the reads of the listener's retained store (:mod:`.retained`) for what it may
+subscribe to. That last grant is as narrow as a subscription: a read creates its
+consumer with the filter *in the API subject* (``$JS.API.CONSUMER.CREATE.$MQTT_rmsgs.
+<name>.$MQTT.rmsgs.<filter>``, which the server refuses unless the body's filter is the
+same), so the grant names the filters, not the stream; pulls from it are granted, a
+delete is not (the consumer goes by itself, its inactivity limit), and so neither
+listing, reading nor removing the listener's own consumers of that stream is.
 
 Passwords: nats-server takes them in clear or as bcrypt (``$2a$``/``$2b$``), never as
 Mosquitto's ``$7$``. :func:`bcrypt_hash` makes bcrypt at its lowest cost (4), for the
@@ -41,7 +48,12 @@ from enum import StrEnum
 
 import bcrypt
 
-from actimesh.broker.nats.subjects import MQTT_QOS1_PREFIX, MQTT_QOS1_STREAM
+from actimesh.broker.nats.subjects import (
+    MQTT_QOS1_PREFIX,
+    MQTT_QOS1_STREAM,
+    MQTT_RETAINED_PREFIX,
+    MQTT_RETAINED_STREAM,
+)
 
 __all__ = [
     "BCRYPT_COST",
@@ -52,6 +64,7 @@ __all__ = [
     "bcrypt_hash",
     "native_grants",
     "render_authorization",
+    "retained_subject",
 ]
 
 #: bcrypt's lowest cost (2**4 rounds): see the module docstring.
@@ -170,18 +183,31 @@ class CalloutConfig:
     auth_users: tuple[str, ...]
 
 
-def native_grants(publishes: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """What a :class:`~.transport.NatsTransport` publishing on ``publishes`` (subjects)
+def native_grants(
+    publishes: Sequence[str], reads: Sequence[str] = ()
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """What a :class:`~.transport.NatsTransport` publishing on ``publishes`` and reading
+    the retained messages of ``reads`` (subjects, each a subscription it is granted)
     needs besides them: (publish, subscribe) subjects."""
     stream = MQTT_QOS1_STREAM
-    publish = (
+    publish = [
         *(MQTT_QOS1_PREFIX + s for s in publishes),  # stored for QoS 1 subscriptions
         f"$JS.API.CONSUMER.CREATE.{stream}.>",
         f"$JS.API.CONSUMER.MSG.NEXT.{stream}.>",
         f"$JS.ACK.{stream}.>",
         "_INBOX.>",  # a round trip is a message to its own inbox
-    )
-    return publish, ("_INBOX.>",)
+    ]
+    if reads:
+        retained = MQTT_RETAINED_STREAM
+        # One consumer per read (any name), filtered on what it may subscribe to.
+        publish += [f"$JS.API.CONSUMER.CREATE.{retained}.*.{retained_subject(s)}" for s in reads]
+        publish.append(f"$JS.API.CONSUMER.MSG.NEXT.{retained}.*")
+    return tuple(publish), ("_INBOX.>",)
+
+
+def retained_subject(subject: str) -> str:
+    """Where the MQTT listener keeps the retained messages of ``subject`` (a filter)."""
+    return MQTT_RETAINED_PREFIX + subject
 
 
 def _q(value: str) -> str:

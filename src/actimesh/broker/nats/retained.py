@@ -7,8 +7,15 @@ service on the NATS side whose consumer did not exist when a device published it
 retained presence never sees that presence in the QoS 1 store (interest retention keeps
 nothing for a consumer yet to come); reading the retained store once its consumer exists
 closes that gap, as subscribing does for an MQTT client. One ephemeral consumer per read
-(memory, one replica, no acks), pulled with ``no_wait`` until the store has no more,
-deleted at the end; at most ``limit`` messages are read.
+(memory, one replica, no acks), pulled with ``no_wait`` until the store has no more; at
+most ``limit`` messages are read.
+
+The consumer is created with its name and filter in the API subject
+(``CONSUMER.CREATE.$MQTT_rmsgs.<name>.<filter subject>``; the server refuses a body
+whose filter differs), so that a service may be granted the reads of the topics it may
+subscribe to and nothing else (:func:`~.auth.native_grants`). It is not deleted: it goes
+by itself once idle for its ``inactive_threshold``, and a grant to delete
+consumers of that stream would reach the listener's own.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import secrets
 
 import nats.errors
 from nats.aio.client import Client as NatsClient
@@ -44,17 +52,19 @@ async def read_retained(
     """``(topic, payload)`` of each retained message matching ``topic_filter`` (an MQTT
     filter), oldest first; none when the listener has no retained store yet."""
     stream = MQTT_RETAINED_STREAM
+    filter_subject = MQTT_RETAINED_PREFIX + topic_to_subject(topic_filter)
+    name = f"actimesh-retained-{secrets.token_hex(8)}"
     config = {
-        "filter_subject": MQTT_RETAINED_PREFIX + topic_to_subject(topic_filter),
+        "name": name,
+        "filter_subject": filter_subject,
         "deliver_policy": "last_per_subject",
         "ack_policy": "none",
         "mem_storage": True,
         "num_replicas": 1,
         "inactive_threshold": int(max(timeout, 5.0) * NS),
     }
-    answer = await js_api(
-        nc, f"CONSUMER.CREATE.{stream}", {"stream_name": stream, "config": config}, timeout
-    )
+    api = f"CONSUMER.CREATE.{stream}.{name}.{filter_subject}"
+    answer = await js_api(nc, api, {"stream_name": stream, "config": config}, timeout)
     error = answer.get("error")
     if error and error.get("err_code") == STREAM_NOT_FOUND:
         return []
@@ -62,7 +72,6 @@ async def read_retained(
         raise BrokerError(
             f"retained messages of {topic_filter} not read: {error.get('description')}"
         )
-    name = answer["name"]
     want = min(int(answer.get("num_pending", 0)), limit)
     if answer.get("num_pending", 0) > limit:
         log.warning(
@@ -104,6 +113,4 @@ async def read_retained(
     finally:
         with contextlib.suppress(nats.errors.Error):
             await sub.unsubscribe()
-        with contextlib.suppress(BrokerError, nats.errors.Error):
-            await js_api(nc, f"CONSUMER.DELETE.{stream}.{name}", {}, timeout)
     return out
