@@ -23,6 +23,8 @@ from actimesh.broker.messages import EngineStatus
 from actimesh.broker.nats import NatsCluster
 from actimesh.broker.topics import Topics
 from actimesh.dispatch.state import LiveState
+from actimesh.private import write_private
+from tests.broker.nats_secured import DISPATCH, ENGINE, access_for, password_of
 from tests.waiting import eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.time_limit(60)]
@@ -34,7 +36,7 @@ EVERY_S = 0.3  # the engine renews its status this often; the ttl is three times
 
 @pytest.fixture
 async def cluster(tmp_path: Path) -> AsyncIterator[NatsCluster]:
-    async with NatsCluster(tmp_path / "nats", size=3) as running:
+    async with NatsCluster(tmp_path / "nats", size=3, access=access_for(AGENCY, [])) as running:
         yield running
 
 
@@ -42,9 +44,12 @@ async def cluster(tmp_path: Path) -> AsyncIterator[NatsCluster]:
 def engine_process(cluster: NatsCluster, tmp_path: Path, engine_id: str) -> Iterator[int]:
     """``actimesh engine --nats`` as its unit runs it; yields the pid."""
     config = tmp_path / f"{engine_id}.toml"
+    password = tmp_path / f"{engine_id}.password"
+    write_private(password, password_of(ENGINE) + "\n")
     config.write_text(
         f'agency = "{AGENCY}"\ndata_dir = "{tmp_path / engine_id}"\n'
         f'[engine]\nengine_id = "{engine_id}"\nstatus_every_s = {EVERY_S}\nwarmup_s = 0.01\n'
+        f'[broker]\nusername = "{ENGINE}"\npassword_file = "{password}"\n'
     )
     proc = subprocess.Popen(
         [sys.executable, "-m", "actimesh", "engine", "--config", str(config)]
@@ -74,7 +79,12 @@ class Watcher:
 
     async def run(self, port: int) -> None:
         client = aiomqtt.Client(
-            "127.0.0.1", port, protocol=aiomqtt.ProtocolVersion.V311, timeout=10
+            "127.0.0.1",
+            port,
+            username=DISPATCH,
+            password=password_of(DISPATCH),
+            protocol=aiomqtt.ProtocolVersion.V311,
+            timeout=10,
         )
         _no_lost_cancel(client)
         prefix = f"{Topics(AGENCY).prefix}/engine/"

@@ -13,7 +13,7 @@ from rich.console import Console
 
 from actimesh.cli._common import EXIT_OK, Parser, http_port, port, positive_int, run_async
 from actimesh.devices.simulator import SimSettings
-from actimesh.runtime.config import MQTT_PROTOCOLS, load_settings
+from actimesh.runtime.config import MQTT_PROTOCOLS, Settings, load_settings
 
 __all__ = ["add_parsers", "run"]
 
@@ -22,6 +22,22 @@ _LEDGER_URL_HELP = (
     "keep the ledger in PostgreSQL at postgresql://USER@HOST:PORT/DATABASE instead of "
     "DATA_DIR/ledger.sqlite3 (the [ledger] url; the password belongs in ~/.pgpass, not here)"
 )
+
+
+def _login_flags(parser: argparse.ArgumentParser) -> None:
+    """``--username``/``--password-file``: the account a service logs in as, over
+    ``[broker] username``/``password_file`` (units sharing one settings file)."""
+    parser.add_argument("--username", metavar="ACCOUNT", help="log in as (svc-engine …)")
+    parser.add_argument(
+        "--password-file", type=Path, metavar="FILE", help="its password, one line, mode 0600"
+    )
+
+
+def _with_login(settings: Settings, args: argparse.Namespace) -> Settings:
+    if args.username is None and args.password_file is None:
+        return settings
+    broker = replace(settings.broker, username=args.username, password_file=args.password_file)
+    return replace(settings, broker=broker)
 
 
 _MQTT_PROTOCOL_FLAG = ("--mqtt-protocol",)
@@ -93,6 +109,7 @@ def add_parsers(sub: argparse._SubParsersAction[Parser]) -> None:
     engine.add_argument("--engine-id", help="this replica's id (default: engine-1)")
     engine.add_argument("--data-dir", type=Path, help="ledger location (shared by replicas)")
     engine.add_argument("--ledger-url", metavar="URL", help=_LEDGER_URL_HELP)
+    _login_flags(engine)
 
     dispatch = sub.add_parser("dispatch", help="run the dispatch map and API against a broker")
     dispatch.add_argument(
@@ -108,6 +125,7 @@ def add_parsers(sub: argparse._SubParsersAction[Parser]) -> None:
     dispatch.add_argument("--http-host", metavar="HOST", help="address (default 127.0.0.1)")
     dispatch.add_argument("--http-port", type=http_port, metavar="PORT", help="port (default 8080)")
     dispatch.add_argument(*_MQTT_PROTOCOL_FLAG, **_MQTT_PROTOCOL_OPTIONS)
+    _login_flags(dispatch)
 
     evidence = sub.add_parser("evidence", help="run the evidence upload API")
     evidence.add_argument("--config", type=Path, help="TOML settings file ([evidence])")
@@ -185,6 +203,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         )
         if args.engine_id:
             settings = replace(settings, engine=replace(settings.engine, engine_id=args.engine_id))
+        settings = _with_login(settings, args)
         if args.nats:
             from actimesh.runtime.services import run_nats_engine  # noqa: PLC0415
 
@@ -222,6 +241,7 @@ def _run_service(args: argparse.Namespace, console: Console) -> int:
         return EXIT_OK
     if args.broker is not None:
         settings = replace(settings, broker_url=args.broker)
+    settings = _with_login(settings, args)
     if args.mqtt_protocol is not None:
         settings = replace(
             settings, broker=replace(settings.broker, mqtt_protocol=args.mqtt_protocol)

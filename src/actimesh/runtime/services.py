@@ -9,6 +9,11 @@ joins a NATS cluster (``--nats``, any node's client URL; the others are learned 
 it), the dispatch reads a broker's MQTT listener (a NATS node's, with
 ``[broker] mqtt_protocol = "3.1.1"``), the evidence upload API needs only the ledger and
 its store.
+
+Each logs in as its own account: ``[broker] username`` and ``password_file`` (or
+``--username`` and ``--password-file``, so that units sharing one settings file log in as
+``svc-engine`` and ``svc-dispatch``), and checks the nodes' certificate against
+``[broker] ca_file`` when the cluster speaks TLS (``tls://`` URLs, or ``ca_file`` set).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from urllib.parse import urlsplit
 
 from rich.console import Console
 
+from actimesh.broker.client import TlsSettings
 from actimesh.broker.nats import NatsTransport
 from actimesh.dispatch.commands import bootstrap_admin
 from actimesh.errors import ConfigError
@@ -33,7 +39,13 @@ from actimesh.runtime.compose import (
 from actimesh.runtime.config import Settings
 from actimesh.runtime.web import DispatchJob, serve_dispatch, serve_evidence
 
-__all__ = ["check_nats_urls", "run_dispatch", "run_evidence", "run_nats_engine"]
+__all__ = [
+    "check_nats_urls",
+    "nats_transport",
+    "run_dispatch",
+    "run_evidence",
+    "run_nats_engine",
+]
 
 
 def check_nats_urls(urls: Sequence[str]) -> list[str]:
@@ -45,15 +57,28 @@ def check_nats_urls(urls: Sequence[str]) -> list[str]:
             port = parts.port
         except ValueError:
             port, parts = None, None
-        if parts is None or parts.scheme != "nats" or not parts.hostname or port is None:
+        if parts is None or parts.scheme not in ("nats", "tls") or not parts.hostname or not port:
             raise ConfigError(
                 f"NATS URL {url!r}: write nats://HOST:PORT (a cluster node's client port, "
-                "4222 by default)"
+                "4222 by default; tls://HOST:PORT for TLS)"
             )
         out.append(url)
     if not out:
         raise ConfigError("--nats needs at least one nats://HOST:PORT")
     return out
+
+
+def nats_transport(settings: Settings, servers: Sequence[str]) -> NatsTransport:
+    """The engine's transport to ``servers``, logged in as ``[broker] username``."""
+    b = settings.broker
+    if b.username is None:
+        raise ConfigError(
+            "an engine on a NATS cluster logs in: set [broker] username and password_file "
+            "(or --username svc-engine --password-file FILE)"
+        )
+    wants_tls = b.ca_file is not None or any(urlsplit(u).scheme == "tls" for u in servers)
+    tls = TlsSettings(b.ca_file, b.cert_file, b.key_file) if wants_tls else None
+    return NatsTransport(servers, user=b.username, password=b.password(), tls=tls)
 
 
 async def run_nats_engine(settings: Settings, nats_urls: Sequence[str], console: Console) -> None:
@@ -63,12 +88,13 @@ async def run_nats_engine(settings: Settings, nats_urls: Sequence[str], console:
     through one durable JetStream consumer, and write the one ledger (``[ledger] url``).
     """
     servers = check_nats_urls(nats_urls)
+    transport = nats_transport(settings, servers)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     async with (
         open_ledger(settings.ledger_location, agency=settings.agency) as ledger,
         open_directory(settings) as directory,
     ):
-        engine = build_engine(settings, NatsTransport(servers), ledger, directory)
+        engine = build_engine(settings, transport, ledger, directory)
         async with asyncio.TaskGroup() as tg:
             tg.create_task(engine.run(), name="engine")
             tg.create_task(run_retention(settings, None), name="retention")
