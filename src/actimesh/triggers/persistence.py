@@ -51,6 +51,9 @@ log = logging.getLogger(__name__)
 _MAX_PENDING = 10_000
 #: Acknowledgements waiting for their ledger write, at most (the intake waits beyond it).
 _MAX_PENDING_ACKS = 100_000
+#: Backoff of acknowledgements waiting for an unreachable ledger (first, longest wait).
+_ACK_RETRY_FIRST_S = 0.1
+_ACK_RETRY_MAX_S = 2.0
 #: Acknowledgements written to the ledger in one transaction, at most.
 _ACK_BATCH = 512
 #: What the flood watch says a device sent when it answered activations it was not in.
@@ -327,6 +330,14 @@ class AckWriter:
                 await self._cancel(row, cancelled_by)
             await self.write(plain)
 
+    async def _ledger_answers(self) -> bool:
+        """Whether the ledger answers a read now (a failed write was then its rows')."""
+        try:
+            await self._ledger.head()
+        except LedgerError:
+            return False
+        return True
+
     async def _cancel(self, row: AckRow, cancelled_by: str) -> None:
         try:
             # The ack and its false_activation record, in one transaction.
@@ -349,22 +360,35 @@ class AckWriter:
             )
 
     async def write(self, rows: list[AckRow]) -> None:
-        """Write ``rows`` in one transaction; if that fails, one by one, so that one bad
-        row does not cost the others their record."""
+        """Write ``rows`` in one transaction. If that fails while the ledger answers,
+        one by one, so that one bad row does not cost the others their record; while it
+        does not answer (a database restarting or failing over), the rows wait and the
+        write is tried again, backing off: a camera's answer is evidence, never dropped
+        because the ledger was away for a moment."""
         if not rows:
             return
-        try:
-            # An answer from a camera the activation did not command (a device flooding
-            # acks for activations it was never part of) is counted, never written.
-            written = await self._ledger.record_acks(rows, only_commanded=True)
-        except LedgerError:
-            if len(rows) == 1:
-                self._stats.ledger_failures += 1
-                log.exception("ack from %s for %s not recorded", rows[0].device_id, rows[0].aid)
+        delay = _ACK_RETRY_FIRST_S
+        while True:
+            try:
+                # An answer from a camera the activation did not command (a device
+                # flooding acks for activations it was never part of) is counted, never
+                # written.
+                written = await self._ledger.record_acks(rows, only_commanded=True)
+                break
+            except LedgerError as exc:
+                refused = await self._ledger_answers()
+                if refused and len(rows) == 1:
+                    self._stats.ledger_failures += 1
+                    log.exception("ack from %s for %s not recorded", rows[0].device_id, rows[0].aid)
+                    return
+                if not refused and delay == _ACK_RETRY_FIRST_S:  # once an outage
+                    log.warning("%d ack(s) wait for the ledger: %s", len(rows), exc)
+            if refused:
+                for row in rows:
+                    await self.write([row])
                 return
-            for row in rows:
-                await self.write([row])
-            return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _ACK_RETRY_MAX_S)
         if written.refused:
             self._stats.acks_not_commanded += written.not_commanded
             for device_id in written.refused:
