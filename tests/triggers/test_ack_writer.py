@@ -110,3 +110,31 @@ async def test_queued_acks_and_a_cancel_are_written_in_order(tmp_path: Path) -> 
         ("device/bwc1", "cancelled"),
         ("device/bwc2", "received"),
     ]
+
+
+async def test_an_answer_waits_for_its_activation_written_after_it(tmp_path: Path) -> None:
+    # Commands leave before the activation is written, and another replica may be the
+    # one writing it: an answer that arrives first is kept until the activation is there.
+    async with SqliteLedger(tmp_path / "l.sqlite3") as ledger:
+        engine = build_engine(Topics("am-acks"), 1, ledger, signer=CommandSigner.generate())
+        await engine.acks.put(replace(GOOD, status="recording"))
+        await engine.acks.put(replace(GOOD, aid="act-never", device_id="bwc2"))
+        writer = asyncio.create_task(engine.acks.run())
+        try:
+            await asyncio.sleep(0.3)  # the writer has tried, and been refused, once
+            assert await ledger.acks("act-1") == []
+            await ledger.record_activation(activation(), COMMANDED)  # the other replica
+
+            async def written() -> bool:
+                return [a.status for a in await ledger.acks("act-1")] == ["recording"]
+
+            await eventually(written, timeout=5)
+            assert engine.stats.acks_not_commanded == 0
+            # One whose activation never comes is refused once the wait is over.
+            await eventually(lambda: engine.stats.acks_not_commanded == 1, timeout=10)
+        finally:
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
+        assert await ledger.acks("act-never") == []
+        assert engine.stats.ledger_failures == 0
