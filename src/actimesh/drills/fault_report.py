@@ -102,22 +102,31 @@ async def settle(fleet: Fleet, burst: Burst, timeout_s: float = _SETTLE_TIMEOUT_
 
 async def _answers_in(
     store: Ledger, fleet: Fleet, burst: Burst, timeout_s: float = _ANSWERS_TIMEOUT_S
-) -> int:
+) -> tuple[int, list[str]]:
     """How many expected cameras' ``recording`` answers the ledger holds, once all are
-    there or after ``timeout_s`` (the engines write them after the cameras sent them)."""
+    there or after ``timeout_s`` (the engines write them after the cameras sent them),
+    and what the ledger holds instead for the first few missing."""
     wanted = {(aid, cam) for aid, cew in burst.aids.items() for cam in fleet.expected[cew]}
     found: set[tuple[str, str]] = set()
+    held: dict[tuple[str, str], list[str]] = {}
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(timeout_s):
             while True:
+                held.clear()
                 for aid in {aid for aid, _ in wanted - found}:
                     for row in await store.acks(aid):
+                        held.setdefault((aid, row.device_id), []).append(row.status)
                         if row.status == AckStatus.RECORDING.value:
                             found.add((aid, row.device_id))
                 if wanted <= found:
                     break
                 await asyncio.sleep(0.5)
-    return len(wanted & found)
+    missing = [
+        f"{cam}'s recording answer to {aid} is not in the ledger "
+        f"(it holds: {', '.join(held.get((aid, cam), [])) or 'none'})"
+        for aid, cam in sorted(wanted - found)
+    ]
+    return len(wanted & found), missing[:5]
 
 
 async def measure(
@@ -132,7 +141,8 @@ async def measure(
         result.activations = len(in_ledger & set(aids))
         # Every row must be one of our triggers: anything else is a duplicate activation.
         result.duplicates += len(in_ledger - set(aids))
-        result.answered = await _answers_in(store, fleet, burst)
+        result.answered, missing = await _answers_in(store, fleet, burst)
+        result.problems += missing
         # Why the engine left a camera out, for any camera that did not record.
         decided: dict[tuple[str, str], str] = {}
         for aid in aids:

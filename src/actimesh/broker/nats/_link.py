@@ -23,7 +23,7 @@ __all__ = ["Link"]
 
 log = logging.getLogger(__name__)
 
-#: A node that stops answering is left after about 2 s x 3 pings unanswered.
+#: A node that stops answering is left once 3 pings, one every 2 s, go unanswered.
 _PING_INTERVAL_S = 2
 _MAX_OUTSTANDING_PINGS = 3
 

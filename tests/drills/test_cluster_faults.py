@@ -1,0 +1,80 @@
+"""The fault drill on the cluster shape: three NATS nodes with authentication, a
+PostgreSQL ledger and two engine processes, each fault struck for real, one per test."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from actimesh import cli
+from actimesh.drills import CLUSTER_SCENARIOS, run_cluster_fault_drill
+
+pytestmark = [pytest.mark.integration, pytest.mark.time_limit(90)]
+
+#: A known loss, open (docs/SCALING.md, "Not built yet"): a trigger that reaches the
+#: engine more than ``max_fix_age_s`` (10 s) after the draw, because the cluster was
+#: electing new leaders, activates only the officer's paired camera: every other fix is
+#: newer than the event by more than 10 s and judged stale. Killing the stream leader
+#: and freezing a node make that window 5 to 15 s, so these fail about half the time.
+_STALE_AFTER_FAILOVER = pytest.mark.xfail(
+    reason="triggers delayed over 10 s by a leader election leave cameras out as stale",
+    strict=False,
+)
+_LATE = {"stream leader kill -9", "node cut off (SIGSTOP)"}
+
+
+@pytest.mark.parametrize(
+    "scenario",
+    [
+        pytest.param(name, marks=[_STALE_AFTER_FAILOVER] if name in _LATE else [])
+        for name, _ in CLUSTER_SCENARIOS
+    ],
+)
+async def test_a_cluster_fault_loses_and_duplicates_nothing(tmp_path: Path, scenario: str) -> None:
+    out = io.StringIO()
+    report = await run_cluster_fault_drill(
+        Console(file=out, width=220), root=tmp_path, short=True, only=scenario
+    )
+    (result,) = report.results
+    assert result.ok, out.getvalue()
+    assert result.triggers == result.activations == 12
+    assert result.expected == result.recorded == result.answered == 48
+    assert result.lost == result.duplicates == 0
+    assert result.ledger_ok
+    assert result.pre_roll_min >= 30.0
+    # Triggers raised after the fault were served by what survived it.
+    assert result.recovery_s is not None
+    assert 0.0 <= result.recovery_s < 45.0
+    (saved,) = json.loads((tmp_path / "fault-drill.json").read_text())
+    assert saved["name"] == scenario
+    assert saved["ok"] is True
+
+
+def test_every_cluster_fault_named_in_the_issue_has_a_scenario() -> None:
+    assert [name for name, _ in CLUSTER_SCENARIOS] == [
+        "camera's node kill -9",
+        "stream leader kill -9",
+        "engine kill -9",
+        "PostgreSQL restart",
+        "node cut off (SIGSTOP)",
+    ]
+
+
+def test_cluster_without_faults_is_refused_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["drill", "--cluster"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "add --faults" in err
+
+
+def test_an_unknown_cluster_scenario_is_refused_with_the_names(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert cli.main(["drill", "--faults", "--cluster", "--only", "broker restart"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "'stream leader kill -9'" in err
