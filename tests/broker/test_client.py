@@ -183,9 +183,7 @@ async def test_a_failed_on_connect_reconnects_instead_of_ending_the_link(
             raise BrokerError("publish to presence failed: Operation timed out")
 
     link = MqttLink(
-        LinkSettings(
-            host="127.0.0.1", port=broker_port, client_id=agency, backoff_initial_s=0.01
-        ),
+        LinkSettings(host="127.0.0.1", port=broker_port, client_id=agency, backoff_initial_s=0.01),
         on_connect=announce,
     )
     task = asyncio.create_task(link.run(), name=agency)
