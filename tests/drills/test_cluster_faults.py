@@ -19,7 +19,7 @@ from actimesh.drills import CLUSTER_SCENARIOS, run_cluster_fault_drill
 pytestmark = [pytest.mark.integration, pytest.mark.time_limit(150)]
 
 #: Known losses, open (docs/SCALING.md, "The fault drill on the cluster"); each of these
-#: scenarios fails in about a third to a half of the runs, with the loss it names.
+#: scenarios fails in about half of its runs or more, with the loss it names.
 _OPEN = {
     # A trigger that reaches the engine more than ``max_fix_age_s`` (10 s) after the
     # draw, because the cluster was electing new leaders, activates only the officer's
@@ -28,9 +28,8 @@ _OPEN = {
     "cameras out as stale",
     "node cut off (SIGSTOP)": "triggers delayed over 10 s by a leader election leave "
     "cameras out as stale",
-    # Every camera recorded, but no answer of one activation reached the ledger.
-    "engine kill -9": "the answers of one activation handled around the kill are "
-    "missing from the ledger",
+    # Every camera recorded, but some of their answers never reached the ledger.
+    "engine kill -9": "cameras' answers around the kill are missing from the ledger",
 }
 
 
