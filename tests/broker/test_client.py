@@ -169,6 +169,35 @@ async def test_ack_on_a_dead_connection_is_refused(broker_port: int, agency: str
     assert not link.ack(message, None)
 
 
+async def test_a_failed_on_connect_reconnects_instead_of_ending_the_link(
+    broker_port: int, agency: str
+) -> None:
+    # A device announces itself on connect; on a cluster electing a new leader for the
+    # store behind it that publish times out. The link must connect again, not die.
+    calls = 0
+
+    async def announce(_link: MqttLink) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise BrokerError("publish to presence failed: Operation timed out")
+
+    link = MqttLink(
+        LinkSettings(host="127.0.0.1", port=broker_port, client_id=agency, backoff_initial_s=0.01),
+        on_connect=announce,
+    )
+    task = asyncio.create_task(link.run(), name=agency)
+    try:
+        await link.wait_connected(timeout=5)
+        assert calls == 2
+        assert link.stats.connects == 2
+        assert "Operation timed out" in link.stats.last_error
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 # ---------------------------------------------------------------- publish_nowait
 async def _connected_link(port: int, client_id: str) -> tuple[MqttLink, asyncio.Task[None]]:
     link = MqttLink(LinkSettings(host="127.0.0.1", port=port, client_id=client_id))

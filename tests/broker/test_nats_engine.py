@@ -90,7 +90,9 @@ def mqtt311(
     client = aiomqtt.Client(
         HOST,
         port,
-        identifier=device_client_id(TOPICS.agency, device_id),
+        # The server refuses a '.' in a client id (broker/nats/cluster.py): a device whose
+        # id has one connects under another, its topics are still its own.
+        identifier=device_client_id(TOPICS.agency, device_id).replace(".", "_"),
         username=user or device_id,
         password=password_of(user or device_id),
         protocol=aiomqtt.ProtocolVersion.V311,

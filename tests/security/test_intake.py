@@ -436,7 +436,8 @@ async def test_acks_for_activations_that_did_not_command_the_camera_are_counted_
         async with m.client() as stolen:
             for ack in forged:
                 await stolen.publish(m.topics.ack("bwc-stolen"), encode(ack), qos=1)
-        await eventually(lambda: engine.stats.acks_not_commanded == len(forged), timeout=10)
+        # Answers naming no activation in the ledger wait (4 s) for it to be written first.
+        await eventually(lambda: engine.stats.acks_not_commanded == len(forged), timeout=20)
         async with SqliteLedger(ledger_path) as reader:
             acks = await reader.acks(aid)
         assert len(acks) == before

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import math
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 
 from actimesh.broker.topics import Topics
 from actimesh.errors import LedgerError
-from actimesh.ledger import AckRow, DecisionRow, SqliteLedger
+from actimesh.ledger import AckRow, AckWrite, DecisionRow, Head, SqliteLedger
 from actimesh.security.signing import CommandSigner
 from tests.integration.harness import build_engine
 from tests.ledger.test_sqlite_store import activation
@@ -33,6 +34,42 @@ async def test_one_bad_ack_does_not_cost_the_others_their_record(tmp_path: Path)
         await engine.acks.write([GOOD, bad, replace(GOOD, device_id="bwc3")])
         assert {a.device_id for a in await ledger.acks("act-1")} == {"bwc1", "bwc3"}
         assert engine.stats.ledger_failures == 1
+
+
+class _AwayLedger(SqliteLedger):
+    """A ledger that answers nothing for its first ``away`` calls (a database restarting)."""
+
+    def __init__(self, path: Path, away: int) -> None:
+        super().__init__(path)
+        self.away = away
+
+    def _maybe_away(self) -> None:
+        if self.away > 0:
+            self.away -= 1
+            raise LedgerError("cannot connect to the ledger: connection refused")
+
+    async def record_acks(
+        self, acks: Sequence[AckRow], *, only_commanded: bool = False
+    ) -> AckWrite:
+        self._maybe_away()
+        return await super().record_acks(acks, only_commanded=only_commanded)
+
+    async def head(self) -> Head:
+        self._maybe_away()
+        return await super().head()
+
+
+async def test_acks_wait_for_a_ledger_that_is_away_and_are_all_written(tmp_path: Path) -> None:
+    async with _AwayLedger(tmp_path / "l.sqlite3", away=0) as ledger:
+        await ledger.record_activation(activation(), COMMANDED)
+        engine = build_engine(Topics("am-acks"), 1, ledger, signer=CommandSigner.generate())
+        ledger.away = 6  # three write attempts, each followed by a read that fails too
+        rows = [GOOD, replace(GOOD, device_id="bwc2"), replace(GOOD, device_id="bwc3")]
+        async with asyncio.timeout(10):
+            await engine.acks.write(rows)
+        assert ledger.away == 0
+        assert {a.device_id for a in await ledger.acks("act-1")} == {"bwc1", "bwc2", "bwc3"}
+        assert engine.stats.ledger_failures == 0
 
 
 async def test_queued_acks_and_a_cancel_are_written_in_order(tmp_path: Path) -> None:
@@ -73,3 +110,31 @@ async def test_queued_acks_and_a_cancel_are_written_in_order(tmp_path: Path) -> 
         ("device/bwc1", "cancelled"),
         ("device/bwc2", "received"),
     ]
+
+
+async def test_an_answer_waits_for_its_activation_written_after_it(tmp_path: Path) -> None:
+    # Commands leave before the activation is written, and another replica may be the
+    # one writing it: an answer that arrives first is kept until the activation is there.
+    async with SqliteLedger(tmp_path / "l.sqlite3") as ledger:
+        engine = build_engine(Topics("am-acks"), 1, ledger, signer=CommandSigner.generate())
+        await engine.acks.put(replace(GOOD, status="recording"))
+        await engine.acks.put(replace(GOOD, aid="act-never", device_id="bwc2"))
+        writer = asyncio.create_task(engine.acks.run())
+        try:
+            await asyncio.sleep(0.3)  # the writer has tried, and been refused, once
+            assert await ledger.acks("act-1") == []
+            await ledger.record_activation(activation(), COMMANDED)  # the other replica
+
+            async def written() -> bool:
+                return [a.status for a in await ledger.acks("act-1")] == ["recording"]
+
+            await eventually(written, timeout=5)
+            assert engine.stats.acks_not_commanded == 0
+            # One whose activation never comes is refused once the wait is over.
+            await eventually(lambda: engine.stats.acks_not_commanded == 1, timeout=10)
+        finally:
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
+        assert await ledger.acks("act-never") == []
+        assert engine.stats.ledger_failures == 0

@@ -686,7 +686,12 @@ class MqttLink:
                     for sub in self.settings.subscriptions:
                         await client.subscribe(sub.topic, sub.qos, timeout=self.settings.timeout_s)
                     if self._on_connect is not None:
-                        await self._on_connect(self)
+                        try:
+                            await self._on_connect(self)
+                        except BrokerError as exc:
+                            # Its publish not acknowledged in time (a cluster electing
+                            # the leader of the store behind it): connect again, never die.
+                            raise aiomqtt.MqttError(f"on connect: {exc}") from exc
                     self._connected.set()
                     attempt = 0
                     log.debug("%s connected", self.settings.client_id)

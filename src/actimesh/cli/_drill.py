@@ -34,6 +34,11 @@ def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
         help="run the fault drill instead: "
         "broker restarts and kills, engine kills, replicas, outages",
     )
+    drill.add_argument(
+        "--cluster",
+        action="store_true",
+        help="with --faults: on the cluster shape (3 NATS nodes, PostgreSQL, 2 engines)",
+    )
     drill.add_argument("--short", action="store_true", help="with --faults: fewer triggers (CI)")
     drill.add_argument("--only", metavar="SCENARIO", help="with --faults: one scenario by name")
     drill.add_argument(
@@ -57,6 +62,25 @@ def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
     )
 
 
+def _faults(args: argparse.Namespace, console: Console) -> int:
+    """``actimesh drill --faults [--cluster]``."""
+    from actimesh.drills import (  # noqa: PLC0415
+        CLUSTER_SCENARIOS,
+        SCENARIOS,
+        run_cluster_fault_drill,
+        run_fault_drill,
+        scratch_dir,
+    )
+
+    names = [s[0] for s in (CLUSTER_SCENARIOS if args.cluster else SCENARIOS)]
+    if args.only is not None and args.only not in names:
+        raise ConfigError(f"--only {args.only!r}: choose one of {', '.join(map(repr, names))}")
+    drill = run_cluster_fault_drill if args.cluster else run_fault_drill
+    with scratch_dir(args.data_dir) as root:
+        report = run_async(drill(console, root=root, short=args.short, only=args.only))
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
 def run(args: argparse.Namespace, console: Console) -> int:
     """``actimesh drill``: the exit code says whether the mesh passed."""
     from actimesh.drills import run_drill, scratch_dir  # noqa: PLC0415 - keep `--help` fast
@@ -67,17 +91,10 @@ def run(args: argparse.Namespace, console: Console) -> int:
         )
     if args.faults and args.media == "real":
         raise ConfigError("--faults and --media real are separate drills: run one at a time")
+    if args.cluster and not args.faults:
+        raise ConfigError("--cluster applies to the fault drill: add --faults")
     if args.faults:
-        from actimesh.drills import SCENARIOS, run_fault_drill  # noqa: PLC0415
-
-        names = [name for name, _, _ in SCENARIOS]
-        if args.only is not None and args.only not in names:
-            raise ConfigError(f"--only {args.only!r}: choose one of {', '.join(names)}")
-        with scratch_dir(args.data_dir) as root:
-            faults = run_async(
-                run_fault_drill(console, root=root, short=args.short, only=args.only)
-            )
-        return EXIT_OK if faults.ok else EXIT_FAILED
+        return _faults(args, console)
     if args.media == "real":
         from actimesh.drills.media import run_media_drill  # noqa: PLC0415 - loads PyAV
 

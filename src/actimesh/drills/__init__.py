@@ -8,6 +8,8 @@ counts, not computed by the engine's code, so a drill can disagree with the engi
   record, with their whole pre-roll, at known distances in awkward places;
 * :func:`run_fault_drill` (:mod:`~actimesh.drills.faults`): no activation lost or
   duplicated while brokers restart, engines die and cameras drop out;
+* :func:`run_cluster_fault_drill` (:mod:`~actimesh.drills.cluster_faults`): the same
+  on the cluster shape, while NATS nodes, an engine and PostgreSQL fail;
 * :mod:`actimesh.drills.media`: real H.264 from filming to retention. It is imported on
   its own, so that the other drills (and the engines they start) never load PyAV.
 
@@ -23,9 +25,11 @@ from actimesh.drills.activation import (
     default_scenarios,
     run_drill,
 )
+from actimesh.drills.cluster_faults import CLUSTER_SCENARIOS, run_cluster_fault_drill
 from actimesh.drills.faults import SCENARIOS, FaultReport, FaultResult, run_fault_drill
 
 __all__ = [
+    "CLUSTER_SCENARIOS",
     "SCENARIOS",
     "DrillReport",
     "FaultReport",
@@ -33,6 +37,7 @@ __all__ = [
     "Placement",
     "Scenario",
     "default_scenarios",
+    "run_cluster_fault_drill",
     "run_drill",
     "run_fault_drill",
     "scratch_dir",

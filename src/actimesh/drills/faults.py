@@ -26,209 +26,57 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import signal
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
 
-from actimesh.audit import verify_ledger
 from actimesh.broker.client import LinkSettings, MqttLink
 from actimesh.broker.codec import encode
-from actimesh.broker.messages import AckStatus, DeviceKind, DeviceState, Telemetry, activation_id
+from actimesh.broker.messages import DeviceState, Telemetry
 from actimesh.broker.mosquitto import ManagedMosquitto, free_port
 from actimesh.broker.mosquitto_conf import MosquittoConfig
 from actimesh.broker.topics import Topics
-from actimesh.devices.agent import DeviceAgent, Position
-from actimesh.devices.camera import Camera
-from actimesh.devices.media import SyntheticSource
 from actimesh.devices.recorder import RecordingStore
 from actimesh.dispatch.settings import DispatchSettings
+from actimesh.drills.fault_fleet import EngineProc, Fleet, fire_burst, scene_devices
+from actimesh.drills.fault_report import FaultReport, FaultResult, measure, publish, settle
 from actimesh.errors import BrokerError
-from actimesh.geofence import destination
-from actimesh.ledger import open_ledger
-from actimesh.lifeline import die_with_parent
 from actimesh.security.acl import SERVICE_ENGINE, AclPolicy
 from actimesh.security.provision import prepare_broker, provision_agents
 from actimesh.security.registry import SECRETS_DIR, Credentials
-from actimesh.security.signing import CommandSigner, CommandVerifier
+from actimesh.security.signing import CommandSigner
 
 __all__ = ["SCENARIOS", "FaultReport", "FaultResult", "run_fault_drill"]
 
 _HOST = "127.0.0.1"
-_PRE_ROLL_S = 30.0
-_SETTLE_TIMEOUT_S = 45.0
 #: The engines' settings. Every trigger must be its own activation, so incident merging
 #: (which folds a CEW's repeated draws at one spot into one) is off.
-_ENGINE_TOML = "[engine]\nmerge_window_s = 0\n"
+ENGINE_TOML = "[engine]\nmerge_window_s = 0\n"
 
 
-@dataclass(slots=True)
-class FaultResult:
-    name: str
-    triggers: int = 0
-    activations: int = 0
-    expected: int = 0
-    recorded: int = 0
-    pre_roll_min: float = _PRE_ROLL_S
-    duplicates: int = 0
-    ledger_ok: bool = False
-    problems: list[str] = field(default_factory=list)
-
-    @property
-    def lost(self) -> int:
-        return (self.triggers - self.activations) + (self.expected - self.recorded)
-
-    @property
-    def ok(self) -> bool:
-        return (
-            self.lost == 0
-            and self.duplicates == 0
-            and self.ledger_ok
-            and self.pre_roll_min >= _PRE_ROLL_S - 1e-6
-            and not self.problems
-        )
-
-
-@dataclass(slots=True)
-class FaultReport:
-    results: list[FaultResult]
-
-    @property
-    def ok(self) -> bool:
-        return all(r.ok for r in self.results)
-
-
-class _EngineProc:
-    """One ``actimesh engine`` child process."""
-
-    def __init__(self, *, port: int, agency: str, data_dir: Path, engine_id: str) -> None:
-        config = data_dir / "engine.toml"
-        # Each engine logs in as svc-engine, as an operator's config would have it.
-        password_file = json.dumps(str(data_dir / SECRETS_DIR / f"{SERVICE_ENGINE}.password"))
-        login = f'[broker]\nusername = "{SERVICE_ENGINE}"\npassword_file = {password_file}\n'
-        config.write_text(_ENGINE_TOML + login)
-        self.argv = [
-            sys.executable,
-            "-m",
-            "actimesh",
-            "engine",
-            "--broker",
-            f"mqtt://{_HOST}:{port}",
-            "--agency",
-            agency,
-            "--data-dir",
-            str(data_dir),
-            "--engine-id",
-            engine_id,
-            "--config",
-            str(config),
-        ]
-        self.log = data_dir / f"{engine_id}.log"
-        self.proc: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> None:
-        with self.log.open("ab") as log:
-            self.proc = await asyncio.create_subprocess_exec(
-                *self.argv,
-                stdout=log,
-                stderr=log,
-                stdin=asyncio.subprocess.DEVNULL,
-                preexec_fn=die_with_parent(),
-            )
-        # Ready when it says so on its log (it prints once connected and subscribed).
-        async with asyncio.timeout(30):
-            while b"engine " not in self.log.read_bytes():
-                if self.proc.returncode is not None:
-                    raise BrokerError(f"engine exited: {self.log.read_text()[-300:]}")
-                await asyncio.sleep(0.05)
-
-    async def kill(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.kill()
-            await self.proc.wait()
-
-    async def stop(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                async with asyncio.timeout(10):
-                    await self.proc.wait()
-            except TimeoutError:
-                await self.kill()
+def _engine(*, port: int, agency: str, data_dir: Path, engine_id: str) -> EngineProc:
+    """One ``actimesh engine`` on the managed Mosquitto, logged in as svc-engine (as an
+    operator's config would have it), sharing the SQLite ledger of ``data_dir``."""
+    config = data_dir / "engine.toml"
+    password_file = json.dumps(str(data_dir / SECRETS_DIR / f"{SERVICE_ENGINE}.password"))
+    login = f'[broker]\nusername = "{SERVICE_ENGINE}"\npassword_file = {password_file}\n'
+    config.write_text(ENGINE_TOML + login)
+    args = ["--broker", f"mqtt://{_HOST}:{port}", "--agency", agency]
+    args += ["--data-dir", str(data_dir), "--engine-id", engine_id, "--config", str(config)]
+    return EngineProc(args, log=data_dir / f"{engine_id}.log")
 
 
 @dataclass(slots=True)
 class _World:
     topics: Topics
     broker: ManagedMosquitto
-    engines: list[_EngineProc]
-    cews: list[DeviceAgent]
-    cameras: dict[str, DeviceAgent]
-    expected: dict[str, set[str]]  # CEW id -> cameras each of its triggers must start
+    engines: list[EngineProc]
+    fleet: Fleet
     root: Path
     loadgen: Credentials
-
-
-def _scene_devices(
-    n: int, topics: Topics, port: int, store: RecordingStore, verifier: CommandVerifier
-) -> tuple[DeviceAgent, list[DeviceAgent]]:
-    """A CEW with its officer's body camera and three other cameras within 30 ft."""
-    lat0, lon0 = 51.04 + 0.01 * n, -114.07  # ~1 km apart: scenes never overlap
-    now = time.time()
-    cameras = []
-    for name, kind, dist, bearing in (
-        ("bwc", DeviceKind.BODY_CAM, 0.0, 0.0),  # the officer: the event is here
-        ("bwc-near", DeviceKind.BODY_CAM, 6.0, 90.0),
-        ("bwc-edge", DeviceKind.BODY_CAM, 8.8, 200.0),
-        ("dash", DeviceKind.DASH_CAM, 4.0, 300.0),
-    ):
-        device_id = f"f{n}-{name}"
-        lat, lon = destination(lat0, lon0, bearing, dist)
-
-        def where(lat: float = lat, lon: float = lon) -> Position:
-            return Position(lat, lon, 0.0, time.time())
-
-        camera = Camera(
-            device_id=device_id,
-            kind=kind,
-            source=SyntheticSource(device_id, segment_bytes=128),
-            store=store,
-            started_at=now - 200.0,
-            # Recall: a camera out of coverage for a while still gets its full pre-roll.
-            late_allowance_s=120.0,
-        )
-        cameras.append(
-            DeviceAgent(
-                topics=topics,
-                device_id=device_id,
-                kind=kind,
-                camera=camera,
-                verifier=verifier,
-                broker_host=_HOST,
-                broker_port=port,
-                position=where,
-                telemetry_interval_s=0.5,
-                resend_initial_s=0.5,
-            )
-        )
-    cew = DeviceAgent(
-        topics=topics,
-        device_id=f"f{n}-cew",
-        kind=DeviceKind.CEW,
-        paired=(f"f{n}-bwc",),
-        local_peers=(cameras[0],),
-        broker_host=_HOST,
-        broker_port=port,
-        position=lambda: None,
-        telemetry_interval_s=0.5,
-        resend_initial_s=0.5,
-    )
-    return cew, cameras
 
 
 async def _background_load(
@@ -275,86 +123,23 @@ async def _world(root: Path, agency: str, scenes: int, replicas: int) -> AsyncIt
     verifier = CommandSigner.from_data_dir(root).verifier()
     await broker.astart()
     engines = [
-        _EngineProc(port=port, agency=agency, data_dir=root, engine_id=f"engine-{i + 1}")
+        _engine(port=port, agency=agency, data_dir=root, engine_id=f"engine-{i + 1}")
         for i in range(replicas)
     ]
     try:
         for engine in engines:
             await engine.start()
-        cews, cameras, expected = [], {}, {}
+        fleet = Fleet()
         for n in range(scenes):
-            cew, cams = _scene_devices(n, topics, port, store, verifier)
-            cews.append(cew)
-            cameras.update({c.device_id: c for c in cams})
-            expected[cew.device_id] = {c.device_id for c in cams}
-        await provision_agents(root, [*cews, *cameras.values()])
+            fleet.add_scene(*scene_devices(n, topics, store, verifier, lambda _k: port))
+        await provision_agents(root, fleet.agents)
         await broker.areload()
         loadgen = provisioned.loadgen_login()
-        yield _World(topics, broker, engines, cews, cameras, expected, root, loadgen)
+        yield _World(topics, broker, engines, fleet, root, loadgen)
     finally:
         for engine in engines:
             await engine.stop()
         await broker.astop()
-
-
-async def _settle(world: _World, aids: dict[str, str]) -> None:
-    """Until every trigger is confirmed and every expected camera is recording it."""
-
-    def done() -> bool:
-        if any(cew.unconfirmed for cew in world.cews):
-            return False
-        for aid, cew_id in aids.items():
-            for cam in world.expected[cew_id]:
-                agent = world.cameras[cam]
-                if not any(
-                    r.command.aid == aid and r.result.status is AckStatus.RECORDING
-                    for r in agent.received
-                ):
-                    return False
-        return True
-
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(_SETTLE_TIMEOUT_S):
-            while not done():
-                await asyncio.sleep(0.1)
-
-
-async def _measure(world: _World, name: str, aids: dict[str, str]) -> FaultResult:
-    result = FaultResult(name, triggers=len(aids))
-    async with open_ledger(world.root / "ledger.sqlite3") as ledger:
-        in_ledger = set(await ledger.activation_ids(limit=1_000_000))
-        result.activations = len(in_ledger & set(aids))
-        # Every row must be one of our triggers: anything else is a duplicate activation.
-        result.duplicates += len(in_ledger - set(aids))
-    report = await asyncio.to_thread(verify_ledger, world.root / "ledger.sqlite3")
-    result.ledger_ok = report.ok
-    if not report.ok:
-        result.problems.append(report.summary())
-    for aid, cew_id in aids.items():
-        for cam in world.expected[cew_id]:
-            result.expected += 1
-            got = [
-                r
-                for r in world.cameras[cam].received
-                if r.command.aid == aid and r.result.status is AckStatus.RECORDING
-            ]
-            if got:
-                result.recorded += 1
-                result.pre_roll_min = min(result.pre_roll_min, got[0].result.pre_roll_covered_s)
-            elif len(result.problems) < 10:
-                seen = [
-                    r.result.status.value
-                    for r in world.cameras[cam].received
-                    if r.command.aid == aid
-                ]
-                result.problems.append(f"{cam} did not record {aid} (answers: {seen or 'none'})")
-    for agent in world.cameras.values():
-        assert agent.camera is not None
-        recording = agent.camera.recording
-        if recording is not None:
-            attached = [a.aid for a in recording.activations]
-            result.duplicates += len(attached) - len(set(attached))
-    return result
 
 
 Fault = Callable[[_World], Awaitable[None]]
@@ -381,7 +166,7 @@ async def _kill_replica(world: _World) -> None:
 
 
 async def _drop_cameras(world: _World) -> None:
-    for i, agent in enumerate(world.cameras.values()):
+    for i, agent in enumerate(world.fleet.cameras.values()):
         if i % 2 == 0:
             agent.disconnect_for(3.0)
 
@@ -391,7 +176,7 @@ async def _nothing(_world: _World) -> None:
 
 
 def _slow_camera(world: _World) -> None:
-    next(iter(world.cameras.values())).commit_delay_s = 2.0
+    next(iter(world.fleet.cameras.values())).commit_delay_s = 2.0
 
 
 SCENARIOS: tuple[tuple[str, Fault, int], ...] = (
@@ -414,8 +199,7 @@ async def _scenario(
     async with _world(scenario_root, agency, scenes, replicas) as world:
         if name == "slow camera":
             _slow_camera(world)
-        agents = [*world.cews, *world.cameras.values()]
-        aids: dict[str, str] = {}
+        agents = world.fleet.agents
         async with asyncio.TaskGroup() as tg:
             tasks = [tg.create_task(a.run(), name=a.device_id) for a in agents]
             load = _background_load(world.topics, world.broker.port, 300, 2.0, world.loadgen)
@@ -423,49 +207,11 @@ async def _scenario(
             for agent in agents:
                 await agent.link.wait_connected(timeout=30)
             await asyncio.sleep(1.5)  # the engine learns every device and position
-            for i in range(triggers):
-                if i == triggers // 2:
-                    await fault(world)
-                cew = world.cews[i % len(world.cews)]
-                # While the broker is down the device keeps the event and re-sends it.
-                event = await cew.raise_event("taser_draw")
-                aids[activation_id(cew.device_id, event.eid)] = cew.device_id
-                await asyncio.sleep(0.1)
-            await _settle(world, aids)
+            burst = await fire_burst(world.fleet, triggers, lambda: fault(world))
+            await settle(world.fleet, burst)
             for task in tasks:
                 task.cancel()
-        return await _measure(world, name, aids)
-
-
-def _table(report: FaultReport) -> Table:
-    table = Table(title="actimesh drill --faults")
-    for col in (
-        "scenario",
-        "triggers",
-        "activations",
-        "cameras expected",
-        "cameras recorded",
-        "pre-roll min",
-        "lost",
-        "duplicated",
-        "ledger",
-        "result",
-    ):
-        table.add_column(col, justify="left" if col == "scenario" else "right")
-    for r in report.results:
-        table.add_row(
-            r.name,
-            str(r.triggers),
-            str(r.activations),
-            str(r.expected),
-            str(r.recorded),
-            f"{r.pre_roll_min:.1f} s",
-            str(r.lost),
-            str(r.duplicates),
-            "verified" if r.ledger_ok else "[red]FAILED[/red]",
-            "[green]PASS[/green]" if r.ok else "[red]FAIL[/red]",
-        )
-    return table
+        return await measure(world.fleet, burst, name, scenario_root / "ledger.sqlite3", agency)
 
 
 async def run_fault_drill(
@@ -482,13 +228,4 @@ async def run_fault_drill(
             index, name, fault, replicas, root, triggers=triggers, scenes=scenes
         )
         results.append(result)
-    report = FaultReport(results)
-    console.print(_table(report))
-    for r in report.results:
-        for problem in r.problems:
-            console.print(f"[red]{r.name}: {problem}[/red]")
-    (root / "fault-drill.json").write_text(
-        json.dumps([{**asdict(r), "lost": r.lost, "ok": r.ok} for r in results], indent=2)
-    )
-    console.print("[bold green]fault drill passed" if report.ok else "[bold red]fault drill FAILED")
-    return report
+    return publish(console, results, root, "actimesh drill --faults")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -51,6 +52,13 @@ log = logging.getLogger(__name__)
 _MAX_PENDING = 10_000
 #: Acknowledgements waiting for their ledger write, at most (the intake waits beyond it).
 _MAX_PENDING_ACKS = 100_000
+#: Backoff of acknowledgements waiting for an unreachable ledger (first, longest wait).
+_ACK_RETRY_FIRST_S = 0.1
+_ACK_RETRY_MAX_S = 2.0
+#: How long an answer waits for its activation to be written before it is refused as
+#: not commanded, and how many answers may wait at once (beyond: refused at once).
+_ACK_WAIT_FOR_ACTIVATION_S = 4.0
+_MAX_WAITING_ACKS = 10_000
 #: Acknowledgements written to the ledger in one transaction, at most.
 _ACK_BATCH = 512
 #: What the flood watch says a device sent when it answered activations it was not in.
@@ -300,6 +308,10 @@ class AckWriter:
         self._queue: asyncio.Queue[tuple[AckRow, str | None]] = asyncio.Queue(
             maxsize=_MAX_PENDING_ACKS
         )
+        #: Answers waiting for their activation to be written, by (aid, device, status),
+        #: and since when each has been refused (see :meth:`_not_commanded`).
+        self._waiting: dict[tuple[str, str, str], AckRow] = {}
+        self._refused_since: dict[tuple[str, str, str], float] = {}
 
     @property
     def backlog(self) -> int:
@@ -314,7 +326,13 @@ class AckWriter:
     async def run(self) -> None:
         queue = self._queue
         while True:
-            batch = [await queue.get()]
+            try:
+                async with asyncio.timeout(_ACK_RETRY_MAX_S if self._waiting else None):
+                    first = await queue.get()
+            except TimeoutError:
+                await self._retry_waiting()
+                continue
+            batch = [first]
             while len(batch) < _ACK_BATCH and not queue.empty():
                 batch.append(queue.get_nowait())
             plain: list[AckRow] = []
@@ -326,6 +344,15 @@ class AckWriter:
                 plain = []
                 await self._cancel(row, cancelled_by)
             await self.write(plain)
+            await self._retry_waiting()
+
+    async def _ledger_answers(self) -> bool:
+        """Whether the ledger answers a read now (a failed write was then its rows')."""
+        try:
+            await self._ledger.head()
+        except LedgerError:
+            return False
+        return True
 
     async def _cancel(self, row: AckRow, cancelled_by: str) -> None:
         try:
@@ -349,23 +376,73 @@ class AckWriter:
             )
 
     async def write(self, rows: list[AckRow]) -> None:
-        """Write ``rows`` in one transaction; if that fails, one by one, so that one bad
-        row does not cost the others their record."""
+        """Write ``rows`` in one transaction. If that fails while the ledger answers,
+        one by one, so that one bad row does not cost the others their record; while it
+        does not answer (a database restarting or failing over), the rows wait and the
+        write is tried again, backing off: a camera's answer is evidence, never dropped
+        because the ledger was away for a moment."""
         if not rows:
             return
-        try:
-            # An answer from a camera the activation did not command (a device flooding
-            # acks for activations it was never part of) is counted, never written.
-            written = await self._ledger.record_acks(rows, only_commanded=True)
-        except LedgerError:
-            if len(rows) == 1:
-                self._stats.ledger_failures += 1
-                log.exception("ack from %s for %s not recorded", rows[0].device_id, rows[0].aid)
+        delay = _ACK_RETRY_FIRST_S
+        while True:
+            try:
+                # An answer from a camera the activation did not command (a device
+                # flooding acks for activations it was never part of) is counted, never
+                # written.
+                written = await self._ledger.record_acks(rows, only_commanded=True)
+                break
+            except LedgerError as exc:
+                refused = await self._ledger_answers()
+                if refused and len(rows) == 1:
+                    self._stats.ledger_failures += 1
+                    log.exception("ack from %s for %s not recorded", rows[0].device_id, rows[0].aid)
+                    return
+                if not refused and delay == _ACK_RETRY_FIRST_S:  # once an outage
+                    log.warning("%d ack(s) wait for the ledger: %s", len(rows), exc)
+            if refused:
+                for row in rows:
+                    await self.write([row])
                 return
-            for row in rows:
-                await self.write([row])
-            return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _ACK_RETRY_MAX_S)
         if written.refused:
-            self._stats.acks_not_commanded += written.not_commanded
-            for device_id in written.refused:
-                self._refusals.charge(device_id, _NOT_COMMANDED)
+            await self._not_commanded(rows, set(written.refused))
+
+    async def _not_commanded(self, rows: list[AckRow], refused: set[str]) -> None:
+        """Answers the ledger refused as not commanded. One whose activation is not in
+        the ledger yet waits (commands leave before the activation is written, and
+        another replica may be writing it): it is tried again until the activation is
+        there or ``_ACK_WAIT_FOR_ACTIVATION_S`` has passed. The others, and those that
+        waited long enough, are refused: counted and charged to the device."""
+        now = time.monotonic()
+        missing: dict[str, bool] = {}
+        for row in rows:
+            if row.device_id not in refused:
+                continue
+            key = (row.aid, row.device_id, row.status)
+            if row.aid not in missing:
+                missing[row.aid] = await self._activation_missing(row.aid)
+            since = self._refused_since.setdefault(key, now)
+            room = len(self._waiting) < _MAX_WAITING_ACKS
+            if missing[row.aid] and room and now - since < _ACK_WAIT_FOR_ACTIVATION_S:
+                self._waiting[key] = row
+                continue
+            del self._refused_since[key]
+            self._stats.acks_not_commanded += 1
+            self._refusals.charge(row.device_id, _NOT_COMMANDED)
+
+    async def _activation_missing(self, aid: str) -> bool:
+        try:
+            return await self._ledger.activation(aid) is None
+        except LedgerError:
+            return True  # the ledger is away: it may well be written meanwhile
+
+    async def _retry_waiting(self) -> None:
+        """Write again the answers that wait for their activation (see above)."""
+        if not self._waiting:
+            return
+        rows = list(self._waiting.values())
+        self._waiting.clear()
+        await self.write(rows)  # each is written, waits again, or is refused for good
+        for key in [k for k in self._refused_since if k not in self._waiting]:
+            del self._refused_since[key]

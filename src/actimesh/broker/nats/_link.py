@@ -23,6 +23,10 @@ __all__ = ["Link"]
 
 log = logging.getLogger(__name__)
 
+#: A node that stops answering is left once 3 pings, one every 2 s, go unanswered.
+_PING_INTERVAL_S = 2
+_MAX_OUTSTANDING_PINGS = 3
+
 
 class Link(abc.ABC):
     """One nats-py connection for the life of a link: connected (and reconnected by
@@ -77,6 +81,11 @@ class Link(abc.ABC):
                     connect_timeout=self._transport.timeout_s,
                     reconnect_time_wait=0.25,
                     max_reconnect_attempts=-1,
+                    # A node cut off the network (or frozen) keeps the socket open:
+                    # only unanswered pings tell, after ping_interval x max pings
+                    # (nats-py's default, 2 min x 2, left an engine deaf for 4 min).
+                    ping_interval=_PING_INTERVAL_S,
+                    max_outstanding_pings=_MAX_OUTSTANDING_PINGS,
                     error_cb=self._on_error,
                     disconnected_cb=self._on_disconnected,
                     reconnected_cb=self._on_reconnected,

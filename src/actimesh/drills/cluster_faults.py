@@ -1,0 +1,335 @@
+"""``actimesh drill --faults --cluster``: the fault drill on the cluster shape.
+
+The same scenes, bursts and accounting as the single-machine drill (:mod:`.faults`), on
+three NATS JetStream nodes with authentication (each device logs in as itself, through
+the nodes' auth callouts, with its own client id; the engines as ``svc-engine``), a
+PostgreSQL ledger, and two ``actimesh engine --nats`` processes sharing the trigger
+events through one durable consumer. The scenes' devices are dealt over the three
+nodes' MQTT 3.1.1 listeners, so every scene crosses nodes. Midway through each burst:
+
+* ``camera's node kill -9``: the node the first scene's body camera is connected to;
+* ``stream leader kill -9``: the node leading ``$MQTT_msgs``, the listener's QoS 1 store
+  that holds every trigger (found on the nodes' monitoring endpoint, ``/jsz``);
+* ``engine kill -9``: one engine, for good: the other serves alone, and a trigger the
+  dead one held unacknowledged is redelivered to it after the consumer's ``ack_wait``;
+* ``PostgreSQL restart``: the server stopped (fast shutdown) and started again 3 s later;
+  the engines reconnect and write what waited;
+* ``node cut off (SIGSTOP)``: the node of the first scene's CEW is frozen with SIGSTOP
+  for 20 s, longer than JetStream's leader-election timeouts, then continued: its
+  connections stay open but nothing answers, as for a node cut off the network.
+
+A device whose node died or froze moves to the next node at once, as a device holding
+the list of the nodes' addresses does when its connection fails (a frozen node's
+clients would notice only after 1.5 times their keepalive). Killed nodes stay down: the
+survivors must do everything. The time from the fault to the first camera recording
+for a trigger raised after it is reported for each scenario.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.request import urlopen
+
+from rich.console import Console
+
+from actimesh.broker.nats import NatsCluster
+from actimesh.broker.topics import Topics
+from actimesh.devices.agent import DeviceAgent
+from actimesh.devices.recorder import RecordingStore
+from actimesh.dispatch.settings import DispatchSettings
+from actimesh.drills.fault_fleet import EngineProc, Fleet, fire_burst, scene_devices
+from actimesh.drills.fault_report import FaultReport, FaultResult, measure, publish, settle
+from actimesh.drills.faults import ENGINE_TOML
+from actimesh.errors import BrokerError
+from actimesh.private import write_private
+from actimesh.security.acl import SERVICE_ENGINE, AclPolicy
+from actimesh.security.nats_access import registry_nats_access
+from actimesh.security.provision import prepare_broker, specs_of
+from actimesh.security.registry import SECRETS_DIR, Registry
+from actimesh.security.signing import CommandSigner
+
+if TYPE_CHECKING:
+    # Imported when the drill runs: the runtime package loads PyAV, which the other
+    # drills must not pay for (tests/drills/test_imports.py).
+    from actimesh.runtime.postgres import ManagedPostgres
+
+__all__ = ["CLUSTER_SCENARIOS", "run_cluster_fault_drill"]
+
+_NODES = 3
+_ENGINES = 2
+_CUT_OFF_S = 20.0
+_PG_DOWN_S = 3.0
+#: The listener's QoS 1 store: every device's trigger event is in it once PUBACKed.
+_TRIGGER_STREAM = "$MQTT_msgs"
+
+
+@dataclass(slots=True)
+class _Shape:
+    agency: str
+    cluster: NatsCluster
+    postgres: ManagedPostgres
+    engines: list[EngineProc]
+    fleet: Fleet
+    home: dict[str, int]  # device id -> index of the node it connects to
+    root: Path
+    #: What the fault struck, for the console.
+    struck: str = ""
+
+    def move_off(self, index: int, *, reconnect: bool) -> None:
+        """Every device on node ``index`` to the next node still running (what a device
+        with the nodes' addresses does when its connection fails); ``reconnect``: drop
+        the connection now (a frozen node never closes it)."""
+        alive = [i for i, n in enumerate(self.cluster.nodes) if n.running and i != index]
+        for agent in self.fleet.agents:
+            if self.home[agent.device_id] != index:
+                continue
+            to = alive[sum(map(ord, agent.device_id)) % len(alive)]
+            self.home[agent.device_id] = to
+            port = self.cluster.nodes[to].mqtt_port
+            agent.link.settings = replace(agent.link.settings, port=port)
+            if reconnect:
+                agent.disconnect_for(0.2)
+
+
+def _deal(n: int, k: int) -> int:
+    """The node of scene ``n``'s ``k``-th device: every scene spans the three nodes."""
+    return (n + k) % _NODES
+
+
+def _engine(
+    shape_root: Path, cluster: NatsCluster, agency: str, n: int, ledger_url: str
+) -> EngineProc:
+    """Engine ``n`` on the cluster, logged in as svc-engine, writing the PostgreSQL ledger
+    (its URL, with the password, in a 0600 config file: never on a command line)."""
+    config = shape_root / "engine.toml"
+    password_file = json.dumps(str(shape_root / SECRETS_DIR / f"{SERVICE_ENGINE}.password"))
+    login = f'[broker]\nusername = "{SERVICE_ENGINE}"\npassword_file = {password_file}\n'
+    write_private(config, f"{ENGINE_TOML}{login}[ledger]\nurl = {json.dumps(ledger_url)}\n")
+    urls = cluster.nats_urls
+    urls = urls[n % len(urls) :] + urls[: n % len(urls)]  # each engine starts on its own node
+    args = [a for url in urls for a in ("--nats", url)]
+    args += ["--agency", agency, "--data-dir", str(shape_root)]
+    args += ["--engine-id", f"engine-{n + 1}", "--config", str(config)]
+    return EngineProc(args, log=shape_root / f"engine-{n + 1}.log")
+
+
+@contextlib.asynccontextmanager
+async def _shape(
+    root: Path, agency: str, scenes: int, postgres: ManagedPostgres
+) -> AsyncIterator[_Shape]:
+    topics = Topics(agency)
+    store = RecordingStore(root / "recordings", durable=False)
+    verifier = CommandSigner.from_data_dir(root).verifier()
+    policy = AclPolicy(agency, DispatchSettings().source_device)
+    fleet, home = Fleet(), {}
+    for n in range(scenes):
+        # The nodes' ports are known once the cluster is made, after the fleet's accounts.
+        fleet.add_scene(*scene_devices(n, topics, store, verifier, lambda _k: 0, protocol="3.1.1"))
+        for k, device_id in enumerate((f"f{n}-cew", *sorted(fleet.expected[f"f{n}-cew"]))):
+            home[device_id] = _deal(n, k)
+
+    def provision() -> NatsCluster:
+        provisioned = prepare_broker(
+            root, policy, devices=specs_of(fleet.agents), cluster_logins=True
+        )
+        with Registry.open(root) as registry:
+            access = registry_nats_access(registry, policy)
+        # The nodes admit exactly the registry's accounts from their first start.
+        cluster = NatsCluster(root / "nats", size=_NODES, access=access)
+        for agent in fleet.agents:
+            login = provisioned.device(agent.device_id)
+            agent.link.reconfigure(username=agent.device_id, password=login.password)
+            port = cluster.nodes[home[agent.device_id]].mqtt_port
+            agent.link.settings = replace(agent.link.settings, port=port)
+        return cluster
+
+    cluster = await asyncio.to_thread(provision)
+    await cluster.astart()
+    engines = [_engine(root, cluster, agency, n, postgres.url) for n in range(_ENGINES)]
+    try:
+        for engine in engines:
+            await engine.start()
+        yield _Shape(agency, cluster, postgres, engines, fleet, home, root)
+    finally:
+        for engine in engines:
+            await engine.stop()
+        await cluster.astop()
+
+
+def _get_json(url: str) -> object:
+    with urlopen(url, timeout=2.0) as answer:  # noqa: S310 - the node's own monitoring port
+        return json.load(answer)
+
+
+def _streams(found: object) -> Iterator[dict[str, object]]:
+    """Every stream detail in a ``/jsz`` answer, whatever account holds it."""
+    if isinstance(found, dict):
+        info = found.get("cluster")
+        if isinstance(info, dict) and "raft_group" in info:
+            yield found
+        for value in found.values():
+            yield from _streams(value)
+    elif isinstance(found, list):
+        for value in found:
+            yield from _streams(value)
+
+
+def stream_leader(cluster: NatsCluster, stream: str = _TRIGGER_STREAM) -> int:
+    """The index of the node leading ``stream``, from the nodes' ``/jsz`` answers."""
+    names = {node.server_name: i for i, node in enumerate(cluster.nodes)}
+    for node in cluster.nodes:
+        if not node.running:
+            continue
+        with contextlib.suppress(OSError, ValueError):
+            url = f"{node.monitor_url}/jsz?streams=true"
+            for detail in _streams(_get_json(url)):
+                info = detail["cluster"]
+                named = detail.get("name") == stream
+                if named and isinstance(info, dict) and info.get("leader") in names:
+                    return names[str(info["leader"])]
+    raise BrokerError(f"no node reports a leader for {stream}")
+
+
+def _node_pid(cluster: NatsCluster, index: int) -> int:
+    return int(cluster.nodes[index].pid_path.read_text().strip())
+
+
+Fault = Callable[[_Shape, asyncio.TaskGroup], Awaitable[None]]
+
+
+async def _kill_camera_node(shape: _Shape, _tg: asyncio.TaskGroup) -> None:
+    index = shape.home["f0-bwc"]
+    shape.cluster.kill(index)
+    shape.struck = f"killed {shape.cluster.nodes[index].name}, the node of f0-bwc"
+    shape.move_off(index, reconnect=False)
+
+
+async def _kill_stream_leader(shape: _Shape, _tg: asyncio.TaskGroup) -> None:
+    index = await asyncio.to_thread(stream_leader, shape.cluster)
+    shape.cluster.kill(index)
+    shape.struck = f"killed {shape.cluster.nodes[index].name}, the {_TRIGGER_STREAM} leader"
+    shape.move_off(index, reconnect=False)
+
+
+async def _kill_engine(shape: _Shape, _tg: asyncio.TaskGroup) -> None:
+    await shape.engines[0].kill()
+    shape.struck = "killed engine-1 for good"
+
+
+async def _restart_postgres(shape: _Shape, tg: asyncio.TaskGroup) -> None:
+    await asyncio.to_thread(shape.postgres.stop)
+
+    async def start_again() -> None:
+        await asyncio.sleep(_PG_DOWN_S)
+        await asyncio.to_thread(shape.postgres.start)
+
+    tg.create_task(start_again(), name="postgres-start")
+    shape.struck = f"stopped PostgreSQL, started it {_PG_DOWN_S:g} s later"
+
+
+async def _cut_off_node(shape: _Shape, tg: asyncio.TaskGroup) -> None:
+    index = shape.home["f0-cew"]
+    pid = _node_pid(shape.cluster, index)
+    os.kill(pid, signal.SIGSTOP)
+
+    async def cont() -> None:
+        try:
+            await asyncio.sleep(_CUT_OFF_S)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+
+    tg.create_task(cont(), name="sigcont")
+    shape.struck = f"froze {shape.cluster.nodes[index].name} (SIGSTOP) for {_CUT_OFF_S:g} s"
+    shape.move_off(index, reconnect=True)
+
+
+CLUSTER_SCENARIOS: tuple[tuple[str, Fault], ...] = (
+    ("camera's node kill -9", _kill_camera_node),
+    ("stream leader kill -9", _kill_stream_leader),
+    ("engine kill -9", _kill_engine),
+    ("PostgreSQL restart", _restart_postgres),
+    ("node cut off (SIGSTOP)", _cut_off_node),
+)
+
+
+async def _scenario(
+    index: int,
+    name: str,
+    fault: Fault,
+    root: Path,
+    postgres: ManagedPostgres,
+    *,
+    triggers: int,
+    scenes: int,
+    console: Console,
+) -> FaultResult:
+    shape_root = root / f"cluster-{index}"
+    shape_root.mkdir(parents=True, exist_ok=True)
+    agency = f"cfault{index}"
+    async with _shape(shape_root, agency, scenes, postgres) as shape:
+        agents: list[DeviceAgent] = shape.fleet.agents
+        async with asyncio.TaskGroup() as tg:
+            tasks = [tg.create_task(a.run(), name=a.device_id) for a in agents]
+            for agent in agents:
+                await agent.link.wait_connected(timeout=30)
+            await asyncio.sleep(1.5)  # the engines learn every device and position
+            burst = await fire_burst(shape.fleet, triggers, lambda: fault(shape, tg))
+            await settle(shape.fleet, burst)
+            for task in tasks:
+                task.cancel()
+        console.print(f"[dim]  {name}: {shape.struck}[/dim]")
+        return await measure(shape.fleet, burst, name, postgres.url, agency)
+
+
+@contextlib.contextmanager
+def _postgres_dir() -> Iterator[Path]:
+    """A folder of its own for PostgreSQL: under root the server runs as ``nobody``,
+    which must be able to reach it (a drill's scratch folder may be private)."""
+    folder = Path(tempfile.mkdtemp(prefix="actimesh-drill-pg-"))
+    folder.chmod(0o711)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+async def run_cluster_fault_drill(
+    console: Console, *, root: Path, short: bool = False, only: str | None = None
+) -> FaultReport:
+    """Every cluster fault scenario (``short``: fewer triggers, for CI); prints the table."""
+    from actimesh.runtime.postgres import ManagedPostgres  # noqa: PLC0415 - see the top
+
+    triggers, scenes = (12, 3) if short else (40, 6)
+    results = []
+    with _postgres_dir() as pg_dir:
+        async with ManagedPostgres(pg_dir) as postgres:
+            for index, (name, fault) in enumerate(CLUSTER_SCENARIOS, start=1):
+                if only is not None and only != name:
+                    continue
+                console.print(
+                    f"[dim]cluster fault drill: {name} ({triggers} triggers, {scenes} scenes, "
+                    f"{_NODES} NATS nodes, {_ENGINES} engines, PostgreSQL)…[/dim]"
+                )
+                results.append(
+                    await _scenario(
+                        index,
+                        name,
+                        fault,
+                        root,
+                        postgres,
+                        triggers=triggers,
+                        scenes=scenes,
+                        console=console,
+                    )
+                )
+    return publish(console, results, root, "actimesh drill --faults --cluster")

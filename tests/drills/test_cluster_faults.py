@@ -1,0 +1,84 @@
+"""The fault drill on the cluster shape: three NATS nodes with authentication, a
+PostgreSQL ledger and two engine processes, each fault struck for real, one per test."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+from _pytest.mark.structures import ParameterSet
+from rich.console import Console
+
+from actimesh import cli
+from actimesh.drills import CLUSTER_SCENARIOS, run_cluster_fault_drill
+
+# A scenario that passes takes 20 to 45 s; one that loses something waits out the
+# drill's own timeouts (45 s for the cameras, 30 s for the ledger) before it says so.
+pytestmark = [pytest.mark.integration, pytest.mark.time_limit(150)]
+
+#: A known loss, open (docs/SCALING.md, "The fault drill on the cluster"): while the
+#: cluster elects new leaders after a node is lost (10 s and more here), devices'
+#: triggers and telemetry wait, and the geofence policy judges a fix more than
+#: ``max_fix_age_s`` (10 s) from the event stale: a camera within 30 ft is left out.
+#: These scenarios lose one or more camera activations that way in part of their runs.
+_STALE = "cameras left out as stale while the cluster elects new leaders"
+_OPEN = {
+    "camera's node kill -9": _STALE,
+    "stream leader kill -9": _STALE,
+    "node cut off (SIGSTOP)": _STALE,
+}
+
+
+def _param(name: str) -> ParameterSet:
+    reason = _OPEN.get(name)
+    marks = [] if reason is None else [pytest.mark.xfail(reason=reason, strict=False)]
+    return pytest.param(name, marks=marks)
+
+
+@pytest.mark.parametrize("scenario", [_param(name) for name, _ in CLUSTER_SCENARIOS])
+async def test_a_cluster_fault_loses_and_duplicates_nothing(tmp_path: Path, scenario: str) -> None:
+    out = io.StringIO()
+    report = await run_cluster_fault_drill(
+        Console(file=out, width=220), root=tmp_path, short=True, only=scenario
+    )
+    (result,) = report.results
+    assert result.ok, out.getvalue()
+    assert result.triggers == result.activations == 12
+    assert result.expected == result.recorded == 48
+    assert result.lost == result.duplicates == 0
+    assert result.ledger_ok
+    assert result.pre_roll_min >= 30.0
+    # Triggers raised after the fault were served by what survived it.
+    assert result.recovery_s is not None
+    assert 0.0 <= result.recovery_s < 45.0
+    (saved,) = json.loads((tmp_path / "fault-drill.json").read_text())
+    assert saved["name"] == scenario
+    assert saved["ok"] is True
+
+
+def test_every_cluster_fault_named_in_the_issue_has_a_scenario() -> None:
+    assert [name for name, _ in CLUSTER_SCENARIOS] == [
+        "camera's node kill -9",
+        "stream leader kill -9",
+        "engine kill -9",
+        "PostgreSQL restart",
+        "node cut off (SIGSTOP)",
+    ]
+
+
+def test_cluster_without_faults_is_refused_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["drill", "--cluster"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "add --faults" in err
+
+
+def test_an_unknown_cluster_scenario_is_refused_with_the_names(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert cli.main(["drill", "--faults", "--cluster", "--only", "broker restart"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "'stream leader kill -9'" in err
