@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 import pytest
-from _pytest.mark.structures import ParameterSet
 from rich.console import Console
 
 from actimesh import cli
@@ -22,22 +21,20 @@ pytestmark = [pytest.mark.integration, pytest.mark.time_limit(150)]
 #: cluster elects new leaders after a node is lost (10 s and more here), devices'
 #: triggers and telemetry wait, and the geofence policy judges a fix more than
 #: ``max_fix_age_s`` (10 s) from the event stale: a camera within 30 ft is left out.
-#: These scenarios lose one or more camera activations that way in part of their runs.
-_STALE = "cameras left out as stale while the cluster elects new leaders"
-_OPEN = {
-    "camera's node kill -9": _STALE,
-    "stream leader kill -9": _STALE,
-    "node cut off (SIGSTOP)": _STALE,
-}
+#: These scenarios lose one or more camera activations that way in part of their runs,
+#: so they are not in the suite (a test that passes either way proves nothing, and one
+#: that fails half the time is a flaky CI): `actimesh drill --faults --cluster` runs and
+#: reports them, and they join the suite once the loss is fixed.
+_OPEN = ("camera's node kill -9", "stream leader kill -9", "node cut off (SIGSTOP)")
+_HOLDING = [name for name, _ in CLUSTER_SCENARIOS if name not in _OPEN]
 
 
-def _param(name: str) -> ParameterSet:
-    reason = _OPEN.get(name)
-    marks = [] if reason is None else [pytest.mark.xfail(reason=reason, strict=False)]
-    return pytest.param(name, marks=marks)
+def test_the_open_scenarios_are_real_scenarios() -> None:
+    assert set(_OPEN) <= {name for name, _ in CLUSTER_SCENARIOS}
+    assert _HOLDING == ["engine kill -9", "PostgreSQL restart"]
 
 
-@pytest.mark.parametrize("scenario", [_param(name) for name, _ in CLUSTER_SCENARIOS])
+@pytest.mark.parametrize("scenario", _HOLDING)
 async def test_a_cluster_fault_loses_and_duplicates_nothing(tmp_path: Path, scenario: str) -> None:
     out = io.StringIO()
     report = await run_cluster_fault_drill(
