@@ -141,7 +141,9 @@ async def test_floods_of_acks_and_of_refused_events_never_hold_up_another_office
         before = refused(engine)
         _, during = await compared(world, "acks", DRAWS)
         assert max(during) < WORST_S, max(during)
-        assert engine.stats.acks_not_commanded >= MIN_REFUSED
+        # An answer for an activation not (yet) in the ledger waits up to 4 s for it
+        # before it is refused (triggers/persistence.py): the count follows that late.
+        await eventually(lambda: engine.stats.acks_not_commanded >= MIN_REFUSED, timeout=15)
         assert refused(engine) - before >= MIN_REFUSED
         acks_of = "SELECT count(*) FROM acks WHERE device_id = ?"
         assert ledger_count(world, acks_of, STOLEN_CAM) == 0  # counted, not written
