@@ -91,6 +91,8 @@ class _Count:
     reasons: dict[str, int]
     #: Messages per device per second while the crew drives, stands or walks.
     by_activity: dict[str, float]
+    #: The share of device-seconds spent at each.
+    share: dict[str, float]
 
 
 async def telemetry_count(settings: SimSettings, hours: float, data_dir: Path) -> _Count:
@@ -133,6 +135,7 @@ async def telemetry_count(settings: SimSettings, hours: float, data_dir: Path) -
         cameras_per_crew=cameras,
         reasons=dict(reasons),
         by_activity={m: by_mode[m] / n for m, n in sorted(epochs_by_mode.items())},
+        share={m: n / epochs_by_mode.total() for m, n in sorted(epochs_by_mode.items())},
     )
 
 
@@ -150,6 +153,8 @@ class RateReport:
     #: Messages per device per second by what the crew was doing, in each mode.
     fixed_by_activity: dict[str, float]
     motion_by_activity: dict[str, float]
+    #: The share of device-seconds the crews spent at each (the same in both modes).
+    activity_share: dict[str, float]
 
     @property
     def ratio(self) -> float:
@@ -166,7 +171,8 @@ class RateReport:
             f"ratio:          {self.ratio:.1f}x fewer",
             f"motion-scaled reports by reason: {reasons}",
             *(
-                f"  {activity:<11} 1 Hz {rate:.3f}, motion-scaled "
+                f"  {activity:<11} {self.activity_share.get(activity, 0.0):4.0%} of the time: "
+                f"1 Hz {rate:.3f}, motion-scaled "
                 f"{self.motion_by_activity.get(activity, 0.0):.3f} per device per second"
                 for activity, rate in self.fixed_by_activity.items()
             ),
@@ -197,6 +203,7 @@ async def measure_rates(
         motion_reasons=motion.reasons,
         fixed_by_activity=fixed.by_activity,
         motion_by_activity=motion.by_activity,
+        activity_share=motion.share,
     )
 
 
