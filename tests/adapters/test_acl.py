@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from actimesh.adapters.owntracks import OWNTRACKS_FILTER, owntracks_topic
 from actimesh.broker.topics import DeviceChannel, Topics
-from actimesh.security import SERVICE_ADAPTER, SERVICE_ENGINE
+from actimesh.security import SERVICE_ADAPTER, SERVICE_DISPATCH, SERVICE_ENGINE
 from tests.conftest import SecureBroker
 from tests.security.test_acl_broker import MARKER, _client
 
@@ -60,4 +60,26 @@ async def test_the_adapters_account_publishes_telemetry_and_dead_letters_only(
             await svc.client.publish(topic, b"x", qos=1)
         await svc.client.publish(t.telemetry("bwc-a"), MARKER, qos=1)
         await eng.wait_for(t.telemetry("bwc-a"))
+    assert eng.topics() == []
+
+
+async def test_the_dispatch_reads_locations_and_may_not_publish_one(
+    secure_mosquitto: SecureBroker,
+) -> None:
+    secure = secure_mosquitto
+    phone = secure.add_device("bwc-a")
+    dispatch = secure.services[SERVICE_DISPATCH]
+    engine = secure.services[SERVICE_ENGINE]
+    async with (
+        _client(secure, dispatch, OWNTRACKS_FILTER) as console,
+        _client(secure, engine, OWNTRACKS_FILTER) as eng,
+        _client(secure, phone.mqtt) as app,
+    ):
+        assert console.refused() == []
+        # The dispatch's account reads the map's positions, it does not make them.
+        await console.client.publish(owntracks_topic("bwc-a", "console"), b"x", qos=1)
+        await app.client.publish(owntracks_topic("bwc-a", "pixel"), MARKER, qos=1)
+        await console.wait_for(owntracks_topic("bwc-a", "pixel"))
+        await eng.wait_for(owntracks_topic("bwc-a", "pixel"))
+    assert console.topics() == []
     assert eng.topics() == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import json
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -11,13 +12,23 @@ from typing import Any
 import pytest
 import yaml
 
+from actimesh.adapters import (
+    OWNTRACKS_FILTER,
+    OWNTRACKS_MAX_BYTES,
+    owntracks_device,
+    owntracks_topic,
+    parse_owntracks,
+)
 from actimesh.broker.asyncapi import main, payload_schemas, replace_schemas
 from actimesh.broker.messages import MESSAGE_TYPES
 from actimesh.broker.topics import Topics, device_client_id
+from actimesh.errors import PayloadError
 from actimesh.runtime.cluster import CLUSTER_MQTT
 
 DOC_PATH = Path(__file__).resolve().parents[2] / "docs" / "asyncapi.yaml"
-PARAMETERS = {"agency", "device", "eventType", "reason", "engine", "kind"}
+PARAMETERS = {"agency", "device", "eventType", "reason", "engine", "kind", "phone"}
+#: The one channel that is not actimesh's own scheme: the OwnTracks app's topic and JSON.
+OWNTRACKS = "owntracks"
 _PARAM = re.compile(r"\{([^{}/]+)\}")
 
 #: Every method of Topics that builds a topic, with sample arguments, and the channel
@@ -146,7 +157,8 @@ def test_channel_addresses_use_only_documented_parameters(doc: dict[str, Any]) -
         used = set(_PARAM.findall(channel["address"]))
         assert used <= PARAMETERS, name
         assert used == set(channel.get("parameters", {})), name
-        assert channel["address"].startswith("am/v1/{agency}/"), name
+        if name != OWNTRACKS:
+            assert channel["address"].startswith("am/v1/{agency}/"), name
 
 
 @pytest.mark.parametrize("builder", sorted(TOPIC_BUILDERS))
@@ -173,12 +185,15 @@ def test_every_topic_builder_is_checked() -> None:
 
 
 def test_every_channel_is_built_by_topics(doc: dict[str, Any]) -> None:
-    assert {channel for _, channel in TOPIC_BUILDERS.values()} == set(doc["channels"])
+    built = {channel for _, channel in TOPIC_BUILDERS.values()}
+    assert built | {OWNTRACKS} == set(doc["channels"])
 
 
 def test_every_message_type_is_on_some_channel(doc: dict[str, Any]) -> None:
     carried: set[str] = set()
-    for channel in doc["channels"].values():
+    for channel_name, channel in doc["channels"].items():
+        if channel_name == OWNTRACKS:  # the app's JSON, checked against the adapter below
+            continue
         for message_ref in channel["messages"].values():
             message = _resolve(doc, message_ref["$ref"])
             schema = message["payload"]["$ref"].rsplit("/", 1)[-1]
@@ -205,8 +220,82 @@ def test_operations_point_at_their_channels_messages(doc: dict[str, Any]) -> Non
         for message in op["messages"]:
             assert message["$ref"].startswith(f"{channel_ref}/messages/"), name
         qos = op["bindings"]["mqtt"]["qos"]
-        assert qos == (0 if channel in ("telemetry", "deadletter") else 1), name
+        assert qos == (0 if channel in ("telemetry", "deadletter", OWNTRACKS) else 1), name
     assert seen == set(doc["channels"])
+
+
+# ---------------------------------------------------------------------- OwnTracks
+
+
+def _owntracks_messages(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    channel = doc["channels"][OWNTRACKS]
+    return {name: _resolve(doc, ref["$ref"]) for name, ref in channel["messages"].items()}
+
+
+def test_the_owntracks_channel_is_the_adapters_topic(doc: dict[str, Any]) -> None:
+    channel = doc["channels"][OWNTRACKS]
+    template = _template_regex(channel["address"])
+    topic = owntracks_topic("bwc-1", "pixel")
+    assert template.fullmatch(topic)
+    assert owntracks_device(topic.encode()) == "bwc-1"
+    # What the engine and the dispatch subscribe to is the address with wildcards.
+    assert _PARAM.sub("+", channel["address"]) == OWNTRACKS_FILTER
+    # No other channel's address matches the app's topic.
+    others = [
+        n for n, c in doc["channels"].items() if _template_regex(c["address"]).fullmatch(topic)
+    ]
+    assert others == [OWNTRACKS]
+    text = " ".join(channel["description"].split())
+    for said in ("[adapters.owntracks] enabled", "owntracks/<its id>/+", "deadletter"):
+        assert said in text, said
+    operation = doc["operations"]["receiveOwnTracks"]
+    assert operation["channel"]["$ref"] == "#/channels/owntracks"
+    assert operation["bindings"]["mqtt"]["qos"] == 0
+
+
+def test_every_documented_owntracks_example_parses_as_documented(doc: dict[str, Any]) -> None:
+    messages = _owntracks_messages(doc)
+    assert set(messages) == {"owntracksLocation", "owntracksLwt"}
+    location, lwt = messages["owntracksLocation"], messages["owntracksLwt"]
+    schema = location["payload"]
+    assert location["contentType"] == lwt["contentType"] == "application/json"
+    assert set(schema["required"]) == {"_type", "lat", "lon", "tst"}
+    assert schema["additionalProperties"] is True  # the apps add fields; they are ignored
+    assert {"lat", "lon", "tst", "acc", "batt"} <= set(schema["properties"])
+    assert str(OWNTRACKS_MAX_BYTES) in location["description"]
+    assert location["examples"]
+    for example in location["examples"]:
+        payload = example["payload"]
+        fix = parse_owntracks(json.dumps(payload).encode())
+        assert fix is not None, example["name"]
+        assert (fix.lat, fix.lon, fix.ts) == (payload["lat"], payload["lon"], payload["tst"])
+        assert fix.acc == payload.get("acc")
+        assert fix.batt == payload.get("batt")
+        # The fields the schema requires are what the parser cannot do without.
+        for field in schema["required"]:
+            without = {k: v for k, v in payload.items() if k != field}
+            with pytest.raises(PayloadError):
+                parse_owntracks(json.dumps(without).encode())
+    for example in lwt["examples"]:
+        assert example["payload"]["_type"] == lwt["payload"]["properties"]["_type"]["const"]
+        assert parse_owntracks(json.dumps(example["payload"]).encode()) is None
+
+
+def test_every_documented_owntracks_refusal_is_refused_for_that_reason(
+    doc: dict[str, Any],
+) -> None:
+    refused = _owntracks_messages(doc)["owntracksLocation"]["x-refused"]
+    assert {r["reason"] for r in refused} == {"invalid", "unsupported", "malformed"}
+    described = " ".join(doc["channels"][OWNTRACKS]["description"].split())
+    for case in refused:
+        with pytest.raises(PayloadError) as raised:
+            parse_owntracks(case["payload"].encode())
+        assert raised.value.reason == case["reason"], case["why"]
+        assert f"`{case['reason']}`" in described
+    too_big = b'{"_type":"location","pad":"' + b"x" * OWNTRACKS_MAX_BYTES + b'"}'
+    with pytest.raises(PayloadError, match="limit") as raised:
+        parse_owntracks(too_big)
+    assert f"`{raised.value.reason}`" in described
 
 
 # ---------------------------------------------------------------------- the generator

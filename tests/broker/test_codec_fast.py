@@ -21,9 +21,12 @@ values = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True),
     st.floats(min_value=-200, max_value=200),
     st.sampled_from(["off", "buffering", "recording", "OFF", ""]),
+    st.sampled_from(["available", "en_route", "on_scene", "a\n"]),
     st.binary(max_size=8),
+    st.dictionaries(st.text(max_size=2), st.integers(), max_size=1),
 )
-keys = st.sampled_from(["v", "ts", "state", "lat", "lon", "acc", "batt", "hb", "db", "spd", "x"])
+# Every field of the model (a new one included without editing this list) and one more.
+keys = st.sampled_from([*Telemetry.model_fields, "x"])
 
 
 def outcome(fn: Any, payload: bytes) -> Any:
@@ -103,3 +106,12 @@ def test_timestamp_bound_matches_the_model() -> None:
     bound = Telemetry.model_json_schema()["properties"]["ts"]["maximum"]
     assert bound == codec._MAX_TS
     assert not math.isnan(bound)
+
+
+def test_a_unit_duty_the_model_refuses_is_refused_on_the_fast_path_too() -> None:
+    # Found by `actimesh fuzz`: a well-formed fix whose `duty` is no UnitDuty (or not a
+    # string at all) passed the fast path and was refused by the model.
+    fix = {"v": 1, "ts": 1.8e9, "state": "off", "lat": 51.0, "lon": -114.0}
+    for duty in ("a\n", "", {"x": 1}, 3, "en_route", None):
+        payload = msgpack.packb({**fix, "duty": duty})
+        assert outcome(decode_telemetry, payload) == outcome(slow, payload), duty

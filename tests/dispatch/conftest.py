@@ -70,12 +70,13 @@ async def running_dispatch(
     *,
     data_dir: Path | None = None,
     evidence: EvidenceService | None = None,
+    owntracks: bool = False,
     **changes: Any,
 ) -> AsyncIterator[Dispatch]:
     """A dispatch service on ``m``'s broker and ledger (in ``root``, or its PostgreSQL
     one), stopped (cancelled)
     on exit; its own files in ``data_dir`` (default ``root``); with ``evidence``, the
-    evidence routes."""
+    evidence routes; with ``owntracks``, it reads the OwnTracks app's locations."""
     service = Dispatch(
         topics=m.topics,
         transport=MqttTransport(HOST, m.port),
@@ -87,6 +88,7 @@ async def running_dispatch(
         gps_margin_m=InclusionPolicy().widest_margin_m,
         event_types=tuple(r.event_type for r in DEFAULT_RULES),
         evidence=evidence,
+        owntracks=owntracks,
     )
     task = m.tg.create_task(service.run(), name="dispatch")
     m.tasks["dispatch"] = task

@@ -93,6 +93,35 @@ def test_late_arriving_fix_does_not_move_a_device_back() -> None:
     assert s.stats.telemetry_out_of_order == 1
 
 
+def test_a_tracker_fix_moves_a_device_and_keeps_the_state_it_reported() -> None:
+    s = state()
+    s.tracker_fix("phone-only", (T0, 51.0, -114.0, 8.0, 55.0), T0 + 1)
+    only = s.devices["phone-only"]
+    assert (only.lat, only.lon, only.acc, only.fix_ts, only.batt) == (51.0, -114.0, 8.0, T0, 55.0)
+    assert st(only) is DeviceStatus.BUFFERING  # never reported a state: as the engine takes it
+    assert only.online
+    s.telemetry("bwc", Telemetry(ts=T0, state=DeviceState.RECORDING), T0)  # no fix of its own
+    s.tracker_fix("bwc", (T0 + 1, 51.001, -114.0, None, None), T0 + 1)
+    bwc = s.devices["bwc"]
+    assert st(bwc) is DeviceStatus.RECORDING
+    assert (bwc.lat, bwc.acc) == (51.001, None)
+    assert s.tracks.between("bwc", T0, T0 + 1)[-1].state == "recording"
+    s.tracker_fix("bwc", (T0, 52.0, -114.0, None, None), T0 + 2)  # queued, older
+    assert bwc.lat == 51.001
+    assert s.stats.telemetry_out_of_order == 1
+    assert s.stats.tracker_fixes == 3
+    assert s.stats.telemetry == 1
+
+
+def test_tracker_fixes_of_devices_not_in_the_registry_are_skipped() -> None:
+    s = state()
+    s.registered = frozenset({"bwc"})
+    s.tracker_fix("other-agency-phone", (T0, 51.0, -114.0, 5.0, None), T0)
+    s.tracker_fix("bwc", (T0, 51.0, -114.0, 5.0, None), T0)
+    assert set(s.devices) == {"bwc"}
+    assert (s.stats.tracker_fixes, s.stats.tracker_unregistered) == (1, 1)
+
+
 def test_camera_goes_commanded_acknowledged_recording_with_pre_roll() -> None:
     s = state()
     s.activation(record("act-1", "bwc"), T0 + 0.01)

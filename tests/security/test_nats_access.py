@@ -11,6 +11,7 @@ import pytest
 from actimesh.broker.messages import DeviceKind
 from actimesh.broker.nats.auth import ConnectionType, NatsUser, bcrypt_hash
 from actimesh.security.acl import (
+    SERVICE_DISPATCH,
     SERVICE_ENGINE,
     AccountRole,
     AclAccount,
@@ -120,3 +121,11 @@ def test_a_simulated_fleet_gets_cluster_logins_only_when_asked(tmp_path: Path) -
         assert registry.nats_hashes() == {}
         registry.provision_simulated(specs, cluster_logins=True)
         assert set(registry.nats_hashes()) == {"sim-1"}
+
+
+def test_the_dispatch_reads_owntracks_locations_on_the_cluster_too() -> None:
+    # The same Access as on Mosquitto: read the app's topic, never publish on it.
+    dispatch = _users(accounts=(AclAccount(SERVICE_DISPATCH, AccountRole.DISPATCH),))
+    user = dispatch[SERVICE_DISPATCH]
+    assert "owntracks.*.*" in user.subscribe
+    assert not any(s.startswith("owntracks") for s in user.publish)

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import msgpack
 from pydantic import ValidationError
 
-from actimesh.broker.messages import DeviceState, Message, Telemetry
+from actimesh.broker.messages import DeviceState, Message, Telemetry, UnitDuty
 from actimesh.errors import PayloadError
 
 __all__ = [
@@ -157,6 +157,7 @@ TelemetryReport = tuple[
 
 _TELEMETRY_KEYS = frozenset(Telemetry.model_fields)
 _STATES = {state.value: state for state in DeviceState}
+_DUTIES = frozenset(duty.value for duty in UnitDuty)
 _MAX_TS = 4_102_444_800.0  # messages.Timestamp's bound; a test keeps the two in step
 
 
@@ -216,6 +217,7 @@ def decode_telemetry_report(payload: bytes) -> TelemetryReport:
                     )
                 )
                 and (spd is None or (type(spd) is float and 0.0 <= spd <= 150.0))
+                and (get("duty") is None or (type(get("duty")) is str and get("duty") in _DUTIES))
             ):
                 if hb is None or db is None:
                     return ts, _STATES[state], lat, lon, acc, None

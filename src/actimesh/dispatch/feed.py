@@ -9,7 +9,10 @@ telemetry flood cannot delay an activation record:
   down, and delivers them when it comes back (the ledger reconciler covers the rest).
   Dispatcher zones are published on this link too.
 * ``<agency>-dispatch-<console>-tm`` — telemetry (QoS 0, clean session, bounded queue
-  whose overflow is counted): positions are stale the moment they are late.
+  whose overflow is counted): positions are stale the moment they are late. With
+  ``owntracks``, the OwnTracks app's locations (``owntracks/<device id>/<phone>``) too,
+  read with the engine's parser (adapters/owntracks.py): a device placed only by an
+  officer's phone is on the map like any other, its known state kept.
 
 Bad payloads are counted by reason and skipped; the engine already dead-letters them.
 """
@@ -25,6 +28,12 @@ from collections.abc import Awaitable, Callable
 
 import aiomqtt
 
+from actimesh.adapters.owntracks import (
+    OWNTRACKS_FILTER,
+    OWNTRACKS_ROOT,
+    owntracks_device,
+    parse_owntracks,
+)
 from actimesh.broker.client import MqttLink, Subscription, as_bytes
 from actimesh.broker.codec import MAX_ACTIVATION_BYTES, decode, encode
 from actimesh.broker.messages import (
@@ -49,6 +58,8 @@ log = logging.getLogger(__name__)
 
 #: The engine's rule for dispatcher-initiated activations (radius from the event).
 ZONE_EVENT_TYPE = "dispatch_zone"
+
+_OWNTRACKS_HEAD = f"{OWNTRACKS_ROOT}/"
 
 OnActivation = Callable[[Activation, bool], Awaitable[None]]
 
@@ -79,6 +90,7 @@ class Feed:
         urgent: asyncio.Event,
         on_activation: OnActivation,
         clock: Callable[[], float] = time.time,
+        owntracks: bool = False,
     ) -> None:
         self.topics = topics
         self.settings = settings
@@ -106,10 +118,13 @@ class Feed:
             ),
             self._on_control,
         )
+        positions = [Subscription(topics.all_devices(DeviceChannel.TELEMETRY), 0)]
+        if owntracks:
+            positions.append(Subscription(OWNTRACKS_FILTER, 0))
         self.telemetry_link = MqttLink(
             transport.settings(
                 f"{base}-tm",
-                Subscription(topics.all_devices(DeviceChannel.TELEMETRY), 0),
+                *positions,
                 max_queued_incoming=settings.telemetry_queue,
             ),
             self._on_telemetry,
@@ -135,6 +150,9 @@ class Feed:
 
     async def _on_telemetry(self, message: aiomqtt.Message) -> None:
         topic = message.topic.value
+        if topic.startswith(_OWNTRACKS_HEAD):
+            self._on_owntracks(topic, as_bytes(message.payload))
+            return
         parsed = self.topics.parse_device(topic)
         if parsed is None or parsed.channel is not DeviceChannel.TELEMETRY:
             return
@@ -144,6 +162,22 @@ class Feed:
             self._reject(topic, exc)
             return
         self.state.telemetry(parsed.device_id, msg, self.clock())
+        self.changed.set()
+
+    def _on_owntracks(self, topic: str, payload: bytes) -> None:
+        """An OwnTracks location moves its device; the app's last will does nothing;
+        anything else is skipped and counted (the engine dead-letters it)."""
+        try:
+            device_id = owntracks_device(topic.encode())
+            fix = parse_owntracks(payload)
+        except PayloadError as exc:
+            self._reject(topic, exc)
+            return
+        if fix is None:
+            return
+        self.state.tracker_fix(
+            device_id, (fix.ts, fix.lat, fix.lon, fix.acc, fix.batt), self.clock()
+        )
         self.changed.set()
 
     async def _on_control(self, message: aiomqtt.Message) -> None:

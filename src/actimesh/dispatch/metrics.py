@@ -79,6 +79,7 @@ class _Collector(Collector):
         for kind, n in (
             ("presence", st.presence),
             ("telemetry", st.telemetry),
+            ("owntracks", st.tracker_fixes),
             ("activation", st.activations),
             ("ack", st.acks),
         ):
@@ -93,6 +94,11 @@ class _Collector(Collector):
             if outcome != "commanded":
                 outcomes.add_metric([outcome], n)
         yield outcomes
+        yield CounterMetricFamily(
+            "actimesh_dispatch_owntracks_unregistered",
+            "OwnTracks locations skipped: the device is not in this dispatch's registry",
+            value=st.tracker_unregistered,
+        )
         yield CounterMetricFamily(
             "actimesh_dispatch_late_acks", "Acknowledgements after the timeout", value=st.late_acks
         )

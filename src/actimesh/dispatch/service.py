@@ -73,7 +73,9 @@ class DispatchService:
     """The dispatch web app for one agency. Create inside the running loop; ``await run()``.
 
     With ``evidence`` (an open :class:`~actimesh.evidence.EvidenceService`) dispatchers
-    list and download offloaded recordings, each view written to the ledger.
+    list and download offloaded recordings, each view written to the ledger. With
+    ``owntracks`` (``[adapters.owntracks] enabled``) the map also reads the OwnTracks
+    app's locations, so a device placed only by an officer's phone is shown.
     """
 
     def __init__(
@@ -89,6 +91,7 @@ class DispatchService:
         event_types: tuple[str, ...] = (),
         clock: Callable[[], float] = time.time,
         evidence: EvidenceService | None = None,
+        owntracks: bool = False,
     ) -> None:
         self.topics = topics
         #: The evidence store (opened by the caller): lists and downloads of recordings.
@@ -148,6 +151,7 @@ class DispatchService:
             urgent=self._urgent,
             on_activation=self._on_activation,
             clock=clock,
+            owntracks=owntracks,
         )
         self.metrics = DispatchMetrics(
             MetricSources(

@@ -273,6 +273,10 @@ class StateStats:
     presence: int = 0
     telemetry: int = 0
     telemetry_out_of_order: int = 0
+    #: Positions from a tracker app (OwnTracks) rather than the device's telemetry.
+    tracker_fixes: int = 0
+    #: ... skipped because the device is not in the registry (another agency's phone).
+    tracker_unregistered: int = 0
     activations: int = 0
     duplicate_activations: int = 0
     acks: int = 0
@@ -319,6 +323,8 @@ class LiveState:
         self.tracks = Tracks()
         #: Call sign and officer per device, from the registry (see :meth:`set_roster`).
         self.roster: dict[str, tuple[str | None, str | None]] = {}
+        #: The registry's device ids (None: no registry here): whose tracker fixes count.
+        self.registered: frozenset[str] | None = None
         self._deadlines: list[tuple[float, str]] = []
         self._early_acks: OrderedDict[str, list[tuple[str, Ack, float]]] = OrderedDict()
         self._early_count = 0
@@ -388,11 +394,44 @@ class LiveState:
         if msg.duty is not None:
             view.duty = msg.duty.value
         if msg.lat is not None and msg.lon is not None:
-            if view.fix_ts is not None and msg.ts < view.fix_ts:
-                self.stats.telemetry_out_of_order += 1
-                return
-            view.lat, view.lon, view.acc, view.fix_ts = msg.lat, msg.lon, msg.acc, msg.ts
-            self.tracks.add(device_id, Fix(msg.ts, msg.lat, msg.lon, msg.acc, msg.state.value))
+            self._place(view, msg.ts, msg.lat, msg.lon, msg.acc)
+
+    def tracker_fix(
+        self,
+        device_id: str,
+        fix: tuple[float, float, float, float | None, float | None],
+        now: float,
+    ) -> None:
+        """Apply a tracker's position (``ts, lat, lon, acc, batt``: the OwnTracks app's).
+        A tracker says nothing of recording: a device's known state is kept, and one
+        heard of only this way is shown ``buffering`` (as the engine takes it). A device
+        not in :attr:`registered` (when known) is skipped and counted."""
+        if self.registered is not None and device_id not in self.registered:
+            self.stats.tracker_unregistered += 1
+            return
+        self.stats.tracker_fixes += 1
+        view = self._device(device_id, now)
+        if view is None:
+            return
+        view.online = True
+        view.offline_since = None
+        if view.state is None:
+            view.state = DeviceState.BUFFERING
+        ts, lat, lon, acc, batt = fix
+        if batt is not None:
+            view.batt = batt
+        self._place(view, ts, lat, lon, acc)
+
+    def _place(
+        self, view: DeviceView, ts: float, lat: float, lon: float, acc: float | None
+    ) -> None:
+        """Move ``view`` to a fix, unless it is older than the one shown (counted)."""
+        if view.fix_ts is not None and ts < view.fix_ts:
+            self.stats.telemetry_out_of_order += 1
+            return
+        view.lat, view.lon, view.acc, view.fix_ts = lat, lon, acc, ts
+        state = view.state.value if view.state is not None else DeviceState.BUFFERING.value
+        self.tracks.add(view.device_id, Fix(ts, lat, lon, acc, state))
 
     def set_roster(self, roster: Mapping[str, tuple[str | None, str | None]]) -> None:
         """Call sign and officer per device id (the registry's); changed devices are sent."""

@@ -93,6 +93,8 @@ async def serve_dispatch(job: DispatchJob, report: Report) -> None:
             gps_margin_m=settings.policy.widest_margin_m,
             event_types=tuple(r.event_type for r in settings.rules),
             evidence=evidence,
+            # The devices the engine places by the OwnTracks app, the map shows too.
+            owntracks=settings.adapters.owntracks.enabled,
         )
         async with asyncio.TaskGroup() as tg:
             tg.create_task(dispatch.run(), name="dispatch")

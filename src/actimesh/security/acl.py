@@ -22,8 +22,9 @@ The managed broker enforces this with Mosquitto's Dynamic Security plugin
   them (FIELD-NOTES §8).
 * **OwnTracks**: a device may also publish on ``owntracks/{id}/+`` (the phone app's
   location topic, ``owntracks/%u/%d`` with its username), and the engine may read
-  ``owntracks/+/+``: an officer's phone, logged in as the device it tracks, moves that
-  device only (adapters/owntracks.py).
+  ``owntracks/+/+``, and so may the dispatch (to put those devices on its map): an
+  officer's phone, logged in as the device it tracks, moves that device only
+  (adapters/owntracks.py).
 * **The adapters** (``svc-adapter``: OsmAnd and NMEA listeners) may publish on every
   device's telemetry topic, and dead letters, nothing else: they authenticate the
   devices themselves (adapters/).
@@ -230,6 +231,8 @@ def _grants(  # noqa: PLR0911 - one return per role
             *_read(f"{p}/activations/#"),
             *_read(f"{p}/alerts/#"),
             *_read(f"{p}/engine/+/status"),
+            # Devices placed by the OwnTracks app: their locations, read like telemetry.
+            *_read(f"{_OWNTRACKS_ROOT}/+/+"),
             # Dispatcher zones: the one device topic this account may publish on.
             *_write(f"{zone}/event"),
             *_read(f"{zone}/confirm"),
