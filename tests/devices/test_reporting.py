@@ -99,6 +99,18 @@ def test_state_fix_accuracy_and_speed_changes_are_reported_at_once() -> None:
     assert quiet.why(T0 + 1, DeviceState.BUFFERING, at(0.0, acc=4.5, speed=0.8)) is None
 
 
+def test_a_report_that_did_not_leave_is_tried_again_next_epoch() -> None:
+    reporter = MotionReporter(MOTION)
+    run(reporter, lambda _s: at(0.0), 1)
+    moved = at(3.0)
+    why = reporter.why(T0 + 1, DeviceState.BUFFERING, moved)
+    assert why == "moved"
+    reporter.sent(T0 + 1, DeviceState.BUFFERING, moved, why)
+    assert reporter.why(T0 + 2, DeviceState.BUFFERING, moved) is None
+    reporter.unsent()
+    assert reporter.why(T0 + 2, DeviceState.BUFFERING, moved) == "moved"
+
+
 def test_1_hz_mode_reports_every_epoch() -> None:
     sent = run(MotionReporter(ReportingSettings()), lambda _s: at(0.0), 5)
     assert sent == [(s, "epoch") for s in range(5)]

@@ -395,6 +395,7 @@ class DeviceAgent:
                 try:
                     await self._publish_telemetry(message)
                 except BrokerError as exc:
+                    self.reporter.unsent()
                     log.debug("%s: telemetry not sent: %s", self.device_id, exc)
             await asyncio.sleep(self.telemetry_interval_s)
 

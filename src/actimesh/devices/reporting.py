@@ -144,6 +144,7 @@ class MotionReporter:
     def __init__(self, settings: ReportingSettings) -> None:
         self.settings = settings
         self._sent: _Sent | None = None
+        self._before: _Sent | None = None
         self.reasons: dict[str, int] = {}
 
     @property
@@ -197,5 +198,12 @@ class MotionReporter:
         if not self.motion_scaled:
             return None
         deadband = self.settings.deadband_m(fix.acc if fix is not None else None)
+        self._before = self._sent
         self._sent = _Sent(now, state, fix, deadband)
         return deadband
+
+    def unsent(self) -> None:
+        """The report :meth:`sent` recorded did not leave (the link failed): measure from
+        the one before, so the next epoch tries again rather than waiting for the
+        heartbeat while the engine holds an older fix than the device believes."""
+        self._sent = self._before
