@@ -199,3 +199,27 @@ async def test_the_reporting_mode_goes_with_the_fix_it_came_with(tmp_path: Path)
         assert mode() is None
         await send(6.0, motion=True)  # older than the indexed fix: ignored, mode and all
         assert mode() is None
+
+
+@pytest.mark.parametrize(("motion", "positioned"), [(True, True), (False, False)])
+async def test_an_event_without_a_fix_borrows_a_heartbeat_confirmed_one(
+    tmp_path: Path, *, motion: bool, positioned: bool
+) -> None:
+    """A CEW has no GPS: it takes its officer's camera's fix, 12 s old, which is fresh
+    from a motion-scaled camera (heartbeat 10 s) and stale from a 1 Hz one."""
+    async with running(tmp_path, InclusionPolicy()) as (_engine, bus, wire):
+        now = time.time()
+        cew = Presence(online=True, ts=now, device_kind=DeviceKind.CEW, paired=("bwc1",))
+        await bus.deliver(TOPICS.presence("cew1"), encode(cew))
+        await place(bus, "bwc1", Camera(3.0, age=12.0, speed=0.0, motion=motion), 0, now)
+        await bus.deliver(TOPICS.event("cew1"), encode(Event(eid="e1", type="taser_draw", ts=now)))
+        records = TOPICS.activations("taser_draw")
+
+        def published() -> list[bytes]:
+            return [payload for topic, payload in wire if topic == records]
+
+        await eventually(published)
+        (record,) = [decode(Activation, p) for p in published()]
+    assert (record.lat is not None) is positioned
+    if positioned:
+        assert record.lat == pytest.approx(destination(LAT, LON, 0.0, 3.0)[0])
