@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from actimesh.broker import codec
-from actimesh.broker.codec import decode, decode_telemetry
+from actimesh.broker.codec import decode, decode_telemetry, decode_telemetry_report
 from actimesh.broker.messages import Telemetry
 from actimesh.errors import PayloadError
 
@@ -41,10 +41,17 @@ def slow(payload: bytes) -> Any:
     return msg.ts, msg.state, msg.lat, msg.lon, msg.acc
 
 
+def slow_report(payload: bytes) -> Any:
+    msg = decode(Telemetry, payload)
+    motion = None if msg.hb is None else (msg.hb, msg.db, msg.spd)
+    return msg.ts, msg.state, msg.lat, msg.lon, msg.acc, motion
+
+
 @given(st.dictionaries(keys, values, max_size=8))
 def test_fast_path_agrees_with_the_model(body: dict[str, Any]) -> None:
     payload = msgpack.packb(body, use_bin_type=True)
     assert outcome(decode_telemetry, payload) == outcome(slow, payload)
+    assert outcome(decode_telemetry_report, payload) == outcome(slow_report, payload)
 
 
 @given(
@@ -62,6 +69,27 @@ def test_well_formed_fixes_take_the_fast_path(
         body["acc"] = acc
     payload = msgpack.packb(body)
     assert decode_telemetry(payload) == slow(payload)
+
+
+@given(
+    hb=st.floats(min_value=1e-3, max_value=300),
+    db=st.floats(min_value=0, max_value=100),
+    spd=st.one_of(st.none(), st.floats(min_value=0, max_value=150)),
+)
+def test_motion_scaled_reports_take_the_fast_path(hb: float, db: float, spd: float | None) -> None:
+    body = {"v": 1, "ts": 1.8e9, "state": "buffering", "lat": 51.0, "lon": -114.0}
+    body |= {"acc": 3.0, "hb": hb, "db": db}
+    if spd is not None:
+        body["spd"] = spd
+    payload = msgpack.packb(body)
+    assert decode_telemetry_report(payload) == slow_report(payload)
+    assert decode_telemetry_report(payload)[5] == (hb, db, spd)
+
+
+def test_hb_without_db_is_refused_by_both_paths() -> None:
+    payload = msgpack.packb({"v": 1, "ts": 1.8e9, "state": "off", "hb": 10.0})
+    assert outcome(decode_telemetry_report, payload) == ("error", "invalid")
+    assert outcome(decode_telemetry, payload) == ("error", "invalid")
 
 
 def test_garbage_and_oversized_payloads_get_the_models_errors() -> None:

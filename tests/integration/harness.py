@@ -23,6 +23,7 @@ from actimesh.devices.agent import DeviceAgent, Position
 from actimesh.devices.camera import Camera
 from actimesh.devices.media import SyntheticSource
 from actimesh.devices.recorder import RecordingStore
+from actimesh.devices.reporting import ReportingSettings
 from actimesh.dispatch.settings import DispatchSettings
 from actimesh.geofence import InclusionPolicy, destination
 from actimesh.ledger import Ledger, open_ledger
@@ -46,8 +47,10 @@ TEST_SETTINGS = EngineSettings(
 )
 
 
-def fixed(lat: float, lon: float, acc: float = 0.0, age: float = 0.0) -> Callable[[], Position]:
-    return lambda: Position(lat, lon, acc, time.time() - age)
+def fixed(
+    lat: float, lon: float, acc: float = 0.0, age: float = 0.0, speed: float | None = None
+) -> Callable[[], Position]:
+    return lambda: Position(lat, lon, acc, time.time() - age, speed)
 
 
 def no_fix() -> Position | None:
@@ -86,12 +89,15 @@ class Mesh:
         local: tuple[str, ...] = (),
         warm_s: float = 60.0,
         recall_s: float = 10.0,
+        reporting: ReportingSettings | None = None,
+        speed: float | None = None,
     ) -> DeviceAgent:
-        """Add a device ``at`` metres from the centre (None: no GPS fix) and start it."""
+        """Add a device ``at`` metres from the centre (None: no GPS fix) and start it;
+        ``reporting`` says when it sends telemetry (default: every 0.2 s epoch)."""
         position: Callable[[], Position | None] = no_fix
         if at is not None:
             lat, lon = destination(*CENTER, bearing, at)
-            position = fixed(lat, lon, acc, age)
+            position = fixed(lat, lon, acc, age, speed)
         camera = None
         if kind in (DeviceKind.BODY_CAM, DeviceKind.DASH_CAM, DeviceKind.REAR_CAM):
             camera = Camera(
@@ -114,6 +120,7 @@ class Mesh:
             verifier=self.signer.verifier(),
             local_peers=tuple(self.agents[d] for d in local),
             telemetry_interval_s=0.2,
+            reporting=reporting,
             resend_initial_s=0.3,
         )
         self.agents[device_id] = agent

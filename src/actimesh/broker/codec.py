@@ -27,6 +27,7 @@ __all__ = [
     "check_clock",
     "decode",
     "decode_telemetry",
+    "decode_telemetry_report",
     "encode",
     "hex_head",
 ]
@@ -143,6 +144,16 @@ def decode(model: type[M], payload: bytes, *, max_bytes: int = MAX_PAYLOAD_BYTES
 
 #: What :func:`decode_telemetry` returns: ``(ts, state, lat, lon, acc)``.
 TelemetryFix = tuple[float, DeviceState, float | None, float | None, float | None]
+#: What :func:`decode_telemetry_report` returns: ``(ts, state, lat, lon, acc, motion)``,
+#: ``motion`` being ``(hb, db, spd)`` or None for a 1 Hz device (no ``hb``).
+TelemetryReport = tuple[
+    float,
+    DeviceState,
+    float | None,
+    float | None,
+    float | None,
+    tuple[float, float, float | None] | None,
+]
 
 _TELEMETRY_KEYS = frozenset(Telemetry.model_fields)
 _STATES = {state.value: state for state in DeviceState}
@@ -151,7 +162,16 @@ _MAX_TS = 4_102_444_800.0  # messages.Timestamp's bound; a test keeps the two in
 
 
 def decode_telemetry(payload: bytes) -> TelemetryFix:
-    """``decode(Telemetry, payload)`` for the telemetry hot path, without the model.
+    """``decode(Telemetry, payload)`` for the telemetry hot path, without the model:
+    the fix and state of :func:`decode_telemetry_report`."""
+    ts, state, lat, lon, acc, _motion = decode_telemetry_report(payload)
+    return ts, state, lat, lon, acc
+
+
+def decode_telemetry_report(payload: bytes) -> TelemetryReport:
+    """``decode(Telemetry, payload)`` for the telemetry hot path, without the model,
+    with the reporting mode: ``(hb, db, spd)``, or None for a device that reports about
+    once a second.
 
     Accepts and rejects exactly what :func:`decode` does (a property test compares the
     two): the common, well-formed shape (float numbers, a known state, nothing extra) is
@@ -167,6 +187,7 @@ def decode_telemetry(payload: bytes) -> TelemetryFix:
             get = obj.get
             v, ts, state = get("v"), get("ts"), get("state")
             lat, lon, acc, batt = get("lat"), get("lon"), get("acc"), get("batt")
+            hb, db, spd = get("hb"), get("db"), get("spd")
             # Chained comparisons are False for NaN, so NaN falls through to decode().
             if (
                 type(v) is int
@@ -186,11 +207,25 @@ def decode_telemetry(payload: bytes) -> TelemetryFix:
                 )
                 and (acc is None or (type(acc) is float and 0.0 <= acc <= 100_000.0))
                 and (batt is None or (type(batt) is float and 0.0 <= batt <= 100.0))
+                and (
+                    (hb is None and db is None)
+                    or (
+                        type(hb) is float
+                        and type(db) is float
+                        and 0.0 < hb <= 300.0
+                        and 0.0 <= db <= 100.0
+                    )
+                )
+                and (spd is None or (type(spd) is float and 0.0 <= spd <= 150.0))
                 and (get("duty") is None or (type(get("duty")) is str and get("duty") in _DUTIES))
             ):
-                return ts, _STATES[state], lat, lon, acc
+                if hb is None or db is None:
+                    return ts, _STATES[state], lat, lon, acc, None
+                return ts, _STATES[state], lat, lon, acc, (hb, db, spd)
     msg = decode(Telemetry, payload)
-    return msg.ts, msg.state, msg.lat, msg.lon, msg.acc
+    if msg.hb is None or msg.db is None:
+        return msg.ts, msg.state, msg.lat, msg.lon, msg.acc, None
+    return msg.ts, msg.state, msg.lat, msg.lon, msg.acc, (msg.hb, msg.db, msg.spd)
 
 
 def check_clock(ts: float, now: float, *, max_age_s: float, max_skew_s: float) -> None:

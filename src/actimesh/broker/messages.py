@@ -206,7 +206,8 @@ class _Positioned(Message):
 
 
 class Telemetry(_Positioned):
-    """A device's position fix and state, about once a second."""
+    """A device's position fix and state: about once a second, or, with ``hb`` and
+    ``db``, when it has moved, changed state or accuracy, and at least every ``hb`` s."""
 
     kind: ClassVar[str] = "telemetry"
     ts: Timestamp
@@ -215,6 +216,55 @@ class Telemetry(_Positioned):
     #: The unit's dispatch status, sent by a vehicle gateway that knows it (its MDT/CAD
     #: link); cameras leave it out.
     duty: Duty | None = None
+    #: Motion-scaled reporting (docs/SCALING.md, "Telemetry that scales with motion"):
+    #: the device promises to report again within ``hb`` seconds, and sooner if it moves
+    #: more than ``db`` metres from this fix or its state or accuracy changes. Given
+    #: together or not at all; a device without them reports about once a second.
+    hb: (
+        Annotated[
+            float,
+            Field(
+                gt=0.0,
+                le=300.0,
+                description="Motion-scaled reporting: the device reports again within "
+                "this many seconds (its heartbeat). Absent: a device that reports about "
+                "once a second.",
+            ),
+        ]
+        | None
+    ) = None
+    db: (
+        Annotated[
+            float,
+            Field(
+                ge=0.0,
+                le=100.0,
+                description="With hb: the dead-band in metres; the device reports before "
+                "it moves farther than this from this fix.",
+            ),
+        ]
+        | None
+    ) = None
+    #: Ground speed at the fix, metres a second (GPS Doppler). With ``hb``, the engine
+    #: grows the fix's uncertainty by ``spd`` times its age, up to ``db``.
+    spd: (
+        Annotated[
+            float,
+            Field(
+                ge=0.0,
+                le=150.0,
+                description="Ground speed at the fix, m/s. With hb, the engine widens the "
+                "fix's uncertainty by spd times its age, up to db (db when spd is absent).",
+            ),
+        ]
+        | None
+    ) = None
+
+    @model_validator(mode="after")
+    def _hb_db_together(self) -> Self:
+        if (self.hb is None) != (self.db is None):
+            raise ValueError("hb and db must be given together")
+        return self
 
 
 class Presence(Message):

@@ -38,6 +38,7 @@ from actimesh.devices.recorder import (
     media_file_name,
     segment_file_name,
 )
+from actimesh.devices.reporting import MotionReporter, ReportingSettings, TelemetryMode
 from actimesh.devices.settings import MediaKind, MediaSettings, open_media_source
 
 __all__ = [
@@ -55,10 +56,12 @@ __all__ = [
     "MediaKind",
     "MediaSettings",
     "MediaSource",
+    "MotionReporter",
     "PreEventBuffer",
     "Recording",
     "RecordingOptions",
     "RecordingStore",
+    "ReportingSettings",
     "Segment",
     "SegmentInfo",
     "StealthChange",
@@ -67,6 +70,7 @@ __all__ = [
     "Switchable",
     "SyntheticHeader",
     "SyntheticSource",
+    "TelemetryMode",
     "VideoFormat",
     "media_file_name",
     "open_media_source",

@@ -1,9 +1,9 @@
 """Device agents: one device on the mesh, with its own MQTT connection.
 
 An agent announces itself with a retained presence message (kind, unit, paired devices)
-and leaves a last will that marks it offline, publishes telemetry about once a second,
-and, for cameras, answers activation commands. Sensors (cruiser gateway, CEW) raise
-trigger events.
+and leaves a last will that marks it offline, publishes telemetry (about once a second,
+or motion-scaled: :mod:`actimesh.devices.reporting`), and, for cameras, answers
+activation commands. Sensors (cruiser gateway, CEW) raise trigger events.
 
 What a camera adds (signed commands, the pre-event commit, acknowledgements, the
 officer's stop, cancel and stealth) is its
@@ -59,22 +59,13 @@ from actimesh.broker.topics import Topics, device_client_id
 from actimesh.devices.camera import ActivationResult, Camera, CancelResult
 from actimesh.devices.camera_part import CameraPart, CommandStats, MessageHandler, ReceivedCommand
 from actimesh.devices.control import make_camera_part
+from actimesh.devices.reporting import MAX_SPEED_MPS, MotionReporter, Position, ReportingSettings
 from actimesh.errors import BrokerError, PayloadError
 from actimesh.security.signing import CommandVerifier
 
 __all__ = ["AgentStats", "DeviceAgent", "Position", "PositionSource"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class Position:
-    """A GPS fix as the device's receiver reports it."""
-
-    lat: float
-    lon: float
-    acc: float | None = None
-    ts: float | None = None  # when the fix was taken; None = now
 
 
 PositionSource = Callable[[], Position | None]
@@ -95,6 +86,8 @@ class AgentStats(CommandStats):
     """What a device did: its telemetry and trigger events, and (cameras) its commands."""
 
     telemetry_sent: int = 0
+    #: GPS epochs a motion-scaled device stayed quiet (nothing the engine needs changed).
+    telemetry_skipped: int = 0
     events_sent: int = 0
     events_resent: int = 0
     events_confirmed: int = 0
@@ -124,6 +117,7 @@ class DeviceAgent:
         verifier: CommandVerifier | None = None,
         local_peers: Sequence[DeviceAgent] = (),
         telemetry_interval_s: float = 1.0,
+        reporting: ReportingSettings | None = None,
         clock: Callable[[], float] = time.time,
         username: str | None = None,
         password: str | None = None,
@@ -147,6 +141,8 @@ class DeviceAgent:
         self.position = position
         self.clock = clock
         self.telemetry_interval_s = telemetry_interval_s
+        #: When telemetry goes out: every epoch (the default) or motion-scaled.
+        self.reporter = MotionReporter(reporting or ReportingSettings())
         self.stats = AgentStats()
         #: The camera side: commands, commits and answers, or nothing for a sensor.
         self.control: CameraPart = make_camera_part(
@@ -339,32 +335,68 @@ class DeviceAgent:
         return self.control.state
 
     def telemetry(self) -> Telemetry:
-        """The telemetry message this device would send now."""
-        now = self.clock()
-        fix = self.position()
+        """The telemetry message this device would send now (whether due or not)."""
+        now, state, fix = self.clock(), self.state(), self.position()
+        return self._message(now, state, fix, self._why(now, state, fix) or "asked")
+
+    def due_telemetry(self) -> Telemetry | None:
+        """The telemetry message due this GPS epoch, or None when the reporting mode
+        says the engine needs nothing new (the epoch is counted as skipped).
+
+        A returned message counts as sent for the reporting mode: the next dead-band is
+        measured from its fix.
+        """
+        now, state, fix = self.clock(), self.state(), self.position()
+        reason = self._why(now, state, fix)
+        if reason is None:
+            self.stats.telemetry_skipped += 1
+            return None
+        return self._message(now, state, fix, reason)
+
+    def _why(self, now: float, state: DeviceState, fix: Position | None) -> str | None:
+        return self.reporter.why(now, state, fix)
+
+    def _message(
+        self, now: float, state: DeviceState, fix: Position | None, reason: str
+    ) -> Telemetry:
+        deadband = self.reporter.sent(now, state, fix, reason)
+        if deadband is None:  # 1 Hz: the fields older engines know, nothing more
+            if fix is None:
+                return Telemetry(ts=now, state=state)
+            ts = fix.ts if fix.ts is not None else now
+            return Telemetry(ts=ts, lat=fix.lat, lon=fix.lon, acc=fix.acc, state=state)
+        hb = self.reporter.settings.heartbeat_s
         if fix is None:
-            return Telemetry(ts=now, state=self.state())
+            return Telemetry(ts=now, state=state, hb=hb, db=deadband)
         return Telemetry(
             ts=fix.ts if fix.ts is not None else now,
             lat=fix.lat,
             lon=fix.lon,
             acc=fix.acc,
-            state=self.state(),
+            state=state,
+            hb=hb,
+            db=deadband,
+            spd=None if fix.speed is None else min(fix.speed, MAX_SPEED_MPS),
         )
 
     async def send_telemetry(self) -> None:
-        await self.link.publish(
-            self.topics.telemetry(self.device_id), encode(self.telemetry()), qos=0
-        )
+        """Send telemetry now, due or not."""
+        await self._publish_telemetry(self.telemetry())
+
+    async def _publish_telemetry(self, message: Telemetry) -> None:
+        await self.link.publish(self.topics.telemetry(self.device_id), encode(message), qos=0)
         self.stats.telemetry_sent += 1
 
     async def _telemetry_loop(self) -> None:
         while True:
             await self.link.wait_connected(timeout=float("inf"))
-            try:
-                await self.send_telemetry()
-            except BrokerError as exc:
-                log.debug("%s: telemetry not sent: %s", self.device_id, exc)
+            message = self.due_telemetry()
+            if message is not None:
+                try:
+                    await self._publish_telemetry(message)
+                except BrokerError as exc:
+                    self.reporter.unsent()
+                    log.debug("%s: telemetry not sent: %s", self.device_id, exc)
             await asyncio.sleep(self.telemetry_interval_s)
 
     # ------------------------------------------------------------------ triggers

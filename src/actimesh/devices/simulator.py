@@ -38,6 +38,7 @@ from actimesh.devices.camera import Camera
 from actimesh.devices.media import MediaSource, Switchable
 from actimesh.devices.offload import Offloader
 from actimesh.devices.recorder import RecordingStore
+from actimesh.devices.reporting import ReportingSettings
 from actimesh.devices.settings import MediaKind, MediaSettings, open_media_source
 from actimesh.devices.simulator_streets import StreetMap
 from actimesh.devices.simulator_world import Unit, Walker, World
@@ -91,6 +92,9 @@ class SimSettings:
     #: synthetic segments (``media.source = "h264"`` makes every camera do so).
     video_cameras: int = 0
     telemetry_interval_s: float = 1.0
+    #: When devices send telemetry: every epoch (``"1hz"``, the default) or
+    #: motion-scaled (:mod:`actimesh.devices.reporting`).
+    reporting: ReportingSettings = field(default_factory=ReportingSettings)
     pre_roll_s: float = 30.0
     gps_accuracy_m: float = 3.0
     seed: int = DEFAULT_SEED
@@ -267,6 +271,7 @@ class FleetSimulator:
             broker_port=self._ports[len(self.agents) % len(self._ports)],
             position=position,
             telemetry_interval_s=self.settings.telemetry_interval_s,
+            reporting=self.settings.reporting,
             clock=self.clock,
             mqtt_protocol=self.settings.mqtt_protocol,
         )

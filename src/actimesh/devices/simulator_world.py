@@ -44,6 +44,9 @@ if TYPE_CHECKING:
 __all__ = ["Mode", "ShiftActions", "Unit", "Walker", "World"]
 
 _EARTH_M_PER_DEG = 111_320.0
+#: Time constant of the simulated GPS error (seconds): consumer receivers' errors
+#: decorrelate over about a minute.
+GPS_ERROR_TAU_S = 60.0
 _WALK_MPS = 1.6
 
 
@@ -74,6 +77,12 @@ class Walker:
 
     While its GPS is lost (``gps_lost_until``) it repeats its last fix, timestamp and
     all, as a receiver without satellites does: the fix ages and the map marks it stale.
+
+    The error of its fixes has the claimed 1-sigma accuracy but wanders slowly (a
+    first-order Gauss-Markov process with a :data:`GPS_ERROR_TAU_S` time constant), as
+    a real receiver's does: multipath and the atmosphere change over tens of seconds, so
+    a receiver standing still reports a slowly drifting position, not a new random one
+    every second. Fixes asked for at the same instant (the car's three devices) agree.
     """
 
     lat: float
@@ -85,16 +94,35 @@ class Walker:
     #: Waypoints still ahead, and (with a street map) the graph nodes they are.
     path: list[tuple[float, float]] = field(default_factory=list)
     path_nodes: list[int] = field(default_factory=list)
+    #: The current GPS error (metres north and east) and when it was drawn.
+    error: tuple[float, float, float] | None = None
+    #: The true position at the last fix, and when, for the receiver's ground speed.
+    moved_from: tuple[float, float, float] | None = None
+    speed: float = 0.0
 
     def fix(self, now: float) -> Position:
         if now < self.gps_lost_until and self.last_fix is not None:
             return self.last_fix
-        # Report a noisy fix whose error matches the claimed 1-sigma accuracy.
-        north = self.rng.gauss(0.0, self.acc / math.sqrt(2))
-        east = self.rng.gauss(0.0, self.acc / math.sqrt(2))
+        # Report a noisy fix whose error matches the claimed 1-sigma accuracy, and is
+        # correlated with the previous error over GPS_ERROR_TAU_S.
+        sigma = self.acc / math.sqrt(2)
+        if self.error is None:
+            north, east = self.rng.gauss(0.0, sigma), self.rng.gauss(0.0, sigma)
+        else:
+            north, east, then = self.error
+            keep = math.exp(-max(0.0, now - then) / GPS_ERROR_TAU_S)
+            fresh = sigma * math.sqrt(1.0 - keep * keep)
+            north = keep * north + self.rng.gauss(0.0, fresh)
+            east = keep * east + self.rng.gauss(0.0, fresh)
+        self.error = (north, east, now)
+        if self.moved_from is not None and now > self.moved_from[2]:
+            lat0, lon0, then = self.moved_from
+            self.speed = distance_m(lat0, lon0, self.lat, self.lon) / (now - then)
+        if self.moved_from is None or now > self.moved_from[2]:
+            self.moved_from = (self.lat, self.lon, now)
         lat = self.lat + north / _EARTH_M_PER_DEG
         lon = self.lon + east / (_EARTH_M_PER_DEG * max(0.01, math.cos(math.radians(self.lat))))
-        self.last_fix = Position(lat, lon, self.acc, now)
+        self.last_fix = Position(lat, lon, self.acc, now, self.speed)
         return self.last_fix
 
     def follow(self, step_m: float) -> bool:

@@ -11,7 +11,13 @@ from __future__ import annotations
 from actimesh.geofence.geodesy import destination, distance_m, to_ecef
 from actimesh.geofence.index import Fix, GridIndex, LinearIndex, SpatialIndex
 from actimesh.geofence.partition import Cell, PartitionMap
-from actimesh.geofence.policy import DECISION_BAND_M, InclusionMode, InclusionPolicy, Verdict
+from actimesh.geofence.policy import (
+    DECISION_BAND_M,
+    InclusionMode,
+    InclusionPolicy,
+    MotionPromise,
+    Verdict,
+)
 
 __all__ = [
     "DECISION_BAND_M",
@@ -21,6 +27,7 @@ __all__ = [
     "InclusionMode",
     "InclusionPolicy",
     "LinearIndex",
+    "MotionPromise",
     "PartitionMap",
     "SpatialIndex",
     "Verdict",

@@ -16,6 +16,22 @@ nobody needed). So the default, :attr:`InclusionMode.INCLUSIVE`:
   in either direction, is not evidence of where the device is now (a car at 50 km/h
   moves 140 m in 10 s). A NaN time counts as stale.
 
+Devices in **motion-scaled** mode (telemetry with ``hb`` and ``db``, docs/SCALING.md)
+report when they have moved more than their dead-band ``db`` from their last fix, when
+their state or accuracy changes, and otherwise every ``hb`` seconds, re-asserting their
+position. So, for them:
+
+* the fix stays fresh while its next report is not overdue: up to
+  ``min(hb, max_heartbeat_s) + heartbeat_grace_s`` seconds (never less than
+  ``max_fix_age_s``); a device that promises a slower heartbeat than ``max_heartbeat_s``
+  is held to that;
+* its uncertainty grows with the time between fix and event: INCLUSIVE mode adds
+  ``min(db, spd * |event_ts - fix_ts|)`` to the margin (``spd``, the ground speed at the
+  fix; ``db`` when the device did not say), under the same ``max_margin_m`` cap. ``db``
+  bounds it because the device promised to report before moving farther; a still
+  device (``spd`` 0) re-asserted by its heartbeat is judged on its fix alone, exactly
+  as a 1 Hz device is. CENTRE mode stays literal: reported centre against the event's.
+
 :attr:`InclusionMode.CENTRE` is the literal rule, centre point against centre point, for
 agencies whose policy says exactly that. Freshness applies in both modes.
 
@@ -29,7 +45,11 @@ import math
 from dataclasses import dataclass
 from enum import StrEnum
 
-__all__ = ["DECISION_BAND_M", "InclusionMode", "InclusionPolicy", "Verdict"]
+__all__ = ["DECISION_BAND_M", "InclusionMode", "InclusionPolicy", "MotionPromise", "Verdict"]
+
+#: A motion-scaled device's promise, from its telemetry: ``(hb, db, spd)``, the heartbeat
+#: in seconds, the dead-band in metres and the ground speed (None: not reported).
+MotionPromise = tuple[float, float, float | None]
 
 #: Metres beyond the radius out to which every camera gets a decision row, at least,
 #: whatever the policy: the default ``max_margin_m``, the widest band the default
@@ -77,6 +97,10 @@ class InclusionPolicy:
     max_fix_age_s: float = 10.0
     mode: InclusionMode = InclusionMode.INCLUSIVE
     max_margin_m: float = 6.0
+    #: The slowest heartbeat trusted from a motion-scaled device, and how late its
+    #: next report may be (delivery, a missed GPS epoch) before its fix is stale.
+    max_heartbeat_s: float = 15.0
+    heartbeat_grace_s: float = 3.0
 
     def __post_init__(self) -> None:
         # `not 0 <= v < inf` also rejects NaN, which would otherwise make every
@@ -89,6 +113,15 @@ class InclusionPolicy:
             raise ValueError(
                 f"max_margin_m must be a finite number of metres >= 0, got {self.max_margin_m!r}"
             )
+        if not 0.0 <= self.max_heartbeat_s <= 300.0:
+            raise ValueError(
+                f"max_heartbeat_s must be seconds within [0, 300], got {self.max_heartbeat_s!r}"
+            )
+        if not 0.0 <= self.heartbeat_grace_s < math.inf:
+            raise ValueError(
+                "heartbeat_grace_s must be a finite number of seconds >= 0, "
+                f"got {self.heartbeat_grace_s!r}"
+            )
         try:
             mode = InclusionMode(self.mode)
         except ValueError:
@@ -97,15 +130,39 @@ class InclusionPolicy:
         # Accept the plain string from a config file; the field then holds the enum.
         object.__setattr__(self, "mode", mode)
 
-    def margin_m(self, acc_device: float | None, acc_event: float | None) -> float:
+    def margin_m(
+        self, acc_device: float | None, acc_event: float | None, drift_m: float = 0.0
+    ) -> float:
         """Return the metres added to the radius for these two reported accuracies.
 
-        INCLUSIVE: ``hypot(acc_device, acc_event)`` capped at ``max_margin_m``, a missing
-        accuracy counting as 0. CENTRE: always 0.
+        INCLUSIVE: ``hypot(acc_device, acc_event)`` plus ``drift_m`` (how far a
+        motion-scaled device may have moved since its fix, :meth:`drift_m`), capped at
+        ``max_margin_m``, a missing accuracy counting as 0. CENTRE: always 0.
         """
         if self.mode is InclusionMode.CENTRE:
             return 0.0
-        return min(math.hypot(_accuracy(acc_device), _accuracy(acc_event)), self.max_margin_m)
+        margin = math.hypot(_accuracy(acc_device), _accuracy(acc_event)) + drift_m
+        return min(margin, self.max_margin_m)
+
+    @staticmethod
+    def drift_m(motion: MotionPromise | None, age_s: float) -> float:
+        """How far a device may have moved in ``age_s`` seconds since its fix: 0 for a
+        1 Hz device (``motion`` None), else ``min(db, spd * |age_s|)``, ``db`` when the
+        speed is unknown."""
+        if motion is None:
+            return 0.0
+        _hb, deadband, speed = motion
+        if speed is None:
+            return deadband
+        return min(deadband, speed * abs(age_s))
+
+    def max_age_s(self, heartbeat_s: float | None = None) -> float:
+        """Return the largest gap between fix and event time still fresh for a device
+        with this heartbeat (None: a 1 Hz device, ``max_fix_age_s``)."""
+        if heartbeat_s is None or not heartbeat_s > 0.0:
+            return self.max_fix_age_s
+        promised = min(heartbeat_s, self.max_heartbeat_s) + self.heartbeat_grace_s
+        return max(self.max_fix_age_s, promised)
 
     @property
     def widest_margin_m(self) -> float:
@@ -136,16 +193,24 @@ class InclusionPolicy:
         event_ts: float,
         acc_device: float | None,
         acc_event: float | None,
+        motion: MotionPromise | None = None,
     ) -> tuple[Verdict, float]:
         """Decide whether a camera's fix counts as within ``radius_m`` of an event.
 
         Returns the verdict and the margin in metres it was judged with: STALE when the
-        fix and event times differ by more than ``max_fix_age_s`` (either direction),
-        else WITHIN when ``distance_m <= radius_m + margin``, else TOO_FAR.
+        fix and event times differ by more than :meth:`max_age_s` (either direction),
+        else WITHIN when ``distance_m <= radius_m + margin``, else TOO_FAR. ``motion``
+        is a motion-scaled device's ``(hb, db, spd)``; None for a 1 Hz device.
         """
-        margin = self.margin_m(acc_device, acc_event)
+        age = event_ts - fix_ts
+        if motion is None:
+            margin = self.margin_m(acc_device, acc_event)
+            limit = self.max_fix_age_s
+        else:
+            margin = self.margin_m(acc_device, acc_event, self.drift_m(motion, age))
+            limit = self.max_age_s(motion[0])
         # Written as `not <=` so that a NaN time is stale rather than silently fresh.
-        if not abs(event_ts - fix_ts) <= self.max_fix_age_s:
+        if not abs(age) <= limit:
             return Verdict.STALE, margin
         if distance_m <= radius_m + margin:
             return Verdict.WITHIN, margin

@@ -86,13 +86,18 @@ def _event_position(
     if event.lat is not None and event.lon is not None:
         return event.lat, event.lon, event.acc, PositionSource.EVENT
     own = index.get(source)
-    if own is not None and abs(own.ts - event.ts) <= policy.max_fix_age_s:
-        return own.lat, own.lon, own.acc, PositionSource.SOURCE_DEVICE
     info = fleet.get(source)
+    own_hb = info.motion[0] if info is not None and info.motion is not None else None
+    if own is not None and abs(own.ts - event.ts) <= policy.max_age_s(own_hb):
+        return own.lat, own.lon, own.acc, PositionSource.SOURCE_DEVICE
     best = None
     for peer in info.paired if info is not None else ():
         fix = index.get(peer)
-        if fix is None or abs(fix.ts - event.ts) > policy.max_fix_age_s:
+        peer_info = fleet.get(peer)
+        peer_hb = (
+            peer_info.motion[0] if peer_info is not None and peer_info.motion is not None else None
+        )
+        if fix is None or abs(fix.ts - event.ts) > policy.max_age_s(peer_hb):
             continue
         if best is None or fix.ts > best.ts:
             best = fix
@@ -158,6 +163,7 @@ def _nearby(
             event_ts=event.ts,
             acc_device=fix.acc,
             acc_event=acc,
+            motion=info.motion,
         )
         if verdict is Verdict.WITHIN:
             targets[device_id] = Target(device_id, info.kind, ActivationReason.PROXIMITY, dist)

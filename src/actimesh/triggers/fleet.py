@@ -121,6 +121,9 @@ class DeviceInfo(DeviceRecord):
     #: tokens left, and when they were last counted (from 0: the first fix finds it full).
     tm_tokens: float = 0.0
     tm_counted: float = 0.0
+    #: The reporting mode of the indexed fix (telemetry ``hb``, ``db`` and ``spd``):
+    #: None for a device that reports about once a second (geofence/policy.py).
+    motion: tuple[float, float, float | None] | None = None
 
 
 class Fleet:

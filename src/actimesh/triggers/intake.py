@@ -22,7 +22,7 @@ import logging
 from collections.abc import Callable, Sequence
 
 from actimesh.adapters.owntracks import OWNTRACKS_ROOT, owntracks_device, parse_owntracks
-from actimesh.broker.codec import check_clock, decode, decode_telemetry
+from actimesh.broker.codec import check_clock, decode, decode_telemetry_report
 from actimesh.broker.ingest import Publish
 from actimesh.broker.intake import Delivery
 from actimesh.broker.messages import (
@@ -144,7 +144,7 @@ class Intake:
                         self._refusals.charge(device_id, "telemetry over its rate")
                         continue
                     info.tm_tokens = tokens - 1.0
-                ts, state, lat, lon, acc = decode_telemetry(payload)
+                ts, state, lat, lon, acc, motion = decode_telemetry_report(payload)
                 if not oldest <= ts <= newest:
                     check_clock(ts, now, max_age_s=max_age, max_skew_s=max_skew)
             except PayloadError as exc:
@@ -156,10 +156,15 @@ class Intake:
             else:
                 info.last_seen = now
             info.state = state
-            if lat is not None and lon is not None:
-                # A fix older than the one indexed arrived late: ignored. The fleet's id
-                # string is stored, so each device's id exists once in memory.
-                index.upsert_latest(info.device_id, lat, lon, acc, ts)
+            # A fix older than the one indexed arrived late: ignored. The fleet's id
+            # string is stored, so each device's id exists once in memory. The reporting
+            # mode goes with the fix it came with (policy.py judges the one by the other).
+            if (
+                lat is not None
+                and lon is not None
+                and index.upsert_latest(info.device_id, lat, lon, acc, ts)
+            ):
+                info.motion = motion
 
     def _on_owntracks(self, topic: bytes, payload: bytes, now: float) -> None:
         """An OwnTracks message: a location is the device's fix, as its telemetry would
@@ -190,7 +195,8 @@ class Intake:
             info.state = DeviceState.BUFFERING  # a tracker says nothing of recording
         else:
             info.last_seen = now
-        self._index.upsert_latest(info.device_id, fix.lat, fix.lon, fix.acc, fix.ts)
+        if self._index.upsert_latest(info.device_id, fix.lat, fix.lon, fix.acc, fix.ts):
+            info.motion = None  # OwnTracks: no motion-scaled promise
 
     def _within_rate(self, device_id: str, info: DeviceInfo | None, now: float) -> bool:
         """Take one of a known device's telemetry tokens; False (counted) if none."""
