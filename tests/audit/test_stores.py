@@ -19,8 +19,9 @@ from psycopg import sql
 
 from actimesh.audit import export_case, link_case, read_head, verify_ledger
 from actimesh.errors import AuditError
+from actimesh.ledger import DecisionRow, open_ledger
 from actimesh.ledger.postgres import schema_name
-from tests.audit.helpers import chain_hash, write_activations
+from tests.audit.helpers import activation, chain_hash, write_activations
 
 # Five activations, each with one ack: activation n is seq 2n-1, its ack seq 2n.
 LAST = 10
@@ -164,3 +165,60 @@ def test_a_postgres_ledger_is_shown_without_its_password(postgres_url: str, agen
     report = verify_ledger(url, agency=agency)
     assert report.ok
     assert "hunter2" not in str(report.path)
+
+
+def _downgrade_to_schema_1(written: Written) -> None:
+    """Make the ledger what an actimesh from before positions left: decision rows
+    without ``lat``/``lon``, schema 1 (its records are already what that one wrote, since
+    a decision without a position has the same body)."""
+    with written.tamper() as db:
+        db.execute("ALTER TABLE decisions DROP COLUMN lat")
+        db.execute("ALTER TABLE decisions DROP COLUMN lon")
+        if isinstance(written.location, Path):
+            db.execute("PRAGMA user_version = 1")
+        else:
+            db.execute("DELETE FROM schema_version")
+            db.execute("INSERT INTO schema_version VALUES (1)")
+
+
+PLACED = [
+    DecisionRow("bwc1", "body_cam", True, "paired"),
+    DecisionRow("bwc2", "body_cam", True, "proximity", 9.0, 0.0, 0.5, 3.0, 51.00008, -114.0),
+    DecisionRow("bwc3", "body_cam", False, "too_far", 9.3, 0.0, 0.5, 3.0, 51.0, -114.000134),
+]
+
+
+async def _write_placed(location: Path | str, agency: str) -> None:
+    async with open_ledger(location, agency=agency) as ledger:
+        for n in (6, 7):
+            assert await ledger.record_activation(activation(n), PLACED)
+
+
+def test_a_ledger_with_rows_from_before_positions_verifies(written: Written) -> None:
+    _downgrade_to_schema_1(written)
+    # Read only, not yet upgraded: the audit reads no position for the old rows.
+    assert written.findings() == []
+    # Opened by this actimesh: upgraded in place, the old rows keep NULL positions.
+    asyncio.run(_write_placed(written.location, written.agency))
+    report = verify_ledger(written.location, agency=written.agency)
+    assert report.ok, report.findings
+    assert report.records == LAST + 2
+    with written.tamper() as db:
+        old = db.execute("SELECT lat, lon FROM decisions WHERE aid = 'act-2'").fetchall()
+        new = db.execute(
+            "SELECT lat, lon FROM decisions WHERE aid = 'act-6' AND device_id = 'bwc2'"
+        ).fetchone()
+    assert old
+    assert all(tuple(r) == (None, None) for r in old)
+    assert tuple(new) == (51.00008, -114.0)
+
+    # A position moved in the table, or one given to an old row, is named.
+    with written.tamper() as db:
+        db.execute("UPDATE decisions SET lat = 51.1 WHERE aid = 'act-7' AND device_id = 'bwc2'")
+        db.execute("UPDATE decisions SET lon = -114.2 WHERE aid = 'act-1' AND device_id = 'bwc2'")
+    assert written.findings() == [
+        "decisions: changed: activation act-1 (record seq 1) camera bwc2: lon is -114.2 "
+        "in the table, None in the chain",
+        "decisions: changed: activation act-7 (record seq 12) camera bwc2: lat is 51.1 "
+        "in the table, 51.00008 in the chain",
+    ]

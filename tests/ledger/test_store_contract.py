@@ -4,6 +4,7 @@ suite's own server. Each test ends with the whole chain read back and verified (
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -65,6 +66,27 @@ async def test_activation_is_written_once_and_read_back(store: StoreUnderTest) -
         "commanded",
     )
     assert record.component == "engine/engine-1"
+
+
+async def test_each_camera_keeps_the_position_of_its_judged_fix(store: StoreUnderTest) -> None:
+    placed = [
+        DecisionRow("bwc1", "body_cam", True, "paired"),  # no fix judged: no position
+        DecisionRow("bwc2", "body_cam", True, "proximity", 9.0, 0.0, 0.5, 3.0, 51.00008, -114.0),
+        DecisionRow("bwc3", "body_cam", False, "offline", 40.0, None, 9.0, 5.0, 51.0, -114.0006),
+    ]
+    async with store.open() as ledger:
+        assert await ledger.record_activation(activation(1), placed)
+        found = await ledger.activation("act-1")
+    assert found is not None
+    assert set(found[1]) == set(placed)
+    (record,) = store.records()
+    body = json.loads(record.body or "")
+    by_id = {d["device_id"]: d for d in body["decisions"]}
+    # In the hashed record; a decision without a position has the body it always had.
+    assert (by_id["bwc2"]["lat"], by_id["bwc2"]["lon"]) == (51.00008, -114.0)
+    assert (by_id["bwc3"]["lat"], by_id["bwc3"]["lon"]) == (51.0, -114.0006)
+    assert "lat" not in by_id["bwc1"]
+    assert "lon" not in by_id["bwc1"]
 
 
 async def test_acks_redelivered_and_not_commanded_are_not_written(store: StoreUnderTest) -> None:

@@ -21,7 +21,12 @@ from psycopg import sql
 from actimesh.audit._store import Snapshot
 from actimesh.errors import AuditError, LedgerError
 from actimesh.ledger import GENESIS_HASH, ActivationRow, DecisionRow, shown_location
-from actimesh.ledger.postgres import SCHEMA_VERSION, schema_name
+from actimesh.ledger.postgres import (
+    DECISION_COLUMNS,
+    POSITIONS_VERSION,
+    SCHEMA_VERSION,
+    schema_name,
+)
 
 __all__ = ["postgres_snapshot"]
 
@@ -33,14 +38,23 @@ _STATEMENT_TIMEOUT_MS = 600_000
 _names = itertools.count()
 
 
+_NO_POSITIONS = DECISION_COLUMNS.replace("lat, lon", "NULL, NULL")
+_SELECT_DECISIONS = (
+    "SELECT {columns} FROM decisions WHERE aid = ? ORDER BY commanded DESC, device_id"
+)
+
+
 def _pg(query: str) -> str:
     return query.replace("?", "%s")
 
 
 class _PostgresSnapshot:
-    def __init__(self, conn: Conn, shown: str) -> None:
+    def __init__(self, conn: Conn, shown: str, version: int) -> None:
         self._conn = conn
         self.shown = shown
+        # A ledger not yet upgraded (audit only reads) has no positions: NULL.
+        columns = DECISION_COLUMNS if version >= POSITIONS_VERSION else _NO_POSITIONS
+        self._select_decisions = _SELECT_DECISIONS.format(columns=columns)
 
     def rows(self, query: str, args: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
         # A named (server-side) cursor: rows arrive in batches, never all at once.
@@ -72,11 +86,9 @@ class _PostgresSnapshot:
         values = list(found)
         values[13] = json.loads(values[13])
         decisions = [
-            DecisionRow(r[0], r[1], bool(r[2]), r[3], r[4], r[5], r[6], r[7])
+            DecisionRow(r[0], r[1], bool(r[2]), r[3], r[4], r[5], r[6], r[7], r[8], r[9])
             for r in self.rows(
-                "SELECT device_id, device_kind, commanded, reason, distance_m, margin_m, "
-                "fix_age_s, acc_m FROM decisions WHERE aid = ? "
-                "ORDER BY commanded DESC, device_id",
+                self._select_decisions,
                 (aid,),
             )
         ]
@@ -105,8 +117,8 @@ def postgres_snapshot(url: str, agency: str) -> Iterator[Snapshot]:
     try:
         with conn:
             conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema)))
-            _check_version(conn, shown)
-            yield _PostgresSnapshot(conn, shown)
+            version = _check_version(conn, shown)
+            yield _PostgresSnapshot(conn, shown, version)
             conn.rollback()  # read only: nothing to commit
     except psycopg.Error as exc:
         raise AuditError(f"{shown} is not a readable actimesh ledger: {_line(exc)}") from exc
@@ -114,7 +126,7 @@ def postgres_snapshot(url: str, agency: str) -> Iterator[Snapshot]:
         conn.close()
 
 
-def _check_version(conn: Conn, shown: str) -> None:
+def _check_version(conn: Conn, shown: str) -> int:
     try:
         found = conn.execute("SELECT max(version) FROM schema_version").fetchone()
     except psycopg.errors.UndefinedTable:
@@ -128,6 +140,7 @@ def _check_version(conn: Conn, shown: str) -> None:
             f"the ledger at {shown} has schema {version}, newer than this actimesh "
             f"({SCHEMA_VERSION}); use a newer actimesh"
         )
+    return version
 
 
 def _line(exc: BaseException) -> str:

@@ -371,6 +371,9 @@ class CameraActivation(Message):
     device_kind: Kind
     reason: Reason
     dist: Metres | None = None
+    #: Where the fix the engine judged put the camera (the ledger's decision row).
+    lat: Latitude | None = None
+    lon: Longitude | None = None
 
 
 class LeftOut(Message):
@@ -391,6 +394,9 @@ class LeftOut(Message):
     margin: Metres | None = None
     #: Event time minus fix time, in seconds (negative: the fix is newer than the event).
     age: Annotated[float, Field(ge=-1_000_000.0, le=1_000_000.0)] | None = None
+    #: Where that fix put the camera (the ledger's decision row).
+    lat: Latitude | None = None
+    lon: Longitude | None = None
 
 
 class Activation(Message):

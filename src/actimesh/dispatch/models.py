@@ -20,6 +20,7 @@ __all__ = [
     "ActivationPage",
     "ActivationSummary",
     "ApiError",
+    "AtEventFrom",
     "CameraOutcome",
     "DeliveryOut",
     "DeliveryStatus",
@@ -150,6 +151,15 @@ class AckOut(_Out):
     detail: str | None
 
 
+class AtEventFrom(StrEnum):
+    """Where a camera's position at the event comes from."""
+
+    #: The ledger's decision row: the fix the engine judged.
+    LEDGER = "ledger"
+    #: The dispatch's recent tracks (a decision row from before positions were kept).
+    TRACKS = "tracks"
+
+
 class CameraOutcome(_Out):
     """One camera considered for an activation: the engine's decision and its result."""
 
@@ -170,8 +180,12 @@ class CameraOutcome(_Out):
     officer: str | None = Field(default=None, description="From the registry")
     at_event: tuple[float, float] | None = Field(
         default=None,
-        description="[lat, lon] of the camera's fix at the event (the fix the engine judged, "
-        "from the dispatch's recent tracks; null once older than their horizon)",
+        description="[lat, lon] of the camera at the event: the fix the engine judged, from "
+        "the ledger's decision row; for a row written before the ledger kept positions, "
+        "from the dispatch's recent tracks (null once older than their horizon)",
+    )
+    at_event_from: AtEventFrom | None = Field(
+        default=None, description="Where ``at_event`` comes from (null when it is null)"
     )
 
 
@@ -243,6 +257,11 @@ class ReplayDevice(TrackOut):
     kind: str | None
     commanded: bool
     reason: str
+    at_event: tuple[float, float] | None = Field(
+        default=None,
+        description="[lat, lon] of the camera at the event, as in the activation's detail",
+    )
+    at_event_from: AtEventFrom | None = None
 
 
 class Replay(_Out):

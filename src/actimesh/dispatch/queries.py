@@ -38,6 +38,7 @@ from actimesh.dispatch.models import (
     AckOut,
     ActivationDetail,
     ActivationSummary,
+    AtEventFrom,
     CameraOutcome,
     DispatcherAck,
     NoteOut,
@@ -328,7 +329,7 @@ class ReadQueries(abc.ABC):
         cameras = []
         for r in self._all(
             "SELECT device_id, device_kind, commanded, reason, distance_m, margin_m, fix_age_s,"
-            " acc_m FROM decisions WHERE aid = ? ORDER BY commanded DESC, device_id",
+            " acc_m, lat, lon FROM decisions WHERE aid = ? ORDER BY commanded DESC, device_id",
             (aid,),
         ):
             commanded = bool(r[2])
@@ -356,6 +357,8 @@ class ReadQueries(abc.ABC):
                     margin_m=r[5],
                     fix_age_s=r[6],
                     acc_m=r[7],
+                    at_event=None if r[8] is None or r[9] is None else (r[8], r[9]),
+                    at_event_from=None if r[8] is None or r[9] is None else AtEventFrom.LEDGER,
                     outcome=outcome,
                     pre_roll_covered_s=chosen.pre_cov_s if chosen else None,
                     recording_id=chosen.recording if chosen else None,
@@ -389,14 +392,16 @@ class ReadQueries(abc.ABC):
             return None
         cameras: list[CameraActivation] = []
         excluded: list[DecisionRow] = []
-        for device_id, kind, commanded, reason, dist, margin, age, acc in self._all(
+        for device_id, kind, commanded, reason, dist, margin, age, acc, lat, lon in self._all(
             "SELECT device_id, device_kind, commanded, reason, distance_m, margin_m, "
-            "fix_age_s, acc_m FROM decisions WHERE aid = ? ORDER BY device_id",
+            "fix_age_s, acc_m, lat, lon FROM decisions WHERE aid = ? ORDER BY device_id",
             (aid,),
         ):
             if not commanded:
                 excluded.append(
-                    DecisionRow(device_id, kind, False, str(reason), dist, margin, age, acc)
+                    DecisionRow(
+                        device_id, kind, False, str(reason), dist, margin, age, acc, lat, lon
+                    )
                 )
                 continue
             if kind is None or DeviceKind(kind) not in CAMERA_KINDS:
@@ -408,6 +413,8 @@ class ReadQueries(abc.ABC):
                     device_kind=DeviceKind(kind),
                     reason=ActivationReason.PAIRED if paired else ActivationReason.PROXIMITY,
                     dist=None if paired else dist,
+                    lat=lat,
+                    lon=lon,
                 )
             )
         return Activation(

@@ -165,7 +165,8 @@ class CameraView:
     #: Who cancelled it as a false activation, and when (camera clock).
     cancelled_by: str | None = None
     cancelled_ts: float | None = None
-    #: Where the camera was at the event (its fix then, from the dispatch's tracks).
+    #: Where the camera was at the event: the fix the engine judged (the record carries
+    #: the ledger's position), or for a record without one the dispatch's track then.
     at: Fix | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -501,12 +502,17 @@ class LiveState:
         self.stats.activations += 1
         cameras: dict[str, CameraView] = {}
         for cam in record.cameras:
+            judged = (
+                None
+                if cam.lat is None or cam.lon is None
+                else Fix(record.ets, cam.lat, cam.lon, None, None)
+            )
             cameras[cam.id] = CameraView(
                 cam.id,
                 cam.device_kind,
                 cam.reason.value,
                 cam.dist,
-                at=self.tracks.at(cam.id, record.ets, self.max_fix_age_s),
+                at=judged or self.tracks.at(cam.id, record.ets, self.max_fix_age_s),
             )
         src = self.devices.get(record.src)
         unit = src.unit if src is not None else None

@@ -59,7 +59,12 @@ _OWN_TYPES = frozenset(
 
 @dataclass(frozen=True, slots=True)
 class DecisionRow:
-    """One camera considered for an activation."""
+    """One camera considered for an activation.
+
+    ``lat``/``lon`` is where the fix the engine judged put the camera (None when it
+    judged none: a paired camera with no fix near, or a row written before positions
+    were kept).
+    """
 
     device_id: str
     device_kind: str | None
@@ -69,6 +74,8 @@ class DecisionRow:
     margin_m: float | None = None
     fix_age_s: float | None = None
     acc_m: float | None = None
+    lat: float | None = None
+    lon: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,7 +176,10 @@ class Redaction:
 
 # ---------------------------------------------------------------------- record bodies
 _ACTIVATION_FIELDS = tuple(f.name for f in fields(ActivationRow))
-_DECISION_FIELDS = tuple(f.name for f in fields(DecisionRow))
+#: Decision fields a record body has only when set: a decision without a position has
+#: the body it had before positions were kept, and older records read back as None.
+_DECISION_OPTIONAL = ("lat", "lon")
+_DECISION_FIELDS = tuple(f.name for f in fields(DecisionRow) if f.name not in _DECISION_OPTIONAL)
 _ACK_FIELDS = tuple(f.name for f in fields(AckRow))
 
 
@@ -178,12 +188,17 @@ def _shallow(obj: object, names: tuple[str, ...]) -> dict[str, Any]:
     return {name: getattr(obj, name) for name in names}
 
 
+def _decision_body(d: DecisionRow) -> dict[str, Any]:
+    body = _shallow(d, _DECISION_FIELDS)
+    if d.lat is not None or d.lon is not None:
+        body["lat"], body["lon"] = d.lat, d.lon
+    return body
+
+
 def activation_body(row: ActivationRow, decisions: Sequence[DecisionRow]) -> dict[str, Any]:
     """The body of an activation record: the row, and every decision by device id."""
     body = _shallow(row, _ACTIVATION_FIELDS)
-    body["decisions"] = [
-        _shallow(d, _DECISION_FIELDS) for d in sorted(decisions, key=lambda d: d.device_id)
-    ]
+    body["decisions"] = [_decision_body(d) for d in sorted(decisions, key=lambda d: d.device_id)]
     return body
 
 
@@ -191,7 +206,11 @@ def activation_from_body(body: Mapping[str, Any]) -> tuple[ActivationRow, list[D
     """Inverse of :func:`activation_body`. Raises KeyError/TypeError if it is not one."""
     row = ActivationRow(**{name: body[name] for name in _ACTIVATION_FIELDS})
     decisions = [
-        DecisionRow(**{name: d[name] for name in _DECISION_FIELDS}) for d in body["decisions"]
+        DecisionRow(
+            **{name: d[name] for name in _DECISION_FIELDS},
+            **{name: d.get(name) for name in _DECISION_OPTIONAL},
+        )
+        for d in body["decisions"]
     ]
     return row, decisions
 

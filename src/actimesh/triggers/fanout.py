@@ -148,12 +148,21 @@ def _nearby(
         if device_id in targets:
             # Paired and also near: keep "paired" as the reason, note the distance.
             decisions[device_id] = DecisionRow(
-                device_id, kind, True, "paired", dist, None, age, fix.acc
+                device_id, kind, True, "paired", dist, None, age, fix.acc, fix.lat, fix.lon
             )
             continue
         if info.kind not in rule.camera_kinds:
             decisions[device_id] = DecisionRow(
-                device_id, kind, False, Exclusion.KIND_NOT_IN_RULE, dist, None, age, fix.acc
+                device_id,
+                kind,
+                False,
+                Exclusion.KIND_NOT_IN_RULE,
+                dist,
+                None,
+                age,
+                fix.acc,
+                fix.lat,
+                fix.lon,
             )
             continue
         verdict, margin = policy.judge(
@@ -170,11 +179,20 @@ def _nearby(
             # Link lost but still buffering: the command waits in its broker session.
             reason = "proximity" if info.online else "proximity_queued"
             decisions[device_id] = DecisionRow(
-                device_id, kind, True, reason, dist, margin, age, fix.acc
+                device_id, kind, True, reason, dist, margin, age, fix.acc, fix.lat, fix.lon
             )
         else:
             decisions[device_id] = DecisionRow(
-                device_id, kind, False, verdict.value, dist, margin, age, fix.acc
+                device_id,
+                kind,
+                False,
+                verdict.value,
+                dist,
+                margin,
+                age,
+                fix.acc,
+                fix.lat,
+                fix.lon,
             )
     since = event.ts - fleet.offline_memory_s
     for info, dist in fleet.offline_near(lat, lon, search, since):
@@ -184,7 +202,16 @@ def _nearby(
         last_kind = info.kind.value if info.kind else None
         age = event.ts - last.ts
         decisions[info.device_id] = DecisionRow(
-            info.device_id, last_kind, False, Exclusion.OFFLINE, dist, None, age, last.acc
+            info.device_id,
+            last_kind,
+            False,
+            Exclusion.OFFLINE,
+            dist,
+            None,
+            age,
+            last.acc,
+            last.lat,
+            last.lon,
         )
 
 

@@ -91,6 +91,8 @@ def left_out_of(decisions: Iterable[DecisionRow]) -> tuple[LeftOut, ...]:
                 dist=_finite(d.distance_m),
                 margin=_finite(d.margin_m),
                 age=_finite(d.fix_age_s),
+                lat=d.lat,
+                lon=d.lon,
             )
         )
     rows.sort(key=lambda r: r.id)
@@ -98,6 +100,14 @@ def left_out_of(decisions: Iterable[DecisionRow]) -> tuple[LeftOut, ...]:
 
 
 _KINDS = frozenset(k.value for k in DeviceKind)
+
+
+def _lat(d: DecisionRow | None) -> float | None:
+    return None if d is None else d.lat
+
+
+def _lon(d: DecisionRow | None) -> float | None:
+    return None if d is None else d.lon
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +225,7 @@ class Persister:
     async def _publish_record(self, item: Decided) -> None:
         """The activation record, for dispatch and integrators."""
         plan, event = item.plan, item.event
+        judged = {d.device_id: d for d in plan.decisions}
         record = Activation(
             aid=plan.aid,
             eid=event.eid,
@@ -232,6 +243,8 @@ class Persister:
                     device_kind=t.kind,
                     reason=t.reason,
                     dist=t.distance_m,
+                    lat=_lat(judged.get(t.device_id)),
+                    lon=_lon(judged.get(t.device_id)),
                 )
                 for t in plan.targets
                 if t.kind is not None

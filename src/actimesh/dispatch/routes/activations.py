@@ -16,7 +16,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query
 
 from actimesh.dispatch.auth import Permission, Require
 from actimesh.dispatch.context import Ctx
-from actimesh.dispatch.models import ActivationDetail, ActivationPage
+from actimesh.dispatch.models import ActivationDetail, ActivationPage, AtEventFrom
 from actimesh.dispatch.queries import ActivationQuery, BBox, Near
 from actimesh.dispatch.routes.errors import ERRORS
 
@@ -132,23 +132,23 @@ def _with_live(found: ActivationDetail, ctx: Ctx) -> ActivationDetail:
     live = state.activations.get(found.aid)
     cameras = []
     for cam in found.cameras:
-        # The fix the engine judged is the one ``fix_age_s`` before the event.
-        age = cam.fix_age_s or 0.0
-        fix = state.tracks.at(cam.device_id, found.event_ts - age, 0.5)
-        if fix is None:
-            seen = live.cameras.get(cam.device_id) if live is not None else None
-            fix = seen.at if seen is not None else None
         view = state.devices.get(cam.device_id)
-        names = (view.call_sign, view.officer) if view is not None else (None, None)
-        cameras.append(
-            cam.model_copy(
-                update={
-                    "call_sign": names[0],
-                    "officer": names[1],
-                    "at_event": None if fix is None else (fix.lat, fix.lon),
-                }
-            )
-        )
+        update: dict[str, object] = {
+            "call_sign": view.call_sign if view is not None else None,
+            "officer": view.officer if view is not None else None,
+        }
+        if cam.at_event is None:
+            # A row from before the ledger kept positions: the fix the engine judged is
+            # the one ``fix_age_s`` before the event, if the tracks still hold it.
+            age = cam.fix_age_s or 0.0
+            fix = state.tracks.at(cam.device_id, found.event_ts - age, 0.5)
+            if fix is None:
+                seen = live.cameras.get(cam.device_id) if live is not None else None
+                fix = seen.at if seen is not None else None
+            if fix is not None:
+                update["at_event"] = (fix.lat, fix.lon)
+                update["at_event_from"] = AtEventFrom.TRACKS
+        cameras.append(cam.model_copy(update=update))
     return found.model_copy(
         update={
             "cameras": cameras,

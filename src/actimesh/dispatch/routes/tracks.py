@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query
 
 from actimesh.dispatch.auth import Permission, Require
 from actimesh.dispatch.context import Ctx
-from actimesh.dispatch.models import Replay, ReplayDevice, TrackOut
+from actimesh.dispatch.models import AtEventFrom, CameraOutcome, Replay, ReplayDevice, TrackOut
 from actimesh.dispatch.routes.errors import ERRORS
 from actimesh.dispatch.tracks import Fix
 
@@ -59,6 +59,22 @@ def _stopped(points: list[Fix], after: float) -> float | None:
     return None
 
 
+def _at_event(
+    decision: CameraOutcome | None, points: list[Fix], ets: float
+) -> tuple[tuple[float, float] | None, AtEventFrom | None]:
+    """Where a camera was at the event: the ledger's position of the fix the engine
+    judged, else (a row from before positions were kept) the track's fix then."""
+    if decision is not None and decision.at_event is not None:
+        return decision.at_event, AtEventFrom.LEDGER
+    if decision is None:
+        return None, None
+    judged = ets - (decision.fix_age_s or 0.0)
+    before = [p for p in points if p.ts <= judged + 0.5]
+    if not before:
+        return None, None
+    return (before[-1].lat, before[-1].lon), AtEventFrom.TRACKS
+
+
 @router.get("/api/v1/activations/{aid}/replay", response_model=Replay, responses=ERRORS)
 async def replay(aid: str, ctx: Ctx) -> Replay:
     """An incident from 30 s before the event to its end (the last commanded camera back
@@ -92,15 +108,26 @@ async def replay(aid: str, ctx: Ctx) -> Replay:
                 running = True
         view = ctx.state.devices.get(device_id)
         decision = next((c for c in detail.cameras if c.device_id == device_id), None)
+        at_event, at_from = _at_event(decision, points, ets)
+        rows = [(p.ts, p.lat, p.lon, p.acc, p.state) for p in points]
+        if decision is not None and at_event is not None:
+            judged = ets - (decision.fix_age_s or 0.0)
+            if not rows or rows[0][0] > judged + 0.5:
+                # The tracks do not reach back to the event (older than their horizon,
+                # or the dispatch restarted): the ledger says where the fix the engine
+                # judged put the camera.
+                rows.insert(0, (judged, at_event[0], at_event[1], decision.acc_m, None))
         devices.append(
             ReplayDevice(
                 device_id=device_id,
-                points=[(p.ts, p.lat, p.lon, p.acc, p.state) for p in points],
+                points=rows,
                 call_sign=view.call_sign if view is not None else None,
                 officer=view.officer if view is not None else None,
                 kind=view.kind.value if view is not None and view.kind is not None else None,
                 commanded=cam is not None,
                 reason=decision.reason if decision is not None else "source",
+                at_event=at_event,
+                at_event_from=at_from,
             )
         )
     end = horizon if running else min(horizon, max(ends))

@@ -178,3 +178,12 @@ export function undrawAll() {
 export const isDrawn = (aid) => drawn.has(aid);
 // For the browser test: how many lines an incident draws now (fading ones included).
 window.actimesh.lines = (aid) => { const g = drawn.get(aid); return g ? g.lines.size : 0; };
+// For the browser test: where each of an incident's lines ends, by camera id.
+window.actimesh.lineEnds = (aid) => {
+  const g = drawn.get(aid);
+  if (!g) return {};
+  return Object.fromEntries([...g.lines].map(([id, l]) => {
+    const end = l.line.getLatLngs()[1];
+    return [id, end ? [end.lat, end.lng] : null];
+  }));
+};

@@ -125,7 +125,7 @@ export async function startReplay(aid) {
   Object.assign(scrub, { min: doc.start, max: doc.end, step: 'any' });
   scrub.value = String(doc.start);
   $('replay-span').textContent = (doc.end - doc.start).toFixed(0) + ' s' +
-    (doc.tracked_since == null ? ' · no positions kept for it any more' : '');
+    (doc.tracked_since == null ? ' · no track kept for it any more: cameras where the ledger put them' : '');
   $('replay').hidden = false;
   $('map').classList.add('replaying');
   renderAt(doc.start);

@@ -21,10 +21,24 @@ import hashlib
 from actimesh.broker.topics import is_identifier
 from actimesh.errors import LedgerError
 
-__all__ = ["SCHEMA", "SCHEMA_VERSION", "SELECT_ACKS", "SELECT_HEAD", "lock_key", "schema_name"]
+__all__ = [
+    "DECISION_COLUMNS",
+    "INSERT_DECISION",
+    "POSITIONS_VERSION",
+    "SCHEMA",
+    "SCHEMA_VERSION",
+    "SELECT_ACKS",
+    "SELECT_DECISIONS",
+    "SELECT_HEAD",
+    "lock_key",
+    "schema_name",
+]
 
-#: The row of ``schema_version`` of an agency's schema this actimesh writes.
-SCHEMA_VERSION = 1
+#: The row of ``schema_version`` of an agency's schema this actimesh writes (1: decision
+#: rows without the camera's position).
+SCHEMA_VERSION = 2
+#: The first schema whose decision rows hold the camera's position.
+POSITIONS_VERSION = 2
 #: PostgreSQL truncates longer names (NAMEDATALEN - 1 bytes), which could make two
 #: agencies share one schema; such names are refused instead.
 _MAX_NAME = 63
@@ -62,8 +76,13 @@ SCHEMA = (
     margin_m    DOUBLE PRECISION,
     fix_age_s   DOUBLE PRECISION,
     acc_m       DOUBLE PRECISION,
+    lat         DOUBLE PRECISION,
+    lon         DOUBLE PRECISION,
     PRIMARY KEY (aid, device_id)
 )""",
+    # Schema 1 had no positions: its rows keep NULL, as their records never had one.
+    "ALTER TABLE decisions ADD COLUMN IF NOT EXISTS lat DOUBLE PRECISION",
+    "ALTER TABLE decisions ADD COLUMN IF NOT EXISTS lon DOUBLE PRECISION",
     "CREATE INDEX IF NOT EXISTS decisions_by_device ON decisions (device_id)",
     # id: the insertion order SQLite gets from rowid.
     """CREATE TABLE IF NOT EXISTS acks (
@@ -110,6 +129,18 @@ SCHEMA = (
     "CREATE INDEX IF NOT EXISTS records_merged ON records "
     "((body::jsonb ->> 'src'), (body::jsonb ->> 'eid')) WHERE event_type = 'merge'",
     "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)",
+)
+#: The columns of a decision row, in ``DecisionRow``'s order.
+DECISION_COLUMNS = (
+    "device_id, device_kind, commanded, reason, distance_m, margin_m, fix_age_s, acc_m, lat, lon"
+)
+_ORDERED = "FROM decisions WHERE aid = %s ORDER BY commanded DESC, device_id"
+#: The decision rows of an activation, commanded first.
+SELECT_DECISIONS = f"SELECT {DECISION_COLUMNS} {_ORDERED}"
+#: Insert one decision row of an activation.
+INSERT_DECISION = (
+    "INSERT INTO decisions (aid, device_id, device_kind, commanded, reason, distance_m, "
+    "margin_m, fix_age_s, acc_m, lat, lon) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 )
 SELECT_HEAD = "SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1"
 SELECT_ACKS = (

@@ -48,9 +48,11 @@ from actimesh.errors import LedgerError, NotCommandedError
 from actimesh.ledger.chain import GENESIS_HASH, EventType, format_time
 from actimesh.ledger.postgres.retention import redact_batch
 from actimesh.ledger.postgres.schema import (
+    INSERT_DECISION,
     SCHEMA,
     SCHEMA_VERSION,
     SELECT_ACKS,
+    SELECT_DECISIONS,
     SELECT_HEAD,
     lock_key,
     schema_name,
@@ -223,7 +225,7 @@ class PostgresLedger:
                 version = await self._version(cur) if exists else None
                 if version == SCHEMA_VERSION:
                     return  # the usual case: no lock needed to open
-                if not self.create:
+                if not self.create and version is None:
                     raise LedgerError(
                         f"no ledger for agency {self.agency} in this PostgreSQL database "
                         f"(schema {self.schema} {'is empty' if exists else 'missing'}); "
@@ -262,7 +264,8 @@ class PostgresLedger:
             )
             for statement in SCHEMA:
                 await cur.execute(statement)
-            if await self._version(cur) is None:
+            version = await self._version(cur)
+            if version is None or version < SCHEMA_VERSION:
                 await cur.execute("INSERT INTO schema_version VALUES (%s)", (SCHEMA_VERSION,))
 
     @contextlib.asynccontextmanager
@@ -327,7 +330,7 @@ class PostgresLedger:
             if chain.cur.rowcount != 1:
                 return False
             await chain.cur.executemany(
-                "INSERT INTO decisions VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                INSERT_DECISION,
                 [
                     (
                         row.aid,
@@ -339,6 +342,8 @@ class PostgresLedger:
                         d.margin_m,
                         d.fix_age_s,
                         d.acc_m,
+                        d.lat,
+                        d.lon,
                     )
                     for d in decisions
                 ],
@@ -535,9 +540,7 @@ class PostgresLedger:
             if found is None:
                 return None
             await cur.execute(
-                "SELECT device_id, device_kind, commanded, reason, distance_m, margin_m, "
-                "fix_age_s, acc_m FROM decisions WHERE aid = %s "
-                "ORDER BY commanded DESC, device_id",
+                SELECT_DECISIONS,
                 (aid,),
             )
             decisions = [DecisionRow(*r) for r in await cur.fetchall()]

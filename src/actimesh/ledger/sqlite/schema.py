@@ -16,17 +16,23 @@ from actimesh.ledger.rows import AckRow, ActivationRow, DecisionRow, Entry
 
 __all__ = [
     "ACKS_UNIQUE",
+    "DECISION_COLUMNS",
+    "INSERT_DECISION",
     "SCHEMA",
     "SCHEMA_VERSION",
     "SELECT_ACKS",
     "SELECT_HEAD",
+    "add_positions",
     "append_record",
     "read_acks",
     "read_activation",
 ]
 
-#: ``PRAGMA user_version`` of a ledger with the chain. 0 is a ledger from before it.
-SCHEMA_VERSION = 1
+#: ``PRAGMA user_version`` of a ledger with the chain. 0 is a ledger from before it;
+#: 1 one whose decision rows have no camera position (``lat``/``lon``).
+SCHEMA_VERSION = 2
+#: The first schema whose decision rows hold the camera's position.
+POSITIONS_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS activations (
@@ -59,6 +65,8 @@ CREATE TABLE IF NOT EXISTS decisions (
     margin_m    REAL,
     fix_age_s   REAL,
     acc_m       REAL,
+    lat         REAL,
+    lon         REAL,
     PRIMARY KEY (aid, device_id)
 );
 CREATE INDEX IF NOT EXISTS decisions_by_device ON decisions (device_id);
@@ -107,10 +115,40 @@ CREATE INDEX IF NOT EXISTS records_merged ON records (seq) WHERE event_type = 'm
 ACKS_UNIQUE = (
     "CREATE UNIQUE INDEX IF NOT EXISTS acks_once ON acks (aid, device_id, status, device_ts)"
 )
+#: The columns of a decision row, in :class:`DecisionRow`'s order.
+DECISION_COLUMNS = (
+    "device_id, device_kind, commanded, reason, distance_m, margin_m, fix_age_s, acc_m, lat, lon"
+)
+_NO_POSITIONS = DECISION_COLUMNS.replace("lat, lon", "NULL, NULL")
+_ORDERED = "FROM decisions WHERE aid = ? ORDER BY commanded DESC, device_id"
+_SELECT_DECISIONS = f"SELECT {DECISION_COLUMNS} {_ORDERED}"
+_SELECT_OLD_DECISIONS = f"SELECT {_NO_POSITIONS} {_ORDERED}"
+#: Insert one decision row of an activation.
+INSERT_DECISION = (
+    "INSERT INTO decisions (aid, device_id, device_kind, commanded, reason, distance_m, "
+    "margin_m, fix_age_s, acc_m, lat, lon) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
 SELECT_HEAD = "SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1"
 SELECT_ACKS = (
     "SELECT aid, device_id, status, pre_cov_s, recording, device_ts, received_ts, detail FROM acks"
 )
+
+
+def add_positions(db: sqlite3.Connection) -> None:
+    """Give the decision rows of an older ledger their position columns (NULL for the
+    rows already there); the caller holds the write lock."""
+    have = {r[1] for r in db.execute("PRAGMA table_info(decisions)")}
+    for column in ("lat", "lon"):
+        if column not in have:
+            db.execute(f"ALTER TABLE decisions ADD COLUMN {column} REAL")
+
+
+def _select_decisions(db: sqlite3.Connection) -> str:
+    """The decision rows of an activation; a ledger not yet upgraded (read only, by the
+    audit) reads NULL for the positions it does not have."""
+    if int(db.execute("PRAGMA user_version").fetchone()[0]) >= POSITIONS_VERSION:
+        return _SELECT_DECISIONS
+    return _SELECT_OLD_DECISIONS
 
 
 def read_activation(
@@ -129,12 +167,8 @@ def read_activation(
     values[13] = json.loads(values[13])
     row = ActivationRow(*values)
     decisions = [
-        DecisionRow(r[0], r[1], bool(r[2]), r[3], r[4], r[5], r[6], r[7])
-        for r in db.execute(
-            "SELECT device_id, device_kind, commanded, reason, distance_m, margin_m, "
-            "fix_age_s, acc_m FROM decisions WHERE aid = ? ORDER BY commanded DESC, device_id",
-            (aid,),
-        )
+        DecisionRow(r[0], r[1], bool(r[2]), r[3], r[4], r[5], r[6], r[7], r[8], r[9])
+        for r in db.execute(_select_decisions(db), (aid,))
     ]
     return row, decisions
 

@@ -57,9 +57,11 @@ from actimesh.ledger.rows import (
 from actimesh.ledger.sqlite.retention import redact_batch
 from actimesh.ledger.sqlite.schema import (
     ACKS_UNIQUE,
+    INSERT_DECISION,
     SCHEMA,
     SCHEMA_VERSION,
     SELECT_HEAD,
+    add_positions,
     append_record,
     read_acks,
     read_activation,
@@ -190,6 +192,8 @@ class SqliteLedger:
                 )
             for statement in SCHEMA.split(";"):
                 db.execute(statement)
+            # Older decision rows keep NULL positions: their records never had one.
+            add_positions(db)
             self._import_unchained(db)
             db.execute(ACKS_UNIQUE)
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -268,7 +272,7 @@ class SqliteLedger:
             inserted = cur.rowcount == 1
             if inserted:
                 db.executemany(
-                    "INSERT INTO decisions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    INSERT_DECISION,
                     [
                         (
                             row.aid,
@@ -280,6 +284,8 @@ class SqliteLedger:
                             d.margin_m,
                             d.fix_age_s,
                             d.acc_m,
+                            d.lat,
+                            d.lon,
                         )
                         for d in decisions
                     ],
