@@ -82,6 +82,7 @@ __all__ = [
     "run_retention",
     "run_sim",
     "run_up",
+    "serve_engine",
 ]
 
 log = logging.getLogger(__name__)
@@ -502,19 +503,27 @@ async def run_engine(settings: Settings, console: Console) -> None:
     if settings.broker_url is None:
         raise ConfigError("actimesh engine needs --broker mqtt://HOST:PORT (use `up` for both)")
     address = external_address(settings, settings.broker_url)
+    await serve_engine(settings, address.transport(SERVICE_ENGINE), settings.broker_url, console)
+
+
+async def serve_engine(
+    settings: Settings, transport: Transport, where: str, console: Console
+) -> None:
+    """One engine on ``transport`` (the bus at ``where``) and the ledger's retention,
+    until cancelled; says so once the engine is ready."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     async with (
         open_ledger(settings.ledger_location, agency=settings.agency) as ledger,
         open_directory(settings) as directory,
     ):
-        engine = build_engine(settings, address.transport(SERVICE_ENGINE), ledger, directory)
+        engine = build_engine(settings, transport, ledger, directory)
         async with asyncio.TaskGroup() as tg:
             tg.create_task(engine.run(), name="engine")
             tg.create_task(run_retention(settings, None), name="retention")
             async with asyncio.timeout(30):
                 await engine.ready.wait()
             console.print(
-                f"engine {settings.engine.engine_id} on {settings.broker_url}, agency "
+                f"engine {settings.engine.engine_id} on {where}, agency "
                 f"{settings.agency}, ledger {settings.ledger_shown}"
             )
 
