@@ -370,21 +370,30 @@ def policy_line(policy: InclusionPolicy) -> str:
     )
 
 
+async def _started_listener(
+    tg: asyncio.TaskGroup, name: str, entry: str, payload: object
+) -> Supervisor:
+    """A web listener in a child process of its own (at :data:`WEB_NICENESS`), kept
+    running in ``tg``; returned once it listens (within 60 s)."""
+    child = Supervisor(name, entry, payload, nice=WEB_NICENESS)
+    tg.create_task(child.run(), name=name)
+    async with asyncio.timeout(60):
+        await child.ready.wait()
+    return child
+
+
 async def _start_adapters(
     tg: asyncio.TaskGroup, settings: Settings, broker: BrokerAddress, console: Console
 ) -> None:
     """The device-protocol adapters that are enabled (docs/DEVICES.md): the listening
     ones in a process of their own, like the web listeners."""
     if settings.adapters.listening:
-        adapters = Supervisor(
+        adapters = await _started_listener(
+            tg,
             "adapters",
             "actimesh.runtime.adapters:serve_adapters",
             AdaptersJob(settings, broker),
-            nice=WEB_NICENESS,
         )
-        tg.create_task(adapters.run(), name="adapters")
-        async with asyncio.timeout(60):
-            await adapters.ready.wait()
         console.print(f"  adapters {adapters.url}  (device protocols: docs/DEVICES.md)")
     if settings.adapters.owntracks.enabled:
         console.print("  adapters owntracks/<device id>/<phone> on the broker (OwnTracks)")
@@ -461,15 +470,12 @@ async def run_up(settings: Settings, sim: SimSettings | None, console: Console) 
             console.print(f"  policy   {policy_line(settings.policy)}", markup=False)
             if settings.dispatch.enabled:
                 logins = await bootstrap_admin(settings.data_dir, ledger)
-                dispatch = Supervisor(
+                dispatch = await _started_listener(
+                    tg,
                     "dispatch",
                     "actimesh.runtime.web:serve_dispatch",
                     DispatchJob(settings, broker),
-                    nice=WEB_NICENESS,
                 )
-                tg.create_task(dispatch.run(), name="dispatch")
-                async with asyncio.timeout(60):
-                    await dispatch.ready.wait()
                 console.print(f"  dispatch {dispatch.url}  (live map; API /api/v1, /openapi.json)")
                 for line in logins.lines():
                     console.print(f"  {line}", markup=False)
