@@ -664,16 +664,7 @@ class Registry:
 
     def remove_integrator(self, name: str) -> None:
         """Remove integrator ``int-{name}`` (``name`` may include the prefix)."""
-        account = _integrator_account(name)
-        with self._write() as db:
-            cur = db.execute(
-                "DELETE FROM accounts WHERE name = ? AND role = ?",
-                (account, AccountRole.INTEGRATOR.value),
-            )
-            if cur.rowcount == 0:
-                raise SecurityError(
-                    f"integrator {account!r} does not exist: see `actimesh integrators list`"
-                )
+        self._remove_account(_integrator_account(name), AccountRole.INTEGRATOR, "integrators")
 
     def operators(self) -> list[Account]:
         """The operator accounts, by name."""
@@ -688,14 +679,17 @@ class Registry:
     def remove_operator(self, name: str) -> None:
         """Remove operator ``op-{name}`` (``name`` may include the prefix)."""
         account = _prefixed(name, OPERATOR_PREFIX, "operator")
+        self._remove_account(account, AccountRole.OPERATOR, "operators")
+
+    def _remove_account(self, account: str, role: AccountRole, command: str) -> None:
+        """Remove ``account`` of ``role``; ``command``: the CLI command that lists them."""
         with self._write() as db:
             cur = db.execute(
-                "DELETE FROM accounts WHERE name = ? AND role = ?",
-                (account, AccountRole.OPERATOR.value),
+                "DELETE FROM accounts WHERE name = ? AND role = ?", (account, role.value)
             )
             if cur.rowcount == 0:
                 raise SecurityError(
-                    f"operator {account!r} does not exist: see `actimesh operators list`"
+                    f"{role.value} {account!r} does not exist: see `actimesh {command} list`"
                 )
 
     def ensure_service_accounts(
