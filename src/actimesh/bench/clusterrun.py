@@ -34,14 +34,13 @@ import secrets
 import statistics
 import tempfile
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from rich.progress import Progress
 
 from actimesh.bench.procs import Worker, WorkerPool, proc_sample
-from actimesh.bench.report import evaluate_targets, ratio
+from actimesh.bench.report import bench_report, ratio
 from actimesh.bench.run import (
     AGENCY,
     ECHO_AGENCY,
@@ -352,7 +351,7 @@ async def run_cluster_bench(s: BenchSettings, progress: Progress) -> dict[str, A
             await run.presence()
             await run.steady()
             await run.floods()
-    out = {
+    head = {
         "shape": "cluster",
         "cluster": {
             "nodes": len(nodes),
@@ -362,17 +361,5 @@ async def run_cluster_bench(s: BenchSettings, progress: Progress) -> dict[str, A
             "echo_node": nodes[_ENGINE].name,
             "mqtt": "3.1.1",
         },
-        "devices": s.devices,
-        "rate_hz": s.rate_hz,
-        "telemetry_offered_msgs_per_s": s.telemetry_rate,
-        "triggers_per_s": s.triggers_per_s,
-        "duration_s": s.duration_s,
-        "publisher": "raw",
-        "acks": s.acks,
-        "clock": "time.perf_counter() in the probe process (sender and cameras)",
-        **run.out,
-        "started": started,
-        "settings": asdict(s),
     }
-    out["targets"] = evaluate_targets(out)
-    return out
+    return bench_report(s, run.out, started, publisher="raw", head=head)

@@ -28,7 +28,6 @@ import statistics
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -36,7 +35,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from actimesh.bench.procs import BenchError, Worker, WorkerPool, proc_sample
-from actimesh.bench.report import evaluate_targets, latency_figures, ratio
+from actimesh.bench.report import bench_report, latency_figures, ratio
 from actimesh.bench.settings import BenchSettings
 from actimesh.bench.trace import paths
 from actimesh.broker.mosquitto import ManagedMosquitto, free_port
@@ -462,21 +461,7 @@ async def run_bench(s: BenchSettings, progress: Progress) -> dict[str, Any]:
             if s.search:
                 await run.search()
             await run.naive(pool, base)
-    out = {
-        "devices": s.devices,
-        "rate_hz": s.rate_hz,
-        "telemetry_offered_msgs_per_s": s.telemetry_rate,
-        "triggers_per_s": s.triggers_per_s,
-        "duration_s": s.duration_s,
-        "publisher": s.publisher,
-        "acks": s.acks,
-        "clock": "time.perf_counter() in the probe process (sender and cameras)",
-        **run.out,
-        "started": started,
-        "settings": asdict(s),
-    }
-    out["targets"] = evaluate_targets(out)
-    return out
+    return bench_report(s, run.out, started, publisher=s.publisher)
 
 
 async def side_by_side_growth(
