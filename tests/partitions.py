@@ -7,9 +7,8 @@ partition), whether they run on the in-process bus, Mosquitto or a NATS cluster.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import Callable, Mapping
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 from actimesh.broker.topics import Topics
@@ -77,21 +76,6 @@ async def two_engines(
             )
         )
     return engines
-
-
-@asynccontextmanager
-async def running(engines: list[Engine], *, warm_within: float) -> AsyncIterator[list[Engine]]:
-    """The engines run, warmed up, until the block ends (then they are cancelled)."""
-    async with asyncio.TaskGroup() as tg:
-        tasks = [tg.create_task(e.run(), name=e.settings.engine_id) for e in engines]
-        async with asyncio.timeout(warm_within):
-            for engine in engines:
-                await engine.warmed.wait()
-        try:
-            yield engines
-        finally:
-            for task in tasks:
-                task.cancel()
 
 
 async def each_hears_its_share(

@@ -38,6 +38,7 @@ from actimesh.security.signing import CommandSigner
 from actimesh.triggers import Engine, EngineSettings, StaticDirectory
 from tests.broker.nats_secured import access_for, engine_transport
 from tests.broker.test_nats_engine import TOPICS, mqtt311, publish_as, settle
+from tests.engines import running as running_engines
 from tests.partitions import FAR, POLICY, RULES, cells, each_hears_its_share, near_a_boundary
 from tests.waiting import eventually
 
@@ -89,14 +90,8 @@ async def running(
                 partition=served,
             ),
         )
-        async with asyncio.TaskGroup() as tg:
-            task = tg.create_task(engine.run(), name=engine_id)
-            async with asyncio.timeout(30):
-                await engine.warmed.wait()
-            try:
-                yield engine
-            finally:
-                task.cancel()
+        async with running_engines([engine], warm_within=30):
+            yield engine
 
 
 @asynccontextmanager

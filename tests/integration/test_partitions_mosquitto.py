@@ -34,7 +34,8 @@ from actimesh.geofence import destination
 from actimesh.security.acl import SERVICE_ENGINE
 from actimesh.triggers import Engine
 from tests.conftest import SecureBroker
-from tests.partitions import FAR, cells, each_hears_its_share, near_a_boundary, running, two_engines
+from tests.engines import running
+from tests.partitions import FAR, cells, each_hears_its_share, near_a_boundary, two_engines
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration

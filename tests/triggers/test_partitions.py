@@ -35,6 +35,7 @@ from actimesh.geofence import Cell, PartitionMap, destination
 from actimesh.ledger import SqliteLedger
 from actimesh.security.signing import CommandSigner
 from actimesh.triggers import DEFAULT_RULES, Engine, EngineSettings
+from tests.engines import running
 from tests.partitions import (
     CALGARY,
     HALO_M,
@@ -42,7 +43,6 @@ from tests.partitions import (
     RULES,
     cells,
     near_a_boundary,
-    running,
     two_engines,
 )
 from tests.waiting import eventually
