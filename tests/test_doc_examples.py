@@ -134,6 +134,20 @@ class Place:
             check=False,
         )
 
+    def start(self, argv: list[str]) -> subprocess.Popen[str]:
+        """``argv`` in the namespace, from ``workdir``, in a session of its own, its
+        output and errors in one text pipe."""
+        return subprocess.Popen(
+            ["ip", "netns", "exec", self.netns, *argv],
+            cwd=self.workdir,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            start_new_session=True,
+        )
+
 
 @dataclass
 class Demo(Place):
@@ -267,16 +281,7 @@ def _demo_in(place: Place) -> Iterator[Demo]:
     process: subprocess.Popen[str] | None = None
     reader: threading.Thread | None = None
     try:
-        process = subprocess.Popen(
-            ["ip", "netns", "exec", place.netns, "actimesh", *DEMO_ARGS],
-            cwd=place.workdir,
-            env=place.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            errors="replace",
-            start_new_session=True,
-        )
+        process = place.start(["actimesh", *DEMO_ARGS])
         demo = Demo(place.netns, place.workdir, place.env, process)
         reader = threading.Thread(target=_reader, args=(process.stdout, demo.output), daemon=True)
         reader.start()
@@ -346,16 +351,7 @@ def _stream(
 ) -> None:
     pattern = re.compile(example.detail)
     out: list[str] = []
-    process = subprocess.Popen(
-        ["ip", "netns", "exec", place.netns, *_argv(example, state)],
-        cwd=place.workdir,
-        env=place.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        errors="replace",
-        start_new_session=True,
-    )
+    process = place.start(_argv(example, state))
     assert process.stdout is not None
     reader = threading.Thread(target=_reader, args=(process.stdout, out), daemon=True)
     reader.start()

@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import uvicorn
 from starlette.exceptions import HTTPException
@@ -27,7 +28,9 @@ __all__ = [
     "QuietServer",
     "address",
     "bind",
+    "hardened_server",
     "serve",
+    "serve_until_cancelled",
     "slow_client_protocol",
     "url",
     "wait_started",
@@ -205,6 +208,37 @@ class QuietServer(uvicorn.Server):
         yield
 
 
+def hardened_server(
+    app: ASGIApp,
+    *,
+    client_timeout_s: float,
+    gauge: ConnectionGauge,
+    tls: Mapping[str, Any],
+    **options: Any,
+) -> QuietServer:
+    """A :class:`QuietServer` for an API on the open network: no log config or access
+    log (query strings may be positions), no lifespan, slow clients cut off after
+    ``client_timeout_s``, at most ``gauge.limit`` connections, no server header, client
+    addresses never taken from headers. ``tls``: uvicorn's ``ssl_*`` options, if any;
+    ``options``: more of uvicorn's (e.g. WebSocket limits)."""
+    return QuietServer(
+        uvicorn.Config(
+            app,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            http=slow_client_protocol(client_timeout_s, gauge),
+            limit_concurrency=gauge.limit,
+            server_header=False,
+            timeout_graceful_shutdown=2,
+            # Client addresses key the login limits: never taken from headers.
+            proxy_headers=False,
+            **options,
+            **tls,
+        )
+    )
+
+
 def bind(host: str, port: int, *, what: str, fix: str) -> socket.socket:
     """A listening, non-blocking TCP socket on ``host:port``.
 
@@ -267,3 +301,23 @@ async def serve(
             await server.shutdown(sockets=[sock])
         raise
     raise ActimeshError(f"the {what} stopped on its own; see the log")
+
+
+async def serve_until_cancelled(
+    server: uvicorn.Server,
+    sock: socket.socket,
+    ready: asyncio.Event,
+    *,
+    what: str,
+    name: str | None = None,
+) -> None:
+    """:func:`serve` ``server`` on ``sock``, ``ready`` set while it accepts connections;
+    the socket is closed at the end. ``name``: the serving task's."""
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(serve(server, sock, what=what), name=name)
+            await wait_started(server, 30.0)
+            ready.set()
+    finally:
+        ready.clear()
+        sock.close()

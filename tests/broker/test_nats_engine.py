@@ -39,6 +39,7 @@ from actimesh.ledger import SqliteLedger
 from actimesh.security.signing import CommandSigner
 from actimesh.triggers import DEFAULT_RULES, Engine, EngineSettings
 from tests.broker.nats_secured import DISPATCH, access_for, engine_transport, password_of
+from tests.engines import running
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -74,14 +75,8 @@ async def engine_on(
             # loaded machine must not be either, in the "once" assertions below.
             settings=EngineSettings(warmup_s=0.01, engine_id=engine_id, ack_timeout_s=30.0),
         )
-        async with asyncio.TaskGroup() as tg:
-            task = tg.create_task(engine.run(), name=f"engine-{engine_id}")
-            async with asyncio.timeout(30):
-                await engine.warmed.wait()
-            try:
-                yield engine
-            finally:
-                task.cancel()
+        async with running([engine], warm_within=30):
+            yield engine
 
 
 def mqtt311(

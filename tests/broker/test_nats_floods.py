@@ -26,7 +26,6 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from actimesh.broker.codec import decode
 from actimesh.broker.messages import Alert, AlertKind
 from actimesh.security.acl import SERVICE_DISPATCH
 from actimesh.security.registry import Registry
@@ -42,6 +41,7 @@ from tests.integration.cluster_world import (
 )
 from tests.integration.flood_311 import connect_311
 from tests.integration.flood_probe import flooding
+from tests.integration.harness import collect_alerts
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -215,14 +215,8 @@ async def test_a_device_that_keeps_flooding_is_cut_off_on_every_node_until_enabl
         alerts: list[Alert] = []
         async with watcher:
             await watcher.subscribe(TOPICS.alerts(AlertKind.QUARANTINE.value), qos=1)
-
-            async def collect() -> None:
-                async for message in watcher.messages:
-                    assert isinstance(message.payload, bytes)
-                    alerts.append(decode(Alert, message.payload))
-
             async with asyncio.TaskGroup() as tg:
-                task = tg.create_task(collect(), name="alerts")
+                task = tg.create_task(collect_alerts(watcher, alerts), name="alerts")
                 port, topic, kind, login, qos = world.flood("acks")
                 async with flooding(port, topic, kind, login, qos=qos) as flooder:
                     async with asyncio.timeout(20):

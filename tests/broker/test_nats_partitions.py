@@ -32,45 +32,23 @@ from actimesh.broker.messages import (
     activation_id,
 )
 from actimesh.broker.nats import NatsCluster
-from actimesh.geofence import InclusionPolicy, PartitionMap, destination
+from actimesh.geofence import destination
 from actimesh.ledger import SqliteLedger
 from actimesh.security.signing import CommandSigner
-from actimesh.triggers import DEFAULT_RULES, Engine, EngineSettings, RuleTable, StaticDirectory
-from actimesh.triggers.partitions import halo_for
+from actimesh.triggers import Engine, EngineSettings, StaticDirectory
 from tests.broker.nats_secured import access_for, engine_transport
 from tests.broker.test_nats_engine import TOPICS, mqtt311, publish_as, settle
+from tests.engines import running as running_engines
+from tests.partitions import FAR, POLICY, RULES, cells, each_hears_its_share, near_a_boundary
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
-
-POLICY = InclusionPolicy()
-#: The 30 ft rules. With dispatch zones (up to 1 km) the halo is 1 km wide, and most
-#: of these 20 km would be in both partitions' halos (docs/SCALING.md).
-RULES = RuleTable({t: r for t, r in DEFAULT_RULES.rules.items() if r.radius_m < 100.0})
-CALGARY = (51.0447, -114.0719)
-#: Devices spread over 20 km around the trigger, in both partitions.
-FAR = [(f"far-{i}", destination(*CALGARY, 45.0 * i, 2500.0 + 1500.0 * i)) for i in range(8)]
-
 
 DIRECTORY = StaticDirectory()
 DIRECTORY.add("cew1", DeviceKind.CEW)
 DIRECTORY.add("bwc-across", DeviceKind.BODY_CAM)
 for _name, _at in FAR:
     DIRECTORY.add(_name, DeviceKind.BODY_CAM)
-
-
-def cells() -> PartitionMap:
-    return PartitionMap(2, halo_m=halo_for(RULES, POLICY))
-
-
-def near_a_boundary() -> tuple[tuple[float, float], int]:
-    """A point 3 m west of where the owner changes, going east from Calgary; its owner."""
-    partitions = cells()
-    owner, step = partitions.owner(*CALGARY), 0.0
-    while partitions.owner(*destination(*CALGARY, 90.0, step + 3.0)) == owner:
-        step += 1.0
-        assert step < 50_000, "no boundary within 50 km east"
-    return destination(*CALGARY, 90.0, step), owner
 
 
 @pytest.fixture
@@ -112,14 +90,8 @@ async def running(
                 partition=served,
             ),
         )
-        async with asyncio.TaskGroup() as tg:
-            task = tg.create_task(engine.run(), name=engine_id)
-            async with asyncio.timeout(30):
-                await engine.warmed.wait()
-            try:
-                yield engine
-            finally:
-                task.cancel()
+        async with running_engines([engine], warm_within=30):
+            yield engine
 
 
 @asynccontextmanager
@@ -193,19 +165,7 @@ async def test_a_camera_across_the_boundary_is_commanded_and_each_engine_hears_i
             for name, at in FAR:
                 await report(port, name, DeviceKind.BODY_CAM, at)
             reported = {"cew1": trigger, "bwc-across": across, **dict(FAR)}
-            expected = [
-                {d for d, at in reported.items() if k in partitions.partitions_for(*at)}
-                for k in (0, 1)
-            ]
-            await eventually(
-                lambda: [{d for d in reported if d in e.index} for e in engines] == expected,
-                timeout=20,
-            )
-            # Each engine indexed its share and no more: it received only that.
-            received = [e.telemetry_link.stats.received for e in engines]
-            assert received == [len(share) for share in expected]
-            assert all(0 < n < len(reported) for n in received), received
-            assert sum(e.stats.relayed for e in engines) == len(reported)
+            await each_hears_its_share(engines, partitions, reported)
 
             draw = Event(
                 eid="e1", type="taser_draw", ts=time.time(), lat=trigger[0], lon=trigger[1]

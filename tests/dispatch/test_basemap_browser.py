@@ -28,7 +28,7 @@ from actimesh.dispatch.accounts import Role
 from tests.dispatch.conftest import add, running_dispatch
 from tests.dispatch.pmtiles_file import raster_pmtiles
 from tests.dispatch.test_basemap import demo_pmtiles
-from tests.dispatch.test_browser import MAP_SETTLED, PASSWORD, browser, until
+from tests.dispatch.test_browser import MAP_SETTLED, PASSWORD, browser, until, watch_errors
 from tests.integration import harness
 from tests.integration.harness import mesh
 
@@ -82,10 +82,7 @@ async def logged_in(b: Browser, url: str) -> Watched:
             await route.continue_()
 
     await page.route("**/*", only_this_server)
-    page.on(
-        "console", lambda msg: watched.problems.append(msg.text) if msg.type == "error" else None
-    )
-    page.on("pageerror", lambda exc: watched.problems.append(str(exc)))
+    watch_errors(page, watched.problems)
     page.on(
         "response",
         lambda r: (

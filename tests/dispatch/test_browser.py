@@ -72,6 +72,12 @@ async def browser() -> AsyncIterator[Browser]:
             await b.close()
 
 
+def watch_errors(page: Page, problems: list[str]) -> None:
+    """Note in ``problems`` every error the page logs to its console or raises."""
+    page.on("console", lambda msg: problems.append(msg.text) if msg.type == "error" else None)
+    page.on("pageerror", lambda exc: problems.append(str(exc)))
+
+
 async def until(page: Page, expression: str, timeout: float = 10.0) -> Any:
     """Poll ``expression`` in the page until it is truthy. (Playwright's wait_for_function
     evaluates strings with eval, which the page's Content-Security-Policy forbids.)"""
@@ -118,10 +124,7 @@ async def test_live_map_shows_activation_cameras_and_alerts_within_a_second(
             page = await b.new_page(viewport={"width": 1400, "height": 860})
             page.set_default_timeout(10_000)
             problems: list[str] = []
-            page.on(
-                "console", lambda msg: problems.append(msg.text) if msg.type == "error" else None
-            )
-            page.on("pageerror", lambda exc: problems.append(str(exc)))
+            watch_errors(page, problems)
             await svc.accounts.add_user("kim", Role.DISPATCHER, PASSWORD)
             await page.goto(svc.url + "/", wait_until="load")
             # The login form, not the map: a wrong password first, then the right one.

@@ -20,7 +20,7 @@ from actimesh.broker.messages import DeviceKind, DeviceState, Presence, Telemetr
 from actimesh.dispatch.accounts import Role
 from actimesh.geofence import destination
 from tests.dispatch.conftest import add, keep_fresh, running_dispatch, silent_camera
-from tests.dispatch.test_browser import MAP_SETTLED, PASSWORD, browser, until
+from tests.dispatch.test_browser import MAP_SETTLED, PASSWORD, browser, until, watch_errors
 from tests.integration.harness import CENTER, Mesh, fixed, mesh
 
 pytestmark = [pytest.mark.integration, pytest.mark.time_limit(120)]
@@ -70,10 +70,7 @@ async def test_a_shift_on_the_map_lines_clusters_acknowledgements_and_replay(
             page = await b.new_page(viewport={"width": 1600, "height": 900})
             page.set_default_timeout(10_000)
             problems: list[str] = []
-            page.on(
-                "console", lambda msg: problems.append(msg.text) if msg.type == "error" else None
-            )
-            page.on("pageerror", lambda exc: problems.append(str(exc)))
+            watch_errors(page, problems)
             await page.goto(svc.url + "/", wait_until="load")
             await page.fill("#login-user", "kim")
             await page.fill("#login-password", PASSWORD)

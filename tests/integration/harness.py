@@ -16,7 +16,8 @@ from pathlib import Path
 
 import aiomqtt
 
-from actimesh.broker.messages import DeviceKind
+from actimesh.broker.codec import decode
+from actimesh.broker.messages import Alert, DeviceKind
 from actimesh.broker.topics import Topics
 from actimesh.broker.transport import MqttTransport
 from actimesh.devices.agent import DeviceAgent, Position
@@ -275,3 +276,11 @@ async def mesh(
         except BaseExceptionGroup as group:
             # Surface the first real failure rather than a group of one.
             raise group.exceptions[0] from group
+
+
+async def collect_alerts(client: aiomqtt.Client, alerts: list[Alert]) -> None:
+    """Each alert ``client`` receives (on what it subscribed to), decoded into
+    ``alerts``, until cancelled."""
+    async for message in client.messages:
+        assert isinstance(message.payload, bytes)
+        alerts.append(decode(Alert, message.payload))

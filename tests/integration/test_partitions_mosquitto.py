@@ -30,71 +30,27 @@ from actimesh.broker.messages import (
 from actimesh.broker.mosquitto import ManagedMosquitto
 from actimesh.broker.topics import Topics
 from actimesh.broker.transport import MqttTransport
-from actimesh.geofence import InclusionPolicy, PartitionMap, destination
-from actimesh.ledger import SqliteLedger
+from actimesh.geofence import destination
 from actimesh.security.acl import SERVICE_ENGINE
-from actimesh.security.signing import CommandSigner
-from actimesh.triggers import DEFAULT_RULES, Engine, EngineSettings, RuleTable
-from actimesh.triggers.partitions import halo_for
+from actimesh.triggers import Engine
 from tests.conftest import SecureBroker
+from tests.engines import running
+from tests.partitions import FAR, cells, each_hears_its_share, near_a_boundary, two_engines
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
 HOST = "127.0.0.1"
-POLICY = InclusionPolicy()
-RULES = RuleTable({t: r for t, r in DEFAULT_RULES.rules.items() if r.radius_m < 100.0})
-CALGARY = (51.0447, -114.0719)
-FAR = [(f"far-{i}", destination(*CALGARY, 45.0 * i, 2500.0 + 1500.0 * i)) for i in range(8)]
-
-
-def cells() -> PartitionMap:
-    return PartitionMap(2, halo_m=halo_for(RULES, POLICY))
-
-
-def near_a_boundary() -> tuple[tuple[float, float], int]:
-    """A point 3 m west of where the owner changes, going east from Calgary; its owner."""
-    partitions = cells()
-    owner, step = partitions.owner(*CALGARY), 0.0
-    while partitions.owner(*destination(*CALGARY, 90.0, step + 3.0)) == owner:
-        step += 1.0
-        assert step < 50_000, "no boundary within 50 km east"
-    return destination(*CALGARY, 90.0, step), owner
 
 
 @asynccontextmanager
 async def partitioned(
     transport: Callable[[], MqttTransport], topics: Topics, tmp_path: Path
 ) -> AsyncIterator[list[Engine]]:
-    signer = CommandSigner.generate()
     async with AsyncExitStack() as stack:
-        engines = []
-        for k in (0, 1):
-            ledger = await stack.enter_async_context(SqliteLedger(tmp_path / f"l{k}.sqlite3"))
-            settings = EngineSettings(
-                engine_id=f"engine-{k}", warmup_s=0.01, partitions=2, partition=(k,)
-            )
-            engines.append(
-                Engine(
-                    topics=topics,
-                    transport=transport(),
-                    ledger=ledger,
-                    rules=RULES,
-                    policy=POLICY,
-                    signer=signer,
-                    settings=settings,
-                )
-            )
-        async with asyncio.TaskGroup() as tg:
-            tasks = [tg.create_task(e.run(), name=e.settings.engine_id) for e in engines]
-            async with asyncio.timeout(30):
-                for engine in engines:
-                    await engine.warmed.wait()
-            try:
-                yield engines
-            finally:
-                for task in tasks:
-                    task.cancel()
+        engines = await two_engines(stack, topics, transport, tmp_path)
+        async with running(engines, warm_within=30) as started:
+            yield started
 
 
 async def report(
@@ -131,17 +87,7 @@ async def across_the_boundary(engines: list[Engine], topics: Topics, login: Logi
             async with login(name) as device:
                 await report(device, topics, name, kinds[name], at)
         reported["bwc-across"] = across
-        expected = [
-            {d for d, at in reported.items() if k in partitions.partitions_for(*at)} for k in (0, 1)
-        ]
-        await eventually(
-            lambda: [{d for d in reported if d in e.index} for e in engines] == expected,
-            timeout=20,
-        )
-        received = [e.telemetry_link.stats.received for e in engines]
-        assert received == [len(share) for share in expected]
-        assert all(0 < n < len(reported) for n in received), received
-        assert sum(e.stats.relayed for e in engines) == len(reported)
+        await each_hears_its_share(engines, partitions, reported)
 
         now = time.time()
         draw = Event(eid="e1", type="taser_draw", ts=now, lat=trigger[0], lon=trigger[1])

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from actimesh.broker.codec import decode, encode
+from actimesh.broker.codec import encode
 from actimesh.broker.messages import (
     Alert,
     AlertKind,
@@ -20,7 +20,7 @@ from actimesh.broker.messages import (
     activation_id,
 )
 from actimesh.broker.mosquitto import ManagedMosquitto
-from tests.integration.harness import TEST_SETTINGS, mesh
+from tests.integration.harness import TEST_SETTINGS, collect_alerts, mesh
 from tests.waiting import eventually, quiet_for
 
 pytestmark = pytest.mark.time_limit(60)
@@ -53,14 +53,8 @@ async def test_a_flooding_device_is_quarantined_once_and_others_still_trigger(
         alerts: list[Alert] = []
         async with m.client() as watcher, m.client() as stolen:
             await watcher.subscribe(m.topics.alerts(AlertKind.QUARANTINE.value), qos=1)
-
-            async def collect() -> None:
-                async for message in watcher.messages:
-                    assert isinstance(message.payload, bytes)
-                    alerts.append(decode(Alert, message.payload))
-
             async with asyncio.TaskGroup() as tg:
-                task = tg.create_task(collect(), name="alerts")
+                task = tg.create_task(collect_alerts(watcher, alerts), name="alerts")
                 # A body camera may not raise TASER draws: every one is refused.
                 for i in range(300):
                     draw = Event(eid=f"flood-{i}", type="taser_draw", ts=time.time())

@@ -6,6 +6,7 @@ import asyncio
 import io
 import re
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -209,25 +210,47 @@ async def _until_connects(broker: ManagedMosquitto, username: str, password: str
     await eventually(lambda: _connects(broker, username, password), TIMEOUT_S, every=0.05)
 
 
-async def test_integrator_account_reads_activations_only(
-    settings: Settings, up: ManagedMosquitto, capsys: pytest.CaptureFixture[str]
-) -> None:
-    data = str(settings.data_dir)
+async def _added(
+    settings: Settings,
+    up: ManagedMosquitto,
+    capsys: pytest.CaptureFixture[str],
+    command: str,
+    name: str,
+    username: str,
+) -> tuple[str, str]:
+    """``actimesh COMMAND add NAME``: what it printed and the password, once the running
+    broker takes the new ``username``."""
     code, out, _ = await asyncio.to_thread(
-        _run, capsys, "integrators", "add", "acme", "--data-dir", data
+        _run, capsys, command, "add", name, "--data-dir", str(settings.data_dir)
     )
     assert code == 0
-    assert _field(out, "username") == "int-acme"
+    assert _field(out, "username") == username
     password = _field(out, "password")
-    await _until_connects(up, "int-acme", password)
+    await _until_connects(up, username, password)
+    return out, password
+
+
+@asynccontextmanager
+async def _it_and_the_engine(
+    settings: Settings, up: ManagedMosquitto, username: str, password: str
+) -> AsyncIterator[tuple[aiomqtt.Client, aiomqtt.Client]]:
+    """Connected as ``username``, and as the engine's service account."""
     engine = read_secret(settings.data_dir, "svc-engine")
-    t = Topics("cli")
     async with (
         aiomqtt.Client(
-            up.host, up.port, identifier="int-acme", username="int-acme", password=password
+            up.host, up.port, identifier=username, username=username, password=password
         ) as reader,
         aiomqtt.Client(up.host, up.port, username="svc-engine", password=engine) as eng,
     ):
+        yield reader, eng
+
+
+async def test_integrator_account_reads_activations_only(
+    settings: Settings, up: ManagedMosquitto, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, password = await _added(settings, up, capsys, "integrators", "acme", "int-acme")
+    t = Topics("cli")
+    async with _it_and_the_engine(settings, up, "int-acme", password) as (reader, eng):
         refused = await reader.subscribe("#")
         assert [r.value for r in refused] == [0x80]  # type: ignore[union-attr]
         await reader.subscribe(f"{t.prefix}/#")
@@ -243,22 +266,10 @@ async def test_operator_account_is_made_by_the_cli_and_reads_dead_letters(
     settings: Settings, up: ManagedMosquitto, capsys: pytest.CaptureFixture[str]
 ) -> None:
     data = str(settings.data_dir)
-    code, out, _ = await asyncio.to_thread(
-        _run, capsys, "operators", "add", "night", "--data-dir", data
-    )
-    assert code == 0
+    out, password = await _added(settings, up, capsys, "operators", "night", "op-night")
     assert f"applied live (pid {up.pid})" in out
-    assert _field(out, "username") == "op-night"
-    password = _field(out, "password")
-    await _until_connects(up, "op-night", password)
-    engine = read_secret(settings.data_dir, "svc-engine")
     t = Topics("cli")
-    async with (
-        aiomqtt.Client(
-            up.host, up.port, identifier="op-night", username="op-night", password=password
-        ) as reader,
-        aiomqtt.Client(up.host, up.port, username="svc-engine", password=engine) as eng,
-    ):
+    async with _it_and_the_engine(settings, up, "op-night", password) as (reader, eng):
         await reader.subscribe(t.all_deadletters)
         await eng.publish(t.deadletter("bad_payload"), b"dead", qos=1)
         async with asyncio.timeout(TIMEOUT_S):

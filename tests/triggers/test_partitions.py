@@ -31,22 +31,25 @@ from actimesh.broker.messages import (
 )
 from actimesh.broker.topics import Topics
 from actimesh.errors import ConfigError
-from actimesh.geofence import Cell, InclusionPolicy, PartitionMap, destination
+from actimesh.geofence import Cell, PartitionMap, destination
 from actimesh.ledger import SqliteLedger
 from actimesh.security.signing import CommandSigner
-from actimesh.triggers import DEFAULT_RULES, Engine, EngineSettings, RuleTable
-from actimesh.triggers.partitions import halo_for
+from actimesh.triggers import DEFAULT_RULES, Engine, EngineSettings
+from tests.engines import running
+from tests.partitions import (
+    CALGARY,
+    HALO_M,
+    POLICY,
+    RULES,
+    cells,
+    near_a_boundary,
+    two_engines,
+)
 from tests.waiting import eventually
 
 TOPICS = Topics("am-part")
-POLICY = InclusionPolicy()
-#: The 30 ft rules: dispatch zones (up to 1 km) would need a 1 km halo, too wide for the
-#: 4 m cells that put a boundary in every direction.
-RULES = RuleTable({t: r for t, r in DEFAULT_RULES.rules.items() if r.radius_m < 100.0})
-HALO_M = halo_for(RULES, POLICY)
 COMPASS = {"n": 0.0, "ne": 45.0, "e": 90.0, "se": 135.0, "s": 180.0, "sw": 225.0, "w": 270.0}
 COMPASS["nw"] = 315.0
-CALGARY = (51.0447, -114.0719)
 #: 4 m west of the 180th meridian, in Fiji: the east-side cameras are at longitude -179.99...
 ANTIMERIDIAN = (-16.8, 179.99996)
 #: 5.6 m from the North Pole: the northern cameras are on the far side of it.
@@ -92,37 +95,11 @@ class Mesh:
 @asynccontextmanager
 async def mesh(tmp_path: Path, cells: Callable[[], PartitionMap]) -> AsyncIterator[Mesh]:
     bus = MemoryBus()
-    signer = CommandSigner.generate()
     async with AsyncExitStack() as stack:
-        engines = []
-        for k in (0, 1):
-            ledger = await stack.enter_async_context(SqliteLedger(tmp_path / f"l{k}.sqlite3"))
-            settings = EngineSettings(
-                engine_id=f"engine-{k}", warmup_s=0.01, partitions=2, partition=(k,)
-            )
-            engines.append(
-                Engine(
-                    topics=TOPICS,
-                    transport=bus,
-                    ledger=ledger,
-                    rules=RULES,
-                    policy=POLICY,
-                    signer=signer,
-                    settings=settings,
-                    partitions=cells(),
-                )
-            )
+        engines = await two_engines(stack, TOPICS, lambda: bus, tmp_path, partitions=cells)
         the_mesh = Mesh(bus, engines)
-        async with asyncio.TaskGroup() as tg:
-            tasks = [tg.create_task(e.run(), name=e.settings.engine_id) for e in engines]
-            async with asyncio.timeout(10):
-                for engine in engines:
-                    await engine.warmed.wait()
-            try:
-                yield the_mesh
-            finally:
-                for task in tasks:
-                    task.cancel()
+        async with running(engines, warm_within=10):
+            yield the_mesh
 
 
 def only_the_trigger_cell(trigger: tuple[float, float]) -> Callable[[], PartitionMap]:
@@ -179,14 +156,8 @@ async def test_cameras_across_the_boundary_in_every_direction_are_commanded(
 
 async def test_a_boundary_drawn_by_rendezvous_hashing(tmp_path: Path) -> None:
     """The default 2 km cells and hash: a trigger 3 m from where the owner changes."""
-    cells = PartitionMap(2, halo_m=HALO_M)
-    here, owner = CALGARY, cells.owner(*CALGARY)
-    step = 0.0
-    while cells.owner(*destination(*CALGARY, 90.0, step + 3.0)) == owner:
-        step += 1.0
-        here = destination(*CALGARY, 90.0, step)
-        assert step < 50_000, "no boundary within 50 km east"
-    async with mesh(tmp_path, lambda: PartitionMap(2, halo_m=HALO_M)) as the_mesh:
+    here, owner = near_a_boundary()
+    async with mesh(tmp_path, cells) as the_mesh:
         await draw_and_check(the_mesh, here, owner=owner)
 
 

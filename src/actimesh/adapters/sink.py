@@ -23,8 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from actimesh.adapters.fix import Fix, telemetry_of
-from actimesh.broker.codec import encode, hex_head
-from actimesh.broker.messages import DeadLetter
+from actimesh.broker.codec import deadletter
 from actimesh.broker.topics import Topics
 from actimesh.broker.transport import Outbound
 from actimesh.errors import BrokerError, PayloadError
@@ -137,16 +136,9 @@ class FixSink:
             return
         self._dl_tokens -= 1.0
         log.warning("refused %s: %s", origin, exc)
-        letter = DeadLetter(
-            ts=now,
-            topic=origin[:512],
-            reason=exc.reason,
-            detail=exc.detail[:1024],
-            size=len(payload),
-            head=hex_head(payload),
-        )
+        letter = deadletter(now, origin, payload, exc)
         try:
-            self._out.publish_nowait(self._topics.deadletter(exc.reason), encode(letter), qos=0)
+            self._out.publish_nowait(self._topics.deadletter(exc.reason), letter, qos=0)
         except BrokerError:
             log.warning("dead letter for %s not published (no broker connection)", origin)
 

@@ -34,14 +34,13 @@ import secrets
 import statistics
 import tempfile
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from rich.progress import Progress
 
 from actimesh.bench.procs import Worker, WorkerPool, proc_sample
-from actimesh.bench.report import evaluate_targets, ratio
+from actimesh.bench.report import bench_report, ratio
 from actimesh.bench.run import (
     AGENCY,
     ECHO_AGENCY,
@@ -49,9 +48,11 @@ from actimesh.bench.run import (
     Phases,
     poll_until,
     probe_figures,
+    stream_sent,
+    until_steady,
 )
 from actimesh.bench.settings import BenchSettings
-from actimesh.bench.trace import split
+from actimesh.bench.trace import paths
 from actimesh.broker.nats import NatsAccess, NatsCluster, NatsNode, NatsUser, topic_to_subject
 from actimesh.broker.nats.auth import ConnectionType, bcrypt_hash
 from actimesh.broker.topics import DeviceChannel, Topics
@@ -61,7 +62,6 @@ from actimesh.security.acl import LOADGEN_ACCOUNT, SERVICE_ENGINE, AclPolicy
 from actimesh.security.nats_access import registry_nats_access
 from actimesh.security.provision import prepare_broker
 from actimesh.security.registry import SECRETS_DIR, Registry
-from actimesh.stats import percentile
 
 __all__ = ["PLAIN_ACCOUNT", "run_cluster_bench"]
 
@@ -209,7 +209,6 @@ class _ClusterRun:
     async def _trace(self, probe: dict[str, Any]) -> None:
         """Both paths split hop by hop (:mod:`.trace`); each trigger was handled by one
         engine, so their stamps merge without overlap."""
-        sent, received = probe["sent"], probe["received"]
         engine: dict[str, list[float]] = {}
         lag: list[float] = []
         for worker in self.engines:
@@ -217,35 +216,15 @@ class _ClusterRun:
             engine |= reply["stamps"]
             lag += reply["loop_lag_ms"]
         echo = (await self.w["echo"].call("trace"))["stamps"]
-        self.out["trace"] = {
-            "engine": split(
-                {k: t for k, t in sent.items() if not k.startswith("#")}, received, engine
-            ),
-            "echo": split({k: t for k, t in sent.items() if k.startswith("#")}, received, echo),
-            "clock": "time.perf_counter() (CLOCK_MONOTONIC, one clock for the machine)",
-            "engine_loop_lag_ms": {
-                "p50": percentile(lag, 50),
-                "p99": percentile(lag, 99),
-                "samples": len(lag),
-            },
-        }
+        self.out["trace"] = paths(probe, engine, echo, lag)
 
     async def _stream_accounting(self, stream_s: float) -> None:
-        loadgen = self.w["loadgen"]
+        sent = await stream_sent(self.w["loadgen"], stream_s)
 
-        async def stream_done() -> bool:
-            return not (await loadgen.call("status"))["streaming"]
+        async def engines_telemetry() -> list[int]:
+            return [int(st["telemetry"]) for st in await self.stats()]
 
-        await poll_until(stream_done, timeout=stream_s + 30, what="the telemetry stream to end")
-        sent = int((await loadgen.call("status"))["sent"])
-        settled: list[list[int]] = []
-
-        async def engines_settled() -> bool:
-            settled.append([int(st["telemetry"]) for st in await self.stats()])
-            return len(settled) > 3 and settled[-1] == settled[-4]
-
-        await poll_until(engines_settled, timeout=30, what="the engines to finish the stream")
-        ingested = settled[-1]
+        ingested = await until_steady(engines_telemetry, what="the engines to finish the stream")
         self.out["telemetry_sent"] = sent
         self.out["telemetry_ingested_per_engine"] = ingested
         self.out["telemetry_ingested"] = min(ingested)
@@ -372,7 +351,7 @@ async def run_cluster_bench(s: BenchSettings, progress: Progress) -> dict[str, A
             await run.presence()
             await run.steady()
             await run.floods()
-    out = {
+    head = {
         "shape": "cluster",
         "cluster": {
             "nodes": len(nodes),
@@ -382,17 +361,5 @@ async def run_cluster_bench(s: BenchSettings, progress: Progress) -> dict[str, A
             "echo_node": nodes[_ENGINE].name,
             "mqtt": "3.1.1",
         },
-        "devices": s.devices,
-        "rate_hz": s.rate_hz,
-        "telemetry_offered_msgs_per_s": s.telemetry_rate,
-        "triggers_per_s": s.triggers_per_s,
-        "duration_s": s.duration_s,
-        "publisher": "raw",
-        "acks": s.acks,
-        "clock": "time.perf_counter() in the probe process (sender and cameras)",
-        **run.out,
-        "started": started,
-        "settings": asdict(s),
     }
-    out["targets"] = evaluate_targets(out)
-    return out
+    return bench_report(s, run.out, started, publisher="raw", head=head)

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import time
 from typing import Self
 
 from actimesh.bench.plain import PlainSubscriber
@@ -24,7 +22,6 @@ from actimesh.security.registry import Credentials
 
 __all__ = ["NatsPlainSubscriber"]
 
-_COALESCE_S = 0.002
 _MAX_LINE = 4096
 
 
@@ -45,10 +42,8 @@ class NatsPlainSubscriber(PlainSubscriber):
         timeout: float = 5.0,
         login: Credentials | None = None,
     ) -> Self:
-        loop = asyncio.get_running_loop()
         async with asyncio.timeout(timeout):
-            transport, proto = await loop.create_connection(cls, host, port)
-            transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            transport, proto = await cls._open(host, port)
             options: dict[str, object] = {
                 "verbose": False,
                 "pedantic": False,
@@ -84,10 +79,8 @@ class NatsPlainSubscriber(PlainSubscriber):
 
     def buffer_updated(self, nbytes: int) -> None:
         self._end += nbytes
+        self._coalesce()
         transport = self.transport
-        if transport is not None:
-            transport.pause_reading()
-            asyncio.get_running_loop().call_later(_COALESCE_S, transport.resume_reading)
         buf, pos, end = self._buf, self._start, self._end
         counted = 0
         while True:
@@ -108,11 +101,4 @@ class NatsPlainSubscriber(PlainSubscriber):
             self._control(bytes(buf[pos:eol]))
             pos = eol + 2
         self._start = pos
-        if counted:
-            now = time.perf_counter()
-            if self.count == 0:
-                self.first = now
-            self.count += counted
-            self.last = now
-            if self.expected and self.count >= self.expected:
-                self.done.set()
+        self._counted(counted)

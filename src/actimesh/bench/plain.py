@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from typing import Any
+from typing import Any, Self
 
 from actimesh.broker import wire
 from actimesh.errors import BrokerError
@@ -54,10 +54,8 @@ class PlainSubscriber(asyncio.BufferedProtocol):
         timeout: float = 5.0,
         login: Credentials | None = None,
     ) -> PlainSubscriber:
-        loop = asyncio.get_running_loop()
         async with asyncio.timeout(timeout):
-            transport, proto = await loop.create_connection(cls, host, port)
-            transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            transport, proto = await cls._open(host, port)
             transport.write(
                 wire.connect_packet(
                     "bench-plain",
@@ -73,6 +71,14 @@ class PlainSubscriber(asyncio.BufferedProtocol):
         if not codes or codes[0] >= 0x80:
             raise BrokerError(f"subscription to {topic_filter} refused")
         return proto
+
+    @classmethod
+    async def _open(cls, host: str, port: int) -> tuple[asyncio.Transport, Self]:
+        """A TCP connection without Nagle's delay, this protocol on it."""
+        loop = asyncio.get_running_loop()
+        transport, proto = await loop.create_connection(cls, host, port)
+        transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return transport, proto
 
     def arm(self, expected: int) -> None:
         self.count, self.first, self.last, self.expected = 0, 0.0, 0.0, expected
@@ -108,9 +114,7 @@ class PlainSubscriber(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         self._end += nbytes
-        if self.transport is not None:
-            self.transport.pause_reading()
-            asyncio.get_running_loop().call_later(_COALESCE_S, self.transport.resume_reading)
+        self._coalesce()
         buf, pos, end = self._buf, self._start, self._end
         counted = 0
         while (found := wire.next_packet(buf, pos, end, _MAX_PACKET)) is not None:
@@ -122,6 +126,16 @@ class PlainSubscriber(asyncio.BufferedProtocol):
             elif first >> 4 == wire.SUBACK and not self.suback.done():
                 self.suback.set_result(wire.suback_reasons(bytes(buf[body:pos]))[1])
         self._start = pos
+        self._counted(counted)
+
+    def _coalesce(self) -> None:
+        """Leave the socket alone for a moment after a read, so the next read is large."""
+        if self.transport is not None:
+            self.transport.pause_reading()
+            asyncio.get_running_loop().call_later(_COALESCE_S, self.transport.resume_reading)
+
+    def _counted(self, counted: int) -> None:
+        """Note ``counted`` more messages arrived now; done once ``expected`` are in."""
         if counted:
             now = time.perf_counter()
             if self.count == 0:

@@ -12,15 +12,18 @@ import platform
 import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from rich.table import Table
 
+from actimesh.bench.settings import BenchSettings
 from actimesh.stats import percentile
 
 __all__ = [
     "REQUIRED_KEYS",
+    "bench_report",
     "evaluate_targets",
     "growth",
     "latency_figures",
@@ -66,6 +69,34 @@ def latency_figures(prefix: str, samples_ms: Sequence[float]) -> dict[str, float
         f"{prefix}_p99_ms": percentile(values, 99),
         f"{prefix}_max_ms": max(values) if values else float("nan"),
     }
+
+
+def bench_report(
+    s: BenchSettings,
+    figures: dict[str, Any],
+    started: float,
+    *,
+    publisher: str,
+    head: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A run's report: ``head`` (what only this kind of run has), the load offered, the
+    ``figures`` measured, when it started, the settings, and the targets evaluated."""
+    out = {
+        **(head or {}),
+        "devices": s.devices,
+        "rate_hz": s.rate_hz,
+        "telemetry_offered_msgs_per_s": s.telemetry_rate,
+        "triggers_per_s": s.triggers_per_s,
+        "duration_s": s.duration_s,
+        "publisher": publisher,
+        "acks": s.acks,
+        "clock": "time.perf_counter() in the probe process (sender and cameras)",
+        **figures,
+        "started": started,
+        "settings": asdict(s),
+    }
+    out["targets"] = evaluate_targets(out)
+    return out
 
 
 def evaluate_targets(run: Mapping[str, Any]) -> dict[str, dict[str, Any]]:

@@ -27,18 +27,17 @@ import contextlib
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from actimesh.bench.procs import BenchError, Worker, WorkerPool, proc_sample
-from actimesh.bench.report import evaluate_targets, latency_figures, ratio
+from actimesh.bench.report import bench_report, latency_figures, ratio
 from actimesh.bench.settings import BenchSettings
-from actimesh.bench.trace import split
+from actimesh.bench.trace import paths
 from actimesh.broker.mosquitto import ManagedMosquitto, free_port
 from actimesh.broker.mosquitto_conf import MosquittoConfig
 from actimesh.dispatch.settings import DispatchSettings
@@ -48,7 +47,15 @@ from actimesh.security.provision import prepare_broker
 from actimesh.security.registry import SECRETS_DIR
 from actimesh.stats import percentile
 
-__all__ = ["Phases", "make_progress", "poll_until", "probe_figures", "run_bench"]
+__all__ = [
+    "Phases",
+    "make_progress",
+    "poll_until",
+    "probe_figures",
+    "run_bench",
+    "stream_sent",
+    "until_steady",
+]
 
 AGENCY = "bench"
 ECHO_AGENCY = "echo1"  # same length as AGENCY: same topic sizes on both paths
@@ -56,6 +63,7 @@ PLAIN_AGENCY = "plain"
 _PRESENCE_CHUNK = 1_000
 _POLL_S = 0.05
 _PACED_STEPS = 5
+_T = TypeVar("_T")
 
 
 def make_progress(console: Console) -> Progress:
@@ -102,6 +110,28 @@ async def poll_until(
                 await asyncio.sleep(interval)
     except TimeoutError as exc:
         raise BenchError(f"timed out after {timeout:g} s waiting for {what}") from exc
+
+
+async def stream_sent(loadgen: Worker, stream_s: float) -> int:
+    """Wait for the load generator's telemetry stream to end; how many it sent."""
+
+    async def stream_done() -> bool:
+        return not (await loadgen.call("status"))["streaming"]
+
+    await poll_until(stream_done, timeout=stream_s + 30, what="the telemetry stream to end")
+    return int((await loadgen.call("status"))["sent"])
+
+
+async def until_steady(read: Callable[[], Awaitable[_T]], *, what: str) -> _T:
+    """Read a counter of another process until four reads in a row agree; the last."""
+    seen: list[_T] = []
+
+    async def steady() -> bool:
+        seen.append(await read())
+        return len(seen) > 3 and seen[-1] == seen[-4]
+
+    await poll_until(steady, timeout=30, what=what)
+    return seen[-1]
 
 
 def probe_figures(r: dict[str, Any]) -> dict[str, Any]:
@@ -243,39 +273,18 @@ class _Run:
 
     async def _trace(self, probe: dict[str, Any]) -> None:
         """The trigger and echo paths split hop by hop (:mod:`.trace`)."""
-        sent, received = probe["sent"], probe["received"]
         reply = await self.w["engine"].call("trace")
-        engine, lag = reply["stamps"], reply["loop_lag_ms"]
         echo = (await self.w["echo"].call("trace"))["stamps"]
-        self.out["trace"] = {
-            "engine": split(
-                {k: t for k, t in sent.items() if not k.startswith("#")}, received, engine
-            ),
-            "echo": split({k: t for k, t in sent.items() if k.startswith("#")}, received, echo),
-            "clock": "time.perf_counter() (CLOCK_MONOTONIC, one clock for the machine)",
-            "engine_loop_lag_ms": {
-                "p50": percentile(lag, 50),
-                "p99": percentile(lag, 99),
-                "samples": len(lag),
-            },
-        }
+        self.out["trace"] = paths(probe, reply["stamps"], echo, reply["loop_lag_ms"])
 
     async def _stream_accounting(self, stream_s: float) -> None:
         """Once the stream has ended: was every telemetry message sent also indexed?"""
-        loadgen = self.w["loadgen"]
+        sent = await stream_sent(self.w["loadgen"], stream_s)
 
-        async def stream_done() -> bool:
-            return not (await loadgen.call("status"))["streaming"]
+        async def engine_telemetry() -> int:
+            return int((await self.engine_stats())["telemetry"])
 
-        await poll_until(stream_done, timeout=stream_s + 30, what="the telemetry stream to end")
-        sent = int((await loadgen.call("status"))["sent"])
-        settled: list[int] = []
-
-        async def engine_settled() -> bool:
-            settled.append(int((await self.engine_stats())["telemetry"]))
-            return len(settled) > 3 and settled[-1] == settled[-4]
-
-        await poll_until(engine_settled, timeout=30, what="the engine to finish the stream")
+        await until_steady(engine_telemetry, what="the engine to finish the stream")
         st = await self.engine_stats()
         self.out["telemetry_sent"] = sent
         self.out["telemetry_ingested"] = int(st["telemetry"])
@@ -452,21 +461,7 @@ async def run_bench(s: BenchSettings, progress: Progress) -> dict[str, Any]:
             if s.search:
                 await run.search()
             await run.naive(pool, base)
-    out = {
-        "devices": s.devices,
-        "rate_hz": s.rate_hz,
-        "telemetry_offered_msgs_per_s": s.telemetry_rate,
-        "triggers_per_s": s.triggers_per_s,
-        "duration_s": s.duration_s,
-        "publisher": s.publisher,
-        "acks": s.acks,
-        "clock": "time.perf_counter() in the probe process (sender and cameras)",
-        **run.out,
-        "started": started,
-        "settings": asdict(s),
-    }
-    out["targets"] = evaluate_targets(out)
-    return out
+    return bench_report(s, run.out, started, publisher=s.publisher)
 
 
 async def side_by_side_growth(

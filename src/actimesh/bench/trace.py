@@ -24,7 +24,7 @@ from typing import Any
 
 from actimesh.stats import percentile
 
-__all__ = ["STAGES", "TriggerStamps", "describe", "split"]
+__all__ = ["STAGES", "TriggerStamps", "describe", "paths", "split"]
 
 STAGES = ("to_handler", "work", "to_cameras")
 
@@ -74,6 +74,28 @@ def split(
     out: dict[str, Any] = {name: _stage_figures(values) for name, values in stages.items()}
     out["traced"] = len(stages["work"])
     return out
+
+
+def paths(
+    probe: Mapping[str, Any],
+    engine: Mapping[str, Sequence[float]],
+    echo: Mapping[str, Sequence[float]],
+    loop_lag_ms: list[float],
+) -> dict[str, Any]:
+    """The ``trace`` section of a benchmark report: the trigger path (the engine's stamps)
+    and the echo path (``#``-prefixed request ids) of one probe, split the same way."""
+    sent: Mapping[str, float] = probe["sent"]
+    received: Mapping[str, Sequence[float]] = probe["received"]
+    return {
+        "engine": split({k: t for k, t in sent.items() if not k.startswith("#")}, received, engine),
+        "echo": split({k: t for k, t in sent.items() if k.startswith("#")}, received, echo),
+        "clock": "time.perf_counter() (CLOCK_MONOTONIC, one clock for the machine)",
+        "engine_loop_lag_ms": {
+            "p50": percentile(loop_lag_ms, 50),
+            "p99": percentile(loop_lag_ms, 99),
+            "samples": len(loop_lag_ms),
+        },
+    }
 
 
 def describe(trace: Mapping[str, Any]) -> str:

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import msgpack
 from pydantic import ValidationError
 
-from actimesh.broker.messages import DeviceState, Message, Telemetry, UnitDuty
+from actimesh.broker.messages import DeadLetter, DeviceState, Message, Telemetry, UnitDuty
 from actimesh.errors import PayloadError
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "MAX_PAYLOAD_BYTES",
     "REASONS",
     "check_clock",
+    "deadletter",
     "decode",
     "decode_telemetry",
     "decode_telemetry_report",
@@ -241,3 +242,17 @@ def check_clock(ts: float, now: float, *, max_age_s: float, max_skew_s: float) -
 def hex_head(payload: bytes, limit: int = 64) -> str:
     """The first ``limit`` bytes in hex, for dead-letter reports."""
     return payload[:limit].hex()
+
+
+def deadletter(ts: float, origin: str, payload: bytes, exc: PayloadError) -> bytes:
+    """The encoded :class:`DeadLetter` for refused input from ``origin`` (a topic or an
+    adapter's peer), cut to the message's limits."""
+    letter = DeadLetter(
+        ts=ts,
+        topic=origin[:512],
+        reason=exc.reason,
+        detail=exc.detail[:1024],
+        size=len(payload),
+        head=hex_head(payload),
+    )
+    return encode(letter)

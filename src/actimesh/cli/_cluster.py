@@ -12,7 +12,7 @@ from pathlib import Path
 from rich.console import Console
 
 from actimesh.cli._common import EXIT_OK, Parser, http_port, port, positive_int, run_async
-from actimesh.cli._up import fleet_flags, sim_settings
+from actimesh.cli._up import fleet_flags, map_flags, sim_settings
 from actimesh.runtime.config import Settings, load_settings
 
 __all__ = ["add_parser", "run"]
@@ -44,19 +44,13 @@ def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
         help="also run a simulated fleet of this many cruiser crews, spread over the nodes",
     )
     fleet_flags(up)
-    up.add_argument(
-        "--http-port",
-        type=http_port,
-        metavar="PORT",
-        help="port of the dispatch map and API (default 8080; 0: any)",
-    )
+    map_flags(up)
     up.add_argument(
         "--evidence-port",
         type=http_port,
         metavar="PORT",
         help="port of the evidence upload API (default from [evidence] port; 0: any)",
     )
-    up.add_argument("--no-http", action="store_true", help="run without the dispatch map and API")
     up.add_argument(
         "--tls",
         action="store_true",

@@ -146,13 +146,7 @@ def _listener_flags(up: Parser) -> None:
         help="address of the dispatch map and API "
         "(default 127.0.0.1: the API can activate cameras)",
     )
-    up.add_argument(
-        "--http-port",
-        type=http_port,
-        metavar="PORT",
-        help="port of the dispatch map and API (default 8080; 0: any)",
-    )
-    up.add_argument("--no-http", action="store_true", help="run without the dispatch map and API")
+    map_flags(up)
     up.add_argument(
         "--basemap",
         metavar="SOURCE",
@@ -177,6 +171,19 @@ def _listener_flags(up: Parser) -> None:
         type=port,
         help="take OsmAnd / Traccar Client reports on this port ([adapters.osmand] port; "
         "turns the listener on; docs/DEVICES.md)",
+    )
+
+
+def map_flags(parser: Parser) -> None:
+    """The dispatch map and API's port, or none (``up`` and ``cluster up``)."""
+    parser.add_argument(
+        "--http-port",
+        type=http_port,
+        metavar="PORT",
+        help="port of the dispatch map and API (default 8080; 0: any)",
+    )
+    parser.add_argument(
+        "--no-http", action="store_true", help="run without the dispatch map and API"
     )
 
 

@@ -28,8 +28,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import uvicorn
-
 from actimesh import listener
 from actimesh.broker.messages import Activation
 from actimesh.broker.topics import Topics
@@ -225,26 +223,15 @@ class DispatchService:
             async with self.ledger, self.outbox, self.accounts, self.audit:
                 await self.roster.load()
                 await self._backfill()
-                server = listener.QuietServer(
-                    uvicorn.Config(
-                        self.app,
-                        log_config=None,
-                        access_log=False,
-                        lifespan="off",
-                        http=listener.slow_client_protocol(
-                            self.settings.client_timeout_s, self.gauge
-                        ),
-                        ws="websockets-sansio",
-                        ws_max_size=64 * 1024,
-                        ws_ping_interval=20.0,
-                        ws_ping_timeout=20.0,
-                        timeout_graceful_shutdown=2,
-                        limit_concurrency=self.gauge.limit,
-                        server_header=False,
-                        # Client addresses key the login limits: never taken from headers.
-                        proxy_headers=False,
-                        **tls,
-                    )
+                server = listener.hardened_server(
+                    self.app,
+                    client_timeout_s=self.settings.client_timeout_s,
+                    gauge=self.gauge,
+                    tls=tls,
+                    ws="websockets-sansio",
+                    ws_max_size=64 * 1024,
+                    ws_ping_interval=20.0,
+                    ws_ping_timeout=20.0,
                 )
                 async with asyncio.TaskGroup() as tg:
                     tg.create_task(self.feed.run(), name="dispatch-feed")

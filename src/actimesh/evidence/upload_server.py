@@ -12,7 +12,6 @@ import socket
 from pathlib import Path
 from typing import Any
 
-import uvicorn
 from fastapi import FastAPI
 
 from actimesh import listener
@@ -67,28 +66,9 @@ class UploadServer:
     async def run(self) -> None:
         """Serve until cancelled; ``ready`` is set once it accepts connections."""
         sock = self._bind()
-        server = listener.QuietServer(
-            uvicorn.Config(
-                self.gate,
-                log_config=None,
-                access_log=False,
-                lifespan="off",
-                http=listener.slow_client_protocol(self.client_timeout_s, self.gauge),
-                limit_concurrency=self.gauge.limit,
-                server_header=False,
-                timeout_graceful_shutdown=2,
-                proxy_headers=False,
-                **self.tls,
-            )
+        server = listener.hardened_server(
+            self.gate, client_timeout_s=self.client_timeout_s, gauge=self.gauge, tls=self.tls
         )
-        try:
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(
-                    listener.serve(server, sock, what="evidence upload server"),
-                    name="evidence-http",
-                )
-                await listener.wait_started(server, 30.0)
-                self.ready.set()
-        finally:
-            self.ready.clear()
-            sock.close()
+        await listener.serve_until_cancelled(
+            server, sock, self.ready, what="evidence upload server", name="evidence-http"
+        )

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import uvicorn
 from starlette.types import ASGIApp
 
 from actimesh import listener
@@ -112,28 +111,10 @@ class OsmAndServer:
             s.host, s.port, what="the OsmAnd listener", fix="set [adapters.osmand] port"
         )
         self.address = listener.address(sock)
-        server = listener.QuietServer(
-            uvicorn.Config(
-                self.gate,
-                log_config=None,
-                access_log=False,  # query strings are positions: not for a log
-                lifespan="off",
-                http=listener.slow_client_protocol(s.client_timeout_s, self.gauge),
-                limit_concurrency=self.gauge.limit,
-                server_header=False,
-                timeout_graceful_shutdown=2,
-                proxy_headers=False,
-                **self.tls,
-            )
+        server = listener.hardened_server(
+            self.gate, client_timeout_s=s.client_timeout_s, gauge=self.gauge, tls=self.tls
         )
-        try:
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(listener.serve(server, sock, what="OsmAnd listener"))
-                await listener.wait_started(server, 30.0)
-                self.ready.set()
-        finally:
-            self.ready.clear()
-            sock.close()
+        await listener.serve_until_cancelled(server, sock, self.ready, what="OsmAnd listener")
 
 
 @contextlib.asynccontextmanager

@@ -82,6 +82,7 @@ __all__ = [
     "run_retention",
     "run_sim",
     "run_up",
+    "serve_engine",
 ]
 
 log = logging.getLogger(__name__)
@@ -369,21 +370,30 @@ def policy_line(policy: InclusionPolicy) -> str:
     )
 
 
+async def _started_listener(
+    tg: asyncio.TaskGroup, name: str, entry: str, payload: object
+) -> Supervisor:
+    """A web listener in a child process of its own (at :data:`WEB_NICENESS`), kept
+    running in ``tg``; returned once it listens (within 60 s)."""
+    child = Supervisor(name, entry, payload, nice=WEB_NICENESS)
+    tg.create_task(child.run(), name=name)
+    async with asyncio.timeout(60):
+        await child.ready.wait()
+    return child
+
+
 async def _start_adapters(
     tg: asyncio.TaskGroup, settings: Settings, broker: BrokerAddress, console: Console
 ) -> None:
     """The device-protocol adapters that are enabled (docs/DEVICES.md): the listening
     ones in a process of their own, like the web listeners."""
     if settings.adapters.listening:
-        adapters = Supervisor(
+        adapters = await _started_listener(
+            tg,
             "adapters",
             "actimesh.runtime.adapters:serve_adapters",
             AdaptersJob(settings, broker),
-            nice=WEB_NICENESS,
         )
-        tg.create_task(adapters.run(), name="adapters")
-        async with asyncio.timeout(60):
-            await adapters.ready.wait()
         console.print(f"  adapters {adapters.url}  (device protocols: docs/DEVICES.md)")
     if settings.adapters.owntracks.enabled:
         console.print("  adapters owntracks/<device id>/<phone> on the broker (OwnTracks)")
@@ -460,15 +470,12 @@ async def run_up(settings: Settings, sim: SimSettings | None, console: Console) 
             console.print(f"  policy   {policy_line(settings.policy)}", markup=False)
             if settings.dispatch.enabled:
                 logins = await bootstrap_admin(settings.data_dir, ledger)
-                dispatch = Supervisor(
+                dispatch = await _started_listener(
+                    tg,
                     "dispatch",
                     "actimesh.runtime.web:serve_dispatch",
                     DispatchJob(settings, broker),
-                    nice=WEB_NICENESS,
                 )
-                tg.create_task(dispatch.run(), name="dispatch")
-                async with asyncio.timeout(60):
-                    await dispatch.ready.wait()
                 console.print(f"  dispatch {dispatch.url}  (live map; API /api/v1, /openapi.json)")
                 for line in logins.lines():
                     console.print(f"  {line}", markup=False)
@@ -502,19 +509,27 @@ async def run_engine(settings: Settings, console: Console) -> None:
     if settings.broker_url is None:
         raise ConfigError("actimesh engine needs --broker mqtt://HOST:PORT (use `up` for both)")
     address = external_address(settings, settings.broker_url)
+    await serve_engine(settings, address.transport(SERVICE_ENGINE), settings.broker_url, console)
+
+
+async def serve_engine(
+    settings: Settings, transport: Transport, where: str, console: Console
+) -> None:
+    """One engine on ``transport`` (the bus at ``where``) and the ledger's retention,
+    until cancelled; says so once the engine is ready."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     async with (
         open_ledger(settings.ledger_location, agency=settings.agency) as ledger,
         open_directory(settings) as directory,
     ):
-        engine = build_engine(settings, address.transport(SERVICE_ENGINE), ledger, directory)
+        engine = build_engine(settings, transport, ledger, directory)
         async with asyncio.TaskGroup() as tg:
             tg.create_task(engine.run(), name="engine")
             tg.create_task(run_retention(settings, None), name="retention")
             async with asyncio.timeout(30):
                 await engine.ready.wait()
             console.print(
-                f"engine {settings.engine.engine_id} on {settings.broker_url}, agency "
+                f"engine {settings.engine.engine_id} on {where}, agency "
                 f"{settings.agency}, ledger {settings.ledger_shown}"
             )
 

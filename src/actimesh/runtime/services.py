@@ -18,7 +18,6 @@ Each logs in as its own account: ``[broker] username`` and ``password_file`` (or
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
@@ -31,10 +30,8 @@ from actimesh.errors import ConfigError
 from actimesh.evidence import UPLOADS_PATH
 from actimesh.ledger import open_ledger
 from actimesh.runtime.compose import (
-    build_engine,
     external_address,
-    open_directory,
-    run_retention,
+    serve_engine,
 )
 from actimesh.runtime.config import Settings
 from actimesh.runtime.web import DispatchJob, serve_dispatch, serve_evidence
@@ -89,21 +86,7 @@ async def run_nats_engine(settings: Settings, nats_urls: Sequence[str], console:
     """
     servers = check_nats_urls(nats_urls)
     transport = nats_transport(settings, servers)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    async with (
-        open_ledger(settings.ledger_location, agency=settings.agency) as ledger,
-        open_directory(settings) as directory,
-    ):
-        engine = build_engine(settings, transport, ledger, directory)
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(engine.run(), name="engine")
-            tg.create_task(run_retention(settings, None), name="retention")
-            async with asyncio.timeout(30):
-                await engine.ready.wait()
-            console.print(
-                f"engine {settings.engine.engine_id} on NATS {', '.join(servers)}, agency "
-                f"{settings.agency}, ledger {settings.ledger_shown}"
-            )
+    await serve_engine(settings, transport, f"NATS {', '.join(servers)}", console)
 
 
 async def run_dispatch(settings: Settings, console: Console) -> None:

@@ -245,9 +245,15 @@ def read_secret(data_dir: Path, account: str) -> str:
         ) from None
 
 
-def _new_keypair() -> tuple[str, str]:
+def _issue(device_id: str) -> DeviceCredentials:
+    """A new password and Ed25519 key pair for ``device_id``."""
     key = Ed25519PrivateKey.generate()
-    return key.private_bytes_raw().hex(), key.public_key().public_bytes_raw().hex()
+    return DeviceCredentials(
+        device_id,
+        generate_password(),
+        key.private_bytes_raw().hex(),
+        key.public_key().public_bytes_raw().hex(),
+    )
 
 
 def _check_id(device_id: str) -> None:
@@ -409,8 +415,8 @@ class Registry:
         """Register a device; its credentials are in the result and nowhere else."""
         spec = DeviceSpec(device_id, kind, unit, tuple(paired), call_sign, officer)
         _check_spec(spec)
-        password = generate_password()
-        private, public = _new_keypair()
+        issued = _issue(device_id)
+        password, public = issued.password, issued.public_key
         now = time.time()
         with self._write() as db:
             if self._exists(db, device_id):
@@ -427,7 +433,7 @@ class Registry:
                 _INSERT_DEVICE,
                 _device_values(spec, public, hash_password(password), bcrypt_hash(password), now),
             )
-        return DeviceCredentials(device_id, password, private, public)
+        return issued
 
     def problems(self, specs: Sequence[DeviceSpec]) -> dict[str, str]:
         """What stops ``specs`` being registered together, by device id: an id that is
@@ -464,11 +470,12 @@ class Registry:
         rows = []
         now = time.time()
         for spec in specs:
-            password = generate_password()
-            private, public = _new_keypair()
-            creds[spec.device_id] = DeviceCredentials(spec.device_id, password, private, public)
+            issued = creds[spec.device_id] = _issue(spec.device_id)
+            password = issued.password
             rows.append(
-                _device_values(spec, public, hash_password(password), bcrypt_hash(password), now)
+                _device_values(
+                    spec, issued.public_key, hash_password(password), bcrypt_hash(password), now
+                )
             )
         with self._write():
             problems = self.problems(specs)
@@ -479,8 +486,8 @@ class Registry:
 
     def rotate(self, device_id: str) -> DeviceCredentials:
         """New password and key pair for ``device_id``; the old ones stop working on reload."""
-        password = generate_password()
-        private, public = _new_keypair()
+        issued = _issue(device_id)
+        password, public = issued.password, issued.public_key
         with self._write() as db:
             cur = db.execute(
                 "UPDATE devices SET password_hash = ?, nats_hash = ?, public_key = ?, rotated = ? "
@@ -491,7 +498,7 @@ class Registry:
                 raise SecurityError(
                     f"device {device_id!r} is not registered: see `actimesh devices list`"
                 )
-        return DeviceCredentials(device_id, password, private, public)
+        return issued
 
     def disable(self, device_id: str, reason: str) -> bool:
         """Refuse ``device_id`` at the broker from the next reload (which also disconnects
@@ -567,16 +574,15 @@ class Registry:
         rows = []
         now = time.time()
         for spec in specs:
-            password = generate_password()
-            private, public = _new_keypair()
-            creds[spec.device_id] = DeviceCredentials(spec.device_id, password, private, public)
+            issued = creds[spec.device_id] = _issue(spec.device_id)
+            password = issued.password
             rows.append(
                 (
                     spec.device_id,
                     spec.kind.value,
                     spec.unit,
                     json.dumps(list(spec.paired)),
-                    public,
+                    issued.public_key,
                     hash_password(password),
                     bcrypt_hash(password) if cluster_logins else None,
                     now,
@@ -658,16 +664,7 @@ class Registry:
 
     def remove_integrator(self, name: str) -> None:
         """Remove integrator ``int-{name}`` (``name`` may include the prefix)."""
-        account = _integrator_account(name)
-        with self._write() as db:
-            cur = db.execute(
-                "DELETE FROM accounts WHERE name = ? AND role = ?",
-                (account, AccountRole.INTEGRATOR.value),
-            )
-            if cur.rowcount == 0:
-                raise SecurityError(
-                    f"integrator {account!r} does not exist: see `actimesh integrators list`"
-                )
+        self._remove_account(_integrator_account(name), AccountRole.INTEGRATOR, "integrators")
 
     def operators(self) -> list[Account]:
         """The operator accounts, by name."""
@@ -682,14 +679,17 @@ class Registry:
     def remove_operator(self, name: str) -> None:
         """Remove operator ``op-{name}`` (``name`` may include the prefix)."""
         account = _prefixed(name, OPERATOR_PREFIX, "operator")
+        self._remove_account(account, AccountRole.OPERATOR, "operators")
+
+    def _remove_account(self, account: str, role: AccountRole, command: str) -> None:
+        """Remove ``account`` of ``role``; ``command``: the CLI command that lists them."""
         with self._write() as db:
             cur = db.execute(
-                "DELETE FROM accounts WHERE name = ? AND role = ?",
-                (account, AccountRole.OPERATOR.value),
+                "DELETE FROM accounts WHERE name = ? AND role = ?", (account, role.value)
             )
             if cur.rowcount == 0:
                 raise SecurityError(
-                    f"operator {account!r} does not exist: see `actimesh operators list`"
+                    f"{role.value} {account!r} does not exist: see `actimesh {command} list`"
                 )
 
     def ensure_service_accounts(

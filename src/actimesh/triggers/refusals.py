@@ -14,8 +14,8 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from actimesh.broker.codec import encode, hex_head
-from actimesh.broker.messages import AlertKind, DeadLetter
+from actimesh.broker.codec import deadletter
+from actimesh.broker.messages import AlertKind
 from actimesh.broker.topics import Topics
 from actimesh.broker.transport import Outbound
 from actimesh.errors import BrokerError, PayloadError, SecurityError
@@ -104,16 +104,9 @@ class Refusals:
     def deadletter(self, topic: str, payload: bytes, exc: PayloadError) -> None:
         """Publish a dead letter for a refused message (QoS 0, never waited for)."""
         log.warning("rejected %r: %s", topic, exc)  # as often as dead letters, no more
-        letter = DeadLetter(
-            ts=self._clock(),
-            topic=topic[:512],
-            reason=exc.reason,
-            detail=exc.detail[:1024],
-            size=len(payload),
-            head=hex_head(payload),
-        )
+        letter = deadletter(self._clock(), topic, payload, exc)
         try:
-            self._out.publish_nowait(self._topics.deadletter(exc.reason), encode(letter), qos=0)
+            self._out.publish_nowait(self._topics.deadletter(exc.reason), letter, qos=0)
         except BrokerError:
             log.warning("dead letter for %s not published", topic)
 
