@@ -23,7 +23,7 @@ values = st.one_of(
     st.sampled_from(["off", "buffering", "recording", "OFF", ""]),
     st.sampled_from(["available", "en_route", "on_scene", "a\n"]),
     st.binary(max_size=8),
-    st.dictionaries(st.text(max_size=2), st.integers(), max_size=1),
+    st.dictionaries(st.text(max_size=2), st.integers(min_value=-9, max_value=9), max_size=1),
 )
 # Every field of the model (a new one included without editing this list) and one more.
 keys = st.sampled_from([*Telemetry.model_fields, "x"])
