@@ -138,3 +138,25 @@ async def test_an_answer_waits_for_its_activation_written_after_it(tmp_path: Pat
                 await writer
         assert await ledger.acks("act-never") == []
         assert engine.stats.ledger_failures == 0
+
+
+async def test_a_device_answering_many_unknown_activations_waits_for_few_of_them(
+    tmp_path: Path,
+) -> None:
+    # A flood of answers for activations nobody wrote: a few wait (a real camera is in a
+    # handful of activations at once), the rest are refused at once, each counted and
+    # charged to the device, with no ledger read each.
+    async with SqliteLedger(tmp_path / "l.sqlite3") as ledger:
+        engine = build_engine(Topics("am-acks"), 1, ledger, signer=CommandSigner.generate())
+        for i in range(100):
+            await engine.acks.put(replace(GOOD, aid=f"act-flood-{i}", device_id="thief"))
+        writer = asyncio.create_task(engine.acks.run())
+        try:
+            await eventually(lambda: engine.stats.acks_not_commanded == 100 - 32, timeout=3)
+            # The ones that waited are refused once their wait is over, and nothing written.
+            await eventually(lambda: engine.stats.acks_not_commanded == 100, timeout=15)
+        finally:
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
+        assert await ledger.acks("act-flood-0") == []

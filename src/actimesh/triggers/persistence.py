@@ -17,6 +17,7 @@ import asyncio
 import logging
 import math
 import time
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -59,6 +60,11 @@ _ACK_RETRY_MAX_S = 2.0
 #: not commanded, and how many answers may wait at once (beyond: refused at once).
 _ACK_WAIT_FOR_ACTIVATION_S = 4.0
 _MAX_WAITING_ACKS = 10_000
+#: Answers one device may have waiting at once. A camera answers each activation twice
+#: (received, recording) and is in a handful at a time; a device answering hundreds of
+#: activations nobody has written is flooding: the rest of its answers are refused at
+#: once, with no ledger read each, so a flood costs what it did before answers waited.
+_MAX_WAITING_PER_DEVICE = 32
 #: Acknowledgements written to the ledger in one transaction, at most.
 _ACK_BATCH = 512
 #: What the flood watch says a device sent when it answered activations it was not in.
@@ -429,15 +435,22 @@ class AckWriter:
         waited long enough, are refused: counted and charged to the device."""
         now = time.monotonic()
         missing: dict[str, bool] = {}
+        per_device = Counter(device for _, device, _ in self._waiting)
         for row in rows:
             if row.device_id not in refused:
                 continue
             key = (row.aid, row.device_id, row.status)
-            if row.aid not in missing:
-                missing[row.aid] = await self._activation_missing(row.aid)
             since = self._refused_since.setdefault(key, now)
-            room = len(self._waiting) < _MAX_WAITING_ACKS
-            if missing[row.aid] and room and now - since < _ACK_WAIT_FOR_ACTIVATION_S:
+            room = (
+                len(self._waiting) < _MAX_WAITING_ACKS
+                and (key in self._waiting or per_device[row.device_id] < _MAX_WAITING_PER_DEVICE)
+                and now - since < _ACK_WAIT_FOR_ACTIVATION_S
+            )
+            if room and row.aid not in missing:
+                missing[row.aid] = await self._activation_missing(row.aid)
+            if room and missing[row.aid]:
+                if key not in self._waiting:
+                    per_device[row.device_id] += 1
                 self._waiting[key] = row
                 continue
             del self._refused_since[key]
