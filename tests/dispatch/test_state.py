@@ -83,6 +83,21 @@ def test_position_older_than_the_freshness_limit_is_stale() -> None:
     assert dev.to_json(T0 + 10.5, 10.0)["stale"]
 
 
+def test_a_device_reporting_on_motion_is_fresh_until_its_heartbeat_is_overdue() -> None:
+    # A still camera with a 10 s heartbeat says nothing between heartbeats; the engine
+    # takes its fix as fresh for 10 + 3 s (InclusionPolicy.max_age_s), and so does the map.
+    s = state()
+    fix = Telemetry(ts=T0, state=DeviceState.BUFFERING, lat=51.0, lon=-114.0, hb=10.0, db=2.3)
+    s.telemetry("bwc", fix, T0)
+    dev = s.devices["bwc"]
+    assert dev.to_json(T0 + 12.0, 10.0)["fresh_s"] == 13.0
+    assert not dev.to_json(T0 + 12.0, 10.0)["stale"]
+    assert dev.to_json(T0 + 13.5, 10.0)["stale"]
+    # Back at 1 Hz (no heartbeat): the plain limit again.
+    s.telemetry("bwc", Telemetry(ts=T0 + 20, state=DeviceState.BUFFERING, lat=51.0, lon=-114.0), T0)
+    assert dev.to_json(T0 + 30.5, 10.0)["stale"]
+
+
 def test_late_arriving_fix_does_not_move_a_device_back() -> None:
     s = state()
     s.telemetry(

@@ -48,6 +48,7 @@ from actimesh.broker.messages import (
 )
 from actimesh.broker.messages import Alert as AlertMessage
 from actimesh.dispatch.tracks import Fix, Tracks
+from actimesh.geofence import InclusionPolicy
 from actimesh.triggers.fleet import DeviceRecord
 
 __all__ = [
@@ -112,6 +113,9 @@ class DeviceView(DeviceRecord):
     officer: str | None = None
     #: The unit's dispatch status as its gateway reports it (telemetry ``duty``).
     duty: str | None = None
+    #: How long its last fix stays fresh: ``max_fix_age_s`` for a 1 Hz device, longer
+    #: for one that reports on motion with a heartbeat (``InclusionPolicy.max_age_s``).
+    fresh_s: float | None = None
 
     @property
     def status(self) -> DeviceStatus:
@@ -122,7 +126,8 @@ class DeviceView(DeviceRecord):
         return DeviceStatus.BUFFERING
 
     def is_stale(self, now: float, max_fix_age_s: float) -> bool:
-        return self.fix_ts is not None and now - self.fix_ts > max_fix_age_s
+        limit = self.fresh_s if self.fresh_s is not None else max_fix_age_s
+        return self.fix_ts is not None and now - self.fix_ts > limit
 
     def to_json(self, now: float, max_fix_age_s: float) -> dict[str, Any]:
         return {
@@ -141,6 +146,7 @@ class DeviceView(DeviceRecord):
             "acc": self.acc,
             "fix_ts": self.fix_ts,
             "stale": self.is_stale(now, max_fix_age_s),
+            "fresh_s": self.fresh_s if self.fresh_s is not None else max_fix_age_s,
             "batt": self.batt,
             "pre_roll": self.pre_roll,
             "last_seen": self.last_seen,
@@ -309,6 +315,8 @@ class LiveState:
         """``on_decision`` and ``on_ack_latency`` observe latencies (metrics): event time
         to the engine's decision, and decision to each camera's acknowledgement."""
         self.max_fix_age_s = max_fix_age_s
+        # The engine's freshness rule (its heartbeat limits are the policy's defaults).
+        self.freshness = InclusionPolicy(max_fix_age_s=max_fix_age_s)
         self.ack_timeout_s = ack_timeout_s
         self.max_devices = max_devices
         self.max_activations = max_activations
@@ -394,6 +402,9 @@ class LiveState:
             view.batt = msg.batt
         if msg.duty is not None:
             view.duty = msg.duty.value
+        # A device reporting on motion promises a report within its heartbeat: its last
+        # fix is as fresh as the engine takes it to be, not stale between heartbeats.
+        view.fresh_s = self.freshness.max_age_s(msg.hb)
         if msg.lat is not None and msg.lon is not None:
             self._place(view, msg.ts, msg.lat, msg.lon, msg.acc)
 

@@ -27,4 +27,6 @@ export const ago = (ts) => {
   if (s < 3600) return Math.round(s / 60) + ' min ago';
   return (s / 3600).toFixed(1) + ' h ago';
 };
-export const isStale = (d) => d.fix_ts != null && S.config != null && now() - d.fix_ts > S.config.max_fix_age_s;
+// A device reporting on motion is fresh for longer (its heartbeat): the server says how long.
+export const isStale = (d) => d.fix_ts != null && S.config != null &&
+  now() - d.fix_ts > (d.fresh_s ?? S.config.max_fix_age_s);
