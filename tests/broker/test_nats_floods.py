@@ -160,7 +160,7 @@ async def test_floods_of_acks_and_of_refused_events_never_hold_up_another_office
         assert engine.stats.quarantined == 0
 
 
-@pytest.mark.time_limit(40)
+@pytest.mark.time_limit(90)
 @pytest.mark.parametrize("kind", ["telemetry", "rate"])
 async def test_floods_the_engine_drains_never_lose_another_officers_draw(
     tmp_path: Path, kind: str
@@ -175,7 +175,9 @@ async def test_floods_the_engine_drains_never_lose_another_officers_draw(
     quarantine = 200 if kind == "rate" else 0
     async with cluster_world(tmp_path, fair_settings(quarantine_after=quarantine)) as world:
         before = refused(world.engine)
-        base, during = await compared(world, kind, DRAWS // 2, 1 if quarantine else BLOCKS)
+        # One block each way: the ratio is not asserted here (see below), only that every
+        # draw is commanded in time, so alternating blocks would only cost time.
+        base, during = await compared(world, kind, DRAWS // 2, 1)
         assert refused(world.engine) - before >= MIN_REFUSED
     # Every draw is commanded while the flood goes on. Issue 12's bound (p99 at most
     # twice the p99 without a flood) is NOT met on the cluster: position fixes measured
@@ -186,7 +188,7 @@ async def test_floods_the_engine_drains_never_lose_another_officers_draw(
     assert max(during) < FLOODED_WORST_S, max(during)
 
 
-@pytest.mark.time_limit(60)
+@pytest.mark.time_limit(90)
 async def test_a_device_that_keeps_flooding_is_cut_off_on_every_node_until_enabled(
     tmp_path: Path,
 ) -> None:
@@ -209,7 +211,9 @@ async def test_a_device_that_keeps_flooding_is_cut_off_on_every_node_until_enabl
                 async with flooding(port, topic, kind, login, qos=qos) as flooder:
                     async with asyncio.timeout(20):
                         await flooder.wait()  # the cluster closed its connection
-                await eventually(lambda: alerts, timeout=10)
+                # The alert follows the live reload of all three nodes (each re-checks every
+                # connection through the callout), which the thief's cut-off only starts.
+                await eventually(lambda: alerts, timeout=30)
                 task.cancel()
         assert [(a.alert, a.device) for a in alerts] == [(AlertKind.QUARANTINE, STOLEN_CAM)]
         assert "200 refused messages" in (alerts[0].detail or "")
