@@ -112,7 +112,9 @@ async def replay(aid: str, ctx: Ctx) -> Replay:
         rows = [(p.ts, p.lat, p.lon, p.acc, p.state) for p in points]
         if decision is not None and at_event is not None:
             judged = ets - (decision.fix_age_s or 0.0)
-            if not rows or rows[0][0] > judged + 0.5:
+            # The judged fix itself, if the tracks hold it, has the judged time (to float
+            # rounding); any later fix is somewhere else, however soon after it came.
+            if not rows or rows[0][0] > judged + 1e-3:
                 # The tracks do not reach back to the event (older than their horizon,
                 # or the dispatch restarted): the ledger says where the fix the engine
                 # judged put the camera.
