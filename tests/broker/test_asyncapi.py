@@ -45,6 +45,7 @@ TOPIC_BUILDERS: dict[str, tuple[Callable[[Topics], str], str]] = {
     "activations_json": (lambda t: t.activations_json("taser_draw"), "activationsJson"),
     "deadletter": (lambda t: t.deadletter("too_old"), "deadletter"),
     "engine_status": (lambda t: t.engine_status("engine-1"), "engineStatus"),
+    "slowdown": (lambda t: t.slowdown(), "slowdown"),
 }
 
 

@@ -39,6 +39,7 @@ from actimesh.broker.messages import (
     Event,
     Message,
     Presence,
+    SlowDown,
     Telemetry,
 )
 from actimesh.broker.topics import IDENTIFIER_PATTERN
@@ -108,6 +109,7 @@ SAMPLES: dict[str, Message] = {
         ts=NOW, topic="am/v1/metro/dev/bc-1/event", reason="too_old", detail="…", size=42, head="82"
     ),
     "engine_status": EngineStatus(online=True, engine="engine-1", ts=NOW, version="0.1.0"),
+    "slowdown": SlowDown(seq=1, ts=NOW, exp=NOW + 120, hb=30.0, sig=bytes(64)),
 }
 EVENT: dict[str, Any] = {"v": 1, "eid": "e-1", "type": "taser_draw", "ts": NOW}
 

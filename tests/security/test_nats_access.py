@@ -40,7 +40,8 @@ def test_a_device_gets_exactly_its_own_subjects_over_mqtt_only() -> None:
     # ... and its own OwnTracks topic, for a phone tracking it (docs/DEVICES.md)
     owntracks = "owntracks.cam//7.*"
     assert set(cam.publish) == {f"{own}.telemetry", f"{own}.ack", f"{own}.presence", owntracks}
-    assert set(cam.subscribe) == {f"{own}.cmd", f"{own}.confirm"}
+    # ... and reads the engine's slow-down, which it may not publish
+    assert set(cam.subscribe) == {f"{own}.cmd", f"{own}.confirm", "am.v1.ag.engine.slowdown"}
     assert "am.v1.ag.dev.cew-1.event" in users["cew-1"].publish  # its kind raises triggers
 
 

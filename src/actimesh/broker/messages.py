@@ -21,6 +21,7 @@ from actimesh.broker.topics import IDENTIFIER_PATTERN
 __all__ = [
     "CAMERA_KINDS",
     "EVENT_TYPE_PATTERN",
+    "MAX_SLOW_HEARTBEAT_S",
     "MESSAGE_TYPES",
     "Ack",
     "AckStatus",
@@ -42,6 +43,7 @@ __all__ = [
     "Message",
     "OfflineReason",
     "Presence",
+    "SlowDown",
     "Telemetry",
     "UnitDuty",
     "activation_id",
@@ -433,6 +435,59 @@ class DeadLetter(Message):
     head: Annotated[str, Field(max_length=128)]
 
 
+#: The longest heartbeat a slow-down may ask for (Telemetry's ``hb`` bound).
+MAX_SLOW_HEARTBEAT_S = 300.0
+
+
+class SlowDown(Message):
+    """The engine, overloaded, asks every device of the agency to report more slowly.
+
+    Retained on ``engine/slowdown`` and signed with the engine's command key (the same
+    key devices already trust), so a device believes only the engine. Everything that
+    limits it is in the signed payload, never only in MQTT 5 properties (the cluster's
+    listener speaks 3.1.1): ``exp`` ends it even if the retained copy outlives the
+    engine, and ``seq`` orders it, so an older message replayed is refused. ``hb``
+    absent clears it. A device applies ``hb`` to its heartbeat only: state changes,
+    motion beyond the dead-band and trigger events go out at once as always
+    (docs/SCALING.md, "The engine asks devices to slow down").
+    """
+
+    kind: ClassVar[str] = "slowdown"
+    #: Strictly increasing per agency (the engine uses the milliseconds it was issued).
+    seq: Annotated[int, Field(ge=0, le=2**53)]
+    ts: Timestamp
+    exp: Timestamp
+    hb: (
+        Annotated[
+            float,
+            Field(
+                gt=0.0,
+                le=MAX_SLOW_HEARTBEAT_S,
+                description="The heartbeat, in seconds, devices may use until exp (never "
+                "shorter than their own). Absent: the slow-down is cleared.",
+            ),
+        ]
+        | None
+    ) = None
+    sig: Annotated[
+        bytes,
+        Field(
+            min_length=64,
+            max_length=64,
+            description="Ed25519 signature (msgpack bin, 64 bytes) by the engine's "
+            "command key over the msgpack array [bin 'actimesh-slow-v1', agency, v, seq, "
+            "ts, exp, hb or nil], ts, exp and hb float 64 (docs/DISPATCH.md, 'Slow-down "
+            "signatures')",
+        ),
+    ]
+
+    @model_validator(mode="after")
+    def _expires_after_issue(self) -> Self:
+        if not self.exp > self.ts:
+            raise ValueError("exp must be later than ts")
+        return self
+
+
 class EngineStatus(Message):
     """Retained engine liveness; the broker publishes ``online: false`` as last will.
 
@@ -463,6 +518,7 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         Alert,
         DeadLetter,
         EngineStatus,
+        SlowDown,
     )
 }
 

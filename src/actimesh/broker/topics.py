@@ -15,6 +15,7 @@ can pin each device to its topics with ``pattern write am/v1/+/dev/%u/telemetry`
     am/v1/{agency}/alerts/{kind}            engine -> dispatch: e.g. a camera did not answer
     am/v1/{agency}/deadletter/{reason}      engine -> operators: rejected input, with why
     am/v1/{agency}/engine/{engine}/status   engine -> all      retained; last will = offline
+    am/v1/{agency}/engine/slowdown          engine -> devices  retained; signed: report slower
 
 The topic is the source of truth for *who* sent a message: payloads never name their own
 sender, so a device cannot claim to be another one without also being allowed to publish
@@ -188,6 +189,12 @@ class Topics:
     @property
     def all_deadletters(self) -> str:
         return f"{self.prefix}/deadletter/#"
+
+    def slowdown(self) -> str:
+        """The engine's signed, retained request to devices to report more slowly
+        (messages.SlowDown). One level below ``engine/``, so no engine id (a topic level
+        of its own, ``engine/{id}/status``) can ever name it."""
+        return f"{self.prefix}/engine/slowdown"
 
     def engine_status(self, engine_id: str) -> str:
         if not is_identifier(engine_id):

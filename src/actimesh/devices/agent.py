@@ -60,6 +60,7 @@ from actimesh.devices.camera import ActivationResult, Camera, CancelResult
 from actimesh.devices.camera_part import CameraPart, CommandStats, MessageHandler, ReceivedCommand
 from actimesh.devices.control import make_camera_part
 from actimesh.devices.reporting import MAX_SPEED_MPS, MotionReporter, Position, ReportingSettings
+from actimesh.devices.slowdown import SlowDownState
 from actimesh.errors import BrokerError, PayloadError
 from actimesh.security.signing import CommandVerifier
 
@@ -143,6 +144,8 @@ class DeviceAgent:
         self.telemetry_interval_s = telemetry_interval_s
         #: When telemetry goes out: every epoch (the default) or motion-scaled.
         self.reporter = MotionReporter(reporting or ReportingSettings())
+        #: The engine's signed slow-down, checked with the command key (devices/slowdown.py).
+        self.slowdown = SlowDownState(topics.agency)
         self.stats = AgentStats()
         #: The camera side: commands, commits and answers, or nothing for a sensor.
         self.control: CameraPart = make_camera_part(
@@ -170,6 +173,7 @@ class DeviceAgent:
         # Every device hears its confirmations; cameras also their commands.
         self._handlers: dict[str, MessageHandler] = {
             topics.confirm(device_id): self._on_confirmation,
+            topics.slowdown(): self._on_slowdown,
             **self.control.handlers(),
         }
         self._unconfirmed: dict[str, _Unconfirmed] = {}
@@ -354,6 +358,7 @@ class DeviceAgent:
         return self._message(now, state, fix, reason)
 
     def _why(self, now: float, state: DeviceState, fix: Position | None) -> str | None:
+        self.reporter.slow_heartbeat_s = self.slowdown.heartbeat_s(now)
         return self.reporter.why(now, state, fix)
 
     def _message(
@@ -365,7 +370,7 @@ class DeviceAgent:
                 return Telemetry(ts=now, state=state)
             ts = fix.ts if fix.ts is not None else now
             return Telemetry(ts=ts, lat=fix.lat, lon=fix.lon, acc=fix.acc, state=state)
-        hb = self.reporter.settings.heartbeat_s
+        hb = self.reporter.heartbeat_s  # the one in use: what the engine judges by
         if fix is None:
             return Telemetry(ts=now, state=state, hb=hb, db=deadband)
         return Telemetry(
@@ -484,6 +489,9 @@ class DeviceAgent:
         handler = self._handlers.get(message.topic.value)
         if handler is not None:
             await handler(as_bytes(message.payload))
+
+    async def _on_slowdown(self, payload: bytes) -> None:
+        self.slowdown.offer(payload, self.verifier, self.clock())
 
     async def _on_confirmation(self, payload: bytes) -> None:
         try:

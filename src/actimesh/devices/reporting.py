@@ -16,7 +16,9 @@ only when one of these holds, checked at every GPS epoch (``telemetry_interval_s
   (geofence/policy.py), so an officer who was standing and starts to walk says so at
   once rather than after walking the whole dead-band;
 * ``heartbeat_s`` (10 s) has passed since the last report: the heartbeat re-asserts the
-  position (with the current fix and its time) and shows the device is alive.
+  position (with the current fix and its time) and shows the device is alive;
+* the heartbeat itself changed (the engine's slow-down began or ended:
+  devices/slowdown.py), so the engine learns the new promise with a fresh fix.
 
 The dead-band, from the radius ``r`` and the reported 1-sigma accuracy ``acc``::
 
@@ -132,6 +134,7 @@ class _Sent:
     state: DeviceState
     fix: Position | None
     deadband_m: float
+    heartbeat_s: float
 
 
 class MotionReporter:
@@ -146,18 +149,32 @@ class MotionReporter:
         self._sent: _Sent | None = None
         self._before: _Sent | None = None
         self.reasons: dict[str, int] = {}
+        #: The engine's slow-down heartbeat while one holds (devices/slowdown.py); the
+        #: device's owner sets it each epoch. It lengthens the heartbeat, never shortens
+        #: it, and makes a 1 Hz device report motion-scaled meanwhile.
+        self.slow_heartbeat_s: float | None = None
 
     @property
     def motion_scaled(self) -> bool:
-        return self.settings.mode is TelemetryMode.MOTION
+        return self.settings.mode is TelemetryMode.MOTION or self.slow_heartbeat_s is not None
+
+    @property
+    def heartbeat_s(self) -> float:
+        """The heartbeat in use now: the device's own, or the engine's slower one."""
+        own = self.settings.heartbeat_s
+        slow = self.slow_heartbeat_s
+        return own if slow is None else max(own, slow)
 
     def why(self, now: float, state: DeviceState, fix: Position | None) -> str | None:
         """Why a report is due now, or None when the device stays quiet this epoch."""
         last = self._sent
         if last is None or not self.motion_scaled:
             return "first" if self.motion_scaled else "epoch"
-        if state is not last.state:
-            return "state"
+        if state is not last.state or self.heartbeat_s != last.heartbeat_s:
+            # A new heartbeat ("pace") is announced at once: the engine judges the last
+            # fix by the heartbeat it came with, so a longer one must not leave it
+            # stale in the gap.
+            return "state" if state is not last.state else "pace"
         before = last.fix
         if fix is None or before is None:
             if (fix is None) != (before is None):
@@ -166,7 +183,7 @@ class MotionReporter:
             changed = self._changed(fix, before, last.deadband_m)
             if changed is not None:
                 return changed
-        if now - last.ts >= self.settings.heartbeat_s:
+        if now - last.ts >= self.heartbeat_s:
             return "heartbeat"
         return None
 
@@ -199,7 +216,7 @@ class MotionReporter:
             return None
         deadband = self.settings.deadband_m(fix.acc if fix is not None else None)
         self._before = self._sent
-        self._sent = _Sent(now, state, fix, deadband)
+        self._sent = _Sent(now, state, fix, deadband, self.heartbeat_s)
         return deadband
 
     def unsent(self) -> None:

@@ -6,7 +6,8 @@ The managed broker enforces this with Mosquitto's Dynamic Security plugin
 * **Devices** (username = device id) get a role of their own, ``dev-{id}``: publish on
   their telemetry, acknowledgement and presence topics, and on their event topic only
   if some rule lets their kind raise a trigger (:attr:`AclPolicy.event_kinds`);
-  subscribe to and receive their own commands and confirmations. Nothing else, not
+  subscribe to and receive their own commands and confirmations, and the engine's
+  slow-down (``engine/slowdown``, which only the engine may publish). Nothing else, not
   even ``#`` or ``$SYS/#``. Each may connect only with its own client id, ``{agency}-{id}``
   (:func:`~actimesh.broker.topics.device_client_id`), so no account can take over
   a camera's session, and a camera cannot pose as the engine or dispatch.
@@ -183,6 +184,8 @@ def _device_acls(prefix: str, device_id: str, *, events: bool) -> tuple[Acl, ...
     writes = [c for c in DEVICE_WRITE if events or c is not DeviceChannel.EVENT]
     acls = [a for c in writes for a in _write(f"{own}/{c.value}")]
     acls += [a for c in DEVICE_READ for a in _read(f"{own}/{c.value}")]
+    # The engine's signed slow-down, the one fleet-wide topic a device reads.
+    acls += _read(f"{prefix}/engine/slowdown")
     # The OwnTracks app logged in as this device: its location topic, any phone name.
     acls += _write(f"{_OWNTRACKS_ROOT}/{device_id}/+")
     return tuple(acls)

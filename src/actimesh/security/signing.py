@@ -66,7 +66,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from actimesh.broker.messages import ActivationReason, Command
+from actimesh.broker.messages import ActivationReason, Command, SlowDown
 from actimesh.errors import ConfigError, PayloadError
 
 __all__ = [
@@ -74,6 +74,7 @@ __all__ = [
     "ENGINE_PRIVATE_KEY",
     "ENGINE_PUBLIC_KEY",
     "KEYS_DIR",
+    "SLOWDOWN_SIGNATURE_DOMAIN",
     "UNVERIFIED_REFUSALS",
     "CommandSigner",
     "CommandVerifier",
@@ -84,10 +85,14 @@ __all__ = [
     "load_or_create_engine_key",
     "public_key_hex",
     "refusal_code",
+    "slowdown_signing_bytes",
 ]
 
 #: The domain tag at the start of every signed command.
 COMMAND_SIGNATURE_DOMAIN: Final = b"actimesh-cmd-v1"
+#: The domain tag at the start of every signed slow-down (messages.SlowDown): a
+#: signature over a command can never pass for one over a slow-down, nor the reverse.
+SLOWDOWN_SIGNATURE_DOMAIN: Final = b"actimesh-slow-v1"
 #: Where the engine's keys live under the data directory.
 KEYS_DIR: Final = "keys"
 ENGINE_PRIVATE_KEY: Final = "engine-signing.pem"
@@ -121,6 +126,23 @@ def command_signing_bytes(agency: str, device_id: str, command: Command) -> byte
     for name in _SIGNED_FIELDS:
         value = getattr(command, name)
         values.append(value.value if isinstance(value, Enum) else value)
+    packed: bytes = msgpack.packb(values, use_bin_type=True)
+    return packed
+
+
+def slowdown_signing_bytes(agency: str, message: SlowDown) -> bytes:
+    """The bytes an engine signs for a slow-down to the devices of ``agency``: bound to
+    the agency (not in the payload: in the topic), as a command is to its camera."""
+    hb = None if message.hb is None else float(message.hb)
+    values = [
+        SLOWDOWN_SIGNATURE_DOMAIN,
+        agency,
+        message.v,
+        message.seq,
+        float(message.ts),
+        float(message.exp),
+        hb,
+    ]
     packed: bytes = msgpack.packb(values, use_bin_type=True)
     return packed
 
@@ -196,6 +218,14 @@ class CommandSigner:
         signature = self._key.sign(command_signing_bytes(agency, device_id, unsigned))
         return unsigned.model_copy(update={"sig": signature})
 
+    def slowdown(
+        self, *, agency: str, seq: int, ts: float, exp: float, hb: float | None
+    ) -> SlowDown:
+        """A slow-down to every device of ``agency`` (``hb`` None: cleared), signed."""
+        unsigned = SlowDown(seq=seq, ts=ts, exp=exp, hb=hb, sig=_PLACEHOLDER)
+        signature = self._key.sign(slowdown_signing_bytes(agency, unsigned))
+        return unsigned.model_copy(update={"sig": signature})
+
 
 class CommandVerifier:
     """The device side: checks commands against the engine's public key.
@@ -244,7 +274,21 @@ class CommandVerifier:
         if late > self.max_skew_s:
             raise PayloadError("expired", f"command expired {late:.1f} s before it arrived")
 
-    def _signed(self, command: Command, message: bytes) -> bool:
+    def verify_slowdown(self, message: SlowDown, *, agency: str, now: float) -> None:
+        """Raise :class:`PayloadError` unless ``message`` is this agency's engine's and
+        still holds at ``now`` (ordering against earlier ones is the device's to check:
+        :mod:`actimesh.devices.slowdown`)."""
+        if not self._signed(message, slowdown_signing_bytes(agency, message)):
+            raise PayloadError(
+                "bad_signature",
+                "slow-down not signed by this agency's engine (forged, another key, or "
+                "meant for another agency)",
+            )
+        late = now - message.exp
+        if late > self.max_skew_s:
+            raise PayloadError("expired", f"slow-down expired {late:.1f} s ago")
+
+    def _signed(self, command: Command | SlowDown, message: bytes) -> bool:
         for key in self.keys:
             try:
                 key.verify(command.sig, message)

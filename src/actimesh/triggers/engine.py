@@ -60,6 +60,7 @@ from actimesh.triggers.quarantine import Quarantine
 from actimesh.triggers.refusals import Refusals
 from actimesh.triggers.rules import RuleTable
 from actimesh.triggers.settings import EngineSettings
+from actimesh.triggers.slowdown import SlowDownControl
 from actimesh.triggers.stats import EngineStats
 from actimesh.triggers.storm import StormControl
 
@@ -83,6 +84,9 @@ class Engine:
     replaces the partition cells the settings describe (``settings.partitions`` > 1):
     a hand-drawn layout, or a test's boundary in a given place.
     """
+
+    #: The relay's telemetry reader, with partitions (its drops are shed telemetry too).
+    _relay_links: tuple[Inbound, ...] = ()
 
     def __init__(
         self,
@@ -277,6 +281,25 @@ class Engine:
         )
         if part is not None:
             self.links += self._partition_links(transport, part, name)
+        #: Asks devices to report more slowly while the engine sheds telemetry.
+        self.slowdown = self._slowdown_control(planner)
+
+    def _slowdown_control(self, planner: Planner) -> SlowDownControl:
+        return SlowDownControl(
+            out=self.ctl,
+            signer=self.signer,
+            topics=self.topics,
+            settings=self.settings,
+            stats=self.stats,
+            clock=self.clock,
+            shed=self._telemetry_shed,
+            trust=planner.trust_heartbeat,
+        )
+
+    def _telemetry_shed(self) -> int:
+        """Positions the engine's telemetry readers have dropped so far (full queues)."""
+        streams = [self.telemetry_link, *self._relay_links]
+        return sum(link.stats.dropped_incoming for link in streams)
 
     def _partition_links(
         self, transport: Transport, part: Partitioning, name: str
@@ -299,6 +322,7 @@ class Engine:
         relay = transport.stream(
             f"{name}-relay", (part.relay_subscription(),), part.relay, max_queued=s.telemetry_queue
         )
+        self._relay_links = (relay,)
         return (*self.partition_links, route, relay)
 
     async def _on_routed(self, batch: Sequence[Publish]) -> None:
@@ -346,6 +370,8 @@ class Engine:
             tg.create_task(self.refusals.run(), name=f"{eid}-quarantine")
             tg.create_task(self.alerts.run(), name=f"{eid}-alerts")
             tg.create_task(self._renew_status(), name=f"{eid}-status")
+            if self.settings.slowdown:
+                tg.create_task(self.slowdown.run(), name=f"{eid}-slowdown")
             for link in links:
                 await link.wait_connected(timeout=_CONNECT_TIMEOUT_S)
             tg.create_task(self._warm_up(), name=f"{eid}-warmup")

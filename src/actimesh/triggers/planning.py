@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Protocol
 
 from actimesh.broker.codec import check_clock, decode
@@ -78,7 +79,7 @@ class Planner:
     ) -> None:
         self._partitioning = partitioning
         self._rules = rules
-        self._policy = policy
+        self._policy = self._base_policy = policy
         self._fleet = fleet
         self._index = index
         self._storm = storm
@@ -91,6 +92,24 @@ class Planner:
         self._clock = clock
         self._dispatch_source = dispatch_source
         self._tracer = tracer
+
+    @property
+    def policy(self) -> InclusionPolicy:
+        """The inclusion policy triggers are judged by now."""
+        return self._policy
+
+    def trust_heartbeat(self, seconds: float) -> None:
+        """Trust devices' heartbeats up to ``seconds`` (the engine's slow-down allows
+        that long: triggers/slowdown.py); 0 or less: back to the configured policy.
+
+        Only the bound moves: each fix is still judged by the heartbeat its own device
+        announced with it, so no device's fix is fresh longer than it promised.
+        """
+        base = self._base_policy
+        if seconds <= base.max_heartbeat_s:
+            self._policy = base
+        else:
+            self._policy = replace(base, max_heartbeat_s=seconds)
 
     async def handle(
         self, source: str, payload: bytes, delivery: Delivery, partition: int | None = None

@@ -11,7 +11,11 @@ from actimesh.triggers.storm import StormLimits
 
 __all__ = ["EngineSettings"]
 
-_ZERO_ALLOWED = frozenset({"merge_window_s", "quiet_reserve", "quarantine_after"})
+_ZERO_ALLOWED = frozenset(
+    {"merge_window_s", "quiet_reserve", "quarantine_after", "slowdown_calm_per_s"}
+)
+#: The slowest heartbeat a slow-down may ask for (messages.MAX_SLOW_HEARTBEAT_S).
+_MAX_SLOW_HEARTBEAT_S = 300.0
 #: Storm control's defaults live in one place, :class:`StormLimits`.
 _STORM = StormLimits()
 
@@ -103,6 +107,19 @@ class EngineSettings:
     partition: tuple[int, ...] = ()
     #: Edge of a partition cell, metres (geofence/partition.py).
     partition_cell_m: float = 2000.0
+    #: The slow-down (triggers/slowdown.py, docs/SCALING.md): when the engine sheds
+    #: ``slowdown_shed_per_s`` positions a second or more over ``slowdown_window_s``, it
+    #: asks devices (signed, retained) to report at most every ``slowdown_heartbeat_s``
+    #: when nothing changes; it clears the request once shedding has stayed at or below
+    #: ``slowdown_calm_per_s`` for ``slowdown_hold_s``. Each request expires
+    #: ``slowdown_ttl_s`` after it is sent and is renewed every third of that.
+    slowdown: bool = True
+    slowdown_heartbeat_s: float = 30.0
+    slowdown_shed_per_s: float = 500.0
+    slowdown_calm_per_s: float = 50.0
+    slowdown_window_s: float = 10.0
+    slowdown_hold_s: float = 60.0
+    slowdown_ttl_s: float = 120.0
 
     def storm_limits(self) -> StormLimits:
         """The storm-control part of these settings."""
@@ -145,6 +162,26 @@ class EngineSettings:
                 raise ConfigError(f"engine.{f.name} must be a positive number, got {value!r}")
         self.storm_limits()  # checks the rest, where zero may mean "off"
         self._check_partitions()
+        self._check_slowdown()
+
+    def _check_slowdown(self) -> None:
+        if not isinstance(self.slowdown, bool):
+            raise ConfigError(f"engine.slowdown must be true or false, got {self.slowdown!r}")
+        if not self.slowdown_heartbeat_s <= _MAX_SLOW_HEARTBEAT_S:
+            raise ConfigError(
+                f"engine.slowdown_heartbeat_s must be at most {_MAX_SLOW_HEARTBEAT_S:g} s, "
+                f"got {self.slowdown_heartbeat_s!r}"
+            )
+        if not self.slowdown_calm_per_s >= 0:
+            raise ConfigError(
+                f"engine.slowdown_calm_per_s must be 0 or more, got {self.slowdown_calm_per_s!r}"
+            )
+        if not self.slowdown_calm_per_s < self.slowdown_shed_per_s:
+            raise ConfigError(
+                "engine.slowdown_calm_per_s must be below engine.slowdown_shed_per_s (the gap "
+                f"keeps the request from flapping), got {self.slowdown_calm_per_s!r} and "
+                f"{self.slowdown_shed_per_s!r}"
+            )
 
     def _check_partitions(self) -> None:
         count = self.partitions

@@ -61,6 +61,13 @@ class EngineStats:
     relay_unplaced: int = 0
     relay_dropped: int = 0
 
+    #: The slow-down (triggers/slowdown.py): whether this engine is asking devices to
+    #: report more slowly now, the positions it shed a second over the last window, and
+    #: the signed slow-downs (requests, renewals, clears) it published.
+    slowdown_active: bool = False
+    telemetry_shed_per_s: float = 0.0
+    slowdowns_sent: int = 0
+
     @property
     def rejected_total(self) -> int:
         return sum(self.rejected.values())
