@@ -121,3 +121,28 @@ def test_incident_every_paces_the_fleet_and_refuses_zero(
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert "--incident-every must be a number of seconds above 0" in err
+
+
+def test_the_fleet_reports_motion_scaled_by_config_or_flag(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    started: list[tuple[Settings, SimSettings | None]],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "a.toml"
+    config.write_text('[telemetry]\nmode = "motion"\nheartbeat_s = 20\n')
+    assert cli.main(["up", "--sim", "1", "--config", str(config)]) == 0
+    assert cli.main(["up", "--sim", "1", "--config", str(config), "--heartbeat", "12"]) == 0
+    assert cli.main(["up", "--sim", "1", "--telemetry", "1hz"]) == 0
+    modes = [(s.reporting.mode.value, s.reporting.heartbeat_s) for _, s in started if s]
+    assert modes == [("motion", 20.0), ("motion", 12.0), ("1hz", 10.0)]
+    for flags, message in [
+        (["--telemetry", "fast"], "--telemetry must be '1hz' or 'motion', got 'fast'"),
+        (["--heartbeat", "0"], "--heartbeat must be seconds above 0 and at most 300"),
+        (["--heartbeat", "nan"], "--heartbeat must be seconds above 0 and at most 300"),
+    ]:
+        assert cli.main(["up", "--sim", "1", *flags]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1
+        assert message in err

@@ -184,3 +184,40 @@ def test_an_agency_too_long_for_a_postgres_schema_is_refused() -> None:
     with pytest.raises(ConfigError, match="too long for a PostgreSQL ledger"):
         load_settings(agency="a" * 61, ledger_url="postgresql://am@db/am")
     assert load_settings(agency="a" * 61).ledger_url is None
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ('[telemetry]\nmode = "fast"', "telemetry.mode must be '1hz' or 'motion', got 'fast'"),
+        ("[telemetry]\nheartbeat_s = 0", "telemetry.heartbeat_s must be seconds above 0"),
+        ("[telemetry]\nheartbeat_s = 301", "telemetry.heartbeat_s must be seconds above 0"),
+        ("[telemetry]\nrate = 1", r"\[telemetry\] has unknown key 'rate'"),
+        ("[engine]\nslowdown = 1", "engine.slowdown must be a bool"),
+        ("[engine]\nslowdown_heartbeat_s = 0", "engine.slowdown_heartbeat_s must be a positive"),
+        ("[engine]\nslowdown_calm_per_s = 500", "must be below engine.slowdown_shed_per_s"),
+        ("[engine]\nslowdown_window_s = -1", "engine.slowdown_window_s must be a positive"),
+    ],
+)
+def test_telemetry_and_slow_down_settings_are_checked_in_one_line(
+    tmp_path: Path, table: str, message: str
+) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(table + "\n")
+    with pytest.raises(ConfigError, match=message) as info:
+        load_settings(path)
+    assert "\n" not in str(info.value)
+
+
+def test_telemetry_and_slow_down_settings_are_read(tmp_path: Path) -> None:
+    path = tmp_path / "actimesh.toml"
+    path.write_text(
+        '[telemetry]\nmode = "motion"\nheartbeat_s = 15\n'
+        "[engine]\nslowdown = false\nslowdown_heartbeat_s = 45\nslowdown_shed_per_s = 900\n"
+    )
+    settings = load_settings(path)
+    assert settings.telemetry.mode.value == "motion"
+    assert settings.telemetry.heartbeat_s == 15.0
+    assert settings.engine.slowdown is False
+    assert settings.engine.slowdown_heartbeat_s == 45.0
+    assert settings.engine.slowdown_shed_per_s == 900.0

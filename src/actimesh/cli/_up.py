@@ -12,10 +12,16 @@ from typing import Any
 from rich.console import Console
 
 from actimesh.cli._common import EXIT_OK, Parser, http_port, port, positive_int, run_async
+from actimesh.devices.reporting import ReportingSettings
 from actimesh.devices.simulator import DEFAULT_SEED, SimSettings
 from actimesh.devices.simulator_streets import DEFAULT_MAP, StreetMap
 from actimesh.errors import ConfigError
-from actimesh.runtime.config import MQTT_PROTOCOLS, Settings, load_settings
+from actimesh.runtime.config import (
+    MQTT_PROTOCOLS,
+    Settings,
+    load_settings,
+    reporting_settings,
+)
 
 __all__ = ["add_parsers", "run"]
 
@@ -219,6 +225,18 @@ def fleet_flags(parser: Parser) -> None:
         "(default 4; 0: none)",
     )
     parser.add_argument(
+        "--telemetry",
+        metavar="MODE",
+        help="when the simulated devices report: '1hz' (every second) or 'motion' (on moves, "
+        "state changes and a heartbeat); default: [telemetry] mode, else 1hz",
+    )
+    parser.add_argument(
+        "--heartbeat",
+        type=float,
+        metavar="SECONDS",
+        help="a motion-scaled device's heartbeat (default: [telemetry] heartbeat_s, else 10)",
+    )
+    parser.add_argument(
         "--map",
         type=Path,
         metavar="FILE",
@@ -244,17 +262,27 @@ def _streets(args: argparse.Namespace, console: Console) -> StreetMap | None:
         raise ConfigError(f"--map {path} is not a usable OpenStreetMap extract: {exc}") from exc
 
 
-def sim_settings(args: argparse.Namespace, units: int, console: Console) -> SimSettings:
-    """The simulated fleet :func:`fleet_flags` describes."""
+def sim_settings(
+    args: argparse.Namespace,
+    units: int,
+    console: Console,
+    telemetry: ReportingSettings | None = None,
+) -> SimSettings:
+    """The simulated fleet :func:`fleet_flags` describes; ``telemetry``: the ``[telemetry]``
+    settings its flags override."""
     if args.video_cameras < 0:
         raise ConfigError("--video-cameras must be 0 or more")
     if args.incident_every is not None and not args.incident_every > 0:
         raise ConfigError("--incident-every must be a number of seconds above 0")
+    reporting = reporting_settings(
+        args.telemetry, args.heartbeat, ("--telemetry", "--heartbeat"), telemetry
+    )
     sim = SimSettings(
         units=units,
         seed=args.seed,
         streets=_streets(args, console),
         video_cameras=args.video_cameras,
+        reporting=reporting,
     )
     sim = sim.busy() if args.busy else sim
     return replace(sim, incident_every_s=args.incident_every) if args.incident_every else sim
@@ -300,7 +328,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         settings = _up_settings(args)
         sim = (
             replace(
-                sim_settings(args, args.sim, console),
+                sim_settings(args, args.sim, console, settings.telemetry),
                 pre_roll_s=settings.media.pre_roll_s,
                 media=settings.media,
                 mqtt_protocol=settings.broker.mqtt_protocol,

@@ -27,6 +27,10 @@ TOML file (``--config actimesh.toml``)::
     buffer_audio = false
     stealth = "officer"     # or "always" / "never"
 
+    [telemetry]             # when simulated devices report (see actimesh.devices.reporting)
+    mode = "1hz"            # or "motion": on moves, state changes and a heartbeat
+    heartbeat_s = 10
+
     [broker]                # the managed broker's listeners, an external broker's login
     port = 1883             # the managed Mosquitto's plain listener (with host)
     tls_port = 8883
@@ -62,6 +66,7 @@ from urllib.parse import parse_qsl, urlsplit
 from actimesh.adapters import AdapterSettings, NmeaSettings, OsmAndSettings, OwnTracksSettings
 from actimesh.broker.client import MqttProtocol
 from actimesh.broker.topics import is_identifier
+from actimesh.devices.reporting import ReportingSettings, TelemetryMode
 from actimesh.devices.settings import MediaKind, MediaSettings, StealthPolicy
 from actimesh.dispatch.settings import DispatchSettings
 from actimesh.errors import ConfigError
@@ -232,6 +237,8 @@ class Settings:
     dispatch: DispatchSettings = field(default_factory=DispatchSettings)
     retention: RetentionSettings = field(default_factory=RetentionSettings)
     media: MediaSettings = field(default_factory=MediaSettings)
+    #: ``[telemetry]``: when the simulated devices report (1 Hz or motion-scaled).
+    telemetry: ReportingSettings = field(default_factory=ReportingSettings)
     broker: BrokerSettings = field(default_factory=BrokerSettings)
     evidence: EvidenceSettings = field(default_factory=EvidenceSettings)
     #: ``[ledger] url``: a PostgreSQL database holding the agency's ledger (its password,
@@ -480,6 +487,34 @@ def _media(raw: dict[str, Any]) -> MediaSettings:
     return MediaSettings(**raw)
 
 
+def reporting_settings(
+    mode: str | None,
+    heartbeat_s: float | None,
+    names: tuple[str, str],
+    base: ReportingSettings | None = None,
+) -> ReportingSettings:
+    """``base`` with the telemetry ``mode`` and ``heartbeat_s`` given (None: kept); a bad
+    value is one :class:`ConfigError` line naming the key or flag (``names``: the mode's,
+    the heartbeat's) it came from."""
+    base = base or ReportingSettings()
+    try:
+        chosen = base.mode if mode is None else TelemetryMode(mode)
+    except ValueError:
+        allowed = " or ".join(repr(m.value) for m in TelemetryMode)
+        raise ConfigError(f"{names[0]} must be {allowed}, got {mode!r}") from None
+    heartbeat = base.heartbeat_s if heartbeat_s is None else heartbeat_s
+    if not (isinstance(heartbeat, int | float) and 0 < heartbeat <= _MAX_HEARTBEAT_S):
+        raise ConfigError(
+            f"{names[1]} must be seconds above 0 and at most {_MAX_HEARTBEAT_S:g}, "
+            f"got {heartbeat!r}"
+        )
+    return replace(base, mode=chosen, heartbeat_s=float(heartbeat))
+
+
+#: The slowest heartbeat a device may announce (Telemetry's ``hb`` bound).
+_MAX_HEARTBEAT_S = 300.0
+
+
 def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
     """Settings from the embedded defaults, then ``path`` (TOML), then ``overrides``."""
     raw: dict[str, Any] = {}
@@ -502,6 +537,7 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
         "dispatch",
         "retention",
         "media",
+        "telemetry",
         "evidence",
         "ledger",
         "adapters",
@@ -514,6 +550,7 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
     engine_types = {f.name: _NUMBER for f in fields(EngineSettings)} | {
         "engine_id": str,
         "publish_json": bool,
+        "slowdown": bool,
         "freeze_heap": bool,
         "share_group": str,
         "session_expiry_s": int,
@@ -542,6 +579,12 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
     dispatch = _dispatch(_section(raw, "dispatch", _DISPATCH_TYPES))
     retention = RetentionSettings(**_section(raw, "retention", {"days": _NUMBER}))
     media = _media(_section(raw, "media", _MEDIA_TYPES))
+    telemetry_raw = _section(raw, "telemetry", {"mode": str, "heartbeat_s": _NUMBER})
+    telemetry = reporting_settings(
+        telemetry_raw.get("mode"),
+        telemetry_raw.get("heartbeat_s"),
+        ("telemetry.mode", "telemetry.heartbeat_s"),
+    )
     evidence_raw = _section(raw, "evidence", _EVIDENCE_TYPES)
     if "dir" in evidence_raw:
         evidence_raw["dir"] = Path(evidence_raw["dir"])
@@ -558,6 +601,7 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
         dispatch=dispatch,
         retention=retention,
         media=media,
+        telemetry=telemetry,
         evidence=evidence,
         ledger_url=ledger_url,
         **broker_keys,
