@@ -271,6 +271,11 @@ def _engine_status(engine: Engine, sim: FleetSimulator | None) -> str:
         parts.append(f"acks from cameras not commanded {s.acks_not_commanded}")
     if s.quarantined:
         parts.append(f"quarantined {s.quarantined}")
+    if s.slowdown_active:
+        parts.append(
+            f"OVERLOADED: shedding {s.telemetry_shed_per_s:.0f} positions/s, devices asked "
+            f"to report every {engine.settings.slowdown_heartbeat_s:g} s"
+        )
     if sim is not None:
         parts.append("triggers " + ", ".join(f"{k} {v}" for k, v in sorted(sim.triggers.items())))
         if sim.offloaded or sim.offload_kept:
