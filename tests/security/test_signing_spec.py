@@ -146,3 +146,42 @@ def test_the_engine_and_the_cameras_agree_with_the_doc() -> None:
     whole = decode(Command, msgpack.packb(fields, use_bin_type=True))
     assert command_signing_bytes(agency, camera, whole) == _breakdown()
     verifier.verify(whole, agency=agency, device_id=camera, now=float(vector["ts"]))
+
+
+# ---------------------------------------------------------------- slow-down signatures
+SLOWDOWN_SECTION = "## Slow-down signatures"
+
+
+def _slowdown_vector() -> dict[str, str]:
+    text = DOC.read_text(encoding="utf-8")
+    start = text.index(SLOWDOWN_SECTION)
+    end = text.index("\n## ", start + len(SLOWDOWN_SECTION))
+    (block,) = re.findall(r"^```text\n(.*?)^```", text[start:end], re.MULTILINE | re.DOTALL)
+    return dict(re.split(r"\s{2,}", line.strip(), maxsplit=1) for line in block.splitlines())
+
+
+def test_the_slow_down_vector_is_the_documented_array_and_the_engine_signs_it() -> None:
+    from actimesh.security.signing import CommandSigner, slowdown_signing_bytes  # noqa: PLC0415
+
+    vector = _slowdown_vector()
+    tag = b"actimesh-slow-v1"
+    by_hand = (
+        b"\x97\xc4"
+        + bytes([len(tag)])
+        + tag
+        + _str("calgary")
+        + b"\x01\xcf"
+        + struct.pack(">Q", 1746100800500)
+        + _float(1746100800.5)
+        + _float(1746100920.5)
+        + _float(30.0)
+    )
+    assert by_hand.hex() == vector["signed bytes"]
+    key = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(_vector()["private key (seed)"]))
+    signature = bytes.fromhex(vector["signature"])
+    key.public_key().verify(signature, by_hand)
+    message = CommandSigner(key).slowdown(
+        agency="calgary", seq=1746100800500, ts=1746100800.5, exp=1746100920.5, hb=30.0
+    )
+    assert slowdown_signing_bytes("calgary", message) == by_hand
+    assert message.sig == signature
