@@ -77,11 +77,13 @@ def test_strict_model_refuses_a_command_with_anything_more(extra: dict[str, obje
         decode(Command, msgpack.packb({**fields, **extra}, use_bin_type=True))
 
 
-def test_agent_listens_only_for_confirmations_and_start_commands(tmp_path: Path) -> None:
+def test_agent_listens_only_for_confirmations_start_commands_and_the_slow_down(
+    tmp_path: Path,
+) -> None:
     store = RecordingStore(tmp_path)
     for kind, channels in (
-        (DeviceKind.CEW, {"confirm"}),
-        (DeviceKind.BODY_CAM, {"confirm", "cmd"}),
+        (DeviceKind.CEW, {"confirm", "slowdown"}),
+        (DeviceKind.BODY_CAM, {"confirm", "cmd", "slowdown"}),
     ):
         camera = None
         if kind is DeviceKind.BODY_CAM:
