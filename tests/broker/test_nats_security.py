@@ -230,6 +230,7 @@ def test_a_device_may_subscribe_to_its_own_commands_and_nothing_else(
         assert cam.connect() == "Success"
         assert cam.subscribe(f"{DEV}/cam-1/cmd")
         assert cam.subscribe(f"{DEV}/cam-1/confirm")
+        assert cam.subscribe(f"am/v1/{AGENCY}/engine/slowdown")  # the engine's, to read
         for forbidden in (
             "#",
             "+/#",
@@ -278,6 +279,7 @@ async def test_what_a_device_may_not_publish_never_arrives(cluster: NatsCluster)
             cam.publish(f"{DEV}/cam-2/cmd", b"forged")
             cam.publish("$JS/API/STREAM/DELETE/$MQTT_msgs", b"")
             cam.publish(f"am/v1/{AGENCY}/activations/x", b"forged")
+            cam.publish(f"am/v1/{AGENCY}/engine/slowdown", b"forged")
             cam.publish(f"{DEV}/cam-1/telemetry", b"sentinel")  # after them, on one link
             cew.publish(f"{DEV}/cew-1/event", b"taser")
             await asyncio.to_thread(
@@ -294,6 +296,7 @@ async def test_what_a_device_may_not_publish_never_arrives(cluster: NatsCluster)
     ]
     assert log_has(cluster, f'Publish Violation - Subject "am.v1.{AGENCY}.dev.cam-2.telemetry"')
     assert log_has(cluster, 'Publish Violation - Subject "$JS.API.STREAM.DELETE.$MQTT_msgs"')
+    assert log_has(cluster, f'Publish Violation - Subject "am.v1.{AGENCY}.engine.slowdown"')
 
 
 async def test_the_engine_may_not_reach_beyond_its_grants(cluster: NatsCluster) -> None:
@@ -371,10 +374,13 @@ def test_an_integrator_reads_activations_and_publishes_nothing(cluster: NatsClus
         assert not news.subscribe(f"{DEV}/+/telemetry")  # not granted telemetry
         assert not news.subscribe(f"{DEV}/+/cmd")
         news.publish(f"am/v1/{AGENCY}/activations/a1", b"forged")
+        news.publish(f"am/v1/{AGENCY}/engine/slowdown", b"forged")
         news.publish(f"{DEV}/cam-1/cmd", b"forged")
         eventually_sync(
             lambda: log_has(cluster, f'Publish Violation - Subject "am.v1.{AGENCY}.dev.cam-1.cmd"')
         )
+        # Checked after the later one: the node logs one connection's violations in order.
+        assert log_has(cluster, f'Publish Violation - Subject "am.v1.{AGENCY}.engine.slowdown"')
         assert news.received() == []
     finally:
         news.close()
