@@ -91,12 +91,19 @@ def test_a_slow_down_lengthens_only_the_heartbeat_and_never_delays_a_change() ->
     on = DeviceState.BUFFERING
     reporter.sent(0.0, on, here, "first")
     reporter.slow_heartbeat_s = 30.0
-    # The new pace is announced at once, so the engine judges the fix by it.
-    assert reporter.why(1.0, on, here) == "pace"
-    reporter.sent(1.0, on, here, "pace")
     assert reporter.heartbeat_s == 30.0
-    assert reporter.why(12.0, on, here) is None  # 10 s would have been due
-    assert reporter.why(31.0, on, here) == "heartbeat"
+    # The last report promised 10 s: that promise is kept (no fix left stale, and no
+    # burst of reports when the slow-down arrives), and the next one announces 30 s.
+    assert reporter.why(1.0, on, here) is None
+    assert reporter.why(10.0, on, here) == "heartbeat"
+    reporter.sent(10.0, on, here, "heartbeat")
+    assert reporter.why(22.0, on, here) is None  # 10 s would have been due
+    assert reporter.why(40.0, on, here) == "heartbeat"
+    reporter.sent(40.0, on, here, "heartbeat")
+    # Cleared: the shorter heartbeat applies at once (sooner is always within a promise).
+    reporter.slow_heartbeat_s = None
+    assert reporter.why(50.0, on, here) == "heartbeat"
+    reporter.slow_heartbeat_s = 30.0
     # State and motion still go out at once.
     assert reporter.why(2.0, DeviceState.RECORDING, here) == "state"
     moved = Position(51.0001, -114.0, 3.0, speed=0.0)  # 11 m

@@ -16,9 +16,9 @@ only when one of these holds, checked at every GPS epoch (``telemetry_interval_s
   (geofence/policy.py), so an officer who was standing and starts to walk says so at
   once rather than after walking the whole dead-band;
 * ``heartbeat_s`` (10 s) has passed since the last report: the heartbeat re-asserts the
-  position (with the current fix and its time) and shows the device is alive;
-* the heartbeat itself changed (the engine's slow-down began or ended:
-  devices/slowdown.py), so the engine learns the new promise with a fresh fix.
+  position (with the current fix and its time) and shows the device is alive. While the
+  engine's slow-down holds (devices/slowdown.py) the heartbeat is longer, from the report
+  after the one that announced it: each report keeps the promise made by the last.
 
 The dead-band, from the radius ``r`` and the reported 1-sigma accuracy ``acc``::
 
@@ -170,11 +170,8 @@ class MotionReporter:
         last = self._sent
         if last is None or not self.motion_scaled:
             return "first" if self.motion_scaled else "epoch"
-        if state is not last.state or self.heartbeat_s != last.heartbeat_s:
-            # A new heartbeat ("pace") is announced at once: the engine judges the last
-            # fix by the heartbeat it came with, so a longer one must not leave it
-            # stale in the gap.
-            return "state" if state is not last.state else "pace"
+        if state is not last.state:
+            return "state"
         before = last.fix
         if fix is None or before is None:
             if (fix is None) != (before is None):
@@ -183,7 +180,11 @@ class MotionReporter:
             changed = self._changed(fix, before, last.deadband_m)
             if changed is not None:
                 return changed
-        if now - last.ts >= self.heartbeat_s:
+        # The engine judges the last fix by the heartbeat announced with it: keep that
+        # promise even when a slow-down has lengthened the heartbeat since (the next
+        # report announces the longer one), so no fix goes stale in the gap, and the
+        # fleet does not answer a slow-down with a burst of reports all at once.
+        if now - last.ts >= min(self.heartbeat_s, last.heartbeat_s):
             return "heartbeat"
         return None
 

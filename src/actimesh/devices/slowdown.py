@@ -24,8 +24,11 @@ and everything that bounds it is in the signed bytes:
 accuracy and speed changes go out at once as before, and trigger events never wait for
 telemetry at all. The device announces the heartbeat it uses in each report (``hb``),
 so the engine judges its fix by what the device actually promised
-(geofence/policy.py), never by what it asked for. A device reporting at 1 Hz reports
-motion-scaled while a slow-down holds (its reports then carry ``hb``/``db``).
+(geofence/policy.py), never by what it asked for; and each report keeps the promise
+the one before it made, so the first slow heartbeat goes out at the old pace: no fix
+goes stale in the gap, and the fleet does not answer a slow-down with a burst of
+reports all at once. A device reporting at 1 Hz reports motion-scaled while a
+slow-down holds (its reports then carry ``hb``/``db``).
 
 Refusals are counted by reason in :attr:`SlowDownState.refused` and logged; they never
 change what the device does.
