@@ -181,3 +181,16 @@ async def test_the_engine_asks_renews_and_clears_with_newer_signed_messages() ->
         await _run(w, 44.0, 0.0)
         assert w.trusted == [30.0, 0.0]
         assert len([m for m in w.sent if m.hb is None]) == 1  # cleared once, no flapping
+
+
+async def test_a_starting_engine_trusts_a_slow_down_sent_before_it_started() -> None:
+    """A retained slow-down from before a restart may still hold on the devices."""
+    async with _world() as w, asyncio.TaskGroup() as tg:
+        task = tg.create_task(w.control.run())
+        await asyncio.sleep(0)
+        assert w.trusted == [30.0]
+        task.cancel()
+    w.now += SETTINGS.slowdown_ttl_s + SETTINGS.slowdown_heartbeat_s + 1.0
+    await w.control.step()
+    assert w.trusted == [30.0, 0.0]
+    assert w.sent == []  # nothing published: it was never overloaded

@@ -30,6 +30,9 @@ slower one (until the last request's expiry, plus one slow heartbeat and the gra
 planner trusts heartbeats up to it (:meth:`Planner.trust_heartbeat`); a device that
 did not slow down still announces its own shorter heartbeat and is judged by that.
 
+An engine that starts trusts the slower heartbeat for one ``slowdown_ttl_s`` and one
+slow heartbeat, since a slow-down sent before it (re)started may still hold.
+
 With several replicas, only an engine that asked clears its request; a calm replica
 says nothing. Two replicas that disagree can still flap (one clears, the other's
 renewal asks again within ``slowdown_ttl_s / 3``): not handled yet.
@@ -148,7 +151,17 @@ class SlowDownControl:
         return self._settings.slowdown_window_s / 5
 
     async def run(self) -> None:
-        """Read the signal every :attr:`tick_s` and publish what it calls for."""
+        """Read the signal every :attr:`tick_s` and publish what it calls for.
+
+        A slow-down this engine (or a replica) sent before a restart may still hold on
+        the devices, retained, until its expiry: the slower heartbeat is trusted from
+        the start for as long as that can be, or their still cameras' fixes would be
+        judged stale meanwhile.
+        """
+        s = self._settings
+        self._trust_until = self._clock() + s.slowdown_ttl_s + s.slowdown_heartbeat_s
+        self._trusting = True
+        self._trust(s.slowdown_heartbeat_s)
         while True:
             await asyncio.sleep(self.tick_s)
             await self.step()
