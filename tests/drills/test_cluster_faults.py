@@ -26,7 +26,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.time_limit(150)]
 #: so they are not in the suite (a test that passes either way proves nothing, and one
 #: that fails half the time is a flaky CI): `actimesh drill --faults --cluster` runs and
 #: reports them, and they join the suite once the loss is fixed.
-_OPEN = ("camera's node kill -9", "stream leader kill -9", "node cut off (SIGSTOP)")
+_OPEN = ("camera's node kill -9", "stream leader kill -9", "node cut off (network)")
 _HOLDING = [name for name, _ in CLUSTER_SCENARIOS if name not in _OPEN]
 
 
@@ -58,7 +58,7 @@ def test_every_cluster_fault_named_in_the_issue_has_a_scenario() -> None:
         "stream leader kill -9",
         "engine kill -9",
         "PostgreSQL restart",
-        "node cut off (SIGSTOP)",
+        "node cut off (network)",
     ]
 
 
