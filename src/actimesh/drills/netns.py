@@ -106,7 +106,6 @@ class IsolatedHost:
     def heal(self) -> None:
         _run("-n", self.netns, "link", "set", self.inner, "up")
 
-    @property
     def is_cut(self) -> bool:
         shown = _run("-n", self.netns, "-o", "link", "show", self.inner)
         flags = shown.split("<", 1)[-1].split(">", 1)[0].split(",")
