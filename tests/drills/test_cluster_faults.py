@@ -105,6 +105,26 @@ def test_a_node_cut_off_the_network_rejoins_and_duplicates_nothing(tmp_path: Pat
     assert found[2] not in listed.stdout
 
 
+async def test_without_namespaces_the_node_is_frozen_instead_and_the_drill_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not root, or no ``ip``: the cut falls back to SIGSTOP on loopback, and says so.
+    (Its camera losses are :data:`_OPEN`'s, so only the mechanics are checked.)"""
+    monkeypatch.setattr(
+        "actimesh.drills.cluster_faults.namespaces_unavailable", lambda: "no namespaces here"
+    )
+    out = io.StringIO()
+    report = await run_cluster_fault_drill(
+        Console(file=out, width=300), root=tmp_path, short=True, only="node cut off (network)"
+    )
+    (result,) = report.results
+    text = out.getvalue()
+    assert "froze n1 (SIGSTOP) for 20 s, not cut off the network: no namespaces here" in text
+    assert result.activations == result.triggers == 12, text
+    assert result.duplicates == 0, text
+    assert result.ledger_ok
+
+
 def test_every_cluster_fault_named_in_the_issue_has_a_scenario() -> None:
     assert [name for name, _ in CLUSTER_SCENARIOS] == [
         "camera's node kill -9",
