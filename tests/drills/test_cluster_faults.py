@@ -7,6 +7,7 @@ import io
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ from actimesh import cli
 from actimesh.drills import CLUSTER_SCENARIOS, run_cluster_fault_drill
 from actimesh.drills.netns import namespaces_unavailable
 from tests.drills.faults import assert_nothing_lost
+from tests.waiting import eventually_sync
 
 # A scenario that passes takes 20 to 45 s; one that loses something waits out the
 # drill's own timeouts (45 s for the cameras, 30 s for the ledger) before it says so.
@@ -103,6 +105,61 @@ def test_a_node_cut_off_the_network_rejoins_and_duplicates_nothing(tmp_path: Pat
         ["ip", "netns", "list"], capture_output=True, text=True, timeout=10, check=True
     )
     assert found[2] not in listed.stdout
+
+
+def _cut_namespace(data_dir: Path) -> str | None:
+    """The namespace of the drill's cut node, once its end of the pair is down."""
+    try:
+        pid = (data_dir / "cluster-5" / "nats" / "n1" / "nats.pid").read_text().strip()
+    except OSError:
+        return None
+    named = subprocess.run(
+        ["ip", "netns", "identify", pid], capture_output=True, text=True, timeout=10, check=False
+    ).stdout.strip()
+    if not named.startswith("amcut-"):
+        return None
+    links = subprocess.run(
+        ["ip", "-n", named, "-o", "link", "show"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=False,
+    ).stdout
+    return named if "amcut" in links and "state DOWN" in links else None
+
+
+@pytest.mark.time_limit(120)
+@pytest.mark.skipif(namespaces_unavailable() is not None, reason=f"{namespaces_unavailable()}")
+def test_ctrl_c_during_the_cut_leaves_no_namespace_and_nothing_running(tmp_path: Path) -> None:
+    drill = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "actimesh",
+            *("drill", "--faults", "--cluster", "--short"),
+            *("--only", "node cut off (network)", "--data-dir", str(tmp_path)),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        # A shell starts background jobs with SIGINT ignored: Ctrl-C needs its default.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509
+    )
+    try:
+        netns = eventually_sync(lambda: _cut_namespace(tmp_path), timeout=90, every=0.2)
+        inside = subprocess.run(
+            ["ip", "netns", "pids", netns], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.split()
+        assert len(inside) == 2  # the node and its auth callout
+        drill.send_signal(signal.SIGINT)
+        assert drill.wait(timeout=30) == 130
+    finally:
+        drill.kill()
+        drill.wait()
+    listed = subprocess.run(
+        ["ip", "netns", "list"], capture_output=True, text=True, timeout=10, check=True
+    )
+    assert netns not in listed.stdout
+    assert not [pid for pid in inside if Path(f"/proc/{pid}").exists()]
 
 
 async def test_without_namespaces_the_node_is_frozen_instead_and_the_drill_says_so(
