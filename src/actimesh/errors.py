@@ -10,6 +10,8 @@ that says what is wrong and how to fix it. The tree::
     ├── PayloadError           a message on the wire was rejected (carries a reason code)
     ├── MediaError             a camera's video source could not be opened or encoded
     ├── EvidenceError          an evidence upload, offload or lookup was refused (reason code)
+    ├── NamespaceError         a drill's network namespace could not be made, cut or
+    │                          healed (in :mod:`actimesh.drills.netns`, its only user)
     ├── SecurityError          a device, account or certificate operation was refused
     │   └── AccountError       a dispatch user or API token change was refused
     └── LedgerError            the activation ledger could not be opened or written

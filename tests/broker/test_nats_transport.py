@@ -14,7 +14,13 @@ from hypothesis import strategies as st
 from actimesh.broker.client import Subscription
 from actimesh.broker.intake import Delivery
 from actimesh.broker.messages import DeviceKind
-from actimesh.broker.nats import NatsCluster, subject_to_topic, topic_to_subject
+from actimesh.broker.nats import (
+    NatsCluster,
+    NodeHost,
+    NodePorts,
+    subject_to_topic,
+    topic_to_subject,
+)
 from actimesh.broker.nats.cluster import render_node_config
 from actimesh.broker.nats.subjects import jetstream_name
 from actimesh.broker.topics import IDENTIFIER_PATTERN, DeviceChannel, Topics
@@ -76,6 +82,25 @@ def test_the_node_config_names_the_other_nodes_and_the_replicas(tmp_path: Path) 
         assert node.ports.route_url in text
     assert "stream_replicas: 3" in text
     assert f"127.0.0.1:{cluster.nodes[0].mqtt_port}" in text
+    assert "ping_interval" not in text  # the server's own default, unless asked
+
+
+def test_a_node_on_a_host_of_its_own_is_routed_there_and_started_there(tmp_path: Path) -> None:
+    elsewhere = NodeHost("10.213.0.2", ("ip", "netns", "exec", "amcut-x"))
+    cluster = NatsCluster(
+        tmp_path, size=3, host="127.0.0.1", hosts=[None, elsewhere], ping_interval_s=5
+    )
+    placed = cluster.nodes[1]
+    assert placed.ports == NodePorts("10.213.0.2", 4222, 6222, 1883, 8222)
+    assert placed.argv_prefix == elsewhere.argv
+    assert [n.argv_prefix for n in (cluster.nodes[0], cluster.nodes[2])] == [(), ()]
+    assert cluster.nodes[2].ports.host == "127.0.0.1"
+    for node in (cluster.nodes[0], cluster.nodes[2]):
+        text = node.config_path.read_text()
+        assert "@10.213.0.2:6222" in text
+        assert 'ping_interval: "5s"' in text
+        assert "ping_max: 2" in text
+    assert 'listen: "10.213.0.2:4222"' in placed.config_path.read_text()
 
 
 @pytest.mark.integration

@@ -14,15 +14,26 @@ nodes' MQTT 3.1.1 listeners, so every scene crosses nodes. Midway through each b
   dead one held unacknowledged is redelivered to it after the consumer's ``ack_wait``;
 * ``PostgreSQL restart``: the server stopped (fast shutdown) and started again 3 s later;
   the engines reconnect and write what waited;
-* ``node cut off (SIGSTOP)``: the node of the first scene's CEW is frozen with SIGSTOP
-  for 20 s, longer than JetStream's leader-election timeouts, then continued: its
-  connections stay open but nothing answers, as for a node cut off the network.
+* ``node cut off (network)``: the node of the first scene's CEW runs on a host of its
+  own, a network namespace joined to this one by a veth pair (:mod:`.netns`), and its
+  end of the pair goes down for 35 s, then up again. Every packet to and from it is
+  dropped, so each side finds out the way it would on a real network: the other nodes
+  by their route pings (5 s, two missed: the drill's cluster sets them; the server's
+  default, 2 min, outlasts any cut worth drilling), the engines by theirs (2 s x 3),
+  and the devices connected to it by their MQTT keepalive (15 s: a PINGREQ unanswered
+  for another keepalive, so up to 30 s, inside the cut). After healing, the node must
+  rejoin the cluster (healthy, routed to both others) and nothing may be lost or
+  duplicated. Without namespaces (not root, no ``ip``) the node is frozen with SIGSTOP
+  for 20 s instead, and its devices are disconnected at once (a frozen node's sockets
+  stay open); the console line says which was done.
 
-A device whose node died or froze moves to the next node at once, as a device holding
-the list of the nodes' addresses does when its connection fails (a frozen node's
-clients would notice only after 1.5 times their keepalive). Killed nodes stay down: the
-survivors must do everything. The time from the fault to the first camera recording
-for a trigger raised after it is reported for each scenario.
+For that scenario the nodes left on this host listen on this side's address of the
+pair (the node inside cannot reach loopback here); every other scenario runs on
+loopback. A device whose node died or was cut off moves to the next node, as a device
+holding the list of the nodes' addresses does when its connection fails: at once after
+a kill (the connection is refused), after its keepalive for a cut. Killed nodes stay
+down: the survivors must do everything. The time from the fault to the first camera
+recording for a trigger raised after it is reported for each scenario.
 """
 
 from __future__ import annotations
@@ -34,6 +45,7 @@ import os
 import shutil
 import signal
 import tempfile
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -42,7 +54,7 @@ from urllib.request import urlopen
 
 from rich.console import Console
 
-from actimesh.broker.nats import NatsCluster
+from actimesh.broker.nats import NatsCluster, NodeHost
 from actimesh.broker.topics import Topics
 from actimesh.devices.agent import DeviceAgent
 from actimesh.devices.recorder import RecordingStore
@@ -50,6 +62,7 @@ from actimesh.dispatch.settings import DispatchSettings
 from actimesh.drills.fault_fleet import EngineProc, Fleet, fire_burst, scene_devices
 from actimesh.drills.fault_report import FaultReport, FaultResult, measure, publish, settle
 from actimesh.drills.faults import ENGINE_TOML
+from actimesh.drills.netns import IsolatedHost, isolated_host, namespaces_unavailable
 from actimesh.errors import BrokerError
 from actimesh.private import write_private
 from actimesh.security.acl import SERVICE_ENGINE, AclPolicy
@@ -67,7 +80,13 @@ __all__ = ["CLUSTER_SCENARIOS", "run_cluster_fault_drill"]
 
 _NODES = 3
 _ENGINES = 2
-_CUT_OFF_S = 20.0
+_CUT_OFF_S = 35.0
+_FREEZE_S = 20.0
+#: The node put on a host of its own for the cut: the first scene's CEW's (:func:`_deal`).
+_ISOLATED_NODE = 0
+#: The route pings of the cluster that is cut (see the module).
+_ROUTE_PING_S = 5
+_CUT_OFF = "node cut off (network)"
 _PG_DOWN_S = 3.0
 #: The listener's QoS 1 store: every device's trigger event is in it once PUBACKed.
 _TRIGGER_STREAM = "$MQTT_msgs"
@@ -82,6 +101,10 @@ class _Shape:
     fleet: Fleet
     home: dict[str, int]  # device id -> index of the node it connects to
     root: Path
+    #: Where node :data:`_ISOLATED_NODE` runs, for the scenario that cuts it off.
+    isolated: IsolatedHost | None = None
+    #: Why it runs here instead (no namespaces), for the console.
+    not_isolated: str = ""
     #: What the fault struck, for the console.
     struck: str = ""
 
@@ -95,8 +118,8 @@ class _Shape:
                 continue
             to = alive[sum(map(ord, agent.device_id)) % len(alive)]
             self.home[agent.device_id] = to
-            port = self.cluster.nodes[to].mqtt_port
-            agent.link.settings = replace(agent.link.settings, port=port)
+            ports = self.cluster.nodes[to].ports
+            agent.link.settings = replace(agent.link.settings, host=ports.host, port=ports.mqtt)
             if reconnect:
                 agent.disconnect_for(0.2)
 
@@ -125,8 +148,14 @@ def _engine(
 
 @contextlib.asynccontextmanager
 async def _shape(
-    root: Path, agency: str, scenes: int, postgres: ManagedPostgres
+    root: Path,
+    agency: str,
+    scenes: int,
+    postgres: ManagedPostgres,
+    isolated: IsolatedHost | None = None,
 ) -> AsyncIterator[_Shape]:
+    """The cluster, its engines and fleet; ``isolated``: the host node
+    :data:`_ISOLATED_NODE` runs on (the others then listen on this side of its pair)."""
     topics = Topics(agency)
     store = RecordingStore(root / "recordings", durable=False)
     verifier = CommandSigner.from_data_dir(root).verifier()
@@ -145,12 +174,24 @@ async def _shape(
         with Registry.open(root) as registry:
             access = registry_nats_access(registry, policy)
         # The nodes admit exactly the registry's accounts from their first start.
-        cluster = NatsCluster(root / "nats", size=_NODES, access=access)
+        if isolated is None:
+            cluster = NatsCluster(root / "nats", size=_NODES, access=access)
+        else:
+            hosts: list[NodeHost | None] = [None] * _NODES
+            hosts[_ISOLATED_NODE] = NodeHost(isolated.address, tuple(isolated.argv(())))
+            cluster = NatsCluster(
+                root / "nats",
+                size=_NODES,
+                access=access,
+                host=isolated.peer_address,
+                hosts=hosts,
+                ping_interval_s=_ROUTE_PING_S,
+            )
         for agent in fleet.agents:
             login = provisioned.device(agent.device_id)
             agent.link.reconfigure(username=agent.device_id, password=login.password)
-            port = cluster.nodes[home[agent.device_id]].mqtt_port
-            agent.link.settings = replace(agent.link.settings, port=port)
+            ports = cluster.nodes[home[agent.device_id]].ports
+            agent.link.settings = replace(agent.link.settings, host=ports.host, port=ports.mqtt)
         return cluster
 
     cluster = await asyncio.to_thread(provision)
@@ -159,7 +200,7 @@ async def _shape(
     try:
         for engine in engines:
             await engine.start()
-        yield _Shape(agency, cluster, postgres, engines, fleet, home, root)
+        yield _Shape(agency, cluster, postgres, engines, fleet, home, root, isolated)
     finally:
         for engine in engines:
             await engine.stop()
@@ -239,17 +280,49 @@ async def _restart_postgres(shape: _Shape, tg: asyncio.TaskGroup) -> None:
 
 async def _cut_off_node(shape: _Shape, tg: asyncio.TaskGroup) -> None:
     index = shape.home["f0-cew"]
+    host = shape.isolated
+    if host is None or index != _ISOLATED_NODE:
+        await _freeze_node(shape, tg, index)
+        return
+    node = shape.cluster.nodes[index]
+    await asyncio.to_thread(host.cut)
+
+    async def heal() -> None:
+        try:
+            await asyncio.sleep(_CUT_OFF_S)
+        finally:
+            host.heal()  # also when cancelled: the namespace is deleted after, in any case
+        healed = time.monotonic()
+        # On a running node, start_node only waits until it is healthy and routed to
+        # every other node: a node that cannot rejoin fails the drill here.
+        await shape.cluster.astart_node(index)
+        shape.struck += f"; it rejoined {time.monotonic() - healed:.1f} s after healing"
+
+    tg.create_task(heal(), name="heal")
+    shape.struck = (
+        f"cut {node.name} ({host.address}, namespace {host.netns}) off the network "
+        f"for {_CUT_OFF_S:g} s"
+    )
+    # Its devices find out by their keepalive, then connect to the next node.
+    shape.move_off(index, reconnect=False)
+
+
+async def _freeze_node(shape: _Shape, tg: asyncio.TaskGroup, index: int) -> None:
+    """The cut without namespaces: the node frozen, its devices disconnected at once."""
     pid = _node_pid(shape.cluster, index)
     os.kill(pid, signal.SIGSTOP)
 
     async def cont() -> None:
         try:
-            await asyncio.sleep(_CUT_OFF_S)
+            await asyncio.sleep(_FREEZE_S)
         finally:
             os.kill(pid, signal.SIGCONT)
 
     tg.create_task(cont(), name="sigcont")
-    shape.struck = f"froze {shape.cluster.nodes[index].name} (SIGSTOP) for {_CUT_OFF_S:g} s"
+    shape.struck = (
+        f"froze {shape.cluster.nodes[index].name} (SIGSTOP) for {_FREEZE_S:g} s, "
+        f"not cut off the network: {shape.not_isolated or 'no namespace for it'}"
+    )
     shape.move_off(index, reconnect=True)
 
 
@@ -258,7 +331,7 @@ CLUSTER_SCENARIOS: tuple[tuple[str, Fault], ...] = (
     ("stream leader kill -9", _kill_stream_leader),
     ("engine kill -9", _kill_engine),
     ("PostgreSQL restart", _restart_postgres),
-    ("node cut off (SIGSTOP)", _cut_off_node),
+    (_CUT_OFF, _cut_off_node),
 )
 
 
@@ -276,7 +349,15 @@ async def _scenario(
     shape_root = root / f"cluster-{index}"
     shape_root.mkdir(parents=True, exist_ok=True)
     agency = f"cfault{index}"
-    async with _shape(shape_root, agency, scenes, postgres) as shape:
+    async with contextlib.AsyncExitStack() as stack:
+        unavailable = namespaces_unavailable() if name == _CUT_OFF else None
+        isolated = None
+        if name == _CUT_OFF and unavailable is None:
+            isolated = stack.enter_context(isolated_host("amcut"))
+        shape = await stack.enter_async_context(
+            _shape(shape_root, agency, scenes, postgres, isolated)
+        )
+        shape.not_isolated = unavailable or ""
         agents: list[DeviceAgent] = shape.fleet.agents
         async with asyncio.TaskGroup() as tg:
             tasks = [tg.create_task(a.run(), name=a.device_id) for a in agents]

@@ -100,6 +100,7 @@ __all__ = [
     "NatsCluster",
     "NatsNode",
     "NatsTls",
+    "NodeHost",
     "NodePorts",
     "apply_access",
     "find_nats_server",
@@ -197,6 +198,23 @@ class NodePorts:
 
 
 @dataclass(frozen=True, slots=True)
+class NodeHost:
+    """Where one node runs, when not on the cluster's ``host``: ``address`` to listen on,
+    and ``argv`` put before the node's command and its auth callout's to run them there
+    (``ip netns exec NAME``: a host of its own, for partition drills,
+    :mod:`actimesh.drills.netns`). Such a host has every port free: the node takes the
+    NATS defaults."""
+
+    address: str
+    argv: tuple[str, ...] = ()
+
+    def ports(self) -> NodePorts:
+        if not self.argv:
+            return NodePorts.free(self.address)
+        return NodePorts(self.address, 4222, 6222, 1883, 8222)
+
+
+@dataclass(frozen=True, slots=True)
 class NatsTls:
     """TLS on every listener of every node: the CA, and a certificate good for both
     server and client authentication (routes are mutual TLS), naming the nodes' host
@@ -240,12 +258,16 @@ def render_node_config(
     tls: NatsTls | None = None,
     routes_include: str | None = None,
     monitor_host: str | None = None,
+    ping_interval_s: int | None = None,
 ) -> str:
     """The configuration file of one node. ``routes``: the other nodes. It includes
     :data:`AUTHORIZATION_NAME` from its own folder. ``routes_include``: a file of its
     folder that holds the route login and the routes (:func:`render_routes`), in place
     of ``route_password`` and ``routes`` (a host's configuration, which holds no secret).
-    ``monitor_host``: where monitoring listens, if not on ``ports.host`` (it has no login)."""
+    ``monitor_host``: where monitoring listens, if not on ``ports.host`` (it has no login).
+    ``ping_interval_s``: how often the node pings its routes and clients, which are closed
+    after two unanswered pings (the server's default, 2 min, leaves a route to a node cut
+    off the network open for 4 to 6 min)."""
     if routes_include is not None:
         route_part = f"\n  # The route login and the routes with it.\n  include {routes_include}"
     else:
@@ -261,12 +283,13 @@ cluster {{
         if routes
         else ""
     )  # a lone node: JetStream refuses a cluster with no routes
+    pings = f'ping_interval: "{ping_interval_s}s"\nping_max: 2\n' if ping_interval_s else ""
     return f"""# Written by actimesh.
 server_name: {_quoted(name)}
 listen: {_quoted(f"{ports.host}:{ports.client}")}
 http: {_quoted(f"{monitor_host or ports.host}:{ports.monitor}")}
 pid_file: "nats.pid"
-{tls.block("") if tls else ""}
+{pings}{tls.block("") if tls else ""}
 include {AUTHORIZATION_NAME}
 
 jetstream {{
@@ -318,8 +341,18 @@ def _get_json(url: str) -> dict[str, object] | None:
 class NatsNode:
     """One ``nats-server`` child. Started, stopped and killed by its cluster or alone."""
 
-    def __init__(self, name: str, ports: NodePorts, data_dir: Path, binary: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        ports: NodePorts,
+        data_dir: Path,
+        binary: Path,
+        *,
+        argv_prefix: Sequence[str] = (),
+    ) -> None:
         self.name = name
+        #: Put before the server's command: where it runs (:class:`NodeHost`).
+        self.argv_prefix = tuple(argv_prefix)
         #: Unique, so that readiness is asked of this very server and not of another one
         #: answering on the same port; stable across restarts (JetStream knows its peers
         #: by name).
@@ -363,6 +396,7 @@ class NatsNode:
         authorization: str,
         route_password: str = "",
         tls: NatsTls | None = None,
+        ping_interval_s: int | None = None,
     ) -> None:
         self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         store = self.data_dir / "jetstream"
@@ -375,6 +409,7 @@ class NatsNode:
             replicas=replicas,
             route_password=route_password,
             tls=tls,
+            ping_interval_s=ping_interval_s,
         )
         write_private(self.config_path, config)
         write_private(self.authorization_path, authorization)
@@ -388,7 +423,7 @@ class NatsNode:
         self._log_offset = log_file.tell()
         try:
             self._proc = subprocess.Popen(  # noqa: S603 (fixed argv, no shell)
-                [str(self.binary), "-c", str(self.config_path.absolute())],
+                [*self.argv_prefix, str(self.binary), "-c", str(self.config_path.absolute())],
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
@@ -520,11 +555,15 @@ class NatsCluster:
         tls: NatsTls | None = None,
         name_tag: str | None = None,
         callout: bool = True,
+        hosts: Sequence[NodeHost | None] = (),
+        ping_interval_s: int | None = None,
     ) -> None:
         """``name_tag`` keeps the nodes' server names from one start to the next
         (``n1-<tag>`` …): JetStream knows its peers by name, and a cluster restarted on
         its stores under new names finds no quorum. Without it, each start's names are
-        new (a throw-away cluster)."""
+        new (a throw-away cluster). ``hosts``: where node ``i`` runs, if not on ``host``
+        (:class:`NodeHost`; a node elsewhere must reach ``host``, so that is then not
+        loopback). ``ping_interval_s``: see :func:`render_node_config`."""
         if size < 1:
             raise ValueError("a cluster has at least one node")
         self.data_dir = data_dir
@@ -538,10 +577,17 @@ class NatsCluster:
             CLUSTER_LOGIN, bcrypt_hash(self._login), (), (), (ConnectionType.MQTT,)
         )
         self.access = access if access is not None else NatsAccess()
-        ports = [NodePorts.free(host) for _ in range(size)]
+        placed = [*hosts, *[None] * (size - len(hosts))][:size]
+        ports = [NodePorts.free(host) if h is None else h.ports() for h in placed]
         self.nodes = [
-            NatsNode(f"n{i + 1}", p, data_dir / f"n{i + 1}", self.binary)
-            for i, p in enumerate(ports)
+            NatsNode(
+                f"n{i + 1}",
+                p,
+                data_dir / f"n{i + 1}",
+                self.binary,
+                argv_prefix=() if h is None else h.argv,
+            )
+            for i, (p, h) in enumerate(zip(ports, placed, strict=True))
         ]
         if name_tag is not None:
             for node in self.nodes:
@@ -581,6 +627,7 @@ class NatsCluster:
                 authorization=authorization,
                 route_password=route_password,
                 tls=tls,
+                ping_interval_s=ping_interval_s,
             )
         state = {
             "nodes": [
@@ -656,6 +703,7 @@ class NatsCluster:
         with (node.data_dir / "callout.log").open("ab") as log_file:
             self.callouts[index] = subprocess.Popen(  # noqa: S603 (fixed argv, no shell)
                 [
+                    *node.argv_prefix,
                     sys.executable,
                     "-m",
                     "actimesh.broker.nats.run_callout",
