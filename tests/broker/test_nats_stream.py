@@ -19,6 +19,7 @@ from actimesh.broker.ingest import Publish
 from actimesh.broker.messages import DeviceKind
 from actimesh.broker.nats import NatsCluster, NatsStream, NatsTransport
 from actimesh.broker.nats.cluster import NatsTls
+from actimesh.errors import BrokerError
 from actimesh.security.certs import init_ca, issue_node
 from tests.broker.nats_secured import ENGINE, TESTER, access_for, password_of
 from tests.waiting import eventually
@@ -193,6 +194,17 @@ async def test_a_permission_violation_is_reported_and_the_rest_is_served(
     finally:
         await pub.close()
     assert taker.got == [(f"am/v1/{AGENCY}/dev/d1/telemetry".encode(), b"allowed")]
+
+
+async def test_a_refused_login_says_why(cluster: NatsCluster) -> None:
+    wrong = NatsTransport([cluster.nodes[0].nats_url], user=ENGINE, password="wrong", timeout_s=5)
+    link = NatsStream(wrong, "t-login", [Subscription(TELEMETRY, 0)], Taker(), max_queued=1)
+    async with asyncio.TaskGroup() as tg:
+        task = tg.create_task(link.run())
+        await eventually(lambda: "Authorization Violation" in link.stats.last_error)
+        with pytest.raises(BrokerError, match="Authorization Violation"):
+            await link.wait_connected(0.1)
+        task.cancel()
 
 
 async def test_a_full_backlog_drops_the_oldest_and_counts(cluster: NatsCluster) -> None:

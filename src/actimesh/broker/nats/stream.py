@@ -126,8 +126,8 @@ class _Connection(asyncio.BufferedProtocol):
         #: The first PONG: the server has processed what was sent before its PING.
         self.answered: asyncio.Future[None] = loop.create_future()
         self.pongs = 0
-        #: The server's -ERR lines so far (connection refusals among them).
-        self.refusals: list[str] = []
+        #: The server's last -ERR (the reason a refused login is closed for).
+        self.refusal = ""
         #: Until INFO has been read: what follows it may be the TLS handshake.
         self._before_info = True
 
@@ -164,8 +164,8 @@ class _Connection(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         err = exc if exc is not None else BrokerError("the server closed the connection")
-        if self.refusals and exc is None:
-            err = BrokerError(f"the server closed the connection: {self.refusals[-1]}")
+        if self.refusal and exc is None:
+            err = BrokerError(f"the server closed the connection: {self.refusal}")
         for fut in (self.info, self.answered, self.closed):
             _settle(fut, err)
         self._owner._wake()
@@ -211,7 +211,7 @@ class _Connection(asyncio.BufferedProtocol):
                 self.answered.set_result(None)
         elif verb == b"-ERR":
             reason = rest.decode(errors="replace").strip("'")
-            self.refusals.append(reason)
+            self.refusal = reason
             self._owner._refused(reason)
         elif verb == b"INFO":
             try:
