@@ -1,5 +1,6 @@
 """The engine on a NATS cluster: :mod:`.cluster` runs one, and :mod:`.transport` is the
-:class:`~actimesh.broker.transport.Transport` with nats-py, devices staying on MQTT
+:class:`~actimesh.broker.transport.Transport` with nats-py (telemetry: a lean reader of
+its own), devices staying on MQTT
 (any node's MQTT listener).
 
 Why each link is built the way it is:
@@ -47,8 +48,11 @@ Why each link is built the way it is:
   message of each topic) once its consumer exists, as an MQTT subscriber gets retained
   messages: a device's presence from before the engine's first start is known at once
   (:mod:`.retained`).
-* **Telemetry** (:class:`NatsStream`) is core NATS, QoS 0: a bounded queue, the newest
-  dropped and counted when full.
+* **Telemetry** (:class:`NatsStream`) is core NATS, QoS 0, read without nats-py: a
+  lean subscriber that speaks the client protocol itself (:mod:`._wire`), reads into one
+  buffer, hands the handler batches and drops the *oldest* of a full backlog (counted),
+  as the single-machine intake does (:mod:`actimesh.broker.ingest`). nats-py's callback
+  per message, in the engine's loop, delayed the trigger path under a telemetry flood.
 * **No last will.** NATS has none, and the engine-status will of the ``cmd`` link cannot
   be set on the MQTT side from here. What replaces it: the link publishes its will
   itself when it is stopped (cancelled), so a clean stop still says offline; and the
