@@ -151,6 +151,10 @@ class Planner:
             index=self._index,
             policy=self._policy,
         )
+        left_out = self._stats.left_out
+        for decision in plan.decisions:
+            if not decision.commanded:
+                left_out[decision.reason] += 1
         cameras = frozenset(t.device_id for t in plan.targets)
         joined = self._storm.merge_into(
             src=source,

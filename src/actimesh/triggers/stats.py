@@ -60,6 +60,10 @@ class EngineStats:
     relay_copies: int = 0
     relay_unplaced: int = 0
     relay_dropped: int = 0
+    #: Cameras an activation considered and left out, by reason (``stale``,
+    #: ``too_far``, ``offline``...): how an overloaded intake that let fixes go stale
+    #: shows, since those cameras get no command.
+    left_out: Counter[str] = field(default_factory=Counter)
 
     @property
     def rejected_total(self) -> int:
