@@ -40,6 +40,8 @@ class EngineStats:
     #: (the queue was full) or not carried out.
     quarantined: int = 0
     quarantines_failed: int = 0
+    #: Telemetry batches that waited for a control batch being handled (intake.py).
+    telemetry_deferred: int = 0
     #: Position fixes dropped because their device sent them over its rate.
     telemetry_over_rate: int = 0
     #: Device messages whose handling raised something unexpected (logged).
