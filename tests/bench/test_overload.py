@@ -92,6 +92,7 @@ def test_overload_smoke_commands_every_camera_and_accounts_for_all_telemetry(
     assert t["delivered_to_engine"] == (
         t["ingested"]
         + shed["engine_backlog_oldest"]
+        + shed["engine_superseded"]
         + shed["engine_over_device_rate"]
         + shed["engine_rejected"]
     )

@@ -12,7 +12,8 @@ something must be shed; the run says what was, and where:
 
 * telemetry, hop by hop: what the load generator could not even write, what the broker
   did not deliver to the engine's telemetry connection (QoS 0 beyond the broker's
-  per-client queue), what the engine's bounded backlog dropped (oldest first), what its
+  per-client queue), what the engine's backlog shed (a device's fix replaced by its
+  newer one while waiting, or the longest-waiting beyond its bound), what its
   per-device rate refused; and what was indexed;
 * the trigger path, hop by hop: triggers raised, events the engine handled, cameras it
   left out and why (a fix gone stale is how lost telemetry would cost a command),
@@ -149,7 +150,10 @@ async def _overloaded(run: _Run) -> dict[str, Any]:
     async def handled() -> int:
         st = await engine.call("stats")
         return (
-            int(st["telemetry"]) + int(sum(st["rejected"].values())) + int(st["telemetry_dropped"])
+            int(st["telemetry"])
+            + int(sum(st["rejected"].values()))
+            + int(st["telemetry_dropped"])
+            + int(st["telemetry_superseded"])
         )
 
     await until_steady(handled, what="the engine to finish the stream")
@@ -193,6 +197,7 @@ def _figures(
     written = scheduled - skipped
     at_engine = _delta(e1, e0, "telemetry_received")
     queue = _delta(e1, e0, "telemetry_dropped")
+    superseded = _delta(e1, e0, "telemetry_superseded")
     over_rate = _delta(e1, e0, "telemetry_over_rate")
     rejected = sum(e1["rejected"].values()) - sum(e0["rejected"].values())
     ingested = _delta(e1, e0, "telemetry")
@@ -212,6 +217,7 @@ def _figures(
     out["telemetry_shed"] = {
         "load_generator_behind": skipped,
         "broker_not_delivered": written - at_engine,
+        "engine_superseded": superseded,
         "engine_backlog_oldest": queue,
         "engine_over_device_rate": over_rate,
         "engine_rejected": rejected,

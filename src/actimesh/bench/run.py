@@ -298,6 +298,7 @@ class _Run:
             "load_generator_behind": skipped,
             "broker_not_delivered": sent - skipped - int(st["telemetry_received"]),
             "engine_backlog_oldest": int(st["telemetry_dropped"]),
+            "engine_superseded": int(st["telemetry_superseded"]),
         }
         self.out["cameras_left_out"] = st["left_out"]
         self.out["fleet_known"] = st["fleet"]
