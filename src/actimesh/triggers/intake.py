@@ -19,6 +19,7 @@ every device's position) are held and planned once it has.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Sequence
 
@@ -107,6 +108,8 @@ class Intake:
         self._held: list[tuple[Delivery, int | None]] = []
         #: Control batches (triggers, presence, answers) being handled right now.
         self._control_busy = 0
+        self._control_idle = asyncio.Event()
+        self._control_idle.set()
 
     @property
     def held(self) -> int:
@@ -134,10 +137,11 @@ class Intake:
         if not self._control_busy:
             return
         self._stats.telemetry_deferred += 1
-        loop = asyncio.get_running_loop()
-        until = loop.time() + _YIELD_MAX_S
-        while self._control_busy and loop.time() < until:  # noqa: ASYNC110 - our own count
-            await asyncio.sleep(0)
+        # Waited on, not polled: on a starved machine a polling loop would take the very
+        # CPU the trigger needs.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_YIELD_MAX_S):
+                await self._control_idle.wait()
 
     async def on_telemetry(self, batch: Sequence[Publish]) -> None:
         await self.yield_to_control()
@@ -313,6 +317,7 @@ class Intake:
         """The control links' handler; ``partition``: the partition whose share of trigger
         events the batch came in (geographic partitions, :mod:`.partitions`)."""
         self._control_busy += 1
+        self._control_idle.clear()
         try:
             for delivery in batch:
                 try:
@@ -322,6 +327,8 @@ class Intake:
                     log.exception("handler failed on %s", delivery.topic)
         finally:
             self._control_busy -= 1
+            if not self._control_busy:
+                self._control_idle.set()
 
     async def handle(self, delivery: Delivery, partition: int | None = None) -> None:
         """Handle one control message and acknowledge it: events once they are durable
