@@ -79,7 +79,8 @@ def test_overload_smoke_commands_every_camera_and_accounts_for_all_telemetry(
     assert r["commands_missing"] == 0
     assert r["commands_received"] == r["commands_expected"]
     path = r["trigger_path"]
-    assert path["cameras_left_out"] == {}
+    assert "stale" not in path["cameras_left_out"]  # passers-by may be too far
+    assert path["events_without_position"] == 0
     assert path["commands_published"] >= r["commands_expected"]
     assert r["targets"]["commands_missing"]["met"]
     assert math.isfinite(r["p99_ratio_vs_broker"])

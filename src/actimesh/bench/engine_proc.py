@@ -136,6 +136,7 @@ class EngineUnderTest:
             "retries": s.retries,
             "command_failures": s.command_failures,
             "left_out": dict(s.left_out),
+            "events_without_position": s.events_without_position,
             "telemetry_over_rate": s.telemetry_over_rate,
             "acks": s.acks,
             "fleet": len(e.fleet),

@@ -228,6 +228,7 @@ def _figures(
         "events_handled": _delta(e1, e0, "events"),
         "activations": _delta(e1, e0, "activations"),
         "cameras_left_out": left_out,
+        "events_without_position": _delta(e1, e0, "events_without_position"),
         "commands_published": _delta(e1, e0, "commands"),
         "commands_resent": _delta(e1, e0, "retries"),
         "command_failures": _delta(e1, e0, "command_failures"),
@@ -296,6 +297,7 @@ def overload_table(r: dict[str, Any]) -> Table:
     ]
     left = r["trigger_path"]["cameras_left_out"]
     rows.append(("cameras left out", ", ".join(f"{k} {v:,}" for k, v in left.items()) or "0"))
+    rows.append(("events without a position", f"{r['trigger_path']['events_without_position']:,}"))
     rows.append(("commands re-sent", f"{r['trigger_path']['commands_resent']:,}"))
     rows += [(f"CPU {k} (% of a core)", f"{v:.0f}") for k, v in r["cpu_percent"].items()]
     for name, value in rows:

@@ -301,6 +301,7 @@ class _Run:
             "engine_superseded": int(st["telemetry_superseded"]),
         }
         self.out["cameras_left_out"] = st["left_out"]
+        self.out["events_without_position"] = st["events_without_position"]
         self.out["fleet_known"] = st["fleet"]
 
     def _latencies(self, r: dict[str, Any]) -> None:

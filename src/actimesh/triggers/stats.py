@@ -66,6 +66,9 @@ class EngineStats:
     #: ``too_far``, ``offline``...): how an overloaded intake that let fixes go stale
     #: shows, since those cameras get no command.
     left_out: Counter[str] = field(default_factory=Counter)
+    #: Events with no position of their own and no fresh fix of their source or its
+    #: pairings: only the paired cameras are commanded, nobody is left out by distance.
+    events_without_position: int = 0
 
     @property
     def rejected_total(self) -> int:
