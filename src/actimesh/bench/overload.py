@@ -154,6 +154,7 @@ async def _overloaded(run: _Run) -> dict[str, Any]:
             + int(sum(st["rejected"].values()))
             + int(st["telemetry_dropped"])
             + int(st["telemetry_superseded"])
+            + int(st["telemetry_over_rate"])
         )
 
     await until_steady(handled, what="the engine to finish the stream")
