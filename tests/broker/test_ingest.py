@@ -11,7 +11,7 @@ import pytest
 
 from actimesh.broker import wire
 from actimesh.broker.client import LinkSettings, Subscription
-from actimesh.broker.ingest import Publish, StreamSubscriber
+from actimesh.broker.ingest import LatestStreamSubscriber, LeanSubscriber, Publish, StreamSubscriber
 from actimesh.broker.mosquitto import ManagedMosquitto, free_port
 from actimesh.errors import BrokerError
 from tests.waiting import eventually
@@ -39,7 +39,7 @@ def publish_raw(host: str, port: int, frames: Sequence[bytes]) -> None:
 
 
 @contextlib.asynccontextmanager
-async def running(sub: StreamSubscriber) -> AsyncIterator[asyncio.Task[None]]:
+async def running(sub: LeanSubscriber[Publish]) -> AsyncIterator[asyncio.Task[None]]:
     task = asyncio.create_task(sub.run(), name="ingest-under-test")
     try:
         await sub.wait_connected(5)
@@ -105,6 +105,76 @@ async def test_a_full_backlog_drops_the_oldest_and_counts(
     assert 1 <= held[0] <= 10
     assert sub.stats.dropped_incoming == 500 - 100 - held[0]
     assert got[-1][1] == b"499"  # the newest survive
+
+
+async def test_the_latest_stream_keeps_each_devices_newest_fix_in_its_place(
+    broker_host: str, broker_port: int, agency: str
+) -> None:
+    release = asyncio.Event()
+    got: list[Publish] = []
+    held: list[Publish] = []
+
+    async def handler(batch: Sequence[Publish]) -> None:
+        if not held:
+            held.extend(batch)
+            await release.wait()
+        else:
+            got.extend(batch)
+
+    topic = f"am/v1/{agency}/dev/+/telemetry"
+    sub = LatestStreamSubscriber(settings(broker_host, broker_port, topic), handler)
+    # The first message is held by the handler; behind it 7 devices report 100 times
+    # each, round robin: each device keeps its place in line with its newest fix.
+    first = wire.publish_packet(f"am/v1/{agency}/dev/first/telemetry", b"first")
+    frames = [
+        wire.publish_packet(f"am/v1/{agency}/dev/d{i % 7}/telemetry", b"%d" % i) for i in range(700)
+    ]
+    async with running(sub):
+        await asyncio.to_thread(publish_raw, broker_host, broker_port, [first])
+        await eventually(lambda: held)
+        await asyncio.to_thread(publish_raw, broker_host, broker_port, frames)
+        await eventually(lambda: sub.stats.received == 701)
+        assert sub.backlog == 7
+        release.set()
+        await eventually(lambda: len(got) == 7)
+    assert [t for t, _ in got] == [f"am/v1/{agency}/dev/d{k}/telemetry".encode() for k in range(7)]
+    assert [int(p) for _, p in got] == list(range(693, 700))
+    assert sub.stats.superseded == 700 - 7
+    assert sub.stats.dropped_incoming == 0
+
+
+async def test_the_latest_stream_drops_the_longest_waiting_device_beyond_its_bound(
+    broker_host: str, broker_port: int, agency: str
+) -> None:
+    release = asyncio.Event()
+    got: list[Publish] = []
+    held: list[Publish] = []
+
+    async def handler(batch: Sequence[Publish]) -> None:
+        if not held:
+            held.extend(batch)
+            await release.wait()
+        else:
+            got.extend(batch)
+
+    topic = f"am/v1/{agency}/dev/+/telemetry"
+    sub = LatestStreamSubscriber(
+        settings(broker_host, broker_port, topic, max_queued_incoming=10), handler
+    )
+    first = wire.publish_packet(f"am/v1/{agency}/dev/first/telemetry", b"first")
+    frames = [
+        wire.publish_packet(f"am/v1/{agency}/dev/d{i}/telemetry", b"%d" % i) for i in range(30)
+    ]
+    async with running(sub):
+        await asyncio.to_thread(publish_raw, broker_host, broker_port, [first])
+        await eventually(lambda: held)
+        await asyncio.to_thread(publish_raw, broker_host, broker_port, frames)
+        await eventually(lambda: sub.stats.received == 31)
+        release.set()
+        await eventually(lambda: len(got) == 10)
+    assert [int(p) for _, p in got] == list(range(20, 30))  # the newest devices survive
+    assert sub.stats.dropped_incoming == 20
+    assert sub.stats.superseded == 0
 
 
 @pytest.mark.logs_exception(RuntimeError, reason="the handler raises on the bad batch on purpose")

@@ -290,6 +290,18 @@ class _Run:
         self.out["telemetry_ingested"] = int(st["telemetry"])
         self.out["telemetry_dropped"] = sent - int(st["telemetry"])
         self.out["telemetry_rejected"] = st["rejected"]
+        # Where the dropped ones went (bench --overload reports the same, hop by hop):
+        # never written (the broker's TCP back-pressure held the load generator), not
+        # delivered by the broker, or dropped oldest-first in the engine's backlog.
+        skipped = int((await self.w["loadgen"].call("status"))["skipped"])
+        self.out["telemetry_shed"] = {
+            "load_generator_behind": skipped,
+            "broker_not_delivered": sent - skipped - int(st["telemetry_received"]),
+            "engine_backlog_oldest": int(st["telemetry_dropped"]),
+            "engine_superseded": int(st["telemetry_superseded"]),
+        }
+        self.out["cameras_left_out"] = st["left_out"]
+        self.out["events_without_position"] = st["events_without_position"]
         self.out["fleet_known"] = st["fleet"]
 
     def _latencies(self, r: dict[str, Any]) -> None:

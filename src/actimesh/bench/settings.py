@@ -82,6 +82,20 @@ class BenchSettings:
             growth_queries=200,
         )
 
+    @classmethod
+    def overload(cls, *, smoke: bool = False) -> BenchSettings:
+        """``--overload``: the issue's 100,000 devices (twice the broker's rate stays
+        within each device's own telemetry rate); with ``smoke`` a few seconds of it."""
+        if smoke:
+            return cls(
+                devices=20_000,
+                triggers_per_s=10.0,
+                duration_s=3.0,
+                warmup_s=1.0,
+                flood_messages=50_000,
+            )
+        return cls(devices=100_000, flood_messages=300_000)
+
     def for_devices(self, devices: int) -> BenchSettings:
         """The same run for another fleet size (the naive scan asks fewer questions of a
         100,000-device fleet: each takes seconds)."""

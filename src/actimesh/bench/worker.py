@@ -136,14 +136,20 @@ async def _loadgen(cfg: Config) -> None:
         return {"sent": sent}
 
     async def stream(args: Config) -> Config:
+        run = gen.stream_prepared if args.get("prepared") else gen.stream
         rpc.spawn(
-            gen.stream(args["agency"], float(args["rate"]), float(args["duration_s"])),
+            run(args["agency"], float(args["rate"]), float(args["duration_s"])),
             name="bench-stream",
         )
         return {}
 
     async def status(_: Config) -> Config:
-        return {"sent": gen.stream_sent, "streaming": gen.streaming, "lag_s": gen.stream_lag_s}
+        return {
+            "sent": gen.stream_sent,
+            "skipped": gen.stream_skipped,
+            "streaming": gen.streaming,
+            "lag_s": gen.stream_lag_s,
+        }
 
     async def prepare(args: Config) -> Config:
         prepared[args["agency"]] = gen.prepare_flood(args["agency"], int(args["count"]))

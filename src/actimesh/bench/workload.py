@@ -32,6 +32,7 @@ __all__ = [
     "AREA_HALF_M",
     "CENTER",
     "SCENE_SIZE",
+    "TELEMETRY_HEAD",
     "Fleet",
     "Movers",
     "Scene",
@@ -189,6 +190,8 @@ class Movers:
 
 # {"v": 1, "ts": f64, "state": "buffering", "lat": f64, "lon": f64, "acc": f64, "batt": f64}
 _HEAD = b"\x87\xa1v\x01\xa2ts\xcb"
+#: The bytes of a telemetry payload before its timestamp (a float64, big-endian).
+TELEMETRY_HEAD = _HEAD
 _STATE = b"\xa5state\xa9buffering\xa3lat\xcb"
 _LON = b"\xa3lon\xcb"
 _ACC = b"\xa3acc\xcb"

@@ -24,6 +24,17 @@ differences that matter:
 * The backlog is bounded (``max_queued_incoming`` messages); beyond it the *oldest*
   messages are dropped, because a fresher fix of the same device is behind them, and
   every drop is counted.
+* :class:`LatestStreamSubscriber`, the engine's, keeps one message per topic (device):
+  a newer fix replaces the one still waiting, in its place in line, and the older is
+  counted as ``superseded``. It also reads up to 128 KiB per wake-up, well ahead of
+  what it hands over, so under overload the broker's queue for this connection stays
+  short and the shedding happens here, oldest positions first, rather than in the
+  broker, which drops the *newest* messages of a full queue, uncounted by the engine,
+  in runs that follow the fleet's reporting order. Measured (docs/PERFORMANCE.md,
+  "Overload"): with the broker shedding, the same scene cameras went more than 10 s
+  without a delivered fix, and their commands were never sent (stale fixes); with one
+  message per device the wait for a device's latest fix is bounded by the number of
+  devices over the engine's ingest rate.
 
 Like :class:`MqttLink` it reconnects with exponential backoff plus jitter, subscribes
 again on every connect, and puts a timeout on every network wait. Keepalive pings are
@@ -55,7 +66,13 @@ from actimesh.broker.client import (
 )
 from actimesh.errors import BrokerError
 
-__all__ = ["LeanSubscriber", "Publish", "StreamStats", "StreamSubscriber"]
+__all__ = [
+    "LatestStreamSubscriber",
+    "LeanSubscriber",
+    "Publish",
+    "StreamStats",
+    "StreamSubscriber",
+]
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +91,9 @@ class StreamStats(LinkStats):
     """Counters of a :class:`StreamSubscriber`: a link's, plus how many batches."""
 
     batches: int = 0
+    #: Messages replaced, while waiting, by a newer one of the same topic
+    #: (:class:`LatestStreamSubscriber`).
+    superseded: int = 0
 
 
 class _Connection(asyncio.BufferedProtocol):
@@ -432,6 +452,56 @@ class StreamSubscriber(LeanSubscriber[Publish]):
     def _next_batch(self) -> list[Publish]:
         pending = self._pending
         return [pending.popleft() for _ in range(min(len(pending), self.batch_size))]
+
+    @staticmethod
+    def _topic(item: Publish) -> bytes:
+        return item[0]
+
+
+class LatestStreamSubscriber(LeanSubscriber[Publish]):
+    """A :class:`StreamSubscriber` that keeps only the newest message of each topic.
+
+    A device's waiting fix is replaced by its newer one, in its place in line (the
+    device waits no longer for having reported again), and the older counts as
+    ``superseded``. Beyond ``max_queued_incoming`` topics waiting, the topic waiting
+    longest is dropped and counted. Reads are larger than the batches, so the backlog
+    (and the choice of what to shed) is here rather than in the broker's queue.
+    """
+
+    def __init__(
+        self,
+        settings: LinkSettings,
+        handler: BatchHandler,
+        *,
+        batch_size: int = 256,
+        read_size: int = 128 * 1024,
+        coalesce_s: float = 0.002,
+    ) -> None:
+        super().__init__(
+            settings, handler, batch_size=batch_size, read_size=read_size, coalesce_s=coalesce_s
+        )
+        self._pending: collections.OrderedDict[bytes, bytes] = collections.OrderedDict()
+        self._limit = max(1, settings.max_queued_incoming)
+
+    @property
+    def backlog(self) -> int:
+        return len(self._pending)
+
+    def _take(self, _conn: _Connection, buf: bytearray, first: int, start: int, end: int) -> None:
+        topic, payload = wire.split_publish(buf, first, start, end)
+        pending = self._pending
+        if topic in pending:
+            pending[topic] = payload
+            self.stats.superseded += 1
+            return
+        if len(pending) >= self._limit:
+            pending.popitem(last=False)
+            self.stats.dropped_incoming += 1
+        pending[topic] = payload
+
+    def _next_batch(self) -> list[Publish]:
+        pending = self._pending
+        return [pending.popitem(last=False) for _ in range(min(len(pending), self.batch_size))]
 
     @staticmethod
     def _topic(item: Publish) -> bytes:

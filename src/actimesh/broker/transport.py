@@ -36,7 +36,7 @@ from actimesh.broker.client import (
     TlsSettings,
     Will,
 )
-from actimesh.broker.ingest import Publish, StreamSubscriber
+from actimesh.broker.ingest import LatestStreamSubscriber, Publish
 from actimesh.broker.intake import Admit, ControlSubscriber, Delivery
 from actimesh.broker.topics import mqtt_client_id
 
@@ -151,8 +151,9 @@ class Transport(Protocol):
         *,
         max_queued: int,
     ) -> Inbound:
-        """Best-effort messages in batches; beyond ``max_queued`` waiting, the newest
-        are dropped and counted."""
+        """Best-effort messages in batches, counted when shed: on MQTT the newest one
+        per topic waits (a newer replaces it), and beyond ``max_queued`` topics waiting
+        the longest-waiting is dropped."""
         ...
 
 
@@ -225,6 +226,8 @@ class MqttTransport:
         handler: StreamHandler,
         *,
         max_queued: int,
-    ) -> StreamSubscriber:
+    ) -> LatestStreamSubscriber:
+        # One waiting message per device: what a stream carries is positions, of which
+        # only the newest matters (broker/ingest.py says why the backlog is here).
         settings = self.settings(name, *subscriptions, max_queued_incoming=max_queued)
-        return StreamSubscriber(settings, handler)
+        return LatestStreamSubscriber(settings, handler)

@@ -61,6 +61,11 @@ def add_parser(sub: Any) -> None:
     )
     bench.add_argument("--smoke", action="store_true", help="a few seconds, 200 devices (CI)")
     bench.add_argument(
+        "--overload",
+        action="store_true",
+        help="telemetry at twice the broker's measured rate, with triggers (100,000 devices)",
+    )
+    bench.add_argument(
         "--cluster",
         action="store_true",
         help="on a 3-node NATS cluster, two engines (docs/PERFORMANCE.md)",
@@ -96,6 +101,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
     """``actimesh bench``."""
     from actimesh.bench import BenchSettings, bench  # noqa: PLC0415 - keep `--help` fast
 
+    if args.overload:
+        return _overload(args, console)
     base = BenchSettings.smoke() if args.smoke else BenchSettings()
     overrides: dict[str, Any] = {
         "publisher": args.publisher,
@@ -115,4 +122,26 @@ def run(args: argparse.Namespace, console: Console) -> int:
         }
     settings = replace(base, **overrides)
     run_async(bench(settings, console, sweep=args.sweep, json_path=args.json, plot_path=args.plot))
+    return EXIT_OK
+
+
+def _overload(args: argparse.Namespace, console: Console) -> int:
+    """``actimesh bench --overload``: the preset, with the options given explicitly."""
+    from actimesh.bench import BenchSettings  # noqa: PLC0415 - keep `--help` fast
+    from actimesh.bench.overload import overload_bench  # noqa: PLC0415
+
+    d = BenchSettings()
+    base = BenchSettings.overload(smoke=args.smoke)
+    overrides: dict[str, Any] = {"publisher": args.publisher, "acks": not args.no_acks}
+    if not args.smoke:
+        # Only what was given: the preset's fleet, not the ordinary run's default.
+        given = {
+            "devices": args.devices,
+            "triggers_per_s": args.triggers,
+            "duration_s": args.duration,
+            "flood_messages": args.flood,
+        }
+        overrides |= {k: v for k, v in given.items() if v != getattr(d, k)}
+    overrides["seed"] = args.seed
+    run_async(overload_bench(replace(base, **overrides), console, json_path=args.json))
     return EXIT_OK

@@ -18,6 +18,8 @@ every device's position) are held and planned once it has.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Sequence
 
@@ -55,6 +57,9 @@ log = logging.getLogger(__name__)
 
 #: Control-message budgets kept at most (one per device heard from).
 _MAX_BUDGETS = 200_000
+#: Longest a telemetry batch waits for a trigger, command answer or presence being
+#: handled (they come first); beyond it a stuck handler cannot stop the positions.
+_YIELD_MAX_S = 0.005
 
 
 class Intake:
@@ -101,6 +106,10 @@ class Intake:
         self._owntracks = f"{OWNTRACKS_ROOT}/".encode() if owntracks else None
         self._warm = False
         self._held: list[tuple[Delivery, int | None]] = []
+        #: Control batches (triggers, presence, answers) being handled right now.
+        self._control_busy = 0
+        self._control_idle = asyncio.Event()
+        self._control_idle.set()
 
     @property
     def held(self) -> int:
@@ -117,7 +126,25 @@ class Intake:
             await self.handle(delivery, partition)
 
     # ------------------------------------------------------------------ telemetry
+    async def yield_to_control(self) -> None:
+        """Wait (up to ``_YIELD_MAX_S``) while a control batch is being handled.
+
+        Control and telemetry batches share one event loop. A trigger's handling awaits
+        (its dedupe lookup, the ledger's back-pressure), and at every such await a whole
+        telemetry batch could run before it resumes: under overload, a trigger would
+        wait behind positions that the engine sheds anyway. So telemetry steps aside.
+        """
+        if not self._control_busy:
+            return
+        self._stats.telemetry_deferred += 1
+        # Waited on, not polled: on a starved machine a polling loop would take the very
+        # CPU the trigger needs.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_YIELD_MAX_S):
+                await self._control_idle.wait()
+
     async def on_telemetry(self, batch: Sequence[Publish]) -> None:
+        await self.yield_to_control()
         # The hot path (docs/PERFORMANCE.md): one clock read per batch, known devices
         # found by their topic without a regex, the fast decoder, and one id string per
         # device shared by the fleet and the index.
@@ -289,12 +316,19 @@ class Intake:
     async def on_control(self, batch: Sequence[Delivery], partition: int | None = None) -> None:
         """The control links' handler; ``partition``: the partition whose share of trigger
         events the batch came in (geographic partitions, :mod:`.partitions`)."""
-        for delivery in batch:
-            try:
-                await self.handle(delivery, partition)
-            except Exception:  # one message's failure is not the next device's (not Cancelled)
-                self._stats.handler_errors += 1
-                log.exception("handler failed on %s", delivery.topic)
+        self._control_busy += 1
+        self._control_idle.clear()
+        try:
+            for delivery in batch:
+                try:
+                    await self.handle(delivery, partition)
+                except Exception:  # one message's failure is not the next device's
+                    self._stats.handler_errors += 1
+                    log.exception("handler failed on %s", delivery.topic)
+        finally:
+            self._control_busy -= 1
+            if not self._control_busy:
+                self._control_idle.set()
 
     async def handle(self, delivery: Delivery, partition: int | None = None) -> None:
         """Handle one control message and acknowledge it: events once they are durable

@@ -27,7 +27,7 @@ from actimesh.geofence import InclusionPolicy, SpatialIndex
 from actimesh.triggers.alerts import Alerts
 from actimesh.triggers.commands import Commander
 from actimesh.triggers.dedupe import Dedupe
-from actimesh.triggers.fanout import plan_activation
+from actimesh.triggers.fanout import Plan, PositionSource, plan_activation
 from actimesh.triggers.fleet import Fleet
 from actimesh.triggers.partitions import Partitioning
 from actimesh.triggers.persistence import Decided, Persister
@@ -170,6 +170,7 @@ class Planner:
             index=self._index,
             policy=self._policy,
         )
+        self._count(plan)
         cameras = frozenset(t.device_id for t in plan.targets)
         joined = self._storm.merge_into(
             src=source,
@@ -256,6 +257,15 @@ class Planner:
             "sender_not_allowed",
             f"{source} is {what}; {rule.event_type} may be raised by {allowed}",
         )
+
+    def _count(self, plan: Plan) -> None:
+        """Count who the plan leaves out, and why: a stale fix costs a command silently."""
+        if plan.position_source is PositionSource.NONE:
+            self._stats.events_without_position += 1  # only paired cameras commanded
+        left_out = self._stats.left_out
+        for decision in plan.decisions:
+            if not decision.commanded:
+                left_out[decision.reason] += 1
 
     def _mergeable(self, incident: Incident, cameras: frozenset[str]) -> bool:
         """May a repeat that would command ``cameras`` join ``incident``? Only once the

@@ -32,8 +32,10 @@ class EngineSettings:
     max_event_age_s: float = 1800.0
     #: Timestamps further in the future than this are a broken or forged clock.
     max_clock_skew_s: float = 10.0
-    #: Telemetry waiting to be indexed; overflow is dropped and counted (never events).
-    telemetry_queue: int = 50_000
+    #: Devices whose latest fix waits to be indexed (one each: a newer fix replaces
+    #: the waiting one); beyond it the longest-waiting is dropped and counted (never
+    #: events). Above the fleet's size, no device's fix is dropped, only superseded.
+    telemetry_queue: int = 200_000
     #: Position fixes one device may send: ``telemetry_burst`` at once, refilled at
     #: ``telemetry_rate_per_s``. Devices send about one a second; a fix over the rate is
     #: dropped before it is decoded (the next one is as good), counted, and counts

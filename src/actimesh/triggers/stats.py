@@ -40,6 +40,8 @@ class EngineStats:
     #: (the queue was full) or not carried out.
     quarantined: int = 0
     quarantines_failed: int = 0
+    #: Telemetry batches that waited for a control batch being handled (intake.py).
+    telemetry_deferred: int = 0
     #: Position fixes dropped because their device sent them over its rate.
     telemetry_over_rate: int = 0
     #: Device messages whose handling raised something unexpected (logged).
@@ -60,6 +62,13 @@ class EngineStats:
     relay_copies: int = 0
     relay_unplaced: int = 0
     relay_dropped: int = 0
+    #: Cameras an activation considered and left out, by reason (``stale``,
+    #: ``too_far``, ``offline``...): how an overloaded intake that let fixes go stale
+    #: shows, since those cameras get no command.
+    left_out: Counter[str] = field(default_factory=Counter)
+    #: Events with no position of their own and no fresh fix of their source or its
+    #: pairings: only the paired cameras are commanded, nobody is left out by distance.
+    events_without_position: int = 0
 
     #: The slow-down (triggers/slowdown.py): whether this engine is asking devices to
     #: report more slowly now, the positions it shed a second over the last window, and
