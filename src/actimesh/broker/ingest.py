@@ -85,6 +85,9 @@ _Item = TypeVar("_Item")
 #: still reach the engine, which dead-letters it).
 _MAX_PACKET = 2 * 1024 * 1024
 
+#: How long a clean disconnect waits for the broker to close the socket.
+_DISCONNECT_WAIT_S = 1.0
+
 
 @dataclass(slots=True)
 class StreamStats(LinkStats):
@@ -369,7 +372,22 @@ class LeanSubscriber(abc.ABC, Generic[_Item]):
             if not transport.is_closing():
                 conn.write_acks()
                 transport.write(wire.DISCONNECT_PACKET)
+                await self._until_broker_closes(conn)
             transport.close()
+
+    async def _until_broker_closes(self, conn: _Connection) -> None:
+        """Wait (briefly) for the broker to close the connection after DISCONNECT.
+
+        The broker reads what came before DISCONNECT first, PUBACKs included. Closing at
+        once would leave them in its socket buffer, and a new connection with the same
+        client id taking the session over before the broker read them makes it drop
+        them: every message just acknowledged would be sent again.
+        """
+        try:
+            async with asyncio.timeout(_DISCONNECT_WAIT_S):
+                await conn.closed
+        except (BrokerError, OSError, TimeoutError):
+            pass  # closed (the expected end) or not in time: close it ourselves
 
     async def _deliver(self, conn: _Connection, transport: asyncio.Transport) -> None:
         loop = asyncio.get_running_loop()
