@@ -154,7 +154,9 @@ async def measure(
             row, decisions = found
             late = row.received_ts - row.event_ts
             for d in decisions:
-                decided[aid, d.device_id] = f"{d.reason}, event received {late:.1f} s after"
+                # fix_age_s is event time minus fix time: negative, a fix after the event.
+                age = "" if d.fix_age_s is None else f", fix age {d.fix_age_s:.1f} s"
+                decided[aid, d.device_id] = f"{d.reason}{age}, event received {late:.1f} s after"
     report = await asyncio.to_thread(verify_ledger, ledger, agency=agency)
     result.ledger_ok = report.ok
     if not report.ok:
