@@ -32,6 +32,20 @@ position. So, for them:
   device (``spd`` 0) re-asserted by its heartbeat is judged on its fix alone, exactly
   as a 1 Hz device is. CENTRE mode stays literal: reported centre against the event's.
 
+A **late event** (one that reaches the engine after the cameras' telemetry moved on: a
+cluster electing a stream leader holds triggers 10 s and more while telemetry resumes
+first) finds every latest fix stale. :meth:`InclusionPolicy.judge_between` then judges a
+camera on its two fixes on either side of the event's time, at most ``max_bracket_s``
+(60 s) apart: the caller measures the distance at the camera's position on the straight
+line between them at the event's time, and INCLUSIVE mode adds how far it can have left
+that line, ``speed * (time to the nearer fix)``, with the faster of the two reported
+speeds; an unknown speed takes the whole ``max_margin_m`` (the cap bounds what a fix
+without speed can reach, as it bounds a bad accuracy). A still camera at both fixes is
+judged exactly, 29.9 ft within and 30.1 ft too far, in both modes. The dead-band bounds
+nothing here: the reports it promises are the ones that did not get through. Sixty
+seconds covers an election and a reconnect with room to spare; a wider gap says too
+little about where the camera was in between.
+
 :attr:`InclusionMode.CENTRE` is the literal rule, centre point against centre point, for
 agencies whose policy says exactly that. Freshness applies in both modes.
 
