@@ -3,7 +3,9 @@ against each camera's fixes on either side of its time, not only the latest one.
 
 from __future__ import annotations
 
+import math
 import time
+from array import array
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ from actimesh.broker.memory import MemoryBus
 from actimesh.broker.messages import Activation, DeviceKind, DeviceState, Event, Presence, Telemetry
 from actimesh.geofence import InclusionMode, InclusionPolicy, destination
 from actimesh.ledger import SqliteLedger
+from actimesh.triggers.track import PastFix, around
 from tests.triggers.test_motion_telemetry import FT, LAT, LON, TOPICS, running
 from tests.waiting import eventually
 
@@ -82,3 +85,32 @@ async def test_a_late_trigger_commands_a_camera_its_fixes_put_within_30_ft(
     assert rows["paused-in"].fix_age_s == pytest.approx(BEFORE_S, abs=0.01)
     assert rows["paused-in"].distance_m == pytest.approx(29.9 * FT, abs=1e-3)
     assert rows["silent"].reason == "stale"
+
+
+async def test_a_track_keeps_the_last_fix_before_a_gap_and_thins_the_rest(
+    tmp_path: Path,
+) -> None:
+    async with running(tmp_path, InclusionPolicy()) as (engine, bus, _wire):
+        now = time.time()
+        await online(bus, "bwc", DeviceKind.BODY_CAM, now)
+        # 1 Hz for 12 s, then nothing for 20 s, then 1 Hz again.
+        sent = [now - 40.0 + s for s in range(12)] + [now - 8.0 + s for s in range(3)]
+        for ts in sent:
+            await fix(bus, "bwc", ts, 3.0, 0.0)
+        info = engine.fleet.get("bwc")
+        assert info is not None
+        kept = [f.ts for f in _track(info.track)]
+    # Every 5 s, the last fix before the gap and the first after it: not every fix.
+    assert kept == pytest.approx([sent[0], sent[5], sent[10], sent[11], sent[12]])
+
+
+def _track(track: array[float] | None) -> list[PastFix]:
+    """The fixes of a track, oldest first (each found as the one at or after its time)."""
+    out: list[PastFix] = []
+    ts = -math.inf
+    while True:
+        _before, after = around(track, None, ts)
+        if after is None:
+            return out
+        out.append(after)
+        ts = math.nextafter(after.ts, math.inf)
