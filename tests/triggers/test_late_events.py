@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import time
-from array import array
 from pathlib import Path
 
 import pytest
@@ -104,7 +103,7 @@ async def test_a_track_keeps_the_last_fix_before_a_gap_and_thins_the_rest(
     assert kept == pytest.approx([sent[0], sent[5], sent[10], sent[11], sent[12]])
 
 
-def _track(track: array[float] | None) -> list[PastFix]:
+def _track(track: bytes | None) -> list[PastFix]:
     """The fixes of a track, oldest first (each found as the one at or after its time)."""
     out: list[PastFix] = []
     ts = -math.inf

@@ -14,7 +14,7 @@ def test_a_track_keeps_its_newest_fixes_and_no_more() -> None:
     for n in range(TRACK_FIXES + 5):
         track = keep(track, fix(float(n * 5)))
     assert track is not None
-    assert len(track) == TRACK_FIXES * 5  # five doubles a fix
+    assert len(track) == TRACK_FIXES * 32  # 32 bytes a fix
     before, after = around(track, None, 0.0)
     assert before is None  # the oldest were dropped
     assert after == fix(25.0)

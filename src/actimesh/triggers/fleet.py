@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import math
-from array import array
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -128,7 +127,7 @@ class DeviceInfo(DeviceRecord):
     motion: tuple[float, float, float | None] | None = None
     #: The device's recent fixes (:mod:`.track`), the time of the newest one kept, and
     #: the time of the indexed fix: a late event is judged between two of them.
-    track: array[float] | None = None
+    track: bytes | None = None
     track_ts: float = -math.inf
     fix_ts: float = -math.inf
 

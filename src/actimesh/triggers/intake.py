@@ -125,7 +125,8 @@ class Intake:
         now = self._clock()
         max_age, max_skew = self._settings.max_event_age_s, self._settings.max_clock_skew_s
         oldest, newest = now - max_age, now + max_skew
-        fleet, stats = self._fleet, self._stats
+        fleet, index, stats = self._fleet, self._index, self._stats
+        step = TRACK_STEP_S
         source = self._telemetry_source
         rate, burst = self._settings.telemetry_rate_per_s, self._settings.telemetry_burst
         owntracks = self._owntracks
@@ -159,7 +160,15 @@ class Intake:
             info.state = state
             # A fix older than the one indexed arrived late: ignored. The fleet's id
             # string is stored, so each device's id exists once in memory.
-            if lat is not None and lon is not None:
+            if lat is None or lon is None:
+                continue
+            if ts - info.fix_ts < step and ts - info.track_ts < step:
+                # Most fixes: no gap before it and none of the track's due (inline: the
+                # track costs this path two comparisons and a store).
+                if index.upsert_latest(info.device_id, lat, lon, acc, ts):
+                    info.motion = motion
+                    info.fix_ts = ts
+            else:
                 self._indexed(info, lat, lon, acc, ts, motion=motion)
 
     def _on_owntracks(self, topic: bytes, payload: bytes, now: float) -> None:
