@@ -16,6 +16,7 @@ from actimesh.devices.camera_part import NoCamera
 from actimesh.devices.control import CameraControl, make_camera_part
 from actimesh.devices.media import SyntheticSource
 from actimesh.devices.recorder import RecordingStore
+from actimesh.errors import BrokerError
 from actimesh.security.signing import CommandSigner
 
 SIGNER = CommandSigner.generate()
@@ -113,3 +114,44 @@ async def test_camera_control_answers_commands_through_its_answer(
         assert [a.status for a in answers] == [AckStatus.RECEIVED, AckStatus.RECORDING]
         assert stats.commands == 1
         assert [r.command.aid for r in control.received] == ["act-1"]
+
+
+async def test_a_recording_answer_the_broker_did_not_take_is_sent_again_in_order(
+    tmp_path: Path,
+) -> None:
+    # The engine stops re-sending a command once it hears ``received``: a ``recording``
+    # answer lost to a dropped connection would never be asked for again, and it is the
+    # ledger's evidence that the camera recorded.
+    answers: list[Ack] = []
+    link_up = True
+
+    async def answer(payload: bytes) -> None:
+        ack = decode(Ack, payload)
+        if not link_up and ack.status is not AckStatus.RECEIVED:
+            raise BrokerError("the client is not currently connected")
+        answers.append(ack)
+
+    control = CameraControl(
+        _camera(tmp_path),
+        SIGNER.verifier(),
+        topics=TOPICS,
+        device_id="bwc",
+        clock=time.time,
+        stats=AgentStats(),
+        answer=answer,
+    )
+    (handler,) = control.handlers().values()
+    link_up = False
+    await handler(_command("act-1"))
+    await handler(_command("act-2"))
+    assert [a.status for a in answers] == [AckStatus.RECEIVED, AckStatus.RECEIVED]
+    assert control.unsent_answers == 2
+    await control.retry()  # still down: kept
+    assert control.unsent_answers == 2
+    link_up = True
+    await control.retry()
+    assert control.unsent_answers == 0
+    assert [(a.aid, a.status) for a in answers[2:]] == [
+        ("act-1", AckStatus.RECORDING),
+        ("act-2", AckStatus.RECORDING),
+    ]

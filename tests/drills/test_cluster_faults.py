@@ -25,16 +25,17 @@ from tests.waiting import eventually_sync
 # drill's own timeouts (45 s for the cameras, 30 s for the ledger) before it says so.
 pytestmark = [pytest.mark.integration, pytest.mark.time_limit(150)]
 
-#: A known loss, open (docs/SCALING.md, "The fault drill on the cluster"): while the
-#: cluster elects new leaders after a node is lost (10 s and more here), devices'
-#: triggers and telemetry wait, and the geofence policy judges a fix more than
-#: ``max_fix_age_s`` (10 s) from the event stale: a camera within 30 ft is left out.
-#: These scenarios lose one or more camera activations that way in part of their runs
-#: (the node cut off the network: in each of its runs so far, the devices on it find
-#: out only after their keepalive, up to 30 s, so their fixes are old by then),
-#: so they are not in the suite (a test that passes either way proves nothing, and one
-#: that fails half the time is a flaky CI): `actimesh drill --faults --cluster` runs and
-#: reports them, and they join the suite once the loss is fixed.
+#: A known loss, open (docs/SCALING.md, "The fault drill on the cluster"): after these
+#: faults, cameras' telemetry can stop reaching the engine for over 10 s while a trigger
+#: still arrives at once (why is not known yet). That trigger finds the camera's last fix
+#: more than ``max_fix_age_s`` (10 s) old and no fix after the event yet, so a camera
+#: within 30 ft is left out (camera's node kill: 1 run of 7 lost one; stream leader
+#: kill: 2 of 5; the freeze: 2 of 6; the network cut:
+#: in each of its 4 runs, its devices find out only after their keepalive, up to 30 s). Holding such a camera until its next fix is not
+#: built. A test that passes either way proves nothing, and one that fails now and then
+#: is a flaky CI: `actimesh drill --faults --cluster` runs and reports them, and they
+#: join the suite once the loss is fixed. (Late triggers that found the cameras' fixes
+#: too new are now judged on each camera's track: that loss is fixed.)
 _OPEN = ("camera's node kill -9", "stream leader kill -9", "node cut off (network)")
 _HOLDING = [name for name, _ in CLUSTER_SCENARIOS if name not in _OPEN]
 

@@ -52,6 +52,8 @@ class CommandStats:
     rejected_commands: int = 0  # commands refused, all reasons
     cancels: int = 0  # false activations the officer cancelled (accepted by the camera)
     cancels_refused: int = 0  # cancels the camera refused (window closed, not its recording)
+    #: Final answers dropped unsent because too many waited for the broker at once.
+    answers_dropped: int = 0
     #: Refused commands by reason: unsigned, bad_signature, expired, invalid, …
     refused_commands: Counter[str] = field(default_factory=Counter)
 

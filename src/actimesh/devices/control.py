@@ -57,6 +57,9 @@ log = logging.getLogger(__name__)
 
 #: Events cancelled on this camera that the agent remembers, to answer late commands.
 _REMEMBER_CANCELLED = 1024
+#: Final answers kept for re-sending while the broker is unreachable: a camera answers
+#: a few activations a shift, so this bounds memory without ever dropping in practice.
+_REMEMBER_UNSENT = 1024
 _CANCELLED_DETAIL = "cancelled on the camera as a false activation; the recording is kept, marked"
 
 
@@ -134,9 +137,10 @@ class CameraControl:
         # broker before its ``cancelled`` for the same one.
         self._answering = asyncio.Lock()
         self._cancelled: OrderedDict[str, _Cancelled] = OrderedDict()  # by event id
-        # ``cancelled`` answers the broker has not taken yet: the engine sends nothing
-        # that would ask for them again, so they are re-sent until they get through.
-        self._unsent_cancels: OrderedDict[str, bytes] = OrderedDict()  # by activation id
+        # Final answers (``recording``, ``refused``, ``cancelled``) the broker has not
+        # taken yet, oldest first: the engine sends nothing that would ask for them again
+        # once it has heard ``received``, so they are re-sent until they get through.
+        self._unsent_answers: OrderedDict[tuple[str, AckStatus], bytes] = OrderedDict()
 
     def replace_camera(self, camera: Camera) -> None:
         """Film with ``camera`` from now on (e.g. the same source, now with its key)."""
@@ -178,8 +182,8 @@ class CameraControl:
             await asyncio.sleep(camera.segment_seconds / 2)
 
     async def retry(self) -> None:
-        """Send the ``cancelled`` answers the broker has not taken yet."""
-        await self._send_cancels()
+        """Send the final answers the broker has not taken yet."""
+        await self._send_unsent()
 
     # ------------------------------------------------------------------ activation
     async def activate_locally(self, event: Event, source: str) -> ActivationResult:
@@ -222,11 +226,32 @@ class CameraControl:
             detail=detail,
             by=by,
         )
+        payload = encode(ack)
+        if status is not AckStatus.RECEIVED and self._unsent_answers:
+            # Behind answers still waiting: this one waits behind them, so the engine
+            # hears an activation's answers in the order the camera gave them.
+            self._keep_unsent(aid, status, payload)
+            await self._send_unsent()
+            return
         try:
-            await self._answer(encode(ack))
+            await self._answer(payload)
         except BrokerError as exc:
-            # The engine re-sends the command until it hears from us; we answer again then.
-            log.warning("%s: ack for %s not sent: %s", self.device_id, aid, exc)
+            if status is AckStatus.RECEIVED:
+                # The engine re-sends the command until it hears from us; we answer again
+                # then.
+                log.warning("%s: ack for %s not sent: %s", self.device_id, aid, exc)
+                return
+            # A final answer: once ``received`` got through the engine sends nothing that
+            # would ask for it again, and it is the ledger's evidence that the camera
+            # recorded, so it is kept and re-sent until the broker takes it.
+            log.warning(
+                "%s: %s answer for %s not sent yet (%s); will retry",
+                self.device_id,
+                status.value,
+                aid,
+                exc,
+            )
+            self._keep_unsent(aid, status, payload)
 
     async def _on_command(self, payload: bytes) -> None:
         received = self.clock()
@@ -352,31 +377,44 @@ class CameraControl:
                     detail=_CANCELLED_DETAIL,
                     by=by,
                 )
-                self._unsent_cancels[activation.aid] = encode(ack)
-                while len(self._unsent_cancels) > _REMEMBER_CANCELLED:
-                    _, lost = self._unsent_cancels.popitem(last=False)
-                    log.error("%s: a cancelled answer was never sent: %r", self.device_id, lost)
-            await self._send_cancels()
+                self._keep_unsent(activation.aid, AckStatus.CANCELLED, encode(ack))
+            await self._send_unsent()
             return result
 
     @property
     def unsent_cancels(self) -> int:
         """``cancelled`` answers not yet taken by the broker (re-sent until they are)."""
-        return len(self._unsent_cancels)
+        return sum(1 for _, status in self._unsent_answers if status is AckStatus.CANCELLED)
 
-    async def _send_cancels(self) -> None:
-        for aid, payload in list(self._unsent_cancels.items()):
+    @property
+    def unsent_answers(self) -> int:
+        """Final answers (``recording``, ``refused``, ``cancelled``) not yet taken by the
+        broker (re-sent until they are)."""
+        return len(self._unsent_answers)
+
+    def _keep_unsent(self, aid: str, status: AckStatus, payload: bytes) -> None:
+        self._unsent_answers[aid, status] = payload
+        while len(self._unsent_answers) > _REMEMBER_UNSENT:
+            (lost_aid, lost_status), _ = self._unsent_answers.popitem(last=False)
+            self.stats.answers_dropped += 1
+            log.error(
+                "%s: the %s answer to %s was never sent", self.device_id, lost_status, lost_aid
+            )
+
+    async def _send_unsent(self) -> None:
+        for (aid, status), payload in list(self._unsent_answers.items()):
             try:
                 await self._answer(payload)
             except BrokerError as exc:
                 log.warning(
-                    "%s: cancelled answer for %s not sent yet (%s); will retry",
+                    "%s: %s answer for %s not sent yet (%s); will retry",
                     self.device_id,
+                    status.value,
                     aid,
                     exc,
                 )
                 return
-            self._unsent_cancels.pop(aid, None)
+            self._unsent_answers.pop((aid, status), None)
 
     async def set_stealth(self, on: bool) -> bool:
         """The officer turns the recording light off (``on=True``) or back on."""

@@ -46,6 +46,9 @@ class FaultResult:
     pre_roll_min: float = PRE_ROLL_S
     duplicates: int = 0
     ledger_ok: bool = False
+    #: Cameras commanded on their fixes either side of a late trigger (``proximity_between``):
+    #: how often the fault delayed a trigger past the cameras' telemetry.
+    judged_between: int = 0
     #: Seconds from the fault to the first camera recording for a trigger raised after it.
     recovery_s: float | None = None
     problems: list[str] = field(default_factory=list)
@@ -153,8 +156,11 @@ async def measure(
                 continue
             row, decisions = found
             late = row.received_ts - row.event_ts
+            result.judged_between += sum(1 for d in decisions if d.reason == "proximity_between")
             for d in decisions:
-                decided[aid, d.device_id] = f"{d.reason}, event received {late:.1f} s after"
+                # fix_age_s is event time minus fix time: negative, a fix after the event.
+                age = "" if d.fix_age_s is None else f", fix age {d.fix_age_s:.1f} s"
+                decided[aid, d.device_id] = f"{d.reason}{age}, event received {late:.1f} s after"
     report = await asyncio.to_thread(verify_ledger, ledger, agency=agency)
     result.ledger_ok = report.ok
     if not report.ok:
@@ -238,6 +244,11 @@ def publish(console: Console, results: list[FaultResult], root: Path, title: str
     for r in report.results:
         for problem in r.problems:
             console.print(f"[red]{r.name}: {problem}[/red]")
+        if r.judged_between:
+            console.print(
+                f"[dim]{r.name}: {r.judged_between} cameras commanded on their fixes "
+                "either side of a late trigger[/dim]"
+            )
         for note in r.notes:
             console.print(f"[yellow]{r.name}: {note}[/yellow]")
     (root / "fault-drill.json").write_text(

@@ -32,6 +32,20 @@ position. So, for them:
   device (``spd`` 0) re-asserted by its heartbeat is judged on its fix alone, exactly
   as a 1 Hz device is. CENTRE mode stays literal: reported centre against the event's.
 
+A **late event** (one that reaches the engine after the cameras' telemetry moved on: a
+cluster electing a stream leader holds triggers 10 s and more while telemetry resumes
+first) finds every latest fix stale. :meth:`InclusionPolicy.judge_between` then judges a
+camera on its two fixes on either side of the event's time, at most ``max_bracket_s``
+(60 s) apart: the caller measures the distance at the camera's position on the straight
+line between them at the event's time, and INCLUSIVE mode adds how far it can have left
+that line, ``speed * (time to the nearer fix)``, with the faster of the two reported
+speeds; an unknown speed takes the whole ``max_margin_m`` (the cap bounds what a fix
+without speed can reach, as it bounds a bad accuracy). A still camera at both fixes is
+judged exactly, 29.9 ft within and 30.1 ft too far, in both modes. The dead-band bounds
+nothing here: the reports it promises are the ones that did not get through. Sixty
+seconds covers an election and a reconnect with room to spare; a wider gap says too
+little about where the camera was in between.
+
 :attr:`InclusionMode.CENTRE` is the literal rule, centre point against centre point, for
 agencies whose policy says exactly that. Freshness applies in both modes.
 
@@ -101,6 +115,8 @@ class InclusionPolicy:
     #: next report may be (delivery, a missed GPS epoch) before its fix is stale.
     max_heartbeat_s: float = 15.0
     heartbeat_grace_s: float = 3.0
+    #: The longest gap between two fixes that :meth:`judge_between` still bridges.
+    max_bracket_s: float = 60.0
 
     def __post_init__(self) -> None:
         # `not 0 <= v < inf` also rejects NaN, which would otherwise make every
@@ -121,6 +137,10 @@ class InclusionPolicy:
             raise ValueError(
                 "heartbeat_grace_s must be a finite number of seconds >= 0, "
                 f"got {self.heartbeat_grace_s!r}"
+            )
+        if not 0.0 <= self.max_bracket_s < math.inf:
+            raise ValueError(
+                f"max_bracket_s must be a finite number of seconds >= 0, got {self.max_bracket_s!r}"
             )
         try:
             mode = InclusionMode(self.mode)
@@ -212,6 +232,41 @@ class InclusionPolicy:
         # Written as `not <=` so that a NaN time is stale rather than silently fresh.
         if not abs(age) <= limit:
             return Verdict.STALE, margin
+        if distance_m <= radius_m + margin:
+            return Verdict.WITHIN, margin
+        return Verdict.TOO_FAR, margin
+
+    def judge_between(
+        self,
+        *,
+        distance_m: float,
+        radius_m: float,
+        before_ts: float,
+        after_ts: float,
+        event_ts: float,
+        acc_device: float | None,
+        acc_event: float | None,
+        speed_mps: float | None,
+    ) -> tuple[Verdict, float]:
+        """Decide from two fixes of one camera on either side of the event's time.
+
+        ``distance_m`` is from the event to the camera's position at ``event_ts`` on
+        the straight line between the two fixes; ``acc_device`` the worse of their
+        accuracies; ``speed_mps`` the faster of their reported speeds (None: either
+        did not say). STALE unless ``before_ts <= event_ts <= after_ts`` and the fixes
+        are at most ``max_bracket_s`` apart. Else judged as :meth:`judge` judges one
+        fix, with the margin (INCLUSIVE) widened by how far the camera can have left
+        that line: ``speed * min(event - before, after - event)``, the whole
+        ``max_margin_m`` when the speed is unknown, under the same cap. A dead-band
+        bounds nothing here: the reports it promises are what did not get through.
+        """
+        if not (before_ts <= event_ts <= after_ts and after_ts - before_ts <= self.max_bracket_s):
+            return Verdict.STALE, self.margin_m(acc_device, acc_event)
+        nearest_s = min(event_ts - before_ts, after_ts - event_ts)
+        # An unreported (or NaN) speed is no bound at all: the cap then bounds it.
+        unknown = speed_mps is None or not speed_mps >= 0.0
+        drift = math.inf if unknown or speed_mps is None else speed_mps * nearest_s
+        margin = self.margin_m(acc_device, acc_event, drift)
         if distance_m <= radius_m + margin:
             return Verdict.WITHIN, margin
         return Verdict.TOO_FAR, margin

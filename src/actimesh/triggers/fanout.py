@@ -25,10 +25,11 @@ from actimesh.broker.messages import (
     Event,
     activation_id,
 )
-from actimesh.geofence import InclusionPolicy, SpatialIndex, Verdict
+from actimesh.geofence import Fix, InclusionPolicy, SpatialIndex, Verdict, distance_m
 from actimesh.ledger import DecisionRow
-from actimesh.triggers.fleet import Fleet
+from actimesh.triggers.fleet import DeviceInfo, Fleet
 from actimesh.triggers.rules import Rule
+from actimesh.triggers.track import PastFix, around
 
 __all__ = ["Exclusion", "Plan", "PositionSource", "Target", "plan_activation"]
 
@@ -103,7 +104,58 @@ def _event_position(
             best = fix
     if best is not None:
         return best.lat, best.lon, best.acc, PositionSource.PAIRED_DEVICE
+    # A late event: no fix is fresh any more, but the device's (or its partner's)
+    # fixes on either side of the event's time still say where it happened.
+    candidates = [(source, PositionSource.SOURCE_DEVICE)]
+    paired = info.paired if info is not None else ()
+    candidates += [(peer, PositionSource.PAIRED_DEVICE) for peer in paired]
+    for device_id, how in candidates:
+        device = fleet.get(device_id)
+        fix = index.get(device_id)
+        if device is None or fix is None:
+            continue
+        found = _between(device, fix, event.ts, policy)
+        if found is not None:
+            before, after = found
+            lat, lon = _interpolate(before, after, event.ts)
+            speed = _speed(before, after)
+            nearest = min(event.ts - before.ts, after.ts - event.ts)
+            # How far it can have left the line between them, as an accuracy.
+            spread = policy.max_margin_m if speed is None else speed * nearest
+            return lat, lon, _worse(before.acc, after.acc) + spread, how
     return None, None, None, PositionSource.NONE
+
+
+def _between(
+    info: DeviceInfo, fix: Fix, ts: float, policy: InclusionPolicy
+) -> tuple[PastFix, PastFix] | None:
+    """The device's fixes on either side of ``ts`` (:mod:`.track`), if they are close
+    enough in time to bridge (``max_bracket_s``)."""
+    spd = None if info.motion is None else info.motion[2]
+    before, after = around(info.track, PastFix(fix.ts, fix.lat, fix.lon, fix.acc, spd), ts)
+    if before is None or after is None or after.ts - before.ts > policy.max_bracket_s:
+        return None
+    return before, after
+
+
+def _interpolate(before: PastFix, after: PastFix, ts: float) -> tuple[float, float]:
+    """Where the device was at ``ts`` on the straight line between two fixes."""
+    span = after.ts - before.ts
+    f = 0.0 if span <= 0.0 else (ts - before.ts) / span
+    # The shorter way round, across the antimeridian if need be.
+    dlon = (after.lon - before.lon + 540.0) % 360.0 - 180.0
+    lon = (before.lon + f * dlon + 540.0) % 360.0 - 180.0
+    return before.lat + f * (after.lat - before.lat), lon
+
+
+def _speed(before: PastFix, after: PastFix) -> float | None:
+    if before.spd is None or after.spd is None:
+        return None
+    return max(before.spd, after.spd)
+
+
+def _worse(a: float | None, b: float | None) -> float:
+    return max(a if a is not None and a >= 0.0 else 0.0, b if b is not None and b >= 0.0 else 0.0)
 
 
 def _paired(
@@ -174,6 +226,19 @@ def _nearby(
             acc_event=acc,
             motion=info.motion,
         )
+        if verdict is Verdict.STALE:
+            found = _between(info, fix, event.ts, policy)
+            if found is not None:
+                decisions[device_id] = _judged_between(
+                    found,
+                    event,
+                    at=(lat, lon, acc),
+                    radius=radius,
+                    info=info,
+                    policy=policy,
+                    targets=targets,
+                )
+                continue
         if verdict is Verdict.WITHIN:
             targets[device_id] = Target(device_id, info.kind, ActivationReason.PROXIMITY, dist)
             # Link lost but still buffering: the command waits in its broker session.
@@ -213,6 +278,44 @@ def _nearby(
             last.lat,
             last.lon,
         )
+
+
+def _judged_between(
+    found: tuple[PastFix, PastFix],
+    event: Event,
+    *,
+    at: tuple[float, float, float | None],
+    radius: float,
+    info: DeviceInfo,
+    policy: InclusionPolicy,
+    targets: dict[str, Target],
+) -> DecisionRow:
+    """A camera whose latest fix is stale for this event, judged on the two fixes on
+    either side of the event's time; the row holds where that puts it at the event."""
+    before, after = found
+    lat, lon = _interpolate(before, after, event.ts)
+    dist = distance_m(at[0], at[1], lat, lon)
+    acc = _worse(before.acc, after.acc)
+    verdict, margin = policy.judge_between(
+        distance_m=dist,
+        radius_m=radius,
+        before_ts=before.ts,
+        after_ts=after.ts,
+        event_ts=event.ts,
+        acc_device=acc,
+        acc_event=at[2],
+        speed_mps=_speed(before, after),
+    )
+    nearest = before if event.ts - before.ts <= after.ts - event.ts else after
+    age = event.ts - nearest.ts
+    kind = info.kind.value if info.kind is not None else None
+    if verdict is Verdict.WITHIN:
+        targets[info.device_id] = Target(
+            info.device_id, info.kind, ActivationReason.PROXIMITY, dist
+        )
+        reason = "proximity_between" if info.online else "proximity_queued"
+        return DecisionRow(info.device_id, kind, True, reason, dist, margin, age, acc, lat, lon)
+    return DecisionRow(info.device_id, kind, False, verdict.value, dist, margin, age, acc, lat, lon)
 
 
 def plan_activation(

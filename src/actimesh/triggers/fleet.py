@@ -17,6 +17,7 @@ all (it can neither raise triggers nor be commanded).
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -124,6 +125,11 @@ class DeviceInfo(DeviceRecord):
     #: The reporting mode of the indexed fix (telemetry ``hb``, ``db`` and ``spd``):
     #: None for a device that reports about once a second (geofence/policy.py).
     motion: tuple[float, float, float | None] | None = None
+    #: The device's recent fixes (:mod:`.track`), the time of the newest one kept, and
+    #: the time of the indexed fix: a late event is judged between two of them.
+    track: bytes | None = None
+    track_ts: float = -math.inf
+    fix_ts: float = -math.inf
 
 
 class Fleet:
@@ -235,6 +241,8 @@ class Fleet:
             info.offline_since = now
             if msg.reason is OfflineReason.POWER_OFF:
                 info.state = DeviceState.OFF
+                # Switched off, it recorded nothing since: no bracket may span the time.
+                info.track, info.track_ts, info.fix_ts = None, -math.inf, -math.inf
             info.last_fix = fix
             if fix is not None:
                 self._offline.upsert(device_id, fix.lat, fix.lon, fix.acc, fix.ts)

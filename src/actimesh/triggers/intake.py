@@ -37,7 +37,7 @@ from actimesh.broker.messages import (
 )
 from actimesh.broker.topics import DeviceChannel, Topics, is_identifier
 from actimesh.errors import PayloadError
-from actimesh.geofence import SpatialIndex
+from actimesh.geofence import MotionPromise, SpatialIndex
 from actimesh.ledger import AckRow
 from actimesh.security.signing import UNVERIFIED_REFUSALS, refusal_code
 from actimesh.triggers.alerts import Alerts
@@ -50,6 +50,7 @@ from actimesh.triggers.refusals import Refusals
 from actimesh.triggers.settings import EngineSettings
 from actimesh.triggers.stats import EngineStats
 from actimesh.triggers.storm import TokenBucket
+from actimesh.triggers.track import TRACK_STEP_S, PastFix, keep
 
 __all__ = ["Intake"]
 
@@ -152,6 +153,7 @@ class Intake:
         max_age, max_skew = self._settings.max_event_age_s, self._settings.max_clock_skew_s
         oldest, newest = now - max_age, now + max_skew
         fleet, index, stats = self._fleet, self._index, self._stats
+        step = TRACK_STEP_S
         source = self._telemetry_source
         rate, burst = self._settings.telemetry_rate_per_s, self._settings.telemetry_burst
         owntracks = self._owntracks
@@ -184,14 +186,17 @@ class Intake:
                 info.last_seen = now
             info.state = state
             # A fix older than the one indexed arrived late: ignored. The fleet's id
-            # string is stored, so each device's id exists once in memory. The reporting
-            # mode goes with the fix it came with (policy.py judges the one by the other).
-            if (
-                lat is not None
-                and lon is not None
-                and index.upsert_latest(info.device_id, lat, lon, acc, ts)
-            ):
-                info.motion = motion
+            # string is stored, so each device's id exists once in memory.
+            if lat is None or lon is None:
+                continue
+            if ts - info.fix_ts < step and ts - info.track_ts < step:
+                # Most fixes: no gap before it and none of the track's due (inline: the
+                # track costs this path two comparisons and a store).
+                if index.upsert_latest(info.device_id, lat, lon, acc, ts):
+                    info.motion = motion
+                    info.fix_ts = ts
+            else:
+                self._indexed(info, lat, lon, acc, ts, motion=motion)
 
     def _on_owntracks(self, topic: bytes, payload: bytes, now: float) -> None:
         """An OwnTracks message: a location is the device's fix, as its telemetry would
@@ -222,8 +227,42 @@ class Intake:
             info.state = DeviceState.BUFFERING  # a tracker says nothing of recording
         else:
             info.last_seen = now
-        if self._index.upsert_latest(info.device_id, fix.lat, fix.lon, fix.acc, fix.ts):
-            info.motion = None  # OwnTracks: no motion-scaled promise
+        # OwnTracks: no motion-scaled promise.
+        self._indexed(info, fix.lat, fix.lon, fix.acc, fix.ts, motion=None)
+
+    def _indexed(
+        self,
+        info: DeviceInfo,
+        lat: float,
+        lon: float,
+        acc: float | None,
+        ts: float,
+        *,
+        motion: MotionPromise | None,
+    ) -> None:
+        """Index a device's fix unless a newer one is indexed (it arrived late), and keep
+        its track (:mod:`.track`): every :data:`TRACK_STEP_S`, and both ends of a gap."""
+        index = self._index
+        before_gap = None
+        if ts - info.fix_ts >= TRACK_STEP_S and info.fix_ts > info.track_ts:
+            # Rare (a gap in the telemetry, or a slow heartbeat): read the fix the new
+            # one replaces, the last known before the gap, before it is gone.
+            before_gap = index.get(info.device_id)
+        if not index.upsert_latest(info.device_id, lat, lon, acc, ts):
+            return
+        if before_gap is not None:
+            spd = None if info.motion is None else info.motion[2]
+            past = PastFix(before_gap.ts, before_gap.lat, before_gap.lon, before_gap.acc, spd)
+            info.track = keep(info.track, past)
+            info.track_ts = past.ts
+        # The reporting mode goes with the fix it came with (policy.py judges the one
+        # by the other).
+        info.motion = motion
+        info.fix_ts = ts
+        if ts - info.track_ts >= TRACK_STEP_S:
+            spd = None if motion is None else motion[2]
+            info.track = keep(info.track, PastFix(ts, lat, lon, acc, spd))
+            info.track_ts = ts
 
     def _within_rate(self, device_id: str, info: DeviceInfo | None, now: float) -> bool:
         """Take one of a known device's telemetry tokens; False (counted) if none."""

@@ -1,0 +1,115 @@
+"""A trigger that reaches the engine late (a cluster electing leaders held it) is judged
+against each camera's fixes on either side of its time, not only the latest one."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import pytest
+
+from actimesh.broker.codec import decode, encode
+from actimesh.broker.memory import MemoryBus
+from actimesh.broker.messages import Activation, DeviceKind, DeviceState, Event, Presence, Telemetry
+from actimesh.geofence import InclusionMode, InclusionPolicy, destination
+from actimesh.ledger import SqliteLedger
+from actimesh.triggers.track import PastFix, around
+from tests.triggers.test_motion_telemetry import FT, LAT, LON, TOPICS, running
+from tests.waiting import eventually
+
+#: The event happened 12 s before the engine hears of it; every camera's latest fix is
+#: then 12 s after it (stale alone), and the fix before its telemetry paused 8 s before.
+LATE_S, BEFORE_S = 12.0, 8.0
+
+
+async def fix(bus: MemoryBus, device_id: str, ts: float, dist: float, bearing: float) -> None:
+    lat, lon = destination(LAT, LON, bearing, dist)
+    telemetry = Telemetry(
+        ts=ts, state=DeviceState.BUFFERING, lat=lat, lon=lon, acc=0.0, hb=1.0, db=2.0, spd=0.0
+    )
+    await bus.deliver(TOPICS.telemetry(device_id), encode(telemetry))
+
+
+async def online(
+    bus: MemoryBus, device_id: str, kind: DeviceKind, now: float, **kw: object
+) -> None:
+    presence = Presence(online=True, ts=now, device_kind=kind, **kw)  # type: ignore[arg-type]
+    await bus.deliver(TOPICS.presence(device_id), encode(presence))
+
+
+@pytest.mark.parametrize("mode", [InclusionMode.INCLUSIVE, InclusionMode.CENTRE])
+async def test_a_late_trigger_commands_a_camera_its_fixes_put_within_30_ft(
+    tmp_path: Path, mode: InclusionMode
+) -> None:
+    async with running(tmp_path, InclusionPolicy(mode=mode)) as (_engine, bus, wire):
+        now = time.time()
+        event_ts = now - LATE_S
+        # The CEW has no GPS: it borrows its officer's camera's position, which is
+        # also known only from the fixes on either side of the event.
+        await online(bus, "cew1", DeviceKind.CEW, now, paired=("officer",))
+        cameras = {"officer": 0.0, "paused-in": 29.9 * FT, "paused-out": 30.1 * FT}
+        for n, (device_id, dist) in enumerate(cameras.items()):
+            await online(bus, device_id, DeviceKind.BODY_CAM, now)
+            await fix(bus, device_id, event_ts - BEFORE_S, dist, 90.0 * n)
+            await fix(bus, device_id, now, dist, 90.0 * n)
+        # Its telemetry never resumed: nothing says where it was after the event.
+        await online(bus, "silent", DeviceKind.BODY_CAM, now)
+        await fix(bus, "silent", event_ts - BEFORE_S - 3.0, 3.0, 45.0)
+        await bus.deliver(
+            TOPICS.event("cew1"), encode(Event(eid="e1", type="taser_draw", ts=event_ts))
+        )
+        records = TOPICS.activations("taser_draw")
+
+        def published() -> list[bytes]:
+            return [payload for topic, payload in wire if topic == records]
+
+        await eventually(published)
+        (record,) = [decode(Activation, p) for p in published()]
+    assert sorted(c.id for c in record.cameras) == ["officer", "paused-in"]
+    assert {c.id: c.reason.value for c in record.left_out} == {
+        "paused-out": "too_far",
+        "silent": "stale",
+    }
+    assert record.lat == pytest.approx(LAT)
+    assert record.lon == pytest.approx(LON)
+    # Still at both ends: judged exactly, in both policies.
+    assert {c.id: c.margin for c in record.left_out}["paused-out"] == 0.0
+    async with SqliteLedger(tmp_path / "ledger.sqlite3") as ledger:
+        found = await ledger.activation(record.aid)
+    assert found is not None
+    rows = {d.device_id: d for d in found[1]}
+    assert rows["paused-in"].reason == "proximity_between"
+    # The row's age is that of the nearer of the two fixes.
+    assert rows["paused-in"].fix_age_s == pytest.approx(BEFORE_S, abs=0.01)
+    assert rows["paused-in"].distance_m == pytest.approx(29.9 * FT, abs=1e-3)
+    assert rows["silent"].reason == "stale"
+
+
+async def test_a_track_keeps_the_last_fix_before_a_gap_and_thins_the_rest(
+    tmp_path: Path,
+) -> None:
+    async with running(tmp_path, InclusionPolicy()) as (engine, bus, _wire):
+        now = time.time()
+        await online(bus, "bwc", DeviceKind.BODY_CAM, now)
+        # 1 Hz for 12 s, then nothing for 20 s, then 1 Hz again.
+        sent = [now - 40.0 + s for s in range(12)] + [now - 8.0 + s for s in range(3)]
+        for ts in sent:
+            await fix(bus, "bwc", ts, 3.0, 0.0)
+        info = engine.fleet.get("bwc")
+        assert info is not None
+        kept = [f.ts for f in _track(info.track)]
+    # Every 5 s, the last fix before the gap and the first after it: not every fix.
+    assert kept == pytest.approx([sent[0], sent[5], sent[10], sent[11], sent[12]])
+
+
+def _track(track: bytes | None) -> list[PastFix]:
+    """The fixes of a track, oldest first (each found as the one at or after its time)."""
+    out: list[PastFix] = []
+    ts = -math.inf
+    while True:
+        _before, after = around(track, None, ts)
+        if after is None:
+            return out
+        out.append(after)
+        ts = math.nextafter(after.ts, math.inf)
