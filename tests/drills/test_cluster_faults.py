@@ -30,9 +30,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.time_limit(150)]
 #: still arrives at once (why is not known yet). That trigger finds the camera's last fix
 #: more than ``max_fix_age_s`` (10 s) old and no fix after the event yet, so a camera
 #: within 30 ft is left out (camera's node kill: 1 run of 7 lost one; stream leader
-#: kill: 2 of 5; the freeze: 2 of 6; the network cut:
-#: in each of its 4 runs, its devices find out only after their keepalive, up to 30 s). Holding such a camera until its next fix is not
-#: built. A test that passes either way proves nothing, and one that fails now and then
+#: kill: 2 of 5; the freeze: 2 of 6; the network cut: each of its 4 runs, its devices
+#: finding out only after their keepalive, up to 30 s). Holding such a camera until its
+#: next fix is not built. A test that passes either way proves nothing, and one that fails
+#: now and then
 #: is a flaky CI: `actimesh drill --faults --cluster` runs and reports them, and they
 #: join the suite once the loss is fixed. (Late triggers that found the cameras' fixes
 #: too new are now judged on each camera's track: that loss is fixed.)
