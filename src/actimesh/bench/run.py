@@ -209,6 +209,7 @@ class _Run:
         s, engine, loadgen = self.s, self.w["engine"], self.w["loadgen"]
         rate = s.telemetry_rate
         stream_s = s.warmup_s + s.duration_s + 1.0
+        await self._prepare_motion(stream_s)
         await loadgen.call("stream", agency=AGENCY, rate=rate, duration_s=stream_s)
         with self.phases.phase("warm-up", s.warmup_s) as update:
             began = time.monotonic()
@@ -271,6 +272,15 @@ class _Run:
             await self._trace(result)
         await self._stream_accounting(stream_s)
 
+    async def _prepare_motion(self, stream_s: float) -> None:
+        """Motion-scaled telemetry: each device's reports decided ahead (bench/motion.py)."""
+        if self.s.telemetry != "motion":
+            return
+        with self.phases.phase("motion-scaled reports, decided ahead", 1):
+            self.out["motion"] = await self.w["loadgen"].call(
+                "prepare_motion", rate=self.s.telemetry_rate, duration_s=stream_s, timeout=900
+            )
+
     async def _trace(self, probe: dict[str, Any]) -> None:
         """The trigger and echo paths split hop by hop (:mod:`.trace`)."""
         reply = await self.w["engine"].call("trace")
@@ -280,6 +290,7 @@ class _Run:
     async def _stream_accounting(self, stream_s: float) -> None:
         """Once the stream has ended: was every telemetry message sent also indexed?"""
         sent = await stream_sent(self.w["loadgen"], stream_s)
+        status = await self.w["loadgen"].call("status")
 
         async def engine_telemetry() -> int:
             return int((await self.engine_stats())["telemetry"])
@@ -287,7 +298,10 @@ class _Run:
         await until_steady(engine_telemetry, what="the engine to finish the stream")
         st = await self.engine_stats()
         self.out["telemetry_sent"] = sent
+        self.out["telemetry_sent_msgs_per_s"] = sent / stream_s
+        self.out["telemetry_skipped_by_loadgen"] = int(status.get("skipped", 0))
         self.out["telemetry_ingested"] = int(st["telemetry"])
+        self.out["telemetry_ingested_msgs_per_s"] = int(st["telemetry"]) / stream_s
         self.out["telemetry_dropped"] = sent - int(st["telemetry"])
         self.out["telemetry_rejected"] = st["rejected"]
         self.out["fleet_known"] = st["fleet"]

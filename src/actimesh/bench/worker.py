@@ -143,7 +143,15 @@ async def _loadgen(cfg: Config) -> None:
         return {}
 
     async def status(_: Config) -> Config:
-        return {"sent": gen.stream_sent, "streaming": gen.streaming, "lag_s": gen.stream_lag_s}
+        return {
+            "sent": gen.stream_sent,
+            "skipped": gen.stream_skipped,
+            "streaming": gen.streaming,
+            "lag_s": gen.stream_lag_s,
+        }
+
+    async def prepare_motion(args: Config) -> Config:
+        return gen.prepare_motion(float(args["rate"]), float(args["duration_s"]))
 
     async def prepare(args: Config) -> Config:
         prepared[args["agency"]] = gen.prepare_flood(args["agency"], int(args["count"]))
@@ -161,6 +169,7 @@ async def _loadgen(cfg: Config) -> None:
             "stream": stream,
             "status": status,
             "prepare": prepare,
+            "prepare_motion": prepare_motion,
             "flood": flood,
         }
     )
