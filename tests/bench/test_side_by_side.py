@@ -78,6 +78,7 @@ def test_smoke_side_by_side_runs_both_halves_and_reports_them_together(tmp_path:
         assert run["commands_received"] == run["commands_expected"] > 0, mode
         assert run["broker_delivery_msgs_per_s"] > 0, mode
     motion = runs["motion"]["motion"]
+    assert "ok" not in motion  # the reply's envelope stays out of the report
     assert motion["reports"] < motion["epochs"]
     assert set(motion["mixture"]) == {"driving", "at a scene", "at the station"}
     per_device = report["figures"]["telemetry_per_device_s"]

@@ -277,15 +277,18 @@ class _Run:
         if self.s.telemetry != "motion":
             return
         with self.phases.phase("motion-scaled reports, decided ahead", 1):
-            self.out["motion"] = await self.w["loadgen"].call(
+            reply = await self.w["loadgen"].call(
                 "prepare_motion", rate=self.s.telemetry_rate, duration_s=stream_s, timeout=900
             )
+        self.out["motion"] = {k: v for k, v in reply.items() if k not in ("id", "ok")}
 
     async def _trace(self, probe: dict[str, Any]) -> None:
         """The trigger and echo paths split hop by hop (:mod:`.trace`)."""
         reply = await self.w["engine"].call("trace")
         echo = (await self.w["echo"].call("trace"))["stamps"]
-        self.out["trace"] = paths(probe, reply["stamps"], echo, reply["loop_lag_ms"])
+        self.out["trace"] = paths(
+            probe, reply["stamps"], echo, reply["loop_lag_ms"], reply.get("gc", ())
+        )
 
     async def _stream_accounting(self, stream_s: float) -> None:
         """Once the stream has ended: was every telemetry message sent also indexed?"""

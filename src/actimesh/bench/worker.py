@@ -92,7 +92,8 @@ async def _engine(cfg: Config) -> None:
 
         async def trace(_: Config) -> Config:
             lag, eut.loop_lag_ms = eut.loop_lag_ms, []
-            return {"stamps": eut.trace(), "loop_lag_ms": lag}
+            pauses = [] if eut.gc_pauses is None else eut.gc_pauses.take()
+            return {"stamps": eut.trace(), "loop_lag_ms": lag, "gc": pauses}
 
         rpc = Rpc(
             {"stats": stats, "arm": arm, "collect": collect, "queries": queries, "trace": trace}
