@@ -150,16 +150,20 @@ def test_bench_settings_refuse_an_unknown_telemetry_mode_and_motion_on_a_cluster
 
 
 class _Capture:
-    """A publisher that keeps what it is given."""
+    """A publisher that keeps what it is given; its first send stalls ``stall_s``."""
 
-    def __init__(self) -> None:
+    def __init__(self, stall_s: float = 0.0) -> None:
         self.payloads: list[bytes] = []
         self.topics: list[str] = []
+        self.stall_s = stall_s
 
     async def send(self, packets: list[bytes], topics: list[str], payloads: list[bytes]) -> None:
         assert len(packets) == len(topics) == len(payloads)
         self.payloads += payloads
         self.topics += topics
+        if self.stall_s:
+            stall, self.stall_s = self.stall_s, 0.0
+            await asyncio.sleep(stall)
 
     async def close(self) -> None:
         return None
@@ -196,3 +200,23 @@ async def test_a_schedule_for_another_rate_is_refused() -> None:
     gen.prepare_motion(100.0, 1.0)
     with pytest.raises(ValueError, match="epochs/s"):
         await gen.stream("bench", 200.0, 1.0)
+
+
+@pytest.mark.parametrize("mode", ["1hz", "motion"])
+async def test_a_stalled_stream_skips_1hz_fixes_but_sends_motion_reports_late(mode: str) -> None:
+    fleet = build_fleet(400, 2)
+    out = _Capture(stall_s=0.4)
+    gen = LoadGenerator(fleet, 2, out, ["bench"])
+    rate, seconds = 400.0, 1.5
+    reports = gen.prepare_motion(rate, seconds)["reports"] if mode == "motion" else None
+    async with asyncio.timeout(10):
+        await gen.stream("bench", rate, seconds)
+    assert gen.stream_lag_s > 0.2
+    assert gen.stream_sent == len(out.payloads)
+    if reports is None:
+        assert gen.stream_skipped > 0.2 * rate  # counted, and not as sent
+        assert gen.stream_sent + gen.stream_skipped <= rate * seconds
+    else:
+        assert gen.stream_skipped == 0
+        assert reports - gen.stream_sent <= rate * 0.1  # caught up by the end
+        assert len(set(out.topics)) == len(fleet)  # every device's first report went

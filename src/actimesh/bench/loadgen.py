@@ -27,9 +27,10 @@ stream keeps the same round-robin of GPS epochs, but each device's reports are d
 ahead by :meth:`LoadGenerator.prepare_motion` (the device's own reporting rule) and only
 the due ones are sent, with ``hb``, ``db`` and ``spd``.
 
-A stream that stalls (this process starved of CPU) skips the epochs it fell behind by
-more than ``_MAX_BURST_S``, as a device that missed them sends only its latest; the
-skipped messages are counted (``stream_skipped``), never as sent.
+A 1 Hz stream that stalls (this process starved of CPU) skips the epochs it fell behind
+by more than ``_MAX_BURST_S``, as a device that missed them sends only its latest; the
+skipped messages are counted (``stream_skipped``), never as sent. A motion-scaled stream
+catches up instead (``stream_lag_s`` says by how much it was late).
 
 Every loop is bounded: a stream stops after its duration, a flood after its count.
 """
@@ -37,7 +38,6 @@ Every loop is bounded: a stream stops after its duration, a flood after its coun
 from __future__ import annotations
 
 import asyncio
-import bisect
 import logging
 import socket
 import time
@@ -362,14 +362,12 @@ class LoadGenerator:
                 cap = max(1, int(rate * _MAX_BURST_S))
                 if due > cap:
                     self.stream_lag_s = max(self.stream_lag_s, (due - cap) / rate)
-                    # Skipped: a stalled device sends only its latest.
-                    epochs += due - cap
-                    if sched is None:
+                    if sched is None:  # a stalled device sends only its latest fix
+                        epochs += due - cap
                         self.stream_skipped += due - cap
-                    else:
-                        skipped = bisect.bisect_left(sched.epoch, epochs, lo=cursor)
-                        self.stream_skipped += skipped - cursor
-                        cursor = skipped
+                    # A motion-scaled report is sent late, never skipped: its device
+                    # decided to send it, and a standing one skipped would say nothing
+                    # until its next heartbeat, a gap no device leaves.
                     due = cap
                 if due > 0:
                     epochs += due

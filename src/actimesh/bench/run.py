@@ -303,6 +303,7 @@ class _Run:
         self.out["telemetry_sent"] = sent
         self.out["telemetry_sent_msgs_per_s"] = sent / stream_s
         self.out["telemetry_skipped_by_loadgen"] = int(status.get("skipped", 0))
+        self.out["telemetry_stream_lag_s"] = float(status.get("lag_s", 0.0))
         self.out["telemetry_ingested"] = int(st["telemetry"])
         self.out["telemetry_ingested_msgs_per_s"] = int(st["telemetry"]) / stream_s
         self.out["telemetry_dropped"] = sent - int(st["telemetry"])
