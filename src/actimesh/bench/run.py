@@ -287,7 +287,7 @@ class _Run:
         reply = await self.w["engine"].call("trace")
         echo = (await self.w["echo"].call("trace"))["stamps"]
         self.out["trace"] = paths(
-            probe, reply["stamps"], echo, reply["loop_lag_ms"], reply.get("gc", ())
+            probe, reply["stamps"], echo, reply["loop_lag_ms"], reply.get("gc", [])
         )
 
     async def _stream_accounting(self, stream_s: float) -> None:

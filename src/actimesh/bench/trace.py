@@ -142,13 +142,13 @@ def paths(
     engine: Mapping[str, Sequence[float]],
     echo: Mapping[str, Sequence[float]],
     loop_lag_ms: list[float],
-    gc_pauses: Sequence[Sequence[float]] = (),
+    gc_pauses: Sequence[Sequence[float]] | None = None,
 ) -> dict[str, Any]:
     """The ``trace`` section of a benchmark report: the trigger path (the engine's stamps)
     and the echo path (``#``-prefixed request ids) of one probe, split the same way."""
     sent: Mapping[str, float] = probe["sent"]
     received: Mapping[str, Sequence[float]] = probe["received"]
-    return {
+    out = {
         "engine": split({k: t for k, t in sent.items() if not k.startswith("#")}, received, engine),
         "echo": split({k: t for k, t in sent.items() if k.startswith("#")}, received, echo),
         "clock": "time.perf_counter() (CLOCK_MONOTONIC, one clock for the machine)",
@@ -157,8 +157,10 @@ def paths(
             "p99": percentile(loop_lag_ms, 99),
             "samples": len(loop_lag_ms),
         },
-        "engine_gc": gc_figures(engine, gc_pauses),
     }
+    if gc_pauses is not None:  # timed in the engine's process (not on a cluster's engines)
+        out["engine_gc"] = gc_figures(engine, gc_pauses)
+    return out
 
 
 def describe(trace: Mapping[str, Any]) -> str:
