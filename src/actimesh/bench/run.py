@@ -211,18 +211,7 @@ class _Run:
         stream_s = s.warmup_s + s.duration_s + 1.0
         await self._prepare_motion(stream_s)
         await loadgen.call("stream", agency=AGENCY, rate=rate, duration_s=stream_s)
-        with self.phases.phase("warm-up", s.warmup_s) as update:
-            began = time.monotonic()
-
-            async def warm() -> bool:
-                elapsed = time.monotonic() - began
-                indexed = int((await self.engine_stats())["indexed"])
-                update(elapsed, f"{indexed:,} indexed")
-                return elapsed >= s.warmup_s and indexed >= s.devices
-
-            await poll_until(
-                warm, timeout=s.warmup_s + 2 / s.rate_hz + 60, what="every device to be indexed"
-            )
+        await self._warm_up()
         await engine.call("queries")  # discard warm-up samples
         if s.trace:
             await engine.call("trace")  # and the loop lag of presence and warm-up
@@ -271,6 +260,34 @@ class _Run:
         if s.trace:
             await self._trace(result)
         await self._stream_accounting(stream_s)
+
+    async def _warm_up(self) -> None:
+        """Until the warm-up has passed and the engine has indexed every device."""
+        s = self.s
+        with self.phases.phase("warm-up", s.warmup_s) as update:
+            began = time.monotonic()
+            seen: dict[str, Any] = {}
+
+            async def warm() -> bool:
+                elapsed = time.monotonic() - began
+                seen.update(await self.engine_stats())
+                indexed = int(seen["indexed"])
+                update(elapsed, f"{indexed:,} indexed")
+                return elapsed >= s.warmup_s and indexed >= s.devices
+
+            try:
+                await poll_until(
+                    warm,
+                    timeout=s.warmup_s + 2 / s.rate_hz + 60,
+                    what="every device to be indexed",
+                )
+            except BenchError as exc:
+                # Say why: on a loaded machine the engine sheds telemetry, and a standing
+                # motion-scaled device sends again only at its heartbeat.
+                raise BenchError(
+                    f"{exc} ({seen.get('indexed', 0):,} of {s.devices:,} indexed; the "
+                    f"engine shed {seen.get('telemetry_dropped', 0):,} telemetry messages)"
+                ) from exc
 
     async def _prepare_motion(self, stream_s: float) -> None:
         """Motion-scaled telemetry: each device's reports decided ahead (bench/motion.py)."""
