@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from actimesh.bench.trace import TriggerStamps
+from actimesh.bench.trace import GcPauses, TriggerStamps
 from actimesh.broker.nats import NatsTransport
 from actimesh.broker.topics import Topics
 from actimesh.broker.transport import MqttTransport, Transport
@@ -71,6 +71,11 @@ class EngineUnderTest:
         self.index = index
         self.stamps = stamps
         self.loop_lag_ms: list[float] = []
+        #: With ``--trace``: the engine's garbage collections (bench/trace.py).
+        self.gc_pauses: GcPauses | None = None
+        if stamps is not None:
+            self.gc_pauses = GcPauses()
+            self.gc_pauses.install()
         self._watch: asyncio.Task[dict[str, Any]] | None = None
 
     @classmethod

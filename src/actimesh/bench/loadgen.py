@@ -22,6 +22,16 @@ node's MQTT listener (``version=4``), and presence goes at QoS 1, as devices sen
 engine reads presence from the listener's QoS 1 store, where a QoS 0 message never is.
 The telemetry frames are then exactly what a device's MQTT client sends.
 
+With motion-scaled telemetry (``actimesh bench --telemetry motion``, :mod:`.motion`) the
+stream keeps the same round-robin of GPS epochs, but each device's reports are decided
+ahead by :meth:`LoadGenerator.prepare_motion` (the device's own reporting rule) and only
+the due ones are sent, with ``hb``, ``db`` and ``spd``.
+
+A 1 Hz stream that stalls (this process starved of CPU) skips the epochs it fell behind
+by more than ``_MAX_BURST_S``, as a device that missed them sends only its latest; the
+skipped messages are counted (``stream_skipped``), never as sent. A motion-scaled stream
+catches up instead (``stream_lag_s`` says by how much it was late).
+
 Every loop is bounded: a stream stops after its duration, a flood after its count.
 """
 
@@ -34,8 +44,15 @@ import struct
 import time
 from typing import Any, Protocol
 
+from actimesh.bench.motion import MotionFleet, MotionSchedule
 from actimesh.bench.pahoio import PahoClient
-from actimesh.bench.workload import TELEMETRY_HEAD, Fleet, Movers, telemetry_payload
+from actimesh.bench.workload import (
+    TELEMETRY_HEAD,
+    Fleet,
+    Movers,
+    motion_payload,
+    telemetry_payload,
+)
 from actimesh.broker import wire
 from actimesh.broker.codec import encode
 from actimesh.broker.messages import DeviceKind, Presence
@@ -185,6 +202,7 @@ class LoadGenerator:
         version: int = 5,
     ) -> None:
         self.fleet = fleet
+        self.seed = seed
         self.version = version
         self.movers = Movers(fleet, seed, time.time())
         self.publisher = publisher
@@ -194,12 +212,13 @@ class LoadGenerator:
         self._cursor = 0
         self.sent = 0
         self.stream_sent = 0
-        #: Of ``stream_sent``, the messages a stalled stream skipped: counted as sent by
-        #: their schedule, never written (``bench --overload`` reports them apart).
+        #: Messages a stalled 1 Hz stream skipped (a stalled device sends only its
+        #: latest fix): never written, and not in ``stream_sent``.
         self.stream_skipped = 0
         self.stream_lag_s = 0.0
         self.streaming = False
         self._batt = 87.0
+        self._schedule: MotionSchedule | None = None
 
     def _frame_heads(self, agency: str) -> tuple[list[bytes], list[str]]:
         """Per-device MQTT frame headers (payloads have a fixed size) and topic names."""
@@ -233,6 +252,54 @@ class LoadGenerator:
             i = i + 1 if i + 1 < n else 0
         self._cursor = i
         return packets, topics, payloads
+
+    def prepare_motion(self, rate: float, duration_s: float) -> dict[str, Any]:
+        """Decide a motion-scaled stream's reports ahead (:mod:`.motion`); the next
+        :meth:`stream` sends them. Its figures: reports, epochs, mixture, reasons."""
+        motion = MotionFleet(self.fleet, self.seed, 0.0)
+        self._schedule = motion.schedule(rate, duration_s)
+        return {
+            "reports": len(self._schedule),
+            "epochs": self._schedule.epochs,
+            "heartbeat_s": motion.heartbeat_s,
+            "mixture": motion.shares(),
+            "reasons": motion.reasons(),
+        }
+
+    def _due_motion(
+        self, sched: MotionSchedule, agency: str, cursor: int, until: int, ts: float
+    ) -> tuple[int, list[bytes], list[str], list[bytes]]:
+        """The scheduled reports from ``cursor`` on whose epoch is before ``until``."""
+        heads, names = self._motion_heads(agency)
+        hb, batt = sched.heartbeat_s, self._batt
+        packets: list[bytes] = []
+        topics: list[str] = []
+        payloads: list[bytes] = []
+        end = len(sched)
+        epoch, device = sched.epoch, sched.device
+        lat, lon, acc, db, spd = sched.lat, sched.lon, sched.acc, sched.db, sched.spd
+        j = cursor
+        while j < end and epoch[j] < until:
+            i = device[j]
+            payload = motion_payload(ts, lat[j], lon[j], acc[j], batt, hb=hb, db=db[j], spd=spd[j])
+            packets.append(heads[i] + payload)
+            topics.append(names[i])
+            payloads.append(payload)
+            j += 1
+        return j, packets, topics, payloads
+
+    def _motion_heads(self, agency: str) -> tuple[list[bytes], list[str]]:
+        key = f"motion:{agency}"
+        if key not in self._frames:
+            t = self.topics[agency]
+            size = len(motion_payload(1.0, 0.0, 0.0, 0.0, 0.0, hb=1.0, db=0.0, spd=0.0))
+            names = [t.telemetry(d) for d in self.fleet.ids]
+            heads = [
+                wire.publish_packet(name, b"\0" * size, version=self.version)[:-size]
+                for name in names
+            ]
+            self._frames[key], self._names[key] = heads, names
+        return self._frames[key], self._names[key]
 
     # ------------------------------------------------------------------ presence
     async def presence(self, agency: str, start: int, count: int) -> int:
@@ -288,25 +355,46 @@ class LoadGenerator:
 
     # ------------------------------------------------------------------ telemetry
     async def stream(self, agency: str, rate: float, duration_s: float) -> None:
-        """Round-robin telemetry at ``rate`` msg/s for ``duration_s``, then stop."""
+        """Round-robin GPS epochs at ``rate`` a second for ``duration_s``, then stop: a
+        message each (1 Hz), or the due reports of :meth:`prepare_motion`'s schedule."""
+        sched, self._schedule = self._schedule, None
+        if sched is not None and sched.rate != rate:
+            raise ValueError(f"the motion schedule is for {sched.rate:g} epochs/s, not {rate:g}")
+        # Every device's frame header before the clock starts: built on the first tick,
+        # 100,000 of them stall it past _MAX_BURST_S and skip that many epochs.
+        if sched is None:
+            self._frame_heads(agency)
+        else:
+            self._motion_heads(agency)
         self.streaming = True
-        self.stream_sent = 0
-        self.stream_skipped = 0
+        self.stream_sent = self.stream_skipped = 0
+        epochs = cursor = 0
         start = time.monotonic()
         try:
             while (elapsed := time.monotonic() - start) < duration_s:
-                due = int(rate * elapsed) - self.stream_sent
+                due = int(rate * elapsed) - epochs
                 cap = max(1, int(rate * _MAX_BURST_S))
                 if due > cap:
                     self.stream_lag_s = max(self.stream_lag_s, (due - cap) / rate)
-                    self.stream_sent += due - cap  # skipped: a stalled device sends its latest
-                    self.stream_skipped += due - cap
+                    if sched is None:  # a stalled device sends only its latest fix
+                        epochs += due - cap
+                        self.stream_skipped += due - cap
+                    # A motion-scaled report is sent late, never skipped: its device
+                    # decided to send it, and a standing one skipped would say nothing
+                    # until its next heartbeat, a gap no device leaves.
                     due = cap
                 if due > 0:
-                    packets, topics, payloads = self._next(agency, due, time.time())
-                    await self.publisher.send(packets, topics, payloads)
-                    self.stream_sent += due
-                    self.sent += due
+                    epochs += due
+                    if sched is None:
+                        packets, topics, payloads = self._next(agency, due, time.time())
+                    else:
+                        cursor, packets, topics, payloads = self._due_motion(
+                            sched, agency, cursor, epochs, time.time()
+                        )
+                    if packets:
+                        await self.publisher.send(packets, topics, payloads)
+                    self.stream_sent += len(packets)
+                    self.sent += len(packets)
                 await asyncio.sleep(_TICK_S)
         finally:
             self.streaming = False
@@ -333,11 +421,10 @@ class LoadGenerator:
         turn = 0
         try:
             while (elapsed := time.monotonic() - start) < duration_s:
-                due = int(rate * elapsed) - self.stream_sent
+                due = int(rate * elapsed) - self.stream_sent - self.stream_skipped
                 cap = max(1, int(rate * _MAX_BURST_S))
                 if due > cap:
                     self.stream_lag_s = max(self.stream_lag_s, (due - cap) / rate)
-                    self.stream_sent += due - cap
                     self.stream_skipped += due - cap
                     due = cap
                 new = _TS_PREFIX + _TS.pack(time.time())

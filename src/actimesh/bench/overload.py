@@ -193,9 +193,9 @@ def _figures(
     e0, e1 = engine
     out = probe_figures(probe)
     out.pop("samples")
-    scheduled = int(g1["sent"])  # the stream's counters start at 0 with each stream
+    written = int(g1["sent"])  # the stream's counters start at 0 with each stream
     skipped = int(g1["skipped"])
-    written = scheduled - skipped
+    scheduled = written + skipped
     at_engine = _delta(e1, e0, "telemetry_received")
     queue = _delta(e1, e0, "telemetry_dropped")
     superseded = _delta(e1, e0, "telemetry_superseded")

@@ -270,6 +270,12 @@ def table(runs: Sequence[Mapping[str, Any]]) -> Table:
     return t
 
 
+def _load(run: Mapping[str, Any]) -> str:
+    if run.get("settings", {}).get("telemetry") == "motion":
+        return "motion-scaled"
+    return f"{run['rate_hz']:g} Hz"
+
+
 def plot(runs: Sequence[Mapping[str, Any]], path: Path) -> bool:
     """Latency distributions side by side, one panel per fleet size. False without
     matplotlib (``pip install actimesh[bench]``)."""
@@ -303,7 +309,7 @@ def plot(runs: Sequence[Mapping[str, Any]], path: Path) -> bool:
         ax.set_yscale("log")
         ax.set_ylabel("latency at the receiving camera (ms)")
         ax.set_title(
-            f"{run['devices']:,} devices at {run['rate_hz']:g} Hz, "
+            f"{run['devices']:,} devices, {_load(run)}, "
             f"{run['triggers_per_s']:g} triggers/s\n"
             f"p99 ratio {run['p99_ratio_vs_broker']:.2f}",
             fontsize=10,

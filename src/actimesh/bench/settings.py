@@ -7,10 +7,12 @@ from dataclasses import dataclass, replace
 
 from actimesh.errors import ConfigError
 
-__all__ = ["SWEEP_DEVICES", "BenchSettings"]
+__all__ = ["SWEEP_DEVICES", "TELEMETRY_MODES", "BenchSettings"]
 
 #: Fleet sizes of ``actimesh bench --sweep``.
 SWEEP_DEVICES = (1_000, 10_000, 100_000)
+#: How the bench's devices send telemetry (``--telemetry``).
+TELEMETRY_MODES = ("1hz", "motion")
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +48,9 @@ class BenchSettings:
     seed: int = 6
     #: On a 3-node NATS cluster (``--cluster``) instead of the managed Mosquitto.
     cluster: bool = False
+    #: ``1hz`` (a message per device per epoch) or ``motion`` (the devices' motion-scaled
+    #: reporting, bench/motion.py); ``rate_hz`` is the GPS epoch rate either way.
+    telemetry: str = "1hz"
 
     def __post_init__(self) -> None:
         if self.devices < 8:
@@ -58,6 +63,10 @@ class BenchSettings:
             raise ConfigError("bench needs warmup_s >= 0, flood_messages >= 1000, rounds >= 1")
         if self.publisher not in ("raw", "paho"):
             raise ConfigError(f"--publisher must be raw or paho, got {self.publisher!r}")
+        if self.telemetry not in TELEMETRY_MODES:
+            raise ConfigError(f"--telemetry must be 1hz or motion, got {self.telemetry!r}")
+        if self.cluster and self.telemetry != "1hz":
+            raise ConfigError("--cluster runs at 1 Hz: drop --telemetry motion or --cluster")
         if self.cluster and (self.publisher != "raw" or self.search):
             raise ConfigError(
                 "--cluster runs with the raw publisher and without --search: drop those options"

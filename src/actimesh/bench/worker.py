@@ -92,7 +92,8 @@ async def _engine(cfg: Config) -> None:
 
         async def trace(_: Config) -> Config:
             lag, eut.loop_lag_ms = eut.loop_lag_ms, []
-            return {"stamps": eut.trace(), "loop_lag_ms": lag}
+            pauses = [] if eut.gc_pauses is None else eut.gc_pauses.take()
+            return {"stamps": eut.trace(), "loop_lag_ms": lag, "gc": pauses}
 
         rpc = Rpc(
             {"stats": stats, "arm": arm, "collect": collect, "queries": queries, "trace": trace}
@@ -151,6 +152,9 @@ async def _loadgen(cfg: Config) -> None:
             "lag_s": gen.stream_lag_s,
         }
 
+    async def prepare_motion(args: Config) -> Config:
+        return gen.prepare_motion(float(args["rate"]), float(args["duration_s"]))
+
     async def prepare(args: Config) -> Config:
         prepared[args["agency"]] = gen.prepare_flood(args["agency"], int(args["count"]))
         return {}
@@ -167,6 +171,7 @@ async def _loadgen(cfg: Config) -> None:
             "stream": stream,
             "status": status,
             "prepare": prepare,
+            "prepare_motion": prepare_motion,
             "flood": flood,
         }
     )

@@ -15,8 +15,9 @@ between them.
   position); either way all four cameras of the scene must be commanded.
 
 Telemetry payloads are packed with a fixed layout (a msgpack map of seven keys with
-float64 values) so the load generator spends well under a microsecond per message; a
-test checks the bytes decode to a valid :class:`~actimesh.broker.messages.Telemetry`.
+float64 values; ten with ``hb``, ``db`` and ``spd`` for a motion-scaled report) so the
+load generator spends well under a microsecond per message; a test checks the bytes
+decode to a valid :class:`~actimesh.broker.messages.Telemetry`.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ __all__ = [
     "Movers",
     "Scene",
     "build_fleet",
+    "motion_payload",
     "telemetry_payload",
 ]
 
@@ -204,3 +206,22 @@ _TELEMETRY = struct.Struct(
 def telemetry_payload(ts: float, lat: float, lon: float, acc: float, batt: float) -> bytes:
     """A Telemetry payload (state ``buffering``) in msgpack, packed with a fixed layout."""
     return _TELEMETRY.pack(_HEAD, ts, _STATE, lat, _LON, lon, _ACC, acc, _BATT, batt)
+
+
+# The same, then {"hb": f64, "db": f64, "spd": f64}: a motion-scaled report (bench/motion.py)
+_MOTION_HEAD = b"\x8a\xa1v\x01\xa2ts\xcb"
+_HB = b"\xa2hb\xcb"
+_DB = b"\xa2db\xcb"
+_SPD = b"\xa3spd\xcb"
+_MOTION = struct.Struct(
+    f">{len(_MOTION_HEAD)}sd{len(_STATE)}sd{len(_LON)}sd{len(_ACC)}sd{len(_BATT)}sd"
+    f"{len(_HB)}sd{len(_DB)}sd{len(_SPD)}sd"
+)
+
+
+def motion_payload(
+    ts: float, lat: float, lon: float, acc: float, batt: float, *, hb: float, db: float, spd: float
+) -> bytes:
+    """A motion-scaled Telemetry payload (``hb``, ``db``, ``spd``), fixed layout."""
+    fields = (_MOTION_HEAD, ts, _STATE, lat, _LON, lon, _ACC, acc, _BATT, batt)
+    return _MOTION.pack(*fields, _HB, hb, _DB, db, _SPD, spd)

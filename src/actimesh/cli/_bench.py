@@ -11,6 +11,7 @@ from typing import Any
 from rich.console import Console
 
 from actimesh.cli._common import EXIT_OK, positive_int, run_async
+from actimesh.errors import ConfigError
 
 __all__ = ["add_parser", "run"]
 
@@ -82,6 +83,17 @@ def add_parser(sub: Any) -> None:
     bench.add_argument(
         "--trace", action="store_true", help="split each trigger's latency into its hops"
     )
+    bench.add_argument(
+        "--telemetry",
+        choices=["1hz", "motion"],
+        default=d.telemetry,
+        help="devices report every GPS epoch (1hz, default) or motion-scaled",
+    )
+    bench.add_argument(
+        "--side-by-side",
+        action="store_true",
+        help="the same fleet at 1 Hz, then motion-scaled, in one run (docs/PERFORMANCE.md)",
+    )
     bench.add_argument("--seed", type=int, default=d.seed, help="fleet seed")
     bench.add_argument(
         "--json",
@@ -100,6 +112,7 @@ def add_parser(sub: Any) -> None:
 def run(args: argparse.Namespace, console: Console) -> int:
     """``actimesh bench``."""
     from actimesh.bench import BenchSettings, bench  # noqa: PLC0415 - keep `--help` fast
+    from actimesh.bench.sidebyside import bench_side_by_side  # noqa: PLC0415
 
     if args.overload:
         return _overload(args, console)
@@ -111,6 +124,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         "seed": args.seed,
         "trace": args.trace,
         "cluster": args.cluster,
+        "telemetry": args.telemetry,
     }
     if not args.smoke:
         overrides |= {
@@ -121,6 +135,11 @@ def run(args: argparse.Namespace, console: Console) -> int:
             "flood_messages": args.flood,
         }
     settings = replace(base, **overrides)
+    if args.side_by_side:
+        if args.sweep:
+            raise ConfigError("--side-by-side runs one fleet size: drop --sweep")
+        run_async(bench_side_by_side(settings, console, json_path=args.json, plot_path=args.plot))
+        return EXIT_OK
     run_async(bench(settings, console, sweep=args.sweep, json_path=args.json, plot_path=args.plot))
     return EXIT_OK
 
