@@ -33,9 +33,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.time_limit(150)]
 #: kill: 2 of 5; the freeze: 2 of 6; the network cut: each of its 4 runs, its devices
 #: finding out only after their keepalive, up to 30 s). Holding such a camera until its
 #: next fix is not built. A test that passes either way proves nothing, and one that fails
-#: now and then
-#: is a flaky CI: `actimesh drill --faults --cluster` runs and reports them, and they
-#: join the suite once the loss is fixed. (Late triggers that found the cameras' fixes
+#: now and then is a flaky CI: `actimesh drill --faults --cluster` runs and reports them,
+#: and they join the suite once the loss is fixed. (Late triggers that found the cameras' fixes
 #: too new are now judged on each camera's track: that loss is fixed.)
 _OPEN = ("camera's node kill -9", "stream leader kill -9", "node cut off (network)")
 _HOLDING = [name for name, _ in CLUSTER_SCENARIOS if name not in _OPEN]
