@@ -122,9 +122,12 @@ async def test_the_latest_stream_keeps_each_devices_newest_fix_in_its_place(
             got.extend(batch)
 
     topic = f"am/v1/{agency}/dev/+/telemetry"
-    sub = LatestStreamSubscriber(settings(broker_host, broker_port, topic), handler)
+    sub = LatestStreamSubscriber(
+        settings(broker_host, broker_port, topic), handler, supersede_above=7
+    )
     # The first message is held by the handler; behind it 7 devices report 100 times
-    # each, round robin: each device keeps its place in line with its newest fix.
+    # each, round robin: once 7 wait (it is behind), each device keeps its place in line
+    # with its newest fix.
     first = wire.publish_packet(f"am/v1/{agency}/dev/first/telemetry", b"first")
     frames = [
         wire.publish_packet(f"am/v1/{agency}/dev/d{i % 7}/telemetry", b"%d" % i) for i in range(700)
@@ -141,6 +144,41 @@ async def test_the_latest_stream_keeps_each_devices_newest_fix_in_its_place(
     assert [int(p) for _, p in got] == list(range(693, 700))
     assert sub.stats.superseded == 700 - 7
     assert sub.stats.dropped_incoming == 0
+
+
+async def test_the_latest_stream_hands_over_every_message_while_it_keeps_up(
+    broker_host: str, broker_port: int, agency: str
+) -> None:
+    # Below its shedding point every message reaches the engine: a malformed one is
+    # dead-lettered and a device's flood is charged to its rate budget.
+    release = asyncio.Event()
+    got: list[Publish] = []
+    held: list[Publish] = []
+
+    async def handler(batch: Sequence[Publish]) -> None:
+        if not held:
+            held.extend(batch)
+            await release.wait()
+        else:
+            got.extend(batch)
+
+    topic = f"am/v1/{agency}/dev/+/telemetry"
+    sub = LatestStreamSubscriber(
+        settings(broker_host, broker_port, topic), handler, supersede_above=100
+    )
+    first = wire.publish_packet(f"am/v1/{agency}/dev/first/telemetry", b"first")
+    frames = [
+        wire.publish_packet(f"am/v1/{agency}/dev/d{i % 3}/telemetry", b"%d" % i) for i in range(60)
+    ]
+    async with running(sub):
+        await asyncio.to_thread(publish_raw, broker_host, broker_port, [first])
+        await eventually(lambda: held)
+        await asyncio.to_thread(publish_raw, broker_host, broker_port, frames)
+        await eventually(lambda: sub.stats.received == 61)
+        release.set()
+        await eventually(lambda: len(got) == 60)
+    assert [int(p) for _, p in got] == list(range(60))
+    assert sub.stats.superseded == 0
 
 
 async def test_the_latest_stream_drops_the_longest_waiting_device_beyond_its_bound(

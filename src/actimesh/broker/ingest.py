@@ -24,9 +24,9 @@ differences that matter:
 * The backlog is bounded (``max_queued_incoming`` messages); beyond it the *oldest*
   messages are dropped, because a fresher fix of the same device is behind them, and
   every drop is counted.
-* :class:`LatestStreamSubscriber`, the engine's, keeps one message per topic (device):
-  a newer fix replaces the one still waiting, in its place in line, and the older is
-  counted as ``superseded``. It also reads up to 128 KiB per wake-up, well ahead of
+* :class:`LatestStreamSubscriber`, the engine's, keeps one message per topic (device)
+  once it is behind: a newer fix replaces the one still waiting, in its place in line,
+  and the older is counted as ``superseded``. It also reads up to 128 KiB per wake-up, well ahead of
   what it hands over, so under overload the broker's queue for this connection stays
   short and the shedding happens here, oldest positions first, rather than in the
   broker, which drops the *newest* messages of a full queue, uncounted by the engine,
@@ -477,13 +477,17 @@ class StreamSubscriber(LeanSubscriber[Publish]):
 
 
 class LatestStreamSubscriber(LeanSubscriber[Publish]):
-    """A :class:`StreamSubscriber` that keeps only the newest message of each topic.
+    """A :class:`StreamSubscriber` that, once behind, keeps only each topic's newest message.
 
-    A device's waiting fix is replaced by its newer one, in its place in line (the
-    device waits no longer for having reported again), and the older counts as
-    ``superseded``. Beyond ``max_queued_incoming`` topics waiting, the topic waiting
-    longest is dropped and counted. Reads are larger than the batches, so the backlog
-    (and the choice of what to shed) is here rather than in the broker's queue.
+    While fewer than ``supersede_above`` messages wait, every message is handed over:
+    the engine then sees each one, so a malformed one is dead-lettered and a device's
+    flood is charged to its rate budget and quarantined. Once more wait (the engine is
+    behind), a device's waiting message is replaced by its newer one, in its place in
+    line (the device waits no longer for having reported again), and the older counts as
+    ``superseded``: shedding, as the overload needs it. Beyond ``max_queued_incoming``
+    messages waiting, the one waiting longest is dropped and counted. Reads are larger
+    than the batches, so the backlog (and the choice of what to shed) is here rather
+    than in the broker's queue.
     """
 
     def __init__(
@@ -494,32 +498,50 @@ class LatestStreamSubscriber(LeanSubscriber[Publish]):
         batch_size: int = 256,
         read_size: int = 128 * 1024,
         coalesce_s: float = 0.002,
+        supersede_above: int = 4 * 256,
     ) -> None:
         super().__init__(
             settings, handler, batch_size=batch_size, read_size=read_size, coalesce_s=coalesce_s
         )
-        self._pending: collections.OrderedDict[bytes, bytes] = collections.OrderedDict()
+        #: Waiting messages, oldest first; each a ``[topic, payload]`` cell, so that a
+        #: newer message of the same topic can take its place.
+        self._line: collections.deque[list[bytes]] = collections.deque()
+        #: Each topic's newest cell still in line.
+        self._newest: dict[bytes, list[bytes]] = {}
         self._limit = max(1, settings.max_queued_incoming)
+        self._supersede_above = supersede_above
 
     @property
     def backlog(self) -> int:
-        return len(self._pending)
+        return len(self._line)
 
     def _take(self, _conn: _Connection, buf: bytearray, first: int, start: int, end: int) -> None:
         topic, payload = wire.split_publish(buf, first, start, end)
-        pending = self._pending
-        if topic in pending:
-            pending[topic] = payload
-            self.stats.superseded += 1
-            return
-        if len(pending) >= self._limit:
-            pending.popitem(last=False)
+        line, newest = self._line, self._newest
+        if len(line) >= self._supersede_above:
+            cell = newest.get(topic)
+            if cell is not None:
+                cell[1] = payload
+                self.stats.superseded += 1
+                return
+        if len(line) >= self._limit:
+            self._forget(line.popleft())
             self.stats.dropped_incoming += 1
-        pending[topic] = payload
+        cell = [topic, payload]
+        line.append(cell)
+        newest[topic] = cell
+
+    def _forget(self, cell: list[bytes]) -> None:
+        if self._newest.get(cell[0]) is cell:
+            del self._newest[cell[0]]
 
     def _next_batch(self) -> list[Publish]:
-        pending = self._pending
-        return [pending.popitem(last=False) for _ in range(min(len(pending), self.batch_size))]
+        line, batch = self._line, []
+        for _ in range(min(len(line), self.batch_size)):
+            cell = line.popleft()
+            self._forget(cell)
+            batch.append((cell[0], cell[1]))
+        return batch
 
     @staticmethod
     def _topic(item: Publish) -> bytes:
