@@ -21,7 +21,7 @@ from actimesh.broker.nats import (
     subject_to_topic,
     topic_to_subject,
 )
-from actimesh.broker.nats.cluster import render_node_config
+from actimesh.broker.nats.cluster import DEFAULT_PING_S, render_node_config
 from actimesh.broker.nats.subjects import jetstream_name
 from actimesh.broker.topics import IDENTIFIER_PATTERN, DeviceChannel, Topics
 from tests.broker.nats_secured import TESTER, access_for, engine_transport
@@ -82,7 +82,7 @@ def test_the_node_config_names_the_other_nodes_and_the_replicas(tmp_path: Path) 
         assert node.ports.route_url in text
     assert "stream_replicas: 3" in text
     assert f"127.0.0.1:{cluster.nodes[0].mqtt_port}" in text
-    assert "ping_interval" not in text  # the server's own default, unless asked
+    assert f'ping_interval: "{DEFAULT_PING_S}s"' in text  # partitions noticed in 20 to 30 s
 
 
 def test_a_node_on_a_host_of_its_own_is_routed_there_and_started_there(tmp_path: Path) -> None:
