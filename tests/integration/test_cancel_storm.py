@@ -3,11 +3,19 @@
 A cancellation that is lost (Python 3.11's ``asyncio.wait_for`` swallowing it as the
 awaited future completes, a shield, a loop catching ``CancelledError``) shows up only
 when it arrives at one particular moment, so this test asks at many moments: an engine
-replica, a device agent and a dispatch service are each started and cancelled hundreds
-of times (1,000 cancellations in all) at random points of their lives (before they ran
-at all, while connecting, subscribing, warming up, planning and confirming), while a
+replica, a device agent and a dispatch service are each started and cancelled a hundred
+times or more (500 cancellations in all) at random points of their lives (before they
+ran at all, while connecting, subscribing, warming up, planning and confirming), while a
 mesh beside them carries live traffic: telemetry, TASER draws, commands,
 acknowledgements and activation records.
+
+Why 500 and not more: the rounds are mostly waiting (a round lasts its random moment,
+about 50 ms on average, and every 20th waits for readiness), so the test's time grows
+with them; at 1,000 it took 70 s of the suite's 13 minutes. 500 still reach every stage
+of each part tens of times (per part, 10% before it ran, half within 10 ms, a third
+within 10-100 ms, and at least 5 in steady work), and a cancellation lost one time in
+twenty at one stage still fails it (checked by swallowing one in the agent's telemetry
+loop).
 
 Each must be done soon after its cancel (an engine or an agent within 1 s; the dispatch
 within its HTTP server's graceful shutdown window), cancelled rather than failed, and
@@ -42,8 +50,8 @@ from tests.waiting import eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.time_limit(240)]
 
-#: Cancels per part: 1,000 in all.
-ROUNDS = {"engine": 400, "agent": 400, "dispatch": 200}
+#: Cancels per part: 500 in all (the module docstring says why not more).
+ROUNDS = {"engine": 200, "agent": 200, "dispatch": 100}
 #: How soon each part must be done after its cancel. A lost cancellation shows as a
 #: part still running long after; these limits only have to be well above a healthy
 #: stop. The dispatch's web server gives requests in flight a graceful window of its
@@ -136,7 +144,7 @@ async def traffic(m: Mesh) -> AsyncIterator[None]:
         task.cancel()
 
 
-async def test_a_thousand_cancellations_each_stop_at_once_and_leave_nothing(
+async def test_hundreds_of_cancellations_each_stop_at_once_and_leave_nothing(
     agency: str, broker_port: int, tmp_path: Path
 ) -> None:
     rng = random.Random(20261206)
@@ -202,7 +210,7 @@ async def test_a_thousand_cancellations_each_stop_at_once_and_leave_nothing(
         await eventually(lambda: engine.stats.activations > handled_before + 5, timeout=10)
 
     report = {s.name: (s.rounds, s.reached_ready, round(s.slowest_stop_s, 3)) for s in storms}
-    assert sum(s.rounds for s in storms) >= 1000
+    assert sum(s.rounds for s in storms) >= 500
     for storm in storms:
         assert not storm.failures, f"{storm.name}: {storm.failures[:5]} ({report})"
         assert storm.slowest_stop_s <= STOP_LIMITS_S[storm.name], report
