@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+import threading
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -70,7 +71,9 @@ def registry_location(parser: argparse.ArgumentParser) -> None:
 
 
 def run_async(coro: Coroutine[Any, Any, T]) -> T:
-    """Run ``coro``; SIGTERM cancels it the same way Ctrl-C does."""
+    """Run ``coro``; SIGINT (Ctrl-C) cancels it, however the command was started, and
+    SIGTERM cancels it the same way."""
+    _heed_sigint()
 
     async def wrapper() -> T:
         task = asyncio.current_task()
@@ -80,3 +83,20 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
         return await coro
 
     return asyncio.run(wrapper())
+
+
+def _heed_sigint() -> None:
+    """Take SIGINT back if it was inherited ignored.
+
+    A shell without job control (a script, or ``cmd &`` in a subshell) starts
+    background commands with SIGINT ignored, and Python then leaves it ignored: asyncio
+    installs its Ctrl-C handler only over the default one. ``actimesh up`` started that
+    way went on running after ``kill -INT`` (or a test's Ctrl-C to its process group)
+    until SIGKILL, which stops neither its broker gracefully nor its web children. The
+    commands that run until stopped promise that Ctrl-C stops them, so they heed it.
+    """
+    if (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    ):
+        signal.signal(signal.SIGINT, signal.default_int_handler)
