@@ -44,6 +44,7 @@ from actimesh.triggers.alerts import Alerts
 from actimesh.triggers.commands import Commander
 from actimesh.triggers.delivery import DeliveryTracker
 from actimesh.triggers.fleet import DeviceInfo, Fleet, LastFix
+from actimesh.triggers.followup import FollowUps
 from actimesh.triggers.persistence import AckWriter
 from actimesh.triggers.planning import Planner
 from actimesh.triggers.refusals import Refusals
@@ -84,7 +85,9 @@ class Intake:
         clock: Callable[[], float],
         dispatch_source: str | None,
         owntracks: bool = False,
+        follow_ups: FollowUps | None = None,
     ) -> None:
+        self._follow_ups = follow_ups
         self._topics = topics
         self._settings = settings
         self._fleet = fleet
@@ -259,10 +262,14 @@ class Intake:
         # by the other).
         info.motion = motion
         info.fix_ts = ts
+        spd = None if motion is None else motion[2]
         if ts - info.track_ts >= TRACK_STEP_S:
-            spd = None if motion is None else motion[2]
             info.track = keep(info.track, PastFix(ts, lat, lon, acc, spd))
             info.track_ts = ts
+        if self._follow_ups is not None:
+            # A camera held for a fix after its trigger's event (.followup) is held
+            # because its telemetry stopped: its next fix comes after a gap, this way.
+            self._follow_ups.on_fix(info.device_id, PastFix(ts, lat, lon, acc, spd))
 
     def _within_rate(self, device_id: str, info: DeviceInfo | None, now: float) -> bool:
         """Take one of a known device's telemetry tokens; False (counted) if none."""
