@@ -16,8 +16,9 @@ camera moving fast enough to have crossed more than 6 m in the gap is judged by 
 speed its two fixes report (:meth:`~actimesh.geofence.InclusionPolicy.judge_between`).
 
 Held cameras wait ``follow_up_s`` (20 s) after the event. The intake tells this module
-of each fix it indexes after a gap in a device's telemetry (:meth:`FollowUps.on_fix`;
-the engine's hot path, a device reporting every second, never calls it): a held
+of each fix it indexes after a gap in a device's telemetry of ``max_fix_age_s`` or more
+(:meth:`FollowUps.on_fix`; the engine's hot path, a device reporting every second, never
+calls it), which every held camera's next fix follows: a held
 camera's first fix after the event is judged with its fix before it, exactly as a late
 trigger is (reason ``proximity_between``). WITHIN: it is commanded in a **follow-up
 activation**. Anything else: it stays left out, its ``stale`` row stands, counted
@@ -122,6 +123,11 @@ class FollowUps:
         self._by_camera: dict[str, set[str]] = {}
         self._count = 0
         self._wake = asyncio.Event()
+
+    @property
+    def gap_s(self) -> float:
+        """The shortest gap in a camera's telemetry that can have made it held."""
+        return self._policy().max_fix_age_s
 
     def __len__(self) -> int:
         """Cameras held now."""

@@ -156,7 +156,7 @@ class Intake:
         max_age, max_skew = self._settings.max_event_age_s, self._settings.max_clock_skew_s
         oldest, newest = now - max_age, now + max_skew
         fleet, index, stats = self._fleet, self._index, self._stats
-        step = TRACK_STEP_S
+        step = self._gap_s()
         source = self._telemetry_source
         rate, burst = self._settings.telemetry_rate_per_s, self._settings.telemetry_burst
         owntracks = self._owntracks
@@ -200,6 +200,15 @@ class Intake:
                     info.fix_ts = ts
             else:
                 self._indexed(info, lat, lon, acc, ts, motion=motion)
+
+    def _gap_s(self) -> float:
+        """The gap in a device's telemetry from which a fix takes the slow path
+        (:meth:`_indexed`): the track's step, or less. A camera held for a follow-up
+        (:mod:`.followup`) has had no fix for the freshness limit at least, and the slow
+        path is the one that tells the follow-ups of its next."""
+        if self._follow_ups is None:
+            return TRACK_STEP_S
+        return min(TRACK_STEP_S, self._follow_ups.gap_s)
 
     def _on_owntracks(self, topic: bytes, payload: bytes, now: float) -> None:
         """An OwnTracks message: a location is the device's fix, as its telemetry would
