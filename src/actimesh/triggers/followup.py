@@ -60,7 +60,7 @@ from actimesh.broker.messages import Event, activation_id
 from actimesh.geofence import InclusionPolicy
 from actimesh.ledger import DecisionRow
 from actimesh.triggers.commands import Commander
-from actimesh.triggers.fanout import Exclusion, Plan, Target, _judged_between
+from actimesh.triggers.fanout import Exclusion, Plan, Target, judged_between
 from actimesh.triggers.fleet import Fleet
 from actimesh.triggers.persistence import Decided, Persister
 from actimesh.triggers.settings import EngineSettings
@@ -185,7 +185,7 @@ class FollowUps:
         if info is None or plan.lat is None or plan.lon is None:
             return
         targets: dict[str, Target] = {}
-        row = _judged_between(
+        row = judged_between(
             (before, after),
             origin.event,
             at=(plan.lat, plan.lon, plan.acc),
