@@ -272,3 +272,17 @@ def test_replayed_activation_counts_from_its_own_time() -> None:
     assert st(view.cameras["bwc"]) is CameraStatus.NO_ACK
     (alert,) = s.alerts.values()
     assert alert.ts == T0 + 5.0  # when it really timed out, not when the map restarted
+
+
+def test_a_follow_up_shows_as_its_own_activation_linked_to_the_first() -> None:
+    s = state()
+    assert s.activation(record("act-1", "bwc"), T0)
+    follow_up = record("act-2", "late-bwc", ts=T0 + 3.0).model_copy(update={"follows": "act-1"})
+    assert s.activation(follow_up, T0 + 3.0)
+    # The late camera's answer references the follow-up, and moves it there.
+    s.ack("late-bwc", ack("act-2", AckStatus.RECORDING, T0 + 3.2), T0 + 3.2)
+    assert st(s.activations["act-2"].cameras["late-bwc"]) is CameraStatus.RECORDING
+    shown = {a["aid"]: a for a in s.snapshot(T0 + 4.0)["activations"]}
+    assert shown["act-2"]["follows"] == "act-1"
+    assert shown["act-1"]["follows"] is None
+    assert [c["id"] for c in shown["act-2"]["cameras"]] == ["late-bwc"]

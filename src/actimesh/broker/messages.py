@@ -421,6 +421,11 @@ class Activation(Message):
     by: ShortText | None = None
     #: Every camera near the event that was not commanded, with why, sorted by id.
     left_out: Annotated[tuple[LeftOut, ...], Field(max_length=10_000)] = ()
+    #: A follow-up activation (triggers/followup.py): the activation of the same
+    #: trigger event that this one follows. It commands cameras whose fix was stale when
+    #: the trigger was judged and whose next fix put them within the radius at the
+    #: event's time. Readers older than this field refuse a record that has it.
+    follows: Identifier | None = None
 
 
 class DeadLetter(Message):

@@ -142,7 +142,9 @@ class Camera:
     ``late_allowance_s`` is how late (on this camera's clock, after the event) a command
     may arrive and still be owed the full pre-roll: the buffer keeps that much history
     beyond the pre-roll. Clock skew between the sensor and the camera counts against it.
-    A later command still records, and reports the smaller coverage it got.
+    A later command still records, and reports the smaller coverage it got. 30 s by
+    default: a follow-up command (the engine's ``follow_up_s``, 20 s, plus its delivery)
+    comes that late and is owed the full pre-roll too.
 
     ``remember_activations`` bounds the memory of activation ids used to answer
     repeated commands (QoS 1 redelivery) without opening a second recording.
@@ -166,7 +168,7 @@ class Camera:
         *,
         started_at: float,
         pre_roll_s: float = 30.0,
-        late_allowance_s: float = 10.0,
+        late_allowance_s: float = 30.0,
         remember_activations: int = 1024,
         signing_key: Ed25519PrivateKey | None = None,
         stealth: StealthPolicy = StealthPolicy.OFFICER,

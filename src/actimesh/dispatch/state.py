@@ -231,6 +231,9 @@ class ActivationView:
             "pre": r.pre,
             "by": r.by,
             "excluded": r.excluded,
+            # A follow-up (cameras whose fix came after the trigger was judged) shows as
+            # its own activation, linked to the one it follows.
+            "follows": r.follows,
             "received": self.received,
             "deadline": self.deadline,
             "unit": self.unit,

@@ -8,6 +8,12 @@ twice), whether the ledger's chain verifies, and the time from the fault to the 
 activation served after it (the first camera to start recording for a trigger raised
 after the fault struck). Any loss or duplicate fails; answers missing from the ledger are
 reported, not failed on yet (docs/SCALING.md).
+
+A camera commanded in a follow-up activation (triggers/followup.py: its fix was stale
+when the trigger was judged, its next one put it within) records for the follow-up's id,
+not the trigger's: it counts as recording the trigger, since its command names the
+trigger's source and event, and the follow-up's ledger row (``follows`` in its rule
+document) is neither a duplicate nor a lost activation. Such cameras are counted apart.
 """
 
 from __future__ import annotations
@@ -22,7 +28,8 @@ from rich.console import Console
 from rich.table import Table
 
 from actimesh.audit import verify_ledger
-from actimesh.broker.messages import AckStatus
+from actimesh.broker.messages import AckStatus, activation_id
+from actimesh.devices.camera_part import ReceivedCommand
 from actimesh.drills.fault_fleet import PRE_ROLL_S, Burst, Fleet
 from actimesh.ledger import Ledger, open_ledger
 
@@ -49,6 +56,9 @@ class FaultResult:
     #: Cameras commanded on their fixes either side of a late trigger (``proximity_between``):
     #: how often the fault delayed a trigger past the cameras' telemetry.
     judged_between: int = 0
+    #: Cameras commanded in follow-up activations, and how many follow-ups there were.
+    follow_up_cameras: int = 0
+    follow_ups: int = 0
     #: Seconds from the fault to the first camera recording for a trigger raised after it.
     recovery_s: float | None = None
     problems: list[str] = field(default_factory=list)
@@ -78,12 +88,19 @@ class FaultReport:
         return all(r.ok for r in self.results)
 
 
+def _for(r: ReceivedCommand, aid: str) -> bool:
+    """Whether command ``r`` serves the trigger of activation ``aid``: its own command,
+    or a follow-up's (which names the trigger's source and event)."""
+    return r.command.aid == aid or activation_id(r.command.src, r.command.eid) == aid
+
+
 def _recording(fleet: Fleet, camera: str, aid: str) -> list[float]:
-    """When ``camera`` answered ``recording`` to activation ``aid`` (wall clock)."""
+    """When ``camera`` answered ``recording`` to activation ``aid`` or one of its
+    follow-ups (wall clock)."""
     return [
         r.received_at
         for r in fleet.cameras[camera].received
-        if r.command.aid == aid and r.result.status is AckStatus.RECORDING
+        if _for(r, aid) and r.result.status is AckStatus.RECORDING
     ]
 
 
@@ -107,7 +124,11 @@ async def settle(fleet: Fleet, burst: Burst, timeout_s: float = _SETTLE_TIMEOUT_
 
 
 async def _answers_in(
-    store: Ledger, fleet: Fleet, burst: Burst, timeout_s: float = _ANSWERS_TIMEOUT_S
+    store: Ledger,
+    fleet: Fleet,
+    burst: Burst,
+    follow_ups: dict[str, list[str]],
+    timeout_s: float = _ANSWERS_TIMEOUT_S,
 ) -> tuple[int, list[str]]:
     """How many expected cameras' ``recording`` answers the ledger holds, once all are
     there or after ``timeout_s`` (the engines write them after the cameras sent them),
@@ -120,7 +141,10 @@ async def _answers_in(
             while True:
                 held.clear()
                 for aid in {aid for aid, _ in wanted - found}:
-                    for row in await store.acks(aid):
+                    rows = await store.acks(aid)
+                    for follow_up in follow_ups.get(aid, ()):
+                        rows += await store.acks(follow_up)
+                    for row in rows:
                         held.setdefault((aid, row.device_id), []).append(row.status)
                         if row.status == AckStatus.RECORDING.value:
                             found.add((aid, row.device_id))
@@ -135,6 +159,24 @@ async def _answers_in(
     return len(wanted & found), missing[:5]
 
 
+async def _follow_ups(
+    store: Ledger, others: set[str], aids: set[str], result: FaultResult
+) -> dict[str, list[str]]:
+    """The follow-up activations among ``others`` (ledger rows that are not one of the
+    triggers), by the trigger's activation; every other row is counted a duplicate."""
+    follow_ups: dict[str, list[str]] = {}
+    for other in sorted(others):
+        found = await store.activation(other)
+        follows = None if found is None else found[0].rule.get("follows")
+        if found is not None and isinstance(follows, str) and follows in aids:
+            follow_ups.setdefault(follows, []).append(other)
+            result.follow_ups += 1
+            result.follow_up_cameras += sum(1 for d in found[1] if d.commanded)
+        else:
+            result.duplicates += 1
+    return follow_ups
+
+
 async def measure(
     fleet: Fleet, burst: Burst, name: str, ledger: Path | str, agency: str
 ) -> FaultResult:
@@ -145,9 +187,10 @@ async def measure(
     async with open_ledger(ledger, agency=agency, create=False) as store:
         in_ledger = set(await store.activation_ids(limit=1_000_000))
         result.activations = len(in_ledger & set(aids))
-        # Every row must be one of our triggers: anything else is a duplicate activation.
-        result.duplicates += len(in_ledger - set(aids))
-        result.answered, result.notes = await _answers_in(store, fleet, burst)
+        # Every row must be one of our triggers or a follow-up of one: anything else is a
+        # duplicate activation.
+        follow_ups = await _follow_ups(store, in_ledger - set(aids), set(aids), result)
+        result.answered, result.notes = await _answers_in(store, fleet, burst, follow_ups)
         # Why the engine left a camera out, for any camera that did not record.
         decided: dict[tuple[str, str], str] = {}
         for aid in aids:
@@ -172,7 +215,7 @@ async def measure(
             got = [
                 r
                 for r in fleet.cameras[cam].received
-                if r.command.aid == aid and r.result.status is AckStatus.RECORDING
+                if _for(r, aid) and r.result.status is AckStatus.RECORDING
             ]
             if got:
                 result.recorded += 1
@@ -182,11 +225,7 @@ async def measure(
                     at = got[0].received_at
                     first_after = at if first_after is None else min(first_after, at)
             elif len(result.problems) < 10:
-                seen = [
-                    r.result.status.value
-                    for r in fleet.cameras[cam].received
-                    if r.command.aid == aid
-                ]
+                seen = [r.result.status.value for r in fleet.cameras[cam].received if _for(r, aid)]
                 result.problems.append(
                     f"{cam} did not record {aid} (answers: {seen or 'none'}; engine's "
                     f"decision: {decided.get((aid, cam), 'none')})"
@@ -248,6 +287,11 @@ def publish(console: Console, results: list[FaultResult], root: Path, title: str
             console.print(
                 f"[dim]{r.name}: {r.judged_between} cameras commanded on their fixes "
                 "either side of a late trigger[/dim]"
+            )
+        if r.follow_ups:
+            console.print(
+                f"[dim]{r.name}: {r.follow_up_cameras} cameras commanded in {r.follow_ups} "
+                "follow-up activations (stale at the trigger, within by their next fix)[/dim]"
             )
         for note in r.notes:
             console.print(f"[yellow]{r.name}: {note}[/yellow]")

@@ -52,6 +52,7 @@ from actimesh.triggers.commands import Commander
 from actimesh.triggers.dedupe import Dedupe
 from actimesh.triggers.delivery import DeliveryTracker
 from actimesh.triggers.fleet import DeviceDirectory, Fleet
+from actimesh.triggers.followup import FollowUps
 from actimesh.triggers.intake import Intake
 from actimesh.triggers.partitions import Partitioning
 from actimesh.triggers.persistence import AckWriter, Persister
@@ -207,6 +208,7 @@ class Engine:
             dispatch_source=dispatch_source,
             tracer=tracer,
             partitioning=self.partitioning,
+            follow_ups=self._follow_up_control(lambda: planner.policy),
         )
         self.intake = Intake(
             topics=topics,
@@ -223,6 +225,7 @@ class Engine:
             clock=clock,
             dispatch_source=dispatch_source,
             owntracks=owntracks,
+            follow_ups=self.follow_ups,
         )
 
         # Devices' messages come in on lean readers (broker/intake.py) that refuse a
@@ -283,6 +286,19 @@ class Engine:
             self.links += self._partition_links(transport, part, name)
         #: Asks devices to report more slowly while the engine sheds telemetry.
         self.slowdown = self._slowdown_control(planner)
+
+    def _follow_up_control(self, policy: Callable[[], InclusionPolicy]) -> FollowUps:
+        #: Cameras left out stale, held for a fix after their trigger's event.
+        self.follow_ups = FollowUps(
+            policy=policy,
+            fleet=self.fleet,
+            commander=self.commander,
+            persister=self.persister,
+            settings=self.settings,
+            stats=self.stats,
+            clock=self.clock,
+        )
+        return self.follow_ups
 
     def _slowdown_control(self, planner: Planner) -> SlowDownControl:
         return SlowDownControl(
@@ -347,6 +363,7 @@ class Engine:
             "durable": self.dedupe.durable_count,
             "deliveries": len(self.deliveries),
             "held": self.intake.held,
+            "follow_ups": len(self.follow_ups),
         }
 
     @property
@@ -369,6 +386,7 @@ class Engine:
             tg.create_task(self.commander.run_outcomes(), name=f"{eid}-commands")
             tg.create_task(self.refusals.run(), name=f"{eid}-quarantine")
             tg.create_task(self.alerts.run(), name=f"{eid}-alerts")
+            tg.create_task(self.follow_ups.run(), name=f"{eid}-follow-ups")
             tg.create_task(self._renew_status(), name=f"{eid}-status")
             if self.settings.slowdown:
                 tg.create_task(self.slowdown.run(), name=f"{eid}-slowdown")

@@ -31,7 +31,7 @@ from actimesh.triggers.fleet import DeviceInfo, Fleet
 from actimesh.triggers.rules import Rule
 from actimesh.triggers.track import PastFix, around
 
-__all__ = ["Exclusion", "Plan", "PositionSource", "Target", "plan_activation"]
+__all__ = ["Exclusion", "Plan", "PositionSource", "Target", "judged_between", "plan_activation"]
 
 
 class PositionSource(StrEnum):
@@ -229,7 +229,7 @@ def _nearby(
         if verdict is Verdict.STALE:
             found = _between(info, fix, event.ts, policy)
             if found is not None:
-                decisions[device_id] = _judged_between(
+                decisions[device_id] = judged_between(
                     found,
                     event,
                     at=(lat, lon, acc),
@@ -280,7 +280,7 @@ def _nearby(
         )
 
 
-def _judged_between(
+def judged_between(
     found: tuple[PastFix, PastFix],
     event: Event,
     *,

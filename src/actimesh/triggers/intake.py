@@ -44,6 +44,7 @@ from actimesh.triggers.alerts import Alerts
 from actimesh.triggers.commands import Commander
 from actimesh.triggers.delivery import DeliveryTracker
 from actimesh.triggers.fleet import DeviceInfo, Fleet, LastFix
+from actimesh.triggers.followup import FollowUps
 from actimesh.triggers.persistence import AckWriter
 from actimesh.triggers.planning import Planner
 from actimesh.triggers.refusals import Refusals
@@ -84,7 +85,9 @@ class Intake:
         clock: Callable[[], float],
         dispatch_source: str | None,
         owntracks: bool = False,
+        follow_ups: FollowUps | None = None,
     ) -> None:
+        self._follow_ups = follow_ups
         self._topics = topics
         self._settings = settings
         self._fleet = fleet
@@ -153,7 +156,7 @@ class Intake:
         max_age, max_skew = self._settings.max_event_age_s, self._settings.max_clock_skew_s
         oldest, newest = now - max_age, now + max_skew
         fleet, index, stats = self._fleet, self._index, self._stats
-        step = TRACK_STEP_S
+        step = self._gap_s()
         source = self._telemetry_source
         rate, burst = self._settings.telemetry_rate_per_s, self._settings.telemetry_burst
         owntracks = self._owntracks
@@ -197,6 +200,15 @@ class Intake:
                     info.fix_ts = ts
             else:
                 self._indexed(info, lat, lon, acc, ts, motion=motion)
+
+    def _gap_s(self) -> float:
+        """The gap in a device's telemetry from which a fix takes the slow path
+        (:meth:`_indexed`): the track's step, or less. A camera held for a follow-up
+        (:mod:`.followup`) has had no fix for the freshness limit at least, and the slow
+        path is the one that tells the follow-ups of its next."""
+        if self._follow_ups is None:
+            return TRACK_STEP_S
+        return min(TRACK_STEP_S, self._follow_ups.gap_s)
 
     def _on_owntracks(self, topic: bytes, payload: bytes, now: float) -> None:
         """An OwnTracks message: a location is the device's fix, as its telemetry would
@@ -259,10 +271,14 @@ class Intake:
         # by the other).
         info.motion = motion
         info.fix_ts = ts
+        spd = None if motion is None else motion[2]
         if ts - info.track_ts >= TRACK_STEP_S:
-            spd = None if motion is None else motion[2]
             info.track = keep(info.track, PastFix(ts, lat, lon, acc, spd))
             info.track_ts = ts
+        if self._follow_ups is not None:
+            # A camera held for a fix after its trigger's event (.followup) is held
+            # because its telemetry stopped: its next fix comes after a gap, this way.
+            self._follow_ups.on_fix(info.device_id, PastFix(ts, lat, lon, acc, spd))
 
     def _within_rate(self, device_id: str, info: DeviceInfo | None, now: float) -> bool:
         """Take one of a known device's telemetry tokens; False (counted) if none."""

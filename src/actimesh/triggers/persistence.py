@@ -131,6 +131,10 @@ class Decided:
     delivery: Delivery
     #: The activation this trigger joined (storm control), or None for a new one.
     merged_into: str | None = None
+    #: A follow-up (:mod:`.followup`): the activation it follows, and the ``eid`` its
+    #: ledger row carries (one row per ``(src, eid)``). Nothing to acknowledge or confirm.
+    follows: str | None = None
+    ledger_eid: str | None = None
 
 
 class Persister:
@@ -181,7 +185,7 @@ class Persister:
         row = ActivationRow(
             aid=plan.aid,
             src=item.source,
-            eid=event.eid,
+            eid=item.ledger_eid or event.eid,
             type=event.type,
             event_ts=event.ts,
             received_ts=item.received,
@@ -203,7 +207,8 @@ class Persister:
             # device's re-send (or the broker's redelivery) is handled afresh. The
             # cameras were commanded already and dedupe the repeat.
             self._stats.ledger_failures += 1
-            self._dedupe.forget((item.source, event.eid))
+            if item.follows is None:
+                self._dedupe.forget((item.source, event.eid))
             self._dedupe.not_durable(plan.aid)
             log.exception("activation %s not written to the ledger", plan.aid)
             await self._alerts.alert(AlertKind.LEDGER, plan.aid, None, str(exc))
@@ -221,10 +226,15 @@ class Persister:
             # publishing it again would show integrators the activation twice.
             self._stats.duplicates += 1
             log.info("event %s from %s already recorded by another engine", event.eid, item.source)
-        item.delivery.ack()
-        self._commander.confirm(
-            item.source, event.eid, ConfirmStatus.ACTIVATED, plan.aid, cameras=len(plan.targets)
-        )
+        if item.follows is None:
+            item.delivery.ack()
+            self._commander.confirm(
+                item.source,
+                event.eid,
+                ConfirmStatus.ACTIVATED,
+                plan.aid,
+                cameras=len(plan.targets),
+            )
         if inserted:
             await self._publish_record(item)
 
@@ -258,6 +268,7 @@ class Persister:
             excluded=plan.excluded,
             by=event.by,
             left_out=left_out_of(plan.decisions),
+            follows=item.follows,
         )
         payload = encode(record)
         if len(payload) > MAX_ACTIVATION_BYTES:  # pragma: no cover - 10k cameras at once

@@ -29,6 +29,7 @@ from actimesh.triggers.commands import Commander
 from actimesh.triggers.dedupe import Dedupe
 from actimesh.triggers.fanout import Plan, PositionSource, plan_activation
 from actimesh.triggers.fleet import Fleet
+from actimesh.triggers.followup import FollowUps
 from actimesh.triggers.partitions import Partitioning
 from actimesh.triggers.persistence import Decided, Persister
 from actimesh.triggers.rules import Rule, RuleTable
@@ -76,7 +77,9 @@ class Planner:
         dispatch_source: str | None,
         tracer: TriggerTracer | None = None,
         partitioning: Partitioning | None = None,
+        follow_ups: FollowUps | None = None,
     ) -> None:
+        self._follow_ups = follow_ups
         self._partitioning = partitioning
         self._rules = rules
         self._policy = self._base_policy = policy
@@ -210,8 +213,12 @@ class Planner:
         await self._commander.send(plan, event, source, decided)
         if self._tracer is not None:
             self._tracer.commanded(event.eid)
+        doc = self._rule_doc(rule)
+        if self._follow_ups is not None:
+            # Cameras left out stale may be commanded once a fix after the event comes.
+            self._follow_ups.hold(plan, event, source, doc)
         # Waits (never drops) when the persister is behind: back-pressure, not loss.
-        item = Decided(plan, event, source, received, decided, self._rule_doc(rule), delivery)
+        item = Decided(plan, event, source, received, decided, doc, delivery)
         await self._persister.put(item)
         return True
 

@@ -122,6 +122,18 @@ class EngineSettings:
     slowdown_window_s: float = 10.0
     slowdown_hold_s: float = 60.0
     slowdown_ttl_s: float = 120.0
+    #: Follow-ups (triggers/followup.py): a camera left out ``stale`` at the trigger,
+    #: whose last fix before the event was within the search band, is held this long
+    #: after the event for a fix after it, and commanded in a follow-up activation if
+    #: the two fixes put it within the radius. It must stay below what a camera's
+    #: pre-event buffer keeps beyond the pre-roll (``late_allowance_s``, 30 s in the
+    #: simulated camera), less the command's delivery time. Cameras held at once, at
+    #: most, overall and per activation (beyond: refused, counted).
+    follow_up_s: float = 20.0
+    follow_up_max: int = 10_000
+    follow_up_per_activation: int = 256
+    #: How long a follow-up waits for other cameras of the same activation to join it.
+    follow_up_coalesce_s: float = 0.25
 
     def storm_limits(self) -> StormLimits:
         """The storm-control part of these settings."""

@@ -69,6 +69,15 @@ class EngineStats:
     #: Events with no position of their own and no fresh fix of their source or its
     #: pairings: only the paired cameras are commanded, nobody is left out by distance.
     events_without_position: int = 0
+    #: Follow-ups (triggers/followup.py): cameras left out ``stale`` held for a fix
+    #: after the event; of them, those commanded in follow-up activations, judged not
+    #: within, let go at the deadline with no fix, and refused over the bounds.
+    follow_up_held: int = 0
+    follow_up_commanded: int = 0
+    follow_up_activations: int = 0
+    follow_up_too_far: int = 0
+    follow_up_expired: int = 0
+    follow_up_refused: int = 0
 
     #: The slow-down (triggers/slowdown.py): whether this engine is asking devices to
     #: report more slowly now, the positions it shed a second over the last window, and

@@ -55,6 +55,7 @@ function incidentItem(a) {
   if (s.cancelled) chips.appendChild(el('span', 'chip', s.cancelled + ' false activation'));
   if (!a.cameras.length) chips.appendChild(el('span', 'chip', 'no camera in range'));
   if (a.by) chips.appendChild(el('span', 'chip by', 'by ' + a.by));
+  if (a.follows) chips.appendChild(el('span', 'chip by', 'follow-up of ' + a.follows));
   if (a.acked_by) chips.appendChild(el('span', 'chip acked', '✓ ' + a.acked_by));
   li.appendChild(chips);
   li.addEventListener('click', () => select(a.aid, true));
