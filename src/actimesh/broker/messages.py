@@ -390,8 +390,10 @@ class LeftOut(Message):
     id: Identifier
     device_kind: Kind | None = None
     reason: LeftOutWhy
-    #: Metres from the event's position to the camera's (last) fix.
-    dist: Metres | None = None
+    #: Metres from the event's position to the camera's (last) fix: any distance on
+    #: the Earth, since a camera judged on its track may have been anywhere (a camera
+    #: near now whose fix before the event was far away is still a decision to report).
+    dist: Annotated[float, Field(ge=0.0, le=20_040_000.0)] | None = None
     #: Metres the inclusion policy added to the radius for this pair of fixes.
     margin: Metres | None = None
     #: Event time minus fix time, in seconds (negative: the fix is newer than the event).

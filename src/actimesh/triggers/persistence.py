@@ -21,6 +21,8 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from pydantic import ValidationError
+
 from actimesh.broker.codec import MAX_ACTIVATION_BYTES, encode
 from actimesh.broker.intake import Delivery
 from actimesh.broker.messages import (
@@ -241,35 +243,15 @@ class Persister:
     async def _publish_record(self, item: Decided) -> None:
         """The activation record, for dispatch and integrators."""
         plan, event = item.plan, item.event
-        judged = {d.device_id: d for d in plan.decisions}
-        record = Activation(
-            aid=plan.aid,
-            eid=event.eid,
-            src=item.source,
-            type=event.type,
-            ets=event.ts,
-            ts=item.decided,
-            lat=plan.lat,
-            lon=plan.lon,
-            radius=plan.radius_m,
-            pre=plan.pre_roll_s,
-            cameras=tuple(
-                CameraActivation(
-                    id=t.device_id,
-                    device_kind=t.kind,
-                    reason=t.reason,
-                    dist=t.distance_m,
-                    lat=_lat(judged.get(t.device_id)),
-                    lon=_lon(judged.get(t.device_id)),
-                )
-                for t in plan.targets
-                if t.kind is not None
-            ),
-            excluded=plan.excluded,
-            by=event.by,
-            left_out=left_out_of(plan.decisions),
-            follows=item.follows,
-        )
+        try:
+            record = _record(item)
+        except ValidationError:
+            # The activation is in the ledger and its commands are out: a record the
+            # contract cannot carry is a bug to see, not a reason to stop the writer
+            # every later trigger waits on.
+            self._stats.handler_errors += 1
+            log.exception("activation %s record does not fit the contract", plan.aid)
+            return
         payload = encode(record)
         if len(payload) > MAX_ACTIVATION_BYTES:  # pragma: no cover - 10k cameras at once
             log.error("activation %s record too large to publish", plan.aid)
@@ -483,3 +465,38 @@ class AckWriter:
         await self.write(rows)  # each is written, waits again, or is refused for good
         for key in [k for k in self._refused_since if k not in self._waiting]:
             del self._refused_since[key]
+
+
+def _record(item: Decided) -> Activation:
+    """The activation record of a decided trigger (``ValidationError`` if a figure falls
+    outside the wire contract)."""
+    plan, event = item.plan, item.event
+    judged = {d.device_id: d for d in plan.decisions}
+    return Activation(
+        aid=plan.aid,
+        eid=event.eid,
+        src=item.source,
+        type=event.type,
+        ets=event.ts,
+        ts=item.decided,
+        lat=plan.lat,
+        lon=plan.lon,
+        radius=plan.radius_m,
+        pre=plan.pre_roll_s,
+        cameras=tuple(
+            CameraActivation(
+                id=t.device_id,
+                device_kind=t.kind,
+                reason=t.reason,
+                dist=t.distance_m,
+                lat=_lat(judged.get(t.device_id)),
+                lon=_lon(judged.get(t.device_id)),
+            )
+            for t in plan.targets
+            if t.kind is not None
+        ),
+        excluded=plan.excluded,
+        by=event.by,
+        left_out=left_out_of(plan.decisions),
+        follows=item.follows,
+    )
