@@ -69,6 +69,7 @@ _CUT_LINE = re.compile(
 )
 
 
+@pytest.mark.cluster_drill
 @pytest.mark.time_limit(300)
 @pytest.mark.skipif(namespaces_unavailable() is not None, reason=f"{namespaces_unavailable()}")
 def test_a_node_cut_off_the_network_rejoins_and_duplicates_nothing(tmp_path: Path) -> None:
@@ -163,6 +164,7 @@ def test_ctrl_c_during_the_cut_leaves_no_namespace_and_nothing_running(tmp_path:
     assert not [pid for pid in inside if Path(f"/proc/{pid}").exists()]
 
 
+@pytest.mark.cluster_drill
 async def test_without_namespaces_the_node_is_frozen_instead_and_the_drill_says_so(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
