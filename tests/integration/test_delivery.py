@@ -94,9 +94,11 @@ async def test_event_not_written_to_the_ledger_is_not_acknowledged_or_confirmed(
         assert cew.stats.events_resent >= 1
         assert m.engine.stats.alerts["ledger"] == 1
         assert await ledger.activation_ids() == [aid]
-        assert bwc.camera is not None
-        assert bwc.camera.recording is not None
-        assert [a.aid for a in bwc.camera.recording.activations] == [aid]
+        # The camera's command and the CEW's confirmation travel apart: wait for it.
+        camera = bwc.camera
+        assert camera is not None
+        recording = await eventually(lambda: camera.recording)
+        assert [a.aid for a in recording.activations] == [aid]
 
 
 async def _ignore_event(*args: object, **kwargs: object) -> int:
