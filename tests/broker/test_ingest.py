@@ -107,20 +107,43 @@ async def test_a_full_backlog_drops_the_oldest_and_counts(
     assert got[-1][1] == b"499"  # the newest survive
 
 
+class _HeldFirst:
+    """A handler that holds its first batch until released, so that what the broker
+    sends next queues behind it: the latest stream is *behind*."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.held: list[Publish] = []
+        self.got: list[Publish] = []
+
+    async def __call__(self, batch: Sequence[Publish]) -> None:
+        if not self.held:
+            self.held.extend(batch)
+            await self.release.wait()
+        else:
+            self.got.extend(batch)
+
+
+async def _queue_behind_the_first(
+    sub: LatestStreamSubscriber,
+    handler: _HeldFirst,
+    host: str,
+    port: int,
+    agency: str,
+    frames: list[bytes],
+) -> None:
+    """Send one message the handler holds, then ``frames``, and wait until all arrived."""
+    first = wire.publish_packet(f"am/v1/{agency}/dev/first/telemetry", b"first")
+    await asyncio.to_thread(publish_raw, host, port, [first])
+    await eventually(lambda: handler.held)
+    await asyncio.to_thread(publish_raw, host, port, frames)
+    await eventually(lambda: sub.stats.received == len(frames) + 1)
+
+
 async def test_the_latest_stream_keeps_each_devices_newest_fix_in_its_place(
     broker_host: str, broker_port: int, agency: str
 ) -> None:
-    release = asyncio.Event()
-    got: list[Publish] = []
-    held: list[Publish] = []
-
-    async def handler(batch: Sequence[Publish]) -> None:
-        if not held:
-            held.extend(batch)
-            await release.wait()
-        else:
-            got.extend(batch)
-
+    handler = _HeldFirst()
     topic = f"am/v1/{agency}/dev/+/telemetry"
     sub = LatestStreamSubscriber(
         settings(broker_host, broker_port, topic), handler, supersede_above=7
@@ -128,18 +151,15 @@ async def test_the_latest_stream_keeps_each_devices_newest_fix_in_its_place(
     # The first message is held by the handler; behind it 7 devices report 100 times
     # each, round robin: once 7 wait (it is behind), each device keeps its place in line
     # with its newest fix.
-    first = wire.publish_packet(f"am/v1/{agency}/dev/first/telemetry", b"first")
     frames = [
         wire.publish_packet(f"am/v1/{agency}/dev/d{i % 7}/telemetry", b"%d" % i) for i in range(700)
     ]
     async with running(sub):
-        await asyncio.to_thread(publish_raw, broker_host, broker_port, [first])
-        await eventually(lambda: held)
-        await asyncio.to_thread(publish_raw, broker_host, broker_port, frames)
-        await eventually(lambda: sub.stats.received == 701)
+        await _queue_behind_the_first(sub, handler, broker_host, broker_port, agency, frames)
         assert sub.backlog == 7
-        release.set()
-        await eventually(lambda: len(got) == 7)
+        handler.release.set()
+        await eventually(lambda: len(handler.got) == 7)
+    got = handler.got
     assert [t for t, _ in got] == [f"am/v1/{agency}/dev/d{k}/telemetry".encode() for k in range(7)]
     assert [int(p) for _, p in got] == list(range(693, 700))
     assert sub.stats.superseded == 700 - 7
@@ -151,66 +171,38 @@ async def test_the_latest_stream_hands_over_every_message_while_it_keeps_up(
 ) -> None:
     # Below its shedding point every message reaches the engine: a malformed one is
     # dead-lettered and a device's flood is charged to its rate budget.
-    release = asyncio.Event()
-    got: list[Publish] = []
-    held: list[Publish] = []
-
-    async def handler(batch: Sequence[Publish]) -> None:
-        if not held:
-            held.extend(batch)
-            await release.wait()
-        else:
-            got.extend(batch)
-
+    handler = _HeldFirst()
     topic = f"am/v1/{agency}/dev/+/telemetry"
     sub = LatestStreamSubscriber(
         settings(broker_host, broker_port, topic), handler, supersede_above=100
     )
-    first = wire.publish_packet(f"am/v1/{agency}/dev/first/telemetry", b"first")
     frames = [
         wire.publish_packet(f"am/v1/{agency}/dev/d{i % 3}/telemetry", b"%d" % i) for i in range(60)
     ]
     async with running(sub):
-        await asyncio.to_thread(publish_raw, broker_host, broker_port, [first])
-        await eventually(lambda: held)
-        await asyncio.to_thread(publish_raw, broker_host, broker_port, frames)
-        await eventually(lambda: sub.stats.received == 61)
-        release.set()
-        await eventually(lambda: len(got) == 60)
-    assert [int(p) for _, p in got] == list(range(60))
+        await _queue_behind_the_first(sub, handler, broker_host, broker_port, agency, frames)
+        handler.release.set()
+        await eventually(lambda: len(handler.got) == 60)
+    assert [int(p) for _, p in handler.got] == list(range(60))
     assert sub.stats.superseded == 0
 
 
 async def test_the_latest_stream_drops_the_longest_waiting_device_beyond_its_bound(
     broker_host: str, broker_port: int, agency: str
 ) -> None:
-    release = asyncio.Event()
-    got: list[Publish] = []
-    held: list[Publish] = []
-
-    async def handler(batch: Sequence[Publish]) -> None:
-        if not held:
-            held.extend(batch)
-            await release.wait()
-        else:
-            got.extend(batch)
-
+    handler = _HeldFirst()
     topic = f"am/v1/{agency}/dev/+/telemetry"
     sub = LatestStreamSubscriber(
         settings(broker_host, broker_port, topic, max_queued_incoming=10), handler
     )
-    first = wire.publish_packet(f"am/v1/{agency}/dev/first/telemetry", b"first")
     frames = [
         wire.publish_packet(f"am/v1/{agency}/dev/d{i}/telemetry", b"%d" % i) for i in range(30)
     ]
     async with running(sub):
-        await asyncio.to_thread(publish_raw, broker_host, broker_port, [first])
-        await eventually(lambda: held)
-        await asyncio.to_thread(publish_raw, broker_host, broker_port, frames)
-        await eventually(lambda: sub.stats.received == 31)
-        release.set()
-        await eventually(lambda: len(got) == 10)
-    assert [int(p) for _, p in got] == list(range(20, 30))  # the newest devices survive
+        await _queue_behind_the_first(sub, handler, broker_host, broker_port, agency, frames)
+        handler.release.set()
+        await eventually(lambda: len(handler.got) == 10)
+    assert [int(p) for _, p in handler.got] == list(range(20, 30))  # the newest devices survive
     assert sub.stats.dropped_incoming == 20
     assert sub.stats.superseded == 0
 
