@@ -160,3 +160,44 @@ async def test_a_device_answering_many_unknown_activations_waits_for_few_of_them
             with contextlib.suppress(asyncio.CancelledError):
                 await writer
         assert await ledger.acks("act-flood-0") == []
+
+
+class _RacingLedger(SqliteLedger):
+    """A ledger whose next activation is committed right after an acknowledgement write
+    has checked it: the order two writers taking the chain's lock in turn can give."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.commits_after_check: list[DecisionRow] | None = None
+
+    async def record_acks(
+        self, acks: Sequence[AckRow], *, only_commanded: bool = False
+    ) -> AckWrite:
+        written = await super().record_acks(acks, only_commanded=only_commanded)
+        decisions, self.commits_after_check = self.commits_after_check, None
+        if decisions is not None:
+            await self.record_activation(activation(), decisions)
+        return written
+
+
+async def test_answers_refused_just_before_their_activation_was_committed_are_written(
+    tmp_path: Path,
+) -> None:
+    # Seen in the cluster drill: a batch of answers was checked while the activation's
+    # write waited for the ledger's lock, and the look that followed found it written,
+    # so every camera's answers were refused for good although each was commanded.
+    async with _RacingLedger(tmp_path / "l.sqlite3") as ledger:
+        engine = build_engine(Topics("am-acks"), 1, ledger, signer=CommandSigner.generate())
+        ledger.commits_after_check = COMMANDED
+        rows = [replace(GOOD, device_id=d) for d in ("bwc1", "bwc2", "bwc3")]
+        rows.append(replace(GOOD, status="recording", device_ts=101.0))
+        async with asyncio.timeout(10):
+            await engine.acks.write(rows)
+        written = {(a.device_id, a.status) for a in await ledger.acks("act-1")}
+        assert written == {(r.device_id, r.status) for r in rows}
+        assert engine.stats.acks_not_commanded == 0
+        assert engine.stats.acks_rechecked == len(rows)
+        # A camera the activation did not command is still refused, after one more look.
+        await engine.acks.write([replace(GOOD, device_id="thief")])
+        assert engine.stats.acks_not_commanded == 1
+        assert all(a.device_id != "thief" for a in await ledger.acks("act-1"))

@@ -424,11 +424,15 @@ class AckWriter:
         """Answers the ledger refused as not commanded. One whose activation is not in
         the ledger yet waits (commands leave before the activation is written, and
         another replica may be writing it): it is tried again until the activation is
-        there or ``_ACK_WAIT_FOR_ACTIVATION_S`` has passed. The others, and those that
-        waited long enough, are refused: counted and charged to the device."""
+        there or ``_ACK_WAIT_FOR_ACTIVATION_S`` has passed. One whose activation is
+        there now is written once more (:meth:`_recheck`), because the activation may
+        have been committed between the write's check and this look: both writers hold
+        the ledger's lock in turn, so the persister's write often lands just there. The
+        rest, and those that waited long enough, are refused: counted and charged."""
         now = time.monotonic()
         missing: dict[str, bool] = {}
         per_device = Counter(device for _, device, _ in self._waiting)
+        recheck: list[AckRow] = []
         for row in rows:
             if row.device_id not in refused:
                 continue
@@ -446,9 +450,38 @@ class AckWriter:
                     per_device[row.device_id] += 1
                 self._waiting[key] = row
                 continue
-            del self._refused_since[key]
-            self._stats.acks_not_commanded += 1
-            self._refusals.charge(row.device_id, _NOT_COMMANDED)
+            if room:
+                recheck.append(row)
+                continue
+            self._refuse(key)
+        if recheck:
+            await self._recheck(recheck)
+
+    async def _recheck(self, rows: list[AckRow]) -> None:
+        """Write again answers refused while their activation is in the ledger now. A
+        second refusal was checked against that activation, so it stands. A ledger that
+        does not answer leaves them waiting as answers for a missing activation do."""
+        try:
+            written = await self._ledger.record_acks(rows, only_commanded=True)
+        except LedgerError as exc:
+            log.warning("%d ack(s) wait for the ledger: %s", len(rows), exc)
+            for row in rows:
+                self._waiting[row.aid, row.device_id, row.status] = row
+            return
+        self._stats.acks_rechecked += len(rows)
+        again = set(written.refused)
+        for row in rows:
+            key = (row.aid, row.device_id, row.status)
+            if row.device_id in again:
+                self._refuse(key)
+            else:
+                self._refused_since.pop(key, None)
+
+    def _refuse(self, key: tuple[str, str, str]) -> None:
+        """Refuse an answer for good: counted and charged to its device."""
+        self._refused_since.pop(key, None)
+        self._stats.acks_not_commanded += 1
+        self._refusals.charge(key[1], _NOT_COMMANDED)
 
     async def _activation_missing(self, aid: str) -> bool:
         try:

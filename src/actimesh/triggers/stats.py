@@ -36,6 +36,9 @@ class EngineStats:
     #: Answers from cameras their activation did not command: counted, never written
     #: (not dead-lettered either: one per ack of a flood would be a flood of its own).
     acks_not_commanded: int = 0
+    #: Refused answers written again because their activation was in the ledger by the
+    #: time the refusal was looked at (it was committed between the check and the look).
+    acks_rechecked: int = 0
     #: Devices disabled for flooding refused messages, and quarantines not queued
     #: (the queue was full) or not carried out.
     quarantined: int = 0
