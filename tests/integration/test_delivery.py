@@ -11,6 +11,7 @@ import pytest
 
 from actimesh.broker.codec import decode, encode
 from actimesh.broker.messages import (
+    AckStatus,
     Activation,
     Alert,
     AlertKind,
@@ -240,3 +241,34 @@ async def test_replica_that_loses_the_ledger_race_confirms_without_republishing(
                     assert published == [aid]
                     assert await other.activation_ids() == [aid]
             watching.cancel()
+
+
+async def test_a_camera_cut_off_while_it_commits_still_records_and_its_answer_is_written(
+    agency: str, broker_port: int, tmp_path: Path
+) -> None:
+    # Seen in the fault drill's "cameras drop out": a camera lost its link after its
+    # ``received`` answer and before its commit; the engine, having heard ``received``,
+    # never commanded it again, and the camera never recorded.
+    async with mesh(agency, broker_port, tmp_path) as m:
+        bwc = m.add("bwc", DeviceKind.BODY_CAM, at=3.0)
+        cew = m.add("cew", DeviceKind.CEW, at=0.0)
+        await m.ready()
+        assert m.engine is not None
+        engine = m.engine
+        bwc.commit_delay_s = 1.0  # slow storage: the cut lands between the two answers
+        event = await cew.raise_event("taser_draw")
+        aid = activation_id("cew", event.eid)
+
+        def heard_received() -> bool:
+            delivery = engine.deliveries.get(aid, "bwc")
+            return delivery is not None and delivery.received
+
+        await eventually(heard_received, timeout=5, every=0.01)
+        bwc.disconnect_for(2.0)
+        await eventually(lambda: bwc.received and bwc.received[0].command.aid == aid, timeout=10)
+        assert bwc.received[0].result.status is AckStatus.RECORDING
+
+        async def recording_written() -> bool:
+            return any(a.status == "recording" for a in await engine.ledger.acks(aid))
+
+        await eventually(recording_written, timeout=10)

@@ -71,6 +71,11 @@ log = logging.getLogger(__name__)
 
 PositionSource = Callable[[], Position | None]
 
+#: Messages (commands, confirmations, slow-downs) waiting for their handler, at most;
+#: beyond it they are dropped and counted. A dropped command is re-sent by the engine,
+#: which has not heard ``received``; a dropped confirmation, by the event's re-send.
+_MAX_INBOX = 256
+
 
 @dataclass(slots=True)
 class _Unconfirmed:
@@ -94,6 +99,8 @@ class AgentStats(CommandStats):
     events_confirmed: int = 0
     events_rejected: int = 0
     events_abandoned: int = 0
+    #: Messages dropped because too many waited for their handler at once.
+    messages_dropped: int = 0
 
 
 class DeviceAgent:
@@ -176,6 +183,8 @@ class DeviceAgent:
             topics.slowdown(): self._on_slowdown,
             **self.control.handlers(),
         }
+        # What the link received, for the handlers' own loop (see :meth:`_on_message`).
+        self._inbox: asyncio.Queue[tuple[MessageHandler, bytes]] = asyncio.Queue(_MAX_INBOX)
         self._unconfirmed: dict[str, _Unconfirmed] = {}
         self._resend = (resend_initial_s, resend_max_s, give_up_after_s)
         self._outage = asyncio.Event()
@@ -273,9 +282,12 @@ class DeviceAgent:
         """
         self._stopped.clear()
         self.control.power_on()
+        while not self._inbox.empty():  # what it held when switched off is gone
+            self._inbox.get_nowait()
         async with asyncio.TaskGroup() as tg:
             tasks = [
                 tg.create_task(self._connection(), name=f"{self.device_id}-link"),
+                tg.create_task(self._handle_loop(), name=f"{self.device_id}-handle"),
                 tg.create_task(self._telemetry_loop(), name=f"{self.device_id}-telemetry"),
                 tg.create_task(self._resend_loop(), name=f"{self.device_id}-resend"),
             ]
@@ -486,9 +498,29 @@ class DeviceAgent:
 
     # ------------------------------------------------------------------ messages
     async def _on_message(self, message: aiomqtt.Message) -> None:
+        """Hand a message to :meth:`_handle_loop`, not handled in the link's task: cutting
+        the link (:meth:`disconnect_for`) cancels that task, and a command being committed
+        was cancelled with it after its ``received`` answer had left, leaving a camera that
+        never recorded and an engine that, having heard ``received``, never asked again."""
         handler = self._handlers.get(message.topic.value)
-        if handler is not None:
-            await handler(as_bytes(message.payload))
+        if handler is None:
+            return
+        try:
+            self._inbox.put_nowait((handler, as_bytes(message.payload)))
+        except asyncio.QueueFull:
+            self.stats.messages_dropped += 1
+            log.warning(
+                "%s: %s dropped: %d messages wait", self.device_id, message.topic, _MAX_INBOX
+            )
+
+    async def _handle_loop(self) -> None:
+        """Handle received messages in order, whatever happens to the link meanwhile."""
+        while True:
+            handler, payload = await self._inbox.get()
+            try:
+                await handler(payload)
+            except Exception:  # one bad message must not stop the next (not CancelledError)
+                log.exception("%s: handler failed", self.device_id)
 
     async def _on_slowdown(self, payload: bytes) -> None:
         self.slowdown.offer(payload, self.verifier, self.clock())
