@@ -15,6 +15,8 @@ from pathlib import Path
 from actimesh.broker.codec import decode, encode
 from actimesh.broker.memory import MemoryBus
 from actimesh.broker.messages import (
+    Ack,
+    AckStatus,
     Activation,
     Command,
     Confirmation,
@@ -34,7 +36,7 @@ from actimesh.geofence import InclusionPolicy, destination
 from actimesh.ledger import SqliteLedger
 from actimesh.security.signing import CommandSigner
 from actimesh.triggers import DEFAULT_RULES, Engine, EngineSettings
-from tests.waiting import eventually
+from tests.waiting import eventually, quiet_for
 
 TOPICS = Topics("am-memory")
 LAT, LON = 51.0447, -114.0719  # Calgary
@@ -54,7 +56,9 @@ class Wire:
 
 
 @asynccontextmanager
-async def running(tmp_path: Path) -> AsyncIterator[tuple[Engine, MemoryBus, Wire, CommandSigner]]:
+async def running(
+    tmp_path: Path, *, ack_timeout_s: float = 3.0
+) -> AsyncIterator[tuple[Engine, MemoryBus, Wire, CommandSigner]]:
     bus = MemoryBus()
     seam: Transport = bus  # the fake is a Transport, as MqttTransport is
     wire = Wire()
@@ -68,7 +72,7 @@ async def running(tmp_path: Path) -> AsyncIterator[tuple[Engine, MemoryBus, Wire
             rules=DEFAULT_RULES,
             policy=InclusionPolicy(),
             signer=signer,
-            settings=EngineSettings(warmup_s=0.01),
+            settings=EngineSettings(warmup_s=0.01, ack_timeout_s=ack_timeout_s),
         )
         async with asyncio.TaskGroup() as tg:
             task = tg.create_task(engine.run(), name="engine-on-memory-bus")
@@ -133,3 +137,34 @@ async def test_the_engine_announces_itself_and_dead_letters_what_it_refuses(
         assert letter.reason == "malformed"
         assert engine.stats.rejected["malformed"] == 1
         assert not bus.unacknowledged  # a refused message is acknowledged, never redelivered
+
+
+async def test_a_final_answer_lost_after_received_is_asked_for_again(tmp_path: Path) -> None:
+    # Seen in the fault drill's broker kill -9 on Mosquitto: a camera's ``recording``
+    # answer, taken by a broker that was then killed before it saved the engine's
+    # session, never reached the engine, and the camera, holding its PUBACK, never sent it
+    # again. The engine asks again until it hears the final answer.
+    async with running(tmp_path, ack_timeout_s=0.2) as (engine, bus, wire, _signer):
+        await announce(bus, "cew1", DeviceKind.CEW, LAT, LON)
+        await announce(bus, "bwc", DeviceKind.BODY_CAM, *destination(LAT, LON, 90.0, 5.0))
+        draw = Event(eid="e1", type="taser_draw", ts=time.time(), lat=LAT, lon=LON, acc=3.0)
+        await bus.deliver(TOPICS.event("cew1"), encode(draw))
+        aid = activation_id("cew1", "e1")
+        commands = TOPICS.command("bwc")
+        assert len(wire.on(commands)) == 1
+        received = Ack(aid=aid, status=AckStatus.RECEIVED, pre_cov=0.0, ts=time.time())
+        await bus.deliver(TOPICS.ack("bwc"), encode(received))
+        # Its ``recording`` answer is lost on the way: the same command comes again.
+        await eventually(lambda: len(wire.on(commands)) >= 2, timeout=5)
+        assert {decode(Command, p).aid for p in wire.on(commands)} == {aid}
+        recording = Ack(aid=aid, status=AckStatus.RECORDING, pre_cov=30.0, ts=time.time())
+        await bus.deliver(TOPICS.ack("bwc"), encode(recording))
+
+        async def written() -> bool:
+            return {a.status for a in await engine.ledger.acks(aid)} == {"received", "recording"}
+
+        await eventually(written, timeout=5)
+        assert engine.deliveries.get(aid, "bwc") is None
+        sent = len(wire.on(commands))
+        await quiet_for(0.2 * 4)  # finished: no command may follow
+        assert len(wire.on(commands)) == sent

@@ -1,12 +1,19 @@
 """Delivery tracking: every commanded camera until it says it is recording.
 
 A camera answers each command twice: ``received`` at once, then ``recording`` (with the
-pre-roll it kept) or ``refused``. Until the first answer the engine re-sends the
+pre-roll it kept) or ``refused``. Until the final answer the engine re-sends the
 command with exponential backoff, but only while the camera is online: an offline
 camera's persistent session already holds the command in the broker, and piling copies
-there helps no one. A camera that has not finished within the acknowledgement timeout
-raises one ``no_ack`` alert for dispatch; a command that outlives its expiry raises
-``expired``. Re-sending is safe because cameras dedupe by activation id.
+there helps no one. Re-sending stops at the final answer, not at ``received``, because
+a camera answers a repeated command with the answers it gave (``received`` and its
+final one) and that is the only way back for a final answer lost after the camera's
+broker took it: a Mosquitto killed before it saved a session it made since its last
+save drops what it took for that session's subscriber, and the camera, holding its
+PUBACK, never sends it again.
+
+A camera that has not finished within the acknowledgement timeout raises one
+``no_ack`` alert for dispatch; a command that outlives its expiry raises ``expired``.
+Re-sending is safe because cameras dedupe by activation id.
 
 Any answer but ``received`` finishes a delivery, ``cancelled`` included: the officer
 cancelled the activation on the camera as a false one, which is that camera's final
@@ -93,7 +100,7 @@ class DeliveryTracker:
         return delivery
 
     def expedite(self, device_id: str, now: float) -> None:
-        """``device_id`` is back online: re-send what it has not answered at once."""
+        """``device_id`` is back online: re-send at once what it has not received."""
         for d in self._pending.values():
             if d.device_id == device_id and not d.received:
                 d.next_retry_at = now
@@ -109,7 +116,7 @@ class DeliveryTracker:
             if not d.alerted and now - d.commanded_at >= self.ack_timeout_s:
                 d.alerted = True
                 actions.append(Action(ActionKind.ALERT_NO_ACK, d))
-            if not d.received and now >= d.next_retry_at and is_online(d.device_id):
+            if now >= d.next_retry_at and is_online(d.device_id):
                 d.attempts += 1
                 backoff = self.ack_timeout_s * 2 ** (d.attempts - 1)
                 d.next_retry_at = now + min(self.retry_max_s, backoff)
