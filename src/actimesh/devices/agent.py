@@ -244,6 +244,11 @@ class DeviceAgent:
         """``cancelled`` answers not yet taken by the broker (re-sent until they are)."""
         return self.control.unsent_cancels
 
+    @property
+    def unsent_answers(self) -> int:
+        """Final answers not yet taken by the broker (re-sent until they are)."""
+        return self.control.unsent_answers
+
     async def activate_locally(self, event: Event, source: str) -> ActivationResult | None:
         """A paired sensor's event over the local link (no broker involved); None for a
         device without a camera."""

@@ -92,6 +92,12 @@ class CameraPart(Protocol):
         """``cancelled`` answers not yet taken by the broker."""
         ...
 
+    @property
+    def unsent_answers(self) -> int:
+        """Final answers (``recording``, ``refused``, ``cancelled``) not yet taken by the
+        broker."""
+        ...
+
     def handlers(self) -> dict[str, MessageHandler]:
         """The topics this part listens on, and what handles each."""
         ...
@@ -158,6 +164,11 @@ class NoCamera:
 
     @property
     def unsent_cancels(self) -> int:
+        """Never any."""
+        return 0
+
+    @property
+    def unsent_answers(self) -> int:
         """Never any."""
         return 0
 

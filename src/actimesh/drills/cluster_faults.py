@@ -369,7 +369,8 @@ async def _scenario(
             for task in tasks:
                 task.cancel()
         console.print(f"[dim]  {name}: {shape.struck}[/dim]")
-        return await measure(shape.fleet, burst, name, postgres.url, agency)
+        logs = [engine.log for engine in shape.engines]
+        return await measure(shape.fleet, burst, name, postgres.url, agency, logs=logs)
 
 
 @contextlib.contextmanager

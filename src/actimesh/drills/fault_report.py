@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -36,6 +37,8 @@ from actimesh.ledger import Ledger, open_ledger
 __all__ = ["FaultReport", "FaultResult", "measure", "publish", "settle"]
 
 _SETTLE_TIMEOUT_S = 45.0
+#: What an engine logs of an answer it did not write (triggers/persistence.py).
+_NOT_WRITTEN = " not written: "
 _ANSWERS_TIMEOUT_S = 30.0
 
 
@@ -123,16 +126,40 @@ async def settle(fleet: Fleet, burst: Burst, timeout_s: float = _SETTLE_TIMEOUT_
                 await asyncio.sleep(0.1)
 
 
+def _not_written(logs: Sequence[Path]) -> list[str]:
+    """The engines' log lines saying an answer was not written (triggers/persistence.py
+    logs each, with why), each prefixed with its log's name."""
+    found = []
+    for path in logs:
+        with contextlib.suppress(OSError):
+            text = path.read_text(errors="replace")
+            found += [f"{path.stem}: {line}" for line in text.splitlines() if _NOT_WRITTEN in line]
+    return found
+
+
+def _what_engines_said(refusals: list[str], aid: str, camera: str) -> str:
+    """What the engines logged of ``camera``'s answers to ``aid``."""
+    said = []
+    for line in refusals:
+        at = line.find(f"{camera}'s ")
+        if at >= 0 and aid in line:
+            said.append(f"{line.split(':', 1)[0]}: {line[at:]}")
+    return "; ".join(said[:2]) or "no engine logged refusing it"
+
+
 async def _answers_in(
     store: Ledger,
     fleet: Fleet,
     burst: Burst,
     follow_ups: dict[str, list[str]],
+    *,
+    logs: Sequence[Path] = (),
     timeout_s: float = _ANSWERS_TIMEOUT_S,
 ) -> tuple[int, list[str]]:
     """How many expected cameras' ``recording`` answers the ledger holds, once all are
     there or after ``timeout_s`` (the engines write them after the cameras sent them),
-    and what the ledger holds instead for the first few missing."""
+    and, for the first few missing, what the ledger holds instead, what the camera
+    sent and what the engines (their ``logs``) did with it."""
     wanted = {(aid, cam) for aid, cew in burst.aids.items() for cam in fleet.expected[cew]}
     found: set[tuple[str, str]] = set()
     held: dict[tuple[str, str], list[str]] = {}
@@ -151,12 +178,23 @@ async def _answers_in(
                 if wanted <= found:
                     break
                 await asyncio.sleep(0.5)
+    refusals = _not_written(logs) if wanted - found else []
     missing = [
         f"{cam}'s recording answer to {aid} is not in the ledger "
-        f"(it holds: {', '.join(held.get((aid, cam), [])) or 'none'})"
+        f"(it holds: {', '.join(held.get((aid, cam), [])) or 'none'}; the camera "
+        f"{_camera_says(fleet, cam)}; {_what_engines_said(refusals, aid, cam)})"
         for aid, cam in sorted(wanted - found)
     ]
     return len(wanted & found), missing[:5]
+
+
+def _camera_says(fleet: Fleet, camera: str) -> str:
+    """Whether ``camera`` still holds final answers the broker did not take."""
+    agent = fleet.cameras[camera]
+    waiting = agent.unsent_answers
+    if waiting:
+        return f"holds {waiting} answer(s) the broker has not taken"
+    return "holds no unsent answer"
 
 
 async def _follow_ups(
@@ -178,10 +216,17 @@ async def _follow_ups(
 
 
 async def measure(
-    fleet: Fleet, burst: Burst, name: str, ledger: Path | str, agency: str
+    fleet: Fleet,
+    burst: Burst,
+    name: str,
+    ledger: Path | str,
+    agency: str,
+    *,
+    logs: Sequence[Path] = (),
 ) -> FaultResult:
     """Count scenario ``name`` from the cameras and the ledger at ``ledger`` (a SQLite
-    file or a PostgreSQL URL holding ``agency``'s chain)."""
+    file or a PostgreSQL URL holding ``agency``'s chain); ``logs``: the engines' logs,
+    quoted for answers missing from the ledger."""
     aids = burst.aids
     result = FaultResult(name, triggers=len(aids))
     async with open_ledger(ledger, agency=agency, create=False) as store:
@@ -190,7 +235,9 @@ async def measure(
         # Every row must be one of our triggers or a follow-up of one: anything else is a
         # duplicate activation.
         follow_ups = await _follow_ups(store, in_ledger - set(aids), set(aids), result)
-        result.answered, result.notes = await _answers_in(store, fleet, burst, follow_ups)
+        result.answered, result.notes = await _answers_in(
+            store, fleet, burst, follow_ups, logs=logs
+        )
         # Why the engine left a camera out, for any camera that did not record.
         decided: dict[tuple[str, str], str] = {}
         for aid in aids:

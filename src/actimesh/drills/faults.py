@@ -211,7 +211,9 @@ async def _scenario(
             await settle(world.fleet, burst)
             for task in tasks:
                 task.cancel()
-        return await measure(world.fleet, burst, name, scenario_root / "ledger.sqlite3", agency)
+        logs = [engine.log for engine in world.engines]
+        ledger = scenario_root / "ledger.sqlite3"
+        return await measure(world.fleet, burst, name, ledger, agency, logs=logs)
 
 
 async def run_fault_drill(

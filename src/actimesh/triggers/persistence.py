@@ -453,7 +453,13 @@ class AckWriter:
             if room:
                 recheck.append(row)
                 continue
-            self._refuse(key)
+            if now - since >= _ACK_WAIT_FOR_ACTIVATION_S:
+                why = (
+                    f"its activation was not in the ledger within {_ACK_WAIT_FOR_ACTIVATION_S:g} s"
+                )
+            else:
+                why = "too many answers wait for their activation"
+            self._refuse(key, why)
         if recheck:
             await self._recheck(recheck)
 
@@ -473,15 +479,20 @@ class AckWriter:
         for row in rows:
             key = (row.aid, row.device_id, row.status)
             if row.device_id in again:
-                self._refuse(key)
+                self._refuse(key, "its activation did not command it")
             else:
                 self._refused_since.pop(key, None)
 
-    def _refuse(self, key: tuple[str, str, str]) -> None:
-        """Refuse an answer for good: counted and charged to its device."""
+    def _refuse(self, key: tuple[str, str, str], why: str) -> None:
+        """Refuse an answer for good: counted and charged to its device, and logged: it is
+        a device answering what it was not asked (held to its control budget before it
+        gets here, so a flood cannot flood the log) or a camera's evidence lost, whose
+        fate must be found in the log (the fault drills quote these lines)."""
         self._refused_since.pop(key, None)
+        aid, device_id, status = key
+        log.warning("%s's %s answer to %s not written: %s", device_id, status, aid, why)
         self._stats.acks_not_commanded += 1
-        self._refusals.charge(key[1], _NOT_COMMANDED)
+        self._refusals.charge(device_id, _NOT_COMMANDED)
 
     async def _activation_missing(self, aid: str) -> bool:
         try:
