@@ -60,7 +60,14 @@ from actimesh.devices.agent import DeviceAgent
 from actimesh.devices.recorder import RecordingStore
 from actimesh.dispatch.settings import DispatchSettings
 from actimesh.drills.fault_fleet import EngineProc, Fleet, fire_burst, scene_devices
-from actimesh.drills.fault_report import FaultReport, FaultResult, measure, publish, settle
+from actimesh.drills.fault_report import (
+    FaultReport,
+    FaultResult,
+    measure,
+    publish,
+    settle,
+    wait_for_answers,
+)
 from actimesh.drills.faults import ENGINE_TOML
 from actimesh.drills.netns import IsolatedHost, isolated_host, namespaces_unavailable
 from actimesh.errors import BrokerError
@@ -366,6 +373,7 @@ async def _scenario(
             await asyncio.sleep(1.5)  # the engines learn every device and position
             burst = await fire_burst(shape.fleet, triggers, lambda: fault(shape, tg))
             await settle(shape.fleet, burst)
+            await wait_for_answers(shape.fleet, burst, postgres.url, agency)
             for task in tasks:
                 task.cancel()
         console.print(f"[dim]  {name}: {shape.struck}[/dim]")

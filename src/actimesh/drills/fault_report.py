@@ -32,9 +32,10 @@ from actimesh.audit import verify_ledger
 from actimesh.broker.messages import AckStatus, activation_id
 from actimesh.devices.camera_part import ReceivedCommand
 from actimesh.drills.fault_fleet import PRE_ROLL_S, Burst, Fleet
+from actimesh.errors import LedgerError
 from actimesh.ledger import Ledger, open_ledger
 
-__all__ = ["FaultReport", "FaultResult", "measure", "publish", "settle"]
+__all__ = ["FaultReport", "FaultResult", "measure", "publish", "settle", "wait_for_answers"]
 
 _SETTLE_TIMEOUT_S = 45.0
 #: What an engine logs of an answer it did not write (triggers/persistence.py).
@@ -163,21 +164,20 @@ async def _answers_in(
     wanted = {(aid, cam) for aid, cew in burst.aids.items() for cam in fleet.expected[cew]}
     found: set[tuple[str, str]] = set()
     held: dict[tuple[str, str], list[str]] = {}
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(timeout_s):
-            while True:
-                held.clear()
-                for aid in {aid for aid, _ in wanted - found}:
-                    rows = await store.acks(aid)
-                    for follow_up in follow_ups.get(aid, ()):
-                        rows += await store.acks(follow_up)
-                    for row in rows:
-                        held.setdefault((aid, row.device_id), []).append(row.status)
-                        if row.status == AckStatus.RECORDING.value:
-                            found.add((aid, row.device_id))
-                if wanted <= found:
-                    break
-                await asyncio.sleep(0.5)
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:  # looked at once at least, however short the time
+        held.clear()
+        for aid in {aid for aid, _ in wanted - found}:
+            rows = await store.acks(aid)
+            for follow_up in follow_ups.get(aid, ()):
+                rows += await store.acks(follow_up)
+            for row in rows:
+                held.setdefault((aid, row.device_id), []).append(row.status)
+                if row.status == AckStatus.RECORDING.value:
+                    found.add((aid, row.device_id))
+        if wanted <= found or asyncio.get_running_loop().time() >= deadline:
+            break
+        await asyncio.sleep(0.5)
     refusals = _not_written(logs) if wanted - found else []
     missing = [
         f"{cam}'s recording answer to {aid} is not in the ledger "
@@ -195,6 +195,28 @@ def _camera_says(fleet: Fleet, camera: str) -> str:
     if waiting:
         return f"holds {waiting} answer(s) the broker has not taken"
     return "holds no unsent answer"
+
+
+async def wait_for_answers(
+    fleet: Fleet,
+    burst: Burst,
+    ledger: Path | str,
+    agency: str,
+    timeout_s: float = _ANSWERS_TIMEOUT_S,
+) -> None:
+    """Until the ledger at ``ledger`` holds every expected camera's ``recording`` answer
+    (or ``timeout_s``). Called while the devices still run: a camera re-sends an answer
+    its broker did not take, and answers again a command the engine re-sends for an
+    answer that never arrived, only while it runs. Counting the answers after the
+    devices had stopped missed every answer that needed either. A ledger that does not
+    answer ends the wait: :func:`measure` then counts, and reports, what it holds."""
+    with contextlib.suppress(LedgerError):
+        async with open_ledger(ledger, agency=agency, create=False) as store:
+            in_ledger = set(await store.activation_ids(limit=1_000_000))
+            aids = set(burst.aids)
+            unused = FaultResult("answers")  # measure() counts the follow-ups
+            follow_ups = await _follow_ups(store, in_ledger - aids, aids, unused)
+            await _answers_in(store, fleet, burst, follow_ups, timeout_s=timeout_s)
 
 
 async def _follow_ups(
@@ -235,8 +257,9 @@ async def measure(
         # Every row must be one of our triggers or a follow-up of one: anything else is a
         # duplicate activation.
         follow_ups = await _follow_ups(store, in_ledger - set(aids), set(aids), result)
+        # Waited for while the devices ran (wait_for_answers): what is missing now is.
         result.answered, result.notes = await _answers_in(
-            store, fleet, burst, follow_ups, logs=logs
+            store, fleet, burst, follow_ups, logs=logs, timeout_s=0.0
         )
         # Why the engine left a camera out, for any camera that did not record.
         decided: dict[tuple[str, str], str] = {}

@@ -42,7 +42,14 @@ from actimesh.broker.topics import Topics
 from actimesh.devices.recorder import RecordingStore
 from actimesh.dispatch.settings import DispatchSettings
 from actimesh.drills.fault_fleet import EngineProc, Fleet, fire_burst, scene_devices
-from actimesh.drills.fault_report import FaultReport, FaultResult, measure, publish, settle
+from actimesh.drills.fault_report import (
+    FaultReport,
+    FaultResult,
+    measure,
+    publish,
+    settle,
+    wait_for_answers,
+)
 from actimesh.errors import BrokerError
 from actimesh.security.acl import SERVICE_ENGINE, AclPolicy
 from actimesh.security.provision import prepare_broker, provision_agents
@@ -209,6 +216,7 @@ async def _scenario(
             await asyncio.sleep(1.5)  # the engine learns every device and position
             burst = await fire_burst(world.fleet, triggers, lambda: fault(world))
             await settle(world.fleet, burst)
+            await wait_for_answers(world.fleet, burst, scenario_root / "ledger.sqlite3", agency)
             for task in tasks:
                 task.cancel()
         logs = [engine.log for engine in world.engines]
