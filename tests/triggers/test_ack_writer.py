@@ -16,6 +16,7 @@ from actimesh.broker.topics import Topics
 from actimesh.errors import LedgerError
 from actimesh.ledger import AckRow, AckWrite, DecisionRow, Head, SqliteLedger
 from actimesh.security.signing import CommandSigner
+from actimesh.triggers.persistence import AckWriter
 from tests.integration.harness import build_engine
 from tests.ledger.test_sqlite_store import activation
 from tests.waiting import eventually
@@ -201,3 +202,56 @@ async def test_answers_refused_just_before_their_activation_was_committed_are_wr
         await engine.acks.write([replace(GOOD, device_id="thief")])
         assert engine.stats.acks_not_commanded == 1
         assert all(a.device_id != "thief" for a in await ledger.acks("act-1"))
+
+
+async def test_an_answer_given_again_waits_afresh_for_the_activation_written_next(
+    tmp_path: Path,
+) -> None:
+    # One engine commanded the camera and died before writing the activation; the other
+    # handles the device's re-sent trigger seconds later and commands the camera again,
+    # which answers again. That copy must wait from its own arrival: kept to the first
+    # copy's time, it was refused just before the other engine's write.
+    now = [0.0]
+    async with SqliteLedger(tmp_path / "l.sqlite3") as ledger:
+        engine = build_engine(Topics("am-acks"), 1, ledger, signer=CommandSigner.generate())
+        await ledger.record_activation(activation("act-2", "e2"), COMMANDED)
+        writer = AckWriter(
+            ledger=ledger, refusals=engine.refusals, stats=engine.stats, clock=lambda: now[0]
+        )
+        answer = replace(GOOD, status="recording")
+
+        def marker(n: int) -> AckRow:
+            """An answer written at once: seen in the ledger, its batch was handled."""
+            return replace(GOOD, aid="act-2", device_id=f"bwc{n}")
+
+        async def handled(row: AckRow) -> None:
+            async def written() -> bool:
+                return any(a.device_id == row.device_id for a in await ledger.acks(row.aid))
+
+            await eventually(written, timeout=5)
+
+        run = asyncio.create_task(writer.run())
+        try:
+            await writer.put(answer)  # the first engine's command: no activation yet
+            await writer.put(marker(1))
+            await handled(marker(1))
+            now[0] = 3.9  # the second engine's command, answered again
+            await writer.put(answer)
+            await writer.put(marker(2))
+            await handled(marker(2))
+            now[0] = 4.5  # past the first copy's wait, within the second's
+            await writer.put(marker(3))
+            await handled(marker(3))
+            assert engine.stats.acks_not_commanded == 0
+            await ledger.record_activation(activation(), COMMANDED)  # the second engine's
+            await writer.put(replace(marker(1), status="recording"))
+
+            async def answer_written() -> bool:
+                return [a.status for a in await ledger.acks("act-1")] == ["recording"]
+
+            await eventually(answer_written, timeout=5)
+        finally:
+            run.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await run
+        assert engine.stats.acks_not_commanded == 0

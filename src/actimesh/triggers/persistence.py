@@ -18,7 +18,7 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from pydantic import ValidationError
@@ -312,10 +312,19 @@ class AckWriter:
     devices. Hence a queue and group commits.
     """
 
-    def __init__(self, *, ledger: Ledger, refusals: Refusals, stats: EngineStats) -> None:
+    def __init__(
+        self,
+        *,
+        ledger: Ledger,
+        refusals: Refusals,
+        stats: EngineStats,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._ledger = ledger
         self._refusals = refusals
         self._stats = stats
+        #: Measures how long an answer has waited for its activation.
+        self._clock = clock
         # Each with who cancelled, for a ``cancelled`` ack (a false activation).
         self._queue: asyncio.Queue[tuple[AckRow, str | None]] = asyncio.Queue(
             maxsize=_MAX_PENDING_ACKS
@@ -387,12 +396,13 @@ class AckWriter:
                 row.device_id,
             )
 
-    async def write(self, rows: list[AckRow]) -> None:
+    async def write(self, rows: list[AckRow], *, again: bool = False) -> None:
         """Write ``rows`` in one transaction. If that fails while the ledger answers,
         one by one, so that one bad row does not cost the others their record; while it
         does not answer (a database restarting or failing over), the rows wait and the
         write is tried again, backing off: a camera's answer is evidence, never dropped
-        because the ledger was away for a moment."""
+        because the ledger was away for a moment. ``again``: ``rows`` waited for their
+        activation already (:meth:`_not_commanded`)."""
         if not rows:
             return
         delay = _ACK_RETRY_FIRST_S
@@ -413,14 +423,16 @@ class AckWriter:
                     log.warning("%d ack(s) wait for the ledger: %s", len(rows), exc)
             if refused:
                 for row in rows:
-                    await self.write([row])
+                    await self.write([row], again=again)
                 return
             await asyncio.sleep(delay)
             delay = min(delay * 2, _ACK_RETRY_MAX_S)
         if written.refused:
-            await self._not_commanded(rows, set(written.refused))
+            await self._not_commanded(rows, set(written.refused), again=again)
 
-    async def _not_commanded(self, rows: list[AckRow], refused: set[str]) -> None:
+    async def _not_commanded(
+        self, rows: list[AckRow], refused: set[str], *, again: bool = False
+    ) -> None:
         """Answers the ledger refused as not commanded. One whose activation is not in
         the ledger yet waits (commands leave before the activation is written, and
         another replica may be writing it): it is tried again until the activation is
@@ -428,8 +440,13 @@ class AckWriter:
         there now is written once more (:meth:`_recheck`), because the activation may
         have been committed between the write's check and this look: both writers hold
         the ledger's lock in turn, so the persister's write often lands just there. The
-        rest, and those that waited long enough, are refused: counted and charged."""
-        now = time.monotonic()
+        rest, and those that waited long enough, are refused: counted and charged.
+
+        A new copy of an answer already waiting (``again`` false) waits afresh: a camera
+        answers again when it is commanded again, by an engine that writes the activation
+        next (the other replica, once the one that commanded first died before writing
+        it). Kept to the first copy's time, it was refused just before that write."""
+        now = self._clock()
         missing: dict[str, bool] = {}
         per_device = Counter(device for _, device, _ in self._waiting)
         recheck: list[AckRow] = []
@@ -437,7 +454,8 @@ class AckWriter:
             if row.device_id not in refused:
                 continue
             key = (row.aid, row.device_id, row.status)
-            since = self._refused_since.setdefault(key, now)
+            since = self._refused_since.setdefault(key, now) if again else now
+            self._refused_since[key] = since
             room = (
                 len(self._waiting) < _MAX_WAITING_ACKS
                 and (key in self._waiting or per_device[row.device_id] < _MAX_WAITING_PER_DEVICE)
@@ -506,7 +524,7 @@ class AckWriter:
             return
         rows = list(self._waiting.values())
         self._waiting.clear()
-        await self.write(rows)  # each is written, waits again, or is refused for good
+        await self.write(rows, again=True)  # each is written, waits again, or is refused
         for key in [k for k in self._refused_since if k not in self._waiting]:
             del self._refused_since[key]
 
