@@ -16,7 +16,7 @@ from actimesh.broker.topics import Topics
 from actimesh.errors import LedgerError
 from actimesh.ledger import AckRow, AckWrite, DecisionRow, Head, SqliteLedger
 from actimesh.security.signing import CommandSigner
-from actimesh.triggers.persistence import AckWriter
+from actimesh.triggers.answers import AckWriter
 from tests.integration.harness import build_engine
 from tests.ledger.test_sqlite_store import activation
 from tests.waiting import eventually

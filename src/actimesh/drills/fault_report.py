@@ -38,7 +38,7 @@ from actimesh.ledger import Ledger, open_ledger
 __all__ = ["FaultReport", "FaultResult", "measure", "publish", "settle", "wait_for_answers"]
 
 _SETTLE_TIMEOUT_S = 45.0
-#: What an engine logs of an answer it did not write (triggers/persistence.py).
+#: What an engine logs of an answer it did not write (triggers/answers.py).
 _NOT_WRITTEN = " not written: "
 _ANSWERS_TIMEOUT_S = 30.0
 
@@ -128,7 +128,7 @@ async def settle(fleet: Fleet, burst: Burst, timeout_s: float = _SETTLE_TIMEOUT_
 
 
 def _not_written(logs: Sequence[Path]) -> list[str]:
-    """The engines' log lines saying an answer was not written (triggers/persistence.py
+    """The engines' log lines saying an answer was not written (triggers/answers.py
     logs each, with why), each prefixed with its log's name."""
     found = []
     for path in logs:

@@ -48,6 +48,7 @@ from actimesh.geofence import GridIndex, InclusionPolicy, PartitionMap, SpatialI
 from actimesh.ledger import Ledger
 from actimesh.security.signing import CommandSigner
 from actimesh.triggers.alerts import Alerts
+from actimesh.triggers.answers import AckWriter
 from actimesh.triggers.commands import Commander
 from actimesh.triggers.dedupe import Dedupe
 from actimesh.triggers.delivery import DeliveryTracker
@@ -55,7 +56,7 @@ from actimesh.triggers.fleet import DeviceDirectory, Fleet
 from actimesh.triggers.followup import FollowUps
 from actimesh.triggers.intake import Intake
 from actimesh.triggers.partitions import Partitioning
-from actimesh.triggers.persistence import AckWriter, Persister
+from actimesh.triggers.persistence import Persister
 from actimesh.triggers.planning import Planner, TriggerTracer
 from actimesh.triggers.quarantine import Quarantine
 from actimesh.triggers.refusals import Refusals

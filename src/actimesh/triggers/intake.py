@@ -41,11 +41,11 @@ from actimesh.geofence import MotionPromise, SpatialIndex
 from actimesh.ledger import AckRow
 from actimesh.security.signing import UNVERIFIED_REFUSALS, refusal_code
 from actimesh.triggers.alerts import Alerts
+from actimesh.triggers.answers import AckWriter
 from actimesh.triggers.commands import Commander
 from actimesh.triggers.delivery import DeliveryTracker
 from actimesh.triggers.fleet import DeviceInfo, Fleet, LastFix
 from actimesh.triggers.followup import FollowUps
-from actimesh.triggers.persistence import AckWriter
 from actimesh.triggers.planning import Planner
 from actimesh.triggers.refusals import Refusals
 from actimesh.triggers.settings import EngineSettings
