@@ -255,3 +255,51 @@ async def test_an_answer_given_again_waits_afresh_for_the_activation_written_nex
             with contextlib.suppress(asyncio.CancelledError):
                 await run
         assert engine.stats.acks_not_commanded == 0
+
+
+async def test_answers_wait_past_the_limit_for_an_activation_this_engine_is_still_writing(
+    tmp_path: Path,
+) -> None:
+    # Seen in the cluster drill's stream leader kill: the engine that planned a trigger
+    # wrote its activation more than 4 s after the cameras answered, and their answers
+    # had been refused by then. An activation this engine is writing is waited for.
+    now = [0.0]
+    writing = {"act-1"}
+    async with SqliteLedger(tmp_path / "l.sqlite3") as ledger:
+        engine = build_engine(Topics("am-acks"), 1, ledger, signer=CommandSigner.generate())
+        await ledger.record_activation(activation("act-2", "e2"), COMMANDED)
+        writer = AckWriter(
+            ledger=ledger,
+            refusals=engine.refusals,
+            stats=engine.stats,
+            clock=lambda: now[0],
+            writing=writing.__contains__,
+        )
+        planned = replace(GOOD, status="recording")
+        elsewhere = replace(GOOD, aid="act-3", status="recording")  # another engine's, or none
+
+        async def written(row: AckRow) -> bool:
+            return any(a.device_id == row.device_id for a in await ledger.acks(row.aid))
+
+        run = asyncio.create_task(writer.run())
+        try:
+            await writer.put(planned)
+            await writer.put(elsewhere)
+            marker = replace(GOOD, aid="act-2", device_id="bwc2")
+            await writer.put(marker)
+            await eventually(lambda: written(marker), timeout=5)
+            now[0] = 10.0  # far past the limit; a batch makes the writer look again
+            marker = replace(GOOD, aid="act-2", device_id="bwc3")
+            await writer.put(marker)
+            await eventually(lambda: written(marker), timeout=5)
+            await eventually(lambda: engine.stats.acks_not_commanded == 1, timeout=5)
+            await ledger.record_activation(activation(), COMMANDED)  # the write, at last
+            writing.discard("act-1")
+            await writer.put(replace(GOOD, aid="act-2", device_id="bwc3", status="recording"))
+            await eventually(lambda: written(planned), timeout=5)
+        finally:
+            run.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await run
+        assert engine.stats.acks_not_commanded == 1  # only the one nobody here is writing
+        assert await ledger.acks("act-3") == []

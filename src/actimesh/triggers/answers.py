@@ -64,12 +64,16 @@ class AckWriter:
         refusals: Refusals,
         stats: EngineStats,
         clock: Callable[[], float] = time.monotonic,
+        writing: Callable[[str], bool] = lambda _aid: False,
     ) -> None:
         self._ledger = ledger
         self._refusals = refusals
         self._stats = stats
         #: Measures how long an answer has waited for its activation.
         self._clock = clock
+        #: Whether this engine planned an activation and is still writing it: its
+        #: cameras' answers wait for that write, however long it takes.
+        self._writing = writing
         # Each with who cancelled, for a ``cancelled`` ack (a false activation).
         self._queue: asyncio.Queue[tuple[AckRow, str | None]] = asyncio.Queue(
             maxsize=_MAX_PENDING_ACKS
@@ -181,7 +185,12 @@ class AckWriter:
         """Answers the ledger refused as not commanded. One whose activation is not in
         the ledger yet waits (commands leave before the activation is written, and
         another replica may be writing it): it is tried again until the activation is
-        there or ``_ACK_WAIT_FOR_ACTIVATION_S`` has passed. One whose activation is
+        there or ``_ACK_WAIT_FOR_ACTIVATION_S`` has passed, or, for an activation this
+        engine planned, until its write has finished, however late: seen across a
+        JetStream stream leader kill, the answers to one activation refused at 4 s, before
+        the engine that planned it had written it (what held the write up that long is not
+        checked; activations are written in order, each record published after its write,
+        and the broker is slow to acknowledge during the election). One whose activation is
         there now is written once more (:meth:`_recheck`), because the activation may
         have been committed between the write's check and this look: both writers hold
         the ledger's lock in turn, so the persister's write often lands just there. The
@@ -204,7 +213,7 @@ class AckWriter:
             room = (
                 len(self._waiting) < _MAX_WAITING_ACKS
                 and (key in self._waiting or per_device[row.device_id] < _MAX_WAITING_PER_DEVICE)
-                and now - since < _ACK_WAIT_FOR_ACTIVATION_S
+                and (now - since < _ACK_WAIT_FOR_ACTIVATION_S or self._writing(row.aid))
             )
             if room and row.aid not in missing:
                 missing[row.aid] = await self._activation_missing(row.aid)

@@ -40,6 +40,9 @@ class Dedupe:
         self._durable: set[str] = set()
         # A merged trigger's own activation id -> the activation it joined.
         self._aliases: dict[str, str] = {}
+        # Activations planned here whose ledger write has not finished: their cameras'
+        # answers wait for it however long it takes (answers.py).
+        self._writing: set[str] = set()
 
     def __len__(self) -> int:
         return len(self._seen)
@@ -71,11 +74,19 @@ class Dedupe:
         self._seen[key] = aid
         if durable:
             self._durable.add(aid)
+        else:
+            self._writing.add(aid)
         if len(self._seen) > self._capacity:
             _, oldest = self._seen.popitem(last=False)
             self._durable.discard(oldest)
+            self._writing.discard(oldest)
             self._aliases.pop(oldest, None)
             self._forgot = True
+
+    def writing(self, aid: str) -> bool:
+        """Whether ``aid`` was planned here and its ledger write has not finished (its
+        commands left before it, and the write may come seconds later)."""
+        return aid in self._writing
 
     def forget(self, key: EventKey) -> None:
         """Its ledger write failed: the device's re-send is handled afresh."""
@@ -87,13 +98,16 @@ class Dedupe:
     def durable(self, aid: str) -> None:
         """``aid`` is in the ledger: repeats of it may be confirmed."""
         self._durable.add(aid)
+        self._writing.discard(aid)
 
     def not_durable(self, aid: str) -> None:
         self._durable.discard(aid)
+        self._writing.discard(aid)
 
     def merged(self, aid: str, into: str) -> None:
         """The trigger whose own activation id is ``aid`` joined activation ``into``."""
         self._durable.add(aid)
+        self._writing.discard(aid)
         self._aliases[aid] = into
 
     def activation_of(self, aid: str) -> str:

@@ -192,7 +192,9 @@ class Engine:
             alerts=self.alerts,
             stats=self.stats,
         )
-        self.acks = AckWriter(ledger=ledger, refusals=self.refusals, stats=self.stats)
+        self.acks = AckWriter(
+            ledger=ledger, refusals=self.refusals, stats=self.stats, writing=self.dedupe.writing
+        )
         planner = Planner(
             rules=rules,
             policy=policy,
