@@ -15,6 +15,14 @@ telemetry flood cannot delay an activation record:
   officer's phone is on the map like any other, its known state kept.
 
 Bad payloads are counted by reason and skipped; the engine already dead-letters them.
+
+On a NATS cluster both links are given every node's MQTT listener and move to the next
+node when theirs is lost (:mod:`actimesh.broker.failover`). What the dispatch missed
+meanwhile comes as it does after a reconnect to Mosquitto: the ``-ctl`` session, kept
+in JetStream on three nodes, delivers the activation records, presence and
+acknowledgements queued for it; subscribing again brings the retained presence; the
+ledger reconciler catches up the webhooks; engine status is renewed within its ttl.
+Telemetry in between is lost, as on Mosquitto: the next fix replaces it.
 """
 
 from __future__ import annotations
@@ -133,6 +141,11 @@ class Feed:
     @property
     def connected(self) -> bool:
         return self.ctl.connected and self.telemetry_link.connected
+
+    @property
+    def listener(self) -> str:
+        """The MQTT listener (``host:port``) activations are read from, or tried next."""
+        return str(self.ctl.listener)
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tg:
