@@ -19,19 +19,22 @@ from actimesh.broker.codec import encode
 from actimesh.broker.failover import Listener
 from actimesh.broker.messages import (
     Activation,
-    ActivationReason,
-    CameraActivation,
-    DeviceKind,
-    activation_id,
 )
 from actimesh.broker.nats import NatsCluster, NatsTransport
 from actimesh.broker.topics import Topics
 from actimesh.broker.transport import MqttTransport, Outbound
 from actimesh.dispatch.accounts import Role
 from actimesh.errors import BrokerError
-from actimesh.ledger import ActivationRow, DecisionRow, SqliteLedger
+from actimesh.ledger import SqliteLedger
 from tests.broker.nats_secured import DISPATCH, ENGINE, access_for, password_of
-from tests.dispatch.conftest import FAST, Dispatch, api, bearer
+from tests.dispatch.conftest import (
+    FAST,
+    Dispatch,
+    api,
+    bearer,
+    in_the_ledger_only,
+    taser_record,
+)
 from tests.waiting import eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.time_limit(150)]
@@ -39,31 +42,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.time_limit(150)]
 AGENCY = "failover"
 TOPICS = Topics(AGENCY)
 HOST = "127.0.0.1"
-
-
-def _record(eid: str, now: float | None = None) -> Activation:
-    now = time.time() if now is None else now
-    return Activation(
-        aid=activation_id("cew-1", eid),
-        eid=eid,
-        src="cew-1",
-        type="taser_draw",
-        ets=now - 0.01,
-        ts=now,
-        lat=51.0447,
-        lon=-114.0719,
-        radius=9.144,
-        pre=30.0,
-        cameras=(
-            CameraActivation(
-                id="bwc-1",
-                device_kind=DeviceKind.BODY_CAM,
-                reason=ActivationReason.PROXIMITY,
-                dist=3.0,
-            ),
-        ),
-        excluded=0,
-    )
 
 
 async def _publish_as_the_engine(out: Outbound, record: Activation) -> None:
@@ -90,31 +68,6 @@ async def _shown_after_publishing(out: Outbound, service: Dispatch, record: Acti
         while await service.wait_for_activation(record.aid, wait) is None:
             await _publish_as_the_engine(out, record)
             wait = 5.0
-
-
-async def _in_the_ledger_only(location: Path, record: Activation) -> None:
-    """What the engine writes before it publishes: the activation row and its decision."""
-    row = ActivationRow(
-        aid=record.aid,
-        src=record.src,
-        eid=record.eid,
-        type=record.type,
-        event_ts=record.ets,
-        received_ts=record.ets,
-        decided_ts=record.ts,
-        lat=record.lat,
-        lon=record.lon,
-        acc=3.0,
-        position_source="event",
-        radius_m=record.radius,
-        pre_roll_s=record.pre,
-        rule={"event_type": record.type, "radius_m": record.radius},
-        initiated_by=None,
-        engine="engine-1",
-    )
-    decisions = [DecisionRow("bwc-1", "body_cam", True, "proximity", 3.0, 0.0, 0.5, 0.0)]
-    async with SqliteLedger(location) as ledger:
-        assert await ledger.record_activation(row, decisions)
 
 
 async def test_a_killed_node_does_not_blind_the_dispatch(tmp_path: Path) -> None:
@@ -157,19 +110,19 @@ async def test_a_killed_node_does_not_blind_the_dispatch(tmp_path: Path) -> None
                 )
                 service.tokens["admin"] = issued.secret
 
-                before = _record("before")
+                before = taser_record("before")
                 await _publish_as_the_engine(out, before)
                 assert await service.wait_for_activation(before.aid, 30) is not None
                 # Decided a while ago, in the ledger, lost on the bus.
-                lost = _record("lost", time.time() - 10.0)
-                await _in_the_ledger_only(ledger, lost)
+                lost = taser_record("lost", time.time() - 10.0)
+                await in_the_ledger_only(ledger, lost, AGENCY)
                 assert lost.aid not in service.state.activations
                 reading = service.feed.listener
                 victim = [str(Listener(HOST, port)) for port in ports].index(reading)
                 connects = service.feed.ctl.stats.connects
 
                 cluster.kill(victim)
-                after = _record("after")
+                after = taser_record("after")
                 await _shown_after_publishing(out, service, after)
                 shown = service.state.activations[after.aid].to_json()
                 assert [c["id"] for c in shown["cameras"]] == ["bwc-1"]
