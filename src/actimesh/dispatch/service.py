@@ -323,15 +323,23 @@ class DispatchService:
         aids = await self.ledger.aids_since(since)
         # The newest the map holds at most; older ones it would evict again at once.
         wanted = aids[-self.settings.max_activations :]
-        missing = [aid for aid in wanted if aid not in self.state.activations]
-        if not missing:
+        lost: dict[str, float] = {}
+        for aid in wanted:
+            if aid in self.state.activations:
+                continue
+            record = await self.ledger.record(aid)
+            # A record decided a moment ago may still be on its way over the bus: it is
+            # left to the bus this round and caught up in the next if it never comes.
+            if record is not None and now - record.ts >= _IN_FLIGHT_S:
+                lost[aid] = record.ets
+        if not lost:
             return 0
-        # A record decided a moment ago may still be on its way over the bus: it is
-        # left to the bus this round and caught up in the next if it never comes.
-        recent = await self.ledger.recent(since, self.settings.max_activations)
+        # Read again with their acknowledgements, which only this query brings; rare
+        # (a record lost on the bus), so the heavier read is paid only then.
+        recent = await self.ledger.recent(min(lost.values()), self.settings.max_activations)
         found = 0
         for record, acks in recent:
-            if record.aid not in missing or now - record.ts < _IN_FLIGHT_S:
+            if record.aid not in lost:
                 continue
             new = self.state.activation(record, now, replay=True)
             for device_id, ack in acks:
