@@ -396,7 +396,8 @@ def test_cluster_units_run_real_commands_with_real_options() -> None:
     _logs_in_from_a_credential(dispatch_unit, dispatch, SERVICE_DISPATCH)
     assert dispatch.command == "dispatch"
     assert dispatch.mqtt_protocol == "3.1.1"
-    assert dispatch.broker == f"mqtt://{DEFAULT_HOSTS[0]}:1883"
+    # Every node's listener: the dispatch moves to the next when its node is lost.
+    assert dispatch.broker == [f"mqtt://{h}:1883" for h in DEFAULT_HOSTS]
 
     evidence = _actimesh_args(
         _unit("actimesh-evidence.service")["Service"]["ExecStart"].split()[1:]
@@ -454,6 +455,7 @@ def test_compose_runs_the_cluster_from_the_shipped_files() -> None:
             assert set(args.nats) == {f"nats://{h}:4222" for h in DEFAULT_HOSTS}
         if args.command == "dispatch":
             assert args.mqtt_protocol == "3.1.1"
+            assert args.broker == [f"mqtt://{h}:1883" for h in DEFAULT_HOSTS]
         if args.command in ("engine", "dispatch"):
             account = SERVICE_ENGINE if args.command == "engine" else SERVICE_DISPATCH
             assert args.username == account

@@ -21,7 +21,16 @@ import aiomqtt
 import httpx
 
 from actimesh.broker.codec import encode
-from actimesh.broker.messages import DeviceKind, DeviceState, Presence, Telemetry
+from actimesh.broker.messages import (
+    Activation,
+    ActivationReason,
+    CameraActivation,
+    DeviceKind,
+    DeviceState,
+    Presence,
+    Telemetry,
+    activation_id,
+)
 from actimesh.broker.transport import MqttTransport
 from actimesh.devices.agent import DeviceAgent
 from actimesh.dispatch.accounts import Role
@@ -31,6 +40,7 @@ from actimesh.dispatch.settings import DispatchSettings
 from actimesh.errors import AccountError
 from actimesh.evidence.service import EvidenceService
 from actimesh.geofence import InclusionPolicy, destination
+from actimesh.ledger import ActivationRow, DecisionRow, open_ledger
 from actimesh.triggers.rules import DEFAULT_RULES
 from tests.integration.harness import CENTER, HOST, Mesh
 
@@ -188,3 +198,59 @@ def trail(root: Path, *types: str) -> list[tuple[str, str, str, dict[str, Any]]]
             types,
         ).fetchall()
     return [(t, s, o, json.loads(b)) for t, s, o, b in rows]
+
+
+def taser_record(eid: str, ts: float | None = None, camera: str = "bwc-1") -> Activation:
+    """The record the engine publishes for a TASER draw by ``cew-1`` that commanded
+    ``camera``, decided at ``ts`` (now by default)."""
+    now = time.time() if ts is None else ts
+    return Activation(
+        aid=activation_id("cew-1", eid),
+        eid=eid,
+        src="cew-1",
+        type="taser_draw",
+        ets=now - 0.01,
+        ts=now,
+        lat=CENTER[0],
+        lon=CENTER[1],
+        radius=9.144,
+        pre=30.0,
+        cameras=(
+            CameraActivation(
+                id=camera,
+                device_kind=DeviceKind.BODY_CAM,
+                reason=ActivationReason.PROXIMITY,
+                dist=3.0,
+            ),
+        ),
+        excluded=0,
+    )
+
+
+async def in_the_ledger_only(location: Path | str, record: Activation, agency: str) -> None:
+    """What the engine writes before it publishes ``record`` (the activation row and its
+    camera's decision), with nothing published: a record the bus lost."""
+    row = ActivationRow(
+        aid=record.aid,
+        src=record.src,
+        eid=record.eid,
+        type=record.type,
+        event_ts=record.ets,
+        received_ts=record.ets,
+        decided_ts=record.ts,
+        lat=record.lat,
+        lon=record.lon,
+        acc=3.0,
+        position_source="event",
+        radius_m=record.radius,
+        pre_roll_s=record.pre,
+        rule={"event_type": record.type, "radius_m": record.radius},
+        initiated_by=None,
+        engine="engine-1",
+    )
+    cams = [
+        DecisionRow(c.id, c.device_kind.value, True, c.reason.value, c.dist, 0.0, 0.5, 0.0)
+        for c in record.cameras
+    ]
+    async with open_ledger(location, agency=agency) as ledger:
+        assert await ledger.record_activation(row, cams)

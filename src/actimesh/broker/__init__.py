@@ -10,7 +10,8 @@ The transport seam is :mod:`.transport`: what a service needs of a bus, with
 and :mod:`.intake` for reading) and :class:`MemoryBus` in process (:mod:`.memory`).
 The managed Mosquitto of a one-machine deployment is :mod:`.mosquitto` (the process),
 :mod:`.mosquitto_conf` (its configuration), :mod:`.dynsec` (its accounts and ACLs) and
-:mod:`.reload`; :mod:`.endpoint` parses broker addresses.
+:mod:`.reload`; :mod:`.endpoint` parses broker addresses, and :mod:`.failover` picks
+the next of a cluster's listeners when a link loses its node.
 
 A NATS cluster for engines on several hosts is the subpackage :mod:`.nats` (the
 managed nodes and the engine's side, with nats-py). It is imported by its own path and

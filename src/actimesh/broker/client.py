@@ -20,6 +20,9 @@ Choices that matter on this path:
   logs). Components that must never drop (trigger events) use a separate link from the
   ones that may shed load (telemetry), so a telemetry flood cannot delay a trigger.
 * Every network await has a timeout.
+* Several listeners (:attr:`LinkSettings.fallbacks`: a NATS cluster's nodes), for a
+  link whose session outlives its node: every failure moves to the next listener
+  (:class:`~actimesh.broker.failover.Rotation`, where the backoff rule lives too).
 * Optional TLS (:class:`TlsSettings`): the server's certificate is checked against a CA
   file and the host name connected to; a client certificate and key make it mutual TLS.
   Credentials travel in the CONNECT packet, so off loopback they must only go over TLS.
@@ -33,7 +36,6 @@ import dataclasses
 import functools
 import logging
 import math
-import random
 import socket
 import ssl
 import threading
@@ -48,6 +50,7 @@ from paho.mqtt.client import MQTT_ERR_SUCCESS, error_string
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from actimesh.broker.failover import Listener, Rotation
 from actimesh.errors import BrokerError, ConfigError
 
 __all__ = [
@@ -158,10 +161,20 @@ class LinkSettings:
     #: then, neither on CONNECT (session expiry) nor on PUBLISH (message expiry, user
     #: properties).
     protocol: MqttProtocol = "5"
+    #: Other listeners of the same broker (a cluster's other nodes) that
+    #: :class:`MqttLink` moves to, in turn, whenever a connection fails or is lost. Only
+    #: for a broker that keeps a session wherever the client reconnects (NATS keeps it
+    #: in JetStream); the lean readers (:mod:`.intake`, :mod:`.ingest`) ignore them.
+    fallbacks: tuple[Listener, ...] = ()
 
     def __post_init__(self) -> None:
         if self.protocol not in ("5", "3.1.1"):
             raise ConfigError(f"MQTT protocol {self.protocol!r}: use '5' or '3.1.1'")
+
+    @property
+    def listeners(self) -> tuple[Listener, ...]:
+        """Every listener the link may connect to, ``host:port`` first."""
+        return (Listener(self.host, self.port), *self.fallbacks)
 
 
 @dataclass(slots=True)
@@ -599,6 +612,9 @@ class MqttLink:
         self._client: aiomqtt.Client | None = None
         self._inbox = _Inbox(self.stats)
         self._connected = asyncio.Event()
+        self._rotation = Rotation(
+            settings.listeners, initial_s=settings.backoff_initial_s, max_s=settings.backoff_max_s
+        )
         # aiomqtt's own drop warning is replaced by our counter; keep its log quiet.
         self._mqtt_log = logging.getLogger(f"actimesh.mqtt.{settings.client_id}")
         self._mqtt_log.addFilter(_LATE_ACKS)
@@ -610,6 +626,11 @@ class MqttLink:
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
+
+    @property
+    def listener(self) -> Listener:
+        """The listener the link is connected to, or tries next."""
+        return self._rotation.current
 
     async def wait_connected(self, timeout: float | None = None) -> None:
         """Wait until the link is connected and subscribed."""
@@ -652,9 +673,10 @@ class MqttLink:
         will = None
         if s.will is not None:
             will = aiomqtt.Will(s.will.topic, s.will.payload, s.will.qos, s.will.retain)
+        listener = self._rotation.current
         client = aiomqtt.Client(
-            s.host,
-            s.port,
+            listener.host,
+            listener.port,
             identifier=s.client_id,
             username=s.username,
             password=s.password,
@@ -676,8 +698,8 @@ class MqttLink:
         return client
 
     async def run(self) -> None:
-        """Connect, subscribe, dispatch; on any connection loss back off and reconnect."""
-        attempt = 0
+        """Connect, subscribe, dispatch; on any connection loss back off and reconnect
+        (to the next listener, when there are several)."""
         while True:
             try:
                 async with _connection(self._make_client()) as client:
@@ -693,8 +715,8 @@ class MqttLink:
                             # the leader of the store behind it): connect again, never die.
                             raise aiomqtt.MqttError(f"on connect: {exc}") from exc
                     self._connected.set()
-                    attempt = 0
-                    log.debug("%s connected", self.settings.client_id)
+                    self._rotation.connected()
+                    log.debug("%s connected to %s", self.settings.client_id, self.listener)
                     async for batch in self._inbox.batches(client, _BATCH):
                         for message in batch:
                             await self._dispatch(message)
@@ -702,16 +724,16 @@ class MqttLink:
                             await asyncio.sleep(0)  # a flood must not starve the loop
             except aiomqtt.MqttError as exc:
                 self.stats.last_error = str(exc)
-                log.info("%s: connection lost: %s", self.settings.client_id, exc)
+                log.info(
+                    "%s: connection to %s lost: %s", self.settings.client_id, self.listener, exc
+                )
             finally:
                 if self._connected.is_set():
                     self.stats.disconnects += 1
                 self._connected.clear()
                 self._client = None
-            delay = min(self.settings.backoff_max_s, self.settings.backoff_initial_s * 2**attempt)
-            attempt = min(attempt + 1, 16)
-            # Full jitter keeps a fleet that lost the broker at once from reconnecting at once.
-            await asyncio.sleep(random.uniform(delay / 2, delay))
+            # Jitter keeps a fleet that lost the broker at once from reconnecting at once.
+            await asyncio.sleep(self._rotation.failed())
 
     def ack(self, message: aiomqtt.Message, origin: aiomqtt.Client | None) -> bool:
         """Acknowledge ``message`` (manual-ack links). ``origin`` is :attr:`current_client`

@@ -36,6 +36,7 @@ from actimesh.broker.client import (
     TlsSettings,
     Will,
 )
+from actimesh.broker.failover import Listener
 from actimesh.broker.ingest import LatestStreamSubscriber, Publish
 from actimesh.broker.intake import Admit, ControlSubscriber, Delivery
 from actimesh.broker.topics import mqtt_client_id
@@ -175,10 +176,14 @@ class MqttTransport:
         password: str | None = None,
         tls: TlsSettings | None = None,
         protocol: MqttProtocol = "5",
+        fallbacks: Sequence[Listener] = (),
     ) -> None:
         self.host = host
         self.protocol: MqttProtocol = protocol
         self.port = port
+        #: A cluster's other listeners, which its :class:`MqttLink` links move to in turn
+        #: when a connection fails (:mod:`.failover`); the lean readers stay on ``port``.
+        self.fallbacks = tuple(fallbacks)
         self.username = username
         self._password = password
         self.tls = tls
@@ -199,6 +204,7 @@ class MqttTransport:
             subscriptions=subscriptions,
             tls=self.tls,
             protocol=self.protocol,
+            fallbacks=self.fallbacks,
             **options,
         )
 

@@ -105,8 +105,10 @@ def add_parsers(sub: argparse._SubParsersAction[Parser]) -> None:
     dispatch.add_argument(
         "--broker",
         metavar="URL",
+        action="append",
         help="where activations are read: mqtt://HOST:PORT (a cluster node's MQTT "
-        "listener with --mqtt-protocol 3.1.1; default: [broker] url)",
+        "listener with --mqtt-protocol 3.1.1; repeat for every node, and the dispatch "
+        "moves to the next when its node is lost; default: [broker] url)",
     )
     dispatch.add_argument("--config", type=Path, help="TOML settings file")
     dispatch.add_argument("--agency", help="agency id (default: demo)")
@@ -387,8 +389,9 @@ def _run_service(args: argparse.Namespace, console: Console) -> int:
     if args.command == "evidence":
         run_async(run_evidence(settings, console))
         return EXIT_OK
-    if args.broker is not None:
-        settings = replace(settings, broker_url=args.broker)
+    brokers: list[str] = args.broker or []
+    if brokers:
+        settings = replace(settings, broker_url=brokers[0])
     settings = _with_login(settings, args)
     if args.mqtt_protocol is not None:
         settings = replace(
@@ -398,5 +401,5 @@ def _run_service(args: argparse.Namespace, console: Console) -> int:
     http = {k: v for k, v in http.items() if v is not None}
     if http:
         settings = replace(settings, dispatch=replace(settings.dispatch, **http))
-    run_async(run_dispatch(settings, console))
+    run_async(run_dispatch(settings, console, fallbacks=brokers[1:]))
     return EXIT_OK

@@ -15,6 +15,17 @@ telemetry flood cannot delay an activation record:
   officer's phone is on the map like any other, its known state kept.
 
 Bad payloads are counted by reason and skipped; the engine already dead-letters them.
+
+On a NATS cluster both links are given every node's MQTT listener and move to the next
+node when theirs is lost (:mod:`actimesh.broker.failover`). What the dispatch missed
+meanwhile comes as it does after a reconnect to Mosquitto: the ``-ctl`` session, kept
+in JetStream on three nodes, delivers the activation records, presence and
+acknowledgements queued for it; subscribing again brings the retained presence; engine
+status is renewed within its ttl. An activation record the bus did not carry at all
+(the engine's publish lost while the cluster elected a new leader for its store) is
+in the ledger: :attr:`Feed.reconnected` wakes the service's catch-up, which reads it
+from there (``DispatchService._catch_up``). Telemetry in between is lost, as on
+Mosquitto: the next fix replaces it.
 """
 
 from __future__ import annotations
@@ -102,6 +113,8 @@ class Feed:
         self.on_activation = on_activation
         self.clock = clock
         self.rejected: Counter[str] = Counter()
+        #: Set each time the control link connects again after it was lost.
+        self.reconnected = asyncio.Event()
         self._engine_prefix = f"{topics.prefix}/engine/"
         self._activation_prefix = f"{topics.prefix}/activations/"
         self._alert_prefix = f"{topics.prefix}/alerts/"
@@ -117,6 +130,7 @@ class Feed:
                 session_expiry_s=settings.session_expiry_s,
             ),
             self._on_control,
+            on_connect=self._on_ctl_connect,
         )
         positions = [Subscription(topics.all_devices(DeviceChannel.TELEMETRY), 0)]
         if owntracks:
@@ -134,10 +148,19 @@ class Feed:
     def connected(self) -> bool:
         return self.ctl.connected and self.telemetry_link.connected
 
+    @property
+    def listener(self) -> str:
+        """The MQTT listener (``host:port``) activations are read from, or tried next."""
+        return str(self.ctl.listener)
+
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.ctl.run(), name=self.ctl.settings.client_id)
             tg.create_task(self.telemetry_link.run(), name=self.telemetry_link.settings.client_id)
+
+    async def _on_ctl_connect(self, link: MqttLink) -> None:
+        if link.stats.connects > 1:
+            self.reconnected.set()
 
     async def wait_connected(self, timeout: float) -> None:
         await self.ctl.wait_connected(timeout)

@@ -62,6 +62,16 @@ class _Collector(Collector):
             "Engine statuses not renewed within their ttl (engine killed or cut off)",
             value=self.sources.state.stats.engines_stale,
         )
+        yield CounterMetricFamily(
+            "actimesh_dispatch_activations_caught_up",
+            "Activations the bus did not bring, put on the map from the ledger",
+            value=self.sources.state.stats.activations_caught_up,
+        )
+        yield CounterMetricFamily(
+            "actimesh_dispatch_catch_up_errors",
+            "Catch-ups from the ledger that failed (the ledger not readable)",
+            value=self.sources.state.stats.catch_up_errors,
+        )
 
     def collect(self) -> Iterator[Metric]:
         src = self.sources

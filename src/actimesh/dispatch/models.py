@@ -398,6 +398,11 @@ class Health(_Out):
     version: str
     agency: str | None = None
     mqtt_connected: bool | None = None
+    mqtt_listener: str | None = Field(
+        default=None,
+        description="host:port of the MQTT listener activations are read from (on a "
+        "cluster, the node the dispatch is on now), or tried next while disconnected",
+    )
     engines: list[dict[str, Any]] | None = None
     devices: dict[str, int] | None = None
     clients: int | None = None

@@ -53,6 +53,8 @@ __all__ = ["DispatchService"]
 
 log = logging.getLogger(__name__)
 
+#: An activation decided this recently may still be on its way over the bus.
+_IN_FLIGHT_S = 2.0
 #: With nothing to send, a tick this often tells clients the feed is alive.
 _TICK_S = 2.0
 _URGENT_GAP_S = 0.02
@@ -239,6 +241,7 @@ class DispatchService:
                     tg.create_task(self.roster.run(), name="dispatch-roster")
                     tg.create_task(self.webhooks.run(), name="dispatch-webhooks")
                     tg.create_task(self.webhooks.reconcile_loop(), name="dispatch-reconcile")
+                    tg.create_task(self._catch_up_loop(), name="dispatch-catch-up")
                     tg.create_task(
                         listener.serve(
                             server, sock, what="dispatch web server", on_stop=self._closing
@@ -296,6 +299,62 @@ class DispatchService:
         # A fresh page gets all of this in its snapshot; nothing to stream.
         self.state.take_delta(now)
         self.state.take_events()
+
+    async def _catch_up_loop(self) -> None:
+        """Catch the map up from the ledger after each reconnection of the feed, and every
+        ``webhook_reconcile_s`` besides: a record the engine wrote but the bus lost (its
+        publish during a cluster's leader election after a node's loss) is found there."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.webhook_reconcile_s):
+                    await self.feed.reconnected.wait()
+            self.feed.reconnected.clear()
+            try:
+                await self._catch_up()
+            except LedgerError:
+                self.state.stats.catch_up_errors += 1
+                log.exception("dispatch: the map not caught up from the ledger; again later")
+
+    async def _catch_up(self) -> int:
+        """Put on the map the recent activations the ledger has and the map has not
+        (with their cameras' acknowledgements), as the bus would have; how many."""
+        now = self.clock()
+        since = now - self.settings.activation_retention_s
+        aids = await self.ledger.aids_since(since)
+        # The newest the map holds at most; older ones it would evict again at once.
+        wanted = aids[-self.settings.max_activations :]
+        lost: dict[str, float] = {}
+        for aid in wanted:
+            if aid in self.state.activations:
+                continue
+            record = await self.ledger.record(aid)
+            # A record decided a moment ago may still be on its way over the bus: it is
+            # left to the bus this round and caught up in the next if it never comes.
+            if record is not None and now - record.ts >= _IN_FLIGHT_S:
+                lost[aid] = record.ets
+        if not lost:
+            return 0
+        # Read again with their acknowledgements, which only this query brings; rare
+        # (a record lost on the bus), so the heavier read is paid only then.
+        recent = await self.ledger.recent(min(lost.values()), self.settings.max_activations)
+        found = 0
+        for record, acks in recent:
+            if record.aid not in lost:
+                continue
+            new = self.state.activation(record, now, replay=True)
+            for device_id, ack in acks:
+                self.state.ack(device_id, ack, now)
+            if new:
+                found += 1
+                await self._on_activation(record, new)
+        if found:
+            self.state.stats.activations_caught_up += found
+            log.info(
+                "dispatch: %d activations the bus did not bring caught up from the ledger", found
+            )
+            self._urgent.set()
+            self._changed.set()
+        return found
 
     # ------------------------------------------------------------------ activations
     async def _on_activation(self, record: Activation, new: bool) -> None:

@@ -289,6 +289,10 @@ class StateStats:
     tracker_unregistered: int = 0
     activations: int = 0
     duplicate_activations: int = 0
+    #: Activations the bus never brought, read from the ledger instead (the service's
+    #: catch-up), and catch-ups that failed because the ledger could not be read.
+    activations_caught_up: int = 0
+    catch_up_errors: int = 0
     acks: int = 0
     early_acks: int = 0
     early_acks_dropped: int = 0

@@ -15,7 +15,10 @@ What runs, and where:
   ``actimesh up``. The dispatch reads activations, presence, acknowledgements and engine
   status over MQTT 3.1.1 on the first node's listener (``[broker] mqtt_protocol`` is
   forced to ``"3.1.1"``): the same feed as on Mosquitto, through the same listener the
-  devices use, so what the dispatch sees is what a device-side client sees;
+  devices use, so what the dispatch sees is what a device-side client sees. It is
+  handed every node's listener: when its node dies it reconnects to the next one, and
+  its persistent session, kept in JetStream on three nodes, delivers what it missed
+  (:mod:`actimesh.broker.failover`);
 * optionally the simulated fleet, its devices dealt in turn over the nodes' listeners.
 
 Everything runs under one TaskGroup; Ctrl-C or SIGTERM cancels it, the supervisors stop
@@ -50,6 +53,7 @@ from pathlib import Path
 from rich.console import Console
 
 from actimesh.broker.client import MqttProtocol, TlsSettings
+from actimesh.broker.failover import Listener
 from actimesh.broker.nats import NatsCluster, NatsTransport
 from actimesh.broker.nats.auth import NatsAccess
 from actimesh.broker.nats.cluster import NatsTls
@@ -151,14 +155,21 @@ class ClusterLinks:
             self.nats_urls, user=login.username, password=login.password, tls=self.tls
         )
 
-    def mqtt_address(self, node: int = 0) -> BrokerAddress:
-        """Node ``node``'s MQTT 3.1.1 listener, with the service accounts' logins."""
+    def mqtt_address(self, node: int = 0, *, failover: bool = False) -> BrokerAddress:
+        """Node ``node``'s MQTT 3.1.1 listener, with the service accounts' logins; with
+        ``failover``, the other nodes' listeners after it, in turn, for links that move
+        to the next node when theirs is lost (their session is in JetStream)."""
+        others: tuple[Listener, ...] = ()
+        if failover:
+            after = self.mqtt_ports[node + 1 :] + self.mqtt_ports[:node]
+            others = tuple(Listener(self.host, port) for port in after)
         return BrokerAddress(
             self.host,
             self.mqtt_ports[node],
             tls=self.tls,
             logins=self.logins,
             protocol=CLUSTER_MQTT,
+            fallbacks=others,
         )
 
 
@@ -295,7 +306,8 @@ async def run_cluster_up(
     async with postgres, cluster:
         settings = replace(settings, ledger_url=postgres.url)
         links = ClusterLinks.of(cluster, provisioned.services, client_tls)
-        dispatch_address = links.only(SERVICE_DISPATCH).mqtt_address(0)
+        # Every node's listener: a dead node must not blind the dispatch.
+        dispatch_address = links.only(SERVICE_DISPATCH).mqtt_address(0, failover=True)
         # The agency's schema, made once before the engines open it.
         async with open_ledger(settings.ledger_location, agency=settings.agency) as ledger:
             logins = await bootstrap_admin(settings.data_dir, ledger)
@@ -341,7 +353,7 @@ async def run_cluster_up(
             if dispatch is not None:
                 console.print(
                     f"  dispatch {dispatch.url}  (feed: MQTT 3.1.1 on {dispatch_address.url} "
-                    f"as {SERVICE_DISPATCH})"
+                    f"as {SERVICE_DISPATCH}, then the next node's if it is lost)"
                 )
                 for line in logins.lines():
                     console.print(f"  {line}", markup=False)

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypedDict
@@ -22,6 +22,7 @@ from rich.console import Console
 from actimesh.audit import retention_loop
 from actimesh.broker.client import MqttProtocol, TlsSettings
 from actimesh.broker.endpoint import parse_broker_endpoint, parse_broker_url
+from actimesh.broker.failover import Listener
 from actimesh.broker.messages import DeviceKind
 from actimesh.broker.mosquitto import ManagedMosquitto
 from actimesh.broker.mosquitto_conf import MosquittoConfig, TlsListener
@@ -111,11 +112,21 @@ class BrokerAddress:
     logins: Mapping[str, Credentials] = field(default_factory=dict, repr=False)
     #: The MQTT version services other than the engine speak (``[broker] mqtt_protocol``).
     protocol: MqttProtocol = "5"
+    #: A cluster's other MQTT listeners, which a service's links move to in turn when
+    #: their node is lost (:mod:`actimesh.broker.failover`); none for one broker.
+    fallbacks: tuple[Listener, ...] = ()
 
     @property
     def url(self) -> str:
         scheme = "mqtt" if self.tls is None else "mqtts"
         return f"{scheme}://{self.host}:{self.port}"
+
+    @property
+    def urls(self) -> str:
+        """Every listener, the first one first, as an operator reads them."""
+        scheme = "mqtt" if self.tls is None else "mqtts"
+        others = "".join(f", {scheme}://{f.host}:{f.port}" for f in self.fallbacks)
+        return f"{self.url}{others}"
 
     def login(self, account: str) -> Login:
         """``username``/``password`` keyword arguments for service ``account``."""
@@ -129,13 +140,29 @@ class BrokerAddress:
         its shared subscription and its will need it)."""
         protocol: MqttProtocol = "5" if account == SERVICE_ENGINE else self.protocol
         return MqttTransport(
-            self.host, self.port, tls=self.tls, protocol=protocol, **self.login(account)
+            self.host,
+            self.port,
+            tls=self.tls,
+            protocol=protocol,
+            fallbacks=self.fallbacks,
+            **self.login(account),
         )
 
 
-def external_address(settings: Settings, url: str) -> BrokerAddress:
-    """The broker at ``url``: every component logs in as ``[broker] username``."""
+def external_address(settings: Settings, url: str, fallbacks: Sequence[str] = ()) -> BrokerAddress:
+    """The broker at ``url``: every component logs in as ``[broker] username``.
+    ``fallbacks``: the same cluster's other MQTT listeners (``mqtt://HOST:PORT`` each,
+    TLS or not as ``url``)."""
     endpoint = parse_broker_endpoint(url)
+    others = []
+    for other_url in fallbacks:
+        other = parse_broker_endpoint(other_url)
+        if other.tls != endpoint.tls:
+            raise ConfigError(
+                f"broker URLs {url} and {other_url} mix mqtt:// and mqtts://: the listeners "
+                "of one cluster all speak TLS or none does"
+            )
+        others.append(Listener(other.host, other.port))
     b = settings.broker
     password = b.password()
     tls = TlsSettings(b.ca_file, b.cert_file, b.key_file) if endpoint.tls else None
@@ -143,7 +170,12 @@ def external_address(settings: Settings, url: str) -> BrokerAddress:
     if b.username is not None and password is not None:
         logins = dict.fromkeys(SERVICE_ACCOUNTS, Credentials(b.username, password))
     return BrokerAddress(
-        endpoint.host, endpoint.port, tls=tls, logins=logins, protocol=b.mqtt_protocol
+        endpoint.host,
+        endpoint.port,
+        tls=tls,
+        logins=logins,
+        protocol=b.mqtt_protocol,
+        fallbacks=tuple(others),
     )
 
 

@@ -89,11 +89,14 @@ async def run_nats_engine(settings: Settings, nats_urls: Sequence[str], console:
     await serve_engine(settings, transport, f"NATS {', '.join(servers)}", console)
 
 
-async def run_dispatch(settings: Settings, console: Console) -> None:
-    """The dispatch map, API and webhooks on the broker at ``settings.broker_url``."""
+async def run_dispatch(
+    settings: Settings, console: Console, *, fallbacks: Sequence[str] = ()
+) -> None:
+    """The dispatch map, API and webhooks on the broker at ``settings.broker_url``;
+    ``fallbacks``: a cluster's other MQTT listeners, moved to in turn when one is lost."""
     if settings.broker_url is None:
         raise ConfigError("actimesh dispatch needs --broker mqtt://HOST:PORT (or [broker] url)")
-    address = external_address(settings, settings.broker_url)
+    address = external_address(settings, settings.broker_url, fallbacks)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     async with open_ledger(settings.ledger_location, agency=settings.agency) as ledger:
         logins = await bootstrap_admin(settings.data_dir, ledger)
@@ -101,7 +104,7 @@ async def run_dispatch(settings: Settings, console: Console) -> None:
     def report(url: str) -> None:
         console.print(
             f"dispatch {url} (agency {settings.agency}, feed MQTT {address.protocol} on "
-            f"{address.url}, ledger {settings.ledger_shown})"
+            f"{address.urls}, ledger {settings.ledger_shown})"
         )
         for line in logins.lines():
             console.print(line, markup=False)

@@ -51,6 +51,7 @@ async def health(request: Request, response: Response, ctx: Ctx) -> Health:
         version=__version__,
         agency=ctx.agency,
         mqtt_connected=ctx.feed.connected,
+        mqtt_listener=ctx.feed.listener,
         engines=engines,
         devices=ctx.state.counts(),
         clients=len(ctx.live) + len(ctx.events),
