@@ -15,7 +15,17 @@ movement allowance: a camera further away when its telemetry stopped is not held
 camera moving fast enough to have crossed more than 6 m in the gap is judged by the
 speed its two fixes report (:meth:`~actimesh.geofence.InclusionPolicy.judge_between`).
 
-Held cameras wait ``follow_up_s`` (20 s) after the event. The intake tells this module
+Held cameras wait ``follow_up_s`` (20 s) after the event, or ``follow_up_silent_s``
+(45 s) when the engine has heard nothing at all from the device (no telemetry, with or
+without a position, no presence) for ``max_fix_age_s`` when the trigger is judged: its
+connection is lost, not only its GPS, and it reports again only once its MQTT keepalive
+has noticed (up to twice the keepalive, 30 s at the default 15 s) and it has connected
+to another node. A node cut off the network silences its devices that long while
+triggers raised through the other nodes arrive at once, and a 20 s hold let such a
+camera go a few seconds before its next fix came. The longer hold asks more of the
+camera's pre-event buffer (below) and keeps the camera in memory longer; a device heard
+without a position (its GPS lost, its link fine) gets no more than ``follow_up_s``,
+because nothing says its next fix is near. The intake tells this module
 of each fix it indexes after a gap in a device's telemetry of ``max_fix_age_s`` or more
 (:meth:`FollowUps.on_fix`; the engine's hot path, a device reporting every second, never
 calls it), which every held camera's next fix follows: a held
@@ -89,9 +99,9 @@ class _Origin:
     event: Event
     source: str
     rule: dict[str, object]
-    deadline: float
-    #: Held cameras and their fix before the event.
+    #: Held cameras, their fix before the event, and when each is let go.
     held: dict[str, PastFix] = field(default_factory=dict)
+    until: dict[str, float] = field(default_factory=dict)
     #: Cameras judged within, waiting to be commanded.
     ready: list[tuple[Target, DecisionRow]] = field(default_factory=list)
     sent: int = 0
@@ -140,6 +150,7 @@ class FollowUps:
             return
         policy = self._policy()
         s = self._settings
+        now = self._clock()
         origin: _Origin | None = None
         for d in plan.decisions:
             if d.commanded or d.reason != Exclusion.STALE or d.fix_age_s is None:
@@ -154,10 +165,15 @@ class FollowUps:
                 self._stats.follow_up_refused += 1
                 continue
             if origin is None:
-                origin = _Origin(plan, event, source, rule, event.ts + s.follow_up_s)
+                origin = _Origin(plan, event, source, rule)
             info = self._fleet.get(d.device_id)
             spd = None if info is None or info.motion is None else info.motion[2]
             origin.held[d.device_id] = PastFix(event.ts - d.fix_age_s, d.lat, d.lon, d.acc_m, spd)
+            silent = info is None or now - info.last_seen >= policy.max_fix_age_s
+            if silent:
+                self._stats.follow_up_silent += 1
+            hold_s = s.follow_up_silent_s if silent else s.follow_up_s
+            origin.until[d.device_id] = event.ts + hold_s
             self._by_camera.setdefault(d.device_id, set()).add(plan.aid)
             self._count += 1
             self._stats.follow_up_held += 1
@@ -204,6 +220,7 @@ class FollowUps:
 
     def _let_go(self, aid: str, origin: _Origin, device_id: str) -> None:
         del origin.held[device_id]
+        del origin.until[device_id]
         self._count -= 1
         aids = self._by_camera[device_id]
         aids.discard(aid)
@@ -212,8 +229,8 @@ class FollowUps:
 
     def _expire(self, now: float) -> None:
         for aid, origin in list(self._origins.items()):
-            if origin.deadline <= now:
-                for device_id in list(origin.held):
+            for device_id, until in list(origin.until.items()):
+                if until <= now:
                     self._let_go(aid, origin, device_id)
                     self._stats.follow_up_expired += 1
             if not origin.held and not origin.ready:
