@@ -156,6 +156,46 @@ async def test_a_trigger_as_late_as_a_cut_off_devices_reconnection_finds_fixes_b
     assert abs(rows["still-in"].fix_age_s) <= TRACK_STEP_S / 2
 
 
+async def test_a_camera_silent_for_over_a_minute_is_judged_between_only_if_it_stood_still(
+    tmp_path: Path,
+) -> None:
+    """Its link lost 100 s around a late trigger: in the same place before and after, it
+    is judged there; having moved in between, it is ``stale``, however near its line."""
+    settings = EngineSettings(warmup_s=0.01, telemetry_burst=1000.0)
+    async with running(tmp_path, InclusionPolicy(), settings) as (_engine, bus, wire):
+        now = time.time()
+        event_ts = now - 50.0
+        await online(bus, "cew1", DeviceKind.CEW, now, paired=("officer",))
+        await online(bus, "officer", DeviceKind.BODY_CAM, now)
+        await steady(bus, "officer", now, (0.0, 0.0))
+        # (distance, bearing) before the gap and after it.
+        silent = {
+            "still-in": ((29.9 * FT, 90.0), (29.9 * FT, 90.0)),
+            "still-out": ((30.1 * FT, 180.0), (30.1 * FT, 180.0)),
+            "moved": ((2.0, 270.0), (12.0, 270.0)),  # 7 m from the event at its time
+        }
+        for device_id, ((d0, b0), (d1, b1)) in silent.items():
+            await online(bus, device_id, DeviceKind.BODY_CAM, now)
+            for ts in (now - 110.0, now - 105.0, now - 100.0):
+                await fix(bus, device_id, ts, d0, b0)
+            await fix(bus, device_id, now, d1, b1)
+        await bus.deliver(
+            TOPICS.event("cew1"), encode(Event(eid="e1", type="taser_draw", ts=event_ts))
+        )
+        records = TOPICS.activations("taser_draw")
+
+        def published() -> list[bytes]:
+            return [payload for topic, payload in wire if topic == records]
+
+        await eventually(published)
+        (record,) = [decode(Activation, p) for p in published()]
+    assert sorted(c.id for c in record.cameras) == ["officer", "still-in"]
+    assert {c.id: c.reason.value for c in record.left_out} == {
+        "still-out": "too_far",
+        "moved": "stale",
+    }
+
+
 def _track(track: bytes | None) -> list[PastFix]:
     """The fixes of a track, oldest first (each found as the one at or after its time)."""
     out: list[PastFix] = []

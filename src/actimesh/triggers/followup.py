@@ -9,11 +9,12 @@ the plan leaves it out ``stale``, and no pair of fixes brackets the event yet
 
 So the planner hands every such camera here (:meth:`FollowUps.hold`): one left out
 ``stale``, with a fix before the event (and none after it) no more than
-``max_bracket_s`` before it, found within the band the planner searches (the radius
-plus ``max(max_margin_m, DECISION_BAND_M)``, 6 m by default). That band is the
-movement allowance: a camera further away when its telemetry stopped is not held, and a
-camera moving fast enough to have crossed more than 6 m in the gap is judged by the
-speed its two fixes report (:meth:`~actimesh.geofence.InclusionPolicy.judge_between`).
+``max_still_bracket_s`` before it (a still camera's bracket may be that wide), found
+within the band the planner searches (the radius plus ``max(max_margin_m,
+DECISION_BAND_M)``, 6 m by default). That band is the movement allowance: a camera
+further away when its telemetry stopped is not held, and a camera moving fast enough to
+have crossed more than 6 m in the gap is judged by the speed its two fixes report
+(:meth:`~actimesh.geofence.InclusionPolicy.judge_between`).
 
 Held cameras wait ``follow_up_s`` (20 s) after the event, or ``follow_up_silent_s``
 (45 s) when the engine has heard nothing at all from the device (no telemetry, with or
@@ -157,7 +158,7 @@ class FollowUps:
                 continue
             if d.lat is None or d.lon is None:
                 continue
-            if not 0.0 < d.fix_age_s < policy.max_bracket_s:
+            if not 0.0 < d.fix_age_s < policy.max_still_bracket_s:
                 continue  # a fix after the event, or one no bracket can bridge
             if self._count >= s.follow_up_max or (
                 origin is not None and len(origin.held) >= s.follow_up_per_activation

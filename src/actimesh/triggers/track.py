@@ -19,15 +19,17 @@ device's MQTT keepalive to notice (up to twice the keepalive), then for its reco
 elsewhere: 31.5 s in the cluster drill, where a 5 s step (a 25 to 30 s track) left a
 camera reporting twice a second ``stale`` with no fix before the event to judge it by.
 The span matches the default ``max_bracket_s`` (60 s), the widest pair of fixes judged
-at all; the cost of the wider step is a coarser bracket (at most 12 s wide, 6 s to the
-nearer fix), which widens the margin of a moving camera (``speed * nearest``) and
-changes nothing for a still one. A gap in a device's telemetry keeps both of its ends:
-the last fix before the gap is kept when the first one after it arrives, so a bracket
-around an outage is as tight as the telemetry that got through. Each fix is 32 bytes
-packed in one ``bytes`` object (time, latitude and longitude as doubles, accuracy and
-speed as floats, NaN for "not reported"; a float's 7 digits are plenty for either):
-about 230 bytes for a full track, nothing for a device that never sent a position.
-Appending copies it, once per :data:`TRACK_STEP_S` at most.
+for a moving camera (a still one's wider pair, ``max_still_bracket_s``, is the two ends
+of a gap in its telemetry, which the track keeps); the cost of the wider step is a
+coarser bracket (at most 12 s wide, 6 s to the nearer fix), which widens the margin of a
+moving camera (``speed * nearest``) and changes nothing for a still one. A gap in a
+device's telemetry keeps both of its ends: the last fix before the gap is kept when the
+first one after it arrives, so a bracket around an outage is as tight as the telemetry
+that got through. Each fix is 32 bytes packed in one ``bytes`` object (time, latitude
+and longitude as doubles, accuracy and speed as floats, NaN for "not reported"; a
+float's 7 digits are plenty for either): about 230 bytes for a full track, nothing for a
+device that never sent a position. Appending copies it, once per :data:`TRACK_STEP_S` at
+most.
 """
 
 from __future__ import annotations
