@@ -300,11 +300,11 @@ class InclusionPolicy:
         accuracies; ``speed_mps`` the faster of their reported speeds (None: either
         did not say); ``moved_m`` how far apart the two fixes are (unknown: moved).
         STALE unless ``before_ts <= event_ts <= after_ts`` and :meth:`bridges` bridges
-        them. Else judged as :meth:`judge` judges one
-        fix, with the margin (INCLUSIVE) widened by how far the camera can have left
-        that line: ``speed * min(event - before, after - event)``, the whole
-        ``max_margin_m`` when the speed is unknown, under the same cap. A dead-band
-        bounds nothing here: the reports it promises are what did not get through.
+        them. Else judged as :meth:`judge` judges one fix, with the margin (INCLUSIVE)
+        widened by how far the camera can have left that line: ``speed * min(event -
+        before, after - event)``, the whole ``max_margin_m`` when the speed is unknown,
+        under the same cap. A dead-band bounds nothing here: the reports it promises
+        are what did not get through.
         """
         bridged = self.bridges(
             before_ts=before_ts, after_ts=after_ts, moved_m=moved_m, acc_m=acc_device

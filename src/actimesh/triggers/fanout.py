@@ -147,8 +147,8 @@ def _between(
 
 
 def _moved(before: PastFix, after: PastFix) -> float:
-    """How far apart two fixes of a device are: only a gap wider than ``max_bracket_s``
-    asks (the pair is judged on the way anyway), so it costs the hot path nothing."""
+    """How far apart two fixes of a device are (whether it moved across a gap): asked
+    on the trigger path for a camera already ``stale``, never on the telemetry path."""
     return distance_m(before.lat, before.lon, after.lat, after.lon)
 
 

@@ -26,15 +26,14 @@ triggers raised through the other nodes arrive at once, and a 20 s hold let such
 camera go a few seconds before its next fix came. The longer hold asks more of the
 camera's pre-event buffer (below) and keeps the camera in memory longer; a device heard
 without a position (its GPS lost, its link fine) gets no more than ``follow_up_s``,
-because nothing says its next fix is near. The intake tells this module
-of each fix it indexes after a gap in a device's telemetry of ``max_fix_age_s`` or more
+because nothing says its next fix is near. The intake tells this module of each fix it
+indexes after a gap in a device's telemetry of ``max_fix_age_s`` or more
 (:meth:`FollowUps.on_fix`; the engine's hot path, a device reporting every second, never
-calls it), which every held camera's next fix follows: a held
-camera's first fix after the event is judged with its fix before it, exactly as a late
-trigger is (reason ``proximity_between``). WITHIN: it is commanded in a **follow-up
-activation**. Anything else: it stays left out, its ``stale`` row stands, counted
-``follow_up_too_far``. No fix by the deadline: it stays ``stale``, counted
-``follow_up_expired``.
+calls it), which every held camera's next fix follows: a held camera's first fix after
+the event is judged with its fix before it, exactly as a late trigger is (reason
+``proximity_between``). WITHIN: it is commanded in a **follow-up activation**. Anything
+else: it stays left out, its ``stale`` row stands, counted ``follow_up_too_far``. No fix
+by the deadline: it stays ``stale``, counted ``follow_up_expired``.
 
 A follow-up activation is an ordinary activation of the same trigger event (same
 source, event time, position, radius and pre-roll), with its own id, written as its own
