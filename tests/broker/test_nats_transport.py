@@ -4,8 +4,10 @@ MQTT listener, JetStream names, and the one adapter that reaches into nats-py.""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Sequence
 from pathlib import Path
+from urllib.request import urlopen
 
 import pytest
 from hypothesis import given
@@ -16,6 +18,7 @@ from actimesh.broker.intake import Delivery
 from actimesh.broker.messages import DeviceKind
 from actimesh.broker.nats import (
     NatsCluster,
+    NatsTransport,
     NodeHost,
     NodePorts,
     subject_to_topic,
@@ -24,7 +27,8 @@ from actimesh.broker.nats import (
 from actimesh.broker.nats.cluster import DEFAULT_PING_S, render_node_config
 from actimesh.broker.nats.subjects import jetstream_name
 from actimesh.broker.topics import IDENTIFIER_PATTERN, DeviceChannel, Topics
-from tests.broker.nats_secured import TESTER, access_for, engine_transport
+from actimesh.broker.transport import Inbound, Outbound
+from tests.broker.nats_secured import ENGINE, TESTER, access_for, engine_transport, password_of
 from tests.waiting import eventually
 
 
@@ -177,3 +181,45 @@ async def test_an_event_one_replica_took_and_never_acknowledged_goes_to_another(
             await eventually(lambda: taken == [b"draw"], timeout=15)
             for task in (sending, living):
                 task.cancel()
+
+
+@pytest.mark.integration
+async def test_every_link_of_an_engine_starts_on_the_first_node_it_is_given(
+    tmp_path: Path,
+) -> None:
+    """Its trigger, command and telemetry links on one node: a cut that silences its
+    telemetry takes its triggers too (to the other engine), not only the one."""
+    access = access_for("ag", [("cew.1", DeviceKind.CEW)], tester=True)
+    async with NatsCluster(tmp_path, size=3, access=access) as cluster:
+        urls = [cluster.nodes[i].nats_url for i in (1, 0, 2)]
+        transport = NatsTransport(urls, user=ENGINE, password=password_of(ENGINE))
+        events = [Subscription("$share/engines/am/v1/ag/dev/+/event")]
+
+        async def ignore(_batch: Sequence[object]) -> None:
+            return None
+
+        links: list[Inbound | Outbound] = [
+            transport.control("t-ctl", events, ignore, admit=lambda t, _p: t.decode()),
+            transport.outbound("t-cmd"),
+            transport.stream(
+                "t-tm", [Subscription("am/v1/ag/dev/+/telemetry")], ignore, max_queued=10
+            ),
+        ]
+        async with asyncio.TaskGroup() as tg:
+            tasks = [tg.create_task(link.run(), name=link.name) for link in links]
+            for link in links:
+                await link.wait_connected(10)
+            names = [
+                await asyncio.to_thread(_connection_names, node.monitor_url)
+                for node in cluster.nodes
+            ]
+            for task in tasks:
+                task.cancel()
+    assert {"t-ctl", "t-cmd", "t-tm"} <= names[1]
+    assert not {"t-ctl", "t-cmd", "t-tm"} & (names[0] | names[2])
+
+
+def _connection_names(monitor: str) -> set[str]:
+    with urlopen(f"{monitor}/connz", timeout=5) as answer:
+        connz = json.load(answer)
+    return {c.get("name", "") for c in connz.get("connections", [])}

@@ -25,28 +25,34 @@ from tests.waiting import eventually_sync
 # drill's own timeouts (45 s for the cameras, 30 s for the ledger) before it says so.
 pytestmark = [pytest.mark.integration, pytest.mark.time_limit(150)]
 
-#: A known loss, open (docs/SCALING.md, "The fault drill on the cluster"): after these
-#: faults, cameras' telemetry can stop reaching the engine for over 10 s while a trigger
-#: still arrives at once (why is not known yet). That trigger finds the camera's last fix
-#: more than ``max_fix_age_s`` (10 s) old and no fix after the event yet, so a camera
-#: within 30 ft is left out (camera's node kill: 1 run of 7 lost one; stream leader
-#: kill: 2 of 5; the freeze: 2 of 6; the network cut: each of its 4 runs, its devices
-#: finding out only after their keepalive, up to 30 s). Holding such a camera until its
-#: next fix is not built. A test that passes either way proves nothing, and one that fails
-#: now and then is a flaky CI: `actimesh drill --faults --cluster` runs and reports them,
-#: and they join the suite once the loss is fixed. (Late triggers that found the cameras' fixes
-#: too new are now judged on each camera's track: that loss is fixed.)
-_OPEN = ("camera's node kill -9", "stream leader kill -9", "node cut off (network)")
-_HOLDING = [name for name, _ in CLUSTER_SCENARIOS if name not in _OPEN]
+#: Scenarios that lose nothing, run in `make test` (20 to 45 s each).
+_HOLDING = ["engine kill -9", "PostgreSQL restart"]
+#: Scenarios that lose nothing either since the engine's track reaches back 60 s and a
+#: camera whose device went silent is held longer (docs/SCALING.md, "The fault drill on
+#: the cluster": 6 of 6 runs each), but take 25 to 65 s each on the shared machine, and
+#: `make test` is over its time budget already (CONTRIBUTING.md): `make drill-cluster`
+#: runs them, with the same checks. The network cut (every run over a minute) is
+#: checked whole by its own test below, also in `make drill-cluster`.
+_HOLDING_SLOW = ["camera's node kill -9", "stream leader kill -9"]
 
 
-def test_the_open_scenarios_are_real_scenarios() -> None:
-    assert set(_OPEN) <= {name for name, _ in CLUSTER_SCENARIOS}
-    assert _HOLDING == ["engine kill -9", "PostgreSQL restart"]
+def test_every_scenario_is_checked_somewhere() -> None:
+    names = [name for name, _ in CLUSTER_SCENARIOS]
+    assert sorted([*_HOLDING, *_HOLDING_SLOW, "node cut off (network)"]) == sorted(names)
 
 
 @pytest.mark.parametrize("scenario", _HOLDING)
 async def test_a_cluster_fault_loses_and_duplicates_nothing(tmp_path: Path, scenario: str) -> None:
+    await _nothing_lost(tmp_path, scenario)
+
+
+@pytest.mark.cluster_drill
+@pytest.mark.parametrize("scenario", _HOLDING_SLOW)
+async def test_a_node_kill_loses_and_duplicates_nothing(tmp_path: Path, scenario: str) -> None:
+    await _nothing_lost(tmp_path, scenario)
+
+
+async def _nothing_lost(tmp_path: Path, scenario: str) -> None:
     out = io.StringIO()
     report = await run_cluster_fault_drill(
         Console(file=out, width=220), root=tmp_path, short=True, only=scenario
@@ -73,11 +79,11 @@ _CUT_LINE = re.compile(
 @pytest.mark.time_limit(300)
 @pytest.mark.skipif(namespaces_unavailable() is not None, reason=f"{namespaces_unavailable()}")
 def test_a_node_cut_off_the_network_rejoins_and_duplicates_nothing(tmp_path: Path) -> None:
-    """The partition's mechanics, through the CLI: the node is cut off for real (its own
-    namespace, its end of the veth pair down), the devices and engines on it move to
-    the others, it rejoins after healing, and no trigger is lost or doubled. Cameras
-    left out as ``stale`` while the cluster elects new leaders are the open loss of
-    :data:`_OPEN`: the exit code is checked against the report, not required to be 0."""
+    """The partition through the CLI: the node is cut off for real (its own namespace,
+    its end of the veth pair down), the devices and engines on it move to the others,
+    it rejoins after healing, and no trigger or camera is lost or doubled (a trigger
+    re-sent by a CEW whose node was cut arrives about 31 s late: its cameras are judged
+    on the fixes either side of its event, or held for their next fix)."""
     done = subprocess.run(
         [
             sys.executable,
@@ -97,7 +103,9 @@ def test_a_node_cut_off_the_network_rejoins_and_duplicates_nothing(tmp_path: Pat
     assert found is not None, done.stdout + done.stderr
     assert float(found[3]) < 30.0  # healthy and routed to both others again
     (saved,) = json.loads((tmp_path / "fault-drill.json").read_text())
-    assert done.returncode == (0 if saved["ok"] else 1), done.stdout + done.stderr
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert saved["ok"] is True
+    assert saved["lost"] == 0, done.stdout
     assert saved["triggers"] == 12
     assert saved["activations"] == saved["triggers"], done.stdout
     assert saved["duplicates"] == 0, done.stdout
@@ -169,7 +177,8 @@ async def test_without_namespaces_the_node_is_frozen_instead_and_the_drill_says_
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Not root, or no ``ip``: the cut falls back to SIGSTOP on loopback, and says so.
-    (Its camera losses are :data:`_OPEN`'s, so only the mechanics are checked.)"""
+    (The freeze has not been re-run since the late-trigger fixes: only the mechanics
+    are checked.)"""
     monkeypatch.setattr(
         "actimesh.drills.cluster_faults.namespaces_unavailable", lambda: "no namespaces here"
     )

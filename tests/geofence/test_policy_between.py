@@ -21,6 +21,7 @@ def between(
     after: float = 12.0,
     speed: float | None = 0.0,
     acc: float | None = 0.0,
+    moved: float = math.inf,
 ) -> tuple[Verdict, float]:
     return policy.judge_between(
         distance_m=distance,
@@ -31,6 +32,7 @@ def between(
         acc_device=acc,
         acc_event=0.0,
         speed_mps=speed,
+        moved_m=moved,
     )
 
 
@@ -89,3 +91,53 @@ def test_fixes_that_do_not_bracket_the_event_or_are_too_far_apart_are_stale() ->
 def test_a_bracket_limit_that_is_not_a_finite_time_is_refused(bad: float) -> None:
     with pytest.raises(ValueError, match="max_bracket_s"):
         InclusionPolicy(max_bracket_s=bad)
+
+
+@pytest.mark.parametrize("mode", [InclusionMode.INCLUSIVE, InclusionMode.CENTRE])
+def test_a_still_camera_across_a_gap_wider_than_a_minute_is_judged_exactly(
+    mode: InclusionMode,
+) -> None:
+    """Silent 100 s (its link lost), in the same place before and after: judged as
+    any still camera, 29.9 ft within and 30.1 ft too far."""
+    policy = InclusionPolicy(mode=mode)
+    gap = {"before": -40.0, "after": 60.0, "moved": 0.0}
+    assert between(policy, 29.9 * FT, **gap) == (Verdict.WITHIN, 0.0)
+    assert between(policy, 30.1 * FT, **gap) == (Verdict.TOO_FAR, 0.0)
+
+
+def test_a_camera_that_moved_across_a_gap_wider_than_a_minute_is_stale() -> None:
+    """Nothing says where it was at the event: its interpolated 29.9 ft is no evidence."""
+    policy = InclusionPolicy()
+    moved = {"before": -40.0, "after": 60.0, "moved": 10.0}
+    assert between(policy, 29.9 * FT, **moved)[0] is Verdict.STALE
+    assert between(policy, 0.0, **moved)[0] is Verdict.STALE
+    # The same move within a minute is judged, at 29.9 ft within, at 30.1 ft too far
+    # (still at both fixes, speed 0, so no margin).
+    recent = {"before": -20.0, "after": 30.0, "moved": 10.0}
+    assert between(policy, 29.9 * FT, **recent) == (Verdict.WITHIN, 0.0)
+    assert between(policy, 30.1 * FT, **recent) == (Verdict.TOO_FAR, 0.0)
+
+
+def test_still_means_within_the_worse_accuracy_or_a_metre() -> None:
+    policy = InclusionPolicy()
+    wide = {"before": -40.0, "after": 60.0}
+    assert between(policy, 1.0, acc=0.0, moved=1.0, **wide)[0] is Verdict.WITHIN
+    assert between(policy, 1.0, acc=0.0, moved=1.01, **wide)[0] is Verdict.STALE
+    assert between(policy, 1.0, acc=4.0, moved=4.0, **wide)[0] is Verdict.WITHIN
+    assert between(policy, 1.0, acc=4.0, moved=4.1, **wide)[0] is Verdict.STALE
+    assert between(policy, 1.0, acc=4.0, moved=math.nan, **wide)[0] is Verdict.STALE
+
+
+def test_a_still_cameras_bracket_is_bounded_too() -> None:
+    policy = InclusionPolicy(max_bracket_s=60.0, max_still_bracket_s=180.0)
+    assert between(policy, 1.0, before=-90.0, after=90.0, moved=0.0)[0] is Verdict.WITHIN
+    assert between(policy, 1.0, before=-90.0, after=90.1, moved=0.0)[0] is Verdict.STALE
+    # Set equal to max_bracket_s: no wider bracket for anyone.
+    strict = InclusionPolicy(max_bracket_s=60.0, max_still_bracket_s=60.0)
+    assert between(strict, 1.0, before=-30.0, after=30.1, moved=0.0)[0] is Verdict.STALE
+
+
+@pytest.mark.parametrize("bad", [59.9, math.inf, math.nan])
+def test_a_still_bracket_limit_below_the_bracket_or_not_finite_is_refused(bad: float) -> None:
+    with pytest.raises(ValueError, match="max_still_bracket_s"):
+        InclusionPolicy(max_bracket_s=60.0, max_still_bracket_s=bad)

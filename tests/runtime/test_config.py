@@ -27,8 +27,8 @@ def test_file_then_overrides(tmp_path: Path) -> None:
     path = tmp_path / "actimesh.toml"
     path.write_text(
         'agency = "calgary"\n'
-        "[engine]\ncommand_expiry_s = 60\n"
-        '[policy]\nmode = "centre"\nmax_fix_age_s = 5\n'
+        "[engine]\ncommand_expiry_s = 60\nfollow_up_silent_s = 50\n"
+        '[policy]\nmode = "centre"\nmax_fix_age_s = 5\nmax_still_bracket_s = 240\n'
         '[rules.holster_draw]\ncamera_kinds = ["body_cam"]\n'
         '[broker]\nurl = "mqtt://10.0.0.5:1883"\n'
     )
@@ -37,6 +37,8 @@ def test_file_then_overrides(tmp_path: Path) -> None:
     assert settings.engine.command_expiry_s == 60
     assert settings.policy.mode is InclusionMode.CENTRE
     assert settings.policy.max_fix_age_s == 5
+    assert settings.policy.max_still_bracket_s == 240
+    assert settings.engine.follow_up_silent_s == 50
     assert settings.rules.get("holster_draw") is not None
     assert settings.broker_url == "mqtt://10.0.0.5:1883"
     assert settings.data_dir == tmp_path / "data"
@@ -53,6 +55,8 @@ def test_file_then_overrides(tmp_path: Path) -> None:
         ("[policy]\nmode = 'nearby'", "policy.mode must be 'inclusive' or 'centre'"),
         ("[policy]\nmax_fix_age_s = -3", r"\[policy\]"),
         ("[policy]\nmode = 3", "policy.mode must be a str"),
+        ("[policy]\nmax_still_bracket_s = 30", r"\[policy\]: max_still_bracket_s must be"),
+        ("[engine]\nfollow_up_silent_s = 10", "engine.follow_up_silent_s .* at least"),
         ("engine = 3", r"\[engine\] must be a table"),
         ("rules = 3", r"\[rules\] must be a table"),
         ("[rules]\ntaser_draw = 3", r"\[rules.taser_draw\] must be a table"),

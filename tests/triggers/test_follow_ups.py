@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -23,6 +23,7 @@ from actimesh.broker.messages import (
     Event,
     Telemetry,
 )
+from actimesh.errors import ConfigError
 from actimesh.geofence import InclusionMode, InclusionPolicy, destination
 from actimesh.ledger import SqliteLedger
 from actimesh.security.signing import CommandSigner
@@ -37,7 +38,11 @@ GAP_S = 15.0
 
 @asynccontextmanager
 async def running(
-    tmp_path: Path, policy: InclusionPolicy, **settings: object
+    tmp_path: Path,
+    policy: InclusionPolicy,
+    *,
+    clock: Callable[[], float] = time.time,
+    **settings: object,
 ) -> AsyncIterator[tuple[Engine, MemoryBus, list[tuple[str, bytes]]]]:
     bus = MemoryBus()
     wire: list[tuple[str, bytes]] = []
@@ -51,6 +56,7 @@ async def running(
             policy=policy,
             signer=CommandSigner.generate(),
             settings=EngineSettings(warmup_s=0.01, **settings),  # type: ignore[arg-type]
+            clock=clock,
         )
         async with asyncio.TaskGroup() as tg:
             task = tg.create_task(engine.run(), name="engine-follow-ups")
@@ -158,9 +164,56 @@ async def test_a_camera_stale_at_the_trigger_is_commanded_once_its_next_fix_is_w
     assert follow_row[0].rule["eid"] == "e1"
 
 
+async def test_a_camera_whose_device_went_silent_is_held_longer_than_one_heard_without_gps(
+    tmp_path: Path,
+) -> None:
+    """A device cut off with its node is not heard at all until its keepalive notices and
+    it reconnects: its camera is held ``follow_up_silent_s``. One heard without a position
+    (GPS lost, link fine) is held ``follow_up_s`` only."""
+    ahead = [0.0]  # how far the engine's clock runs ahead of the wall clock
+
+    def clock() -> float:
+        return time.time() + ahead[0]
+
+    hold = {"follow_up_s": 2.0, "follow_up_silent_s": 30.0}
+    async with running(tmp_path, InclusionPolicy(), clock=clock, **hold) as (engine, bus, wire):
+        now = time.time()
+        for n, device_id in enumerate(("cut-off", "no-gps")):
+            await online(bus, device_id, DeviceKind.BODY_CAM, now)
+            await fix(bus, device_id, now, 3.0, 90.0 * n)
+        ahead[0] = GAP_S
+        # Heard since, without a position.
+        no_fix = Telemetry(ts=now + GAP_S, state=DeviceState.BUFFERING)
+        await bus.deliver(TOPICS.telemetry("no-gps"), encode(no_fix))
+        await trigger(bus, "cew1", "officer", "e1", now + GAP_S)
+        (first,) = await eventually(lambda: records(wire))
+        assert {c.id for c in first.left_out if c.reason.value == "stale"} == {"cut-off", "no-gps"}
+        assert (engine.stats.follow_up_held, engine.stats.follow_up_silent) == (2, 1)
+        # Past follow_up_s, well inside follow_up_silent_s: only the heard one is let go.
+        ahead[0] = GAP_S + 5.0
+        await eventually(lambda: engine.stats.follow_up_expired == 1)
+        assert len(engine.follow_ups) == 1
+        for n, device_id in enumerate(("cut-off", "no-gps")):
+            await fix(bus, device_id, now + GAP_S + 5.0, 3.0, 90.0 * n)
+        (follow_up,) = await eventually(lambda: [r for r in records(wire) if r.follows])
+        assert [c.id for c in follow_up.cameras] == ["cut-off"]
+        assert commands(wire, "no-gps") == []
+        assert len(engine.follow_ups) == 0
+
+
+def test_a_silent_devices_hold_is_no_shorter_than_the_ordinary_one() -> None:
+    with pytest.raises(ConfigError, match="follow_up_silent_s"):
+        EngineSettings(follow_up_s=20.0, follow_up_silent_s=19.9)
+    assert EngineSettings(follow_up_s=20.0, follow_up_silent_s=20.0).follow_up_silent_s == 20.0
+
+
 async def test_held_cameras_are_bounded_per_activation_and_overall(tmp_path: Path) -> None:
     bounds = {"follow_up_per_activation": 2, "follow_up_max": 3}
-    async with running(tmp_path, InclusionPolicy(), **bounds) as (engine, bus, wire):
+    async with running(tmp_path, InclusionPolicy(), clock=time.time, **bounds) as (
+        engine,
+        bus,
+        wire,
+    ):
         now = time.time()
         for n in range(3):
             device_id = f"near-{n}"

@@ -92,7 +92,7 @@ EXPECTED = {
 
 @asynccontextmanager
 async def running(
-    tmp_path: Path, policy: InclusionPolicy
+    tmp_path: Path, policy: InclusionPolicy, settings: EngineSettings | None = None
 ) -> AsyncIterator[tuple[Engine, MemoryBus, list[tuple[str, bytes]]]]:
     bus = MemoryBus()
     wire: list[tuple[str, bytes]] = []
@@ -105,7 +105,7 @@ async def running(
             rules=DEFAULT_RULES,
             policy=policy,
             signer=CommandSigner.generate(),
-            settings=EngineSettings(warmup_s=0.01),
+            settings=EngineSettings(warmup_s=0.01) if settings is None else settings,
         )
         async with asyncio.TaskGroup() as tg:
             task = tg.create_task(engine.run(), name="engine-motion")

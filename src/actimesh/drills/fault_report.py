@@ -273,7 +273,10 @@ async def measure(
             for d in decisions:
                 # fix_age_s is event time minus fix time: negative, a fix after the event.
                 age = "" if d.fix_age_s is None else f", fix age {d.fix_age_s:.1f} s"
-                decided[aid, d.device_id] = f"{d.reason}{age}, event received {late:.1f} s after"
+                dist = "" if d.distance_m is None else f", {d.distance_m:.1f} m away"
+                decided[aid, d.device_id] = (
+                    f"{d.reason}{age}{dist}, event received {late:.1f} s after"
+                )
     report = await asyncio.to_thread(verify_ledger, ledger, agency=agency)
     result.ledger_ok = report.ok
     if not report.ok:

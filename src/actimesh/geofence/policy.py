@@ -44,7 +44,20 @@ without speed can reach, as it bounds a bad accuracy). A still camera at both fi
 judged exactly, 29.9 ft within and 30.1 ft too far, in both modes. The dead-band bounds
 nothing here: the reports it promises are the ones that did not get through. Sixty
 seconds covers an election and a reconnect with room to spare; a wider gap says too
-little about where the camera was in between.
+little about where a *moving* camera was in between.
+
+A **still** camera says more. A device whose connection was lost reports again only
+once its keepalive has noticed and it has reconnected (twice the keepalive and more:
+two minutes and beyond at a 60 s keepalive), and an officer standing at a scene is the
+common case. So fixes up to ``max_still_bracket_s`` (180 s) apart are still bridged
+when the camera did not move between them: the two fixes no farther apart than the
+worse of their reported accuracies (at least :data:`STILL_FLOOR_M`, so that two fixes
+reporting no accuracy are not held to an exactness GPS never has). Such a camera is
+judged as any bracketed one, at its position on the line, with the same margin
+(``speed * nearest``, the cap when its speed is unknown). The bound exists because no
+bracket is evidence forever; a camera that moved across a gap wider than
+``max_bracket_s`` is left ``stale``: nothing says where it was at the event, and a
+command on interpolation alone would be a command on no evidence.
 
 :attr:`InclusionMode.CENTRE` is the literal rule, centre point against centre point, for
 agencies whose policy says exactly that. Freshness applies in both modes.
@@ -59,11 +72,22 @@ import math
 from dataclasses import dataclass
 from enum import StrEnum
 
-__all__ = ["DECISION_BAND_M", "InclusionMode", "InclusionPolicy", "MotionPromise", "Verdict"]
+__all__ = [
+    "DECISION_BAND_M",
+    "STILL_FLOOR_M",
+    "InclusionMode",
+    "InclusionPolicy",
+    "MotionPromise",
+    "Verdict",
+]
 
 #: A motion-scaled device's promise, from its telemetry: ``(hb, db, spd)``, the heartbeat
 #: in seconds, the dead-band in metres and the ground speed (None: not reported).
 MotionPromise = tuple[float, float, float | None]
+
+#: The least separation of two fixes that still counts as "did not move" across a gap
+#: wider than ``max_bracket_s``, whatever accuracy they report (one GPS epoch's jitter).
+STILL_FLOOR_M = 1.0
 
 #: Metres beyond the radius out to which every camera gets a decision row, at least,
 #: whatever the policy: the default ``max_margin_m``, the widest band the default
@@ -115,8 +139,10 @@ class InclusionPolicy:
     #: next report may be (delivery, a missed GPS epoch) before its fix is stale.
     max_heartbeat_s: float = 15.0
     heartbeat_grace_s: float = 3.0
-    #: The longest gap between two fixes that :meth:`judge_between` still bridges.
+    #: The longest gap between two fixes that :meth:`judge_between` still bridges, and
+    #: the longest it bridges for a camera that did not move across it.
     max_bracket_s: float = 60.0
+    max_still_bracket_s: float = 180.0
 
     def __post_init__(self) -> None:
         # `not 0 <= v < inf` also rejects NaN, which would otherwise make every
@@ -141,6 +167,11 @@ class InclusionPolicy:
         if not 0.0 <= self.max_bracket_s < math.inf:
             raise ValueError(
                 f"max_bracket_s must be a finite number of seconds >= 0, got {self.max_bracket_s!r}"
+            )
+        if not self.max_bracket_s <= self.max_still_bracket_s < math.inf:
+            raise ValueError(
+                "max_still_bracket_s must be a finite number of seconds >= max_bracket_s "
+                f"({self.max_bracket_s!r}), got {self.max_still_bracket_s!r}"
             )
         try:
             mode = InclusionMode(self.mode)
@@ -236,6 +267,19 @@ class InclusionPolicy:
             return Verdict.WITHIN, margin
         return Verdict.TOO_FAR, margin
 
+    def bridges(
+        self, *, before_ts: float, after_ts: float, moved_m: float, acc_m: float | None
+    ) -> bool:
+        """Whether two fixes ``after_ts - before_ts`` apart are close enough in time to
+        judge a camera between: at most ``max_bracket_s``, or ``max_still_bracket_s``
+        when they are ``moved_m`` apart, no more than ``acc_m`` (the worse of their
+        accuracies) or :data:`STILL_FLOOR_M`, whichever is larger. NaN bridges nothing."""
+        span = after_ts - before_ts
+        if span <= self.max_bracket_s:
+            return True
+        still = moved_m <= max(_accuracy(acc_m), STILL_FLOOR_M)
+        return still and span <= self.max_still_bracket_s
+
     def judge_between(
         self,
         *,
@@ -247,20 +291,25 @@ class InclusionPolicy:
         acc_device: float | None,
         acc_event: float | None,
         speed_mps: float | None,
+        moved_m: float = math.inf,
     ) -> tuple[Verdict, float]:
         """Decide from two fixes of one camera on either side of the event's time.
 
         ``distance_m`` is from the event to the camera's position at ``event_ts`` on
         the straight line between the two fixes; ``acc_device`` the worse of their
         accuracies; ``speed_mps`` the faster of their reported speeds (None: either
-        did not say). STALE unless ``before_ts <= event_ts <= after_ts`` and the fixes
-        are at most ``max_bracket_s`` apart. Else judged as :meth:`judge` judges one
-        fix, with the margin (INCLUSIVE) widened by how far the camera can have left
-        that line: ``speed * min(event - before, after - event)``, the whole
-        ``max_margin_m`` when the speed is unknown, under the same cap. A dead-band
-        bounds nothing here: the reports it promises are what did not get through.
+        did not say); ``moved_m`` how far apart the two fixes are (unknown: moved).
+        STALE unless ``before_ts <= event_ts <= after_ts`` and :meth:`bridges` bridges
+        them. Else judged as :meth:`judge` judges one fix, with the margin (INCLUSIVE)
+        widened by how far the camera can have left that line: ``speed * min(event -
+        before, after - event)``, the whole ``max_margin_m`` when the speed is unknown,
+        under the same cap. A dead-band bounds nothing here: the reports it promises
+        are what did not get through.
         """
-        if not (before_ts <= event_ts <= after_ts and after_ts - before_ts <= self.max_bracket_s):
+        bridged = self.bridges(
+            before_ts=before_ts, after_ts=after_ts, moved_m=moved_m, acc_m=acc_device
+        )
+        if not (before_ts <= event_ts <= after_ts and bridged):
             return Verdict.STALE, self.margin_m(acc_device, acc_event)
         nearest_s = min(event_ts - before_ts, after_ts - event_ts)
         # An unreported (or NaN) speed is no bound at all: the cap then bounds it.

@@ -559,7 +559,15 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
     }
     engine = EngineSettings(**_section(raw, "engine", engine_types))
     policy_raw = _section(
-        raw, "policy", {"max_fix_age_s": _NUMBER, "mode": str, "max_margin_m": _NUMBER}
+        raw,
+        "policy",
+        {
+            "max_fix_age_s": _NUMBER,
+            "mode": str,
+            "max_margin_m": _NUMBER,
+            "max_bracket_s": _NUMBER,
+            "max_still_bracket_s": _NUMBER,
+        },
     )
     if "mode" in policy_raw:
         try:

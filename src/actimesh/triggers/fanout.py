@@ -130,12 +130,26 @@ def _between(
     info: DeviceInfo, fix: Fix, ts: float, policy: InclusionPolicy
 ) -> tuple[PastFix, PastFix] | None:
     """The device's fixes on either side of ``ts`` (:mod:`.track`), if they are close
-    enough in time to bridge (``max_bracket_s``)."""
+    enough in time to bridge (``max_bracket_s``, or ``max_still_bracket_s`` for a
+    device that did not move between them: :meth:`InclusionPolicy.bridges`)."""
     spd = None if info.motion is None else info.motion[2]
     before, after = around(info.track, PastFix(fix.ts, fix.lat, fix.lon, fix.acc, spd), ts)
-    if before is None or after is None or after.ts - before.ts > policy.max_bracket_s:
+    if before is None or after is None:
+        return None
+    if not policy.bridges(
+        before_ts=before.ts,
+        after_ts=after.ts,
+        moved_m=_moved(before, after),
+        acc_m=_worse(before.acc, after.acc),
+    ):
         return None
     return before, after
+
+
+def _moved(before: PastFix, after: PastFix) -> float:
+    """How far apart two fixes of a device are (whether it moved across a gap): asked
+    on the trigger path for a camera already ``stale``, never on the telemetry path."""
+    return distance_m(before.lat, before.lon, after.lat, after.lon)
 
 
 def _interpolate(before: PastFix, after: PastFix, ts: float) -> tuple[float, float]:
@@ -305,6 +319,7 @@ def judged_between(
         acc_device=acc,
         acc_event=at[2],
         speed_mps=_speed(before, after),
+        moved_m=_moved(before, after),
     )
     nearest = before if event.ts - before.ts <= after.ts - event.ts else after
     age = event.ts - nearest.ts

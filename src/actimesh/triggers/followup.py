@@ -9,21 +9,31 @@ the plan leaves it out ``stale``, and no pair of fixes brackets the event yet
 
 So the planner hands every such camera here (:meth:`FollowUps.hold`): one left out
 ``stale``, with a fix before the event (and none after it) no more than
-``max_bracket_s`` before it, found within the band the planner searches (the radius
-plus ``max(max_margin_m, DECISION_BAND_M)``, 6 m by default). That band is the
-movement allowance: a camera further away when its telemetry stopped is not held, and a
-camera moving fast enough to have crossed more than 6 m in the gap is judged by the
-speed its two fixes report (:meth:`~actimesh.geofence.InclusionPolicy.judge_between`).
+``max_still_bracket_s`` before it (a still camera's bracket may be that wide), found
+within the band the planner searches (the radius plus ``max(max_margin_m,
+DECISION_BAND_M)``, 6 m by default). That band is the movement allowance: a camera
+further away when its telemetry stopped is not held, and a camera moving fast enough to
+have crossed more than 6 m in the gap is judged by the speed its two fixes report
+(:meth:`~actimesh.geofence.InclusionPolicy.judge_between`).
 
-Held cameras wait ``follow_up_s`` (20 s) after the event. The intake tells this module
-of each fix it indexes after a gap in a device's telemetry of ``max_fix_age_s`` or more
+Held cameras wait ``follow_up_s`` (20 s) after the event, or ``follow_up_silent_s``
+(45 s) when the engine has heard nothing at all from the device (no telemetry, with or
+without a position, no presence) for ``max_fix_age_s`` when the trigger is judged: its
+connection is lost, not only its GPS, and it reports again only once its MQTT keepalive
+has noticed (up to twice the keepalive, 30 s at the default 15 s) and it has connected
+to another node. A node cut off the network silences its devices that long while
+triggers raised through the other nodes arrive at once, and a 20 s hold let such a
+camera go a few seconds before its next fix came. The longer hold asks more of the
+camera's pre-event buffer (below) and keeps the camera in memory longer; a device heard
+without a position (its GPS lost, its link fine) gets no more than ``follow_up_s``,
+because nothing says its next fix is near. The intake tells this module of each fix it
+indexes after a gap in a device's telemetry of ``max_fix_age_s`` or more
 (:meth:`FollowUps.on_fix`; the engine's hot path, a device reporting every second, never
-calls it), which every held camera's next fix follows: a held
-camera's first fix after the event is judged with its fix before it, exactly as a late
-trigger is (reason ``proximity_between``). WITHIN: it is commanded in a **follow-up
-activation**. Anything else: it stays left out, its ``stale`` row stands, counted
-``follow_up_too_far``. No fix by the deadline: it stays ``stale``, counted
-``follow_up_expired``.
+calls it), which every held camera's next fix follows: a held camera's first fix after
+the event is judged with its fix before it, exactly as a late trigger is (reason
+``proximity_between``). WITHIN: it is commanded in a **follow-up activation**. Anything
+else: it stays left out, its ``stale`` row stands, counted ``follow_up_too_far``. No fix
+by the deadline: it stays ``stale``, counted ``follow_up_expired``.
 
 A follow-up activation is an ordinary activation of the same trigger event (same
 source, event time, position, radius and pre-roll), with its own id, written as its own
@@ -89,9 +99,9 @@ class _Origin:
     event: Event
     source: str
     rule: dict[str, object]
-    deadline: float
-    #: Held cameras and their fix before the event.
+    #: Held cameras, their fix before the event, and when each is let go.
     held: dict[str, PastFix] = field(default_factory=dict)
+    until: dict[str, float] = field(default_factory=dict)
     #: Cameras judged within, waiting to be commanded.
     ready: list[tuple[Target, DecisionRow]] = field(default_factory=list)
     sent: int = 0
@@ -140,13 +150,14 @@ class FollowUps:
             return
         policy = self._policy()
         s = self._settings
+        now = self._clock()
         origin: _Origin | None = None
         for d in plan.decisions:
             if d.commanded or d.reason != Exclusion.STALE or d.fix_age_s is None:
                 continue
             if d.lat is None or d.lon is None:
                 continue
-            if not 0.0 < d.fix_age_s < policy.max_bracket_s:
+            if not 0.0 < d.fix_age_s < policy.max_still_bracket_s:
                 continue  # a fix after the event, or one no bracket can bridge
             if self._count >= s.follow_up_max or (
                 origin is not None and len(origin.held) >= s.follow_up_per_activation
@@ -154,10 +165,15 @@ class FollowUps:
                 self._stats.follow_up_refused += 1
                 continue
             if origin is None:
-                origin = _Origin(plan, event, source, rule, event.ts + s.follow_up_s)
+                origin = _Origin(plan, event, source, rule)
             info = self._fleet.get(d.device_id)
             spd = None if info is None or info.motion is None else info.motion[2]
             origin.held[d.device_id] = PastFix(event.ts - d.fix_age_s, d.lat, d.lon, d.acc_m, spd)
+            silent = info is None or now - info.last_seen >= policy.max_fix_age_s
+            if silent:
+                self._stats.follow_up_silent += 1
+            hold_s = s.follow_up_silent_s if silent else s.follow_up_s
+            origin.until[d.device_id] = event.ts + hold_s
             self._by_camera.setdefault(d.device_id, set()).add(plan.aid)
             self._count += 1
             self._stats.follow_up_held += 1
@@ -204,6 +220,7 @@ class FollowUps:
 
     def _let_go(self, aid: str, origin: _Origin, device_id: str) -> None:
         del origin.held[device_id]
+        del origin.until[device_id]
         self._count -= 1
         aids = self._by_camera[device_id]
         aids.discard(aid)
@@ -212,8 +229,8 @@ class FollowUps:
 
     def _expire(self, now: float) -> None:
         for aid, origin in list(self._origins.items()):
-            if origin.deadline <= now:
-                for device_id in list(origin.held):
+            for device_id, until in list(origin.until.items()):
+                if until <= now:
                     self._let_go(aid, origin, device_id)
                     self._stats.follow_up_expired += 1
             if not origin.held and not origin.ready:

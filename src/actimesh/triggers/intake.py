@@ -156,7 +156,7 @@ class Intake:
         max_age, max_skew = self._settings.max_event_age_s, self._settings.max_clock_skew_s
         oldest, newest = now - max_age, now + max_skew
         fleet, index, stats = self._fleet, self._index, self._stats
-        step = self._gap_s()
+        gap, step = self._gap_s(), TRACK_STEP_S
         source = self._telemetry_source
         rate, burst = self._settings.telemetry_rate_per_s, self._settings.telemetry_burst
         owntracks = self._owntracks
@@ -192,7 +192,7 @@ class Intake:
             # string is stored, so each device's id exists once in memory.
             if lat is None or lon is None:
                 continue
-            if ts - info.fix_ts < step and ts - info.track_ts < step:
+            if ts - info.fix_ts < gap and ts - info.track_ts < step:
                 # Most fixes: no gap before it and none of the track's due (inline: the
                 # track costs this path two comparisons and a store).
                 if index.upsert_latest(info.device_id, lat, lon, acc, ts):

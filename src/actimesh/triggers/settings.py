@@ -130,6 +130,12 @@ class EngineSettings:
     #: simulated camera), less the command's delivery time. Cameras held at once, at
     #: most, overall and per activation (beyond: refused, counted).
     follow_up_s: float = 20.0
+    #: The hold for a held camera whose device the engine has not heard at all for
+    #: ``max_fix_age_s`` when the trigger is judged (its connection lost, not only its
+    #: GPS): it resumes once its MQTT keepalive notices and it reconnects elsewhere, up
+    #: to twice its keepalive (15 s by default) plus the reconnection, which outlasts
+    #: ``follow_up_s``. At least ``follow_up_s``; the same buffer caveat, longer.
+    follow_up_silent_s: float = 45.0
     follow_up_max: int = 10_000
     follow_up_per_activation: int = 256
     #: How long a follow-up waits for other cameras of the same activation to join it.
@@ -163,6 +169,12 @@ class EngineSettings:
         if isinstance(self.dedupe_memory, bool) or not isinstance(self.dedupe_memory, int):
             raise ConfigError(
                 f"engine.dedupe_memory must be a whole number, got {self.dedupe_memory!r}"
+            )
+        if self.follow_up_silent_s < self.follow_up_s:
+            raise ConfigError(
+                f"engine.follow_up_silent_s ({self.follow_up_silent_s!r}) must be at least "
+                f"engine.follow_up_s ({self.follow_up_s!r}): a device that lost its "
+                "connection needs longer to report again, not shorter"
             )
         for f in fields(self):
             value = getattr(self, f.name)

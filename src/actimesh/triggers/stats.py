@@ -74,8 +74,11 @@ class EngineStats:
     events_without_position: int = 0
     #: Follow-ups (triggers/followup.py): cameras left out ``stale`` held for a fix
     #: after the event; of them, those commanded in follow-up activations, judged not
-    #: within, let go at the deadline with no fix, and refused over the bounds.
+    #: within, let go at the deadline with no fix, and refused over the bounds;
+    #: ``follow_up_silent``: held ones whose device was not heard at all, held longer
+    #: (``follow_up_silent_s``).
     follow_up_held: int = 0
+    follow_up_silent: int = 0
     follow_up_commanded: int = 0
     follow_up_activations: int = 0
     follow_up_too_far: int = 0

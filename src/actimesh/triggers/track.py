@@ -12,14 +12,24 @@ device and judges a late event against the fixes on either side of its time
 The track is bounded in count and thinned in time, because it costs memory for every
 device the engine tracks, against a budget of 1 KB per device (docs/PERFORMANCE.md): at
 most :data:`TRACK_FIXES` fixes, kept at least :data:`TRACK_STEP_S` apart, so a 1 Hz
-device's track spans the last 25 to 30 s (a trigger held through a leader election is
-10 to 15 s late). A gap in a device's telemetry keeps both of its ends: the last fix
-before the gap is kept when the first one after it arrives, so a bracket around an
-outage is as tight as the telemetry that got through. Each fix is 32 bytes packed in one
-``bytes`` object (time, latitude and longitude as doubles, accuracy and speed as floats,
-NaN for "not reported"; a float's 7 digits are plenty for either): about 230 bytes for
-a full track, nothing for a device that never sent a position. Appending copies it,
-once per :data:`TRACK_STEP_S` at most.
+device's track spans the last 60 to 72 s. How far back it reaches is how late a trigger
+can be and still find a fix before its event: a trigger held through a leader election
+is 10 to 15 s late, but one whose device's node was cut off the network waits for the
+device's MQTT keepalive to notice (up to twice the keepalive), then for its reconnection
+elsewhere: 31.5 s in the cluster drill, where a 5 s step (a 25 to 30 s track) left a
+camera reporting twice a second ``stale`` with no fix before the event to judge it by.
+The span matches the default ``max_bracket_s`` (60 s), the widest pair of fixes judged
+for a moving camera (a still one's wider pair, ``max_still_bracket_s``, is the two ends
+of a gap in its telemetry, which the track keeps); the cost of the wider step is a
+coarser bracket (at most 12 s wide, 6 s to the nearer fix), which widens the margin of a
+moving camera (``speed * nearest``) and changes nothing for a still one. A gap in a
+device's telemetry keeps both of its ends: the last fix before the gap is kept when the
+first one after it arrives, so a bracket around an outage is as tight as the telemetry
+that got through. Each fix is 32 bytes packed in one ``bytes`` object (time, latitude
+and longitude as doubles, accuracy and speed as floats, NaN for "not reported"; a
+float's 7 digits are plenty for either): about 230 bytes for a full track, nothing for a
+device that never sent a position. Appending copies it, once per :data:`TRACK_STEP_S` at
+most.
 """
 
 from __future__ import annotations
@@ -32,7 +42,7 @@ __all__ = ["TRACK_FIXES", "TRACK_STEP_S", "PastFix", "around", "keep"]
 
 #: Fixes kept per device, and the least time between two kept fixes.
 TRACK_FIXES = 6
-TRACK_STEP_S = 5.0
+TRACK_STEP_S = 12.0
 _FIX = struct.Struct("<dddff")
 
 

@@ -81,6 +81,13 @@ class Link(abc.ABC):
                     connect_timeout=self._transport.timeout_s,
                     reconnect_time_wait=0.25,
                     max_reconnect_attempts=-1,
+                    # The configured order, as the telemetry link (stream.py) takes it:
+                    # nats-py's shuffle put an engine's trigger link on one node and its
+                    # telemetry on another, so a node cut off the network could silence
+                    # an engine's telemetry while it went on taking triggers, judging
+                    # them on fixes it had stopped receiving. Together, the engine loses
+                    # both and the other engine takes the triggers.
+                    dont_randomize=True,
                     # A node cut off the network (or frozen) keeps the socket open:
                     # only unanswered pings tell, after ping_interval x max pings
                     # (nats-py's default, 2 min x 2, left an engine deaf for 4 min).
