@@ -345,10 +345,12 @@ class DispatchService:
             for device_id, ack in acks:
                 self.state.ack(device_id, ack, now)
             if new:
+                # Counted with the state it changes, before the await: a reader that
+                # sees the activation sees it counted.
                 found += 1
+                self.state.stats.activations_caught_up += 1
                 await self._on_activation(record, new)
         if found:
-            self.state.stats.activations_caught_up += found
             log.info(
                 "dispatch: %d activations the bus did not bring caught up from the ledger", found
             )
