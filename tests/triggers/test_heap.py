@@ -1,12 +1,21 @@
-"""The heap freezer: after a full collection, and only then, the survivors are frozen."""
+"""The heap freezer: after a full collection, and only then, the survivors are frozen;
+the engine installs it with its warm-up's freeze and removes it when it stops."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from actimesh.broker.memory import MemoryBus
+from actimesh.broker.topics import Topics
+from actimesh.geofence import InclusionPolicy
+from actimesh.ledger import SqliteLedger
+from actimesh.security.signing import CommandSigner
+from actimesh.triggers import DEFAULT_RULES, Engine, EngineSettings
 from actimesh.triggers.heap import HeapFreezer
 
 
@@ -78,3 +87,33 @@ def test_installing_twice_registers_once_and_uninstall_removes_it() -> None:
         freezer.uninstall()
     assert freezer not in gc.callbacks
     freezer.uninstall()  # not installed: nothing to do
+
+
+def _freezers() -> list[HeapFreezer]:
+    return [cb for cb in gc.callbacks if isinstance(cb, HeapFreezer)]
+
+
+@pytest.mark.parametrize("freeze_heap", [True, False])
+async def test_the_engine_installs_the_freezer_with_its_warm_up_and_removes_it_when_stopped(
+    tmp_path: Path, freeze_heap: bool
+) -> None:
+    async with SqliteLedger(tmp_path / "ledger.sqlite3") as ledger:
+        engine = Engine(
+            topics=Topics("am-heap"),
+            transport=MemoryBus(),
+            ledger=ledger,
+            rules=DEFAULT_RULES,
+            policy=InclusionPolicy(),
+            signer=CommandSigner.generate(),
+            settings=EngineSettings(warmup_s=0.01, freeze_heap=freeze_heap),
+        )
+        try:
+            async with asyncio.TaskGroup() as tg:
+                task = tg.create_task(engine.run(), name="engine-heap")
+                async with asyncio.timeout(10):
+                    await engine.warmed.wait()
+                assert len(_freezers()) == (1 if freeze_heap else 0)
+                task.cancel()
+            assert _freezers() == []
+        finally:
+            gc.unfreeze()
