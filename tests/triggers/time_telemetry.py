@@ -2,7 +2,7 @@
 
 Run from the repository root (about half a minute of one core)::
 
-    PYTHONPATH=src .venv/bin/python -m tests.triggers.time_telemetry [--profile]
+    PYTHONPATH=src .venv/bin/python -m tests.triggers.time_telemetry [--profile | --index]
 
 It feeds the engine's telemetry handler (:meth:`~actimesh.triggers.intake.Intake.
 on_telemetry`, the code the transport calls) pre-encoded motion-scaled reports in
@@ -15,7 +15,9 @@ timed in CPU time (``time.thread_time``), not wall time: on a shared machine the
 time of a round is mostly other processes' turns. The collector runs as in the engine
 (heap frozen once the fleet is indexed) and the collections during each round are
 counted, so the figures include what per-fix garbage costs. ``--profile`` prints
-cProfile's top entries for each fleet instead. Not a test: it prints numbers and asserts nothing.
+cProfile's top entries for each fleet instead, ``--index`` times the index's
+``upsert_latest`` alone on the same kind of fixes. Not a test: it prints numbers and
+asserts nothing.
 """
 
 from __future__ import annotations
@@ -165,7 +167,52 @@ def _engine(ledger: SqliteLedger, clock: _Clock, index: GridIndex) -> Engine:
     )
 
 
+def _index_only() -> None:
+    """The index alone: ``upsert_latest`` of the same fixes, before and now, CPU time."""
+    rng = random.Random(1)
+    starts = [
+        destination(*CENTER, rng.uniform(0.0, 360.0), rng.uniform(0.0, 5_000.0))
+        for _ in range(DEVICES)
+    ]
+    headings = [rng.uniform(0.0, 360.0) for _ in range(DEVICES)]
+    ids = [f"d{n}" for n in range(DEVICES)]
+    fixes = {
+        "moving": [
+            [(ids[n], *destination(*p, headings[n], SPEED_MPS * r)) for n, p in enumerate(starts)]
+            for r in range(ROUNDS)
+        ],
+        "still": [
+            [(ids[n], *destination(*p, rng.uniform(0.0, 360.0), 0.3)) for n, p in enumerate(starts)]
+            for r in range(ROUNDS)
+        ],
+    }
+    indexes = {
+        (name, v): _Before() if v == "before" else GridIndex()
+        for name in fixes
+        for v in ("before", "now")
+    }
+    samples: dict[tuple[str, str], list[float]] = {run: [] for run in indexes}
+    for r in range(ROUNDS):
+        for run in list(indexes) if r % 2 else list(indexes)[::-1]:
+            upsert, ts = indexes[run].upsert_latest, float(r)
+            start = time.thread_time()
+            for device_id, lat, lon in fixes[run[0]][r]:
+                upsert(device_id, lat, lon, ACC_M, ts)
+            if r >= WARM_ROUNDS:
+                samples[run].append((time.thread_time() - start) / DEVICES * 1e6)
+    us = {run: statistics.median(values) for run, values in samples.items()}
+    lines = [f"index upsert alone, {DEVICES} devices a fleet, CPU us per fix"]
+    lines.extend(f"{name:6s} {v:6s} {us[name, v]:6.3f} us" for name, v in indexes)
+    lines.extend(
+        f"{name:6s} now/before   {us[name, 'now'] / us[name, 'before']:6.3f}" for name in fixes
+    )
+    sys.stdout.write("\n".join(lines) + "\n")
+
+
 async def main(argv: list[str]) -> None:
+    if "--index" in argv:
+        _index_only()
+        return
     profile = "--profile" in argv
     fleets = {
         "moving": _fleet_reports("mov", moving=True, rounds=ROUNDS),
