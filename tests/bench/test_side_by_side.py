@@ -84,5 +84,6 @@ def test_smoke_side_by_side_runs_both_halves_and_reports_them_together(tmp_path:
     per_device = report["figures"]["telemetry_per_device_s"]
     assert per_device["motion"] < per_device["1hz"]
     assert report["target_motion"]["commands_missing"] == 0
+    assert report["figures"]["loadgen_nice"]["motion"] == 10
     assert report["machine"]["cores"] >= 1
     assert plot_path.read_bytes().startswith(b"\x89PNG")

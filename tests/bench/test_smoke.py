@@ -41,6 +41,9 @@ def test_smoke_run_writes_every_figure_and_the_plot(tmp_path: Path) -> None:
     assert report["naive_mismatches"] == 0
     assert set(report["targets"]) >= {"p99_ratio_vs_broker", "naive_scan_ratio"}
     assert report["machine"]["cores"] >= 1
+    # The load generator streamed at the lower priority, and the report says so.
+    assert report["loadgen_nice"] == BenchSettings().loadgen_nice == 10
+    assert report["loadgen_priority"]["how"] in {"autogroup", "process"}
     assert plot_path.read_bytes().startswith(b"\x89PNG")
 
 

@@ -54,7 +54,8 @@ moves = st.lists(
 @settings(max_examples=150, deadline=None)
 @given(
     centre=points,
-    cell_size=st.sampled_from([0.5, 4.0, 16.0, 64.0]),
+    # 0.01 m: cell keys wider than 64 bits, stored in 12 bytes of each row.
+    cell_size=st.sampled_from([0.01, 0.5, 4.0, 16.0, 64.0]),
     updates=moves,
     removed=st.sets(st.integers(min_value=0, max_value=9), max_size=3),
     query_bearing=bearings,
@@ -164,6 +165,23 @@ def test_upsert_moves_device_across_cells() -> None:
     fix = grid.get("bwc-1")
     assert fix is not None
     assert (fix.lat, fix.lon, fix.acc, fix.ts) == (*end, 3.0, 101.0)
+
+
+@pytest.mark.parametrize("cell_size", [0.01, 16.0, 5_000.0])
+def test_a_device_leaves_the_cell_its_row_names_whatever_the_key_width(cell_size: float) -> None:
+    grid = GridIndex(cell_size_m=cell_size)
+    grid.upsert("bwc-2", *HARTFORD, None, 0.0)
+    for step in range(1, 40):  # 0.7 m a step: stays in wide cells, changes narrow ones
+        here = destination(*HARTFORD, 45.0, 0.7 * step)
+        grid.upsert("bwc-1", *here, None, float(step))
+        assert ids_of(grid.within(*here, 0.1)) == ["bwc-1"]
+        assert ids_of(grid.within(*HARTFORD, 0.1)) == ["bwc-2"]
+        assert 1 <= grid.cell_count <= 2
+    assert grid.cell_count == (1 if cell_size > 100.0 else 2)
+    grid.remove("bwc-1")
+    assert grid.cell_count == 1
+    grid.remove("bwc-2")
+    assert grid.cell_count == 0
 
 
 def test_upsert_within_a_cell_replaces_the_fix_and_leaves_no_empty_cells() -> None:

@@ -210,7 +210,9 @@ class _Run:
         rate = s.telemetry_rate
         stream_s = s.warmup_s + s.duration_s + 1.0
         await self._prepare_motion(stream_s)
-        await loadgen.call("stream", agency=AGENCY, rate=rate, duration_s=stream_s)
+        await loadgen.call(
+            "stream", agency=AGENCY, rate=rate, duration_s=stream_s, nice=s.loadgen_nice
+        )
         await self._warm_up()
         await engine.call("queries")  # discard warm-up samples
         if s.trace:
@@ -321,6 +323,11 @@ class _Run:
         self.out["telemetry_sent_msgs_per_s"] = sent / stream_s
         self.out["telemetry_skipped_by_loadgen"] = int(status.get("skipped", 0))
         self.out["telemetry_stream_lag_s"] = float(status.get("lag_s", 0.0))
+        # The load generator's priority during the stream (bench/priority.py): a figure
+        # of the run, so a report says whether it competed with the measured parts.
+        priority = status.get("priority") or {"nice": 0, "how": "none", "restored": True}
+        self.out["loadgen_priority"] = priority
+        self.out["loadgen_nice"] = int(priority["nice"])
         self.out["telemetry_ingested"] = int(st["telemetry"])
         self.out["telemetry_ingested_msgs_per_s"] = int(st["telemetry"]) / stream_s
         self.out["telemetry_dropped"] = sent - int(st["telemetry"])

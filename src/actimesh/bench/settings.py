@@ -51,6 +51,10 @@ class BenchSettings:
     #: ``1hz`` (a message per device per epoch) or ``motion`` (the devices' motion-scaled
     #: reporting, bench/motion.py); ``rate_hz`` is the GPS epoch rate either way.
     telemetry: str = "1hz"
+    #: The load generator's nice value while it streams the steady phase's telemetry
+    #: (bench/priority.py): it stands in for devices that are not on the engine's
+    #: machine, so it yields the cores to the measured parts. 0 leaves it alone.
+    loadgen_nice: int = 10
 
     def __post_init__(self) -> None:
         if self.devices < 8:
@@ -61,6 +65,8 @@ class BenchSettings:
                 raise ConfigError(f"bench {name} must be a positive number, got {value!r}")
         if self.warmup_s < 0 or self.flood_messages < 1000 or self.flood_rounds < 1:
             raise ConfigError("bench needs warmup_s >= 0, flood_messages >= 1000, rounds >= 1")
+        if not 0 <= self.loadgen_nice <= 19:
+            raise ConfigError(f"--loadgen-nice must be within 0 to 19, got {self.loadgen_nice}")
         if self.publisher not in ("raw", "paho"):
             raise ConfigError(f"--publisher must be raw or paho, got {self.publisher!r}")
         if self.telemetry not in TELEMETRY_MODES:

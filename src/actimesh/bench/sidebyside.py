@@ -54,6 +54,7 @@ FIGURES: tuple[tuple[str, str, int], ...] = (
     ("engine CPU, steady (% of a core)", "engine_cpu_percent", 1),
     ("broker CPU, steady (% of a core)", "broker_cpu_percent", 1),
     ("load generator CPU (% of a core)", "loadgen_cpu_percent", 1),
+    ("load generator nice, steady (bench/priority.py)", "loadgen_nice", 0),
     ("trigger→command p50 (ms)", "trigger_to_command_p50_ms", 2),
     ("trigger→command p99 (ms)", "trigger_to_command_p99_ms", 2),
     ("broker two-hop p50 (ms)", "broker_two_hop_p50_ms", 2),

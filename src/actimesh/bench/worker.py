@@ -30,6 +30,7 @@ from actimesh.bench.loadgen import LoadGenerator, PahoPublisher, RawPublisher
 from actimesh.bench.naive import time_queries
 from actimesh.bench.natsplain import NatsPlainSubscriber
 from actimesh.bench.plain import PlainSubscriber
+from actimesh.bench.priority import Lowered, lowered_priority
 from actimesh.bench.probe import Probe
 from actimesh.bench.procs import Rpc
 from actimesh.bench.scaling import side_by_side
@@ -136,12 +137,19 @@ async def _loadgen(cfg: Config) -> None:
         sent = await gen.presence(args["agency"], int(args["start"]), int(args["count"]))
         return {"sent": sent}
 
+    priority: list[Lowered] = []
+
     async def stream(args: Config) -> Config:
         run = gen.stream_prepared if args.get("prepared") else gen.stream
-        rpc.spawn(
-            run(args["agency"], float(args["rate"]), float(args["duration_s"])),
-            name="bench-stream",
-        )
+        nice = int(args.get("nice", 0))
+
+        async def at_priority() -> None:
+            # Lowered for the stream only (bench/priority.py); status says what was applied.
+            with lowered_priority(nice) as lowered:
+                priority[:] = [lowered]
+                await run(args["agency"], float(args["rate"]), float(args["duration_s"]))
+
+        rpc.spawn(at_priority(), name="bench-stream")
         return {}
 
     async def status(_: Config) -> Config:
@@ -150,6 +158,7 @@ async def _loadgen(cfg: Config) -> None:
             "skipped": gen.stream_skipped,
             "streaming": gen.streaming,
             "lag_s": gen.stream_lag_s,
+            "priority": priority[0].as_dict() if priority else None,
         }
 
     async def prepare_motion(args: Config) -> Config:

@@ -188,7 +188,7 @@ def decode_telemetry_report(payload: bytes) -> TelemetryReport:
             get = obj.get
             v, ts, state = get("v"), get("ts"), get("state")
             lat, lon, acc, batt = get("lat"), get("lon"), get("acc"), get("batt")
-            hb, db, spd = get("hb"), get("db"), get("spd")
+            hb, db, spd, duty = get("hb"), get("db"), get("spd"), get("duty")
             # Chained comparisons are False for NaN, so NaN falls through to decode().
             if (
                 type(v) is int
@@ -218,7 +218,7 @@ def decode_telemetry_report(payload: bytes) -> TelemetryReport:
                     )
                 )
                 and (spd is None or (type(spd) is float and 0.0 <= spd <= 150.0))
-                and (get("duty") is None or (type(get("duty")) is str and get("duty") in _DUTIES))
+                and (duty is None or (type(duty) is str and duty in _DUTIES))
             ):
                 if hb is None or db is None:
                     return ts, _STATES[state], lat, lon, acc, None

@@ -78,6 +78,13 @@ def add_parser(sub: Any) -> None:
         help="load generator's client (default raw)",
     )
     bench.add_argument(
+        "--loadgen-nice",
+        type=int,
+        default=d.loadgen_nice,
+        metavar="N",
+        help="the load generator's nice value while it streams (default 10; 0: unchanged)",
+    )
+    bench.add_argument(
         "--no-acks", action="store_true", help="the probe's cameras do not acknowledge commands"
     )
     bench.add_argument(
@@ -125,6 +132,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         "trace": args.trace,
         "cluster": args.cluster,
         "telemetry": args.telemetry,
+        "loadgen_nice": args.loadgen_nice,
     }
     if not args.smoke:
         overrides |= {

@@ -10,7 +10,10 @@ Two implementations sit behind one :class:`SpatialIndex` protocol:
   strings, never as Python containers: the garbage collector does not track them, so
   100,000 tracked devices add nothing to a collection's pause (an object per fix made
   collections take ~60 ms at that size, a trigger's whole latency budget ten times
-  over), and a fix costs 96 bytes instead of about 270.
+  over), and a fix costs 104 bytes instead of about 270. Each row ends with the key
+  of its cell, so an upsert tells "same cell" by comparing a few bytes rather than
+  working out the old fix's cell again, and reads the dict once for the lateness
+  check and the replacement (docs/PERFORMANCE.md, "The engine's cost per fix").
 * :class:`LinearIndex`, the naive reference: every fix scanned and measured with geopy's
   WGS-84 geodesic. Tests compare the two, and ``actimesh bench`` uses it as the baseline.
 
@@ -87,8 +90,10 @@ def _check_fix(lat: float, lon: float, acc: float | None, ts: float) -> None:
 
 
 #: How :class:`GridIndex` keeps a fix: ``lat, lon, acc, ts, x, y, z`` as doubles, with
-#: NaN for "no accuracy reported" (a real accuracy is never NaN).
+#: NaN for "no accuracy reported" (a real accuracy is never NaN), then the key of its
+#: cell, little-endian, in as many bytes as the index's keys need (8 for 16 m cells).
 _ROW = struct.Struct("=7d")
+_ROW_SIZE = _ROW.size  # where the cell key starts
 _TS_AT = struct.Struct("=d")  # ``ts``, at byte 24
 _XYZ_AT = struct.Struct("=3d")  # ``x, y, z``, from byte 32
 #: Joins the ids of a cell holding several devices. MQTT topics, and so device ids,
@@ -98,11 +103,19 @@ _SEP = "\0"
 
 def _fix_of(device_id: str, row: bytes) -> Fix:
     # A Fix from a stored row, without validating or converting again.
-    lat, lon, acc, ts, x, y, z = _ROW.unpack(row)
+    lat, lon, acc, ts, x, y, z = _ROW.unpack_from(row)
     fix = object.__new__(Fix)
     fix.device_id, fix.lat, fix.lon, fix.ts, fix.x, fix.y, fix.z = device_id, lat, lon, ts, x, y, z
     fix.acc = None if math.isnan(acc) else acc  # NaN: none reported
     return fix
+
+
+def _cell_of(row: bytes) -> int:
+    return int.from_bytes(row[_ROW_SIZE:], "little")
+
+
+def _without(cell: str, device_id: str) -> str:
+    return _SEP.join(d for d in cell.split(_SEP) if d != device_id)
 
 
 def _ids(cell: str) -> list[str] | tuple[str]:
@@ -190,6 +203,8 @@ class GridIndex:
         self._limit = math.ceil(WGS84_A / self._cell) + 1
         self._offset = self._limit + 1
         self._bits = (2 * self._offset).bit_length()
+        self._key_bytes = (3 * self._bits + 7) // 8
+        self._pack_row = struct.Struct(f"=7d{self._key_bytes}s").pack
         self._rows: dict[str, bytes] = {}
         # Each occupied cell maps to the id of the device in it, or to the ids of several
         # joined by NUL: strings, so no container the garbage collector would track.
@@ -205,16 +220,6 @@ class GridIndex:
         """Number of occupied cells (empty cells are deleted)."""
         return len(self._cells)
 
-    def _key(self, x: float, y: float, z: float) -> int:
-        c = self._cell
-        off = self._offset
-        bits = self._bits
-        return (
-            ((math.floor(x / c) + off) << (2 * bits))
-            | ((math.floor(y / c) + off) << bits)
-            | (math.floor(z / c) + off)
-        )
-
     def upsert(self, device_id: str, lat: float, lon: float, acc: float | None, ts: float) -> None:
         """Record the latest fix of ``device_id``, replacing any earlier one.
 
@@ -222,22 +227,7 @@ class GridIndex:
         [-90, 90], a longitude outside [-180, 180], NaN or infinite values, or a negative
         accuracy.
         """
-        _check_fix(lat, lon, acc, ts)  # before anything changes
-        if _SEP in device_id:
-            raise ValueError("device ids cannot contain NUL (MQTT topics cannot either)")
-        x, y, z = to_ecef(lat, lon)
-        key = self._key(x, y, z)
-        rows = self._rows
-        old = rows.get(device_id)
-        row = _ROW.pack(lat, lon, math.nan if acc is None else acc, ts, x, y, z)
-        rows[device_id] = row
-        if old is not None:
-            old_key = self._key(*_XYZ_AT.unpack_from(old, 32))
-            if old_key == key:
-                return  # the common case at 1 Hz telemetry: still in the same cell
-            self._leave_cell(old_key, device_id)
-        cell = self._cells.get(key)
-        self._cells[key] = device_id if cell is None else cell + _SEP + device_id
+        self._put(device_id, lat, lon, acc, ts=ts, old=self._rows.get(device_id))
 
     def upsert_latest(
         self, device_id: str, lat: float, lon: float, acc: float | None, ts: float
@@ -246,22 +236,59 @@ class GridIndex:
         old = self._rows.get(device_id)
         if old is not None and _TS_AT.unpack_from(old, 24)[0] > ts:
             return False
-        self.upsert(device_id, lat, lon, acc, ts)
+        self._put(device_id, lat, lon, acc, ts=ts, old=old)
         return True
 
+    def _put(
+        self,
+        device_id: str,
+        lat: float,
+        lon: float,
+        acc: float | None,
+        *,
+        ts: float,
+        old: bytes | None,
+    ) -> None:
+        # Every telemetry fix of the fleet comes through here, so the cell key is worked
+        # out inline and the old fix's cell is read from its row, not computed again.
+        _check_fix(lat, lon, acc, ts)  # before anything changes
+        if old is None and _SEP in device_id:  # an id already indexed was checked
+            raise ValueError("device ids cannot contain NUL (MQTT topics cannot either)")
+        x, y, z = to_ecef(lat, lon)
+        c, off, bits = self._cell, self._offset, self._bits
+        key = (
+            ((math.floor(x / c) + off) << (2 * bits))
+            | ((math.floor(y / c) + off) << bits)
+            | (math.floor(z / c) + off)
+        )
+        cell_key = key.to_bytes(self._key_bytes, "little")
+        acc_or_nan = math.nan if acc is None else acc
+        self._rows[device_id] = self._pack_row(lat, lon, acc_or_nan, ts, x, y, z, cell_key)
+        cells = self._cells
+        if old is not None:
+            if old.endswith(cell_key):
+                return  # the common case at 1 Hz telemetry: still in the same cell
+            # A moving device: most cells hold one device, so each dict is read once
+            # (pop, setdefault) and the shared cell is the rare second step.
+            old_key = _cell_of(old)
+            left = cells.pop(old_key)
+            if left != device_id:
+                cells[old_key] = _without(left, device_id)
+        cell = cells.setdefault(key, device_id)
+        if cell is not device_id:  # the cell held others already
+            cells[key] = cell + _SEP + device_id
+
     def _leave_cell(self, key: int, device_id: str) -> None:
-        cell = self._cells[key]
-        if cell == device_id:
-            # A moving fleet would otherwise leave a trail of empty cells behind it.
-            del self._cells[key]
-        else:
-            self._cells[key] = _SEP.join(d for d in cell.split(_SEP) if d != device_id)
+        cell = self._cells.pop(key)
+        # A moving fleet would otherwise leave a trail of empty cells behind it.
+        if cell != device_id:
+            self._cells[key] = _without(cell, device_id)
 
     def remove(self, device_id: str) -> None:
         """Forget ``device_id``; a device that is not tracked is not an error."""
         old = self._rows.pop(device_id, None)
         if old is not None:
-            self._leave_cell(self._key(*_XYZ_AT.unpack_from(old, 32)), device_id)
+            self._leave_cell(_cell_of(old), device_id)
 
     def get(self, device_id: str) -> Fix | None:
         """Return the latest fix of ``device_id``, or ``None`` if it is not tracked."""

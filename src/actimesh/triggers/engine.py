@@ -54,6 +54,7 @@ from actimesh.triggers.dedupe import Dedupe
 from actimesh.triggers.delivery import DeliveryTracker
 from actimesh.triggers.fleet import DeviceDirectory, Fleet
 from actimesh.triggers.followup import FollowUps
+from actimesh.triggers.heap import HeapFreezer
 from actimesh.triggers.intake import Intake
 from actimesh.triggers.partitions import Partitioning
 from actimesh.triggers.persistence import Persister
@@ -378,6 +379,13 @@ class Engine:
     async def run(self) -> None:
         """Run until cancelled. One TaskGroup owns the links and the engine's loops."""
         await self._recover()
+        heap = HeapFreezer()
+        try:
+            await self._run_parts(heap)
+        finally:
+            heap.uninstall()  # installed by the warm-up
+
+    async def _run_parts(self, heap: HeapFreezer) -> None:
         links = self.links
         eid = self.settings.engine_id
         async with asyncio.TaskGroup() as tg:
@@ -395,7 +403,7 @@ class Engine:
                 tg.create_task(self.slowdown.run(), name=f"{eid}-slowdown")
             for link in links:
                 await link.wait_connected(timeout=_CONNECT_TIMEOUT_S)
-            tg.create_task(self._warm_up(), name=f"{eid}-warmup")
+            tg.create_task(self._warm_up(heap), name=f"{eid}-warmup")
             self.ready.set()
 
     async def _recover(self) -> None:
@@ -404,7 +412,7 @@ class Engine:
         await self.dedupe.recover(since=now - self.settings.max_event_age_s)
         await self.commander.recover(self.ledger, now)
 
-    async def _warm_up(self) -> None:
+    async def _warm_up(self, heap: HeapFreezer) -> None:
         """Plan the events held since start once the fleet is known (see ``warmup_s``)."""
         await asyncio.sleep(self.settings.warmup_s)
         if self.settings.freeze_heap:
@@ -415,6 +423,9 @@ class Engine:
             # garbage is frozen with it.
             gc.collect()
             gc.freeze()
+            # And again after every full collection: the fleet mostly arrives after
+            # this moment (heap.py says what that saves).
+            heap.install()
         self.warmed.set()
         await self.intake.warm()
 

@@ -73,7 +73,8 @@ class EngineSettings:
     #: unaffected.
     warmup_s: float = 2.5
     #: At the end of the warm-up, move every object alive to the collector's permanent
-    #: generation (``gc.freeze``): full collections then scan only what came since.
+    #: generation (``gc.freeze``), and again after every full collection (triggers/
+    #: heap.py): full collections then scan only what came since the last one.
     #: One setting per process; off for engines embedded in a host that manages its heap.
     freeze_heap: bool = True
     #: Events remembered in memory for dedupe; beyond that the ledger is asked, so a
