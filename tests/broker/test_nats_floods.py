@@ -76,16 +76,19 @@ async def paced(draw: Callable[[], Awaitable[float]], count: int) -> list[float]
 
 
 async def compared(
-    world: ClusterWorld, kind: str, draws: int, blocks: int = BLOCKS
+    world: ClusterWorld, kind: str, draws: int, blocks: int = BLOCKS, *, baseline: bool = True
 ) -> tuple[list[float], ...]:
     """Draw latencies with no flood and with ``kind`` flooding (from its first message
     on), ``draws`` of each in ``blocks`` alternating blocks. With quarantine on, the
-    flood lasts until the thief is cut off."""
+    flood lasts until the thief is cut off. Without ``baseline`` only the draws during
+    the floods are made: a test that asserts nothing of the others need not wait for
+    them (they were half its time)."""
     base: list[float] = []
     during: list[float] = []
     port, topic, _, login, qos = world.flood(kind)
     for _ in range(blocks):
-        base += await paced(world.draw, draws // blocks)
+        if baseline:
+            base += await paced(world.draw, draws // blocks)
         async with flooding(port, topic, kind, login, qos=qos) as flooder:
             during += await paced(world.draw, draws // blocks)
             if not world.engine.settings.quarantine_after:
@@ -137,12 +140,13 @@ async def test_floods_of_acks_and_of_refused_events_never_hold_up_another_office
     engine, counted, not written), and TASER draws a body camera may not raise (refused
     by the cluster: no rule lets a camera raise one). Quarantine is off, so each flood
     lasts its whole block. Every draw is commanded while the flood goes on, none later
-    than :data:`WORST_S`; the p99 ratio is not asserted here: on this machine it is
-    1.5-3.3x for acknowledgements and about 2x for refused events (docs/SECURITY.md)."""
+    than :data:`WORST_S`; the p99 ratio is not asserted here (so no draws are made
+    without a flood): on this machine it is 1.5-3.3x for acknowledgements and about 2x
+    for refused events (docs/SECURITY.md, measured by ``flood_probe --cluster``)."""
     async with cluster_world(tmp_path, fair_settings(quarantine_after=0)) as world:
         engine = world.engine
         before = refused(engine)
-        _, during = await compared(world, "acks", DRAWS)
+        _, during = await compared(world, "acks", DRAWS, baseline=False)
         assert max(during) < WORST_S, max(during)
         # An answer for an activation not (yet) in the ledger waits up to 4 s for it
         # before it is refused (triggers/persistence.py): the count follows that late.
@@ -150,9 +154,12 @@ async def test_floods_of_acks_and_of_refused_events_never_hold_up_another_office
         assert refused(engine) - before >= MIN_REFUSED
         acks_of = "SELECT count(*) FROM acks WHERE device_id = ?"
         assert ledger_count(world, acks_of, STOLEN_CAM) == 0  # counted, not written
-        assert ledger_count(world, acks_of, OFFICER_CAM) >= DRAWS  # the real answers are
+        # The real answers are, every one (each is written after its command arrived).
+        await eventually(
+            lambda: ledger_count(world, acks_of, OFFICER_CAM) >= DRAWS, timeout=15, every=0.2
+        )
 
-        _, during = await compared(world, "events", DRAWS)
+        _, during = await compared(world, "events", DRAWS, baseline=False)
         assert max(during) < WORST_S, max(during)
         assert violations(world, world.flood("events")[1]) >= MIN_REFUSED
         assert engine.stats.rejected["sender_not_allowed"] == 0  # never reached the engine

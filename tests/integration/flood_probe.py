@@ -40,6 +40,7 @@ import argparse
 import asyncio
 import contextlib
 import math
+import os
 import socket
 import statistics
 import sys
@@ -141,6 +142,10 @@ async def _one_draw(m: Mesh, cew: DeviceAgent) -> float:
     )
 
 
+#: The flooder's login (username, password, client id, one a line), from :func:`flooding`.
+LOGIN_ENV = "FLOOD_PROBE_LOGIN"
+
+
 @contextlib.asynccontextmanager
 async def flooding(
     port: int,
@@ -168,9 +173,11 @@ async def flooding(
         topic,
         "--kind",
         kind,
-        *(("--login", *login) if login else ()),
         *(("--qos", str(qos)) if qos is not None else ()),
         stdout=asyncio.subprocess.PIPE,
+        # Not on the command line: a generated password may begin with "-", which
+        # argparse takes for an option (the flooder then exited before flooding).
+        env={**os.environ, LOGIN_ENV: "\n".join(login)} if login else None,
     )
     try:
         assert flooder.stdout is not None
@@ -412,12 +419,12 @@ if __name__ == "__main__":
         "--gap", type=float, default=0.05, metavar="S", help="with --during: seconds between draws"
     )
     parser.add_argument("--flood-to", nargs=2, metavar=("PORT", "TOPIC"), help=argparse.SUPPRESS)
-    parser.add_argument("--login", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--qos", type=int, choices=(0, 1), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    login = os.environ[LOGIN_ENV].split("\n") if LOGIN_ENV in os.environ else None
     if args.flood_to and args.qos is not None:
         port, topic = int(args.flood_to[0]), args.flood_to[1]
-        user, password, client_id = args.login or (None, None, "flooder")
+        user, password, client_id = login or (None, None, "flooder")
         asyncio.run(
             flood_311(
                 port,
@@ -430,7 +437,7 @@ if __name__ == "__main__":
         )
     elif args.flood_to:
         port, topic = int(args.flood_to[0]), args.flood_to[1]
-        asyncio.run(_flood_forever(port, topic, args.kind, args.login))
+        asyncio.run(_flood_forever(port, topic, args.kind, login))
     elif args.during and args.broker_only:
         asyncio.run(_main_floor(args.kind, args.during, args.gap))
     elif args.during and args.cluster:
