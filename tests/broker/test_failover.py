@@ -4,6 +4,8 @@ listeners reach a link from a transport, a cluster's links and the dispatch's fl
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from actimesh.broker.client import LinkSettings, MqttLink
@@ -85,6 +87,18 @@ async def test_a_link_starts_on_its_first_listener_with_the_others_in_order() ->
     assert link.listener == A
     plain = MqttLink(LinkSettings("10.0.0.1", 1883, "plain"))
     assert plain.settings.listeners == (A,)
+
+
+def test_a_link_placed_after_it_was_made_connects_where_it_was_placed() -> None:
+    # The fault drills make devices before the cluster's ports exist, then place them.
+    link = MqttLink(LinkSettings("127.0.0.1", 0, "cam-1"))
+    link.settings = replace(link.settings, host="10.0.0.1", port=1883)
+    assert link.listener == A
+    link.settings = replace(link.settings, fallbacks=(B, C))
+    assert link.listener == A
+    assert link.settings.listeners == (A, B, C)
+    link.reconfigure(username="cam-1", password="pw")
+    assert link.listener == A
 
 
 def test_a_cluster_hands_the_dispatch_every_node_starting_with_its_own() -> None:

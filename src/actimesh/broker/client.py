@@ -605,19 +605,41 @@ class MqttLink:
         *,
         on_connect: OnConnect | None = None,
     ) -> None:
-        self.settings = settings
+        self._settings = settings
+        self._rotation = self._rotation_of(settings)
         self.stats = LinkStats()
         self._handler = handler
         self._on_connect = on_connect
         self._client: aiomqtt.Client | None = None
         self._inbox = _Inbox(self.stats)
         self._connected = asyncio.Event()
-        self._rotation = Rotation(
-            settings.listeners, initial_s=settings.backoff_initial_s, max_s=settings.backoff_max_s
-        )
         # aiomqtt's own drop warning is replaced by our counter; keep its log quiet.
         self._mqtt_log = logging.getLogger(f"actimesh.mqtt.{settings.client_id}")
         self._mqtt_log.addFilter(_LATE_ACKS)
+
+    @staticmethod
+    def _rotation_of(settings: LinkSettings) -> Rotation:
+        return Rotation(
+            settings.listeners, initial_s=settings.backoff_initial_s, max_s=settings.backoff_max_s
+        )
+
+    @property
+    def settings(self) -> LinkSettings:
+        return self._settings
+
+    @settings.setter
+    def settings(self, settings: LinkSettings) -> None:
+        """New settings, for the next connection. Whoever places a link once its broker
+        is known (a cluster's node) sets them after construction: the rotation follows
+        the new listeners, or the link would keep trying the old ones."""
+        old = self._settings
+        self._settings = settings
+        if (settings.listeners, settings.backoff_initial_s, settings.backoff_max_s) != (
+            old.listeners,
+            old.backoff_initial_s,
+            old.backoff_max_s,
+        ):
+            self._rotation = self._rotation_of(settings)
 
     @property
     def name(self) -> str:
