@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import signal
 import socket
 import subprocess
 import sys
@@ -409,3 +410,51 @@ def test_broker_dies_with_a_parent_killed_outright(tmp_path: Path) -> None:
     log = (tmp_path / "mosquitto.log").read_text()
     assert "terminating" in log, log[-300:]
     assert "Saving in-memory database" in log, log[-300:]
+
+
+@pytest.mark.time_limit(60)
+async def test_a_broker_that_dies_by_itself_is_started_again_and_serves(
+    fresh_mosquitto: ManagedMosquitto,
+) -> None:
+    # Mosquitto 2.0.11 has crashed after a reload: a crash must not leave the mesh silent.
+    broker = fresh_mosquitto
+    async with asyncio.TaskGroup() as tg:
+        watch = tg.create_task(broker.keep_running(poll_s=0.05), name="broker-watch")
+        first = broker.pid
+        assert first is not None
+        os.kill(first, signal.SIGSEGV)
+        await eventually(lambda: broker.restarts == 1 and broker.running, timeout=20)
+        assert broker.pid != first
+        async with aiomqtt.Client(broker.host, broker.port, timeout=10) as client:
+            await client.publish("watch/ok", b"1", qos=1)
+        # Stopped on purpose: not a crash, not started again.
+        await broker.astop()
+        await asyncio.sleep(0.2)  # an absence: four of the watchdog's polls see it stopped
+        assert not broker.running
+        assert broker.restarts == 1
+        watch.cancel()
+
+
+@pytest.mark.time_limit(60)
+async def test_a_broker_that_keeps_dying_is_given_up_with_the_reason(
+    fresh_mosquitto: ManagedMosquitto,
+) -> None:
+    broker = fresh_mosquitto
+
+    async def crash_until_given_up() -> None:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(broker.keep_running(poll_s=0.05, max_restarts=1))
+            for restarts in (1, 2):
+                pid = broker.pid
+                assert pid is not None
+                os.kill(pid, signal.SIGKILL)
+                if restarts == 1:
+                    await eventually(lambda: broker.restarts == 1 and broker.running, timeout=20)
+            await asyncio.Event().wait()  # until the watchdog gives up: it raises
+
+    with pytest.raises(ExceptionGroup) as caught:
+        await crash_until_given_up()
+    (error,) = caught.value.exceptions
+    assert isinstance(error, BrokerError)
+    assert "exited (signal 9) 2 times within 60 s" in str(error)
+    assert broker.restarts == 1

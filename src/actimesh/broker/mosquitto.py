@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import random
 import shutil
@@ -53,6 +54,8 @@ __all__ = [
     "find_mosquitto",
     "free_port",
 ]
+
+log = logging.getLogger(__name__)
 
 #: Where Debian and source builds put the broker; ``/usr/sbin`` is often not on a
 #: non-root user's PATH.
@@ -215,6 +218,10 @@ class ManagedMosquitto:
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_file: IO[bytes] | None = None
         self._log_offset = 0
+        #: Set while this object stops the broker itself: its exit is not a crash.
+        self._stopping_now = False
+        #: Times :meth:`keep_running` started the broker again after it died.
+        self.restarts = 0
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
@@ -470,11 +477,13 @@ class ManagedMosquitto:
             return
         assert self._proc is not None
         deadline = time.monotonic() + timeout
+        self._stopping_now = True
         try:
             while self._proc.poll() is None and time.monotonic() < deadline:
                 yield _POLL_S
         finally:  # SIGKILL after the timeout, and when cancelled: never leave the child
             self.kill()
+            self._stopping_now = False
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop gracefully (mosquitto saves its database on SIGTERM); SIGKILL after
@@ -502,6 +511,55 @@ class ManagedMosquitto:
     async def arestart(self, timeout: float = 5.0) -> None:
         """:meth:`restart` without blocking the event loop."""
         await _arun(self._restarting(timeout))
+
+    # ------------------------------------------------------------------ watchdog
+    async def keep_running(
+        self, *, poll_s: float = 0.25, max_restarts: int = 5, window_s: float = 60.0
+    ) -> None:
+        """Start the broker again whenever it exits by itself, until cancelled.
+
+        Mosquitto 2.0.11 (Debian bookworm's) has crashed here with a segmentation fault
+        after a reload (SIGHUP) had disconnected clients whose accounts were gone while
+        sessions restored from its database were due to expire (upstream issue #3418
+        describes the same corruption of its session-expiry list): every device, the
+        engine and the dispatch were then refused until someone restarted it. On a
+        restart it reads its database (sessions, retained messages, QoS 1 messages saved
+        at its last save), and every link reconnects by itself. A broker that dies more
+        than ``max_restarts`` times within ``window_s`` is not restarted again: the
+        ``BrokerError`` says so, with its log, and stops what runs beside it.
+        """
+        recent: deque[float] = deque()
+        while True:
+            await asyncio.sleep(poll_s)
+            proc = self._proc
+            if proc is None or self._stopping_now or proc.poll() is None:
+                continue  # running, or stopped on purpose
+            code = proc.returncode
+            how = f"signal {-code}" if code < 0 else f"code {code}"
+            log.warning(
+                "mosquitto exited by itself (%s); starting it again. Its log ends:\n%s",
+                how,
+                self.log_tail(5),
+            )
+            while True:
+                now = time.monotonic()
+                while recent and now - recent[0] > window_s:
+                    recent.popleft()
+                if len(recent) >= max_restarts:
+                    raise BrokerError(
+                        f"mosquitto exited ({how}) {len(recent) + 1} times within "
+                        f"{window_s:g} s; not restarting it again: see {self.config.log_path}"
+                    )
+                recent.append(now)
+                try:
+                    await self.astart()
+                except BrokerError as exc:  # died again while starting: one more failure
+                    how = str(exc)
+                    log.warning("mosquitto did not start again: %s", exc)
+                    await asyncio.sleep(poll_s)
+                    continue
+                break
+            self.restarts += 1  # counted once it serves again
 
     # ------------------------------------------------------------------ context
     def __enter__(self) -> Self:

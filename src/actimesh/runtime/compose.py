@@ -480,6 +480,8 @@ async def run_up(settings: Settings, sim: SimSettings | None, console: Console) 
             **broker.login(SERVICE_MONITOR),
         )
         async with asyncio.TaskGroup() as tg:
+            if managed is not None:
+                tg.create_task(managed.keep_running(), name="broker-watch")
             tg.create_task(engine.run(), name="engine")
             recordings = settings.data_dir / "recordings"
             tg.create_task(run_retention(settings, recordings), name="retention")
