@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import configparser
+import contextlib
 import getpass
+import json
 import re
 import shutil
 import socket
 import subprocess
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -27,13 +30,19 @@ from actimesh.broker.mosquitto import find_mosquitto, free_port
 from actimesh.broker.mosquitto_conf import MosquittoConfig, TlsListener, render_config
 from actimesh.broker.nats import NatsCluster, find_nats_server
 from actimesh.broker.nats.auth import render_authorization
-from actimesh.broker.nats.cluster import AUTHORIZATION_NAME
-from actimesh.broker.nats.hosts import DEFAULT_HOSTS, ROUTES_NAME, STORE_DIR, host_config
+from actimesh.broker.nats.cluster import AUTHORIZATION_NAME, NatsTls
+from actimesh.broker.nats.hosts import (
+    DEFAULT_HOSTS,
+    ROUTES_NAME,
+    STORE_DIR,
+    TLS_DIR,
+    host_config,
+)
 from actimesh.cli._main import _parser as cli_parser
 from actimesh.cli._main import main as cli_main
 from actimesh.runtime.config import load_settings
 from actimesh.runtime.services import check_nats_urls
-from actimesh.security import AclPolicy, Registry, init_ca, issue_server
+from actimesh.security import AclPolicy, Registry, describe, init_ca, issue_server
 from actimesh.security.acl import SERVICE_DISPATCH, SERVICE_ENGINE
 from actimesh.security.nats_access import registry_nats_access
 from actimesh.security.registry import read_secret
@@ -205,6 +214,50 @@ def test_the_cluster_configs_are_what_the_cluster_code_renders() -> None:
         assert "password" not in shipped
         assert 'http: "127.0.0.1:8222"' in lines  # monitoring has no login: loopback
         assert "stream_replicas: 3" in shipped
+        # TLS on the client port, the MQTT listener and the routes, the routes mutual.
+        assert lines.count(f'cert_file: "{TLS_DIR}/node.pem"') == 3
+        assert lines.count(f'ca_file: "{TLS_DIR}/ca.pem"') == 3
+        assert lines.count("verify: true") == 1
+        cluster_block = shipped[shipped.index("cluster {") : shipped.index("mqtt {")]
+        assert "verify: true" in cluster_block
+        assert 'listen: "0.0.0.0:8883"' in lines
+
+
+@pytest.fixture
+def host_certs(tmp_path: Path) -> Path:
+    """What the documented commands issue: a CA (`certs init`) and a certificate per host
+    naming it (`certs node nats-<n> --host <its name>`). Their folder."""
+    ca_dir = tmp_path / "tls-ca"
+    assert cli_main(["certs", "init", "--data-dir", str(ca_dir)]) == 0
+    for i, host in enumerate(DEFAULT_HOSTS, start=1):
+        argv = ["certs", "node", f"nats-{i}", "--host", host, "--data-dir", str(ca_dir)]
+        assert cli_main(argv) == 0
+    return ca_dir / "certs"
+
+
+def test_certs_node_names_its_host_and_serves_both_ends_of_a_route(host_certs: Path) -> None:
+    from cryptography import x509  # noqa: PLC0415 - only this test reads the extension
+    from cryptography.x509.oid import ExtendedKeyUsageOID  # noqa: PLC0415
+
+    for i, host in enumerate(DEFAULT_HOSTS, start=1):
+        pem = host_certs / "nodes" / f"nats-{i}.pem"
+        info = describe(pem)
+        assert host in info.names
+        assert info.issuer == describe(host_certs / "ca.pem").subject
+        usages = x509.load_pem_x509_certificate(pem.read_bytes()).extensions
+        eku = usages.get_extension_for_class(x509.ExtendedKeyUsage).value
+        assert {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH} <= set(eku)
+        assert (host_certs / "nodes" / f"nats-{i}.key").stat().st_mode & 0o077 == 0
+
+
+def _with_certs(text: str, certs: Path, index: int) -> str:
+    """A host's file reading host ``index``'s certificate and the CA from ``certs``
+    (what `actimesh certs` wrote) in place of /etc/actimesh/tls/."""
+    text = text.replace(f'"{TLS_DIR}/ca.pem"', f'"{certs / "ca.pem"}"')
+    text = text.replace(f'"{TLS_DIR}/node.pem"', f'"{certs / "nodes" / f"nats-{index + 1}.pem"}"')
+    text = text.replace(f'"{TLS_DIR}/node.key"', f'"{certs / "nodes" / f"nats-{index + 1}.key"}"')
+    assert f'"{TLS_DIR}' not in text  # every path it reads; the header still names it
+    return text
 
 
 @pytest.fixture
@@ -252,12 +305,13 @@ def test_cluster_auth_renders_the_registry_and_a_route_login(
 
 @pytest.mark.parametrize("index", [0, 1, 2])
 def test_nats_server_accepts_each_host_config(
-    index: int, cluster_auth: tuple[Path, Path, str], tmp_path: Path
+    index: int, cluster_auth: tuple[Path, Path, str], host_certs: Path, tmp_path: Path
 ) -> None:
     _, out, _ = cluster_auth
     etc = tmp_path / "etc-nats"  # /etc/nats on the host: the config and what it includes
     etc.mkdir()
-    shutil.copy(DEPLOY / "nats" / f"nats-{index + 1}.conf", etc / "nats.conf")
+    shipped = (DEPLOY / "nats" / f"nats-{index + 1}.conf").read_text()
+    (etc / "nats.conf").write_text(_with_certs(shipped, host_certs, index))
     for name in (AUTHORIZATION_NAME, ROUTES_NAME):
         shutil.copy(out / name, etc / name)
     done = subprocess.run(
@@ -278,34 +332,49 @@ def _on_loopback(text: str, cluster: NatsCluster) -> str:
     return text
 
 
-def test_the_host_configs_form_a_cluster_that_admits_only_the_registry(
-    cluster_auth: tuple[Path, Path, str], tmp_path: Path
+def test_the_host_configs_form_a_tls_cluster_that_admits_only_the_registry(
+    cluster_auth: tuple[Path, Path, str], host_certs: Path, tmp_path: Path
 ) -> None:
-    """The rendered configuration, with loopback ports for host names and the files
-    `cluster auth` wrote, starts three nodes that route to each other with the route
-    login and elect a JetStream leader; nobody gets on anonymously, the registry's
-    accounts do."""
+    """The rendered configuration, with loopback ports for host names, the files
+    `cluster auth` wrote and the certificates `certs node` issued, starts three nodes
+    that route to each other over mutual TLS with the route login and elect a JetStream
+    leader; nobody gets on anonymously or without TLS, the registry's accounts do over
+    TLS, checking the nodes' certificates against the CA."""
     data, out, camera = cluster_auth
     with Registry.open(data) as registry:
         access = registry_nats_access(registry, AclPolicy("deploy", "dispatch-console-1"))
-    # Its authorization.conf: `cluster auth`'s users and the login NatsCluster starts with.
-    cluster = NatsCluster(tmp_path / "nats", size=3, access=access)
+    ca = host_certs / "ca.pem"
+    # Its authorization.conf: `cluster auth`'s users and the login NatsCluster starts with;
+    # its tls: how the cluster's own first MQTT login and the auth callouts reach the nodes.
+    first = NatsTls(ca, host_certs / "nodes" / "nats-1.pem", host_certs / "nodes" / "nats-1.key")
+    cluster = NatsCluster(tmp_path / "nats", size=3, access=access, tls=first)
     routes = (out / ROUTES_NAME).read_text()
     for i, node in enumerate(cluster.nodes):
         text = host_config(i).replace("0.0.0.0:4222", f"127.0.0.1:{node.ports.client}")
         text = text.replace("127.0.0.1:8222", f"127.0.0.1:{node.ports.monitor}")
         text = text.replace("0.0.0.0:6222", f"127.0.0.1:{node.ports.cluster}")
-        text = text.replace("0.0.0.0:1883", f"127.0.0.1:{node.ports.mqtt}")
+        text = text.replace("0.0.0.0:8883", f"127.0.0.1:{node.ports.mqtt}")
         text = text.replace(f'"{STORE_DIR}"', f'"{node.data_dir / "jetstream"}"')
         text = re.sub(r'server_name: "[^"]+"', f'server_name: "{node.server_name}"', text)
         assert "0.0.0.0" not in text  # every listener was placed
-        node.config_path.write_text(text)  # in place of the one NatsCluster wrote
+        node.config_path.write_text(_with_certs(text, host_certs, i))  # not NatsCluster's
         (node.data_dir / ROUTES_NAME).write_text(_on_loopback(routes, cluster))
     assert "actimesh.internal" not in _on_loopback(routes, cluster)
     with cluster:
         assert all(node.routes() >= 2 for node in cluster.nodes)
+        for node in cluster.nodes:
+            with urllib.request.urlopen(f"{node.monitor_url}/varz", timeout=5) as varz:
+                varz_info = json.loads(varz.read())
+            # Routes up (above) on a cluster listener that requires TLS and the peer's
+            # certificate: they are mutual TLS. The client port requires TLS too.
+            assert varz_info["cluster"]["tls_required"] is True, varz_info["cluster"]
+            assert varz_info["cluster"]["tls_verify"] is True, varz_info["cluster"]
+            assert varz_info["tls_required"] is True
         port = cluster.nodes[1].mqtt_port
+        node = cluster.nodes[2]
+        node_url = node.nats_url
         engine = read_secret(data, SERVICE_ENGINE)
+        tls = TlsSettings(ca).context()
 
         async def check() -> None:
             said: list[str] = []
@@ -317,20 +386,45 @@ def test_the_host_configs_form_a_cluster_that_admits_only_the_registry(
             try:
                 with pytest.raises(nats.errors.Error):
                     await anonymous.connect(
-                        cluster.nodes[2].nats_url, allow_reconnect=False, error_cb=refused
+                        node_url.replace("nats://", "tls://"),
+                        tls=tls,
+                        allow_reconnect=False,
+                        error_cb=refused,
                     )
             finally:
                 await anonymous.close()  # a refused connect leaves its socket open
             assert any("authorization violation" in s.lower() for s in said), said
+            # The right password in clear: the node says TLS is required and, given a
+            # plain CONNECT instead of a TLS handshake, closes without a PONG.
+            reader, writer = await asyncio.open_connection("127.0.0.1", node.ports.client)
+            try:
+                async with asyncio.timeout(10):
+                    info = json.loads((await reader.readline()).removeprefix(b"INFO "))
+                    assert info["tls_required"] is True, info
+                    login = {"user": SERVICE_ENGINE, "pass": engine, "verbose": False}
+                    writer.write(f"CONNECT {json.dumps(login)}\r\nPING\r\n".encode())
+                    await writer.drain()
+                    answer = await reader.read()  # until the node closes
+            finally:
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+            assert b"PONG" not in answer, answer
             nc = await nats.connect(
-                cluster.nodes[2].nats_url,
+                node_url.replace("nats://", "tls://"),
                 user=SERVICE_ENGINE,
                 password=engine,
+                tls=tls,
                 allow_reconnect=False,
             )
+            assert nc.is_connected
             await nc.close()
-            for user, password in ((None, None), ("bwc-1", "not-its-password")):
-                with pytest.raises(aiomqtt.MqttCodeError):
+            for user, password, context in (
+                (None, None, tls),
+                ("bwc-1", "not-its-password", tls),
+                ("bwc-1", camera, None),  # its own password, in clear: refused
+            ):
+                with pytest.raises(aiomqtt.MqttError):
                     async with aiomqtt.Client(
                         "127.0.0.1",
                         port,
@@ -338,6 +432,7 @@ def test_the_host_configs_form_a_cluster_that_admits_only_the_registry(
                         username=user,
                         password=password,
                         protocol=aiomqtt.ProtocolVersion.V311,
+                        tls_context=context,
                         timeout=5,
                     ):
                         pass
@@ -348,6 +443,7 @@ def test_the_host_configs_form_a_cluster_that_admits_only_the_registry(
                 username="bwc-1",
                 password=camera,
                 protocol=aiomqtt.ProtocolVersion.V311,
+                tls_context=tls,
                 timeout=5,
             ):
                 pass
@@ -385,7 +481,7 @@ def test_cluster_units_run_real_commands_with_real_options() -> None:
     args = _actimesh_args(argv[1:])
     assert args.command == "engine"
     assert args.engine_id == "engine-1"
-    assert args.nats == [f"nats://{h}:4222" for h in DEFAULT_HOSTS]
+    assert args.nats == [f"tls://{h}:4222" for h in DEFAULT_HOSTS]
     assert check_nats_urls(args.nats) == args.nats
     _logs_in_from_a_credential(engine, args, SERVICE_ENGINE)
 
@@ -397,7 +493,7 @@ def test_cluster_units_run_real_commands_with_real_options() -> None:
     assert dispatch.command == "dispatch"
     assert dispatch.mqtt_protocol == "3.1.1"
     # Every node's listener: the dispatch moves to the next when its node is lost.
-    assert dispatch.broker == [f"mqtt://{h}:1883" for h in DEFAULT_HOSTS]
+    assert dispatch.broker == [f"mqtts://{h}:8883" for h in DEFAULT_HOSTS]
 
     evidence = _actimesh_args(
         _unit("actimesh-evidence.service")["Service"]["ExecStart"].split()[1:]
@@ -418,6 +514,8 @@ def test_the_cluster_settings_load_and_speak_3_1_1() -> None:
     ledger = urlsplit(settings.ledger_url)
     assert ledger.username == "actimesh"
     assert ledger.password is None  # in ~/.pgpass, never in the settings
+    # The nodes speak TLS only: the services check them against the CA every host has.
+    assert settings.broker.ca_file == TLS_DIR / "ca.pem"
 
 
 def test_compose_runs_the_cluster_from_the_shipped_files() -> None:
@@ -434,11 +532,16 @@ def test_compose_runs_the_cluster_from_the_shipped_files() -> None:
         assert target == "/etc/nats/nats.conf"
         assert node["entrypoint"][-2:] == ["-c", "/etc/nats/nats.conf"]
         # What `actimesh cluster auth --out nats-auth` wrote, beside the config.
-        included = {v.split(":")[1]: v.split(":")[0] for v in node["volumes"][1:3]}
+        # ... and the CA and its own certificate, where the config reads them.
+        included = {v.split(":")[1]: v.split(":")[0] for v in node["volumes"][1:6]}
         assert included == {
             f"/etc/nats/{AUTHORIZATION_NAME}": f"./nats-auth/{AUTHORIZATION_NAME}",
             f"/etc/nats/{ROUTES_NAME}": f"./nats-auth/{ROUTES_NAME}",
+            f"{TLS_DIR}/ca.pem": "./tls/certs/ca.pem",
+            f"{TLS_DIR}/node.pem": f"./tls/certs/nodes/nats-{i}.pem",
+            f"{TLS_DIR}/node.key": f"./tls/certs/nodes/nats-{i}.key",
         }
+        assert node["ports"] == [f"{8882 + i}:8883"]
     ledger_host = urlsplit(load_settings(DEPLOY / "cluster" / "actimesh.toml").ledger_url or "")
     assert services["postgres"]["networks"]["mesh"]["aliases"] == [ledger_host.hostname]
     actimesh = [s for s in services.values() if "command" in s]
@@ -448,14 +551,15 @@ def test_compose_runs_the_cluster_from_the_shipped_files() -> None:
         assert (compose / settings_file).resolve() == (
             DEPLOY / "cluster" / "actimesh.toml"
         ).resolve()
+        assert f"./tls/certs/ca.pem:{TLS_DIR}/ca.pem:ro" in service["volumes"]
         args = _actimesh_args(service["command"].split())
         assert args.config == Path("/etc/actimesh/actimesh.toml")
         assert service["depends_on"]["postgres"] == {"condition": "service_healthy"}
         if args.command == "engine":
-            assert set(args.nats) == {f"nats://{h}:4222" for h in DEFAULT_HOSTS}
+            assert set(args.nats) == {f"tls://{h}:4222" for h in DEFAULT_HOSTS}
         if args.command == "dispatch":
             assert args.mqtt_protocol == "3.1.1"
-            assert args.broker == [f"mqtt://{h}:1883" for h in DEFAULT_HOSTS]
+            assert args.broker == [f"mqtts://{h}:8883" for h in DEFAULT_HOSTS]
         if args.command in ("engine", "dispatch"):
             account = SERVICE_ENGINE if args.command == "engine" else SERVICE_DISPATCH
             assert args.username == account
@@ -469,4 +573,4 @@ def test_compose_runs_the_cluster_from_the_shipped_files() -> None:
         # The operator makes them beside it (`cluster auth` in ./state), and git ignores them.
         assert Path(secret["file"]).parts[0] in ("pg_password", "pgpass", "state")
     ignored = (compose / ".gitignore").read_text().split()
-    assert {"pg_password", "pgpass", "state/", "nats-auth/"} <= set(ignored)
+    assert {"pg_password", "pgpass", "state/", "nats-auth/", "tls/"} <= set(ignored)

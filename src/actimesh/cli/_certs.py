@@ -1,5 +1,6 @@
 """``actimesh certs``: the CA and certificates of the managed broker's TLS listener, kept
-in the data directory, where ``actimesh up`` finds them."""
+in the data directory, where ``actimesh up`` finds them; and the certificates of the
+hosts of a NATS cluster (``certs node``), which the operator copies to each host."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ __all__ = ["add_parser", "run"]
 
 
 def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
-    """``certs init|server|client|show``."""
+    """``certs init|server|client|node|show``."""
     certs = sub.add_parser("certs", help="a CA and certificates for the broker's TLS listener")
     cverbs = certs.add_subparsers(dest="verb", required=True, parser_class=Parser)
     init = cverbs.add_parser("init", help="create the CA and the broker's certificate")
@@ -23,7 +24,11 @@ def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
     server = cverbs.add_parser("server", help="issue the broker's certificate again")
     client = cverbs.add_parser("client", help="a client certificate for mutual TLS")
     client.add_argument("name", help="device or account id it is for")
-    for parser in (init, server):
+    node = cverbs.add_parser(
+        "node", help="a NATS cluster node's certificate (server and route client, mutual TLS)"
+    )
+    node.add_argument("name", help="the node's name, e.g. nats-1 (nodes/NAME.pem)")
+    for parser in (init, server, node):
         parser.add_argument(
             "--host",
             action="append",
@@ -32,7 +37,7 @@ def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
             help="a name or address devices use to reach the broker "
             "(repeat; localhost and 127.0.0.1 are always in)",
         )
-    for parser in (init, server, client):
+    for parser in (init, server, client, node):
         parser.add_argument("--days", type=positive_int, help="validity in days")
     show = cverbs.add_parser("show", help="subject, names and validity of a certificate")
     show.add_argument("what", nargs="?", default="server", metavar="ca|server|NAME|PATH")
@@ -68,6 +73,12 @@ def run(args: argparse.Namespace, console: Console) -> int:  # noqa: ARG001 - pr
         names = ", ".join(certs.server_names(files.cert))
         print(f"broker certificate: {files.cert} for {names}")
         print("`actimesh up` opens its TLS listener with it ([broker] tls_port, default 8883)")
+        return EXIT_OK
+    if args.verb == "node":
+        files = certs.issue_node(directory, args.name, hosts=tuple(args.host), **days)
+        names = ", ".join(certs.server_names(files.cert))
+        print(f"node certificate: {files.cert} (key {files.key}) for {names}")
+        print(f"install it on that host with the CA {directory / 'ca.pem'} (docs/OPERATIONS.md)")
         return EXIT_OK
     files = certs.issue_client(directory, args.name, **days)
     print(

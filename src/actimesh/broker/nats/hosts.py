@@ -3,7 +3,7 @@ configuration, rendered by the code that configures :class:`~.cluster.NatsCluste
 nodes (:func:`~.cluster.render_node_config`), so both shapes stay one configuration.
 
 Each host listens on every interface on the standard ports (client 4222, routes 6222,
-MQTT 1883, monitoring 8222), keeps its JetStream store in ``/var/lib/nats/jetstream``
+MQTT over TLS 8883, monitoring 8222), keeps its JetStream store in ``/var/lib/nats/jetstream``
 and routes to the other two by name. ``python -m actimesh.broker.nats.hosts DIR
 [HOST ...]`` writes ``nats-1.conf`` … for the given host names (by default those of
 ``deploy/``); ``tests/test_deploy.py`` checks that ``deploy/nats/`` is what this renders
@@ -14,10 +14,17 @@ rendered by ``actimesh cluster auth`` from the device registry (the same on ever
 host): ``authorization.conf``, the users and their permissions
 (:func:`~.auth.render_authorization`), and, inside its ``cluster`` block,
 ``routes.conf``, the route login the nodes give each other and the routes with it
-(:func:`routes_config`). No secret is in the configuration itself. The listeners are
-plain TCP: passwords cross the network in clear unless the hosts add a ``tls`` block
-(docs/OPERATIONS.md), so keep the client, MQTT and route ports on a network you trust.
-Monitoring (8222) has no login and listens on loopback only.
+(:func:`routes_config`). No secret is in the configuration itself.
+
+**TLS on every listener but monitoring**, as ``actimesh cluster up --tls`` runs it
+(:class:`~.cluster.NatsTls`): devices' and services' passwords cross a network, so the
+client port, the MQTT listener and the routes speak only TLS, and routes are mutual TLS
+(a node that dials another presents its own certificate, from the same CA). Each host
+reads its certificate from :data:`TLS_DIR`: ``ca.pem``, and ``node.pem``/``node.key``,
+the certificate ``actimesh certs node nats-<n> --host <its name>`` issued for it (a
+server certificate also good for client authentication, naming the host, since routes
+dial it by name and check it). The paths are fixed and the files per host, so one
+rendering serves all three. Monitoring (8222) has no login and no TLS: loopback only.
 """
 
 from __future__ import annotations
@@ -26,13 +33,15 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from actimesh.broker.nats.cluster import NodePorts, render_node_config, render_routes
+from actimesh.broker.nats.cluster import NatsTls, NodePorts, render_node_config, render_routes
 
 __all__ = [
     "DEFAULT_HOSTS",
     "ROUTES_NAME",
     "STORE_DIR",
+    "TLS_DIR",
     "host_config",
+    "host_tls",
     "main",
     "node_ports",
     "routes_config",
@@ -45,7 +54,12 @@ DEFAULT_HOSTS = (
     "nats-3.actimesh.internal",
 )
 STORE_DIR = Path("/var/lib/nats/jetstream")
-CLIENT_PORT, ROUTE_PORT, MQTT_PORT, MONITOR_PORT = 4222, 6222, 1883, 8222
+#: Where each host keeps the CA and its own certificate (``ca.pem``, ``node.pem``,
+#: ``node.key``; the key readable by the ``nats`` group only). The services read the CA
+#: from here too (``[broker] ca_file`` of deploy/cluster/actimesh.toml).
+TLS_DIR = Path("/etc/actimesh/tls")
+#: MQTT on 8883: the listener speaks TLS only, and 8883 is MQTT over TLS's port.
+CLIENT_PORT, ROUTE_PORT, MQTT_PORT, MONITOR_PORT = 4222, 6222, 8883, 8222
 #: The route login and routes each host's ``cluster`` block includes.
 ROUTES_NAME = "routes.conf"
 
@@ -55,13 +69,20 @@ HEADER = """\
 # `actimesh cluster up`'s nodes); install as /etc/nats/nats.conf on {host}.
 # It includes /etc/nats/authorization.conf (users) and /etc/nats/routes.conf (the route
 # login), written by `actimesh cluster auth` from the device registry: nobody connects
-# anonymously. Plain TCP: keep these ports on a trusted network. Monitoring: loopback only.
+# anonymously. TLS only on the client, MQTT and route ports (routes: mutual TLS), with the
+# CA and this host's certificate in /etc/actimesh/tls/ (`actimesh certs node`).
+# Monitoring has no login and no TLS: loopback only.
 """
 
 
 def node_ports(host: str) -> NodePorts:
     """The standard listeners of a node on ``host``."""
     return NodePorts(host, CLIENT_PORT, ROUTE_PORT, MQTT_PORT, MONITOR_PORT)
+
+
+def host_tls() -> NatsTls:
+    """The CA and certificate every host reads from :data:`TLS_DIR`."""
+    return NatsTls(TLS_DIR / "ca.pem", TLS_DIR / "node.pem", TLS_DIR / "node.key")
 
 
 def host_config(index: int, hosts: Sequence[str] = DEFAULT_HOSTS) -> str:
@@ -80,6 +101,7 @@ def host_config(index: int, hosts: Sequence[str] = DEFAULT_HOSTS) -> str:
         routes,
         replicas=min(3, len(hosts)),
         routes_include=ROUTES_NAME,
+        tls=host_tls(),
         monitor_host="127.0.0.1",  # no login on it: this host only
     )
     # Its own first line says "on loopback", which these hosts are not: the header says why.
