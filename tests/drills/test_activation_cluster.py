@@ -1,0 +1,36 @@
+"""`actimesh drill --cluster`: the geometry and pre-roll drill, unchanged, on the cluster
+shape (three authenticated NATS nodes, devices on their MQTT 3.1.1 listeners, the
+engine on NATS, a PostgreSQL ledger)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from actimesh.drills import run_drill
+from actimesh.drills.activation import PRE_ROLL_S
+from actimesh.drills.cluster_faults import cluster_mesh
+from tests.drills.test_activation import recording_console
+
+pytestmark = [pytest.mark.integration, pytest.mark.time_limit(120)]
+
+
+async def test_the_geometry_drill_passes_on_the_cluster(tmp_path: Path) -> None:
+    console, out = recording_console()
+    report = await run_drill(
+        console, rounds=1, data_dir=tmp_path, mqtt_protocol="3.1.1", mesh=cluster_mesh
+    )
+    text = out.getvalue()
+    assert report.ok, text
+    assert "3 NATS nodes" in text
+    assert "drill passed" in text
+    assert report.duplicate_ignored
+    for r in report.results:
+        assert r.expected, r.name
+        assert r.commanded == r.expected, (r.name, text)
+        assert not r.missed, (r.name, text)
+        assert not r.false, (r.name, text)
+        assert r.pre_roll_min >= PRE_ROLL_S, (r.name, r.pre_roll_min)
+    # The ledger is PostgreSQL's, not a SQLite file in the data directory.
+    assert not (tmp_path / "ledger.sqlite3").exists()
