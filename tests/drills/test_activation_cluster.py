@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from actimesh import cli
 from actimesh.drills import run_drill
 from actimesh.drills.activation import PRE_ROLL_S
 from actimesh.drills.cluster_faults import cluster_mesh
@@ -34,3 +35,19 @@ async def test_the_geometry_drill_passes_on_the_cluster(tmp_path: Path) -> None:
         assert r.pre_roll_min >= PRE_ROLL_S, (r.name, r.pre_roll_min)
     # The ledger is PostgreSQL's, not a SQLite file in the data directory.
     assert not (tmp_path / "ledger.sqlite3").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--cluster", "--mqtt-protocol", "5"], "speak 3.1.1 only"),
+        (["--cluster", "--media", "real"], "drop --cluster"),
+    ],
+)
+def test_what_the_cluster_drill_cannot_do_is_refused_in_one_line(
+    capsys: pytest.CaptureFixture[str], args: list[str], says: str
+) -> None:
+    assert cli.main(["drill", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert says in err
