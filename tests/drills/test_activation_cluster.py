@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from actimesh import cli
-from actimesh.drills import run_drill
+from actimesh.drills import default_scenarios, run_drill
 from actimesh.drills.activation import PRE_ROLL_S
 from actimesh.drills.cluster_faults import cluster_mesh
+from actimesh.geofence import InclusionMode, InclusionPolicy
 from tests.drills.test_activation import recording_console
 
 pytestmark = [pytest.mark.integration, pytest.mark.time_limit(120)]
@@ -51,3 +52,25 @@ def test_what_the_cluster_drill_cannot_do_is_refused_in_one_line(
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert says in err
+
+
+@pytest.mark.cluster_drill
+async def test_the_cluster_drill_catches_a_wrong_engine(tmp_path: Path) -> None:
+    """Its checks bite on the cluster too: an engine under another policy fails it.
+
+    In `make drill-cluster`, not `make test` (CONTRIBUTING.md, "Test time budget"): it
+    waits out the drill's 5 s for the camera it misses, 13 s in all, and the checks it
+    proves are the ones `test_activation.py` proves on Mosquitto, defined once."""
+    console, out = recording_console()
+    report = await run_drill(
+        console,
+        rounds=1,
+        data_dir=tmp_path,
+        policy=InclusionPolicy(mode=InclusionMode.CENTRE),
+        scenarios=default_scenarios(InclusionPolicy(mode=InclusionMode.INCLUSIVE)),
+        mqtt_protocol="3.1.1",
+        mesh=cluster_mesh,
+    )
+    assert not report.ok
+    assert report.results[0].missed == {"s1-bwc-10m-acc1_5"}
+    assert "drill FAILED" in out.getvalue()

@@ -1,6 +1,6 @@
 """``actimesh drill``: a self-check of the whole activation path on a real broker.
 
-The drill starts its own Mosquitto and engine, places cameras at known distances around
+The drill starts its own mesh and engine, places cameras at known distances around
 each trigger type — inside and just outside 30 ft, paired and unpaired, with stale and
 fresh fixes, offline, and without any GPS fix — fires the triggers over MQTT, and checks
 that exactly the right cameras committed recordings whose pre-roll reaches back 30 s from
@@ -10,6 +10,13 @@ the event's time. The scenes are where geometry breaks naive code: Calgary, Aler
 Drill fixes report 0 m accuracy so that the 30 ft boundary is exact; one camera sits
 just outside 30 ft with a 1.5 m accuracy to show the inclusion policy's margin (commanded
 under the default ``inclusive`` policy, not under ``centre``).
+
+The mesh is a parameter (:data:`MeshFactory`): a managed Mosquitto and a SQLite ledger
+(:func:`mosquitto_mesh`, ``actimesh drill``) or the cluster shape
+(:func:`~actimesh.drills.cluster_faults.cluster_mesh`, ``actimesh drill --cluster``).
+Only where the devices connect and how they log in differ; the scenes, rounds and
+checks below are the one definition both run, so the cluster cannot pass an easier
+drill.
 
 Expected outcomes are written down here as geometry, not computed by the engine's code,
 so the drill can disagree with the engine. Any miss, false activation or short pre-roll
