@@ -34,6 +34,10 @@ holding the list of the nodes' addresses does when its connection fails: at once
 a kill (the connection is refused), after its keepalive for a cut. Killed nodes stay
 down: the survivors must do everything. The time from the fault to the first camera
 recording for a trigger raised after it is reported for each scenario.
+
+:func:`cluster_mesh` lends the same cluster, provisioned the same way
+(:func:`_admitting`), to the geometry drill (``actimesh drill --cluster``), with one
+engine in the drill's process instead of the two engine processes.
 """
 
 from __future__ import annotations
