@@ -60,10 +60,13 @@ drill: $(STAMP) system-deps
 	$(BIN)/actimesh drill
 	$(BIN)/actimesh drill --faults --short
 
-# The cluster's fault drill: every scenario (about 5 minutes on 2 cores), and the tests
-# that strike a node for minutes. Too long for `make test`'s budget (CONTRIBUTING.md).
+# The cluster's geometry drill under both inclusion policies (about 20 s each), its fault
+# drill: every scenario (about 5 minutes on 2 cores), and the tests that strike a node
+# for minutes. Too long for `make test`'s budget (CONTRIBUTING.md).
 drill-cluster: $(STAMP) system-deps postgres-deps
 	$(BIN)/pytest --no-cov -m cluster_drill tests/drills
+	$(BIN)/actimesh drill --cluster --policy inclusive
+	$(BIN)/actimesh drill --cluster --policy centre
 	$(BIN)/actimesh drill --faults --cluster --short
 
 # The suite's determinism check: the tests that start brokers, engines, devices and web

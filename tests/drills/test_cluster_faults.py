@@ -204,13 +204,6 @@ def test_every_cluster_fault_named_in_the_issue_has_a_scenario() -> None:
     ]
 
 
-def test_cluster_without_faults_is_refused_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["drill", "--cluster"]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1
-    assert "add --faults" in err
-
-
 def test_an_unknown_cluster_scenario_is_refused_with_the_names(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
@@ -15,6 +16,9 @@ from actimesh.cli._common import EXIT_FAILED, EXIT_OK, Parser, positive_int, run
 from actimesh.errors import ConfigError
 from actimesh.geofence import InclusionMode, InclusionPolicy
 from actimesh.runtime.config import MQTT_PROTOCOLS
+
+if TYPE_CHECKING:
+    from actimesh.broker.client import MqttProtocol
 
 __all__ = ["add_parser", "run"]
 
@@ -37,7 +41,8 @@ def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
     drill.add_argument(
         "--cluster",
         action="store_true",
-        help="with --faults: on the cluster shape (3 NATS nodes, PostgreSQL, 2 engines)",
+        help="on the cluster shape: 3 NATS nodes, PostgreSQL, devices on MQTT 3.1.1 "
+        "(with --faults: 2 engine processes, the nodes and PostgreSQL failing)",
     )
     drill.add_argument("--short", action="store_true", help="with --faults: fewer triggers (CI)")
     drill.add_argument("--only", metavar="SCENARIO", help="with --faults: one scenario by name")
@@ -57,8 +62,7 @@ def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
     drill.add_argument(
         "--mqtt-protocol",
         choices=MQTT_PROTOCOLS,
-        default="5",
-        help="MQTT version the drill's devices speak (default 5)",
+        help="MQTT version the drill's devices speak (default 5; 3.1.1 with --cluster)",
     )
 
 
@@ -82,17 +86,24 @@ def _faults(args: argparse.Namespace, console: Console) -> int:
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
-    """``actimesh drill``: the exit code says whether the mesh passed."""
-    from actimesh.drills import run_drill, scratch_dir  # noqa: PLC0415 - keep `--help` fast
+    """``actimesh drill [--cluster]``: the exit code says whether the mesh passed."""
+    from actimesh.drills import (  # noqa: PLC0415 - keep `--help` fast
+        cluster_mesh,
+        mosquitto_mesh,
+        run_drill,
+        scratch_dir,
+    )
 
-    if args.mqtt_protocol != "5" and (args.faults or args.media == "real"):
+    if args.mqtt_protocol is not None and (args.faults or args.media == "real"):
         raise ConfigError(
             "--mqtt-protocol applies to the activation drill only: drop --faults / --media real"
         )
     if args.faults and args.media == "real":
         raise ConfigError("--faults and --media real are separate drills: run one at a time")
-    if args.cluster and not args.faults:
-        raise ConfigError("--cluster applies to the fault drill: add --faults")
+    if args.cluster and args.media == "real":
+        raise ConfigError("--media real runs on a managed Mosquitto: drop --cluster")
+    if args.cluster and args.mqtt_protocol not in (None, "3.1.1"):
+        raise ConfigError("--cluster: the NATS nodes' MQTT listeners speak 3.1.1 only")
     if args.faults:
         return _faults(args, console)
     if args.media == "real":
@@ -105,13 +116,16 @@ def run(args: argparse.Namespace, console: Console) -> int:
             console.print(f"evidence kept under {media.evidence_dir} (ledger {ledger})")
         return EXIT_OK if media.ok else EXIT_FAILED
     policy = InclusionPolicy(mode=InclusionMode(args.policy))
+    mesh = cluster_mesh if args.cluster else mosquitto_mesh
+    protocol: MqttProtocol = args.mqtt_protocol or ("3.1.1" if args.cluster else "5")
     report = run_async(
         run_drill(
             console,
             rounds=args.rounds,
             data_dir=args.data_dir,
             policy=policy,
-            mqtt_protocol=args.mqtt_protocol,
+            mqtt_protocol=protocol,
+            mesh=mesh,
         )
     )
     return EXIT_OK if report.ok else EXIT_FAILED

@@ -5,7 +5,8 @@ itself, and judges the outcome against expectations written down as geometry and
 counts, not computed by the engine's code, so a drill can disagree with the engine:
 
 * :func:`run_drill` (:mod:`~actimesh.drills.activation`): exactly the right cameras
-  record, with their whole pre-roll, at known distances in awkward places;
+  record, with their whole pre-roll, at known distances in awkward places, on a managed
+  Mosquitto (:func:`mosquitto_mesh`) or the cluster shape (:func:`cluster_mesh`);
 * :func:`run_fault_drill` (:mod:`~actimesh.drills.faults`): no activation lost or
   duplicated while brokers restart, engines die and cameras drop out;
 * :func:`run_cluster_fault_drill` (:mod:`~actimesh.drills.cluster_faults`): the same
@@ -23,9 +24,10 @@ from actimesh.drills.activation import (
     Placement,
     Scenario,
     default_scenarios,
+    mosquitto_mesh,
     run_drill,
 )
-from actimesh.drills.cluster_faults import CLUSTER_SCENARIOS, run_cluster_fault_drill
+from actimesh.drills.cluster_faults import CLUSTER_SCENARIOS, cluster_mesh, run_cluster_fault_drill
 from actimesh.drills.faults import SCENARIOS, FaultReport, FaultResult, run_fault_drill
 
 __all__ = [
@@ -36,7 +38,9 @@ __all__ = [
     "FaultResult",
     "Placement",
     "Scenario",
+    "cluster_mesh",
     "default_scenarios",
+    "mosquitto_mesh",
     "run_cluster_fault_drill",
     "run_drill",
     "run_fault_drill",

@@ -1,6 +1,6 @@
 """``actimesh drill``: a self-check of the whole activation path on a real broker.
 
-The drill starts its own Mosquitto and engine, places cameras at known distances around
+The drill starts its own mesh and engine, places cameras at known distances around
 each trigger type — inside and just outside 30 ft, paired and unpaired, with stale and
 fresh fixes, offline, and without any GPS fix — fires the triggers over MQTT, and checks
 that exactly the right cameras committed recordings whose pre-roll reaches back 30 s from
@@ -10,6 +10,13 @@ the event's time. The scenes are where geometry breaks naive code: Calgary, Aler
 Drill fixes report 0 m accuracy so that the 30 ft boundary is exact; one camera sits
 just outside 30 ft with a 1.5 m accuracy to show the inclusion policy's margin (commanded
 under the default ``inclusive`` policy, not under ``centre``).
+
+The mesh is a parameter (:data:`MeshFactory`): a managed Mosquitto and a SQLite ledger
+(:func:`mosquitto_mesh`, ``actimesh drill``) or the cluster shape
+(:func:`~actimesh.drills.cluster_faults.cluster_mesh`, ``actimesh drill --cluster``).
+Only where the devices connect and how they log in differ; the scenes, rounds and
+checks below are the one definition both run, so the cluster cannot pass an easier
+drill.
 
 Expected outcomes are written down here as geometry, not computed by the engine's code,
 so the drill can disagree with the engine. Any miss, false activation or short pre-roll
@@ -24,8 +31,8 @@ import hashlib
 import json
 import statistics
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -37,7 +44,7 @@ from actimesh.broker.messages import AckStatus, DeviceKind, activation_id
 from actimesh.broker.mosquitto import ManagedMosquitto, free_port
 from actimesh.broker.mosquitto_conf import MosquittoConfig
 from actimesh.broker.topics import Topics
-from actimesh.broker.transport import MqttTransport
+from actimesh.broker.transport import MqttTransport, Transport
 from actimesh.devices.agent import DeviceAgent, Position
 from actimesh.devices.camera import Camera
 from actimesh.devices.media import SyntheticSource
@@ -45,7 +52,7 @@ from actimesh.devices.recorder import RecordingStore
 from actimesh.dispatch.settings import DispatchSettings
 from actimesh.drills._scratch import scratch_dir
 from actimesh.geofence import InclusionMode, InclusionPolicy, destination
-from actimesh.ledger import open_ledger
+from actimesh.ledger import Ledger, open_ledger
 from actimesh.security.acl import SERVICE_ENGINE, AclPolicy
 from actimesh.security.provision import prepare_broker, provision_fleet, specs_of
 from actimesh.security.registry import Credentials, DeviceCredentials
@@ -55,7 +62,17 @@ from actimesh.triggers.engine import Engine
 from actimesh.triggers.rules import DEFAULT_RULES, THIRTY_FEET_M
 from actimesh.triggers.settings import EngineSettings
 
-__all__ = ["DrillReport", "Placement", "Scenario", "default_scenarios", "run_drill"]
+__all__ = [
+    "DrillMesh",
+    "DrillReport",
+    "MeshFactory",
+    "Placement",
+    "Scenario",
+    "default_scenarios",
+    "mosquitto_mesh",
+    "run_drill",
+    "sign_in",
+]
 
 PRE_ROLL_S = 30.0
 _ACK_TIMEOUT_S = 5.0
@@ -227,7 +244,7 @@ def _camera(
     )
 
 
-def _sign_in(agents: list[DeviceAgent], creds: Mapping[str, DeviceCredentials]) -> None:
+def sign_in(agents: list[DeviceAgent], creds: Mapping[str, DeviceCredentials]) -> None:
     """Each device logs in as itself; each camera signs its manifests with its own key
     (given now: the registry issues keys for devices already built)."""
     for agent in agents:
@@ -450,6 +467,45 @@ def _secured_broker(root: Path, topics: Topics, port: int) -> tuple[MosquittoCon
     return config, provisioned.service(SERVICE_ENGINE)
 
 
+@dataclass(frozen=True, slots=True)
+class DrillMesh:
+    """What the drill's engine runs on: its transport and ledger, and ``where``, for the
+    console. The mesh has logged the drill's devices in and placed them on its brokers."""
+
+    transport: Transport
+    ledger: Ledger
+    where: str
+
+
+#: Starts a mesh under ``root`` for ``topics`` that admits exactly ``agents`` (each as
+#: itself, its camera signing with its own key) and points each at its broker.
+MeshFactory = Callable[
+    [Path, Topics, list[DeviceAgent]], contextlib.AbstractAsyncContextManager[DrillMesh]
+]
+
+
+@contextlib.asynccontextmanager
+async def mosquitto_mesh(
+    root: Path, topics: Topics, agents: list[DeviceAgent]
+) -> AsyncIterator[DrillMesh]:
+    """One managed Mosquitto and a SQLite ledger: the plain drill's mesh."""
+    port = free_port()
+    broker_cfg, engine_login = await asyncio.to_thread(_secured_broker, root, topics, port)
+    async with (
+        ManagedMosquitto(broker_cfg) as broker,
+        open_ledger(root / "ledger.sqlite3") as ledger,
+    ):
+        creds = await asyncio.to_thread(provision_fleet, root, specs_of(agents))
+        sign_in(agents, creds)
+        for agent in agents:
+            agent.link.settings = replace(agent.link.settings, host="127.0.0.1", port=port)
+        await broker.areload()
+        transport = MqttTransport(
+            "127.0.0.1", port, username=engine_login.username, password=engine_login.password
+        )
+        yield DrillMesh(transport, ledger, f"broker mqtt://127.0.0.1:{port}")
+
+
 async def run_drill(
     console: Console,
     *,
@@ -458,10 +514,14 @@ async def run_drill(
     policy: InclusionPolicy | None = None,
     scenarios: tuple[Scenario, ...] | None = None,
     mqtt_protocol: MqttProtocol = "5",
+    mesh: MeshFactory = mosquitto_mesh,
 ) -> DrillReport:
     """Run the drill and print its table. The caller turns ``report.ok`` into an exit code.
 
-    ``mqtt_protocol``: what the drill's devices speak (the engine speaks MQTT 5).
+    ``mqtt_protocol``: what the drill's devices speak (the engine speaks MQTT 5 on
+    Mosquitto). ``mesh``: what it runs on, a managed Mosquitto unless given (the cluster
+    shape is :func:`~actimesh.drills.cluster_faults.cluster_mesh`); the scenes, rounds and
+    checks are the same on any.
 
     ``scenarios`` defaults to :func:`default_scenarios` for ``policy``; passing scenarios
     written for another policy is how the tests prove the drill catches a wrong engine.
@@ -470,24 +530,32 @@ async def run_drill(
     scenarios = scenarios or default_scenarios(policy)
     with scratch_dir(data_dir) as root:
         topics = Topics("drill")
-        port = free_port()
         store = RecordingStore(root / "recordings")
-        broker_cfg, engine_login = await asyncio.to_thread(_secured_broker, root, topics, port)
         # A key for this run only: the drill's data directory is scratch.
         signer = CommandSigner.generate()
-        async with (
-            ManagedMosquitto(broker_cfg) as broker,
-            open_ledger(root / "ledger.sqlite3") as ledger,
-        ):
+        verifier = signer.verifier()
+        # The mesh places each device once its brokers' ports exist.
+        scenes = [
+            _build(
+                i + 1,
+                s,
+                topics=topics,
+                host="127.0.0.1",
+                port=0,
+                store=store,
+                verifier=verifier,
+                mqtt_protocol=mqtt_protocol,
+            )
+            for i, s in enumerate(scenarios)
+        ]
+        results = [ScenarioResult(s.name, s.event_type) for s in scenarios]
+        # Every drill device logs in as itself, pinned to its own topics.
+        agents = [a for s in scenes for a in (s.trigger, *s.cameras.values())]
+        async with mesh(root, topics, agents) as bus:
             engine = Engine(
                 topics=topics,
-                transport=MqttTransport(
-                    "127.0.0.1",
-                    port,
-                    username=engine_login.username,
-                    password=engine_login.password,
-                ),
-                ledger=ledger,
+                transport=bus.transport,
+                ledger=bus.ledger,
                 rules=DEFAULT_RULES,
                 policy=policy,
                 signer=signer,
@@ -495,31 +563,10 @@ async def run_drill(
                 # each is commanded: incident merging would fold the rounds into one.
                 settings=EngineSettings(merge_window_s=0.0),
             )
-            verifier = signer.verifier()
-            scenes = [
-                _build(
-                    i + 1,
-                    s,
-                    topics=topics,
-                    host="127.0.0.1",
-                    port=port,
-                    store=store,
-                    verifier=verifier,
-                    mqtt_protocol=mqtt_protocol,
-                )
-                for i, s in enumerate(scenarios)
-            ]
-            results = [ScenarioResult(s.name, s.event_type) for s in scenarios]
-            # Every drill device logs in as itself, pinned to its own topics.
-            drill_agents = [a for s in scenes for a in (s.trigger, *s.cameras.values())]
-            creds = await asyncio.to_thread(provision_fleet, root, specs_of(drill_agents))
-            _sign_in(drill_agents, creds)
-            await broker.areload()
             async with asyncio.TaskGroup() as tg:
                 engine_task = tg.create_task(engine.run(), name="drill-engine")
                 async with asyncio.timeout(30):
                     await engine.ready.wait()
-                agents = [a for s in scenes for a in (s.trigger, *s.cameras.values())]
                 tasks = {a.device_id: tg.create_task(a.run(), name=a.device_id) for a in agents}
                 for agent in agents:
                     await agent.link.wait_connected(timeout=30)
@@ -536,7 +583,7 @@ async def run_drill(
                     await engine.warmed.wait()
                 console.print(
                     f"drill: {len(agents)} devices on {len(scenes)} scenes, {rounds} round(s), "
-                    f"policy {policy.mode.value}, broker mqtt://127.0.0.1:{port}"
+                    f"policy {policy.mode.value}, {bus.where}"
                 )
                 last: tuple[_Scene, str] | None = None
                 for _ in range(rounds):

@@ -34,6 +34,10 @@ holding the list of the nodes' addresses does when its connection fails: at once
 a kill (the connection is refused), after its keepalive for a cut. Killed nodes stay
 down: the survivors must do everything. The time from the fault to the first camera
 recording for a trigger raised after it is reported for each scenario.
+
+:func:`cluster_mesh` lends the same cluster, provisioned the same way
+(:func:`_admitting`), to the geometry drill (``actimesh drill --cluster``), with one
+engine in the drill's process instead of the two engine processes.
 """
 
 from __future__ import annotations
@@ -55,10 +59,12 @@ from urllib.request import urlopen
 from rich.console import Console
 
 from actimesh.broker.nats import NatsCluster, NodeHost
+from actimesh.broker.nats.transport import NatsTransport
 from actimesh.broker.topics import Topics
 from actimesh.devices.agent import DeviceAgent
 from actimesh.devices.recorder import RecordingStore
 from actimesh.dispatch.settings import DispatchSettings
+from actimesh.drills.activation import DrillMesh, sign_in
 from actimesh.drills.fault_fleet import EngineProc, Fleet, fire_burst, scene_devices
 from actimesh.drills.fault_report import (
     FaultReport,
@@ -71,10 +77,11 @@ from actimesh.drills.fault_report import (
 from actimesh.drills.faults import ENGINE_TOML
 from actimesh.drills.netns import IsolatedHost, isolated_host, namespaces_unavailable
 from actimesh.errors import BrokerError
+from actimesh.ledger import open_ledger
 from actimesh.private import write_private
 from actimesh.security.acl import SERVICE_ENGINE, AclPolicy
 from actimesh.security.nats_access import registry_nats_access
-from actimesh.security.provision import prepare_broker, specs_of
+from actimesh.security.provision import Provisioned, prepare_broker, specs_of
 from actimesh.security.registry import SECRETS_DIR, Registry
 from actimesh.security.signing import CommandSigner
 
@@ -83,7 +90,7 @@ if TYPE_CHECKING:
     # drills must not pay for (tests/drills/test_imports.py).
     from actimesh.runtime.postgres import ManagedPostgres
 
-__all__ = ["CLUSTER_SCENARIOS", "run_cluster_fault_drill"]
+__all__ = ["CLUSTER_SCENARIOS", "cluster_mesh", "run_cluster_fault_drill"]
 
 _NODES = 3
 _ENGINES = 2
@@ -175,30 +182,10 @@ async def _shape(
             home[device_id] = _deal(n, k)
 
     def provision() -> NatsCluster:
-        provisioned = prepare_broker(
-            root, policy, devices=specs_of(fleet.agents), cluster_logins=True
-        )
-        with Registry.open(root) as registry:
-            access = registry_nats_access(registry, policy)
-        # The nodes admit exactly the registry's accounts from their first start.
-        if isolated is None:
-            cluster = NatsCluster(root / "nats", size=_NODES, access=access)
-        else:
-            hosts: list[NodeHost | None] = [None] * _NODES
-            hosts[_ISOLATED_NODE] = NodeHost(isolated.address, tuple(isolated.argv(())))
-            cluster = NatsCluster(
-                root / "nats",
-                size=_NODES,
-                access=access,
-                host=isolated.peer_address,
-                hosts=hosts,
-                ping_interval_s=_ROUTE_PING_S,
-            )
+        cluster, provisioned = _admitting(root, policy, fleet.agents, home, isolated)
         for agent in fleet.agents:
             login = provisioned.device(agent.device_id)
             agent.link.reconfigure(username=agent.device_id, password=login.password)
-            ports = cluster.nodes[home[agent.device_id]].ports
-            agent.link.settings = replace(agent.link.settings, host=ports.host, port=ports.mqtt)
         return cluster
 
     cluster = await asyncio.to_thread(provision)
@@ -212,6 +199,73 @@ async def _shape(
         for engine in engines:
             await engine.stop()
         await cluster.astop()
+
+
+def _admitting(
+    root: Path,
+    policy: AclPolicy,
+    agents: list[DeviceAgent],
+    home: dict[str, int],
+    isolated: IsolatedHost | None = None,
+) -> tuple[NatsCluster, Provisioned]:
+    """The cluster (not started) admitting exactly the registry's accounts, with
+    ``agents`` provisioned and each pointed at its node in ``home``; ``isolated``: the
+    host node :data:`_ISOLATED_NODE` runs on (the others then listen on this side of
+    its pair)."""
+    provisioned = prepare_broker(root, policy, devices=specs_of(agents), cluster_logins=True)
+    with Registry.open(root) as registry:
+        access = registry_nats_access(registry, policy)
+    # The nodes admit exactly the registry's accounts from their first start.
+    if isolated is None:
+        cluster = NatsCluster(root / "nats", size=_NODES, access=access)
+    else:
+        hosts: list[NodeHost | None] = [None] * _NODES
+        hosts[_ISOLATED_NODE] = NodeHost(isolated.address, tuple(isolated.argv(())))
+        cluster = NatsCluster(
+            root / "nats",
+            size=_NODES,
+            access=access,
+            host=isolated.peer_address,
+            hosts=hosts,
+            ping_interval_s=_ROUTE_PING_S,
+        )
+    for agent in agents:
+        ports = cluster.nodes[home[agent.device_id]].ports
+        agent.link.settings = replace(agent.link.settings, host=ports.host, port=ports.mqtt)
+    return cluster, provisioned
+
+
+@contextlib.asynccontextmanager
+async def cluster_mesh(
+    root: Path, topics: Topics, agents: list[DeviceAgent]
+) -> AsyncIterator[DrillMesh]:
+    """The geometry drill's mesh on the cluster shape (``actimesh drill --cluster``): the
+    three authenticated nodes, ``agents`` dealt over their MQTT 3.1.1 listeners in turn
+    (so every scene of three devices or more spans all three), the engine on NATS as
+    ``svc-engine`` and a PostgreSQL ledger. One engine: the drill checks what it knows
+    (its index, its duplicate count), which a second engine sharing the triggers would
+    split."""
+    from actimesh.runtime.postgres import ManagedPostgres  # noqa: PLC0415 - see the top
+
+    policy = AclPolicy(topics.agency, DispatchSettings().source_device)
+    home = {agent.device_id: i % _NODES for i, agent in enumerate(agents)}
+    cluster, provisioned = await asyncio.to_thread(_admitting, root, policy, agents, home)
+    sign_in(agents, provisioned.devices)
+    login = provisioned.service(SERVICE_ENGINE)
+    transport = NatsTransport(cluster.nats_urls, user=login.username, password=login.password)
+    with _postgres_dir() as pg_dir:
+        async with ManagedPostgres(pg_dir) as postgres:
+            await cluster.astart()
+            try:
+                async with open_ledger(postgres.url, agency=topics.agency) as ledger:
+                    listeners = ", ".join(str(node.ports.mqtt) for node in cluster.nodes)
+                    where = (
+                        f"{_NODES} NATS nodes (engine on NATS, devices on MQTT 3.1.1 ports "
+                        f"{listeners}), PostgreSQL ledger"
+                    )
+                    yield DrillMesh(transport, ledger, where)
+            finally:
+                await cluster.astop()
 
 
 def _get_json(url: str) -> object:
