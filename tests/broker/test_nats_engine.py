@@ -9,6 +9,7 @@ connected, and the loss of a node loses neither.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -129,6 +130,26 @@ async def publish_as(
         return True
 
     await eventually(sent, timeout=30)
+
+
+async def retained_on(port: int, topics: set[str]) -> None:
+    """Until a fresh subscriber on the listener at ``port`` gets every one of ``topics``
+    as a retained message."""
+
+    async def all_there() -> bool:
+        seen: set[str] = set()
+        async with mqtt311(port, "dispatch-watch", user=DISPATCH) as watcher:
+            await watcher.subscribe(f"{TOPICS.prefix}/dev/+/presence", qos=1)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(2):
+                    async for message in watcher.messages:
+                        if message.retain:
+                            seen.add(str(message.topic))
+                        if topics <= seen:
+                            break
+        return topics <= seen
+
+    await eventually(all_there, timeout=30)
 
 
 async def raise_event(port: int, device_id: str, eid: str) -> str:
@@ -262,6 +283,9 @@ async def test_presence_from_before_the_engine_first_started_is_known_to_it(
         presence = Presence(online=True, ts=now, device_kind=kind)
         port = cluster.nodes[node].mqtt_port
         await publish_as(port, device_id, TOPICS.presence(device_id), encode(presence), retain=True)
+    # The device's PUBACK does not wait for the listener's retained store: wait until the
+    # engine's node holds both, as the engine's first start would find them.
+    await retained_on(cluster.nodes[0].mqtt_port, {TOPICS.presence(d) for d in ("bwc.9", "cew9")})
     signer = CommandSigner.generate()
     async with engine_on(cluster, 0, tmp_path / "ledger.sqlite3", signer, "engine-1") as engine:
 
