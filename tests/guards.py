@@ -117,7 +117,9 @@ def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
         return (yield)
 
 
-class _Collector(logging.Handler):
+class ExceptionCollector(logging.Handler):
+    """Records logged with an exception (what fails a test here)."""
+
     def __init__(self) -> None:
         super().__init__(logging.ERROR)
         self.records: list[logging.LogRecord] = []
@@ -136,7 +138,7 @@ def logged_exceptions_fail_the_test(request: pytest.FixtureRequest) -> Iterator[
         if not marker.kwargs.get("reason"):
             pytest.fail("@pytest.mark.logs_exception needs reason=: say why it is expected")
         expected = tuple(marker.args)
-    collector = _Collector()
+    collector = ExceptionCollector()
     root = logging.getLogger()
     root.addHandler(collector)
     try:

@@ -24,21 +24,9 @@ from actimesh.bench import REQUIRED_KEYS
 from actimesh.bench.run import make_progress, side_by_side_growth
 from actimesh.bench.settings import BenchSettings
 from actimesh.cli import main
+from tests.guards import ExceptionCollector
 
 pytestmark = pytest.mark.integration
-
-
-class _Logged(logging.Handler):
-    """Records logged with an exception: a module-scoped fixture runs before the guard
-    that fails a test on them (tests/guards.py) is in place, so it keeps its own."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.exc_info is not None and record.exc_info[1] is not None:
-            self.records.append(record)
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +35,9 @@ def traced_smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str
     folder = tmp_path_factory.mktemp("smoke")
     report_path, plot_path = folder / "bench.json", folder / "bench.png"
     argv = ["bench", "--smoke", "--trace", "--json", str(report_path), "--plot", str(plot_path)]
-    logged = _Logged()
+    # A module-scoped fixture runs before the guard that fails a test on logged
+    # exceptions (tests/guards.py) is in place, so it keeps a collector of its own.
+    logged = ExceptionCollector()
     logging.getLogger().addHandler(logged)
     try:
         assert main(argv) == 0
