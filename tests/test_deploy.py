@@ -11,6 +11,7 @@ import json
 import re
 import shutil
 import socket
+import ssl
 import subprocess
 import urllib.request
 from collections.abc import Iterator
@@ -332,6 +333,11 @@ def _on_loopback(text: str, cluster: NatsCluster) -> str:
     return text
 
 
+@pytest.mark.logs_exception(
+    ssl.SSLError,
+    reason="refused TLS logins are closed while the server still writes its refusal: "
+    "nats-py logs that close-notify race",
+)
 def test_the_host_configs_form_a_tls_cluster_that_admits_only_the_registry(
     cluster_auth: tuple[Path, Path, str], host_certs: Path, tmp_path: Path
 ) -> None:
