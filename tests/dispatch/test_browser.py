@@ -208,9 +208,14 @@ async def test_live_map_shows_activation_cameras_and_alerts_within_a_second(
             await page.click("#zone-btn")
             box = await page.locator("#map").bounding_box()
             assert box is not None
+            # The map still (the incident's zoom), then the click; the popup pans the
+            # map to fit the form, and a click that lands while the form moves would hit
+            # the map and open a new form instead of sending this one.
+            await until(page, MAP_SETTLED)
             await page.mouse.click(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.3)
             form = page.locator("form.zone-form")
             await form.wait_for()
+            await until(page, MAP_SETTLED)
             await form.locator("input[name=radius]").fill("12")
             assert "as kim" in await form.inner_text()
             async with page.expect_response(lambda r: r.url.endswith("/api/v1/zones")) as sent:
