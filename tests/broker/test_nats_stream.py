@@ -129,19 +129,27 @@ async def test_a_queue_group_shares_the_messages(cluster: NatsCluster) -> None:
     pub = await publisher(cluster.nodes[2].nats_url)
     try:
         async with running(*links):
-            # Interest crosses the routes after the SUB: wait until a message arrives.
-            await pub.publish(telemetry_subject("probe"), b"probe")
-            await pub.flush()
-            await eventually(lambda: any(t.got for t in takers))
+            # Interest crosses the routes after each SUB: probe until both links have
+            # had one, so the publisher's node knows both members of the group.
+            probes = 0
+
+            async def both_members_known() -> bool:
+                nonlocal probes
+                await pub.publish(telemetry_subject("probe"), b"probe")
+                await pub.flush()
+                probes += 1
+                return all(t.got for t in takers)
+
+            await eventually(both_members_known, every=0.05)
             for i in range(400):
                 await pub.publish(telemetry_subject("d1"), b"%d" % i)
             await pub.flush()
-            await eventually(lambda: sum(len(t.got) for t in takers) == 401)
+            await eventually(lambda: sum(len(t.got) for t in takers) == 400 + probes)
     finally:
         await pub.close()
-    payloads = [p for t in takers for _, p in t.got if p != b"probe"]
-    assert sorted(int(p) for p in payloads) == list(range(400))  # each once, none twice
-    assert all(len(t.got) > 0 for t in takers)  # both had a share
+    shares = [[int(p) for _, p in t.got if p != b"probe"] for t in takers]
+    assert sorted(shares[0] + shares[1]) == list(range(400))  # each once, none twice
+    assert all(shares), [len(share) for share in shares]  # both had a share
 
 
 async def test_it_reconnects_to_another_node_when_its_node_is_killed(
