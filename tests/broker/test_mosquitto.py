@@ -281,6 +281,30 @@ async def test_kill_is_abrupt_and_loses_unsaved_state(
     assert await _retained(fresh_mosquitto, topic) is None
 
 
+async def test_a_save_keeps_what_a_kill_would_lose(
+    fresh_mosquitto: ManagedMosquitto, agency: str
+) -> None:
+    topics = Topics(agency)
+    kept, cleared = topics.presence("bc-1"), topics.presence("bc-2")
+    async with aiomqtt.Client(fresh_mosquitto.host, fresh_mosquitto.port) as client:
+        await client.publish(kept, b"online", qos=1, retain=True)
+        await client.publish(cleared, b"online", qos=1, retain=True)
+    await fresh_mosquitto.asave()
+    async with aiomqtt.Client(fresh_mosquitto.host, fresh_mosquitto.port) as client:
+        await client.publish(cleared, b"", qos=1, retain=True)
+    await fresh_mosquitto.asave()
+    fresh_mosquitto.kill()  # no save of its own, as in a crash
+    await fresh_mosquitto.astart()
+    assert await _retained(fresh_mosquitto, kept) == b"online"
+    assert await _retained(fresh_mosquitto, cleared) is None
+
+
+async def test_a_stopped_broker_cannot_be_saved(fresh_mosquitto: ManagedMosquitto) -> None:
+    fresh_mosquitto.kill()
+    with pytest.raises(BrokerError, match=r"cannot save the broker at .*: it is not running"):
+        await fresh_mosquitto.asave()
+
+
 def test_sync_restart_keeps_retained_messages(
     fresh_mosquitto: ManagedMosquitto, agency: str
 ) -> None:

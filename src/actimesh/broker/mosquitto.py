@@ -199,10 +199,10 @@ def _explain(cfg: MosquittoConfig, log: str, exit_code: int) -> str:
 class ManagedMosquitto:
     """One mosquitto child process for one :class:`MosquittoConfig`.
 
-    Sync: ``start()``, ``stop()``, ``kill()``, ``restart()``, ``reload()``; async:
-    ``astart()``, ``astop()``, ``arestart()``, ``areload()``, ``adisable()`` and
-    ``async with``. A stopped broker can be started again on the same data directory,
-    which is how tests check persistence.
+    Sync: ``start()``, ``stop()``, ``kill()``, ``restart()``, ``reload()``, ``save()``;
+    async: ``astart()``, ``astop()``, ``arestart()``, ``areload()``, ``asave()``,
+    ``adisable()`` and ``async with``. A stopped broker can be started again on the same
+    data directory, which is how tests check persistence.
     """
 
     def __init__(
@@ -453,6 +453,46 @@ class ManagedMosquitto:
     async def areload(self) -> None:
         """:meth:`reload` without blocking the event loop."""
         await _arun(self._reloading())
+
+    # ------------------------------------------------------------------ save
+    def _db_identity(self) -> tuple[int, int, int] | None:
+        try:
+            st = (self.config.data_dir / "mosquitto.db").stat()
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def _saving(self) -> _Steps:
+        if not self.config.persistence:
+            return
+        if not self.running or self._proc is None:
+            raise BrokerError(f"cannot save the broker at {self.url}: it is not running")
+        before = self._db_identity()
+        # SIGUSR1: mosquitto writes its database now (to a new file, renamed over the
+        # old one), so the file's identity changes once it is done.
+        self._proc.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + self.start_timeout_s
+        while self._db_identity() == before:
+            if not self.running or time.monotonic() > deadline:
+                raise BrokerError(
+                    f"mosquitto at {self.url} did not save its database within "
+                    f"{self.start_timeout_s:g} s: see {self.config.log_path}"
+                )
+            yield _POLL_S
+
+    def save(self) -> None:
+        """Write the broker's database (retained messages, sessions) to disk now.
+
+        Mosquitto saves every ``autosave_interval_s`` and on a graceful stop; a crash
+        in between restarts from the last save. Save before an operation that may
+        crash it (a reload that disconnects removed accounts, see :meth:`keep_running`)
+        so that what was just deleted stays deleted. Nothing to do without persistence.
+        """
+        _run(self._saving())
+
+    async def asave(self) -> None:
+        """:meth:`save` without blocking the event loop."""
+        await _arun(self._saving())
 
     # ------------------------------------------------------------------ stop
     def _terminate(self) -> bool:

@@ -277,6 +277,7 @@ async def _provision_fleet(
         host=settings.broker_host,
         port=broker.config.port,
         reload=broker.areload,
+        save=broker.asave,
     )
     if fleet is not None:
         fleet.use_credentials(creds)

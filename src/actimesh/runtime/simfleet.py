@@ -60,11 +60,13 @@ async def register_simulated_fleet(
     host: str,
     port: int,
     reload: Callable[[], Awaitable[None]],
+    save: Callable[[], Awaitable[None]],
 ) -> dict[str, DeviceCredentials]:
     """Register the simulated fleet ``specs`` (none: no fleet) in ``data_dir``'s registry
-    for the managed broker at ``host:port`` (``reload`` makes it read its files again),
-    first clearing the retained presence of the ``previous`` fleet's devices it lacks
-    (:func:`simulated_devices`). The fleet's credentials."""
+    for the managed broker at ``host:port`` (``reload`` makes it read its files again,
+    ``save`` writes its database), first clearing the retained presence of the
+    ``previous`` fleet's devices it lacks (:func:`simulated_devices`). The fleet's
+    credentials."""
     keep = {s.device_id for s in specs}
     gone = [p for p in previous if p.device_id not in keep]
     if gone:
@@ -73,6 +75,10 @@ async def register_simulated_fleet(
         async with asyncio.TaskGroup() as tg:
             for spec in gone:
                 tg.create_task(_clear_presence(topics, host, port, ghosts[spec.device_id]))
+        # Saved before the reload that removes their accounts: that reload has crashed
+        # Mosquitto 2.0.11 (ManagedMosquitto.keep_running), and a broker restarted from
+        # an older save would bring their presence back for the engine to refuse.
+        await save()
     creds = await asyncio.to_thread(provision_fleet, data_dir, list(specs))
     await reload()
     return creds
