@@ -53,8 +53,13 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# Two workers, a test file each at a time: the suite mostly waits on brokers, engines and
+# browsers, and a module's fixtures (a NATS cluster, PostgreSQL, Chromium) start once per
+# worker. PYTEST_WORKERS=0 runs it in one process (CONTRIBUTING.md, "Test time budget").
+PYTEST_WORKERS ?= 2
+
 pytest: $(STAMP) system-deps browser-deps postgres-deps web-deps map-data
-	$(BIN)/pytest --cov --cov-report=term -m "not cluster_drill"
+	$(BIN)/pytest --cov --cov-report=term -m "not cluster_drill" -n $(PYTEST_WORKERS) --dist loadfile
 
 drill: $(STAMP) system-deps
 	$(BIN)/actimesh drill
