@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.async_api import Browser, Page, async_playwright
+from playwright.async_api import Browser, Locator, Page, async_playwright
 from playwright.async_api import TimeoutError as PlaywrightTimeoutError
 
 from actimesh.broker.messages import DeviceKind, activation_id
@@ -85,6 +85,19 @@ async def until(page: Page, expression: str, timeout: float = 10.0) -> Any:
         return await eventually(lambda: page.evaluate(expression), timeout=timeout)
     except TimeoutError:
         raise TimeoutError(f"{expression!r} not true in the page within {timeout:g} s") from None
+
+
+async def click_across_a_redraw(page: Page, item: Locator) -> None:
+    """Click ``item`` with the incident list redrawn between the button's press and its
+    release, as an incident's answers redraw it many times a second."""
+    await page.evaluate("import('/static/incidents.js').then((m) => { window.incidents = m; })")
+    await item.scroll_into_view_if_needed()
+    box = await item.bounding_box()
+    assert box is not None
+    await page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    await page.mouse.down()
+    await page.evaluate("window.incidents.markListDirty(); window.incidents.renderList()")
+    await page.mouse.up()
 
 
 #: The map has stopped moving: no zoom or pan animation on its pane and every grid tile
@@ -181,7 +194,8 @@ async def test_live_map_shows_activation_cameras_and_alerts_within_a_second(
             banner = page.locator("#alerts")
             await banner.wait_for(state="visible", timeout=5000)
             assert "no acknowledgement from u05-bwc1" in await banner.inner_text()
-            await item.click()
+            # The click selects the incident even if the list is redrawn meanwhile.
+            await click_across_a_redraw(page, item)
             detail = page.locator("#detail")
             await detail.wait_for(state="visible")
             await until(page, "document.querySelectorAll('#detail .st-recording').length >= 3")

@@ -18,20 +18,50 @@ export function markListDirty() {
   listDirty = true;
 }
 
+// One <li> per incident, kept across redraws and refilled in place, selected when the
+// button is pressed and released on it. A redraw between the press and the release
+// (an incident's cameras answer many times a second) replaced what was pressed, and
+// the browser then sent the click to no incident: the dispatcher's click was lost.
+const rows = new Map();
+let pressed = null;
+
 export function renderList() {
   if (!listDirty) return;
   listDirty = false;
   const list = $('incidents');
   const items = [...S.activations.values()].filter(visible).sort((x, y) => y.ets - x.ets);
-  list.textContent = '';
-  items.forEach((a) => list.appendChild(incidentItem(a)));
+  const shown = new Set();
+  let before = list.firstChild;
+  items.forEach((a) => {
+    let li = rows.get(a.aid);
+    if (!li) {
+      li = el('li');
+      li.dataset.aid = a.aid;
+      const aid = a.aid;
+      li.addEventListener('pointerdown', (e) => { pressed = e.button === 0 ? aid : null; });
+      li.addEventListener('pointerup', (e) => {
+        if (e.button === 0 && pressed === aid) select(aid, true);
+        pressed = null;
+      });
+      rows.set(aid, li);
+    }
+    fillItem(li, a);
+    shown.add(a.aid);
+    if (li !== before) list.insertBefore(li, before);  // moved only when out of order
+    before = li.nextSibling;
+  });
+  rows.forEach((li, aid) => {
+    if (!shown.has(aid)) {
+      li.remove();
+      rows.delete(aid);
+    }
+  });
   $('inc-count').textContent = items.length ? '(' + items.length + ')' : '';
   $('no-incidents').hidden = items.length > 0;
 }
 
-function incidentItem(a) {
-  const li = el('li', 'inc' + (a.alert ? ' alert' : '') + (S.selected === a.aid ? ' selected' : ''));
-  li.dataset.aid = a.aid;
+function fillItem(li, a) {
+  li.className = 'inc' + (a.alert ? ' alert' : '') + (S.selected === a.aid ? ' selected' : '');
   const r1 = el('div', 'row1');
   r1.appendChild(el('span', 'time', clock(a.ets)));
   const type = el('span', 'type');
@@ -39,12 +69,11 @@ function incidentItem(a) {
   type.appendChild(document.createTextNode(' ' + typeLabel(a.type)));
   r1.appendChild(type);
   r1.appendChild(el('span', 'age', ago(a.ets)));
-  li.appendChild(r1);
   const src = S.devices.get(a.src);
   const who = [src && src.call_sign ? src.call_sign : a.unit || a.src];
   if (a.unit) who.push(a.src);
   if (a.lat == null) who.push('no position');
-  li.appendChild(el('div', 'row2', who.join(' · ')));
+  const row2 = el('div', 'row2', who.join(' · '));
   const chips = el('div', 'chips');
   const s = a.summary;
   if (s.recording) chips.appendChild(el('span', 'chip rec', '● ' + s.recording + ' recording'));
@@ -57,9 +86,7 @@ function incidentItem(a) {
   if (a.by) chips.appendChild(el('span', 'chip by', 'by ' + a.by));
   if (a.follows) chips.appendChild(el('span', 'chip by', 'follow-up of ' + a.follows));
   if (a.acked_by) chips.appendChild(el('span', 'chip acked', '✓ ' + a.acked_by));
-  li.appendChild(chips);
-  li.addEventListener('click', () => select(a.aid, true));
-  return li;
+  li.replaceChildren(r1, row2, chips);
 }
 
 export function select(aid, zoom) {
