@@ -87,6 +87,31 @@ async def test_a_late_suback_after_a_cancelled_subscribe_is_no_error(
     assert caplog.records == []
 
 
+class _ResetSocket:
+    """A socket the broker has reset, as paho sees it."""
+
+    def recv(self, bufsize: int) -> bytes:
+        raise ConnectionResetError(104, "Connection reset by peer")
+
+
+async def test_a_connection_the_broker_reset_is_no_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """paho logs a reset connection as an error; the link reconnects by itself and logs
+    the loss at INFO, so its logger keeps paho's line at DEBUG."""
+    link = MqttLink(LinkSettings(host="127.0.0.1", port=1, client_id="reset"))
+    paho_client = link._make_client()._client
+    paho_client._sock = cast(Any, _ResetSocket())
+    try:
+        with caplog.at_level(logging.DEBUG, logger="actimesh.mqtt.reset"):
+            paho_client._packet_read()
+    finally:
+        paho_client._sock = None  # nothing for the client's clean-up to close
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (logging.DEBUG, "failed to receive on socket: [Errno 104] Connection reset by peer")
+    ]
+
+
 async def test_aiomqtt_wait_still_times_out_as_aiomqtt_does() -> None:
     client = aiomqtt.Client("127.0.0.1", 1, timeout=0.01)
     _no_lost_cancel(client)

@@ -400,20 +400,28 @@ async def _close_soon(client: aiomqtt.Client) -> None:
     _close(client)
 
 
-class _LateAckFilter(logging.Filter):
-    """aiomqtt logs a SUBACK or UNSUBACK whose wait was given up (cancelled, or timed
-    out before a reconnect) as an exception with a traceback: "Unexpected message ID".
-    Nobody waits for that answer any more, so it is no error; kept at DEBUG."""
+class _RecoveredFilter(logging.Filter):
+    """Errors aiomqtt and paho log for what the link recovers from, kept at DEBUG.
+
+    * "Unexpected message ID": aiomqtt logs a SUBACK or UNSUBACK whose wait was given
+      up (cancelled, or timed out before a reconnect) as an exception with a traceback.
+      Nobody waits for that answer any more.
+    * "failed to receive on socket": paho logs a connection the broker reset (a broker
+      restarted, or a reload that disconnects a changed account) as an error. The link
+      reconnects by itself and logs the loss, with its reason, at INFO.
+    """
+
+    _PREFIXES = ("Unexpected message ID", "failed to receive on socket")
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.msg, str) and record.msg.startswith("Unexpected message ID"):
+        if isinstance(record.msg, str) and record.msg.startswith(self._PREFIXES):
             record.levelno, record.levelname = logging.DEBUG, "DEBUG"
             record.exc_info = record.exc_text = None
             return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
         return True
 
 
-_LATE_ACKS = _LateAckFilter()
+_RECOVERED = _RecoveredFilter()
 
 
 def _enable_manual_ack(client: aiomqtt.Client) -> None:
@@ -615,7 +623,7 @@ class MqttLink:
         self._connected = asyncio.Event()
         # aiomqtt's own drop warning is replaced by our counter; keep its log quiet.
         self._mqtt_log = logging.getLogger(f"actimesh.mqtt.{settings.client_id}")
-        self._mqtt_log.addFilter(_LATE_ACKS)
+        self._mqtt_log.addFilter(_RECOVERED)
 
     @staticmethod
     def _rotation_of(settings: LinkSettings) -> Rotation:
