@@ -5,20 +5,18 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
-from actimesh.broker.codec import decode, encode
+from actimesh.broker.codec import encode
 from actimesh.broker.memory import MemoryBus
-from actimesh.broker.messages import Activation, DeviceKind, DeviceState, Event, Presence, Telemetry
+from actimesh.broker.messages import DeviceKind, DeviceState, Event, Presence, Telemetry
 from actimesh.geofence import InclusionMode, InclusionPolicy, destination
 from actimesh.ledger import SqliteLedger
 from actimesh.triggers.settings import EngineSettings
 from actimesh.triggers.track import TRACK_STEP_S, PastFix, around
-from tests.triggers.test_motion_telemetry import FT, LAT, LON, TOPICS, running
-from tests.waiting import eventually
+from tests.triggers.test_motion_telemetry import FT, LAT, LON, TOPICS, drawn, running
 
 #: The event happened 12 s before the engine hears of it; every camera's latest fix is
 #: then 12 s after it (stale alone), and the fix before its telemetry paused 8 s before.
@@ -40,19 +38,6 @@ async def online(
     await bus.deliver(TOPICS.presence(device_id), encode(presence))
 
 
-async def drawn(bus: MemoryBus, wire: Sequence[tuple[str, bytes]], event_ts: float) -> Activation:
-    """CEW ``cew1`` draws at ``event_ts``: the one activation record the engine publishes."""
-    await bus.deliver(TOPICS.event("cew1"), encode(Event(eid="e1", type="taser_draw", ts=event_ts)))
-    records = TOPICS.activations("taser_draw")
-
-    def published() -> list[bytes]:
-        return [payload for topic, payload in wire if topic == records]
-
-    await eventually(published)
-    (record,) = [decode(Activation, p) for p in published()]
-    return record
-
-
 @pytest.mark.parametrize("mode", [InclusionMode.INCLUSIVE, InclusionMode.CENTRE])
 async def test_a_late_trigger_commands_a_camera_its_fixes_put_within_30_ft(
     tmp_path: Path, mode: InclusionMode
@@ -71,7 +56,7 @@ async def test_a_late_trigger_commands_a_camera_its_fixes_put_within_30_ft(
         # Its telemetry never resumed: nothing says where it was after the event.
         await online(bus, "silent", DeviceKind.BODY_CAM, now)
         await fix(bus, "silent", event_ts - BEFORE_S - 3.0, 3.0, 45.0)
-        record = await drawn(bus, wire, event_ts)
+        record = await drawn(bus, wire, Event(eid="e1", type="taser_draw", ts=event_ts))
     assert sorted(c.id for c in record.cameras) == ["officer", "paused-in"]
     assert {c.id: c.reason.value for c in record.left_out} == {
         "paused-out": "too_far",
@@ -139,7 +124,7 @@ async def test_a_trigger_as_late_as_a_cut_off_devices_reconnection_finds_fixes_b
         for n, (device_id, dist) in enumerate(cameras.items()):
             await online(bus, device_id, DeviceKind.BODY_CAM, now)
             await steady(bus, device_id, now, (dist, 90.0 * n))
-        record = await drawn(bus, wire, event_ts)
+        record = await drawn(bus, wire, Event(eid="e1", type="taser_draw", ts=event_ts))
     assert sorted(c.id for c in record.cameras) == ["officer", "still-in"]
     assert {c.id: c.reason.value for c in record.left_out} == {"still-out": "too_far"}
     async with SqliteLedger(tmp_path / "ledger.sqlite3") as ledger:
@@ -175,7 +160,7 @@ async def test_a_camera_silent_for_over_a_minute_is_judged_between_only_if_it_st
             for ts in (now - 110.0, now - 105.0, now - 100.0):
                 await fix(bus, device_id, ts, d0, b0)
             await fix(bus, device_id, now, d1, b1)
-        record = await drawn(bus, wire, event_ts)
+        record = await drawn(bus, wire, Event(eid="e1", type="taser_draw", ts=event_ts))
     assert sorted(c.id for c in record.cameras) == ["officer", "still-in"]
     assert {c.id: c.reason.value for c in record.left_out} == {
         "still-out": "too_far",

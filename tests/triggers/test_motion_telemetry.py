@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,6 +117,19 @@ async def running(
                 task.cancel()
 
 
+async def drawn(bus: MemoryBus, wire: Sequence[tuple[str, bytes]], draw: Event) -> Activation:
+    """CEW ``cew1`` raises ``draw``: the one activation record the engine publishes."""
+    await bus.deliver(TOPICS.event("cew1"), encode(draw))
+    records = TOPICS.activations(draw.type)
+
+    def published() -> list[bytes]:
+        return [payload for topic, payload in wire if topic == records]
+
+    await eventually(published)
+    (record,) = [decode(Activation, p) for p in published()]
+    return record
+
+
 async def place(bus: MemoryBus, device_id: str, camera: Camera, n: int, now: float) -> None:
     presence = Presence(online=True, ts=now, device_kind=DeviceKind.BODY_CAM)
     await bus.deliver(TOPICS.presence(device_id), encode(presence))
@@ -145,14 +158,7 @@ async def test_the_boundary_holds_for_motion_scaled_and_1_hz_cameras(
         for n, (device_id, camera) in enumerate(CAMERAS.items()):
             await place(bus, device_id, camera, n, now)
         draw = Event(eid="e1", type="taser_draw", ts=now, lat=LAT, lon=LON, acc=0.0)
-        await bus.deliver(TOPICS.event("cew1"), encode(draw))
-        records = TOPICS.activations("taser_draw")
-
-        def published() -> list[bytes]:
-            return [payload for topic, payload in wire if topic == records]
-
-        await eventually(published)
-        (record,) = [decode(Activation, p) for p in published()]
+        record = await drawn(bus, wire, draw)
     assert sorted(c.id for c in record.cameras) == EXPECTED[mode]["commanded"]
     assert {c.id: c.reason.value for c in record.left_out} == EXPECTED[mode]["left_out"]
     margins = {c.id: c.margin for c in record.left_out}
@@ -212,14 +218,7 @@ async def test_an_event_without_a_fix_borrows_a_heartbeat_confirmed_one(
         cew = Presence(online=True, ts=now, device_kind=DeviceKind.CEW, paired=("bwc1",))
         await bus.deliver(TOPICS.presence("cew1"), encode(cew))
         await place(bus, "bwc1", Camera(3.0, age=12.0, speed=0.0, motion=motion), 0, now)
-        await bus.deliver(TOPICS.event("cew1"), encode(Event(eid="e1", type="taser_draw", ts=now)))
-        records = TOPICS.activations("taser_draw")
-
-        def published() -> list[bytes]:
-            return [payload for topic, payload in wire if topic == records]
-
-        await eventually(published)
-        (record,) = [decode(Activation, p) for p in published()]
+        record = await drawn(bus, wire, Event(eid="e1", type="taser_draw", ts=now))
     assert (record.lat is not None) is positioned
     if positioned:
         assert record.lat == pytest.approx(destination(LAT, LON, 0.0, 3.0)[0])
